@@ -1,0 +1,32 @@
+#ifndef NX_CORE_BUF_H
+#define NX_CORE_BUF_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+/* A growable byte buffer. `data` is always NUL-terminated once anything was appended. */
+struct nx_buf {
+    char *data;
+    size_t len;
+    size_t cap;
+};
+
+#define NX_BUF_INIT {NULL, 0, 0}
+
+void nx_buf_init(struct nx_buf *b);
+void nx_buf_cleanup(struct nx_buf *b);
+void nx_buf_reset(struct nx_buf *b);
+void nx_buf_reserve(struct nx_buf *b, size_t extra);
+void nx_buf_append(struct nx_buf *b, const void *data, size_t n);
+void nx_buf_puts(struct nx_buf *b, const char *s);
+void nx_buf_putc(struct nx_buf *b, char c);
+void nx_buf_printf(struct nx_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void nx_buf_vprintf(struct nx_buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+/* Drops the first n bytes. */
+void nx_buf_consume(struct nx_buf *b, size_t n);
+/* Hands the storage to the caller (never NULL) and leaves the buffer empty. */
+char *nx_buf_steal(struct nx_buf *b);
+/* The contents as a C string ("" when empty). */
+const char *nx_buf_cstr(const struct nx_buf *b);
+
+#endif

@@ -1,0 +1,19 @@
+#ifndef NX_CORE_REDACT_H
+#define NX_CORE_REDACT_H
+
+#include <stddef.h>
+
+#include "core/buf.h"
+
+/* Appends `in` to `out` with secrets replaced by "[REDACTED]": bearer tokens, sk-… and sk-ant-…
+ * keys, AWS access key ids (AKIA…), long hex strings (>= 32 hex digits), the home directory
+ * ($HOME/… becomes ~/…), and any configured pattern. Thread-safe. */
+void nx_redact_append(struct nx_buf *out, const char *in, size_t len);
+
+/* Adds a configured pattern (POSIX extended regular expression); every match is redacted.
+ * Returns 0, or NX_EINVAL with a message in err. Call before other threads start logging, or
+ * from the loop thread on reload (patterns are swapped under a lock). */
+int nx_redact_add_pattern(const char *regex, char *err, size_t errlen);
+void nx_redact_clear_patterns(void);
+
+#endif

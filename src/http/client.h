@@ -1,0 +1,79 @@
+#ifndef NX_HTTP_CLIENT_H
+#define NX_HTTP_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+/* Outbound HTTP: libcurl's multi interface driven by the loop (uv_poll + uv_timer with
+ * curl_multi_socket_action), so nothing blocks the loop. Connections are reused. Every call
+ * has a deadline and a response size cap; a proxy (http, https, socks5, socks5h) may be set
+ * per client or per call. Callbacks run on the loop thread. */
+
+struct nx_http_client;
+struct nx_http_call;
+
+struct nx_http_client_opts {
+    const char *proxy;           /* NULL = none */
+    uint32_t connect_timeout_ms; /* 0 = 10000 */
+    uint32_t timeout_ms;         /* default per call; 0 = 120000 */
+    uint64_t max_response_bytes; /* default per call; 0 = 32 MiB */
+    const char *user_agent;      /* NULL = "nexo/<version>" */
+};
+
+struct nx_http_header {
+    const char *name;
+    const char *value;
+};
+
+struct nx_http_response {
+    long status;            /* 0 when no response arrived */
+    const char *headers;    /* raw header block of the final response, NUL-terminated */
+    size_t headers_len;
+    const char *body;       /* whole body when no on_data was given; NUL-terminated */
+    size_t body_len;
+};
+
+/* Looks up a response header (case-insensitive) in res->headers; copies the value (trimmed)
+ * into out. Returns the value's length, or -1 when absent. */
+int nx_http_response_header(const struct nx_http_response *res, const char *name, char *out,
+                            size_t outlen);
+
+/* Streaming body: called for each chunk as it arrives (status known). Return 0 to go on,
+ * non-zero to abort the call (on_done then gets NX_ECANCELED). */
+typedef int (*nx_http_data_fn)(const char *data, size_t len, long status, void *udata);
+/* Called exactly once. rc 0 = a response arrived (any status); otherwise NX_ETIMEDOUT,
+ * NX_ETOOBIG, NX_ECANCELED, NX_EHTTP (connect/TLS/protocol; see err). res is valid only during
+ * the call. */
+typedef void (*nx_http_done_fn)(int rc, const struct nx_http_response *res, const char *err,
+                                void *udata);
+
+struct nx_http_call_opts {
+    const char *method;                   /* NULL = GET, or POST when body is set */
+    const char *url;
+    const struct nx_http_header *headers; /* copied */
+    size_t nheaders;
+    const char *body;                     /* copied */
+    size_t body_len;
+    uint32_t timeout_ms;                  /* 0 = client default */
+    uint64_t max_response_bytes;          /* 0 = client default */
+    const char *proxy;                    /* NULL = client default; "" = none */
+    nx_http_data_fn on_data;              /* NULL = buffer the body */
+    nx_http_done_fn on_done;
+    void *udata;
+};
+
+int nx_http_client_new(uv_loop_t *loop, const struct nx_http_client_opts *opts,
+                       struct nx_http_client **out);
+/* Cancels every call in flight (their on_done gets NX_ECANCELED), then frees once the loop
+ * has closed its handles. Accepts NULL. */
+void nx_http_client_free(struct nx_http_client *c);
+
+/* Starts a call; returns a handle valid until on_done has run. */
+struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
+                                            const struct nx_http_call_opts *opts);
+/* on_done runs with NX_ECANCELED (from within this call). */
+void nx_http_call_cancel(struct nx_http_call *call);
+size_t nx_http_client_inflight(const struct nx_http_client *c);
+
+#endif

@@ -1,0 +1,49 @@
+#ifndef NX_STORE_STORE_H
+#define NX_STORE_STORE_H
+
+#include <stdbool.h>
+#include <sqlite3.h>
+#include <stdint.h>
+#include <uv.h>
+
+/* The store thread owns the SQLite connection (data/nexo.db, WAL). Writes are batched: every
+ * write job queued within a few milliseconds runs inside one transaction, so durability costs
+ * one fsync per batch (group commit). Completions are posted back to the loop thread. */
+
+struct nx_store;
+
+/* Runs on the store thread with the connection. Return 0 or a negative NX_E* code. A write job
+ * that fails is rolled back to a savepoint taken just before it; the rest of the batch commits. */
+typedef int (*nx_store_job_fn)(sqlite3 *db, void *arg);
+/* Runs on the loop thread with the job's result (or NX_EDB if the batch failed to commit,
+ * NX_ECLOSED if the store was closed first). */
+typedef void (*nx_store_done_fn)(int rc, void *arg);
+
+struct nx_store_opts {
+    uint32_t batch_window_ms; /* how long a batch collects writes; 0 = 2 ms */
+    uint32_t max_batch;       /* jobs per transaction at most; 0 = 1024 */
+    bool synchronous_full;    /* PRAGMA synchronous=FULL (default NORMAL... see docs) */
+};
+
+/* Creates data_dir (0700) if missing, opens data_dir/nexo.db (0600) in WAL mode on a new store
+ * thread and applies the numbered migrations. `ready` runs on the loop when that is done (rc 0)
+ * or failed. Returns at once. */
+int nx_store_open(uv_loop_t *loop, const char *data_dir, const struct nx_store_opts *opts,
+                  nx_store_done_fn ready, void *arg, struct nx_store **out);
+bool nx_store_is_open(const struct nx_store *s);
+
+/* Queue a write (batched, in a transaction) or a read (outside the write transaction). Any
+ * thread; done may be NULL. */
+void nx_store_write(struct nx_store *s, nx_store_job_fn job, nx_store_done_fn done, void *arg);
+void nx_store_read(struct nx_store *s, nx_store_job_fn job, nx_store_done_fn done, void *arg);
+/* done runs after every write queued before it has committed. */
+void nx_store_flush(struct nx_store *s, nx_store_done_fn done, void *arg);
+
+/* Schema version after migrations (on the store thread's data; safe after ready). */
+int nx_store_schema_version(const struct nx_store *s);
+
+/* Flushes, stops the thread and closes the database; blocks the caller until done. Jobs still
+ * queued run first. Accepts NULL. Call on the loop thread during shutdown. */
+void nx_store_close(struct nx_store *s);
+
+#endif
