@@ -1,0 +1,371 @@
+/* Loading a config directory: each file through its table, drop-ins merged, defaults filled. */
+#include <dirent.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "config/internal.h"
+#include "config/schema.h"
+#include "config/tables.h"
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/error.h"
+
+#define CONF_MAX_FILE (4 * 1024 * 1024)
+
+struct loader {
+    const char *dir; /* for display and ${file:}; NULL: none */
+    bool use_disk;   /* read files under dir (false: embedded defaults, or a memory file) */
+    const char *mem_name;
+    const char *mem_data;
+    size_t mem_len;
+    struct nx_diags *diags;
+    struct nx_config *cfg;
+    struct nx_conf_state state;
+    int errors;
+};
+
+static char *display_path(const struct loader *L, const char *rel)
+{
+    struct nx_buf b = NX_BUF_INIT;
+    size_t n = L->dir ? strlen(L->dir) : 0;
+
+    if (n && L->dir[n - 1] == '/')
+        nx_buf_printf(&b, "%s%s", L->dir, rel);
+    else if (n)
+        nx_buf_printf(&b, "%s/%s", L->dir, rel);
+    else
+        nx_buf_puts(&b, rel);
+    return nx_buf_steal(&b);
+}
+
+static void loader_error(struct loader *L, const char *file, const char *what, const char *why)
+{
+    nx_diags_add(L->diags, file, 0, 0, "%s: %s", what, why);
+    L->errors++;
+}
+
+/* Reads `rel` into out. Returns 1 when read, 0 when absent, <0 after reporting. */
+static int read_source(struct loader *L, const char *rel, const char *display, struct nx_buf *out)
+{
+    char chunk[8192];
+    FILE *f;
+    int rc = 1;
+
+    if (L->mem_name && strcmp(L->mem_name, rel) == 0) {
+        nx_buf_append(out, L->mem_data, L->mem_len);
+        return 1;
+    }
+    if (!L->use_disk)
+        return 0;
+    if (!(f = fopen(display, "rb"))) {
+        if (errno == ENOENT)
+            return 0;
+        loader_error(L, display, "cannot read", strerror(errno));
+        return NX_EIO;
+    }
+    for (;;) {
+        size_t n = fread(chunk, 1, sizeof chunk, f);
+        if (n == 0)
+            break;
+        if (out->len + n > CONF_MAX_FILE) {
+            loader_error(L, display, "cannot read", "larger than 4 MiB");
+            rc = NX_ETOOBIG;
+            break;
+        }
+        nx_buf_append(out, chunk, n);
+    }
+    if (rc > 0 && ferror(f)) {
+        loader_error(L, display, "cannot read", strerror(errno ? errno : EIO));
+        rc = NX_EIO;
+    }
+    fclose(f);
+    return rc;
+}
+
+/* Parses `rel` (or `fallback` text when absent) into obj, which gets its defaults first.
+ * Returns 1 when the file existed, 0 when absent; *syntax_ok tells whether it parsed as YAML. */
+static int load_file(struct loader *L, const char *rel, const struct nx_conf_struct *desc, void *obj,
+                     const char *fallback, bool *syntax_ok)
+{
+    struct nx_buf data = NX_BUF_INIT;
+    struct nx_cnode *root = NULL;
+    char *display = display_path(L, rel);
+    struct nx_conf_ctx ctx = {.diags = L->diags, .file = display, .dir = L->dir, .user = &L->state};
+    int present;
+
+    size_t first_diag = L->diags->n;
+
+    nx_conf_defaults(desc, obj);
+    if (syntax_ok)
+        *syntax_ok = false;
+    present = read_source(L, rel, display, &data);
+    if (present < 0)
+        goto out;
+    if (present == 0 && !fallback) {
+        if (syntax_ok)
+            *syntax_ok = true;
+        goto out;
+    }
+    if (present == 0)
+        nx_buf_puts(&data, fallback);
+    if (nx_cnode_parse_yaml(&ctx, data.data ? data.data : "", data.len, &root) == 0) {
+        if (syntax_ok)
+            *syntax_ok = true;
+        nx_conf_parse_struct(&ctx, desc, root, obj);
+    }
+out:
+    L->errors += ctx.errors;
+    nx_diags_sort(L->diags, first_diag);
+    nx_cnode_free(root);
+    nx_buf_cleanup(&data);
+    free(display);
+    return present > 0 ? 1 : 0;
+}
+
+static int cmp_names(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The *.yaml names in `sub` (sorted), from disk and from the memory file. */
+static char **list_yaml(struct loader *L, const char *sub, size_t *count)
+{
+    size_t n = 0, cap = 8, sublen = strlen(sub);
+    char **v = nx_calloc(cap, sizeof *v);
+
+    if (L->use_disk) {
+        char *path = display_path(L, sub);
+        DIR *d = opendir(path);
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            size_t len = strlen(e->d_name);
+            if (e->d_name[0] == '.' || len <= 5 || strcmp(e->d_name + len - 5, ".yaml") != 0)
+                continue;
+            if (n + 1 >= cap) {
+                cap *= 2;
+                v = nx_realloc(v, cap * sizeof *v);
+            }
+            v[n++] = nx_strdup(e->d_name);
+        }
+        if (d)
+            closedir(d);
+        free(path);
+    }
+    if (L->mem_name && strncmp(L->mem_name, sub, sublen) == 0 && L->mem_name[sublen] == '/') {
+        const char *name = L->mem_name + sublen + 1;
+        size_t len = strlen(name);
+        bool dup = false;
+        for (size_t i = 0; i < n; i++)
+            dup = dup || strcmp(v[i], name) == 0;
+        if (!dup && len > 5 && !strchr(name, '/') && strcmp(name + len - 5, ".yaml") == 0) {
+            if (n + 1 >= cap)
+                v = nx_realloc(v, (cap *= 2) * sizeof *v);
+            v[n++] = nx_strdup(name);
+        }
+    }
+    qsort(v, n, sizeof *v, cmp_names);
+    *count = n;
+    return v;
+}
+
+/* Reports the second of two agents with one id within one file. */
+static void check_duplicate_ids(struct loader *L, const struct nx_agents_file *af)
+{
+    for (size_t i = 0; i < af->n_agents; i++) {
+        const struct nx_agent_conf *a = &af->agents[i];
+        if (!a->id || !a->origin_file)
+            continue;
+        for (size_t j = 0; j < i; j++) {
+            const struct nx_agent_conf *b = &af->agents[j];
+            if (b->id && b->origin_file && strcmp(a->id, b->id) == 0) {
+                nx_diags_add(L->diags, a->origin_file, a->origin_line, a->origin_col,
+                             "duplicate agent id \"%s\" (first defined at line %d, column %d)", a->id,
+                             b->origin_line, b->origin_col);
+                L->errors++;
+                break;
+            }
+        }
+    }
+}
+
+/* Moves the agents of a drop-in into the config: same id replaces, else appended. */
+static void merge_agents(struct nx_config *c, struct nx_agents_file *af)
+{
+    for (size_t i = 0; i < af->n_agents; i++) {
+        struct nx_agent_conf *a = &af->agents[i];
+        struct nx_agent_conf *slot = NULL;
+        for (size_t j = 0; a->id && j < c->n_agents && !slot; j++)
+            if (c->agents[j].id && strcmp(c->agents[j].id, a->id) == 0)
+                slot = &c->agents[j];
+        if (slot) {
+            nx_conf_cleanup(&nx_conf_agent, slot);
+        } else {
+            c->agents = nx_realloc(c->agents, (c->n_agents + 1) * sizeof *c->agents);
+            slot = &c->agents[c->n_agents++];
+        }
+        *slot = *a;
+    }
+    free(af->agents);
+    af->agents = NULL;
+    af->n_agents = 0;
+}
+
+/* The default agent: Anthropic when ANTHROPIC_API_KEY is set, else OpenAI when OPENAI_API_KEY is,
+ * else Anthropic (it will answer with a clear error until a key is configured). */
+static void add_default_agent(struct loader *L)
+{
+    const struct nx_llm_conf *llm = &L->cfg->llm;
+    const char *ak = getenv("ANTHROPIC_API_KEY"), *ok = getenv("OPENAI_API_KEY");
+    const char *want = (ak && *ak) ? "anthropic" : (ok && *ok) ? "openai" : "anthropic";
+    const struct nx_provider_conf *p = nx_config_provider(L->cfg, want);
+    struct nx_agents_file af = {0};
+    struct nx_buf text = NX_BUF_INIT;
+    struct nx_conf_state quiet = {0};
+    struct nx_conf_ctx ctx = {.diags = L->diags, .file = "<defaults>/agents.yaml", .user = &quiet};
+    struct nx_cnode *root = NULL;
+
+    if (!p && llm->n_providers)
+        p = &llm->providers[0];
+    const char *name = p ? p->name : want;
+    int kind = p ? p->kind : NX_PROVIDER_ANTHROPIC;
+    nx_buf_printf(&text,
+                  "agents:\n  - id: main\n    description: default agent\n"
+                  "    model: {provider: \"%s\", model: %s}\n",
+                  name, kind == NX_PROVIDER_OPENAI ? "gpt-4o-mini" : "claude-haiku-4-5");
+    nx_conf_defaults(&nx_conf_agents_file, &af);
+    if (nx_cnode_parse_yaml(&ctx, text.data, text.len, &root) == 0)
+        nx_conf_parse_struct(&ctx, &nx_conf_agents_file, root, &af);
+    L->errors += ctx.errors;
+    merge_agents(L->cfg, &af);
+    nx_cnode_free(root);
+    nx_buf_cleanup(&text);
+}
+
+static void load_agents(struct loader *L)
+{
+    struct nx_agents_file af = {0};
+    size_t n = 0, first_diag = L->diags->n;
+    bool has_base = load_file(L, "agents.yaml", &nx_conf_agents_file, &af, NULL, NULL) > 0;
+
+    check_duplicate_ids(L, &af);
+    nx_diags_sort(L->diags, first_diag);
+    merge_agents(L->cfg, &af);
+    char **names = list_yaml(L, "agents.d", &n);
+    for (size_t i = 0; i < n; i++) {
+        struct nx_buf rel = NX_BUF_INIT;
+        nx_buf_printf(&rel, "agents.d/%s", names[i]);
+        struct nx_agents_file drop = {0};
+        first_diag = L->diags->n;
+        load_file(L, rel.data, &nx_conf_agents_file, &drop, NULL, NULL);
+        check_duplicate_ids(L, &drop);
+        nx_diags_sort(L->diags, first_diag);
+        merge_agents(L->cfg, &drop);
+        nx_buf_cleanup(&rel);
+    }
+    nx_strv_free(names);
+    if (!has_base && L->cfg->n_agents == 0)
+        add_default_agent(L);
+}
+
+static void load_plugins(struct loader *L)
+{
+    size_t n = 0;
+    char **names = list_yaml(L, "plugins", &n);
+
+    L->cfg->plugins = nx_calloc(n ? n : 1, sizeof *L->cfg->plugins);
+    for (size_t i = 0; i < n; i++) {
+        struct nx_buf rel = NX_BUF_INIT;
+        struct nx_buf data = NX_BUF_INIT;
+        struct nx_cnode *root = NULL;
+        size_t first_diag = L->diags->n;
+        nx_buf_printf(&rel, "plugins/%s", names[i]);
+        char *display = display_path(L, rel.data);
+        struct nx_conf_ctx ctx = {.diags = L->diags, .file = display, .dir = L->dir, .user = &L->state};
+        if (read_source(L, rel.data, display, &data) > 0 &&
+            nx_cnode_parse_yaml(&ctx, data.data ? data.data : "", data.len, &root) == 0) {
+            json_t *j = nx_cnode_to_json(&ctx, root);
+            if (j) {
+                struct nx_plugin_conf *p = &L->cfg->plugins[L->cfg->n_plugins++];
+                p->name = nx_strndup(names[i], strlen(names[i]) - 5);
+                p->file = display;
+                display = NULL;
+                p->json = j;
+                p->root = root;
+                root = NULL;
+            }
+        }
+        L->errors += ctx.errors;
+        nx_diags_sort(L->diags, first_diag);
+        nx_cnode_free(root);
+        free(display);
+        nx_buf_cleanup(&data);
+        nx_buf_cleanup(&rel);
+    }
+    nx_strv_free(names);
+}
+
+static const char *const default_llm =
+    "providers:\n"
+    "  anthropic:\n"
+    "    api_key: \"${ANTHROPIC_API_KEY:-}\"\n"
+    "  openai:\n"
+    "    api_key: \"${OPENAI_API_KEY:-}\"\n";
+
+static int load(struct loader *L, struct nx_config **out)
+{
+    struct nx_config *c = nx_config_alloc();
+    struct nx_diags own;
+    bool llm_ok = false;
+    int rc = 0;
+
+    nx_diags_init(&own);
+    if (!L->diags)
+        L->diags = &own;
+
+    L->cfg = c;
+    if (L->dir)
+        c->dir = nx_strdup(L->dir);
+    if (L->use_disk) {
+        struct stat st;
+        int err = stat(L->dir, &st) < 0 ? errno : S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+        if (err) {
+            loader_error(L, L->dir, "cannot open config directory", strerror(err));
+            rc = NX_ECONFIG;
+            goto out;
+        }
+    }
+    load_file(L, "gateway.yaml", &nx_conf_gateway_file, &c->gateway, NULL, NULL);
+    load_file(L, "llm.yaml", &nx_conf_llm_file, &c->llm, default_llm, &llm_ok);
+    L->state.llm = &c->llm;
+    L->state.providers_known = llm_ok && c->llm.n_providers > 0;
+    load_file(L, "broker.yaml", &nx_conf_broker_file, &c->broker, NULL, NULL);
+    load_file(L, "memory.yaml", &nx_conf_memory_file, &c->memory, NULL, NULL);
+    load_file(L, "mcp.yaml", &nx_conf_mcp_file, &c->mcp, NULL, NULL);
+    load_agents(L);
+    load_plugins(L);
+    if (L->errors)
+        rc = NX_ECONFIG;
+out:
+    nx_diags_cleanup(&own);
+    if (rc < 0) {
+        nx_config_destroy(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+int nx_config_load(const char *dir, struct nx_config **out, struct nx_diags *diags)
+{
+    struct loader L = {.dir = dir, .use_disk = dir != NULL, .diags = diags};
+    return load(&L, out);
+}
+
+int nx_config_load_mem(const char *dir, const char *name, const char *data, size_t len,
+                       struct nx_config **out, struct nx_diags *diags)
+{
+    struct loader L = {.dir = dir, .mem_name = name, .mem_data = data, .mem_len = len, .diags = diags};
+    return load(&L, out);
+}
