@@ -27,13 +27,17 @@ struct nx_store_opts {
 
 /* Creates data_dir (0700) if missing, opens data_dir/nexo.db (0600) in WAL mode on a new store
  * thread and applies the numbered migrations. `ready` runs on the loop when that is done (rc 0)
- * or failed. Returns at once. */
+ * or failed (rc < 0, see nx_store_last_error; NX_ENOTSUP for a schema newer than this binary;
+ * jobs then complete with NX_ECLOSED, and the store must still be closed). Returns at once: 0,
+ * or NX_EINVAL / NX_EIO (no store, `ready` never runs). Jobs may be queued before `ready`. */
 int nx_store_open(uv_loop_t *loop, const char *data_dir, const struct nx_store_opts *opts,
                   nx_store_done_fn ready, void *arg, struct nx_store **out);
 bool nx_store_is_open(const struct nx_store *s);
 
 /* Queue a write (batched, in a transaction) or a read (outside the write transaction). Any
- * thread; done may be NULL. */
+ * thread; done may be NULL. Jobs run in the order queued: consecutive writes share a
+ * transaction, and a read or flush ends the batch, so a read sees every write queued before it
+ * and none queued after it. Jobs must not COMMIT or ROLLBACK the batch themselves. */
 void nx_store_write(struct nx_store *s, nx_store_job_fn job, nx_store_done_fn done, void *arg);
 void nx_store_read(struct nx_store *s, nx_store_job_fn job, nx_store_done_fn done, void *arg);
 /* done runs after every write queued before it has committed. */
@@ -42,8 +46,30 @@ void nx_store_flush(struct nx_store *s, nx_store_done_fn done, void *arg);
 /* Schema version after migrations (on the store thread's data; safe after ready). */
 int nx_store_schema_version(const struct nx_store *s);
 
+/* Why the open failed, in words ("" when it did not); safe in and after `ready`. */
+const char *nx_store_last_error(const struct nx_store *s);
+
+/* Counters since open, for tests and metrics; any thread. */
+struct nx_store_stats {
+    uint64_t commits;            /* group-commit transactions committed */
+    uint64_t failed_commits;     /* batches whose BEGIN or COMMIT failed (their jobs got NX_EDB) */
+    uint64_t jobs;               /* write and read jobs run */
+    uint64_t writes;             /* write jobs run */
+    uint64_t reads;              /* read jobs run */
+    uint64_t failed_jobs;        /* jobs that completed with rc < 0 (own error or failed commit) */
+    uint64_t max_batch;          /* most write jobs seen in one transaction */
+    uint64_t migrations_applied; /* migrations this open applied */
+};
+void nx_store_stats(const struct nx_store *s, struct nx_store_stats *out);
+
 /* Flushes, stops the thread and closes the database; blocks the caller until done. Jobs still
- * queued run first. Accepts NULL. Call on the loop thread during shutdown. */
+ * queued run first. Accepts NULL. Call on the loop thread during shutdown.
+ * Every done callback still pending (including `ready` if it had not run yet) runs on the
+ * calling thread before close returns, exactly once; jobs submitted from those callbacks (or
+ * on the loop thread once close has begun) complete with NX_ECLOSED, also before close returns;
+ * other threads must have stopped submitting before close is called.
+ * The store's mailbox handle is then closed; its memory is freed when the loop next runs
+ * (uv_run), after which uv_run can return. Do not use `s` after close. */
 void nx_store_close(struct nx_store *s);
 
 #endif

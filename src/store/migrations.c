@@ -1,0 +1,167 @@
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "store/migrations.h"
+
+/* The schema, one step at a time. Append only: a shipped migration never changes, because
+ * databases in the field have already run it. Later issues add the ledger, queues, sessions,
+ * FTS5 transcripts, memories... as new entries at the end. */
+static const struct nx_migration migrations[] = {
+    {1, "kv",
+     "CREATE TABLE kv (\n"
+     "    key TEXT PRIMARY KEY,\n"
+     "    value BLOB,\n"
+     "    updated_at INTEGER NOT NULL DEFAULT 0\n"
+     ");"},
+};
+
+const struct nx_migration *nx_migrations(size_t *count)
+{
+    *count = sizeof migrations / sizeof migrations[0];
+    return migrations;
+}
+
+int nx_migrations_latest(void)
+{
+    size_t n = sizeof migrations / sizeof migrations[0];
+    return n ? migrations[n - 1].version : 0;
+}
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!err || !errlen)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+int nx_migrations_current(sqlite3 *db, int *version)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = NX_EDB;
+
+    if (sqlite3_prepare_v2(db, "SELECT coalesce(max(version), 0) FROM schema_migrations", -1, &st,
+                           NULL) != SQLITE_OK)
+        goto out;
+    if (sqlite3_step(st) != SQLITE_ROW)
+        goto out;
+    *version = sqlite3_column_int(st, 0);
+    rc = 0;
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int record(sqlite3 *db, const struct nx_migration *m)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = NX_EDB;
+
+    if (sqlite3_prepare_v2(db, "INSERT INTO schema_migrations(version, name, applied_at) "
+                               "VALUES (?1, ?2, ?3)",
+                           -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_int(st, 1, m->version);
+    sqlite3_bind_text(st, 2, m->name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)(nx_wall_ms() / 1000));
+    if (sqlite3_step(st) == SQLITE_DONE)
+        rc = 0;
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* One migration in its own transaction. The version is checked again under the write lock so
+ * that two processes opening the same fresh database do not both apply it. */
+static int apply_one(sqlite3 *db, const struct nx_migration *m, bool *ran, char *err,
+                     size_t errlen)
+{
+    int cur = 0;
+    int rc = NX_EDB;
+    bool in_tx = false;
+
+    *ran = false;
+    if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    in_tx = true;
+    if (nx_migrations_current(db, &cur) < 0)
+        goto fail;
+    if (cur < m->version) {
+        if (sqlite3_exec(db, m->sql, NULL, NULL, NULL) != SQLITE_OK || record(db, m) < 0)
+            goto fail;
+        *ran = true;
+    }
+    if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    return 0;
+fail:
+    set_err(err, errlen, "migration %d (%s) failed: %s", m->version, m->name, sqlite3_errmsg(db));
+    if (in_tx && !sqlite3_get_autocommit(db))
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    *ran = false;
+    return rc;
+}
+
+int nx_migrations_apply(sqlite3 *db, const struct nx_migration *list, size_t count, int *version,
+                        int *applied, char *err, size_t errlen)
+{
+    int cur = 0;
+    int n = 0;
+    int latest = count ? list[count - 1].version : 0;
+    int rc;
+
+    if (sqlite3_exec(db,
+                     "CREATE TABLE IF NOT EXISTS schema_migrations (\n"
+                     "    version INTEGER PRIMARY KEY,\n"
+                     "    name TEXT,\n"
+                     "    applied_at INTEGER\n"
+                     ")",
+                     NULL, NULL, NULL) != SQLITE_OK) {
+        set_err(err, errlen, "cannot create schema_migrations: %s", sqlite3_errmsg(db));
+        rc = NX_EDB;
+        goto out;
+    }
+    if ((rc = nx_migrations_current(db, &cur)) < 0) {
+        set_err(err, errlen, "cannot read schema version: %s", sqlite3_errmsg(db));
+        goto out;
+    }
+    if (cur > latest) {
+        set_err(err, errlen,
+                "database schema version %d is newer than this nexo knows (%d): upgrade nexo, "
+                "or restore a backup made by this version",
+                cur, latest);
+        rc = NX_ENOTSUP;
+        goto out;
+    }
+    for (size_t i = 0; i < count; i++) {
+        bool ran;
+
+        if (list[i].version <= cur)
+            continue;
+        if ((rc = apply_one(db, &list[i], &ran, err, errlen)) < 0)
+            goto out;
+        if (ran) {
+            n++;
+            nx_info("store", "applied migration %d (%s)", list[i].version, list[i].name);
+        }
+        cur = list[i].version;
+    }
+    rc = 0;
+out:
+    if (version)
+        *version = cur;
+    if (applied)
+        *applied = n;
+    return rc;
+}

@@ -1,0 +1,667 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "runtime/mailbox.h"
+#include "store/migrations.h"
+#include "store/store.h"
+
+#define DEFAULT_WINDOW_MS 2
+#define DEFAULT_MAX_BATCH 1024
+#define BUSY_TIMEOUT_MS 5000
+
+enum job_kind {
+    JOB_WRITE,
+    JOB_READ,
+    JOB_FLUSH,
+};
+
+/* One queued request. It travels: submitter -> queue -> store thread -> mailbox -> loop. */
+struct job {
+    struct job *next;
+    enum job_kind kind;
+    nx_store_job_fn fn;
+    nx_store_done_fn done;
+    void *arg;
+    int rc;
+};
+
+struct nx_store {
+    struct nx_mailbox mb; /* completions into the loop; freed with the store when it closes */
+    pthread_t thread;
+    bool has_thread;
+
+    pthread_mutex_t lock; /* guards the queue and is_closing */
+    pthread_cond_t cond;
+    struct job *head;
+    struct job *tail;
+    bool is_closing;
+
+    char *dir;
+    char *path;
+    uint32_t window_ms;
+    uint32_t max_batch;
+    bool synchronous_full;
+
+    nx_store_done_fn ready;
+    void *ready_arg;
+    int ready_rc;
+    char err[512]; /* written by the store thread before `ready` is posted */
+
+    sqlite3 *db; /* store thread only */
+
+    atomic_bool is_open;
+    atomic_int version;
+    _Atomic uint64_t commits;
+    _Atomic uint64_t failed_commits;
+    _Atomic uint64_t jobs;
+    _Atomic uint64_t writes;
+    _Atomic uint64_t reads;
+    _Atomic uint64_t failed_jobs;
+    _Atomic uint64_t max_batch_seen;
+    _Atomic uint64_t migrations_applied;
+
+    struct nx_metric *m_commits;
+    struct nx_metric *m_jobs;
+    struct nx_metric *m_batch;
+    struct nx_metric *m_commit_seconds;
+};
+
+/* ---- completions (run on the loop thread) ---- */
+
+static void run_done(void *arg)
+{
+    struct job *j = arg;
+
+    j->done(j->rc, j->arg);
+    free(j);
+}
+
+static void post_done(struct nx_store *s, struct job *j)
+{
+    if (j->done)
+        nx_mailbox_post(&s->mb, run_done, j);
+    else
+        free(j);
+}
+
+static void run_ready(void *arg)
+{
+    struct nx_store *s = arg;
+
+    if (s->ready)
+        s->ready(s->ready_rc, s->ready_arg);
+}
+
+/* ---- files and directories (store thread) ---- */
+
+/* mkdir -p, each directory it creates 0700 whatever the umask. An existing data directory that
+ * others can read is left alone, with a warning. */
+static int make_dir(struct nx_store *s, const char *dir)
+{
+    char *p = nx_strdup(dir);
+    size_t len = strlen(p);
+    struct stat st;
+    int rc = 0;
+
+    while (len > 1 && p[len - 1] == '/')
+        p[--len] = '\0';
+    for (size_t i = 1; i <= len; i++) {
+        if (p[i] != '/' && p[i] != '\0')
+            continue;
+        char c = p[i];
+        p[i] = '\0';
+        if (mkdir(p, 0700) == 0) {
+            if (chmod(p, 0700) < 0) {
+                snprintf(s->err, sizeof s->err, "chmod %s: %s", p, strerror(errno));
+                rc = NX_EIO;
+                goto out;
+            }
+        } else if (errno != EEXIST || stat(p, &st) < 0 || !S_ISDIR(st.st_mode)) {
+            snprintf(s->err, sizeof s->err, "cannot create data directory %s: %s", p,
+                     errno == EEXIST ? "exists and is not a directory" : strerror(errno));
+            rc = NX_EIO;
+            goto out;
+        }
+        p[i] = c;
+    }
+    if (stat(p, &st) == 0 && (st.st_mode & 077))
+        nx_warn("store", "data directory %s has mode %04o; 0700 is recommended (chmod 700 %s)", p,
+                (unsigned)(st.st_mode & 07777), p);
+out:
+    free(p);
+    return rc;
+}
+
+/* The database file is created here, not by SQLite, so that it is 0600 whatever the umask.
+ * SQLite then creates -wal and -shm with the database's mode. */
+static int make_db_file(struct nx_store *s)
+{
+    struct stat st;
+    int fd = open(s->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    int rc = NX_EIO;
+
+    if (fd < 0) {
+        snprintf(s->err, sizeof s->err, "cannot open %s: %s", s->path, strerror(errno));
+        return NX_EIO;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        snprintf(s->err, sizeof s->err, "%s is not a regular file", s->path);
+        goto out;
+    }
+    if ((st.st_mode & 07777) != 0600) {
+        if (st.st_size)
+            nx_info("store", "%s had mode %04o; setting 0600", s->path,
+                    (unsigned)(st.st_mode & 07777));
+        if (fchmod(fd, 0600) < 0) {
+            snprintf(s->err, sizeof s->err, "chmod %s: %s", s->path, strerror(errno));
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    close(fd);
+    return rc;
+}
+
+/* -wal and -shm left behind with another mode (a copy, an older tool) are set back to 0600. */
+static void fix_side_file(const char *path, const char *suffix)
+{
+    char name[4096];
+    struct stat st;
+
+    if (snprintf(name, sizeof name, "%s%s", path, suffix) >= (int)sizeof name)
+        return;
+    if (stat(name, &st) == 0 && (st.st_mode & 07777) != 0600 && chmod(name, 0600) < 0)
+        nx_warn("store", "chmod 0600 %s: %s", name, strerror(errno));
+}
+
+static int set_pragmas(struct nx_store *s)
+{
+    sqlite3_stmt *st = NULL;
+    const char *mode;
+    int rc = NX_EDB;
+
+    if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode=WAL", -1, &st, NULL) != SQLITE_OK ||
+        sqlite3_step(st) != SQLITE_ROW)
+        goto fail;
+    mode = (const char *)sqlite3_column_text(st, 0);
+    if (!mode || strcmp(mode, "wal") != 0) {
+        snprintf(s->err, sizeof s->err, "%s: cannot enable WAL (journal_mode is %s)", s->path,
+                 mode ? mode : "unknown");
+        goto out;
+    }
+    if (sqlite3_exec(s->db,
+                     s->synchronous_full ? "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON"
+                                         : "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON",
+                     NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    rc = 0;
+    goto out;
+fail:
+    snprintf(s->err, sizeof s->err, "%s: %s", s->path, sqlite3_errmsg(s->db));
+out:
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int open_db(struct nx_store *s)
+{
+    size_t count;
+    const struct nx_migration *list = nx_migrations(&count);
+    int version = 0;
+    int applied = 0;
+    char msg[256];
+    int rc;
+
+    if ((rc = make_dir(s, s->dir)) < 0 || (rc = make_db_file(s)) < 0)
+        goto out;
+    if (sqlite3_open_v2(s->path, &s->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                        NULL) != SQLITE_OK) {
+        snprintf(s->err, sizeof s->err, "cannot open %s: %s", s->path,
+                 s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        rc = NX_EDB;
+        goto out;
+    }
+    sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
+    if ((rc = set_pragmas(s)) < 0)
+        goto out;
+    rc = nx_migrations_apply(s->db, list, count, &version, &applied, msg, sizeof msg);
+    if (rc < 0) {
+        snprintf(s->err, sizeof s->err, "%s: %s", s->path, msg);
+        goto out;
+    }
+    fix_side_file(s->path, "-wal");
+    fix_side_file(s->path, "-shm");
+    atomic_store(&s->version, version);
+    atomic_store(&s->migrations_applied, (uint64_t)applied);
+out:
+    if (rc < 0) {
+        nx_error("store", "%s", s->err);
+        if (s->db)
+            sqlite3_close_v2(s->db);
+        s->db = NULL;
+    }
+    return rc;
+}
+
+/* ---- running jobs (store thread) ---- */
+
+static void count_job(struct nx_store *s, const struct job *j)
+{
+    static const char *const labels[2][2] = {{"write", "ok"}, {"write", "error"}};
+    static const char *const rlabels[2][2] = {{"read", "ok"}, {"read", "error"}};
+    bool is_failed = j->rc < 0;
+
+    atomic_fetch_add_explicit(&s->jobs, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(j->kind == JOB_WRITE ? &s->writes : &s->reads, 1,
+                              memory_order_relaxed);
+    if (is_failed)
+        atomic_fetch_add_explicit(&s->failed_jobs, 1, memory_order_relaxed);
+    nx_counter_add(s->m_jobs, j->kind == JOB_WRITE ? labels[is_failed] : rlabels[is_failed], 1);
+}
+
+static int sql_exec(struct nx_store *s, const char *sql)
+{
+    return sqlite3_exec(s->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : NX_EDB;
+}
+
+static bool has_deferred_violation(sqlite3 *db)
+{
+    int cur = 0;
+    int hi = 0;
+
+    return sqlite3_db_status(db, SQLITE_DBSTATUS_DEFERRED_FKS, &cur, &hi, 0) == SQLITE_OK && cur > 0;
+}
+
+/* One write job inside the open transaction, fenced by a savepoint so that its failure undoes
+ * only its own changes. Returns false when the transaction itself is gone (a job that ran
+ * COMMIT or ROLLBACK, or a savepoint that could not be rolled back): the batch must end. */
+static bool run_write(struct nx_store *s, struct job *j)
+{
+    int rc;
+
+    if (sql_exec(s, "SAVEPOINT nx_job") < 0) {
+        j->rc = NX_EDB;
+        return !sqlite3_get_autocommit(s->db);
+    }
+    rc = j->fn(s->db, j->arg);
+    if (rc >= 0 && has_deferred_violation(s->db)) {
+        /* would make COMMIT fail for the whole batch: fail this job alone instead */
+        nx_warn("store", "a write job left a deferred foreign key violation; rolling it back");
+        rc = NX_EDB;
+    }
+    if (sqlite3_get_autocommit(s->db)) {
+        /* the job ran COMMIT or ROLLBACK, or SQLite rolled back after an I/O error */
+        nx_error("store", "the batch transaction ended inside a write job (%s); failing the batch",
+                 sqlite3_errmsg(s->db));
+        j->rc = rc < 0 ? rc : NX_EDB;
+        return false;
+    }
+    if (rc < 0) {
+        j->rc = rc;
+        if (sql_exec(s, "ROLLBACK TO nx_job") < 0 || sql_exec(s, "RELEASE nx_job") < 0)
+            return false;
+        return true;
+    }
+    j->rc = 0;
+    if (sql_exec(s, "RELEASE nx_job") < 0) {
+        j->rc = NX_EDB;
+        return false;
+    }
+    return true;
+}
+
+static void deadline_after(struct timespec *ts, uint32_t ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+/* Under s->lock: waits (until `deadline`) for a write at the head of the queue and takes up to
+ * `room` consecutive writes. Stops at once on a read or flush (they see this batch committed),
+ * or when the store is closing and nothing is queued. */
+static struct job *take_writes(struct nx_store *s, const struct timespec *deadline, size_t room)
+{
+    struct job *first;
+    struct job *last;
+    size_t n = 1;
+
+    while (!s->head && !s->is_closing) {
+        if (pthread_cond_timedwait(&s->cond, &s->lock, deadline) == ETIMEDOUT)
+            break;
+    }
+    if (!s->head || s->head->kind != JOB_WRITE)
+        return NULL;
+    first = last = s->head;
+    while (n < room && last->next && last->next->kind == JOB_WRITE) {
+        last = last->next;
+        n++;
+    }
+    s->head = last->next;
+    if (!s->head)
+        s->tail = NULL;
+    last->next = NULL;
+    return first;
+}
+
+/* Group commit: the first write opens the transaction; writes that arrive within the window
+ * join it (each run as it arrives, in its own savepoint); one COMMIT, then every completion. */
+static void run_batch(struct nx_store *s, struct job *first)
+{
+    struct job *batch = first;
+    struct job *last = first;
+    struct timespec deadline;
+    size_t n = 1;
+    bool is_ok = sql_exec(s, "BEGIN IMMEDIATE") == 0;
+    uint64_t t0;
+
+    first->next = NULL;
+    if (!is_ok) {
+        nx_error("store", "BEGIN: %s", sqlite3_errmsg(s->db));
+        goto finish;
+    }
+    deadline_after(&deadline, s->window_ms);
+    if (!run_write(s, first)) {
+        is_ok = false;
+        goto finish;
+    }
+    while (n < s->max_batch) {
+        pthread_mutex_lock(&s->lock);
+        struct job *more = take_writes(s, &deadline, s->max_batch - n);
+        pthread_mutex_unlock(&s->lock);
+        if (!more)
+            break;
+        last->next = more;
+        for (struct job *j = more; j; j = j->next) {
+            last = j;
+            n++;
+            if (is_ok && !run_write(s, j))
+                is_ok = false;
+            else if (!is_ok)
+                j->rc = NX_EDB;
+        }
+        if (!is_ok)
+            break;
+    }
+    t0 = nx_mono_ns();
+    if (is_ok && sql_exec(s, "COMMIT") < 0) {
+        nx_error("store", "COMMIT of %zu jobs failed: %s", n, sqlite3_errmsg(s->db));
+        is_ok = false;
+    }
+    if (is_ok) {
+        nx_histogram_observe(s->m_commit_seconds, NULL, (double)(nx_mono_ns() - t0) / 1e9);
+        atomic_fetch_add_explicit(&s->commits, 1, memory_order_relaxed);
+        nx_counter_add(s->m_commits, NULL, 1);
+    }
+finish:
+    if (!is_ok) {
+        if (!sqlite3_get_autocommit(s->db))
+            sql_exec(s, "ROLLBACK");
+        atomic_fetch_add_explicit(&s->failed_commits, 1, memory_order_relaxed);
+    }
+    nx_histogram_observe(s->m_batch, NULL, (double)n);
+    if (n > atomic_load_explicit(&s->max_batch_seen, memory_order_relaxed))
+        atomic_store_explicit(&s->max_batch_seen, n, memory_order_relaxed);
+    while (batch) {
+        struct job *j = batch;
+
+        batch = j->next;
+        if (!is_ok)
+            j->rc = NX_EDB;
+        count_job(s, j);
+        post_done(s, j);
+    }
+}
+
+/* A read runs between batches, outside any write transaction: it sees every write queued
+ * before it. */
+static void run_read(struct nx_store *s, struct job *j)
+{
+    int rc = j->fn(s->db, j->arg);
+
+    if (!sqlite3_get_autocommit(s->db)) {
+        nx_warn("store", "a read job left a transaction open; rolling it back");
+        sql_exec(s, "ROLLBACK");
+    }
+    j->rc = rc < 0 ? rc : 0;
+    count_job(s, j);
+    post_done(s, j);
+}
+
+static void *store_main(void *arg)
+{
+    struct nx_store *s = arg;
+
+    s->ready_rc = open_db(s);
+    if (s->ready_rc == 0)
+        atomic_store(&s->is_open, true);
+    nx_mailbox_post(&s->mb, run_ready, s);
+
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        while (!s->head && !s->is_closing)
+            pthread_cond_wait(&s->cond, &s->lock);
+        struct job *j = s->head;
+        if (j) {
+            s->head = j->next;
+            if (!s->head)
+                s->tail = NULL;
+            j->next = NULL;
+        }
+        pthread_mutex_unlock(&s->lock);
+        if (!j)
+            break; /* closing, and nothing left */
+
+        if (!s->db) {
+            j->rc = NX_ECLOSED;
+            post_done(s, j);
+        } else if (j->kind == JOB_WRITE) {
+            run_batch(s, j);
+        } else if (j->kind == JOB_READ) {
+            run_read(s, j);
+        } else {
+            j->rc = 0; /* flush: every write before it has committed by now */
+            post_done(s, j);
+        }
+    }
+
+    if (s->db && sqlite3_close(s->db) != SQLITE_OK) {
+        nx_warn("store", "closing %s: %s", s->path, sqlite3_errmsg(s->db));
+        sqlite3_close_v2(s->db);
+    }
+    s->db = NULL;
+    return NULL;
+}
+
+/* ---- public API ---- */
+
+static void register_metrics(struct nx_store *s)
+{
+    static const char *const job_labels[] = {"kind", "result", NULL};
+    static const double batch_buckets[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+    static const double secs_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                          0.01,   0.025,   0.05,   0.1,   0.25,   1};
+
+    s->m_commits = nx_metric_counter("nexo_store_commits_total",
+                                     "Group-commit transactions committed by the store thread.", NULL);
+    s->m_jobs = nx_metric_counter("nexo_store_jobs_total", "Store jobs run, by kind and result.",
+                                  job_labels);
+    s->m_batch = nx_metric_histogram("nexo_store_batch_size", "Write jobs per transaction.", NULL,
+                                     batch_buckets, NX_ARRAY_LEN(batch_buckets));
+    s->m_commit_seconds = nx_metric_histogram("nexo_store_commit_seconds",
+                                              "Time spent in COMMIT (the fsync of a batch).", NULL,
+                                              secs_buckets, NX_ARRAY_LEN(secs_buckets));
+}
+
+static void store_free(struct nx_store *s)
+{
+    struct job *j = s->head;
+
+    while (j) { /* only if the thread never started */
+        struct job *next = j->next;
+        free(j);
+        j = next;
+    }
+    pthread_cond_destroy(&s->cond);
+    pthread_mutex_destroy(&s->lock);
+    free(s->dir);
+    free(s->path);
+    free(s);
+}
+
+static void on_mailbox_closed(struct nx_mailbox *mb)
+{
+    store_free(nx_container_of(mb, struct nx_store, mb));
+}
+
+int nx_store_open(uv_loop_t *loop, const char *data_dir, const struct nx_store_opts *opts,
+                  nx_store_done_fn ready, void *arg, struct nx_store **out)
+{
+    struct nx_store *s;
+    pthread_condattr_t ca;
+    size_t len;
+    int rc;
+
+    if (!loop || !data_dir || !*data_dir || !out)
+        return NX_EINVAL;
+    s = nx_calloc(1, sizeof *s);
+    s->dir = nx_strdup(data_dir);
+    len = strlen(data_dir) + sizeof "/nexo.db";
+    s->path = nx_malloc(len);
+    snprintf(s->path, len, "%s/nexo.db", data_dir);
+    s->window_ms = opts && opts->batch_window_ms ? opts->batch_window_ms : DEFAULT_WINDOW_MS;
+    s->max_batch = opts && opts->max_batch ? opts->max_batch : DEFAULT_MAX_BATCH;
+    s->synchronous_full = opts && opts->synchronous_full;
+    s->ready = ready;
+    s->ready_arg = arg;
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    register_metrics(s);
+
+    if ((rc = nx_mailbox_init(&s->mb, loop)) < 0) {
+        nx_error("store", "mailbox: %s", uv_strerror(rc));
+        store_free(s);
+        return NX_EIO;
+    }
+    if ((rc = pthread_create(&s->thread, NULL, store_main, s)) != 0) {
+        nx_error("store", "cannot start the store thread: %s", strerror(rc));
+        nx_mailbox_close(&s->mb, on_mailbox_closed);
+        return NX_EIO;
+    }
+    s->has_thread = true;
+    *out = s;
+    return 0;
+}
+
+bool nx_store_is_open(const struct nx_store *s)
+{
+    return s && atomic_load(&s->is_open);
+}
+
+static void submit(struct nx_store *s, enum job_kind kind, nx_store_job_fn fn,
+                   nx_store_done_fn done, void *arg)
+{
+    struct job *j = nx_calloc(1, sizeof *j);
+
+    NX_ASSERT(s);
+    NX_ASSERT(fn || kind == JOB_FLUSH);
+    j->kind = kind;
+    j->fn = fn;
+    j->done = done;
+    j->arg = arg;
+    pthread_mutex_lock(&s->lock);
+    if (s->is_closing) {
+        pthread_mutex_unlock(&s->lock);
+        j->rc = NX_ECLOSED;
+        post_done(s, j);
+        return;
+    }
+    if (s->tail)
+        s->tail->next = j;
+    else
+        s->head = j;
+    s->tail = j;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void nx_store_write(struct nx_store *s, nx_store_job_fn job, nx_store_done_fn done, void *arg)
+{
+    submit(s, JOB_WRITE, job, done, arg);
+}
+
+void nx_store_read(struct nx_store *s, nx_store_job_fn job, nx_store_done_fn done, void *arg)
+{
+    submit(s, JOB_READ, job, done, arg);
+}
+
+void nx_store_flush(struct nx_store *s, nx_store_done_fn done, void *arg)
+{
+    submit(s, JOB_FLUSH, NULL, done, arg);
+}
+
+int nx_store_schema_version(const struct nx_store *s)
+{
+    return s ? atomic_load(&s->version) : 0;
+}
+
+const char *nx_store_last_error(const struct nx_store *s)
+{
+    return s ? s->err : "";
+}
+
+void nx_store_stats(const struct nx_store *s, struct nx_store_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!s)
+        return;
+    out->commits = atomic_load(&s->commits);
+    out->failed_commits = atomic_load(&s->failed_commits);
+    out->jobs = atomic_load(&s->jobs);
+    out->writes = atomic_load(&s->writes);
+    out->reads = atomic_load(&s->reads);
+    out->failed_jobs = atomic_load(&s->failed_jobs);
+    out->max_batch = atomic_load(&s->max_batch_seen);
+    out->migrations_applied = atomic_load(&s->migrations_applied);
+}
+
+/* Close order: refuse new jobs, let the thread finish the queue (last batch commits, the
+ * database closes), join it, then close the mailbox, which runs every completion still queued
+ * right here on the loop thread, exactly once. The memory goes when the handle's close
+ * callback runs. */
+void nx_store_close(struct nx_store *s)
+{
+    if (!s)
+        return;
+    atomic_store(&s->is_open, false);
+    pthread_mutex_lock(&s->lock);
+    s->is_closing = true;
+    pthread_cond_signal(&s->cond);
+    pthread_mutex_unlock(&s->lock);
+    if (s->has_thread)
+        pthread_join(s->thread, NULL);
+    s->has_thread = false;
+    nx_mailbox_close(&s->mb, on_mailbox_closed);
+}
