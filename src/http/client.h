@@ -19,6 +19,7 @@ struct nx_http_client_opts {
     uint32_t timeout_ms;         /* default per call; 0 = 120000 */
     uint64_t max_response_bytes; /* default per call; 0 = 32 MiB */
     const char *user_agent;      /* NULL = "nexo/<version>" */
+    uint32_t max_host_connections; /* per host (and proxy); 0 = 32; the idle pool keeps twice that */
 };
 
 struct nx_http_header {
@@ -43,8 +44,8 @@ int nx_http_response_header(const struct nx_http_response *res, const char *name
  * non-zero to abort the call (on_done then gets NX_ECANCELED). */
 typedef int (*nx_http_data_fn)(const char *data, size_t len, long status, void *udata);
 /* Called exactly once. rc 0 = a response arrived (any status); otherwise NX_ETIMEDOUT,
- * NX_ETOOBIG, NX_ECANCELED, NX_EHTTP (connect/TLS/protocol; see err). res is valid only during
- * the call. */
+ * NX_ETOOBIG, NX_ECANCELED, NX_EHTTP (connect/TLS/protocol; see err), NX_EINVAL (bad
+ * opts). err is NULL when rc is 0. res (never NULL) is valid only during the call. */
 typedef void (*nx_http_done_fn)(int rc, const struct nx_http_response *res, const char *err,
                                 void *udata);
 
@@ -58,6 +59,7 @@ struct nx_http_call_opts {
     uint32_t timeout_ms;                  /* 0 = client default */
     uint64_t max_response_bytes;          /* 0 = client default */
     const char *proxy;                    /* NULL = client default; "" = none */
+    uint32_t follow_redirects;            /* 0 = return 3xx as is; N = follow up to N */
     nx_http_data_fn on_data;              /* NULL = buffer the body */
     nx_http_done_fn on_done;
     void *udata;
@@ -69,7 +71,10 @@ int nx_http_client_new(uv_loop_t *loop, const struct nx_http_client_opts *opts,
  * has closed its handles. Accepts NULL. */
 void nx_http_client_free(struct nx_http_client *c);
 
-/* Starts a call; returns a handle valid until on_done has run. */
+/* Starts a call; returns a handle valid until on_done has run. on_done never runs inside this
+ * function: a call that cannot start (bad header, proxy scheme, ...) completes on a later loop
+ * iteration. Returns NULL (and never calls on_done) only when opts or opts->on_done is NULL or
+ * the client is being freed. */
 struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
                                             const struct nx_http_call_opts *opts);
 /* on_done runs with NX_ECANCELED (from within this call). */

@@ -31,6 +31,7 @@ struct nx_sse_reader {
     void *udata;
 };
 
+/* max_event_bytes caps one line and one event's data + name (0 = 1 MiB). */
 void nx_sse_reader_init(struct nx_sse_reader *r, size_t max_event_bytes, nx_sse_event_fn fn,
                         void *udata);
 void nx_sse_reader_cleanup(struct nx_sse_reader *r);

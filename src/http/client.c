@@ -1,0 +1,694 @@
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "http/client.h"
+
+/* libcurl's multi interface on the libuv loop, after curl's docs/examples/multi-uv.c: curl
+ * tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION -> one uv_poll_t each) and when to
+ * wake it (CURLMOPT_TIMERFUNCTION -> one uv_timer_t); we call curl_multi_socket_action from
+ * those handles and read CURLMSG_DONE afterwards.
+ *
+ * Re-entrancy: user callbacks (on_data, on_done) may cancel calls, start calls or free the
+ * client. libcurl forbids removing or adding easy handles from inside its callbacks, so every
+ * entry point runs between enter() and leave(): while depth > 0 a finished call is only marked
+ * done; leave() at depth 0 detaches and frees finished calls and completes a pending free.
+ * New calls are added to the multi handle from a zero timer (`kick`), which is also how start
+ * failures reach on_done on a later loop iteration, never inside nx_http_client_request. */
+
+#define DEFAULT_CONNECT_MS 10000u
+#define DEFAULT_TIMEOUT_MS 120000u
+#define DEFAULT_MAX_BYTES (32ull * 1024 * 1024)
+#define DEFAULT_HOST_CONNS 32
+#define MAX_HEADER_BYTES (256u * 1024)
+
+struct sock_ctx {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    struct nx_http_client *client;
+    struct sock_ctx *prev, *next;
+    int is_closing;
+};
+
+struct nx_http_call {
+    struct nx_http_client *client;
+    struct nx_http_call *prev, *next;
+    CURL *easy;
+    struct curl_slist *hdrs;
+    char *body;
+    nx_http_data_fn on_data;
+    nx_http_done_fn on_done;
+    void *udata;
+    uint64_t max_bytes;
+    uint64_t received;
+    struct nx_buf resp_hdrs;
+    struct nx_buf resp_body;
+    int hdr_complete;   /* the last header line seen was the blank line ending a block */
+    int body_started;   /* later header lines are trailers */
+    int fail_rc;        /* our own reason for aborting (size cap, caller abort) */
+    int start_rc;       /* set up failed: reported from the kick timer */
+    const char *start_err;
+    int in_multi;
+    int is_done;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+struct nx_http_client {
+    uv_loop_t *loop;
+    CURLM *multi;
+    uv_timer_t timer;
+    uv_timer_t kick;
+    char *proxy;
+    char *user_agent;
+    uint32_t connect_timeout_ms;
+    uint32_t timeout_ms;
+    uint64_t max_response_bytes;
+    struct nx_http_call *calls, *calls_tail;
+    struct sock_ctx *socks;
+    size_t inflight;
+    int depth;
+    int open_handles;
+    int is_freeing;
+    int is_closed;
+};
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static int global_rc;
+
+static void global_init(void)
+{
+    curl_version_info_data *vi;
+
+    global_rc = curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : NX_EHTTP;
+    vi = curl_version_info(CURLVERSION_NOW);
+    if (vi && !(vi->features & CURL_VERSION_ASYNCHDNS))
+        nx_warn("http", "libcurl %s has no asynchronous resolver: DNS lookups block the loop",
+                vi->version);
+}
+
+static int check_proxy(const char *p)
+{
+    static const char *const schemes[] = {"http://", "https://", "socks5://", "socks5h://"};
+
+    if (!p || !p[0])
+        return 0;
+    for (size_t i = 0; i < NX_ARRAY_LEN(schemes); i++) {
+        if (strncasecmp(p, schemes[i], strlen(schemes[i])) == 0)
+            return 0;
+    }
+    return NX_EINVAL;
+}
+
+/* ---- call bookkeeping ---------------------------------------------------------------- */
+
+static void call_free(struct nx_http_call *call)
+{
+    if (call->easy)
+        curl_easy_cleanup(call->easy);
+    curl_slist_free_all(call->hdrs);
+    free(call->body);
+    nx_buf_cleanup(&call->resp_hdrs);
+    nx_buf_cleanup(&call->resp_body);
+    free(call);
+}
+
+static void call_unlink(struct nx_http_client *c, struct nx_http_call *call)
+{
+    if (call->prev)
+        call->prev->next = call->next;
+    else
+        c->calls = call->next;
+    if (call->next)
+        call->next->prev = call->prev;
+    else
+        c->calls_tail = call->prev;
+}
+
+/* Runs on_done once. Must be called between enter() and leave(). */
+static void call_finish(struct nx_http_call *call, int rc, const char *err)
+{
+    struct nx_http_response res;
+    long status = 0;
+
+    if (call->is_done)
+        return;
+    call->is_done = 1;
+    call->client->inflight--;
+    if (call->easy)
+        curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &status);
+    res.status = status;
+    res.headers = nx_buf_cstr(&call->resp_hdrs);
+    res.headers_len = call->resp_hdrs.len;
+    res.body = nx_buf_cstr(&call->resp_body);
+    res.body_len = call->resp_body.len;
+    if (call->on_done)
+        call->on_done(rc, &res, rc == 0 ? NULL : err, call->udata);
+}
+
+static void handle_closed(struct nx_http_client *c);
+static void finish_free(struct nx_http_client *c);
+
+/* Detaches and frees every finished call. Only at depth 0 (outside libcurl callbacks). */
+static void reap(struct nx_http_client *c)
+{
+    struct nx_http_call *call = c->calls, *next;
+
+    for (; call; call = next) {
+        next = call->next;
+        if (!call->is_done)
+            continue;
+        if (call->in_multi) {
+            curl_multi_remove_handle(c->multi, call->easy);
+            call->in_multi = 0;
+        }
+        call_unlink(c, call);
+        call_free(call);
+    }
+}
+
+static void enter(struct nx_http_client *c)
+{
+    c->depth++;
+}
+
+static void leave(struct nx_http_client *c)
+{
+    NX_ASSERT(c->depth > 0);
+    if (--c->depth > 0)
+        return;
+    c->depth++; /* reaping may run curl's socket callback: keep re-entry out */
+    reap(c);
+    c->depth--;
+    if (c->is_freeing && !c->is_closed)
+        finish_free(c);
+}
+
+/* ---- libcurl <-> libuv ---------------------------------------------------------------- */
+
+static int map_result(struct nx_http_call *call, CURLcode res, const char **err)
+{
+    *err = call->errbuf[0] ? call->errbuf : curl_easy_strerror(res);
+    if (call->fail_rc == NX_ETOOBIG) {
+        *err = "response exceeds the size cap";
+        return NX_ETOOBIG;
+    }
+    if (call->fail_rc == NX_ECANCELED) {
+        *err = "aborted by the data callback";
+        return NX_ECANCELED;
+    }
+    switch (res) {
+    case CURLE_OK:
+        return 0;
+    case CURLE_OPERATION_TIMEDOUT:
+        return NX_ETIMEDOUT;
+    case CURLE_FILESIZE_EXCEEDED:
+        *err = "response Content-Length exceeds the size cap";
+        return NX_ETOOBIG;
+    default:
+        return NX_EHTTP;
+    }
+}
+
+static void check_multi_info(struct nx_http_client *c)
+{
+    CURLMsg *msg;
+    int pending;
+
+    while ((msg = curl_multi_info_read(c->multi, &pending))) {
+        struct nx_http_call *call;
+        char *priv = NULL;
+        CURLcode res;
+        const char *err;
+        int rc;
+
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        res = msg->data.result;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, &priv);
+        call = (struct nx_http_call *)(void *)priv;
+        curl_multi_remove_handle(c->multi, msg->easy_handle);
+        if (!call)
+            continue;
+        call->in_multi = 0;
+        rc = map_result(call, res, &err);
+        call_finish(call, rc, err);
+    }
+}
+
+static void socket_action(struct nx_http_client *c, curl_socket_t fd, int flags)
+{
+    int running;
+
+    enter(c);
+    curl_multi_socket_action(c->multi, fd, flags, &running);
+    check_multi_info(c);
+    leave(c);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    struct sock_ctx *s = h->data;
+    int flags = 0;
+
+    if (status < 0)
+        flags = CURL_CSELECT_ERR;
+    if (events & UV_READABLE)
+        flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE)
+        flags |= CURL_CSELECT_OUT;
+    socket_action(s->client, s->fd, flags);
+}
+
+static void on_timer(uv_timer_t *h)
+{
+    socket_action(h->data, CURL_SOCKET_TIMEOUT, 0);
+}
+
+static void sock_close_cb(uv_handle_t *h)
+{
+    struct sock_ctx *s = h->data;
+    struct nx_http_client *c = s->client;
+
+    free(s);
+    handle_closed(c);
+}
+
+static void sock_close(struct nx_http_client *c, struct sock_ctx *s)
+{
+    if (s->is_closing)
+        return;
+    s->is_closing = 1;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        c->socks = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
+    uv_close((uv_handle_t *)&s->poll, sock_close_cb);
+}
+
+static int socket_cb(CURL *easy, curl_socket_t fd, int action, void *userp, void *socketp)
+{
+    struct nx_http_client *c = userp;
+    struct sock_ctx *s = socketp;
+    int events = 0;
+
+    NX_UNUSED(easy);
+    if (action == CURL_POLL_REMOVE) {
+        if (s) {
+            curl_multi_assign(c->multi, fd, NULL);
+            sock_close(c, s);
+        }
+        return 0;
+    }
+    if (!s) {
+        s = nx_calloc(1, sizeof *s);
+        s->fd = fd;
+        s->client = c;
+        if (uv_poll_init_socket(c->loop, &s->poll, fd) != 0) {
+            free(s);
+            return -1;
+        }
+        s->poll.data = s;
+        c->open_handles++;
+        s->next = c->socks;
+        if (c->socks)
+            c->socks->prev = s;
+        c->socks = s;
+        curl_multi_assign(c->multi, fd, s);
+    }
+    if (action == CURL_POLL_IN || action == CURL_POLL_INOUT)
+        events |= UV_READABLE;
+    if (action == CURL_POLL_OUT || action == CURL_POLL_INOUT)
+        events |= UV_WRITABLE;
+    return uv_poll_start(&s->poll, events, on_poll) == 0 ? 0 : -1;
+}
+
+static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    struct nx_http_client *c = userp;
+
+    NX_UNUSED(multi);
+    if (timeout_ms < 0)
+        uv_timer_stop(&c->timer);
+    else /* 0 fires on the next loop iteration: never call socket_action from here */
+        uv_timer_start(&c->timer, on_timer, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+/* ---- per-call libcurl callbacks ------------------------------------------------------- */
+
+static size_t header_cb(char *ptr, size_t size, size_t nitems, void *userp)
+{
+    struct nx_http_call *call = userp;
+    size_t n = size * nitems;
+
+    if (call->is_done)
+        return 0;
+    if (call->body_started)
+        return n; /* trailers */
+    if (call->hdr_complete) {
+        /* a new block (after 1xx or a followed redirect): keep only the last one */
+        nx_buf_reset(&call->resp_hdrs);
+        call->hdr_complete = 0;
+    }
+    if (call->resp_hdrs.len + n > MAX_HEADER_BYTES) {
+        call->fail_rc = NX_ETOOBIG;
+        return 0;
+    }
+    nx_buf_append(&call->resp_hdrs, ptr, n);
+    if ((n == 2 && ptr[0] == '\r' && ptr[1] == '\n') || (n == 1 && ptr[0] == '\n'))
+        call->hdr_complete = 1;
+    return n;
+}
+
+static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userp)
+{
+    struct nx_http_call *call = userp;
+    size_t n = size * nmemb;
+
+    if (call->is_done)
+        return 0; /* cancelled while curl still held the handle: abort quietly */
+    call->body_started = 1;
+    if (call->received + n > call->max_bytes) {
+        call->fail_rc = NX_ETOOBIG;
+        return 0;
+    }
+    call->received += n;
+    if (call->on_data) {
+        long status = 0;
+        curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (call->on_data(ptr, n, status, call->udata) != 0) {
+            call->fail_rc = NX_ECANCELED;
+            return 0;
+        }
+        if (call->is_done)
+            return 0; /* the callback cancelled the call */
+        return n;
+    }
+    nx_buf_append(&call->resp_body, ptr, n);
+    return n;
+}
+
+/* ---- public API ----------------------------------------------------------------------- */
+
+int nx_http_client_new(uv_loop_t *loop, const struct nx_http_client_opts *opts,
+                       struct nx_http_client **out)
+{
+    struct nx_http_client *c;
+    long host_conns;
+
+    pthread_once(&global_once, global_init);
+    if (global_rc != 0)
+        return global_rc;
+    if (!loop || !out)
+        return NX_EINVAL;
+    if (opts && check_proxy(opts->proxy) != 0) {
+        nx_error("http", "proxy must start with http://, https://, socks5:// or socks5h://");
+        return NX_EINVAL;
+    }
+    c = nx_calloc(1, sizeof *c);
+    c->loop = loop;
+    c->proxy = nx_strdup(opts && opts->proxy ? opts->proxy : "");
+    c->user_agent = nx_strdup(opts && opts->user_agent ? opts->user_agent : "nexo/" NEXO_VERSION);
+    c->connect_timeout_ms = opts && opts->connect_timeout_ms ? opts->connect_timeout_ms
+                                                             : DEFAULT_CONNECT_MS;
+    c->timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
+    c->max_response_bytes = opts && opts->max_response_bytes ? opts->max_response_bytes
+                                                             : DEFAULT_MAX_BYTES;
+    host_conns = opts && opts->max_host_connections ? (long)opts->max_host_connections
+                                                    : DEFAULT_HOST_CONNS;
+    c->multi = curl_multi_init();
+    if (!c->multi) {
+        free(c->proxy);
+        free(c->user_agent);
+        free(c);
+        return NX_EHTTP;
+    }
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+    curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, host_conns);
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, host_conns * 2);
+    uv_timer_init(loop, &c->timer);
+    c->timer.data = c;
+    uv_timer_init(loop, &c->kick);
+    c->kick.data = c;
+    c->open_handles = 2;
+    *out = c;
+    return 0;
+}
+
+/* The client's memory goes once the loop has closed every handle it owned. */
+static void handle_closed(struct nx_http_client *c)
+{
+    if (--c->open_handles == 0) {
+        free(c->proxy);
+        free(c->user_agent);
+        free(c);
+    }
+}
+
+static void close_cb_count(uv_handle_t *h)
+{
+    handle_closed(h->data);
+}
+
+/* At depth 0 after nx_http_client_free: every call is finished and reaped. */
+static void finish_free(struct nx_http_client *c)
+{
+    c->is_closed = 1;
+    reap(c);
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, NULL);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, NULL);
+    /* stop watching before curl closes the cached connections' descriptors */
+    while (c->socks)
+        sock_close(c, c->socks);
+    curl_multi_cleanup(c->multi);
+    c->multi = NULL;
+    uv_close((uv_handle_t *)&c->timer, close_cb_count);
+    uv_close((uv_handle_t *)&c->kick, close_cb_count);
+}
+
+void nx_http_client_free(struct nx_http_client *c)
+{
+    if (!c || c->is_freeing)
+        return;
+    c->is_freeing = 1;
+    enter(c);
+    for (struct nx_http_call *call = c->calls; call; call = call->next)
+        call_finish(call, NX_ECANCELED, "HTTP client shut down");
+    leave(c);
+}
+
+static void on_kick(uv_timer_t *h)
+{
+    struct nx_http_client *c = h->data;
+
+    enter(c);
+    for (struct nx_http_call *call = c->calls; call; call = call->next) {
+        CURLMcode mc;
+
+        if (call->is_done || call->in_multi)
+            continue;
+        if (call->start_rc != 0) {
+            call_finish(call, call->start_rc, call->start_err);
+            continue;
+        }
+        if ((mc = curl_multi_add_handle(c->multi, call->easy)) != CURLM_OK) {
+            call_finish(call, NX_EHTTP, curl_multi_strerror(mc));
+            continue;
+        }
+        call->in_multi = 1;
+    }
+    leave(c);
+}
+
+static int bad_header_text(const char *s)
+{
+    return !s || strpbrk(s, "\r\n") != NULL;
+}
+
+static int build_headers(struct nx_http_call *call, const struct nx_http_call_opts *o)
+{
+    struct nx_buf line = NX_BUF_INIT;
+    int rc = 0;
+
+    int has_expect = 0;
+
+    for (size_t i = 0; i < o->nheaders; i++) {
+        const struct nx_http_header *h = &o->headers[i];
+        if (bad_header_text(h->name) || !h->name[0] || strchr(h->name, ':') ||
+            bad_header_text(h->value)) {
+            rc = NX_EINVAL;
+            break;
+        }
+        nx_buf_reset(&line);
+        if (h->value[0])
+            nx_buf_printf(&line, "%s: %s", h->name, h->value);
+        else
+            nx_buf_printf(&line, "%s;", h->name); /* curl's spelling of an empty header */
+        call->hdrs = curl_slist_append(call->hdrs, line.data);
+        NX_ASSERT(call->hdrs);
+        if (strcasecmp(h->name, "Expect") == 0)
+            has_expect = 1;
+    }
+    /* no "Expect: 100-continue" round trip unless the caller asks for it */
+    if (rc == 0 && !has_expect)
+        call->hdrs = curl_slist_append(call->hdrs, "Expect:");
+    nx_buf_cleanup(&line);
+    return rc;
+}
+
+static void setup_easy(struct nx_http_client *c, struct nx_http_call *call,
+                       const struct nx_http_call_opts *o)
+{
+    CURL *e = call->easy;
+    const char *method = o->method;
+    const char *proxy = o->proxy ? o->proxy : c->proxy;
+
+    curl_easy_setopt(e, CURLOPT_PRIVATE, call);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_URL, o->url);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(o->timeout_ms ? o->timeout_ms : c->timeout_ms));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)c->connect_timeout_ms);
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)call->max_bytes);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* "" also keeps curl from picking a proxy up from the environment */
+    curl_easy_setopt(e, CURLOPT_PROXY, proxy);
+    curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+    if (o->follow_redirects > 0) {
+        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+        curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)o->follow_redirects);
+        curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    }
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, call);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, call->hdrs);
+
+    if (!method)
+        method = o->body ? "POST" : "GET";
+    if (o->body || strcasecmp(method, "POST") == 0) {
+        call->body = nx_memdup(o->body ? o->body : "", o->body ? o->body_len : 0);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(o->body ? o->body_len : 0));
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->body);
+        if (strcasecmp(method, "POST") != 0)
+            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    } else if (strcasecmp(method, "HEAD") == 0) {
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else if (strcasecmp(method, "GET") != 0) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    }
+}
+
+struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
+                                            const struct nx_http_call_opts *o)
+{
+    struct nx_http_call *call;
+
+    if (!c || !o || !o->on_done || c->is_freeing)
+        return NULL;
+    call = nx_calloc(1, sizeof *call);
+    call->client = c;
+    call->on_data = o->on_data;
+    call->on_done = o->on_done;
+    call->udata = o->udata;
+    call->max_bytes = o->max_response_bytes ? o->max_response_bytes : c->max_response_bytes;
+    nx_buf_init(&call->resp_hdrs);
+    nx_buf_init(&call->resp_body);
+
+    if (!o->url || !o->url[0] || (o->method && !o->method[0])) {
+        call->start_rc = NX_EINVAL;
+        call->start_err = "request has no URL or an empty method";
+    } else if (check_proxy(o->proxy) != 0) {
+        call->start_rc = NX_EINVAL;
+        call->start_err = "proxy must start with http://, https://, socks5:// or socks5h://";
+    } else if (build_headers(call, o) != 0) {
+        call->start_rc = NX_EINVAL;
+        call->start_err = "header name or value is empty or contains CR, LF or ':'";
+    } else if (!(call->easy = curl_easy_init())) {
+        call->start_rc = NX_EHTTP;
+        call->start_err = "curl_easy_init failed";
+    } else {
+        setup_easy(c, call, o);
+    }
+
+    call->prev = c->calls_tail;
+    if (c->calls_tail)
+        c->calls_tail->next = call;
+    else
+        c->calls = call;
+    c->calls_tail = call;
+    c->inflight++;
+    uv_timer_start(&c->kick, on_kick, 0, 0);
+    return call;
+}
+
+void nx_http_call_cancel(struct nx_http_call *call)
+{
+    struct nx_http_client *c;
+
+    if (!call || call->is_done)
+        return;
+    c = call->client;
+    enter(c);
+    call_finish(call, NX_ECANCELED, "cancelled");
+    leave(c);
+}
+
+size_t nx_http_client_inflight(const struct nx_http_client *c)
+{
+    return c ? c->inflight : 0;
+}
+
+int nx_http_response_header(const struct nx_http_response *res, const char *name, char *out,
+                            size_t outlen)
+{
+    const char *p, *end;
+    size_t nlen;
+
+    if (!res || !res->headers || !name)
+        return -1;
+    nlen = strlen(name);
+    p = res->headers;
+    end = p + res->headers_len;
+    /* skip the status line */
+    p = memchr(p, '\n', (size_t)(end - p));
+    while (p && p < end) {
+        const char *ln = p + 1, *eol = memchr(ln, '\n', (size_t)(end - ln));
+        const char *v, *ve;
+        size_t vlen;
+
+        if (!eol)
+            eol = end;
+        p = eol;
+        if ((size_t)(eol - ln) <= nlen || ln[nlen] != ':' || strncasecmp(ln, name, nlen) != 0)
+            continue;
+        v = ln + nlen + 1;
+        ve = eol;
+        while (v < ve && (*v == ' ' || *v == '\t'))
+            v++;
+        while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
+            ve--;
+        vlen = (size_t)(ve - v);
+        if (out && outlen > 0) {
+            size_t n = vlen < outlen - 1 ? vlen : outlen - 1;
+            memcpy(out, v, n);
+            out[n] = '\0';
+        }
+        return vlen > (size_t)0x7fffffff ? 0x7fffffff : (int)vlen;
+    }
+    return -1;
+}
