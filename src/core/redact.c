@@ -1,19 +1,495 @@
+#include <pthread.h>
+#include <regex.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/error.h"
 #include "core/redact.h"
 
-/* Placeholder: copies through. Replaced by the real scanner. */
-void nx_redact_append(struct nx_buf *out, const char *in, size_t len)
+/* Built-in rules run as one left-to-right pass with no regular expressions: at each word start
+ * the word is looked at once and either replaced or copied whole, so the cost is linear in the
+ * input. Configured patterns (POSIX ERE) then run over the result. See docs/observability.md. */
+
+#define REDACTED "[REDACTED]"
+#define REDACTED_LEN (sizeof REDACTED - 1)
+
+#define MIN_BEARER_TOKEN 8 /* "the bearer of bad news" keeps its words */
+#define MIN_SK_BODY 16
+#define MIN_HEX_RUN 32
+
+/* ---- configured patterns ---- */
+
+static pthread_rwlock_t patterns_lock = PTHREAD_RWLOCK_INITIALIZER;
+static regex_t *patterns;
+static size_t npatterns;
+
+static int compile(const char *regex, regex_t *re, char *err, size_t errlen)
 {
-    nx_buf_append(out, in, len);
+    int rc;
+
+    if (!regex) {
+        if (err && errlen)
+            snprintf(err, errlen, "redaction pattern is missing");
+        return NX_EINVAL;
+    }
+    rc = regcomp(re, regex, REG_EXTENDED);
+    if (rc != 0) {
+        char msg[256];
+        regerror(rc, re, msg, sizeof msg);
+        if (err && errlen)
+            snprintf(err, errlen, "redaction pattern \"%s\": %s", regex, msg);
+        return NX_EINVAL;
+    }
+    return 0;
 }
 
 int nx_redact_add_pattern(const char *regex, char *err, size_t errlen)
 {
-    (void)regex;
-    (void)err;
-    (void)errlen;
+    regex_t re;
+    int rc;
+
+    if ((rc = compile(regex, &re, err, errlen)) < 0)
+        return rc;
+    pthread_rwlock_wrlock(&patterns_lock);
+    patterns = nx_realloc(patterns, (npatterns + 1) * sizeof *patterns);
+    patterns[npatterns++] = re;
+    pthread_rwlock_unlock(&patterns_lock);
+    return 0;
+}
+
+int nx_redact_set_patterns(const char *const *regexes, char *err, size_t errlen)
+{
+    regex_t *fresh = NULL, *old;
+    size_t n = 0, nold;
+    int rc = 0;
+
+    while (regexes && regexes[n])
+        n++;
+    if (n)
+        fresh = nx_calloc(n, sizeof *fresh);
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = compile(regexes[i], &fresh[i], err, errlen)) < 0) {
+            for (size_t k = 0; k < i; k++)
+                regfree(&fresh[k]);
+            free(fresh);
+            return rc;
+        }
+    }
+    pthread_rwlock_wrlock(&patterns_lock);
+    old = patterns;
+    nold = npatterns;
+    patterns = fresh;
+    npatterns = n;
+    pthread_rwlock_unlock(&patterns_lock);
+    for (size_t i = 0; i < nold; i++)
+        regfree(&old[i]);
+    free(old);
     return 0;
 }
 
 void nx_redact_clear_patterns(void)
 {
+    nx_redact_set_patterns(NULL, NULL, 0);
+}
+
+/* Replaces every non-empty match of re in in[0..len) by [REDACTED]. Empty matches advance by one
+ * byte, so a pattern like "x*" cannot loop. REG_STARTEND lets NUL bytes pass through. */
+static void apply_pattern(const regex_t *re, const char *in, size_t len, struct nx_buf *out)
+{
+    size_t pos = 0;
+
+    while (pos < len) {
+        regmatch_t m[1];
+        m[0].rm_so = (regoff_t)pos;
+        m[0].rm_eo = (regoff_t)len;
+        if (regexec(re, in, 1, m, REG_STARTEND | (pos > 0 ? REG_NOTBOL : 0)) != 0)
+            break;
+        size_t so = (size_t)m[0].rm_so, eo = (size_t)m[0].rm_eo;
+        if (so < pos || eo < so || eo > len)
+            break; /* defensive: never trust offsets blindly */
+        if (eo == so) {
+            size_t next = so + 1;
+            nx_buf_append(out, in + pos, next - pos);
+            pos = next;
+            continue;
+        }
+        nx_buf_append(out, in + pos, so - pos);
+        nx_buf_append(out, REDACTED, REDACTED_LEN);
+        pos = eo;
+    }
+    if (pos < len)
+        nx_buf_append(out, in + pos, len - pos);
+}
+
+/* ---- home directory ---- */
+
+static pthread_once_t home_once = PTHREAD_ONCE_INIT;
+static char home_dir[512];
+static size_t home_len;
+
+static void home_init(void)
+{
+    const char *h = getenv("HOME");
+    size_t n = h ? strlen(h) : 0;
+    while (n > 1 && h[n - 1] == '/')
+        n--;
+    /* "/" or a relative value would rewrite far too much. */
+    if (n < 2 || n >= sizeof home_dir || h[0] != '/')
+        return;
+    memcpy(home_dir, h, n);
+    home_dir[n] = '\0';
+    home_len = n;
+}
+
+/* ---- character classes ---- */
+
+static bool is_alpha(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static bool is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static bool is_word(char c)
+{
+    return is_alpha(c) || is_digit(c) || c == '_';
+}
+
+static bool is_hex(char c)
+{
+    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+static bool is_path(char c)
+{
+    return is_word(c) || c == '.' || c == '-';
+}
+
+static bool is_sk_char(char c)
+{
+    return is_word(c) || c == '-';
+}
+
+/* RFC 6750 token68 plus base64. */
+static bool is_token68(char c)
+{
+    return is_alpha(c) || is_digit(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '+' ||
+           c == '/' || c == '=';
+}
+
+static bool is_space(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+static char lower(char c)
+{
+    return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+}
+
+/* Case-insensitive: does in[i..len) start with the lowercase word w? */
+static bool starts_ci(const char *in, size_t len, size_t i, const char *w)
+{
+    size_t n = strlen(w);
+    if (len - i < n)
+        return false;
+    for (size_t k = 0; k < n; k++) {
+        if (lower(in[i + k]) != w[k])
+            return false;
+    }
+    return true;
+}
+
+/* ---- matchers: each returns the end of what it consumed (> i) after appending, or 0 ---- */
+
+/* A word (run of is_word) that is wholly a secret: sk-…, AKIA…/ASIA…, a long hex run. */
+static size_t match_word_secret(const char *in, size_t len, size_t i, struct nx_buf *out)
+{
+    size_t j = i;
+
+    /* sk-<16+ of [A-Za-z0-9_-]>: OpenAI (sk-proj-…), Anthropic (sk-ant-api03-…) and friends. */
+    if (len - i > 3 && in[i] == 's' && in[i + 1] == 'k' && in[i + 2] == '-') {
+        j = i + 3;
+        while (j < len && is_sk_char(in[j]))
+            j++;
+        if (j - (i + 3) >= MIN_SK_BODY) {
+            nx_buf_append(out, REDACTED, REDACTED_LEN);
+            return j;
+        }
+    }
+
+    j = i;
+    bool all_hex = true, all_upper_digit = true;
+    while (j < len && is_word(in[j])) {
+        all_hex = all_hex && is_hex(in[j]);
+        all_upper_digit = all_upper_digit && ((in[j] >= 'A' && in[j] <= 'Z') || is_digit(in[j]));
+        j++;
+    }
+    size_t n = j - i;
+
+    /* AWS access key id: AKIA (long-term) or ASIA (temporary) + 16 of [A-Z0-9]. */
+    if (n == 20 && all_upper_digit && (memcmp(in + i, "AKIA", 4) == 0 || memcmp(in + i, "ASIA", 4) == 0)) {
+        nx_buf_append(out, REDACTED, REDACTED_LEN);
+        return j;
+    }
+    /* Long hex: a word of >= 32 hex digits (optionally 0x-prefixed). Git short SHAs and UUID parts
+     * are shorter; full SHA-1/SHA-256 digests are redacted too, by design. */
+    bool hex0x = n >= 2 + MIN_HEX_RUN && in[i] == '0' && (in[i + 1] == 'x' || in[i + 1] == 'X');
+    if ((all_hex && n >= MIN_HEX_RUN) || hex0x) {
+        bool ok = true;
+        for (size_t k = i + 2; hex0x && k < j; k++)
+            ok = ok && is_hex(in[k]);
+        if (ok) {
+            nx_buf_append(out, REDACTED, REDACTED_LEN);
+            return j;
+        }
+    }
+    return 0;
+}
+
+/* "Bearer <token>" (any case): the word stays, the token goes. */
+static size_t match_bearer(const char *in, size_t len, size_t i, struct nx_buf *out)
+{
+    if (!starts_ci(in, len, i, "bearer"))
+        return 0;
+    size_t j = i + 6;
+    if (j >= len || !is_space(in[j]))
+        return 0;
+    while (j < len && is_space(in[j]))
+        j++;
+    size_t t = j;
+    while (j < len && is_token68(in[j]))
+        j++;
+    if (j - t < MIN_BEARER_TOKEN)
+        return 0;
+    nx_buf_append(out, in + i, t - i);
+    nx_buf_append(out, REDACTED, REDACTED_LEN);
+    return j;
+}
+
+enum {
+    KEY_SCHEME = 1,   /* value may start with an auth scheme that stays: "Basic", "Bearer" */
+    KEY_URL_ONLY = 2, /* only as a query parameter after '?' or '&' */
+};
+
+struct secret_key {
+    const char *name; /* lowercase */
+    int flags;
+};
+
+static const struct secret_key secret_keys[] = {
+    {"authorization", KEY_SCHEME},
+    {"proxy-authorization", KEY_SCHEME},
+    {"x-api-key", 0},
+    {"api-key", 0},
+    {"x-auth-token", 0},
+    {"api_key", 0},
+    {"apikey", 0},
+    {"access_token", 0},
+    {"refresh_token", 0},
+    {"id_token", 0},
+    {"client_secret", 0},
+    {"secret", 0},
+    {"password", 0},
+    {"passwd", 0},
+    {"token", KEY_URL_ONLY},
+    {"key", KEY_URL_ONLY},
+};
+
+static const char *const auth_schemes[] = {"basic", "bearer", "digest", "token", "apikey", "negotiate"};
+
+/* key=value, key: value, "key":"value" and ?key=value for the names above. The key, separator
+ * and quotes stay; the value becomes [REDACTED]. A quoted value runs to its closing quote. */
+static size_t match_key_value(const char *in, size_t len, size_t i, bool after_query,
+                              struct nx_buf *out)
+{
+    const struct secret_key *key = NULL;
+    size_t j = 0;
+    char first = lower(in[i]);
+
+    /* Most words start with a letter no key starts with. */
+    if (!strchr("apxrisctk", first) || first == '\0')
+        return 0;
+    for (size_t k = 0; k < NX_ARRAY_LEN(secret_keys); k++) {
+        const struct secret_key *sk = &secret_keys[k];
+        if (sk->name[0] != first || ((sk->flags & KEY_URL_ONLY) && !after_query))
+            continue;
+        if (!starts_ci(in, len, i, sk->name))
+            continue;
+        size_t e = i + strlen(sk->name);
+        if (e < len && (is_word(in[e]) || in[e] == '-'))
+            continue;
+        key = sk;
+        j = e;
+        break;
+    }
+    if (!key)
+        return 0;
+
+    if (after_query) {
+        if (j >= len || in[j] != '=')
+            return 0;
+        j++;
+    } else {
+        if (j < len && (in[j] == '"' || in[j] == '\''))
+            j++;
+        while (j < len && is_space(in[j]))
+            j++;
+        if (j >= len || (in[j] != ':' && in[j] != '='))
+            return 0;
+        j++;
+        while (j < len && is_space(in[j]))
+            j++;
+    }
+    char quote = 0;
+    if (!after_query && j < len && (in[j] == '"' || in[j] == '\''))
+        quote = in[j++];
+
+    if (key->flags & KEY_SCHEME) {
+        for (size_t k = 0; k < NX_ARRAY_LEN(auth_schemes); k++) {
+            size_t n = strlen(auth_schemes[k]);
+            if (starts_ci(in, len, j, auth_schemes[k]) && j + n < len && is_space(in[j + n])) {
+                j += n;
+                while (j < len && is_space(in[j]))
+                    j++;
+                break;
+            }
+        }
+    }
+
+    size_t v = j;
+    if (quote) {
+        while (j < len && in[j] != quote) {
+            if (in[j] == '\\' && j + 1 < len)
+                j++;
+            j++;
+        }
+    } else {
+        while (j < len && !is_space(in[j]) && in[j] != '"' && in[j] != '\'' && in[j] != ',' &&
+               in[j] != ';' && in[j] != '&' && in[j] != '#' && in[j] != '\n' && in[j] != '\r' &&
+               in[j] != '}' && in[j] != ')')
+            j++;
+    }
+    if (j == v)
+        return 0;
+    nx_buf_append(out, in + i, v - i);
+    nx_buf_append(out, REDACTED, REDACTED_LEN);
+    return j;
+}
+
+/* $HOME and /home/<user> become "~" when they start a path and end at a path separator (or at
+ * the end of the path). */
+static size_t match_home(const char *in, size_t len, size_t i, struct nx_buf *out)
+{
+    size_t j;
+
+    if (home_len && len - i >= home_len && memcmp(in + i, home_dir, home_len) == 0) {
+        j = i + home_len;
+        if (j == len || !is_path(in[j])) {
+            nx_buf_putc(out, '~');
+            return j;
+        }
+    }
+    if (len - i > 6 && memcmp(in + i, "/home/", 6) == 0) {
+        j = i + 6;
+        while (j < len && is_path(in[j]))
+            j++;
+        if (j > i + 6 && (j == len || !is_path(in[j]))) {
+            nx_buf_putc(out, '~');
+            return j;
+        }
+    }
+    return 0;
+}
+
+/* The built-in pass. `lit` marks the start of input not yet copied, so plain text is appended in
+ * runs rather than byte by byte. */
+static void redact_builtin(struct nx_buf *out, const char *in, size_t len)
+{
+    size_t i = 0, lit = 0;
+
+    nx_buf_reserve(out, len);
+    while (i < len) {
+        char c = in[i];
+        char prev = i > 0 ? in[i - 1] : ' ';
+        size_t end = 0;
+        size_t start = i;
+
+        if (c == '/' && !is_path(prev)) {
+            nx_buf_append(out, in + lit, i - lit);
+            end = match_home(in, len, i, out);
+        } else if ((c == '?' || c == '&') && i + 1 < len && is_alpha(in[i + 1])) {
+            nx_buf_append(out, in + lit, i + 1 - lit);
+            start = i + 1;
+            end = match_key_value(in, len, start, true, out);
+            if (!end) {
+                lit = i + 1;
+                i++;
+                continue;
+            }
+        } else if (is_word(c) && !is_word(prev)) {
+            nx_buf_append(out, in + lit, i - lit);
+            end = match_word_secret(in, len, i, out);
+            if (!end && (c == 'b' || c == 'B'))
+                end = match_bearer(in, len, i, out);
+            if (!end)
+                end = match_key_value(in, len, i, false, out);
+            if (!end) {
+                /* Nothing starts inside a word: copy it whole. */
+                lit = i;
+                while (i < len && is_word(in[i]))
+                    i++;
+                continue;
+            }
+        } else {
+            i++;
+            continue;
+        }
+
+        if (end) {
+            i = end;
+            lit = end;
+        } else {
+            lit = start;
+            i = start + 1;
+        }
+    }
+    nx_buf_append(out, in + lit, len - lit);
+}
+
+void nx_redact_append(struct nx_buf *out, const char *in, size_t len)
+{
+    struct nx_buf a = NX_BUF_INIT, b = NX_BUF_INIT;
+
+    pthread_once(&home_once, home_init);
+    if (!in)
+        len = 0;
+
+    pthread_rwlock_rdlock(&patterns_lock);
+    if (npatterns == 0) {
+        pthread_rwlock_unlock(&patterns_lock);
+        redact_builtin(out, in ? in : "", len);
+        return;
+    }
+    redact_builtin(&a, in ? in : "", len);
+    for (size_t p = 0; p < npatterns; p++) {
+        nx_buf_reset(&b);
+        bool last = p + 1 == npatterns;
+        struct nx_buf *dst = last ? out : &b;
+        apply_pattern(&patterns[p], nx_buf_cstr(&a), a.len, dst);
+        if (!last) {
+            struct nx_buf t = a;
+            a = b;
+            b = t;
+        }
+    }
+    pthread_rwlock_unlock(&patterns_lock);
+    nx_buf_cleanup(&a);
+    nx_buf_cleanup(&b);
 }

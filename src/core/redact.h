@@ -15,5 +15,9 @@ void nx_redact_append(struct nx_buf *out, const char *in, size_t len);
  * from the loop thread on reload (patterns are swapped under a lock). */
 int nx_redact_add_pattern(const char *regex, char *err, size_t errlen);
 void nx_redact_clear_patterns(void);
+/* Replaces the whole list at once (NULL-terminated; NULL or empty clears): no line is written
+ * between an old and a new list without either. Returns 0, or NX_EINVAL with the first compile
+ * error in err and the old list kept. */
+int nx_redact_set_patterns(const char *const *regexes, char *err, size_t errlen);
 
 #endif
