@@ -77,5 +77,10 @@ void nx_http_respond_error(struct nx_http_req *req, int status, const char *type
 void nx_http_stream_begin(struct nx_http_req *req, int status, const char *content_type);
 size_t nx_http_stream_write(struct nx_http_req *req, const char *data, size_t len);
 void nx_http_stream_end(struct nx_http_req *req);
+/* Bytes written but not yet sent (the same figure stream_write returns). */
+size_t nx_http_stream_pending(const struct nx_http_req *req);
+/* Called (on the loop) each time everything written so far has been handed to the socket, so a
+ * producer that paused on backpressure can resume. */
+void nx_http_stream_on_drain(struct nx_http_req *req, void (*fn)(void *arg), void *arg);
 
 #endif
