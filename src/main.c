@@ -1,7 +1,297 @@
+/* nexo: command-line dispatch. The work is done by the modules; see `nexo help`. */
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
-int main(void)
+#include "config/config.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "daemon/daemon.h"
+#include "runtime/runtime.h"
+
+struct cli {
+    const char *command;
+    const char *arg;          /* check-config DIR, help COMMAND */
+    const char *config_dir;
+    bool has_config_dir;
+    const char *data_dir;
+    const char *log_level;
+    bool log_json;
+    struct nx_daemon_opts run;
+};
+
+static const char usage_main[] =
+    "nexo - a multi-agent LLM gateway\n"
+    "\n"
+    "Usage: nexo [COMMAND] [OPTIONS]\n"
+    "\n"
+    "Commands:\n"
+    "  run                   start the gateway (the default when no command is given)\n"
+    "  check-config [DIR]    validate a configuration directory, list every problem\n"
+    "  version               print the version\n"
+    "  help [COMMAND]        show help for nexo or a command\n"
+    "\n"
+    "Options:\n"
+    "  --config DIR          configuration directory (env NEXO_CONFIG; default ./config when it\n"
+    "                        exists, else the embedded defaults)\n"
+    "  --data DIR            data directory (env NEXO_DATA; default ./data)\n"
+    "  --log-level LEVEL     trace, debug, info, warn, error or off (default info)\n"
+    "  --log-json            log JSON lines instead of human-readable lines\n"
+    "  --listen ADDR         gateway listener, host:port (overrides gateway.yaml listen)\n"
+    "  --metrics-listen ADDR metrics listener (overrides gateway.yaml metrics_listen)\n"
+    "  --admin-listen ADDR   admin listener (overrides gateway.yaml admin_listen)\n"
+    "  -h, --help            this help;  -V, --version  the version\n"
+    "\n"
+    "Exit codes:\n"
+    "  0 success   1 runtime failure   2 bad command line   3 invalid configuration\n"
+    "  4 cannot listen (address in use, or off-loopback without auth_token)\n"
+    "  5 forced exit by a second stop signal\n"
+    "\n"
+    "Signals: SIGTERM/SIGINT stop gracefully (a second one exits at once); SIGHUP reloads the\n"
+    "configuration (an invalid one is reported and the running one kept).\n"
+    "Docs: docs/ in the source tree (configuration.md, operations.md, http.md).\n";
+
+static const char usage_run[] =
+    "Usage: nexo run [--config DIR] [--data DIR] [--listen ADDR] [--metrics-listen ADDR]\n"
+    "                [--admin-listen ADDR] [--log-level LEVEL] [--log-json]\n"
+    "\n"
+    "Starts the gateway: the gateway listener (default 127.0.0.1:8080: /healthz, /readyz, the\n"
+    "APIs), the metrics listener (127.0.0.1:9090: /metrics) and the admin listener\n"
+    "(127.0.0.1:9091). Ready when /readyz answers 200; with $NOTIFY_SOCKET set, also sends\n"
+    "READY=1 there (systemd Type=notify). Refuses to listen off loopback without auth_token.\n"
+    "Exit codes: 0 after a graceful stop, 1 runtime failure, 3 invalid configuration,\n"
+    "4 cannot listen, 5 forced by a second stop signal.\n";
+
+static const char usage_check[] =
+    "Usage: nexo check-config [DIR]\n"
+    "\n"
+    "Loads the configuration directory DIR (default: --config, $NEXO_CONFIG or ./config) and\n"
+    "prints every problem as file:line:col: message on stderr. Exit code 0 when valid,\n"
+    "3 when not.\n";
+
+static const char usage_version[] = "Usage: nexo version\n\nPrints the version.\n";
+
+static const char usage_help[] = "Usage: nexo help [COMMAND]\n";
+
+struct command {
+    const char *name;
+    const char *usage;
+};
+
+static const struct command commands[] = {
+    {"run", usage_run},
+    {"check-config", usage_check},
+    {"version", usage_version},
+    {"help", usage_help},
+};
+
+static const struct command *find_command(const char *name)
 {
-    printf("nexo %s\n", NEXO_VERSION);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    }
+    return NULL;
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "nexo: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\nRun 'nexo help' for usage.\n");
+    va_end(ap);
+    return NX_EXIT_USAGE;
+}
+
+static bool is_dir(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* --name VALUE or --name=VALUE. */
+static int take_value(int argc, char **argv, int *i, const char *name, const char **out)
+{
+    size_t n = strlen(name);
+    const char *a = argv[*i];
+    if (strncmp(a, name, n) != 0)
+        return 0;
+    if (a[n] == '=') {
+        *out = a + n + 1;
+        return 1;
+    }
+    if (a[n] != '\0')
+        return 0;
+    if (*i + 1 >= argc)
+        return -1;
+    *out = argv[++*i];
+    return 1;
+}
+
+static int parse_listen(const char *flag, const char *v, struct nx_listen *out, bool *has)
+{
+    if (nx_listen_parse(v, out) < 0) {
+        fprintf(stderr, "nexo: %s: bad address \"%s\" (expected host:port, e.g. 127.0.0.1:8080)\n",
+                flag, v);
+        return NX_EXIT_USAGE;
+    }
+    *has = true;
     return 0;
+}
+
+static int parse_args(int argc, char **argv, struct cli *c)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        int r;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            c->arg = c->command;
+            c->command = "help";
+            continue;
+        }
+        if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
+            c->command = "version";
+            continue;
+        }
+        if (strcmp(a, "--log-json") == 0) {
+            c->log_json = true;
+            continue;
+        }
+        static const char *const valued[] = {"--config", "--data", "--log-level", "--listen",
+                                             "--metrics-listen", "--admin-listen"};
+        bool matched = false;
+        for (size_t k = 0; k < sizeof valued / sizeof valued[0] && !matched; k++) {
+            if ((r = take_value(argc, argv, &i, valued[k], &v)) < 0)
+                return usage_error("%s needs a value", valued[k]);
+            if (r == 0)
+                continue;
+            matched = true;
+            switch (k) {
+            case 0: c->config_dir = v; c->has_config_dir = true; break;
+            case 1: c->data_dir = v; break;
+            case 2: c->log_level = v; break;
+            case 3:
+                if ((r = parse_listen(a, v, &c->run.listen, &c->run.has_listen)))
+                    return r;
+                break;
+            case 4:
+                if ((r = parse_listen(a, v, &c->run.metrics_listen, &c->run.has_metrics_listen)))
+                    return r;
+                break;
+            case 5:
+                if ((r = parse_listen(a, v, &c->run.admin_listen, &c->run.has_admin_listen)))
+                    return r;
+                break;
+            }
+        }
+        if (matched)
+            continue;
+        if (a[0] == '-')
+            return usage_error("unknown option %s", a);
+        if (!c->command) {
+            if (!find_command(a))
+                return usage_error("unknown command \"%s\"", a);
+            c->command = a;
+        } else if (!c->arg && (strcmp(c->command, "check-config") == 0 ||
+                               strcmp(c->command, "help") == 0)) {
+            c->arg = a;
+        } else {
+            return usage_error("unexpected argument \"%s\"", a);
+        }
+    }
+    return 0;
+}
+
+static int cmd_help(const char *topic)
+{
+    if (!topic) {
+        fputs(usage_main, stdout);
+        return NX_EXIT_OK;
+    }
+    const struct command *cmd = find_command(topic);
+    if (!cmd)
+        return usage_error("no help for unknown command \"%s\"", topic);
+    fputs(cmd->usage, stdout);
+    return NX_EXIT_OK;
+}
+
+static int cmd_check_config(const char *dir)
+{
+    struct nx_config *cfg = NULL;
+    struct nx_diags diags;
+    nx_diags_init(&diags);
+    int rc = nx_config_load(dir, &cfg, &diags);
+    nx_diags_print(&diags, stderr);
+    if (rc < 0) {
+        fprintf(stderr, "%s: %zu problem%s found\n", dir ? dir : "(embedded defaults)", diags.n,
+                diags.n == 1 ? "" : "s");
+        nx_diags_cleanup(&diags);
+        return NX_EXIT_CONFIG;
+    }
+    printf("%s: configuration OK\n", dir ? dir : "(embedded defaults)");
+    nx_diags_cleanup(&diags);
+    nx_config_unref(cfg);
+    return NX_EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    struct cli c;
+    int rc;
+
+    memset(&c, 0, sizeof c);
+    c.run.launch_ns = nx_mono_ns();
+    if ((rc = parse_args(argc, argv, &c)) != 0)
+        return rc;
+    if (!c.command)
+        c.command = "run";
+
+    if (strcmp(c.command, "help") == 0)
+        return cmd_help(c.arg);
+    if (strcmp(c.command, "version") == 0) {
+        printf("nexo %s\n", NEXO_VERSION);
+        return NX_EXIT_OK;
+    }
+
+    if (c.log_level) {
+        enum nx_log_level lvl;
+        if (nx_log_parse_level(c.log_level, &lvl) < 0)
+            return usage_error("bad --log-level \"%s\" (trace, debug, info, warn, error, off)",
+                               c.log_level);
+        nx_log_set_level(lvl);
+        c.run.has_log_level = true;
+    }
+    nx_log_set_json(c.log_json);
+
+    /* --config, then $NEXO_CONFIG, then ./config when it exists, else embedded defaults. */
+    const char *config_dir = c.config_dir;
+    if (!c.has_config_dir) {
+        const char *env = getenv("NEXO_CONFIG");
+        if (env && *env)
+            config_dir = env;
+        else if (is_dir("config"))
+            config_dir = "config";
+    }
+
+    if (strcmp(c.command, "check-config") == 0)
+        return cmd_check_config(c.arg ? c.arg : config_dir);
+
+    if (config_dir && !is_dir(config_dir)) {
+        fprintf(stderr, "nexo: configuration directory \"%s\" does not exist\n", config_dir);
+        return NX_EXIT_CONFIG;
+    }
+    const char *data_dir = c.data_dir;
+    if (!data_dir) {
+        const char *env = getenv("NEXO_DATA");
+        data_dir = env && *env ? env : "./data";
+    }
+    c.run.config_dir = config_dir;
+    c.run.data_dir = data_dir;
+    return nx_daemon_run(&c.run);
 }

@@ -1,0 +1,387 @@
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "api/admin.h"
+#include "api/health.h"
+#include "config/config.h"
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/redact.h"
+#include "daemon/daemon.h"
+#include "http/client.h"
+#include "http/server.h"
+#include "runtime/runtime.h"
+#include "store/store.h"
+
+enum { LISTENER_GATEWAY, LISTENER_METRICS, LISTENER_ADMIN, LISTENER_COUNT };
+
+static const char *const listener_names[LISTENER_COUNT] = {"gateway", "metrics", "admin"};
+
+struct daemon {
+    struct nx_runtime rt;
+    const struct nx_daemon_opts *opts;
+    struct nx_config *cfg;       /* the current snapshot */
+    const char *token;           /* cfg's auth_token, read by the auth checks */
+    struct nx_readiness ready;
+    struct nx_listen addr[LISTENER_COUNT];
+    struct nx_http_server *srv[LISTENER_COUNT];
+    struct nx_http_client *client;
+    struct nx_store *store;
+    int servers_down;
+    int exit_code;
+    bool is_reloading;
+    bool was_ready;
+    uint64_t started_wall_ms;
+    struct nx_metric *m_reloads;
+    struct nx_metric *m_ready;
+};
+
+/* --- configuration applied at start and on reload --- */
+
+static void apply_logging(struct daemon *d, const struct nx_gateway_conf *gw)
+{
+    if (!d->opts->has_log_level && gw->log_level) {
+        enum nx_log_level lvl;
+        if (nx_log_parse_level(gw->log_level, &lvl) == 0)
+            nx_log_set_level(lvl);
+    }
+    /* Swapped as a whole, so no line written meanwhile misses a pattern. */
+    char err[256];
+    if (nx_redact_set_patterns((const char *const *)gw->redact_patterns, err, sizeof err) < 0)
+        nx_warn("config", "redact patterns not applied: %s", err);
+}
+
+static void pick_addresses(struct daemon *d, const struct nx_gateway_conf *gw)
+{
+    const struct nx_daemon_opts *o = d->opts;
+    d->addr[LISTENER_GATEWAY] = o->has_listen ? o->listen : gw->listen;
+    d->addr[LISTENER_METRICS] = o->has_metrics_listen ? o->metrics_listen : gw->metrics_listen;
+    d->addr[LISTENER_ADMIN] = o->has_admin_listen ? o->admin_listen : gw->admin_listen;
+}
+
+/* Secure by default: off loopback only with a token. */
+static int check_exposure(const struct daemon *d, const struct nx_gateway_conf *gw)
+{
+    if (gw->auth_token && *gw->auth_token)
+        return 0;
+    for (int i = 0; i < LISTENER_COUNT; i++) {
+        if (!nx_listen_is_loopback(&d->addr[i])) {
+            nx_error("daemon",
+                     "refusing to listen on %s:%d (%s) without an auth_token: anyone on the network "
+                     "could use it. Set auth_token in gateway.yaml (e.g. auth_token: "
+                     "\"${NEXO_AUTH_TOKEN}\") or bind a loopback address such as 127.0.0.1",
+                     d->addr[i].host, d->addr[i].port, listener_names[i]);
+            return NX_EPERM;
+        }
+    }
+    return 0;
+}
+
+/* --- readiness --- */
+
+static void check_ready(struct daemon *d)
+{
+    bool ok = nx_readiness_ok(&d->ready);
+    nx_gauge_set(d->m_ready, NULL, ok ? 1 : 0);
+    if (ok && !d->was_ready) {
+        d->was_ready = true;
+        double ms = (double)(nx_mono_ns() - d->opts->launch_ns) / 1e6;
+        nx_info("daemon", "ready in %.1f ms: gateway http://%s:%d, metrics http://%s:%d/metrics, "
+                "admin http://%s:%d", ms, d->addr[0].host, nx_http_server_port(d->srv[0]),
+                d->addr[1].host, nx_http_server_port(d->srv[1]), d->addr[2].host,
+                nx_http_server_port(d->srv[2]));
+        nx_notify("READY=1");
+    }
+}
+
+static void on_store_ready(int rc, void *arg)
+{
+    struct daemon *d = arg;
+    if (rc < 0) {
+        nx_error("daemon", "cannot open the store under %s: %s", d->opts->data_dir,
+                 nx_strerror(rc));
+        d->exit_code = NX_EXIT_FAILURE;
+        nx_runtime_stop(&d->rt, 0);
+        return;
+    }
+    d->ready.store_open = true;
+    check_ready(d);
+}
+
+/* --- reload (SIGHUP): parse off the loop, swap on it --- */
+
+struct reload {
+    uv_work_t work;
+    struct daemon *d;
+    struct nx_config *cfg;
+    struct nx_diags diags;
+    int rc;
+};
+
+static void reload_work(uv_work_t *w)
+{
+    struct reload *r = nx_container_of(w, struct reload, work);
+    r->rc = nx_config_load(r->d->opts->config_dir, &r->cfg, &r->diags);
+}
+
+static void reload_done(uv_work_t *w, int status)
+{
+    struct reload *r = nx_container_of(w, struct reload, work);
+    struct daemon *d = r->d;
+    static const char *const ok_label[] = {"ok"}, *const err_label[] = {"error"};
+    (void)status;
+
+    d->is_reloading = false;
+    if (r->rc < 0 || d->ready.is_stopping) {
+        for (size_t i = 0; i < r->diags.n; i++) {
+            const struct nx_diag *g = &r->diags.v[i];
+            nx_error("config", "%s:%d:%d: %s", g->file, g->line, g->col, g->msg);
+        }
+        if (r->rc < 0) {
+            nx_error("config", "reload failed (%zu problem%s): keeping the running configuration",
+                     r->diags.n, r->diags.n == 1 ? "" : "s");
+            nx_counter_add(d->m_reloads, err_label, 1);
+        }
+        nx_config_unref(r->cfg);
+    } else {
+        const struct nx_gateway_conf *gw = nx_config_gateway(r->cfg);
+        struct nx_listen before[LISTENER_COUNT];
+        memcpy(before, d->addr, sizeof before);
+        pick_addresses(d, gw);
+        if (memcmp(before, d->addr, sizeof before) != 0) {
+            nx_warn("config", "listen addresses changed: they take effect at the next restart");
+            memcpy(d->addr, before, sizeof before);
+        }
+        if (check_exposure(d, gw) < 0) {
+            nx_error("config", "reload refused: keeping the running configuration");
+            nx_counter_add(d->m_reloads, err_label, 1);
+            nx_config_unref(r->cfg);
+        } else {
+            nx_config_unref(d->cfg);
+            d->cfg = r->cfg;
+            d->token = gw->auth_token && *gw->auth_token ? gw->auth_token : NULL;
+            apply_logging(d, gw);
+            nx_counter_add(d->m_reloads, ok_label, 1);
+            nx_info("config", "configuration reloaded from %s",
+                    d->opts->config_dir ? d->opts->config_dir : "embedded defaults");
+        }
+    }
+    nx_diags_cleanup(&r->diags);
+    free(r);
+}
+
+static void on_reload(struct nx_runtime *rt)
+{
+    struct daemon *d = rt->udata;
+    if (d->is_reloading)
+        return;
+    nx_info("config", "SIGHUP: reloading configuration");
+    struct reload *r = nx_calloc(1, sizeof *r);
+    r->d = d;
+    nx_diags_init(&r->diags);
+    d->is_reloading = true;
+    uv_queue_work(&d->rt.loop, &r->work, reload_work, reload_done);
+}
+
+/* --- graceful stop --- */
+
+static void teardown(struct daemon *d)
+{
+    if (d->store) {
+        nx_store_close(d->store); /* flushes every queued write */
+        d->store = NULL;
+    }
+    nx_http_client_free(d->client);
+    d->client = NULL;
+    for (int i = 0; i < LISTENER_COUNT; i++) {
+        nx_http_server_free(d->srv[i]);
+        d->srv[i] = NULL;
+    }
+}
+
+static void on_server_down(void *arg)
+{
+    struct daemon *d = arg;
+    if (++d->servers_down < LISTENER_COUNT)
+        return;
+    nx_info("daemon", "listeners closed; flushing the store");
+    teardown(d);
+}
+
+static void on_stop(struct nx_runtime *rt, int signum)
+{
+    struct daemon *d = rt->udata;
+    (void)signum;
+    d->ready.is_stopping = true;
+    nx_gauge_set(d->m_ready, NULL, 0);
+    uint32_t grace = nx_config_gateway(d->cfg)->shutdown_grace_ms;
+    int started = 0;
+    for (int i = 0; i < LISTENER_COUNT; i++) {
+        if (d->srv[i]) {
+            nx_http_server_shutdown(d->srv[i], grace, on_server_down, d);
+            started++;
+        }
+    }
+    d->servers_down = LISTENER_COUNT - started;
+    if (started == 0)
+        teardown(d);
+}
+
+/* --- admin status --- */
+
+static json_t *admin_status(void *arg)
+{
+    struct daemon *d = arg;
+    json_t *o = json_object();
+    json_object_set_new(o, "version", json_string(NEXO_VERSION));
+    json_object_set_new(o, "ready", json_boolean(nx_readiness_ok(&d->ready)));
+    json_object_set_new(o, "uptime_seconds",
+                        json_real((double)(nx_wall_ms() - d->started_wall_ms) / 1000.0));
+    json_object_set_new(o, "config_dir", d->opts->config_dir ? json_string(d->opts->config_dir)
+                                                             : json_string("(embedded defaults)"));
+    json_object_set_new(o, "data_dir", json_string(d->opts->data_dir));
+    json_object_set_new(o, "bus_mode", json_string(d->ready.bus_mode));
+    json_t *ls = json_object();
+    for (int i = 0; i < LISTENER_COUNT; i++) {
+        json_t *l = json_object();
+        json_object_set_new(l, "host", json_string(d->addr[i].host));
+        json_object_set_new(l, "port", json_integer(nx_http_server_port(d->srv[i])));
+        json_object_set_new(l, "connections",
+                            json_integer((json_int_t)nx_http_server_connections(d->srv[i])));
+        json_object_set_new(ls, listener_names[i], l);
+    }
+    json_object_set_new(o, "listeners", ls);
+    return o;
+}
+
+/* --- start --- */
+
+static struct nx_http_limits limits_from(const struct nx_gateway_conf *gw)
+{
+    struct nx_http_limits l = {
+        .max_connections = gw->limits.max_connections,
+        .max_header_bytes = gw->limits.max_header_bytes,
+        .max_body_bytes = gw->limits.max_body_bytes,
+        .request_timeout_ms = gw->limits.request_timeout_ms,
+        .keepalive_timeout_ms = gw->limits.keepalive_timeout_ms,
+    };
+    return l;
+}
+
+static int start_listeners(struct daemon *d, const struct nx_gateway_conf *gw)
+{
+    struct nx_http_limits lim = limits_from(gw);
+    for (int i = 0; i < LISTENER_COUNT; i++) {
+        char err[256];
+        nx_http_server_new(&d->rt.loop, listener_names[i], &lim, &d->srv[i]);
+        switch (i) {
+        case LISTENER_GATEWAY:
+            nx_api_health_register(d->srv[i], &d->ready);
+            break;
+        case LISTENER_METRICS:
+            nx_api_metrics_register(d->srv[i], &d->token);
+            break;
+        case LISTENER_ADMIN:
+            nx_api_health_register(d->srv[i], &d->ready);
+            nx_api_admin_register(d->srv[i], &d->token, admin_status, d);
+            break;
+        }
+        if (nx_http_server_listen(d->srv[i], d->addr[i].host, d->addr[i].port, err, sizeof err) < 0) {
+            nx_error("daemon", "cannot listen for the %s listener: %s", listener_names[i], err);
+            return NX_EADDR;
+        }
+    }
+    return 0;
+}
+
+static void register_metrics(struct daemon *d)
+{
+    static const char *const reload_labels[] = {"result", NULL};
+    static const char *const info_labels[] = {"version", NULL};
+    static const char *const info_values[] = {NEXO_VERSION};
+    nx_gauge_set(nx_metric_gauge("nexo_build_info", "nexo version", info_labels), info_values, 1);
+    d->m_ready = nx_metric_gauge("nexo_ready", "1 when /readyz answers 200", NULL);
+    d->m_reloads = nx_metric_counter("nexo_config_reloads_total",
+                                     "configuration reloads (SIGHUP) by result", reload_labels);
+}
+
+int nx_daemon_run(const struct nx_daemon_opts *opts)
+{
+    struct daemon d;
+    struct nx_diags diags;
+    int rc;
+
+    memset(&d, 0, sizeof d);
+    d.opts = opts;
+    d.exit_code = NX_EXIT_OK;
+    d.started_wall_ms = nx_wall_ms();
+    d.ready.bus_mode = "in-process";
+    nx_diags_init(&diags);
+
+    if (nx_config_load(opts->config_dir, &d.cfg, &diags) < 0) {
+        nx_diags_print(&diags, stderr);
+        nx_error("daemon", "configuration invalid (%zu problem%s): not starting", diags.n,
+                 diags.n == 1 ? "" : "s");
+        nx_diags_cleanup(&diags);
+        return NX_EXIT_CONFIG;
+    }
+    nx_diags_cleanup(&diags);
+    const struct nx_gateway_conf *gw = nx_config_gateway(d.cfg);
+    d.token = gw->auth_token && *gw->auth_token ? gw->auth_token : NULL;
+    apply_logging(&d, gw);
+    pick_addresses(&d, gw);
+    if (check_exposure(&d, gw) < 0) {
+        nx_config_unref(d.cfg);
+        return NX_EXIT_LISTEN;
+    }
+
+    if (nx_runtime_init(&d.rt) < 0) {
+        nx_config_unref(d.cfg);
+        return NX_EXIT_FAILURE;
+    }
+    d.rt.udata = &d;
+    d.rt.on_stop = on_stop;
+    d.rt.on_reload = on_reload;
+    register_metrics(&d);
+    d.ready.config_loaded = true;
+    /* The bus arrives with its own module; until then everything is in-process. */
+    d.ready.bus_ready = true;
+
+    if ((rc = start_listeners(&d, gw)) < 0) {
+        teardown(&d);
+        nx_runtime_close(&d.rt);
+        nx_config_unref(d.cfg);
+        return NX_EXIT_LISTEN;
+    }
+    struct nx_http_client_opts copts = {
+        .proxy = gw->http_client.proxy,
+        .connect_timeout_ms = gw->http_client.connect_timeout_ms,
+        .timeout_ms = gw->http_client.timeout_ms,
+        .max_response_bytes = gw->http_client.max_response_bytes,
+    };
+    if (nx_http_client_new(&d.rt.loop, &copts, &d.client) < 0) {
+        nx_error("daemon", "cannot start the HTTP client");
+        d.exit_code = NX_EXIT_FAILURE;
+        nx_runtime_stop(&d.rt, 0);
+    } else if (nx_store_open(&d.rt.loop, opts->data_dir, NULL, on_store_ready, &d, &d.store) < 0) {
+        nx_error("daemon", "cannot open the store under %s", opts->data_dir);
+        d.exit_code = NX_EXIT_FAILURE;
+        nx_runtime_stop(&d.rt, 0);
+    }
+    nx_runtime_watch_signals(&d.rt);
+
+    uv_run(&d.rt.loop, UV_RUN_DEFAULT);
+
+    teardown(&d);
+    if (nx_runtime_close(&d.rt) < 0)
+        nx_warn("daemon", "some handles were still open at exit");
+    nx_config_unref(d.cfg);
+    nx_info("daemon", "stopped");
+    return d.exit_code;
+}

@@ -1,0 +1,67 @@
+"""The command line: help, version, exit codes, check-config over every broken configuration."""
+import os
+import unittest
+
+from nexo_harness import TEST_DATA, main, run_cli
+
+
+class Cli(unittest.TestCase):
+    def test_version_prints_semver(self):
+        for args in (["version"], ["--version"], ["-V"]):
+            r = run_cli(*args)
+            self.assertEqual(r.returncode, 0)
+            self.assertRegex(r.stdout, r"^nexo \d+\.\d+\.\d+\n$")
+
+    def test_help_lists_commands_and_exit_codes(self):
+        r = run_cli("help")
+        self.assertEqual(r.returncode, 0)
+        for word in ("run", "check-config", "version", "--config", "--data", "--log-json",
+                     "--listen", "--metrics-listen", "--admin-listen", "Exit codes"):
+            self.assertIn(word, r.stdout)
+        self.assertEqual(run_cli("--help").stdout, r.stdout)
+
+    def test_help_for_each_command(self):
+        for cmd in ("run", "check-config", "version", "help"):
+            r = run_cli("help", cmd)
+            self.assertEqual(r.returncode, 0, cmd)
+            self.assertIn("Usage: nexo " + cmd, r.stdout)
+        self.assertIn("Usage: nexo check-config", run_cli("check-config", "--help").stdout)
+
+    def test_bad_command_line_exits_2(self):
+        for args in (["frobnicate"], ["--nope"], ["run", "--listen"], ["--listen", "nonsense"],
+                     ["help", "frobnicate"], ["--log-level", "loud", "run"]):
+            r = run_cli(*args)
+            self.assertEqual(r.returncode, 2, args)
+            self.assertIn("nexo:", r.stderr)
+
+    def test_missing_config_dir_exits_3(self):
+        r = run_cli("run", "--config", "/nonexistent/nexo-config")
+        self.assertEqual(r.returncode, 3)
+        self.assertIn("does not exist", r.stderr)
+
+    def test_check_config_accepts_embedded_defaults_and_good_config(self):
+        r = run_cli("check-config", cwd="/")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        good = os.path.join(TEST_DATA, "good-config")
+        if os.path.isdir(good):
+            r = run_cli("check-config", good, env={"NEXO_TEST_KEY": "k"})
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("configuration OK", r.stdout)
+
+    def test_check_config_reports_exact_positions_for_every_bad_config(self):
+        root = os.path.join(TEST_DATA, "bad-config")
+        cases = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        self.assertGreaterEqual(len(cases), 15)
+        for case in cases:
+            d = os.path.join(root, case)
+            with open(os.path.join(d, "expected.txt")) as f:
+                expected = [l for l in f.read().splitlines() if l.strip()]
+            r = run_cli("check-config", d, env={"NEXO_TEST_UNSET": ""}, cwd=d)
+            self.assertEqual(r.returncode, 3, case + ": " + r.stderr)
+            got = [l[len(d) + 1:] if l.startswith(d + "/") else l
+                   for l in r.stderr.splitlines() if ":" in l and not l.startswith(d + ":")]
+            self.assertEqual(got, expected, case)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+# NX_TEST_LABELS: threaded (also run against the TSan build)
+"""Graceful shutdown: a request in flight when SIGTERM arrives completes and the process exits 0;
+a second signal exits at once."""
+import json
+import signal
+import socket
+import unittest
+
+from nexo_harness import Nexo, main, recv_all
+
+BODY = b'{"level":"info"}'
+
+
+def slow_request_head(n):
+    return (b"POST /admin/log-level HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % n)
+
+
+class Shutdown(unittest.TestCase):
+    def setUp(self):
+        self.n = Nexo()
+
+    def tearDown(self):
+        self.n.cleanup()
+
+    def test_sigterm_lets_a_slow_request_finish_then_exits_0(self):
+        self.n.start()
+        s = self.n.connect("admin")
+        s.sendall(slow_request_head(len(BODY)) + BODY[:5])
+        # An idle keep-alive connection must not hold the shutdown up.
+        idle = self.n.connect("gateway")
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"200", idle.recv(4096))
+
+        self.n.signal(signal.SIGTERM)
+        self.n.wait_log(r"SIGTERM received: stopping gracefully")
+        # Not accepting any more.
+        with self.assertRaises(OSError):
+            c = socket.create_connection(("127.0.0.1", self.n.ports["gateway"]), timeout=5)
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            if not c.recv(4096):
+                raise ConnectionResetError("closed")
+        self.assertIsNone(self.n.proc.poll(), "exited before the slow request finished")
+        s.sendall(BODY[5:])
+        resp = recv_all(s)
+        self.assertTrue(resp.startswith(b"HTTP/1.1 200"), resp)
+        self.assertEqual(json.loads(resp.split(b"\r\n\r\n", 1)[1]), {"level": "info"})
+        self.assertEqual(recv_all(idle), b"")  # the idle connection was closed
+        self.assertEqual(self.n.wait(), 0, self.n.read_log())
+        self.assertIn("stopped", self.n.read_log())
+
+    def test_second_signal_exits_at_once(self):
+        self.n.start()
+        s = self.n.connect("admin")
+        s.sendall(slow_request_head(len(BODY)) + BODY[:5])  # never finished
+        self.n.signal(signal.SIGTERM)
+        self.n.wait_log(r"stopping gracefully")
+        self.n.signal(signal.SIGINT)
+        self.assertEqual(self.n.wait(timeout=10), 5)
+        s.close()
+
+    def test_sigint_on_idle_gateway_exits_0(self):
+        self.n.start()
+        self.n.signal(signal.SIGINT)
+        self.assertEqual(self.n.wait(), 0, self.n.read_log())
+
+
+if __name__ == "__main__":
+    main()
