@@ -207,6 +207,13 @@ static bool peer_gone(int fd)
     return n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
 }
 
+/* Bytes the kernel has received that h2o has not read yet: a request already on its way. */
+static bool has_unread(int fd)
+{
+    char ch;
+    return recv(fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
 static bool head_complete_within(const h2o_buffer_t *in, size_t cap)
 {
     size_t n = in->size < cap + 4 ? in->size : cap + 4;
@@ -229,7 +236,8 @@ static void sweep_conn(struct nx_http_server *srv, struct nx_http_conn *c, uint6
     size_t in = c->sock->input ? c->sock->input->size : 0;
     if (in == 0) { /* nothing buffered: between requests (a request's bytes stay until answered) */
         if (srv->sd != NX_HTTP_SD_NONE) {
-            kill_conn(c, 503);
+            if (!has_unread(c->fd))
+                kill_conn(c, 503);
         } else if (!c->idle_since) {
             c->idle_since = now;
         } else if (now - c->idle_since >= srv->lim.keepalive_timeout_ms) {
@@ -743,7 +751,7 @@ void nx_http_server_shutdown(struct nx_http_server *srv, uint32_t deadline_ms, v
         if (c->rec) {
             if (c->rec->h2o)
                 c->rec->h2o->http1_is_persistent = 0;
-        } else if (c->sock->input && c->sock->input->size == 0) {
+        } else if (c->sock->input && c->sock->input->size == 0 && !has_unread(c->fd)) {
             kill_conn(c, 503); /* idle keep-alive connection */
         }
         /* else: a request is being read; h2o answers it with "Connection: close" */

@@ -4,9 +4,10 @@ a second signal exits at once."""
 import json
 import signal
 import socket
+import tempfile
 import unittest
 
-from nexo_harness import Nexo, main, recv_all
+from nexo_harness import Nexo, main, recv_all, write_config
 
 BODY = b'{"level":"info"}'
 
@@ -58,6 +59,17 @@ class Shutdown(unittest.TestCase):
         self.n.signal(signal.SIGINT)
         self.assertEqual(self.n.wait(timeout=10), 5)
         s.close()
+
+    def test_grace_deadline_closes_a_stuck_request_and_exits_0(self):
+        with tempfile.TemporaryDirectory() as cfg:
+            write_config(cfg, {"gateway.yaml": "shutdown_grace: 300ms\n"})
+            self.n = Nexo(config_dir=cfg).start()
+            s = self.n.connect("admin")
+            s.sendall(slow_request_head(len(BODY)) + BODY[:5])  # never finished
+            self.n.signal(signal.SIGTERM)
+            self.assertEqual(self.n.wait(timeout=10), 0, self.n.read_log())
+            self.assertEqual(recv_all(s), b"")  # closed by force, no response
+            s.close()
 
     def test_sigint_on_idle_gateway_exits_0(self):
         self.n.start()
