@@ -48,6 +48,11 @@ class Cli(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertIn("configuration OK", r.stdout)
 
+    def test_shipped_example_config_is_valid(self):
+        src = os.environ.get("NEXO_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..", "..")
+        r = run_cli("check-config", os.path.join(src, "docs", "examples", "config"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+
     def test_check_config_reports_exact_positions_for_every_bad_config(self):
         root = os.path.join(TEST_DATA, "bad-config")
         cases = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
