@@ -69,6 +69,7 @@ struct nx_http_client {
     uint32_t connect_timeout_ms;
     uint32_t timeout_ms;
     uint64_t max_response_bytes;
+    long host_conns;
     struct nx_http_call *calls, *calls_tail;
     struct sock_ctx *socks;
     size_t inflight;
@@ -402,11 +403,7 @@ int nx_http_client_new(uv_loop_t *loop, const struct nx_http_client_opts *opts,
                        struct nx_http_client **out)
 {
     struct nx_http_client *c;
-    long host_conns;
 
-    pthread_once(&global_once, global_init);
-    if (global_rc != 0)
-        return global_rc;
     if (!loop || !out)
         return NX_EINVAL;
     if (opts && check_proxy(opts->proxy) != 0) {
@@ -422,27 +419,34 @@ int nx_http_client_new(uv_loop_t *loop, const struct nx_http_client_opts *opts,
     c->timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
     c->max_response_bytes = opts && opts->max_response_bytes ? opts->max_response_bytes
                                                              : DEFAULT_MAX_BYTES;
-    host_conns = opts && opts->max_host_connections ? (long)opts->max_host_connections
-                                                    : DEFAULT_HOST_CONNS;
-    c->multi = curl_multi_init();
-    if (!c->multi) {
-        free(c->proxy);
-        free(c->user_agent);
-        free(c);
-        return NX_EHTTP;
-    }
-    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
-    curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
-    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-    curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
-    curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, host_conns);
-    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, host_conns * 2);
+    c->host_conns = opts && opts->max_host_connections ? (long)opts->max_host_connections
+                                                       : DEFAULT_HOST_CONNS;
     uv_timer_init(loop, &c->timer);
     c->timer.data = c;
     uv_timer_init(loop, &c->kick);
     c->kick.data = c;
     c->open_handles = 2;
     *out = c;
+    return 0;
+}
+
+/* libcurl (dlopened by http/curl_loader.c) and the multi handle come at the first request, so a
+ * client that never calls out costs no start-up time or memory. */
+static int ensure_multi(struct nx_http_client *c)
+{
+    if (c->multi)
+        return 0;
+    pthread_once(&global_once, global_init);
+    if (global_rc != 0)
+        return global_rc;
+    if (!(c->multi = curl_multi_init()))
+        return NX_EHTTP;
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+    curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, c->host_conns);
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, c->host_conns * 2);
     return 0;
 }
 
@@ -466,13 +470,15 @@ static void finish_free(struct nx_http_client *c)
 {
     c->is_closed = 1;
     reap(c);
-    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, NULL);
-    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, NULL);
-    /* stop watching before curl closes the cached connections' descriptors */
-    while (c->socks)
-        sock_close(c, c->socks);
-    curl_multi_cleanup(c->multi);
-    c->multi = NULL;
+    if (c->multi) { /* NULL when no request was ever made */
+        curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, NULL);
+        curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, NULL);
+        /* stop watching before curl closes the cached connections' descriptors */
+        while (c->socks)
+            sock_close(c, c->socks);
+        curl_multi_cleanup(c->multi);
+        c->multi = NULL;
+    }
     uv_close((uv_handle_t *)&c->timer, close_cb_count);
     uv_close((uv_handle_t *)&c->kick, close_cb_count);
 }
@@ -615,6 +621,9 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
     } else if (check_proxy(o->proxy) != 0) {
         call->start_rc = NX_EINVAL;
         call->start_err = "proxy must start with http://, https://, socks5:// or socks5h://";
+    } else if (ensure_multi(c) != 0) {
+        call->start_rc = NX_EHTTP;
+        call->start_err = "libcurl is unavailable (libcurl.so.4 not loaded or not initialised)";
     } else if (build_headers(call, o) != 0) {
         call->start_rc = NX_EINVAL;
         call->start_err = "header name or value is empty or contains CR, LF or ':'";
