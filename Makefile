@@ -23,12 +23,12 @@ build:
 run: deps build
 	./$(BUILD)/nexo run $(ARGS)
 
-# The whole suite: lint, unit + integration tests, then the same suite under ASan+UBSan,
-# then the threaded tests under TSan.
+# The whole suite: lint, the suite under ASan+UBSan, the threaded tests under TSan, then the
+# suite on the normal build last, so the closing ctest summary counts the whole suite.
 test: test-deps lint build
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	@$(MAKE) --no-print-directory asan
 	@$(MAKE) --no-print-directory tsan
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 asan:
 	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DNEXO_SANITIZE=address,undefined >/dev/null

@@ -1,0 +1,67 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "core/breaker.h"
+
+static void test_breaker_opens_after_threshold_probes_and_closes(void **state)
+{
+    (void)state;
+    struct nx_breaker_conf conf = {.failure_threshold = 3, .initial_backoff_ms = 100,
+                                   .max_backoff_ms = 250};
+    struct nx_breaker b;
+    nx_breaker_init(&b, &conf);
+    assert_true(nx_breaker_allow(&b, 0));
+    nx_breaker_failure(&b, 0);
+    nx_breaker_failure(&b, 1);
+    assert_int_equal(b.state, NX_BREAKER_CLOSED);
+    nx_breaker_success(&b, 2); /* resets the count */
+    nx_breaker_failure(&b, 3);
+    nx_breaker_failure(&b, 4);
+    nx_breaker_failure(&b, 5);
+    assert_int_equal(b.state, NX_BREAKER_OPEN);
+    assert_false(nx_breaker_allow(&b, 50));
+    /* After the backoff exactly one probe goes through. */
+    assert_true(nx_breaker_allow(&b, 105));
+    assert_int_equal(b.state, NX_BREAKER_HALF_OPEN);
+    assert_false(nx_breaker_allow(&b, 106));
+    /* The probe fails: open again with the backoff doubled. */
+    nx_breaker_failure(&b, 110);
+    assert_int_equal(b.state, NX_BREAKER_OPEN);
+    assert_false(nx_breaker_allow(&b, 300));
+    assert_true(nx_breaker_allow(&b, 310));
+    nx_breaker_failure(&b, 311); /* doubled again, capped at 250 */
+    assert_int_equal(b.backoff_ms, 250);
+    assert_false(nx_breaker_allow(&b, 560));
+    assert_true(nx_breaker_allow(&b, 561));
+    nx_breaker_success(&b, 562);
+    assert_int_equal(b.state, NX_BREAKER_CLOSED);
+    assert_int_equal(b.backoff_ms, 100);
+    assert_true(nx_breaker_allow(&b, 563));
+    assert_string_equal(nx_breaker_state_name(b.state), "closed");
+}
+
+static void test_breaker_defaults(void **state)
+{
+    (void)state;
+    struct nx_breaker b;
+    nx_breaker_init(&b, NULL);
+    for (int i = 0; i < 4; i++)
+        nx_breaker_failure(&b, 0);
+    assert_int_equal(b.state, NX_BREAKER_CLOSED);
+    nx_breaker_failure(&b, 0);
+    assert_int_equal(b.state, NX_BREAKER_OPEN);
+    assert_false(nx_breaker_allow(&b, 9999));
+    assert_true(nx_breaker_allow(&b, 10000));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_breaker_opens_after_threshold_probes_and_closes),
+        cmocka_unit_test(test_breaker_defaults),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
