@@ -14,6 +14,7 @@ deps:
 
 test-deps:
 	@scripts/install-deps.sh --test
+	@scripts/install-npm-peers.sh
 
 # build/nexo
 build:

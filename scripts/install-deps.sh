@@ -20,6 +20,12 @@ for arg in "$@"; do
     esac
 done
 
+# Node.js for the npm test peers: the machine's own node/npm when present (it may come from
+# another repository), else Debian's.
+if [[ " $* " == *" --test "* ]] && ! command -v npm >/dev/null 2>&1; then
+    want+=(nodejs npm)
+fi
+
 missing=()
 for p in "${want[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
