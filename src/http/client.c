@@ -41,6 +41,7 @@ struct nx_http_call {
     struct nx_http_call *prev, *next;
     CURL *easy;
     struct curl_slist *hdrs;
+    struct curl_slist *resolve;
     char *body;
     nx_http_data_fn on_data;
     nx_http_done_fn on_done;
@@ -113,6 +114,7 @@ static void call_free(struct nx_http_call *call)
     if (call->easy)
         curl_easy_cleanup(call->easy);
     curl_slist_free_all(call->hdrs);
+    curl_slist_free_all(call->resolve);
     free(call->body);
     nx_buf_cleanup(&call->resp_hdrs);
     nx_buf_cleanup(&call->resp_body);
@@ -583,6 +585,11 @@ static void setup_easy(struct nx_http_client *c, struct nx_http_call *call,
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, call->hdrs);
+    if (call->resolve) {
+        curl_easy_setopt(e, CURLOPT_RESOLVE, call->resolve);
+        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    }
 
     if (!method)
         method = o->body ? "POST" : "GET";
@@ -627,10 +634,20 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
     } else if (build_headers(call, o) != 0) {
         call->start_rc = NX_EINVAL;
         call->start_err = "header name or value is empty or contains CR, LF or ':'";
+    } else if (o->resolve && (bad_header_text(o->resolve) || !o->resolve[0])) {
+        call->start_rc = NX_EINVAL;
+        call->start_err = "resolve entry is empty or contains CR or LF";
     } else if (!(call->easy = curl_easy_init())) {
         call->start_rc = NX_EHTTP;
         call->start_err = "curl_easy_init failed";
     } else {
+        if (o->resolve) {
+            struct nx_buf r = NX_BUF_INIT;
+            nx_buf_printf(&r, "+%s", o->resolve); /* "+": expires like a DNS cache entry */
+            call->resolve = curl_slist_append(NULL, r.data);
+            NX_ASSERT(call->resolve);
+            nx_buf_cleanup(&r);
+        }
         setup_easy(c, call, o);
     }
 
@@ -655,6 +672,11 @@ void nx_http_call_cancel(struct nx_http_call *call)
     enter(c);
     call_finish(call, NX_ECANCELED, "cancelled");
     leave(c);
+}
+
+uv_loop_t *nx_http_client_loop(const struct nx_http_client *c)
+{
+    return c->loop;
 }
 
 size_t nx_http_client_inflight(const struct nx_http_client *c)

@@ -63,6 +63,11 @@ struct nx_http_call_opts {
     nx_http_data_fn on_data;              /* NULL = buffer the body */
     nx_http_done_fn on_done;
     void *udata;
+    /* "host:port:addr[,addr]" (IPv6 in brackets): connect to these addresses instead of
+     * resolving host (curl's CURLOPT_RESOLVE; the entry expires like a DNS cache entry). Such a
+     * call opens a fresh connection and does not leave it in the pool, so it always reaches a
+     * pinned address. NULL = resolve normally. Only effective without a proxy. */
+    const char *resolve;
 };
 
 int nx_http_client_new(uv_loop_t *loop, const struct nx_http_client_opts *opts,
@@ -80,5 +85,7 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
 /* on_done runs with NX_ECANCELED (from within this call). */
 void nx_http_call_cancel(struct nx_http_call *call);
 size_t nx_http_client_inflight(const struct nx_http_client *c);
+/* The loop the client runs on (for callers' own timers). */
+uv_loop_t *nx_http_client_loop(const struct nx_http_client *c);
 
 #endif

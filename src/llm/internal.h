@@ -1,0 +1,129 @@
+#ifndef NX_LLM_INTERNAL_H
+#define NX_LLM_INTERNAL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/buf.h"
+#include "core/metrics.h"
+#include "llm/llm.h"
+
+/* Shared between llm.c (provider, call machinery), anthropic.c, openai.c and chain.c; also
+ * what the fuzz targets and unit tests drive: every parser takes raw bytes. */
+
+/* Caps on what one answer may hold (a stream may not grow the state without bound). */
+#define NX_LLM_MAX_BLOCKS 1024     /* content blocks / tool calls per message */
+#define NX_LLM_MAX_ERRBODY 65536   /* an error body kept for parsing */
+
+/* A parsed answer; owns everything. */
+struct nx_llm_resp {
+    enum nx_llm_stop stop;
+    json_t *message;        /* canonical assistant message, NULL until complete */
+    struct nx_llm_usage usage;
+    char *model;
+    char *error_type;       /* set by the error parsers and mid-stream errors */
+    char *error_message;
+};
+
+void nx_llm_resp_cleanup(struct nx_llm_resp *r);
+void nx_llm_resp_set_error(struct nx_llm_resp *r, const char *type, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+typedef void (*nx_llm_text_fn)(const char *delta, size_t len, void *udata);
+
+/* A wire format: builds the request and parses the answer. */
+struct nx_llm_wire {
+    const char *default_base_url;
+    const char *path;       /* appended to the base URL */
+    /* Body for the request; NX_EINVAL (with *why set to a static string) on a bad request. */
+    int (*build_body)(const struct nx_llm_request *req, struct nx_buf *out, const char **why);
+    /* Headers beyond content-type/accept and the configured extras. Writes at most max. */
+    size_t (*auth_headers)(const char *api_key, struct nx_http_header *out, size_t max,
+                           struct nx_buf *scratch);
+    int (*parse_response)(const char *body, size_t len, struct nx_llm_resp *out);
+    /* Fills error_type/error_message from an error body (any shape, never fails). */
+    void (*parse_error)(long status, const char *body, size_t len, struct nx_llm_resp *out);
+    void *(*stream_new)(nx_llm_text_fn on_text, void *udata);
+    /* 0 to go on; < 0 stops (an error event fills the stream's error fields). */
+    int (*stream_feed)(void *s, const char *data, size_t len);
+    /* Moves the result into out: 0 when the stream completed, < 0 otherwise. */
+    int (*stream_finish)(void *s, struct nx_llm_resp *out);
+    void (*stream_free)(void *s);
+};
+
+/* Every call handle (a single attempt or a chain) starts with this. */
+struct nx_llm_call {
+    void (*cancel)(struct nx_llm_call *call);
+};
+
+struct nx_llm_provider {
+    char *name;
+    const struct nx_llm_type *type;
+    const struct nx_llm_wire *wire;
+    struct nx_http_client *http;
+    char *api_key;
+    char *url;
+    struct nx_http_header *headers; /* extras, owned */
+    size_t nheaders;
+    uint32_t timeout_ms;
+    struct nx_breaker breaker;
+    struct nx_metric *m_requests;
+    struct nx_metric *m_latency;
+    struct nx_metric *m_tokens;
+    struct nx_metric *m_breaker;
+    struct nx_metric *m_ttft;
+};
+
+/* Flags for nx_llm_call_start. */
+#define NX_LLM_CALL_NO_OUTCOME 1u /* the caller (the chain) counts requests_total itself */
+
+struct nx_llm_call *nx_llm_call_start(struct nx_llm_provider *p, const struct nx_llm_wire *wire,
+                                      const struct nx_llm_request *req,
+                                      const struct nx_llm_callbacks *cb, unsigned flags);
+void nx_llm_call_cancel(struct nx_llm_call *call);
+
+/* nexo_llm_requests_total{provider,model,outcome}. */
+void nx_llm_count_outcome(struct nx_llm_provider *p, const char *model, const char *outcome);
+/* nexo_llm_breaker_state{provider} from the provider's breaker. */
+void nx_llm_publish_breaker(struct nx_llm_provider *p);
+
+/* Maps an HTTP status and error type to an NX_E* code and whether a retry may succeed. */
+int nx_llm_classify(long status, const char *error_type, bool *is_retryable);
+/* retry-after-ms (milliseconds) or retry-after (seconds; an HTTP date is ignored): -1 if none. */
+int64_t nx_llm_parse_retry_after(const char *retry_after_ms, const char *retry_after);
+
+/* Stop reasons. */
+enum nx_llm_stop nx_llm_stop_from_anthropic(const char *s);
+enum nx_llm_stop nx_llm_stop_from_openai(const char *s);
+
+/* Small jansson helpers. */
+const char *nx_json_str(const json_t *obj, const char *key);   /* NULL unless a string */
+uint64_t nx_json_u64(const json_t *obj, const char *key);       /* 0 unless a non-negative int */
+
+/* ---- anthropic.c ---- */
+extern const struct nx_llm_type nx_llm_anthropic;
+extern const struct nx_llm_wire nx_anthropic_wire;
+int nx_anthropic_build_body(const struct nx_llm_request *req, struct nx_buf *out, const char **why);
+int nx_anthropic_parse_response(const char *body, size_t len, struct nx_llm_resp *out);
+void nx_anthropic_parse_error(long status, const char *body, size_t len, struct nx_llm_resp *out);
+struct nx_anthropic_stream;
+struct nx_anthropic_stream *nx_anthropic_stream_new(nx_llm_text_fn on_text, void *udata);
+int nx_anthropic_stream_feed(struct nx_anthropic_stream *s, const char *data, size_t len);
+int nx_anthropic_stream_finish(struct nx_anthropic_stream *s, struct nx_llm_resp *out);
+void nx_anthropic_stream_free(struct nx_anthropic_stream *s);
+
+/* ---- openai.c ---- */
+extern const struct nx_llm_type nx_llm_openai;
+extern const struct nx_llm_wire nx_openai_wire;
+int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, const char **why);
+int nx_openai_parse_response(const char *body, size_t len, struct nx_llm_resp *out);
+void nx_openai_parse_error(long status, const char *body, size_t len, struct nx_llm_resp *out);
+struct nx_openai_stream;
+struct nx_openai_stream *nx_openai_stream_new(nx_llm_text_fn on_text, void *udata);
+int nx_openai_stream_feed(struct nx_openai_stream *s, const char *data, size_t len);
+int nx_openai_stream_finish(struct nx_openai_stream *s, struct nx_llm_resp *out);
+void nx_openai_stream_free(struct nx_openai_stream *s);
+
+#endif

@@ -1,0 +1,136 @@
+#ifndef NX_LLM_LLM_H
+#define NX_LLM_LLM_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "core/breaker.h"
+#include "http/client.h"
+
+/* LLM providers behind one interface. A provider type is a table (struct nx_llm_type:
+ * llm/anthropic.c, llm/openai.c); a provider is a configured instance (llm.yaml `providers`).
+ * Providers know nothing of agents or channels. Everything runs on the loop thread.
+ *
+ * Conversations use one canonical JSON form, whatever the wire format:
+ *   messages: [{"role": "user"|"assistant",
+ *               "content": [{"type":"text","text":"..."},
+ *                           {"type":"tool_use","id":"...","name":"...","input":{...}},
+ *                           {"type":"tool_result","tool_use_id":"...","content":"...",
+ *                            "is_error":false}]}]
+ *   tools:    [{"name":"...","description":"...","input_schema":{JSON Schema}}]
+ * (the Anthropic Messages shape; openai.c translates to and from Chat Completions).
+ * A tool_use block whose arguments an OpenAI-compatible model sent as unparsable JSON carries
+ * "input": {} plus "input_error" (why) and "input_raw" (the string as sent): the agent answers
+ * it with an error tool_result; openai.c sends input_raw back as is, anthropic.c drops both. */
+
+struct nx_llm_request {
+    const char *model;
+    const char *system;        /* system prompt, or NULL */
+    const json_t *messages;    /* canonical (borrowed) */
+    const json_t *tools;       /* canonical, or NULL (borrowed) */
+    uint32_t max_tokens;       /* 0 = provider default (4096) */
+    double temperature;        /* < 0 = provider default */
+    bool stream;               /* stream deltas through on_text */
+    const char *user;          /* end-user id for the provider's abuse tracking, or NULL */
+};
+
+enum nx_llm_stop {
+    NX_LLM_STOP_END_TURN,
+    NX_LLM_STOP_TOOL_USE,
+    NX_LLM_STOP_MAX_TOKENS,
+    NX_LLM_STOP_STOP_SEQUENCE,
+    NX_LLM_STOP_REFUSAL,
+    NX_LLM_STOP_OTHER,
+};
+
+struct nx_llm_usage {
+    uint64_t input_tokens;
+    uint64_t output_tokens;
+    uint64_t cache_read_tokens;
+    uint64_t cache_write_tokens;
+};
+
+struct nx_llm_result {
+    enum nx_llm_stop stop;
+    json_t *message;            /* the assistant message, canonical (borrowed; incref to keep) */
+    struct nx_llm_usage usage;
+    const char *model;          /* as the provider reported it */
+    /* On failure (rc < 0 in on_done): */
+    int http_status;            /* 0 if no HTTP response */
+    const char *error_type;     /* provider's error type ("rate_limit_error", "overloaded_error", ...) */
+    const char *error_message;  /* readable, no secrets */
+    int64_t retry_after_ms;     /* from retry-after / retry-after-ms, -1 if none */
+    bool is_retryable;          /* 429, 5xx, overloaded, connection errors, timeouts */
+};
+
+struct nx_llm_callbacks {
+    /* Streaming text delta (only with req->stream). */
+    void (*on_text)(const char *delta, size_t len, void *udata);
+    /* Called exactly once, never from inside nx_llm_start. rc 0 or a negative NX_E*. */
+    void (*on_done)(int rc, const struct nx_llm_result *res, void *udata);
+    void *udata;
+};
+
+struct nx_llm_call;
+struct nx_llm_provider;
+
+/* The provider types, by llm.yaml `kind`. */
+struct nx_llm_type {
+    const char *kind; /* "anthropic", "openai" */
+    /* Builds the HTTP request body and headers, sends it with the client, parses the answer. */
+    struct nx_llm_call *(*start)(struct nx_llm_provider *p, const struct nx_llm_request *req,
+                                 const struct nx_llm_callbacks *cb);
+    void (*cancel)(struct nx_llm_call *call); /* on_done then runs with NX_ECANCELED */
+};
+
+const struct nx_llm_type *nx_llm_type_find(const char *kind);
+
+/* A configured provider (one per llm.yaml entry). */
+struct nx_llm_provider_conf {
+    const char *name;      /* "anthropic", "deepseek", ... */
+    const char *kind;      /* "anthropic" | "openai" */
+    const char *api_key;   /* may be "" */
+    const char *base_url;  /* "" = the kind's default */
+    const struct nx_http_header *headers; /* extra headers */
+    size_t nheaders;
+    uint32_t timeout_ms;   /* per request, 0 = 120000 */
+    const struct nx_breaker_conf *breaker; /* NULL = defaults (5 failures; 10 s doubling to 120 s) */
+};
+
+int nx_llm_provider_new(struct nx_http_client *http, const struct nx_llm_provider_conf *conf,
+                        struct nx_llm_provider **out);
+void nx_llm_provider_free(struct nx_llm_provider *p);
+const char *nx_llm_provider_name(const struct nx_llm_provider *p);
+
+/* One attempt on one provider (no retries). */
+struct nx_llm_call *nx_llm_start(struct nx_llm_provider *p, const struct nx_llm_request *req,
+                                 const struct nx_llm_callbacks *cb);
+void nx_llm_cancel(struct nx_llm_call *call);
+
+/* --- retries, failover and circuit breakers (llm/chain.c) --- */
+
+/* Retry policy: struct nx_llm_retry_conf from config/config.h (llm.yaml `retry`: max_attempts,
+ * initial_backoff_ms, max_backoff_ms, backoff_multiplier; full jitter: sleep a random time in
+ * [0, min(max, initial * multiplier^n)]). */
+
+struct nx_llm_target {
+    struct nx_llm_provider *provider;
+    const char *model;
+};
+
+/* Runs the request on targets[0]; on retryable failures retries with backoff (honouring
+ * retry-after), then moves to the next target (fallback). A provider whose breaker is open is
+ * skipped. Streaming text already delivered is not repeated: a failover after text was streamed
+ * is reported as an error instead. Same callbacks as nx_llm_start. */
+struct nx_llm_call *nx_llm_chain_start(const struct nx_llm_target *targets, size_t ntargets,
+                                       const struct nx_llm_retry_conf *retry,
+                                       const struct nx_llm_request *req,
+                                       const struct nx_llm_callbacks *cb);
+
+/* Each provider has a circuit breaker (core/breaker.h): the chain records every attempt's
+ * outcome in it and skips providers whose breaker refuses. */
+struct nx_breaker *nx_llm_provider_breaker(struct nx_llm_provider *p);
+
+#endif

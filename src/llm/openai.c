@@ -1,0 +1,604 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/error.h"
+#include "http/sse.h"
+#include "llm/internal.h"
+
+/* The OpenAI Chat Completions wire format (POST {base_url}/chat/completions), spoken by OpenAI
+ * and by DeepSeek, MiniMax, Ollama, vLLM, OpenRouter and Gemini's compatible endpoint. The
+ * canonical conversation (Anthropic's shape) is translated both ways here. */
+
+/* ---- request ----------------------------------------------------------------------------- */
+
+/* tool_result content: a string or an array of blocks whose text is joined. */
+static json_t *tool_result_text(const json_t *b)
+{
+    json_t *c = json_object_get(b, "content"), *part;
+    struct nx_buf t = NX_BUF_INIT;
+    json_t *out;
+    size_t i;
+
+    if (json_is_true(json_object_get(b, "is_error")))
+        nx_buf_puts(&t, "Error: ");
+    if (json_is_string(c)) {
+        nx_buf_append(&t, json_string_value(c), json_string_length(c));
+    } else if (json_is_array(c)) {
+        json_array_foreach(c, i, part) {
+            const char *text = nx_json_str(part, "text");
+            if (!text)
+                continue;
+            if (t.len && t.data[t.len - 1] != ' ')
+                nx_buf_putc(&t, '\n');
+            nx_buf_puts(&t, text);
+        }
+    }
+    out = json_stringn_nocheck(nx_buf_cstr(&t), t.len);
+    nx_buf_cleanup(&t);
+    return out;
+}
+
+static json_t *image_part(const json_t *b)
+{
+    json_t *src = json_object_get(b, "source");
+    const char *type = nx_json_str(src, "type");
+    struct nx_buf u = NX_BUF_INIT;
+    json_t *out;
+
+    if (type && !strcmp(type, "url") && nx_json_str(src, "url")) {
+        nx_buf_puts(&u, nx_json_str(src, "url"));
+    } else if (type && !strcmp(type, "base64") && nx_json_str(src, "data")) {
+        const char *mt = nx_json_str(src, "media_type");
+        nx_buf_printf(&u, "data:%s;base64,%s", mt ? mt : "image/png", nx_json_str(src, "data"));
+    } else {
+        return NULL;
+    }
+    out = json_pack("{s:s, s:{s:s}}", "type", "image_url", "image_url", "url", nx_buf_cstr(&u));
+    nx_buf_cleanup(&u);
+    return out;
+}
+
+static void add_user(json_t *msgs, const json_t *content)
+{
+    json_t *parts = json_array(), *b, *img;
+    struct nx_buf text = NX_BUF_INIT;
+    bool has_image = false;
+    size_t i;
+
+    /* tool results first: they must follow the assistant message that asked for them */
+    json_array_foreach(content, i, b) {
+        const char *type = nx_json_str(b, "type");
+        if (type && !strcmp(type, "tool_result"))
+            json_array_append_new(msgs, json_pack("{s:s, s:O, s:o}", "role", "tool", "tool_call_id",
+                                                  json_object_get(b, "tool_use_id"), "content",
+                                                  tool_result_text(b)));
+    }
+    json_array_foreach(content, i, b) {
+        const char *type = nx_json_str(b, "type"), *t = nx_json_str(b, "text");
+        if (type && !strcmp(type, "text") && t) {
+            if (text.len)
+                nx_buf_putc(&text, '\n');
+            nx_buf_puts(&text, t);
+            json_array_append_new(parts, json_pack("{s:s, s:s}", "type", "text", "text", t));
+        } else if (type && !strcmp(type, "image") && (img = image_part(b))) {
+            has_image = true;
+            json_array_append_new(parts, img);
+        }
+    }
+    if (has_image)
+        json_array_append_new(msgs, json_pack("{s:s, s:O}", "role", "user", "content", parts));
+    else if (json_array_size(parts))
+        json_array_append_new(msgs, json_pack("{s:s, s:o}", "role", "user", "content",
+                                              json_stringn_nocheck(text.data, text.len)));
+    json_decref(parts);
+    nx_buf_cleanup(&text);
+}
+
+static void add_assistant(json_t *msgs, const json_t *content)
+{
+    json_t *calls = json_array(), *b, *m;
+    struct nx_buf text = NX_BUF_INIT;
+    size_t i;
+
+    json_array_foreach(content, i, b) {
+        const char *type = nx_json_str(b, "type");
+        if (!type)
+            continue;
+        if (!strcmp(type, "text") && nx_json_str(b, "text")) {
+            nx_buf_puts(&text, nx_json_str(b, "text"));
+        } else if (!strcmp(type, "tool_use")) {
+            const char *raw = nx_json_str(b, "input_raw");
+            json_t *input = json_object_get(b, "input");
+            char *args = raw ? NULL : json_dumps(json_is_object(input) ? input : json_object(),
+                                                 JSON_COMPACT);
+            json_array_append_new(calls, json_pack("{s:O, s:s, s:{s:O, s:s}}", "id",
+                                                   json_object_get(b, "id"), "type", "function",
+                                                   "function", "name", json_object_get(b, "name"),
+                                                   "arguments", raw ? raw : args ? args : "{}"));
+            free(args);
+        }
+    }
+    m = json_pack("{s:s}", "role", "assistant");
+    if (text.len || !json_array_size(calls))
+        json_object_set_new(m, "content", json_stringn_nocheck(nx_buf_cstr(&text), text.len));
+    else
+        json_object_set_new(m, "content", json_null());
+    if (json_array_size(calls))
+        json_object_set(m, "tool_calls", calls);
+    json_array_append_new(msgs, m);
+    json_decref(calls);
+    nx_buf_cleanup(&text);
+}
+
+int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, const char **why)
+{
+    json_t *body = json_object(), *msgs = json_array(), *m, *v;
+    char *text = NULL;
+    size_t i, n;
+    int rc = NX_EINVAL;
+
+    if (!req->model || !*req->model || !(v = json_string(req->model))) {
+        *why = "a model is required (valid UTF-8)";
+        goto out;
+    }
+    json_object_set_new(body, "model", v);
+    if (!json_is_array(req->messages) || json_array_size(req->messages) == 0) {
+        *why = "messages must be a non-empty array";
+        goto out;
+    }
+    if (req->system && *req->system) {
+        if (!(v = json_string(req->system))) {
+            *why = "the system prompt is not valid UTF-8";
+            goto out;
+        }
+        json_array_append_new(msgs, json_pack("{s:s, s:o}", "role", "system", "content", v));
+    }
+    json_array_foreach(req->messages, i, m) {
+        const char *role = nx_json_str(m, "role");
+        json_t *content = json_object_get(m, "content");
+        if (!role || (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0)) {
+            *why = "every message needs the role user or assistant";
+            goto out;
+        }
+        if (json_is_string(content))
+            json_array_append_new(msgs, json_pack("{s:s, s:O}", "role", role, "content", content));
+        else if (!json_is_array(content)) {
+            *why = "message content must be a string or an array of blocks";
+            goto out;
+        } else if (!strcmp(role, "user"))
+            add_user(msgs, content);
+        else
+            add_assistant(msgs, content);
+    }
+    json_object_set(body, "messages", msgs);
+    if (json_is_array(req->tools) && (n = json_array_size(req->tools)) > 0) {
+        json_t *tools = json_array();
+        json_array_foreach(req->tools, i, v) {
+            json_t *fn = json_object(), *schema = json_object_get(v, "input_schema");
+            json_object_set(fn, "name", json_object_get(v, "name"));
+            if (json_is_string(json_object_get(v, "description")))
+                json_object_set(fn, "description", json_object_get(v, "description"));
+            json_object_set_new(fn, "parameters", json_is_object(schema)
+                                                      ? json_incref(schema)
+                                                      : json_pack("{s:s}", "type", "object"));
+            json_array_append_new(tools, json_pack("{s:s, s:o}", "type", "function", "function", fn));
+        }
+        json_object_set_new(body, "tools", tools);
+    }
+    json_object_set_new(body, "max_tokens", json_integer(req->max_tokens ? req->max_tokens : 4096));
+    if (req->temperature >= 0)
+        json_object_set_new(body, "temperature", json_real(req->temperature));
+    if (req->stream) {
+        json_object_set_new(body, "stream", json_true());
+        json_object_set_new(body, "stream_options", json_pack("{s:b}", "include_usage", 1));
+    }
+    if (req->user && *req->user && (v = json_string(req->user)))
+        json_object_set_new(body, "user", v);
+    if (!(text = json_dumps(body, JSON_COMPACT))) {
+        *why = "the request could not be encoded as JSON";
+        goto out;
+    }
+    nx_buf_puts(out, text);
+    rc = 0;
+out:
+    free(text);
+    json_decref(msgs);
+    json_decref(body);
+    return rc;
+}
+
+static size_t auth_headers(const char *api_key, struct nx_http_header *out, size_t max,
+                           struct nx_buf *scratch)
+{
+    if (!api_key || !*api_key || max < 1)
+        return 0; /* Ollama, vLLM: no key, no header */
+    nx_buf_reset(scratch);
+    nx_buf_printf(scratch, "Bearer %s", api_key);
+    out[0] = (struct nx_http_header){"authorization", scratch->data};
+    return 1;
+}
+
+/* ---- response ---------------------------------------------------------------------------- */
+
+/* OpenAI counts cached tokens inside prompt_tokens; the canonical input_tokens (Anthropic's
+ * meaning) does not. */
+static void read_usage(const json_t *u, struct nx_llm_usage *out)
+{
+    uint64_t prompt, cached;
+
+    if (!json_is_object(u))
+        return;
+    prompt = nx_json_u64(u, "prompt_tokens");
+    cached = nx_json_u64(json_object_get(u, "prompt_tokens_details"), "cached_tokens");
+    if (cached > prompt)
+        cached = prompt;
+    out->input_tokens = prompt - cached;
+    out->cache_read_tokens = cached;
+    out->output_tokens = nx_json_u64(u, "completion_tokens");
+}
+
+/* A canonical tool_use block from an id, a name and the arguments as the model sent them. */
+static json_t *tool_use_block(const char *id, const char *name, const char *args, size_t len)
+{
+    json_t *b = json_pack("{s:s, s:s, s:s}", "type", "tool_use", "id", id, "name", name), *input;
+    json_error_t err;
+
+    while (len && (*args == ' ' || *args == '\n' || *args == '\t' || *args == '\r'))
+        args++, len--;
+    if (len == 0) {
+        json_object_set_new(b, "input", json_object());
+        return b;
+    }
+    input = json_loadb(args, len, 0, &err);
+    if (json_is_object(input)) {
+        json_object_set_new(b, "input", input);
+        return b;
+    }
+    json_object_set_new(b, "input", json_object());
+    json_object_set_new(b, "input_error",
+                        json_sprintf("the arguments are not a JSON object%s%s", input ? "" : ": ",
+                                     input ? "" : err.text));
+    json_object_set_new(b, "input_raw", json_stringn_nocheck(args, len));
+    json_decref(input);
+    return b;
+}
+
+static void read_error_object(const json_t *root, long status, struct nx_llm_resp *out)
+{
+    json_t *e = json_object_get(root, "error");
+    const char *type = nx_json_str(e, "type"), *msg = nx_json_str(e, "message");
+    const char *code = nx_json_str(e, "code");
+    char deftype[32];
+
+    if (json_is_string(e))
+        msg = json_string_value(e); /* Ollama: {"error": "..."} */
+    if (!msg)
+        msg = nx_json_str(root, "message");
+    if (!type || !*type)
+        type = code;
+    if (!type) {
+        if (status == 429)
+            type = "rate_limit_error";
+        else if (status >= 500)
+            type = "server_error";
+        else if (status == 401)
+            type = "authentication_error";
+        else if (status == 404)
+            type = "not_found_error";
+        else {
+            snprintf(deftype, sizeof deftype, "http_%ld", status);
+            type = status ? deftype : "api_error";
+        }
+    }
+    nx_llm_resp_set_error(out, type, "%s", msg ? msg : "(no message)");
+}
+
+int nx_openai_parse_response(const char *body, size_t len, struct nx_llm_resp *out)
+{
+    json_t *root = json_loadb(body ? body : "", len, 0, NULL), *choice, *msg, *calls, *tc, *content;
+    const char *text, *model;
+    int rc = NX_EPROTO;
+    size_t i;
+
+    if (json_object_get(root, "error") && !json_is_null(json_object_get(root, "error"))) {
+        read_error_object(root, 0, out);
+        goto out;
+    }
+    choice = json_array_get(json_object_get(root, "choices"), 0);
+    msg = json_object_get(choice, "message");
+    if (!json_is_object(msg)) {
+        nx_llm_resp_set_error(out, "invalid_response", "the answer has no choices[0].message");
+        goto out;
+    }
+    content = json_array();
+    if ((text = nx_json_str(msg, "content")) && *text)
+        json_array_append_new(content, json_pack("{s:s, s:s}", "type", "text", "text", text));
+    else if ((text = nx_json_str(msg, "refusal")) && *text)
+        json_array_append_new(content, json_pack("{s:s, s:s}", "type", "text", "text", text));
+    calls = json_object_get(msg, "tool_calls");
+    json_array_foreach(calls, i, tc) {
+        json_t *fn = json_object_get(tc, "function"), *args = json_object_get(fn, "arguments");
+        const char *name = nx_json_str(fn, "name"), *id = nx_json_str(tc, "id");
+        char idbuf[32];
+        char *dumped = NULL;
+        if (!name || !*name || i >= NX_LLM_MAX_BLOCKS) {
+            json_decref(content);
+            nx_llm_resp_set_error(out, "invalid_response", "tool call %zu has no function name", i);
+            goto out;
+        }
+        if (!id) {
+            snprintf(idbuf, sizeof idbuf, "call_%zu", i);
+            id = idbuf;
+        }
+        if (json_is_object(args)) /* a few servers send an object, not a string */
+            dumped = json_dumps(args, JSON_COMPACT);
+        text = dumped ? dumped : json_is_string(args) ? json_string_value(args) : "";
+        json_array_append_new(content, tool_use_block(id, name, text,
+                                                      dumped ? strlen(dumped)
+                                                      : json_is_string(args) ? json_string_length(args)
+                                                                             : 0));
+        free(dumped);
+    }
+    json_decref(out->message);
+    out->message = json_pack("{s:s, s:o}", "role", "assistant", "content", content);
+    out->stop = nx_llm_stop_from_openai(nx_json_str(choice, "finish_reason"));
+    if (json_array_size(calls) && out->stop == NX_LLM_STOP_END_TURN)
+        out->stop = NX_LLM_STOP_TOOL_USE; /* servers that say "stop" after tool calls */
+    read_usage(json_object_get(root, "usage"), &out->usage);
+    if ((model = nx_json_str(root, "model"))) {
+        free(out->model);
+        out->model = nx_strdup(model);
+    }
+    rc = 0;
+out:
+    json_decref(root);
+    return rc;
+}
+
+void nx_openai_parse_error(long status, const char *body, size_t len, struct nx_llm_resp *out)
+{
+    json_t *root = json_loadb(body ? body : "", len, 0, NULL);
+
+    read_error_object(json_is_object(root) ? root : NULL, status, out);
+    json_decref(root);
+}
+
+/* ---- streaming ------------------------------------------------------------------------- */
+
+struct tcall {
+    struct nx_buf id;
+    struct nx_buf name;
+    struct nx_buf args;
+    bool used;
+};
+
+struct nx_openai_stream {
+    struct nx_sse_reader sse;
+    nx_llm_text_fn on_text;
+    void *udata;
+    struct nx_llm_resp resp;
+    struct nx_buf text;
+    struct tcall *calls;
+    size_t ncalls;
+    bool got_finish;
+    bool done;     /* [DONE] */
+    int err;       /* sticky */
+};
+
+static int fail(struct nx_openai_stream *s, const char *what)
+{
+    nx_llm_resp_set_error(&s->resp, "invalid_response", "malformed stream: %s", what);
+    return s->err = NX_EPROTO;
+}
+
+static int on_tool_delta(struct nx_openai_stream *s, const json_t *d)
+{
+    json_t *idx = json_object_get(d, "index"), *fn = json_object_get(d, "function");
+    const char *v;
+    struct tcall *c;
+    size_t k;
+
+    if (!json_is_integer(idx) || json_integer_value(idx) < 0 ||
+        json_integer_value(idx) >= NX_LLM_MAX_BLOCKS)
+        return fail(s, "a tool call delta without a valid index");
+    k = (size_t)json_integer_value(idx);
+    if (k >= s->ncalls) {
+        s->calls = nx_realloc(s->calls, (k + 1) * sizeof *s->calls);
+        memset(s->calls + s->ncalls, 0, (k + 1 - s->ncalls) * sizeof *s->calls);
+        s->ncalls = k + 1;
+    }
+    c = &s->calls[k];
+    c->used = true;
+    if ((v = nx_json_str(d, "id")) && *v) {
+        nx_buf_reset(&c->id);
+        nx_buf_puts(&c->id, v);
+    }
+    if ((v = nx_json_str(fn, "name")) && *v && c->name.len == 0)
+        nx_buf_puts(&c->name, v);
+    if ((v = nx_json_str(fn, "arguments")))
+        nx_buf_puts(&c->args, v);
+    return 0;
+}
+
+static int on_event(const struct nx_sse_event *sse, void *udata)
+{
+    struct nx_openai_stream *s = udata;
+    json_t *ev, *choices, *ch, *d, *e;
+    const char *v;
+    size_t i, j;
+    int rc = 0;
+
+    if (s->done)
+        return 0;
+    if (sse->data_len == 6 && !memcmp(sse->data, "[DONE]", 6)) {
+        s->done = true;
+        return 0;
+    }
+    if (!(ev = json_loadb(sse->data, sse->data_len, 0, NULL)) || !json_is_object(ev)) {
+        json_decref(ev);
+        return fail(s, "a chunk that is not a JSON object");
+    }
+    if ((e = json_object_get(ev, "error")) && !json_is_null(e)) {
+        read_error_object(ev, 0, &s->resp);
+        json_decref(ev);
+        return s->err = NX_EPROTO;
+    }
+    if ((v = nx_json_str(ev, "model")) && !s->resp.model)
+        s->resp.model = nx_strdup(v);
+    read_usage(json_object_get(ev, "usage"), &s->resp.usage);
+    choices = json_object_get(ev, "choices");
+    json_array_foreach(choices, i, ch) {
+        json_t *idx = json_object_get(ch, "index"), *calls, *tc;
+        if (json_is_integer(idx) && json_integer_value(idx) != 0)
+            continue; /* n > 1 is not used: only the first choice counts */
+        d = json_object_get(ch, "delta");
+        if (((v = nx_json_str(d, "content")) && *v) || ((v = nx_json_str(d, "refusal")) && *v)) {
+            nx_buf_puts(&s->text, v);
+            s->on_text(v, strlen(v), s->udata);
+        }
+        calls = json_object_get(d, "tool_calls");
+        json_array_foreach(calls, j, tc) {
+            if ((rc = on_tool_delta(s, tc)) < 0)
+                goto out;
+        }
+        if ((v = nx_json_str(ch, "finish_reason"))) {
+            s->resp.stop = nx_llm_stop_from_openai(v);
+            s->got_finish = true;
+        }
+    }
+out:
+    json_decref(ev);
+    return rc;
+}
+
+struct nx_openai_stream *nx_openai_stream_new(nx_llm_text_fn on_text, void *udata)
+{
+    struct nx_openai_stream *s = nx_calloc(1, sizeof *s);
+
+    nx_sse_reader_init(&s->sse, 0, on_event, s);
+    s->on_text = on_text;
+    s->udata = udata;
+    s->resp.stop = NX_LLM_STOP_OTHER;
+    return s;
+}
+
+int nx_openai_stream_feed(struct nx_openai_stream *s, const char *data, size_t len)
+{
+    int rc;
+
+    if (s->err)
+        return s->err;
+    rc = nx_sse_feed(&s->sse, data, len);
+    if (rc == NX_ETOOBIG)
+        return fail(s, "a chunk larger than the cap");
+    return rc < 0 ? rc : 0;
+}
+
+int nx_openai_stream_finish(struct nx_openai_stream *s, struct nx_llm_resp *out)
+{
+    json_t *content;
+    bool has_calls = false;
+    int rc = s->err;
+
+    if (!rc && !s->done && !s->got_finish)
+        rc = fail(s, "the stream ended before [DONE]");
+    if (!rc) {
+        content = json_array();
+        if (s->text.len)
+            json_array_append_new(content, json_pack("{s:s, s:o}", "type", "text", "text",
+                                                     json_stringn_nocheck(s->text.data, s->text.len)));
+        for (size_t i = 0; i < s->ncalls && !rc; i++) {
+            struct tcall *c = &s->calls[i];
+            char idbuf[32];
+            if (!c->used)
+                continue;
+            if (!c->name.len) {
+                rc = fail(s, "a tool call without a function name");
+                break;
+            }
+            snprintf(idbuf, sizeof idbuf, "call_%zu", i);
+            json_array_append_new(content, tool_use_block(c->id.len ? c->id.data : idbuf, c->name.data,
+                                                          nx_buf_cstr(&c->args), c->args.len));
+            has_calls = true;
+        }
+        if (rc)
+            json_decref(content);
+        else
+            s->resp.message = json_pack("{s:s, s:o}", "role", "assistant", "content", content);
+        if (has_calls && s->resp.stop == NX_LLM_STOP_END_TURN)
+            s->resp.stop = NX_LLM_STOP_TOOL_USE;
+    }
+    nx_llm_resp_cleanup(out);
+    *out = s->resp;
+    memset(&s->resp, 0, sizeof s->resp);
+    if (rc) {
+        json_decref(out->message);
+        out->message = NULL;
+    }
+    return rc;
+}
+
+void nx_openai_stream_free(struct nx_openai_stream *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->ncalls; i++) {
+        nx_buf_cleanup(&s->calls[i].id);
+        nx_buf_cleanup(&s->calls[i].name);
+        nx_buf_cleanup(&s->calls[i].args);
+    }
+    free(s->calls);
+    nx_buf_cleanup(&s->text);
+    nx_sse_reader_cleanup(&s->sse);
+    nx_llm_resp_cleanup(&s->resp);
+    free(s);
+}
+
+/* ---- the table ------------------------------------------------------------------------- */
+
+static void *w_stream_new(nx_llm_text_fn fn, void *udata)
+{
+    return nx_openai_stream_new(fn, udata);
+}
+
+static int w_stream_feed(void *s, const char *data, size_t len)
+{
+    return nx_openai_stream_feed(s, data, len);
+}
+
+static int w_stream_finish(void *s, struct nx_llm_resp *out)
+{
+    return nx_openai_stream_finish(s, out);
+}
+
+static void w_stream_free(void *s)
+{
+    nx_openai_stream_free(s);
+}
+
+const struct nx_llm_wire nx_openai_wire = {
+    .default_base_url = "https://api.openai.com/v1",
+    .path = "/chat/completions",
+    .build_body = nx_openai_build_body,
+    .auth_headers = auth_headers,
+    .parse_response = nx_openai_parse_response,
+    .parse_error = nx_openai_parse_error,
+    .stream_new = w_stream_new,
+    .stream_feed = w_stream_feed,
+    .stream_finish = w_stream_finish,
+    .stream_free = w_stream_free,
+};
+
+static struct nx_llm_call *start(struct nx_llm_provider *p, const struct nx_llm_request *req,
+                                 const struct nx_llm_callbacks *cb)
+{
+    return nx_llm_call_start(p, &nx_openai_wire, req, cb, 0);
+}
+
+const struct nx_llm_type nx_llm_openai = {
+    .kind = "openai",
+    .start = start,
+    .cancel = nx_llm_call_cancel,
+};

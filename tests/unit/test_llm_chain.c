@@ -1,0 +1,418 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "core/metrics.h"
+#include "llm_fake.h"
+
+/* Retries, failover and circuit breakers (llm/chain.c) against tests/fakes/fake_llm.py. */
+
+#define KEY "test-key"
+
+static const struct nx_llm_retry_conf fast_retry = {3, 10, 2000, 2.0};
+
+static void run_chain(struct env *e, const struct nx_llm_target *t, size_t n,
+                      const struct nx_llm_retry_conf *rc, struct nx_llm_request *req, struct outcome *o)
+{
+    o->call = nx_llm_chain_start(t, n, rc, req, callbacks(o));
+    assert_non_null(o->call);
+    assert_int_equal(o->ndone, 0);
+    run_until(&e->loop, &o->ndone, 1, 15000);
+    assert_int_equal(o->ndone, 1);
+    run_until(&e->loop, NULL, 0, 20); /* let the chain's timer close */
+}
+
+static size_t nrequests(void)
+{
+    json_t *all = fake_requests();
+    size_t n = json_array_size(all);
+    json_decref(all);
+    return n;
+}
+
+static bool metric_has(const char *line)
+{
+    struct nx_buf out = NX_BUF_INIT;
+    bool found;
+
+    nx_metrics_render(&out);
+    found = strstr(nx_buf_cstr(&out), line) != NULL;
+    if (!found)
+        fprintf(stderr, "metrics lack: %s\n", line);
+    nx_buf_cleanup(&out);
+    return found;
+}
+
+/* 429 with retry-after 0.3 s, then success: two attempts, at least 0.3 s apart. */
+static void test_chain_retries_429_honouring_retry_after(void **state)
+{
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi"), *all;
+    struct nx_llm_request req = {.model = "claude-test", .messages = msgs, .temperature = -1};
+    struct nx_llm_provider *p;
+    struct nx_llm_target t[1];
+    double t0, t1;
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"error\": {\"status\": 429, \"type\": \"rate_limit_error\", \"message\": \"slow\","
+                " \"retry_after\": 0.3}}]");
+    env_init(&e);
+    p = provider(&e, "retry-a", "anthropic", KEY, 0, NULL);
+    t[0] = (struct nx_llm_target){p, "claude-test"};
+    run_chain(&e, t, 1, &fast_retry, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(message_text(o.message), "hello from fake");
+    all = fake_requests();
+    assert_int_equal(json_array_size(all), 2);
+    t0 = json_real_value(json_object_get(json_array_get(all, 0), "t"));
+    t1 = json_real_value(json_object_get(json_array_get(all, 1), "t"));
+    assert_true(t1 - t0 >= 0.29);
+    json_decref(all);
+    assert_true(metric_has("nexo_llm_requests_total{provider=\"retry-a\",model=\"claude-test\","
+                           "outcome=\"retry\"} 1"));
+    assert_true(metric_has("nexo_llm_requests_total{provider=\"retry-a\",model=\"claude-test\","
+                           "outcome=\"ok\"} 1"));
+    assert_int_equal(nx_llm_provider_breaker(p)->state, NX_BREAKER_CLOSED);
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+/* A dropped connection is a connection error: retried. */
+static void test_chain_retries_dropped_connection(void **state)
+{
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi");
+    struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .temperature = -1, .stream = true};
+    struct nx_llm_provider *p;
+    struct nx_llm_target t[1];
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"drop\": true}]");
+    env_init(&e);
+    p = provider(&e, "drop-o", "openai", KEY, 0, NULL);
+    t[0] = (struct nx_llm_target){p, "gpt-test"};
+    run_chain(&e, t, 1, &fast_retry, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(nx_buf_cstr(&o.text), "hello from fake");
+    assert_int_equal(nrequests(), 2);
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+/* The primary keeps failing: after its attempts the fallback (another provider and wire format)
+ * answers. */
+static void test_chain_fails_over_to_fallback(void **state)
+{
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi"), *all;
+    struct nx_llm_request req = {.model = "ignored", .system = "sys", .messages = msgs, .temperature = -1};
+    struct nx_llm_provider *a, *b;
+    struct nx_llm_target t[2];
+    struct nx_llm_retry_conf rc = {2, 10, 50, 2.0};
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"error\": {\"status\": 500, \"type\": \"api_error\"}},"
+                " {\"error\": {\"status\": 503, \"type\": \"api_error\"}},"
+                " {\"text\": \"from backup\"}]");
+    env_init(&e);
+    a = provider(&e, "primary", "anthropic", KEY, 0, NULL);
+    b = provider(&e, "backup", "openai", KEY, 0, NULL);
+    t[0] = (struct nx_llm_target){a, "claude-main"};
+    t[1] = (struct nx_llm_target){b, "gpt-backup"};
+    run_chain(&e, t, 2, &rc, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(message_text(o.message), "from backup");
+    assert_string_equal(o.model, "gpt-backup");
+    all = fake_requests();
+    assert_int_equal(json_array_size(all), 3);
+    assert_string_equal(nx_json_str(json_array_get(all, 0), "endpoint"), "anthropic");
+    assert_string_equal(nx_json_str(json_array_get(all, 1), "endpoint"), "anthropic");
+    assert_string_equal(nx_json_str(json_array_get(all, 2), "endpoint"), "openai");
+    assert_string_equal(nx_json_str(json_object_get(json_array_get(all, 0), "body"), "model"), "claude-main");
+    assert_string_equal(nx_json_str(json_object_get(json_array_get(all, 2), "body"), "model"), "gpt-backup");
+    json_decref(all);
+    assert_true(metric_has("nexo_llm_requests_total{provider=\"primary\",model=\"claude-main\","
+                           "outcome=\"error\"} 1"));
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(a);
+    nx_llm_provider_free(b);
+    env_cleanup(&e);
+}
+
+/* 400 is the request's fault: not retried, no failover. */
+static void test_chain_does_not_retry_400(void **state)
+{
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi");
+    struct nx_llm_request req = {.model = "m", .messages = msgs, .temperature = -1};
+    struct nx_llm_provider *a, *b;
+    struct nx_llm_target t[2];
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"error\": {\"status\": 400, \"type\": \"invalid_request_error\","
+                " \"message\": \"nope\"}}]");
+    env_init(&e);
+    a = provider(&e, "four-a", "anthropic", KEY, 0, NULL);
+    b = provider(&e, "four-b", "anthropic", KEY, 0, NULL);
+    t[0] = (struct nx_llm_target){a, "m"};
+    t[1] = (struct nx_llm_target){b, "m"};
+    run_chain(&e, t, 2, &fast_retry, &req, &o);
+    assert_int_equal(o.rc, NX_EINVAL);
+    assert_int_equal(o.http_status, 400);
+    assert_string_equal(o.error_message, "nope");
+    assert_false(o.is_retryable);
+    assert_int_equal(nrequests(), 1);
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(a);
+    nx_llm_provider_free(b);
+    env_cleanup(&e);
+}
+
+/* Once text reached the caller, a failure is reported, not retried behind its back. */
+static void test_chain_does_not_retry_after_streamed_text(void **state)
+{
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi");
+    struct nx_llm_request req = {.model = "m", .messages = msgs, .temperature = -1, .stream = true};
+    struct nx_llm_provider *p;
+    struct nx_llm_target t[1];
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"text\": \"partial answer\", \"chunks\": 2, \"error_midstream\": \"overloaded_error\"}]");
+    env_init(&e);
+    p = provider(&e, "mid", "anthropic", KEY, 0, NULL);
+    t[0] = (struct nx_llm_target){p, "m"};
+    run_chain(&e, t, 1, &fast_retry, &req, &o);
+    assert_int_equal(o.rc, NX_EAGAIN);
+    assert_string_equal(o.error_type, "overloaded_error");
+    assert_non_null(strstr(o.error_message, "not retried"));
+    assert_false(o.is_retryable);
+    assert_true(o.ndeltas >= 1);
+    assert_int_equal(nrequests(), 1);
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+/* Cancel while the chain sleeps in its backoff: on_done at once, no further attempt. */
+static void test_chain_cancel_during_backoff(void **state)
+{
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi");
+    struct nx_llm_request req = {.model = "m", .messages = msgs, .temperature = -1};
+    struct nx_llm_provider *p;
+    struct nx_llm_target t[1];
+    uint64_t t0;
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"error\": {\"status\": 429, \"type\": \"rate_limit_error\", \"retry_after\": 5}}]");
+    env_init(&e);
+    p = provider(&e, "cancel-b", "anthropic", KEY, 0, NULL);
+    t[0] = (struct nx_llm_target){p, "m"};
+    o.call = nx_llm_chain_start(t, 1, &fast_retry, &req, callbacks(&o));
+    assert_non_null(o.call);
+    /* wait until the first attempt was answered and the chain is sleeping */
+    for (int i = 0; i < 100 && nrequests() < 1; i++)
+        run_until(&e.loop, NULL, 0, 20);
+    run_until(&e.loop, NULL, 0, 100);
+    assert_int_equal(o.ndone, 0);
+    t0 = nx_mono_ms();
+    nx_llm_cancel(o.call);
+    assert_int_equal(o.ndone, 1);
+    assert_int_equal(o.rc, NX_ECANCELED);
+    assert_true(nx_mono_ms() - t0 < 100);
+    run_until(&e.loop, NULL, 0, 100);
+    assert_int_equal(o.ndone, 1);
+    assert_int_equal(nrequests(), 1);
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+/* Cancel while an attempt streams. */
+static void test_chain_cancel_mid_stream(void **state)
+{
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi");
+    struct nx_llm_request req = {.model = "m", .messages = msgs, .temperature = -1, .stream = true};
+    struct nx_llm_provider *p;
+    struct nx_llm_target t[1];
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"text\": \"a b c d e f g h\", \"chunks\": 8, \"delay_ms\": 150}]");
+    env_init(&e);
+    p = provider(&e, "cancel-s", "openai", KEY, 0, NULL);
+    t[0] = (struct nx_llm_target){p, "m"};
+    o.cancel_after_deltas = 2;
+    run_chain(&e, t, 1, &fast_retry, &req, &o);
+    assert_int_equal(o.rc, NX_ECANCELED);
+    assert_int_equal(o.ndeltas, 2);
+    run_until(&e.loop, NULL, 0, 200);
+    assert_int_equal(o.ndone, 1);
+    assert_int_equal(nx_llm_provider_breaker(p)->state, NX_BREAKER_CLOSED);
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+/* Two failures open the breaker (short timings): the next chain fails fast without a request;
+ * after the backoff one probe goes through, succeeds, and the breaker closes. */
+static void test_chain_breaker_opens_half_opens_and_closes(void **state)
+{
+    static const struct nx_breaker_conf bc = {2, 1, 300, 1000};
+    struct nx_llm_retry_conf once = {1, 10, 10, 2.0};
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi");
+    struct nx_llm_request req = {.model = "m", .messages = msgs, .temperature = -1};
+    struct nx_llm_provider *p;
+    struct nx_llm_target t[1];
+    uint64_t t0;
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"error\": {\"status\": 500, \"type\": \"api_error\"}},"
+                " {\"error\": {\"status\": 500, \"type\": \"api_error\"}}]");
+    env_init(&e);
+    p = provider(&e, "brk", "anthropic", KEY, 0, &bc);
+    t[0] = (struct nx_llm_target){p, "m"};
+    for (int i = 0; i < 2; i++) {
+        memset(&o, 0, sizeof o);
+        run_chain(&e, t, 1, &once, &req, &o);
+        assert_int_equal(o.rc, NX_EAGAIN);
+        outcome_cleanup(&o);
+    }
+    assert_int_equal(nx_llm_provider_breaker(p)->state, NX_BREAKER_OPEN);
+    assert_true(metric_has("nexo_llm_breaker_state{provider=\"brk\"} 1"));
+
+    memset(&o, 0, sizeof o);
+    t0 = nx_mono_ms();
+    run_chain(&e, t, 1, &once, &req, &o);
+    assert_int_equal(o.rc, NX_EAGAIN);
+    assert_string_equal(o.error_type, "circuit_open");
+    assert_true(o.retry_after_ms > 0 && o.retry_after_ms <= 300);
+    assert_true(nx_mono_ms() - t0 < 100);
+    assert_int_equal(nrequests(), 2);
+    outcome_cleanup(&o);
+
+    run_until(&e.loop, NULL, 0, 350);
+    memset(&o, 0, sizeof o);
+    run_chain(&e, t, 1, &once, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_int_equal(nrequests(), 3);
+    assert_int_equal(nx_llm_provider_breaker(p)->state, NX_BREAKER_CLOSED);
+    assert_true(metric_has("nexo_llm_breaker_state{provider=\"brk\"} 0"));
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+/* An open breaker on the primary sends the request straight to the fallback. */
+static void test_chain_skips_open_breaker(void **state)
+{
+    static const struct nx_breaker_conf bc = {1, 1, 60000, 60000};
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi"), *all;
+    struct nx_llm_request req = {.model = "m", .messages = msgs, .temperature = -1};
+    struct nx_llm_provider *a, *b;
+    struct nx_llm_target t[2];
+
+    (void)state;
+    fake_reset();
+    env_init(&e);
+    a = provider(&e, "skip-a", "anthropic", KEY, 0, &bc);
+    b = provider(&e, "skip-b", "openai", KEY, 0, NULL);
+    nx_breaker_failure(nx_llm_provider_breaker(a), nx_mono_ms());
+    assert_int_equal(nx_llm_provider_breaker(a)->state, NX_BREAKER_OPEN);
+    t[0] = (struct nx_llm_target){a, "m"};
+    t[1] = (struct nx_llm_target){b, "m2"};
+    run_chain(&e, t, 2, &fast_retry, &req, &o);
+    assert_int_equal(o.rc, 0);
+    all = fake_requests();
+    assert_int_equal(json_array_size(all), 1);
+    assert_string_equal(nx_json_str(json_array_get(all, 0), "endpoint"), "openai");
+    json_decref(all);
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(a);
+    nx_llm_provider_free(b);
+    env_cleanup(&e);
+}
+
+/* Jittered backoff stays within [0, cap]: with no retry-after and a 40 ms initial backoff, two
+ * retries take at most 40 + 80 ms of sleep. */
+static void test_chain_backoff_is_bounded(void **state)
+{
+    struct nx_llm_retry_conf rc = {3, 40, 1000, 2.0};
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi"), *all;
+    struct nx_llm_request req = {.model = "m", .messages = msgs, .temperature = -1};
+    struct nx_llm_provider *p;
+    struct nx_llm_target t[1];
+    double span;
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"error\": {\"status\": 529, \"type\": \"overloaded_error\"}},"
+                " {\"error\": {\"status\": 502, \"type\": \"api_error\"}}]");
+    env_init(&e);
+    p = provider(&e, "jit", "anthropic", KEY, 0, NULL);
+    t[0] = (struct nx_llm_target){p, "m"};
+    run_chain(&e, t, 1, &rc, &req, &o);
+    assert_int_equal(o.rc, 0);
+    all = fake_requests();
+    assert_int_equal(json_array_size(all), 3);
+    span = json_real_value(json_object_get(json_array_get(all, 2), "t")) -
+           json_real_value(json_object_get(json_array_get(all, 0), "t"));
+    assert_true(span < 0.12 + 0.6); /* sleeps plus two round trips to the fake, with slack */
+    json_decref(all);
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_chain_retries_429_honouring_retry_after),
+        cmocka_unit_test(test_chain_retries_dropped_connection),
+        cmocka_unit_test(test_chain_fails_over_to_fallback),
+        cmocka_unit_test(test_chain_does_not_retry_400),
+        cmocka_unit_test(test_chain_does_not_retry_after_streamed_text),
+        cmocka_unit_test(test_chain_cancel_during_backoff),
+        cmocka_unit_test(test_chain_cancel_mid_stream),
+        cmocka_unit_test(test_chain_breaker_opens_half_opens_and_closes),
+        cmocka_unit_test(test_chain_skips_open_breaker),
+        cmocka_unit_test(test_chain_backoff_is_bounded),
+    };
+    return cmocka_run_group_tests(tests, fake_group_setup, fake_group_teardown);
+}

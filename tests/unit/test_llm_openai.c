@@ -1,0 +1,467 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "llm_fake.h"
+
+/* The OpenAI-compatible provider against tests/fakes/fake_llm.py: Chat Completions whole and
+ * streamed, translation of the canonical conversation both ways (tool_calls, tool messages),
+ * usage, errors, mid-stream errors, cancel, deadline. */
+
+#define KEY "test-key"
+
+static json_t *weather_tools(void)
+{
+    return json_pack("[{s:s, s:s, s:{s:s, s:{s:{s:s}}}}]", "name", "get_weather", "description",
+                     "Weather for a city", "input_schema", "type", "object", "properties", "city", "type",
+                     "string");
+}
+
+static void run_call(struct env *e, struct nx_llm_provider *p, struct nx_llm_request *req,
+                     struct outcome *o)
+{
+    o->call = nx_llm_start(p, req, callbacks(o));
+    assert_non_null(o->call);
+    assert_int_equal(o->ndone, 0);
+    run_until(&e->loop, &o->ndone, 1, 10000);
+    assert_int_equal(o->ndone, 1);
+}
+
+static json_t *last_request(void)
+{
+    json_t *all = fake_requests(), *last;
+
+    assert_true(json_array_size(all) > 0);
+    last = json_incref(json_array_get(all, json_array_size(all) - 1));
+    json_decref(all);
+    return last;
+}
+
+static void test_openai_answers_text_whole(void **state)
+{
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi"), *r, *b, *h;
+    struct nx_llm_request req = {.model = "gpt-test", .system = "Be brief.", .messages = msgs,
+                                 .temperature = -1, .user = "u1"};
+    struct nx_llm_provider *p;
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"usage\": {\"prompt_tokens\": 50, \"completion_tokens\": 5,"
+                " \"prompt_tokens_details\": {\"cached_tokens\": 20}}}]");
+    env_init(&e);
+    p = provider(&e, "openai", "openai", KEY, 0, NULL);
+    run_call(&e, p, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(message_text(o.message), "hello from fake");
+    assert_int_equal(o.stop, NX_LLM_STOP_END_TURN);
+    assert_string_equal(o.model, "gpt-test");
+    assert_int_equal(o.usage.input_tokens, 30);
+    assert_int_equal(o.usage.cache_read_tokens, 20);
+    assert_int_equal(o.usage.output_tokens, 5);
+    r = last_request();
+    h = json_object_get(r, "headers");
+    b = json_object_get(r, "body");
+    assert_string_equal(nx_json_str(r, "path"), "/v1/chat/completions");
+    assert_string_equal(nx_json_str(h, "authorization"), "Bearer " KEY);
+    assert_null(json_object_get(h, "x-api-key"));
+    assert_string_equal(nx_json_str(h, "content-type"), "application/json");
+    assert_null(json_object_get(b, "stream"));
+    assert_null(json_object_get(b, "stream_options"));
+    assert_null(json_object_get(b, "temperature"));
+    assert_string_equal(nx_json_str(b, "user"), "u1");
+    assert_int_equal(json_integer_value(json_object_get(b, "max_tokens")), 4096);
+    assert_string_equal(nx_json_str(json_array_get(json_object_get(b, "messages"), 0), "role"), "system");
+    assert_string_equal(nx_json_str(json_array_get(json_object_get(b, "messages"), 0), "content"),
+                        "Be brief.");
+    assert_string_equal(nx_json_str(json_array_get(json_object_get(b, "messages"), 1), "content"), "hi");
+    json_decref(r);
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+static void test_openai_streams_deltas_and_usage(void **state)
+{
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("tell me"), *r, *b;
+    struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .temperature = 0.2,
+                                 .stream = true};
+    struct nx_llm_provider *p;
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"text\": \"The quick brown fox jumps over the lazy dog\", \"chunks\": 7,"
+                " \"usage\": {\"prompt_tokens\": 12, \"completion_tokens\": 9}}]");
+    env_init(&e);
+    p = provider(&e, "openai", "openai", KEY, 0, NULL);
+    run_call(&e, p, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_true(o.ndeltas >= 7);
+    assert_string_equal(nx_buf_cstr(&o.text), "The quick brown fox jumps over the lazy dog");
+    assert_string_equal(message_text(o.message), nx_buf_cstr(&o.text));
+    assert_int_equal(o.stop, NX_LLM_STOP_END_TURN);
+    assert_int_equal(o.usage.input_tokens, 12);
+    assert_int_equal(o.usage.output_tokens, 9);
+    r = last_request();
+    b = json_object_get(r, "body");
+    assert_true(json_is_true(json_object_get(b, "stream")));
+    assert_true(json_is_true(json_object_get(json_object_get(b, "stream_options"), "include_usage")));
+    assert_true(json_real_value(json_object_get(b, "temperature")) == 0.2);
+    assert_string_equal(nx_json_str(json_object_get(r, "headers"), "accept"), "text/event-stream");
+    json_decref(r);
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+/* Streamed tool_calls deltas become a tool_use block; the next request carries the assistant
+ * tool_calls and a tool message in the exact wire shape (the fake checks they pair up). */
+static void test_openai_tool_use_round_trip(void **state)
+{
+    struct env e;
+    struct outcome o1 = {0}, o2 = {0};
+    json_t *msgs = user_messages("weather?"), *tools = weather_tools(), *tu, *r, *m, *want;
+    struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .tools = tools,
+                                 .temperature = -1, .stream = true};
+    struct nx_llm_provider *p;
+    char id[128];
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"tool_use\": {\"name\": \"get_weather\", \"input\": {\"city\": \"Paris\"}}}]");
+    env_init(&e);
+    p = provider(&e, "openai", "openai", KEY, 0, NULL);
+    run_call(&e, p, &req, &o1);
+    assert_int_equal(o1.rc, 0);
+    assert_int_equal(o1.stop, NX_LLM_STOP_TOOL_USE);
+    assert_int_equal(json_array_size(json_object_get(o1.message, "content")), 1);
+    tu = json_array_get(json_object_get(o1.message, "content"), 0);
+    assert_string_equal(nx_json_str(tu, "type"), "tool_use");
+    assert_string_equal(nx_json_str(tu, "name"), "get_weather");
+    assert_true(strncmp(nx_json_str(tu, "id"), "call_", 5) == 0);
+    assert_string_equal(nx_json_str(json_object_get(tu, "input"), "city"), "Paris");
+    assert_null(json_object_get(tu, "input_error"));
+    snprintf(id, sizeof id, "%s", nx_json_str(tu, "id"));
+    r = last_request();
+    want = json_pack("[{s:s, s:{s:s, s:s, s:{s:s, s:{s:{s:s}}}}}]", "type", "function", "function", "name",
+                     "get_weather", "description", "Weather for a city", "parameters", "type", "object",
+                     "properties", "city", "type", "string");
+    assert_true(json_equal(json_object_get(json_object_get(r, "body"), "tools"), want));
+    json_decref(want);
+    json_decref(r);
+
+    json_array_append(msgs, o1.message);
+    json_array_append_new(msgs, json_pack("{s:s, s:[{s:s, s:s, s:s}, {s:s, s:s}]}", "role", "user", "content",
+                                          "type", "tool_result", "tool_use_id", id, "content", "sunny",
+                                          "type", "text", "text", "and tomorrow?"));
+    run_call(&e, p, &req, &o2);
+    assert_int_equal(o2.rc, 0);
+    r = last_request();
+    m = json_object_get(json_object_get(r, "body"), "messages");
+    assert_int_equal(json_array_size(m), 4);
+    want = json_pack("{s:s, s:n, s:[{s:s, s:s, s:{s:s, s:s}}]}", "role", "assistant", "content", "tool_calls",
+                     "id", id, "type", "function", "function", "name", "get_weather", "arguments",
+                     "{\"city\":\"Paris\"}");
+    assert_true(json_equal(json_array_get(m, 1), want));
+    json_decref(want);
+    want = json_pack("{s:s, s:s, s:s}", "role", "tool", "tool_call_id", id, "content", "sunny");
+    assert_true(json_equal(json_array_get(m, 2), want));
+    json_decref(want);
+    want = json_pack("{s:s, s:s}", "role", "user", "content", "and tomorrow?");
+    assert_true(json_equal(json_array_get(m, 3), want));
+    json_decref(want);
+    json_decref(r);
+    outcome_cleanup(&o1);
+    outcome_cleanup(&o2);
+    json_decref(msgs);
+    json_decref(tools);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+/* Arguments that are not JSON reach the agent as an error on the block, and go back as sent. */
+static void test_openai_unparsable_arguments_are_kept(void **state)
+{
+    struct env e;
+    struct outcome o1 = {0}, o2 = {0};
+    json_t *msgs = user_messages("go"), *tu, *r, *call, *wire;
+    struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .temperature = -1};
+    struct nx_llm_provider *p;
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"raw_arguments\": \"{\\\"city\\\": Par\", \"raw_name\": \"get_weather\"}]");
+    env_init(&e);
+    p = provider(&e, "openai", "openai", KEY, 0, NULL);
+    run_call(&e, p, &req, &o1);
+    assert_int_equal(o1.rc, 0);
+    assert_int_equal(o1.stop, NX_LLM_STOP_TOOL_USE);
+    tu = json_array_get(json_object_get(o1.message, "content"), 0);
+    assert_string_equal(nx_json_str(tu, "type"), "tool_use");
+    assert_non_null(nx_json_str(tu, "input_error"));
+    assert_string_equal(nx_json_str(tu, "input_raw"), "{\"city\": Par");
+    assert_int_equal(json_object_size(json_object_get(tu, "input")), 0);
+
+    json_array_append(msgs, o1.message);
+    json_array_append_new(msgs, json_pack("{s:s, s:[{s:s, s:s, s:s, s:b}]}", "role", "user", "content",
+                                          "type", "tool_result", "tool_use_id", nx_json_str(tu, "id"),
+                                          "content", "bad arguments", "is_error", 1));
+    run_call(&e, p, &req, &o2);
+    assert_int_equal(o2.rc, 0);
+    r = last_request();
+    wire = json_object_get(json_object_get(r, "body"), "messages");
+    call = json_array_get(json_object_get(json_array_get(wire, 1), "tool_calls"), 0);
+    assert_string_equal(nx_json_str(json_object_get(call, "function"), "arguments"), "{\"city\": Par");
+    assert_string_equal(nx_json_str(json_array_get(wire, 2), "content"), "Error: bad arguments");
+    json_decref(r);
+    outcome_cleanup(&o1);
+    outcome_cleanup(&o2);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+/* No key (Ollama, vLLM): no Authorization header at all. */
+static void test_openai_empty_key_sends_no_authorization(void **state)
+{
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi"), *r;
+    struct nx_llm_request req = {.model = "llama3", .messages = msgs, .temperature = -1};
+    struct nx_llm_provider *p;
+
+    (void)state;
+    fake_reset();
+    env_init(&e);
+    p = provider(&e, "ollama", "openai", "", 0, NULL);
+    run_call(&e, p, &req, &o);
+    /* the fake checks auth like OpenAI does */
+    assert_int_equal(o.rc, NX_EPERM);
+    assert_int_equal(o.http_status, 401);
+    assert_true(strstr(o.error_message, "You didn't provide an API key") != NULL);
+    r = last_request();
+    assert_null(json_object_get(json_object_get(r, "headers"), "authorization"));
+    json_decref(r);
+    outcome_cleanup(&o);
+
+    fake_post("/_config", "{\"auth\": false}");
+    memset(&o, 0, sizeof o);
+    run_call(&e, p, &req, &o);
+    assert_int_equal(o.rc, 0);
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+struct err_case {
+    const char *script;
+    const char *key;
+    int rc;
+    int status;
+    const char *type;
+    int64_t retry_ms;
+    bool retryable;
+};
+
+static void test_openai_maps_errors(void **state)
+{
+    static const struct err_case cases[] = {
+        {"[{\"error\": {\"status\": 400, \"type\": \"invalid_request_error\", \"message\": \"bad\"}}]", KEY,
+         NX_EINVAL, 400, "invalid_request_error", -1, false},
+        {"[]", "sk-wrong-secret-key-123456", NX_EPERM, 401, "invalid_request_error", -1, false},
+        {"[{\"error\": {\"status\": 429, \"type\": \"rate_limit_error\", \"message\": \"slow down\","
+         " \"retry_after\": 1, \"retry_after_ms\": 250}}]", KEY, NX_EAGAIN, 429, "requests", 250, true},
+        {"[{\"error\": {\"status\": 429, \"type\": \"rate_limit_error\","
+         " \"openai_type\": \"insufficient_quota\", \"code\": \"insufficient_quota\","
+         " \"message\": \"quota\"}}]", KEY, NX_EPERM, 429, "insufficient_quota", -1, false},
+        {"[{\"error\": {\"status\": 500, \"type\": \"api_error\", \"message\": \"boom\"}}]", KEY, NX_EAGAIN,
+         500, "server_error", -1, true},
+        {"[{\"error\": {\"status\": 503, \"type\": \"overloaded_error\", \"message\": \"busy\"}}]", KEY,
+         NX_EAGAIN, 503, "server_error", -1, true},
+    };
+    (void)state;
+    /* each case whole and streamed: a streamed request's error body arrives through on_data */
+    for (size_t i = 0; i < 2 * NX_ARRAY_LEN(cases); i++) {
+        const struct err_case *c = &cases[i / 2];
+        struct env e;
+        struct outcome o = {0};
+        json_t *msgs = user_messages("hi");
+        struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .temperature = -1,
+                                     .stream = i % 2 == 1};
+        struct nx_llm_provider *p;
+
+        fake_reset();
+        fake_script(c->script);
+        env_init(&e);
+        p = provider(&e, "openai", "openai", c->key, 0, NULL);
+        run_call(&e, p, &req, &o);
+        assert_int_equal(o.rc, c->rc);
+        assert_int_equal(o.http_status, c->status);
+        assert_string_equal(o.error_type, c->type);
+        assert_true(o.error_message[0] != '\0');
+        assert_null(strstr(o.error_message, "secret-key")); /* the fake masks it, and so do we */
+        assert_int_equal(o.retry_after_ms, c->retry_ms);
+        assert_int_equal(o.is_retryable, c->retryable);
+        outcome_cleanup(&o);
+        json_decref(msgs);
+        nx_llm_provider_free(p);
+        env_cleanup(&e);
+    }
+}
+
+static void test_openai_error_mid_stream(void **state)
+{
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi");
+    struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .temperature = -1, .stream = true};
+    struct nx_llm_provider *p;
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"text\": \"partial answer\", \"chunks\": 2, \"error_midstream\": \"api_error\"}]");
+    env_init(&e);
+    p = provider(&e, "openai", "openai", KEY, 0, NULL);
+    run_call(&e, p, &req, &o);
+    assert_int_equal(o.rc, NX_EAGAIN);
+    assert_string_equal(o.error_type, "server_error");
+    assert_true(o.is_retryable);
+    assert_true(o.ndeltas >= 1);
+    assert_null(o.message);
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+static void test_openai_cancel_mid_stream(void **state)
+{
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi");
+    struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .temperature = -1, .stream = true};
+    struct nx_llm_provider *p;
+    uint64_t t0;
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"text\": \"one two three four five six seven eight\", \"chunks\": 8,"
+                " \"delay_ms\": 200}]");
+    env_init(&e);
+    p = provider(&e, "openai", "openai", KEY, 0, NULL);
+    o.cancel_after_deltas = 1;
+    t0 = nx_mono_ms();
+    run_call(&e, p, &req, &o);
+    assert_int_equal(o.rc, NX_ECANCELED);
+    assert_int_equal(o.ndeltas, 1);
+    assert_true(o.done_ms - t0 < 1000);
+    run_until(&e.loop, NULL, 0, 300);
+    assert_int_equal(o.ndone, 1);
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+static void test_openai_request_deadline(void **state)
+{
+    struct env e;
+    struct outcome o = {0};
+    json_t *msgs = user_messages("hi");
+    struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .temperature = -1, .stream = true};
+    struct nx_llm_provider *p;
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"hang_ms\": 3000}]");
+    env_init(&e);
+    p = provider(&e, "openai", "openai", KEY, 250, NULL);
+    run_call(&e, p, &req, &o);
+    assert_int_equal(o.rc, NX_ETIMEDOUT);
+    assert_true(o.is_retryable);
+    outcome_cleanup(&o);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
+static void count_text(const char *d, size_t n, void *u)
+{
+    (void)d;
+    *(size_t *)u += n;
+}
+
+/* The stream parser alone: parallel tool calls by index, a usage-only last chunk, a stream that
+ * ends without [DONE] or finish_reason. */
+static void test_openai_stream_parser_edges(void **state)
+{
+    static const char sse[] =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"tool_calls\":[{\"index\":0,"
+        "\"id\":\"call_a\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"\"}},"
+        "{\"index\":1,\"id\":\"call_b\",\"type\":\"function\",\"function\":{\"name\":\"g\","
+        "\"arguments\":\"{\\\"x\\\"\"}}]},"
+        "\"finish_reason\":null}],\"model\":\"m1\"}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"function\":"
+        "{\"arguments\":"
+        "\":2}\"}}]},\"finish_reason\":null}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n"
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n"
+        "data: [DONE]\n\n";
+    size_t ntext = 0;
+    struct nx_openai_stream *s = nx_openai_stream_new(count_text, &ntext);
+    struct nx_llm_resp r;
+    json_t *c;
+
+    (void)state;
+    memset(&r, 0, sizeof r);
+    for (size_t i = 0; i < sizeof sse - 1; i += 7) {
+        size_t n = sizeof sse - 1 - i < 7 ? sizeof sse - 1 - i : 7;
+        assert_int_equal(nx_openai_stream_feed(s, sse + i, n), 0);
+    }
+    assert_int_equal(nx_openai_stream_finish(s, &r), 0);
+    assert_int_equal(r.stop, NX_LLM_STOP_TOOL_USE);
+    assert_int_equal(r.usage.input_tokens, 3);
+    assert_int_equal(r.usage.output_tokens, 4);
+    assert_string_equal(r.model, "m1");
+    c = json_object_get(r.message, "content");
+    assert_int_equal(json_array_size(c), 2);
+    assert_string_equal(nx_json_str(json_array_get(c, 0), "id"), "call_a");
+    assert_int_equal(json_object_size(json_object_get(json_array_get(c, 0), "input")), 0);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(json_array_get(c, 1), "input"),
+                                                        "x")), 2);
+    assert_int_equal(ntext, 0);
+    nx_llm_resp_cleanup(&r);
+    nx_openai_stream_free(s);
+
+    s = nx_openai_stream_new(count_text, &ntext);
+    assert_int_equal(nx_openai_stream_feed(s, sse, 200), 0);
+    assert_int_equal(nx_openai_stream_finish(s, &r), NX_EPROTO);
+    assert_null(r.message);
+    nx_llm_resp_cleanup(&r);
+    nx_openai_stream_free(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_openai_answers_text_whole),
+        cmocka_unit_test(test_openai_streams_deltas_and_usage),
+        cmocka_unit_test(test_openai_tool_use_round_trip),
+        cmocka_unit_test(test_openai_unparsable_arguments_are_kept),
+        cmocka_unit_test(test_openai_empty_key_sends_no_authorization),
+        cmocka_unit_test(test_openai_maps_errors),
+        cmocka_unit_test(test_openai_error_mid_stream),
+        cmocka_unit_test(test_openai_cancel_mid_stream),
+        cmocka_unit_test(test_openai_request_deadline),
+        cmocka_unit_test(test_openai_stream_parser_edges),
+    };
+    return cmocka_run_group_tests(tests, fake_group_setup, fake_group_teardown);
+}
