@@ -15,6 +15,7 @@ Endpoints:
   /echo                 JSON of the method, path, headers and body
   /conn                 the client's remote port (to check connection reuse)
   /redirect?to=PATH     302 to PATH
+  /loop                 302 to /loop, for ever
   /stats                JSON counters: {"proxied": n}
 """
 import json
@@ -127,6 +128,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_body(200, str(self.client_address[1]).encode())
         elif path == "/redirect":
             self.send_body(302, b"moved", extra={"Location": q.get("to", ["/json"])[0]})
+        elif path == "/loop":
+            self.send_body(302, b"again", extra={"Location": "/loop"})
         elif path == "/stats":
             with LOCK:
                 doc = dict(COUNTERS)

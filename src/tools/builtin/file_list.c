@@ -1,0 +1,147 @@
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/error.h"
+#include "tools/internal.h"
+#include "tools/tool.h"
+
+/* file_list {path?}: the entries of a directory in the agent's workspace, as JSON
+ * {"path", "entries": [{"name", "type", "size"}], "truncated"}, sorted by name, at most
+ * LIST_MAX entries (and at most SCAN_MAX read). Types come from lstat: a symlink is reported as
+ * "symlink", never followed. Runs on the loop. */
+
+#define LIST_MAX 500
+#define SCAN_MAX 5000
+
+static const char schema[] =
+    "{\"type\":\"object\",\"properties\":{"
+    "\"path\":{\"type\":\"string\",\"maxLength\":4096,"
+    "\"description\":\"Directory relative to the workspace (default \\\".\\\", the workspace itself).\"}},"
+    "\"additionalProperties\":false}";
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static const char *type_name(mode_t m)
+{
+    if (S_ISREG(m))
+        return "file";
+    if (S_ISDIR(m))
+        return "dir";
+    if (S_ISLNK(m))
+        return "symlink";
+    return "other";
+}
+
+static struct nx_tool_call *file_list_run(const struct nx_tool_ctx *ctx, const json_t *args,
+                                          nx_tool_done_fn done, void *udata)
+{
+    char path[PATH_MAX], err[512];
+    const char *rel;
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    bool truncated = false;
+    json_t *res = NULL, *arr;
+    char *text = NULL;
+    DIR *d = NULL;
+    struct dirent *de;
+    int fd = -1;
+
+    err[0] = '\0';
+    if (!(rel = nx_sandbox_path_arg(args, "path", ".", err, sizeof err)) ||
+        nx_sandbox_path(ctx->workspace, rel[0] ? rel : ".", false, path, sizeof path, err,
+                        sizeof err) < 0)
+        goto out;
+    fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, sizeof err, "cannot open \"%.200s\": %s", rel,
+                 errno == ENOTDIR ? "not a directory" : strerror(errno));
+        goto out;
+    }
+    if (nx_sandbox_check_fd(ctx->workspace, fd, err, sizeof err) < 0)
+        goto out;
+    if (!(d = fdopendir(fd))) {
+        snprintf(err, sizeof err, "cannot read \"%.200s\": %s", rel, strerror(errno));
+        goto out;
+    }
+    fd = -1; /* owned by d now */
+    for (size_t scanned = 0; (de = readdir(d)) != NULL; scanned++) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (scanned >= SCAN_MAX) {
+            truncated = true;
+            break;
+        }
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            names = nx_realloc(names, cap * sizeof *names);
+        }
+        names[n++] = nx_strdup(de->d_name);
+    }
+    if (n > 0)
+        qsort(names, n, sizeof *names, by_name);
+    res = json_object();
+    arr = json_array();
+    for (size_t i = 0; i < n && i < LIST_MAX; i++) {
+        struct nx_buf nm = NX_BUF_INIT;
+        struct stat st;
+        json_t *e;
+
+        nx_utf8_sanitize(&nm, names[i], strlen(names[i]));
+        e = json_pack("{s:s}", "name", nx_buf_cstr(&nm));
+        nx_buf_cleanup(&nm);
+        if (fstatat(dirfd(d), names[i], &st, AT_SYMLINK_NOFOLLOW) == 0) {
+            json_object_set_new(e, "type", json_string(type_name(st.st_mode)));
+            if (S_ISREG(st.st_mode))
+                json_object_set_new(e, "size", json_integer((json_int_t)st.st_size));
+        } else {
+            json_object_set_new(e, "type", json_string("unknown"));
+        }
+        json_array_append_new(arr, e);
+    }
+    if (n > LIST_MAX)
+        truncated = true;
+    json_object_set_new(res, "path", json_string(rel));
+    json_object_set_new(res, "entries", arr);
+    json_object_set_new(res, "truncated", json_boolean(truncated));
+    if (truncated)
+        json_object_set_new(res, "note", json_sprintf("only the first %d entries (by name) are shown",
+                                                      LIST_MAX));
+    text = json_dumps(res, JSON_COMPACT);
+out:
+    if (text)
+        done(text, strlen(text), false, udata);
+    else
+        done(err[0] ? err : "cannot list the directory", strlen(err[0] ? err : "cannot list the directory"),
+             true, udata);
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    free(text);
+    json_decref(res);
+    if (d)
+        closedir(d);
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+const struct nx_tool nx_tool_file_list = {
+    .name = "file_list",
+    .description = "List a directory in the agent's workspace: name, type (file, dir, symlink, other) "
+                   "and size of each entry.",
+    .input_schema = schema,
+    .run = file_list_run,
+    .cancel = NULL,
+};

@@ -1,0 +1,54 @@
+#ifndef NX_TOOLS_INTERNAL_H
+#define NX_TOOLS_INTERNAL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "core/buf.h"
+#include "tools/tool.h"
+
+/* Shared by the files of tools/: the built-in tables, the schema validator, small text helpers
+ * and test hooks. Not for other modules (they use tools/tool.h). */
+
+/* Built-in tools (tools/builtin/<name>.c), listed by tools/registry.c. */
+extern const struct nx_tool nx_tool_time_now;
+extern const struct nx_tool nx_tool_http_fetch;
+extern const struct nx_tool nx_tool_file_read;
+extern const struct nx_tool nx_tool_file_write;
+extern const struct nx_tool nx_tool_file_list;
+
+/* What the model is sent at most from one call; longer output is cut at a UTF-8 boundary and a
+ * "[truncated: N bytes omitted]" line is appended. */
+#define NX_TOOL_OUTPUT_MAX (64u * 1024)
+
+/* --- tools/validate.c --- */
+/* Checks value against a parsed JSON Schema (the subset documented in docs/tools.md). Never
+ * crashes on any schema or value; unknown keywords are ignored. 0 or NX_EINVAL with a message
+ * naming the argument path in err. */
+int nx_schema_validate(const json_t *schema, const json_t *value, char *err, size_t errlen);
+/* Length of the longest prefix of s[0..len) that is complete, valid UTF-8. */
+size_t nx_utf8_valid_prefix(const char *s, size_t len);
+/* Number of code points in a valid UTF-8 string. */
+size_t nx_utf8_count(const char *s, size_t len);
+/* Appends s[0..len) to out with every invalid UTF-8 byte replaced by U+FFFD. */
+void nx_utf8_sanitize(struct nx_buf *out, const char *s, size_t len);
+
+/* --- tools/sandbox.c --- */
+/* After open(): is the file behind fd (by /proc/self/fd) inside the real workspace? 0 when it
+ * is (or when /proc is unavailable), NX_EPERM when it is not. */
+int nx_sandbox_check_fd(const char *workspace, int fd, char *err, size_t errlen);
+/* Gets a relative path argument from args: a string without NUL bytes. "" when absent and
+ * def is NULL; def otherwise. Returns NULL (err set) when it has the wrong shape. */
+const char *nx_sandbox_path_arg(const json_t *args, const char *key, const char *def, char *err,
+                                size_t errlen);
+
+/* --- tools/builtin/http_fetch.c --- */
+/* Tests only: replaces the private-address check used by http_fetch (NULL restores
+ * nx_sandbox_addr_is_private). Lets a test treat 127.0.0.1 as public and still see a redirect to
+ * another loopback address refused. */
+typedef bool (*nx_addr_check_fn)(const struct sockaddr *sa);
+void nx_http_fetch_set_addr_check(nx_addr_check_fn fn);
+
+#endif

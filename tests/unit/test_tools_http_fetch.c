@@ -1,0 +1,503 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <arpa/inet.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "http/client.h"
+#include "tools/internal.h"
+#include "tools/tool.h"
+
+/* http_fetch against tests/tools/http_peer.py on 127.0.0.1: the allowlist, names that resolve
+ * to loopback, redirects (to a host not allowed, to a private address, relative, too many),
+ * the response cap, POST and headers, cancel; and the HTTP client's `resolve` pin. */
+
+static struct {
+    pid_t pid;
+    int out_fd;
+    int port;
+} g_peer = {-1, -1, 0};
+
+static int peer_start(void)
+{
+    char path[4096], line[128];
+    const char *src = getenv("NEXO_SOURCE_DIR");
+    uint64_t deadline;
+    size_t n = 0;
+    int fds[2];
+
+    if (src) {
+        snprintf(path, sizeof path, "%s/tests/tools/http_peer.py", src);
+    } else {
+        const char *slash = strrchr(__FILE__, '/');
+        int dirlen = slash ? (int)(slash - __FILE__) : 1;
+        snprintf(path, sizeof path, "%.*s/../tools/http_peer.py", dirlen, slash ? __FILE__ : ".");
+    }
+    if (pipe(fds) != 0)
+        return -1;
+    g_peer.pid = fork();
+    if (g_peer.pid < 0)
+        return -1;
+    if (g_peer.pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(fds[1], 1);
+        close(fds[0]);
+        close(fds[1]);
+        execl("/usr/bin/python3", "python3", "-B", path, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    g_peer.out_fd = fds[0];
+    deadline = nx_mono_ms() + 15000;
+    while (n + 1 < sizeof line) {
+        struct pollfd pfd = {g_peer.out_fd, POLLIN, 0};
+        int64_t left = (int64_t)(deadline - nx_mono_ms());
+        char ch;
+
+        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0 || read(g_peer.out_fd, &ch, 1) != 1)
+            return -1;
+        if (ch == '\n')
+            break;
+        line[n++] = ch;
+    }
+    line[n] = '\0';
+    return sscanf(line, "READY %d", &g_peer.port) == 1 ? 0 : -1;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    signal(SIGPIPE, SIG_IGN);
+    nx_log_set_level(NX_LOG_OFF);
+    return peer_start();
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    if (g_peer.pid > 0) {
+        kill(g_peer.pid, SIGKILL);
+        waitpid(g_peer.pid, NULL, 0);
+    }
+    if (g_peer.out_fd >= 0)
+        close(g_peer.out_fd);
+    return 0;
+}
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+struct env {
+    uv_loop_t loop;
+    struct nx_http_client *http;
+    struct nx_tool_ctx ctx;
+};
+
+struct answer {
+    int calls;
+    bool is_error;
+    char text[70000];
+};
+
+static void on_answer(const char *output, size_t len, bool is_error, void *udata)
+{
+    struct answer *a = udata;
+
+    a->calls++;
+    a->is_error = is_error;
+    if (len >= sizeof a->text)
+        len = sizeof a->text - 1;
+    memcpy(a->text, output, len);
+    a->text[len] = '\0';
+}
+
+static void guard_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
+static void run_until(uv_loop_t *loop, const int *count, int want, uint64_t timeout_ms)
+{
+    uint64_t deadline = nx_mono_ms() + timeout_ms;
+    uv_timer_t guard;
+
+    uv_timer_init(loop, &guard);
+    uv_timer_start(&guard, guard_tick, 10, 10);
+    while ((!count || *count < want) && nx_mono_ms() < deadline)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&guard, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static int setup(void **state)
+{
+    struct env *e = calloc(1, sizeof *e);
+
+    if (uv_loop_init(&e->loop) != 0 || nx_http_client_new(&e->loop, NULL, &e->http) != 0)
+        return -1;
+    e->ctx.loop = &e->loop;
+    e->ctx.http = e->http;
+    e->ctx.agent_id = "fetcher";
+    *state = e;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct env *e = *state;
+
+    nx_http_fetch_set_addr_check(NULL);
+    nx_http_client_free(e->http);
+    for (int i = 0; i < 200 && uv_run(&e->loop, UV_RUN_NOWAIT); i++)
+        usleep(1000);
+    assert_int_equal(uv_loop_close(&e->loop), 0);
+    free(e);
+    return 0;
+}
+
+/* Invokes http_fetch with args (stolen) and waits for its answer. */
+static void fetch(struct env *e, json_t *args, struct answer *a)
+{
+    memset(a, 0, sizeof *a);
+    nx_tool_invoke(&e->ctx, NULL, "http_fetch", args, on_answer, a);
+    run_until(&e->loop, &a->calls, 1, 10000);
+    assert_int_equal(a->calls, 1);
+    json_decref(args);
+}
+
+static json_t *get(const char *host, const char *path)
+{
+    char url[512];
+
+    snprintf(url, sizeof url, "http://%s:%d%s", host, g_peer.port, path);
+    return json_pack("{s:s}", "url", url);
+}
+
+/* 127.0.0.1 counts as public; every other address as the real check says. */
+static bool only_127_0_0_1_public(const struct sockaddr *sa)
+{
+    const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+
+    if (sa->sa_family == AF_INET && ntohl(in->sin_addr.s_addr) == 0x7f000001)
+        return false;
+    return nx_sandbox_addr_is_private(sa);
+}
+
+/* ---- tests -------------------------------------------------------------------------------- */
+
+static void test_fetch_refuses_without_allowlist(void **state)
+{
+    struct env *e = *state;
+    struct answer a;
+
+    e->ctx.outbound_allowlist = NULL;
+    e->ctx.allow_private_addresses = true;
+    fetch(e, get("127.0.0.1", "/json"), &a);
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "no outbound_allowlist"));
+}
+
+static void test_fetch_refuses_host_not_in_allowlist(void **state)
+{
+    struct env *e = *state;
+    const char *const allow[] = {"example.com", "*.example.org", NULL};
+    struct answer a;
+
+    e->ctx.outbound_allowlist = allow;
+    e->ctx.allow_private_addresses = true;
+    fetch(e, get("127.0.0.1", "/json"), &a);
+    assert_true(a.is_error);
+    assert_string_equal(a.text, "http_fetch refused: host \"127.0.0.1\" is not in this agent's "
+                                "outbound_allowlist");
+    fetch(e, get("localhost", "/json"), &a);
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "not in this agent's outbound_allowlist"));
+}
+
+static void test_fetch_refuses_name_resolving_to_loopback(void **state)
+{
+    struct env *e = *state;
+    const char *const allow[] = {"localhost", NULL};
+    struct answer a;
+
+    e->ctx.outbound_allowlist = allow;
+    e->ctx.allow_private_addresses = false;
+    fetch(e, get("localhost", "/json"), &a);
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "\"localhost\" resolves to "));
+    assert_non_null(strstr(a.text, "loopback, private or link-local"));
+    /* an IP literal is checked the same way */
+    const char *const allow_ip[] = {"127.0.0.1", "2130706433", NULL};
+    e->ctx.outbound_allowlist = allow_ip;
+    fetch(e, get("127.0.0.1", "/json"), &a);
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "resolves to 127.0.0.1"));
+    fetch(e, get("2130706433", "/json"), &a); /* 127.0.0.1 spelled as one number */
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "resolves to 127.0.0.1"));
+}
+
+static void test_fetch_allowed_with_private_addresses(void **state)
+{
+    struct env *e = *state;
+    const char *const allow[] = {"localhost", NULL};
+    struct answer a;
+
+    e->ctx.outbound_allowlist = allow;
+    e->ctx.allow_private_addresses = true;
+    fetch(e, get("localhost", "/json"), &a);
+    if (a.is_error)
+        print_message("answer: %s\n", a.text);
+    assert_false(a.is_error);
+    assert_non_null(strstr(a.text, "status: 200\n"));
+    assert_non_null(strstr(a.text, "content-type: application/json\n"));
+    assert_non_null(strstr(a.text, "\n\n{\"ok\":true,\"n\":1}"));
+}
+
+static void test_fetch_redirect_to_host_not_allowed(void **state)
+{
+    struct env *e = *state;
+    const char *const allow[] = {"localhost", NULL};
+    struct answer a;
+
+    e->ctx.outbound_allowlist = allow;
+    e->ctx.allow_private_addresses = true;
+    fetch(e, get("localhost", "/redirect?to=http://evil.example/json"), &a);
+    assert_true(a.is_error);
+    assert_string_equal(a.text, "http_fetch refused (at redirect 1): host \"evil.example\" is not in "
+                                "this agent's outbound_allowlist");
+    /* a redirect to another scheme is refused too */
+    fetch(e, get("localhost", "/redirect?to=file:///etc/passwd"), &a);
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "at redirect 1"));
+    assert_non_null(strstr(a.text, "only http:// and https://"));
+}
+
+static void test_fetch_redirect_to_private_address(void **state)
+{
+    struct env *e = *state;
+    const char *const allow[] = {"127.0.0.1", "127.0.0.2", NULL};
+    struct answer a;
+    char path[128];
+
+    nx_http_fetch_set_addr_check(only_127_0_0_1_public);
+    e->ctx.outbound_allowlist = allow;
+    e->ctx.allow_private_addresses = false;
+    /* the first hop is "public" and works ... */
+    fetch(e, get("127.0.0.1", "/json"), &a);
+    if (a.is_error)
+        print_message("answer: %s\n", a.text);
+    assert_false(a.is_error);
+    assert_non_null(strstr(a.text, "{\"ok\":true,\"n\":1}"));
+    /* ... its redirect to an allowlisted but private address does not */
+    snprintf(path, sizeof path, "/redirect?to=http://127.0.0.2:%d/json", g_peer.port);
+    fetch(e, get("127.0.0.1", path), &a);
+    assert_true(a.is_error);
+    assert_string_equal(a.text, "http_fetch refused (at redirect 1): \"127.0.0.2\" resolves to 127.0.0.2, "
+                                "a loopback, private or link-local address, and this agent may not "
+                                "reach those");
+}
+
+static void test_fetch_follows_relative_redirects_and_stops_loops(void **state)
+{
+    struct env *e = *state;
+    const char *const allow[] = {"localhost", NULL};
+    struct answer a;
+    json_t *args;
+    char url[256];
+
+    e->ctx.outbound_allowlist = allow;
+    e->ctx.allow_private_addresses = true;
+    fetch(e, get("localhost", "/redirect?to=/json"), &a);
+    if (a.is_error)
+        print_message("answer: %s\n", a.text);
+    assert_false(a.is_error);
+    assert_non_null(strstr(a.text, "redirects: 1\n"));
+    assert_non_null(strstr(a.text, "{\"ok\":true,\"n\":1}"));
+    fetch(e, get("localhost", "/loop"), &a);
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "too many redirects (more than 5)"));
+    /* a POST answered with 302 is retried as GET without its body */
+    snprintf(url, sizeof url, "http://localhost:%d/redirect?to=/echo", g_peer.port);
+    args = json_pack("{s:s, s:s, s:s}", "url", url, "method", "POST", "body", "data");
+    fetch(e, args, &a);
+    if (a.is_error)
+        print_message("answer: %s\n", a.text);
+    assert_false(a.is_error);
+    assert_non_null(strstr(a.text, "\"method\": \"GET\""));
+}
+
+static void test_fetch_caps_the_response(void **state)
+{
+    struct env *e = *state;
+    const char *const allow[] = {"localhost", NULL};
+    struct answer a;
+    char url[256];
+    json_t *args;
+
+    e->ctx.outbound_allowlist = allow;
+    e->ctx.allow_private_addresses = true;
+    snprintf(url, sizeof url, "http://localhost:%d/big?bytes=500000", g_peer.port);
+    args = json_pack("{s:s, s:i}", "url", url, "max_bytes", 100);
+    fetch(e, args, &a);
+    if (a.is_error)
+        print_message("answer: %s\n", a.text);
+    assert_false(a.is_error);
+    assert_non_null(strstr(a.text, "[body truncated to the first 100 bytes]\n"));
+    const char *body = strstr(a.text, "\n\n");
+    assert_non_null(body);
+    assert_int_equal(strlen(body + 2), 100);
+    /* chunked, with no Content-Length: the same */
+    snprintf(url, sizeof url, "http://localhost:%d/big?bytes=500000&chunked=1", g_peer.port);
+    args = json_pack("{s:s}", "url", url);
+    fetch(e, args, &a);
+    if (a.is_error)
+        print_message("answer: %s\n", a.text);
+    assert_false(a.is_error);
+    assert_non_null(strstr(a.text, "[body truncated to the first 32768 bytes]\n"));
+}
+
+static void test_fetch_post_with_headers(void **state)
+{
+    struct env *e = *state;
+    const char *const allow[] = {"localhost", NULL};
+    struct answer a;
+    char url[256];
+    json_t *args;
+
+    e->ctx.outbound_allowlist = allow;
+    e->ctx.allow_private_addresses = true;
+    snprintf(url, sizeof url, "http://LocalHost:%d/echo", g_peer.port);
+    args = json_pack("{s:s, s:s, s:{s:s}, s:s}", "url", url, "method", "POST", "headers", "X-Test", "yes",
+                     "body", "{\"q\":1}");
+    fetch(e, args, &a);
+    if (a.is_error)
+        print_message("answer: %s\n", a.text);
+    assert_false(a.is_error);
+    assert_non_null(strstr(a.text, "\"method\": \"POST\""));
+    assert_non_null(strstr(a.text, "\"x-test\": \"yes\""));
+    assert_non_null(strstr(a.text, "\"body\": \"{\\\"q\\\":1}\""));
+    /* Host cannot be overridden (virtual-host hopping behind an allowed address) */
+    args = json_pack("{s:s, s:{s:s}}", "url", url, "headers", "Host", "internal.example");
+    fetch(e, args, &a);
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "headers.Host"));
+    /* bad URLs */
+    args = json_pack("{s:s}", "url", "ftp://localhost/x");
+    fetch(e, args, &a);
+    assert_true(a.is_error);
+    args = json_pack("{s:s}", "url", "http://user:pw@localhost/x");
+    fetch(e, args, &a);
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "credentials"));
+    /* an error status is an error for the model, with the body */
+    fetch(e, get("localhost", "/status/503"), &a);
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "status: 503\n"));
+}
+
+static void test_fetch_cancel_never_answers(void **state)
+{
+    struct env *e = *state;
+    const char *const allow[] = {"localhost", NULL};
+    struct answer a = {0};
+    struct nx_tool_call *call;
+
+    e->ctx.outbound_allowlist = allow;
+    e->ctx.allow_private_addresses = true;
+    json_t *args = get("localhost", "/slow?ms=3000");
+    call = nx_tool_invoke(&e->ctx, NULL, "http_fetch", args, on_answer, &a);
+    json_decref(args);
+    assert_non_null(call);
+    run_until(&e->loop, NULL, 0, 150); /* resolved and connected by now */
+    nx_tool_cancel(call);
+    run_until(&e->loop, NULL, 0, 100);
+    assert_int_equal(a.calls, 0);
+    assert_int_equal(nx_http_client_inflight(e->http), 0);
+    /* cancelled right away, while the name is still being resolved */
+    args = get("localhost", "/json");
+    call = nx_tool_invoke(&e->ctx, NULL, "http_fetch", args, on_answer, &a);
+    json_decref(args);
+    nx_tool_cancel(call);
+    run_until(&e->loop, NULL, 0, 100);
+    assert_int_equal(a.calls, 0);
+}
+
+struct pinned {
+    int done;
+    int rc;
+    long status;
+};
+
+static void on_pinned(int rc, const struct nx_http_response *res, const char *err, void *udata)
+{
+    struct pinned *p = udata;
+
+    (void)err;
+    p->done++;
+    p->rc = rc;
+    p->status = res->status;
+}
+
+static void test_client_resolve_pins_the_address(void **state)
+{
+    struct env *e = *state;
+    struct nx_http_call_opts o;
+    struct pinned p = {0};
+    char url[256], pin[128];
+
+    /* a name no resolver knows reaches the peer because the call pins it */
+    snprintf(url, sizeof url, "http://pinned.invalid:%d/json", g_peer.port);
+    snprintf(pin, sizeof pin, "pinned.invalid:%d:127.0.0.1", g_peer.port);
+    memset(&o, 0, sizeof o);
+    o.url = url;
+    o.resolve = pin;
+    o.proxy = "";
+    o.on_done = on_pinned;
+    o.udata = &p;
+    assert_non_null(nx_http_client_request(e->http, &o));
+    run_until(&e->loop, &p.done, 1, 5000);
+    assert_int_equal(p.done, 1);
+    assert_int_equal(p.rc, 0);
+    assert_int_equal(p.status, 200);
+    /* a malformed entry fails the call cleanly */
+    o.resolve = "bad\r\nentry";
+    p.done = 0;
+    assert_non_null(nx_http_client_request(e->http, &o));
+    run_until(&e->loop, &p.done, 1, 5000);
+    assert_int_equal(p.rc, NX_EINVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_fetch_refuses_without_allowlist, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fetch_refuses_host_not_in_allowlist, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fetch_refuses_name_resolving_to_loopback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fetch_allowed_with_private_addresses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fetch_redirect_to_host_not_allowed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fetch_redirect_to_private_address, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fetch_follows_relative_redirects_and_stops_loops, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_fetch_caps_the_response, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fetch_post_with_headers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fetch_cancel_never_answers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_client_resolve_pins_the_address, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

@@ -1,0 +1,401 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "core/log.h"
+#include "tools/internal.h"
+#include "tools/tool.h"
+
+/* The workspace sandbox: nx_sandbox_path and the file tools against "..", absolute paths and
+ * symlinks that lead out (files and directories, reading and writing), symlinks that stay
+ * inside, modes of what file_write creates; the host allowlist and the private-address check. */
+
+struct fixture {
+    char root[64];    /* holds ws/ and outside/ */
+    char ws[256];
+    char outside[256];
+};
+
+struct answer {
+    int calls;
+    bool is_error;
+    char text[8192];
+};
+
+static void on_answer(const char *output, size_t len, bool is_error, void *udata)
+{
+    struct answer *a = udata;
+
+    a->calls++;
+    a->is_error = is_error;
+    if (len >= sizeof a->text)
+        len = sizeof a->text - 1;
+    memcpy(a->text, output, len);
+    a->text[len] = '\0';
+}
+
+static void write_file(const char *dir, const char *name, const char *content)
+{
+    char p[PATH_MAX];
+    FILE *f;
+
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    f = fopen(p, "w");
+    assert_non_null(f);
+    fputs(content, f);
+    fclose(f);
+}
+
+static int setup(void **state)
+{
+    struct fixture *fx = calloc(1, sizeof *fx);
+    char p[PATH_MAX + 32];
+
+    nx_log_set_level(NX_LOG_ERROR);
+    snprintf(fx->root, sizeof fx->root, "/tmp/nx_sandbox_XXXXXX");
+    if (!mkdtemp(fx->root))
+        return -1;
+    snprintf(fx->ws, sizeof fx->ws, "%s/ws", fx->root);
+    snprintf(fx->outside, sizeof fx->outside, "%s/outside", fx->root);
+    mkdir(fx->ws, 0700);
+    mkdir(fx->outside, 0700);
+    write_file(fx->outside, "secret.txt", "top secret\n");
+    write_file(fx->ws, "hello.txt", "hello\n");
+    snprintf(p, sizeof p, "%s/sub", fx->ws);
+    mkdir(p, 0700);
+    write_file(p, "inner.txt", "inner\n");
+    /* ws/out_file -> ../outside/secret.txt, ws/out_dir -> outside, ws/in_link -> hello.txt,
+     * ws/dangling -> /tmp/<root>/outside/new.txt (does not exist yet) */
+    snprintf(p, sizeof p, "%s/out_file", fx->ws);
+    if (symlink("../outside/secret.txt", p) != 0)
+        return -1;
+    snprintf(p, sizeof p, "%s/out_dir", fx->ws);
+    if (symlink(fx->outside, p) != 0)
+        return -1;
+    snprintf(p, sizeof p, "%s/in_link", fx->ws);
+    if (symlink("hello.txt", p) != 0)
+        return -1;
+    snprintf(p, sizeof p, "%s/in_dir", fx->ws);
+    if (symlink("sub", p) != 0)
+        return -1;
+    char target[PATH_MAX];
+    snprintf(target, sizeof target, "%s/new.txt", fx->outside);
+    snprintf(p, sizeof p, "%s/dangling", fx->ws);
+    if (symlink(target, p) != 0)
+        return -1;
+    *state = fx;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *fx = *state;
+    char cmd[PATH_MAX];
+    pid_t pid;
+
+    /* rm -rf without system(): fork + exec */
+    snprintf(cmd, sizeof cmd, "%s", fx->root);
+    pid = fork();
+    if (pid == 0) {
+        execl("/bin/rm", "rm", "-rf", cmd, (char *)NULL);
+        _exit(127);
+    }
+    if (pid > 0) {
+        int st;
+        waitpid(pid, &st, 0);
+    }
+    free(fx);
+    return 0;
+}
+
+static int sbx(struct fixture *fx, const char *rel, bool create, char *out, char *err)
+{
+    return nx_sandbox_path(fx->ws, rel, create, out, PATH_MAX, err, 512);
+}
+
+static void test_sandbox_refuses_dotdot_and_absolute(void **state)
+{
+    struct fixture *fx = *state;
+    char out[PATH_MAX], err[512];
+
+    assert_int_equal(sbx(fx, "../outside/secret.txt", false, out, err), NX_EPERM);
+    assert_non_null(strstr(err, "\"..\""));
+    assert_int_equal(sbx(fx, "a/../../x", true, out, err), NX_EPERM);
+    assert_int_equal(sbx(fx, "sub/..", false, out, err), NX_EPERM);
+    assert_int_equal(sbx(fx, "/etc/passwd", false, out, err), NX_EPERM);
+    assert_non_null(strstr(err, "absolute"));
+    assert_int_equal(sbx(fx, "", false, out, err), NX_EINVAL);
+    assert_int_equal(nx_sandbox_path(NULL, "x", false, out, sizeof out, err, sizeof err), NX_EPERM);
+    /* "..x" is a name, not a parent reference */
+    assert_int_equal(sbx(fx, "..x", true, out, err), 0);
+}
+
+static void test_sandbox_resolves_inside_paths(void **state)
+{
+    struct fixture *fx = *state;
+    char out[PATH_MAX], err[512], want[PATH_MAX + 32], wsreal[PATH_MAX];
+
+    assert_non_null(realpath(fx->ws, wsreal));
+    assert_int_equal(sbx(fx, "./sub//inner.txt", false, out, err), 0);
+    snprintf(want, sizeof want, "%s/sub/inner.txt", wsreal);
+    assert_string_equal(out, want);
+    assert_int_equal(sbx(fx, ".", false, out, err), 0);
+    assert_string_equal(out, wsreal);
+    /* a symlink pointing inside is allowed and resolved */
+    assert_int_equal(sbx(fx, "in_link", false, out, err), 0);
+    snprintf(want, sizeof want, "%s/hello.txt", wsreal);
+    assert_string_equal(out, want);
+    assert_int_equal(sbx(fx, "in_dir/new/deeper.txt", true, out, err), 0);
+    snprintf(want, sizeof want, "%s/sub/new/deeper.txt", wsreal);
+    assert_string_equal(out, want);
+    assert_int_equal(sbx(fx, "missing.txt", false, out, err), NX_ENOENT);
+}
+
+static void test_sandbox_refuses_symlink_escapes(void **state)
+{
+    struct fixture *fx = *state;
+    char out[PATH_MAX], err[512];
+
+    assert_int_equal(sbx(fx, "out_file", false, out, err), NX_EPERM);
+    assert_non_null(strstr(err, "outside the workspace"));
+    assert_int_equal(sbx(fx, "out_file", true, out, err), NX_EPERM);
+    assert_int_equal(sbx(fx, "out_dir/secret.txt", false, out, err), NX_EPERM);
+    assert_int_equal(sbx(fx, "out_dir/new.txt", true, out, err), NX_EPERM);
+    assert_int_equal(sbx(fx, "out_dir/a/b/c.txt", true, out, err), NX_EPERM);
+    assert_int_equal(sbx(fx, "dangling", true, out, err), NX_EPERM);
+}
+
+static void run_tool(struct fixture *fx, const char *name, json_t *args, struct answer *a)
+{
+    struct nx_tool_ctx ctx = {.agent_id = "sbx", .workspace = fx->ws};
+
+    memset(a, 0, sizeof *a);
+    nx_tool_invoke(&ctx, NULL, name, args, on_answer, a);
+    assert_int_equal(a->calls, 1);
+    json_decref(args);
+}
+
+static void test_file_tools_refuse_escapes(void **state)
+{
+    struct fixture *fx = *state;
+    struct answer a;
+    char p[PATH_MAX + 32], buf[64];
+    int fd;
+    ssize_t n;
+
+    run_tool(fx, "file_read", json_pack("{s:s}", "path", "../outside/secret.txt"), &a);
+    assert_true(a.is_error);
+    assert_null(strstr(a.text, "top secret"));
+    run_tool(fx, "file_read", json_pack("{s:s}", "path", "out_file"), &a);
+    assert_true(a.is_error);
+    assert_null(strstr(a.text, "top secret"));
+    run_tool(fx, "file_read", json_pack("{s:s}", "path", "out_dir/secret.txt"), &a);
+    assert_true(a.is_error);
+    run_tool(fx, "file_read", json_pack("{s:s}", "path", "/etc/passwd"), &a);
+    assert_true(a.is_error);
+    run_tool(fx, "file_list", json_pack("{s:s}", "path", "out_dir"), &a);
+    assert_true(a.is_error);
+    assert_null(strstr(a.text, "secret"));
+    run_tool(fx, "file_list", json_pack("{s:s}", "path", ".."), &a);
+    assert_true(a.is_error);
+
+    /* writes through a symlinked file, a symlinked directory and a dangling link all refused */
+    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "out_file", "content", "pwned"), &a);
+    assert_true(a.is_error);
+    run_tool(fx, "file_write", json_pack("{s:s, s:s, s:b}", "path", "out_file", "content", "pwned",
+                                         "append", 1), &a);
+    assert_true(a.is_error);
+    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "out_dir/new.txt", "content", "x"), &a);
+    assert_true(a.is_error);
+    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "dangling", "content", "x"), &a);
+    assert_true(a.is_error);
+    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "../escape.txt", "content", "x"), &a);
+    assert_true(a.is_error);
+
+    snprintf(p, sizeof p, "%s/secret.txt", fx->outside);
+    fd = open(p, O_RDONLY);
+    assert_true(fd >= 0);
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_string_equal(buf, "top secret\n");
+    snprintf(p, sizeof p, "%s/new.txt", fx->outside);
+    assert_int_not_equal(access(p, F_OK), 0);
+    snprintf(p, sizeof p, "%s/escape.txt", fx->root);
+    assert_int_not_equal(access(p, F_OK), 0);
+}
+
+static void test_file_tools_follow_inside_links(void **state)
+{
+    struct fixture *fx = *state;
+    struct answer a;
+
+    run_tool(fx, "file_read", json_pack("{s:s}", "path", "in_link"), &a);
+    assert_false(a.is_error);
+    assert_string_equal(a.text, "hello\n");
+    run_tool(fx, "file_read", json_pack("{s:s}", "path", "in_dir/inner.txt"), &a);
+    assert_false(a.is_error);
+    assert_string_equal(a.text, "inner\n");
+    run_tool(fx, "file_list", json_pack("{}"), &a);
+    assert_false(a.is_error);
+    assert_non_null(strstr(a.text, "{\"name\":\"out_file\",\"type\":\"symlink\"}"));
+    run_tool(fx, "file_read", json_pack("{s:s}", "path", "sub"), &a);
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "directory"));
+}
+
+static void test_file_write_creates_private_dirs_and_files(void **state)
+{
+    struct fixture *fx = *state;
+    struct answer a;
+    char p[PATH_MAX + 32];
+    struct stat st;
+    mode_t old = umask(0);
+
+    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "a/b/c/note.md", "content", "# hi\n"), &a);
+    umask(old);
+    assert_false(a.is_error);
+    snprintf(p, sizeof p, "%s/a", fx->ws);
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0700);
+    snprintf(p, sizeof p, "%s/a/b/c", fx->ws);
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0700);
+    snprintf(p, sizeof p, "%s/a/b/c/note.md", fx->ws);
+    assert_int_equal(stat(p, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    assert_int_equal(st.st_mode & 07777, 0600);
+    assert_int_equal(st.st_size, 5);
+
+    /* replacing is atomic and leaves no temporary file behind */
+    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "a/b/c/note.md", "content", "v2"), &a);
+    assert_false(a.is_error);
+    run_tool(fx, "file_list", json_pack("{s:s}", "path", "a/b/c"), &a);
+    assert_false(a.is_error);
+    assert_non_null(strstr(a.text, "\"entries\":[{\"name\":\"note.md\",\"type\":\"file\",\"size\":2}]"));
+    /* writing onto a directory is refused */
+    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "a/b", "content", "x"), &a);
+    assert_true(a.is_error);
+    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", ".", "content", "x"), &a);
+    assert_true(a.is_error);
+}
+
+static void test_file_read_reports_binary_and_nul_paths(void **state)
+{
+    struct fixture *fx = *state;
+    struct answer a;
+    char p[PATH_MAX + 32];
+    FILE *f;
+    json_t *args;
+
+    snprintf(p, sizeof p, "%s/blob.bin", fx->ws);
+    f = fopen(p, "wb");
+    assert_non_null(f);
+    fwrite("\x7f" "ELF\0\1\2\3", 1, 8, f);
+    fclose(f);
+    run_tool(fx, "file_read", json_pack("{s:s}", "path", "blob.bin"), &a);
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "binary file"));
+
+    args = json_object();
+    json_object_set_new(args, "path", json_stringn("hello.txt\0/../../x", 18));
+    run_tool(fx, "file_read", args, &a);
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "NUL"));
+}
+
+/* ---- hosts and addresses ------------------------------------------------------------------ */
+
+static bool priv4(const char *s)
+{
+    struct sockaddr_in in = {.sin_family = AF_INET};
+    assert_int_equal(inet_pton(AF_INET, s, &in.sin_addr), 1);
+    return nx_sandbox_addr_is_private((struct sockaddr *)&in);
+}
+
+static bool priv6(const char *s)
+{
+    struct sockaddr_in6 in6 = {.sin6_family = AF_INET6};
+    assert_int_equal(inet_pton(AF_INET6, s, &in6.sin6_addr), 1);
+    return nx_sandbox_addr_is_private((struct sockaddr *)&in6);
+}
+
+static void test_private_addresses(void **state)
+{
+    static const char *const private4[] = {"127.0.0.1", "127.255.0.9", "10.1.2.3", "172.16.0.1",
+                                           "172.31.255.255", "192.168.1.1", "100.64.0.1", "100.127.1.1",
+                                           "169.254.169.254", "0.0.0.0", "224.0.0.1", "255.255.255.255"};
+    static const char *const public4[] = {"8.8.8.8", "172.32.0.1", "172.15.255.255", "100.128.0.1",
+                                          "93.184.216.34", "11.0.0.1"};
+    static const char *const private6[] = {"::1", "::", "fc00::1", "fd12:3456::1", "fe80::1",
+                                           "::ffff:127.0.0.1", "::ffff:10.0.0.1", "ff02::1",
+                                           "64:ff9b::a00:1"};
+    static const char *const public6[] = {"2606:4700::1111", "::ffff:8.8.8.8", "2001:db8::1"};
+
+    (void)state;
+    for (size_t i = 0; i < sizeof private4 / sizeof *private4; i++)
+        if (!priv4(private4[i]))
+            fail_msg("%s should be private", private4[i]);
+    for (size_t i = 0; i < sizeof public4 / sizeof *public4; i++)
+        if (priv4(public4[i]))
+            fail_msg("%s should be public", public4[i]);
+    for (size_t i = 0; i < sizeof private6 / sizeof *private6; i++)
+        if (!priv6(private6[i]))
+            fail_msg("%s should be private", private6[i]);
+    for (size_t i = 0; i < sizeof public6 / sizeof *public6; i++)
+        if (priv6(public6[i]))
+            fail_msg("%s should be public", public6[i]);
+}
+
+static void test_host_allowlist_globs(void **state)
+{
+    const char *const list[] = {"api.example.com", "*.wiki.org", "127.0.0.1", "[::1]", NULL};
+    const char *const all[] = {"*", NULL};
+    const char *const none[] = {NULL};
+
+    (void)state;
+    assert_true(nx_sandbox_host_allowed("api.example.com", list));
+    assert_true(nx_sandbox_host_allowed("API.Example.COM.", list));
+    assert_false(nx_sandbox_host_allowed("example.com", list));
+    assert_false(nx_sandbox_host_allowed("evilapi.example.com", list));
+    assert_true(nx_sandbox_host_allowed("en.wiki.org", list));
+    assert_true(nx_sandbox_host_allowed("a.b.wiki.org", list));
+    assert_false(nx_sandbox_host_allowed("wiki.org", list));
+    assert_false(nx_sandbox_host_allowed("evilwiki.org", list));
+    assert_true(nx_sandbox_host_allowed("127.0.0.1", list));
+    assert_true(nx_sandbox_host_allowed("::1", list));
+    assert_true(nx_sandbox_host_allowed("anything.net", all));
+    assert_false(nx_sandbox_host_allowed("anything.net", none));
+    assert_false(nx_sandbox_host_allowed("anything.net", NULL));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_sandbox_refuses_dotdot_and_absolute, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sandbox_resolves_inside_paths, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sandbox_refuses_symlink_escapes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_tools_refuse_escapes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_tools_follow_inside_links, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_write_creates_private_dirs_and_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_read_reports_binary_and_nul_paths, setup, teardown),
+        cmocka_unit_test(test_private_addresses),
+        cmocka_unit_test(test_host_allowlist_globs),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
