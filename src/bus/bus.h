@@ -1,0 +1,156 @@
+#ifndef NX_BUS_BUS_H
+#define NX_BUS_BUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "bus/envelope.h"
+#include "config/config.h"
+#include "store/store.h"
+
+/* The bus: publish, subscribe, queue-subscribe and request/reply over JSON envelopes, with an
+ * in-process backend and a NATS backend under a resilient wrapper (see docs/bus.md):
+ *  - broker.type local (or no broker.yaml): in-process only (mode "in-process");
+ *  - broker.type nats: while NATS is connected, everything goes through NATS (mode "nats");
+ *    while it is not (also when it never was), local subscribers are served in-process and
+ *    events for other processes wait in the disk queue (mode "fallback"), replayed in order when
+ *    NATS returns.
+ * Everything here is called on the loop thread, and every callback runs on the loop thread. */
+
+struct nx_bus;
+struct nx_bus_sub;
+
+/* One delivery, valid for the duration of the callback. */
+struct nx_bus_msg {
+    const char *subject;             /* the subject it was published on */
+    const char *reply_to;            /* set for a request: answer with nx_bus_reply */
+    const struct nx_envelope *env;   /* parsed and validated */
+    const char *data;                /* the envelope's JSON text */
+    size_t len;
+    uint32_t attempt;                /* 1 on the first delivery, 2 on the first retry... */
+    struct nx_bus_sub *sub;
+    char *error;                     /* internal: set by nx_bus_fail */
+};
+
+/* A subscriber returns 0 when it handled the event, or a negative NX_E* code when it failed;
+ * a failed event is delivered again (to the same subscriber, after a short backoff, ahead of
+ * later events) and after broker.dlq.max_attempts failures goes to the dead-letter queue with
+ * its last error. */
+typedef int (*nx_bus_cb)(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg);
+/* Records why the delivery failed (kept with the dead letter) and returns NX_EIO, so a
+ * subscriber can write `return nx_bus_fail(m, "tool %s timed out", name);`. */
+int nx_bus_fail(struct nx_bus_msg *msg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Answer to a request: rc 0 with the reply (valid during the call) or NX_ETIMEDOUT /
+ * NX_ECLOSED with reply NULL. */
+typedef void (*nx_bus_reply_cb)(struct nx_bus *bus, int rc, const struct nx_bus_msg *reply,
+                                void *arg);
+
+struct nx_bus_opts {
+    const struct nx_broker_conf *conf; /* NULL = in-process defaults; copied */
+    struct nx_store *store;            /* disk queue and dead letters; NULL = memory only */
+    const char *name;                  /* connection name (NATS), log prefix; default "nexo" */
+    /* Tuning; 0 = default. */
+    uint32_t replay_delay_ms;   /* wait after (re)connecting before replaying; default 500 */
+    uint32_t retain_ms;         /* keep acknowledged events this long for replay; default 2000 */
+    uint32_t max_in_flight;     /* unacknowledged NATS publishes at most; default 512 */
+    uint32_t retry_backoff_ms;  /* first redelivery delay after a failure; default 50 */
+    uint32_t poll_ms;           /* look for dead letters retried by another process; 1000 */
+    uint32_t flush_timeout_ms;  /* server acknowledgement of a batch; default 2000 */
+    uint32_t backlog_warn;      /* per-subscriber backlog that logs a warning; default 10000 */
+    uint32_t dedupe_window;     /* recent ids remembered per subscription; default 16384 */
+};
+
+/* Creates the bus on `loop`. With broker.type nats it starts connecting in the background and
+ * returns at once (mode "fallback" until connected). Returns 0 or NX_EINVAL / NX_ECONFIG (bad
+ * TLS or credential files). */
+int nx_bus_new(uv_loop_t *loop, const struct nx_bus_opts *opts, struct nx_bus **out);
+/* Disconnects and frees. Events still queued stay on disk for the next start. Accepts NULL.
+ * Memory is released once the loop runs again. */
+void nx_bus_free(struct nx_bus *bus);
+
+/* Publishes env on subject (NULL = env->topic). The envelope is borrowed (serialized now).
+ * Returns 0, NX_EINVAL (bad subject), NX_ETOOBIG (over broker.limits.max_payload), NX_EAGAIN
+ * (the disk queue holds broker.limits.max_pending events: nothing was published, try later)
+ * or NX_ECLOSED. Subscribers never run inside this call. */
+int nx_bus_publish(struct nx_bus *bus, const char *subject, const struct nx_envelope *env);
+
+/* Subscribes to a subject or pattern ('*' one token, '>' the rest). *out (may be NULL) gets a
+ * handle for nx_bus_unsubscribe. A queue subscription delivers each event to one member of
+ * `group` (across processes when on NATS). */
+int nx_bus_subscribe(struct nx_bus *bus, const char *pattern, nx_bus_cb cb, void *arg,
+                     struct nx_bus_sub **out);
+int nx_bus_queue_subscribe(struct nx_bus *bus, const char *pattern, const char *group,
+                           nx_bus_cb cb, void *arg, struct nx_bus_sub **out);
+/* Stops deliveries at once (queued ones are dropped) and frees the handle. */
+void nx_bus_unsubscribe(struct nx_bus *bus, struct nx_bus_sub *sub);
+/* "pattern" or "pattern#group": the consumer's name in dead letters. */
+const char *nx_bus_sub_name(const struct nx_bus_sub *sub);
+/* Events waiting for this subscriber. */
+size_t nx_bus_sub_backlog(const struct nx_bus_sub *sub);
+
+/* Request/reply: publishes env with a private reply subject; cb runs once, with the first
+ * reply or NX_ETIMEDOUT after timeout_ms. Requests are not queued while NATS is down (only
+ * local subscribers can answer then). */
+int nx_bus_request(struct nx_bus *bus, const char *subject, const struct nx_envelope *env,
+                   uint32_t timeout_ms, nx_bus_reply_cb cb, void *arg);
+/* Answers a request (msg->reply_to). Returns NX_EINVAL when msg was not a request. */
+int nx_bus_reply(struct nx_bus *bus, const struct nx_bus_msg *msg, const struct nx_envelope *env);
+
+/* "in-process", "nats" or "fallback". */
+const char *nx_bus_mode(const struct nx_bus *bus);
+/* Ready for /readyz: true in every mode once created (fallback serves local subscribers and
+ * queues the rest), false once closing. */
+bool nx_bus_is_ready(const struct nx_bus *bus);
+
+struct nx_bus_stats {
+    uint64_t published;    /* accepted by nx_bus_publish */
+    uint64_t delivered;    /* subscriber callbacks that returned 0 */
+    uint64_t failed;       /* subscriber callbacks that returned < 0 */
+    uint64_t duplicates;   /* NATS deliveries dropped as already seen */
+    uint64_t replayed;     /* queued events published to NATS on recovery */
+    uint64_t queued;       /* events written to the disk queue */
+    uint64_t dead_letters; /* events moved to the dead-letter queue */
+    uint64_t queue_depth;  /* events waiting for NATS now */
+    uint64_t in_flight;    /* published to NATS, not yet acknowledged */
+    uint64_t mode_changes;
+    bool is_loaded;        /* the disk queue was read at start */
+};
+void nx_bus_stats(const struct nx_bus *bus, struct nx_bus_stats *out);
+
+/* ---- dead letters (store) ---- */
+
+struct nx_dead_letter {
+    char *id;         /* event id */
+    char *consumer;   /* subscriber name ("agent.route.a#agents") */
+    char *subject;
+    char *envelope;   /* JSON text */
+    char *last_error;
+    uint32_t attempts;
+    int64_t failed_at_ms;
+    char *state;      /* "dead", "retry" (waiting for a bus) or "redelivering" */
+};
+void nx_dead_letters_free(struct nx_dead_letter *v, size_t n);
+
+/* Lists up to `limit` dead letters, oldest first (limit 0 = 1000). Runs on the store thread;
+ * done runs on the loop with the array (owned by the callee: freed after done returns). */
+typedef void (*nx_dlq_list_cb)(int rc, const struct nx_dead_letter *v, size_t n, void *arg);
+void nx_dlq_list(struct nx_store *s, size_t limit, nx_dlq_list_cb done, void *arg);
+/* Moves dead letters back for redelivery to the consumer that failed them: one event id, or
+ * every one when id is NULL. A running bus that has that consumer (in this process or another
+ * one using the same data dir) picks them up within its poll interval (opts.poll_ms); success
+ * deletes the dead letter, failing max_attempts times again makes it dead again. done gets how
+ * many moved (rc NX_ENOENT when id names none). */
+typedef void (*nx_dlq_count_cb)(int rc, size_t count, void *arg);
+void nx_dlq_retry(struct nx_store *s, const char *id, nx_dlq_count_cb done, void *arg);
+/* Deletes every dead letter; done gets how many. */
+void nx_dlq_purge(struct nx_store *s, nx_dlq_count_cb done, void *arg);
+
+/* `nexo dlq list | retry ID | retry --all | purge`: opens the store under data_dir with its own
+ * loop, prints to stdout (errors to stderr) and returns a process exit code (0, 1 = failure,
+ * 2 = usage). argv[0] is "dlq". */
+int nx_cmd_dlq(int argc, char **argv, const char *data_dir);
+
+#endif

@@ -1,0 +1,449 @@
+/* NX_TEST_LABELS: threaded */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <nats/nats.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bus/bus.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "store/store.h"
+
+#include "bus_fixture.h"
+
+/* The bus against a real nats-server on a free loopback port: pub/sub and the echo rule across
+ * two buses (two connections), request/reply, boot with NATS down, a queue that survives a
+ * restart, and 1,000 events across a SIGKILL of the server. */
+
+#define NEV 1000
+
+struct fx {
+    uv_loop_t loop;
+    struct fx_nats ns;
+    char data[64];
+    struct nx_store *store;
+    struct nx_broker_conf conf;
+    char url[64];
+};
+
+static void on_store_ready(int rc, void *arg)
+{
+    *(int *)arg = rc == 0 ? 1 : -1;
+}
+
+static bool flag_set(void *arg)
+{
+    return *(int *)arg != 0;
+}
+
+static void fx_open_store(struct fx *f)
+{
+    int ready = 0;
+
+    assert_int_equal(nx_store_open(&f->loop, f->data, NULL, on_store_ready, &ready, &f->store), 0);
+    assert_true(fx_run_until(&f->loop, flag_set, &ready, 10000));
+    assert_int_equal(ready, 1);
+}
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof *f);
+
+    uv_loop_init(&f->loop);
+    snprintf(f->data, sizeof f->data, "/tmp/nx-bus-data-XXXXXX");
+    assert_non_null(mkdtemp(f->data));
+    f->ns.port = fx_free_port();
+    snprintf(f->url, sizeof f->url, "nats://127.0.0.1:%d", f->ns.port);
+    f->conf.type = NX_BROKER_NATS;
+    f->conf.url = f->url;
+    f->conf.reconnect.initial_backoff_ms = 50;
+    f->conf.reconnect.max_backoff_ms = 200;
+    f->conf.dlq.max_attempts = 3;
+    f->conf.limits.max_payload = 1 << 20;
+    f->conf.limits.max_pending = 100000;
+    f->conf.fallback.mode = "local_queue";
+    fx_open_store(f);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+
+    nx_store_close(f->store);
+    fx_drain(&f->loop);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+    fx_nats_stop(&f->ns);
+    fx_rm_tree(f->data);
+    free(f);
+    return 0;
+}
+
+static struct nx_bus *new_bus(struct fx *f, const char *name, bool with_store)
+{
+    struct nx_bus_opts o = {
+        .conf = &f->conf,
+        .store = with_store ? f->store : NULL,
+        .name = name,
+        .replay_delay_ms = 300,
+        .retain_ms = 1500,
+        .retry_backoff_ms = 5,
+        .poll_ms = 100,
+    };
+    struct nx_bus *bus = NULL;
+
+    assert_int_equal(nx_bus_new(&f->loop, &o, &bus), 0);
+    return bus;
+}
+
+static void free_bus(struct fx *f, struct nx_bus *bus)
+{
+    nx_bus_free(bus);
+    fx_drain(&f->loop);
+}
+
+struct two {
+    struct nx_bus *a, *b;
+};
+
+static bool both_nats(void *arg)
+{
+    struct two *t = arg;
+
+    return !strcmp(nx_bus_mode(t->a), "nats") && (!t->b || !strcmp(nx_bus_mode(t->b), "nats"));
+}
+
+/* ---- recording subscriber ---- */
+
+struct rec {
+    int n;        /* distinct events */
+    int dups;     /* deliveries of an event already seen */
+    int out_of_order;
+    int last;
+    unsigned char seen[NEV * 2];
+};
+
+static int on_rec(struct nx_bus *bus, struct nx_bus_msg *m, void *arg)
+{
+    struct rec *r = arg;
+    int n = (int)json_integer_value(json_object_get(m->env->payload, "n"));
+
+    (void)bus;
+    if (n < 0 || n >= NEV * 2)
+        return 0;
+    if (r->seen[n]++) {
+        r->dups++;
+        return 0;
+    }
+    if (r->n && n < r->last)
+        r->out_of_order++;
+    r->last = n;
+    r->n++;
+    return 0;
+}
+
+static int publish_n(struct nx_bus *bus, const char *subject, int n)
+{
+    struct nx_envelope *e = NULL;
+    json_t *p = json_pack("{s:i}", "n", n);
+    int rc = nx_envelope_new(subject, "test", "session-1", p, &e);
+
+    json_decref(p);
+    if (rc == 0)
+        rc = nx_bus_publish(bus, NULL, e);
+    nx_envelope_free(e);
+    return rc;
+}
+
+struct want {
+    const int *v;
+    int n;
+};
+
+static bool reached(void *arg)
+{
+    struct want *w = arg;
+
+    return *w->v >= w->n;
+}
+
+/* Subscriptions travel to the server asynchronously: publish probes until `to` hears one. */
+static void wait_subscribed(struct fx *f, struct nx_bus *from, struct nx_bus *to)
+{
+    struct rec probe = {0};
+    struct nx_bus_sub *sub = NULL;
+    uint64_t end = nx_mono_ms() + 10000;
+
+    assert_int_equal(nx_bus_subscribe(to, "probe", on_rec, &probe, &sub), 0);
+    for (int i = 0; !probe.n && nx_mono_ms() < end; i++) {
+        publish_n(from, "probe", NEV + (i % NEV));
+        fx_run_until(&f->loop, reached, &(struct want){&probe.n, 1}, 50);
+    }
+    assert_true(probe.n > 0);
+    nx_bus_unsubscribe(to, sub);
+}
+
+static void test_nats_pubsub_echo_rule_and_queue_groups(void **state)
+{
+    struct fx *f = *state;
+    struct rec at_a = {0}, at_b = {0}, qa = {0}, qb = {0};
+    struct two t;
+
+    assert_true(fx_nats_start(&f->ns));
+    t.a = new_bus(f, "a", true);
+    t.b = new_bus(f, "b", false);
+    assert_true(fx_run_until(&f->loop, both_nats, &t, 10000));
+    assert_true(nx_bus_is_ready(t.a));
+    assert_int_equal(nx_bus_subscribe(t.a, "plugin.inbound.>", on_rec, &at_a, NULL), 0);
+    assert_int_equal(nx_bus_subscribe(t.b, "plugin.inbound.>", on_rec, &at_b, NULL), 0);
+    assert_int_equal(nx_bus_queue_subscribe(t.a, "agent.route.*", "agents", on_rec, &qa, NULL), 0);
+    assert_int_equal(nx_bus_queue_subscribe(t.b, "agent.route.*", "agents", on_rec, &qb, NULL), 0);
+    wait_subscribed(f, t.a, t.b);
+    wait_subscribed(f, t.b, t.a);
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(publish_n(t.a, "plugin.inbound.telegram", i), 0);
+        assert_int_equal(publish_n(t.a, "agent.route.kate", i), 0);
+    }
+    assert_true(fx_run_until(&f->loop, reached, &(struct want){&at_b.n, 100}, 10000));
+    assert_true(fx_run_until(&f->loop, reached, &(struct want){&at_a.n, 100}, 10000));
+    fx_run_for(&f->loop, 100);
+    /* the publisher's own subscriber hears each event once, through NATS */
+    assert_int_equal(at_a.n, 100);
+    assert_int_equal(at_a.dups, 0);
+    assert_int_equal(at_b.n, 100);
+    assert_int_equal(at_b.dups, 0);
+    assert_int_equal(at_b.out_of_order, 0);
+    /* one member of the group across both processes */
+    assert_int_equal(qa.n + qb.n, 100);
+    assert_int_equal(qa.dups + qb.dups, 0);
+    free_bus(f, t.a);
+    free_bus(f, t.b);
+}
+
+static int on_echo(struct nx_bus *bus, struct nx_bus_msg *m, void *arg)
+{
+    struct nx_envelope *e = NULL;
+    int rc;
+
+    (void)arg;
+    nx_envelope_new("svc.reply", "echo", NULL, m->env->payload, &e);
+    rc = nx_bus_reply(bus, m, e);
+    nx_envelope_free(e);
+    return rc;
+}
+
+struct reply_rec {
+    int calls;
+    int rc;
+    int n;
+};
+
+static void on_reply(struct nx_bus *bus, int rc, const struct nx_bus_msg *m, void *arg)
+{
+    struct reply_rec *r = arg;
+
+    (void)bus;
+    r->calls++;
+    r->rc = rc;
+    if (m)
+        r->n = (int)json_integer_value(json_object_get(m->env->payload, "n"));
+}
+
+static void test_nats_request_reply(void **state)
+{
+    struct fx *f = *state;
+    struct reply_rec r = {0};
+    struct nx_envelope *e = NULL;
+    json_t *p = json_pack("{s:i}", "n", 42);
+    struct two t;
+
+    assert_true(fx_nats_start(&f->ns));
+    t.a = new_bus(f, "a", false);
+    t.b = new_bus(f, "b", false);
+    assert_true(fx_run_until(&f->loop, both_nats, &t, 10000));
+    assert_int_equal(nx_bus_subscribe(t.b, "svc.echo", on_echo, NULL, NULL), 0);
+    wait_subscribed(f, t.a, t.b);
+    nx_envelope_new("svc.echo", "test", NULL, p, &e);
+    assert_int_equal(nx_bus_request(t.a, NULL, e, 5000, on_reply, &r), 0);
+    assert_true(fx_run_until(&f->loop, reached, &(struct want){&r.calls, 1}, 6000));
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.n, 42);
+    nx_envelope_free(e);
+    json_decref(p);
+    free_bus(f, t.a);
+    free_bus(f, t.b);
+}
+
+/* NATS down at boot: fallback, local subscribers served, events queued; NATS up: the queue
+ * drains to the other process in order, and the local subscriber is not served twice. */
+static void test_nats_down_at_boot_then_switches_and_drains(void **state)
+{
+    struct fx *f = *state;
+    struct rec local = {0}, remote = {0};
+    struct nx_bus_stats st;
+    struct two t;
+
+    t.a = new_bus(f, "a", true);
+    t.b = new_bus(f, "b", false);
+    assert_string_equal(nx_bus_mode(t.a), "fallback");
+    assert_true(nx_bus_is_ready(t.a));
+    assert_int_equal(nx_bus_subscribe(t.a, "ev.>", on_rec, &local, NULL), 0);
+    assert_int_equal(nx_bus_subscribe(t.b, "ev.>", on_rec, &remote, NULL), 0);
+    for (int i = 0; i < 200; i++)
+        assert_int_equal(publish_n(t.a, "ev.x", i), 0);
+    assert_true(fx_run_until(&f->loop, reached, &(struct want){&local.n, 200}, 5000));
+    nx_bus_stats(t.a, &st);
+    assert_int_equal(st.queue_depth, 200);
+    assert_int_equal(st.queued, 200);
+    assert_int_equal(remote.n, 0);
+    assert_true(fx_nats_start(&f->ns));
+    assert_true(fx_run_until(&f->loop, both_nats, &t, 10000));
+    assert_true(fx_run_until(&f->loop, reached, &(struct want){&remote.n, 200}, 10000));
+    fx_run_for(&f->loop, 300);
+    assert_int_equal(remote.n, 200);
+    assert_int_equal(remote.dups, 0);
+    assert_int_equal(remote.out_of_order, 0);
+    assert_int_equal(local.n, 200);
+    assert_int_equal(local.dups, 0);
+    nx_bus_stats(t.a, &st);
+    assert_int_equal(st.queue_depth, 0);
+    assert_int_equal(st.replayed, 200);
+    free_bus(f, t.a);
+    free_bus(f, t.b);
+}
+
+/* Events queued while NATS is down survive a restart of the process and are replayed then. */
+static void test_nats_queue_survives_restart(void **state)
+{
+    struct fx *f = *state;
+    struct rec remote = {0};
+    struct nx_bus *a = new_bus(f, "a", true);
+    struct nx_bus_stats st;
+    struct two t;
+
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(publish_n(a, "ev.y", i), 0);
+    free_bus(f, a);
+    assert_true(fx_nats_start(&f->ns));
+    t.b = new_bus(f, "b", false);
+    assert_int_equal(nx_bus_subscribe(t.b, "ev.>", on_rec, &remote, NULL), 0);
+    t.a = new_bus(f, "a2", true);
+    assert_true(fx_run_until(&f->loop, both_nats, &t, 10000));
+    assert_true(fx_run_until(&f->loop, reached, &(struct want){&remote.n, 50}, 10000));
+    fx_run_for(&f->loop, 200);
+    assert_int_equal(remote.n, 50);
+    assert_int_equal(remote.dups, 0);
+    assert_int_equal(remote.out_of_order, 0);
+    nx_bus_stats(t.a, &st);
+    assert_int_equal(st.replayed, 50);
+    free_bus(f, t.a);
+    free_bus(f, t.b);
+}
+
+/* ---- 1,000 events at a steady rate, server SIGKILLed at 30 % and restarted ---- */
+
+struct load {
+    struct fx *f;
+    struct nx_bus *a;
+    uv_timer_t pub;
+    int next;
+    int rejected;
+    bool is_killed;
+    uint64_t killed_at;
+    bool is_restarted;
+    bool restart_failed;
+};
+
+static void on_pub_tick(uv_timer_t *t)
+{
+    struct load *l = t->data;
+
+    if (l->next < NEV) {
+        if (publish_n(l->a, "load.events", l->next) == 0)
+            l->next++;
+        else
+            l->rejected++;
+    }
+    if (l->next == NEV * 3 / 10 && !l->is_killed) {
+        fx_nats_kill(&l->f->ns, SIGKILL);
+        l->is_killed = true;
+        l->killed_at = nx_mono_ms();
+    }
+    if (l->is_killed && !l->is_restarted && nx_mono_ms() - l->killed_at >= 1000) {
+        l->is_restarted = true;
+        l->restart_failed = !fx_nats_start(&l->f->ns);
+    }
+    if (l->next >= NEV && l->is_restarted)
+        uv_timer_stop(t);
+}
+
+static void test_nats_kill_restart_every_event_exactly_once(void **state)
+{
+    struct fx *f = *state;
+    struct rec *remote = calloc(1, sizeof *remote);
+    struct load l = {.f = f};
+    struct nx_bus_stats sa, sb;
+    struct two t;
+
+    assert_true(fx_nats_start(&f->ns));
+    t.a = new_bus(f, "a", true);
+    t.b = new_bus(f, "b", false);
+    assert_true(fx_run_until(&f->loop, both_nats, &t, 10000));
+    assert_int_equal(nx_bus_subscribe(t.b, "load.>", on_rec, remote, NULL), 0);
+    wait_subscribed(f, t.a, t.b);
+    l.a = t.a;
+    uv_timer_init(&f->loop, &l.pub);
+    l.pub.data = &l;
+    uv_timer_start(&l.pub, on_pub_tick, 3, 3);
+    fx_run_until(&f->loop, reached, &(struct want){&remote->n, NEV}, 30000);
+    fx_run_for(&f->loop, 500); /* late duplicates would show here */
+    uv_timer_stop(&l.pub);
+    uv_close((uv_handle_t *)&l.pub, NULL);
+    nx_bus_stats(t.a, &sa);
+    nx_bus_stats(t.b, &sb);
+    print_message("kill/restart: published %d, received %d distinct, %d duplicate deliveries, "
+                  "%d out of order; replayed %llu; duplicates caught by the recent-id set %llu; "
+                  "mode changes a=%llu\n",
+                  l.next, remote->n, remote->dups, remote->out_of_order,
+                  (unsigned long long)sa.replayed, (unsigned long long)sb.duplicates,
+                  (unsigned long long)sa.mode_changes);
+    assert_true(l.is_killed);
+    assert_false(l.restart_failed);
+    assert_int_equal(l.next, NEV);
+    assert_int_equal(remote->n, NEV);   /* no loss */
+    assert_int_equal(remote->dups, 0);  /* no duplicate */
+    /* Order: the replay is in order, but libnats sends the bytes of a publish whose write failed
+     * as the server died again when it reconnects, ahead of our replay: at most one early chunk
+     * per outage (docs/bus.md, "Order across a crash"). */
+    assert_true(remote->out_of_order <= 1);
+    assert_true(sa.mode_changes >= 3);  /* fallback -> nats -> fallback -> nats */
+    free_bus(f, t.a);
+    free_bus(f, t.b);
+    free(remote);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_nats_pubsub_echo_rule_and_queue_groups, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nats_request_reply, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nats_down_at_boot_then_switches_and_drains, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_nats_queue_survives_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nats_kill_restart_every_event_exactly_once, setup,
+                                        teardown),
+    };
+    int rc;
+
+    signal(SIGPIPE, SIG_IGN);
+    nx_log_set_level(getenv("NX_TEST_LOG") ? NX_LOG_DEBUG : NX_LOG_ERROR);
+    rc = cmocka_run_group_tests(tests, NULL, NULL);
+    nats_CloseAndWait(5000);
+    return rc;
+}
