@@ -1,0 +1,558 @@
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/redact.h"
+#include "store/history.h"
+#include "store/history_internal.h"
+
+/* Sessions and their messages in SQLite; each append also goes to the session's transcript
+ * (JSONL file + FTS5 row), redacted. The database keeps the history unredacted (the model needs
+ * it as it was); the transcript copies are redacted. See docs/transcripts.md. */
+
+/* ---- session keys ---- */
+
+int nx_session_key_parse(const char *key, struct nx_session_key_parts *out)
+{
+    const char *agent, *channel, *peer;
+
+    memset(out, 0, sizeof *out);
+    if (!key || strncmp(key, "agent:", 6) != 0)
+        return NX_EINVAL;
+    agent = key + 6;
+    if (!(channel = strchr(agent, ':')) || channel == agent)
+        return NX_EINVAL;
+    channel++;
+    if (!(peer = strchr(channel, ':')) || peer == channel)
+        return NX_EINVAL;
+    peer++;
+    out->agent_id = agent;
+    out->agent_len = (size_t)(channel - 1 - agent);
+    out->channel = channel;
+    out->channel_len = (size_t)(peer - 1 - channel);
+    out->peer = peer;
+    out->peer_len = strlen(peer);
+    return 0;
+}
+
+char *nx_session_key_make(const char *agent_id, const char *channel, const char *peer)
+{
+    struct nx_buf b = NX_BUF_INIT;
+
+    nx_buf_printf(&b, "agent:%s:%s:%s", agent_id ? agent_id : "", channel ? channel : "",
+                  peer ? peer : "");
+    return nx_buf_steal(&b);
+}
+
+/* ---- append (store thread) ---- */
+
+struct append_job {
+    char *data_dir;
+    char *key;
+    char *agent;
+    char *channel;
+    char *peer;
+    char *source;
+    json_t *messages; /* our own deep copy */
+    uint64_t input_tokens;
+    uint64_t output_tokens;
+    uint64_t now_ms;
+    nx_store_done_fn done;
+    void *arg;
+};
+
+static void append_free(struct append_job *j)
+{
+    free(j->data_dir);
+    free(j->key);
+    free(j->agent);
+    free(j->channel);
+    free(j->peer);
+    free(j->source);
+    json_decref(j->messages);
+    free(j);
+}
+
+static bool is_valid_message(const json_t *m)
+{
+    const json_t *content = json_object_get(m, "content");
+
+    return json_is_string(json_object_get(m, "role")) &&
+           (json_is_array(content) || json_is_string(content));
+}
+
+/* ---- prepared statements, kept per store thread ---- */
+
+enum {
+    ST_UPSERT,
+    ST_NEXT_SEQ,
+    ST_INSERT,
+    ST_FTS,
+    ST_LOAD,
+    ST_COUNT,
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_UPSERT] = "INSERT INTO sessions(key, agent_id, channel, peer, created_at, updated_at,"
+                  "                     message_count, input_tokens, output_tokens) "
+                  "VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8) "
+                  "ON CONFLICT(key) DO UPDATE SET updated_at = excluded.updated_at, "
+                  "  message_count = message_count + excluded.message_count, "
+                  "  input_tokens = input_tokens + excluded.input_tokens, "
+                  "  output_tokens = output_tokens + excluded.output_tokens",
+    [ST_NEXT_SEQ] = "SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE session_key = ?1",
+    [ST_INSERT] = "INSERT INTO messages(session_key, seq, role, content, created_at) "
+                  "VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_FTS] = "INSERT INTO transcripts_fts(rowid, content, agent_id, session_key, role, ts) "
+               "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [ST_LOAD] = "SELECT role, content FROM ("
+                "  SELECT seq, role, content FROM messages WHERE session_key = ?1 "
+                "  ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
+};
+
+/* Jobs run on the store thread, one connection per thread, so the statements are prepared once
+ * per thread (parsing SQL was most of an append's cost) and reset after every use. They must be
+ * finalized before the connection closes, or sqlite3_close fails: SQLite reports
+ * SQLITE_TRACE_CLOSE on the closing thread before it checks for open statements, so that is
+ * where they go (finalizing every statement from the store instead would also take FTS5's own). */
+static _Thread_local sqlite3 *cache_db;
+static _Thread_local sqlite3_stmt *cache_st[ST_COUNT];
+
+static int on_db_close(unsigned type, void *ctx, void *p, void *x)
+{
+    (void)ctx;
+    (void)x;
+    if (type == SQLITE_TRACE_CLOSE && p == cache_db) {
+        for (size_t i = 0; i < ST_COUNT; i++)
+            sqlite3_finalize(cache_st[i]);
+        memset(cache_st, 0, sizeof cache_st);
+        cache_db = NULL;
+    }
+    return 0;
+}
+
+static sqlite3_stmt *stmt_get(sqlite3 *db, int which)
+{
+    if (cache_db != db) {
+        /* A connection this thread has not used yet (a store thread has only one). */
+        memset(cache_st, 0, sizeof cache_st);
+        cache_db = db;
+        sqlite3_trace_v2(db, SQLITE_TRACE_CLOSE, on_db_close, NULL);
+    }
+    if (!cache_st[which] &&
+        sqlite3_prepare_v3(db, stmt_sql[which], -1, SQLITE_PREPARE_PERSISTENT, &cache_st[which],
+                           NULL) != SQLITE_OK)
+        cache_st[which] = NULL;
+    return cache_st[which];
+}
+
+static void stmt_done(sqlite3_stmt *st)
+{
+    if (st) {
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+    }
+}
+
+static int exec_stmt(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : NX_EDB;
+
+    stmt_done(st);
+    return rc;
+}
+
+static int upsert_session(sqlite3 *db, const struct append_job *j, size_t n)
+{
+    sqlite3_stmt *st = stmt_get(db, ST_UPSERT);
+
+    if (!st)
+        return NX_EDB;
+    sqlite3_bind_text(st, 1, j->key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, j->agent, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, j->channel, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, j->peer, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)j->now_ms);
+    sqlite3_bind_int64(st, 6, (sqlite3_int64)n);
+    sqlite3_bind_int64(st, 7, (sqlite3_int64)j->input_tokens);
+    sqlite3_bind_int64(st, 8, (sqlite3_int64)j->output_tokens);
+    return exec_stmt(st);
+}
+
+static int next_seq(sqlite3 *db, const char *key, int64_t *out)
+{
+    sqlite3_stmt *st = stmt_get(db, ST_NEXT_SEQ);
+    int rc = NX_EDB;
+
+    if (!st)
+        return NX_EDB;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        *out = sqlite3_column_int64(st, 0);
+        rc = 0;
+    }
+    stmt_done(st);
+    return rc;
+}
+
+/* One JSONL line for a message, every string redacted, newline-terminated. */
+static void jsonl_line(const struct append_job *j, const char *ts, const json_t *m,
+                       struct nx_buf *out)
+{
+    json_t *line = json_object();
+    json_t *clean;
+    char *text;
+
+    json_object_set_new(line, "ts", json_string(ts));
+    json_object_set_new(line, "session", nx_json_string_lossy(j->key));
+    json_object_set_new(line, "agent", nx_json_string_lossy(j->agent));
+    json_object_set_new(line, "source", nx_json_string_lossy(j->source));
+    json_object_set(line, "role", json_object_get(m, "role"));
+    json_object_set(line, "content", json_object_get(m, "content"));
+    clean = nx_json_redacted(line);
+    text = json_dumps(clean, JSON_COMPACT | JSON_PRESERVE_ORDER);
+
+    NX_ASSERT(text);
+    nx_buf_puts(out, text);
+    nx_buf_putc(out, '\n');
+    free(text);
+    json_decref(clean);
+    json_decref(line);
+}
+
+static int append_job_run(sqlite3 *db, void *arg)
+{
+    struct append_job *j = arg;
+    sqlite3_stmt *ins;
+    sqlite3_stmt *fts;
+    struct nx_buf text = NX_BUF_INIT;
+    struct nx_buf clean = NX_BUF_INIT;
+    struct nx_buf lines = NX_BUF_INIT;
+    size_t n = json_array_size(j->messages);
+    char ts[40];
+    int64_t seq = 0;
+    size_t i;
+    json_t *m;
+    int rc = NX_EINVAL;
+
+    json_array_foreach(j->messages, i, m) {
+        if (!is_valid_message(m)) {
+            nx_warn("history", "append to %s: message %zu has no role or content; nothing stored",
+                    j->key, i);
+            goto out;
+        }
+    }
+    rc = NX_EDB;
+    if ((rc = upsert_session(db, j, n)) < 0 || (rc = next_seq(db, j->key, &seq)) < 0)
+        goto out;
+    rc = NX_EDB;
+    if (!(ins = stmt_get(db, ST_INSERT)) || !(fts = stmt_get(db, ST_FTS)))
+        goto out;
+
+    nx_rfc3339(j->now_ms, ts, sizeof ts);
+    json_array_foreach(j->messages, i, m) {
+        const char *role = json_string_value(json_object_get(m, "role"));
+        char *content = json_dumps(json_object_get(m, "content"),
+                                   JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
+
+        NX_ASSERT(content);
+        sqlite3_bind_text(ins, 1, j->key, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(ins, 2, seq + (int64_t)i);
+        sqlite3_bind_text(ins, 3, role, -1, SQLITE_STATIC);
+        sqlite3_bind_text(ins, 4, content, -1, free);
+        sqlite3_bind_int64(ins, 5, (sqlite3_int64)j->now_ms);
+        if ((rc = exec_stmt(ins)) < 0)
+            goto out;
+        rc = NX_EDB;
+
+        nx_buf_reset(&text);
+        nx_buf_reset(&clean);
+        nx_transcript_text(json_object_get(m, "content"), &text);
+        if (text.len) {
+            nx_redact_append(&clean, text.data, text.len);
+            sqlite3_bind_int64(fts, 1, sqlite3_last_insert_rowid(db));
+            sqlite3_bind_text(fts, 2, nx_buf_cstr(&clean), (int)clean.len, SQLITE_STATIC);
+            sqlite3_bind_text(fts, 3, j->agent, -1, SQLITE_STATIC);
+            sqlite3_bind_text(fts, 4, j->key, -1, SQLITE_STATIC);
+            sqlite3_bind_text(fts, 5, role, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(fts, 6, (sqlite3_int64)j->now_ms);
+            if ((rc = exec_stmt(fts)) < 0)
+                goto out;
+            rc = NX_EDB;
+        }
+        jsonl_line(j, ts, m, &lines);
+    }
+
+    /* The database is the record; the JSONL file is an export of it. A failed file write is
+     * logged and counted, and the history still commits (docs/transcripts.md). */
+    if (lines.len && nx_transcript_write(j->data_dir, j->agent, j->key, lines.data, lines.len) < 0)
+        nx_counter_add(nx_metric_counter("nexo_transcript_write_errors_total",
+                                         "JSONL transcript appends that failed (the database part "
+                                         "was kept).",
+                                         NULL),
+                       NULL, 1);
+    rc = 0;
+out:
+    if (rc < 0 && rc != NX_EINVAL)
+        nx_error("history", "append to %s failed: %s", j->key, sqlite3_errmsg(db));
+    nx_buf_cleanup(&text);
+    nx_buf_cleanup(&clean);
+    nx_buf_cleanup(&lines);
+    return rc;
+}
+
+static void append_done(int rc, void *arg)
+{
+    struct append_job *j = arg;
+    nx_store_done_fn done = j->done;
+    void *done_arg = j->arg;
+
+    append_free(j);
+    if (done)
+        done(rc, done_arg);
+}
+
+/* The job of a request that was refused before it reached the database. */
+static int invalid_job(sqlite3 *db, void *arg)
+{
+    (void)db;
+    (void)arg;
+    return NX_EINVAL;
+}
+
+void nx_history_append(struct nx_store *s, const char *data_dir,
+                       const struct nx_history_append *a, nx_store_done_fn done, void *arg)
+{
+    struct append_job *j = nx_calloc(1, sizeof *j);
+    struct nx_session_key_parts parts;
+    bool is_parsed;
+    bool is_ok;
+
+    NX_ASSERT(s && a);
+    j->done = done;
+    j->arg = arg;
+    is_parsed = nx_session_key_parse(a->session_key, &parts) == 0;
+    is_ok = a->session_key && *a->session_key && data_dir && *data_dir &&
+            (is_parsed || (a->agent_id && *a->agent_id)) && json_is_array(a->messages);
+    if (is_ok && is_parsed && a->agent_id && *a->agent_id &&
+        (strlen(a->agent_id) != parts.agent_len ||
+         memcmp(a->agent_id, parts.agent_id, parts.agent_len) != 0)) {
+        nx_warn("history", "session %s does not belong to agent %s; not stored", a->session_key,
+                a->agent_id);
+        is_ok = false;
+    }
+    if (!is_ok) {
+        /* Still through the store, so that done runs on the loop like every completion. */
+        nx_store_write(s, invalid_job, append_done, j);
+        return;
+    }
+    j->data_dir = nx_strdup(data_dir);
+    j->key = nx_strdup(a->session_key);
+    if (is_parsed) {
+        j->agent = nx_strndup(parts.agent_id, parts.agent_len);
+        j->channel = nx_strndup(parts.channel, parts.channel_len);
+        j->peer = nx_strndup(parts.peer, parts.peer_len);
+    } else {
+        j->agent = nx_strdup(a->agent_id);
+        j->channel = nx_strdup(a->source ? a->source : "");
+        j->peer = nx_strdup("");
+    }
+    j->source = nx_strdup(a->source && *a->source ? a->source : j->channel);
+    j->messages = json_deep_copy(a->messages);
+    NX_ASSERT(j->messages);
+    j->input_tokens = a->input_tokens;
+    j->output_tokens = a->output_tokens;
+    j->now_ms = nx_wall_ms();
+    nx_store_write(s, append_job_run, append_done, j);
+}
+
+/* ---- load (store thread) ---- */
+
+struct load_job {
+    char *key;
+    int64_t max;
+    json_t *messages;
+    nx_history_loaded_fn done;
+    void *arg;
+};
+
+static int load_job_run(sqlite3 *db, void *arg)
+{
+    struct load_job *j = arg;
+    sqlite3_stmt *st = stmt_get(db, ST_LOAD);
+    json_t *list = json_array();
+    int src;
+    int rc = NX_EDB;
+
+    if (!st)
+        goto out;
+    sqlite3_bind_text(st, 1, j->key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, j->max);
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *role = (const char *)sqlite3_column_text(st, 0);
+        const char *text = (const char *)sqlite3_column_text(st, 1);
+        json_t *content = text ? json_loads(text, JSON_DECODE_ANY, NULL) : NULL;
+        if (!content) {
+            nx_error("history", "session %s: a stored message is not JSON", j->key);
+            goto out;
+        }
+        json_t *m = json_object();
+        json_object_set_new(m, "role", nx_json_string_lossy(role));
+        json_object_set_new(m, "content", content);
+        json_array_append_new(list, m);
+    }
+    if (src != SQLITE_DONE)
+        goto out;
+    j->messages = list;
+    list = NULL;
+    rc = 0;
+out:
+    if (rc < 0 && sqlite3_errcode(db) != SQLITE_OK)
+        nx_error("history", "load %s failed: %s", j->key, sqlite3_errmsg(db));
+    json_decref(list);
+    stmt_done(st);
+    return rc;
+}
+
+static void load_done(int rc, void *arg)
+{
+    struct load_job *j = arg;
+    json_t *messages = rc < 0 ? NULL : j->messages;
+
+    if (rc < 0)
+        json_decref(j->messages);
+    if (j->done)
+        j->done(rc, messages, j->arg);
+    else
+        json_decref(messages);
+    free(j->key);
+    free(j);
+}
+
+void nx_history_load(struct nx_store *s, const char *session_key, size_t max_messages,
+                     nx_history_loaded_fn done, void *arg)
+{
+    struct load_job *j = nx_calloc(1, sizeof *j);
+
+    NX_ASSERT(s);
+    j->done = done;
+    j->arg = arg;
+    if (!session_key || !*session_key) {
+        nx_store_read(s, invalid_job, load_done, j);
+        return;
+    }
+    j->key = nx_strdup(session_key);
+    j->max = max_messages == 0 || max_messages > INT64_MAX ? -1 : (int64_t)max_messages;
+    nx_store_read(s, load_job_run, load_done, j);
+}
+
+/* ---- trimming to a token budget ---- */
+
+/* About 4 bytes of English or JSON per token; images a flat guess. Errs on the high side. */
+#define BYTES_PER_TOKEN 4
+#define MESSAGE_OVERHEAD_TOKENS 4
+#define IMAGE_TOKENS 1600
+
+static uint64_t bytes_to_tokens(size_t n)
+{
+    return (n + BYTES_PER_TOKEN - 1) / BYTES_PER_TOKEN;
+}
+
+static uint64_t json_tokens(const json_t *v)
+{
+    char *s;
+    uint64_t n;
+
+    if (!v)
+        return 0;
+    if (json_is_string(v))
+        return bytes_to_tokens(json_string_length(v));
+    s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    n = s ? bytes_to_tokens(strlen(s)) : 0;
+    free(s);
+    return n;
+}
+
+uint64_t nx_history_estimate_tokens(const json_t *message)
+{
+    const json_t *content = json_object_get(message, "content");
+    uint64_t n = MESSAGE_OVERHEAD_TOKENS;
+    size_t i;
+    const json_t *b;
+
+    if (!json_is_array(content))
+        return n + json_tokens(content);
+    json_array_foreach(content, i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (type && strcmp(type, "text") == 0)
+            n += json_tokens(json_object_get(b, "text"));
+        else if (type && strcmp(type, "tool_use") == 0)
+            n += json_tokens(json_object_get(b, "name")) + json_tokens(json_object_get(b, "input"));
+        else if (type && strcmp(type, "tool_result") == 0)
+            n += json_tokens(json_object_get(b, "content"));
+        else if (type && strcmp(type, "image") == 0)
+            n += IMAGE_TOKENS;
+        else
+            n += json_tokens(b);
+    }
+    return n;
+}
+
+/* A place where a conversation can begin: a user message that answers no earlier tool call. */
+static bool is_clean_start(const json_t *m)
+{
+    const json_t *content = json_object_get(m, "content");
+    const char *role = json_string_value(json_object_get(m, "role"));
+    size_t i;
+    const json_t *b;
+
+    if (!role || strcmp(role, "user") != 0)
+        return false;
+    json_array_foreach(content, i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (type && strcmp(type, "tool_result") == 0)
+            return false;
+    }
+    return true;
+}
+
+size_t nx_history_trim(json_t *messages, uint64_t max_tokens)
+{
+    size_t n = json_array_size(messages);
+    size_t cut = n;
+    uint64_t total = 0;
+
+    if (n == 0)
+        return 0;
+    /* Smallest cut whose tail fits; the last message is always kept. */
+    while (cut > 0) {
+        uint64_t t = nx_history_estimate_tokens(json_array_get(messages, cut - 1));
+        if (cut < n && total + t > max_tokens)
+            break;
+        total += t;
+        cut--;
+    }
+    if (cut > 0) {
+        size_t c = cut;
+        while (c < n && !is_clean_start(json_array_get(messages, c)))
+            c++;
+        if (c == n) {
+            /* No clean start inside the budget: go back to the nearest one, over budget,
+             * rather than send a tool result without its call. */
+            c = cut;
+            while (c > 0 && !is_clean_start(json_array_get(messages, c)))
+                c--;
+        }
+        cut = c;
+    }
+    for (size_t i = 0; i < cut; i++)
+        json_array_remove(messages, 0);
+    return cut;
+}

@@ -1,0 +1,38 @@
+#ifndef NX_STORE_HISTORY_INTERNAL_H
+#define NX_STORE_HISTORY_INTERNAL_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+#include "core/buf.h"
+
+/* Shared by history.c and transcripts.c (and their tests); not for other modules. */
+
+/* Appends the file-system-safe form of `name` (an agent id or a session key) to out: bytes in
+ * [A-Za-z0-9._-] stay, every other byte (and a leading '.') becomes %XX (upper-case hex), so
+ * the mapping is reversible and never yields '/', "." or "..". A result longer than 128 bytes is
+ * cut to its first 96 bytes plus '~' and 32 hex digits of the SHA-256 of `name`. */
+void nx_transcript_name(const char *name, struct nx_buf *out);
+
+/* The transcript path: <data_dir>/transcripts/<name(agent)>/<name(session_key)>.jsonl. */
+void nx_transcript_path(const char *data_dir, const char *agent_id, const char *session_key,
+                        struct nx_buf *out);
+
+/* Appends `len` bytes (whole JSONL lines) to the session's transcript in one O_APPEND write,
+ * creating <data_dir>/transcripts and the agent directory (0700) and the file (0600) as needed.
+ * Symlinks are not followed. Returns 0 or NX_EIO (with the reason logged). */
+int nx_transcript_write(const char *data_dir, const char *agent_id, const char *session_key,
+                        const char *lines, size_t len);
+
+/* A JSON string of s; when s is not valid UTF-8 (a peer id cut in the middle of a character, a
+ * raw header), each byte of it >= 0x80 becomes '?'. Never NULL. */
+json_t *nx_json_string_lossy(const char *s);
+
+/* A deep copy of v with every string (object keys too) passed through nx_redact_append. */
+json_t *nx_json_redacted(const json_t *v);
+
+/* The searchable text of a message's content (unredacted): text blocks, tool names, tool
+ * results, separated by newlines. A string content is taken whole. */
+void nx_transcript_text(const json_t *content, struct nx_buf *out);
+
+#endif

@@ -1,0 +1,698 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/sha.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/redact.h"
+#include "runtime/runtime.h"
+#include "store/history.h"
+#include "store/history_internal.h"
+
+/* Transcripts: file names, the JSONL writer, redaction of JSON values, the searchable text of a
+ * message, FTS5 search and `nexo transcripts`. See docs/transcripts.md. */
+
+#define NAME_MAX_ENCODED 128
+#define NAME_KEEP 96
+#define SEARCH_DEFAULT_LIMIT 20
+#define SEARCH_MAX_LIMIT 1000
+#define CLI_TIMEOUT_MS 120000
+
+/* ---- file names ---- */
+
+static bool is_safe_byte(unsigned char c, bool is_first)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    if (c == '.')
+        return !is_first; /* never ".", "..", nor a hidden file */
+    return c == '_' || c == '-';
+}
+
+void nx_transcript_name(const char *name, struct nx_buf *out)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t start = out->len;
+    size_t n = strlen(name);
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (is_safe_byte(c, i == 0)) {
+            nx_buf_putc(out, (char)c);
+        } else {
+            char esc[3] = {'%', hex[c >> 4], hex[c & 15]};
+            nx_buf_append(out, esc, sizeof esc);
+        }
+    }
+    if (n == 0)
+        nx_buf_puts(out, "%00"); /* no empty names; NUL cannot occur in a real name */
+    if (out->len - start <= NAME_MAX_ENCODED)
+        return;
+
+    /* Too long for a file name: a prefix (not cut inside a %XX) plus a digest of the whole. */
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    size_t keep = NAME_KEEP;
+    if (out->data[start + keep - 1] == '%')
+        keep -= 1;
+    else if (out->data[start + keep - 2] == '%')
+        keep -= 2;
+    out->len = start + keep;
+    out->data[out->len] = '\0';
+    SHA256((const unsigned char *)name, n, md);
+    nx_buf_putc(out, '~');
+    for (size_t i = 0; i < 16; i++) {
+        char h[2] = {hex[md[i] >> 4], hex[md[i] & 15]};
+        nx_buf_append(out, h, 2);
+    }
+}
+
+void nx_transcript_path(const char *data_dir, const char *agent_id, const char *session_key,
+                        struct nx_buf *out)
+{
+    nx_buf_printf(out, "%s/transcripts/", data_dir);
+    nx_transcript_name(agent_id, out);
+    nx_buf_putc(out, '/');
+    nx_transcript_name(session_key, out);
+    nx_buf_puts(out, ".jsonl");
+}
+
+/* mkdir 0700 whatever the umask; an existing directory is fine. */
+static int ensure_dir(const char *path)
+{
+    struct stat st;
+
+    if (mkdir(path, 0700) == 0)
+        return chmod(path, 0700) == 0 ? 0 : NX_EIO;
+    if (errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return 0;
+    if (errno == EEXIST)
+        errno = ENOTDIR;
+    return NX_EIO;
+}
+
+static int write_all(int fd, const char *p, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return NX_EIO;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Creates <data_dir>/transcripts/<agent>; path holds "<data_dir>/transcripts/<agent>/<file>" and
+ * agent_end is where "/<file>" starts. */
+static int make_dirs(struct nx_buf *path, size_t transcripts_end, size_t agent_end)
+{
+    int rc;
+
+    path->data[transcripts_end] = '\0';
+    rc = ensure_dir(path->data);
+    path->data[transcripts_end] = '/';
+    if (rc < 0)
+        return rc;
+    path->data[agent_end] = '\0';
+    rc = ensure_dir(path->data);
+    path->data[agent_end] = '/';
+    return rc;
+}
+
+int nx_transcript_write(const char *data_dir, const char *agent_id, const char *session_key,
+                        const char *lines, size_t len)
+{
+    const int flags = O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
+    struct nx_buf path = NX_BUF_INIT;
+    size_t transcripts_end;
+    size_t agent_end;
+    struct stat st;
+    int fd;
+    int rc = NX_EIO;
+
+    nx_buf_printf(&path, "%s/transcripts", data_dir);
+    transcripts_end = path.len;
+    nx_buf_putc(&path, '/');
+    nx_transcript_name(agent_id, &path);
+    agent_end = path.len;
+    nx_buf_putc(&path, '/');
+    nx_transcript_name(session_key, &path);
+    nx_buf_puts(&path, ".jsonl");
+
+    /* The common case is a file that exists: one open. Otherwise make what is missing. */
+    fd = open(path.data, flags);
+    if (fd < 0 && errno == ENOENT) {
+        if (make_dirs(&path, transcripts_end, agent_end) < 0)
+            goto fail;
+        fd = open(path.data, flags | O_CREAT | O_EXCL, 0600);
+        if (fd >= 0 && fchmod(fd, 0600) < 0) /* whatever the umask took away */
+            goto fail;
+        if (fd < 0 && errno == EEXIST)
+            fd = open(path.data, flags);
+    }
+    if (fd < 0 || fstat(fd, &st) < 0)
+        goto fail;
+    if (!S_ISREG(st.st_mode)) {
+        errno = EINVAL;
+        goto fail;
+    }
+    if (write_all(fd, lines, len) < 0)
+        goto fail;
+    rc = 0;
+    goto out;
+fail:
+    nx_error("transcripts", "cannot append to %s: %s", nx_buf_cstr(&path), strerror(errno));
+out:
+    if (fd >= 0)
+        close(fd);
+    nx_buf_cleanup(&path);
+    return rc;
+}
+
+/* ---- redaction of JSON values ---- */
+
+json_t *nx_json_string_lossy(const char *s)
+{
+    json_t *v = json_string(s ? s : "");
+    char *copy;
+
+    if (v)
+        return v;
+    copy = nx_strdup(s);
+    for (char *p = copy; *p; p++) {
+        if ((unsigned char)*p >= 0x80)
+            *p = '?';
+    }
+    v = json_string(copy);
+    free(copy);
+    NX_ASSERT(v);
+    return v;
+}
+
+static json_t *redacted_string(const char *s, size_t len)
+{
+    struct nx_buf b = NX_BUF_INIT;
+    json_t *v;
+
+    nx_redact_append(&b, s, len);
+    v = json_stringn(b.len ? b.data : "", b.len);
+    nx_buf_cleanup(&b);
+    /* Redaction only rewrites ASCII runs, so valid UTF-8 stays valid; be safe anyway. */
+    return v ? v : json_string("[REDACTED]");
+}
+
+json_t *nx_json_redacted(const json_t *v)
+{
+    json_t *out;
+
+    switch (json_typeof(v)) {
+    case JSON_STRING:
+        return redacted_string(json_string_value(v), json_string_length(v));
+    case JSON_ARRAY: {
+        size_t i;
+        json_t *item;
+        out = json_array();
+        json_array_foreach(v, i, item)
+            json_array_append_new(out, nx_json_redacted(item));
+        return out;
+    }
+    case JSON_OBJECT: {
+        const char *key;
+        size_t klen;
+        json_t *item;
+        out = json_object();
+        json_object_keylen_foreach((json_t *)v, key, klen, item) {
+            struct nx_buf k = NX_BUF_INIT;
+            nx_redact_append(&k, key, klen);
+            json_object_setn_new(out, k.len ? k.data : "", k.len, nx_json_redacted(item));
+            nx_buf_cleanup(&k);
+        }
+        return out;
+    }
+    default:
+        return json_deep_copy(v);
+    }
+}
+
+/* ---- searchable text ---- */
+
+static void put_part(struct nx_buf *out, const char *s, size_t len)
+{
+    if (!s || !len)
+        return;
+    if (out->len)
+        nx_buf_putc(out, '\n');
+    nx_buf_append(out, s, len);
+}
+
+static void put_string(struct nx_buf *out, const json_t *v)
+{
+    if (json_is_string(v))
+        put_part(out, json_string_value(v), json_string_length(v));
+}
+
+void nx_transcript_text(const json_t *content, struct nx_buf *out)
+{
+    size_t i;
+    const json_t *block;
+
+    if (json_is_string(content)) {
+        put_string(out, content);
+        return;
+    }
+    if (!json_is_array(content))
+        return;
+    json_array_foreach(content, i, block) {
+        const char *type = json_string_value(json_object_get(block, "type"));
+        if (!type)
+            continue;
+        if (strcmp(type, "text") == 0) {
+            put_string(out, json_object_get(block, "text"));
+        } else if (strcmp(type, "tool_use") == 0) {
+            put_string(out, json_object_get(block, "name"));
+        } else if (strcmp(type, "tool_result") == 0) {
+            const json_t *c = json_object_get(block, "content");
+            if (json_is_array(c))
+                nx_transcript_text(c, out); /* blocks inside a tool result */
+            else
+                put_string(out, c);
+        }
+    }
+}
+
+/* ---- search (store thread) ---- */
+
+struct search {
+    char *query;
+    char *agent;       /* NULL = every agent */
+    int64_t limit;
+    json_t *rows;      /* on success */
+    bool is_phrase;    /* the query did not parse and was searched as a phrase */
+    char err[256];     /* why the query failed, or why it was rewritten */
+    void (*finish)(int rc, struct search *q);
+    nx_transcripts_found_fn done;
+    void *arg;
+};
+
+static void search_free(struct search *q)
+{
+    if (!q)
+        return;
+    free(q->query);
+    free(q->agent);
+    json_decref(q->rows);
+    free(q);
+}
+
+static const char search_sql[] =
+    "SELECT agent_id, session_key, role, ts, "
+    "       snippet(transcripts_fts, 0, '[', ']', '...', 16) "
+    "FROM transcripts_fts WHERE transcripts_fts MATCH ?1 AND (?2 IS NULL OR agent_id = ?2) "
+    "ORDER BY rank LIMIT ?3";
+
+static const char *col_text(sqlite3_stmt *st, int i)
+{
+    const char *s = (const char *)sqlite3_column_text(st, i);
+    return s ? s : "";
+}
+
+/* NX_EINVAL when SQLite rejects the query itself (FTS5 syntax, unknown column), NX_EDB else. */
+static int query_rows(sqlite3 *db, struct search *q, const char *match)
+{
+    sqlite3_stmt *st = NULL;
+    json_t *rows = json_array();
+    int src;
+    int rc = NX_EDB;
+
+    if (sqlite3_prepare_v2(db, search_sql, -1, &st, NULL) != SQLITE_OK) {
+        snprintf(q->err, sizeof q->err, "%s", sqlite3_errmsg(db));
+        goto out;
+    }
+    sqlite3_bind_text(st, 1, match, -1, SQLITE_STATIC);
+    if (q->agent)
+        sqlite3_bind_text(st, 2, q->agent, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, q->limit);
+    while ((src = sqlite3_step(st)) == SQLITE_ROW) {
+        char ts[40];
+        int64_t ms = sqlite3_column_int64(st, 3);
+        nx_rfc3339((uint64_t)(ms > 0 ? ms : 0), ts, sizeof ts);
+        json_t *row = json_object();
+        json_object_set_new(row, "agent_id", nx_json_string_lossy(col_text(st, 0)));
+        json_object_set_new(row, "session_key", nx_json_string_lossy(col_text(st, 1)));
+        json_object_set_new(row, "role", nx_json_string_lossy(col_text(st, 2)));
+        json_object_set_new(row, "timestamp", json_string(ts));
+        json_object_set_new(row, "ts_ms", json_integer((json_int_t)ms));
+        json_object_set_new(row, "snippet", nx_json_string_lossy(col_text(st, 4)));
+        json_array_append_new(rows, row);
+    }
+    if (src != SQLITE_DONE) {
+        snprintf(q->err, sizeof q->err, "%s", sqlite3_errmsg(db));
+        rc = src == SQLITE_ERROR ? NX_EINVAL : NX_EDB;
+        goto out;
+    }
+    json_decref(q->rows);
+    q->rows = rows;
+    rows = NULL;
+    rc = 0;
+out:
+    json_decref(rows);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* The user's query as one FTS5 string: "..." with inner quotes doubled. */
+static char *as_phrase(const char *query)
+{
+    struct nx_buf b = NX_BUF_INIT;
+
+    nx_buf_putc(&b, '"');
+    for (const char *p = query; *p; p++) {
+        if (*p == '"')
+            nx_buf_putc(&b, '"');
+        nx_buf_putc(&b, *p);
+    }
+    nx_buf_putc(&b, '"');
+    return nx_buf_steal(&b);
+}
+
+static int search_job(sqlite3 *db, void *arg)
+{
+    struct search *q = arg;
+    char first_err[256];
+    char *phrase;
+    int rc;
+
+    rc = query_rows(db, q, q->query);
+    if (rc != NX_EINVAL)
+        return rc;
+    /* Not valid FTS5 syntax: search for the words as they were typed. */
+    snprintf(first_err, sizeof first_err, "%s", q->err);
+    phrase = as_phrase(q->query);
+    rc = query_rows(db, q, phrase);
+    free(phrase);
+    snprintf(q->err, sizeof q->err, "%s", first_err);
+    q->is_phrase = rc == 0;
+    return rc;
+}
+
+static void search_done(int rc, void *arg)
+{
+    struct search *q = arg;
+
+    q->finish(rc, q);
+}
+
+static bool is_blank(const char *s)
+{
+    for (; s && *s; s++) {
+        if (*s != ' ' && *s != '\t' && *s != '\n' && *s != '\r')
+            return false;
+    }
+    return true;
+}
+
+static void search_submit(struct nx_store *s, struct search *q)
+{
+    if (is_blank(q->query)) {
+        snprintf(q->err, sizeof q->err, "empty query");
+        q->finish(NX_EINVAL, q);
+        return;
+    }
+    nx_store_read(s, search_job, search_done, q);
+}
+
+static void public_finish(int rc, struct search *q)
+{
+    json_t *rows = NULL;
+
+    if (rc >= 0) {
+        rows = q->rows;
+        q->rows = NULL;
+    } else {
+        nx_debug("transcripts", "search \"%s\" failed: %s (%s)", q->query, nx_strerror(rc), q->err);
+    }
+    if (q->done)
+        q->done(rc, rows, q->arg);
+    else
+        json_decref(rows);
+    search_free(q);
+}
+
+static struct search *search_new(const char *query, const char *agent_id, size_t limit)
+{
+    struct search *q = nx_calloc(1, sizeof *q);
+
+    q->query = nx_strdup(query ? query : "");
+    q->agent = agent_id && *agent_id ? nx_strdup(agent_id) : NULL;
+    q->limit = limit == 0 ? SEARCH_DEFAULT_LIMIT
+                          : (int64_t)(limit > SEARCH_MAX_LIMIT ? SEARCH_MAX_LIMIT : limit);
+    return q;
+}
+
+void nx_transcripts_search(struct nx_store *s, const char *query, const char *agent_id,
+                           size_t limit, nx_transcripts_found_fn done, void *arg)
+{
+    struct search *q = search_new(query, agent_id, limit);
+
+    q->finish = public_finish;
+    q->done = done;
+    q->arg = arg;
+    search_submit(s, q);
+}
+
+/* ---- nexo transcripts ---- */
+
+static const char cli_usage[] =
+    "Usage: nexo transcripts search QUERY [--agent ID] [--limit N] [--json]\n"
+    "\n"
+    "Searches the recorded conversations (redacted) with SQLite FTS5. QUERY uses FTS5 syntax\n"
+    "(words, \"phrases\", AND/OR/NOT, prefix*); a query that does not parse is searched as a\n"
+    "phrase. Prints one hit per line, best first: <time> <agent> <session> <role>: <snippet>.\n"
+    "\n"
+    "  --agent ID   only this agent's transcripts\n"
+    "  --limit N    at most N hits (1-1000, default 20)\n"
+    "  --json       print a JSON array of {agent_id, session_key, role, timestamp, ts_ms, snippet}\n"
+    "\n"
+    "Exit status: 0 hits or none (\"no matches\"), 1 failure, 2 bad usage.\n";
+
+struct cli_wait {
+    int rc;
+    bool is_done;
+};
+
+static void cli_ready(int rc, void *arg)
+{
+    struct cli_wait *w = arg;
+
+    w->rc = rc;
+    w->is_done = true;
+}
+
+static void cli_finish(int rc, struct search *q)
+{
+    cli_ready(rc, q->arg);
+}
+
+static void cli_on_timeout(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+}
+
+/* Runs the loop until w->is_done; false on timeout. */
+static bool cli_wait_for(uv_loop_t *loop, struct cli_wait *w)
+{
+    uv_timer_t timer;
+    bool is_timed_out = false;
+
+    uv_timer_init(loop, &timer);
+    timer.data = &is_timed_out;
+    uv_timer_start(&timer, cli_on_timeout, CLI_TIMEOUT_MS, 0);
+    while (!w->is_done && !is_timed_out)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&timer, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return w->is_done;
+}
+
+static int cli_usage_error(const char *msg, const char *arg)
+{
+    fprintf(stderr, "nexo: transcripts: %s%s%s\nRun 'nexo transcripts --help' for usage.\n", msg,
+            arg ? " " : "", arg ? arg : "");
+    return NX_EXIT_USAGE;
+}
+
+/* One line per hit; control characters in the snippet (newlines) become spaces. */
+static void print_hit(const json_t *row)
+{
+    const char *snip = json_string_value(json_object_get(row, "snippet"));
+    struct nx_buf b = NX_BUF_INIT;
+
+    for (const char *p = snip ? snip : ""; *p; p++)
+        nx_buf_putc(&b, (unsigned char)*p < 0x20 || *p == 0x7f ? ' ' : *p);
+    printf("%s %s %s %s: %s\n", json_string_value(json_object_get(row, "timestamp")),
+           json_string_value(json_object_get(row, "agent_id")),
+           json_string_value(json_object_get(row, "session_key")),
+           json_string_value(json_object_get(row, "role")), nx_buf_cstr(&b));
+    nx_buf_cleanup(&b);
+}
+
+static int cli_search(const char *data_dir, struct search *q, bool is_json)
+{
+    uv_loop_t loop;
+    struct nx_store *s = NULL;
+    struct cli_wait w = {0, false};
+    struct nx_buf db = NX_BUF_INIT;
+    struct stat st;
+    int rc = NX_EXIT_FAILURE;
+
+    nx_buf_printf(&db, "%s/nexo.db", data_dir);
+    if (stat(db.data, &st) < 0 && errno == ENOENT) {
+        /* Nothing recorded yet; do not create a database just to search it. */
+        puts(is_json ? "[]" : "no matches");
+        nx_buf_cleanup(&db);
+        return NX_EXIT_OK;
+    }
+    if (uv_loop_init(&loop) != 0) {
+        fprintf(stderr, "nexo: transcripts: cannot start an event loop\n");
+        nx_buf_cleanup(&db);
+        return NX_EXIT_FAILURE;
+    }
+    if (nx_store_open(&loop, data_dir, NULL, cli_ready, &w, &s) < 0) {
+        fprintf(stderr, "nexo: transcripts: cannot open the store under %s\n", data_dir);
+        goto out;
+    }
+    if (!cli_wait_for(&loop, &w) || w.rc < 0) {
+        fprintf(stderr, "nexo: transcripts: cannot open %s: %s\n", db.data,
+                w.is_done ? nx_store_last_error(s) : "timed out");
+        goto out;
+    }
+    w.is_done = false;
+    q->finish = cli_finish;
+    q->arg = &w;
+    search_submit(s, q);
+    if (!cli_wait_for(&loop, &w)) {
+        fprintf(stderr, "nexo: transcripts: the search timed out\n");
+        goto out;
+    }
+    if (w.rc < 0) {
+        fprintf(stderr, "nexo: transcripts: search failed: %s%s%s\n",
+                w.rc == NX_EINVAL ? "bad query" : nx_strerror(w.rc), q->err[0] ? ": " : "", q->err);
+        goto out;
+    }
+    if (q->is_phrase)
+        fprintf(stderr, "nexo: transcripts: the query is not FTS5 syntax (%s); searched it as a phrase\n",
+                q->err);
+    if (is_json) {
+        char *text = json_dumps(q->rows, JSON_INDENT(2));
+        puts(text ? text : "[]");
+        free(text);
+    } else if (json_array_size(q->rows) == 0) {
+        puts("no matches");
+    } else {
+        size_t i;
+        const json_t *row;
+        json_array_foreach(q->rows, i, row)
+            print_hit(row);
+    }
+    rc = NX_EXIT_OK;
+out:
+    fflush(stdout);
+    nx_store_close(s);
+    for (int i = 0; i < 100 && uv_loop_alive(&loop); i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    if (uv_loop_close(&loop) != 0)
+        nx_warn("transcripts", "event loop still had handles at exit");
+    nx_buf_cleanup(&db);
+    return rc;
+}
+
+/* Accepts argv starting at "search" (or at "transcripts", which is skipped). */
+int nx_cmd_transcripts(int argc, char **argv, const char *data_dir)
+{
+    struct nx_buf query = NX_BUF_INIT;
+    const char *agent = NULL;
+    unsigned long limit = 0;
+    bool is_json = false;
+    bool is_opts_done = false;
+    struct search *q;
+    int i = 0;
+    int rc;
+
+    if (i < argc && strcmp(argv[i], "transcripts") == 0)
+        i++;
+    if (i >= argc)
+        return cli_usage_error("missing command (search)", NULL);
+    if (strcmp(argv[i], "help") == 0 || strcmp(argv[i], "-h") == 0 ||
+        strcmp(argv[i], "--help") == 0) {
+        fputs(cli_usage, stdout);
+        return NX_EXIT_OK;
+    }
+    if (strcmp(argv[i], "search") != 0)
+        return cli_usage_error("unknown command", argv[i]);
+    for (i++; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = NULL;
+        if (!is_opts_done && strcmp(a, "--") == 0) {
+            is_opts_done = true;
+            continue;
+        }
+        if (!is_opts_done && (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0)) {
+            nx_buf_cleanup(&query);
+            fputs(cli_usage, stdout);
+            return NX_EXIT_OK;
+        }
+        if (!is_opts_done && strcmp(a, "--json") == 0) {
+            is_json = true;
+            continue;
+        }
+        if (!is_opts_done && (strncmp(a, "--agent", 7) == 0 || strncmp(a, "--limit", 7) == 0) &&
+            (a[7] == '\0' || a[7] == '=')) {
+            if (a[7] == '=')
+                v = a + 8;
+            else if (i + 1 < argc)
+                v = argv[++i];
+            if (!v || !*v) {
+                nx_buf_cleanup(&query);
+                return cli_usage_error("a value is missing after", a);
+            }
+            if (a[2] == 'a') {
+                agent = v;
+                continue;
+            }
+            char *end = NULL;
+            errno = 0;
+            limit = strtoul(v, &end, 10);
+            if (errno || !end || *end || v[0] == '-' || limit < 1 || limit > SEARCH_MAX_LIMIT) {
+                nx_buf_cleanup(&query);
+                return cli_usage_error("--limit needs a number from 1 to 1000, not", v);
+            }
+            continue;
+        }
+        if (!is_opts_done && a[0] == '-' && a[1] == '-') {
+            nx_buf_cleanup(&query);
+            return cli_usage_error("unknown option", a);
+        }
+        if (query.len)
+            nx_buf_putc(&query, ' ');
+        nx_buf_puts(&query, a);
+    }
+    if (is_blank(nx_buf_cstr(&query))) {
+        nx_buf_cleanup(&query);
+        return cli_usage_error("search needs a QUERY", NULL);
+    }
+    q = search_new(nx_buf_cstr(&query), agent, limit);
+    nx_buf_cleanup(&query);
+    rc = cli_search(data_dir && *data_dir ? data_dir : "./data", q, is_json);
+    search_free(q);
+    return rc;
+}

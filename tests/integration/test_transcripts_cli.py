@@ -1,0 +1,220 @@
+"""Transcripts end to end: conversations through the gateway (against the fake provider in
+tests/fakes/fake_llm.py) land in data/transcripts/<agent>/<session>.jsonl, redacted, private and
+inside the agent's directory whatever the peer id, and `nexo transcripts search` finds them —
+but never a secret."""
+import json
+import os
+import stat
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.parse
+import urllib.request
+
+from nexo_harness import Nexo, main, run_cli, write_config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.environ.get("NEXO_SOURCE_DIR") or os.path.join(HERE, "..", "..")
+FAKE = os.path.join(SRC, "tests", "fakes", "fake_llm.py")
+TOKEN = "nexo-transcripts-test-token"
+SECRET = "sk-ant-api03-" + "Q7vR2mX9kL4pW8nB3cT6yH1jF5dG0sA2eZ4uI7oP"
+BEARER = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.TopSecretSignature123"
+EVIL_PEER = "../../etc/x:y"
+
+
+def start_fake():
+    p = subprocess.Popen(["/usr/bin/python3", "-u", FAKE, "--key", "sk-ant-fake-key"], stdout=subprocess.PIPE,
+                         text=True)
+    line = p.stdout.readline()
+    assert line.startswith("READY "), line
+    return p, int(line.split()[1])
+
+
+def script(port, steps):
+    req = urllib.request.Request("http://127.0.0.1:%d/_script" % port, data=json.dumps(steps).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+def encode(name):
+    """The file-name mapping of docs/transcripts.md (names shorter than 128 encoded bytes)."""
+    out = []
+    for i, b in enumerate(name.encode()):
+        c = chr(b)
+        if (c.isascii() and c.isalnum()) or c in "_-" or (c == "." and i > 0):
+            out.append(c)
+        else:
+            out.append("%%%02X" % b)
+    return "".join(out)
+
+
+class Transcripts(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.fake, cls.fport = start_fake()
+        cls.cfg = tempfile.TemporaryDirectory()
+        base = "http://127.0.0.1:%d" % cls.fport
+        write_config(cls.cfg.name, {
+            "gateway.yaml": "auth_token: %s\n" % TOKEN,
+            "llm.yaml": "providers:\n  anthropic: {api_key: sk-ant-fake-key, base_url: %s}\n" % base,
+            "agents.yaml": ("agents:\n"
+                            "  - {id: kate, model: {provider: anthropic, model: claude-haiku-4-5}}\n"
+                            "  - {id: ops, model: {provider: anthropic, model: claude-haiku-4-5}}\n"),
+        })
+        cls.n = Nexo(config_dir=cls.cfg.name).start()
+        cls.data = cls.n.data_dir
+        try:
+            cls.chat("kate", "alice", "my key is %s and the header is Bearer %s; where is the pineapple?"
+                     % (SECRET, BEARER), "the pineapple is in the fridge")
+            cls.chat("ops", EVIL_PEER, "deploy the walrus service", "walrus deployed to staging")
+            cls.wait_for_hits("walrus", 2)
+            cls.wait_for_hits("pineapple", 2)
+        except BaseException:
+            cls.tearDownClass()
+            raise
+        cls.code = cls.n.stop()  # a clean stop: the store has flushed and closed
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.n.proc and cls.n.proc.poll() is None:
+            cls.n.stop()
+        cls.n.cleanup()
+        cls.fake.kill()
+        cls.fake.wait()
+        cls.cfg.cleanup()
+
+    @classmethod
+    def chat(cls, agent, user, text, answer):
+        script(cls.fport, [{"text": answer}])
+        body = json.dumps({"model": agent, "user": user,
+                           "messages": [{"role": "user", "content": text}]}).encode()
+        status, data, _ = cls.n.request("POST", "/v1/chat/completions", body=body,
+                                        headers={"Authorization": "Bearer " + TOKEN,
+                                                 "Content-Type": "application/json"}, timeout=30)
+        assert status == 200, (status, data)
+        got = json.loads(data)["choices"][0]["message"]["content"]
+        assert got == answer, got
+
+    @classmethod
+    def search(cls, *args):
+        return run_cli("--data", cls.data, "transcripts", "search", *args)
+
+    @classmethod
+    def wait_for_hits(cls, word, n, timeout=10.0):
+        """History is saved after the answer is sent: poll the CLI (it reads beside the running
+        gateway, WAL) until the turn is there."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = cls.search(word, "--json")
+            assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+            if len(json.loads(r.stdout)) >= n:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("no %d hits for %r in %.0fs: %s" % (n, word, timeout, r.stdout))
+            time.sleep(0.05)
+
+    def transcript(self, agent, key):
+        return os.path.join(self.data, "transcripts", encode(agent), encode(key) + ".jsonl")
+
+    # --- files ---
+
+    def test_gateway_stopped_cleanly(self):
+        self.assertEqual(self.code, 0)
+
+    def test_jsonl_lines_are_json_and_redacted(self):
+        path = self.transcript("kate", "agent:kate:http:alice")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        self.assertNotIn(SECRET[13:], text)
+        self.assertNotIn("TopSecretSignature123", text)
+        self.assertIn("[REDACTED]", text)
+        self.assertIn("pineapple", text)
+        lines = [json.loads(line) for line in text.splitlines()]
+        self.assertEqual([m["role"] for m in lines], ["user", "assistant"])
+        for m in lines:
+            self.assertEqual(m["session"], "agent:kate:http:alice")
+            self.assertEqual((m["agent"], m["source"]), ("kate", "http"))
+            self.assertRegex(m["ts"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+            self.assertIsInstance(m["content"], list)
+        self.assertEqual(lines[1]["content"][0], {"type": "text", "text": "the pineapple is in the fridge"})
+
+    def test_files_are_private_and_an_evil_peer_stays_inside_the_agent_dir(self):
+        root = os.path.join(self.data, "transcripts")
+        self.assertEqual(stat.S_IMODE(os.stat(root).st_mode), 0o700)
+        agent_dir = os.path.join(root, "ops")
+        self.assertEqual(stat.S_IMODE(os.stat(agent_dir).st_mode), 0o700)
+        names = os.listdir(agent_dir)
+        self.assertEqual(names, [encode("agent:ops:http:" + EVIL_PEER) + ".jsonl"], names)
+        self.assertEqual(urllib.parse.unquote(names[0][:-6]), "agent:ops:http:" + EVIL_PEER)
+        path = os.path.join(agent_dir, names[0])
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual(json.loads(f.readline())["session"], "agent:ops:http:" + EVIL_PEER)
+        # nothing was written anywhere else under the data dir
+        for dirpath, _, files in os.walk(root):
+            for name in files:
+                self.assertTrue(name.endswith(".jsonl"), name)
+                self.assertIn(os.path.dirname(os.path.join(dirpath, name)),
+                              (agent_dir, os.path.join(root, "kate")))
+
+    # --- search ---
+
+    def test_search_prints_one_line_per_hit(self):
+        r = self.search("walrus")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = r.stdout.splitlines()
+        self.assertEqual(len(lines), 2, r.stdout)
+        key = "agent:ops:http:" + EVIL_PEER
+        for line in lines:
+            self.assertRegex(line, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ops ")
+            self.assertIn(" %s " % key, line)
+            self.assertIn("[walrus]", line)
+        self.assertEqual(sorted(line.split(" ")[3] for line in lines), ["assistant:", "user:"])
+
+    def test_agent_filter_json_and_limit(self):
+        r = self.search("pineapple OR walrus", "--agent", "kate", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = json.loads(r.stdout)
+        self.assertEqual(len(rows), 2)
+        for row in rows:
+            self.assertEqual(row["agent_id"], "kate")
+            self.assertEqual(row["session_key"], "agent:kate:http:alice")
+            self.assertIn("[pineapple]", row["snippet"])
+            self.assertEqual(set(row), {"agent_id", "session_key", "role", "timestamp", "ts_ms",
+                                        "snippet"})
+        r = self.search("pineapple OR walrus", "--limit", "3", "--json")
+        self.assertEqual(len(json.loads(r.stdout)), 3)
+        r = self.search("walrus", "--agent", "kate")
+        self.assertEqual((r.returncode, r.stdout), (0, "no matches\n"))
+
+    def test_secrets_are_not_searchable(self):
+        for q in (SECRET[13:], '"%s"' % SECRET, "TopSecretSignature123"):
+            r = self.search(q)
+            self.assertEqual((r.returncode, r.stdout), (0, "no matches\n"), (q, r.stderr))
+
+    def test_a_query_that_is_not_fts_syntax_is_searched_as_a_phrase(self):
+        r = self.search("walrus)")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(r.stdout.splitlines()), 2)
+        self.assertIn("phrase", r.stderr)
+
+    def test_usage_errors_exit_2(self):
+        for args in ([], ["--agent", "kate"], ["x", "--limit", "0"], ["x", "--limit", "many"],
+                     ["x", "--bogus"], ["x", "--agent"]):
+            r = self.search(*args)
+            self.assertEqual(r.returncode, 2, (args, r.stdout, r.stderr))
+            self.assertEqual(r.stdout, "")
+        r = run_cli("--data", self.data, "transcripts", "frobnicate")
+        self.assertEqual(r.returncode, 2, r.stderr)
+
+    def test_no_database_means_no_matches_and_nothing_created(self):
+        with tempfile.TemporaryDirectory() as d:
+            empty = os.path.join(d, "data")
+            r = run_cli("--data", empty, "transcripts", "search", "anything")
+            self.assertEqual((r.returncode, r.stdout), (0, "no matches\n"), r.stderr)
+            self.assertFalse(os.path.exists(empty))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,916 @@
+/* NX_TEST_LABELS: threaded */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "store/history.h"
+#include "store/history_internal.h"
+#include "store/store.h"
+
+#define WAIT_MS 20000
+
+/* 40 characters after the prefix: the redactor's sk- rule takes 16 or more. */
+#define SECRET_KEY "sk-ant-api03-Zq8xW2vB7nK4mP9rT3yL6hJ1cF5dG0sA8eQ2wR4t"
+#define BEARER_TOKEN "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.s3cr3tSignatureXYZ"
+
+/* ---- fixture: a temp data dir, a loop and a store ---- */
+
+struct fx {
+    char tmp[64];
+    char dir[128];
+    uv_loop_t loop;
+    struct nx_store *s;
+    pthread_t loop_thread;
+    int calls;
+    int rc;
+    json_t *rows;
+    int wrong_thread;
+};
+
+static void on_timeout(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+}
+
+/* Runs the loop until f->calls >= target, at most WAIT_MS. */
+static void run_until(struct fx *f, int target)
+{
+    uv_timer_t timer;
+    bool is_timed_out = false;
+
+    uv_timer_init(&f->loop, &timer);
+    timer.data = &is_timed_out;
+    uv_timer_start(&timer, on_timeout, WAIT_MS, 0);
+    while (f->calls < target && !is_timed_out)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&timer, NULL);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_false(is_timed_out);
+}
+
+static void on_done(int rc, void *arg)
+{
+    struct fx *f = arg;
+
+    if (!pthread_equal(pthread_self(), f->loop_thread))
+        f->wrong_thread++;
+    f->rc = rc;
+    f->calls++;
+}
+
+static void on_rows(int rc, json_t *rows, void *arg)
+{
+    struct fx *f = arg;
+
+    json_decref(f->rows);
+    f->rows = rows;
+    on_done(rc, arg);
+}
+
+static void fx_open(struct fx *f)
+{
+    f->calls = 0;
+    assert_int_equal(nx_store_open(&f->loop, f->dir, NULL, on_done, f, &f->s), 0);
+    run_until(f, 1);
+    assert_int_equal(f->rc, 0);
+}
+
+static void fx_close(struct fx *f)
+{
+    nx_store_close(f->s);
+    f->s = NULL;
+    for (int i = 0; i < 10 && uv_loop_alive(&f->loop); i++)
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_false(uv_loop_alive(&f->loop));
+}
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof *f);
+
+    assert_non_null(f);
+    snprintf(f->tmp, sizeof f->tmp, "/tmp/nx-hist-XXXXXX");
+    assert_non_null(mkdtemp(f->tmp));
+    snprintf(f->dir, sizeof f->dir, "%s/data", f->tmp);
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    f->loop_thread = pthread_self();
+    fx_open(f);
+    *state = f;
+    return 0;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+
+    if (f->s)
+        fx_close(f);
+    json_decref(f->rows);
+    assert_int_equal(f->wrong_thread, 0);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+    assert_int_equal(nftw(f->tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS), 0);
+    free(f);
+    return 0;
+}
+
+/* ---- helpers ---- */
+
+static int append(struct fx *f, const char *key, const char *agent, const char *json,
+                  uint64_t in, uint64_t out)
+{
+    json_t *msgs = json_loads(json, 0, NULL);
+    struct nx_history_append a = {
+        .session_key = key, .agent_id = agent, .source = NULL, .messages = msgs,
+        .input_tokens = in, .output_tokens = out,
+    };
+    int target = f->calls + 1;
+
+    assert_non_null(msgs);
+    nx_history_append(f->s, f->dir, &a, on_done, f);
+    json_decref(msgs); /* borrowed: the append made its own copy */
+    run_until(f, target);
+    return f->rc;
+}
+
+static json_t *load(struct fx *f, const char *key, size_t max)
+{
+    int target = f->calls + 1;
+    json_t *rows;
+
+    nx_history_load(f->s, key, max, on_rows, f);
+    run_until(f, target);
+    assert_int_equal(f->rc, 0);
+    rows = f->rows;
+    f->rows = NULL;
+    assert_true(json_is_array(rows));
+    return rows;
+}
+
+static int search(struct fx *f, const char *query, const char *agent)
+{
+    int target = f->calls + 1;
+
+    nx_transcripts_search(f->s, query, agent, 0, on_rows, f);
+    run_until(f, target);
+    return f->rc;
+}
+
+struct one_int {
+    struct fx *f;
+    const char *sql;
+    long long n;
+};
+
+static int int_job(sqlite3 *db, void *arg)
+{
+    struct one_int *q = arg;
+    sqlite3_stmt *st = NULL;
+    int rc = NX_EDB;
+
+    if (sqlite3_prepare_v2(db, q->sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+        q->n = sqlite3_column_int64(st, 0);
+        rc = 0;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static void int_done(int rc, void *arg)
+{
+    on_done(rc, ((struct one_int *)arg)->f);
+}
+
+static long long read_int(struct fx *f, const char *sql)
+{
+    struct one_int q = {f, sql, -1};
+    int target = f->calls + 1;
+
+    nx_store_read(f->s, int_job, int_done, &q);
+    run_until(f, target);
+    assert_int_equal(f->rc, 0);
+    return q.n;
+}
+
+static char *slurp(const char *path)
+{
+    struct nx_buf b = NX_BUF_INIT;
+    char chunk[4096];
+    FILE *fp = fopen(path, "rb");
+    size_t n;
+
+    if (!fp)
+        return NULL;
+    while ((n = fread(chunk, 1, sizeof chunk, fp)) > 0)
+        nx_buf_append(&b, chunk, n);
+    fclose(fp);
+    return nx_buf_steal(&b);
+}
+
+static char *transcript_path(struct fx *f, const char *agent, const char *key)
+{
+    struct nx_buf b = NX_BUF_INIT;
+
+    nx_transcript_path(f->dir, agent, key, &b);
+    return nx_buf_steal(&b);
+}
+
+static mode_t mode_of(const char *path)
+{
+    struct stat st;
+
+    assert_int_equal(lstat(path, &st), 0);
+    return st.st_mode & 07777;
+}
+
+static const char conversation[] =
+    "[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"what is the weather in Lisbon\"}]},"
+    " {\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"let me check\"},"
+    "   {\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"weather_lookup\",\"input\":{\"city\":\"Lisbon\"}}]},"
+    " {\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"t1\","
+    "   \"content\":\"sunny with a gentle breeze\",\"is_error\":false}]}]";
+
+/* ---- session keys ---- */
+
+static void test_session_key_parse_and_make(void **state)
+{
+    struct nx_session_key_parts p;
+    char *k;
+
+    (void)state;
+    assert_int_equal(nx_session_key_parse("agent:main:telegram:12345:extra", &p), 0);
+    assert_int_equal(p.agent_len, 4);
+    assert_memory_equal(p.agent_id, "main", 4);
+    assert_int_equal(p.channel_len, 8);
+    assert_memory_equal(p.channel, "telegram", 8);
+    assert_string_equal(p.peer, "12345:extra");
+    assert_int_equal(nx_session_key_parse("agent:main:http:", &p), 0);
+    assert_int_equal(p.peer_len, 0);
+    assert_int_equal(nx_session_key_parse("agent::http:x", &p), NX_EINVAL);
+    assert_int_equal(nx_session_key_parse("agent:main::x", &p), NX_EINVAL);
+    assert_int_equal(nx_session_key_parse("agent:main", &p), NX_EINVAL);
+    assert_int_equal(nx_session_key_parse("session:main:http:x", &p), NX_EINVAL);
+    assert_int_equal(nx_session_key_parse(NULL, &p), NX_EINVAL);
+    k = nx_session_key_make("main", "http", "a:b");
+    assert_string_equal(k, "agent:main:http:a:b");
+    free(k);
+}
+
+/* ---- history ---- */
+
+static void test_history_append_then_load_returns_messages_in_order(void **state)
+{
+    struct fx *f = *state;
+    json_t *want = json_loads(conversation, 0, NULL);
+    json_t *got;
+
+    assert_int_equal(append(f, "agent:main:http:alice", "main", conversation, 10, 20), 0);
+    got = load(f, "agent:main:http:alice", 0);
+    assert_true(json_equal(got, want));
+    json_decref(got);
+    got = load(f, "agent:main:http:nobody", 0);
+    assert_int_equal(json_array_size(got), 0);
+    json_decref(got);
+    json_decref(want);
+}
+
+static void test_history_second_append_continues_seq_and_load_max(void **state)
+{
+    struct fx *f = *state;
+    const char *key = "agent:main:telegram:42";
+    json_t *got;
+
+    assert_int_equal(append(f, key, NULL, conversation, 0, 0), 0);
+    assert_int_equal(append(f, key, "main",
+                            "[{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"four\"}]},"
+                            " {\"role\":\"user\",\"content\":\"five\"}]",
+                            0, 0),
+                     0);
+    assert_int_equal(read_int(f, "SELECT count(*) FROM messages"), 5);
+    assert_int_equal(read_int(f, "SELECT group_concat(seq, '') FROM (SELECT seq FROM messages "
+                                 "ORDER BY id)"),
+                     12345);
+    got = load(f, key, 0);
+    assert_int_equal(json_array_size(got), 5);
+    json_decref(got);
+
+    got = load(f, key, 2);
+    assert_int_equal(json_array_size(got), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(got, 0), "role")),
+                        "assistant");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(got, 1), "content")),
+                        "five");
+    json_decref(got);
+    got = load(f, key, 100);
+    assert_int_equal(json_array_size(got), 5);
+    json_decref(got);
+}
+
+/* Statements are cached per store thread: the store must still close cleanly, and a store
+ * reopened (a new thread) must prepare its own. */
+static void test_history_store_closes_cleanly_and_reopens(void **state)
+{
+    struct fx *f = *state;
+    char log_path[PATH_MAX];
+    char *log;
+    json_t *got;
+    int fd;
+
+    assert_int_equal(append(f, "agent:main:http:alice", "main", conversation, 0, 0), 0);
+    json_decref(load(f, "agent:main:http:alice", 0));
+    assert_int_equal(search(f, "breeze", NULL), 0);
+
+    snprintf(log_path, sizeof log_path, "%s/close.log", f->tmp);
+    fd = open(log_path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    nx_log_set_fd(fd);
+    fx_close(f);
+    nx_log_set_fd(2);
+    close(fd);
+    log = slurp(log_path);
+    assert_non_null(log);
+    assert_string_equal(log, ""); /* no "closing ...: unable to close due to unfinalized statements" */
+    free(log);
+
+    fx_open(f);
+    assert_int_equal(append(f, "agent:main:http:alice", "main", "[{\"role\":\"user\",\"content\":\"4\"}]",
+                            0, 0),
+                     0);
+    got = load(f, "agent:main:http:alice", 0);
+    assert_int_equal(json_array_size(got), 4);
+    json_decref(got);
+}
+
+static void test_history_session_totals_add_up(void **state)
+{
+    struct fx *f = *state;
+    const char *key = "agent:main:whatsapp:+351:9";
+
+    assert_int_equal(append(f, key, "main", conversation, 100, 7), 0);
+    assert_int_equal(append(f, key, "main", "[{\"role\":\"user\",\"content\":\"x\"}]", 50, 3), 0);
+    assert_int_equal(append(f, "agent:other:http:z", "other", "[{\"role\":\"user\",\"content\":\"y\"}]",
+                            1, 1),
+                     0);
+    assert_int_equal(read_int(f, "SELECT message_count FROM sessions WHERE key='agent:main:whatsapp:+351:9'"),
+                     4);
+    assert_int_equal(read_int(f, "SELECT input_tokens FROM sessions WHERE key='agent:main:whatsapp:+351:9'"),
+                     150);
+    assert_int_equal(read_int(f, "SELECT output_tokens FROM sessions WHERE key='agent:main:whatsapp:+351:9'"),
+                     10);
+    assert_int_equal(read_int(f, "SELECT count(*) FROM sessions WHERE agent_id='main' AND "
+                                 "channel='whatsapp' AND peer='+351:9' AND created_at <= updated_at "
+                                 "AND created_at > 1600000000000"),
+                     1);
+    assert_int_equal(read_int(f, "SELECT count(*) FROM sessions"), 2);
+}
+
+static void test_history_append_refuses_bad_input_and_stores_nothing(void **state)
+{
+    struct fx *f = *state;
+
+    /* second message has no content: the whole append is refused */
+    assert_int_equal(append(f, "agent:main:http:a", "main",
+                            "[{\"role\":\"user\",\"content\":\"ok\"}, {\"role\":\"user\"}]", 1, 1),
+                     NX_EINVAL);
+    /* the key names another agent */
+    assert_int_equal(append(f, "agent:main:http:a", "other", "[{\"role\":\"user\",\"content\":\"x\"}]",
+                            1, 1),
+                     NX_EINVAL);
+    /* not a key, and no agent to file it under */
+    assert_int_equal(append(f, "freeform", NULL, "[{\"role\":\"user\",\"content\":\"x\"}]", 1, 1),
+                     NX_EINVAL);
+    assert_int_equal(read_int(f, "SELECT count(*) FROM sessions"), 0);
+    assert_int_equal(read_int(f, "SELECT count(*) FROM messages"), 0);
+    assert_int_equal(read_int(f, "SELECT count(*) FROM transcripts_fts"), 0);
+    /* a free-form key is fine with an agent id */
+    assert_int_equal(append(f, "freeform", "main", "[{\"role\":\"user\",\"content\":\"x\"}]", 1, 1), 0);
+    assert_int_equal(read_int(f, "SELECT count(*) FROM sessions WHERE agent_id='main'"), 1);
+}
+
+/* ---- transcripts ---- */
+
+static bool rows_have_session(const json_t *rows, const char *key)
+{
+    size_t i;
+    const json_t *r;
+
+    json_array_foreach(rows, i, r) {
+        if (strcmp(json_string_value(json_object_get(r, "session_key")), key) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void test_transcripts_search_finds_text_and_tool_results_by_agent(void **state)
+{
+    struct fx *f = *state;
+    const json_t *row;
+
+    assert_int_equal(append(f, "agent:main:http:alice", "main", conversation, 0, 0), 0);
+    assert_int_equal(append(f, "agent:ops:http:bob", "ops",
+                            "[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":"
+                            "\"Lisbon deployment is sunny too\"}]}]",
+                            0, 0),
+                     0);
+
+    assert_int_equal(search(f, "weather Lisbon", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 1);
+    row = json_array_get(f->rows, 0);
+    assert_string_equal(json_string_value(json_object_get(row, "agent_id")), "main");
+    assert_string_equal(json_string_value(json_object_get(row, "session_key")), "agent:main:http:alice");
+    assert_string_equal(json_string_value(json_object_get(row, "role")), "user");
+    assert_non_null(strstr(json_string_value(json_object_get(row, "snippet")), "[weather]"));
+    assert_int_equal(strlen(json_string_value(json_object_get(row, "timestamp"))), 24);
+
+    /* a tool result and a tool name */
+    assert_int_equal(search(f, "breeze", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 1);
+    assert_int_equal(search(f, "weather_lookup", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(f->rows, 0), "role")),
+                        "assistant");
+
+    /* both agents, then filtered; accents do not matter */
+    assert_int_equal(search(f, "sunny", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 2);
+    assert_int_equal(search(f, "sunny", "ops"), 0);
+    assert_int_equal(json_array_size(f->rows), 1);
+    assert_true(rows_have_session(f->rows, "agent:ops:http:bob"));
+    assert_int_equal(search(f, "lisbón", "main"), 0);
+    assert_int_equal(json_array_size(f->rows), 1);
+    assert_int_equal(search(f, "sunny", "nobody"), 0);
+    assert_int_equal(json_array_size(f->rows), 0);
+    /* FTS5 syntax works */
+    assert_int_equal(search(f, "sunny NOT deployment", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 1);
+    assert_int_equal(search(f, "weath*", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 2);
+}
+
+static void test_transcripts_secrets_never_reach_jsonl_or_fts(void **state)
+{
+    struct fx *f = *state;
+    const char *key = "agent:main:http:carol";
+    char *path;
+    char *text;
+    json_t *got;
+    char msg[1024];
+
+    snprintf(msg, sizeof msg,
+             "[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"my key is %s please "
+             "remember pineapple\"}]},"
+             " {\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"id\":\"t\",\"name\":"
+             "\"http_fetch\",\"input\":{\"headers\":\"Authorization: Bearer %s\"}}]},"
+             " {\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"t\","
+             "\"content\":[{\"type\":\"text\",\"text\":\"echo Bearer %s mango\"}]}]}]",
+             SECRET_KEY, BEARER_TOKEN, BEARER_TOKEN);
+    assert_int_equal(append(f, key, "main", msg, 0, 0), 0);
+
+    path = transcript_path(f, "main", key);
+    text = slurp(path);
+    assert_non_null(text);
+    assert_null(strstr(text, "Zq8xW2vB7nK4mP9rT3yL6hJ1cF5dG0sA8eQ2wR4t"));
+    assert_null(strstr(text, "s3cr3tSignatureXYZ"));
+    assert_non_null(strstr(text, "pineapple"));
+    assert_non_null(strstr(text, "mango"));
+    assert_non_null(strstr(text, "[REDACTED]"));
+    free(text);
+    free(path);
+
+    assert_int_equal(search(f, "pineapple", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 1);
+    assert_int_equal(search(f, "mango", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 1);
+    assert_int_equal(search(f, "Zq8xW2vB7nK4mP9rT3yL6hJ1cF5dG0sA8eQ2wR4t", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 0);
+    assert_int_equal(search(f, "s3cr3tSignatureXYZ", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 0);
+    assert_int_equal(search(f, "\"" SECRET_KEY "\"", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 0);
+    assert_int_equal(read_int(f, "SELECT count(*) FROM transcripts_fts WHERE content LIKE '%Zq8xW2vB%' "
+                                 "OR content LIKE '%s3cr3tSignature%'"),
+                     0);
+    assert_int_equal(read_int(f, "SELECT count(*) FROM transcripts_fts WHERE content LIKE '%[REDACTED]%'"),
+                     2);
+
+    /* the history itself is kept as it was: the model needs it */
+    got = load(f, key, 1);
+    text = json_dumps(got, 0);
+    assert_non_null(strstr(text, "s3cr3tSignatureXYZ"));
+    free(text);
+    json_decref(got);
+}
+
+static void test_transcripts_jsonl_lines_parse_and_files_are_private(void **state)
+{
+    struct fx *f = *state;
+    const char *key = "agent:main:http:dave";
+    char *path;
+    char *text;
+    char *line;
+    char *save = NULL;
+    char agent_dir[PATH_MAX];
+    char tr_dir[PATH_MAX];
+    int n = 0;
+
+    umask(0);
+    assert_int_equal(append(f, key, "main", conversation, 0, 0), 0);
+    umask(022);
+    assert_int_equal(append(f, key, "main", "[{\"role\":\"user\",\"content\":\"line\\nbreak \\u2028\"}]",
+                            0, 0),
+                     0);
+    path = transcript_path(f, "main", key);
+    text = slurp(path);
+    assert_non_null(text);
+    for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        json_error_t err;
+        json_t *v = json_loads(line, 0, &err);
+        assert_non_null(v);
+        assert_string_equal(json_string_value(json_object_get(v, "session")), key);
+        assert_string_equal(json_string_value(json_object_get(v, "agent")), "main");
+        assert_string_equal(json_string_value(json_object_get(v, "source")), "http");
+        assert_non_null(json_string_value(json_object_get(v, "role")));
+        assert_non_null(json_object_get(v, "content"));
+        assert_int_equal(strlen(json_string_value(json_object_get(v, "ts"))), 24);
+        json_decref(v);
+        n++;
+    }
+    assert_int_equal(n, 4);
+    free(text);
+
+    snprintf(tr_dir, sizeof tr_dir, "%s/transcripts", f->dir);
+    snprintf(agent_dir, sizeof agent_dir, "%s/transcripts/main", f->dir);
+    assert_int_equal(mode_of(tr_dir), 0700);
+    assert_int_equal(mode_of(agent_dir), 0700);
+    assert_int_equal(mode_of(path), 0600);
+
+    /* removed by an operator: made again, still private */
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(rmdir(agent_dir), 0);
+    umask(0);
+    assert_int_equal(append(f, key, "main", "[{\"role\":\"user\",\"content\":\"again\"}]", 0, 0), 0);
+    umask(022);
+    assert_int_equal(mode_of(agent_dir), 0700);
+    assert_int_equal(mode_of(path), 0600);
+    text = slurp(path);
+    assert_non_null(strstr(text, "again"));
+    free(text);
+    free(path);
+}
+
+static void test_transcripts_file_names_cannot_escape(void **state)
+{
+    static const char *const evil[] = {
+        "../../etc", "a/b", "x:y", "..", ".", "", ".hidden", "%2e%2e", "a\nb", "/abs/path",
+    };
+    struct nx_buf b = NX_BUF_INIT;
+    char longname[600];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof evil / sizeof evil[0]; i++) {
+        nx_buf_reset(&b);
+        nx_transcript_name(evil[i], &b);
+        assert_true(b.len > 0);
+        assert_null(strchr(b.data, '/'));
+        assert_true(b.data[0] != '.');
+        for (size_t k = 0; k < b.len; k++)
+            assert_non_null(strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-%",
+                                   b.data[k]));
+    }
+    nx_buf_reset(&b);
+    nx_transcript_name("agent:main:http:a/b c", &b);
+    assert_string_equal(b.data, "agent%3Amain%3Ahttp%3Aa%2Fb%20c");
+    nx_buf_reset(&b);
+    nx_transcript_name("main.v2_x-y", &b);
+    assert_string_equal(b.data, "main.v2_x-y");
+
+    /* long names are cut and hashed; two that share the prefix stay apart */
+    memset(longname, '/', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    nx_buf_reset(&b);
+    nx_transcript_name(longname, &b);
+    assert_true(b.len <= 96 + 1 + 32);
+    assert_non_null(strchr(b.data, '~'));
+    char *first = nx_strdup(b.data);
+    longname[sizeof longname - 2] = 'x';
+    nx_buf_reset(&b);
+    nx_transcript_name(longname, &b);
+    assert_string_not_equal(first, b.data);
+    free(first);
+    nx_buf_cleanup(&b);
+}
+
+static void test_transcripts_evil_peer_stays_inside_agent_dir(void **state)
+{
+    struct fx *f = *state;
+    static const char *const keys[] = {
+        "agent:main:http:../../etc", "agent:main:http:a/b", "agent:main:http:x:y",
+        "agent:main:http:/etc/passwd", "agent:main:http:..",
+    };
+    char agent_dir[PATH_MAX];
+    char real_agent[PATH_MAX];
+    char real_file[PATH_MAX];
+
+    snprintf(agent_dir, sizeof agent_dir, "%s/transcripts/main", f->dir);
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        char *path;
+        assert_int_equal(append(f, keys[i], "main", "[{\"role\":\"user\",\"content\":\"hi\"}]", 0, 0), 0);
+        path = transcript_path(f, "main", keys[i]);
+        assert_non_null(realpath(agent_dir, real_agent));
+        assert_non_null(realpath(path, real_file));
+        /* directly inside the agent's directory */
+        assert_int_equal(strncmp(real_file, real_agent, strlen(real_agent)), 0);
+        assert_int_equal(real_file[strlen(real_agent)], '/');
+        assert_null(strchr(real_file + strlen(real_agent) + 1, '/'));
+        free(path);
+    }
+    /* a key that is not UTF-8 (a peer cut inside a character) still gives valid JSON */
+    assert_int_equal(append(f, "agent:main:http:caf\xc3", "main",
+                            "[{\"role\":\"user\",\"content\":\"croissant\"}]", 0, 0), 0);
+    char *p8 = transcript_path(f, "main", "agent:main:http:caf\xc3");
+    char *t8 = slurp(p8);
+    assert_non_null(t8);
+    json_t *v8 = json_loads(t8, 0, NULL);
+    assert_non_null(v8);
+    assert_string_equal(json_string_value(json_object_get(v8, "session")), "agent:main:http:caf?");
+    json_decref(v8);
+    free(t8);
+    free(p8);
+    assert_int_equal(search(f, "croissant", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(f->rows, 0), "session_key")),
+                        "agent:main:http:caf?");
+    /* an agent id cannot climb out either */
+    assert_int_equal(append(f, "agent:..:http:x", NULL, "[{\"role\":\"user\",\"content\":\"hi\"}]", 0, 0), 0);
+    char *path = transcript_path(f, "..", "agent:..:http:x");
+    assert_non_null(strstr(path, "/transcripts/%2E./"));
+    assert_int_equal(access(path, F_OK), 0);
+    free(path);
+}
+
+static void test_transcripts_write_failure_keeps_history(void **state)
+{
+    struct fx *f = *state;
+    char tr[PATH_MAX];
+    int fd;
+    json_t *got;
+
+    /* a file where the transcripts directory should be */
+    snprintf(tr, sizeof tr, "%s/transcripts", f->dir);
+    fd = open(tr, O_CREAT | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    close(fd);
+    nx_log_set_level(NX_LOG_OFF);
+    assert_int_equal(append(f, "agent:main:http:eve", "main", conversation, 0, 0), 0);
+    nx_log_set_level(NX_LOG_INFO);
+    got = load(f, "agent:main:http:eve", 0);
+    assert_int_equal(json_array_size(got), 3);
+    json_decref(got);
+    assert_int_equal(search(f, "breeze", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 1);
+}
+
+static void test_transcripts_malformed_query_is_an_error_not_a_crash(void **state)
+{
+    struct fx *f = *state;
+    static const char *const odd[] = {
+        "\"unterminated", "AND", "foo OR", "(", "NEAR(", "nosuchcol:x", "*", "^", "a:b:c",
+        "\"\"\"", "weather)", "'; DROP TABLE messages; --",
+    };
+
+    assert_int_equal(append(f, "agent:main:http:alice", "main", conversation, 0, 0), 0);
+    for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+        int rc = search(f, odd[i], NULL);
+        assert_true(rc == 0 || rc == NX_EINVAL);
+        if (rc == 0)
+            assert_true(json_is_array(f->rows));
+        else
+            assert_null(f->rows);
+    }
+    /* a broken query is searched as a phrase of its words */
+    assert_int_equal(search(f, "gentle breeze)", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 1);
+    assert_int_equal(search(f, "", NULL), NX_EINVAL);
+    assert_null(f->rows);
+    assert_int_equal(search(f, "   ", NULL), NX_EINVAL);
+    assert_int_equal(search(f, NULL, NULL), NX_EINVAL);
+    assert_int_equal(read_int(f, "SELECT count(*) FROM messages"), 3);
+}
+
+/* ---- trimming ---- */
+
+static void test_history_trim_keeps_newest_within_budget_and_tool_pairs(void **state)
+{
+    json_t *m = json_loads(conversation, 0, NULL);
+    json_t *big;
+    uint64_t last;
+    char text[2100];
+
+    (void)state;
+    /* everything fits */
+    assert_int_equal(nx_history_trim(m, 100000), 0);
+    assert_int_equal(json_array_size(m), 3);
+    /* the last message is a tool result: its call must stay, so the start goes back to the
+     * first user message */
+    last = nx_history_estimate_tokens(json_array_get(m, 2));
+    assert_true(last > 4);
+    assert_int_equal(nx_history_trim(m, last), 0);
+    assert_int_equal(json_array_size(m), 3);
+    json_decref(m);
+
+    memset(text, 'a', sizeof text - 1);
+    text[sizeof text - 1] = '\0';
+    m = json_array();
+    for (int i = 0; i < 6; i++) {
+        json_array_append_new(m, json_pack("{s:s, s:[{s:s, s:s}]}", "role", i % 2 ? "assistant" : "user",
+                                           "content", "type", "text", "text", text));
+    }
+    big = json_array_get(m, 0);
+    assert_int_equal(nx_history_estimate_tokens(big), 4 + 525);
+    /* room for three: drops three, then one more to start on a user message */
+    assert_int_equal(nx_history_trim(m, 3 * 529), 4);
+    assert_int_equal(json_array_size(m), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(m, 0), "role")), "user");
+    /* [user, assistant] over budget: the assistant message cannot start, so the user stays */
+    assert_int_equal(nx_history_trim(m, 1), 0);
+    assert_int_equal(json_array_size(m), 2);
+    /* one user message over budget on its own: it stays, the rest goes */
+    json_array_append_new(m, json_pack("{s:s, s:s}", "role", "user", "content", text));
+    assert_int_equal(nx_history_trim(m, 1), 2);
+    assert_int_equal(json_array_size(m), 1);
+    json_decref(m);
+}
+
+/* ---- nexo transcripts ---- */
+
+/* Runs nx_cmd_transcripts with stdout captured into *out. */
+static int run_cmd(struct fx *f, char **out, int argc, char **argv)
+{
+    char path[PATH_MAX];
+    int saved;
+    int fd;
+    int rc;
+
+    snprintf(path, sizeof path, "%s/stdout.txt", f->tmp);
+    fflush(stdout);
+    saved = dup(STDOUT_FILENO);
+    fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    assert_true(saved >= 0 && fd >= 0);
+    dup2(fd, STDOUT_FILENO);
+    close(fd);
+    rc = nx_cmd_transcripts(argc, argv, f->dir);
+    fflush(stdout);
+    dup2(saved, STDOUT_FILENO);
+    close(saved);
+    *out = slurp(path);
+    assert_non_null(*out);
+    return rc;
+}
+
+static void test_cmd_transcripts_prints_hits(void **state)
+{
+    struct fx *f = *state;
+    char *out;
+    char *argv[8];
+    json_t *rows;
+
+    assert_int_equal(append(f, "agent:main:http:alice", "main", conversation, 0, 0), 0);
+    assert_int_equal(append(f, "agent:ops:telegram:99", "ops",
+                            "[{\"role\":\"assistant\",\"content\":\"sunny\\nin Porto\"}]", 0, 0),
+                     0);
+    fx_close(f); /* the command opens the store itself */
+
+    nx_log_set_level(NX_LOG_WARN);
+    argv[0] = "search";
+    argv[1] = "breeze";
+    assert_int_equal(run_cmd(f, &out, 2, argv), 0);
+    /* <ts> <agent> <session> <role>: <snippet> */
+    assert_int_equal(strlen(out) > 25, 1);
+    assert_int_equal(out[4], '-');
+    assert_int_equal(out[23], 'Z');
+    assert_string_equal(out + 24, " main agent:main:http:alice user: sunny with a gentle [breeze]\n");
+    free(out);
+
+    argv[0] = "transcripts";
+    argv[1] = "search";
+    argv[2] = "sunny";
+    argv[3] = "--agent";
+    argv[4] = "ops";
+    assert_int_equal(run_cmd(f, &out, 5, argv), 0);
+    assert_non_null(strstr(out, " ops agent:ops:telegram:99 assistant: [sunny] in Porto\n"));
+    assert_null(strstr(out, "alice"));
+    free(out);
+
+    argv[0] = "search";
+    argv[1] = "sunny";
+    argv[2] = "--json";
+    argv[3] = "--limit=1";
+    assert_int_equal(run_cmd(f, &out, 4, argv), 0);
+    rows = json_loads(out, 0, NULL);
+    assert_true(json_is_array(rows));
+    assert_int_equal(json_array_size(rows), 1);
+    json_decref(rows);
+    free(out);
+
+    argv[0] = "search";
+    argv[1] = "zebra";
+    assert_int_equal(run_cmd(f, &out, 2, argv), 0);
+    assert_string_equal(out, "no matches\n");
+    free(out);
+
+    /* usage errors */
+    argv[0] = "search";
+    assert_int_equal(run_cmd(f, &out, 1, argv), 2);
+    free(out);
+    argv[1] = "x";
+    argv[2] = "--limit";
+    argv[3] = "0";
+    assert_int_equal(run_cmd(f, &out, 4, argv), 2);
+    free(out);
+    argv[2] = "--agent";
+    assert_int_equal(run_cmd(f, &out, 3, argv), 2);
+    free(out);
+    argv[2] = "--bogus";
+    assert_int_equal(run_cmd(f, &out, 3, argv), 2);
+    free(out);
+    argv[0] = "frobnicate";
+    assert_int_equal(run_cmd(f, &out, 1, argv), 2);
+    free(out);
+    assert_int_equal(run_cmd(f, &out, 0, argv), 2);
+    free(out);
+    nx_log_set_level(NX_LOG_INFO);
+    fx_open(f);
+}
+
+static void test_cmd_transcripts_without_database_says_no_matches(void **state)
+{
+    struct fx *f = *state;
+    char *out;
+    char *argv[] = {"search", "anything"};
+    char db[PATH_MAX];
+    char saved[sizeof f->dir];
+
+    snprintf(saved, sizeof saved, "%s", f->dir);
+    snprintf(f->dir, sizeof f->dir, "%s/nowhere", f->tmp);
+    assert_int_equal(run_cmd(f, &out, 2, argv), 0);
+    assert_string_equal(out, "no matches\n");
+    free(out);
+    snprintf(db, sizeof db, "%s/nexo.db", f->dir);
+    assert_int_not_equal(access(db, F_OK), 0); /* nothing created */
+    snprintf(f->dir, sizeof f->dir, "%s", saved);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_session_key_parse_and_make),
+        cmocka_unit_test_setup_teardown(test_history_append_then_load_returns_messages_in_order, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_history_second_append_continues_seq_and_load_max, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_history_store_closes_cleanly_and_reopens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_history_session_totals_add_up, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_history_append_refuses_bad_input_and_stores_nothing, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_transcripts_search_finds_text_and_tool_results_by_agent,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_transcripts_secrets_never_reach_jsonl_or_fts, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_transcripts_jsonl_lines_parse_and_files_are_private, setup,
+                                        teardown),
+        cmocka_unit_test(test_transcripts_file_names_cannot_escape),
+        cmocka_unit_test_setup_teardown(test_transcripts_evil_peer_stays_inside_agent_dir, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_transcripts_write_failure_keeps_history, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_transcripts_malformed_query_is_an_error_not_a_crash, setup,
+                                        teardown),
+        cmocka_unit_test(test_history_trim_keeps_newest_within_budget_and_tool_pairs),
+        cmocka_unit_test_setup_teardown(test_cmd_transcripts_prints_hits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cmd_transcripts_without_database_says_no_matches, setup,
+                                        teardown),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
