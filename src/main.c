@@ -5,15 +5,21 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "bus/bus.h"
 #include "config/config.h"
 #include "core/clock.h"
 #include "core/log.h"
 #include "daemon/daemon.h"
 #include "runtime/runtime.h"
+#include "store/history.h"
 
 struct cli {
     const char *command;
     const char *arg;          /* check-config DIR, help COMMAND */
+    const char *agent;        /* chat --agent */
+    const char *session;      /* chat --session */
+    int sub_argc;             /* transcripts, dlq: the words after the command */
+    char **sub_argv;
     const char *config_dir;
     bool has_config_dir;
     const char *data_dir;
@@ -30,6 +36,9 @@ static const char usage_main[] =
     "Commands:\n"
     "  run                   start the gateway (the default when no command is given)\n"
     "  check-config [DIR]    validate a configuration directory, list every problem\n"
+    "  chat [--agent ID]     talk to an agent in the terminal (streaming; Ctrl-C cancels a reply)\n"
+    "  transcripts search Q  search conversation transcripts [--agent ID] [--limit N] [--json]\n"
+    "  dlq list|retry ID|retry --all|purge   inspect and replay dead-lettered bus events\n"
     "  version               print the version\n"
     "  help [COMMAND]        show help for nexo or a command\n"
     "\n"
@@ -71,6 +80,25 @@ static const char usage_check[] =
     "prints every problem as file:line:col: message on stderr. Exit code 0 when valid,\n"
     "3 when not.\n";
 
+static const char usage_chat[] =
+    "Usage: nexo chat [--agent ID] [--session NAME] [--config DIR] [--data DIR]\n"
+    "\n"
+    "A terminal conversation with an agent (default: the first configured), in the persistent\n"
+    "session agent:<ID>:cli:<NAME> (default NAME \"terminal\"). Replies stream as they come.\n"
+    "Ctrl-C cancels the reply being written; Ctrl-C at the prompt or Ctrl-D quits. Reads lines\n"
+    "from standard input when it is not a terminal.\n";
+
+static const char usage_transcripts[] =
+    "Usage: nexo transcripts search QUERY [--agent ID] [--limit N] [--json]\n"
+    "\n"
+    "Full-text search (SQLite FTS5 syntax) over the redacted transcripts in the data directory.\n";
+
+static const char usage_dlq[] =
+    "Usage: nexo dlq list | retry ID | retry --all | purge\n"
+    "\n"
+    "Dead letters: bus events that failed delivery too many times (broker.yaml dlq.max_attempts).\n"
+    "retry puts them back on the queue; purge deletes them.\n";
+
 static const char usage_version[] = "Usage: nexo version\n\nPrints the version.\n";
 
 static const char usage_help[] = "Usage: nexo help [COMMAND]\n";
@@ -83,6 +111,9 @@ struct command {
 static const struct command commands[] = {
     {"run", usage_run},
     {"check-config", usage_check},
+    {"chat", usage_chat},
+    {"transcripts", usage_transcripts},
+    {"dlq", usage_dlq},
     {"version", usage_version},
     {"help", usage_help},
 };
@@ -150,6 +181,27 @@ static int parse_args(int argc, char **argv, struct cli *c)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         int r;
+        if (c->command && (strcmp(c->command, "transcripts") == 0 || strcmp(c->command, "dlq") == 0)) {
+            /* everything after these commands is theirs: argv[0] is the command word */
+            c->sub_argc = argc - i + 1;
+            c->sub_argv = argv + i - 1;
+            c->sub_argv[0] = (char *)c->command;
+            break;
+        }
+        if (c->command && strcmp(c->command, "chat") == 0) {
+            if ((r = take_value(argc, argv, &i, "--agent", &v)) < 0)
+                return usage_error("--agent needs a value");
+            if (r > 0) {
+                c->agent = v;
+                continue;
+            }
+            if ((r = take_value(argc, argv, &i, "--session", &v)) < 0)
+                return usage_error("--session needs a value");
+            if (r > 0) {
+                c->session = v;
+                continue;
+            }
+        }
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             c->arg = c->command;
             c->command = "help";
@@ -293,5 +345,17 @@ int main(int argc, char **argv)
     }
     c.run.config_dir = config_dir;
     c.run.data_dir = data_dir;
+    static char *no_args[] = {NULL, NULL};
+    if (!c.sub_argv) {
+        no_args[0] = (char *)c.command;
+        c.sub_argv = no_args;
+        c.sub_argc = 1;
+    }
+    if (strcmp(c.command, "transcripts") == 0)
+        return nx_cmd_transcripts(c.sub_argc, c.sub_argv, data_dir);
+    if (strcmp(c.command, "dlq") == 0)
+        return nx_cmd_dlq(c.sub_argc, c.sub_argv, data_dir);
+    if (strcmp(c.command, "chat") == 0)
+        return nx_chat_run(&c.run, c.agent, c.session);
     return nx_daemon_run(&c.run);
 }

@@ -11,7 +11,7 @@ static const char content_json[] = "application/json";
 
 bool nx_readiness_ok(const struct nx_readiness *r)
 {
-    return r->config_loaded && r->store_open && r->bus_ready && !r->is_stopping;
+    return r->config_loaded && r->store_open && r->bus && nx_bus_is_ready(r->bus) && !r->is_stopping;
 }
 
 static void on_healthz(struct nx_http_req *req, void *udata)
@@ -30,16 +30,17 @@ static void on_readyz(struct nx_http_req *req, void *udata)
     json_t *checks = json_object();
     json_object_set_new(checks, "config", json_boolean(r->config_loaded));
     json_object_set_new(checks, "store", json_boolean(r->store_open));
-    json_object_set_new(checks, "bus", json_boolean(r->bus_ready));
+    bool bus_ready = r->bus && nx_bus_is_ready(r->bus);
+    json_object_set_new(checks, "bus", json_boolean(bus_ready));
     json_object_set_new(o, "checks", checks);
-    json_object_set_new(o, "bus_mode", json_string(r->bus_mode ? r->bus_mode : "in-process"));
+    json_object_set_new(o, "bus_mode", json_string(r->bus ? nx_bus_mode(r->bus) : "none"));
     if (!ok) {
         json_t *missing = json_array();
         if (!r->config_loaded)
             json_array_append_new(missing, json_string("config: not loaded"));
         if (!r->store_open)
             json_array_append_new(missing, json_string("store: database not open yet"));
-        if (!r->bus_ready)
+        if (!bus_ready)
             json_array_append_new(missing, json_string("bus: not connected and not in fallback"));
         if (r->is_stopping)
             json_array_append_new(missing, json_string("shutting down"));

@@ -3,15 +3,15 @@
 
 #include <stdbool.h>
 
+#include "bus/bus.h"
 #include "http/server.h"
 
 /* What readiness is made of. The daemon owns it and flips the flags on the loop thread. */
 struct nx_readiness {
     bool config_loaded;
     bool store_open;
-    bool bus_ready;
     bool is_stopping;
-    const char *bus_mode; /* "in-process", "nats", "fallback" */
+    struct nx_bus *bus;   /* its mode ("in-process", "nats", "fallback") and readiness */
 };
 
 bool nx_readiness_ok(const struct nx_readiness *r);

@@ -4,8 +4,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "agent/agent.h"
 #include "api/admin.h"
+#include "api/chat.h"
 #include "api/health.h"
+#include "bus/bus.h"
 #include "config/config.h"
 #include "core/alloc.h"
 #include "core/clock.h"
@@ -33,6 +36,8 @@ struct daemon {
     struct nx_http_server *srv[LISTENER_COUNT];
     struct nx_http_client *client;
     struct nx_store *store;
+    struct nx_agents *agents;
+    struct nx_bus *bus;
     int servers_down;
     int exit_code;
     bool is_reloading;
@@ -85,6 +90,18 @@ static int check_exposure(const struct daemon *d, const struct nx_gateway_conf *
 
 /* --- readiness --- */
 
+static void preload_work(uv_work_t *w)
+{
+    (void)w;
+    nx_http_client_preload();
+}
+
+static void preload_done(uv_work_t *w, int status)
+{
+    (void)status;
+    free(w);
+}
+
 static void check_ready(struct daemon *d)
 {
     bool ok = nx_readiness_ok(&d->ready);
@@ -97,6 +114,9 @@ static void check_ready(struct daemon *d)
                 d->addr[1].host, nx_http_server_port(d->srv[1]), d->addr[2].host,
                 nx_http_server_port(d->srv[2]));
         nx_notify("READY=1");
+        /* Agents that can answer will need outbound HTTP: load libcurl off the loop now. */
+        if (d->agents && nx_agents_can_answer(d->agents))
+            uv_queue_work(&d->rt.loop, nx_calloc(1, sizeof(uv_work_t)), preload_work, preload_done);
     }
 }
 
@@ -165,6 +185,8 @@ static void reload_done(uv_work_t *w, int status)
         } else {
             nx_config_unref(d->cfg);
             d->cfg = r->cfg;
+            if (d->agents)
+                nx_agents_reload(d->agents, d->cfg);
             d->token = gw->auth_token && *gw->auth_token ? gw->auth_token : NULL;
             apply_logging(d, gw);
             nx_counter_add(d->m_reloads, ok_label, 1);
@@ -193,6 +215,10 @@ static void on_reload(struct nx_runtime *rt)
 
 static void teardown(struct daemon *d)
 {
+    nx_agents_free(d->agents); /* cancels turns still running */
+    d->agents = NULL;
+    nx_bus_free(d->bus); /* before the store: queued events stay on disk */
+    d->bus = d->ready.bus = NULL;
     if (d->store) {
         nx_store_close(d->store); /* flushes every queued write */
         d->store = NULL;
@@ -246,7 +272,7 @@ static json_t *admin_status(void *arg)
     json_object_set_new(o, "config_dir", d->opts->config_dir ? json_string(d->opts->config_dir)
                                                              : json_string("(embedded defaults)"));
     json_object_set_new(o, "data_dir", json_string(d->opts->data_dir));
-    json_object_set_new(o, "bus_mode", json_string(d->ready.bus_mode));
+    json_object_set_new(o, "bus_mode", json_string(d->bus ? nx_bus_mode(d->bus) : "none"));
     json_t *ls = json_object();
     for (int i = 0; i < LISTENER_COUNT; i++) {
         json_t *l = json_object();
@@ -283,6 +309,7 @@ static int start_listeners(struct daemon *d, const struct nx_gateway_conf *gw)
         switch (i) {
         case LISTENER_GATEWAY:
             nx_api_health_register(d->srv[i], &d->ready);
+            nx_api_chat_register(d->srv[i], d->agents, &d->token);
             break;
         case LISTENER_METRICS:
             nx_api_metrics_register(d->srv[i], &d->token);
@@ -300,6 +327,14 @@ static int start_listeners(struct daemon *d, const struct nx_gateway_conf *gw)
     return 0;
 }
 
+static struct nx_metric *m_sessions;
+
+static void collect(void *arg)
+{
+    struct daemon *d = arg;
+    nx_gauge_set(m_sessions, NULL, d->agents ? (double)nx_agents_sessions(d->agents) : 0);
+}
+
 static void register_metrics(struct daemon *d)
 {
     static const char *const reload_labels[] = {"result", NULL};
@@ -307,6 +342,9 @@ static void register_metrics(struct daemon *d)
     static const char *const info_values[] = {NEXO_VERSION};
     nx_gauge_set(nx_metric_gauge("nexo_build_info", "nexo version", info_labels), info_values, 1);
     d->m_ready = nx_metric_gauge("nexo_ready", "1 when /readyz answers 200", NULL);
+    m_sessions = nx_metric_gauge("nexo_agent_sessions_active",
+                                 "sessions with a turn running or queued", NULL);
+    nx_metrics_on_collect(collect, d);
     d->m_reloads = nx_metric_counter("nexo_config_reloads_total",
                                      "configuration reloads (SIGHUP) by result", reload_labels);
 }
@@ -321,7 +359,6 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
     d.opts = opts;
     d.exit_code = NX_EXIT_OK;
     d.started_wall_ms = nx_wall_ms();
-    d.ready.bus_mode = "in-process";
     nx_diags_init(&diags);
 
     if (nx_config_load(opts->config_dir, &d.cfg, &diags) < 0) {
@@ -350,29 +387,39 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
     d.rt.on_reload = on_reload;
     register_metrics(&d);
     d.ready.config_loaded = true;
-    /* The bus arrives with its own module; until then everything is in-process. */
-    d.ready.bus_ready = true;
 
-    if ((rc = start_listeners(&d, gw)) < 0) {
-        teardown(&d);
-        nx_runtime_close(&d.rt);
-        nx_config_unref(d.cfg);
-        return NX_EXIT_LISTEN;
-    }
     struct nx_http_client_opts copts = {
         .proxy = gw->http_client.proxy,
         .connect_timeout_ms = gw->http_client.connect_timeout_ms,
         .timeout_ms = gw->http_client.timeout_ms,
         .max_response_bytes = gw->http_client.max_response_bytes,
     };
-    if (nx_http_client_new(&d.rt.loop, &copts, &d.client) < 0) {
-        nx_error("daemon", "cannot start the HTTP client");
-        d.exit_code = NX_EXIT_FAILURE;
-        nx_runtime_stop(&d.rt, 0);
-    } else if (nx_store_open(&d.rt.loop, opts->data_dir, NULL, on_store_ready, &d, &d.store) < 0) {
-        nx_error("daemon", "cannot open the store under %s", opts->data_dir);
-        d.exit_code = NX_EXIT_FAILURE;
-        nx_runtime_stop(&d.rt, 0);
+    if (nx_http_client_new(&d.rt.loop, &copts, &d.client) < 0 ||
+        nx_store_open(&d.rt.loop, opts->data_dir, NULL, on_store_ready, &d, &d.store) < 0) {
+        nx_error("daemon", "cannot start the HTTP client or the store under %s", opts->data_dir);
+        teardown(&d);
+        nx_runtime_close(&d.rt);
+        nx_config_unref(d.cfg);
+        return NX_EXIT_FAILURE;
+    }
+    struct nx_bus_opts bopts = {.conf = nx_config_broker(d.cfg), .store = d.store, .name = "nexo"};
+    if (nx_bus_new(&d.rt.loop, &bopts, &d.bus) < 0) {
+        nx_error("daemon", "cannot start the bus");
+        teardown(&d);
+        nx_runtime_close(&d.rt);
+        nx_config_unref(d.cfg);
+        return NX_EXIT_FAILURE;
+    }
+    d.ready.bus = d.bus;
+    struct nx_agent_deps deps = {
+        .loop = &d.rt.loop, .http = d.client, .store = d.store, .data_dir = opts->data_dir,
+    };
+    nx_agents_new(&deps, d.cfg, &d.agents);
+    if ((rc = start_listeners(&d, gw)) < 0) {
+        teardown(&d);
+        nx_runtime_close(&d.rt);
+        nx_config_unref(d.cfg);
+        return NX_EXIT_LISTEN;
     }
     nx_runtime_watch_signals(&d.rt);
 

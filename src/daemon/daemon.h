@@ -23,4 +23,8 @@ struct nx_daemon_opts {
 /* Returns the process exit code (NX_EXIT_*). */
 int nx_daemon_run(const struct nx_daemon_opts *opts);
 
+/* `nexo chat`: a terminal conversation with agent_id (NULL = the first agent) in session
+ * "agent:<id>:cli:<session>" (session NULL = "terminal"). Returns an exit code. */
+int nx_chat_run(const struct nx_daemon_opts *opts, const char *agent_id, const char *session);
+
 #endif

@@ -94,6 +94,11 @@ static void global_init(void)
                 vi->version);
 }
 
+void nx_http_client_preload(void)
+{
+    pthread_once(&global_once, global_init);
+}
+
 static int check_proxy(const char *p)
 {
     static const char *const schemes[] = {"http://", "https://", "socks5://", "socks5h://"};

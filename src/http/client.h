@@ -70,6 +70,10 @@ struct nx_http_call_opts {
     const char *resolve;
 };
 
+/* Loads libcurl and initializes it now (any thread; e.g. from the libuv thread pool once the
+ * gateway is ready), so the first outbound request does not pay for it on the loop. */
+void nx_http_client_preload(void);
+
 int nx_http_client_new(uv_loop_t *loop, const struct nx_http_client_opts *opts,
                        struct nx_http_client **out);
 /* Cancels every call in flight (their on_done gets NX_ECANCELED), then frees once the loop

@@ -1,0 +1,225 @@
+/* The agent registry: one generation per configuration snapshot, with its providers. */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/agent_internal.h"
+#include "core/alloc.h"
+#include "core/error.h"
+#include "core/log.h"
+
+static const char *kind_name(int kind)
+{
+    return kind == NX_PROVIDER_OPENAI ? "openai" : "anthropic";
+}
+
+static struct nx_llm_provider *gen_provider(const struct generation *g, const char *name)
+{
+    for (size_t i = 0; i < g->nproviders; i++) {
+        if (strcmp(nx_llm_provider_name(g->providers[i]), name) == 0)
+            return g->providers[i];
+    }
+    return NULL;
+}
+
+static int make_providers(struct nx_agents *a, struct generation *g)
+{
+    const struct nx_llm_conf *llm = nx_config_llm(g->cfg);
+    g->providers = nx_calloc(llm->n_providers + 1, sizeof *g->providers);
+    for (size_t i = 0; i < llm->n_providers; i++) {
+        const struct nx_provider_conf *pc = &llm->providers[i];
+        struct nx_http_header *hdrs = nx_calloc(pc->headers.n + 1, sizeof *hdrs);
+        for (size_t k = 0; k < pc->headers.n; k++) {
+            hdrs[k].name = pc->headers.keys[k];
+            hdrs[k].value = pc->headers.vals[k];
+        }
+        struct nx_llm_provider_conf c = {
+            .name = pc->name,
+            .kind = kind_name(pc->kind),
+            .api_key = pc->api_key ? pc->api_key : "",
+            .base_url = pc->base_url ? pc->base_url : "",
+            .headers = hdrs,
+            .nheaders = pc->headers.n,
+            .timeout_ms = pc->timeout_ms,
+        };
+        struct nx_llm_provider *p = NULL;
+        int rc = nx_llm_provider_new(a->deps.http, &c, &p);
+        free(hdrs);
+        if (rc < 0) {
+            nx_error("agent", "provider \"%s\": %s", pc->name, nx_strerror(rc));
+            continue;
+        }
+        g->providers[g->nproviders++] = p;
+    }
+    return 0;
+}
+
+/* Relative workspaces are resolved against the configuration directory (as in nexo-rs). */
+static char *resolve_workspace(const struct nx_config *cfg, const char *ws)
+{
+    if (!ws || !*ws)
+        return NULL;
+    char path[PATH_MAX];
+    const char *dir = nx_config_dir(cfg);
+    if (ws[0] == '/' || !dir)
+        snprintf(path, sizeof path, "%s", ws);
+    else
+        snprintf(path, sizeof path, "%s/%s", dir, ws);
+    char *real = realpath(path, NULL);
+    if (!real)
+        nx_warn("agent", "workspace %s does not exist: file tools are disabled", path);
+    return real;
+}
+
+/* A provider with no key that can only be the public API is unusable: better a clear message
+ * than a 401 from upstream. (Local OpenAI-compatible servers such as Ollama need no key.) */
+static struct nx_llm_provider *usable_provider(const struct generation *g, const char *name)
+{
+    const struct nx_provider_conf *pc = nx_config_provider(g->cfg, name);
+    if (!pc)
+        return NULL;
+    if ((!pc->api_key || !*pc->api_key) &&
+        (pc->kind == NX_PROVIDER_ANTHROPIC || !pc->base_url || !*pc->base_url))
+        return NULL;
+    return gen_provider(g, name);
+}
+
+static void build_agent(struct generation *g, struct agent_rt *rt, const struct nx_agent_conf *ac)
+{
+    rt->conf = ac;
+    rt->targets = nx_calloc(ac->model.n_fallbacks + 1, sizeof *rt->targets);
+    struct nx_llm_provider *p = usable_provider(g, ac->model.provider);
+    if (p) {
+        rt->targets[rt->ntargets].provider = p;
+        rt->targets[rt->ntargets++].model = ac->model.model;
+    }
+    for (size_t i = 0; i < ac->model.n_fallbacks; i++) {
+        p = usable_provider(g, ac->model.fallbacks[i].provider);
+        if (!p)
+            continue;
+        rt->targets[rt->ntargets].provider = p;
+        rt->targets[rt->ntargets++].model = ac->model.fallbacks[i].model;
+    }
+    rt->allowed_tools = (const char *const *)ac->allowed_tools;
+    rt->http_allowlist = (const char *const *)nx_strlistmap_get(&ac->outbound_allowlist, "http");
+    rt->workspace = resolve_workspace(g->cfg, ac->workspace);
+    rt->system_prompt = nx_strdup(ac->system_prompt ? ac->system_prompt : "");
+}
+
+static struct generation *gen_new(struct nx_agents *a, struct nx_config *cfg)
+{
+    struct generation *g = nx_calloc(1, sizeof *g);
+    g->refs = 1;
+    g->cfg = nx_config_ref(cfg);
+    make_providers(a, g);
+    const struct nx_agent_conf *acs = NULL;
+    g->nagents = nx_config_agents(cfg, &acs);
+    g->agents = nx_calloc(g->nagents + 1, sizeof *g->agents);
+    for (size_t i = 0; i < g->nagents; i++)
+        build_agent(g, &g->agents[i], &acs[i]);
+    return g;
+}
+
+struct generation *gen_ref(struct generation *g)
+{
+    g->refs++;
+    return g;
+}
+
+void gen_unref(struct generation *g)
+{
+    if (!g || --g->refs > 0)
+        return;
+    for (size_t i = 0; i < g->nagents; i++) {
+        free(g->agents[i].targets);
+        free(g->agents[i].workspace);
+        free(g->agents[i].system_prompt);
+    }
+    free(g->agents);
+    for (size_t i = 0; i < g->nproviders; i++)
+        nx_llm_provider_free(g->providers[i]);
+    free(g->providers);
+    nx_config_unref(g->cfg);
+    free(g);
+}
+
+const struct agent_rt *gen_agent(const struct generation *g, const char *id)
+{
+    for (size_t i = 0; i < g->nagents; i++) {
+        if (strcmp(g->agents[i].conf->id, id) == 0)
+            return &g->agents[i];
+    }
+    return NULL;
+}
+
+int nx_agents_new(const struct nx_agent_deps *deps, struct nx_config *cfg, struct nx_agents **out)
+{
+    struct nx_agents *a = nx_calloc(1, sizeof *a);
+    a->deps = *deps;
+    a->data_dir = nx_strdup(deps->data_dir ? deps->data_dir : "./data");
+    a->deps.data_dir = a->data_dir;
+    a->gen = gen_new(a, cfg);
+    *out = a;
+    return 0;
+}
+
+int nx_agents_reload(struct nx_agents *a, struct nx_config *cfg)
+{
+    struct generation *old = a->gen;
+    a->gen = gen_new(a, cfg);
+    gen_unref(old);
+    return 0;
+}
+
+bool nx_agents_has(const struct nx_agents *a, const char *id)
+{
+    return gen_agent(a->gen, id) != NULL;
+}
+
+json_t *nx_agents_list(const struct nx_agents *a)
+{
+    json_t *arr = json_array();
+    for (size_t i = 0; i < a->gen->nagents; i++) {
+        const struct nx_agent_conf *c = a->gen->agents[i].conf;
+        json_array_append_new(arr, json_pack("{s:s, s:s, s:s, s:s}", "id", c->id, "description",
+                                             c->description ? c->description : "", "provider",
+                                             c->model.provider ? c->model.provider : "", "model",
+                                             c->model.model ? c->model.model : ""));
+    }
+    return arr;
+}
+
+size_t nx_agents_turns_in_flight(const struct nx_agents *a)
+{
+    return a->nturns;
+}
+
+bool nx_agents_can_answer(const struct nx_agents *a)
+{
+    for (size_t i = 0; i < a->gen->nagents; i++) {
+        if (a->gen->agents[i].ntargets)
+            return true;
+    }
+    return false;
+}
+
+size_t nx_agents_sessions(const struct nx_agents *a)
+{
+    return a->nlanes;
+}
+
+size_t nx_estimate_tokens(const json_t *messages)
+{
+    size_t chars = 0, n = 0;
+    size_t i;
+    json_t *m;
+    json_array_foreach(messages, i, m) {
+        char *s = json_dumps(m, JSON_COMPACT);
+        if (s) {
+            chars += strlen(s);
+            free(s);
+        }
+        n++;
+    }
+    return chars / 4 + n * 4;
+}

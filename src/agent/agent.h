@@ -1,0 +1,92 @@
+#ifndef NX_AGENT_AGENT_H
+#define NX_AGENT_AGENT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include "config/config.h"
+#include "http/client.h"
+#include "llm/llm.h"
+#include "store/store.h"
+
+/* Agents: each configured agent with its providers, tools and limits; sessions with lanes (one
+ * turn at a time per session, later messages queue); the turn loop (model -> tool calls ->
+ * results -> model ... -> final text). Loop thread only. */
+
+struct nx_agents;
+struct nx_turn;
+
+struct nx_agent_deps {
+    uv_loop_t *loop;
+    struct nx_http_client *http;
+    struct nx_store *store;   /* sessions and transcripts; NULL = stateless only */
+    const char *data_dir;
+};
+
+int nx_agents_new(const struct nx_agent_deps *deps, struct nx_config *cfg, struct nx_agents **out);
+/* A new snapshot: turns in flight keep the one they started with; agents added or removed take
+ * effect for the next message. */
+int nx_agents_reload(struct nx_agents *a, struct nx_config *cfg);
+/* Cancels every turn (their on_done runs with NX_ECANCELED) and frees. Accepts NULL. */
+void nx_agents_free(struct nx_agents *a);
+
+bool nx_agents_has(const struct nx_agents *a, const char *id);
+/* [{"id":..., "description":..., "model":...}] in configuration order. New reference. */
+json_t *nx_agents_list(const struct nx_agents *a);
+size_t nx_agents_turns_in_flight(const struct nx_agents *a);
+/* True when some agent has a usable provider (so outbound HTTP will be needed). */
+bool nx_agents_can_answer(const struct nx_agents *a);
+size_t nx_agents_sessions(const struct nx_agents *a);
+
+struct nx_turn_result {
+    const char *text;            /* the final answer's text ("" if none) */
+    const json_t *message;       /* the final assistant message, canonical */
+    struct nx_llm_usage usage;   /* summed over every model call of the turn */
+    const char *model;
+    enum nx_llm_stop stop;
+    unsigned tool_calls;
+    /* On failure: */
+    int http_status;             /* upstream status, 0 if none */
+    const char *error_type;      /* "not_found_error", "rate_limit_error", "overloaded_error",
+                                    "api_error", "invalid_request_error", "configuration_error" */
+    const char *error_message;
+};
+
+enum nx_queue_mode {
+    NX_QUEUE_FOLLOWUP = 0, /* queued messages each get their own turn, in order */
+    NX_QUEUE_COLLECT,      /* queued messages merge into the next turn */
+    NX_QUEUE_INTERRUPT,    /* a new message cancels the running turn */
+};
+
+struct nx_turn_opts {
+    const char *agent_id;
+    /* "agent:<agent_id>:<channel>:<peer>" for a persistent session (history loaded and saved);
+     * NULL for a stateless turn whose messages are the whole history. */
+    const char *session_key;
+    const char *channel;           /* "http", "telegram", ... (transcripts) */
+    const json_t *messages;        /* canonical; for a session: the new message(s) only */
+    const char *system_extra;      /* appended to the agent's system prompt, or NULL */
+    uint32_t max_tokens;           /* 0 = the agent's limit */
+    double temperature;            /* < 0 = default */
+    bool stream;
+    enum nx_queue_mode queue_mode;
+    void (*on_text)(const char *delta, size_t len, void *udata);
+    /* Exactly once, never from inside nx_turn_start. rc 0 or NX_ENOENT (no such agent),
+     * NX_ECANCELED, NX_EHTTP/NX_ETIMEDOUT (upstream), NX_ERANGE (tool iteration limit). */
+    void (*on_done)(int rc, const struct nx_turn_result *res, void *udata);
+    void *udata;
+};
+
+/* Starts (or queues behind the session's running turn) a turn. Returns a handle valid until
+ * on_done has run. */
+struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o);
+/* on_done then runs with NX_ECANCELED (from within this call or soon after); the upstream
+ * request is cancelled. */
+void nx_turn_cancel(struct nx_turn *t);
+
+/* Rough token estimate of canonical messages (characters / 4, plus per-message overhead). */
+size_t nx_estimate_tokens(const json_t *messages);
+
+#endif

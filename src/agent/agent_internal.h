@@ -1,0 +1,104 @@
+#ifndef NX_AGENT_INTERNAL_H
+#define NX_AGENT_INTERNAL_H
+
+#include "agent/agent.h"
+#include "llm/llm.h"
+#include "runtime/runtime.h"
+#include "tools/tool.h"
+
+/* Shared by agent.c (registry, generations), lane.c (sessions) and turn.c (the turn loop). */
+
+struct agent_rt {
+    const struct nx_agent_conf *conf;   /* points into gen->cfg */
+    struct nx_llm_target *targets;      /* primary, then fallbacks (resolvable ones) */
+    size_t ntargets;
+    const char *const *allowed_tools;   /* NULL-terminated */
+    const char *const *http_allowlist;  /* outbound_allowlist.http, or NULL */
+    char *workspace;                    /* absolute, or NULL */
+    char *system_prompt;
+};
+
+/* Everything built from one configuration snapshot. Turns hold a reference, so a reload never
+ * pulls an agent or provider out from under a running turn. */
+struct generation {
+    unsigned refs;
+    struct nx_config *cfg;
+    struct agent_rt *agents;
+    size_t nagents;
+    struct nx_llm_provider **providers;
+    size_t nproviders;
+};
+
+struct lane;
+
+struct nx_agents {
+    struct nx_agent_deps deps;
+    char *data_dir;
+    struct generation *gen;
+    struct lane **lanes;       /* hash table of sessions with a running or queued turn */
+    size_t nbuckets;
+    size_t nlanes;
+    struct nx_turn *turns;     /* every turn not yet done (for free) */
+    size_t nturns;
+    bool is_freeing;
+};
+
+struct generation *gen_ref(struct generation *g);
+void gen_unref(struct generation *g);
+const struct agent_rt *gen_agent(const struct generation *g, const char *id);
+
+struct tool_slot {
+    struct nx_turn *t;
+    struct nx_tool_call *call;
+    json_t *result;            /* tool_result block once done */
+    bool is_done;
+};
+
+struct nx_turn {
+    struct nx_agents *a;
+    struct nx_turn *next, *prev;   /* a->turns */
+    struct nx_turn *lane_next;     /* queue behind the running turn of its lane */
+    struct lane *lane;
+    struct generation *gen;
+    const struct agent_rt *agent;
+    char *agent_id;
+    char *session_key;
+    char *channel;
+    char *system_extra;
+    json_t *input;                 /* the caller's messages (copy) */
+    json_t *convo;                 /* history + input + this turn's model and tool messages */
+    size_t new_from;               /* first index of convo that this turn adds */
+    struct nx_turn_opts o;         /* callbacks and options (strings replaced by copies above) */
+    struct nx_llm_call *llm;
+    struct tool_slot *slots;
+    size_t nslots, slots_pending;
+    unsigned iterations;
+    unsigned tool_calls;
+    struct nx_llm_usage usage;
+    char *model;
+    enum nx_llm_stop stop;
+    int http_status;
+    char *error_type;
+    char *error_message;
+    struct nx_timer *kick;
+    struct nx_turn **merged;       /* collect mode: callers answered with this turn's result */
+    size_t nmerged;
+    bool is_started;
+    bool is_cancelled;
+    bool is_done;
+};
+
+/* lane.c */
+struct lane *lane_get(struct nx_agents *a, const char *session_key);
+/* Queues t on its lane; starts it at once when the lane is idle. */
+void lane_submit(struct nx_agents *a, struct nx_turn *t);
+/* The lane's running turn finished: start the next queued one. */
+void lane_turn_done(struct nx_agents *a, struct nx_turn *t);
+void lanes_free(struct nx_agents *a);
+
+/* turn.c */
+void turn_run(struct nx_turn *t); /* begins the turn (history, model, tools ...) */
+/* collect mode: `from`'s messages join `into`, and its caller gets into's answer. */
+void turn_merge(struct nx_turn *into, struct nx_turn *from);
+
+#endif

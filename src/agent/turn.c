@@ -1,0 +1,484 @@
+/* The turn loop: history -> model -> tool calls (in parallel) -> results -> model ... -> answer.
+ * Loop thread only. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/agent_internal.h"
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "runtime/runtime.h"
+#include "store/history.h"
+#include "tools/tool.h"
+
+static struct nx_metric *m_turns, *m_inflight, *m_tokens, *m_latency;
+
+static void metrics_init(void)
+{
+    static const char *const turn_labels[] = {"agent", "outcome", NULL};
+    static const char *const agent_labels[] = {"agent", NULL};
+    static const char *const tok_labels[] = {"agent", "direction", NULL};
+    static const double buckets[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
+    if (m_turns)
+        return;
+    m_turns = nx_metric_counter("nexo_agent_turns_total", "agent turns by outcome", turn_labels);
+    m_inflight = nx_metric_gauge("nexo_agent_turns_in_flight", "turns running or queued", NULL);
+    m_tokens = nx_metric_counter("nexo_agent_tokens_total", "tokens per agent", tok_labels);
+    m_latency = nx_metric_histogram("nexo_agent_turn_seconds", "turn duration", agent_labels,
+                                    buckets, NX_ARRAY_LEN(buckets));
+}
+
+/* --- ending --- */
+
+static void set_error(struct nx_turn *t, const char *type, const char *msg)
+{
+    if (t->error_type)
+        return;
+    t->error_type = nx_strdup(type);
+    t->error_message = nx_strdup(msg);
+}
+
+static void text_of(const json_t *message, struct nx_buf *out)
+{
+    size_t i;
+    json_t *b;
+    json_array_foreach(json_object_get(message, "content"), i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        const char *text = json_string_value(json_object_get(b, "text"));
+        if (type && strcmp(type, "text") == 0 && text)
+            nx_buf_puts(out, text);
+    }
+}
+
+static void unlink_turn(struct nx_turn *t)
+{
+    struct nx_agents *a = t->a;
+    if (t->prev)
+        t->prev->next = t->next;
+    else if (a->turns == t)
+        a->turns = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    t->next = t->prev = NULL;
+    a->nturns--;
+    nx_gauge_set(m_inflight, NULL, (double)a->nturns);
+}
+
+static void free_turn(struct nx_turn *t)
+{
+    for (size_t i = 0; i < t->nslots; i++)
+        json_decref(t->slots[i].result);
+    free(t->slots);
+    json_decref(t->input);
+    json_decref(t->convo);
+    free(t->agent_id);
+    free(t->session_key);
+    free(t->channel);
+    free(t->system_extra);
+    free(t->model);
+    free(t->error_type);
+    free(t->error_message);
+    free(t->merged);
+    gen_unref(t->gen);
+    free(t);
+}
+
+static void answer(struct nx_turn *t, int rc, const struct nx_turn_result *res)
+{
+    const char *agent = t->agent_id;
+    const char *outcome = rc == 0 ? "ok" : rc == NX_ECANCELED ? "cancelled" : "error";
+    const char *const lv[] = {agent, outcome};
+    nx_counter_add(m_turns, lv, 1);
+    if (t->o.on_done)
+        t->o.on_done(rc, res, t->o.udata);
+}
+
+static void finish(struct nx_turn *t, int rc)
+{
+    if (t->is_done)
+        return;
+    t->is_done = true;
+    nx_timer_cancel(t->kick);
+    t->kick = NULL;
+
+    struct nx_buf text = NX_BUF_INIT;
+    const json_t *last = NULL;
+    if (rc == 0 && json_array_size(t->convo) > 0) {
+        last = json_array_get(t->convo, json_array_size(t->convo) - 1);
+        text_of(last, &text);
+    }
+    struct nx_turn_result res = {
+        .text = nx_buf_cstr(&text),
+        .message = last,
+        .usage = t->usage,
+        .model = t->model,
+        .stop = t->stop,
+        .tool_calls = t->tool_calls,
+        .http_status = t->http_status,
+        .error_type = t->error_type,
+        .error_message = t->error_message,
+    };
+    if (rc == NX_ECANCELED && !res.error_type) {
+        res.error_type = "cancelled";
+        res.error_message = "the turn was cancelled";
+    }
+    const char *const tin[] = {t->agent_id, "input"}, *const tout[] = {t->agent_id, "output"};
+    nx_counter_add(m_tokens, tin, (double)t->usage.input_tokens);
+    nx_counter_add(m_tokens, tout, (double)t->usage.output_tokens);
+
+    struct nx_agents *a = t->a;
+    unlink_turn(t);
+    if (t->lane)
+        lane_turn_done(a, t);
+    answer(t, rc, &res);
+    for (size_t i = 0; i < t->nmerged; i++) {
+        answer(t->merged[i], rc, &res);
+        free_turn(t->merged[i]);
+    }
+    nx_buf_cleanup(&text);
+    free_turn(t);
+}
+
+/* --- saving --- */
+
+static void on_saved(int rc, void *arg)
+{
+    char *key = arg;
+    if (rc < 0)
+        nx_error("agent", "session %s: history not saved: %s", key, nx_strerror(rc));
+    free(key);
+}
+
+static void save(struct nx_turn *t)
+{
+    if (!t->session_key || !t->a->deps.store)
+        return;
+    json_t *added = json_array();
+    for (size_t i = t->new_from; i < json_array_size(t->convo); i++)
+        json_array_append(added, json_array_get(t->convo, i));
+    struct nx_history_append ap = {
+        .session_key = t->session_key,
+        .agent_id = t->agent_id,
+        .source = t->channel,
+        .messages = added,
+        .input_tokens = t->usage.input_tokens,
+        .output_tokens = t->usage.output_tokens,
+    };
+    /* Queued before the lane's next turn loads history, so that load sees it. */
+    nx_history_append(t->a->deps.store, t->a->deps.data_dir, &ap, on_saved, nx_strdup(t->session_key));
+    json_decref(added);
+}
+
+/* --- the model --- */
+
+static void call_model(struct nx_turn *t);
+
+static void on_llm_text(const char *delta, size_t len, void *udata)
+{
+    struct nx_turn *t = udata;
+    if (t->o.on_text && !t->is_cancelled)
+        t->o.on_text(delta, len, t->o.udata);
+}
+
+static void on_tool_done(const char *output, size_t len, bool is_error, void *udata)
+{
+    struct tool_slot *s = udata;
+    struct nx_turn *t = s->t;
+    s->call = NULL;
+    s->is_done = true;
+    json_object_set_new(s->result, "content", json_stringn(output, len));
+    if (is_error)
+        json_object_set_new(s->result, "is_error", json_true());
+    if (--t->slots_pending > 0 || t->is_done)
+        return;
+    json_t *blocks = json_array();
+    for (size_t i = 0; i < t->nslots; i++)
+        json_array_append(blocks, t->slots[i].result);
+    json_array_append_new(t->convo, json_pack("{s:s, s:o}", "role", "user", "content", blocks));
+    call_model(t);
+}
+
+static void run_tools(struct nx_turn *t, const json_t *message)
+{
+    const json_t *content = json_object_get(message, "content");
+    size_t i, n = 0;
+    json_t *b;
+    json_array_foreach(content, i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (type && strcmp(type, "tool_use") == 0)
+            n++;
+    }
+    for (size_t k = 0; k < t->nslots; k++)
+        json_decref(t->slots[k].result);
+    free(t->slots);
+    t->slots = nx_calloc(n, sizeof *t->slots);
+    t->nslots = n;
+    t->slots_pending = n;
+    size_t k = 0;
+    json_array_foreach(content, i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (!type || strcmp(type, "tool_use") != 0)
+            continue;
+        const char *id = json_string_value(json_object_get(b, "id"));
+        struct tool_slot *s = &t->slots[k++];
+        s->t = t;
+        s->result = json_pack("{s:s, s:s}", "type", "tool_result", "tool_use_id", id ? id : "");
+    }
+    struct nx_tool_ctx ctx = {
+        .loop = t->a->deps.loop,
+        .http = t->a->deps.http,
+        .agent_id = t->agent_id,
+        .session_key = t->session_key,
+        .workspace = t->agent->workspace,
+        .outbound_allowlist = t->agent->http_allowlist,
+        .allow_private_addresses = false,
+    };
+    k = 0;
+    json_array_foreach(content, i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (!type || strcmp(type, "tool_use") != 0)
+            continue;
+        struct tool_slot *s = &t->slots[k++];
+        const char *name = json_string_value(json_object_get(b, "name"));
+        json_t *input = json_object_get(b, "input");
+        t->tool_calls++;
+        s->call = nx_tool_invoke(&ctx, t->agent->allowed_tools, name ? name : "", input, on_tool_done, s);
+        if (t->is_done)
+            return; /* a tool finished the turn synchronously (cancel from a callback) */
+    }
+}
+
+static void on_llm_done(int rc, const struct nx_llm_result *res, void *udata)
+{
+    struct nx_turn *t = udata;
+    t->llm = NULL;
+    if (t->is_cancelled) {
+        finish(t, NX_ECANCELED);
+        return;
+    }
+    if (res) {
+        t->usage.input_tokens += res->usage.input_tokens;
+        t->usage.output_tokens += res->usage.output_tokens;
+        t->usage.cache_read_tokens += res->usage.cache_read_tokens;
+        t->usage.cache_write_tokens += res->usage.cache_write_tokens;
+        if (res->model) {
+            free(t->model);
+            t->model = nx_strdup(res->model);
+        }
+    }
+    if (rc < 0) {
+        t->http_status = res ? res->http_status : 0;
+        set_error(t, res && res->error_type ? res->error_type : "api_error",
+                  res && res->error_message ? res->error_message : nx_strerror(rc));
+        finish(t, rc);
+        return;
+    }
+    t->stop = res->stop;
+    json_array_append(t->convo, res->message);
+    if (res->stop == NX_LLM_STOP_TOOL_USE) {
+        if (++t->iterations > t->agent->conf->limits.max_tool_iterations) {
+            set_error(t, "tool_iteration_limit", "the agent reached its limit of tool iterations "
+                                                 "for one turn (limits.max_tool_iterations)");
+            save(t);
+            finish(t, NX_ERANGE);
+            return;
+        }
+        run_tools(t, res->message);
+        if (t->nslots == 0) { /* tool_use without tool blocks: treat as the answer */
+            save(t);
+            finish(t, 0);
+        }
+        return;
+    }
+    save(t);
+    finish(t, 0);
+}
+
+/* Drops the oldest messages while the estimate is over the budget, never splitting a tool call
+ * from its result: the kept part starts at a user message without tool results. */
+static void trim(struct nx_turn *t, size_t budget)
+{
+    while (json_array_size(t->convo) > 1 && nx_estimate_tokens(t->convo) > budget) {
+        size_t cut = 1;
+        while (cut < json_array_size(t->convo)) {
+            const json_t *m = json_array_get(t->convo, cut);
+            const char *role = json_string_value(json_object_get(m, "role"));
+            const json_t *first = json_array_get(json_object_get(m, "content"), 0);
+            const char *ftype = json_string_value(json_object_get(first, "type"));
+            if (role && strcmp(role, "user") == 0 && !(ftype && strcmp(ftype, "tool_result") == 0))
+                break;
+            cut++;
+        }
+        if (cut >= json_array_size(t->convo) || cut > t->new_from)
+            break; /* never drop this turn's own messages */
+        for (size_t i = 0; i < cut; i++)
+            json_array_remove(t->convo, 0);
+        t->new_from -= cut;
+    }
+}
+
+static void call_model(struct nx_turn *t)
+{
+    const struct agent_rt *ag = t->agent;
+    if (ag->ntargets == 0) {
+        set_error(t, "configuration_error",
+                  "no usable LLM provider for this agent: set ANTHROPIC_API_KEY or OPENAI_API_KEY, "
+                  "or configure llm.yaml and the agent's model");
+        finish(t, NX_ECONFIG);
+        return;
+    }
+    trim(t, 150000);
+    struct nx_buf system = NX_BUF_INIT;
+    nx_buf_puts(&system, ag->system_prompt);
+    if (t->system_extra) {
+        if (system.len)
+            nx_buf_puts(&system, "\n\n");
+        nx_buf_puts(&system, t->system_extra);
+    }
+    json_t *tools = nx_tool_manifest(ag->allowed_tools);
+    struct nx_llm_request req = {
+        .model = ag->targets[0].model,
+        .system = system.len ? nx_buf_cstr(&system) : NULL,
+        .messages = t->convo,
+        .tools = json_array_size(tools) ? tools : NULL,
+        .max_tokens = t->o.max_tokens ? t->o.max_tokens : ag->conf->limits.max_tokens,
+        .temperature = t->o.temperature,
+        .stream = t->o.stream,
+    };
+    struct nx_llm_callbacks cb = {.on_text = on_llm_text, .on_done = on_llm_done, .udata = t};
+    const struct nx_llm_conf *llm = nx_config_llm(t->gen->cfg);
+    t->llm = nx_llm_chain_start(ag->targets, ag->ntargets, &llm->retry, &req, &cb);
+    json_decref(tools);
+    nx_buf_cleanup(&system);
+}
+
+static void on_history(int rc, json_t *messages, void *arg)
+{
+    struct nx_turn *t = arg;
+    if (t->is_cancelled) {
+        json_decref(messages);
+        finish(t, NX_ECANCELED);
+        return;
+    }
+    if (rc < 0) {
+        nx_warn("agent", "session %s: history not loaded (%s): answering without it",
+                t->session_key, nx_strerror(rc));
+        messages = json_array();
+    }
+    t->convo = messages;
+    t->new_from = json_array_size(messages);
+    json_array_extend(t->convo, t->input);
+    call_model(t);
+}
+
+void turn_run(struct nx_turn *t)
+{
+    t->is_started = true;
+    if (t->session_key && t->a->deps.store) {
+        const struct nx_memory_conf *mem = nx_config_memory(t->gen->cfg);
+        size_t max = mem ? (size_t)mem->short_term.max_history_turns * 2 : 100;
+        nx_history_load(t->a->deps.store, t->session_key, max, on_history, t);
+        return;
+    }
+    t->convo = json_array();
+    t->new_from = 0;
+    json_array_extend(t->convo, t->input);
+    call_model(t);
+}
+
+/* --- the public API --- */
+
+static void kick(void *arg)
+{
+    struct nx_turn *t = arg;
+    t->kick = NULL;
+    if (!t->agent) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "no agent \"%s\" (see GET /v1/models)", t->agent_id);
+        set_error(t, "not_found_error", msg);
+        finish(t, NX_ENOENT);
+        return;
+    }
+    if (t->is_cancelled) {
+        finish(t, NX_ECANCELED);
+        return;
+    }
+    if (t->session_key)
+        lane_submit(t->a, t);
+    else
+        turn_run(t);
+}
+
+struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
+{
+    metrics_init();
+    struct nx_turn *t = nx_calloc(1, sizeof *t);
+    t->a = a;
+    t->o = *o;
+    t->gen = gen_ref(a->gen);
+    t->agent_id = nx_strdup(o->agent_id ? o->agent_id : "");
+    t->agent = gen_agent(t->gen, t->agent_id);
+    t->session_key = o->session_key ? nx_strdup(o->session_key) : NULL;
+    t->channel = nx_strdup(o->channel ? o->channel : "http");
+    t->system_extra = o->system_extra ? nx_strdup(o->system_extra) : NULL;
+    t->input = o->messages ? json_deep_copy(o->messages) : json_array();
+    t->o.agent_id = t->agent_id;
+    t->o.session_key = t->session_key;
+    t->o.channel = t->channel;
+    t->o.system_extra = t->system_extra;
+    t->o.messages = NULL;
+    t->next = a->turns;
+    if (a->turns)
+        a->turns->prev = t;
+    a->turns = t;
+    a->nturns++;
+    nx_gauge_set(m_inflight, NULL, (double)a->nturns);
+    /* on_done never runs inside this call: everything starts on the next loop iteration. */
+    t->kick = nx_timer_once(a->deps.loop, 0, kick, t);
+    return t;
+}
+
+void nx_turn_cancel(struct nx_turn *t)
+{
+    if (!t || t->is_done || t->is_cancelled)
+        return;
+    t->is_cancelled = true;
+    if (t->llm) {
+        nx_llm_cancel(t->llm); /* on_llm_done (now or soon) finishes the turn */
+        return;
+    }
+    for (size_t i = 0; i < t->nslots; i++) {
+        if (t->slots[i].call) {
+            nx_tool_cancel(t->slots[i].call);
+            t->slots[i].call = NULL;
+        }
+    }
+    if (!t->is_started || t->nslots) {
+        /* queued, or waiting for tools: nothing else will call back */
+        finish(t, NX_ECANCELED);
+    }
+    /* loading history: on_history finishes it */
+}
+
+void nx_agents_free(struct nx_agents *a)
+{
+    if (!a)
+        return;
+    a->is_freeing = true;
+    while (a->turns)
+        nx_turn_cancel(a->turns);
+    lanes_free(a);
+    gen_unref(a->gen);
+    free(a->data_dir);
+    free(a);
+}
+
+void turn_merge(struct nx_turn *into, struct nx_turn *from)
+{
+    json_array_extend(into->input, from->input);
+    into->merged = nx_realloc(into->merged, (into->nmerged + 1) * sizeof *into->merged);
+    into->merged[into->nmerged++] = from;
+    unlink_turn(from);
+}

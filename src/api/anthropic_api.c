@@ -1,0 +1,262 @@
+/* Anthropic-compatible endpoint: POST /v1/messages (streaming and not). The key may come as
+ * x-api-key (older SDKs) or Authorization: Bearer (newer ones). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/admin.h"
+#include "api/chat.h"
+#include "core/alloc.h"
+#include "core/error.h"
+
+static void anthropic_error(struct nx_http_req *req, int status, const char *type, const char *message)
+{
+    json_t *o = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", type, "message",
+                          message);
+    char *s = json_dumps(o, JSON_COMPACT);
+    nx_http_respond(req, status, "application/json", s, strlen(s));
+    free(s);
+    json_decref(o);
+}
+
+static void event(struct api_call *c, const char *name, json_t *data)
+{
+    char *s = json_dumps(data, JSON_COMPACT);
+    struct nx_buf b = NX_BUF_INIT;
+    nx_buf_printf(&b, "event: %s\ndata: %s\n\n", name, s);
+    nx_http_stream_write(c->req, b.data, b.len);
+    nx_buf_cleanup(&b);
+    free(s);
+    json_decref(data);
+}
+
+static const char *stop_reason(enum nx_llm_stop stop)
+{
+    switch (stop) {
+    case NX_LLM_STOP_MAX_TOKENS: return "max_tokens";
+    case NX_LLM_STOP_STOP_SEQUENCE: return "stop_sequence";
+    case NX_LLM_STOP_REFUSAL: return "refusal";
+    default: return "end_turn";
+    }
+}
+
+static void begin_stream(struct api_call *c)
+{
+    if (c->started)
+        return;
+    c->started = true;
+    nx_http_req_add_header(c->req, "cache-control", "no-cache");
+    nx_http_stream_begin(c->req, 200, "text/event-stream; charset=utf-8");
+    event(c, "message_start",
+          json_pack("{s:s, s:{s:s, s:s, s:s, s:s, s:[], s:n, s:n, s:{s:i, s:i}}}", "type",
+                    "message_start", "message", "id", c->id, "type", "message", "role", "assistant",
+                    "model", c->model, "content", "stop_reason", "stop_sequence", "usage",
+                    "input_tokens", 0, "output_tokens", 0));
+    event(c, "content_block_start",
+          json_pack("{s:s, s:i, s:{s:s, s:s}}", "type", "content_block_start", "index", 0,
+                    "content_block", "type", "text", "text", ""));
+    event(c, "ping", json_pack("{s:s}", "type", "ping"));
+}
+
+static void text_delta(struct api_call *c, const char *text, size_t len)
+{
+    event(c, "content_block_delta",
+          json_pack("{s:s, s:i, s:{s:s, s:s%}}", "type", "content_block_delta", "index", 0, "delta",
+                    "type", "text_delta", "text", text, len));
+}
+
+static void on_text(const char *delta, size_t len, void *udata)
+{
+    struct api_call *c = udata;
+    begin_stream(c);
+    text_delta(c, delta, len);
+}
+
+static void free_call(struct api_call *c)
+{
+    free(c->model);
+    free(c);
+}
+
+static void on_abort(void *arg)
+{
+    struct api_call *c = arg;
+    c->req = NULL;
+    nx_turn_cancel(c->turn);
+}
+
+static void on_done(int rc, const struct nx_turn_result *res, void *udata)
+{
+    struct api_call *c = udata;
+    if (!c->req) {
+        free_call(c);
+        return;
+    }
+    bool config_msg = rc == NX_ECONFIG && res->error_message;
+    if (rc < 0 && !config_msg) {
+        const char *type = rc == NX_ENOENT ? "not_found_error"
+                           : res->error_type ? res->error_type : "api_error";
+        const char *msg = res->error_message ? res->error_message : nx_strerror(rc);
+        if (c->started) {
+            event(c, "error", json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type",
+                                        type, "message", msg));
+            nx_http_stream_end(c->req);
+        } else {
+            anthropic_error(c->req, api_status_for(rc, res), type, msg);
+        }
+        free_call(c);
+        return;
+    }
+    const char *text = config_msg ? res->error_message : res->text;
+    if (c->stream) {
+        begin_stream(c);
+        if (config_msg)
+            text_delta(c, text, strlen(text));
+        event(c, "content_block_stop", json_pack("{s:s, s:i}", "type", "content_block_stop", "index", 0));
+        event(c, "message_delta",
+              json_pack("{s:s, s:{s:s, s:n}, s:{s:I}}", "type", "message_delta", "delta", "stop_reason",
+                        stop_reason(res->stop), "stop_sequence", "usage", "output_tokens",
+                        (json_int_t)res->usage.output_tokens));
+        event(c, "message_stop", json_pack("{s:s}", "type", "message_stop"));
+        nx_http_stream_end(c->req);
+    } else {
+        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:[{s:s, s:s}], s:s, s:n, s:{s:I, s:I}}", "id",
+                              c->id, "type", "message", "role", "assistant", "model", c->model,
+                              "content", "type", "text", "text", text, "stop_reason",
+                              stop_reason(res->stop), "stop_sequence", "usage", "input_tokens",
+                              (json_int_t)res->usage.input_tokens, "output_tokens",
+                              (json_int_t)res->usage.output_tokens);
+        char *s = json_dumps(o, JSON_COMPACT);
+        nx_http_respond(c->req, 200, "application/json", s, strlen(s));
+        free(s);
+        json_decref(o);
+    }
+    free_call(c);
+}
+
+/* Anthropic content: a string, or blocks (text, tool_use, tool_result are kept). */
+static json_t *blocks_of(const json_t *content)
+{
+    if (json_is_string(content))
+        return api_text_blocks(content);
+    if (!json_is_array(content))
+        return NULL;
+    json_t *out = json_array();
+    size_t i;
+    json_t *b;
+    json_array_foreach(content, i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (type && (strcmp(type, "text") == 0 || strcmp(type, "tool_use") == 0 ||
+                     strcmp(type, "tool_result") == 0))
+            json_array_append(out, b);
+    }
+    return out;
+}
+
+static void on_messages(struct nx_http_req *req, void *udata)
+{
+    const struct api_ctx *ctx = udata;
+    if (!nx_api_authorized(req, *ctx->token)) {
+        anthropic_error(req, 401, "authentication_error", "invalid x-api-key");
+        return;
+    }
+    size_t len = 0;
+    const char *body = nx_http_req_body(req, &len);
+    json_error_t jerr;
+    json_t *in = json_loadb(body ? body : "", len, 0, &jerr);
+    if (!json_is_object(in)) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "invalid JSON body: line %d column %d: %s", jerr.line,
+                 jerr.column, jerr.text);
+        anthropic_error(req, 400, "invalid_request_error", msg);
+        json_decref(in);
+        return;
+    }
+    const char *model = json_string_value(json_object_get(in, "model"));
+    const json_t *msgs = json_object_get(in, "messages");
+    const json_t *mt = json_object_get(in, "max_tokens");
+    const char *bad = !model                  ? "model: Field required"
+                      : !json_is_integer(mt)  ? "max_tokens: Field required"
+                      : !json_is_array(msgs) || !json_array_size(msgs) ? "messages: Field required"
+                                                                      : NULL;
+    json_t *canon = json_array();
+    size_t i;
+    json_t *m;
+    if (!bad) {
+        json_array_foreach(msgs, i, m) {
+            const char *role = json_string_value(json_object_get(m, "role"));
+            json_t *blocks = blocks_of(json_object_get(m, "content"));
+            if (!role || (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0) || !blocks) {
+                json_decref(blocks);
+                bad = "messages: each message needs role user or assistant and content";
+                break;
+            }
+            api_push_message(canon, role, blocks);
+        }
+    }
+    if (bad) {
+        anthropic_error(req, 400, "invalid_request_error", bad);
+        json_decref(canon);
+        json_decref(in);
+        return;
+    }
+    struct nx_buf system = NX_BUF_INIT;
+    const json_t *sys = json_object_get(in, "system");
+    json_t *sblocks = sys ? api_text_blocks(sys) : NULL;
+    json_array_foreach(sblocks, i, m) {
+        if (system.len)
+            nx_buf_puts(&system, "\n\n");
+        nx_buf_puts(&system, json_string_value(json_object_get(m, "text")));
+    }
+    json_decref(sblocks);
+
+    struct api_call *c = nx_calloc(1, sizeof *c);
+    c->flavor = API_ANTHROPIC;
+    c->req = req;
+    c->model = nx_strdup(model);
+    c->stream = json_is_true(json_object_get(in, "stream"));
+    api_make_id(c->id, sizeof c->id, "msg_");
+    const char *user = json_string_value(json_object_get(json_object_get(in, "metadata"), "user_id"));
+    char *session = api_session_key(req, model, user);
+    if (session) {
+        json_t *last = json_incref(json_array_get(canon, json_array_size(canon) - 1));
+        json_decref(canon);
+        canon = json_pack("[o]", last);
+    }
+    json_int_t max_tokens = json_integer_value(mt);
+    const json_t *temp = json_object_get(in, "temperature");
+    struct nx_turn_opts o = {
+        .agent_id = model,
+        .session_key = session,
+        .channel = "http",
+        .messages = canon,
+        .system_extra = system.len ? nx_buf_cstr(&system) : NULL,
+        .max_tokens = max_tokens > 0 && max_tokens < 1000000 ? (uint32_t)max_tokens : 0,
+        .temperature = json_is_number(temp) ? json_number_value(temp) : -1,
+        .stream = c->stream,
+        .on_text = c->stream ? on_text : NULL,
+        .on_done = on_done,
+        .udata = c,
+    };
+    c->turn = nx_turn_start(ctx->agents, &o);
+    nx_http_req_on_abort(req, on_abort, c);
+    free(session);
+    json_decref(canon);
+    json_decref(in);
+    nx_buf_cleanup(&system);
+}
+
+void nx_api_anthropic_register(struct nx_http_server *srv, struct api_ctx *ctx)
+{
+    nx_http_server_route(srv, "POST", "/v1/messages", on_messages, ctx);
+}
+
+void nx_api_chat_register(struct nx_http_server *srv, struct nx_agents *agents,
+                          const char *const *token_ptr)
+{
+    /* One per gateway listener, for the life of the process. */
+    static struct api_ctx ctx;
+    ctx.agents = agents;
+    ctx.token = token_ptr;
+    nx_api_openai_register(srv, &ctx);
+    nx_api_anthropic_register(srv, &ctx);
+}

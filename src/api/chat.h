@@ -1,0 +1,54 @@
+#ifndef NX_API_CHAT_H
+#define NX_API_CHAT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "agent/agent.h"
+#include "core/buf.h"
+#include "http/server.h"
+
+/* The OpenAI-compatible (/v1/chat/completions, /v1/models) and Anthropic-compatible
+ * (/v1/messages) endpoints on the gateway listener. The model is the agent id; the agent's own
+ * tools run inside the gateway and the client sees the final answer (streaming: its text as it
+ * comes). When *token_ptr is set, requests need it (Bearer or x-api-key). */
+void nx_api_chat_register(struct nx_http_server *srv, struct nx_agents *agents,
+                          const char *const *token_ptr);
+
+/* --- shared by openai_api.c and anthropic_api.c --- */
+
+enum api_flavor { API_OPENAI, API_ANTHROPIC };
+
+struct api_call {
+    enum api_flavor flavor;
+    struct nx_http_req *req;
+    struct nx_turn *turn;
+    bool stream;
+    bool started;          /* stream headers sent */
+    bool include_usage;    /* OpenAI stream_options.include_usage */
+    char id[48];           /* chatcmpl-… / msg_… */
+    char *model;           /* the agent id as asked */
+    long created;
+};
+
+struct api_ctx {
+    struct nx_agents *agents;
+    const char *const *token;
+};
+
+/* "agent:<agent>:http:<peer>" from X-Nexo-Session or the body's user field; NULL if neither. */
+char *api_session_key(const struct nx_http_req *req, const char *agent, const char *user);
+/* Random id with prefix ("chatcmpl-", "msg_"). */
+void api_make_id(char *out, size_t outlen, const char *prefix);
+/* Canonical text-only content from a string or an array of {type:text,text} parts; NULL when
+ * the shape is wrong. New reference. */
+json_t *api_text_blocks(const json_t *content);
+/* Appends msg to the canonical list, merging it into the last message when the roles match. */
+void api_push_message(json_t *messages, const char *role, json_t *blocks);
+/* HTTP status for a failed turn. */
+int api_status_for(int rc, const struct nx_turn_result *res);
+
+void nx_api_openai_register(struct nx_http_server *srv, struct api_ctx *ctx);
+void nx_api_anthropic_register(struct nx_http_server *srv, struct api_ctx *ctx);
+
+#endif

@@ -1,0 +1,83 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "api/chat.h"
+#include "core/alloc.h"
+#include "core/error.h"
+
+char *api_session_key(const struct nx_http_req *req, const char *agent, const char *user)
+{
+    size_t len = 0;
+    const char *h = nx_http_req_header(req, "x-nexo-session", &len);
+    struct nx_buf b = NX_BUF_INIT;
+    if (h && len) {
+        nx_buf_printf(&b, "agent:%s:http:", agent);
+        nx_buf_append(&b, h, len > 256 ? 256 : len);
+    } else if (user && *user) {
+        nx_buf_printf(&b, "agent:%s:http:%.256s", agent, user);
+    } else {
+        return NULL;
+    }
+    return nx_buf_steal(&b);
+}
+
+void api_make_id(char *out, size_t outlen, const char *prefix)
+{
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    unsigned char rnd[24];
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+        memset(rnd, 0, sizeof rnd);
+    size_t n = (size_t)snprintf(out, outlen, "%s", prefix);
+    for (size_t i = 0; i < sizeof rnd && n + 1 < outlen; i++)
+        out[n++] = alphabet[rnd[i] % (sizeof alphabet - 1)];
+    out[n < outlen ? n : outlen - 1] = '\0';
+}
+
+json_t *api_text_blocks(const json_t *content)
+{
+    if (json_is_string(content))
+        return json_pack("[{s:s, s:s}]", "type", "text", "text", json_string_value(content));
+    if (!json_is_array(content))
+        return NULL;
+    json_t *out = json_array();
+    size_t i;
+    json_t *part;
+    json_array_foreach(content, i, part) {
+        const char *type = json_string_value(json_object_get(part, "type"));
+        const char *text = json_string_value(json_object_get(part, "text"));
+        if (type && strcmp(type, "text") == 0 && text)
+            json_array_append_new(out, json_pack("{s:s, s:s}", "type", "text", "text", text));
+    }
+    return out;
+}
+
+void api_push_message(json_t *messages, const char *role, json_t *blocks)
+{
+    size_t n = json_array_size(messages);
+    json_t *last = n ? json_array_get(messages, n - 1) : NULL;
+    const char *lrole = last ? json_string_value(json_object_get(last, "role")) : NULL;
+    if (lrole && strcmp(lrole, role) == 0) {
+        json_array_extend(json_object_get(last, "content"), blocks);
+        json_decref(blocks);
+        return;
+    }
+    json_array_append_new(messages, json_pack("{s:s, s:o}", "role", role, "content", blocks));
+}
+
+int api_status_for(int rc, const struct nx_turn_result *res)
+{
+    const char *type = res && res->error_type ? res->error_type : "";
+    if (rc == NX_ENOENT)
+        return 404;
+    if (strcmp(type, "rate_limit_error") == 0)
+        return 429;
+    if (strcmp(type, "overloaded_error") == 0)
+        return 529;
+    if (rc == NX_ETIMEDOUT)
+        return 504;
+    if (rc == NX_ERANGE || rc == NX_ECONFIG)
+        return 500;
+    return 502;
+}

@@ -1,0 +1,300 @@
+/* OpenAI-compatible endpoints: POST /v1/chat/completions, GET /v1/models. */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "api/admin.h"
+#include "api/chat.h"
+#include "core/alloc.h"
+#include "core/error.h"
+#include "core/log.h"
+
+static void openai_error(struct nx_http_req *req, int status, const char *type, const char *code,
+                         const char *message)
+{
+    json_t *o = json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", message, "type", type,
+                          "param", "code", code);
+    char *s = json_dumps(o, JSON_COMPACT);
+    nx_http_respond(req, status, "application/json", s, strlen(s));
+    free(s);
+    json_decref(o);
+}
+
+static bool authorized(struct nx_http_req *req, const struct api_ctx *ctx)
+{
+    if (nx_api_authorized(req, *ctx->token))
+        return true;
+    openai_error(req, 401, "invalid_request_error", "invalid_api_key",
+                 "Incorrect API key provided. Use the gateway's auth_token as the API key.");
+    return false;
+}
+
+static void on_models(struct nx_http_req *req, void *udata)
+{
+    const struct api_ctx *ctx = udata;
+    if (!authorized(req, ctx))
+        return;
+    json_t *agents = nx_agents_list(ctx->agents), *data = json_array(), *a;
+    size_t i;
+    json_array_foreach(agents, i, a) {
+        json_array_append_new(data, json_pack("{s:O, s:s, s:I, s:s}", "id", json_object_get(a, "id"),
+                                              "object", "model", "created", (json_int_t)time(NULL),
+                                              "owned_by", "nexo"));
+    }
+    json_t *o = json_pack("{s:s, s:o}", "object", "list", "data", data);
+    char *s = json_dumps(o, JSON_COMPACT);
+    nx_http_respond(req, 200, "application/json", s, strlen(s));
+    free(s);
+    json_decref(o);
+    json_decref(agents);
+}
+
+/* OpenAI messages -> canonical; system/developer text goes to *system. */
+static json_t *to_canonical(const json_t *msgs, struct nx_buf *system, const char **err)
+{
+    json_t *out = json_array();
+    size_t i;
+    json_t *m;
+    json_array_foreach(msgs, i, m) {
+        const char *role = json_string_value(json_object_get(m, "role"));
+        const json_t *content = json_object_get(m, "content");
+        if (!role) {
+            *err = "each message needs a \"role\"";
+            goto bad;
+        }
+        if (strcmp(role, "system") == 0 || strcmp(role, "developer") == 0) {
+            json_t *blocks = api_text_blocks(content);
+            size_t k;
+            json_t *b;
+            json_array_foreach(blocks, k, b) {
+                if (system->len)
+                    nx_buf_puts(system, "\n\n");
+                nx_buf_puts(system, json_string_value(json_object_get(b, "text")));
+            }
+            json_decref(blocks);
+        } else if (strcmp(role, "user") == 0 || strcmp(role, "assistant") == 0) {
+            json_t *blocks = json_is_null(content) || !content ? json_array() : api_text_blocks(content);
+            if (!blocks) {
+                *err = "\"content\" must be a string or an array of content parts";
+                goto bad;
+            }
+            if (json_array_size(blocks) == 0) {
+                json_decref(blocks);
+                continue;
+            }
+            api_push_message(out, role, blocks);
+        } else if (strcmp(role, "tool") == 0 || strcmp(role, "function") == 0) {
+            continue; /* results of the client's own tools: nexo runs the agent's tools itself */
+        } else {
+            *err = "unknown message role";
+            goto bad;
+        }
+    }
+    return out;
+bad:
+    json_decref(out);
+    return NULL;
+}
+
+static const char *finish_reason(enum nx_llm_stop stop)
+{
+    return stop == NX_LLM_STOP_MAX_TOKENS ? "length"
+           : stop == NX_LLM_STOP_REFUSAL  ? "content_filter"
+                                          : "stop";
+}
+
+static void stream_chunk(struct api_call *c, json_t *delta, const char *finish)
+{
+    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:n, s:s?}]}", "id", c->id, "object",
+                          "chat.completion.chunk", "created", (json_int_t)c->created, "model", c->model,
+                          "choices", "index", 0, "delta", delta, "logprobs", "finish_reason", finish);
+    char *s = json_dumps(o, JSON_COMPACT);
+    struct nx_buf b = NX_BUF_INIT;
+    nx_buf_printf(&b, "data: %s\n\n", s);
+    nx_http_stream_write(c->req, b.data, b.len);
+    nx_buf_cleanup(&b);
+    free(s);
+    json_decref(o);
+}
+
+static void begin_stream(struct api_call *c)
+{
+    if (c->started)
+        return;
+    c->started = true;
+    nx_http_req_add_header(c->req, "cache-control", "no-cache");
+    nx_http_stream_begin(c->req, 200, "text/event-stream; charset=utf-8");
+    stream_chunk(c, json_pack("{s:s, s:s}", "role", "assistant", "content", ""), NULL);
+}
+
+static void on_text(const char *delta, size_t len, void *udata)
+{
+    struct api_call *c = udata;
+    begin_stream(c);
+    stream_chunk(c, json_pack("{s:s%}", "content", delta, len), NULL);
+}
+
+static void free_call(struct api_call *c)
+{
+    free(c->model);
+    free(c);
+}
+
+static void on_abort(void *arg)
+{
+    struct api_call *c = arg;
+    c->req = NULL;
+    nx_turn_cancel(c->turn); /* on_done frees */
+}
+
+static void on_done(int rc, const struct nx_turn_result *res, void *udata)
+{
+    struct api_call *c = udata;
+    if (!c->req) { /* the client went away */
+        free_call(c);
+        return;
+    }
+    bool config_msg = rc == NX_ECONFIG && res->error_message;
+    if (rc < 0 && !config_msg) {
+        if (c->started) { /* headers are gone: an error event, then the end */
+            struct nx_buf b = NX_BUF_INIT;
+            json_t *e = json_pack("{s:{s:s, s:s}}", "error", "message",
+                                  res->error_message ? res->error_message : nx_strerror(rc), "type",
+                                  res->error_type ? res->error_type : "api_error");
+            char *s = json_dumps(e, JSON_COMPACT);
+            nx_buf_printf(&b, "data: %s\n\n", s);
+            nx_http_stream_write(c->req, b.data, b.len);
+            nx_http_stream_end(c->req);
+            free(s);
+            json_decref(e);
+            nx_buf_cleanup(&b);
+        } else {
+            int status = api_status_for(rc, res);
+            openai_error(c->req, status, status == 404 ? "invalid_request_error" : res->error_type,
+                         status == 404 ? "model_not_found" : NULL,
+                         res->error_message ? res->error_message : nx_strerror(rc));
+        }
+        free_call(c);
+        return;
+    }
+    const char *text = config_msg ? res->error_message : res->text;
+    json_t *usage = json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)res->usage.input_tokens,
+                              "completion_tokens", (json_int_t)res->usage.output_tokens,
+                              "total_tokens",
+                              (json_int_t)(res->usage.input_tokens + res->usage.output_tokens));
+    if (c->stream) {
+        begin_stream(c);
+        if (config_msg)
+            stream_chunk(c, json_pack("{s:s}", "content", text), NULL);
+        stream_chunk(c, json_object(), finish_reason(res->stop));
+        if (c->include_usage) {
+            json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[], s:O}", "id", c->id, "object",
+                                  "chat.completion.chunk", "created", (json_int_t)c->created, "model",
+                                  c->model, "choices", "usage", usage);
+            char *s = json_dumps(o, JSON_COMPACT);
+            struct nx_buf b = NX_BUF_INIT;
+            nx_buf_printf(&b, "data: %s\n\n", s);
+            nx_http_stream_write(c->req, b.data, b.len);
+            nx_buf_cleanup(&b);
+            free(s);
+            json_decref(o);
+        }
+        nx_http_stream_write(c->req, "data: [DONE]\n\n", 14);
+        nx_http_stream_end(c->req);
+    } else {
+        json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s, s:n}, s:n, s:s}], s:O, s:n}",
+                              "id", c->id, "object", "chat.completion", "created",
+                              (json_int_t)c->created, "model", c->model, "choices", "index", 0,
+                              "message", "role", "assistant", "content", text, "refusal", "logprobs",
+                              "finish_reason", finish_reason(res->stop), "usage", usage,
+                              "system_fingerprint");
+        char *s = json_dumps(o, JSON_COMPACT);
+        nx_http_respond(c->req, 200, "application/json", s, strlen(s));
+        free(s);
+        json_decref(o);
+    }
+    json_decref(usage);
+    free_call(c);
+}
+
+static void on_completions(struct nx_http_req *req, void *udata)
+{
+    const struct api_ctx *ctx = udata;
+    if (!authorized(req, ctx))
+        return;
+    size_t len = 0;
+    const char *body = nx_http_req_body(req, &len);
+    json_error_t jerr;
+    json_t *in = json_loadb(body ? body : "", len, 0, &jerr);
+    if (!json_is_object(in)) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "We could not parse the JSON body of your request (line %d, "
+                 "column %d: %s).", jerr.line, jerr.column, jerr.text);
+        openai_error(req, 400, "invalid_request_error", NULL, msg);
+        json_decref(in);
+        return;
+    }
+    const char *model = json_string_value(json_object_get(in, "model"));
+    const json_t *msgs = json_object_get(in, "messages");
+    if (!model || !json_is_array(msgs) || json_array_size(msgs) == 0) {
+        openai_error(req, 400, "invalid_request_error", NULL,
+                     !model ? "you must provide a model parameter (an agent id, see GET /v1/models)"
+                            : "\"messages\" must be a non-empty array");
+        json_decref(in);
+        return;
+    }
+    struct nx_buf system = NX_BUF_INIT;
+    const char *err = NULL;
+    json_t *canon = to_canonical(msgs, &system, &err);
+    if (!canon || json_array_size(canon) == 0) {
+        openai_error(req, 400, "invalid_request_error", NULL, err ? err : "no user message");
+        json_decref(canon);
+        json_decref(in);
+        nx_buf_cleanup(&system);
+        return;
+    }
+    struct api_call *c = nx_calloc(1, sizeof *c);
+    c->flavor = API_OPENAI;
+    c->req = req;
+    c->model = nx_strdup(model);
+    c->created = (long)time(NULL);
+    c->stream = json_is_true(json_object_get(in, "stream"));
+    c->include_usage = json_is_true(json_object_get(json_object_get(in, "stream_options"),
+                                                    "include_usage"));
+    api_make_id(c->id, sizeof c->id, "chatcmpl-");
+    char *session = api_session_key(req, model, json_string_value(json_object_get(in, "user")));
+    if (session) { /* the session holds the history: only the last message is new */
+        json_t *last = json_incref(json_array_get(canon, json_array_size(canon) - 1));
+        json_decref(canon);
+        canon = json_pack("[o]", last);
+    }
+    json_int_t max_tokens = json_integer_value(json_object_get(in, "max_completion_tokens"));
+    if (!max_tokens)
+        max_tokens = json_integer_value(json_object_get(in, "max_tokens"));
+    const json_t *temp = json_object_get(in, "temperature");
+    struct nx_turn_opts o = {
+        .agent_id = model,
+        .session_key = session,
+        .channel = "http",
+        .messages = canon,
+        .system_extra = system.len ? nx_buf_cstr(&system) : NULL,
+        .max_tokens = max_tokens > 0 && max_tokens < 1000000 ? (uint32_t)max_tokens : 0,
+        .temperature = json_is_number(temp) ? json_number_value(temp) : -1,
+        .stream = c->stream,
+        .on_text = c->stream ? on_text : NULL,
+        .on_done = on_done,
+        .udata = c,
+    };
+    c->turn = nx_turn_start(ctx->agents, &o);
+    nx_http_req_on_abort(req, on_abort, c);
+    free(session);
+    json_decref(canon);
+    json_decref(in);
+    nx_buf_cleanup(&system);
+}
+
+void nx_api_openai_register(struct nx_http_server *srv, struct api_ctx *ctx)
+{
+    nx_http_server_route(srv, "POST", "/v1/chat/completions", on_completions, ctx);
+    nx_http_server_route(srv, "GET", "/v1/models", on_models, ctx);
+}

@@ -1,0 +1,178 @@
+"""Agent turns end to end through nexo's HTTP API against the fake provider: a tool round trip,
+a refused tool, ordered turns per session, 100 sessions in parallel, a disconnect cancelling the
+upstream request, 429 then success, and failover to a fallback model."""
+import concurrent.futures
+import http.client
+import json
+import os
+import socket
+import tempfile
+import time
+import unittest
+import urllib.request
+
+from nexo_harness import Nexo, main, write_config
+from test_api_sdk import script, start_fake
+
+CONFIG = """\
+agents:
+  - id: kate
+    model: {provider: anthropic, model: claude-haiku-4-5}
+    allowed_tools: [time_now]
+    system_prompt: You are Kate.
+  - id: oai
+    model: {provider: openai, model: gpt-4o-mini}
+    allowed_tools: [time_now]
+  - id: failover
+    model:
+      provider: down
+      model: claude-haiku-4-5
+      fallbacks: [{provider: openai, model: gpt-4o-mini}]
+"""
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Turns(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.fake, cls.fport = start_fake()
+        cls.cfg = tempfile.TemporaryDirectory()
+        base = "http://127.0.0.1:%d" % cls.fport
+        write_config(cls.cfg.name, {
+            "llm.yaml": ("providers:\n"
+                         "  anthropic: {api_key: sk-fake-key, base_url: %s}\n"
+                         "  openai: {api_key: sk-fake-key, base_url: %s/v1}\n"
+                         "  down: {kind: anthropic, api_key: sk-fake-key, base_url: http://127.0.0.1:%d}\n"
+                         "retry: {max_attempts: 2, initial_backoff_ms: 10, max_backoff_ms: 50}\n")
+                        % (base, base, free_port()),
+            "agents.yaml": CONFIG,
+        })
+        cls.n = Nexo(config_dir=cls.cfg.name).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.n.stop()
+        cls.n.cleanup()
+        cls.fake.kill()
+        cls.fake.wait()
+        cls.cfg.cleanup()
+        assert code == 0, code
+
+    def setUp(self):
+        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/_reset" % self.fport,
+                                                      data=b"{}", method="POST"), timeout=5).read()
+
+    def requests(self):
+        return json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
+                                                 timeout=5).read())
+
+    def chat(self, agent, text, session=None, timeout=30):
+        headers = {"Content-Type": "application/json"}
+        if session:
+            headers["X-Nexo-Session"] = session
+        body = json.dumps({"model": agent, "messages": [{"role": "user", "content": text}]})
+        status, data, _ = self.n.request("POST", "/v1/chat/completions", body=body.encode(),
+                                         headers=headers, timeout=timeout)
+        return status, json.loads(data)
+
+    def test_tool_round_trip(self):
+        script(self.fport, [{"tool_use": {"name": "time_now", "input": {}}}, {"text": "it is late"}])
+        status, r = self.chat("kate", "what time is it?")
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["choices"][0]["message"]["content"], "it is late")
+        reqs = self.requests()
+        self.assertEqual(len(reqs), 2)
+        self.assertEqual([t["name"] for t in reqs[0]["body"]["tools"]], ["time_now"])
+        result = reqs[1]["body"]["messages"][-1]["content"][0]
+        self.assertEqual(result["type"], "tool_result")
+        self.assertRegex(result["content"], r"\d{4}-\d\d-\d\dT")
+        self.assertFalse(result.get("is_error", False))
+
+    def test_refused_tool_is_an_error_for_the_model_and_never_runs(self):
+        script(self.fport, [{"tool_use": {"name": "file_write",
+                                          "input": {"path": "x.txt", "content": "pwned"}}},
+                            {"text": "I may not"}])
+        status, r = self.chat("kate", "write a file")
+        self.assertEqual(status, 200, r)
+        result = self.requests()[1]["body"]["messages"][-1]["content"][0]
+        self.assertTrue(result["is_error"])
+        self.assertIn("not allowed", result["content"])
+        self.assertRegex(self.n.read_log(), r"tool \"file_write\" refused: not in allowed_tools")
+        _, body, _ = self.n.request("GET", "/metrics", listener="metrics")
+        self.assertRegex(body.decode(), r'nexo_tool_calls_total\{agent="kate",tool="file_write",'
+                                        r'outcome="blocked"\} 1')
+
+    def test_two_messages_to_one_session_answer_in_order(self):
+        script(self.fport, [{"text": "first", "hang_ms": 300}, {"text": "second"}])
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            a = ex.submit(self.chat, "kate", "one", "s-order")
+            deadline = time.monotonic() + 10  # "one" is upstream (hanging) before "two" is sent
+            while not self.requests() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            b = ex.submit(self.chat, "kate", "two", "s-order")
+            self.assertEqual(a.result()[1]["choices"][0]["message"]["content"], "first")
+            self.assertEqual(b.result()[1]["choices"][0]["message"]["content"], "second")
+        second = self.requests()[1]["body"]["messages"]
+        self.assertEqual([m["content"][0]["text"] for m in second], ["one", "first", "two"])
+
+    def test_100_sessions_in_parallel(self):
+        with concurrent.futures.ThreadPoolExecutor(32) as ex:
+            futs = [ex.submit(self.chat, "oai", "hi %d" % i, "par-%d" % i) for i in range(100)]
+            results = [f.result() for f in futs]
+        self.assertEqual([s for s, _ in results], [200] * 100)
+        self.assertTrue(all(r["choices"][0]["message"]["content"] == "hello from fake" for _, r in results))
+
+    def test_disconnect_cancels_upstream(self):
+        script(self.fport, [{"hang_ms": 3000, "text": "too late"}])
+        s = self.n.connect()
+        body = json.dumps({"model": "kate", "messages": [{"role": "user", "content": "hi"}]}).encode()
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        deadline = time.monotonic() + 10
+        while not self.requests() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        s.close()
+        pattern = r'nexo_agent_turns_total\{agent="kate",outcome="cancelled"\} 1'
+        while time.monotonic() < deadline:
+            _, m, _ = self.n.request("GET", "/metrics", listener="metrics")
+            if __import__("re").search(pattern, m.decode()):
+                break
+            time.sleep(0.05)
+        self.assertRegex(m.decode(), pattern)
+        self.assertRegex(m.decode(), r'nexo_llm_requests_total\{provider="anthropic",[^}]*outcome="cancelled"\} 1')
+
+    def test_429_then_success(self):
+        script(self.fport, [{"error": {"status": 429, "type": "rate_limit_error", "message": "slow down",
+                                       "retry_after_ms": 20}}, {"text": "made it"}])
+        status, r = self.chat("kate", "hi")
+        self.assertEqual((status, r["choices"][0]["message"]["content"]), (200, "made it"))
+        self.assertEqual(len(self.requests()), 2)
+
+    def test_primary_down_fallback_answers(self):
+        status, r = self.chat("failover", "hi")
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["choices"][0]["message"]["content"], "hello from fake")
+        self.assertEqual(self.requests()[0]["endpoint"], "openai")
+
+    def test_session_history_is_persisted_and_searchable(self):
+        script(self.fport, [{"text": "the capital is Paris"}])
+        self.assertEqual(self.chat("kate", "capital of France?", "geo")[0], 200)
+        path = os.path.join(self.n.data_dir, "transcripts", "kate")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (os.path.isdir(path) and os.listdir(path)):
+            time.sleep(0.02)
+        files = os.listdir(path)
+        self.assertEqual(len(files), 1)
+        lines = [json.loads(l) for l in open(os.path.join(path, files[0]))]
+        self.assertEqual([l["role"] for l in lines], ["user", "assistant"])
+
+
+if __name__ == "__main__":
+    main()
