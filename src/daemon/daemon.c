@@ -1,4 +1,5 @@
 #include <jansson.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -349,6 +350,33 @@ static void register_metrics(struct daemon *d)
                                      "configuration reloads (SIGHUP) by result", reload_labels);
 }
 
+/* Every connection, upstream request and stream is a descriptor: raise the soft limit to the
+ * hard one, and say so when even that is short of what the listeners may accept. */
+static void raise_nofile(const struct nx_gateway_conf *gw)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    /* Each accepted connection may hold an upstream connection too. */
+    rlim_t need = (rlim_t)gw->limits.max_connections * LISTENER_COUNT * 2 + 64;
+    if (rl.rlim_cur < need) { /* privileged processes may raise the hard limit too */
+        struct rlimit more = {need, need};
+        if (setrlimit(RLIMIT_NOFILE, &more) == 0)
+            rl = more;
+    }
+    if (rl.rlim_cur < need)
+        nx_warn("daemon", "open-file limit %llu is below the %llu the configured connection caps may "
+                "need (limits.max_connections x listeners x 2): raise it (ulimit -n, LimitNOFILE=)",
+                (unsigned long long)rl.rlim_cur, (unsigned long long)need);
+    else
+        nx_debug("daemon", "open-file limit %llu", (unsigned long long)rl.rlim_cur);
+}
+
 int nx_daemon_run(const struct nx_daemon_opts *opts)
 {
     struct daemon d;
@@ -372,6 +400,7 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
     const struct nx_gateway_conf *gw = nx_config_gateway(d.cfg);
     d.token = gw->auth_token && *gw->auth_token ? gw->auth_token : NULL;
     apply_logging(&d, gw);
+    raise_nofile(gw);
     pick_addresses(&d, gw);
     if (check_exposure(&d, gw) < 0) {
         nx_config_unref(d.cfg);
