@@ -48,6 +48,13 @@ void api_push_message(json_t *messages, const char *role, json_t *blocks);
 /* HTTP status for a failed turn. */
 int api_status_for(int rc, const struct nx_turn_result *res);
 
+void api_start_turn(const struct api_ctx *ctx, struct api_call *c, json_t *canon,
+                    const char *system, const char *user, json_int_t max_tokens,
+                    const json_t *temperature,
+                    void (*on_text)(const char *delta, size_t len, void *udata),
+                    void (*on_done)(int rc, const struct nx_turn_result *res, void *udata),
+                    void (*on_abort)(void *arg));
+
 void nx_api_openai_register(struct nx_http_server *srv, struct api_ctx *ctx);
 void nx_api_anthropic_register(struct nx_http_server *srv, struct api_ctx *ctx);
 

@@ -81,3 +81,37 @@ int api_status_for(int rc, const struct nx_turn_result *res)
         return 500;
     return 502;
 }
+
+/* Both endpoints' common tail: session selection (only the last message is new in a session),
+ * limits, the turn, and cancel-on-disconnect. Takes over `canon`. */
+void api_start_turn(const struct api_ctx *ctx, struct api_call *c, json_t *canon,
+                    const char *system, const char *user, json_int_t max_tokens,
+                    const json_t *temperature,
+                    void (*on_text)(const char *delta, size_t len, void *udata),
+                    void (*on_done)(int rc, const struct nx_turn_result *res, void *udata),
+                    void (*on_abort)(void *arg))
+{
+    char *session = api_session_key(c->req, c->model, user);
+    if (session) {
+        json_t *last = json_incref(json_array_get(canon, json_array_size(canon) - 1));
+        json_decref(canon);
+        canon = json_pack("[o]", last);
+    }
+    struct nx_turn_opts o = {
+        .agent_id = c->model,
+        .session_key = session,
+        .channel = "http",
+        .messages = canon,
+        .system_extra = system && *system ? system : NULL,
+        .max_tokens = max_tokens > 0 && max_tokens < 1000000 ? (uint32_t)max_tokens : 0,
+        .temperature = json_is_number(temperature) ? json_number_value(temperature) : -1,
+        .stream = c->stream,
+        .on_text = c->stream ? on_text : NULL,
+        .on_done = on_done,
+        .udata = c,
+    };
+    c->turn = nx_turn_start(ctx->agents, &o);
+    nx_http_req_on_abort(c->req, on_abort, c);
+    free(session);
+    json_decref(canon);
+}

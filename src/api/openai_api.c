@@ -262,33 +262,11 @@ static void on_completions(struct nx_http_req *req, void *udata)
     c->include_usage = json_is_true(json_object_get(json_object_get(in, "stream_options"),
                                                     "include_usage"));
     api_make_id(c->id, sizeof c->id, "chatcmpl-");
-    char *session = api_session_key(req, model, json_string_value(json_object_get(in, "user")));
-    if (session) { /* the session holds the history: only the last message is new */
-        json_t *last = json_incref(json_array_get(canon, json_array_size(canon) - 1));
-        json_decref(canon);
-        canon = json_pack("[o]", last);
-    }
     json_int_t max_tokens = json_integer_value(json_object_get(in, "max_completion_tokens"));
     if (!max_tokens)
         max_tokens = json_integer_value(json_object_get(in, "max_tokens"));
-    const json_t *temp = json_object_get(in, "temperature");
-    struct nx_turn_opts o = {
-        .agent_id = model,
-        .session_key = session,
-        .channel = "http",
-        .messages = canon,
-        .system_extra = system.len ? nx_buf_cstr(&system) : NULL,
-        .max_tokens = max_tokens > 0 && max_tokens < 1000000 ? (uint32_t)max_tokens : 0,
-        .temperature = json_is_number(temp) ? json_number_value(temp) : -1,
-        .stream = c->stream,
-        .on_text = c->stream ? on_text : NULL,
-        .on_done = on_done,
-        .udata = c,
-    };
-    c->turn = nx_turn_start(ctx->agents, &o);
-    nx_http_req_on_abort(req, on_abort, c);
-    free(session);
-    json_decref(canon);
+    api_start_turn(ctx, c, canon, nx_buf_cstr(&system), json_string_value(json_object_get(in, "user")),
+                   max_tokens, json_object_get(in, "temperature"), on_text, on_done, on_abort);
     json_decref(in);
     nx_buf_cleanup(&system);
 }
