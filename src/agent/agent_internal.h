@@ -47,6 +47,12 @@ struct generation *gen_ref(struct generation *g);
 void gen_unref(struct generation *g);
 const struct agent_rt *gen_agent(const struct generation *g, const char *id);
 
+/* The udata of a model call or history load: cancel detaches the turn from it, so a callback
+ * that arrives after the turn ended finds no turn and only frees the ticket. */
+struct ticket {
+    struct nx_turn *t;
+};
+
 struct tool_slot {
     struct nx_turn *t;
     struct nx_tool_call *call;
@@ -70,6 +76,7 @@ struct nx_turn {
     size_t new_from;               /* first index of convo that this turn adds */
     struct nx_turn_opts o;         /* callbacks and options (strings replaced by copies above) */
     struct nx_llm_call *llm;
+    struct ticket *pending;        /* the model call or history load in flight, if any */
     struct tool_slot *slots;
     size_t nslots, slots_pending;
     unsigned iterations;

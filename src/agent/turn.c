@@ -175,10 +175,30 @@ static void save(struct nx_turn *t)
 
 static void call_model(struct nx_turn *t);
 
+static struct ticket *ticket_new(struct nx_turn *t)
+{
+    struct ticket *k = nx_malloc(sizeof *k);
+    k->t = t;
+    t->pending = k;
+    return k;
+}
+
+/* The turn a callback belongs to, or NULL when the turn is gone; frees the ticket when `last`. */
+static struct nx_turn *ticket_take(struct ticket *k, bool last)
+{
+    struct nx_turn *t = k->t;
+    if (last) {
+        if (t)
+            t->pending = NULL;
+        free(k);
+    }
+    return t;
+}
+
 static void on_llm_text(const char *delta, size_t len, void *udata)
 {
-    struct nx_turn *t = udata;
-    if (t->o.on_text && !t->is_cancelled)
+    struct nx_turn *t = ticket_take(udata, false);
+    if (t && t->o.on_text && !t->is_cancelled)
         t->o.on_text(delta, len, t->o.udata);
 }
 
@@ -252,12 +272,10 @@ static void run_tools(struct nx_turn *t, const json_t *message)
 
 static void on_llm_done(int rc, const struct nx_llm_result *res, void *udata)
 {
-    struct nx_turn *t = udata;
-    t->llm = NULL;
-    if (t->is_cancelled) {
-        finish(t, NX_ECANCELED);
+    struct nx_turn *t = ticket_take(udata, true);
+    if (!t)
         return;
-    }
+    t->llm = NULL;
     if (res) {
         t->usage.input_tokens += res->usage.input_tokens;
         t->usage.output_tokens += res->usage.output_tokens;
@@ -347,7 +365,8 @@ static void call_model(struct nx_turn *t)
         .temperature = t->o.temperature,
         .stream = t->o.stream,
     };
-    struct nx_llm_callbacks cb = {.on_text = on_llm_text, .on_done = on_llm_done, .udata = t};
+    struct nx_llm_callbacks cb = {.on_text = on_llm_text, .on_done = on_llm_done,
+                                  .udata = ticket_new(t)};
     const struct nx_llm_conf *llm = nx_config_llm(t->gen->cfg);
     t->llm = nx_llm_chain_start(ag->targets, ag->ntargets, &llm->retry, &req, &cb);
     json_decref(tools);
@@ -356,10 +375,9 @@ static void call_model(struct nx_turn *t)
 
 static void on_history(int rc, json_t *messages, void *arg)
 {
-    struct nx_turn *t = arg;
-    if (t->is_cancelled) {
+    struct nx_turn *t = ticket_take(arg, true);
+    if (!t) {
         json_decref(messages);
-        finish(t, NX_ECANCELED);
         return;
     }
     if (rc < 0) {
@@ -379,7 +397,7 @@ void turn_run(struct nx_turn *t)
     if (t->session_key && t->a->deps.store) {
         const struct nx_memory_conf *mem = nx_config_memory(t->gen->cfg);
         size_t max = mem ? (size_t)mem->short_term.max_history_turns * 2 : 100;
-        nx_history_load(t->a->deps.store, t->session_key, max, on_history, t);
+        nx_history_load(t->a->deps.store, t->session_key, max, on_history, ticket_new(t));
         return;
     }
     t->convo = json_array();
@@ -445,9 +463,14 @@ void nx_turn_cancel(struct nx_turn *t)
     if (!t || t->is_done || t->is_cancelled)
         return;
     t->is_cancelled = true;
+    if (t->pending) { /* a model call or history load: detach, so its callback finds no turn */
+        t->pending->t = NULL;
+        t->pending = NULL;
+    }
     if (t->llm) {
-        nx_llm_cancel(t->llm); /* on_llm_done (now or soon) finishes the turn */
-        return;
+        struct nx_llm_call *c = t->llm;
+        t->llm = NULL;
+        nx_llm_cancel(c);
     }
     for (size_t i = 0; i < t->nslots; i++) {
         if (t->slots[i].call) {
@@ -455,11 +478,7 @@ void nx_turn_cancel(struct nx_turn *t)
             t->slots[i].call = NULL;
         }
     }
-    if (!t->is_started || t->nslots) {
-        /* queued, or waiting for tools: nothing else will call back */
-        finish(t, NX_ECANCELED);
-    }
-    /* loading history: on_history finishes it */
+    finish(t, NX_ECANCELED);
 }
 
 void nx_agents_free(struct nx_agents *a)

@@ -161,6 +161,32 @@ class Turns(unittest.TestCase):
         self.assertEqual(r["choices"][0]["message"]["content"], "hello from fake")
         self.assertEqual(self.requests()[0]["endpoint"], "openai")
 
+    def test_shutdown_with_turns_in_flight_exits_0(self):
+        with tempfile.TemporaryDirectory() as cfg:
+            base = "http://127.0.0.1:%d" % self.fport
+            write_config(cfg, {"gateway.yaml": "shutdown_grace: 200ms\n",
+                               "llm.yaml": "providers:\n  anthropic: {api_key: sk-fake-key, base_url: %s}\n"
+                                           % base,
+                               "agents.yaml": "agents:\n  - {id: a, model: {provider: anthropic, model: m}}\n"})
+            n = Nexo(config_dir=cfg).start()
+            try:
+                script(self.fport, [{"hang_ms": 5000}, {"hang_ms": 5000}])
+                body = json.dumps({"model": "a", "messages": [{"role": "user", "content": "hi"}]}).encode()
+                socks = []
+                for session in ("x", "x", "y"):  # one running and one queued turn in session x
+                    s = n.connect()
+                    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: h\r\nX-Nexo-Session: %s\r\n"
+                              b"Content-Length: %d\r\n\r\n" % (session.encode(), len(body)) + body)
+                    socks.append(s)
+                deadline = time.monotonic() + 10
+                while len(self.requests()) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                self.assertEqual(n.stop(), 0, n.read_log())
+                for s in socks:
+                    s.close()
+            finally:
+                n.cleanup()
+
     def test_session_history_is_persisted_and_searchable(self):
         script(self.fport, [{"text": "the capital is Paris"}])
         self.assertEqual(self.chat("kate", "capital of France?", "geo")[0], 200)
