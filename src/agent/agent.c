@@ -207,19 +207,3 @@ size_t nx_agents_sessions(const struct nx_agents *a)
 {
     return a->nlanes;
 }
-
-size_t nx_estimate_tokens(const json_t *messages)
-{
-    size_t chars = 0, n = 0;
-    size_t i;
-    json_t *m;
-    json_array_foreach(messages, i, m) {
-        char *s = json_dumps(m, JSON_COMPACT);
-        if (s) {
-            chars += strlen(s);
-            free(s);
-        }
-        n++;
-    }
-    return chars / 4 + n * 4;
-}

@@ -86,7 +86,4 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
  * request is cancelled. */
 void nx_turn_cancel(struct nx_turn *t);
 
-/* Rough token estimate of canonical messages (characters / 4, plus per-message overhead). */
-size_t nx_estimate_tokens(const json_t *messages);
-
 #endif

@@ -314,29 +314,6 @@ static void on_llm_done(int rc, const struct nx_llm_result *res, void *udata)
     finish(t, 0);
 }
 
-/* Drops the oldest messages while the estimate is over the budget, never splitting a tool call
- * from its result: the kept part starts at a user message without tool results. */
-static void trim(struct nx_turn *t, size_t budget)
-{
-    while (json_array_size(t->convo) > 1 && nx_estimate_tokens(t->convo) > budget) {
-        size_t cut = 1;
-        while (cut < json_array_size(t->convo)) {
-            const json_t *m = json_array_get(t->convo, cut);
-            const char *role = json_string_value(json_object_get(m, "role"));
-            const json_t *first = json_array_get(json_object_get(m, "content"), 0);
-            const char *ftype = json_string_value(json_object_get(first, "type"));
-            if (role && strcmp(role, "user") == 0 && !(ftype && strcmp(ftype, "tool_result") == 0))
-                break;
-            cut++;
-        }
-        if (cut >= json_array_size(t->convo) || cut > t->new_from)
-            break; /* never drop this turn's own messages */
-        for (size_t i = 0; i < cut; i++)
-            json_array_remove(t->convo, 0);
-        t->new_from -= cut;
-    }
-}
-
 static void call_model(struct nx_turn *t)
 {
     const struct agent_rt *ag = t->agent;
@@ -347,7 +324,10 @@ static void call_model(struct nx_turn *t)
         finish(t, NX_ECONFIG);
         return;
     }
-    trim(t, 150000);
+    /* Keep the prompt inside the context: oldest history goes first, never a call without its
+     * result (store/history.h). */
+    size_t dropped = nx_history_trim(t->convo, 150000);
+    t->new_from = dropped > t->new_from ? 0 : t->new_from - dropped;
     struct nx_buf system = NX_BUF_INIT;
     nx_buf_puts(&system, ag->system_prompt);
     if (t->system_extra) {

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "agent/agent.h"
+#include "agent/router.h"
 #include "api/admin.h"
 #include "api/chat.h"
 #include "api/health.h"
@@ -39,6 +40,7 @@ struct daemon {
     struct nx_store *store;
     struct nx_agents *agents;
     struct nx_bus *bus;
+    struct nx_router *router;
     int servers_down;
     int exit_code;
     bool is_reloading;
@@ -216,6 +218,8 @@ static void on_reload(struct nx_runtime *rt)
 
 static void teardown(struct daemon *d)
 {
+    nx_router_free(d->router);
+    d->router = NULL;
     nx_agents_free(d->agents); /* cancels turns still running */
     d->agents = NULL;
     nx_bus_free(d->bus); /* before the store: queued events stay on disk */
@@ -444,6 +448,8 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
         .loop = &d.rt.loop, .http = d.client, .store = d.store, .data_dir = opts->data_dir,
     };
     nx_agents_new(&deps, d.cfg, &d.agents);
+    if (nx_router_new(d.bus, d.agents, &d.router) < 0)
+        nx_warn("daemon", "channel messages will not reach agents: the router could not subscribe");
     if ((rc = start_listeners(&d, gw)) < 0) {
         teardown(&d);
         nx_runtime_close(&d.rt);
