@@ -50,21 +50,24 @@ def encode(name):
 
 
 class Transcripts(unittest.TestCase):
+    fake = n = cfg = None
+
     @classmethod
     def setUpClass(cls):
-        cls.fake, cls.fport = start_fake()
-        cls.cfg = tempfile.TemporaryDirectory()
-        base = "http://127.0.0.1:%d" % cls.fport
-        write_config(cls.cfg.name, {
-            "gateway.yaml": "auth_token: %s\n" % TOKEN,
-            "llm.yaml": "providers:\n  anthropic: {api_key: sk-ant-fake-key, base_url: %s}\n" % base,
-            "agents.yaml": ("agents:\n"
-                            "  - {id: kate, model: {provider: anthropic, model: claude-haiku-4-5}}\n"
-                            "  - {id: ops, model: {provider: anthropic, model: claude-haiku-4-5}}\n"),
-        })
-        cls.n = Nexo(config_dir=cls.cfg.name).start()
-        cls.data = cls.n.data_dir
         try:
+            cls.fake, cls.fport = start_fake()
+            cls.cfg = tempfile.TemporaryDirectory()
+            base = "http://127.0.0.1:%d" % cls.fport
+            write_config(cls.cfg.name, {
+                "gateway.yaml": "auth_token: %s\n" % TOKEN,
+                "llm.yaml": "providers:\n  anthropic: {api_key: sk-ant-fake-key, base_url: %s}\n" % base,
+                "agents.yaml": ("agents:\n"
+                                "  - {id: kate, model: {provider: anthropic, model: claude-haiku-4-5}}\n"
+                                "  - {id: ops, model: {provider: anthropic, model: claude-haiku-4-5}}\n"),
+            })
+            cls.n = Nexo(config_dir=cls.cfg.name)
+            cls.data = cls.n.data_dir
+            cls.n.start()
             cls.chat("kate", "alice", "my key is %s and the header is Bearer %s; where is the pineapple?"
                      % (SECRET, BEARER), "the pineapple is in the fridge")
             cls.chat("ops", EVIL_PEER, "deploy the walrus service", "walrus deployed to staging")
@@ -77,12 +80,15 @@ class Transcripts(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        if cls.n.proc and cls.n.proc.poll() is None:
-            cls.n.stop()
-        cls.n.cleanup()
-        cls.fake.kill()
-        cls.fake.wait()
-        cls.cfg.cleanup()
+        if cls.n:
+            if cls.n.proc and cls.n.proc.poll() is None:
+                cls.n.stop()
+            cls.n.cleanup()
+        if cls.fake:
+            cls.fake.kill()
+            cls.fake.wait()
+        if cls.cfg:
+            cls.cfg.cleanup()
 
     @classmethod
     def chat(cls, agent, user, text, answer):
