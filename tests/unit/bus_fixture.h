@@ -1,19 +1,16 @@
 /* Shared by tests/unit/test_bus_*.c: run a loop until a condition holds (bounded), start and
- * kill a real nats-server on a free loopback port. */
+ * kill a real nats-server on a free loopback port. The loop, port and directory helpers are
+ * tests/unit/test_support.h's under the fx_ names these tests use. */
 #ifndef NX_TEST_BUS_FIXTURE_H
 #define NX_TEST_BUS_FIXTURE_H
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <ftw.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -21,64 +18,31 @@
 #include <uv.h>
 
 #include "core/clock.h"
+#include "test_support.h"
 
-typedef bool (*fx_pred)(void *arg);
-
-static inline void fx_tick(uv_timer_t *t)
-{
-    (void)t;
-}
+typedef ts_pred fx_pred;
 
 /* Runs the loop until pred(arg) or ms elapse; returns pred's last value. */
 static inline bool fx_run_until(uv_loop_t *loop, fx_pred pred, void *arg, uint64_t ms)
 {
-    uint64_t end = nx_mono_ms() + ms;
-    uv_timer_t t;
-    bool ok;
-
-    uv_timer_init(loop, &t);
-    uv_timer_start(&t, fx_tick, 5, 5);
-    while (!(ok = pred(arg)) && nx_mono_ms() < end)
-        uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-    return ok;
-}
-
-static inline bool fx_never(void *arg)
-{
-    (void)arg;
-    return false;
+    return ts_run_until(loop, pred, arg, ms);
 }
 
 /* Lets the loop run for ms. */
 static inline void fx_run_for(uv_loop_t *loop, uint64_t ms)
 {
-    fx_run_until(loop, fx_never, NULL, ms);
+    ts_run_for(loop, ms);
 }
 
 /* Drains the loop after everything was freed (bounded). */
 static inline void fx_drain(uv_loop_t *loop)
 {
-    for (int i = 0; i < 200 && uv_run(loop, UV_RUN_NOWAIT); i++)
-        usleep(1000);
+    ts_drain(loop);
 }
 
 static inline int fx_free_port(void)
 {
-    struct sockaddr_in a = {0};
-    socklen_t alen = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int port;
-
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &alen) < 0)
-        abort();
-    port = ntohs(a.sin_port);
-    close(fd);
-    return port;
+    return ts_free_port();
 }
 
 struct fx_nats {
@@ -112,8 +76,7 @@ static inline bool fx_nats_start(struct fx_nats *ns)
     if (!ns->port)
         ns->port = fx_free_port();
     if (!ns->dir[0]) {
-        snprintf(ns->dir, sizeof ns->dir, "/tmp/nx-bus-nats-XXXXXX");
-        if (!mkdtemp(ns->dir))
+        if (ts_mkdtemp(ns->dir, sizeof ns->dir, "nx-bus-nats-") != 0)
             return false;
     }
     snprintf(ns->log, sizeof ns->log, "%s/server.log", ns->dir);
@@ -159,18 +122,9 @@ static inline void fx_nats_kill(struct fx_nats *ns, int sig)
     }
 }
 
-static inline int fx_rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static inline void fx_rm_tree(const char *dir)
 {
-    if (dir[0])
-        nftw(dir, fx_rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    ts_rm_tree(dir);
 }
 
 static inline void fx_nats_stop(struct fx_nats *ns)

@@ -1,21 +1,14 @@
-/* Helpers shared by the LLM provider tests (included by tests/unit/test_llm_*.c only): start
- * tests/fakes/fake_llm.py as a child, drive its control endpoints with a small blocking HTTP/1.0
- * client, run the loop until a condition holds, and collect a call's outcome. */
+/* Helpers shared by the LLM provider tests (included by tests/unit/test_llm_*.c only, after
+ * <cmocka.h>): start tests/fakes/fake_llm.py as a child, drive its control endpoints, run the
+ * loop until a condition holds, open a provider on a fresh loop, and collect a call's outcome.
+ * The process, HTTP and loop plumbing is tests/unit/test_support.h. */
 #ifndef NX_TEST_LLM_FAKE_H
 #define NX_TEST_LLM_FAKE_H
 
-#include <arpa/inet.h>
 #include <jansson.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 #include <uv.h>
 
 #include "core/alloc.h"
@@ -25,168 +18,43 @@
 #include "http/client.h"
 #include "llm/internal.h"
 #include "llm/llm.h"
+#include "test_support.h"
 
-static pid_t g_fake_pid = -1;
-static int g_fake_fd = -1;
-static int g_fake_port;
+static struct ts_child g_fake = TS_CHILD_INIT;
 
-static int fake_read_line(char *line, size_t cap, int timeout_ms)
-{
-    uint64_t deadline = nx_mono_ms() + (uint64_t)timeout_ms;
-    size_t n = 0;
-
-    while (n + 1 < cap) {
-        struct pollfd pfd = {g_fake_fd, POLLIN, 0};
-        int64_t left = (int64_t)(deadline - nx_mono_ms());
-        char ch;
-
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
-            return -1;
-        if (read(g_fake_fd, &ch, 1) != 1)
-            return -1;
-        if (ch == '\n')
-            break;
-        line[n++] = ch;
-    }
-    line[n] = '\0';
-    return 0;
-}
-
-static int fake_start(void)
-{
-    char path[4096], line[128];
-    const char *src = getenv("NEXO_SOURCE_DIR");
-    int fds[2];
-
-    signal(SIGPIPE, SIG_IGN);
-    if (src) {
-        snprintf(path, sizeof path, "%s/tests/fakes/fake_llm.py", src);
-    } else {
-        const char *slash = strrchr(__FILE__, '/');
-        int dirlen = slash ? (int)(slash - __FILE__) : 1;
-        snprintf(path, sizeof path, "%.*s/../fakes/fake_llm.py", dirlen, slash ? __FILE__ : ".");
-    }
-    if (pipe(fds) != 0)
-        return -1;
-    g_fake_pid = fork();
-    if (g_fake_pid < 0)
-        return -1;
-    if (g_fake_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(fds[1], 1);
-        close(fds[0]);
-        close(fds[1]);
-        execl("/usr/bin/python3", "python3", "-B", path, (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    g_fake_fd = fds[0];
-    if (fake_read_line(line, sizeof line, 15000) != 0 || sscanf(line, "READY %d", &g_fake_port) != 1)
-        return -1;
-    return 0;
-}
-
-static void fake_stop(void)
-{
-    if (g_fake_pid > 0) {
-        kill(g_fake_pid, SIGKILL);
-        waitpid(g_fake_pid, NULL, 0);
-        g_fake_pid = -1;
-    }
-    if (g_fake_fd >= 0) {
-        close(g_fake_fd);
-        g_fake_fd = -1;
-    }
-}
-
-static int fake_group_setup(void **state)
+static inline int fake_group_setup(void **state)
 {
     (void)state;
-    return fake_start();
+    return ts_spawn_py(&g_fake, "fakes/fake_llm.py");
 }
 
-static int fake_group_teardown(void **state)
+static inline int fake_group_teardown(void **state)
 {
     (void)state;
-    fake_stop();
+    ts_kill(&g_fake);
     return 0;
 }
 
-/* A blocking HTTP/1.0 exchange with the fake's control endpoints; returns the body (caller
- * frees) or NULL. Bounded by a 10 s deadline. */
-static char *fake_http(const char *method, const char *path, const char *body)
+static inline void fake_post(const char *path, const char *body)
 {
-    struct sockaddr_in sa;
-    struct nx_buf req = NX_BUF_INIT, resp = NX_BUF_INIT;
-    uint64_t deadline = nx_mono_ms() + 10000;
-    char buf[4096], *out = NULL, *sep;
-    size_t off = 0;
-    int fd;
-
-    memset(&sa, 0, sizeof sa);
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons((uint16_t)g_fake_port);
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if ((fd = socket(AF_INET, SOCK_STREAM, 0)) < 0)
-        return NULL;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
-        goto out;
-    nx_buf_printf(&req, "%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                        "Content-Length: %zu\r\n\r\n%s",
-                  method, path, body ? strlen(body) : 0, body ? body : "");
-    while (off < req.len) {
-        ssize_t n = write(fd, req.data + off, req.len - off);
-        if (n <= 0)
-            goto out;
-        off += (size_t)n;
-    }
-    for (;;) {
-        struct pollfd pfd = {fd, POLLIN, 0};
-        int64_t left = (int64_t)(deadline - nx_mono_ms());
-        ssize_t n;
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
-            goto out;
-        if ((n = read(fd, buf, sizeof buf)) < 0)
-            goto out;
-        if (n == 0)
-            break;
-        nx_buf_append(&resp, buf, (size_t)n);
-    }
-    if ((sep = strstr(nx_buf_cstr(&resp), "\r\n\r\n")))
-        out = nx_strdup(sep + 4);
-out:
-    close(fd);
-    nx_buf_cleanup(&req);
-    nx_buf_cleanup(&resp);
-    return out;
+    ts_http_post(g_fake.port, path, body);
 }
 
-static void fake_post(const char *path, const char *body)
-{
-    char *r = fake_http("POST", path, body);
-    if (!r) {
-        fprintf(stderr, "fake: POST %s failed\n", path);
-        abort();
-    }
-    free(r);
-}
-
-static void fake_reset(void)
+static inline void fake_reset(void)
 {
     fake_post("/_reset", "{}");
 }
 
-static void fake_script(const char *steps_json)
+static inline void fake_script(const char *steps_json)
 {
     fake_post("/_script", steps_json);
 }
 
 /* The recorded requests (a JSON array; caller decrefs). */
-static json_t *fake_requests(void)
+static inline json_t *fake_requests(void)
 {
-    char *r = fake_http("GET", "/_requests", NULL);
-    json_t *j = r ? json_loads(r, 0, NULL) : NULL;
-    free(r);
+    json_t *j = ts_http_get_json(g_fake.port, "/_requests");
+
     if (!json_is_array(j)) {
         fprintf(stderr, "fake: bad /_requests\n");
         abort();
@@ -194,30 +62,32 @@ static json_t *fake_requests(void)
     return j;
 }
 
-static void fake_url(char *out, size_t n, const char *suffix)
+/* The last recorded request (caller decrefs); there must be one. */
+static inline json_t *last_request(void)
 {
-    snprintf(out, n, "http://127.0.0.1:%d%s", g_fake_port, suffix);
+    json_t *all = fake_requests(), *last;
+
+    assert_true(json_array_size(all) > 0);
+    last = json_incref(json_array_get(all, json_array_size(all) - 1));
+    json_decref(all);
+    return last;
+}
+
+static inline size_t nrequests(void)
+{
+    json_t *all = fake_requests();
+    size_t n = json_array_size(all);
+
+    json_decref(all);
+    return n;
 }
 
 /* ---- the loop ---------------------------------------------------------------------------- */
 
-static void guard_tick(uv_timer_t *t)
-{
-    (void)t;
-}
-
 /* Runs the loop until *count >= want (count may be NULL: run for timeout_ms). */
-static void run_until(uv_loop_t *loop, const int *count, int want, uint64_t timeout_ms)
+static inline void run_until(uv_loop_t *loop, const int *count, int want, uint64_t timeout_ms)
 {
-    uint64_t deadline = nx_mono_ms() + timeout_ms;
-    uv_timer_t guard;
-
-    uv_timer_init(loop, &guard);
-    uv_timer_start(&guard, guard_tick, 10, 10);
-    while ((!count || *count < want) && nx_mono_ms() < deadline)
-        uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&guard, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
+    ts_run_until_count(loop, count, want, timeout_ms);
 }
 
 struct env {
@@ -225,33 +95,31 @@ struct env {
     struct nx_http_client *http;
 };
 
-static void env_init(struct env *e)
+static inline void env_init(struct env *e)
 {
     if (uv_loop_init(&e->loop) != 0 || nx_http_client_new(&e->loop, NULL, &e->http) != 0)
         abort();
 }
 
-static void env_cleanup(struct env *e)
+static inline void env_cleanup(struct env *e)
 {
     nx_http_client_free(e->http);
-    for (int i = 0; i < 200 && uv_run(&e->loop, UV_RUN_NOWAIT); i++)
-        ;
-    if (uv_loop_close(&e->loop) != 0) {
+    if (ts_loop_finish(&e->loop) != 0) {
         fprintf(stderr, "loop has open handles\n");
         abort();
     }
 }
 
-static struct nx_llm_provider *provider(struct env *e, const char *name, const char *kind,
-                                        const char *key, uint32_t timeout_ms,
-                                        const struct nx_breaker_conf *bc)
+static inline struct nx_llm_provider *provider(struct env *e, const char *name, const char *kind,
+                                               const char *key, uint32_t timeout_ms,
+                                               const struct nx_breaker_conf *bc)
 {
     struct nx_llm_provider_conf c;
     struct nx_llm_provider *p = NULL;
     char base[128];
 
     memset(&c, 0, sizeof c);
-    fake_url(base, sizeof base, strcmp(kind, "openai") == 0 ? "/v1/" : "/");
+    ts_url(base, sizeof base, "127.0.0.1", g_fake.port, strcmp(kind, "openai") == 0 ? "/v1/" : "/");
     c.name = name;
     c.kind = kind;
     c.api_key = key;
@@ -261,6 +129,27 @@ static struct nx_llm_provider *provider(struct env *e, const char *name, const c
     if (nx_llm_provider_new(e->http, &c, &p) != 0)
         abort();
     return p;
+}
+
+/* The older names, kept for callers that start and stop the fake themselves. */
+static inline int fake_start(void)
+{
+    return ts_spawn_py(&g_fake, "fakes/fake_llm.py");
+}
+
+static inline void fake_stop(void)
+{
+    ts_kill(&g_fake);
+}
+
+static inline char *fake_http(const char *method, const char *path, const char *body)
+{
+    return ts_http(g_fake.port, method, path, body);
+}
+
+static inline void fake_url(char *out, size_t n, const char *suffix)
+{
+    ts_url(out, n, "127.0.0.1", g_fake.port, suffix);
 }
 
 /* ---- one call's outcome ------------------------------------------------------------------ */
@@ -284,7 +173,7 @@ struct outcome {
     uint64_t done_ms;
 };
 
-static void oc_text(const char *d, size_t n, void *u)
+static inline void oc_text(const char *d, size_t n, void *u)
 {
     struct outcome *o = u;
     nx_buf_append(&o->text, d, n);
@@ -293,7 +182,7 @@ static void oc_text(const char *d, size_t n, void *u)
         nx_llm_cancel(o->call);
 }
 
-static void oc_done(int rc, const struct nx_llm_result *r, void *u)
+static inline void oc_done(int rc, const struct nx_llm_result *r, void *u)
 {
     struct outcome *o = u;
     o->ndone++;
@@ -310,13 +199,13 @@ static void oc_done(int rc, const struct nx_llm_result *r, void *u)
     o->is_retryable = r->is_retryable;
 }
 
-static void outcome_cleanup(struct outcome *o)
+static inline void outcome_cleanup(struct outcome *o)
 {
     nx_buf_cleanup(&o->text);
     json_decref(o->message);
 }
 
-static const struct nx_llm_callbacks *callbacks(struct outcome *o)
+static inline const struct nx_llm_callbacks *callbacks(struct outcome *o)
 {
     static struct nx_llm_callbacks cb;
     cb.on_text = oc_text;
@@ -326,7 +215,7 @@ static const struct nx_llm_callbacks *callbacks(struct outcome *o)
 }
 
 /* The text of the message's first text block, or "". */
-static const char *message_text(const json_t *m)
+static inline const char *message_text(const json_t *m)
 {
     size_t i;
     json_t *b;
@@ -338,9 +227,85 @@ static const char *message_text(const json_t *m)
     return "";
 }
 
-static json_t *user_messages(const char *text)
+static inline json_t *user_messages(const char *text)
 {
     return json_pack("[{s:s, s:[{s:s, s:s}]}]", "role", "user", "content", "type", "text", "text", text);
+}
+
+/* Starts req on p and runs the loop until it is done (10 s); on_done never runs inside start. */
+static inline void run_call(struct env *e, struct nx_llm_provider *p, struct nx_llm_request *req,
+                            struct outcome *o)
+{
+    o->call = nx_llm_start(p, req, callbacks(o));
+    assert_non_null(o->call);
+    assert_int_equal(o->ndone, 0);
+    run_until(&e->loop, &o->ndone, 1, 10000);
+    assert_int_equal(o->ndone, 1);
+}
+
+/* ---- one provider on a fresh loop ------------------------------------------------------- */
+
+struct one {
+    struct env e;
+    struct nx_llm_provider *p;
+    json_t *msgs; /* a one-line user conversation */
+};
+
+/* Resets the fake, gives it script (NULL: its default answer), and opens provider `name`. */
+static inline void one_open(struct one *t, const char *name, const char *kind, const char *key,
+                            uint32_t timeout_ms, const char *script, const char *user_text)
+{
+    fake_reset();
+    if (script)
+        fake_script(script);
+    env_init(&t->e);
+    t->p = provider(&t->e, name, kind, key, timeout_ms, NULL);
+    t->msgs = user_messages(user_text);
+}
+
+static inline void one_close(struct one *t)
+{
+    json_decref(t->msgs);
+    nx_llm_provider_free(t->p);
+    env_cleanup(&t->e);
+}
+
+/* An upstream error and how it must be reported. */
+struct err_case {
+    const char *script;
+    const char *key;
+    int rc;
+    int status;
+    const char *type;
+    int64_t retry_ms;
+    bool retryable;
+};
+
+/* Runs each case whole and streamed (a streamed request's error body arrives through on_data)
+ * against a `kind` provider; the error message must not leak `secret`. */
+static inline void check_err_cases(const char *kind, const char *model, const struct err_case *cases,
+                                   size_t n, const char *secret)
+{
+    for (size_t i = 0; i < 2 * n; i++) {
+        const struct err_case *c = &cases[i / 2];
+        struct one t;
+        struct outcome o = {0};
+        struct nx_llm_request req = {.model = model, .temperature = -1, .stream = i % 2 == 1};
+
+        one_open(&t, kind, kind, c->key, 0, c->script, "hi");
+        req.messages = t.msgs;
+        run_call(&t.e, t.p, &req, &o);
+        assert_int_equal(o.rc, c->rc);
+        assert_int_equal(o.http_status, c->status);
+        assert_string_equal(o.error_type, c->type);
+        assert_true(o.error_message[0] != '\0');
+        assert_null(strstr(o.error_message, secret));
+        assert_int_equal(o.retry_after_ms, c->retry_ms);
+        assert_int_equal(o.is_retryable, c->retryable);
+        assert_null(o.message);
+        outcome_cleanup(&o);
+        one_close(&t);
+    }
 }
 
 #endif

@@ -164,18 +164,6 @@ static int publish_n(struct nx_bus *bus, const char *subject, int n)
     return rc;
 }
 
-struct want {
-    const int *v;
-    int n;
-};
-
-static bool reached(void *arg)
-{
-    struct want *w = arg;
-
-    return *w->v >= w->n;
-}
-
 static void test_local_pubsub_wildcards(void **state)
 {
     uv_loop_t loop;
@@ -195,7 +183,7 @@ static void test_local_pubsub_wildcards(void **state)
     assert_int_equal(publish_n(bus, "plugin.inbound.telegram", 1), 0);
     assert_int_equal(publish_n(bus, "plugin.outbound.telegram.main", 2), 0);
     assert_int_equal(all.n, 0); /* never inside publish */
-    assert_true(fx_run_until(&loop, reached, &(struct want){&all.n, 2}, 2000));
+    assert_true(fx_run_until(&loop, ts_reached, &(struct ts_count){&all.n, 2}, 2000));
     fx_run_for(&loop, 20);
     assert_int_equal(all.n, 2);
     assert_int_equal(star.n, 1);
@@ -220,7 +208,7 @@ static void test_local_queue_group_delivers_once(void **state)
     assert_int_equal(nx_bus_subscribe(bus, "work.*", on_rec, &plain, NULL), 0);
     for (int i = 0; i < 100; i++)
         assert_int_equal(publish_n(bus, "work.x", i), 0);
-    assert_true(fx_run_until(&loop, reached, &(struct want){&plain.n, 100}, 2000));
+    assert_true(fx_run_until(&loop, ts_reached, &(struct ts_count){&plain.n, 100}, 2000));
     fx_run_for(&loop, 20);
     assert_int_equal(a.n + b.n, 100);
     assert_true(a.n > 0 && b.n > 0);
@@ -275,7 +263,7 @@ static void test_local_request_reply_and_timeout(void **state)
     nx_envelope_new("svc.echo", "test", NULL, p, &e);
     assert_int_equal(nx_bus_request(bus, NULL, e, 2000, on_reply, &ok), 0);
     assert_int_equal(nx_bus_request(bus, "svc.nobody", e, 50, on_reply, &late), 0);
-    assert_true(fx_run_until(&loop, reached, &(struct want){&late.calls, 1}, 3000));
+    assert_true(fx_run_until(&loop, ts_reached, &(struct ts_count){&late.calls, 1}, 3000));
     assert_int_equal(ok.calls, 1);
     assert_int_equal(ok.rc, 0);
     assert_non_null(strstr(ok.text, "\"echo\":{\"q\":\"ping\"}"));
@@ -304,7 +292,7 @@ static void test_local_slow_subscriber_is_never_dropped(void **state)
     for (int i = 0; i < n; i++)
         assert_int_equal(publish_n(bus, "flood", i), 0);
     assert_int_equal(nx_bus_sub_backlog(sub), (size_t)n);
-    assert_true(fx_run_until(&loop, reached, &(struct want){&r.n, n}, 10000));
+    assert_true(fx_run_until(&loop, ts_reached, &(struct ts_count){&r.n, n}, 10000));
     for (int i = 0; i < 4096; i++)
         assert_int_equal(r.order[i], i);
     assert_int_equal(nx_bus_sub_backlog(sub), 0);
@@ -330,7 +318,7 @@ static void test_local_retry_keeps_order_and_unsubscribe_in_callback(void **stat
     once.unsub_self = sub;
     for (int i = 0; i < 5; i++)
         assert_int_equal(publish_n(bus, "t", i), 0);
-    assert_true(fx_run_until(&loop, reached, &(struct want){&r.n, 5}, 3000));
+    assert_true(fx_run_until(&loop, ts_reached, &(struct ts_count){&r.n, 5}, 3000));
     for (int i = 0; i < 5; i++)
         assert_int_equal(r.order[i], i);
     assert_int_equal(once.n, 1);

@@ -161,18 +161,6 @@ static int publish_n(struct nx_bus *bus, const char *subject, int n)
     return rc;
 }
 
-struct want {
-    const int *v;
-    int n;
-};
-
-static bool reached(void *arg)
-{
-    struct want *w = arg;
-
-    return *w->v >= w->n;
-}
-
 /* Subscriptions travel to the server asynchronously: publish probes until `to` hears one. */
 static void wait_subscribed(struct fx *f, struct nx_bus *from, struct nx_bus *to)
 {
@@ -183,7 +171,7 @@ static void wait_subscribed(struct fx *f, struct nx_bus *from, struct nx_bus *to
     assert_int_equal(nx_bus_subscribe(to, "probe", on_rec, &probe, &sub), 0);
     for (int i = 0; !probe.n && nx_mono_ms() < end; i++) {
         publish_n(from, "probe", NEV + (i % NEV));
-        fx_run_until(&f->loop, reached, &(struct want){&probe.n, 1}, 50);
+        fx_run_until(&f->loop, ts_reached, &(struct ts_count){&probe.n, 1}, 50);
     }
     assert_true(probe.n > 0);
     nx_bus_unsubscribe(to, sub);
@@ -210,8 +198,8 @@ static void test_nats_pubsub_echo_rule_and_queue_groups(void **state)
         assert_int_equal(publish_n(t.a, "plugin.inbound.telegram", i), 0);
         assert_int_equal(publish_n(t.a, "agent.route.kate", i), 0);
     }
-    assert_true(fx_run_until(&f->loop, reached, &(struct want){&at_b.n, 100}, 10000));
-    assert_true(fx_run_until(&f->loop, reached, &(struct want){&at_a.n, 100}, 10000));
+    assert_true(fx_run_until(&f->loop, ts_reached, &(struct ts_count){&at_b.n, 100}, 10000));
+    assert_true(fx_run_until(&f->loop, ts_reached, &(struct ts_count){&at_a.n, 100}, 10000));
     fx_run_for(&f->loop, 100);
     /* the publisher's own subscriber hears each event once, through NATS */
     assert_int_equal(at_a.n, 100);
@@ -271,7 +259,7 @@ static void test_nats_request_reply(void **state)
     wait_subscribed(f, t.a, t.b);
     nx_envelope_new("svc.echo", "test", NULL, p, &e);
     assert_int_equal(nx_bus_request(t.a, NULL, e, 5000, on_reply, &r), 0);
-    assert_true(fx_run_until(&f->loop, reached, &(struct want){&r.calls, 1}, 6000));
+    assert_true(fx_run_until(&f->loop, ts_reached, &(struct ts_count){&r.calls, 1}, 6000));
     assert_int_equal(r.rc, 0);
     assert_int_equal(r.n, 42);
     nx_envelope_free(e);
@@ -297,14 +285,14 @@ static void test_nats_down_at_boot_then_switches_and_drains(void **state)
     assert_int_equal(nx_bus_subscribe(t.b, "ev.>", on_rec, &remote, NULL), 0);
     for (int i = 0; i < 200; i++)
         assert_int_equal(publish_n(t.a, "ev.x", i), 0);
-    assert_true(fx_run_until(&f->loop, reached, &(struct want){&local.n, 200}, 5000));
+    assert_true(fx_run_until(&f->loop, ts_reached, &(struct ts_count){&local.n, 200}, 5000));
     nx_bus_stats(t.a, &st);
     assert_int_equal(st.queue_depth, 200);
     assert_int_equal(st.queued, 200);
     assert_int_equal(remote.n, 0);
     assert_true(fx_nats_start(&f->ns));
     assert_true(fx_run_until(&f->loop, both_nats, &t, 10000));
-    assert_true(fx_run_until(&f->loop, reached, &(struct want){&remote.n, 200}, 10000));
+    assert_true(fx_run_until(&f->loop, ts_reached, &(struct ts_count){&remote.n, 200}, 10000));
     fx_run_for(&f->loop, 300);
     assert_int_equal(remote.n, 200);
     assert_int_equal(remote.dups, 0);
@@ -335,7 +323,7 @@ static void test_nats_queue_survives_restart(void **state)
     assert_int_equal(nx_bus_subscribe(t.b, "ev.>", on_rec, &remote, NULL), 0);
     t.a = new_bus(f, "a2", true);
     assert_true(fx_run_until(&f->loop, both_nats, &t, 10000));
-    assert_true(fx_run_until(&f->loop, reached, &(struct want){&remote.n, 50}, 10000));
+    assert_true(fx_run_until(&f->loop, ts_reached, &(struct ts_count){&remote.n, 50}, 10000));
     fx_run_for(&f->loop, 200);
     assert_int_equal(remote.n, 50);
     assert_int_equal(remote.dups, 0);
@@ -401,7 +389,7 @@ static void test_nats_kill_restart_every_event_exactly_once(void **state)
     uv_timer_init(&f->loop, &l.pub);
     l.pub.data = &l;
     uv_timer_start(&l.pub, on_pub_tick, 3, 3);
-    fx_run_until(&f->loop, reached, &(struct want){&remote->n, NEV}, 30000);
+    fx_run_until(&f->loop, ts_reached, &(struct ts_count){&remote->n, NEV}, 30000);
     fx_run_for(&f->loop, 500); /* late duplicates would show here */
     uv_timer_stop(&l.pub);
     uv_close((uv_handle_t *)&l.pub, NULL);

@@ -6,11 +6,9 @@
 #include <curl/curl.h>
 #include <jansson.h>
 #include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <uv.h>
@@ -21,89 +19,31 @@
 #include "core/log.h"
 #include "http/client.h"
 #include "http/curl_loader.h"
+#include "test_support.h"
 
 /* http/curl_loader.c: libcurl is dlopened at the first request, not at start-up, and every
  * argument type of the variadic setopt functions reaches libcurl intact. Runs against
  * tests/tools/http_peer.py. The tests run in order: the first needs a process that has not
  * loaded libcurl yet (it forks), the second watches the load happen. */
 
-static pid_t g_peer_pid = -1;
-static int g_peer_fd = -1;
-static int g_port;
-
-/* Reads one line from fd, waiting at most timeout_ms in all. */
-static int read_line(int fd, char *line, size_t cap, int timeout_ms)
-{
-    uint64_t deadline = nx_mono_ms() + (uint64_t)timeout_ms;
-    size_t n = 0;
-
-    while (n + 1 < cap) {
-        struct pollfd pfd = {fd, POLLIN, 0};
-        int64_t left = (int64_t)(deadline - nx_mono_ms());
-        char ch;
-
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0)
-            return -1;
-        if (read(fd, &ch, 1) != 1)
-            return -1;
-        if (ch == '\n')
-            break;
-        line[n++] = ch;
-    }
-    line[n] = '\0';
-    return 0;
-}
+static struct ts_child g_peer = TS_CHILD_INIT;
 
 static int group_setup(void **state)
 {
-    const char *src = getenv("NEXO_SOURCE_DIR");
-    char path[4096], line[128];
-    int fds[2];
-
     (void)state;
-    signal(SIGPIPE, SIG_IGN);
-    if (src) {
-        snprintf(path, sizeof path, "%s/tests/tools/http_peer.py", src);
-    } else {
-        const char *slash = strrchr(__FILE__, '/');
-        int dirlen = slash ? (int)(slash - __FILE__) : 1;
-        snprintf(path, sizeof path, "%.*s/../tools/http_peer.py", dirlen, slash ? __FILE__ : ".");
-    }
-    if (pipe(fds) != 0)
-        return -1;
-    g_peer_pid = fork();
-    if (g_peer_pid < 0)
-        return -1;
-    if (g_peer_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(fds[1], 1);
-        close(fds[0]);
-        close(fds[1]);
-        execl("/usr/bin/python3", "python3", "-B", path, (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    g_peer_fd = fds[0];
-    if (read_line(g_peer_fd, line, sizeof line, 15000) != 0 || sscanf(line, "READY %d", &g_port) != 1)
-        return -1;
-    return 0;
+    return ts_spawn_py(&g_peer, "tools/http_peer.py");
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    if (g_peer_pid > 0) {
-        kill(g_peer_pid, SIGKILL);
-        waitpid(g_peer_pid, NULL, 0);
-    }
-    if (g_peer_fd >= 0)
-        close(g_peer_fd);
+    ts_kill(&g_peer);
     return 0;
 }
 
 static void url(char *out, size_t n, const char *path)
 {
-    snprintf(out, n, "http://127.0.0.1:%d%s", g_port, path);
+    ts_url(out, n, "127.0.0.1", g_peer.port, path);
 }
 
 /* ---- client helpers -------------------------------------------------------------------- */
@@ -125,35 +65,20 @@ static void on_done(int rc, const struct nx_http_response *res, const char *err,
     snprintf(r->err, sizeof r->err, "%s", err ? err : "");
 }
 
-static void guard_tick(uv_timer_t *t)
-{
-    (void)t;
-}
-
 /* Starts a GET and runs the loop until it completes (at most 10 s). */
 static void get(uv_loop_t *loop, struct nx_http_client *c, const char *u, struct result *r)
 {
     struct nx_http_call_opts o = {.url = u, .on_done = on_done, .udata = r};
-    uint64_t deadline = nx_mono_ms() + 10000;
-    uv_timer_t guard;
 
     memset(r, 0, sizeof *r);
-    if (!nx_http_client_request(c, &o))
-        return;
-    uv_timer_init(loop, &guard);
-    uv_timer_start(&guard, guard_tick, 10, 10);
-    while (r->ndone == 0 && nx_mono_ms() < deadline)
-        uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&guard, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
+    if (nx_http_client_request(c, &o))
+        ts_run_until_count(loop, &r->ndone, 1, 10000);
 }
 
 static int client_free_and_close(uv_loop_t *loop, struct nx_http_client *c)
 {
     nx_http_client_free(c);
-    for (int i = 0; i < 100 && uv_run(loop, UV_RUN_NOWAIT); i++)
-        ;
-    return uv_loop_close(loop);
+    return ts_loop_finish(loop);
 }
 
 /* ---- tests ----------------------------------------------------------------------------- */

@@ -19,39 +19,16 @@ static json_t *weather_tools(void)
                      "input_schema", "type", "object");
 }
 
-static void run_call(struct env *e, struct nx_llm_provider *p, struct nx_llm_request *req,
-                     struct outcome *o)
-{
-    o->call = nx_llm_start(p, req, callbacks(o));
-    assert_non_null(o->call);
-    assert_int_equal(o->ndone, 0); /* never inside start */
-    run_until(&e->loop, &o->ndone, 1, 10000);
-    assert_int_equal(o->ndone, 1);
-}
-
-static json_t *last_request(void)
-{
-    json_t *all = fake_requests(), *last;
-
-    assert_true(json_array_size(all) > 0);
-    last = json_incref(json_array_get(all, json_array_size(all) - 1));
-    json_decref(all);
-    return last;
-}
-
 static void test_anthropic_answers_text_whole(void **state)
 {
-    struct env e;
+    struct one t;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi");
-    struct nx_llm_request req = {.model = "claude-test", .messages = msgs, .temperature = -1};
-    struct nx_llm_provider *p;
+    struct nx_llm_request req = {.model = "claude-test", .temperature = -1};
 
     (void)state;
-    fake_reset();
-    env_init(&e);
-    p = provider(&e, "anthropic", "anthropic", KEY, 0, NULL);
-    run_call(&e, p, &req, &o);
+    one_open(&t, "anthropic", "anthropic", KEY, 0, NULL, "hi");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o);
     assert_int_equal(o.rc, 0);
     assert_string_equal(message_text(o.message), "hello from fake");
     assert_string_equal(nx_json_str(o.message, "role"), "assistant");
@@ -60,28 +37,23 @@ static void test_anthropic_answers_text_whole(void **state)
     assert_true(o.usage.input_tokens > 0 && o.usage.output_tokens > 0);
     assert_int_equal(o.ndeltas, 0);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&t);
 }
 
 static void test_anthropic_streams_deltas_in_order(void **state)
 {
-    struct env e;
+    struct one t;
     struct outcome o = {0};
-    json_t *msgs = user_messages("tell me");
-    struct nx_llm_request req = {.model = "claude-test", .messages = msgs, .temperature = -1,
-                                 .stream = true};
-    struct nx_llm_provider *p;
+    struct nx_llm_request req = {.model = "claude-test", .temperature = -1, .stream = true};
     json_t *r;
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"text\": \"The quick brown fox jumps over the lazy dog\", \"chunks\": 6,"
-                " \"usage\": {\"cache_read_input_tokens\": 7, \"cache_creation_input_tokens\": 3}}]");
-    env_init(&e);
-    p = provider(&e, "anthropic", "anthropic", KEY, 0, NULL);
-    run_call(&e, p, &req, &o);
+    one_open(&t, "anthropic", "anthropic", KEY, 0,
+             "[{\"text\": \"The quick brown fox jumps over the lazy dog\", \"chunks\": 6,"
+             " \"usage\": {\"cache_read_input_tokens\": 7, \"cache_creation_input_tokens\": 3}}]",
+             "tell me");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o);
     assert_int_equal(o.rc, 0);
     assert_true(o.ndeltas >= 6);
     assert_string_equal(nx_buf_cstr(&o.text), "The quick brown fox jumps over the lazy dog");
@@ -95,25 +67,21 @@ static void test_anthropic_streams_deltas_in_order(void **state)
     assert_true(json_is_true(json_object_get(json_object_get(r, "body"), "stream")));
     json_decref(r);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&t);
 }
 
 static void test_anthropic_request_has_cache_control_and_headers(void **state)
 {
-    struct env e;
+    struct one f;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi"), *tools = weather_tools(), *r, *h, *b, *sys, *t;
-    struct nx_llm_request req = {.model = "claude-test", .system = "You are terse.", .messages = msgs,
-                                 .tools = tools, .temperature = 0.5, .user = "user-42", .max_tokens = 77};
-    struct nx_llm_provider *p;
+    json_t *tools = weather_tools(), *r, *h, *b, *sys, *t;
+    struct nx_llm_request req = {.model = "claude-test", .system = "You are terse.", .tools = tools,
+                                 .temperature = 0.5, .user = "user-42", .max_tokens = 77};
 
     (void)state;
-    fake_reset();
-    env_init(&e);
-    p = provider(&e, "anthropic", "anthropic", KEY, 0, NULL);
-    run_call(&e, p, &req, &o);
+    one_open(&f, "anthropic", "anthropic", KEY, 0, NULL, "hi");
+    req.messages = f.msgs;
+    run_call(&f.e, f.p, &req, &o);
     assert_int_equal(o.rc, 0);
     r = last_request();
     h = json_object_get(r, "headers");
@@ -142,35 +110,31 @@ static void test_anthropic_request_has_cache_control_and_headers(void **state)
                         "ephemeral");
     assert_string_equal(nx_json_str(json_array_get(t, 0), "name"), "get_weather");
     assert_non_null(json_object_get(json_object_get(json_array_get(t, 0), "input_schema"), "properties"));
-    assert_true(json_equal(json_object_get(b, "messages"), msgs));
+    assert_true(json_equal(json_object_get(b, "messages"), f.msgs));
     json_decref(r);
     outcome_cleanup(&o);
-    json_decref(msgs);
     json_decref(tools);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&f);
 }
 
 /* Tool use round trip, streamed: the model asks for a tool, the next request carries the
  * assistant's tool_use and the user's tool_result (the fake checks they pair up). */
 static void test_anthropic_tool_use_round_trip(void **state)
 {
-    struct env e;
+    struct one t;
     struct outcome o1 = {0}, o2 = {0};
-    json_t *msgs = user_messages("weather in Paris?"), *tools = weather_tools(), *tu = NULL, *b, *r, *m;
-    struct nx_llm_request req = {.model = "claude-test", .messages = msgs, .tools = tools,
-                                 .temperature = -1, .stream = true};
-    struct nx_llm_provider *p;
+    json_t *tools = weather_tools(), *tu = NULL, *b, *r, *m;
+    struct nx_llm_request req = {.model = "claude-test", .tools = tools, .temperature = -1, .stream = true};
     char id[128];
     size_t i;
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"text\": \"Let me check.\", \"tool_use\": {\"name\": \"get_weather\","
-                " \"input\": {\"city\": \"Paris\", \"days\": [1, 2]}}}]");
-    env_init(&e);
-    p = provider(&e, "anthropic", "anthropic", KEY, 0, NULL);
-    run_call(&e, p, &req, &o1);
+    one_open(&t, "anthropic", "anthropic", KEY, 0,
+             "[{\"text\": \"Let me check.\", \"tool_use\": {\"name\": \"get_weather\","
+             " \"input\": {\"city\": \"Paris\", \"days\": [1, 2]}}}]",
+             "weather in Paris?");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o1);
     assert_int_equal(o1.rc, 0);
     assert_int_equal(o1.stop, NX_LLM_STOP_TOOL_USE);
     assert_string_equal(nx_buf_cstr(&o1.text), "Let me check.");
@@ -185,10 +149,10 @@ static void test_anthropic_tool_use_round_trip(void **state)
     assert_int_equal(json_array_size(json_object_get(json_object_get(tu, "input"), "days")), 2);
     snprintf(id, sizeof id, "%s", nx_json_str(tu, "id"));
 
-    json_array_append(msgs, o1.message);
-    json_array_append_new(msgs, json_pack("{s:s, s:[{s:s, s:s, s:s}]}", "role", "user", "content", "type",
+    json_array_append(t.msgs, o1.message);
+    json_array_append_new(t.msgs, json_pack("{s:s, s:[{s:s, s:s, s:s}]}", "role", "user", "content", "type",
                                           "tool_result", "tool_use_id", id, "content", "sunny, 21C"));
-    run_call(&e, p, &req, &o2);
+    run_call(&t.e, t.p, &req, &o2);
     assert_int_equal(o2.rc, 0);
     assert_string_equal(message_text(o2.message), "hello from fake");
     r = last_request();
@@ -205,21 +169,9 @@ static void test_anthropic_tool_use_round_trip(void **state)
     json_decref(r);
     outcome_cleanup(&o1);
     outcome_cleanup(&o2);
-    json_decref(msgs);
     json_decref(tools);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&t);
 }
-
-struct err_case {
-    const char *script;
-    const char *key;
-    int rc;
-    int status;
-    const char *type;
-    int64_t retry_ms;
-    bool retryable;
-};
 
 static void test_anthropic_maps_errors(void **state)
 {
@@ -235,52 +187,22 @@ static void test_anthropic_maps_errors(void **state)
          " \"retry_after_ms\": 150}}]", KEY, NX_EAGAIN, 529, "overloaded_error", 150, true},
     };
     (void)state;
-    /* each case whole and streamed: a streamed request's error body arrives through on_data */
-    for (size_t i = 0; i < 2 * NX_ARRAY_LEN(cases); i++) {
-        const struct err_case *c = &cases[i / 2];
-        struct env e;
-        struct outcome o = {0};
-        json_t *msgs = user_messages("hi");
-        struct nx_llm_request req = {.model = "claude-test", .messages = msgs, .temperature = -1,
-                                     .stream = i % 2 == 1};
-        struct nx_llm_provider *p;
-
-        fake_reset();
-        fake_script(c->script);
-        env_init(&e);
-        p = provider(&e, "anthropic", "anthropic", c->key, 0, NULL);
-        run_call(&e, p, &req, &o);
-        assert_int_equal(o.rc, c->rc);
-        assert_int_equal(o.http_status, c->status);
-        assert_string_equal(o.error_type, c->type);
-        assert_true(o.error_message[0] != '\0');
-        assert_null(strstr(o.error_message, "secret"));
-        assert_int_equal(o.retry_after_ms, c->retry_ms);
-        assert_int_equal(o.is_retryable, c->retryable);
-        assert_null(o.message);
-        outcome_cleanup(&o);
-        json_decref(msgs);
-        nx_llm_provider_free(p);
-        env_cleanup(&e);
-    }
+    check_err_cases("anthropic", "claude-test", cases, NX_ARRAY_LEN(cases), "secret");
 }
 
 static void test_anthropic_error_event_mid_stream(void **state)
 {
-    struct env e;
+    struct one t;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi");
-    struct nx_llm_request req = {.model = "claude-test", .messages = msgs, .temperature = -1,
-                                 .stream = true};
-    struct nx_llm_provider *p;
+    struct nx_llm_request req = {.model = "claude-test", .temperature = -1, .stream = true};
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"text\": \"partial answer here\", \"chunks\": 3,"
-                " \"error_midstream\": \"overloaded_error\"}]");
-    env_init(&e);
-    p = provider(&e, "anthropic", "anthropic", KEY, 0, NULL);
-    run_call(&e, p, &req, &o);
+    one_open(&t, "anthropic", "anthropic", KEY, 0,
+             "[{\"text\": \"partial answer here\", \"chunks\": 3,"
+             " \"error_midstream\": \"overloaded_error\"}]",
+             "hi");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o);
     assert_int_equal(o.rc, NX_EAGAIN);
     assert_int_equal(o.http_status, 200);
     assert_string_equal(o.error_type, "overloaded_error");
@@ -288,79 +210,66 @@ static void test_anthropic_error_event_mid_stream(void **state)
     assert_true(o.ndeltas >= 1);
     assert_null(o.message);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&t);
 }
 
 static void test_anthropic_cancel_mid_stream(void **state)
 {
-    struct env e;
+    struct one t;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi");
-    struct nx_llm_request req = {.model = "claude-test", .messages = msgs, .temperature = -1,
-                                 .stream = true};
-    struct nx_llm_provider *p;
+    struct nx_llm_request req = {.model = "claude-test", .temperature = -1, .stream = true};
     uint64_t t0;
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"text\": \"one two three four five six seven eight nine ten\", \"chunks\": 10,"
-                " \"delay_ms\": 200}]");
-    env_init(&e);
-    p = provider(&e, "anthropic", "anthropic", KEY, 0, NULL);
+    one_open(&t, "anthropic", "anthropic", KEY, 0,
+             "[{\"text\": \"one two three four five six seven eight nine ten\", \"chunks\": 10,"
+             " \"delay_ms\": 200}]",
+             "hi");
+    req.messages = t.msgs;
     o.cancel_after_deltas = 2; /* cancel from inside on_text */
     t0 = nx_mono_ms();
-    run_call(&e, p, &req, &o);
+    run_call(&t.e, t.p, &req, &o);
     assert_int_equal(o.rc, NX_ECANCELED);
     assert_int_equal(o.ndeltas, 2);
     assert_true(o.done_ms - t0 < 1500); /* did not wait for the whole answer */
-    run_until(&e.loop, NULL, 0, 300);
+    run_until(&t.e.loop, NULL, 0, 300);
     assert_int_equal(o.ndone, 1);
     outcome_cleanup(&o);
 
     /* and from outside, between deltas */
     memset(&o, 0, sizeof o);
     fake_script("[{\"text\": \"one two three four five six\", \"chunks\": 6, \"delay_ms\": 200}]");
-    o.call = nx_llm_start(p, &req, callbacks(&o));
-    run_until(&e.loop, &o.ndeltas, 1, 5000);
+    o.call = nx_llm_start(t.p, &req, callbacks(&o));
+    run_until(&t.e.loop, &o.ndeltas, 1, 5000);
     assert_int_equal(o.ndone, 0);
     nx_llm_cancel(o.call);
-    run_until(&e.loop, &o.ndone, 1, 2000);
+    run_until(&t.e.loop, &o.ndone, 1, 2000);
     assert_int_equal(o.ndone, 1);
     assert_int_equal(o.rc, NX_ECANCELED);
-    run_until(&e.loop, NULL, 0, 200);
+    run_until(&t.e.loop, NULL, 0, 200);
     assert_int_equal(o.ndone, 1);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&t);
 }
 
 static void test_anthropic_request_deadline(void **state)
 {
-    struct env e;
+    struct one t;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi");
-    struct nx_llm_request req = {.model = "claude-test", .messages = msgs, .temperature = -1};
-    struct nx_llm_provider *p;
+    struct nx_llm_request req = {.model = "claude-test", .temperature = -1};
     uint64_t t0;
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"hang_ms\": 3000}]");
-    env_init(&e);
-    p = provider(&e, "anthropic", "anthropic", KEY, 300, NULL);
+    one_open(&t, "anthropic", "anthropic", KEY, 300, "[{\"hang_ms\": 3000}]", "hi");
+    req.messages = t.msgs;
     t0 = nx_mono_ms();
-    run_call(&e, p, &req, &o);
+    run_call(&t.e, t.p, &req, &o);
     assert_int_equal(o.rc, NX_ETIMEDOUT);
     assert_string_equal(o.error_type, "timeout");
     assert_true(o.is_retryable);
     assert_true(o.done_ms - t0 < 2000);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&t);
 }
 
 static void test_anthropic_bad_request_fails_later_not_inside_start(void **state)

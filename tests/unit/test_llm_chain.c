@@ -24,14 +24,6 @@ static void run_chain(struct env *e, const struct nx_llm_target *t, size_t n,
     run_until(&e->loop, NULL, 0, 20); /* let the chain's timer close */
 }
 
-static size_t nrequests(void)
-{
-    json_t *all = fake_requests();
-    size_t n = json_array_size(all);
-    json_decref(all);
-    return n;
-}
-
 static bool metric_has(const char *line)
 {
     struct nx_buf out = NX_BUF_INIT;
@@ -48,22 +40,20 @@ static bool metric_has(const char *line)
 /* 429 with retry-after 0.3 s, then success: two attempts, at least 0.3 s apart. */
 static void test_chain_retries_429_honouring_retry_after(void **state)
 {
-    struct env e;
+    struct one f;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi"), *all;
-    struct nx_llm_request req = {.model = "claude-test", .messages = msgs, .temperature = -1};
-    struct nx_llm_provider *p;
+    json_t *all;
+    struct nx_llm_request req = {.model = "claude-test", .temperature = -1};
     struct nx_llm_target t[1];
     double t0, t1;
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"error\": {\"status\": 429, \"type\": \"rate_limit_error\", \"message\": \"slow\","
-                " \"retry_after\": 0.3}}]");
-    env_init(&e);
-    p = provider(&e, "retry-a", "anthropic", KEY, 0, NULL);
-    t[0] = (struct nx_llm_target){p, "claude-test"};
-    run_chain(&e, t, 1, &fast_retry, &req, &o);
+    one_open(&f, "retry-a", "anthropic", KEY, 0,
+             "[{\"error\": {\"status\": 429, \"type\": \"rate_limit_error\", \"message\": \"slow\","
+             " \"retry_after\": 0.3}}]", "hi");
+    req.messages = f.msgs;
+    t[0] = (struct nx_llm_target){f.p, "claude-test"};
+    run_chain(&f.e, t, 1, &fast_retry, &req, &o);
     assert_int_equal(o.rc, 0);
     assert_string_equal(message_text(o.message), "hello from fake");
     all = fake_requests();
@@ -76,37 +66,29 @@ static void test_chain_retries_429_honouring_retry_after(void **state)
                            "outcome=\"retry\"} 1"));
     assert_true(metric_has("nexo_llm_requests_total{provider=\"retry-a\",model=\"claude-test\","
                            "outcome=\"ok\"} 1"));
-    assert_int_equal(nx_llm_provider_breaker(p)->state, NX_BREAKER_CLOSED);
+    assert_int_equal(nx_llm_provider_breaker(f.p)->state, NX_BREAKER_CLOSED);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&f);
 }
 
 /* A dropped connection is a connection error: retried. */
 static void test_chain_retries_dropped_connection(void **state)
 {
-    struct env e;
+    struct one f;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi");
-    struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .temperature = -1, .stream = true};
-    struct nx_llm_provider *p;
+    struct nx_llm_request req = {.model = "gpt-test", .temperature = -1, .stream = true};
     struct nx_llm_target t[1];
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"drop\": true}]");
-    env_init(&e);
-    p = provider(&e, "drop-o", "openai", KEY, 0, NULL);
-    t[0] = (struct nx_llm_target){p, "gpt-test"};
-    run_chain(&e, t, 1, &fast_retry, &req, &o);
+    one_open(&f, "drop-o", "openai", KEY, 0, "[{\"drop\": true}]", "hi");
+    req.messages = f.msgs;
+    t[0] = (struct nx_llm_target){f.p, "gpt-test"};
+    run_chain(&f.e, t, 1, &fast_retry, &req, &o);
     assert_int_equal(o.rc, 0);
     assert_string_equal(nx_buf_cstr(&o.text), "hello from fake");
     assert_int_equal(nrequests(), 2);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&f);
 }
 
 /* The primary keeps failing: after its attempts the fallback (another provider and wire format)
@@ -187,20 +169,18 @@ static void test_chain_does_not_retry_400(void **state)
 /* Once text reached the caller, a failure is reported, not retried behind its back. */
 static void test_chain_does_not_retry_after_streamed_text(void **state)
 {
-    struct env e;
+    struct one f;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi");
-    struct nx_llm_request req = {.model = "m", .messages = msgs, .temperature = -1, .stream = true};
-    struct nx_llm_provider *p;
+    struct nx_llm_request req = {.model = "m", .temperature = -1, .stream = true};
     struct nx_llm_target t[1];
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"text\": \"partial answer\", \"chunks\": 2, \"error_midstream\": \"overloaded_error\"}]");
-    env_init(&e);
-    p = provider(&e, "mid", "anthropic", KEY, 0, NULL);
-    t[0] = (struct nx_llm_target){p, "m"};
-    run_chain(&e, t, 1, &fast_retry, &req, &o);
+    one_open(&f, "mid", "anthropic", KEY, 0,
+             "[{\"text\": \"partial answer\", \"chunks\": 2, \"error_midstream\": \"overloaded_error\"}]",
+             "hi");
+    req.messages = f.msgs;
+    t[0] = (struct nx_llm_target){f.p, "m"};
+    run_chain(&f.e, t, 1, &fast_retry, &req, &o);
     assert_int_equal(o.rc, NX_EAGAIN);
     assert_string_equal(o.error_type, "overloaded_error");
     assert_non_null(strstr(o.error_message, "not retried"));
@@ -208,76 +188,64 @@ static void test_chain_does_not_retry_after_streamed_text(void **state)
     assert_true(o.ndeltas >= 1);
     assert_int_equal(nrequests(), 1);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&f);
 }
 
 /* Cancel while the chain sleeps in its backoff: on_done at once, no further attempt. */
 static void test_chain_cancel_during_backoff(void **state)
 {
-    struct env e;
+    struct one f;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi");
-    struct nx_llm_request req = {.model = "m", .messages = msgs, .temperature = -1};
-    struct nx_llm_provider *p;
+    struct nx_llm_request req = {.model = "m", .temperature = -1};
     struct nx_llm_target t[1];
     uint64_t t0;
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"error\": {\"status\": 429, \"type\": \"rate_limit_error\", \"retry_after\": 5}}]");
-    env_init(&e);
-    p = provider(&e, "cancel-b", "anthropic", KEY, 0, NULL);
-    t[0] = (struct nx_llm_target){p, "m"};
+    one_open(&f, "cancel-b", "anthropic", KEY, 0,
+             "[{\"error\": {\"status\": 429, \"type\": \"rate_limit_error\", \"retry_after\": 5}}]", "hi");
+    req.messages = f.msgs;
+    t[0] = (struct nx_llm_target){f.p, "m"};
     o.call = nx_llm_chain_start(t, 1, &fast_retry, &req, callbacks(&o));
     assert_non_null(o.call);
     /* wait until the first attempt was answered and the chain is sleeping */
     for (int i = 0; i < 100 && nrequests() < 1; i++)
-        run_until(&e.loop, NULL, 0, 20);
-    run_until(&e.loop, NULL, 0, 100);
+        run_until(&f.e.loop, NULL, 0, 20);
+    run_until(&f.e.loop, NULL, 0, 100);
     assert_int_equal(o.ndone, 0);
     t0 = nx_mono_ms();
     nx_llm_cancel(o.call);
     assert_int_equal(o.ndone, 1);
     assert_int_equal(o.rc, NX_ECANCELED);
     assert_true(nx_mono_ms() - t0 < 100);
-    run_until(&e.loop, NULL, 0, 100);
+    run_until(&f.e.loop, NULL, 0, 100);
     assert_int_equal(o.ndone, 1);
     assert_int_equal(nrequests(), 1);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&f);
 }
 
 /* Cancel while an attempt streams. */
 static void test_chain_cancel_mid_stream(void **state)
 {
-    struct env e;
+    struct one f;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi");
-    struct nx_llm_request req = {.model = "m", .messages = msgs, .temperature = -1, .stream = true};
-    struct nx_llm_provider *p;
+    struct nx_llm_request req = {.model = "m", .temperature = -1, .stream = true};
     struct nx_llm_target t[1];
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"text\": \"a b c d e f g h\", \"chunks\": 8, \"delay_ms\": 150}]");
-    env_init(&e);
-    p = provider(&e, "cancel-s", "openai", KEY, 0, NULL);
-    t[0] = (struct nx_llm_target){p, "m"};
+    one_open(&f, "cancel-s", "openai", KEY, 0,
+             "[{\"text\": \"a b c d e f g h\", \"chunks\": 8, \"delay_ms\": 150}]", "hi");
+    req.messages = f.msgs;
+    t[0] = (struct nx_llm_target){f.p, "m"};
     o.cancel_after_deltas = 2;
-    run_chain(&e, t, 1, &fast_retry, &req, &o);
+    run_chain(&f.e, t, 1, &fast_retry, &req, &o);
     assert_int_equal(o.rc, NX_ECANCELED);
     assert_int_equal(o.ndeltas, 2);
-    run_until(&e.loop, NULL, 0, 200);
+    run_until(&f.e.loop, NULL, 0, 200);
     assert_int_equal(o.ndone, 1);
-    assert_int_equal(nx_llm_provider_breaker(p)->state, NX_BREAKER_CLOSED);
+    assert_int_equal(nx_llm_provider_breaker(f.p)->state, NX_BREAKER_CLOSED);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&f);
 }
 
 /* Two failures open the breaker (short timings): the next chain fails fast without a request;
@@ -371,22 +339,20 @@ static void test_chain_skips_open_breaker(void **state)
 static void test_chain_backoff_is_bounded(void **state)
 {
     struct nx_llm_retry_conf rc = {3, 40, 1000, 2.0};
-    struct env e;
+    struct one f;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi"), *all;
-    struct nx_llm_request req = {.model = "m", .messages = msgs, .temperature = -1};
-    struct nx_llm_provider *p;
+    json_t *all;
+    struct nx_llm_request req = {.model = "m", .temperature = -1};
     struct nx_llm_target t[1];
     double span;
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"error\": {\"status\": 529, \"type\": \"overloaded_error\"}},"
-                " {\"error\": {\"status\": 502, \"type\": \"api_error\"}}]");
-    env_init(&e);
-    p = provider(&e, "jit", "anthropic", KEY, 0, NULL);
-    t[0] = (struct nx_llm_target){p, "m"};
-    run_chain(&e, t, 1, &rc, &req, &o);
+    one_open(&f, "jit", "anthropic", KEY, 0,
+             "[{\"error\": {\"status\": 529, \"type\": \"overloaded_error\"}},"
+             " {\"error\": {\"status\": 502, \"type\": \"api_error\"}}]", "hi");
+    req.messages = f.msgs;
+    t[0] = (struct nx_llm_target){f.p, "m"};
+    run_chain(&f.e, t, 1, &rc, &req, &o);
     assert_int_equal(o.rc, 0);
     all = fake_requests();
     assert_int_equal(json_array_size(all), 3);
@@ -395,9 +361,7 @@ static void test_chain_backoff_is_bounded(void **state)
     assert_true(span < 0.12 + 0.6); /* sleeps plus two round trips to the fake, with slack */
     json_decref(all);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&f);
 }
 
 int main(void)

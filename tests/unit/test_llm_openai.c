@@ -19,42 +19,21 @@ static json_t *weather_tools(void)
                      "string");
 }
 
-static void run_call(struct env *e, struct nx_llm_provider *p, struct nx_llm_request *req,
-                     struct outcome *o)
-{
-    o->call = nx_llm_start(p, req, callbacks(o));
-    assert_non_null(o->call);
-    assert_int_equal(o->ndone, 0);
-    run_until(&e->loop, &o->ndone, 1, 10000);
-    assert_int_equal(o->ndone, 1);
-}
-
-static json_t *last_request(void)
-{
-    json_t *all = fake_requests(), *last;
-
-    assert_true(json_array_size(all) > 0);
-    last = json_incref(json_array_get(all, json_array_size(all) - 1));
-    json_decref(all);
-    return last;
-}
-
 static void test_openai_answers_text_whole(void **state)
 {
-    struct env e;
+    struct one t;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi"), *r, *b, *h;
-    struct nx_llm_request req = {.model = "gpt-test", .system = "Be brief.", .messages = msgs,
-                                 .temperature = -1, .user = "u1"};
-    struct nx_llm_provider *p;
+    json_t *r, *b, *h;
+    struct nx_llm_request req = {.model = "gpt-test", .system = "Be brief.", .temperature = -1,
+                                 .user = "u1"};
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"usage\": {\"prompt_tokens\": 50, \"completion_tokens\": 5,"
-                " \"prompt_tokens_details\": {\"cached_tokens\": 20}}}]");
-    env_init(&e);
-    p = provider(&e, "openai", "openai", KEY, 0, NULL);
-    run_call(&e, p, &req, &o);
+    one_open(&t, "openai", "openai", KEY, 0,
+             "[{\"usage\": {\"prompt_tokens\": 50, \"completion_tokens\": 5,"
+             " \"prompt_tokens_details\": {\"cached_tokens\": 20}}}]",
+             "hi");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o);
     assert_int_equal(o.rc, 0);
     assert_string_equal(message_text(o.message), "hello from fake");
     assert_int_equal(o.stop, NX_LLM_STOP_END_TURN);
@@ -80,27 +59,23 @@ static void test_openai_answers_text_whole(void **state)
     assert_string_equal(nx_json_str(json_array_get(json_object_get(b, "messages"), 1), "content"), "hi");
     json_decref(r);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&t);
 }
 
 static void test_openai_streams_deltas_and_usage(void **state)
 {
-    struct env e;
+    struct one t;
     struct outcome o = {0};
-    json_t *msgs = user_messages("tell me"), *r, *b;
-    struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .temperature = 0.2,
-                                 .stream = true};
-    struct nx_llm_provider *p;
+    json_t *r, *b;
+    struct nx_llm_request req = {.model = "gpt-test", .temperature = 0.2, .stream = true};
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"text\": \"The quick brown fox jumps over the lazy dog\", \"chunks\": 7,"
-                " \"usage\": {\"prompt_tokens\": 12, \"completion_tokens\": 9}}]");
-    env_init(&e);
-    p = provider(&e, "openai", "openai", KEY, 0, NULL);
-    run_call(&e, p, &req, &o);
+    one_open(&t, "openai", "openai", KEY, 0,
+             "[{\"text\": \"The quick brown fox jumps over the lazy dog\", \"chunks\": 7,"
+             " \"usage\": {\"prompt_tokens\": 12, \"completion_tokens\": 9}}]",
+             "tell me");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o);
     assert_int_equal(o.rc, 0);
     assert_true(o.ndeltas >= 7);
     assert_string_equal(nx_buf_cstr(&o.text), "The quick brown fox jumps over the lazy dog");
@@ -116,29 +91,24 @@ static void test_openai_streams_deltas_and_usage(void **state)
     assert_string_equal(nx_json_str(json_object_get(r, "headers"), "accept"), "text/event-stream");
     json_decref(r);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&t);
 }
 
 /* Streamed tool_calls deltas become a tool_use block; the next request carries the assistant
  * tool_calls and a tool message in the exact wire shape (the fake checks they pair up). */
 static void test_openai_tool_use_round_trip(void **state)
 {
-    struct env e;
+    struct one t;
     struct outcome o1 = {0}, o2 = {0};
-    json_t *msgs = user_messages("weather?"), *tools = weather_tools(), *tu, *r, *m, *want;
-    struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .tools = tools,
-                                 .temperature = -1, .stream = true};
-    struct nx_llm_provider *p;
+    json_t *tools = weather_tools(), *tu, *r, *m, *want;
+    struct nx_llm_request req = {.model = "gpt-test", .tools = tools, .temperature = -1, .stream = true};
     char id[128];
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"tool_use\": {\"name\": \"get_weather\", \"input\": {\"city\": \"Paris\"}}}]");
-    env_init(&e);
-    p = provider(&e, "openai", "openai", KEY, 0, NULL);
-    run_call(&e, p, &req, &o1);
+    one_open(&t, "openai", "openai", KEY, 0,
+             "[{\"tool_use\": {\"name\": \"get_weather\", \"input\": {\"city\": \"Paris\"}}}]", "weather?");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o1);
     assert_int_equal(o1.rc, 0);
     assert_int_equal(o1.stop, NX_LLM_STOP_TOOL_USE);
     assert_int_equal(json_array_size(json_object_get(o1.message, "content")), 1);
@@ -157,11 +127,11 @@ static void test_openai_tool_use_round_trip(void **state)
     json_decref(want);
     json_decref(r);
 
-    json_array_append(msgs, o1.message);
-    json_array_append_new(msgs, json_pack("{s:s, s:[{s:s, s:s, s:s}, {s:s, s:s}]}", "role", "user", "content",
-                                          "type", "tool_result", "tool_use_id", id, "content", "sunny",
-                                          "type", "text", "text", "and tomorrow?"));
-    run_call(&e, p, &req, &o2);
+    json_array_append(t.msgs, o1.message);
+    json_array_append_new(t.msgs, json_pack("{s:s, s:[{s:s, s:s, s:s}, {s:s, s:s}]}", "role", "user",
+                                            "content", "type", "tool_result", "tool_use_id", id, "content",
+                                            "sunny", "type", "text", "text", "and tomorrow?"));
+    run_call(&t.e, t.p, &req, &o2);
     assert_int_equal(o2.rc, 0);
     r = last_request();
     m = json_object_get(json_object_get(r, "body"), "messages");
@@ -180,27 +150,23 @@ static void test_openai_tool_use_round_trip(void **state)
     json_decref(r);
     outcome_cleanup(&o1);
     outcome_cleanup(&o2);
-    json_decref(msgs);
     json_decref(tools);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&t);
 }
 
 /* Arguments that are not JSON reach the agent as an error on the block, and go back as sent. */
 static void test_openai_unparsable_arguments_are_kept(void **state)
 {
-    struct env e;
+    struct one t;
     struct outcome o1 = {0}, o2 = {0};
-    json_t *msgs = user_messages("go"), *tu, *r, *call, *wire;
-    struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .temperature = -1};
-    struct nx_llm_provider *p;
+    json_t *tu, *r, *call, *wire;
+    struct nx_llm_request req = {.model = "gpt-test", .temperature = -1};
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"raw_arguments\": \"{\\\"city\\\": Par\", \"raw_name\": \"get_weather\"}]");
-    env_init(&e);
-    p = provider(&e, "openai", "openai", KEY, 0, NULL);
-    run_call(&e, p, &req, &o1);
+    one_open(&t, "openai", "openai", KEY, 0,
+             "[{\"raw_arguments\": \"{\\\"city\\\": Par\", \"raw_name\": \"get_weather\"}]", "go");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o1);
     assert_int_equal(o1.rc, 0);
     assert_int_equal(o1.stop, NX_LLM_STOP_TOOL_USE);
     tu = json_array_get(json_object_get(o1.message, "content"), 0);
@@ -209,11 +175,11 @@ static void test_openai_unparsable_arguments_are_kept(void **state)
     assert_string_equal(nx_json_str(tu, "input_raw"), "{\"city\": Par");
     assert_int_equal(json_object_size(json_object_get(tu, "input")), 0);
 
-    json_array_append(msgs, o1.message);
-    json_array_append_new(msgs, json_pack("{s:s, s:[{s:s, s:s, s:s, s:b}]}", "role", "user", "content",
-                                          "type", "tool_result", "tool_use_id", nx_json_str(tu, "id"),
-                                          "content", "bad arguments", "is_error", 1));
-    run_call(&e, p, &req, &o2);
+    json_array_append(t.msgs, o1.message);
+    json_array_append_new(t.msgs, json_pack("{s:s, s:[{s:s, s:s, s:s, s:b}]}", "role", "user", "content",
+                                            "type", "tool_result", "tool_use_id", nx_json_str(tu, "id"),
+                                            "content", "bad arguments", "is_error", 1));
+    run_call(&t.e, t.p, &req, &o2);
     assert_int_equal(o2.rc, 0);
     r = last_request();
     wire = json_object_get(json_object_get(r, "body"), "messages");
@@ -223,25 +189,21 @@ static void test_openai_unparsable_arguments_are_kept(void **state)
     json_decref(r);
     outcome_cleanup(&o1);
     outcome_cleanup(&o2);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&t);
 }
 
 /* No key (Ollama, vLLM): no Authorization header at all. */
 static void test_openai_empty_key_sends_no_authorization(void **state)
 {
-    struct env e;
+    struct one t;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi"), *r;
-    struct nx_llm_request req = {.model = "llama3", .messages = msgs, .temperature = -1};
-    struct nx_llm_provider *p;
+    json_t *r;
+    struct nx_llm_request req = {.model = "llama3", .temperature = -1};
 
     (void)state;
-    fake_reset();
-    env_init(&e);
-    p = provider(&e, "ollama", "openai", "", 0, NULL);
-    run_call(&e, p, &req, &o);
+    one_open(&t, "ollama", "openai", "", 0, NULL, "hi");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o);
     /* the fake checks auth like OpenAI does */
     assert_int_equal(o.rc, NX_EPERM);
     assert_int_equal(o.http_status, 401);
@@ -253,23 +215,11 @@ static void test_openai_empty_key_sends_no_authorization(void **state)
 
     fake_post("/_config", "{\"auth\": false}");
     memset(&o, 0, sizeof o);
-    run_call(&e, p, &req, &o);
+    run_call(&t.e, t.p, &req, &o);
     assert_int_equal(o.rc, 0);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&t);
 }
-
-struct err_case {
-    const char *script;
-    const char *key;
-    int rc;
-    int status;
-    const char *type;
-    int64_t retry_ms;
-    bool retryable;
-};
 
 static void test_openai_maps_errors(void **state)
 {
@@ -288,109 +238,68 @@ static void test_openai_maps_errors(void **state)
          NX_EAGAIN, 503, "server_error", -1, true},
     };
     (void)state;
-    /* each case whole and streamed: a streamed request's error body arrives through on_data */
-    for (size_t i = 0; i < 2 * NX_ARRAY_LEN(cases); i++) {
-        const struct err_case *c = &cases[i / 2];
-        struct env e;
-        struct outcome o = {0};
-        json_t *msgs = user_messages("hi");
-        struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .temperature = -1,
-                                     .stream = i % 2 == 1};
-        struct nx_llm_provider *p;
-
-        fake_reset();
-        fake_script(c->script);
-        env_init(&e);
-        p = provider(&e, "openai", "openai", c->key, 0, NULL);
-        run_call(&e, p, &req, &o);
-        assert_int_equal(o.rc, c->rc);
-        assert_int_equal(o.http_status, c->status);
-        assert_string_equal(o.error_type, c->type);
-        assert_true(o.error_message[0] != '\0');
-        assert_null(strstr(o.error_message, "secret-key")); /* the fake masks it, and so do we */
-        assert_int_equal(o.retry_after_ms, c->retry_ms);
-        assert_int_equal(o.is_retryable, c->retryable);
-        outcome_cleanup(&o);
-        json_decref(msgs);
-        nx_llm_provider_free(p);
-        env_cleanup(&e);
-    }
+    check_err_cases("openai", "gpt-test", cases, NX_ARRAY_LEN(cases), "secret-key");
 }
 
 static void test_openai_error_mid_stream(void **state)
 {
-    struct env e;
+    struct one t;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi");
-    struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .temperature = -1, .stream = true};
-    struct nx_llm_provider *p;
+    struct nx_llm_request req = {.model = "gpt-test", .temperature = -1, .stream = true};
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"text\": \"partial answer\", \"chunks\": 2, \"error_midstream\": \"api_error\"}]");
-    env_init(&e);
-    p = provider(&e, "openai", "openai", KEY, 0, NULL);
-    run_call(&e, p, &req, &o);
+    one_open(&t, "openai", "openai", KEY, 0,
+             "[{\"text\": \"partial answer\", \"chunks\": 2, \"error_midstream\": \"api_error\"}]", "hi");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o);
     assert_int_equal(o.rc, NX_EAGAIN);
     assert_string_equal(o.error_type, "server_error");
     assert_true(o.is_retryable);
     assert_true(o.ndeltas >= 1);
     assert_null(o.message);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&t);
 }
 
 static void test_openai_cancel_mid_stream(void **state)
 {
-    struct env e;
+    struct one t;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi");
-    struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .temperature = -1, .stream = true};
-    struct nx_llm_provider *p;
+    struct nx_llm_request req = {.model = "gpt-test", .temperature = -1, .stream = true};
     uint64_t t0;
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"text\": \"one two three four five six seven eight\", \"chunks\": 8,"
-                " \"delay_ms\": 200}]");
-    env_init(&e);
-    p = provider(&e, "openai", "openai", KEY, 0, NULL);
+    one_open(&t, "openai", "openai", KEY, 0,
+             "[{\"text\": \"one two three four five six seven eight\", \"chunks\": 8,"
+             " \"delay_ms\": 200}]",
+             "hi");
+    req.messages = t.msgs;
     o.cancel_after_deltas = 1;
     t0 = nx_mono_ms();
-    run_call(&e, p, &req, &o);
+    run_call(&t.e, t.p, &req, &o);
     assert_int_equal(o.rc, NX_ECANCELED);
     assert_int_equal(o.ndeltas, 1);
     assert_true(o.done_ms - t0 < 1000);
-    run_until(&e.loop, NULL, 0, 300);
+    run_until(&t.e.loop, NULL, 0, 300);
     assert_int_equal(o.ndone, 1);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&t);
 }
 
 static void test_openai_request_deadline(void **state)
 {
-    struct env e;
+    struct one t;
     struct outcome o = {0};
-    json_t *msgs = user_messages("hi");
-    struct nx_llm_request req = {.model = "gpt-test", .messages = msgs, .temperature = -1, .stream = true};
-    struct nx_llm_provider *p;
+    struct nx_llm_request req = {.model = "gpt-test", .temperature = -1, .stream = true};
 
     (void)state;
-    fake_reset();
-    fake_script("[{\"hang_ms\": 3000}]");
-    env_init(&e);
-    p = provider(&e, "openai", "openai", KEY, 250, NULL);
-    run_call(&e, p, &req, &o);
+    one_open(&t, "openai", "openai", KEY, 250, "[{\"hang_ms\": 3000}]", "hi");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o);
     assert_int_equal(o.rc, NX_ETIMEDOUT);
     assert_true(o.is_retryable);
     outcome_cleanup(&o);
-    json_decref(msgs);
-    nx_llm_provider_free(p);
-    env_cleanup(&e);
+    one_close(&t);
 }
 
 static void count_text(const char *d, size_t n, void *u)

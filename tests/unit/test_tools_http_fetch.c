@@ -6,15 +6,9 @@
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 #include <uv.h>
 
 #include "core/clock.h"
@@ -23,80 +17,26 @@
 #include "http/client.h"
 #include "tools/internal.h"
 #include "tools/tool.h"
+#include "test_support.h"
 
 /* http_fetch against tests/tools/http_peer.py on 127.0.0.1: the allowlist, names that resolve
  * to loopback, redirects (to a host not allowed, to a private address, relative, too many),
  * the response cap, POST and headers, cancel; and the HTTP client's `resolve` pin. */
 
-static struct {
-    pid_t pid;
-    int out_fd;
-    int port;
-} g_peer = {-1, -1, 0};
-
-static int peer_start(void)
-{
-    char path[4096], line[128];
-    const char *src = getenv("NEXO_SOURCE_DIR");
-    uint64_t deadline;
-    size_t n = 0;
-    int fds[2];
-
-    if (src) {
-        snprintf(path, sizeof path, "%s/tests/tools/http_peer.py", src);
-    } else {
-        const char *slash = strrchr(__FILE__, '/');
-        int dirlen = slash ? (int)(slash - __FILE__) : 1;
-        snprintf(path, sizeof path, "%.*s/../tools/http_peer.py", dirlen, slash ? __FILE__ : ".");
-    }
-    if (pipe(fds) != 0)
-        return -1;
-    g_peer.pid = fork();
-    if (g_peer.pid < 0)
-        return -1;
-    if (g_peer.pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        dup2(fds[1], 1);
-        close(fds[0]);
-        close(fds[1]);
-        execl("/usr/bin/python3", "python3", "-B", path, (char *)NULL);
-        _exit(127);
-    }
-    close(fds[1]);
-    g_peer.out_fd = fds[0];
-    deadline = nx_mono_ms() + 15000;
-    while (n + 1 < sizeof line) {
-        struct pollfd pfd = {g_peer.out_fd, POLLIN, 0};
-        int64_t left = (int64_t)(deadline - nx_mono_ms());
-        char ch;
-
-        if (left <= 0 || poll(&pfd, 1, (int)left) <= 0 || read(g_peer.out_fd, &ch, 1) != 1)
-            return -1;
-        if (ch == '\n')
-            break;
-        line[n++] = ch;
-    }
-    line[n] = '\0';
-    return sscanf(line, "READY %d", &g_peer.port) == 1 ? 0 : -1;
-}
+static struct ts_child g_peer = TS_CHILD_INIT;
+static const char *const g_localhost[] = {"localhost", NULL};
 
 static int group_setup(void **state)
 {
     (void)state;
-    signal(SIGPIPE, SIG_IGN);
     nx_log_set_level(NX_LOG_OFF);
-    return peer_start();
+    return ts_spawn_py(&g_peer, "tools/http_peer.py");
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    if (g_peer.pid > 0) {
-        kill(g_peer.pid, SIGKILL);
-        waitpid(g_peer.pid, NULL, 0);
-    }
-    if (g_peer.out_fd >= 0)
-        close(g_peer.out_fd);
+    ts_kill(&g_peer);
     return 0;
 }
 
@@ -108,40 +48,10 @@ struct env {
     struct nx_tool_ctx ctx;
 };
 
-struct answer {
-    int calls;
-    bool is_error;
-    char text[70000];
-};
-
-static void on_answer(const char *output, size_t len, bool is_error, void *udata)
-{
-    struct answer *a = udata;
-
-    a->calls++;
-    a->is_error = is_error;
-    if (len >= sizeof a->text)
-        len = sizeof a->text - 1;
-    memcpy(a->text, output, len);
-    a->text[len] = '\0';
-}
-
-static void guard_tick(uv_timer_t *t)
-{
-    (void)t;
-}
-
+/* Runs the loop until *count >= want (count NULL: for timeout_ms). */
 static void run_until(uv_loop_t *loop, const int *count, int want, uint64_t timeout_ms)
 {
-    uint64_t deadline = nx_mono_ms() + timeout_ms;
-    uv_timer_t guard;
-
-    uv_timer_init(loop, &guard);
-    uv_timer_start(&guard, guard_tick, 10, 10);
-    while ((!count || *count < want) && nx_mono_ms() < deadline)
-        uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&guard, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
+    ts_run_until_count(loop, count, want, timeout_ms);
 }
 
 static int setup(void **state)
@@ -163,18 +73,16 @@ static int teardown(void **state)
 
     nx_http_fetch_set_addr_check(NULL);
     nx_http_client_free(e->http);
-    for (int i = 0; i < 200 && uv_run(&e->loop, UV_RUN_NOWAIT); i++)
-        usleep(1000);
-    assert_int_equal(uv_loop_close(&e->loop), 0);
+    assert_int_equal(ts_loop_finish(&e->loop), 0);
     free(e);
     return 0;
 }
 
 /* Invokes http_fetch with args (stolen) and waits for its answer. */
-static void fetch(struct env *e, json_t *args, struct answer *a)
+static void fetch(struct env *e, json_t *args, struct ts_answer *a)
 {
     memset(a, 0, sizeof *a);
-    nx_tool_invoke(&e->ctx, NULL, "http_fetch", args, on_answer, a);
+    nx_tool_invoke(&e->ctx, NULL, "http_fetch", args, ts_on_answer, a);
     run_until(&e->loop, &a->calls, 1, 10000);
     assert_int_equal(a->calls, 1);
     json_decref(args);
@@ -184,8 +92,31 @@ static json_t *get(const char *host, const char *path)
 {
     char url[512];
 
-    snprintf(url, sizeof url, "http://%s:%d%s", host, g_peer.port, path);
+    ts_url(url, sizeof url, host, g_peer.port, path);
     return json_pack("{s:s}", "url", url);
+}
+
+/* The agent may reach the hosts in list (NULL: none), and private addresses or not. */
+static void allow_hosts(struct env *e, const char *const *list, bool private_ok)
+{
+    e->ctx.outbound_allowlist = list;
+    e->ctx.allow_private_addresses = private_ok;
+}
+
+/* The answer is a success (printed when it is not). */
+static void expect_ok(const struct ts_answer *a)
+{
+    if (a->is_error)
+        print_message("answer: %s\n", a->text);
+    assert_false(a->is_error);
+}
+
+/* The answer is an error that contains needle (NULL: any error). */
+static void expect_error(const struct ts_answer *a, const char *needle)
+{
+    assert_true(a->is_error);
+    if (needle)
+        assert_non_null(strstr(a->text, needle));
 }
 
 /* 127.0.0.1 counts as public; every other address as the real check says. */
@@ -203,67 +134,54 @@ static bool only_127_0_0_1_public(const struct sockaddr *sa)
 static void test_fetch_refuses_without_allowlist(void **state)
 {
     struct env *e = *state;
-    struct answer a;
+    struct ts_answer a;
 
-    e->ctx.outbound_allowlist = NULL;
-    e->ctx.allow_private_addresses = true;
+    allow_hosts(e, NULL, true);
     fetch(e, get("127.0.0.1", "/json"), &a);
-    assert_true(a.is_error);
-    assert_non_null(strstr(a.text, "no outbound_allowlist"));
+    expect_error(&a, "no outbound_allowlist");
 }
 
 static void test_fetch_refuses_host_not_in_allowlist(void **state)
 {
     struct env *e = *state;
     const char *const allow[] = {"example.com", "*.example.org", NULL};
-    struct answer a;
+    struct ts_answer a;
 
-    e->ctx.outbound_allowlist = allow;
-    e->ctx.allow_private_addresses = true;
+    allow_hosts(e, allow, true);
     fetch(e, get("127.0.0.1", "/json"), &a);
-    assert_true(a.is_error);
+    expect_error(&a, NULL);
     assert_string_equal(a.text, "http_fetch refused: host \"127.0.0.1\" is not in this agent's "
                                 "outbound_allowlist");
     fetch(e, get("localhost", "/json"), &a);
-    assert_true(a.is_error);
-    assert_non_null(strstr(a.text, "not in this agent's outbound_allowlist"));
+    expect_error(&a, "not in this agent's outbound_allowlist");
 }
 
 static void test_fetch_refuses_name_resolving_to_loopback(void **state)
 {
     struct env *e = *state;
-    const char *const allow[] = {"localhost", NULL};
-    struct answer a;
+    struct ts_answer a;
 
-    e->ctx.outbound_allowlist = allow;
-    e->ctx.allow_private_addresses = false;
+    allow_hosts(e, g_localhost, false);
     fetch(e, get("localhost", "/json"), &a);
-    assert_true(a.is_error);
-    assert_non_null(strstr(a.text, "\"localhost\" resolves to "));
+    expect_error(&a, "\"localhost\" resolves to ");
     assert_non_null(strstr(a.text, "loopback, private or link-local"));
     /* an IP literal is checked the same way */
     const char *const allow_ip[] = {"127.0.0.1", "2130706433", NULL};
     e->ctx.outbound_allowlist = allow_ip;
     fetch(e, get("127.0.0.1", "/json"), &a);
-    assert_true(a.is_error);
-    assert_non_null(strstr(a.text, "resolves to 127.0.0.1"));
+    expect_error(&a, "resolves to 127.0.0.1");
     fetch(e, get("2130706433", "/json"), &a); /* 127.0.0.1 spelled as one number */
-    assert_true(a.is_error);
-    assert_non_null(strstr(a.text, "resolves to 127.0.0.1"));
+    expect_error(&a, "resolves to 127.0.0.1");
 }
 
 static void test_fetch_allowed_with_private_addresses(void **state)
 {
     struct env *e = *state;
-    const char *const allow[] = {"localhost", NULL};
-    struct answer a;
+    struct ts_answer a;
 
-    e->ctx.outbound_allowlist = allow;
-    e->ctx.allow_private_addresses = true;
+    allow_hosts(e, g_localhost, true);
     fetch(e, get("localhost", "/json"), &a);
-    if (a.is_error)
-        print_message("answer: %s\n", a.text);
-    assert_false(a.is_error);
+    expect_ok(&a);
     assert_non_null(strstr(a.text, "status: 200\n"));
     assert_non_null(strstr(a.text, "content-type: application/json\n"));
     assert_non_null(strstr(a.text, "\n\n{\"ok\":true,\"n\":1}"));
@@ -272,19 +190,16 @@ static void test_fetch_allowed_with_private_addresses(void **state)
 static void test_fetch_redirect_to_host_not_allowed(void **state)
 {
     struct env *e = *state;
-    const char *const allow[] = {"localhost", NULL};
-    struct answer a;
+    struct ts_answer a;
 
-    e->ctx.outbound_allowlist = allow;
-    e->ctx.allow_private_addresses = true;
+    allow_hosts(e, g_localhost, true);
     fetch(e, get("localhost", "/redirect?to=http://evil.example/json"), &a);
-    assert_true(a.is_error);
+    expect_error(&a, NULL);
     assert_string_equal(a.text, "http_fetch refused (at redirect 1): host \"evil.example\" is not in "
                                 "this agent's outbound_allowlist");
     /* a redirect to another scheme is refused too */
     fetch(e, get("localhost", "/redirect?to=file:///etc/passwd"), &a);
-    assert_true(a.is_error);
-    assert_non_null(strstr(a.text, "at redirect 1"));
+    expect_error(&a, "at redirect 1");
     assert_non_null(strstr(a.text, "only http:// and https://"));
 }
 
@@ -292,22 +207,19 @@ static void test_fetch_redirect_to_private_address(void **state)
 {
     struct env *e = *state;
     const char *const allow[] = {"127.0.0.1", "127.0.0.2", NULL};
-    struct answer a;
+    struct ts_answer a;
     char path[128];
 
     nx_http_fetch_set_addr_check(only_127_0_0_1_public);
-    e->ctx.outbound_allowlist = allow;
-    e->ctx.allow_private_addresses = false;
+    allow_hosts(e, allow, false);
     /* the first hop is "public" and works ... */
     fetch(e, get("127.0.0.1", "/json"), &a);
-    if (a.is_error)
-        print_message("answer: %s\n", a.text);
-    assert_false(a.is_error);
+    expect_ok(&a);
     assert_non_null(strstr(a.text, "{\"ok\":true,\"n\":1}"));
     /* ... its redirect to an allowlisted but private address does not */
     snprintf(path, sizeof path, "/redirect?to=http://127.0.0.2:%d/json", g_peer.port);
     fetch(e, get("127.0.0.1", path), &a);
-    assert_true(a.is_error);
+    expect_error(&a, NULL);
     assert_string_equal(a.text, "http_fetch refused (at redirect 1): \"127.0.0.2\" resolves to 127.0.0.2, "
                                 "a loopback, private or link-local address, and this agent may not "
                                 "reach those");
@@ -316,48 +228,37 @@ static void test_fetch_redirect_to_private_address(void **state)
 static void test_fetch_follows_relative_redirects_and_stops_loops(void **state)
 {
     struct env *e = *state;
-    const char *const allow[] = {"localhost", NULL};
-    struct answer a;
+    struct ts_answer a;
     json_t *args;
     char url[256];
 
-    e->ctx.outbound_allowlist = allow;
-    e->ctx.allow_private_addresses = true;
+    allow_hosts(e, g_localhost, true);
     fetch(e, get("localhost", "/redirect?to=/json"), &a);
-    if (a.is_error)
-        print_message("answer: %s\n", a.text);
-    assert_false(a.is_error);
+    expect_ok(&a);
     assert_non_null(strstr(a.text, "redirects: 1\n"));
     assert_non_null(strstr(a.text, "{\"ok\":true,\"n\":1}"));
     fetch(e, get("localhost", "/loop"), &a);
-    assert_true(a.is_error);
-    assert_non_null(strstr(a.text, "too many redirects (more than 5)"));
+    expect_error(&a, "too many redirects (more than 5)");
     /* a POST answered with 302 is retried as GET without its body */
     snprintf(url, sizeof url, "http://localhost:%d/redirect?to=/echo", g_peer.port);
     args = json_pack("{s:s, s:s, s:s}", "url", url, "method", "POST", "body", "data");
     fetch(e, args, &a);
-    if (a.is_error)
-        print_message("answer: %s\n", a.text);
-    assert_false(a.is_error);
+    expect_ok(&a);
     assert_non_null(strstr(a.text, "\"method\": \"GET\""));
 }
 
 static void test_fetch_caps_the_response(void **state)
 {
     struct env *e = *state;
-    const char *const allow[] = {"localhost", NULL};
-    struct answer a;
+    struct ts_answer a;
     char url[256];
     json_t *args;
 
-    e->ctx.outbound_allowlist = allow;
-    e->ctx.allow_private_addresses = true;
+    allow_hosts(e, g_localhost, true);
     snprintf(url, sizeof url, "http://localhost:%d/big?bytes=500000", g_peer.port);
     args = json_pack("{s:s, s:i}", "url", url, "max_bytes", 100);
     fetch(e, args, &a);
-    if (a.is_error)
-        print_message("answer: %s\n", a.text);
-    assert_false(a.is_error);
+    expect_ok(&a);
     assert_non_null(strstr(a.text, "[body truncated to the first 100 bytes]\n"));
     const char *body = strstr(a.text, "\n\n");
     assert_non_null(body);
@@ -366,62 +267,51 @@ static void test_fetch_caps_the_response(void **state)
     snprintf(url, sizeof url, "http://localhost:%d/big?bytes=500000&chunked=1", g_peer.port);
     args = json_pack("{s:s}", "url", url);
     fetch(e, args, &a);
-    if (a.is_error)
-        print_message("answer: %s\n", a.text);
-    assert_false(a.is_error);
+    expect_ok(&a);
     assert_non_null(strstr(a.text, "[body truncated to the first 32768 bytes]\n"));
 }
 
 static void test_fetch_post_with_headers(void **state)
 {
     struct env *e = *state;
-    const char *const allow[] = {"localhost", NULL};
-    struct answer a;
+    struct ts_answer a;
     char url[256];
     json_t *args;
 
-    e->ctx.outbound_allowlist = allow;
-    e->ctx.allow_private_addresses = true;
+    allow_hosts(e, g_localhost, true);
     snprintf(url, sizeof url, "http://LocalHost:%d/echo", g_peer.port);
     args = json_pack("{s:s, s:s, s:{s:s}, s:s}", "url", url, "method", "POST", "headers", "X-Test", "yes",
                      "body", "{\"q\":1}");
     fetch(e, args, &a);
-    if (a.is_error)
-        print_message("answer: %s\n", a.text);
-    assert_false(a.is_error);
+    expect_ok(&a);
     assert_non_null(strstr(a.text, "\"method\": \"POST\""));
     assert_non_null(strstr(a.text, "\"x-test\": \"yes\""));
     assert_non_null(strstr(a.text, "\"body\": \"{\\\"q\\\":1}\""));
     /* Host cannot be overridden (virtual-host hopping behind an allowed address) */
     args = json_pack("{s:s, s:{s:s}}", "url", url, "headers", "Host", "internal.example");
     fetch(e, args, &a);
-    assert_true(a.is_error);
-    assert_non_null(strstr(a.text, "headers.Host"));
+    expect_error(&a, "headers.Host");
     /* bad URLs */
     args = json_pack("{s:s}", "url", "ftp://localhost/x");
     fetch(e, args, &a);
-    assert_true(a.is_error);
+    expect_error(&a, NULL);
     args = json_pack("{s:s}", "url", "http://user:pw@localhost/x");
     fetch(e, args, &a);
-    assert_true(a.is_error);
-    assert_non_null(strstr(a.text, "credentials"));
+    expect_error(&a, "credentials");
     /* an error status is an error for the model, with the body */
     fetch(e, get("localhost", "/status/503"), &a);
-    assert_true(a.is_error);
-    assert_non_null(strstr(a.text, "status: 503\n"));
+    expect_error(&a, "status: 503\n");
 }
 
 static void test_fetch_cancel_never_answers(void **state)
 {
     struct env *e = *state;
-    const char *const allow[] = {"localhost", NULL};
-    struct answer a = {0};
+    struct ts_answer a = {0};
     struct nx_tool_call *call;
 
-    e->ctx.outbound_allowlist = allow;
-    e->ctx.allow_private_addresses = true;
+    allow_hosts(e, g_localhost, true);
     json_t *args = get("localhost", "/slow?ms=3000");
-    call = nx_tool_invoke(&e->ctx, NULL, "http_fetch", args, on_answer, &a);
+    call = nx_tool_invoke(&e->ctx, NULL, "http_fetch", args, ts_on_answer, &a);
     json_decref(args);
     assert_non_null(call);
     run_until(&e->loop, NULL, 0, 150); /* resolved and connected by now */
@@ -431,7 +321,7 @@ static void test_fetch_cancel_never_answers(void **state)
     assert_int_equal(nx_http_client_inflight(e->http), 0);
     /* cancelled right away, while the name is still being resolved */
     args = get("localhost", "/json");
-    call = nx_tool_invoke(&e->ctx, NULL, "http_fetch", args, on_answer, &a);
+    call = nx_tool_invoke(&e->ctx, NULL, "http_fetch", args, ts_on_answer, &a);
     json_decref(args);
     nx_tool_cancel(call);
     run_until(&e->loop, NULL, 0, 100);

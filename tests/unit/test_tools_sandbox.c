@@ -12,13 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/error.h"
 #include "core/log.h"
 #include "tools/internal.h"
 #include "tools/tool.h"
+#include "test_support.h"
 
 /* The workspace sandbox: nx_sandbox_path and the file tools against "..", absolute paths and
  * symlinks that lead out (files and directories, reading and writing), symlinks that stay
@@ -29,24 +29,6 @@ struct fixture {
     char ws[256];
     char outside[256];
 };
-
-struct answer {
-    int calls;
-    bool is_error;
-    char text[8192];
-};
-
-static void on_answer(const char *output, size_t len, bool is_error, void *udata)
-{
-    struct answer *a = udata;
-
-    a->calls++;
-    a->is_error = is_error;
-    if (len >= sizeof a->text)
-        len = sizeof a->text - 1;
-    memcpy(a->text, output, len);
-    a->text[len] = '\0';
-}
 
 static void write_file(const char *dir, const char *name, const char *content)
 {
@@ -62,12 +44,21 @@ static void write_file(const char *dir, const char *name, const char *content)
 
 static int setup(void **state)
 {
+    /* ws/out_file -> ../outside/secret.txt, ws/out_dir -> outside, ws/in_link -> hello.txt,
+     * ws/in_dir -> sub, ws/dangling -> /tmp/<root>/outside/new.txt (does not exist yet) */
+    static const struct {
+        const char *name;
+        bool in_outside; /* target is outside's absolute path plus `to` */
+        const char *to;
+    } links[] = {
+        {"out_file", false, "../outside/secret.txt"}, {"out_dir", true, ""}, {"in_link", false, "hello.txt"},
+        {"in_dir", false, "sub"}, {"dangling", true, "/new.txt"},
+    };
     struct fixture *fx = calloc(1, sizeof *fx);
-    char p[PATH_MAX + 32];
+    char p[PATH_MAX + 32], target[PATH_MAX];
 
     nx_log_set_level(NX_LOG_ERROR);
-    snprintf(fx->root, sizeof fx->root, "/tmp/nx_sandbox_XXXXXX");
-    if (!mkdtemp(fx->root))
+    if (ts_mkdtemp(fx->root, sizeof fx->root, "nx_sandbox_") != 0)
         return -1;
     snprintf(fx->ws, sizeof fx->ws, "%s/ws", fx->root);
     snprintf(fx->outside, sizeof fx->outside, "%s/outside", fx->root);
@@ -78,25 +69,12 @@ static int setup(void **state)
     snprintf(p, sizeof p, "%s/sub", fx->ws);
     mkdir(p, 0700);
     write_file(p, "inner.txt", "inner\n");
-    /* ws/out_file -> ../outside/secret.txt, ws/out_dir -> outside, ws/in_link -> hello.txt,
-     * ws/dangling -> /tmp/<root>/outside/new.txt (does not exist yet) */
-    snprintf(p, sizeof p, "%s/out_file", fx->ws);
-    if (symlink("../outside/secret.txt", p) != 0)
-        return -1;
-    snprintf(p, sizeof p, "%s/out_dir", fx->ws);
-    if (symlink(fx->outside, p) != 0)
-        return -1;
-    snprintf(p, sizeof p, "%s/in_link", fx->ws);
-    if (symlink("hello.txt", p) != 0)
-        return -1;
-    snprintf(p, sizeof p, "%s/in_dir", fx->ws);
-    if (symlink("sub", p) != 0)
-        return -1;
-    char target[PATH_MAX];
-    snprintf(target, sizeof target, "%s/new.txt", fx->outside);
-    snprintf(p, sizeof p, "%s/dangling", fx->ws);
-    if (symlink(target, p) != 0)
-        return -1;
+    for (size_t i = 0; i < NX_ARRAY_LEN(links); i++) {
+        snprintf(target, sizeof target, "%s%s", links[i].in_outside ? fx->outside : "", links[i].to);
+        snprintf(p, sizeof p, "%s/%s", fx->ws, links[i].name);
+        if (symlink(target, p) != 0)
+            return -1;
+    }
     *state = fx;
     return 0;
 }
@@ -104,20 +82,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     struct fixture *fx = *state;
-    char cmd[PATH_MAX];
-    pid_t pid;
 
-    /* rm -rf without system(): fork + exec */
-    snprintf(cmd, sizeof cmd, "%s", fx->root);
-    pid = fork();
-    if (pid == 0) {
-        execl("/bin/rm", "rm", "-rf", cmd, (char *)NULL);
-        _exit(127);
-    }
-    if (pid > 0) {
-        int st;
-        waitpid(pid, &st, 0);
-    }
+    ts_rm_tree(fx->root);
     free(fx);
     return 0;
 }
@@ -179,53 +145,54 @@ static void test_sandbox_refuses_symlink_escapes(void **state)
     assert_int_equal(sbx(fx, "dangling", true, out, err), NX_EPERM);
 }
 
-static void run_tool(struct fixture *fx, const char *name, json_t *args, struct answer *a)
+static void run_tool(struct fixture *fx, const char *name, json_t *args, struct ts_answer *a)
 {
     struct nx_tool_ctx ctx = {.agent_id = "sbx", .workspace = fx->ws};
 
     memset(a, 0, sizeof *a);
-    nx_tool_invoke(&ctx, NULL, name, args, on_answer, a);
+    nx_tool_invoke(&ctx, NULL, name, args, ts_on_answer, a);
     assert_int_equal(a->calls, 1);
     json_decref(args);
 }
 
 static void test_file_tools_refuse_escapes(void **state)
 {
+    static const struct {
+        const char *tool;
+        const char *args;   /* JSON */
+        const char *absent; /* must not be in the answer, or NULL */
+    } refused[] = {
+        {"file_read", "{\"path\": \"../outside/secret.txt\"}", "top secret"},
+        {"file_read", "{\"path\": \"out_file\"}", "top secret"},
+        {"file_read", "{\"path\": \"out_dir/secret.txt\"}", NULL},
+        {"file_read", "{\"path\": \"/etc/passwd\"}", NULL},
+        {"file_list", "{\"path\": \"out_dir\"}", "secret"},
+        {"file_list", "{\"path\": \"..\"}", NULL},
+        /* writes through a symlinked file, a symlinked directory and a dangling link */
+        {"file_write", "{\"path\": \"out_file\", \"content\": \"pwned\"}", NULL},
+        {"file_write", "{\"path\": \"out_file\", \"content\": \"pwned\", \"append\": true}", NULL},
+        {"file_write", "{\"path\": \"out_dir/new.txt\", \"content\": \"x\"}", NULL},
+        {"file_write", "{\"path\": \"dangling\", \"content\": \"x\"}", NULL},
+        {"file_write", "{\"path\": \"../escape.txt\", \"content\": \"x\"}", NULL},
+    };
     struct fixture *fx = *state;
-    struct answer a;
+    struct ts_answer a;
     char p[PATH_MAX + 32], buf[64];
     int fd;
     ssize_t n;
 
-    run_tool(fx, "file_read", json_pack("{s:s}", "path", "../outside/secret.txt"), &a);
-    assert_true(a.is_error);
-    assert_null(strstr(a.text, "top secret"));
-    run_tool(fx, "file_read", json_pack("{s:s}", "path", "out_file"), &a);
-    assert_true(a.is_error);
-    assert_null(strstr(a.text, "top secret"));
-    run_tool(fx, "file_read", json_pack("{s:s}", "path", "out_dir/secret.txt"), &a);
-    assert_true(a.is_error);
-    run_tool(fx, "file_read", json_pack("{s:s}", "path", "/etc/passwd"), &a);
-    assert_true(a.is_error);
-    run_tool(fx, "file_list", json_pack("{s:s}", "path", "out_dir"), &a);
-    assert_true(a.is_error);
-    assert_null(strstr(a.text, "secret"));
-    run_tool(fx, "file_list", json_pack("{s:s}", "path", ".."), &a);
-    assert_true(a.is_error);
+    for (size_t i = 0; i < NX_ARRAY_LEN(refused); i++) {
+        json_t *args = json_loads(refused[i].args, 0, NULL);
 
-    /* writes through a symlinked file, a symlinked directory and a dangling link all refused */
-    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "out_file", "content", "pwned"), &a);
-    assert_true(a.is_error);
-    run_tool(fx, "file_write", json_pack("{s:s, s:s, s:b}", "path", "out_file", "content", "pwned",
-                                         "append", 1), &a);
-    assert_true(a.is_error);
-    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "out_dir/new.txt", "content", "x"), &a);
-    assert_true(a.is_error);
-    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "dangling", "content", "x"), &a);
-    assert_true(a.is_error);
-    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "../escape.txt", "content", "x"), &a);
-    assert_true(a.is_error);
+        assert_non_null(args);
+        run_tool(fx, refused[i].tool, args, &a);
+        if (!a.is_error)
+            fail_msg("%s %s was not refused: %s", refused[i].tool, refused[i].args, a.text);
+        if (refused[i].absent)
+            assert_null(strstr(a.text, refused[i].absent));
+    }
 
+    /* nothing outside was read into an answer, changed or created */
     snprintf(p, sizeof p, "%s/secret.txt", fx->outside);
     fd = open(p, O_RDONLY);
     assert_true(fd >= 0);
@@ -243,7 +210,7 @@ static void test_file_tools_refuse_escapes(void **state)
 static void test_file_tools_follow_inside_links(void **state)
 {
     struct fixture *fx = *state;
-    struct answer a;
+    struct ts_answer a;
 
     run_tool(fx, "file_read", json_pack("{s:s}", "path", "in_link"), &a);
     assert_false(a.is_error);
@@ -262,7 +229,7 @@ static void test_file_tools_follow_inside_links(void **state)
 static void test_file_write_creates_private_dirs_and_files(void **state)
 {
     struct fixture *fx = *state;
-    struct answer a;
+    struct ts_answer a;
     char p[PATH_MAX + 32];
     struct stat st;
     mode_t old = umask(0);
@@ -298,7 +265,7 @@ static void test_file_write_creates_private_dirs_and_files(void **state)
 static void test_file_read_reports_binary_and_nul_paths(void **state)
 {
     struct fixture *fx = *state;
-    struct answer a;
+    struct ts_answer a;
     char p[PATH_MAX + 32];
     FILE *f;
     json_t *args;
