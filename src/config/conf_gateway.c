@@ -75,6 +75,8 @@ static const struct nx_conf_field gw_client_fields[] = {
      .max = 86400000},
     {NX_FIELD("max_response_bytes", NX_CT_SIZE, G, http_client.max_response_bytes), .def = "32MiB", .min = 1,
      .max = (int64_t)1 << 34},
+    {NX_FIELD("max_host_connections", NX_CT_UINT, G, http_client.max_host_connections), .def = "256",
+     .min = 1, .max = 1000000},
     {.name = NULL},
 };
 static const struct nx_conf_struct gw_client = {.name = "\"http_client\"", .fields = gw_client_fields};

@@ -79,6 +79,7 @@ struct nx_http_client_conf {
     uint32_t connect_timeout_ms; /* default 10s */
     uint32_t timeout_ms;         /* whole request default; default 120s */
     uint64_t max_response_bytes; /* default 32 MiB */
+    uint32_t max_host_connections; /* concurrent connections per upstream host; default 256 */
 };
 
 struct nx_gateway_conf {

@@ -204,6 +204,7 @@ int nx_chat_run(const struct nx_daemon_opts *opts, const char *agent_id, const c
         .connect_timeout_ms = gw->http_client.connect_timeout_ms,
         .timeout_ms = gw->http_client.timeout_ms,
         .max_response_bytes = gw->http_client.max_response_bytes,
+        .max_host_connections = gw->http_client.max_host_connections,
     };
     nx_http_client_new(&c.rt.loop, &copts, &c.http);
     nx_store_open(&c.rt.loop, opts->data_dir, NULL, NULL, NULL, &c.store);

@@ -1,4 +1,5 @@
 #include <jansson.h>
+#include <malloc.h>
 #include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,7 @@ struct daemon {
     struct nx_agents *agents;
     struct nx_bus *bus;
     struct nx_router *router;
+    uv_timer_t trim_timer;
     int servers_down;
     int exit_code;
     bool is_reloading;
@@ -218,6 +220,8 @@ static void on_reload(struct nx_runtime *rt)
 
 static void teardown(struct daemon *d)
 {
+    if (d->trim_timer.data && !uv_is_closing((uv_handle_t *)&d->trim_timer))
+        uv_close((uv_handle_t *)&d->trim_timer, NULL);
     nx_router_free(d->router);
     d->router = NULL;
     nx_agents_free(d->agents); /* cancels turns still running */
@@ -332,6 +336,15 @@ static int start_listeners(struct daemon *d, const struct nx_gateway_conf *gw)
     return 0;
 }
 
+/* After a burst (thousands of streams), glibc keeps the freed memory in its arenas; once the
+ * gateway is quiet, hand it back so RSS returns near idle. */
+static void on_trim_timer(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    if (d->agents && nx_agents_turns_in_flight(d->agents) == 0)
+        malloc_trim(0);
+}
+
 static struct nx_metric *m_sessions;
 
 static void collect(void *arg)
@@ -426,6 +439,7 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
         .connect_timeout_ms = gw->http_client.connect_timeout_ms,
         .timeout_ms = gw->http_client.timeout_ms,
         .max_response_bytes = gw->http_client.max_response_bytes,
+        .max_host_connections = gw->http_client.max_host_connections,
     };
     if (nx_http_client_new(&d.rt.loop, &copts, &d.client) < 0 ||
         nx_store_open(&d.rt.loop, opts->data_dir, NULL, on_store_ready, &d, &d.store) < 0) {
@@ -448,6 +462,10 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
         .loop = &d.rt.loop, .http = d.client, .store = d.store, .data_dir = opts->data_dir,
     };
     nx_agents_new(&deps, d.cfg, &d.agents);
+    uv_timer_init(&d.rt.loop, &d.trim_timer);
+    d.trim_timer.data = &d;
+    uv_timer_start(&d.trim_timer, on_trim_timer, 10000, 10000);
+    uv_unref((uv_handle_t *)&d.trim_timer);
     if (nx_router_new(d.bus, d.agents, &d.router) < 0)
         nx_warn("daemon", "channel messages will not reach agents: the router could not subscribe");
     if ((rc = start_listeners(&d, gw)) < 0) {

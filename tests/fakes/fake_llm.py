@@ -118,6 +118,7 @@ REASONS = {529: "Overloaded"}
 
 
 class Handler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms Nagle stall
     protocol_version = "HTTP/1.1"
     server_version = "fake-llm"
     sys_version = ""
