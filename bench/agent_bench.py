@@ -149,7 +149,8 @@ class Nexo:
 
 
 def gateway_yaml():
-    return "limits: {max_connections: 12000}\nlog: {level: warn}\n"
+    return ("limits: {max_connections: 12000}\nhttp_client: {max_host_connections: 12000}\n"
+            "log: {level: warn}\n")
 
 
 def chat_body(model, stream=False, text="hi"):
