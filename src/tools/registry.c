@@ -61,7 +61,7 @@ static int add_entry(const struct nx_tool *t)
 {
     json_t *schema;
 
-    if (!t || !t->name || !t->name[0] || !t->run)
+    if (!t || !t->name || !t->name[0] || (!t->run && !t->run_self))
         return NX_EINVAL;
     if (find_entry(t->name))
         return NX_EEXIST;
@@ -321,7 +321,8 @@ struct nx_tool_call *nx_tool_invoke(const struct nx_tool_ctx *ctx, const char *c
     c->agent = nx_strdup(agent);
     c->start_ns = nx_mono_ns();
     c->in_run = true;
-    c->inner = t->run(ctx, args, on_tool_done, c);
+    c->inner = t->run_self ? t->run_self(t, ctx, args, on_tool_done, c)
+                           : t->run(ctx, args, on_tool_done, c);
     c->in_run = false;
     json_decref(empty);
     if (c->has_finished) {

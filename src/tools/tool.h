@@ -39,6 +39,10 @@ struct nx_tool {
     struct nx_tool_call *(*run)(const struct nx_tool_ctx *ctx, const json_t *args,
                                 nx_tool_done_fn done, void *udata);
     void (*cancel)(struct nx_tool_call *call); /* done is then not called; may be NULL */
+    /* Optional, used instead of run when set: the same call with the tool's own table, for tools
+     * registered at run time that share one run function (MCP, extensions). */
+    struct nx_tool_call *(*run_self)(const struct nx_tool *self, const struct nx_tool_ctx *ctx,
+                                     const json_t *args, nx_tool_done_fn done, void *udata);
 };
 
 /* --- registry --- */

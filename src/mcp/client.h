@@ -1,0 +1,83 @@
+#ifndef NX_MCP_CLIENT_H
+#define NX_MCP_CLIENT_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "mcp/transport.h"
+
+/* One MCP client session over a transport: the initialize handshake with version negotiation,
+ * requests with ids, per-request timeouts, progress and cancellation, and the answers to what the
+ * server asks of us (ping, roots/list; sampling, elicitation and anything else get JSON-RPC
+ * -32601). Loop thread only. */
+
+struct nx_mcp_client;
+struct nx_mcp_request;
+
+/* Called exactly once per request unless it was cancelled, never from inside the call that
+ * started it. rc 0: result is the server's result object. Otherwise NX_ETIMEDOUT, NX_ECLOSED,
+ * NX_EPROTO (a JSON-RPC error from the server: err is "code N: message"), NX_EHTTP, ... */
+typedef void (*nx_mcp_result_fn)(int rc, const json_t *result, const char *err, void *udata);
+/* notifications/progress for a request: total < 0 when the server gave none. */
+typedef void (*nx_mcp_progress_fn)(double progress, double total, const char *message, void *udata);
+
+struct nx_mcp_client_cb {
+    /* The handshake finished (rc 0) or failed. */
+    void (*on_ready)(struct nx_mcp_client *c, int rc, const char *err, void *udata);
+    /* notifications/tools/list_changed after the handshake. */
+    void (*on_tools_changed)(struct nx_mcp_client *c, void *udata);
+    /* The transport is gone; pending requests have failed with NX_ECLOSED. */
+    void (*on_closed)(struct nx_mcp_client *c, int rc, const char *why, void *udata);
+};
+
+struct nx_mcp_client_opts {
+    const char *name;               /* the server's name, for logs */
+    uint32_t initialize_timeout_ms; /* 0 = 10 s */
+    const json_t *roots;            /* answered to roots/list ([{uri, name?}]); NULL = [] */
+};
+
+/* Protocol versions this client speaks, newest first (the first is offered). NULL-terminated. */
+extern const char *const nx_mcp_protocol_versions[];
+
+/* Takes ownership of t (its callbacks are replaced), starts it and sends initialize. */
+int nx_mcp_client_new(uv_loop_t *loop, struct nx_mcp_link *t,
+                      const struct nx_mcp_client_opts *opts, const struct nx_mcp_client_cb *cb,
+                      void *udata, struct nx_mcp_client **out);
+/* Pending requests get NX_ECLOSED; the transport is closed. Safe from inside any callback.
+ * Accepts NULL. */
+void nx_mcp_client_free(struct nx_mcp_client *c);
+
+/* Sends a request (params stolen, may be NULL). With progress set, a progressToken is added to
+ * params._meta. timeout_ms 0 = none. Never NULL. */
+struct nx_mcp_request *nx_mcp_client_request(struct nx_mcp_client *c, const char *method,
+                                             json_t *params, uint32_t timeout_ms,
+                                             nx_mcp_progress_fn progress, nx_mcp_result_fn done,
+                                             void *udata);
+/* Gives up on a request: notifications/cancelled goes to the server; done is not called. */
+void nx_mcp_request_cancel(struct nx_mcp_request *r, const char *reason);
+int nx_mcp_client_notify(struct nx_mcp_client *c, const char *method, json_t *params);
+
+/* tools/list, following nextCursor (at most 100 pages); done's result is {"tools": [...]}. */
+void nx_mcp_client_list_tools(struct nx_mcp_client *c, uint32_t timeout_ms, nx_mcp_result_fn done,
+                              void *udata);
+
+bool nx_mcp_client_is_ready(const struct nx_mcp_client *c);
+/* The negotiated version ("" before the handshake). */
+const char *nx_mcp_client_protocol_version(const struct nx_mcp_client *c);
+/* serverInfo and capabilities from the initialize result, or NULL. */
+const json_t *nx_mcp_client_server_info(const struct nx_mcp_client *c);
+const json_t *nx_mcp_client_capabilities(const struct nx_mcp_client *c);
+
+/* Counters for tests and the status page. */
+struct nx_mcp_client_stats {
+    uint64_t malformed;       /* messages that were not JSON-RPC */
+    uint64_t unknown_replies; /* responses to ids we were not waiting for */
+    uint64_t progress;        /* notifications/progress received */
+    uint64_t server_requests; /* requests the server made of us */
+    uint64_t cancels_sent;    /* notifications/cancelled sent */
+};
+void nx_mcp_client_stats(const struct nx_mcp_client *c, struct nx_mcp_client_stats *out);
+
+#endif

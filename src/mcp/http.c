@@ -1,0 +1,473 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "http/sse.h"
+#include "mcp/jsonrpc.h"
+#include "mcp/mcp.h"
+#include "mcp/transport.h"
+
+/* The Streamable HTTP transport (MCP 2025-03-26 and later): every message is POSTed to the
+ * server's URL with `Accept: application/json, text/event-stream`; a request's answer comes back
+ * either as one JSON body or as an SSE stream that may carry notifications and server requests
+ * before the answer. The session id the server gives in its initialize response
+ * (`Mcp-Session-Id`) and the negotiated `MCP-Protocol-Version` go on every later POST; messages
+ * sent while the initialize POST is still open wait for it, so they carry the session. Closing
+ * sends DELETE for the session. */
+
+#define NOTIFY_TIMEOUT_MS 30000
+#define DELETE_TIMEOUT_MS 3000
+#define ERROR_BODY_MAX 2048
+
+enum { MODE_UNKNOWN, MODE_JSON, MODE_SSE };
+
+struct http_tp;
+
+struct post {
+    struct http_tp *t;
+    struct post *prev, *next;
+    struct nx_http_call *call;
+    long long id;
+    struct nx_buf body;
+    struct nx_sse_reader sse;
+    int mode;
+    bool has_id;
+    bool is_initialize;
+    bool got_reply;
+    bool is_forgotten;
+    bool is_too_big;
+    bool in_data;     /* inside on_data: on_done must not free */
+    bool is_finished; /* on_done ran while in_data */
+};
+
+struct queued {
+    json_t *msg;
+    uint32_t timeout_ms;
+};
+
+struct http_tp {
+    struct nx_mcp_link base;
+    struct nx_http_client *http;
+    char *url;
+    struct nx_http_header *headers; /* configured ones, owned strings */
+    size_t nheaders;
+    char *session_id;
+    char version[32];
+    struct post *posts;
+    struct queued *queue;
+    size_t nqueue, cqueue;
+    struct nx_http_call *delete_call;
+    int busy; /* callbacks on the stack */
+    bool is_handshaking;
+    bool is_closing;
+    bool has_reported_closed;
+};
+
+static void tp_free(struct http_tp *t)
+{
+    for (size_t i = 0; i < t->nheaders; i++) {
+        free((char *)t->headers[i].name);
+        free((char *)t->headers[i].value);
+    }
+    for (size_t i = 0; i < t->nqueue; i++)
+        json_decref(t->queue[i].msg);
+    free(t->queue);
+    free(t->headers);
+    free(t->url);
+    free(t->session_id);
+    free(t->base.name);
+    free(t);
+}
+
+static void maybe_free(struct http_tp *t)
+{
+    if (t->is_closing && t->busy == 0 && !t->posts && !t->delete_call)
+        tp_free(t);
+}
+
+static void report_closed(struct http_tp *t, int rc, const char *why)
+{
+    if (t->has_reported_closed || t->is_closing)
+        return;
+    t->has_reported_closed = true;
+    if (t->base.cb.on_closed)
+        t->base.cb.on_closed(rc, why, t->base.udata);
+}
+
+static void report_failed(struct http_tp *t, struct post *p, int rc, const char *why)
+{
+    if (t->is_closing || !p->has_id || p->is_forgotten || p->got_reply)
+        return;
+    p->is_forgotten = true;
+    if (t->base.cb.on_request_failed)
+        t->base.cb.on_request_failed(p->id, rc, why, t->base.udata);
+}
+
+static void post_free(struct post *p)
+{
+    struct http_tp *t = p->t;
+
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        t->posts = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    nx_buf_cleanup(&p->body);
+    nx_sse_reader_cleanup(&p->sse);
+    free(p);
+}
+
+/* One frame (a JSON body or an SSE event's data): each message to the client. */
+static int deliver(struct post *p, const char *text, size_t len)
+{
+    struct http_tp *t = p->t;
+    json_t *v;
+    char err[160];
+
+    if (t->is_closing)
+        return 1;
+    if (!(v = nx_jsonrpc_load(text, len, err, sizeof err))) {
+        nx_warn("mcp", "server %s: %s", t->base.name, err);
+        return 0;
+    }
+    for (size_t i = 0; i < (json_is_array(v) ? json_array_size(v) : 1); i++) {
+        const json_t *m = json_is_array(v) ? json_array_get(v, i) : v;
+        const json_t *id = json_object_get(m, "id");
+
+        if (p->has_id && json_is_integer(id) && json_integer_value(id) == p->id &&
+            !json_object_get(m, "method"))
+            p->got_reply = true;
+    }
+    nx_mcp_link_deliver(&t->base, text, len);
+    json_decref(v);
+    return t->is_closing ? 1 : 0;
+}
+
+static int on_sse_event(const struct nx_sse_event *ev, void *udata)
+{
+    struct post *p = udata;
+
+    if (ev->data_len == 0 || strcmp(ev->event, "message") != 0)
+        return 0;
+    return deliver(p, ev->data, ev->data_len);
+}
+
+static int post_data(const char *data, size_t len, long status, void *udata)
+{
+    struct post *p = udata;
+    struct http_tp *t = p->t;
+    int rc = 0;
+
+    if (status < 200 || status >= 300) {
+        if (p->body.len < ERROR_BODY_MAX)
+            nx_buf_append(&p->body, data, len < ERROR_BODY_MAX ? len : ERROR_BODY_MAX);
+        return 0;
+    }
+    if (p->mode == MODE_UNKNOWN) {
+        size_t i = 0;
+
+        while (i < len && (data[i] == ' ' || data[i] == '\t' || data[i] == '\r' || data[i] == '\n'))
+            i++;
+        if (i == len)
+            return 0;
+        p->mode = data[i] == '{' || data[i] == '[' ? MODE_JSON : MODE_SSE;
+    }
+    if (p->mode == MODE_JSON) {
+        if (p->body.len + len > t->base.max_frame) {
+            p->is_too_big = true;
+            return 1;
+        }
+        nx_buf_append(&p->body, data, len);
+        return 0;
+    }
+    p->in_data = true;
+    t->busy++;
+    rc = nx_sse_feed(&p->sse, data, len);
+    t->busy--;
+    p->in_data = false;
+    if (rc == NX_ETOOBIG)
+        p->is_too_big = true;
+    if (p->is_finished) {
+        post_free(p);
+        maybe_free(t);
+        return 1;
+    }
+    return rc != 0 || t->is_closing;
+}
+
+static void flush_queue(struct http_tp *t);
+
+static void post_done(int rc, const struct nx_http_response *res, const char *err, void *udata)
+{
+    struct post *p = udata;
+    struct http_tp *t = p->t;
+    char why[ERROR_BODY_MAX + 64];
+    char sid[256];
+
+    p->call = NULL;
+    if (p->in_data) {
+        p->is_finished = true; /* cancelled from inside its own on_data: freed there */
+        return;
+    }
+    t->busy++;
+    if (p->is_initialize)
+        t->is_handshaking = false;
+    if (t->is_closing) {
+        /* quiet */
+    } else if (rc == 0 && res->status >= 200 && res->status < 300) {
+        if (!t->session_id && nx_http_response_header(res, "Mcp-Session-Id", sid, sizeof sid) > 0)
+            t->session_id = nx_strdup(sid);
+        if (p->mode == MODE_JSON && p->body.len > 0)
+            deliver(p, p->body.data, p->body.len);
+        report_failed(t, p, NX_EPROTO, "the server's reply ended without an answer");
+    } else if (rc == 0 && res->status == 404 && t->session_id) {
+        report_failed(t, p, NX_ECLOSED, "session expired");
+        report_closed(t, NX_ECLOSED, "session expired (HTTP 404)");
+    } else if (rc == 0) {
+        snprintf(why, sizeof why, "HTTP %ld%s%.*s", res->status, p->body.len ? ": " : "",
+                 (int)p->body.len, nx_buf_cstr(&p->body));
+        if (p->has_id)
+            report_failed(t, p, NX_EHTTP, why);
+        else
+            nx_warn("mcp", "server %s refused a message: %s", t->base.name, why);
+    } else if (p->is_too_big) {
+        snprintf(why, sizeof why, "a message over %zu bytes", t->base.max_frame);
+        nx_warn("mcp", "server %s: %s", t->base.name, why);
+        report_failed(t, p, NX_ETOOBIG, why);
+    } else if (!p->is_forgotten) {
+        snprintf(why, sizeof why, "%s", err ? err : nx_strerror(rc));
+        if (p->has_id)
+            report_failed(t, p, rc, why);
+        else
+            nx_warn("mcp", "server %s: sending a message failed: %s", t->base.name, why);
+    }
+    post_free(p);
+    if (!t->is_handshaking && t->nqueue > 0 && !t->is_closing)
+        flush_queue(t);
+    t->busy--;
+    maybe_free(t);
+}
+
+static size_t build_headers(struct http_tp *t, struct nx_http_header *h, size_t cap)
+{
+    size_t n = 0;
+
+    h[n++] = (struct nx_http_header){"Content-Type", "application/json"};
+    h[n++] = (struct nx_http_header){"Accept", "application/json, text/event-stream"};
+    if (t->session_id)
+        h[n++] = (struct nx_http_header){"Mcp-Session-Id", t->session_id};
+    if (t->version[0])
+        h[n++] = (struct nx_http_header){"MCP-Protocol-Version", t->version};
+    for (size_t i = 0; i < t->nheaders && n < cap; i++)
+        h[n++] = t->headers[i];
+    return n;
+}
+
+static int post_start(struct http_tp *t, const json_t *msg, uint32_t timeout_ms)
+{
+    struct nx_http_header *h;
+    struct nx_http_call_opts o;
+    struct post *p;
+    const json_t *id = json_object_get(msg, "id");
+    const char *method = json_string_value(json_object_get(msg, "method"));
+    char *text;
+
+    if (!(text = json_dumps(msg, JSON_COMPACT)))
+        return NX_EINVAL;
+    p = nx_calloc(1, sizeof *p);
+    p->t = t;
+    nx_buf_init(&p->body);
+    nx_sse_reader_init(&p->sse, t->base.max_frame, on_sse_event, p);
+    if (method && json_is_integer(id)) {
+        p->has_id = true;
+        p->id = json_integer_value(id);
+        p->is_initialize = strcmp(method, "initialize") == 0;
+    }
+    h = nx_calloc(t->nheaders + 4, sizeof *h);
+    memset(&o, 0, sizeof o);
+    o.method = "POST";
+    o.url = t->url;
+    o.headers = h;
+    o.nheaders = build_headers(t, h, t->nheaders + 4);
+    o.body = text;
+    o.body_len = strlen(text);
+    o.timeout_ms = p->has_id ? (timeout_ms ? timeout_ms + 5000 : 0) : NOTIFY_TIMEOUT_MS;
+    o.max_response_bytes = t->base.max_frame * 16 > (64u << 20) ? t->base.max_frame * 16 : (64u << 20);
+    o.on_data = post_data;
+    o.on_done = post_done;
+    o.udata = p;
+    p->call = nx_http_client_request(t->http, &o);
+    free(h);
+    free(text);
+    if (!p->call) {
+        nx_buf_cleanup(&p->body);
+        nx_sse_reader_cleanup(&p->sse);
+        free(p);
+        return NX_ECLOSED;
+    }
+    if (p->is_initialize)
+        t->is_handshaking = true;
+    p->next = t->posts;
+    if (t->posts)
+        t->posts->prev = p;
+    t->posts = p;
+    return 0;
+}
+
+static void flush_queue(struct http_tp *t)
+{
+    struct queued *q = t->queue;
+    size_t n = t->nqueue;
+
+    t->queue = NULL;
+    t->nqueue = t->cqueue = 0;
+    for (size_t i = 0; i < n; i++) {
+        const json_t *id = json_object_get(q[i].msg, "id");
+        int rc = t->is_closing ? NX_ECLOSED : post_start(t, q[i].msg, q[i].timeout_ms);
+
+        if (rc < 0 && json_is_integer(id) && json_object_get(q[i].msg, "method") &&
+            t->base.cb.on_request_failed && !t->is_closing)
+            t->base.cb.on_request_failed(json_integer_value(id), rc, nx_strerror(rc), t->base.udata);
+        json_decref(q[i].msg);
+    }
+    free(q);
+}
+
+static int tp_start(struct nx_mcp_link *base)
+{
+    (void)base;
+    return 0; /* nothing to open: the first POST (initialize) starts the session */
+}
+
+static int tp_send(struct nx_mcp_link *base, const json_t *msg, uint32_t timeout_ms)
+{
+    struct http_tp *t = (struct http_tp *)base;
+
+    if (t->is_closing || t->has_reported_closed)
+        return NX_ECLOSED;
+    if (t->is_handshaking) {
+        if (t->nqueue == t->cqueue) {
+            t->cqueue = t->cqueue ? t->cqueue * 2 : 8;
+            t->queue = nx_realloc(t->queue, t->cqueue * sizeof *t->queue);
+        }
+        t->queue[t->nqueue].msg = json_deep_copy(msg);
+        t->queue[t->nqueue++].timeout_ms = timeout_ms;
+        return 0;
+    }
+    return post_start(t, msg, timeout_ms);
+}
+
+static void tp_forget(struct nx_mcp_link *base, long long id)
+{
+    struct http_tp *t = (struct http_tp *)base;
+
+    for (struct post *p = t->posts; p; p = p->next) {
+        if (p->has_id && p->id == id && p->call && !p->is_finished) {
+            p->is_forgotten = true;
+            nx_http_call_cancel(p->call); /* post_done runs now (or after its on_data) */
+            return;
+        }
+    }
+    /* still queued behind the handshake: drop it there */
+    for (size_t i = 0; i < t->nqueue; i++) {
+        const json_t *qid = json_object_get(t->queue[i].msg, "id");
+
+        if (json_is_integer(qid) && json_integer_value(qid) == id &&
+            json_object_get(t->queue[i].msg, "method")) {
+            json_decref(t->queue[i].msg);
+            memmove(&t->queue[i], &t->queue[i + 1], (t->nqueue - i - 1) * sizeof *t->queue);
+            t->nqueue--;
+            return;
+        }
+    }
+}
+
+static void tp_set_version(struct nx_mcp_link *base, const char *v)
+{
+    struct http_tp *t = (struct http_tp *)base;
+
+    snprintf(t->version, sizeof t->version, "%s", v ? v : "");
+}
+
+static void delete_done(int rc, const struct nx_http_response *res, const char *err, void *udata)
+{
+    struct http_tp *t = udata;
+
+    nx_debug("mcp", "server %s: DELETE session: %s (HTTP %ld)", t->base.name,
+             rc == 0 ? "done" : err ? err : nx_strerror(rc), res->status);
+    t->delete_call = NULL;
+    maybe_free(t);
+}
+
+static void tp_close(struct nx_mcp_link *base)
+{
+    struct http_tp *t = (struct http_tp *)base;
+    struct nx_http_header *h;
+    struct nx_http_call_opts o;
+
+    if (!t || t->is_closing)
+        return;
+    t->is_closing = true;
+    t->busy++;
+    for (struct post *p = t->posts, *next; p; p = next) {
+        next = p->next;
+        if (p->call && !p->is_finished)
+            nx_http_call_cancel(p->call);
+    }
+    if (t->session_id) {
+        h = nx_calloc(t->nheaders + 4, sizeof *h);
+        memset(&o, 0, sizeof o);
+        o.method = "DELETE";
+        o.url = t->url;
+        o.headers = h;
+        o.nheaders = build_headers(t, h, t->nheaders + 4);
+        o.timeout_ms = DELETE_TIMEOUT_MS;
+        o.on_done = delete_done;
+        o.udata = t;
+        t->delete_call = nx_http_client_request(t->http, &o);
+        free(h);
+    }
+    t->busy--;
+    maybe_free(t);
+}
+
+static const struct nx_mcp_link_vt http_vt = {
+    .kind = "streamable_http",
+    .start = tp_start,
+    .send = tp_send,
+    .forget = tp_forget,
+    .set_protocol_version = tp_set_version,
+    .close = tp_close,
+};
+
+int nx_mcp_http_new(struct nx_http_client *http, const struct nx_mcp_server_conf *conf,
+                    const struct nx_mcp_link_opts *opts, struct nx_mcp_link **out)
+{
+    struct http_tp *t;
+
+    if (!http || !conf || !conf->url || !opts)
+        return NX_EINVAL;
+    if (strncmp(conf->url, "http://", 7) != 0 && strncmp(conf->url, "https://", 8) != 0)
+        return NX_EINVAL;
+    t = nx_calloc(1, sizeof *t);
+    t->base.vt = &http_vt;
+    t->base.cb = opts->cb;
+    t->base.udata = opts->udata;
+    t->base.name = nx_strdup(opts->name ? opts->name : conf->name ? conf->name : "?");
+    t->base.max_frame = opts->max_frame ? opts->max_frame : NX_MCP_MAX_FRAME_DEFAULT;
+    t->http = http;
+    t->url = nx_strdup(conf->url);
+    t->headers = nx_calloc(conf->headers.n + 1, sizeof *t->headers);
+    for (size_t i = 0; i < conf->headers.n; i++) {
+        t->headers[i].name = nx_strdup(conf->headers.keys[i]);
+        t->headers[i].value = nx_strdup(conf->headers.vals[i]);
+    }
+    t->nheaders = conf->headers.n;
+    *out = &t->base;
+    return 0;
+}

@@ -1,0 +1,658 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "mcp/client.h"
+#include "mcp/mcp.h"
+#include "runtime/runtime.h"
+#include "tools/tool.h"
+
+/* The MCP manager: one client per server of mcp.yaml, their tools in the registry, restarts with
+ * exponential backoff, keep-alive pings, metrics and a status for the admin page. A server that
+ * is down keeps its tools registered: calls then fail at once with a clear message, and the list
+ * is refreshed when it is back. Tool tables are reference-counted, so a re-listing never frees
+ * one that a call in flight (and the registry's record of that call) still points at. */
+
+#define BACKOFF_FIRST_MS 500
+#define BACKOFF_MAX_MS 60000
+#define STABLE_MS 60000 /* up this long: the next crash starts the backoff over */
+
+enum { ST_STOPPED, ST_STARTING, ST_READY, ST_BACKOFF };
+static const char *const state_names[] = {"stopped", "starting", "ready", "backoff"};
+
+static size_t limit_max_frame;
+static uint32_t limit_first_backoff_ms;
+
+struct server;
+
+struct mcp_tool {
+    struct nx_tool tool;
+    struct server *srv; /* NULL once unregistered */
+    char *name;
+    char *remote;
+    char *description;
+    char *schema;
+    int refs;
+};
+
+struct mcp_call {
+    struct server *srv;
+    struct mcp_tool *mt;
+    struct nx_mcp_request *req;
+    nx_tool_done_fn done;
+    void *udata;
+    uint64_t start_ns;
+    unsigned progress;
+};
+
+struct server {
+    struct nx_mcp_manager *m;
+    struct nx_mcp_server_conf conf; /* copied */
+    json_t *roots;
+    struct nx_mcp_client *client;
+    int state;
+    unsigned gen; /* bumped at each connect: stale list results are dropped */
+    struct nx_timer *restart;
+    struct nx_timer *ping;
+    uint32_t backoff_ms;
+    uint64_t up_since_ms;
+    unsigned restarts;
+    int pid;
+    char *last_error;
+    struct mcp_tool **tools;
+    size_t ntools;
+    bool is_listing;
+    bool is_relist_wanted;
+    uint64_t calls;
+    uint64_t progress;
+};
+
+struct nx_mcp_manager {
+    uv_loop_t *loop;
+    struct nx_http_client *http;
+    struct server *servers;
+    size_t nservers;
+    uint32_t initialize_timeout_ms;
+    uint32_t call_timeout_ms;
+    uint32_t grace_ms;
+    uint32_t ping_ms;
+    bool is_closing;
+};
+
+static const double call_buckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
+
+void nx_mcp_manager_set_limits(size_t max_frame, uint32_t first_backoff_ms)
+{
+    limit_max_frame = max_frame;
+    limit_first_backoff_ms = first_backoff_ms;
+}
+
+/* ---- metrics --------------------------------------------------------------------------- */
+
+static void set_up(struct server *s, bool is_up)
+{
+    static const char *const labels[] = {"server", NULL};
+    const char *values[] = {s->conf.name};
+
+    nx_gauge_set(nx_metric_gauge("nexo_mcp_server_up", "1 when the MCP server is connected.", labels),
+                 values, is_up ? 1 : 0);
+}
+
+static void count_call(struct server *s, const char *tool, const char *outcome, double seconds)
+{
+    static const char *const labels[] = {"server", "tool", "outcome", NULL};
+    static const char *const hlabels[] = {"server", "tool", NULL};
+    const char *values[] = {s->conf.name, tool, outcome};
+
+    nx_counter_add(nx_metric_counter("nexo_mcp_calls_total", "MCP tool calls by server, tool and outcome.",
+                                     labels),
+                   values, 1);
+    if (seconds >= 0)
+        nx_histogram_observe(nx_metric_histogram("nexo_mcp_call_seconds",
+                                                 "Time from an MCP tools/call to its answer.", hlabels,
+                                                 call_buckets, NX_ARRAY_LEN(call_buckets)),
+                             values, seconds);
+}
+
+/* ---- tools ----------------------------------------------------------------------------- */
+
+static void tool_unref(struct mcp_tool *mt)
+{
+    if (--mt->refs > 0)
+        return;
+    free(mt->name);
+    free(mt->remote);
+    free(mt->description);
+    free(mt->schema);
+    free(mt);
+}
+
+static void answer(struct mcp_call *call, const char *text, bool is_error)
+{
+    call->done(text, strlen(text), is_error, call->udata);
+    tool_unref(call->mt);
+    free(call);
+}
+
+static void on_call_progress(double progress, double total, const char *message, void *udata)
+{
+    struct mcp_call *call = udata;
+
+    call->progress++;
+    if (call->srv)
+        call->srv->progress++;
+    nx_debug("mcp", "tool %s: progress %g%s%.0f%s%.200s", call->mt->name, progress,
+             total >= 0 ? "/" : "", total >= 0 ? total : 0, message ? " " : "", message ? message : "");
+}
+
+static void on_call_result(int rc, const json_t *result, const char *err, void *udata)
+{
+    struct mcp_call *call = udata;
+    struct server *s = call->srv;
+    double secs = (double)(nx_mono_ns() - call->start_ns) / 1e9;
+    struct nx_buf b = NX_BUF_INIT;
+    bool is_error = true;
+    const char *outcome = "error";
+
+    if (rc == 0) {
+        char *text = nx_mcp_result_text(result);
+
+        is_error = json_is_true(json_object_get(result, "isError"));
+        outcome = is_error ? "tool_error" : "ok";
+        nx_buf_puts(&b, text);
+        free(text);
+    } else {
+        outcome = rc == NX_ETIMEDOUT ? "timeout" : "error";
+        nx_buf_printf(&b, "MCP server \"%s\": tool \"%s\" failed: %s", s->conf.name, call->mt->remote,
+                      err ? err : nx_strerror(rc));
+    }
+    count_call(s, call->mt->remote, outcome, secs);
+    if (call->progress)
+        nx_info("mcp", "tool %s: %s after %.3f s and %u progress notifications", call->mt->name,
+                outcome, secs, call->progress);
+    answer(call, nx_buf_cstr(&b), is_error);
+    nx_buf_cleanup(&b);
+}
+
+static struct nx_tool_call *tool_run(const struct nx_tool *self, const struct nx_tool_ctx *ctx,
+                                     const json_t *args, nx_tool_done_fn done, void *udata)
+{
+    struct mcp_tool *mt = nx_container_of(self, struct mcp_tool, tool);
+    struct server *s = mt->srv;
+    struct mcp_call *call;
+    struct nx_buf b = NX_BUF_INIT;
+    json_t *params;
+
+    (void)ctx;
+    if (!s || s->state != ST_READY || !nx_mcp_client_is_ready(s->client)) {
+        nx_buf_printf(&b, "MCP server \"%s\" is not connected (%s); try again later",
+                      s ? s->conf.name : "?", s ? state_names[s->state] : "removed");
+        if (s)
+            count_call(s, mt->remote, "unavailable", -1);
+        done(nx_buf_cstr(&b), b.len, true, udata);
+        nx_buf_cleanup(&b);
+        return NULL;
+    }
+    call = nx_calloc(1, sizeof *call);
+    call->srv = s;
+    call->mt = mt;
+    mt->refs++;
+    call->done = done;
+    call->udata = udata;
+    call->start_ns = nx_mono_ns();
+    s->calls++;
+    params = json_pack("{s:s, s:O}", "name", mt->remote, "arguments", args ? (json_t *)args : json_object());
+    if (!args)
+        json_decref(json_object_get(params, "arguments")); /* O took a second reference */
+    call->req = nx_mcp_client_request(s->client, "tools/call", params,
+                                      s->conf.call_timeout_ms ? s->conf.call_timeout_ms
+                                                              : s->m->call_timeout_ms,
+                                      on_call_progress, on_call_result, call);
+    return (struct nx_tool_call *)(void *)call;
+}
+
+static void tool_cancel(struct nx_tool_call *handle)
+{
+    struct mcp_call *call = (struct mcp_call *)(void *)handle;
+
+    count_call(call->srv, call->mt->remote, "cancelled", -1);
+    nx_mcp_request_cancel(call->req, "cancelled by the caller");
+    tool_unref(call->mt);
+    free(call);
+}
+
+static void drop_tools(struct server *s)
+{
+    for (size_t i = 0; i < s->ntools; i++) {
+        nx_tool_unregister(s->tools[i]->name);
+        s->tools[i]->srv = NULL;
+        tool_unref(s->tools[i]);
+    }
+    free(s->tools);
+    s->tools = NULL;
+    s->ntools = 0;
+}
+
+static struct mcp_tool *tool_new(struct server *s, const json_t *def)
+{
+    const char *remote = json_string_value(json_object_get(def, "name"));
+    const json_t *schema = json_object_get(def, "inputSchema");
+    struct mcp_tool *mt;
+    char name[80];
+    int rc;
+
+    if (!remote || !remote[0])
+        return NULL;
+    mt = nx_calloc(1, sizeof *mt);
+    mt->refs = 1;
+    mt->srv = s;
+    mt->remote = nx_strdup(remote);
+    mt->description = nx_strdup(json_string_value(json_object_get(def, "description"))
+                                    ? json_string_value(json_object_get(def, "description"))
+                                    : "");
+    mt->schema = json_is_object(schema) ? json_dumps(schema, JSON_COMPACT)
+                                        : nx_strdup("{\"type\":\"object\"}");
+    mt->tool.description = mt->description;
+    mt->tool.input_schema = mt->schema;
+    mt->tool.run_self = tool_run;
+    mt->tool.cancel = tool_cancel;
+    for (int hashed = 0; hashed < 2; hashed++) {
+        nx_mcp_tool_name(s->conf.name, remote, hashed, name, sizeof name);
+        free(mt->name);
+        mt->name = nx_strdup(name);
+        mt->tool.name = mt->name;
+        if ((rc = nx_tool_register(&mt->tool)) == 0)
+            return mt;
+        if (rc != NX_EEXIST)
+            break;
+    }
+    nx_warn("mcp", "server %s: tool \"%.100s\" not registered: %s", s->conf.name, remote,
+            rc == NX_EEXIST ? "its name is taken" : "invalid input schema");
+    mt->srv = NULL;
+    tool_unref(mt);
+    return NULL;
+}
+
+static void list_tools(struct server *s);
+
+struct list_ctx {
+    struct server *s;
+    unsigned gen;
+};
+
+static void on_listed(int rc, const json_t *result, const char *err, void *udata)
+{
+    struct list_ctx *lc = udata;
+    struct server *s = lc->s;
+    const json_t *tools = json_object_get(result, "tools");
+    bool is_stale = lc->gen != s->gen || s->m->is_closing;
+
+    free(lc);
+    if (is_stale)
+        return;
+    s->is_listing = false;
+    if (rc < 0) {
+        nx_warn("mcp", "server %s: tools/list failed: %s", s->conf.name, err ? err : nx_strerror(rc));
+        return;
+    }
+    drop_tools(s);
+    s->tools = nx_calloc(json_array_size(tools) + 1, sizeof *s->tools);
+    for (size_t i = 0; i < json_array_size(tools); i++) {
+        struct mcp_tool *mt = tool_new(s, json_array_get(tools, i));
+
+        if (mt)
+            s->tools[s->ntools++] = mt;
+    }
+    nx_info("mcp", "server %s: %zu tools registered", s->conf.name, s->ntools);
+    if (s->is_relist_wanted) {
+        s->is_relist_wanted = false;
+        list_tools(s);
+    }
+}
+
+static void list_tools(struct server *s)
+{
+    struct list_ctx *lc;
+
+    if (s->is_listing) {
+        s->is_relist_wanted = true;
+        return;
+    }
+    lc = nx_calloc(1, sizeof *lc);
+    lc->s = s;
+    lc->gen = s->gen;
+    s->is_listing = true;
+    nx_mcp_client_list_tools(s->client, s->m->call_timeout_ms, on_listed, lc);
+}
+
+/* ---- connection lifecycle ------------------------------------------------------------- */
+
+static void connect_server(struct server *s);
+
+static void set_error(struct server *s, const char *why)
+{
+    free(s->last_error);
+    s->last_error = nx_strdup(why ? why : "");
+}
+
+static void on_restart_timer(void *arg)
+{
+    struct server *s = arg;
+
+    s->restart = NULL;
+    s->restarts++;
+    connect_server(s);
+}
+
+/* The connection is over (crash, failed handshake, lost session, dead ping): try again later. */
+static void schedule_restart(struct server *s, const char *why)
+{
+    uint64_t now = nx_mono_ms();
+    uint32_t first = limit_first_backoff_ms ? limit_first_backoff_ms : BACKOFF_FIRST_MS;
+
+    set_error(s, why);
+    set_up(s, false);
+    nx_mcp_client_free(s->client);
+    s->client = NULL;
+    s->pid = 0;
+    s->gen++;
+    s->is_listing = s->is_relist_wanted = false;
+    if (s->m->is_closing)
+        return;
+    if (s->backoff_ms == 0 || (s->up_since_ms && now - s->up_since_ms >= STABLE_MS))
+        s->backoff_ms = first;
+    s->up_since_ms = 0;
+    s->state = ST_BACKOFF;
+    nx_warn("mcp", "server %s is down (%s); reconnecting in %u ms", s->conf.name, why ? why : "?",
+            s->backoff_ms);
+    nx_timer_cancel(s->restart);
+    s->restart = nx_timer_once(s->m->loop, s->backoff_ms, on_restart_timer, s);
+    s->backoff_ms = s->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : s->backoff_ms * 2;
+}
+
+static void on_ready(struct nx_mcp_client *c, int rc, const char *err, void *udata)
+{
+    struct server *s = udata;
+
+    if (c != s->client)
+        return;
+    if (rc < 0) {
+        schedule_restart(s, err ? err : nx_strerror(rc));
+        return;
+    }
+    s->state = ST_READY;
+    s->up_since_ms = nx_mono_ms();
+    set_up(s, true);
+    list_tools(s);
+}
+
+static void on_tools_changed(struct nx_mcp_client *c, void *udata)
+{
+    struct server *s = udata;
+
+    if (c == s->client && s->state == ST_READY) {
+        nx_info("mcp", "server %s: tool list changed", s->conf.name);
+        list_tools(s);
+    }
+}
+
+static void on_closed(struct nx_mcp_client *c, int rc, const char *why, void *udata)
+{
+    struct server *s = udata;
+
+    (void)rc;
+    if (c == s->client)
+        schedule_restart(s, why);
+}
+
+static void on_ping(int rc, const json_t *result, const char *err, void *udata)
+{
+    struct list_ctx *pc = udata;
+    struct server *s = pc->s;
+    bool is_stale = pc->gen != s->gen || s->m->is_closing;
+
+    (void)result;
+    free(pc);
+    if (!is_stale && rc < 0 && rc != NX_ECLOSED)
+        schedule_restart(s, err ? err : "ping failed");
+}
+
+static void on_ping_timer(void *arg)
+{
+    struct server *s = arg;
+    struct list_ctx *pc;
+
+    s->ping = nx_timer_once(s->m->loop, s->m->ping_ms, on_ping_timer, s);
+    if (s->state != ST_READY || !s->client)
+        return;
+    pc = nx_calloc(1, sizeof *pc);
+    pc->s = s;
+    pc->gen = s->gen;
+    nx_mcp_client_request(s->client, "ping", NULL, s->m->initialize_timeout_ms, NULL, on_ping, pc);
+}
+
+static void connect_server(struct server *s)
+{
+    struct nx_mcp_link_opts to;
+    struct nx_mcp_link *t = NULL;
+    struct nx_mcp_client_opts co;
+    static const struct nx_mcp_client_cb cb = {
+        .on_ready = on_ready, .on_tools_changed = on_tools_changed, .on_closed = on_closed};
+    int rc;
+
+    memset(&to, 0, sizeof to);
+    to.name = s->conf.name;
+    to.max_frame = limit_max_frame;
+    to.grace_ms = s->m->grace_ms;
+    if (s->conf.transport == NX_MCP_STDIO)
+        rc = nx_mcp_stdio_new(s->m->loop, &s->conf, &to, &t);
+    else if (s->m->http)
+        rc = nx_mcp_http_new(s->m->http, &s->conf, &to, &t);
+    else
+        rc = NX_EINVAL;
+    s->gen++;
+    s->state = ST_STARTING;
+    if (rc < 0) {
+        schedule_restart(s, "cannot create the transport (bad command or url)");
+        return;
+    }
+    memset(&co, 0, sizeof co);
+    co.name = s->conf.name;
+    co.initialize_timeout_ms = s->conf.connect_timeout_ms ? s->conf.connect_timeout_ms
+                                                         : s->m->initialize_timeout_ms;
+    co.roots = s->roots;
+    nx_mcp_client_new(s->m->loop, t, &co, &cb, s, &s->client);
+    s->pid = t->pid;
+}
+
+/* ---- the manager ----------------------------------------------------------------------- */
+
+static char **strv_dup(char **v)
+{
+    size_t n = 0;
+    char **out;
+
+    while (v && v[n])
+        n++;
+    out = nx_calloc(n + 1, sizeof *out);
+    for (size_t i = 0; i < n; i++)
+        out[i] = nx_strdup(v[i]);
+    return out;
+}
+
+static void strv_free(char **v)
+{
+    for (size_t i = 0; v && v[i]; i++)
+        free(v[i]);
+    free(v);
+}
+
+static void strmap_dup(struct nx_strmap *dst, const struct nx_strmap *src)
+{
+    dst->n = src->n;
+    dst->keys = nx_calloc(src->n + 1, sizeof *dst->keys);
+    dst->vals = nx_calloc(src->n + 1, sizeof *dst->vals);
+    for (size_t i = 0; i < src->n; i++) {
+        dst->keys[i] = nx_strdup(src->keys[i]);
+        dst->vals[i] = nx_strdup(src->vals[i]);
+    }
+}
+
+static void strmap_free(struct nx_strmap *m)
+{
+    for (size_t i = 0; i < m->n; i++) {
+        free(m->keys[i]);
+        free(m->vals[i]);
+    }
+    free(m->keys);
+    free(m->vals);
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? nx_strdup(s) : NULL;
+}
+
+/* roots: ["file:///x", ...] or [{uri, name?}, ...] from the server's `roots` key. */
+static json_t *roots_from(const json_t *extra)
+{
+    const json_t *r = json_object_get(extra, "roots");
+    json_t *out = json_array();
+
+    for (size_t i = 0; json_is_array(r) && i < json_array_size(r); i++) {
+        const json_t *e = json_array_get(r, i);
+
+        if (json_is_string(e))
+            json_array_append_new(out, json_pack("{s:O}", "uri", e));
+        else if (json_is_object(e) && json_is_string(json_object_get(e, "uri")))
+            json_array_append_new(out, json_deep_copy(e));
+    }
+    return out;
+}
+
+static void server_init(struct nx_mcp_manager *m, struct server *s, const struct nx_mcp_server_conf *c)
+{
+    s->m = m;
+    s->conf.name = nx_strdup(c->name ? c->name : "");
+    s->conf.transport = c->transport;
+    s->conf.command = dup_or_null(c->command);
+    s->conf.args = strv_dup(c->args);
+    strmap_dup(&s->conf.env, &c->env);
+    s->conf.cwd = dup_or_null(c->cwd);
+    s->conf.url = dup_or_null(c->url);
+    strmap_dup(&s->conf.headers, &c->headers);
+    s->conf.connect_timeout_ms = c->connect_timeout_ms;
+    s->conf.call_timeout_ms = c->call_timeout_ms;
+    s->roots = roots_from(c->extra);
+}
+
+static void server_cleanup(struct server *s)
+{
+    nx_timer_cancel(s->restart);
+    nx_timer_cancel(s->ping);
+    s->gen++;
+    nx_mcp_client_free(s->client); /* calls in flight are answered with an error now */
+    s->client = NULL;
+    drop_tools(s);
+    if (s->state == ST_READY)
+        set_up(s, false);
+    free(s->conf.name);
+    free(s->conf.command);
+    strv_free(s->conf.args);
+    strmap_free(&s->conf.env);
+    free(s->conf.cwd);
+    free(s->conf.url);
+    strmap_free(&s->conf.headers);
+    json_decref(s->roots);
+    free(s->last_error);
+}
+
+int nx_mcp_manager_new(uv_loop_t *loop, struct nx_http_client *http, const struct nx_mcp_conf *conf,
+                       struct nx_mcp_manager **out)
+{
+    struct nx_mcp_manager *m;
+
+    if (!loop || !conf || !out)
+        return NX_EINVAL;
+    m = nx_calloc(1, sizeof *m);
+    m->loop = loop;
+    m->http = http;
+    m->initialize_timeout_ms = conf->initialize_timeout_ms ? conf->initialize_timeout_ms : 10000;
+    m->call_timeout_ms = conf->call_timeout_ms ? conf->call_timeout_ms : 30000;
+    m->grace_ms = conf->shutdown_grace_ms;
+    m->ping_ms = conf->idle_reap_interval_ms ? conf->idle_reap_interval_ms : 60000;
+    if (conf->enabled && conf->n_servers > 0) {
+        m->servers = nx_calloc(conf->n_servers, sizeof *m->servers);
+        m->nservers = conf->n_servers;
+        for (size_t i = 0; i < conf->n_servers; i++)
+            server_init(m, &m->servers[i], &conf->servers[i]);
+        for (size_t i = 0; i < m->nservers; i++) {
+            struct server *s = &m->servers[i];
+
+            if (s->conf.transport != NX_MCP_STDIO && s->conf.transport != NX_MCP_STREAMABLE_HTTP) {
+                /* sse (the 2024-11-05 transport) and auto are not implemented yet */
+                nx_warn("mcp", "server %s: transport not supported yet; skipped", s->conf.name);
+                set_error(s, "transport not supported");
+                continue;
+            }
+            set_up(s, false);
+            connect_server(s);
+            s->ping = nx_timer_once(loop, m->ping_ms, on_ping_timer, s);
+        }
+    }
+    *out = m;
+    return 0;
+}
+
+void nx_mcp_manager_free(struct nx_mcp_manager *m)
+{
+    if (!m)
+        return;
+    m->is_closing = true;
+    for (size_t i = 0; i < m->nservers; i++)
+        server_cleanup(&m->servers[i]);
+    free(m->servers);
+    free(m);
+}
+
+json_t *nx_mcp_manager_status(const struct nx_mcp_manager *m)
+{
+    json_t *arr = json_array();
+
+    for (size_t i = 0; m && i < m->nservers; i++) {
+        const struct server *s = &m->servers[i];
+        json_t *tools = json_array();
+        json_t *o;
+
+        for (size_t j = 0; j < s->ntools; j++)
+            json_array_append_new(tools, json_string(s->tools[j]->name));
+        o = json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:I, s:I}", "name", s->conf.name, "transport",
+                      s->conf.transport == NX_MCP_STDIO ? "stdio" : "streamable_http", "state",
+                      state_names[s->state], "protocol_version",
+                      nx_mcp_client_protocol_version(s->client), "tools", tools, "restarts",
+                      (json_int_t)s->restarts, "calls", (json_int_t)s->calls,
+                      "progress_notifications", (json_int_t)s->progress);
+        json_object_set_new(o, "server_info", s->state == ST_READY && nx_mcp_client_server_info(s->client)
+                                                  ? json_deep_copy(nx_mcp_client_server_info(s->client))
+                                                  : json_null());
+        json_object_set_new(o, "pid", s->pid ? json_integer(s->pid) : json_null());
+        if (s->client) {
+            struct nx_mcp_client_stats st;
+
+            nx_mcp_client_stats(s->client, &st);
+            json_object_set_new(o, "session", json_pack("{s:I, s:I, s:I, s:I}", "malformed",
+                                                        (json_int_t)st.malformed, "unknown_replies",
+                                                        (json_int_t)st.unknown_replies, "server_requests",
+                                                        (json_int_t)st.server_requests, "cancels_sent",
+                                                        (json_int_t)st.cancels_sent));
+        }
+        json_object_set_new(o, "last_error", s->last_error ? json_string(s->last_error) : json_null());
+        json_array_append_new(arr, o);
+    }
+    return json_pack("{s:o}", "servers", arr);
+}

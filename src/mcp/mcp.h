@@ -1,0 +1,51 @@
+#ifndef NX_MCP_MCP_H
+#define NX_MCP_MCP_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config/config.h"
+#include "http/client.h"
+
+/* The MCP client side of nexo: a manager starts every server in mcp.yaml (stdio child processes
+ * and Streamable HTTP endpoints), keeps them up (a crashed stdio server is restarted with
+ * exponential backoff) and registers their tools in the tool registry as mcp_<server>_<tool>.
+ * Loop thread only. See docs/mcp.md. */
+
+#define NX_MCP_MAX_FRAME_DEFAULT (4u * 1024 * 1024)
+
+struct nx_mcp_manager;
+
+/* Starts every server of conf (nothing when conf->enabled is false). conf is copied. http is
+ * used for Streamable HTTP servers and must outlive the manager (may be NULL when there are
+ * none). */
+int nx_mcp_manager_new(uv_loop_t *loop, struct nx_http_client *http, const struct nx_mcp_conf *conf,
+                       struct nx_mcp_manager **out);
+/* Unregisters the tools, fails calls in flight, closes every server (stdio: EOF, SIGTERM and
+ * SIGKILL after shutdown_grace; HTTP: DELETE the session). Handles close on later loop
+ * iterations. Accepts NULL. */
+void nx_mcp_manager_free(struct nx_mcp_manager *m);
+
+/* For the admin page: {"servers": [{name, transport, state, protocol_version, server_info,
+ * tools: [registered names], restarts, pid, last_error, calls, progress_notifications}]}.
+ * New reference. */
+json_t *nx_mcp_manager_status(const struct nx_mcp_manager *m);
+
+/* Tests: overrides the frame cap (0 = default) and the first restart delay of servers started
+ * after the call. */
+void nx_mcp_manager_set_limits(size_t max_frame, uint32_t first_backoff_ms);
+
+/* The registry name for a server's tool: "mcp_<server>_<tool>" with every character outside
+ * [A-Za-z0-9_-] replaced by '_'; names over 64 characters become the first 55 characters, '_'
+ * and 8 hex digits of a hash of "<server>/<tool>" (also used when the plain name is taken). out
+ * holds at least 65 bytes. */
+void nx_mcp_tool_name(const char *server, const char *tool, int hashed, char *out, size_t outlen);
+
+/* The text the model sees for a tools/call result: text content joined with newlines, other
+ * content summarized ("[image: image/png, 123 bytes]"), structuredContent when there is no
+ * content. New string. */
+char *nx_mcp_result_text(const json_t *result);
+
+#endif

@@ -1,0 +1,127 @@
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "mcp/mcp.h"
+
+/* Pure helpers for MCP-backed tools: registry names and the text a tools/call result becomes. */
+
+#define NAME_MAX_LEN 64
+#define HASH_KEEP 55 /* + '_' + 8 hex digits = 64 */
+
+static uint32_t fnv1a(const char *a, const char *b)
+{
+    uint32_t h = 2166136261u;
+
+    for (const unsigned char *p = (const unsigned char *)a; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    h = (h ^ '/') * 16777619u;
+    for (const unsigned char *p = (const unsigned char *)b; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    return h;
+}
+
+static bool is_name_char(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '_' || ch == '-';
+}
+
+void nx_mcp_tool_name(const char *server, const char *tool, int hashed, char *out, size_t outlen)
+{
+    struct nx_buf b = NX_BUF_INIT;
+
+    if (!outlen)
+        return;
+    nx_buf_puts(&b, "mcp_");
+    nx_buf_puts(&b, server ? server : "");
+    nx_buf_putc(&b, '_');
+    nx_buf_puts(&b, tool ? tool : "");
+    for (size_t i = 0; i < b.len; i++) {
+        if (!is_name_char((unsigned char)b.data[i]))
+            b.data[i] = '_';
+    }
+    if (hashed || b.len > NAME_MAX_LEN) {
+        size_t keep = b.len < HASH_KEEP ? b.len : HASH_KEEP;
+
+        snprintf(out, outlen, "%.*s_%08x", (int)keep, b.data, fnv1a(server ? server : "", tool ? tool : ""));
+    } else {
+        snprintf(out, outlen, "%s", b.data);
+    }
+    nx_buf_cleanup(&b);
+}
+
+/* Bytes a base64 string decodes to (padding aware; whitespace is not expected). */
+static size_t b64_size(const char *s)
+{
+    size_t n = s ? strlen(s) : 0, pad = 0, total;
+
+    if (n >= 1 && s[n - 1] == '=')
+        pad++;
+    if (n >= 2 && s[n - 2] == '=')
+        pad++;
+    total = n / 4 * 3 + (n % 4 ? n % 4 - 1 : 0);
+    return total > pad ? total - pad : 0;
+}
+
+static const char *str(const json_t *o, const char *key, const char *def)
+{
+    const char *s = json_string_value(json_object_get(o, key));
+
+    return s ? s : def;
+}
+
+static void add_item(struct nx_buf *b, const json_t *item)
+{
+    const char *type = str(item, "type", "");
+    const json_t *res;
+
+    if (b->len > 0)
+        nx_buf_putc(b, '\n');
+    if (strcmp(type, "text") == 0) {
+        nx_buf_puts(b, str(item, "text", ""));
+    } else if (strcmp(type, "image") == 0 || strcmp(type, "audio") == 0) {
+        nx_buf_printf(b, "[%s: %s, %zu bytes]", type, str(item, "mimeType", "unknown type"),
+                      b64_size(json_string_value(json_object_get(item, "data"))));
+    } else if (strcmp(type, "resource_link") == 0) {
+        nx_buf_printf(b, "[resource link: %s", str(item, "uri", "?"));
+        if (json_string_value(json_object_get(item, "name")))
+            nx_buf_printf(b, " (%s)", str(item, "name", ""));
+        nx_buf_putc(b, ']');
+    } else if (strcmp(type, "resource") == 0 && json_is_object(res = json_object_get(item, "resource"))) {
+        if (json_is_string(json_object_get(res, "text")))
+            nx_buf_printf(b, "[resource: %s]\n%s", str(res, "uri", "?"), str(res, "text", ""));
+        else
+            nx_buf_printf(b, "[resource: %s, %s, %zu bytes]", str(res, "uri", "?"),
+                          str(res, "mimeType", "unknown type"),
+                          b64_size(json_string_value(json_object_get(res, "blob"))));
+    } else {
+        nx_buf_printf(b, "[%s content]", type[0] ? type : "unknown");
+    }
+}
+
+char *nx_mcp_result_text(const json_t *result)
+{
+    struct nx_buf b = NX_BUF_INIT;
+    const json_t *content = json_object_get(result, "content");
+    const json_t *structured = json_object_get(result, "structuredContent");
+
+    if (json_is_array(content)) {
+        for (size_t i = 0; i < json_array_size(content); i++) {
+            const json_t *item = json_array_get(content, i);
+
+            if (json_is_object(item))
+                add_item(&b, item);
+        }
+    }
+    if (b.len == 0 && structured) {
+        char *s = json_dumps(structured, JSON_COMPACT | JSON_ENCODE_ANY);
+
+        nx_buf_puts(&b, s ? s : "");
+        free(s);
+    }
+    return nx_buf_steal(&b);
+}

@@ -1,0 +1,175 @@
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "http/sse.h"
+#include "mcp/client.h"
+#include "mcp/jsonrpc.h"
+#include "mcp/mcp.h"
+
+/* MCP framing from a server we do not trust: the input is split into lines (stdio) or read as an
+ * SSE stream (Streamable HTTP), both with a small frame cap, and every frame goes to a live
+ * client session through a fake transport, so parsing, classification, the answers to server
+ * requests, progress and responses to unknown ids all run. The line splitter must give the same
+ * lines whole and byte at a time. */
+
+#define FUZZ_CAP 512
+
+static uv_loop_t *loop;
+
+/* A transport that records what the client sends and never fails. */
+static int fl_start(struct nx_mcp_link *t)
+{
+    (void)t;
+    return 0;
+}
+
+static int fl_send(struct nx_mcp_link *t, const json_t *msg, uint32_t timeout_ms)
+{
+    char *s = json_dumps(msg, JSON_COMPACT);
+
+    (void)t;
+    (void)timeout_ms;
+    if (!s)
+        abort(); /* the client only sends what it built */
+    free(s);
+    return 0;
+}
+
+static void fl_forget(struct nx_mcp_link *t, long long id)
+{
+    (void)t;
+    (void)id;
+}
+
+static void fl_version(struct nx_mcp_link *t, const char *v)
+{
+    (void)t;
+    (void)v;
+}
+
+static void fl_close(struct nx_mcp_link *t)
+{
+    free(t->name);
+    free(t);
+}
+
+static const struct nx_mcp_link_vt fake_vt = {"fake", fl_start, fl_send, fl_forget, fl_version, fl_close};
+
+static int on_line(const char *line, size_t len, void *udata)
+{
+    struct nx_mcp_link *t = udata;
+    char err[160];
+    json_t *v = nx_jsonrpc_load(line, len, err, sizeof err);
+
+    if (v) {
+        struct nx_jsonrpc_msg m;
+
+        if (json_is_object(v) && nx_jsonrpc_classify(v, &m, err, sizeof err) == 0 &&
+            m.kind == NX_JSONRPC_RESULT) {
+            char *text = nx_mcp_result_text(m.result);
+            free(text);
+        }
+        json_decref(v);
+    }
+    if (t)
+        nx_mcp_link_deliver(t, line, len);
+    return 0;
+}
+
+static int on_event(const struct nx_sse_event *ev, void *udata)
+{
+    return on_line(ev->data, ev->data_len, udata);
+}
+
+static int count_line(const char *line, size_t len, void *udata)
+{
+    struct nx_buf *log = udata;
+
+    nx_buf_append(log, &len, sizeof len);
+    nx_buf_append(log, line, len);
+    return 0;
+}
+
+static void on_result(int rc, const json_t *result, const char *err, void *udata)
+{
+    (void)rc;
+    (void)result;
+    (void)err;
+    (void)udata;
+}
+
+static void on_progress(double p, double total, const char *msg, void *udata)
+{
+    (void)p;
+    (void)total;
+    (void)msg;
+    (void)udata;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct nx_jsonrpc_lines a, b;
+    struct nx_buf la = NX_BUF_INIT, lb = NX_BUF_INIT;
+    struct nx_mcp_link *t;
+    struct nx_mcp_client *c = NULL;
+    struct nx_mcp_client_opts co = {.name = "fuzz"};
+    struct nx_mcp_client_cb cb = {0};
+    int ra, rb = 0;
+
+    if (!loop) {
+        loop = nx_calloc(1, sizeof *loop);
+        uv_loop_init(loop);
+        nx_log_set_level(NX_LOG_OFF);
+    }
+    if (size == 0)
+        return 0;
+
+    /* the splitter alone: whole input vs byte at a time */
+    nx_jsonrpc_lines_init(&a, FUZZ_CAP);
+    nx_jsonrpc_lines_init(&b, FUZZ_CAP);
+    ra = nx_jsonrpc_lines_feed(&a, (const char *)data, size, count_line, &la);
+    for (size_t i = 0; i < size; i++) {
+        if (nx_jsonrpc_lines_feed(&b, (const char *)data + i, 1, count_line, &lb) == NX_ETOOBIG)
+            rb = NX_ETOOBIG;
+    }
+    if (la.len != lb.len || (la.len && memcmp(la.data, lb.data, la.len) != 0) || ra != rb ||
+        a.dropped != b.dropped || a.buf.len > FUZZ_CAP + 1)
+        abort();
+    nx_jsonrpc_lines_cleanup(&a);
+    nx_jsonrpc_lines_cleanup(&b);
+    nx_buf_cleanup(&la);
+    nx_buf_cleanup(&lb);
+
+    /* a client session fed the frames: ids 1 (initialize) and 2 (a call with progress) pend */
+    t = nx_calloc(1, sizeof *t);
+    t->vt = &fake_vt;
+    t->name = nx_strdup("fuzz");
+    t->max_frame = FUZZ_CAP;
+    nx_mcp_client_new(loop, t, &co, &cb, NULL, &c);
+    nx_mcp_client_request(c, "tools/call", json_pack("{s:s}", "name", "x"), 0, on_progress, on_result, NULL);
+    if (data[0] & 1) {
+        struct nx_sse_reader r;
+
+        nx_sse_reader_init(&r, FUZZ_CAP, on_event, t);
+        nx_sse_feed(&r, (const char *)data + 1, size - 1);
+        nx_sse_reader_cleanup(&r);
+    } else {
+        nx_jsonrpc_lines_init(&a, FUZZ_CAP);
+        nx_jsonrpc_lines_feed(&a, (const char *)data + 1, size - 1, on_line, t);
+        nx_jsonrpc_lines_cleanup(&a);
+    }
+    nx_mcp_client_free(c);
+    for (int i = 0; i < 16 && uv_run(loop, UV_RUN_NOWAIT); i++)
+        ;
+    return 0;
+}
