@@ -22,6 +22,7 @@
 #include "daemon/daemon.h"
 #include "http/client.h"
 #include "http/server.h"
+#include "mcp/mcp.h"
 #include "runtime/runtime.h"
 #include "store/store.h"
 
@@ -43,6 +44,7 @@ struct daemon {
     struct nx_bus *bus;
     struct nx_router *router;
     uv_timer_t trim_timer;
+    struct nx_mcp_manager *mcp;
     int servers_down;
     int exit_code;
     bool is_reloading;
@@ -226,6 +228,8 @@ static void teardown(struct daemon *d)
     d->router = NULL;
     nx_agents_free(d->agents); /* cancels turns still running */
     d->agents = NULL;
+    nx_mcp_manager_free(d->mcp); /* before the HTTP client it calls through */
+    d->mcp = NULL;
     nx_bus_free(d->bus); /* before the store: queued events stay on disk */
     d->bus = d->ready.bus = NULL;
     if (d->store) {
@@ -292,6 +296,8 @@ static json_t *admin_status(void *arg)
         json_object_set_new(ls, listener_names[i], l);
     }
     json_object_set_new(o, "listeners", ls);
+    if (d->mcp)
+        json_object_set_new(o, "mcp", nx_mcp_manager_status(d->mcp));
     return o;
 }
 
@@ -458,6 +464,8 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
         return NX_EXIT_FAILURE;
     }
     d.ready.bus = d.bus;
+    if (nx_mcp_manager_new(&d.rt.loop, d.client, nx_config_mcp(d.cfg), &d.mcp) < 0)
+        nx_warn("daemon", "MCP servers not started: see the errors above");
     struct nx_agent_deps deps = {
         .loop = &d.rt.loop, .http = d.client, .store = d.store, .data_dir = opts->data_dir,
     };
