@@ -159,6 +159,8 @@ int nx_agents_new(const struct nx_agent_deps *deps, struct nx_config *cfg, struc
     a->data_dir = nx_strdup(deps->data_dir ? deps->data_dir : "./data");
     a->deps.data_dir = a->data_dir;
     a->gen = gen_new(a, cfg);
+    const struct nx_memory_conf *mem = nx_config_memory(cfg);
+    a->history = hcache_new(mem ? mem->short_term.max_sessions : 0);
     *out = a;
     return 0;
 }

@@ -30,11 +30,13 @@ struct generation {
 };
 
 struct lane;
+struct hcache;
 
 struct nx_agents {
     struct nx_agent_deps deps;
     char *data_dir;
     struct generation *gen;
+    struct hcache *history;    /* recent history of active sessions (history_cache.c) */
     struct lane **lanes;       /* hash table of sessions with a running or queued turn */
     size_t nbuckets;
     size_t nlanes;
@@ -102,6 +104,14 @@ void lane_submit(struct nx_agents *a, struct nx_turn *t);
 /* The lane's running turn finished: start the next queued one. */
 void lane_turn_done(struct nx_agents *a, struct nx_turn *t);
 void lanes_free(struct nx_agents *a);
+
+/* history_cache.c */
+struct hcache *hcache_new(size_t max_sessions);
+void hcache_free(struct hcache *c);
+/* A new (shallow) copy of the session's cached messages, or NULL. */
+json_t *hcache_get(struct hcache *c, const char *key);
+/* Caches the last `keep` messages (0 = all), starting on a clean user message. */
+void hcache_put(struct hcache *c, const char *key, const json_t *messages, size_t keep);
 
 /* turn.c */
 void turn_run(struct nx_turn *t); /* begins the turn (history, model, tools ...) */

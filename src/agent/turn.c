@@ -143,6 +143,13 @@ static void finish(struct nx_turn *t, int rc)
 
 /* --- saving --- */
 
+/* Messages of history a turn starts with (memory.yaml short_term.max_history_turns). */
+static size_t history_keep(const struct nx_turn *t)
+{
+    const struct nx_memory_conf *mem = nx_config_memory(t->gen->cfg);
+    return mem ? (size_t)mem->short_term.max_history_turns * 2 : 100;
+}
+
 static void on_saved(int rc, void *arg)
 {
     char *key = arg;
@@ -155,6 +162,7 @@ static void save(struct nx_turn *t)
 {
     if (!t->session_key || !t->a->deps.store)
         return;
+    hcache_put(t->a->history, t->session_key, t->convo, history_keep(t));
     json_t *added = json_array();
     for (size_t i = t->new_from; i < json_array_size(t->convo); i++)
         json_array_append(added, json_array_get(t->convo, i));
@@ -365,6 +373,7 @@ static void on_history(int rc, json_t *messages, void *arg)
                 t->session_key, nx_strerror(rc));
         messages = json_array();
     }
+    hcache_put(t->a->history, t->session_key, messages, 0);
     t->convo = messages;
     t->new_from = json_array_size(messages);
     json_array_extend(t->convo, t->input);
@@ -375,9 +384,15 @@ void turn_run(struct nx_turn *t)
 {
     t->is_started = true;
     if (t->session_key && t->a->deps.store) {
-        const struct nx_memory_conf *mem = nx_config_memory(t->gen->cfg);
-        size_t max = mem ? (size_t)mem->short_term.max_history_turns * 2 : 100;
-        nx_history_load(t->a->deps.store, t->session_key, max, on_history, ticket_new(t));
+        json_t *cached = hcache_get(t->a->history, t->session_key);
+        if (cached) { /* this process wrote the session last: no store read needed */
+            t->convo = cached;
+            t->new_from = json_array_size(cached);
+            json_array_extend(t->convo, t->input);
+            call_model(t);
+            return;
+        }
+        nx_history_load(t->a->deps.store, t->session_key, history_keep(t), on_history, ticket_new(t));
         return;
     }
     t->convo = json_array();
@@ -469,6 +484,7 @@ void nx_agents_free(struct nx_agents *a)
     while (a->turns)
         nx_turn_cancel(a->turns);
     lanes_free(a);
+    hcache_free(a->history);
     gen_unref(a->gen);
     free(a->data_dir);
     free(a);

@@ -1,0 +1,138 @@
+/* Recent history of active sessions, kept in memory so a session's next turn does not wait for
+ * a store read. One process owns a session at a time (its lane), so the cache is the truth for
+ * what this process wrote; the store stays the record. Bounded by memory.yaml
+ * short_term.max_sessions (least recently used out first) and, per session, by
+ * max_history_turns. Loop thread only. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/agent_internal.h"
+#include "core/alloc.h"
+
+struct hentry {
+    struct hentry *hnext;       /* bucket chain */
+    struct hentry *prev, *next; /* LRU, most recent first */
+    char *key;
+    json_t *messages;
+};
+
+struct hcache {
+    struct hentry **buckets;
+    size_t nbuckets;
+    size_t n;
+    size_t max;
+    struct hentry *head, *tail;
+};
+
+static size_t hash(const char *s)
+{
+    size_t h = 1469598103934665603u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211u;
+    return h;
+}
+
+static struct hentry **slot(struct hcache *c, const char *key)
+{
+    struct hentry **pp = &c->buckets[hash(key) & (c->nbuckets - 1)];
+    while (*pp && strcmp((*pp)->key, key) != 0)
+        pp = &(*pp)->hnext;
+    return pp;
+}
+
+static void lru_unlink(struct hcache *c, struct hentry *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        c->head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        c->tail = e->prev;
+    e->prev = e->next = NULL;
+}
+
+static void lru_front(struct hcache *c, struct hentry *e)
+{
+    e->next = c->head;
+    if (c->head)
+        c->head->prev = e;
+    c->head = e;
+    if (!c->tail)
+        c->tail = e;
+}
+
+static void drop(struct hcache *c, struct hentry *e)
+{
+    struct hentry **pp = slot(c, e->key);
+    *pp = e->hnext;
+    lru_unlink(c, e);
+    json_decref(e->messages);
+    free(e->key);
+    free(e);
+    c->n--;
+}
+
+struct hcache *hcache_new(size_t max_sessions)
+{
+    struct hcache *c = nx_calloc(1, sizeof *c);
+    c->max = max_sessions ? max_sessions : 10000;
+    c->nbuckets = 1;
+    while (c->nbuckets < c->max)
+        c->nbuckets *= 2;
+    c->buckets = nx_calloc(c->nbuckets, sizeof *c->buckets);
+    return c;
+}
+
+void hcache_free(struct hcache *c)
+{
+    if (!c)
+        return;
+    while (c->head)
+        drop(c, c->head);
+    free(c->buckets);
+    free(c);
+}
+
+json_t *hcache_get(struct hcache *c, const char *key)
+{
+    struct hentry *e = *slot(c, key);
+    if (!e)
+        return NULL;
+    lru_unlink(c, e);
+    lru_front(c, e);
+    return json_copy(e->messages); /* shallow: the turn appends, never edits a message */
+}
+
+void hcache_put(struct hcache *c, const char *key, const json_t *messages, size_t keep)
+{
+    struct hentry **pp = slot(c, key), *e = *pp;
+    if (!e) {
+        if (c->n >= c->max)
+            drop(c, c->tail);
+        pp = slot(c, key);
+        e = nx_calloc(1, sizeof *e);
+        e->key = nx_strdup(key);
+        *pp = e;
+        c->n++;
+    } else {
+        lru_unlink(c, e);
+        json_decref(e->messages);
+    }
+    lru_front(c, e);
+    size_t n = json_array_size(messages), from = keep && n > keep ? n - keep : 0;
+    /* Start on a user message that is not a tool result, so a call never loses its result. */
+    while (from < n) {
+        const json_t *m = json_array_get(messages, from);
+        const char *role = json_string_value(json_object_get(m, "role"));
+        const json_t *b0 = json_array_get(json_object_get(m, "content"), 0);
+        const char *t0 = json_string_value(json_object_get(b0, "type"));
+        if (role && strcmp(role, "user") == 0 && !(t0 && strcmp(t0, "tool_result") == 0))
+            break;
+        from++;
+    }
+    e->messages = json_array();
+    for (size_t i = from; i < n; i++)
+        json_array_append(e->messages, json_array_get(messages, i));
+}
