@@ -93,14 +93,16 @@ struct nx_turn {
     struct nx_turn **merged;       /* collect mode: callers answered with this turn's result */
     size_t nmerged;
     bool is_started;
+    bool is_interrupted;           /* cancelled by a newer message (interrupt mode) */
     bool is_cancelled;
     bool is_done;
 };
 
 /* lane.c */
 struct lane *lane_get(struct nx_agents *a, const char *session_key);
-/* Queues t on its lane; starts it at once when the lane is idle. */
-void lane_submit(struct nx_agents *a, struct nx_turn *t);
+/* Queues t on its lane; starts it at once when the lane is idle. NX_EBUSY (t not queued) when
+ * the session already has its agent's config.queue_cap turns waiting. */
+int lane_submit(struct nx_agents *a, struct nx_turn *t);
 /* The lane's running turn finished: start the next queued one. */
 void lane_turn_done(struct nx_agents *a, struct nx_turn *t);
 void lanes_free(struct nx_agents *a);

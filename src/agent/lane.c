@@ -6,6 +6,7 @@
 
 #include "agent/agent_internal.h"
 #include "core/alloc.h"
+#include "core/error.h"
 
 struct lane {
     struct lane *hnext;
@@ -99,22 +100,32 @@ static void start_next(struct nx_agents *a, struct lane *l)
     turn_run(t);
 }
 
-void lane_submit(struct nx_agents *a, struct nx_turn *t)
+int lane_submit(struct nx_agents *a, struct nx_turn *t)
 {
     struct lane *l = lane_get(a, t->session_key);
+    if (l->running) {
+        size_t queued = 0;
+        for (struct nx_turn *q = l->head; q; q = q->lane_next)
+            queued++;
+        if (queued >= t->agent->conf->config.queue_cap)
+            return NX_EBUSY;
+    }
     t->lane = l;
     if (!l->running) {
         l->running = t;
         turn_run(t);
-        return;
+        return 0;
     }
     if (l->tail)
         l->tail->lane_next = t;
     else
         l->head = t;
     l->tail = t;
-    if (t->o.queue_mode == NX_QUEUE_INTERRUPT)
+    if (t->o.queue_mode == NX_QUEUE_INTERRUPT) {
+        l->running->is_interrupted = true;
         nx_turn_cancel(l->running); /* its end starts the queue */
+    }
+    return 0;
 }
 
 void lane_turn_done(struct nx_agents *a, struct nx_turn *t)

@@ -120,7 +120,10 @@ static void finish(struct nx_turn *t, int rc)
         .error_type = t->error_type,
         .error_message = t->error_message,
     };
-    if (rc == NX_ECANCELED && !res.error_type) {
+    if (rc == NX_ECANCELED && t->is_interrupted) {
+        res.error_type = "interrupted";
+        res.error_message = "a newer message in this session interrupted this turn";
+    } else if (rc == NX_ECANCELED && !res.error_type) {
         res.error_type = "cancelled";
         res.error_message = "the turn was cancelled";
     }
@@ -418,10 +421,15 @@ static void kick(void *arg)
         finish(t, NX_ECANCELED);
         return;
     }
-    if (t->session_key)
-        lane_submit(t->a, t);
-    else
+    if (!t->session_key) {
         turn_run(t);
+        return;
+    }
+    if (lane_submit(t->a, t) < 0) {
+        set_error(t, "session_busy", "too many messages are waiting in this session "
+                                     "(the agent's config.queue_cap); try again later");
+        finish(t, NX_EBUSY);
+    }
 }
 
 struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
@@ -433,6 +441,8 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
     t->gen = gen_ref(a->gen);
     t->agent_id = nx_strdup(o->agent_id ? o->agent_id : "");
     t->agent = gen_agent(t->gen, t->agent_id);
+    if (t->agent && o->queue_mode == NX_QUEUE_FOLLOWUP) /* the caller did not choose: the agent's */
+        t->o.queue_mode = (enum nx_queue_mode)t->agent->conf->config.queue_mode;
     t->session_key = o->session_key ? nx_strdup(o->session_key) : NULL;
     t->channel = nx_strdup(o->channel ? o->channel : "http");
     t->system_extra = o->system_extra ? nx_strdup(o->system_extra) : NULL;
@@ -492,7 +502,19 @@ void nx_agents_free(struct nx_agents *a)
 
 void turn_merge(struct nx_turn *into, struct nx_turn *from)
 {
-    json_array_extend(into->input, from->input);
+    /* Consecutive messages of one role become one message (the APIs want roles to alternate). */
+    size_t i;
+    json_t *m;
+    json_array_foreach(from->input, i, m) {
+        size_t n = json_array_size(into->input);
+        json_t *last = n ? json_array_get(into->input, n - 1) : NULL;
+        const char *lrole = json_string_value(json_object_get(last, "role"));
+        const char *role = json_string_value(json_object_get(m, "role"));
+        if (lrole && role && strcmp(lrole, role) == 0)
+            json_array_extend(json_object_get(last, "content"), json_object_get(m, "content"));
+        else
+            json_array_append(into->input, m);
+    }
     into->merged = nx_realloc(into->merged, (into->nmerged + 1) * sizeof *into->merged);
     into->merged[into->nmerged++] = from;
     unlink_turn(from);

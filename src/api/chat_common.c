@@ -71,6 +71,10 @@ int api_status_for(int rc, const struct nx_turn_result *res)
     const char *type = res && res->error_type ? res->error_type : "";
     if (rc == NX_ENOENT)
         return 404;
+    if (rc == NX_EBUSY)
+        return 429;
+    if (rc == NX_ECANCELED)
+        return 409; /* interrupted by a newer message in the same session */
     if (strcmp(type, "rate_limit_error") == 0)
         return 429;
     if (strcmp(type, "overloaded_error") == 0)

@@ -130,6 +130,8 @@ static void agent_cleanup(void *obj)
 
 #define R struct nx_model_ref
 
+static const char *const queue_modes[] = {"followup", "collect", "interrupt", NULL};
+
 static const struct nx_conf_field ref_fields[] = {
     {NX_FIELD("provider", NX_CT_STRING, R, provider), .check = check_provider_ref, .flags = NX_CF_REQUIRED},
     {NX_FIELD("model", NX_CT_STRING, R, model), .flags = NX_CF_REQUIRED},
@@ -188,6 +190,7 @@ static const struct nx_conf_struct binding_desc = {
 static const struct nx_conf_field agent_config_fields[] = {
     {NX_FIELD("debounce_ms", NX_CT_DURATION, A, config.debounce_ms), .def = "2000", .min = 0, .max = 600000},
     {NX_FIELD("queue_cap", NX_CT_UINT, A, config.queue_cap), .def = "32", .min = 1, .max = 100000},
+    {NX_FIELD("queue_mode", NX_CT_ENUM, A, config.queue_mode), .choices = queue_modes, .def = "followup"},
     {.name = NULL},
 };
 static const struct nx_conf_struct agent_config_desc = {.name = "\"config\"", .fields = agent_config_fields};

@@ -177,7 +177,8 @@ struct nx_agent_conf {
     size_t n_inbound_bindings;
     struct {
         uint32_t debounce_ms; /* default 2000 */
-        uint32_t queue_cap;   /* default 32 */
+        uint32_t queue_cap;   /* default 32: turns waiting per session at most */
+        int queue_mode;       /* followup (0) | collect (1) | interrupt (2): enum nx_queue_mode */
     } config;
     struct {
         uint32_t max_tool_iterations; /* default 16 */

@@ -23,6 +23,15 @@ agents:
   - id: oai
     model: {provider: openai, model: gpt-4o-mini}
     allowed_tools: [time_now]
+  - id: collector
+    model: {provider: anthropic, model: m}
+    config: {queue_mode: collect}
+  - id: interrupter
+    model: {provider: anthropic, model: m}
+    config: {queue_mode: interrupt}
+  - id: tiny
+    model: {provider: anthropic, model: m}
+    config: {queue_cap: 1}
   - id: failover
     model:
       provider: down
@@ -121,6 +130,57 @@ class Turns(unittest.TestCase):
             self.assertEqual(b.result()[1]["choices"][0]["message"]["content"], "second")
         second = self.requests()[1]["body"]["messages"]
         self.assertEqual([m["content"][0]["text"] for m in second], ["one", "first", "two"])
+
+    def wait_upstream(self, n):
+        deadline = time.monotonic() + 10
+        while len(self.requests()) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.assertGreaterEqual(len(self.requests()), n)
+
+    def test_interrupt_mode_cancels_the_running_turn(self):
+        script(self.fport, [{"hang_ms": 5000, "text": "slow"}, {"text": "fresh"}])
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            a = ex.submit(self.chat, "interrupter", "first", "s-int")
+            self.wait_upstream(1)
+            status, r = self.chat("interrupter", "second", "s-int")
+            self.assertEqual((status, r["choices"][0]["message"]["content"]), (200, "fresh"))
+            status, r = a.result()
+            self.assertEqual(status, 409, r)
+            self.assertEqual(r["error"]["type"], "interrupted")
+
+    def test_collect_mode_merges_waiting_messages_into_one_turn(self):
+        script(self.fport, [{"hang_ms": 1500, "text": "first"}, {"text": "merged"}])
+        with concurrent.futures.ThreadPoolExecutor(3) as ex:
+            a = ex.submit(self.chat, "collector", "a", "s-col")
+            self.wait_upstream(1)
+            b = ex.submit(self.chat, "collector", "b", "s-col")
+            c = ex.submit(self.chat, "collector", "c", "s-col")
+            self.assertEqual(a.result()[1]["choices"][0]["message"]["content"], "first")
+            self.assertEqual(b.result()[1]["choices"][0]["message"]["content"], "merged")
+            self.assertEqual(c.result()[1]["choices"][0]["message"]["content"], "merged")
+        reqs = self.requests()
+        self.assertEqual(len(reqs), 2)
+        last = reqs[1]["body"]["messages"][-1]
+        self.assertEqual(last["role"], "user")
+        self.assertEqual(sorted(b["text"] for b in last["content"]), ["b", "c"])
+
+    def test_queue_cap_refuses_a_message_beyond_it(self):
+        script(self.fport, [{"hang_ms": 1500, "text": "one"}, {"text": "two"}])
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            a = ex.submit(self.chat, "tiny", "1", "s-cap")
+            self.wait_upstream(1)
+            b = ex.submit(self.chat, "tiny", "2", "s-cap")
+            deadline = time.monotonic() + 5  # "2" waits in the queue before "3" is sent
+            while time.monotonic() < deadline:
+                _, m, _ = self.n.request("GET", "/metrics", listener="metrics")
+                if "nexo_agent_turns_in_flight 2" in m.decode():
+                    break
+                time.sleep(0.01)
+            status, r = self.chat("tiny", "3", "s-cap")
+            self.assertEqual(status, 429, r)
+            self.assertEqual(r["error"]["type"], "session_busy")
+            self.assertEqual(a.result()[0], 200)
+            self.assertEqual(b.result()[0], 200)
 
     def test_100_sessions_in_parallel(self):
         with concurrent.futures.ThreadPoolExecutor(32) as ex:
