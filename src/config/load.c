@@ -212,13 +212,15 @@ static void merge_agents(struct nx_config *c, struct nx_agents_file *af)
     af->n_agents = 0;
 }
 
-/* The default agent: Anthropic when ANTHROPIC_API_KEY is set, else OpenAI when OPENAI_API_KEY is,
- * else Anthropic (it will answer with a clear error until a key is configured). */
+/* The default agent: Anthropic when ANTHROPIC_API_KEY is set, else OpenAI when OPENAI_API_KEY or
+ * OPENAI_BASE_URL (a local OpenAI-compatible server needs no key) is, else Anthropic (it answers
+ * with a clear message until a key is configured). */
 static void add_default_agent(struct loader *L)
 {
     const struct nx_llm_conf *llm = &L->cfg->llm;
     const char *ak = getenv("ANTHROPIC_API_KEY"), *ok = getenv("OPENAI_API_KEY");
-    const char *want = (ak && *ak) ? "anthropic" : (ok && *ok) ? "openai" : "anthropic";
+    const char *ob = getenv("OPENAI_BASE_URL");
+    const char *want = (ak && *ak) ? "anthropic" : ((ok && *ok) || (ob && *ob)) ? "openai" : "anthropic";
     const struct nx_provider_conf *p = nx_config_provider(L->cfg, want);
     struct nx_agents_file af = {0};
     struct nx_buf text = NX_BUF_INIT;
@@ -310,8 +312,10 @@ static const char *const default_llm =
     "providers:\n"
     "  anthropic:\n"
     "    api_key: \"${ANTHROPIC_API_KEY:-}\"\n"
+    "    base_url: \"${ANTHROPIC_BASE_URL:-}\"\n"
     "  openai:\n"
-    "    api_key: \"${OPENAI_API_KEY:-}\"\n";
+    "    api_key: \"${OPENAI_API_KEY:-}\"\n"
+    "    base_url: \"${OPENAI_BASE_URL:-}\"\n";
 
 static int load(struct loader *L, struct nx_config **out)
 {

@@ -39,8 +39,36 @@ class ChatCli(unittest.TestCase):
             fake.kill()
             fake.wait()
 
+    def test_embedded_default_agent_from_the_environment(self):
+        fake, port = start_fake()
+        try:
+            for env, endpoint in (({"ANTHROPIC_API_KEY": "sk-fake-key",
+                                    "ANTHROPIC_BASE_URL": "http://127.0.0.1:%d" % port}, "anthropic"),
+                                  ({"ANTHROPIC_API_KEY": "", "OPENAI_API_KEY": "sk-fake-key",
+                                    "OPENAI_BASE_URL": "http://127.0.0.1:%d/v1" % port}, "openai")):
+                n = Nexo(env=env)
+                try:
+                    n.start()
+                    script(port, [{"text": "hello from the default agent"}])
+                    body = json.dumps({"model": "main", "messages": [{"role": "user", "content": "hi"}]})
+                    status, data, _ = n.request("POST", "/v1/chat/completions", body=body.encode())
+                    self.assertEqual(status, 200, data)
+                    self.assertEqual(json.loads(data)["choices"][0]["message"]["content"],
+                                     "hello from the default agent")
+                    req = json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % port).read())[-1]
+                    self.assertEqual(req["endpoint"], endpoint)
+                    size = len(json.dumps(req["body"], separators=(",", ":"))) + \
+                        sum(len(k) + len(v) + 4 for k, v in req["headers"].items())
+                    self.assertLessEqual(size, 4096, "upstream request for \"hi\" is %d bytes" % size)
+                    self.assertEqual(n.stop(), 0)
+                finally:
+                    n.cleanup()
+        finally:
+            fake.kill()
+            fake.wait()
+
     def test_no_key_gives_a_clear_message_not_an_error(self):
-        env = {"ANTHROPIC_API_KEY": "", "OPENAI_API_KEY": ""}
+        env = {"ANTHROPIC_API_KEY": "", "OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "ANTHROPIC_BASE_URL": ""}
         n = Nexo(env=env)
         try:
             n.start()
