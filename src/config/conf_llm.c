@@ -128,7 +128,7 @@ out:
 static const char *const transports[] = {"stdio", "streamable_http", "sse", "auto", NULL};
 static const char *const server_extra[] = {
     "enabled", "description", "initialize_timeout", "shutdown_grace", "log_level", "roots", "sampling",
-    "tool_prefix", "tools_allowlist", "protocol_version", NULL,
+    "tool_prefix", "tools_allowlist", "protocol_version", "bearer", NULL,
 };
 
 static void check_server(struct nx_conf_ctx *ctx, const struct nx_cnode *node, void *obj)

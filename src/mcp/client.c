@@ -267,6 +267,10 @@ static void on_notification(struct nx_mcp_client *c, const struct nx_jsonrpc_msg
          * the handshake anyway */
         if (c->is_ready && c->cb.on_tools_changed)
             c->cb.on_tools_changed(c, c->udata);
+    } else if (strcmp(m->method, "notifications/prompts/list_changed") == 0 ||
+               strcmp(m->method, "notifications/resources/list_changed") == 0) {
+        if (c->is_ready && c->cb.on_list_changed)
+            c->cb.on_list_changed(c, m->method[14] == 'p' ? "prompts" : "resources", c->udata);
     } else if (strcmp(m->method, "notifications/message") == 0) {
         const json_t *d = json_object_get(m->params, "data");
         char *text = d ? json_dumps(d, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
@@ -479,11 +483,13 @@ void nx_mcp_client_free(struct nx_mcp_client *c)
     client_release(c);
 }
 
-/* ---- tools/list with pagination -------------------------------------------------------- */
+/* ---- lists with pagination, resources and prompts ------------------------------------ */
 
 struct list_op {
     struct nx_mcp_client *c;
-    json_t *tools;
+    json_t *items;
+    char *method;
+    char *key;
     uint32_t timeout_ms;
     int pages;
     nx_mcp_result_fn done;
@@ -495,27 +501,31 @@ static void list_page(struct list_op *op, const char *cursor);
 static void on_list_page(int rc, const json_t *result, const char *err, void *udata)
 {
     struct list_op *op = udata;
-    const json_t *tools = json_object_get(result, "tools");
+    const json_t *items = json_object_get(result, op->key);
     const char *cursor = json_string_value(json_object_get(result, "nextCursor"));
+    char msg[160];
     json_t *all;
 
-    if (rc == 0 && !json_is_array(tools)) {
+    if (rc == 0 && !json_is_array(items)) {
+        snprintf(msg, sizeof msg, "%s result without a \"%s\" array", op->method, op->key);
         rc = NX_EPROTO;
-        err = "tools/list result without a \"tools\" array";
+        err = msg;
     }
     if (rc == 0) {
-        json_array_extend(op->tools, (json_t *)tools);
+        json_array_extend(op->items, (json_t *)items);
         if (cursor && cursor[0] && ++op->pages < LIST_PAGES_MAX && !op->c->is_freed) {
             list_page(op, cursor);
             return;
         }
         if (cursor && cursor[0])
-            nx_warn("mcp", "server %s: tools/list stopped after %d pages", op->c->name, op->pages);
+            nx_warn("mcp", "server %s: %s stopped after %d pages", op->c->name, op->method, op->pages);
     }
-    all = json_pack("{s:O}", "tools", op->tools);
+    all = json_pack("{s:O}", op->key, op->items);
     op->done(rc, rc == 0 ? all : NULL, err, op->udata);
     json_decref(all);
-    json_decref(op->tools);
+    json_decref(op->items);
+    free(op->method);
+    free(op->key);
     free(op);
 }
 
@@ -523,20 +533,47 @@ static void list_page(struct list_op *op, const char *cursor)
 {
     json_t *params = cursor ? json_pack("{s:s}", "cursor", cursor) : NULL;
 
-    nx_mcp_client_request(op->c, "tools/list", params, op->timeout_ms, NULL, on_list_page, op);
+    nx_mcp_client_request(op->c, op->method, params, op->timeout_ms, NULL, on_list_page, op);
+}
+
+void nx_mcp_client_list(struct nx_mcp_client *c, const char *method, const char *key,
+                        uint32_t timeout_ms, nx_mcp_result_fn done, void *udata)
+{
+    struct list_op *op = nx_calloc(1, sizeof *op);
+
+    op->c = c;
+    op->items = json_array();
+    op->method = nx_strdup(method);
+    op->key = nx_strdup(key);
+    op->timeout_ms = timeout_ms;
+    op->done = done;
+    op->udata = udata;
+    list_page(op, NULL);
 }
 
 void nx_mcp_client_list_tools(struct nx_mcp_client *c, uint32_t timeout_ms, nx_mcp_result_fn done,
                               void *udata)
 {
-    struct list_op *op = nx_calloc(1, sizeof *op);
+    nx_mcp_client_list(c, "tools/list", "tools", timeout_ms, done, udata);
+}
 
-    op->c = c;
-    op->tools = json_array();
-    op->timeout_ms = timeout_ms;
-    op->done = done;
-    op->udata = udata;
-    list_page(op, NULL);
+struct nx_mcp_request *nx_mcp_client_read_resource(struct nx_mcp_client *c, const char *uri,
+                                                   uint32_t timeout_ms, nx_mcp_result_fn done,
+                                                   void *udata)
+{
+    return nx_mcp_client_request(c, "resources/read", json_pack("{s:s}", "uri", uri ? uri : ""),
+                                 timeout_ms, NULL, done, udata);
+}
+
+struct nx_mcp_request *nx_mcp_client_get_prompt(struct nx_mcp_client *c, const char *name,
+                                                const json_t *arguments, uint32_t timeout_ms,
+                                                nx_mcp_result_fn done, void *udata)
+{
+    json_t *params = json_pack("{s:s}", "name", name ? name : "");
+
+    if (json_is_object(arguments))
+        json_object_set_new(params, "arguments", json_deep_copy(arguments));
+    return nx_mcp_client_request(c, "prompts/get", params, timeout_ms, NULL, done, udata);
 }
 
 /* ---- accessors ------------------------------------------------------------------------- */

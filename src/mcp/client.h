@@ -30,6 +30,9 @@ struct nx_mcp_client_cb {
     void (*on_tools_changed)(struct nx_mcp_client *c, void *udata);
     /* The transport is gone; pending requests have failed with NX_ECLOSED. */
     void (*on_closed)(struct nx_mcp_client *c, int rc, const char *why, void *udata);
+    /* notifications/prompts/list_changed or notifications/resources/list_changed after the
+     * handshake: what is "prompts" or "resources". May be NULL. */
+    void (*on_list_changed)(struct nx_mcp_client *c, const char *what, void *udata);
 };
 
 struct nx_mcp_client_opts {
@@ -62,6 +65,20 @@ int nx_mcp_client_notify(struct nx_mcp_client *c, const char *method, json_t *pa
 /* tools/list, following nextCursor (at most 100 pages); done's result is {"tools": [...]}. */
 void nx_mcp_client_list_tools(struct nx_mcp_client *c, uint32_t timeout_ms, nx_mcp_result_fn done,
                               void *udata);
+
+/* Any paginated list ("tools/list", "resources/list", "resources/templates/list",
+ * "prompts/list"), following nextCursor (at most 100 pages); done's result is {key: [...]}, key
+ * being the array member of each page ("tools", "resources", "resourceTemplates", "prompts"). */
+void nx_mcp_client_list(struct nx_mcp_client *c, const char *method, const char *key,
+                        uint32_t timeout_ms, nx_mcp_result_fn done, void *udata);
+/* resources/read {uri}: done's result is {"contents": [...]}. */
+struct nx_mcp_request *nx_mcp_client_read_resource(struct nx_mcp_client *c, const char *uri,
+                                                   uint32_t timeout_ms, nx_mcp_result_fn done,
+                                                   void *udata);
+/* prompts/get {name, arguments} (arguments: an object of strings, borrowed, may be NULL). */
+struct nx_mcp_request *nx_mcp_client_get_prompt(struct nx_mcp_client *c, const char *name,
+                                                const json_t *arguments, uint32_t timeout_ms,
+                                                nx_mcp_result_fn done, void *udata);
 
 bool nx_mcp_client_is_ready(const struct nx_mcp_client *c);
 /* The negotiated version ("" before the handshake). */

@@ -1,6 +1,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/alloc.h"
 #include "core/buf.h"
@@ -10,6 +11,7 @@
 #include "mcp/jsonrpc.h"
 #include "mcp/mcp.h"
 #include "mcp/transport.h"
+#include "runtime/runtime.h"
 
 /* The Streamable HTTP transport (MCP 2025-03-26 and later): every message is POSTed to the
  * server's URL with `Accept: application/json, text/event-stream`; a request's answer comes back
@@ -17,11 +19,21 @@
  * before the answer. The session id the server gives in its initialize response
  * (`Mcp-Session-Id`) and the negotiated `MCP-Protocol-Version` go on every later POST; messages
  * sent while the initialize POST is still open wait for it, so they carry the session. Closing
- * sends DELETE for the session. */
+ * sends DELETE for the session.
+ *
+ * After the handshake a standalone GET stream carries what the server sends outside a request
+ * (list_changed, its own requests); it is reopened when it ends, after the server's `retry:`
+ * delay, with `Last-Event-ID`. A POST whose SSE stream breaks before the answer, after an event
+ * with an id, is resumed the same way: a GET with `Last-Event-ID` on which the answer comes. A
+ * server that refuses GET (405, 4xx) simply has no standalone stream. */
 
 #define NOTIFY_TIMEOUT_MS 30000
 #define DELETE_TIMEOUT_MS 3000
 #define ERROR_BODY_MAX 2048
+#define STREAM_TIMEOUT_MS 3600000u /* a standalone GET is reopened at least hourly */
+#define RETRY_DEFAULT_MS 1000
+#define RETRY_MAX_MS 60000
+#define RESUMES_MAX 5 /* GETs in a row that bring nothing new */
 
 enum { MODE_UNKNOWN, MODE_JSON, MODE_SSE };
 
@@ -42,6 +54,25 @@ struct post {
     bool is_too_big;
     bool in_data;     /* inside on_data: on_done must not free */
     bool is_finished; /* on_done ran while in_data */
+    bool is_get;        /* a GET: the standalone stream or a resumed one */
+    bool is_standalone; /* the standalone GET stream */
+    bool saw_event;     /* an event with an id arrived on this stream */
+    char *last_event_id;
+    int resumes;
+    uint32_t timeout_ms;
+};
+
+/* A GET waiting for the server's retry delay. */
+struct resume {
+    struct http_tp *t;
+    struct resume *prev, *next;
+    struct nx_timer *timer;
+    long long id;
+    bool has_id;
+    bool is_standalone;
+    char *last_event_id;
+    int resumes;
+    uint32_t timeout_ms;
 };
 
 struct queued {
@@ -61,7 +92,11 @@ struct http_tp {
     struct queued *queue;
     size_t nqueue, cqueue;
     struct nx_http_call *delete_call;
+    struct resume *resumes;
+    uv_loop_t *loop;
     int busy; /* callbacks on the stack */
+    bool has_standalone;
+    bool wants_standalone;
     bool is_handshaking;
     bool is_closing;
     bool has_reported_closed;
@@ -119,7 +154,23 @@ static void post_free(struct post *p)
         p->next->prev = p->prev;
     nx_buf_cleanup(&p->body);
     nx_sse_reader_cleanup(&p->sse);
+    free(p->last_event_id);
     free(p);
+}
+
+static void resume_free(struct resume *r)
+{
+    struct http_tp *t = r->t;
+
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        t->resumes = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    nx_timer_cancel(r->timer);
+    free(r->last_event_id);
+    free(r);
 }
 
 /* One frame (a JSON body or an SSE event's data): each message to the client. */
@@ -145,13 +196,21 @@ static int deliver(struct post *p, const char *text, size_t len)
     }
     nx_mcp_link_deliver(&t->base, text, len);
     json_decref(v);
-    return t->is_closing ? 1 : 0;
+    /* a resumed GET has done its job once the answer came */
+    return t->is_closing || (p->is_get && !p->is_standalone && p->got_reply) ? 1 : 0;
 }
 
 static int on_sse_event(const struct nx_sse_event *ev, void *udata)
 {
     struct post *p = udata;
 
+    if (ev->id && ev->id[0]) {
+        p->saw_event = true;
+        if (!p->last_event_id || strcmp(p->last_event_id, ev->id) != 0) {
+            free(p->last_event_id);
+            p->last_event_id = nx_strdup(ev->id);
+        }
+    }
     if (ev->data_len == 0 || strcmp(ev->event, "message") != 0)
         return 0;
     return deliver(p, ev->data, ev->data_len);
@@ -201,6 +260,91 @@ static int post_data(const char *data, size_t len, long status, void *udata)
 }
 
 static void flush_queue(struct http_tp *t);
+static int call_start(struct http_tp *t, struct post *p, const char *body);
+static struct post *post_new(struct http_tp *t);
+
+/* Once the handshake is over and its POST has ended (so the session id is known): the GET stream
+ * for what the server sends on its own. */
+static void standalone_start(struct http_tp *t)
+{
+    struct post *p;
+
+    if (!t->wants_standalone || t->has_standalone || t->is_handshaking || t->is_closing || !t->loop)
+        return;
+    t->has_standalone = true;
+    p = post_new(t);
+    p->is_get = p->is_standalone = true;
+    call_start(t, p, NULL);
+}
+
+static struct post *post_new(struct http_tp *t)
+{
+    struct post *p = nx_calloc(1, sizeof *p);
+
+    p->t = t;
+    nx_buf_init(&p->body);
+    nx_sse_reader_init(&p->sse, t->base.max_frame, on_sse_event, p);
+    return p;
+}
+
+static void on_resume_timer(void *arg)
+{
+    struct resume *r = arg;
+    struct http_tp *t = r->t;
+    struct post *p;
+
+    r->timer = NULL;
+    p = post_new(t);
+    p->is_get = true;
+    p->is_standalone = r->is_standalone;
+    p->has_id = r->has_id;
+    p->id = r->id;
+    p->resumes = r->resumes;
+    p->timeout_ms = r->timeout_ms;
+    p->last_event_id = r->last_event_id;
+    r->last_event_id = NULL;
+    resume_free(r);
+    nx_debug("mcp", "server %s: GET %s stream (Last-Event-ID %s)", t->base.name,
+             p->is_standalone ? "the standalone" : "a resumed", p->last_event_id ? p->last_event_id : "none");
+    if (call_start(t, p, NULL) < 0 && p->has_id && t->base.cb.on_request_failed)
+        t->base.cb.on_request_failed(p->id, NX_ECLOSED, "cannot resume the stream", t->base.udata);
+}
+
+/* Waits the server's retry delay, then opens a GET (with Last-Event-ID) for p's stream: the
+ * standalone one, or a request's answer after its stream broke. Returns false when p is not to
+ * be resumed (then the caller reports the failure). */
+static bool try_resume(struct http_tp *t, struct post *p)
+{
+    struct resume *r;
+    long delay = p->sse.retry_ms >= 0 ? p->sse.retry_ms : RETRY_DEFAULT_MS;
+    int resumes = p->saw_event ? 0 : p->resumes + 1;
+
+    if (t->is_closing || p->is_forgotten || p->got_reply || !t->loop)
+        return false;
+    if (!p->is_standalone && (!p->has_id || p->mode != MODE_SSE || !p->last_event_id))
+        return false;
+    if (resumes >= RESUMES_MAX) {
+        nx_warn("mcp", "server %s: %s stream gave nothing %d times; not reopened", t->base.name,
+                p->is_standalone ? "the standalone" : "a request's", RESUMES_MAX);
+        return false;
+    }
+    r = nx_calloc(1, sizeof *r);
+    r->t = t;
+    r->id = p->id;
+    r->has_id = p->has_id;
+    r->is_standalone = p->is_standalone;
+    r->resumes = resumes;
+    r->timeout_ms = p->timeout_ms;
+    r->last_event_id = p->last_event_id;
+    p->last_event_id = NULL;
+    r->next = t->resumes;
+    if (t->resumes)
+        t->resumes->prev = r;
+    t->resumes = r;
+    r->timer = nx_timer_once(t->loop, (uint64_t)(delay > RETRY_MAX_MS ? RETRY_MAX_MS : delay),
+                             on_resume_timer, r);
+    return true;
+}
 
 static void post_done(int rc, const struct nx_http_response *res, const char *err, void *udata)
 {
@@ -224,14 +368,17 @@ static void post_done(int rc, const struct nx_http_response *res, const char *er
             t->session_id = nx_strdup(sid);
         if (p->mode == MODE_JSON && p->body.len > 0)
             deliver(p, p->body.data, p->body.len);
-        report_failed(t, p, NX_EPROTO, "the server's reply ended without an answer");
-    } else if (rc == 0 && res->status == 404 && t->session_id) {
+        if (!try_resume(t, p))
+            report_failed(t, p, NX_EPROTO, "the server's reply ended without an answer");
+    } else if (rc == 0 && res->status == 404 && t->session_id && !p->is_get) {
         report_failed(t, p, NX_ECLOSED, "session expired");
         report_closed(t, NX_ECLOSED, "session expired (HTTP 404)");
     } else if (rc == 0) {
         snprintf(why, sizeof why, "HTTP %ld%s%.*s", res->status, p->body.len ? ": " : "",
                  (int)p->body.len, nx_buf_cstr(&p->body));
-        if (p->has_id)
+        if (p->is_standalone)
+            nx_debug("mcp", "server %s: no standalone stream: %s", t->base.name, why);
+        else if (p->has_id)
             report_failed(t, p, NX_EHTTP, why);
         else
             nx_warn("mcp", "server %s refused a message: %s", t->base.name, why);
@@ -239,26 +386,37 @@ static void post_done(int rc, const struct nx_http_response *res, const char *er
         snprintf(why, sizeof why, "a message over %zu bytes", t->base.max_frame);
         nx_warn("mcp", "server %s: %s", t->base.name, why);
         report_failed(t, p, NX_ETOOBIG, why);
-    } else if (!p->is_forgotten) {
+        if (p->is_standalone)
+            try_resume(t, p);
+    } else if (!p->is_forgotten && !try_resume(t, p)) {
         snprintf(why, sizeof why, "%s", err ? err : nx_strerror(rc));
         if (p->has_id)
             report_failed(t, p, rc, why);
         else
-            nx_warn("mcp", "server %s: sending a message failed: %s", t->base.name, why);
+            nx_warn("mcp", "server %s: %s failed: %s", t->base.name,
+                    p->is_standalone ? "the standalone stream" : "sending a message", why);
     }
     post_free(p);
     if (!t->is_handshaking && t->nqueue > 0 && !t->is_closing)
         flush_queue(t);
+    standalone_start(t);
     t->busy--;
     maybe_free(t);
 }
 
-static size_t build_headers(struct http_tp *t, struct nx_http_header *h, size_t cap)
+/* POST: JSON in, JSON or SSE out. GET: SSE only, with Last-Event-ID when resuming. */
+static size_t build_headers(struct http_tp *t, const struct post *p, struct nx_http_header *h, size_t cap)
 {
     size_t n = 0;
 
-    h[n++] = (struct nx_http_header){"Content-Type", "application/json"};
-    h[n++] = (struct nx_http_header){"Accept", "application/json, text/event-stream"};
+    if (p && p->is_get) {
+        h[n++] = (struct nx_http_header){"Accept", "text/event-stream"};
+        if (p->last_event_id)
+            h[n++] = (struct nx_http_header){"Last-Event-ID", p->last_event_id};
+    } else if (p) {
+        h[n++] = (struct nx_http_header){"Content-Type", "application/json"};
+        h[n++] = (struct nx_http_header){"Accept", "application/json, text/event-stream"};
+    }
     if (t->session_id)
         h[n++] = (struct nx_http_header){"Mcp-Session-Id", t->session_id};
     if (t->version[0])
@@ -268,55 +426,66 @@ static size_t build_headers(struct http_tp *t, struct nx_http_header *h, size_t 
     return n;
 }
 
-static int post_start(struct http_tp *t, const json_t *msg, uint32_t timeout_ms)
+/* Starts p's HTTP call and links it; on failure p is freed and NX_ECLOSED returned. */
+static int call_start(struct http_tp *t, struct post *p, const char *body)
 {
-    struct nx_http_header *h;
+    struct nx_http_header *h = nx_calloc(t->nheaders + 4, sizeof *h);
     struct nx_http_call_opts o;
-    struct post *p;
-    const json_t *id = json_object_get(msg, "id");
-    const char *method = json_string_value(json_object_get(msg, "method"));
-    char *text;
 
-    if (!(text = json_dumps(msg, JSON_COMPACT)))
-        return NX_EINVAL;
-    p = nx_calloc(1, sizeof *p);
-    p->t = t;
-    nx_buf_init(&p->body);
-    nx_sse_reader_init(&p->sse, t->base.max_frame, on_sse_event, p);
-    if (method && json_is_integer(id)) {
-        p->has_id = true;
-        p->id = json_integer_value(id);
-        p->is_initialize = strcmp(method, "initialize") == 0;
-    }
-    h = nx_calloc(t->nheaders + 4, sizeof *h);
     memset(&o, 0, sizeof o);
-    o.method = "POST";
+    o.method = p->is_get ? "GET" : "POST";
     o.url = t->url;
     o.headers = h;
-    o.nheaders = build_headers(t, h, t->nheaders + 4);
-    o.body = text;
-    o.body_len = strlen(text);
-    o.timeout_ms = p->has_id ? (timeout_ms ? timeout_ms + 5000 : 0) : NOTIFY_TIMEOUT_MS;
+    o.nheaders = build_headers(t, p, h, t->nheaders + 4);
+    o.body = body;
+    o.body_len = body ? strlen(body) : 0;
+    o.timeout_ms = p->is_standalone ? STREAM_TIMEOUT_MS
+                   : p->has_id      ? (p->timeout_ms ? p->timeout_ms + 5000 : 0)
+                                    : NOTIFY_TIMEOUT_MS;
     o.max_response_bytes = t->base.max_frame * 16 > (64u << 20) ? t->base.max_frame * 16 : (64u << 20);
     o.on_data = post_data;
     o.on_done = post_done;
     o.udata = p;
     p->call = nx_http_client_request(t->http, &o);
     free(h);
-    free(text);
     if (!p->call) {
         nx_buf_cleanup(&p->body);
         nx_sse_reader_cleanup(&p->sse);
+        free(p->last_event_id);
         free(p);
         return NX_ECLOSED;
     }
-    if (p->is_initialize)
-        t->is_handshaking = true;
     p->next = t->posts;
     if (t->posts)
         t->posts->prev = p;
     t->posts = p;
     return 0;
+}
+
+static int post_start(struct http_tp *t, const json_t *msg, uint32_t timeout_ms)
+{
+    struct post *p;
+    const json_t *id = json_object_get(msg, "id");
+    const char *method = json_string_value(json_object_get(msg, "method"));
+    char *text;
+    bool is_initialize;
+    int rc;
+
+    if (!(text = json_dumps(msg, JSON_COMPACT)))
+        return NX_EINVAL;
+    p = post_new(t);
+    p->timeout_ms = timeout_ms;
+    if (method && json_is_integer(id)) {
+        p->has_id = true;
+        p->id = json_integer_value(id);
+        p->is_initialize = strcmp(method, "initialize") == 0;
+    }
+    is_initialize = p->is_initialize;
+    rc = call_start(t, p, text);
+    free(text);
+    if (rc == 0 && is_initialize)
+        t->is_handshaking = true;
+    return rc;
 }
 
 static void flush_queue(struct http_tp *t)
@@ -373,6 +542,12 @@ static void tp_forget(struct nx_mcp_link *base, long long id)
             return;
         }
     }
+    for (struct resume *r = t->resumes; r; r = r->next) {
+        if (r->has_id && r->id == id) {
+            resume_free(r);
+            return;
+        }
+    }
     /* still queued behind the handshake: drop it there */
     for (size_t i = 0; i < t->nqueue; i++) {
         const json_t *qid = json_object_get(t->queue[i].msg, "id");
@@ -392,6 +567,8 @@ static void tp_set_version(struct nx_mcp_link *base, const char *v)
     struct http_tp *t = (struct http_tp *)base;
 
     snprintf(t->version, sizeof t->version, "%s", v ? v : "");
+    t->wants_standalone = true;
+    standalone_start(t);
 }
 
 static void delete_done(int rc, const struct nx_http_response *res, const char *err, void *udata)
@@ -414,6 +591,8 @@ static void tp_close(struct nx_mcp_link *base)
         return;
     t->is_closing = true;
     t->busy++;
+    while (t->resumes)
+        resume_free(t->resumes);
     for (struct post *p = t->posts, *next; p; p = next) {
         next = p->next;
         if (p->call && !p->is_finished)
@@ -425,7 +604,7 @@ static void tp_close(struct nx_mcp_link *base)
         o.method = "DELETE";
         o.url = t->url;
         o.headers = h;
-        o.nheaders = build_headers(t, h, t->nheaders + 4);
+        o.nheaders = build_headers(t, NULL, h, t->nheaders + 4);
         o.timeout_ms = DELETE_TIMEOUT_MS;
         o.on_done = delete_done;
         o.udata = t;
@@ -448,7 +627,9 @@ static const struct nx_mcp_link_vt http_vt = {
 int nx_mcp_http_new(struct nx_http_client *http, const struct nx_mcp_server_conf *conf,
                     const struct nx_mcp_link_opts *opts, struct nx_mcp_link **out)
 {
+    const char *bearer = json_string_value(json_object_get(conf ? conf->extra : NULL, "bearer"));
     struct http_tp *t;
+    bool has_auth = false;
 
     if (!http || !conf || !conf->url || !opts)
         return NX_EINVAL;
@@ -461,13 +642,24 @@ int nx_mcp_http_new(struct nx_http_client *http, const struct nx_mcp_server_conf
     t->base.name = nx_strdup(opts->name ? opts->name : conf->name ? conf->name : "?");
     t->base.max_frame = opts->max_frame ? opts->max_frame : NX_MCP_MAX_FRAME_DEFAULT;
     t->http = http;
+    t->loop = nx_http_client_loop(http);
     t->url = nx_strdup(conf->url);
     t->headers = nx_calloc(conf->headers.n + 1, sizeof *t->headers);
     for (size_t i = 0; i < conf->headers.n; i++) {
         t->headers[i].name = nx_strdup(conf->headers.keys[i]);
         t->headers[i].value = nx_strdup(conf->headers.vals[i]);
+        has_auth = has_auth || strcasecmp(conf->headers.keys[i], "Authorization") == 0;
     }
     t->nheaders = conf->headers.n;
+    /* `bearer: TOKEN` (a key of the server's entry) is Authorization: Bearer TOKEN, unless
+     * headers already set Authorization */
+    if (bearer && bearer[0] && !has_auth) {
+        struct nx_buf b = NX_BUF_INIT;
+
+        nx_buf_printf(&b, "Bearer %s", bearer);
+        t->headers[t->nheaders].name = nx_strdup("Authorization");
+        t->headers[t->nheaders++].value = nx_buf_steal(&b);
+    }
     *out = &t->base;
     return 0;
 }

@@ -30,9 +30,13 @@ static uint32_t limit_first_backoff_ms;
 
 struct server;
 
+/* What a registered tool does: a server's own tool, or one of the two resource tools. */
+enum { MT_CALL, MT_LIST_RESOURCES, MT_READ_RESOURCE };
+
 struct mcp_tool {
     struct nx_tool tool;
     struct server *srv; /* NULL once unregistered */
+    int kind;
     char *name;
     char *remote;
     char *description;
@@ -66,6 +70,8 @@ struct server {
     char *last_error;
     struct mcp_tool **tools;
     size_t ntools;
+    struct mcp_tool *rtools[2]; /* list_resources, read_resource when the server has resources */
+    json_t *prompts;            /* its prompts/list, [] when it has none */
     bool is_listing;
     bool is_relist_wanted;
     uint64_t calls;
@@ -160,9 +166,11 @@ static void on_call_result(int rc, const json_t *result, const char *err, void *
     const char *outcome = "error";
 
     if (rc == 0) {
-        char *text = nx_mcp_result_text(result);
+        char *text = call->mt->kind == MT_LIST_RESOURCES  ? nx_mcp_resource_list_text(result)
+                     : call->mt->kind == MT_READ_RESOURCE ? nx_mcp_resource_read_text(result)
+                                                          : nx_mcp_result_text(result);
 
-        is_error = json_is_true(json_object_get(result, "isError"));
+        is_error = call->mt->kind == MT_CALL && json_is_true(json_object_get(result, "isError"));
         outcome = is_error ? "tool_error" : "ok";
         nx_buf_puts(&b, text);
         free(text);
@@ -186,6 +194,8 @@ static struct nx_tool_call *tool_run(const struct nx_tool *self, const struct nx
     struct server *s = mt->srv;
     struct mcp_call *call;
     struct nx_buf b = NX_BUF_INIT;
+    const char *cursor;
+    uint32_t timeout;
     json_t *params;
 
     (void)ctx;
@@ -206,13 +216,23 @@ static struct nx_tool_call *tool_run(const struct nx_tool *self, const struct nx
     call->udata = udata;
     call->start_ns = nx_mono_ns();
     s->calls++;
-    params = json_pack("{s:s, s:O}", "name", mt->remote, "arguments", args ? (json_t *)args : json_object());
-    if (!args)
-        json_decref(json_object_get(params, "arguments")); /* O took a second reference */
-    call->req = nx_mcp_client_request(s->client, "tools/call", params,
-                                      s->conf.call_timeout_ms ? s->conf.call_timeout_ms
-                                                              : s->m->call_timeout_ms,
-                                      on_call_progress, on_call_result, call);
+    timeout = s->conf.call_timeout_ms ? s->conf.call_timeout_ms : s->m->call_timeout_ms;
+    if (mt->kind == MT_LIST_RESOURCES) {
+        cursor = json_string_value(json_object_get(args, "cursor"));
+        call->req = nx_mcp_client_request(s->client, "resources/list",
+                                          cursor && cursor[0] ? json_pack("{s:s}", "cursor", cursor) : NULL,
+                                          timeout, NULL, on_call_result, call);
+    } else if (mt->kind == MT_READ_RESOURCE) {
+        call->req = nx_mcp_client_read_resource(s->client, json_string_value(json_object_get(args, "uri")),
+                                                timeout, on_call_result, call);
+    } else {
+        params = json_pack("{s:s, s:O}", "name", mt->remote, "arguments",
+                           args ? (json_t *)args : json_object());
+        if (!args)
+            json_decref(json_object_get(params, "arguments")); /* O took a second reference */
+        call->req = nx_mcp_client_request(s->client, "tools/call", params, timeout, on_call_progress,
+                                          on_call_result, call);
+    }
     return (struct nx_tool_call *)(void *)call;
 }
 
@@ -238,7 +258,7 @@ static void drop_tools(struct server *s)
     s->ntools = 0;
 }
 
-static struct mcp_tool *tool_new(struct server *s, const json_t *def)
+static struct mcp_tool *tool_new(struct server *s, const json_t *def, int kind)
 {
     const char *remote = json_string_value(json_object_get(def, "name"));
     const json_t *schema = json_object_get(def, "inputSchema");
@@ -251,6 +271,7 @@ static struct mcp_tool *tool_new(struct server *s, const json_t *def)
     mt = nx_calloc(1, sizeof *mt);
     mt->refs = 1;
     mt->srv = s;
+    mt->kind = kind;
     mt->remote = nx_strdup(remote);
     mt->description = nx_strdup(json_string_value(json_object_get(def, "description"))
                                     ? json_string_value(json_object_get(def, "description"))
@@ -303,7 +324,7 @@ static void on_listed(int rc, const json_t *result, const char *err, void *udata
     drop_tools(s);
     s->tools = nx_calloc(json_array_size(tools) + 1, sizeof *s->tools);
     for (size_t i = 0; i < json_array_size(tools); i++) {
-        struct mcp_tool *mt = tool_new(s, json_array_get(tools, i));
+        struct mcp_tool *mt = tool_new(s, json_array_get(tools, i), MT_CALL);
 
         if (mt)
             s->tools[s->ntools++] = mt;
@@ -328,6 +349,97 @@ static void list_tools(struct server *s)
     lc->gen = s->gen;
     s->is_listing = true;
     nx_mcp_client_list_tools(s->client, s->m->call_timeout_ms, on_listed, lc);
+}
+
+/* ---- resources and prompts ------------------------------------------------------------ */
+
+static void drop_resource_tools(struct server *s)
+{
+    for (size_t i = 0; i < NX_ARRAY_LEN(s->rtools); i++) {
+        if (!s->rtools[i])
+            continue;
+        nx_tool_unregister(s->rtools[i]->name);
+        s->rtools[i]->srv = NULL;
+        tool_unref(s->rtools[i]);
+        s->rtools[i] = NULL;
+    }
+}
+
+/* mcp_<server>_list_resources and mcp_<server>_read_resource (nexo-rs's names), registered
+ * while the server declares the resources capability; the remote name in metrics is the
+ * method. */
+static void update_resource_tools(struct server *s)
+{
+    static const char *const names[] = {"list_resources", "read_resource"};
+    static const char *const methods[] = {"resources/list", "resources/read"};
+    bool has = json_is_object(json_object_get(nx_mcp_client_capabilities(s->client), "resources"));
+    json_t *def;
+
+    if (!has || s->rtools[0])
+        goto out;
+    for (size_t i = 0; i < NX_ARRAY_LEN(names); i++) {
+        def = i == 0 ? json_pack("{s:s, s:s, s:{s:s, s:{s:{s:s, s:s}}}}", "name", names[i], "description",
+                                 "List the resources (documents, files, data) the MCP server offers: "
+                                 "uri, name, type and description of each.",
+                                 "inputSchema", "type", "object", "properties", "cursor", "type", "string",
+                                 "description", "nextCursor from a previous page")
+                     : json_pack("{s:s, s:s, s:{s:s, s:{s:{s:s, s:s}}, s:[s]}}", "name", names[i],
+                                 "description", "Read one resource of the MCP server by its uri.",
+                                 "inputSchema", "type", "object", "properties", "uri", "type", "string",
+                                 "description", "the resource's uri, as listed", "required", "uri");
+        if ((s->rtools[i] = tool_new(s, def, i == 0 ? MT_LIST_RESOURCES : MT_READ_RESOURCE))) {
+            free(s->rtools[i]->remote);
+            s->rtools[i]->remote = nx_strdup(methods[i]);
+        }
+        json_decref(def);
+    }
+out:
+    if (!has)
+        drop_resource_tools(s);
+}
+
+static void on_prompts_listed(int rc, const json_t *result, const char *err, void *udata)
+{
+    struct list_ctx *lc = udata;
+    struct server *s = lc->s;
+    bool is_stale = lc->gen != s->gen || s->m->is_closing;
+
+    free(lc);
+    if (is_stale)
+        return;
+    if (rc < 0) {
+        nx_warn("mcp", "server %s: prompts/list failed: %s", s->conf.name, err ? err : nx_strerror(rc));
+        return;
+    }
+    json_decref(s->prompts);
+    s->prompts = json_array();
+    for (size_t i = 0; i < json_array_size(json_object_get(result, "prompts")); i++) {
+        const json_t *p = json_array_get(json_object_get(result, "prompts"), i);
+        const char *name = json_string_value(json_object_get(p, "name"));
+        const json_t *d = json_object_get(p, "description");
+        const json_t *a = json_object_get(p, "arguments");
+        json_t *o;
+
+        if (!name)
+            continue;
+        o = json_pack("{s:s}", "name", name);
+        json_object_set_new(o, "description", json_is_string(d) ? json_incref((json_t *)d) : json_null());
+        json_object_set_new(o, "arguments", json_is_array(a) ? json_deep_copy(a) : json_array());
+        json_array_append_new(s->prompts, o);
+    }
+    nx_info("mcp", "server %s: %zu prompts", s->conf.name, json_array_size(s->prompts));
+}
+
+static void list_prompts(struct server *s)
+{
+    struct list_ctx *lc;
+
+    if (!json_is_object(json_object_get(nx_mcp_client_capabilities(s->client), "prompts")))
+        return;
+    lc = nx_calloc(1, sizeof *lc);
+    lc->s = s;
+    lc->gen = s->gen;
+    nx_mcp_client_list(s->client, "prompts/list", "prompts", s->m->call_timeout_ms, on_prompts_listed, lc);
 }
 
 /* ---- connection lifecycle ------------------------------------------------------------- */
@@ -389,6 +501,16 @@ static void on_ready(struct nx_mcp_client *c, int rc, const char *err, void *uda
     s->up_since_ms = nx_mono_ms();
     set_up(s, true);
     list_tools(s);
+    update_resource_tools(s);
+    list_prompts(s);
+}
+
+static void on_list_changed(struct nx_mcp_client *c, const char *what, void *udata)
+{
+    struct server *s = udata;
+
+    if (c == s->client && s->state == ST_READY && strcmp(what, "prompts") == 0)
+        list_prompts(s);
 }
 
 static void on_tools_changed(struct nx_mcp_client *c, void *udata)
@@ -442,7 +564,8 @@ static void connect_server(struct server *s)
     struct nx_mcp_link *t = NULL;
     struct nx_mcp_client_opts co;
     static const struct nx_mcp_client_cb cb = {
-        .on_ready = on_ready, .on_tools_changed = on_tools_changed, .on_closed = on_closed};
+        .on_ready = on_ready, .on_tools_changed = on_tools_changed, .on_closed = on_closed,
+        .on_list_changed = on_list_changed};
     int rc;
 
     memset(&to, 0, sizeof to);
@@ -548,7 +671,9 @@ static void server_init(struct nx_mcp_manager *m, struct server *s, const struct
     strmap_dup(&s->conf.headers, &c->headers);
     s->conf.connect_timeout_ms = c->connect_timeout_ms;
     s->conf.call_timeout_ms = c->call_timeout_ms;
+    s->conf.extra = c->extra ? json_deep_copy(c->extra) : json_object();
     s->roots = roots_from(c->extra);
+    s->prompts = json_array();
 }
 
 static void server_cleanup(struct server *s)
@@ -559,6 +684,7 @@ static void server_cleanup(struct server *s)
     nx_mcp_client_free(s->client); /* calls in flight are answered with an error now */
     s->client = NULL;
     drop_tools(s);
+    drop_resource_tools(s);
     if (s->state == ST_READY)
         set_up(s, false);
     free(s->conf.name);
@@ -569,6 +695,8 @@ static void server_cleanup(struct server *s)
     free(s->conf.url);
     strmap_free(&s->conf.headers);
     json_decref(s->roots);
+    json_decref(s->conf.extra);
+    json_decref(s->prompts);
     free(s->last_error);
 }
 
@@ -629,6 +757,10 @@ json_t *nx_mcp_manager_status(const struct nx_mcp_manager *m)
         json_t *tools = json_array();
         json_t *o;
 
+        for (size_t j = 0; j < NX_ARRAY_LEN(s->rtools); j++) {
+            if (s->rtools[j])
+                json_array_append_new(tools, json_string(s->rtools[j]->name));
+        }
         for (size_t j = 0; j < s->ntools; j++)
             json_array_append_new(tools, json_string(s->tools[j]->name));
         o = json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:I, s:I}", "name", s->conf.name, "transport",
@@ -641,6 +773,7 @@ json_t *nx_mcp_manager_status(const struct nx_mcp_manager *m)
                                                   ? json_deep_copy(nx_mcp_client_server_info(s->client))
                                                   : json_null());
         json_object_set_new(o, "pid", s->pid ? json_integer(s->pid) : json_null());
+        json_object_set_new(o, "prompts", json_deep_copy(s->prompts));
         if (s->client) {
             struct nx_mcp_client_stats st;
 

@@ -29,7 +29,9 @@ int nx_mcp_manager_new(uv_loop_t *loop, struct nx_http_client *http, const struc
 void nx_mcp_manager_free(struct nx_mcp_manager *m);
 
 /* For the admin page: {"servers": [{name, transport, state, protocol_version, server_info,
- * tools: [registered names], restarts, pid, last_error, calls, progress_notifications}]}.
+ * tools: [registered names], prompts: [{name, description, arguments}] (the server's
+ * prompts/list, [] when it has none), restarts, pid, last_error, calls,
+ * progress_notifications}]}.
  * New reference. */
 json_t *nx_mcp_manager_status(const struct nx_mcp_manager *m);
 
@@ -47,5 +49,11 @@ void nx_mcp_tool_name(const char *server, const char *tool, int hashed, char *ou
  * content summarized ("[image: image/png, 123 bytes]"), structuredContent when there is no
  * content. New string. */
 char *nx_mcp_result_text(const json_t *result);
+/* The text of a resources/list page: one line per resource ("uri (name, mime): description"),
+ * then a note with nextCursor when there is one. New string. */
+char *nx_mcp_resource_list_text(const json_t *result);
+/* The text of a resources/read result: each content as "[resource: uri]" and its text, or
+ * "[resource: uri, mime, N bytes]" for a blob. New string. */
+char *nx_mcp_resource_read_text(const json_t *result);
 
 #endif

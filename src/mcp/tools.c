@@ -125,3 +125,52 @@ char *nx_mcp_result_text(const json_t *result)
     }
     return nx_buf_steal(&b);
 }
+
+char *nx_mcp_resource_list_text(const json_t *result)
+{
+    struct nx_buf b = NX_BUF_INIT;
+    const json_t *list = json_object_get(result, "resources");
+    const char *cursor = json_string_value(json_object_get(result, "nextCursor"));
+
+    for (size_t i = 0; json_is_array(list) && i < json_array_size(list); i++) {
+        const json_t *r = json_array_get(list, i);
+
+        if (!json_is_object(r))
+            continue;
+        nx_buf_printf(&b, "%s%s (%s", b.len ? "\n" : "", str(r, "uri", "?"), str(r, "name", "?"));
+        if (json_string_value(json_object_get(r, "mimeType")))
+            nx_buf_printf(&b, ", %s", str(r, "mimeType", ""));
+        nx_buf_putc(&b, ')');
+        if (json_string_value(json_object_get(r, "description")))
+            nx_buf_printf(&b, ": %s", str(r, "description", ""));
+    }
+    if (b.len == 0)
+        nx_buf_puts(&b, "(no resources)");
+    if (cursor && cursor[0])
+        nx_buf_printf(&b, "\nMore resources: call again with cursor \"%s\".", cursor);
+    return nx_buf_steal(&b);
+}
+
+char *nx_mcp_resource_read_text(const json_t *result)
+{
+    struct nx_buf b = NX_BUF_INIT;
+    const json_t *contents = json_object_get(result, "contents");
+
+    for (size_t i = 0; json_is_array(contents) && i < json_array_size(contents); i++) {
+        const json_t *c = json_array_get(contents, i);
+
+        if (!json_is_object(c))
+            continue;
+        if (b.len > 0)
+            nx_buf_putc(&b, '\n');
+        if (json_is_string(json_object_get(c, "text")))
+            nx_buf_printf(&b, "[resource: %s]\n%s", str(c, "uri", "?"), str(c, "text", ""));
+        else
+            nx_buf_printf(&b, "[resource: %s, %s, %zu bytes]", str(c, "uri", "?"),
+                          str(c, "mimeType", "unknown type"),
+                          b64_size(json_string_value(json_object_get(c, "blob"))));
+    }
+    if (b.len == 0)
+        nx_buf_puts(&b, "(empty resource)");
+    return nx_buf_steal(&b);
+}

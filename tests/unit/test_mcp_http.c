@@ -165,6 +165,11 @@ static bool progress_reached(void *arg)
     return status_int(w->m, "web", "progress_notifications") >= w->at_least;
 }
 
+static bool asked_roots(void *arg)
+{
+    return session_int(arg, "web", "server_requests") >= 1;
+}
+
 static void test_mcp_http_against_server_everything(void **state)
 {
     uv_loop_t loop;
@@ -200,6 +205,9 @@ static void test_mcp_http_against_server_everything(void **state)
 
     assert_true(run_until(&loop, tool_exists, "mcp_web_echo", 20000));
     assert_true(peer_wait_for("Session initialized with ID", 5000));
+    /* server-everything asks for roots/list after notifications/initialized, outside any request:
+     * only the standalone GET stream can carry that */
+    assert_true(run_until(&loop, asked_roots, m, 10000));
     st = server_status(m, "web");
     assert_string_equal(json_string_value(json_object_get(st, "protocol_version")), "2025-11-25");
     assert_string_equal(json_string_value(json_object_get(st, "transport")), "streamable_http");
@@ -295,11 +303,184 @@ static void test_mcp_http_unreachable_backs_off(void **state)
     nx_mcp_manager_set_limits(0, 0);
 }
 
+/* ---- a scripted Streamable HTTP server (python3) ---------------------------------------- */
+
+/* It wants `Authorization: Bearer tok`, gives a session, and on the first GET sends a
+ * tools/list_changed (event id g2, retry 100) and closes the stream: the client must list again
+ * (now two tools) and reopen the GET with Last-Event-ID: g2. Tool `state` answers what it saw. */
+static const char fake_http_py[] =
+    "import json, sys, time, threading\n"
+    "from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer\n"
+    "st = {'gets': 0, 'last_ids': [], 'auth': [], 'changed': False}\n"
+    "class H(BaseHTTPRequestHandler):\n"
+    "    protocol_version = 'HTTP/1.1'\n"
+    "    def log_message(self, *a): pass\n"
+    "    def reply(self, code, obj=None, sid=True):\n"
+    "        b = json.dumps(obj).encode() if obj is not None else b''\n"
+    "        self.send_response(code)\n"
+    "        if sid: self.send_header('Mcp-Session-Id', 's1')\n"
+    "        self.send_header('Content-Type', 'application/json')\n"
+    "        self.send_header('Content-Length', str(len(b)))\n"
+    "        self.end_headers(); self.wfile.write(b)\n"
+    "    def do_POST(self):\n"
+    "        m = json.loads(self.rfile.read(int(self.headers['Content-Length'])))\n"
+    "        st['auth'].append(self.headers.get('Authorization'))\n"
+    "        if self.headers.get('Authorization') != 'Bearer tok': return self.reply(401, {})\n"
+    "        meth, mid = m.get('method'), m.get('id')\n"
+    "        if meth == 'initialize':\n"
+    "            r = {'protocolVersion': '2025-06-18', 'capabilities': {'tools': {'listChanged': True}},\n"
+    "                 'serverInfo': {'name': 'f', 'version': '1'}}\n"
+    "            return self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': r})\n"
+    "        if mid is None or meth is None: return self.reply(202)\n"
+    "        if meth == 'tools/list':\n"
+    "            t = [{'name': 'state'}] + ([{'name': 'second'}] if st['changed'] else [])\n"
+    "            return self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': {'tools': t}})\n"
+    "        if meth == 'tools/call':\n"
+    "            return self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': {'content': [\n"
+    "                {'type': 'text', 'text': json.dumps(st, sort_keys=True)}]}})\n"
+    "        self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': {}})\n"
+    "    def do_GET(self):\n"
+    "        st['gets'] += 1\n"
+    "        st['last_ids'].append(self.headers.get('Last-Event-ID'))\n"
+    "        self.send_response(200)\n"
+    "        self.send_header('Content-Type', 'text/event-stream')\n"
+    "        self.send_header('Connection', 'close')\n"
+    "        self.end_headers()\n"
+    "        if st['gets'] == 1:\n"
+    "            st['changed'] = True\n"
+    "            self.wfile.write(b'id: g1\\nretry: 100\\ndata: \\n\\n')\n"
+    "            n = {'jsonrpc': '2.0', 'method': 'notifications/tools/list_changed'}\n"
+    "            self.wfile.write(('event: message\\nid: g2\\ndata: ' + json.dumps(n) + '\\n\\n').encode())\n"
+    "            self.wfile.flush(); return\n"
+    "        for _ in range(300):\n"
+    "            try:\n"
+    "                self.wfile.write(b': keep-alive\\n\\n'); self.wfile.flush()\n"
+    "            except Exception: return\n"
+    "            time.sleep(0.1)\n"
+    "    def do_DELETE(self): self.reply(200, {})\n"
+    "s = ThreadingHTTPServer(('127.0.0.1', 0), H)\n"
+    "print('READY %d' % s.server_address[1], flush=True)\n"
+    "s.serve_forever()\n";
+
+struct fake_peer {
+    pid_t pid;
+    int port;
+    char path[256];
+};
+
+static bool fake_start(struct fake_peer *fp)
+{
+    int pipefd[2];
+    char line[64] = {0};
+    size_t n = 0;
+    FILE *f;
+
+    snprintf(fp->path, sizeof fp->path, "/tmp/nx-mcp-fake-http-%d.py", (int)getpid());
+    if (!(f = fopen(fp->path, "w")))
+        return false;
+    fputs(fake_http_py, f);
+    fclose(f);
+    if (pipe(pipefd) != 0)
+        return false;
+    if ((fp->pid = fork()) == 0) {
+        dup2(pipefd[1], 1);
+        close(pipefd[0]);
+        close(pipefd[1]);
+        execl("/usr/bin/python3", "python3", fp->path, (char *)NULL);
+        _exit(127);
+    }
+    close(pipefd[1]);
+    while (n < sizeof line - 1) {
+        struct pollfd p = {.fd = pipefd[0], .events = POLLIN};
+
+        if (poll(&p, 1, 10000) <= 0 || read(pipefd[0], &line[n], 1) != 1 || line[n] == '\n')
+            break;
+        n++;
+    }
+    close(pipefd[0]);
+    return sscanf(line, "READY %d", &fp->port) == 1;
+}
+
+static void fake_stop(struct fake_peer *fp)
+{
+    if (fp->pid > 0) {
+        kill(fp->pid, SIGKILL);
+        waitpid(fp->pid, NULL, 0);
+    }
+    unlink(fp->path);
+}
+
+static void test_mcp_http_standalone_stream_and_bearer(void **state)
+{
+    uv_loop_t loop;
+    struct nx_http_client *http = NULL;
+    struct nx_mcp_manager *m = NULL;
+    struct nx_mcp_server_conf sc;
+    struct nx_mcp_conf c;
+    struct fake_peer fp = {0};
+    struct answer a = {0};
+    char url[128];
+    json_t *seen, *ids;
+
+    (void)state;
+    assert_true(fake_start(&fp));
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(nx_http_client_new(&loop, NULL, &http), 0);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/mcp", fp.port);
+    memset(&sc, 0, sizeof sc);
+    sc.name = "fake";
+    sc.transport = NX_MCP_STREAMABLE_HTTP;
+    sc.url = url;
+    sc.extra = json_pack("{s:s}", "bearer", "tok");
+    memset(&c, 0, sizeof c);
+    c.enabled = true;
+    c.initialize_timeout_ms = 10000;
+    c.call_timeout_ms = 10000;
+    c.idle_reap_interval_ms = 60000;
+    c.servers = &sc;
+    c.n_servers = 1;
+    assert_int_equal(nx_mcp_manager_new(&loop, http, &c, &m), 0);
+    json_decref(sc.extra);
+
+    /* list_changed came over the GET stream: listed again, the second tool is there */
+    assert_true(run_until(&loop, tool_exists, "mcp_fake_second", 10000));
+    /* the stream was reopened after retry: 100 ms, with Last-Event-ID: g2 */
+    for (int i = 0; i < 100; i++) {
+        assert_true(call_tool(&loop, "mcp_fake_state", "{}", &a, 10000));
+        assert_false(a.is_error);
+        seen = json_loads(a.text, 0, NULL);
+        free(a.text);
+        assert_non_null(seen);
+        if (json_integer_value(json_object_get(seen, "gets")) >= 2)
+            break;
+        json_decref(seen);
+        seen = NULL;
+        run_until(&loop, never, NULL, 50);
+    }
+    assert_non_null(seen);
+    ids = json_object_get(seen, "last_ids");
+    assert_true(json_is_null(json_array_get(ids, 0)));
+    assert_string_equal(json_string_value(json_array_get(ids, 1)), "g2");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(seen, "auth"), 0)), "Bearer tok");
+    json_decref(seen);
+
+    nx_mcp_manager_free(m);
+    for (int i = 0; i < 200 && nx_http_client_inflight(http) > 0; i++)
+        run_until(&loop, never, NULL, 20);
+    assert_int_equal(nx_http_client_inflight(http), 0);
+    nx_http_client_free(http);
+    for (int i = 0; i < 100 && uv_run(&loop, UV_RUN_NOWAIT); i++)
+        ;
+    assert_int_equal(uv_loop_close(&loop), 0);
+    fake_stop(&fp);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mcp_http_against_server_everything),
         cmocka_unit_test(test_mcp_http_unreachable_backs_off),
+        cmocka_unit_test(test_mcp_http_standalone_stream_and_bearer),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -11,9 +11,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/error.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "mcp/client.h"
 #include "mcp/mcp.h"
+#include "mcp/transport.h"
 #include "tools/tool.h"
 #include "mcp_fixture.h"
 
@@ -244,6 +247,160 @@ static void test_mcp_stdio_against_server_everything(void **state)
     nx_mcp_manager_set_limits(0, 0);
 }
 
+/* ---- resources and prompts (server-everything) ----------------------------------------- */
+
+struct got {
+    int calls;
+    int rc;
+    json_t *result;
+};
+
+static void on_got(int rc, const json_t *result, const char *err, void *udata)
+{
+    struct got *g = udata;
+
+    (void)err;
+    g->calls++;
+    g->rc = rc;
+    g->result = result ? json_deep_copy(result) : NULL;
+}
+
+static bool got_it(void *arg)
+{
+    return ((struct got *)arg)->calls > 0;
+}
+
+static bool client_ready(void *arg)
+{
+    return nx_mcp_client_is_ready(arg);
+}
+
+static bool has_prompts(void *arg)
+{
+    json_t *s = server_status(arg, "everything");
+    bool ok = json_array_size(json_object_get(s, "prompts")) > 0;
+
+    json_decref(s);
+    return ok;
+}
+
+static void test_mcp_stdio_resources_and_prompts(void **state)
+{
+    uv_loop_t loop;
+    struct nx_mcp_manager *m = NULL;
+    struct nx_mcp_server_conf sc;
+    struct nx_mcp_conf c;
+    struct nx_mcp_link_opts to;
+    struct nx_mcp_link *link = NULL;
+    struct nx_mcp_client_opts co;
+    struct nx_mcp_client_cb cb;
+    struct nx_mcp_client *client = NULL;
+    char *args[] = {"stdio", NULL};
+    struct answer a = {0};
+    struct got g = {0};
+    json_t *st, *prompts, *pargs, *first;
+    const char *uri;
+    bool has_args_prompt = false;
+
+    (void)state;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    memset(&sc, 0, sizeof sc);
+    sc.name = "everything";
+    sc.transport = NX_MCP_STDIO;
+    sc.command = everything;
+    sc.args = args;
+    conf_init(&c, &sc, 1);
+    assert_int_equal(nx_mcp_manager_new(&loop, NULL, &c, &m), 0);
+
+    /* the two resource tools, through the registry */
+    assert_true(run_until(&loop, tool_exists, "mcp_everything_list_resources", 30000));
+    assert_non_null(nx_tool_find("mcp_everything_read_resource"));
+    assert_true(call_tool(&loop, "mcp_everything_list_resources", "{}", &a, 20000));
+    assert_false(a.is_error);
+    assert_non_null(strstr(a.text, "demo://resource/static/document/architecture.md (architecture.md, "
+                                   "text/markdown)"));
+    free(a.text);
+    assert_true(call_tool(&loop, "mcp_everything_read_resource",
+                          "{\"uri\":\"demo://resource/static/document/architecture.md\"}", &a, 20000));
+    assert_false(a.is_error);
+    assert_non_null(strstr(a.text, "[resource: demo://resource/static/document/architecture.md]\n"));
+    assert_true(strlen(a.text) > 200);
+    free(a.text);
+    /* a uri the server does not have: its JSON-RPC error, as a tool error */
+    assert_true(call_tool(&loop, "mcp_everything_read_resource", "{\"uri\":\"demo://nope\"}", &a, 20000));
+    assert_true(a.is_error);
+    free(a.text);
+    /* the uri is required by the tool's schema */
+    assert_true(call_tool(&loop, "mcp_everything_read_resource", "{}", &a, 20000));
+    assert_true(a.is_error);
+    free(a.text);
+
+    /* prompts in the status */
+    assert_true(run_until(&loop, has_prompts, m, 20000));
+    st = server_status(m, "everything");
+    prompts = json_object_get(st, "prompts");
+    for (size_t i = 0; i < json_array_size(prompts); i++) {
+        const json_t *p = json_array_get(prompts, i);
+
+        if (strcmp(json_string_value(json_object_get(p, "name")), "args-prompt") == 0) {
+            has_args_prompt = true;
+            assert_string_equal(json_string_value(json_object_get(
+                                    json_array_get(json_object_get(p, "arguments"), 0), "name")),
+                                "city");
+        }
+    }
+    assert_true(has_args_prompt);
+    json_decref(st);
+    finish_loop(&loop, m, 10000);
+
+    /* the client API on its own: resources/list (paginated), resources/read, prompts/get */
+    memset(&to, 0, sizeof to);
+    to.name = "direct";
+    to.grace_ms = 1000;
+    assert_int_equal(nx_mcp_stdio_new(&loop, &sc, &to, &link), 0);
+    memset(&co, 0, sizeof co);
+    co.name = "direct";
+    memset(&cb, 0, sizeof cb);
+    assert_int_equal(nx_mcp_client_new(&loop, link, &co, &cb, NULL, &client), 0);
+    assert_true(run_until(&loop, client_ready, client, 30000));
+    nx_mcp_client_list(client, "resources/list", "resources", 20000, on_got, &g);
+    assert_true(run_until(&loop, got_it, &g, 20000));
+    assert_int_equal(g.rc, 0);
+    assert_true(json_array_size(json_object_get(g.result, "resources")) >= 3);
+    uri = json_string_value(
+        json_object_get(json_array_get(json_object_get(g.result, "resources"), 0), "uri"));
+    assert_non_null(uri);
+    first = json_string(uri);
+    json_decref(g.result);
+    memset(&g, 0, sizeof g);
+    nx_mcp_client_read_resource(client, json_string_value(first), 20000, on_got, &g);
+    assert_true(run_until(&loop, got_it, &g, 20000));
+    assert_int_equal(g.rc, 0);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_array_get(json_object_get(g.result, "contents"), 0), "uri")),
+                        json_string_value(first));
+    json_decref(first);
+    json_decref(g.result);
+    memset(&g, 0, sizeof g);
+    pargs = json_pack("{s:s, s:s}", "city", "Paris", "state", "Texas");
+    nx_mcp_client_get_prompt(client, "args-prompt", pargs, 20000, on_got, &g);
+    json_decref(pargs);
+    assert_true(run_until(&loop, got_it, &g, 20000));
+    assert_int_equal(g.rc, 0);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_array_get(
+                            json_object_get(g.result, "messages"), 0), "content"), "text")),
+                        "What's weather in Paris, Texas?");
+    json_decref(g.result);
+    memset(&g, 0, sizeof g);
+    nx_mcp_client_get_prompt(client, "no-such-prompt", NULL, 20000, on_got, &g);
+    assert_true(run_until(&loop, got_it, &g, 20000));
+    assert_int_equal(g.rc, NX_EPROTO);
+    nx_mcp_client_free(client);
+    for (int i = 0; i < 1000 && uv_run(&loop, UV_RUN_ONCE); i++)
+        ;
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 /* ---- the scripted server --------------------------------------------------------------- */
 
 static bool fake_failed(void *arg)
@@ -375,6 +532,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mcp_stdio_against_server_everything),
+        cmocka_unit_test(test_mcp_stdio_resources_and_prompts),
         cmocka_unit_test(test_mcp_stdio_malformed_frames_and_server_requests),
         cmocka_unit_test(test_mcp_stdio_missing_command_backs_off),
     };
