@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include "bus/bus.h"
+#include "channels/channels.h"
 #include "config/config.h"
 #include "core/clock.h"
 #include "core/log.h"
@@ -279,8 +280,13 @@ static int cmd_check_config(const char *dir)
     struct nx_diags diags;
     nx_diags_init(&diags);
     int rc = nx_config_load(dir, &cfg, &diags);
+    /* Channel plugin files are checked by each channel type's own table. */
+    if (rc == 0 && nx_channels_check(cfg, &diags) < 0) {
+        nx_config_unref(cfg);
+        rc = NX_EXIT_CONFIG;
+    }
     nx_diags_print(&diags, stderr);
-    if (rc < 0) {
+    if (rc != 0) {
         fprintf(stderr, "%s: %zu problem%s found\n", dir ? dir : "(embedded defaults)", diags.n,
                 diags.n == 1 ? "" : "s");
         nx_diags_cleanup(&diags);

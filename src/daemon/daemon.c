@@ -12,6 +12,7 @@
 #include "api/chat.h"
 #include "api/health.h"
 #include "bus/bus.h"
+#include "channels/channels.h"
 #include "config/config.h"
 #include "core/alloc.h"
 #include "core/clock.h"
@@ -43,6 +44,7 @@ struct daemon {
     struct nx_agents *agents;
     struct nx_bus *bus;
     struct nx_router *router;
+    struct nx_channels *channels;
     uv_timer_t trim_timer;
     struct nx_mcp_manager *mcp;
     int servers_down;
@@ -224,6 +226,8 @@ static void teardown(struct daemon *d)
 {
     if (d->trim_timer.data && !uv_is_closing((uv_handle_t *)&d->trim_timer))
         uv_close((uv_handle_t *)&d->trim_timer, NULL);
+    nx_channels_free(d->channels); /* no new inbound; before the bus, store and client */
+    d->channels = NULL;
     nx_router_free(d->router);
     d->router = NULL;
     nx_agents_free(d->agents); /* cancels turns still running */
@@ -419,6 +423,14 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
         nx_diags_cleanup(&diags);
         return NX_EXIT_CONFIG;
     }
+    if (nx_channels_check(d.cfg, &diags) < 0) {
+        nx_diags_print(&diags, stderr);
+        nx_error("daemon", "configuration invalid (%zu problem%s): not starting", diags.n,
+                 diags.n == 1 ? "" : "s");
+        nx_diags_cleanup(&diags);
+        nx_config_unref(d.cfg);
+        return NX_EXIT_CONFIG;
+    }
     nx_diags_cleanup(&diags);
     const struct nx_gateway_conf *gw = nx_config_gateway(d.cfg);
     d.token = gw->auth_token && *gw->auth_token ? gw->auth_token : NULL;
@@ -476,6 +488,8 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
     uv_unref((uv_handle_t *)&d.trim_timer);
     if (nx_router_new(d.bus, d.agents, &d.router) < 0)
         nx_warn("daemon", "channel messages will not reach agents: the router could not subscribe");
+    if (nx_channels_new(&d.rt.loop, d.bus, d.client, d.store, d.cfg, &d.channels) < 0)
+        nx_warn("daemon", "channels not started: see the errors above");
     if ((rc = start_listeners(&d, gw)) < 0) {
         teardown(&d);
         nx_runtime_close(&d.rt);

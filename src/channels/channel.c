@@ -1,0 +1,428 @@
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "channels/channels.h"
+#include "channels/telegram.h"
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/metrics.h"
+
+/* The channel registry: adding a channel type is one line here. */
+static const struct nx_channel_type *const channel_types[] = {
+    &nx_channel_telegram,
+    NULL,
+};
+
+struct nx_channel {
+    struct nx_channel *next;
+    struct nx_channels *cs;
+    const struct nx_channel_type *type;
+    void *conf;        /* parsed with type->conf */
+    char *instance;    /* borrowed from conf; NULL when unnamed */
+    char *label;       /* "telegram.kate_bot" */
+    char *inbound;     /* plugin.inbound.<label> */
+    char *outbound;    /* plugin.outbound.<label> */
+    struct nx_bus_sub *sub;
+    void *state;       /* the adapter's */
+    bool is_started;
+};
+
+struct nx_channels {
+    uv_loop_t *loop;
+    struct nx_bus *bus;
+    struct nx_http_client *http;
+    struct nx_store *store;
+    struct nx_channel *list;
+    size_t n;
+};
+
+static struct nx_metric *m_messages, *m_dropped;
+
+static void register_metrics(void)
+{
+    static const char *const labels[] = {"channel", "instance", "direction", NULL};
+    static const char *const drop_labels[] = {"channel", "instance", "reason", NULL};
+    if (m_messages)
+        return;
+    m_messages = nx_metric_counter("nexo_channel_messages_total",
+                                   "channel messages received (in) and sent (out)", labels);
+    m_dropped = nx_metric_counter("nexo_channel_dropped_total",
+                                  "channel messages dropped (allowlist, send failure...)", drop_labels);
+}
+
+const struct nx_channel_type *nx_channel_type_find(const char *name)
+{
+    for (size_t i = 0; channel_types[i]; i++)
+        if (strcmp(channel_types[i]->name, name) == 0)
+            return channel_types[i];
+    return NULL;
+}
+
+/* ---- config ---- */
+
+static bool is_token(const char *s)
+{
+    if (!*s)
+        return false;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c <= ' ' || c == '.' || c == '*' || c == '>' || c >= 0x7f)
+            return false;
+    }
+    return true;
+}
+
+static void conf_free(const struct nx_channel_type *t, void *conf)
+{
+    if (!conf)
+        return;
+    nx_conf_cleanup(t->conf, conf);
+    free(conf);
+}
+
+/* One instance mapping: parsed into a new conf appended to *list. */
+static void parse_instance(struct nx_conf_ctx *ctx, const struct nx_channel_type *t,
+                           const struct nx_cnode *node, void ***list, size_t *n)
+{
+    void *conf = nx_calloc(1, t->conf->size);
+    nx_conf_defaults(t->conf, conf);
+    int before = ctx->errors;
+    if (node->kind != NX_CNODE_MAP) {
+        char buf[96];
+        nx_conf_error(ctx, node, "expected a mapping for a %s instance, got %s", t->name,
+                      nx_cnode_describe(node, buf, sizeof buf));
+        conf_free(t, conf);
+        return;
+    }
+    nx_conf_parse_struct(ctx, t->conf, node, conf);
+    const char *inst = *(char **)((char *)conf + t->instance_offset);
+    const struct nx_cnode *at = nx_cnode_get(node, "instance");
+    if (inst && !is_token(inst))
+        nx_conf_error(ctx, at, "instance \"%s\" must be one subject token (no dots, spaces, * or >)",
+                      inst);
+    for (size_t i = 0; i < *n; i++) {
+        const char *other = *(char **)((char *)(*list)[i] + t->instance_offset);
+        if ((!inst && !other) || (inst && other && strcmp(inst, other) == 0)) {
+            if (inst)
+                nx_conf_error(ctx, at, "duplicate %s instance \"%s\"", t->name, inst);
+            else
+                nx_conf_error(ctx, node, "a second %s instance without a name: give each an "
+                              "\"instance\"", t->name);
+            break;
+        }
+    }
+    if (ctx->errors > before) {
+        conf_free(t, conf);
+        return;
+    }
+    *list = nx_realloc(*list, (*n + 1) * sizeof **list);
+    (*list)[(*n)++] = conf;
+}
+
+/* plugins/<type>.yaml -> confs. The file holds `<type>: {...}` or `<type>: [{...}, ...]`, or is
+ * itself one instance mapping. */
+static int parse_file(const struct nx_plugin_conf *p, const struct nx_channel_type *t,
+                      const char *dir, struct nx_diags *diags, void ***out, size_t *nout)
+{
+    struct nx_conf_ctx ctx = {.diags = diags, .file = p->file, .dir = dir};
+    const struct nx_cnode *root = p->root;
+    void **list = NULL;
+    size_t n = 0;
+
+    if (!root || nx_cnode_is_null(root))
+        goto done;
+    if (root->kind != NX_CNODE_MAP) {
+        char buf[96];
+        nx_conf_error(&ctx, root, "expected a mapping (\"%s:\" with one instance or a list), got %s",
+                      t->name, nx_cnode_describe(root, buf, sizeof buf));
+        goto done;
+    }
+    const struct nx_cnode *body = nx_cnode_get(root, t->name);
+    if (body) {
+        if (root->n > 2) {
+            for (size_t i = 0; i < root->n; i += 2)
+                if (strcmp(root->kids[i]->text ? root->kids[i]->text : "", t->name) != 0)
+                    nx_conf_error(&ctx, root->kids[i], "unknown key \"%s\" beside \"%s\"",
+                                  root->kids[i]->text ? root->kids[i]->text : "", t->name);
+        }
+        if (body->kind == NX_CNODE_SEQ) {
+            for (size_t i = 0; i < body->n; i++)
+                parse_instance(&ctx, t, body->kids[i], &list, &n);
+        } else if (!nx_cnode_is_null(body)) {
+            parse_instance(&ctx, t, body, &list, &n);
+        }
+    } else if (root->n > 0) {
+        parse_instance(&ctx, t, root, &list, &n);
+    }
+done:
+    if (ctx.errors > 0) {
+        for (size_t i = 0; i < n; i++)
+            conf_free(t, list[i]);
+        free(list);
+        return NX_ECONFIG;
+    }
+    *out = list;
+    *nout = n;
+    return 0;
+}
+
+int nx_channels_check(const struct nx_config *cfg, struct nx_diags *diags)
+{
+    const struct nx_plugin_conf *ps;
+    size_t np = nx_config_plugins(cfg, &ps);
+    int rc = 0;
+    for (size_t i = 0; i < np; i++) {
+        const struct nx_channel_type *t = nx_channel_type_find(ps[i].name);
+        void **list = NULL;
+        size_t n = 0;
+        if (!t)
+            continue;
+        if (parse_file(&ps[i], t, nx_config_dir(cfg), diags, &list, &n) < 0) {
+            rc = NX_ECONFIG;
+            continue;
+        }
+        for (size_t k = 0; k < n; k++)
+            conf_free(t, list[k]);
+        free(list);
+    }
+    return rc;
+}
+
+/* ---- running ---- */
+
+uv_loop_t *nx_channel_loop(const struct nx_channel *ch) { return ch->cs->loop; }
+struct nx_http_client *nx_channel_http(const struct nx_channel *ch) { return ch->cs->http; }
+struct nx_store *nx_channel_store(const struct nx_channel *ch) { return ch->cs->store; }
+const char *nx_channel_type_name(const struct nx_channel *ch) { return ch->type->name; }
+const char *nx_channel_instance(const struct nx_channel *ch) { return ch->instance; }
+const char *nx_channel_label(const struct nx_channel *ch) { return ch->label; }
+
+const char *nx_channel_instance_key(const struct nx_channel *ch)
+{
+    return ch->instance ? ch->instance : "default";
+}
+
+void nx_channel_count(struct nx_channel *ch, const char *direction)
+{
+    const char *const lv[] = {ch->type->name, nx_channel_instance_key(ch), direction};
+    nx_counter_add(m_messages, lv, 1);
+}
+
+void nx_channel_count_drop(struct nx_channel *ch, const char *reason)
+{
+    const char *const lv[] = {ch->type->name, nx_channel_instance_key(ch), reason};
+    nx_counter_add(m_dropped, lv, 1);
+}
+
+/* A name-based (version 5, SHA-1) UUID in nexo's channel namespace. */
+static void uuid_v5(const char *name, char out[37])
+{
+    static const unsigned char ns[16] = {0x6e, 0x78, 0x2d, 0x63, 0x68, 0x61, 0x6e, 0x6e,
+                                         0x65, 0x6c, 0x2d, 0x65, 0x76, 0x65, 0x6e, 0x74};
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    NX_ASSERT(c);
+    EVP_DigestInit_ex(c, EVP_sha1(), NULL);
+    EVP_DigestUpdate(c, ns, sizeof ns);
+    EVP_DigestUpdate(c, name, strlen(name));
+    EVP_DigestFinal_ex(c, md, &mdlen);
+    EVP_MD_CTX_free(c);
+    md[6] = (unsigned char)((md[6] & 0x0f) | 0x50);
+    md[8] = (unsigned char)((md[8] & 0x3f) | 0x80);
+    static const char hex[] = "0123456789abcdef";
+    size_t k = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[k++] = '-';
+        out[k++] = hex[md[i] >> 4];
+        out[k++] = hex[md[i] & 15];
+    }
+    out[k] = '\0';
+}
+
+int nx_channel_publish(struct nx_channel *ch, const struct nx_channel_in *in)
+{
+    json_t *p = json_pack("{s:s, s:s?, s:s?, s:b, s:I}", "kind", "message", "from", in->from,
+                          "text", in->text, "is_group", in->is_group, "timestamp",
+                          (json_int_t)in->timestamp);
+    struct nx_envelope *env = NULL;
+    int rc;
+
+    if (in->chat)
+        json_object_set(p, "chat", in->chat);
+    if (in->msg_id)
+        json_object_set(p, "msg_id", in->msg_id);
+    if ((rc = nx_envelope_new(ch->inbound, ch->label, NULL, p, &env)) < 0)
+        goto out;
+    if (in->event_key) {
+        struct nx_buf name = NX_BUF_INIT;
+        nx_buf_printf(&name, "%s:%s:%s", ch->type->name, nx_channel_instance_key(ch), in->event_key);
+        uuid_v5(nx_buf_cstr(&name), env->id);
+        nx_buf_cleanup(&name);
+    }
+    if ((rc = nx_bus_publish(ch->cs->bus, ch->inbound, env)) < 0)
+        goto out;
+    nx_channel_count(ch, "in");
+out:
+    nx_envelope_free(env);
+    json_decref(p);
+    return rc;
+}
+
+/* "42" or 42 -> text. */
+static const char *id_text(const json_t *v, char *buf, size_t size)
+{
+    if (json_is_string(v))
+        return json_string_value(v);
+    if (json_is_integer(v)) {
+        snprintf(buf, size, "%lld", (long long)json_integer_value(v));
+        return buf;
+    }
+    return NULL;
+}
+
+static int on_outbound(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
+{
+    struct nx_channel *ch = arg;
+    const json_t *p = msg->env->payload;
+    char tobuf[32], rbuf[32];
+    (void)bus;
+    const char *to = id_text(json_object_get(p, "to"), tobuf, sizeof tobuf);
+    const char *text = json_string_value(json_object_get(p, "text"));
+    if (!to || !text) {
+        nx_warn("channels", "%s: outbound event %s without \"to\" or \"text\": dropped", ch->label,
+                msg->env->id);
+        nx_channel_count_drop(ch, "malformed");
+        return 0;
+    }
+    struct nx_channel_out out = {
+        .to = to,
+        .text = text,
+        .reply_to = id_text(json_object_get(p, "reply_to"), rbuf, sizeof rbuf),
+        .session_id = json_string_value(json_object_get(p, "session_id")),
+    };
+    int rc = ch->type->send(ch->state, &out);
+    if (rc < 0)
+        return nx_bus_fail(msg, "%s: send refused: %s", ch->label, nx_strerror(rc));
+    return 0;
+}
+
+static void channel_free(struct nx_channel *ch)
+{
+    if (ch->sub)
+        nx_bus_unsubscribe(ch->cs->bus, ch->sub);
+    if (ch->is_started)
+        ch->type->stop(ch->state);
+    conf_free(ch->type, ch->conf);
+    free(ch->label);
+    free(ch->inbound);
+    free(ch->outbound);
+    free(ch);
+}
+
+static int channel_start(struct nx_channels *cs, const struct nx_channel_type *t, void *conf)
+{
+    struct nx_channel *ch = nx_calloc(1, sizeof *ch);
+    struct nx_buf b = NX_BUF_INIT;
+    int rc;
+
+    ch->cs = cs;
+    ch->type = t;
+    ch->conf = conf;
+    ch->instance = *(char **)((char *)conf + t->instance_offset);
+    nx_buf_printf(&b, "%s%s%s", t->name, ch->instance ? "." : "", ch->instance ? ch->instance : "");
+    ch->label = nx_buf_steal(&b);
+    nx_buf_printf(&b, "plugin.inbound.%s", ch->label);
+    ch->inbound = nx_buf_steal(&b);
+    nx_buf_printf(&b, "plugin.outbound.%s", ch->label);
+    ch->outbound = nx_buf_steal(&b);
+    if ((rc = t->start(ch, conf, &ch->state)) < 0) {
+        nx_error("channels", "%s: cannot start: %s", ch->label, nx_strerror(rc));
+        goto out;
+    }
+    ch->is_started = true;
+    if ((rc = nx_bus_queue_subscribe(cs->bus, ch->outbound, "channels", on_outbound, ch, &ch->sub)) < 0) {
+        nx_error("channels", "%s: cannot subscribe to %s: %s", ch->label, ch->outbound, nx_strerror(rc));
+        goto out;
+    }
+    nx_info("channels", "%s started (inbound %s, outbound %s)", ch->label, ch->inbound, ch->outbound);
+    ch->next = cs->list;
+    cs->list = ch;
+    cs->n++;
+    ch = NULL;
+out:
+    if (ch)
+        channel_free(ch);
+    return rc;
+}
+
+int nx_channels_new(uv_loop_t *loop, struct nx_bus *bus, struct nx_http_client *http,
+                    struct nx_store *store, const struct nx_config *cfg, struct nx_channels **out)
+{
+    struct nx_channels *cs = nx_calloc(1, sizeof *cs);
+    struct nx_diags diags;
+    const struct nx_plugin_conf *ps;
+    size_t np = nx_config_plugins(cfg, &ps);
+    int rc = 0;
+
+    register_metrics();
+    nx_diags_init(&diags);
+    cs->loop = loop;
+    cs->bus = bus;
+    cs->http = http;
+    cs->store = store;
+    for (size_t i = 0; i < np; i++) {
+        const struct nx_channel_type *t = nx_channel_type_find(ps[i].name);
+        void **list = NULL;
+        size_t n = 0;
+        if (!t) {
+            nx_debug("channels", "%s: no channel type \"%s\" (yet): ignored", ps[i].file, ps[i].name);
+            continue;
+        }
+        if (parse_file(&ps[i], t, nx_config_dir(cfg), &diags, &list, &n) < 0) {
+            rc = NX_ECONFIG;
+            continue;
+        }
+        for (size_t k = 0; k < n; k++) {
+            if (rc == 0) {
+                int src = channel_start(cs, t, list[k]);
+                if (src < 0)
+                    rc = src;
+            } else {
+                conf_free(t, list[k]);
+            }
+        }
+        free(list);
+    }
+    for (size_t i = 0; i < diags.n; i++)
+        nx_error("channels", "%s:%d:%d: %s", diags.v[i].file, diags.v[i].line, diags.v[i].col,
+                 diags.v[i].msg);
+    nx_diags_cleanup(&diags);
+    if (rc < 0) {
+        nx_channels_free(cs);
+        return rc;
+    }
+    *out = cs;
+    return 0;
+}
+
+void nx_channels_free(struct nx_channels *cs)
+{
+    if (!cs)
+        return;
+    while (cs->list) {
+        struct nx_channel *ch = cs->list;
+        cs->list = ch->next;
+        channel_free(ch);
+    }
+    free(cs);
+}
+
+size_t nx_channels_count(const struct nx_channels *cs)
+{
+    return cs ? cs->n : 0;
+}

@@ -1,0 +1,348 @@
+"""The Telegram channel end to end: nexo long-polls the telegram-test-api emulator (pinned npm
+peer, tests/tools/tg-server.js) for a bot bound to an agent answered by the fake provider.
+
+The emulator ignores getUpdates' offset (it hands out each update once), so the bot reaches it
+through OffsetProxy, which keeps what the real Bot API keeps: every update until a getUpdates
+with a higher offset confirms it. A bot that forgot its offset over a restart would see its old
+updates again there, as it would against api.telegram.org. The proxy can also answer sendMessage
+with 429 retry_after, as the real API does under load."""
+import http.server
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+import urllib.parse
+import urllib.request
+
+from nexo_harness import Nexo, main, write_config
+from test_api_sdk import PEERS, SRC, script, start_fake
+
+TG_SERVER = os.path.join(SRC, "tests", "tools", "tg-server.js")
+ALICE, BOB, CAROL, DAVE, MALLORY = 1001, 1002, 1003, 1004, 666
+
+
+def post_json(url, obj, timeout=5):
+    req = urllib.request.Request(url, data=json.dumps(obj).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+class OffsetProxy:
+    """Forwards to the emulator; getUpdates answers with offset semantics and records offsets."""
+
+    def __init__(self, upstream):
+        self.upstream = upstream
+        self.lock = threading.Lock()
+        self.pending = {}  # token -> {update_id: update}
+        self.offsets = {}  # token -> [offset asked, ...]
+        self.seen = {}  # token -> every update_id handed out
+        self.freeze_after = set()  # tokens whose polls are held once an update was handed out
+        self.held = {}  # token -> Event releasing the held polls
+        self.throttle = {}  # token -> how many sendMessage calls to answer 429 first
+        self.sends = {}  # token -> monotonic times of sendMessage calls
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, fmt, *args):
+                pass
+
+            def relay(self, method):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                u = urllib.parse.urlsplit(self.path)
+                m = re.fullmatch(r"/bot([^/]+)/getUpdates", u.path)
+                send = re.fullmatch(r"/bot([^/]+)/sendMessage", u.path)
+                if send and proxy.throttled(send.group(1)):
+                    status, data = 429, json.dumps({
+                        "ok": False, "error_code": 429, "description": "Too Many Requests: retry after 1",
+                        "parameters": {"retry_after": 1}}).encode()
+                elif m:
+                    out = proxy.get_updates(m.group(1), urllib.parse.parse_qs(u.query))
+                    status, data = (200, json.dumps(out).encode()) if out else (502, b"{}")
+                else:
+                    req = urllib.request.Request(proxy.upstream + self.path, data=body, method=method)
+                    if self.headers.get("Content-Type"):
+                        req.add_header("Content-Type", self.headers["Content-Type"])
+                    try:
+                        with urllib.request.urlopen(req, timeout=10) as r:
+                            status, data = r.status, r.read()
+                    except urllib.error.HTTPError as e:
+                        status, data = e.code, e.read()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass  # the bot went away (a held poll cancelled by its shutdown)
+
+            def do_GET(self):
+                self.relay("GET")
+
+            def do_POST(self):
+                self.relay("POST")
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def get_updates(self, token, query):
+        with self.lock:
+            ev = self.held.get(token)
+        if ev:  # a poll that never reaches "Telegram": it confirms nothing
+            ev.wait(30)
+            return None
+        offset = int(query.get("offset", ["0"])[0])
+        with urllib.request.urlopen("%s/bot%s/getUpdates" % (self.upstream, token), timeout=10) as r:
+            fresh = json.loads(r.read())["result"]
+        with self.lock:
+            box = self.pending.setdefault(token, {})
+            for u in fresh:
+                box[u["update_id"]] = u
+                self.seen.setdefault(token, set()).add(u["update_id"])
+            for uid in [k for k in box if k < offset]:  # confirmed: forgotten, as Telegram does
+                del box[uid]
+            self.offsets.setdefault(token, []).append(offset)
+            result = [box[k] for k in sorted(box)]
+            if result and token in self.freeze_after:
+                self.freeze_after.discard(token)
+                self.held[token] = threading.Event()
+            return {"ok": True, "result": result}
+
+    def throttled(self, token):
+        with self.lock:
+            self.sends.setdefault(token, []).append(time.monotonic())
+            if self.throttle.get(token, 0) > 0:
+                self.throttle[token] -= 1
+                return True
+            return False
+
+    def release(self, token):
+        with self.lock:
+            ev = self.held.pop(token, None)
+        if ev:
+            ev.set()
+
+    def last_seen(self, token):
+        with self.lock:
+            return max(self.seen.get(token, {0}))
+
+    def offsets_for(self, token):
+        with self.lock:
+            return list(self.offsets.get(token, []))
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class Telegram(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        modules = os.path.join(PEERS, "node_modules")
+        if not os.path.isdir(os.path.join(modules, "telegram-test-api")):
+            raise AssertionError("npm peers missing in %s: run scripts/install-npm-peers.sh" % PEERS)
+        cls.tg = subprocess.Popen(["node", TG_SERVER, "0"], stdout=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, NODE_PATH=modules))
+        line = cls.tg.stdout.readline()
+        assert line.startswith("READY "), line
+        cls.tg_url = line.split()[1].rstrip("/")
+        cls.proxy = OffsetProxy(cls.tg_url)
+        cls.fake, cls.fport = start_fake()
+        cls.cfg = tempfile.TemporaryDirectory()
+        cls.token = "123456:MAIN-TOKEN"
+        cls.write_config(cls.cfg.name, cls.token)
+        cls.n = Nexo(config_dir=cls.cfg.name).start()
+        cls.replies = {}
+
+    @classmethod
+    def write_config(cls, root, token):
+        write_config(root, {
+            "llm.yaml": "providers:\n  anthropic: {api_key: sk-fake-key, base_url: http://127.0.0.1:%d}\n"
+                        % cls.fport,
+            "agents.yaml": "agents:\n  - id: kate\n    model: {provider: anthropic, model: m}\n"
+                           "    inbound_bindings: [{plugin: telegram, instance: kate_bot}]\n",
+            "plugins/telegram.yaml": ("telegram:\n"
+                                      "  - instance: kate_bot\n"
+                                      "    token: \"%s\"\n"
+                                      "    api_url: %s\n"
+                                      "    polling: {enabled: true, interval_ms: 100}\n"
+                                      "    allowlist: {chat_ids: [%d, %d, %d, %d]}\n")
+                                     % (token, cls.proxy.url, ALICE, BOB, CAROL, DAVE),
+        })
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.n.stop()
+        cls.n.cleanup()
+        cls.proxy.close()
+        cls.fake.kill()
+        cls.fake.wait()
+        cls.tg.send_signal(signal.SIGTERM)
+        try:
+            cls.tg.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            cls.tg.kill()
+            cls.tg.wait()
+        cls.cfg.cleanup()
+        assert code == 0, code
+
+    def setUp(self):
+        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/_reset" % self.fport,
+                                                      data=b"{}", method="POST"), timeout=5).read()
+
+    # --- the user's side of the emulator ---
+    def say(self, chat, text, token=None):
+        user = {"id": chat, "first_name": "U%d" % chat, "username": "u%d" % chat, "is_bot": False}
+        post_json(self.tg_url + "/sendMessage", {
+            "botToken": token or self.token, "from": user, "date": int(time.time()), "text": text,
+            "chat": {"id": chat, "first_name": user["first_name"], "username": user["username"],
+                     "type": "private"}})
+
+    def bot_replies(self, chat, token=None):
+        """Every reply the bot sent to chat so far, in the order the emulator stored them."""
+        box = self.replies.setdefault((token or self.token, chat), [])
+        got = post_json(self.tg_url + "/getUpdates", {"token": token or self.token, "chatId": chat})
+        box.extend(sorted(got["result"], key=lambda u: u["updateId"]))
+        return [u["message"] for u in box]
+
+    def wait_replies(self, chat, count, token=None, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.bot_replies(chat, token)
+            if len(r) >= count:
+                return r
+            time.sleep(0.05)
+        self.fail("chat %d: %d of %d replies after %ds; log:\n%s"
+                  % (chat, len(self.bot_replies(chat, token)), count, timeout, self.n.read_log()[-4000:]))
+
+    def llm_requests(self):
+        return json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
+                                                 timeout=5).read())
+
+    def metric(self, n, pattern):
+        _, body, _ = n.request("GET", "/metrics", listener="metrics")
+        m = re.search(pattern + r" (\d+)", body.decode())
+        return int(m.group(1)) if m else 0
+
+    def quiet(self, n, seconds=1.0):
+        """Lets nexo poll several more times (interval 100 ms) before 'nothing more' is checked."""
+        time.sleep(seconds)
+
+    # --- tests ---
+    def test_a_message_gets_exactly_one_reply(self):
+        script(self.fport, [{"text": "hello Alice"}])
+        self.say(ALICE, "hi kate")
+        replies = self.wait_replies(ALICE, 1)
+        self.assertEqual(replies[0]["text"], "hello Alice")
+        self.assertEqual(int(replies[0]["chat_id"]), ALICE)
+        self.quiet(self.n)
+        self.assertEqual(len(self.bot_replies(ALICE)), 1)
+        reqs = self.llm_requests()
+        self.assertEqual(len(reqs), 1)
+        self.assertEqual(reqs[0]["body"]["messages"][-1]["content"][0]["text"], "hi kate")
+        self.assertGreaterEqual(self.metric(self.n, r'nexo_channel_messages_total\{channel="telegram",'
+                                                    r'instance="kate_bot",direction="out"\}'), 1)
+
+    def test_a_long_reply_arrives_as_ordered_chunks(self):
+        sentences = ["Sentence %d of the long answer says something about item %d." % (i, i * 7)
+                     for i in range(400)]
+        paras = [" ".join(sentences[i:i + 9]) for i in range(0, len(sentences), 9)]
+        text = "\n\n".join(paras)
+        text = text[:10000].rstrip()
+        self.assertGreaterEqual(len(text), 9990)
+        script(self.fport, [{"text": text}])
+        self.say(BOB, "tell me everything")
+        replies = self.wait_replies(BOB, 3)
+        self.quiet(self.n, 0.5)
+        chunks = [m["text"] for m in self.bot_replies(BOB)]
+        self.assertEqual(len(chunks), 3, [len(c) for c in chunks])
+        self.assertTrue(all(0 < len(c) <= 4096 for c in chunks), [len(c) for c in chunks])
+        self.assertEqual(" ".join(chunks).split(), text.split())  # order and content, modulo the cuts
+        self.assertTrue(text.startswith(chunks[0]))
+        for c in chunks[:-1]:  # cut on paragraph boundaries: each chunk ends a paragraph
+            self.assertTrue(c.endswith("."), c[-40:])
+            self.assertIn(c + "\n\n", text)
+        self.assertEqual(len(replies), 3)
+
+    def test_a_sender_outside_the_allowlist_gets_nothing(self):
+        self.say(MALLORY, "let me in")
+        self.say(CAROL, "hello")  # updates are handled in order: once Carol is answered, so was Mallory
+        self.wait_replies(CAROL, 1)
+        self.quiet(self.n, 0.5)
+        self.assertEqual(self.bot_replies(MALLORY), [])
+        self.assertEqual([r["body"]["messages"][-1]["content"][0]["text"] for r in self.llm_requests()],
+                         ["hello"])
+        self.n.wait_log(r"chat 666 \(not in allowlist\.chat_ids\) ignored")
+        self.assertEqual(self.metric(self.n, r'nexo_channel_dropped_total\{channel="telegram",'
+                                             r'instance="kate_bot",reason="allowlist"\}'), 1)
+
+    def test_a_429_retry_after_is_honoured(self):
+        token = "424242:THROTTLED"
+        with tempfile.TemporaryDirectory() as cfg:
+            self.write_config(cfg, token)
+            n = Nexo(config_dir=cfg).start()
+            try:
+                self.proxy.throttle[token] = 1
+                script(self.fport, [{"text": "slowly"}])
+                self.say(DAVE, "hurry", token)
+                self.assertEqual([m["text"] for m in self.wait_replies(DAVE, 1, token)], ["slowly"])
+                sends = self.proxy.sends[token]
+                self.assertEqual(len(sends), 2)  # the refused one, then the retry
+                self.assertGreaterEqual(sends[1] - sends[0], 0.95)
+                n.wait_log(r"sendMessage rate limited: retrying in 1s")
+                self.quiet(n, 0.5)
+                self.assertEqual(len(self.bot_replies(DAVE, token)), 1)
+                self.assertEqual(n.stop(), 0)
+            finally:
+                n.cleanup()
+
+    def test_a_restart_does_not_answer_an_old_update_again(self):
+        token = "777000:RESTART-TOKEN"
+        with tempfile.TemporaryDirectory() as cfg:
+            self.write_config(cfg, token)
+            first = Nexo(config_dir=cfg).start()
+            second = None
+            try:
+                script(self.fport, [{"text": "first answer"}])
+                # The bot's polls after it got the update are held: they never reach "Telegram",
+                # so the update stays unconfirmed there, as when nexo stops (or dies) right after
+                # handling it. A bot that lost its offset would get it again after the restart.
+                self.proxy.freeze_after.add(token)
+                self.say(ALICE, "before the restart", token)
+                self.assertEqual([m["text"] for m in self.wait_replies(ALICE, 1, token)], ["first answer"])
+                old_id = self.proxy.last_seen(token)
+                self.assertEqual(first.stop(), 0)
+                self.proxy.release(token)
+                self.assertIn(old_id, self.proxy.pending[token])  # still unconfirmed
+                second = Nexo(config_dir=cfg)
+                second.data_dir = first.data_dir
+                asked_before = len(self.proxy.offsets_for(token))
+                second.start()
+                script(self.fport, [{"text": "second answer"}])
+                self.say(ALICE, "after the restart", token)
+                replies = self.wait_replies(ALICE, 2, token)
+                self.quiet(second)
+                replies = self.bot_replies(ALICE, token)
+                self.assertEqual([m["text"] for m in replies], ["first answer", "second answer"])
+                asked = [r["body"]["messages"][-1]["content"][0]["text"] for r in self.llm_requests()]
+                self.assertEqual(asked, ["before the restart", "after the restart"])
+                after = self.proxy.offsets_for(token)[asked_before:]
+                self.assertTrue(after, "the restarted bot never polled")
+                self.assertEqual(after[0], old_id + 1)  # resumed past the handled update
+                self.assertEqual(second.stop(), 0)
+            finally:
+                first.cleanup()
+                if second:
+                    second.cleanup()
+
+
+if __name__ == "__main__":
+    main()
