@@ -196,6 +196,11 @@ size_t nx_agents_turns_in_flight(const struct nx_agents *a)
     return a->nturns;
 }
 
+uint64_t nx_agents_turns_started(const struct nx_agents *a)
+{
+    return a->turns_started;
+}
+
 bool nx_agents_can_answer(const struct nx_agents *a)
 {
     for (size_t i = 0; i < a->gen->nagents; i++) {

@@ -4,6 +4,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "config/config.h"
@@ -36,6 +37,8 @@ bool nx_agents_has(const struct nx_agents *a, const char *id);
 /* [{"id":..., "description":..., "model":...}] in configuration order. New reference. */
 json_t *nx_agents_list(const struct nx_agents *a);
 size_t nx_agents_turns_in_flight(const struct nx_agents *a);
+/* Turns started since the agents were created (a cheap activity counter). */
+uint64_t nx_agents_turns_started(const struct nx_agents *a);
 /* True when some agent has a usable provider (so outbound HTTP will be needed). */
 bool nx_agents_can_answer(const struct nx_agents *a);
 size_t nx_agents_sessions(const struct nx_agents *a);

@@ -42,6 +42,7 @@ struct nx_agents {
     size_t nlanes;
     struct nx_turn *turns;     /* every turn not yet done (for free) */
     size_t nturns;
+    uint64_t turns_started;
     bool is_freeing;
 };
 

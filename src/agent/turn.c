@@ -457,6 +457,7 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
         a->turns->prev = t;
     a->turns = t;
     a->nturns++;
+    a->turns_started++;
     nx_gauge_set(m_inflight, NULL, (double)a->nturns);
     /* on_done never runs inside this call: everything starts on the next loop iteration. */
     t->kick = nx_timer_once(a->deps.loop, 0, kick, t);

@@ -350,9 +350,15 @@ static int start_listeners(struct daemon *d, const struct nx_gateway_conf *gw)
  * gateway is quiet, hand it back so RSS returns near idle. */
 static void on_trim_timer(uv_timer_t *t)
 {
+    static uint64_t trimmed_at; /* turns started when we last trimmed */
     struct daemon *d = t->data;
-    if (d->agents && nx_agents_turns_in_flight(d->agents) == 0)
+    if (!d->agents || nx_agents_turns_in_flight(d->agents) != 0)
+        return;
+    uint64_t started = nx_agents_turns_started(d->agents);
+    if (started != trimmed_at) { /* only after activity: a quiet gateway pays nothing */
+        trimmed_at = started;
         malloc_trim(0);
+    }
 }
 
 static struct nx_metric *m_sessions;
