@@ -1,3 +1,4 @@
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -7,13 +8,24 @@
 #include "core/buf.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/breaker.h"
+#include "core/clock.h"
 #include "core/metrics.h"
+#include "runtime/runtime.h"
+#include "store/ledger.h"
 
 struct nx_router {
     struct nx_bus *bus;
     struct nx_agents *agents;
     struct nx_bus_sub *sub;
     struct reply *replies; /* turns in flight, so free can detach them */
+    /* the exactly-once ledger and the per-agent breakers (section below) */
+    struct nx_store *store;   /* NULL: no ledger */
+    struct gate *gates;
+    uint64_t seq;
+    struct resume *resume;    /* the resume read in flight */
+    nx_router_gate_fn gate; /* asked before a message becomes a turn (sender rate limit) */
+    void *gate_arg;
 };
 
 struct reply {
@@ -24,7 +36,24 @@ struct reply {
     char *session_key;
     char *to;
     char *reply_to;    /* the inbound msg_id, or NULL */
+    /* the ledger and breaker path */
+    struct reply *qnext;   /* a gate's queue */
+    struct gate *g;
+    int stage;             /* enum stage */
+    uint64_t seq;
+    char *id;              /* the inbound envelope id */
+    char *in_subject;
+    char *data;            /* the inbound envelope text */
+    char *text;            /* the user's text */
+    char *channel;         /* <plugin>[.<instance>] */
+    char *plugin;
+    char *inst_key;        /* the instance, or "default" */
+    struct nx_timer *retry;
+    struct nx_envelope *out_env;
 };
+
+static void router_admit(struct nx_router *r, struct reply *rp);
+static void turn_finished(struct reply *rp, int rc, const char *text, const char *error);
 
 static struct nx_metric *m_routed;
 
@@ -43,6 +72,16 @@ static void reply_free(struct reply *rp)
     free(rp->session_key);
     free(rp->to);
     free(rp->reply_to);
+    free(rp->id);
+    free(rp->in_subject);
+    free(rp->data);
+    free(rp->text);
+    free(rp->channel);
+    free(rp->plugin);
+    free(rp->inst_key);
+    if (rp->retry)
+        nx_timer_cancel(rp->retry);
+    nx_envelope_free(rp->out_env);
     free(rp);
 }
 
@@ -50,28 +89,11 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
 {
     struct reply *rp = udata;
     const char *text = res->text;
-    if (rc == NX_ECONFIG && res->error_message)
-        text = res->error_message; /* the clear "add a key" message, as on the API */
-    else if (rc < 0) {
-        nx_warn("router", "agent %s: turn for %s failed: %s", rp->agent, rp->session_key,
-                res->error_message ? res->error_message : nx_strerror(rc));
-        reply_free(rp);
-        return;
+    if ((rc == NX_ECONFIG || res->is_user_facing) && res->error_message) {
+        text = res->error_message; /* the clear "add a key" / "budget used up" message */
+        rc = 0;
     }
-    if (rp->r && text && *text) {
-        json_t *payload = json_pack("{s:s, s:s, s:s, s:s?}", "to", rp->to, "text", text,
-                                    "session_id", rp->session_key, "reply_to", rp->reply_to);
-        struct nx_envelope *env = NULL;
-        int prc = nx_envelope_new(rp->subject, rp->agent, rp->session_key, payload, &env);
-        if (prc == 0)
-            prc = nx_bus_publish(rp->r->bus, rp->subject, env);
-        if (prc < 0)
-            nx_error("router", "agent %s: reply to %s not published: %s", rp->agent, rp->subject,
-                     nx_strerror(prc));
-        nx_envelope_free(env);
-        json_decref(payload);
-    }
-    reply_free(rp);
+    turn_finished(rp, rc, text, res->error_message); /* the ledger and breaker section below */
 }
 
 /* "plugin.inbound.<plugin>[.<instance>]": plugin and instance (NULL) into out buffers. */
@@ -129,6 +151,13 @@ static int on_inbound(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
         snprintf(chat_num, sizeof chat_num, "%lld", (long long)json_integer_value(chat_j));
         chat = chat_num;
     }
+    char button[320];
+    if (kind && strcmp(kind, "button") == 0) { /* a button press: the turn says which */
+        const char *data = json_string_value(json_object_get(p, "data"));
+        snprintf(button, sizeof button, "[button] %s", data ? data : "");
+        text = button;
+        kind = NULL;
+    }
     if ((kind && strcmp(kind, "message") != 0) || !text || !*text)
         return 0; /* not a message with text: nothing for an agent */
     const char *peer = chat ? chat : from;
@@ -139,6 +168,14 @@ static int on_inbound(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
     if (!ag) {
         nx_debug("router", "%s: no agent binding matches: dropped", msg->subject);
         return 0;
+    }
+    if (r->gate) {
+        const struct nx_router_gate_in gin = {
+            .agent = ag->conf, .plugin = plugin, .instance = has_instance ? instance : NULL,
+            .sender = from ? from : peer, .peer = peer, .payload = p,
+        };
+        if (!r->gate(&gin, r->gate_arg))
+            return 0;
     }
     struct nx_buf channel = NX_BUF_INIT, key = NX_BUF_INIT, subject = NX_BUF_INIT;
     nx_buf_printf(&channel, "%s%s%s", plugin, has_instance ? "." : "", instance);
@@ -163,24 +200,426 @@ static int on_inbound(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
     if (r->replies)
         r->replies->prev = rp;
     r->replies = rp;
+    rp->id = nx_strdup(msg->env->id);
+    rp->in_subject = nx_strdup(msg->subject);
+    rp->data = nx_strndup(msg->data, msg->len);
+    rp->text = nx_strdup(text);
+    rp->channel = nx_buf_steal(&channel);
+    rp->plugin = nx_strdup(plugin);
+    rp->inst_key = nx_strdup(has_instance ? instance : "default");
+    router_admit(r, rp); /* ledger claim, then the agent's breaker, then the turn */
+    return 0;
+}
 
+/* ---- the exactly-once ledger and the per-agent circuit breakers (docs/bus.md) ----
+ *
+ * An admitted event is claimed in the ledger (received -> routed; a redelivery of an event
+ * routed or answered already is dropped here), then waits in its agent's gate: a turn starts
+ * when the agent's breaker lets it and no earlier event of its session is failing or waiting
+ * for its retry (the session lane orders the rest). A successful turn records its
+ * reply (idempotency key "<event id>:0") pending together with the event's `answered`, then
+ * publishes it; a failed one counts against the breaker and is retried after a short backoff,
+ * until broker.dlq.max_attempts turns failed: then the event is dead and in dead_letters for
+ * this subscriber, so `nexo dlq retry` redelivers it here. While the breaker is open events
+ * wait (recorded in the ledger); after circuit_breaker.open_secs one probe turn runs (the
+ * oldest waiting event): success closes the breaker and the rest follow. */
+
+enum stage { ST_NEW, ST_CLAIM, ST_WAIT, ST_TURN, ST_FAILING, ST_RETRY, ST_ANSWER };
+
+struct gate {
+    struct gate *next;
+    struct nx_router *r;
+    char *agent;
+    struct nx_breaker br;
+    struct reply *head;      /* waiting, by seq */
+    struct nx_timer *timer;  /* the end of the cool-down */
+};
+
+struct resume {
+    struct nx_router *r;     /* NULL once the router is freed */
+};
+
+static struct nx_metric *m_breaker, *m_redelivered, *m_dead;
+
+static void gate_pump(struct gate *g);
+
+static void register_ledger_metrics(void)
+{
+    static const char *const labels[] = {"agent", NULL};
+    if (m_breaker)
+        return;
+    m_breaker = nx_metric_gauge("nexo_agent_breaker_state",
+                                "per-agent circuit breaker: 0 closed, 1 open, 2 half-open", labels);
+    m_redelivered = nx_metric_counter("nexo_router_redeliveries_total",
+                                      "inbound events dropped as routed or answered already", labels);
+    m_dead = nx_metric_counter("nexo_router_dead_letters_total",
+                               "inbound events whose turn failed broker.dlq.max_attempts times", labels);
+}
+
+static void gate_publish_state(struct gate *g)
+{
+    const char *const lv[] = {g->agent};
+    nx_gauge_set(m_breaker, lv, (double)g->br.state);
+}
+
+/* The agent's circuit_breaker settings (agents.yaml), as the current config has them. */
+static struct nx_breaker_conf breaker_conf(const struct nx_router *r, const char *agent)
+{
+    const struct agent_rt *ag = gen_agent(r->agents->gen, agent);
+    struct nx_breaker_conf bc = {.failure_threshold = 5, .success_threshold = 1,
+                                 .initial_backoff_ms = 30000};
+    if (ag && ag->conf->circuit_breaker.failure_threshold) {
+        bc.failure_threshold = ag->conf->circuit_breaker.failure_threshold;
+        bc.initial_backoff_ms = ag->conf->circuit_breaker.open_secs * 1000;
+    }
+    bc.max_backoff_ms = bc.initial_backoff_ms * 8;
+    return bc;
+}
+
+static struct gate *gate_get(struct nx_router *r, const char *agent)
+{
+    for (struct gate *g = r->gates; g; g = g->next) {
+        if (strcmp(g->agent, agent) == 0) {
+            struct nx_breaker_conf bc = breaker_conf(r, agent); /* a reload applies from now */
+            if (bc.failure_threshold != g->br.conf.failure_threshold ||
+                bc.initial_backoff_ms != g->br.conf.initial_backoff_ms) {
+                g->br.conf = bc;
+                if (g->br.state == NX_BREAKER_CLOSED)
+                    g->br.backoff_ms = bc.initial_backoff_ms;
+            }
+            return g;
+        }
+    }
+    struct gate *g = nx_calloc(1, sizeof *g);
+    struct nx_breaker_conf bc = breaker_conf(r, agent);
+    nx_breaker_init(&g->br, &bc);
+    g->r = r;
+    g->agent = nx_strdup(agent);
+    g->next = r->gates;
+    r->gates = g;
+    gate_publish_state(g);
+    return g;
+}
+
+static uint32_t max_attempts(const struct nx_router *r)
+{
+    const struct nx_broker_conf *b = nx_config_broker(r->agents->gen->cfg);
+    return b ? b->dlq.max_attempts : 3;
+}
+
+/* Is an earlier event of this session failing or waiting for its retry? Then this one waits
+ * too, so that a session's events are answered in order across retries. Events that merely run
+ * are left to the session lane, which orders them (and applies the agent's queue_mode). */
+static bool session_busy(const struct nx_router *r, const struct reply *rp)
+{
+    for (const struct reply *o = r->replies; o; o = o->next)
+        if (o->seq < rp->seq && (o->stage == ST_FAILING || o->stage == ST_RETRY) &&
+            strcmp(o->session_key, rp->session_key) == 0)
+            return true;
+    return false;
+}
+
+static void start_turn(struct reply *rp)
+{
+    struct nx_router *r = rp->r;
     json_t *msgs = json_pack("[{s:s, s:[{s:s, s:s}]}]", "role", "user", "content", "type", "text",
-                             "text", text);
+                             "text", rp->text);
     struct nx_turn_opts o = {
         .agent_id = rp->agent,
         .session_key = rp->session_key,
-        .channel = nx_buf_cstr(&channel),
+        .channel = rp->channel,
         .messages = msgs,
         .temperature = -1,
         .on_done = on_done,
         .udata = rp,
     };
+    rp->stage = ST_TURN;
     nx_turn_start(r->agents, &o);
-    const char *const lv[] = {rp->agent, plugin};
+    const char *const lv[] = {rp->agent, rp->plugin};
     nx_counter_add(m_routed, lv, 1);
     json_decref(msgs);
-    nx_buf_cleanup(&channel);
-    return 0;
+}
+
+static void on_gate_timer(void *arg)
+{
+    struct gate *g = arg;
+    g->timer = NULL;
+    gate_pump(g);
+}
+
+/* Starts what may start: in order, skipping sessions that are busy, while the breaker allows. */
+static void gate_pump(struct gate *g)
+{
+    struct reply **pp = &g->head;
+    uint64_t now = nx_mono_ms();
+    while (*pp) {
+        struct reply *rp = *pp;
+        if (session_busy(g->r, rp)) {
+            pp = &rp->qnext;
+            continue;
+        }
+        if (!nx_breaker_allow(&g->br, now))
+            break;
+        *pp = rp->qnext;
+        rp->qnext = NULL;
+        if (g->br.state == NX_BREAKER_HALF_OPEN)
+            nx_info("router", "agent %s: circuit breaker half-open: probing with event %s", g->agent,
+                    rp->id);
+        start_turn(rp);
+    }
+    gate_publish_state(g);
+    if (g->head && g->br.state == NX_BREAKER_OPEN && !g->timer) {
+        uint64_t wait = g->br.open_until > now ? g->br.open_until - now : 0;
+        g->timer = nx_timer_once(g->r->agents->deps.loop, wait + 1, on_gate_timer, g);
+    }
+}
+
+/* Into the agent's queue, by arrival. */
+static void gate_push(struct reply *rp)
+{
+    struct gate *g = rp->g;
+    struct reply **pp = &g->head;
+    while (*pp && (*pp)->seq < rp->seq)
+        pp = &(*pp)->qnext;
+    rp->qnext = *pp;
+    *pp = rp;
+    rp->stage = ST_WAIT;
+    gate_pump(g);
+}
+
+static void on_claimed(int rc, int64_t is_claimed, void *arg)
+{
+    struct reply *rp = arg;
+    if (!rp->r) {
+        reply_free(rp);
+        return;
+    }
+    if (rc < 0) {
+        nx_error("router", "event %s: ledger claim failed (%s): routed unrecorded", rp->id,
+                 nx_strerror(rc));
+    } else if (!is_claimed) {
+        nx_debug("router", "event %s routed or answered already: redelivery dropped", rp->id);
+        const char *const lv[] = {rp->agent};
+        nx_counter_add(m_redelivered, lv, 1);
+        reply_free(rp);
+        return;
+    }
+    gate_push(rp);
+}
+
+static void claim(struct reply *rp)
+{
+    struct nx_ledger_event ev = {
+        .channel = rp->plugin, .instance = rp->inst_key, .id = rp->id, .subject = rp->in_subject,
+        .envelope = rp->data,
+    };
+    rp->stage = ST_CLAIM;
+    nx_ledger_inbound_claim(rp->r->store, &ev, rp->agent, on_claimed, rp);
+}
+
+static void router_admit(struct nx_router *r, struct reply *rp)
+{
+    register_ledger_metrics();
+    rp->seq = ++r->seq;
+    rp->g = gate_get(r, rp->agent);
+    rp->stage = ST_NEW;
+    if (!r->store)
+        gate_push(rp);
+    else
+        claim(rp);
+}
+
+static void on_retry(void *arg)
+{
+    struct reply *rp = arg;
+    rp->retry = NULL;
+    gate_push(rp);
+}
+
+static void on_failed(int rc, int64_t attempts, void *arg)
+{
+    struct reply *rp = arg;
+    struct gate *g = rp->g;
+    uint32_t max = rp->r ? max_attempts(rp->r) : 0;
+    if (!rp->r) {
+        reply_free(rp);
+        return;
+    }
+    if (rc < 0)
+        nx_error("router", "event %s: failure not recorded: %s", rp->id, nx_strerror(rc));
+    if (rc == 0 && max && attempts >= max) {
+        nx_error("router", "agent %s: event %s failed %" PRId64 " times: moved to the dead-letter "
+                 "queue (nexo dlq retry %s)", rp->agent, rp->id, attempts, rp->id);
+        const char *const lv[] = {rp->agent};
+        nx_counter_add(m_dead, lv, 1);
+        reply_free(rp);
+        gate_pump(g);
+        return;
+    }
+    uint64_t backoff = 250u * (uint64_t)(attempts > 0 ? attempts : 1);
+    rp->stage = ST_RETRY;
+    rp->retry = nx_timer_once(rp->r->agents->deps.loop, backoff > 5000 ? 5000 : backoff, on_retry, rp);
+}
+
+static void on_answered(int rc, int64_t n, void *arg)
+{
+    struct reply *rp = arg;
+    (void)n;
+    if (rc < 0)
+        nx_error("router", "event %s: answer not recorded (%s): published unrecorded", rp->id,
+                 nx_strerror(rc));
+    if (rp->r && rp->out_env) {
+        int prc = nx_bus_publish(rp->r->bus, rp->subject, rp->out_env);
+        if (prc < 0)
+            nx_error("router", "agent %s: reply to %s not published now (%s): the channel sends it "
+                     "from the ledger", rp->agent, rp->subject, nx_strerror(prc));
+    }
+    reply_free(rp);
+}
+
+/* A turn ended: rc 0 with the reply text (maybe empty), or a failure. */
+static void turn_finished(struct reply *rp, int rc, const char *text, const char *error)
+{
+    struct nx_router *r = rp->r;
+    struct gate *g = rp->g;
+    if (!r) { /* the router is gone: the ledger still says routed, the next start re-runs it */
+        reply_free(rp);
+        return;
+    }
+    if (rc == NX_ECANCELED) { /* interrupted or stopping: left as it is for the next start */
+        if (g->br.state == NX_BREAKER_HALF_OPEN) /* a cancelled probe proves nothing: probe again */
+            nx_breaker_failure(&g->br, nx_mono_ms());
+        reply_free(rp);
+        gate_pump(g);
+        return;
+    }
+    if (rc < 0) {
+        nx_warn("router", "agent %s: turn for %s failed: %s", rp->agent, rp->session_key,
+                error ? error : nx_strerror(rc));
+        nx_breaker_failure(&g->br, nx_mono_ms());
+        if (g->br.state == NX_BREAKER_OPEN)
+            nx_warn("router", "agent %s: circuit breaker open: events wait", g->agent);
+        if (!r->store) {
+            reply_free(rp);
+        } else {
+            rp->stage = ST_FAILING;
+            nx_ledger_inbound_fail(r->store, rp->id, error ? error : nx_strerror(rc), max_attempts(r),
+                                   nx_bus_sub_name(r->sub), on_failed, rp);
+        }
+        gate_pump(g);
+        return;
+    }
+    bool was_open = g->br.state != NX_BREAKER_CLOSED;
+    nx_breaker_success(&g->br, nx_mono_ms());
+    if (was_open && g->br.state == NX_BREAKER_CLOSED)
+        nx_info("router", "agent %s: circuit breaker closed", g->agent);
+    if (text && *text) {
+        struct nx_buf key = NX_BUF_INIT;
+        nx_buf_printf(&key, "%s:0", rp->id); /* one reply per turn: stable across re-runs */
+        json_t *payload = json_pack("{s:s, s:s, s:s, s:s?, s:s}", "to", rp->to, "text", text,
+                                    "session_id", rp->session_key, "reply_to", rp->reply_to, "key",
+                                    nx_buf_cstr(&key));
+        if (!payload || nx_envelope_new(rp->subject, rp->agent, rp->session_key, payload,
+                                        &rp->out_env) < 0)
+            nx_error("router", "agent %s: reply to %s cannot be built", rp->agent, rp->subject);
+        if (rp->out_env && r->store) {
+            size_t len = 0;
+            char *data = nx_envelope_dump(rp->out_env, &len);
+            struct nx_ledger_reply lr = {
+                .key = nx_buf_cstr(&key), .channel = rp->plugin, .instance = rp->inst_key,
+                .subject = rp->subject, .envelope = data,
+            };
+            rp->stage = ST_ANSWER;
+            nx_ledger_inbound_answer(r->store, rp->id, &lr, 1, false, on_answered, rp);
+            free(data);
+            rp = NULL;
+        }
+        json_decref(payload);
+        nx_buf_cleanup(&key);
+    } else if (r->store) {
+        rp->stage = ST_ANSWER;
+        nx_ledger_inbound_answer(r->store, rp->id, NULL, 0, false, on_answered, rp);
+        rp = NULL;
+    }
+    if (rp) { /* no ledger */
+        if (rp->out_env && nx_bus_publish(r->bus, rp->subject, rp->out_env) < 0)
+            nx_error("router", "agent %s: reply to %s not published", rp->agent, rp->subject);
+        reply_free(rp);
+    }
+    gate_pump(g); /* ST_ANSWER frees the session: the store publishes the replies in order */
+}
+
+/* Resume: the events the last run recorded but did not answer are published again, with their
+ * ids, on their subjects: whichever router takes them (this one, or another process's on NATS)
+ * claims them in its ledger, so one that was answered elsewhere is dropped there. They go out
+ * before the channels poll again (the store answers this read before their first one), so they
+ * come back ahead of newer events. */
+static void on_unanswered(int rc, const struct nx_ledger_row *v, size_t n, void *arg)
+{
+    struct resume *t = arg;
+    struct nx_router *r = t->r;
+    size_t resumed = 0;
+    free(t);
+    if (!r)
+        return;
+    r->resume = NULL;
+    if (rc < 0) {
+        nx_error("router", "cannot read unanswered events from the ledger: %s", nx_strerror(rc));
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct nx_envelope *env = NULL;
+        char err[160];
+        int prc;
+        if (nx_envelope_parse(v[i].envelope, strlen(v[i].envelope), 0, &env, err, sizeof err) < 0) {
+            nx_error("router", "event %s in the ledger is unreadable (%s): skipped", v[i].key, err);
+            continue;
+        }
+        if ((prc = nx_bus_publish(r->bus, v[i].subject, env)) < 0)
+            nx_error("router", "event %s from the ledger not published again: %s", v[i].key,
+                     nx_strerror(prc));
+        else
+            resumed++;
+        nx_envelope_free(env);
+    }
+    if (resumed)
+        nx_info("router", "resumed %zu unanswered event%s from the ledger", resumed,
+                resumed == 1 ? "" : "s");
+}
+
+void nx_router_set_store(struct nx_router *r, struct nx_store *store)
+{
+    r->store = store;
+    if (!store || r->resume)
+        return;
+    r->resume = nx_calloc(1, sizeof *r->resume);
+    r->resume->r = r;
+    nx_ledger_inbound_unanswered(store, 0, on_unanswered, r->resume);
+}
+
+/* At free: what waits in a queue goes (the ledger keeps it); what a store job or a turn holds is
+ * detached and freed when that completes. */
+static void ledger_free(struct nx_router *r)
+{
+    if (r->resume)
+        r->resume->r = NULL;
+    struct reply *rp = r->replies;
+    while (rp) {
+        struct reply *next = rp->next;
+        rp->r = NULL;
+        if (rp->stage == ST_NEW || rp->stage == ST_WAIT || rp->stage == ST_RETRY)
+            reply_free(rp);
+        rp = next;
+    }
+    r->replies = NULL;
+    while (r->gates) {
+        struct gate *g = r->gates;
+        r->gates = g->next;
+        if (g->timer)
+            nx_timer_cancel(g->timer);
+        free(g->agent);
+        free(g);
+    }
 }
 
 int nx_router_new(struct nx_bus *bus, struct nx_agents *agents, struct nx_router **out)
@@ -201,12 +640,17 @@ int nx_router_new(struct nx_bus *bus, struct nx_agents *agents, struct nx_router
     return 0;
 }
 
+void nx_router_set_gate(struct nx_router *r, nx_router_gate_fn fn, void *arg)
+{
+    r->gate = fn;
+    r->gate_arg = arg;
+}
+
 void nx_router_free(struct nx_router *r)
 {
     if (!r)
         return;
     nx_bus_unsubscribe(r->bus, r->sub);
-    for (struct reply *rp = r->replies; rp; rp = rp->next)
-        rp->r = NULL; /* their turns still end; the replies go nowhere */
+    ledger_free(r); /* turns still running end; their replies go nowhere */
     free(r);
 }

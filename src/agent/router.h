@@ -15,6 +15,25 @@
 struct nx_router;
 
 int nx_router_new(struct nx_bus *bus, struct nx_agents *agents, struct nx_router **out);
+/* A gate asked for every inbound message that matched an agent, before it becomes a turn (the
+ * channels layer registers its sender rate limit here). false = drop it (the gate logs, counts
+ * and answers if it wants to). */
+struct nx_router_gate_in {
+    const struct nx_agent_conf *agent;
+    const char *plugin;   /* channel type */
+    const char *instance; /* NULL when the subject has none */
+    const char *sender;   /* the payload's "from", else the peer */
+    const char *peer;     /* where replies go (chat, else from) */
+    const json_t *payload;
+};
+typedef bool (*nx_router_gate_fn)(const struct nx_router_gate_in *in, void *arg);
+void nx_router_set_gate(struct nx_router *r, nx_router_gate_fn fn, void *arg);
+/* Turns on the exactly-once ledger and per-agent circuit breakers (docs/bus.md): inbound events
+ * are claimed in the store's ledger before their turn (a redelivery is dropped), replies carry
+ * an idempotency key ("<event id>:0") and are recorded pending before they are published, and
+ * the events the last run left unanswered are published again now, ahead of newer ones. Call once,
+ * right after nx_router_new. store NULL = no ledger. */
+void nx_router_set_store(struct nx_router *r, struct nx_store *store);
 /* Unsubscribes; turns already started still answer (their replies are dropped if the bus is
  * gone). Accepts NULL. */
 void nx_router_free(struct nx_router *r);

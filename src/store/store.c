@@ -484,6 +484,14 @@ static void *store_main(void *arg)
         }
     }
 
+    /* statements jobs prepare once and keep (their SQL starts with the marker NX_STORE_KEEP_SQL,
+     * e.g. the ledger's) end with the connection; SQLite's own (FTS5's) are left to it */
+    for (sqlite3_stmt *st = s->db ? sqlite3_next_stmt(s->db, NULL) : NULL, *next; st; st = next) {
+        const char *sql = sqlite3_sql(st);
+        next = sqlite3_next_stmt(s->db, st);
+        if (sql && strncmp(sql, NX_STORE_KEEP_SQL, sizeof NX_STORE_KEEP_SQL - 1) == 0)
+            sqlite3_finalize(st);
+    }
     if (s->db && sqlite3_close(s->db) != SQLITE_OK) {
         nx_warn("store", "closing %s: %s", s->path, sqlite3_errmsg(s->db));
         sqlite3_close_v2(s->db);
@@ -630,6 +638,11 @@ int nx_store_schema_version(const struct nx_store *s)
 const char *nx_store_last_error(const struct nx_store *s)
 {
     return s ? s->err : "";
+}
+
+const char *nx_store_dir(const struct nx_store *s)
+{
+    return s->dir;
 }
 
 void nx_store_stats(const struct nx_store *s, struct nx_store_stats *out)

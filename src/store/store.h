@@ -43,11 +43,19 @@ void nx_store_read(struct nx_store *s, nx_store_job_fn job, nx_store_done_fn don
 /* done runs after every write queued before it has committed. */
 void nx_store_flush(struct nx_store *s, nx_store_done_fn done, void *arg);
 
+/* A job may prepare a statement once and keep it for later jobs (on the store thread only) when
+ * its SQL text starts with this comment: the store finalizes those before it closes. Reset each
+ * one after use so that none is left running when the batch commits. */
+#define NX_STORE_KEEP_SQL "/* nx:keep */ "
+
 /* Schema version after migrations (on the store thread's data; safe after ready). */
 int nx_store_schema_version(const struct nx_store *s);
 
 /* Why the open failed, in words ("" when it did not); safe in and after `ready`. */
 const char *nx_store_last_error(const struct nx_store *s);
+
+/* The data directory the store was opened in (e.g. for files kept beside the database). */
+const char *nx_store_dir(const struct nx_store *s);
 
 /* Counters since open, for tests and metrics; any thread. */
 struct nx_store_stats {

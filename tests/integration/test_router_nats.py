@@ -126,14 +126,16 @@ class RouterOverNats(unittest.TestCase):
         # No binding matches telegram without an instance: dropped. Then whatsapp -> ana.
         c.pub("plugin.inbound.telegram", envelope("plugin.inbound.telegram",
                                                   {"kind": "message", "from": "1", "chat": 1, "text": "x"}))
-        c.pub("plugin.inbound.telegram.kate_bot",
-              envelope("plugin.inbound.telegram.kate_bot",
-                       {"kind": "message", "from": "42", "chat": 42, "text": "hi", "msg_id": 7}))
+        inbound = envelope("plugin.inbound.telegram.kate_bot",
+                           {"kind": "message", "from": "42", "chat": 42, "text": "hi", "msg_id": 7})
+        c.pub("plugin.inbound.telegram.kate_bot", inbound)
         subject, env = c.next_msg()
         self.assertEqual(subject, "plugin.outbound.telegram.kate_bot")
         self.assertEqual(env["source"], "kate")
+        # the idempotency key: the inbound event id and the reply's index (docs/bus.md)
         self.assertEqual(env["payload"], {"to": "42", "text": "hello Alice", "reply_to": "7",
-                                          "session_id": "agent:kate:telegram.kate_bot:42"})
+                                          "session_id": "agent:kate:telegram.kate_bot:42",
+                                          "key": json.loads(inbound)["id"] + ":0"})
         c.pub("plugin.inbound.whatsapp", envelope("plugin.inbound.whatsapp",
                                                   {"kind": "message", "from": "573001112233", "text": "hola?"}))
         subject, env = c.next_msg()

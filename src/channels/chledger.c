@@ -1,0 +1,336 @@
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "channels/chledger.h"
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "runtime/runtime.h"
+#include "store/ledger.h"
+
+/* The framework's side of the exactly-once ledger; see chledger.h and docs/bus.md. Everything
+ * here runs on the loop thread; store completions come back in the order their jobs were
+ * queued, so events are published in the order the adapter handed them over. */
+
+#define TAKE_BATCH 100
+#define SWEEP_MS 30000
+#define RETRY_MS 2000
+
+struct op {
+    struct op *next, *prev;
+    struct nx_chledger *l;     /* NULL once detached */
+    struct nx_envelope *env;   /* inbound: to publish once recorded */
+    char *key;                 /* outbound */
+    char *subject;
+    char *data;
+};
+
+struct nx_chledger {
+    struct nx_channel *ch;
+    struct nx_store *store;
+    nx_chledger_deliver_fn deliver;
+    struct nx_bus_msg *current; /* the ledger's own delivery in progress */
+    struct op *ops;
+    struct nx_timer *timer;
+    bool is_taking;
+};
+
+static struct nx_metric *m_dup, *m_skipped, *m_resent;
+static uint64_t boot_id;
+
+static void register_metrics(void)
+{
+    static const char *const labels[] = {"channel", NULL};
+    if (m_dup)
+        return;
+    m_dup = nx_metric_counter("nexo_ledger_duplicates_total",
+                              "inbound channel events dropped as already recorded in the ledger", labels);
+    m_skipped = nx_metric_counter("nexo_ledger_outbound_skipped_total",
+                                  "outbound replies not sent again: their key was sent already", labels);
+    m_resent = nx_metric_counter("nexo_ledger_resent_total",
+                                 "pending outbound replies sent again from the ledger (resume)", labels);
+}
+
+/* Unique per process start, never 0: marks the replies this process is sending. */
+static uint64_t boot(void)
+{
+    while (!boot_id) {
+        uint64_t v = 0;
+        if (getrandom(&v, sizeof v, 0) != (ssize_t)sizeof v)
+            v = nx_wall_ms() ^ ((uint64_t)getpid() << 32);
+        boot_id = v & 0x3fffffffffffffffull;
+    }
+    return boot_id;
+}
+
+static void count(struct nx_metric *m, struct nx_channel *ch)
+{
+    const char *const lv[] = {nx_channel_label(ch)};
+    nx_counter_add(m, lv, 1);
+}
+
+static struct op *op_new(struct nx_chledger *l)
+{
+    struct op *o = nx_calloc(1, sizeof *o);
+    o->l = l;
+    o->next = l->ops;
+    if (l->ops)
+        l->ops->prev = o;
+    l->ops = o;
+    return o;
+}
+
+static void op_free(struct op *o)
+{
+    if (o->l) {
+        if (o->prev)
+            o->prev->next = o->next;
+        else
+            o->l->ops = o->next;
+        if (o->next)
+            o->next->prev = o->prev;
+    }
+    nx_envelope_free(o->env);
+    free(o->key);
+    free(o->subject);
+    free(o->data);
+    free(o);
+}
+
+const char *nx_chledger_key(const struct nx_envelope *env)
+{
+    const char *key = json_string_value(json_object_get(env->payload, "key"));
+    return key && *key ? key : env->id;
+}
+
+/* ---- inbound ---- */
+
+static void on_recorded(int rc, int64_t is_new, void *arg)
+{
+    struct op *o = arg;
+    struct nx_chledger *l = o->l;
+    if (!l)
+        goto out;
+    struct nx_channel *ch = l->ch;
+    if (rc < 0) {
+        /* not durable: publish anyway (at-least-once beats losing it) */
+        nx_error("ledger", "%s: event %s not recorded (%s): published unrecorded",
+                 nx_channel_label(ch), o->env->id, nx_strerror(rc));
+    } else if (!is_new) {
+        nx_debug("ledger", "%s: event %s already recorded: duplicate dropped", nx_channel_label(ch),
+                 o->env->id);
+        count(m_dup, ch);
+        goto out;
+    }
+    if ((rc = nx_bus_publish(nx_channel_bus(ch), o->env->topic, o->env)) < 0) {
+        nx_warn("ledger", "%s: event %s recorded but not published (%s): it is routed from the "
+                "ledger at the next start", nx_channel_label(ch), o->env->id, nx_strerror(rc));
+        goto out;
+    }
+    nx_channel_count(ch, "in");
+out:
+    op_free(o);
+}
+
+int nx_chledger_publish(struct nx_channel *ch, struct nx_chledger *l, const struct nx_envelope *env,
+                        const char *event_key)
+{
+    int rc;
+    if (!l) {
+        if ((rc = nx_bus_publish(nx_channel_bus(ch), env->topic, env)) == 0)
+            nx_channel_count(ch, "in");
+        return rc;
+    }
+    size_t len = 0;
+    char *data = nx_envelope_dump(env, &len);
+    if (!data)
+        return NX_EINVAL;
+    struct op *o = op_new(l);
+    o->env = nx_envelope_copy(env);
+    o->data = data;
+    struct nx_ledger_event ev = {
+        .channel = nx_channel_type_name(ch),
+        .instance = nx_channel_instance_key(ch),
+        .event_key = event_key,
+        .id = env->id,
+        .subject = env->topic,
+        .envelope = data,
+    };
+    nx_ledger_inbound_record(l->store, &ev, on_recorded, o);
+    return 0;
+}
+
+/* ---- outbound ---- */
+
+static void schedule_take(struct nx_chledger *l, uint64_t ms);
+
+/* Hands a claimed reply to the channel's subscriber. */
+static void deliver_now(struct nx_chledger *l, const char *key, const char *subject, const char *data)
+{
+    struct nx_channel *ch = l->ch;
+    struct nx_envelope *env = NULL;
+    char err[160];
+    size_t len = strlen(data);
+    if (nx_envelope_parse(data, len, 0, &env, err, sizeof err) < 0) {
+        nx_error("ledger", "%s: reply %s unreadable in the ledger (%s): marked failed",
+                 nx_channel_label(ch), key, err);
+        nx_ledger_outbound_sent(l->store, key, NULL, NX_EINVAL, err, NULL, NULL);
+        return;
+    }
+    struct nx_bus_msg msg = {.subject = subject, .env = env, .data = data, .len = len, .attempt = 1};
+    l->current = &msg;
+    int rc = l->deliver(nx_channel_bus(ch), &msg, ch);
+    l->current = NULL;
+    if (rc < 0) {
+        nx_warn("ledger", "%s: reply %s not taken now (%s): retried from the ledger",
+                nx_channel_label(ch), key, msg.error ? msg.error : nx_strerror(rc));
+        nx_ledger_outbound_unclaim(l->store, key, NULL, NULL);
+        schedule_take(l, RETRY_MS);
+    }
+    free(msg.error);
+    nx_envelope_free(env);
+}
+
+static void on_claimed(int rc, int64_t is_claimed, void *arg)
+{
+    struct op *o = arg;
+    struct nx_chledger *l = o->l;
+    if (!l)
+        goto out;
+    if (rc < 0) {
+        nx_error("ledger", "%s: reply %s not recorded (%s): sent unrecorded",
+                 nx_channel_label(l->ch), o->key, nx_strerror(rc));
+    } else if (!is_claimed) {
+        nx_debug("ledger", "%s: reply %s sent already: skipped", nx_channel_label(l->ch), o->key);
+        count(m_skipped, l->ch);
+        goto out;
+    }
+    deliver_now(l, o->key, o->subject, o->data);
+out:
+    op_free(o);
+}
+
+bool nx_chledger_outbound(struct nx_chledger *l, struct nx_bus_msg *msg)
+{
+    if (!l || msg == l->current)
+        return false;
+    struct op *o = op_new(l);
+    o->key = nx_strdup(nx_chledger_key(msg->env));
+    o->subject = nx_strdup(msg->subject);
+    o->data = nx_strndup(msg->data, msg->len);
+    struct nx_ledger_reply r = {
+        .key = o->key,
+        .channel = nx_channel_type_name(l->ch),
+        .instance = nx_channel_instance_key(l->ch),
+        .subject = o->subject,
+        .envelope = o->data,
+    };
+    nx_ledger_outbound_claim(l->store, &r, boot(), on_claimed, o);
+    return true;
+}
+
+static void on_taken(int rc, const struct nx_ledger_row *v, size_t n, void *arg)
+{
+    struct op *o = arg;
+    struct nx_chledger *l = o->l;
+    if (!l)
+        goto out;
+    l->is_taking = false;
+    if (rc < 0) {
+        nx_error("ledger", "%s: pending replies not read: %s", nx_channel_label(l->ch),
+                 nx_strerror(rc));
+        schedule_take(l, SWEEP_MS);
+        goto out;
+    }
+    if (n)
+        nx_info("ledger", "%s: sending %zu pending repl%s from the ledger", nx_channel_label(l->ch), n,
+                n == 1 ? "y" : "ies");
+    for (size_t i = 0; i < n && o->l; i++) {
+        count(m_resent, l->ch);
+        deliver_now(l, v[i].key, v[i].subject, v[i].envelope);
+    }
+    if (o->l)
+        schedule_take(l, n == TAKE_BATCH ? 0 : SWEEP_MS);
+out:
+    op_free(o);
+}
+
+static void take(void *arg)
+{
+    struct nx_chledger *l = arg;
+    l->timer = NULL;
+    if (l->is_taking)
+        return;
+    l->is_taking = true;
+    nx_ledger_outbound_take(l->store, nx_channel_type_name(l->ch), nx_channel_instance_key(l->ch),
+                            boot(), TAKE_BATCH, on_taken, op_new(l));
+}
+
+static void schedule_take(struct nx_chledger *l, uint64_t ms)
+{
+    if (l->timer)
+        nx_timer_cancel(l->timer);
+    l->timer = nx_timer_once(nx_channel_loop(l->ch), ms, take, l);
+}
+
+void nx_chledger_sent(struct nx_chledger *l, const char *key, const char *provider_id, int status,
+                      const char *error)
+{
+    if (!l || !key)
+        return;
+    if (status == NX_ECANCELED) { /* not sent: the next start sends it */
+        nx_ledger_outbound_unclaim(l->store, key, NULL, NULL);
+        return;
+    }
+    if (status < 0)
+        nx_warn("ledger", "%s: reply %s failed: %s", nx_channel_label(l->ch), key,
+                error ? error : nx_strerror(status));
+    nx_ledger_outbound_sent(l->store, key, provider_id, status, error, NULL, NULL);
+}
+
+void nx_chledger_status(struct nx_chledger *l, const char *provider_id, const char *state,
+                        const char *error)
+{
+    if (!l || !provider_id || !state)
+        return;
+    if (strcmp(state, "sent") == 0) /* nx_channel_sent recorded that already */
+        return;
+    if (strcmp(state, "delivered") != 0 && strcmp(state, "read") != 0 && strcmp(state, "failed") != 0) {
+        nx_warn("ledger", "%s: delivery state \"%s\" for %s ignored (delivered, read or failed)",
+                nx_channel_label(l->ch), state, provider_id);
+        return;
+    }
+    nx_ledger_outbound_status(l->store, nx_channel_type_name(l->ch), nx_channel_instance_key(l->ch),
+                              provider_id, state, error, NULL, NULL);
+}
+
+/* ---- lifetime ---- */
+
+struct nx_chledger *nx_chledger_new(struct nx_channel *ch, nx_chledger_deliver_fn deliver)
+{
+    struct nx_store *store = nx_channel_store(ch);
+    if (!store)
+        return NULL;
+    register_metrics();
+    struct nx_chledger *l = nx_calloc(1, sizeof *l);
+    l->ch = ch;
+    l->store = store;
+    l->deliver = deliver;
+    schedule_take(l, 0); /* replies left pending by the last run */
+    return l;
+}
+
+void nx_chledger_free(struct nx_chledger *l)
+{
+    if (!l)
+        return;
+    if (l->timer)
+        nx_timer_cancel(l->timer);
+    for (struct op *o = l->ops; o; o = o->next)
+        o->l = NULL;
+    free(l);
+}

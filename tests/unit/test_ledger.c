@@ -1,0 +1,403 @@
+/* NX_TEST_LABELS: threaded */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/clock.h"
+#include "core/error.h"
+#include "store/ledger.h"
+#include "store/store.h"
+
+#define WAIT_MS 20000
+
+/* ---- fixture: a temp dir, a loop and a store that can be closed and reopened ---- */
+
+struct fx {
+    char tmp[64];
+    uv_loop_t loop;
+    struct nx_store *s;
+    int calls;      /* completions seen */
+    int rc;         /* the last one's */
+    int64_t result; /* the last one's */
+    struct nx_ledger_row rows[16];
+    size_t nrows;
+};
+
+static void on_timeout(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+}
+
+static void run_until(struct fx *f, int target)
+{
+    uv_timer_t timer;
+    bool is_timed_out = false;
+    uv_timer_init(&f->loop, &timer);
+    timer.data = &is_timed_out;
+    uv_timer_start(&timer, on_timeout, WAIT_MS, 0);
+    while (f->calls < target && !is_timed_out)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&timer, NULL);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_false(is_timed_out);
+}
+
+static void on_ready(int rc, void *arg)
+{
+    struct fx *f = arg;
+    f->rc = rc;
+    f->calls++;
+}
+
+static void fx_open(struct fx *f)
+{
+    char dir[128];
+    snprintf(dir, sizeof dir, "%s/data", f->tmp);
+    f->calls = 0;
+    assert_int_equal(nx_store_open(&f->loop, dir, NULL, on_ready, f, &f->s), 0);
+    run_until(f, 1);
+    assert_int_equal(f->rc, 0);
+    f->calls = 0;
+}
+
+static void fx_close(struct fx *f)
+{
+    nx_store_close(f->s);
+    f->s = NULL;
+    for (int i = 0; i < 10 && uv_loop_alive(&f->loop); i++)
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof *f);
+    snprintf(f->tmp, sizeof f->tmp, "/tmp/nx-ledger-XXXXXX");
+    assert_non_null(mkdtemp(f->tmp));
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    fx_open(f);
+    *state = f;
+    return 0;
+}
+
+static void rows_clear(struct fx *f)
+{
+    for (size_t i = 0; i < f->nrows; i++) {
+        free(f->rows[i].key);
+        free(f->rows[i].state);
+        free(f->rows[i].envelope);
+        free(f->rows[i].provider_id);
+        free(f->rows[i].last_error);
+    }
+    f->nrows = 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    rows_clear(f);
+    fx_close(f);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+    assert_int_equal(nftw(f->tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS), 0);
+    free(f);
+    return 0;
+}
+
+/* ---- helpers: one call, wait for its completion ---- */
+
+static void on_done(int rc, int64_t result, void *arg)
+{
+    struct fx *f = arg;
+    f->rc = rc;
+    f->result = result;
+    f->calls++;
+}
+
+static void on_rows(int rc, const struct nx_ledger_row *v, size_t n, void *arg)
+{
+    struct fx *f = arg;
+    rows_clear(f);
+    f->rc = rc;
+    for (size_t i = 0; i < n && i < 16; i++) {
+        f->rows[i].key = strdup(v[i].key);
+        f->rows[i].state = strdup(v[i].state);
+        f->rows[i].envelope = strdup(v[i].envelope);
+        f->rows[i].provider_id = v[i].provider_id ? strdup(v[i].provider_id) : NULL;
+        f->rows[i].last_error = v[i].last_error ? strdup(v[i].last_error) : NULL;
+        f->rows[i].attempts = v[i].attempts;
+    }
+    f->nrows = n < 16 ? n : 16;
+    f->calls++;
+}
+
+static int64_t wait1(struct fx *f)
+{
+    run_until(f, f->calls + 1);
+    assert_int_equal(f->rc, 0);
+    return f->result;
+}
+
+#define WAIT(f, call) ((call), wait1(f))
+
+static void wait_rows(struct fx *f)
+{
+    run_until(f, f->calls + 1);
+    assert_int_equal(f->rc, 0);
+}
+
+static int count_dead_job(sqlite3 *db, void *arg)
+{
+    struct fx *f = arg;
+    sqlite3_stmt *st = NULL;
+    int rc = NX_EDB;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM dead_letters WHERE id = 'id-1' AND "
+                               "consumer = 'plugin.inbound.>#agents' AND attempts = 3 AND "
+                               "last_error = 'boom' AND state = 'dead'", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW) {
+        f->result = sqlite3_column_int64(st, 0);
+        rc = 0;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static void on_job_done(int rc, void *arg)
+{
+    struct fx *f = arg;
+    f->rc = rc;
+    f->calls++;
+}
+
+static struct nx_ledger_event event(const char *key, const char *id)
+{
+    struct nx_ledger_event ev = {
+        .channel = "telegram", .instance = "default", .event_key = key, .id = id,
+        .subject = "plugin.inbound.telegram", .envelope = "{\"id\":\"x\"}",
+    };
+    return ev;
+}
+
+static const char *in_state(struct fx *f, const char *id)
+{
+    nx_ledger_inbound_get(f->s, id, on_rows, f);
+    wait_rows(f);
+    return f->nrows ? f->rows[0].state : "";
+}
+
+static const char *out_state(struct fx *f, const char *key)
+{
+    nx_ledger_outbound_get(f->s, key, on_rows, f);
+    wait_rows(f);
+    return f->nrows ? f->rows[0].state : "";
+}
+
+/* ---- tests ---- */
+
+static void test_ledger_inbound_dedupes_by_event_key(void **state)
+{
+    struct fx *f = *state;
+    struct nx_ledger_event a = event("bot1:update:1", "id-1");
+    assert_int_equal(WAIT(f, nx_ledger_inbound_record(f->s, &a, on_done, f)), 1);
+    assert_int_equal(WAIT(f, nx_ledger_inbound_record(f->s, &a, on_done, f)), 0);
+    /* same service key, another id (cannot happen with derived ids, but the key decides) */
+    struct nx_ledger_event b = event("bot1:update:1", "id-2");
+    assert_int_equal(WAIT(f, nx_ledger_inbound_record(f->s, &b, on_done, f)), 0);
+    /* same key on another instance is another event */
+    struct nx_ledger_event c = event("bot1:update:1", "id-3");
+    c.instance = "other";
+    assert_int_equal(WAIT(f, nx_ledger_inbound_record(f->s, &c, on_done, f)), 1);
+    assert_string_equal(in_state(f, "id-1"), "received");
+}
+
+static void test_ledger_inbound_states_and_claim(void **state)
+{
+    struct fx *f = *state;
+    struct nx_ledger_event a = event("k1", "id-1");
+    WAIT(f, nx_ledger_inbound_record(f->s, &a, on_done, f));
+    assert_int_equal(WAIT(f, nx_ledger_inbound_claim(f->s, &a, "kate", on_done, f)), 1);
+    assert_string_equal(in_state(f, "id-1"), "routed");
+    /* a redelivery is not taken twice */
+    assert_int_equal(WAIT(f, nx_ledger_inbound_claim(f->s, &a, "kate", on_done, f)), 0);
+    struct nx_ledger_reply r = {
+        .key = "id-1:0", .channel = "telegram", .instance = "default",
+        .subject = "plugin.outbound.telegram", .envelope = "{\"payload\":{}}",
+    };
+    assert_int_equal(WAIT(f, nx_ledger_inbound_answer(f->s, "id-1", &r, 1, false, on_done, f)), 1);
+    assert_string_equal(in_state(f, "id-1"), "answered");
+    assert_string_equal(out_state(f, "id-1:0"), "pending");
+    assert_int_equal(WAIT(f, nx_ledger_inbound_claim(f->s, &a, "kate", on_done, f)), 0);
+    /* an event nobody recorded (published by another component) is recorded as routed */
+    struct nx_ledger_event u = event(NULL, "id-9");
+    assert_int_equal(WAIT(f, nx_ledger_inbound_claim(f->s, &u, "kate", on_done, f)), 1);
+    assert_string_equal(in_state(f, "id-9"), "routed");
+    assert_int_equal(WAIT(f, nx_ledger_inbound_claim(f->s, &u, "kate", on_done, f)), 0);
+}
+
+static void test_ledger_inbound_fail_then_dead_letter(void **state)
+{
+    struct fx *f = *state;
+    struct nx_ledger_event a = event("k1", "id-1");
+    WAIT(f, nx_ledger_inbound_record(f->s, &a, on_done, f));
+    for (int i = 1; i <= 3; i++) {
+        assert_int_equal(WAIT(f, nx_ledger_inbound_claim(f->s, &a, "kate", on_done, f)), 1);
+        assert_int_equal(WAIT(f, nx_ledger_inbound_fail(f->s, "id-1", "boom", 3, "plugin.inbound.>#agents",
+                                                        on_done, f)), i);
+        assert_string_equal(in_state(f, "id-1"), i < 3 ? "received" : "dead");
+    }
+    assert_int_equal(f->rows[0].attempts, 3);
+    assert_string_equal(f->rows[0].last_error, "boom");
+    /* in the dead-letter queue for the subscriber */
+    assert_int_equal(WAIT(f, nx_ledger_count(f->s, "inbound", "dead", on_done, f)), 1);
+    f->result = 0;
+    nx_store_read(f->s, count_dead_job, on_job_done, f);
+    assert_int_equal(wait1(f), 1);
+    /* a retry from the dead-letter queue takes it again, with the attempts reset */
+    assert_int_equal(WAIT(f, nx_ledger_inbound_claim(f->s, &a, "kate", on_done, f)), 1);
+    assert_string_equal(in_state(f, "id-1"), "routed");
+    assert_int_equal(f->rows[0].attempts, 0);
+}
+
+static void test_ledger_outbound_claim_sent_and_status(void **state)
+{
+    struct fx *f = *state;
+    struct nx_ledger_reply r = {
+        .key = "k:0", .channel = "whatsapp", .instance = "default",
+        .subject = "plugin.outbound.whatsapp", .envelope = "{}",
+    };
+    assert_int_equal(WAIT(f, nx_ledger_outbound_claim(f->s, &r, 7, on_done, f)), 1);
+    /* the same process does not take it twice (a redelivered bus event) */
+    assert_int_equal(WAIT(f, nx_ledger_outbound_claim(f->s, &r, 7, on_done, f)), 0);
+    /* given back, it can be taken again */
+    WAIT(f, nx_ledger_outbound_unclaim(f->s, "k:0", on_done, f));
+    assert_int_equal(WAIT(f, nx_ledger_outbound_claim(f->s, &r, 7, on_done, f)), 1);
+    assert_int_equal(WAIT(f, nx_ledger_outbound_sent(f->s, "k:0", "wamid.1", 0, NULL, on_done, f)), 1);
+    assert_string_equal(out_state(f, "k:0"), "sent");
+    assert_string_equal(f->rows[0].provider_id, "wamid.1");
+    assert_int_equal(f->rows[0].attempts, 2);
+    /* sent: no process sends it again */
+    assert_int_equal(WAIT(f, nx_ledger_outbound_claim(f->s, &r, 8, on_done, f)), 0);
+    assert_int_equal(WAIT(f, nx_ledger_outbound_status(f->s, "whatsapp", "default", "wamid.1", "read",
+                                                       NULL, on_done, f)), 1);
+    /* never backwards */
+    assert_int_equal(WAIT(f, nx_ledger_outbound_status(f->s, "whatsapp", "default", "wamid.1",
+                                                       "delivered", NULL, on_done, f)), 0);
+    assert_string_equal(out_state(f, "k:0"), "read");
+    assert_int_equal(WAIT(f, nx_ledger_outbound_sent(f->s, "k:0", NULL, 0, NULL, on_done, f)), 0);
+    /* a failure keeps its reason */
+    struct nx_ledger_reply r2 = r;
+    r2.key = "k:1";
+    assert_int_equal(WAIT(f, nx_ledger_outbound_claim(f->s, &r2, 7, on_done, f)), 1);
+    WAIT(f, nx_ledger_outbound_sent(f->s, "k:1", NULL, NX_EIO, "chat not found", on_done, f));
+    assert_string_equal(out_state(f, "k:1"), "failed");
+    assert_string_equal(f->rows[0].last_error, "chat not found");
+}
+
+/* Resume after a restart of the store: routed events come back as unanswered, pending replies
+ * not claimed by the new process are taken, in order. */
+static void test_ledger_resume_after_restart(void **state)
+{
+    struct fx *f = *state;
+    char id[32], key[32];
+    for (int i = 0; i < 5; i++) {
+        snprintf(id, sizeof id, "id-%d", i);
+        snprintf(key, sizeof key, "u:%d", i);
+        struct nx_ledger_event ev = event(key, id);
+        nx_ledger_inbound_record(f->s, &ev, on_done, f);
+    }
+    run_until(f, f->calls + 5);
+    struct nx_ledger_event e1 = event("u:1", "id-1"), e2 = event("u:2", "id-2");
+    WAIT(f, nx_ledger_inbound_claim(f->s, &e1, "kate", on_done, f)); /* mid-turn at the crash */
+    WAIT(f, nx_ledger_inbound_claim(f->s, &e2, "kate", on_done, f));
+    struct nx_ledger_reply r = {
+        .key = "id-2:0", .channel = "telegram", .instance = "default",
+        .subject = "plugin.outbound.telegram", .envelope = "{\"n\":2}",
+    };
+    WAIT(f, nx_ledger_inbound_answer(f->s, "id-2", &r, 1, false, on_done, f));
+    struct nx_ledger_reply r3 = r;
+    r3.key = "id-3:0";
+    r3.envelope = "{\"n\":3}";
+    WAIT(f, nx_ledger_outbound_claim(f->s, &r3, 1, on_done, f)); /* handed to the adapter */
+    struct nx_ledger_reply r4 = r;
+    r4.key = "id-4:0";
+    WAIT(f, nx_ledger_outbound_claim(f->s, &r4, 1, on_done, f));
+    WAIT(f, nx_ledger_outbound_sent(f->s, "id-4:0", "99", 0, NULL, on_done, f)); /* confirmed */
+
+    fx_close(f);
+    fx_open(f);
+
+    nx_ledger_inbound_unanswered(f->s, 0, on_rows, f);
+    wait_rows(f);
+    /* 0, 1 (routed: back to received); not 2 (answered), nor 3 and 4: a channel took replies keyed
+     * "id-3:0" and "id-4:0", which answer them (routed by another process) */
+    assert_int_equal(f->nrows, 2);
+    assert_string_equal(f->rows[0].key, "id-0");
+    assert_string_equal(f->rows[1].key, "id-1");
+    assert_string_equal(f->rows[1].state, "received");
+    assert_string_equal(in_state(f, "id-3"), "answered");
+    nx_ledger_outbound_take(f->s, "telegram", "default", 2, 0, on_rows, f);
+    wait_rows(f);
+    assert_int_equal(f->nrows, 2); /* id-2:0 (never handed over) and id-3:0 (never confirmed) */
+    assert_string_equal(f->rows[0].key, "id-2:0");
+    assert_string_equal(f->rows[0].envelope, "{\"n\":2}");
+    assert_string_equal(f->rows[1].key, "id-3:0");
+    assert_int_equal(f->rows[1].attempts, 2);
+    /* taken: a second look by the same process finds nothing; the bus copy is skipped */
+    nx_ledger_outbound_take(f->s, "telegram", "default", 2, 0, on_rows, f);
+    wait_rows(f);
+    assert_int_equal(f->nrows, 0);
+    assert_int_equal(WAIT(f, nx_ledger_outbound_claim(f->s, &r, 2, on_done, f)), 0);
+    /* other channels' replies are not taken */
+    nx_ledger_outbound_take(f->s, "telegram", "other", 3, 0, on_rows, f);
+    wait_rows(f);
+    assert_int_equal(f->nrows, 0);
+}
+
+/* Many records queued at once share transactions (group commit) and all complete, in order. */
+static void test_ledger_many_records_group_commit(void **state)
+{
+    struct fx *f = *state;
+    char id[32], key[32];
+    uint64_t t0 = nx_mono_ns();
+    for (int i = 0; i < 500; i++) {
+        snprintf(id, sizeof id, "id-%d", i);
+        snprintf(key, sizeof key, "u:%d", i % 250); /* every key twice */
+        struct nx_ledger_event ev = event(key, id);
+        nx_ledger_inbound_record(f->s, &ev, on_done, f);
+    }
+    run_until(f, 500);
+    uint64_t ns = nx_mono_ns() - t0;
+    assert_int_equal(WAIT(f, nx_ledger_count(f->s, "inbound", "received", on_done, f)), 250);
+    struct nx_store_stats st;
+    nx_store_stats(f->s, &st);
+    assert_true(st.commits < 500);
+    print_message("ledger: 500 records (250 duplicates) in %.1f ms, %llu commits\n", (double)ns / 1e6,
+                  (unsigned long long)st.commits);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_ledger_inbound_dedupes_by_event_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ledger_inbound_states_and_claim, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ledger_inbound_fail_then_dead_letter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ledger_outbound_claim_sent_and_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ledger_resume_after_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ledger_many_records_group_commit, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
