@@ -57,6 +57,8 @@ static struct entry *find_entry(const char *name)
     return NULL;
 }
 
+static uint64_t changes; /* registrations and unregistrations (nx_tool_registry_changes) */
+
 static int add_entry(const struct nx_tool *t)
 {
     json_t *schema;
@@ -76,6 +78,7 @@ static int add_entry(const struct nx_tool *t)
     entries[nentries].schema = schema;
     tables[nentries] = t;
     nentries++;
+    changes++;
     return 0;
 }
 
@@ -124,6 +127,13 @@ void nx_tool_unregister(const char *name)
     memmove(&entries[i], &entries[i + 1], (nentries - i - 1) * sizeof *entries);
     memmove(&tables[i], &tables[i + 1], (nentries - i - 1) * sizeof *tables);
     nentries--;
+    changes++;
+}
+
+uint64_t nx_tool_registry_changes(void)
+{
+    ensure_init();
+    return changes;
 }
 
 bool nx_tool_allowed(const char *name, const char *const *allowed_globs)

@@ -4,6 +4,7 @@
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 #include <uv.h>
 
@@ -60,6 +61,9 @@ bool nx_tool_allowed(const char *name, const char *const *allowed_globs);
 /* The canonical tools array ([{name, description, input_schema}]) the model is shown: only the
  * allowed ones. New reference. */
 json_t *nx_tool_manifest(const char *const *allowed_globs);
+/* Changes whenever a tool is registered or unregistered: a manifest built when it had the same
+ * value is still current. */
+uint64_t nx_tool_registry_changes(void);
 
 /* Checks args against the tool's input schema (types, required, properties, enum, items,
  * additionalProperties:false, min/max for numbers and lengths). Returns 0 or NX_EINVAL with a
