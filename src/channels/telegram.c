@@ -1,19 +1,26 @@
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "channels/telegram.h"
+#include "channels/markdown.h"
+#include "channels/telegram_int.h"
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/metrics.h"
+#include "http/multipart.h"
 
 /* The Telegram channel: long polling getUpdates with the next offset kept in the store's kv
- * table ("telegram:<instance>:offset"), sendMessage for replies (split at 4096 UTF-16 units,
- * chunks sent one after another), 429 retry_after honoured, a "typing" action when a message
- * comes in.
+ * table ("telegram:<instance>:offset"), sendMessage for replies (Markdown rendered as Telegram
+ * HTML, split at 4096 UTF-16 units, chunks sent one after another, inline keyboards on the
+ * last), sendPhoto/sendDocument for outbound media, 429 retry_after honoured, "typing" shown
+ * while a reply is being made, button presses (callback_query) answered and published, photos
+ * and documents downloaded into the data directory, and a watchdog that restarts a long poll
+ * that went silent.
  *
  * Exactly-once, as far as this slice goes: for each update the inbound event is published
  * first, then the offset past it is written; the next getUpdates (which tells Telegram to
@@ -23,113 +30,36 @@
  * update_id so the ledger (when it lands) can drop the repeat. */
 
 #define POLL_MAX_BYTES (16u << 20)
-#define SEND_TIMEOUT_MS 30000
-#define SEND_MAX_ATTEMPTS 6
-#define RETRY_429_MAX 20
-#define QUEUE_MAX 1000
 #define BACKOFF_MAX_MS 30000
 
-/* ---- state ---- */
+static struct nx_metric *m_restarts, *m_media;
 
-struct out_msg {
-    struct out_msg *next;
-    char *chat;
-    char *text;
-    struct nx_text_chunk *chunks;
-    size_t nchunks;
-    size_t sent;        /* chunks delivered */
-    int64_t reply_to;   /* 0 = none */
-    uint32_t attempts;  /* failures of the current chunk */
-};
-
-struct tg {
-    int refs;
-    bool is_stopped;
-    struct nx_channel *ch; /* NULL once stopped */
-    struct nx_http_client *http;
-    struct nx_store *store;
-    char *label;
-    char *base;            /* <api_url>/bot<token>/ : never logged */
-    char *bot_id;          /* the token's numeric prefix, for event ids */
-    char *proxy;
-    char *kv_key;
-    bool is_polling;
-    bool has_offset;
-    bool typing;
-    uint32_t interval_ms;
-    uint32_t long_poll_s;
-    struct nx_tg_ids allow;
-    int64_t offset;        /* the next update_id wanted */
-    uint64_t poll_started_ms;
-    uint32_t backoff_ms;
-    uv_timer_t poll_timer;
-    uv_timer_t send_timer;
-    bool is_send_timer_armed;
-    struct nx_http_call *poll_call;
-    struct nx_http_call *send_call;
-    struct out_msg *head, *tail;
-    size_t queued;
-};
-
-static void tg_unref(struct tg *tg);
 static void poll_start(struct tg *tg);
-static void send_kick(struct tg *tg);
 static void on_poll_timer(uv_timer_t *t);
-static void on_send_timer(uv_timer_t *t);
 
-static struct tg *tg_ref(struct tg *tg)
-{
-    tg->refs++;
-    return tg;
-}
-
-static void out_msg_free(struct out_msg *m)
-{
-    if (!m)
-        return;
-    free(m->chat);
-    free(m->text);
-    free(m->chunks);
-    free(m);
-}
-
-static void tg_unref(struct tg *tg)
+void nx_tg_unref(struct tg *tg)
 {
     if (--tg->refs > 0)
         return;
     while (tg->head) {
         struct out_msg *m = tg->head;
         tg->head = m->next;
-        out_msg_free(m);
+        nx_tg_out_msg_free(m);
     }
     free(tg->label);
     free(tg->base);
     free(tg->bot_id);
+    free(tg->mention);
     free(tg->proxy);
     free(tg->kv_key);
     free(tg->allow.v);
+    free(tg->file_base);
+    free(tg->media_dir);
+    free(tg->media_root);
+    free(tg->media_path);
+    nx_tg_updates_free(tg->batch, tg->nbatch);
+    nx_tg_webhook_cleanup(tg);
     free(tg);
-}
-
-static bool is_allowed(const struct tg *tg, int64_t chat)
-{
-    if (tg->allow.n == 0)
-        return true;
-    for (size_t i = 0; i < tg->allow.n; i++)
-        if (tg->allow.v[i] == chat)
-            return true;
-    return false;
-}
-
-static bool parse_i64(const char *s, int64_t *out)
-{
-    char *end = NULL;
-    errno = 0;
-    long long x = s && *s ? strtoll(s, &end, 10) : 0;
-    if (!s || !*s || *end || errno)
-        return false;
-    *out = x;
-    return true;
 }
 
 static void schedule_poll(struct tg *tg, uint64_t delay_ms)
@@ -138,20 +68,21 @@ static void schedule_poll(struct tg *tg, uint64_t delay_ms)
         uv_timer_start(&tg->poll_timer, on_poll_timer, delay_ms, 0);
 }
 
-static struct nx_http_call *call(struct tg *tg, const char *method, const char *query, json_t *body,
-                                 uint32_t timeout_ms, uint64_t max_bytes, nx_http_done_fn done)
+/* A Bot API call; body (of content type ctype) NULL = GET. */
+struct nx_http_call *nx_tg_call_raw(struct tg *tg, const char *method, const char *query,
+                                    const char *ctype, const char *body, size_t body_len,
+                                    uint32_t timeout_ms, uint64_t max_bytes, nx_http_done_fn done)
 {
-    static const struct nx_http_header json_hdr[] = {{"Content-Type", "application/json"}};
+    struct nx_http_header hdr[] = {{"Content-Type", ctype}};
     struct nx_buf url = NX_BUF_INIT;
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     nx_buf_printf(&url, "%s%s%s", tg->base, method, query ? query : "");
     struct nx_http_call_opts o = {
         .method = body ? "POST" : "GET",
         .url = nx_buf_cstr(&url),
-        .headers = body ? json_hdr : NULL,
+        .headers = body ? hdr : NULL,
         .nheaders = body ? 1 : 0,
-        .body = text,
-        .body_len = text ? strlen(text) : 0,
+        .body = body,
+        .body_len = body_len,
         .timeout_ms = timeout_ms,
         .max_response_bytes = max_bytes,
         .proxy = tg->proxy,
@@ -161,36 +92,18 @@ static struct nx_http_call *call(struct tg *tg, const char *method, const char *
     struct nx_http_call *c = nx_http_client_request(tg->http, &o);
     if (!c)
         tg->refs--; /* never called back */
-    free(text);
     nx_buf_cleanup(&url);
     return c;
 }
 
-static json_t *chat_json(const char *chat)
+struct nx_http_call *nx_tg_call(struct tg *tg, const char *method, const char *query, json_t *body,
+                                uint32_t timeout_ms, uint64_t max_bytes, nx_http_done_fn done)
 {
-    int64_t id;
-    return parse_i64(chat, &id) ? json_integer((json_int_t)id) : json_string(chat);
-}
-
-/* ---- typing ---- */
-
-static void on_typing_done(int rc, const struct nx_http_response *res, const char *err, void *udata)
-{
-    struct tg *tg = udata;
-    if (rc == 0 && res->status != 200)
-        nx_debug("telegram", "%s: sendChatAction answered %ld", tg->label, res->status);
-    else if (rc < 0 && rc != NX_ECANCELED)
-        nx_debug("telegram", "%s: sendChatAction failed: %s", tg->label, err ? err : nx_strerror(rc));
-    tg_unref(tg);
-}
-
-static void send_typing(struct tg *tg, int64_t chat)
-{
-    if (!tg->typing)
-        return;
-    json_t *b = json_pack("{s:I, s:s}", "chat_id", (json_int_t)chat, "action", "typing");
-    call(tg, "sendChatAction", NULL, b, 10000, 65536, on_typing_done);
-    json_decref(b);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    struct nx_http_call *c = nx_tg_call_raw(tg, method, query, "application/json", text,
+                                            text ? strlen(text) : 0, timeout_ms, max_bytes, done);
+    free(text);
+    return c;
 }
 
 /* ---- the offset in the store ---- */
@@ -219,7 +132,7 @@ static int kv_read(sqlite3 *db, void *arg)
     int s = sqlite3_step(st);
     if (s == SQLITE_ROW) {
         const char *v = (const char *)sqlite3_column_text(st, 0);
-        if (!parse_i64(v, &j->value) || j->value < 0)
+        if (!tg_parse_i64(v, &j->value) || j->value < 0)
             goto out;
         j->is_found = true;
     } else if (s != SQLITE_DONE) {
@@ -256,6 +169,8 @@ static void on_offset_read(int rc, void *arg)
 {
     struct kv_job *j = arg;
     struct tg *tg = j->tg;
+    tg->is_offset_busy = false;
+    tg->progress_ms = nx_mono_ms();
     if (!tg->is_stopped) {
         if (rc < 0) {
             nx_error("telegram", "%s: cannot read the stored offset (%s): polling waits",
@@ -273,20 +188,55 @@ static void on_offset_read(int rc, void *arg)
             schedule_poll(tg, 0);
         }
     }
-    tg_unref(tg);
+    nx_tg_unref(tg);
     kv_job_free(j);
+}
+
+/* getMe: the bot's username and id, for group mention gating; polling starts after it. */
+static void on_get_me(int rc, const struct nx_http_response *res, const char *err, void *udata)
+{
+    struct tg *tg = udata;
+    json_t *root = rc == 0 && res->status == 200 ? json_loadb(res->body, res->body_len, 0, NULL) : NULL;
+    const json_t *me = json_object_get(root, "result");
+    const char *user = json_string_value(json_object_get(me, "username"));
+    if (user && strlen(user) < 64) {
+        struct nx_buf b = NX_BUF_INIT;
+        nx_buf_printf(&b, "@%s ", user);
+        for (char *p = b.data; *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+        free(tg->mention);
+        tg->mention = nx_buf_steal(&b);
+        if (json_is_integer(json_object_get(me, "id")))
+            tg->bot_user_id = (int64_t)json_integer_value(json_object_get(me, "id"));
+    } else if (rc != NX_ECANCELED) {
+        nx_warn("telegram", "%s: getMe failed (%s): group mentions by @username are not recognised",
+                tg->label, rc < 0 ? (err ? err : nx_strerror(rc)) : "unexpected answer");
+    }
+    json_decref(root);
+    if (!tg->is_stopped)
+        schedule_poll(tg, 0);
+    nx_tg_unref(tg);
+}
+
+static void get_me(struct tg *tg)
+{
+    tg_parse_i64(tg->bot_id, &tg->bot_user_id);
+    if (!nx_tg_call(tg, "getMe", NULL, NULL, 10000, 65536, on_get_me))
+        schedule_poll(tg, 0);
 }
 
 static void on_offset_written(int rc, void *arg)
 {
     struct kv_job *j = arg;
     struct tg *tg = j->tg;
+    tg->is_offset_busy = false;
+    tg->progress_ms = nx_mono_ms();
     if (rc < 0)
         nx_error("telegram", "%s: offset %" PRId64 " not stored (%s): a restart may handle "
                  "those updates again", tg->label, j->value, nx_strerror(rc));
     if (!tg->is_stopped)
         schedule_poll(tg, 0);
-    tg_unref(tg);
+    nx_tg_unref(tg);
     kv_job_free(j);
 }
 
@@ -295,6 +245,7 @@ static void load_offset(struct tg *tg)
     struct kv_job *j = nx_calloc(1, sizeof *j);
     j->tg = tg_ref(tg);
     j->key = nx_strdup(tg->kv_key);
+    tg->is_offset_busy = true;
     nx_store_read(tg->store, kv_read, on_offset_read, j);
 }
 
@@ -319,48 +270,198 @@ static void poll_later(struct tg *tg, bool is_error, uint32_t retry_after_s)
     schedule_poll(tg, delay);
 }
 
-/* Publishes the new updates in order; returns how far it got (the offset to store). */
-static int64_t handle_updates(struct tg *tg, const struct nx_tg_update *v, size_t n, bool *is_stalled)
+static void process_batch(struct tg *tg);
+
+/* {type, path, mime, size, file_name} of the current update's media, or NULL. */
+static json_t *media_json(const struct tg *tg, const struct nx_tg_media *md)
 {
-    int64_t offset = tg->offset;
-    for (size_t i = 0; i < n; i++) {
-        const struct nx_tg_update *u = &v[i];
-        if (u->update_id < offset) {
+    json_t *o = json_pack("{s:s}", "type", md->type);
+    if (tg->media_path)
+        json_object_set_new(o, "path", json_string(tg->media_path));
+    else
+        json_object_set_new(o, "error", json_string("not downloaded"));
+    if (md->mime)
+        json_object_set_new(o, "mime", json_string(md->mime));
+    json_object_set_new(o, "size", json_integer((json_int_t)(tg->media_path ? tg->media_size : md->size)));
+    if (md->file_name)
+        json_object_set_new(o, "file_name", json_string(md->file_name));
+    return json_pack("[o]", o);
+}
+
+/* Publishes one message or button press; false when the bus refused it (try again later). */
+static bool publish_update(struct tg *tg, const struct nx_tg_update *u)
+{
+    char from[32], key[96];
+    const char *text = u->text;
+    char note[96];
+    json_t *media = u->media ? media_json(tg, u->media) : NULL;
+    snprintf(from, sizeof from, "%" PRId64, u->from_id);
+    if (u->callback_id)
+        snprintf(key, sizeof key, "bot%s:callback:%s", tg->bot_id, u->callback_id);
+    else
+        snprintf(key, sizeof key, "bot%s:update:%" PRId64, tg->bot_id, u->update_id);
+    if (!text && u->media) { /* the agent still hears of it */
+        snprintf(note, sizeof note, "[%s]", u->media->type);
+        text = note;
+    }
+    json_t *chat = json_integer((json_int_t)u->chat_id);
+    json_t *mid = u->message_id ? json_integer((json_int_t)u->message_id) : NULL;
+    struct nx_channel_in in = {
+        .from = from, .chat = chat, .text = u->callback_id ? NULL : text, .msg_id = mid,
+        .is_group = u->is_group, .timestamp = u->date, .event_key = key,
+        .kind = u->callback_id ? "button" : NULL, .data = u->callback_data, .media = media,
+        /* a button press answers the bot's own message */
+        .mentioned = u->callback_id || (u->reply_to_from && u->reply_to_from == tg->bot_user_id) ||
+                     (tg->mention && u->mentions && strstr(u->mentions, tg->mention)),
+    };
+    int rc = nx_channel_publish(tg->ch, &in);
+    json_decref(chat);
+    json_decref(mid);
+    json_decref(media);
+    if (rc < 0) {
+        nx_warn("telegram", "%s: update %" PRId64 " not published (%s): will retry", tg->label,
+                u->update_id, nx_strerror(rc));
+        return false;
+    }
+    if (u->callback_id) { /* stops the spinner on the user's button */
+        json_t *b = json_pack("{s:s}", "callback_query_id", u->callback_id);
+        nx_tg_call(tg, "answerCallbackQuery", NULL, b, 10000, 65536, nx_tg_on_aux_done);
+        json_decref(b);
+    } else if (rc != NX_CHANNEL_DROPPED) {
+        nx_tg_typing_start(tg, u->chat_id);
+    }
+    return true;
+}
+
+static void on_fetched(int rc, const char *path, int64_t size, const char *err, void *udata)
+{
+    struct tg *tg = udata;
+    tg->fetch = NULL;
+    tg->progress_ms = nx_mono_ms();
+    if (!tg->is_stopped && rc != NX_ECANCELED && tg->batch) {
+        const struct nx_tg_update *u = &tg->batch[tg->bi];
+        const char *const lv[] = {nx_channel_instance_key(tg->ch), rc == 0 ? "saved" :
+                                  rc == NX_ETOOBIG ? "too_large" : "failed"};
+        nx_counter_add(m_media, lv, 1);
+        tg->media_rc = rc;
+        tg->media_size = size;
+        if (rc == 0) {
+            tg->media_path = nx_strdup(path);
+        } else if (rc == NX_ETOOBIG) {
+            nx_warn("telegram", "%s: %s in update %" PRId64 " is larger than max_media_bytes (%" PRIu64
+                    "): dropped", tg->label, u->media->type, u->update_id, tg->max_media);
+        } else {
+            nx_warn("telegram", "%s: %s in update %" PRId64 " not downloaded: %s", tg->label,
+                    u->media->type, u->update_id, err ? err : nx_strerror(rc));
+        }
+        process_batch(tg);
+    }
+    nx_tg_unref(tg);
+}
+
+/* Starts the download of u's media; false when it cannot start. */
+static bool fetch_media(struct tg *tg, const struct nx_tg_update *u)
+{
+    char name[48];
+    snprintf(name, sizeof name, "%" PRId64 "-%s", u->update_id, u->media->type);
+    struct nx_tg_fetch_opts o = {
+        .http = tg->http, .api_base = tg->base, .file_base = tg->file_base, .proxy = tg->proxy,
+        .file_id = u->media->file_id, .type = u->media->type, .dir = tg->media_dir, .name = name,
+        .max_bytes = tg->max_media, .on_done = on_fetched, .udata = tg_ref(tg),
+    };
+    if (u->media->size > 0 && (uint64_t)u->media->size > tg->max_media) { /* no need to ask */
+        tg->refs--;
+        tg->media_rc = NX_ETOOBIG;
+        tg->media_size = u->media->size;
+        const char *const lv[] = {nx_channel_instance_key(tg->ch), "too_large"};
+        nx_counter_add(m_media, lv, 1);
+        nx_warn("telegram", "%s: %s in update %" PRId64 " is larger than max_media_bytes (%" PRIu64
+                "): dropped", tg->label, u->media->type, u->update_id, tg->max_media);
+        return false;
+    }
+    tg->fetch = nx_tg_fetch_start(&o);
+    if (!tg->fetch) {
+        tg->refs--;
+        return false;
+    }
+    return true;
+}
+
+static void batch_done(struct tg *tg)
+{
+    nx_tg_updates_free(tg->batch, tg->nbatch);
+    tg->batch = NULL;
+    tg->nbatch = tg->bi = 0;
+    tg->progress_ms = nx_mono_ms();
+    if (tg->batch_offset != tg->offset && !tg->webhook_secret) { /* webhooks keep no offset */
+        tg->offset = tg->batch_offset;
+        struct kv_job *j = nx_calloc(1, sizeof *j);
+        j->tg = tg_ref(tg);
+        j->key = nx_strdup(tg->kv_key);
+        j->value = tg->offset;
+        tg->is_offset_busy = true;
+        nx_store_write(tg->store, kv_write, on_offset_written, j); /* polls again when durable */
+    } else {
+        poll_later(tg, tg->is_batch_stalled, 0);
+    }
+}
+
+/* Publishes the batch's updates in order, pausing for media downloads; then stores how far it
+ * got (the offset) and polls again. */
+static void process_batch(struct tg *tg)
+{
+    for (; tg->bi < tg->nbatch; tg->bi++) {
+        const struct nx_tg_update *u = &tg->batch[tg->bi];
+        if (u->update_id < tg->batch_offset) {
             nx_debug("telegram", "%s: update %" PRId64 " already handled: skipped", tg->label,
                      u->update_id);
             continue;
         }
         if (!u->has_message) {
-            nx_debug("telegram", "%s: update %" PRId64 " is not a text message: skipped", tg->label,
-                     u->update_id);
-        } else if (!is_allowed(tg, u->chat_id)) {
+            nx_debug("telegram", "%s: update %" PRId64 " is not a message or a button press: skipped",
+                     tg->label, u->update_id);
+        } else if (!tg_is_allowed(tg, u->chat_id)) {
             nx_info("telegram", "%s: message from chat %" PRId64 " (not in allowlist.chat_ids) "
                     "ignored", tg->label, u->chat_id);
             nx_channel_count_drop(tg->ch, "allowlist");
         } else {
-            char from[32], key[96];
-            snprintf(from, sizeof from, "%" PRId64, u->from_id);
-            snprintf(key, sizeof key, "bot%s:update:%" PRId64, tg->bot_id, u->update_id);
-            json_t *chat = json_integer((json_int_t)u->chat_id);
-            json_t *mid = json_integer((json_int_t)u->message_id);
-            struct nx_channel_in in = {
-                .from = from, .chat = chat, .text = u->text, .msg_id = mid,
-                .is_group = u->is_group, .timestamp = u->date, .event_key = key,
-            };
-            int rc = nx_channel_publish(tg->ch, &in);
-            json_decref(chat);
-            json_decref(mid);
-            if (rc < 0) {
-                nx_warn("telegram", "%s: update %" PRId64 " not published (%s): will retry",
-                        tg->label, u->update_id, nx_strerror(rc));
-                *is_stalled = true;
+            if (u->media && tg->media_rc == 1 && fetch_media(tg, u))
+                return; /* on_fetched goes on */
+            if (tg->media_rc == NX_ETOOBIG) {
+                char note[160];
+                snprintf(note, sizeof note, "That file is too large for me (the limit is %" PRIu64
+                         " MB): it was not received.", tg->max_media >> 20);
+                nx_tg_queue_note(tg, u->chat_id, note);
+                nx_channel_count_drop(tg->ch, "media_too_large");
+            } else if (!publish_update(tg, u)) {
+                tg->is_batch_stalled = true;
                 break;
             }
-            send_typing(tg, u->chat_id);
         }
-        offset = u->update_id + 1;
+        tg->batch_offset = u->update_id + 1;
+        tg->media_rc = 1;
+        free(tg->media_path);
+        tg->media_path = NULL;
     }
-    return offset;
+    tg->media_rc = 1;
+    free(tg->media_path);
+    tg->media_path = NULL;
+    batch_done(tg);
+}
+
+int nx_tg_feed(struct tg *tg, struct nx_tg_update *v, size_t n)
+{
+    if (tg->is_stopped || tg->batch) {
+        nx_tg_updates_free(v, n);
+        return tg->is_stopped ? NX_ECLOSED : NX_EBUSY;
+    }
+    tg->batch = v;
+    tg->nbatch = n;
+    tg->bi = 0;
+    tg->batch_offset = 0; /* webhooks: no offset; the event key recognises a repeat */
+    tg->is_batch_stalled = false;
+    process_batch(tg);
+    return tg->is_batch_stalled ? NX_EAGAIN : 0;
 }
 
 static void on_poll_done(int rc, const struct nx_http_response *res, const char *err, void *udata)
@@ -372,6 +473,7 @@ static void on_poll_done(int rc, const struct nx_http_response *res, const char 
     uint32_t retry_after = 0;
 
     tg->poll_call = NULL;
+    tg->progress_ms = nx_mono_ms();
     if (tg->is_stopped || rc == NX_ECANCELED)
         goto out;
     if (rc < 0) {
@@ -396,37 +498,34 @@ static void on_poll_done(int rc, const struct nx_http_response *res, const char 
         goto out;
     }
     tg->backoff_ms = 0;
-    bool is_stalled = false;
-    int64_t offset = handle_updates(tg, v, n, &is_stalled);
-    if (offset != tg->offset) {
-        tg->offset = offset;
-        struct kv_job *j = nx_calloc(1, sizeof *j);
-        j->tg = tg_ref(tg);
-        j->key = nx_strdup(tg->kv_key);
-        j->value = offset;
-        nx_store_write(tg->store, kv_write, on_offset_written, j); /* polls again when durable */
-    } else {
-        poll_later(tg, is_stalled, 0);
-    }
+    tg->batch = v;
+    tg->nbatch = n;
+    tg->bi = 0;
+    tg->batch_offset = tg->offset;
+    tg->is_batch_stalled = false;
+    v = NULL;
+    n = 0;
+    process_batch(tg);
 out:
     nx_tg_updates_free(v, n);
-    tg_unref(tg);
+    nx_tg_unref(tg);
 }
 
 static void poll_start(struct tg *tg)
 {
     char q[160];
-    if (tg->is_stopped || tg->poll_call)
+    if (tg->is_stopped || tg->poll_call || tg->batch || tg->is_offset_busy)
         return;
     if (!tg->has_offset) {
         load_offset(tg);
         return;
     }
-    snprintf(q, sizeof q, "?offset=%" PRId64 "&timeout=%u&allowed_updates=%%5B%%22message%%22%%5D",
-             tg->offset, tg->long_poll_s);
-    tg->poll_started_ms = nx_mono_ms();
-    tg->poll_call = call(tg, "getUpdates", q, NULL, tg->long_poll_s * 1000 + 15000, POLL_MAX_BYTES,
-                         on_poll_done);
+    snprintf(q, sizeof q, "?offset=%" PRId64 "&timeout=%u&allowed_updates=%%5B%%22message%%22%%2C"
+             "%%22callback_query%%22%%5D", tg->offset, tg->long_poll_s);
+    tg->poll_started_ms = tg->progress_ms = nx_mono_ms();
+    /* The watchdog gives up on it first (long_poll_s + watchdog_ms); this is the backstop. */
+    tg->poll_call = nx_tg_call(tg, "getUpdates", q, NULL, tg->long_poll_s * 1000 + tg->watchdog_ms + 15000,
+                         POLL_MAX_BYTES, on_poll_done);
     if (!tg->poll_call)
         poll_later(tg, true, 0);
 }
@@ -436,163 +535,56 @@ static void on_poll_timer(uv_timer_t *t)
     poll_start(t->data);
 }
 
-/* ---- sending ---- */
+/* ---- the watchdog ---- */
 
-static void drop_head(struct tg *tg, const char *reason)
-{
-    struct out_msg *m = tg->head;
-    if (!m)
-        return;
-    if (reason)
-        nx_channel_count_drop(tg->ch, reason);
-    tg->head = m->next;
-    if (!tg->head)
-        tg->tail = NULL;
-    tg->queued--;
-    out_msg_free(m);
-}
-
-static bool answer_ok(const struct nx_http_response *res)
-{
-    json_t *root = json_loadb(res->body, res->body_len, 0, NULL);
-    bool ok = json_is_true(json_object_get(root, "ok"));
-    json_decref(root);
-    return ok;
-}
-
-static void retry_send(struct tg *tg, uint64_t delay_ms)
-{
-    tg->is_send_timer_armed = true;
-    uv_timer_start(&tg->send_timer, on_send_timer, delay_ms, 0);
-}
-
-static void on_send_done(int rc, const struct nx_http_response *res, const char *err, void *udata)
-{
-    struct tg *tg = udata;
-    struct out_msg *m = tg->head;
-    char desc[256] = "";
-    uint32_t retry_after = 0;
-
-    tg->send_call = NULL;
-    if (tg->is_stopped || rc == NX_ECANCELED || !m)
-        goto out;
-    if (rc == 0 && res->status == 200 && answer_ok(res)) {
-        nx_channel_count(tg->ch, "out");
-        m->attempts = 0;
-        if (++m->sent == m->nchunks)
-            drop_head(tg, NULL);
-        send_kick(tg);
-        goto out;
-    }
-    if (rc == 0)
-        nx_tg_parse_error(res->body, res->body_len, desc, sizeof desc, &retry_after);
-    m->attempts++;
-    if (rc == 0 && res->status == 429) {
-        if (m->attempts > RETRY_429_MAX) {
-            nx_error("telegram", "%s: message to chat %s dropped: still rate limited after %u tries",
-                     tg->label, m->chat, m->attempts);
-            drop_head(tg, "send_failed");
-            send_kick(tg);
-            goto out;
-        }
-        nx_info("telegram", "%s: sendMessage rate limited: retrying in %us", tg->label,
-                retry_after ? retry_after : 1);
-        retry_send(tg, (uint64_t)(retry_after ? retry_after : 1) * 1000);
-        goto out;
-    }
-    if (rc < 0 || res->status >= 500 || res->status == 0) {
-        if (m->attempts >= SEND_MAX_ATTEMPTS) {
-            nx_error("telegram", "%s: message to chat %s dropped after %u failed tries (last: %s)",
-                     tg->label, m->chat, m->attempts, rc < 0 ? (err ? err : nx_strerror(rc)) : desc);
-            drop_head(tg, "send_failed");
-            send_kick(tg);
-            goto out;
-        }
-        uint64_t delay = 500ull << (m->attempts < 7 ? m->attempts : 7);
-        nx_warn("telegram", "%s: sendMessage failed (%s): retrying in %" PRIu64 " ms", tg->label,
-                rc < 0 ? (err ? err : nx_strerror(rc)) : desc, delay);
-        retry_send(tg, delay > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : delay);
-        goto out;
-    }
-    /* 400 (chat not found, bad request), 403 (blocked by the user): retrying will not help. */
-    nx_error("telegram", "%s: message to chat %s dropped: %ld %s", tg->label, m->chat, res->status,
-             desc);
-    drop_head(tg, "send_failed");
-    send_kick(tg);
-out:
-    tg_unref(tg);
-}
-
-static void send_kick(struct tg *tg)
-{
-    struct out_msg *m = tg->head;
-    if (tg->is_stopped || tg->send_call || tg->is_send_timer_armed || !m)
-        return;
-    const struct nx_text_chunk *c = &m->chunks[m->sent];
-    json_t *b = json_pack("{s:o, s:s%}", "chat_id", chat_json(m->chat), "text", m->text + c->off,
-                          c->len);
-    if (!b) { /* not UTF-8: cannot happen for text that came as JSON */
-        nx_error("telegram", "%s: message to chat %s dropped: text is not UTF-8", tg->label, m->chat);
-        drop_head(tg, "send_failed");
-        send_kick(tg);
-        return;
-    }
-    if (m->sent == 0 && m->reply_to > 0)
-        json_object_set_new(b, "reply_parameters",
-                            json_pack("{s:I, s:b}", "message_id", (json_int_t)m->reply_to,
-                                      "allow_sending_without_reply", 1));
-    tg->send_call = call(tg, "sendMessage", NULL, b, SEND_TIMEOUT_MS, 1u << 20, on_send_done);
-    json_decref(b);
-    if (!tg->send_call)
-        retry_send(tg, 1000);
-}
-
-static void on_send_timer(uv_timer_t *t)
+/* A long poll that got no answer long_poll_s + watchdog_ms after it started (a connection a
+ * middlebox silently dropped, a peer that never answers), or a polling cycle that stopped
+ * moving without a timer to restart it, is abandoned and polling starts again. */
+static void on_watchdog(uv_timer_t *t)
 {
     struct tg *tg = t->data;
-    tg->is_send_timer_armed = false;
-    send_kick(tg);
-}
-
-static int tg_send(void *state, const struct nx_channel_out *out)
-{
-    struct tg *tg = state;
-    int64_t chat = 0;
-    if (tg->is_stopped)
-        return NX_ECLOSED;
-    if (tg->allow.n && (!parse_i64(out->to, &chat) || !is_allowed(tg, chat))) {
-        nx_warn("telegram", "%s: reply to chat %s (not in allowlist.chat_ids) not sent", tg->label,
-                out->to);
-        nx_channel_count_drop(tg->ch, "allowlist");
-        return 0;
+    uint64_t now = nx_mono_ms();
+    uint64_t limit = (uint64_t)tg->long_poll_s * 1000 + tg->watchdog_ms;
+    const char *why = NULL;
+    if (tg->is_stopped || !tg->is_polling)
+        return;
+    if (tg->poll_call && now - tg->poll_started_ms > limit)
+        why = "getUpdates unanswered";
+    else if (!tg->poll_call && !tg->batch && !tg->is_offset_busy &&
+             !uv_is_active((uv_handle_t *)&tg->poll_timer) && now - tg->progress_ms > limit)
+        why = "polling stalled";
+    if (!why)
+        return;
+    nx_warn("telegram", "%s: %s for %" PRIu64 " ms: restarting the long poll", tg->label, why,
+            now - (tg->poll_call ? tg->poll_started_ms : tg->progress_ms));
+    const char *const lv[] = {nx_channel_instance_key(tg->ch)};
+    nx_counter_add(m_restarts, lv, 1);
+    if (tg->poll_call) {
+        struct nx_http_call *c = tg->poll_call;
+        tg->poll_call = NULL;
+        nx_http_call_cancel(c); /* on_poll_done sees NX_ECANCELED and does nothing more */
     }
-    if (tg->queued >= QUEUE_MAX)
-        return NX_EAGAIN;
-    struct out_msg *m = nx_calloc(1, sizeof *m);
-    m->text = nx_strdup(out->text);
-    m->nchunks = nx_text_split(m->text, strlen(m->text), NX_TG_TEXT_LIMIT, &m->chunks);
-    if (m->nchunks == 0) {
-        out_msg_free(m);
-        return 0; /* nothing but whitespace */
-    }
-    m->chat = nx_strdup(out->to);
-    if (!parse_i64(out->reply_to, &m->reply_to))
-        m->reply_to = 0;
-    if (tg->tail)
-        tg->tail->next = m;
-    else
-        tg->head = m;
-    tg->tail = m;
-    tg->queued++;
-    send_kick(tg);
-    return 0;
+    tg->progress_ms = now;
+    schedule_poll(tg, 0);
 }
 
 /* ---- start / stop ---- */
 
 static void on_timer_closed(uv_handle_t *h)
 {
-    tg_unref(h->data);
+    nx_tg_unref(h->data);
+}
+
+static void register_metrics(void)
+{
+    static const char *const labels[] = {"instance", NULL};
+    static const char *const media_labels[] = {"instance", "result", NULL};
+    if (m_restarts)
+        return;
+    m_restarts = nx_metric_counter("nexo_telegram_poll_restarts_total",
+                                   "long polls the watchdog abandoned and restarted", labels);
+    m_media = nx_metric_counter("nexo_telegram_media_total",
+                                "inbound photos and documents (saved, too_large, failed)", media_labels);
 }
 
 static int tg_start(struct nx_channel *ch, const void *confp, void **state)
@@ -612,27 +604,49 @@ static int tg_start(struct nx_channel *ch, const void *confp, void **state)
         ulen--;
     nx_buf_printf(&b, "%.*s/bot%s/", (int)ulen, url, conf->token);
     tg->base = nx_buf_steal(&b);
+    nx_buf_printf(&b, "%.*s/file/bot%s/", (int)ulen, url, conf->token);
+    tg->file_base = nx_buf_steal(&b);
+    nx_buf_printf(&b, "%s/media", nx_store_dir(tg->store));
+    tg->media_root = nx_buf_steal(&b);
+    nx_buf_printf(&b, "%s/telegram/%s", tg->media_root, nx_channel_instance_key(ch));
+    tg->media_dir = nx_buf_steal(&b);
     const char *colon = strchr(conf->token, ':');
     tg->bot_id = colon ? nx_strndup(conf->token, (size_t)(colon - conf->token)) : nx_strdup("0");
     tg->proxy = conf->proxy ? nx_strdup(conf->proxy) : NULL;
     nx_buf_printf(&b, "telegram:%s:offset", nx_channel_instance_key(ch));
     tg->kv_key = nx_buf_steal(&b);
-    tg->is_polling = conf->polling.enabled;
+    tg->is_polling = conf->polling.enabled && !conf->webhook.enabled;
     tg->typing = conf->typing;
+    tg->markdown = conf->markdown;
+    tg->max_media = conf->max_media_bytes;
+    tg->media_rc = 1;
+    tg->watchdog_ms = conf->polling.watchdog_ms;
     tg->interval_ms = conf->polling.interval_ms;
     tg->long_poll_s = conf->polling.interval_ms / 1000 > 50 ? 50 : conf->polling.interval_ms / 1000;
     if (conf->allow.n) {
         tg->allow.v = nx_memdup(conf->allow.v, conf->allow.n * sizeof *conf->allow.v);
         tg->allow.n = conf->allow.n;
     }
+    register_metrics();
     uv_timer_init(nx_channel_loop(ch), &tg->poll_timer);
     uv_timer_init(nx_channel_loop(ch), &tg->send_timer);
+    uv_timer_init(nx_channel_loop(ch), &tg->typing_timer);
+    uv_timer_init(nx_channel_loop(ch), &tg->watchdog);
     tg->poll_timer.data = tg_ref(tg);
     tg->send_timer.data = tg_ref(tg);
-    if (!tg->is_polling)
+    tg->typing_timer.data = tg_ref(tg);
+    tg->watchdog.data = tg_ref(tg);
+    tg->progress_ms = nx_mono_ms();
+    if (conf->webhook.enabled) {
+        nx_tg_webhook_start(tg, conf);
+    } else if (!tg->is_polling) {
         nx_info("telegram", "%s: polling disabled: sending only", tg->label);
-    else
-        schedule_poll(tg, 0); /* reads the stored offset first */
+    } else {
+        uint64_t tick = tg->watchdog_ms / 4;
+        tick = tick < 50 ? 50 : tick > 5000 ? 5000 : tick;
+        uv_timer_start(&tg->watchdog, on_watchdog, tick, tick);
+        get_me(tg); /* then polls, which reads the stored offset first */
+    }
     if (conf->extra && json_object_size(conf->extra) > 0)
         nx_info("telegram", "%s: auto_transcribe, bridge_timeout_ms and allow_agents are accepted "
                 "but not used yet", tg->label);
@@ -648,13 +662,17 @@ static void tg_stop(void *state)
         nx_http_call_cancel(tg->poll_call); /* on_poll_done drops its reference */
     if (tg->send_call)
         nx_http_call_cancel(tg->send_call);
+    if (tg->fetch)
+        nx_tg_fetch_cancel(tg->fetch); /* on_fetched drops its reference */
     uv_close((uv_handle_t *)&tg->poll_timer, on_timer_closed);
     uv_close((uv_handle_t *)&tg->send_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&tg->typing_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&tg->watchdog, on_timer_closed);
     if (tg->queued)
         nx_warn("telegram", "%s: stopping with %zu message%s not sent", tg->label, tg->queued,
                 tg->queued == 1 ? "" : "s");
     tg->ch = NULL;
-    tg_unref(tg);
+    nx_tg_unref(tg);
 }
 
 const struct nx_channel_type nx_channel_telegram = {
@@ -663,5 +681,6 @@ const struct nx_channel_type nx_channel_telegram = {
     .instance_offset = offsetof(struct nx_tg_conf, instance),
     .start = tg_start,
     .stop = tg_stop,
-    .send = tg_send,
+    .send = nx_tg_send,
+    .webhook = nx_tg_webhook,
 };

@@ -77,6 +77,8 @@ static const struct nx_conf_field polling_fields[] = {
     {NX_FIELD("enabled", NX_CT_BOOL, TC, polling.enabled), .def = "true"},
     {NX_FIELD("interval_ms", NX_CT_DURATION, TC, polling.interval_ms), .def = "25000", .min = 0,
      .max = 600000},
+    {NX_FIELD("watchdog_ms", NX_CT_DURATION, TC, polling.watchdog_ms), .def = "15000", .min = 100,
+     .max = 600000},
     {.name = NULL},
 };
 static const struct nx_conf_struct polling_desc = {
@@ -93,6 +95,34 @@ static const struct nx_conf_struct allowlist_desc = {.name = "\"allowlist\"", .f
 /* nexo-rs keys this slice accepts but does not act on yet. */
 static const char *const tg_extra[] = {"auto_transcribe", "bridge_timeout_ms", "allow_agents", NULL};
 
+/* Webhook mode (telegram_webhook.c). Telegram allows 1-256 characters A-Z a-z 0-9 _ - in a
+ * secret_token; an enabled webhook needs one (nothing else authenticates the requests). */
+static void check_webhook(struct nx_conf_ctx *ctx, const struct nx_cnode *node, void *obj)
+{
+    const TC *c = obj;
+    const char *t = c->webhook.secret_token;
+    if (t && (!*t || strlen(t) > 256 || strspn(t, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                            "0123456789_-") != strlen(t)))
+        nx_conf_error(ctx, nx_cnode_get(node, "secret_token"), "webhook.secret_token must be 1-256 "
+                      "characters of A-Z, a-z, 0-9, _ and - (what Telegram accepts)");
+    else if (c->webhook.enabled && !t)
+        nx_conf_error(ctx, node, "webhook.enabled needs webhook.secret_token: without it anyone could "
+                      "post updates to the webhook");
+    if (c->webhook.url && strncmp(c->webhook.url, "https://", 8) != 0)
+        nx_conf_error(ctx, nx_cnode_get(node, "url"), "webhook.url must be an https:// URL (Telegram "
+                      "only posts to HTTPS)");
+}
+
+static const struct nx_conf_field webhook_fields[] = {
+    {NX_FIELD("enabled", NX_CT_BOOL, TC, webhook.enabled), .def = "false"},
+    {NX_FIELD("secret_token", NX_CT_STRING, TC, webhook.secret_token)},
+    {NX_FIELD("url", NX_CT_STRING, TC, webhook.url)},
+    {.name = NULL},
+};
+static const struct nx_conf_struct webhook_desc = {
+    .name = "\"webhook\"", .fields = webhook_fields, .check = check_webhook,
+};
+
 static const struct nx_conf_field tg_fields[] = {
     {NX_FIELD("token", NX_CT_STRING, TC, token), .check = check_token, .flags = NX_CF_REQUIRED},
     {NX_FIELD("api_url", NX_CT_STRING, TC, api_url), .def = "https://api.telegram.org",
@@ -100,8 +130,12 @@ static const struct nx_conf_field tg_fields[] = {
     {NX_FIELD("instance", NX_CT_STRING, TC, instance)},
     {NX_FIELD("proxy", NX_CT_STRING, TC, proxy)},
     {NX_FIELD("typing", NX_CT_BOOL, TC, typing), .def = "true"},
+    {NX_FIELD("markdown", NX_CT_BOOL, TC, markdown), .def = "true"},
+    {NX_FIELD("max_media_bytes", NX_CT_SIZE, TC, max_media_bytes), .def = "20MiB", .min = 1,
+     .max = 2147483648},
     {NX_GROUP("polling", &polling_desc)},
     {NX_GROUP("allowlist", &allowlist_desc)},
+    {NX_GROUP("webhook", &webhook_desc)},
     {.name = NULL},
 };
 

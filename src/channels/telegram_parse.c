@@ -1,3 +1,4 @@
+#include <ctype.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,13 +19,114 @@ static bool get_int(const json_t *o, const char *key, int64_t *out)
     return true;
 }
 
+static char *dup_str(const json_t *o, const char *key)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v ? nx_strdup(v) : NULL;
+}
+
+/* The largest photo size, or the document. */
+static void parse_media(const json_t *m, struct nx_tg_update *u)
+{
+    const json_t *photo = json_object_get(m, "photo");
+    const json_t *doc = json_object_get(m, "document");
+    const json_t *pick = NULL;
+    int64_t best = -1;
+    if (json_is_array(photo)) {
+        size_t i;
+        const json_t *p;
+        json_array_foreach(photo, i, p) {
+            int64_t w = 0, h = 0, sz = 0;
+            if (!json_string_value(json_object_get(p, "file_id")))
+                continue;
+            get_int(p, "width", &w);
+            get_int(p, "height", &h);
+            get_int(p, "file_size", &sz);
+            int64_t score = (w > 0 && h > 0 && w < 100000 && h < 100000) ? w * h : sz;
+            if (score >= best) {
+                best = score;
+                pick = p;
+            }
+        }
+    } else if (json_is_object(doc) && json_string_value(json_object_get(doc, "file_id"))) {
+        pick = doc;
+    }
+    if (!pick)
+        return;
+    struct nx_tg_media *md = nx_calloc(1, sizeof *md);
+    md->type = pick == doc ? "document" : "photo";
+    md->file_id = dup_str(pick, "file_id");
+    if (pick == doc) {
+        md->file_name = dup_str(doc, "file_name");
+        md->mime = dup_str(doc, "mime_type");
+    } else {
+        md->mime = nx_strdup("image/jpeg");
+    }
+    if (!get_int(pick, "file_size", &md->size) || md->size < 0)
+        md->size = 0;
+    u->media = md;
+}
+
+/* Byte offset in UTF-8 text of a UTF-16 code unit offset (Telegram's entity offsets), or -1. */
+static long utf16_to_byte(const char *text, int64_t units)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    int64_t n = 0;
+    size_t i = 0;
+    while (n < units && s[i]) {
+        size_t len = s[i] < 0x80 ? 1 : s[i] < 0xe0 ? 2 : s[i] < 0xf0 ? 3 : 4;
+        for (size_t k = 1; k < len; k++)
+            if (!s[i + k])
+                return -1;
+        n += len == 4 ? 2 : 1;
+        i += len;
+    }
+    return n == units ? (long)i : -1;
+}
+
+/* reply_to_message.from.id and the "mention" entities' text, for mention gating. */
+static void parse_mentions(const json_t *m, const char *text, bool is_caption, struct nx_tg_update *u)
+{
+    const json_t *ents = json_object_get(m, is_caption ? "caption_entities" : "entities");
+    size_t i;
+    const json_t *e;
+    char buf[512];
+    size_t len = 0;
+    if (!get_int(json_object_get(json_object_get(m, "reply_to_message"), "from"), "id", &u->reply_to_from))
+        u->reply_to_from = 0;
+    if (!text || !json_is_array(ents))
+        return;
+    json_array_foreach(ents, i, e) {
+        int64_t off = 0, n = 0;
+        const char *type = json_string_value(json_object_get(e, "type"));
+        if (i >= 32 || !type || strcmp(type, "mention") != 0 || !get_int(e, "offset", &off) ||
+            !get_int(e, "length", &n) || off < 0 || n < 2 || n > 64)
+            continue;
+        long a = utf16_to_byte(text, off), b = a < 0 ? -1 : utf16_to_byte(text + a, n);
+        if (b < 2 || text[a] != '@' || len + (size_t)b + 2 > sizeof buf)
+            continue;
+        for (long k = 0; k < b; k++)
+            buf[len++] = (char)tolower((unsigned char)text[a + k]);
+        buf[len++] = ' ';
+    }
+    if (len) {
+        buf[len] = '\0';
+        u->mentions = nx_strdup(buf);
+    }
+}
+
 static void parse_message(const json_t *m, struct nx_tg_update *u)
 {
     const json_t *chat = json_object_get(m, "chat");
     const char *text = json_string_value(json_object_get(m, "text"));
-    if (!json_is_object(m) || !json_is_object(chat) || !text)
+    if (!text)
+        text = json_string_value(json_object_get(m, "caption"));
+    if (!json_is_object(m) || !json_is_object(chat))
         return;
     if (!get_int(chat, "id", &u->chat_id) || !get_int(m, "message_id", &u->message_id))
+        return;
+    parse_media(m, u);
+    if (!text && !u->media)
         return;
     if (!get_int(json_object_get(m, "from"), "id", &u->from_id))
         u->from_id = u->chat_id;
@@ -32,8 +134,59 @@ static void parse_message(const json_t *m, struct nx_tg_update *u)
         u->date = 0;
     const char *type = json_string_value(json_object_get(chat, "type"));
     u->is_group = type && (strcmp(type, "group") == 0 || strcmp(type, "supergroup") == 0);
-    u->text = nx_strdup(text);
+    u->text = text ? nx_strdup(text) : NULL;
     u->has_message = true;
+    parse_mentions(m, text, !json_object_get(m, "text"), u);
+}
+
+/* A button press: {id, from, message: {chat, message_id}, data}. */
+static void parse_callback(const json_t *cq, struct nx_tg_update *u)
+{
+    const json_t *m = json_object_get(cq, "message");
+    const char *id = json_string_value(json_object_get(cq, "id"));
+    const char *data = json_string_value(json_object_get(cq, "data"));
+    if (!id || !get_int(json_object_get(cq, "from"), "id", &u->from_id))
+        return;
+    if (!get_int(json_object_get(m, "chat"), "id", &u->chat_id))
+        u->chat_id = u->from_id; /* an inline-mode message: answer the presser */
+    if (!get_int(m, "message_id", &u->message_id))
+        u->message_id = 0;
+    if (!get_int(m, "date", &u->date))
+        u->date = 0;
+    const char *type = json_string_value(json_object_get(json_object_get(m, "chat"), "type"));
+    u->is_group = type && (strcmp(type, "group") == 0 || strcmp(type, "supergroup") == 0);
+    u->callback_id = nx_strdup(id);
+    u->callback_data = nx_strdup(data ? data : "");
+    u->has_message = true;
+}
+
+bool nx_tg_parse_update(const json_t *e, struct nx_tg_update *u)
+{
+    memset(u, 0, sizeof *u);
+    if (!json_is_object(e) || !get_int(e, "update_id", &u->update_id))
+        return false;
+    const json_t *m = json_object_get(e, "message"); /* edits and the rest: skipped */
+    const json_t *cq = json_object_get(e, "callback_query");
+    if (m)
+        parse_message(m, u);
+    else if (json_is_object(cq))
+        parse_callback(cq, u);
+    return true;
+}
+
+void nx_tg_update_cleanup(struct nx_tg_update *u)
+{
+    free(u->text);
+    if (u->media) {
+        free(u->media->file_id);
+        free(u->media->file_name);
+        free(u->media->mime);
+        free(u->media);
+    }
+    free(u->callback_id);
+    free(u->callback_data);
+    free(u->mentions);
+    memset(u, 0, sizeof *u);
 }
 
 int nx_tg_parse_updates(const char *body, size_t len, struct nx_tg_update **out, size_t *n,
@@ -74,13 +227,8 @@ int nx_tg_parse_updates(const char *body, size_t len, struct nx_tg_update **out,
     size_t i;
     const json_t *e;
     json_array_foreach(res, i, e) {
-        struct nx_tg_update *u = &v[count];
-        if (!json_is_object(e) || !get_int(e, "update_id", &u->update_id))
-            continue;
-        const json_t *m = json_object_get(e, "message"); /* edits and the rest: skipped */
-        if (m)
-            parse_message(m, u);
-        count++;
+        if (nx_tg_parse_update(e, &v[count]))
+            count++;
     }
     if (count == 0) {
         free(v);
@@ -100,7 +248,7 @@ void nx_tg_updates_free(struct nx_tg_update *v, size_t n)
     if (!v)
         return;
     for (size_t i = 0; i < n; i++)
-        free(v[i].text);
+        nx_tg_update_cleanup(&v[i]);
     free(v);
 }
 
@@ -117,4 +265,89 @@ void nx_tg_parse_error(const char *body, size_t len, char *desc, size_t desclen,
     else
         *retry_after = 0;
     json_decref(root);
+}
+
+static bool url_ok(const char *u)
+{
+    return strncmp(u, "https://", 8) == 0 || strncmp(u, "http://", 7) == 0 || strncmp(u, "tg://", 5) == 0;
+}
+
+int nx_tg_keyboard(const json_t *buttons, json_t **out, char *err, size_t errlen)
+{
+    json_t *rows = json_array();
+    size_t total = 0, r;
+    const json_t *row;
+    int rc = NX_EINVAL;
+
+    *out = NULL;
+    if (!json_is_array(buttons) || json_array_size(buttons) == 0) {
+        snprintf(err, errlen, "buttons: expected a non-empty list of rows");
+        goto out;
+    }
+    json_array_foreach(buttons, r, row) {
+        size_t k;
+        const json_t *b;
+        if (!json_is_array(row) || json_array_size(row) == 0 || json_array_size(row) > 8) {
+            snprintf(err, errlen, "buttons[%zu]: expected a list of 1 to 8 buttons", r);
+            goto out;
+        }
+        json_t *jrow = json_array();
+        json_array_append_new(rows, jrow);
+        json_array_foreach(row, k, b) {
+            const char *text = json_string_value(json_object_get(b, "text"));
+            const char *data = json_string_value(json_object_get(b, "data"));
+            const char *url = json_string_value(json_object_get(b, "url"));
+            if (++total > 100) {
+                snprintf(err, errlen, "buttons: more than 100");
+                goto out;
+            }
+            if (!text || !*text || strlen(text) > 64) {
+                snprintf(err, errlen, "buttons[%zu][%zu]: \"text\" must be 1 to 64 bytes", r, k);
+                goto out;
+            }
+            if (!data == !url) {
+                snprintf(err, errlen, "buttons[%zu][%zu]: give exactly one of \"data\" and \"url\"", r, k);
+                goto out;
+            }
+            if (data && (!*data || strlen(data) > NX_TG_CALLBACK_DATA_MAX)) {
+                snprintf(err, errlen, "buttons[%zu][%zu]: \"data\" must be 1 to %d bytes", r, k,
+                         NX_TG_CALLBACK_DATA_MAX);
+                goto out;
+            }
+            if (url && (!url_ok(url) || strlen(url) > 2048)) {
+                snprintf(err, errlen, "buttons[%zu][%zu]: \"url\" must be http(s):// or tg://", r, k);
+                goto out;
+            }
+            json_array_append_new(jrow, json_pack("{s:s, s:s}", "text", text, data ? "callback_data" : "url",
+                                                  data ? data : url));
+        }
+    }
+    *out = json_pack("{s:O}", "inline_keyboard", rows);
+    rc = 0;
+out:
+    json_decref(rows);
+    return rc;
+}
+
+int nx_tg_parse_file(const char *body, size_t len, char *path, size_t pathlen, int64_t *size)
+{
+    json_t *root = json_loadb(body, len, 0, NULL);
+    const json_t *res = json_object_get(root, "result");
+    const char *p = json_string_value(json_object_get(res, "file_path"));
+    int rc = NX_EPROTO;
+
+    *size = 0;
+    if (!json_is_true(json_object_get(root, "ok")) || !p || !*p || *p == '/' || strstr(p, "..") ||
+        strlen(p) >= pathlen)
+        goto out;
+    for (const char *c = p; *c; c++)
+        if ((unsigned char)*c <= ' ' || (unsigned char)*c >= 0x7f || *c == '?' || *c == '#' || *c == '%')
+            goto out;
+    snprintf(path, pathlen, "%s", p);
+    if (!get_int(res, "file_size", size) || *size < 0)
+        *size = 0;
+    rc = 0;
+out:
+    json_decref(root);
+    return rc;
 }

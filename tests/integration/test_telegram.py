@@ -344,5 +344,241 @@ class Telegram(unittest.TestCase):
                     second.cleanup()
 
 
+class TelegramFeatures(unittest.TestCase):
+    """Buttons, media, Markdown, typing and the poll watchdog, against the emulator directly
+    (tests/tools/tg-server.js adds what telegram-test-api lacks: a record of every Bot API call,
+    Telegram's HTML checks, sendPhoto/sendDocument, getFile and file downloads, held polls)."""
+    UI, DOG = "555001:UI-TOKEN", "555002:DOG-TOKEN"
+
+    @classmethod
+    def setUpClass(cls):
+        modules = os.path.join(PEERS, "node_modules")
+        if not os.path.isdir(os.path.join(modules, "telegram-test-api")):
+            raise AssertionError("npm peers missing in %s: run scripts/install-npm-peers.sh" % PEERS)
+        cls.tg = subprocess.Popen(["node", TG_SERVER, "0"], stdout=subprocess.PIPE, text=True,
+                                  env=dict(os.environ, NODE_PATH=modules))
+        line = cls.tg.stdout.readline()
+        assert line.startswith("READY "), line
+        cls.tg_url = line.split()[1].rstrip("/")
+        cls.fake, cls.fport = start_fake()
+        cls.cfg = tempfile.TemporaryDirectory()
+        inst = ("  - instance: %s\n    token: \"%s\"\n    api_url: %s\n"
+                "    polling: {enabled: true, interval_ms: 100, watchdog_ms: %s}\n")
+        write_config(cls.cfg.name, {
+            "llm.yaml": "providers:\n  anthropic: {api_key: sk-fake-key, base_url: http://127.0.0.1:%d}\n"
+                        % cls.fport,
+            "agents.yaml": "agents:\n  - id: kate\n    model: {provider: anthropic, model: m}\n"
+                           "    inbound_bindings: [{plugin: telegram, instance: ui},"
+                           " {plugin: telegram, instance: dog}]\n",
+            "plugins/telegram.yaml": "telegram:\n"
+            + inst % ("ui", cls.UI, cls.tg_url, "15s") + "    max_media_bytes: 1000\n"
+            + inst % ("dog", cls.DOG, cls.tg_url, "500ms") + "    typing: false\n",
+        })
+        cls.n = Nexo(config_dir=cls.cfg.name).start()
+        cls.seen = {}
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.n.stop()
+        cls.n.cleanup()
+        cls.fake.kill()
+        cls.fake.wait()
+        cls.tg.send_signal(signal.SIGTERM)
+        try:
+            cls.tg.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            cls.tg.kill()
+            cls.tg.wait()
+        cls.cfg.cleanup()
+        assert code == 0, code
+
+    def setUp(self):
+        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/_reset" % self.fport,
+                                                      data=b"{}", method="POST"), timeout=5).read()
+
+    def user(self, chat):
+        return {"id": chat, "first_name": "U%d" % chat, "username": "u%d" % chat, "is_bot": False}
+
+    def say(self, chat, token=None, **message):
+        """A user message: text=..., or photo/document/caption=..."""
+        u = self.user(chat)
+        post_json(self.tg_url + "/sendMessage", dict(
+            botToken=token or self.UI, **{"from": u}, date=int(time.time()),
+            chat={"id": chat, "first_name": u["first_name"], "username": u["username"], "type": "private"},
+            **message))
+
+    def replies(self, chat, token=None):
+        box = self.seen.setdefault((token or self.UI, chat), [])
+        got = post_json(self.tg_url + "/getUpdates", {"token": token or self.UI, "chatId": chat})
+        box.extend(sorted(got["result"], key=lambda u: u["updateId"]))
+        return [u["message"] for u in box]
+
+    def wait_replies(self, chat, count, token=None, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.replies(chat, token)
+            if len(r) >= count:
+                return r
+            time.sleep(0.05)
+        self.fail("chat %d: %d of %d replies after %ds; log:\n%s"
+                  % (chat, len(self.replies(chat, token)), count, timeout, self.n.read_log()[-4000:]))
+
+    def calls(self, method, token=None):
+        q = urllib.parse.urlencode({"token": token or self.UI, "method": method})
+        return json.loads(urllib.request.urlopen("%s/_calls?%s" % (self.tg_url, q), timeout=5).read())
+
+    def llm_texts(self):
+        reqs = json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
+                                                 timeout=5).read())
+        out = []
+        for r in reqs:
+            content = r["body"]["messages"][-1]["content"]
+            out.append(content[0].get("text") if isinstance(content, list) else content)
+        return out
+
+    def metric(self, pattern):
+        _, body, _ = self.n.request("GET", "/metrics", listener="metrics")
+        m = re.search(pattern + r" (\d+)", body.decode())
+        return int(m.group(1)) if m else 0
+
+    # --- tests ---
+    def test_buttons_go_out_and_a_press_reaches_the_agent(self):
+        chat = 2001
+        script(self.fport, [
+            {"tool_use": {"name": "send_message", "input": {
+                "channel": "telegram", "instance": "ui", "to": str(chat), "text": "Pick one",
+                "buttons": [[{"text": "Yes", "data": "yes"}, {"text": "No", "data": "no"}]]}}},
+            {"text": "asked"}])
+        self.say(chat, text="ask me")
+        got = self.wait_replies(chat, 2)
+        pick = [m for m in got if m["text"] == "Pick one"]
+        self.assertEqual(len(pick), 1, got)
+        self.assertEqual(pick[0]["reply_markup"]["inline_keyboard"],
+                         [[{"text": "Yes", "callback_data": "yes"}, {"text": "No", "callback_data": "no"}]])
+        script(self.fport, [{"text": "you said yes"}])
+        post_json(self.tg_url + "/sendCallback", {
+            "botToken": self.UI, "from": self.user(chat), "data": "yes",
+            "message": {"message_id": 1, "chat": {"id": chat, "type": "private"}, "date": int(time.time())}})
+        self.assertEqual(self.wait_replies(chat, 3)[-1]["text"], "you said yes")
+        self.assertEqual(self.llm_texts()[-1], "[button] yes")
+        answers = self.calls("answerCallbackQuery")
+        self.assertEqual(len(answers), 1)
+        self.assertTrue(answers[0]["body"]["callback_query_id"])
+
+    def test_markdown_is_sent_as_telegram_html(self):
+        chat = 2002
+        script(self.fport, [{"text": "# Plan\n\n**Bold** and `a<b` and [docs](https://example.org/?a=1&b=2)"
+                                     "\n- one\n\n```py\nprint(1 < 2)\n```"}])
+        self.say(chat, text="plan?")
+        got = self.wait_replies(chat, 1)
+        self.assertEqual(got[0]["parse_mode"], "HTML")
+        self.assertEqual(got[0]["text"],
+                         "<b>Plan</b>\n\n<b>Bold</b> and <code>a&lt;b</code> and "
+                         "<a href=\"https://example.org/?a=1&amp;b=2\">docs</a>\n\u2022 one\n\n"
+                         "<pre><code class=\"language-py\">print(1 &lt; 2)</code></pre>")
+
+    def test_html_telegram_cannot_parse_is_resent_as_plain_text(self):
+        chat = 2003
+        post_json(self.tg_url + "/_control", {"token": self.UI, "reject_html": 1})
+        script(self.fport, [{"text": "**stubborn** text"}])
+        self.say(chat, text="hi")
+        got = self.wait_replies(chat, 1)
+        self.assertEqual(got[0]["text"], "stubborn text")
+        self.assertNotIn("parse_mode", got[0])
+        sends = [c["body"] for c in self.calls("sendMessage") if str(c["body"]["chat_id"]) == str(chat)]
+        self.assertEqual([b.get("parse_mode") for b in sends], ["HTML", None])
+        self.n.wait_log(r"cannot parse the HTML of a message to chat 2003")
+
+    def test_typing_shows_until_the_reply_is_sent(self):
+        chat = 2004
+        script(self.fport, [{"text": "slow answer", "hang_ms": 4600}])
+        self.say(chat, text="take your time")
+        self.wait_replies(chat, 1)
+        acts = [c for c in self.calls("sendChatAction") if str(c["body"]["chat_id"]) == str(chat)]
+        self.assertGreaterEqual(len(acts), 2, acts)  # at once, then every 4 s
+        self.assertTrue(all(c["body"]["action"] == "typing" for c in acts))
+        time.sleep(4.5)  # and no more once the reply went out
+        after = [c for c in self.calls("sendChatAction") if str(c["body"]["chat_id"]) == str(chat)]
+        self.assertEqual(len(after), len(acts))
+
+    def test_a_photo_with_a_caption_reaches_the_agent(self):
+        chat = 2005
+        post_json(self.tg_url + "/_file", {"file_id": "PHOTO-BIG", "size": 700})
+        script(self.fport, [{"text": "nice photo"}])
+        self.say(chat, caption="look at this", photo=[
+            {"file_id": "PHOTO-SMALL", "width": 90, "height": 60, "file_size": 100},
+            {"file_id": "PHOTO-BIG", "width": 900, "height": 600, "file_size": 700}])
+        self.assertEqual(self.wait_replies(chat, 1)[0]["text"], "nice photo")
+        self.assertEqual(self.llm_texts(), ["look at this"])
+        self.assertEqual([c["body"]["file_id"] for c in self.calls("getFile")][-1:], ["PHOTO-BIG"])
+        d = os.path.join(self.n.data_dir, "media", "telegram", "ui")
+        saved = [f for f in os.listdir(d) if f.endswith("-photo.jpg")]
+        self.assertEqual(len(saved), 1, os.listdir(d))
+        self.assertEqual(os.path.getsize(os.path.join(d, saved[0])), 700)
+        self.assertEqual(os.stat(os.path.join(d, saved[0])).st_mode & 0o777, 0o600)
+
+    def test_an_oversized_document_is_refused_with_a_note(self):
+        chat = 2006
+        post_json(self.tg_url + "/_file", {"file_id": "DOC-BIG", "size": 5000, "file_path": "documents/x.pdf"})
+        post_json(self.tg_url + "/_file", {"file_id": "DOC-SNEAKY", "size": 5000,
+                                           "file_path": "documents/y.pdf"})
+        self.say(chat, document={"file_id": "DOC-BIG", "file_name": "big.pdf", "file_size": 5000})
+        # announced small, is big: the download's cap catches it
+        self.say(chat, document={"file_id": "DOC-SNEAKY", "file_name": "y.pdf", "file_size": 10})
+        got = self.wait_replies(chat, 2)
+        self.assertTrue(all("too large" in m["text"] for m in got), got)
+        time.sleep(0.5)
+        self.assertEqual(self.llm_texts(), [])
+        self.assertEqual(self.metric(r'nexo_telegram_media_total\{instance="ui",result="too_large"\}'), 2)
+        self.assertEqual(self.metric(r'nexo_channel_dropped_total\{channel="telegram",instance="ui",'
+                                     r'reason="media_too_large"\}'), 2)
+
+    def test_media_goes_out_as_photo_and_document(self):
+        chat = 2007
+        media = os.path.join(self.n.data_dir, "media", "out")
+        os.makedirs(media, exist_ok=True)
+        with open(os.path.join(media, "report.txt"), "w") as f:
+            f.write("quarterly numbers\n")
+        outside = os.path.join(self.n.tmp, "secret.txt")
+        with open(outside, "w") as f:
+            f.write("not for telegram\n")
+        script(self.fport, [
+            {"tool_use": {"name": "send_message", "input": {
+                "channel": "telegram", "instance": "ui", "to": str(chat), "text": "see the file",
+                "media": {"type": "document", "path": os.path.join(media, "report.txt"),
+                          "caption": "**Q3** report"}}}},
+            {"tool_use": {"name": "send_message", "input": {
+                "channel": "telegram", "instance": "ui", "to": str(chat), "text": "a picture",
+                "media": {"type": "photo", "url": "https://example.org/cat.jpg"}}}},
+            {"tool_use": {"name": "send_message", "input": {
+                "channel": "telegram", "instance": "ui", "to": str(chat), "text": "sneaky",
+                "media": {"type": "document", "path": outside}}}},
+            {"text": "sent"}])
+        self.say(chat, text="send me things")
+        got = self.wait_replies(chat, 6)
+        docs = [c["body"] for c in self.calls("sendDocument") if str(c["body"]["chat_id"]) == str(chat)]
+        self.assertEqual(len(docs), 1, docs)  # the file outside data/media was refused
+        self.assertEqual(docs[0]["document"]["filename"], "report.txt")
+        self.assertEqual(docs[0]["document"]["size"], len("quarterly numbers\n"))
+        self.assertEqual(docs[0]["caption"], "<b>Q3</b> report")
+        self.assertEqual(docs[0]["parse_mode"], "HTML")
+        photos = [c["body"] for c in self.calls("sendPhoto") if str(c["body"]["chat_id"]) == str(chat)]
+        self.assertEqual([p["photo"] for p in photos], ["https://example.org/cat.jpg"])
+        self.assertEqual([m["text"] for m in got],
+                         ["<b>Q3</b> report", "see the file", "", "a picture", "sneaky", "sent"])
+        self.n.wait_log(r"outside the data directory's media/ \(refused\)")
+
+    def test_the_watchdog_restarts_a_silent_long_poll(self):
+        chat = 2008
+        before = self.metric(r'nexo_telegram_poll_restarts_total\{instance="dog"\}')
+        post_json(self.tg_url + "/_control", {"token": self.DOG, "hang_polls": 1})
+        self.n.wait_log(r"telegram\.dog: getUpdates unanswered for \d+ ms: restarting the long poll")
+        self.assertGreaterEqual(self.metric(r'nexo_telegram_poll_restarts_total\{instance="dog"\}'),
+                                before + 1)
+        script(self.fport, [{"text": "still here"}])
+        self.say(chat, token=self.DOG, text="anyone?")
+        self.assertEqual(self.wait_replies(chat, 1, token=self.DOG)[0]["text"], "still here")
+
+
 if __name__ == "__main__":
     main()

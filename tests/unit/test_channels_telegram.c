@@ -144,6 +144,117 @@ static void test_telegram_config_errors_have_positions(void **state)
     assert_non_null(strstr(out, "expected a mapping for a telegram instance"));
 }
 
+static void test_telegram_parses_buttons_and_media(void **state)
+{
+    (void)state;
+    const char *body =
+        "{\"ok\":true,\"result\":["
+        "{\"update_id\":20,\"callback_query\":{\"id\":\"77\",\"from\":{\"id\":42},\"data\":\"yes\","
+        "\"message\":{\"message_id\":9,\"chat\":{\"id\":-5,\"type\":\"group\"}}}},"
+        "{\"update_id\":21,\"message\":{\"message_id\":10,\"caption\":\"look\",\"chat\":{\"id\":42},"
+        "\"from\":{\"id\":42},\"photo\":[{\"file_id\":\"small\",\"width\":90,\"height\":90,\"file_size\":9},"
+        "{\"file_id\":\"big\",\"width\":800,\"height\":600,\"file_size\":900},{\"width\":9000}]}},"
+        "{\"update_id\":22,\"message\":{\"message_id\":11,\"chat\":{\"id\":42},\"document\":"
+        "{\"file_id\":\"d\",\"file_name\":\"../../etc/passwd\",\"mime_type\":\"text/plain\","
+        "\"file_size\":-3}}},"
+        "{\"update_id\":23,\"callback_query\":{\"from\":{\"id\":42},\"data\":\"no id\"}},"
+        "{\"update_id\":24,\"message\":{\"message_id\":12,\"chat\":{\"id\":42},\"photo\":[{}]}}"
+        "]}";
+    struct nx_tg_update *v;
+    size_t n;
+    char err[128];
+    assert_int_equal(nx_tg_parse_updates(body, strlen(body), &v, &n, err, sizeof err), 0);
+    assert_int_equal(n, 5);
+    assert_true(v[0].has_message);
+    assert_string_equal(v[0].callback_id, "77");
+    assert_string_equal(v[0].callback_data, "yes");
+    assert_int_equal(v[0].chat_id, -5);
+    assert_int_equal(v[0].from_id, 42);
+    assert_true(v[0].is_group);
+    assert_null(v[0].text);
+    assert_true(v[1].has_message);
+    assert_string_equal(v[1].text, "look");
+    assert_string_equal(v[1].media->type, "photo");
+    assert_string_equal(v[1].media->file_id, "big");
+    assert_int_equal(v[1].media->size, 900);
+    assert_null(v[1].callback_id);
+    assert_true(v[2].has_message);
+    assert_null(v[2].text);
+    assert_string_equal(v[2].media->type, "document");
+    assert_string_equal(v[2].media->file_name, "../../etc/passwd"); /* kept as data, never a path */
+    assert_string_equal(v[2].media->mime, "text/plain");
+    assert_int_equal(v[2].media->size, 0);
+    assert_false(v[3].has_message); /* a callback without an id */
+    assert_false(v[4].has_message); /* a photo without a file_id */
+    nx_tg_updates_free(v, n);
+}
+
+static void test_telegram_keyboard_is_checked(void **state)
+{
+    (void)state;
+    char err[160];
+    json_t *out = NULL;
+    json_t *b = json_loads("[[{\"text\":\"Yes\",\"data\":\"y\"},"
+                           "{\"text\":\"Site\",\"url\":\"https://x.org\"}],"
+                           "[{\"text\":\"No\",\"data\":\"n\"}]]", 0, NULL);
+    assert_int_equal(nx_tg_keyboard(b, &out, err, sizeof err), 0);
+    char *s = json_dumps(out, JSON_COMPACT);
+    assert_string_equal(s, "{\"inline_keyboard\":[[{\"text\":\"Yes\",\"callback_data\":\"y\"},"
+                           "{\"text\":\"Site\",\"url\":\"https://x.org\"}],[{\"text\":\"No\","
+                           "\"callback_data\":\"n\"}]]}");
+    free(s);
+    json_decref(out);
+    json_decref(b);
+    static const struct {
+        const char *json, *why;
+    } bad[] = {
+        {"[]", "non-empty list of rows"},
+        {"{}", "non-empty list of rows"},
+        {"[[]]", "1 to 8 buttons"},
+        {"[[{\"text\":\"a\"}]]", "exactly one of"},
+        {"[[{\"text\":\"a\",\"data\":\"x\",\"url\":\"https://x\"}]]", "exactly one of"},
+        {"[[{\"text\":\"\",\"data\":\"x\"}]]", "1 to 64 bytes"},
+        {"[[{\"text\":\"a\",\"data\":"
+         "\"0123456789012345678901234567890123456789012345678901234567890123X\"}]]",
+         "\"data\" must be 1 to 64 bytes"},
+        {"[[{\"text\":\"a\",\"url\":\"javascript:alert(1)\"}]]", "http(s)://"},
+        {"[[1,2,3,4,5,6,7,8,9]]", "1 to 8 buttons"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        b = json_loads(bad[i].json, JSON_DECODE_ANY, NULL);
+        assert_non_null(b);
+        assert_int_equal(nx_tg_keyboard(b, &out, err, sizeof err), NX_EINVAL);
+        assert_null(out);
+        if (!strstr(err, bad[i].why))
+            print_error("%s: %s\n", bad[i].json, err);
+        assert_non_null(strstr(err, bad[i].why));
+        json_decref(b);
+    }
+}
+
+static void test_telegram_file_paths_are_checked(void **state)
+{
+    (void)state;
+    char path[64];
+    int64_t size = -1;
+    const char *ok = "{\"ok\":true,\"result\":{\"file_id\":\"x\",\"file_size\":12,"
+                     "\"file_path\":\"photos/f_1.jpg\"}}";
+    assert_int_equal(nx_tg_parse_file(ok, strlen(ok), path, sizeof path, &size), 0);
+    assert_string_equal(path, "photos/f_1.jpg");
+    assert_int_equal(size, 12);
+    static const char *const bad[] = {
+        "{\"ok\":true,\"result\":{\"file_path\":\"../secret\"}}",
+        "{\"ok\":true,\"result\":{\"file_path\":\"/etc/passwd\"}}",
+        "{\"ok\":true,\"result\":{\"file_path\":\"a b\"}}",
+        "{\"ok\":true,\"result\":{\"file_path\":\"a?x=1\"}}",
+        "{\"ok\":false,\"result\":{\"file_path\":\"a\"}}",
+        "{\"ok\":true,\"result\":{}}",
+        "nope",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_int_equal(nx_tg_parse_file(bad[i], strlen(bad[i]), path, sizeof path, &size), NX_EPROTO);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -152,6 +263,9 @@ int main(void)
         cmocka_unit_test(test_telegram_reads_retry_after),
         cmocka_unit_test(test_telegram_config_accepts_nexo_rs_shapes),
         cmocka_unit_test(test_telegram_config_errors_have_positions),
+        cmocka_unit_test(test_telegram_parses_buttons_and_media),
+        cmocka_unit_test(test_telegram_keyboard_is_checked),
+        cmocka_unit_test(test_telegram_file_paths_are_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
