@@ -3,7 +3,10 @@
 #include <string.h>
 
 #include "channels/channels.h"
+#include "channels/chledger.h"
+#include "channels/policy.h"
 #include "channels/telegram.h"
+#include "channels/whatsapp.h"
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/error.h"
@@ -13,6 +16,7 @@
 /* The channel registry: adding a channel type is one line here. */
 static const struct nx_channel_type *const channel_types[] = {
     &nx_channel_telegram,
+    &nx_channel_whatsapp,
     NULL,
 };
 
@@ -28,6 +32,8 @@ struct nx_channel {
     struct nx_bus_sub *sub;
     void *state;       /* the adapter's */
     bool is_started;
+    struct nx_chpolicy *policy; /* sender_policy, require_mention (policy.c) */
+    struct nx_chledger *ledger; /* exactly-once ledger (chledger.c); NULL without a store */
 };
 
 struct nx_channels {
@@ -83,18 +89,28 @@ static void conf_free(const struct nx_channel_type *t, void *conf)
     free(conf);
 }
 
-/* One instance mapping: parsed into a new conf appended to *list. */
+/* One instance mapping: parsed into a new conf appended to *list, and its framework keys
+ * (policy.h) into a conf appended to *pols. */
 static void parse_instance(struct nx_conf_ctx *ctx, const struct nx_channel_type *t,
-                           const struct nx_cnode *node, void ***list, size_t *n)
+                           const struct nx_cnode *node, void ***list, size_t *n,
+                           struct nx_chpolicy_conf ***pols)
 {
     void *conf = nx_calloc(1, t->conf->size);
+    struct nx_chpolicy_conf *pconf = NULL;
+    struct nx_cnode *rest = NULL;
     nx_conf_defaults(t->conf, conf);
     int before = ctx->errors;
+    if (node->kind == NX_CNODE_MAP) {
+        nx_chpolicy_conf_parse(ctx, node, &pconf, &rest);
+        node = rest;
+    }
     if (node->kind != NX_CNODE_MAP) {
         char buf[96];
         nx_conf_error(ctx, node, "expected a mapping for a %s instance, got %s", t->name,
                       nx_cnode_describe(node, buf, sizeof buf));
         conf_free(t, conf);
+        nx_chpolicy_conf_free(pconf);
+        nx_chpolicy_rest_free(rest);
         return;
     }
     nx_conf_parse_struct(ctx, t->conf, node, conf);
@@ -116,20 +132,27 @@ static void parse_instance(struct nx_conf_ctx *ctx, const struct nx_channel_type
     }
     if (ctx->errors > before) {
         conf_free(t, conf);
+        nx_chpolicy_conf_free(pconf);
+        nx_chpolicy_rest_free(rest);
         return;
     }
+    nx_chpolicy_rest_free(rest);
     *list = nx_realloc(*list, (*n + 1) * sizeof **list);
+    *pols = nx_realloc(*pols, (*n + 1) * sizeof **pols);
+    (*pols)[*n] = pconf;
     (*list)[(*n)++] = conf;
 }
 
 /* plugins/<type>.yaml -> confs. The file holds `<type>: {...}` or `<type>: [{...}, ...]`, or is
  * itself one instance mapping. */
 static int parse_file(const struct nx_plugin_conf *p, const struct nx_channel_type *t,
-                      const char *dir, struct nx_diags *diags, void ***out, size_t *nout)
+                      const char *dir, struct nx_diags *diags, void ***out, size_t *nout,
+                      struct nx_chpolicy_conf ***pout)
 {
     struct nx_conf_ctx ctx = {.diags = diags, .file = p->file, .dir = dir};
     const struct nx_cnode *root = p->root;
     void **list = NULL;
+    struct nx_chpolicy_conf **pols = NULL;
     size_t n = 0;
 
     if (!root || nx_cnode_is_null(root))
@@ -150,21 +173,25 @@ static int parse_file(const struct nx_plugin_conf *p, const struct nx_channel_ty
         }
         if (body->kind == NX_CNODE_SEQ) {
             for (size_t i = 0; i < body->n; i++)
-                parse_instance(&ctx, t, body->kids[i], &list, &n);
+                parse_instance(&ctx, t, body->kids[i], &list, &n, &pols);
         } else if (!nx_cnode_is_null(body)) {
-            parse_instance(&ctx, t, body, &list, &n);
+            parse_instance(&ctx, t, body, &list, &n, &pols);
         }
     } else if (root->n > 0) {
-        parse_instance(&ctx, t, root, &list, &n);
+        parse_instance(&ctx, t, root, &list, &n, &pols);
     }
 done:
     if (ctx.errors > 0) {
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < n; i++) {
             conf_free(t, list[i]);
+            nx_chpolicy_conf_free(pols[i]);
+        }
         free(list);
+        free(pols);
         return NX_ECONFIG;
     }
     *out = list;
+    *pout = pols;
     *nout = n;
     return 0;
 }
@@ -177,16 +204,20 @@ int nx_channels_check(const struct nx_config *cfg, struct nx_diags *diags)
     for (size_t i = 0; i < np; i++) {
         const struct nx_channel_type *t = nx_channel_type_find(ps[i].name);
         void **list = NULL;
+        struct nx_chpolicy_conf **pols = NULL;
         size_t n = 0;
         if (!t)
             continue;
-        if (parse_file(&ps[i], t, nx_config_dir(cfg), diags, &list, &n) < 0) {
+        if (parse_file(&ps[i], t, nx_config_dir(cfg), diags, &list, &n, &pols) < 0) {
             rc = NX_ECONFIG;
             continue;
         }
-        for (size_t k = 0; k < n; k++)
+        for (size_t k = 0; k < n; k++) {
             conf_free(t, list[k]);
+            nx_chpolicy_conf_free(pols[k]);
+        }
         free(list);
+        free(pols);
     }
     return rc;
 }
@@ -199,6 +230,23 @@ struct nx_store *nx_channel_store(const struct nx_channel *ch) { return ch->cs->
 const char *nx_channel_type_name(const struct nx_channel *ch) { return ch->type->name; }
 const char *nx_channel_instance(const struct nx_channel *ch) { return ch->instance; }
 const char *nx_channel_label(const struct nx_channel *ch) { return ch->label; }
+
+struct nx_bus *nx_channel_bus(const struct nx_channel *ch) { return ch->cs->bus; }
+
+struct nx_channel *nx_channels_find(struct nx_channels *cs, const char *type, const char *instance)
+{
+    struct nx_channel *only = NULL;
+    size_t n = 0;
+    for (struct nx_channel *ch = cs ? cs->list : NULL; ch; ch = ch->next) {
+        if (strcmp(ch->type->name, type) != 0)
+            continue;
+        if (instance ? ch->instance && strcmp(ch->instance, instance) == 0 : !ch->instance)
+            return ch;
+        only = ch;
+        n++;
+    }
+    return !instance && n == 1 ? only : NULL;
+}
 
 const char *nx_channel_instance_key(const struct nx_channel *ch)
 {
@@ -246,7 +294,11 @@ static void uuid_v5(const char *name, char out[37])
 
 int nx_channel_publish(struct nx_channel *ch, const struct nx_channel_in *in)
 {
-    json_t *p = json_pack("{s:s, s:s?, s:s?, s:b, s:I}", "kind", "message", "from", in->from,
+    int verdict = nx_chpolicy_inbound(ch->policy, in); /* sender_policy, require_mention */
+    if (verdict != 0)
+        return verdict > 0 ? NX_CHANNEL_DROPPED : verdict;
+    json_t *p = json_pack("{s:s, s:s?, s:s?, s:b, s:I}", "kind", in->kind ? in->kind : "message",
+                          "from", in->from,
                           "text", in->text, "is_group", in->is_group, "timestamp",
                           (json_int_t)in->timestamp);
     struct nx_envelope *env = NULL;
@@ -256,6 +308,10 @@ int nx_channel_publish(struct nx_channel *ch, const struct nx_channel_in *in)
         json_object_set(p, "chat", in->chat);
     if (in->msg_id)
         json_object_set(p, "msg_id", in->msg_id);
+    if (in->data)
+        json_object_set_new(p, "data", json_string(in->data));
+    if (in->media)
+        json_object_set(p, "media", in->media);
     if ((rc = nx_envelope_new(ch->inbound, ch->label, NULL, p, &env)) < 0)
         goto out;
     if (in->event_key) {
@@ -264,9 +320,7 @@ int nx_channel_publish(struct nx_channel *ch, const struct nx_channel_in *in)
         uuid_v5(nx_buf_cstr(&name), env->id);
         nx_buf_cleanup(&name);
     }
-    if ((rc = nx_bus_publish(ch->cs->bus, ch->inbound, env)) < 0)
-        goto out;
-    nx_channel_count(ch, "in");
+    rc = nx_chledger_publish(ch, ch->ledger, env, in->event_key); /* recorded, then published */
 out:
     nx_envelope_free(env);
     json_decref(p);
@@ -285,12 +339,34 @@ static const char *id_text(const json_t *v, char *buf, size_t size)
     return NULL;
 }
 
+/* ---- outbound idempotency (the ledger) ---- */
+
+/* The payload's "key", else the envelope id (stable across the bus's redeliveries). */
+static const char *outbound_key(const struct nx_bus_msg *msg)
+{
+    return nx_chledger_key(msg->env);
+}
+
+void nx_channel_sent(struct nx_channel *ch, const char *key, const char *provider_id, int status,
+                     const char *error)
+{
+    nx_chledger_sent(ch->ledger, key, provider_id, status, error);
+}
+
+void nx_channel_status(struct nx_channel *ch, const char *provider_id, const char *state,
+                       const char *error)
+{
+    nx_chledger_status(ch->ledger, provider_id, state, error);
+}
+
 static int on_outbound(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
 {
     struct nx_channel *ch = arg;
     const json_t *p = msg->env->payload;
     char tobuf[32], rbuf[32];
     (void)bus;
+    if (nx_chledger_outbound(ch->ledger, msg))
+        return 0; /* the ledger claims the key first, then calls this again (or skips a repeat) */
     const char *to = id_text(json_object_get(p, "to"), tobuf, sizeof tobuf);
     const char *text = json_string_value(json_object_get(p, "text"));
     if (!to || !text) {
@@ -304,6 +380,8 @@ static int on_outbound(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
         .text = text,
         .reply_to = id_text(json_object_get(p, "reply_to"), rbuf, sizeof rbuf),
         .session_id = json_string_value(json_object_get(p, "session_id")),
+        .key = outbound_key(msg),
+        .payload = p,
     };
     int rc = ch->type->send(ch->state, &out);
     if (rc < 0)
@@ -313,10 +391,12 @@ static int on_outbound(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
 
 static void channel_free(struct nx_channel *ch)
 {
+    nx_chledger_free(ch->ledger);
     if (ch->sub)
         nx_bus_unsubscribe(ch->cs->bus, ch->sub);
     if (ch->is_started)
         ch->type->stop(ch->state);
+    nx_chpolicy_free(ch->policy);
     conf_free(ch->type, ch->conf);
     free(ch->label);
     free(ch->inbound);
@@ -324,7 +404,8 @@ static void channel_free(struct nx_channel *ch)
     free(ch);
 }
 
-static int channel_start(struct nx_channels *cs, const struct nx_channel_type *t, void *conf)
+static int channel_start(struct nx_channels *cs, const struct nx_channel_type *t, void *conf,
+                         struct nx_chpolicy_conf *pconf)
 {
     struct nx_channel *ch = nx_calloc(1, sizeof *ch);
     struct nx_buf b = NX_BUF_INIT;
@@ -340,6 +421,9 @@ static int channel_start(struct nx_channels *cs, const struct nx_channel_type *t
     ch->inbound = nx_buf_steal(&b);
     nx_buf_printf(&b, "plugin.outbound.%s", ch->label);
     ch->outbound = nx_buf_steal(&b);
+    ch->policy = nx_chpolicy_new(ch, cs->store, pconf);
+    /* before start, so the adapter's first event is recorded; its first resend runs on the loop */
+    ch->ledger = nx_chledger_new(ch, on_outbound);
     if ((rc = t->start(ch, conf, &ch->state)) < 0) {
         nx_error("channels", "%s: cannot start: %s", ch->label, nx_strerror(rc));
         goto out;
@@ -378,25 +462,28 @@ int nx_channels_new(uv_loop_t *loop, struct nx_bus *bus, struct nx_http_client *
     for (size_t i = 0; i < np; i++) {
         const struct nx_channel_type *t = nx_channel_type_find(ps[i].name);
         void **list = NULL;
+        struct nx_chpolicy_conf **pols = NULL;
         size_t n = 0;
         if (!t) {
             nx_debug("channels", "%s: no channel type \"%s\" (yet): ignored", ps[i].file, ps[i].name);
             continue;
         }
-        if (parse_file(&ps[i], t, nx_config_dir(cfg), &diags, &list, &n) < 0) {
+        if (parse_file(&ps[i], t, nx_config_dir(cfg), &diags, &list, &n, &pols) < 0) {
             rc = NX_ECONFIG;
             continue;
         }
         for (size_t k = 0; k < n; k++) {
             if (rc == 0) {
-                int src = channel_start(cs, t, list[k]);
+                int src = channel_start(cs, t, list[k], pols[k]);
                 if (src < 0)
                     rc = src;
             } else {
                 conf_free(t, list[k]);
+                nx_chpolicy_conf_free(pols[k]);
             }
         }
         free(list);
+        free(pols);
     }
     for (size_t i = 0; i < diags.n; i++)
         nx_error("channels", "%s:%d:%d: %s", diags.v[i].file, diags.v[i].line, diags.v[i].col,
@@ -425,4 +512,108 @@ void nx_channels_free(struct nx_channels *cs)
 size_t nx_channels_count(const struct nx_channels *cs)
 {
     return cs ? cs->n : 0;
+}
+
+/* ---- webhooks ---- */
+
+#define WEBHOOK_PREFIX "/webhooks/"
+#define WEBHOOK_MAX_BODY_DEFAULT (1u << 20)
+
+static struct nx_channel *webhook_target(struct nx_channels *cs, const char *p, size_t n)
+{
+    const char *slash = memchr(p, '/', n);
+    size_t tlen = slash ? (size_t)(slash - p) : n;
+    const char *inst = slash ? slash + 1 : NULL;
+    size_t ilen = slash ? n - tlen - 1 : 0;
+    if (tlen == 0 || (inst && (ilen == 0 || memchr(inst, '/', ilen))))
+        return NULL;
+    for (struct nx_channel *ch = cs->list; ch; ch = ch->next) {
+        if (strlen(ch->type->name) != tlen || memcmp(ch->type->name, p, tlen) != 0)
+            continue;
+        if (!inst && !ch->instance)
+            return ch;
+        if (inst && ch->instance && strlen(ch->instance) == ilen && memcmp(ch->instance, inst, ilen) == 0)
+            return ch;
+    }
+    return NULL;
+}
+
+static void on_webhook(struct nx_http_req *req, void *udata)
+{
+    struct nx_channels *cs = udata;
+    size_t plen = 0, blen = 0;
+    const char *path = nx_http_req_path(req, &plen);
+    const size_t pre = sizeof WEBHOOK_PREFIX - 1;
+    struct nx_channel *ch = NULL;
+
+    if (plen > pre && memcmp(path, WEBHOOK_PREFIX, pre) == 0)
+        ch = webhook_target(cs, path + pre, plen - pre);
+    if (!ch || !ch->type->webhook) {
+        nx_http_respond_error(req, 404, "not_found_error", "no channel webhook at this path");
+        return;
+    }
+    nx_http_req_body(req, &blen);
+    uint64_t cap = ch->type->webhook_max_body ? ch->type->webhook_max_body : WEBHOOK_MAX_BODY_DEFAULT;
+    if (blen > cap) {
+        nx_warn("channels", "%s: webhook body of %zu bytes refused (at most %llu)", ch->label, blen,
+                (unsigned long long)cap);
+        nx_channel_count_drop(ch, "too_big");
+        nx_http_respond_error(req, 413, "request_too_large", "webhook body too large");
+        return;
+    }
+    ch->type->webhook(ch->state, req);
+}
+
+struct webhook_ack {
+    struct nx_http_req *req; /* NULL once the client went away */
+    int status;
+    char *ctype;
+    char *body;
+    size_t len;
+};
+
+static void on_ack_abort(void *arg)
+{
+    struct webhook_ack *a = arg;
+    a->req = NULL;
+}
+
+static void on_ack_flushed(int rc, void *arg)
+{
+    struct webhook_ack *a = arg;
+    if (a->req) {
+        if (rc < 0) /* not durable: the service delivers again, the event key makes that harmless */
+            nx_http_respond_error(a->req, 503, "overloaded_error", "not recorded: try again");
+        else
+            nx_http_respond(a->req, a->status, a->ctype, a->body, a->len);
+    }
+    free(a->ctype);
+    free(a->body);
+    free(a);
+}
+
+void nx_channel_webhook_ack(struct nx_channel *ch, struct nx_http_req *req, int status,
+                            const char *content_type, const char *body, size_t len)
+{
+    if (!ch->cs->store) {
+        nx_http_respond(req, status, content_type, body, len);
+        return;
+    }
+    struct webhook_ack *a = nx_calloc(1, sizeof *a);
+    a->req = req;
+    a->status = status;
+    a->ctype = nx_strdup(content_type);
+    a->body = nx_malloc(len + 1);
+    memcpy(a->body, body, len);
+    a->body[len] = '\0';
+    a->len = len;
+    nx_http_req_on_abort(req, on_ack_abort, a);
+    nx_store_flush(ch->cs->store, on_ack_flushed, a);
+}
+
+void nx_channels_mount(struct nx_channels *cs, struct nx_http_server *srv)
+{
+    if (!cs || !srv)
+        return;
+    nx_http_server_route(srv, NULL, WEBHOOK_PREFIX "*", on_webhook, cs);
 }

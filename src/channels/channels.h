@@ -11,6 +11,7 @@
 #include "config/config.h"
 #include "config/schema.h"
 #include "http/client.h"
+#include "http/server.h"
 #include "store/store.h"
 
 /* Channels: adapters between a messaging service (Telegram, WhatsApp...) and the bus. A channel
@@ -34,6 +35,10 @@ struct nx_channel_out {
     const char *text;
     const char *reply_to;   /* the inbound msg_id being answered, or NULL */
     const char *session_id; /* or NULL */
+    const char *key;        /* idempotency key, stable across redeliveries; never NULL in send() */
+    /* The whole outbound bus payload (borrowed, valid during `send`), for adapter-specific
+     * fields such as Telegram's `buttons` and `media`. */
+    const json_t *payload;
 };
 
 struct nx_channel_type {
@@ -49,6 +54,13 @@ struct nx_channel_type {
     /* Queues an outbound message. 0 = accepted (the adapter delivers it, in order, retrying
      * what is transient); < 0 = refused now (the bus redelivers it). */
     int (*send)(void *state, const struct nx_channel_out *out);
+    /* Optional (NULL = the type takes no webhooks): an HTTP request to
+     * /webhooks/<type>[/<instance>] on the gateway listener, for this instance. Such requests
+     * carry no gateway bearer token (the services cannot send one): the handler authenticates
+     * the request itself (signature, secret) before parsing anything and answers 401 when that
+     * fails. It answers the request (nx_http_respond...) at once or later. Loop thread. */
+    void (*webhook)(void *state, struct nx_http_req *req);
+    uint64_t webhook_max_body; /* request bodies above this are refused with 413; 0 = 1 MiB */
 };
 
 /* The registered type called `name`, or NULL. */
@@ -70,6 +82,18 @@ int nx_channels_new(uv_loop_t *loop, struct nx_bus *bus, struct nx_http_client *
 void nx_channels_free(struct nx_channels *cs);
 /* Instances running. */
 size_t nx_channels_count(const struct nx_channels *cs);
+/* Mounts the channel webhooks on an HTTP listener (the daemon's gateway): route
+ * /webhooks/<type>[/<instance>] (any method) to the instance's type->webhook. Unknown type or
+ * instance, or a type without webhooks: 404; a body above the type's cap: 413. No bearer token
+ * is checked there (the adapters authenticate their requests). The set must outlive the
+ * listener's request handling. Accepts NULL (nothing mounted). */
+void nx_channels_mount(struct nx_channels *cs, struct nx_http_server *srv);
+/* For webhook handlers: answers req once every store write queued so far has committed (the
+ * ledger's records of the events just published), so a service is never told "received" about an
+ * event nexo has not recorded; a failed commit answers 503 (the service delivers again). body is
+ * copied. If the client goes away meanwhile nothing is answered. Loop thread. */
+void nx_channel_webhook_ack(struct nx_channel *ch, struct nx_http_req *req, int status,
+                            const char *content_type, const char *body, size_t len);
 
 /* ---- for adapters ---- */
 
@@ -97,10 +121,48 @@ struct nx_channel_in {
      * derived from type, instance and this key, so a re-publish of the same event carries the
      * same id (the ledger and the bus's de-duplication recognise it). NULL = random id. */
     const char *event_key;
+    /* What happened: NULL = "message"; "button" = a button press (callback), with `data` = the
+     * button's data. Published in the payload as `kind` and `data`. */
+    const char *kind;
+    const char *data;
+    /* Attachments (borrowed), published as `media`: [{type, path, mime, size, file_name}] (see
+     * docs/channels.md), or NULL. */
+    json_t *media;
+    /* In a group chat: the bot was addressed (an @mention of it, or a reply to one of its
+     * messages). Groups route only such messages unless require_mention is false. */
+    bool mentioned;
 };
-/* Publishes on plugin.inbound.<type>[.<instance>] and counts it. Returns nx_bus_publish's
- * result (NX_EAGAIN when the disk queue is full: try again later). */
+/* nx_channel_publish's answer when the instance's policy (sender_policy, require_mention) dropped
+ * the message on purpose: handled, do not retry (and show no "typing..."). */
+#define NX_CHANNEL_DROPPED 1
+/* Records the event in the exactly-once ledger (keyed by event_key), then publishes it on
+ * plugin.inbound.<type>[.<instance>] and counts it; an event_key recorded already is a duplicate:
+ * dropped and counted (nexo_ledger_duplicates_total). Recording is asynchronous, but the store
+ * runs jobs in the order queued (FIFO, group commit), so the contract for adapters is simple:
+ * acknowledge the service (store its cursor/offset with nx_store_write, or answer its webhook
+ * after a nx_store_flush) AFTER this call returns, and the acknowledgement is committed in the
+ * same transaction as the event or a later one: recorded before acknowledged. Without a store
+ * it publishes at once. Returns 0, NX_CHANNEL_DROPPED (see above) or a negative NX_E* code
+ * (the event could not be encoded; without a store, nx_bus_publish's error). A recorded event
+ * whose publish fails is routed from the ledger at the next start. */
 int nx_channel_publish(struct nx_channel *ch, const struct nx_channel_in *in);
+/* The adapter reports the end of one send(): status 0 = the service accepted it (provider_id: its
+ * message id as text, e.g. Telegram message_id, WhatsApp wamid; may be NULL); < 0 = failed for
+ * good (NX_E* code; error = a short reason or NULL). Loop thread. Call it once per send() that
+ * returned 0 (a message dropped on purpose, e.g. by an allowlist, counts as done: status 0), never
+ * after stop (what stop cancels stays pending and is sent again at the next start). */
+void nx_channel_sent(struct nx_channel *ch, const char *key, const char *provider_id, int status,
+                     const char *error);
+/* A later delivery update from the service (WhatsApp statuses): state "delivered", "read" or
+ * "failed" ("sent" is accepted and ignored: nx_channel_sent recorded it); error = the service's
+ * reason or NULL. A state never goes backwards. Loop thread. */
+void nx_channel_status(struct nx_channel *ch, const char *provider_id, const char *state,
+                       const char *error);
+/* The bus the instances publish on. */
+struct nx_bus *nx_channel_bus(const struct nx_channel *ch);
+/* The running instance of type `type` named `instance` (NULL: the unnamed one, else the only
+ * instance of that type), or NULL. */
+struct nx_channel *nx_channels_find(struct nx_channels *cs, const char *type, const char *instance);
 /* Counts one message in nexo_channel_messages_total{channel,instance,direction} ("in"|"out"). */
 void nx_channel_count(struct nx_channel *ch, const char *direction);
 /* Counts one dropped message in nexo_channel_dropped_total{channel,instance,reason}. */
