@@ -38,6 +38,7 @@ struct nx_mcp_client {
     void *udata;
     char *name;
     json_t *roots;
+    json_t *client_caps;
     json_t *server_info;
     json_t *capabilities;
     char version[32];
@@ -230,8 +231,10 @@ static void on_server_request(struct nx_mcp_client *c, const struct nx_jsonrpc_m
     c->stats.server_requests++;
     if (strcmp(m->method, "ping") == 0) {
         reply(c, nx_jsonrpc_result_new(m->id, json_object()));
-    } else if (strcmp(m->method, "roots/list") == 0) {
+    } else if (strcmp(m->method, "roots/list") == 0 && json_object_get(c->client_caps, "roots")) {
         reply(c, nx_jsonrpc_result_new(m->id, json_pack("{s:O}", "roots", c->roots)));
+    } else if (c->cb.on_request && c->cb.on_request(c, m->method, m->id, m->params, c->udata) == 0) {
+        /* answered (or to be answered) through nx_mcp_client_reply */
     } else {
         /* sampling/createMessage, elicitation/create and anything unknown: we did not declare
          * those capabilities */
@@ -258,10 +261,30 @@ static void on_progress(struct nx_mcp_client *c, const json_t *params)
                 json_string_value(json_object_get(params, "message")), r->udata);
 }
 
+void nx_mcp_client_reply(struct nx_mcp_client *c, const json_t *id, json_t *result)
+{
+    if (!c || c->is_freed || !id) {
+        json_decref(result);
+        return;
+    }
+    reply(c, nx_jsonrpc_result_new(id, result));
+}
+
+void nx_mcp_client_reply_error(struct nx_mcp_client *c, const json_t *id, int code, const char *message)
+{
+    if (c && !c->is_freed && id)
+        reply(c, nx_jsonrpc_error_new(id, code, message ? message : "error"));
+}
+
 static void on_notification(struct nx_mcp_client *c, const struct nx_jsonrpc_msg *m)
 {
     if (strcmp(m->method, "notifications/progress") == 0) {
         on_progress(c, m->params);
+    } else if (strcmp(m->method, "notifications/cancelled") == 0) {
+        const json_t *rid = json_object_get(m->params, "requestId");
+
+        if (rid && c->cb.on_request_cancelled)
+            c->cb.on_request_cancelled(c, rid, c->udata);
     } else if (strcmp(m->method, "notifications/tools/list_changed") == 0) {
         /* server-everything sends this before its initialize result: the first listing follows
          * the handshake anyway */
@@ -442,6 +465,8 @@ int nx_mcp_client_new(uv_loop_t *loop, struct nx_mcp_link *t,
     c->udata = udata;
     c->name = nx_strdup(opts->name ? opts->name : t->name);
     c->roots = json_is_array(opts->roots) ? json_deep_copy(opts->roots) : json_array();
+    c->client_caps = json_is_object(opts->capabilities) ? json_deep_copy(opts->capabilities)
+                                                        : json_pack("{s:{s:b}}", "roots", "listChanged", 0);
     c->next_id = 1;
     c->init_timeout_ms = opts->initialize_timeout_ms ? opts->initialize_timeout_ms : 10000;
     t->cb.on_message = on_message;
@@ -452,9 +477,8 @@ int nx_mcp_client_new(uv_loop_t *loop, struct nx_mcp_link *t,
         c->is_closed = true; /* the initialize request below fails on the next iteration */
         c->start_rc = rc;
     }
-    params = json_pack("{s:s, s:{s:{s:b}}, s:{s:s, s:s}}", "protocolVersion",
-                       nx_mcp_protocol_versions[0], "capabilities", "roots", "listChanged", 0,
-                       "clientInfo", "name", "nexo", "version", NEXO_VERSION);
+    params = json_pack("{s:s, s:O, s:{s:s, s:s}}", "protocolVersion", nx_mcp_protocol_versions[0],
+                       "capabilities", c->client_caps, "clientInfo", "name", "nexo", "version", NEXO_VERSION);
     nx_mcp_client_request(c, "initialize", params, c->init_timeout_ms, NULL, on_initialized, c);
     *out = c;
     return 0;
@@ -468,6 +492,7 @@ static void client_release(struct nx_mcp_client *c)
     fail_all(c, NX_ECLOSED, "the MCP client was closed");
     c->t->vt->close(c->t);
     json_decref(c->roots);
+    json_decref(c->client_caps);
     json_decref(c->server_info);
     json_decref(c->capabilities);
     free(c->name);
@@ -577,6 +602,14 @@ struct nx_mcp_request *nx_mcp_client_get_prompt(struct nx_mcp_client *c, const c
 }
 
 /* ---- accessors ------------------------------------------------------------------------- */
+
+void nx_mcp_client_set_roots(struct nx_mcp_client *c, const json_t *roots)
+{
+    if (!c || !json_is_array(roots))
+        return;
+    json_decref(c->roots);
+    c->roots = json_deep_copy(roots);
+}
 
 bool nx_mcp_client_is_ready(const struct nx_mcp_client *c)
 {

@@ -33,12 +33,22 @@ struct nx_mcp_client_cb {
     /* notifications/prompts/list_changed or notifications/resources/list_changed after the
      * handshake: what is "prompts" or "resources". May be NULL. */
     void (*on_list_changed)(struct nx_mcp_client *c, const char *what, void *udata);
+    /* A request from the server other than ping and roots/list (sampling/createMessage,
+     * elicitation/create, ...). Return 0 when it will be answered (now or later) with
+     * nx_mcp_client_reply / nx_mcp_client_reply_error; NX_ENOTSUP makes the client answer
+     * -32601. May be NULL (everything else gets -32601). */
+    int (*on_request)(struct nx_mcp_client *c, const char *method, const json_t *id,
+                      const json_t *params, void *udata);
+    /* notifications/cancelled for a request of the server's (requestId). May be NULL. */
+    void (*on_request_cancelled)(struct nx_mcp_client *c, const json_t *id, void *udata);
 };
 
 struct nx_mcp_client_opts {
     const char *name;               /* the server's name, for logs */
     uint32_t initialize_timeout_ms; /* 0 = 10 s */
     const json_t *roots;            /* answered to roots/list ([{uri, name?}]); NULL = [] */
+    /* The capabilities declared in initialize; NULL = {"roots": {"listChanged": false}}. */
+    const json_t *capabilities;
 };
 
 /* Protocol versions this client speaks, newest first (the first is offered). NULL-terminated. */
@@ -61,6 +71,10 @@ struct nx_mcp_request *nx_mcp_client_request(struct nx_mcp_client *c, const char
 /* Gives up on a request: notifications/cancelled goes to the server; done is not called. */
 void nx_mcp_request_cancel(struct nx_mcp_request *r, const char *reason);
 int nx_mcp_client_notify(struct nx_mcp_client *c, const char *method, json_t *params);
+/* Answers a request of the server's (id as it came; result stolen). Ignored once the client is
+ * closed. */
+void nx_mcp_client_reply(struct nx_mcp_client *c, const json_t *id, json_t *result);
+void nx_mcp_client_reply_error(struct nx_mcp_client *c, const json_t *id, int code, const char *message);
 
 /* tools/list, following nextCursor (at most 100 pages); done's result is {"tools": [...]}. */
 void nx_mcp_client_list_tools(struct nx_mcp_client *c, uint32_t timeout_ms, nx_mcp_result_fn done,
@@ -79,6 +93,9 @@ struct nx_mcp_request *nx_mcp_client_read_resource(struct nx_mcp_client *c, cons
 struct nx_mcp_request *nx_mcp_client_get_prompt(struct nx_mcp_client *c, const char *name,
                                                 const json_t *arguments, uint32_t timeout_ms,
                                                 nx_mcp_result_fn done, void *udata);
+
+/* Replaces the roots answered to roots/list (copied). Accepts a NULL client. */
+void nx_mcp_client_set_roots(struct nx_mcp_client *c, const json_t *roots);
 
 bool nx_mcp_client_is_ready(const struct nx_mcp_client *c);
 /* The negotiated version ("" before the handshake). */

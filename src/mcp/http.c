@@ -10,6 +10,7 @@
 #include "http/sse.h"
 #include "mcp/jsonrpc.h"
 #include "mcp/mcp.h"
+#include "mcp/oauth.h"
 #include "mcp/transport.h"
 #include "runtime/runtime.h"
 
@@ -34,6 +35,7 @@
 #define RETRY_DEFAULT_MS 1000
 #define RETRY_MAX_MS 60000
 #define RESUMES_MAX 5 /* GETs in a row that bring nothing new */
+#define AUTH_TRIES_MAX 3 /* authorizations one message may cause (401, then 403 step-ups) */
 
 enum { MODE_UNKNOWN, MODE_JSON, MODE_SSE };
 
@@ -60,6 +62,15 @@ struct post {
     char *last_event_id;
     int resumes;
     uint32_t timeout_ms;
+    char *text;     /* what was POSTed, kept when OAuth may make us send it again */
+    int auth_tries; /* authorizations this message caused so far */
+};
+
+/* A message waiting for an authorization to finish, to be sent again. */
+struct held {
+    char *text;
+    uint32_t timeout_ms;
+    int auth_tries;
 };
 
 /* A GET waiting for the server's retry delay. */
@@ -93,6 +104,10 @@ struct http_tp {
     size_t nqueue, cqueue;
     struct nx_http_call *delete_call;
     struct resume *resumes;
+    struct nx_mcp_oauth *oauth;         /* borrowed from the manager, or NULL */
+    struct nx_mcp_oauth_op *auth_op;    /* an authorization in progress */
+    struct held *held;
+    size_t nheld;
     uv_loop_t *loop;
     int busy; /* callbacks on the stack */
     bool has_standalone;
@@ -111,6 +126,9 @@ static void tp_free(struct http_tp *t)
     for (size_t i = 0; i < t->nqueue; i++)
         json_decref(t->queue[i].msg);
     free(t->queue);
+    for (size_t i = 0; i < t->nheld; i++)
+        free(t->held[i].text);
+    free(t->held);
     free(t->headers);
     free(t->url);
     free(t->session_id);
@@ -155,6 +173,7 @@ static void post_free(struct post *p)
     nx_buf_cleanup(&p->body);
     nx_sse_reader_cleanup(&p->sse);
     free(p->last_event_id);
+    free(p->text);
     free(p);
 }
 
@@ -261,6 +280,7 @@ static int post_data(const char *data, size_t len, long status, void *udata)
 
 static void flush_queue(struct http_tp *t);
 static int call_start(struct http_tp *t, struct post *p, const char *body);
+static int post_text(struct http_tp *t, const char *text, uint32_t timeout_ms, int auth_tries);
 static struct post *post_new(struct http_tp *t);
 
 /* Once the handshake is over and its POST has ended (so the session id is known): the GET stream
@@ -346,12 +366,88 @@ static bool try_resume(struct http_tp *t, struct post *p)
     return true;
 }
 
+/* ---- OAuth: a 401, or a 403 asking for more scope, holds the message, authorizes, resends ---- */
+
+static bool wants_auth(struct http_tp *t, const struct post *p, const struct nx_http_response *res, char *www,
+                       size_t wwwlen)
+{
+    char err[64];
+
+    www[0] = '\0';
+    if (!t->oauth || p->is_get || !p->text || (res->status != 401 && res->status != 403))
+        return false;
+    nx_http_response_header(res, "WWW-Authenticate", www, wwwlen);
+    if (res->status == 403 &&
+        (nx_mcp_oauth_www_param(www, "error", err, sizeof err) < 0 || strcmp(err, "insufficient_scope") != 0))
+        return false;
+    if (p->auth_tries >= AUTH_TRIES_MAX) {
+        nx_warn("mcp", "server %s: still HTTP %ld after %d authorizations; giving up on this message",
+                t->base.name, res->status, AUTH_TRIES_MAX);
+        return false;
+    }
+    return true;
+}
+
+static void hold(struct http_tp *t, struct post *p)
+{
+    t->held = nx_realloc(t->held, (t->nheld + 1) * sizeof *t->held);
+    t->held[t->nheld].text = p->text;
+    t->held[t->nheld].timeout_ms = p->timeout_ms;
+    t->held[t->nheld++].auth_tries = p->auth_tries + 1;
+    p->text = NULL;
+    p->is_forgotten = true; /* not failed: it goes again */
+    if (p->is_initialize)
+        t->is_handshaking = false;
+}
+
+static void on_auth_done(int rc, const char *err, void *udata)
+{
+    struct http_tp *t = udata;
+    struct held *held = t->held;
+    size_t n = t->nheld;
+    char why[700];
+
+    t->auth_op = NULL;
+    t->held = NULL;
+    t->nheld = 0;
+    t->busy++;
+    snprintf(why, sizeof why, "OAuth authorization failed: %s", err ? err : nx_strerror(rc));
+    for (size_t i = 0; i < n; i++) {
+        json_t *m = json_loads(held[i].text, 0, NULL);
+        const json_t *id = json_object_get(m, "id");
+        int src = rc;
+
+        if (rc == 0 && !t->is_closing)
+            src = post_text(t, held[i].text, held[i].timeout_ms, held[i].auth_tries);
+        if (src < 0 && !t->is_closing && json_is_integer(id) && json_object_get(m, "method") &&
+            t->base.cb.on_request_failed)
+            t->base.cb.on_request_failed(json_integer_value(id), rc < 0 ? NX_EPERM : src,
+                                         rc < 0 ? why : "send failed", t->base.udata);
+        json_decref(m);
+        free(held[i].text);
+    }
+    free(held);
+    if (!t->is_handshaking && !t->auth_op && t->nqueue > 0 && !t->is_closing)
+        flush_queue(t);
+    t->busy--;
+    maybe_free(t);
+}
+
+static void start_auth(struct http_tp *t, long status, const char *www)
+{
+    if (t->auth_op || t->is_closing)
+        return; /* the one in progress serves this message too */
+    if (!(t->auth_op = nx_mcp_oauth_challenge(t->oauth, status, www, on_auth_done, t)))
+        on_auth_done(NX_EBUSY, "another authorization of this server is in progress", t);
+}
+
 static void post_done(int rc, const struct nx_http_response *res, const char *err, void *udata)
 {
     struct post *p = udata;
     struct http_tp *t = p->t;
     char why[ERROR_BODY_MAX + 64];
     char sid[256];
+    char www[2048];
 
     p->call = NULL;
     if (p->in_data) {
@@ -370,6 +466,9 @@ static void post_done(int rc, const struct nx_http_response *res, const char *er
             deliver(p, p->body.data, p->body.len);
         if (!try_resume(t, p))
             report_failed(t, p, NX_EPROTO, "the server's reply ended without an answer");
+    } else if (rc == 0 && wants_auth(t, p, res, www, sizeof www)) {
+        hold(t, p);
+        start_auth(t, res->status, www);
     } else if (rc == 0 && res->status == 404 && t->session_id && !p->is_get) {
         report_failed(t, p, NX_ECLOSED, "session expired");
         report_closed(t, NX_ECLOSED, "session expired (HTTP 404)");
@@ -397,7 +496,7 @@ static void post_done(int rc, const struct nx_http_response *res, const char *er
                     p->is_standalone ? "the standalone stream" : "sending a message", why);
     }
     post_free(p);
-    if (!t->is_handshaking && t->nqueue > 0 && !t->is_closing)
+    if (!t->is_handshaking && !t->auth_op && t->nqueue > 0 && !t->is_closing)
         flush_queue(t);
     standalone_start(t);
     t->busy--;
@@ -421,6 +520,8 @@ static size_t build_headers(struct http_tp *t, const struct post *p, struct nx_h
         h[n++] = (struct nx_http_header){"Mcp-Session-Id", t->session_id};
     if (t->version[0])
         h[n++] = (struct nx_http_header){"MCP-Protocol-Version", t->version};
+    if (nx_mcp_oauth_authorization(t->oauth))
+        h[n++] = (struct nx_http_header){"Authorization", nx_mcp_oauth_authorization(t->oauth)};
     for (size_t i = 0; i < t->nheaders && n < cap; i++)
         h[n++] = t->headers[i];
     return n;
@@ -429,14 +530,14 @@ static size_t build_headers(struct http_tp *t, const struct post *p, struct nx_h
 /* Starts p's HTTP call and links it; on failure p is freed and NX_ECLOSED returned. */
 static int call_start(struct http_tp *t, struct post *p, const char *body)
 {
-    struct nx_http_header *h = nx_calloc(t->nheaders + 4, sizeof *h);
+    struct nx_http_header *h = nx_calloc(t->nheaders + 5, sizeof *h);
     struct nx_http_call_opts o;
 
     memset(&o, 0, sizeof o);
     o.method = p->is_get ? "GET" : "POST";
     o.url = t->url;
     o.headers = h;
-    o.nheaders = build_headers(t, p, h, t->nheaders + 4);
+    o.nheaders = build_headers(t, p, h, t->nheaders + 5);
     o.body = body;
     o.body_len = body ? strlen(body) : 0;
     o.timeout_ms = p->is_standalone ? STREAM_TIMEOUT_MS
@@ -462,29 +563,44 @@ static int call_start(struct http_tp *t, struct post *p, const char *body)
     return 0;
 }
 
-static int post_start(struct http_tp *t, const json_t *msg, uint32_t timeout_ms)
+/* POSTs text (one message); auth_tries carries over when it is sent again after an
+ * authorization. */
+static int post_text(struct http_tp *t, const char *text, uint32_t timeout_ms, int auth_tries)
 {
     struct post *p;
+    json_t *msg = json_loads(text, 0, NULL);
     const json_t *id = json_object_get(msg, "id");
     const char *method = json_string_value(json_object_get(msg, "method"));
-    char *text;
     bool is_initialize;
     int rc;
 
-    if (!(text = json_dumps(msg, JSON_COMPACT)))
-        return NX_EINVAL;
     p = post_new(t);
     p->timeout_ms = timeout_ms;
+    p->auth_tries = auth_tries;
     if (method && json_is_integer(id)) {
         p->has_id = true;
         p->id = json_integer_value(id);
         p->is_initialize = strcmp(method, "initialize") == 0;
     }
+    json_decref(msg);
+    if (t->oauth)
+        p->text = nx_strdup(text);
     is_initialize = p->is_initialize;
     rc = call_start(t, p, text);
-    free(text);
     if (rc == 0 && is_initialize)
         t->is_handshaking = true;
+    return rc;
+}
+
+static int post_start(struct http_tp *t, const json_t *msg, uint32_t timeout_ms)
+{
+    char *text;
+    int rc;
+
+    if (!(text = json_dumps(msg, JSON_COMPACT)))
+        return NX_EINVAL;
+    rc = post_text(t, text, timeout_ms, 0);
+    free(text);
     return rc;
 }
 
@@ -519,7 +635,7 @@ static int tp_send(struct nx_mcp_link *base, const json_t *msg, uint32_t timeout
 
     if (t->is_closing || t->has_reported_closed)
         return NX_ECLOSED;
-    if (t->is_handshaking) {
+    if (t->is_handshaking || t->auth_op) {
         if (t->nqueue == t->cqueue) {
             t->cqueue = t->cqueue ? t->cqueue * 2 : 8;
             t->queue = nx_realloc(t->queue, t->cqueue * sizeof *t->queue);
@@ -591,6 +707,8 @@ static void tp_close(struct nx_mcp_link *base)
         return;
     t->is_closing = true;
     t->busy++;
+    nx_mcp_oauth_op_cancel(t->auth_op);
+    t->auth_op = NULL;
     while (t->resumes)
         resume_free(t->resumes);
     for (struct post *p = t->posts, *next; p; p = next) {
@@ -599,12 +717,12 @@ static void tp_close(struct nx_mcp_link *base)
             nx_http_call_cancel(p->call);
     }
     if (t->session_id) {
-        h = nx_calloc(t->nheaders + 4, sizeof *h);
+        h = nx_calloc(t->nheaders + 5, sizeof *h);
         memset(&o, 0, sizeof o);
         o.method = "DELETE";
         o.url = t->url;
         o.headers = h;
-        o.nheaders = build_headers(t, NULL, h, t->nheaders + 4);
+        o.nheaders = build_headers(t, NULL, h, t->nheaders + 5);
         o.timeout_ms = DELETE_TIMEOUT_MS;
         o.on_done = delete_done;
         o.udata = t;
@@ -644,6 +762,7 @@ int nx_mcp_http_new(struct nx_http_client *http, const struct nx_mcp_server_conf
     t->http = http;
     t->loop = nx_http_client_loop(http);
     t->url = nx_strdup(conf->url);
+    t->oauth = opts->oauth;
     t->headers = nx_calloc(conf->headers.n + 1, sizeof *t->headers);
     for (size_t i = 0; i < conf->headers.n; i++) {
         t->headers[i].name = nx_strdup(conf->headers.keys[i]);

@@ -7,10 +7,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/metrics.h"
-#include "mcp/client.h"
-#include "mcp/mcp.h"
-#include "runtime/runtime.h"
-#include "tools/tool.h"
+#include "mcp/manager_internal.h"
 
 /* The MCP manager: one client per server of mcp.yaml, their tools in the registry, restarts with
  * exponential backoff, keep-alive pings, metrics and a status for the admin page. A server that
@@ -22,73 +19,8 @@
 #define BACKOFF_MAX_MS 60000
 #define STABLE_MS 60000 /* up this long: the next crash starts the backoff over */
 
-enum { ST_STOPPED, ST_STARTING, ST_READY, ST_BACKOFF };
-static const char *const state_names[] = {"stopped", "starting", "ready", "backoff"};
-
 static size_t limit_max_frame;
 static uint32_t limit_first_backoff_ms;
-
-struct server;
-
-/* What a registered tool does: a server's own tool, or one of the two resource tools. */
-enum { MT_CALL, MT_LIST_RESOURCES, MT_READ_RESOURCE };
-
-struct mcp_tool {
-    struct nx_tool tool;
-    struct server *srv; /* NULL once unregistered */
-    int kind;
-    char *name;
-    char *remote;
-    char *description;
-    char *schema;
-    int refs;
-};
-
-struct mcp_call {
-    struct server *srv;
-    struct mcp_tool *mt;
-    struct nx_mcp_request *req;
-    nx_tool_done_fn done;
-    void *udata;
-    uint64_t start_ns;
-    unsigned progress;
-};
-
-struct server {
-    struct nx_mcp_manager *m;
-    struct nx_mcp_server_conf conf; /* copied */
-    json_t *roots;
-    struct nx_mcp_client *client;
-    int state;
-    unsigned gen; /* bumped at each connect: stale list results are dropped */
-    struct nx_timer *restart;
-    struct nx_timer *ping;
-    uint32_t backoff_ms;
-    uint64_t up_since_ms;
-    unsigned restarts;
-    int pid;
-    char *last_error;
-    struct mcp_tool **tools;
-    size_t ntools;
-    struct mcp_tool *rtools[2]; /* list_resources, read_resource when the server has resources */
-    json_t *prompts;            /* its prompts/list, [] when it has none */
-    bool is_listing;
-    bool is_relist_wanted;
-    uint64_t calls;
-    uint64_t progress;
-};
-
-struct nx_mcp_manager {
-    uv_loop_t *loop;
-    struct nx_http_client *http;
-    struct server *servers;
-    size_t nservers;
-    uint32_t initialize_timeout_ms;
-    uint32_t call_timeout_ms;
-    uint32_t grace_ms;
-    uint32_t ping_ms;
-    bool is_closing;
-};
 
 static const double call_buckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
 
@@ -199,9 +131,9 @@ static struct nx_tool_call *tool_run(const struct nx_tool *self, const struct nx
     json_t *params;
 
     (void)ctx;
-    if (!s || s->state != ST_READY || !nx_mcp_client_is_ready(s->client)) {
+    if (!s || s->state != NX_MCP_ST_READY || !nx_mcp_client_is_ready(s->client)) {
         nx_buf_printf(&b, "MCP server \"%s\" is not connected (%s); try again later",
-                      s ? s->conf.name : "?", s ? state_names[s->state] : "removed");
+                      s ? s->conf.name : "?", s ? nx_mcp_state_names[s->state] : "removed");
         if (s)
             count_call(s, mt->remote, "unavailable", -1);
         done(nx_buf_cstr(&b), b.len, true, udata);
@@ -456,8 +388,23 @@ static void on_restart_timer(void *arg)
 {
     struct server *s = arg;
 
+    static const char *const labels[] = {"server", NULL};
+    const char *values[1];
+
     s->restart = NULL;
     s->restarts++;
+    values[0] = s->conf.name;
+    nx_counter_add(nx_metric_counter("nexo_mcp_server_restarts_total",
+                                     "Reconnections of an MCP server after it went down.", labels),
+                   values, 1);
+    connect_server(s);
+}
+
+static void on_first_connect(void *arg)
+{
+    struct server *s = arg;
+
+    s->restart = NULL;
     connect_server(s);
 }
 
@@ -469,6 +416,7 @@ static void schedule_restart(struct server *s, const char *why)
 
     set_error(s, why);
     set_up(s, false);
+    nx_mcp_asks_forget_client(s->asks, s->client);
     nx_mcp_client_free(s->client);
     s->client = NULL;
     s->pid = 0;
@@ -479,7 +427,7 @@ static void schedule_restart(struct server *s, const char *why)
     if (s->backoff_ms == 0 || (s->up_since_ms && now - s->up_since_ms >= STABLE_MS))
         s->backoff_ms = first;
     s->up_since_ms = 0;
-    s->state = ST_BACKOFF;
+    s->state = NX_MCP_ST_BACKOFF;
     nx_warn("mcp", "server %s is down (%s); reconnecting in %u ms", s->conf.name, why ? why : "?",
             s->backoff_ms);
     nx_timer_cancel(s->restart);
@@ -497,7 +445,7 @@ static void on_ready(struct nx_mcp_client *c, int rc, const char *err, void *uda
         schedule_restart(s, err ? err : nx_strerror(rc));
         return;
     }
-    s->state = ST_READY;
+    s->state = NX_MCP_ST_READY;
     s->up_since_ms = nx_mono_ms();
     set_up(s, true);
     list_tools(s);
@@ -509,7 +457,7 @@ static void on_list_changed(struct nx_mcp_client *c, const char *what, void *uda
 {
     struct server *s = udata;
 
-    if (c == s->client && s->state == ST_READY && strcmp(what, "prompts") == 0)
+    if (c == s->client && s->state == NX_MCP_ST_READY && strcmp(what, "prompts") == 0)
         list_prompts(s);
 }
 
@@ -517,7 +465,7 @@ static void on_tools_changed(struct nx_mcp_client *c, void *udata)
 {
     struct server *s = udata;
 
-    if (c == s->client && s->state == ST_READY) {
+    if (c == s->client && s->state == NX_MCP_ST_READY) {
         nx_info("mcp", "server %s: tool list changed", s->conf.name);
         list_tools(s);
     }
@@ -550,12 +498,27 @@ static void on_ping_timer(void *arg)
     struct list_ctx *pc;
 
     s->ping = nx_timer_once(s->m->loop, s->m->ping_ms, on_ping_timer, s);
-    if (s->state != ST_READY || !s->client)
+    if (s->state != NX_MCP_ST_READY || !s->client)
         return;
     pc = nx_calloc(1, sizeof *pc);
     pc->s = s;
     pc->gen = s->gen;
     nx_mcp_client_request(s->client, "ping", NULL, s->m->initialize_timeout_ms, NULL, on_ping, pc);
+}
+
+static int on_server_request(struct nx_mcp_client *c, const char *method, const json_t *id,
+                             const json_t *params, void *udata)
+{
+    struct server *s = udata;
+
+    return c == s->client ? nx_mcp_asks_handle(s->asks, c, method, id, params) : NX_ENOTSUP;
+}
+
+static void on_server_request_cancelled(struct nx_mcp_client *c, const json_t *id, void *udata)
+{
+    struct server *s = udata;
+
+    nx_mcp_asks_cancel(s->asks, c, id);
 }
 
 static void connect_server(struct server *s)
@@ -565,13 +528,16 @@ static void connect_server(struct server *s)
     struct nx_mcp_client_opts co;
     static const struct nx_mcp_client_cb cb = {
         .on_ready = on_ready, .on_tools_changed = on_tools_changed, .on_closed = on_closed,
-        .on_list_changed = on_list_changed};
+        .on_list_changed = on_list_changed, .on_request = on_server_request,
+        .on_request_cancelled = on_server_request_cancelled};
+    json_t *caps;
     int rc;
 
     memset(&to, 0, sizeof to);
     to.name = s->conf.name;
     to.max_frame = limit_max_frame;
     to.grace_ms = s->m->grace_ms;
+    to.oauth = s->oauth;
     if (s->conf.transport == NX_MCP_STDIO)
         rc = nx_mcp_stdio_new(s->m->loop, &s->conf, &to, &t);
     else if (s->m->http)
@@ -579,7 +545,7 @@ static void connect_server(struct server *s)
     else
         rc = NX_EINVAL;
     s->gen++;
-    s->state = ST_STARTING;
+    s->state = NX_MCP_ST_STARTING;
     if (rc < 0) {
         schedule_restart(s, "cannot create the transport (bad command or url)");
         return;
@@ -589,115 +555,29 @@ static void connect_server(struct server *s)
     co.initialize_timeout_ms = s->conf.connect_timeout_ms ? s->conf.connect_timeout_ms
                                                          : s->m->initialize_timeout_ms;
     co.roots = s->roots;
+    caps = s->has_roots ? json_pack("{s:{s:b}}", "roots", "listChanged", 0) : json_object();
+    nx_mcp_asks_declare(s->asks, caps);
+    co.capabilities = caps;
     nx_mcp_client_new(s->m->loop, t, &co, &cb, s, &s->client);
+    json_decref(caps);
     s->pid = t->pid;
 }
 
 /* ---- the manager ----------------------------------------------------------------------- */
-
-static char **strv_dup(char **v)
-{
-    size_t n = 0;
-    char **out;
-
-    while (v && v[n])
-        n++;
-    out = nx_calloc(n + 1, sizeof *out);
-    for (size_t i = 0; i < n; i++)
-        out[i] = nx_strdup(v[i]);
-    return out;
-}
-
-static void strv_free(char **v)
-{
-    for (size_t i = 0; v && v[i]; i++)
-        free(v[i]);
-    free(v);
-}
-
-static void strmap_dup(struct nx_strmap *dst, const struct nx_strmap *src)
-{
-    dst->n = src->n;
-    dst->keys = nx_calloc(src->n + 1, sizeof *dst->keys);
-    dst->vals = nx_calloc(src->n + 1, sizeof *dst->vals);
-    for (size_t i = 0; i < src->n; i++) {
-        dst->keys[i] = nx_strdup(src->keys[i]);
-        dst->vals[i] = nx_strdup(src->vals[i]);
-    }
-}
-
-static void strmap_free(struct nx_strmap *m)
-{
-    for (size_t i = 0; i < m->n; i++) {
-        free(m->keys[i]);
-        free(m->vals[i]);
-    }
-    free(m->keys);
-    free(m->vals);
-}
-
-static char *dup_or_null(const char *s)
-{
-    return s ? nx_strdup(s) : NULL;
-}
-
-/* roots: ["file:///x", ...] or [{uri, name?}, ...] from the server's `roots` key. */
-static json_t *roots_from(const json_t *extra)
-{
-    const json_t *r = json_object_get(extra, "roots");
-    json_t *out = json_array();
-
-    for (size_t i = 0; json_is_array(r) && i < json_array_size(r); i++) {
-        const json_t *e = json_array_get(r, i);
-
-        if (json_is_string(e))
-            json_array_append_new(out, json_pack("{s:O}", "uri", e));
-        else if (json_is_object(e) && json_is_string(json_object_get(e, "uri")))
-            json_array_append_new(out, json_deep_copy(e));
-    }
-    return out;
-}
-
-static void server_init(struct nx_mcp_manager *m, struct server *s, const struct nx_mcp_server_conf *c)
-{
-    s->m = m;
-    s->conf.name = nx_strdup(c->name ? c->name : "");
-    s->conf.transport = c->transport;
-    s->conf.command = dup_or_null(c->command);
-    s->conf.args = strv_dup(c->args);
-    strmap_dup(&s->conf.env, &c->env);
-    s->conf.cwd = dup_or_null(c->cwd);
-    s->conf.url = dup_or_null(c->url);
-    strmap_dup(&s->conf.headers, &c->headers);
-    s->conf.connect_timeout_ms = c->connect_timeout_ms;
-    s->conf.call_timeout_ms = c->call_timeout_ms;
-    s->conf.extra = c->extra ? json_deep_copy(c->extra) : json_object();
-    s->roots = roots_from(c->extra);
-    s->prompts = json_array();
-}
 
 static void server_cleanup(struct server *s)
 {
     nx_timer_cancel(s->restart);
     nx_timer_cancel(s->ping);
     s->gen++;
+    nx_mcp_asks_forget_client(s->asks, s->client);
     nx_mcp_client_free(s->client); /* calls in flight are answered with an error now */
     s->client = NULL;
     drop_tools(s);
     drop_resource_tools(s);
-    if (s->state == ST_READY)
+    if (s->state == NX_MCP_ST_READY)
         set_up(s, false);
-    free(s->conf.name);
-    free(s->conf.command);
-    strv_free(s->conf.args);
-    strmap_free(&s->conf.env);
-    free(s->conf.cwd);
-    free(s->conf.url);
-    strmap_free(&s->conf.headers);
-    json_decref(s->roots);
-    json_decref(s->conf.extra);
-    json_decref(s->prompts);
-    free(s->last_error);
+    nx_mcp_mgr_server_conf_cleanup(s);
 }
 
 int nx_mcp_manager_new(uv_loop_t *loop, struct nx_http_client *http, const struct nx_mcp_conf *conf,
@@ -718,7 +598,7 @@ int nx_mcp_manager_new(uv_loop_t *loop, struct nx_http_client *http, const struc
         m->servers = nx_calloc(conf->n_servers, sizeof *m->servers);
         m->nservers = conf->n_servers;
         for (size_t i = 0; i < conf->n_servers; i++)
-            server_init(m, &m->servers[i], &conf->servers[i]);
+            nx_mcp_mgr_server_init(m, &m->servers[i], &conf->servers[i], conf->extra);
         for (size_t i = 0; i < m->nservers; i++) {
             struct server *s = &m->servers[i];
 
@@ -729,12 +609,39 @@ int nx_mcp_manager_new(uv_loop_t *loop, struct nx_http_client *http, const struc
                 continue;
             }
             set_up(s, false);
-            connect_server(s);
+            /* on the next iteration, so nx_mcp_manager_set_host (token files) comes first */
+            s->state = NX_MCP_ST_STARTING;
+            s->restart = nx_timer_once(loop, 0, on_first_connect, s);
             s->ping = nx_timer_once(loop, m->ping_ms, on_ping_timer, s);
         }
     }
     *out = m;
     return 0;
+}
+
+void nx_mcp_manager_set_host(struct nx_mcp_manager *m, const struct nx_mcp_host *host)
+{
+    json_t *ws = NULL;
+    char path[4096];
+
+    for (size_t i = 0; m && host && i < m->nservers; i++) {
+        struct server *s = &m->servers[i];
+        const json_t *auth = json_object_get(s->conf.extra, "auth");
+
+        nx_mcp_asks_set_agents(s->asks, host->agents);
+        if (s->oauth && host->data_dir && !json_object_get(auth, "token_file") &&
+            snprintf(path, sizeof path, "%s/mcp/oauth-%s.json", host->data_dir, s->conf.name) <
+                (int)sizeof path)
+            nx_mcp_oauth_set_token_file(s->oauth, path);
+        if (s->wants_workspaces && host->cfg) {
+            if (!ws)
+                ws = nx_mcp_mgr_workspace_roots(host->cfg);
+            json_decref(s->roots);
+            s->roots = json_deep_copy(ws);
+            nx_mcp_client_set_roots(s->client, s->roots);
+        }
+    }
+    json_decref(ws);
 }
 
 void nx_mcp_manager_free(struct nx_mcp_manager *m)
@@ -748,44 +655,3 @@ void nx_mcp_manager_free(struct nx_mcp_manager *m)
     free(m);
 }
 
-json_t *nx_mcp_manager_status(const struct nx_mcp_manager *m)
-{
-    json_t *arr = json_array();
-
-    for (size_t i = 0; m && i < m->nservers; i++) {
-        const struct server *s = &m->servers[i];
-        json_t *tools = json_array();
-        json_t *o;
-
-        for (size_t j = 0; j < NX_ARRAY_LEN(s->rtools); j++) {
-            if (s->rtools[j])
-                json_array_append_new(tools, json_string(s->rtools[j]->name));
-        }
-        for (size_t j = 0; j < s->ntools; j++)
-            json_array_append_new(tools, json_string(s->tools[j]->name));
-        o = json_pack("{s:s, s:s, s:s, s:s, s:o, s:I, s:I, s:I}", "name", s->conf.name, "transport",
-                      s->conf.transport == NX_MCP_STDIO ? "stdio" : "streamable_http", "state",
-                      state_names[s->state], "protocol_version",
-                      nx_mcp_client_protocol_version(s->client), "tools", tools, "restarts",
-                      (json_int_t)s->restarts, "calls", (json_int_t)s->calls,
-                      "progress_notifications", (json_int_t)s->progress);
-        json_object_set_new(o, "server_info", s->state == ST_READY && nx_mcp_client_server_info(s->client)
-                                                  ? json_deep_copy(nx_mcp_client_server_info(s->client))
-                                                  : json_null());
-        json_object_set_new(o, "pid", s->pid ? json_integer(s->pid) : json_null());
-        json_object_set_new(o, "prompts", json_deep_copy(s->prompts));
-        if (s->client) {
-            struct nx_mcp_client_stats st;
-
-            nx_mcp_client_stats(s->client, &st);
-            json_object_set_new(o, "session", json_pack("{s:I, s:I, s:I, s:I}", "malformed",
-                                                        (json_int_t)st.malformed, "unknown_replies",
-                                                        (json_int_t)st.unknown_replies, "server_requests",
-                                                        (json_int_t)st.server_requests, "cancels_sent",
-                                                        (json_int_t)st.cancels_sent));
-        }
-        json_object_set_new(o, "last_error", s->last_error ? json_string(s->last_error) : json_null());
-        json_array_append_new(arr, o);
-    }
-    return json_pack("{s:o}", "servers", arr);
-}

@@ -23,6 +23,19 @@ struct nx_mcp_manager;
  * none). */
 int nx_mcp_manager_new(uv_loop_t *loop, struct nx_http_client *http, const struct nx_mcp_conf *conf,
                        struct nx_mcp_manager **out);
+/* What the manager needs from the daemon once the agents exist (any member may be NULL): the
+ * agents that answer sampling/createMessage, the data directory (OAuth tokens go to
+ * <data_dir>/mcp/oauth-<server>.json unless the server's auth sets token_file) and the
+ * configuration (the agents' workspaces for `roots: workspaces`). Call it right after
+ * nx_mcp_manager_new, on the same loop iteration; again after nx_agents_new on reload. */
+struct nx_agents;
+struct nx_mcp_host {
+    struct nx_agents *agents;
+    const char *data_dir;
+    const struct nx_config *cfg;
+};
+void nx_mcp_manager_set_host(struct nx_mcp_manager *m, const struct nx_mcp_host *host);
+
 /* Unregisters the tools, fails calls in flight, closes every server (stdio: EOF, SIGTERM and
  * SIGKILL after shutdown_grace; HTTP: DELETE the session). Handles close on later loop
  * iterations. Accepts NULL. */
@@ -31,7 +44,7 @@ void nx_mcp_manager_free(struct nx_mcp_manager *m);
 /* For the admin page: {"servers": [{name, transport, state, protocol_version, server_info,
  * tools: [registered names], prompts: [{name, description, arguments}] (the server's
  * prompts/list, [] when it has none), restarts, pid, last_error, calls,
- * progress_notifications}]}.
+ * progress_notifications, auth (OAuth servers: state, scope, expires_in, ..., never a token)}]}.
  * New reference. */
 json_t *nx_mcp_manager_status(const struct nx_mcp_manager *m);
 

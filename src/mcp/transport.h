@@ -14,6 +14,7 @@
  * transport function called by the owner, and never after close. */
 
 struct nx_mcp_link;
+struct nx_mcp_oauth;
 
 struct nx_mcp_link_cb {
     /* One message from the server (an object; batches are split). */
@@ -51,6 +52,7 @@ struct nx_mcp_link_opts {
     const char *name;
     size_t max_frame;       /* 0 = 4 MiB */
     uint32_t grace_ms;      /* stdio: wait after EOF and after SIGTERM */
+    struct nx_mcp_oauth *oauth; /* HTTP: answers 401/403 challenges (borrowed), or NULL */
     struct nx_mcp_link_cb cb;
     void *udata;
 };

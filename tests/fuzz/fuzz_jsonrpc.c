@@ -10,19 +10,53 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "http/sse.h"
+#include "mcp/asks.h"
 #include "mcp/client.h"
 #include "mcp/jsonrpc.h"
 #include "mcp/mcp.h"
+#include "mcp/oauth.h"
+#include "mcp/oauth_internal.h"
 
 /* MCP framing from a server we do not trust: the input is split into lines (stdio) or read as an
  * SSE stream (Streamable HTTP), both with a small frame cap, and every frame goes to a live
  * client session through a fake transport, so parsing, classification, the answers to server
- * requests, progress and responses to unknown ids all run. The line splitter must give the same
- * lines whole and byte at a time. */
+ * requests (elicitation/create with the defaults policy, sampling/createMessage's message
+ * conversion), progress and responses to unknown ids all run. The line splitter must give the
+ * same lines whole and byte at a time. The input, as a string, also goes through the OAuth
+ * parsers (WWW-Authenticate, redirect query, URLs). */
 
 #define FUZZ_CAP 512
 
 static uv_loop_t *loop;
+static struct nx_mcp_asks *asks;
+
+static int fz_on_request(struct nx_mcp_client *c, const char *method, const json_t *id, const json_t *params,
+                         void *udata)
+{
+    (void)udata;
+    return nx_mcp_asks_handle(asks, c, method, id, params);
+}
+
+static void fuzz_oauth_parsers(const uint8_t *data, size_t size)
+{
+    char *s = nx_malloc(size + 1), out[256], **urls;
+    char *q;
+
+    memcpy(s, data, size);
+    s[size] = '\0';
+    nx_mcp_oauth_www_param(s, "scope", out, sizeof out);
+    nx_mcp_oauth_www_param(s, "resource_metadata", out, sizeof out);
+    free(nx_oauth_query_param(s, "code"));
+    if ((q = nx_oauth_query_param(s, "state")) && strlen(q) > size)
+        abort();
+    free(q);
+    nx_mcp_oauth_resource_matches(s, "http://127.0.0.1:1/mcp");
+    urls = nx_mcp_oauth_discovery_urls(s, data[0] & 2);
+    for (size_t i = 0; urls[i]; i++)
+        free(urls[i]);
+    free(urls);
+    free(s);
+}
 
 /* A transport that records what the client sends and never fails. */
 static int fl_start(struct nx_mcp_link *t)
@@ -123,16 +157,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct nx_mcp_link *t;
     struct nx_mcp_client *c = NULL;
     struct nx_mcp_client_opts co = {.name = "fuzz"};
-    struct nx_mcp_client_cb cb = {0};
+    struct nx_mcp_client_cb cb = {.on_request = fz_on_request};
+    json_t *caps;
     int ra, rb = 0;
 
     if (!loop) {
+        json_t *extra = json_loads("{\"elicitation\":\"defaults\",\"sampling\":{\"enabled\":true,"
+                                   "\"rate_limit_per_minute\":100000}}", 0, NULL);
+
         loop = nx_calloc(1, sizeof *loop);
         uv_loop_init(loop);
         nx_log_set_level(NX_LOG_OFF);
+        asks = nx_mcp_asks_new("fuzz", extra, NULL); /* no agents: sampling answers an error */
+        json_decref(extra);
     }
     if (size == 0)
         return 0;
+    fuzz_oauth_parsers(data, size);
 
     /* the splitter alone: whole input vs byte at a time */
     nx_jsonrpc_lines_init(&a, FUZZ_CAP);
@@ -155,7 +196,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     t->vt = &fake_vt;
     t->name = nx_strdup("fuzz");
     t->max_frame = FUZZ_CAP;
+    caps = json_object();
+    nx_mcp_asks_declare(asks, caps);
+    co.capabilities = caps;
     nx_mcp_client_new(loop, t, &co, &cb, NULL, &c);
+    json_decref(caps);
     nx_mcp_client_request(c, "tools/call", json_pack("{s:s}", "name", "x"), 0, on_progress, on_result, NULL);
     if (data[0] & 1) {
         struct nx_sse_reader r;

@@ -194,6 +194,7 @@ static void test_mcp_http_against_server_everything(void **state)
     sc.transport = NX_MCP_STREAMABLE_HTTP;
     sc.url = url;
     sc.headers = (struct nx_strmap){hk, hv, 1};
+    sc.extra = json_loads("{\"roots\":[\"file:///srv/data\"]}", 0, NULL); /* declares roots */
     memset(&c, 0, sizeof c);
     c.enabled = true;
     c.initialize_timeout_ms = 20000;
@@ -202,6 +203,7 @@ static void test_mcp_http_against_server_everything(void **state)
     c.servers = &sc;
     c.n_servers = 1;
     assert_int_equal(nx_mcp_manager_new(&loop, http, &c, &m), 0);
+    json_decref(sc.extra);
 
     assert_true(run_until(&loop, tool_exists, "mcp_web_echo", 20000));
     assert_true(peer_wait_for("Session initialized with ID", 5000));

@@ -64,15 +64,16 @@ static const char fake_py[] =
     "                         'nextCursor': 'page2'})\n"
     "        else:\n"
     "            result(mid, {'tools': [{'name': 'dotted.name/x', 'description': 'd'},\n"
-    "                                   {'name': 'L' * 80}]})\n"
+    "                                   {'name': 'L' * 80}, {'name': 'slow'}]})\n"
     "    elif meth == 'tools/call':\n"
+    "        if m['params']['name'] == 'slow': continue\n"
     "        if m['params']['name'] == 'replies':\n"
     "            result(mid, {'content': [{'type': 'text', 'text': json.dumps(replies, sort_keys=True)}]})\n"
     "        else:\n"
     "            result(mid, {'content': [{'type': 'image', 'mimeType': 'image/png', 'data': 'AAAA'},\n"
     "                                     {'type': 'text', 'text': 't'}], 'isError': True})\n"
     "    elif meth == 'ping':\n"
-    "        result(mid, {})\n"
+    "        if not os.environ.get('FAKE_NO_PING'): result(mid, {})\n"
     "    elif mid is not None:\n"
     "        send({'jsonrpc': '2.0', 'id': mid, 'error': {'code': -32601, 'message': 'no'}})\n";
 
@@ -425,11 +426,12 @@ static void test_mcp_stdio_malformed_frames_and_server_requests(void **state)
 {
     uv_loop_t loop;
     struct nx_mcp_manager *m = NULL;
-    struct nx_mcp_server_conf sc[2];
+    struct nx_mcp_server_conf sc[4];
     struct nx_mcp_conf c;
     char *args[] = {fake_path, NULL};
     char *env_keys[] = {"FAKE_BIG"}, *env_vals[] = {"100000"};
     char *old_keys[] = {"FAKE_VERSION"}, *old_vals[] = {"1999-01-01"};
+    char *v1_vals[] = {"2024-11-05"}, *v2_vals[] = {"2025-03-26"};
     char hashed[80], longname[81];
     struct answer a = {0};
     json_t *replies, *r, *st;
@@ -446,7 +448,13 @@ static void test_mcp_stdio_malformed_frames_and_server_requests(void **state)
     sc[1] = sc[0];
     sc[1].name = "old";
     sc[1].env = (struct nx_strmap){old_keys, old_vals, 1};
-    conf_init(&c, sc, 2);
+    sc[2] = sc[1];
+    sc[2].name = "v1";
+    sc[2].env = (struct nx_strmap){old_keys, v1_vals, 1};
+    sc[3] = sc[1];
+    sc[3].name = "v2";
+    sc[3].env = (struct nx_strmap){old_keys, v2_vals, 1};
+    conf_init(&c, sc, 4);
     nx_mcp_manager_set_limits(64 * 1024, 60000); /* frames over 64 KiB are dropped */
     assert_int_equal(nx_mcp_manager_new(&loop, NULL, &c, &m), 0);
     json_decref(sc[0].extra);
@@ -478,7 +486,9 @@ static void test_mcp_stdio_malformed_frames_and_server_requests(void **state)
     assert_string_equal(json_string_value(json_object_get(json_array_get(r, 0), "uri")),
                         "file:///srv/data");
     assert_int_equal(error_code(replies, "s1"), -32601);
-    assert_int_equal(error_code(replies, "e1"), -32601);
+    /* elicitation is declined by default (not declared, but a clear answer beats -32601) */
+    assert_string_equal(json_string_value(json_object_get(json_object_get(json_object_get(replies, "e1"),
+                                                                          "result"), "action")), "decline");
     assert_int_equal(error_code(replies, "u1"), -32601);
     json_decref(replies);
     free(a.text);
@@ -492,6 +502,15 @@ static void test_mcp_stdio_malformed_frames_and_server_requests(void **state)
     /* a server that wants a version we do not speak is refused */
     assert_true(run_until(&loop, fake_failed, m, 20000));
     assert_null(nx_tool_find("mcp_old_replies"));
+    /* the older versions we speak are accepted */
+    assert_true(run_until(&loop, tool_exists, "mcp_v1_replies", 20000));
+    assert_true(run_until(&loop, tool_exists, "mcp_v2_replies", 20000));
+    st = server_status(m, "v1");
+    assert_string_equal(json_string_value(json_object_get(st, "protocol_version")), "2024-11-05");
+    json_decref(st);
+    st = server_status(m, "v2");
+    assert_string_equal(json_string_value(json_object_get(st, "protocol_version")), "2025-03-26");
+    json_decref(st);
 
     finish_loop(&loop, m, 10000);
     assert_null(nx_tool_find("mcp_fake_replies"));
@@ -528,6 +547,80 @@ static void test_mcp_stdio_missing_command_backs_off(void **state)
     nx_mcp_manager_set_limits(0, 0);
 }
 
+static bool deaf_restarted(void *arg)
+{
+    return status_int(arg, "deaf", "restarts") >= 1;
+}
+
+/* A call the server never answers fails at the server's call_timeout (and is cancelled); a
+ * server that stops answering pings is restarted; its stderr lines are in our log; a tool outside
+ * the caller's allowed_tools is refused before it reaches the server. */
+static void test_mcp_stdio_timeouts_pings_stderr_allowed(void **state)
+{
+    uv_loop_t loop;
+    struct nx_mcp_manager *m = NULL;
+    struct nx_mcp_server_conf sc[2];
+    struct nx_mcp_conf c;
+    char *args[] = {fake_path, NULL};
+    char *keys[] = {"FAKE_NO_PING"}, *vals[] = {"1"};
+    char logpath[] = "/tmp/nx-mcp-log-XXXXXX", buf[65536];
+    const char *const allowed[] = {"mcp_other_*", NULL};
+    struct answer a = {0};
+    enum nx_log_level old = nx_log_level();
+    int fd = mkstemp(logpath);
+    ssize_t n;
+
+    (void)state;
+    assert_true(fd >= 0);
+    nx_log_set_fd(fd);
+    nx_log_set_level(NX_LOG_INFO);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    memset(sc, 0, sizeof sc);
+    sc[0].name = "slow";
+    sc[0].transport = NX_MCP_STDIO;
+    sc[0].command = "python3";
+    sc[0].args = args;
+    sc[0].call_timeout_ms = 300;
+    sc[1] = sc[0];
+    sc[1].name = "deaf";
+    sc[1].env = (struct nx_strmap){keys, vals, 1};
+    conf_init(&c, sc, 2);
+    c.idle_reap_interval_ms = 300;
+    c.initialize_timeout_ms = 3000;
+    nx_mcp_manager_set_limits(0, 100);
+    assert_int_equal(nx_mcp_manager_new(&loop, NULL, &c, &m), 0);
+    assert_true(run_until(&loop, tool_exists, "mcp_slow_slow", 20000));
+
+    assert_true(call_tool(&loop, "mcp_slow_slow", "{}", &a, 20000));
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "did not answer in time"));
+    free(a.text);
+    assert_true(session_int(m, "slow", "cancels_sent") >= 1);
+
+    memset(&a, 0, sizeof a);
+    test_ctx.loop = &loop;
+    nx_tool_invoke(&test_ctx, allowed, "mcp_slow_replies", NULL, on_answer, &a);
+    assert_true(run_until(&loop, answered, &a, 5000));
+    assert_true(a.is_error);
+    free(a.text);
+
+    assert_true(run_until(&loop, deaf_restarted, m, 20000));
+    assert_int_equal(status_int(m, "slow", "restarts"), 0); /* it answers its pings */
+
+    finish_loop(&loop, m, 10000);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    nx_mcp_manager_set_limits(0, 0);
+    nx_log_set_fd(2);
+    nx_log_set_level(old);
+    n = pread(fd, buf, sizeof buf - 1, 0);
+    close(fd);
+    unlink(logpath);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_non_null(strstr(buf, "server deaf: stderr: fake server up"));
+    assert_non_null(strstr(buf, "server deaf is down"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -535,6 +628,7 @@ int main(void)
         cmocka_unit_test(test_mcp_stdio_resources_and_prompts),
         cmocka_unit_test(test_mcp_stdio_malformed_frames_and_server_requests),
         cmocka_unit_test(test_mcp_stdio_missing_command_backs_off),
+        cmocka_unit_test(test_mcp_stdio_timeouts_pings_stderr_allowed),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -1,0 +1,284 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <jansson.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "http/client.h"
+#include "mcp/mcp.h"
+#include "tools/tool.h"
+#include "mcp_fixture.h"
+
+/* The OAuth client inside the manager, against a scripted python server that is both the MCP
+ * server and its authorization server: a 401 leads through protected resource metadata,
+ * authorization server metadata, dynamic registration, the authorization redirect and the token
+ * endpoint (client_secret_post) to a token; the token goes to <data>/mcp/oauth-<server>.json
+ * (0600); when the server revokes it the refresh token gets a new one without a second
+ * authorization; a new manager reuses the stored token. The conformance suite covers the
+ * variants (test_mcp_conformance.py). */
+
+static const char oauth_py[] =
+    "import json, urllib.parse\n"
+    "from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer\n"
+    "st = {'authz': 0, 'grants': [], 'valid': [], 'n': 0, 'resource': [], 'scope': []}\n"
+    "class H(BaseHTTPRequestHandler):\n"
+    "    protocol_version = 'HTTP/1.1'\n"
+    "    def log_message(self, *a): pass\n"
+    "    def reply(self, code, obj=None, headers=()):\n"
+    "        b = json.dumps(obj).encode() if obj is not None else b''\n"
+    "        self.send_response(code)\n"
+    "        for k, v in headers: self.send_header(k, v)\n"
+    "        self.send_header('Content-Type', 'application/json')\n"
+    "        self.send_header('Content-Length', str(len(b)))\n"
+    "        self.end_headers(); self.wfile.write(b)\n"
+    "    def base(self): return 'http://127.0.0.1:%d' % self.server.server_address[1]\n"
+    "    def do_GET(self):\n"
+    "        u = urllib.parse.urlparse(self.path)\n"
+    "        if u.path == '/.well-known/oauth-protected-resource/mcp':\n"
+    "            return self.reply(200, {'resource': self.base() + '/mcp', 'scopes_supported': ['read'],\n"
+    "                                    'authorization_servers': [self.base() + '/as']})\n"
+    "        if u.path == '/.well-known/oauth-authorization-server/as':\n"
+    "            b = self.base() + '/as'\n"
+    "            return self.reply(200, {'issuer': b, 'authorization_endpoint': b + '/authorize',\n"
+    "                'token_endpoint': b + '/token', 'registration_endpoint': b + '/register',\n"
+    "                'token_endpoint_auth_methods_supported': ['client_secret_post']})\n"
+    "        if u.path == '/as/authorize':\n"
+    "            q = urllib.parse.parse_qs(u.query); st['authz'] += 1\n"
+    "            st['resource'].append(q.get('resource', [None])[0]); st['scope'].append(q.get('scope', "
+    "[None])[0])\n"
+    "            loc = q['redirect_uri'][0] + '?code=c1&state=' + urllib.parse.quote(q['state'][0])\n"
+    "            return self.reply(302, None, [('Location', loc)])\n"
+    "        self.reply(405, {})\n"
+    "    def do_POST(self):\n"
+    "        body = self.rfile.read(int(self.headers.get('Content-Length', '0')))\n"
+    "        u = urllib.parse.urlparse(self.path)\n"
+    "        if u.path == '/as/register':\n"
+    "            return self.reply(201, {'client_id': 'cid', 'client_secret': 'csec',\n"
+    "                                    'token_endpoint_auth_method': 'client_secret_post'})\n"
+    "        if u.path == '/as/token':\n"
+    "            f = urllib.parse.parse_qs(body.decode()); g = f['grant_type'][0]; st['grants'].append(g)\n"
+    "            if f.get('client_secret', [''])[0] != 'csec': return self.reply(401, {'error': "
+    "'invalid_client'})\n"
+    "            if g == 'refresh_token' and f['refresh_token'][0] != 'rt1':\n"
+    "                return self.reply(400, {'error': 'invalid_grant'})\n"
+    "            st['n'] += 1; tok = 'at%d' % st['n']; st['valid'].append(tok)\n"
+    "            return self.reply(200, {'access_token': tok, 'token_type': 'Bearer', 'expires_in': 3600,\n"
+    "                                    'refresh_token': 'rt1', 'scope': 'read'})\n"
+    "        if u.path != '/mcp': return self.reply(404, {})\n"
+    "        auth = self.headers.get('Authorization', '')\n"
+    "        if not auth.startswith('Bearer ') or auth[7:] not in st['valid']:\n"
+    "            w = 'Bearer error=\"invalid_token\", "
+    "resource_metadata=\"%s/.well-known/oauth-protected-resource/mcp\"'\n"
+    "            return self.reply(401, {'error': 'invalid_token'}, [('WWW-Authenticate', w % "
+    "self.base())])\n"
+    "        m = json.loads(body); meth, mid = m.get('method'), m.get('id')\n"
+    "        if meth == 'initialize':\n"
+    "            return self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': {'protocolVersion': "
+    "'2025-06-18',\n"
+    "                'capabilities': {'tools': {}}, 'serverInfo': {'name': 'o', 'version': '1'}}})\n"
+    "        if mid is None: return self.reply(202)\n"
+    "        if meth == 'tools/list':\n"
+    "            t = [{'name': 'state'}, {'name': 'expire'}]\n"
+    "            return self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': {'tools': t}})\n"
+    "        if meth == 'tools/call':\n"
+    "            if m['params']['name'] == 'expire': st['valid'] = []\n"
+    "            return self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': {'content': [\n"
+    "                {'type': 'text', 'text': json.dumps(st, sort_keys=True)}]}})\n"
+    "        self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': {}})\n"
+    "    def do_DELETE(self): self.reply(200, {})\n"
+    "s = ThreadingHTTPServer(('127.0.0.1', 0), H)\n"
+    "print('READY %d' % s.server_address[1], flush=True)\n"
+    "s.serve_forever()\n";
+
+struct peer {
+    pid_t pid;
+    int port;
+    char path[256];
+};
+
+static struct peer peer; /* stopped by teardown even when an assertion fails */
+
+static bool peer_start(struct peer *p)
+{
+    int pipefd[2];
+    char line[64] = {0};
+    size_t n = 0;
+    FILE *f;
+
+    snprintf(p->path, sizeof p->path, "/tmp/nx-mcp-oauth-%d.py", (int)getpid());
+    if (!(f = fopen(p->path, "w")))
+        return false;
+    fputs(oauth_py, f);
+    fclose(f);
+    if (pipe(pipefd) != 0)
+        return false;
+    if ((p->pid = fork()) == 0) {
+        dup2(pipefd[1], 1);
+        close(pipefd[0]);
+        close(pipefd[1]);
+        execl("/usr/bin/python3", "python3", p->path, (char *)NULL);
+        _exit(127);
+    }
+    close(pipefd[1]);
+    while (n < sizeof line - 1) {
+        struct pollfd pf = {.fd = pipefd[0], .events = POLLIN};
+
+        if (poll(&pf, 1, 10000) <= 0 || read(pipefd[0], &line[n], 1) != 1 || line[n] == '\n')
+            break;
+        n++;
+    }
+    close(pipefd[0]);
+    return sscanf(line, "READY %d", &p->port) == 1;
+}
+
+static void peer_stop(struct peer *p)
+{
+    if (p->pid > 0) {
+        kill(p->pid, SIGKILL);
+        waitpid(p->pid, NULL, 0);
+    }
+    unlink(p->path);
+}
+
+/* Calls the server's `state` tool and returns what it saw. */
+static json_t *server_state(uv_loop_t *loop, const char *tool)
+{
+    struct answer a = {0};
+    json_t *st;
+
+    assert_true(call_tool(loop, tool, "{}", &a, 20000));
+    assert_false(a.is_error);
+    st = json_loads(a.text, 0, NULL);
+    free(a.text);
+    assert_non_null(st);
+    return st;
+}
+
+static struct nx_mcp_manager *start(uv_loop_t *loop, struct nx_http_client *http, const char *url,
+                                    const char *data_dir)
+{
+    struct nx_mcp_server_conf sc;
+    struct nx_mcp_conf c;
+    struct nx_mcp_manager *m = NULL;
+    struct nx_mcp_host host = {.data_dir = data_dir};
+
+    memset(&sc, 0, sizeof sc);
+    sc.name = "o";
+    sc.transport = NX_MCP_STREAMABLE_HTTP;
+    sc.url = (char *)url;
+    sc.extra = json_pack("{s:{s:s}}", "auth", "type", "oauth");
+    memset(&c, 0, sizeof c);
+    c.enabled = true;
+    c.initialize_timeout_ms = 20000;
+    c.call_timeout_ms = 20000;
+    c.idle_reap_interval_ms = 600000;
+    c.servers = &sc;
+    c.n_servers = 1;
+    assert_int_equal(nx_mcp_manager_new(loop, http, &c, &m), 0);
+    nx_mcp_manager_set_host(m, &host);
+    json_decref(sc.extra);
+    assert_true(run_until(loop, tool_exists, "mcp_o_state", 20000));
+    return m;
+}
+
+static void test_mcp_oauth_code_flow_refresh_and_token_file(void **state)
+{
+    uv_loop_t loop;
+    struct nx_http_client *http = NULL;
+    struct nx_mcp_manager *m;
+    struct peer *p = &peer;
+    char url[128], dir[] = "/tmp/nx-mcp-oauth-XXXXXX", file[256], base[96];
+    struct stat sb;
+    json_t *st, *tok, *status;
+    char *dump;
+
+    (void)state;
+    nx_log_set_level(getenv("NX_TEST_LOG") ? NX_LOG_DEBUG : NX_LOG_OFF);
+    assert_true(peer_start(p));
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(nx_http_client_new(&loop, NULL, &http), 0);
+    snprintf(base, sizeof base, "http://127.0.0.1:%d", p->port);
+    snprintf(url, sizeof url, "%s/mcp", base);
+    m = start(&loop, http, url, dir);
+
+    /* one authorization (code + PKCE), with resource and the PRM's scopes_supported */
+    st = server_state(&loop, "mcp_o_state");
+    assert_int_equal(json_integer_value(json_object_get(st, "authz")), 1);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(st, "resource"), 0)), url);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(st, "scope"), 0)), "read");
+    assert_string_equal(json_string_value(json_array_get(json_object_get(st, "grants"), 0)),
+                        "authorization_code");
+    json_decref(st);
+    snprintf(file, sizeof file, "%s/mcp/oauth-o.json", dir);
+    assert_int_equal(stat(file, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+
+    /* the token is revoked: the next call is answered after a refresh, with no new authorization */
+    json_decref(server_state(&loop, "mcp_o_expire"));
+    st = server_state(&loop, "mcp_o_state");
+    assert_int_equal(json_integer_value(json_object_get(st, "authz")), 1);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(st, "grants"), 1)), "refresh_token");
+    json_decref(st);
+    tok = json_load_file(file, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(tok, "access_token")), "at2");
+    assert_string_equal(json_string_value(json_object_get(tok, "refresh_token")), "rt1");
+    json_decref(tok);
+
+    /* the status tells the state, never a secret */
+    status = nx_mcp_manager_status(m);
+    dump = json_dumps(status, JSON_COMPACT);
+    assert_non_null(strstr(dump, "\"state\":\"authorized\""));
+    assert_null(strstr(dump, "at2"));
+    assert_null(strstr(dump, "csec"));
+    assert_null(strstr(dump, "rt1"));
+    free(dump);
+    json_decref(status);
+    nx_mcp_manager_free(m);
+
+    /* a new manager (a restart) uses the stored token: no registration, no authorization */
+    m = start(&loop, http, url, dir);
+    st = server_state(&loop, "mcp_o_state");
+    assert_int_equal(json_integer_value(json_object_get(st, "authz")), 1);
+    assert_int_equal(json_array_size(json_object_get(st, "grants")), 2);
+    json_decref(st);
+    nx_mcp_manager_free(m);
+
+    for (int i = 0; i < 200 && nx_http_client_inflight(http) > 0; i++)
+        run_until(&loop, never, NULL, 20);
+    nx_http_client_free(http);
+    for (int i = 0; i < 100 && uv_run(&loop, UV_RUN_NOWAIT); i++)
+        ;
+    assert_int_equal(uv_loop_close(&loop), 0);
+    unlink(file);
+    snprintf(file, sizeof file, "%s/mcp", dir);
+    rmdir(file);
+    rmdir(dir);
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    peer_stop(&peer);
+    peer.pid = 0;
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mcp_oauth_code_flow_refresh_and_token_file),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, teardown);
+}
