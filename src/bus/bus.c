@@ -82,6 +82,7 @@ void nx_bus_on_connection(struct nx_bus *bus, bool is_connected)
     bus->is_connected = is_connected;
     nx_bus_set_mode(bus, is_connected ? NX_BUS_NATS : NX_BUS_FALLBACK);
     nx_resilient_on_connection(bus, is_connected);
+    nx_js_on_connection(bus, is_connected);
 }
 
 static void on_tick(uv_timer_t *t)
@@ -220,6 +221,7 @@ int nx_bus_new(uv_loop_t *loop, const struct nx_bus_opts *opts, struct nx_bus **
     bus->mode = bus->conf.type == NX_BROKER_NATS ? NX_BUS_FALLBACK : NX_BUS_INPROC;
     nx_bus_set_mode(bus, bus->mode);
     if (bus->conf.type == NX_BROKER_NATS) {
+        nx_js_init(bus);
         if ((rc = nx_bus_nats_backend.open(bus)) < 0)
             goto fail;
         uv_timer_start(&bus->tick, on_tick, 50, 50);
@@ -234,6 +236,9 @@ int nx_bus_new(uv_loop_t *loop, const struct nx_bus_opts *opts, struct nx_bus **
     bus->conf.url = NULL;
     bus->conf.urls = NULL;
     bus->conf.persistence.path = NULL;
+    bus->conf.jetstream.inbound_stream = bus->conf.jetstream.outbound_stream = NULL;
+    bus->conf.jetstream.route_stream = bus->conf.jetstream.sessions_bucket = NULL;
+    bus->conf.jetstream.storage = NULL;
     bus->conf.fallback.mode = (opts->conf && opts->conf->fallback.mode &&
                                !strcmp(opts->conf->fallback.mode, "drop")) ? "drop" : "local_queue";
     snprintf(bus->inbox_prefix, sizeof bus->inbox_prefix, "_INBOX.%.8s%.4s%.4s", bus->instance,
@@ -270,8 +275,10 @@ static void on_mb_closed(struct nx_mailbox *mb)
  * pending, the NATS connection closed. */
 void nx_bus_maybe_finish_close(struct nx_bus *bus)
 {
-    if (!bus->is_closing || bus->close_stage != 0 || bus->is_flushing || bus->store_ops > 0)
+    if (!bus->is_closing || bus->close_stage != 0 || bus->is_flushing || bus->store_ops > 0 ||
+        bus->js_ops > 0)
         return;
+    nx_js_destroy(bus); /* its subscriptions before the connection */
     if (bus->nats)
         nx_bus_nats_backend.destroy(bus);
     bus->close_stage = 3;
@@ -299,6 +306,7 @@ void nx_bus_free(struct nx_bus *bus)
             nx_bus_nats_backend.unsubscribe(bus, s);
     nx_local_drop_all(bus);
     uv_timer_stop(&bus->tick);
+    nx_js_close(bus);
     if (bus->nats)
         nx_bus_nats_backend.close(bus);
     nx_resilient_free(bus);

@@ -120,6 +120,45 @@ struct nx_bus_stats {
 };
 void nx_bus_stats(const struct nx_bus *bus, struct nx_bus_stats *out);
 
+/* ---- scale-out: routed work and session state (docs/scaling.md) ---- */
+
+/* True while connected to a server with JetStream whose streams are set up (broker.jetstream). */
+bool nx_bus_has_jetstream(const struct nx_bus *bus);
+/* "agent.route.<agent>.<p>" into out, p = hash(session_key) mod broker.jetstream.partitions.
+ * Returns 0, or NX_EINVAL (agent id not one subject token, or out too small). */
+int nx_bus_route_subject(const struct nx_bus *bus, const char *agent, const char *session_key,
+                         char *out, size_t outlen);
+
+/* One routed work item; the consumer completes it exactly once with nx_bus_work_done. */
+struct nx_bus_work;
+typedef void (*nx_bus_work_cb)(struct nx_bus *bus, struct nx_bus_work *w,
+                               const struct nx_envelope *env, void *arg);
+/* Consumes agent.route.<agent>.*: with JetStream, one durable consumer per partition
+ * ("nexo_<agent>_<p>", shared by every process that consumes this agent, explicit acks,
+ * max_ack_pending 1, so a partition has one item in flight at a time across processes); on core
+ * NATS, a queue subscription (group "agents"). Which one is decided at connect; nothing is
+ * consumed before the first connection. Returns 0 or NX_EINVAL. */
+int nx_bus_work_consume(struct nx_bus *bus, const char *agent, nx_bus_work_cb cb, void *arg);
+/* Completes w (and frees it): rc 0 acknowledges it once the server confirmed everything this
+ * bus published before (so a reply published first is not lost if this process dies); rc < 0
+ * asks for a redelivery after a short delay. On core NATS it only frees w. */
+void nx_bus_work_done(struct nx_bus_work *w, int rc);
+/* 1 on the first delivery, 2 on the first redelivery... */
+uint32_t nx_bus_work_attempt(const struct nx_bus_work *w);
+/* True when w came from a JetStream consumer (acknowledged, redelivered), false on core NATS. */
+bool nx_bus_work_is_durable(const struct nx_bus_work *w);
+
+/* The session-state bucket (JetStream KV, broker.jetstream.sessions_bucket). Any key text is
+ * accepted (it is encoded). cb runs on the loop: rc 0 with the value and its revision, NX_ENOENT
+ * (no such key; for get), NX_ENOTSUP (no JetStream), NX_EIO, NX_ECLOSED. The value is valid
+ * during the call. put with expect_rev > 0 succeeds only if the key is still at that revision
+ * (NX_EAGAIN otherwise); expect_rev 0 writes unconditionally. */
+typedef void (*nx_bus_kv_cb)(struct nx_bus *bus, int rc, const char *value, size_t len,
+                             uint64_t revision, void *arg);
+void nx_bus_kv_get(struct nx_bus *bus, const char *key, nx_bus_kv_cb cb, void *arg);
+void nx_bus_kv_put(struct nx_bus *bus, const char *key, const char *value, size_t len,
+                   uint64_t expect_rev, nx_bus_kv_cb cb, void *arg);
+
 /* ---- dead letters (store) ---- */
 
 struct nx_dead_letter {

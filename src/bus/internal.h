@@ -84,6 +84,8 @@ struct nx_qent {
 };
 
 struct nx_nats; /* nats.c */
+struct nx_js;   /* jetstream.c */
+void nx_js_init(struct nx_bus *bus); /* copies broker.jetstream's names (nx_bus_new) */
 
 struct nx_bus {
     uv_loop_t *loop;
@@ -126,6 +128,9 @@ struct nx_bus {
     bool has_tick;
 
     struct nx_nats *nats;
+    struct nx_js *js;   /* JetStream state (jetstream.c); NULL until used */
+    bool has_js;        /* connected to a server with JetStream, streams set up */
+    int js_ops;         /* JetStream jobs on the pool whose completion is still to come */
     struct nx_mailbox mb;
     bool has_mb;
     int store_ops;      /* store jobs whose completion is still to come */
@@ -164,6 +169,21 @@ extern const struct nx_bus_backend nx_bus_nats_backend;
 /* Called by nats.c on the loop for each message from NATS. */
 void nx_bus_on_remote(struct nx_bus *bus, struct nx_bus_sub *sub, struct nx_bus_item *item,
                       const char *origin, const char *local);
+
+/* nats.c, for jetstream.c: the connection (natsConnection *) and the counted link through
+ * which libnats threads post to the loop. */
+struct link;
+void *nx_nats_connection(struct nx_bus *bus);
+struct link *nx_nats_link_ref(struct nx_bus *bus);
+void nx_nats_link_unref(struct link *l);
+bool nx_nats_link_post(struct link *l, nx_mail_fn fn, void *arg);
+
+/* jetstream.c */
+void nx_js_init(struct nx_bus *bus); /* copies broker.jetstream's names (nx_bus_new) */
+void nx_js_on_connection(struct nx_bus *bus, bool is_connected);
+void nx_js_close(struct nx_bus *bus); /* at nx_bus_free: unsubscribes, drops pending work */
+void nx_js_destroy(struct nx_bus *bus);
+void *nx_js_kv(struct nx_bus *bus); /* kvStore * while JetStream is usable, else NULL (kv.c) */
 
 /* resilient.c */
 int nx_resilient_publish(struct nx_bus *bus, struct nx_bus_item *item);

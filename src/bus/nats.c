@@ -452,6 +452,27 @@ static void nats_destroy(struct nx_bus *bus)
     bus->nats = NULL;
 }
 
+void *nx_nats_connection(struct nx_bus *bus)
+{
+    return bus->nats && !bus->nats->is_closed ? bus->nats->nc : NULL;
+}
+
+struct link *nx_nats_link_ref(struct nx_bus *bus)
+{
+    atomic_fetch_add(&bus->nats->link->refs, 1);
+    return bus->nats->link;
+}
+
+void nx_nats_link_unref(struct link *l)
+{
+    link_unref(l);
+}
+
+bool nx_nats_link_post(struct link *l, nx_mail_fn fn, void *arg)
+{
+    return link_post(l, fn, arg);
+}
+
 static int nats_publish(struct nx_bus *bus, const struct nx_bus_item *it, const char *local)
 {
     struct nx_nats *n = bus->nats;
@@ -460,6 +481,17 @@ static int nats_publish(struct nx_bus *bus, const struct nx_bus_item *it, const 
 
     if (!n || !n->nc || n->is_closed)
         return NX_ECLOSED;
+    /* With JetStream, every event carries its id as Nats-Msg-Id: a stream that captures the
+     * subject stores it once within its duplicate window, however often it is replayed. */
+    if (!local && bus->has_js && !it->reply_to && it->env) {
+        st = natsMsg_Create(&msg, it->subject, NULL, it->data, (int)it->len);
+        if (st == NATS_OK)
+            st = natsMsgHeader_Set(msg, "Nats-Msg-Id", it->env->id);
+        if (st == NATS_OK)
+            st = natsConnection_PublishMsg(n->nc, msg);
+        natsMsg_Destroy(msg);
+        return map_status(st);
+    }
     if (!local) {
         if (it->reply_to)
             st = natsConnection_PublishRequest(n->nc, it->subject, it->reply_to, it->data,
@@ -473,6 +505,8 @@ static int nats_publish(struct nx_bus *bus, const struct nx_bus_item *it, const 
         st = natsMsgHeader_Set(msg, "Nx-Origin", bus->instance);
     if (st == NATS_OK)
         st = natsMsgHeader_Set(msg, "Nx-Local", local);
+    if (st == NATS_OK && bus->has_js && it->env)
+        st = natsMsgHeader_Set(msg, "Nats-Msg-Id", it->env->id);
     if (st == NATS_OK)
         st = natsConnection_PublishMsg(n->nc, msg);
     natsMsg_Destroy(msg);

@@ -152,8 +152,11 @@ static void on_flushed(struct nx_bus *bus, int rc, uint64_t token)
     }
     if (rc < 0 || epoch != (bus->epoch & 0xffffffffu))
         return; /* the tick retries while connected; a disconnect already requeued */
-    for (struct nx_qent *q = bus->q_head; q && q->state != Q_QUEUED; q = q->next) {
-        if (q->state == Q_SENT && (q->flush_gen & 0xffffffffu) <= gen) {
+    /* The SENT block sits right before the first QUEUED entry (or at the tail): walk it
+     * backwards, not the retained CONFIRMED entries ahead of it (tens of thousands at load). */
+    for (struct nx_qent *q = bus->q_next_send ? bus->q_next_send->prev : bus->q_tail;
+         q && q->state == Q_SENT; q = q->prev) {
+        if ((q->flush_gen & 0xffffffffu) <= gen) {
             q->state = Q_CONFIRMED;
             q->confirmed_at = now;
             bus->in_flight--;

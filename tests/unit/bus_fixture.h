@@ -50,6 +50,7 @@ struct fx_nats {
     int port;
     char dir[64];
     char log[128];
+    bool jetstream; /* start with -js */
 };
 
 static inline bool fx_log_has(const char *path, const char *needle)
@@ -94,7 +95,7 @@ static inline bool fx_nats_start(struct fx_nats *ns)
             dup2(fd, 2);
         }
         execlp("nats-server", "nats-server", "-a", "127.0.0.1", "-p", port, "-sd", ns->dir,
-               (char *)NULL);
+               ns->jetstream ? "-js" : (char *)NULL, (char *)NULL);
         _exit(127);
     }
     ns->pid = pid;

@@ -416,6 +416,187 @@ static void test_nats_kill_restart_every_event_exactly_once(void **state)
     free(remote);
 }
 
+/* ---- JetStream: routed work, acks, redelivery, de-duplication, the session bucket ---- */
+
+struct worker {
+    int n;                 /* distinct items acknowledged */
+    int deliveries;
+    int naked;             /* items handed back once */
+    int redelivered;       /* deliveries with attempt > 1 */
+    int out_of_order;
+    int last[4];           /* per session, the last n seen */
+    unsigned char seen[64];
+};
+
+static void on_item(struct nx_bus *bus, struct nx_bus_work *w, const struct nx_envelope *env,
+                    void *arg)
+{
+    struct worker *k = arg;
+    int n = (int)json_integer_value(json_object_get(env->payload, "n"));
+    int s = n % 4;
+
+    (void)bus;
+    k->deliveries++;
+    if (nx_bus_work_attempt(w) > 1)
+        k->redelivered++;
+    if (n == 5 && nx_bus_work_attempt(w) == 1) { /* fails once: delivered again, after a delay */
+        k->naked++;
+        nx_bus_work_done(w, NX_EIO);
+        return;
+    }
+    if (n >= 0 && n < 64 && !k->seen[n]++) {
+        if (n < k->last[s])
+            k->out_of_order++;
+        k->last[s] = n;
+        k->n++;
+    }
+    nx_bus_work_done(w, 0);
+}
+
+static int publish_work(struct nx_bus *bus, int n, const char *id)
+{
+    char subject[128], session[32];
+    struct nx_envelope *e = NULL;
+    json_t *p = json_pack("{s:i}", "n", n);
+    int rc;
+
+    snprintf(session, sizeof session, "agent:kate:test:%d", n % 4);
+    rc = nx_bus_route_subject(bus, "kate", session, subject, sizeof subject);
+    if (rc == 0)
+        rc = nx_envelope_new(subject, "test", session, p, &e);
+    if (rc == 0 && id)
+        memcpy(e->id, id, sizeof e->id);
+    if (rc == 0)
+        rc = nx_bus_publish(bus, NULL, e);
+    nx_envelope_free(e);
+    json_decref(p);
+    return rc;
+}
+
+struct kvres {
+    int done;
+    int rc;
+    uint64_t rev;
+    char val[64];
+};
+
+static void on_kv(struct nx_bus *bus, int rc, const char *v, size_t len, uint64_t rev, void *arg)
+{
+    struct kvres *r = arg;
+
+    (void)bus;
+    r->rc = rc;
+    r->rev = rev;
+    snprintf(r->val, sizeof r->val, "%.*s", v ? (int)len : 0, v ? v : "");
+    r->done = 1;
+}
+
+static bool both_js(void *arg)
+{
+    struct two *t = arg;
+
+    return nx_bus_has_jetstream(t->a) && nx_bus_has_jetstream(t->b);
+}
+
+static void test_jetstream_work_ack_redelivery_dedupe_and_kv(void **state)
+{
+    struct fx *f = *state;
+    struct worker *k = calloc(1, sizeof *k);
+    char s1[128], s2[128], dup_id[37];
+    struct kvres r = {0};
+    struct two t;
+
+    f->ns.jetstream = true;
+    f->conf.jetstream.enabled = true;
+    f->conf.jetstream.partitions = 4;
+    f->conf.jetstream.ack_wait_ms = 2000;
+    f->conf.jetstream.max_age_ms = 600000;
+    assert_true(fx_nats_start(&f->ns));
+    t.a = new_bus(f, "a", true);
+    t.b = new_bus(f, "b", false);
+    assert_true(fx_run_until(&f->loop, both_js, &t, 15000));
+    /* the partition is a function of the session */
+    assert_int_equal(nx_bus_route_subject(t.a, "kate", "agent:kate:x:1", s1, sizeof s1), 0);
+    assert_int_equal(nx_bus_route_subject(t.a, "kate", "agent:kate:x:1", s2, sizeof s2), 0);
+    assert_string_equal(s1, s2);
+    assert_int_equal(strncmp(s1, "agent.route.kate.", 17), 0);
+    assert_int_equal(nx_bus_route_subject(t.a, "a.b", "x", s1, sizeof s1), NX_EINVAL);
+    assert_int_equal(nx_bus_work_consume(t.b, "bad.agent", on_item, k), NX_EINVAL);
+
+    assert_int_equal(nx_bus_work_consume(t.b, "kate", on_item, k), 0);
+    fx_run_for(&f->loop, 1000); /* the consumers are created on the pool */
+    nx_uuid_v4(dup_id);
+    for (int n = 0; n < 40; n++)
+        assert_int_equal(publish_work(t.a, n, n == 7 ? dup_id : NULL), 0);
+    assert_int_equal(publish_work(t.a, 7, dup_id), 0); /* same Nats-Msg-Id: stored once */
+    assert_true(fx_run_until(&f->loop, ts_reached, &(struct ts_count){&k->n, 40}, 30000));
+    fx_run_for(&f->loop, 1500); /* a duplicate or a late redelivery would show now */
+    print_message("jetstream: %d items, %d deliveries, %d handed back, %d redelivered, "
+                  "%d out of order\n", k->n, k->deliveries, k->naked, k->redelivered, k->out_of_order);
+    assert_int_equal(k->n, 40);
+    assert_int_equal(k->naked, 1);
+    assert_int_equal(k->redelivered, 1);
+    assert_int_equal(k->deliveries, 41); /* 40 + the one handed back; the duplicate was dropped */
+    assert_int_equal(k->out_of_order, 0);
+
+    /* the session bucket */
+    nx_bus_kv_get(t.b, "agent:kate:x:1", on_kv, &r);
+    assert_true(fx_run_until(&f->loop, flag_set, &r.done, 10000));
+    assert_int_equal(r.rc, NX_ENOENT);
+    memset(&r, 0, sizeof r);
+    nx_bus_kv_put(t.a, "agent:kate:x:1", "{\"v\":1}", 7, 0, on_kv, &r);
+    assert_true(fx_run_until(&f->loop, flag_set, &r.done, 10000));
+    assert_int_equal(r.rc, 0);
+    uint64_t rev = r.rev;
+    memset(&r, 0, sizeof r);
+    nx_bus_kv_get(t.b, "agent:kate:x:1", on_kv, &r);
+    assert_true(fx_run_until(&f->loop, flag_set, &r.done, 10000));
+    assert_int_equal(r.rc, 0);
+    assert_string_equal(r.val, "{\"v\":1}");
+    assert_true(r.rev == rev);
+    memset(&r, 0, sizeof r);
+    nx_bus_kv_put(t.b, "agent:kate:x:1", "{\"v\":2}", 7, rev + 100, on_kv, &r); /* stale revision */
+    assert_true(fx_run_until(&f->loop, flag_set, &r.done, 10000));
+    assert_int_equal(r.rc, NX_EAGAIN);
+    memset(&r, 0, sizeof r);
+    nx_bus_kv_put(t.b, "agent:kate:x:1", "{\"v\":2}", 7, rev, on_kv, &r);
+    assert_true(fx_run_until(&f->loop, flag_set, &r.done, 10000));
+    assert_int_equal(r.rc, 0);
+    free_bus(f, t.a);
+    free_bus(f, t.b);
+    free(k);
+}
+
+/* Without JetStream: routed work rides a core queue group, the bucket answers NX_ENOTSUP. */
+static void test_core_nats_work_without_jetstream(void **state)
+{
+    struct fx *f = *state;
+    struct worker *k = calloc(1, sizeof *k);
+    struct kvres r = {0};
+    struct two t;
+
+    f->conf.jetstream.enabled = true; /* asked for, but the server has none */
+    f->conf.jetstream.partitions = 4;
+    assert_true(fx_nats_start(&f->ns));
+    t.a = new_bus(f, "a", true);
+    t.b = new_bus(f, "b", false);
+    assert_true(fx_run_until(&f->loop, both_nats, &t, 10000));
+    assert_int_equal(nx_bus_work_consume(t.b, "kate", on_item, k), 0);
+    fx_run_for(&f->loop, 1000);
+    assert_false(nx_bus_has_jetstream(t.b));
+    for (int n = 0; n < 40; n++)
+        if (n != 5)
+            assert_int_equal(publish_work(t.a, n, NULL), 0);
+    assert_true(fx_run_until(&f->loop, ts_reached, &(struct ts_count){&k->n, 39}, 20000));
+    assert_int_equal(k->out_of_order, 0);
+    nx_bus_kv_get(t.b, "x", on_kv, &r);
+    assert_true(fx_run_until(&f->loop, flag_set, &r.done, 10000));
+    assert_int_equal(r.rc, NX_ENOTSUP);
+    free_bus(f, t.a);
+    free_bus(f, t.b);
+    free(k);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -426,6 +607,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_nats_queue_survives_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nats_kill_restart_every_event_exactly_once, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_jetstream_work_ack_redelivery_dedupe_and_kv, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_core_nats_work_without_jetstream, setup, teardown),
     };
     int rc;
 

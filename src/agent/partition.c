@@ -1,0 +1,399 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/agent_internal.h"
+#include "agent/partition.h"
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "store/history.h"
+
+/* Routed work for the gateway and agents roles (partition.h, docs/scaling.md). */
+
+#define RECENT_IDS 64 /* inbound ids remembered per session in its KV state */
+
+struct nx_partition {
+    struct nx_bus *bus;
+    struct nx_agents *agents;
+    struct nx_store *store;
+    char *data_dir;
+    struct nx_bus_sub *sub;
+    struct item *items;
+    uint32_t max_messages;
+};
+
+/* One work item being served. */
+struct item {
+    struct item *next, *prev;
+    struct nx_partition *p;  /* NULL once the partition is gone */
+    struct nx_bus_work *w;
+    json_t *work;            /* the payload */
+    char *id;                /* the inbound event's id */
+    json_t *state;           /* the session's KV state */
+    uint64_t rev;
+    json_t *user;            /* this turn's user message */
+    char *reply_text;        /* the reply envelope's JSON, once the turn ended */
+    struct nx_envelope *reply;
+};
+
+static struct nx_metric *m_forwarded, *m_served, *m_replayed;
+
+static const char *str(const json_t *o, const char *k)
+{
+    return json_string_value(json_object_get(o, k));
+}
+
+static void item_free(struct item *it)
+{
+    if (it->p) {
+        if (it->prev)
+            it->prev->next = it->next;
+        else
+            it->p->items = it->next;
+        if (it->next)
+            it->next->prev = it->prev;
+    }
+    json_decref(it->work);
+    json_decref(it->state);
+    json_decref(it->user);
+    free(it->id);
+    free(it->reply_text);
+    nx_envelope_free(it->reply);
+    free(it);
+}
+
+static void finish(struct item *it, int rc)
+{
+    nx_bus_work_done(it->w, rc);
+    item_free(it);
+}
+
+/* ---- gateway: match and forward ---- */
+
+static const struct agent_rt *match(const struct generation *g, const char *plugin,
+                                    const char *instance)
+{
+    for (size_t i = 0; i < g->nagents; i++) {
+        const struct nx_agent_conf *c = g->agents[i].conf;
+
+        for (size_t k = 0; k < c->n_inbound_bindings; k++) {
+            const struct nx_binding_conf *b = &c->inbound_bindings[k];
+
+            if (strcmp(b->plugin, plugin) != 0)
+                continue;
+            if (instance ? (b->instance && strcmp(b->instance, instance) == 0) : !b->instance)
+                return &g->agents[i];
+        }
+    }
+    return NULL;
+}
+
+static int on_inbound(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
+{
+    struct nx_partition *p = arg;
+    const json_t *pl = msg->env->payload;
+    const char *kind = str(pl, "kind"), *text = str(pl, "text"), *peer = str(pl, "chat");
+    const json_t *chat = json_object_get(pl, "chat"), *mid = json_object_get(pl, "msg_id");
+    char plugin[64], num[32], mid_num[32], subject[256];
+    const char *rest = msg->subject + strlen("plugin.inbound."), *dot, *reply_to = NULL;
+    struct nx_buf channel = NX_BUF_INIT, key = NX_BUF_INIT, out = NX_BUF_INIT;
+    struct nx_envelope *env = NULL;
+    const struct agent_rt *ag;
+    json_t *work;
+    size_t n;
+    int rc;
+
+    if (strncmp(msg->subject, "plugin.inbound.", 15) != 0)
+        return nx_bus_fail(msg, "not a plugin.inbound.<plugin>[.<instance>] subject");
+    if ((kind && strcmp(kind, "message") != 0) || !text || !*text)
+        return 0;
+    if (!peer && json_is_integer(chat)) {
+        snprintf(num, sizeof num, "%lld", (long long)json_integer_value(chat));
+        peer = num;
+    }
+    if (!peer)
+        peer = str(pl, "from");
+    if (!peer)
+        return nx_bus_fail(msg, "inbound message without \"chat\" or \"from\"");
+    dot = strchr(rest, '.');
+    n = dot ? (size_t)(dot - rest) : strlen(rest);
+    if (n == 0 || n >= sizeof plugin)
+        return nx_bus_fail(msg, "bad plugin name in %s", msg->subject);
+    memcpy(plugin, rest, n);
+    plugin[n] = '\0';
+    if (!(ag = match(p->agents->gen, plugin, dot ? dot + 1 : NULL)))
+        return 0;
+    if (json_is_string(mid)) {
+        reply_to = json_string_value(mid);
+    } else if (json_is_integer(mid)) {
+        snprintf(mid_num, sizeof mid_num, "%lld", (long long)json_integer_value(mid));
+        reply_to = mid_num;
+    }
+    nx_buf_printf(&channel, "%s", rest);
+    nx_buf_printf(&key, "agent:%s:%s:%s", ag->conf->id, rest, peer);
+    nx_buf_printf(&out, "plugin.outbound.%s", rest);
+    work = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s?}", "agent", ag->conf->id, "session_key",
+                     nx_buf_cstr(&key), "channel", nx_buf_cstr(&channel), "outbound",
+                     nx_buf_cstr(&out), "to", peer, "text", text, "reply_to", reply_to);
+    rc = nx_bus_route_subject(bus, ag->conf->id, nx_buf_cstr(&key), subject, sizeof subject);
+    if (rc == 0)
+        rc = nx_envelope_new(subject, rest, nx_buf_cstr(&key), work, &env);
+    if (rc == 0) {
+        memcpy(env->id, msg->env->id, sizeof env->id); /* a repeat is stored once */
+        rc = nx_bus_publish(bus, subject, env);
+    }
+    if (rc == 0) {
+        const char *const lv[] = {ag->conf->id};
+        nx_counter_add(m_forwarded, lv, 1);
+    }
+    nx_envelope_free(env);
+    json_decref(work);
+    nx_buf_cleanup(&channel);
+    nx_buf_cleanup(&key);
+    nx_buf_cleanup(&out);
+    return rc < 0 ? nx_bus_fail(msg, "routed work not published: %s", nx_strerror(rc)) : 0;
+}
+
+/* ---- agents: serve work ---- */
+
+static int make_reply(struct item *it, const char *text)
+{
+    const json_t *w = it->work;
+    json_t *payload = json_pack("{s:s, s:s, s:s, s:s?}", "to", str(w, "to"), "text", text,
+                                "session_id", str(w, "session_key"), "reply_to", str(w, "reply_to"));
+    int rc = nx_envelope_new(str(w, "outbound"), str(w, "agent"), str(w, "session_key"), payload,
+                             &it->reply);
+    size_t len;
+
+    json_decref(payload);
+    if (rc == 0)
+        it->reply_text = nx_envelope_dump(it->reply, &len);
+    return rc;
+}
+
+static void publish_and_ack(struct item *it)
+{
+    int rc = it->reply ? nx_bus_publish(it->p->bus, NULL, it->reply) : 0;
+
+    if (rc < 0)
+        nx_error("agents", "reply to %s not published: %s", str(it->work, "outbound"), nx_strerror(rc));
+    nx_counter_add(m_served, NULL, 1);
+    finish(it, rc);
+}
+
+static void on_put(struct nx_bus *bus, int rc, const char *v, size_t len, uint64_t rev, void *arg)
+{
+    struct item *it = arg;
+
+    (void)bus;
+    (void)v;
+    (void)len;
+    (void)rev;
+    if (rc < 0 || !it->p) {
+        nx_warn("agents", "session %s: state not recorded (%s); the message will be served again",
+                str(it->work, "session_key"), nx_strerror(rc < 0 ? rc : NX_ECLOSED));
+        finish(it, rc < 0 ? rc : NX_ECLOSED);
+        return;
+    }
+    publish_and_ack(it);
+}
+
+/* New state: history + user + answer (the tail, from a user message), the id, the reply. */
+static void record(struct item *it, const json_t *answer)
+{
+    json_t *hist = json_object_get(it->state, "history"), *last = json_object_get(it->state, "last");
+    char *text;
+
+    json_array_append(hist, it->user);
+    if (answer)
+        json_array_append_new(hist, json_deep_copy(answer));
+    while (json_array_size(hist) > it->p->max_messages ||
+           (json_array_size(hist) > 1 && (!str(json_array_get(hist, 0), "role") ||
+                                          strcmp(str(json_array_get(hist, 0), "role"), "user"))))
+        json_array_remove(hist, 0);
+    json_array_append_new(last, json_string(it->id));
+    while (json_array_size(last) > RECENT_IDS)
+        json_array_remove(last, 0);
+    json_object_set_new(it->state, "reply", it->reply_text ?
+                        json_pack("{s:s, s:s}", "for", it->id, "envelope", it->reply_text) : json_null());
+    text = json_dumps(it->state, JSON_COMPACT);
+    nx_bus_kv_put(it->p->bus, str(it->work, "session_key"), text, strlen(text), it->rev, on_put, it);
+    free(text);
+}
+
+static void on_done(int rc, const struct nx_turn_result *res, void *udata)
+{
+    struct item *it = udata;
+    const char *text = res->text;
+
+    if (!it->p || rc == NX_ECANCELED) {
+        finish(it, NX_ECANCELED);
+        return;
+    }
+    if (rc == NX_ECONFIG && res->error_message)
+        text = res->error_message;
+    else if (rc < 0)
+        nx_warn("agents", "agent %s: turn for %s failed: %s", str(it->work, "agent"),
+                str(it->work, "session_key"), res->error_message ? res->error_message : nx_strerror(rc));
+    if ((rc == 0 || rc == NX_ECONFIG) && text && *text && make_reply(it, text) < 0) {
+        finish(it, NX_EINVAL);
+        return;
+    }
+    if (it->state) {
+        record(it, rc == 0 ? res->message : NULL);
+    } else {
+        publish_and_ack(it);
+    }
+}
+
+static void run_turn(struct item *it, bool is_stateless)
+{
+    json_t *msgs = json_array();
+    struct nx_turn_opts o = {
+        .agent_id = str(it->work, "agent"),
+        .channel = str(it->work, "channel"),
+        .temperature = -1,
+        .on_done = on_done,
+        .udata = it,
+    };
+
+    it->user = json_pack("{s:s, s:[{s:s, s:s}]}", "role", "user", "content", "type", "text", "text",
+                         str(it->work, "text"));
+    if (is_stateless) {
+        json_array_extend(msgs, json_object_get(it->state, "history"));
+    } else {
+        o.session_key = str(it->work, "session_key");
+    }
+    json_array_append(msgs, it->user);
+    o.messages = msgs;
+    nx_turn_start(it->p->agents, &o);
+    json_decref(msgs);
+}
+
+static bool seen(const json_t *last, const char *id)
+{
+    size_t i;
+    json_t *v;
+
+    json_array_foreach(last, i, v)
+        if (json_is_string(v) && strcmp(json_string_value(v), id) == 0)
+            return true;
+    return false;
+}
+
+static void on_state(struct nx_bus *bus, int rc, const char *v, size_t len, uint64_t rev, void *arg)
+{
+    struct item *it = arg;
+    const json_t *reply;
+
+    (void)bus;
+    if (!it->p || (rc < 0 && rc != NX_ENOENT)) {
+        if (it->p)
+            nx_warn("agents", "session %s: state not readable (%s); retrying later",
+                    str(it->work, "session_key"), nx_strerror(rc));
+        finish(it, rc < 0 ? rc : NX_ECLOSED);
+        return;
+    }
+    if (rc == 0)
+        it->state = json_loadb(v, len, 0, NULL);
+    if (!json_is_object(it->state) || !json_is_array(json_object_get(it->state, "history")) ||
+        !json_is_array(json_object_get(it->state, "last"))) {
+        json_decref(it->state);
+        it->state = json_pack("{s:[], s:[], s:n}", "history", "last", "reply");
+    }
+    it->rev = rc == 0 ? rev : 0;
+    if (seen(json_object_get(it->state, "last"), it->id)) {
+        /* its turn was recorded already (its process died before the ack): send that reply
+         * again, same envelope id, so receivers drop it if they had it */
+        reply = json_object_get(it->state, "reply");
+        if (str(reply, "for") && strcmp(str(reply, "for"), it->id) == 0 && str(reply, "envelope")) {
+            char err[128];
+            const char *e = str(reply, "envelope");
+
+            if (nx_envelope_parse(e, strlen(e), 0, &it->reply, err, sizeof err) < 0)
+                nx_warn("agents", "recorded reply unreadable: %s", err);
+        }
+        nx_counter_add(m_replayed, NULL, 1);
+        publish_and_ack(it);
+        return;
+    }
+    run_turn(it, true);
+}
+
+static void on_work(struct nx_bus *bus, struct nx_bus_work *w, const struct nx_envelope *env, void *arg)
+{
+    struct nx_partition *p = arg;
+    struct item *it = nx_calloc(1, sizeof *it);
+
+    it->p = p;
+    it->w = w;
+    it->work = json_incref(env->payload);
+    it->id = nx_strdup(env->id);
+    it->next = p->items;
+    if (p->items)
+        p->items->prev = it;
+    p->items = it;
+    if (!str(it->work, "agent") || !str(it->work, "session_key") || !str(it->work, "text") ||
+        !str(it->work, "outbound") || !str(it->work, "to")) {
+        nx_warn("agents", "malformed routed work %s dropped", env->id);
+        finish(it, 0);
+        return;
+    }
+    if (nx_bus_work_is_durable(w)) /* JetStream: the session's state is in the bucket */
+        nx_bus_kv_get(bus, str(it->work, "session_key"), on_state, it);
+    else
+        run_turn(it, false);
+}
+
+/* ---- lifecycle ---- */
+
+int nx_partition_new(struct nx_bus *bus, struct nx_agents *agents, struct nx_store *store,
+                     const char *data_dir, uint32_t session_max_messages, struct nx_partition **out)
+{
+    static const char *const labels[] = {"agent", NULL};
+    struct nx_partition *p = nx_calloc(1, sizeof *p);
+
+    if (!m_forwarded) {
+        m_forwarded = nx_metric_counter("nexo_route_forwarded_total",
+                                        "inbound messages published as routed work (gateway role)",
+                                        labels);
+        m_served = nx_metric_counter("nexo_route_served_total",
+                                     "routed work items served (agents role)", NULL);
+        m_replayed = nx_metric_counter("nexo_route_replies_resent_total",
+                                       "redelivered work answered with its recorded reply", NULL);
+    }
+    p->bus = bus;
+    p->agents = agents;
+    p->store = store;
+    p->data_dir = nx_strdup(data_dir ? data_dir : ".");
+    p->max_messages = session_max_messages >= 2 ? session_max_messages : 200;
+    *out = p;
+    return 0;
+}
+
+int nx_partition_gateway(struct nx_partition *p)
+{
+    return nx_bus_queue_subscribe(p->bus, "plugin.inbound.>", "agents", on_inbound, p, &p->sub);
+}
+
+int nx_partition_consume(struct nx_partition *p, const char *agent_id)
+{
+    if (!nx_agents_has(p->agents, agent_id))
+        return NX_ENOENT;
+    return nx_bus_work_consume(p->bus, agent_id, on_work, p);
+}
+
+void nx_partition_free(struct nx_partition *p)
+{
+    if (!p)
+        return;
+    if (p->sub)
+        nx_bus_unsubscribe(p->bus, p->sub);
+    for (struct item *it = p->items; it; it = it->next)
+        it->p = NULL; /* their callbacks finish them */
+    free(p->data_dir);
+    free(p);
+}
