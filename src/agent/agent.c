@@ -22,6 +22,20 @@ static struct nx_llm_provider *gen_provider(const struct generation *g, const ch
     return NULL;
 }
 
+/* llm.yaml circuit_breaker: the provider's own values, else the top-level ones. */
+static void breaker_conf(const struct nx_llm_conf *llm, const struct nx_provider_conf *pc,
+                         struct nx_breaker_conf *out)
+{
+    const struct nx_breaker_cfg *d = &llm->circuit_breaker, *p = &pc->circuit_breaker;
+    uint64_t open_ms = 1000ULL * (p->open_secs ? p->open_secs : d->open_secs);
+    uint64_t max_ms = 1000ULL * (p->max_open_secs ? p->max_open_secs : d->max_open_secs);
+
+    out->failure_threshold = p->failure_threshold ? p->failure_threshold : d->failure_threshold;
+    out->success_threshold = p->success_threshold ? p->success_threshold : d->success_threshold;
+    out->initial_backoff_ms = (uint32_t)open_ms;
+    out->max_backoff_ms = (uint32_t)(max_ms < open_ms ? open_ms : max_ms);
+}
+
 static int make_providers(struct nx_agents *a, struct generation *g)
 {
     const struct nx_llm_conf *llm = nx_config_llm(g->cfg);
@@ -33,6 +47,8 @@ static int make_providers(struct nx_agents *a, struct generation *g)
             hdrs[k].name = pc->headers.keys[k];
             hdrs[k].value = pc->headers.vals[k];
         }
+        struct nx_breaker_conf bc;
+        breaker_conf(llm, pc, &bc);
         struct nx_llm_provider_conf c = {
             .name = pc->name,
             .kind = kind_name(pc->kind),
@@ -41,6 +57,7 @@ static int make_providers(struct nx_agents *a, struct generation *g)
             .headers = hdrs,
             .nheaders = pc->headers.n,
             .timeout_ms = pc->timeout_ms,
+            .breaker = &bc,
         };
         struct nx_llm_provider *p = NULL;
         int rc = nx_llm_provider_new(a->deps.http, &c, &p);
@@ -103,6 +120,8 @@ static void build_agent(struct generation *g, struct agent_rt *rt, const struct 
     rt->allowed_tools = (const char *const *)ac->allowed_tools;
     rt->http_allowlist = (const char *const *)nx_strlistmap_get(&ac->outbound_allowlist, "http");
     rt->workspace = resolve_workspace(g->cfg, ac->workspace);
+    rt->ws = rt->workspace ? ws_cache_new(rt->workspace) : NULL;
+    rt->tools_memo = nx_calloc(1, sizeof *rt->tools_memo);
     rt->system_prompt = nx_strdup(ac->system_prompt ? ac->system_prompt : "");
 }
 
@@ -133,6 +152,10 @@ void gen_unref(struct generation *g)
     for (size_t i = 0; i < g->nagents; i++) {
         free(g->agents[i].targets);
         free(g->agents[i].workspace);
+        ws_cache_free(g->agents[i].ws);
+        if (g->agents[i].tools_memo)
+            json_decref(g->agents[i].tools_memo->tools);
+        free(g->agents[i].tools_memo);
         free(g->agents[i].system_prompt);
     }
     free(g->agents);
@@ -161,6 +184,7 @@ int nx_agents_new(const struct nx_agent_deps *deps, struct nx_config *cfg, struc
     a->gen = gen_new(a, cfg);
     const struct nx_memory_conf *mem = nx_config_memory(cfg);
     a->history = hcache_new(mem ? mem->short_term.max_sessions : 0);
+    budgets_prepare(a);
     *out = a;
     return 0;
 }
@@ -170,6 +194,7 @@ int nx_agents_reload(struct nx_agents *a, struct nx_config *cfg)
     struct generation *old = a->gen;
     a->gen = gen_new(a, cfg);
     gen_unref(old);
+    budgets_prepare(a);
     return 0;
 }
 

@@ -55,6 +55,10 @@ struct nx_turn_result {
     const char *error_type;      /* "not_found_error", "rate_limit_error", "overloaded_error",
                                     "api_error", "invalid_request_error", "configuration_error" */
     const char *error_message;
+    /* error_message is meant for the end user (a channel replies with it): e.g. the daily token
+     * budget is used up (error_type "budget_exceeded"). */
+    bool is_user_facing;
+    uint32_t retry_after_s;      /* when trying again may succeed; 0 = unknown */
 };
 
 enum nx_queue_mode {
@@ -77,9 +81,11 @@ struct nx_turn_opts {
     enum nx_queue_mode queue_mode;
     void (*on_text)(const char *delta, size_t len, void *udata);
     /* Exactly once, never from inside nx_turn_start. rc 0 or NX_ENOENT (no such agent),
-     * NX_ECANCELED, NX_EHTTP/NX_ETIMEDOUT (upstream), NX_ERANGE (tool iteration limit). */
+     * NX_ECANCELED, NX_EHTTP/NX_ETIMEDOUT (upstream), NX_ERANGE (tool iteration limit),
+     * NX_EPERM (the agent's daily token budget is used up: error_type "budget_exceeded"). */
     void (*on_done)(int rc, const struct nx_turn_result *res, void *udata);
     void *udata;
+    bool no_tools;                 /* offer the model no tools (MCP sampling: one completion) */
 };
 
 /* Starts (or queues behind the session's running turn) a turn. Returns a handle valid until

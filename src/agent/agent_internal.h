@@ -16,6 +16,11 @@ struct agent_rt {
     const char *const *http_allowlist;  /* outbound_allowlist.http, or NULL */
     char *workspace;                    /* absolute, or NULL */
     char *system_prompt;
+    struct ws_cache *ws;                /* identity files of the workspace, or NULL */
+    struct tools_memo {                 /* the tool manifest, rebuilt when the registry changes */
+        json_t *tools;
+        uint64_t changes;
+    } *tools_memo;
 };
 
 /* Everything built from one configuration snapshot. Turns hold a reference, so a reload never
@@ -31,6 +36,8 @@ struct generation {
 
 struct lane;
 struct hcache;
+struct budget;
+struct ws_cache;
 
 struct nx_agents {
     struct nx_agent_deps deps;
@@ -43,6 +50,8 @@ struct nx_agents {
     struct nx_turn *turns;     /* every turn not yet done (for free) */
     size_t nturns;
     uint64_t turns_started;
+    struct budget *budgets;    /* daily token use per agent (budget.c) */
+    uint64_t trimmed_at;       /* turns_started when the heap was last trimmed after a burst */
     bool is_freeing;
 };
 
@@ -96,6 +105,7 @@ struct nx_turn {
     bool is_started;
     bool is_interrupted;           /* cancelled by a newer message (interrupt mode) */
     bool is_cancelled;
+    bool is_budget_refusal;        /* refused: the agent's daily token budget is used up */
     bool is_done;
 };
 
@@ -115,6 +125,27 @@ void hcache_free(struct hcache *c);
 json_t *hcache_get(struct hcache *c, const char *key);
 /* Caches the last `keep` messages (0 = all), starting on a clean user message. */
 void hcache_put(struct hcache *c, const char *key, const json_t *messages, size_t keep);
+
+/* budget.c: limits.daily_token_budget */
+/* Creates (and starts loading) today's entry of every agent of a->gen that has a budget. */
+void budgets_prepare(struct nx_agents *a);
+/* 0 when t's agent may start a turn; NX_EPERM (msg set) when its budget for today is used up;
+ * NX_EAGAIN when may_wait and the day's stored count is still being read (budget_wait). */
+int budget_check(struct nx_turn *t, bool may_wait, char *msg, size_t msglen);
+/* done runs (loop thread) once the stored counts queued so far have been read. */
+void budget_wait(struct nx_agents *a, nx_store_done_fn done, void *arg);
+/* Adds the finished turn's tokens to its agent's count for today (and to the store). */
+void budget_charge(struct nx_turn *t);
+/* Seconds until the next 00:00 UTC. */
+uint32_t budget_reset_secs(void);
+void budgets_free(struct nx_agents *a);
+
+/* workspace.c: IDENTITY.md, SOUL.md, USER.md, AGENTS.md, MEMORY.md */
+struct ws_cache *ws_cache_new(const char *dir);
+void ws_cache_free(struct ws_cache *c);
+/* The files' text with headings ("" when none), re-read when one changed. Valid until the next
+ * call. */
+const char *ws_cache_text(struct ws_cache *c);
 
 /* turn.c */
 void turn_run(struct nx_turn *t); /* begins the turn (history, model, tools ...) */

@@ -1,5 +1,6 @@
 /* The turn loop: history -> model -> tool calls (in parallel) -> results -> model ... -> answer.
  * Loop thread only. */
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -95,6 +96,20 @@ static void answer(struct nx_turn *t, int rc, const struct nx_turn_result *res)
         t->o.on_done(rc, res, t->o.udata);
 }
 
+/* Once a burst of turns is over (none left, and many since the last time), the memory its
+ * conversations used goes back to the system: glibc keeps freed memory in its arenas, and
+ * thousands of streams leave a lot. Amortized: at most once per TRIM_TURNS turns. */
+#define TRIM_TURNS 1000
+
+static void after_burst(struct nx_agents *a)
+{
+    if (a->nturns != 0 || a->is_freeing || a->turns_started - a->trimmed_at < TRIM_TURNS)
+        return;
+    a->trimmed_at = a->turns_started;
+    nx_llm_frag_sweep();
+    malloc_trim(0);
+}
+
 static void finish(struct nx_turn *t, int rc)
 {
     if (t->is_done)
@@ -119,6 +134,8 @@ static void finish(struct nx_turn *t, int rc)
         .http_status = t->http_status,
         .error_type = t->error_type,
         .error_message = t->error_message,
+        .is_user_facing = t->is_budget_refusal,
+        .retry_after_s = t->is_budget_refusal ? budget_reset_secs() : 0,
     };
     if (rc == NX_ECANCELED && t->is_interrupted) {
         res.error_type = "interrupted";
@@ -130,11 +147,13 @@ static void finish(struct nx_turn *t, int rc)
     const char *const tin[] = {t->agent_id, "input"}, *const tout[] = {t->agent_id, "output"};
     nx_counter_add(m_tokens, tin, (double)t->usage.input_tokens);
     nx_counter_add(m_tokens, tout, (double)t->usage.output_tokens);
+    budget_charge(t);
 
     struct nx_agents *a = t->a;
     unlink_turn(t);
     if (t->lane)
         lane_turn_done(a, t);
+    after_burst(a); /* before the callbacks, which may free the agents */
     answer(t, rc, &res);
     for (size_t i = 0; i < t->nmerged; i++) {
         answer(t->merged[i], rc, &res);
@@ -325,6 +344,9 @@ static void on_llm_done(int rc, const struct nx_llm_result *res, void *udata)
     finish(t, 0);
 }
 
+/* The prompt's budget of (estimated) tokens: the oldest history goes beyond it. */
+#define CONTEXT_TOKENS 150000
+
 static void call_model(struct nx_turn *t)
 {
     const struct agent_rt *ag = t->agent;
@@ -337,16 +359,39 @@ static void call_model(struct nx_turn *t)
     }
     /* Keep the prompt inside the context: oldest history goes first, never a call without its
      * result (store/history.h). */
-    size_t dropped = nx_history_trim(t->convo, 150000);
+    size_t dropped = 0;
+    uint64_t tokens = 0;
+    if (t->session_key) { /* history messages: estimates remembered, trimming only when over */
+        size_t i;
+        json_t *m;
+        json_array_foreach(t->convo, i, m)
+            tokens += nx_llm_message_tokens(m);
+    }
+    if (!t->session_key || tokens > CONTEXT_TOKENS)
+        dropped = nx_history_trim(t->convo, CONTEXT_TOKENS);
     t->new_from = dropped > t->new_from ? 0 : t->new_from - dropped;
     struct nx_buf system = NX_BUF_INIT;
     nx_buf_puts(&system, ag->system_prompt);
+    const char *identity = ag->ws ? ws_cache_text(ag->ws) : "";
+    if (*identity) {
+        if (system.len)
+            nx_buf_puts(&system, "\n\n");
+        nx_buf_puts(&system, identity);
+    }
     if (t->system_extra) {
         if (system.len)
             nx_buf_puts(&system, "\n\n");
         nx_buf_puts(&system, t->system_extra);
     }
-    json_t *tools = nx_tool_manifest(ag->allowed_tools);
+    /* The same manifest object turn after turn, so its wire form is encoded once
+     * (llm/frag_cache.c); rebuilt when a tool comes or goes. */
+    struct tools_memo *tm = ag->tools_memo;
+    if (!t->o.no_tools && (!tm->tools || tm->changes != nx_tool_registry_changes())) {
+        json_decref(tm->tools);
+        tm->tools = nx_tool_manifest(ag->allowed_tools);
+        tm->changes = nx_tool_registry_changes();
+    }
+    json_t *tools = t->o.no_tools ? json_array() : json_incref(tm->tools);
     struct nx_llm_request req = {
         .model = ag->targets[0].model,
         .system = system.len ? nx_buf_cstr(&system) : NULL,
@@ -355,6 +400,7 @@ static void call_model(struct nx_turn *t)
         .max_tokens = t->o.max_tokens ? t->o.max_tokens : ag->conf->limits.max_tokens,
         .temperature = t->o.temperature,
         .stream = t->o.stream,
+        .is_history_stable = t->session_key != NULL,
     };
     struct nx_llm_callbacks cb = {.on_text = on_llm_text, .on_done = on_llm_done,
                                   .udata = ticket_new(t)};
@@ -383,9 +429,44 @@ static void on_history(int rc, json_t *messages, void *arg)
     call_model(t);
 }
 
+static void run(struct nx_turn *t, bool may_wait);
+
+static void on_budget_read(int rc, void *arg)
+{
+    struct nx_turn *t = ticket_take(arg, true);
+    (void)rc;
+    if (t)
+        run(t, false);
+}
+
+/* A turn starts only while its agent has budget left today (limits.daily_token_budget). */
+static bool within_budget(struct nx_turn *t, bool may_wait)
+{
+    char msg[256];
+    int rc = budget_check(t, may_wait, msg, sizeof msg);
+    if (rc == NX_EAGAIN) { /* today's stored count is still being read */
+        budget_wait(t->a, on_budget_read, ticket_new(t));
+        return false;
+    }
+    if (rc < 0) {
+        set_error(t, "budget_exceeded", msg);
+        t->is_budget_refusal = true;
+        finish(t, NX_EPERM);
+        return false;
+    }
+    return true;
+}
+
 void turn_run(struct nx_turn *t)
 {
+    run(t, true);
+}
+
+static void run(struct nx_turn *t, bool may_wait)
+{
     t->is_started = true;
+    if (!within_budget(t, may_wait))
+        return;
     if (t->session_key && t->a->deps.store) {
         json_t *cached = hcache_get(t->a->history, t->session_key);
         if (cached) { /* this process wrote the session last: no store read needed */
@@ -495,6 +576,7 @@ void nx_agents_free(struct nx_agents *a)
     while (a->turns)
         nx_turn_cancel(a->turns);
     lanes_free(a);
+    budgets_free(a);
     hcache_free(a->history);
     gen_unref(a->gen);
     free(a->data_dir);

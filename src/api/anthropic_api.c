@@ -93,7 +93,9 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
     }
     bool config_msg = rc == NX_ECONFIG && res->error_message;
     if (rc < 0 && !config_msg) {
+        bool is_budget = res->error_type && strcmp(res->error_type, "budget_exceeded") == 0;
         const char *type = rc == NX_ENOENT ? "not_found_error"
+                           : is_budget ? "rate_limit_error"
                            : res->error_type ? res->error_type : "api_error";
         const char *msg = res->error_message ? res->error_message : nx_strerror(rc);
         if (c->started) {
@@ -101,6 +103,8 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
                                         type, "message", msg));
             nx_http_stream_end(c->req);
         } else {
+            if (is_budget)
+                api_budget_headers(c->req, res);
             anthropic_error(c->req, api_status_for(rc, res), type, msg);
         }
         free_call(c);

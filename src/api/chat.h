@@ -45,6 +45,9 @@ void api_make_id(char *out, size_t outlen, const char *prefix);
 json_t *api_text_blocks(const json_t *content);
 /* Appends msg to the canonical list, merging it into the last message when the roles match. */
 void api_push_message(json_t *messages, const char *role, json_t *blocks);
+/* A refused turn (daily token budget used up): retry-after (seconds to 00:00 UTC) and
+ * x-should-retry: false, before the error is sent. */
+void api_budget_headers(struct nx_http_req *req, const struct nx_turn_result *res);
 /* HTTP status for a failed turn. */
 int api_status_for(int rc, const struct nx_turn_result *res);
 

@@ -69,6 +69,8 @@ void api_push_message(json_t *messages, const char *role, json_t *blocks)
 int api_status_for(int rc, const struct nx_turn_result *res)
 {
     const char *type = res && res->error_type ? res->error_type : "";
+    if (strcmp(type, "budget_exceeded") == 0)
+        return 429;
     if (rc == NX_ENOENT)
         return 404;
     if (rc == NX_EBUSY)
@@ -84,6 +86,15 @@ int api_status_for(int rc, const struct nx_turn_result *res)
     if (rc == NX_ERANGE || rc == NX_ECONFIG)
         return 500;
     return 502;
+}
+
+void api_budget_headers(struct nx_http_req *req, const struct nx_turn_result *res)
+{
+    char secs[16];
+    snprintf(secs, sizeof secs, "%u", (unsigned)res->retry_after_s);
+    nx_http_req_add_header(req, "retry-after", secs);
+    /* The official SDKs retry 429s unless told not to; waiting for tomorrow is not a retry. */
+    nx_http_req_add_header(req, "x-should-retry", "false");
 }
 
 /* Both endpoints' common tail: session selection (only the last message is new in a session),

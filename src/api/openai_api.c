@@ -168,6 +168,11 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
             free(s);
             json_decref(e);
             nx_buf_cleanup(&b);
+        } else if (res->error_type && strcmp(res->error_type, "budget_exceeded") == 0) {
+            /* What OpenAI answers when a quota is spent: the SDKs raise RateLimitError with
+             * code "insufficient_quota". */
+            api_budget_headers(c->req, res);
+            openai_error(c->req, 429, "insufficient_quota", "insufficient_quota", res->error_message);
         } else {
             int status = api_status_for(rc, res);
             openai_error(c->req, status, status == 404 ? "invalid_request_error" : res->error_type,

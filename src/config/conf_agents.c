@@ -179,12 +179,49 @@ static const struct nx_conf_field binding_fields[] = {
     {NX_FIELD("instance", NX_CT_STRING, BD, instance)},
     {.name = NULL},
 };
+/* The overrides the channels act on: sender_rate_limit (inherit | disable | {rps, burst}) and
+ * outbound_allowlist ({channel: [ids]}). */
+static void check_binding(struct nx_conf_ctx *ctx, const struct nx_cnode *node, void *obj)
+{
+    const BD *b = obj;
+    const json_t *rl = json_object_get(b->overrides, "sender_rate_limit");
+    const char *word = json_string_value(rl);
+    if (rl && !json_is_null(rl) && !(word && (!strcmp(word, "inherit") || !strcmp(word, "disable")))) {
+        const json_t *rps = json_object_get(rl, "rps"), *burst = json_object_get(rl, "burst");
+        size_t nkeys = json_is_object(rl) ? json_object_size(rl) : 0;
+        if (!json_is_object(rl) || !json_is_number(rps) || !(json_number_value(rps) > 0) ||
+            (burst && (!json_is_integer(burst) || json_integer_value(burst) < 1 ||
+                       json_integer_value(burst) > 1000000)) ||
+            nkeys != 1u + (burst != NULL))
+            nx_conf_error(ctx, nx_cnode_get(node, "sender_rate_limit"),
+                          "sender_rate_limit must be inherit, disable or {rps: <number > 0>, burst: "
+                          "<integer >= 1>}");
+    }
+    const json_t *al = json_object_get(b->overrides, "outbound_allowlist");
+    if (al && !json_is_null(al)) {
+        bool ok = json_is_object(al);
+        const char *k;
+        const json_t *v;
+        json_object_foreach((json_t *)al, k, v) {
+            size_t i;
+            const json_t *e;
+            ok = ok && json_is_array(v);
+            json_array_foreach(v, i, e)
+                ok = ok && (json_is_string(e) || json_is_integer(e));
+        }
+        if (!ok)
+            nx_conf_error(ctx, nx_cnode_get(node, "outbound_allowlist"),
+                          "outbound_allowlist must map channels to lists of recipient ids");
+    }
+}
+
 static const struct nx_conf_struct binding_desc = {
     .name = "an inbound binding",
     .size = sizeof(BD),
     .fields = binding_fields,
     .extra_keys = binding_overrides,
     .extra_offset = offsetof(BD, overrides),
+    .check = check_binding,
 };
 
 static const struct nx_conf_field agent_config_fields[] = {
@@ -211,6 +248,16 @@ static const struct nx_conf_field heartbeat_fields[] = {
     {.name = NULL},
 };
 static const struct nx_conf_struct heartbeat_desc = {.name = "\"heartbeat\"", .fields = heartbeat_fields};
+
+/* Per-agent circuit breaker of the router (docs/bus.md). */
+static const struct nx_conf_field agent_breaker_fields[] = {
+    {NX_FIELD("failure_threshold", NX_CT_UINT, A, circuit_breaker.failure_threshold), .def = "5", .min = 1,
+     .max = 1000},
+    {NX_FIELD("open_secs", NX_CT_UINT, A, circuit_breaker.open_secs), .def = "30", .min = 1, .max = 86400},
+    {.name = NULL},
+};
+static const struct nx_conf_struct agent_breaker_desc = {.name = "\"circuit_breaker\"",
+                                                         .fields = agent_breaker_fields};
 
 /* The rest of nexo-rs's AgentConfig: accepted and kept as JSON in `extra`. */
 static const char *const agent_extra[] = {
@@ -245,6 +292,7 @@ static const struct nx_conf_field agent_fields[] = {
     {NX_GROUP("config", &agent_config_desc)},
     {NX_GROUP("limits", &agent_limits_desc)},
     {NX_GROUP("heartbeat", &heartbeat_desc)},
+    {NX_GROUP("circuit_breaker", &agent_breaker_desc)},
     {NX_FIELD("tool_rate_limits", NX_CT_ANY, A, tool_rate_limits)},
     {.name = NULL},
 };

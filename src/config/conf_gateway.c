@@ -230,6 +230,60 @@ static const struct nx_conf_field br_dlq_fields[] = {
 };
 static const struct nx_conf_struct br_dlq = {.name = "\"dlq\"", .fields = br_dlq_fields};
 
+static bool is_js_name(const char *s)
+{
+    if (!s || !*s || strlen(s) > 64)
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+              *s == '_' || *s == '-'))
+            return false;
+    return true;
+}
+
+static void check_js_name(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst)
+{
+    char buf[96];
+    if (!is_js_name(*(char **)dst))
+        nx_conf_error(ctx, val, "invalid JetStream name %s (letters, digits, '_' and '-', at most 64)",
+                      nx_cnode_describe(val, buf, sizeof buf));
+}
+
+static void check_js_storage(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst)
+{
+    char buf[96];
+    const char *v = *(char **)dst;
+    if (!v || (strcmp(v, "file") != 0 && strcmp(v, "memory") != 0))
+        nx_conf_error(ctx, val, "invalid value %s for \"storage\" (expected file or memory)",
+                      nx_cnode_describe(val, buf, sizeof buf));
+}
+
+static const struct nx_conf_field br_js_fields[] = {
+    {NX_FIELD("enabled", NX_CT_BOOL, B, jetstream.enabled), .def = "true"},
+    {NX_FIELD("inbound_stream", NX_CT_STRING, B, jetstream.inbound_stream), .def = "NEXO_INBOUND",
+     .check = check_js_name},
+    {NX_FIELD("outbound_stream", NX_CT_STRING, B, jetstream.outbound_stream), .def = "NEXO_OUTBOUND",
+     .check = check_js_name},
+    {NX_FIELD("route_stream", NX_CT_STRING, B, jetstream.route_stream), .def = "NEXO_ROUTE",
+     .check = check_js_name},
+    {NX_FIELD("sessions_bucket", NX_CT_STRING, B, jetstream.sessions_bucket), .def = "NEXO_SESSIONS",
+     .check = check_js_name},
+    {NX_FIELD("storage", NX_CT_STRING, B, jetstream.storage), .def = "file", .check = check_js_storage},
+    {NX_FIELD("replicas", NX_CT_UINT, B, jetstream.replicas), .def = "1", .min = 1, .max = 5},
+    {NX_FIELD("max_age", NX_CT_DURATION, B, jetstream.max_age_ms), .def = "7d"},
+    {NX_FIELD("max_bytes", NX_CT_SIZE, B, jetstream.max_bytes), .def = "0"},
+    {NX_FIELD("duplicate_window", NX_CT_DURATION, B, jetstream.duplicate_window_ms), .def = "2m",
+     .min = 1000, .max = 86400000},
+    {NX_FIELD("partitions", NX_CT_UINT, B, jetstream.partitions), .def = "8", .min = 1, .max = 1024},
+    {NX_FIELD("ack_wait", NX_CT_DURATION, B, jetstream.ack_wait_ms), .def = "30s", .min = 500,
+     .max = 3600000},
+    {NX_FIELD("max_deliver", NX_CT_UINT, B, jetstream.max_deliver), .def = "0", .max = 1000000},
+    {NX_FIELD("session_max_messages", NX_CT_UINT, B, jetstream.session_max_messages), .def = "200",
+     .min = 2, .max = 100000},
+    {.name = NULL},
+};
+static const struct nx_conf_struct br_js = {.name = "\"jetstream\"", .fields = br_js_fields};
+
 static const struct nx_conf_field broker_fields[] = {
     {NX_FIELD("type", NX_CT_ENUM, B, type), .choices = broker_types, .def = "local", .flags = NX_CF_REQUIRED},
     {NX_FIELD("url", NX_CT_STRING, B, url), .def = "nats://127.0.0.1:4222", .check = check_nats_url},
@@ -241,6 +295,7 @@ static const struct nx_conf_field broker_fields[] = {
     {NX_GROUP("limits", &br_limits)},
     {NX_GROUP("fallback", &br_fallback)},
     {NX_GROUP("dlq", &br_dlq)},
+    {NX_GROUP("jetstream", &br_js)},
     {.name = NULL},
 };
 static const struct nx_conf_struct broker_desc = {.name = "\"broker\"", .fields = broker_fields};

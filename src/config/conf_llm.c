@@ -42,6 +42,20 @@ static void check_provider(struct nx_conf_ctx *ctx, const struct nx_cnode *node,
         p->api_key = nx_strdup("");
 }
 
+/* circuit_breaker, per provider (0 = the top-level value) and at the top level (defaults). */
+static const struct nx_conf_field prov_breaker_fields[] = {
+    {NX_FIELD("failure_threshold", NX_CT_UINT, P, circuit_breaker.failure_threshold), .def = "0", .min = 0,
+     .max = 1000000},
+    {NX_FIELD("success_threshold", NX_CT_UINT, P, circuit_breaker.success_threshold), .def = "0", .min = 0,
+     .max = 1000000},
+    {NX_FIELD("open_secs", NX_CT_UINT, P, circuit_breaker.open_secs), .def = "0", .min = 0, .max = 86400},
+    {NX_FIELD("max_open_secs", NX_CT_UINT, P, circuit_breaker.max_open_secs), .def = "0", .min = 0,
+     .max = 86400},
+    {.name = NULL},
+};
+static const struct nx_conf_struct prov_breaker = {.name = "\"circuit_breaker\"",
+                                                   .fields = prov_breaker_fields};
+
 static const struct nx_conf_field provider_fields[] = {
     {NX_FIELD("kind", NX_CT_ENUM, P, kind), .choices = provider_kinds},
     {NX_FIELD("api_key", NX_CT_STRING, P, api_key), .def = ""},
@@ -54,6 +68,7 @@ static const struct nx_conf_field provider_fields[] = {
     {NX_FIELD("safety_settings", NX_CT_ANY, P, safety_settings)},
     {NX_FIELD("headers", NX_CT_STRMAP, P, headers)},
     {NX_FIELD("timeout", NX_CT_DURATION, P, timeout_ms), .def = "0", .min = 0, .max = 86400000},
+    {NX_GROUP("circuit_breaker", &prov_breaker)},
     {.name = NULL},
 };
 
@@ -80,10 +95,23 @@ static const struct nx_conf_field retry_fields[] = {
 };
 static const struct nx_conf_struct retry_desc = {.name = "\"retry\"", .fields = retry_fields};
 
+static const struct nx_conf_field breaker_fields[] = {
+    {NX_FIELD("failure_threshold", NX_CT_UINT, L, circuit_breaker.failure_threshold), .def = "5", .min = 1,
+     .max = 1000000},
+    {NX_FIELD("success_threshold", NX_CT_UINT, L, circuit_breaker.success_threshold), .def = "1", .min = 1,
+     .max = 1000000},
+    {NX_FIELD("open_secs", NX_CT_UINT, L, circuit_breaker.open_secs), .def = "10", .min = 1, .max = 86400},
+    {NX_FIELD("max_open_secs", NX_CT_UINT, L, circuit_breaker.max_open_secs), .def = "120", .min = 1,
+     .max = 86400},
+    {.name = NULL},
+};
+static const struct nx_conf_struct breaker_desc = {.name = "\"circuit_breaker\"", .fields = breaker_fields};
+
 static const struct nx_conf_field llm_fields[] = {
     {NX_FIELD_LIST("providers", NX_CT_MAP, L, providers, n_providers), .sub = &provider_desc,
      .flags = NX_CF_REQUIRED},
     {NX_GROUP("retry", &retry_desc)},
+    {NX_GROUP("circuit_breaker", &breaker_desc)},
     {NX_FIELD("context_optimization", NX_CT_ANY, L, context_optimization)},
     {NX_FIELD("tenants", NX_CT_ANY, L, tenants)},
     {.name = NULL},
@@ -128,7 +156,7 @@ out:
 static const char *const transports[] = {"stdio", "streamable_http", "sse", "auto", NULL};
 static const char *const server_extra[] = {
     "enabled", "description", "initialize_timeout", "shutdown_grace", "log_level", "roots", "sampling",
-    "tool_prefix", "tools_allowlist", "protocol_version", "bearer", NULL,
+    "tool_prefix", "tools_allowlist", "protocol_version", "bearer", "elicitation", "auth", NULL,
 };
 
 static void check_server(struct nx_conf_ctx *ctx, const struct nx_cnode *node, void *obj)

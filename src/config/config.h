@@ -117,6 +117,12 @@ struct nx_provider_conf {
     json_t *safety_settings; /* free-form */
     struct nx_strmap headers;
     uint32_t timeout_ms;     /* `timeout`; 0 = the gateway's http_client.timeout */
+    struct nx_breaker_cfg {  /* `circuit_breaker`; here 0 = llm.yaml's top-level value */
+        uint32_t failure_threshold; /* consecutive failures that open it (default 5) */
+        uint32_t success_threshold; /* half-open successes that close it (default 1) */
+        uint32_t open_secs;         /* first open period (default 10) */
+        uint32_t max_open_secs;     /* the period doubles up to this (default 120) */
+    } circuit_breaker;
 };
 
 struct nx_llm_retry_conf {
@@ -130,6 +136,7 @@ struct nx_llm_conf {
     struct nx_provider_conf *providers;
     size_t n_providers;
     struct nx_llm_retry_conf retry;
+    struct nx_breaker_cfg circuit_breaker; /* default for every provider */
     json_t *context_optimization; /* free-form */
     json_t *tenants;              /* free-form */
 };
@@ -189,6 +196,10 @@ struct nx_agent_conf {
         bool enabled;         /* default false */
         uint32_t interval_ms; /* `interval`; default 5m */
     } heartbeat;
+    struct {
+        uint32_t failure_threshold; /* consecutive failed turns that open it; default 5 */
+        uint32_t open_secs;         /* cool-down before a probe turn; default 30 */
+    } circuit_breaker;
     json_t *tool_rate_limits; /* free-form; NULL when absent */
     json_t *extra;            /* the other nexo-rs keys (dreaming, dispatch_policy, ...); never NULL */
     /* Where the agent was defined (its id's position), for later messages. */
@@ -238,6 +249,23 @@ struct nx_broker_conf {
     struct {
         uint32_t max_attempts; /* default 3 */
     } dlq;
+    /* JetStream (docs/scaling.md): used when the server has it. */
+    struct {
+        bool enabled;             /* default true: detected at connect */
+        char *inbound_stream;     /* default NEXO_INBOUND, subjects plugin.inbound.> */
+        char *outbound_stream;    /* default NEXO_OUTBOUND, subjects plugin.outbound.> */
+        char *route_stream;       /* default NEXO_ROUTE, subjects agent.route.> */
+        char *sessions_bucket;    /* default NEXO_SESSIONS (KV) */
+        char *storage;            /* file (default) or memory */
+        uint32_t replicas;        /* default 1 */
+        uint64_t max_age_ms;      /* default 7d; 0 = unlimited */
+        uint64_t max_bytes;       /* default 0 = unlimited */
+        uint32_t duplicate_window_ms; /* default 2m */
+        uint32_t partitions;      /* default 8 */
+        uint32_t ack_wait_ms;     /* default 30s */
+        uint32_t max_deliver;     /* default 0 = unlimited */
+        uint32_t session_max_messages; /* default 200 */
+    } jetstream;
 };
 
 /* ---- memory.yaml ---- */

@@ -57,7 +57,10 @@ static json_t *clean_message(json_t *m)
 int nx_anthropic_build_body(const struct nx_llm_request *req, struct nx_buf *out, const char **why)
 {
     json_t *body = json_object(), *arr, *v;
-    size_t i, n;
+    struct nx_buf msgs = NX_BUF_INIT;
+    const char *tools_part = NULL;
+    char *tools_text = NULL;
+    size_t i, n, tools_len = 0;
     char *text = NULL;
     int rc = NX_EINVAL;
 
@@ -84,7 +87,11 @@ int nx_anthropic_build_body(const struct nx_llm_request *req, struct nx_buf *out
                             json_pack("[{s:s, s:o, s:o}]", "type", "text", "text", v,
                                       "cache_control", ephemeral()));
     }
-    if (json_is_array(req->tools) && (n = json_array_size(req->tools)) > 0) {
+    /* tools: the agent passes the same manifest object every turn, so it is encoded once */
+    if (json_is_array(req->tools) && json_array_size(req->tools) > 0 &&
+        (tools_part = nx_llm_frag_get(NX_FRAG_ANTHROPIC_TOOLS, req->tools, &tools_len))) {
+        /* spliced in below */
+    } else if (json_is_array(req->tools) && (n = json_array_size(req->tools)) > 0) {
         arr = json_array();
         json_array_foreach(req->tools, i, v) {
             json_t *t = json_object(), *schema = json_object_get(v, "input_schema");
@@ -98,32 +105,64 @@ int nx_anthropic_build_body(const struct nx_llm_request *req, struct nx_buf *out
                 json_object_set_new(t, "cache_control", ephemeral());
             json_array_append_new(arr, t);
         }
-        json_object_set_new(body, "tools", arr);
+        tools_text = json_dumps(arr, JSON_COMPACT);
+        json_decref(arr);
+        NX_ASSERT(tools_text);
+        tools_part = tools_text;
+        tools_len = strlen(tools_text);
+        nx_llm_frag_put(NX_FRAG_ANTHROPIC_TOOLS, req->tools, tools_text, tools_len);
     }
-    arr = json_array();
+    /* messages: each one's encoding from the fragment cache when the request allows it */
     json_array_foreach(req->messages, i, v) {
+        const char *part;
+        size_t len = 0;
         if (!json_is_object(v)) {
-            json_decref(arr);
             *why = "every message must be an object";
             goto out;
         }
-        json_array_append_new(arr, clean_message(v));
+        part = req->is_history_stable ? nx_llm_frag_get(NX_FRAG_ANTHROPIC, v, &len) : NULL;
+        if (!part) {
+            json_t *c = clean_message(v);
+            char *enc = json_dumps(c, JSON_COMPACT);
+            json_decref(c);
+            NX_ASSERT(enc);
+            len = strlen(enc);
+            if (req->is_history_stable)
+                nx_llm_frag_put(NX_FRAG_ANTHROPIC, v, enc, len);
+            if (i)
+                nx_buf_putc(&msgs, ',');
+            nx_buf_append(&msgs, enc, len);
+            free(enc);
+            continue;
+        }
+        if (i)
+            nx_buf_putc(&msgs, ',');
+        nx_buf_append(&msgs, part, len);
     }
-    json_object_set_new(body, "messages", arr);
     if (req->stream)
         json_object_set_new(body, "stream", json_true());
     if (req->temperature >= 0)
         json_object_set_new(body, "temperature", json_real(req->temperature));
     if (req->user && *req->user && (v = json_string(req->user)))
         json_object_set_new(body, "metadata", json_pack("{s:o}", "user_id", v));
-    if (!(text = json_dumps(body, JSON_COMPACT))) {
+    if (!(text = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
         *why = "the request could not be encoded as JSON";
         goto out;
     }
-    nx_buf_puts(out, text);
+    /* body is never empty (model): its members, then "messages" */
+    nx_buf_append(out, text, strlen(text) - 1);
+    if (tools_part) {
+        nx_buf_puts(out, ",\"tools\":");
+        nx_buf_append(out, tools_part, tools_len);
+    }
+    nx_buf_puts(out, ",\"messages\":[");
+    nx_buf_append(out, msgs.data ? msgs.data : "", msgs.len);
+    nx_buf_puts(out, "]}");
     rc = 0;
 out:
     free(text);
+    free(tools_text);
+    nx_buf_cleanup(&msgs);
     json_decref(body);
     return rc;
 }

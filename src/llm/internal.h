@@ -126,4 +126,13 @@ int nx_openai_stream_feed(struct nx_openai_stream *s, const char *data, size_t l
 int nx_openai_stream_finish(struct nx_openai_stream *s, struct nx_llm_resp *out);
 void nx_openai_stream_free(struct nx_openai_stream *s);
 
+/* --- llm/frag_cache.c: the wire form of history messages, by message identity --- */
+enum { NX_FRAG_OPENAI = 1, NX_FRAG_ANTHROPIC = 2, NX_FRAG_OPENAI_TOOLS = 3, NX_FRAG_ANTHROPIC_TOOLS = 4,
+       NX_FRAG_TOKENS = 5 };
+/* The remembered fragment of message m for a wire, or NULL. */
+const char *nx_llm_frag_get(int wire, const json_t *m, size_t *len);
+/* Remembers it (holding a reference to m); text NULL remembers just the number len. */
+void nx_llm_frag_put(int wire, const json_t *m, const char *text, size_t len);
+void nx_llm_frag_clear(void);
+
 #endif

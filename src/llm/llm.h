@@ -34,6 +34,9 @@ struct nx_llm_request {
     double temperature;        /* < 0 = provider default */
     bool stream;               /* stream deltas through on_text */
     const char *user;          /* end-user id for the provider's abuse tracking, or NULL */
+    /* The messages are a session's history that later requests send again, and none of them
+     * changes once sent: their wire form is remembered by identity (llm/frag_cache.c). */
+    bool is_history_stable;
 };
 
 enum nx_llm_stop {
@@ -108,6 +111,13 @@ const char *nx_llm_provider_name(const struct nx_llm_provider *p);
 struct nx_llm_call *nx_llm_start(struct nx_llm_provider *p, const struct nx_llm_request *req,
                                  const struct nx_llm_callbacks *cb);
 void nx_llm_cancel(struct nx_llm_call *call);
+
+/* store/history.h's token estimate of a message that does not change once in a conversation
+ * (a session's history), remembered by message identity (llm/frag_cache.c). Loop thread. */
+uint64_t nx_llm_message_tokens(const json_t *m);
+/* Forgets the remembered wire forms of messages nobody else holds any more (after a burst).
+ * Returns how many entries are left. */
+size_t nx_llm_frag_sweep(void);
 
 /* --- retries, failover and circuit breakers (llm/chain.c) --- */
 

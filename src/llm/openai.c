@@ -132,18 +132,69 @@ static void add_assistant(json_t *msgs, const json_t *content)
     nx_buf_cleanup(&text);
 }
 
+/* Canonical tools as Chat Completions functions. New reference. */
+static json_t *encode_tools(const json_t *canon)
+{
+    json_t *tools = json_array(), *v;
+    size_t i;
+
+    json_array_foreach(canon, i, v) {
+        json_t *fn = json_object(), *schema = json_object_get(v, "input_schema");
+        json_object_set(fn, "name", json_object_get(v, "name"));
+        if (json_is_string(json_object_get(v, "description")))
+            json_object_set(fn, "description", json_object_get(v, "description"));
+        json_object_set_new(fn, "parameters", json_is_object(schema)
+                                                  ? json_incref(schema)
+                                                  : json_pack("{s:s}", "type", "object"));
+        json_array_append_new(tools, json_pack("{s:s, s:o}", "type", "function", "function", fn));
+    }
+    return tools;
+}
+
+/* The wire messages of one canonical message, encoded and joined by ',' ("" when none). */
+static void encode_message(const char *role, const json_t *content, struct nx_buf *out)
+{
+    json_t *msgs = json_array(), *w;
+    size_t i;
+
+    if (json_is_string(content))
+        json_array_append_new(msgs, json_pack("{s:s, s:O}", "role", role, "content", content));
+    else if (!strcmp(role, "user"))
+        add_user(msgs, content);
+    else
+        add_assistant(msgs, content);
+    json_array_foreach(msgs, i, w) {
+        char *s = json_dumps(w, JSON_COMPACT);
+        NX_ASSERT(s);
+        if (i)
+            nx_buf_putc(out, ',');
+        nx_buf_puts(out, s);
+        free(s);
+    }
+    json_decref(msgs);
+}
+
+/* The body is assembled as text: {"model":...,"messages":[...],<the rest>}, where each message's
+ * part comes from the fragment cache when the request allows it. */
 int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, const char **why)
 {
-    json_t *body = json_object(), *msgs = json_array(), *m, *v;
+    json_t *rest = json_object(), *m, *v;
+    struct nx_buf frag = NX_BUF_INIT;
     char *text = NULL;
-    size_t i, n;
+    size_t i, start = out->len;
+    bool is_first = true;
     int rc = NX_EINVAL;
 
     if (!req->model || !*req->model || !(v = json_string(req->model))) {
         *why = "a model is required (valid UTF-8)";
         goto out;
     }
-    json_object_set_new(body, "model", v);
+    text = json_dumps(v, JSON_ENCODE_ANY);
+    json_decref(v);
+    NX_ASSERT(text);
+    nx_buf_printf(out, "{\"model\":%s,\"messages\":[", text);
+    free(text);
+    text = NULL;
     if (!json_is_array(req->messages) || json_array_size(req->messages) == 0) {
         *why = "messages must be a non-empty array";
         goto out;
@@ -153,59 +204,91 @@ int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, c
             *why = "the system prompt is not valid UTF-8";
             goto out;
         }
-        json_array_append_new(msgs, json_pack("{s:s, s:o}", "role", "system", "content", v));
+        json_t *sys = json_pack("{s:s, s:o}", "role", "system", "content", v);
+        text = json_dumps(sys, JSON_COMPACT);
+        json_decref(sys);
+        NX_ASSERT(text);
+        nx_buf_puts(out, text);
+        free(text);
+        text = NULL;
+        is_first = false;
     }
     json_array_foreach(req->messages, i, m) {
-        const char *role = nx_json_str(m, "role");
-        json_t *content = json_object_get(m, "content");
-        if (!role || (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0)) {
-            *why = "every message needs the role user or assistant";
-            goto out;
+        size_t len = 0;
+        const char *part = req->is_history_stable ? nx_llm_frag_get(NX_FRAG_OPENAI, m, &len) : NULL;
+        if (!part) { /* (a remembered message was checked when it was encoded) */
+            const char *role = nx_json_str(m, "role");
+            json_t *content = json_object_get(m, "content");
+            if (!role || (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0)) {
+                *why = "every message needs the role user or assistant";
+                goto out;
+            }
+            if (!json_is_string(content) && !json_is_array(content)) {
+                *why = "message content must be a string or an array of blocks";
+                goto out;
+            }
+            nx_buf_reset(&frag);
+            encode_message(role, content, &frag);
+            part = nx_buf_cstr(&frag);
+            len = frag.len;
+            if (req->is_history_stable)
+                nx_llm_frag_put(NX_FRAG_OPENAI, m, part, len);
         }
-        if (json_is_string(content))
-            json_array_append_new(msgs, json_pack("{s:s, s:O}", "role", role, "content", content));
-        else if (!json_is_array(content)) {
-            *why = "message content must be a string or an array of blocks";
-            goto out;
-        } else if (!strcmp(role, "user"))
-            add_user(msgs, content);
-        else
-            add_assistant(msgs, content);
+        if (!len)
+            continue;
+        if (!is_first)
+            nx_buf_putc(out, ',');
+        nx_buf_append(out, part, len);
+        is_first = false;
     }
-    json_object_set(body, "messages", msgs);
-    if (json_is_array(req->tools) && (n = json_array_size(req->tools)) > 0) {
-        json_t *tools = json_array();
-        json_array_foreach(req->tools, i, v) {
-            json_t *fn = json_object(), *schema = json_object_get(v, "input_schema");
-            json_object_set(fn, "name", json_object_get(v, "name"));
-            if (json_is_string(json_object_get(v, "description")))
-                json_object_set(fn, "description", json_object_get(v, "description"));
-            json_object_set_new(fn, "parameters", json_is_object(schema)
-                                                      ? json_incref(schema)
-                                                      : json_pack("{s:s}", "type", "object"));
-            json_array_append_new(tools, json_pack("{s:s, s:o}", "type", "function", "function", fn));
+    nx_buf_putc(out, ']');
+    if (json_is_array(req->tools) && json_array_size(req->tools) > 0) {
+        /* the agent passes the same manifest object every turn: encoded once */
+        size_t len = 0;
+        const char *part = nx_llm_frag_get(NX_FRAG_OPENAI_TOOLS, req->tools, &len);
+        if (!part) {
+            json_t *tools = encode_tools(req->tools);
+            text = json_dumps(tools, JSON_COMPACT);
+            json_decref(tools);
+            NX_ASSERT(text);
+            nx_llm_frag_put(NX_FRAG_OPENAI_TOOLS, req->tools, text, strlen(text));
+            part = nx_llm_frag_get(NX_FRAG_OPENAI_TOOLS, req->tools, &len);
+            if (!part) { /* too big to keep */
+                part = text;
+                len = strlen(text);
+            }
         }
-        json_object_set_new(body, "tools", tools);
+        nx_buf_puts(out, ",\"tools\":");
+        nx_buf_append(out, part, len);
+        free(text);
+        text = NULL;
     }
-    json_object_set_new(body, "max_tokens", json_integer(req->max_tokens ? req->max_tokens : 4096));
+    json_object_set_new(rest, "max_tokens", json_integer(req->max_tokens ? req->max_tokens : 4096));
     if (req->temperature >= 0)
-        json_object_set_new(body, "temperature", json_real(req->temperature));
+        json_object_set_new(rest, "temperature", json_real(req->temperature));
     if (req->stream) {
-        json_object_set_new(body, "stream", json_true());
-        json_object_set_new(body, "stream_options", json_pack("{s:b}", "include_usage", 1));
+        json_object_set_new(rest, "stream", json_true());
+        json_object_set_new(rest, "stream_options", json_pack("{s:b}", "include_usage", 1));
     }
     if (req->user && *req->user && (v = json_string(req->user)))
-        json_object_set_new(body, "user", v);
-    if (!(text = json_dumps(body, JSON_COMPACT))) {
+        json_object_set_new(rest, "user", v);
+    if (!(text = json_dumps(rest, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
         *why = "the request could not be encoded as JSON";
         goto out;
     }
-    nx_buf_puts(out, text);
+    /* rest is never empty (max_tokens): splice its members after "messages" */
+    nx_buf_putc(out, ',');
+    nx_buf_puts(out, text + 1);
     rc = 0;
 out:
+    if (rc < 0) {
+        out->len = start;
+        if (out->data)
+            out->data[start] = '\0';
+    }
     free(text);
-    json_decref(msgs);
-    json_decref(body);
+    nx_buf_cleanup(&frag);
+    json_decref(rest);
     return rc;
 }
 

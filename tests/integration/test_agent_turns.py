@@ -252,11 +252,16 @@ class Turns(unittest.TestCase):
         self.assertEqual(self.chat("kate", "capital of France?", "geo")[0], 200)
         path = os.path.join(self.n.data_dir, "transcripts", "kate")
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (os.path.isdir(path) and os.listdir(path)):
+        lines = []
+        while time.monotonic() < deadline:  # the file appears, then its lines (one append)
+            files = os.listdir(path) if os.path.isdir(path) else []
+            if files:
+                with open(os.path.join(path, files[0])) as f:
+                    lines = [json.loads(l) for l in f.read().splitlines()]
+            if len(lines) >= 2:
+                break
             time.sleep(0.02)
-        files = os.listdir(path)
         self.assertEqual(len(files), 1)
-        lines = [json.loads(l) for l in open(os.path.join(path, files[0]))]
         self.assertEqual([l["role"] for l in lines], ["user", "assistant"])
 
 

@@ -1,0 +1,188 @@
+"""Agent limits and prompt sources end to end, against the fake provider: the daily token budget
+(refused with each API's error shape, through the official SDKs too, kept across a restart),
+workspace identity files in the system prompt (order, headings, an edit picked up, a symlink out
+of the workspace refused), and a provider's circuit breaker from llm.yaml opening, failing over,
+and closing again after a half-open probe."""
+import json
+import os
+import re
+import tempfile
+import time
+import unittest
+import urllib.request
+
+from nexo_harness import Nexo, main, write_config
+from test_api_sdk import PEERS, node, script, start_fake
+
+AGENTS = """\
+agents:
+  - id: thrifty
+    model: {provider: anthropic, model: claude-haiku-4-5}
+    limits: {daily_token_budget: 1000}
+  - id: kate
+    model: {provider: anthropic, model: claude-haiku-4-5}
+    system_prompt: You are Kate.
+    workspace: ws
+  - id: brk
+    model:
+      provider: flaky
+      model: claude-haiku-4-5
+      fallbacks: [{provider: openai, model: gpt-4o-mini}]
+"""
+
+
+class Limits(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.fake, cls.fport = start_fake()
+        cls.cfg = tempfile.TemporaryDirectory()
+        cls.outside = tempfile.TemporaryDirectory()
+        base = "http://127.0.0.1:%d" % cls.fport
+        write_config(cls.cfg.name, {
+            "llm.yaml": ("providers:\n"
+                         "  anthropic: {api_key: sk-fake-key, base_url: %s}\n"
+                         "  openai: {api_key: sk-fake-key, base_url: %s/v1}\n"
+                         "  flaky:\n"
+                         "    kind: anthropic\n    api_key: sk-fake-key\n    base_url: %s\n"
+                         "    circuit_breaker: {failure_threshold: 2, open_secs: 1}\n"
+                         "circuit_breaker: {failure_threshold: 50, open_secs: 30}\n"
+                         "retry: {max_attempts: 1, initial_backoff_ms: 10, max_backoff_ms: 50}\n")
+                        % (base, base, base),
+            "agents.yaml": AGENTS,
+        })
+        ws = os.path.join(cls.cfg.name, "ws")
+        os.makedirs(ws)
+        cls.ws = ws
+        with open(os.path.join(ws, "IDENTITY.md"), "w") as f:
+            f.write("I am the identity file.\n")
+        with open(os.path.join(ws, "SOUL.md"), "w") as f:
+            f.write("Calm and kind.\n")
+        secret = os.path.join(cls.outside.name, "secret.md")
+        with open(secret, "w") as f:
+            f.write("TOP SECRET OUTSIDE\n")
+        os.symlink(secret, os.path.join(ws, "MEMORY.md"))
+        cls.n = Nexo(config_dir=cls.cfg.name).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.n.stop()
+        cls.n.cleanup()
+        cls.fake.kill()
+        cls.fake.wait()
+        cls.cfg.cleanup()
+        cls.outside.cleanup()
+        assert code == 0, code
+
+    def setUp(self):
+        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/_reset" % self.fport,
+                                                      data=b"{}", method="POST"), timeout=5).read()
+
+    def requests(self):
+        return json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
+                                                 timeout=5).read())
+
+    def post(self, path, agent, text="hi"):
+        if path == "/v1/messages":
+            body = {"model": agent, "max_tokens": 100, "messages": [{"role": "user", "content": text}]}
+        else:
+            body = {"model": agent, "messages": [{"role": "user", "content": text}]}
+        status, data, headers = self.n.request("POST", path, body=json.dumps(body).encode(),
+                                               headers={"Content-Type": "application/json"}, timeout=30)
+        return status, json.loads(data), {k.lower(): v for k, v in dict(headers).items()}
+
+    def metrics(self):
+        _, body, _ = self.n.request("GET", "/metrics", listener="metrics")
+        return body.decode()
+
+    def system_text(self, req):
+        s = req["body"]["system"]
+        return s if isinstance(s, str) else "".join(b["text"] for b in s)
+
+    # --- daily token budget ---
+    def test_daily_token_budget(self):
+        self.assertRegex(self.metrics(), r'nexo_agent_tokens_budget_remaining\{agent="thrifty"\} 1000')
+        script(self.fport, [{"text": "spent", "usage": {"input_tokens": 700, "output_tokens": 400}}])
+        status, r, _ = self.post("/v1/chat/completions", "thrifty")
+        self.assertEqual(status, 200, r)
+        self.assertRegex(self.metrics(), r'nexo_agent_tokens_budget_remaining\{agent="thrifty"\} 0')
+
+        status, r, h = self.post("/v1/chat/completions", "thrifty")
+        self.assertEqual(status, 429, r)
+        self.assertEqual((r["error"]["type"], r["error"]["code"]), ("insufficient_quota", "insufficient_quota"))
+        self.assertIn("daily token budget", r["error"]["message"])
+        self.assertEqual(h.get("x-should-retry"), "false")
+        self.assertTrue(0 < int(h["retry-after"]) <= 86400, h)
+        status, r, h = self.post("/v1/messages", "thrifty")
+        self.assertEqual(status, 429, r)
+        self.assertEqual((r["type"], r["error"]["type"]), ("error", "rate_limit_error"))
+        self.assertIn("resets at 00:00 UTC", r["error"]["message"])
+        self.assertEqual(len(self.requests()), 1)  # refused turns never reach the provider
+
+        if os.path.isdir(os.path.join(PEERS, "node_modules", "openai")):
+            url = "http://127.0.0.1:%d" % self.n.ports["gateway"]
+            e = node("openai_chat.cjs", url + "/v1", "any", "thrifty", "chat")["error"]
+            self.assertEqual((e["status"], e["name"], e["code"]), (429, "RateLimitError", "insufficient_quota"))
+            e = node("anthropic_messages.cjs", "@anthropic-ai/sdk", url, "any", "thrifty", "chat")["error"]
+            self.assertEqual((e["status"], e["name"], e["type"]), (429, "RateLimitError", "rate_limit_error"))
+
+        # the day's count is in the store: a restart still refuses
+        self.assertEqual(self.n.stop(), 0)
+        self.n.notify.close()
+        os.unlink(os.path.join(self.n.tmp, "notify.sock"))
+        self.n.log.close()
+        self.n.start()
+        status, r, _ = self.post("/v1/chat/completions", "thrifty")
+        self.assertEqual(status, 429, r)
+        self.assertRegex(self.metrics(), r'nexo_agent_tokens_budget_remaining\{agent="thrifty"\} 0')
+        status, r, _ = self.post("/v1/chat/completions", "kate")  # other agents are not limited
+        self.assertEqual(status, 200, r)
+
+    # --- workspace identity files ---
+    def test_identity_files_join_the_system_prompt_and_edits_are_picked_up(self):
+        status, r, _ = self.post("/v1/chat/completions", "kate")
+        self.assertEqual(status, 200, r)
+        system = self.system_text(self.requests()[0])
+        self.assertEqual(system, "You are Kate.\n\n# IDENTITY.md\n\nI am the identity file.\n\n"
+                                 "# SOUL.md\n\nCalm and kind.")
+        self.assertNotIn("TOP SECRET", system)
+        self.assertRegex(self.n.read_log(), r"MEMORY\.md not loaded: .*outside the workspace")
+
+        with open(os.path.join(self.ws, "SOUL.md"), "w") as f:
+            f.write("Bold and curious, after the edit.\n")
+        with open(os.path.join(self.ws, "USER.md"), "w") as f:
+            f.write("The user likes tea.\n")
+        status, r, _ = self.post("/v1/chat/completions", "kate")
+        self.assertEqual(status, 200, r)
+        system = self.system_text(self.requests()[1])
+        self.assertIn("# SOUL.md\n\nBold and curious, after the edit.\n\n# USER.md\n\nThe user likes tea.",
+                      system)
+        self.assertNotIn("Calm and kind", system)
+        os.unlink(os.path.join(self.ws, "USER.md"))
+
+    # --- provider circuit breaker from llm.yaml ---
+    def test_breaker_opens_fails_over_and_closes_after_a_probe(self):
+        fail = {"error": {"status": 500, "type": "api_error", "message": "boom"}}
+        script(self.fport, [fail, {"text": "fb1"}, fail, {"text": "fb2"}])
+        for want in ("fb1", "fb2"):
+            status, r, _ = self.post("/v1/chat/completions", "brk")
+            self.assertEqual((status, r["choices"][0]["message"]["content"]), (200, want), r)
+        self.assertRegex(self.metrics(), r'nexo_llm_breaker_state\{provider="flaky"\} 1')
+        opened = time.monotonic()
+
+        # open: the provider is skipped, the fallback answers at once
+        script(self.fport, [{"text": "fb3"}])
+        status, r, _ = self.post("/v1/chat/completions", "brk")
+        self.assertEqual((status, r["choices"][0]["message"]["content"]), (200, "fb3"), r)
+        self.assertEqual([q["endpoint"] for q in self.requests()[4:]], ["openai"])
+
+        # after open_secs (1 s) one probe goes to the provider; it succeeds and closes the breaker
+        time.sleep(max(0.0, 1.3 - (time.monotonic() - opened)))
+        script(self.fport, [{"text": "probe ok"}])
+        status, r, _ = self.post("/v1/chat/completions", "brk")
+        self.assertEqual((status, r["choices"][0]["message"]["content"]), (200, "probe ok"), r)
+        self.assertEqual(self.requests()[-1]["endpoint"], "anthropic")
+        self.assertRegex(self.metrics(), r'nexo_llm_breaker_state\{provider="flaky"\} 0')
+
+
+if __name__ == "__main__":
+    main()
