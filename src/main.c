@@ -7,10 +7,12 @@
 
 #include "bus/bus.h"
 #include "channels/channels.h"
+#include "channels/policy.h"
 #include "config/config.h"
 #include "core/clock.h"
 #include "core/log.h"
 #include "daemon/daemon.h"
+#include "mcp/server.h"
 #include "runtime/runtime.h"
 #include "store/history.h"
 
@@ -38,8 +40,10 @@ static const char usage_main[] =
     "  run                   start the gateway (the default when no command is given)\n"
     "  check-config [DIR]    validate a configuration directory, list every problem\n"
     "  chat [--agent ID]     talk to an agent in the terminal (streaming; Ctrl-C cancels a reply)\n"
+    "  mcp-server [--agent ID]  serve agents as MCP tools over stdio (JSON-RPC lines)\n"
     "  transcripts search Q  search conversation transcripts [--agent ID] [--limit N] [--json]\n"
     "  dlq list|retry ID|retry --all|purge   inspect and replay dead-lettered bus events\n"
+    "  pairing list|approve CODE|revoke CHANNEL SENDER   channel senders waiting for approval\n"
     "  version               print the version\n"
     "  help [COMMAND]        show help for nexo or a command\n"
     "\n"
@@ -66,11 +70,16 @@ static const char usage_main[] =
 static const char usage_run[] =
     "Usage: nexo run [--config DIR] [--data DIR] [--listen ADDR] [--metrics-listen ADDR]\n"
     "                [--admin-listen ADDR] [--log-level LEVEL] [--log-json]\n"
+    "                [--role all|gateway|agents] [--agents ID,ID...]\n"
     "\n"
     "Starts the gateway: the gateway listener (default 127.0.0.1:8080: /healthz, /readyz, the\n"
     "APIs), the metrics listener (127.0.0.1:9090: /metrics) and the admin listener\n"
     "(127.0.0.1:9091). Ready when /readyz answers 200; with $NOTIFY_SOCKET set, also sends\n"
     "READY=1 there (systemd Type=notify). Refuses to listen off loopback without auth_token.\n"
+    "Roles (docs/scaling.md): all (default) runs everything in this process; gateway runs the\n"
+    "listeners, channels and API and publishes matched channel messages as routed work;\n"
+    "agents runs the agent runtime on routed work for the agents in --agents (default: all\n"
+    "configured). gateway and agents need broker.yaml type nats (JetStream when available).\n"
     "Exit codes: 0 after a graceful stop, 1 runtime failure, 3 invalid configuration,\n"
     "4 cannot listen, 5 forced by a second stop signal.\n";
 
@@ -89,6 +98,16 @@ static const char usage_chat[] =
     "Ctrl-C cancels the reply being written; Ctrl-C at the prompt or Ctrl-D quits. Reads lines\n"
     "from standard input when it is not a terminal.\n";
 
+static const char usage_mcp_server[] =
+    "Usage: nexo mcp-server [--agent ID] [--config DIR] [--data DIR] [--log-level LEVEL]\n"
+    "\n"
+    "nexo as an MCP server over stdio: newline-delimited JSON-RPC on stdin/stdout, logs on\n"
+    "stderr only. Each agent is a tool ask_<ID> {message, session?} that runs a real agent turn;\n"
+    "the tools listed in mcp_server.yaml expose_tools are exported too. --agent offers that agent\n"
+    "only (default: mcp_server.yaml agents, else every agent). Starts no listener. Exits 0 at\n"
+    "the end of input, once the calls in flight are answered. The gateway serves the same over\n"
+    "Streamable HTTP at /mcp when mcp_server.yaml has enabled: true (docs/mcp.md).\n";
+
 static const char usage_transcripts[] =
     "Usage: nexo transcripts search QUERY [--agent ID] [--limit N] [--json]\n"
     "\n"
@@ -99,6 +118,15 @@ static const char usage_dlq[] =
     "\n"
     "Dead letters: bus events that failed delivery too many times (broker.yaml dlq.max_attempts).\n"
     "retry puts them back on the queue; purge deletes them.\n";
+
+static const char usage_pairing[] =
+    "Usage: nexo pairing list [--json] | approve CODE | revoke CHANNEL[.INSTANCE] SENDER\n"
+    "\n"
+    "Channel instances with sender_policy: pairing answer an unknown sender once with a pairing\n"
+    "code and ignore them until an operator approves it. list shows pending codes and approved\n"
+    "senders; approve CODE lets that sender in (a running nexo notices within a second); revoke\n"
+    "removes an approved sender or a pending code. Works on the data directory's database\n"
+    "(--data, before the command). See docs/channels.md.\n";
 
 static const char usage_version[] = "Usage: nexo version\n\nPrints the version.\n";
 
@@ -113,8 +141,10 @@ static const struct command commands[] = {
     {"run", usage_run},
     {"check-config", usage_check},
     {"chat", usage_chat},
+    {"mcp-server", usage_mcp_server},
     {"transcripts", usage_transcripts},
     {"dlq", usage_dlq},
+    {"pairing", usage_pairing},
     {"version", usage_version},
     {"help", usage_help},
 };
@@ -182,12 +212,21 @@ static int parse_args(int argc, char **argv, struct cli *c)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
         int r;
-        if (c->command && (strcmp(c->command, "transcripts") == 0 || strcmp(c->command, "dlq") == 0)) {
+        if (c->command && (strcmp(c->command, "transcripts") == 0 || strcmp(c->command, "dlq") == 0 ||
+                           strcmp(c->command, "pairing") == 0)) {
             /* everything after these commands is theirs: argv[0] is the command word */
             c->sub_argc = argc - i + 1;
             c->sub_argv = argv + i - 1;
             c->sub_argv[0] = (char *)c->command;
             break;
+        }
+        if (c->command && strcmp(c->command, "mcp-server") == 0) {
+            if ((r = take_value(argc, argv, &i, "--agent", &v)) < 0)
+                return usage_error("--agent needs a value");
+            if (r > 0) {
+                c->agent = v;
+                continue;
+            }
         }
         if (c->command && strcmp(c->command, "chat") == 0) {
             if ((r = take_value(argc, argv, &i, "--agent", &v)) < 0)
@@ -200,6 +239,22 @@ static int parse_args(int argc, char **argv, struct cli *c)
                 return usage_error("--session needs a value");
             if (r > 0) {
                 c->session = v;
+                continue;
+            }
+        }
+        if (!c->command || strcmp(c->command, "run") == 0) {
+            if ((r = take_value(argc, argv, &i, "--role", &v)) < 0)
+                return usage_error("--role needs a value (all, gateway or agents)");
+            if (r > 0) {
+                if (strcmp(v, "all") && strcmp(v, "gateway") && strcmp(v, "agents"))
+                    return usage_error("--role %s: expected all, gateway or agents", v);
+                c->run.role = v;
+                continue;
+            }
+            if ((r = take_value(argc, argv, &i, "--agents", &v)) < 0 || (r > 0 && !*v))
+                return usage_error("--agents needs a comma-separated list of agent ids");
+            if (r > 0) {
+                c->run.agents = v;
                 continue;
             }
         }
@@ -285,6 +340,14 @@ static int cmd_check_config(const char *dir)
         nx_config_unref(cfg);
         rc = NX_EXIT_CONFIG;
     }
+    if (rc == 0) { /* mcp_server.yaml has its own table (src/mcp/server_conf.c) */
+        struct nx_mcp_srv_conf msc;
+        if (nx_mcp_srv_conf_load(cfg, &msc, &diags) < 0) {
+            nx_config_unref(cfg);
+            rc = NX_EXIT_CONFIG;
+        }
+        nx_mcp_srv_conf_cleanup(&msc);
+    }
     nx_diags_print(&diags, stderr);
     if (rc != 0) {
         fprintf(stderr, "%s: %zu problem%s found\n", dir ? dir : "(embedded defaults)", diags.n,
@@ -361,7 +424,13 @@ int main(int argc, char **argv)
         return nx_cmd_transcripts(c.sub_argc, c.sub_argv, data_dir);
     if (strcmp(c.command, "dlq") == 0)
         return nx_cmd_dlq(c.sub_argc, c.sub_argv, data_dir);
+    if (strcmp(c.command, "pairing") == 0)
+        return nx_cmd_pairing(c.sub_argc, c.sub_argv, data_dir);
     if (strcmp(c.command, "chat") == 0)
         return nx_chat_run(&c.run, c.agent, c.session);
+    if (strcmp(c.command, "mcp-server") == 0) {
+        struct nx_mcp_stdio_opts mo = {.config_dir = config_dir, .data_dir = data_dir, .agent_id = c.agent};
+        return nx_mcp_stdio_run(&mo);
+    }
     return nx_daemon_run(&c.run);
 }

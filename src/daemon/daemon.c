@@ -7,12 +7,14 @@
 #include <unistd.h>
 
 #include "agent/agent.h"
+#include "agent/partition.h"
 #include "agent/router.h"
 #include "api/admin.h"
 #include "api/chat.h"
 #include "api/health.h"
 #include "bus/bus.h"
 #include "channels/channels.h"
+#include "channels/policy.h"
 #include "config/config.h"
 #include "core/alloc.h"
 #include "core/clock.h"
@@ -24,6 +26,7 @@
 #include "http/client.h"
 #include "http/server.h"
 #include "mcp/mcp.h"
+#include "mcp/server.h"
 #include "runtime/runtime.h"
 #include "store/store.h"
 
@@ -44,9 +47,14 @@ struct daemon {
     struct nx_agents *agents;
     struct nx_bus *bus;
     struct nx_router *router;
+    struct nx_partition *part;   /* gateway / agents roles (docs/scaling.md) */
     struct nx_channels *channels;
+    struct nx_sender_limiter *limiter; /* agents' sender_rate_limit, asked by the router */
     uv_timer_t trim_timer;
     struct nx_mcp_manager *mcp;
+    struct nx_mcp_server *mcp_srv;   /* nexo as an MCP server (/mcp), when mcp_server.yaml enables it */
+    struct nx_mcp_httpd *mcp_http;
+    struct nx_mcp_srv_conf mcp_srv_conf;
     int servers_down;
     int exit_code;
     bool is_reloading;
@@ -196,6 +204,8 @@ static void reload_done(uv_work_t *w, int status)
             d->cfg = r->cfg;
             if (d->agents)
                 nx_agents_reload(d->agents, d->cfg);
+            if (d->mcp_srv)
+                nx_mcp_server_set_config(d->mcp_srv, d->cfg);
             d->token = gw->auth_token && *gw->auth_token ? gw->auth_token : NULL;
             apply_logging(d, gw);
             nx_counter_add(d->m_reloads, ok_label, 1);
@@ -220,18 +230,44 @@ static void on_reload(struct nx_runtime *rt)
     uv_queue_work(&d->rt.loop, &r->work, reload_work, reload_done);
 }
 
+/* The admin token check for the pairing endpoints (answers 401 itself). */
+static bool admin_authorized(struct nx_http_req *req, void *arg)
+{
+    struct daemon *d = arg;
+    if (nx_api_authorized(req, d->token))
+        return true;
+    nx_api_respond_unauthorized(req);
+    return false;
+}
+
+/* The send_message tool's handler: the channels and the current snapshot's agents. */
+static int daemon_send_message(const struct nx_send_message_req *rq, char *err, size_t errlen, void *arg)
+{
+    struct daemon *d = arg;
+    return nx_channels_send_message(d->channels, d->cfg, rq, err, errlen);
+}
+
 /* --- graceful stop --- */
 
 static void teardown(struct daemon *d)
 {
     if (d->trim_timer.data && !uv_is_closing((uv_handle_t *)&d->trim_timer))
         uv_close((uv_handle_t *)&d->trim_timer, NULL);
+    nx_send_message_set_handler(NULL, NULL);
     nx_channels_free(d->channels); /* no new inbound; before the bus, store and client */
     d->channels = NULL;
     nx_router_free(d->router);
     d->router = NULL;
+    nx_sender_limiter_free(d->limiter);
+    d->limiter = NULL;
+    nx_mcp_httpd_free(d->mcp_http); /* its sessions' turns, before the agents */
+    d->mcp_http = NULL;
+    nx_mcp_server_free(d->mcp_srv);
+    d->mcp_srv = NULL;
     nx_agents_free(d->agents); /* cancels turns still running */
     d->agents = NULL;
+    nx_partition_free(d->part); /* after the turns ended, before the bus */
+    d->part = NULL;
     nx_mcp_manager_free(d->mcp); /* before the HTTP client it calls through */
     d->mcp = NULL;
     nx_bus_free(d->bus); /* before the store: queued events stay on disk */
@@ -262,6 +298,7 @@ static void on_stop(struct nx_runtime *rt, int signum)
     struct daemon *d = rt->udata;
     (void)signum;
     d->ready.is_stopping = true;
+    nx_mcp_httpd_shutdown(d->mcp_http); /* ends the long-lived GET streams */
     nx_gauge_set(d->m_ready, NULL, 0);
     uint32_t grace = nx_config_gateway(d->cfg)->shutdown_grace_ms;
     int started = 0;
@@ -319,6 +356,39 @@ static struct nx_http_limits limits_from(const struct nx_gateway_conf *gw)
     return l;
 }
 
+/* /mcp on the gateway listener when mcp_server.yaml says enabled (and http.enabled). A bad file
+ * is reported and /mcp left out; the rest of the gateway runs. */
+static void start_mcp_server(struct daemon *d, struct nx_http_server *srv)
+{
+    struct nx_diags diags;
+    nx_diags_init(&diags);
+    int rc = nx_mcp_srv_conf_load(d->cfg, &d->mcp_srv_conf, &diags);
+    for (size_t i = 0; i < diags.n; i++)
+        nx_error("config", "%s:%d:%d: %s", diags.v[i].file, diags.v[i].line, diags.v[i].col, diags.v[i].msg);
+    nx_diags_cleanup(&diags);
+    if (rc < 0) {
+        nx_error("daemon", "mcp_server.yaml is invalid: /mcp is not served");
+        return;
+    }
+    if (!d->mcp_srv_conf.enabled || !d->mcp_srv_conf.http.enabled)
+        return;
+    struct nx_mcp_server_deps deps = {.loop = &d->rt.loop, .http = d->client, .agents = d->agents,
+                                      .cfg = d->cfg};
+    if (nx_mcp_server_new(&deps, &d->mcp_srv_conf, &d->mcp_srv) < 0) {
+        nx_error("daemon", "MCP server not started: see the errors above");
+        return;
+    }
+    struct nx_mcp_httpd_opts o = {.server = d->mcp_srv, .token_ptr = &d->token,
+                                  .authorize = nx_api_authorized,
+                                  .is_loopback = nx_listen_is_loopback(&d->addr[LISTENER_GATEWAY])};
+    if (nx_mcp_httpd_new(&d->rt.loop, srv, &o, &d->mcp_http) < 0) {
+        nx_mcp_server_free(d->mcp_srv);
+        d->mcp_srv = NULL;
+        return;
+    }
+    nx_info("daemon", "MCP server at /mcp (Streamable HTTP)");
+}
+
 static int start_listeners(struct daemon *d, const struct nx_gateway_conf *gw)
 {
     struct nx_http_limits lim = limits_from(gw);
@@ -329,6 +399,8 @@ static int start_listeners(struct daemon *d, const struct nx_gateway_conf *gw)
         case LISTENER_GATEWAY:
             nx_api_health_register(d->srv[i], &d->ready);
             nx_api_chat_register(d->srv[i], d->agents, &d->token);
+            start_mcp_server(d, d->srv[i]);
+            nx_channels_mount(d->channels, d->srv[i]); /* /webhooks/...: no bearer token */
             break;
         case LISTENER_METRICS:
             nx_api_metrics_register(d->srv[i], &d->token);
@@ -336,6 +408,7 @@ static int start_listeners(struct daemon *d, const struct nx_gateway_conf *gw)
         case LISTENER_ADMIN:
             nx_api_health_register(d->srv[i], &d->ready);
             nx_api_admin_register(d->srv[i], &d->token, admin_status, d);
+            nx_pairing_admin_mount(d->srv[i], d->store, admin_authorized, d);
             break;
         }
         if (nx_http_server_listen(d->srv[i], d->addr[i].host, d->addr[i].port, err, sizeof err) < 0) {
@@ -410,6 +483,59 @@ static void raise_nofile(const struct nx_gateway_conf *gw)
         nx_debug("daemon", "open-file limit %llu", (unsigned long long)rl.rlim_cur);
 }
 
+/* --- process roles (docs/scaling.md) --- */
+
+static bool is_role(const struct daemon *d, const char *role)
+{
+    return d->opts->role && strcmp(d->opts->role, role) == 0;
+}
+
+/* gateway: inbound channel messages become routed work; agents: serve the routed work of the
+ * listed agents (all by default). "all" (the default) leaves the in-process router in charge. */
+static int start_role(struct daemon *d)
+{
+    const char *list = d->opts->agents;
+    int rc = 0;
+
+    if (!is_role(d, "gateway") && !is_role(d, "agents"))
+        return 0;
+    if (nx_partition_new(d->bus, d->agents, d->store, d->opts->data_dir,
+                         nx_config_broker(d->cfg)->jetstream.session_max_messages, &d->part) < 0)
+        return NX_EIO;
+    if (is_role(d, "gateway")) {
+        if ((rc = nx_partition_gateway(d->part)) < 0)
+            nx_error("daemon", "role gateway: cannot subscribe to plugin.inbound.>: %s", nx_strerror(rc));
+        return rc;
+    }
+    if (!list) {
+        json_t *all = nx_agents_list(d->agents), *a;
+        size_t i;
+
+        json_array_foreach(all, i, a) {
+            if ((rc = nx_partition_consume(d->part, json_string_value(json_object_get(a, "id")))) < 0)
+                break;
+        }
+        json_decref(all);
+        return rc;
+    }
+    for (const char *p = list; *p && rc == 0;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        char *id = nx_strndup(p, n);
+
+        rc = nx_partition_consume(d->part, id);
+        if (rc == NX_ENOENT || rc == NX_EINVAL) {
+            nx_error("daemon", "--agents: no agent \"%s\" in agents.yaml", id);
+            rc = NX_ECONFIG;
+        } else if (rc < 0) {
+            nx_error("daemon", "--agents: agent \"%s\": %s", id, nx_strerror(rc));
+        }
+        free(id);
+        p += n + (comma ? 1 : 0);
+    }
+    return rc;
+}
+
 int nx_daemon_run(const struct nx_daemon_opts *opts)
 {
     struct daemon d;
@@ -438,6 +564,15 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
         return NX_EXIT_CONFIG;
     }
     nx_diags_cleanup(&diags);
+    if (opts->role && strcmp(opts->role, "all") != 0 &&
+        nx_config_broker(d.cfg)->type != NX_BROKER_NATS) {
+        nx_error("daemon", "--role %s needs NATS: set broker.yaml to type: nats (with url:), so the "
+                 "processes can share work; only --role all runs on the in-process bus", opts->role);
+        nx_config_unref(d.cfg);
+        return NX_EXIT_CONFIG;
+    }
+    if (opts->agents && !is_role(&d, "agents"))
+        nx_warn("daemon", "--agents applies to --role agents only; ignored");
     const struct nx_gateway_conf *gw = nx_config_gateway(d.cfg);
     d.token = gw->auth_token && *gw->auth_token ? gw->auth_token : NULL;
     apply_logging(&d, gw);
@@ -488,18 +623,38 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
         .loop = &d.rt.loop, .http = d.client, .store = d.store, .data_dir = opts->data_dir,
     };
     nx_agents_new(&deps, d.cfg, &d.agents);
+    struct nx_mcp_host mhost = {.agents = d.agents, .data_dir = opts->data_dir, .cfg = d.cfg};
+    nx_mcp_manager_set_host(d.mcp, &mhost); /* sampling, OAuth token files, workspace roots */
     uv_timer_init(&d.rt.loop, &d.trim_timer);
     d.trim_timer.data = &d;
     uv_timer_start(&d.trim_timer, on_trim_timer, 10000, 10000);
     uv_unref((uv_handle_t *)&d.trim_timer);
-    if (nx_router_new(d.bus, d.agents, &d.router) < 0)
+    if ((rc = start_role(&d)) < 0) {
+        teardown(&d);
+        nx_runtime_close(&d.rt);
+        nx_config_unref(d.cfg);
+        return rc == NX_ECONFIG ? NX_EXIT_CONFIG : NX_EXIT_FAILURE;
+    }
+    if (d.part)
+        nx_info("daemon", "role %s: routed work replaces the in-process router", opts->role);
+    else if (nx_router_new(d.bus, d.agents, &d.router) < 0)
         nx_warn("daemon", "channel messages will not reach agents: the router could not subscribe");
-    if (nx_channels_new(&d.rt.loop, d.bus, d.client, d.store, d.cfg, &d.channels) < 0)
+    else
+        nx_router_set_store(d.router, d.store); /* the ledger: resumes unanswered events first */
+    if (!is_role(&d, "agents") &&
+        nx_channels_new(&d.rt.loop, d.bus, d.client, d.store, d.cfg, &d.channels) < 0)
         nx_warn("daemon", "channels not started: see the errors above");
+    if (d.router) {
+        d.limiter = nx_sender_limiter_new(d.bus, 0);
+        nx_router_set_gate(d.router, nx_sender_limiter_gate, d.limiter);
+    }
+    if (nx_channels_count(d.channels) > 0)
+        nx_send_message_set_handler(daemon_send_message, &d);
     if ((rc = start_listeners(&d, gw)) < 0) {
         teardown(&d);
         nx_runtime_close(&d.rt);
         nx_config_unref(d.cfg);
+        nx_mcp_srv_conf_cleanup(&d.mcp_srv_conf);
         return NX_EXIT_LISTEN;
     }
     nx_runtime_watch_signals(&d.rt);
@@ -510,6 +665,7 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
     if (nx_runtime_close(&d.rt) < 0)
         nx_warn("daemon", "some handles were still open at exit");
     nx_config_unref(d.cfg);
+    nx_mcp_srv_conf_cleanup(&d.mcp_srv_conf);
     nx_info("daemon", "stopped");
     return d.exit_code;
 }

@@ -18,6 +18,8 @@ struct nx_daemon_opts {
     struct nx_listen admin_listen;
     bool has_log_level;          /* --log-level given: config's log.level is ignored */
     uint64_t launch_ns;          /* nx_mono_ns() at process start, for "ready in" */
+    const char *role;            /* run --role: NULL or "all", "gateway", "agents" */
+    const char *agents;          /* run --agents: comma-separated agent ids, NULL = all */
 };
 
 /* Returns the process exit code (NX_EXIT_*). */

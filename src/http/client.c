@@ -453,7 +453,9 @@ static int ensure_multi(struct nx_http_client *c)
     curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
     curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, c->host_conns);
-    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, c->host_conns * 2);
+    /* Idle connections kept for reuse: enough for steady traffic; after a burst of thousands of
+     * streams the rest are closed instead of holding their sockets and buffers. */
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, c->host_conns * 2 < 256 ? c->host_conns * 2 : 256);
     return 0;
 }
 
@@ -577,6 +579,9 @@ static void setup_easy(struct nx_http_client *c, struct nx_http_call *call,
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)c->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)call->max_bytes);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* The receive buffer every transfer holds while it runs (curl's default is 16 KiB): answers
+     * and SSE events are small, and thousands of concurrent streams each hold one. */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
     /* "" also keeps curl from picking a proxy up from the environment */
     curl_easy_setopt(e, CURLOPT_PROXY, proxy);
     curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);

@@ -622,6 +622,11 @@ int nx_http_server_new(uv_loop_t *loop, const char *name, const struct nx_http_l
     if (!srv->lim.keepalive_timeout_ms)
         srv->lim.keepalive_timeout_ms = DEF_KEEPALIVE_TIMEOUT_MS;
 
+    /* Every connection holds a read buffer of at least this size while it lives (h2o's default,
+     * 8 KiB, is most of what an idle or waiting connection costs); a request that needs more
+     * grows it. Only ever lowered: h2o recycles these buffers at the size in force. */
+    if (h2o_socket_buffer_prototype._initial_buf.capacity > H2O_SOCKET_INITIAL_INPUT_BUFFER_SIZE)
+        h2o_socket_buffer_prototype._initial_buf.capacity = H2O_SOCKET_INITIAL_INPUT_BUFFER_SIZE;
     h2o_config_init(&srv->conf);
     srv->conf.server_name = h2o_iovec_init(H2O_STRLIT("")); /* no Server header */
     srv->conf.max_request_entity_size =
