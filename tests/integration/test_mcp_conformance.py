@@ -12,8 +12,9 @@ happens in a fresh network namespace that has only loopback: unshare -n (we are 
 - auth/*: the OAuth 2.1 client (src/mcp/oauth.c) through discovery, registration (dynamic,
   pre-registered, client ID metadata document), PKCE, scopes and step-up, token endpoint
   authentication methods and the client credentials grant.
-- `--suite all` must match tests/integration/mcp_conformance_expected.yaml (empty today: every
-  client scenario passes); the pass counts are printed.
+- the suite's "auth" suite must match tests/integration/mcp_conformance_expected.yaml (empty
+  today: every client scenario passes), and every listed client scenario must be run by one of
+  these tests; the pass counts are printed.
 """
 import re
 import glob
@@ -82,8 +83,11 @@ class McpConformanceClient(unittest.TestCase):
     def test_sse_retry(self):
         checks = self.run_scenario("sse-retry")
         self.assertEqual(checks["client-sse-graceful-reconnect"]["status"], "SUCCESS")
-        self.assertEqual(checks["client-sse-retry-timing"]["status"], "SUCCESS",
-                         checks["client-sse-retry-timing"])
+        # FAILURE (too early, or later than twice the delay) fails run_scenario; the suite itself
+        # calls a reconnect up to 200 ms late a WARNING ("may indicate network delays"), which a
+        # loaded machine can cause.
+        self.assertIn(checks["client-sse-retry-timing"]["status"], ("SUCCESS", "WARNING"),
+                      checks["client-sse-retry-timing"])
         self.assertEqual(checks["client-sse-last-event-id"]["status"], "SUCCESS")
         self.assertTrue(checks["client-sse-last-event-id"]["details"]["lastEventIds"])
 
@@ -105,20 +109,39 @@ class McpConformanceClient(unittest.TestCase):
         self.assertEqual(checks["client-credentials-jwt-verified"]["status"], "SUCCESS")
 
     def test_suite_matches_expected_failures(self):
+        # The auth/* scenarios run as the suite's parallel "auth" suite; the four others have
+        # their own tests above (run one at a time: sse-retry measures the reconnect delay, which
+        # 20 scenario servers starting at once on a small machine would distort).
+        own = {"initialize", "tools_call", "sse-retry", "elicitation-sep1034-client-defaults"}
+        listing = subprocess.run([CONFORMANCE, "list"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, timeout=60).stdout.decode()
+        client = re.findall(r"^  - (\S+)$", listing.split("Client scenarios")[1], re.M)
+        self.assertTrue(client, listing)
+        untested = [n for n in client if n not in own and not n.startswith("auth/")]
+        self.assertEqual(untested, [], "client scenarios no test runs")
         with tempfile.TemporaryDirectory() as out:
-            rc, log = run_isolated([CONFORMANCE, "client", "--command", CLIENT, "--suite", "all",
+            rc, log = run_isolated([CONFORMANCE, "client", "--command", CLIENT, "--suite", "auth",
                                     "--timeout", "20000", "-o", out, "--expected-failures", EXPECTED], 280)
         self.assertEqual(rc, 0, log[-4000:])
         self.assertIn("all failures are expected", log)
         passed = re.findall(r"\u2713 (\S+): (\d+) passed, 0 failed", log)
         failed = re.findall(r"\u2717 (\S+): (\d+) passed, (\d+) failed", log)
-        print("\nconformance client scenarios: %d passed, %d failed (checks passed: %d)"
-              % (len(passed), len(failed), sum(int(n) for _, n in passed)))
-        for name in ("initialize", "tools_call", "sse-retry", "elicitation-sep1034-client-defaults",
-                     "auth/metadata-default", "auth/scope-step-up", "auth/pre-registration",
-                     "auth/client-credentials-basic", "auth/resource-mismatch"):
+        auth = [n for n in client if n.startswith("auth/")]
+        in_suite = {n for n, _ in passed} | {f[0] for f in failed}
+        self.assertTrue(in_suite, log[-4000:])
+        singly = [n for n in auth if n not in in_suite]  # listed, but in no "auth" suite
+        for name in singly:
+            with self.subTest(scenario=name):
+                checks = self.run_scenario(name)
+                self.assertTrue(any(c["status"] == "SUCCESS" for c in checks.values()), checks)
+        print("\nconformance client scenarios: %d listed; auth suite: %d passed, %d failed "
+              "(checks passed: %d); run singly and passed: %d auth + %d others"
+              % (len(client), len(passed), len(failed), sum(int(n) for _, n in passed),
+                 len(singly), len(own)))
+        for name in ("auth/metadata-default", "auth/scope-step-up", "auth/pre-registration",
+                     "auth/resource-mismatch"):
             self.assertRegex(log, r"\u2713 %s: \d+ passed, 0 failed" % re.escape(name))
-
+        self.assertIn("auth/client-credentials-basic", singly)
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
