@@ -13,67 +13,27 @@ is killed at the end, also on error."""
 import http.client
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-build = sys.argv[1] if len(sys.argv) > 1 else "build"
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.abspath(os.path.join(HERE, ".."))
+from common import (SRC, build_dir, emit, kill, llm_yaml, pct, ready_line, run, spawn, start_fake_llm,
+                    start_nexo)
+
+build = build_dir()
 NEXO = os.path.abspath(os.path.join(build, "nexo"))
-FAKE = os.path.join(SRC, "tests", "fakes", "fake_llm.py")
 TG_SERVER = os.path.join(SRC, "tests", "tools", "tg-server.js")
 MESSAGES = int(os.environ.get("BENCH_TG_MESSAGES", "300"))
 INTERVAL_MS = int(os.environ.get("BENCH_TG_INTERVAL_MS", "20"))
 WARMUP = 10
 CHATS = 50  # messages rotate over this many chats (sessions stay short)
-KEY = "sk-fake-key"
-CHILDREN = []
 TMP = tempfile.mkdtemp(prefix="nexo-telegram-bench-")
-
-
-def emit(**kw):
-    print(json.dumps(kw), flush=True)
 
 
 def note(msg):
     print("telegram_bench: " + msg, file=sys.stderr, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def spawn(cmd, **kw):
-    p = subprocess.Popen(cmd, **kw)
-    CHILDREN.append(p)
-    return p
-
-
-def kill(p):
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
-def ready_line(p, what):
-    line = p.stdout.readline()
-    if not line.startswith("READY "):
-        raise RuntimeError("%s did not start: %r" % (what, line))
-    return line.split()[1]
 
 
 def peers_dir():
@@ -140,44 +100,17 @@ def round_trips(url, token, count):
     return out
 
 
-def pct(v, p):
-    s = sorted(v)
-    return round(s[min(len(s) - 1, int(len(s) * p / 100.0))], 2)
-
-
-def start_nexo(tg_url, fake_port, token):
-    d = os.path.join(TMP, "nexo")
-    cfg = os.path.join(d, "config")
-    os.makedirs(os.path.join(cfg, "plugins"))
+def start_bench_nexo(tg_url, fake_port, token):
     files = {
         "gateway.yaml": "log: {level: warn}\n",
-        "llm.yaml": "providers:\n  anthropic: {api_key: %s, base_url: http://127.0.0.1:%d}\n" % (KEY, fake_port),
+        "llm.yaml": llm_yaml(fake_port),
         "agents.yaml": "agents:\n  - id: kate\n    model: {provider: anthropic, model: m}\n"
                        "    inbound_bindings: [{plugin: telegram, instance: bench}]\n",
         "plugins/telegram.yaml": "telegram:\n  - instance: bench\n    token: \"%s\"\n    api_url: %s\n"
                                  "    typing: false\n    polling: {enabled: true, interval_ms: %d}\n"
                                  % (token, tg_url, INTERVAL_MS),
     }
-    for rel, text in files.items():
-        with open(os.path.join(cfg, rel), "w") as f:
-            f.write(text)
-    sock_path = os.path.join(d, "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(sock_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "NEXO_CONFIG")}
-    env["NOTIFY_SOCKET"] = sock_path
-    log = open(os.path.join(d, "log"), "w")
-    p = spawn([NEXO, "run", "--config", cfg, "--data", os.path.join(d, "data"),
-               "--listen", "127.0.0.1:%d" % free_port(), "--metrics-listen", "127.0.0.1:%d" % free_port(),
-               "--admin-listen", "127.0.0.1:%d" % free_port(), "--log-level", "warn"],
-              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=d)
-    sock.settimeout(20)
-    try:
-        if b"READY=1" not in sock.recv(256):
-            raise RuntimeError("nexo not ready")
-    finally:
-        sock.close()
-    return p
+    return start_nexo(NEXO, os.path.join(TMP, "nexo"), files)
 
 
 def main():
@@ -185,11 +118,7 @@ def main():
     tg = spawn(["node", TG_SERVER, "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                env=dict(os.environ, NODE_PATH=modules))
     tg_url = ready_line(tg, "tg-server.js").rstrip("/")
-    boot = ("import sys; sys.path.insert(0, %r); import fake_llm; "
-            "fake_llm.Handler.disable_nagle_algorithm = True; fake_llm.main()" % os.path.dirname(FAKE))
-    fake = spawn(["/usr/bin/python3", "-u", "-c", boot, "--key", KEY, "--instant"], stdout=subprocess.PIPE,
-                 stderr=subprocess.DEVNULL, text=True)
-    fake_port = int(ready_line(fake, "fake_llm.py"))
+    fake_port = start_fake_llm()
 
     bot = TrivialBot(tg_url, "100:BASELINE")
     bot.start()
@@ -198,7 +127,7 @@ def main():
     bot.stop.set()
     bot.join(10)
 
-    n = start_nexo(tg_url, fake_port, "200:NEXO")
+    n = start_bench_nexo(tg_url, fake_port, "200:NEXO")
     round_trips(tg_url, "200:NEXO", WARMUP)
     lat = round_trips(tg_url, "200:NEXO", MESSAGES)
     kill(n)
@@ -210,10 +139,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        for c in reversed(CHILDREN):
-            kill(c)
-        shutil.rmtree(TMP, ignore_errors=True)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    run(main, TMP)

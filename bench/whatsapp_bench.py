@@ -18,60 +18,25 @@ import http.client
 import http.server
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
-build = sys.argv[1] if len(sys.argv) > 1 else "build"
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.path.abspath(os.path.join(HERE, ".."))
+from common import FAKES, build_dir, emit, free_port, kill, llm_yaml, pct, run, start_fake_llm, start_nexo
+
+build = build_dir()
 NEXO = os.path.abspath(os.path.join(build, "nexo"))
-FAKES = os.path.join(SRC, "tests", "fakes")
 MESSAGES = int(os.environ.get("BENCH_WA_MESSAGES", "300"))
 WARMUP = 10
 USERS = 50  # senders rotate over this many numbers (sessions stay short)
-KEY = "sk-fake-key"
 TOKEN = "EAAGbenchToken"
 SECRET = "bench-app-secret"
 PNID = "100200300"
-CHILDREN = []
 TMP = tempfile.mkdtemp(prefix="nexo-whatsapp-bench-")
 
 sys.path.insert(0, FAKES)
 import fake_graph  # noqa: E402
-
-
-def emit(**kw):
-    print(json.dumps(kw), flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def spawn(cmd, **kw):
-    p = subprocess.Popen(cmd, **kw)
-    CHILDREN.append(p)
-    return p
-
-
-def kill(p):
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 class Arrivals(list):
@@ -140,11 +105,6 @@ def round_trips(port, path, arrivals, count, offset):
     return out
 
 
-def pct(v, p):
-    s = sorted(v)
-    return round(s[min(len(s) - 1, int(len(s) * p / 100.0))], 2)
-
-
 def trivial_receiver(graph_port):
     """The baseline: verify, answer 200, then post the reply to the Graph fake."""
     class H(http.server.BaseHTTPRequestHandler):
@@ -178,52 +138,23 @@ def trivial_receiver(graph_port):
     return srv
 
 
-def start_nexo(graph_port, fake_port, gw_port):
-    d = os.path.join(TMP, "nexo")
-    cfg = os.path.join(d, "config")
-    os.makedirs(os.path.join(cfg, "plugins"))
+def start_bench_nexo(graph_port, fake_port, gw_port):
     files = {
         "gateway.yaml": "log: {level: warn}\n",
-        "llm.yaml": "providers:\n  anthropic: {api_key: %s, base_url: http://127.0.0.1:%d}\n" % (KEY, fake_port),
+        "llm.yaml": llm_yaml(fake_port),
         "agents.yaml": "agents:\n  - id: ana\n    model: {provider: anthropic, model: m}\n"
                        "    inbound_bindings: [{plugin: whatsapp, instance: bench}]\n",
         "plugins/whatsapp.yaml": "whatsapp:\n  - instance: bench\n    phone_number_id: \"%s\"\n"
                                  "    access_token: %s\n    app_secret: %s\n    verify_token: v\n"
                                  "    api_url: http://127.0.0.1:%d\n" % (PNID, TOKEN, SECRET, graph_port),
     }
-    for rel, text in files.items():
-        with open(os.path.join(cfg, rel), "w") as f:
-            f.write(text)
-    sock_path = os.path.join(d, "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(sock_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "NEXO_CONFIG")}
-    env["NOTIFY_SOCKET"] = sock_path
-    log = open(os.path.join(d, "log"), "w")
-    p = spawn([NEXO, "run", "--config", cfg, "--data", os.path.join(d, "data"),
-               "--listen", "127.0.0.1:%d" % gw_port, "--metrics-listen", "127.0.0.1:%d" % free_port(),
-               "--admin-listen", "127.0.0.1:%d" % free_port(), "--log-level", "warn"],
-              stdout=log, stderr=subprocess.STDOUT, env=env, cwd=d)
-    sock.settimeout(20)
-    try:
-        if b"READY=1" not in sock.recv(256):
-            raise RuntimeError("nexo not ready")
-    finally:
-        sock.close()
-    return p
+    return start_nexo(NEXO, os.path.join(TMP, "nexo"), files, gw_port)
 
 
 def main():
     graph, arrivals = start_graph()
     gport = graph.server_address[1]
-    boot = ("import sys; sys.path.insert(0, %r); import fake_llm; "
-            "fake_llm.Handler.disable_nagle_algorithm = True; fake_llm.main()" % FAKES)
-    fake = spawn(["/usr/bin/python3", "-u", "-c", boot, "--key", KEY, "--instant"], stdout=subprocess.PIPE,
-                 stderr=subprocess.DEVNULL, text=True)
-    line = fake.stdout.readline()
-    if not line.startswith("READY "):
-        raise RuntimeError("fake_llm.py did not start: %r" % line)
-    fake_port = int(line.split()[1])
+    fake_port = start_fake_llm()
 
     base_srv = trivial_receiver(gport)
     bport = base_srv.server_address[1]
@@ -232,7 +163,7 @@ def main():
     base_srv.shutdown()
 
     gw = free_port()
-    n = start_nexo(gport, fake_port, gw)
+    n = start_bench_nexo(gport, fake_port, gw)
     off = WARMUP + MESSAGES
     round_trips(gw, "/webhooks/whatsapp/bench", arrivals, WARMUP, off)
     lat = round_trips(gw, "/webhooks/whatsapp/bench", arrivals, MESSAGES, off + WARMUP)
@@ -246,10 +177,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        for c in reversed(CHILDREN):
-            kill(c)
-        shutil.rmtree(TMP, ignore_errors=True)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    run(main, TMP)

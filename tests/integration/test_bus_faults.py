@@ -3,8 +3,8 @@
 Messages come in through a channel on nexo's side (the Telegram channel, long-polling a small
 Bot API fake in this file), are routed to an agent answered by tests/fakes/fake_llm.py --instant,
 and the replies go back out through the channel; with broker.type nats every one of those events
-crosses a real nats-server (-sd <tmp>, free port). A second NATS client here (the text protocol)
-plays "another process" and records what it sees on plugin.outbound.>.
+crosses a real nats-server (-sd <tmp>, free port). A second NATS client (peers.Collector, the text
+protocol) plays "another process" and records what it sees on plugin.outbound.>.
 
   a) 1,000 messages at a steady rate; nats-server SIGKILLed at 30 % and restarted 5 s later:
      every message is answered exactly once on the channel, and the other process sees every
@@ -20,9 +20,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -30,126 +27,10 @@ import unittest
 import urllib.parse
 
 from nexo_harness import Nexo, main, write_config
-from test_api_sdk import start_fake
+# free_port and wait_for are imported from here by test_scaleout.py
+from peers import Collector, NatsServer, free_port, llm_yaml, start_fake, stop_fake, wait_for  # noqa: F401
 
 CHATS = [5000 + i for i in range(20)]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class NatsServer:
-    """nats-server on a fixed free port with a temp store dir; killed and restarted at will."""
-
-    def __init__(self, tmp, port=None, jetstream=False):
-        self.port = port or free_port()
-        self.store = os.path.join(tmp, "nats-store")
-        self.jetstream = jetstream
-        self.proc = None
-
-    def start(self, timeout=20):
-        cmd = ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-sd", self.store]
-        if self.jetstream:
-            cmd.append("-js")
-        deadline = time.monotonic() + timeout
-        log_path = self.store + ".log"
-        while True:  # the port may linger briefly after a SIGKILL
-            with open(log_path, "wb") as log:
-                self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
-            while self.proc.poll() is None and time.monotonic() < deadline:
-                with open(log_path, "rb") as f:  # readiness: its own log line
-                    if b"Server is ready" in f.read():
-                        return self
-                time.sleep(0.02)
-            self.kill()
-            if time.monotonic() > deadline:
-                raise AssertionError("nats-server did not start on port %d" % self.port)
-            time.sleep(0.2)
-
-    def kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-
-class Collector(threading.Thread):
-    """Another process on NATS: subscribes to a subject, reconnects whenever the server comes
-    back (polling its port), records every message as (subject, envelope)."""
-
-    def __init__(self, port, subject):
-        super().__init__(daemon=True)
-        self.port, self.subject = port, subject
-        self.lock = threading.Lock()
-        self.msgs = []
-        self.connects = 0
-        self.stopping = False
-
-    def run(self):
-        while not self.stopping:
-            try:
-                s = socket.create_connection(("127.0.0.1", self.port), timeout=1)
-            except OSError:
-                time.sleep(0.02)
-                continue
-            try:
-                self.session(s)
-            except (OSError, ConnectionError, ValueError):
-                pass
-            finally:
-                s.close()
-
-    def session(self, s):
-        s.settimeout(0.5)
-        buf = b""
-
-        def line():
-            nonlocal buf
-            while b"\r\n" not in buf:
-                try:
-                    chunk = s.recv(65536)
-                except socket.timeout:
-                    if self.stopping:
-                        raise ConnectionError("stopping")
-                    continue
-                if not chunk:
-                    raise ConnectionError("closed")
-                buf += chunk
-            ln, buf = buf.split(b"\r\n", 1)
-            return ln
-
-        line()  # INFO
-        s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":false,'
-                  b'"name":"test-other-process"}\r\nSUB %s 1\r\nPING\r\n' % self.subject.encode())
-        with self.lock:
-            self.connects += 1
-        while True:
-            ln = line()
-            if ln == b"PING":
-                s.sendall(b"PONG\r\n")
-            elif ln.startswith(b"MSG ") or ln.startswith(b"HMSG "):
-                parts = ln.split()
-                n = int(parts[-1])
-                hdr = int(parts[-2]) if ln.startswith(b"HMSG ") else 0
-                while len(buf) < n + 2:
-                    try:
-                        chunk = s.recv(65536)
-                    except socket.timeout:
-                        continue
-                    if not chunk:
-                        raise ConnectionError("closed")
-                    buf += chunk
-                data, buf = buf[hdr:n], buf[n + 2:]
-                with self.lock:
-                    self.msgs.append((parts[1].decode(), json.loads(data)))
-
-    def snapshot(self):
-        with self.lock:
-            return list(self.msgs)
 
 
 class FakeBotApi:
@@ -229,8 +110,7 @@ def config(root, nats_port, llm_port, bot_url):
     write_config(root, {
         "broker.yaml": ("broker:\n  type: nats\n  url: \"nats://127.0.0.1:%d\"\n"
                         "  reconnect: {initial_backoff: 100ms, max_backoff: 1s}\n") % nats_port,
-        "llm.yaml": "providers:\n  anthropic: {api_key: sk-fake-key, base_url: http://127.0.0.1:%d}\n"
-                    % llm_port,
+        "llm.yaml": llm_yaml(llm_port),
         "agents.yaml": ("agents:\n  - id: kate\n    model: {provider: anthropic, model: m}\n"
                         "    inbound_bindings: [{plugin: telegram, instance: faults}]\n"),
         "plugins/telegram.yaml": ("telegram:\n  - instance: faults\n    token: \"123456:FAULTS\"\n"
@@ -246,15 +126,6 @@ def metric(n, name):
     for m in re.finditer(r"^%s(?:\{[^}]*\})? (\S+)$" % re.escape(name), body.decode(), re.M):
         total += float(m.group(1))
     return total
-
-
-def wait_for(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 def count(bot, expected_mids):
@@ -290,9 +161,7 @@ class BusFaults(unittest.TestCase):
             if self.n:
                 self.n.cleanup()
             self.nats.kill()
-            self.fake.kill()
-            self.fake.wait()
-            self.fake.stdout.close()
+            stop_fake(self.fake)
             self.bot.close()
             shutil.rmtree(self.tmp, ignore_errors=True)
         self.assertEqual(code, 0)

@@ -7,50 +7,28 @@ recipient in outbound_allowlist and is refused for another.
 
 Each behaviour has its own bot (instance, token) so the tests do not see each other's traffic."""
 import json
-import os
 import re
-import signal
-import subprocess
-import tempfile
 import time
 import unittest
-import urllib.request
 
 from nexo_harness import Nexo, main, run_cli, write_config
-from test_api_sdk import PEERS, SRC, script, start_fake
+from peers import TgPeers, fake_requests, llm_yaml, poll, script
 
-TG_SERVER = os.path.join(SRC, "tests", "tools", "tg-server.js")
 ALICE, BOB, CAROL, DAVE, MALLORY = 1001, 1002, 1003, 1004, 666
 GROUP = -100777
 TOKENS = {"allow": "111:ALLOW", "pair": "222:PAIR", "group": "333:GROUP", "flood": "444:FLOOD"}
 BOT_ID = 666  # the emulator's getMe: {"id": 666, "username": "TestNameBot"}
 
 
-def post_json(url, obj, timeout=5):
-    req = urllib.request.Request(url, data=json.dumps(obj).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-class ChannelPolicy(unittest.TestCase):
+class ChannelPolicy(TgPeers, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        modules = os.path.join(PEERS, "node_modules")
-        if not os.path.isdir(os.path.join(modules, "telegram-test-api")):
-            raise AssertionError("npm peers missing in %s: run scripts/install-npm-peers.sh" % PEERS)
-        cls.tg = subprocess.Popen(["node", TG_SERVER, "0"], stdout=subprocess.PIPE, text=True,
-                                  env=dict(os.environ, NODE_PATH=modules))
-        line = cls.tg.stdout.readline()
-        assert line.startswith("READY "), line
-        cls.tg_url = line.split()[1].rstrip("/")
-        cls.fake, cls.fport = start_fake()
-        cls.cfg = tempfile.TemporaryDirectory()
+        cls.start_peers()
+        cls.tg_url = cls.tg.url
         inst = ("  - instance: %s\n    token: \"%s\"\n    api_url: %s\n    typing: false\n"
                 "    polling: {enabled: true, interval_ms: 100}\n")
         write_config(cls.cfg.name, {
-            "llm.yaml": "providers:\n  anthropic: {api_key: sk-fake-key, base_url: http://127.0.0.1:%d}\n"
-                        % cls.fport,
+            "llm.yaml": llm_yaml(cls.fport),
             "agents.yaml": ("agents:\n  - id: kate\n    model: {provider: anthropic, model: m}\n"
                             "    outbound_allowlist: {telegram: [%d]}\n"
                             "    inbound_bindings:\n"
@@ -69,61 +47,29 @@ class ChannelPolicy(unittest.TestCase):
             + inst % ("flood", TOKENS["flood"], cls.tg_url),
         })
         cls.n = Nexo(config_dir=cls.cfg.name).start()
-        cls.replies = {}
 
     @classmethod
     def tearDownClass(cls):
-        code = cls.n.stop()
-        cls.n.cleanup()
-        cls.fake.kill()
-        cls.fake.wait()
-        cls.tg.send_signal(signal.SIGTERM)
-        try:
-            cls.tg.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            cls.tg.kill()
-            cls.tg.wait()
-        cls.cfg.cleanup()
-        assert code == 0, code
-
-    def setUp(self):
-        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/_reset" % self.fport,
-                                                      data=b"{}", method="POST"), timeout=5).read()
+        cls.stop_peers()
 
     # --- the user's side of the emulator ---
     def say(self, bot, user, text, chat=None, **extra):
-        who = {"id": user, "first_name": "U%d" % user, "username": "u%d" % user, "is_bot": False}
-        chat = chat or {"id": user, "first_name": who["first_name"], "username": who["username"],
-                        "type": "private"}
-        msg = {"botToken": TOKENS[bot], "from": who, "date": int(time.time()), "text": text, "chat": chat}
-        msg.update(extra)
-        post_json(self.tg_url + "/sendMessage", msg)
+        self.tg.say(TOKENS[bot], user, text, chat=chat, **extra)
 
     def say_group(self, bot, user, text, **extra):
         self.say(bot, user, text, chat={"id": GROUP, "title": "team", "type": "group"}, **extra)
 
     def bot_replies(self, bot, chat):
-        box = self.replies.setdefault((bot, chat), [])
-        got = post_json(self.tg_url + "/getUpdates", {"token": TOKENS[bot], "chatId": chat})
-        box.extend(sorted(got["result"], key=lambda u: u["updateId"]))
-        return [u["message"]["text"] for u in box]
+        return [m["text"] for m in self.tg.replies(TOKENS[bot], chat)]
 
     def wait_replies(self, bot, chat, count, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = self.bot_replies(bot, chat)
-            if len(r) >= count:
-                return r
-            time.sleep(0.05)
-        self.fail("%s chat %d: %d of %d replies after %ds: %r; LLM saw %r; log:\n%s"
-                  % (bot, chat, len(self.bot_replies(bot, chat)), count, timeout, self.bot_replies(bot, chat),
-                     self.llm_texts(), self.n.read_log()[-4000:]))
+        got = self.tg.wait_replies(TOKENS[bot], chat, count, timeout, detail=lambda: (
+            " (bot %s); LLM saw %r; log:\n%s" % (bot, self.llm_texts(), self.n.read_log()[-4000:])))
+        return [m["text"] for m in got]
 
     def llm_texts(self):
-        reqs = json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
-                                                 timeout=5).read())
         out = []
-        for r in reqs:
+        for r in self.llm_requests():
             c = r["body"]["messages"][-1]["content"]
             out.append(c if isinstance(c, str) else c[0].get("text", c[0].get("content")))
         return out
@@ -138,8 +84,7 @@ class ChannelPolicy(unittest.TestCase):
         return out
 
     def llm_requests(self):
-        return json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
-                                                 timeout=5).read())
+        return fake_requests(self.fport)
 
     def metric(self, pattern):
         _, body, _ = self.n.request("GET", "/metrics", listener="metrics")
@@ -147,12 +92,8 @@ class ChannelPolicy(unittest.TestCase):
         return int(m.group(1)) if m else 0
 
     def wait_metric(self, pattern, want, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.metric(pattern) >= want:
-                return
-            time.sleep(0.05)
-        self.fail("%s did not reach %d; log:\n%s" % (pattern, want, self.n.read_log()[-4000:]))
+        if not poll(lambda: self.metric(pattern) >= want, timeout):
+            self.fail("%s did not reach %d; log:\n%s" % (pattern, want, self.n.read_log()[-4000:]))
 
     def dropped(self, instance, reason):
         return (r'nexo_channel_dropped_total\{channel="telegram",instance="%s",reason="%s"\}'
@@ -230,10 +171,8 @@ class ChannelPolicy(unittest.TestCase):
                                          body=json.dumps({"code": code2}).encode(), listener="admin")
         self.assertEqual(status, 200, body)
         self.assertEqual(json.loads(body)["sender"], str(BOB))
-        deadline = time.monotonic() + 10  # the second approval of Bob in the log
-        while (len(re.findall(r"telegram\.pair: sender %d approved" % BOB, self.n.read_log())) < 2
-               and time.monotonic() < deadline):
-            time.sleep(0.05)
+        poll(lambda: len(re.findall(r"telegram\.pair: sender %d approved" % BOB, self.n.read_log())) >= 2,
+             10)  # the second approval of Bob in the log
         self.assertEqual(len(re.findall(r"telegram\.pair: sender %d approved" % BOB, self.n.read_log())), 2)
         status, body, _ = self.n.request("POST", "/admin/pairing/revoke", listener="admin",
                                          body=json.dumps({"channel": "telegram.pair", "sender": str(BOB)}).encode())

@@ -20,18 +20,15 @@ replies sent twice is asserted 0."""
 import json
 import os
 import re
-import signal
 import sqlite3
-import subprocess
 import tempfile
 import threading
 import time
 import unittest
-import urllib.request
 
 from nexo_harness import Nexo, main, run_cli, write_config
-from test_api_sdk import PEERS, script, start_fake
-from test_telegram import TG_SERVER, OffsetProxy, post_json
+from peers import TgEmulator, fake_reset, llm_yaml, script, start_fake, stop_fake, wait_for
+from test_telegram import OffsetProxy
 
 TOKEN = "555001:EXACTLY-ONCE"
 CHATS = [2001, 2002, 2003, 2004, 2005]
@@ -71,40 +68,22 @@ class HoldingProxy(OffsetProxy):
         return super().throttled(token)
 
 
-def get_json(url, timeout=5):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
 class ExactlyOnce(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        modules = os.path.join(PEERS, "node_modules")
-        if not os.path.isdir(os.path.join(modules, "telegram-test-api")):
-            raise AssertionError("npm peers missing in %s: run scripts/install-npm-peers.sh" % PEERS)
-        cls.tg = subprocess.Popen(["node", TG_SERVER, "0"], stdout=subprocess.PIPE, text=True,
-                                  env=dict(os.environ, NODE_PATH=modules))
-        line = cls.tg.stdout.readline()
-        assert line.startswith("READY "), line
-        cls.tg_url = line.split()[1].rstrip("/")
-        cls.proxy = HoldingProxy(cls.tg_url)
+        cls.tg = TgEmulator()
+        cls.proxy = HoldingProxy(cls.tg.url)
         cls.fake, cls.fport = start_fake()
 
     @classmethod
     def tearDownClass(cls):
         cls.proxy.released.set()
         cls.proxy.close()
-        cls.fake.kill()
-        cls.fake.wait()
-        cls.tg.send_signal(signal.SIGTERM)
-        try:
-            cls.tg.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            cls.tg.kill()
-            cls.tg.wait()
+        stop_fake(cls.fake)
+        cls.tg.stop()
 
     def setUp(self):
-        post_json("http://127.0.0.1:%d/_reset" % self.fport, {})
+        fake_reset(self.fport)
         self.nexos = []
         self.cfg = tempfile.TemporaryDirectory()
 
@@ -118,8 +97,7 @@ class ExactlyOnce(unittest.TestCase):
 
     def config(self, token, agent_extra="", broker=None, chats=CHATS):
         files = {
-            "llm.yaml": ("providers:\n  anthropic: {api_key: sk-fake-key, base_url: http://127.0.0.1:%d}\n"
-                         "retry: {max_attempts: 1}\n") % self.fport,
+            "llm.yaml": llm_yaml(self.fport, "retry: {max_attempts: 1}\n"),
             "agents.yaml": ("agents:\n  - id: kate\n    model: {provider: anthropic, model: m}\n"
                             "    inbound_bindings: [{plugin: telegram, instance: bot}]\n" + agent_extra),
             "plugins/telegram.yaml": ("telegram:\n  - instance: bot\n    token: \"%s\"\n    api_url: %s\n"
@@ -140,16 +118,12 @@ class ExactlyOnce(unittest.TestCase):
 
     # --- the user's side ---
     def say(self, token, chat, text):
-        user = {"id": chat, "first_name": "U%d" % chat, "username": "u%d" % chat, "is_bot": False}
-        post_json(self.tg_url + "/sendMessage", {
-            "botToken": token, "from": user, "date": int(time.time()), "text": text,
-            "chat": {"id": chat, "first_name": user["first_name"], "username": user["username"],
-                     "type": "private"}})
+        self.tg.say(token, chat, text)
 
     def sends(self, token):
         """Every sendMessage "Telegram" accepted from the bot: [(chat, reply_to message_id, text)]."""
         out = []
-        for c in get_json("%s/_calls?token=%s&method=sendMessage" % (self.tg_url, token)):
+        for c in self.tg.calls(token, "sendMessage"):
             b = c.get("body") or {}
             rp = b.get("reply_parameters") or {}
             if isinstance(rp, str):
@@ -163,13 +137,8 @@ class ExactlyOnce(unittest.TestCase):
         return float(m.group(1)) if m else None
 
     def wait_for(self, what, cond, timeout=60, n=None):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            v = cond()
-            if v:
-                return v
-            time.sleep(0.05)
-        self.fail("timed out waiting for %s%s" % (what, ("; log:\n" + n.read_log()[-4000:]) if n else ""))
+        log = (lambda: "; log:\n" + n.read_log()[-4000:]) if n else None
+        return wait_for(cond, timeout, what, detail=log)
 
     # --- tests ---
     def test_kill_9_midway_loses_nothing_and_sends_nothing_twice(self):

@@ -4,47 +4,25 @@ through the telegram-test-api emulator (pinned npm peer), which records them. ne
 getUpdates in this mode."""
 import http.server
 import json
-import os
 import threading
-import signal
-import subprocess
 import tempfile
 import time
 import unittest
-import urllib.request
 
 from nexo_harness import Nexo, main, write_config
-from test_api_sdk import PEERS, SRC, script, start_fake
+from peers import TgPeers, fake_requests, llm_yaml, poll, script
 
-TG_SERVER = os.path.join(SRC, "tests", "tools", "tg-server.js")
 TOKEN = "5550001:WEBHOOK-TOKEN"
 SECRET = "s3cr3t_Token-for-webhooks"
 ALICE = 2001
 
 
-def post_json(url, obj, timeout=5):
-    req = urllib.request.Request(url, data=json.dumps(obj).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-class TelegramWebhook(unittest.TestCase):
+class TelegramWebhook(TgPeers, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        modules = os.path.join(PEERS, "node_modules")
-        if not os.path.isdir(os.path.join(modules, "telegram-test-api")):
-            raise AssertionError("npm peers missing in %s: run scripts/install-npm-peers.sh" % PEERS)
-        cls.tg = subprocess.Popen(["node", TG_SERVER, "0"], stdout=subprocess.PIPE, text=True,
-                                  env=dict(os.environ, NODE_PATH=modules))
-        line = cls.tg.stdout.readline()
-        assert line.startswith("READY "), line
-        cls.tg_url = line.split()[1].rstrip("/")
-        cls.fake, cls.fport = start_fake()
-        cls.cfg = tempfile.TemporaryDirectory()
+        cls.start_peers()
         write_config(cls.cfg.name, {
-            "llm.yaml": "providers:\n  anthropic: {api_key: sk-fake-key, base_url: http://127.0.0.1:%d}\n"
-                        % cls.fport,
+            "llm.yaml": llm_yaml(cls.fport),
             "agents.yaml": "agents:\n  - id: kate\n    model: {provider: anthropic, model: m}\n"
                            "    inbound_bindings: [{plugin: telegram, instance: hook_bot}]\n",
             "plugins/telegram.yaml": ("telegram:\n"
@@ -54,31 +32,15 @@ class TelegramWebhook(unittest.TestCase):
                                       "    typing: false\n"
                                       "    polling: {enabled: true, interval_ms: 100}\n"
                                       "    webhook: {enabled: true, secret_token: %s}\n")
-                                     % (TOKEN, cls.tg_url, SECRET),
+                                     % (TOKEN, cls.tg.url, SECRET),
         })
         cls.n = Nexo(config_dir=cls.cfg.name).start()
         cls.path = "/webhooks/telegram/hook_bot"
         cls.update_id = 900000
-        cls.replies = {}
 
     @classmethod
     def tearDownClass(cls):
-        code = cls.n.stop()
-        cls.n.cleanup()
-        cls.fake.kill()
-        cls.fake.wait()
-        cls.tg.send_signal(signal.SIGTERM)
-        try:
-            cls.tg.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            cls.tg.kill()
-            cls.tg.wait()
-        cls.cfg.cleanup()
-        assert code == 0, code
-
-    def setUp(self):
-        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/_reset" % self.fport,
-                                                      data=b"{}", method="POST"), timeout=5).read()
+        cls.stop_peers()
 
     def update(self, chat, text):
         TelegramWebhook.update_id += 1
@@ -96,14 +58,10 @@ class TelegramWebhook(unittest.TestCase):
 
     def bot_replies(self, chat):
         """Every reply the bot sent to chat so far (the emulator hands each out once)."""
-        box = self.replies.setdefault(chat, [])
-        got = post_json(self.tg_url + "/getUpdates", {"token": TOKEN, "chatId": chat})
-        box.extend(sorted(got["result"], key=lambda u: u["updateId"]))
-        return [u["message"] for u in box]
+        return self.tg.replies(TOKEN, chat)
 
     def llm_requests(self):
-        return json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
-                                                 timeout=5).read())
+        return fake_requests(self.fport)
 
     def test_wrong_or_missing_secret_is_401_and_nothing_happens(self):
         script(self.fport, [{"text": "must not be sent"}])
@@ -124,9 +82,7 @@ class TelegramWebhook(unittest.TestCase):
         u = self.update(ALICE, "hi by webhook")
         status, body, _ = self.post(u)
         self.assertEqual((status, json.loads(body)), (200, {"ok": True}))
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not self.bot_replies(ALICE):
-            time.sleep(0.05)
+        poll(lambda: self.bot_replies(ALICE), 20)
         status, _, _ = self.post(u)  # Telegram delivers the same update again
         self.assertEqual(status, 200)
         time.sleep(1.0)

@@ -308,4 +308,47 @@ static inline void check_err_cases(const char *kind, const char *model, const st
     }
 }
 
+/* ---- request bodies --------------------------------------------------------------------- */
+
+/* A session's history is encoded once per message and reused (llm/frag_cache.c): the body
+ * build_body makes is the same byte for byte with and without the cache, and stays so on the
+ * next turn. */
+static inline void check_body_same_with_fragment_cache(int (*build_body)(const struct nx_llm_request *req,
+                                                                        struct nx_buf *out, const char **why))
+{
+    const char *convo =
+        "[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hi \\u00e9\"}]},"
+        "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"let me see\"},"
+        "{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"time_now\",\"input\":{}}]},"
+        "{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"t1\","
+        "\"content\":\"noon\"}]}]";
+    json_t *msgs = json_loads(convo, 0, NULL);
+    json_t *tools = json_loads("[{\"name\":\"time_now\",\"description\":\"the time\","
+                               "\"input_schema\":{\"type\":\"object\"}}]", 0, NULL);
+    struct nx_llm_request req = {.model = "m", .system = "sys", .messages = msgs, .tools = tools,
+                                 .temperature = -1, .stream = true};
+    struct nx_buf plain = NX_BUF_INIT, cached = NX_BUF_INIT, again = NX_BUF_INIT;
+    const char *why = NULL;
+    assert_non_null(msgs);
+    assert_int_equal(build_body(&req, &plain, &why), 0);
+    req.is_history_stable = true;
+    assert_int_equal(build_body(&req, &cached, &why), 0);
+    assert_int_equal(build_body(&req, &again, &why), 0);
+    assert_string_equal(nx_buf_cstr(&plain), nx_buf_cstr(&cached));
+    assert_string_equal(nx_buf_cstr(&plain), nx_buf_cstr(&again));
+    json_t *body = json_loads(nx_buf_cstr(&again), 0, NULL);
+    assert_non_null(body);
+    assert_string_equal(json_string_value(json_object_get(body, "model")), "m");
+    assert_int_equal(json_array_size(json_object_get(body, "tools")), 1);
+    assert_true(json_array_size(json_object_get(body, "messages")) >= 3);
+    assert_true(nx_llm_message_tokens(json_array_get(msgs, 0)) > 0);
+    json_decref(body);
+    json_decref(msgs);
+    json_decref(tools);
+    assert_int_equal(nx_llm_frag_sweep(), 0); /* nothing else holds those messages now */
+    nx_buf_cleanup(&plain);
+    nx_buf_cleanup(&cached);
+    nx_buf_cleanup(&again);
+}
+
 #endif
