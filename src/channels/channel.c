@@ -1,3 +1,4 @@
+#include <inttypes.h>
 #include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,9 +10,11 @@
 #include "channels/whatsapp.h"
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "store/ledger.h"
 
 /* The channel registry: adding a channel type is one line here. */
 static const struct nx_channel_type *const channel_types[] = {
@@ -43,6 +46,7 @@ struct nx_channels {
     struct nx_store *store;
     struct nx_channel *list;
     size_t n;
+    struct nx_ledger_pruner *pruner; /* ledger housekeeping (broker.ledger.retention in broker.yaml) */
 };
 
 static struct nx_metric *m_messages, *m_dropped;
@@ -459,6 +463,11 @@ int nx_channels_new(uv_loop_t *loop, struct nx_bus *bus, struct nx_http_client *
     cs->bus = bus;
     cs->http = http;
     cs->store = store;
+    if (store) {
+        const struct nx_broker_conf *b = nx_config_broker(cfg);
+        uint64_t keep = b && b->ledger.retention_ms ? b->ledger.retention_ms : 7ull * 86400000;
+        cs->pruner = nx_ledger_pruner_new(loop, store, keep, 0);
+    }
     for (size_t i = 0; i < np; i++) {
         const struct nx_channel_type *t = nx_channel_type_find(ps[i].name);
         void **list = NULL;
@@ -506,6 +515,7 @@ void nx_channels_free(struct nx_channels *cs)
         cs->list = ch->next;
         channel_free(ch);
     }
+    nx_ledger_pruner_free(cs->pruner);
     free(cs);
 }
 
@@ -609,6 +619,26 @@ void nx_channel_webhook_ack(struct nx_channel *ch, struct nx_http_req *req, int 
     a->len = len;
     nx_http_req_on_abort(req, on_ack_abort, a);
     nx_store_flush(ch->cs->store, on_ack_flushed, a);
+}
+
+int nx_channel_kv_put(sqlite3 *db, const char *key, int64_t value)
+{
+    sqlite3_stmt *st = NULL;
+    char v[32];
+    int rc = NX_EDB;
+    snprintf(v, sizeof v, "%" PRId64, value);
+    if (sqlite3_prepare_v2(db, "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) "
+                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
+                           "updated_at = excluded.updated_at", -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, v, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)nx_wall_ms());
+    if (sqlite3_step(st) == SQLITE_DONE)
+        rc = 0;
+out:
+    sqlite3_finalize(st);
+    return rc;
 }
 
 void nx_channels_mount(struct nx_channels *cs, struct nx_http_server *srv)

@@ -158,6 +158,9 @@ void nx_channel_sent(struct nx_channel *ch, const char *key, const char *provide
  * reason or NULL. A state never goes backwards. Loop thread. */
 void nx_channel_status(struct nx_channel *ch, const char *provider_id, const char *state,
                        const char *error);
+/* Store thread, inside a write job: kv[key] = value (decimal text), with updated_at; 0 or NX_EDB.
+ * The adapters keep their cursors and small state this way. */
+int nx_channel_kv_put(sqlite3 *db, const char *key, int64_t value);
 /* The bus the instances publish on. */
 struct nx_bus *nx_channel_bus(const struct nx_channel *ch);
 /* The running instance of type `type` named `instance` (NULL: the unnamed one, else the only

@@ -41,9 +41,8 @@ void nx_tg_unref(struct tg *tg)
 {
     if (--tg->refs > 0)
         return;
-    while (tg->head) {
-        struct out_msg *m = tg->head;
-        tg->head = m->next;
+    struct out_msg *m;
+    while ((m = (struct out_msg *)nx_sendq_pop(&tg->q))) {
         nx_tg_out_msg_free(m);
     }
     free(tg->label);
@@ -147,22 +146,7 @@ out:
 static int kv_write(sqlite3 *db, void *arg)
 {
     struct kv_job *j = arg;
-    sqlite3_stmt *st = NULL;
-    char v[32];
-    int rc = NX_EDB;
-    snprintf(v, sizeof v, "%" PRId64, j->value);
-    if (sqlite3_prepare_v2(db, "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) "
-                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
-                           "updated_at = excluded.updated_at", -1, &st, NULL) != SQLITE_OK)
-        goto out;
-    sqlite3_bind_text(st, 1, j->key, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, v, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)nx_wall_ms());
-    if (sqlite3_step(st) == SQLITE_DONE)
-        rc = 0;
-out:
-    sqlite3_finalize(st);
-    return rc;
+    return nx_channel_kv_put(db, j->key, j->value);
 }
 
 static void on_offset_read(int rc, void *arg)
@@ -629,11 +613,10 @@ static int tg_start(struct nx_channel *ch, const void *confp, void **state)
     }
     register_metrics();
     uv_timer_init(nx_channel_loop(ch), &tg->poll_timer);
-    uv_timer_init(nx_channel_loop(ch), &tg->send_timer);
     uv_timer_init(nx_channel_loop(ch), &tg->typing_timer);
     uv_timer_init(nx_channel_loop(ch), &tg->watchdog);
     tg->poll_timer.data = tg_ref(tg);
-    tg->send_timer.data = tg_ref(tg);
+    nx_sendq_init(&tg->q, nx_channel_loop(ch), NX_TG_QUEUE_MAX, nx_tg_on_send_timer, tg_ref(tg));
     tg->typing_timer.data = tg_ref(tg);
     tg->watchdog.data = tg_ref(tg);
     tg->progress_ms = nx_mono_ms();
@@ -660,17 +643,17 @@ static void tg_stop(void *state)
     tg->is_stopped = true;
     if (tg->poll_call)
         nx_http_call_cancel(tg->poll_call); /* on_poll_done drops its reference */
-    if (tg->send_call)
-        nx_http_call_cancel(tg->send_call);
+    if (tg->q.call)
+        nx_http_call_cancel(tg->q.call);
     if (tg->fetch)
         nx_tg_fetch_cancel(tg->fetch); /* on_fetched drops its reference */
     uv_close((uv_handle_t *)&tg->poll_timer, on_timer_closed);
-    uv_close((uv_handle_t *)&tg->send_timer, on_timer_closed);
+    nx_sendq_close(&tg->q, on_timer_closed);
     uv_close((uv_handle_t *)&tg->typing_timer, on_timer_closed);
     uv_close((uv_handle_t *)&tg->watchdog, on_timer_closed);
-    if (tg->queued)
-        nx_warn("telegram", "%s: stopping with %zu message%s not sent", tg->label, tg->queued,
-                tg->queued == 1 ? "" : "s");
+    if (tg->q.n)
+        nx_warn("telegram", "%s: stopping with %zu message%s not sent", tg->label, tg->q.n,
+                tg->q.n == 1 ? "" : "s");
     tg->ch = NULL;
     nx_tg_unref(tg);
 }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "channels/markdown.h"
+#include "channels/sendq.h"
 #include "channels/telegram.h"
 
 /* Inside the Telegram channel: the instance state shared by telegram.c (polling, inbound,
@@ -16,7 +17,7 @@
 
 /* One outbound message: an optional media step, then its text chunks. */
 struct out_msg {
-    struct out_msg *next;
+    struct nx_sendq_item qi; /* first: the queue's link */
     char *chat;
     struct nx_md_chunk *chunks; /* html NULL when sent as plain text */
     size_t nchunks;
@@ -67,12 +68,8 @@ struct tg {
     uint64_t poll_started_ms;
     uint32_t backoff_ms;
     uv_timer_t poll_timer;
-    uv_timer_t send_timer;
-    bool is_send_timer_armed;
     struct nx_http_call *poll_call;
-    struct nx_http_call *send_call;
-    struct out_msg *head, *tail;
-    size_t queued;
+    struct nx_sendq q;     /* struct out_msg, in order (NX_TG_QUEUE_MAX wait at most) */
     /* the getUpdates answer being handled, in order (a media download pauses it) */
     struct nx_tg_update *batch;
     size_t nbatch, bi;
@@ -134,7 +131,8 @@ int nx_tg_send(void *state, const struct nx_channel_out *out);
 /* Queues a plain text of nexo's own (a note to the user; not reported to the ledger). */
 void nx_tg_queue_note(struct tg *tg, int64_t chat, const char *text);
 void nx_tg_out_msg_free(struct out_msg *m);
-void nx_tg_on_send_timer(uv_timer_t *t);
+void nx_tg_on_send_timer(void *owner);
+#define NX_TG_QUEUE_MAX 1000
 void nx_tg_on_typing_timer(uv_timer_t *t);
 /* "typing" in chat now and every TYPING_EVERY_MS until its reply is out (TYPING_MAX_MS at most). */
 void nx_tg_typing_start(struct tg *tg, int64_t chat);

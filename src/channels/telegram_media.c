@@ -6,11 +6,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "channels/media.h"
 #include "channels/telegram.h"
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/error.h"
 #include "http/multipart.h"
+#include "llm/media.h"
 
 /* Media for the Telegram channel: fetching what users send (getFile, then the file from
  * <api_url>/file/bot<token>/<file_path>, both with a size cap) into the data directory, and
@@ -42,51 +44,7 @@ static void finish(struct nx_tg_fetch *f, int rc, const char *path, int64_t size
 
 int nx_tg_mkdirs(const char *dir)
 {
-    char *p = nx_strdup(dir);
-    size_t len = strlen(p);
-    struct stat st;
-    int rc = 0;
-    for (size_t i = 1; i <= len; i++) {
-        if (p[i] != '/' && p[i] != '\0')
-            continue;
-        char c = p[i];
-        p[i] = '\0';
-        if (mkdir(p, 0700) < 0 && (errno != EEXIST || stat(p, &st) < 0 || !S_ISDIR(st.st_mode))) {
-            rc = NX_EIO;
-            break;
-        }
-        p[i] = c;
-    }
-    free(p);
-    return rc;
-}
-
-/* Writes data to path (through a temporary file renamed into place), 0600. */
-static int write_file(const char *path, const char *data, size_t len)
-{
-    struct nx_buf tmp = NX_BUF_INIT;
-    int fd = -1, rc = NX_EIO;
-    nx_buf_printf(&tmp, "%s.part", path);
-    fd = open(nx_buf_cstr(&tmp), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0)
-        goto out;
-    for (size_t off = 0; off < len;) {
-        ssize_t w = write(fd, data + off, len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            goto out;
-        off += (size_t)w;
-    }
-    rc = close(fd) == 0 && rename(nx_buf_cstr(&tmp), path) == 0 ? 0 : NX_EIO;
-    fd = -1;
-out:
-    if (fd >= 0)
-        close(fd);
-    if (rc < 0)
-        unlink(nx_buf_cstr(&tmp));
-    nx_buf_cleanup(&tmp);
-    return rc;
+    return nx_media_mkdirs(dir);
 }
 
 static void on_download(int rc, const struct nx_http_response *res, const char *err, void *udata)
@@ -109,7 +67,7 @@ static void on_download(int rc, const struct nx_http_response *res, const char *
         goto out;
     }
     nx_buf_printf(&path, "%s/%s.%s", f->o.dir, f->o.name, f->ext);
-    if (write_file(nx_buf_cstr(&path), res->body, res->body_len) < 0) {
+    if (nx_media_write_file(nx_buf_cstr(&path), res->body, res->body_len) < 0) {
         finish(f, NX_EIO, NULL, 0, "cannot write the media file");
         goto out;
     }
@@ -231,56 +189,10 @@ void nx_tg_fetch_cancel(struct nx_tg_fetch *f)
 int nx_tg_read_upload(const char *path, const char *allowed_dir, uint64_t max_bytes, char **data,
                       size_t *len, char *err, size_t errlen)
 {
-    char *real = NULL, *root = NULL, *buf = NULL;
-    int fd = -1, rc = NX_EINVAL;
-    struct stat st;
-    *data = NULL;
-    *len = 0;
-    if (!(root = realpath(allowed_dir, NULL)) || !(real = realpath(path, NULL))) {
-        snprintf(err, errlen, "media path not found");
-        rc = NX_ENOENT;
-        goto out;
-    }
-    size_t rl = strlen(root);
-    if (strncmp(real, root, rl) != 0 || real[rl] != '/') {
-        snprintf(err, errlen, "media path is outside the data directory's media/ (refused)");
-        goto out;
-    }
-    if ((fd = open(real, O_RDONLY | O_CLOEXEC)) < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        snprintf(err, errlen, "media path is not a readable file");
-        rc = NX_EIO;
-        goto out;
-    }
-    if ((uint64_t)st.st_size > max_bytes) {
-        snprintf(err, errlen, "media file is larger than max_media_bytes");
-        rc = NX_ETOOBIG;
-        goto out;
-    }
-    buf = nx_malloc((size_t)st.st_size + 1);
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t r = read(fd, buf + got, (size_t)st.st_size - got);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        got += (size_t)r;
-    }
-    if (got != (size_t)st.st_size) {
-        snprintf(err, errlen, "media file could not be read whole");
-        rc = NX_EIO;
-        goto out;
-    }
-    *data = buf;
-    *len = got;
-    buf = NULL;
-    rc = 0;
-out:
-    if (fd >= 0)
-        close(fd);
-    free(buf);
-    free(real);
-    free(root);
+    char why[128];
+    int rc = nx_file_read_under(allowed_dir, path, max_bytes, data, len, why, sizeof why);
+    if (rc < 0)
+        snprintf(err, errlen, "media %s", why);
     return rc;
 }
 

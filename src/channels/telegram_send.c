@@ -19,7 +19,6 @@
 #define UPLOAD_TIMEOUT_MS 120000
 #define SEND_MAX_ATTEMPTS 6
 #define RETRY_429_MAX 20
-#define QUEUE_MAX 1000
 #define BACKOFF_MAX_MS 30000
 
 static void send_kick(struct tg *tg);
@@ -120,7 +119,7 @@ static void typing_stop(struct tg *tg, const char *chat)
 /* The head message is done: delivered (reason NULL) or dropped (reason for the metric). */
 static void drop_head(struct tg *tg, const char *reason, int status, const char *err)
 {
-    struct out_msg *m = tg->head;
+    struct out_msg *m = (struct out_msg *)tg->q.head;
     if (!m)
         return;
     if (reason)
@@ -129,17 +128,12 @@ static void drop_head(struct tg *tg, const char *reason, int status, const char 
         nx_channel_sent(tg->ch, m->key, m->first_id, reason ? (status < 0 ? status : NX_EIO) : 0,
                         reason ? err : NULL);
     typing_stop(tg, m->chat);
-    tg->head = m->next;
-    if (!tg->head)
-        tg->tail = NULL;
-    tg->queued--;
-    nx_tg_out_msg_free(m);
+    nx_tg_out_msg_free((struct out_msg *)nx_sendq_pop(&tg->q));
 }
 
 static void retry_send(struct tg *tg, uint64_t delay_ms)
 {
-    tg->is_send_timer_armed = true;
-    uv_timer_start(&tg->send_timer, nx_tg_on_send_timer, delay_ms, 0);
+    nx_sendq_retry_in(&tg->q, delay_ms);
 }
 
 /* The step was delivered: on to the next one. */
@@ -165,12 +159,12 @@ static bool is_media_step(const struct out_msg *m)
 static void on_send_done(int rc, const struct nx_http_response *res, const char *err, void *udata)
 {
     struct tg *tg = udata;
-    struct out_msg *m = tg->head;
+    struct out_msg *m = (struct out_msg *)tg->q.head;
     char desc[256] = "";
     uint32_t retry_after = 0;
     json_t *root = NULL;
 
-    tg->send_call = NULL;
+    tg->q.call = NULL;
     if (tg->is_stopped || rc == NX_ECANCELED || !m)
         goto out;
     if (rc == 0 && res->status == 200)
@@ -205,10 +199,10 @@ static void on_send_done(int rc, const struct nx_http_response *res, const char 
             send_kick(tg);
             goto out;
         }
-        uint64_t delay = 500ull << (m->attempts < 7 ? m->attempts : 7);
+        uint64_t delay = nx_sendq_backoff(m->attempts + 1, 500, BACKOFF_MAX_MS);
         nx_warn("telegram", "%s: sendMessage failed (%s): retrying in %" PRIu64 " ms", tg->label,
                 rc < 0 ? (err ? err : nx_strerror(rc)) : desc, delay);
-        retry_send(tg, delay > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : delay);
+        retry_send(tg, delay);
         goto out;
     }
     if (res->status == 400 && !m->is_plain && strstr(desc, "can't parse entities")) {
@@ -292,12 +286,12 @@ static void send_kick(struct tg *tg)
 {
     struct out_msg *m;
 again:
-    m = tg->head;
-    if (tg->is_stopped || tg->send_call || tg->is_send_timer_armed || !m)
+    m = (struct out_msg *)tg->q.head;
+    if (tg->is_stopped || !nx_sendq_is_ready(&tg->q))
         return;
     if (is_media_step(m)) {
         bool failed = false;
-        tg->send_call = send_media(tg, m, &failed);
+        tg->q.call = send_media(tg, m, &failed);
         if (failed) {
             if (m->nsteps == 1) {
                 drop_head(tg, "send_failed", NX_EINVAL, "media refused");
@@ -306,7 +300,7 @@ again:
             }
             goto again;
         }
-        if (!tg->send_call)
+        if (!tg->q.call)
             retry_send(tg, 1000);
         return;
     }
@@ -321,17 +315,15 @@ again:
     if (html)
         json_object_set_new(b, "parse_mode", json_string("HTML"));
     decorate(m, b);
-    tg->send_call = nx_tg_call(tg, "sendMessage", NULL, b, SEND_TIMEOUT_MS, 1u << 20, on_send_done);
+    tg->q.call = nx_tg_call(tg, "sendMessage", NULL, b, SEND_TIMEOUT_MS, 1u << 20, on_send_done);
     json_decref(b);
-    if (!tg->send_call)
+    if (!tg->q.call)
         retry_send(tg, 1000);
 }
 
-void nx_tg_on_send_timer(uv_timer_t *t)
+void nx_tg_on_send_timer(void *owner)
 {
-    struct tg *tg = t->data;
-    tg->is_send_timer_armed = false;
-    send_kick(tg);
+    send_kick(owner);
 }
 
 /* text -> chunks (rendered as HTML when markdown is on). */
@@ -378,19 +370,14 @@ static json_t *check_media(const struct tg *tg, const json_t *md)
 
 static void enqueue(struct tg *tg, struct out_msg *m)
 {
-    if (tg->tail)
-        tg->tail->next = m;
-    else
-        tg->head = m;
-    tg->tail = m;
-    tg->queued++;
+    nx_sendq_push(&tg->q, &m->qi); /* room checked by the callers */
     send_kick(tg);
 }
 
 void nx_tg_queue_note(struct tg *tg, int64_t chat, const char *text)
 {
     char id[32];
-    if (tg->queued >= QUEUE_MAX)
+    if (tg->q.n >= tg->q.max)
         return;
     struct out_msg *m = nx_calloc(1, sizeof *m);
     snprintf(id, sizeof id, "%" PRId64, chat);
@@ -417,7 +404,7 @@ int nx_tg_send(void *state, const struct nx_channel_out *out)
             nx_channel_sent(tg->ch, out->key, NULL, 0, NULL);
         return 0;
     }
-    if (tg->queued >= QUEUE_MAX)
+    if (tg->q.n >= tg->q.max)
         return NX_EAGAIN;
     struct out_msg *m = nx_calloc(1, sizeof *m);
     struct nx_buf text = NX_BUF_INIT;

@@ -3,7 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "channels/sendq.h"
 #include "channels/whatsapp.h"
+#include "channels/whatsapp_int.h"
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/clock.h"
@@ -31,51 +33,10 @@
 #define QUEUE_MAX 1000
 #define BACKOFF_MAX_MS 30000
 
-struct out_msg {
-    struct out_msg *next;
-    char *to;
-    char *key;
-    json_t *reqs;       /* request bodies, in order */
-    size_t sent;        /* accepted so far */
-    bool is_template;   /* a template from the start: no window applies */
-    bool is_fallback;   /* replaced by the window template */
-    char *first_id;     /* wamid of the first accepted request */
-    uint32_t attempts;  /* failures of the current request */
-};
-
-struct wa {
-    int refs;
-    bool is_stopped;
-    bool is_enabled;
-    struct nx_channel *ch; /* NULL once stopped */
-    struct nx_http_client *http;
-    struct nx_store *store;
-    char *label;
-    char *url;             /* .../{phone_number_id}/messages */
-    char *auth;            /* "Bearer <token>": never logged */
-    char *pnid;
-    char *app_secret;
-    char *verify_token;
-    char *proxy;
-    char **allow;
-    uint64_t max_body;
-    bool enforce_window;
-    uint64_t window_ms;
-    struct nx_wa_template tmpl; /* name NULL = none */
-    json_t *last_in;       /* wa_id -> unix ms of the last inbound message */
-    bool is_loaded;        /* last_in read from the store */
-    char *kv_prefix;
-    uv_timer_t send_timer;
-    bool is_send_timer_armed;
-    struct nx_http_call *send_call;
-    struct out_msg *head, *tail;
-    size_t queued;
-};
-
 static void send_kick(struct wa *wa);
-static void on_send_timer(uv_timer_t *t);
+static void on_send_timer(void *owner);
 
-static struct wa *wa_ref(struct wa *wa)
+struct wa *nx_wa_ref(struct wa *wa)
 {
     wa->refs++;
     return wa;
@@ -92,13 +53,12 @@ static void out_msg_free(struct out_msg *m)
     free(m);
 }
 
-static void wa_unref(struct wa *wa)
+void nx_wa_unref(struct wa *wa)
 {
     if (--wa->refs > 0)
         return;
-    while (wa->head) {
-        struct out_msg *m = wa->head;
-        wa->head = m->next;
+    struct out_msg *m;
+    while ((m = (struct out_msg *)nx_sendq_pop(&wa->q))) {
         out_msg_free(m);
     }
     free(wa->label);
@@ -118,10 +78,12 @@ static void wa_unref(struct wa *wa)
     json_decref(wa->tmpl.components);
     json_decref(wa->last_in);
     free(wa->kv_prefix);
+    free(wa->media_base);
+    free(wa->media_dir);
     free(wa);
 }
 
-static bool is_allowed(const struct wa *wa, const char *who)
+bool nx_wa_is_allowed(const struct wa *wa, const char *who)
 {
     if (!wa->allow || !wa->allow[0])
         return true;
@@ -181,22 +143,7 @@ out:
 static int kv_store(sqlite3 *db, void *arg)
 {
     struct kv_job *j = arg;
-    sqlite3_stmt *st = NULL;
-    char v[32];
-    int rc = NX_EDB;
-    snprintf(v, sizeof v, "%" PRId64, j->value);
-    if (sqlite3_prepare_v2(db, "INSERT INTO kv (key, value, updated_at) VALUES (?, ?, ?) "
-                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
-                           "updated_at = excluded.updated_at", -1, &st, NULL) != SQLITE_OK)
-        goto out;
-    sqlite3_bind_text(st, 1, j->key, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, v, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)nx_wall_ms());
-    if (sqlite3_step(st) == SQLITE_DONE)
-        rc = 0;
-out:
-    sqlite3_finalize(st);
-    return rc;
+    return nx_channel_kv_put(db, j->key, j->value);
 }
 
 static void on_loaded(int rc, void *arg)
@@ -220,7 +167,7 @@ static void on_loaded(int rc, void *arg)
     wa->is_loaded = true;
     if (!wa->is_stopped)
         send_kick(wa);
-    wa_unref(wa);
+    nx_wa_unref(wa);
     kv_job_free(j);
 }
 
@@ -230,11 +177,11 @@ static void on_stored(int rc, void *arg)
     if (rc < 0)
         nx_warn("whatsapp", "%s: last-message time not stored (%s): after a restart this user may "
                 "count as outside the 24-hour window", j->wa->label, nx_strerror(rc));
-    wa_unref(j->wa);
+    nx_wa_unref(j->wa);
     kv_job_free(j);
 }
 
-static void note_inbound(struct wa *wa, const char *from, int64_t ts_s)
+void nx_wa_note_inbound(struct wa *wa, const char *from, int64_t ts_s)
 {
     int64_t now = (int64_t)nx_wall_ms();
     int64_t ms = ts_s > 0 && ts_s * 1000 < now ? ts_s * 1000 : now; /* Meta's time, unless ahead */
@@ -245,7 +192,7 @@ static void note_inbound(struct wa *wa, const char *from, int64_t ts_s)
     struct kv_job *j = nx_calloc(1, sizeof *j);
     struct nx_buf b = NX_BUF_INIT;
     nx_buf_printf(&b, "%s%s", wa->kv_prefix, from);
-    j->wa = wa_ref(wa);
+    j->wa = nx_wa_ref(wa);
     j->key = nx_buf_steal(&b);
     j->value = ms;
     nx_store_write(wa->store, kv_store, on_stored, j);
@@ -259,22 +206,20 @@ static bool in_window(const struct wa *wa, const char *to)
 
 /* ---- sending ---- */
 
+static struct out_msg *head_msg(const struct wa *wa)
+{
+    return (struct out_msg *)wa->q.head;
+}
+
 static void drop_head(struct wa *wa)
 {
-    struct out_msg *m = wa->head;
-    if (!m)
-        return;
-    wa->head = m->next;
-    if (!wa->head)
-        wa->tail = NULL;
-    wa->queued--;
-    out_msg_free(m);
+    out_msg_free((struct out_msg *)nx_sendq_pop(&wa->q));
 }
 
 /* Ends the head message: reports it to the ledger, drops it, goes on with the next. */
 static void finish_head(struct wa *wa, int status, const char *error)
 {
-    struct out_msg *m = wa->head;
+    struct out_msg *m = head_msg(wa);
     if (status < 0)
         nx_channel_count_drop(wa->ch, "send_failed");
     nx_channel_sent(wa->ch, m->key, m->first_id, status, error);
@@ -294,18 +239,17 @@ static void use_template(struct wa *wa, struct out_msg *m)
 
 static void retry_send(struct wa *wa, uint64_t delay_ms)
 {
-    wa->is_send_timer_armed = true;
-    uv_timer_start(&wa->send_timer, on_send_timer, delay_ms, 0);
+    nx_sendq_retry_in(&wa->q, delay_ms);
 }
 
 static void on_send_done(int rc, const struct nx_http_response *res, const char *err, void *udata)
 {
     struct wa *wa = udata;
-    struct out_msg *m = wa->head;
+    struct out_msg *m = head_msg(wa);
     struct nx_wa_error ge;
     char wamid[256], why[512];
 
-    wa->send_call = NULL;
+    wa->q.call = NULL;
     if (wa->is_stopped || rc == NX_ECANCELED || !m)
         goto out;
     if (rc == 0 && res->status >= 200 && res->status < 300 &&
@@ -346,7 +290,7 @@ static void on_send_done(int rc, const struct nx_http_response *res, const char 
     }
     if (nx_wa_error_is_transient(status, ge.code) && m->attempts < SEND_MAX_ATTEMPTS) {
         char ra[32];
-        uint64_t delay = 1000ull << (m->attempts < 6 ? m->attempts - 1 : 5);
+        uint64_t delay = nx_sendq_backoff(m->attempts, 1000, BACKOFF_MAX_MS);
         if (rc == 0 && nx_http_response_header(res, "Retry-After", ra, sizeof ra) > 0) {
             long s = strtol(ra, NULL, 10);
             if (s > 0)
@@ -363,13 +307,13 @@ static void on_send_done(int rc, const struct nx_http_response *res, const char 
              m->attempts > 1 ? " for good" : "", why);
     finish_head(wa, rc < 0 ? rc : NX_EPROTO, why);
 out:
-    wa_unref(wa);
+    nx_wa_unref(wa);
 }
 
 static void send_kick(struct wa *wa)
 {
-    struct out_msg *m = wa->head;
-    if (wa->is_stopped || wa->send_call || wa->is_send_timer_armed || !m || !wa->is_loaded)
+    struct out_msg *m = head_msg(wa);
+    if (wa->is_stopped || !nx_sendq_is_ready(&wa->q) || !wa->is_loaded)
         return;
     if (m->sent == 0 && m->attempts == 0 && !m->is_template && !m->is_fallback && wa->enforce_window &&
         !in_window(wa, m->to)) {
@@ -399,21 +343,19 @@ static void send_kick(struct wa *wa)
         .max_response_bytes = 1u << 20,
         .proxy = wa->proxy,
         .on_done = on_send_done,
-        .udata = wa_ref(wa),
+        .udata = nx_wa_ref(wa),
     };
-    wa->send_call = nx_http_client_request(wa->http, &o);
+    wa->q.call = nx_http_client_request(wa->http, &o);
     free(text);
-    if (!wa->send_call) {
+    if (!wa->q.call) {
         wa->refs--;
         retry_send(wa, 1000);
     }
 }
 
-static void on_send_timer(uv_timer_t *t)
+static void on_send_timer(void *owner)
 {
-    struct wa *wa = t->data;
-    wa->is_send_timer_armed = false;
-    send_kick(wa);
+    send_kick(owner);
 }
 
 static void add_text(json_t *reqs, const char *to, const char *text, size_t limit, const char **reply_to)
@@ -487,13 +429,13 @@ static int wa_send(void *state, const struct nx_channel_out *out)
         nx_channel_sent(wa->ch, out->key, NULL, NX_EPERM, "channel instance disabled");
         return 0;
     }
-    if (!is_allowed(wa, out->to)) {
+    if (!nx_wa_is_allowed(wa, out->to)) {
         nx_warn("whatsapp", "%s: reply to %s (not in acl.allow_list) not sent", wa->label, out->to);
         nx_channel_count_drop(wa->ch, "allowlist");
         nx_channel_sent(wa->ch, out->key, NULL, 0, NULL);
         return 0;
     }
-    if (wa->queued >= QUEUE_MAX)
+    if (wa->q.n >= wa->q.max)
         return NX_EAGAIN;
     json_t *reqs = build_requests(out, &is_template, err, sizeof err);
     if (!reqs) {
@@ -512,12 +454,7 @@ static int wa_send(void *state, const struct nx_channel_out *out)
     m->key = nx_strdup(out->key ? out->key : "");
     m->reqs = reqs;
     m->is_template = is_template;
-    if (wa->tail)
-        wa->tail->next = m;
-    else
-        wa->head = m;
-    wa->tail = m;
-    wa->queued++;
+    nx_sendq_push(&wa->q, &m->qi); /* room checked above */
     send_kick(wa);
     return 0;
 }
@@ -550,45 +487,6 @@ static void verify_handshake(struct wa *wa, struct nx_http_req *req)
     nx_http_respond_error(req, 403, "permission_error", "verification failed");
 }
 
-static void publish_msg(struct wa *wa, const struct nx_wa_msg *m, bool *is_failed)
-{
-    struct nx_buf key = NX_BUF_INIT, text = NX_BUF_INIT;
-    const char *kind = NULL;
-    if (m->kind == NX_WA_MSG_OTHER) {
-        nx_info("whatsapp", "%s: %s message %s from %s not supported: skipped", wa->label, m->type,
-                m->id, m->from);
-        nx_channel_count_drop(wa->ch, "unsupported");
-        return;
-    }
-    if (m->kind == NX_WA_MSG_BUTTON) {
-        kind = "button";
-        nx_buf_puts(&text, m->text ? m->text : m->data);
-    } else if (m->kind == NX_WA_MSG_MEDIA) {
-        nx_buf_printf(&text, "[%s %s%s%s]%s%s", m->type, m->data, m->filename ? " " : "",
-                      m->filename ? m->filename : "", m->text ? " " : "", m->text ? m->text : "");
-    } else {
-        nx_buf_puts(&text, m->text);
-    }
-    nx_buf_printf(&key, "wamid:%s", m->id);
-    json_t *chat = json_string(m->from);
-    json_t *mid = json_string(m->id);
-    struct nx_channel_in in = {
-        .from = m->from, .chat = chat, .text = nx_buf_cstr(&text), .msg_id = mid,
-        .timestamp = m->timestamp, .event_key = nx_buf_cstr(&key), .kind = kind,
-        .data = m->kind == NX_WA_MSG_TEXT ? NULL : m->data,
-    };
-    int rc = nx_channel_publish(wa->ch, &in);
-    if (rc < 0) {
-        nx_warn("whatsapp", "%s: message %s not published (%s): Meta will deliver it again", wa->label,
-                m->id, nx_strerror(rc));
-        *is_failed = true;
-    }
-    json_decref(chat);
-    json_decref(mid);
-    nx_buf_cleanup(&key);
-    nx_buf_cleanup(&text);
-}
-
 static void on_webhook_post(struct wa *wa, struct nx_http_req *req)
 {
     size_t hlen = 0, blen = 0;
@@ -596,7 +494,6 @@ static void on_webhook_post(struct wa *wa, struct nx_http_req *req)
     const char *body = nx_http_req_body(req, &blen);
     struct nx_wa_webhook w;
     char err[256];
-    bool is_failed = false;
 
     if (blen > wa->max_body) {
         nx_warn("whatsapp", "%s: webhook body of %zu bytes refused (max_body %llu)", wa->label, blen,
@@ -621,41 +518,7 @@ static void on_webhook_post(struct wa *wa, struct nx_http_req *req)
         nx_http_respond_error(req, rc == NX_ETOOBIG ? 413 : 400, "invalid_request_error", err);
         return;
     }
-    for (size_t i = 0; i < w.nmsgs; i++) {
-        const struct nx_wa_msg *m = &w.msgs[i];
-        if (m->phone_number_id && strcmp(m->phone_number_id, wa->pnid) != 0) {
-            nx_debug("whatsapp", "%s: message %s is for number id %s: skipped", wa->label, m->id,
-                     m->phone_number_id);
-            continue;
-        }
-        if (!is_allowed(wa, m->from)) {
-            nx_info("whatsapp", "%s: message from %s (not in acl.allow_list) ignored", wa->label, m->from);
-            nx_channel_count_drop(wa->ch, "allowlist");
-            continue;
-        }
-        if (!wa->is_enabled) {
-            nx_channel_count_drop(wa->ch, "disabled");
-            continue;
-        }
-        note_inbound(wa, m->from, m->timestamp);
-        publish_msg(wa, m, &is_failed);
-    }
-    for (size_t i = 0; i < w.nstatuses; i++) {
-        const struct nx_wa_status *s = &w.statuses[i];
-        if (s->phone_number_id && strcmp(s->phone_number_id, wa->pnid) != 0)
-            continue;
-        if (strcmp(s->status, "failed") == 0)
-            nx_warn("whatsapp", "%s: message %s to %s failed at WhatsApp: %s", wa->label, s->id,
-                    s->recipient ? s->recipient : "?", s->error ? s->error : "no reason given");
-        else
-            nx_debug("whatsapp", "%s: message %s %s", wa->label, s->id, s->status);
-        nx_channel_status(wa->ch, s->id, s->status, s->error);
-    }
-    nx_wa_webhook_cleanup(&w);
-    if (is_failed) /* Meta redelivers; what was published is recognised by its wamid */
-        nx_http_respond_error(req, 503, "overloaded_error", "try again later");
-    else
-        nx_channel_webhook_ack(wa->ch, req, 200, "text/plain", "OK", 2); /* once recorded */
+    nx_wa_take_webhook(wa, req, &w); /* whatsapp_in.c */
 }
 
 static void wa_webhook(void *state, struct nx_http_req *req)
@@ -679,7 +542,7 @@ static void wa_webhook(void *state, struct nx_http_req *req)
 
 static void on_timer_closed(uv_handle_t *h)
 {
-    wa_unref(h->data);
+    nx_wa_unref(h->data);
 }
 
 static int wa_start(struct nx_channel *ch, const void *confp, void **state)
@@ -724,11 +587,16 @@ static int wa_start(struct nx_channel *ch, const void *confp, void **state)
     wa->last_in = json_object();
     nx_buf_printf(&b, "whatsapp:%s:last_in:", nx_channel_instance_key(ch));
     wa->kv_prefix = nx_buf_steal(&b);
-    uv_timer_init(nx_channel_loop(ch), &wa->send_timer);
-    wa->send_timer.data = wa_ref(wa);
+    nx_buf_printf(&b, "%.*s/%s/", (int)ulen, url, conf->graph_version);
+    wa->media_base = nx_buf_steal(&b);
+    nx_buf_printf(&b, "%s/media/whatsapp/%s", wa->store ? nx_store_dir(wa->store) : "data",
+                  nx_channel_instance_key(ch));
+    wa->media_dir = nx_buf_steal(&b);
+    wa->max_media = conf->max_media_bytes ? conf->max_media_bytes : (uint64_t)16 << 20;
+    nx_sendq_init(&wa->q, nx_channel_loop(ch), QUEUE_MAX, on_send_timer, nx_wa_ref(wa));
 
     struct kv_job *j = nx_calloc(1, sizeof *j);
-    j->wa = wa_ref(wa);
+    j->wa = nx_wa_ref(wa);
     j->key = nx_strdup(wa->kv_prefix);
     nx_store_read(wa->store, kv_load, on_loaded, j);
     if (!wa->is_enabled)
@@ -748,14 +616,15 @@ static void wa_stop(void *state)
 {
     struct wa *wa = state;
     wa->is_stopped = true;
-    if (wa->send_call)
-        nx_http_call_cancel(wa->send_call);
-    uv_close((uv_handle_t *)&wa->send_timer, on_timer_closed);
-    if (wa->queued)
-        nx_warn("whatsapp", "%s: stopping with %zu message%s not sent", wa->label, wa->queued,
-                wa->queued == 1 ? "" : "s");
+    if (wa->q.call)
+        nx_http_call_cancel(wa->q.call);
+    nx_wa_batches_stop(wa); /* a download in flight ends its batch: answered 503 */
+    nx_sendq_close(&wa->q, on_timer_closed);
+    if (wa->q.n)
+        nx_warn("whatsapp", "%s: stopping with %zu message%s not sent", wa->label, wa->q.n,
+                wa->q.n == 1 ? "" : "s");
     wa->ch = NULL;
-    wa_unref(wa);
+    nx_wa_unref(wa);
 }
 
 const struct nx_channel_type nx_channel_whatsapp = {

@@ -38,6 +38,7 @@ struct nx_wa_conf {
     char **allow;                         /* acl.allow_list: wa_ids (digits); empty = everyone */
     json_t *acl_extra;
     uint64_t max_body;                    /* webhook body cap */
+    uint64_t max_media_bytes;             /* inbound media downloaded up to this size */
     json_t *extra;
 };
 extern const struct nx_conf_struct nx_wa_conf_desc;
@@ -152,5 +153,40 @@ json_t *nx_wa_media_request(const char *to, const json_t *media, const char *rep
 
 /* Characters (code points) in UTF-8 text. */
 size_t nx_wa_chars(const char *s);
+
+/* ---- inbound media (whatsapp_media.c) ---- */
+
+/* The answer of GET /{version}/{media-id}. */
+struct nx_wa_media_info {
+    char *url;
+    char *mime_type;
+    char *sha256;
+    int64_t file_size;     /* -1 when absent */
+};
+/* NX_EPROTO when it is not JSON or has no http(s) url. */
+int nx_wa_parse_media_url(const char *body, size_t len, struct nx_wa_media_info *out);
+void nx_wa_media_info_cleanup(struct nx_wa_media_info *m);
+
+/* path, mime (Meta's mime_type, may be NULL) and size on rc 0; else err says why. */
+typedef void (*nx_wa_fetch_done_fn)(int rc, const char *path, const char *mime, int64_t size,
+                                    const char *err, void *udata);
+struct nx_wa_fetch_opts {
+    struct nx_http_client *http;
+    const char *api_base;   /* "{api_url}/{version}/" */
+    const char *auth;       /* "Bearer <token>" */
+    const char *proxy;
+    const char *media_id;
+    const char *dir;
+    const char *name;       /* the file's name, nexo-made; the extension follows mime_type */
+    uint64_t max_bytes;
+    nx_wa_fetch_done_fn on_done;
+    void *udata;
+};
+struct nx_wa_fetch;
+/* Looks the media id up, then downloads the file (size cap, SHA-256 check). NULL with *rc <
+ * 0 (a bad media id, or the client is closing) when it cannot start; on_done never runs then. */
+struct nx_wa_fetch *nx_wa_fetch_start(const struct nx_wa_fetch_opts *opts, int *rc);
+/* on_done runs with NX_ECANCELED (from within this call). */
+void nx_wa_fetch_cancel(struct nx_wa_fetch *f);
 
 #endif

@@ -121,6 +121,8 @@ static const struct nx_conf_field wa_fields[] = {
      .check = check_version},
     {NX_FIELD("proxy", NX_CT_STRING, WC, proxy)},
     {NX_FIELD("max_body", NX_CT_SIZE, WC, max_body), .def = "1MiB", .min = 1024, .max = 64 << 20},
+    {NX_FIELD("max_media_bytes", NX_CT_SIZE, WC, max_media_bytes), .def = "16MiB", .min = 1,
+     .max = 100 << 20},
     {NX_GROUP("window", &window_desc)},
     {NX_GROUP("acl", &acl_desc)},
     {.name = NULL},

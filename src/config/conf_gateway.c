@@ -230,6 +230,13 @@ static const struct nx_conf_field br_dlq_fields[] = {
 };
 static const struct nx_conf_struct br_dlq = {.name = "\"dlq\"", .fields = br_dlq_fields};
 
+static const struct nx_conf_field br_ledger_fields[] = {
+    {NX_FIELD("retention", NX_CT_DURATION, B, ledger.retention_ms), .def = "7d", .min = 60000,
+     .max = (int64_t)3650 * 86400000},
+    {.name = NULL},
+};
+static const struct nx_conf_struct br_ledger = {.name = "\"ledger\"", .fields = br_ledger_fields};
+
 static bool is_js_name(const char *s)
 {
     if (!s || !*s || strlen(s) > 64)
@@ -295,6 +302,7 @@ static const struct nx_conf_field broker_fields[] = {
     {NX_GROUP("limits", &br_limits)},
     {NX_GROUP("fallback", &br_fallback)},
     {NX_GROUP("dlq", &br_dlq)},
+    {NX_GROUP("ledger", &br_ledger)},
     {NX_GROUP("jetstream", &br_js)},
     {.name = NULL},
 };

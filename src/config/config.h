@@ -249,6 +249,10 @@ struct nx_broker_conf {
     struct {
         uint32_t max_attempts; /* default 3 */
     } dlq;
+    /* The exactly-once ledger's housekeeping (docs/bus.md). */
+    struct {
+        uint64_t retention_ms;    /* default 7d: finished rows older than this are deleted */
+    } ledger;
     /* JetStream (docs/scaling.md): used when the server has it. */
     struct {
         bool enabled;             /* default true: detected at connect */

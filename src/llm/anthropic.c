@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "http/sse.h"
 #include "llm/internal.h"
+#include "llm/media.h"
 
 /* The Anthropic Messages API (POST /v1/messages). The canonical conversation form is already
  * Anthropic's, so the request is mostly a copy; prompt caching marks the system prompt and the
@@ -47,7 +48,11 @@ static json_t *clean_message(json_t *m)
                 json_object_set(tu, "cache_control", cc);
             json_array_append_new(blocks, tu);
         } else {
-            json_array_append(blocks, b);
+            json_t *img = nx_llm_media_resolve(b); /* a file the user sent: its bytes, now */
+            if (img)
+                json_array_append_new(blocks, img);
+            else
+                json_array_append(blocks, b);
         }
     }
     json_object_set_new(out, "content", blocks);

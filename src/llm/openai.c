@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "http/sse.h"
 #include "llm/internal.h"
+#include "llm/media.h"
 
 /* The OpenAI Chat Completions wire format (POST {base_url}/chat/completions), spoken by OpenAI
  * and by DeepSeek, MiniMax, Ollama, vLLM, OpenRouter and Gemini's compatible endpoint. The
@@ -62,7 +63,7 @@ static json_t *image_part(const json_t *b)
 
 static void add_user(json_t *msgs, const json_t *content)
 {
-    json_t *parts = json_array(), *b, *img;
+    json_t *parts = json_array(), *b, *img, *keep = json_array();
     struct nx_buf text = NX_BUF_INIT;
     bool has_image = false;
     size_t i;
@@ -76,6 +77,11 @@ static void add_user(json_t *msgs, const json_t *content)
                                                   tool_result_text(b)));
     }
     json_array_foreach(content, i, b) {
+        json_t *resolved = nx_llm_media_resolve(b); /* a file the user sent: its bytes, now */
+        if (resolved) {
+            json_array_append_new(keep, resolved);
+            b = resolved;
+        }
         const char *type = nx_json_str(b, "type"), *t = nx_json_str(b, "text");
         if (type && !strcmp(type, "text") && t) {
             if (text.len)
@@ -93,6 +99,7 @@ static void add_user(json_t *msgs, const json_t *content)
         json_array_append_new(msgs, json_pack("{s:s, s:o}", "role", "user", "content",
                                               json_stringn_nocheck(text.data, text.len)));
     json_decref(parts);
+    json_decref(keep);
     nx_buf_cleanup(&text);
 }
 

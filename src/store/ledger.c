@@ -25,6 +25,10 @@ enum stmt_id {
     S_OUT_UNCLAIM,
     S_OUT_SENT,
     S_OUT_STATUS,
+    S_OUT_EARLY,
+    S_OUT_EARLY_TAKE,
+    S_OUT_EARLY_DROP,
+    S_OUT_HAS_PID,
     S_COUNT,
 };
 
@@ -66,6 +70,20 @@ static const char *const stmt_sql[S_COUNT] = {
         "(CASE state WHEN 'pending' THEN 0 WHEN 'sent' THEN 1 WHEN 'delivered' THEN 2 "
         "WHEN 'read' THEN 3 ELSE 4 END) < "
         "(CASE ?4 WHEN 'delivered' THEN 2 WHEN 'read' THEN 3 ELSE 4 END)",
+    /* a status for a provider id no reply has yet: kept under a key of its own until the send
+     * is recorded (nx_ledger_outbound_sent merges it), a later status moving it forward */
+    [S_OUT_EARLY] = K "INSERT INTO ledger_outbound(key, channel, instance, subject, envelope, state, "
+        "provider_id, last_error, created_at, updated_at) VALUES ('early:' || ?1 || ':' || ?2 || ':' || ?3, "
+        "?1, ?2, '', '', ?4, ?3, ?5, ?6, ?6) ON CONFLICT(key) DO UPDATE SET state = excluded.state, "
+        "last_error = excluded.last_error, updated_at = excluded.updated_at WHERE "
+        "(CASE state WHEN 'delivered' THEN 2 WHEN 'read' THEN 3 ELSE 4 END) < "
+        "(CASE excluded.state WHEN 'delivered' THEN 2 WHEN 'read' THEN 3 ELSE 4 END)",
+    [S_OUT_EARLY_TAKE] = K "SELECT e.state, e.last_error, o.channel, o.instance FROM ledger_outbound o "
+        "JOIN ledger_outbound e ON e.key = 'early:' || o.channel || ':' || o.instance || ':' || ?2 "
+        "WHERE o.key = ?1",
+    [S_OUT_HAS_PID] = K "SELECT 1 FROM ledger_outbound WHERE channel = ?1 AND instance = ?2 AND "
+        "provider_id = ?3 AND key NOT LIKE 'early:%' LIMIT 1",
+    [S_OUT_EARLY_DROP] = K "DELETE FROM ledger_outbound WHERE key = 'early:' || ?1 || ':' || ?2 || ':' || ?3",
 };
 #undef K
 
@@ -633,6 +651,42 @@ void nx_ledger_outbound_take(struct nx_store *s, const char *channel, const char
     nx_store_write(s, take_job, on_job_done, j);
 }
 
+static int status_apply(sqlite3 *db, const char *channel, const char *instance, const char *pid,
+                        const char *state, const char *error, int *changes);
+
+/* A status that came before the send was recorded (S_OUT_EARLY) now applies to the reply. */
+static int merge_early(sqlite3 *db, const char *key, const char *provider_id)
+{
+    sqlite3_stmt *st = stmt(db, S_OUT_EARLY_TAKE);
+    char *state = NULL, *error = NULL, *channel = NULL, *instance = NULL;
+    int rc = 0;
+    if (!st)
+        return NX_EDB;
+    bind_text(st, 1, key);
+    bind_text(st, 2, provider_id);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        state = col_dup(st, 0);
+        error = col_dup(st, 1);
+        channel = col_dup(st, 2);
+        instance = col_dup(st, 3);
+    }
+    done_with(st);
+    if (state && channel && instance) {
+        if ((rc = status_apply(db, channel, instance, provider_id, state, error, NULL)) == 0 &&
+            (st = stmt(db, S_OUT_EARLY_DROP))) {
+            bind_text(st, 1, channel);
+            bind_text(st, 2, instance);
+            bind_text(st, 3, provider_id);
+            rc = step_done(db, st, NULL);
+        }
+    }
+    free(state);
+    free(error);
+    free(channel);
+    free(instance);
+    return rc;
+}
+
 static int sent_job(sqlite3 *db, void *arg)
 {
     struct ljob *j = arg;
@@ -647,6 +701,8 @@ static int sent_job(sqlite3 *db, void *arg)
     sqlite3_bind_int64(st, 5, now_ms());
     rc = step_done(db, st, &changes);
     j->result = changes;
+    if (rc == 0 && changes && j->num >= 0 && j->s[1])
+        rc = merge_early(db, j->s[0], j->s[1]);
     return rc;
 }
 
@@ -661,12 +717,43 @@ void nx_ledger_outbound_sent(struct nx_store *s, const char *key, const char *pr
     nx_store_write(s, sent_job, on_job_done, j);
 }
 
+static int status_apply(sqlite3 *db, const char *channel, const char *instance, const char *pid,
+                        const char *state, const char *error, int *changes)
+{
+    sqlite3_stmt *st = stmt(db, S_OUT_STATUS);
+    if (!st)
+        return NX_EDB;
+    bind_text(st, 1, channel);
+    bind_text(st, 2, instance);
+    bind_text(st, 3, pid);
+    bind_text(st, 4, state);
+    bind_text(st, 5, error ? error : "");
+    sqlite3_bind_int64(st, 6, now_ms());
+    return step_done(db, st, changes);
+}
+
 static int status_job(sqlite3 *db, void *arg)
 {
     struct ljob *j = arg;
-    sqlite3_stmt *st = stmt(db, S_OUT_STATUS);
+    sqlite3_stmt *st;
     int changes = 0, rc;
-    if (!st)
+
+    rc = status_apply(db, j->s[0], j->s[1], j->s[2], j->s[3], j->s[4], &changes);
+    j->result = changes;
+    if (rc < 0 || changes)
+        return rc;
+    /* no row moved: either the state is not newer, or no reply has this provider id yet */
+    if (!(st = stmt(db, S_OUT_HAS_PID)))
+        return NX_EDB;
+    bind_text(st, 1, j->s[0]);
+    bind_text(st, 2, j->s[1]);
+    bind_text(st, 3, j->s[2]);
+    bool is_known = sqlite3_step(st) == SQLITE_ROW;
+    done_with(st);
+    if (is_known || (strcmp(j->s[3], "delivered") != 0 && strcmp(j->s[3], "read") != 0 &&
+                     strcmp(j->s[3], "failed") != 0))
+        return 0;
+    if (!(st = stmt(db, S_OUT_EARLY)))
         return NX_EDB;
     for (int i = 0; i < 4; i++)
         bind_text(st, i + 1, j->s[i]);
@@ -676,6 +763,7 @@ static int status_job(sqlite3 *db, void *arg)
     j->result = changes;
     return rc;
 }
+
 
 void nx_ledger_outbound_status(struct nx_store *s, const char *channel, const char *instance,
                                const char *provider_id, const char *state, const char *error,

@@ -66,6 +66,14 @@ void nx_ledger_inbound_fail(struct nx_store *s, const char *id, const char *erro
                             uint32_t max_attempts, const char *consumer, nx_ledger_done_fn done,
                             void *arg);
 
+/* A turn for inbound event `id` ended without an answer of its own: state "cancelled" (a newer
+ * message of its session interrupted it: queue_mode interrupt) or "answered" (its message was
+ * merged into another turn's, which answered both: queue_mode collect); note goes to last_error.
+ * Only a received or routed event changes, so it is not run again at the next start. result 1 =
+ * the row changed. */
+void nx_ledger_inbound_settle(struct nx_store *s, const char *id, const char *state, const char *note,
+                              nx_ledger_done_fn done, void *arg);
+
 /* A row as the list and get calls return it. */
 struct nx_ledger_row {
     char *key;         /* inbound: the envelope id; outbound: the idempotency key */
@@ -107,8 +115,10 @@ void nx_ledger_outbound_take(struct nx_store *s, const char *channel, const char
 void nx_ledger_outbound_sent(struct nx_store *s, const char *key, const char *provider_id,
                              int status, const char *error, nx_ledger_done_fn done, void *arg);
 /* A delivery update ("delivered", "read", "failed") for the reply the service knows as
- * provider_id on (channel, instance); a state never goes back (read stays read). result = rows
- * changed. */
+ * provider_id on (channel, instance); a state never goes back (read stays read). A status for a
+ * provider id no reply has yet (it overtook the send's answer) is kept in a row of its own (key
+ * "early:<channel>:<instance>:<provider id>", never sent) that nx_ledger_outbound_sent merges into
+ * the reply when it records that provider id. result = rows changed. */
 void nx_ledger_outbound_status(struct nx_store *s, const char *channel, const char *instance,
                                const char *provider_id, const char *state, const char *error,
                                nx_ledger_done_fn done, void *arg);
@@ -120,5 +130,26 @@ void nx_ledger_outbound_get(struct nx_store *s, const char *key, nx_ledger_rows_
 /* Counts per state, e.g. for a test: result = rows of table ("inbound"|"outbound") in state. */
 void nx_ledger_count(struct nx_store *s, const char *table, const char *state,
                      nx_ledger_done_fn done, void *arg);
+
+/* ---- housekeeping (ledger_prune.c) ---- */
+
+/* Deletes at most `batch` finished rows last updated before `before_ms` (unix ms): inbound
+ * answered, failed, cancelled or dead; outbound delivered, read or failed (and early statuses).
+ * result = rows deleted (call again while it equals batch). */
+void nx_ledger_prune(struct nx_store *s, int64_t before_ms, uint32_t batch, nx_ledger_done_fn done,
+                     void *arg);
+
+/* Runs nx_ledger_prune every interval_ms (0 = 10 min; the first soon after start) for rows
+ * older than retention_ms, in batches of 500, one batch per store job until a pass finds no
+ * more. Loop thread. */
+struct nx_ledger_pruner;
+struct nx_ledger_pruner *nx_ledger_pruner_new(uv_loop_t *loop, struct nx_store *s, uint64_t retention_ms,
+                                              uint64_t interval_ms);
+/* A new retention (a config reload) from the next pass. */
+void nx_ledger_pruner_set_retention(struct nx_ledger_pruner *p, uint64_t retention_ms);
+/* Rows the pruner deleted since it started. */
+uint64_t nx_ledger_pruner_deleted(const struct nx_ledger_pruner *p);
+/* Accepts NULL. A pass in flight finishes on its own. */
+void nx_ledger_pruner_free(struct nx_ledger_pruner *p);
 
 #endif

@@ -9,6 +9,11 @@ Formats follow Meta's documentation:
                https://developers.facebook.com/docs/whatsapp/cloud-api/guides/send-message-templates
   - errors:    https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes
                https://developers.facebook.com/docs/graph-api/guides/error-handling
+  - media:     https://developers.facebook.com/docs/whatsapp/cloud-api/reference/media
+                 (Retrieve Media URL: GET /{version}/{media-id} with the Bearer token answers
+                  {"messaging_product": "whatsapp", "url", "mime_type", "sha256", "file_size", "id"};
+                  Download Media: GET <url> with the same Bearer header answers the bytes with the
+                  file's Content-Type; the URL expires after 5 minutes; 404 for an unknown id)
   - webhooks:  https://developers.facebook.com/docs/whatsapp/cloud-api/webhooks/payload-examples
                https://developers.facebook.com/docs/whatsapp/cloud-api/webhooks/components
                https://developers.facebook.com/docs/graph-api/webhooks/getting-started
@@ -18,6 +23,10 @@ Formats follow Meta's documentation:
 Usage: fake_graph.py [--token TOKEN] [--port 0]   prints "READY <port>" when listening.
   POST /{version}/{phone_number_id}/messages   the Cloud API send endpoint (Bearer TOKEN)
   GET  /_requests     every send request received: [{path, auth_ok, body, status, wamid}]
+  POST /_media        JSON {"id", "mime_type", "data_b64", "sha256"? (a wrong one to test the check)}:
+                      media the media endpoints serve
+  GET  /{version}/{media-id}, GET /_lookaside/{media-id}?token=..   Retrieve / Download Media
+  GET  /_media_requests   the media requests received: [{path, auth_ok, status}]
   POST /_reset        forget requests and scripted failures
   POST /_fail         JSON list of failures consumed one per send, e.g.
                         {"status": 429, "code": 130429, "message": "Rate limit hit"}
@@ -34,6 +43,7 @@ Usage: fake_graph.py [--token TOKEN] [--port 0]   prints "READY <port>" when lis
                       was sent, "ids": the message wamids}
 """
 import argparse
+import base64
 import hashlib
 import hmac
 import http.server
@@ -205,6 +215,8 @@ class State:
         self.lock = threading.Lock()
         self.requests = []
         self.failures = []
+        self.media = {}           # id -> {"mime_type", "data", "sha256", "issued"}
+        self.media_requests = []
 
 
 def webhook_payload(pnid, messages, statuses):
@@ -295,7 +307,56 @@ def make_handler(state):
                 with state.lock:
                     self.send_json(200, state.requests)
                 return
+            if self.path == "/_media_requests":
+                with state.lock:
+                    self.send_json(200, state.media_requests)
+                return
+            m = re.fullmatch(r"/(v\d+\.\d+)/([A-Za-z0-9_-]+)", self.path)
+            if m:
+                return self.media_url(m.group(2))
+            m = re.fullmatch(r"/_lookaside/([A-Za-z0-9_-]+)\?mid=([A-Za-z0-9_-]+)&ext=(\d+)", self.path)
+            if m:
+                return self.media_download(m.group(1), int(m.group(3)))
             self.send_json(400, graph_error(100, "Unsupported get request.", "GraphMethodException", 33))
+
+        def media_auth(self):
+            ok = self.headers.get("Authorization", "") == "Bearer " + state.token
+            return ok
+
+        def media_url(self, media_id):
+            ok = self.media_auth()
+            with state.lock:
+                med = state.media.get(media_id)
+            if not ok:
+                status, body = 401, graph_error(190, "Invalid OAuth access token - Cannot parse access token")
+            elif med is None:
+                status, body = 400, graph_error(
+                    100, "Unsupported get request. Object with ID '%s' does not exist, cannot be loaded due to "
+                    "missing permissions, or does not support this operation." % media_id, "GraphMethodException", 33)
+            else:
+                host = self.headers.get("Host", "127.0.0.1")
+                status, body = 200, {
+                    "messaging_product": "whatsapp",
+                    "url": "http://%s/_lookaside/%s?mid=%s&ext=%d" % (host, media_id, media_id, int(time.time())),
+                    "mime_type": med["mime_type"], "sha256": med["sha256"],
+                    "file_size": str(len(med["data"])), "id": media_id}
+            with state.lock:
+                state.media_requests.append({"path": self.path, "auth_ok": ok, "status": status})
+            self.send_json(status, body)
+
+        def media_download(self, media_id, issued):
+            ok = self.media_auth()
+            with state.lock:
+                med = state.media.get(media_id)
+                state.media_requests.append({"path": self.path.split("?")[0], "auth_ok": ok,
+                                             "status": 200 if ok and med else 404})
+            if not ok or med is None or time.time() - issued > 300:  # the URL lives 5 minutes
+                return self.send_json(404 if ok else 401, graph_error(190 if not ok else 100, "Media not found"))
+            self.send_response(200)
+            self.send_header("Content-Type", med["mime_type"])
+            self.send_header("Content-Length", str(len(med["data"])))
+            self.end_headers()
+            self.wfile.write(med["data"])
 
         def do_POST(self):
             raw = self.read_body()
@@ -303,6 +364,7 @@ def make_handler(state):
                 with state.lock:
                     state.requests.clear()
                     state.failures.clear()
+                    state.media_requests.clear()
                 return self.send_json(200, {})
             if self.path == "/_fail":
                 with state.lock:
@@ -310,6 +372,13 @@ def make_handler(state):
                 return self.send_json(200, {})
             if self.path == "/_webhook":
                 return self.send_json(200, self.post_webhook(json.loads(raw)))
+            if self.path == "/_media":
+                req = json.loads(raw)
+                data = base64.b64decode(req["data_b64"])
+                with state.lock:
+                    state.media[req["id"]] = {"mime_type": req.get("mime_type", "image/jpeg"), "data": data,
+                                              "sha256": req.get("sha256") or hashlib.sha256(data).hexdigest()}
+                return self.send_json(200, {})
             m = re.fullmatch(r"/(v\d+\.\d+)/(\d+)/messages", self.path)
             if not m:
                 return self.send_json(400, graph_error(100, "Unsupported post request.", "GraphMethodException", 33))

@@ -31,6 +31,7 @@ Prints "READY <port>" once listening on 127.0.0.1.
 """
 
 import argparse
+import base64
 import collections
 import json
 import random
@@ -115,6 +116,53 @@ OPENAI_ERRORS = {
 }
 
 REASONS = {529: "Overloaded"}
+
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+
+
+def anthropic_image_error(b, where):
+    """An image block as the Messages API checks it: source base64 (media_type one of four, data
+    valid base64 of at most 5 MB) or url. https://docs.claude.com/en/docs/build-with-claude/vision"""
+    src = b.get("source")
+    if not isinstance(src, dict) or src.get("type") not in ("base64", "url"):
+        return "%s.source: Input tag '%s' found using 'type' does not match any of the expected tags: " \
+               "'base64', 'url'" % (where, (src or {}).get("type") if isinstance(src, dict) else None)
+    if src["type"] == "url":
+        return None if isinstance(src.get("url"), str) else "%s.source.url.url: Field required" % where
+    if src.get("media_type") not in IMAGE_TYPES:
+        return "%s.source.base64.media_type: Input should be 'image/jpeg', 'image/png', 'image/gif' or " \
+               "'image/webp'" % where
+    data = src.get("data")
+    if not isinstance(data, str):
+        return "%s.source.base64.data: Field required" % where
+    if len(data) > 5 * 1024 * 1024:
+        return "%s.source.base64: image exceeds 5 MB maximum: %d bytes > 5242880 bytes" % (where, len(data))
+    try:
+        base64.b64decode(data, validate=True)
+    except (ValueError, TypeError):
+        return "%s.source.base64.data: The image data is not valid base64" % where
+    return None
+
+
+def openai_image_error(part, where):
+    """image_url parts: {"type": "image_url", "image_url": {"url": "https://..." | "data:<mime>;base64,..."}}."""
+    url = (part.get("image_url") or {}).get("url") if isinstance(part.get("image_url"), dict) else None
+    if not isinstance(url, str):
+        return ("Missing required parameter: '%s.image_url.url'." % where, where, "missing_required_parameter")
+    if url.startswith("data:"):
+        head, _, data = url.partition(",")
+        if not head.endswith(";base64") or head[5:-7] not in IMAGE_TYPES:
+            return ("Invalid image URL: '%s.image_url.url'. Expected a base64-encoded data URL with an image "
+                    "MIME type (e.g. 'data:image/png;base64,...')." % where, where, "invalid_image_url")
+        try:
+            base64.b64decode(data, validate=True)
+        except (ValueError, TypeError):
+            return ("You uploaded an unsupported image. Please make sure your image is valid.", None,
+                    "invalid_image_format")
+    elif not url.startswith(("http://", "https://")):
+        return ("Invalid image URL: '%s.image_url.url'." % where, where, "invalid_image_url")
+    return None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -277,6 +325,10 @@ class Handler(BaseHTTPRequestHandler):
                     if not isinstance(b.get("input"), dict):
                         return "messages.%d.content.%d.tool_use.input: Input should be a valid dictionary" % (i, j)
                     ids.add(b.get("id"))
+                elif t == "image":
+                    err = anthropic_image_error(b, "messages.%d.content.%d.image" % (i, j))
+                    if err:
+                        return err
                 elif t == "tool_result" and b.get("tool_use_id") not in prev_tool_ids:
                     return ("messages.%d.content.%d: unexpected `tool_use_id` found in `tool_result` blocks: %s. "
                             "Each `tool_result` block must have a corresponding `tool_use` block in the "
@@ -441,6 +493,12 @@ class Handler(BaseHTTPRequestHandler):
                         "each 'tool_call_id'. The following tool_call_ids did not have response messages: %s"
                         % ", ".join(sorted(pending)), "messages.[%d].role" % i, None)
             pending = None
+            if role == "user" and isinstance(m.get("content"), list):
+                for j, part in enumerate(m["content"]):
+                    if isinstance(part, dict) and part.get("type") == "image_url":
+                        err = openai_image_error(part, "messages[%d].content[%d]" % (i, j))
+                        if err:
+                            return err
             if role == "assistant" and m.get("tool_calls"):
                 pending = set()
                 for tc in m["tool_calls"]:

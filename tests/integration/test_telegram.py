@@ -6,6 +6,7 @@ through OffsetProxy, which keeps what the real Bot API keeps: every update until
 with a higher offset confirms it. A bot that forgot its offset over a restart would see its old
 updates again there, as it would against api.telegram.org. The proxy can also answer sendMessage
 with 429 retry_after, as the real API does under load."""
+import base64
 import http.server
 import json
 import os
@@ -427,13 +428,17 @@ class TelegramFeatures(unittest.TestCase):
         q = urllib.parse.urlencode({"token": token or self.UI, "method": method})
         return json.loads(urllib.request.urlopen("%s/_calls?%s" % (self.tg_url, q), timeout=5).read())
 
+    def llm_requests(self):
+        return json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
+                                                 timeout=5).read())
+
     def llm_texts(self):
         reqs = json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
                                                  timeout=5).read())
         out = []
         for r in reqs:
             content = r["body"]["messages"][-1]["content"]
-            out.append(content[0].get("text") if isinstance(content, list) else content)
+            out.append(content[-1].get("text") if isinstance(content, list) else content)  # the text
         return out
 
     def metric(self, pattern):
@@ -510,12 +515,39 @@ class TelegramFeatures(unittest.TestCase):
             {"file_id": "PHOTO-BIG", "width": 900, "height": 600, "file_size": 700}])
         self.assertEqual(self.wait_replies(chat, 1)[0]["text"], "nice photo")
         self.assertEqual(self.llm_texts(), ["look at this"])
+        # 700 bytes of 'x' are no image: the agent gets a note with the file, not an image block
+        blocks = self.llm_requests()[-1]["body"]["messages"][-1]["content"]
+        self.assertEqual([b["type"] for b in blocks], ["text", "text"])
+        self.assertIn("not a JPEG, PNG, GIF or WebP image", blocks[0]["text"])
         self.assertEqual([c["body"]["file_id"] for c in self.calls("getFile")][-1:], ["PHOTO-BIG"])
         d = os.path.join(self.n.data_dir, "media", "telegram", "ui")
         saved = [f for f in os.listdir(d) if f.endswith("-photo.jpg")]
         self.assertEqual(len(saved), 1, os.listdir(d))
         self.assertEqual(os.path.getsize(os.path.join(d, saved[0])), 700)
         self.assertEqual(os.stat(os.path.join(d, saved[0])).st_mode & 0o777, 0o600)
+
+    def test_a_photo_reaches_the_model_as_an_image_and_a_text_file_inline(self):
+        chat = 2008
+        png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5E"
+                               "rkJggg==")
+        post_json(self.tg_url + "/_file", {"file_id": "PHOTO-PNG", "data_b64": base64.b64encode(png).decode(),
+                                           "file_path": "photos/p.png"})
+        post_json(self.tg_url + "/_file", {"file_id": "DOC-TXT", "file_path": "documents/n.txt",
+                                           "data_b64": base64.b64encode(b"milk, eggs\n").decode()})
+        script(self.fport, [{"text": "a dot"}, {"text": "a list"}])
+        self.say(chat, photo=[{"file_id": "PHOTO-PNG", "width": 1, "height": 1, "file_size": len(png)}])
+        self.assertEqual(self.wait_replies(chat, 1)[0]["text"], "a dot")
+        blocks = self.llm_requests()[-1]["body"]["messages"][-1]["content"]
+        self.assertEqual(blocks[0]["type"], "image")
+        self.assertEqual(blocks[0]["source"]["media_type"], "image/png")
+        self.assertEqual(base64.b64decode(blocks[0]["source"]["data"]), png)
+        self.assertEqual(blocks[-1], {"type": "text", "text": "[photo]"})
+        self.say(chat, document={"file_id": "DOC-TXT", "file_name": "shopping.txt", "file_size": 11,
+                                 "mime_type": "text/plain"})
+        self.assertEqual(self.wait_replies(chat, 2)[1]["text"], "a list")
+        note = self.llm_requests()[-1]["body"]["messages"][-1]["content"][0]["text"]
+        self.assertIn("shopping.txt", note)
+        self.assertTrue(note.endswith("its text:]\nmilk, eggs\n"), note)
 
     def test_an_oversized_document_is_refused_with_a_note(self):
         chat = 2006

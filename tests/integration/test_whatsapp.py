@@ -2,6 +2,7 @@
 (a protocol-faithful Graph API that also signs and delivers webhooks), the agent is answered by
 the fake provider, and nexo runs on a real nats-server so the test can publish outbound
 envelopes (templates, buttons) on plugin.outbound.whatsapp.<instance> as any process would."""
+import base64
 import json
 import os
 import re
@@ -22,6 +23,8 @@ PNID = "106540352242922"
 TOKEN = "EAAGfakeWhatsAppAccessToken123"
 SECRET = "app-secret-for-tests"
 VERIFY = "verify-me-please"
+PNG_1X1 = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
 
 
 def http_json(url, obj=None, timeout=15):
@@ -55,7 +58,13 @@ class WhatsApp(unittest.TestCase):
             "llm.yaml": "providers:\n  anthropic: {api_key: sk-fake-key, base_url: http://127.0.0.1:%d}\n"
                         % cls.fport,
             "agents.yaml": "agents:\n  - id: ana\n    model: {provider: anthropic, model: m}\n"
-                           "    inbound_bindings: [{plugin: whatsapp, instance: sales}]\n",
+                           "    inbound_bindings: [{plugin: whatsapp, instance: sales}]\n"
+                           "  - id: ivy\n    model: {provider: anthropic, model: m}\n"
+                           "    config: {queue_mode: interrupt}\n"
+                           "    inbound_bindings: [{plugin: whatsapp, instance: strict}]\n"
+                           "  - id: cole\n    model: {provider: anthropic, model: m}\n"
+                           "    config: {queue_mode: collect}\n"
+                           "    inbound_bindings: [{plugin: whatsapp, instance: pool}]\n",
             "plugins/whatsapp.yaml": (
                 "whatsapp:\n"
                 "  - instance: sales\n"
@@ -72,7 +81,14 @@ class WhatsApp(unittest.TestCase):
                 "    app_secret: other-secret\n"
                 "    verify_token: v2\n"
                 "    api_url: http://127.0.0.1:%d\n"
-            ) % (PNID, TOKEN, SECRET, VERIFY, cls.gport, TOKEN, cls.gport),
+                "  - instance: pool\n"
+                "    phone_number_id: \"777\"\n"
+                "    access_token: \"%s\"\n"
+                "    app_secret: pool-secret\n"
+                "    verify_token: v3\n"
+                "    api_url: http://127.0.0.1:%d\n"
+                "    window: {enforce: false}\n"
+            ) % (PNID, TOKEN, SECRET, VERIFY, cls.gport, TOKEN, cls.gport, TOKEN, cls.gport),
         })
         cls.n = Nexo(config_dir=cls.cfg).start()
         deadline = time.monotonic() + 15
@@ -83,12 +99,14 @@ class WhatsApp(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        code = cls.n.stop()
-        cls.n.cleanup()
-        for p in (cls.fake, cls.graph, cls.nats):
-            p.kill()
-            p.wait()
-        shutil.rmtree(cls.tmp, ignore_errors=True)
+        try:
+            code = cls.n.stop()
+            cls.n.cleanup()
+        finally:  # the peers go even when stop() reports a sanitizer finding
+            for p in (cls.fake, cls.graph, cls.nats):
+                p.kill()
+                p.wait()
+            shutil.rmtree(cls.tmp, ignore_errors=True)
         assert code == 0, code
 
     def setUp(self):
@@ -314,10 +332,107 @@ class WhatsApp(unittest.TestCase):
                                    {"id": "wamid.HBgLstatus2", "status": "failed", "error_code": 131026}])
         self.assertEqual(r["status"], 200)
         self.wait_sends(self.me, 1)
-        asked = self.llm_requests()[-1]["body"]["messages"][-1]["content"][0]["text"]
-        self.assertIn("9988", asked)
-        self.assertIn("my cat", asked)
+        blocks = self.llm_requests()[-1]["body"]["messages"][-1]["content"]
+        # media id 9988 is unknown to Graph: the agent hears of the image, not downloaded
+        self.assertEqual([b["type"] for b in blocks], ["text", "text"], blocks)
+        self.assertIn("not downloaded", blocks[0]["text"])
+        self.assertEqual(blocks[1]["text"], "my cat")
         self.n.wait_log(r"message wamid\.HBgLstatus2 to \d+ failed at WhatsApp: 131026")
+
+    def add_media(self, media_id, data, mime, sha256=None):
+        http_json("http://127.0.0.1:%d/_media" % self.gport,
+                  {"id": media_id, "mime_type": mime, "data_b64": base64.b64encode(data).decode(),
+                   "sha256": sha256})
+
+    def test_an_image_reaches_the_model_as_an_image_block(self):
+        png = PNG_1X1
+        self.add_media("77001", png, "image/png")
+        script(self.fport, [{"text": "a red dot"}])
+        r = self.webhook([{"from": self.me, "kind": "image", "media_id": "77001", "text": "what is this?",
+                           "mime_type": "image/png"}])
+        self.assertEqual(r["status"], 200, r)
+        self.wait_sends(self.me, 1)
+        user = self.llm_requests()[-1]["body"]["messages"][-1]
+        images = [b for b in user["content"] if b["type"] == "image"]
+        self.assertEqual(len(images), 1, user)
+        self.assertEqual(images[0]["source"]["type"], "base64")
+        self.assertEqual(images[0]["source"]["media_type"], "image/png")
+        self.assertEqual(base64.b64decode(images[0]["source"]["data"]), png)
+        self.assertEqual(user["content"][-1], {"type": "text", "text": "what is this?"})
+        # both Graph calls carried the token; the file is kept under the data directory's media/
+        got = http_json("http://127.0.0.1:%d/_media_requests" % self.gport)
+        self.assertEqual([(g["path"].split("/")[-1], g["auth_ok"], g["status"]) for g in got],
+                         [("77001", True, 200), ("77001", True, 200)])
+        d = os.path.join(self.n.data_dir, "media", "whatsapp", "sales")
+        files = [f for f in os.listdir(d) if f.startswith(r["ids"][0].replace(".", "_")[:10])]
+        self.assertEqual(len(files), 1, os.listdir(d))
+        with open(os.path.join(d, files[0]), "rb") as f:
+            self.assertEqual(f.read(), png)
+        self.assertEqual(os.stat(os.path.join(d, files[0])).st_mode & 0o777, 0o600)
+        # history keeps the path, not the bytes: a second turn sends the image again from the file
+        script(self.fport, [{"text": "still a red dot"}])
+        self.webhook([{"from": self.me, "text": "and now?"}])
+        self.wait_sends(self.me, 2)
+        msgs = self.llm_requests()[-1]["body"]["messages"]
+        self.assertTrue(any(b.get("type") == "image" for m in msgs if m["role"] == "user"
+                            for b in m["content"] if isinstance(b, dict)), msgs)
+        rows = self.ledger("SELECT length(content) FROM messages WHERE content LIKE '%nexo_media%'")
+        self.assertTrue(rows and all(n < 4096 for (n,) in rows), rows)
+
+    def test_a_file_with_the_wrong_sha256_is_not_kept(self):
+        self.add_media("77002", b"%PDF-1.4 not really", "application/pdf", sha256="0" * 64)
+        script(self.fport, [{"text": "ok"}])
+        r = self.webhook([{"from": self.me, "kind": "document", "media_id": "77002", "filename": "q3.pdf"}])
+        self.assertEqual(r["status"], 200, r)
+        self.wait_sends(self.me, 1)
+        blocks = self.llm_requests()[-1]["body"]["messages"][-1]["content"]
+        self.assertIn("q3.pdf", blocks[0]["text"])
+        self.assertIn("not downloaded", blocks[0]["text"])
+        self.n.wait_log(r"document 77002 of message \S+ not downloaded: the file's SHA-256 does not match")
+
+    def in_states(self, ids):
+        return [self.ledger("SELECT state FROM ledger_inbound WHERE event_key = ?", "wamid:" + i)[0][0]
+                for i in ids]
+
+    def wait_llm(self, count, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.llm_requests()) < count:
+            time.sleep(0.05)
+        self.assertGreaterEqual(len(self.llm_requests()), count)
+
+    def test_an_interrupted_turn_is_settled_cancelled_not_left_routed(self):
+        script(self.fport, [{"text": "too late", "hang_ms": 4000}, {"text": "fresh answer"}])
+        hook = self.hook.replace("/sales", "/strict")
+        a = self.webhook([{"from": self.me, "text": "first"}], url=hook, app_secret="other-secret",
+                         phone_number_id="999")
+        self.assertEqual(a["status"], 200, a)
+        self.wait_llm(1)
+        b = self.webhook([{"from": self.me, "text": "never mind"}], url=hook, app_secret="other-secret",
+                         phone_number_id="999")
+        self.assertEqual(b["status"], 200, b)
+        sent = self.wait_sends(self.me, 1)
+        self.assertEqual(sent[0]["body"]["text"]["body"], "fresh answer")
+        self.wait_ledger("SELECT 1 FROM ledger_inbound WHERE event_key = ? AND state = 'cancelled'",
+                         "wamid:" + a["ids"][0])
+        self.assertEqual(self.in_states([a["ids"][0], b["ids"][0]]), ["cancelled", "answered"])
+        self.quiet()
+        self.assertEqual(len(self.sends(self.me)), 1)
+
+    def test_collected_messages_get_one_reply_and_are_all_answered(self):
+        script(self.fport, [{"text": "one", "hang_ms": 1500}, {"text": "two and three"}])
+        kw = {"url": self.hook.replace("/sales", "/pool"), "app_secret": "pool-secret",
+              "phone_number_id": "777"}
+        a = self.webhook([{"from": self.me, "text": "one"}], **kw)
+        self.wait_llm(1)
+        b = self.webhook([{"from": self.me, "text": "two"}, {"from": self.me, "text": "three"}], **kw)
+        self.assertEqual((a["status"], b["status"]), (200, 200))
+        self.wait_sends(self.me, 2)
+        self.quiet()
+        self.assertEqual([s["body"]["text"]["body"] for s in self.sends(self.me)], ["one", "two and three"])
+        ids = [a["ids"][0]] + b["ids"]
+        self.wait_ledger("SELECT 1 FROM ledger_inbound WHERE event_key = ? AND state = 'answered'",
+                         "wamid:" + ids[2])
+        self.assertEqual(self.in_states(ids), ["answered"] * 3)
 
     def test_the_access_token_is_never_logged(self):
         self.assertNotIn(TOKEN, self.n.read_log())

@@ -9,8 +9,8 @@
 //   - parse_mode "HTML" is checked as Telegram does (known tags, balanced, known entities):
 //     400 "Bad Request: can't parse entities: ..." otherwise
 //   - sendPhoto, sendDocument (JSON with a URL, or multipart upload), sendChatAction
-//   - files users send: POST /_file {file_id, size, [file_path]} registers one (size bytes of
-//     'x'); getFile and GET /file/bot<token>/<file_path> serve it
+//   - files users send: POST /_file {file_id, size, [file_path], [data_b64]} registers one (size
+//     bytes of 'x', or the given bytes); getFile and GET /file/bot<token>/<file_path> serve it
 //   - POST /_control {token, hang_polls: n} holds the next n getUpdates open without an answer;
 //     {token, reject_html: n} answers the next n HTML sends with "can't parse entities"
 'use strict';
@@ -138,7 +138,9 @@ async function main() {
     });
     app.post('/_file', (req, res) => {
         const { file_id: id, size } = req.body;
-        files.set(id, { file_path: req.body.file_path || `photos/${id}.jpg`, size: Number(size) });
+        const data = req.body.data_b64 ? Buffer.from(req.body.data_b64, 'base64') : null;
+        files.set(id, { file_path: req.body.file_path || `photos/${id}.jpg`,
+            size: data ? data.length : Number(size), data });
         res.json({ ok: true });
     });
     app.post('/_control', (req, res) => {
@@ -203,7 +205,7 @@ async function main() {
         const f = [...files.values()].find((x) => x.file_path === path);
         if (!f)
             return res.status(404).json({ ok: false, error_code: 404, description: 'Not Found' });
-        res.type('application/octet-stream').send(Buffer.alloc(f.size, 'x'));
+        res.type('application/octet-stream').send(f.data || Buffer.alloc(f.size, 'x'));
     });
     // The bodies are parsed once, here: the emulator's own parsers would find them consumed.
     const router = inner._router; // the emulator brings express 4

@@ -389,6 +389,163 @@ static void test_ledger_many_records_group_commit(void **state)
                   (unsigned long long)st.commits);
 }
 
+/* A turn interrupted by a newer message (queue_mode interrupt) or merged into another
+ * (collect) is settled: not run again at the next start. */
+static void test_ledger_settled_events_are_not_resumed(void **state)
+{
+    struct fx *f = *state;
+    struct nx_ledger_event a = event("k1", "id-1"), b = event("k2", "id-2"), c = event("k3", "id-3");
+    WAIT(f, nx_ledger_inbound_record(f->s, &a, on_done, f));
+    WAIT(f, nx_ledger_inbound_record(f->s, &b, on_done, f));
+    WAIT(f, nx_ledger_inbound_record(f->s, &c, on_done, f));
+    for (int i = 0; i < 3; i++) {
+        struct nx_ledger_event *e = i == 0 ? &a : i == 1 ? &b : &c;
+        assert_int_equal(WAIT(f, nx_ledger_inbound_claim(f->s, e, "kate", on_done, f)), 1);
+    }
+    assert_int_equal(WAIT(f, nx_ledger_inbound_settle(f->s, "id-1", "cancelled", "interrupted", on_done, f)),
+                     1);
+    assert_int_equal(WAIT(f, nx_ledger_inbound_settle(f->s, "id-2", "answered", "merged", on_done, f)), 1);
+    assert_string_equal(in_state(f, "id-1"), "cancelled");
+    assert_string_equal(f->rows[0].last_error, "interrupted");
+    assert_string_equal(in_state(f, "id-2"), "answered");
+    /* a settled event is final: settling again, or a redelivery, changes nothing */
+    assert_int_equal(WAIT(f, nx_ledger_inbound_settle(f->s, "id-2", "cancelled", "x", on_done, f)), 0);
+    assert_int_equal(WAIT(f, nx_ledger_inbound_claim(f->s, &a, "kate", on_done, f)), 0);
+    /* only id-3 (stopped mid-turn) comes back */
+    nx_ledger_inbound_unanswered(f->s, 0, on_rows, f);
+    wait_rows(f);
+    assert_int_equal(f->nrows, 1);
+    assert_string_equal(f->rows[0].key, "id-3");
+}
+
+/* A delivery status that overtakes the send's answer is kept and merged when the send is
+ * recorded; a later status still moves it forward only. */
+static void test_ledger_early_status_is_merged_into_the_send(void **state)
+{
+    struct fx *f = *state;
+    struct nx_ledger_reply r = {
+        .key = "k:0", .channel = "whatsapp", .instance = "default",
+        .subject = "plugin.outbound.whatsapp", .envelope = "{}",
+    };
+    assert_int_equal(WAIT(f, nx_ledger_outbound_claim(f->s, &r, 7, on_done, f)), 1);
+    assert_int_equal(WAIT(f, nx_ledger_outbound_status(f->s, "whatsapp", "default", "wamid.E", "delivered",
+                                                       NULL, on_done, f)), 1);
+    assert_string_equal(out_state(f, "early:whatsapp:default:wamid.E"), "delivered");
+    /* a "sent" status is never kept early (nx_channel_sent records that) */
+    assert_int_equal(WAIT(f, nx_ledger_outbound_status(f->s, "whatsapp", "default", "wamid.F", "sent",
+                                                       NULL, on_done, f)), 0);
+    assert_string_equal(out_state(f, "early:whatsapp:default:wamid.F"), "");
+    /* read overtakes delivered in the early row too; delivered does not go back */
+    WAIT(f, nx_ledger_outbound_status(f->s, "whatsapp", "default", "wamid.E", "read", NULL, on_done, f));
+    assert_int_equal(WAIT(f, nx_ledger_outbound_status(f->s, "whatsapp", "default", "wamid.E", "delivered",
+                                                       NULL, on_done, f)), 0);
+    assert_string_equal(out_state(f, "early:whatsapp:default:wamid.E"), "read");
+    /* the early row is never offered for sending */
+    nx_ledger_outbound_take(f->s, "whatsapp", "default", 9, 0, on_rows, f);
+    wait_rows(f);
+    for (size_t i = 0; i < f->nrows; i++)
+        assert_string_not_equal(f->rows[i].key, "early:whatsapp:default:wamid.E");
+    /* the send is recorded: the reply is read, the early row is gone */
+    assert_int_equal(WAIT(f, nx_ledger_outbound_sent(f->s, "k:0", "wamid.E", 0, NULL, on_done, f)), 1);
+    assert_string_equal(out_state(f, "k:0"), "read");
+    assert_string_equal(f->rows[0].provider_id, "wamid.E");
+    assert_string_equal(out_state(f, "early:whatsapp:default:wamid.E"), "");
+    /* an early failure keeps its reason */
+    struct nx_ledger_reply r2 = r;
+    r2.key = "k:1";
+    assert_int_equal(WAIT(f, nx_ledger_outbound_claim(f->s, &r2, 7, on_done, f)), 1);
+    WAIT(f, nx_ledger_outbound_status(f->s, "whatsapp", "default", "wamid.G", "failed",
+                                      "131026: undeliverable", on_done, f));
+    WAIT(f, nx_ledger_outbound_sent(f->s, "k:1", "wamid.G", 0, NULL, on_done, f));
+    assert_string_equal(out_state(f, "k:1"), "failed");
+    assert_string_equal(f->rows[0].last_error, "131026: undeliverable");
+}
+
+static int age_rows_job(sqlite3 *db, void *arg)
+{
+    (void)arg; /* everything but id-new / k:new is a year old */
+    return sqlite3_exec(db, "UPDATE ledger_inbound SET updated_at = updated_at - 31536000000 "
+                            "WHERE id != 'id-new';"
+                            "UPDATE ledger_outbound SET updated_at = updated_at - 31536000000 "
+                            "WHERE key != 'k:new';",
+                        NULL, NULL, NULL) == SQLITE_OK ? 0 : NX_EDB;
+}
+
+/* Retention: finished rows older than the cut-off go, in batches; unfinished and recent rows
+ * stay. */
+static void test_ledger_prune_deletes_old_finished_rows_in_batches(void **state)
+{
+    struct fx *f = *state;
+    char key[32], id[32];
+    for (int i = 0; i < 12; i++) { /* 10 answered, 1 routed, 1 received */
+        snprintf(key, sizeof key, "k%d", i);
+        snprintf(id, sizeof id, "id-%d", i);
+        struct nx_ledger_event e = event(key, id);
+        WAIT(f, nx_ledger_inbound_record(f->s, &e, on_done, f));
+        if (i < 11)
+            WAIT(f, nx_ledger_inbound_claim(f->s, &e, "kate", on_done, f));
+        if (i < 10)
+            WAIT(f, nx_ledger_inbound_answer(f->s, id, NULL, 0, i == 9, on_done, f));
+    }
+    struct nx_ledger_event fresh = event("knew", "id-new");
+    WAIT(f, nx_ledger_inbound_record(f->s, &fresh, on_done, f));
+    WAIT(f, nx_ledger_inbound_claim(f->s, &fresh, "kate", on_done, f));
+    WAIT(f, nx_ledger_inbound_answer(f->s, "id-new", NULL, 0, false, on_done, f));
+    const char *okeys[] = {"k:pending", "k:sent", "k:read", "k:failed", "k:new"};
+    for (size_t i = 0; i < 5; i++) {
+        struct nx_ledger_reply r = {.key = okeys[i], .channel = "whatsapp", .instance = "default",
+                                    .subject = "plugin.outbound.whatsapp", .envelope = "{}"};
+        WAIT(f, nx_ledger_outbound_claim(f->s, &r, 7, on_done, f));
+        if (i == 0)
+            continue;
+        snprintf(id, sizeof id, "wamid.%zu", i);
+        WAIT(f, nx_ledger_outbound_sent(f->s, okeys[i], id, i == 3 ? NX_EIO : 0, "x", on_done, f));
+        if (i == 2 || i == 4)
+            WAIT(f, nx_ledger_outbound_status(f->s, "whatsapp", "default", id, "read", NULL, on_done, f));
+    }
+    nx_store_write(f->s, age_rows_job, on_job_done, f);
+    run_until(f, f->calls + 1);
+    assert_int_equal(f->rc, 0);
+    int64_t cut = (int64_t)nx_wall_ms() - 7LL * 86400000;
+    assert_int_equal(WAIT(f, nx_ledger_prune(f->s, cut, 4, on_done, f)), 4);
+    assert_int_equal(WAIT(f, nx_ledger_prune(f->s, cut, 4, on_done, f)), 4);
+    assert_int_equal(WAIT(f, nx_ledger_prune(f->s, cut, 4, on_done, f)), 4); /* 2 inbound + 2 outbound */
+    assert_int_equal(WAIT(f, nx_ledger_prune(f->s, cut, 4, on_done, f)), 0);
+    assert_int_equal(WAIT(f, nx_ledger_count(f->s, "inbound", "answered", on_done, f)), 1); /* id-new */
+    assert_int_equal(WAIT(f, nx_ledger_count(f->s, "inbound", "failed", on_done, f)), 0);
+    assert_string_equal(in_state(f, "id-10"), "routed");
+    assert_string_equal(in_state(f, "id-11"), "received");
+    assert_string_equal(out_state(f, "k:pending"), "pending");
+    assert_string_equal(out_state(f, "k:sent"), "sent");
+    assert_string_equal(out_state(f, "k:read"), "");
+    assert_string_equal(out_state(f, "k:failed"), "");
+    assert_string_equal(out_state(f, "k:new"), "read");
+}
+
+/* The pruner's timer: with a short interval it runs passes until nothing old is left. */
+static void test_ledger_pruner_runs_on_a_timer(void **state)
+{
+    struct fx *f = *state;
+    char key[32], id[32];
+    for (int i = 0; i < 3; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        snprintf(id, sizeof id, "id-%d", i);
+        struct nx_ledger_event e = event(key, id);
+        WAIT(f, nx_ledger_inbound_record(f->s, &e, on_done, f));
+        WAIT(f, nx_ledger_inbound_claim(f->s, &e, "kate", on_done, f));
+        WAIT(f, nx_ledger_inbound_answer(f->s, id, NULL, 0, false, on_done, f));
+    }
+    nx_store_write(f->s, age_rows_job, on_job_done, f);
+    run_until(f, f->calls + 1);
+    struct nx_ledger_pruner *p = nx_ledger_pruner_new(&f->loop, f->s, 86400000, 50);
+    uint64_t deadline = nx_mono_ms() + WAIT_MS;
+    while (nx_ledger_pruner_deleted(p) < 3 && nx_mono_ms() < deadline)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    assert_int_equal(nx_ledger_pruner_deleted(p), 3);
+    nx_ledger_pruner_free(p);
+    assert_int_equal(WAIT(f, nx_ledger_count(f->s, "inbound", "answered", on_done, f)), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -398,6 +555,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ledger_outbound_claim_sent_and_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ledger_resume_after_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ledger_many_records_group_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ledger_settled_events_are_not_resumed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ledger_early_status_is_merged_into_the_send, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ledger_prune_deletes_old_finished_rows_in_batches, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_ledger_pruner_runs_on_a_timer, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
