@@ -20,7 +20,6 @@ struct nx_partition {
     struct nx_agents *agents;
     struct nx_store *store;
     char *data_dir;
-    struct nx_bus_sub *sub;
     struct item *items;
     uint32_t max_messages;
 };
@@ -71,103 +70,58 @@ static void finish(struct item *it, int rc)
     item_free(it);
 }
 
-/* ---- gateway: match and forward ---- */
+/* ---- gateway: the router's dispatch (router.h) ---- */
 
-static const struct agent_rt *match(const struct generation *g, const char *plugin,
-                                    const char *instance)
-{
-    for (size_t i = 0; i < g->nagents; i++) {
-        const struct nx_agent_conf *c = g->agents[i].conf;
-
-        for (size_t k = 0; k < c->n_inbound_bindings; k++) {
-            const struct nx_binding_conf *b = &c->inbound_bindings[k];
-
-            if (strcmp(b->plugin, plugin) != 0)
-                continue;
-            if (instance ? (b->instance && strcmp(b->instance, instance) == 0) : !b->instance)
-                return &g->agents[i];
-        }
-    }
-    return NULL;
-}
-
-static int on_inbound(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
+int nx_partition_dispatch(const struct nx_router_dispatch_in *in, void *arg)
 {
     struct nx_partition *p = arg;
-    const json_t *pl = msg->env->payload;
-    const char *kind = str(pl, "kind"), *text = str(pl, "text"), *peer = str(pl, "chat");
-    const json_t *chat = json_object_get(pl, "chat"), *mid = json_object_get(pl, "msg_id");
-    char plugin[64], num[32], mid_num[32], subject[256];
-    const char *rest = msg->subject + strlen("plugin.inbound."), *dot, *reply_to = NULL;
-    struct nx_buf channel = NX_BUF_INIT, key = NX_BUF_INIT, out = NX_BUF_INIT;
     struct nx_envelope *env = NULL;
-    const struct agent_rt *ag;
+    char subject[256];
     json_t *work;
-    size_t n;
     int rc;
 
-    if (strncmp(msg->subject, "plugin.inbound.", 15) != 0)
-        return nx_bus_fail(msg, "not a plugin.inbound.<plugin>[.<instance>] subject");
-    if ((kind && strcmp(kind, "message") != 0) || !text || !*text)
-        return 0;
-    if (!peer && json_is_integer(chat)) {
-        snprintf(num, sizeof num, "%lld", (long long)json_integer_value(chat));
-        peer = num;
-    }
-    if (!peer)
-        peer = str(pl, "from");
-    if (!peer)
-        return nx_bus_fail(msg, "inbound message without \"chat\" or \"from\"");
-    dot = strchr(rest, '.');
-    n = dot ? (size_t)(dot - rest) : strlen(rest);
-    if (n == 0 || n >= sizeof plugin)
-        return nx_bus_fail(msg, "bad plugin name in %s", msg->subject);
-    memcpy(plugin, rest, n);
-    plugin[n] = '\0';
-    if (!(ag = match(p->agents->gen, plugin, dot ? dot + 1 : NULL)))
-        return 0;
-    if (json_is_string(mid)) {
-        reply_to = json_string_value(mid);
-    } else if (json_is_integer(mid)) {
-        snprintf(mid_num, sizeof mid_num, "%lld", (long long)json_integer_value(mid));
-        reply_to = mid_num;
-    }
-    nx_buf_printf(&channel, "%s", rest);
-    nx_buf_printf(&key, "agent:%s:%s:%s", ag->conf->id, rest, peer);
-    nx_buf_printf(&out, "plugin.outbound.%s", rest);
-    work = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s?}", "agent", ag->conf->id, "session_key",
-                     nx_buf_cstr(&key), "channel", nx_buf_cstr(&channel), "outbound",
-                     nx_buf_cstr(&out), "to", peer, "text", text, "reply_to", reply_to);
-    rc = nx_bus_route_subject(bus, ag->conf->id, nx_buf_cstr(&key), subject, sizeof subject);
+    work = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s?}", "agent", in->agent, "session_key",
+                     in->session_key, "channel", in->channel, "outbound", in->outbound, "to", in->to,
+                     "text", in->text, "reply_to", in->reply_to);
+    if (!work)
+        return NX_EINVAL;
+    rc = nx_bus_route_subject(p->bus, in->agent, in->session_key, subject, sizeof subject);
     if (rc == 0)
-        rc = nx_envelope_new(subject, rest, nx_buf_cstr(&key), work, &env);
-    if (rc == 0) {
-        memcpy(env->id, msg->env->id, sizeof env->id); /* a repeat is stored once */
-        rc = nx_bus_publish(bus, subject, env);
+        rc = nx_envelope_new(subject, in->channel, in->session_key, work, &env);
+    if (rc == 0 && strlen(in->id) < sizeof env->id) {
+        memcpy(env->id, in->id, strlen(in->id) + 1); /* a repeat is stored once by the stream */
+        rc = nx_bus_publish(p->bus, subject, env);
+    } else if (rc == 0) {
+        rc = NX_EINVAL;
     }
     if (rc == 0) {
-        const char *const lv[] = {ag->conf->id};
+        const char *const lv[] = {in->agent};
         nx_counter_add(m_forwarded, lv, 1);
     }
     nx_envelope_free(env);
     json_decref(work);
-    nx_buf_cleanup(&channel);
-    nx_buf_cleanup(&key);
-    nx_buf_cleanup(&out);
-    return rc < 0 ? nx_bus_fail(msg, "routed work not published: %s", nx_strerror(rc)) : 0;
+    return rc;
 }
 
 /* ---- agents: serve work ---- */
 
+/* The reply carries the idempotency key "<inbound id>:0", as the in-process router's does: the
+ * gateway's channel ledger claims it once, and the claim marks the inbound event answered. */
 static int make_reply(struct item *it, const char *text)
 {
     const json_t *w = it->work;
-    json_t *payload = json_pack("{s:s, s:s, s:s, s:s?}", "to", str(w, "to"), "text", text,
-                                "session_id", str(w, "session_key"), "reply_to", str(w, "reply_to"));
-    int rc = nx_envelope_new(str(w, "outbound"), str(w, "agent"), str(w, "session_key"), payload,
-                             &it->reply);
+    struct nx_buf key = NX_BUF_INIT;
+    json_t *payload;
+    int rc;
     size_t len;
 
+    nx_buf_printf(&key, "%s:0", it->id);
+    payload = json_pack("{s:s, s:s, s:s, s:s?, s:s}", "to", str(w, "to"), "text", text, "session_id",
+                        str(w, "session_key"), "reply_to", str(w, "reply_to"), "key", nx_buf_cstr(&key));
+    nx_buf_cleanup(&key);
+    if (!payload)
+        return NX_EINVAL;
+    rc = nx_envelope_new(str(w, "outbound"), str(w, "agent"), str(w, "session_key"), payload, &it->reply);
     json_decref(payload);
     if (rc == 0)
         it->reply_text = nx_envelope_dump(it->reply, &len);
@@ -224,6 +178,75 @@ static void record(struct item *it, const json_t *answer)
     free(text);
 }
 
+/* The messages of this turn in the conversation the turn ended with: from its user message (the
+ * last user message that is not a tool result) to the end. */
+static size_t turn_start(const json_t *convo)
+{
+    for (size_t i = json_array_size(convo); i-- > 0;) {
+        const json_t *m = json_array_get(convo, i), *c = json_object_get(m, "content"), *b;
+        size_t k;
+
+        if (!str(m, "role") || strcmp(str(m, "role"), "user") != 0)
+            continue;
+        if (json_is_string(c))
+            return i;
+        json_array_foreach(c, k, b)
+            if (str(b, "type") && strcmp(str(b, "type"), "tool_result") != 0)
+                return i;
+    }
+    return 0;
+}
+
+/* Deliveries of a work item whose turn fails before it is recorded unanswered: broker.yaml
+ * dlq.max_attempts (0 = no limit), as the in-process router retries a failed turn. */
+static uint32_t retries(const struct nx_partition *p)
+{
+    const struct nx_broker_conf *b = nx_config_broker(p->agents->gen->cfg);
+
+    return b ? b->dlq.max_attempts : 3;
+}
+
+static void on_transcribed(int rc, void *arg)
+{
+    char *key = arg;
+
+    if (rc < 0)
+        nx_warn("agents", "session %s: transcript not written: %s", key, nx_strerror(rc));
+    free(key);
+}
+
+/* The served turn (user message, tool calls and results, answer) goes to this process's store
+ * and transcript (JSONL + FTS), as a turn in the "all" role does: `nexo transcripts search` on
+ * this data dir finds it. The session's history for the next turn stays the bucket's. */
+static void transcribe(struct item *it, const struct nx_turn_result *res)
+{
+    const json_t *convo = res->conversation;
+    json_t *added;
+
+    if (!it->p->store)
+        return;
+    added = json_array();
+    if (json_is_array(convo) && json_array_size(convo) > 0) {
+        for (size_t i = turn_start(convo); i < json_array_size(convo); i++)
+            json_array_append(added, json_array_get(convo, i));
+    } else {
+        json_array_append(added, it->user);
+        if (res->message)
+            json_array_append(added, (json_t *)res->message);
+    }
+    struct nx_history_append ap = {
+        .session_key = str(it->work, "session_key"),
+        .agent_id = str(it->work, "agent"),
+        .source = str(it->work, "channel"),
+        .messages = added,
+        .input_tokens = res->usage.input_tokens,
+        .output_tokens = res->usage.output_tokens,
+    };
+    nx_history_append(it->p->store, it->p->data_dir, &ap, on_transcribed,
+                      nx_strdup(str(it->work, "session_key")));
+    json_decref(added);
+}
+
 static void on_done(int rc, const struct nx_turn_result *res, void *udata)
 {
     struct item *it = udata;
@@ -233,16 +256,30 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
         finish(it, NX_ECANCELED);
         return;
     }
-    if (rc == NX_ECONFIG && res->error_message)
-        text = res->error_message;
-    else if (rc < 0)
-        nx_warn("agents", "agent %s: turn for %s failed: %s", str(it->work, "agent"),
-                str(it->work, "session_key"), res->error_message ? res->error_message : nx_strerror(rc));
+    if ((rc == NX_ECONFIG || res->is_user_facing) && res->error_message) {
+        text = res->error_message; /* "add a key", "budget used up": the user gets it, as in "all" */
+        rc = NX_ECONFIG;
+    } else if (rc < 0) {
+        uint32_t max = retries(it->p);
+
+        nx_warn("agents", "agent %s: turn for %s failed (delivery %u): %s", str(it->work, "agent"),
+                str(it->work, "session_key"), nx_bus_work_attempt(it->w),
+                res->error_message ? res->error_message : nx_strerror(rc));
+        if (nx_bus_work_is_durable(it->w) && (!max || nx_bus_work_attempt(it->w) < max)) {
+            finish(it, rc); /* handed back: delivered again in 1 s, the partition waits for it */
+            return;
+        }
+        if (nx_bus_work_is_durable(it->w))
+            nx_error("agents", "agent %s: turn for %s failed %u times: recorded unanswered",
+                     str(it->work, "agent"), str(it->work, "session_key"), nx_bus_work_attempt(it->w));
+    }
     if ((rc == 0 || rc == NX_ECONFIG) && text && *text && make_reply(it, text) < 0) {
         finish(it, NX_EINVAL);
         return;
     }
     if (it->state) {
+        if (rc == 0)
+            transcribe(it, res);
         record(it, rc == 0 ? res->message : NULL);
     } else {
         publish_and_ack(it);
@@ -374,11 +411,6 @@ int nx_partition_new(struct nx_bus *bus, struct nx_agents *agents, struct nx_sto
     return 0;
 }
 
-int nx_partition_gateway(struct nx_partition *p)
-{
-    return nx_bus_queue_subscribe(p->bus, "plugin.inbound.>", "agents", on_inbound, p, &p->sub);
-}
-
 int nx_partition_consume(struct nx_partition *p, const char *agent_id)
 {
     if (!nx_agents_has(p->agents, agent_id))
@@ -390,8 +422,6 @@ void nx_partition_free(struct nx_partition *p)
 {
     if (!p)
         return;
-    if (p->sub)
-        nx_bus_unsubscribe(p->bus, p->sub);
     for (struct item *it = p->items; it; it = it->next)
         it->p = NULL; /* their callbacks finish them */
     free(p->data_dir);

@@ -11,6 +11,7 @@
 #include "core/breaker.h"
 #include "core/clock.h"
 #include "core/metrics.h"
+#include "llm/media.h"
 #include "runtime/runtime.h"
 #include "store/ledger.h"
 
@@ -26,6 +27,9 @@ struct nx_router {
     struct resume *resume;    /* the resume read in flight */
     nx_router_gate_fn gate; /* asked before a message becomes a turn (sender rate limit) */
     void *gate_arg;
+    nx_router_dispatch_fn dispatch; /* gateway role: publish routed work instead of a turn */
+    void *dispatch_arg;
+    struct nx_bus_sub *out_sub;     /* gateway role: replies, which mark their events answered */
 };
 
 struct reply {
@@ -54,6 +58,7 @@ struct reply {
 
 static void router_admit(struct nx_router *r, struct reply *rp);
 static void turn_finished(struct reply *rp, int rc, const char *text, const char *error);
+static bool turn_superseded(struct reply *rp, int rc, const struct nx_turn_result *res);
 
 static struct nx_metric *m_routed;
 
@@ -89,6 +94,8 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
 {
     struct reply *rp = udata;
     const char *text = res->text;
+    if (turn_superseded(rp, rc, res)) /* interrupted, or merged into another turn */
+        return;
     if ((rc == NX_ECONFIG || res->is_user_facing) && res->error_message) {
         text = res->error_message; /* the clear "add a key" / "budget used up" message */
         rc = 0;
@@ -319,11 +326,59 @@ static bool session_busy(const struct nx_router *r, const struct reply *rp)
     return false;
 }
 
+static void on_failed(int rc, int64_t attempts, void *arg);
+
+/* The gateway role's end of the path: the claimed event becomes routed work for another
+ * process. Its reply marks it answered when a channel here claims it (key "<id>:0"). */
+static void dispatch_now(struct reply *rp)
+{
+    struct nx_router *r = rp->r;
+    const struct nx_router_dispatch_in in = {
+        .id = rp->id, .agent = rp->agent, .session_key = rp->session_key, .channel = rp->channel,
+        .outbound = rp->subject, .to = rp->to, .text = rp->text, .reply_to = rp->reply_to,
+    };
+    int rc = r->dispatch(&in, r->dispatch_arg);
+    if (rc == 0) {
+        const char *const lv[] = {rp->agent, rp->plugin};
+        nx_counter_add(m_routed, lv, 1);
+        reply_free(rp);
+        return;
+    }
+    nx_warn("router", "agent %s: event %s not dispatched: %s", rp->agent, rp->id, nx_strerror(rc));
+    if (!r->store) {
+        reply_free(rp);
+        return;
+    }
+    rp->stage = ST_FAILING; /* retried like a failed turn; the breaker is the agents' own */
+    nx_ledger_inbound_fail(r->store, rp->id, nx_strerror(rc), max_attempts(r), nx_bus_sub_name(r->sub),
+                           on_failed, rp);
+}
+
+/* The turn's user message: the text, and the files the sender attached (the payload's `media`,
+ * as the channels downloaded them under <data>/media/): images as references the providers
+ * read at request time, documents as notes (llm/media.h). */
+static json_t *user_message(const struct reply *rp)
+{
+    struct nx_envelope *env = NULL;
+    char err[160];
+    json_t *m;
+
+    nx_llm_media_set_root(rp->r->agents->data_dir);
+    if (!rp->data || nx_envelope_parse(rp->data, strlen(rp->data), 0, &env, err, sizeof err) < 0)
+        env = NULL;
+    m = nx_llm_user_message(rp->text, env ? json_object_get(env->payload, "media") : NULL);
+    nx_envelope_free(env);
+    return m;
+}
+
 static void start_turn(struct reply *rp)
 {
     struct nx_router *r = rp->r;
-    json_t *msgs = json_pack("[{s:s, s:[{s:s, s:s}]}]", "role", "user", "content", "type", "text",
-                             "text", rp->text);
+    if (r->dispatch) {
+        dispatch_now(rp);
+        return;
+    }
+    json_t *msgs = json_pack("[o]", user_message(rp));
     struct nx_turn_opts o = {
         .agent_id = rp->agent,
         .session_key = rp->session_key,
@@ -475,6 +530,32 @@ static void on_answered(int rc, int64_t n, void *arg)
                      "from the ledger", rp->agent, rp->subject, nx_strerror(prc));
     }
     reply_free(rp);
+}
+
+/* A turn that ends without an answer of its own is settled in the ledger, so the next start
+ * does not run it again: interrupted by a newer message of its session (queue_mode interrupt:
+ * "cancelled"), or merged into an earlier turn that answered it (queue_mode collect: "answered",
+ * and no second copy of that turn's reply). A turn cancelled because nexo stops stays routed
+ * and runs again at the next start. */
+static bool turn_superseded(struct reply *rp, int rc, const struct nx_turn_result *res)
+{
+    struct nx_router *r = rp->r;
+    bool is_interrupted = rc == NX_ECANCELED && res->error_type &&
+                          strcmp(res->error_type, "interrupted") == 0;
+    bool is_merged = rc == 0 && res->is_merged;
+    if (!r || (!is_interrupted && !is_merged))
+        return false;
+    struct gate *g = rp->g;
+    if (r->store)
+        nx_ledger_inbound_settle(r->store, rp->id, is_merged ? "answered" : "cancelled",
+                                 is_merged ? "answered together with an earlier message (queue_mode collect)"
+                                           : "interrupted by a newer message (queue_mode interrupt)",
+                                 NULL, NULL);
+    if (is_interrupted && g->br.state == NX_BREAKER_HALF_OPEN) /* a cancelled probe proves nothing */
+        nx_breaker_failure(&g->br, nx_mono_ms());
+    reply_free(rp);
+    gate_pump(g);
+    return true;
 }
 
 /* A turn ended: rc 0 with the reply text (maybe empty), or a failure. */
@@ -646,11 +727,41 @@ void nx_router_set_gate(struct nx_router *r, nx_router_gate_fn fn, void *arg)
     r->gate_arg = arg;
 }
 
+/* Gateway role: a reply seen on plugin.outbound.> whose key is "<event id>:<n>" (the key every
+ * turn's reply carries) marks that event answered in this ledger, whichever channel (here or in
+ * another process) sends it. A reply published while this process was down is missed: its event
+ * is routed again at the next start and answered from the agents' recorded state (partition.h). */
+static int on_reply_seen(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
+{
+    struct nx_router *r = arg;
+    const char *key = json_string_value(json_object_get(msg->env->payload, "key"));
+    const char *colon = key ? strrchr(key, ':') : NULL;
+    char id[64];
+    (void)bus;
+    if (!r->store || !colon || colon == key || (size_t)(colon - key) >= sizeof id)
+        return 0;
+    memcpy(id, key, (size_t)(colon - key));
+    id[colon - key] = '\0';
+    nx_ledger_inbound_answer(r->store, id, NULL, 0, false, NULL, NULL);
+    return 0;
+}
+
+void nx_router_set_dispatch(struct nx_router *r, nx_router_dispatch_fn fn, void *arg)
+{
+    r->dispatch = fn;
+    r->dispatch_arg = arg;
+    if (fn && !r->out_sub && nx_bus_subscribe(r->bus, "plugin.outbound.>", on_reply_seen, r, &r->out_sub) < 0)
+        nx_warn("router", "cannot subscribe to plugin.outbound.>: dispatched events stay \"routed\" "
+                "in the ledger until a channel here sends their reply");
+}
+
 void nx_router_free(struct nx_router *r)
 {
     if (!r)
         return;
     nx_bus_unsubscribe(r->bus, r->sub);
+    if (r->out_sub)
+        nx_bus_unsubscribe(r->bus, r->out_sub);
     ledger_free(r); /* turns still running end; their replies go nowhere */
     free(r);
 }

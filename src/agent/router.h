@@ -34,6 +34,25 @@ void nx_router_set_gate(struct nx_router *r, nx_router_gate_fn fn, void *arg);
  * the events the last run left unanswered are published again now, ahead of newer ones. Call once,
  * right after nx_router_new. store NULL = no ledger. */
 void nx_router_set_store(struct nx_router *r, struct nx_store *store);
+/* Dispatch (the gateway role, docs/scaling.md): instead of starting a local turn, an event that
+ * matched, passed the gate and was claimed in the ledger is handed to `fn` (the partition
+ * publisher), which publishes it as routed work for another process. fn returns 0 when the work
+ * is published (the event stays `routed` in the ledger until its reply, key "<id>:0", reaches a
+ * channel here and marks it answered), or a negative NX_E* code: the event then fails like a
+ * turn (retried, dead-lettered after broker.dlq.max_attempts) without touching the breaker.
+ * Breakers are left to the processes that run the turns. Call right after nx_router_new. */
+struct nx_router_dispatch_in {
+    const char *id;          /* the inbound envelope id (the work item's id) */
+    const char *agent;
+    const char *session_key; /* agent:<agent>:<plugin>[.<instance>]:<peer> */
+    const char *channel;     /* <plugin>[.<instance>] */
+    const char *outbound;    /* plugin.outbound.<channel>: where the reply goes */
+    const char *to;          /* the peer */
+    const char *text;        /* the user's text */
+    const char *reply_to;    /* the inbound msg_id, or NULL */
+};
+typedef int (*nx_router_dispatch_fn)(const struct nx_router_dispatch_in *in, void *arg);
+void nx_router_set_dispatch(struct nx_router *r, nx_router_dispatch_fn fn, void *arg);
 /* Unsubscribes; turns already started still answer (their replies are dropped if the bus is
  * gone). Accepts NULL. */
 void nx_router_free(struct nx_router *r);

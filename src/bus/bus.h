@@ -148,6 +148,23 @@ uint32_t nx_bus_work_attempt(const struct nx_bus_work *w);
 /* True when w came from a JetStream consumer (acknowledged, redelivered), false on core NATS. */
 bool nx_bus_work_is_durable(const struct nx_bus_work *w);
 
+/* A durable JetStream consumer of one outbound subject ("plugin.outbound.<label>") in the
+ * outbound stream, named `durable` ([A-Za-z0-9_-]), shared through a deliver group of that name:
+ * for a process whose channels must also get the replies published while it was down (the
+ * gateway role, docs/scaling.md). Created the first time with "deliver new"; afterwards it resumes
+ * where its acknowledgements stopped. Deliveries are work items: nx_bus_work_done(w, 0)
+ * acknowledges (after a flush), rc < 0 asks for a redelivery. Subscribed at each connection to a
+ * server with JetStream; without JetStream nothing is delivered through it. Returns 0,
+ * NX_EINVAL or NX_ECLOSED. */
+struct nx_bus_durable;
+int nx_bus_durable_consume(struct nx_bus *bus, const char *subject, const char *durable,
+                           nx_bus_work_cb cb, void *arg, struct nx_bus_durable **out);
+/* True while it is subscribed on a connected JetStream server: every reply published on its
+ * subject reaches it (the channel may then leave the core copies to it). */
+bool nx_bus_durable_is_active(const struct nx_bus_durable *d);
+/* Stops it (the consumer stays on the server for the next start) and frees. Accepts NULL. */
+void nx_bus_durable_stop(struct nx_bus_durable *d);
+
 /* The session-state bucket (JetStream KV, broker.jetstream.sessions_bucket). Any key text is
  * accepted (it is encoded). cb runs on the loop: rc 0 with the value and its revision, NX_ENOENT
  * (no such key; for get), NX_ENOTSUP (no JetStream), NX_EIO, NX_ECLOSED. The value is valid

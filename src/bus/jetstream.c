@@ -35,7 +35,10 @@ enum { C_WAITING = 0, C_SUBSCRIBING, C_JETSTREAM, C_CORE };
 struct jcons {
     struct jcons *next;
     struct nx_bus *bus;
-    char *agent;
+    char *agent;        /* routed work of this agent, or NULL: */
+    char *subject;      /* a durable consumer of this outbound subject */
+    char *durable;      /* ... named so (nx_bus_durable_consume) */
+    bool is_stopped;    /* stopped while its setup job ran: freed when it returns */
     nx_bus_work_cb cb;
     void *arg;
     int state;
@@ -403,16 +406,24 @@ static bool subscribe_cons(struct setup *s, struct jcons *c)
         jsErrCode jerr = 0;
         natsStatus st;
 
-        snprintf(subject, sizeof subject, "agent.route.%s.%u", c->agent, p);
-        snprintf(durable, sizeof durable, "nexo_%s_%u", c->agent, p);
+        if (c->agent) {
+            snprintf(subject, sizeof subject, "agent.route.%s.%u", c->agent, p);
+            snprintf(durable, sizeof durable, "nexo_%s_%u", c->agent, p);
+        } else {
+            snprintf(subject, sizeof subject, "%s", c->subject);
+            snprintf(durable, sizeof durable, "%s", c->durable);
+        }
         jsSubOptions_Init(&so);
-        so.Stream = s->js->names[2];
+        so.Stream = s->js->names[c->agent ? 2 : 1];
         so.Queue = durable; /* one deliver group: each item goes to one process */
         so.ManualAck = true;
         so.Config.Durable = durable;
         so.Config.AckPolicy = js_AckExplicit;
-        so.Config.DeliverPolicy = js_DeliverAll;
-        so.Config.MaxAckPending = 1; /* one item in flight per partition: sessions stay ordered */
+        /* work: everything in the stream; replies: from the consumer's creation on (older ones
+         * were this process's to send before it existed) */
+        so.Config.DeliverPolicy = c->agent ? js_DeliverAll : js_DeliverNew;
+        /* one item in flight per partition: sessions stay ordered; replies: a window */
+        so.Config.MaxAckPending = c->agent ? 1 : 256;
         so.Config.AckWait = (int64_t)(conf->jetstream.ack_wait_ms ? conf->jetstream.ack_wait_ms : 30000) *
                             1000000;
         so.Config.MaxDeliver = conf->jetstream.max_deliver ? (int64_t)conf->jetstream.max_deliver : -1;
@@ -489,6 +500,14 @@ static void cons_drop_subs(struct jcons *c)
     c->nsubs = 0;
 }
 
+static void cons_free(struct jcons *c)
+{
+    free(c->agent);
+    free(c->subject);
+    free(c->durable);
+    free(c);
+}
+
 static void core_subscribe(struct nx_bus *bus, struct jcons *c)
 {
     char pattern[192];
@@ -525,20 +544,27 @@ static void setup_after(uv_work_t *r, int status)
     }
     for (size_t i = 0; i < s->ncons; i++) {
         struct jcons *c = s->cons[i];
-        bool ok = !bus->is_closing && s->has_js && !s->err[0];
+        bool ok = !bus->is_closing && s->has_js && !s->err[0] && !c->is_stopped;
 
         for (uint32_t p = 0; ok && p < c->nsubs; p++)
             ok = c->subs[p]->ns != NULL;
         if (ok) {
             c->state = C_JETSTREAM;
-            nx_info("bus", "%s: consuming agent.route.%s.* through %u durable JetStream consumers",
-                    bus->name, c->agent, c->nsubs);
+            if (c->agent)
+                nx_info("bus", "%s: consuming agent.route.%s.* through %u durable JetStream consumers",
+                        bus->name, c->agent, c->nsubs);
+            else
+                nx_info("bus", "%s: consuming %s through durable JetStream consumer %s", bus->name,
+                        c->subject, c->durable);
             continue;
         }
         cons_drop_subs(c);
         c->state = C_WAITING;
-        if (!bus->is_closing && !s->has_js)
-            core_subscribe(bus, c);
+        if (c->is_stopped)
+            cons_free(c);
+        else if (!bus->is_closing && !s->has_js && c->agent)
+            core_subscribe(bus, c); /* a durable reply consumer has no core form: the channel's own
+                                       subscription serves it */
     }
     free(s->cons);
     free(s);
@@ -565,7 +591,7 @@ static void run_setup(struct nx_bus *bus)
         return;
     if (!bus->conf.jetstream.enabled) {
         for (struct jcons *c = js->cons; c; c = c->next)
-            if (c->state == C_WAITING)
+            if (c->state == C_WAITING && c->agent)
                 core_subscribe(bus, c);
         return;
     }
@@ -583,7 +609,7 @@ static void run_setup(struct nx_bus *bus)
         s->cons = nx_realloc(s->cons, (s->ncons + 1) * sizeof *s->cons);
         s->cons[s->ncons++] = c;
         c->state = C_SUBSCRIBING;
-        c->nsubs = partitions(bus);
+        c->nsubs = c->agent ? partitions(bus) : 1;
         c->subs = nx_calloc(c->nsubs, sizeof *c->subs);
         for (uint32_t p = 0; p < c->nsubs; p++) {
             struct jsub *j = nx_calloc(1, sizeof *j);
@@ -636,6 +662,62 @@ int nx_bus_work_consume(struct nx_bus *bus, const char *agent, nx_bus_work_cb cb
     return 0;
 }
 
+/* ---- durable reply consumers (the gateway role's channels) ---- */
+
+int nx_bus_durable_consume(struct nx_bus *bus, const char *subject, const char *durable,
+                           nx_bus_work_cb cb, void *arg, struct nx_bus_durable **out)
+{
+    struct nx_js *js;
+    struct jcons *c;
+
+    if (!bus || !cb || !subject || strncmp(subject, "plugin.outbound.", 16) != 0 ||
+        strlen(subject) > 180 || strpbrk(subject, "*> \t\r\n") || !durable || !*durable ||
+        strlen(durable) > 120 || strspn(durable, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                        "0123456789_-") != strlen(durable))
+        return NX_EINVAL;
+    if (bus->is_closing)
+        return NX_ECLOSED;
+    js = js_get(bus);
+    c = nx_calloc(1, sizeof *c);
+    c->bus = bus;
+    c->subject = nx_strdup(subject);
+    c->durable = nx_strdup(durable);
+    c->cb = cb;
+    c->arg = arg;
+    c->next = js->cons;
+    js->cons = c;
+    if (bus->conf.type == NX_BROKER_NATS)
+        run_setup(bus);
+    *out = (struct nx_bus_durable *)c;
+    return 0;
+}
+
+bool nx_bus_durable_is_active(const struct nx_bus_durable *d)
+{
+    const struct jcons *c = (const struct jcons *)d;
+
+    return c && c->state == C_JETSTREAM && nx_bus_has_jetstream(c->bus);
+}
+
+void nx_bus_durable_stop(struct nx_bus_durable *d)
+{
+    struct jcons *c = (struct jcons *)d, **pp;
+
+    if (!c)
+        return;
+    for (pp = &c->bus->js->cons; *pp && *pp != c; pp = &(*pp)->next)
+        ;
+    if (*pp)
+        *pp = c->next;
+    c->next = NULL;
+    if (c->state == C_SUBSCRIBING) { /* its setup job holds it: freed when that returns */
+        c->is_stopped = true;
+        return;
+    }
+    cons_drop_subs(c); /* deliveries still posted are dropped: the server delivers them again */
+    cons_free(c);
+}
+
 /* ---- the session bucket (kv.c) ---- */
 
 void *nx_js_kv(struct nx_bus *bus)
@@ -667,8 +749,7 @@ void nx_js_destroy(struct nx_bus *bus)
 
         js->cons = c->next;
         cons_drop_subs(c);
-        free(c->agent);
-        free(c);
+        cons_free(c);
     }
     while (js->works) { /* a caller still holds these: nx_bus_work_done only frees them now */
         struct nx_bus_work *w = js->works;

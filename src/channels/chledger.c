@@ -5,6 +5,7 @@
 
 #include "channels/chledger.h"
 #include "core/alloc.h"
+#include "core/buf.h"
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -27,6 +28,7 @@ struct op {
     char *key;                 /* outbound */
     char *subject;
     char *data;
+    struct nx_bus_work *w;     /* outbound from the durable consumer: acknowledged once claimed */
 };
 
 struct nx_chledger {
@@ -37,7 +39,10 @@ struct nx_chledger {
     struct op *ops;
     struct nx_timer *timer;
     bool is_taking;
+    struct nx_bus_durable *durable; /* gateway role on JetStream: replies from the stream */
 };
+
+static bool use_durable; /* nx_chledger_use_jetstream */
 
 static struct nx_metric *m_dup, *m_skipped, *m_resent;
 static uint64_t boot_id;
@@ -94,6 +99,8 @@ static void op_free(struct op *o)
         if (o->next)
             o->next->prev = o->prev;
     }
+    if (o->w) /* not claimed: the server delivers it again */
+        nx_bus_work_done(o->w, NX_ECANCELED);
     nx_envelope_free(o->env);
     free(o->key);
     free(o->subject);
@@ -201,6 +208,15 @@ static void on_claimed(int rc, int64_t is_claimed, void *arg)
     struct nx_chledger *l = o->l;
     if (!l)
         goto out;
+    if (o->w && rc < 0) { /* from the stream: not recorded, so not acknowledged either */
+        nx_warn("ledger", "%s: reply %s not recorded (%s): the stream delivers it again",
+                nx_channel_label(l->ch), o->key, nx_strerror(rc));
+        goto out;
+    }
+    if (o->w) { /* the ledger has it (pending, sent or failed): the stream may let it go */
+        nx_bus_work_done(o->w, 0);
+        o->w = NULL;
+    }
     if (rc < 0) {
         nx_error("ledger", "%s: reply %s not recorded (%s): sent unrecorded",
                  nx_channel_label(l->ch), o->key, nx_strerror(rc));
@@ -214,14 +230,8 @@ out:
     op_free(o);
 }
 
-bool nx_chledger_outbound(struct nx_chledger *l, struct nx_bus_msg *msg)
+static void claim(struct nx_chledger *l, struct op *o)
 {
-    if (!l || msg == l->current)
-        return false;
-    struct op *o = op_new(l);
-    o->key = nx_strdup(nx_chledger_key(msg->env));
-    o->subject = nx_strdup(msg->subject);
-    o->data = nx_strndup(msg->data, msg->len);
     struct nx_ledger_reply r = {
         .key = o->key,
         .channel = nx_channel_type_name(l->ch),
@@ -230,7 +240,70 @@ bool nx_chledger_outbound(struct nx_chledger *l, struct nx_bus_msg *msg)
         .envelope = o->data,
     };
     nx_ledger_outbound_claim(l->store, &r, boot(), on_claimed, o);
+}
+
+bool nx_chledger_outbound(struct nx_chledger *l, struct nx_bus_msg *msg)
+{
+    if (!l || msg == l->current)
+        return false;
+    if (l->durable && nx_bus_durable_is_active(l->durable))
+        return true; /* the stream's consumer delivers this one, acknowledged once claimed */
+    struct op *o = op_new(l);
+    o->key = nx_strdup(nx_chledger_key(msg->env));
+    o->subject = nx_strdup(msg->subject);
+    o->data = nx_strndup(msg->data, msg->len);
+    claim(l, o);
     return true;
+}
+
+/* A reply from the outbound stream's durable consumer: claimed in the ledger like one from the
+ * core subscription (a key seen before is skipped), acknowledged once the claim is recorded. */
+static void on_durable(struct nx_bus *bus, struct nx_bus_work *w, const struct nx_envelope *env, void *arg)
+{
+    struct nx_chledger *l = arg;
+    struct nx_buf subject = NX_BUF_INIT;
+    size_t len = 0;
+    char *data = nx_envelope_dump(env, &len);
+    (void)bus;
+    if (!data) {
+        nx_warn("ledger", "%s: reply %s from the stream unreadable: dropped", nx_channel_label(l->ch),
+                env->id);
+        nx_bus_work_done(w, 0);
+        return;
+    }
+    nx_buf_printf(&subject, "plugin.outbound.%s", nx_channel_label(l->ch));
+    struct op *o = op_new(l);
+    o->w = w;
+    o->key = nx_strdup(nx_chledger_key(env));
+    o->subject = nx_buf_steal(&subject);
+    o->data = data;
+    claim(l, o);
+}
+
+void nx_chledger_use_jetstream(bool on)
+{
+    use_durable = on;
+}
+
+/* "nexo_out_<label>", every byte outside [A-Za-z0-9_-] as '_'. */
+static void start_durable(struct nx_chledger *l)
+{
+    struct nx_buf subject = NX_BUF_INIT, name = NX_BUF_INIT;
+    const char *label = nx_channel_label(l->ch);
+    nx_buf_printf(&subject, "plugin.outbound.%s", label);
+    nx_buf_puts(&name, "nexo_out_");
+    for (const char *p = label; *p; p++) {
+        char c = *p;
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
+        nx_buf_putc(&name, ok ? c : '_');
+    }
+    int rc = nx_bus_durable_consume(nx_channel_bus(l->ch), nx_buf_cstr(&subject), nx_buf_cstr(&name),
+                                    on_durable, l, &l->durable);
+    if (rc < 0)
+        nx_warn("ledger", "%s: no durable reply consumer (%s): replies come over core NATS only",
+                label, nx_strerror(rc));
+    nx_buf_cleanup(&subject);
+    nx_buf_cleanup(&name);
 }
 
 static void on_taken(int rc, const struct nx_ledger_row *v, size_t n, void *arg)
@@ -321,6 +394,8 @@ struct nx_chledger *nx_chledger_new(struct nx_channel *ch, nx_chledger_deliver_f
     l->store = store;
     l->deliver = deliver;
     schedule_take(l, 0); /* replies left pending by the last run */
+    if (use_durable)
+        start_durable(l);
     return l;
 }
 
@@ -330,6 +405,7 @@ void nx_chledger_free(struct nx_chledger *l)
         return;
     if (l->timer)
         nx_timer_cancel(l->timer);
+    nx_bus_durable_stop(l->durable);
     for (struct op *o = l->ops; o; o = o->next)
         o->l = NULL;
     free(l);

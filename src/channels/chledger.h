@@ -37,6 +37,14 @@ bool nx_chledger_outbound(struct nx_chledger *l, struct nx_bus_msg *msg);
 /* The idempotency key of an outbound event: the payload's "key", else the envelope id. */
 const char *nx_chledger_key(const struct nx_envelope *env);
 
+/* Gateway role (docs/scaling.md): channels created from now on also take their replies from a
+ * durable consumer of the outbound stream ("nexo_out_<label>") when the bus has JetStream, so
+ * replies published while this process was down are sent when it is back. Each is acknowledged
+ * once the ledger recorded its claim (a key seen before is skipped), and while that consumer is
+ * active the core deliveries of the same replies are left to it. Process-wide; call before
+ * nx_channels_new. */
+void nx_chledger_use_jetstream(bool on);
+
 void nx_chledger_sent(struct nx_chledger *l, const char *key, const char *provider_id, int status,
                       const char *error);
 void nx_chledger_status(struct nx_chledger *l, const char *provider_id, const char *state,

@@ -14,6 +14,7 @@
 #include "api/health.h"
 #include "bus/bus.h"
 #include "channels/channels.h"
+#include "channels/chledger.h"
 #include "channels/policy.h"
 #include "config/config.h"
 #include "core/alloc.h"
@@ -490,8 +491,9 @@ static bool is_role(const struct daemon *d, const char *role)
     return d->opts->role && strcmp(d->opts->role, role) == 0;
 }
 
-/* gateway: inbound channel messages become routed work; agents: serve the routed work of the
- * listed agents (all by default). "all" (the default) leaves the in-process router in charge. */
+/* gateway: the router matches, claims and gates inbound channel messages and dispatches them
+ * as routed work (set up with the router below); agents: serve the routed work of the listed
+ * agents (all by default). "all" (the default) leaves the in-process router running turns. */
 static int start_role(struct daemon *d)
 {
     const char *list = d->opts->agents;
@@ -502,11 +504,8 @@ static int start_role(struct daemon *d)
     if (nx_partition_new(d->bus, d->agents, d->store, d->opts->data_dir,
                          nx_config_broker(d->cfg)->jetstream.session_max_messages, &d->part) < 0)
         return NX_EIO;
-    if (is_role(d, "gateway")) {
-        if ((rc = nx_partition_gateway(d->part)) < 0)
-            nx_error("daemon", "role gateway: cannot subscribe to plugin.inbound.>: %s", nx_strerror(rc));
-        return rc;
-    }
+    if (is_role(d, "gateway"))
+        return 0;
     if (!list) {
         json_t *all = nx_agents_list(d->agents), *a;
         size_t i;
@@ -635,12 +634,18 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
         nx_config_unref(d.cfg);
         return rc == NX_ECONFIG ? NX_EXIT_CONFIG : NX_EXIT_FAILURE;
     }
-    if (d.part)
-        nx_info("daemon", "role %s: routed work replaces the in-process router", opts->role);
+    if (is_role(&d, "agents"))
+        nx_info("daemon", "role agents: routed work replaces the in-process router");
     else if (nx_router_new(d.bus, d.agents, &d.router) < 0)
         nx_warn("daemon", "channel messages will not reach agents: the router could not subscribe");
-    else
+    else {
+        if (d.part) { /* gateway: the same match, ledger and gate; the turn runs elsewhere */
+            nx_info("daemon", "role gateway: matched messages are dispatched as routed work");
+            nx_router_set_dispatch(d.router, nx_partition_dispatch, d.part);
+        }
         nx_router_set_store(d.router, d.store); /* the ledger: resumes unanswered events first */
+    }
+    nx_chledger_use_jetstream(is_role(&d, "gateway")); /* replies sent while it was down, too */
     if (!is_role(&d, "agents") &&
         nx_channels_new(&d.rt.loop, d.bus, d.client, d.store, d.cfg, &d.channels) < 0)
         nx_warn("daemon", "channels not started: see the errors above");

@@ -9,9 +9,17 @@ answer on plugin.outbound.scale, recorded here. Halfway through, one agent proce
 (SIGKILL): its sessions continue on the other one with their history. Checked:
   - every message answered exactly once (lost / duplicate counts printed);
   - each session's turns in order: every request the fake LLM saw for a session carries that
-    session's messages 1..k in order (so the history grew in order, across the takeover)."""
+    session's messages 1..k in order (so the history grew in order, across the takeover).
+
+The gateway role goes through the in-process router's path (match, ledger claim, sender rate
+limit gate, then dispatch as routed work): a second test checks that sender_rate_limit cuts a
+flood, that replies the agents published while the gateway was killed (-9) are sent by its
+Telegram channel once it is back (from the NEXO_OUTBOUND stream), each exactly once, that an
+inbound event published again with the same id after that restart is dropped by the ledger, and
+that the agents process wrote the turns to its transcripts."""
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -21,11 +29,18 @@ import urllib.request
 
 from nexo_harness import Nexo, main, run_cli, write_config
 from test_api_sdk import script, start_fake
-from test_bus_faults import Collector, NatsServer, free_port, metric, wait_for
+from test_bus_faults import Collector, FakeBotApi, NatsServer, free_port, metric, wait_for
 from test_router_nats import NatsConn, envelope
 
 SESSIONS = 20
 PER_SESSION = 10
+
+
+def metric_of(n, name, label):
+    """The value of one labelled series (label: 'agent="tg"'), 0 when absent."""
+    status, body, _ = n.request("GET", "/metrics", listener="metrics")
+    m = re.search(r"^%s\{[^}]*%s[^}]*\} (\S+)$" % (re.escape(name), re.escape(label)), body.decode(), re.M)
+    return float(m.group(1)) if m else 0.0
 
 
 def requests_seen(port):
@@ -164,6 +179,116 @@ class ScaleOut(unittest.TestCase):
         self.assertEqual(sorted(last_k.values()), [PER_SESSION] * SESSIONS)
         self.assertGreater(served_a, 0, "the killed process never served anything")
         self.assertGreater(served_b, 0)
+
+    def test_gateway_keeps_the_router_guarantees(self):
+        bot = FakeBotApi()
+        self.addCleanup(bot.close)
+        chats = [3001, 3002, 3003]
+        write_config(self.cfg, {
+            "agents.yaml": ("agents:\n  - id: kate\n    model: {provider: anthropic, model: m}\n"
+                            "    inbound_bindings: [{plugin: scale}]\n"
+                            "  - id: tg\n    model: {provider: anthropic, model: m}\n"
+                            "    inbound_bindings: [{plugin: telegram, instance: gw}]\n"
+                            "  - id: lim\n    model: {provider: anthropic, model: m}\n"
+                            "    sender_rate_limit: {rps: 0.02, burst: 2}\n"
+                            "    inbound_bindings: [{plugin: flood}]\n"),
+            "plugins/telegram.yaml": ("telegram:\n  - instance: gw\n    token: \"123456:GATEWAY\"\n"
+                                      "    api_url: %s\n    polling: {enabled: true, interval_ms: 50}\n"
+                                      "    typing: false\n    allowlist: {chat_ids: [%s]}\n")
+                                     % (bot.url, ", ".join(str(c) for c in chats)),
+        })
+        gw = self.nexo("--role", "gateway", wait=False)
+        a = self.nexo("--role", "agents", wait=False)
+        for n in (gw, a):
+            n.wait_ready()
+        gw.wait_log(r"consuming plugin\.outbound\.telegram\.gw through durable JetStream consumer", 30)
+        for agent in ("kate", "tg", "lim"):
+            a.wait_log(r"consuming agent\.route\.%s\.\* through 8 durable" % agent, timeout=30)
+        self.col = Collector(self.nats.port, "plugin.outbound.>")
+        self.col.start()
+        wait_for(lambda: self.col.connects >= 1, 10, "the collector")
+        pub = NatsConn(self.nats.port)
+        pub.sub("_nexo_test.none", 99)
+
+        def replies(subject):
+            per = {}
+            for subj, env in self.col.snapshot():
+                if subj == subject:
+                    per.setdefault(env["payload"].get("reply_to"), set()).add(env["id"])
+            return per
+
+        # sender_rate_limit in the gateway: a flood of 6 from one sender, burst 2 -> 2 turns + a notice
+        for i in range(6):
+            pub.pub("plugin.inbound.flood", envelope("plugin.inbound.flood", {
+                "kind": "message", "from": "f1", "chat": "f1", "text": "flood %d" % i, "msg_id": 1001 + i}))
+        wait_for(lambda: len([r for r in replies("plugin.outbound.flood") if r]) >= 2, 30, "2 flood answers")
+        wait_for(lambda: metric(gw, "nexo_channel_dropped_total") >= 4, 30, "4 flood messages dropped")
+        # one answered event, published again (same id) after the gateway's restart below
+        again = envelope("plugin.inbound.scale", {"kind": "message", "chat": "r1", "text": "once",
+                                                  "msg_id": 2001})
+        pub.pub("plugin.inbound.scale", again)
+        wait_for(lambda: "2001" in replies("plugin.outbound.scale"), 30, "the answer to 2001")
+        # a failed turn is handed back and run again (broker dlq.max_attempts), as the router does
+        script(self.fport, [{"error": {"status": 400, "type": "invalid_request_error", "message": "no"}},
+                            {"text": "second try"}])
+        pub.pub("plugin.inbound.scale", envelope("plugin.inbound.scale", {
+            "kind": "message", "chat": "r2", "text": "retry me", "msg_id": 2002}))
+        wait_for(lambda: any(s == "plugin.outbound.scale" and e["payload"].get("reply_to") == "2002"
+                             for s, e in self.col.snapshot()), 30, "the answer to 2002")
+        self.assertEqual([e["payload"]["text"] for s, e in self.col.snapshot()
+                          if e["payload"].get("reply_to") == "2002"], ["second try"])
+        self.assertGreaterEqual(metric(a, "nexo_bus_work_naks_total"), 1)
+
+        # the gateway is killed while the agents answer: the replies wait in NEXO_OUTBOUND
+        total = 8
+        script(self.fport, [{"text": "zebra answer", "hang_ms": 1500}] * total)
+        for i in range(total):
+            bot.add(chats[i % len(chats)], i + 1, "zebra question %d" % (i + 1))
+        wait_for(lambda: metric_of(gw, "nexo_route_forwarded_total", 'agent="tg"') >= total, 30,
+                 "the telegram messages routed")
+        sent_before = len(bot.answers())
+        lim_routed = metric_of(gw, "nexo_route_forwarded_total", 'agent="lim"')
+        gw.proc.send_signal(signal.SIGKILL)
+        gw.proc.wait()
+        wait_for(lambda: len(replies("plugin.outbound.telegram.gw")) >= total, 60,
+                 "the agents' replies, published while the gateway is down")
+        gw2 = Nexo(config_dir=self.cfg, args=["--role", "gateway"])
+        gw2.data_dir = gw.data_dir  # the same ledger
+        self.procs.append(gw2)
+        gw2.start()
+
+        def telegram_sends():
+            per = {}
+            for _, mid, _ in bot.answers():
+                per[mid] = per.get(mid, 0) + 1
+            return per
+
+        wait_for(lambda: len(telegram_sends()) >= total, 60, "every reply sent after the restart")
+        pub.pub("plugin.inbound.scale", again)  # a redelivery the bus no longer remembers
+        wait_for(lambda: metric(gw2, "nexo_router_redeliveries_total") >= 1, 30,
+                 "the redelivery dropped by the ledger")
+        time.sleep(1.5)  # a late duplicate would show now
+        per = telegram_sends()
+        pub.s.close()
+        self.assertEqual(sorted(per), list(range(1, total + 1)))
+        self.assertEqual({m: c for m, c in per.items() if c > 1}, {})
+        self.assertEqual(len(replies("plugin.outbound.scale")["2001"]), 1)
+        self.assertEqual(lim_routed, 2)
+        self.assertEqual(len([r for r in replies("plugin.outbound.flood") if r]), 2)
+        notices = [e for s, e in self.col.snapshot()
+                   if s == "plugin.outbound.flood" and "faster" in e["payload"].get("text", "")]
+        self.assertEqual(len(notices), 1)
+        print("\n[gateway] flood 6 -> 2 turns + 1 notice; %d telegram replies sent before the kill, "
+              "%d after the restart, %d sent twice; redelivered event dropped by the ledger"
+              % (sent_before, len(bot.answers()) - sent_before, sum(c - 1 for c in per.values())))
+
+        # the agents process wrote the turns to its transcripts
+        self.assertEqual(a.stop(), 0)
+        r = run_cli("--data", a.data_dir, "transcripts", "search", "zebra", "--agent", "tg", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = json.loads(r.stdout)
+        self.assertGreaterEqual(len(rows), total, r.stdout)
+        self.assertEqual({row["agent_id"] for row in rows}, {"tg"})
 
     def test_core_nats_without_jetstream_still_routes(self):
         self.nats.kill()
