@@ -17,6 +17,20 @@ static _Atomic bool log_json = false;
 static _Atomic int log_fd = 2;
 static pthread_mutex_t write_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* Sinks: the table changes under the write lock of sink_lock and is read under its read lock.
+ * sink_min (the lowest sink level, NX_LOG_OFF with none) and log_gate (min of it and log_level)
+ * let the macro and nx_log_vwrite skip everything without taking a lock. */
+struct sink {
+    nx_log_sink_fn fn;
+    void *udata;
+    int min;
+};
+static struct sink sinks[NX_LOG_MAX_SINKS];
+static pthread_rwlock_t sink_lock = PTHREAD_RWLOCK_INITIALIZER;
+static _Atomic int sink_min = NX_LOG_OFF;
+static _Atomic int log_gate = NX_LOG_INFO;
+static _Thread_local bool in_sink;
+
 static _Thread_local char *ctx_agent;
 static _Thread_local char *ctx_session;
 
@@ -27,9 +41,91 @@ enum nx_log_level nx_log_level(void)
     return (enum nx_log_level)atomic_load_explicit(&log_level, memory_order_relaxed);
 }
 
+enum nx_log_level nx_log_gate(void)
+{
+    return (enum nx_log_level)atomic_load_explicit(&log_gate, memory_order_relaxed);
+}
+
+/* Callers hold sink_lock for writing (or nothing changes sinks concurrently). */
+static void update_gate(void)
+{
+    int lvl = atomic_load(&log_level), smin = atomic_load(&sink_min);
+    atomic_store(&log_gate, lvl < smin ? lvl : smin);
+}
+
 void nx_log_set_level(enum nx_log_level lvl)
 {
+    pthread_rwlock_wrlock(&sink_lock);
     atomic_store(&log_level, (int)lvl);
+    update_gate();
+    pthread_rwlock_unlock(&sink_lock);
+}
+
+static void sinks_changed(void)
+{
+    int m = NX_LOG_OFF;
+    for (size_t i = 0; i < NX_LOG_MAX_SINKS; i++) {
+        if (sinks[i].fn && sinks[i].min < m)
+            m = sinks[i].min;
+    }
+    atomic_store(&sink_min, m);
+    update_gate();
+}
+
+int nx_log_sink_add(nx_log_sink_fn fn, void *udata, enum nx_log_level min)
+{
+    int rc = NX_EBUSY;
+    pthread_rwlock_wrlock(&sink_lock);
+    struct sink *free_slot = NULL;
+    for (size_t i = 0; i < NX_LOG_MAX_SINKS; i++) {
+        if (sinks[i].fn == fn && sinks[i].udata == udata) {
+            sinks[i].min = (int)min;
+            rc = 0;
+            goto out;
+        }
+        if (!sinks[i].fn && !free_slot)
+            free_slot = &sinks[i];
+    }
+    if (free_slot) {
+        *free_slot = (struct sink){fn, udata, (int)min};
+        rc = 0;
+    }
+out:
+    sinks_changed();
+    pthread_rwlock_unlock(&sink_lock);
+    return rc;
+}
+
+void nx_log_sink_remove(nx_log_sink_fn fn, void *udata)
+{
+    pthread_rwlock_wrlock(&sink_lock);
+    for (size_t i = 0; i < NX_LOG_MAX_SINKS; i++) {
+        if (sinks[i].fn == fn && sinks[i].udata == udata)
+            sinks[i] = (struct sink){NULL, NULL, NX_LOG_OFF};
+    }
+    sinks_changed();
+    pthread_rwlock_unlock(&sink_lock);
+}
+
+/* Hands the line to every sink whose level it reaches; lines logged by a sink stop here. */
+static void to_sinks(enum nx_log_level lvl, const char *component, const struct nx_buf *clean)
+{
+    struct nx_log_line l = {
+        .level = lvl,
+        .component = component,
+        .agent = ctx_agent,
+        .session = ctx_session,
+        .msg = nx_buf_cstr(clean),
+        .len = clean->len,
+    };
+    in_sink = true;
+    pthread_rwlock_rdlock(&sink_lock);
+    for (size_t i = 0; i < NX_LOG_MAX_SINKS; i++) {
+        if (sinks[i].fn && (int)lvl >= sinks[i].min)
+            sinks[i].fn(&l, sinks[i].udata);
+    }
+    pthread_rwlock_unlock(&sink_lock);
+    in_sink = false;
 }
 
 int nx_log_parse_level(const char *s, enum nx_log_level *out)
@@ -90,13 +186,24 @@ static void json_escape(struct nx_buf *out, const char *s, size_t len)
     }
 }
 
-void nx_log_vwrite(enum nx_log_level lvl, const char *component, const char *fmt, va_list ap)
+static void vemit(enum nx_log_level lvl, const char *component, bool is_forced, const char *fmt, va_list ap)
+    __attribute__((format(printf, 4, 0)));
+
+static void vemit(enum nx_log_level lvl, const char *component, bool is_forced, const char *fmt, va_list ap)
 {
     struct nx_buf msg = NX_BUF_INIT, clean = NX_BUF_INIT, line = NX_BUF_INIT;
     char ts[32];
+    bool is_written = is_forced || (int)lvl >= atomic_load(&log_level);
+    bool is_sunk = !in_sink && (int)lvl >= atomic_load(&sink_min);
 
+    if (!is_written && !is_sunk)
+        return;
     nx_buf_vprintf(&msg, fmt, ap);
     nx_redact_append(&clean, nx_buf_cstr(&msg), msg.len);
+    if (is_sunk)
+        to_sinks(lvl, component, &clean);
+    if (!is_written)
+        goto out;
     nx_rfc3339(nx_wall_ms(), ts, sizeof ts);
 
     if (atomic_load(&log_json)) {
@@ -142,16 +249,29 @@ void nx_log_vwrite(enum nx_log_level lvl, const char *component, const char *fmt
         off += (size_t)n;
     }
     pthread_mutex_unlock(&write_lock);
-
+out:
     nx_buf_cleanup(&msg);
     nx_buf_cleanup(&clean);
     nx_buf_cleanup(&line);
+}
+
+void nx_log_vwrite(enum nx_log_level lvl, const char *component, const char *fmt, va_list ap)
+{
+    vemit(lvl, component, true, fmt, ap);
 }
 
 void nx_log_write(enum nx_log_level lvl, const char *component, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    nx_log_vwrite(lvl, component, fmt, ap);
+    vemit(lvl, component, true, fmt, ap);
+    va_end(ap);
+}
+
+void nx_log_emit(enum nx_log_level lvl, const char *component, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vemit(lvl, component, false, fmt, ap);
     va_end(ap);
 }

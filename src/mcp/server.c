@@ -137,6 +137,8 @@ int nx_mcp_server_new(const struct nx_mcp_server_deps *deps, const struct nx_mcp
     srv->http = deps->http;
     srv->agents = deps->agents;
     srv->cfg = nx_config_ref(deps->cfg);
+    srv->loop_thread = pthread_self();
+    srv->sink_level = MCP_LOG_NONE;
     srv->ops.start = deps->ops && deps->ops->start ? deps->ops->start : nx_turn_start;
     srv->ops.cancel = deps->ops && deps->ops->cancel ? deps->ops->cancel : nx_turn_cancel;
     conf_copy(&srv->conf, conf);
@@ -180,6 +182,7 @@ void nx_mcp_server_free(struct nx_mcp_server *srv)
     if (!srv)
         return;
     NX_ASSERT(!srv->sessions);
+    mcp_logs_stop(srv);
     nx_timer_cancel(srv->watch);
     for (size_t i = 0; i < srv->n_agent_tools; i++) {
         free(srv->agent_tools[i].name);
@@ -389,6 +392,8 @@ void nx_mcp_session_free(struct nx_mcp_session *s)
         s->srv->sessions = s->next;
     if (s->next)
         s->next->prev = s->prev;
+    if (s->log_level != MCP_LOG_NONE)
+        mcp_logs_update(s->srv);
     free(s->protocol);
     free(s);
 }
@@ -492,6 +497,7 @@ static void on_set_level(struct nx_mcp_session *s, const json_t *id, const json_
     for (int i = 0; lv && i < (int)NX_ARRAY_LEN(log_levels); i++) {
         if (strcmp(lv, log_levels[i]) == 0) {
             s->log_level = i;
+            mcp_logs_update(s->srv);
             send_result(s, origin, id, json_object());
             return;
         }

@@ -1,6 +1,7 @@
 /* tools/call on the server side: an agent tool runs a real agent turn (progress notifications
- * carry the streamed text's length when the request has _meta.progressToken), an exported
- * registry tool runs in the sandbox of mcp_server.yaml's tools_agent under its allowed_tools.
+ * carry the streamed text's length and name the agent's tool calls when the request has
+ * _meta.progressToken), an exported registry tool runs in the sandbox of mcp_server.yaml's
+ * tools_agent under its allowed_tools.
  * notifications/cancelled cancels the turn or the tool; no response follows (the transport is
  * told with a final NULL). Metrics: nexo_mcp_server_calls_total{tool,outcome},
  * nexo_mcp_server_call_seconds{tool}. */
@@ -15,6 +16,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/redact.h"
 #include "mcp/jsonrpc.h"
 #include "mcp/server_internal.h"
 
@@ -79,6 +81,7 @@ static void finish(struct srv_call *c, json_t *result, const char *outcome)
         json_decref(result);
         return;
     }
+    mcp_logs_flush(s->srv); /* the call's log lines come before its answer */
     mcp_session_log(s, c->origin, strcmp(outcome, "ok") == 0 ? MCP_LOG_INFO : MCP_LOG_WARNING,
                     "tools/call %s: %s in %.3f s", c->tool, outcome, secs);
     unlink_call(c);
@@ -133,6 +136,24 @@ static void on_text(const char *delta, size_t len, void *udata)
     progress(c, msg);
 }
 
+/* The agent's own tool calls: a progress step each (progress stays increasing: one more than the
+ * last report; the streamed text's length takes over again once it is larger). */
+static void on_tool(const char *name, bool is_end, bool is_error, void *udata)
+{
+    struct srv_call *c = udata;
+    struct nx_buf msg = NX_BUF_INIT, red = NX_BUF_INIT;
+    if (!c->progress_token || !c->s)
+        return;
+    c->progress += 1;
+    /* The name is the model's: redacted like a log line. */
+    nx_buf_printf(&msg, "%s tool %.100s%s", is_end ? "finished" : "calling", name,
+                  is_end && is_error ? " (it failed)" : "");
+    nx_redact_append(&red, msg.data, msg.len);
+    progress(c, nx_buf_cstr(&red));
+    nx_buf_cleanup(&msg);
+    nx_buf_cleanup(&red);
+}
+
 static void on_turn_done(int rc, const struct nx_turn_result *res, void *udata)
 {
     struct srv_call *c = udata;
@@ -149,7 +170,11 @@ static void on_turn_done(int rc, const struct nx_turn_result *res, void *udata)
         const char *type = res && res->error_type ? res->error_type
                            : rc == NX_ECANCELED ? "cancelled"
                                                 : "error";
-        finish_text(c, true, "the agent could not answer (%s): %s", type, msg);
+        /* Upstream errors can echo a key ("Incorrect API key provided: sk-..."). */
+        struct nx_buf red = NX_BUF_INIT;
+        nx_redact_append(&red, msg, strlen(msg));
+        finish_text(c, true, "the agent could not answer (%s): %s", type, nx_buf_cstr(&red));
+        nx_buf_cleanup(&red);
     }
     call_free(c);
 }
@@ -188,6 +213,7 @@ static void start_agent(struct srv_call *c, const char *agent_id, const json_t *
         .temperature = -1,
         .stream = c->progress_token != NULL,
         .on_text = c->progress_token ? on_text : NULL,
+        .on_tool = c->progress_token ? on_tool : NULL,
         .on_done = on_turn_done,
         .udata = c,
     };
@@ -297,6 +323,7 @@ void mcp_call_start(struct nx_mcp_session *s, const json_t *id, const json_t *pa
     c->id = json_deep_copy(id);
     c->origin = origin;
     c->tool = nx_strdup(t.name);
+    c->agent = t.agent_id ? t.agent_id : s->srv->tools_agent;
     c->start_ns = nx_mono_ns();
     const json_t *tok = json_object_get(json_object_get(params, "_meta"), "progressToken");
     if (json_is_string(tok) || json_is_integer(tok))

@@ -3,6 +3,7 @@
 
 /* Shared by server.c (sessions, lifecycle, lists) and server_call.c (tools/call). */
 
+#include <pthread.h>
 #include <stdarg.h>
 
 #include "mcp/server.h"
@@ -31,6 +32,12 @@ struct nx_mcp_server {
     struct nx_mcp_session *sessions;
     struct nx_timer *watch;      /* exported tools: notices registry changes (list_changed) */
     uint64_t tools_hash;
+    /* Log forwarding (server_log.c): lines from nx_log's sink wait here for the loop. */
+    pthread_t loop_thread;       /* the thread that created the server: lines from others are not sent */
+    int sink_level;              /* MCP_LOG_* the sink is set at, MCP_LOG_NONE = no sink */
+    struct fwd_line *log_head, *log_tail;
+    size_t n_log_queued;
+    struct nx_timer *log_flush;
 };
 
 struct srv_call;
@@ -41,6 +48,9 @@ struct nx_mcp_session {
     char *protocol;              /* negotiated, or NULL */
     bool is_initialized;         /* notifications/initialized seen */
     int log_level;               /* MCP_LOG_*, NONE until logging/setLevel */
+    double log_tokens;           /* forwarded lines: a token bucket */
+    uint64_t log_refill_ns;
+    unsigned log_dropped;        /* lines over the rate, not yet reported */
     struct srv_call *calls;      /* in flight */
     size_t n_calls;
     struct nx_mcp_session *next, *prev;
@@ -53,6 +63,7 @@ struct srv_call {
     void *origin;
     json_t *progress_token;      /* NULL = no progress asked */
     char *tool;                  /* for metrics */
+    const char *agent;           /* whose turn or sandbox runs it (borrowed from the server) */
     uint64_t start_ns;
     uint64_t last_progress_ns;
     size_t text_len;
@@ -77,6 +88,15 @@ void mcp_session_log(struct nx_mcp_session *s, void *origin, int level, const ch
 bool mcp_find_tool(const struct nx_mcp_server *srv, const char *name, struct srv_tool *out);
 /* tools/list entries in order (agent tools, then exported); new reference. */
 json_t *mcp_tool_list(const struct nx_mcp_server *srv);
+
+/* server_log.c: nexo's own log lines (agent, llm, tools, mcp) forwarded to the sessions that set
+ * a level and have a call in flight, as notifications/message {level, logger: component}. */
+/* After logging/setLevel or a session's end: sets, changes or removes the log sink. */
+void mcp_logs_update(struct nx_mcp_server *srv);
+/* Sends the lines waiting (before a call's answer, so its lines come first). */
+void mcp_logs_flush(struct nx_mcp_server *srv);
+/* At server free: drops the lines waiting, removes the sink. */
+void mcp_logs_stop(struct nx_mcp_server *srv);
 
 /* server_call.c */
 void mcp_call_start(struct nx_mcp_session *s, const json_t *id, const json_t *params, void *origin);

@@ -3,7 +3,9 @@
 - stdio: `nexo mcp-server --agent main`: initialize, tools/list, a call that gets the fake's
   answer with progress notifications, a call cancelled midway (no response, the process goes
   on), logging/setLevel and notifications/message, ping, bad frames (parse error, invalid
-  request, over the frame cap) answered while the process stays up, exit 0 at end of input.
+  request, over the frame cap) answered while the process stays up, exit 0 at end of input;
+  the agent's own tool calls as progress, and the turn's log lines as notifications/message
+  (a key in a log line reaches the client redacted).
 - Streamable HTTP at /mcp on a running gateway: sessions (400/404), protocol version header,
   Origin/Host checks (403), bearer auth (401), JSON and SSE answers (priming event, retry),
   resumption with Last-Event-ID, the GET stream, DELETE, metrics.
@@ -247,6 +249,45 @@ class McpServerStdio(unittest.TestCase):
         self.assertIn("serving MCP on stdio", err)
         self.assertNotRegex(err, SANITIZER)
         self.assertNotIn("sk-fake-key", err)
+
+    def test_turn_log_lines_and_tool_progress(self):
+        """The agent's tool calls show in progress; the turn's log lines reach a client that set a
+        level, redacted: a key in a log line never reaches it."""
+        secret = "sk-ant-api03-" + "Zq7" * 12
+        c = self.client()
+        c.call(1, "initialize", INIT)
+        c.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        r, _ = c.call(2, "logging/setLevel", {"level": "warning"})
+        self.assertEqual(r["result"], {})
+        # The model calls time_now and a tool named like a key: the registry refuses the latter
+        # with a warning that names it.
+        script(self.port, [{"tool_use": [{"name": "time_now", "input": {}}, {"name": secret, "input": {}}]},
+                           {"text": "done with tools"}])
+        r, before = c.call(3, "tools/call", {"name": "ask_main", "arguments": {"message": "use tools"},
+                                             "_meta": {"progressToken": "t"}})
+        self.assertEqual(r["result"]["content"][0]["text"], "done with tools", r)
+        prog = [m["params"] for m in before if m.get("method") == "notifications/progress"]
+        msgs = [p.get("message", "") for p in prog]
+        self.assertIn("calling tool time_now", msgs)
+        self.assertIn("finished tool time_now", msgs)
+        self.assertTrue(any(m.startswith("finished tool") and "failed" in m for m in msgs), msgs)
+        values = [p["progress"] for p in prog]
+        self.assertEqual(values, sorted(set(values)))
+        logs = [m["params"] for m in before if m.get("method") == "notifications/message"]
+        refused = [lg for lg in logs if lg["logger"] == "tools"]
+        self.assertEqual(len(refused), 1, logs)
+        self.assertEqual(refused[0]["level"], "warning")
+        self.assertIn("unknown tool", refused[0]["data"])
+        self.assertIn("[REDACTED]", refused[0]["data"])
+        self.assertTrue(all(lg["level"] in ("warning", "error") for lg in logs), logs)
+        r, _ = c.call(4, "ping")
+        self.assertNotIn(secret, json.dumps(c.seen))
+        self.assertNotIn(secret[:24], json.dumps(c.seen))
+        c.p.stdin.close()
+        self.assertEqual(c.p.wait(timeout=30), 0)
+        err = c.stderr()
+        self.assertNotIn(secret, err)
+        self.assertNotRegex(err, SANITIZER)
 
     def test_unknown_agent_is_a_usage_error(self):
         r = subprocess.run([NEXO_BIN, "mcp-server", "--agent", "ghost", "--config", self.cfg,

@@ -7,6 +7,7 @@
 #include <jansson.h>
 #include <pthread.h>
 #include <regex.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,6 +241,146 @@ static void test_log_context_is_per_thread(void **state)
     free(s);
 }
 
+/* ---- sinks ---- */
+
+struct seen {
+    int lines;
+    int recursed;
+    enum nx_log_level last_level;
+    char component[32];
+    char agent[32];
+    char msg[256];
+};
+
+static void sink_collect(const struct nx_log_line *l, void *udata)
+{
+    struct seen *s = udata;
+    s->lines++;
+    s->last_level = l->level;
+    snprintf(s->component, sizeof s->component, "%s", l->component);
+    snprintf(s->agent, sizeof s->agent, "%s", l->agent ? l->agent : "");
+    snprintf(s->msg, sizeof s->msg, "%s", l->msg);
+    assert_int_equal(strlen(l->msg), l->len);
+}
+
+/* Logs from inside the sink: must reach the fd only, never this sink again. */
+static void sink_that_logs(const struct nx_log_line *l, void *udata)
+{
+    struct seen *s = udata;
+    s->lines++;
+    if (strcmp(l->component, "inner") == 0)
+        s->recursed++;
+    nx_error("inner", "from the sink");
+}
+
+static void test_log_sink_gets_redacted_lines_at_its_level(void **state)
+{
+    struct seen a, b;
+    (void)state;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    evaluated = 0;
+    assert_int_equal(nx_log_gate(), NX_LOG_INFO);
+    assert_int_equal(nx_log_sink_add(sink_collect, &a, NX_LOG_DEBUG), 0);
+    assert_int_equal(nx_log_gate(), NX_LOG_DEBUG);
+    assert_int_equal(nx_log_level(), NX_LOG_INFO);
+    assert_int_equal(nx_log_sink_add(sink_collect, &b, NX_LOG_WARN), 0);
+    nx_log_set_context("coder", NULL);
+    nx_debug("turn", "debug %s key sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789", side_effect());
+    nx_trace("turn", "trace %s", side_effect());
+    assert_int_equal(evaluated, 1); /* trace is below every sink: not formatted */
+    assert_int_equal(a.lines, 1);
+    assert_int_equal(b.lines, 0);
+    assert_int_equal(a.last_level, NX_LOG_DEBUG);
+    assert_string_equal(a.component, "turn");
+    assert_string_equal(a.agent, "coder");
+    assert_null(strstr(a.msg, "abcdefghijklmnop"));
+    assert_non_null(strstr(a.msg, "[REDACTED]"));
+    nx_warn("turn", "warned");
+    assert_int_equal(a.lines, 2);
+    assert_int_equal(b.lines, 1);
+    assert_string_equal(b.msg, "warned");
+
+    /* The debug line went to the sink only; the fd still has its level. */
+    char *s = log_contents();
+    assert_null(strstr(s, "debug expensive"));
+    assert_non_null(strstr(s, "turn agent=coder: warned\n"));
+    free(s);
+
+    /* Adding the same pair again changes its level; removing restores the gate. */
+    assert_int_equal(nx_log_sink_add(sink_collect, &a, NX_LOG_ERROR), 0);
+    assert_int_equal(nx_log_gate(), NX_LOG_INFO);
+    nx_log_sink_remove(sink_collect, &a);
+    nx_log_sink_remove(sink_collect, &b);
+    nx_log_sink_remove(sink_collect, &b);
+    assert_int_equal(nx_log_gate(), NX_LOG_INFO);
+    nx_warn("turn", "after");
+    assert_int_equal(a.lines, 2);
+    assert_int_equal(b.lines, 1);
+}
+
+static void test_log_sink_is_never_reentered_and_slots_are_capped(void **state)
+{
+    struct seen a, many[NX_LOG_MAX_SINKS];
+    (void)state;
+    memset(&a, 0, sizeof a);
+    assert_int_equal(nx_log_sink_add(sink_that_logs, &a, NX_LOG_INFO), 0);
+    nx_info("outer", "one");
+    assert_int_equal(a.lines, 1);
+    assert_int_equal(a.recursed, 0);
+    char *s = log_contents();
+    assert_non_null(strstr(s, "inner: from the sink\n"));
+    free(s);
+    for (size_t i = 0; i < NX_LOG_MAX_SINKS - 1; i++)
+        assert_int_equal(nx_log_sink_add(sink_collect, &many[i], NX_LOG_ERROR), 0);
+    assert_int_not_equal(nx_log_sink_add(sink_collect, &many[NX_LOG_MAX_SINKS - 1], NX_LOG_ERROR), 0);
+    for (size_t i = 0; i < NX_LOG_MAX_SINKS; i++)
+        nx_log_sink_remove(sink_collect, &many[i]);
+    nx_log_sink_remove(sink_that_logs, &a);
+    assert_int_equal(nx_log_gate(), NX_LOG_INFO);
+}
+
+struct sink_race {
+    _Atomic int lines;
+    _Atomic bool stop;
+};
+
+static void sink_count(const struct nx_log_line *l, void *udata)
+{
+    struct sink_race *r = udata;
+    (void)l;
+    atomic_fetch_add(&r->lines, 1);
+}
+
+static void *logger_thread(void *arg)
+{
+    struct sink_race *r = arg;
+    for (int i = 0; i < 20000 && !atomic_load(&r->stop); i++)
+        nx_debug("race", "line %d", i);
+    return NULL;
+}
+
+/* Sinks come and go while another thread logs (TSan checks the locking). */
+static void test_log_sink_add_remove_while_logging(void **state)
+{
+    struct sink_race r;
+    pthread_t t;
+    (void)state;
+    atomic_init(&r.lines, 0);
+    atomic_init(&r.stop, false);
+    assert_int_equal(pthread_create(&t, NULL, logger_thread, &r), 0);
+    for (int i = 0; i < 200; i++) {
+        assert_int_equal(nx_log_sink_add(sink_count, &r, NX_LOG_DEBUG), 0);
+        nx_log_sink_remove(sink_count, &r);
+    }
+    atomic_store(&r.stop, true);
+    pthread_join(t, NULL);
+    int seen = atomic_load(&r.lines);
+    nx_debug("race", "after");
+    assert_int_equal(atomic_load(&r.lines), seen);
+    assert_int_equal(nx_log_gate(), NX_LOG_INFO);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -249,6 +390,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_log_json_lines_parse, open_log, close_log),
         cmocka_unit_test_setup_teardown(test_log_redacts_human_and_json, open_log, close_log),
         cmocka_unit_test_setup_teardown(test_log_context_is_per_thread, open_log, close_log),
+        cmocka_unit_test_setup_teardown(test_log_sink_gets_redacted_lines_at_its_level, open_log, close_log),
+        cmocka_unit_test_setup_teardown(test_log_sink_is_never_reentered_and_slots_are_capped, open_log,
+                                        close_log),
+        cmocka_unit_test_setup_teardown(test_log_sink_add_remove_while_logging, open_log, close_log),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "mcp/server.h"
+#include "mcp/server_internal.h"
 #include "tools/tool.h"
 
 /* The MCP server core driven with JSON frames: lifecycle and version negotiation, tools/list
@@ -422,6 +424,158 @@ static void test_logging_sends_redacted_messages_at_the_level(void **state)
     fx_close(&f);
 }
 
+/* Messages sent from index `from` with this method (borrowed array, caller decrefs). */
+static json_t *sent_with(const struct fx *f, size_t from, const char *method)
+{
+    json_t *out = json_array();
+    for (size_t i = from; i < json_array_size(f->sent.msgs); i++) {
+        const json_t *m = json_array_get(f->sent.msgs, i);
+        const char *meth = json_string_value(json_object_get(m, "method"));
+        if (meth && strcmp(meth, method) == 0)
+            json_array_append(out, (json_t *)m);
+    }
+    return out;
+}
+
+static const char *param_str(const json_t *m, const char *key)
+{
+    return json_string_value(json_object_get(json_object_get(m, "params"), key));
+}
+
+static void *log_from_other_thread(void *arg)
+{
+    (void)arg;
+    nx_warn("agent", "a line from another thread");
+    return NULL;
+}
+
+static void test_turn_log_lines_are_forwarded_redacted_and_rate_limited(void **state)
+{
+    struct fx f;
+    (void)state;
+    enum nx_log_level old = nx_log_level();
+    nx_log_set_level(NX_LOG_OFF);
+    fx_open(&f, "");
+    init(&f, "2025-11-25");
+    /* Before setLevel nothing is forwarded, and no sink lowers the log gate. */
+    feed(&f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"ask_kate\","
+         "\"arguments\":{\"message\":\"m\"}}}", NULL);
+    size_t before = json_array_size(f.sent.msgs);
+    nx_warn("llm", "attempt 1 failed");
+    fake_done(0, "ok");
+    json_t *got = sent_with(&f, before, "notifications/message");
+    assert_int_equal(json_array_size(got), 0);
+    json_decref(got);
+    assert_int_equal(nx_log_gate(), NX_LOG_OFF);
+
+    feed(&f, "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"logging/setLevel\",\"params\":{\"level\":\"info\"}}",
+         NULL);
+    assert_int_equal(nx_log_gate(), NX_LOG_INFO);
+    /* No call in flight: turn lines are not this session's. */
+    before = json_array_size(f.sent.msgs);
+    nx_warn("tools", "nobody's line");
+    feed(&f, "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{\"name\":\"ask_kate\","
+         "\"arguments\":{\"message\":\"m\"}}}", NULL);
+    nx_warn("tools", "agent kate: call to tool \"%s\" refused",
+            "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789");
+    nx_debug("llm", "below the session's level");
+    nx_warn("http", "not a turn component");
+    nx_log_set_context("bob", NULL);
+    nx_warn("agent", "another agent's line");
+    nx_log_set_context("kate", NULL);
+    nx_warn("gateway", "kate's line in context");
+    nx_log_set_context(NULL, NULL);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, log_from_other_thread, NULL), 0);
+    pthread_join(th, NULL);
+    fake_done(0, "ok");
+    got = sent_with(&f, before, "notifications/message");
+    size_t n_turn = 0, n_ctx = 0;
+    size_t i;
+    json_t *m;
+    json_array_foreach(got, i, m) {
+        const char *data = param_str(m, "data");
+        assert_null(strstr(data, "abcdefghijklmnop"));
+        assert_null(strstr(data, "nobody"));
+        assert_null(strstr(data, "below"));
+        assert_null(strstr(data, "not a turn"));
+        assert_null(strstr(data, "another agent"));
+        assert_null(strstr(data, "another thread"));
+        if (strcmp(param_str(m, "logger"), "tools") == 0) {
+            assert_string_equal(param_str(m, "level"), "warning");
+            assert_non_null(strstr(data, "[REDACTED]"));
+            n_turn++;
+        }
+        n_ctx += strcmp(param_str(m, "logger"), "gateway") == 0;
+    }
+    assert_int_equal(n_turn, 1);
+    assert_int_equal(n_ctx, 1);
+    /* the call's lines come before its answer */
+    const json_t *last = json_array_get(f.sent.msgs, json_array_size(f.sent.msgs) - 1);
+    assert_int_equal(json_integer_value(json_object_get(last, "id")), 3);
+    json_decref(got);
+
+    /* A flood is cut to the burst, and the drop is reported with the next line sent. */
+    feed(&f, "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/call\",\"params\":{\"name\":\"ask_kate\","
+         "\"arguments\":{\"message\":\"m\"}}}", NULL);
+    before = json_array_size(f.sent.msgs);
+    for (int k = 0; k < 200; k++)
+        nx_info("agent", "line %d", k);
+    fake_done(0, "ok");
+    got = sent_with(&f, before, "notifications/message");
+    size_t n_lines = 0;
+    json_array_foreach(got, i, m) n_lines += strcmp(param_str(m, "logger"), "agent") == 0;
+    assert_true(n_lines >= 10 && n_lines < 100);
+    json_decref(got);
+    f.s->log_tokens = 40; /* as if time passed */
+    feed(&f, "{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"tools/call\",\"params\":{\"name\":\"ask_kate\","
+         "\"arguments\":{\"message\":\"m\"}}}", NULL);
+    before = json_array_size(f.sent.msgs);
+    nx_info("agent", "after the flood");
+    fake_done(0, "ok");
+    got = sent_with(&f, before, "notifications/message");
+    assert_true(json_array_size(got) >= 2);
+    assert_non_null(strstr(param_str(json_array_get(got, 0), "data"), "log lines not sent"));
+    assert_string_equal(param_str(json_array_get(got, 1), "data"), "after the flood");
+    json_decref(got);
+
+    fx_close(&f);
+    assert_int_equal(nx_log_gate(), NX_LOG_OFF); /* the sink went with the session */
+    nx_log_set_level(old);
+}
+
+static void test_progress_names_the_agents_tool_calls(void **state)
+{
+    struct fx f;
+    (void)state;
+    fx_open(&f, "");
+    init(&f, "2025-11-25");
+    feed(&f, "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"ask_kate\","
+         "\"arguments\":{\"message\":\"m\"},\"_meta\":{\"progressToken\":\"p\"}}}", NULL);
+    assert_non_null(ft.o.on_tool);
+    size_t before = json_array_size(f.sent.msgs);
+    ft.o.on_tool("http_fetch", false, false, ft.o.udata);
+    ft.o.on_tool("http_fetch", true, true, ft.o.udata);
+    ft.o.on_text("ab", 2, ft.o.udata); /* not past the tool steps: no report */
+    json_t *got = sent_with(&f, before, "notifications/progress");
+    assert_int_equal(json_array_size(got), 2);
+    assert_string_equal(param_str(json_array_get(got, 0), "message"), "calling tool http_fetch");
+    assert_string_equal(param_str(json_array_get(got, 1), "message"), "finished tool http_fetch (it failed)");
+    double p0 = json_number_value(json_object_get(json_object_get(json_array_get(got, 0), "params"),
+                                                  "progress"));
+    double p1 = json_number_value(json_object_get(json_object_get(json_array_get(got, 1), "params"),
+                                                  "progress"));
+    assert_true(p1 > p0 && p0 > 0);
+    json_decref(got);
+    fake_done(0, "ok");
+    /* Without a progress token the turn gets no tool callback. */
+    feed(&f, "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"ask_kate\","
+         "\"arguments\":{\"message\":\"m\"}}}", NULL);
+    assert_null(ft.o.on_tool);
+    fake_done(0, "ok");
+    fx_close(&f);
+}
+
 static void test_batches_depend_on_the_protocol_version(void **state)
 {
     struct fx f;
@@ -618,6 +772,8 @@ int main(void)
         cmocka_unit_test(test_agent_call_runs_a_turn_with_progress),
         cmocka_unit_test(test_cancel_and_duplicate_ids),
         cmocka_unit_test(test_logging_sends_redacted_messages_at_the_level),
+        cmocka_unit_test(test_turn_log_lines_are_forwarded_redacted_and_rate_limited),
+        cmocka_unit_test(test_progress_names_the_agents_tool_calls),
         cmocka_unit_test(test_batches_depend_on_the_protocol_version),
         cmocka_unit_test(test_exported_tools_run_in_the_agents_sandbox),
         cmocka_unit_test(test_list_changed_when_exported_tools_change),
