@@ -46,6 +46,9 @@ size_t nx_agents_sessions(const struct nx_agents *a);
 struct nx_turn_result {
     const char *text;            /* the final answer's text ("" if none) */
     const json_t *message;       /* the final assistant message, canonical */
+    /* The whole conversation the turn ended with (the history it started from, then this turn's
+     * messages), or NULL; for a stateless turn's caller that keeps its own transcript. */
+    const json_t *conversation;
     struct nx_llm_usage usage;   /* summed over every model call of the turn */
     const char *model;
     enum nx_llm_stop stop;
@@ -59,6 +62,9 @@ struct nx_turn_result {
      * budget is used up (error_type "budget_exceeded"). */
     bool is_user_facing;
     uint32_t retry_after_s;      /* when trying again may succeed; 0 = unknown */
+    /* queue_mode collect: this turn's message joined an earlier turn, whose result this is (the
+     * same answer goes to each message merged; the first caller got it with is_merged false). */
+    bool is_merged;
 };
 
 enum nx_queue_mode {
@@ -86,6 +92,9 @@ struct nx_turn_opts {
     void (*on_done)(int rc, const struct nx_turn_result *res, void *udata);
     void *udata;
     bool no_tools;                 /* offer the model no tools (MCP sampling: one completion) */
+    /* Optional: a tool call of the turn starts (is_end false) or ends (is_end true; is_error as
+     * the tool said). Never after on_done; name is borrowed for the call. */
+    void (*on_tool)(const char *name, bool is_end, bool is_error, void *udata);
 };
 
 /* Starts (or queues behind the session's running turn) a turn. Returns a handle valid until

@@ -69,6 +69,7 @@ struct tool_slot {
     struct nx_turn *t;
     struct nx_tool_call *call;
     json_t *result;            /* tool_result block once done */
+    const char *name;          /* the tool (borrowed from the model's message in convo) */
     bool is_done;
 };
 
@@ -86,6 +87,8 @@ struct nx_turn {
     json_t *input;                 /* the caller's messages (copy) */
     json_t *convo;                 /* history + input + this turn's model and tool messages */
     size_t new_from;               /* first index of convo that this turn adds */
+    uint64_t tokens;               /* token estimates of convo[0, tokens_upto) added up */
+    size_t tokens_upto;
     struct nx_turn_opts o;         /* callbacks and options (strings replaced by copies above) */
     struct nx_llm_call *llm;
     struct ticket *pending;        /* the model call or history load in flight, if any */
@@ -100,6 +103,7 @@ struct nx_turn {
     char *error_type;
     char *error_message;
     struct nx_timer *kick;
+    uint64_t started_ns;           /* nx_mono_ns() when the turn was created */
     struct nx_turn **merged;       /* collect mode: callers answered with this turn's result */
     size_t nmerged;
     bool is_started;
@@ -125,6 +129,13 @@ void hcache_free(struct hcache *c);
 json_t *hcache_get(struct hcache *c, const char *key);
 /* Caches the last `keep` messages (0 = all), starting on a clean user message. */
 void hcache_put(struct hcache *c, const char *key, const json_t *messages, size_t keep);
+/* The same, with the messages' token estimates added up (nx_llm_message_tokens): `tokens` is
+ * that sum for all of `messages` (HCACHE_NO_TOKENS: not known); get returns the kept ones' sum,
+ * so a turn does not estimate its whole history again. */
+#define HCACHE_NO_TOKENS UINT64_MAX
+json_t *hcache_get_tokens(struct hcache *c, const char *key, uint64_t *tokens);
+void hcache_put_tokens(struct hcache *c, const char *key, const json_t *messages, size_t keep,
+                       uint64_t tokens);
 
 /* budget.c: limits.daily_token_budget */
 /* Creates (and starts loading) today's entry of every agent of a->gen that has a budget. */

@@ -14,6 +14,7 @@ struct hentry {
     struct hentry *prev, *next; /* LRU, most recent first */
     char *key;
     json_t *messages;
+    uint64_t tokens; /* their estimates added up, or HCACHE_NO_TOKENS */
 };
 
 struct hcache {
@@ -97,15 +98,29 @@ void hcache_free(struct hcache *c)
 
 json_t *hcache_get(struct hcache *c, const char *key)
 {
+    uint64_t tokens;
+    return hcache_get_tokens(c, key, &tokens);
+}
+
+json_t *hcache_get_tokens(struct hcache *c, const char *key, uint64_t *tokens)
+{
     struct hentry *e = *slot(c, key);
+    *tokens = HCACHE_NO_TOKENS;
     if (!e)
         return NULL;
     lru_unlink(c, e);
     lru_front(c, e);
+    *tokens = e->tokens;
     return json_copy(e->messages); /* shallow: the turn appends, never edits a message */
 }
 
 void hcache_put(struct hcache *c, const char *key, const json_t *messages, size_t keep)
+{
+    hcache_put_tokens(c, key, messages, keep, HCACHE_NO_TOKENS);
+}
+
+void hcache_put_tokens(struct hcache *c, const char *key, const json_t *messages, size_t keep,
+                       uint64_t tokens)
 {
     struct hentry **pp = slot(c, key), *e = *pp;
     if (!e) {
@@ -132,6 +147,11 @@ void hcache_put(struct hcache *c, const char *key, const json_t *messages, size_
             break;
         from++;
     }
+    for (size_t i = 0; i < from && tokens != HCACHE_NO_TOKENS; i++) {
+        uint64_t drop = nx_llm_message_tokens(json_array_get(messages, i));
+        tokens = drop <= tokens ? tokens - drop : HCACHE_NO_TOKENS;
+    }
+    e->tokens = tokens;
     e->messages = json_array();
     for (size_t i = from; i < n; i++)
         json_array_append(e->messages, json_array_get(messages, i));

@@ -7,6 +7,7 @@
 #include "agent/agent_internal.h"
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/metrics.h"
@@ -98,13 +99,21 @@ static void answer(struct nx_turn *t, int rc, const struct nx_turn_result *res)
 
 /* Once a burst of turns is over (none left, and many since the last time), the memory its
  * conversations used goes back to the system: glibc keeps freed memory in its arenas, and
- * thousands of streams leave a lot. Amortized: at most once per TRIM_TURNS turns. */
+ * thousands of streams leave a lot. Amortized: at most once per TRIM_TURNS turns and once per
+ * TRIM_GAP_NS (steady load also drains to no turn now and then, and a sweep walks the whole
+ * fragment table). */
 #define TRIM_TURNS 1000
+#define TRIM_GAP_NS 1000000000ull
 
 static void after_burst(struct nx_agents *a)
 {
+    static uint64_t trimmed_ns; /* (loop thread) */
     if (a->nturns != 0 || a->is_freeing || a->turns_started - a->trimmed_at < TRIM_TURNS)
         return;
+    uint64_t now = nx_mono_ns();
+    if (trimmed_ns && now - trimmed_ns < TRIM_GAP_NS)
+        return;
+    trimmed_ns = now;
     a->trimmed_at = a->turns_started;
     nx_llm_frag_sweep();
     malloc_trim(0);
@@ -127,6 +136,7 @@ static void finish(struct nx_turn *t, int rc)
     struct nx_turn_result res = {
         .text = nx_buf_cstr(&text),
         .message = last,
+        .conversation = t->convo,
         .usage = t->usage,
         .model = t->model,
         .stop = t->stop,
@@ -148,6 +158,8 @@ static void finish(struct nx_turn *t, int rc)
     nx_counter_add(m_tokens, tin, (double)t->usage.input_tokens);
     nx_counter_add(m_tokens, tout, (double)t->usage.output_tokens);
     budget_charge(t);
+    const char *const lat[] = {t->agent_id};
+    nx_histogram_observe(m_latency, lat, (double)(nx_mono_ns() - t->started_ns) / 1e9);
 
     struct nx_agents *a = t->a;
     unlink_turn(t);
@@ -155,6 +167,7 @@ static void finish(struct nx_turn *t, int rc)
         lane_turn_done(a, t);
     after_burst(a); /* before the callbacks, which may free the agents */
     answer(t, rc, &res);
+    res.is_merged = true; /* the messages that joined this turn (queue_mode collect) */
     for (size_t i = 0; i < t->nmerged; i++) {
         answer(t->merged[i], rc, &res);
         free_turn(t->merged[i]);
@@ -180,11 +193,20 @@ static void on_saved(int rc, void *arg)
     free(key);
 }
 
+/* Adds the token estimates of the messages not counted yet to t->tokens. */
+static uint64_t count_tokens(struct nx_turn *t)
+{
+    size_t n = json_array_size(t->convo);
+    for (; t->tokens_upto < n; t->tokens_upto++)
+        t->tokens += nx_llm_message_tokens(json_array_get(t->convo, t->tokens_upto));
+    return t->tokens;
+}
+
 static void save(struct nx_turn *t)
 {
     if (!t->session_key || !t->a->deps.store)
         return;
-    hcache_put(t->a->history, t->session_key, t->convo, history_keep(t));
+    hcache_put_tokens(t->a->history, t->session_key, t->convo, history_keep(t), count_tokens(t));
     json_t *added = json_array();
     for (size_t i = t->new_from; i < json_array_size(t->convo); i++)
         json_array_append(added, json_array_get(t->convo, i));
@@ -195,6 +217,7 @@ static void save(struct nx_turn *t)
         .messages = added,
         .input_tokens = t->usage.input_tokens,
         .output_tokens = t->usage.output_tokens,
+        .is_immutable = true, /* `added` is ours; its messages are never edited (frag_cache.c) */
     };
     /* Queued before the lane's next turn loads history, so that load sees it. */
     nx_history_append(t->a->deps.store, t->a->deps.data_dir, &ap, on_saved, nx_strdup(t->session_key));
@@ -238,6 +261,8 @@ static void on_tool_done(const char *output, size_t len, bool is_error, void *ud
     struct nx_turn *t = s->t;
     s->call = NULL;
     s->is_done = true;
+    if (t->o.on_tool && !t->is_cancelled && !t->is_done)
+        t->o.on_tool(s->name, true, is_error, t->o.udata);
     json_object_set_new(s->result, "content", json_stringn(output, len));
     if (is_error)
         json_object_set_new(s->result, "is_error", json_true());
@@ -294,6 +319,9 @@ static void run_tools(struct nx_turn *t, const json_t *message)
         const char *name = json_string_value(json_object_get(b, "name"));
         json_t *input = json_object_get(b, "input");
         t->tool_calls++;
+        s->name = name ? name : "";
+        if (t->o.on_tool && !t->is_cancelled)
+            t->o.on_tool(s->name, false, false, t->o.udata);
         s->call = nx_tool_invoke(&ctx, t->agent->allowed_tools, name ? name : "", input, on_tool_done, s);
         if (t->is_done)
             return; /* a tool finished the turn synchronously (cancel from a callback) */
@@ -361,14 +389,13 @@ static void call_model(struct nx_turn *t)
      * result (store/history.h). */
     size_t dropped = 0;
     uint64_t tokens = 0;
-    if (t->session_key) { /* history messages: estimates remembered, trimming only when over */
-        size_t i;
-        json_t *m;
-        json_array_foreach(t->convo, i, m)
-            tokens += nx_llm_message_tokens(m);
-    }
-    if (!t->session_key || tokens > CONTEXT_TOKENS)
+    if (t->session_key) /* the history's sum comes with it; only new messages are estimated */
+        tokens = count_tokens(t);
+    if (!t->session_key || tokens > CONTEXT_TOKENS) {
         dropped = nx_history_trim(t->convo, CONTEXT_TOKENS);
+        t->tokens = 0; /* counted again from the start when needed */
+        t->tokens_upto = 0;
+    }
     t->new_from = dropped > t->new_from ? 0 : t->new_from - dropped;
     struct nx_buf system = NX_BUF_INIT;
     nx_buf_puts(&system, ag->system_prompt);
@@ -468,8 +495,13 @@ static void run(struct nx_turn *t, bool may_wait)
     if (!within_budget(t, may_wait))
         return;
     if (t->session_key && t->a->deps.store) {
-        json_t *cached = hcache_get(t->a->history, t->session_key);
+        uint64_t tokens;
+        json_t *cached = hcache_get_tokens(t->a->history, t->session_key, &tokens);
         if (cached) { /* this process wrote the session last: no store read needed */
+            if (tokens != HCACHE_NO_TOKENS) {
+                t->tokens = tokens;
+                t->tokens_upto = json_array_size(cached);
+            }
             t->convo = cached;
             t->new_from = json_array_size(cached);
             json_array_extend(t->convo, t->input);
@@ -517,6 +549,7 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
 {
     metrics_init();
     struct nx_turn *t = nx_calloc(1, sizeof *t);
+    t->started_ns = nx_mono_ns();
     t->a = a;
     t->o = *o;
     t->gen = gen_ref(a->gen);

@@ -580,8 +580,9 @@ static void setup_easy(struct nx_http_client *c, struct nx_http_call *call,
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)call->max_bytes);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     /* The receive buffer every transfer holds while it runs (curl's default is 16 KiB): answers
-     * and SSE events are small, and thousands of concurrent streams each hold one. */
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 4096L);
+     * and SSE events are small, and thousands of concurrent streams each hold one, so a stream
+     * (on_data) gets curl's minimum, 1 KiB: its events come a few hundred bytes at a time. */
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, o->on_data ? 1024L : 4096L);
     /* "" also keeps curl from picking a proxy up from the environment */
     curl_easy_setopt(e, CURLOPT_PROXY, proxy);
     curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);

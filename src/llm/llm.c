@@ -475,6 +475,10 @@ static void on_defer(uv_timer_t *t)
     defer_fire(c, c->defer_rc);
 }
 
+/* The size of the last request body built on this thread (see nx_llm_call_start). */
+#define BODY_HINT_MAX (256u * 1024)
+static _Thread_local size_t body_hint;
+
 struct nx_llm_call *nx_llm_call_start(struct nx_llm_provider *p, const struct nx_llm_wire *wire,
                                       const struct nx_llm_request *req,
                                       const struct nx_llm_callbacks *cb, unsigned flags)
@@ -497,11 +501,15 @@ struct nx_llm_call *nx_llm_call_start(struct nx_llm_provider *p, const struct nx
     c->model = nx_strdup(req->model ? req->model : "");
     c->is_stream = req->stream;
     c->t0_ns = nx_mono_ns();
+    /* A session's body grows by a message or two a turn: sized like the last one (no regrowth
+     * copies while the history is assembled). */
+    nx_buf_reserve(&body, body_hint);
     if (wire->build_body(req, &body, &why) < 0) {
         c->defer_rc = NX_EINVAL;
         c->defer_why = why ? why : "invalid request";
         goto defer;
     }
+    body_hint = body.len + body.len / 4 < BODY_HINT_MAX ? body.len + body.len / 4 : BODY_HINT_MAX;
     hdrs[n++] = (struct nx_http_header){"content-type", "application/json"};
     hdrs[n++] = (struct nx_http_header){"accept", req->stream ? "text/event-stream" : "application/json"};
     n += wire->auth_headers(p->api_key, hdrs + n, 4, &scratch);

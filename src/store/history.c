@@ -214,9 +214,11 @@ static void jsonl_line(const struct append_job *j, const char *ts, const json_t 
     json_object_set_new(line, "session", nx_json_string_lossy(j->key));
     json_object_set_new(line, "agent", nx_json_string_lossy(j->agent));
     json_object_set_new(line, "source", nx_json_string_lossy(j->source));
-    json_object_set(line, "role", json_object_get(m, "role"));
-    json_object_set(line, "content", json_object_get(m, "content"));
+    json_object_set_new(line, "role", nx_json_string_lossy(json_string_value(json_object_get(m, "role"))));
     clean = nx_json_redacted(line);
+    /* The messages may be shared with the loop thread (is_immutable): only read here, never
+     * referenced (a reference count is no place for two threads). */
+    json_object_set_new(clean, "content", nx_json_redacted(json_object_get(m, "content")));
     text = json_dumps(clean, JSON_COMPACT | JSON_PRESERVE_ORDER);
 
     NX_ASSERT(text);
@@ -227,13 +229,68 @@ static void jsonl_line(const struct append_job *j, const char *ts, const json_t 
     json_decref(line);
 }
 
+/* The FTS rows of one append, inserted at the end of the batch (nx_store_defer): FTS5 writes
+ * its pending terms as a new index segment at every savepoint, and each write job runs in one,
+ * so inserted inline every turn would be a segment of its own. The job (its key, agent and
+ * messages) lives until its completion, after the batch, so rows point into it. */
+struct fts_row {
+    int64_t rowid;
+    const char *role;
+    size_t off; /* of the redacted text in fts_rows.text */
+    size_t len;
+};
+
+struct fts_rows {
+    const struct append_job *j;
+    struct nx_buf text;
+    size_t n;
+    struct fts_row rows[];
+};
+
+static int fts_insert(sqlite3 *db, const struct append_job *j, int64_t rowid, const char *role,
+                      const char *text, size_t len)
+{
+    sqlite3_stmt *fts = stmt_get(db, ST_FTS);
+
+    if (!fts)
+        return NX_EDB;
+    sqlite3_bind_int64(fts, 1, rowid);
+    sqlite3_bind_text(fts, 2, text, (int)len, SQLITE_STATIC);
+    sqlite3_bind_text(fts, 3, j->agent, -1, SQLITE_STATIC);
+    sqlite3_bind_text(fts, 4, j->key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(fts, 5, role, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(fts, 6, (sqlite3_int64)j->now_ms);
+    return exec_stmt(fts);
+}
+
+static int fts_rows_run(sqlite3 *db, void *arg)
+{
+    struct fts_rows *r = arg;
+
+    for (size_t i = 0; i < r->n; i++) {
+        const struct fts_row *row = &r->rows[i];
+        if (fts_insert(db, r->j, row->rowid, row->role, r->text.data + row->off, row->len) < 0) {
+            nx_error("history", "append to %s: index: %s", r->j->key, sqlite3_errmsg(db));
+            return NX_EDB;
+        }
+    }
+    return 0;
+}
+
+static void fts_rows_free(void *arg)
+{
+    struct fts_rows *r = arg;
+
+    nx_buf_cleanup(&r->text);
+    free(r);
+}
+
 static int append_job_run(sqlite3 *db, void *arg)
 {
     struct append_job *j = arg;
     sqlite3_stmt *ins;
-    sqlite3_stmt *fts;
+    struct fts_rows *rows = NULL;
     struct nx_buf text = NX_BUF_INIT;
-    struct nx_buf clean = NX_BUF_INIT;
     struct nx_buf lines = NX_BUF_INIT;
     size_t n = json_array_size(j->messages);
     char ts[40];
@@ -253,8 +310,11 @@ static int append_job_run(sqlite3 *db, void *arg)
     if ((rc = upsert_session(db, j, n)) < 0 || (rc = next_seq(db, j->key, &seq)) < 0)
         goto out;
     rc = NX_EDB;
-    if (!(ins = stmt_get(db, ST_INSERT)) || !(fts = stmt_get(db, ST_FTS)))
+    if (!(ins = stmt_get(db, ST_INSERT)))
         goto out;
+    rows = nx_calloc(1, sizeof *rows + n * sizeof rows->rows[0]);
+    rows->j = j;
+    nx_buf_init(&rows->text);
 
     nx_rfc3339(j->now_ms, ts, sizeof ts);
     json_array_foreach(j->messages, i, m) {
@@ -273,21 +333,24 @@ static int append_job_run(sqlite3 *db, void *arg)
         rc = NX_EDB;
 
         nx_buf_reset(&text);
-        nx_buf_reset(&clean);
         nx_transcript_text(json_object_get(m, "content"), &text);
         if (text.len) {
-            nx_redact_append(&clean, text.data, text.len);
-            sqlite3_bind_int64(fts, 1, sqlite3_last_insert_rowid(db));
-            sqlite3_bind_text(fts, 2, nx_buf_cstr(&clean), (int)clean.len, SQLITE_STATIC);
-            sqlite3_bind_text(fts, 3, j->agent, -1, SQLITE_STATIC);
-            sqlite3_bind_text(fts, 4, j->key, -1, SQLITE_STATIC);
-            sqlite3_bind_text(fts, 5, role, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(fts, 6, (sqlite3_int64)j->now_ms);
-            if ((rc = exec_stmt(fts)) < 0)
-                goto out;
-            rc = NX_EDB;
+            struct fts_row *row = &rows->rows[rows->n++];
+            row->rowid = sqlite3_last_insert_rowid(db);
+            row->role = role;
+            row->off = rows->text.len;
+            nx_redact_append(&rows->text, text.data, text.len);
+            row->len = rows->text.len - row->off;
         }
         jsonl_line(j, ts, m, &lines);
+    }
+    if (rows->n) {
+        /* at the batch's end; outside a store job (none here today) inline, as before */
+        if (nx_store_defer(db, fts_rows_run, fts_rows_free, rows) == 0)
+            rows = NULL;
+        else if ((rc = fts_rows_run(db, rows)) < 0)
+            goto out;
+        rc = NX_EDB;
     }
 
     /* The database is the record; the JSONL file is an export of it. A failed file write is
@@ -302,8 +365,9 @@ static int append_job_run(sqlite3 *db, void *arg)
 out:
     if (rc < 0 && rc != NX_EINVAL)
         nx_error("history", "append to %s failed: %s", j->key, sqlite3_errmsg(db));
+    if (rows)
+        fts_rows_free(rows);
     nx_buf_cleanup(&text);
-    nx_buf_cleanup(&clean);
     nx_buf_cleanup(&lines);
     return rc;
 }
@@ -365,7 +429,8 @@ void nx_history_append(struct nx_store *s, const char *data_dir,
         j->peer = nx_strdup("");
     }
     j->source = nx_strdup(a->source && *a->source ? a->source : j->channel);
-    j->messages = json_deep_copy(a->messages);
+    /* (released in append_done, on the submitting thread) */
+    j->messages = a->is_immutable ? json_incref((json_t *)a->messages) : json_deep_copy(a->messages);
     NX_ASSERT(j->messages);
     j->input_tokens = a->input_tokens;
     j->output_tokens = a->output_tokens;

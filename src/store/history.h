@@ -49,6 +49,10 @@ struct nx_history_append {
     const json_t *messages;
     uint64_t input_tokens;    /* usage of the turn, added to the session's totals */
     uint64_t output_tokens;
+    /* The messages are never changed again by anyone (an agent's conversation): the store holds
+     * references instead of a deep copy, reads them on its thread and releases them on the
+     * loop's. Otherwise they are copied. */
+    bool is_immutable;
 };
 void nx_history_append(struct nx_store *s, const char *data_dir,
                        const struct nx_history_append *a, nx_store_done_fn done, void *arg);

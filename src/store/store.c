@@ -38,6 +38,22 @@ struct job {
     int rc;
 };
 
+/* Work a write job left for the end of its batch (nx_store_defer). */
+struct deferred {
+    struct deferred *next;
+    const struct job *job;
+    nx_store_job_fn fn;
+    void (*drop)(void *arg);
+    void *arg;
+};
+
+enum sp_stmt {
+    SP_BEGIN,
+    SP_RELEASE,
+    SP_ROLLBACK_TO,
+    SP_COUNT,
+};
+
 struct nx_store {
     struct nx_mailbox mb; /* completions into the loop; freed with the store when it closes */
     pthread_t thread;
@@ -61,6 +77,10 @@ struct nx_store {
     char err[512]; /* written by the store thread before `ready` is posted */
 
     sqlite3 *db; /* store thread only */
+    sqlite3_stmt *sp[SP_COUNT]; /* the per-job savepoint statements, prepared once */
+    const struct job *cur_job;  /* the write job running, if any (store thread) */
+    struct deferred *deferred;  /* this batch's deferred work, in the order deferred */
+    struct deferred **deferred_tail;
 
     atomic_bool is_open;
     atomic_int version;
@@ -78,6 +98,9 @@ struct nx_store {
     struct nx_metric *m_batch;
     struct nx_metric *m_commit_seconds;
 };
+
+/* The store whose thread this is (nx_store_defer finds the batch by it). */
+static _Thread_local struct nx_store *tl_store;
 
 /* ---- completions (run on the loop thread) ---- */
 
@@ -279,6 +302,87 @@ static int sql_exec(struct nx_store *s, const char *sql)
     return sqlite3_exec(s->db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : NX_EDB;
 }
 
+/* The savepoint statements run twice per write job: prepared once, not parsed each time. */
+static int sp_exec(struct nx_store *s, enum sp_stmt which)
+{
+    static const char *const sql[SP_COUNT] = {
+        [SP_BEGIN] = "SAVEPOINT nx_job",
+        [SP_RELEASE] = "RELEASE nx_job",
+        [SP_ROLLBACK_TO] = "ROLLBACK TO nx_job",
+    };
+    sqlite3_stmt *st = s->sp[which];
+    int rc;
+
+    if (!st && sqlite3_prepare_v3(s->db, sql[which], -1, SQLITE_PREPARE_PERSISTENT, &s->sp[which],
+                                  NULL) != SQLITE_OK)
+        return sql_exec(s, sql[which]);
+    st = s->sp[which];
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? 0 : NX_EDB;
+}
+
+int nx_store_defer(sqlite3 *db, nx_store_job_fn fn, void (*drop)(void *arg), void *arg)
+{
+    struct nx_store *s = tl_store;
+    struct deferred *d;
+
+    if (!s || !fn || s->db != db || !s->cur_job)
+        return NX_EINVAL;
+    d = nx_calloc(1, sizeof *d);
+    d->job = s->cur_job;
+    d->fn = fn;
+    d->drop = drop;
+    d->arg = arg;
+    *s->deferred_tail = d;
+    s->deferred_tail = &d->next;
+    return 0;
+}
+
+static void deferred_free(struct deferred *d)
+{
+    if (d->drop)
+        d->drop(d->arg);
+    free(d);
+}
+
+/* Drops the deferred work of `job` (NULL: of every job) without running it. */
+static void deferred_drop(struct nx_store *s, const struct job *job)
+{
+    struct deferred **pp = &s->deferred;
+
+    while (*pp) {
+        struct deferred *d = *pp;
+        if (job && d->job != job) {
+            pp = &d->next;
+            continue;
+        }
+        *pp = d->next;
+        deferred_free(d);
+    }
+    s->deferred_tail = pp;
+}
+
+/* Runs (then frees) the batch's deferred work in order; false if one failed or ended the
+ * transaction (the batch must roll back). */
+static bool deferred_run(struct nx_store *s)
+{
+    bool is_ok = true;
+
+    while (s->deferred) {
+        struct deferred *d = s->deferred;
+        s->deferred = d->next;
+        if (is_ok && (d->fn(s->db, d->arg) < 0 || sqlite3_get_autocommit(s->db))) {
+            nx_error("store", "deferred write work failed (%s); failing the batch",
+                     sqlite3_errcode(s->db) != SQLITE_OK ? sqlite3_errmsg(s->db) : "its own error");
+            is_ok = false;
+        }
+        deferred_free(d);
+    }
+    s->deferred_tail = &s->deferred;
+    return is_ok;
+}
+
 static bool has_deferred_violation(sqlite3 *db)
 {
     int cur = 0;
@@ -294,11 +398,13 @@ static bool run_write(struct nx_store *s, struct job *j)
 {
     int rc;
 
-    if (sql_exec(s, "SAVEPOINT nx_job") < 0) {
+    if (sp_exec(s, SP_BEGIN) < 0) {
         j->rc = NX_EDB;
         return !sqlite3_get_autocommit(s->db);
     }
+    s->cur_job = j;
     rc = j->fn(s->db, j->arg);
+    s->cur_job = NULL;
     if (rc >= 0 && has_deferred_violation(s->db)) {
         /* would make COMMIT fail for the whole batch: fail this job alone instead */
         nx_warn("store", "a write job left a deferred foreign key violation; rolling it back");
@@ -313,12 +419,14 @@ static bool run_write(struct nx_store *s, struct job *j)
     }
     if (rc < 0) {
         j->rc = rc;
-        if (sql_exec(s, "ROLLBACK TO nx_job") < 0 || sql_exec(s, "RELEASE nx_job") < 0)
+        deferred_drop(s, j);
+        if (sp_exec(s, SP_ROLLBACK_TO) < 0 || sp_exec(s, SP_RELEASE) < 0)
             return false;
         return true;
     }
     j->rc = 0;
-    if (sql_exec(s, "RELEASE nx_job") < 0) {
+    if (sp_exec(s, SP_RELEASE) < 0) {
+        deferred_drop(s, j);
         j->rc = NX_EDB;
         return false;
     }
@@ -402,6 +510,8 @@ static void run_batch(struct nx_store *s, struct job *first)
         if (!is_ok)
             break;
     }
+    if (is_ok && !deferred_run(s))
+        is_ok = false;
     t0 = nx_mono_ns();
     if (is_ok && sql_exec(s, "COMMIT") < 0) {
         nx_error("store", "COMMIT of %zu jobs failed: %s", n, sqlite3_errmsg(s->db));
@@ -413,6 +523,7 @@ static void run_batch(struct nx_store *s, struct job *first)
         nx_counter_add(s->m_commits, NULL, 1);
     }
 finish:
+    deferred_drop(s, NULL); /* (any left: the batch failed before running them) */
     if (!is_ok) {
         if (!sqlite3_get_autocommit(s->db))
             sql_exec(s, "ROLLBACK");
@@ -451,6 +562,8 @@ static void *store_main(void *arg)
 {
     struct nx_store *s = arg;
 
+    tl_store = s;
+    s->deferred_tail = &s->deferred;
     s->ready_rc = open_db(s);
     if (s->ready_rc == 0)
         atomic_store(&s->is_open, true);
@@ -484,6 +597,8 @@ static void *store_main(void *arg)
         }
     }
 
+    for (size_t i = 0; i < SP_COUNT; i++)
+        sqlite3_finalize(s->sp[i]);
     /* statements jobs prepare once and keep (their SQL starts with the marker NX_STORE_KEEP_SQL,
      * e.g. the ledger's) end with the connection; SQLite's own (FTS5's) are left to it */
     for (sqlite3_stmt *st = s->db ? sqlite3_next_stmt(s->db, NULL) : NULL, *next; st; st = next) {

@@ -48,6 +48,15 @@ void nx_store_flush(struct nx_store *s, nx_store_done_fn done, void *arg);
  * one after use so that none is left running when the batch commits. */
 #define NX_STORE_KEEP_SQL "/* nx:keep */ "
 
+/* Work a write job leaves for the end of its batch (store thread, from inside the job only):
+ * fn(db, arg) runs in the batch's transaction after its last job, outside any job's savepoint,
+ * just before COMMIT; drop(arg) (may be NULL) runs afterwards in every case. If the job itself
+ * fails, its deferred work is dropped without running. If a deferred fn fails, the whole batch
+ * rolls back and every job in it gets NX_EDB. Meant for index rows (FTS5 flushes its pending
+ * terms into a new segment at every savepoint; deferred, a batch writes one). Returns 0, or
+ * NX_EINVAL outside a write job (then do the work inline). */
+int nx_store_defer(sqlite3 *db, nx_store_job_fn fn, void (*drop)(void *arg), void *arg);
+
 /* Schema version after migrations (on the store thread's data; safe after ready). */
 int nx_store_schema_version(const struct nx_store *s);
 
