@@ -47,13 +47,16 @@ void nx_oauth_save(struct nx_mcp_oauth *o)
     json_decref(j);
     if (snprintf(tmp, sizeof tmp, "%s.tmp", o->token_file) >= (int)sizeof tmp || !text)
         goto out;
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text) || fsync(fd) < 0 || close(fd) < 0 ||
-        rename(tmp, o->token_file) < 0) {
+    /* A leftover temp file (a crash mid-write) is removed first; O_EXCL | O_NOFOLLOW then refuse
+     * anything placed there meanwhile, a symlink included. */
+    unlink(tmp);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    bool is_ok = fd >= 0 && write(fd, text, strlen(text)) == (ssize_t)strlen(text) && fsync(fd) == 0;
+    if (fd >= 0 && close(fd) < 0)
+        is_ok = false;
+    if (!is_ok || rename(tmp, o->token_file) < 0) {
         nx_warn("mcp", "server %s: cannot write the token file %s: %s", o->server, o->token_file,
                 strerror(errno));
-        if (fd >= 0)
-            close(fd);
         unlink(tmp);
     }
 out:
