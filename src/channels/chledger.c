@@ -175,8 +175,9 @@ int nx_chledger_publish(struct nx_channel *ch, struct nx_chledger *l, const stru
 
 static void schedule_take(struct nx_chledger *l, uint64_t ms);
 
-/* Hands a claimed reply to the channel's subscriber. */
-static void deliver_now(struct nx_chledger *l, const char *key, const char *subject, const char *data)
+/* Hands a claimed reply to the channel's subscriber. Returns the subscriber's rc: < 0 = not
+ * taken now (given back to the ledger; a take is scheduled after RETRY_MS). */
+static int deliver_now(struct nx_chledger *l, const char *key, const char *subject, const char *data)
 {
     struct nx_channel *ch = l->ch;
     struct nx_envelope *env = NULL;
@@ -186,7 +187,7 @@ static void deliver_now(struct nx_chledger *l, const char *key, const char *subj
         nx_error("ledger", "%s: reply %s unreadable in the ledger (%s): marked failed",
                  nx_channel_label(ch), key, err);
         nx_ledger_outbound_sent(l->store, key, NULL, NX_EINVAL, err, NULL, NULL);
-        return;
+        return 0; /* settled: not a refusal */
     }
     struct nx_bus_msg msg = {.subject = subject, .env = env, .data = data, .len = len, .attempt = 1};
     l->current = &msg;
@@ -200,6 +201,7 @@ static void deliver_now(struct nx_chledger *l, const char *key, const char *subj
     }
     free(msg.error);
     nx_envelope_free(env);
+    return rc < 0 ? rc : 0;
 }
 
 static void on_claimed(int rc, int64_t is_claimed, void *arg)
@@ -322,11 +324,19 @@ static void on_taken(int rc, const struct nx_ledger_row *v, size_t n, void *arg)
     if (n)
         nx_info("ledger", "%s: sending %zu pending repl%s from the ledger", nx_channel_label(l->ch), n,
                 n == 1 ? "y" : "ies");
+    bool is_refused = false;
     for (size_t i = 0; i < n && o->l; i++) {
         count(m_resent, l->ch);
-        deliver_now(l, v[i].key, v[i].subject, v[i].envelope);
+        int drc = deliver_now(l, v[i].key, v[i].subject, v[i].envelope);
+        if (drc < 0)
+            is_refused = true; /* deliver_now scheduled the take after RETRY_MS: keep that delay */
+        if (drc == NX_EAGAIN) { /* the adapter's queue is full: the rest waits for the retry too */
+            for (size_t k = i + 1; k < n; k++)
+                nx_ledger_outbound_unclaim(l->store, v[k].key, NULL, NULL);
+            break;
+        }
     }
-    if (o->l)
+    if (o->l && !is_refused)
         schedule_take(l, n == TAKE_BATCH ? 0 : SWEEP_MS);
 out:
     op_free(o);

@@ -144,6 +144,7 @@ struct ljob {
     size_t nreplies;
     int64_t num;               /* max_attempts, status, limit */
     uint64_t boot;
+    int64_t since;             /* unanswered: received_at cut-off (unix ms) */
     bool flag;
     int64_t result;
     struct nx_ledger_row *rows;
@@ -453,11 +454,13 @@ static int unanswered_job(sqlite3 *db, void *arg)
                      NULL, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(db, "SELECT id, channel, instance, subject, envelope, state, NULL, "
                                "last_error, attempts FROM ledger_inbound WHERE state = 'received' "
-                               "ORDER BY seq, rowid LIMIT ?1", -1, &st, NULL) != SQLITE_OK) {
+                               "AND received_at >= ?2 ORDER BY seq, rowid LIMIT ?1", -1, &st,
+                           NULL) != SQLITE_OK) {
         nx_error("ledger", "%s", sqlite3_errmsg(db));
         goto out;
     }
     sqlite3_bind_int64(st, 1, j->num > 0 ? j->num : -1);
+    sqlite3_bind_int64(st, 2, j->since);
     rc = collect(db, st, j);
 out:
     sqlite3_finalize(st);
@@ -467,8 +470,15 @@ out:
 void nx_ledger_inbound_unanswered(struct nx_store *s, size_t limit, nx_ledger_rows_fn done,
                                   void *arg)
 {
+    nx_ledger_inbound_unanswered_since(s, 0, limit, done, arg);
+}
+
+void nx_ledger_inbound_unanswered_since(struct nx_store *s, int64_t since_ms, size_t limit,
+                                        nx_ledger_rows_fn done, void *arg)
+{
     struct ljob *j = rows_job_new(done, arg);
     j->num = (int64_t)limit;
+    j->since = since_ms;
     nx_store_write(s, unanswered_job, on_job_done, j);
 }
 

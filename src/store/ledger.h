@@ -11,7 +11,8 @@
  * outbound reply, with its state, in the store's database.
  *
  * ledger_inbound, keyed by (channel, instance, event_key), also unique by the envelope id:
- *   received -> routed -> answered | failed | dead
+ *   received -> routed -> answered | failed | dead; received -> dropped (the router had
+ *   nothing to do for it: no text, no binding, refused by the sender rate limit)
  * ledger_outbound, keyed by the idempotency key:
  *   pending -> sent -> delivered -> read, or -> failed
  *
@@ -20,6 +21,9 @@
  * NX_E* code: NX_EDB, NX_ECLOSED) and a result whose meaning each call gives. done may be NULL.
  * Strings are copied. The store runs jobs in the order queued, so a write queued after one of
  * these is committed in the same transaction or a later one. */
+
+/* The inbound state of an event the router had nothing to do for (nx_ledger_inbound_settle). */
+#define NX_LEDGER_DROPPED "dropped"
 
 typedef void (*nx_ledger_done_fn)(int rc, int64_t result, void *arg);
 
@@ -68,7 +72,8 @@ void nx_ledger_inbound_fail(struct nx_store *s, const char *id, const char *erro
 
 /* A turn for inbound event `id` ended without an answer of its own: state "cancelled" (a newer
  * message of its session interrupted it: queue_mode interrupt) or "answered" (its message was
- * merged into another turn's, which answered both: queue_mode collect); note goes to last_error.
+ * merged into another turn's, which answered both: queue_mode collect), or the router dropped
+ * the event before any turn: "dropped" (NX_LEDGER_DROPPED); note goes to last_error.
  * Only a received or routed event changes, so it is not run again at the next start. result 1 =
  * the row changed. */
 void nx_ledger_inbound_settle(struct nx_store *s, const char *id, const char *state, const char *note,
@@ -93,6 +98,10 @@ typedef void (*nx_ledger_rows_fn)(int rc, const struct nx_ledger_row *v, size_t 
  * stopped mid-turn), oldest first; routed ones are set back to received first. limit 0 = all. */
 void nx_ledger_inbound_unanswered(struct nx_store *s, size_t limit, nx_ledger_rows_fn done,
                                   void *arg);
+/* The same, for events received at or after since_ms (unix ms) only: an older one (e.g. the
+ * retention ago) is stale and left for the pruner, never answered that late. */
+void nx_ledger_inbound_unanswered_since(struct nx_store *s, int64_t since_ms, size_t limit,
+                                        nx_ledger_rows_fn done, void *arg);
 
 /* The outbound side takes a reply to send: inserts it pending when missing, marks the inbound
  * event its key names ("<inbound id>:<n>") answered if it is still received or routed here (it
@@ -134,7 +143,9 @@ void nx_ledger_count(struct nx_store *s, const char *table, const char *state,
 /* ---- housekeeping (ledger_prune.c) ---- */
 
 /* Deletes at most `batch` finished rows last updated before `before_ms` (unix ms): inbound
- * answered, failed, cancelled or dead; outbound delivered, read or failed (and early statuses).
+ * answered, failed, cancelled, dead or dropped, and received ones never taken (stale: the resume
+ * skips them); outbound sent (a service that never reports delivery), delivered, read or failed
+ * (and early statuses).
  * result = rows deleted (call again while it equals batch). */
 void nx_ledger_prune(struct nx_store *s, int64_t before_ms, uint32_t batch, nx_ledger_done_fn done,
                      void *arg);

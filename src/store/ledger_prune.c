@@ -48,12 +48,14 @@ static int prune_job(sqlite3 *db, void *arg)
     struct prune_job *j = arg;
     int64_t in = 0;
     int rc = delete_some(db, "DELETE FROM ledger_inbound WHERE rowid IN (SELECT rowid FROM ledger_inbound "
-                             "WHERE state IN ('answered', 'failed', 'cancelled', 'dead') AND updated_at < ?1 "
+                             "WHERE state IN ('answered', 'failed', 'cancelled', 'dead', 'dropped', "
+                             "'received') AND updated_at < ?1 "
                              "LIMIT ?2)", j->before_ms, j->batch, &in);
     j->deleted = in;
     if (rc == 0 && in < j->batch)
         rc = delete_some(db, "DELETE FROM ledger_outbound WHERE rowid IN (SELECT rowid FROM ledger_outbound "
-                             "WHERE state IN ('delivered', 'read', 'failed') AND updated_at < ?1 LIMIT ?2)",
+                             "WHERE state IN ('sent', 'delivered', 'read', 'failed') AND updated_at < ?1 "
+                             "LIMIT ?2)",
                          j->before_ms, j->batch - (uint32_t)in, &j->deleted);
     return rc;
 }

@@ -471,8 +471,8 @@ static int age_rows_job(sqlite3 *db, void *arg)
                         NULL, NULL, NULL) == SQLITE_OK ? 0 : NX_EDB;
 }
 
-/* Retention: finished rows older than the cut-off go, in batches; unfinished and recent rows
- * stay. */
+/* Retention: finished rows older than the cut-off go, in batches (and received ones never taken,
+ * and replies sent but never reported delivered); routed, pending and recent rows stay. */
 static void test_ledger_prune_deletes_old_finished_rows_in_batches(void **state)
 {
     struct fx *f = *state;
@@ -509,17 +509,60 @@ static void test_ledger_prune_deletes_old_finished_rows_in_batches(void **state)
     int64_t cut = (int64_t)nx_wall_ms() - 7LL * 86400000;
     assert_int_equal(WAIT(f, nx_ledger_prune(f->s, cut, 4, on_done, f)), 4);
     assert_int_equal(WAIT(f, nx_ledger_prune(f->s, cut, 4, on_done, f)), 4);
-    assert_int_equal(WAIT(f, nx_ledger_prune(f->s, cut, 4, on_done, f)), 4); /* 2 inbound + 2 outbound */
+    assert_int_equal(WAIT(f, nx_ledger_prune(f->s, cut, 4, on_done, f)), 4); /* 3 inbound + 1 outbound */
+    assert_int_equal(WAIT(f, nx_ledger_prune(f->s, cut, 4, on_done, f)), 2);
     assert_int_equal(WAIT(f, nx_ledger_prune(f->s, cut, 4, on_done, f)), 0);
     assert_int_equal(WAIT(f, nx_ledger_count(f->s, "inbound", "answered", on_done, f)), 1); /* id-new */
     assert_int_equal(WAIT(f, nx_ledger_count(f->s, "inbound", "failed", on_done, f)), 0);
     assert_string_equal(in_state(f, "id-10"), "routed");
-    assert_string_equal(in_state(f, "id-11"), "received");
+    assert_string_equal(in_state(f, "id-11"), ""); /* never taken and stale */
     assert_string_equal(out_state(f, "k:pending"), "pending");
-    assert_string_equal(out_state(f, "k:sent"), "sent");
+    assert_string_equal(out_state(f, "k:sent"), ""); /* a service that never reports delivery */
     assert_string_equal(out_state(f, "k:read"), "");
     assert_string_equal(out_state(f, "k:failed"), "");
     assert_string_equal(out_state(f, "k:new"), "read");
+}
+
+static int age_received_job(sqlite3 *db, void *arg)
+{
+    (void)arg; /* everything but id-new was received a year ago */
+    return sqlite3_exec(db, "UPDATE ledger_inbound SET received_at = received_at - 31536000000, "
+                            "updated_at = updated_at - 31536000000 WHERE id != 'id-new'",
+                        NULL, NULL, NULL) == SQLITE_OK ? 0 : NX_EDB;
+}
+
+/* An event the router drops (no text, no binding, rate limited) is settled as dropped: never
+ * resumed, and pruned; a received event older than the retention is not resumed either (it
+ * would be answered that late) and is pruned. */
+static void test_ledger_dropped_and_stale_events_are_not_resumed(void **state)
+{
+    struct fx *f = *state;
+    struct nx_ledger_event a = event("k1", "id-1"), b = event("k2", "id-2"), c = event("knew", "id-new");
+    WAIT(f, nx_ledger_inbound_record(f->s, &a, on_done, f));
+    WAIT(f, nx_ledger_inbound_record(f->s, &b, on_done, f));
+    assert_int_equal(WAIT(f, nx_ledger_inbound_settle(f->s, "id-1", NX_LEDGER_DROPPED, "rate limited",
+                                                      on_done, f)), 1);
+    assert_string_equal(in_state(f, "id-1"), "dropped");
+    assert_string_equal(f->rows[0].last_error, "rate limited");
+    /* dropped is final: a redelivery does not run it */
+    assert_int_equal(WAIT(f, nx_ledger_inbound_claim(f->s, &a, "kate", on_done, f)), 0);
+    nx_store_write(f->s, age_received_job, on_job_done, f);
+    run_until(f, f->calls + 1);
+    assert_int_equal(f->rc, 0);
+    WAIT(f, nx_ledger_inbound_record(f->s, &c, on_done, f));
+    int64_t cut = (int64_t)nx_wall_ms() - 7LL * 86400000;
+    nx_ledger_inbound_unanswered_since(f->s, cut, 0, on_rows, f);
+    wait_rows(f);
+    assert_int_equal(f->nrows, 1);
+    assert_string_equal(f->rows[0].key, "id-new");
+    nx_ledger_inbound_unanswered(f->s, 0, on_rows, f); /* no cut-off: the stale one too */
+    wait_rows(f);
+    assert_int_equal(f->nrows, 2);
+    assert_string_equal(f->rows[0].key, "id-2");
+    assert_int_equal(WAIT(f, nx_ledger_prune(f->s, cut, 0, on_done, f)), 2);
+    assert_string_equal(in_state(f, "id-1"), "");
+    assert_string_equal(in_state(f, "id-2"), "");
+    assert_string_equal(in_state(f, "id-new"), "received");
 }
 
 /* The pruner's timer: with a short interval it runs passes until nothing old is left. */
@@ -560,6 +603,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ledger_prune_deletes_old_finished_rows_in_batches, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_ledger_pruner_runs_on_a_timer, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ledger_dropped_and_stale_events_are_not_resumed, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
