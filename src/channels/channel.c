@@ -296,6 +296,11 @@ static void uuid_v5(const char *name, char out[37])
     out[k] = '\0';
 }
 
+int nx_channel_precheck(struct nx_channel *ch, const struct nx_channel_in *in)
+{
+    return nx_chpolicy_admits(ch->policy, in) ? 0 : NX_CHANNEL_DROPPED;
+}
+
 int nx_channel_publish(struct nx_channel *ch, const struct nx_channel_in *in)
 {
     int verdict = nx_chpolicy_inbound(ch->policy, in); /* sender_policy, require_mention */

@@ -146,6 +146,12 @@ struct nx_channel_in {
  * (the event could not be encoded; without a store, nx_bus_publish's error). A recorded event
  * whose publish fails is routed from the ledger at the next start. */
 int nx_channel_publish(struct nx_channel *ch, const struct nx_channel_in *in);
+/* Would the instance's policy (sender_policy, require_mention) drop this message? Call it before
+ * any costly work for a message, above all before downloading its media: NX_CHANNEL_DROPPED =
+ * it would be dropped, so download nothing and hand the message to nx_channel_publish without
+ * media (which drops it, counts it and, under pairing, sends the code: side effects happen there
+ * once); 0 = go on (also while the approved senders are still loading). No side effects. */
+int nx_channel_precheck(struct nx_channel *ch, const struct nx_channel_in *in);
 /* The adapter reports the end of one send(): status 0 = the service accepted it (provider_id: its
  * message id as text, e.g. Telegram message_id, WhatsApp wamid; may be NULL); < 0 = failed for
  * good (NX_E* code; error = a short reason or NULL). Loop thread. Call it once per send() that

@@ -421,6 +421,26 @@ enum nx_chpolicy_verdict nx_chpolicy_check(struct nx_chpolicy *p, const struct n
     return NX_CHPOLICY_CHALLENGE;
 }
 
+bool nx_chpolicy_admits(const struct nx_chpolicy *p, const struct nx_channel_in *in)
+{
+    const struct nx_chpolicy_conf *c = p ? p->conf : NULL;
+    if (!c)
+        return true;
+    if (in->is_group && c->require_mention && !in->mentioned &&
+        !nx_chpolicy_keyword_match(in->text, c->mention_keywords))
+        return false;
+    if (c->sender_policy == NX_SENDER_OPEN)
+        return true;
+    const char *sender = in->from ? in->from : "";
+    if (*sender && in_list(c->allow_from, sender))
+        return true;
+    if (c->sender_policy == NX_SENDER_ALLOWLIST || !*sender)
+        return false;
+    /* pairing: not loaded yet is not known yet (nx_chpolicy_check says RETRY); an unapproved
+     * sender is dropped whether or not a code goes out */
+    return !p->is_loaded || find_approved(p, sender) >= 0;
+}
+
 static void on_put(int rc, void *arg)
 {
     struct nx_chpolicy *p = arg;

@@ -74,6 +74,9 @@ enum nx_chpolicy_verdict {
  * ("not_allowed", "not_mentioned", "pairing_pending", "pairing_limit"). */
 enum nx_chpolicy_verdict nx_chpolicy_check(struct nx_chpolicy *p, const struct nx_channel_in *in,
                                            uint64_t now_ms, char *code, const char **reason);
+/* The same decision without side effects (no code handed out, nothing counted): false when
+ * nx_chpolicy_check would drop the message (DROP or CHALLENGE), true for PASS and RETRY. */
+bool nx_chpolicy_admits(const struct nx_chpolicy *p, const struct nx_channel_in *in);
 /* For channel.c's nx_channel_publish: decides, counts drops, persists and sends a challenge.
  * Returns 0 = publish, 1 = dropped (the adapter treats it as handled), NX_EAGAIN = retry. */
 int nx_chpolicy_inbound(struct nx_chpolicy *p, const struct nx_channel_in *in);
@@ -180,9 +183,16 @@ bool nx_sender_limiter_gate(const struct nx_router_gate_in *in, void *arg);
  * applies to turns from that binding. */
 bool nx_outbound_allowed(const struct nx_agent_conf *a, const char *session_key, const char *type,
                          const char *instance, const char *to);
+/* The idempotency key of one send_message (NX_SEND_KEY_LEN chars + NUL into out): a digest of
+ * the inbound event the turn answers, agent, session, channel, instance, to, text, buttons,
+ * template and media, so a re-run turn (router retry, redelivery, restart) reuses it and the
+ * ledger sends the message once (the same message to the same recipient twice in one turn is
+ * sent once too). Without an event id (HTTP/MCP turns) the key is random. */
+#define NX_SEND_KEY_LEN 35
+void nx_send_message_key(const struct nx_send_message_req *rq, const char *instance, char *out);
 /* The send_message handler: checks the channel and the allowlist, then publishes the outbound
- * envelope (fresh idempotency key). Returns 0, or NX_ENOENT / NX_EPERM / other with a message
- * for the model in err. */
+ * envelope (idempotency key from nx_send_message_key). Returns 0, or NX_ENOENT / NX_EPERM /
+ * other with a message for the model in err. */
 int nx_channels_send_message(struct nx_channels *cs, const struct nx_config *cfg,
                              const struct nx_send_message_req *rq, char *err, size_t errlen);
 

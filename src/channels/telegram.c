@@ -343,6 +343,25 @@ static void on_fetched(int rc, const char *path, int64_t size, const char *err, 
     nx_tg_unref(tg);
 }
 
+/* Would the instance's policy take u? Asked before its media is downloaded (or found too
+ * large), so a stranger's files never reach the disk. */
+static bool policy_admits(struct tg *tg, const struct nx_tg_update *u)
+{
+    char from[32], note[96];
+    const char *text = u->text;
+    snprintf(from, sizeof from, "%" PRId64, u->from_id);
+    if (!text && u->media) { /* as publish_update words it */
+        snprintf(note, sizeof note, "[%s]", u->media->type);
+        text = note;
+    }
+    struct nx_channel_in in = {
+        .from = from, .text = u->callback_id ? NULL : text, .is_group = u->is_group,
+        .mentioned = u->callback_id || (u->reply_to_from && u->reply_to_from == tg->bot_user_id) ||
+                     (tg->mention && u->mentions && strstr(u->mentions, tg->mention)),
+    };
+    return nx_channel_precheck(tg->ch, &in) == 0;
+}
+
 /* Starts the download of u's media; false when it cannot start. */
 static bool fetch_media(struct tg *tg, const struct nx_tg_update *u)
 {
@@ -409,6 +428,8 @@ static void process_batch(struct tg *tg)
                     "ignored", tg->label, u->chat_id);
             nx_channel_count_drop(tg->ch, "allowlist");
         } else {
+            if (u->media && tg->media_rc == 1 && !policy_admits(tg, u))
+                tg->media_rc = NX_EPERM; /* published without it: the policy drops and counts it */
             if (u->media && tg->media_rc == 1 && fetch_media(tg, u))
                 return; /* on_fetched goes on */
             if (tg->media_rc == NX_ETOOBIG) {

@@ -151,6 +151,14 @@ static void on_media(int rc, const char *path, const char *mime, int64_t size, c
     batch_run(b);
 }
 
+/* Would the instance's policy take m? Asked before its media is downloaded, so a stranger's
+ * files never reach the disk (a dropped one is published without them: the policy counts it). */
+static bool policy_admits(struct wa *wa, const struct nx_wa_msg *m)
+{
+    struct nx_channel_in in = {.from = m->from, .text = m->text};
+    return nx_channel_precheck(wa->ch, &in) == 0;
+}
+
 /* Publishes the batch's messages from next_msg on, pausing for media downloads. */
 static void batch_run(struct nx_wa_batch *b)
 {
@@ -172,7 +180,7 @@ static void batch_run(struct nx_wa_batch *b)
             continue;
         }
         nx_wa_note_inbound(wa, m->from, m->timestamp);
-        if (m->kind == NX_WA_MSG_MEDIA && m->data) {
+        if (m->kind == NX_WA_MSG_MEDIA && m->data && policy_admits(wa, m)) {
             char name[160];
             int rc;
             snprintf(name, sizeof name, "%s-%s", m->id, m->type);

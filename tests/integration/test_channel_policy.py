@@ -7,12 +7,13 @@ recipient in outbound_allowlist and is refused for another.
 
 Each behaviour has its own bot (instance, token) so the tests do not see each other's traffic."""
 import json
+import os
 import re
 import time
 import unittest
 
 from nexo_harness import Nexo, main, run_cli, write_config
-from peers import TgPeers, fake_requests, llm_yaml, poll, script
+from peers import TgPeers, fake_requests, llm_yaml, poll, post_json, script
 
 ALICE, BOB, CAROL, DAVE, MALLORY = 1001, 1002, 1003, 1004, 666
 GROUP = -100777
@@ -112,6 +113,23 @@ class ChannelPolicy(TgPeers, unittest.TestCase):
         time.sleep(0.5)
         self.assertEqual(self.bot_replies("allow", MALLORY), [])
         self.assertEqual(self.llm_texts(), ["hi kate"])
+
+    def test_a_strangers_document_is_not_downloaded(self):
+        post_json(self.tg.url + "/_file", {"file_id": "DOC-MALLORY", "size": 4000,
+                                           "file_path": "documents/junk.bin"})
+        post_json(self.tg.url + "/_file", {"file_id": "DOC-MALLORY-BIG", "size": 10,
+                                           "file_path": "documents/big.bin"})
+        before = self.metric(self.dropped("allow", "not_allowed"))
+        self.say("allow", MALLORY, None, document={"file_id": "DOC-MALLORY", "file_name": "junk.bin",
+                                                   "file_size": 4000})
+        self.say("allow", MALLORY, None, document={"file_id": "DOC-MALLORY-BIG", "file_name": "big.bin",
+                                                   "file_size": 1 << 30})  # the "too large" path
+        self.wait_metric(self.dropped("allow", "not_allowed"), before + 2)
+        self.assertEqual(self.tg.calls(TOKENS["allow"], "getFile"), [])
+        media = os.path.join(self.n.data_dir, "media")
+        files = [os.path.join(r, f) for r, _, fs in os.walk(media) for f in fs]
+        self.assertEqual(files, [])
+        self.assertEqual(self.bot_replies("allow", MALLORY), [])  # not even the "too large" note
 
     def test_pairing_code_then_approval_while_running(self):
         self.say("pair", BOB, "hello?")
