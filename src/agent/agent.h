@@ -95,6 +95,9 @@ struct nx_turn_opts {
     /* Optional: a tool call of the turn starts (is_end false) or ends (is_end true; is_error as
      * the tool said). Never after on_done; name is borrowed for the call. */
     void (*on_tool)(const char *name, bool is_end, bool is_error, void *udata);
+    /* The inbound event the turn answers (the same when the turn is re-run), or NULL: tools
+     * derive idempotency keys from it (send_message). */
+    const char *event_id;
 };
 
 /* Starts (or queues behind the session's running turn) a turn. Returns a handle valid until

@@ -82,6 +82,7 @@ struct nx_turn {
     const struct agent_rt *agent;
     char *agent_id;
     char *session_key;
+    char *event_id; /* the inbound event answered, or NULL */
     char *channel;
     char *system_extra;
     json_t *input;                 /* the caller's messages (copy) */

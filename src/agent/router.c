@@ -139,6 +139,15 @@ static const struct agent_rt *route(const struct generation *g, const char *plug
     return NULL;
 }
 
+/* An event the router has nothing to do for is settled in the ledger as dropped, so the next
+ * start does not publish it again (and the pruner deletes it). Returns 0: the bus acks it. */
+static int drop(struct nx_router *r, const struct nx_bus_msg *msg, const char *why)
+{
+    if (r->store && msg->env && msg->env->id[0])
+        nx_ledger_inbound_settle(r->store, msg->env->id, NX_LEDGER_DROPPED, why, NULL, NULL);
+    return 0;
+}
+
 static int on_inbound(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
 {
     struct nx_router *r = arg;
@@ -166,7 +175,7 @@ static int on_inbound(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
         kind = NULL;
     }
     if ((kind && strcmp(kind, "message") != 0) || !text || !*text)
-        return 0; /* not a message with text: nothing for an agent */
+        return drop(r, msg, "not a message with text"); /* nothing for an agent */
     const char *peer = chat ? chat : from;
     if (!peer)
         return nx_bus_fail(msg, "inbound message without \"chat\" or \"from\"");
@@ -174,7 +183,7 @@ static int on_inbound(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
     const struct agent_rt *ag = route(r->agents->gen, plugin, instance, has_instance);
     if (!ag) {
         nx_debug("router", "%s: no agent binding matches: dropped", msg->subject);
-        return 0;
+        return drop(r, msg, "no agent binding matches");
     }
     if (r->gate) {
         const struct nx_router_gate_in gin = {
@@ -182,7 +191,7 @@ static int on_inbound(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
             .sender = from ? from : peer, .peer = peer, .payload = p,
         };
         if (!r->gate(&gin, r->gate_arg))
-            return 0;
+            return drop(r, msg, "refused by the sender rate limit");
     }
     struct nx_buf channel = NX_BUF_INIT, key = NX_BUF_INIT, subject = NX_BUF_INIT;
     nx_buf_printf(&channel, "%s%s%s", plugin, has_instance ? "." : "", instance);
@@ -387,6 +396,7 @@ static void start_turn(struct reply *rp)
         .temperature = -1,
         .on_done = on_done,
         .udata = rp,
+        .event_id = rp->id,
     };
     rp->stage = ST_TURN;
     nx_turn_start(r->agents, &o);
@@ -675,7 +685,11 @@ void nx_router_set_store(struct nx_router *r, struct nx_store *store)
         return;
     r->resume = nx_calloc(1, sizeof *r->resume);
     r->resume->r = r;
-    nx_ledger_inbound_unanswered(store, 0, on_unanswered, r->resume);
+    /* events older than the ledger's retention are stale: never answered that late */
+    const struct nx_broker_conf *b = nx_config_broker(r->agents->gen->cfg);
+    uint64_t keep = b && b->ledger.retention_ms ? b->ledger.retention_ms : 7ull * 86400000;
+    nx_ledger_inbound_unanswered_since(store, (int64_t)nx_wall_ms() - (int64_t)keep, 0, on_unanswered,
+                                       r->resume);
 }
 
 /* At free: what waits in a queue goes (the ledger keeps it); what a store job or a turn holds is

@@ -77,6 +77,7 @@ static void free_turn(struct nx_turn *t)
     json_decref(t->convo);
     free(t->agent_id);
     free(t->session_key);
+    free(t->event_id);
     free(t->channel);
     free(t->system_extra);
     free(t->model);
@@ -309,6 +310,7 @@ static void run_tools(struct nx_turn *t, const json_t *message)
         .workspace = t->agent->workspace,
         .outbound_allowlist = t->agent->http_allowlist,
         .allow_private_addresses = false,
+        .event_id = t->event_id,
     };
     k = 0;
     json_array_foreach(content, i, b) {
@@ -558,6 +560,7 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
     if (t->agent && o->queue_mode == NX_QUEUE_FOLLOWUP) /* the caller did not choose: the agent's */
         t->o.queue_mode = (enum nx_queue_mode)t->agent->conf->config.queue_mode;
     t->session_key = o->session_key ? nx_strdup(o->session_key) : NULL;
+    t->event_id = o->event_id ? nx_strdup(o->event_id) : NULL;
     t->channel = nx_strdup(o->channel ? o->channel : "http");
     t->system_extra = o->system_extra ? nx_strdup(o->system_extra) : NULL;
     t->input = o->messages ? json_deep_copy(o->messages) : json_array();

@@ -2,6 +2,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+
 #include "bus/envelope.h"
 #include "channels/policy.h"
 #include "core/alloc.h"
@@ -100,6 +102,57 @@ out:
     return ok;
 }
 
+static void digest_str(EVP_MD_CTX *md, const char *s)
+{
+    if (s)
+        EVP_DigestUpdate(md, s, strlen(s) + 1); /* the NUL separates the fields */
+    else
+        EVP_DigestUpdate(md, "\x01", 1); /* absent differs from "" */
+}
+
+static void digest_json(EVP_MD_CTX *md, const json_t *v)
+{
+    char *s = v ? json_dumps(v, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY) : NULL;
+    digest_str(md, s);
+    free(s);
+}
+
+void nx_send_message_key(const struct nx_send_message_req *rq, const char *instance, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned int dn = 0;
+    EVP_MD_CTX *md;
+
+    if (!rq->event_id || !*rq->event_id || !(md = EVP_MD_CTX_new())) {
+        char u[37];
+        nx_uuid_v4(u);
+        memcpy(out, u, NX_SEND_KEY_LEN); /* 35 of the uuid's 36 characters: still random */
+        out[NX_SEND_KEY_LEN] = '\0';
+        return;
+    }
+    EVP_DigestInit_ex(md, EVP_sha256(), NULL);
+    digest_str(md, "nexo.send_message.v1");
+    digest_str(md, rq->agent_id);
+    digest_str(md, rq->session_key);
+    digest_str(md, rq->event_id);
+    digest_str(md, rq->channel);
+    digest_str(md, instance);
+    digest_str(md, rq->to);
+    digest_str(md, rq->text);
+    digest_json(md, json_object_get(rq->args, "buttons"));
+    digest_json(md, json_object_get(rq->args, "template"));
+    digest_json(md, json_object_get(rq->args, "media"));
+    EVP_DigestFinal_ex(md, d, &dn);
+    EVP_MD_CTX_free(md);
+    memcpy(out, "sm-", 3);
+    for (size_t i = 0; i < 16 && i < dn; i++) {
+        out[3 + 2 * i] = hex[d[i] >> 4];
+        out[4 + 2 * i] = hex[d[i] & 15];
+    }
+    out[NX_SEND_KEY_LEN] = '\0';
+}
+
 int nx_channels_send_message(struct nx_channels *cs, const struct nx_config *cfg,
                              const struct nx_send_message_req *rq, char *err, size_t errlen)
 {
@@ -131,8 +184,8 @@ int nx_channels_send_message(struct nx_channels *cs, const struct nx_config *cfg
         rc = NX_EPERM;
         goto out;
     }
-    char key[37];
-    nx_uuid_v4(key);
+    char key[NX_SEND_KEY_LEN + 1];
+    nx_send_message_key(rq, nx_channel_instance(ch), key);
     payload = json_pack("{s:s, s:s, s:s}", "to", rq->to, "text", rq->text, "key", key);
     for (size_t i = 0; passthrough[i]; i++) {
         json_t *v = json_object_get(rq->args, passthrough[i]);

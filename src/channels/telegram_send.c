@@ -236,7 +236,8 @@ static void decorate(const struct out_msg *m, json_t *b)
 
 /* sendPhoto / sendDocument. Returns the call, or NULL with *failed set when the step cannot be
  * sent at all (the file is refused). */
-static struct nx_http_call *send_media(struct tg *tg, struct out_msg *m, bool *failed)
+static struct nx_http_call *send_media(struct tg *tg, struct out_msg *m, bool *failed, char *err,
+                                       size_t errlen)
 {
     const char *type = json_string_value(json_object_get(m->media, "type"));
     const char *url = json_string_value(json_object_get(m->media, "url"));
@@ -247,7 +248,8 @@ static struct nx_http_call *send_media(struct tg *tg, struct out_msg *m, bool *f
     struct nx_http_call *c = NULL;
     char *data = NULL;
     size_t len = 0;
-    char err[160];
+    struct nx_buf outbox = NX_BUF_INIT;
+    char why[160];
 
     *failed = false;
     if (m->caption.plain) {
@@ -262,7 +264,10 @@ static struct nx_http_call *send_media(struct tg *tg, struct out_msg *m, bool *f
         c = nx_tg_call(tg, method, NULL, b, UPLOAD_TIMEOUT_MS, 1u << 20, on_send_done);
         goto out;
     }
-    if (nx_tg_read_upload(path, tg->media_root, tg->max_media, &data, &len, err, sizeof err) < 0) {
+    /* Only <data>/media/outbox: the rest of <data>/media holds every user's inbound files. */
+    nx_buf_printf(&outbox, "%s/outbox", tg->media_root ? tg->media_root : "data/media");
+    if (nx_tg_read_upload(path, nx_buf_cstr(&outbox), tg->max_media, &data, &len, why, sizeof why) < 0) {
+        snprintf(err, errlen, "%s; files to send must be under %s/", why, nx_buf_cstr(&outbox));
         nx_error("telegram", "%s: %s to chat %s not sent: %s", tg->label, type, m->chat, err);
         *failed = true;
         goto out;
@@ -277,6 +282,7 @@ static struct nx_http_call *send_media(struct tg *tg, struct out_msg *m, bool *f
                        1u << 20, on_send_done);
     nx_multipart_cleanup(&mp);
 out:
+    nx_buf_cleanup(&outbox);
     free(data);
     json_decref(b);
     return c;
@@ -291,10 +297,11 @@ again:
         return;
     if (is_media_step(m)) {
         bool failed = false;
-        tg->q.call = send_media(tg, m, &failed);
+        char why[512];
+        tg->q.call = send_media(tg, m, &failed, why, sizeof why);
         if (failed) {
             if (m->nsteps == 1) {
-                drop_head(tg, "send_failed", NX_EINVAL, "media refused");
+                drop_head(tg, "send_failed", NX_EINVAL, why);
             } else {
                 m->sent++; /* the text still goes */
             }

@@ -23,6 +23,7 @@ struct nx_tool_ctx {
     const char *workspace;               /* absolute, existing directory; NULL = no file tools */
     const char *const *outbound_allowlist; /* host globs for http_fetch, NULL-terminated; NULL = none */
     bool allow_private_addresses;        /* http_fetch to loopback/private/link-local allowed */
+    const char *event_id;                /* the inbound event the turn answers, or NULL */
 };
 
 /* A tool's answer: text for the model, and whether it is an error (the model sees both). */

@@ -567,13 +567,19 @@ class TelegramFeatures(unittest.TestCase):
 
     def test_media_goes_out_as_photo_and_document(self):
         chat = 2007
-        media = os.path.join(self.n.data_dir, "media", "out")
+        media = os.path.join(self.n.data_dir, "media", "outbox")
         os.makedirs(media, exist_ok=True)
         with open(os.path.join(media, "report.txt"), "w") as f:
             f.write("quarterly numbers\n")
         outside = os.path.join(self.n.tmp, "secret.txt")
         with open(outside, "w") as f:
             f.write("not for telegram\n")
+        # another user's inbound file: under data/media, but not in the outbox
+        inbound_dir = os.path.join(self.n.data_dir, "media", "telegram", "ui")
+        os.makedirs(inbound_dir, exist_ok=True)
+        inbound = os.path.join(inbound_dir, "someone-else.txt")
+        with open(inbound, "w") as f:
+            f.write("private\n")
         script(self.fport, [
             {"tool_use": {"name": "send_message", "input": {
                 "channel": "telegram", "instance": "ui", "to": str(chat), "text": "see the file",
@@ -585,11 +591,14 @@ class TelegramFeatures(unittest.TestCase):
             {"tool_use": {"name": "send_message", "input": {
                 "channel": "telegram", "instance": "ui", "to": str(chat), "text": "sneaky",
                 "media": {"type": "document", "path": outside}}}},
+            {"tool_use": {"name": "send_message", "input": {
+                "channel": "telegram", "instance": "ui", "to": str(chat), "text": "stolen",
+                "media": {"type": "document", "path": inbound}}}},
             {"text": "sent"}])
         self.say(chat, text="send me things")
-        got = self.wait_replies(chat, 6)
+        got = self.wait_replies(chat, 7)
         docs = [c["body"] for c in self.calls("sendDocument") if str(c["body"]["chat_id"]) == str(chat)]
-        self.assertEqual(len(docs), 1, docs)  # the file outside data/media was refused
+        self.assertEqual(len(docs), 1, docs)  # the files outside data/media/outbox were refused
         self.assertEqual(docs[0]["document"]["filename"], "report.txt")
         self.assertEqual(docs[0]["document"]["size"], len("quarterly numbers\n"))
         self.assertEqual(docs[0]["caption"], "<b>Q3</b> report")
@@ -597,8 +606,9 @@ class TelegramFeatures(unittest.TestCase):
         photos = [c["body"] for c in self.calls("sendPhoto") if str(c["body"]["chat_id"]) == str(chat)]
         self.assertEqual([p["photo"] for p in photos], ["https://example.org/cat.jpg"])
         self.assertEqual([m["text"] for m in got],
-                         ["<b>Q3</b> report", "see the file", "", "a picture", "sneaky", "sent"])
+                         ["<b>Q3</b> report", "see the file", "", "a picture", "sneaky", "stolen", "sent"])
         self.n.wait_log(r"outside the data directory's media/ \(refused\)")
+        self.n.wait_log(r"files to send must be under \S*media/outbox/")
 
     def test_the_watchdog_restarts_a_silent_long_poll(self):
         chat = 2008

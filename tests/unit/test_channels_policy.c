@@ -456,6 +456,55 @@ static void test_sender_limit_binding_overrides(void **state)
     nx_config_unref(cfg);
 }
 
+/* send_message's idempotency key: the same send from a re-run of the turn answering the same
+ * inbound event gets the same key, so the ledger sends it once; anything that changes the
+ * message or its event changes it. */
+static void test_send_message_key_is_deterministic(void **state)
+{
+    json_t *args = json_pack("{s:[[{s:s}]]}", "buttons", "text", "ok");
+    json_t *args2 = json_pack("{s:[[{s:s}]]}", "buttons", "text", "no");
+    struct nx_send_message_req rq = {.agent_id = "kate", .session_key = "agent:kate:telegram.a:1",
+                                     .channel = "telegram", .to = "1001", .text = "hello",
+                                     .args = args, .event_id = "ev-1"};
+    char k1[NX_SEND_KEY_LEN + 1], k2[NX_SEND_KEY_LEN + 1];
+    (void)state;
+    nx_send_message_key(&rq, "a", k1);
+    assert_int_equal(strlen(k1), NX_SEND_KEY_LEN);
+    assert_true(strncmp(k1, "sm-", 3) == 0);
+    nx_send_message_key(&rq, "a", k2);
+    assert_string_equal(k1, k2);
+    /* every part of the message and its context counts */
+    nx_send_message_key(&rq, "b", k2);
+    assert_string_not_equal(k1, k2);
+    rq.to = "1002";
+    nx_send_message_key(&rq, "a", k2);
+    assert_string_not_equal(k1, k2);
+    rq.to = "1001";
+    rq.text = "hello!";
+    nx_send_message_key(&rq, "a", k2);
+    assert_string_not_equal(k1, k2);
+    rq.text = "hello";
+    rq.args = args2;
+    nx_send_message_key(&rq, "a", k2);
+    assert_string_not_equal(k1, k2);
+    rq.args = args;
+    rq.event_id = "ev-2"; /* the same words in answer to another message: sent again */
+    nx_send_message_key(&rq, "a", k2);
+    assert_string_not_equal(k1, k2);
+    rq.event_id = "ev-1";
+    rq.session_key = "agent:kate:telegram.a:2";
+    nx_send_message_key(&rq, "a", k2);
+    assert_string_not_equal(k1, k2);
+    /* no inbound event (HTTP or MCP turns): a random key each time */
+    rq.event_id = NULL;
+    nx_send_message_key(&rq, "a", k1);
+    nx_send_message_key(&rq, "a", k2);
+    assert_int_equal(strlen(k1), NX_SEND_KEY_LEN);
+    assert_string_not_equal(k1, k2);
+    json_decref(args);
+    json_decref(args2);
+}
+
 static void test_outbound_allowlist(void **state)
 {
     struct nx_config *cfg = load_agents();
@@ -552,6 +601,7 @@ int main(void)
         cmocka_unit_test(test_buckets_are_bounded),
         cmocka_unit_test(test_sender_limit_binding_overrides),
         cmocka_unit_test(test_outbound_allowlist),
+        cmocka_unit_test(test_send_message_key_is_deterministic),
         cmocka_unit_test(test_binding_overrides_are_checked_at_load),
         cmocka_unit_test(test_telegram_parser_reads_mentions_and_replies),
     };

@@ -45,6 +45,7 @@ static struct nx_tool_call *run(const struct nx_tool_ctx *ctx, const json_t *arg
         .to = json_string_value(json_object_get(args, "to")),
         .text = json_string_value(json_object_get(args, "text")),
         .args = args,
+        .event_id = ctx->event_id,
     };
     if (!handler) {
         snprintf(out, sizeof out, "send_message failed: no channel is running in this process");

@@ -17,6 +17,7 @@ struct nx_send_message_req {
     const char *to;
     const char *text;
     const json_t *args;      /* every argument (buttons, template, media pass through) */
+    const char *event_id;    /* the inbound event the calling turn answers (idempotency), or NULL */
 };
 
 /* Returns 0 when the message was queued for sending, else a negative NX_E* code with a sentence
