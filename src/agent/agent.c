@@ -175,6 +175,20 @@ const struct agent_rt *gen_agent(const struct generation *g, const char *id)
     return NULL;
 }
 
+int nx_agents_http_client_new(uv_loop_t *loop, const struct nx_config *cfg,
+                              struct nx_http_client **out)
+{
+    const struct nx_http_client_conf *hc = &nx_config_gateway(cfg)->http_client;
+    struct nx_http_client_opts copts = {
+        .proxy = hc->proxy,
+        .connect_timeout_ms = hc->connect_timeout_ms,
+        .timeout_ms = hc->timeout_ms,
+        .max_response_bytes = hc->max_response_bytes,
+        .max_host_connections = hc->max_host_connections,
+    };
+    return nx_http_client_new(loop, &copts, out);
+}
+
 int nx_agents_new(const struct nx_agent_deps *deps, struct nx_config *cfg, struct nx_agents **out)
 {
     struct nx_agents *a = nx_calloc(1, sizeof *a);

@@ -27,6 +27,10 @@ struct nx_agent_deps {
 };
 
 int nx_agents_new(const struct nx_agent_deps *deps, struct nx_config *cfg, struct nx_agents **out);
+/* The HTTP client the agents' providers and tools (and the channels, MCP) share, configured from
+ * gateway.yaml's http_client. Returns nx_http_client_new's result. */
+int nx_agents_http_client_new(uv_loop_t *loop, const struct nx_config *cfg,
+                              struct nx_http_client **out);
 /* A new snapshot: turns in flight keep the one they started with; agents added or removed take
  * effect for the next message. */
 int nx_agents_reload(struct nx_agents *a, struct nx_config *cfg);

@@ -198,15 +198,7 @@ int nx_chat_run(const struct nx_daemon_opts *opts, const char *agent_id, const c
     c.rt.udata = &c;
     c.rt.on_stop = on_stop;
     nx_runtime_watch_signals(&c.rt);
-    const struct nx_gateway_conf *gw = nx_config_gateway(c.cfg);
-    struct nx_http_client_opts copts = {
-        .proxy = gw->http_client.proxy,
-        .connect_timeout_ms = gw->http_client.connect_timeout_ms,
-        .timeout_ms = gw->http_client.timeout_ms,
-        .max_response_bytes = gw->http_client.max_response_bytes,
-        .max_host_connections = gw->http_client.max_host_connections,
-    };
-    nx_http_client_new(&c.rt.loop, &copts, &c.http);
+    nx_agents_http_client_new(&c.rt.loop, c.cfg, &c.http);
     nx_store_open(&c.rt.loop, opts->data_dir, NULL, NULL, NULL, &c.store);
     struct nx_agent_deps deps = {.loop = &c.rt.loop, .http = c.http, .store = c.store,
                                  .data_dir = opts->data_dir};

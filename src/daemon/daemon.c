@@ -592,14 +592,7 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
     register_metrics(&d);
     d.ready.config_loaded = true;
 
-    struct nx_http_client_opts copts = {
-        .proxy = gw->http_client.proxy,
-        .connect_timeout_ms = gw->http_client.connect_timeout_ms,
-        .timeout_ms = gw->http_client.timeout_ms,
-        .max_response_bytes = gw->http_client.max_response_bytes,
-        .max_host_connections = gw->http_client.max_host_connections,
-    };
-    if (nx_http_client_new(&d.rt.loop, &copts, &d.client) < 0 ||
+    if (nx_agents_http_client_new(&d.rt.loop, d.cfg, &d.client) < 0 ||
         nx_store_open(&d.rt.loop, opts->data_dir, NULL, on_store_ready, &d, &d.store) < 0) {
         nx_error("daemon", "cannot start the HTTP client or the store under %s", opts->data_dir);
         teardown(&d);

@@ -253,15 +253,7 @@ int nx_mcp_stdio_run(const struct nx_mcp_stdio_opts *o)
     x.rt.udata = &x;
     x.rt.on_stop = on_stop;
     nx_runtime_watch_signals(&x.rt);
-    const struct nx_gateway_conf *gw = nx_config_gateway(x.cfg);
-    struct nx_http_client_opts copts = {
-        .proxy = gw->http_client.proxy,
-        .connect_timeout_ms = gw->http_client.connect_timeout_ms,
-        .timeout_ms = gw->http_client.timeout_ms,
-        .max_response_bytes = gw->http_client.max_response_bytes,
-        .max_host_connections = gw->http_client.max_host_connections,
-    };
-    nx_http_client_new(&x.rt.loop, &copts, &x.http);
+    nx_agents_http_client_new(&x.rt.loop, x.cfg, &x.http);
     nx_store_open(&x.rt.loop, o->data_dir, NULL, NULL, NULL, &x.store);
     if (nx_mcp_manager_new(&x.rt.loop, x.http, nx_config_mcp(x.cfg), &x.mcp) < 0)
         nx_warn("mcp-server", "MCP client servers (mcp.yaml) not started: see the errors above");
