@@ -103,18 +103,47 @@ static const char *finish_reason(enum nx_llm_stop stop)
                                           : "stop";
 }
 
-static void stream_chunk(struct api_call *c, json_t *delta, const char *finish)
+/* "id", "object", "created" and "model": the head of every object this call answers with. */
+static void put_head(struct nx_buf *b, const struct api_call *c, const char *object)
 {
-    json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:o, s:n, s:s?}]}", "id", c->id, "object",
-                          "chat.completion.chunk", "created", (json_int_t)c->created, "model", c->model,
-                          "choices", "index", 0, "delta", delta, "logprobs", "finish_reason", finish);
-    char *s = json_dumps(o, JSON_COMPACT);
+    nx_buf_puts(b, "{\"id\":");
+    nx_buf_put_json_str(b, c->id, strlen(c->id));
+    nx_buf_printf(b, ",\"object\":\"%s\",\"created\":%lld,\"model\":", object, (long long)c->created);
+    nx_buf_put_json_str(b, c->model, strlen(c->model));
+}
+
+static void put_usage(struct nx_buf *b, const struct nx_turn_result *res)
+{
+    nx_buf_printf(b, "\"usage\":{\"prompt_tokens\":%llu,\"completion_tokens\":%llu,\"total_tokens\":%llu}",
+                  (unsigned long long)res->usage.input_tokens,
+                  (unsigned long long)res->usage.output_tokens,
+                  (unsigned long long)(res->usage.input_tokens + res->usage.output_tokens));
+}
+
+/* One chat.completion.chunk event. Its delta holds the role when `is_first`, the content when
+ * `content` is not NULL; `finish` is the finish_reason (NULL: null). Written by hand, not
+ * through jansson: a stream sends one per token. */
+static void stream_chunk(struct api_call *c, bool is_first, const char *content, size_t len,
+                         const char *finish)
+{
     struct nx_buf b = NX_BUF_INIT;
-    nx_buf_printf(&b, "data: %s\n\n", s);
+    nx_buf_puts(&b, "data: ");
+    put_head(&b, c, "chat.completion.chunk");
+    nx_buf_puts(&b, ",\"choices\":[{\"index\":0,\"delta\":{");
+    if (is_first)
+        nx_buf_puts(&b, content ? "\"role\":\"assistant\"," : "\"role\":\"assistant\"");
+    if (content) {
+        nx_buf_puts(&b, "\"content\":");
+        nx_buf_put_json_str(&b, content, len);
+    }
+    nx_buf_puts(&b, "},\"logprobs\":null,\"finish_reason\":");
+    if (finish)
+        nx_buf_put_json_str(&b, finish, strlen(finish));
+    else
+        nx_buf_puts(&b, "null");
+    nx_buf_puts(&b, "}]}\n\n");
     nx_http_stream_write(c->req, b.data, b.len);
     nx_buf_cleanup(&b);
-    free(s);
-    json_decref(o);
 }
 
 static void begin_stream(struct api_call *c)
@@ -124,14 +153,14 @@ static void begin_stream(struct api_call *c)
     c->started = true;
     nx_http_req_add_header(c->req, "cache-control", "no-cache");
     nx_http_stream_begin(c->req, 200, "text/event-stream; charset=utf-8");
-    stream_chunk(c, json_pack("{s:s, s:s}", "role", "assistant", "content", ""), NULL);
+    stream_chunk(c, true, "", 0, NULL);
 }
 
 static void on_text(const char *delta, size_t len, void *udata)
 {
     struct api_call *c = udata;
     begin_stream(c);
-    stream_chunk(c, json_pack("{s:s%}", "content", delta, len), NULL);
+    stream_chunk(c, false, delta, len, NULL);
 }
 
 static void free_call(struct api_call *c)
@@ -183,42 +212,33 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
         return;
     }
     const char *text = config_msg ? res->error_message : res->text;
-    json_t *usage = json_pack("{s:I, s:I, s:I}", "prompt_tokens", (json_int_t)res->usage.input_tokens,
-                              "completion_tokens", (json_int_t)res->usage.output_tokens,
-                              "total_tokens",
-                              (json_int_t)(res->usage.input_tokens + res->usage.output_tokens));
+    struct nx_buf b = NX_BUF_INIT;
     if (c->stream) {
         begin_stream(c);
         if (config_msg)
-            stream_chunk(c, json_pack("{s:s}", "content", text), NULL);
-        stream_chunk(c, json_object(), finish_reason(res->stop));
+            stream_chunk(c, false, text, strlen(text), NULL);
+        stream_chunk(c, false, NULL, 0, finish_reason(res->stop));
         if (c->include_usage) {
-            json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[], s:O}", "id", c->id, "object",
-                                  "chat.completion.chunk", "created", (json_int_t)c->created, "model",
-                                  c->model, "choices", "usage", usage);
-            char *s = json_dumps(o, JSON_COMPACT);
-            struct nx_buf b = NX_BUF_INIT;
-            nx_buf_printf(&b, "data: %s\n\n", s);
-            nx_http_stream_write(c->req, b.data, b.len);
-            nx_buf_cleanup(&b);
-            free(s);
-            json_decref(o);
+            nx_buf_puts(&b, "data: ");
+            put_head(&b, c, "chat.completion.chunk");
+            nx_buf_puts(&b, ",\"choices\":[],");
+            put_usage(&b, res);
+            nx_buf_puts(&b, "}\n\n");
         }
-        nx_http_stream_write(c->req, "data: [DONE]\n\n", 14);
+        nx_buf_puts(&b, "data: [DONE]\n\n");
+        nx_http_stream_write(c->req, b.data, b.len);
         nx_http_stream_end(c->req);
     } else {
-        json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:[{s:i, s:{s:s, s:s, s:n}, s:n, s:s}], s:O, s:n}",
-                              "id", c->id, "object", "chat.completion", "created",
-                              (json_int_t)c->created, "model", c->model, "choices", "index", 0,
-                              "message", "role", "assistant", "content", text, "refusal", "logprobs",
-                              "finish_reason", finish_reason(res->stop), "usage", usage,
-                              "system_fingerprint");
-        char *s = json_dumps(o, JSON_COMPACT);
-        nx_http_respond(c->req, 200, "application/json", s, strlen(s));
-        free(s);
-        json_decref(o);
+        put_head(&b, c, "chat.completion");
+        nx_buf_puts(&b, ",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":");
+        nx_buf_put_json_str(&b, text ? text : "", text ? strlen(text) : 0);
+        nx_buf_printf(&b, ",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"%s\"}],",
+                      finish_reason(res->stop));
+        put_usage(&b, res);
+        nx_buf_puts(&b, ",\"system_fingerprint\":null}");
+        nx_http_respond(c->req, 200, "application/json", b.data, b.len);
     }
-    json_decref(usage);
+    nx_buf_cleanup(&b);
     free_call(c);
 }
 

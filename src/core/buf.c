@@ -56,16 +56,137 @@ void nx_buf_putc(struct nx_buf *b, char c)
     nx_buf_append(b, &c, 1);
 }
 
+/* Length of the valid UTF-8 sequence at p (at most n bytes), or 0 if it is not one (overlong
+ * forms, surrogates and code points above U+10FFFF are invalid, as in RFC 3629). */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    unsigned char c = p[0];
+    size_t len;
+    unsigned lo = 0x80, hi = 0xBF;
+
+    if (c >= 0xC2 && c <= 0xDF)
+        len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0)
+            lo = 0xA0;
+        else if (c == 0xED)
+            hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0)
+            lo = 0x90;
+        else if (c == 0xF4)
+            hi = 0x8F;
+    } else
+        return 0;
+    if (n < len || p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if ((p[i] & 0xC0) != 0x80)
+            return 0;
+    return len;
+}
+
+bool nx_utf8_is_valid(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    while (p < end) {
+        if (*p == 0)
+            return false;
+        if (*p < 0x80) {
+            p++;
+            continue;
+        }
+        size_t n = utf8_seq(p, (size_t)(end - p));
+        if (!n)
+            return false;
+        p += n;
+    }
+    return true;
+}
+
+/* The letter of a two-character escape (\n, \"...), 0 for those written as \u00XX. */
+static char json_short_escape(unsigned char c)
+{
+    switch (c) {
+    case '"':
+        return '"';
+    case '\\':
+        return '\\';
+    case '\n':
+        return 'n';
+    case '\r':
+        return 'r';
+    case '\t':
+        return 't';
+    case '\b':
+        return 'b';
+    case '\f':
+        return 'f';
+    default:
+        return 0;
+    }
+}
+
+void nx_buf_put_json_str(struct nx_buf *b, const char *s, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF"; /* as jansson writes them */
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+
+    nx_buf_reserve(b, len + 2);
+    nx_buf_putc(b, '"');
+    while (p < end) {
+        const unsigned char *run = p;
+        while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
+            p++;
+        if (p > run)
+            nx_buf_append(b, run, (size_t)(p - run));
+        if (p == end)
+            break;
+        unsigned char c = *p;
+        if (c >= 0x80) {
+            size_t n = utf8_seq(p, (size_t)(end - p));
+            if (n) {
+                nx_buf_append(b, p, n);
+                p += n;
+            } else {
+                nx_buf_append(b, "\\ufffd", 6);
+                p++;
+            }
+            continue;
+        }
+        char esc[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+        char named = json_short_escape(c);
+        if (named) {
+            esc[1] = named;
+            nx_buf_append(b, esc, 2);
+        } else {
+            nx_buf_append(b, esc, sizeof esc);
+        }
+        p++;
+    }
+    nx_buf_putc(b, '"');
+}
+
+/* One vsnprintf into the room there is (at least 64 bytes, which most lines fit); a second only
+ * when the text was longer. */
 void nx_buf_vprintf(struct nx_buf *b, const char *fmt, va_list ap)
 {
     va_list ap2;
+    nx_buf_reserve(b, 64);
+    size_t room = b->cap - b->len;
     va_copy(ap2, ap);
-    int n = vsnprintf(NULL, 0, fmt, ap2);
+    int n = vsnprintf(b->data + b->len, room, fmt, ap2);
     va_end(ap2);
-    if (n < 0)
+    if (n < 0) {
+        b->data[b->len] = '\0';
         return;
-    nx_buf_reserve(b, (size_t)n);
-    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    }
+    if ((size_t)n >= room) {
+        nx_buf_reserve(b, (size_t)n);
+        vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    }
     b->len += (size_t)n;
 }
 

@@ -2,6 +2,7 @@
 #define NX_CORE_BUF_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 /* A growable byte buffer. `data` is always NUL-terminated once anything was appended. */
@@ -22,6 +23,11 @@ void nx_buf_puts(struct nx_buf *b, const char *s);
 void nx_buf_putc(struct nx_buf *b, char c);
 void nx_buf_printf(struct nx_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void nx_buf_vprintf(struct nx_buf *b, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+/* Appends `len` bytes of `s` as a quoted JSON string: '"', '\\', and control characters
+ * escaped, valid UTF-8 copied as it is, each byte of an invalid sequence written as U+FFFD. */
+void nx_buf_put_json_str(struct nx_buf *b, const char *s, size_t len);
+/* Whether s[0..len) is valid UTF-8 (RFC 3629) with no NUL: what a JSON string may carry. */
+bool nx_utf8_is_valid(const char *s, size_t len);
 /* Drops the first n bytes. */
 void nx_buf_consume(struct nx_buf *b, size_t n);
 /* Hands the storage to the caller (never NULL) and leaves the buffer empty. */

@@ -183,41 +183,41 @@ static void encode_message(const char *role, const json_t *content, struct nx_bu
 
 /* The body is assembled as text: {"model":...,"messages":[...],<the rest>}, where each message's
  * part comes from the fragment cache when the request allows it. */
+/* The request's own strings go into the body as they are: reject what JSON cannot carry. */
+static bool is_json_text(const char *s)
+{
+    return nx_utf8_is_valid(s, strlen(s));
+}
+
 int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, const char **why)
 {
-    json_t *rest = json_object(), *m, *v;
+    const json_t *m;
     struct nx_buf frag = NX_BUF_INIT;
     char *text = NULL;
     size_t i, start = out->len;
     bool is_first = true;
     int rc = NX_EINVAL;
 
-    if (!req->model || !*req->model || !(v = json_string(req->model))) {
+    /* Written by hand, not through a json_t: this runs for every model call. */
+    if (!req->model || !*req->model || !is_json_text(req->model)) {
         *why = "a model is required (valid UTF-8)";
         goto out;
     }
-    text = json_dumps(v, JSON_ENCODE_ANY);
-    json_decref(v);
-    NX_ASSERT(text);
-    nx_buf_printf(out, "{\"model\":%s,\"messages\":[", text);
-    free(text);
-    text = NULL;
+    nx_buf_puts(out, "{\"model\":");
+    nx_buf_put_json_str(out, req->model, strlen(req->model));
+    nx_buf_puts(out, ",\"messages\":[");
     if (!json_is_array(req->messages) || json_array_size(req->messages) == 0) {
         *why = "messages must be a non-empty array";
         goto out;
     }
     if (req->system && *req->system) {
-        if (!(v = json_string(req->system))) {
+        if (!is_json_text(req->system)) {
             *why = "the system prompt is not valid UTF-8";
             goto out;
         }
-        json_t *sys = json_pack("{s:s, s:o}", "role", "system", "content", v);
-        text = json_dumps(sys, JSON_COMPACT);
-        json_decref(sys);
-        NX_ASSERT(text);
-        nx_buf_puts(out, text);
-        free(text);
-        text = NULL;
+        nx_buf_puts(out, "{\"role\":\"system\",\"content\":");
+        nx_buf_put_json_str(out, req->system, strlen(req->system));
+        nx_buf_putc(out, '}');
         is_first = false;
     }
     json_array_foreach(req->messages, i, m) {
@@ -270,22 +270,16 @@ int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, c
         free(text);
         text = NULL;
     }
-    json_object_set_new(rest, "max_tokens", json_integer(req->max_tokens ? req->max_tokens : 4096));
+    nx_buf_printf(out, ",\"max_tokens\":%lld", (long long)(req->max_tokens ? req->max_tokens : 4096));
     if (req->temperature >= 0)
-        json_object_set_new(rest, "temperature", json_real(req->temperature));
-    if (req->stream) {
-        json_object_set_new(rest, "stream", json_true());
-        json_object_set_new(rest, "stream_options", json_pack("{s:b}", "include_usage", 1));
+        nx_buf_printf(out, ",\"temperature\":%.17g", (double)req->temperature);
+    if (req->stream)
+        nx_buf_puts(out, ",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
+    if (req->user && *req->user && is_json_text(req->user)) {
+        nx_buf_puts(out, ",\"user\":");
+        nx_buf_put_json_str(out, req->user, strlen(req->user));
     }
-    if (req->user && *req->user && (v = json_string(req->user)))
-        json_object_set_new(rest, "user", v);
-    if (!(text = json_dumps(rest, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
-        *why = "the request could not be encoded as JSON";
-        goto out;
-    }
-    /* rest is never empty (max_tokens): splice its members after "messages" */
-    nx_buf_putc(out, ',');
-    nx_buf_puts(out, text + 1);
+    nx_buf_putc(out, '}');
     rc = 0;
 out:
     if (rc < 0) {
@@ -295,7 +289,6 @@ out:
     }
     free(text);
     nx_buf_cleanup(&frag);
-    json_decref(rest);
     return rc;
 }
 
