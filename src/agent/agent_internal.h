@@ -105,6 +105,7 @@ struct nx_turn {
     char *error_message;
     struct nx_timer *kick;
     uint64_t started_ns;           /* nx_mono_ns() when the turn was created */
+    uint64_t log_ctx;              /* the log context its callbacks run in (core/log.h) */
     struct nx_turn **merged;       /* collect mode: callers answered with this turn's result */
     size_t nmerged;
     bool is_started;
