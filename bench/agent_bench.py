@@ -9,7 +9,6 @@ import json
 import os
 import re
 import resource
-import shutil
 import signal
 import socket
 import sqlite3
@@ -19,11 +18,11 @@ import tempfile
 import time
 import urllib.request
 
-build = sys.argv[1] if len(sys.argv) > 1 else "build"
-HERE = os.path.dirname(os.path.abspath(__file__))
+from common import KEY, build_dir, emit, fake_llm_cmd, free_port, kill, ready_line, run, spawn
+
+build = build_dir()
 NEXO = os.path.abspath(os.path.join(build, "nexo"))
 UPSTREAM = os.path.abspath(os.path.join(build, "bench_instant_upstream"))
-FAKE = os.path.join(HERE, "..", "tests", "fakes", "fake_llm.py")
 LAT_SECONDS = int(os.environ.get("BENCH_LAT_SECONDS", "3"))
 TP_SECONDS = int(os.environ.get("BENCH_TP_SECONDS", "5"))
 STREAMS = int(os.environ.get("BENCH_STREAMS", "10000"))
@@ -31,25 +30,11 @@ STREAM_CHUNKS = int(os.environ.get("BENCH_STREAM_CHUNKS", "5"))
 STREAM_DELAY_MS = int(os.environ.get("BENCH_STREAM_DELAY_MS", "200"))
 STREAM_LIMIT_S = float(os.environ.get("BENCH_STREAM_LIMIT_S", "45"))
 ONLY = set(filter(None, os.environ.get("BENCH_AGENT_ONLY", "").split(",")))  # e.g. "streams,size"
-KEY = "sk-fake-key"
-CHILDREN = []
 TMP = tempfile.mkdtemp(prefix="nexo-agent-bench-")
-
-
-def emit(**kw):
-    print(json.dumps(kw), flush=True)
 
 
 def note(msg):
     print("agent_bench: " + msg, file=sys.stderr, flush=True)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def rss_kb(pid):
@@ -60,37 +45,14 @@ def rss_kb(pid):
     return 0
 
 
-def spawn(cmd, **kw):
-    p = subprocess.Popen(cmd, **kw)
-    CHILDREN.append(p)
-    return p
-
-
-def kill(p):
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def start_ready_line(cmd):
     """Starts a server that prints "READY <port>"; returns (proc, port)."""
     p = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = p.stdout.readline()
-    if not line.startswith("READY "):
-        raise RuntimeError("%s did not start: %r" % (cmd[0], line))
-    return p, int(line.split()[1])
+    return p, int(ready_line(p, cmd[0]))
 
 
 def start_fake(*args):
-    # The fake answers in two send()s (headers, then body) with Nagle on: with a delayed ACK that
-    # costs ~40 ms per request. Run it with TCP_NODELAY (its handler's disable_nagle_algorithm).
-    boot = ("import sys; sys.path.insert(0, %r); import fake_llm; "
-            "fake_llm.Handler.disable_nagle_algorithm = True; fake_llm.main()" % os.path.dirname(FAKE))
-    return start_ready_line(["/usr/bin/python3", "-u", "-c", boot, "--key", KEY, *args])
+    return start_ready_line(fake_llm_cmd(*args))
 
 
 def start_upstream(*args):
@@ -472,18 +434,12 @@ def bench_request_size():
 # ---- main ---------------------------------------------------------------------------------------------
 
 def main():
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        if not ONLY or ONLY & {"overhead", "throughput"}:
-            bench_turns()
-        if not ONLY or "size" in ONLY:
-            bench_request_size()
-        if not ONLY or "streams" in ONLY:
-            bench_streams()
-    finally:
-        for p in CHILDREN:
-            kill(p)
-        shutil.rmtree(TMP, ignore_errors=True)
+    if not ONLY or ONLY & {"overhead", "throughput"}:
+        bench_turns()
+    if not ONLY or "size" in ONLY:
+        bench_request_size()
+    if not ONLY or "streams" in ONLY:
+        bench_streams()
 
 
 def bench_turns():
@@ -513,4 +469,5 @@ def bench_turns():
 
 
 if __name__ == "__main__":
-    main()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    run(main, TMP)

@@ -54,14 +54,18 @@ def ready_line(p, what):
     return line.split()[1]
 
 
-def start_fake_llm():
-    """tests/fakes/fake_llm.py --instant; returns its port. The fake answers in two send()s
+def fake_llm_cmd(*args):
+    """The command line of tests/fakes/fake_llm.py with args. The fake answers in two send()s
     (headers, then body): with Nagle on and a delayed ACK that costs ~40 ms a request, so it runs
     with TCP_NODELAY (its handler's disable_nagle_algorithm)."""
     boot = ("import sys; sys.path.insert(0, %r); import fake_llm; "
             "fake_llm.Handler.disable_nagle_algorithm = True; fake_llm.main()" % FAKES)
-    fake = spawn(["/usr/bin/python3", "-u", "-c", boot, "--key", KEY, "--instant"], stdout=subprocess.PIPE,
-                 stderr=subprocess.DEVNULL, text=True)
+    return ["/usr/bin/python3", "-u", "-c", boot, "--key", KEY, *args]
+
+
+def start_fake_llm():
+    """tests/fakes/fake_llm.py --instant; returns its port."""
+    fake = spawn(fake_llm_cmd("--instant"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     return int(ready_line(fake, "fake_llm.py"))
 
 

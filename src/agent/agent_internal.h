@@ -105,6 +105,7 @@ struct nx_turn {
     char *error_message;
     struct nx_timer *kick;
     uint64_t started_ns;           /* nx_mono_ns() when the turn was created */
+    uint64_t log_ctx;              /* the log context its callbacks run in (core/log.h) */
     struct nx_turn **merged;       /* collect mode: callers answered with this turn's result */
     size_t nmerged;
     bool is_started;
@@ -122,6 +123,13 @@ int lane_submit(struct nx_agents *a, struct nx_turn *t);
 /* The lane's running turn finished: start the next queued one. */
 void lane_turn_done(struct nx_agents *a, struct nx_turn *t);
 void lanes_free(struct nx_agents *a);
+/* Did the turn end without an answer of its own because of its lane's queue_mode: interrupted
+ * by a newer message of its session (interrupt), or merged into an earlier turn whose answer
+ * covers it (collect)? Then *state and *note say how its inbound event is settled in the ledger
+ * (nx_ledger_inbound_settle: "cancelled" or "answered", and why), so it is neither answered a
+ * second time nor run again at the next start. A turn cancelled because nexo stops is not
+ * superseded: it stays routed and runs again. */
+bool lane_superseded(int rc, const struct nx_turn_result *res, const char **state, const char **note);
 
 /* history_cache.c */
 struct hcache *hcache_new(size_t max_sessions);

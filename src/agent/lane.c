@@ -156,6 +156,21 @@ void lane_turn_done(struct nx_agents *a, struct nx_turn *t)
         lane_drop(a, l);
 }
 
+bool lane_superseded(int rc, const struct nx_turn_result *res, const char **state, const char **note)
+{
+    if (rc == 0 && res->is_merged) {
+        *state = "answered";
+        *note = "answered together with an earlier message (queue_mode collect)";
+        return true;
+    }
+    if (rc == NX_ECANCELED && res->error_type && strcmp(res->error_type, "interrupted") == 0) {
+        *state = "cancelled";
+        *note = "interrupted by a newer message (queue_mode interrupt)";
+        return true;
+    }
+    return false;
+}
+
 void lanes_free(struct nx_agents *a)
 {
     for (size_t i = 0; i < a->nbuckets; i++) {

@@ -10,10 +10,12 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "store/history.h"
+#include "store/ledger.h"
 
 /* Routed work for the gateway and agents roles (partition.h, docs/scaling.md). */
 
 #define RECENT_IDS 64 /* inbound ids remembered per session in its KV state */
+#define SETTLED "agent.settled." /* + agent: work items ended without a reply of their own */
 
 struct nx_partition {
     struct nx_bus *bus;
@@ -22,6 +24,7 @@ struct nx_partition {
     char *data_dir;
     struct item *items;
     uint32_t max_messages;
+    struct nx_bus_sub *settled_sub; /* gateway: settlements of the work it dispatched */
 };
 
 /* One work item being served. */
@@ -72,6 +75,39 @@ static void finish(struct item *it, int rc)
 
 /* ---- gateway: the router's dispatch (router.h) ---- */
 
+/* A work item the agents ended without a reply of its own, because its session's queue_mode
+ * superseded its turn (lane_superseded), is settled in this ledger as the in-process router
+ * settles it: merged ("answered") or interrupted ("cancelled"), so the resume at the next start
+ * neither runs nor answers it again. Every gateway hears it; only the one whose ledger routed
+ * the event has a received or routed row for it to change. */
+static int on_settled(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
+{
+    struct nx_partition *p = arg;
+    const json_t *pl = msg->env->payload;
+    const char *id = str(pl, "id"), *state = str(pl, "state");
+
+    (void)bus;
+    if (!id || !state || (strcmp(state, "answered") != 0 && strcmp(state, "cancelled") != 0)) {
+        nx_warn("gateway", "settlement %s on %s without an id and a known state: ignored", msg->env->id,
+                msg->subject);
+        return 0;
+    }
+    nx_ledger_inbound_settle(p->store, id, state, str(pl, "note"), NULL, NULL);
+    return 0;
+}
+
+/* Subscribed before the gateway's first work item is published, so the settlement of that item
+ * finds it listening. A process that dispatches nothing (the agents role) has nothing to settle
+ * and does not listen. */
+static void watch_settled(struct nx_partition *p)
+{
+    if (p->settled_sub || !p->store)
+        return;
+    if (nx_bus_subscribe(p->bus, SETTLED ">", on_settled, p, &p->settled_sub) < 0)
+        nx_warn("gateway", "cannot subscribe to %s>: events merged or interrupted by queue_mode stay "
+                "\"routed\" and are routed again at the next start", SETTLED);
+}
+
 int nx_partition_dispatch(const struct nx_router_dispatch_in *in, void *arg)
 {
     struct nx_partition *p = arg;
@@ -80,6 +116,7 @@ int nx_partition_dispatch(const struct nx_router_dispatch_in *in, void *arg)
     json_t *work;
     int rc;
 
+    watch_settled(p);
     work = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s?}", "agent", in->agent, "session_key",
                      in->session_key, "channel", in->channel, "outbound", in->outbound, "to", in->to,
                      "text", in->text, "reply_to", in->reply_to);
@@ -247,11 +284,39 @@ static void transcribe(struct item *it, const struct nx_turn_result *res)
     json_decref(added);
 }
 
+/* The turn of this item was superseded by its session's queue_mode (lane_superseded): no reply
+ * of its own (a merged message's answer is its group's one reply, sent for the group's first
+ * message; an interrupted message is answered by the newer one's turn). The gateway that routed
+ * it settles it in its ledger (on_settled), as the in-process router does. */
+static void settle_superseded(struct item *it, const char *state, const char *note)
+{
+    struct nx_envelope *env = NULL;
+    char subject[160];
+    json_t *payload = json_pack("{s:s, s:s, s:s}", "id", it->id, "state", state, "note", note);
+    int rc = NX_EINVAL, n = snprintf(subject, sizeof subject, SETTLED "%s", str(it->work, "agent"));
+
+    if (payload && n > 0 && (size_t)n < sizeof subject &&
+        (rc = nx_envelope_new(subject, str(it->work, "agent"), str(it->work, "session_key"), payload,
+                              &env)) == 0)
+        rc = nx_bus_publish(it->p->bus, NULL, env);
+    if (rc < 0)
+        nx_warn("agents", "event %s (%s): not settled at the gateway (%s): it is routed again at its "
+                "next start", it->id, state, nx_strerror(rc));
+    nx_envelope_free(env);
+    json_decref(payload);
+    nx_counter_add(m_served, NULL, 1);
+    finish(it, 0);
+}
+
 static void on_done(int rc, const struct nx_turn_result *res, void *udata)
 {
     struct item *it = udata;
-    const char *text = res->text;
+    const char *text = res->text, *state, *note;
 
+    if (it->p && lane_superseded(rc, res, &state, &note)) {
+        settle_superseded(it, state, note);
+        return;
+    }
     if (!it->p || rc == NX_ECANCELED) {
         finish(it, NX_ECANCELED);
         return;
@@ -422,6 +487,8 @@ void nx_partition_free(struct nx_partition *p)
 {
     if (!p)
         return;
+    if (p->settled_sub)
+        nx_bus_unsubscribe(p->bus, p->settled_sub);
     for (struct item *it = p->items; it; it = it->next)
         it->p = NULL; /* their callbacks finish them */
     free(p->data_dir);

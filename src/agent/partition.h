@@ -18,7 +18,12 @@
  *    recorded republishes the recorded reply (same envelope id) instead of running again. The
  *    reply carries the key "<inbound id>:0"; the turn is written to this process's store and
  *    transcript (JSONL + FTS) as in the "all" role.
- *    Without JetStream the turn runs in a local session as in the "all" role.
+ *    Without JetStream the turn runs in a local session as in the "all" role, the agent's
+ *    queue_mode included: a turn merged into an earlier one (collect) or interrupted by a newer
+ *    message (interrupt) publishes no reply; its event is settled instead ("answered" or
+ *    "cancelled", on agent.settled.<agent>), and the gateway that routed it records that in its
+ *    ledger, as the in-process router does. With JetStream a partition runs one item at a time,
+ *    so no message waits behind a running turn in the process: queue_mode does not apply.
  * Loop thread only. */
 
 struct nx_partition;

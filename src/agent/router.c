@@ -550,18 +550,13 @@ static void on_answered(int rc, int64_t n, void *arg)
 static bool turn_superseded(struct reply *rp, int rc, const struct nx_turn_result *res)
 {
     struct nx_router *r = rp->r;
-    bool is_interrupted = rc == NX_ECANCELED && res->error_type &&
-                          strcmp(res->error_type, "interrupted") == 0;
-    bool is_merged = rc == 0 && res->is_merged;
-    if (!r || (!is_interrupted && !is_merged))
+    const char *state, *note;
+    if (!r || !lane_superseded(rc, res, &state, &note))
         return false;
     struct gate *g = rp->g;
     if (r->store)
-        nx_ledger_inbound_settle(r->store, rp->id, is_merged ? "answered" : "cancelled",
-                                 is_merged ? "answered together with an earlier message (queue_mode collect)"
-                                           : "interrupted by a newer message (queue_mode interrupt)",
-                                 NULL, NULL);
-    if (is_interrupted && g->br.state == NX_BREAKER_HALF_OPEN) /* a cancelled probe proves nothing */
+        nx_ledger_inbound_settle(r->store, rp->id, state, note, NULL, NULL);
+    if (rc == NX_ECANCELED && g->br.state == NX_BREAKER_HALF_OPEN) /* a cancelled probe proves nothing */
         nx_breaker_failure(&g->br, nx_mono_ms());
     reply_free(rp);
     gate_pump(g);

@@ -249,16 +249,33 @@ static struct nx_turn *ticket_take(struct ticket *k, bool last)
     return t;
 }
 
+/* Every callback that runs on behalf of a turn runs in the turn's log context, so that a sink
+ * (the MCP server's log forwarding) knows whose lines they are. The id is read before the
+ * callback, which may free the turn. */
+#define IN_TURN_CONTEXT(t, body)                                 \
+    do {                                                         \
+        uint64_t prev_ctx_ = nx_log_context_swap((t)->log_ctx); \
+        body;                                                    \
+        nx_log_context_swap(prev_ctx_);                          \
+    } while (0)
+
 static void on_llm_text(const char *delta, size_t len, void *udata)
 {
     struct nx_turn *t = ticket_take(udata, false);
     if (t && t->o.on_text && !t->is_cancelled)
-        t->o.on_text(delta, len, t->o.udata);
+        IN_TURN_CONTEXT(t, t->o.on_text(delta, len, t->o.udata));
 }
+
+static void tool_done(struct tool_slot *s, const char *output, size_t len, bool is_error);
 
 static void on_tool_done(const char *output, size_t len, bool is_error, void *udata)
 {
     struct tool_slot *s = udata;
+    IN_TURN_CONTEXT(s->t, tool_done(s, output, len, is_error));
+}
+
+static void tool_done(struct tool_slot *s, const char *output, size_t len, bool is_error)
+{
     struct nx_turn *t = s->t;
     s->call = NULL;
     s->is_done = true;
@@ -330,11 +347,17 @@ static void run_tools(struct nx_turn *t, const json_t *message)
     }
 }
 
+static void llm_done(struct nx_turn *t, int rc, const struct nx_llm_result *res);
+
 static void on_llm_done(int rc, const struct nx_llm_result *res, void *udata)
 {
     struct nx_turn *t = ticket_take(udata, true);
-    if (!t)
-        return;
+    if (t)
+        IN_TURN_CONTEXT(t, llm_done(t, rc, res));
+}
+
+static void llm_done(struct nx_turn *t, int rc, const struct nx_llm_result *res)
+{
     t->llm = NULL;
     if (res) {
         t->usage.input_tokens += res->usage.input_tokens;
@@ -439,6 +462,8 @@ static void call_model(struct nx_turn *t)
     nx_buf_cleanup(&system);
 }
 
+static void history_loaded(struct nx_turn *t, int rc, json_t *messages);
+
 static void on_history(int rc, json_t *messages, void *arg)
 {
     struct nx_turn *t = ticket_take(arg, true);
@@ -446,6 +471,11 @@ static void on_history(int rc, json_t *messages, void *arg)
         json_decref(messages);
         return;
     }
+    IN_TURN_CONTEXT(t, history_loaded(t, rc, messages));
+}
+
+static void history_loaded(struct nx_turn *t, int rc, json_t *messages)
+{
     if (rc < 0) {
         nx_warn("agent", "session %s: history not loaded (%s): answering without it",
                 t->session_key, nx_strerror(rc));
@@ -465,7 +495,7 @@ static void on_budget_read(int rc, void *arg)
     struct nx_turn *t = ticket_take(arg, true);
     (void)rc;
     if (t)
-        run(t, false);
+        IN_TURN_CONTEXT(t, run(t, false));
 }
 
 /* A turn starts only while its agent has budget left today (limits.daily_token_budget). */
@@ -488,7 +518,7 @@ static bool within_budget(struct nx_turn *t, bool may_wait)
 
 void turn_run(struct nx_turn *t)
 {
-    run(t, true);
+    IN_TURN_CONTEXT(t, run(t, true));
 }
 
 static void run(struct nx_turn *t, bool may_wait)
@@ -521,9 +551,16 @@ static void run(struct nx_turn *t, bool may_wait)
 
 /* --- the public API --- */
 
+static void kicked(struct nx_turn *t);
+
 static void kick(void *arg)
 {
     struct nx_turn *t = arg;
+    IN_TURN_CONTEXT(t, kicked(t));
+}
+
+static void kicked(struct nx_turn *t)
+{
     t->kick = NULL;
     if (!t->agent) {
         char msg[160];
@@ -552,6 +589,8 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
     metrics_init();
     struct nx_turn *t = nx_calloc(1, sizeof *t);
     t->started_ns = nx_mono_ns();
+    /* a caller's context (the MCP server's call) carries over; otherwise the turn's own */
+    t->log_ctx = nx_log_context_current() ? nx_log_context_current() : nx_log_context_new();
     t->a = a;
     t->o = *o;
     t->gen = gen_ref(a->gen);

@@ -33,6 +33,8 @@ static _Thread_local bool in_sink;
 
 static _Thread_local char *ctx_agent;
 static _Thread_local char *ctx_session;
+static _Thread_local uint64_t ctx_id;
+static _Atomic uint64_t ctx_last;
 
 static const char *const level_names[] = {"trace", "debug", "info", "warn", "error", "off"};
 
@@ -117,6 +119,7 @@ static void to_sinks(enum nx_log_level lvl, const char *component, const struct 
         .session = ctx_session,
         .msg = nx_buf_cstr(clean),
         .len = clean->len,
+        .context = ctx_id,
     };
     in_sink = true;
     pthread_rwlock_rdlock(&sink_lock);
@@ -164,6 +167,23 @@ void nx_log_set_context(const char *agent, const char *session)
     free(ctx_session);
     ctx_agent = agent ? nx_strdup(agent) : NULL;
     ctx_session = session ? nx_strdup(session) : NULL;
+}
+
+uint64_t nx_log_context_new(void)
+{
+    return atomic_fetch_add_explicit(&ctx_last, 1, memory_order_relaxed) + 1;
+}
+
+uint64_t nx_log_context_swap(uint64_t id)
+{
+    uint64_t prev = ctx_id;
+    ctx_id = id;
+    return prev;
+}
+
+uint64_t nx_log_context_current(void)
+{
+    return ctx_id;
 }
 
 /* Appends s as the inside of a JSON string. */

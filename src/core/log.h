@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 enum nx_log_level {
     NX_LOG_TRACE,
@@ -54,11 +55,28 @@ void nx_log_set_fd(int fd);
  * copied. */
 void nx_log_set_context(const char *agent, const char *session);
 
+/* ---- log contexts: the unit of work (an agent turn, an MCP call) a line is written for ----
+ * An id, not text: the code that runs a callback on behalf of a unit of work sets it around the
+ * callback, and sinks can tell exactly whose lines they get (server_log.c forwards an MCP call's
+ * lines to its session only). On the loop thread, around every callback of a turn:
+ *     uint64_t prev = nx_log_context_swap(t->log_ctx);
+ *     ...
+ *     nx_log_context_swap(prev);
+ * and work started from inside one (a turn started by an MCP call) takes
+ * nx_log_context_current() as its own. Lines are not written with it: sinks only. */
+
+/* A new context id: unique in the process, never 0. Thread-safe. */
+uint64_t nx_log_context_new(void);
+/* Makes id (0 = none) this thread's current context; returns the one it replaces. */
+uint64_t nx_log_context_swap(uint64_t id);
+/* This thread's current context (0 = none). */
+uint64_t nx_log_context_current(void);
+
 /* ---- sinks: other places a line goes (e.g. MCP clients that asked for logs) ---- */
 
 /* One line as a sink sees it: msg is already redacted, has no newline and is NUL-terminated;
- * agent and session are the writing thread's context (NULL when unset). All borrowed for the
- * call. */
+ * agent and session are the writing thread's context (NULL when unset), context its log context
+ * id (0 when none). All borrowed for the call. */
 struct nx_log_line {
     enum nx_log_level level;
     const char *component;
@@ -66,6 +84,7 @@ struct nx_log_line {
     const char *session;
     const char *msg;
     size_t len;
+    uint64_t context;
 };
 
 /* Called on the thread that logs, for each line at or above the sink's level (whatever

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "agent/agent.h"
+#include "agent/inproc.h"
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/error.h"
@@ -18,9 +19,7 @@
 struct chat {
     struct nx_runtime rt;
     struct nx_config *cfg;
-    struct nx_http_client *http;
-    struct nx_store *store;
-    struct nx_agents *agents;
+    struct nx_agents_inproc ag;
     const char *agent_id;
     char *session_key;
     uv_stream_t *in;
@@ -47,12 +46,7 @@ static void shutdown_chat(struct chat *c)
 {
     if (c->in && !uv_is_closing((uv_handle_t *)c->in))
         uv_close((uv_handle_t *)c->in, NULL);
-    nx_agents_free(c->agents);
-    c->agents = NULL;
-    nx_store_close(c->store);
-    c->store = NULL;
-    nx_http_client_free(c->http);
-    c->http = NULL;
+    nx_agents_inproc_cleanup(&c->ag);
 }
 
 static void on_text(const char *delta, size_t len, void *udata)
@@ -115,7 +109,7 @@ static void next_line(struct chat *c)
         .on_done = on_done,
         .udata = c,
     };
-    c->turn = nx_turn_start(c->agents, &o);
+    c->turn = nx_turn_start(c->ag.agents, &o);
     json_decref(msgs);
     free(text);
 }
@@ -198,11 +192,7 @@ int nx_chat_run(const struct nx_daemon_opts *opts, const char *agent_id, const c
     c.rt.udata = &c;
     c.rt.on_stop = on_stop;
     nx_runtime_watch_signals(&c.rt);
-    nx_agents_http_client_new(&c.rt.loop, c.cfg, &c.http);
-    nx_store_open(&c.rt.loop, opts->data_dir, NULL, NULL, NULL, &c.store);
-    struct nx_agent_deps deps = {.loop = &c.rt.loop, .http = c.http, .store = c.store,
-                                 .data_dir = opts->data_dir};
-    nx_agents_new(&deps, c.cfg, &c.agents);
+    nx_agents_inproc_init(&c.ag, &c.rt.loop, c.cfg, opts->data_dir);
 
     c.is_tty = uv_guess_handle(0) == UV_TTY;
     if (c.is_tty) {

@@ -542,25 +542,7 @@ void nx_anthropic_stream_free(struct nx_anthropic_stream *s)
 
 /* ---- the table ------------------------------------------------------------------------- */
 
-static void *w_stream_new(nx_llm_text_fn fn, void *udata)
-{
-    return nx_anthropic_stream_new(fn, udata);
-}
-
-static int w_stream_feed(void *s, const char *data, size_t len)
-{
-    return nx_anthropic_stream_feed(s, data, len);
-}
-
-static int w_stream_finish(void *s, struct nx_llm_resp *out)
-{
-    return nx_anthropic_stream_finish(s, out);
-}
-
-static void w_stream_free(void *s)
-{
-    nx_anthropic_stream_free(s);
-}
+NX_LLM_WIRE_STREAM_ADAPTERS(anthropic)
 
 const struct nx_llm_wire nx_anthropic_wire = {
     .default_base_url = "https://api.anthropic.com",
@@ -569,10 +551,10 @@ const struct nx_llm_wire nx_anthropic_wire = {
     .auth_headers = auth_headers,
     .parse_response = nx_anthropic_parse_response,
     .parse_error = nx_anthropic_parse_error,
-    .stream_new = w_stream_new,
-    .stream_feed = w_stream_feed,
-    .stream_finish = w_stream_finish,
-    .stream_free = w_stream_free,
+    .stream_new = anthropic_stream_new_any,
+    .stream_feed = anthropic_stream_feed_any,
+    .stream_finish = anthropic_stream_finish_any,
+    .stream_free = anthropic_stream_free_any,
 };
 
 static struct nx_llm_call *start(struct nx_llm_provider *p, const struct nx_llm_request *req,

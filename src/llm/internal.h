@@ -102,6 +102,27 @@ enum nx_llm_stop nx_llm_stop_from_openai(const char *s);
 const char *nx_json_str(const json_t *obj, const char *key);   /* NULL unless a string */
 uint64_t nx_json_u64(const json_t *obj, const char *key);       /* 0 unless a non-negative int */
 
+/* A wire's stream functions take its own stream type and the table holds them as void *: this
+ * defines the four static adapters <w>_stream_new_any, _feed_any, _finish_any and _free_any
+ * that call nx_<w>_stream_new, _feed, _finish and _free, for the wire's table. */
+#define NX_LLM_WIRE_STREAM_ADAPTERS(w)                                                          \
+    static void *w##_stream_new_any(nx_llm_text_fn on_text, void *udata)                        \
+    {                                                                                           \
+        return nx_##w##_stream_new(on_text, udata);                                             \
+    }                                                                                           \
+    static int w##_stream_feed_any(void *s, const char *data, size_t len)                       \
+    {                                                                                           \
+        return nx_##w##_stream_feed(s, data, len);                                              \
+    }                                                                                           \
+    static int w##_stream_finish_any(void *s, struct nx_llm_resp *out)                          \
+    {                                                                                           \
+        return nx_##w##_stream_finish(s, out);                                                  \
+    }                                                                                           \
+    static void w##_stream_free_any(void *s)                                                    \
+    {                                                                                           \
+        nx_##w##_stream_free(s);                                                                \
+    }
+
 /* ---- anthropic.c ---- */
 extern const struct nx_llm_type nx_llm_anthropic;
 extern const struct nx_llm_wire nx_anthropic_wire;

@@ -641,25 +641,7 @@ void nx_openai_stream_free(struct nx_openai_stream *s)
 
 /* ---- the table ------------------------------------------------------------------------- */
 
-static void *w_stream_new(nx_llm_text_fn fn, void *udata)
-{
-    return nx_openai_stream_new(fn, udata);
-}
-
-static int w_stream_feed(void *s, const char *data, size_t len)
-{
-    return nx_openai_stream_feed(s, data, len);
-}
-
-static int w_stream_finish(void *s, struct nx_llm_resp *out)
-{
-    return nx_openai_stream_finish(s, out);
-}
-
-static void w_stream_free(void *s)
-{
-    nx_openai_stream_free(s);
-}
+NX_LLM_WIRE_STREAM_ADAPTERS(openai)
 
 const struct nx_llm_wire nx_openai_wire = {
     .default_base_url = "https://api.openai.com/v1",
@@ -668,10 +650,10 @@ const struct nx_llm_wire nx_openai_wire = {
     .auth_headers = auth_headers,
     .parse_response = nx_openai_parse_response,
     .parse_error = nx_openai_parse_error,
-    .stream_new = w_stream_new,
-    .stream_feed = w_stream_feed,
-    .stream_finish = w_stream_finish,
-    .stream_free = w_stream_free,
+    .stream_new = openai_stream_new_any,
+    .stream_feed = openai_stream_feed_any,
+    .stream_finish = openai_stream_finish_any,
+    .stream_free = openai_stream_free_any,
 };
 
 static struct nx_llm_call *start(struct nx_llm_provider *p, const struct nx_llm_request *req,

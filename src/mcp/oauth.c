@@ -75,10 +75,12 @@ void nx_mcp_oauth_free(struct nx_mcp_oauth *o)
     free(o->prm_url);
     free(o->resource);
     free(o->scopes_supported);
+    free(o->as_url);
     free(o->issuer);
     free(o->authz_ep);
     free(o->token_ep);
     free(o->reg_ep);
+    free(o->bound_as);
     free(o->client_id);
     free(o->client_secret);
     free(o->auth_method);
@@ -231,8 +233,8 @@ static void on_prm(struct nx_mcp_oauth_op *op, long status, const struct nx_http
     free(o->scopes_supported);
     o->scopes_supported = b.len ? nx_buf_steal(&b) : NULL;
     nx_buf_cleanup(&b);
-    if (as && (!o->issuer || strcmp(o->issuer, as) != 0)) {
-        nx_oauth_set_str(&o->issuer, as);
+    if (as && !nx_oauth_same_issuer(o->as_url, as)) {
+        nx_oauth_set_str(&o->as_url, as);
         o->has_asm = false;
     }
     op->step = S_ASM;
@@ -257,8 +259,8 @@ static void next_prm(struct nx_mcp_oauth_op *op)
         return;
     }
     nx_oauth_set_str(&o->resource, NULL);
-    if (!o->issuer || strcmp(o->issuer, origin) != 0) {
-        nx_oauth_set_str(&o->issuer, origin);
+    if (!nx_oauth_same_issuer(o->as_url, origin)) {
+        nx_oauth_set_str(&o->as_url, origin);
         o->has_asm = false;
     }
     op->step = S_ASM;
@@ -273,21 +275,36 @@ static void on_asm(struct nx_mcp_oauth_op *op, long status, const struct nx_http
                    const json_t *body)
 {
     struct nx_mcp_oauth *o = op->o;
+    const char *issuer = json_string_value(json_object_get(body, "issuer"));
 
     (void)res;
     if (status != 200 || !json_is_object(body) || !json_is_string(json_object_get(body, "token_endpoint"))) {
         next_asm(op);
         return;
     }
+    /* RFC 8414 3.3: the issuer must be the one the URL was built from. A path that differs on the
+     * same origin is tolerated (servers publish a path-based location with the origin as issuer);
+     * another origin would be a mix-up: its endpoints are not used. */
+    if (issuer && !nx_oauth_same_issuer(issuer, o->as_url)) {
+        if (!nx_oauth_same_origin(issuer, o->as_url)) {
+            failf(op, NX_EPERM,
+                  "the authorization server metadata for %.200s names another issuer (%.200s): "
+                  "not using it",
+                  o->as_url, issuer);
+            return;
+        }
+        nx_debug("mcp", "server %s: the authorization server %s calls itself %s", o->server, o->as_url,
+                 issuer);
+    }
     nx_oauth_set_str(&o->authz_ep, json_string_value(json_object_get(body, "authorization_endpoint")));
     nx_oauth_set_str(&o->token_ep, json_string_value(json_object_get(body, "token_endpoint")));
     nx_oauth_set_str(&o->reg_ep, json_string_value(json_object_get(body, "registration_endpoint")));
-    if (json_is_string(json_object_get(body, "issuer")))
-        nx_oauth_set_str(&o->issuer, json_string_value(json_object_get(body, "issuer")));
+    nx_oauth_set_str(&o->issuer, issuer ? issuer : o->as_url);
     json_decref(o->auth_methods);
     o->auth_methods = json_incref(json_object_get(body, "token_endpoint_auth_methods_supported"));
     o->has_cimd = json_is_true(json_object_get(body, "client_id_metadata_document_supported"));
     o->has_asm = true;
+    nx_oauth_bind_as(o);
     op->step = S_REGISTER;
     run(op);
 }
@@ -305,8 +322,8 @@ static void next_asm(struct nx_mcp_oauth_op *op)
         return;
     }
     /* no metadata anywhere: the 2025-03-26 default endpoints at the issuer's origin */
-    if (nx_oauth_split_url(o->issuer, origin, sizeof origin, path, sizeof path) < 0) {
-        failf(op, NX_EINVAL, "bad authorization server url \"%.200s\"", o->issuer);
+    if (nx_oauth_split_url(o->as_url, origin, sizeof origin, path, sizeof path) < 0) {
+        failf(op, NX_EINVAL, "bad authorization server url \"%.200s\"", o->as_url);
         return;
     }
     nx_info("mcp", "server %s: no authorization server metadata; using %s/authorize, /token, /register",
@@ -324,6 +341,8 @@ static void next_asm(struct nx_mcp_oauth_op *op)
     o->auth_methods = NULL;
     o->has_cimd = false;
     o->has_asm = true;
+    nx_oauth_set_str(&o->issuer, o->as_url);
+    nx_oauth_bind_as(o);
     op->step = S_REGISTER;
     run(op);
 }
@@ -630,7 +649,7 @@ static void run(struct nx_mcp_oauth_op *op)
         for (size_t i = 0; op->urls && op->urls[i]; i++)
             free(op->urls[i]);
         free(op->urls);
-        op->urls = nx_mcp_oauth_discovery_urls(o->issuer, 0);
+        op->urls = nx_mcp_oauth_discovery_urls(o->as_url, 0);
         op->nurl = 0;
         next_asm(op);
         return;

@@ -39,10 +39,11 @@ void nx_oauth_save(struct nx_mcp_oauth *o)
 
     if (!o->token_file)
         return;
-    j = json_pack("{s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:I}", "issuer", o->issuer, "client_id",
-                  o->client_id, "client_secret", o->client_secret, "auth_method", o->auth_method,
-                  "access_token", o->access_token, "refresh_token", o->refresh_token, "scope", o->scope,
-                  "expires_at", (json_int_t)o->expires_at);
+    j = json_pack("{s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:s?, s:I}", "authorization_server",
+                  o->bound_as, "issuer", o->issuer, "client_id", o->client_id, "client_secret",
+                  o->client_secret, "auth_method", o->auth_method, "access_token", o->access_token,
+                  "refresh_token", o->refresh_token, "scope", o->scope, "expires_at",
+                  (json_int_t)o->expires_at);
     text = json_dumps(j, JSON_INDENT(1));
     json_decref(j);
     if (snprintf(tmp, sizeof tmp, "%s.tmp", o->token_file) >= (int)sizeof tmp || !text)
@@ -75,6 +76,39 @@ void nx_oauth_set_bearer(struct nx_mcp_oauth *o)
     }
 }
 
+/* A client registered (RFC 7591) and the tokens issued by one authorization server are for it
+ * alone: a resource that now names another one must not make us send them there. */
+void nx_oauth_bind_as(struct nx_mcp_oauth *o)
+{
+    bool has_dynamic_client = o->client_id && !o->cfg_client_id;
+    bool holds = has_dynamic_client || o->access_token || o->refresh_token || o->pending_state;
+
+    if (!holds || nx_oauth_same_issuer(o->bound_as, o->as_url)) {
+        nx_oauth_set_str(&o->bound_as, o->as_url);
+        return;
+    }
+    nx_info("mcp",
+            "server %s: the authorization server is now %s (was %s): dropping the %s obtained from the "
+            "old one and authorizing anew",
+            o->server, o->as_url, o->bound_as ? o->bound_as : "not recorded",
+            has_dynamic_client ? "client registration and tokens" : "tokens");
+    if (!o->cfg_client_id) {
+        nx_oauth_set_str(&o->client_id, NULL);
+        nx_oauth_set_str(&o->client_secret, NULL);
+        nx_oauth_set_str(&o->auth_method, NULL);
+    }
+    nx_oauth_set_str(&o->access_token, NULL);
+    nx_oauth_set_str(&o->refresh_token, NULL);
+    nx_oauth_set_str(&o->scope, NULL);
+    o->expires_at = 0;
+    nx_oauth_set_bearer(o);
+    nx_oauth_set_str(&o->pending_state, NULL);
+    nx_oauth_set_str(&o->pending_verifier, NULL);
+    nx_oauth_set_str(&o->auth_url, NULL);
+    nx_oauth_set_str(&o->bound_as, o->as_url);
+    nx_oauth_save(o);
+}
+
 void nx_mcp_oauth_set_token_file(struct nx_mcp_oauth *o, const char *path)
 {
     json_t *j;
@@ -91,6 +125,10 @@ void nx_mcp_oauth_set_token_file(struct nx_mcp_oauth *o, const char *path)
     }
     if (!(j = json_load_file(path, 0, NULL)))
         return;
+    /* files written before authorization_server was kept have the issuer in its place */
+    nx_oauth_set_str(&o->bound_as, json_string_value(json_object_get(j, "authorization_server")));
+    if (!o->bound_as)
+        nx_oauth_set_str(&o->bound_as, json_string_value(json_object_get(j, "issuer")));
     if (!o->cfg_client_id) {
         nx_oauth_set_str(&o->client_id, json_string_value(json_object_get(j, "client_id")));
         nx_oauth_set_str(&o->client_secret, json_string_value(json_object_get(j, "client_secret")));

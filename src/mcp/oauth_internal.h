@@ -36,14 +36,19 @@ struct nx_mcp_oauth {
     char *resource; /* sent as `resource`; NULL without protected resource metadata */
     char *scopes_supported;
     bool has_prm_tried;
-    char *issuer;
+    /* The authorization server the resource names (RFC 9728 authorization_servers[0], else the
+     * server's origin): the issuer identifier the metadata URLs are built from (RFC 8414 3.1). */
+    char *as_url;
+    char *issuer; /* the metadata's `issuer` (as_url when it has none) */
     char *authz_ep;
     char *token_ep;
     char *reg_ep;
     json_t *auth_methods;
     bool has_cimd;
     bool has_asm;
-    /* client and tokens */
+    /* client and tokens, bound to the authorization server they came from: bound_as is the
+     * as_url they were obtained with; when the resource names another one they are dropped */
+    char *bound_as;
     char *client_id;
     char *client_secret;
     char *auth_method; /* none, client_secret_basic, client_secret_post, private_key_jwt */
@@ -81,6 +86,9 @@ struct nx_mcp_oauth_op {
 void nx_oauth_set_str(char **dst, const char *v);
 void nx_oauth_save(struct nx_mcp_oauth *o);
 void nx_oauth_set_bearer(struct nx_mcp_oauth *o);
+/* After discovery: keeps the client and tokens when they came from o->as_url, else drops them
+ * (a configured client_id stays) so that a new authorization server never sees them. */
+void nx_oauth_bind_as(struct nx_mcp_oauth *o);
 /* An operator approved in a browser and left the redirect URL in <token_file>.code: true when
  * it holds the code for the pending authorization (op->code and op->verifier are set). */
 bool nx_oauth_take_operator_code(struct nx_mcp_oauth_op *op);
@@ -95,6 +103,11 @@ void nx_oauth_form_add(struct nx_buf *b, const char *key, const char *value);
 char *nx_oauth_query_param(const char *url, const char *name);
 /* "http(s)://host[:port]" and the path without a trailing '/' ("" for the root). */
 int nx_oauth_split_url(const char *url, char *origin, size_t olen, char *path, size_t plen);
+/* One issuer identifier written two ways: equal but for terminating '/' (RFC 8414 3.1 removes
+ * it before building the metadata URL, so both name one metadata document). */
+bool nx_oauth_same_issuer(const char *a, const char *b);
+/* Same scheme and host[:port] (case-insensitive). */
+bool nx_oauth_same_origin(const char *a, const char *b);
 void nx_oauth_b64url(struct nx_buf *b, const unsigned char *data, size_t len);
 void nx_oauth_b64(struct nx_buf *b, const char *s);
 /* base64url of `bytes` random bytes (at most 64). New string. */

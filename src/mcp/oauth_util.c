@@ -112,6 +112,33 @@ int nx_oauth_split_url(const char *url, char *origin, size_t olen, char *path, s
     return 0;
 }
 
+static size_t without_trailing_slash(const char *s)
+{
+    size_t n = strlen(s);
+
+    while (n > 0 && s[n - 1] == '/')
+        n--;
+    return n;
+}
+
+bool nx_oauth_same_issuer(const char *a, const char *b)
+{
+    size_t n;
+
+    if (!a || !b)
+        return false;
+    n = without_trailing_slash(a);
+    return n == without_trailing_slash(b) && strncmp(a, b, n) == 0;
+}
+
+bool nx_oauth_same_origin(const char *a, const char *b)
+{
+    char ao[512], ap[1024], bo[512], bp[1024];
+
+    return nx_oauth_split_url(a, ao, sizeof ao, ap, sizeof ap) == 0 &&
+           nx_oauth_split_url(b, bo, sizeof bo, bp, sizeof bp) == 0 && strcasecmp(ao, bo) == 0;
+}
+
 char **nx_mcp_oauth_discovery_urls(const char *url, int is_resource)
 {
     char origin[512], path[1024];

@@ -373,6 +373,7 @@ struct nx_mcp_session *nx_mcp_session_new(struct nx_mcp_server *srv, const struc
     s->srv = srv;
     s->io = *io;
     s->log_level = MCP_LOG_NONE;
+    srv->sessions_opened++;
     s->next = srv->sessions;
     if (srv->sessions)
         srv->sessions->prev = s;

@@ -220,7 +220,11 @@ static void start_agent(struct srv_call *c, const char *agent_id, const json_t *
     mcp_session_log(s, c->origin, MCP_LOG_DEBUG, "tools/call %s: asking agent %s%s%s", c->tool, agent_id,
                     key ? " in session " : "", key ? key : "");
     progress(c, "the agent is thinking");
+    /* The turn takes the current log context as its own (core/log.h): its lines are this call's. */
+    uint64_t prev = nx_log_context_swap(c->log_ctx);
     c->turn = s->srv->ops.start(s->srv->agents, &o);
+    nx_log_context_swap(prev);
+    s->srv->turns_started++;
     json_decref(msgs);
     free(key);
 }
@@ -276,8 +280,10 @@ static void start_tool(struct srv_call *c, const char *name, const json_t *args)
     json_t *empty = args ? NULL : json_object();
     mcp_session_log(c->s, c->origin, MCP_LOG_DEBUG, "tools/call %s in the sandbox of agent %s", name, ac->id);
     c->in_start = true;
+    uint64_t prev = nx_log_context_swap(c->log_ctx);
     struct nx_tool_call *tc = nx_tool_invoke(&ctx, (const char *const *)ac->allowed_tools, name,
                                              args ? args : empty, on_tool_done, c);
+    nx_log_context_swap(prev);
     c->in_start = false;
     json_decref(empty);
     free(ws);
@@ -324,6 +330,7 @@ void mcp_call_start(struct nx_mcp_session *s, const json_t *id, const json_t *pa
     c->origin = origin;
     c->tool = nx_strdup(t.name);
     c->agent = t.agent_id ? t.agent_id : s->srv->tools_agent;
+    c->log_ctx = nx_log_context_new();
     c->start_ns = nx_mono_ns();
     const json_t *tok = json_object_get(json_object_get(params, "_meta"), "progressToken");
     if (json_is_string(tok) || json_is_integer(tok))

@@ -38,6 +38,10 @@ struct nx_mcp_server {
     struct fwd_line *log_head, *log_tail;
     size_t n_log_queued;
     struct nx_timer *log_flush;
+    /* Lines without a log context go to a session only when nothing else could have written
+     * them: it is the only session there ever was, and every turn of the process was its. */
+    size_t sessions_opened;
+    uint64_t turns_started;      /* agent turns started for calls */
 };
 
 struct srv_call;
@@ -64,6 +68,7 @@ struct srv_call {
     json_t *progress_token;      /* NULL = no progress asked */
     char *tool;                  /* for metrics */
     const char *agent;           /* whose turn or sandbox runs it (borrowed from the server) */
+    uint64_t log_ctx;            /* core/log.h context of its turn or tool: its lines carry it */
     uint64_t start_ns;
     uint64_t last_progress_ns;
     size_t text_len;
@@ -89,8 +94,9 @@ bool mcp_find_tool(const struct nx_mcp_server *srv, const char *name, struct srv
 /* tools/list entries in order (agent tools, then exported); new reference. */
 json_t *mcp_tool_list(const struct nx_mcp_server *srv);
 
-/* server_log.c: nexo's own log lines (agent, llm, tools, mcp) forwarded to the sessions that set
- * a level and have a call in flight, as notifications/message {level, logger: component}. */
+/* server_log.c: nexo's own log lines forwarded to the session whose call they were written for
+ * (their log context is the call's), when it set a level, as notifications/message {level,
+ * logger: component}. */
 /* After logging/setLevel or a session's end: sets, changes or removes the log sink. */
 void mcp_logs_update(struct nx_mcp_server *srv);
 /* Sends the lines waiting (before a call's answer, so its lines come first). */

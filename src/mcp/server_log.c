@@ -1,18 +1,24 @@
 /* nexo's own log lines forwarded to MCP sessions. A session that sent logging/setLevel gets, as
  * notifications/message {level, logger: <component>, data}, the lines at or above its level that
- * concern its calls in flight: lines whose log context names the agent of one of its calls, and
- * lines without context from the components that run a turn (agent, agents, llm, tools, mcp)
- * written while it has a call running. The sink (core/log.h) only copies loop-thread lines into
- * a queue; a zero-delay timer (or a call's answer, which comes after its lines) sends them, so
- * nothing is sent from inside whatever code logged. At most LOG_RATE lines a second per session
- * (bursts of LOG_BURST); what is dropped is counted and reported in the next line sent. The
- * messages were redacted by nx_log before the sink saw them. */
+ * were written for one of its calls in flight: each call has a log context id (core/log.h), set
+ * while its turn's callbacks run (the turn inherits it from the call) or its tool starts, and a
+ * line goes to the session whose running call has the line's context, to no other. On a gateway
+ * other sessions, channels and API clients run turns of the same agents at the same time: a line
+ * without context may be any of theirs, so it goes nowhere, unless the session cannot be
+ * confused with anyone (the stdio server: the only session there ever was, and every turn of
+ * the process was its), where lines without context from the components that run a turn
+ * (agent, agents, llm, tools, mcp) go to it while it has a call running. The sink only copies
+ * loop-thread lines into a queue; a zero-delay timer (or a call's answer, which comes after its
+ * lines) sends them, so nothing is sent from inside whatever code logged. At most LOG_RATE lines
+ * a second per session (bursts of LOG_BURST); what is dropped is counted and reported in the next
+ * line sent. The messages were redacted by nx_log before the sink saw them. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/alloc.h"
 #include "core/clock.h"
+#include "agent/agent.h"
 #include "core/log.h"
 #include "mcp/jsonrpc.h"
 #include "mcp/server_internal.h"
@@ -31,7 +37,7 @@ struct fwd_line {
     struct fwd_line *next;
     int level;      /* MCP_LOG_* */
     char *logger;
-    char *agent;    /* the line's context, or NULL */
+    uint64_t ctx;   /* the line's log context, 0 = none */
     char *msg;
 };
 
@@ -60,20 +66,33 @@ static bool is_turn_component(const char *c)
     return false;
 }
 
-/* The call a line is about: one whose agent is the line's context, else (no context) any. */
-static struct srv_call *call_for(const struct nx_mcp_session *s, const char *agent)
+/* No one but this session can have written a line without context: the server never had
+ * another, and no turn of the process was started by anything else. */
+static bool is_sole_tenant(const struct nx_mcp_session *s)
 {
+    const struct nx_mcp_server *srv = s->srv;
+
+    return srv->sessions_opened == 1 && srv->agents &&
+           nx_agents_turns_started(srv->agents) == srv->turns_started;
+}
+
+/* The call a line was written for: the one whose log context it has; a line without context
+ * (from a turn component) belongs to the sole tenant's first call. */
+static struct srv_call *call_for(const struct nx_mcp_session *s, uint64_t ctx)
+{
+    if (!ctx)
+        return is_sole_tenant(s) ? s->calls : NULL;
     for (struct srv_call *c = s->calls; c; c = c->next) {
-        if (!agent || (c->agent && strcmp(c->agent, agent) == 0))
+        if (c->log_ctx == ctx)
             return c;
     }
     return NULL;
 }
 
-static bool anyone_listening(const struct nx_mcp_server *srv, int level, const char *agent)
+static bool anyone_listening(const struct nx_mcp_server *srv, int level, uint64_t ctx)
 {
     for (const struct nx_mcp_session *s = srv->sessions; s; s = s->next) {
-        if (s->log_level != MCP_LOG_NONE && level >= s->log_level && call_for(s, agent))
+        if (s->log_level != MCP_LOG_NONE && level >= s->log_level && call_for(s, ctx))
             return true;
     }
     return false;
@@ -82,7 +101,6 @@ static bool anyone_listening(const struct nx_mcp_server *srv, int level, const c
 static void line_free(struct fwd_line *l)
 {
     free(l->logger);
-    free(l->agent);
     free(l->msg);
     free(l);
 }
@@ -104,14 +122,14 @@ static void on_line(const struct nx_log_line *line, void *udata)
         return; /* sessions belong to the loop thread */
     if (strcmp(line->component, "mcp-server") == 0)
         return; /* the server's own lines about a call are sent by mcp_session_log */
-    if (!line->agent && !is_turn_component(line->component))
+    if (!line->context && !is_turn_component(line->component))
         return;
-    if (srv->n_log_queued >= LOG_QUEUE_MAX || !anyone_listening(srv, level, line->agent))
+    if (srv->n_log_queued >= LOG_QUEUE_MAX || !anyone_listening(srv, level, line->context))
         return;
     struct fwd_line *l = nx_calloc(1, sizeof *l);
     l->level = level;
     l->logger = nx_strdup(line->component);
-    l->agent = line->agent ? nx_strdup(line->agent) : NULL;
+    l->ctx = line->context;
     l->msg = nx_strndup(line->msg, line->len < LOG_MSG_MAX ? line->len : LOG_MSG_MAX);
     if (srv->log_tail)
         srv->log_tail->next = l;
@@ -151,7 +169,7 @@ static void deliver(struct nx_mcp_session *s, const struct fwd_line *l)
 {
     if (s->log_level == MCP_LOG_NONE || l->level < s->log_level)
         return;
-    struct srv_call *c = call_for(s, l->agent);
+    struct srv_call *c = call_for(s, l->ctx);
     if (!c)
         return;
     if (!take_token(s)) {

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "agent/inproc.h"
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/error.h"
@@ -18,7 +19,6 @@
 #include "mcp/mcp.h"
 #include "mcp/server.h"
 #include "runtime/runtime.h"
-#include "store/store.h"
 
 /* The answers of one batch frame, sent as one array when all are in. */
 struct batch {
@@ -31,9 +31,7 @@ struct batch {
 struct stdio_srv {
     struct nx_runtime rt;
     struct nx_config *cfg;
-    struct nx_http_client *http;
-    struct nx_store *store;
-    struct nx_agents *agents;
+    struct nx_agents_inproc ag;
     struct nx_mcp_manager *mcp;
     struct nx_mcp_server *srv;
     struct nx_mcp_session *sess;
@@ -192,14 +190,11 @@ static void shutdown_srv(struct stdio_srv *x)
     x->sess = NULL;
     nx_mcp_server_free(x->srv);
     x->srv = NULL;
-    nx_agents_free(x->agents);
-    x->agents = NULL;
-    nx_mcp_manager_free(x->mcp);
+    nx_agents_free(x->ag.agents); /* their turns may still call the MCP clients' tools */
+    x->ag.agents = NULL;
+    nx_mcp_manager_free(x->mcp); /* before the HTTP client it calls through */
     x->mcp = NULL;
-    nx_store_close(x->store);
-    x->store = NULL;
-    nx_http_client_free(x->http);
-    x->http = NULL;
+    nx_agents_inproc_cleanup(&x->ag);
 }
 
 static void on_stop(struct nx_runtime *rt, int signum)
@@ -253,14 +248,10 @@ int nx_mcp_stdio_run(const struct nx_mcp_stdio_opts *o)
     x.rt.udata = &x;
     x.rt.on_stop = on_stop;
     nx_runtime_watch_signals(&x.rt);
-    nx_agents_http_client_new(&x.rt.loop, x.cfg, &x.http);
-    nx_store_open(&x.rt.loop, o->data_dir, NULL, NULL, NULL, &x.store);
-    if (nx_mcp_manager_new(&x.rt.loop, x.http, nx_config_mcp(x.cfg), &x.mcp) < 0)
+    nx_agents_inproc_init(&x.ag, &x.rt.loop, x.cfg, o->data_dir);
+    if (nx_mcp_manager_new(&x.rt.loop, x.ag.http, nx_config_mcp(x.cfg), &x.mcp) < 0)
         nx_warn("mcp-server", "MCP client servers (mcp.yaml) not started: see the errors above");
-    struct nx_agent_deps deps = {.loop = &x.rt.loop, .http = x.http, .store = x.store,
-                                 .data_dir = o->data_dir};
-    nx_agents_new(&deps, x.cfg, &x.agents);
-    struct nx_mcp_server_deps sdeps = {.loop = &x.rt.loop, .http = x.http, .agents = x.agents,
+    struct nx_mcp_server_deps sdeps = {.loop = &x.rt.loop, .http = x.ag.http, .agents = x.ag.agents,
                                        .cfg = x.cfg, .only_agent = o->agent_id};
     if (nx_mcp_server_new(&sdeps, &conf, &x.srv) < 0) {
         code = NX_EXIT_CONFIG;

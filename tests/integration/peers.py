@@ -2,8 +2,10 @@
 
  - the Telegram Bot API emulator (telegram-test-api, pinned npm peer, behind tests/tools/tg-server.js):
    TgEmulator starts it on a free port; say() plays a user, replies() collects what the bot sent;
- - the fake LLM provider (tests/fakes/fake_llm.py): start_fake and script (from test_api_sdk),
-   fake_reset, fake_requests; llm_yaml writes the provider entry that points at it;
+ - the fake LLM provider (tests/fakes/fake_llm.py): start_fake, script, fake_reset,
+   fake_requests, stop_fake; llm_yaml writes the provider entry that points at it; FakePeers
+   (the fake, a config directory and one nexo shared by a test class) and, for classes that keep
+   their own temp directory, start_nexo and stop_all;
  - nats-server (NatsServer, on a free port, killed and restarted at will), a NATS text-protocol
    client (NatsConn) and a subscriber that survives server restarts (Collector); envelope() builds
    a bus event;
@@ -13,6 +15,7 @@ Every helper binds or connects to 127.0.0.1 only."""
 import datetime
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,8 +26,10 @@ import urllib.parse
 import urllib.request
 import uuid
 
-from test_api_sdk import PEERS, SRC, script, start_fake  # noqa: F401 (re-exported)
-
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.environ.get("NEXO_SOURCE_DIR") or os.path.join(HERE, "..", "..")
+PEERS = os.environ.get("NEXO_NPM_PEERS") or os.path.join(SRC, "build", "npm-peers")
+FAKE = os.path.join(SRC, "tests", "fakes", "fake_llm.py")
 TG_SERVER = os.path.join(SRC, "tests", "tools", "tg-server.js")
 FAKE_KEY = "sk-fake-key"
 
@@ -82,6 +87,22 @@ def stop_process(p, timeout=10):
 
 
 # --- the fake LLM provider ------------------------------------------------------------------------
+def start_fake(*args, key=FAKE_KEY):
+    """tests/fakes/fake_llm.py (accepting key) with args; returns (process, port) once it is ready."""
+    p = subprocess.Popen(["/usr/bin/python3", "-u", FAKE, "--key", key, *args], stdout=subprocess.PIPE,
+                         text=True)
+    line = p.stdout.readline()
+    assert line.startswith("READY "), line
+    return p, int(line.split()[1])
+
+
+def script(port, steps):
+    """What the fake answers to its next requests, one step a request (tests/fakes/fake_llm.py)."""
+    req = urllib.request.Request("http://127.0.0.1:%d/_script" % port, data=json.dumps(steps).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    urllib.request.urlopen(req, timeout=5).read()
+
+
 def llm_yaml(port, extra=""):
     """llm.yaml with the anthropic provider pointing at the fake on port (extra: more lines)."""
     return ("providers:\n  anthropic: {api_key: %s, base_url: http://127.0.0.1:%d}\n" % (FAKE_KEY, port)
@@ -104,6 +125,53 @@ def stop_fake(p):
     p.wait()
     if p.stdout:
         p.stdout.close()
+
+
+def start_nexo(n, fake):
+    """n.start() for a setUpClass; when nexo does not come up, n and the fake are stopped before
+    the error goes on (tearDownClass does not run after a failed setUpClass)."""
+    try:
+        return n.start()
+    except Exception:
+        n.cleanup()
+        stop_fake(fake)
+        raise
+
+
+def stop_all(n, fake, tmp):
+    """tearDownClass for a class with nexo n, the fake and the temp directory tmp: all are stopped
+    and removed, and nexo must have exited with 0."""
+    try:
+        assert n.stop() == 0
+    finally:
+        n.cleanup()
+        stop_fake(fake)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class FakePeers:
+    """Mixin for a unittest.TestCase class whose tests share the fake LLM (cls.fake on cls.fport),
+    a config directory (cls.cfg.name) and one nexo (cls.n, which the class starts on cls.cfg.name).
+    setUp resets the fake."""
+
+    @classmethod
+    def start_peers(cls):
+        cls.fake, cls.fport = start_fake()
+        cls.cfg = tempfile.TemporaryDirectory()
+
+    @classmethod
+    def stop_peers(cls):
+        """Stops nexo, then the peers; nexo must have exited with 0 (checked last)."""
+        try:
+            code = cls.n.stop()
+        finally:
+            cls.n.cleanup()
+            stop_fake(cls.fake)
+            cls.cfg.cleanup()
+        assert code == 0, code
+
+    def setUp(self):
+        fake_reset(self.fport)
 
 
 # --- the Telegram Bot API emulator ----------------------------------------------------------------
@@ -176,31 +244,20 @@ class TgEmulator:
         self.proc.stdout.close()
 
 
-class TgPeers:
-    """Mixin for a unittest.TestCase class whose tests share the emulator (cls.tg), the fake LLM
-    (cls.fake on cls.fport), a config directory (cls.cfg.name) and one nexo (cls.n, which the
-    class starts on cls.cfg.name). setUp resets the fake."""
+class TgPeers(FakePeers):
+    """FakePeers with the emulator (cls.tg) too."""
 
     @classmethod
     def start_peers(cls):
         cls.tg = TgEmulator()
-        cls.fake, cls.fport = start_fake()
-        cls.cfg = tempfile.TemporaryDirectory()
+        super().start_peers()
 
     @classmethod
     def stop_peers(cls):
-        """Stops nexo, then the peers; nexo must have exited with 0 (checked last)."""
         try:
-            code = cls.n.stop()
+            super().stop_peers()
         finally:
-            cls.n.cleanup()
-            stop_fake(cls.fake)
             cls.tg.stop()
-            cls.cfg.cleanup()
-        assert code == 0, code
-
-    def setUp(self):
-        fake_reset(self.fport)
 
 
 # --- NATS -----------------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ import re
 import tempfile
 import time
 import unittest
-import urllib.request
 
 from nexo_harness import Nexo, main, write_config
-from test_api_sdk import PEERS, node, script, start_fake
+from peers import PEERS, FakePeers, fake_requests, script
+from test_api_sdk import node
 
 AGENTS = """\
 agents:
@@ -31,11 +31,10 @@ agents:
 """
 
 
-class Limits(unittest.TestCase):
+class Limits(FakePeers, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.fake, cls.fport = start_fake()
-        cls.cfg = tempfile.TemporaryDirectory()
+        cls.start_peers()
         cls.outside = tempfile.TemporaryDirectory()
         base = "http://127.0.0.1:%d" % cls.fport
         write_config(cls.cfg.name, {
@@ -65,21 +64,13 @@ class Limits(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        code = cls.n.stop()
-        cls.n.cleanup()
-        cls.fake.kill()
-        cls.fake.wait()
-        cls.cfg.cleanup()
-        cls.outside.cleanup()
-        assert code == 0, code
-
-    def setUp(self):
-        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/_reset" % self.fport,
-                                                      data=b"{}", method="POST"), timeout=5).read()
+        try:
+            cls.stop_peers()
+        finally:
+            cls.outside.cleanup()
 
     def requests(self):
-        return json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
-                                                 timeout=5).read())
+        return fake_requests(self.fport)
 
     def post(self, path, agent, text="hi"):
         if path == "/v1/messages":

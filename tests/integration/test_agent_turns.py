@@ -5,14 +5,12 @@ import concurrent.futures
 import http.client
 import json
 import os
-import socket
 import tempfile
 import time
 import unittest
-import urllib.request
 
 from nexo_harness import Nexo, main, write_config
-from test_api_sdk import script, start_fake
+from peers import FakePeers, fake_requests, free_port, script
 
 CONFIG = """\
 agents:
@@ -40,19 +38,10 @@ agents:
 """
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-class Turns(unittest.TestCase):
+class Turns(FakePeers, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.fake, cls.fport = start_fake()
-        cls.cfg = tempfile.TemporaryDirectory()
+        cls.start_peers()
         base = "http://127.0.0.1:%d" % cls.fport
         write_config(cls.cfg.name, {
             "llm.yaml": ("providers:\n"
@@ -67,20 +56,10 @@ class Turns(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        code = cls.n.stop()
-        cls.n.cleanup()
-        cls.fake.kill()
-        cls.fake.wait()
-        cls.cfg.cleanup()
-        assert code == 0, code
-
-    def setUp(self):
-        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/_reset" % self.fport,
-                                                      data=b"{}", method="POST"), timeout=5).read()
+        cls.stop_peers()
 
     def requests(self):
-        return json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
-                                                 timeout=5).read())
+        return fake_requests(self.fport)
 
     def chat(self, agent, text, session=None, timeout=30):
         headers = {"Content-Type": "application/json"}

@@ -4,31 +4,12 @@ fake provider in tests/fakes/fake_llm.py."""
 import json
 import os
 import subprocess
-import tempfile
 import unittest
-import urllib.request
 
 from nexo_harness import Nexo, main, write_config
+from peers import HERE, PEERS, SRC, FakePeers, fake_requests, script, start_fake  # noqa: F401 (re-exported)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.environ.get("NEXO_SOURCE_DIR") or os.path.join(HERE, "..", "..")
-PEERS = os.environ.get("NEXO_NPM_PEERS") or os.path.join(SRC, "build", "npm-peers")
-FAKE = os.path.join(SRC, "tests", "fakes", "fake_llm.py")
 TOKEN = "nexo-sdk-test-token"
-
-
-def start_fake(*args):
-    p = subprocess.Popen(["/usr/bin/python3", "-u", FAKE, "--key", "sk-fake-key", *args],
-                         stdout=subprocess.PIPE, text=True)
-    line = p.stdout.readline()
-    assert line.startswith("READY "), line
-    return p, int(line.split()[1])
-
-
-def script(port, steps):
-    req = urllib.request.Request("http://127.0.0.1:%d/_script" % port, data=json.dumps(steps).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    urllib.request.urlopen(req, timeout=5).read()
 
 
 def node(*args, env=None):
@@ -41,13 +22,12 @@ def node(*args, env=None):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-class Sdk(unittest.TestCase):
+class Sdk(FakePeers, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         if not os.path.isdir(os.path.join(PEERS, "node_modules", "openai")):
             raise AssertionError("npm peers missing in %s: run scripts/install-npm-peers.sh" % PEERS)
-        cls.fake, cls.fport = start_fake()
-        cls.cfg = tempfile.TemporaryDirectory()
+        cls.start_peers()
         base = "http://127.0.0.1:%d" % cls.fport
         write_config(cls.cfg.name, {
             "gateway.yaml": "auth_token: %s\n" % TOKEN,
@@ -63,16 +43,7 @@ class Sdk(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        code = cls.n.stop()
-        cls.n.cleanup()
-        cls.fake.kill()
-        cls.fake.wait()
-        cls.cfg.cleanup()
-        assert code == 0, code
-
-    def setUp(self):
-        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/_reset" % self.fport,
-                                                      data=b"{}", method="POST"), timeout=5).read()
+        cls.stop_peers()
 
     def test_openai_sdk_lists_agents_as_models(self):
         r = node("openai_chat.cjs", self.url + "/v1", TOKEN, "", "models")
@@ -127,8 +98,7 @@ class Sdk(unittest.TestCase):
                               env=env)["text"], "first answer")
         self.assertEqual(node("openai_chat.cjs", self.url + "/v1", TOKEN, "kate", "chat", "two",
                               env=env)["text"], "second answer")
-        reqs = json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
-                                                 timeout=5).read())
+        reqs = fake_requests(self.fport)
         last = reqs[-1]["body"]["messages"]
         texts = [b.get("text") for m in last for b in (m["content"] if isinstance(m["content"], list)
                                                        else [{"text": m["content"]}])]

@@ -6,17 +6,13 @@ promtool, and every nexo family it shows is documented in docs/observability.md.
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import tempfile
 import unittest
 
 from nexo_harness import Nexo, main, write_config
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.environ.get("NEXO_SOURCE_DIR") or os.path.join(HERE, "..", "..")
-FAKE = os.path.join(SRC, "tests", "fakes", "fake_llm.py")
+from peers import SRC, start_fake, start_nexo, stop_all
 
 
 class Gateway(unittest.TestCase):
@@ -96,11 +92,7 @@ class MetricsWithFeatures(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.fake = subprocess.Popen(["/usr/bin/python3", "-u", FAKE, "--key", "sk-fake-key"],
-                                    stdout=subprocess.PIPE, text=True)
-        line = cls.fake.stdout.readline()
-        assert line.startswith("READY "), line
-        port = int(line.split()[1])
+        cls.fake, port = start_fake()
         cls.tmp = tempfile.mkdtemp(prefix="nexo-metrics-")
         cfg = write_config(os.path.join(cls.tmp, "config"), {
             "llm.yaml": "providers:\n  anthropic: {api_key: sk-fake-key, base_url: http://127.0.0.1:%d}\n"
@@ -116,25 +108,12 @@ class MetricsWithFeatures(unittest.TestCase):
                         "    broken: {transport: stdio, command: /bin/false}\n",
             "mcp_server.yaml": "enabled: true\nexpose_tools: [time_now]\n",
         })
-        cls.n = Nexo(config_dir=cfg, env={"ANTHROPIC_API_KEY": "", "ANTHROPIC_BASE_URL": ""})
-        try:
-            cls.n.start()
-        except Exception:
-            cls.n.cleanup()
-            cls.fake.kill()
-            cls.fake.wait()
-            raise
+        cls.n = start_nexo(Nexo(config_dir=cfg, env={"ANTHROPIC_API_KEY": "", "ANTHROPIC_BASE_URL": ""}),
+                           cls.fake)
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            assert cls.n.stop() == 0
-        finally:
-            cls.n.cleanup()
-            cls.fake.kill()
-            cls.fake.wait()
-            cls.fake.stdout.close()
-            shutil.rmtree(cls.tmp, ignore_errors=True)
+        stop_all(cls.n, cls.fake, cls.tmp)
 
     def mcp(self, msg, sid=None):
         h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",

@@ -8,7 +8,8 @@
   (a key in a log line reaches the client redacted).
 - Streamable HTTP at /mcp on a running gateway: sessions (400/404), protocol version header,
   Origin/Host checks (403), bearer auth (401), JSON and SSE answers (priming event, retry),
-  resumption with Last-Event-ID, the GET stream, DELETE, metrics.
+  resumption with Last-Event-ID, the GET stream, DELETE, metrics; two sessions at level debug
+  calling one agent at once each get their own call's log lines, never the other's.
 - @modelcontextprotocol/inspector-cli over stdio and HTTP: tools/list, tools/call,
   logging/setLevel.
 - @modelcontextprotocol/conformance server scenarios against /mcp, in a network namespace with
@@ -26,36 +27,19 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
-import urllib.request
 
 from nexo_harness import NEXO_BIN, Nexo, main, write_config
+from peers import PEERS, SRC, fake_requests, script, start_fake, start_nexo, stop_all, stop_fake, wait_for
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.environ.get("NEXO_SOURCE_DIR") or os.path.join(HERE, "..", "..")
-PEERS = os.environ.get("NEXO_NPM_PEERS") or os.path.join(SRC, "build", "npm-peers")
-FAKE = os.path.join(SRC, "tests", "fakes", "fake_llm.py")
 CONFORMANCE = os.path.join(PEERS, "node_modules", ".bin", "conformance")
 INSPECTOR = os.path.join(PEERS, "node_modules", "@modelcontextprotocol", "inspector-cli", "build")
 EXPECTED = os.path.join(SRC, "tests", "integration", "mcp_server_conformance_expected.yaml")
 TOKEN = "mcp-server-test-token"
 SANITIZER = r"ERROR: (Address|Leak)Sanitizer|runtime error:|WARNING: ThreadSanitizer"
 ENV = {"ANTHROPIC_API_KEY": "", "OPENAI_API_KEY": "", "ANTHROPIC_BASE_URL": "", "OPENAI_BASE_URL": ""}
-
-
-def start_fake():
-    p = subprocess.Popen(["/usr/bin/python3", "-u", FAKE, "--key", "sk-fake-key"], stdout=subprocess.PIPE,
-                         text=True)
-    line = p.stdout.readline()
-    assert line.startswith("READY "), line
-    return p, int(line.split()[1])
-
-
-def script(port, steps):
-    req = urllib.request.Request("http://127.0.0.1:%d/_script" % port, data=json.dumps(steps).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    urllib.request.urlopen(req, timeout=5).read()
 
 
 def config(root, port, extra=None):
@@ -158,9 +142,7 @@ class McpServerStdio(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.fake.kill()
-        cls.fake.wait()
-        cls.fake.stdout.close()
+        stop_fake(cls.fake)
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def client(self):
@@ -317,31 +299,23 @@ def sse_events(raw):
     return out
 
 
+def log_data(body):
+    """The data of the notifications/message in an SSE answer."""
+    msgs = [json.loads(e["data"]) for e in sse_events(body.decode()) if e.get("data")]
+    return [m["params"]["data"] for m in msgs if m.get("method") == "notifications/message"]
+
+
 class McpServerHttp(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.fake, cls.port = start_fake()
         cls.tmp = tempfile.mkdtemp(prefix="nexo-mcph-")
         cls.cfg = config(cls.tmp, cls.port, {"gateway.yaml": "auth_token: %s\n" % TOKEN})
-        cls.n = Nexo(config_dir=cls.cfg, env=ENV)
-        try:
-            cls.n.start()
-        except Exception:
-            cls.n.cleanup()
-            cls.fake.kill()
-            cls.fake.wait()
-            raise
+        cls.n = start_nexo(Nexo(config_dir=cls.cfg, env=ENV), cls.fake)
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            assert cls.n.stop() == 0
-        finally:
-            cls.n.cleanup()
-            cls.fake.kill()
-            cls.fake.wait()
-            cls.fake.stdout.close()
-            shutil.rmtree(cls.tmp, ignore_errors=True)
+        stop_all(cls.n, cls.fake, cls.tmp)
 
     def post(self, body, sid=None, headers=None, accept="application/json, text/event-stream"):
         h = {"Content-Type": "application/json", "Accept": accept, "Authorization": "Bearer " + TOKEN}
@@ -495,6 +469,58 @@ class McpServerHttp(unittest.TestCase):
         self.assertRegex(text, r'nexo_mcp_server_calls_total\{tool="ask_main",outcome="ok"\} [1-9]')
         self.assertIn('nexo_mcp_server_call_seconds_bucket{tool="ask_main"', text)
 
+    def two_sessions_at_once(self):
+        """Sessions alpha and beta, both at level debug, ask the agent at once: alpha's turn calls
+        the unknown tool ghost_alpha after a pause, beta's turn calls ghost_beta and ends while
+        alpha's runs (the tools registry logs a warning naming each). Returns each session's
+        forwarded log lines."""
+        sids = {name: self.session() for name in ("alpha", "beta")}
+        for sid in sids.values():
+            st, _, _ = self.post({"jsonrpc": "2.0", "id": 2, "method": "logging/setLevel",
+                                  "params": {"level": "debug"}}, sid)
+            self.assertEqual(st, 200)
+        script(self.port, [{"tool_use": {"name": "ghost_alpha", "input": {}}, "hang_ms": 1500},
+                           {"tool_use": {"name": "ghost_beta", "input": {}}}, {"text": "beta done"},
+                           {"text": "alpha done"}])
+        out = {}
+
+        def call(name):
+            st, body, _ = self.post({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                                     "params": {"name": "ask_main",
+                                                "arguments": {"message": "hi", "session": name}}},
+                                    sids[name])
+            out[name] = (st, body)
+
+        seen = len(fake_requests(self.port))
+        alpha = threading.Thread(target=call, args=("alpha",))
+        alpha.start()
+        wait_for(lambda: len(fake_requests(self.port)) > seen, 20, "alpha's request at the fake LLM")
+        call("beta")
+        alpha.join(30)
+        logs = {}
+        for name in sids:
+            st, body = out[name]
+            self.assertEqual(st, 200, body)
+            msgs = [json.loads(e["data"]) for e in sse_events(body.decode()) if e.get("data")]
+            self.assertEqual(msgs[-1]["result"]["content"][0]["text"], name + " done", msgs)
+            logs[name] = log_data(body)
+            self.n.request("DELETE", "/mcp", headers={"Mcp-Session-Id": sids[name],
+                                                      "Authorization": "Bearer " + TOKEN})
+        return logs
+
+    def test_sessions_get_only_their_own_calls_lines(self):
+        logs = self.two_sessions_at_once()
+        for me, other in (("alpha", "beta"), ("beta", "alpha")):
+            mine = "\n".join(logs[me])
+            self.assertIn("agent:main:mcp:" + me, mine)
+            self.assertNotIn("mcp:" + other, mine)
+            self.assertNotIn("ghost_" + other, mine)
+
+    def test_sessions_get_their_own_turns_lines(self):
+        logs = self.two_sessions_at_once()
+        for me in ("alpha", "beta"):
+            self.assertTrue(any("ghost_" + me in d for d in logs[me]), logs[me])
+
 
 def node_env():
     e = dict(os.environ)
@@ -515,9 +541,7 @@ class McpServerInspector(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.fake.kill()
-        cls.fake.wait()
-        cls.fake.stdout.close()
+        stop_fake(cls.fake)
         shutil.rmtree(cls.tmp, ignore_errors=True)
 
     def inspect(self, target, *args):

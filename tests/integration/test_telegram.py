@@ -11,8 +11,6 @@ import http.server
 import json
 import os
 import re
-import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -21,17 +19,9 @@ import urllib.parse
 import urllib.request
 
 from nexo_harness import Nexo, main, write_config
-from test_api_sdk import PEERS, SRC, script, start_fake
+from peers import TgPeers, fake_requests, post_json, script, tg_user
 
-TG_SERVER = os.path.join(SRC, "tests", "tools", "tg-server.js")
 ALICE, BOB, CAROL, DAVE, MALLORY = 1001, 1002, 1003, 1004, 666
-
-
-def post_json(url, obj, timeout=5):
-    req = urllib.request.Request(url, data=json.dumps(obj).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())
 
 
 class OffsetProxy:
@@ -144,24 +134,14 @@ class OffsetProxy:
         self.httpd.server_close()
 
 
-class Telegram(unittest.TestCase):
+class Telegram(TgPeers, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        modules = os.path.join(PEERS, "node_modules")
-        if not os.path.isdir(os.path.join(modules, "telegram-test-api")):
-            raise AssertionError("npm peers missing in %s: run scripts/install-npm-peers.sh" % PEERS)
-        cls.tg = subprocess.Popen(["node", TG_SERVER, "0"], stdout=subprocess.PIPE, text=True,
-                                  env=dict(os.environ, NODE_PATH=modules))
-        line = cls.tg.stdout.readline()
-        assert line.startswith("READY "), line
-        cls.tg_url = line.split()[1].rstrip("/")
-        cls.proxy = OffsetProxy(cls.tg_url)
-        cls.fake, cls.fport = start_fake()
-        cls.cfg = tempfile.TemporaryDirectory()
+        cls.start_peers()
+        cls.proxy = OffsetProxy(cls.tg.url)
         cls.token = "123456:MAIN-TOKEN"
         cls.write_config(cls.cfg.name, cls.token)
         cls.n = Nexo(config_dir=cls.cfg.name).start()
-        cls.replies = {}
 
     @classmethod
     def write_config(cls, root, token):
@@ -181,52 +161,27 @@ class Telegram(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        code = cls.n.stop()
-        cls.n.cleanup()
-        cls.proxy.close()
-        cls.fake.kill()
-        cls.fake.wait()
-        cls.tg.send_signal(signal.SIGTERM)
         try:
-            cls.tg.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            cls.tg.kill()
-            cls.tg.wait()
-        cls.cfg.cleanup()
-        assert code == 0, code
+            cls.stop_peers()
+        finally:
+            cls.proxy.close()
 
-    def setUp(self):
-        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/_reset" % self.fport,
-                                                      data=b"{}", method="POST"), timeout=5).read()
-
-    # --- the user's side of the emulator ---
+    # --- the user's side of the emulator (the main bot unless token is given) ---
     def say(self, chat, text, token=None):
-        user = {"id": chat, "first_name": "U%d" % chat, "username": "u%d" % chat, "is_bot": False}
-        post_json(self.tg_url + "/sendMessage", {
-            "botToken": token or self.token, "from": user, "date": int(time.time()), "text": text,
-            "chat": {"id": chat, "first_name": user["first_name"], "username": user["username"],
-                     "type": "private"}})
+        self.tg.say(token or self.token, chat, text)
 
     def bot_replies(self, chat, token=None):
         """Every reply the bot sent to chat so far, in the order the emulator stored them."""
-        box = self.replies.setdefault((token or self.token, chat), [])
-        got = post_json(self.tg_url + "/getUpdates", {"token": token or self.token, "chatId": chat})
-        box.extend(sorted(got["result"], key=lambda u: u["updateId"]))
-        return [u["message"] for u in box]
+        return self.tg.replies(token or self.token, chat)
 
     def wait_replies(self, chat, count, token=None, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = self.bot_replies(chat, token)
-            if len(r) >= count:
-                return r
-            time.sleep(0.05)
-        self.fail("chat %d: %d of %d replies after %ds; log:\n%s"
-                  % (chat, len(self.bot_replies(chat, token)), count, timeout, self.n.read_log()[-4000:]))
+        return self.tg.wait_replies(token or self.token, chat, count, timeout, detail=self.log_tail)
+
+    def log_tail(self):
+        return "; log:\n" + self.n.read_log()[-4000:]
 
     def llm_requests(self):
-        return json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
-                                                 timeout=5).read())
+        return fake_requests(self.fport)
 
     def metric(self, n, pattern):
         _, body, _ = n.request("GET", "/metrics", listener="metrics")
@@ -345,7 +300,7 @@ class Telegram(unittest.TestCase):
                     second.cleanup()
 
 
-class TelegramFeatures(unittest.TestCase):
+class TelegramFeatures(TgPeers, unittest.TestCase):
     """Buttons, media, Markdown, typing and the poll watchdog, against the emulator directly
     (tests/tools/tg-server.js adds what telegram-test-api lacks: a record of every Bot API call,
     Telegram's HTML checks, sendPhoto/sendDocument, getFile and file downloads, held polls)."""
@@ -353,16 +308,8 @@ class TelegramFeatures(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        modules = os.path.join(PEERS, "node_modules")
-        if not os.path.isdir(os.path.join(modules, "telegram-test-api")):
-            raise AssertionError("npm peers missing in %s: run scripts/install-npm-peers.sh" % PEERS)
-        cls.tg = subprocess.Popen(["node", TG_SERVER, "0"], stdout=subprocess.PIPE, text=True,
-                                  env=dict(os.environ, NODE_PATH=modules))
-        line = cls.tg.stdout.readline()
-        assert line.startswith("READY "), line
-        cls.tg_url = line.split()[1].rstrip("/")
-        cls.fake, cls.fport = start_fake()
-        cls.cfg = tempfile.TemporaryDirectory()
+        cls.start_peers()
+        cls.tg_url = cls.tg.url
         inst = ("  - instance: %s\n    token: \"%s\"\n    api_url: %s\n"
                 "    polling: {enabled: true, interval_ms: 100, watchdog_ms: %s}\n")
         write_config(cls.cfg.name, {
@@ -376,67 +323,32 @@ class TelegramFeatures(unittest.TestCase):
             + inst % ("dog", cls.DOG, cls.tg_url, "500ms") + "    typing: false\n",
         })
         cls.n = Nexo(config_dir=cls.cfg.name).start()
-        cls.seen = {}
 
     @classmethod
     def tearDownClass(cls):
-        code = cls.n.stop()
-        cls.n.cleanup()
-        cls.fake.kill()
-        cls.fake.wait()
-        cls.tg.send_signal(signal.SIGTERM)
-        try:
-            cls.tg.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            cls.tg.kill()
-            cls.tg.wait()
-        cls.cfg.cleanup()
-        assert code == 0, code
+        cls.stop_peers()
 
-    def setUp(self):
-        urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:%d/_reset" % self.fport,
-                                                      data=b"{}", method="POST"), timeout=5).read()
-
-    def user(self, chat):
-        return {"id": chat, "first_name": "U%d" % chat, "username": "u%d" % chat, "is_bot": False}
-
+    # --- the user's side of the emulator (the UI bot unless token is given) ---
     def say(self, chat, token=None, **message):
         """A user message: text=..., or photo/document/caption=..."""
-        u = self.user(chat)
-        post_json(self.tg_url + "/sendMessage", dict(
-            botToken=token or self.UI, **{"from": u}, date=int(time.time()),
-            chat={"id": chat, "first_name": u["first_name"], "username": u["username"], "type": "private"},
-            **message))
+        self.tg.say(token or self.UI, chat, **message)
 
     def replies(self, chat, token=None):
-        box = self.seen.setdefault((token or self.UI, chat), [])
-        got = post_json(self.tg_url + "/getUpdates", {"token": token or self.UI, "chatId": chat})
-        box.extend(sorted(got["result"], key=lambda u: u["updateId"]))
-        return [u["message"] for u in box]
+        return self.tg.replies(token or self.UI, chat)
 
     def wait_replies(self, chat, count, token=None, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = self.replies(chat, token)
-            if len(r) >= count:
-                return r
-            time.sleep(0.05)
-        self.fail("chat %d: %d of %d replies after %ds; log:\n%s"
-                  % (chat, len(self.replies(chat, token)), count, timeout, self.n.read_log()[-4000:]))
+        return self.tg.wait_replies(token or self.UI, chat, count, timeout,
+                                    detail=lambda: "; log:\n" + self.n.read_log()[-4000:])
 
     def calls(self, method, token=None):
-        q = urllib.parse.urlencode({"token": token or self.UI, "method": method})
-        return json.loads(urllib.request.urlopen("%s/_calls?%s" % (self.tg_url, q), timeout=5).read())
+        return self.tg.calls(token or self.UI, method)
 
     def llm_requests(self):
-        return json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
-                                                 timeout=5).read())
+        return fake_requests(self.fport)
 
     def llm_texts(self):
-        reqs = json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % self.fport,
-                                                 timeout=5).read())
         out = []
-        for r in reqs:
+        for r in fake_requests(self.fport):
             content = r["body"]["messages"][-1]["content"]
             out.append(content[-1].get("text") if isinstance(content, list) else content)  # the text
         return out
@@ -462,7 +374,7 @@ class TelegramFeatures(unittest.TestCase):
                          [[{"text": "Yes", "callback_data": "yes"}, {"text": "No", "callback_data": "no"}]])
         script(self.fport, [{"text": "you said yes"}])
         post_json(self.tg_url + "/sendCallback", {
-            "botToken": self.UI, "from": self.user(chat), "data": "yes",
+            "botToken": self.UI, "from": tg_user(chat), "data": "yes",
             "message": {"message_id": 1, "chat": {"id": chat, "type": "private"}, "date": int(time.time())}})
         self.assertEqual(self.wait_replies(chat, 3)[-1]["text"], "you said yes")
         self.assertEqual(self.llm_texts()[-1], "[button] yes")

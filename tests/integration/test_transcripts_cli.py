@@ -5,7 +5,6 @@ but never a secret."""
 import json
 import os
 import stat
-import subprocess
 import tempfile
 import time
 import unittest
@@ -13,28 +12,12 @@ import urllib.parse
 import urllib.request
 
 from nexo_harness import Nexo, main, run_cli, write_config
+from peers import script, start_fake, stop_fake
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = os.environ.get("NEXO_SOURCE_DIR") or os.path.join(HERE, "..", "..")
-FAKE = os.path.join(SRC, "tests", "fakes", "fake_llm.py")
 TOKEN = "nexo-transcripts-test-token"
 SECRET = "sk-ant-api03-" + "Q7vR2mX9kL4pW8nB3cT6yH1jF5dG0sA2eZ4uI7oP"
 BEARER = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.TopSecretSignature123"
 EVIL_PEER = "../../etc/x:y"
-
-
-def start_fake():
-    p = subprocess.Popen(["/usr/bin/python3", "-u", FAKE, "--key", "sk-ant-fake-key"], stdout=subprocess.PIPE,
-                         text=True)
-    line = p.stdout.readline()
-    assert line.startswith("READY "), line
-    return p, int(line.split()[1])
-
-
-def script(port, steps):
-    req = urllib.request.Request("http://127.0.0.1:%d/_script" % port, data=json.dumps(steps).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    urllib.request.urlopen(req, timeout=5).read()
 
 
 def encode(name):
@@ -55,7 +38,7 @@ class Transcripts(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         try:
-            cls.fake, cls.fport = start_fake()
+            cls.fake, cls.fport = start_fake(key="sk-ant-fake-key")
             cls.cfg = tempfile.TemporaryDirectory()
             base = "http://127.0.0.1:%d" % cls.fport
             write_config(cls.cfg.name, {
@@ -85,8 +68,7 @@ class Transcripts(unittest.TestCase):
                 cls.n.stop()
             cls.n.cleanup()
         if cls.fake:
-            cls.fake.kill()
-            cls.fake.wait()
+            stop_fake(cls.fake)
         if cls.cfg:
             cls.cfg.cleanup()
 

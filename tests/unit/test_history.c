@@ -5,7 +5,6 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -21,8 +20,7 @@
 #include "store/history.h"
 #include "store/history_internal.h"
 #include "store/store.h"
-
-#define WAIT_MS 20000
+#include "store_fixture.h"
 
 /* 40 characters after the prefix: the redactor's sk- rule takes 16 or more. */
 #define SECRET_KEY "sk-ant-api03-Zq8xW2vB7nK4mP9rT3yL6hJ1cF5dG0sA8eQ2wR4t"
@@ -42,25 +40,10 @@ struct fx {
     int wrong_thread;
 };
 
-static void on_timeout(uv_timer_t *t)
-{
-    *(bool *)t->data = true;
-}
-
-/* Runs the loop until f->calls >= target, at most WAIT_MS. */
+/* Runs the loop until f->calls >= target. */
 static void run_until(struct fx *f, int target)
 {
-    uv_timer_t timer;
-    bool is_timed_out = false;
-
-    uv_timer_init(&f->loop, &timer);
-    timer.data = &is_timed_out;
-    uv_timer_start(&timer, on_timeout, WAIT_MS, 0);
-    while (f->calls < target && !is_timed_out)
-        uv_run(&f->loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&timer, NULL);
-    uv_run(&f->loop, UV_RUN_NOWAIT);
-    assert_false(is_timed_out);
+    sfx_run_until(&f->loop, &f->calls, target);
 }
 
 static void on_done(int rc, void *arg)
@@ -82,44 +65,18 @@ static void on_rows(int rc, json_t *rows, void *arg)
     on_done(rc, arg);
 }
 
-static void fx_open(struct fx *f)
-{
-    f->calls = 0;
-    assert_int_equal(nx_store_open(&f->loop, f->dir, NULL, on_done, f, &f->s), 0);
-    run_until(f, 1);
-    assert_int_equal(f->rc, 0);
-}
-
-static void fx_close(struct fx *f)
-{
-    nx_store_close(f->s);
-    f->s = NULL;
-    for (int i = 0; i < 10 && uv_loop_alive(&f->loop); i++)
-        uv_run(&f->loop, UV_RUN_NOWAIT);
-    assert_false(uv_loop_alive(&f->loop));
-}
-
 static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof *f);
 
     assert_non_null(f);
-    snprintf(f->tmp, sizeof f->tmp, "/tmp/nx-hist-XXXXXX");
-    assert_non_null(mkdtemp(f->tmp));
+    assert_int_equal(ts_mkdtemp(f->tmp, sizeof f->tmp, "nx-hist-"), 0);
     snprintf(f->dir, sizeof f->dir, "%s/data", f->tmp);
     assert_int_equal(uv_loop_init(&f->loop), 0);
     f->loop_thread = pthread_self();
-    fx_open(f);
+    assert_int_equal(sfx_open(&f->loop, f->dir, NULL, &f->s), 0);
     *state = f;
     return 0;
-}
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
 }
 
 static int teardown(void **state)
@@ -127,11 +84,10 @@ static int teardown(void **state)
     struct fx *f = *state;
 
     if (f->s)
-        fx_close(f);
+        sfx_close(&f->loop, &f->s);
     json_decref(f->rows);
     assert_int_equal(f->wrong_thread, 0);
-    assert_int_equal(uv_loop_close(&f->loop), 0);
-    assert_int_equal(nftw(f->tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS), 0);
+    sfx_finish(&f->loop, f->tmp);
     free(f);
     return 0;
 }
@@ -346,7 +302,7 @@ static void test_history_store_closes_cleanly_and_reopens(void **state)
     fd = open(log_path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
     assert_true(fd >= 0);
     nx_log_set_fd(fd);
-    fx_close(f);
+    sfx_close(&f->loop, &f->s);
     nx_log_set_fd(2);
     close(fd);
     log = slurp(log_path);
@@ -354,7 +310,7 @@ static void test_history_store_closes_cleanly_and_reopens(void **state)
     assert_string_equal(log, ""); /* no "closing ...: unable to close due to unfinalized statements" */
     free(log);
 
-    fx_open(f);
+    assert_int_equal(sfx_open(&f->loop, f->dir, NULL, &f->s), 0);
     assert_int_equal(append(f, "agent:main:http:alice", "main", "[{\"role\":\"user\",\"content\":\"4\"}]",
                             0, 0),
                      0);
@@ -800,7 +756,7 @@ static void test_cmd_transcripts_prints_hits(void **state)
     assert_int_equal(append(f, "agent:ops:telegram:99", "ops",
                             "[{\"role\":\"assistant\",\"content\":\"sunny\\nin Porto\"}]", 0, 0),
                      0);
-    fx_close(f); /* the command opens the store itself */
+    sfx_close(&f->loop, &f->s); /* the command opens the store itself */
 
     nx_log_set_level(NX_LOG_WARN);
     argv[0] = "search";
@@ -861,7 +817,7 @@ static void test_cmd_transcripts_prints_hits(void **state)
     assert_int_equal(run_cmd(f, &out, 0, argv), 2);
     free(out);
     nx_log_set_level(NX_LOG_INFO);
-    fx_open(f);
+    assert_int_equal(sfx_open(&f->loop, f->dir, NULL, &f->s), 0);
 }
 
 static void test_cmd_transcripts_without_database_says_no_matches(void **state)

@@ -4,24 +4,22 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/clock.h"
 #include "core/error.h"
 #include "store/ledger.h"
 #include "store/store.h"
-
-#define WAIT_MS 20000
+#include "store_fixture.h"
 
 /* ---- fixture: a temp dir, a loop and a store that can be closed and reopened ---- */
 
 struct fx {
     char tmp[64];
+    char dir[128];
     uv_loop_t loop;
     struct nx_store *s;
     int calls;      /* completions seen */
@@ -31,66 +29,18 @@ struct fx {
     size_t nrows;
 };
 
-static void on_timeout(uv_timer_t *t)
-{
-    *(bool *)t->data = true;
-}
-
 static void run_until(struct fx *f, int target)
 {
-    uv_timer_t timer;
-    bool is_timed_out = false;
-    uv_timer_init(&f->loop, &timer);
-    timer.data = &is_timed_out;
-    uv_timer_start(&timer, on_timeout, WAIT_MS, 0);
-    while (f->calls < target && !is_timed_out)
-        uv_run(&f->loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&timer, NULL);
-    uv_run(&f->loop, UV_RUN_NOWAIT);
-    assert_false(is_timed_out);
-}
-
-static void on_ready(int rc, void *arg)
-{
-    struct fx *f = arg;
-    f->rc = rc;
-    f->calls++;
-}
-
-static void fx_open(struct fx *f)
-{
-    char dir[128];
-    snprintf(dir, sizeof dir, "%s/data", f->tmp);
-    f->calls = 0;
-    assert_int_equal(nx_store_open(&f->loop, dir, NULL, on_ready, f, &f->s), 0);
-    run_until(f, 1);
-    assert_int_equal(f->rc, 0);
-    f->calls = 0;
-}
-
-static void fx_close(struct fx *f)
-{
-    nx_store_close(f->s);
-    f->s = NULL;
-    for (int i = 0; i < 10 && uv_loop_alive(&f->loop); i++)
-        uv_run(&f->loop, UV_RUN_NOWAIT);
-}
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
+    sfx_run_until(&f->loop, &f->calls, target);
 }
 
 static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof *f);
-    snprintf(f->tmp, sizeof f->tmp, "/tmp/nx-ledger-XXXXXX");
-    assert_non_null(mkdtemp(f->tmp));
+    assert_int_equal(ts_mkdtemp(f->tmp, sizeof f->tmp, "nx-ledger-"), 0);
+    snprintf(f->dir, sizeof f->dir, "%s/data", f->tmp);
     assert_int_equal(uv_loop_init(&f->loop), 0);
-    fx_open(f);
+    assert_int_equal(sfx_open(&f->loop, f->dir, NULL, &f->s), 0);
     *state = f;
     return 0;
 }
@@ -111,9 +61,8 @@ static int teardown(void **state)
 {
     struct fx *f = *state;
     rows_clear(f);
-    fx_close(f);
-    assert_int_equal(uv_loop_close(&f->loop), 0);
-    assert_int_equal(nftw(f->tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS), 0);
+    sfx_close(&f->loop, &f->s);
+    sfx_finish(&f->loop, f->tmp);
     free(f);
     return 0;
 }
@@ -140,6 +89,7 @@ static void on_rows(int rc, const struct nx_ledger_row *v, size_t n, void *arg)
         f->rows[i].provider_id = v[i].provider_id ? strdup(v[i].provider_id) : NULL;
         f->rows[i].last_error = v[i].last_error ? strdup(v[i].last_error) : NULL;
         f->rows[i].attempts = v[i].attempts;
+        f->rows[i].steps_sent = v[i].steps_sent;
     }
     f->nrows = n < 16 ? n : 16;
     f->calls++;
@@ -337,8 +287,8 @@ static void test_ledger_resume_after_restart(void **state)
     WAIT(f, nx_ledger_outbound_claim(f->s, &r4, 1, on_done, f));
     WAIT(f, nx_ledger_outbound_sent(f->s, "id-4:0", "99", 0, NULL, on_done, f)); /* confirmed */
 
-    fx_close(f);
-    fx_open(f);
+    sfx_close(&f->loop, &f->s);
+    assert_int_equal(sfx_open(&f->loop, f->dir, NULL, &f->s), 0);
 
     nx_ledger_inbound_unanswered(f->s, 0, on_rows, f);
     wait_rows(f);
@@ -365,6 +315,51 @@ static void test_ledger_resume_after_restart(void **state)
     nx_ledger_outbound_take(f->s, "telegram", "other", 3, 0, on_rows, f);
     wait_rows(f);
     assert_int_equal(f->nrows, 0);
+}
+
+/* A reply sent in chunks: the chunks delivered are recorded, so after a restart the take and a
+ * claim both say where to resume; the reply is known by its first chunk's id once sent. */
+static void test_ledger_outbound_progress_resumes_at_the_first_step_not_delivered(void **state)
+{
+    struct fx *f = *state;
+    struct nx_ledger_reply r = {
+        .key = "id-9:0", .channel = "telegram", .instance = "default",
+        .subject = "plugin.outbound.telegram", .envelope = "{}",
+    };
+    struct nx_ledger_reply r2 = r;
+    r2.key = "id-10:0";
+    assert_int_equal(WAIT(f, nx_ledger_outbound_claim(f->s, &r, 1, on_done, f)), 1);
+    assert_int_equal(WAIT(f, nx_ledger_outbound_claim(f->s, &r2, 1, on_done, f)), 1);
+    assert_int_equal(WAIT(f, nx_ledger_outbound_progress(f->s, "id-9:0", 1, "501", on_done, f)), 1);
+    assert_int_equal(WAIT(f, nx_ledger_outbound_progress(f->s, "id-9:0", 2, "502", on_done, f)), 1);
+    assert_int_equal(WAIT(f, nx_ledger_outbound_progress(f->s, "id-9:0", 1, NULL, on_done, f)), 0);
+    assert_int_equal(WAIT(f, nx_ledger_outbound_progress(f->s, "id-10:0", 1, "601", on_done, f)), 1);
+
+    sfx_close(&f->loop, &f->s); /* the crash */
+    assert_int_equal(sfx_open(&f->loop, f->dir, NULL, &f->s), 0);
+
+    nx_ledger_outbound_take(f->s, "telegram", "default", 2, 1, on_rows, f);
+    wait_rows(f);
+    assert_int_equal(f->nrows, 1);
+    assert_string_equal(f->rows[0].key, "id-9:0");
+    assert_int_equal(f->rows[0].steps_sent, 2);
+    assert_string_equal(f->rows[0].state, "pending");
+    /* the other one comes back over the bus: its claim says one step went already */
+    assert_int_equal(WAIT(f, nx_ledger_outbound_claim(f->s, &r2, 2, on_done, f)), 2);
+    /* the resumed send ends: the reply is known by its first chunk's id */
+    assert_int_equal(WAIT(f, nx_ledger_outbound_sent(f->s, "id-9:0", "503", 0, NULL, on_done, f)), 1);
+    assert_string_equal(out_state(f, "id-9:0"), "sent");
+    assert_string_equal(f->rows[0].provider_id, "501");
+    assert_int_equal(f->rows[0].steps_sent, 2);
+    /* no progress once sent */
+    assert_int_equal(WAIT(f, nx_ledger_outbound_progress(f->s, "id-9:0", 3, NULL, on_done, f)), 0);
+    /* a one-step reply is unaffected */
+    struct nx_ledger_reply r3 = r;
+    r3.key = "id-11:0";
+    assert_int_equal(WAIT(f, nx_ledger_outbound_claim(f->s, &r3, 2, on_done, f)), 1);
+    WAIT(f, nx_ledger_outbound_sent(f->s, "id-11:0", "701", 0, NULL, on_done, f));
+    assert_string_equal(out_state(f, "id-11:0"), "sent");
+    assert_string_equal(f->rows[0].provider_id, "701");
 }
 
 /* Many records queued at once share transactions (group commit) and all complete, in order. */
@@ -581,7 +576,7 @@ static void test_ledger_pruner_runs_on_a_timer(void **state)
     nx_store_write(f->s, age_rows_job, on_job_done, f);
     run_until(f, f->calls + 1);
     struct nx_ledger_pruner *p = nx_ledger_pruner_new(&f->loop, f->s, 86400000, 50);
-    uint64_t deadline = nx_mono_ms() + WAIT_MS;
+    uint64_t deadline = nx_mono_ms() + SFX_WAIT_MS;
     while (nx_ledger_pruner_deleted(p) < 3 && nx_mono_ms() < deadline)
         uv_run(&f->loop, UV_RUN_ONCE);
     assert_int_equal(nx_ledger_pruner_deleted(p), 3);
@@ -597,6 +592,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ledger_inbound_fail_then_dead_letter, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ledger_outbound_claim_sent_and_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ledger_resume_after_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ledger_outbound_progress_resumes_at_the_first_step_not_delivered,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_ledger_many_records_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ledger_settled_events_are_not_resumed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ledger_early_status_is_merged_into_the_send, setup, teardown),

@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "llm_cases.h"
 #include "llm_fake.h"
 
 /* The Anthropic provider against tests/fakes/fake_llm.py: answers whole and streamed, tool use
@@ -192,25 +193,11 @@ static void test_anthropic_maps_errors(void **state)
 
 static void test_anthropic_error_event_mid_stream(void **state)
 {
-    struct one t;
-    struct outcome o = {0};
-    struct nx_llm_request req = {.model = "claude-test", .temperature = -1, .stream = true};
-
     (void)state;
-    one_open(&t, "anthropic", "anthropic", KEY, 0,
-             "[{\"text\": \"partial answer here\", \"chunks\": 3,"
-             " \"error_midstream\": \"overloaded_error\"}]",
-             "hi");
-    req.messages = t.msgs;
-    run_call(&t.e, t.p, &req, &o);
-    assert_int_equal(o.rc, NX_EAGAIN);
-    assert_int_equal(o.http_status, 200);
-    assert_string_equal(o.error_type, "overloaded_error");
-    assert_true(o.is_retryable);
-    assert_true(o.ndeltas >= 1);
-    assert_null(o.message);
-    outcome_cleanup(&o);
-    one_close(&t);
+    check_error_mid_stream("anthropic", KEY, "claude-test",
+                           "[{\"text\": \"partial answer here\", \"chunks\": 3,"
+                           " \"error_midstream\": \"overloaded_error\"}]",
+                           "overloaded_error");
 }
 
 static void test_anthropic_cancel_mid_stream(void **state)
@@ -218,27 +205,17 @@ static void test_anthropic_cancel_mid_stream(void **state)
     struct one t;
     struct outcome o = {0};
     struct nx_llm_request req = {.model = "claude-test", .temperature = -1, .stream = true};
-    uint64_t t0;
 
     (void)state;
-    one_open(&t, "anthropic", "anthropic", KEY, 0,
-             "[{\"text\": \"one two three four five six seven eight nine ten\", \"chunks\": 10,"
-             " \"delay_ms\": 200}]",
-             "hi");
-    req.messages = t.msgs;
-    o.cancel_after_deltas = 2; /* cancel from inside on_text */
-    t0 = nx_mono_ms();
-    run_call(&t.e, t.p, &req, &o);
-    assert_int_equal(o.rc, NX_ECANCELED);
-    assert_int_equal(o.ndeltas, 2);
-    assert_true(o.done_ms - t0 < 1500); /* did not wait for the whole answer */
-    run_until(&t.e.loop, NULL, 0, 300);
-    assert_int_equal(o.ndone, 1);
-    outcome_cleanup(&o);
+    check_cancel_in_on_text("anthropic", KEY, "claude-test",
+                            "[{\"text\": \"one two three four five six seven eight nine ten\","
+                            " \"chunks\": 10, \"delay_ms\": 200}]",
+                            2, 1500);
 
     /* and from outside, between deltas */
-    memset(&o, 0, sizeof o);
-    fake_script("[{\"text\": \"one two three four five six\", \"chunks\": 6, \"delay_ms\": 200}]");
+    one_open(&t, "anthropic", "anthropic", KEY, 0,
+             "[{\"text\": \"one two three four five six\", \"chunks\": 6, \"delay_ms\": 200}]", "hi");
+    req.messages = t.msgs;
     o.call = nx_llm_start(t.p, &req, callbacks(&o));
     run_until(&t.e.loop, &o.ndeltas, 1, 5000);
     assert_int_equal(o.ndone, 0);
@@ -254,22 +231,8 @@ static void test_anthropic_cancel_mid_stream(void **state)
 
 static void test_anthropic_request_deadline(void **state)
 {
-    struct one t;
-    struct outcome o = {0};
-    struct nx_llm_request req = {.model = "claude-test", .temperature = -1};
-    uint64_t t0;
-
     (void)state;
-    one_open(&t, "anthropic", "anthropic", KEY, 300, "[{\"hang_ms\": 3000}]", "hi");
-    req.messages = t.msgs;
-    t0 = nx_mono_ms();
-    run_call(&t.e, t.p, &req, &o);
-    assert_int_equal(o.rc, NX_ETIMEDOUT);
-    assert_string_equal(o.error_type, "timeout");
-    assert_true(o.is_retryable);
-    assert_true(o.done_ms - t0 < 2000);
-    outcome_cleanup(&o);
-    one_close(&t);
+    check_request_deadline("anthropic", KEY, "claude-test", 300, false);
 }
 
 static void test_anthropic_bad_request_fails_later_not_inside_start(void **state)

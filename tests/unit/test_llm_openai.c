@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "llm_cases.h"
 #include "llm_fake.h"
 
 /* The OpenAI-compatible provider against tests/fakes/fake_llm.py: Chat Completions whole and
@@ -243,63 +244,26 @@ static void test_openai_maps_errors(void **state)
 
 static void test_openai_error_mid_stream(void **state)
 {
-    struct one t;
-    struct outcome o = {0};
-    struct nx_llm_request req = {.model = "gpt-test", .temperature = -1, .stream = true};
-
     (void)state;
-    one_open(&t, "openai", "openai", KEY, 0,
-             "[{\"text\": \"partial answer\", \"chunks\": 2, \"error_midstream\": \"api_error\"}]", "hi");
-    req.messages = t.msgs;
-    run_call(&t.e, t.p, &req, &o);
-    assert_int_equal(o.rc, NX_EAGAIN);
-    assert_string_equal(o.error_type, "server_error");
-    assert_true(o.is_retryable);
-    assert_true(o.ndeltas >= 1);
-    assert_null(o.message);
-    outcome_cleanup(&o);
-    one_close(&t);
+    check_error_mid_stream("openai", KEY, "gpt-test",
+                           "[{\"text\": \"partial answer\", \"chunks\": 2,"
+                           " \"error_midstream\": \"api_error\"}]",
+                           "server_error");
 }
 
 static void test_openai_cancel_mid_stream(void **state)
 {
-    struct one t;
-    struct outcome o = {0};
-    struct nx_llm_request req = {.model = "gpt-test", .temperature = -1, .stream = true};
-    uint64_t t0;
-
     (void)state;
-    one_open(&t, "openai", "openai", KEY, 0,
-             "[{\"text\": \"one two three four five six seven eight\", \"chunks\": 8,"
-             " \"delay_ms\": 200}]",
-             "hi");
-    req.messages = t.msgs;
-    o.cancel_after_deltas = 1;
-    t0 = nx_mono_ms();
-    run_call(&t.e, t.p, &req, &o);
-    assert_int_equal(o.rc, NX_ECANCELED);
-    assert_int_equal(o.ndeltas, 1);
-    assert_true(o.done_ms - t0 < 1000);
-    run_until(&t.e.loop, NULL, 0, 300);
-    assert_int_equal(o.ndone, 1);
-    outcome_cleanup(&o);
-    one_close(&t);
+    check_cancel_in_on_text("openai", KEY, "gpt-test",
+                            "[{\"text\": \"one two three four five six seven eight\", \"chunks\": 8,"
+                            " \"delay_ms\": 200}]",
+                            1, 1000);
 }
 
 static void test_openai_request_deadline(void **state)
 {
-    struct one t;
-    struct outcome o = {0};
-    struct nx_llm_request req = {.model = "gpt-test", .temperature = -1, .stream = true};
-
     (void)state;
-    one_open(&t, "openai", "openai", KEY, 250, "[{\"hang_ms\": 3000}]", "hi");
-    req.messages = t.msgs;
-    run_call(&t.e, t.p, &req, &o);
-    assert_int_equal(o.rc, NX_ETIMEDOUT);
-    assert_true(o.is_retryable);
-    outcome_cleanup(&o);
-    one_close(&t);
+    check_request_deadline("openai", KEY, "gpt-test", 250, true);
 }
 
 static void count_text(const char *d, size_t n, void *u)

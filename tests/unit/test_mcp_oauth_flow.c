@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "core/buf.h"
 #include "core/log.h"
 #include "http/client.h"
 #include "mcp/mcp.h"
@@ -24,13 +25,21 @@
  * authorization server metadata, dynamic registration, the authorization redirect and the token
  * endpoint (client_secret_post) to a token; the token goes to <data>/mcp/oauth-<server>.json
  * (0600); when the server revokes it the refresh token gets a new one without a second
- * authorization; a new manager reuses the stored token. The conformance suite covers the
- * variants (test_mcp_conformance.py). */
+ * authorization; a new manager reuses the stored token. When the resource names another
+ * authorization server between two runs, the client registered with the first one is never sent
+ * to the second: the client registers there anew. The conformance suite covers the variants
+ * (test_mcp_conformance.py). */
 
 static const char oauth_py[] =
-    "import json, urllib.parse\n"
+    "import base64, json, urllib.parse\n"
     "from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer\n"
-    "st = {'authz': 0, 'grants': [], 'valid': [], 'n': 0, 'resource': [], 'scope': []}\n"
+    "# Two authorization servers on one port: /as (its metadata names the origin as issuer, as\n"
+    "# path-based servers often do) and /as2; the resource names st['as'] (the `switch` tool changes it).\n"
+    "ASES = {'/as': ('cid', 'csec', 'rt1'), '/as2': ('cid2', 'csec2', 'rt2')}\n"
+    "st = {'authz': 0, 'grants': [], 'valid': [], 'n': 0, 'resource': [], 'scope': [], 'as': '/as',\n"
+    "      'reg': {'/as': 0, '/as2': 0}, 'seen': {'/as': [], '/as2': []}}\n"
+    "def as_of(path):\n"
+    "    return next((a for a in ASES if path.startswith(a + '/')), None)\n"
     "class H(BaseHTTPRequestHandler):\n"
     "    protocol_version = 'HTTP/1.1'\n"
     "    def log_message(self, *a): pass\n"
@@ -46,52 +55,65 @@ static const char oauth_py[] =
     "        u = urllib.parse.urlparse(self.path)\n"
     "        if u.path == '/.well-known/oauth-protected-resource/mcp':\n"
     "            return self.reply(200, {'resource': self.base() + '/mcp', 'scopes_supported': ['read'],\n"
-    "                                    'authorization_servers': [self.base() + '/as']})\n"
-    "        if u.path == '/.well-known/oauth-authorization-server/as':\n"
-    "            b = self.base() + '/as'\n"
-    "            return self.reply(200, {'issuer': b, 'authorization_endpoint': b + '/authorize',\n"
-    "                'token_endpoint': b + '/token', 'registration_endpoint': b + '/register',\n"
-    "                'token_endpoint_auth_methods_supported': ['client_secret_post']})\n"
-    "        if u.path == '/as/authorize':\n"
+    "                                    'authorization_servers': [self.base() + st['as']]})\n"
+    "        for a in ASES:\n"
+    "            if u.path == '/.well-known/oauth-authorization-server' + a:\n"
+    "                b = self.base() + a\n"
+    "                return self.reply(200, {'issuer': self.base() if a == '/as' else b,\n"
+    "                    'authorization_endpoint': b + '/authorize', 'token_endpoint': b + '/token',\n"
+    "                    'registration_endpoint': b + '/register',\n"
+    "                    'token_endpoint_auth_methods_supported': ['client_secret_post']})\n"
+    "        a = as_of(u.path)\n"
+    "        if a and u.path == a + '/authorize':\n"
     "            q = urllib.parse.parse_qs(u.query); st['authz'] += 1\n"
-    "            st['resource'].append(q.get('resource', [None])[0]); st['scope'].append(q.get('scope', "
-    "[None])[0])\n"
+    "            st['seen'][a] += q.get('client_id', [])\n"
+    "            st['resource'].append(q.get('resource', [None])[0])\n"
+    "            st['scope'].append(q.get('scope', [None])[0])\n"
     "            loc = q['redirect_uri'][0] + '?code=c1&state=' + urllib.parse.quote(q['state'][0])\n"
     "            return self.reply(302, None, [('Location', loc)])\n"
     "        self.reply(405, {})\n"
     "    def do_POST(self):\n"
     "        body = self.rfile.read(int(self.headers.get('Content-Length', '0')))\n"
     "        u = urllib.parse.urlparse(self.path)\n"
-    "        if u.path == '/as/register':\n"
-    "            return self.reply(201, {'client_id': 'cid', 'client_secret': 'csec',\n"
+    "        a = as_of(u.path)\n"
+    "        if a:\n"
+    "            cid, csec, rt = ASES[a]\n"
+    "            basic = self.headers.get('Authorization', '')\n"
+    "            if basic: st['seen'][a].append(base64.b64decode(basic.split()[-1]).decode())\n"
+    "        if a and u.path == a + '/register':\n"
+    "            st['reg'][a] += 1\n"
+    "            return self.reply(201, {'client_id': cid, 'client_secret': csec,\n"
     "                                    'token_endpoint_auth_method': 'client_secret_post'})\n"
-    "        if u.path == '/as/token':\n"
+    "        if a and u.path == a + '/token':\n"
     "            f = urllib.parse.parse_qs(body.decode()); g = f['grant_type'][0]; st['grants'].append(g)\n"
-    "            if f.get('client_secret', [''])[0] != 'csec': return self.reply(401, {'error': "
-    "'invalid_client'})\n"
-    "            if g == 'refresh_token' and f['refresh_token'][0] != 'rt1':\n"
+    "            st['seen'][a] += f.get('client_id', []) + f.get('client_secret', [])\n"
+    "            if f.get('client_id', [''])[0] != cid or f.get('client_secret', [''])[0] != csec:\n"
+    "                return self.reply(401, {'error': 'invalid_client'})\n"
+    "            if g == 'refresh_token' and f['refresh_token'][0] != rt:\n"
     "                return self.reply(400, {'error': 'invalid_grant'})\n"
     "            st['n'] += 1; tok = 'at%d' % st['n']; st['valid'].append(tok)\n"
     "            return self.reply(200, {'access_token': tok, 'token_type': 'Bearer', 'expires_in': 3600,\n"
-    "                                    'refresh_token': 'rt1', 'scope': 'read'})\n"
+    "                                    'refresh_token': rt, 'scope': 'read'})\n"
     "        if u.path != '/mcp': return self.reply(404, {})\n"
     "        auth = self.headers.get('Authorization', '')\n"
     "        if not auth.startswith('Bearer ') or auth[7:] not in st['valid']:\n"
-    "            w = 'Bearer error=\"invalid_token\", "
-    "resource_metadata=\"%s/.well-known/oauth-protected-resource/mcp\"'\n"
-    "            return self.reply(401, {'error': 'invalid_token'}, [('WWW-Authenticate', w % "
-    "self.base())])\n"
+    "            w = 'Bearer error=\"invalid_token\", resource_metadata=\"%s%s\"'\n"
+    "            w = w % (self.base(), '/.well-known/oauth-protected-resource/mcp')\n"
+    "            return self.reply(401, {'error': 'invalid_token'}, [('WWW-Authenticate', w)])\n"
     "        m = json.loads(body); meth, mid = m.get('method'), m.get('id')\n"
     "        if meth == 'initialize':\n"
-    "            return self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': {'protocolVersion': "
-    "'2025-06-18',\n"
-    "                'capabilities': {'tools': {}}, 'serverInfo': {'name': 'o', 'version': '1'}}})\n"
+    "            r = {'protocolVersion': '2025-06-18', 'capabilities': {'tools': {}},\n"
+    "                 'serverInfo': {'name': 'o', 'version': '1'}}\n"
+    "            return self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': r})\n"
     "        if mid is None: return self.reply(202)\n"
     "        if meth == 'tools/list':\n"
-    "            t = [{'name': 'state'}, {'name': 'expire'}]\n"
+    "            t = [{'name': 'state'}, {'name': 'expire'}, {'name': 'switch'}]\n"
     "            return self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': {'tools': t}})\n"
     "        if meth == 'tools/call':\n"
-    "            if m['params']['name'] == 'expire': st['valid'] = []\n"
+    "            name = m['params']['name']\n"
+    "            if name == 'expire': st['valid'] = []\n"
+    "            if name == 'switch':  # the resource now trusts another AS, and only its tokens\n"
+    "                st['as'] = m['params']['arguments']['to']; st['valid'] = []\n"
     "            return self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': {'content': [\n"
     "                {'type': 'text', 'text': json.dumps(st, sort_keys=True)}]}})\n"
     "        self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': {}})\n"
@@ -150,13 +172,13 @@ static void peer_stop(struct peer *p)
     unlink(p->path);
 }
 
-/* Calls the server's `state` tool and returns what it saw. */
-static json_t *server_state(uv_loop_t *loop, const char *tool)
+/* Calls one of the server's tools and returns the state it answers with. */
+static json_t *server_state(uv_loop_t *loop, const char *tool, const char *args)
 {
     struct answer a = {0};
     json_t *st;
 
-    assert_true(call_tool(loop, tool, "{}", &a, 20000));
+    assert_true(call_tool(loop, tool, args, &a, 20000));
     assert_false(a.is_error);
     st = json_loads(a.text, 0, NULL);
     free(a.text);
@@ -213,7 +235,7 @@ static void test_mcp_oauth_code_flow_refresh_and_token_file(void **state)
     m = start(&loop, http, url, dir);
 
     /* one authorization (code + PKCE), with resource and the PRM's scopes_supported */
-    st = server_state(&loop, "mcp_o_state");
+    st = server_state(&loop, "mcp_o_state", "{}");
     assert_int_equal(json_integer_value(json_object_get(st, "authz")), 1);
     assert_string_equal(json_string_value(json_array_get(json_object_get(st, "resource"), 0)), url);
     assert_string_equal(json_string_value(json_array_get(json_object_get(st, "scope"), 0)), "read");
@@ -225,8 +247,8 @@ static void test_mcp_oauth_code_flow_refresh_and_token_file(void **state)
     assert_int_equal(sb.st_mode & 0777, 0600);
 
     /* the token is revoked: the next call is answered after a refresh, with no new authorization */
-    json_decref(server_state(&loop, "mcp_o_expire"));
-    st = server_state(&loop, "mcp_o_state");
+    json_decref(server_state(&loop, "mcp_o_expire", "{}"));
+    st = server_state(&loop, "mcp_o_state", "{}");
     assert_int_equal(json_integer_value(json_object_get(st, "authz")), 1);
     assert_string_equal(json_string_value(json_array_get(json_object_get(st, "grants"), 1)), "refresh_token");
     json_decref(st);
@@ -248,7 +270,7 @@ static void test_mcp_oauth_code_flow_refresh_and_token_file(void **state)
 
     /* a new manager (a restart) uses the stored token: no registration, no authorization */
     m = start(&loop, http, url, dir);
-    st = server_state(&loop, "mcp_o_state");
+    st = server_state(&loop, "mcp_o_state", "{}");
     assert_int_equal(json_integer_value(json_object_get(st, "authz")), 1);
     assert_int_equal(json_array_size(json_object_get(st, "grants")), 2);
     json_decref(st);
@@ -258,6 +280,94 @@ static void test_mcp_oauth_code_flow_refresh_and_token_file(void **state)
         run_until(&loop, never, NULL, 20);
     nx_http_client_free(http);
     for (int i = 0; i < 100 && uv_run(&loop, UV_RUN_NOWAIT); i++)
+        ;
+    assert_int_equal(uv_loop_close(&loop), 0);
+    unlink(file);
+    snprintf(file, sizeof file, "%s/mcp", dir);
+    rmdir(file);
+    rmdir(dir);
+}
+
+/* Info lines, as an operator would read them. */
+static struct nx_buf logged = NX_BUF_INIT;
+
+static void on_log(const struct nx_log_line *line, void *udata)
+{
+    (void)udata;
+    nx_buf_printf(&logged, "%s: %s\n", line->component, line->msg);
+}
+
+static void test_mcp_oauth_new_authorization_server_gets_a_new_client(void **state)
+{
+    uv_loop_t loop;
+    struct nx_http_client *http = NULL;
+    struct nx_mcp_manager *m;
+    struct peer *p = &peer;
+    char url[128], dir[] = "/tmp/nx-mcp-oauth-XXXXXX", file[256], as2[128];
+    json_t *st, *tok, *seen, *v;
+    size_t i;
+
+    (void)state;
+    nx_log_set_level(getenv("NX_TEST_LOG") ? NX_LOG_DEBUG : NX_LOG_OFF);
+    assert_int_equal(nx_log_sink_add(on_log, NULL, NX_LOG_INFO), 0);
+    assert_true(peer_start(p));
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(nx_http_client_new(&loop, NULL, &http), 0);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/mcp", p->port);
+    snprintf(as2, sizeof as2, "http://127.0.0.1:%d/as2/", p->port);
+    snprintf(file, sizeof file, "%s/mcp/oauth-o.json", dir);
+
+    /* first run: registered with /as (whose metadata names the origin as its issuer) */
+    m = start(&loop, http, url, dir);
+    st = server_state(&loop, "mcp_o_state", "{}");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "reg"), "/as")), 1);
+    json_decref(st);
+    /* the resource now trusts /as2 only, and names it with a trailing slash */
+    json_decref(server_state(&loop, "mcp_o_switch", "{\"to\": \"/as2/\"}"));
+    nx_mcp_manager_free(m);
+
+    /* second run: the stored client of /as goes nowhere near /as2, which registers its own */
+    m = start(&loop, http, url, dir);
+    st = server_state(&loop, "mcp_o_state", "{}");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "reg"), "/as2")), 1);
+    assert_int_equal(json_integer_value(json_object_get(st, "authz")), 2);
+    /* every client credential /as2 was shown is its own */
+    seen = json_object_get(json_object_get(st, "seen"), "/as2");
+    assert_true(json_array_size(seen) > 0);
+    json_array_foreach(seen, i, v) {
+        assert_true(strcmp(json_string_value(v), "cid2") == 0 || strcmp(json_string_value(v), "csec2") == 0);
+    }
+    json_decref(st);
+    tok = json_load_file(file, 0, NULL);
+    assert_string_equal(json_string_value(json_object_get(tok, "client_id")), "cid2");
+    assert_string_equal(json_string_value(json_object_get(tok, "authorization_server")), as2);
+    assert_string_equal(json_string_value(json_object_get(tok, "refresh_token")), "rt2");
+    json_decref(tok);
+    /* said once at info, without a secret */
+    assert_non_null(strstr(nx_buf_cstr(&logged), "the authorization server is now"));
+    assert_non_null(strstr(nx_buf_cstr(&logged), as2));
+    assert_null(strstr(nx_buf_cstr(&logged), "csec"));
+    assert_null(strstr(nx_buf_cstr(&logged), "rt1"));
+    json_decref(server_state(&loop, "mcp_o_switch", "{\"to\": \"/as2\"}"));
+    nx_mcp_manager_free(m);
+
+    /* third run: /as2 spelled without the slash is the same server: the refresh token serves */
+    m = start(&loop, http, url, dir);
+    st = server_state(&loop, "mcp_o_state", "{}");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "reg"), "/as2")), 1);
+    assert_int_equal(json_integer_value(json_object_get(st, "authz")), 2);
+    tok = json_object_get(st, "grants");
+    assert_string_equal(json_string_value(json_array_get(tok, json_array_size(tok) - 1)), "refresh_token");
+    json_decref(st);
+    nx_mcp_manager_free(m);
+
+    nx_log_sink_remove(on_log, NULL);
+    nx_buf_cleanup(&logged);
+    for (int k = 0; k < 200 && nx_http_client_inflight(http) > 0; k++)
+        run_until(&loop, never, NULL, 20);
+    nx_http_client_free(http);
+    for (int k = 0; k < 100 && uv_run(&loop, UV_RUN_NOWAIT); k++)
         ;
     assert_int_equal(uv_loop_close(&loop), 0);
     unlink(file);
@@ -277,8 +387,9 @@ static int teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_mcp_oauth_code_flow_refresh_and_token_file),
+        cmocka_unit_test_teardown(test_mcp_oauth_code_flow_refresh_and_token_file, teardown),
+        cmocka_unit_test_teardown(test_mcp_oauth_new_authorization_server_gets_a_new_client, teardown),
     };
 
-    return cmocka_run_group_tests(tests, NULL, teardown);
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -34,6 +34,7 @@ struct fake_turn {
     char message[256];
     bool is_live;
     int cancels;
+    uint64_t log_ctx; /* what turn.c takes from the caller: its callbacks' log context */
 };
 
 static struct fake_turn ft;
@@ -49,6 +50,7 @@ static struct nx_turn *fake_start(struct nx_agents *a, const struct nx_turn_opts
     const json_t *t = json_object_get(json_array_get(json_object_get(msg, "content"), 0), "text");
     snprintf(ft.message, sizeof ft.message, "%s", json_string_value(t) ? json_string_value(t) : "");
     ft.is_live = true;
+    ft.log_ctx = nx_log_context_current();
     return (struct nx_turn *)&ft;
 }
 
@@ -442,6 +444,14 @@ static const char *param_str(const json_t *m, const char *key)
     return json_string_value(json_object_get(json_object_get(m, "params"), key));
 }
 
+/* A line written from a callback of the turn whose log context is ctx. */
+static void turn_warn(uint64_t ctx, const char *component, const char *msg)
+{
+    uint64_t prev = nx_log_context_swap(ctx);
+    nx_warn(component, "%s", msg);
+    nx_log_context_swap(prev);
+}
+
 static void *log_from_other_thread(void *arg)
 {
     (void)arg;
@@ -476,15 +486,19 @@ static void test_turn_log_lines_are_forwarded_redacted_and_rate_limited(void **s
     nx_warn("tools", "nobody's line");
     feed(&f, "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{\"name\":\"ask_kate\","
          "\"arguments\":{\"message\":\"m\"}}}", NULL);
+    assert_int_not_equal(ft.log_ctx, 0);
+    uint64_t prev = nx_log_context_swap(ft.log_ctx);
     nx_warn("tools", "agent kate: call to tool \"%s\" refused",
             "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789");
     nx_debug("llm", "below the session's level");
+    nx_warn("gateway", "the call's line from any component");
+    nx_log_context_swap(prev);
     nx_warn("http", "not a turn component");
-    nx_log_set_context("bob", NULL);
-    nx_warn("agent", "another agent's line");
+    nx_warn("agent", "a line without context");
     nx_log_set_context("kate", NULL);
-    nx_warn("gateway", "kate's line in context");
+    nx_warn("agent", "the same agent's line, no context");
     nx_log_set_context(NULL, NULL);
+    turn_warn(nx_log_context_new(), "agent", "another turn's line");
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, log_from_other_thread, NULL), 0);
     pthread_join(th, NULL);
@@ -499,7 +513,9 @@ static void test_turn_log_lines_are_forwarded_redacted_and_rate_limited(void **s
         assert_null(strstr(data, "nobody"));
         assert_null(strstr(data, "below"));
         assert_null(strstr(data, "not a turn"));
-        assert_null(strstr(data, "another agent"));
+        assert_null(strstr(data, "without context"));
+        assert_null(strstr(data, "no context"));
+        assert_null(strstr(data, "another turn"));
         assert_null(strstr(data, "another thread"));
         if (strcmp(param_str(m, "logger"), "tools") == 0) {
             assert_string_equal(param_str(m, "level"), "warning");
@@ -519,8 +535,10 @@ static void test_turn_log_lines_are_forwarded_redacted_and_rate_limited(void **s
     feed(&f, "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/call\",\"params\":{\"name\":\"ask_kate\","
          "\"arguments\":{\"message\":\"m\"}}}", NULL);
     before = json_array_size(f.sent.msgs);
+    prev = nx_log_context_swap(ft.log_ctx);
     for (int k = 0; k < 200; k++)
         nx_info("agent", "line %d", k);
+    nx_log_context_swap(prev);
     fake_done(0, "ok");
     got = sent_with(&f, before, "notifications/message");
     size_t n_lines = 0;
@@ -531,7 +549,7 @@ static void test_turn_log_lines_are_forwarded_redacted_and_rate_limited(void **s
     feed(&f, "{\"jsonrpc\":\"2.0\",\"id\":5,\"method\":\"tools/call\",\"params\":{\"name\":\"ask_kate\","
          "\"arguments\":{\"message\":\"m\"}}}", NULL);
     before = json_array_size(f.sent.msgs);
-    nx_info("agent", "after the flood");
+    turn_warn(ft.log_ctx, "agent", "after the flood");
     fake_done(0, "ok");
     got = sent_with(&f, before, "notifications/message");
     assert_true(json_array_size(got) >= 2);
@@ -542,6 +560,65 @@ static void test_turn_log_lines_are_forwarded_redacted_and_rate_limited(void **s
     fx_close(&f);
     assert_int_equal(nx_log_gate(), NX_LOG_OFF); /* the sink went with the session */
     nx_log_set_level(old);
+}
+
+/* Two sessions call the same agent at once, both at level debug: each gets the lines of its own
+ * turn, never the other's, and lines whose turn is unknown go to neither. */
+static void test_log_lines_go_to_the_session_whose_turn_wrote_them(void **state)
+{
+    struct fx f;
+    struct sent sent2 = {.msgs = json_array()};
+    struct nx_mcp_session_io io2 = {.send = on_send, .udata = &sent2};
+    static const char call[] = "{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":"
+                               "{\"name\":\"ask_kate\",\"arguments\":{\"message\":\"m\"}}}";
+    static const char debug[] = "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"logging/setLevel\","
+                                "\"params\":{\"level\":\"debug\"}}";
+    (void)state;
+    fx_open(&f, "");
+    init(&f, "2025-11-25");
+    struct nx_mcp_session *s2 = nx_mcp_session_new(f.srv, &io2);
+    struct fx f2 = f; /* the same server, seen from the second session */
+    f2.s = s2;
+    f2.sent.msgs = sent2.msgs;
+    init(&f2, "2025-11-25");
+    feed(&f, debug, NULL);
+    nx_mcp_session_feed(s2, debug, strlen(debug), (void *)0x2);
+
+    feed(&f, call, NULL);
+    struct fake_turn one = ft;
+    nx_mcp_session_feed(s2, call, strlen(call), (void *)0x2);
+    struct fake_turn two = ft;
+    assert_int_not_equal(one.log_ctx, two.log_ctx);
+    size_t before1 = json_array_size(f.sent.msgs), before2 = json_array_size(sent2.msgs);
+    turn_warn(one.log_ctx, "llm", "turn one: attempt 1 failed");
+    turn_warn(two.log_ctx, "tools", "turn two: unknown tool");
+    turn_warn(one.log_ctx, "agent", "turn one: done");
+    nx_warn("agent", "whose? no context");
+    struct nx_turn_result r = {.text = "ok"};
+    one.o.on_done(0, &r, one.o.udata);
+    two.o.on_done(0, &r, two.o.udata);
+
+    json_t *got1 = sent_with(&f, before1, "notifications/message");
+    json_t *got2 = sent_with(&f2, before2, "notifications/message");
+    size_t i, n1 = 0, n2 = 0;
+    json_t *m;
+    json_array_foreach(got1, i, m) {
+        assert_null(strstr(param_str(m, "data"), "turn two"));
+        assert_null(strstr(param_str(m, "data"), "no context"));
+        n1 += strncmp(param_str(m, "data"), "turn one", 8) == 0;
+    }
+    json_array_foreach(got2, i, m) {
+        assert_null(strstr(param_str(m, "data"), "turn one"));
+        assert_null(strstr(param_str(m, "data"), "no context"));
+        n2 += strncmp(param_str(m, "data"), "turn two", 8) == 0;
+    }
+    assert_int_equal(n1, 2);
+    assert_int_equal(n2, 1);
+    json_decref(got1);
+    json_decref(got2);
+    nx_mcp_session_free(s2);
+    json_decref(sent2.msgs);
+    fx_close(&f);
 }
 
 static void test_progress_names_the_agents_tool_calls(void **state)
@@ -773,6 +850,7 @@ int main(void)
         cmocka_unit_test(test_cancel_and_duplicate_ids),
         cmocka_unit_test(test_logging_sends_redacted_messages_at_the_level),
         cmocka_unit_test(test_turn_log_lines_are_forwarded_redacted_and_rate_limited),
+        cmocka_unit_test(test_log_lines_go_to_the_session_whose_turn_wrote_them),
         cmocka_unit_test(test_progress_names_the_agents_tool_calls),
         cmocka_unit_test(test_batches_depend_on_the_protocol_version),
         cmocka_unit_test(test_exported_tools_run_in_the_agents_sandbox),

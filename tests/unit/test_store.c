@@ -4,7 +4,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,8 +17,8 @@
 #include "core/metrics.h"
 #include "store/migrations.h"
 #include "store/store.h"
+#include "store_fixture.h"
 
-#define WAIT_MS 20000
 #define NJOBS 1000
 
 /* ---- fixture: a temp dir, a loop and a store ---- */
@@ -42,8 +41,7 @@ static struct fx *fx_new(void)
     struct fx *f = calloc(1, sizeof *f);
 
     assert_non_null(f);
-    snprintf(f->tmp, sizeof f->tmp, "/tmp/nx-store-XXXXXX");
-    assert_non_null(mkdtemp(f->tmp));
+    assert_int_equal(ts_mkdtemp(f->tmp, sizeof f->tmp, "nx-store-"), 0);
     snprintf(f->dir, sizeof f->dir, "%s/var/data", f->tmp);
     snprintf(f->db, sizeof f->db, "%s/nexo.db", f->dir);
     assert_int_equal(uv_loop_init(&f->loop), 0);
@@ -51,40 +49,16 @@ static struct fx *fx_new(void)
     return f;
 }
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void fx_free(struct fx *f)
 {
-    assert_int_equal(uv_loop_close(&f->loop), 0); /* nothing of the store left on the loop */
-    assert_int_equal(nftw(f->tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS), 0);
+    sfx_finish(&f->loop, f->tmp); /* nothing of the store left on the loop */
     free(f);
 }
 
-static void on_timeout(uv_timer_t *t)
-{
-    *(bool *)t->data = true;
-}
-
-/* Runs the loop until *count >= target, at most WAIT_MS. */
+/* Runs the loop until *count >= target. */
 static void run_until(struct fx *f, const int *count, int target)
 {
-    uv_timer_t timer;
-    bool is_timed_out = false;
-
-    uv_timer_init(&f->loop, &timer);
-    timer.data = &is_timed_out;
-    uv_timer_start(&timer, on_timeout, WAIT_MS, 0);
-    while (*count < target && !is_timed_out)
-        uv_run(&f->loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&timer, NULL);
-    uv_run(&f->loop, UV_RUN_NOWAIT);
-    assert_false(is_timed_out);
+    sfx_run_until(&f->loop, count, target);
 }
 
 static void on_ready(int rc, void *arg)
@@ -113,11 +87,7 @@ static int fx_open(struct fx *f, const struct nx_store_opts *opts)
 /* Closes and lets the loop release the store's handle. */
 static void fx_close(struct fx *f)
 {
-    nx_store_close(f->s);
-    f->s = NULL;
-    for (int i = 0; i < 10 && uv_loop_alive(&f->loop); i++)
-        uv_run(&f->loop, UV_RUN_NOWAIT);
-    assert_false(uv_loop_alive(&f->loop));
+    sfx_close(&f->loop, &f->s);
 }
 
 /* ---- jobs ---- */

@@ -5,17 +5,14 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
-#include <ftw.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "core/error.h"
 #include "store/store.h"
-
-#define WAIT_MS 20000
+#include "store_fixture.h"
 
 struct fx {
     char tmp[64];
@@ -25,32 +22,9 @@ struct fx {
     int calls;
 };
 
-static void on_timeout(uv_timer_t *t)
-{
-    *(bool *)t->data = true;
-}
-
 static void run_until(struct fx *f, const int *count, int target)
 {
-    uv_timer_t timer;
-    bool is_timed_out = false;
-
-    uv_timer_init(&f->loop, &timer);
-    timer.data = &is_timed_out;
-    uv_timer_start(&timer, on_timeout, WAIT_MS, 0);
-    while (*count < target && !is_timed_out)
-        uv_run(&f->loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&timer, NULL);
-    uv_run(&f->loop, UV_RUN_NOWAIT);
-    assert_false(is_timed_out);
-}
-
-static void on_ready(int rc, void *arg)
-{
-    struct fx *f = arg;
-
-    assert_int_equal(rc, 0);
-    f->calls++;
+    sfx_run_until(&f->loop, count, target);
 }
 
 static struct fx *fx_open(void)
@@ -59,31 +33,17 @@ static struct fx *fx_open(void)
     struct nx_store_opts opts = {.batch_window_ms = 5000}; /* a flush closes each batch */
 
     assert_non_null(f);
-    snprintf(f->tmp, sizeof f->tmp, "/tmp/nx-defer-XXXXXX");
-    assert_non_null(mkdtemp(f->tmp));
+    assert_int_equal(ts_mkdtemp(f->tmp, sizeof f->tmp, "nx-defer-"), 0);
     snprintf(f->dir, sizeof f->dir, "%s/data", f->tmp);
     assert_int_equal(uv_loop_init(&f->loop), 0);
-    assert_int_equal(nx_store_open(&f->loop, f->dir, &opts, on_ready, f, &f->s), 0);
-    run_until(f, &f->calls, 1);
-    f->calls = 0;
+    assert_int_equal(sfx_open(&f->loop, f->dir, &opts, &f->s), 0);
     return f;
-}
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
 }
 
 static void fx_close(struct fx *f)
 {
-    nx_store_close(f->s);
-    for (int i = 0; i < 10 && uv_loop_alive(&f->loop); i++)
-        uv_run(&f->loop, UV_RUN_NOWAIT);
-    assert_int_equal(uv_loop_close(&f->loop), 0);
-    assert_int_equal(nftw(f->tmp, rm_one, 16, FTW_DEPTH | FTW_PHYS), 0);
+    sfx_close(&f->loop, &f->s);
+    sfx_finish(&f->loop, f->tmp);
     free(f);
 }
 

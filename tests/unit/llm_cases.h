@@ -1,0 +1,78 @@
+/* Cases the Anthropic and OpenAI provider tests share (included by tests/unit/test_llm_*.c after
+ * llm_fake.h): what a caller sees when a stream fails half-way, when it cancels from inside
+ * on_text, and when the request deadline passes. Each opens a provider of `kind` (named after
+ * it) against the fake, with the fake answering `script`. */
+#ifndef NX_TEST_LLM_CASES_H
+#define NX_TEST_LLM_CASES_H
+
+#include "llm_fake.h"
+
+/* An error event after some deltas: the call fails retryably with the stream's status (200) and
+ * error_type, the deltas already delivered, and no message. */
+static inline void check_error_mid_stream(const char *kind, const char *key, const char *model,
+                                          const char *script, const char *error_type)
+{
+    struct one t;
+    struct outcome o = {0};
+    struct nx_llm_request req = {.model = model, .temperature = -1, .stream = true};
+
+    one_open(&t, kind, kind, key, 0, script, "hi");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o);
+    assert_int_equal(o.rc, NX_EAGAIN);
+    assert_int_equal(o.http_status, 200);
+    assert_string_equal(o.error_type, error_type);
+    assert_true(o.is_retryable);
+    assert_true(o.ndeltas >= 1);
+    assert_null(o.message);
+    outcome_cleanup(&o);
+    one_close(&t);
+}
+
+/* A slow stream cancelled from inside on_text after `after` deltas: on_done runs once, with
+ * NX_ECANCELED, within max_ms (not after the whole answer), and never again. */
+static inline void check_cancel_in_on_text(const char *kind, const char *key, const char *model,
+                                           const char *script, int after, uint64_t max_ms)
+{
+    struct one t;
+    struct outcome o = {0};
+    struct nx_llm_request req = {.model = model, .temperature = -1, .stream = true};
+    uint64_t t0;
+
+    one_open(&t, kind, kind, key, 0, script, "hi");
+    req.messages = t.msgs;
+    o.cancel_after_deltas = after;
+    t0 = nx_mono_ms();
+    run_call(&t.e, t.p, &req, &o);
+    assert_int_equal(o.rc, NX_ECANCELED);
+    assert_int_equal(o.ndeltas, after);
+    assert_true(o.done_ms - t0 < max_ms);
+    run_until(&t.e.loop, NULL, 0, 300);
+    assert_int_equal(o.ndone, 1);
+    outcome_cleanup(&o);
+    one_close(&t);
+}
+
+/* An upstream that hangs past the provider's timeout_ms: the call fails retryably with
+ * NX_ETIMEDOUT ("timeout"), well before the upstream would have answered (3 s). */
+static inline void check_request_deadline(const char *kind, const char *key, const char *model,
+                                          uint32_t timeout_ms, bool is_stream)
+{
+    struct one t;
+    struct outcome o = {0};
+    struct nx_llm_request req = {.model = model, .temperature = -1, .stream = is_stream};
+    uint64_t t0;
+
+    one_open(&t, kind, kind, key, timeout_ms, "[{\"hang_ms\": 3000}]", "hi");
+    req.messages = t.msgs;
+    t0 = nx_mono_ms();
+    run_call(&t.e, t.p, &req, &o);
+    assert_int_equal(o.rc, NX_ETIMEDOUT);
+    assert_string_equal(o.error_type, "timeout");
+    assert_true(o.is_retryable);
+    assert_true(o.done_ms - t0 < 2000);
+    outcome_cleanup(&o);
+    one_close(&t);
+}
+
+#endif
