@@ -15,6 +15,10 @@
 #include "store/checkpoint.h"
 
 #define BUSY_TIMEOUT_MS 5000
+/* WAL pages after which a checkpoint is asked for (SQLite's own default threshold), and after
+ * which the store thread checkpoints itself because the checkpoint thread fell behind. */
+#define CHECKPOINT_PAGES 1000
+#define CHECKPOINT_BACKSTOP_PAGES (16 * CHECKPOINT_PAGES)
 
 struct nx_checkpointer {
     pthread_t thread;
@@ -57,18 +61,18 @@ static void *checkpointer_main(void *arg)
     return NULL;
 }
 
-struct nx_checkpointer *nx_checkpointer_start(const char *path)
+static struct nx_checkpointer *checkpointer_start(const char *path)
 {
     static const double buckets[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5};
     struct nx_checkpointer *c = nx_calloc(1, sizeof *c);
 
+    /* A connection opens the WAL on its first read; until then a checkpoint does nothing. */
     if (sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
-        SQLITE_OK) {
+            SQLITE_OK ||
+        sqlite3_exec(c->db, "SELECT count(*) FROM sqlite_master", NULL, NULL, NULL) != SQLITE_OK) {
         nx_warn("store", "checkpoint connection to %s: %s; checkpoints stay in the commits", path,
                 c->db ? sqlite3_errmsg(c->db) : "out of memory");
-        sqlite3_close_v2(c->db);
-        free(c);
-        return NULL;
+        goto fail;
     }
     sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
     c->m_seconds = nx_metric_histogram("nexo_store_checkpoint_seconds",
@@ -81,14 +85,16 @@ struct nx_checkpointer *nx_checkpointer_start(const char *path)
         nx_warn("store", "cannot start the checkpoint thread; checkpoints stay in the commits");
         pthread_cond_destroy(&c->cond);
         pthread_mutex_destroy(&c->lock);
-        sqlite3_close_v2(c->db);
-        free(c);
-        return NULL;
+        goto fail;
     }
     return c;
+fail:
+    sqlite3_close_v2(c->db);
+    free(c);
+    return NULL;
 }
 
-void nx_checkpointer_request(struct nx_checkpointer *c)
+static void checkpointer_request(struct nx_checkpointer *c)
 {
     pthread_mutex_lock(&c->lock);
     if (!c->is_wanted) {
@@ -98,10 +104,32 @@ void nx_checkpointer_request(struct nx_checkpointer *c)
     pthread_mutex_unlock(&c->lock);
 }
 
-void nx_checkpointer_stop(struct nx_checkpointer *c)
+/* After each commit (store thread): past the threshold, the checkpoint thread copies the WAL
+ * back; past the backstop, this thread does (a PASSIVE checkpoint, as SQLite would). */
+static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
+{
+    if (pages >= CHECKPOINT_BACKSTOP_PAGES)
+        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    else if (pages >= CHECKPOINT_PAGES)
+        checkpointer_request(arg);
+    return SQLITE_OK;
+}
+
+struct nx_checkpointer *nx_checkpointer_attach(sqlite3 *db, const char *path)
+{
+    struct nx_checkpointer *c = checkpointer_start(path);
+    if (c) {
+        sqlite3_wal_autocheckpoint(db, 0); /* (this clears SQLite's own WAL hook) */
+        sqlite3_wal_hook(db, on_wal_commit, c);
+    }
+    return c;
+}
+
+void nx_checkpointer_detach(sqlite3 *db, struct nx_checkpointer *c)
 {
     if (!c)
         return;
+    sqlite3_wal_hook(db, NULL, NULL);
     pthread_mutex_lock(&c->lock);
     c->is_stopping = true;
     pthread_cond_signal(&c->cond);

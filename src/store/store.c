@@ -22,10 +22,6 @@
 #define DEFAULT_WINDOW_MS 2
 #define DEFAULT_MAX_BATCH 1024
 #define BUSY_TIMEOUT_MS 5000
-/* WAL pages after which a checkpoint is asked for (SQLite's own default threshold), and after
- * which the store thread checkpoints itself because the checkpoint thread fell behind. */
-#define CHECKPOINT_PAGES 1000
-#define CHECKPOINT_BACKSTOP_PAGES (16 * CHECKPOINT_PAGES)
 
 enum job_kind {
     JOB_WRITE,
@@ -82,7 +78,7 @@ struct nx_store {
     char err[512]; /* written by the store thread before `ready` is posted */
 
     sqlite3 *db; /* store thread only */
-    struct nx_checkpointer *ckpt; /* the WAL checkpoints' thread, if it started (store thread) */
+    struct nx_checkpointer *ckpt; /* WAL checkpoints, if their thread started (store thread) */
     sqlite3_stmt *sp[SP_COUNT]; /* the per-job savepoint statements, prepared once */
     const struct job *cur_job;  /* the write job running, if any (store thread) */
     struct deferred *deferred;  /* this batch's deferred work, in the order deferred */
@@ -564,27 +560,6 @@ static void run_read(struct nx_store *s, struct job *j)
     post_done(s, j);
 }
 
-/* After each commit (store thread): past the threshold, the checkpoint thread copies the WAL
- * back; past the backstop, this thread does (a PASSIVE checkpoint, as SQLite would). */
-static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
-{
-    struct nx_store *s = arg;
-
-    if (pages >= CHECKPOINT_BACKSTOP_PAGES)
-        sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    else if (pages >= CHECKPOINT_PAGES)
-        nx_checkpointer_request(s->ckpt);
-    return SQLITE_OK;
-}
-
-static void start_checkpointer(struct nx_store *s)
-{
-    if (!(s->ckpt = nx_checkpointer_start(s->path)))
-        return;
-    sqlite3_wal_autocheckpoint(s->db, 0); /* (this clears SQLite's own WAL hook) */
-    sqlite3_wal_hook(s->db, on_wal_commit, s);
-}
-
 static void *store_main(void *arg)
 {
     struct nx_store *s = arg;
@@ -593,7 +568,7 @@ static void *store_main(void *arg)
     s->deferred_tail = &s->deferred;
     s->ready_rc = open_db(s);
     if (s->ready_rc == 0) {
-        start_checkpointer(s);
+        s->ckpt = nx_checkpointer_attach(s->db, s->path);
         atomic_store(&s->is_open, true);
     }
     nx_mailbox_post(&s->mb, run_ready, s);
@@ -626,11 +601,7 @@ static void *store_main(void *arg)
         }
     }
 
-    if (s->ckpt) { /* before the last connection closes, which checkpoints and removes the WAL */
-        sqlite3_wal_hook(s->db, NULL, NULL);
-        nx_checkpointer_stop(s->ckpt);
-        s->ckpt = NULL;
-    }
+    nx_checkpointer_detach(s->db, s->ckpt); /* before the last close, which removes the WAL */
     for (size_t i = 0; i < SP_COUNT; i++)
         sqlite3_finalize(s->sp[i]);
     /* statements jobs prepare once and keep (their SQL starts with the marker NX_STORE_KEEP_SQL,

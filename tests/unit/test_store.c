@@ -388,6 +388,52 @@ static void test_store_group_commit_batches_1000_writes(void **state)
     fx_free(f);
 }
 
+/* The WAL is copied back into the database by the checkpoint thread once it passes 1,000 pages,
+ * while the store thread goes on committing: the database file holds the data before close. */
+static bool checkpoint_seen(void *arg)
+{
+    struct nx_buf m = NX_BUF_INIT;
+    nx_metrics_render(&m);
+    const char *c = strstr(nx_buf_cstr(&m), "nexo_store_checkpoint_seconds_count ");
+    bool is_seen = c && strtoull(c + strlen("nexo_store_checkpoint_seconds_count "), NULL, 10) >
+                            *(unsigned long long *)arg;
+    nx_buf_cleanup(&m);
+    return is_seen;
+}
+
+static void test_store_checkpoints_off_the_store_thread(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new();
+    struct tally t = {.f = f};
+    enum { N = 400 }; /* 16 KiB each: about 1,600 WAL pages */
+    struct put *p = puts_new(&t, N + 1, "c");
+    unsigned long long before = 0;
+    struct nx_buf m = NX_BUF_INIT;
+    struct stat st;
+
+    nx_metrics_render(&m);
+    const char *c = strstr(nx_buf_cstr(&m), "nexo_store_checkpoint_seconds_count ");
+    if (c)
+        before = strtoull(c + strlen("nexo_store_checkpoint_seconds_count "), NULL, 10);
+    nx_buf_cleanup(&m);
+    assert_int_equal(fx_open(f, NULL), 0);
+    p[0].sql = "CREATE TABLE big(b BLOB)";
+    for (int i = 1; i <= N; i++)
+        p[i].sql = "INSERT INTO big(b) VALUES (randomblob(16384))";
+    for (int i = 0; i <= N; i++)
+        nx_store_write(f->s, put_job, put_done, &p[i]);
+    run_until(f, &t.calls, N + 1);
+    assert_int_equal(t.ok, N + 1);
+    assert_true(ts_run_until(&f->loop, checkpoint_seen, &before, SFX_WAIT_MS));
+    assert_int_equal(stat(f->db, &st), 0);
+    assert_true(st.st_size >= 4 * 1024 * 1024); /* the pages are in the database file */
+    assert_int_equal(read_int(f, "SELECT count(*) FROM big"), N);
+    fx_close(f);
+    free(p);
+    fx_free(f);
+}
+
 static void test_store_failing_job_rolls_back_alone(void **state)
 {
     (void)state;
@@ -763,6 +809,7 @@ int main(void)
         cmocka_unit_test(test_store_migrations_table_is_ascending),
         cmocka_unit_test(test_store_reopen_does_not_reapply_migrations),
         cmocka_unit_test(test_store_group_commit_batches_1000_writes),
+        cmocka_unit_test(test_store_checkpoints_off_the_store_thread),
         cmocka_unit_test(test_store_failing_job_rolls_back_alone),
         cmocka_unit_test(test_store_deferred_fk_violation_fails_only_its_job),
         cmocka_unit_test(test_store_failed_commit_fails_every_job_of_the_batch),
