@@ -57,11 +57,16 @@ static void begin_stream(struct api_call *c)
     event(c, "ping", json_pack("{s:s}", "type", "ping"));
 }
 
+/* Written by hand, not through a json_t: a stream sends one per token. */
 static void text_delta(struct api_call *c, const char *text, size_t len)
 {
-    event(c, "content_block_delta",
-          json_pack("{s:s, s:i, s:{s:s, s:s%}}", "type", "content_block_delta", "index", 0, "delta",
-                    "type", "text_delta", "text", text, len));
+    struct nx_buf b = NX_BUF_INIT;
+    nx_buf_puts(&b, "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,"
+                    "\"delta\":{\"type\":\"text_delta\",\"text\":");
+    nx_buf_put_json_str(&b, text, len);
+    nx_buf_puts(&b, "}}\n\n");
+    nx_http_stream_write(c->req, b.data, b.len);
+    nx_buf_cleanup(&b);
 }
 
 static void on_text(const char *delta, size_t len, void *udata)
@@ -123,16 +128,19 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
         event(c, "message_stop", json_pack("{s:s}", "type", "message_stop"));
         nx_http_stream_end(c->req);
     } else {
-        json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:[{s:s, s:s}], s:s, s:n, s:{s:I, s:I}}", "id",
-                              c->id, "type", "message", "role", "assistant", "model", c->model,
-                              "content", "type", "text", "text", text, "stop_reason",
-                              stop_reason(res->stop), "stop_sequence", "usage", "input_tokens",
-                              (json_int_t)res->usage.input_tokens, "output_tokens",
-                              (json_int_t)res->usage.output_tokens);
-        char *s = json_dumps(o, JSON_COMPACT);
-        nx_http_respond(c->req, 200, "application/json", s, strlen(s));
-        free(s);
-        json_decref(o);
+        struct nx_buf b = NX_BUF_INIT;
+        nx_buf_puts(&b, "{\"id\":");
+        nx_buf_put_json_str(&b, c->id, strlen(c->id));
+        nx_buf_puts(&b, ",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
+        nx_buf_put_json_str(&b, c->model, strlen(c->model));
+        nx_buf_puts(&b, ",\"content\":[{\"type\":\"text\",\"text\":");
+        nx_buf_put_json_str(&b, text, strlen(text));
+        nx_buf_printf(&b, "}],\"stop_reason\":\"%s\",\"stop_sequence\":null,"
+                          "\"usage\":{\"input_tokens\":%llu,\"output_tokens\":%llu}}",
+                      stop_reason(res->stop), (unsigned long long)res->usage.input_tokens,
+                      (unsigned long long)res->usage.output_tokens);
+        nx_http_respond(c->req, 200, "application/json", b.data, b.len);
+        nx_buf_cleanup(&b);
     }
     free_call(c);
 }
