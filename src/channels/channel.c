@@ -5,6 +5,7 @@
 
 #include "channels/channels.h"
 #include "channels/chledger.h"
+#include "channels/media.h"
 #include "channels/policy.h"
 #include "channels/telegram.h"
 #include "channels/whatsapp.h"
@@ -47,6 +48,7 @@ struct nx_channels {
     struct nx_channel *list;
     size_t n;
     struct nx_ledger_pruner *pruner; /* ledger housekeeping (broker.ledger.retention in broker.yaml) */
+    struct nx_media_sweeper *sweeper; /* received files' retention (media.retention in gateway.yaml) */
 };
 
 static struct nx_metric *m_messages, *m_dropped;
@@ -362,6 +364,11 @@ void nx_channel_sent(struct nx_channel *ch, const char *key, const char *provide
     nx_chledger_sent(ch->ledger, key, provider_id, status, error);
 }
 
+void nx_channel_progress(struct nx_channel *ch, const char *key, uint32_t steps, const char *provider_id)
+{
+    nx_chledger_progress(ch->ledger, key, steps, provider_id);
+}
+
 void nx_channel_status(struct nx_channel *ch, const char *provider_id, const char *state,
                        const char *error)
 {
@@ -390,6 +397,7 @@ static int on_outbound(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
         .reply_to = id_text(json_object_get(p, "reply_to"), rbuf, sizeof rbuf),
         .session_id = json_string_value(json_object_get(p, "session_id")),
         .key = outbound_key(msg),
+        .steps_done = nx_chledger_steps_done(ch->ledger, msg),
         .payload = p,
     };
     int rc = ch->type->send(ch->state, &out);
@@ -453,6 +461,25 @@ out:
     return rc;
 }
 
+/* The outbox (so agents can send files without an operator making it first) and the retention
+ * of received files (gateway.yaml media.retention). */
+static void start_media_upkeep(struct nx_channels *cs, const struct nx_gateway_conf *gw)
+{
+    const char *names[NX_ARRAY_LEN(channel_types)];
+    size_t n = 0;
+    struct nx_buf root = NX_BUF_INIT;
+    uint64_t keep = gw ? gw->media_retention_ms : 30ull * 86400000;
+
+    nx_media_make_outbox(nx_store_dir(cs->store));
+    if (keep == 0)
+        return; /* kept forever */
+    for (size_t i = 0; channel_types[i]; i++)
+        names[n++] = channel_types[i]->name;
+    nx_buf_printf(&root, "%s/media", nx_store_dir(cs->store));
+    cs->sweeper = nx_media_sweeper_new(cs->loop, nx_buf_cstr(&root), names, n, keep, 0, 0);
+    nx_buf_cleanup(&root);
+}
+
 int nx_channels_new(uv_loop_t *loop, struct nx_bus *bus, struct nx_http_client *http,
                     struct nx_store *store, const struct nx_config *cfg, struct nx_channels **out)
 {
@@ -507,6 +534,8 @@ int nx_channels_new(uv_loop_t *loop, struct nx_bus *bus, struct nx_http_client *
         nx_channels_free(cs);
         return rc;
     }
+    if (store && cs->n > 0)
+        start_media_upkeep(cs, nx_config_gateway(cfg));
     *out = cs;
     return 0;
 }
@@ -521,6 +550,7 @@ void nx_channels_free(struct nx_channels *cs)
         channel_free(ch);
     }
     nx_ledger_pruner_free(cs->pruner);
+    nx_media_sweeper_free(cs->sweeper);
     free(cs);
 }
 

@@ -36,6 +36,10 @@ struct nx_channel_out {
     const char *reply_to;   /* the inbound msg_id being answered, or NULL */
     const char *session_id; /* or NULL */
     const char *key;        /* idempotency key, stable across redeliveries; never NULL in send() */
+    /* A reply sent in steps (chunks; a photo then text) that a crash interrupted: its first
+     * steps_done steps were delivered (reported with nx_channel_progress), so the adapter starts
+     * after them. 0 = from the start. */
+    uint32_t steps_done;
     /* The whole outbound bus payload (borrowed, valid during `send`), for adapter-specific
      * fields such as Telegram's `buttons` and `media`. */
     const json_t *payload;
@@ -159,6 +163,12 @@ int nx_channel_precheck(struct nx_channel *ch, const struct nx_channel_in *in);
  * after stop (what stop cancels stays pending and is sent again at the next start). */
 void nx_channel_sent(struct nx_channel *ch, const char *key, const char *provider_id, int status,
                      const char *error);
+/* The adapter reports that the first `steps` steps of a reply sent in several (text chunks, a
+ * photo then text) are delivered, after each step but the last (which nx_channel_sent
+ * reports); provider_id: the service's id of the first step. A send resumed after a crash then
+ * starts at the first step not delivered (nx_channel_out.steps_done): only a step whose report
+ * did not commit (a few ms of group commit) may go twice. Loop thread. */
+void nx_channel_progress(struct nx_channel *ch, const char *key, uint32_t steps, const char *provider_id);
 /* A later delivery update from the service (WhatsApp statuses): state "delivered", "read" or
  * "failed" ("sent" is accepted and ignored: nx_channel_sent recorded it); error = the service's
  * reason or NULL. A state never goes backwards. Loop thread. */

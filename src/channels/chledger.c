@@ -36,6 +36,7 @@ struct nx_chledger {
     struct nx_store *store;
     nx_chledger_deliver_fn deliver;
     struct nx_bus_msg *current; /* the ledger's own delivery in progress */
+    uint32_t current_steps;     /* its steps delivered before (a resumed multi-step reply) */
     struct op *ops;
     struct nx_timer *timer;
     bool is_taking;
@@ -175,9 +176,11 @@ int nx_chledger_publish(struct nx_channel *ch, struct nx_chledger *l, const stru
 
 static void schedule_take(struct nx_chledger *l, uint64_t ms);
 
-/* Hands a claimed reply to the channel's subscriber. Returns the subscriber's rc: < 0 = not
- * taken now (given back to the ledger; a take is scheduled after RETRY_MS). */
-static int deliver_now(struct nx_chledger *l, const char *key, const char *subject, const char *data)
+/* Hands a claimed reply to the channel's subscriber, `steps` of it delivered already. Returns
+ * the subscriber's rc: < 0 = not taken now (given back to the ledger; a take is scheduled after
+ * RETRY_MS). */
+static int deliver_now(struct nx_chledger *l, const char *key, const char *subject, const char *data,
+                       uint32_t steps)
 {
     struct nx_channel *ch = l->ch;
     struct nx_envelope *env = NULL;
@@ -191,8 +194,13 @@ static int deliver_now(struct nx_chledger *l, const char *key, const char *subje
     }
     struct nx_bus_msg msg = {.subject = subject, .env = env, .data = data, .len = len, .attempt = 1};
     l->current = &msg;
+    l->current_steps = steps;
+    if (steps)
+        nx_info("ledger", "%s: reply %s resumes after its %u delivered step%s", nx_channel_label(ch),
+                key, steps, steps == 1 ? "" : "s");
     int rc = l->deliver(nx_channel_bus(ch), &msg, ch);
     l->current = NULL;
+    l->current_steps = 0;
     if (rc < 0) {
         nx_warn("ledger", "%s: reply %s not taken now (%s): retried from the ledger",
                 nx_channel_label(ch), key, msg.error ? msg.error : nx_strerror(rc));
@@ -227,7 +235,7 @@ static void on_claimed(int rc, int64_t is_claimed, void *arg)
         count(m_skipped, l->ch);
         goto out;
     }
-    deliver_now(l, o->key, o->subject, o->data);
+    deliver_now(l, o->key, o->subject, o->data, rc < 0 ? 0 : (uint32_t)(is_claimed - 1));
 out:
     op_free(o);
 }
@@ -327,7 +335,7 @@ static void on_taken(int rc, const struct nx_ledger_row *v, size_t n, void *arg)
     bool is_refused = false;
     for (size_t i = 0; i < n && o->l; i++) {
         count(m_resent, l->ch);
-        int drc = deliver_now(l, v[i].key, v[i].subject, v[i].envelope);
+        int drc = deliver_now(l, v[i].key, v[i].subject, v[i].envelope, v[i].steps_sent);
         if (drc < 0)
             is_refused = true; /* deliver_now scheduled the take after RETRY_MS: keep that delay */
         if (drc == NX_EAGAIN) { /* the adapter's queue is full: the rest waits for the retry too */
@@ -358,6 +366,17 @@ static void schedule_take(struct nx_chledger *l, uint64_t ms)
     if (l->timer)
         nx_timer_cancel(l->timer);
     l->timer = nx_timer_once(nx_channel_loop(l->ch), ms, take, l);
+}
+
+uint32_t nx_chledger_steps_done(const struct nx_chledger *l, const struct nx_bus_msg *msg)
+{
+    return l && msg == l->current ? l->current_steps : 0;
+}
+
+void nx_chledger_progress(struct nx_chledger *l, const char *key, uint32_t steps, const char *provider_id)
+{
+    if (l && key)
+        nx_ledger_outbound_progress(l->store, key, steps, provider_id, NULL, NULL);
 }
 
 void nx_chledger_sent(struct nx_chledger *l, const char *key, const char *provider_id, int status,

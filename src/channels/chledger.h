@@ -45,6 +45,12 @@ const char *nx_chledger_key(const struct nx_envelope *env);
  * nx_channels_new. */
 void nx_chledger_use_jetstream(bool on);
 
+/* For the outbound subscriber, during the ledger's delivery msg: the steps of that reply
+ * delivered before (a send resumed after a restart), else 0. */
+uint32_t nx_chledger_steps_done(const struct nx_chledger *l, const struct nx_bus_msg *msg);
+/* Records that the first `steps` steps of reply key are delivered (nx_channel_progress). */
+void nx_chledger_progress(struct nx_chledger *l, const char *key, uint32_t steps, const char *provider_id);
+
 void nx_chledger_sent(struct nx_chledger *l, const char *key, const char *provider_id, int status,
                       const char *error);
 void nx_chledger_status(struct nx_chledger *l, const char *provider_id, const char *state,

@@ -14,6 +14,7 @@
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/error.h"
+#include "core/log.h"
 
 struct nx_media_fetch {
     struct nx_media_fetch_opts o; /* strings below are copies */
@@ -38,6 +39,18 @@ int nx_media_mkdirs(const char *dir)
         p[i] = c;
     }
     free(p);
+    return rc;
+}
+
+int nx_media_make_outbox(const char *data_dir)
+{
+    struct nx_buf dir = NX_BUF_INIT;
+    nx_buf_printf(&dir, "%s/media/outbox", data_dir);
+    int rc = nx_media_mkdirs(nx_buf_cstr(&dir));
+    if (rc < 0)
+        nx_error("channels", "cannot create %s (%s): agents cannot send files until it exists",
+                 nx_buf_cstr(&dir), strerror(errno));
+    nx_buf_cleanup(&dir);
     return rc;
 }
 

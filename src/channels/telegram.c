@@ -396,7 +396,9 @@ static void batch_done(struct tg *tg)
     tg->batch = NULL;
     tg->nbatch = tg->bi = 0;
     tg->progress_ms = nx_mono_ms();
-    if (tg->batch_offset != tg->offset && !tg->webhook_secret) { /* webhooks keep no offset */
+    if (tg->webhook_secret) { /* webhooks keep no offset: the request is answered instead */
+        nx_tg_webhook_done(tg, tg->is_batch_stalled);
+    } else if (tg->batch_offset != tg->offset) {
         tg->offset = tg->batch_offset;
         struct kv_job *j = nx_calloc(1, sizeof *j);
         j->tg = tg_ref(tg);
@@ -454,19 +456,14 @@ static void process_batch(struct tg *tg)
     batch_done(tg);
 }
 
-int nx_tg_feed(struct tg *tg, struct nx_tg_update *v, size_t n)
+void nx_tg_feed(struct tg *tg, struct nx_tg_update *v, size_t n)
 {
-    if (tg->is_stopped || tg->batch) {
-        nx_tg_updates_free(v, n);
-        return tg->is_stopped ? NX_ECLOSED : NX_EBUSY;
-    }
     tg->batch = v;
     tg->nbatch = n;
     tg->bi = 0;
     tg->batch_offset = 0; /* webhooks: no offset; the event key recognises a repeat */
     tg->is_batch_stalled = false;
     process_batch(tg);
-    return tg->is_batch_stalled ? NX_EAGAIN : 0;
 }
 
 static void on_poll_done(int rc, const struct nx_http_response *res, const char *err, void *udata)
@@ -668,6 +665,7 @@ static void tg_stop(void *state)
         nx_http_call_cancel(tg->q.call);
     if (tg->fetch)
         nx_tg_fetch_cancel(tg->fetch); /* on_fetched drops its reference */
+    nx_tg_webhook_stop(tg);
     uv_close((uv_handle_t *)&tg->poll_timer, on_timer_closed);
     nx_sendq_close(&tg->q, on_timer_closed);
     uv_close((uv_handle_t *)&tg->typing_timer, on_timer_closed);

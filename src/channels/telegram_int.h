@@ -86,6 +86,10 @@ struct tg {
     struct typing typing_v[TYPING_CHATS_MAX];
     size_t ntyping;
     char *webhook_secret;  /* webhook mode: the secret token; NULL = polling (telegram_webhook.c) */
+    /* webhook mode: requests whose update waits for the one being handled (hook_cur), in order */
+    struct tg_hook *hooks, **hooks_tail, *hook_cur;
+    size_t nhooks;
+    bool is_hook_looping;  /* hook_next is on the stack (an update handled at once re-enters it) */
 };
 
 static inline struct tg *tg_ref(struct tg *tg)
@@ -139,17 +143,24 @@ void nx_tg_typing_start(struct tg *tg, int64_t chat);
 /* For calls whose answer only matters in the debug log. */
 void nx_tg_on_aux_done(int rc, const struct nx_http_response *res, const char *err, void *udata);
 
-/* telegram.c: hands updates a webhook brought (taking v) to the processing polling uses. No
- * offset applies (repeats are recognised by their event key). NX_EBUSY while an earlier batch is
- * still being handled (a media download): the caller answers 503 and Telegram retries. */
-int nx_tg_feed(struct tg *tg, struct nx_tg_update *v, size_t n);
+/* telegram.c: hands updates a webhook brought (taking v) to the processing polling uses; call it
+ * only while no batch is being handled. No offset applies (repeats are recognised by their event
+ * key). When the batch is done (at once, or after a media download) nx_tg_webhook_done runs. */
+void nx_tg_feed(struct tg *tg, struct nx_tg_update *v, size_t n);
 
 /* telegram_webhook.c */
 /* The channel type's webhook handler (POST /webhooks/telegram[/<instance>]). */
 void nx_tg_webhook(void *state, struct nx_http_req *req);
 /* Webhook mode at start: keeps the secret, calls setWebhook when conf->webhook.url is set. */
 void nx_tg_webhook_start(struct tg *tg, const struct nx_tg_conf *conf);
+/* The update fed last is handled (is_stalled: it could not be published now): answers its
+ * request and feeds the next one waiting. */
+void nx_tg_webhook_done(struct tg *tg, bool is_stalled);
+/* At stop: answers every request still waiting 503 (Telegram delivers those updates again). */
+void nx_tg_webhook_stop(struct tg *tg);
 /* Frees what webhook mode holds (from the last unref). */
 void nx_tg_webhook_cleanup(struct tg *tg);
+/* Requests queued behind the update being handled at most; 503 beyond. */
+#define NX_TG_HOOKS_MAX 100
 
 #endif

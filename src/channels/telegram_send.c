@@ -149,6 +149,8 @@ static void step_done(struct tg *tg, struct out_msg *m, const json_t *result)
     m->is_plain = false;
     if (++m->sent == m->nsteps)
         drop_head(tg, NULL, 0, NULL);
+    else if (m->key && tg->ch) /* a crash from here on resumes at the next step */
+        nx_channel_progress(tg->ch, m->key, (uint32_t)m->sent, m->first_id);
 }
 
 static bool is_media_step(const struct out_msg *m)
@@ -445,6 +447,12 @@ int nx_tg_send(void *state, const struct nx_channel_out *out)
     m->key = out->key ? nx_strdup(out->key) : NULL;
     if (!tg_parse_i64(out->reply_to, &m->reply_to))
         m->reply_to = 0;
+    if (out->steps_done >= m->nsteps) { /* all delivered before a crash; only the report was lost */
+        nx_tg_out_msg_free(m);
+        nx_channel_sent(tg->ch, out->key, NULL, 0, NULL);
+        return 0;
+    }
+    m->sent = out->steps_done; /* resumed: the same text makes the same steps */
     enqueue(tg, m);
     return 0;
 }

@@ -1,3 +1,4 @@
+#include <inttypes.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +15,93 @@
  * setWebhook. The header is compared in constant time before the body is parsed (401 when it is
  * missing or wrong); the update then goes through the processing long polling uses (allowlist,
  * media, publish with the same event key), so a redelivered update is recognised by the ledger.
- * When `url` is set, nexo registers it with setWebhook at start. */
+ * When `url` is set, nexo registers it with setWebhook at start.
+ *
+ * A request is answered 200 only once its update, media included, is in the ledger: an update
+ * with a photo or a document is answered after its download and the commit, so a crash during
+ * the download leaves it unanswered and Telegram delivers it again. Updates are handled one at a
+ * time in arrival order (as polling does); requests arriving meanwhile wait in a queue
+ * (NX_TG_HOOKS_MAX; 503 beyond, and Telegram retries). */
+
+struct tg_hook {
+    struct tg_hook *next;
+    struct nx_http_req *req; /* NULL once the client went away (the update is handled anyway) */
+    struct nx_tg_update *v;  /* the parsed update until fed */
+};
+
+static void on_hook_abort(void *arg)
+{
+    struct tg_hook *h = arg;
+    h->req = NULL;
+}
+
+static void hook_free(struct tg_hook *h)
+{
+    if (h->req)
+        nx_http_req_on_abort(h->req, NULL, NULL);
+    nx_tg_updates_free(h->v, h->v ? 1 : 0);
+    free(h);
+}
+
+/* Feeds the waiting updates one after another while each is handled at once (no download). */
+static void hook_next(struct tg *tg)
+{
+    if (tg->is_hook_looping)
+        return;
+    tg->is_hook_looping = true;
+    while (!tg->hook_cur && tg->hooks && !tg->is_stopped) {
+        struct tg_hook *h = tg->hooks;
+        tg->hooks = h->next;
+        if (!tg->hooks)
+            tg->hooks_tail = &tg->hooks;
+        tg->nhooks--;
+        tg->hook_cur = h;
+        struct nx_tg_update *v = h->v;
+        h->v = NULL;
+        nx_tg_feed(tg, v, 1); /* nx_tg_webhook_done may run inside */
+    }
+    tg->is_hook_looping = false;
+}
+
+/* Answers h's request (when its client is still there) 503, or hands it to the framework to be
+ * answered 200 once the store has committed what was queued so far; h is freed. */
+static void hook_answer(struct tg *tg, struct tg_hook *h, bool is_recorded, const char *why)
+{
+    struct nx_http_req *req = h->req;
+    h->req = NULL;
+    if (req) {
+        nx_http_req_on_abort(req, NULL, NULL);
+        if (is_recorded)
+            nx_channel_webhook_ack(tg->ch, req, 200, "application/json", "{\"ok\":true}", 11);
+        else /* Telegram delivers it again later; the event key makes a repeat harmless */
+            nx_http_respond_error(req, 503, "overloaded_error", why);
+    }
+    hook_free(h);
+}
+
+void nx_tg_webhook_done(struct tg *tg, bool is_stalled)
+{
+    struct tg_hook *h = tg->hook_cur;
+    tg->hook_cur = NULL;
+    if (h)
+        hook_answer(tg, h, !is_stalled, "busy: try again");
+    hook_next(tg);
+}
+
+void nx_tg_webhook_stop(struct tg *tg)
+{
+    struct tg_hook *h;
+    if ((h = tg->hook_cur)) { /* its download is cancelled: not recorded */
+        tg->hook_cur = NULL;
+        hook_answer(tg, h, false, "stopping: try again");
+    }
+    while ((h = tg->hooks)) {
+        tg->hooks = h->next;
+        hook_answer(tg, h, false, "stopping: try again");
+    }
+    tg->hooks_tail = &tg->hooks;
+    tg->nhooks = 0;
+}
 
 static bool secret_ok(const char *want, const char *got, size_t got_len)
 {
@@ -29,7 +116,6 @@ void nx_tg_webhook(void *state, struct nx_http_req *req)
     const char *method = nx_http_req_method(req, &mlen);
     const char *got = nx_http_req_header(req, "X-Telegram-Bot-Api-Secret-Token", &hlen);
     struct nx_tg_update *v = NULL;
-    size_t n = 0;
 
     if (tg->is_stopped || !tg->webhook_secret) {
         nx_http_respond_error(req, 404, "not_found_error", "this bot is not in webhook mode");
@@ -69,16 +155,24 @@ void nx_tg_webhook(void *state, struct nx_http_req *req)
         nx_http_respond_error(req, 400, "invalid_request_error", "not an Update object");
         return;
     }
-    n = 1;
-    int rc = nx_tg_feed(tg, v, n); /* takes v */
-    if (rc < 0) {
-        /* Telegram delivers it again later; the event key makes a repeat harmless. */
-        nx_info("telegram", "%s: webhook update not taken now (%s): Telegram will retry", tg->label,
-                nx_strerror(rc));
+    if (tg->nhooks >= NX_TG_HOOKS_MAX) {
+        nx_tg_updates_free(v, 1);
+        nx_warn("telegram", "%s: %zu webhook updates already wait: this one is refused (Telegram "
+                "will retry)", tg->label, tg->nhooks);
         nx_http_respond_error(req, 503, "overloaded_error", "busy: try again");
         return;
     }
-    nx_channel_webhook_ack(tg->ch, req, 200, "application/json", "{\"ok\":true}", 11); /* once recorded */
+    struct tg_hook *h = nx_calloc(1, sizeof *h);
+    h->req = req;
+    h->v = v;
+    *tg->hooks_tail = h;
+    tg->hooks_tail = &h->next;
+    tg->nhooks++;
+    if (tg->hook_cur)
+        nx_debug("telegram", "%s: webhook update %" PRId64 " waits behind %zu other%s", tg->label,
+                 v->update_id, tg->nhooks, tg->nhooks == 1 ? "" : "s");
+    nx_http_req_on_abort(req, on_hook_abort, h);
+    hook_next(tg);
 }
 
 static void on_set_webhook(int rc, const struct nx_http_response *res, const char *err, void *udata)
@@ -105,6 +199,7 @@ static void on_set_webhook(int rc, const struct nx_http_response *res, const cha
 
 void nx_tg_webhook_start(struct tg *tg, const struct nx_tg_conf *conf)
 {
+    tg->hooks_tail = &tg->hooks;
     tg->webhook_secret = nx_strdup(conf->webhook.secret_token);
     if (!conf->webhook.url) {
         nx_info("telegram", "%s: webhook mode (no polling): updates are taken at /webhooks/telegram%s%s; "

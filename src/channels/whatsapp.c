@@ -258,10 +258,12 @@ static void on_send_done(int rc, const struct nx_http_response *res, const char 
         if (!m->first_id)
             m->first_id = nx_strdup(wamid);
         m->attempts = 0;
-        if (++m->sent == json_array_size(m->reqs))
+        if (++m->sent == json_array_size(m->reqs)) {
             finish_head(wa, 0, NULL);
-        else
+        } else { /* a crash from here on resumes at the next request */
+            nx_channel_progress(wa->ch, m->key, (uint32_t)m->sent, m->first_id);
             send_kick(wa);
+        }
         goto out;
     }
     memset(&ge, 0, sizeof ge);
@@ -444,7 +446,7 @@ static int wa_send(void *state, const struct nx_channel_out *out)
         nx_channel_sent(wa->ch, out->key, NULL, NX_EINVAL, err);
         return 0;
     }
-    if (json_array_size(reqs) == 0) { /* nothing but whitespace */
+    if (json_array_size(reqs) <= out->steps_done) { /* whitespace only, or all delivered before a crash */
         json_decref(reqs);
         nx_channel_sent(wa->ch, out->key, NULL, 0, NULL);
         return 0;
@@ -453,6 +455,7 @@ static int wa_send(void *state, const struct nx_channel_out *out)
     m->to = nx_strdup(out->to[0] == '+' ? out->to + 1 : out->to);
     m->key = nx_strdup(out->key ? out->key : "");
     m->reqs = reqs;
+    m->sent = out->steps_done; /* resumed: the same text makes the same requests */
     m->is_template = is_template;
     nx_sendq_push(&wa->q, &m->qi); /* room checked above */
     send_kick(wa);

@@ -88,6 +88,22 @@ static const struct nx_conf_field gw_log_fields[] = {
 };
 static const struct nx_conf_struct gw_log = {.name = "\"log\"", .fields = gw_log_fields};
 
+static void check_retention(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst)
+{
+    char buf[96];
+    uint64_t ms = *(uint64_t *)dst;
+    if (ms != 0 && ms < 60000)
+        nx_conf_error(ctx, val, "value %s for \"retention\" too short (0 = keep forever, else at least 1m)",
+                      nx_cnode_describe(val, buf, sizeof buf));
+}
+
+static const struct nx_conf_field gw_media_fields[] = {
+    {NX_FIELD("retention", NX_CT_DURATION, G, media_retention_ms), .def = "30d", .min = 0,
+     .max = (int64_t)3650 * 86400000, .check = check_retention},
+    {.name = NULL},
+};
+static const struct nx_conf_struct gw_media = {.name = "\"media\"", .fields = gw_media_fields};
+
 static void check_gateway(struct nx_conf_ctx *ctx, const struct nx_cnode *node, void *obj)
 {
     static const char *const names[] = {"listen", "metrics_listen", "admin_listen"};
@@ -118,6 +134,7 @@ static const struct nx_conf_field gateway_fields[] = {
     {NX_GROUP("http_client", &gw_client)},
     {NX_FIELD("shutdown_grace", NX_CT_DURATION, G, shutdown_grace_ms), .def = "10s", .min = 0, .max = 600000},
     {NX_GROUP("log", &gw_log)},
+    {NX_GROUP("media", &gw_media)},
     {.name = NULL},
 };
 

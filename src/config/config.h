@@ -92,6 +92,7 @@ struct nx_gateway_conf {
     uint32_t shutdown_grace_ms;      /* `shutdown_grace`; default 10s */
     char **redact_patterns;          /* `log.redact_patterns` (POSIX ERE), NULL-terminated, never NULL */
     char *log_level;                 /* `log.level`; NULL = info (the CLI flag wins) */
+    uint64_t media_retention_ms;     /* `media.retention`: received channel files kept (30d; 0 = forever) */
 };
 
 /* ---- llm.yaml ---- */

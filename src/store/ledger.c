@@ -29,6 +29,7 @@ enum stmt_id {
     S_OUT_EARLY_TAKE,
     S_OUT_EARLY_DROP,
     S_OUT_HAS_PID,
+    S_OUT_STEPS,
     S_COUNT,
 };
 
@@ -61,7 +62,9 @@ static const char *const stmt_sql[S_COUNT] = {
         "WHERE key = ?1 AND state = 'pending' AND claim != ?2",
     [S_OUT_UNCLAIM] = K "UPDATE ledger_outbound SET claim = 0, updated_at = ?2 "
         "WHERE key = ?1 AND state = 'pending'",
-    [S_OUT_SENT] = K "UPDATE ledger_outbound SET state = ?2, provider_id = coalesce(?3, provider_id), "
+    /* a reply sent in steps is known by its first step's id, recorded with the progress */
+    [S_OUT_SENT] = K "UPDATE ledger_outbound SET state = ?2, "
+        "provider_id = coalesce(progress_id, ?3, provider_id), "
         "last_error = ?4, updated_at = ?5, sent_at = CASE WHEN ?2 = 'sent' THEN ?5 "
         "ELSE sent_at END WHERE key = ?1 AND state IN ('pending', 'sent', 'failed')",
     /* a delivery state only moves forward: pending < sent < delivered < read; failed last */
@@ -84,6 +87,7 @@ static const char *const stmt_sql[S_COUNT] = {
     [S_OUT_HAS_PID] = K "SELECT 1 FROM ledger_outbound WHERE channel = ?1 AND instance = ?2 AND "
         "provider_id = ?3 AND key NOT LIKE 'early:%' LIMIT 1",
     [S_OUT_EARLY_DROP] = K "DELETE FROM ledger_outbound WHERE key = 'early:' || ?1 || ':' || ?2 || ':' || ?3",
+    [S_OUT_STEPS] = K "SELECT steps_sent FROM ledger_outbound WHERE key = ?1",
 };
 #undef K
 
@@ -411,7 +415,7 @@ void nx_ledger_inbound_fail(struct nx_store *s, const char *id, const char *erro
 /* ---- listing ---- */
 
 /* Appends every row of a SELECT of (key, channel, instance, subject, envelope, state,
- * provider_id, last_error, attempts). */
+ * provider_id, last_error, attempts[, steps_sent]). */
 static int collect(sqlite3 *db, sqlite3_stmt *st, struct ljob *j)
 {
     size_t cap = j->nrows;
@@ -431,6 +435,7 @@ static int collect(sqlite3 *db, sqlite3_stmt *st, struct ljob *j)
         r->provider_id = col_dup(st, 6);
         r->last_error = col_dup(st, 7);
         r->attempts = (uint32_t)sqlite3_column_int64(st, 8);
+        r->steps_sent = sqlite3_column_count(st) > 9 ? (uint32_t)sqlite3_column_int64(st, 9) : 0;
     }
     if (rc != SQLITE_DONE)
         nx_error("ledger", "%s", sqlite3_errmsg(db));
@@ -489,7 +494,7 @@ static int get_job(sqlite3 *db, void *arg)
     int rc = NX_EDB;
     const char *sql = j->flag
         ? "SELECT key, channel, instance, subject, envelope, state, provider_id, last_error, "
-          "attempts FROM ledger_outbound WHERE key = ?1"
+          "attempts, steps_sent FROM ledger_outbound WHERE key = ?1"
         : "SELECT id, channel, instance, subject, envelope, state, NULL, last_error, attempts "
           "FROM ledger_inbound WHERE id = ?1";
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
@@ -575,9 +580,14 @@ static int out_claim_job(sqlite3 *db, void *arg)
     bind_text(st, 1, r->key);
     sqlite3_bind_int64(st, 2, (sqlite3_int64)j->boot);
     sqlite3_bind_int64(st, 3, now_ms());
-    rc = step_done(db, st, &changes);
-    j->result = changes > 0;
-    return rc;
+    if ((rc = step_done(db, st, &changes)) < 0 || changes == 0)
+        return rc; /* result 0: not claimed */
+    if (!(st = stmt(db, S_OUT_STEPS)))
+        return NX_EDB;
+    bind_text(st, 1, r->key);
+    j->result = 1 + (sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0);
+    done_with(st);
+    return 0;
 }
 
 void nx_ledger_outbound_claim(struct nx_store *s, const struct nx_ledger_reply *r, uint64_t boot,
@@ -620,8 +630,8 @@ static int take_job(sqlite3 *db, void *arg)
     sqlite3_stmt *st = NULL;
     int rc = NX_EDB;
     if (sqlite3_prepare_v2(db, "SELECT key, channel, instance, subject, envelope, state, provider_id, "
-                               "last_error, attempts + 1 FROM ledger_outbound WHERE state = 'pending' "
-                               "AND channel = ?1 AND instance = ?2 AND claim != ?3 "
+                               "last_error, attempts + 1, steps_sent FROM ledger_outbound "
+                               "WHERE state = 'pending' AND channel = ?1 AND instance = ?2 AND claim != ?3 "
                                "ORDER BY seq, rowid LIMIT ?4", -1, &st, NULL) != SQLITE_OK) {
         nx_error("ledger", "%s", sqlite3_errmsg(db));
         goto out;

@@ -90,6 +90,7 @@ struct nx_ledger_row {
     char *provider_id; /* outbound; NULL when none */
     char *last_error;
     uint32_t attempts;
+    uint32_t steps_sent; /* outbound (take, get): steps of a multi-step reply delivered already */
 };
 /* rc, then rows (owned by the ledger, valid during the call). */
 typedef void (*nx_ledger_rows_fn)(int rc, const struct nx_ledger_row *v, size_t n, void *arg);
@@ -107,7 +108,8 @@ void nx_ledger_inbound_unanswered_since(struct nx_store *s, int64_t since_ms, si
  * event its key names ("<inbound id>:<n>") answered if it is still received or routed here (it
  * was routed by another process), then claims the reply for this process (`boot`, non-zero,
  * unique per process start) when it is pending and not claimed by this boot yet, counting an
- * attempt. result 1 = claimed (send it), 0 = sent, delivered,
+ * attempt. result >= 1 = claimed: send it, skipping its first result - 1 steps, which were
+ * delivered already (nx_ledger_outbound_progress; 1 = from the start); 0 = sent, delivered,
  * read or failed already, or being sent by this process (a redelivery: do nothing). */
 void nx_ledger_outbound_claim(struct nx_store *s, const struct nx_ledger_reply *r, uint64_t boot,
                               nx_ledger_done_fn done, void *arg);
@@ -116,9 +118,16 @@ void nx_ledger_outbound_claim(struct nx_store *s, const struct nx_ledger_reply *
 void nx_ledger_outbound_unclaim(struct nx_store *s, const char *key, nx_ledger_done_fn done,
                                 void *arg);
 /* Resume: claims up to `limit` pending replies of (channel, instance) not claimed by `boot`,
- * oldest first, and lists them (key, subject, envelope, attempts). limit 0 = 1000. */
+ * oldest first, and lists them (key, subject, envelope, attempts, steps_sent). limit 0 = 1000. */
 void nx_ledger_outbound_take(struct nx_store *s, const char *channel, const char *instance,
                              uint64_t boot, size_t limit, nx_ledger_rows_fn done, void *arg);
+/* A reply sent in several steps (chunks, a photo then text): its first `steps` steps are
+ * delivered; provider_id = the service's id of its first step (kept from the first report; the
+ * reply is known by it once sent). Only a pending reply changes, and only forward, so a resumed
+ * send (nx_ledger_outbound_take's steps_sent, the claim's result) starts at the first step not
+ * delivered. result 1 = the row changed. */
+void nx_ledger_outbound_progress(struct nx_store *s, const char *key, uint32_t steps,
+                                 const char *provider_id, nx_ledger_done_fn done, void *arg);
 /* The adapter's report: status 0 = sent (provider_id may be NULL), < 0 = failed (error). A
  * reply already delivered or read stays so. result 1 = the row changed. */
 void nx_ledger_outbound_sent(struct nx_store *s, const char *key, const char *provider_id,

@@ -7,7 +7,8 @@
 #include "runtime/runtime.h"
 #include "store/ledger.h"
 
-/* Ledger housekeeping: settling turns that ended without an answer of their own, and retention:
+/* Ledger housekeeping: the progress of replies sent in steps, settling turns that ended without
+ * an answer of their own, and retention:
  * finished rows older than the retention are deleted, a small batch per
  * store job so a pass never holds the write transaction long (other writes queue between the
  * batches). The deletes run on the store thread; the pass is started by a loop timer. */
@@ -77,6 +78,65 @@ void nx_ledger_prune(struct nx_store *s, int64_t before_ms, uint32_t batch, nx_l
     j->done = done;
     j->arg = arg;
     nx_store_write(s, prune_job, on_pruned, j);
+}
+
+/* ---- the progress of a reply sent in steps (a few per long reply: no cached statement) ---- */
+
+struct progress_job {
+    char *key, *provider_id;
+    uint32_t steps;
+    int64_t changes;
+    nx_ledger_done_fn done;
+    void *arg;
+};
+
+static int progress_job(sqlite3 *db, void *arg)
+{
+    struct progress_job *j = arg;
+    sqlite3_stmt *st = NULL;
+    int rc = NX_EDB;
+    /* only forward, and only while the reply is pending */
+    static const char sql[] = "UPDATE ledger_outbound SET steps_sent = ?2, progress_id = "
+                              "coalesce(progress_id, ?3), updated_at = ?4 "
+                              "WHERE key = ?1 AND state = 'pending' AND steps_sent < ?2";
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+        goto out;
+    sqlite3_bind_text(st, 1, j->key, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, j->steps);
+    if (j->provider_id)
+        sqlite3_bind_text(st, 3, j->provider_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 4, (int64_t)nx_wall_ms());
+    if (sqlite3_step(st) != SQLITE_DONE)
+        goto out;
+    j->changes = sqlite3_changes(db);
+    rc = 0;
+out:
+    if (rc < 0)
+        nx_error("ledger", "progress: %s", sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static void on_progress(int rc, void *arg)
+{
+    struct progress_job *j = arg;
+    if (j->done)
+        j->done(rc, rc < 0 ? 0 : j->changes, j->arg);
+    free(j->key);
+    free(j->provider_id);
+    free(j);
+}
+
+void nx_ledger_outbound_progress(struct nx_store *s, const char *key, uint32_t steps,
+                                 const char *provider_id, nx_ledger_done_fn done, void *arg)
+{
+    struct progress_job *j = nx_calloc(1, sizeof *j);
+    j->key = nx_strdup(key);
+    j->provider_id = provider_id ? nx_strdup(provider_id) : NULL;
+    j->steps = steps;
+    j->done = done;
+    j->arg = arg;
+    nx_store_write(s, progress_job, on_progress, j);
 }
 
 /* ---- settling a turn that ended without its own answer (rare: no cached statement) ---- */

@@ -118,6 +118,11 @@ static const struct nx_migration migrations[] = {
      "    PRIMARY KEY (channel, instance, sender)\n"
      ");\n"
      "CREATE UNIQUE INDEX channel_pairing_code ON channel_pairing(code) WHERE code IS NOT NULL;"},
+    /* a reply sent in several steps (chunks): how many were delivered, and the first one's id,
+     * so a send resumed after a crash starts at the first step not delivered */
+    {6, "ledger_outbound_progress",
+     "ALTER TABLE ledger_outbound ADD COLUMN steps_sent INTEGER NOT NULL DEFAULT 0;\n"
+     "ALTER TABLE ledger_outbound ADD COLUMN progress_id TEXT;"},
 };
 
 const struct nx_migration *nx_migrations(size_t *count)

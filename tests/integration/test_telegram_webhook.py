@@ -2,15 +2,18 @@
 listener with X-Telegram-Bot-Api-Secret-Token, as Telegram does after setWebhook; replies go out
 through the telegram-test-api emulator (pinned npm peer), which records them. nexo must not poll
 getUpdates in this mode."""
+import http.client
 import http.server
 import json
+import os
+import sqlite3
 import threading
 import tempfile
 import time
 import unittest
 
 from nexo_harness import Nexo, main, write_config
-from peers import TgPeers, fake_requests, llm_yaml, poll, script
+from peers import TgPeers, fake_requests, llm_yaml, poll, post_json, script
 
 TOKEN = "5550001:WEBHOOK-TOKEN"
 SECRET = "s3cr3t_Token-for-webhooks"
@@ -56,6 +59,61 @@ class TelegramWebhook(TgPeers, unittest.TestCase):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         return self.n.request("POST", self.path, body=data, headers=headers)
 
+    def photo_update(self, chat, file_id):
+        u = self.update(chat, None)
+        del u["message"]["text"]
+        u["message"]["photo"] = [{"file_id": file_id, "file_unique_id": "u" + file_id,
+                                  "width": 90, "height": 60, "file_size": 700}]
+        return u
+
+    def post_in_thread(self, body, nexo=None):
+        """POSTs body to nexo's webhook from a thread; returns (thread, result list) where the
+        result is (status, body) or the exception the connection ended with."""
+        out = []
+
+        def run():
+            try:
+                headers = {"Content-Type": "application/json",
+                           "X-Telegram-Bot-Api-Secret-Token": SECRET}
+                st, data, _ = (nexo or self.n).request("POST", self.path, body=json.dumps(body).encode(),
+                                                       headers=headers, timeout=30)
+                out.append((st, data))
+            except (OSError, http.client.HTTPException) as e:
+                out.append(e)
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t, out
+
+    def control(self, **kw):
+        """POST /_control to the emulator (hold_files, release_files, hold_text); returns its
+        answer, with files_held and sends_held."""
+        return post_json(self.tg.url + "/_control", dict(kw, token=TOKEN))
+
+    def files(self, **kw):
+        return self.control(**kw)["files_held"]
+
+    def own_nexo(self, cfg):
+        """A nexo of this test's own on config dir cfg, as the class's (typing off, no polling)."""
+        write_config(cfg, {
+            "llm.yaml": llm_yaml(self.fport),
+            "agents.yaml": "agents:\n  - id: kate\n    model: {provider: anthropic, model: m}\n"
+                           "    inbound_bindings: [{plugin: telegram, instance: hook_bot}]\n",
+            "plugins/telegram.yaml": ("telegram:\n  - instance: hook_bot\n    token: \"%s\"\n"
+                                      "    api_url: %s\n    typing: false\n"
+                                      "    webhook: {enabled: true, secret_token: %s}\n")
+                                     % (TOKEN, self.tg.url, SECRET)})
+        return Nexo(config_dir=cfg).start()
+
+    @staticmethod
+    def kill_and_restart(n):
+        """kill -9, then start again on the same data directory."""
+        n.proc.kill()
+        n.proc.wait()
+        n.log.close()
+        n.notify.close()
+        os.unlink(os.path.join(n.tmp, "notify.sock"))
+        n.start()
+
     def bot_replies(self, chat):
         """Every reply the bot sent to chat so far (the emulator hands each out once)."""
         return self.tg.replies(TOKEN, chat)
@@ -89,6 +147,89 @@ class TelegramWebhook(TgPeers, unittest.TestCase):
         self.assertEqual([m["text"] for m in self.bot_replies(ALICE)], ["hello from the webhook"])
         asked = [r["body"]["messages"][-1]["content"][0]["text"] for r in self.llm_requests()]
         self.assertEqual(asked, ["hi by webhook"])
+
+    def test_a_photo_is_answered_after_its_download_and_others_wait_without_503(self):
+        chat_photo, chat_text = ALICE + 10, ALICE + 11
+        post_json(self.tg.url + "/_file", {"file_id": "WH-PHOTO", "size": 700})
+        script(self.fport, [{"text": "seen"}, {"text": "seen"}])
+        self.files(hold_files=1)
+        photo, ptxt = self.post_in_thread(self.photo_update(chat_photo, "WH-PHOTO"))
+        self.assertTrue(poll(lambda: self.files() == 1, 10), "the download never started")
+        text, ttxt = self.post_in_thread(self.update(chat_text, "meanwhile"))
+        time.sleep(0.5)  # a premature answer would have come by now
+        self.assertEqual((ptxt, ttxt), ([], []), "answered while the photo was still downloading")
+        self.files(release_files=True)
+        photo.join(20)
+        text.join(20)
+        self.assertEqual(ptxt, [(200, b'{"ok":true}')])
+        self.assertEqual(ttxt, [(200, b'{"ok":true}')])
+        self.assertEqual([m["text"] for m in self.tg.wait_replies(TOKEN, chat_photo, 1)], ["seen"])
+        self.assertEqual([m["text"] for m in self.tg.wait_replies(TOKEN, chat_text, 1)], ["seen"])
+        d = os.path.join(self.n.data_dir, "media", "telegram", "hook_bot")
+        self.assertEqual([f for f in os.listdir(d) if f.endswith("-photo.jpg")],
+                         ["%d-photo.jpg" % (self.update_id - 1)])
+
+    def test_a_crash_during_the_download_leaves_the_update_unanswered_then_it_is_handled_once(self):
+        chat = ALICE + 20
+        post_json(self.tg.url + "/_file", {"file_id": "WH-CRASH", "size": 700})
+        with tempfile.TemporaryDirectory() as cfg:
+            n = self.own_nexo(cfg)
+            try:
+                u = self.photo_update(chat, "WH-CRASH")
+                self.files(hold_files=1)
+                t, res = self.post_in_thread(u, nexo=n)
+                self.assertTrue(poll(lambda: self.files() == 1, 10), "the download never started")
+                script(self.fport, [{"text": "once"}])
+                n.proc.kill()  # kill -9 in the middle of the download
+                t.join(10)
+                self.assertEqual(len(res), 1)
+                self.assertIsInstance(res[0], Exception, "answered before the update was recorded")
+                self.assertTrue(poll(lambda: self.files() == 0, 10))
+                # the same data directory again; Telegram delivers the unanswered update again
+                self.kill_and_restart(n)
+                for _ in range(2):  # and once more, as if our 200 had been lost
+                    t, res = self.post_in_thread(u, nexo=n)
+                    t.join(20)
+                    self.assertEqual(res, [(200, b'{"ok":true}')])
+                self.assertEqual([m["text"] for m in self.tg.wait_replies(TOKEN, chat, 1)], ["once"])
+                time.sleep(1.0)  # a second reply would have come by now
+                self.assertEqual([m["text"] for m in self.bot_replies(chat)], ["once"])
+                self.assertEqual(len(self.llm_requests()), 1)
+                self.assertEqual(n.stop(), 0)
+            finally:
+                n.cleanup()
+
+    def test_a_crash_between_chunks_sends_only_the_chunks_not_delivered(self):
+        chat = ALICE + 30
+        parts = ["PART-%s %s." % (c, c.lower() * 3000) for c in "ABC"]  # 3 chunks of one reply
+        script(self.fport, [{"text": "\n\n".join(parts)}])
+        with tempfile.TemporaryDirectory() as cfg:
+            n = self.own_nexo(cfg)
+            try:
+                self.control(hold_text="PART-B")
+                t, res = self.post_in_thread(self.update(chat, "tell me a long story"), nexo=n)
+                t.join(20)
+                self.assertEqual(res, [(200, b'{"ok":true}')])
+                self.assertTrue(poll(lambda: self.control()["sends_held"] == 1, 20), "no second chunk")
+                db = sqlite3.connect(os.path.join(n.data_dir, "nexo.db"))
+                try:  # the first chunk's delivery is recorded (a few ms of group commit)
+                    self.assertTrue(poll(lambda: db.execute(
+                        "SELECT steps_sent FROM ledger_outbound WHERE state = 'pending'").fetchall()
+                        == [(1,)], 10))
+                finally:
+                    db.close()
+                self.kill_and_restart(n)  # kill -9 while the second chunk is being sent
+                got = self.tg.wait_replies(TOKEN, chat, 3)
+                time.sleep(1.0)  # a repeated chunk would have come by now
+                texts = [m["text"] for m in self.bot_replies(chat)]
+                self.assertEqual([x.split()[0] for x in texts], ["PART-A", "PART-B", "PART-C"], texts)
+                self.assertEqual(texts, parts)
+                self.assertEqual(len(got), 3)
+                self.assertEqual(len(self.llm_requests()), 1)
+                n.wait_log(r"reply \S+ resumes after its 1 delivered step")
+                self.assertEqual(n.stop(), 0)
+            finally:
+                n.cleanup()
 
     def test_bad_bodies_and_methods(self):
         self.assertEqual(self.post(b"[1,2]")[0], 400)
@@ -136,6 +277,11 @@ class TelegramWebhook(TgPeers, unittest.TestCase):
                 n.cleanup()
                 api.shutdown()
                 api.server_close()
+
+    def test_the_outbox_is_made_at_start(self):
+        d = os.path.join(self.n.data_dir, "media", "outbox")
+        self.assertTrue(os.path.isdir(d))
+        self.assertEqual(os.stat(d).st_mode & 0o777, 0o700)
 
     def test_no_polling_in_webhook_mode(self):
         log = self.n.read_log()

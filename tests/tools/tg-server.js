@@ -12,7 +12,11 @@
 //   - files users send: POST /_file {file_id, size, [file_path], [data_b64]} registers one (size
 //     bytes of 'x', or the given bytes); getFile and GET /file/bot<token>/<file_path> serve it
 //   - POST /_control {token, hang_polls: n} holds the next n getUpdates open without an answer;
-//     {token, reject_html: n} answers the next n HTML sends with "can't parse entities"
+//     {token, reject_html: n} answers the next n HTML sends with "can't parse entities";
+//     {hold_files: n} holds the next n file downloads (GET /file/...) open, {release_files: true}
+//     serves the held ones; every answer carries files_held (downloads being held now);
+//     {token, hold_text: s} holds the next sendMessage whose text contains s open without an
+//     answer (until the client gives up); every answer carries sends_held
 'use strict';
 const express = require('express');
 const TelegramServer = require('telegram-test-api');
@@ -21,10 +25,12 @@ const calls = []; // {token, method, body, t}
 const files = new Map(); // file_id -> {file_path, size}
 const control = new Map(); // token -> {hang_polls, reject_html}
 const hung = new Set(); // responses held open
+const fileHold = { left: 0, held: [] }; // downloads to hold; the held ones' release functions
+let sendsHeld = 0;
 
 function ctl(token) {
     if (!control.has(token))
-        control.set(token, { hang_polls: 0, reject_html: 0 });
+        control.set(token, { hang_polls: 0, reject_html: 0, hold_text: null });
     return control.get(token);
 }
 
@@ -148,7 +154,13 @@ async function main() {
         for (const k of ['hang_polls', 'reject_html'])
             if (req.body[k] !== undefined)
                 c[k] = Number(req.body[k]);
-        res.json({ ok: true, control: c });
+        if (req.body.hold_text !== undefined)
+            c.hold_text = req.body.hold_text;
+        if (req.body.hold_files !== undefined)
+            fileHold.left = Number(req.body.hold_files);
+        if (req.body.release_files)
+            fileHold.held.splice(0).forEach((release) => release());
+        res.json({ ok: true, control: c, files_held: fileHold.held.length, sends_held: sendsHeld });
     });
 
     app.all('/bot:token/getUpdates', (req, res, next) => {
@@ -163,8 +175,18 @@ async function main() {
     });
     app.all('/bot:token/sendMessage', (req, res, next) => {
         const b = req.body || {};
+        const c = ctl(req.params.token);
+        if (c.hold_text && String(b.text || '').includes(c.hold_text)) { // never answered
+            c.hold_text = null;
+            sendsHeld++;
+            hung.add(res);
+            res.on('close', () => {
+                hung.delete(res);
+                sendsHeld--;
+            });
+            return;
+        }
         if (b.parse_mode === 'HTML') {
-            const c = ctl(req.params.token);
             if (c.reject_html > 0) {
                 c.reject_html--;
                 return fail(res, 400, "Bad Request: can't parse entities: rejected by the test");
@@ -205,7 +227,20 @@ async function main() {
         const f = [...files.values()].find((x) => x.file_path === path);
         if (!f)
             return res.status(404).json({ ok: false, error_code: 404, description: 'Not Found' });
-        res.type('application/octet-stream').send(f.data || Buffer.alloc(f.size, 'x'));
+        const serve = () => res.type('application/octet-stream').send(f.data || Buffer.alloc(f.size, 'x'));
+        if (fileHold.left > 0) { // a slow download: served when the test releases it
+            fileHold.left--;
+            const release = () => {
+                res.off('close', forget);
+                if (!res.destroyed)
+                    serve();
+            };
+            const forget = () => fileHold.held.splice(fileHold.held.indexOf(release) >>> 0, 1);
+            res.on('close', forget);
+            fileHold.held.push(release);
+            return;
+        }
+        serve();
     });
     // The bodies are parsed once, here: the emulator's own parsers would find them consumed.
     const router = inner._router; // the emulator brings express 4

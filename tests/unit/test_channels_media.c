@@ -6,8 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include "channels/media.h"
 #include "channels/whatsapp.h"
@@ -240,6 +243,133 @@ static void test_downloads_check_sha256_and_read_the_media_url(void **state)
         assert_int_equal(nx_wa_parse_media_url(bad[i], strlen(bad[i]), &mi), NX_EPROTO);
 }
 
+/* ---- retention of received files ---- */
+
+static char sweep_tmp[128];
+
+static void sweep_file(const char *rel, int64_t age_s)
+{
+    char path[256];
+    struct timespec ts[2];
+    snprintf(path, sizeof path, "%s/%s", sweep_tmp, rel);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    fputs("x", f);
+    fclose(f);
+    clock_gettime(CLOCK_REALTIME, &ts[0]);
+    ts[0].tv_sec -= age_s;
+    ts[1] = ts[0];
+    assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
+}
+
+static bool sweep_exists(const char *rel)
+{
+    char path[256];
+    struct stat st;
+    snprintf(path, sizeof path, "%s/%s", sweep_tmp, rel);
+    return lstat(path, &st) == 0;
+}
+
+static const char *const sweep_dirs[] = {"media", "media/telegram", "media/telegram/bot",
+                                         "media/whatsapp", "media/whatsapp/sales", "media/outbox",
+                                         "media/other"};
+
+static void sweep_setup(void)
+{
+    char path[256];
+    snprintf(sweep_tmp, sizeof sweep_tmp, "/tmp/nx-sweep-XXXXXX");
+    assert_non_null(mkdtemp(sweep_tmp));
+    for (size_t i = 0; i < sizeof sweep_dirs / sizeof sweep_dirs[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", sweep_tmp, sweep_dirs[i]);
+        assert_int_equal(mkdir(path, 0700), 0);
+    }
+}
+
+static void sweep_teardown(const char *const *files, size_t n)
+{
+    char path[256];
+    for (size_t i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/%s", sweep_tmp, files[i]);
+        unlink(path);
+    }
+    for (size_t i = sizeof sweep_dirs / sizeof sweep_dirs[0]; i-- > 0;) {
+        snprintf(path, sizeof path, "%s/%s", sweep_tmp, sweep_dirs[i]);
+        assert_int_equal(rmdir(path), 0);
+    }
+    assert_int_equal(rmdir(sweep_tmp), 0);
+}
+
+#define DAY 86400
+
+static void test_retention_deletes_old_received_files_and_never_the_outbox(void **state)
+{
+    static const char *const files[] = {
+        "media/telegram/bot/1-photo.jpg", "media/telegram/bot/2-photo.jpg",
+        "media/whatsapp/sales/wamid.bin", "media/outbox/report.pdf", "media/other/keep.txt",
+        "media/telegram/bot/to-outbox", "media/telegram/old.part",
+    };
+    char root[256], target[256], link[256];
+    uv_loop_t loop;
+    (void)state;
+    sweep_setup();
+    sweep_file(files[0], 40 * DAY);
+    sweep_file(files[1], 1 * DAY);
+    sweep_file(files[2], 31 * DAY);
+    sweep_file(files[3], 400 * DAY); /* an agent's file to send: never the sweeper's */
+    sweep_file(files[4], 400 * DAY);
+    snprintf(target, sizeof target, "%s/%s", sweep_tmp, files[3]);
+    snprintf(link, sizeof link, "%s/%s", sweep_tmp, files[5]);
+    assert_int_equal(symlink(target, link), 0);
+    struct timespec old[2] = {{.tv_sec = 1000000000}, {.tv_sec = 1000000000}};
+    assert_int_equal(utimensat(AT_FDCWD, link, old, AT_SYMLINK_NOFOLLOW), 0);
+    sweep_file(files[6], 90 * DAY);
+
+    assert_int_equal(uv_loop_init(&loop), 0);
+    snprintf(root, sizeof root, "%s/media", sweep_tmp);
+    const char *types[] = {"telegram", "whatsapp", "signal"}; /* signal: no directory yet */
+    struct nx_media_sweeper *s = nx_media_sweeper_new(&loop, root, types, 3, 30ull * DAY * 1000, 10, 0);
+    uint64_t deadline = uv_now(&loop) + 10000;
+    while (nx_media_sweeper_deleted(s) < 3 && uv_now(&loop) < deadline)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_int_equal(nx_media_sweeper_deleted(s), 3);
+    nx_media_sweeper_free(s);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+
+    assert_false(sweep_exists(files[0]));
+    assert_true(sweep_exists(files[1]));
+    assert_false(sweep_exists(files[2]));
+    assert_true(sweep_exists(files[3]));
+    assert_true(sweep_exists(files[4]));
+    assert_true(sweep_exists(files[5])); /* a symlink is not a received file */
+    assert_false(sweep_exists(files[6]));
+    sweep_teardown(files, sizeof files / sizeof files[0]);
+}
+
+static void test_retention_is_bounded_per_pass(void **state)
+{
+    static const char *const files[] = {"media/telegram/bot/a", "media/telegram/bot/b",
+                                        "media/telegram/bot/c", "media/telegram/bot/d",
+                                        "media/telegram/bot/e"};
+    char dir[256];
+    (void)state;
+    sweep_setup();
+    for (size_t i = 0; i < 5; i++)
+        sweep_file(files[i], 40 * DAY);
+    snprintf(dir, sizeof dir, "%s/media/telegram", sweep_tmp);
+    int64_t cut = (int64_t)time(NULL) * 1000 - 30ll * DAY * 1000;
+    size_t left = 5;
+    for (int pass = 0; pass < 3; pass++) {
+        struct nx_media_sweep_pass p = {.before_ms = cut, .max_files = 2};
+        nx_media_sweep(dir, &p);
+        assert_int_equal(p.deleted, left < 2 ? left : 2);
+        assert_int_equal(p.errors, 0);
+        left -= p.deleted;
+    }
+    assert_int_equal(left, 0);
+    sweep_teardown(files, sizeof files / sizeof files[0]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -248,6 +378,8 @@ int main(void)
         cmocka_unit_test(test_paths_outside_the_media_root_are_refused),
         cmocka_unit_test(test_both_wire_formats_carry_the_image),
         cmocka_unit_test(test_downloads_check_sha256_and_read_the_media_url),
+        cmocka_unit_test(test_retention_deletes_old_received_files_and_never_the_outbox),
+        cmocka_unit_test(test_retention_is_bounded_per_pass),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
