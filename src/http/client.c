@@ -63,6 +63,7 @@ struct nx_http_call {
 struct nx_http_client {
     uv_loop_t *loop;
     CURLM *multi;
+    CURLSH *share; /* TLS session cache of every call (else each easy handle allocates its own) */
     uv_timer_t timer;
     uv_timer_t kick;
     char *proxy;
@@ -74,6 +75,7 @@ struct nx_http_client {
     struct nx_http_call *calls, *calls_tail;
     struct sock_ctx *socks;
     size_t inflight;
+    size_t peak_inflight; /* since the multi handle was made: how full its connection cache got */
     int depth;
     int open_handles;
     int is_freeing;
@@ -437,6 +439,13 @@ int nx_http_client_new(uv_loop_t *loop, const struct nx_http_client_opts *opts,
     return 0;
 }
 
+/* Idle connections kept for reuse: enough for steady traffic; after a burst of thousands of
+ * streams the rest are closed instead of holding their sockets and buffers. */
+static long max_connects(const struct nx_http_client *c)
+{
+    return c->host_conns * 2 < 256 ? c->host_conns * 2 : 256;
+}
+
 /* libcurl (dlopened by http/curl_loader.c) and the multi handle come at the first request, so a
  * client that never calls out costs no start-up time or memory. */
 static int ensure_multi(struct nx_http_client *c)
@@ -448,14 +457,21 @@ static int ensure_multi(struct nx_http_client *c)
         return global_rc;
     if (!(c->multi = curl_multi_init()))
         return NX_EHTTP;
+    /* One TLS session cache for all calls: a new connection to a provider resumes the last
+     * session, and no easy handle allocates a cache of its own (~840 bytes each, thousands at
+     * once under a burst of streams). Without it (NULL) curl falls back to per-handle caches. */
+    if (!c->share && (c->share = curl_share_init()) &&
+        curl_share_setopt(c->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK) {
+        curl_share_cleanup(c->share);
+        c->share = NULL;
+    }
+    c->peak_inflight = c->inflight;
     curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
     curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
     curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
     curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, c->host_conns);
-    /* Idle connections kept for reuse: enough for steady traffic; after a burst of thousands of
-     * streams the rest are closed instead of holding their sockets and buffers. */
-    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, c->host_conns * 2 < 256 ? c->host_conns * 2 : 256);
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, max_connects(c));
     return 0;
 }
 
@@ -474,22 +490,42 @@ static void close_cb_count(uv_handle_t *h)
     handle_closed(h->data);
 }
 
+/* Closes the multi handle and with it every cached connection. No call may be attached. */
+static void multi_close(struct nx_http_client *c)
+{
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, NULL);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, NULL);
+    /* stop watching before curl closes the cached connections' descriptors */
+    while (c->socks)
+        sock_close(c, c->socks);
+    curl_multi_cleanup(c->multi);
+    c->multi = NULL;
+    uv_timer_stop(&c->timer);
+}
+
 /* At depth 0 after nx_http_client_free: every call is finished and reaped. */
 static void finish_free(struct nx_http_client *c)
 {
     c->is_closed = 1;
     reap(c);
-    if (c->multi) { /* NULL when no request was ever made */
-        curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, NULL);
-        curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, NULL);
-        /* stop watching before curl closes the cached connections' descriptors */
-        while (c->socks)
-            sock_close(c, c->socks);
-        curl_multi_cleanup(c->multi);
-        c->multi = NULL;
-    }
+    if (c->multi) /* NULL when no request was ever made */
+        multi_close(c);
+    if (c->share) /* after the easy handles and the multi handle that used it */
+        curl_share_cleanup(c->share);
+    c->share = NULL;
     uv_close((uv_handle_t *)&c->timer, close_cb_count);
     uv_close((uv_handle_t *)&c->kick, close_cb_count);
+}
+
+/* The idle connections a burst leaves in the cache (up to CURLMOPT_MAXCONNECTS) were allocated
+ * among the burst's transient memory: freed, they let malloc_trim hand that memory back. */
+int nx_http_client_trim(struct nx_http_client *c)
+{
+    if (!c || !c->multi || c->calls || c->depth || c->is_freeing ||
+        c->peak_inflight <= (size_t)max_connects(c))
+        return 0;
+    multi_close(c); /* the next request makes a new one */
+    return 1;
 }
 
 void nx_http_client_free(struct nx_http_client *c)
@@ -570,6 +606,8 @@ static void setup_easy(struct nx_http_client *c, struct nx_http_call *call,
     const char *proxy = o->proxy ? o->proxy : c->proxy;
 
     curl_easy_setopt(e, CURLOPT_PRIVATE, call);
+    if (c->share)
+        curl_easy_setopt(e, CURLOPT_SHARE, c->share);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_URL, o->url);
@@ -668,7 +706,8 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
     else
         c->calls = call;
     c->calls_tail = call;
-    c->inflight++;
+    if (++c->inflight > c->peak_inflight)
+        c->peak_inflight = c->inflight;
     uv_timer_start(&c->kick, on_kick, 0, 0);
     return call;
 }

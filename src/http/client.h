@@ -89,6 +89,11 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
 /* on_done runs with NX_ECANCELED (from within this call). */
 void nx_http_call_cancel(struct nx_http_call *call);
 size_t nx_http_client_inflight(const struct nx_http_client *c);
+/* After a burst: when no call is in flight and more calls ran at once since the last trim than
+ * the idle pool keeps, closes the pooled connections (the next call opens new ones), so the
+ * memory they hold, scattered among the burst's freed memory, no longer pins it. Returns 1 when
+ * it closed them, 0 otherwise. For the daemon's trim before malloc_trim. Accepts NULL. */
+int nx_http_client_trim(struct nx_http_client *c);
 /* The loop the client runs on (for callers' own timers). */
 uv_loop_t *nx_http_client_loop(const struct nx_http_client *c);
 

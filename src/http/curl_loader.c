@@ -4,17 +4,19 @@
  *
  * Two kinds of entry point:
  * - those that can be a process's first curl call (curl_global_init, curl_easy_init,
- *   curl_multi_init, curl_slist_append, curl_version_info, the strerror pair) load the library
- *   once, under pthread_once;
- * - those that take something only libcurl hands out (a CURL or CURLM handle, an slist) do not:
- *   if nothing is loaded yet, the argument cannot be a live libcurl object (it is NULL), so they
- *   fail or do nothing without mapping ~25 libraries for it (e.g. curl_slist_free_all(NULL)).
+ *   curl_multi_init, curl_share_init, curl_slist_append, curl_version_info, the strerror pair)
+ *   load the library once, under pthread_once;
+ * - those that take something only libcurl hands out (a CURL, CURLM or CURLSH handle, an slist)
+ *   do not: if nothing is loaded yet, the argument cannot be a live libcurl object (it is NULL),
+ *   so they fail or do nothing without mapping ~25 libraries for it (e.g.
+ *   curl_slist_free_all(NULL)).
  *
  * Variadic functions cannot pass their `...` on, so curl_easy_setopt and curl_multi_setopt read
  * their one argument with the type its option number encodes (curl.h: CURLOPTTYPE_LONG 0,
  * OBJECTPOINT/STRINGPOINT/SLISTPOINT/CBPOINT 10000, FUNCTIONPOINT 20000, OFF_T 30000, BLOB 40000;
- * multi.h builds CURLMoption with the same CURLOPT() macro), and curl_easy_getinfo always takes
- * one pointer. */
+ * multi.h builds CURLMoption with the same CURLOPT() macro), curl_share_setopt reads an int for
+ * CURLSHOPT_SHARE/UNSHARE (a curl_lock_data) and a pointer otherwise, and curl_easy_getinfo
+ * always takes one pointer. */
 
 /* the type-checking macros of curl/typecheck-gcc.h would turn our definitions into macro calls */
 #define CURL_DISABLE_TYPECHECK 1
@@ -52,7 +54,10 @@
     X(multi_info_read, CURLMsg *, (CURLM *, int *))                                                \
     X(multi_assign, CURLMcode, (CURLM *, curl_socket_t, void *))                                   \
     X(multi_cleanup, CURLMcode, (CURLM *))                                                         \
-    X(multi_strerror, const char *, (CURLMcode))
+    X(multi_strerror, const char *, (CURLMcode))                                                   \
+    X(share_init, CURLSH *, (void))                                                                \
+    X(share_setopt, CURLSHcode, (CURLSH *, CURLSHoption, ...))                                     \
+    X(share_cleanup, CURLSHcode, (CURLSH *))
 
 #define FN_FIELD(name, ret, params) ret(*name) params;
 static struct {
@@ -159,6 +164,11 @@ CURL *curl_easy_init(void)
 CURLM *curl_multi_init(void)
 {
     return ensure_loaded() ? fn.multi_init() : NULL;
+}
+
+CURLSH *curl_share_init(void)
+{
+    return ensure_loaded() ? fn.share_init() : NULL;
 }
 
 /* ---- entry points that take a libcurl object ----------------------------------------- */
@@ -296,4 +306,34 @@ CURLMcode curl_multi_assign(CURLM *multi, curl_socket_t sockfd, void *sockp)
 CURLMcode curl_multi_cleanup(CURLM *multi)
 {
     return has_lib() ? fn.multi_cleanup(multi) : CURLM_BAD_HANDLE;
+}
+
+CURLSHcode curl_share_setopt(CURLSH *share, CURLSHoption option, ...)
+{
+    CURLSHcode rc;
+    va_list ap;
+
+    if (!has_lib())
+        return CURLSHE_INVALID;
+    va_start(ap, option);
+    switch (option) {
+    case CURLSHOPT_SHARE:
+    case CURLSHOPT_UNSHARE:
+        rc = fn.share_setopt(share, option, va_arg(ap, int));
+        break;
+    case CURLSHOPT_LOCKFUNC:
+    case CURLSHOPT_UNLOCKFUNC:
+        rc = fn.share_setopt(share, option, va_arg(ap, any_fn));
+        break;
+    default: /* CURLSHOPT_USERDATA */
+        rc = fn.share_setopt(share, option, va_arg(ap, void *));
+        break;
+    }
+    va_end(ap);
+    return rc;
+}
+
+CURLSHcode curl_share_cleanup(CURLSH *share)
+{
+    return has_lib() ? fn.share_cleanup(share) : CURLSHE_INVALID;
 }

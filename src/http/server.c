@@ -738,6 +738,13 @@ size_t nx_http_server_inflight(const struct nx_http_server *srv)
     return srv ? srv->inflight : 0;
 }
 
+void nx_http_server_trim(struct nx_http_server *srv)
+{
+    if (!srv)
+        return;
+    nx_httpsrv_rec_trim(srv);
+}
+
 void nx_http_server_shutdown(struct nx_http_server *srv, uint32_t deadline_ms, void (*done)(void *arg),
                              void *arg)
 {

@@ -44,6 +44,9 @@ void nx_http_server_shutdown(struct nx_http_server *srv, uint32_t deadline_ms,
 /* Open connections / requests not yet answered. */
 size_t nx_http_server_connections(const struct nx_http_server *srv);
 size_t nx_http_server_inflight(const struct nx_http_server *srv);
+/* Frees the request records kept for reuse, so those a burst left stop pinning the memory it
+ * freed; for the daemon's trim before malloc_trim. Accepts NULL. */
+void nx_http_server_trim(struct nx_http_server *srv);
 /* Closes everything at once and frees. Accepts NULL. */
 void nx_http_server_free(struct nx_http_server *srv);
 

@@ -114,6 +114,8 @@ void nx_httpsrv_rec_detach(struct nx_http_req *rec);
 void nx_httpsrv_rec_end(struct nx_http_req *rec, int status);
 /* Frees the free list and the zombies (server teardown). */
 void nx_httpsrv_rec_free_all(struct nx_http_server *srv);
+/* Frees the free list only (nx_http_server_trim). */
+void nx_httpsrv_rec_trim(struct nx_http_server *srv);
 /* A whole response written straight to the h2o request (also used for our own 4xx). */
 void nx_httpsrv_send(h2o_req_t *req, int status, const char *content_type, const char *body,
                      size_t len);

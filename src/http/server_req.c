@@ -221,19 +221,27 @@ void nx_httpsrv_rec_end(struct nx_http_req *rec, int status)
     }
 }
 
+static void rec_free_list(struct nx_http_req *r)
+{
+    for (struct nx_http_req *next; r; r = next) {
+        next = r->next;
+        nx_buf_cleanup(&r->out[0]);
+        nx_buf_cleanup(&r->out[1]);
+        free(r);
+    }
+}
+
 void nx_httpsrv_rec_free_all(struct nx_http_server *srv)
 {
-    struct nx_http_req *lists[2] = {srv->free_recs, srv->zombies};
+    nx_httpsrv_rec_trim(srv);
+    rec_free_list(srv->zombies);
+    srv->zombies = NULL;
+}
 
-    for (int i = 0; i < 2; i++) {
-        for (struct nx_http_req *r = lists[i], *next; r; r = next) {
-            next = r->next;
-            nx_buf_cleanup(&r->out[0]);
-            nx_buf_cleanup(&r->out[1]);
-            free(r);
-        }
-    }
-    srv->free_recs = srv->zombies = NULL;
+void nx_httpsrv_rec_trim(struct nx_http_server *srv)
+{
+    rec_free_list(srv->free_recs);
+    srv->free_recs = NULL;
     srv->nfree_recs = 0;
 }
 

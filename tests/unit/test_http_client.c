@@ -177,6 +177,46 @@ static void test_http_keepalive_reuses_one_connection(void **state)
     finish(&loop, ch.c);
 }
 
+/* The pool outlives quiet moments after ordinary traffic, but not a burst of more calls at once
+ * than it keeps: then trim closes it (never while a call runs) and the next call connects anew. */
+static void test_http_trim_closes_the_pool_after_a_burst_only(void **state)
+{
+    struct nx_http_client_opts co = {.max_host_connections = 1}; /* the pool keeps 2 */
+    struct result burst[3] = {0};
+    struct hc h;
+    int ndone = 0;
+    long port;
+
+    (void)state;
+    hc_open(&h, &co);
+    hc_get(&h, "/conn");
+    port = strtol(h.r.body.data, NULL, 10);
+    assert_int_equal(nx_http_client_trim(h.c), 0);
+    hc_call(&h);
+    assert_int_equal(strtol(h.r.body.data, NULL, 10), port); /* still pooled */
+
+    for (size_t i = 0; i < NX_ARRAY_LEN(burst); i++) {
+        h.o.udata = &burst[i];
+        assert_non_null(start(h.c, &h.o));
+    }
+    assert_int_equal(nx_http_client_trim(h.c), 0); /* calls in flight */
+    for (size_t i = 0; i < NX_ARRAY_LEN(burst); i++) {
+        run_until(&h.loop, &burst[i].ndone, 1, 5000);
+        assert_int_equal(burst[i].rc, 0);
+        ndone += burst[i].ndone;
+        result_cleanup(&burst[i]);
+    }
+    assert_int_equal(ndone, 3);
+    assert_int_equal(nx_http_client_trim(h.c), 1);
+    assert_int_equal(nx_http_client_trim(h.c), 0); /* nothing left to close */
+    h.o.udata = &h.r;
+    hc_call(&h);
+    assert_int_equal(h.r.rc, 0);
+    assert_int_equal(h.r.status, 200);
+    assert_int_not_equal(strtol(h.r.body.data, NULL, 10), port); /* a new connection */
+    hc_close(&h);
+}
+
 static void test_http_deadline_fires_while_loop_keeps_running(void **state)
 {
     struct hc h;
@@ -431,6 +471,7 @@ int main(void)
         cmocka_unit_test(test_http_post_and_put_round_trip_through_echo),
         cmocka_unit_test(test_http_status_503_is_a_response_not_an_error),
         cmocka_unit_test(test_http_keepalive_reuses_one_connection),
+        cmocka_unit_test(test_http_trim_closes_the_pool_after_a_burst_only),
         cmocka_unit_test(test_http_deadline_fires_while_loop_keeps_running),
         cmocka_unit_test(test_http_size_cap_gives_etoobig),
         cmocka_unit_test(test_http_connection_refused_is_ehttp_with_message),

@@ -609,6 +609,26 @@ static void test_http_server_streams_chunks_in_order(void **state)
     fx_end(&fx);
 }
 
+/* Records kept for reuse are freed by a trim; the server goes on answering with new ones. */
+static void test_http_server_trim_then_serves_again(void **state)
+{
+    struct fx fx;
+    (void)state;
+    fx_start(&fx, NULL);
+    fx_run(&fx, c_stream, inflight_zero);
+    assert_int_equal(fx.res[1], 200);
+    nx_http_server_trim(fx.srv);
+    atomic_store(&fx.client_done, 0);
+    memset(fx.res, 0, sizeof fx.res);
+    fx_run(&fx, c_stream, inflight_zero);
+    assert_int_equal(fx.res[0], 0);
+    assert_int_equal(fx.res[1], 200);
+    assert_string_equal(res_str(&fx, 0), "data: 1\n\ndata: 2\n\ndata: 3\n\n");
+    assert_int_equal(fx.res[2], 200);
+    nx_http_server_trim(fx.srv);
+    fx_end(&fx);
+}
+
 static void c_abort(struct fx *fx)
 {
     struct cl *c = cl_open(fx->port);
@@ -1047,6 +1067,7 @@ int main(void)
         cmocka_unit_test(test_http_server_routes_and_answers),
         cmocka_unit_test(test_http_server_keepalive_and_async_answer),
         cmocka_unit_test(test_http_server_streams_chunks_in_order),
+        cmocka_unit_test(test_http_server_trim_then_serves_again),
         cmocka_unit_test(test_http_server_client_leaving_mid_stream_aborts),
         cmocka_unit_test(test_http_server_client_leaving_unanswered_request_aborts),
         cmocka_unit_test(test_http_server_rejects_oversized_body_with_413),
