@@ -51,7 +51,6 @@ struct nx_agents {
     size_t nturns;
     uint64_t turns_started;
     struct budget *budgets;    /* daily token use per agent (budget.c) */
-    uint64_t trimmed_at;       /* turns_started when the heap was last trimmed after a burst */
     bool is_freeing;
 };
 

@@ -1,6 +1,5 @@
 /* The turn loop: history -> model -> tool calls (in parallel) -> results -> model ... -> answer.
  * Loop thread only. */
-#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -98,28 +97,6 @@ static void answer(struct nx_turn *t, int rc, const struct nx_turn_result *res)
         t->o.on_done(rc, res, t->o.udata);
 }
 
-/* Once a burst of turns is over (none left, and many since the last time), the memory its
- * conversations used goes back to the system: glibc keeps freed memory in its arenas, and
- * thousands of streams leave a lot. Amortized: at most once per TRIM_TURNS turns and once per
- * TRIM_GAP_NS (steady load also drains to no turn now and then, and a sweep walks the whole
- * fragment table). */
-#define TRIM_TURNS 1000
-#define TRIM_GAP_NS 1000000000ull
-
-static void after_burst(struct nx_agents *a)
-{
-    static uint64_t trimmed_ns; /* (loop thread) */
-    if (a->nturns != 0 || a->is_freeing || a->turns_started - a->trimmed_at < TRIM_TURNS)
-        return;
-    uint64_t now = nx_mono_ns();
-    if (trimmed_ns && now - trimmed_ns < TRIM_GAP_NS)
-        return;
-    trimmed_ns = now;
-    a->trimmed_at = a->turns_started;
-    nx_llm_frag_sweep();
-    malloc_trim(0);
-}
-
 static void finish(struct nx_turn *t, int rc)
 {
     if (t->is_done)
@@ -166,7 +143,6 @@ static void finish(struct nx_turn *t, int rc)
     unlink_turn(t);
     if (t->lane)
         lane_turn_done(a, t);
-    after_burst(a); /* before the callbacks, which may free the agents */
     answer(t, rc, &res);
     res.is_merged = true; /* the messages that joined this turn (queue_mode collect) */
     for (size_t i = 0; i < t->nmerged; i++) {

@@ -481,6 +481,7 @@ static void on_trim_timer(uv_timer_t *t)
         !(closed || (started != trimmed_started && quiet_ticks >= TRIM_QUIET_TICKS)))
         return;
     trimmed_started = started;
+    nx_llm_frag_sweep(); /* wire fragments of messages no conversation holds any more */
     nx_http_client_trim(d->client);
     for (int i = 0; i < LISTENER_COUNT; i++)
         nx_http_server_trim(d->srv[i]);

@@ -30,7 +30,14 @@ struct frag_table {
     size_t cap;   /* power of two */
     size_t n;
     size_t bytes;
+    size_t cursor; /* where the incremental sweep goes on */
 };
+
+/* Slots the incremental sweep looks at per new entry. A session turn adds a few entries and its
+ * history cache lets as many older messages go, so dead entries are found about as fast as they
+ * appear, a few at a time: the table never fills with them, and no put pays for a sweep of the
+ * whole table (tens of milliseconds of frees at 100,000 entries). */
+#define SWEEP_STEP 8
 
 static _Thread_local struct frag_table tbl;
 
@@ -84,6 +91,39 @@ static void rehash(size_t cap)
     free(old);
 }
 
+/* Empties slot i (linear probing: the entries after it that would no longer be found move back
+ * into the hole, "backward shift"), freeing its entry. */
+static void delete_at(size_t i)
+{
+    size_t mask = tbl.cap - 1;
+
+    tbl.bytes -= frag_bytes(&tbl.slots[i]);
+    frag_free(&tbl.slots[i]);
+    tbl.n--;
+    for (size_t j = (i + 1) & mask; tbl.slots[j].msg; j = (j + 1) & mask) {
+        size_t home = slot_of(tbl.slots[j].msg, tbl.cap);
+        /* j's entry may move to i unless its home lies cyclically in (i, j] */
+        bool stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (!stays) {
+            tbl.slots[i] = tbl.slots[j];
+            i = j;
+        }
+    }
+    memset(&tbl.slots[i], 0, sizeof tbl.slots[i]);
+}
+
+/* Looks at the next `step` slots and frees the entries whose message only this table holds. */
+static void sweep_some(size_t step)
+{
+    for (; step > 0 && tbl.cap; step--) {
+        size_t i = tbl.cursor & (tbl.cap - 1);
+        const struct frag *f = &tbl.slots[i];
+        if (f->msg && f->msg->refcount <= 1)
+            delete_at(i); /* (an entry may have moved into i: looked at next time round) */
+        tbl.cursor = i + 1;
+    }
+}
+
 static struct frag *find(const json_t *m)
 {
     if (!tbl.cap)
@@ -114,6 +154,7 @@ void nx_llm_frag_put(int wire, const json_t *m, const char *text, size_t len)
     if (!(f = find(m))) {
         if (!tbl.cap)
             rehash(1024);
+        sweep_some(SWEEP_STEP);
         if ((tbl.n + 1) * 4 > tbl.cap * 3 || tbl.bytes + (text ? len : 0) > FRAG_MAX_BYTES) {
             rehash(tbl.cap); /* sweep out the dead */
             if ((tbl.n + 1) * 2 > tbl.cap && tbl.cap < FRAG_MAX_ENTRIES * 2)
@@ -161,6 +202,11 @@ size_t nx_llm_frag_sweep(void)
         rehash(tbl.cap);
     if (tbl.n == 0)
         nx_llm_frag_clear();
+    return tbl.n;
+}
+
+size_t nx_llm_frag_entries(void)
+{
     return tbl.n;
 }
 
