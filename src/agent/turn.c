@@ -93,8 +93,13 @@ static void answer(struct nx_turn *t, int rc, const struct nx_turn_result *res)
     const char *outcome = rc == 0 ? "ok" : rc == NX_ECANCELED ? "cancelled" : "error";
     const char *const lv[] = {agent, outcome};
     nx_counter_add(m_turns, lv, 1);
-    if (t->o.on_done)
+    if (t->o.on_done) {
+        /* The caller's code is not the turn's: out of its log context, so that a turn the
+         * callback starts (the router's next message) does not inherit this one's. */
+        uint64_t prev = nx_log_context_swap(0);
         t->o.on_done(rc, res, t->o.udata);
+        nx_log_context_swap(prev);
+    }
 }
 
 static void finish(struct nx_turn *t, int rc)

@@ -92,8 +92,10 @@ static void check_retention(struct nx_conf_ctx *ctx, const struct nx_cnode *val,
 {
     char buf[96];
     uint64_t ms = *(uint64_t *)dst;
-    if (ms != 0 && ms < 60000)
-        nx_conf_error(ctx, val, "value %s for \"retention\" too short (0 = keep forever, else at least 1m)",
+    /* An hour at least: a file an event still waiting for its turn refers to must outlive the
+     * wait (a restart after a short outage resumes such events). */
+    if (ms != 0 && ms < 3600000)
+        nx_conf_error(ctx, val, "value %s for \"retention\" too short (0 = keep forever, else at least 1h)",
                       nx_cnode_describe(val, buf, sizeof buf));
 }
 

@@ -423,12 +423,15 @@ static int start_listeners(struct daemon *d, const struct nx_gateway_conf *gw)
 /* After a burst (thousands of streams), glibc keeps the freed memory in its arenas, and what the
  * burst left behind (idle upstream connections, recycled request records) sits scattered among it,
  * pinning pages. When no turn is in flight, those go and malloc_trim hands the free pages back, so
- * RSS returns near idle: each tick that saw client connections close (a burst's connections close
- * a while after its last turn ended), or once turns ran and none started for TRIM_QUIET_TICKS
- * (clients that keep their connections). A trim walks the heap's free lists (~50 ms right after
- * 5,000 streams, under 1 ms for an ordinary heap); a quiet gateway pays a few comparisons a tick. */
+ * RSS returns near idle: on a tick that saw client connections close (a burst's connections
+ * close a while after its last turn ended), at most once a second, or once turns ran and none
+ * started for TRIM_QUIET_TICKS (clients that keep their connections). A trim walks the heap's
+ * free lists (~50 ms right after 5,000 streams, under 1 ms for an ordinary heap); a quiet
+ * gateway pays a few comparisons a tick. */
 #define TRIM_TICK_MS 250
 #define TRIM_QUIET_TICKS 40
+#define TRIM_GAP_TICKS 4       /* 1 s between trims that closing connections set off */
+#define TRIM_CLOSED_CONNS 256 /* a burst: this many connections gone since the last trim */
 
 /* glibc's per-thread cache (tcache) keeps up to 7 freed chunks of each size up to 1032 bytes
  * outside the arena, for reuse. After a burst they are the last chunks it freed, scattered over
@@ -463,8 +466,9 @@ static void trim_heap(void)
 static void on_trim_timer(uv_timer_t *t)
 {
     static uint64_t trimmed_started, seen_started; /* turns started at the last trim / tick */
-    static size_t seen_conns;
-    static unsigned quiet_ticks; /* ticks without a turn started */
+    static size_t seen_conns, trimmed_conns;        /* connections at the last tick / trim */
+    static unsigned quiet_ticks;                   /* ticks without a turn started */
+    static unsigned since_trim = TRIM_GAP_TICKS;   /* ticks since the last trim */
     struct daemon *d = t->data;
     size_t conns = 0;
 
@@ -477,10 +481,18 @@ static void on_trim_timer(uv_timer_t *t)
     uint64_t started = nx_agents_turns_started(d->agents);
     quiet_ticks = started == seen_started ? quiet_ticks + 1 : 0;
     seen_started = started;
-    if (nx_agents_turns_in_flight(d->agents) != 0 ||
-        !(closed || (started != trimmed_started && quiet_ticks >= TRIM_QUIET_TICKS)))
+    since_trim++;
+    /* Closing connections count only with something to give back (turns ran, or a burst's
+     * connections went since the last trim), and at most once per TRIM_GAP_TICKS: clients that
+     * open a connection per request must not make every tick a trim. */
+    bool is_worth = started != trimmed_started || conns + TRIM_CLOSED_CONNS <= trimmed_conns;
+    bool is_after_closes = closed && is_worth && since_trim >= TRIM_GAP_TICKS;
+    bool is_after_quiet = started != trimmed_started && quiet_ticks >= TRIM_QUIET_TICKS;
+    if (nx_agents_turns_in_flight(d->agents) != 0 || !(is_after_closes || is_after_quiet))
         return;
     trimmed_started = started;
+    trimmed_conns = conns;
+    since_trim = 0;
     nx_llm_frag_sweep(); /* wire fragments of messages no conversation holds any more */
     nx_http_client_trim(d->client);
     for (int i = 0; i < LISTENER_COUNT; i++)

@@ -83,7 +83,12 @@ void nx_oauth_bind_as(struct nx_mcp_oauth *o)
     bool has_dynamic_client = o->client_id && !o->cfg_client_id;
     bool holds = has_dynamic_client || o->access_token || o->refresh_token || o->pending_state;
 
-    if (!holds || nx_oauth_same_issuer(o->bound_as, o->as_url)) {
+    /* A file from before authorization_server was kept recorded the metadata's issuer, which
+     * may name the server's origin only (a path-based URL): the same origin is the same server. */
+    bool is_same = nx_oauth_same_issuer(o->bound_as, o->as_url) ||
+                   (o->is_bound_by_issuer && nx_oauth_same_origin(o->bound_as, o->as_url));
+    o->is_bound_by_issuer = false;
+    if (!holds || is_same) {
         nx_oauth_set_str(&o->bound_as, o->as_url);
         return;
     }
@@ -127,8 +132,10 @@ void nx_mcp_oauth_set_token_file(struct nx_mcp_oauth *o, const char *path)
         return;
     /* files written before authorization_server was kept have the issuer in its place */
     nx_oauth_set_str(&o->bound_as, json_string_value(json_object_get(j, "authorization_server")));
-    if (!o->bound_as)
+    if (!o->bound_as) {
         nx_oauth_set_str(&o->bound_as, json_string_value(json_object_get(j, "issuer")));
+        o->is_bound_by_issuer = o->bound_as != NULL;
+    }
     if (!o->cfg_client_id) {
         nx_oauth_set_str(&o->client_id, json_string_value(json_object_get(j, "client_id")));
         nx_oauth_set_str(&o->client_secret, json_string_value(json_object_get(j, "client_secret")));

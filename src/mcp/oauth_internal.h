@@ -49,6 +49,7 @@ struct nx_mcp_oauth {
     /* client and tokens, bound to the authorization server they came from: bound_as is the
      * as_url they were obtained with; when the resource names another one they are dropped */
     char *bound_as;
+    bool is_bound_by_issuer; /* bound_as read from a file older than authorization_server */
     char *client_id;
     char *client_secret;
     char *auth_method; /* none, client_secret_basic, client_secret_post, private_key_jwt */

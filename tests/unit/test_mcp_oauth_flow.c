@@ -362,6 +362,24 @@ static void test_mcp_oauth_new_authorization_server_gets_a_new_client(void **sta
     json_decref(st);
     nx_mcp_manager_free(m);
 
+    /* fourth run: a token file from before authorization_server was kept has the metadata's
+     * issuer in its place, which may be the origin alone: the same server, nothing dropped */
+    tok = json_load_file(file, 0, NULL);
+    assert_non_null(tok);
+    snprintf(as2, sizeof as2, "http://127.0.0.1:%d", p->port);
+    json_object_del(tok, "authorization_server");
+    json_object_del(tok, "access_token"); /* so that the client discovers the server again */
+    json_object_set_new(tok, "issuer", json_string(as2));
+    assert_int_equal(json_dump_file(tok, file, 0), 0);
+    json_decref(tok);
+    m = start(&loop, http, url, dir);
+    st = server_state(&loop, "mcp_o_state", "{}");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(st, "reg"), "/as2")), 1);
+    tok = json_object_get(st, "grants");
+    assert_string_equal(json_string_value(json_array_get(tok, json_array_size(tok) - 1)), "refresh_token");
+    json_decref(st);
+    nx_mcp_manager_free(m);
+
     nx_log_sink_remove(on_log, NULL);
     nx_buf_cleanup(&logged);
     for (int k = 0; k < 200 && nx_http_client_inflight(http) > 0; k++)
