@@ -80,6 +80,21 @@ void nx_ledger_prune(struct nx_store *s, int64_t before_ms, uint32_t batch, nx_l
     nx_store_write(s, prune_job, on_pruned, j);
 }
 
+/* Runs a prepared one-shot UPDATE (NULL: it did not prepare) and finalizes it: its changed
+ * rows in *changes, or NX_EDB logged as `what`. */
+static int run_update(sqlite3 *db, sqlite3_stmt *st, const char *what, int64_t *changes)
+{
+    int rc = NX_EDB;
+    if (st && sqlite3_step(st) == SQLITE_DONE) {
+        *changes = sqlite3_changes(db);
+        rc = 0;
+    }
+    if (rc < 0)
+        nx_error("ledger", "%s: %s", what, sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    return rc;
+}
+
 /* ---- the progress of a reply sent in steps (a few per long reply: no cached statement) ---- */
 
 struct progress_job {
@@ -94,27 +109,18 @@ static int progress_job(sqlite3 *db, void *arg)
 {
     struct progress_job *j = arg;
     sqlite3_stmt *st = NULL;
-    int rc = NX_EDB;
     /* only forward, and only while the reply is pending */
     static const char sql[] = "UPDATE ledger_outbound SET steps_sent = ?2, progress_id = "
                               "coalesce(progress_id, ?3), updated_at = ?4 "
                               "WHERE key = ?1 AND state = 'pending' AND steps_sent < ?2";
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        goto out;
-    sqlite3_bind_text(st, 1, j->key, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, j->steps);
-    if (j->provider_id)
-        sqlite3_bind_text(st, 3, j->provider_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, (int64_t)nx_wall_ms());
-    if (sqlite3_step(st) != SQLITE_DONE)
-        goto out;
-    j->changes = sqlite3_changes(db);
-    rc = 0;
-out:
-    if (rc < 0)
-        nx_error("ledger", "progress: %s", sqlite3_errmsg(db));
-    sqlite3_finalize(st);
-    return rc;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, j->key, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, j->steps);
+        if (j->provider_id)
+            sqlite3_bind_text(st, 3, j->provider_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, (int64_t)nx_wall_ms());
+    }
+    return run_update(db, st, "progress", &j->changes);
 }
 
 static void on_progress(int rc, void *arg)
@@ -152,24 +158,15 @@ static int settle_job(sqlite3 *db, void *arg)
 {
     struct settle_job *j = arg;
     sqlite3_stmt *st = NULL;
-    int rc = NX_EDB;
     static const char sql[] = "UPDATE ledger_inbound SET state = ?2, last_error = ?3, updated_at = ?4 "
                               "WHERE id = ?1 AND state IN ('received', 'routed')";
-    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
-        goto out;
-    sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 2, j->state, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 3, j->note, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 4, (int64_t)nx_wall_ms());
-    if (sqlite3_step(st) != SQLITE_DONE)
-        goto out;
-    j->changes = sqlite3_changes(db);
-    rc = 0;
-out:
-    if (rc < 0)
-        nx_error("ledger", "settle: %s", sqlite3_errmsg(db));
-    sqlite3_finalize(st);
-    return rc;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, j->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, j->state, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, j->note, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, (int64_t)nx_wall_ms());
+    }
+    return run_update(db, st, "settle", &j->changes);
 }
 
 static void on_settled(int rc, void *arg)
