@@ -102,10 +102,27 @@ class Nexo:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                self.report_hang(timeout)
                 self.proc.kill()
                 self.proc.wait()
         self.check_sanitizers()
         return self.proc.returncode if self.proc else None
+
+    def report_hang(self, timeout):
+        """A nexo that does not stop: its threads' stacks (when gdb is here) and its log's end go
+        to stderr, so that a rare hang in CI can be diagnosed from the output alone."""
+        out = ["nexo (pid %d) did not stop within %ds of SIGTERM" % (self.proc.pid, timeout)]
+        gdb = shutil.which("gdb")
+        if gdb:
+            try:
+                r = subprocess.run([gdb, "-p", str(self.proc.pid), "-batch", "-nx",
+                                    "-ex", "thread apply all bt"], capture_output=True, text=True,
+                                   timeout=60)
+                out.append(r.stdout[-12000:])
+            except (subprocess.TimeoutExpired, OSError) as e:
+                out.append("gdb: %s" % e)
+        out.append("the end of its log:\n" + self.read_log()[-4000:])
+        print("\n".join(out), file=sys.stderr, flush=True)
 
     def check_sanitizers(self):
         """ASan/UBSan/TSan builds of nexo report into the log; any report fails the test."""
