@@ -96,10 +96,10 @@ static int on_settled(struct nx_bus *bus, struct nx_bus_msg *msg, void *arg)
     return 0;
 }
 
-/* Subscribed before the gateway's first work item is published, so the settlement of that item
- * finds it listening. A process that dispatches nothing (the agents role) has nothing to settle
- * and does not listen. */
-static void watch_settled(struct nx_partition *p)
+/* The gateway subscribes at start (and in any case before its first work item is published), so
+ * settlements published while it restarted are not missed once it is up. A process that
+ * dispatches nothing (the agents role) has nothing to settle and does not listen. */
+void nx_partition_watch_settled(struct nx_partition *p)
 {
     if (p->settled_sub || !p->store)
         return;
@@ -116,7 +116,7 @@ int nx_partition_dispatch(const struct nx_router_dispatch_in *in, void *arg)
     json_t *work;
     int rc;
 
-    watch_settled(p);
+    nx_partition_watch_settled(p);
     work = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s?}", "agent", in->agent, "session_key",
                      in->session_key, "channel", in->channel, "outbound", in->outbound, "to", in->to,
                      "text", in->text, "reply_to", in->reply_to);

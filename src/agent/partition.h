@@ -34,6 +34,9 @@ int nx_partition_new(struct nx_bus *bus, struct nx_agents *agents, struct nx_sto
 /* gateway role: the router's dispatch function (nx_router_set_dispatch(r, nx_partition_dispatch,
  * p)): publishes the event as routed work. 0 or the publish error. */
 int nx_partition_dispatch(const struct nx_router_dispatch_in *in, void *arg);
+/* gateway role, at start: listens for the agents processes' settlements (agent.settled.<agent>)
+ * of merged and interrupted work, and settles those events in its ledger. */
+void nx_partition_watch_settled(struct nx_partition *p);
 /* agents role: consume agent_id's routed work. */
 int nx_partition_consume(struct nx_partition *p, const char *agent_id);
 /* Work still in flight is handed back (redelivered elsewhere). Call before freeing the bus;

@@ -569,8 +569,10 @@ static int start_role(struct daemon *d)
     if (nx_partition_new(d->bus, d->agents, d->store, d->opts->data_dir,
                          nx_config_broker(d->cfg)->jetstream.session_max_messages, &d->part) < 0)
         return NX_EIO;
-    if (is_role(d, "gateway"))
+    if (is_role(d, "gateway")) {
+        nx_partition_watch_settled(d->part); /* from the start: a restart misses none */
         return 0;
+    }
     if (!list) {
         json_t *all = nx_agents_list(d->agents), *a;
         size_t i;
