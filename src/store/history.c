@@ -203,30 +203,37 @@ static int next_seq(sqlite3 *db, const char *key, int64_t *out)
 }
 
 /* One JSONL line for a message, every string redacted, newline-terminated. */
+/* One JSONL line, written straight from the message: every string redacted. The messages may
+ * be shared with the loop thread (is_immutable): only read here, never referenced (a reference
+ * count is no place for two threads). */
 static void jsonl_line(const struct append_job *j, const char *ts, const json_t *m,
                        struct nx_buf *out)
 {
-    json_t *line = json_object();
-    json_t *clean;
-    char *text;
-
-    json_object_set_new(line, "ts", json_string(ts));
-    json_object_set_new(line, "session", nx_json_string_lossy(j->key));
-    json_object_set_new(line, "agent", nx_json_string_lossy(j->agent));
-    json_object_set_new(line, "source", nx_json_string_lossy(j->source));
-    json_object_set_new(line, "role", nx_json_string_lossy(json_string_value(json_object_get(m, "role"))));
-    clean = nx_json_redacted(line);
-    /* The messages may be shared with the loop thread (is_immutable): only read here, never
-     * referenced (a reference count is no place for two threads). */
-    json_object_set_new(clean, "content", nx_json_redacted(json_object_get(m, "content")));
-    text = json_dumps(clean, JSON_COMPACT | JSON_PRESERVE_ORDER);
-
-    NX_ASSERT(text);
-    nx_buf_puts(out, text);
-    nx_buf_putc(out, '\n');
-    free(text);
-    json_decref(clean);
-    json_decref(line);
+    const char *const head[][2] = {
+        {"{\"ts\":", ts},
+        {",\"session\":", j->key},
+        {",\"agent\":", j->agent},
+        {",\"source\":", j->source},
+        {",\"role\":", json_string_value(json_object_get(m, "role"))},
+    };
+    for (size_t i = 0; i < NX_ARRAY_LEN(head); i++) {
+        const char *v = head[i][1] ? head[i][1] : "";
+        size_t len = strlen(v);
+        nx_buf_puts(out, head[i][0]);
+        if (nx_utf8_is_valid(v, len)) {
+            nx_json_put_redacted(out, v, len);
+            continue;
+        }
+        char *lossy = nx_strdup(v); /* as nx_json_string_lossy: what is not ASCII becomes '?' */
+        for (char *p = lossy; *p; p++)
+            if ((unsigned char)*p >= 0x80)
+                *p = '?';
+        nx_json_put_redacted(out, lossy, len);
+        free(lossy);
+    }
+    nx_buf_puts(out, ",\"content\":");
+    nx_json_dump_redacted(json_object_get(m, "content"), out);
+    nx_buf_puts(out, "}\n");
 }
 
 /* The FTS rows of one append, inserted at the end of the batch (nx_store_defer): FTS5 writes

@@ -29,7 +29,11 @@ int nx_transcript_write(const char *data_dir, const char *agent_id, const char *
 json_t *nx_json_string_lossy(const char *s);
 
 /* A deep copy of v with every string (object keys too) passed through nx_redact_append. */
-json_t *nx_json_redacted(const json_t *v);
+/* Appends v as compact JSON (jansson's form) with every string and object key redacted, written
+ * straight from v: no redacted copy is built (one JSONL line per message). */
+void nx_json_dump_redacted(const json_t *v, struct nx_buf *out);
+/* Appends s[0..len) redacted, as a JSON string (invalid UTF-8 as U+FFFD). */
+void nx_json_put_redacted(struct nx_buf *out, const char *s, size_t len);
 
 /* The searchable text of a message's content (unredacted): text blocks, tool names, tool
  * results, separated by newlines. A string content is taken whole. */

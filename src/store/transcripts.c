@@ -199,49 +199,86 @@ json_t *nx_json_string_lossy(const char *s)
     return v;
 }
 
-static json_t *redacted_string(const char *s, size_t len)
+/* A redacted string as JSON; `scratch` is the caller's, reused. */
+static void put_redacted(struct nx_buf *out, struct nx_buf *scratch, const char *s, size_t len)
 {
-    struct nx_buf b = NX_BUF_INIT;
-    json_t *v;
-
-    nx_redact_append(&b, s, len);
-    v = json_stringn(b.len ? b.data : "", b.len);
-    nx_buf_cleanup(&b);
-    /* Redaction only rewrites ASCII runs, so valid UTF-8 stays valid; be safe anyway. */
-    return v ? v : json_string("[REDACTED]");
+    nx_buf_reset(scratch);
+    nx_redact_append(scratch, s, len);
+    nx_buf_put_json_str(out, scratch->len ? scratch->data : "", scratch->len);
 }
 
-json_t *nx_json_redacted(const json_t *v)
+/* A real as jansson writes it: 17 significant digits, and a ".0" when that reads as an integer. */
+static void put_real(struct nx_buf *out, double d)
 {
-    json_t *out;
+    char num[40];
+    int n = snprintf(num, sizeof num, "%.17g", d);
+    nx_buf_append(out, num, n > 0 ? (size_t)n : 0);
+    if (n > 0 && !strpbrk(num, ".eE"))
+        nx_buf_puts(out, ".0");
+}
+
+static void dump_redacted(struct nx_buf *out, struct nx_buf *scratch, const json_t *v)
+{
+    size_t i, klen;
+    const char *key;
+    json_t *item;
+    bool is_first = true;
 
     switch (json_typeof(v)) {
     case JSON_STRING:
-        return redacted_string(json_string_value(v), json_string_length(v));
-    case JSON_ARRAY: {
-        size_t i;
-        json_t *item;
-        out = json_array();
-        json_array_foreach(v, i, item)
-            json_array_append_new(out, nx_json_redacted(item));
-        return out;
-    }
-    case JSON_OBJECT: {
-        const char *key;
-        size_t klen;
-        json_t *item;
-        out = json_object();
-        json_object_keylen_foreach((json_t *)v, key, klen, item) {
-            struct nx_buf k = NX_BUF_INIT;
-            nx_redact_append(&k, key, klen);
-            json_object_setn_new(out, k.len ? k.data : "", k.len, nx_json_redacted(item));
-            nx_buf_cleanup(&k);
+        put_redacted(out, scratch, json_string_value(v), json_string_length(v));
+        break;
+    case JSON_ARRAY:
+        nx_buf_putc(out, '[');
+        json_array_foreach(v, i, item) {
+            if (i)
+                nx_buf_putc(out, ',');
+            dump_redacted(out, scratch, item);
         }
-        return out;
-    }
+        nx_buf_putc(out, ']');
+        break;
+    case JSON_OBJECT:
+        nx_buf_putc(out, '{');
+        json_object_keylen_foreach((json_t *)v, key, klen, item) {
+            if (!is_first)
+                nx_buf_putc(out, ',');
+            is_first = false;
+            put_redacted(out, scratch, key, klen);
+            nx_buf_putc(out, ':');
+            dump_redacted(out, scratch, item);
+        }
+        nx_buf_putc(out, '}');
+        break;
+    case JSON_INTEGER:
+        nx_buf_printf(out, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        break;
+    case JSON_REAL:
+        put_real(out, json_real_value(v));
+        break;
+    case JSON_TRUE:
+        nx_buf_puts(out, "true");
+        break;
+    case JSON_FALSE:
+        nx_buf_puts(out, "false");
+        break;
     default:
-        return json_deep_copy(v);
+        nx_buf_puts(out, "null");
+        break;
     }
+}
+
+void nx_json_put_redacted(struct nx_buf *out, const char *s, size_t len)
+{
+    struct nx_buf scratch = NX_BUF_INIT;
+    put_redacted(out, &scratch, s, len);
+    nx_buf_cleanup(&scratch);
+}
+
+void nx_json_dump_redacted(const json_t *v, struct nx_buf *out)
+{
+    struct nx_buf scratch = NX_BUF_INIT;
+    dump_redacted(out, &scratch, v);
+    nx_buf_cleanup(&scratch);
 }
 
 /* ---- searchable text ---- */

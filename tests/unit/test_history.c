@@ -536,6 +536,29 @@ static void test_transcripts_jsonl_lines_parse_and_files_are_private(void **stat
     free(path);
 }
 
+/* The JSONL writer's redacted dump: jansson's compact form, every string and key redacted. */
+static void test_transcripts_redacted_dump_is_jansson_form_without_secrets(void **state)
+{
+    (void)state;
+    json_t *v = json_loads("[{\"type\":\"text\",\"text\":\"key sk-abcdefghijklmnop0123 used\"},"
+                           "{\"n\":-42,\"r\":0.5,\"whole\":2.0,\"t\":true,\"f\":false,\"z\":null,"
+                           "\"esc\":\"tab\\t \\\"q\\\" \\u0001 caf\\u00e9\",\"sk-abcdefghijklmnop0123\":[]}]",
+                           0, NULL);
+    struct nx_buf b = NX_BUF_INIT;
+
+    assert_non_null(v);
+    nx_json_dump_redacted(v, &b);
+    assert_string_equal(nx_buf_cstr(&b),
+                        "[{\"type\":\"text\",\"text\":\"key [REDACTED] used\"},{\"n\":-42,\"r\":0.5,"
+                        "\"whole\":2.0,\"t\":true,\"f\":false,\"z\":null,"
+                        "\"esc\":\"tab\\t \\\"q\\\" \\u0001 caf\xc3\xa9\",\"[REDACTED]\":[]}]");
+    nx_buf_reset(&b);
+    nx_json_put_redacted(&b, "bad \xff utf-8", 11);
+    assert_string_equal(nx_buf_cstr(&b), "\"bad \\ufffd utf-8\"");
+    nx_buf_cleanup(&b);
+    json_decref(v);
+}
+
 static void test_transcripts_file_names_cannot_escape(void **state)
 {
     static const char *const evil[] = {
@@ -856,6 +879,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_transcripts_jsonl_lines_parse_and_files_are_private, setup,
                                         teardown),
+        cmocka_unit_test(test_transcripts_redacted_dump_is_jansson_form_without_secrets),
         cmocka_unit_test(test_transcripts_file_names_cannot_escape),
         cmocka_unit_test_setup_teardown(test_transcripts_evil_peer_stays_inside_agent_dir, setup,
                                         teardown),
