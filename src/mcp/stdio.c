@@ -196,9 +196,17 @@ static void on_kill_timer(uv_timer_t *t)
         nx_debug("mcp", "server %s did not exit on EOF: SIGTERM", s->base.name);
         kill_group(s, SIGTERM);
         uv_timer_start(&s->timer, on_kill_timer, s->grace_ms, 0);
-    } else {
+    } else if (s->kill_stage == 2) {
         nx_warn("mcp", "server %s did not exit on SIGTERM: SIGKILL", s->base.name);
         kill_group(s, SIGKILL);
+        uv_timer_start(&s->timer, on_kill_timer, s->grace_ms ? s->grace_ms : 1000, 0);
+    } else {
+        /* Its exit never reached us (a SIGCHLD lost, as under TSan, or a process that cannot
+         * die): stop waiting for it, so that closing never hangs. */
+        nx_warn("mcp", "server %s (pid %d): no exit seen after SIGKILL; closing without it",
+                s->base.name, s->pid);
+        s->is_running = false;
+        close_all(s);
     }
 }
 

@@ -4,11 +4,14 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/error.h"
@@ -402,6 +405,48 @@ static void test_mcp_stdio_resources_and_prompts(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* A child whose exit never reaches us (SIGCHLD blocked here, as a lost one would be): closing
+ * still ends, after EOF, SIGTERM, SIGKILL and one more grace period, so a shutdown never hangs
+ * on it. */
+static void test_mcp_stdio_close_ends_without_the_childs_exit(void **state)
+{
+    uv_loop_t loop;
+    struct nx_mcp_server_conf sc;
+    struct nx_mcp_link_opts to;
+    struct nx_mcp_link *link;
+    char *args[] = {"60", NULL};
+    sigset_t chld, old;
+    struct timespec t0, t1, zero = {0, 0};
+    int pid;
+
+    (void)state;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    assert_int_equal(pthread_sigmask(SIG_BLOCK, &chld, &old), 0);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    memset(&sc, 0, sizeof sc);
+    sc.name = "sleeper";
+    sc.command = "/bin/sleep";
+    sc.args = args;
+    memset(&to, 0, sizeof to);
+    to.name = "sleeper";
+    to.grace_ms = 50;
+    assert_int_equal(nx_mcp_stdio_new(&loop, &sc, &to, &link), 0);
+    assert_int_equal(link->vt->start(link), 0);
+    pid = link->pid;
+    assert_true(pid > 0);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    link->vt->close(link);
+    while (uv_run(&loop, UV_RUN_ONCE))
+        ;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    assert_true(t1.tv_sec - t0.tv_sec < 5); /* three grace periods and change, not forever */
+    assert_int_equal(uv_loop_close(&loop), 0); /* every handle of the link is closed */
+    assert_int_equal(waitpid(pid, NULL, 0), pid); /* it was killed: reaped here */
+    sigtimedwait(&chld, NULL, &zero);          /* the SIGCHLD held back */
+    assert_int_equal(pthread_sigmask(SIG_SETMASK, &old, NULL), 0);
+}
+
 /* ---- the scripted server --------------------------------------------------------------- */
 
 static bool fake_failed(void *arg)
@@ -628,6 +673,7 @@ int main(void)
         cmocka_unit_test(test_mcp_stdio_resources_and_prompts),
         cmocka_unit_test(test_mcp_stdio_malformed_frames_and_server_requests),
         cmocka_unit_test(test_mcp_stdio_missing_command_backs_off),
+        cmocka_unit_test(test_mcp_stdio_close_ends_without_the_childs_exit),
         cmocka_unit_test(test_mcp_stdio_timeouts_pings_stderr_allowed),
     };
 
