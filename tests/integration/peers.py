@@ -149,6 +149,24 @@ def stop_all(n, fake, tmp):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def stop_many(procs, nats, fake, tmp):
+    """tearDown of a test with several nexo processes, a nats-server and the fake: every nexo is
+    stopped (SIGTERM), the servers go even when a stop reports a problem, tmp is removed. Returns
+    the exit codes that were not 0."""
+    codes = []
+    try:
+        for n in procs:
+            if n.proc.poll() is None:
+                codes.append(n.stop())
+    finally:
+        for n in procs:
+            n.cleanup()
+        nats.kill()
+        stop_fake(fake)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [c for c in codes if c != 0]
+
+
 class FakePeers:
     """Mixin for a unittest.TestCase class whose tests share the fake LLM (cls.fake on cls.fport),
     a config directory (cls.cfg.name) and one nexo (cls.n, which the class starts on cls.cfg.name).

@@ -20,7 +20,6 @@ that the agents process wrote the turns to its transcripts."""
 import json
 import os
 import re
-import shutil
 import signal
 import tempfile
 import time
@@ -28,6 +27,7 @@ import unittest
 import urllib.request
 
 from nexo_harness import Nexo, main, run_cli, write_config
+from peers import stop_many
 from test_api_sdk import script, start_fake
 from test_bus_faults import Collector, FakeBotApi, NatsServer, free_port, metric, wait_for
 from test_router_nats import NatsConn, envelope
@@ -81,23 +81,7 @@ class ScaleOut(unittest.TestCase):
     def tearDown(self):
         if self.col:
             self.col.stopping = True
-        codes = []
-        try:
-            for n in self.procs:
-                if n.proc.poll() is None:
-                    codes.append(n.stop())
-        finally:  # the servers go even when stop() reports a problem
-            for n in self.procs:
-                if n.proc.poll() is None:
-                    n.proc.kill()
-                    n.proc.wait()
-                n.cleanup()
-            self.nats.kill()
-            self.fake.kill()
-            self.fake.wait()
-            self.fake.stdout.close()
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        self.assertEqual([c for c in codes if c != 0], [])
+        self.assertEqual(stop_many(self.procs, self.nats, self.fake, self.tmp), [])
 
     def nexo(self, *args, wait=True):
         n = Nexo(config_dir=self.cfg, args=list(args)).start(wait=wait)

@@ -17,13 +17,13 @@ queue_mode does not apply: each message is its own turn, answered once, and stay
 restart."""
 import json
 import os
-import shutil
 import sqlite3
 import tempfile
 import unittest
 
 from nexo_harness import Nexo, main, write_config
-from peers import Collector, NatsConn, NatsServer, envelope, fake_requests, start_fake, script, wait_for
+from peers import (Collector, NatsConn, NatsServer, envelope, fake_requests, script, start_fake,
+                   stop_many, wait_for)
 from test_bus_faults import metric
 
 
@@ -65,23 +65,7 @@ class QueueModesScaledOut(unittest.TestCase):
         if self.col:
             self.col.stopping = True
         self.pub.close()
-        codes = []
-        try:
-            for n in self.procs:
-                if n.proc.poll() is None:
-                    codes.append(n.stop())
-        finally:
-            for n in self.procs:
-                if n.proc.poll() is None:
-                    n.proc.kill()
-                    n.proc.wait()
-                n.cleanup()
-            self.nats.kill()
-            self.fake.kill()
-            self.fake.wait()
-            self.fake.stdout.close()
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        self.assertEqual([c for c in codes if c != 0], [])
+        self.assertEqual(stop_many(self.procs, self.nats, self.fake, self.tmp), [])
 
     def nexo(self, *args, data_dir=None):
         n = Nexo(config_dir=self.cfg, args=list(args))
