@@ -15,8 +15,10 @@
 #include "store/checkpoint.h"
 
 #define BUSY_TIMEOUT_MS 5000
-/* WAL pages after which a checkpoint is asked for (SQLite's own default threshold), and after
- * which the store thread checkpoints itself because the checkpoint thread fell behind. */
+/* New WAL pages after which a checkpoint is asked for (SQLite's own default threshold), and the
+ * WAL size after which the store thread checkpoints itself: the checkpoint thread fell behind,
+ * or steady load kept the WAL from restarting (a checkpoint on the writer's thread copies it all
+ * back, so the next transaction starts the WAL over). */
 #define CHECKPOINT_PAGES 1000
 #define CHECKPOINT_BACKSTOP_PAGES (16 * CHECKPOINT_PAGES)
 
@@ -26,6 +28,7 @@ struct nx_checkpointer {
     pthread_cond_t cond;
     bool is_wanted;
     bool is_stopping;
+    int mark;    /* WAL pages at the last request (store thread only) */
     sqlite3 *db; /* this thread's connection */
     struct nx_metric *m_seconds;
 };
@@ -104,14 +107,34 @@ static void checkpointer_request(struct nx_checkpointer *c)
     pthread_mutex_unlock(&c->lock);
 }
 
-/* After each commit (store thread): past the threshold, the checkpoint thread copies the WAL
+enum nx_checkpoint_due nx_checkpoint_due(int *mark, int wal_pages)
+{
+    if (wal_pages < *mark) /* the WAL started over */
+        *mark = 0;
+    if (wal_pages >= CHECKPOINT_BACKSTOP_PAGES)
+        return NX_CHECKPOINT_BACKSTOP;
+    if (wal_pages - *mark < CHECKPOINT_PAGES)
+        return NX_CHECKPOINT_NONE;
+    *mark = wal_pages;
+    return NX_CHECKPOINT_REQUEST;
+}
+
+/* After each commit (store thread): every 1,000 new pages the checkpoint thread copies the WAL
  * back; past the backstop, this thread does (a PASSIVE checkpoint, as SQLite would). */
 static int on_wal_commit(void *arg, sqlite3 *db, const char *name, int pages)
 {
-    if (pages >= CHECKPOINT_BACKSTOP_PAGES)
+    struct nx_checkpointer *c = arg;
+
+    switch (nx_checkpoint_due(&c->mark, pages)) {
+    case NX_CHECKPOINT_BACKSTOP:
         sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-    else if (pages >= CHECKPOINT_PAGES)
-        checkpointer_request(arg);
+        break;
+    case NX_CHECKPOINT_REQUEST:
+        checkpointer_request(c);
+        break;
+    case NX_CHECKPOINT_NONE:
+        break;
+    }
     return SQLITE_OK;
 }
 

@@ -15,6 +15,7 @@
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/metrics.h"
+#include "store/checkpoint.h"
 #include "store/migrations.h"
 #include "store/store.h"
 #include "store_fixture.h"
@@ -434,6 +435,29 @@ static void test_store_checkpoints_off_the_store_thread(void **state)
     fx_free(f);
 }
 
+/* Under steady load the WAL never starts over (a checkpoint beside the writer never catches up
+ * with it), so its size stays past the threshold: a checkpoint is asked for every 1,000 new
+ * pages, not after every commit; past the backstop the store thread checkpoints itself, and once
+ * the WAL restarted the count begins again. */
+static void test_store_checkpoint_due_counts_new_pages(void **state)
+{
+    (void)state;
+    int mark = 0;
+
+    assert_int_equal(nx_checkpoint_due(&mark, 10), NX_CHECKPOINT_NONE);
+    assert_int_equal(nx_checkpoint_due(&mark, 999), NX_CHECKPOINT_NONE);
+    assert_int_equal(nx_checkpoint_due(&mark, 1000), NX_CHECKPOINT_REQUEST);
+    for (int pages = 1001; pages < 2000; pages += 7) /* commits of a few pages each */
+        assert_int_equal(nx_checkpoint_due(&mark, pages), NX_CHECKPOINT_NONE);
+    assert_int_equal(nx_checkpoint_due(&mark, 2003), NX_CHECKPOINT_REQUEST);
+    assert_int_equal(nx_checkpoint_due(&mark, 2010), NX_CHECKPOINT_NONE);
+    assert_int_equal(nx_checkpoint_due(&mark, 16000), NX_CHECKPOINT_BACKSTOP);
+    assert_int_equal(nx_checkpoint_due(&mark, 16004), NX_CHECKPOINT_BACKSTOP);
+    /* the WAL started over */
+    assert_int_equal(nx_checkpoint_due(&mark, 5), NX_CHECKPOINT_NONE);
+    assert_int_equal(nx_checkpoint_due(&mark, 1004), NX_CHECKPOINT_REQUEST);
+}
+
 static void test_store_failing_job_rolls_back_alone(void **state)
 {
     (void)state;
@@ -810,6 +834,7 @@ int main(void)
         cmocka_unit_test(test_store_reopen_does_not_reapply_migrations),
         cmocka_unit_test(test_store_group_commit_batches_1000_writes),
         cmocka_unit_test(test_store_checkpoints_off_the_store_thread),
+        cmocka_unit_test(test_store_checkpoint_due_counts_new_pages),
         cmocka_unit_test(test_store_failing_job_rolls_back_alone),
         cmocka_unit_test(test_store_deferred_fk_violation_fails_only_its_job),
         cmocka_unit_test(test_store_failed_commit_fails_every_job_of_the_batch),
