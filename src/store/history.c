@@ -14,8 +14,9 @@
 #include "store/history_internal.h"
 
 /* Sessions and their messages in SQLite; each append also goes to the session's transcript
- * (JSONL file + FTS5 row), redacted. The database keeps the history unredacted (the model needs
- * it as it was); the transcript copies are redacted. See docs/transcripts.md. */
+ * (JSONL file, and the FTS5 index within half a second: transcript_index.c), redacted. The
+ * database keeps the history unredacted (the model needs it as it was); the transcript copies
+ * are redacted. See docs/transcripts.md. */
 
 /* ---- session keys ---- */
 
@@ -94,7 +95,6 @@ enum {
     ST_UPSERT,
     ST_NEXT_SEQ,
     ST_INSERT,
-    ST_FTS,
     ST_LOAD,
     ST_COUNT,
 };
@@ -110,8 +110,6 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_NEXT_SEQ] = "SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE session_key = ?1",
     [ST_INSERT] = "INSERT INTO messages(session_key, seq, role, content, created_at) "
                   "VALUES (?1, ?2, ?3, ?4, ?5)",
-    [ST_FTS] = "INSERT INTO transcripts_fts(rowid, content, agent_id, session_key, role, ts) "
-               "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     [ST_LOAD] = "SELECT role, content FROM ("
                 "  SELECT seq, role, content FROM messages WHERE session_key = ?1 "
                 "  ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
@@ -202,7 +200,6 @@ static int next_seq(sqlite3 *db, const char *key, int64_t *out)
     return rc;
 }
 
-/* One JSONL line for a message, every string redacted, newline-terminated. */
 /* One JSONL line, written straight from the message: every string redacted. The messages may
  * be shared with the loop thread (is_immutable): only read here, never referenced (a reference
  * count is no place for two threads). */
@@ -236,68 +233,10 @@ static void jsonl_line(const struct append_job *j, const char *ts, const json_t 
     nx_buf_puts(out, "}\n");
 }
 
-/* The FTS rows of one append, inserted at the end of the batch (nx_store_defer): FTS5 writes
- * its pending terms as a new index segment at every savepoint, and each write job runs in one,
- * so inserted inline every turn would be a segment of its own. The job (its key, agent and
- * messages) lives until its completion, after the batch, so rows point into it. */
-struct fts_row {
-    int64_t rowid;
-    const char *role;
-    size_t off; /* of the redacted text in fts_rows.text */
-    size_t len;
-};
-
-struct fts_rows {
-    const struct append_job *j;
-    struct nx_buf text;
-    size_t n;
-    struct fts_row rows[];
-};
-
-static int fts_insert(sqlite3 *db, const struct append_job *j, int64_t rowid, const char *role,
-                      const char *text, size_t len)
-{
-    sqlite3_stmt *fts = stmt_get(db, ST_FTS);
-
-    if (!fts)
-        return NX_EDB;
-    sqlite3_bind_int64(fts, 1, rowid);
-    sqlite3_bind_text(fts, 2, text, (int)len, SQLITE_STATIC);
-    sqlite3_bind_text(fts, 3, j->agent, -1, SQLITE_STATIC);
-    sqlite3_bind_text(fts, 4, j->key, -1, SQLITE_STATIC);
-    sqlite3_bind_text(fts, 5, role, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(fts, 6, (sqlite3_int64)j->now_ms);
-    return exec_stmt(fts);
-}
-
-static int fts_rows_run(sqlite3 *db, void *arg)
-{
-    struct fts_rows *r = arg;
-
-    for (size_t i = 0; i < r->n; i++) {
-        const struct fts_row *row = &r->rows[i];
-        if (fts_insert(db, r->j, row->rowid, row->role, r->text.data + row->off, row->len) < 0) {
-            nx_error("history", "append to %s: index: %s", r->j->key, sqlite3_errmsg(db));
-            return NX_EDB;
-        }
-    }
-    return 0;
-}
-
-static void fts_rows_free(void *arg)
-{
-    struct fts_rows *r = arg;
-
-    nx_buf_cleanup(&r->text);
-    free(r);
-}
-
 static int append_job_run(sqlite3 *db, void *arg)
 {
     struct append_job *j = arg;
     sqlite3_stmt *ins;
-    struct fts_rows *rows = NULL;
-    struct nx_buf text = NX_BUF_INIT;
     struct nx_buf lines = NX_BUF_INIT;
     size_t n = json_array_size(j->messages);
     char ts[40];
@@ -319,9 +258,6 @@ static int append_job_run(sqlite3 *db, void *arg)
     rc = NX_EDB;
     if (!(ins = stmt_get(db, ST_INSERT)))
         goto out;
-    rows = nx_calloc(1, sizeof *rows + n * sizeof rows->rows[0]);
-    rows->j = j;
-    nx_buf_init(&rows->text);
 
     nx_rfc3339(j->now_ms, ts, sizeof ts);
     json_array_foreach(j->messages, i, m) {
@@ -338,27 +274,9 @@ static int append_job_run(sqlite3 *db, void *arg)
         if ((rc = exec_stmt(ins)) < 0)
             goto out;
         rc = NX_EDB;
-
-        nx_buf_reset(&text);
-        nx_transcript_text(json_object_get(m, "content"), &text);
-        if (text.len) {
-            struct fts_row *row = &rows->rows[rows->n++];
-            row->rowid = sqlite3_last_insert_rowid(db);
-            row->role = role;
-            row->off = rows->text.len;
-            nx_redact_append(&rows->text, text.data, text.len);
-            row->len = rows->text.len - row->off;
-        }
         jsonl_line(j, ts, m, &lines);
     }
-    if (rows->n) {
-        /* at the batch's end; outside a store job (none here today) inline, as before */
-        if (nx_store_defer(db, fts_rows_run, fts_rows_free, rows) == 0)
-            rows = NULL;
-        else if ((rc = fts_rows_run(db, rows)) < 0)
-            goto out;
-        rc = NX_EDB;
-    }
+    nx_transcript_index_soon(db); /* the FTS rows, within half a second (transcript_index.c) */
 
     /* The database is the record; the JSONL file is an export of it. A failed file write is
      * logged and counted, and the history still commits (docs/transcripts.md). */
@@ -372,9 +290,6 @@ static int append_job_run(sqlite3 *db, void *arg)
 out:
     if (rc < 0 && rc != NX_EINVAL)
         nx_error("history", "append to %s failed: %s", j->key, sqlite3_errmsg(db));
-    if (rows)
-        fts_rows_free(rows);
-    nx_buf_cleanup(&text);
     nx_buf_cleanup(&lines);
     return rc;
 }

@@ -36,8 +36,9 @@ void nx_history_load(struct nx_store *s, const char *session_key, size_t max_mes
                      nx_history_loaded_fn done, void *arg);
 
 /* Appends messages (a JSON array, borrowed; copied before return) to the session, creating it
- * (with agent_id, channel and peer parsed from the key) if needed, and to its transcript (JSONL
- * + FTS5), in one store write. done may be NULL.
+ * (with agent_id, channel and peer parsed from the key) if needed, and to its JSONL transcript,
+ * in one store write. done may be NULL. The FTS5 index follows within half a second (and
+ * searches catch it up first): a failing index never fails an append.
  * done gets NX_EINVAL (and nothing is stored) for a message without a string "role" and an
  * array or string "content", a key whose agent differs from agent_id, or a key that does not
  * parse when agent_id is NULL. A failed JSONL write is logged and counted
@@ -67,8 +68,13 @@ uint64_t nx_history_estimate_tokens(const json_t *message);
  * how many messages were dropped. */
 size_t nx_history_trim(json_t *messages, uint64_t max_tokens);
 
+/* Indexes every message the FTS5 index does not cover yet (a store write); done (may be NULL)
+ * gets 0, or NX_EDB when the index failed (logged, counted; retried by later appends). */
+void nx_transcripts_index(struct nx_store *s, nx_store_done_fn done, void *arg);
+
 /* Search over transcripts (FTS5 query syntax); rows as JSON objects
- * {agent_id, session_key, role, timestamp, snippet}. Runs on the store thread.
+ * {agent_id, session_key, role, timestamp, snippet}. Runs on the store thread, after an
+ * nx_transcripts_index, so it sees every message appended before it.
  * Rows are best first (FTS5 rank), at most `limit` (0 = 20, capped at 1000), timestamp is RFC 3339
  * (plus "ts_ms", epoch milliseconds); done gets a new reference, or NULL with rc < 0. A query that
  * is not valid FTS5 syntax is searched as one phrase; an empty query fails with NX_EINVAL. */

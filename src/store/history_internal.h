@@ -4,6 +4,8 @@
 #include <jansson.h>
 #include <stddef.h>
 
+#include <sqlite3.h>
+
 #include "core/buf.h"
 
 /* Shared by history.c and transcripts.c (and their tests); not for other modules. */
@@ -38,5 +40,11 @@ void nx_json_put_redacted(struct nx_buf *out, const char *s, size_t len);
 /* The searchable text of a message's content (unredacted): text blocks, tool names, tool
  * results, separated by newlines. A string content is taken whole. */
 void nx_transcript_text(const json_t *content, struct nx_buf *out);
+
+/* The transcript index (transcript_index.c), store thread only. After an append: asks for a
+ * catch-up within half a second (later after failures). Before a search: indexes everything
+ * not indexed yet, in the running write job; NX_EDB (logged, counted) when that fails. */
+void nx_transcript_index_soon(sqlite3 *db);
+int nx_transcript_index_all(sqlite3 *db);
 
 #endif

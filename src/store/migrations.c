@@ -123,6 +123,13 @@ static const struct nx_migration migrations[] = {
     {6, "ledger_outbound_progress",
      "ALTER TABLE ledger_outbound ADD COLUMN steps_sent INTEGER NOT NULL DEFAULT 0;\n"
      "ALTER TABLE ledger_outbound ADD COLUMN progress_id TEXT;"},
+    /* the transcript index catches up with the messages (transcript_index.c): the last message
+     * it read when those after its last row had no text */
+    {7, "transcripts_index",
+     "CREATE TABLE transcripts_index (\n"
+     "    id INTEGER PRIMARY KEY CHECK (id = 1),\n"
+     "    scanned_upto INTEGER NOT NULL\n"
+     ");"},
 };
 
 const struct nx_migration *nx_migrations(size_t *count)

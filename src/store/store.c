@@ -17,6 +17,7 @@
 #include "runtime/mailbox.h"
 #include "store/checkpoint.h"
 #include "store/migrations.h"
+#include "store/soon.h"
 #include "store/store.h"
 
 #define DEFAULT_WINDOW_MS 2
@@ -39,14 +40,6 @@ struct job {
     int rc;
 };
 
-/* Work a write job left for the end of its batch (nx_store_defer). */
-struct deferred {
-    struct deferred *next;
-    const struct job *job;
-    nx_store_job_fn fn;
-    void (*drop)(void *arg);
-    void *arg;
-};
 
 enum sp_stmt {
     SP_BEGIN,
@@ -80,9 +73,7 @@ struct nx_store {
     sqlite3 *db; /* store thread only */
     struct nx_checkpointer *ckpt; /* WAL checkpoints, if their thread started (store thread) */
     sqlite3_stmt *sp[SP_COUNT]; /* the per-job savepoint statements, prepared once */
-    const struct job *cur_job;  /* the write job running, if any (store thread) */
-    struct deferred *deferred;  /* this batch's deferred work, in the order deferred */
-    struct deferred **deferred_tail;
+    struct nx_soon soon[NX_SOON_SLOTS]; /* work asked for later (store thread only) */
 
     atomic_bool is_open;
     atomic_int version;
@@ -101,7 +92,7 @@ struct nx_store {
     struct nx_metric *m_commit_seconds;
 };
 
-/* The store whose thread this is (nx_store_defer finds the batch by it). */
+/* The store whose thread this is (nx_store_soon finds it by it). */
 static _Thread_local struct nx_store *tl_store;
 
 /* ---- completions (run on the loop thread) ---- */
@@ -324,65 +315,13 @@ static int sp_exec(struct nx_store *s, enum sp_stmt which)
     return rc == SQLITE_DONE ? 0 : NX_EDB;
 }
 
-int nx_store_defer(sqlite3 *db, nx_store_job_fn fn, void (*drop)(void *arg), void *arg)
+int nx_store_soon(sqlite3 *db, uint32_t within_ms, nx_store_job_fn fn, void *arg)
 {
     struct nx_store *s = tl_store;
-    struct deferred *d;
 
-    if (!s || !fn || s->db != db || !s->cur_job)
+    if (!s || !fn || s->db != db)
         return NX_EINVAL;
-    d = nx_calloc(1, sizeof *d);
-    d->job = s->cur_job;
-    d->fn = fn;
-    d->drop = drop;
-    d->arg = arg;
-    *s->deferred_tail = d;
-    s->deferred_tail = &d->next;
-    return 0;
-}
-
-static void deferred_free(struct deferred *d)
-{
-    if (d->drop)
-        d->drop(d->arg);
-    free(d);
-}
-
-/* Drops the deferred work of `job` (NULL: of every job) without running it. */
-static void deferred_drop(struct nx_store *s, const struct job *job)
-{
-    struct deferred **pp = &s->deferred;
-
-    while (*pp) {
-        struct deferred *d = *pp;
-        if (job && d->job != job) {
-            pp = &d->next;
-            continue;
-        }
-        *pp = d->next;
-        deferred_free(d);
-    }
-    s->deferred_tail = pp;
-}
-
-/* Runs (then frees) the batch's deferred work in order; false if one failed or ended the
- * transaction (the batch must roll back). */
-static bool deferred_run(struct nx_store *s)
-{
-    bool is_ok = true;
-
-    while (s->deferred) {
-        struct deferred *d = s->deferred;
-        s->deferred = d->next;
-        if (is_ok && (d->fn(s->db, d->arg) < 0 || sqlite3_get_autocommit(s->db))) {
-            nx_error("store", "deferred write work failed (%s); failing the batch",
-                     sqlite3_errcode(s->db) != SQLITE_OK ? sqlite3_errmsg(s->db) : "its own error");
-            is_ok = false;
-        }
-        deferred_free(d);
-    }
-    s->deferred_tail = &s->deferred;
-    return is_ok;
+    return nx_soon_add(s->soon, nx_mono_ns() + (uint64_t)within_ms * 1000000u, fn, arg);
 }
 
 static bool has_deferred_violation(sqlite3 *db)
@@ -404,9 +343,7 @@ static bool run_write(struct nx_store *s, struct job *j)
         j->rc = NX_EDB;
         return !sqlite3_get_autocommit(s->db);
     }
-    s->cur_job = j;
     rc = j->fn(s->db, j->arg);
-    s->cur_job = NULL;
     if (rc >= 0 && has_deferred_violation(s->db)) {
         /* would make COMMIT fail for the whole batch: fail this job alone instead */
         nx_warn("store", "a write job left a deferred foreign key violation; rolling it back");
@@ -421,14 +358,12 @@ static bool run_write(struct nx_store *s, struct job *j)
     }
     if (rc < 0) {
         j->rc = rc;
-        deferred_drop(s, j);
         if (sp_exec(s, SP_ROLLBACK_TO) < 0 || sp_exec(s, SP_RELEASE) < 0)
             return false;
         return true;
     }
     j->rc = 0;
     if (sp_exec(s, SP_RELEASE) < 0) {
-        deferred_drop(s, j);
         j->rc = NX_EDB;
         return false;
     }
@@ -512,7 +447,7 @@ static void run_batch(struct nx_store *s, struct job *first)
         if (!is_ok)
             break;
     }
-    if (is_ok && !deferred_run(s))
+    if (is_ok && !nx_soon_run(s->soon, s->db, false))
         is_ok = false;
     t0 = nx_mono_ns();
     if (is_ok && sql_exec(s, "COMMIT") < 0) {
@@ -525,7 +460,6 @@ static void run_batch(struct nx_store *s, struct job *first)
         nx_counter_add(s->m_commits, NULL, 1);
     }
 finish:
-    deferred_drop(s, NULL); /* (any left: the batch failed before running them) */
     if (!is_ok) {
         if (!sqlite3_get_autocommit(s->db))
             sql_exec(s, "ROLLBACK");
@@ -543,6 +477,29 @@ finish:
         count_job(s, j);
         post_done(s, j);
     }
+}
+
+/* Work asked for later whose time came while no write did, in a transaction of its own. When
+ * that cannot begin, the work waits a second more (not a busy loop on a locked database). */
+static void run_soon_alone(struct nx_store *s, bool is_all)
+{
+    bool is_ok;
+
+    if (sql_exec(s, "BEGIN IMMEDIATE") < 0) {
+        nx_error("store", "BEGIN: %s", sqlite3_errmsg(s->db));
+        nx_soon_postpone(s->soon, nx_mono_ns() + 1000000000u);
+        return;
+    }
+    is_ok = nx_soon_run(s->soon, s->db, is_all);
+    if (is_ok && sql_exec(s, "COMMIT") == 0) {
+        atomic_fetch_add_explicit(&s->commits, 1, memory_order_relaxed);
+        nx_counter_add(s->m_commits, NULL, 1);
+        return;
+    }
+    nx_error("store", "COMMIT of later work failed: %s", sqlite3_errmsg(s->db));
+    atomic_fetch_add_explicit(&s->failed_commits, 1, memory_order_relaxed);
+    if (!sqlite3_get_autocommit(s->db))
+        sql_exec(s, "ROLLBACK");
 }
 
 /* A read runs between batches, outside any write transaction: it sees every write queued
@@ -565,7 +522,6 @@ static void *store_main(void *arg)
     struct nx_store *s = arg;
 
     tl_store = s;
-    s->deferred_tail = &s->deferred;
     s->ready_rc = open_db(s);
     if (s->ready_rc == 0) {
         s->ckpt = nx_checkpointer_attach(s->db, s->path);
@@ -574,9 +530,20 @@ static void *store_main(void *arg)
     nx_mailbox_post(&s->mb, run_ready, s);
 
     for (;;) {
+        bool is_closing;
         pthread_mutex_lock(&s->lock);
-        while (!s->head && !s->is_closing)
-            pthread_cond_wait(&s->cond, &s->lock);
+        while (!s->head && !s->is_closing) {
+            uint64_t due = nx_soon_next(s->soon); /* idle: wait for a job or for work asked for later */
+            if (!due) {
+                pthread_cond_wait(&s->cond, &s->lock);
+                continue;
+            }
+            if (due <= nx_mono_ns())
+                break;
+            struct timespec ts = {.tv_sec = (time_t)(due / 1000000000u),
+                                  .tv_nsec = (long)(due % 1000000000u)};
+            pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+        }
         struct job *j = s->head;
         if (j) {
             s->head = j->next;
@@ -584,9 +551,15 @@ static void *store_main(void *arg)
                 s->tail = NULL;
             j->next = NULL;
         }
+        is_closing = s->is_closing;
         pthread_mutex_unlock(&s->lock);
-        if (!j)
-            break; /* closing, and nothing left */
+        if (!j) {
+            if (s->db && nx_soon_next(s->soon))
+                run_soon_alone(s, is_closing); /* at close: all of it, whatever its time */
+            if (is_closing)
+                break; /* closing, and nothing left */
+            continue;
+        }
 
         if (!s->db) {
             j->rc = NX_ECLOSED;

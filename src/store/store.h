@@ -48,14 +48,17 @@ void nx_store_flush(struct nx_store *s, nx_store_done_fn done, void *arg);
  * one after use so that none is left running when the batch commits. */
 #define NX_STORE_KEEP_SQL "/* nx:keep */ "
 
-/* Work a write job leaves for the end of its batch (store thread, from inside the job only):
- * fn(db, arg) runs in the batch's transaction after its last job, outside any job's savepoint,
- * just before COMMIT; drop(arg) (may be NULL) runs afterwards in every case. If the job itself
- * fails, its deferred work is dropped without running. If a deferred fn fails, the whole batch
- * rolls back and every job in it gets NX_EDB. Meant for index rows (FTS5 flushes its pending
- * terms into a new segment at every savepoint; deferred, a batch writes one). Returns 0, or
- * NX_EINVAL outside a write job (then do the work inline). */
-int nx_store_defer(sqlite3 *db, nx_store_job_fn fn, void (*drop)(void *arg), void *arg);
+/* Write work asked for later, for data that may lag behind the jobs that make it (the transcript
+ * index): fn(db, arg) runs within `within_ms` of the request (0: at the end of this batch), in
+ * a write transaction: after the last job of the first batch that ends past that time, or in a
+ * transaction of its own when no write comes; at close, before the last commit, whatever the
+ * time. It runs in a savepoint of its own: if it fails, its changes are undone, the batch still
+ * commits, and fn must be able to redo the work when asked again. One request per (fn, arg) is
+ * kept (asking again keeps the earlier time); fn may ask again itself (it then runs in a later
+ * batch). Requests outlive the job that made them, whatever that job's result. Store thread
+ * only (from a job or from such work); 0, or NX_EINVAL elsewhere or when 4 different requests
+ * are pending already. */
+int nx_store_soon(sqlite3 *db, uint32_t within_ms, nx_store_job_fn fn, void *arg);
 
 /* Schema version after migrations (on the store thread's data; safe after ready). */
 int nx_store_schema_version(const struct nx_store *s);

@@ -458,6 +458,17 @@ static bool is_blank(const char *s)
     return true;
 }
 
+static int index_job(sqlite3 *db, void *arg)
+{
+    (void)arg;
+    return nx_transcript_index_all(db);
+}
+
+void nx_transcripts_index(struct nx_store *s, nx_store_done_fn done, void *arg)
+{
+    nx_store_write(s, index_job, done, arg);
+}
+
 static void search_submit(struct nx_store *s, struct search *q)
 {
     if (is_blank(q->query)) {
@@ -465,6 +476,9 @@ static void search_submit(struct nx_store *s, struct search *q)
         q->finish(NX_EINVAL, q);
         return;
     }
+    /* what was appended and not indexed yet first (a failure there is logged; the search runs
+     * on what is indexed) */
+    nx_transcripts_index(s, NULL, NULL);
     nx_store_read(s, search_job, search_done, q);
 }
 

@@ -286,6 +286,102 @@ static void test_history_second_append_continues_seq_and_load_max(void **state)
 
 /* Statements are cached per store thread: the store must still close cleanly, and a store
  * reopened (a new thread) must prepare its own. */
+static void exec_job_done(int rc, void *arg)
+{
+    on_done(rc, arg);
+}
+
+static const char *exec_sql; /* what exec_job runs (one at a time) */
+
+static int exec_job(sqlite3 *db, void *arg)
+{
+    (void)arg;
+    return sqlite3_exec(db, exec_sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : NX_EDB;
+}
+
+static int exec_write(struct fx *f, const char *sql)
+{
+    int target = f->calls + 1;
+
+    exec_sql = sql;
+    nx_store_write(f->s, exec_job, exec_job_done, f);
+    run_until(f, target);
+    return f->rc;
+}
+
+static int index_now(struct fx *f)
+{
+    int target = f->calls + 1;
+
+    nx_transcripts_index(f->s, on_done, f);
+    run_until(f, target);
+    return f->rc;
+}
+
+/* The full-text index follows the history behind a watermark: an append asks for it later, a
+ * close (or a search) catches it up, and the index only ever covers each message once. */
+static void test_transcripts_index_follows_the_history(void **state)
+{
+    struct fx *f = *state;
+
+    assert_int_equal(append(f, "agent:main:http:alice", "main", conversation, 0, 0), 0);
+    sfx_close(&f->loop, &f->s); /* what was asked for later runs before the last commit */
+    assert_int_equal(sfx_open(&f->loop, f->dir, NULL, &f->s), 0);
+    assert_int_equal(read_int(f, "SELECT count(*) FROM transcripts_fts"), 3);
+    assert_int_equal(read_int(f, "SELECT max(rowid) FROM transcripts_fts"),
+                     read_int(f, "SELECT max(id) FROM messages"));
+    assert_int_equal(index_now(f), 0); /* nothing new: nothing indexed twice */
+    assert_int_equal(read_int(f, "SELECT count(*) FROM transcripts_fts"), 3);
+    assert_int_equal(search(f, "breeze", "main"), 0);
+    assert_int_equal(json_array_size(f->rows), 1);
+}
+
+/* An index that fails (here its table is gone) never fails an append: the history commits, the
+ * failure is logged, and the rows are indexed once the index works again. */
+static void test_transcripts_index_failure_keeps_history_and_recovers(void **state)
+{
+    struct fx *f = *state;
+    json_t *got;
+
+    assert_int_equal(exec_write(f, "ALTER TABLE transcripts_fts RENAME TO fts_away"), 0);
+    assert_int_equal(append(f, "agent:main:http:bob", "main",
+                            "[{\"role\":\"user\",\"content\":\"kumquat season\"}]", 0, 0),
+                     0);
+    assert_int_equal(index_now(f), NX_EDB);
+    got = load(f, "agent:main:http:bob", 0);
+    assert_int_equal(json_array_size(got), 1);
+    json_decref(got);
+    assert_int_equal(read_int(f, "SELECT count(*) FROM fts_away"), 0);
+
+    assert_int_equal(exec_write(f, "ALTER TABLE fts_away RENAME TO transcripts_fts"), 0);
+    assert_int_equal(search(f, "kumquat", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 1);
+}
+
+/* Messages without text get no row; the index still moves past them (300 of them: more than
+ * one catch-up reads), and the next message with text is found. */
+static void test_transcripts_index_moves_past_messages_without_text(void **state)
+{
+    struct fx *f = *state;
+    struct nx_buf many = NX_BUF_INIT;
+
+    nx_buf_putc(&many, '[');
+    for (int i = 0; i < 300; i++)
+        nx_buf_printf(&many, "%s{\"role\":\"assistant\",\"content\":\"\"}", i ? "," : "");
+    nx_buf_putc(&many, ']');
+    assert_int_equal(append(f, "agent:main:http:carol", "main", nx_buf_cstr(&many), 0, 0), 0);
+    nx_buf_cleanup(&many);
+    assert_int_equal(index_now(f), 0);
+    assert_int_equal(read_int(f, "SELECT count(*) FROM transcripts_fts"), 0);
+    assert_int_equal(read_int(f, "SELECT scanned_upto FROM transcripts_index"), 300);
+    assert_int_equal(append(f, "agent:main:http:carol", "main",
+                            "[{\"role\":\"user\",\"content\":\"quince jam\"}]", 0, 0),
+                     0);
+    assert_int_equal(search(f, "quince", NULL), 0);
+    assert_int_equal(json_array_size(f->rows), 1);
+    assert_int_equal(read_int(f, "SELECT max(rowid) FROM transcripts_fts"), 301);
+}
+
 static void test_history_store_closes_cleanly_and_reopens(void **state)
 {
     struct fx *f = *state;
@@ -870,6 +966,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_history_second_append_continues_seq_and_load_max, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_history_store_closes_cleanly_and_reopens, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_transcripts_index_follows_the_history, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_transcripts_index_moves_past_messages_without_text,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_transcripts_index_failure_keeps_history_and_recovers,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_history_session_totals_add_up, setup, teardown),
         cmocka_unit_test_setup_teardown(test_history_append_refuses_bad_input_and_stores_nothing, setup,
                                         teardown),

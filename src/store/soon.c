@@ -1,0 +1,82 @@
+/* Work asked for later (nx_store_soon): kept in a few slots on the store thread, run at the end
+ * of a batch or in a transaction of its own (store.c decides when). */
+#include "store/soon.h"
+
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/log.h"
+
+int nx_soon_add(struct nx_soon *set, uint64_t due_ns, nx_store_job_fn fn, void *arg)
+{
+    struct nx_soon *free_slot = NULL;
+
+    for (size_t i = 0; i < NX_SOON_SLOTS; i++) {
+        struct nx_soon *w = &set[i];
+        if (w->fn == fn && w->arg == arg) {
+            if (due_ns < w->due_ns)
+                w->due_ns = due_ns;
+            return 0;
+        }
+        if (!w->fn && !free_slot)
+            free_slot = w;
+    }
+    if (!free_slot)
+        return NX_EINVAL;
+    *free_slot = (struct nx_soon){.fn = fn, .arg = arg, .due_ns = due_ns};
+    return 0;
+}
+
+uint64_t nx_soon_next(const struct nx_soon *set)
+{
+    uint64_t next = 0;
+
+    for (size_t i = 0; i < NX_SOON_SLOTS; i++)
+        if (set[i].fn && (!next || set[i].due_ns < next))
+            next = set[i].due_ns;
+    return next;
+}
+
+void nx_soon_postpone(struct nx_soon *set, uint64_t due_ns)
+{
+    for (size_t i = 0; i < NX_SOON_SLOTS; i++)
+        if (set[i].fn && set[i].due_ns < due_ns)
+            set[i].due_ns = due_ns;
+}
+
+static int exec(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK ? 0 : NX_EDB;
+}
+
+bool nx_soon_run(struct nx_soon *set, sqlite3 *db, bool is_all)
+{
+    struct nx_soon due[NX_SOON_SLOTS];
+    uint64_t now = nx_mono_ns();
+    size_t n = 0;
+
+    for (size_t i = 0; i < NX_SOON_SLOTS; i++) {
+        if (set[i].fn && (is_all || set[i].due_ns <= now)) {
+            due[n++] = set[i];
+            set[i].fn = NULL;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (exec(db, "SAVEPOINT nx_soon") < 0)
+            return !sqlite3_get_autocommit(db);
+        int rc = due[i].fn(db, due[i].arg);
+        if (sqlite3_get_autocommit(db)) {
+            nx_error("store", "the batch transaction ended inside later work (%s)",
+                     sqlite3_errmsg(db));
+            return false;
+        }
+        if (rc < 0) {
+            nx_warn("store", "later write work failed (%s); its own changes are undone",
+                    sqlite3_errcode(db) != SQLITE_OK ? sqlite3_errmsg(db) : "its own error");
+            if (exec(db, "ROLLBACK TO nx_soon") < 0)
+                return false;
+        }
+        if (exec(db, "RELEASE nx_soon") < 0)
+            return false;
+    }
+    return true;
+}
