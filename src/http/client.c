@@ -43,6 +43,8 @@ struct nx_http_call {
     struct curl_slist *hdrs;
     struct curl_slist *resolve;
     char *body;
+    size_t body_len;
+    bool is_redirecting; /* curl follows redirects: it may send the body again */
     nx_http_data_fn on_data;
     nx_http_done_fn on_done;
     void *udata;
@@ -378,6 +380,22 @@ static size_t header_cb(char *ptr, size_t size, size_t nitems, void *userp)
     return n;
 }
 
+/* A streamed answer lasts as long as the model writes, often a minute, and its request body (the
+ * whole conversation) would stay with it: once curl has sent all of it, which it has by the time
+ * the answer's body comes unless the server answered early, our copy goes. Nothing sends it
+ * again (a retry is a new call; a redirect followed by curl would, so those keep it). */
+static void release_sent_body(struct nx_http_call *call)
+{
+    curl_off_t sent = -1;
+
+    if (call->body && call->on_data && !call->is_redirecting &&
+        curl_easy_getinfo(call->easy, CURLINFO_SIZE_UPLOAD_T, &sent) == CURLE_OK &&
+        sent == (curl_off_t)call->body_len) {
+        free(call->body);
+        call->body = NULL;
+    }
+}
+
 static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userp)
 {
     struct nx_http_call *call = userp;
@@ -385,7 +403,10 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userp)
 
     if (call->is_done)
         return 0; /* cancelled while curl still held the handle: abort quietly */
-    call->body_started = 1;
+    if (!call->body_started) {
+        call->body_started = 1;
+        release_sent_body(call);
+    }
     if (call->received + n > call->max_bytes) {
         call->fail_rc = NX_ETOOBIG;
         return 0;
@@ -625,6 +646,7 @@ static void setup_easy(struct nx_http_client *c, struct nx_http_call *call,
     curl_easy_setopt(e, CURLOPT_PROXY, proxy);
     curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
     if (o->follow_redirects > 0) {
+        call->is_redirecting = true;
         curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
         curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)o->follow_redirects);
         curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
@@ -644,6 +666,7 @@ static void setup_easy(struct nx_http_client *c, struct nx_http_call *call,
         method = o->body ? "POST" : "GET";
     if (o->body || strcasecmp(method, "POST") == 0) {
         call->body = nx_memdup(o->body ? o->body : "", o->body ? o->body_len : 0);
+        call->body_len = o->body ? o->body_len : 0;
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(o->body ? o->body_len : 0));
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->body);
         if (strcasecmp(method, "POST") != 0)
@@ -727,6 +750,11 @@ void nx_http_call_cancel(struct nx_http_call *call)
 uv_loop_t *nx_http_client_loop(const struct nx_http_client *c)
 {
     return c->loop;
+}
+
+size_t nx_http_call_body_held(const struct nx_http_call *call)
+{
+    return call && call->body ? call->body_len : 0;
 }
 
 size_t nx_http_client_inflight(const struct nx_http_client *c)

@@ -88,6 +88,9 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
                                             const struct nx_http_call_opts *opts);
 /* on_done runs with NX_ECANCELED (from within this call). */
 void nx_http_call_cancel(struct nx_http_call *call);
+/* The bytes of request body the call still holds: a streamed call (on_data) lets it go once the
+ * answer's body starts and curl has sent all of it (not when it follows redirects). */
+size_t nx_http_call_body_held(const struct nx_http_call *call);
 size_t nx_http_client_inflight(const struct nx_http_client *c);
 /* After a burst: when no call is in flight and more calls ran at once since the last trim than
  * the idle pool keeps, closes the pooled connections (the next call opens new ones), so the

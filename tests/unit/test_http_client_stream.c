@@ -40,6 +40,7 @@ struct streamer {
     long status;
     int cancel_at_event; /* cancel the call from inside the event callback */
     int abort_at_chunk;  /* return non-zero from on_data */
+    size_t body_held_at_first_chunk;
 };
 
 static int stream_event(const struct nx_sse_event *ev, void *udata)
@@ -63,7 +64,8 @@ static int stream_data(const char *data, size_t len, long status, void *udata)
 
     assert_int_equal(s->r.ndone, 0); /* nothing after on_done */
     s->status = status;
-    s->nchunks++;
+    if (!s->nchunks++)
+        s->body_held_at_first_chunk = nx_http_call_body_held(s->call);
     if (s->abort_at_chunk && s->nchunks == s->abort_at_chunk)
         return 1;
     if (s->sse_rc == 0)
@@ -122,6 +124,41 @@ static void test_http_streams_sse_events_in_order(void **state)
                                              "message|{\"a\":1}|1\n"
                                              "end||1\n");
     assert_int_equal(s.sse.retry_ms, 1500);
+    streamer_cleanup(&s);
+    finish(&loop, c);
+}
+
+/* A streamed call's request body (a long conversation) is not held for the whole answer: it goes
+ * once sent, by the first chunk of the answer. */
+static void test_http_stream_lets_its_sent_body_go(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    struct nx_http_client *c = client_new(&loop, NULL);
+    struct streamer s = {0};
+    struct nx_http_call_opts o = {0};
+    enum { BODY = 256 * 1024 };
+    char *body = malloc(BODY);
+    char u[128];
+
+    assert_non_null(body);
+    memset(body, 'b', BODY);
+    nx_sse_reader_init(&s.sse, 0, stream_event, &s);
+    url(u, sizeof u, "/stream?n=3&ms=20");
+    o.url = u;
+    o.body = body;
+    o.body_len = BODY;
+    o.on_data = stream_data;
+    o.on_done = stream_done;
+    o.udata = &s;
+    s.call = start(c, &o);
+    free(body); /* copied */
+    assert_int_equal(nx_http_call_body_held(s.call), BODY);
+    run_until(&loop, &s.r.ndone, 1, 10000);
+    assert_int_equal(s.r.rc, 0);
+    assert_int_equal(s.r.status, 200);
+    assert_int_equal(s.nevents, 3);
+    assert_int_equal(s.body_held_at_first_chunk, 0);
     streamer_cleanup(&s);
     finish(&loop, c);
 }
@@ -340,6 +377,7 @@ int main(void)
         cmocka_unit_test(test_http_streams_sse_events_in_order),
         cmocka_unit_test(test_http_cancel_mid_stream_stops_all_callbacks),
         cmocka_unit_test(test_http_on_data_nonzero_aborts_with_ecanceled),
+        cmocka_unit_test(test_http_stream_lets_its_sent_body_go),
         cmocka_unit_test(test_http_cancel_from_timer_completes_synchronously),
         cmocka_unit_test(test_http_parallel_calls_all_complete),
         cmocka_unit_test(test_http_free_with_calls_in_flight_cancels_each_once),
