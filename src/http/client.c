@@ -380,10 +380,9 @@ static size_t header_cb(char *ptr, size_t size, size_t nitems, void *userp)
     return n;
 }
 
-/* A streamed answer lasts as long as the model writes, often a minute, and its request body (the
- * whole conversation) would stay with it: once curl has sent all of it, which it has by the time
- * the answer's body comes unless the server answered early, our copy goes. Nothing sends it
- * again (a retry is a new call; a redirect followed by curl would, so those keep it). */
+/* A streamed answer may last minutes; its request body (a whole conversation) goes once curl sent
+ * it all, as it has when the answer's body comes unless the server answered early. Nothing sends
+ * it again: a retry is a new call (a redirect curl follows would: those keep it). */
 static void release_sent_body(struct nx_http_call *call)
 {
     curl_off_t sent = -1;
@@ -760,44 +759,4 @@ size_t nx_http_call_body_held(const struct nx_http_call *call)
 size_t nx_http_client_inflight(const struct nx_http_client *c)
 {
     return c ? c->inflight : 0;
-}
-
-int nx_http_response_header(const struct nx_http_response *res, const char *name, char *out,
-                            size_t outlen)
-{
-    const char *p, *end;
-    size_t nlen;
-
-    if (!res || !res->headers || !name)
-        return -1;
-    nlen = strlen(name);
-    p = res->headers;
-    end = p + res->headers_len;
-    /* skip the status line */
-    p = memchr(p, '\n', (size_t)(end - p));
-    while (p && p < end) {
-        const char *ln = p + 1, *eol = memchr(ln, '\n', (size_t)(end - ln));
-        const char *v, *ve;
-        size_t vlen;
-
-        if (!eol)
-            eol = end;
-        p = eol;
-        if ((size_t)(eol - ln) <= nlen || ln[nlen] != ':' || strncasecmp(ln, name, nlen) != 0)
-            continue;
-        v = ln + nlen + 1;
-        ve = eol;
-        while (v < ve && (*v == ' ' || *v == '\t'))
-            v++;
-        while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
-            ve--;
-        vlen = (size_t)(ve - v);
-        if (out && outlen > 0) {
-            size_t n = vlen < outlen - 1 ? vlen : outlen - 1;
-            memcpy(out, v, n);
-            out[n] = '\0';
-        }
-        return vlen > (size_t)0x7fffffff ? 0x7fffffff : (int)vlen;
-    }
-    return -1;
 }
