@@ -3,12 +3,14 @@
 #include <string.h>
 
 #include "agent/agent_internal.h"
+#include "agent/carry.h"
 #include "agent/partition.h"
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "llm/media.h"
 #include "store/history.h"
 #include "store/ledger.h"
 
@@ -122,14 +124,29 @@ int nx_partition_dispatch(const struct nx_router_dispatch_in *in, void *arg)
                      "text", in->text, "reply_to", in->reply_to);
     if (!work)
         return NX_EINVAL;
+    if (in->media) { /* the files the model reads, carried: the agents process has its own disk */
+        nx_llm_media_set_root(p->data_dir);
+        json_t *carried = nx_carry_pack(in->media, NX_CARRY_MAX_BYTES);
+        if (carried)
+            json_object_set_new(work, "media", carried);
+    }
     rc = nx_bus_route_subject(p->bus, in->agent, in->session_key, subject, sizeof subject);
-    if (rc == 0)
-        rc = nx_envelope_new(subject, in->channel, in->session_key, work, &env);
-    if (rc == 0 && strlen(in->id) < sizeof env->id) {
+    for (int tries = 0; rc == 0 && tries < 2; tries++) {
+        nx_envelope_free(env);
+        env = NULL;
+        if ((rc = nx_envelope_new(subject, in->channel, in->session_key, work, &env)) < 0)
+            break;
+        if (strlen(in->id) >= sizeof env->id) {
+            rc = NX_EINVAL;
+            break;
+        }
         memcpy(env->id, in->id, strlen(in->id) + 1); /* a repeat is stored once by the stream */
         rc = nx_bus_publish(p->bus, subject, env);
-    } else if (rc == 0) {
-        rc = NX_EINVAL;
+        if (rc != NX_ETOOBIG || tries > 0 || !json_object_get(work, "media"))
+            break;
+        nx_warn("gateway", "event %s: too large for the bus with its files; sent without them", in->id);
+        json_object_set_new(work, "media", nx_carry_strip(json_object_get(work, "media")));
+        rc = 0;
     }
     if (rc == 0) {
         const char *const lv[] = {in->agent};
@@ -351,6 +368,22 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
     }
 }
 
+/* The text, and the files the gateway carried (written under this process's media root). */
+static json_t *user_message(const struct item *it)
+{
+    const json_t *carried = json_object_get(it->work, "media");
+    json_t *media, *m;
+
+    if (!json_is_array(carried) || !json_array_size(carried))
+        return json_pack("{s:s, s:[{s:s, s:s}]}", "role", "user", "content", "type", "text", "text",
+                         str(it->work, "text"));
+    media = nx_carry_unpack(carried, it->p->data_dir);
+    nx_llm_media_set_root(it->p->data_dir);
+    m = nx_llm_user_message(str(it->work, "text"), media);
+    json_decref(media);
+    return m;
+}
+
 static void run_turn(struct item *it, bool is_stateless)
 {
     json_t *msgs = json_array();
@@ -362,8 +395,7 @@ static void run_turn(struct item *it, bool is_stateless)
         .udata = it,
     };
 
-    it->user = json_pack("{s:s, s:[{s:s, s:s}]}", "role", "user", "content", "type", "text", "text",
-                         str(it->work, "text"));
+    it->user = user_message(it);
     if (is_stateless) {
         json_array_extend(msgs, json_object_get(it->state, "history"));
     } else {

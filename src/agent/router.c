@@ -339,14 +339,31 @@ static void on_failed(int rc, int64_t attempts, void *arg);
 
 /* The gateway role's end of the path: the claimed event becomes routed work for another
  * process. Its reply marks it answered when a channel here claims it (key "<id>:0"). */
+/* The payload's `media` (new reference), or NULL. */
+static json_t *payload_media(const struct reply *rp)
+{
+    struct nx_envelope *env = NULL;
+    char err[160];
+    json_t *m;
+
+    if (!rp->data || nx_envelope_parse(rp->data, strlen(rp->data), 0, &env, err, sizeof err) < 0)
+        return NULL;
+    m = json_incref(json_object_get(env->payload, "media"));
+    nx_envelope_free(env);
+    return m;
+}
+
 static void dispatch_now(struct reply *rp)
 {
     struct nx_router *r = rp->r;
+    json_t *media = payload_media(rp);
     const struct nx_router_dispatch_in in = {
         .id = rp->id, .agent = rp->agent, .session_key = rp->session_key, .channel = rp->channel,
         .outbound = rp->subject, .to = rp->to, .text = rp->text, .reply_to = rp->reply_to,
+        .media = media,
     };
     int rc = r->dispatch(&in, r->dispatch_arg);
+    json_decref(media);
     if (rc == 0) {
         const char *const lv[] = {rp->agent, rp->plugin};
         nx_counter_add(m_routed, lv, 1);
@@ -368,15 +385,12 @@ static void dispatch_now(struct reply *rp)
  * read at request time, documents as notes (llm/media.h). */
 static json_t *user_message(const struct reply *rp)
 {
-    struct nx_envelope *env = NULL;
-    char err[160];
+    json_t *media = payload_media(rp);
     json_t *m;
 
     nx_llm_media_set_root(rp->r->agents->data_dir);
-    if (!rp->data || nx_envelope_parse(rp->data, strlen(rp->data), 0, &env, err, sizeof err) < 0)
-        env = NULL;
-    m = nx_llm_user_message(rp->text, env ? json_object_get(env->payload, "media") : NULL);
-    nx_envelope_free(env);
+    m = nx_llm_user_message(rp->text, media);
+    json_decref(media);
     return m;
 }
 

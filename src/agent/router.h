@@ -1,6 +1,8 @@
 #ifndef NX_AGENT_ROUTER_H
 #define NX_AGENT_ROUTER_H
 
+#include <jansson.h>
+
 #include "agent/agent.h"
 #include "bus/bus.h"
 
@@ -50,6 +52,7 @@ struct nx_router_dispatch_in {
     const char *to;          /* the peer */
     const char *text;        /* the user's text */
     const char *reply_to;    /* the inbound msg_id, or NULL */
+    const json_t *media;     /* the payload's `media` (files under <data>/media), or NULL */
 };
 typedef int (*nx_router_dispatch_fn)(const struct nx_router_dispatch_in *in, void *arg);
 void nx_router_set_dispatch(struct nx_router *r, nx_router_dispatch_fn fn, void *arg);

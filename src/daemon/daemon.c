@@ -15,6 +15,7 @@
 #include "bus/bus.h"
 #include "channels/channels.h"
 #include "channels/chledger.h"
+#include "channels/media.h"
 #include "channels/policy.h"
 #include "config/config.h"
 #include "core/alloc.h"
@@ -49,6 +50,7 @@ struct daemon {
     struct nx_bus *bus;
     struct nx_router *router;
     struct nx_partition *part;   /* gateway / agents roles (docs/scaling.md) */
+    struct nx_media_sweeper *carried_sweeper; /* agents role: files the gateway carried */
     struct nx_channels *channels;
     struct nx_sender_limiter *limiter; /* agents' sender_rate_limit, asked by the router */
     uv_timer_t trim_timer;
@@ -269,6 +271,8 @@ static void teardown(struct daemon *d)
     d->agents = NULL;
     nx_partition_free(d->part); /* after the turns ended, before the bus */
     d->part = NULL;
+    nx_media_sweeper_free(d->carried_sweeper);
+    d->carried_sweeper = NULL;
     nx_mcp_manager_free(d->mcp); /* before the HTTP client it calls through */
     d->mcp = NULL;
     nx_bus_free(d->bus); /* before the store: queued events stay on disk */
@@ -556,6 +560,21 @@ static bool is_role(const struct daemon *d, const char *role)
     return d->opts->role && strcmp(d->opts->role, role) == 0;
 }
 
+/* The files the gateway carried in routed work, written under <data>/media/carried/, go after
+ * media.retention as the channels' own do. */
+static void start_carried_sweeper(struct daemon *d)
+{
+    uint64_t keep = nx_config_gateway(d->cfg)->media_retention_ms;
+    static const char *const types[] = {"carried"};
+    struct nx_buf root = NX_BUF_INIT;
+
+    if (!keep)
+        return; /* kept forever */
+    nx_buf_printf(&root, "%s/media", d->opts->data_dir);
+    d->carried_sweeper = nx_media_sweeper_new(&d->rt.loop, nx_buf_cstr(&root), types, 1, keep, 0, 0);
+    nx_buf_cleanup(&root);
+}
+
 /* gateway: the router matches, claims and gates inbound channel messages and dispatches them
  * as routed work (set up with the router below); agents: serve the routed work of the listed
  * agents (all by default). "all" (the default) leaves the in-process router running turns. */
@@ -573,6 +592,7 @@ static int start_role(struct daemon *d)
         nx_partition_watch_settled(d->part); /* from the start: a restart misses none */
         return 0;
     }
+    start_carried_sweeper(d);
     if (!list) {
         json_t *all = nx_agents_list(d->agents), *a;
         size_t i;

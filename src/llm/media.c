@@ -196,6 +196,23 @@ static bool is_text_doc(const char *mime, const char *name)
     return false;
 }
 
+static bool is_image_file(const char *type, const char *mime)
+{
+    return (type && (!strcmp(type, "photo") || !strcmp(type, "image") || !strcmp(type, "sticker"))) ||
+           (mime && strncmp(mime, "image/", 6) == 0);
+}
+
+uint64_t nx_llm_media_read_cap(const json_t *m)
+{
+    const char *type = json_string_value(json_object_get(m, "type"));
+    const char *mime = json_string_value(json_object_get(m, "mime"));
+
+    if (is_image_file(type, mime))
+        return NX_LLM_IMAGE_MAX_BYTES;
+    return is_text_doc(mime, json_string_value(json_object_get(m, "file_name"))) ? NX_LLM_DOC_INLINE_MAX
+                                                                                : 0;
+}
+
 /* One file of the payload's media as content blocks appended to blocks. */
 static void add_media(json_t *blocks, const json_t *m)
 {
@@ -216,11 +233,9 @@ static void add_media(json_t *blocks, const json_t *m)
                       e ? e : "not downloaded");
         goto out;
     }
-    bool is_image = (type && (!strcmp(type, "photo") || !strcmp(type, "image") ||
-                              !strcmp(type, "sticker"))) ||
-                    (mime && strncmp(mime, "image/", 6) == 0);
+    bool is_image = is_image_file(type, mime);
     bool is_text = !is_image && is_text_doc(mime, name);
-    uint64_t cap = is_image ? NX_LLM_IMAGE_MAX_BYTES : is_text ? NX_LLM_DOC_INLINE_MAX : 0;
+    uint64_t cap = nx_llm_media_read_cap(m);
     rc = nx_llm_media_read(path, cap, &data, &len, err, sizeof err);
     if (rc == NX_EPERM || rc == NX_ENOENT || rc == NX_EIO) {
         nx_warn("llm", "a %s the user sent is not given to the model: %s", what, err);

@@ -44,6 +44,10 @@ json_t *nx_llm_media_resolve(const json_t *block);
 /* Text documents up to this size go into the user message as text. */
 #define NX_LLM_DOC_INLINE_MAX 65536
 
+/* How much of a payload media file the model reads: NX_LLM_IMAGE_MAX_BYTES for an image,
+ * NX_LLM_DOC_INLINE_MAX for a text document, 0 for other files (a note names them). */
+uint64_t nx_llm_media_read_cap(const json_t *m);
+
 /* The user message of a turn from a channel message: the text, and for each file the sender
  * attached (a channel payload's `media`: [{type, path, mime, size, file_name, error}]) an image
  * reference block (images the models take, up to NX_LLM_IMAGE_MAX_BYTES) or a text note with

@@ -17,6 +17,7 @@ flood, that replies the agents published while the gateway was killed (-9) are s
 Telegram channel once it is back (from the NEXO_OUTBOUND stream), each exactly once, that an
 inbound event published again with the same id after that restart is dropped by the ledger, and
 that the agents process wrote the turns to its transcripts."""
+import base64
 import json
 import os
 import re
@@ -292,6 +293,47 @@ class ScaleOut(unittest.TestCase):
         wait_for(lambda: len({e["payload"]["reply_to"] for _, e in self.col.snapshot()}) >= 20, 60,
                  "20 answers over core NATS")
         self.assertEqual(gw.get_json("/readyz")[1]["bus_mode"], "nats")
+
+    def test_files_a_user_sent_reach_an_agents_process(self):
+        """Each process has its own data dir: the gateway carries the files the model reads in the
+        routed work; the agents process writes them under its media root and the model gets the
+        image, the text file inline, and a note for what stays behind."""
+        gw = self.nexo("--role", "gateway")
+        ag = self.nexo("--role", "agents")
+        ag.wait_log(r"consuming agent\.route\.kate\.\* through 8 durable", timeout=30)
+        self.col = Collector(self.nats.port, "plugin.outbound.>")
+        self.col.start()
+        wait_for(lambda: self.col.connects >= 1, 10, "the collector")
+        png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJ"
+                               "RU5ErkJggg==")
+        inbox = os.path.join(gw.data_dir, "media", "scale")
+        os.makedirs(inbox)
+        files = {"p.png": png, "n.txt": b"milk, eggs\n", "r.pdf": b"%PDF-1.4 not shown"}
+        for name, data in files.items():
+            with open(os.path.join(inbox, name), "wb") as f:
+                f.write(data)
+        media = [{"type": "photo", "path": os.path.join(inbox, "p.png"), "size": len(png)},
+                 {"type": "document", "path": os.path.join(inbox, "n.txt"), "mime": "text/plain",
+                  "file_name": "shopping.txt"},
+                 {"type": "document", "path": os.path.join(inbox, "r.pdf"), "mime": "application/pdf",
+                  "file_name": "report.pdf"}]
+        script(self.fport, [{"text": "seen"}])
+        pub = NatsConn(self.nats.port)
+        pub.sub("_nexo_test.none", 99)
+        pub.pub("plugin.inbound.scale", envelope("plugin.inbound.scale", {
+            "kind": "message", "chat": "m1", "text": "look", "msg_id": 1, "media": media}))
+        pub.s.close()
+        wait_for(lambda: len(self.col.snapshot()) >= 1, 60, "the answer")
+        blocks = requests_seen(self.fport)[-1]["body"]["messages"][-1]["content"]
+        self.assertEqual(blocks[0]["type"], "image", blocks)
+        self.assertEqual(base64.b64decode(blocks[0]["source"]["data"]), png)
+        texts = [b["text"] for b in blocks if b["type"] == "text"]
+        self.assertTrue(any(t.endswith("its text:]\nmilk, eggs\n") and "shopping.txt" in t for t in texts), texts)
+        self.assertTrue(any("report.pdf" in t and "left at the gateway" in t for t in texts), texts)
+        self.assertEqual(texts[-1], "look")
+        carried = os.listdir(os.path.join(ag.data_dir, "media", "carried"))
+        self.assertEqual(len(carried), 2, carried)  # the image and the text file, by content
+        self.assertFalse(os.path.exists(os.path.join(gw.data_dir, "media", "carried")))
 
     def test_role_errors(self):
         no_nats = os.path.join(self.tmp, "local")
