@@ -62,8 +62,9 @@ void nx_log_set_context(const char *agent, const char *session);
  *     uint64_t prev = nx_log_context_swap(t->log_ctx);
  *     ...
  *     nx_log_context_swap(prev);
- * and work started from inside one (a turn started by an MCP call) takes
- * nx_log_context_current() as its own. Lines are not written with it: sinks only. */
+ * and work started from inside one (a turn started by an MCP call, an HTTP call, a timer) takes
+ * nx_log_context_current() as its own and sets it around its own callbacks. Lines are not
+ * written with it: sinks only. */
 
 /* A new context id: unique in the process, never 0. Thread-safe. */
 uint64_t nx_log_context_new(void);

@@ -47,6 +47,7 @@ struct nx_http_call {
     bool is_redirecting; /* curl follows redirects: it may send the body again */
     nx_http_data_fn on_data;
     nx_http_done_fn on_done;
+    uint64_t log_ctx; /* the caller's log context: its callbacks run in it */
     void *udata;
     uint64_t max_bytes;
     uint64_t received;
@@ -159,8 +160,11 @@ static void call_finish(struct nx_http_call *call, int rc, const char *err)
     res.headers_len = call->resp_hdrs.len;
     res.body = nx_buf_cstr(&call->resp_body);
     res.body_len = call->resp_body.len;
-    if (call->on_done)
+    if (call->on_done) {
+        uint64_t prev = nx_log_context_swap(call->log_ctx);
         call->on_done(rc, &res, rc == 0 ? NULL : err, call->udata);
+        nx_log_context_swap(prev);
+    }
 }
 
 static void handle_closed(struct nx_http_client *c);
@@ -414,7 +418,10 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userp)
     if (call->on_data) {
         long status = 0;
         curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &status);
-        if (call->on_data(ptr, n, status, call->udata) != 0) {
+        uint64_t prev = nx_log_context_swap(call->log_ctx);
+        int stop = call->on_data(ptr, n, status, call->udata);
+        nx_log_context_swap(prev);
+        if (stop != 0) {
             call->fail_rc = NX_ECANCELED;
             return 0;
         }
@@ -685,6 +692,7 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
     if (!c || !o || !o->on_done || c->is_freeing)
         return NULL;
     call = nx_calloc(1, sizeof *call);
+    call->log_ctx = nx_log_context_current();
     call->client = c;
     call->on_data = o->on_data;
     call->on_done = o->on_done;

@@ -50,6 +50,7 @@ struct chain {
     char *last_msg;
     int64_t last_retry_ms;
     bool last_retryable;
+    uint64_t log_ctx;      /* the caller's log context: later attempts start in it */
 };
 
 static void chain_cancel(struct nx_llm_call *call);
@@ -146,7 +147,11 @@ static uint64_t backoff_ms(const struct chain *ch, const struct nx_llm_result *r
 
 static void on_backoff(uv_timer_t *t)
 {
-    next_attempt(t->data);
+    struct chain *ch = t->data;
+    uint64_t prev = nx_log_context_swap(ch->log_ctx);
+
+    next_attempt(ch);
+    nx_log_context_swap(prev);
 }
 
 static void attempt_text(const char *delta, size_t len, void *udata)
@@ -267,7 +272,7 @@ static void next_attempt(struct chain *ch)
 
 static void on_first(uv_timer_t *t)
 {
-    next_attempt(t->data);
+    on_backoff(t); /* the same: the next attempt, in the caller's log context */
 }
 
 struct nx_llm_call *nx_llm_chain_start(const struct nx_llm_target *targets, size_t ntargets,
@@ -283,6 +288,7 @@ struct nx_llm_call *nx_llm_chain_start(const struct nx_llm_target *targets, size
         if (!targets[i].provider)
             return NULL;
     ch = nx_calloc(1, sizeof *ch);
+    ch->log_ctx = nx_log_context_current();
     ch->base.cancel = chain_cancel;
     ch->targets = nx_calloc(ntargets, sizeof *ch->targets);
     for (size_t i = 0; i < ntargets; i++) {

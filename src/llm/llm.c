@@ -296,6 +296,7 @@ struct single {
     bool saw_text;
     uint64_t t0_ns;
     uv_timer_t *defer; /* a call that failed before it went out completes from here */
+    uint64_t log_ctx;  /* the caller's: the deferred completion runs in it */
     int defer_rc;
     const char *defer_why;
 };
@@ -472,7 +473,9 @@ static void defer_fire(struct single *c, int rc)
 static void on_defer(uv_timer_t *t)
 {
     struct single *c = t->data;
+    uint64_t prev = nx_log_context_swap(c->log_ctx);
     defer_fire(c, c->defer_rc);
+    nx_log_context_swap(prev);
 }
 
 /* The size of the last request body built on this thread (see nx_llm_call_start). */
@@ -493,6 +496,7 @@ struct nx_llm_call *nx_llm_call_start(struct nx_llm_provider *p, const struct nx
     if (!p || !req || !cb || !cb->on_done)
         return NULL;
     c = nx_calloc(1, sizeof *c);
+    c->log_ctx = nx_log_context_current();
     c->base.cancel = nx_llm_call_cancel;
     c->p = p;
     c->wire = wire;

@@ -29,6 +29,7 @@ struct nx_mcp_request {
     nx_mcp_result_fn done;
     void *udata;
     int early_rc; /* could not be sent: reported from the timer */
+    uint64_t log_ctx; /* the caller's log context: its callbacks run in it */
 };
 
 struct nx_mcp_client {
@@ -96,8 +97,11 @@ static void finish(struct nx_mcp_request *r, int rc, const json_t *result, const
         return;
     unlink_req(r);
     c->busy++;
-    if (r->done)
+    if (r->done) {
+        uint64_t prev = nx_log_context_swap(r->log_ctx);
         r->done(rc, result, err, r->udata);
+        nx_log_context_swap(prev);
+    }
     c->busy--;
     client_release(c);
 }
@@ -163,6 +167,7 @@ struct nx_mcp_request *nx_mcp_client_request(struct nx_mcp_client *c, const char
     r->progress = progress;
     r->done = done;
     r->udata = udata;
+    r->log_ctx = nx_log_context_current();
     uv_timer_init(c->loop, &r->timer);
     r->timer.data = r;
     r->next = c->pending;
@@ -257,8 +262,10 @@ static void on_progress(struct nx_mcp_client *c, const json_t *params)
         nx_debug("mcp", "server %s: progress for an unknown token", c->name);
         return;
     }
+    uint64_t prev = nx_log_context_swap(r->log_ctx);
     r->progress(json_number_value(p), json_is_number(total) ? json_number_value(total) : -1,
                 json_string_value(json_object_get(params, "message")), r->udata);
+    nx_log_context_swap(prev);
 }
 
 void nx_mcp_client_reply(struct nx_mcp_client *c, const json_t *id, json_t *result)

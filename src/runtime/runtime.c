@@ -111,6 +111,7 @@ struct nx_timer {
     uv_timer_t handle;
     void (*fn)(void *arg);
     void *arg;
+    uint64_t log_ctx; /* the log context it was set in, and fires in */
 };
 
 static void timer_closed(uv_handle_t *h)
@@ -121,7 +122,9 @@ static void timer_closed(uv_handle_t *h)
 static void timer_fired(uv_timer_t *h)
 {
     struct nx_timer *t = nx_container_of(h, struct nx_timer, handle);
+    uint64_t prev = nx_log_context_swap(t->log_ctx);
     t->fn(t->arg);
+    nx_log_context_swap(prev);
     uv_close((uv_handle_t *)h, timer_closed);
 }
 
@@ -130,6 +133,7 @@ struct nx_timer *nx_timer_once(uv_loop_t *loop, uint64_t ms, void (*fn)(void *ar
     struct nx_timer *t = nx_calloc(1, sizeof *t);
     t->fn = fn;
     t->arg = arg;
+    t->log_ctx = nx_log_context_current();
     uv_timer_init(loop, &t->handle);
     uv_timer_start(&t->handle, timer_fired, ms, 0);
     return t;

@@ -516,6 +516,31 @@ class McpServerHttp(unittest.TestCase):
             self.assertNotIn("mcp:" + other, mine)
             self.assertNotIn("ghost_" + other, mine)
 
+    def test_lines_from_the_model_clients_callbacks_reach_their_call(self):
+        """A 429 and the retry after it are logged from the HTTP client's and the backoff timer's
+        callbacks, not from the turn's own code: with two sessions open, the lines still reach
+        the session whose call it was (the log context follows the request), and no other."""
+        sids = {name: self.session() for name in ("alpha", "beta")}
+        for sid in sids.values():
+            st, _, _ = self.post({"jsonrpc": "2.0", "id": 2, "method": "logging/setLevel",
+                                  "params": {"level": "debug"}}, sid)
+            self.assertEqual(st, 200)
+        script(self.port, [{"error": {"status": 429, "type": "rate_limit_error", "message": "slow down",
+                                      "retry_after_ms": 50}},
+                           {"text": "alpha done"}])
+        st, body, _ = self.post({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                                 "params": {"name": "ask_main", "arguments": {"message": "hi", "session": "alpha"}}},
+                                sids["alpha"])
+        self.assertEqual(st, 200, body)
+        logs = "\n".join(log_data(body))
+        self.assertIn("alpha done", body.decode())
+        self.assertRegex(logs, r"attempt 1 failed \(rate_limit_error\), retrying in \d+ ms", logs)
+        st, body, _ = self.post({"jsonrpc": "2.0", "id": 4, "method": "ping"}, sids["beta"])
+        self.assertEqual(st, 200)
+        self.assertNotIn("retrying", body.decode())
+        for sid in sids.values():
+            self.n.request("DELETE", "/mcp", headers={"Mcp-Session-Id": sid, "Authorization": "Bearer " + TOKEN})
+
     def test_sessions_get_their_own_turns_lines(self):
         logs = self.two_sessions_at_once()
         for me in ("alpha", "beta"):

@@ -232,6 +232,7 @@ static int url_resolve(const struct url *base, const char *loc, struct url *out,
 
 struct fetch {
     uv_loop_t *loop;
+    uint64_t log_ctx;        /* the caller's log context: the timer and resolver run in it */
     struct nx_http_client *http;
     char **allow;            /* copy of the allowlist, NULL-terminated */
     bool allow_private;
@@ -339,11 +340,13 @@ static void finish_msg(struct fetch *f, const char *fmt, ...)
 static void on_timer(uv_timer_t *t)
 {
     struct fetch *f = t->data;
+    uint64_t prev = nx_log_context_swap(f->log_ctx);
 
     f->busy++;
     finish_msg(f, "http_fetch: %s: timed out after %u ms", f->cur_url, FETCH_TIMEOUT_MS);
     f->busy--;
     maybe_free(f);
+    nx_log_context_swap(prev);
 }
 
 static const char *hop_name(const struct fetch *f, char *buf, size_t len)
@@ -509,7 +512,17 @@ out:
     maybe_free(f);
 }
 
+static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res);
+
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    uint64_t prev = nx_log_context_swap(((struct fetch *)req->data)->log_ctx);
+
+    resolved(req, status, res); /* (may free the fetch) */
+    nx_log_context_swap(prev);
+}
+
+static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     struct fetch *f = req->data;
     nx_addr_check_fn is_private = addr_check ? addr_check : nx_sandbox_addr_is_private;
@@ -648,6 +661,7 @@ static struct nx_tool_call *fetch_run(const struct nx_tool_ctx *ctx, const json_
         return NULL;
     }
     f = nx_calloc(1, sizeof *f);
+    f->log_ctx = nx_log_context_current();
     f->loop = ctx->loop;
     f->http = ctx->http;
     f->allow_private = ctx->allow_private_addresses;
