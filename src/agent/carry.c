@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include "agent/carry.h"
@@ -59,8 +60,10 @@ json_t *nx_carry_pack(const json_t *media, size_t budget)
         json_t *d;
         int rc;
 
-        if (i >= CARRY_MAX_FILES)
+        if (i >= CARRY_MAX_FILES) { /* the user message says so past this many */
+            json_array_append_new(out, json_pack("{s:s, s:s}", "type", "file", "error", "left out"));
             break;
+        }
         if (!json_is_object(m))
             continue;
         d = descriptor(m);
@@ -71,14 +74,16 @@ json_t *nx_carry_pack(const json_t *media, size_t budget)
             set_error(d, "left at the gateway: the model is not shown this kind of file");
             continue;
         }
-        rc = nx_llm_media_read(path, cap, &data, &len, err, sizeof err);
-        if (rc == 0 && used + len > budget)
+        /* read no more than the budget leaves: a file over it is not read whole to learn that */
+        uint64_t room = budget - used;
+        rc = nx_llm_media_read(path, room < cap ? room : cap, &data, &len, err, sizeof err);
+        if (rc == NX_ETOOBIG && room < cap)
             set_error(d, "too large to carry to the agents process serving this chat");
         else if (rc == NX_ETOOBIG)
             set_error(d, "too large to show to the model");
         else if (rc < 0)
             set_error(d, err);
-        if (rc == 0 && used + len <= budget) {
+        if (rc == 0) {
             char *b64 = nx_llm_base64((const unsigned char *)data, len);
             json_object_set_new(d, "data", json_string(b64));
             json_object_set_new(d, "size", json_integer((json_int_t)len));
@@ -150,8 +155,10 @@ static char *store_file(const char *data_dir, const unsigned char *data, size_t 
     for (size_t i = 0; i < sizeof md; i++)
         nx_buf_printf(&path, "%02x", md[i]);
     nx_buf_printf(&path, ".%s", nx_media_ext(mime, "bin"));
-    if (lstat(nx_buf_cstr(&path), &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size == len)
+    if (lstat(nx_buf_cstr(&path), &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size == len) {
+        utimensat(AT_FDCWD, nx_buf_cstr(&path), NULL, AT_SYMLINK_NOFOLLOW); /* kept from now */
         return nx_buf_steal(&path); /* the same content, written before */
+    }
     if (nx_media_write_file(nx_buf_cstr(&path), (const char *)data, len) < 0) {
         nx_warn("agents", "cannot write %s", nx_buf_cstr(&path));
         nx_buf_cleanup(&path);
@@ -172,13 +179,13 @@ json_t *nx_carry_unpack(const json_t *carried, const char *data_dir)
         char *path;
         json_t *d;
 
-        if (i >= CARRY_MAX_FILES)
+        if (i > CARRY_MAX_FILES) /* (the one past them says more were left out) */
             break;
         if (!json_is_object(m))
             continue;
         d = descriptor(m);
         json_array_append_new(out, d);
-        if (!b64)
+        if (!b64 || i == CARRY_MAX_FILES)
             continue;
         if (!(data = unbase64(b64, strlen(b64), &len)) || len > NX_LLM_IMAGE_MAX_BYTES) {
             set_error(d, "its carried copy was not valid base64");

@@ -298,6 +298,12 @@ static void dlq_row_cleanup(struct bjob *j)
 
 void nx_dlq_put(struct nx_bus *bus, struct nx_bus_sub *sub, struct nx_delivery *d)
 {
+    nx_dlq_put_item(bus, sub->name, d->item, d->last_error, d->attempts);
+}
+
+void nx_dlq_put_item(struct nx_bus *bus, const char *consumer, const struct nx_bus_item *item,
+                     const char *error, uint32_t attempts)
+{
     struct dlq_row *r;
     struct bjob *j;
 
@@ -307,17 +313,17 @@ void nx_dlq_put(struct nx_bus *bus, struct nx_bus_sub *sub, struct nx_delivery *
     bus->stats.dead_letters++;
     nx_counter_add(m_dead, NULL, 1);
     if (!bus->opts.store) {
-        nx_error("bus", "dead letter %s for %s (no store, not kept): %s", d->item->env->id,
-                 sub->name, d->last_error ? d->last_error : "");
+        nx_error("bus", "dead letter %s for %s (no store, not kept): %s", item->env->id, consumer,
+                 error ? error : "");
         return;
     }
     r = nx_calloc(1, sizeof *r);
-    r->id = nx_strdup(d->item->env->id);
-    r->consumer = nx_strdup(sub->name);
-    r->subject = nx_strdup(d->item->subject);
-    r->envelope = nx_strdup(d->item->data);
-    r->error = d->last_error ? nx_strdup(d->last_error) : NULL;
-    r->attempts = d->attempts;
+    r->id = nx_strdup(item->env->id);
+    r->consumer = nx_strdup(consumer);
+    r->subject = nx_strdup(item->subject);
+    r->envelope = nx_strdup(item->data);
+    r->error = error ? nx_strdup(error) : NULL;
+    r->attempts = attempts;
     j = bjob_new(bus);
     j->dead = r;
     j->cleanup = dlq_row_cleanup;

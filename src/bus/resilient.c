@@ -106,6 +106,8 @@ int nx_resilient_publish(struct nx_bus *bus, struct nx_bus_item *item)
             start_flush(bus);
             return 0;
         }
+        if (rc == NX_ETOOBIG)
+            return rc; /* over the server's max_payload: queueing would not make it fit */
         nx_debug("bus", "publish to NATS failed (%s); queueing", nx_strerror(rc));
     }
     if (!bus->is_connected && !strcmp(bus->conf.fallback.mode, "drop")) {
@@ -199,6 +201,17 @@ static void kick(struct nx_bus *bus)
     while ((q = bus->q_next_send) && bus->in_flight < bus->opts.max_in_flight) {
         int rc = nx_bus_nats_backend.publish(bus, q->item, q->local);
 
+        if (rc == NX_ETOOBIG) { /* queued while NATS was down, and over its max_payload */
+            nx_error("bus", "event %s on %s: larger than the NATS server's max_payload; moved to the "
+                     "dead letters", q->item->env->id, q->item->subject);
+            nx_dlq_put_item(bus, "publish", q->item, "larger than the NATS server's max_payload", 1);
+            q_remove(bus, q); /* (moves q_next_send on) */
+            bus->q_waiting--;
+            if (q->is_durable)
+                nx_queue_delete(bus, &q, 1);
+            qent_free(q);
+            continue;
+        }
         if (rc < 0) {
             nx_debug("bus", "replay publish failed (%s); will retry", nx_strerror(rc));
             break;

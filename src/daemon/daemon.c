@@ -30,6 +30,7 @@
 #include "mcp/mcp.h"
 #include "mcp/server.h"
 #include "runtime/runtime.h"
+#include "store/history.h"
 #include "store/store.h"
 
 enum { LISTENER_GATEWAY, LISTENER_METRICS, LISTENER_ADMIN, LISTENER_COUNT };
@@ -151,6 +152,8 @@ static void on_store_ready(int rc, void *arg)
         return;
     }
     d->ready.store_open = true;
+    /* what a previous run left unindexed (a failing index, a backlog at stop), in the background */
+    nx_transcripts_index(d->store, NULL, NULL);
     check_ready(d);
 }
 

@@ -130,9 +130,20 @@ static void send_cancelled(struct nx_mcp_client *c, struct nx_mcp_request *r, co
     c->t->vt->forget(c->t, r->id);
 }
 
+static void req_timer(struct nx_mcp_request *r);
+
+/* A request's timeout (or its early failure), in the log context it was made in. */
 static void on_req_timer(uv_timer_t *h)
 {
     struct nx_mcp_request *r = h->data;
+    uint64_t prev = nx_log_context_swap(r->log_ctx);
+
+    req_timer(r); /* (r may be gone after) */
+    nx_log_context_swap(prev);
+}
+
+static void req_timer(struct nx_mcp_request *r)
+{
     struct nx_mcp_client *c = r->c;
 
     if (!c)

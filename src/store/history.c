@@ -14,7 +14,7 @@
 #include "store/history_internal.h"
 
 /* Sessions and their messages in SQLite; each append also goes to the session's transcript
- * (JSONL file, and the FTS5 index within half a second: transcript_index.c), redacted. The
+ * (JSONL file, and the FTS5 index at the end of the batch: transcript_index.c), redacted. The
  * database keeps the history unredacted (the model needs it as it was); the transcript copies
  * are redacted. See docs/transcripts.md. */
 
@@ -276,7 +276,7 @@ static int append_job_run(sqlite3 *db, void *arg)
         rc = NX_EDB;
         jsonl_line(j, ts, m, &lines);
     }
-    nx_transcript_index_soon(db); /* the FTS rows, within half a second (transcript_index.c) */
+    nx_transcript_index_soon(db); /* the FTS rows, at the batch's end (transcript_index.c) */
 
     /* The database is the record; the JSONL file is an export of it. A failed file write is
      * logged and counted, and the history still commits (docs/transcripts.md). */

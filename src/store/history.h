@@ -37,7 +37,7 @@ void nx_history_load(struct nx_store *s, const char *session_key, size_t max_mes
 
 /* Appends messages (a JSON array, borrowed; copied before return) to the session, creating it
  * (with agent_id, channel and peer parsed from the key) if needed, and to its JSONL transcript,
- * in one store write. done may be NULL. The FTS5 index follows within half a second (and
+ * in one store write. done may be NULL. The FTS5 index follows at the end of the batch (and
  * searches catch it up first): a failing index never fails an append.
  * done gets NX_EINVAL (and nothing is stored) for a message without a string "role" and an
  * array or string "content", a key whose agent differs from agent_id, or a key that does not

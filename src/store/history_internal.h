@@ -42,8 +42,9 @@ void nx_json_put_redacted(struct nx_buf *out, const char *s, size_t len);
 void nx_transcript_text(const json_t *content, struct nx_buf *out);
 
 /* The transcript index (transcript_index.c), store thread only. After an append: asks for a
- * catch-up within half a second (later after failures). Before a search: indexes everything
- * not indexed yet, in the running write job; NX_EDB (logged, counted) when that fails. */
+ * catch-up at the end of the batch (later after failures). Before a search: indexes what is not
+ * indexed yet, in the running write job (4,096 messages at most; the rest follows in the next
+ * batches); NX_EDB (logged, counted) when that fails. */
 void nx_transcript_index_soon(sqlite3 *db);
 int nx_transcript_index_all(sqlite3 *db);
 

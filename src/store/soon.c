@@ -1,10 +1,12 @@
 /* Work asked for later (nx_store_soon): kept in a few slots on the store thread, run at the end
- * of a batch or in a transaction of its own (store.c decides when). */
+ * of a batch or in a transaction of its own (store.c decides when), done once that commits. */
 #include "store/soon.h"
 
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
+
+#define RETRY_NS 1000000000u
 
 int nx_soon_add(struct nx_soon *set, uint64_t due_ns, nx_store_job_fn fn, void *arg)
 {
@@ -13,8 +15,9 @@ int nx_soon_add(struct nx_soon *set, uint64_t due_ns, nx_store_job_fn fn, void *
     for (size_t i = 0; i < NX_SOON_SLOTS; i++) {
         struct nx_soon *w = &set[i];
         if (w->fn == fn && w->arg == arg) {
-            if (due_ns < w->due_ns)
+            if (w->has_run || due_ns < w->due_ns)
                 w->due_ns = due_ns;
+            w->has_run = false;
             return 0;
         }
         if (!w->fn && !free_slot)
@@ -31,16 +34,9 @@ uint64_t nx_soon_next(const struct nx_soon *set)
     uint64_t next = 0;
 
     for (size_t i = 0; i < NX_SOON_SLOTS; i++)
-        if (set[i].fn && (!next || set[i].due_ns < next))
+        if (set[i].fn && !set[i].has_run && (!next || set[i].due_ns < next))
             next = set[i].due_ns;
     return next;
-}
-
-void nx_soon_postpone(struct nx_soon *set, uint64_t due_ns)
-{
-    for (size_t i = 0; i < NX_SOON_SLOTS; i++)
-        if (set[i].fn && set[i].due_ns < due_ns)
-            set[i].due_ns = due_ns;
 }
 
 static int exec(sqlite3 *db, const char *sql)
@@ -50,23 +46,23 @@ static int exec(sqlite3 *db, const char *sql)
 
 bool nx_soon_run(struct nx_soon *set, sqlite3 *db, bool is_all)
 {
-    struct nx_soon due[NX_SOON_SLOTS];
+    size_t due[NX_SOON_SLOTS];
     uint64_t now = nx_mono_ns();
     size_t n = 0;
 
-    for (size_t i = 0; i < NX_SOON_SLOTS; i++) {
-        if (set[i].fn && (is_all || set[i].due_ns <= now)) {
-            due[n++] = set[i];
-            set[i].fn = NULL;
-        }
-    }
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < NX_SOON_SLOTS; i++) /* the work due now; what it asks for waits */
+        if (set[i].fn && !set[i].has_run && (is_all || set[i].due_ns <= now))
+            due[n++] = i;
+    for (size_t k = 0; k < n; k++) {
+        struct nx_soon w = set[due[k]];
+        int rc;
+
         if (exec(db, "SAVEPOINT nx_soon") < 0)
-            return !sqlite3_get_autocommit(db);
-        int rc = due[i].fn(db, due[i].arg);
+            return !sqlite3_get_autocommit(db); /* this and the rest wait */
+        set[due[k]].has_run = true;
+        rc = w.fn(db, w.arg);
         if (sqlite3_get_autocommit(db)) {
-            nx_error("store", "the batch transaction ended inside later work (%s)",
-                     sqlite3_errmsg(db));
+            nx_error("store", "the transaction ended inside later work (%s)", sqlite3_errmsg(db));
             return false;
         }
         if (rc < 0) {
@@ -79,4 +75,20 @@ bool nx_soon_run(struct nx_soon *set, sqlite3 *db, bool is_all)
             return false;
     }
     return true;
+}
+
+void nx_soon_end(struct nx_soon *set, bool is_committed, uint64_t now_ns)
+{
+    for (size_t i = 0; i < NX_SOON_SLOTS; i++) {
+        struct nx_soon *w = &set[i];
+        if (!w->fn)
+            continue;
+        if (w->has_run && is_committed) {
+            w->fn = NULL;
+            continue;
+        }
+        w->has_run = false;
+        if (!is_committed && w->due_ns < now_ns + RETRY_NS)
+            w->due_ns = now_ns + RETRY_NS;
+    }
 }

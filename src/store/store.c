@@ -465,6 +465,7 @@ finish:
             sql_exec(s, "ROLLBACK");
         atomic_fetch_add_explicit(&s->failed_commits, 1, memory_order_relaxed);
     }
+    nx_soon_end(s->soon, is_ok, nx_mono_ns());
     nx_histogram_observe(s->m_batch, NULL, (double)n);
     if (n > atomic_load_explicit(&s->max_batch_seen, memory_order_relaxed))
         atomic_store_explicit(&s->max_batch_seen, n, memory_order_relaxed);
@@ -480,26 +481,27 @@ finish:
 }
 
 /* Work asked for later whose time came while no write did, in a transaction of its own. When
- * that cannot begin, the work waits a second more (not a busy loop on a locked database). */
+ * that cannot begin or commit, the work waits a second more (no busy loop on a failing disk). */
 static void run_soon_alone(struct nx_store *s, bool is_all)
 {
-    bool is_ok;
+    bool is_ok = sql_exec(s, "BEGIN IMMEDIATE") == 0;
 
-    if (sql_exec(s, "BEGIN IMMEDIATE") < 0) {
+    if (!is_ok)
         nx_error("store", "BEGIN: %s", sqlite3_errmsg(s->db));
-        nx_soon_postpone(s->soon, nx_mono_ns() + 1000000000u);
-        return;
+    is_ok = is_ok && nx_soon_run(s->soon, s->db, is_all);
+    if (is_ok && sql_exec(s, "COMMIT") < 0) {
+        nx_error("store", "COMMIT of later work failed: %s", sqlite3_errmsg(s->db));
+        is_ok = false;
     }
-    is_ok = nx_soon_run(s->soon, s->db, is_all);
-    if (is_ok && sql_exec(s, "COMMIT") == 0) {
+    if (is_ok) {
         atomic_fetch_add_explicit(&s->commits, 1, memory_order_relaxed);
         nx_counter_add(s->m_commits, NULL, 1);
-        return;
+    } else {
+        atomic_fetch_add_explicit(&s->failed_commits, 1, memory_order_relaxed);
+        if (!sqlite3_get_autocommit(s->db))
+            sql_exec(s, "ROLLBACK");
     }
-    nx_error("store", "COMMIT of later work failed: %s", sqlite3_errmsg(s->db));
-    atomic_fetch_add_explicit(&s->failed_commits, 1, memory_order_relaxed);
-    if (!sqlite3_get_autocommit(s->db))
-        sql_exec(s, "ROLLBACK");
+    nx_soon_end(s->soon, is_ok, nx_mono_ns());
 }
 
 /* A read runs between batches, outside any write transaction: it sees every write queued

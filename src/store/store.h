@@ -53,7 +53,9 @@ void nx_store_flush(struct nx_store *s, nx_store_done_fn done, void *arg);
  * a write transaction: after the last job of the first batch that ends past that time, or in a
  * transaction of its own when no write comes; at close, before the last commit, whatever the
  * time. It runs in a savepoint of its own: if it fails, its changes are undone, the batch still
- * commits, and fn must be able to redo the work when asked again. One request per (fn, arg) is
+ * commits (unless the failure ended the transaction), and fn must be able to redo the work when
+ * asked again. A request is done once its transaction commits; if that fails, it runs again a
+ * second later. One request per (fn, arg) is
  * kept (asking again keeps the earlier time); fn may ask again itself (it then runs in a later
  * batch). Requests outlive the job that made them, whatever that job's result. Store thread
  * only (from a job or from such work); 0, or NX_EINVAL elsewhere or when 4 different requests

@@ -25,6 +25,7 @@
 
 #define INDEX_ROWS_PER_RUN 256
 #define INDEX_BACKOFF_MAX_MS 60000
+#define INDEX_RUNS_PER_SEARCH 16 /* 4,096 messages: a search never holds the store long */
 
 enum {
     S_LAST_ROW,
@@ -120,10 +121,14 @@ static int64_t read_id(sqlite3 *db, int which)
     sqlite3_stmt *st = stmt(db, which);
     int64_t id = 0;
 
+    int rc;
+
     if (!st)
         return -1;
-    if (sqlite3_step(st) == SQLITE_ROW)
+    if ((rc = sqlite3_step(st)) == SQLITE_ROW)
         id = sqlite3_column_int64(st, 0);
+    else if (rc != SQLITE_DONE)
+        id = -1; /* (not 0: that would read every message again) */
     stmt_reset(st);
     return id;
 }
@@ -220,7 +225,11 @@ int nx_transcript_index_all(sqlite3 *db)
 {
     bool is_more = true;
 
-    while (is_more) {
+    for (int runs = 0; is_more; runs++) {
+        if (runs == INDEX_RUNS_PER_SEARCH) { /* a long backlog: the rest in later batches */
+            nx_store_soon(db, 0, index_run, NULL);
+            break;
+        }
         if (index_some(db, INDEX_ROWS_PER_RUN, &is_more) < 0) {
             count_failure(db);
             return NX_EDB;

@@ -469,16 +469,19 @@ void nx_transcripts_index(struct nx_store *s, nx_store_done_fn done, void *arg)
     nx_store_write(s, index_job, done, arg);
 }
 
-static void search_submit(struct nx_store *s, struct search *q)
+/* `is_catching_up`: what was appended and not indexed yet goes in first (a failure there is
+ * logged; the search runs on what is indexed). Only the process that appends does: it has the
+ * configured redaction patterns (`nexo transcripts search` only reads, as the daemon it runs
+ * beside indexes at the end of each batch). */
+static void search_submit(struct nx_store *s, struct search *q, bool is_catching_up)
 {
     if (is_blank(q->query)) {
         snprintf(q->err, sizeof q->err, "empty query");
         q->finish(NX_EINVAL, q);
         return;
     }
-    /* what was appended and not indexed yet first (a failure there is logged; the search runs
-     * on what is indexed) */
-    nx_transcripts_index(s, NULL, NULL);
+    if (is_catching_up)
+        nx_transcripts_index(s, NULL, NULL);
     nx_store_read(s, search_job, search_done, q);
 }
 
@@ -518,7 +521,7 @@ void nx_transcripts_search(struct nx_store *s, const char *query, const char *ag
     q->finish = public_finish;
     q->done = done;
     q->arg = arg;
-    search_submit(s, q);
+    search_submit(s, q, true);
 }
 
 /* ---- nexo transcripts ---- */
@@ -630,7 +633,7 @@ static int cli_search(const char *data_dir, struct search *q, bool is_json)
     w.is_done = false;
     q->finish = cli_finish;
     q->arg = &w;
-    search_submit(s, q);
+    search_submit(s, q, false);
     if (!cli_wait_for(&loop, &w)) {
         fprintf(stderr, "nexo: transcripts: the search timed out\n");
         goto out;

@@ -282,14 +282,21 @@ class TgPeers(FakePeers):
 class NatsServer:
     """nats-server on a fixed free port with a temp store dir; killed and restarted at will."""
 
-    def __init__(self, tmp, port=None, jetstream=False):
+    def __init__(self, tmp, port=None, jetstream=False, conf=None):
         self.port = port or free_port()
         self.store = os.path.join(tmp, "nats-store")
         self.jetstream = jetstream
+        self.conf = None
+        if conf:  # server settings no flag sets (e.g. "max_payload: 65536")
+            self.conf = os.path.join(tmp, "nats.conf")
+            with open(self.conf, "w") as f:
+                f.write(conf + "\n")
         self.proc = None
 
     def start(self, timeout=20):
         cmd = ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-sd", self.store]
+        if self.conf:
+            cmd += ["-c", self.conf]
         if self.jetstream:
             cmd.append("-js")
         deadline = time.monotonic() + timeout

@@ -335,6 +335,40 @@ class ScaleOut(unittest.TestCase):
         self.assertEqual(len(carried), 2, carried)  # the image and the text file, by content
         self.assertFalse(os.path.exists(os.path.join(gw.data_dir, "media", "carried")))
 
+    def test_files_over_the_servers_max_payload_go_as_notes(self):
+        """A server that takes smaller messages than the files carried: the gateway sends the
+        work item again without them (the model gets a note), nothing waits behind it."""
+        self.nats.kill()
+        self.nats = NatsServer(self.tmp, port=self.nats.port, jetstream=True,
+                               conf="max_payload: 65536").start()
+        gw = self.nexo("--role", "gateway")
+        ag = self.nexo("--role", "agents")
+        ag.wait_log(r"consuming agent\.route\.kate\.\* through 8 durable", timeout=30)
+        self.col = Collector(self.nats.port, "plugin.outbound.>")
+        self.col.start()
+        wait_for(lambda: self.col.connects >= 1, 10, "the collector")
+        inbox = os.path.join(gw.data_dir, "media", "scale")
+        os.makedirs(inbox)
+        big = b"\x89PNG\r\n\x1a\n" + os.urandom(100 * 1024)
+        with open(os.path.join(inbox, "big.png"), "wb") as f:
+            f.write(big)
+        script(self.fport, [{"text": "first"}, {"text": "second"}])
+        pub = NatsConn(self.nats.port)
+        pub.sub("_nexo_test.none", 99)
+        pub.pub("plugin.inbound.scale", envelope("plugin.inbound.scale", {
+            "kind": "message", "chat": "m1", "text": "look", "msg_id": 1,
+            "media": [{"type": "photo", "path": os.path.join(inbox, "big.png"), "size": len(big)}]}))
+        pub.pub("plugin.inbound.scale", envelope("plugin.inbound.scale", {
+            "kind": "message", "chat": "m2", "text": "next", "msg_id": 2}))
+        pub.s.close()
+        wait_for(lambda: len(self.col.snapshot()) >= 2, 60, "both answers")
+        firsts = [r["body"]["messages"][-1]["content"] for r in requests_seen(self.fport)]
+        look = [c for c in firsts if any(b.get("text") == "look" for b in c if isinstance(b, dict))]
+        self.assertEqual(len(look), 1, firsts)
+        self.assertEqual([b["type"] for b in look[0]], ["text", "text"], look)
+        self.assertIn("too large to carry", look[0][0]["text"])
+        gw.wait_log(r"too large for the bus with its files; sent without them", timeout=10)
+
     def test_role_errors(self):
         no_nats = os.path.join(self.tmp, "local")
         write_config(no_nats, {"agents.yaml": "agents:\n  - id: kate\n    model: {provider: anthropic, "

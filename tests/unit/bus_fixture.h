@@ -51,6 +51,7 @@ struct fx_nats {
     char dir[64];
     char log[128];
     bool jetstream; /* start with -js */
+    const char *conf; /* server settings no flag sets ("max_payload: 4096"), or NULL */
 };
 
 static inline bool fx_log_has(const char *path, const char *needle)
@@ -94,8 +95,23 @@ static inline bool fx_nats_start(struct fx_nats *ns)
             dup2(fd, 1);
             dup2(fd, 2);
         }
-        execlp("nats-server", "nats-server", "-a", "127.0.0.1", "-p", port, "-sd", ns->dir,
-               ns->jetstream ? "-js" : (char *)NULL, (char *)NULL);
+        char conf[128];
+        const char *argv[12] = {"nats-server", "-a", "127.0.0.1", "-p", port, "-sd", ns->dir};
+        int argc = 7;
+        if (ns->conf) {
+            FILE *cf;
+            snprintf(conf, sizeof conf, "%s/nats.conf", ns->dir);
+            if ((cf = fopen(conf, "w"))) {
+                fprintf(cf, "%s\n", ns->conf);
+                fclose(cf);
+            }
+            argv[argc++] = "-c";
+            argv[argc++] = conf;
+        }
+        if (ns->jetstream)
+            argv[argc++] = "-js";
+        argv[argc] = NULL;
+        execvp("nats-server", (char *const *)argv);
         _exit(127);
     }
     ns->pid = pid;

@@ -306,6 +306,69 @@ static void test_nats_down_at_boot_then_switches_and_drains(void **state)
     free_bus(f, t.b);
 }
 
+static bool queue_empty(void *arg)
+{
+    struct nx_bus_stats st;
+
+    nx_bus_stats(arg, &st);
+    return st.queue_depth == 0;
+}
+
+/* An event queued while NATS was down that turns out larger than the server takes
+ * (max_payload) goes to the dead letters instead of blocking the queue: the events queued after
+ * it are replayed. */
+static void test_nats_oversized_queued_event_is_dead_lettered(void **state)
+{
+    struct fx *f = *state;
+    struct rec remote = {0};
+    struct nx_bus_stats st;
+    struct nx_envelope *e = NULL;
+    struct two t;
+    char *big = malloc(8192);
+    json_t *p;
+
+    assert_non_null(big);
+    memset(big, 'x', 8191);
+    big[8191] = '\0';
+    t.a = new_bus(f, "a", true);
+    t.b = new_bus(f, "b", false);
+    assert_int_equal(nx_bus_subscribe(t.b, "ev.>", on_rec, &remote, NULL), 0);
+    p = json_pack("{s:i, s:s}", "n", 0, "blob", big);
+    assert_int_equal(nx_envelope_new("ev.x", "test", "session-1", p, &e), 0);
+    assert_int_equal(nx_bus_publish(t.a, NULL, e), 0); /* queued: NATS is down */
+    nx_envelope_free(e);
+    json_decref(p);
+    free(big);
+    for (int i = 1; i <= 20; i++)
+        assert_int_equal(publish_n(t.a, "ev.x", i), 0);
+    f->ns.conf = "max_payload: 4096";
+    assert_true(fx_nats_start(&f->ns));
+    assert_true(fx_run_until(&f->loop, both_nats, &t, 10000));
+    assert_true(fx_run_until(&f->loop, ts_reached, &(struct ts_count){&remote.n, 20}, 10000));
+    assert_int_equal(remote.seen[0], 0);
+    /* the 20 are confirmed by a flush after they reach b: the queue empties then */
+    assert_true(fx_run_until(&f->loop, queue_empty, t.a, 10000));
+    nx_bus_stats(t.a, &st);
+    assert_int_equal(st.dead_letters, 1);
+    assert_int_equal(st.queue_depth, 0);
+    /* and a live publish over the limit is refused at once, not queued */
+    p = json_pack("{s:i, s:s}", "n", 21, "blob", "placeholder");
+    big = malloc(8192);
+    assert_non_null(big);
+    memset(big, 'y', 8191);
+    big[8191] = '\0';
+    json_object_set_new(p, "blob", json_string(big));
+    free(big);
+    assert_int_equal(nx_envelope_new("ev.x", "test", "session-1", p, &e), 0);
+    assert_int_equal(nx_bus_publish(t.a, NULL, e), NX_ETOOBIG);
+    nx_envelope_free(e);
+    json_decref(p);
+    nx_bus_stats(t.a, &st);
+    assert_int_equal(st.queue_depth, 0);
+    free_bus(f, t.a);
+    free_bus(f, t.b);
+}
+
 /* Events queued while NATS is down survive a restart of the process and are replayed then. */
 static void test_nats_queue_survives_restart(void **state)
 {
@@ -602,6 +665,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_nats_pubsub_echo_rule_and_queue_groups, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nats_request_reply, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nats_oversized_queued_event_is_dead_lettered, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_nats_down_at_boot_then_switches_and_drains, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_nats_queue_survives_restart, setup, teardown),

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/clock.h"
 #include "core/error.h"
 #include "store/store.h"
 #include "store_fixture.h"
@@ -54,6 +55,8 @@ static void fx_close(struct fx *f)
 struct late {
     char key[16];
     bool is_failing;     /* puts its row, then fails */
+    bool is_ending;      /* ends the transaction itself the first time (as an I/O error would) */
+    _Atomic uint64_t ran_ns[2]; /* when it ran first and second */
     atomic_int runs;
     atomic_int ran_at;   /* order (store thread) it ran at */
 };
@@ -88,8 +91,15 @@ static int late_run(sqlite3 *db, void *arg)
 {
     struct late *l = arg;
 
+    int run = atomic_fetch_add(&l->runs, 1);
+
     atomic_store(&l->ran_at, ++order);
-    atomic_fetch_add(&l->runs, 1);
+    if (run < 2)
+        atomic_store(&l->ran_ns[run], nx_mono_ns());
+    if (l->is_ending && run == 0) {
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        return NX_EIO;
+    }
     if (put(db, l->key) < 0)
         return NX_EDB;
     return l->is_failing ? NX_EIO : 0;
@@ -264,6 +274,32 @@ static void test_work_runs_in_its_own_commit_when_no_write_comes(void **state)
     fx_close(f);
 }
 
+static bool ran_twice(void *arg)
+{
+    return atomic_load(&((struct late *)arg)->runs) >= 2;
+}
+
+/* Work whose transaction did not commit (here it ends it, as an I/O error would) is not lost and
+ * not retried in a busy loop: it runs again a second later. */
+static void test_work_that_did_not_commit_runs_again_a_second_later(void **state)
+{
+    (void)state;
+    struct fx *f = fx_open();
+    struct late late;
+    struct job jobs[1] = {{.within_ms = 0}};
+
+    late_init(&late, "again-late");
+    late.is_ending = true;
+    jobs[0].late = &late;
+    run_batch(f, jobs, 1);
+    assert_int_equal(jobs[0].rc, NX_EDB); /* the batch it ended with it */
+    assert_int_equal(atomic_load(&late.runs), 1);
+    assert_true(ts_run_until(&f->loop, ran_twice, &late, SFX_WAIT_MS));
+    assert_true(atomic_load(&late.ran_ns[1]) - atomic_load(&late.ran_ns[0]) >= 900000000u);
+    assert_int_equal(count_rows(f, "SELECT count(*) FROM kv WHERE key = 'again-late'"), 1);
+    fx_close(f);
+}
+
 static void test_close_runs_the_work_still_waiting(void **state)
 {
     (void)state;
@@ -320,6 +356,7 @@ int main(void)
         cmocka_unit_test(test_asked_twice_runs_once_at_the_earlier_time),
         cmocka_unit_test(test_failed_work_undoes_only_its_own_changes),
         cmocka_unit_test(test_work_runs_in_its_own_commit_when_no_write_comes),
+        cmocka_unit_test(test_work_that_did_not_commit_runs_again_a_second_later),
         cmocka_unit_test(test_close_runs_the_work_still_waiting),
         cmocka_unit_test(test_only_four_requests_wait_at_once),
         cmocka_unit_test(test_soon_outside_the_store_thread_is_refused),
