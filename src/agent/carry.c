@@ -155,10 +155,9 @@ static char *store_file(const char *data_dir, const unsigned char *data, size_t 
     for (size_t i = 0; i < sizeof md; i++)
         nx_buf_printf(&path, "%02x", md[i]);
     nx_buf_printf(&path, ".%s", nx_media_ext(mime, "bin"));
-    if (lstat(nx_buf_cstr(&path), &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size == len) {
-        utimensat(AT_FDCWD, nx_buf_cstr(&path), NULL, AT_SYMLINK_NOFOLLOW); /* kept from now */
+    if (lstat(nx_buf_cstr(&path), &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size == len &&
+        utimensat(AT_FDCWD, nx_buf_cstr(&path), NULL, AT_SYMLINK_NOFOLLOW) == 0) /* kept from now */
         return nx_buf_steal(&path); /* the same content, written before */
-    }
     if (nx_media_write_file(nx_buf_cstr(&path), (const char *)data, len) < 0) {
         nx_warn("agents", "cannot write %s", nx_buf_cstr(&path));
         nx_buf_cleanup(&path);

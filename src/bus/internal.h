@@ -97,6 +97,7 @@ struct nx_bus {
     int mode;
     bool is_closing;
     bool is_connected;
+    size_t server_max_payload; /* the NATS server's max_payload, once one was seen (0 = not yet) */
 
     struct nx_bus_sub *subs;
     size_t n_subs;

@@ -94,42 +94,43 @@ static int map_status(natsStatus st)
 struct conn_mail {
     struct nx_bus *bus;
     bool is_connected;
+    int64_t max_payload; /* the server's, when connected */
 };
 
 static void on_conn_mail(void *arg)
 {
     struct conn_mail *m = arg;
 
+    if (m->is_connected && m->max_payload > 0)
+        m->bus->server_max_payload = (size_t)m->max_payload;
     nx_bus_on_connection(m->bus, m->is_connected);
     free(m);
 }
 
-static void post_conn(struct link *l, bool is_connected)
+static void post_conn(struct link *l, natsConnection *nc, bool is_connected)
 {
     struct conn_mail *m = nx_calloc(1, sizeof *m);
 
     m->bus = l->bus;
     m->is_connected = is_connected;
+    m->max_payload = is_connected && nc ? natsConnection_GetMaxPayload(nc) : 0;
     if (!link_post(l, on_conn_mail, m))
         free(m);
 }
 
 static void on_connected(natsConnection *nc, void *closure)
 {
-    (void)nc;
-    post_conn(closure, true);
+    post_conn(closure, nc, true);
 }
 
 static void on_disconnected(natsConnection *nc, void *closure)
 {
-    (void)nc;
-    post_conn(closure, false);
+    post_conn(closure, nc, false);
 }
 
 static void on_closed(natsConnection *nc, void *closure)
 {
-    (void)nc;
-    post_conn(closure, false);
+    post_conn(closure, nc, false);
     link_unref(closure); /* the connection's reference: nothing more comes from it */
 }
 
@@ -415,7 +416,7 @@ static int nats_open(struct nx_bus *bus)
     }
     st = natsConnection_Connect(&n->nc, n->opts);
     if (st == NATS_OK) {
-        post_conn(l, true);
+        post_conn(l, n->nc, true);
     } else if (st == NATS_NOT_YET_CONNECTED) {
         nx_warn("bus", "%s: NATS at %s is not reachable yet; serving in-process (fallback) and "
                 "retrying", bus->name, bus->conf.url ? bus->conf.url : "nats://127.0.0.1:4222");

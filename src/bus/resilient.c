@@ -85,6 +85,10 @@ static int64_t next_seq(struct nx_bus *bus)
 static void start_flush(struct nx_bus *bus);
 static void kick(struct nx_bus *bus);
 
+/* Room left under the server's max_payload for what NATS adds to our data (Nats-Msg-Id and the
+ * other headers of a JetStream publish). */
+#define PAYLOAD_HEADROOM 512
+
 int nx_resilient_publish(struct nx_bus *bus, struct nx_bus_item *item)
 {
     struct nx_qent *q;
@@ -92,6 +96,9 @@ int nx_resilient_publish(struct nx_bus *bus, struct nx_bus_item *item)
 
     if (!m_depth)
         metrics_init();
+    /* over the server's cap (headers take a little of it too): no queue would make it fit */
+    if (bus->server_max_payload && item->len + PAYLOAD_HEADROOM > bus->server_max_payload)
+        return NX_ETOOBIG;
     if (bus->is_connected && bus->is_loaded && !bus->q_next_send && !bus->is_replay_held &&
         bus->in_flight < bus->opts.max_in_flight) {
         if ((rc = nx_bus_nats_backend.publish(bus, item, NULL)) == 0) {
@@ -210,6 +217,7 @@ static void kick(struct nx_bus *bus)
             if (q->is_durable)
                 nx_queue_delete(bus, &q, 1);
             qent_free(q);
+            update_depth(bus);
             continue;
         }
         if (rc < 0) {

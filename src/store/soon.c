@@ -57,8 +57,11 @@ bool nx_soon_run(struct nx_soon *set, sqlite3 *db, bool is_all)
         struct nx_soon w = set[due[k]];
         int rc;
 
-        if (exec(db, "SAVEPOINT nx_soon") < 0)
-            return !sqlite3_get_autocommit(db); /* this and the rest wait */
+        if (exec(db, "SAVEPOINT nx_soon") < 0) { /* this and the rest wait a second */
+            for (size_t r = k; r < n; r++)
+                set[due[r]].due_ns = now + RETRY_NS;
+            return !sqlite3_get_autocommit(db);
+        }
         set[due[k]].has_run = true;
         rc = w.fn(db, w.arg);
         if (sqlite3_get_autocommit(db)) {

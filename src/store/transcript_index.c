@@ -227,7 +227,7 @@ int nx_transcript_index_all(sqlite3 *db)
 
     for (int runs = 0; is_more; runs++) {
         if (runs == INDEX_RUNS_PER_SEARCH) { /* a long backlog: the rest in later batches */
-            nx_store_soon(db, 0, index_run, NULL);
+            nx_transcript_index_soon(db);
             break;
         }
         if (index_some(db, INDEX_ROWS_PER_RUN, &is_more) < 0) {

@@ -306,6 +306,11 @@ static void test_nats_down_at_boot_then_switches_and_drains(void **state)
     free_bus(f, t.b);
 }
 
+static bool is_fallback(void *arg)
+{
+    return !strcmp(nx_bus_mode(arg), "fallback");
+}
+
 static bool queue_empty(void *arg)
 {
     struct nx_bus_stats st;
@@ -361,10 +366,16 @@ static void test_nats_oversized_queued_event_is_dead_lettered(void **state)
     free(big);
     assert_int_equal(nx_envelope_new("ev.x", "test", "session-1", p, &e), 0);
     assert_int_equal(nx_bus_publish(t.a, NULL, e), NX_ETOOBIG);
+    /* and while NATS is down again, now that its limit is known: refused, not queued */
+    fx_nats_kill(&f->ns, SIGKILL);
+    assert_true(fx_run_until(&f->loop, is_fallback, t.a, 10000));
+    nx_bus_stats(t.a, &st);
+    uint64_t depth = st.queue_depth; /* the retained 20, held again for a replay */
+    assert_int_equal(nx_bus_publish(t.a, NULL, e), NX_ETOOBIG);
     nx_envelope_free(e);
     json_decref(p);
     nx_bus_stats(t.a, &st);
-    assert_int_equal(st.queue_depth, 0);
+    assert_int_equal(st.queue_depth, depth);
     free_bus(f, t.a);
     free_bus(f, t.b);
 }
