@@ -208,7 +208,9 @@ void nx_queue_load(struct nx_bus *bus, nx_queue_loaded_fn done);
 void nx_qrows_free(struct nx_qrow *rows, size_t n);
 /* Dead letters from a live bus. */
 void nx_dlq_put(struct nx_bus *bus, struct nx_bus_sub *sub, struct nx_delivery *d);
-/* The same for any item, under `consumer` (e.g. "publish": one NATS never took). */
+/* The same for any item, under `consumer` (DLQ_PUBLISH: an event NATS never took, published
+ * again when retried). */
+#define DLQ_PUBLISH "publish"
 void nx_dlq_put_item(struct nx_bus *bus, const char *consumer, const struct nx_bus_item *item,
                      const char *error, uint32_t attempts);
 void nx_dlq_delete(struct nx_bus *bus, const char *id, const char *consumer);

@@ -434,6 +434,20 @@ static void finish_poll(struct bjob *j, int rc)
             nx_error("bus", "dead letter %s cannot be retried: unreadable envelope", r->id);
             continue;
         }
+        if (!strcmp(r->local, DLQ_PUBLISH)) { /* (after the server's max_payload was raised) */
+            int prc = nx_bus_publish(bus, r->subject, env);
+            nx_info("bus", "publishing dead letter %s again: %s", r->id, prc ? nx_strerror(prc) : "ok");
+            if (prc == 0) {
+                nx_dlq_delete(bus, r->id, DLQ_PUBLISH);
+            } else {
+                it = nx_bus_item_new(r->subject, NULL, r->envelope, strlen(r->envelope), env);
+                env = NULL;
+                nx_dlq_put_item(bus, DLQ_PUBLISH, it, nx_strerror(prc), 1);
+                nx_bus_item_unref(it);
+            }
+            nx_envelope_free(env);
+            continue;
+        }
         if (!sub) { /* unsubscribed meanwhile: the next start offers it again */
             nx_envelope_free(env);
             continue;
@@ -454,10 +468,11 @@ void nx_dlq_poll(struct nx_bus *bus)
     if (!bus->opts.store || bus->is_polling || bus->is_closing)
         return;
     j = bjob_new(bus);
-    j->names = nx_calloc(bus->n_subs + 1, sizeof(char *));
+    j->names = nx_calloc(bus->n_subs + 2, sizeof(char *));
     for (struct nx_bus_sub *s = bus->subs; s; s = s->next)
         if (!s->is_dead && !s->is_internal)
             j->names[n++] = nx_strdup(s->name);
+    j->names[n++] = nx_strdup(DLQ_PUBLISH); /* events NATS never took: published again */
     j->n_names = n;
     j->finish = finish_poll;
     j->cleanup = rows_cleanup;
