@@ -61,7 +61,8 @@ json_t *nx_carry_pack(const json_t *media, size_t budget)
         int rc;
 
         if (i >= CARRY_MAX_FILES) { /* the user message says so past this many */
-            json_array_append_new(out, json_pack("{s:s, s:s}", "type", "file", "error", "left out"));
+            json_array_append_new(out, json_pack("{s:s, s:s}", "type", "file", "error",
+                                                 "more files were attached: left out"));
             break;
         }
         if (!json_is_object(m))
@@ -77,7 +78,8 @@ json_t *nx_carry_pack(const json_t *media, size_t budget)
         /* read no more than the budget leaves: a file over it is not read whole to learn that */
         uint64_t room = budget - used;
         rc = nx_llm_media_read(path, room < cap ? room : cap, &data, &len, err, sizeof err);
-        if (rc == NX_ETOOBIG && room < cap)
+        struct stat fst;
+        if (rc == NX_ETOOBIG && room < cap && !(stat(path, &fst) == 0 && (uint64_t)fst.st_size > cap))
             set_error(d, "too large to carry to the agents process serving this chat");
         else if (rc == NX_ETOOBIG)
             set_error(d, "too large to show to the model");

@@ -211,6 +211,9 @@ void nx_dlq_put(struct nx_bus *bus, struct nx_bus_sub *sub, struct nx_delivery *
 /* The same for any item, under `consumer` (DLQ_PUBLISH: an event NATS never took, published
  * again when retried). */
 #define DLQ_PUBLISH "publish"
+/* A queued entry (q, not freed) into the dead letters and, if it has a row, out of the disk
+ * queue, in one write. */
+void nx_dlq_move(struct nx_bus *bus, struct nx_qent *q, const char *consumer, const char *error);
 void nx_dlq_put_item(struct nx_bus *bus, const char *consumer, const struct nx_bus_item *item,
                      const char *error, uint32_t attempts);
 void nx_dlq_delete(struct nx_bus *bus, const char *id, const char *consumer);

@@ -301,11 +301,11 @@ void nx_dlq_put(struct nx_bus *bus, struct nx_bus_sub *sub, struct nx_delivery *
     nx_dlq_put_item(bus, sub->name, d->item, d->last_error, d->attempts);
 }
 
-void nx_dlq_put_item(struct nx_bus *bus, const char *consumer, const struct nx_bus_item *item,
-                     const char *error, uint32_t attempts)
+/* The dead letter's row for item, counted; NULL (logged) when there is no store to keep it. */
+static struct dlq_row *dead_row(struct nx_bus *bus, const char *consumer,
+                                const struct nx_bus_item *item, const char *error, uint32_t attempts)
 {
     struct dlq_row *r;
-    struct bjob *j;
 
     if (!m_dead)
         m_dead = nx_metric_counter("nexo_bus_dead_letters_total",
@@ -315,7 +315,7 @@ void nx_dlq_put_item(struct nx_bus *bus, const char *consumer, const struct nx_b
     if (!bus->opts.store) {
         nx_error("bus", "dead letter %s for %s (no store, not kept): %s", item->env->id, consumer,
                  error ? error : "");
-        return;
+        return NULL;
     }
     r = nx_calloc(1, sizeof *r);
     r->id = nx_strdup(item->env->id);
@@ -324,10 +324,48 @@ void nx_dlq_put_item(struct nx_bus *bus, const char *consumer, const struct nx_b
     r->envelope = nx_strdup(item->data);
     r->error = error ? nx_strdup(error) : NULL;
     r->attempts = attempts;
+    return r;
+}
+
+void nx_dlq_put_item(struct nx_bus *bus, const char *consumer, const struct nx_bus_item *item,
+                     const char *error, uint32_t attempts)
+{
+    struct dlq_row *r = dead_row(bus, consumer, item, error, attempts);
+    struct bjob *j;
+
+    if (!r)
+        return;
     j = bjob_new(bus);
     j->dead = r;
     j->cleanup = dlq_row_cleanup;
     submit_write(bus, put_job, j);
+}
+
+/* Into the dead letters and out of the disk queue in one write: never in neither. */
+static int move_job(sqlite3 *db, void *arg)
+{
+    int rc = put_job(db, arg);
+
+    return rc < 0 ? rc : delete_job(db, arg);
+}
+
+static void move_cleanup(struct bjob *j)
+{
+    dlq_row_cleanup(j);
+    rows_cleanup(j);
+}
+
+void nx_dlq_move(struct nx_bus *bus, struct nx_qent *q, const char *consumer, const char *error)
+{
+    struct dlq_row *r = dead_row(bus, consumer, q->item, error, 1);
+    struct bjob *j;
+
+    if (!r)
+        return;
+    j = rows_job(bus, &q, q->is_durable ? 1 : 0, false);
+    j->dead = r;
+    j->cleanup = move_cleanup;
+    submit_write(bus, move_job, j);
 }
 
 static int delete_dead_job(sqlite3 *db, void *arg)

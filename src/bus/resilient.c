@@ -211,11 +211,9 @@ static void kick(struct nx_bus *bus)
         if (rc == NX_ETOOBIG) { /* queued while NATS was down, and over its max_payload */
             nx_error("bus", "event %s on %s: larger than the NATS server's max_payload; moved to the "
                      "dead letters", q->item->env->id, q->item->subject);
-            nx_dlq_put_item(bus, DLQ_PUBLISH, q->item, "larger than the NATS server's max_payload", 1);
+            nx_dlq_move(bus, q, DLQ_PUBLISH, "larger than the NATS server's max_payload");
             q_remove(bus, q); /* (moves q_next_send on) */
             bus->q_waiting--;
-            if (q->is_durable)
-                nx_queue_delete(bus, &q, 1);
             qent_free(q);
             update_depth(bus);
             continue;
