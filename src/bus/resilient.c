@@ -373,8 +373,8 @@ static void on_loaded(struct nx_bus *bus, int rc, struct nx_qrow *rows, size_t n
         nx_info("bus", "%s: %zu events from the disk queue wait for NATS", bus->name,
                 bus->q_waiting);
     }
-    else
-        bus->is_replay_held = false; /* nothing from before: no peer to wait for */
+    else if (!bus->q_waiting)
+        bus->is_replay_held = false; /* nothing from before, nothing queued: no peer to wait for */
     bus->is_loaded = true;
     update_depth(bus);
     kick(bus);
