@@ -337,8 +337,6 @@ static bool session_busy(const struct nx_router *r, const struct reply *rp)
 
 static void on_failed(int rc, int64_t attempts, void *arg);
 
-/* The gateway role's end of the path: the claimed event becomes routed work for another
- * process. Its reply marks it answered when a channel here claims it (key "<id>:0"). */
 /* The payload's `media` (new reference), or NULL. */
 static json_t *payload_media(const struct reply *rp)
 {
@@ -353,6 +351,9 @@ static json_t *payload_media(const struct reply *rp)
     return m;
 }
 
+/* The gateway role's end of the path: the claimed event becomes routed work for another
+ * process, with the files the model reads (agent/carry.h). Its reply marks it answered when a
+ * channel here claims it (key "<id>:0"). */
 static void dispatch_now(struct reply *rp)
 {
     struct nx_router *r = rp->r;

@@ -7,9 +7,10 @@
  *   commits, the failure is logged and counted, and the rows are indexed once the index works
  *   again (the next appends ask, at most once a second, backing off to a minute);
  * - FTS5 still writes one segment per batch, as when the rows went in inside each job.
- * Searches catch up first (nx_transcripts_index), so they never miss what was appended. Another
- * process may catch up too (`nexo transcripts search` beside the daemon): inserts replace a row
- * already there, so that only repeats work. */
+ * The daemon catches up at start, and nx_transcripts_search first (4,096 messages at most), so
+ * it never misses what was appended. `nexo transcripts search` only reads: only the process that
+ * appends has the configured redaction patterns. Inserts replace a row already there, so a
+ * second catch-up of the same messages only repeats work. */
 #include <jansson.h>
 #include <stdbool.h>
 #include <string.h>
