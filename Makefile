@@ -41,7 +41,7 @@ asan:
 tsan:
 	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DNEXO_SANITIZE=thread >/dev/null
 	@cmake --build build-tsan -j $(JOBS)
-	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan.supp \
 		ctest --output-on-failure -j $(JOBS) -L threaded
 
 # libFuzzer targets, each for FUZZ_SECONDS on its seed corpus.
