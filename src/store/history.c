@@ -9,7 +9,6 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/metrics.h"
-#include "core/redact.h"
 #include "store/history.h"
 #include "store/history_internal.h"
 

@@ -84,6 +84,19 @@ class ScaleOut(unittest.TestCase):
             self.col.stopping = True
         self.assertEqual(stop_many(self.procs, self.nats, self.fake, self.tmp), [])
 
+    def collect(self):
+        """Records plugin.outbound.> in self.col, once its connection is up."""
+        self.col = Collector(self.nats.port, "plugin.outbound.>")
+        self.col.start()
+        wait_for(lambda: self.col.connects >= 1, 10, "the collector")
+
+    def publisher(self):
+        """A connection to publish inbound events on, after a round trip (the collector's SUB is
+        in by then too)."""
+        pub = NatsConn(self.nats.port)
+        pub.sub("_nexo_test.none", 99)
+        return pub
+
     def nexo(self, *args, wait=True):
         n = Nexo(config_dir=self.cfg, args=list(args)).start(wait=wait)
         self.procs.append(n)
@@ -101,11 +114,8 @@ class ScaleOut(unittest.TestCase):
         for n in (a, b):
             n.wait_log(r"consuming agent\.route\.kate\.\* through 8 durable", timeout=30)
         self.assertEqual(gw.get_json("/readyz")[1]["bus_mode"], "nats")
-        self.col = Collector(self.nats.port, "plugin.outbound.>")
-        self.col.start()
-        wait_for(lambda: self.col.connects >= 1, 10, "the collector")
-        pub = NatsConn(self.nats.port)
-        pub.sub("_nexo_test.none", 99)  # a round trip: the collector's SUB is in by now too
+        self.collect()
+        pub = self.publisher()
         total = SESSIONS * PER_SESSION
         # Slow answers, so the killed process has turns in flight: they are served again elsewhere.
         script(self.fport, [{"text": "ok", "hang_ms": 150}] * (total + 50))
@@ -189,11 +199,8 @@ class ScaleOut(unittest.TestCase):
         gw.wait_log(r"consuming plugin\.outbound\.telegram\.gw through durable JetStream consumer", 30)
         for agent in ("kate", "tg", "lim"):
             a.wait_log(r"consuming agent\.route\.%s\.\* through 8 durable" % agent, timeout=30)
-        self.col = Collector(self.nats.port, "plugin.outbound.>")
-        self.col.start()
-        wait_for(lambda: self.col.connects >= 1, 10, "the collector")
-        pub = NatsConn(self.nats.port)
-        pub.sub("_nexo_test.none", 99)
+        self.collect()
+        pub = self.publisher()
 
         def replies(subject):
             per = {}
@@ -281,11 +288,8 @@ class ScaleOut(unittest.TestCase):
         gw = self.nexo("--role", "gateway")
         ag = self.nexo("--role", "agents")
         ag.wait_log(r"core NATS queue group agents", timeout=30)
-        self.col = Collector(self.nats.port, "plugin.outbound.>")
-        self.col.start()
-        wait_for(lambda: self.col.connects >= 1, 10, "the collector")
-        pub = NatsConn(self.nats.port)
-        pub.sub("_nexo_test.none", 99)
+        self.collect()
+        pub = self.publisher()
         for i in range(20):
             pub.pub("plugin.inbound.scale", envelope("plugin.inbound.scale", {
                 "kind": "message", "chat": "c%d" % (i % 4), "text": "hello %d" % i, "msg_id": i + 1}))
@@ -301,9 +305,7 @@ class ScaleOut(unittest.TestCase):
         gw = self.nexo("--role", "gateway")
         ag = self.nexo("--role", "agents")
         ag.wait_log(r"consuming agent\.route\.kate\.\* through 8 durable", timeout=30)
-        self.col = Collector(self.nats.port, "plugin.outbound.>")
-        self.col.start()
-        wait_for(lambda: self.col.connects >= 1, 10, "the collector")
+        self.collect()
         png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJ"
                                "RU5ErkJggg==")
         inbox = os.path.join(gw.data_dir, "media", "scale")
@@ -318,8 +320,7 @@ class ScaleOut(unittest.TestCase):
                  {"type": "document", "path": os.path.join(inbox, "r.pdf"), "mime": "application/pdf",
                   "file_name": "report.pdf"}]
         script(self.fport, [{"text": "seen"}])
-        pub = NatsConn(self.nats.port)
-        pub.sub("_nexo_test.none", 99)
+        pub = self.publisher()
         pub.pub("plugin.inbound.scale", envelope("plugin.inbound.scale", {
             "kind": "message", "chat": "m1", "text": "look", "msg_id": 1, "media": media}))
         pub.s.close()
@@ -344,17 +345,14 @@ class ScaleOut(unittest.TestCase):
         gw = self.nexo("--role", "gateway")
         ag = self.nexo("--role", "agents")
         ag.wait_log(r"consuming agent\.route\.kate\.\* through 8 durable", timeout=30)
-        self.col = Collector(self.nats.port, "plugin.outbound.>")
-        self.col.start()
-        wait_for(lambda: self.col.connects >= 1, 10, "the collector")
+        self.collect()
         inbox = os.path.join(gw.data_dir, "media", "scale")
         os.makedirs(inbox)
         big = b"\x89PNG\r\n\x1a\n" + os.urandom(100 * 1024)
         with open(os.path.join(inbox, "big.png"), "wb") as f:
             f.write(big)
         script(self.fport, [{"text": "first"}, {"text": "second"}])
-        pub = NatsConn(self.nats.port)
-        pub.sub("_nexo_test.none", 99)
+        pub = self.publisher()
         pub.pub("plugin.inbound.scale", envelope("plugin.inbound.scale", {
             "kind": "message", "chat": "m1", "text": "look", "msg_id": 1,
             "media": [{"type": "photo", "path": os.path.join(inbox, "big.png"), "size": len(big)}]}))

@@ -286,11 +286,6 @@ static void test_history_second_append_continues_seq_and_load_max(void **state)
 
 /* Statements are cached per store thread: the store must still close cleanly, and a store
  * reopened (a new thread) must prepare its own. */
-static void exec_job_done(int rc, void *arg)
-{
-    on_done(rc, arg);
-}
-
 static const char *exec_sql; /* what exec_job runs (one at a time) */
 
 static int exec_job(sqlite3 *db, void *arg)
@@ -304,7 +299,7 @@ static int exec_write(struct fx *f, const char *sql)
     int target = f->calls + 1;
 
     exec_sql = sql;
-    nx_store_write(f->s, exec_job, exec_job_done, f);
+    nx_store_write(f->s, exec_job, on_done, f);
     run_until(f, target);
     return f->rc;
 }
