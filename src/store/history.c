@@ -356,7 +356,7 @@ void nx_history_append(struct nx_store *s, const char *data_dir,
     j->input_tokens = a->input_tokens;
     j->output_tokens = a->output_tokens;
     j->now_ms = nx_wall_ms();
-    nx_store_write(s, append_job_run, append_done, j);
+    nx_store_write_keyed(s, j->key, append_job_run, append_done, j);
 }
 
 /* ---- load (store thread) ---- */
@@ -436,7 +436,7 @@ void nx_history_load(struct nx_store *s, const char *session_key, size_t max_mes
     }
     j->key = nx_strdup(session_key);
     j->max = max_messages == 0 || max_messages > INT64_MAX ? -1 : (int64_t)max_messages;
-    nx_store_read(s, load_job_run, load_done, j);
+    nx_store_read_keyed(s, j->key, load_job_run, load_done, j);
 }
 
 /* ---- trimming to a token budget ---- */

@@ -1,13 +1,10 @@
 #include <errno.h>
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "core/alloc.h"
 #include "core/clock.h"
@@ -16,30 +13,17 @@
 #include "core/metrics.h"
 #include "runtime/mailbox.h"
 #include "store/checkpoint.h"
-#include "store/migrations.h"
+#include "store/reader.h"
 #include "store/soon.h"
 #include "store/store.h"
+#include "store/store_internal.h"
 
 #define DEFAULT_WINDOW_MS 2
 #define DEFAULT_MAX_BATCH 1024
-#define BUSY_TIMEOUT_MS 5000
-
-enum job_kind {
-    JOB_WRITE,
-    JOB_READ,
-    JOB_FLUSH,
-};
-
-/* One queued request. It travels: submitter -> queue -> store thread -> mailbox -> loop. */
-struct job {
-    struct job *next;
-    enum job_kind kind;
-    nx_store_job_fn fn;
-    nx_store_done_fn done;
-    void *arg;
-    int rc;
-};
-
+/* Keyed writes pending, counted per slot of the key's hash: a slot at zero means no write of
+ * any key hashing there is queued or uncommitted. Another key sharing a slot only sends a read
+ * the slow way. */
+#define KEY_SLOTS 1024
 
 enum sp_stmt {
     SP_BEGIN,
@@ -58,6 +42,9 @@ struct nx_store {
     struct job *head;
     struct job *tail;
     bool is_closing;
+    uint32_t key_pending[KEY_SLOTS]; /* keyed writes not yet committed, by slot */
+    struct nx_reader *reader;        /* reads beside the writer, started by the first */
+    bool is_reader_off;              /* it could not start, or the store is closing */
 
     char *dir;
     char *path;
@@ -107,6 +94,11 @@ static void run_done(void *arg)
 
 static void post_done(struct nx_store *s, struct job *j)
 {
+    if (j->key_slot) { /* committed (or failed): keyed reads of that key may go beside it now */
+        pthread_mutex_lock(&s->lock);
+        s->key_pending[j->key_slot - 1]--;
+        pthread_mutex_unlock(&s->lock);
+    }
     if (j->done)
         nx_mailbox_post(&s->mb, run_done, j);
     else
@@ -121,155 +113,16 @@ static void run_ready(void *arg)
         s->ready(s->ready_rc, s->ready_arg);
 }
 
-/* ---- files and directories (store thread) ---- */
-
-/* mkdir -p, each directory it creates 0700 whatever the umask. An existing data directory that
- * others can read is left alone, with a warning. */
-static int make_dir(struct nx_store *s, const char *dir)
-{
-    char *p = nx_strdup(dir);
-    size_t len = strlen(p);
-    struct stat st;
-    int rc = 0;
-
-    while (len > 1 && p[len - 1] == '/')
-        p[--len] = '\0';
-    for (size_t i = 1; i <= len; i++) {
-        if (p[i] != '/' && p[i] != '\0')
-            continue;
-        char c = p[i];
-        p[i] = '\0';
-        if (mkdir(p, 0700) == 0) {
-            if (chmod(p, 0700) < 0) {
-                snprintf(s->err, sizeof s->err, "chmod %s: %s", p, strerror(errno));
-                rc = NX_EIO;
-                goto out;
-            }
-        } else if (errno != EEXIST || stat(p, &st) < 0 || !S_ISDIR(st.st_mode)) {
-            snprintf(s->err, sizeof s->err, "cannot create data directory %s: %s", p,
-                     errno == EEXIST ? "exists and is not a directory" : strerror(errno));
-            rc = NX_EIO;
-            goto out;
-        }
-        p[i] = c;
-    }
-    if (stat(p, &st) == 0 && (st.st_mode & 077))
-        nx_warn("store", "data directory %s has mode %04o; 0700 is recommended (chmod 700 %s)", p,
-                (unsigned)(st.st_mode & 07777), p);
-out:
-    free(p);
-    return rc;
-}
-
-/* The database file is created here, not by SQLite, so that it is 0600 whatever the umask.
- * SQLite then creates -wal and -shm with the database's mode. */
-static int make_db_file(struct nx_store *s)
-{
-    struct stat st;
-    int fd = open(s->path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    int rc = NX_EIO;
-
-    if (fd < 0) {
-        snprintf(s->err, sizeof s->err, "cannot open %s: %s", s->path, strerror(errno));
-        return NX_EIO;
-    }
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        snprintf(s->err, sizeof s->err, "%s is not a regular file", s->path);
-        goto out;
-    }
-    if ((st.st_mode & 07777) != 0600) {
-        if (st.st_size)
-            nx_info("store", "%s had mode %04o; setting 0600", s->path,
-                    (unsigned)(st.st_mode & 07777));
-        if (fchmod(fd, 0600) < 0) {
-            snprintf(s->err, sizeof s->err, "chmod %s: %s", s->path, strerror(errno));
-            goto out;
-        }
-    }
-    rc = 0;
-out:
-    close(fd);
-    return rc;
-}
-
-/* -wal and -shm left behind with another mode (a copy, an older tool) are set back to 0600. */
-static void fix_side_file(const char *path, const char *suffix)
-{
-    char name[4096];
-    struct stat st;
-
-    if (snprintf(name, sizeof name, "%s%s", path, suffix) >= (int)sizeof name)
-        return;
-    if (stat(name, &st) == 0 && (st.st_mode & 07777) != 0600 && chmod(name, 0600) < 0)
-        nx_warn("store", "chmod 0600 %s: %s", name, strerror(errno));
-}
-
-static int set_pragmas(struct nx_store *s)
-{
-    sqlite3_stmt *st = NULL;
-    const char *mode;
-    int rc = NX_EDB;
-
-    if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode=WAL", -1, &st, NULL) != SQLITE_OK ||
-        sqlite3_step(st) != SQLITE_ROW)
-        goto fail;
-    mode = (const char *)sqlite3_column_text(st, 0);
-    if (!mode || strcmp(mode, "wal") != 0) {
-        snprintf(s->err, sizeof s->err, "%s: cannot enable WAL (journal_mode is %s)", s->path,
-                 mode ? mode : "unknown");
-        goto out;
-    }
-    if (sqlite3_exec(s->db,
-                     s->synchronous_full ? "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON"
-                                         : "PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON",
-                     NULL, NULL, NULL) != SQLITE_OK)
-        goto fail;
-    rc = 0;
-    goto out;
-fail:
-    snprintf(s->err, sizeof s->err, "%s: %s", s->path, sqlite3_errmsg(s->db));
-out:
-    sqlite3_finalize(st);
-    return rc;
-}
-
 static int open_db(struct nx_store *s)
 {
-    size_t count;
-    const struct nx_migration *list = nx_migrations(&count);
-    int version = 0;
-    int applied = 0;
-    char msg[256];
-    int rc;
+    struct nx_db_open o = {.dir = s->dir, .path = s->path, .synchronous_full = s->synchronous_full,
+                           .err = s->err, .err_size = sizeof s->err};
+    int rc = nx_db_open(&o);
 
-    if ((rc = make_dir(s, s->dir)) < 0 || (rc = make_db_file(s)) < 0)
-        goto out;
-    if (sqlite3_open_v2(s->path, &s->db,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                        NULL) != SQLITE_OK) {
-        snprintf(s->err, sizeof s->err, "cannot open %s: %s", s->path,
-                 s->db ? sqlite3_errmsg(s->db) : "out of memory");
-        rc = NX_EDB;
-        goto out;
-    }
-    sqlite3_busy_timeout(s->db, BUSY_TIMEOUT_MS);
-    if ((rc = set_pragmas(s)) < 0)
-        goto out;
-    rc = nx_migrations_apply(s->db, list, count, &version, &applied, msg, sizeof msg);
-    if (rc < 0) {
-        snprintf(s->err, sizeof s->err, "%s: %s", s->path, msg);
-        goto out;
-    }
-    fix_side_file(s->path, "-wal");
-    fix_side_file(s->path, "-shm");
-    atomic_store(&s->version, version);
-    atomic_store(&s->migrations_applied, (uint64_t)applied);
-out:
-    if (rc < 0) {
-        nx_error("store", "%s", s->err);
-        if (s->db)
-            sqlite3_close_v2(s->db);
-        s->db = NULL;
+    s->db = o.db;
+    if (rc == 0) {
+        atomic_store(&s->version, o.version);
+        atomic_store(&s->migrations_applied, (uint64_t)o.applied);
     }
     return rc;
 }
@@ -519,6 +372,22 @@ static void run_read(struct nx_store *s, struct job *j)
     post_done(s, j);
 }
 
+void nx_store_db_close(sqlite3 *db, const char *path)
+{
+    /* statements jobs prepare once and keep (their SQL starts with the marker NX_STORE_KEEP_SQL,
+     * e.g. the ledger's) end with the connection; SQLite's own (FTS5's) are left to it */
+    for (sqlite3_stmt *st = db ? sqlite3_next_stmt(db, NULL) : NULL, *next; st; st = next) {
+        const char *sql = sqlite3_sql(st);
+        next = sqlite3_next_stmt(db, st);
+        if (sql && strncmp(sql, NX_STORE_KEEP_SQL, sizeof NX_STORE_KEEP_SQL - 1) == 0)
+            sqlite3_finalize(st);
+    }
+    if (db && sqlite3_close(db) != SQLITE_OK) {
+        nx_warn("store", "closing %s: %s", path, sqlite3_errmsg(db));
+        sqlite3_close_v2(db);
+    }
+}
+
 static void *store_main(void *arg)
 {
     struct nx_store *s = arg;
@@ -579,18 +448,7 @@ static void *store_main(void *arg)
     nx_checkpointer_detach(s->db, s->ckpt); /* before the last close, which removes the WAL */
     for (size_t i = 0; i < SP_COUNT; i++)
         sqlite3_finalize(s->sp[i]);
-    /* statements jobs prepare once and keep (their SQL starts with the marker NX_STORE_KEEP_SQL,
-     * e.g. the ledger's) end with the connection; SQLite's own (FTS5's) are left to it */
-    for (sqlite3_stmt *st = s->db ? sqlite3_next_stmt(s->db, NULL) : NULL, *next; st; st = next) {
-        const char *sql = sqlite3_sql(st);
-        next = sqlite3_next_stmt(s->db, st);
-        if (sql && strncmp(sql, NX_STORE_KEEP_SQL, sizeof NX_STORE_KEEP_SQL - 1) == 0)
-            sqlite3_finalize(st);
-    }
-    if (s->db && sqlite3_close(s->db) != SQLITE_OK) {
-        nx_warn("store", "closing %s: %s", s->path, sqlite3_errmsg(s->db));
-        sqlite3_close_v2(s->db);
-    }
+    nx_store_db_close(s->db, s->path);
     s->db = NULL;
     return NULL;
 }
@@ -683,46 +541,112 @@ bool nx_store_is_open(const struct nx_store *s)
     return s && atomic_load(&s->is_open);
 }
 
-static void submit(struct nx_store *s, enum job_kind kind, nx_store_job_fn fn,
-                   nx_store_done_fn done, void *arg)
+/* Under s->lock: appends j to the store thread's queue. */
+static void enqueue(struct nx_store *s, struct job *j)
 {
-    struct job *j = nx_calloc(1, sizeof *j);
-
-    NX_ASSERT(s);
-    NX_ASSERT(fn || kind == JOB_FLUSH);
-    j->kind = kind;
-    j->fn = fn;
-    j->done = done;
-    j->arg = arg;
-    pthread_mutex_lock(&s->lock);
-    if (s->is_closing) {
-        pthread_mutex_unlock(&s->lock);
-        j->rc = NX_ECLOSED;
-        post_done(s, j);
-        return;
-    }
     if (s->tail)
         s->tail->next = j;
     else
         s->head = j;
     s->tail = j;
     pthread_cond_signal(&s->cond);
+}
+
+static struct job *job_new(enum job_kind kind, nx_store_job_fn fn, nx_store_done_fn done,
+                           void *arg)
+{
+    struct job *j = nx_calloc(1, sizeof *j);
+
+    NX_ASSERT(fn || kind == JOB_FLUSH);
+    j->kind = kind;
+    j->fn = fn;
+    j->done = done;
+    j->arg = arg;
+    return j;
+}
+
+static void submit(struct nx_store *s, struct job *j)
+{
+    NX_ASSERT(s);
+    pthread_mutex_lock(&s->lock);
+    if (s->is_closing) {
+        pthread_mutex_unlock(&s->lock);
+        j->key_slot = 0;
+        j->rc = NX_ECLOSED;
+        post_done(s, j);
+        return;
+    }
+    if (j->key_slot)
+        s->key_pending[j->key_slot - 1]++;
+    enqueue(s, j);
     pthread_mutex_unlock(&s->lock);
+}
+
+static uint32_t key_slot(const char *key)
+{
+    uint32_t h = 2166136261u;
+    for (; *key; key++)
+        h = (h ^ (unsigned char)*key) * 16777619u;
+    return h % KEY_SLOTS + 1;
+}
+
+/* A read the reader ran (reader thread), or handed back: it had no connection. */
+static void on_reader_ran(struct job *j, void *ctx)
+{
+    struct nx_store *s = ctx;
+
+    if (j->rc == NX_EAGAIN) {
+        j->rc = 0;
+        submit(s, j);
+        return;
+    }
+    count_job(s, j);
+    post_done(s, j);
+}
+
+void nx_store_write_keyed(struct nx_store *s, const char *key, nx_store_job_fn job,
+                          nx_store_done_fn done, void *arg)
+{
+    struct job *j = job_new(JOB_WRITE, job, done, arg);
+
+    j->key_slot = key_slot(key);
+    submit(s, j);
+}
+
+void nx_store_read_keyed(struct nx_store *s, const char *key, nx_store_job_fn job,
+                         nx_store_done_fn done, void *arg)
+{
+    struct job *j = job_new(JOB_READ, job, done, arg);
+    struct nx_reader *r = NULL;
+
+    NX_ASSERT(s);
+    pthread_mutex_lock(&s->lock);
+    if (!s->is_closing && !s->is_reader_off && atomic_load(&s->is_open) &&
+        s->key_pending[key_slot(key) - 1] == 0) {
+        if (!s->reader && !(s->reader = nx_reader_start(s->path, on_reader_ran, s)))
+            s->is_reader_off = true;
+        r = s->reader;
+    }
+    if (r)
+        nx_reader_submit(r, j); /* under s->lock: close cannot have stopped r */
+    pthread_mutex_unlock(&s->lock);
+    if (!r)
+        submit(s, j);
 }
 
 void nx_store_write(struct nx_store *s, nx_store_job_fn job, nx_store_done_fn done, void *arg)
 {
-    submit(s, JOB_WRITE, job, done, arg);
+    submit(s, job_new(JOB_WRITE, job, done, arg));
 }
 
 void nx_store_read(struct nx_store *s, nx_store_job_fn job, nx_store_done_fn done, void *arg)
 {
-    submit(s, JOB_READ, job, done, arg);
+    submit(s, job_new(JOB_READ, job, done, arg));
 }
 
 void nx_store_flush(struct nx_store *s, nx_store_done_fn done, void *arg)
 {
-    submit(s, JOB_FLUSH, NULL, done, arg);
+    submit(s, job_new(JOB_FLUSH, NULL, done, arg));
 }
 
 int nx_store_schema_version(const struct nx_store *s)
@@ -761,8 +685,16 @@ void nx_store_stats(const struct nx_store *s, struct nx_store_stats *out)
  * callback runs. */
 void nx_store_close(struct nx_store *s)
 {
+    struct nx_reader *r;
+
     if (!s)
         return;
+    pthread_mutex_lock(&s->lock); /* the reader first: a read it hands back still runs */
+    r = s->reader;
+    s->reader = NULL;
+    s->is_reader_off = true;
+    pthread_mutex_unlock(&s->lock);
+    nx_reader_stop(r);
     atomic_store(&s->is_open, false);
     pthread_mutex_lock(&s->lock);
     s->is_closing = true;

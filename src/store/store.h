@@ -43,6 +43,17 @@ void nx_store_read(struct nx_store *s, nx_store_job_fn job, nx_store_done_fn don
 /* done runs after every write queued before it has committed. */
 void nx_store_flush(struct nx_store *s, nx_store_done_fn done, void *arg);
 
+/* Jobs about one key (a session's history): a keyed read sees every keyed write of its key
+ * queued before it, and need not wait for other writes. When no write of its key (or of a key
+ * sharing its hash slot) is queued or uncommitted, it runs at once on a connection of its own
+ * beside the store thread and sees what has committed, instead of waiting for the open batch
+ * to commit. Otherwise, or when that connection cannot open, it queues as nx_store_read does.
+ * So every write that changes what a keyed read reads must be keyed. Any thread. */
+void nx_store_write_keyed(struct nx_store *s, const char *key, nx_store_job_fn job,
+                          nx_store_done_fn done, void *arg);
+void nx_store_read_keyed(struct nx_store *s, const char *key, nx_store_job_fn job,
+                         nx_store_done_fn done, void *arg);
+
 /* A job may prepare a statement once and keep it for later jobs (on the store thread only) when
  * its SQL text starts with this comment: the store finalizes those before it closes. Reset each
  * one after use so that none is left running when the batch commits. */

@@ -252,6 +252,55 @@ static void test_history_append_then_load_returns_messages_in_order(void **state
     json_decref(want);
 }
 
+struct loaded {
+    int calls;
+    int rc;
+    json_t *rows;
+};
+
+static void on_loaded(int rc, json_t *rows, void *arg)
+{
+    struct loaded *l = arg;
+
+    l->calls++;
+    l->rc = rc;
+    l->rows = rows;
+}
+
+/* A load waits only for its own session's appends: a new session's load completes while
+ * another session's append sits in an open batch (a 5 s window); a load queued right after an
+ * append of its session sees that append. */
+static void test_history_load_waits_only_for_its_own_session(void **state)
+{
+    struct fx *f = *state;
+    struct nx_store_opts opts = {.batch_window_ms = 5000};
+    json_t *msgs = json_loads(conversation, 0, NULL);
+    struct nx_history_append a = {
+        .session_key = "agent:main:http:bob", .agent_id = "main", .messages = msgs,
+    };
+    struct loaded fresh = {0};
+    struct loaded own = {0};
+
+    sfx_close(&f->loop, &f->s);
+    assert_int_equal(sfx_open(&f->loop, f->dir, &opts, &f->s), 0);
+    nx_history_append(f->s, f->dir, &a, on_done, f);
+    nx_history_load(f->s, "agent:main:http:carol", 0, on_loaded, &fresh);
+    sfx_run_until(&f->loop, &fresh.calls, 1);
+    assert_int_equal(fresh.rc, 0);
+    assert_int_equal(json_array_size(fresh.rows), 0);
+    assert_int_equal(f->calls, 0); /* bob's append is still in its batch */
+
+    nx_history_load(f->s, "agent:main:http:bob", 0, on_loaded, &own);
+    sfx_run_until(&f->loop, &own.calls, 1);
+    assert_int_equal(f->calls, 1);
+    assert_int_equal(f->rc, 0);
+    assert_int_equal(own.rc, 0);
+    assert_true(json_equal(own.rows, msgs));
+    json_decref(fresh.rows);
+    json_decref(own.rows);
+    json_decref(msgs);
+}
+
 static void test_history_second_append_continues_seq_and_load_max(void **state)
 {
     struct fx *f = *state;
@@ -957,6 +1006,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_session_key_parse_and_make),
         cmocka_unit_test_setup_teardown(test_history_append_then_load_returns_messages_in_order, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_history_load_waits_only_for_its_own_session, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_history_second_append_continues_seq_and_load_max, setup,
                                         teardown),

@@ -605,6 +605,79 @@ static void test_store_read_sees_writes_queued_before_it(void **state)
     fx_free(f);
 }
 
+/* A keyed read whose key has no write pending runs beside the store thread: it completes while
+ * a batch is still open (a 5 s window), sees what had committed and not the open batch. A keyed
+ * read of the pending write's key waits for it, and sees it. */
+static void test_store_keyed_read_runs_beside_an_open_batch(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new();
+    struct tally t = {.f = f};
+    struct put *p = puts_new(&t, 2, "k");
+    struct nx_store_opts opts = {.batch_window_ms = 5000};
+    struct get other = {.t = &t};            /* counts rows */
+    struct get same = {.t = &t, .key = "k1"};
+    struct nx_store_stats st;
+
+    assert_int_equal(fx_open(f, &opts), 0);
+    nx_store_write_keyed(f->s, "session-a", put_job, put_done, &p[0]);
+    nx_store_flush(f->s, NULL, NULL); /* ends that batch: k0 commits */
+    run_until(f, &t.calls, 1);
+    assert_int_equal(p[0].rc, 0);
+
+    nx_store_write_keyed(f->s, "session-b", put_job, put_done, &p[1]); /* opens a 5 s batch */
+    nx_store_read_keyed(f->s, "session-a", get_job, get_done, &other);
+    run_until(f, &other.calls, 1);
+    assert_int_equal(other.rc, 0);
+    assert_int_equal(p[1].calls, 0); /* the batch is still open */
+    assert_int_equal(other.n, 1);    /* k0 committed; k1 not yet */
+
+    nx_store_read_keyed(f->s, "session-b", get_job, get_done, &same);
+    run_until(f, &same.calls, 1);
+    assert_int_equal(p[1].calls, 1); /* it ended the batch */
+    assert_int_equal(p[1].rc, 0);
+    assert_true(same.is_found);
+    assert_string_equal(same.value, "v");
+    assert_true(p[1].seq < same.seq);
+    assert_int_equal(t.wrong_thread, 0);
+    nx_store_stats(f->s, &st);
+    assert_int_equal(st.reads, 2);
+    fx_close(f);
+    free(p);
+    fx_free(f);
+}
+
+/* Keyed reads queued beside the store thread when it closes all run and complete, once each,
+ * before close returns. */
+static void test_store_close_completes_keyed_reads(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new();
+    struct tally t = {.f = f};
+    struct put *p = puts_new(&t, 1, "c");
+    struct get g[100];
+    char keys[100][16];
+
+    assert_int_equal(fx_open(f, NULL), 0);
+    nx_store_write_keyed(f->s, "w", put_job, put_done, &p[0]);
+    run_until(f, &t.calls, 1);
+    for (int i = 0; i < 100; i++) {
+        g[i] = (struct get){.t = &t};
+        snprintf(keys[i], sizeof keys[i], "r%d", i);
+        nx_store_read_keyed(f->s, keys[i], get_job, get_done, &g[i]);
+    }
+    fx_close(f);
+    assert_int_equal(t.calls, 101);
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(g[i].calls, 1);
+        assert_int_equal(g[i].rc, 0);
+        assert_int_equal(g[i].n, 1);
+    }
+    assert_int_equal(t.wrong_thread, 0);
+    free(p);
+    fx_free(f);
+}
+
 struct flush_check {
     struct tally *t;
     const char *db;
@@ -839,6 +912,8 @@ int main(void)
         cmocka_unit_test(test_store_deferred_fk_violation_fails_only_its_job),
         cmocka_unit_test(test_store_failed_commit_fails_every_job_of_the_batch),
         cmocka_unit_test(test_store_read_sees_writes_queued_before_it),
+        cmocka_unit_test(test_store_keyed_read_runs_beside_an_open_batch),
+        cmocka_unit_test(test_store_close_completes_keyed_reads),
         cmocka_unit_test(test_store_flush_completes_after_prior_writes_commit),
         cmocka_unit_test(test_store_writes_from_two_threads_all_land),
         cmocka_unit_test(test_store_close_completes_queued_jobs),

@@ -1,0 +1,52 @@
+#ifndef NX_STORE_STORE_INTERNAL_H
+#define NX_STORE_STORE_INTERNAL_H
+
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "store/store.h"
+
+/* The store's own declarations (store.c, open.c, reader.c). */
+
+#define NX_STORE_BUSY_TIMEOUT_MS 5000
+
+/* Opening the database on the store thread (open.c): the data directory (0700) and nexo.db
+ * (0600) made whatever the umask, WAL, the pragmas, then the migrations. 0, or < 0 with `err`
+ * filled (and logged) and no connection. */
+struct nx_db_open {
+    const char *dir;
+    const char *path;
+    bool synchronous_full;
+    sqlite3 *db;       /* out */
+    int version;       /* out: schema version after the migrations */
+    int applied;       /* out: migrations this open applied */
+    char *err;         /* out: why it failed */
+    size_t err_size;
+};
+int nx_db_open(struct nx_db_open *o);
+
+/* A queued request. It travels: submitter -> queue -> a store connection's thread -> mailbox
+ * -> loop. */
+enum job_kind {
+    JOB_WRITE,
+    JOB_READ,
+    JOB_FLUSH,
+};
+
+struct job {
+    struct job *next;
+    enum job_kind kind;
+    nx_store_job_fn fn;
+    nx_store_done_fn done;
+    void *arg;
+    int rc;
+    uint32_t key_slot; /* a keyed write: its key's slot + 1 (see nx_store_write_keyed); else 0 */
+};
+
+/* Finalizes the statements jobs prepared once and kept (NX_STORE_KEEP_SQL) and closes db.
+ * Call on the thread whose jobs used it. NULL is fine. */
+void nx_store_db_close(sqlite3 *db, const char *path);
+
+#endif
