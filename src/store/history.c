@@ -11,6 +11,7 @@
 #include "core/metrics.h"
 #include "store/history.h"
 #include "store/history_internal.h"
+#include "store/stmt_cache.h"
 
 /* Sessions and their messages in SQLite; each append also goes to the session's transcript
  * (JSONL file, and the FTS5 index at the end of the batch: transcript_index.c), redacted. The
@@ -98,71 +99,37 @@ enum {
     ST_COUNT,
 };
 
+#define K NX_STORE_KEEP_SQL
 static const char *const stmt_sql[ST_COUNT] = {
-    [ST_UPSERT] = "INSERT INTO sessions(key, agent_id, channel, peer, created_at, updated_at,"
+    [ST_UPSERT] = K "INSERT INTO sessions(key, agent_id, channel, peer, created_at, updated_at,"
                   "                     message_count, input_tokens, output_tokens) "
                   "VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8) "
                   "ON CONFLICT(key) DO UPDATE SET updated_at = excluded.updated_at, "
                   "  message_count = message_count + excluded.message_count, "
                   "  input_tokens = input_tokens + excluded.input_tokens, "
                   "  output_tokens = output_tokens + excluded.output_tokens",
-    [ST_NEXT_SEQ] = "SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE session_key = ?1",
-    [ST_INSERT] = "INSERT INTO messages(session_key, seq, role, content, created_at) "
+    [ST_NEXT_SEQ] = K "SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE session_key = ?1",
+    [ST_INSERT] = K "INSERT INTO messages(session_key, seq, role, content, created_at) "
                   "VALUES (?1, ?2, ?3, ?4, ?5)",
-    [ST_LOAD] = "SELECT role, content FROM ("
+    [ST_LOAD] = K "SELECT role, content FROM ("
                 "  SELECT seq, role, content FROM messages WHERE session_key = ?1 "
                 "  ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
 };
+#undef K
 
-/* Jobs run on the store thread, one connection per thread, so the statements are prepared once
- * per thread (parsing SQL was most of an append's cost) and reset after every use. They must be
- * finalized before the connection closes, or sqlite3_close fails: SQLite reports
- * SQLITE_TRACE_CLOSE on the closing thread before it checks for open statements, so that is
- * where they go (finalizing every statement from the store instead would also take FTS5's own). */
-static _Thread_local sqlite3 *cache_db;
-static _Thread_local sqlite3_stmt *cache_st[ST_COUNT];
-
-static int on_db_close(unsigned type, void *ctx, void *p, void *x)
-{
-    (void)ctx;
-    (void)x;
-    if (type == SQLITE_TRACE_CLOSE && p == cache_db) {
-        for (size_t i = 0; i < ST_COUNT; i++)
-            sqlite3_finalize(cache_st[i]);
-        memset(cache_st, 0, sizeof cache_st);
-        cache_db = NULL;
-    }
-    return 0;
-}
+/* Prepared once per connection (store thread, reader thread), reset after every use. */
+static _Thread_local struct nx_stmt_cache cache;
 
 static sqlite3_stmt *stmt_get(sqlite3 *db, int which)
 {
-    if (cache_db != db) {
-        /* A connection this thread has not used yet (a store thread has only one). */
-        memset(cache_st, 0, sizeof cache_st);
-        cache_db = db;
-        sqlite3_trace_v2(db, SQLITE_TRACE_CLOSE, on_db_close, NULL);
-    }
-    if (!cache_st[which] &&
-        sqlite3_prepare_v3(db, stmt_sql[which], -1, SQLITE_PREPARE_PERSISTENT, &cache_st[which],
-                           NULL) != SQLITE_OK)
-        cache_st[which] = NULL;
-    return cache_st[which];
-}
-
-static void stmt_done(sqlite3_stmt *st)
-{
-    if (st) {
-        sqlite3_reset(st);
-        sqlite3_clear_bindings(st);
-    }
+    return nx_stmt_cached(&cache, db, stmt_sql, which, "history");
 }
 
 static int exec_stmt(sqlite3_stmt *st)
 {
     int rc = sqlite3_step(st) == SQLITE_DONE ? 0 : NX_EDB;
 
-    stmt_done(st);
+    nx_stmt_release(st);
     return rc;
 }
 
@@ -195,7 +162,7 @@ static int next_seq(sqlite3 *db, const char *key, int64_t *out)
         *out = sqlite3_column_int64(st, 0);
         rc = 0;
     }
-    stmt_done(st);
+    nx_stmt_release(st);
     return rc;
 }
 
@@ -403,7 +370,7 @@ out:
     if (rc < 0 && sqlite3_errcode(db) != SQLITE_OK)
         nx_error("history", "load %s failed: %s", j->key, sqlite3_errmsg(db));
     json_decref(list);
-    stmt_done(st);
+    nx_stmt_release(st);
     return rc;
 }
 

@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "store/ledger.h"
+#include "store/stmt_cache.h"
 
 /* The ledger's jobs on the store thread. Statements are prepared once per connection (the store
  * thread owns exactly one, so the cache is thread-local) and reset after each use, so none is
@@ -91,32 +92,12 @@ static const char *const stmt_sql[S_COUNT] = {
 };
 #undef K
 
-static _Thread_local struct {
-    sqlite3 *db;
-    sqlite3_stmt *st[S_COUNT];
-} cache;
+static _Thread_local struct nx_stmt_cache cache;
 
 /* The cached statement, reset and unbound; NULL when it cannot be prepared. */
 static sqlite3_stmt *stmt(sqlite3 *db, enum stmt_id id)
 {
-    if (cache.db != db) {
-        /* another connection on this thread (a store reopened): the old ones died with it */
-        memset(&cache, 0, sizeof cache);
-        cache.db = db;
-    }
-    if (!cache.st[id] && sqlite3_prepare_v3(db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
-                                            &cache.st[id], NULL) != SQLITE_OK) {
-        nx_error("ledger", "prepare: %s", sqlite3_errmsg(db));
-        cache.st[id] = NULL;
-        return NULL;
-    }
-    return cache.st[id];
-}
-
-static void done_with(sqlite3_stmt *st)
-{
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
+    return nx_stmt_cached(&cache, db, stmt_sql, id, "ledger");
 }
 
 /* Binds text, NULL as SQL NULL. */
@@ -136,7 +117,7 @@ static int step_done(sqlite3 *db, sqlite3_stmt *st, int *changes)
         nx_error("ledger", "%s", sqlite3_errmsg(db));
     if (changes)
         *changes = rc == 0 ? sqlite3_changes(db) : 0;
-    done_with(st);
+    nx_stmt_release(st);
     return rc;
 }
 
@@ -374,12 +355,12 @@ static int fail_job(sqlite3 *db, void *arg)
         return NX_EDB;
     bind_text(st, 1, j->s[0]);
     if (sqlite3_step(st) != SQLITE_ROW) {
-        done_with(st);
+        nx_stmt_release(st);
         return NX_ENOENT;
     }
     j->result = sqlite3_column_int64(st, 0);
     char *subject = col_dup(st, 1), *envelope = col_dup(st, 2), *state = col_dup(st, 3);
-    done_with(st);
+    nx_stmt_release(st);
     if (state && strcmp(state, "dead") == 0 && j->s[2]) {
         if ((st = stmt(db, S_IN_DEAD_LETTER))) {
             bind_text(st, 1, j->s[0]);
@@ -586,7 +567,7 @@ static int out_claim_job(sqlite3 *db, void *arg)
         return NX_EDB;
     bind_text(st, 1, r->key);
     j->result = 1 + (sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0);
-    done_with(st);
+    nx_stmt_release(st);
     return 0;
 }
 
@@ -690,7 +671,7 @@ static int merge_early(sqlite3 *db, const char *key, const char *provider_id)
         channel = col_dup(st, 2);
         instance = col_dup(st, 3);
     }
-    done_with(st);
+    nx_stmt_release(st);
     if (state && channel && instance) {
         if ((rc = status_apply(db, channel, instance, provider_id, state, error, NULL)) == 0 &&
             (st = stmt(db, S_OUT_EARLY_DROP))) {
@@ -769,7 +750,7 @@ static int status_job(sqlite3 *db, void *arg)
     bind_text(st, 2, j->s[1]);
     bind_text(st, 3, j->s[2]);
     bool is_known = sqlite3_step(st) == SQLITE_ROW;
-    done_with(st);
+    nx_stmt_release(st);
     if (is_known || (strcmp(j->s[3], "delivered") != 0 && strcmp(j->s[3], "read") != 0 &&
                      strcmp(j->s[3], "failed") != 0))
         return 0;

@@ -54,9 +54,10 @@ void nx_store_write_keyed(struct nx_store *s, const char *key, nx_store_job_fn j
 void nx_store_read_keyed(struct nx_store *s, const char *key, nx_store_job_fn job,
                          nx_store_done_fn done, void *arg);
 
-/* A job may prepare a statement once and keep it for later jobs (on the store thread only) when
- * its SQL text starts with this comment: the store finalizes those before it closes. Reset each
- * one after use so that none is left running when the batch commits. */
+/* A job may prepare a statement once and keep it for later jobs on the same connection (one
+ * thread each) when its SQL text starts with this comment: the store finalizes those before it
+ * closes the connection. Reset each one after use so that none is left running when the batch
+ * commits. store/stmt_cache.h keeps them per thread. */
 #define NX_STORE_KEEP_SQL "/* nx:keep */ "
 
 /* Write work asked for later, for data that may lag behind the jobs that make it (the transcript

@@ -22,6 +22,7 @@
 #include "core/metrics.h"
 #include "core/redact.h"
 #include "store/history_internal.h"
+#include "store/stmt_cache.h"
 #include "store/store.h"
 
 #define INDEX_ROWS_PER_RUN 256
@@ -51,31 +52,14 @@ static const char *const stmt_sql[S_COUNT] = {
 };
 #undef K
 
-static _Thread_local struct {
-    sqlite3 *db;
-    sqlite3_stmt *st[S_COUNT];
-    uint32_t backoff_ms; /* after a failed catch-up, appends wait this much longer to ask */
-} cache;
+static _Thread_local struct nx_stmt_cache cache;
+/* After a failed catch-up, appends wait this much longer to ask (for the connection the cache
+ * is of). */
+static _Thread_local uint32_t backoff_ms;
 
 static sqlite3_stmt *stmt(sqlite3 *db, int id)
 {
-    if (cache.db != db) {
-        /* another connection on this thread (a store reopened): the old ones died with it */
-        memset(&cache, 0, sizeof cache);
-        cache.db = db;
-    }
-    if (!cache.st[id] && sqlite3_prepare_v3(db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT,
-                                            &cache.st[id], NULL) != SQLITE_OK)
-        cache.st[id] = NULL;
-    return cache.st[id];
-}
-
-static void stmt_reset(sqlite3_stmt *st)
-{
-    if (st) {
-        sqlite3_reset(st);
-        sqlite3_clear_bindings(st);
-    }
+    return nx_stmt_cached(&cache, db, stmt_sql, id, "transcripts");
 }
 
 static const char *col_text(sqlite3_stmt *st, int i)
@@ -113,7 +97,7 @@ static int index_row(sqlite3 *db, sqlite3_stmt *row, struct nx_buf *text, struct
     sqlite3_bind_text(ins, 5, col_text(row, 2), -1, SQLITE_STATIC);
     sqlite3_bind_int64(ins, 6, sqlite3_column_int64(row, 4));
     rc = sqlite3_step(ins) == SQLITE_DONE ? 1 : NX_EDB;
-    stmt_reset(ins);
+    nx_stmt_release(ins);
     return rc;
 }
 
@@ -130,7 +114,7 @@ static int64_t read_id(sqlite3 *db, int which)
         id = sqlite3_column_int64(st, 0);
     else if (rc != SQLITE_DONE)
         id = -1; /* (not 0: that would read every message again) */
-    stmt_reset(st);
+    nx_stmt_release(st);
     return id;
 }
 
@@ -165,21 +149,21 @@ static int index_some(sqlite3 *db, int limit, bool *is_more)
     }
     if (src != SQLITE_DONE)
         goto out;
-    stmt_reset(rows);
+    nx_stmt_release(rows);
     if (last > last_row && last > scanned) {
         sqlite3_stmt *set = stmt(db, S_SCANNED_SET);
         if (!set)
             goto out;
         sqlite3_bind_int64(set, 1, last);
         src = sqlite3_step(set);
-        stmt_reset(set);
+        nx_stmt_release(set);
         if (src != SQLITE_DONE)
             goto out;
     }
     *is_more = n == limit;
     rc = 0;
 out:
-    stmt_reset(rows);
+    nx_stmt_release(rows);
     nx_buf_cleanup(&text);
     nx_buf_cleanup(&red);
     return rc;
@@ -194,9 +178,9 @@ static void count_failure(sqlite3 *db)
                                      "stored and are indexed by a later one).",
                                      NULL),
                    NULL, 1);
-    cache.backoff_ms = cache.backoff_ms ? cache.backoff_ms * 2 : 1000;
-    if (cache.backoff_ms > INDEX_BACKOFF_MAX_MS)
-        cache.backoff_ms = INDEX_BACKOFF_MAX_MS;
+    backoff_ms = backoff_ms ? backoff_ms * 2 : 1000;
+    if (backoff_ms > INDEX_BACKOFF_MAX_MS)
+        backoff_ms = INDEX_BACKOFF_MAX_MS;
 }
 
 /* Work asked for later (nx_store_soon): one run, and another soon if more is left. */
@@ -210,7 +194,7 @@ static int index_run(sqlite3 *db, void *arg)
         count_failure(db);
         return rc;
     }
-    cache.backoff_ms = 0;
+    backoff_ms = 0;
     if (is_more)
         nx_store_soon(db, 0, index_run, NULL);
     return 0;
@@ -218,7 +202,7 @@ static int index_run(sqlite3 *db, void *arg)
 
 void nx_transcript_index_soon(sqlite3 *db)
 {
-    if (nx_store_soon(db, cache.db == db ? cache.backoff_ms : 0, index_run, NULL) < 0)
+    if (nx_store_soon(db, cache.db == db ? backoff_ms : 0, index_run, NULL) < 0)
         nx_warn("history", "transcript index: cannot ask for a catch-up; the next append will");
 }
 
@@ -236,6 +220,6 @@ int nx_transcript_index_all(sqlite3 *db)
             return NX_EDB;
         }
     }
-    cache.backoff_ms = 0;
+    backoff_ms = 0;
     return 0;
 }
