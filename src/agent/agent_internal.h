@@ -111,6 +111,7 @@ struct nx_turn {
     bool is_interrupted;           /* cancelled by a newer message (interrupt mode) */
     bool is_cancelled;
     bool is_budget_refusal;        /* refused: the agent's daily token budget is used up */
+    bool is_history_missing;       /* its stored history could not be read: not cached after */
     bool is_done;
 };
 

@@ -188,7 +188,8 @@ static void save(struct nx_turn *t)
 {
     if (!t->session_key || !t->a->deps.store)
         return;
-    hcache_put_tokens(t->a->history, t->session_key, t->convo, history_keep(t), count_tokens(t));
+    if (!t->is_history_missing)
+        hcache_put_tokens(t->a->history, t->session_key, t->convo, history_keep(t), count_tokens(t));
     json_t *added = json_array();
     for (size_t i = t->new_from; i < json_array_size(t->convo); i++)
         json_array_append(added, json_array_get(t->convo, i));
@@ -458,11 +459,14 @@ static void on_history(int rc, json_t *messages, void *arg)
 static void history_loaded(struct nx_turn *t, int rc, json_t *messages)
 {
     if (rc < 0) {
+        /* nothing cached, now or after the turn: the next turn reads the stored history again */
         nx_warn("agent", "session %s: history not loaded (%s): answering without it",
                 t->session_key, nx_strerror(rc));
         messages = json_array();
+        t->is_history_missing = true;
+    } else {
+        hcache_put(t->a->history, t->session_key, messages, 0);
     }
-    hcache_put(t->a->history, t->session_key, messages, 0);
     t->convo = messages;
     t->new_from = json_array_size(messages);
     json_array_extend(t->convo, t->input);

@@ -53,16 +53,29 @@ static bool connect_db(struct nx_reader *r)
     return true;
 }
 
+/* A statement left running would hold its read snapshot open: every later read would miss what
+ * commits meanwhile. */
+static void end_snapshot(sqlite3 *db)
+{
+    for (sqlite3_stmt *st = sqlite3_next_stmt(db, NULL); st; st = sqlite3_next_stmt(db, st)) {
+        if (sqlite3_stmt_busy(st)) {
+            nx_warn("store", "a read job left a statement running; resetting it");
+            sqlite3_reset(st);
+        }
+    }
+    if (!sqlite3_get_autocommit(db)) {
+        nx_warn("store", "a read job left a transaction open; rolling it back");
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    }
+}
+
 static void run(struct nx_reader *r, struct job *j)
 {
     if (!connect_db(r)) {
-        j->rc = NX_EAGAIN;
+        j->is_handed_back = true;
     } else {
         int rc = j->fn(r->db, j->arg);
-        if (!sqlite3_get_autocommit(r->db)) {
-            nx_warn("store", "a read job left a transaction open; rolling it back");
-            sqlite3_exec(r->db, "ROLLBACK", NULL, NULL, NULL);
-        }
+        end_snapshot(r->db);
         j->rc = rc < 0 ? rc : 0;
     }
     r->ran(j, r->ctx);

@@ -8,9 +8,9 @@
  * A job sees what had committed when it started. */
 struct nx_reader;
 
-/* Called on the reader's thread with each job once it ran (j->rc set), or with j->rc ==
- * NX_EAGAIN when the reader has no connection (it could not open one): the job did not run and
- * belongs to the caller again. */
+/* Called on the reader's thread with each job once it ran (j->rc set), or with
+ * j->is_handed_back set when the reader has no connection (it could not open one): the job did
+ * not run and belongs to the caller again. */
 typedef void (*nx_reader_ran_fn)(struct job *j, void *ctx);
 
 /* Starts the thread; the connection to `path` (which the store has created and migrated) opens

@@ -590,12 +590,19 @@ static uint32_t key_slot(const char *key)
     return h % KEY_SLOTS + 1;
 }
 
-/* A read the reader ran (reader thread), or handed back: it had no connection. */
+/* A read the reader ran (reader thread), or handed back: it has no connection (then later keyed
+ * reads queue for the store thread at once). One that failed there runs once more on the store
+ * thread, whose connection may well succeed (a busy or broken second connection). */
 static void on_reader_ran(struct job *j, void *ctx)
 {
     struct nx_store *s = ctx;
 
-    if (j->rc == NX_EAGAIN) {
+    if (j->is_handed_back || j->rc < 0) {
+        pthread_mutex_lock(&s->lock);
+        if (j->is_handed_back)
+            s->is_reader_off = true;
+        pthread_mutex_unlock(&s->lock);
+        j->is_handed_back = false;
         j->rc = 0;
         submit(s, j);
         return;

@@ -12,8 +12,9 @@
 
 struct nx_store;
 
-/* Runs on the store thread with the connection. Return 0 or a negative NX_E* code. A write job
- * that fails is rolled back to a savepoint taken just before it; the rest of the batch commits. */
+/* Runs on the store thread with the connection (a keyed read may run on the reader thread with
+ * its connection instead). Return 0 or a negative NX_E* code. A write job that fails is rolled
+ * back to a savepoint taken just before it; the rest of the batch commits. */
 typedef int (*nx_store_job_fn)(sqlite3 *db, void *arg);
 /* Runs on the loop thread with the job's result (or NX_EDB if the batch failed to commit,
  * NX_ECLOSED if the store was closed first). */
@@ -45,10 +46,12 @@ void nx_store_flush(struct nx_store *s, nx_store_done_fn done, void *arg);
 
 /* Jobs about one key (a session's history): a keyed read sees every keyed write of its key
  * queued before it, and need not wait for other writes. When no write of its key (or of a key
- * sharing its hash slot) is queued or uncommitted, it runs at once on a connection of its own
- * beside the store thread and sees what has committed, instead of waiting for the open batch
- * to commit. Otherwise, or when that connection cannot open, it queues as nx_store_read does.
- * So every write that changes what a keyed read reads must be keyed. Any thread. */
+ * sharing its hash slot) is queued or uncommitted, it runs at once on the reader thread, on a
+ * connection of its own that only reads (query_only), and sees what has committed, instead of
+ * waiting for the open batch to commit; it may then also see writes queued after it. Otherwise,
+ * or when that connection cannot open, it queues as nx_store_read does. A keyed read that fails
+ * on the reader runs once more on the store thread, so it must be safe to run twice (a read).
+ * Every write that changes what a keyed read reads must be keyed. Any thread. */
 void nx_store_write_keyed(struct nx_store *s, const char *key, nx_store_job_fn job,
                           nx_store_done_fn done, void *arg);
 void nx_store_read_keyed(struct nx_store *s, const char *key, nx_store_job_fn job,

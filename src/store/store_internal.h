@@ -43,6 +43,7 @@ struct job {
     void *arg;
     int rc;
     uint32_t key_slot; /* a keyed write: its key's slot + 1 (see nx_store_write_keyed); else 0 */
+    bool is_handed_back; /* a keyed read the reader did not run (it has no connection) */
 };
 
 /* Finalizes the statements jobs prepared once and kept (NX_STORE_KEEP_SQL) and closes db.

@@ -647,6 +647,72 @@ static void test_store_keyed_read_runs_beside_an_open_batch(void **state)
     fx_free(f);
 }
 
+/* A keyed read that fails on the reader runs once more, on the store thread; its done runs
+ * once, with the second result. */
+struct flaky {
+    int runs;
+    int calls;
+    int rc;
+};
+
+static int flaky_job(sqlite3 *db, void *arg)
+{
+    struct flaky *k = arg;
+    (void)db;
+    return ++k->runs == 1 ? NX_EDB : 0;
+}
+
+static void flaky_done(int rc, void *arg)
+{
+    struct flaky *k = arg;
+    k->calls++;
+    k->rc = rc;
+}
+
+/* Leaves its statement stepped and not reset (a careless job), kept so that close finalizes it. */
+static int careless_job(sqlite3 *db, void *arg)
+{
+    static _Thread_local sqlite3_stmt *st;
+    (void)arg;
+    if (!st && sqlite3_prepare_v2(db, NX_STORE_KEEP_SQL "SELECT key FROM kv", -1, &st, NULL) != SQLITE_OK)
+        return NX_EDB;
+    return sqlite3_step(st) == SQLITE_ROW ? 0 : NX_EDB;
+}
+
+static void test_store_keyed_read_retries_and_ends_its_snapshot(void **state)
+{
+    (void)state;
+    struct fx *f = fx_new();
+    struct tally t = {.f = f};
+    struct put *p = puts_new(&t, 3, "s");
+    struct flaky k = {0};
+    struct get g = {.t = &t};
+    struct flaky careless = {0};
+
+    assert_int_equal(fx_open(f, NULL), 0);
+    nx_store_read_keyed(f->s, "a", flaky_job, flaky_done, &k);
+    sfx_run_until(&f->loop, &k.calls, 1);
+    assert_int_equal(k.runs, 2);
+    assert_int_equal(k.rc, 0);
+
+    /* a job that leaves a statement running must not pin the reader's snapshot */
+    nx_store_write_keyed(f->s, "a", put_job, put_done, &p[0]);
+    nx_store_write_keyed(f->s, "a", put_job, put_done, &p[1]);
+    run_until(f, &t.calls, 2);
+    nx_store_read_keyed(f->s, "a", careless_job, flaky_done, &careless);
+    sfx_run_until(&f->loop, &careless.calls, 1);
+    assert_int_equal(careless.rc, 0);
+    nx_store_write_keyed(f->s, "b", put_job, put_done, &p[2]);
+    run_until(f, &t.calls, 3);
+    nx_store_read_keyed(f->s, "b", get_job, get_done, &g);
+    run_until(f, &g.calls, 1);
+    assert_int_equal(g.rc, 0);
+    assert_int_equal(g.n, 3); /* the row committed after the careless read */
+    fx_close(f);
+    free(p);
+    fx_free(f);
+}
+
 /* Keyed reads queued beside the store thread when it closes all run and complete, once each,
  * before close returns. */
 static void test_store_close_completes_keyed_reads(void **state)
@@ -914,6 +980,7 @@ int main(void)
         cmocka_unit_test(test_store_read_sees_writes_queued_before_it),
         cmocka_unit_test(test_store_keyed_read_runs_beside_an_open_batch),
         cmocka_unit_test(test_store_close_completes_keyed_reads),
+        cmocka_unit_test(test_store_keyed_read_retries_and_ends_its_snapshot),
         cmocka_unit_test(test_store_flush_completes_after_prior_writes_commit),
         cmocka_unit_test(test_store_writes_from_two_threads_all_land),
         cmocka_unit_test(test_store_close_completes_queued_jobs),
