@@ -20,8 +20,7 @@
 
 #define WS_FILE_MAX (32 * 1024)
 
-static const char *const ws_names[] = {"IDENTITY.md", "SOUL.md", "USER.md", "AGENTS.md", "MEMORY.md"};
-#define WS_NFILES (sizeof ws_names / sizeof ws_names[0])
+#define WS_NFILES NX_IDENTITY_FILES
 
 struct ws_file {
     bool is_present;
@@ -63,13 +62,13 @@ static void probe(struct ws_cache *c, size_t i, struct ws_file *f, char *path, s
     char err[256];
 
     memset(f, 0, sizeof *f);
-    snprintf(path, pathlen, "%s/%s", c->dir, ws_names[i]);
+    snprintf(path, pathlen, "%s/%s", c->dir, nx_identity_files[i]);
     if (lstat(path, &st) < 0)
         return;
     if (S_ISLNK(st.st_mode)) {
-        if (nx_sandbox_path(c->dir, ws_names[i], false, path, pathlen, err, sizeof err) < 0) {
+        if (nx_sandbox_path(c->dir, nx_identity_files[i], false, path, pathlen, err, sizeof err) < 0) {
             if (!c->files[i].is_refused)
-                nx_warn("agent", "workspace %s: %s not loaded: %s", c->dir, ws_names[i], err);
+                nx_warn("agent", "workspace %s: %s not loaded: %s", c->dir, nx_identity_files[i], err);
             f->is_refused = true;
             return;
         }
@@ -149,7 +148,7 @@ const char *ws_cache_text(struct ws_cache *c)
     for (size_t i = 0; i < WS_NFILES; i++) {
         c->files[i] = now[i];
         if (now[i].is_present)
-            read_section(ws_names[i], paths[i], &c->text);
+            read_section(nx_identity_files[i], paths[i], &c->text);
     }
     c->is_loaded = true;
     return nx_buf_cstr(&c->text);

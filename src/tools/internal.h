@@ -36,6 +36,12 @@ size_t nx_utf8_count(const char *s, size_t len);
 void nx_utf8_sanitize(struct nx_buf *out, const char *s, size_t len);
 
 /* --- tools/sandbox.c --- */
+/* Components a workspace path may have at most. */
+#define NX_SANDBOX_MAX_DEPTH 64
+/* Is `resolved` (a path from nx_sandbox_path) one of the workspace's identity files that the
+ * file tools leave alone (the first NX_IDENTITY_PROTECTED of nx_identity_files), or the file
+ * one of them leads to? */
+bool nx_sandbox_is_identity_file(const char *workspace, const char *resolved);
 /* After open(): is the file behind fd (by /proc/self/fd) inside the real workspace? 0 when it
  * is (or when /proc is unavailable), NX_EPERM when it is not. */
 int nx_sandbox_check_fd(const char *workspace, int fd, char *err, size_t errlen);

@@ -234,16 +234,25 @@ static void observe(const char *tool, double seconds)
                          values, seconds);
 }
 
-/* Sends output to done, cut to NX_TOOL_OUTPUT_MAX at a UTF-8 boundary with a note. */
+/* Sends output to done as valid UTF-8 (a message that quotes the model's path cut mid-character
+ * would otherwise reach the model as no text at all), cut to NX_TOOL_OUTPUT_MAX at a character
+ * boundary with a note. */
 static void answer(nx_tool_done_fn done, void *udata, const char *out, size_t len, bool is_error)
 {
     struct nx_buf b = NX_BUF_INIT;
+    struct nx_buf clean = NX_BUF_INIT;
     size_t keep;
 
     if (!out)
         out = "";
+    if (!nx_utf8_is_valid(out, len)) {
+        nx_utf8_sanitize(&clean, out, len);
+        out = nx_buf_cstr(&clean);
+        len = clean.len;
+    }
     if (len <= NX_TOOL_OUTPUT_MAX) {
         done(out, len, is_error, udata);
+        nx_buf_cleanup(&clean);
         return;
     }
     keep = NX_TOOL_OUTPUT_MAX - 64;
@@ -254,6 +263,7 @@ static void answer(nx_tool_done_fn done, void *udata, const char *out, size_t le
     nx_buf_printf(&b, "\n[truncated: %zu bytes omitted]", len - keep);
     done(b.data, b.len, is_error, udata);
     nx_buf_cleanup(&b);
+    nx_buf_cleanup(&clean);
 }
 
 static void refuse(const struct nx_tool_ctx *ctx, const char *tool_label, const char *outcome,

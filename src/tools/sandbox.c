@@ -54,7 +54,7 @@ int nx_sandbox_path(const char *workspace, const char *rel, bool for_create, cha
     char wreal[PATH_MAX], norm[PATH_MAX], full[PATH_MAX], probe[PATH_MAX], real[PATH_MAX];
     size_t nlen = 0, cut;
     const char *p, *tail;
-    int n;
+    int n, depth = 0;
 
     if (!workspace || !workspace[0])
         return path_err(err, errlen, NX_EPERM, "file tools are disabled: this agent has no workspace");
@@ -65,11 +65,16 @@ int nx_sandbox_path(const char *workspace, const char *rel, bool for_create, cha
                         "path \"%.200s\" is absolute: give a path relative to the workspace", rel);
     if (strlen(rel) >= PATH_MAX)
         return path_err(err, errlen, NX_EINVAL, "path is too long");
-    /* normalise: drop "." and empty components, refuse ".." */
+    /* normalise: drop "." and empty components, refuse ".." and paths deeper than
+     * NX_SANDBOX_MAX_DEPTH (resolving costs grow with the square of the depth, on the loop) */
     norm[0] = '\0';
     for (p = rel; *p;) {
         const char *e = strchr(p, '/');
         size_t len = e ? (size_t)(e - p) : strlen(p);
+
+        if (len > 0 && !(len == 1 && p[0] == '.') && ++depth > NX_SANDBOX_MAX_DEPTH)
+            return path_err(err, errlen, NX_EINVAL, "path has more than %d components",
+                            NX_SANDBOX_MAX_DEPTH);
 
         if (len == 2 && p[0] == '.' && p[1] == '.')
             return path_err(err, errlen, NX_EPERM,
@@ -143,6 +148,25 @@ int nx_sandbox_check_fd(const char *workspace, int fd, char *err, size_t errlen)
         return path_err(err, errlen, NX_EPERM, "the file opened is outside the workspace "
                         "(it changed while being opened)");
     return 0;
+}
+
+const char *const nx_identity_files[NX_IDENTITY_FILES + 1] = {
+    "IDENTITY.md", "SOUL.md", "USER.md", "AGENTS.md", "MEMORY.md", NULL};
+
+bool nx_sandbox_is_identity_file(const char *workspace, const char *resolved)
+{
+    char wreal[PATH_MAX], name[PATH_MAX], real[PATH_MAX];
+
+    if (!realpath(workspace, wreal))
+        return true; /* cannot tell: refuse */
+    for (size_t i = 0; nx_identity_files[i] && i < NX_IDENTITY_PROTECTED; i++) {
+        if (snprintf(name, sizeof name, "%s/%s", wreal, nx_identity_files[i]) >= (int)sizeof name)
+            continue;
+        /* the file itself, and where it leads when it is a symbolic link */
+        if (strcmp(resolved, name) == 0 || (realpath(name, real) && strcmp(resolved, real) == 0))
+            return true;
+    }
+    return false;
 }
 
 const char *nx_sandbox_path_arg(const json_t *args, const char *key, const char *def, char *err,

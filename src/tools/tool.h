@@ -80,6 +80,12 @@ struct nx_tool_call *nx_tool_invoke(const struct nx_tool_ctx *ctx, const char *c
 void nx_tool_cancel(struct nx_tool_call *call);
 
 /* --- sandbox checks (tools/sandbox.c), usable by any tool --- */
+/* The workspace files that join an agent's system prompt, in order, NULL-terminated. The first
+ * NX_IDENTITY_PROTECTED (all but MEMORY.md, the agent's own notes) are the operator's: the file
+ * tools do not write them, so a model cannot rewrite the prompt of its other conversations. */
+extern const char *const nx_identity_files[];
+#define NX_IDENTITY_FILES 5
+#define NX_IDENTITY_PROTECTED 4
 /* Resolves a path given by the model inside the workspace: relative only, no "..", no escape
  * through symlinks (checked on the real path of the deepest existing ancestor). On success out
  * holds the absolute path. for_create: the final component may not exist yet. */

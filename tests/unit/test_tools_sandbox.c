@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/buf.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "tools/internal.h"
@@ -286,6 +287,132 @@ static void test_file_read_reports_binary_and_nul_paths(void **state)
     assert_non_null(strstr(a.text, "NUL"));
 }
 
+/* A path deeper than NX_SANDBOX_MAX_DEPTH is refused before anything is resolved (a 2,000-deep
+ * path to create took a minute of the loop thread); one at the limit is written. */
+static void test_file_write_refuses_deep_paths(void **state)
+{
+    struct fixture *fx = *state;
+    struct ts_answer a;
+    struct nx_buf deep = NX_BUF_INIT;
+
+    for (int i = 0; i < NX_SANDBOX_MAX_DEPTH - 1; i++)
+        nx_buf_puts(&deep, "d/");
+    nx_buf_puts(&deep, "f");
+    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", nx_buf_cstr(&deep), "content", "x"), &a);
+    assert_false(a.is_error);
+    nx_buf_reset(&deep);
+    for (int i = 0; i < 2000; i++)
+        nx_buf_puts(&deep, i < 1000 ? "a/" : "b/");
+    nx_buf_puts(&deep, "f");
+    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", nx_buf_cstr(&deep), "content", "x"), &a);
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "more than 64 components"));
+    run_tool(fx, "file_read", json_pack("{s:s}", "path", nx_buf_cstr(&deep)), &a);
+    assert_true(a.is_error);
+    nx_buf_cleanup(&deep);
+}
+
+/* The identity files join every conversation's system prompt: file_write leaves them alone,
+ * also through a directory link to the workspace and through a link to one of them; MEMORY.md
+ * stays writable. Appending to a file with another hard link is refused; a trailing "/" names
+ * no file. */
+static void test_file_write_protects_identity_and_linked_files(void **state)
+{
+    struct fixture *fx = *state;
+    struct ts_answer a;
+    char p[PATH_MAX + 32], q[PATH_MAX + 32];
+    static const char *const refused[] = {"SOUL.md", "./IDENTITY.md", "self/USER.md", "soul_link",
+                                          "AGENTS.md"};
+
+    write_file(fx->ws, "SOUL.md", "be kind\n");
+    snprintf(p, sizeof p, "%s/self", fx->ws);
+    assert_int_equal(symlink(".", p), 0);
+    snprintf(p, sizeof p, "%s/soul_link", fx->ws);
+    assert_int_equal(symlink("SOUL.md", p), 0);
+    for (size_t i = 0; i < NX_ARRAY_LEN(refused); i++) {
+        run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", refused[i], "content", "obey me"), &a);
+        if (!a.is_error)
+            fail_msg("file_write %s was not refused", refused[i]);
+        assert_non_null(strstr(a.text, "identity files"));
+    }
+    run_tool(fx, "file_read", json_pack("{s:s}", "path", "SOUL.md"), &a);
+    assert_string_equal(a.text, "be kind\n");
+    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "MEMORY.md", "content", "note\n"), &a);
+    assert_false(a.is_error);
+
+    snprintf(p, sizeof p, "%s/secret.txt", fx->outside);
+    snprintf(q, sizeof q, "%s/hard", fx->ws);
+    assert_int_equal(link(p, q), 0);
+    run_tool(fx, "file_write", json_pack("{s:s, s:s, s:b}", "path", "hard", "content", "x", "append", 1), &a);
+    assert_true(a.is_error);
+    assert_non_null(strstr(a.text, "hard links"));
+    run_tool(fx, "file_read", json_pack("{s:s}", "path", "../outside/secret.txt"), &a);
+    assert_true(a.is_error);
+    {
+        FILE *f = fopen(p, "r");
+        char buf[64] = "";
+        assert_non_null(f);
+        assert_non_null(fgets(buf, sizeof buf, f));
+        fclose(f);
+        assert_string_equal(buf, "top secret\n"); /* unchanged */
+    }
+    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "newdir/", "content", "x"), &a);
+    assert_true(a.is_error);
+    snprintf(p, sizeof p, "%s/newdir", fx->ws);
+    assert_int_not_equal(access(p, F_OK), 0);
+}
+
+/* A message that quotes the model's path cut mid-character is still valid UTF-8. */
+static void test_tool_answers_are_valid_utf8(void **state)
+{
+    struct fixture *fx = *state;
+    struct ts_answer a;
+    struct nx_buf name = NX_BUF_INIT;
+
+    nx_buf_puts(&name, "a");
+    for (int i = 0; i < 150; i++)
+        nx_buf_puts(&name, "\xc3\xa9"); /* é */
+    nx_buf_puts(&name, "/../x");
+    run_tool(fx, "file_read", json_pack("{s:s}", "path", nx_buf_cstr(&name)), &a);
+    assert_true(a.is_error);
+    assert_true(nx_utf8_is_valid(a.text, strlen(a.text)));
+    assert_non_null(strstr(a.text, ".."));
+    nx_buf_cleanup(&name);
+}
+
+/* file_list shows the 500 first names of the whole directory, not of the first entries read. */
+static void test_file_list_shows_the_first_names_of_a_big_directory(void **state)
+{
+    struct fixture *fx = *state;
+    struct ts_answer a;
+    char dir[PATH_MAX], p[PATH_MAX + 32];
+    json_t *res, *entries;
+
+    snprintf(dir, sizeof dir, "%s/big", fx->ws);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    for (int i = 5999; i >= 0; i--) {
+        int fd;
+        snprintf(p, sizeof p, "%s/f%05d", dir, i);
+        fd = open(p, O_CREAT | O_WRONLY, 0600);
+        assert_true(fd >= 0);
+        close(fd);
+    }
+    run_tool(fx, "file_list", json_pack("{s:s}", "path", "big"), &a);
+    assert_false(a.is_error);
+    res = json_loads(a.text, 0, NULL);
+    assert_non_null(res);
+    entries = json_object_get(res, "entries");
+    assert_int_equal(json_array_size(entries), 500);
+    for (size_t i = 0; i < 500; i++) {
+        char want[16];
+        snprintf(want, sizeof want, "f%05zu", i);
+        assert_string_equal(json_string_value(json_object_get(json_array_get(entries, i), "name")), want);
+    }
+    assert_true(json_is_true(json_object_get(res, "truncated")));
+    assert_non_null(strstr(json_string_value(json_object_get(res, "note")), "500 of 6000"));
+    json_decref(res);
+}
+
 /* ---- hosts and addresses ------------------------------------------------------------------ */
 
 static bool priv4(const char *s)
@@ -361,6 +488,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_file_tools_follow_inside_links, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_write_creates_private_dirs_and_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_read_reports_binary_and_nul_paths, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_write_refuses_deep_paths, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_write_protects_identity_and_linked_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tool_answers_are_valid_utf8, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_list_shows_the_first_names_of_a_big_directory, setup,
+                                        teardown),
         cmocka_unit_test(test_private_addresses),
         cmocka_unit_test(test_host_allowlist_globs),
     };

@@ -15,12 +15,12 @@
 #include "tools/tool.h"
 
 /* file_list {path?}: the entries of a directory in the agent's workspace, as JSON
- * {"path", "entries": [{"name", "type", "size"}], "truncated"}, sorted by name, at most
- * LIST_MAX entries (and at most SCAN_MAX read). Types come from lstat: a symlink is reported as
- * "symlink", never followed. Runs on the loop. */
+ * {"path", "entries": [{"name", "type", "size"}], "truncated"}: the LIST_MAX first by name of
+ * all the entries (at most SCAN_MAX read), sorted. Types come from lstat: a symlink is reported
+ * as "symlink", never followed. Runs on the loop. */
 
 #define LIST_MAX 500
-#define SCAN_MAX 5000
+#define SCAN_MAX 100000
 
 static const char schema[] =
     "{\"type\":\"object\",\"properties\":{"
@@ -31,6 +31,37 @@ static const char schema[] =
 static int by_name(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Keeps the LIST_MAX smallest names seen in h[0..*n), a max-heap on strcmp: the largest kept
+ * name is h[0]. Takes name, or frees it when it is not among them. */
+static void keep_smallest(char **h, size_t *n, char *name)
+{
+    size_t i;
+
+    if (*n < LIST_MAX) {
+        for (i = (*n)++; i > 0 && strcmp(h[(i - 1) / 2], name) < 0; i = (i - 1) / 2)
+            h[i] = h[(i - 1) / 2];
+        h[i] = name;
+        return;
+    }
+    if (strcmp(name, h[0]) >= 0) {
+        free(name);
+        return;
+    }
+    free(h[0]);
+    for (i = 0;;) { /* sift the new name down from the root */
+        size_t c = 2 * i + 1;
+        if (c >= *n)
+            break;
+        if (c + 1 < *n && strcmp(h[c + 1], h[c]) > 0)
+            c++;
+        if (strcmp(h[c], name) <= 0)
+            break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = name;
 }
 
 static const char *type_name(mode_t m)
@@ -49,8 +80,8 @@ static struct nx_tool_call *file_list_run(const struct nx_tool_ctx *ctx, const j
 {
     char path[PATH_MAX], err[512];
     const char *rel;
-    char **names = NULL;
-    size_t n = 0, cap = 0;
+    char **names = nx_calloc(LIST_MAX, sizeof *names);
+    size_t n = 0, total = 0;
     bool truncated = false;
     json_t *res = NULL, *arr;
     char *text = NULL;
@@ -76,24 +107,21 @@ static struct nx_tool_call *file_list_run(const struct nx_tool_ctx *ctx, const j
         goto out;
     }
     fd = -1; /* owned by d now */
-    for (size_t scanned = 0; (de = readdir(d)) != NULL; scanned++) {
+    while ((de = readdir(d)) != NULL) {
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
             continue;
-        if (scanned >= SCAN_MAX) {
+        if (total >= SCAN_MAX) {
             truncated = true;
             break;
         }
-        if (n == cap) {
-            cap = cap ? cap * 2 : 64;
-            names = nx_realloc(names, cap * sizeof *names);
-        }
-        names[n++] = nx_strdup(de->d_name);
+        total++;
+        keep_smallest(names, &n, nx_strdup(de->d_name));
     }
     if (n > 0)
         qsort(names, n, sizeof *names, by_name);
     res = json_object();
     arr = json_array();
-    for (size_t i = 0; i < n && i < LIST_MAX; i++) {
+    for (size_t i = 0; i < n; i++) {
         struct nx_buf nm = NX_BUF_INIT;
         struct stat st;
         json_t *e;
@@ -110,14 +138,23 @@ static struct nx_tool_call *file_list_run(const struct nx_tool_ctx *ctx, const j
         }
         json_array_append_new(arr, e);
     }
-    if (n > LIST_MAX)
+    if (total > n)
         truncated = true;
-    json_object_set_new(res, "path", json_string(rel));
+    {
+        struct nx_buf pb = NX_BUF_INIT;
+        nx_utf8_sanitize(&pb, rel, strlen(rel));
+        json_object_set_new(res, "path", json_string(nx_buf_cstr(&pb)));
+        nx_buf_cleanup(&pb);
+    }
     json_object_set_new(res, "entries", arr);
     json_object_set_new(res, "truncated", json_boolean(truncated));
-    if (truncated)
-        json_object_set_new(res, "note", json_sprintf("only the first %d entries (by name) are shown",
-                                                      LIST_MAX));
+    if (truncated && total >= SCAN_MAX)
+        json_object_set_new(res, "note", json_sprintf("the directory has more than %d entries; "
+                                                      "shown: the first %d by name of the %d read",
+                                                      SCAN_MAX, LIST_MAX, SCAN_MAX));
+    else if (truncated)
+        json_object_set_new(res, "note", json_sprintf("the first %d of %zu entries (by name) are "
+                                                      "shown", LIST_MAX, total));
     text = json_dumps(res, JSON_COMPACT);
 out:
     if (text)

@@ -13,7 +13,9 @@
 #include "tools/tool.h"
 
 /* file_write {path, content, append?}: writes a text file inside the agent's workspace.
- * Missing parent directories are created (0700); files are 0600. Without append the write is
+ * Missing parent directories are created (0700); files are 0600. The identity files that join
+ * the system prompt (all but MEMORY.md) are refused, and so is appending to a file with other
+ * hard links. Without append the write is
  * atomic: a temporary file in the same directory, fsync, rename over the target (which replaces
  * a symlink there rather than following it). Every open is relative to a directory descriptor
  * opened with O_NOFOLLOW and re-checked through /proc/self/fd, and the final component is opened
@@ -91,6 +93,17 @@ static struct nx_tool_call *file_write_run(const struct nx_tool_ctx *ctx, const 
     if (!(rel = nx_sandbox_path_arg(args, "path", NULL, err, sizeof err)) ||
         nx_sandbox_path(ctx->workspace, rel, true, path, sizeof path, err, sizeof err) < 0)
         goto out;
+    if (rel[strlen(rel) - 1] == '/') {
+        snprintf(err, sizeof err, "\"%.200s\" names a directory: give a file name", rel);
+        goto out;
+    }
+    if (nx_sandbox_is_identity_file(ctx->workspace, path)) {
+        snprintf(err, sizeof err, "\"%.200s\" is one of the agent's identity files (part of its "
+                                  "system prompt, set by its operator): the file tools do not "
+                                  "write it", rel);
+        rc = NX_EPERM;
+        goto out;
+    }
     if (!content || clen > WRITE_MAX) {
         snprintf(err, sizeof err, "content is larger than %d bytes", WRITE_MAX);
         goto out;
@@ -115,10 +128,11 @@ static struct nx_tool_call *file_write_run(const struct nx_tool_ctx *ctx, const 
         goto out;
     if (append) {
         fd = openat(dfd, name, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
-        if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink > 1) {
             snprintf(err, sizeof err, "cannot open \"%.200s\" for appending: %s", rel,
-                     fd < 0 ? (errno == ELOOP ? "it is a symbolic link" : strerror(errno))
-                            : "not a regular file");
+                     fd < 0              ? (errno == ELOOP ? "it is a symbolic link" : strerror(errno))
+                     : st.st_nlink > 1   ? "it has other hard links (they may be outside the workspace)"
+                                         : "not a regular file");
             goto out;
         }
         if (write_all(fd, content, clen) != 0) {
