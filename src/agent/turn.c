@@ -275,6 +275,10 @@ static void tool_done(struct tool_slot *s, const char *output, size_t len, bool 
     call_model(t);
 }
 
+/* Tool calls one model response may ask for: each runs (file tools on the loop thread), so an
+ * answer asking for thousands must not run them all. The rest get an error result. */
+#define MAX_TOOL_CALLS 32
+
 static void run_tools(struct nx_turn *t, const json_t *message)
 {
     const json_t *content = json_object_get(message, "content");
@@ -321,9 +325,19 @@ static void run_tools(struct nx_turn *t, const json_t *message)
         json_t *input = json_object_get(b, "input");
         t->tool_calls++;
         s->name = name ? name : "";
-        if (t->o.on_tool && !t->is_cancelled)
-            t->o.on_tool(s->name, false, false, t->o.udata);
-        s->call = nx_tool_invoke(&ctx, t->agent->allowed_tools, name ? name : "", input, on_tool_done, s);
+        if (k > MAX_TOOL_CALLS) {
+            static const char msg[] = "not run: one response may ask for at most 32 tool calls; "
+                                      "ask again for the rest";
+            if (k == MAX_TOOL_CALLS + 1)
+                nx_warn("agent", "agent %s: a response asked for %zu tool calls; %zu not run",
+                        t->agent_id, n, n - MAX_TOOL_CALLS);
+            tool_done(s, msg, sizeof msg - 1, true);
+        } else {
+            if (t->o.on_tool && !t->is_cancelled)
+                t->o.on_tool(s->name, false, false, t->o.udata);
+            s->call = nx_tool_invoke(&ctx, t->agent->allowed_tools, name ? name : "", input,
+                                     on_tool_done, s);
+        }
         if (t->is_done)
             return; /* a tool finished the turn synchronously (cancel from a callback) */
     }

@@ -97,6 +97,24 @@ class Turns(FakePeers, unittest.TestCase):
         self.assertRegex(body.decode(), r'nexo_tool_calls_total\{agent="kate",tool="file_write",'
                                         r'outcome="blocked"\} 1')
 
+    def test_a_response_runs_at_most_32_tool_calls(self):
+        calls = [{"name": "time_now", "input": {}} for _ in range(40)]
+        script(self.fport, [{"tool_use": calls}, {"text": "done"}])
+        status, r = self.chat("kate", "what time is it, forty times?")
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["choices"][0]["message"]["content"], "done")
+        results = self.requests()[1]["body"]["messages"][-1]["content"]
+        self.assertEqual(len(results), 40)  # every tool_use gets its result, in order
+        ran = [b for b in results if not b.get("is_error")]
+        refused = [b for b in results if b.get("is_error")]
+        self.assertEqual(len(ran), 32)
+        self.assertEqual(results[:32], ran)
+        for b in ran:
+            self.assertRegex(b["content"], r"\d{4}-\d\d-\d\dT")
+        self.assertEqual(len(refused), 8)
+        self.assertIn("at most 32 tool calls", refused[0]["content"])
+        self.assertIn("40 tool calls; 8 not run", self.n.read_log())
+
     def test_two_messages_to_one_session_answer_in_order(self):
         script(self.fport, [{"text": "first", "hang_ms": 300}, {"text": "second"}])
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
