@@ -368,6 +368,10 @@ int main(int argc, char **argv)
 
     memset(&c, 0, sizeof c);
     c.run.launch_ns = nx_mono_ns();
+    /* libuv's thread pool (4 threads unless set) runs name lookups, at most half of it at once:
+     * http_fetch to names whose DNS never answers held every slot, for every agent, for the
+     * resolver's own timeout. Read once, at its first use. */
+    setenv("UV_THREADPOOL_SIZE", "8", 0);
     if ((rc = parse_args(argc, argv, &c)) != 0)
         return rc;
     if (!c.command)

@@ -56,5 +56,8 @@ const char *nx_sandbox_path_arg(const json_t *args, const char *key, const char 
  * another loopback address refused. */
 typedef bool (*nx_addr_check_fn)(const struct sockaddr *sa);
 void nx_http_fetch_set_addr_check(nx_addr_check_fn fn);
+/* Tests only: http_fetch's own lookup of `name` looks up `addr` instead (NULL, NULL: none). curl
+ * never resolves it, so a fetch of `name` works only through the address pin. */
+void nx_http_fetch_set_lookup(const char *name, const char *addr);
 
 #endif

@@ -241,7 +241,8 @@ static bool v4_private(uint32_t a)
            (a >> 8) == (192u << 16 | 0 << 8 | 0) || /* 192.0.0/24 IETF protocol assignments */
            (a >> 17) == (198u << 7 | 18 >> 1) || /* 198.18/15 benchmarking */
            (a >> 28) == 0xe ||                /* multicast 224/4 */
-           (a >> 28) == 0xf;                  /* 240/4 reserved, broadcast */
+           (a >> 28) == 0xf ||                /* 240/4 reserved, broadcast */
+           a == 0xa83f8110u;                  /* 168.63.129.16 Azure's host endpoint (metadata) */
 }
 
 bool nx_sandbox_addr_is_private(const struct sockaddr *sa)
@@ -258,10 +259,21 @@ bool nx_sandbox_addr_is_private(const struct sockaddr *sa)
         static const uint8_t v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
         static const uint8_t zero12[12] = {0};
         static const uint8_t nat64[12] = {0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0};
+        static const uint8_t siit[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0};
+        static const uint8_t nat64_local[6] = {0, 0x64, 0xff, 0x9b, 0, 0x01};
+        static const uint8_t discard[8] = {0x01, 0, 0, 0, 0, 0, 0, 0};
         uint32_t v4 = (uint32_t)b[12] << 24 | (uint32_t)b[13] << 16 | (uint32_t)b[14] << 8 | b[15];
 
-        if (memcmp(b, v4mapped, 12) == 0 || memcmp(b, nat64, 12) == 0)
-            return v4_private(v4);      /* ::ffff:a.b.c.d, 64:ff9b::a.b.c.d */
+        if (memcmp(b, v4mapped, 12) == 0 || memcmp(b, nat64, 12) == 0 || memcmp(b, siit, 12) == 0)
+            return v4_private(v4);      /* ::ffff:a.b.c.d, 64:ff9b::a.b.c.d, ::ffff:0:a.b.c.d */
+        if (memcmp(b, nat64_local, 6) == 0) /* 64:ff9b:1::/48, local-use NAT64: any IPv4 */
+            return true;
+        if (memcmp(b, discard, 8) == 0) /* 100::/64 discard */
+            return true;
+        if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0 && b[3] == 0) /* 2001::/32 Teredo */
+            return true;
+        if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8) /* 2001:db8::/32 docs */
+            return true;
         if (memcmp(b, zero12, 12) == 0)
             return true;                /* ::, ::1, deprecated IPv4-compatible */
         if ((b[0] & 0xfe) == 0xfc)      /* fc00::/7 unique local */

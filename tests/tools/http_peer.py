@@ -16,6 +16,7 @@ Endpoints:
   /conn                 the client's remote port (to check connection reuse)
   /redirect?to=PATH     302 to PATH
   /loop                 302 to /loop, for ever
+  /redirect_endless?to=PATH  302 to PATH with a chunked body that goes on (up to 64 GiB) while read
   /stats                JSON counters: {"proxied": n}
 """
 import json
@@ -128,6 +129,18 @@ class Handler(BaseHTTPRequestHandler):
             self.send_body(200, str(self.client_address[1]).encode())
         elif path == "/redirect":
             self.send_body(302, b"moved", extra={"Location": q.get("to", ["/json"])[0]})
+        elif path == "/redirect_endless":
+            self.send_response(302)
+            self.send_header("Location", q.get("to", ["/json"])[0])
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            block = b"z" * 65536
+            try:
+                for _ in range(1 << 20):  # 64 GiB at most; a client that stops reading ends it
+                    self.chunk(block)
+                self.end_chunked()
+            except OSError:
+                self.close_connection = True
         elif path == "/loop":
             self.send_body(302, b"again", extra={"Location": "/loop"})
         elif path == "/stats":

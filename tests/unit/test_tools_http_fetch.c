@@ -303,6 +303,58 @@ static void test_fetch_post_with_headers(void **state)
     expect_error(&a, "status: 503\n");
 }
 
+/* The name is looked up once, by http_fetch, and curl connects to that checked address: a name
+ * curl cannot resolve itself is reached only through the pin (without it, a second lookup by
+ * curl could get another answer: DNS rebinding). */
+static void test_fetch_connects_to_the_address_it_checked(void **state)
+{
+    struct env *e = *state;
+    const char *const allow[] = {"rebind.invalid", NULL};
+    struct ts_answer a;
+
+    nx_http_fetch_set_addr_check(only_127_0_0_1_public);
+    nx_http_fetch_set_lookup("rebind.invalid", "127.0.0.1");
+    allow_hosts(e, allow, false);
+    fetch(e, get("rebind.invalid", "/json"), &a);
+    nx_http_fetch_set_lookup(NULL, NULL);
+    expect_ok(&a);
+    assert_non_null(strstr(a.text, "{\"ok\":true,\"n\":1}"));
+}
+
+/* A redirect's body is not read (an endless one held the tool for its whole deadline); headers
+ * go to another origin only when harmless, so a key in any header stays with its origin. */
+static void test_fetch_redirects_skip_bodies_and_keep_secrets(void **state)
+{
+    struct env *e = *state;
+    const char *const allow[] = {"localhost", "127.0.0.1", NULL};
+    struct ts_answer a;
+    char url[256];
+    uint64_t t0 = nx_mono_ms();
+    json_t *args;
+
+    allow_hosts(e, allow, true);
+    fetch(e, get("localhost", "/redirect_endless?to=/json"), &a);
+    expect_ok(&a);
+    assert_non_null(strstr(a.text, "redirects: 1\n"));
+    assert_non_null(strstr(a.text, "{\"ok\":true,\"n\":1}"));
+    assert_true(nx_mono_ms() - t0 < 5000);
+
+    snprintf(url, sizeof url, "http://localhost:%d/redirect?to=http://127.0.0.1:%d/echo", g_peer.port,
+             g_peer.port);
+    args = json_pack("{s:s, s:{s:s, s:s, s:s}}", "url", url, "headers", "X-Api-Key", "s3cret-key",
+                     "Authorization", "Bearer s3cret", "Accept", "text/plain");
+    fetch(e, args, &a);
+    expect_ok(&a);
+    assert_non_null(strstr(a.text, "\"accept\": \"text/plain\""));
+    assert_null(strstr(a.text, "s3cret"));
+    /* the same origin keeps them */
+    snprintf(url, sizeof url, "http://localhost:%d/redirect?to=/echo", g_peer.port);
+    args = json_pack("{s:s, s:{s:s}}", "url", url, "headers", "X-Api-Key", "s3cret-key");
+    fetch(e, args, &a);
+    expect_ok(&a);
+    assert_non_null(strstr(a.text, "\"x-api-key\": \"s3cret-key\""));
+}
+
 static void test_fetch_cancel_never_answers(void **state)
 {
     struct env *e = *state;
@@ -386,6 +438,9 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_fetch_caps_the_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fetch_post_with_headers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fetch_connects_to_the_address_it_checked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fetch_redirects_skip_bodies_and_keep_secrets, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_fetch_cancel_never_answers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_resolve_pins_the_address, setup, teardown),
     };

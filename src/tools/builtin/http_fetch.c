@@ -50,10 +50,17 @@ static const char schema[] =
     "\"required\":[\"url\"],\"additionalProperties\":false}";
 
 static nx_addr_check_fn addr_check;
+static const char *lookup_as_name, *lookup_as_addr;
 
 void nx_http_fetch_set_addr_check(nx_addr_check_fn fn)
 {
     addr_check = fn;
+}
+
+void nx_http_fetch_set_lookup(const char *name, const char *addr)
+{
+    lookup_as_name = name;
+    lookup_as_addr = addr;
 }
 
 /* ---- URLs ------------------------------------------------------------------------------- */
@@ -257,6 +264,7 @@ struct fetch {
     struct nx_http_call *hc;
     struct nx_buf resp;
     bool is_truncated;
+    bool is_body_skipped;    /* a 3xx: the transfer stopped at its first body byte */
     bool is_gai_pending;
     bool has_timer;
     bool is_timer_closed;
@@ -364,6 +372,7 @@ static void start_hop(struct fetch *f)
 {
     struct addrinfo hints;
     char port[8], hop[32];
+    const char *lookup;
     int rc;
 
     free(f->cur_url);
@@ -385,7 +394,9 @@ static void start_hop(struct fetch *f)
     hints.ai_socktype = SOCK_STREAM;
     snprintf(port, sizeof port, "%d", f->cur.port);
     f->gai.data = f;
-    if ((rc = uv_getaddrinfo(f->loop, &f->gai, on_resolved, f->cur.host, port, &hints)) < 0) {
+    lookup = lookup_as_name && strcasecmp(f->cur.host, lookup_as_name) == 0 ? lookup_as_addr
+                                                                          : f->cur.host;
+    if ((rc = uv_getaddrinfo(f->loop, &f->gai, on_resolved, lookup, port, &hints)) < 0) {
         finish_msg(f, "http_fetch: cannot resolve \"%s\": %s", f->cur.host, uv_strerror(rc));
         return;
     }
@@ -399,8 +410,11 @@ static int on_data(const char *data, size_t len, long status, void *udata)
 
     if (f->is_finished)
         return 1;
-    if (status >= 300 && status < 400)
-        return 0; /* a redirect's body is not kept */
+    if (status >= 300 && status < 400) {
+        /* a redirect's body is not kept, nor read: it could be endless */
+        f->is_body_skipped = true;
+        return 1;
+    }
     room = f->max_bytes - f->resp.len;
     if (len > room) {
         nx_buf_append(&f->resp, data, room);
@@ -414,6 +428,18 @@ static int on_data(const char *data, size_t len, long status, void *udata)
 static bool is_redirect(long status)
 {
     return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
+}
+
+static bool is_harmless_header(const char *n)
+{
+    static const char *const names[] = {"accept", "accept-language", "user-agent", "content-type",
+                                        "cache-control", "if-none-match", "if-modified-since"};
+
+    for (size_t i = 0; i < NX_ARRAY_LEN(names); i++) {
+        if (strcasecmp(n, names[i]) == 0)
+            return true;
+    }
+    return false;
 }
 
 /* Follows a 3xx: the new URL, method and headers; then the next hop's checks. */
@@ -432,6 +458,12 @@ static void follow(struct fetch *f, long status, const char *location)
         finish_msg(f, "http_fetch refused (at redirect %d): %s", f->redirects, err);
         return;
     }
+    if (f->cur.is_https && !next.is_https) {
+        finish_msg(f, "http_fetch refused (at redirect %d): from https to plain http (%.300s)",
+                   f->redirects, location);
+        url_cleanup(&next);
+        return;
+    }
     same_origin = next.is_https == f->cur.is_https && next.port == f->cur.port &&
                   strcmp(next.host, f->cur.host) == 0;
     if (status == 303 || ((status == 301 || status == 302) && strcmp(f->method, "POST") == 0)) {
@@ -443,10 +475,11 @@ static void follow(struct fetch *f, long status, const char *location)
         f->body = NULL;
         f->body_len = 0;
     }
-    /* credentials stay with the origin they were given for */
+    /* headers (credentials among them, whatever their name) stay with the origin they were
+     * given for: another origin gets only the harmless ones */
     for (size_t i = 0; i < f->nhdrs;) {
         const char *n = f->hdrs[i].name;
-        bool drop = (!same_origin && (strcasecmp(n, "authorization") == 0 || strcasecmp(n, "cookie") == 0)) ||
+        bool drop = (!same_origin && !is_harmless_header(n)) ||
                     (!f->body && strcasecmp(n, "content-type") == 0);
         if (!drop) {
             i++;
@@ -498,7 +531,7 @@ static void on_http_done(int rc, const struct nx_http_response *res, const char 
     if (f->is_finished)
         goto out;
     f->busy++;
-    if (rc == NX_ECANCELED && f->is_truncated)
+    if (rc == NX_ECANCELED && (f->is_truncated || f->is_body_skipped))
         rc = 0;
     if (rc != 0)
         finish_msg(f, "http_fetch: %s: %s", f->cur_url,
