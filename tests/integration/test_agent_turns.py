@@ -30,6 +30,10 @@ agents:
   - id: tiny
     model: {provider: anthropic, model: m}
     config: {queue_cap: 1}
+  - id: fetcher
+    model: {provider: anthropic, model: m}
+    allowed_tools: [http_fetch]
+    outbound_allowlist: {http: ["127.0.0.1", "*.example.org"]}
   - id: failover
     model:
       provider: down
@@ -114,6 +118,18 @@ class Turns(FakePeers, unittest.TestCase):
         self.assertEqual(len(refused), 8)
         self.assertIn("at most 32 tool calls", refused[0]["content"])
         self.assertIn("40 tool calls; 8 not run", self.n.read_log())
+
+    def test_http_fetch_obeys_the_agents_outbound_allowlist(self):
+        url = "http://127.0.0.1:%d/" % self.fport
+        script(self.fport, [{"tool_use": [{"name": "http_fetch", "input": {"url": url}},
+                                          {"name": "http_fetch", "input": {"url": "http://example.com/"}}]},
+                            {"text": "could not"}])
+        status, r = self.chat("fetcher", "fetch two pages")
+        self.assertEqual(status, 200, r)
+        results = self.requests()[1]["body"]["messages"][-1]["content"]
+        self.assertTrue(all(b.get("is_error") for b in results), results)
+        self.assertIn("resolves to 127.0.0.1, a loopback, private or link-local address", results[0]["content"])
+        self.assertIn('host "example.com" is not in this agent\'s outbound_allowlist', results[1]["content"])
 
     def test_two_messages_to_one_session_answer_in_order(self):
         script(self.fport, [{"text": "first", "hang_ms": 300}, {"text": "second"}])
