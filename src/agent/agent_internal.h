@@ -107,6 +107,11 @@ struct nx_turn {
     uint64_t log_ctx;              /* the log context its callbacks run in (core/log.h) */
     struct nx_turn **merged;       /* collect mode: callers answered with this turn's result */
     size_t nmerged;
+    struct nx_turn *merged_into;   /* collect mode: the turn this one's message joined */
+    size_t answer_from;            /* convo index of the model's first message this turn */
+    bool has_asked;                /* the model was called (answer_from is set) */
+    size_t call_text_bytes;        /* answer text the model call in flight has streamed */
+    uint32_t retry_after_s;        /* the provider's retry-after when the model call failed */
     bool is_started;
     bool is_interrupted;           /* cancelled by a newer message (interrupt mode) */
     bool is_cancelled;
@@ -171,5 +176,17 @@ const char *ws_cache_text(struct ws_cache *c);
 void turn_run(struct nx_turn *t); /* begins the turn (history, model, tools ...) */
 /* collect mode: `from`'s messages join `into`, and its caller gets into's answer. */
 void turn_merge(struct nx_turn *into, struct nx_turn *from);
+
+/* --- agent/convo.c --- */
+struct nx_buf;
+/* Appends the text blocks of a canonical message to out. */
+void turn_text_of(const json_t *message, struct nx_buf *out);
+/* The turn's own last assistant message, or NULL when the model said nothing. */
+const json_t *turn_last_answer(const struct nx_turn *t);
+/* Answers, as not run, the tool calls of the conversation's last message (an assistant message
+ * cut off by the iteration limit or by max_tokens), so the stored session stays valid. */
+void turn_close_open_calls(struct nx_turn *t);
+/* The conversation as sent: messages of one role in a row joined into one (new reference). */
+json_t *turn_alternating(json_t *convo);
 
 #endif

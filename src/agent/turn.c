@@ -41,18 +41,6 @@ static void set_error(struct nx_turn *t, const char *type, const char *msg)
     t->error_message = nx_strdup(msg);
 }
 
-static void text_of(const json_t *message, struct nx_buf *out)
-{
-    size_t i;
-    json_t *b;
-    json_array_foreach(json_object_get(message, "content"), i, b) {
-        const char *type = json_string_value(json_object_get(b, "type"));
-        const char *text = json_string_value(json_object_get(b, "text"));
-        if (type && strcmp(type, "text") == 0 && text)
-            nx_buf_puts(out, text);
-    }
-}
-
 static void unlink_turn(struct nx_turn *t)
 {
     struct nx_agents *a = t->a;
@@ -111,11 +99,9 @@ static void finish(struct nx_turn *t, int rc)
     t->kick = NULL;
 
     struct nx_buf text = NX_BUF_INIT;
-    const json_t *last = NULL;
-    if (rc == 0 && json_array_size(t->convo) > 0) {
-        last = json_array_get(t->convo, json_array_size(t->convo) - 1);
-        text_of(last, &text);
-    }
+    const json_t *last = rc == 0 ? turn_last_answer(t) : NULL;
+    if (last)
+        turn_text_of(last, &text);
     struct nx_turn_result res = {
         .text = nx_buf_cstr(&text),
         .message = last,
@@ -128,7 +114,7 @@ static void finish(struct nx_turn *t, int rc)
         .error_type = t->error_type,
         .error_message = t->error_message,
         .is_user_facing = t->is_budget_refusal,
-        .retry_after_s = t->is_budget_refusal ? budget_reset_secs() : 0,
+        .retry_after_s = t->is_budget_refusal ? budget_reset_secs() : t->retry_after_s,
     };
     if (rc == NX_ECANCELED && t->is_interrupted) {
         res.error_type = "interrupted";
@@ -188,6 +174,7 @@ static void save(struct nx_turn *t)
 {
     if (!t->session_key || !t->a->deps.store)
         return;
+    turn_close_open_calls(t);
     if (!t->is_history_missing)
         hcache_put_tokens(t->a->history, t->session_key, t->convo, history_keep(t), count_tokens(t));
     json_t *added = json_array();
@@ -244,6 +231,8 @@ static struct nx_turn *ticket_take(struct ticket *k, bool last)
 static void on_llm_text(const char *delta, size_t len, void *udata)
 {
     struct nx_turn *t = ticket_take(udata, false);
+    if (t)
+        t->call_text_bytes += len;
     if (t && t->o.on_text && !t->is_cancelled)
         IN_TURN_CONTEXT(t, t->o.on_text(delta, len, t->o.udata));
 }
@@ -325,7 +314,15 @@ static void run_tools(struct nx_turn *t, const json_t *message)
         json_t *input = json_object_get(b, "input");
         t->tool_calls++;
         s->name = name ? name : "";
-        if (k > MAX_TOOL_CALLS) {
+        const char *input_error = json_string_value(json_object_get(b, "input_error"));
+        if (input_error && k <= MAX_TOOL_CALLS) {
+            /* the model's arguments were not JSON: the tool does not run on a guess */
+            struct nx_buf msg = NX_BUF_INIT;
+            nx_buf_printf(&msg, "not run: the arguments are not valid JSON (%s); call again with a "
+                                "JSON object", input_error);
+            tool_done(s, msg.data, msg.len, true);
+            nx_buf_cleanup(&msg);
+        } else if (k > MAX_TOOL_CALLS) {
             static const char msg[] = "not run: one response may ask for at most 32 tool calls; "
                                       "ask again for the rest";
             if (k == MAX_TOOL_CALLS + 1)
@@ -367,12 +364,21 @@ static void llm_done(struct nx_turn *t, int rc, const struct nx_llm_result *res)
     }
     if (rc < 0) {
         t->http_status = res ? res->http_status : 0;
+        if (res && res->retry_after_ms > 0)
+            t->retry_after_s = (uint32_t)((res->retry_after_ms + 999) / 1000);
         set_error(t, res && res->error_type ? res->error_type : "api_error",
                   res && res->error_message ? res->error_message : nx_strerror(rc));
         finish(t, rc);
         return;
     }
     t->stop = res->stop;
+    const json_t *content = json_object_get(res->message, "content");
+    if (json_is_array(content) && json_array_size(content) == 0) {
+        /* nothing said: an empty message would make the session's next request invalid */
+        save(t);
+        finish(t, 0);
+        return;
+    }
     json_array_append(t->convo, res->message);
     if (res->stop == NX_LLM_STOP_TOOL_USE) {
         if (++t->iterations > t->agent->conf->limits.max_tool_iterations) {
@@ -418,6 +424,11 @@ static void call_model(struct nx_turn *t)
         t->tokens_upto = 0;
     }
     t->new_from = dropped > t->new_from ? 0 : t->new_from - dropped;
+    if (!t->has_asked)
+        t->answer_from = json_array_size(t->convo);
+    else
+        t->answer_from = dropped > t->answer_from ? 0 : t->answer_from - dropped;
+    t->has_asked = true;
     struct nx_buf system = NX_BUF_INIT;
     nx_buf_puts(&system, ag->system_prompt);
     const char *identity = ag->ws ? ws_cache_text(ag->ws) : "";
@@ -440,10 +451,11 @@ static void call_model(struct nx_turn *t)
         tm->changes = nx_tool_registry_changes();
     }
     json_t *tools = t->o.no_tools ? json_array() : json_incref(tm->tools);
+    json_t *messages = turn_alternating(t->convo);
     struct nx_llm_request req = {
         .model = ag->targets[0].model,
         .system = system.len ? nx_buf_cstr(&system) : NULL,
-        .messages = t->convo,
+        .messages = messages,
         .tools = json_array_size(tools) ? tools : NULL,
         .max_tokens = t->o.max_tokens ? t->o.max_tokens : ag->conf->limits.max_tokens,
         .temperature = t->o.temperature,
@@ -452,8 +464,10 @@ static void call_model(struct nx_turn *t)
     };
     struct nx_llm_callbacks cb = {.on_text = on_llm_text, .on_done = on_llm_done,
                                   .udata = ticket_new(t)};
+    t->call_text_bytes = 0;
     const struct nx_llm_conf *llm = nx_config_llm(t->gen->cfg);
     t->llm = nx_llm_chain_start(ag->targets, ag->ntargets, &llm->retry, &req, &cb);
+    json_decref(messages);
     json_decref(tools);
     nx_buf_cleanup(&system);
 }
@@ -551,6 +565,7 @@ static void run(struct nx_turn *t, bool may_wait)
 /* --- the public API --- */
 
 static void kicked(struct nx_turn *t);
+static void cancel_merged(struct nx_turn *t);
 
 static void kick(void *arg)
 {
@@ -623,6 +638,10 @@ void nx_turn_cancel(struct nx_turn *t)
 {
     if (!t || t->is_done || t->is_cancelled)
         return;
+    if (t->merged_into) {
+        cancel_merged(t);
+        return;
+    }
     t->is_cancelled = true;
     if (t->pending) { /* a model call or history load: detach, so its callback finds no turn */
         t->pending->t = NULL;
@@ -632,6 +651,11 @@ void nx_turn_cancel(struct nx_turn *t)
         struct nx_llm_call *c = t->llm;
         t->llm = NULL;
         nx_llm_cancel(c);
+        /* The provider has the prompt and may have answered part of it: a turn cancelled after
+         * its first words is charged (our estimates; the usage itself never comes), or the
+         * daily budget could be dodged by hanging up. */
+        t->usage.input_tokens += count_tokens(t);
+        t->usage.output_tokens += (t->call_text_bytes + 3) / 4;
     }
     for (size_t i = 0; i < t->nslots; i++) {
         if (t->slots[i].call) {
@@ -674,5 +698,25 @@ void turn_merge(struct nx_turn *into, struct nx_turn *from)
     }
     into->merged = nx_realloc(into->merged, (into->nmerged + 1) * sizeof *into->merged);
     into->merged[into->nmerged++] = from;
+    from->merged_into = into;
+    from->lane = NULL; /* its lane's turn is `into` now */
     unlink_turn(from);
+}
+
+/* A merged turn's caller went away: it leaves `into` (whose answer goes on to the others; its
+ * message stays in the conversation) and is answered as cancelled now. */
+static void cancel_merged(struct nx_turn *t)
+{
+    struct nx_turn *into = t->merged_into;
+    struct nx_turn_result res = {.error_type = "cancelled", .error_message = "the turn was cancelled"};
+
+    for (size_t i = 0; i < into->nmerged; i++) {
+        if (into->merged[i] == t) {
+            into->merged[i] = into->merged[--into->nmerged];
+            break;
+        }
+    }
+    t->is_done = true;
+    answer(t, NX_ECANCELED, &res);
+    free_turn(t);
 }

@@ -328,6 +328,8 @@ void nx_history_append(struct nx_store *s, const char *data_dir,
 
 /* ---- load (store thread) ---- */
 
+static bool is_clean_start(const json_t *m);
+
 struct load_job {
     char *key;
     int64_t max;
@@ -363,6 +365,9 @@ static int load_job_run(sqlite3 *db, void *arg)
     }
     if (src != SQLITE_DONE)
         goto out;
+    /* the last N rows may begin inside a tool exchange: start where a conversation can */
+    while (json_array_size(list) > 0 && !is_clean_start(json_array_get(list, 0)))
+        json_array_remove(list, 0);
     j->messages = list;
     list = NULL;
     rc = 0;

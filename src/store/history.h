@@ -29,8 +29,10 @@ int nx_session_key_parse(const char *key, struct nx_session_key_parts *out);
 /* "agent:<agent_id>:<channel>:<peer>", newly allocated. */
 char *nx_session_key_make(const char *agent_id, const char *channel, const char *peer);
 
-/* Loads the last `max_messages` messages of a session in order (0 = all). done gets a new
- * reference to a JSON array (empty for a new session), or NULL with rc < 0. */
+/* Loads the last `max_messages` messages of a session in order (0 = all), from the first of
+ * them where a conversation can begin (a user message that answers no tool call), so that a
+ * tool call is never sent without its result. done gets a new reference to a JSON array (empty
+ * for a new session), or NULL with rc < 0. */
 typedef void (*nx_history_loaded_fn)(int rc, json_t *messages, void *arg);
 void nx_history_load(struct nx_store *s, const char *session_key, size_t max_messages,
                      nx_history_loaded_fn done, void *arg);

@@ -1,0 +1,113 @@
+/* A turn's conversation: its answer, tool calls left open, and the form the APIs take
+ * (roles alternating). Loop thread. */
+#include <string.h>
+
+#include "agent/agent_internal.h"
+#include "core/buf.h"
+
+void turn_text_of(const json_t *message, struct nx_buf *out)
+{
+    size_t i;
+    json_t *b;
+    json_array_foreach(json_object_get(message, "content"), i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        const char *text = json_string_value(json_object_get(b, "text"));
+        if (type && strcmp(type, "text") == 0 && text)
+            nx_buf_puts(out, text);
+    }
+}
+
+/* The turn's own last assistant message (a tool call cut off at max_tokens is followed by the
+ * results that close it), or NULL when the model said nothing. */
+const json_t *turn_last_answer(const struct nx_turn *t)
+{
+    for (size_t n = json_array_size(t->convo); t->has_asked && n > t->answer_from; n--) {
+        const json_t *m = json_array_get(t->convo, n - 1);
+        const char *role = json_string_value(json_object_get(m, "role"));
+        if (role && strcmp(role, "assistant") == 0)
+            return m;
+    }
+    return NULL;
+}
+
+/* An assistant message whose tool calls got no results (the iteration limit; an answer cut off
+ * at max_tokens in the middle of a call) would make every later request of the session invalid
+ * (the APIs want each tool_use answered in the next message): they are answered here, as not
+ * run. */
+void turn_close_open_calls(struct nx_turn *t)
+{
+    size_t n = json_array_size(t->convo), i;
+    const json_t *last = n ? json_array_get(t->convo, n - 1) : NULL;
+    const char *role = json_string_value(json_object_get(last, "role"));
+    json_t *results = NULL, *b;
+
+    if (!role || strcmp(role, "assistant") != 0)
+        return;
+    json_array_foreach(json_object_get(last, "content"), i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        const char *id = json_string_value(json_object_get(b, "id"));
+        if (!type || strcmp(type, "tool_use") != 0)
+            continue;
+        if (!results)
+            results = json_array();
+        json_array_append_new(results, json_pack("{s:s, s:s, s:s, s:b}", "type", "tool_result",
+                                                 "tool_use_id", id ? id : "", "content",
+                                                 t->stop == NX_LLM_STOP_TOOL_USE
+                                                     ? "not run: the turn reached its limit of tool "
+                                                       "iterations"
+                                                     : "not run: the answer stopped before the call "
+                                                       "was complete",
+                                                 "is_error", 1));
+    }
+    if (results)
+        json_array_append_new(t->convo, json_pack("{s:s, s:o}", "role", "user", "content", results));
+}
+
+/* The APIs want roles to alternate (Anthropic refuses two user messages in a row): messages of
+ * one role in a row (a turn's message after a stored one that got no answer, the results of calls
+ * that were not run) go to the model as one. The history keeps them apart. */
+json_t *turn_alternating(json_t *convo)
+{
+    size_t n = json_array_size(convo), i;
+    const char *prev = NULL;
+    json_t *out, *m, *cur = NULL;
+    bool is_copy = false;
+
+    for (i = 0; i < n; i++) {
+        const char *role = json_string_value(json_object_get(json_array_get(convo, i), "role"));
+        if (prev && role && strcmp(prev, role) == 0)
+            break;
+        prev = role;
+    }
+    if (i == n)
+        return json_incref(convo);
+    out = json_array();
+    prev = NULL;
+    json_array_foreach(convo, i, m) {
+        const char *role = json_string_value(json_object_get(m, "role"));
+        const json_t *content = json_object_get(m, "content");
+        if (!cur || !prev || !role || strcmp(prev, role) != 0) {
+            json_array_append(out, m);
+            cur = m;
+            is_copy = false;
+            prev = role;
+            continue;
+        }
+        if (!is_copy) { /* a new message: the stored ones are shared and never edited */
+            const json_t *c0 = json_object_get(cur, "content");
+            json_t *blocks = json_is_string(c0) ? json_pack("[{s:s, s:s}]", "type", "text", "text",
+                                                            json_string_value(c0))
+                                                : json_copy((json_t *)c0);
+            cur = json_pack("{s:s, s:o}", "role", role, "content", blocks ? blocks : json_array());
+            json_array_set_new(out, json_array_size(out) - 1, cur);
+            is_copy = true;
+        }
+        if (json_is_string(content))
+            json_array_append_new(json_object_get(cur, "content"),
+                                  json_pack("{s:s, s:s}", "type", "text", "text",
+                                            json_string_value(content)));
+        else
+            json_array_extend(json_object_get(cur, "content"), (json_t *)content);
+    }
+    return out;
+}

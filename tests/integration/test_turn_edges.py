@@ -1,0 +1,168 @@
+"""Turns at their edges, end to end against the fake provider: a caller of a merged (collect)
+turn hanging up, a turn cancelled mid-stream still charged to the daily budget, sessions left
+valid after the tool-iteration limit, an answer cut off inside a tool call and an empty answer,
+and tool arguments that are not JSON never running the tool."""
+import concurrent.futures
+import json
+import re
+import time
+import unittest
+
+from nexo_harness import Nexo, main, write_config
+from peers import FakePeers, fake_requests, script
+
+CONFIG = """\
+agents:
+  - id: coll
+    model: {provider: anthropic, model: m}
+    config: {queue_mode: collect}
+  - id: budgeted
+    model: {provider: anthropic, model: m}
+    limits: {daily_token_budget: 1000000}
+  - id: limited
+    model: {provider: anthropic, model: m}
+    allowed_tools: [time_now]
+    limits: {max_tool_iterations: 1}
+  - id: oai
+    model: {provider: openai, model: gpt-4o-mini}
+    allowed_tools: [time_now]
+"""
+
+
+class TurnEdges(FakePeers, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.start_peers()
+        base = "http://127.0.0.1:%d" % cls.fport
+        write_config(cls.cfg.name, {
+            "llm.yaml": ("providers:\n"
+                         "  anthropic: {api_key: sk-fake-key, base_url: %s}\n"
+                         "  openai: {api_key: sk-fake-key, base_url: %s/v1}\n") % (base, base),
+            "agents.yaml": CONFIG,
+        })
+        cls.n = Nexo(config_dir=cls.cfg.name).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stop_peers()
+
+    def chat(self, agent, text, session=None):
+        headers = {"Content-Type": "application/json"}
+        if session:
+            headers["X-Nexo-Session"] = session
+        body = json.dumps({"model": agent, "messages": [{"role": "user", "content": text}]})
+        status, data, _ = self.n.request("POST", "/v1/chat/completions", body=body.encode(),
+                                         headers=headers, timeout=30)
+        return status, json.loads(data)
+
+    def send_raw(self, agent, text, session=None, stream=False):
+        s = self.n.connect()
+        body = json.dumps({"model": agent, "stream": stream,
+                           "messages": [{"role": "user", "content": text}]}).encode()
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + (b"X-Nexo-Session: %s\r\n" % session.encode() if session else b"")
+                  + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        return s
+
+    def wait_requests(self, n, limit=10.0):
+        deadline = time.monotonic() + limit
+        while len(fake_requests(self.fport)) < n:
+            self.assertLess(time.monotonic(), deadline, "the fake never got request %d" % n)
+            time.sleep(0.01)
+
+    def wait_metric(self, pattern, value, limit=10.0):
+        deadline = time.monotonic() + limit
+        while self.metric(pattern) != value:
+            self.assertLess(time.monotonic(), deadline, "%s never reached %s" % (pattern, value))
+            time.sleep(0.01)
+
+    def metric(self, pattern):
+        _, body, _ = self.n.request("GET", "/metrics", listener="metrics")
+        m = re.search(pattern, body.decode(), re.M)
+        return float(m.group(1)) if m else None
+
+    def test_caller_of_a_merged_turn_hangs_up(self):
+        script(self.fport, [{"hang_ms": 800, "text": "first"}, {"hang_ms": 800, "text": "together"}])
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            a = ex.submit(self.chat, "coll", "a", "merge-1")
+            self.wait_requests(1)
+            b = ex.submit(self.chat, "coll", "b", "merge-1")
+            self.wait_metric(r"^nexo_agent_turns_in_flight (\S+)$", 2)  # b waits behind a
+            c = self.send_raw("coll", "c", "merge-1")  # c will join b's turn
+            self.assertEqual(a.result()[0], 200)
+            self.wait_requests(2)  # b and c, merged into one turn, are with the model
+            c.close()
+            status, r = b.result()
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["choices"][0]["message"]["content"], "together")
+        self.assertIsNone(self.n.proc.poll())
+        self.assertEqual(self.metric(r"^nexo_agent_turns_in_flight (\S+)$"), 0)  # counted once each
+        status, r = self.chat("coll", "still there?", "merge-1")
+        self.assertEqual(status, 200, r)
+
+    def test_a_turn_cancelled_mid_stream_is_charged(self):
+        before = self.metric(r'nexo_agent_tokens_budget_remaining\{agent="budgeted"\} (\S+)')
+        script(self.fport, [{"text": "x" * 400, "chunks": 40, "delay_ms": 50}])
+        s = self.send_raw("budgeted", "tell me a long story " * 50, stream=True)
+        self.assertIn(b"200 OK", s.recv(200))
+        time.sleep(0.3)
+        s.close()
+        deadline = time.monotonic() + 10
+        while True:
+            after = self.metric(r'nexo_agent_tokens_budget_remaining\{agent="budgeted"\} (\S+)')
+            if after is not None and (before is None or after < before):
+                break
+            self.assertLess(time.monotonic(), deadline, "the cancelled turn was never charged")
+            time.sleep(0.05)
+        # at least the prompt's estimate (~1,100 bytes of question) and some streamed words
+        self.assertLessEqual(after, (before or 1000000) - 250)
+
+    def test_the_iteration_limit_leaves_the_session_valid(self):
+        tool = {"tool_use": {"name": "time_now", "input": {}}}
+        script(self.fport, [tool, tool])
+        status, r = self.chat("limited", "go", "iter-1")
+        self.assertNotEqual(status, 200, r)  # the limit is an error for this turn
+        script(self.fport, [{"text": "fine"}])
+        status, r = self.chat("limited", "again", "iter-1")
+        self.assertEqual(status, 200, r)  # the fake refuses a tool_use without its result
+        sent = fake_requests(self.fport)[-1]["body"]["messages"]
+        self.assertEqual([m["role"] for m in sent], ["user", "assistant", "user", "assistant", "user"])
+        closing = sent[-1]["content"]  # the open call, closed as "not run", then the new message
+        self.assertEqual(closing[0]["type"], "tool_result")
+        self.assertTrue(closing[0]["is_error"])
+        self.assertIn("limit of tool iterations", closing[0]["content"])
+        self.assertEqual(closing[-1], {"type": "text", "text": "again"})
+
+    def test_an_answer_cut_off_inside_a_tool_call_and_an_empty_answer(self):
+        script(self.fport, [{"tool_use": {"name": "time_now", "input": {}}, "stop_reason": "max_tokens"}])
+        status, r = self.chat("oai", "go", "cut-1")
+        self.assertEqual(status, 200, r)
+        script(self.fport, [{"text": "fine"}])
+        status, r = self.chat("oai", "again", "cut-1")
+        self.assertEqual(status, 200, r)  # OpenAI refuses tool_calls not followed by tool messages
+        self.assertEqual(r["choices"][0]["message"]["content"], "fine")
+
+        script(self.fport, [{"text": ""}])
+        status, r = self.chat("limited", "say nothing", "empty-1")
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["choices"][0]["message"]["content"], "")
+        script(self.fport, [{"text": "now something"}])
+        status, r = self.chat("limited", "and now?", "empty-1")
+        self.assertEqual(status, 200, r)
+        sent = fake_requests(self.fport)[-1]["body"]["messages"]
+        self.assertFalse([m for m in sent if m["role"] == "assistant" and not m["content"]], sent)
+
+    def test_arguments_that_are_not_json_never_run_the_tool(self):
+        script(self.fport, [{"tool_use": {"name": "time_now", "input": {}},
+                             "raw_arguments": "{\"timezone\": \"Asia/Tok"},
+                            {"text": "sorry"}])
+        status, r = self.chat("oai", "what time is it in Tokyo?")
+        self.assertEqual(status, 200, r)
+        tool_msg = fake_requests(self.fport)[1]["body"]["messages"][-1]
+        self.assertEqual(tool_msg["role"], "tool")
+        self.assertIn("not run: the arguments are not valid JSON", tool_msg["content"])
+        self.assertNotRegex(tool_msg["content"], r"\d{4}-\d\d-\d\dT")
+
+
+if __name__ == "__main__":
+    main()
