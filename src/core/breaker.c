@@ -37,14 +37,22 @@ bool nx_breaker_allow(struct nx_breaker *b, uint64_t now_ms)
         b->state = NX_BREAKER_HALF_OPEN;
         b->successes = 0;
         b->probe_in_flight = true;
+        b->probe++;
         return true;
     case NX_BREAKER_HALF_OPEN:
         if (b->probe_in_flight)
             return false;
         b->probe_in_flight = true;
+        b->probe++;
         return true;
     }
     return false;
+}
+
+void nx_breaker_abandon(struct nx_breaker *b, uint32_t probe)
+{
+    if (b->state == NX_BREAKER_HALF_OPEN && b->probe_in_flight && b->probe == probe)
+        b->probe_in_flight = false;
 }
 
 static void trip(struct nx_breaker *b, uint64_t now_ms)

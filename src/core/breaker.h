@@ -28,6 +28,7 @@ struct nx_breaker {
     uint32_t backoff_ms;  /* current */
     uint64_t open_until;  /* while open */
     bool probe_in_flight; /* half-open: one call at a time */
+    uint32_t probe;       /* which probe holds the slot (counts up with each one let through) */
 };
 
 /* conf may be NULL (defaults); zero fields take defaults. */
@@ -36,6 +37,9 @@ void nx_breaker_init(struct nx_breaker *b, const struct nx_breaker_conf *conf);
  * one probe through until it reports). */
 bool nx_breaker_allow(struct nx_breaker *b, uint64_t now_ms);
 void nx_breaker_success(struct nx_breaker *b, uint64_t now_ms);
+/* A call given the half-open probe (b->probe right after allow) ended with no verdict (it was
+ * cancelled, or never sent): the slot goes to the next call, unless another probe holds it. */
+void nx_breaker_abandon(struct nx_breaker *b, uint32_t probe);
 void nx_breaker_failure(struct nx_breaker *b, uint64_t now_ms);
 const char *nx_breaker_state_name(enum nx_breaker_state s);
 

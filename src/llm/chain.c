@@ -43,6 +43,7 @@ struct chain {
     bool cancelled;
     bool finished;
     bool probe;            /* the attempt in flight holds the breaker's half-open probe */
+    uint32_t probe_id;     /* which one (nx_breaker_abandon) */
     /* the last failure, for the final report */
     int last_rc;
     int last_status;
@@ -177,7 +178,7 @@ static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)
     ch->probe = false;
     if (rc == NX_ECANCELED || ch->cancelled) {
         if (probe)
-            b->probe_in_flight = false; /* no verdict: let another probe through */
+            nx_breaker_abandon(b, ch->probe_id); /* no verdict: let another probe through */
         nx_llm_count_outcome(t->p, t->model, "cancelled");
         finish(ch, NX_ECANCELED, res);
         return;
@@ -190,11 +191,14 @@ static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)
         return;
     }
     /* A failure the provider is to blame for counts against its breaker; a refused request
-     * (400, 401, ...) proves the provider is up. */
+     * (400, 401, ...) proves the provider is up; one that never reached it (no body could be
+     * built, the client is closing) says nothing about it. */
     if (res->is_retryable)
         nx_breaker_failure(b, now);
-    else
+    else if (res->http_status != 0)
         nx_breaker_success(b, now);
+    else if (probe)
+        nx_breaker_abandon(b, ch->probe_id);
     publish(t->p);
     if (ch->streamed) {
         struct nx_llm_result r = *res;
@@ -220,7 +224,10 @@ static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)
         }
         return;
     }
-    if (ch->attempt < ch->retry.max_attempts) {
+    if (ch->attempt < ch->retry.max_attempts &&
+        !(res->retry_after_ms > 0 && (uint64_t)res->retry_after_ms > ch->retry.max_backoff_ms)) {
+        /* (a provider that asks for a longer wait than max_backoff is not asked again early:
+         * the next target goes, or the error with its retry-after) */
         uint64_t ms = backoff_ms(ch, res);
         nx_llm_count_outcome(t->p, t->model, "retry");
         nx_debug("llm", "%s %s: attempt %u failed (%s), retrying in %llu ms", nx_llm_provider_name(t->p),
@@ -229,6 +236,7 @@ static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)
         return;
     }
     nx_llm_count_outcome(t->p, t->model, "error");
+    ch->attempt = ch->retry.max_attempts; /* this target is done (tried enough, or asked to wait) */
     next_attempt(ch);
 }
 
@@ -261,6 +269,7 @@ static void next_attempt(struct chain *ch)
             continue;
         }
         ch->probe = b->state == NX_BREAKER_HALF_OPEN;
+        ch->probe_id = b->probe;
         publish(t->p);
         ch->attempt++;
         ch->req.model = t->model;

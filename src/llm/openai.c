@@ -455,6 +455,7 @@ struct tcall {
     struct nx_buf name;
     struct nx_buf args;
     bool used;
+    long index;  /* the stream's index for it, or -1 when the provider sends none */
 };
 
 struct nx_openai_stream {
@@ -476,27 +477,64 @@ static int fail(struct nx_openai_stream *s, const char *what)
     return s->err = NX_EPROTO;
 }
 
+static struct tcall *new_call(struct nx_openai_stream *s, long index)
+{
+    struct tcall *c;
+
+    s->calls = nx_realloc(s->calls, (s->ncalls + 1) * sizeof *s->calls);
+    c = &s->calls[s->ncalls++];
+    memset(c, 0, sizeof *c);
+    c->index = index;
+    return c;
+}
+
+/* The call a delta continues, or a new one. Calls are kept in the order they began. OpenAI
+ * numbers them (`index`); a new `id` at an index already in use starts another call (providers
+ * that number every call 0); a delta without an index (Gemini's endpoint) continues the call
+ * with its id, or the last call when it has none. */
+static struct tcall *call_for(struct nx_openai_stream *s, const json_t *idx, const char *id)
+{
+    bool has_id = id && *id;
+
+    if (json_is_integer(idx)) {
+        long k = (long)json_integer_value(idx);
+        for (size_t i = s->ncalls; i > 0; i--) {
+            struct tcall *c = &s->calls[i - 1];
+            if (c->index != k)
+                continue;
+            if (has_id && c->id.len && strcmp(nx_buf_cstr(&c->id), id) != 0)
+                break; /* another call at the same index */
+            return c;
+        }
+        return new_call(s, k);
+    }
+    if (has_id) {
+        for (size_t i = 0; i < s->ncalls; i++) {
+            if (s->calls[i].id.len && strcmp(nx_buf_cstr(&s->calls[i].id), id) == 0)
+                return &s->calls[i];
+        }
+        return new_call(s, -1);
+    }
+    return s->ncalls ? &s->calls[s->ncalls - 1] : new_call(s, -1);
+}
+
 static int on_tool_delta(struct nx_openai_stream *s, const json_t *d)
 {
     json_t *idx = json_object_get(d, "index"), *fn = json_object_get(d, "function");
-    const char *v;
+    const char *v, *id = nx_json_str(d, "id");
     struct tcall *c;
-    size_t k;
 
-    if (!json_is_integer(idx) || json_integer_value(idx) < 0 ||
-        json_integer_value(idx) >= NX_LLM_MAX_BLOCKS)
-        return fail(s, "a tool call delta without a valid index");
-    k = (size_t)json_integer_value(idx);
-    if (k >= s->ncalls) {
-        s->calls = nx_realloc(s->calls, (k + 1) * sizeof *s->calls);
-        memset(s->calls + s->ncalls, 0, (k + 1 - s->ncalls) * sizeof *s->calls);
-        s->ncalls = k + 1;
-    }
-    c = &s->calls[k];
+    if (idx && !json_is_null(idx) &&
+        (!json_is_integer(idx) || json_integer_value(idx) < 0 ||
+         json_integer_value(idx) >= NX_LLM_MAX_BLOCKS))
+        return fail(s, "a tool call delta with an invalid index");
+    c = call_for(s, idx, id);
+    if (s->ncalls > NX_LLM_MAX_BLOCKS)
+        return fail(s, "too many tool calls");
     c->used = true;
-    if ((v = nx_json_str(d, "id")) && *v) {
+    if (id && *id) {
         nx_buf_reset(&c->id);
-        nx_buf_puts(&c->id, v);
+        nx_buf_puts(&c->id, id);
     }
     if ((v = nx_json_str(fn, "name")) && *v && c->name.len == 0)
         nx_buf_puts(&c->name, v);

@@ -43,6 +43,32 @@ static void test_breaker_opens_after_threshold_probes_and_closes(void **state)
     assert_string_equal(nx_breaker_state_name(b.state), "closed");
 }
 
+/* A probe that ends with no verdict frees the half-open slot only while it still holds it: an
+ * older probe's cancel must not let a second call through beside a newer probe. */
+static void test_breaker_abandoned_probe_frees_only_its_own_slot(void **state)
+{
+    struct nx_breaker_conf c = {.failure_threshold = 1, .initial_backoff_ms = 100, .max_backoff_ms = 100};
+    struct nx_breaker b;
+    uint32_t p1, p2;
+
+    (void)state;
+    nx_breaker_init(&b, &c);
+    nx_breaker_failure(&b, 0);                 /* open until 100 */
+    assert_true(nx_breaker_allow(&b, 100));    /* probe P */
+    p1 = b.probe;
+    assert_false(nx_breaker_allow(&b, 100));
+    nx_breaker_abandon(&b, p1);                /* P cancelled: the slot is free again */
+    assert_true(nx_breaker_allow(&b, 101));    /* probe Q */
+    p2 = b.probe;
+    assert_int_not_equal(p1, p2);
+    nx_breaker_abandon(&b, p1);                /* a stale abandon changes nothing */
+    assert_false(nx_breaker_allow(&b, 102));
+    nx_breaker_success(&b, 103);               /* Q's verdict closes it */
+    assert_int_equal(b.state, NX_BREAKER_CLOSED);
+    nx_breaker_abandon(&b, p2);                /* closed: nothing to free */
+    assert_int_equal(b.state, NX_BREAKER_CLOSED);
+}
+
 static void test_breaker_defaults(void **state)
 {
     (void)state;
@@ -61,6 +87,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_breaker_opens_after_threshold_probes_and_closes),
+        cmocka_unit_test(test_breaker_abandoned_probe_frees_only_its_own_slot),
         cmocka_unit_test(test_breaker_defaults),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -202,7 +202,7 @@ static void test_chain_cancel_during_backoff(void **state)
 
     (void)state;
     one_open(&f, "cancel-b", "anthropic", KEY, 0,
-             "[{\"error\": {\"status\": 429, \"type\": \"rate_limit_error\", \"retry_after\": 5}}]", "hi");
+             "[{\"error\": {\"status\": 429, \"type\": \"rate_limit_error\", \"retry_after\": 1}}]", "hi");
     req.messages = f.msgs;
     t[0] = (struct nx_llm_target){f.p, "m"};
     o.call = nx_llm_chain_start(t, 1, &fast_retry, &req, callbacks(&o));

@@ -322,6 +322,66 @@ static void test_openai_stream_parser_edges(void **state)
     nx_openai_stream_free(s);
 }
 
+/* Tool call deltas without an index (Gemini's OpenAI-compatible endpoint) and two calls that
+ * share index 0 (providers that number every call 0) become separate calls, in order. */
+static json_t *parse_calls(const char *sse)
+{
+    size_t ntext = 0;
+    struct nx_openai_stream *s = nx_openai_stream_new(count_text, &ntext);
+    struct nx_llm_resp r;
+    json_t *c;
+
+    memset(&r, 0, sizeof r);
+    assert_int_equal(nx_openai_stream_feed(s, sse, strlen(sse)), 0);
+    assert_int_equal(nx_openai_stream_finish(s, &r), 0);
+    assert_int_equal(r.stop, NX_LLM_STOP_TOOL_USE);
+    c = json_incref(json_object_get(r.message, "content"));
+    nx_llm_resp_cleanup(&r);
+    nx_openai_stream_free(s);
+    return c;
+}
+
+static void test_openai_tool_calls_without_or_sharing_an_index(void **state)
+{
+    static const char no_index[] =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"tool_calls\":[{"
+        "\"id\":\"g1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\\\":\"}},"
+        "{\"id\":\"g2\",\"type\":\"function\",\"function\":{\"name\":\"g\",\"arguments\":\"{}\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"id\":\"g1\",\"function\":"
+        "{\"arguments\":\"1}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n"
+        "data: [DONE]\n\n";
+    static const char same_index[] =
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c1\","
+        "\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"x\\\":1}\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"c2\","
+        "\"function\":{\"name\":\"g\",\"arguments\":\"{\\\"y\\\"\"}}]}}]}\n\n"
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,"
+        "\"function\":{\"arguments\":\":2}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n"
+        "data: [DONE]\n\n";
+    json_t *c;
+
+    (void)state;
+    c = parse_calls(no_index);
+    assert_int_equal(json_array_size(c), 2);
+    assert_string_equal(nx_json_str(json_array_get(c, 0), "id"), "g1");
+    assert_string_equal(nx_json_str(json_array_get(c, 0), "name"), "f");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(json_array_get(c, 0), "input"),
+                                                        "a")), 1);
+    assert_string_equal(nx_json_str(json_array_get(c, 1), "name"), "g");
+    json_decref(c);
+
+    c = parse_calls(same_index);
+    assert_int_equal(json_array_size(c), 2);
+    assert_string_equal(nx_json_str(json_array_get(c, 0), "id"), "c1");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(json_array_get(c, 0), "input"),
+                                                        "x")), 1);
+    assert_string_equal(nx_json_str(json_array_get(c, 1), "id"), "c2");
+    assert_string_equal(nx_json_str(json_array_get(c, 1), "name"), "g");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(json_array_get(c, 1), "input"),
+                                                        "y")), 2);
+    json_decref(c);
+}
+
 /* A session's history is encoded once per message and reused (llm/frag_cache.c). */
 static void test_openai_body_same_with_fragment_cache(void **state)
 {
@@ -332,6 +392,7 @@ static void test_openai_body_same_with_fragment_cache(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_openai_tool_calls_without_or_sharing_an_index),
         cmocka_unit_test(test_openai_body_same_with_fragment_cache),
         cmocka_unit_test(test_openai_answers_text_whole),
         cmocka_unit_test(test_openai_streams_deltas_and_usage),
