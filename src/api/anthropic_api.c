@@ -110,6 +110,8 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
         } else {
             if (is_budget)
                 api_budget_headers(c->req, res);
+            else
+                api_error_headers(c->req, api_status_for(rc, res), res);
             anthropic_error(c->req, api_status_for(rc, res), type, msg);
         }
         free_call(c);
@@ -122,9 +124,14 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
             text_delta(c, text, strlen(text));
         event(c, "content_block_stop", json_pack("{s:s, s:i}", "type", "content_block_stop", "index", 0));
         event(c, "message_delta",
-              json_pack("{s:s, s:{s:s, s:n}, s:{s:I}}", "type", "message_delta", "delta", "stop_reason",
-                        stop_reason(res->stop), "stop_sequence", "usage", "output_tokens",
-                        (json_int_t)res->usage.output_tokens));
+              /* the input count is known only now (nexo streams before the model's first
+               * event): the SDKs take it from here when message_start said 0 */
+              json_pack("{s:s, s:{s:s, s:n}, s:{s:I, s:I, s:I, s:I}}", "type", "message_delta", "delta",
+                        "stop_reason", stop_reason(res->stop), "stop_sequence", "usage",
+                        "input_tokens", (json_int_t)res->usage.input_tokens,
+                        "cache_creation_input_tokens", (json_int_t)res->usage.cache_write_tokens,
+                        "cache_read_input_tokens", (json_int_t)res->usage.cache_read_tokens,
+                        "output_tokens", (json_int_t)res->usage.output_tokens));
         event(c, "message_stop", json_pack("{s:s}", "type", "message_stop"));
         nx_http_stream_end(c->req);
     } else {
@@ -186,10 +193,15 @@ static void on_messages(struct nx_http_req *req, void *udata)
     const char *model = json_string_value(json_object_get(in, "model"));
     const json_t *msgs = json_object_get(in, "messages");
     const json_t *mt = json_object_get(in, "max_tokens");
+    const json_t *temp = json_object_get(in, "temperature");
+    bool bad_temp = temp && !json_is_null(temp) &&
+                    (!json_is_number(temp) || json_number_value(temp) < 0 || json_number_value(temp) > 1);
     const char *bad = !model                  ? "model: Field required"
                       : !json_is_integer(mt)  ? "max_tokens: Field required"
+                      : json_integer_value(mt) < 1 ? "max_tokens: Input should be greater than or equal to 1"
                       : !json_is_array(msgs) || !json_array_size(msgs) ? "messages: Field required"
-                                                                      : NULL;
+                      : bad_temp ? "temperature: Input should be a number from 0 to 1"
+                                 : NULL;
     json_t *canon = json_array();
     size_t i;
     json_t *m;

@@ -48,6 +48,10 @@ void api_push_message(json_t *messages, const char *role, json_t *blocks);
 /* A refused turn (daily token budget used up): retry-after (seconds to 00:00 UTC) and
  * x-should-retry: false, before the error is sent. */
 void api_budget_headers(struct nx_http_req *req, const struct nx_turn_result *res);
+/* The headers an error answer with `status` carries: the provider's retry-after on 429/503/529,
+ * and x-should-retry: false where the official SDKs would otherwise retry in vain (400, 409,
+ * 413). */
+void api_error_headers(struct nx_http_req *req, int status, const struct nx_turn_result *res);
 /* HTTP status for a failed turn. */
 int api_status_for(int rc, const struct nx_turn_result *res);
 

@@ -79,6 +79,13 @@ int api_status_for(int rc, const struct nx_turn_result *res)
         return 409; /* interrupted by a newer message in the same session */
     if (strcmp(type, "rate_limit_error") == 0)
         return 429;
+    /* the provider refused the request itself (a bad parameter the caller sent, a conversation
+     * it will not take): the caller's mistake, not a gateway failure, and no retry mends it */
+    if (strcmp(type, "invalid_request_error") == 0 && res &&
+        (res->http_status == 400 || res->http_status == 422))
+        return 400;
+    if (strcmp(type, "request_too_large") == 0 || (res && res->http_status == 413))
+        return 413;
     if (strcmp(type, "overloaded_error") == 0)
         return 529;
     if (rc == NX_ETIMEDOUT)
@@ -86,6 +93,20 @@ int api_status_for(int rc, const struct nx_turn_result *res)
     if (rc == NX_ERANGE || rc == NX_ECONFIG)
         return 500;
     return 502;
+}
+
+void api_error_headers(struct nx_http_req *req, int status, const struct nx_turn_result *res)
+{
+    char secs[16];
+
+    if (res && res->retry_after_s && (status == 429 || status == 503 || status == 529)) {
+        snprintf(secs, sizeof secs, "%u", (unsigned)res->retry_after_s);
+        nx_http_req_add_header(req, "retry-after", secs);
+    }
+    /* The official SDKs retry 409 and 5xx by themselves: an interrupted turn, or a request the
+     * provider refused, comes out the same the next time. */
+    if (status == 400 || status == 409 || status == 413)
+        nx_http_req_add_header(req, "x-should-retry", "false");
 }
 
 void api_budget_headers(struct nx_http_req *req, const struct nx_turn_result *res)

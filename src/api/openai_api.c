@@ -204,6 +204,7 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
             openai_error(c->req, 429, "insufficient_quota", "insufficient_quota", res->error_message);
         } else {
             int status = api_status_for(rc, res);
+            api_error_headers(c->req, status, res);
             openai_error(c->req, status, status == 404 ? "invalid_request_error" : res->error_type,
                          status == 404 ? "model_not_found" : NULL,
                          res->error_message ? res->error_message : nx_strerror(rc));
@@ -242,6 +243,34 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
     free_call(c);
 }
 
+/* Parameters nexo cannot honour are refused (400), not ignored: a client asking for two choices
+ * or for JSON mode would otherwise take what comes back for what it asked. */
+static bool unsupported(const json_t *in, char *why, size_t len)
+{
+    const json_t *n = json_object_get(in, "n"), *fmt = json_object_get(in, "response_format");
+    const json_t *t = json_object_get(in, "temperature");
+    const char *ftype = json_string_value(json_object_get(fmt, "type"));
+    const json_t *mt = json_object_get(in, "max_completion_tokens");
+
+    if (!mt || json_is_null(mt))
+        mt = json_object_get(in, "max_tokens");
+    if (n && !json_is_null(n) && !(json_is_integer(n) && json_integer_value(n) == 1))
+        snprintf(why, len, "n: nexo answers with one choice; send n=1 or leave it out");
+    else if (json_is_true(json_object_get(in, "logprobs")) ||
+             (json_object_get(in, "top_logprobs") && !json_is_null(json_object_get(in, "top_logprobs"))))
+        snprintf(why, len, "logprobs: not available through nexo");
+    else if (fmt && !json_is_null(fmt) && !(ftype && strcmp(ftype, "text") == 0))
+        snprintf(why, len, "response_format: only {\"type\": \"text\"} is supported");
+    else if (t && !json_is_null(t) && (!json_is_number(t) || json_number_value(t) < 0 ||
+                                       json_number_value(t) > 2))
+        snprintf(why, len, "temperature: must be a number from 0 to 2");
+    else if (mt && !json_is_null(mt) && (!json_is_integer(mt) || json_integer_value(mt) < 1))
+        snprintf(why, len, "max_tokens: must be a positive integer");
+    else
+        return false;
+    return true;
+}
+
 static void on_completions(struct nx_http_req *req, void *udata)
 {
     const struct api_ctx *ctx = udata;
@@ -265,6 +294,12 @@ static void on_completions(struct nx_http_req *req, void *udata)
         openai_error(req, 400, "invalid_request_error", NULL,
                      !model ? "you must provide a model parameter (an agent id, see GET /v1/models)"
                             : "\"messages\" must be a non-empty array");
+        json_decref(in);
+        return;
+    }
+    char why[200];
+    if (unsupported(in, why, sizeof why)) {
+        openai_error(req, 400, "invalid_request_error", NULL, why);
         json_decref(in);
         return;
     }

@@ -131,6 +131,20 @@ class Turns(FakePeers, unittest.TestCase):
         self.assertIn("resolves to 127.0.0.1, a loopback, private or link-local address", results[0]["content"])
         self.assertIn('host "example.com" is not in this agent\'s outbound_allowlist', results[1]["content"])
 
+    def test_a_long_retry_after_is_passed_on_not_waited_out(self):
+        # the provider asks for 30 s, more than retry.max_backoff_ms (50 ms here): nexo does not
+        # ask again early, and the caller gets the 429 with the provider's retry-after at once
+        script(self.fport, [{"error": {"status": 429, "type": "rate_limit_error",
+                                       "message": "slow down", "retry_after": 30}}])
+        t0 = time.monotonic()
+        body = json.dumps({"model": "kate", "messages": [{"role": "user", "content": "hi"}]})
+        status, data, headers = self.n.request("POST", "/v1/chat/completions", body=body.encode(),
+                                               headers={"Content-Type": "application/json"})
+        self.assertEqual(status, 429, data)
+        self.assertEqual(headers.get("retry-after"), "30")
+        self.assertEqual(len(self.requests()), 1)
+        self.assertLess(time.monotonic() - t0, 10)
+
     def test_two_messages_to_one_session_answer_in_order(self):
         script(self.fport, [{"text": "first", "hang_ms": 300}, {"text": "second"}])
         with concurrent.futures.ThreadPoolExecutor(2) as ex:

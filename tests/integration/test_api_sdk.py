@@ -70,10 +70,32 @@ class Sdk(FakePeers, unittest.TestCase):
         r = node("openai_chat.cjs", self.url + "/v1", TOKEN, "nobody", "chat")
         self.assertEqual(r["error"]["status"], 404)
         self.assertEqual(r["error"]["code"], "model_not_found")
+        # the provider refusing the request is the caller's 400, not a gateway 502 (which the
+        # SDKs would retry), and nexo does not retry it either
         script(self.fport, [{"error": {"status": 400, "type": "invalid_request_error",
                                        "message": "bad things"}}])
         r = node("openai_chat.cjs", self.url + "/v1", TOKEN, "kate", "chat")
-        self.assertGreaterEqual(r["error"]["status"], 400)
+        self.assertEqual(r["error"]["status"], 400, r)
+        self.assertEqual(r["error"]["name"], "BadRequestError")
+        self.assertEqual(len(fake_requests(self.fport)), 1)
+        # what nexo cannot honour is refused, not ignored
+        for extra, param in (({"n": 2}, "n:"), ({"temperature": 7}, "temperature:"),
+                             ({"response_format": {"type": "json_object"}}, "response_format:"),
+                             ({"logprobs": True}, "logprobs:")):
+            body = dict({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}, **extra)
+            status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json",
+                                                      "Authorization": "Bearer " + TOKEN})
+            self.assertEqual(status, 400, (extra, data))
+            err = json.loads(data)["error"]
+            self.assertEqual(err["type"], "invalid_request_error")
+            self.assertTrue(err["message"].startswith(param), err)
+        body = {"model": "kate", "max_tokens": 10, "temperature": 3,
+                "messages": [{"role": "user", "content": "hi"}]}
+        status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json", "x-api-key": TOKEN})
+        self.assertEqual(status, 400, data)
+        self.assertEqual(json.loads(data)["error"]["type"], "invalid_request_error")
 
     def test_anthropic_sdks_new_and_old(self):
         for mod in ("@anthropic-ai/sdk", "anthropic-sdk-0"):
@@ -88,6 +110,10 @@ class Sdk(FakePeers, unittest.TestCase):
                 self.assertEqual(r.get("text"), "one two three four", (mod, r))
                 self.assertEqual(r["types"][0], "message_start")
                 self.assertEqual(r["types"][-1], "message_stop")
+                # message_start went out before the model's usage was known: the final counts
+                # come with message_delta, input included
+                self.assertGreater(r["usage"]["input_tokens"], 0, (mod, agent, r))
+                self.assertGreater(r["usage"]["output_tokens"], 0, (mod, agent, r))
             r = node("anthropic_messages.cjs", mod, self.url, "wrong", "kate", "chat")
             self.assertEqual(r["error"]["status"], 401, (mod, r))
 

@@ -8,12 +8,13 @@ const Anthropic = require(mod);
   try {
     if (mode === 'stream') {
       const s = await c.messages.create({ ...req, stream: true });
-      let out = '', types = [];
+      let out = '', types = [], usage = null;
       for await (const ev of s) {
         types.push(ev.type);
         if (ev.type === 'content_block_delta' && ev.delta.type === 'text_delta') out += ev.delta.text;
+        if (ev.type === 'message_delta') usage = ev.usage;
       }
-      console.log(JSON.stringify({ text: out, types }));
+      console.log(JSON.stringify({ text: out, types, usage }));
     } else {
       const r = await c.messages.create(req);
       console.log(JSON.stringify({ text: r.content[0].text, stop_reason: r.stop_reason, usage: r.usage,
