@@ -152,8 +152,9 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
     free_call(c);
 }
 
-/* Anthropic content: a string, or blocks (text, tool_use, tool_result are kept). */
-static json_t *blocks_of(const json_t *content)
+/* Anthropic content: a string, or blocks (text, image, tool_use and tool_result are kept; other
+ * blocks, documents, are refused rather than dropped). NULL with *err. */
+static json_t *blocks_of(const json_t *content, const char **err)
 {
     if (json_is_string(content))
         return api_text_blocks(content);
@@ -161,12 +162,21 @@ static json_t *blocks_of(const json_t *content)
         return NULL;
     json_t *out = json_array();
     size_t i;
-    json_t *b;
+    json_t *b, *img;
     json_array_foreach(content, i, b) {
         const char *type = json_string_value(json_object_get(b, "type"));
         if (type && (strcmp(type, "text") == 0 || strcmp(type, "tool_use") == 0 ||
-                     strcmp(type, "tool_result") == 0))
+                     strcmp(type, "tool_result") == 0)) {
             json_array_append(out, b);
+        } else if (type && strcmp(type, "image") == 0 && (img = api_image_block(b, err))) {
+            json_array_append_new(out, img);
+        } else {
+            if (!type || strcmp(type, "image") != 0)
+                *err = "messages: a content block nexo cannot pass on (text, image, tool_use and "
+                       "tool_result are supported)";
+            json_decref(out);
+            return NULL;
+        }
     }
     return out;
 }
@@ -208,10 +218,11 @@ static void on_messages(struct nx_http_req *req, void *udata)
     if (!bad) {
         json_array_foreach(msgs, i, m) {
             const char *role = json_string_value(json_object_get(m, "role"));
-            json_t *blocks = blocks_of(json_object_get(m, "content"));
+            const char *why = NULL;
+            json_t *blocks = blocks_of(json_object_get(m, "content"), &why);
             if (!role || (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0) || !blocks) {
                 json_decref(blocks);
-                bad = "messages: each message needs role user or assistant and content";
+                bad = why ? why : "messages: each message needs role user or assistant and content";
                 break;
             }
             api_push_message(canon, role, blocks);

@@ -48,6 +48,13 @@ void api_push_message(json_t *messages, const char *role, json_t *blocks);
 /* A refused turn (daily token budget used up): retry-after (seconds to 00:00 UTC) and
  * x-should-retry: false, before the error is sent. */
 void api_budget_headers(struct nx_http_req *req, const struct nx_turn_result *res);
+/* A message's content as canonical blocks: text, and images (an OpenAI image_url part, data: or
+ * http(s) URL; an Anthropic image block, base64 or url) as canonical image blocks. NULL with
+ * *err for anything else, or an image nexo cannot send (a type other than png, jpeg, gif or
+ * webp; data that is not base64). */
+json_t *api_content_blocks(const json_t *content, const char **err);
+/* One image part or block as a canonical image block; NULL with *err. */
+json_t *api_image_block(const json_t *part, const char **err);
 /* The headers an error answer with `status` carries: the provider's retry-after on 429/503/529,
  * and x-should-retry: false where the official SDKs would otherwise retry in vain (400, 409,
  * 413). */

@@ -53,6 +53,107 @@ json_t *api_text_blocks(const json_t *content)
     return out;
 }
 
+static bool is_image_type(const char *mt, size_t len)
+{
+    static const char *const types[] = {"image/png", "image/jpeg", "image/gif", "image/webp"};
+
+    for (size_t i = 0; i < NX_ARRAY_LEN(types); i++) {
+        if (len == strlen(types[i]) && strncmp(mt, types[i], len) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* A canonical image (the Anthropic block shape the providers' layers translate) from base64
+ * bytes of a known type, or from a URL the provider fetches. */
+static json_t *image_block(const char *media_type, size_t mlen, const char *data, const char *url,
+                           const char **err)
+{
+    if (url) {
+        if (strncmp(url, "https://", 8) != 0 && strncmp(url, "http://", 7) != 0) {
+            *err = "an image URL must be https://, http:// or a data: URL";
+            return NULL;
+        }
+        return json_pack("{s:s, s:{s:s, s:s}}", "type", "image", "source", "type", "url", "url", url);
+    }
+    if (!media_type || !is_image_type(media_type, mlen)) {
+        *err = "an image must be image/png, image/jpeg, image/gif or image/webp";
+        return NULL;
+    }
+    if (!data || !*data || strspn(data, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                        "0123456789+/=") != strlen(data)) {
+        *err = "an image's data must be base64";
+        return NULL;
+    }
+    return json_pack("{s:s, s:{s:s, s:s%, s:s}}", "type", "image", "source", "type", "base64",
+                     "media_type", media_type, mlen, "data", data);
+}
+
+json_t *api_image_block(const json_t *part, const char **err)
+{
+    const char *type = json_string_value(json_object_get(part, "type"));
+    const json_t *src;
+
+    if (type && strcmp(type, "image_url") == 0) { /* OpenAI: {"image_url": {"url": ...}} */
+        const json_t *iu = json_object_get(part, "image_url");
+        const char *url = json_is_string(iu) ? json_string_value(iu)
+                                             : json_string_value(json_object_get(iu, "url"));
+        if (!url) {
+            *err = "image_url.url is required";
+            return NULL;
+        }
+        if (strncmp(url, "data:", 5) == 0) { /* data:<type>;base64,<data> */
+            const char *semi = strchr(url + 5, ';');
+            if (!semi || strncmp(semi, ";base64,", 8) != 0) {
+                *err = "an image data: URL must be base64";
+                return NULL;
+            }
+            return image_block(url + 5, (size_t)(semi - url - 5), semi + 8, NULL, err);
+        }
+        return image_block(NULL, 0, NULL, url, err);
+    }
+    src = json_object_get(part, "source"); /* Anthropic: {"source": {"type": base64 | url}} */
+    type = json_string_value(json_object_get(src, "type"));
+    if (type && strcmp(type, "base64") == 0) {
+        const char *mt = json_string_value(json_object_get(src, "media_type"));
+        return image_block(mt, mt ? strlen(mt) : 0, json_string_value(json_object_get(src, "data")),
+                           NULL, err);
+    }
+    if (type && strcmp(type, "url") == 0 && json_string_value(json_object_get(src, "url")))
+        return image_block(NULL, 0, NULL, json_string_value(json_object_get(src, "url")), err);
+    *err = "an image's source must be base64 or url";
+    return NULL;
+}
+
+json_t *api_content_blocks(const json_t *content, const char **err)
+{
+    json_t *out, *part;
+    size_t i;
+
+    if (!json_is_array(content))
+        return api_text_blocks(content);
+    out = json_array();
+    json_array_foreach(content, i, part) {
+        const char *type = json_string_value(json_object_get(part, "type"));
+        const char *text = json_string_value(json_object_get(part, "text"));
+        json_t *img;
+        if (type && strcmp(type, "text") == 0 && text) {
+            json_array_append_new(out, json_pack("{s:s, s:s}", "type", "text", "text", text));
+        } else if (type && (strcmp(type, "image_url") == 0 || strcmp(type, "image") == 0)) {
+            if (!(img = api_image_block(part, err))) {
+                json_decref(out);
+                return NULL;
+            }
+            json_array_append_new(out, img);
+        } else {
+            *err = "a content part nexo cannot pass on (text and images are supported)";
+            json_decref(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
 void api_push_message(json_t *messages, const char *role, json_t *blocks)
 {
     size_t n = json_array_size(messages);

@@ -73,9 +73,12 @@ static json_t *to_canonical(const json_t *msgs, struct nx_buf *system, const cha
             }
             json_decref(blocks);
         } else if (strcmp(role, "user") == 0 || strcmp(role, "assistant") == 0) {
-            json_t *blocks = json_is_null(content) || !content ? json_array() : api_text_blocks(content);
+            const char *why = NULL;
+            json_t *blocks = json_is_null(content) || !content ? json_array()
+                             : strcmp(role, "user") == 0 ? api_content_blocks(content, &why)
+                                                          : api_text_blocks(content);
             if (!blocks) {
-                *err = "\"content\" must be a string or an array of content parts";
+                *err = why ? why : "\"content\" must be a string or an array of content parts";
                 goto bad;
             }
             if (json_array_size(blocks) == 0) {

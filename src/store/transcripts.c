@@ -217,6 +217,12 @@ static void put_real(struct nx_buf *out, double d)
         nx_buf_puts(out, ".0");
 }
 
+static const char *str_of(const json_t *o, const char *key)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v ? v : "";
+}
+
 static void dump_redacted(struct nx_buf *out, struct nx_buf *scratch, const json_t *v)
 {
     size_t i, klen;
@@ -245,7 +251,13 @@ static void dump_redacted(struct nx_buf *out, struct nx_buf *scratch, const json
             is_first = false;
             put_redacted(out, scratch, key, klen);
             nx_buf_putc(out, ':');
-            dump_redacted(out, scratch, item);
+            if (klen == 4 && memcmp(key, "data", 4) == 0 && json_is_string(item) &&
+                json_string_length(item) > 256 &&
+                strcmp(str_of(v, "type"), "base64") == 0) /* an image's bytes */
+                nx_buf_printf(out, "\"[base64, %zu bytes not kept in the transcript]\"",
+                              json_string_length(item));
+            else
+                dump_redacted(out, scratch, item);
         }
         nx_buf_putc(out, '}');
         break;

@@ -145,6 +145,38 @@ class Turns(FakePeers, unittest.TestCase):
         self.assertEqual(len(self.requests()), 1)
         self.assertLess(time.monotonic() - t0, 10)
 
+    def test_images_reach_the_model_from_both_apis(self):
+        png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+        openai_msg = {"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64," + png}}]}
+        anthropic_msg = {"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}},
+            {"type": "text", "text": "what is this?"}]}
+        for agent in ("kate", "oai"):
+            for path, body in (("/v1/chat/completions", {"model": agent, "messages": [openai_msg]}),
+                               ("/v1/messages", {"model": agent, "max_tokens": 50,
+                                                 "messages": [anthropic_msg]})):
+                script(self.fport, [{"text": "a pixel"}])
+                status, data, _ = self.n.request("POST", path, body=json.dumps(body).encode(),
+                                                 headers={"Content-Type": "application/json"})
+                self.assertEqual(status, 200, (agent, path, data))
+                sent = json.dumps(self.requests()[-1]["body"]["messages"][-1])
+                self.assertIn(png, sent, (agent, path))
+                self.assertIn("what is this?", sent)
+        # what cannot be passed on is refused, not dropped
+        bad = {"model": "kate", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/tiff;base64," + png}}]}]}
+        status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(bad).encode(),
+                                         headers={"Content-Type": "application/json"})
+        self.assertEqual(status, 400, data)
+        self.assertIn("image/png", json.loads(data)["error"]["message"])
+        doc = {"model": "kate", "max_tokens": 10, "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}]}]}
+        status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(doc).encode(),
+                                         headers={"Content-Type": "application/json"})
+        self.assertEqual(status, 400, data)
+
     def test_two_messages_to_one_session_answer_in_order(self):
         script(self.fport, [{"text": "first", "hang_ms": 300}, {"text": "second"}])
         with concurrent.futures.ThreadPoolExecutor(2) as ex:

@@ -683,6 +683,38 @@ static void test_transcripts_jsonl_lines_parse_and_files_are_private(void **stat
     free(path);
 }
 
+/* An image's base64 bytes stay in the history (the model needs them) but not in the
+ * transcript, which says how many there were. */
+static void test_transcripts_leave_image_bytes_out(void **state)
+{
+    struct fx *f = *state;
+    const char *key = "agent:main:http:erin";
+    struct nx_buf msg = NX_BUF_INIT;
+    char *path, *text;
+    json_t *got;
+
+    nx_buf_puts(&msg, "[{\"role\":\"user\",\"content\":[{\"type\":\"image\",\"source\":{\"type\":"
+                      "\"base64\",\"media_type\":\"image/png\",\"data\":\"");
+    for (int i = 0; i < 1000; i++)
+        nx_buf_putc(&msg, 'A');
+    nx_buf_puts(&msg, "\"}},{\"type\":\"text\",\"text\":\"look\"}]}]");
+    assert_int_equal(append(f, key, "main", nx_buf_cstr(&msg), 0, 0), 0);
+    path = transcript_path(f, "main", key);
+    text = slurp(path);
+    assert_non_null(text);
+    assert_null(strstr(text, "AAAAAAAAAAAAAAAA"));
+    assert_non_null(strstr(text, "[base64, 1000 bytes not kept in the transcript]"));
+    assert_non_null(strstr(text, "\"media_type\":\"image/png\""));
+    free(text);
+    free(path);
+    got = load(f, key, 0);
+    text = json_dumps(got, JSON_COMPACT);
+    assert_non_null(strstr(text, "AAAAAAAAAAAAAAAAAAAA"));
+    free(text);
+    json_decref(got);
+    nx_buf_cleanup(&msg);
+}
+
 /* The JSONL writer's redacted dump: jansson's compact form, every string and key redacted. */
 static void test_transcripts_redacted_dump_is_jansson_form_without_secrets(void **state)
 {
@@ -1031,6 +1063,7 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_transcripts_secrets_never_reach_jsonl_or_fts, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_transcripts_leave_image_bytes_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transcripts_jsonl_lines_parse_and_files_are_private, setup,
                                         teardown),
         cmocka_unit_test(test_transcripts_redacted_dump_is_jansson_form_without_secrets),
