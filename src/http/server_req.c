@@ -79,11 +79,13 @@ void nx_httpsrv_send(h2o_req_t *req, int status, const char *content_type, const
 
 void nx_httpsrv_send_error(h2o_req_t *req, int status, const char *type, const char *message)
 {
-    json_t *o = json_pack("{s:{s:s,s:s}}", "error", "message", message ? message : "", "type",
-                          type ? type : "error");
+    /* The union of OpenAI's {"error":{message,type,param,code}} and Anthropic's
+     * {"type":"error","error":{type,message}}: either official SDK reads it as its own. */
+    json_t *o = json_pack("{s:s, s:{s:s, s:s, s:n, s:n}}", "type", "error", "error", "message",
+                          message ? message : "", "type", type ? type : "error", "param", "code");
     if (!o) /* not UTF-8 */
-        o = json_pack("{s:{s:s,s:s}}", "error", "message", "(error message not valid UTF-8)", "type",
-                      "error");
+        o = json_pack("{s:s, s:{s:s, s:s, s:n, s:n}}", "type", "error", "error", "message",
+                      "(error message not valid UTF-8)", "type", "error", "param", "code");
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     if (s)
         nx_httpsrv_send(req, status, "application/json", s, strlen(s));

@@ -498,7 +498,8 @@ static void c_basic(struct fx *fx)
     cl_get(fx->port, "GET /err HTTP/1.1\r\nHost: t\r\n\r\n", &r);
     fx->res[4] = r.status;
     static const char want[] =
-        "{\"error\":{\"message\":\"bad \\\"thing\\\"\\n\",\"type\":\"invalid_request_error\"}}";
+        "{\"type\":\"error\",\"error\":{\"message\":\"bad \\\"thing\\\"\\n\",\"type\":"
+        "\"invalid_request_error\",\"param\":null,\"code\":null}}";
     fx->res[5] = r.body_len == strlen(want) && memcmp(r.body, want, r.body_len) == 0;
     cl_get(fx->port, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nabcde", &r);
     fx->res[6] = r.status == 200 && r.body_len == 5 && memcmp(r.body, "abcde", 5) == 0;
