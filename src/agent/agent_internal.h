@@ -108,8 +108,8 @@ struct nx_turn {
     struct nx_turn **merged;       /* collect mode: callers answered with this turn's result */
     size_t nmerged;
     struct nx_turn *merged_into;   /* collect mode: the turn this one's message joined */
-    size_t answer_from;            /* convo index of the model's first message this turn */
-    bool has_asked;                /* the model was called (answer_from is set) */
+    const json_t *answer;          /* the model's final message (in convo), NULL: none yet or
+                                      it said nothing */
     size_t call_text_bytes;        /* answer text the model call in flight has streamed */
     uint32_t retry_after_s;        /* the provider's retry-after when the model call failed */
     bool is_started;
@@ -181,8 +181,9 @@ void turn_merge(struct nx_turn *into, struct nx_turn *from);
 struct nx_buf;
 /* Appends the text blocks of a canonical message to out. */
 void turn_text_of(const json_t *message, struct nx_buf *out);
-/* The turn's own last assistant message, or NULL when the model said nothing. */
-const json_t *turn_last_answer(const struct nx_turn *t);
+/* The final answer as callers get it: the model's last message, with only its text when it also
+ * holds tool calls left open (cut off at max_tokens); NULL when it said nothing. New reference. */
+json_t *turn_answer(const struct nx_turn *t);
 /* Answers, as not run, the tool calls of the conversation's last message (an assistant message
  * cut off by the iteration limit or by max_tokens), so the stored session stays valid. */
 void turn_close_open_calls(struct nx_turn *t);

@@ -17,17 +17,32 @@ void turn_text_of(const json_t *message, struct nx_buf *out)
     }
 }
 
-/* The turn's own last assistant message (a tool call cut off at max_tokens is followed by the
- * results that close it), or NULL when the model said nothing. */
-const json_t *turn_last_answer(const struct nx_turn *t)
+json_t *turn_answer(const struct nx_turn *t)
 {
-    for (size_t n = json_array_size(t->convo); t->has_asked && n > t->answer_from; n--) {
-        const json_t *m = json_array_get(t->convo, n - 1);
-        const char *role = json_string_value(json_object_get(m, "role"));
-        if (role && strcmp(role, "assistant") == 0)
-            return m;
+    const json_t *content = json_object_get(t->answer, "content");
+    json_t *text, *b;
+    size_t i;
+
+    if (!t->answer)
+        return NULL;
+    json_array_foreach(content, i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (type && strcmp(type, "tool_use") == 0)
+            break;
     }
-    return NULL;
+    if (i == json_array_size(content))
+        return json_incref((json_t *)t->answer);
+    text = json_array();
+    json_array_foreach(content, i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (type && strcmp(type, "text") == 0)
+            json_array_append(text, b);
+    }
+    if (!json_array_size(text)) {
+        json_decref(text);
+        return NULL;
+    }
+    return json_pack("{s:s, s:o}", "role", "assistant", "content", text);
 }
 
 /* An assistant message whose tool calls got no results (the iteration limit; an answer cut off

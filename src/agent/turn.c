@@ -99,7 +99,7 @@ static void finish(struct nx_turn *t, int rc)
     t->kick = NULL;
 
     struct nx_buf text = NX_BUF_INIT;
-    const json_t *last = rc == 0 ? turn_last_answer(t) : NULL;
+    json_t *last = rc == 0 ? turn_answer(t) : NULL;
     if (last)
         turn_text_of(last, &text);
     struct nx_turn_result res = {
@@ -137,9 +137,13 @@ static void finish(struct nx_turn *t, int rc)
     answer(t, rc, &res);
     res.is_merged = true; /* the messages that joined this turn (queue_mode collect) */
     for (size_t i = 0; i < t->nmerged; i++) {
-        answer(t->merged[i], rc, &res);
-        free_turn(t->merged[i]);
+        struct nx_turn *m = t->merged[i];
+        m->is_done = true; /* answered now: a cancel from a callback finds nothing to do */
+        m->merged_into = NULL;
+        answer(m, rc, &res);
+        free_turn(m);
     }
+    json_decref(last);
     nx_buf_cleanup(&text);
     free_turn(t);
 }
@@ -380,6 +384,7 @@ static void llm_done(struct nx_turn *t, int rc, const struct nx_llm_result *res)
         return;
     }
     json_array_append(t->convo, res->message);
+    t->answer = res->stop == NX_LLM_STOP_TOOL_USE ? NULL : res->message;
     if (res->stop == NX_LLM_STOP_TOOL_USE) {
         if (++t->iterations > t->agent->conf->limits.max_tool_iterations) {
             set_error(t, "tool_iteration_limit", "the agent reached its limit of tool iterations "
@@ -390,6 +395,7 @@ static void llm_done(struct nx_turn *t, int rc, const struct nx_llm_result *res)
         }
         run_tools(t, res->message);
         if (t->nslots == 0) { /* tool_use without tool blocks: treat as the answer */
+            t->answer = res->message;
             save(t);
             finish(t, 0);
         }
@@ -424,11 +430,6 @@ static void call_model(struct nx_turn *t)
         t->tokens_upto = 0;
     }
     t->new_from = dropped > t->new_from ? 0 : t->new_from - dropped;
-    if (!t->has_asked)
-        t->answer_from = json_array_size(t->convo);
-    else
-        t->answer_from = dropped > t->answer_from ? 0 : t->answer_from - dropped;
-    t->has_asked = true;
     struct nx_buf system = NX_BUF_INIT;
     nx_buf_puts(&system, ag->system_prompt);
     const char *identity = ag->ws ? ws_cache_text(ag->ws) : "";
@@ -650,11 +651,13 @@ void nx_turn_cancel(struct nx_turn *t)
     if (t->llm) {
         struct nx_llm_call *c = t->llm;
         t->llm = NULL;
+        bool was_sent = nx_llm_is_sending(c);
         nx_llm_cancel(c);
-        /* The provider has the prompt and may have answered part of it: a turn cancelled after
-         * its first words is charged (our estimates; the usage itself never comes), or the
-         * daily budget could be dodged by hanging up. */
-        t->usage.input_tokens += count_tokens(t);
+        /* A request the provider has (not one waiting out a backoff) is charged by our estimate,
+         * with what it streamed: its usage never comes, and hanging up after the first words
+         * must not dodge the daily budget. */
+        if (was_sent)
+            t->usage.input_tokens += count_tokens(t);
         t->usage.output_tokens += (t->call_text_bytes + 3) / 4;
     }
     for (size_t i = 0; i < t->nslots; i++) {

@@ -152,8 +152,9 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
     free_call(c);
 }
 
-/* Anthropic content: a string, or blocks (text, image, tool_use and tool_result are kept; other
- * blocks, documents, are refused rather than dropped). NULL with *err. */
+/* Anthropic content: a string, or blocks (text, image, tool_use and tool_result are kept; thinking
+ * blocks a client replays are dropped; other blocks, documents, are refused rather than
+ * dropped). NULL with *err. */
 static json_t *blocks_of(const json_t *content, const char **err)
 {
     if (json_is_string(content))
@@ -170,6 +171,8 @@ static json_t *blocks_of(const json_t *content, const char **err)
             json_array_append(out, b);
         } else if (type && strcmp(type, "image") == 0 && (img = api_image_block(b, err))) {
             json_array_append_new(out, img);
+        } else if (type && (strcmp(type, "thinking") == 0 || strcmp(type, "redacted_thinking") == 0)) {
+            continue; /* an earlier answer's reasoning, replayed by the client: the agent's own */
         } else {
             if (!type || strcmp(type, "image") != 0)
                 *err = "messages: a content block nexo cannot pass on (text, image, tool_use and "

@@ -284,6 +284,12 @@ static void on_first(uv_timer_t *t)
     on_backoff(t); /* the same: the next attempt, in the caller's log context */
 }
 
+static bool chain_is_sending(const struct nx_llm_call *call)
+{
+    const struct chain *ch = (const struct chain *)(const void *)call;
+    return ch->inflight != NULL;
+}
+
 struct nx_llm_call *nx_llm_chain_start(const struct nx_llm_target *targets, size_t ntargets,
                                        const struct nx_llm_retry_conf *retry,
                                        const struct nx_llm_request *req,
@@ -299,6 +305,7 @@ struct nx_llm_call *nx_llm_chain_start(const struct nx_llm_target *targets, size
     ch = nx_calloc(1, sizeof *ch);
     ch->log_ctx = nx_log_context_current();
     ch->base.cancel = chain_cancel;
+    ch->base.is_sending = chain_is_sending;
     ch->targets = nx_calloc(ntargets, sizeof *ch->targets);
     for (size_t i = 0; i < ntargets; i++) {
         ch->targets[i].p = targets[i].provider;

@@ -56,6 +56,7 @@ struct nx_llm_wire {
 /* Every call handle (a single attempt or a chain) starts with this. */
 struct nx_llm_call {
     void (*cancel)(struct nx_llm_call *call);
+    bool (*is_sending)(const struct nx_llm_call *call); /* NULL: a single attempt, always sending */
 };
 
 struct nx_llm_provider {

@@ -111,6 +111,8 @@ const char *nx_llm_provider_name(const struct nx_llm_provider *p);
 struct nx_llm_call *nx_llm_start(struct nx_llm_provider *p, const struct nx_llm_request *req,
                                  const struct nx_llm_callbacks *cb);
 void nx_llm_cancel(struct nx_llm_call *call);
+/* Is a request of this call with the provider now (not waiting out a backoff or a breaker)? */
+bool nx_llm_is_sending(const struct nx_llm_call *call);
 
 /* store/history.h's token estimate of a message that does not change once in a conversation
  * (a session's history), remembered by message identity (llm/frag_cache.c). Loop thread. */

@@ -491,8 +491,9 @@ static struct tcall *new_call(struct nx_openai_stream *s, long index)
 /* The call a delta continues, or a new one. Calls are kept in the order they began. OpenAI
  * numbers them (`index`); a new `id` at an index already in use starts another call (providers
  * that number every call 0); a delta without an index (Gemini's endpoint) continues the call
- * with its id, or the last call when it has none. */
-static struct tcall *call_for(struct nx_openai_stream *s, const json_t *idx, const char *id)
+ * with its id, or the last call when it has none (unless it names a function anew). */
+static struct tcall *call_for(struct nx_openai_stream *s, const json_t *idx, const char *id,
+                              const char *name)
 {
     bool has_id = id && *id;
 
@@ -515,7 +516,9 @@ static struct tcall *call_for(struct nx_openai_stream *s, const json_t *idx, con
         }
         return new_call(s, -1);
     }
-    return s->ncalls ? &s->calls[s->ncalls - 1] : new_call(s, -1);
+    if (s->ncalls && !(name && *name && s->calls[s->ncalls - 1].name.len))
+        return &s->calls[s->ncalls - 1];
+    return new_call(s, -1); /* the first, or one that names its function anew */
 }
 
 static int on_tool_delta(struct nx_openai_stream *s, const json_t *d)
@@ -528,7 +531,7 @@ static int on_tool_delta(struct nx_openai_stream *s, const json_t *d)
         (!json_is_integer(idx) || json_integer_value(idx) < 0 ||
          json_integer_value(idx) >= NX_LLM_MAX_BLOCKS))
         return fail(s, "a tool call delta with an invalid index");
-    c = call_for(s, idx, id);
+    c = call_for(s, idx, id, nx_json_str(fn, "name"));
     if (s->ncalls > NX_LLM_MAX_BLOCKS)
         return fail(s, "too many tool calls");
     c->used = true;

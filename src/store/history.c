@@ -365,9 +365,25 @@ static int load_job_run(sqlite3 *db, void *arg)
     }
     if (src != SQLITE_DONE)
         goto out;
-    /* the last N rows may begin inside a tool exchange: start where a conversation can */
-    while (json_array_size(list) > 0 && !is_clean_start(json_array_get(list, 0)))
-        json_array_remove(list, 0);
+    /* the last N rows may begin inside a tool exchange: start where a conversation can, or,
+     * when none of them can, at the nearest earlier place that can (over the count) */
+    size_t from = 0, n = json_array_size(list);
+    while (from < n && !is_clean_start(json_array_get(list, from)))
+        from++;
+    if (from == n && n > 0 && j->max > 0 && (int64_t)n == j->max && j->max < INT64_MAX / 4) {
+        json_decref(list);
+        list = NULL;
+        nx_stmt_release(st);
+        j->max *= 4;
+        return load_job_run(db, arg);
+    }
+    if (from > 0) {
+        json_t *rest = json_array();
+        for (size_t k = from; k < n; k++)
+            json_array_append(rest, json_array_get(list, k));
+        json_decref(list);
+        list = rest;
+    }
     j->messages = list;
     list = NULL;
     rc = 0;

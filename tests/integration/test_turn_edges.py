@@ -152,6 +152,14 @@ class TurnEdges(FakePeers, unittest.TestCase):
         sent = fake_requests(self.fport)[-1]["body"]["messages"]
         self.assertFalse([m for m in sent if m["role"] == "assistant" and not m["content"]], sent)
 
+    def test_an_empty_final_answer_is_empty_not_the_lead_in(self):
+        for agent in ("limited", "oai"):
+            script(self.fport, [{"text": "Let me check.", "tool_use": {"name": "time_now", "input": {}}},
+                                {"text": ""}])
+            status, r = self.chat(agent, "what time is it?")
+            self.assertEqual(status, 200, r)
+            self.assertEqual(r["choices"][0]["message"]["content"], "", agent)
+
     def test_arguments_that_are_not_json_never_run_the_tool(self):
         script(self.fport, [{"tool_use": {"name": "time_now", "input": {}},
                              "raw_arguments": "{\"timezone\": \"Asia/Tok"},

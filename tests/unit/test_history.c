@@ -301,6 +301,32 @@ static void test_history_load_waits_only_for_its_own_session(void **state)
     json_decref(msgs);
 }
 
+/* A window of the last rows with no place a conversation can begin (one long tool exchange)
+ * reaches back to the nearest one instead of coming back empty. */
+static void test_history_load_reaches_back_to_a_clean_start(void **state)
+{
+    struct fx *f = *state;
+    const char *key = "agent:main:http:tooly";
+    static const char chain[] =
+        "[{\"role\":\"user\",\"content\":\"go\"},"
+        " {\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"id\":\"a\","
+        "   \"name\":\"t\",\"input\":{}}]},"
+        " {\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"a\","
+        "   \"content\":\"1\"}]},"
+        " {\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"id\":\"b\","
+        "   \"name\":\"t\",\"input\":{}}]},"
+        " {\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"b\","
+        "   \"content\":\"2\"}]},"
+        " {\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"done\"}]}]";
+    json_t *got;
+
+    assert_int_equal(append(f, key, "main", chain, 0, 0), 0);
+    got = load(f, key, 2);
+    assert_int_equal(json_array_size(got), 6);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(got, 0), "content")), "go");
+    json_decref(got);
+}
+
 static void test_history_second_append_continues_seq_and_load_max(void **state)
 {
     struct fx *f = *state;
@@ -1046,6 +1072,7 @@ int main(void)
         cmocka_unit_test(test_session_key_parse_and_make),
         cmocka_unit_test_setup_teardown(test_history_append_then_load_returns_messages_in_order, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_history_load_reaches_back_to_a_clean_start, setup, teardown),
         cmocka_unit_test_setup_teardown(test_history_load_waits_only_for_its_own_session, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_history_second_append_continues_seq_and_load_max, setup,

@@ -370,6 +370,19 @@ static void test_openai_tool_calls_without_or_sharing_an_index(void **state)
     assert_string_equal(nx_json_str(json_array_get(c, 1), "name"), "g");
     json_decref(c);
 
+    /* neither index nor id (Gemini behind some proxies): a delta naming a function starts a call */
+    c = parse_calls("data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"id\":\"\","
+                    "\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}},{\"id\":\"\",\"function\":"
+                    "{\"name\":\"g\",\"arguments\":\"{\\\"z\\\":\"}}]}}]}\n\n"
+                    "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"function\":"
+                    "{\"arguments\":\"3}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\ndata: [DONE]\n\n");
+    assert_int_equal(json_array_size(c), 2);
+    assert_string_equal(nx_json_str(json_array_get(c, 0), "name"), "f");
+    assert_string_equal(nx_json_str(json_array_get(c, 1), "name"), "g");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(json_array_get(c, 1), "input"),
+                                                        "z")), 3);
+    json_decref(c);
+
     c = parse_calls(same_index);
     assert_int_equal(json_array_size(c), 2);
     assert_string_equal(nx_json_str(json_array_get(c, 0), "id"), "c1");

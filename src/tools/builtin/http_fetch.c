@@ -377,6 +377,7 @@ static void start_hop(struct fetch *f)
 
     free(f->cur_url);
     f->cur_url = url_string(&f->cur);
+    f->is_body_skipped = false;
     if (!f->allow || !f->allow[0]) {
         finish_msg(f, "http_fetch refused%s: this agent has no outbound_allowlist, so it may not "
                       "fetch anything (ask the operator to allow the host)", hop_name(f, hop, sizeof hop));
