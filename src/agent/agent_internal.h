@@ -187,7 +187,8 @@ json_t *turn_answer(const struct nx_turn *t);
 /* Answers, as not run, the tool calls of the conversation's last message (an assistant message
  * cut off by the iteration limit or by max_tokens), so the stored session stays valid. */
 void turn_close_open_calls(struct nx_turn *t);
-/* The conversation as sent: messages of one role in a row joined into one (new reference). */
-json_t *turn_alternating(json_t *convo);
+/* The conversation as sent: messages of one role in a row, from index `from` on, joined into
+ * one (new reference; the messages before `from` must already alternate). */
+json_t *turn_alternating(json_t *convo, size_t from);
 
 #endif

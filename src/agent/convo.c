@@ -80,15 +80,18 @@ void turn_close_open_calls(struct nx_turn *t)
 
 /* The APIs want roles to alternate (Anthropic refuses two user messages in a row): messages of
  * one role in a row (a turn's message after a stored one that got no answer, the results of calls
- * that were not run) go to the model as one. The history keeps them apart. */
-json_t *turn_alternating(json_t *convo)
+ * that were not run) go to the model as one. The history keeps them apart. Only pairs from
+ * `from` on are looked for: the messages before it already alternate (the history cache keeps
+ * this form), and looking at every message of a long history each call cost a fifth of the
+ * loop's time. */
+json_t *turn_alternating(json_t *convo, size_t from)
 {
     size_t n = json_array_size(convo), i;
     const char *prev = NULL;
     json_t *out, *m, *cur = NULL;
     bool is_copy = false;
 
-    for (i = 0; i < n; i++) {
+    for (i = from; i < n; i++) {
         const char *role = json_string_value(json_object_get(json_array_get(convo, i), "role"));
         if (prev && role && strcmp(prev, role) == 0)
             break;
@@ -97,8 +100,11 @@ json_t *turn_alternating(json_t *convo)
     if (i == n)
         return json_incref(convo);
     out = json_array();
+    for (i = 0; i < from; i++)
+        json_array_append(out, json_array_get(convo, i));
     prev = NULL;
-    json_array_foreach(convo, i, m) {
+    for (i = from; i < n; i++) {
+        m = json_array_get(convo, i);
         const char *role = json_string_value(json_object_get(m, "role"));
         const json_t *content = json_object_get(m, "content");
         if (!cur || !prev || !role || strcmp(prev, role) != 0) {

@@ -179,8 +179,11 @@ static void save(struct nx_turn *t)
     if (!t->session_key || !t->a->deps.store)
         return;
     turn_close_open_calls(t);
-    if (!t->is_history_missing)
-        hcache_put_tokens(t->a->history, t->session_key, t->convo, history_keep(t), count_tokens(t));
+    if (!t->is_history_missing) { /* kept as sent: what the next turn starts from alternates */
+        json_t *alt = turn_alternating(t->convo, t->new_from ? t->new_from - 1 : 0);
+        hcache_put_tokens(t->a->history, t->session_key, alt, history_keep(t), count_tokens(t));
+        json_decref(alt);
+    }
     json_t *added = json_array();
     for (size_t i = t->new_from; i < json_array_size(t->convo); i++)
         json_array_append(added, json_array_get(t->convo, i));
@@ -452,7 +455,7 @@ static void call_model(struct nx_turn *t)
         tm->changes = nx_tool_registry_changes();
     }
     json_t *tools = t->o.no_tools ? json_array() : json_incref(tm->tools);
-    json_t *messages = turn_alternating(t->convo);
+    json_t *messages = turn_alternating(t->convo, t->new_from ? t->new_from - 1 : 0);
     struct nx_llm_request req = {
         .model = ag->targets[0].model,
         .system = system.len ? nx_buf_cstr(&system) : NULL,
@@ -494,6 +497,9 @@ static void history_loaded(struct nx_turn *t, int rc, json_t *messages)
         messages = json_array();
         t->is_history_missing = true;
     } else {
+        json_t *alt = turn_alternating(messages, 0); /* once per read from the store */
+        json_decref(messages);
+        messages = alt;
         hcache_put(t->a->history, t->session_key, messages, 0);
     }
     t->convo = messages;
