@@ -87,6 +87,7 @@ struct nx_turn_opts {
     const char *system_extra;      /* appended to the agent's system prompt, or NULL */
     uint32_t max_tokens;           /* 0 = the agent's limit */
     double temperature;            /* < 0 = default */
+    const json_t *stop;            /* stop sequences (an array of strings), or NULL */
     bool stream;
     enum nx_queue_mode queue_mode;
     void (*on_text)(const char *delta, size_t len, void *udata);

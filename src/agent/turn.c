@@ -61,6 +61,7 @@ static void free_turn(struct nx_turn *t)
         json_decref(t->slots[i].result);
     free(t->slots);
     json_decref(t->input);
+    json_decref((json_t *)t->o.stop);
     json_decref(t->convo);
     free(t->agent_id);
     free(t->session_key);
@@ -463,6 +464,7 @@ static void call_model(struct nx_turn *t)
         .tools = json_array_size(tools) ? tools : NULL,
         .max_tokens = t->o.max_tokens ? t->o.max_tokens : ag->conf->limits.max_tokens,
         .temperature = t->o.temperature,
+        .stop = t->o.stop,
         .stream = t->o.stream,
         .is_history_stable = t->session_key != NULL,
     };
@@ -624,6 +626,7 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
     t->channel = nx_strdup(o->channel ? o->channel : "http");
     t->system_extra = o->system_extra ? nx_strdup(o->system_extra) : NULL;
     t->input = o->messages ? json_deep_copy(o->messages) : json_array();
+    t->o.stop = o->stop ? json_deep_copy(o->stop) : NULL; /* the turn's own (free_turn) */
     t->o.agent_id = t->agent_id;
     t->o.session_key = t->session_key;
     t->o.channel = t->channel;

@@ -247,8 +247,21 @@ static void on_messages(struct nx_http_req *req, void *udata)
     }
     json_decref(sblocks);
 
+    const char *stop_err = NULL;
+    json_t *stop = api_stop_sequences(json_object_get(in, "stop_sequences"), 16, &stop_err);
+    if (stop_err || (json_object_get(in, "stop_sequences") && !json_is_null(json_object_get(in,
+                     "stop_sequences")) && !json_is_array(json_object_get(in, "stop_sequences")))) {
+        anthropic_error(req, 400, "invalid_request_error",
+                        "stop_sequences: must be an array of non-empty strings (at most 16)");
+        json_decref(stop);
+        json_decref(canon);
+        json_decref(in);
+        nx_buf_cleanup(&system);
+        return;
+    }
     struct api_call *c = nx_calloc(1, sizeof *c);
     c->flavor = API_ANTHROPIC;
+    c->stop = stop;
     c->req = req;
     c->model = nx_strdup(model);
     c->stream = json_is_true(json_object_get(in, "stream"));

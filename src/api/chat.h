@@ -29,6 +29,7 @@ struct api_call {
     char id[48];           /* chatcmpl-… / msg_… */
     char *model;           /* the agent id as asked */
     long created;
+    json_t *stop;          /* stop sequences, handed to the turn by api_start_turn */
 };
 
 struct api_ctx {
@@ -55,6 +56,10 @@ void api_budget_headers(struct nx_http_req *req, const struct nx_turn_result *re
 json_t *api_content_blocks(const json_t *content, const char **err);
 /* One image part or block as a canonical image block; NULL with *err. */
 json_t *api_image_block(const json_t *part, const char **err);
+/* Stop sequences from a request's `stop` (OpenAI: a string or up to 4 strings) or
+ * `stop_sequences` (Anthropic: strings): a new array, NULL when absent; NULL with *err set when
+ * malformed. */
+json_t *api_stop_sequences(const json_t *v, size_t max, const char **err);
 /* The headers an error answer with `status` carries: the provider's retry-after on 429/503/529,
  * and x-should-retry: false where the official SDKs would otherwise retry in vain (400, 409,
  * 413). */

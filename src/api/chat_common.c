@@ -154,6 +154,42 @@ json_t *api_content_blocks(const json_t *content, const char **err)
     return out;
 }
 
+json_t *api_stop_sequences(const json_t *v, size_t max, const char **err)
+{
+    json_t *out, *s;
+    size_t i;
+
+    *err = NULL;
+    if (!v || json_is_null(v))
+        return NULL;
+    if (json_is_string(v))
+        v = json_pack("[O]", v);
+    else if (json_is_array(v))
+        json_incref((json_t *)v);
+    else {
+        *err = "must be a string or an array of strings";
+        return NULL;
+    }
+    out = (json_t *)v;
+    if (json_array_size(out) > max) {
+        *err = "too many stop sequences";
+        json_decref(out);
+        return NULL;
+    }
+    json_array_foreach(out, i, s) {
+        if (!json_is_string(s) || json_string_length(s) == 0 || json_string_length(s) > 256) {
+            *err = "each stop sequence must be a non-empty string of at most 256 bytes";
+            json_decref(out);
+            return NULL;
+        }
+    }
+    if (!json_array_size(out)) {
+        json_decref(out);
+        return NULL;
+    }
+    return out;
+}
+
 void api_push_message(json_t *messages, const char *role, json_t *blocks)
 {
     size_t n = json_array_size(messages);
@@ -242,12 +278,15 @@ void api_start_turn(const struct api_ctx *ctx, struct api_call *c, json_t *canon
         .system_extra = system && *system ? system : NULL,
         .max_tokens = max_tokens > 0 && max_tokens < 1000000 ? (uint32_t)max_tokens : 0,
         .temperature = json_is_number(temperature) ? json_number_value(temperature) : -1,
+        .stop = c->stop,
         .stream = c->stream,
         .on_text = c->stream ? on_text : NULL,
         .on_done = on_done,
         .udata = c,
     };
     c->turn = nx_turn_start(ctx->agents, &o);
+    json_decref(c->stop); /* the turn has its own copy */
+    c->stop = NULL;
     nx_http_req_on_abort(c->req, on_abort, c);
     free(session);
     json_decref(canon);

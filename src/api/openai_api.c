@@ -301,8 +301,13 @@ static void on_completions(struct nx_http_req *req, void *udata)
         return;
     }
     char why[200];
-    if (unsupported(in, why, sizeof why)) {
+    const char *stop_err = NULL;
+    json_t *stop = api_stop_sequences(json_object_get(in, "stop"), 4, &stop_err);
+    if (stop_err)
+        snprintf(why, sizeof why, "stop: %s", stop_err);
+    if (stop_err || unsupported(in, why, sizeof why)) {
         openai_error(req, 400, "invalid_request_error", NULL, why);
+        json_decref(stop);
         json_decref(in);
         return;
     }
@@ -311,6 +316,7 @@ static void on_completions(struct nx_http_req *req, void *udata)
     json_t *canon = to_canonical(msgs, &system, &err);
     if (!canon || json_array_size(canon) == 0) {
         openai_error(req, 400, "invalid_request_error", NULL, err ? err : "no user message");
+        json_decref(stop);
         json_decref(canon);
         json_decref(in);
         nx_buf_cleanup(&system);
@@ -321,6 +327,7 @@ static void on_completions(struct nx_http_req *req, void *udata)
     c->req = req;
     c->model = nx_strdup(model);
     c->created = (long)time(NULL);
+    c->stop = stop;
     c->stream = json_is_true(json_object_get(in, "stream"));
     c->include_usage = json_is_true(json_object_get(json_object_get(in, "stream_options"),
                                                     "include_usage"));

@@ -148,6 +148,8 @@ int nx_anthropic_build_body(const struct nx_llm_request *req, struct nx_buf *out
         json_object_set_new(body, "stream", json_true());
     if (req->temperature >= 0)
         json_object_set_new(body, "temperature", json_real(req->temperature));
+    if (json_array_size(req->stop))
+        json_object_set_new(body, "stop_sequences", json_deep_copy(req->stop));
     if (req->user && *req->user && (v = json_string(req->user)))
         json_object_set_new(body, "metadata", json_pack("{s:o}", "user_id", v));
     if (!(text = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER))) {

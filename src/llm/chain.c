@@ -35,6 +35,7 @@ struct chain {
     char *user;
     json_t *messages;
     json_t *tools;
+    json_t *stop;
     struct nx_llm_callbacks cb;
     struct nx_llm_call *inflight;
     uv_timer_t timer;      /* backoff, and completion of a chain that never started */
@@ -68,6 +69,7 @@ static void chain_closed(uv_handle_t *h)
     free(ch->user);
     json_decref(ch->messages);
     json_decref(ch->tools);
+    json_decref(ch->stop);
     free(ch->last_type);
     free(ch->last_msg);
     free(ch);
@@ -331,6 +333,7 @@ struct nx_llm_call *nx_llm_chain_start(const struct nx_llm_target *targets, size
     /* borrowed by reference: the caller does not change them until on_done */
     ch->messages = json_incref((json_t *)req->messages);
     ch->tools = json_incref((json_t *)req->tools);
+    ch->stop = json_incref((json_t *)req->stop);
     ch->cb = *cb;
     ch->last_retry_ms = -1;
     uv_timer_init(nx_http_client_loop(targets[0].provider->http), &ch->timer);

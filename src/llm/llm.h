@@ -32,6 +32,7 @@ struct nx_llm_request {
     const json_t *tools;       /* canonical, or NULL (borrowed) */
     uint32_t max_tokens;       /* 0 = provider default (4096) */
     double temperature;        /* < 0 = provider default */
+    const json_t *stop;        /* stop sequences: an array of strings, or NULL */
     bool stream;               /* stream deltas through on_text */
     const char *user;          /* end-user id for the provider's abuse tracking, or NULL */
     /* The messages are a session's history that later requests send again, and none of them

@@ -273,6 +273,14 @@ int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, c
     nx_buf_printf(out, ",\"max_tokens\":%lld", (long long)(req->max_tokens ? req->max_tokens : 4096));
     if (req->temperature >= 0)
         nx_buf_printf(out, ",\"temperature\":%.17g", (double)req->temperature);
+    if (json_array_size(req->stop)) {
+        char *stop = json_dumps(req->stop, JSON_COMPACT);
+        if (stop) {
+            nx_buf_puts(out, ",\"stop\":");
+            nx_buf_puts(out, stop);
+            free(stop);
+        }
+    }
     if (req->stream)
         nx_buf_puts(out, ",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
     if (req->user && *req->user && is_json_text(req->user)) {

@@ -177,6 +177,24 @@ class Turns(FakePeers, unittest.TestCase):
                                          headers={"Content-Type": "application/json"})
         self.assertEqual(status, 400, data)
 
+    def test_stop_sequences_reach_the_model(self):
+        for agent, key in (("kate", "stop_sequences"), ("oai", "stop")):
+            for path, body in (("/v1/chat/completions", {"model": agent, "stop": "END",
+                                                         "messages": [{"role": "user", "content": "hi"}]}),
+                               ("/v1/messages", {"model": agent, "max_tokens": 50, "stop_sequences": ["END"],
+                                                 "messages": [{"role": "user", "content": "hi"}]})):
+                script(self.fport, [{"text": "fine"}])
+                status, data, _ = self.n.request("POST", path, body=json.dumps(body).encode(),
+                                                 headers={"Content-Type": "application/json"})
+                self.assertEqual(status, 200, (agent, path, data))
+                self.assertEqual(self.requests()[-1]["body"].get(key), ["END"], (agent, path))
+        too_many = {"model": "kate", "stop": ["a", "b", "c", "d", "e"],
+                    "messages": [{"role": "user", "content": "hi"}]}
+        status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(too_many).encode(),
+                                         headers={"Content-Type": "application/json"})
+        self.assertEqual(status, 400, data)
+        self.assertTrue(json.loads(data)["error"]["message"].startswith("stop:"))
+
     def test_two_messages_to_one_session_answer_in_order(self):
         script(self.fport, [{"text": "first", "hang_ms": 300}, {"text": "second"}])
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
