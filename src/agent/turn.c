@@ -182,7 +182,9 @@ static void save(struct nx_turn *t)
     turn_close_open_calls(t);
     if (!t->is_history_missing) { /* kept as sent: what the next turn starts from alternates */
         json_t *alt = turn_alternating(t->convo, t->new_from ? t->new_from - 1 : 0);
-        hcache_put_tokens(t->a->history, t->session_key, alt, history_keep(t), count_tokens(t));
+        /* merged messages are estimated apart from their parts: counted again when needed */
+        hcache_put_tokens(t->a->history, t->session_key, alt, history_keep(t),
+                          alt == t->convo ? count_tokens(t) : HCACHE_NO_TOKENS);
         json_decref(alt);
     }
     json_t *added = json_array();

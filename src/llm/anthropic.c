@@ -148,8 +148,19 @@ int nx_anthropic_build_body(const struct nx_llm_request *req, struct nx_buf *out
         json_object_set_new(body, "stream", json_true());
     if (req->temperature >= 0)
         json_object_set_new(body, "temperature", json_real(req->temperature));
-    if (json_array_size(req->stop))
-        json_object_set_new(body, "stop_sequences", json_deep_copy(req->stop));
+    if (json_array_size(req->stop)) { /* the Messages API refuses whitespace-only sequences */
+        json_t *seqs = json_array(), *seq;
+        size_t k;
+        json_array_foreach(req->stop, k, seq) {
+            const char *str = json_string_value(seq);
+            if (str && str[strspn(str, " \t\r\n\f\v")])
+                json_array_append(seqs, seq);
+        }
+        if (json_array_size(seqs))
+            json_object_set_new(body, "stop_sequences", seqs);
+        else
+            json_decref(seqs);
+    }
     if (req->user && *req->user && (v = json_string(req->user)))
         json_object_set_new(body, "metadata", json_pack("{s:o}", "user_id", v));
     if (!(text = json_dumps(body, JSON_COMPACT | JSON_PRESERVE_ORDER))) {

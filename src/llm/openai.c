@@ -273,13 +273,15 @@ int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, c
     nx_buf_printf(out, ",\"max_tokens\":%lld", (long long)(req->max_tokens ? req->max_tokens : 4096));
     if (req->temperature >= 0)
         nx_buf_printf(out, ",\"temperature\":%.17g", (double)req->temperature);
-    if (json_array_size(req->stop)) {
-        char *stop = json_dumps(req->stop, JSON_COMPACT);
-        if (stop) {
-            nx_buf_puts(out, ",\"stop\":");
-            nx_buf_puts(out, stop);
-            free(stop);
+    if (json_array_size(req->stop)) { /* the Chat Completions API takes at most 4 */
+        nx_buf_puts(out, ",\"stop\":[");
+        for (size_t k = 0; k < json_array_size(req->stop) && k < 4; k++) {
+            const json_t *v = json_array_get(req->stop, k);
+            if (k)
+                nx_buf_putc(out, ',');
+            nx_buf_put_json_str(out, json_string_value(v), json_string_length(v));
         }
+        nx_buf_putc(out, ']');
     }
     if (req->stream)
         nx_buf_puts(out, ",\"stream\":true,\"stream_options\":{\"include_usage\":true}");

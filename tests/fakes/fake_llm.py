@@ -301,6 +301,9 @@ class Handler(BaseHTTPRequestHandler):
                 return "%s: Field required" % field
         if not isinstance(body["max_tokens"], int) or body["max_tokens"] < 1:
             return "max_tokens: Input should be a valid integer greater than or equal to 1"
+        for seq in body.get("stop_sequences") or []:
+            if not isinstance(seq, str) or not seq.strip():
+                return "stop_sequences: each stop sequence must contain non-whitespace"
         msgs = body["messages"]
         if not isinstance(msgs, list):
             return "messages: Input should be a valid list"
@@ -473,6 +476,10 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(msgs, list) or not msgs:
             return ("Invalid 'messages': empty array. Expected an array with minimum length 1, but got an "
                     "empty array instead.", "messages", "empty_array")
+        stop = body.get("stop")
+        if isinstance(stop, list) and len(stop) > 4:
+            return ("Invalid 'stop': array too long. Expected an array with maximum length 4, but got an "
+                    "array with length %d instead." % len(stop), "stop", "array_above_max_length")
         if body.get("stream_options") is not None and not body.get("stream"):
             return ("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
                     "stream_options", None)

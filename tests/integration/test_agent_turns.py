@@ -188,6 +188,22 @@ class Turns(FakePeers, unittest.TestCase):
                                                  headers={"Content-Type": "application/json"})
                 self.assertEqual(status, 200, (agent, path, data))
                 self.assertEqual(self.requests()[-1]["body"].get(key), ["END"], (agent, path))
+        # each provider gets what it takes: at most 4 for OpenAI's, no whitespace-only ones for
+        # Anthropic's (both refuse the request otherwise; the fake checks as they do)
+        body = {"model": "oai", "max_tokens": 50, "stop_sequences": ["1", "2", "3", "4", "5", "6"],
+                "messages": [{"role": "user", "content": "hi"}]}
+        script(self.fport, [{"text": "fine"}])
+        status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        self.assertEqual(status, 200, data)
+        self.assertEqual(self.requests()[-1]["body"]["stop"], ["1", "2", "3", "4"])
+        for stop, sent in (("\n", None), (["\n", "END"], ["END"])):
+            body = {"model": "kate", "stop": stop, "messages": [{"role": "user", "content": "hi"}]}
+            script(self.fport, [{"text": "fine"}])
+            status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            self.assertEqual(status, 200, (stop, data))
+            self.assertEqual(self.requests()[-1]["body"].get("stop_sequences"), sent)
         too_many = {"model": "kate", "stop": ["a", "b", "c", "d", "e"],
                     "messages": [{"role": "user", "content": "hi"}]}
         status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(too_many).encode(),
