@@ -22,8 +22,7 @@ struct nx_reader {
     pthread_t thread;
     pthread_mutex_t lock; /* guards the queue and is_stopping */
     pthread_cond_t cond;
-    struct job *head;
-    struct job *tail;
+    struct job_queue q;
     bool is_stopping;
     char *path;
     sqlite3 *db;       /* reader thread only */
@@ -88,15 +87,11 @@ static void *reader_main(void *arg)
     pthread_setname_np(pthread_self(), "nexo-read");
     pthread_mutex_lock(&r->lock);
     for (;;) {
-        while (!r->head && !r->is_stopping)
+        while (!r->q.head && !r->is_stopping)
             pthread_cond_wait(&r->cond, &r->lock);
-        struct job *j = r->head;
+        struct job *j = job_queue_pop(&r->q);
         if (!j)
             break; /* stopping, and nothing left */
-        r->head = j->next;
-        if (!r->head)
-            r->tail = NULL;
-        j->next = NULL;
         pthread_mutex_unlock(&r->lock);
         run(r, j);
         pthread_mutex_lock(&r->lock);
@@ -131,14 +126,9 @@ struct nx_reader *nx_reader_start(const char *path, nx_reader_ran_fn ran, void *
 
 void nx_reader_submit(struct nx_reader *r, struct job *j)
 {
-    j->next = NULL;
     pthread_mutex_lock(&r->lock);
     NX_ASSERT(!r->is_stopping);
-    if (r->tail)
-        r->tail->next = j;
-    else
-        r->head = j;
-    r->tail = j;
+    job_queue_push(&r->q, j);
     pthread_cond_signal(&r->cond);
     pthread_mutex_unlock(&r->lock);
 }

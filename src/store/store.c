@@ -39,8 +39,7 @@ struct nx_store {
 
     pthread_mutex_t lock; /* guards the queue and is_closing */
     pthread_cond_t cond;
-    struct job *head;
-    struct job *tail;
+    struct job_queue q;
     bool is_closing;
     uint32_t key_pending[KEY_SLOTS]; /* keyed writes not yet committed, by slot */
     struct nx_reader *reader;        /* reads beside the writer, started by the first */
@@ -243,20 +242,20 @@ static struct job *take_writes(struct nx_store *s, const struct timespec *deadli
     struct job *last;
     size_t n = 1;
 
-    while (!s->head && !s->is_closing) {
+    while (!s->q.head && !s->is_closing) {
         if (pthread_cond_timedwait(&s->cond, &s->lock, deadline) == ETIMEDOUT)
             break;
     }
-    if (!s->head || s->head->kind != JOB_WRITE)
+    if (!s->q.head || s->q.head->kind != JOB_WRITE)
         return NULL;
-    first = last = s->head;
+    first = last = s->q.head;
     while (n < room && last->next && last->next->kind == JOB_WRITE) {
         last = last->next;
         n++;
     }
-    s->head = last->next;
-    if (!s->head)
-        s->tail = NULL;
+    s->q.head = last->next;
+    if (!s->q.head)
+        s->q.tail = NULL;
     last->next = NULL;
     return first;
 }
@@ -403,7 +402,7 @@ static void *store_main(void *arg)
     for (;;) {
         bool is_closing;
         pthread_mutex_lock(&s->lock);
-        while (!s->head && !s->is_closing) {
+        while (!s->q.head && !s->is_closing) {
             uint64_t due = nx_soon_next(s->soon); /* idle: wait for a job or for work asked for later */
             if (!due) {
                 pthread_cond_wait(&s->cond, &s->lock);
@@ -415,13 +414,7 @@ static void *store_main(void *arg)
                                   .tv_nsec = (long)(due % 1000000000u)};
             pthread_cond_timedwait(&s->cond, &s->lock, &ts);
         }
-        struct job *j = s->head;
-        if (j) {
-            s->head = j->next;
-            if (!s->head)
-                s->tail = NULL;
-            j->next = NULL;
-        }
+        struct job *j = job_queue_pop(&s->q);
         is_closing = s->is_closing;
         pthread_mutex_unlock(&s->lock);
         if (!j) {
@@ -475,7 +468,7 @@ static void register_metrics(struct nx_store *s)
 
 static void store_free(struct nx_store *s)
 {
-    struct job *j = s->head;
+    struct job *j = s->q.head;
 
     while (j) { /* only if the thread never started */
         struct job *next = j->next;
@@ -544,11 +537,7 @@ bool nx_store_is_open(const struct nx_store *s)
 /* Under s->lock: appends j to the store thread's queue. */
 static void enqueue(struct nx_store *s, struct job *j)
 {
-    if (s->tail)
-        s->tail->next = j;
-    else
-        s->head = j;
-    s->tail = j;
+    job_queue_push(&s->q, j);
     pthread_cond_signal(&s->cond);
 }
 

@@ -46,6 +46,36 @@ struct job {
     bool is_handed_back; /* a keyed read the reader did not run (it has no connection) */
 };
 
+/* A FIFO of jobs, guarded by its owner's lock (the store thread's queue, the reader's). */
+struct job_queue {
+    struct job *head;
+    struct job *tail;
+};
+
+static inline void job_queue_push(struct job_queue *q, struct job *j)
+{
+    j->next = NULL;
+    if (q->tail)
+        q->tail->next = j;
+    else
+        q->head = j;
+    q->tail = j;
+}
+
+/* The oldest job, or NULL. */
+static inline struct job *job_queue_pop(struct job_queue *q)
+{
+    struct job *j = q->head;
+
+    if (j) {
+        q->head = j->next;
+        if (!q->head)
+            q->tail = NULL;
+        j->next = NULL;
+    }
+    return j;
+}
+
 /* Finalizes the statements jobs prepared once and kept (NX_STORE_KEEP_SQL) and closes db.
  * Call on the thread whose jobs used it. NULL is fine. */
 void nx_store_db_close(sqlite3 *db, const char *path);

@@ -9,7 +9,7 @@ import time
 import unittest
 
 from nexo_harness import Nexo, main, write_config
-from peers import FakePeers, fake_requests, script
+from peers import FAKE_KEY, FakePeers, fake_requests, llm_yaml, script
 
 CONFIG = """\
 agents:
@@ -33,11 +33,9 @@ class TurnEdges(FakePeers, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.start_peers()
-        base = "http://127.0.0.1:%d" % cls.fport
         write_config(cls.cfg.name, {
-            "llm.yaml": ("providers:\n"
-                         "  anthropic: {api_key: sk-fake-key, base_url: %s}\n"
-                         "  openai: {api_key: sk-fake-key, base_url: %s/v1}\n") % (base, base),
+            "llm.yaml": llm_yaml(cls.fport, "  openai: {api_key: %s, base_url: http://127.0.0.1:%d/v1}\n"
+                                 % (FAKE_KEY, cls.fport)),
             "agents.yaml": CONFIG,
         })
         cls.n = Nexo(config_dir=cls.cfg.name).start()
