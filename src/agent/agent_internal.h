@@ -118,6 +118,8 @@ struct nx_turn {
     bool is_budget_refusal;        /* refused: the agent's daily token budget is used up */
     bool is_history_missing;       /* its stored history could not be read: not cached after */
     bool is_done;
+    bool is_caller_gone;           /* collect mode: its own caller left and was answered; it runs
+                                      on for the callers merged into it */
 };
 
 /* lane.c */

@@ -135,7 +135,8 @@ static void finish(struct nx_turn *t, int rc)
     unlink_turn(t);
     if (t->lane)
         lane_turn_done(a, t);
-    answer(t, rc, &res);
+    if (!t->is_caller_gone)
+        answer(t, rc, &res);
     res.is_merged = true; /* the messages that joined this turn (queue_mode collect) */
     for (size_t i = 0; i < t->nmerged; i++) {
         struct nx_turn *m = t->merged[i];
@@ -577,6 +578,7 @@ static void run(struct nx_turn *t, bool may_wait)
 
 static void kicked(struct nx_turn *t);
 static void cancel_merged(struct nx_turn *t);
+static void caller_leaves(struct nx_turn *t);
 
 static void kick(void *arg)
 {
@@ -646,14 +648,10 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
     return t;
 }
 
-void nx_turn_cancel(struct nx_turn *t)
+/* Stops a turn for good: its model call and tools are cancelled, and everyone waiting is
+ * answered as cancelled. */
+static void stop_turn(struct nx_turn *t)
 {
-    if (!t || t->is_done || t->is_cancelled)
-        return;
-    if (t->merged_into) {
-        cancel_merged(t);
-        return;
-    }
     t->is_cancelled = true;
     if (t->pending) { /* a model call or history load: detach, so its callback finds no turn */
         t->pending->t = NULL;
@@ -678,6 +676,24 @@ void nx_turn_cancel(struct nx_turn *t)
         }
     }
     finish(t, NX_ECANCELED);
+}
+
+void nx_turn_cancel(struct nx_turn *t)
+{
+    if (!t || t->is_done || t->is_cancelled)
+        return;
+    if (t->merged_into) {
+        cancel_merged(t);
+        return;
+    }
+    bool is_forced = t->is_interrupted || t->a->is_freeing;
+    if (!is_forced && t->is_caller_gone) /* answered already; it runs on for the merged */
+        return;
+    if (!is_forced && t->nmerged) {
+        caller_leaves(t);
+        return;
+    }
+    stop_turn(t);
 }
 
 void nx_agents_free(struct nx_agents *a)
@@ -717,6 +733,22 @@ void turn_merge(struct nx_turn *into, struct nx_turn *from)
     unlink_turn(from);
 }
 
+/* The caller of a turn that others' messages joined (collect) went away: it is answered as
+ * cancelled now, and the turn runs on for the merged callers, who would otherwise lose the
+ * answer to messages they sent after it. Nothing is streamed from here on (merged callers get
+ * the whole answer at the end, as before). */
+static void caller_leaves(struct nx_turn *t)
+{
+    struct nx_turn_result res = {.error_type = "cancelled", .error_message = "the turn was cancelled"};
+
+    answer(t, NX_ECANCELED, &res);
+    t->is_caller_gone = true;
+    t->o.on_done = NULL;
+    t->o.on_text = NULL;
+    t->o.on_tool = NULL;
+    t->o.udata = NULL;
+}
+
 /* A merged turn's caller went away: it leaves `into` (whose answer goes on to the others; its
  * message stays in the conversation) and is answered as cancelled now. */
 static void cancel_merged(struct nx_turn *t)
@@ -733,4 +765,6 @@ static void cancel_merged(struct nx_turn *t)
     t->is_done = true;
     answer(t, NX_ECANCELED, &res);
     free_turn(t);
+    if (into->is_caller_gone && !into->nmerged) /* nobody is waiting for it any more */
+        stop_turn(into);
 }

@@ -98,6 +98,50 @@ class TurnEdges(FakePeers, unittest.TestCase):
         status, r = self.chat("coll", "still there?", "merge-1")
         self.assertEqual(status, 200, r)
 
+    def merge_behind_a_running_turn(self, session, follower_raw):
+        """a runs; then b (a raw socket) and c queue and are merged into one turn, b's, once a is
+        answered. Returns (b, c): c is a raw socket or a future of self.chat."""
+        ex = concurrent.futures.ThreadPoolExecutor(2)
+        self.addCleanup(ex.shutdown)
+        a = ex.submit(self.chat, "coll", "a", session)
+        self.wait_requests(1)
+        lead = self.send_raw("coll", "b", session)
+        self.wait_metric(r"^nexo_agent_turns_in_flight (\S+)$", 2)
+        follow = (self.send_raw("coll", "c", session) if follower_raw
+                  else ex.submit(self.chat, "coll", "c", session))
+        self.wait_metric(r"^nexo_agent_turns_in_flight (\S+)$", 3)
+        self.assertEqual(a.result()[0], 200)
+        self.wait_requests(2)  # b and c, merged into one turn, are with the model
+        return lead, follow
+
+    def test_the_leader_of_a_merged_turn_hangs_up(self):
+        """The caller whose message started a merged turn goes away: the turn still answers the
+        caller merged into it, and both messages are in the session's history."""
+        script(self.fport, [{"hang_ms": 600, "text": "first"}, {"hang_ms": 600, "text": "together"},
+                            {"text": "next"}])
+        lead, follow = self.merge_behind_a_running_turn("merge-2", follower_raw=False)
+        lead.close()
+        status, r = follow.result()
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["choices"][0]["message"]["content"], "together")
+        self.wait_metric(r"^nexo_agent_turns_in_flight (\S+)$", 0)
+        status, r = self.chat("coll", "d", "merge-2")
+        self.assertEqual(status, 200, r)
+        sent = fake_requests(self.fport)[-1]["body"]["messages"]
+        self.assertEqual([m["role"] for m in sent], ["user", "assistant"] * 2 + ["user"])
+        self.assertEqual([b["text"] for b in sent[2]["content"]], ["b", "c"])
+        self.assertEqual(sent[3]["content"][0]["text"], "together")
+
+    def test_every_caller_of_a_merged_turn_hangs_up(self):
+        """Once nobody waits for a merged turn any more, its model call is cancelled (the fake
+        would hold it for 30 s)."""
+        script(self.fport, [{"hang_ms": 600, "text": "first"}, {"hang_ms": 30000, "text": "late"}])
+        lead, follow = self.merge_behind_a_running_turn("merge-3", follower_raw=True)
+        lead.close()  # the turn goes on for c (the test above)
+        follow.close()
+        self.wait_metric(r"^nexo_agent_turns_in_flight (\S+)$", 0, limit=10)
+        self.assertIsNone(self.n.proc.poll())
+
     def test_a_turn_cancelled_mid_stream_is_charged(self):
         before = self.metric(r'nexo_agent_tokens_budget_remaining\{agent="budgeted"\} (\S+)')
         script(self.fport, [{"text": "x" * 400, "chunks": 40, "delay_ms": 50}])
