@@ -56,6 +56,8 @@ struct nx_turn_result {
     struct nx_llm_usage usage;   /* summed over every model call of the turn */
     const char *model;
     enum nx_llm_stop stop;
+    const char *stop_sequence;   /* the caller's stop sequence that ended the answer, when the
+                                    provider says which (Anthropic), or NULL */
     unsigned tool_calls;
     /* On failure: */
     int http_status;             /* upstream status, 0 if none */

@@ -99,6 +99,7 @@ struct nx_turn {
     struct nx_llm_usage usage;
     char *model;
     enum nx_llm_stop stop;
+    char *stop_sequence;           /* which stop sequence ended the last answer, or NULL */
     int http_status;
     char *error_type;
     char *error_message;

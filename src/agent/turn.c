@@ -69,6 +69,7 @@ static void free_turn(struct nx_turn *t)
     free(t->channel);
     free(t->system_extra);
     free(t->model);
+    free(t->stop_sequence);
     free(t->error_type);
     free(t->error_message);
     free(t->merged);
@@ -110,6 +111,7 @@ static void finish(struct nx_turn *t, int rc)
         .usage = t->usage,
         .model = t->model,
         .stop = t->stop,
+        .stop_sequence = t->stop_sequence,
         .tool_calls = t->tool_calls,
         .http_status = t->http_status,
         .error_type = t->error_type,
@@ -383,6 +385,8 @@ static void llm_done(struct nx_turn *t, int rc, const struct nx_llm_result *res)
         return;
     }
     t->stop = res->stop;
+    free(t->stop_sequence);
+    t->stop_sequence = res->stop_sequence ? nx_strdup(res->stop_sequence) : NULL;
     const json_t *content = json_object_get(res->message, "content");
     if (json_is_array(content) && json_array_size(content) == 0) {
         /* nothing said: an empty message would make the session's next request invalid */

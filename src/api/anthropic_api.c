@@ -39,6 +39,13 @@ static const char *stop_reason(enum nx_llm_stop stop)
     }
 }
 
+/* The stop sequence that ended the answer (as the provider parsed it: valid UTF-8), or null. */
+static json_t *stop_sequence_json(const struct nx_turn_result *res)
+{
+    json_t *v = res->stop_sequence ? json_string(res->stop_sequence) : NULL;
+    return v ? v : json_null();
+}
+
 static void begin_stream(struct api_call *c)
 {
     if (c->started)
@@ -126,8 +133,10 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
         event(c, "message_delta",
               /* the input count is known only now (nexo streams before the model's first
                * event): the SDKs take it from here when message_start said 0 */
-              json_pack("{s:s, s:{s:s, s:n}, s:{s:I, s:I, s:I, s:I}}", "type", "message_delta", "delta",
-                        "stop_reason", stop_reason(res->stop), "stop_sequence", "usage",
+              json_pack("{s:s, s:{s:s, s:o}, s:{s:I, s:I, s:I, s:I}}", "type", "message_delta", "delta",
+                        "stop_reason", stop_reason(res->stop), "stop_sequence",
+                        stop_sequence_json(res),
+                        "usage",
                         "input_tokens", (json_int_t)res->usage.input_tokens,
                         "cache_creation_input_tokens", (json_int_t)res->usage.cache_write_tokens,
                         "cache_read_input_tokens", (json_int_t)res->usage.cache_read_tokens,
@@ -142,9 +151,13 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
         nx_buf_put_json_str(&b, c->model, strlen(c->model));
         nx_buf_puts(&b, ",\"content\":[{\"type\":\"text\",\"text\":");
         nx_buf_put_json_str(&b, text, strlen(text));
-        nx_buf_printf(&b, "}],\"stop_reason\":\"%s\",\"stop_sequence\":null,"
-                          "\"usage\":{\"input_tokens\":%llu,\"output_tokens\":%llu}}",
-                      stop_reason(res->stop), (unsigned long long)res->usage.input_tokens,
+        nx_buf_printf(&b, "}],\"stop_reason\":\"%s\",\"stop_sequence\":", stop_reason(res->stop));
+        if (res->stop_sequence)
+            nx_buf_put_json_str(&b, res->stop_sequence, strlen(res->stop_sequence));
+        else
+            nx_buf_puts(&b, "null");
+        nx_buf_printf(&b, ",\"usage\":{\"input_tokens\":%llu,\"output_tokens\":%llu}}",
+                      (unsigned long long)res->usage.input_tokens,
                       (unsigned long long)res->usage.output_tokens);
         nx_http_respond(c->req, 200, "application/json", b.data, b.len);
         nx_buf_cleanup(&b);

@@ -201,6 +201,15 @@ static size_t auth_headers(const char *api_key, struct nx_http_header *out, size
 
 /* ---- response ---------------------------------------------------------------------------- */
 
+/* The matched sequence of stop_reason "stop_sequence" (a string, or null otherwise). */
+static void set_stop_sequence(struct nx_llm_resp *r, const char *seq)
+{
+    if (!seq)
+        return;
+    free(r->stop_sequence);
+    r->stop_sequence = nx_strdup(seq);
+}
+
 static void read_usage(const json_t *u, struct nx_llm_usage *out)
 {
     if (!json_is_object(u))
@@ -263,6 +272,7 @@ int nx_anthropic_parse_response(const char *body, size_t len, struct nx_llm_resp
     json_decref(out->message);
     out->message = json_pack("{s:s, s:O}", "role", "assistant", "content", content);
     out->stop = nx_llm_stop_from_anthropic(nx_json_str(root, "stop_reason"));
+    set_stop_sequence(out, nx_json_str(root, "stop_sequence"));
     read_usage(json_object_get(root, "usage"), &out->usage);
     if ((model = nx_json_str(root, "model"))) {
         free(out->model);
@@ -484,6 +494,7 @@ static int on_event(const struct nx_sse_event *sse, void *udata)
         json_t *d = json_object_get(ev, "delta");
         if (nx_json_str(d, "stop_reason"))
             s->resp.stop = nx_llm_stop_from_anthropic(nx_json_str(d, "stop_reason"));
+        set_stop_sequence(&s->resp, nx_json_str(d, "stop_sequence"));
         read_usage(json_object_get(ev, "usage"), &s->resp.usage);
     } else if (!strcmp(type, "message_stop")) {
         json_t *content = json_array();

@@ -20,6 +20,7 @@
 /* A parsed answer; owns everything. */
 struct nx_llm_resp {
     enum nx_llm_stop stop;
+    char *stop_sequence;    /* which of the request's stop sequences ended it (Anthropic), or NULL */
     json_t *message;        /* canonical assistant message, NULL until complete */
     struct nx_llm_usage usage;
     char *model;

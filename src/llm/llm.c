@@ -38,6 +38,7 @@ const struct nx_llm_type *nx_llm_type_find(const char *kind)
 void nx_llm_resp_cleanup(struct nx_llm_resp *r)
 {
     json_decref(r->message);
+    free(r->stop_sequence);
     free(r->model);
     free(r->error_type);
     free(r->error_message);
@@ -353,6 +354,7 @@ static void complete(struct single *c, int rc, struct nx_llm_resp *r, long statu
 
     memset(&res, 0, sizeof res);
     res.stop = r->stop;
+    res.stop_sequence = r->stop == NX_LLM_STOP_STOP_SEQUENCE ? r->stop_sequence : NULL;
     res.message = rc == 0 ? r->message : NULL;
     res.usage = r->usage;
     res.model = r->model ? r->model : c->model;

@@ -58,6 +58,7 @@ struct nx_llm_usage {
 
 struct nx_llm_result {
     enum nx_llm_stop stop;
+    const char *stop_sequence;  /* the stop sequence that ended it, when the provider says (Anthropic) */
     json_t *message;            /* the assistant message, canonical (borrowed; incref to keep) */
     struct nx_llm_usage usage;
     const char *model;          /* as the provider reported it */

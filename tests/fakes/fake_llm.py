@@ -392,6 +392,11 @@ class Handler(BaseHTTPRequestHandler):
         text = step.get("text", DEFAULT_TEXT if not tool_list(step) else "")
         tools = tool_list(step)
         stop = step.get("stop_reason", "tool_use" if tools else "end_turn")
+        seq = None  # the sequence that matched, which the API names (one of the request's)
+        if stop == "stop_sequence":
+            seq = step.get("stop_sequence") or next(iter(body.get("stop_sequences") or []), None)
+            if seq not in (body.get("stop_sequences") or []):
+                return self.anthropic_error(500, "api_error", "fake: stop_sequence %r was not asked for" % seq)
         usage = {"input_tokens": approx_tokens(body["messages"]), "cache_creation_input_tokens": 0,
                  "cache_read_input_tokens": 0, "output_tokens": max(1, len(text) // 4) + 10 * len(tools)}
         usage.update(step.get("usage", {}))
@@ -405,7 +410,7 @@ class Handler(BaseHTTPRequestHandler):
         hdrs = {"request-id": rand_id("req_")}
         if not stream:
             return self.send_json(200, {"id": msg_id, "type": "message", "role": "assistant", "model": model,
-                                        "content": blocks, "stop_reason": stop, "stop_sequence": None,
+                                        "content": blocks, "stop_reason": stop, "stop_sequence": seq,
                                         "usage": usage}, hdrs)
         self.start_stream(hdrs)
 
@@ -445,7 +450,7 @@ class Handler(BaseHTTPRequestHandler):
         if step.get("error_midstream"):
             ev("error", {"type": "error", "error": {"type": step["error_midstream"], "message": "Overloaded"}})
             return self.end_stream()
-        ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+        ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": seq},
                              "usage": {"output_tokens": usage["output_tokens"]}})
         ev("message_stop", {"type": "message_stop"})
         self.end_stream()

@@ -211,6 +211,36 @@ class Turns(FakePeers, unittest.TestCase):
         self.assertEqual(status, 400, data)
         self.assertTrue(json.loads(data)["error"]["message"].startswith("stop:"))
 
+    def test_the_stop_sequence_that_matched_is_named(self):
+        """An Anthropic answer cut by one of the caller's stop sequences says which, streaming and
+        not; the OpenAI shape says "stop"."""
+        for stream in (False, True):
+            body = {"model": "kate", "max_tokens": 50, "stop_sequences": ["END", "3."], "stream": stream,
+                    "messages": [{"role": "user", "content": "count"}]}
+            script(self.fport, [{"text": "1. 2. ", "stop_reason": "stop_sequence", "stop_sequence": "3."}])
+            status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            self.assertEqual(status, 200, data)
+            if stream:
+                events = [json.loads(line[6:]) for line in data.decode().splitlines()
+                          if line.startswith("data: ")]
+                delta = [e for e in events if e["type"] == "message_delta"][0]["delta"]
+            else:
+                delta = json.loads(data)
+            self.assertEqual((delta["stop_reason"], delta["stop_sequence"]), ("stop_sequence", "3."))
+        script(self.fport, [{"text": "fine"}])
+        status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        stop = [json.loads(line[6:]) for line in data.decode().splitlines()
+                if line.startswith("data: ") and '"message_delta"' in line][0]["delta"]
+        self.assertEqual(stop, {"stop_reason": "end_turn", "stop_sequence": None})
+        body = {"model": "kate", "stop": "3.", "messages": [{"role": "user", "content": "count"}]}
+        script(self.fport, [{"text": "1. 2. ", "stop_reason": "stop_sequence"}])
+        status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        self.assertEqual(status, 200, data)
+        self.assertEqual(json.loads(data)["choices"][0]["finish_reason"], "stop")
+
     def test_two_messages_to_one_session_answer_in_order(self):
         script(self.fport, [{"text": "first", "hang_ms": 300}, {"text": "second"}])
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
