@@ -139,15 +139,17 @@ static unsigned char *unbase64(const char *s, size_t slen, size_t *len)
     return out;
 }
 
-/* Writes the file (if not there yet) and returns its path; NULL (logged) when it cannot. */
-static char *store_file(const char *data_dir, const unsigned char *data, size_t len, const char *mime)
+/* Writes the file under <data_dir>/media/<dir>/ (if not there yet) and returns its path; NULL
+ * (logged) when it cannot. */
+static char *store_file(const char *data_dir, const char *dir, const unsigned char *data, size_t len,
+                        const char *mime)
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
     struct nx_buf path = NX_BUF_INIT;
     struct stat st;
 
     SHA256(data, len, md);
-    nx_buf_printf(&path, "%s/media/carried", data_dir);
+    nx_buf_printf(&path, "%s/media/%s", data_dir, dir);
     if (nx_media_mkdirs(nx_buf_cstr(&path)) < 0) {
         nx_warn("agents", "cannot make %s for the files users sent", nx_buf_cstr(&path));
         nx_buf_cleanup(&path);
@@ -193,7 +195,7 @@ json_t *nx_carry_unpack(const json_t *carried, const char *data_dir)
             free(data);
             continue;
         }
-        path = store_file(data_dir, data, len, json_string_value(json_object_get(m, "mime")));
+        path = store_file(data_dir, "carried", data, len, json_string_value(json_object_get(m, "mime")));
         free(data);
         if (!path) {
             set_error(d, "could not be saved by the agents process");
@@ -205,4 +207,49 @@ json_t *nx_carry_unpack(const json_t *carried, const char *data_dir)
         free(path);
     }
     return out;
+}
+
+/* The nexo_media block for a base64 image block, or NULL to leave it as it is. */
+static json_t *kept_image(const json_t *block, const char *data_dir)
+{
+    const json_t *src = json_object_get(block, "source");
+    const char *stype = json_string_value(json_object_get(src, "type"));
+    const char *b64 = json_string_value(json_object_get(src, "data"));
+    const char *mime;
+    unsigned char *data;
+    size_t len = 0;
+    char *path;
+    json_t *out;
+
+    if (!json_is_object(block) || !stype || strcmp(stype, "base64") != 0 || !b64 ||
+        !(data = unbase64(b64, strlen(b64), &len)))
+        return NULL;
+    mime = len <= NX_LLM_IMAGE_MAX_BYTES ? nx_llm_image_sniff(data, len) : NULL;
+    path = mime ? store_file(data_dir, "api", data, len, mime) : NULL;
+    free(data);
+    if (!path)
+        return NULL;
+    out = json_pack("{s:s, s:{s:s, s:s, s:s}}", "type", "image", "source", "type", "nexo_media",
+                    "media_type", mime, "path", path);
+    free(path);
+    return out;
+}
+
+void nx_media_keep_images(json_t *messages, const char *data_dir)
+{
+    size_t i, k;
+    json_t *m, *block;
+
+    if (!data_dir || !*data_dir)
+        return;
+    nx_llm_media_set_root(data_dir); /* where the providers' encoders read it back */
+    json_array_foreach(messages, i, m) {
+        json_t *content = json_object_get(m, "content");
+        json_array_foreach(content, k, block) {
+            const char *type = json_string_value(json_object_get(block, "type"));
+            json_t *kept = type && strcmp(type, "image") == 0 ? kept_image(block, data_dir) : NULL;
+            if (kept)
+                json_array_set_new(content, k, kept);
+        }
+    }
 }

@@ -23,6 +23,14 @@ json_t *nx_carry_pack(const json_t *media, size_t budget);
  * referred to by that path. Bad entries become descriptors with an `error`. New reference. */
 json_t *nx_carry_unpack(const json_t *carried, const char *data_dir);
 
+/* A session turn's images given as base64 (the HTTP APIs) written under <data_dir>/media/api/
+ * and referred to by path (a `nexo_media` source), as a channel's are: the stored history keeps
+ * a path instead of the bytes, and media.retention applies to them. Images that are not a JPEG,
+ * PNG, GIF or WebP, are over NX_LLM_IMAGE_MAX_BYTES or cannot be written stay as they are (the
+ * provider then decides); so does everything when data_dir is NULL. Edits messages (an
+ * array of messages whose content is an array of blocks) in place. */
+void nx_media_keep_images(json_t *messages, const char *data_dir);
+
 /* The same media with every `data` dropped (and an `error` saying so): when a work item is too
  * large for the bus after all. New reference. */
 json_t *nx_carry_strip(const json_t *carried);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "agent/agent_internal.h"
+#include "agent/carry.h"
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/clock.h"
@@ -634,6 +635,8 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
     t->channel = nx_strdup(o->channel ? o->channel : "http");
     t->system_extra = o->system_extra ? nx_strdup(o->system_extra) : NULL;
     t->input = o->messages ? json_deep_copy(o->messages) : json_array();
+    if (t->session_key) /* kept: a path in the history instead of the bytes */
+        nx_media_keep_images(t->input, a->deps.data_dir);
     t->o.stop = o->stop ? json_deep_copy(o->stop) : NULL; /* the turn's own (free_turn) */
     t->o.agent_id = t->agent_id;
     t->o.session_key = t->session_key;

@@ -51,7 +51,7 @@ struct daemon {
     struct nx_bus *bus;
     struct nx_router *router;
     struct nx_partition *part;   /* gateway / agents roles (docs/scaling.md) */
-    struct nx_media_sweeper *carried_sweeper; /* agents role: files the gateway carried */
+    struct nx_media_sweeper *media_sweeper; /* files written by nexo: carried, from the APIs */
     struct nx_channels *channels;
     struct nx_sender_limiter *limiter; /* agents' sender_rate_limit, asked by the router */
     uv_timer_t trim_timer;
@@ -274,8 +274,8 @@ static void teardown(struct daemon *d)
     d->agents = NULL;
     nx_partition_free(d->part); /* after the turns ended, before the bus */
     d->part = NULL;
-    nx_media_sweeper_free(d->carried_sweeper);
-    d->carried_sweeper = NULL;
+    nx_media_sweeper_free(d->media_sweeper);
+    d->media_sweeper = NULL;
     nx_mcp_manager_free(d->mcp); /* before the HTTP client it calls through */
     d->mcp = NULL;
     nx_bus_free(d->bus); /* before the store: queued events stay on disk */
@@ -563,18 +563,20 @@ static bool is_role(const struct daemon *d, const char *role)
     return d->opts->role && strcmp(d->opts->role, role) == 0;
 }
 
-/* The files the gateway carried in routed work, written under <data>/media/carried/, go after
- * media.retention as the channels' own do. */
-static void start_carried_sweeper(struct daemon *d)
+/* The files nexo writes itself go after media.retention as the channels' own do: those the
+ * gateway carried in routed work (agents role, <data>/media/carried/) and the images sent to
+ * the HTTP APIs in a session (<data>/media/api/). */
+static void start_media_sweeper(struct daemon *d)
 {
     uint64_t keep = nx_config_gateway(d->cfg)->media_retention_ms;
-    static const char *const types[] = {"carried"};
+    static const char *const types[] = {"carried", "api"};
     struct nx_buf root = NX_BUF_INIT;
 
     if (!keep)
         return; /* kept forever */
     nx_buf_printf(&root, "%s/media", d->opts->data_dir);
-    d->carried_sweeper = nx_media_sweeper_new(&d->rt.loop, nx_buf_cstr(&root), types, 1, keep, 0, 0);
+    d->media_sweeper = nx_media_sweeper_new(&d->rt.loop, nx_buf_cstr(&root), types, NX_ARRAY_LEN(types),
+                                            keep, 0, 0);
     nx_buf_cleanup(&root);
 }
 
@@ -595,7 +597,6 @@ static int start_role(struct daemon *d)
         nx_partition_watch_settled(d->part); /* from the start: a restart misses none */
         return 0;
     }
-    start_carried_sweeper(d);
     if (!list) {
         json_t *all = nx_agents_list(d->agents), *a;
         size_t i;
@@ -711,6 +712,7 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
     d.trim_timer.data = &d;
     uv_timer_start(&d.trim_timer, on_trim_timer, TRIM_TICK_MS, TRIM_TICK_MS);
     uv_unref((uv_handle_t *)&d.trim_timer);
+    start_media_sweeper(&d);
     if ((rc = start_role(&d)) < 0) {
         teardown(&d);
         nx_runtime_close(&d.rt);

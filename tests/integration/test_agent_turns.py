@@ -1,10 +1,12 @@
 """Agent turns end to end through nexo's HTTP API against the fake provider: a tool round trip,
 a refused tool, ordered turns per session, 100 sessions in parallel, a disconnect cancelling the
 upstream request, 429 then success, and failover to a fallback model."""
+import base64
 import concurrent.futures
 import http.client
 import json
 import os
+import sqlite3
 import tempfile
 import time
 import unittest
@@ -176,6 +178,52 @@ class Turns(FakePeers, unittest.TestCase):
         status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(doc).encode(),
                                          headers={"Content-Type": "application/json"})
         self.assertEqual(status, 400, data)
+
+    def test_a_sessions_images_are_kept_as_files(self):
+        """An image sent in a session is written under data/media/api/ and the history refers to
+        it by path: the next turn sends the same bytes again, and neither the database nor the
+        transcript holds the base64."""
+        png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+        first = {"model": "kate", "max_tokens": 50, "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}},
+            {"type": "text", "text": "what is this?"}]}]}
+        headers = {"Content-Type": "application/json", "X-Nexo-Session": "img-1"}
+        script(self.fport, [{"text": "a pixel"}, {"text": "still a pixel"}])
+        status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(first).encode(),
+                                         headers=headers)
+        self.assertEqual(status, 200, data)
+        again = {"model": "kate", "max_tokens": 50,
+                 "messages": [{"role": "user", "content": "and now?"}]}
+        status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(again).encode(),
+                                         headers=headers)
+        self.assertEqual(status, 200, data)
+        for req in self.requests()[-2:]:
+            image = req["body"]["messages"][0]["content"][0]
+            self.assertEqual(image, {"type": "image", "source": {"type": "base64",
+                                                                 "media_type": "image/png", "data": png}})
+        kept = os.listdir(os.path.join(self.n.data_dir, "media", "api"))
+        self.assertEqual(len(kept), 1, kept)
+        with open(os.path.join(self.n.data_dir, "media", "api", kept[0]), "rb") as f:
+            self.assertEqual(f.read(), base64.b64decode(png))
+        deadline = time.monotonic() + 10
+        while True:  # the second turn's append commits after its answer
+            db = sqlite3.connect(os.path.join(self.n.data_dir, "nexo.db"))
+            try:
+                rows = [r[0] for r in db.execute("SELECT content FROM messages WHERE session_key "
+                                                 "LIKE ? ORDER BY seq", ("%img-1",))]
+            finally:
+                db.close()
+            if len(rows) == 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        self.assertEqual(len(rows), 4, rows)
+        self.assertEqual(json.loads(rows[0])[0]["source"]["path"],
+                         os.path.join(self.n.data_dir, "media", "api", kept[0]))
+        self.assertNotIn(png[:40], "".join(rows))
+        tdir = os.path.join(self.n.data_dir, "transcripts", "kate")
+        text = "".join(open(os.path.join(tdir, f)).read() for f in os.listdir(tdir) if "img-1" in f)
+        self.assertIn('"type":"nexo_media"', text)
+        self.assertNotIn(png[:40], text)
 
     def test_stop_sequences_reach_the_model(self):
         for agent, key in (("kate", "stop_sequences"), ("oai", "stop")):
@@ -377,7 +425,7 @@ class Turns(FakePeers, unittest.TestCase):
         deadline = time.monotonic() + 10
         lines = []
         while time.monotonic() < deadline:  # the file appears, then its lines (one append)
-            files = os.listdir(path) if os.path.isdir(path) else []
+            files = [f for f in os.listdir(path) if "geo" in f] if os.path.isdir(path) else []
             if files:
                 with open(os.path.join(path, files[0])) as f:
                     lines = [json.loads(l) for l in f.read().splitlines()]

@@ -1,5 +1,6 @@
 /* Media carried in routed work (agent/carry.c): what the gateway packs, within its budget, and
- * what an agents process makes of it, up to the user message the model gets. */
+ * what an agents process makes of it, up to the user message the model gets; and a session's
+ * images from the HTTP APIs, kept as files. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -202,6 +203,65 @@ static void test_bad_carried_data_becomes_a_note(void **state)
     assert_int_equal(files_in(dir), 0);
 }
 
+static json_t *image_message(const char *b64)
+{
+    return json_pack("[{s:s, s:[{s:s, s:{s:s, s:s, s:s}}, {s:s, s:s}]}]", "role", "user", "content",
+                     "type", "image", "source", "type", "base64", "media_type", "image/png", "data", b64,
+                     "type", "text", "text", "what is this?");
+}
+
+static void test_a_sessions_images_are_kept_as_files(void **state)
+{
+    struct fx *f = *state;
+    char *b64 = nx_llm_base64(png, sizeof png), dir[256];
+    json_t *msgs = image_message(b64), *resolved;
+    const json_t *src;
+
+    nx_media_keep_images(msgs, f->agent);
+    nx_media_keep_images(msgs, f->agent); /* (nothing left to keep) */
+    src = json_object_get(json_array_get(json_object_get(json_array_get(msgs, 0), "content"), 0),
+                          "source");
+    assert_string_equal(json_string_value(json_object_get(src, "type")), "nexo_media");
+    assert_string_equal(json_string_value(json_object_get(src, "media_type")), "image/png");
+    snprintf(dir, sizeof dir, "%s/media/api/", f->agent);
+    assert_int_equal(strncmp(json_string_value(json_object_get(src, "path")), dir, strlen(dir)), 0);
+    resolved = nx_llm_media_resolve(json_array_get(json_object_get(json_array_get(msgs, 0), "content"), 0));
+    assert_string_equal(json_string_value(json_object_get(json_object_get(resolved, "source"), "data")), b64);
+    json_decref(resolved);
+    json_decref(msgs);
+
+    msgs = image_message(b64); /* the same bytes again: the same file */
+    nx_media_keep_images(msgs, f->agent);
+    json_decref(msgs);
+    dir[strlen(dir) - 1] = '\0';
+    assert_int_equal(files_in(dir), 1);
+    free(b64);
+}
+
+static void test_images_that_cannot_be_kept_stay_as_they_are(void **state)
+{
+    struct fx *f = *state;
+    static const char *const kept_as_is[] = {"aGVsbG8=" /* "hello": not an image */, "a===", "!!!!"};
+    char dir[256];
+
+    for (size_t i = 0; i < sizeof kept_as_is / sizeof kept_as_is[0]; i++) {
+        json_t *msgs = image_message(kept_as_is[i]), *before = json_deep_copy(msgs);
+        nx_media_keep_images(msgs, f->agent);
+        assert_true(json_equal(msgs, before));
+        json_decref(before);
+        json_decref(msgs);
+    }
+    char *b64 = nx_llm_base64(png, sizeof png);
+    json_t *msgs = image_message(b64), *before = json_deep_copy(msgs);
+    nx_media_keep_images(msgs, NULL); /* no data directory: nowhere to keep it */
+    assert_true(json_equal(msgs, before));
+    json_decref(before);
+    json_decref(msgs);
+    free(b64);
+    snprintf(dir, sizeof dir, "%s/media/api", f->agent);
+    assert_int_equal(files_in(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -209,6 +269,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_carry_keeps_to_its_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_carried_data_becomes_a_note, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_sessions_images_are_kept_as_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_images_that_cannot_be_kept_stay_as_they_are, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
