@@ -638,6 +638,7 @@ int nx_http_server_new(uv_loop_t *loop, const char *name, const struct nx_http_l
     h = (struct srv_handler *)h2o_create_handler(&hc->fallback_path, sizeof *h);
     h->super.on_req = on_req;
     h->srv = srv;
+    nx_httpsrv_add_error_filter(&hc->fallback_path);
     lg = (struct srv_logger *)h2o_create_logger(&hc->fallback_path, sizeof *lg);
     lg->super.log_access = on_log_access;
     lg->srv = srv;

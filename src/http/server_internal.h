@@ -121,6 +121,10 @@ void nx_httpsrv_send(h2o_req_t *req, int status, const char *content_type, const
                      size_t len);
 /* {"error":{"message":..,"type":..}} straight to the h2o request. */
 void nx_httpsrv_send_error(h2o_req_t *req, int status, const char *type, const char *message);
+/* h2o answers some requests itself, before any handler, in text/plain: a body over
+ * max_request_entity_size (413) and a broken one (400). This filter on pc rewrites those answers
+ * as the JSON error body of nx_httpsrv_send_error, which the SDKs read. */
+void nx_httpsrv_add_error_filter(h2o_pathconf_t *pc);
 const char *nx_httpsrv_reason(int status);
 
 #endif

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/buf.h"
 #include "core/log.h"
 #include "http/server.h"
 #include "http/server_internal.h"
@@ -93,6 +94,77 @@ void nx_httpsrv_send_error(h2o_req_t *req, int status, const char *type, const c
         nx_httpsrv_send(req, status, "text/plain; charset=utf-8", "error", 5);
     free(s);
     json_decref(o);
+}
+
+/* --- h2o's own error answers, as JSON --- */
+
+struct errfix_ostream {
+    h2o_ostream_t super;
+    const char *type;
+};
+
+static void errfix_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t n,
+                        h2o_send_state_t state)
+{
+    struct errfix_ostream *o = (struct errfix_ostream *)self;
+    struct nx_buf text = NX_BUF_INIT;
+    h2o_iovec_t out = {NULL, 0};
+
+    if (o->type) { /* the whole answer comes in this one call (h2o_send_inline) */
+        if (req->res.status == 413)
+            nx_buf_printf(&text, "the request body is larger than the limit of %zu bytes "
+                                 "(gateway.yaml limits.max_body_bytes)",
+                          req->conn->ctx->globalconf->max_request_entity_size);
+        else
+            for (size_t i = 0; i < n; i++)
+                nx_buf_append(&text, bufs[i].base, bufs[i].len);
+        json_t *e = json_pack("{s:s, s:{s:s%, s:s, s:n, s:n}}", "type", "error", "error", "message",
+                              text.len ? text.data : "", text.len, "type", o->type, "param", "code");
+        char *s = e ? json_dumps(e, JSON_COMPACT) : NULL;
+        if (s) {
+            out = h2o_strdup(&req->pool, s, strlen(s));
+            req->res.content_length = out.len; /* (headers go out with the first send) */
+        }
+        free(s);
+        json_decref(e);
+        nx_buf_cleanup(&text);
+        o->type = NULL;
+        if (out.base) {
+            h2o_ostream_send_next(&o->super, req, is_head(req) ? NULL : &out, is_head(req) ? 0 : 1,
+                                  state);
+            return;
+        }
+    }
+    h2o_ostream_send_next(&o->super, req, bufs, n, state);
+}
+
+static void errfix_setup(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
+{
+    static const char plain[] = "text/plain; charset=utf-8";
+    ssize_t ct = h2o_find_header(&req->res.headers, H2O_TOKEN_CONTENT_TYPE, -1);
+    int status = req->res.status;
+
+    (void)self;
+    if ((status == 400 || status == 413) && ct >= 0 &&
+        h2o_memis(req->res.headers.entries[ct].value.base, req->res.headers.entries[ct].value.len,
+                  plain, sizeof plain - 1)) {
+        struct errfix_ostream *o = (struct errfix_ostream *)h2o_add_ostream(req, sizeof *o, slot);
+        o->super.do_send = errfix_send;
+        o->type = status == 413 ? "request_too_large" : "invalid_request_error";
+        h2o_delete_header(&req->res.headers, ct);
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL,
+                       H2O_STRLIT("application/json"));
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-should-retry"), 0, NULL,
+                              H2O_STRLIT("false")); /* as the API's own 400 and 413 */
+        slot = &o->super.next;
+    }
+    h2o_setup_next_ostream(req, slot);
+}
+
+void nx_httpsrv_add_error_filter(h2o_pathconf_t *pc)
+{
+    h2o_filter_t *f = h2o_create_filter(pc, sizeof *f);
+    f->on_setup_ostream = errfix_setup;
 }
 
 /* --- records --- */

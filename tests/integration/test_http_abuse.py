@@ -76,6 +76,27 @@ class Abuse(unittest.TestCase):
         s.close()
         self.assertEqual(status_of(resp), 413, resp[:200])
 
+    def test_bodies_h2o_refuses_get_a_json_error(self):
+        """A body over limits.max_body_bytes (413) and a broken chunked body (400) are refused by
+        the HTTP library before any handler: the answer is still the JSON error both SDKs read."""
+        for req, status, etype in (
+                (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 2000000\r\n\r\n", 413, "request_too_large"),
+                (b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"zz\r\nhello\r\n0\r\n\r\n", 400, "invalid_request_error")):
+            resp = self.raw(req)
+            self.assertEqual(status_of(resp), status, resp[:200])
+            head, _, body = resp.partition(b"\r\n\r\n")
+            headers = dict(line.split(": ", 1) for line in head.decode().lower().split("\r\n")[1:])
+            self.assertEqual(headers["content-type"], "application/json")
+            self.assertEqual(int(headers["content-length"]), len(body))
+            self.assertEqual(headers["x-should-retry"], "false")
+            err = json.loads(body)
+            self.assertEqual(err["type"], "error")
+            self.assertEqual(err["error"]["type"], etype)
+            if status == 413:
+                self.assertIn("1048576 bytes", err["error"]["message"])
+
     def test_oversized_headers(self):
         resp = self.raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200000 + b"\r\n\r\n")
         st = status_of(resp)
