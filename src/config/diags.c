@@ -9,6 +9,7 @@
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/error.h"
+#include "core/redact.h"
 
 void nx_diags_init(struct nx_diags *d)
 {
@@ -31,12 +32,15 @@ void nx_diags_cleanup(struct nx_diags *d)
 
 void nx_diags_add(struct nx_diags *d, const char *file, int line, int col, const char *fmt, ...)
 {
-    struct nx_buf b = NX_BUF_INIT;
+    struct nx_buf b = NX_BUF_INIT, red = NX_BUF_INIT;
     va_list ap;
 
     va_start(ap, fmt);
     nx_buf_vprintf(&b, fmt, ap);
     va_end(ap);
+    /* a diagnostic quotes what it found, which may be a password in a URL or a key */
+    nx_redact_append(&red, nx_buf_cstr(&b), b.len);
+    nx_buf_cleanup(&b);
     if (d->n == d->cap) {
         d->cap = d->cap ? d->cap * 2 : 8;
         d->v = nx_realloc(d->v, d->cap * sizeof *d->v);
@@ -44,7 +48,7 @@ void nx_diags_add(struct nx_diags *d, const char *file, int line, int col, const
     d->v[d->n].file = nx_strdup(file ? file : "");
     d->v[d->n].line = line;
     d->v[d->n].col = col;
-    d->v[d->n].msg = nx_buf_steal(&b);
+    d->v[d->n].msg = nx_buf_steal(&red);
     d->n++;
 }
 

@@ -208,6 +208,82 @@ static bool starts_ci(const char *in, size_t len, size_t i, const char *w)
 
 /* ---- matchers: each returns the end of what it consumed (> i) after appending, or 0 ---- */
 
+/* Tokens known by their prefix (case-sensitive): at least `min` characters in all, of
+ * [A-Za-z0-9_] and, when `dash`, '-'. */
+static const struct {
+    const char *prefix;
+    unsigned min;
+    bool dash;
+} token_prefixes[] = {
+    {"ghp_", 36, false},     {"gho_", 36, false},     {"ghu_", 36, false},  /* GitHub */
+    {"ghs_", 36, false},     {"ghr_", 36, false},     {"github_pat_", 40, false},
+    {"glpat-", 26, true},                                                   /* GitLab */
+    {"xoxb-", 24, true},     {"xoxp-", 24, true},     {"xoxa-", 24, true},  /* Slack */
+    {"xoxr-", 24, true},     {"xoxs-", 24, true},     {"xapp-", 24, true},
+    {"sk_live_", 24, false}, {"sk_test_", 24, false}, {"rk_live_", 24, false}, /* Stripe */
+    {"rk_test_", 24, false}, {"whsec_", 24, false},
+    {"AIza", 39, true},                                                     /* Google */
+    {"hf_", 30, false},                                                     /* Hugging Face */
+    {"gsk_", 40, false},                                                    /* Groq */
+    {"pplx-", 40, true},                                                    /* Perplexity */
+    {"r8_", 36, false},                                                     /* Replicate */
+    {"npm_", 36, false},     {"pypi-", 40, true},     {"shpat_", 36, false},
+};
+
+static size_t match_prefixed_token(const char *in, size_t len, size_t i)
+{
+    for (size_t k = 0; k < NX_ARRAY_LEN(token_prefixes); k++) {
+        size_t n = strlen(token_prefixes[k].prefix), j = i + n;
+        if (len - i < token_prefixes[k].min || memcmp(in + i, token_prefixes[k].prefix, n) != 0)
+            continue;
+        while (j < len && (is_word(in[j]) || (token_prefixes[k].dash && in[j] == '-')))
+            j++;
+        if (j - i >= token_prefixes[k].min)
+            return j;
+    }
+    return 0;
+}
+
+/* A JSON Web Token: eyJ… '.' … '.' … (base64url segments), with or without "Bearer". */
+static size_t match_jwt(const char *in, size_t len, size_t i)
+{
+    size_t j = i, seg[3];
+
+    if (len - i < 20 || memcmp(in + i, "eyJ", 3) != 0)
+        return 0;
+    for (int k = 0; k < 3; k++) {
+        size_t from = j;
+        while (j < len && is_sk_char(in[j]))
+            j++;
+        seg[k] = j - from;
+        if (k < 2 && (j >= len || in[j] != '.'))
+            return 0;
+        if (k < 2)
+            j++;
+    }
+    return seg[0] >= 10 && seg[1] >= 10 ? j : 0;
+}
+
+/* A Telegram bot token, <bot id>:<35 of [A-Za-z0-9_-]>, alone or after "bot" as in the Bot API's
+ * URLs (https://api.telegram.org/bot<token>/getMe): "bot" stays. */
+static size_t match_telegram_token(const char *in, size_t len, size_t i, struct nx_buf *out)
+{
+    size_t d = i + (len - i > 3 && memcmp(in + i, "bot", 3) == 0 ? 3 : 0), j = d, t;
+
+    while (j < len && is_digit(in[j]))
+        j++;
+    if (j - d < 6 || j - d > 12 || j >= len || in[j] != ':')
+        return 0;
+    t = ++j;
+    while (j < len && is_sk_char(in[j]))
+        j++;
+    if (j - t < 30)
+        return 0;
+    nx_buf_append(out, in + i, d - i);
+    nx_buf_append(out, REDACTED, REDACTED_LEN);
+    return j;
+}
+
 /* A word (run of is_word) that is wholly a secret: sk-…, AKIA…/ASIA…, a long hex run. */
 static size_t match_word_secret(const char *in, size_t len, size_t i, struct nx_buf *out)
 {
@@ -223,6 +299,13 @@ static size_t match_word_secret(const char *in, size_t len, size_t i, struct nx_
             return j;
         }
     }
+
+    if ((j = match_prefixed_token(in, len, i)) > i || (j = match_jwt(in, len, i)) > i) {
+        nx_buf_append(out, REDACTED, REDACTED_LEN);
+        return j;
+    }
+    if ((j = match_telegram_token(in, len, i, out)) > i)
+        return j;
 
     j = i;
     bool all_hex = true, all_upper_digit = true;
@@ -276,6 +359,7 @@ static size_t match_bearer(const char *in, size_t len, size_t i, struct nx_buf *
 enum {
     KEY_SCHEME = 1,   /* value may start with an auth scheme that stays: "Basic", "Bearer" */
     KEY_URL_ONLY = 2, /* only as a query parameter after '?' or '&' */
+    KEY_LINE = 4,     /* an unquoted value runs to the end of the line (cookies) */
 };
 
 struct secret_key {
@@ -283,62 +367,96 @@ struct secret_key {
     int flags;
 };
 
+/* Whole key names. */
 static const struct secret_key secret_keys[] = {
     {"authorization", KEY_SCHEME},
     {"proxy-authorization", KEY_SCHEME},
-    {"x-api-key", 0},
-    {"api-key", 0},
-    {"x-auth-token", 0},
-    {"api_key", 0},
+    {"cookie", KEY_LINE},
+    {"set-cookie", KEY_LINE},
     {"apikey", 0},
-    {"access_token", 0},
-    {"refresh_token", 0},
-    {"id_token", 0},
-    {"client_secret", 0},
     {"secret", 0},
     {"password", 0},
     {"passwd", 0},
+    {"passphrase", 0},
     {"token", KEY_URL_ONLY},
     {"key", KEY_URL_ONLY},
+    {"sig", KEY_URL_ONLY},
+    {"signature", KEY_URL_ONLY},
+    {"x-amz-signature", KEY_URL_ONLY},
+    {"x-amz-credential", KEY_URL_ONLY},
 };
 
+/* Endings of key names: auth_token, x-auth-token, bot_token, client_secret, app_secret,
+ * db_password, OPENAI_API_KEY, x-api-key, aws_secret_access_key, private_key... ("max_tokens"
+ * and "token_count" are not secrets and do not end so). */
+static const char *const secret_key_ends[] = {
+    "_token", "-token", "_secret", "-secret", "_password", "-password", "_passwd",
+    "api_key", "api-key", "apikey", "private_key", "private-key", "secret_key", "access_key",
+    "signing_key",
+};
+
+static bool is_key_char(char c)
+{
+    return is_word(c) || c == '-';
+}
+
+static bool ends_ci(const char *in, size_t n, const char *w)
+{
+    size_t m = strlen(w);
+    return n >= m && starts_ci(in + n - m, m, 0, w);
+}
+
+/* The secret key name in[0, n), if it is one: its flags, or -1. */
+static int secret_key_flags(const char *in, size_t n, bool after_query)
+{
+    for (size_t k = 0; k < NX_ARRAY_LEN(secret_keys); k++) {
+        const struct secret_key *sk = &secret_keys[k];
+        if (strlen(sk->name) == n && starts_ci(in, n, 0, sk->name))
+            return (sk->flags & KEY_URL_ONLY) && !after_query ? -1 : sk->flags;
+    }
+    for (size_t k = 0; k < NX_ARRAY_LEN(secret_key_ends); k++) {
+        if (ends_ci(in, n, secret_key_ends[k]))
+            return 0;
+    }
+    return -1;
+}
+
+bool nx_redact_is_secret_key(const char *name, size_t len)
+{
+    return name && secret_key_flags(name, len, false) >= 0;
+}
+
 static const char *const auth_schemes[] = {"basic", "bearer", "digest", "token", "apikey", "negotiate"};
+
+/* A quote at in[j]: '"', '\'', or an escaped \" (a JSON string inside a JSON string); its
+ * length, or 0. */
+static size_t quote_at(const char *in, size_t len, size_t j)
+{
+    if (j < len && (in[j] == '"' || in[j] == '\''))
+        return 1;
+    if (j + 1 < len && in[j] == '\\' && in[j + 1] == '"')
+        return 2;
+    return 0;
+}
 
 /* key=value, key: value, "key":"value" and ?key=value for the names above. The key, separator
  * and quotes stay; the value becomes [REDACTED]. A quoted value runs to its closing quote. */
 static size_t match_key_value(const char *in, size_t len, size_t i, bool after_query,
                               struct nx_buf *out)
 {
-    const struct secret_key *key = NULL;
-    size_t j = 0;
-    char first = lower(in[i]);
+    size_t j = i;
+    int flags;
 
-    /* Most words start with a letter no key starts with. */
-    if (!strchr("apxrisctk", first) || first == '\0')
-        return 0;
-    for (size_t k = 0; k < NX_ARRAY_LEN(secret_keys); k++) {
-        const struct secret_key *sk = &secret_keys[k];
-        if (sk->name[0] != first || ((sk->flags & KEY_URL_ONLY) && !after_query))
-            continue;
-        if (!starts_ci(in, len, i, sk->name))
-            continue;
-        size_t e = i + strlen(sk->name);
-        if (e < len && (is_word(in[e]) || in[e] == '-'))
-            continue;
-        key = sk;
-        j = e;
-        break;
-    }
-    if (!key)
-        return 0;
-
+    while (j < len && is_key_char(in[j]))
+        j++;
+    size_t name_end = j;
+    /* the separator first: most words are not followed by one, and need no name lookup */
     if (after_query) {
         if (j >= len || in[j] != '=')
             return 0;
         j++;
     } else {
-        if (j < len && (in[j] == '"' || in[j] == '\''))
-            j++;
+        j += quote_at(in, len, j);
         while (j < len && is_space(in[j]))
             j++;
         if (j >= len || (in[j] != ':' && in[j] != '='))
@@ -347,11 +465,13 @@ static size_t match_key_value(const char *in, size_t len, size_t i, bool after_q
         while (j < len && is_space(in[j]))
             j++;
     }
-    char quote = 0;
-    if (!after_query && j < len && (in[j] == '"' || in[j] == '\''))
-        quote = in[j++];
+    if ((flags = secret_key_flags(in + i, name_end - i, after_query)) < 0)
+        return 0;
+    size_t qlen = after_query ? 0 : quote_at(in, len, j);
+    char quote = qlen ? in[j + qlen - 1] : 0;
+    j += qlen;
 
-    if (key->flags & KEY_SCHEME) {
+    if (flags & KEY_SCHEME) {
         for (size_t k = 0; k < NX_ARRAY_LEN(auth_schemes); k++) {
             size_t n = strlen(auth_schemes[k]);
             if (starts_ci(in, len, j, auth_schemes[k]) && j + n < len && is_space(in[j + n])) {
@@ -364,21 +484,80 @@ static size_t match_key_value(const char *in, size_t len, size_t i, bool after_q
     }
 
     size_t v = j;
-    if (quote) {
+    if (qlen == 2) { /* to the closing \" */
+        while (j < len && !(in[j] == '\\' && j + 1 < len && in[j + 1] == '"'))
+            j++;
+    } else if (quote) {
         while (j < len && in[j] != quote) {
             if (in[j] == '\\' && j + 1 < len)
                 j++;
             j++;
         }
+    } else if (flags & KEY_LINE) {
+        while (j < len && in[j] != '\n' && in[j] != '\r' && in[j] != '"')
+            j++;
     } else {
         while (j < len && !is_space(in[j]) && in[j] != '"' && in[j] != '\'' && in[j] != ',' &&
                in[j] != ';' && in[j] != '&' && in[j] != '#' && in[j] != '\n' && in[j] != '\r' &&
-               in[j] != '}' && in[j] != ')')
+               in[j] != '}' && in[j] != ')' && in[j] != '\\')
             j++;
     }
+    if (j > len)
+        j = len;
     if (j == v)
         return 0;
     nx_buf_append(out, in + i, v - i);
+    nx_buf_append(out, REDACTED, REDACTED_LEN);
+    return j;
+}
+
+/* The password of a URL's userinfo (scheme://user:password@host): user and host stay. i is at
+ * the ':' of "://". */
+static size_t match_userinfo(const char *in, size_t len, size_t i, struct nx_buf *out)
+{
+    size_t j = i + 3, p;
+
+    while (j < len && !strchr(":@/?# \t\r\n\"'", in[j]))
+        j++;
+    if (j >= len || in[j] != ':')
+        return 0;
+    p = ++j;
+    while (j < len && !strchr("@/?# \t\r\n\"'", in[j]))
+        j++;
+    if (j >= len || in[j] != '@' || j == p)
+        return 0;
+    nx_buf_append(out, in + i, p - i);
+    nx_buf_append(out, REDACTED, REDACTED_LEN);
+    return j;
+}
+
+static bool starts_at(const char *in, size_t len, size_t i, const char *w)
+{
+    size_t n = strlen(w);
+    return len - i >= n && memcmp(in + i, w, n) == 0;
+}
+
+/* A PEM private key block, from "-----BEGIN … PRIVATE KEY-----" to the end of its END line (or
+ * of the input when it has none). */
+static size_t match_pem(const char *in, size_t len, size_t i, struct nx_buf *out)
+{
+    size_t j = i + 11;
+
+    if (!starts_at(in, len, i, "-----BEGIN "))
+        return 0;
+    while (j < len && in[j] != '\n' && !starts_at(in, len, j, "-----"))
+        j++;
+    if (j >= len || in[j] == '\n' || j - (i + 11) < 11 || memcmp(in + j - 11, "PRIVATE KEY", 11) != 0)
+        return 0;
+    while (j < len && !starts_at(in, len, j, "-----END "))
+        j++;
+    if (j < len) {
+        j += 9;
+        while (j < len && in[j] != '\n' && !starts_at(in, len, j, "-----"))
+            j++;
+        if (starts_at(in, len, j, "-----"))
+            j += 5;
+    }
     nx_buf_append(out, REDACTED, REDACTED_LEN);
     return j;
 }
@@ -424,6 +603,12 @@ static void redact_builtin(struct nx_buf *out, const char *in, size_t len)
         if (c == '/' && !is_path(prev)) {
             nx_buf_append(out, in + lit, i - lit);
             end = match_home(in, len, i, out);
+        } else if (c == ':' && i + 2 < len && in[i + 1] == '/' && in[i + 2] == '/') {
+            nx_buf_append(out, in + lit, i - lit);
+            end = match_userinfo(in, len, i, out);
+        } else if (c == '-' && prev != '-' && in[i + 1 < len ? i + 1 : i] == '-') {
+            nx_buf_append(out, in + lit, i - lit);
+            end = match_pem(in, len, i, out);
         } else if ((c == '?' || c == '&') && i + 1 < len && is_alpha(in[i + 1])) {
             nx_buf_append(out, in + lit, i + 1 - lit);
             start = i + 1;

@@ -5,10 +5,19 @@
 
 #include "core/buf.h"
 
+#include <stdbool.h>
+
 /* Appends `in` to `out` with secrets replaced by "[REDACTED]": bearer tokens, sk-… and sk-ant-…
- * keys, AWS access key ids (AKIA…), long hex strings (>= 32 hex digits), the home directory
- * ($HOME/… becomes ~/…), and any configured pattern. Thread-safe. */
+ * keys, well-known token formats (GitHub, Slack, Stripe, Google, Telegram bot tokens, JWTs...),
+ * AWS access key ids (AKIA…), long hex strings (>= 32 hex digits), values of secret-named keys
+ * (password=…, "auth_token": "…", OPENAI_API_KEY=…), a URL's password, PEM private keys, the
+ * home directory ($HOME/… becomes ~/…), and any configured pattern. Thread-safe. See
+ * docs/observability.md. */
 void nx_redact_append(struct nx_buf *out, const char *in, size_t len);
+
+/* Whether a key name (a JSON member, a header) says its value is a secret: the names the
+ * key=value rule redacts (password, x-api-key, auth_token, client_secret, ...). */
+bool nx_redact_is_secret_key(const char *name, size_t len);
 
 /* Adds a configured pattern (POSIX extended regular expression); every match is redacted.
  * Returns 0, or NX_EINVAL with a message in err. Call before other threads start logging, or

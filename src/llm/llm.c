@@ -11,6 +11,7 @@
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/redact.h"
 #include "llm/internal.h"
 
 /* Provider types, configured providers, and one attempt on one provider: build the body with the
@@ -47,16 +48,19 @@ void nx_llm_resp_cleanup(struct nx_llm_resp *r)
 
 void nx_llm_resp_set_error(struct nx_llm_resp *r, const char *type, const char *fmt, ...)
 {
-    struct nx_buf b = NX_BUF_INIT;
+    struct nx_buf b = NX_BUF_INIT, red = NX_BUF_INIT;
     va_list ap;
 
     va_start(ap, fmt);
     nx_buf_vprintf(&b, fmt, ap);
     va_end(ap);
+    /* a provider's message may echo a credential; it goes to clients and logs */
+    nx_redact_append(&red, b.data ? b.data : "", b.len);
+    nx_buf_cleanup(&b);
     free(r->error_type);
     free(r->error_message);
     r->error_type = nx_strdup(type);
-    r->error_message = nx_buf_steal(&b);
+    r->error_message = nx_buf_steal(&red);
 }
 
 const char *nx_json_str(const json_t *obj, const char *key)

@@ -256,6 +256,8 @@ static void dump_redacted(struct nx_buf *out, struct nx_buf *scratch, const json
                 strcmp(str_of(v, "type"), "base64") == 0) /* an image's bytes */
                 nx_buf_printf(out, "\"[base64, %zu bytes not kept in the transcript]\"",
                               json_string_length(item));
+            else if ((json_is_string(item) || json_is_number(item)) && nx_redact_is_secret_key(key, klen))
+                nx_buf_puts(out, "\"[REDACTED]\""); /* tool arguments: {"password": "…"} */
             else
                 dump_redacted(out, scratch, item);
         }

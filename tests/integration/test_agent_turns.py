@@ -386,6 +386,15 @@ class Turns(FakePeers, unittest.TestCase):
         self.assertEqual((status, r["choices"][0]["message"]["content"]), (200, "made it"))
         self.assertEqual(len(self.requests()), 2)
 
+    def test_a_providers_error_message_reaches_the_client_redacted(self):
+        script(self.fport, [{"error": {"status": 400, "type": "invalid_request_error", "message":
+                                       "rejected credential gsk_Q2w8Zr5LmN0pXv7Tb4YcQ2w8Zr5LmN0pXv7Tb4Yc; "
+                                       "password=hunter2hunter2"}}])
+        status, r = self.chat("kate", "hi")
+        self.assertEqual(status, 400, r)
+        self.assertEqual(r["error"]["message"], "rejected credential [REDACTED]; password=[REDACTED]")
+        self.assertNotIn("hunter2", self.n.read_log())
+
     def test_primary_down_fallback_answers(self):
         status, r = self.chat("failover", "hi")
         self.assertEqual(status, 200, r)

@@ -101,6 +101,56 @@ static void test_redact_key_values(void **state)
     UNCHANGED("password reset requested");
 }
 
+static void test_redact_known_token_formats(void **state)
+{
+    (void)state;
+    EXPECT("gh ghp_16C7e42F292c6912E7710c838347Ae178B4a ok", "gh [REDACTED] ok");
+    EXPECT("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz", "[REDACTED]");
+    EXPECT("slack xoxb-123456789012-1234567890123-AbCdEfGhIjKl", "slack [REDACTED]");
+    EXPECT("stripe sk_live_51HabcdefGHIJKLMNOPqrstuv", "stripe [REDACTED]");
+    EXPECT("google AIzaSyA-1234567890abcdefghijklmnopqrstu", "google [REDACTED]");
+    EXPECT("groq gsk_Q2w8Zr5LmN0pXv7Tb4YcQ2w8Zr5LmN0pXv7Tb4Yc", "groq [REDACTED]");
+    EXPECT("my bot token is 7123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw9 ok",
+           "my bot token is [REDACTED] ok");
+    EXPECT("GET https://api.telegram.org/bot7123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw9/getMe",
+           "GET https://api.telegram.org/bot[REDACTED]/getMe");
+    EXPECT("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0."
+           "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U.",
+           "jwt [REDACTED].");
+    UNCHANGED("ghp_short gh_ghp xoxb- sk_live_x AIza");
+    UNCHANGED("at 12:30:45 and 123456:short");
+    UNCHANGED("eyJhbGciOiJIUzI1NiJ9 alone");
+}
+
+static void test_redact_urls_keys_and_pem(void **state)
+{
+    (void)state;
+    EXPECT("NATS at nats://alice:S3cretNatsPass@127.0.0.1:4222 down",
+           "NATS at nats://alice:[REDACTED]@127.0.0.1:4222 down");
+    EXPECT("proxy http://bob:p%40ss@10.0.0.1:3128/", "proxy http://bob:[REDACTED]@10.0.0.1:3128/");
+    UNCHANGED("see https://example.com:8443/path?q=1 and http://host/a:b@c");
+    EXPECT("auth_token: abc123 bot_token=x9 app_secret: \"s\"",
+           "auth_token: [REDACTED] bot_token=[REDACTED] app_secret: \"[REDACTED]\"");
+    EXPECT("OPENAI_API_KEY=whatever ANTHROPIC_API_KEY=other",
+           "OPENAI_API_KEY=[REDACTED] ANTHROPIC_API_KEY=[REDACTED]");
+    EXPECT("{\"X-Auth-Token\":\"t\",\"aws_secret_access_key\":\"wJalr\"}",
+           "{\"X-Auth-Token\":\"[REDACTED]\",\"aws_secret_access_key\":\"[REDACTED]\"}");
+    EXPECT("log {\\\"api_key\\\":\\\"x y\\\"} end", "log {\\\"api_key\\\":\\\"[REDACTED]\\\"} end");
+    EXPECT("Cookie: session=abc; theme=dark\nnext", "Cookie: [REDACTED]\nnext");
+    EXPECT("?x-amz-signature=abc&sig=def&a=1", "?x-amz-signature=[REDACTED]&sig=[REDACTED]&a=1");
+    EXPECT("key:\n-----BEGIN RSA PRIVATE KEY-----\nMIIEow\nabc\n-----END RSA PRIVATE KEY-----\nafter",
+           "key:\n[REDACTED]\nafter");
+    EXPECT("-----BEGIN PRIVATE KEY-----\nMIIE (cut)", "[REDACTED]");
+    UNCHANGED("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----");
+    UNCHANGED("--- a/file ---- b ----- c");
+    UNCHANGED("{\"max_tokens\":5,\"input_tokens\":3,\"token_count\":1,\"passwordless\":true}");
+    assert_true(nx_redact_is_secret_key("Authorization", 13));
+    assert_true(nx_redact_is_secret_key("bot_token", 9));
+    assert_true(nx_redact_is_secret_key("X-Api-Key", 9));
+    assert_false(nx_redact_is_secret_key("token", 5)); /* too common outside a URL */
+    assert_false(nx_redact_is_secret_key("max_tokens", 10));
+}
+
 static void test_redact_home_paths(void **state)
 {
     (void)state;
@@ -229,6 +279,8 @@ int main(void)
         cmocka_unit_test(test_redact_aws_keys),
         cmocka_unit_test(test_redact_long_hex),
         cmocka_unit_test(test_redact_key_values),
+        cmocka_unit_test(test_redact_known_token_formats),
+        cmocka_unit_test(test_redact_urls_keys_and_pem),
         cmocka_unit_test(test_redact_home_paths),
         cmocka_unit_test(test_redact_multi_secret_and_edges),
         cmocka_unit_test(test_redact_keeps_nul_bytes_and_appends),
