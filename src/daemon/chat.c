@@ -1,6 +1,8 @@
 /* `nexo chat [--agent ID] [--session NAME]`: a terminal conversation with an agent, in process
  * (no gateway needed). Replies stream as they come; Ctrl-C cancels the running turn, Ctrl-C at
- * the prompt (or end of input) ends the conversation. */
+ * the prompt (or end of input, or SIGTERM) ends the conversation. Standard input may also be a
+ * pipe or a file: one message a line, each sent when the previous one is answered. */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,12 +16,14 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "daemon/daemon.h"
+#include "mcp/mcp.h"
 #include "runtime/runtime.h"
 
 struct chat {
     struct nx_runtime rt;
     struct nx_config *cfg;
     struct nx_agents_inproc ag;
+    struct nx_mcp_manager *mcp; /* the MCP servers of mcp.yaml, whose tools the agents use */
     const char *agent_id;
     char *session_key;
     uv_stream_t *in;
@@ -27,12 +31,20 @@ struct chat {
         uv_tty_t tty;
         uv_pipe_t pipe;
     } in_handle;
-    struct nx_buf line;
+    struct nx_buf line;     /* input read and not yet sent: whole lines, then a partial one */
     struct nx_turn *turn;
     bool is_tty;
+    bool is_file;           /* stdin is a regular file (or /dev/null): read as needed, blocking */
+    bool is_reading;
+    bool is_skipping;       /* the rest of an over-long line is being dropped */
+    bool is_stopping;
+    bool is_down;
     bool eof;
     int exit_code;
 };
+
+/* A line longer than this is skipped, with a message; the lines after it are not affected. */
+#define CHAT_MAX_LINE (1u << 20)
 
 static void prompt(struct chat *c)
 {
@@ -44,9 +56,80 @@ static void prompt(struct chat *c)
 
 static void shutdown_chat(struct chat *c)
 {
+    c->is_stopping = true;
+    if (c->is_down)
+        return;
+    c->is_down = true;
     if (c->in && !uv_is_closing((uv_handle_t *)c->in))
         uv_close((uv_handle_t *)c->in, NULL);
+    nx_agents_free(c->ag.agents); /* their turns may still call the MCP servers' tools */
+    c->ag.agents = NULL;
+    nx_mcp_manager_free(c->mcp); /* before the HTTP client it calls through */
+    c->mcp = NULL;
     nx_agents_inproc_cleanup(&c->ag);
+}
+
+/* Appends what was read, keeping every line under CHAT_MAX_LINE: the rest of a longer one is
+ * dropped up to its newline. */
+static void feed(struct chat *c, const char *p, size_t n)
+{
+    while (n) {
+        const char *nl = memchr(p, '\n', n);
+        size_t take = nl ? (size_t)(nl - p) + 1 : n;
+        if (!c->is_skipping) {
+            const char *last = c->line.len ? memrchr(c->line.data, '\n', c->line.len) : NULL;
+            size_t partial = c->line.len - (last ? (size_t)(last - c->line.data) + 1 : 0);
+            if (partial + take - (nl ? 1 : 0) <= CHAT_MAX_LINE) {
+                nx_buf_append(&c->line, p, take);
+            } else {
+                fprintf(stderr, "nexo chat: a line longer than %u bytes was skipped\n", CHAT_MAX_LINE);
+                c->line.len -= partial;
+                c->is_skipping = !nl;
+            }
+        } else if (nl) {
+            c->is_skipping = false;
+        }
+        p += take;
+        n -= take;
+    }
+}
+
+static bool has_line(const struct chat *c)
+{
+    return c->line.len && memchr(c->line.data, '\n', c->line.len);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+
+/* Input is read only while no whole line waits: a fast pipe is held back by the conversation
+ * instead of piling up in memory. */
+static void want_input(struct chat *c)
+{
+    bool want = !c->eof && !c->is_stopping && !has_line(c);
+    if (c->is_file) {
+        char buf[65536];
+        while (want) {
+            ssize_t n = read(STDIN_FILENO, buf, sizeof buf);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                c->eof = true;
+                if (c->line.len && c->line.data[c->line.len - 1] != '\n' && !c->is_skipping)
+                    nx_buf_putc(&c->line, '\n');
+                break;
+            }
+            feed(c, buf, (size_t)n);
+            want = !has_line(c);
+        }
+        return;
+    }
+    if (want && !c->is_reading && c->in)
+        c->is_reading = uv_read_start(c->in, on_alloc, on_read) == 0;
+    else if (!want && c->is_reading) {
+        uv_read_stop(c->in);
+        c->is_reading = false;
+    }
 }
 
 static void on_text(const char *delta, size_t len, void *udata)
@@ -79,6 +162,9 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
 /* Starts a turn for the first complete line in the buffer, if any. */
 static void next_line(struct chat *c)
 {
+    if (c->is_stopping)
+        return;
+    want_input(c);
     char *nl = c->line.data ? memchr(c->line.data, '\n', c->line.len) : NULL;
     if (!nl) {
         if (c->eof) {
@@ -89,8 +175,14 @@ static void next_line(struct chat *c)
         return;
     }
     size_t n = (size_t)(nl - c->line.data);
+    if (n && c->line.data[n - 1] == '\r') /* CRLF input */
+        n--;
     char *text = nx_strndup(c->line.data, n);
-    nx_buf_consume(&c->line, n + 1);
+    nx_buf_consume(&c->line, (size_t)(nl - c->line.data) + 1);
+    if (*text && !nx_utf8_is_valid(text, n)) {
+        fprintf(stderr, "nexo chat: that line is not valid UTF-8; not sent\n");
+        *text = '\0';
+    }
     if (!*text) {
         free(text);
         next_line(c);
@@ -129,31 +221,38 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     if (n < 0) {
         c->eof = true;
         uv_read_stop(s);
-        if (c->line.len && c->line.data[c->line.len - 1] != '\n')
+        c->is_reading = false;
+        if (c->line.len && c->line.data[c->line.len - 1] != '\n' && !c->is_skipping)
             nx_buf_putc(&c->line, '\n');
         if (!c->turn)
             next_line(c);
         return;
     }
-    nx_buf_append(&c->line, buf->base, (size_t)n);
-    if (c->line.len > 1 << 20) {
-        fprintf(stderr, "nexo chat: line too long\n");
-        nx_buf_reset(&c->line);
-    }
+    feed(c, buf->base, (size_t)n);
     if (!c->turn)
         next_line(c);
+    else
+        want_input(c);
 }
 
-static void on_stop(struct nx_runtime *rt, int signum)
+/* Ctrl-C at a terminal during a reply cancels the reply; at the prompt, with piped input, or
+ * SIGTERM, the conversation ends (a turn in flight is cancelled first). */
+static void on_signal(uv_signal_t *h, int signum)
 {
+    struct nx_runtime *rt = h->data;
     struct chat *c = rt->udata;
-    (void)signum;
-    if (c->turn) { /* Ctrl-C during a turn cancels the turn, not the conversation */
+
+    if (signum == SIGHUP)
+        return;
+    if (signum == SIGINT && c->is_tty && c->turn) {
         nx_turn_cancel(c->turn);
-        rt->is_stopping = false;
-        nx_runtime_watch_signals(rt);
         return;
     }
+    uv_signal_stop(&rt->sig_term);
+    uv_signal_stop(&rt->sig_int);
+    c->is_stopping = true;
+    if (c->turn)
+        nx_turn_cancel(c->turn);
     shutdown_chat(c);
 }
 
@@ -190,24 +289,40 @@ int nx_chat_run(const struct nx_daemon_opts *opts, const char *agent_id, const c
 
     nx_runtime_init(&c.rt);
     c.rt.udata = &c;
-    c.rt.on_stop = on_stop;
-    nx_runtime_watch_signals(&c.rt);
+    uv_signal_start(&c.rt.sig_term, on_signal, SIGTERM);
+    uv_signal_start(&c.rt.sig_int, on_signal, SIGINT);
+    uv_unref((uv_handle_t *)&c.rt.sig_term);
+    uv_unref((uv_handle_t *)&c.rt.sig_int);
     nx_agents_inproc_init(&c.ag, &c.rt.loop, c.cfg, opts->data_dir);
+    if (nx_mcp_manager_new(&c.rt.loop, c.ag.http, nx_config_mcp(c.cfg), &c.mcp) < 0)
+        nx_warn("chat", "MCP servers (mcp.yaml) not started: see the errors above");
+    struct nx_mcp_host mhost = {.agents = c.ag.agents, .data_dir = opts->data_dir, .cfg = c.cfg};
+    nx_mcp_manager_set_host(c.mcp, &mhost); /* sampling, OAuth token files, workspace roots */
 
-    c.is_tty = uv_guess_handle(0) == UV_TTY;
+    uv_handle_type kind = uv_guess_handle(STDIN_FILENO);
+    int rc = 0;
+    c.is_tty = kind == UV_TTY;
+    c.is_file = kind == UV_FILE;
     if (c.is_tty) {
-        uv_tty_init(&c.rt.loop, &c.in_handle.tty, 0, 1);
-        c.in = (uv_stream_t *)&c.in_handle.tty;
+        rc = uv_tty_init(&c.rt.loop, &c.in_handle.tty, STDIN_FILENO, 1);
+        c.in = rc == 0 ? (uv_stream_t *)&c.in_handle.tty : NULL;
         printf("nexo chat with %s (Ctrl-C cancels a reply; Ctrl-D or Ctrl-C at the prompt quits)",
                agent_id);
-    } else {
-        uv_pipe_init(&c.rt.loop, &c.in_handle.pipe, 0);
-        uv_pipe_open(&c.in_handle.pipe, 0);
-        c.in = (uv_stream_t *)&c.in_handle.pipe;
+    } else if (!c.is_file) {
+        rc = uv_pipe_init(&c.rt.loop, &c.in_handle.pipe, 0);
+        if (rc == 0 && (rc = uv_pipe_open(&c.in_handle.pipe, STDIN_FILENO)) < 0)
+            uv_close((uv_handle_t *)&c.in_handle.pipe, NULL);
+        c.in = rc == 0 ? (uv_stream_t *)&c.in_handle.pipe : NULL;
     }
-    c.in->data = &c;
-    uv_read_start(c.in, on_alloc, on_read);
-    prompt(&c);
+    if (rc < 0) {
+        fprintf(stderr, "nexo chat: cannot read standard input: %s\n", uv_strerror(rc));
+        c.exit_code = NX_EXIT_FAILURE;
+        shutdown_chat(&c);
+    } else {
+        if (c.in)
+            c.in->data = &c;
+        next_line(&c); /* reads, then prompts or starts the first turn */
+    }
     uv_run(&c.rt.loop, UV_RUN_DEFAULT);
     shutdown_chat(&c);
     nx_runtime_close(&c.rt);

@@ -2,13 +2,16 @@
 default agent's clear message when no LLM key is set."""
 import json
 import os
+import pty
+import signal
 import subprocess
 import tempfile
+import time
 import unittest
 import urllib.request
 
 from nexo_harness import NEXO_BIN, Nexo, main, write_config
-from test_api_sdk import script, start_fake
+from test_api_sdk import PEERS, script, start_fake
 
 
 class ChatCli(unittest.TestCase):
@@ -35,6 +38,150 @@ class ChatCli(unittest.TestCase):
                                    input="", capture_output=True, text=True, timeout=30)
                 self.assertEqual(r.returncode, 2)
                 self.assertIn('no agent "nobody"', r.stderr)
+        finally:
+            fake.kill()
+            fake.wait()
+
+    def chat_setup(self, tmp, port):
+        cfg = write_config(os.path.join(tmp, "config"), {
+            "llm.yaml": "providers:\n  anthropic: {api_key: sk-fake-key, base_url: http://127.0.0.1:%d}\n"
+                        % port,
+            "agents.yaml": "agents:\n  - {id: kate, model: {provider: anthropic, model: m}}\n",
+        })
+        return [NEXO_BIN, "chat", "--agent", "kate", "--config", cfg, "--data", os.path.join(tmp, "data"),
+                "--log-level", "warn"]
+
+    def sent(self, port):
+        """The last user message of each request the fake got."""
+        reqs = json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % port).read())
+        return [r["body"]["messages"][-1]["content"][0]["text"] for r in reqs]
+
+    def wait_requests(self, port, n):
+        deadline = time.monotonic() + 20
+        while len(self.sent(port)) < n:
+            self.assertLess(time.monotonic(), deadline, "the fake never got request %d" % n)
+            time.sleep(0.02)
+
+    def test_input_from_a_file_dev_null_and_bad_lines(self):
+        """Standard input may be a file or /dev/null (cron, systemd); CRLF is taken off; a line
+        over 1 MiB or not UTF-8 is skipped with a message, and the lines after it still go."""
+        fake, port = start_fake()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = self.chat_setup(tmp, port)
+                with open(os.devnull) as null:
+                    r = subprocess.run(cmd, stdin=null, capture_output=True, text=True, timeout=30)
+                self.assertEqual((r.returncode, r.stderr), (0, ""))
+                self.assertEqual(self.sent(port), [])
+                path = os.path.join(tmp, "in.txt")
+                with open(path, "wb") as f:
+                    f.write(b"one\r\n" + b"x" * (1100 * 1024) + b"\nbad \xff\xfe line\n\ntwo")
+                script(port, [{"text": "1"}, {"text": "2"}])
+                with open(path) as f:
+                    r = subprocess.run(cmd, stdin=f, capture_output=True, timeout=60)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(self.sent(port), ["one", "two"])
+                self.assertIn(b"longer than 1048576 bytes was skipped", r.stderr)
+                self.assertIn(b"not valid UTF-8", r.stderr)
+        finally:
+            fake.kill()
+            fake.wait()
+
+    def test_a_fast_pipe_waits_for_each_answer_and_sigterm_stops(self):
+        """Lines piped faster than the answers come are all sent, in order, none lost; SIGTERM
+        ends the conversation even with lines still waiting."""
+        fake, port = start_fake()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = self.chat_setup(tmp, port)
+                lines = ["line%02d %s" % (i, "y" * 60000) for i in range(20)]
+                script(port, [{"text": "ok", "delay_ms": 20}] * 20)
+                r = subprocess.run(cmd, input="\n".join(lines) + "\n", capture_output=True, text=True,
+                                   timeout=120)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(self.sent(port), lines)
+                script(port, [{"hang_ms": 20000}])
+                p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+                try:
+                    p.stdin.write(b"a\nb\nc\n")
+                    p.stdin.flush()
+                    self.wait_requests(port, 21)
+                    p.send_signal(signal.SIGTERM)
+                    self.assertEqual(p.wait(timeout=10), 0)
+                finally:
+                    p.kill()
+                    p.wait()
+                    for f in (p.stdin, p.stdout, p.stderr):
+                        f.close()
+                self.assertEqual(len(self.sent(port)), 21)  # b and c were never sent
+        finally:
+            fake.kill()
+            fake.wait()
+
+    def test_ctrl_c_at_a_terminal_cancels_the_reply_then_quits(self):
+        fake, port = start_fake()
+        master, slave = pty.openpty()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                script(port, [{"hang_ms": 20000}, {"text": "back"}])
+                p = subprocess.Popen(self.chat_setup(tmp, port), stdin=slave, stdout=slave, stderr=slave,
+                                     start_new_session=True)
+                try:
+                    os.write(master, b"slow one\n")
+                    self.wait_requests(port, 1)
+                    p.send_signal(signal.SIGINT)  # what Ctrl-C does
+                    out = b""
+                    while b"[cancelled]" not in out or not out.rstrip().endswith(b"kate>"):
+                        out += os.read(master, 4096)
+                    os.write(master, b"again\n")
+                    while b"back" not in out:
+                        out += os.read(master, 4096)
+                    self.assertIsNone(p.poll())
+                    p.send_signal(signal.SIGINT)  # at the prompt: the end
+                    self.assertEqual(p.wait(timeout=10), 0)
+                finally:
+                    p.kill()
+                    p.wait()
+                self.assertEqual(self.sent(port), ["slow one", "again"])
+        finally:
+            os.close(master)
+            os.close(slave)
+            fake.kill()
+            fake.wait()
+
+    def test_chat_starts_the_mcp_servers_of_mcp_yaml(self):
+        """The agent's MCP tools work in chat as in the daemon."""
+        server = os.path.join(PEERS, "node_modules", ".bin", "mcp-server-everything")
+        self.assertTrue(os.path.exists(server), "run scripts/install-npm-peers.sh")
+        fake, port = start_fake()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = self.chat_setup(tmp, port)
+                cfg = cmd[cmd.index("--config") + 1]
+                write_config(cfg, {
+                    "mcp.yaml": "mcp:\n  enabled: true\n  servers:\n"
+                                "    everything: {transport: stdio, command: %s, args: [stdio]}\n" % server,
+                    "agents.yaml": "agents:\n  - {id: kate, model: {provider: anthropic, model: m},"
+                                   " allowed_tools: [\"mcp_everything_*\"]}\n"})
+                cmd[-1] = "info"  # --log-level: the line that says the tools are registered
+                script(port, [{"tool_use": {"name": "mcp_everything_get-sum", "input": {"a": 2, "b": 40}}},
+                              {"text": "it is 42"}])
+                p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+                try:
+                    for line in p.stderr:
+                        if "server everything:" in line and "tools registered" in line:
+                            break
+                    out, _ = p.communicate("2+40?\n", timeout=60)
+                finally:
+                    p.kill()
+                    p.wait()
+                self.assertEqual((p.returncode, out.strip()), (0, "it is 42"))
+                reqs = json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % port).read())
+                result = reqs[1]["body"]["messages"][-1]["content"][0]
+                self.assertEqual(result["type"], "tool_result")
+                self.assertIn("42", result["content"])
         finally:
             fake.kill()
             fake.wait()
