@@ -49,6 +49,11 @@ static int make_providers(struct nx_agents *a, struct generation *g)
         }
         struct nx_breaker_conf bc;
         breaker_conf(llm, pc, &bc);
+        const char *mode = json_string_value(json_object_get(pc->auth, "mode"));
+        if ((!pc->api_key || !*pc->api_key) && mode && strcmp(mode, "api_key") != 0 &&
+            strcmp(mode, "static") != 0) /* nexo-rs's OAuth bundles and setup tokens */
+            nx_warn("agent", "provider \"%s\": auth mode \"%s\" is not supported; set api_key",
+                    pc->name, mode);
         struct nx_llm_provider_conf c = {
             .name = pc->name,
             .kind = kind_name(pc->kind),
@@ -96,7 +101,7 @@ static struct nx_llm_provider *usable_provider(const struct generation *g, const
     if (!pc)
         return NULL;
     if ((!pc->api_key || !*pc->api_key) &&
-        (pc->kind == NX_PROVIDER_ANTHROPIC || !pc->base_url || !*pc->base_url))
+        (pc->kind == NX_PROVIDER_ANTHROPIC || !pc->base_url || !*pc->base_url || pc->is_known_base))
         return NULL;
     return gen_provider(g, name);
 }

@@ -30,16 +30,60 @@ static const struct nx_conf_field prov_rate_fields[] = {
 };
 static const struct nx_conf_struct prov_rate = {.name = "\"rate_limit\"", .fields = prov_rate_fields};
 
-/* Fills what the name implies: kind (anthropic for "anthropic", OpenAI-compatible otherwise). */
+/* The endpoints of the providers nexo-rs knows by name, used when base_url is absent or empty
+ * (nexo-rs: "empty => provider default"). Gemini and MiniMax through their OpenAI-compatible
+ * endpoints; MiniMax's Anthropic-compatible one with api_flavor anthropic_messages. */
+static const struct {
+    const char *name;
+    int kind;
+    const char *base_url;
+} known_bases[] = {
+    {"anthropic", NX_PROVIDER_ANTHROPIC, "https://api.anthropic.com"},
+    {"openai", NX_PROVIDER_OPENAI, "https://api.openai.com/v1"},
+    {"deepseek", NX_PROVIDER_OPENAI, "https://api.deepseek.com/v1"},
+    {"gemini", NX_PROVIDER_OPENAI, "https://generativelanguage.googleapis.com/v1beta/openai"},
+    {"minimax", NX_PROVIDER_OPENAI, "https://api.minimax.io/v1"},
+    {"minimax", NX_PROVIDER_ANTHROPIC, "https://api.minimax.io/anthropic"},
+};
+
+#define GEMINI_NATIVE "https://generativelanguage.googleapis.com/v1beta"
+
+/* Fills what the name implies: the kind (anthropic for "anthropic" or api_flavor
+ * anthropic_messages, OpenAI-compatible otherwise) and, for the names above, the base URL. A
+ * provider of another name must say where it is: its key is never sent to a guessed vendor. */
 static void check_provider(struct nx_conf_ctx *ctx, const struct nx_cnode *node, void *obj)
 {
     P *p = obj;
-    NX_UNUSED(ctx);
-    NX_UNUSED(node);
+    bool is_anthropic_flavor = p->api_flavor && strcmp(p->api_flavor, "anthropic_messages") == 0;
+
     if (p->kind < 0)
-        p->kind = strcmp(p->name, "anthropic") == 0 ? NX_PROVIDER_ANTHROPIC : NX_PROVIDER_OPENAI;
+        p->kind = strcmp(p->name, "anthropic") == 0 || is_anthropic_flavor ? NX_PROVIDER_ANTHROPIC
+                                                                          : NX_PROVIDER_OPENAI;
+    else if (is_anthropic_flavor && p->kind != NX_PROVIDER_ANTHROPIC)
+        nx_conf_error(ctx, nx_cnode_get(node, "api_flavor"),
+                      "provider %s: api_flavor anthropic_messages speaks the Anthropic API; it needs "
+                      "kind: anthropic", p->name);
     if (!p->api_key)
         p->api_key = nx_strdup("");
+    if (p->base_url && !*p->base_url) {
+        free(p->base_url);
+        p->base_url = NULL;
+    }
+    if (p->base_url && strcmp(p->name, "gemini") == 0 && p->kind == NX_PROVIDER_OPENAI &&
+        (!strcmp(p->base_url, GEMINI_NATIVE) || !strcmp(p->base_url, GEMINI_NATIVE "/"))) {
+        free(p->base_url); /* nexo-rs's native base: nexo speaks its OpenAI-compatible endpoint */
+        p->base_url = NULL;
+    }
+    for (size_t i = 0; !p->base_url && i < NX_ARRAY_LEN(known_bases); i++)
+        if (strcmp(known_bases[i].name, p->name) == 0 && known_bases[i].kind == p->kind) {
+            p->base_url = nx_strdup(known_bases[i].base_url);
+            p->is_known_base = true;
+        }
+    if (!p->base_url && !nx_cnode_get(node, "kind"))
+        nx_conf_error(ctx, node,
+                      "provider %s: base_url is required (nexo knows the endpoints of anthropic, "
+                      "openai, deepseek, gemini and minimax by name; for another name set base_url, "
+                      "or kind for that API's own endpoint)", p->name);
 }
 
 /* circuit_breaker, per provider (0 = the top-level value) and at the top level (defaults). */

@@ -107,6 +107,7 @@ struct nx_provider_conf {
     int kind;      /* enum nx_provider_kind; from `kind`, else from the name */
     char *api_key; /* "" when unset */
     char *base_url; /* NULL = the kind's default */
+    bool is_known_base; /* base_url is the public endpoint nexo knows for this name */
     struct {
         double requests_per_second; /* default 2.0 */
         uint64_t quota_alert_threshold; /* 0 = none */

@@ -460,6 +460,59 @@ static void test_config_snapshot_is_reference_counted(void **state)
     nx_diags_cleanup(&d);
 }
 
+/* nexo-rs's provider names get their own endpoints (an empty base_url means "the provider's
+ * default" there); another name must say where it is, so that a key never goes to a guessed
+ * vendor. */
+static void test_config_provider_endpoints_by_name(void **state)
+{
+    (void)state;
+    static const char good[] =
+        "providers:\n"
+        "  deepseek: {api_key: k1, base_url: \"\"}\n"
+        "  gemini: {api_key: k2, base_url: https://generativelanguage.googleapis.com/v1beta}\n"
+        "  minimax: {api_key: k3, api_flavor: anthropic_messages}\n"
+        "  openai: {api_key: \"\"}\n"
+        "  mine: {kind: openai, api_key: k4}\n"
+        "  ollama: {api_key: \"\", base_url: \"http://127.0.0.1:11434/v1\"}\n";
+    static const struct {
+        const char *name, *base;
+        int kind;
+    } want[] = {
+        {"deepseek", "https://api.deepseek.com/v1", NX_PROVIDER_OPENAI},
+        {"gemini", "https://generativelanguage.googleapis.com/v1beta/openai", NX_PROVIDER_OPENAI},
+        {"minimax", "https://api.minimax.io/anthropic", NX_PROVIDER_ANTHROPIC},
+        {"openai", "https://api.openai.com/v1", NX_PROVIDER_OPENAI},
+        {"mine", NULL, NX_PROVIDER_OPENAI}, /* the kind's own endpoint, api.openai.com */
+        {"ollama", "http://127.0.0.1:11434/v1", NX_PROVIDER_OPENAI},
+    };
+    struct nx_diags d;
+    struct nx_config *c = NULL;
+
+    nx_diags_init(&d);
+    assert_int_equal(nx_config_load_mem(NULL, "llm.yaml", good, strlen(good), &c, &d), 0);
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        const struct nx_provider_conf *p = nx_config_provider(c, want[i].name);
+        assert_non_null(p);
+        assert_int_equal(p->kind, want[i].kind);
+        if (want[i].base)
+            assert_string_equal(p->base_url, want[i].base);
+        else
+            assert_null(p->base_url);
+    }
+    nx_config_unref(c);
+    c = NULL;
+
+    static const char bad[] = "providers:\n"
+                              "  mine: {api_key: k}\n"
+                              "  minimax: {kind: openai, api_key: k, api_flavor: anthropic_messages}\n";
+    assert_int_equal(nx_config_load_mem(NULL, "llm.yaml", bad, strlen(bad), &c, &d), NX_ECONFIG);
+    char *got = printed(&d, NULL);
+    assert_non_null(strstr(got, "llm.yaml:2:9: provider mine: base_url is required"));
+    assert_non_null(strstr(got, "llm.yaml:3:51: provider minimax: api_flavor anthropic_messages speaks"));
+    free(got);
+    nx_diags_cleanup(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -470,6 +523,7 @@ int main(void)
         cmocka_unit_test(test_config_substituted_secret_never_in_a_diagnostic),
         cmocka_unit_test(test_config_missing_dir_is_an_error),
         cmocka_unit_test(test_config_snapshot_is_reference_counted),
+        cmocka_unit_test(test_config_provider_endpoints_by_name),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
