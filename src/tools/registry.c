@@ -1,3 +1,4 @@
+#include <fnmatch.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,15 +144,8 @@ bool nx_tool_allowed(const char *name, const char *const *allowed_globs)
     if (!allowed_globs || !allowed_globs[0])
         return true;
     for (size_t i = 0; allowed_globs[i]; i++) {
-        const char *g = allowed_globs[i];
-        size_t n = strlen(g);
-
-        if (n > 0 && g[n - 1] == '*') {
-            if (strncmp(name, g, n - 1) == 0)
-                return true;
-        } else if (strcmp(name, g) == 0) {
+        if (fnmatch(allowed_globs[i], name, 0) == 0) /* shell globs: *, ?, [...] anywhere */
             return true;
-        }
     }
     return false;
 }

@@ -186,6 +186,13 @@ static void test_manifest_filters_by_globs(void **state)
     assert_true(nx_tool_allowed("file_read", only_files));
     assert_false(nx_tool_allowed("file", only_files)); /* "file_*" needs the underscore */
     assert_false(nx_tool_allowed("time_now_x", exact));
+    /* globs as a shell has them, not only a trailing "*" */
+    static const char *const globs[] = {"mcp_*_search", "file_[rw]*", "time_no?", NULL};
+    assert_true(nx_tool_allowed("mcp_github_search", globs));
+    assert_false(nx_tool_allowed("mcp_github_create", globs));
+    assert_true(nx_tool_allowed("file_write", globs));
+    assert_false(nx_tool_allowed("file_list", globs));
+    assert_true(nx_tool_allowed("time_now", globs));
 }
 
 static void test_invoke_unknown_tool(void **state)
