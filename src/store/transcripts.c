@@ -599,18 +599,28 @@ static int cli_usage_error(const char *msg, const char *arg)
     return NX_EXIT_USAGE;
 }
 
-/* One line per hit; control characters in the snippet (newlines) become spaces. */
+/* A field of a hit for the terminal: control characters (newlines, escape sequences a remote
+ * user could put in a session name or a message) become spaces. */
+static void put_printable(struct nx_buf *b, const json_t *row, const char *key)
+{
+    const char *v = json_string_value(json_object_get(row, key));
+
+    for (const char *p = v ? v : ""; *p; p++)
+        nx_buf_putc(b, (unsigned char)*p < 0x20 || *p == 0x7f ? ' ' : *p);
+}
+
+/* One line per hit. */
 static void print_hit(const json_t *row)
 {
-    const char *snip = json_string_value(json_object_get(row, "snippet"));
+    static const char *const fields[] = {"timestamp", "agent_id", "session_key", "role", "snippet"};
+    static const char *const after[] = {" ", " ", " ", ": ", "\n"};
     struct nx_buf b = NX_BUF_INIT;
 
-    for (const char *p = snip ? snip : ""; *p; p++)
-        nx_buf_putc(&b, (unsigned char)*p < 0x20 || *p == 0x7f ? ' ' : *p);
-    printf("%s %s %s %s: %s\n", json_string_value(json_object_get(row, "timestamp")),
-           json_string_value(json_object_get(row, "agent_id")),
-           json_string_value(json_object_get(row, "session_key")),
-           json_string_value(json_object_get(row, "role")), nx_buf_cstr(&b));
+    for (size_t i = 0; i < NX_ARRAY_LEN(fields); i++) {
+        put_printable(&b, row, fields[i]);
+        nx_buf_puts(&b, after[i]);
+    }
+    fputs(nx_buf_cstr(&b), stdout);
     nx_buf_cleanup(&b);
 }
 

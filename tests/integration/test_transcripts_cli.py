@@ -18,6 +18,7 @@ TOKEN = "nexo-transcripts-test-token"
 SECRET = "sk-ant-api03-" + "Q7vR2mX9kL4pW8nB3cT6yH1jF5dG0sA2eZ4uI7oP"
 BEARER = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.TopSecretSignature123"
 EVIL_PEER = "../../etc/x:y"
+ESCAPING_PEER = "tty\x1b]0;pwn\x07\nFAKE LINE"  # a terminal title escape and a forged line
 
 
 def encode(name):
@@ -54,6 +55,8 @@ class Transcripts(unittest.TestCase):
             cls.chat("kate", "alice", "my key is %s and the header is Bearer %s; where is the pineapple?"
                      % (SECRET, BEARER), "the pineapple is in the fridge")
             cls.chat("ops", EVIL_PEER, "deploy the walrus service", "walrus deployed to staging")
+            cls.chat("kate", ESCAPING_PEER, "the elephant is grey", "grey elephant noted")
+            cls.wait_for_hits("elephant", 2)
             cls.wait_for_hits("walrus", 2)
             cls.wait_for_hits("pineapple", 2)
         except BaseException:
@@ -159,6 +162,13 @@ class Transcripts(unittest.TestCase):
             self.assertIn(" %s " % key, line)
             self.assertIn("[walrus]", line)
         self.assertEqual(sorted(line.split(" ")[3] for line in lines), ["assistant:", "user:"])
+
+    def test_search_output_has_no_control_characters(self):
+        r = self.search("elephant")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(r.stdout.splitlines()), 2, r.stdout)
+        self.assertFalse(any(ord(c) < 0x20 and c != "\n" for c in r.stdout), repr(r.stdout))
+        self.assertIn(" agent:kate:http:tty ]0;pwn  FAKE LINE ", r.stdout)
 
     def test_agent_filter_json_and_limit(self):
         r = self.search("pineapple OR walrus", "--agent", "kate", "--json")
