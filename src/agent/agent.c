@@ -5,6 +5,7 @@
 
 #include "agent/agent_internal.h"
 #include "core/alloc.h"
+#include "core/buf.h"
 #include "core/error.h"
 #include "core/log.h"
 
@@ -106,6 +107,29 @@ static struct nx_llm_provider *usable_provider(const struct generation *g, const
     return gen_provider(g, name);
 }
 
+/* Why an agent configured in llm.yaml has no provider it can use (the embedded default's own
+ * message says which environment variables to set). */
+static char *no_target_why(const struct generation *g, const struct nx_agent_conf *ac)
+{
+    const struct nx_provider_conf *pc = nx_config_provider(g->cfg, ac->model.provider);
+    struct nx_buf b = NX_BUF_INIT;
+
+    if (!nx_config_dir(g->cfg))
+        return NULL;
+    nx_buf_printf(&b, "no usable LLM provider for agent \"%s\": ", ac->id);
+    if (!pc)
+        nx_buf_printf(&b, "provider \"%s\" is not in llm.yaml", ac->model.provider);
+    else if (!pc->api_key || !*pc->api_key)
+        nx_buf_printf(&b, "provider \"%s\" has no api_key: set it in llm.yaml (e.g. api_key: "
+                          "\"${%s}\") and the variable it names", pc->name,
+                      pc->kind == NX_PROVIDER_ANTHROPIC ? "ANTHROPIC_API_KEY" : "OPENAI_API_KEY");
+    else
+        nx_buf_printf(&b, "provider \"%s\" could not be set up (see the log)", pc->name);
+    if (ac->model.n_fallbacks)
+        nx_buf_puts(&b, ", nor any of its fallbacks");
+    return nx_buf_steal(&b);
+}
+
 static void build_agent(struct generation *g, struct agent_rt *rt, const struct nx_agent_conf *ac)
 {
     rt->conf = ac;
@@ -122,6 +146,8 @@ static void build_agent(struct generation *g, struct agent_rt *rt, const struct 
         rt->targets[rt->ntargets].provider = p;
         rt->targets[rt->ntargets++].model = ac->model.fallbacks[i].model;
     }
+    if (!rt->ntargets)
+        rt->no_target_why = no_target_why(g, ac);
     rt->allowed_tools = (const char *const *)ac->allowed_tools;
     rt->http_allowlist = (const char *const *)nx_strlistmap_get(&ac->outbound_allowlist, "http");
     rt->workspace = resolve_workspace(g->cfg, ac->workspace);
@@ -162,6 +188,7 @@ void gen_unref(struct generation *g)
             json_decref(g->agents[i].tools_memo->tools);
         free(g->agents[i].tools_memo);
         free(g->agents[i].system_prompt);
+        free(g->agents[i].no_target_why);
     }
     free(g->agents);
     for (size_t i = 0; i < g->nproviders; i++)

@@ -16,6 +16,7 @@ struct agent_rt {
     const char *const *http_allowlist;  /* outbound_allowlist.http, or NULL */
     char *workspace;                    /* absolute, or NULL */
     char *system_prompt;
+    char *no_target_why;                /* with no targets: what to tell the user, or NULL */
     struct ws_cache *ws;                /* identity files of the workspace, or NULL */
     struct tools_memo {                 /* the tool manifest, rebuilt when the registry changes */
         json_t *tools;

@@ -425,8 +425,9 @@ static void call_model(struct nx_turn *t)
     const struct agent_rt *ag = t->agent;
     if (ag->ntargets == 0) {
         set_error(t, "configuration_error",
-                  "no usable LLM provider for this agent: set ANTHROPIC_API_KEY or OPENAI_API_KEY, "
-                  "or configure llm.yaml and the agent's model");
+                  ag->no_target_why ? ag->no_target_why
+                                    : "no usable LLM provider for this agent: set ANTHROPIC_API_KEY or "
+                                      "OPENAI_API_KEY, or configure llm.yaml and the agent's model");
         finish(t, NX_ECONFIG);
         return;
     }

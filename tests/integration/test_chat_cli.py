@@ -186,6 +186,18 @@ class ChatCli(unittest.TestCase):
             fake.kill()
             fake.wait()
 
+    def test_a_provider_without_a_key_is_named(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = write_config(os.path.join(tmp, "config"), {
+                "llm.yaml": "providers:\n  anthropic: {api_key: \"\"}\n",
+                "agents.yaml": "agents:\n  - {id: kate, model: {provider: anthropic, model: m}}\n"})
+            r = subprocess.run([NEXO_BIN, "chat", "--config", cfg, "--data", os.path.join(tmp, "data"),
+                                "--log-level", "warn"], input="hi\n", capture_output=True, text=True,
+                               timeout=30)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn('no usable LLM provider for agent "kate": provider "anthropic" has no api_key',
+                          r.stdout)
+
     def test_embedded_default_agent_from_the_environment(self):
         fake, port = start_fake()
         try:
