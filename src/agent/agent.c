@@ -1,9 +1,11 @@
 /* The agent registry: one generation per configuration snapshot, with its providers. */
+#include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "agent/agent_internal.h"
+#include "channels/media.h"
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/error.h"
@@ -89,8 +91,15 @@ static char *resolve_workspace(const struct nx_config *cfg, const char *ws)
     else
         snprintf(path, sizeof path, "%s/%s", dir, ws);
     char *real = realpath(path, NULL);
+    int err = errno;
+    if (!real && err == ENOENT && nx_media_mkdirs(path) == 0) { /* a new agent's: made, 0700 */
+        real = realpath(path, NULL);
+        err = errno;
+        nx_info("agent", "workspace %s created", path);
+    }
     if (!real)
-        nx_warn("agent", "workspace %s does not exist: file tools are disabled", path);
+        nx_warn("agent", "workspace %s cannot be used (%s): file tools are disabled", path,
+                strerror(err));
     return real;
 }
 

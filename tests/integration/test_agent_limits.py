@@ -23,6 +23,9 @@ agents:
     model: {provider: anthropic, model: claude-haiku-4-5}
     system_prompt: You are Kate.
     workspace: ws
+  - id: fresh
+    model: {provider: anthropic, model: claude-haiku-4-5}
+    workspace: not-there-yet/ws
   - id: brk
     model:
       provider: flaky
@@ -90,6 +93,11 @@ class Limits(FakePeers, unittest.TestCase):
         return s if isinstance(s, str) else "".join(b["text"] for b in s)
 
     # --- daily token budget ---
+    def test_a_workspace_that_does_not_exist_is_created(self):
+        ws = os.path.join(self.cfg.name, "not-there-yet", "ws")
+        self.assertTrue(os.path.isdir(ws))
+        self.assertEqual(os.stat(ws).st_mode & 0o777, 0o700)
+
     def test_daily_token_budget(self):
         self.assertRegex(self.metrics(), r'nexo_agent_tokens_budget_remaining\{agent="thrifty"\} 1000')
         script(self.fport, [{"text": "spent", "usage": {"input_tokens": 700, "output_tokens": 400}}])
