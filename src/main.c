@@ -95,8 +95,9 @@ static const char usage_chat[] =
     "\n"
     "A terminal conversation with an agent (default: the first configured), in the persistent\n"
     "session agent:<ID>:cli:<NAME> (default NAME \"terminal\"). Replies stream as they come.\n"
-    "Ctrl-C cancels the reply being written; Ctrl-C at the prompt or Ctrl-D quits. Reads lines\n"
-    "from standard input when it is not a terminal.\n";
+    "Ctrl-C cancels the reply being written; Ctrl-C at the prompt, Ctrl-D or SIGTERM quits.\n"
+    "Reads one message a line from standard input when it is a pipe or a file, each sent once\n"
+    "the one before is answered. Logs warnings and errors only, unless --log-level says more.\n";
 
 static const char usage_mcp_server[] =
     "Usage: nexo mcp-server [--agent ID] [--config DIR] [--data DIR] [--log-level LEVEL]\n"
@@ -430,8 +431,11 @@ int main(int argc, char **argv)
         return nx_cmd_dlq(c.sub_argc, c.sub_argv, data_dir);
     if (strcmp(c.command, "pairing") == 0)
         return nx_cmd_pairing(c.sub_argc, c.sub_argv, data_dir);
-    if (strcmp(c.command, "chat") == 0)
+    if (strcmp(c.command, "chat") == 0) {
+        if (!c.run.has_log_level) /* the conversation, not start-up lines, on the terminal */
+            nx_log_set_level(NX_LOG_WARN);
         return nx_chat_run(&c.run, c.agent, c.session);
+    }
     if (strcmp(c.command, "mcp-server") == 0) {
         struct nx_mcp_stdio_opts mo = {.config_dir = config_dir, .data_dir = data_dir, .agent_id = c.agent};
         return nx_mcp_stdio_run(&mo);
