@@ -343,7 +343,7 @@ static int load(struct loader *L, struct nx_config **out)
     load_file(L, "gateway.yaml", &nx_conf_gateway_file, &c->gateway, NULL, NULL);
     load_file(L, "llm.yaml", &nx_conf_llm_file, &c->llm, default_llm, &llm_ok);
     L->state.llm = &c->llm;
-    L->state.providers_known = llm_ok && c->llm.n_providers > 0;
+    L->state.providers_known = llm_ok; /* (an empty map too: then no agent can answer) */
     load_file(L, "broker.yaml", &nx_conf_broker_file, &c->broker, NULL, NULL);
     load_file(L, "memory.yaml", &nx_conf_memory_file, &c->memory, NULL, NULL);
     load_file(L, "mcp.yaml", &nx_conf_mcp_file, &c->mcp, NULL, NULL);

@@ -135,8 +135,8 @@ class ChatCli(unittest.TestCase):
                     while b"[cancelled]" not in out or not out.rstrip().endswith(b"kate>"):
                         out += os.read(master, 4096)
                     os.write(master, b"again\n")
-                    while b"back" not in out:
-                        out += os.read(master, 4096)
+                    while b"back" not in out or not out.rstrip().endswith(b"kate>"):
+                        out += os.read(master, 4096)  # answered, and at the prompt again
                     self.assertIsNone(p.poll())
                     p.send_signal(signal.SIGINT)  # at the prompt: the end
                     self.assertEqual(p.wait(timeout=10), 0)
