@@ -210,31 +210,40 @@ static bool starts_ci(const char *in, size_t len, size_t i, const char *w)
 
 /* Tokens known by their prefix (case-sensitive): at least `min` characters in all, of
  * [A-Za-z0-9_] and, when `dash`, '-'. */
+#define TP(p, min, dash) {p, sizeof p - 1, min, dash}
 static const struct {
     const char *prefix;
-    unsigned min;
+    unsigned char len;
+    unsigned char min;
     bool dash;
 } token_prefixes[] = {
-    {"ghp_", 36, false},     {"gho_", 36, false},     {"ghu_", 36, false},  /* GitHub */
-    {"ghs_", 36, false},     {"ghr_", 36, false},     {"github_pat_", 40, false},
-    {"glpat-", 26, true},                                                   /* GitLab */
-    {"xoxb-", 24, true},     {"xoxp-", 24, true},     {"xoxa-", 24, true},  /* Slack */
-    {"xoxr-", 24, true},     {"xoxs-", 24, true},     {"xapp-", 24, true},
-    {"sk_live_", 24, false}, {"sk_test_", 24, false}, {"rk_live_", 24, false}, /* Stripe */
-    {"rk_test_", 24, false}, {"whsec_", 24, false},
-    {"AIza", 39, true},                                                     /* Google */
-    {"hf_", 30, false},                                                     /* Hugging Face */
-    {"gsk_", 40, false},                                                    /* Groq */
-    {"pplx-", 40, true},                                                    /* Perplexity */
-    {"r8_", 36, false},                                                     /* Replicate */
-    {"npm_", 36, false},     {"pypi-", 40, true},     {"shpat_", 36, false},
+    TP("ghp_", 36, false),     TP("gho_", 36, false),     TP("ghu_", 36, false),  /* GitHub */
+    TP("ghs_", 36, false),     TP("ghr_", 36, false),     TP("github_pat_", 40, false),
+    TP("glpat-", 26, true),                                                   /* GitLab */
+    TP("xoxb-", 24, true),     TP("xoxp-", 24, true),     TP("xoxa-", 24, true),  /* Slack */
+    TP("xoxr-", 24, true),     TP("xoxs-", 24, true),     TP("xapp-", 24, true),
+    TP("sk_live_", 24, false), TP("sk_test_", 24, false), TP("rk_live_", 24, false), /* Stripe */
+    TP("rk_test_", 24, false), TP("whsec_", 24, false),
+    TP("AIza", 39, true),                                                     /* Google */
+    TP("hf_", 30, false),                                                     /* Hugging Face */
+    TP("gsk_", 40, false),                                                    /* Groq */
+    TP("pplx-", 40, true),                                                    /* Perplexity */
+    TP("r8_", 36, false),                                                     /* Replicate */
+    TP("npm_", 36, false),     TP("pypi-", 40, true),     TP("shpat_", 36, false),
 };
 
 static size_t match_prefixed_token(const char *in, size_t len, size_t i)
 {
+    switch (in[i]) { /* the prefixes' first letters: most words stop here */
+    case 'A': case 'g': case 'h': case 'n': case 'p': case 'r': case 's': case 'w': case 'x':
+        break;
+    default:
+        return 0;
+    }
     for (size_t k = 0; k < NX_ARRAY_LEN(token_prefixes); k++) {
-        size_t n = strlen(token_prefixes[k].prefix), j = i + n;
-        if (len - i < token_prefixes[k].min || memcmp(in + i, token_prefixes[k].prefix, n) != 0)
+        size_t n = token_prefixes[k].len, j = i + n;
+        if (token_prefixes[k].prefix[0] != in[i] || len - i < token_prefixes[k].min ||
+            memcmp(in + i, token_prefixes[k].prefix, n) != 0)
             continue;
         while (j < len && (is_word(in[j]) || (token_prefixes[k].dash && in[j] == '-')))
             j++;
@@ -364,35 +373,38 @@ enum {
 
 struct secret_key {
     const char *name; /* lowercase */
+    size_t len;
     int flags;
 };
+#define SK(name, flags) {name, sizeof name - 1, flags}
 
 /* Whole key names. */
 static const struct secret_key secret_keys[] = {
-    {"authorization", KEY_SCHEME},
-    {"proxy-authorization", KEY_SCHEME},
-    {"cookie", KEY_LINE},
-    {"set-cookie", KEY_LINE},
-    {"apikey", 0},
-    {"secret", 0},
-    {"password", 0},
-    {"passwd", 0},
-    {"passphrase", 0},
-    {"token", KEY_URL_ONLY},
-    {"key", KEY_URL_ONLY},
-    {"sig", KEY_URL_ONLY},
-    {"signature", KEY_URL_ONLY},
-    {"x-amz-signature", KEY_URL_ONLY},
-    {"x-amz-credential", KEY_URL_ONLY},
+    SK("authorization", KEY_SCHEME),
+    SK("proxy-authorization", KEY_SCHEME),
+    SK("cookie", KEY_LINE),
+    SK("set-cookie", KEY_LINE),
+    SK("apikey", 0),
+    SK("secret", 0),
+    SK("password", 0),
+    SK("passwd", 0),
+    SK("passphrase", 0),
+    SK("token", KEY_URL_ONLY),
+    SK("key", KEY_URL_ONLY),
+    SK("sig", KEY_URL_ONLY),
+    SK("signature", KEY_URL_ONLY),
+    SK("x-amz-signature", KEY_URL_ONLY),
+    SK("x-amz-credential", KEY_URL_ONLY),
 };
 
 /* Endings of key names: auth_token, x-auth-token, bot_token, client_secret, app_secret,
  * db_password, OPENAI_API_KEY, x-api-key, aws_secret_access_key, private_key... ("max_tokens"
  * and "token_count" are not secrets and do not end so). */
-static const char *const secret_key_ends[] = {
-    "_token", "-token", "_secret", "-secret", "_password", "-password", "_passwd",
-    "api_key", "api-key", "apikey", "private_key", "private-key", "secret_key", "access_key",
-    "signing_key",
+static const struct secret_key secret_key_ends[] = {
+    SK("_token", 0),      SK("-token", 0),      SK("_secret", 0),     SK("-secret", 0),
+    SK("_password", 0),   SK("-password", 0),   SK("_passwd", 0),     SK("api_key", 0),
+    SK("api-key", 0),     SK("apikey", 0),      SK("private_key", 0), SK("private-key", 0),
+    SK("secret_key", 0),  SK("access_key", 0),  SK("signing_key", 0),
 };
 
 static bool is_key_char(char c)
@@ -400,10 +412,16 @@ static bool is_key_char(char c)
     return is_word(c) || c == '-';
 }
 
-static bool ends_ci(const char *in, size_t n, const char *w)
+/* Case-insensitive: is in[0, n) exactly the lowercase word w (m bytes)? */
+static bool equals_ci(const char *in, size_t n, const char *w, size_t m)
 {
-    size_t m = strlen(w);
-    return n >= m && starts_ci(in + n - m, m, 0, w);
+    if (n != m)
+        return false;
+    for (size_t k = 0; k < m; k++) {
+        if (lower(in[k]) != w[k])
+            return false;
+    }
+    return true;
 }
 
 /* The secret key name in[0, n), if it is one: its flags, or -1. */
@@ -411,11 +429,12 @@ static int secret_key_flags(const char *in, size_t n, bool after_query)
 {
     for (size_t k = 0; k < NX_ARRAY_LEN(secret_keys); k++) {
         const struct secret_key *sk = &secret_keys[k];
-        if (strlen(sk->name) == n && starts_ci(in, n, 0, sk->name))
+        if (equals_ci(in, n, sk->name, sk->len))
             return (sk->flags & KEY_URL_ONLY) && !after_query ? -1 : sk->flags;
     }
     for (size_t k = 0; k < NX_ARRAY_LEN(secret_key_ends); k++) {
-        if (ends_ci(in, n, secret_key_ends[k]))
+        const struct secret_key *e = &secret_key_ends[k];
+        if (n >= e->len && equals_ci(in + n - e->len, e->len, e->name, e->len))
             return 0;
     }
     return -1;
