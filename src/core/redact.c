@@ -19,6 +19,7 @@
 #define MIN_BEARER_TOKEN 8 /* "the bearer of bad news" keeps its words */
 #define MIN_SK_BODY 16
 #define MIN_HEX_RUN 32
+#define MAX_KEY_NAME 64 /* longer runs of key characters are not looked up */
 
 /* ---- configured patterns ---- */
 
@@ -208,29 +209,43 @@ static bool starts_ci(const char *in, size_t len, size_t i, const char *w)
 
 /* ---- matchers: each returns the end of what it consumed (> i) after appending, or 0 ---- */
 
-/* Tokens known by their prefix (case-sensitive): at least `min` characters in all, of
- * [A-Za-z0-9_] and, when `dash`, '-'. */
-#define TP(p, min, dash) {p, sizeof p - 1, min, dash}
+/* Tokens known by their prefix (case-sensitive): at least `min` characters in all, the rest of
+ * [A-Za-z0-9] (ALNUM: identifiers such as hf_hub_download stop at their '_'), of [A-Za-z0-9_]
+ * (WORD) or of [A-Za-z0-9_-] (DASH). */
+enum { ALNUM, WORD, DASH };
+#define TP(p, min, set) {p, sizeof p - 1, min, set}
 static const struct {
     const char *prefix;
     unsigned char len;
     unsigned char min;
-    bool dash;
+    unsigned char set;
 } token_prefixes[] = {
-    TP("ghp_", 36, false),     TP("gho_", 36, false),     TP("ghu_", 36, false),  /* GitHub */
-    TP("ghs_", 36, false),     TP("ghr_", 36, false),     TP("github_pat_", 40, false),
-    TP("glpat-", 26, true),                                                   /* GitLab */
-    TP("xoxb-", 24, true),     TP("xoxp-", 24, true),     TP("xoxa-", 24, true),  /* Slack */
-    TP("xoxr-", 24, true),     TP("xoxs-", 24, true),     TP("xapp-", 24, true),
-    TP("sk_live_", 24, false), TP("sk_test_", 24, false), TP("rk_live_", 24, false), /* Stripe */
-    TP("rk_test_", 24, false), TP("whsec_", 24, false),
-    TP("AIza", 39, true),                                                     /* Google */
-    TP("hf_", 30, false),                                                     /* Hugging Face */
-    TP("gsk_", 40, false),                                                    /* Groq */
-    TP("pplx-", 40, true),                                                    /* Perplexity */
-    TP("r8_", 36, false),                                                     /* Replicate */
-    TP("npm_", 36, false),     TP("pypi-", 40, true),     TP("shpat_", 36, false),
+    TP("ghp_", 36, ALNUM),     TP("gho_", 36, ALNUM),     TP("ghu_", 36, ALNUM),  /* GitHub */
+    TP("ghs_", 36, ALNUM),     TP("ghr_", 36, ALNUM),     TP("github_pat_", 40, WORD),
+    TP("glpat-", 26, DASH),                                                   /* GitLab */
+    TP("xoxb-", 24, DASH),     TP("xoxp-", 24, DASH),     TP("xoxa-", 24, DASH),  /* Slack */
+    TP("xoxr-", 24, DASH),     TP("xoxs-", 24, DASH),     TP("xapp-", 24, DASH),
+    TP("sk_live_", 24, ALNUM), TP("sk_test_", 24, ALNUM), TP("rk_live_", 24, ALNUM), /* Stripe */
+    TP("rk_test_", 24, ALNUM), TP("whsec_", 24, ALNUM),
+    TP("AIza", 39, DASH),                                                     /* Google */
+    TP("hf_", 30, ALNUM),                                                     /* Hugging Face */
+    TP("gsk_", 40, ALNUM),                                                    /* Groq */
+    TP("pplx-", 40, ALNUM),                                                   /* Perplexity */
+    TP("r8_", 36, ALNUM),                                                     /* Replicate */
+    TP("npm_", 36, ALNUM),     TP("pypi-", 40, DASH),     TP("shpat_", 36, ALNUM),
 };
+
+static bool in_set(char c, unsigned set)
+{
+    return is_alpha(c) || is_digit(c) || (set != ALNUM && c == '_') || (set == DASH && c == '-');
+}
+
+/* Inside a run such as a-b-c-…, a word start after a '-' is not where these tokens begin: each
+ * would otherwise scan the rest of the run again (quadratic on long base64url). */
+static bool after_dash(const char *in, size_t i)
+{
+    return i > 0 && in[i - 1] == '-';
+}
 
 static size_t match_prefixed_token(const char *in, size_t len, size_t i)
 {
@@ -240,12 +255,14 @@ static size_t match_prefixed_token(const char *in, size_t len, size_t i)
     default:
         return 0;
     }
+    if (after_dash(in, i))
+        return 0;
     for (size_t k = 0; k < NX_ARRAY_LEN(token_prefixes); k++) {
         size_t n = token_prefixes[k].len, j = i + n;
         if (token_prefixes[k].prefix[0] != in[i] || len - i < token_prefixes[k].min ||
             memcmp(in + i, token_prefixes[k].prefix, n) != 0)
             continue;
-        while (j < len && (is_word(in[j]) || (token_prefixes[k].dash && in[j] == '-')))
+        while (j < len && in_set(in[j], token_prefixes[k].set))
             j++;
         if (j - i >= token_prefixes[k].min)
             return j;
@@ -258,7 +275,7 @@ static size_t match_jwt(const char *in, size_t len, size_t i)
 {
     size_t j = i, seg[3];
 
-    if (len - i < 20 || memcmp(in + i, "eyJ", 3) != 0)
+    if (in[i] != 'e' || len - i < 20 || memcmp(in + i, "eyJ", 3) != 0 || after_dash(in, i))
         return 0;
     for (int k = 0; k < 3; k++) {
         size_t from = j;
@@ -273,10 +290,13 @@ static size_t match_jwt(const char *in, size_t len, size_t i)
     return seg[0] >= 10 && seg[1] >= 10 ? j : 0;
 }
 
-/* A Telegram bot token, <bot id>:<35 of [A-Za-z0-9_-]>, alone or after "bot" as in the Bot API's
- * URLs (https://api.telegram.org/bot<token>/getMe): "bot" stays. */
+/* A Telegram bot token, <bot id>:AA<33 of [A-Za-z0-9_-]>, alone or after "bot" as in the Bot
+ * API's URLs (https://api.telegram.org/bot<token>/getMe, where any secret part counts): "bot"
+ * stays. */
 static size_t match_telegram_token(const char *in, size_t len, size_t i, struct nx_buf *out)
 {
+    if (!is_digit(in[i]) && in[i] != 'b')
+        return 0;
     size_t d = i + (len - i > 3 && memcmp(in + i, "bot", 3) == 0 ? 3 : 0), j = d, t;
 
     while (j < len && is_digit(in[j]))
@@ -284,6 +304,8 @@ static size_t match_telegram_token(const char *in, size_t len, size_t i, struct 
     if (j - d < 6 || j - d > 12 || j >= len || in[j] != ':')
         return 0;
     t = ++j;
+    if (d == i && !(len - t >= 2 && in[t] == 'A' && in[t + 1] == 'A')) /* 20240501:backup_of_… */
+        return 0;
     while (j < len && is_sk_char(in[j]))
         j++;
     if (j - t < 30)
@@ -424,9 +446,20 @@ static bool equals_ci(const char *in, size_t n, const char *w, size_t m)
     return true;
 }
 
+/* Names that end like a secret's and are not: tokenizer settings (eos_token, pad_token...),
+ * counts and limits (max_token), flags (is_secret), pagination (next_page_token). */
+static const char *const not_secret_starts[] = {
+    "eos_", "bos_", "pad_", "unk_", "sep_", "cls_", "mask_", "max_", "min_", "num_", "is_", "has_",
+    "next_", "prev_", "page_", "use_",
+};
+
 /* The secret key name in[0, n), if it is one: its flags, or -1. */
 static int secret_key_flags(const char *in, size_t n, bool after_query)
 {
+    for (size_t k = 0; k < NX_ARRAY_LEN(not_secret_starts); k++) {
+        if (starts_ci(in, n, 0, not_secret_starts[k]))
+            return -1;
+    }
     for (size_t k = 0; k < NX_ARRAY_LEN(secret_keys); k++) {
         const struct secret_key *sk = &secret_keys[k];
         if (equals_ci(in, n, sk->name, sk->len))
@@ -442,7 +475,8 @@ static int secret_key_flags(const char *in, size_t n, bool after_query)
 
 bool nx_redact_is_secret_key(const char *name, size_t len)
 {
-    return name && secret_key_flags(name, len, false) >= 0;
+    /* a JSON member named "token" is one (in text, "token: 5" is too common to redact) */
+    return name && (secret_key_flags(name, len, false) >= 0 || equals_ci(name, len, "token", 5));
 }
 
 static const char *const auth_schemes[] = {"basic", "bearer", "digest", "token", "apikey", "negotiate"};
@@ -466,8 +500,10 @@ static size_t match_key_value(const char *in, size_t len, size_t i, bool after_q
     size_t j = i;
     int flags;
 
-    while (j < len && is_key_char(in[j]))
+    while (j < len && is_key_char(in[j]) && j - i <= MAX_KEY_NAME)
         j++;
+    if (j - i > MAX_KEY_NAME) /* no key name is this long: a run of base64url, say */
+        return 0;
     size_t name_end = j;
     /* the separator first: most words are not followed by one, and need no name lookup */
     if (after_query) {

@@ -40,11 +40,15 @@ struct chat {
     bool is_stopping;
     bool is_down;
     bool eof;
+    struct nx_timer *more; /* file input: go on reading on the next loop iteration */
     int exit_code;
 };
 
 /* A line longer than this is skipped, with a message; the lines after it are not affected. */
 #define CHAT_MAX_LINE (1u << 20)
+/* File input read per loop iteration, and empty or refused lines passed over, at most. */
+#define CHAT_READ_BUDGET (1u << 20)
+#define CHAT_SKIP_BUDGET 10000
 
 static void prompt(struct chat *c)
 {
@@ -60,6 +64,8 @@ static void shutdown_chat(struct chat *c)
     if (c->is_down)
         return;
     c->is_down = true;
+    nx_timer_cancel(c->more);
+    c->more = NULL;
     if (c->in && !uv_is_closing((uv_handle_t *)c->in))
         uv_close((uv_handle_t *)c->in, NULL);
     nx_agents_free(c->ag.agents); /* their turns may still call the MCP servers' tools */
@@ -101,6 +107,7 @@ static bool has_line(const struct chat *c)
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
+static void read_more(void *arg);
 
 /* Input is read only while no whole line waits: a fast pipe is held back by the conversation
  * instead of piling up in memory. */
@@ -109,7 +116,13 @@ static void want_input(struct chat *c)
     bool want = !c->eof && !c->is_stopping && !has_line(c);
     if (c->is_file) {
         char buf[65536];
-        while (want) {
+        size_t budget = CHAT_READ_BUDGET; /* then the loop turns (signals; /dev/zero never ends) */
+        while (want && !c->more) {
+            if (budget < sizeof buf) {
+                c->more = nx_timer_once(&c->rt.loop, 1, read_more, c); /* (0 would run again at once) */
+                break;
+            }
+            budget -= sizeof buf;
             ssize_t n = read(STDIN_FILENO, buf, sizeof buf);
             if (n < 0 && errno == EINTR)
                 continue;
@@ -162,31 +175,38 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
 /* Starts a turn for the first complete line in the buffer, if any. */
 static void next_line(struct chat *c)
 {
-    if (c->is_stopping)
-        return;
-    want_input(c);
-    char *nl = c->line.data ? memchr(c->line.data, '\n', c->line.len) : NULL;
-    if (!nl) {
-        if (c->eof) {
-            shutdown_chat(c);
+    char *text = NULL;
+    size_t n;
+
+    for (unsigned skipped = 0; !text; skipped++) {
+        if (c->is_stopping)
+            return;
+        if (skipped == CHAT_SKIP_BUDGET && !c->more) { /* let the loop turn, then go on */
+            c->more = nx_timer_once(&c->rt.loop, 1, read_more, c); /* (0 would run again at once) */
             return;
         }
-        prompt(c);
-        return;
-    }
-    size_t n = (size_t)(nl - c->line.data);
-    if (n && c->line.data[n - 1] == '\r') /* CRLF input */
-        n--;
-    char *text = nx_strndup(c->line.data, n);
-    nx_buf_consume(&c->line, (size_t)(nl - c->line.data) + 1);
-    if (*text && !nx_utf8_is_valid(text, n)) {
-        fprintf(stderr, "nexo chat: that line is not valid UTF-8; not sent\n");
-        *text = '\0';
-    }
-    if (!*text) {
-        free(text);
-        next_line(c);
-        return;
+        want_input(c);
+        char *nl = c->line.data ? memchr(c->line.data, '\n', c->line.len) : NULL;
+        if (!nl) {
+            if (c->eof)
+                shutdown_chat(c);
+            else if (!c->more)
+                prompt(c);
+            return;
+        }
+        n = (size_t)(nl - c->line.data);
+        if (n && c->line.data[n - 1] == '\r') /* CRLF input */
+            n--;
+        text = nx_strndup(c->line.data, n);
+        nx_buf_consume(&c->line, (size_t)(nl - c->line.data) + 1);
+        if (*text && !nx_utf8_is_valid(text, n)) {
+            fprintf(stderr, "nexo chat: that line is not valid UTF-8; not sent\n");
+            *text = '\0';
+        }
+        if (!*text) {
+            free(text);
+            text = NULL;
+        }
     }
     json_t *msgs = json_pack("[{s:s, s:[{s:s, s:s}]}]", "role", "user", "content", "type", "text",
                              "text", text);
@@ -213,6 +233,15 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     static char slab[4096];
     buf->base = slab;
     buf->len = sizeof slab;
+}
+
+static void read_more(void *arg)
+{
+    struct chat *c = arg;
+
+    c->more = NULL;
+    if (!c->turn)
+        next_line(c);
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)

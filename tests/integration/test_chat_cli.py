@@ -83,6 +83,23 @@ class ChatCli(unittest.TestCase):
                 self.assertEqual(self.sent(port), ["one", "two"])
                 self.assertIn(b"longer than 1048576 bytes was skipped", r.stderr)
                 self.assertIn(b"not valid UTF-8", r.stderr)
+                with open(path, "wb") as f:  # empty lines are passed over without recursion
+                    f.write(b"\n" * 200000 + b"\xff\n" * 100000 + b"three\n")
+                script(port, [{"text": "3"}])
+                with open(path) as f:
+                    r = subprocess.run(cmd, stdin=f, capture_output=True, timeout=60)
+                self.assertEqual(r.returncode, 0, r.stderr[-300:])
+                self.assertEqual(self.sent(port)[-1], "three")
+                with open("/dev/zero") as zero:  # endless, no newline: still stops on SIGTERM
+                    p = subprocess.Popen(cmd, stdin=zero, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                    try:
+                        self.assertIn(b"skipped", p.stderr.readline())
+                        p.send_signal(signal.SIGTERM)
+                        self.assertEqual(p.wait(timeout=10), 0)
+                    finally:
+                        p.kill()
+                        p.wait()
+                        p.stderr.close()
         finally:
             fake.kill()
             fake.wait()

@@ -762,7 +762,7 @@ static void test_transcripts_redacted_dump_is_jansson_form_without_secrets(void 
     v = json_loads("{\"url\":\"https://x/bot7123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw9/getMe\","
                    "\"headers\":{\"X-Api-Key\":\"xk-live-Zq81\",\"Authorization\":\"token ghp_16C7\","
                    "\"Accept\":\"text/plain\"},\"password\":\"hunter2\",\"pin_token\":1234,"
-                   "\"token\":\"kept: too common a name\"}", 0, NULL);
+                   "\"token\":\"t0k\",\"eos_token\":\"</s>\"}", 0, NULL);
     assert_non_null(v);
     nx_buf_reset(&b);
     nx_json_dump_redacted(v, &b);
@@ -771,7 +771,7 @@ static void test_transcripts_redacted_dump_is_jansson_form_without_secrets(void 
                         "\"headers\":{\"X-Api-Key\":\"[REDACTED]\","
                         "\"Authorization\":\"[REDACTED]\",\"Accept\":\"text/plain\"},"
                         "\"password\":\"[REDACTED]\",\"pin_token\":\"[REDACTED]\","
-                        "\"token\":\"kept: too common a name\"}");
+                        "\"token\":\"[REDACTED]\",\"eos_token\":\"</s>\"}");
     nx_buf_reset(&b);
     nx_json_put_redacted(&b, "bad \xff utf-8", 11);
     assert_string_equal(nx_buf_cstr(&b), "\"bad \\ufffd utf-8\"");

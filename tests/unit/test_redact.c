@@ -147,8 +147,39 @@ static void test_redact_urls_keys_and_pem(void **state)
     assert_true(nx_redact_is_secret_key("Authorization", 13));
     assert_true(nx_redact_is_secret_key("bot_token", 9));
     assert_true(nx_redact_is_secret_key("X-Api-Key", 9));
-    assert_false(nx_redact_is_secret_key("token", 5)); /* too common outside a URL */
+    assert_true(nx_redact_is_secret_key("token", 5)); /* as a JSON member; in text too common */
+    assert_false(nx_redact_is_secret_key("eos_token", 9));
     assert_false(nx_redact_is_secret_key("max_tokens", 10));
+}
+
+static void test_redact_ordinary_text_stays(void **state)
+{
+    (void)state;
+    UNCHANGED("{\"eos_token\": \"</s>\", \"pad_token\": \"<pad>\", \"next_page_token\": \"abc\"}");
+    UNCHANGED("max_token: 5 is_secret: false has_api_key=true");
+    UNCHANGED("restored 20240501:backup_of_database_production_01 ok");
+    UNCHANGED("hf_hub_download_with_retry_and_cache(x) npm_package_config_some_long_option_name_here");
+}
+
+/* Long runs of key or base64url characters cost time in proportion to their length (each word
+ * start inside the run used to scan the rest of it). */
+static void test_redact_long_runs_stay_linear(void **state)
+{
+    (void)state;
+    static const char *const units[] = {"a-", "eyJ-", "sk-", "xoxb-", "ab_"};
+    for (size_t u = 0; u < sizeof units / sizeof units[0]; u++) {
+        size_t n = strlen(units[u]), total = (2u << 20) / n * n;
+        char *in = malloc(total + 1);
+        assert_non_null(in);
+        for (size_t k = 0; k < total; k += n)
+            memcpy(in + k, units[u], n);
+        in[total] = '\0';
+        struct nx_buf b = NX_BUF_INIT;
+        nx_redact_append(&b, in, total); /* quadratic, this would not end within the test's time */
+        assert_true(b.len > 0);
+        nx_buf_cleanup(&b);
+        free(in);
+    }
 }
 
 static void test_redact_home_paths(void **state)
@@ -281,6 +312,8 @@ int main(void)
         cmocka_unit_test(test_redact_key_values),
         cmocka_unit_test(test_redact_known_token_formats),
         cmocka_unit_test(test_redact_urls_keys_and_pem),
+        cmocka_unit_test(test_redact_ordinary_text_stays),
+        cmocka_unit_test(test_redact_long_runs_stay_linear),
         cmocka_unit_test(test_redact_home_paths),
         cmocka_unit_test(test_redact_multi_secret_and_edges),
         cmocka_unit_test(test_redact_keeps_nul_bytes_and_appends),
