@@ -634,8 +634,9 @@ static int cli_search(const char *data_dir, struct search *q, bool is_json)
     int rc = NX_EXIT_FAILURE;
 
     nx_buf_printf(&db, "%s/nexo.db", data_dir);
-    if (stat(db.data, &st) < 0 && errno == ENOENT) {
-        /* Nothing recorded yet; do not create a database just to search it. */
+    int src = stat(db.data, &st);
+    if ((src < 0 && errno == ENOENT) || (src == 0 && S_ISREG(st.st_mode) && st.st_size == 0)) {
+        /* Nothing recorded yet; do not create (or set up) a database just to search it. */
         puts(is_json ? "[]" : "no matches");
         nx_buf_cleanup(&db);
         return NX_EXIT_OK;

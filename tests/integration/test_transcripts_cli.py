@@ -212,6 +212,12 @@ class Transcripts(unittest.TestCase):
             r = run_cli("--data", empty, "transcripts", "search", "anything")
             self.assertEqual((r.returncode, r.stdout), (0, "no matches\n"), r.stderr)
             self.assertFalse(os.path.exists(empty))
+            os.makedirs(empty)
+            open(os.path.join(empty, "nexo.db"), "w").close()  # an empty file: nothing recorded
+            r = run_cli("--data", empty, "transcripts", "search", "anything")
+            self.assertEqual((r.returncode, r.stdout), (0, "no matches\n"), r.stderr)
+            self.assertEqual(os.listdir(empty), ["nexo.db"])
+            self.assertEqual(os.path.getsize(os.path.join(empty, "nexo.db")), 0)
 
 
 if __name__ == "__main__":
