@@ -225,6 +225,8 @@ int api_status_for(int rc, const struct nx_turn_result *res)
         return 413;
     if (strcmp(type, "overloaded_error") == 0)
         return 529;
+    if (strcmp(type, "circuit_open") == 0)
+        return 503; /* with retry-after: when the breaker lets a probe through */
     if (rc == NX_ETIMEDOUT)
         return 504;
     if (rc == NX_ERANGE || rc == NX_ECONFIG)

@@ -217,8 +217,10 @@ static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)
     remember(ch, rc, res, NULL);
     if (!res->is_retryable) {
         nx_llm_count_outcome(t->p, t->model, "error");
-        /* 401/403/404 are about this target (key, model): the next one may serve */
-        if (res->http_status == 401 || res->http_status == 403 || res->http_status == 404) {
+        /* 401/403/404, and a used-up quota or unpaid bill (429 insufficient_quota, billing_error:
+         * NX_EPERM), are about this target (key, model, account): the next one may serve */
+        if (res->http_status == 401 || res->http_status == 403 || res->http_status == 404 ||
+            rc == NX_EPERM) {
             ch->attempt = ch->retry.max_attempts;
             next_attempt(ch);
         } else {
@@ -226,8 +228,9 @@ static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)
         }
         return;
     }
-    if (ch->attempt < ch->retry.max_attempts &&
+    if (ch->attempt < ch->retry.max_attempts && nx_llm_provider_breaker(t->p)->state != NX_BREAKER_OPEN &&
         !(res->retry_after_ms > 0 && (uint64_t)res->retry_after_ms > ch->retry.max_backoff_ms)) {
+        /* (a failure that just opened the breaker is not waited on: the target is skipped) */
         /* (a provider that asks for a longer wait than max_backoff is not asked again early:
          * the next target goes, or the error with its retry-after) */
         uint64_t ms = backoff_ms(ch, res);

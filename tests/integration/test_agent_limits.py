@@ -26,6 +26,8 @@ agents:
   - id: fresh
     model: {provider: anthropic, model: claude-haiku-4-5}
     workspace: not-there-yet/ws
+  - id: lonely
+    model: {provider: flaky, model: claude-haiku-4-5}
   - id: brk
     model:
       provider: flaky
@@ -158,6 +160,16 @@ class Limits(FakePeers, unittest.TestCase):
         self.assertNotIn("Calm and kind", system)
         os.unlink(os.path.join(self.ws, "USER.md"))
 
+    def test_a_used_up_quota_fails_over_to_the_fallback(self):
+        """A quota or bill tied to the primary's account: the fallback answers (a retry would not
+        mend it, and it says nothing against the provider's health)."""
+        script(self.fport, [{"error": {"status": 400, "type": "billing_error", "message": "no credit"}},
+                            {"text": "fallback ok"}])
+        status, r, _ = self.post("/v1/chat/completions", "brk")
+        self.assertEqual((status, r["choices"][0]["message"]["content"]), (200, "fallback ok"), r)
+        self.assertEqual([q["endpoint"] for q in self.requests()], ["anthropic", "openai"])
+        self.assertRegex(self.metrics(), r'nexo_llm_breaker_state\{provider="flaky"\} 0')
+
     # --- provider circuit breaker from llm.yaml ---
     def test_breaker_opens_fails_over_and_closes_after_a_probe(self):
         fail = {"error": {"status": 500, "type": "api_error", "message": "boom"}}
@@ -167,6 +179,13 @@ class Limits(FakePeers, unittest.TestCase):
             self.assertEqual((status, r["choices"][0]["message"]["content"]), (200, want), r)
         self.assertRegex(self.metrics(), r'nexo_llm_breaker_state\{provider="flaky"\} 1')
         opened = time.monotonic()
+
+        # open, and no fallback: 503 at once, with when to try again (the SDKs wait that long)
+        n = len(self.requests())
+        status, r, headers = self.post("/v1/chat/completions", "lonely")
+        self.assertEqual((status, r["error"]["type"]), (503, "circuit_open"), r)
+        self.assertEqual(headers.get("retry-after"), "1")
+        self.assertEqual(len(self.requests()), n)  # nothing reached the provider
 
         # open: the provider is skipped, the fallback answers at once
         script(self.fport, [{"text": "fb3"}])
