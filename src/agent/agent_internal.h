@@ -122,6 +122,8 @@ struct nx_turn {
     bool is_done;
     bool is_caller_gone;           /* collect mode: its own caller left and was answered; it runs
                                       on for the callers merged into it */
+    uint64_t budget_held;          /* tokens its agent's daily budget set aside for it */
+    unsigned answers;              /* model calls that answered */
 };
 
 /* lane.c */
@@ -158,13 +160,16 @@ void hcache_put_tokens(struct hcache *c, const char *key, const json_t *messages
 /* budget.c: limits.daily_token_budget */
 /* Creates (and starts loading) today's entry of every agent of a->gen that has a budget. */
 void budgets_prepare(struct nx_agents *a);
-/* 0 when t's agent may start a turn; NX_EPERM (msg set) when its budget for today is used up;
- * NX_EAGAIN when may_wait and the day's stored count is still being read (budget_wait). */
+/* 0 when t's agent may start a turn (it then sets aside up to its max_tokens of what is left,
+ * given back by budget_charge); NX_EPERM (msg set) when its budget for today is used up,
+ * NX_EBUSY when what is left is set aside for turns in flight; NX_EAGAIN when may_wait and the
+ * day's stored count is still being read (budget_wait). */
 int budget_check(struct nx_turn *t, bool may_wait, char *msg, size_t msglen);
 /* done runs (loop thread) once the stored counts queued so far have been read. */
 void budget_wait(struct nx_agents *a, nx_store_done_fn done, void *arg);
-/* Adds the finished turn's tokens to its agent's count for today (and to the store). */
-void budget_charge(struct nx_turn *t);
+/* Adds the finished turn's tokens to its agent's count for today (and to the store), or
+ * `estimate` when the provider reported none, and gives back what the turn set aside. */
+void budget_charge(struct nx_turn *t, uint64_t estimate);
 /* Seconds until the next 00:00 UTC. */
 uint32_t budget_reset_secs(void);
 void budgets_free(struct nx_agents *a);

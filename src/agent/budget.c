@@ -22,6 +22,8 @@ struct budget {
     char *agent_id;
     uint64_t day;      /* days since the epoch (UTC) */
     uint64_t used;     /* tokens today: loaded from the store + charged by this process */
+    uint64_t held;     /* set aside for the turns in flight: up to their max_tokens each */
+    uint64_t limit;    /* the last daily_token_budget seen (for the gauge), 0 = none */
     unsigned loads;    /* store reads in flight for this entry */
     bool is_loaded;
     bool is_orphan;    /* the agents were freed: the last load frees the entry */
@@ -58,9 +60,10 @@ static void kv_key(const char *agent, uint64_t day, char *out, size_t len)
     snprintf(out, len, "budget:%s:%s", agent, d);
 }
 
-static void publish(const struct budget *b, uint64_t limit)
+static void publish(struct budget *b, uint64_t limit)
 {
     const char *const lv[] = {b->agent_id};
+    b->limit = limit;
     nx_gauge_set(m_remaining, lv, b->used >= limit ? 0 : (double)(limit - b->used));
 }
 
@@ -141,6 +144,8 @@ static void load_done(int rc, void *arg)
          * it), so they add up. A failed read counts from 0 rather than block the agent. */
         b->used += rc == 0 ? j->value : 0;
         b->is_loaded = true;
+        if (b->limit) /* what the store says, not the whole budget, from the start */
+            publish(b, b->limit);
     }
     free(j);
 }
@@ -248,13 +253,28 @@ int budget_check(struct nx_turn *t, bool may_wait, char *msg, size_t msglen)
     if (!b->is_loaded && may_wait)
         return NX_EAGAIN;
     publish(b, limit);
-    if (b->used < limit)
+    if (b->used + b->held < limit) {
+        /* Turns at the same time must not all pass while the count is under the limit and then
+         * overrun it together: each sets aside what it may use, up to what is left. */
+        uint64_t want = t->o.max_tokens ? t->o.max_tokens : t->agent->conf->limits.max_tokens;
+        uint64_t room = limit - b->used - b->held;
+        want = want ? want : 4096;
+        t->budget_held = want < room ? want : room;
+        b->held += t->budget_held;
         return 0;
-    snprintf(msg, msglen,
-             "agent \"%s\" has used its daily token budget (%llu of %llu tokens today, UTC; "
-             "limits.daily_token_budget); it resets at 00:00 UTC",
-             t->agent_id, (unsigned long long)b->used, (unsigned long long)limit);
-    return NX_EPERM;
+    }
+    if (b->used < limit)
+        snprintf(msg, msglen,
+                 "agent \"%s\" has %llu of its %llu daily tokens left (UTC; "
+                 "limits.daily_token_budget), set aside for the turns in progress; try again "
+                 "when they are done", t->agent_id, (unsigned long long)(limit - b->used),
+                 (unsigned long long)limit);
+    else
+        snprintf(msg, msglen,
+                 "agent \"%s\" has used its daily token budget (%llu of %llu tokens today, UTC; "
+                 "limits.daily_token_budget); it resets at 00:00 UTC",
+                 t->agent_id, (unsigned long long)b->used, (unsigned long long)limit);
+    return b->used < limit ? NX_EBUSY : NX_EPERM;
 }
 
 uint32_t budget_reset_secs(void)
@@ -263,13 +283,20 @@ uint32_t budget_reset_secs(void)
     return (uint32_t)(((now / DAY_MS + 1) * DAY_MS - now + 999) / 1000);
 }
 
-void budget_charge(struct nx_turn *t)
+void budget_charge(struct nx_turn *t, uint64_t estimate)
 {
     const struct nx_llm_usage *u = &t->usage;
     uint64_t limit = t->agent ? t->agent->conf->limits.daily_token_budget : 0;
     uint64_t tokens = u->input_tokens + u->output_tokens + u->cache_read_tokens + u->cache_write_tokens;
     struct budget *b;
 
+    if (t->budget_held) { /* what it set aside goes back, whatever the limit is now */
+        b = entry(t->a, t->agent_id);
+        b->held -= t->budget_held < b->held ? t->budget_held : b->held;
+        t->budget_held = 0;
+    }
+    if (!tokens) /* a provider that reports no usage is charged by estimate */
+        tokens = estimate;
     if (!limit || !tokens)
         return;
     metric_init();

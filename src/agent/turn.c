@@ -93,6 +93,8 @@ static void answer(struct nx_turn *t, int rc, const struct nx_turn_result *res)
     }
 }
 
+static uint64_t count_tokens(struct nx_turn *t);
+
 static void finish(struct nx_turn *t, int rc)
 {
     if (t->is_done)
@@ -130,7 +132,7 @@ static void finish(struct nx_turn *t, int rc)
     const char *const tin[] = {t->agent_id, "input"}, *const tout[] = {t->agent_id, "output"};
     nx_counter_add(m_tokens, tin, (double)t->usage.input_tokens);
     nx_counter_add(m_tokens, tout, (double)t->usage.output_tokens);
-    budget_charge(t);
+    budget_charge(t, t->answers ? count_tokens(t) : 0); /* (the estimate: for no reported usage) */
     const char *const lat[] = {t->agent_id};
     nx_histogram_observe(m_latency, lat, (double)(nx_mono_ns() - t->started_ns) / 1e9);
 
@@ -366,6 +368,8 @@ static void on_llm_done(int rc, const struct nx_llm_result *res, void *udata)
 static void llm_done(struct nx_turn *t, int rc, const struct nx_llm_result *res)
 {
     t->llm = NULL;
+    if (res && rc == 0)
+        t->answers++;
     if (res) {
         t->usage.input_tokens += res->usage.input_tokens;
         t->usage.output_tokens += res->usage.output_tokens;
@@ -536,6 +540,12 @@ static bool within_budget(struct nx_turn *t, bool may_wait)
     int rc = budget_check(t, may_wait, msg, sizeof msg);
     if (rc == NX_EAGAIN) { /* today's stored count is still being read */
         budget_wait(t->a, on_budget_read, ticket_new(t));
+        return false;
+    }
+    if (rc == NX_EBUSY) { /* what is left is set aside for turns in flight: soon, maybe */
+        set_error(t, "rate_limit_error", msg);
+        t->retry_after_s = 1;
+        finish(t, NX_EBUSY);
         return false;
     }
     if (rc < 0) {

@@ -3,6 +3,7 @@
 workspace identity files in the system prompt (order, headings, an edit picked up, a symlink out
 of the workspace refused), and a provider's circuit breaker from llm.yaml opening, failing over,
 and closing again after a half-open probe."""
+import concurrent.futures
 import json
 import os
 import re
@@ -19,6 +20,12 @@ agents:
   - id: thrifty
     model: {provider: anthropic, model: claude-haiku-4-5}
     limits: {daily_token_budget: 1000}
+  - id: pair
+    model: {provider: anthropic, model: claude-haiku-4-5}
+    limits: {daily_token_budget: 1000, max_tokens: 600}
+  - id: silent
+    model: {provider: anthropic, model: claude-haiku-4-5}
+    limits: {daily_token_budget: 100000}
   - id: kate
     model: {provider: anthropic, model: claude-haiku-4-5}
     system_prompt: You are Kate.
@@ -137,6 +144,40 @@ class Limits(FakePeers, unittest.TestCase):
         self.assertRegex(self.metrics(), r'nexo_agent_tokens_budget_remaining\{agent="thrifty"\} 0')
         status, r, _ = self.post("/v1/chat/completions", "kate")  # other agents are not limited
         self.assertEqual(status, 200, r)
+
+    def test_turns_at_the_same_time_cannot_overrun_the_budget(self):
+        """Each running turn sets aside up to its max_tokens (600) of what is left: with 1000 a
+        second turn at the same time gets 400 of it, a third is asked to come back in a second."""
+        script(self.fport, [{"text": "a", "hang_ms": 800, "usage": {"input_tokens": 300, "output_tokens": 300}},
+                            {"text": "b", "hang_ms": 800, "usage": {"input_tokens": 200, "output_tokens": 200}}])
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            a = ex.submit(self.post, "/v1/chat/completions", "pair")
+            self.wait_upstream(1)
+            b = ex.submit(self.post, "/v1/chat/completions", "pair")
+            self.wait_upstream(2)
+            status, r, h = self.post("/v1/chat/completions", "pair")
+            self.assertEqual((status, r["error"]["type"]), (429, "rate_limit_error"), r)
+            self.assertIn("set aside for the turns in progress", r["error"]["message"])
+            self.assertEqual(h.get("retry-after"), "1")
+            self.assertEqual(a.result()[0], 200)
+            self.assertEqual(b.result()[0], 200)
+        self.assertEqual(len(self.requests()), 2)
+        self.assertRegex(self.metrics(), r'nexo_agent_tokens_budget_remaining\{agent="pair"\} 0')
+        status, r, _ = self.post("/v1/chat/completions", "pair")
+        self.assertEqual((status, r["error"]["type"]), (429, "insufficient_quota"), r)
+
+    def test_a_provider_that_reports_no_usage_is_charged_by_estimate(self):
+        script(self.fport, [{"text": "x" * 4000, "usage": {"input_tokens": 0, "output_tokens": 0}}])
+        status, r, _ = self.post("/v1/chat/completions", "silent", text="y" * 4000)
+        self.assertEqual(status, 200, r)
+        m = re.search(r'nexo_agent_tokens_budget_remaining\{agent="silent"\} (\S+)', self.metrics())
+        self.assertLessEqual(float(m.group(1)), 100000 - 1500)  # ~8000 characters / 4
+
+    def wait_upstream(self, n):
+        deadline = time.monotonic() + 10
+        while len(self.requests()) < n:
+            self.assertLess(time.monotonic(), deadline, "the fake never got request %d" % n)
+            time.sleep(0.01)
 
     # --- workspace identity files ---
     def test_identity_files_join_the_system_prompt_and_edits_are_picked_up(self):
