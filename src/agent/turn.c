@@ -130,8 +130,11 @@ static void finish(struct nx_turn *t, int rc)
         res.error_message = "the turn was cancelled";
     }
     const char *const tin[] = {t->agent_id, "input"}, *const tout[] = {t->agent_id, "output"};
+    const char *const tcr[] = {t->agent_id, "cache_read"}, *const tcw[] = {t->agent_id, "cache_write"};
     nx_counter_add(m_tokens, tin, (double)t->usage.input_tokens);
     nx_counter_add(m_tokens, tout, (double)t->usage.output_tokens);
+    nx_counter_add(m_tokens, tcr, (double)t->usage.cache_read_tokens); /* (the budget counts them) */
+    nx_counter_add(m_tokens, tcw, (double)t->usage.cache_write_tokens);
     budget_charge(t, t->answers ? count_tokens(t) : 0); /* (the estimate: for no reported usage) */
     const char *const lat[] = {t->agent_id};
     nx_histogram_observe(m_latency, lat, (double)(nx_mono_ns() - t->started_ns) / 1e9);

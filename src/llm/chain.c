@@ -260,6 +260,7 @@ static void next_attempt(struct chain *ch)
             continue;
         if (!nx_breaker_allow(b, nx_mono_ms())) {
             struct nx_buf m = NX_BUF_INIT;
+            nx_llm_count_outcome(t->p, t->model, "circuit_open"); /* skipped: not sent */
             nx_buf_printf(&m, "%s: circuit breaker open, provider skipped", nx_llm_provider_name(t->p));
             if (!ch->last_msg || ch->last_rc == 0) {
                 struct nx_llm_result r;

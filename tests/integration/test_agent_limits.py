@@ -171,6 +171,7 @@ class Limits(FakePeers, unittest.TestCase):
         status, r, _ = self.post("/v1/chat/completions", "silent", text="y" * 4000)
         self.assertEqual(status, 200, r)
         m = re.search(r'nexo_agent_tokens_budget_remaining\{agent="silent"\} (\S+)', self.metrics())
+        self.assertRegex(self.metrics(), r'nexo_agent_tokens_total\{agent="silent",direction="cache_read"\} 0')
         self.assertLessEqual(float(m.group(1)), 100000 - 1500)  # ~8000 characters / 4
 
     def wait_upstream(self, n):
@@ -227,6 +228,8 @@ class Limits(FakePeers, unittest.TestCase):
         self.assertEqual((status, r["error"]["type"]), (503, "circuit_open"), r)
         self.assertEqual(headers.get("retry-after"), "1")
         self.assertEqual(len(self.requests()), n)  # nothing reached the provider
+        self.assertRegex(self.metrics(), r'nexo_llm_requests_total\{provider="flaky",model="claude-haiku-4-5",'
+                                         r'outcome="circuit_open"\} [1-9]')
 
         # open: the provider is skipped, the fallback answers at once
         script(self.fport, [{"text": "fb3"}])
