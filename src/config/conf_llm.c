@@ -135,6 +135,7 @@ static const struct nx_conf_field retry_fields[] = {
      .max = 3600000},
     {NX_FIELD("backoff_multiplier", NX_CT_DOUBLE, L, retry.backoff_multiplier), .def = "2.0", .min = 1,
      .max = 10},
+    {NX_FIELD("deadline", NX_CT_DURATION, L, retry.deadline_ms), .def = "5m", .min = 0, .max = 86400000},
     {.name = NULL},
 };
 static const struct nx_conf_struct retry_desc = {.name = "\"retry\"", .fields = retry_fields};

@@ -132,6 +132,8 @@ struct nx_llm_retry_conf {
     uint32_t initial_backoff_ms; /* default 1000 */
     uint32_t max_backoff_ms;     /* default 60000 */
     double backoff_multiplier;   /* default 2.0 */
+    uint32_t deadline_ms;        /* `deadline`: no attempt or wait starts past it, counted from
+                                    the request's start over all targets; default 5 min, 0 none */
 };
 
 struct nx_llm_conf {

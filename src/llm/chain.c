@@ -53,6 +53,7 @@ struct chain {
     int64_t last_retry_ms;
     bool last_retryable;
     uint64_t log_ctx;      /* the caller's log context: later attempts start in it */
+    uint64_t started_ms;   /* for retry.deadline */
 };
 
 static void chain_cancel(struct nx_llm_call *call);
@@ -98,6 +99,30 @@ static void finish_last_error(struct chain *ch, int rc)
     res.retry_after_ms = ch->last_retry_ms;
     res.is_retryable = ch->last_retryable;
     finish(ch, rc, &res);
+}
+
+static void remember(struct chain *ch, int rc, const struct nx_llm_result *res, const char *fmt_prefix);
+
+/* Whether waiting `wait_ms` and then trying again would start past retry.deadline: then the
+ * chain ends now, as a timeout, with the last failure in its message. */
+static bool past_deadline(struct chain *ch, uint64_t wait_ms)
+{
+    uint64_t now = nx_mono_ms();
+    char prefix[160];
+
+    if (!ch->retry.deadline_ms || now + wait_ms < ch->started_ms + ch->retry.deadline_ms)
+        return false;
+    snprintf(prefix, sizeof prefix, "gave up after %.1f s (llm.yaml retry.deadline %.0f s): ",
+             (double)(now - ch->started_ms) / 1000, (double)ch->retry.deadline_ms / 1000);
+    struct nx_llm_result r;
+    memset(&r, 0, sizeof r);
+    r.http_status = ch->last_status;
+    r.error_type = "timeout_error";
+    r.error_message = ch->last_msg ? ch->last_msg : "no attempt was made";
+    r.retry_after_ms = -1;
+    remember(ch, NX_ETIMEDOUT, &r, prefix);
+    finish_last_error(ch, NX_ETIMEDOUT);
+    return true;
 }
 
 static void remember(struct chain *ch, int rc, const struct nx_llm_result *res, const char *fmt_prefix)
@@ -234,6 +259,10 @@ static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)
         /* (a provider that asks for a longer wait than max_backoff is not asked again early:
          * the next target goes, or the error with its retry-after) */
         uint64_t ms = backoff_ms(ch, res);
+        if (past_deadline(ch, ms)) {
+            nx_llm_count_outcome(t->p, t->model, "error");
+            return;
+        }
         nx_llm_count_outcome(t->p, t->model, "retry");
         nx_debug("llm", "%s %s: attempt %u failed (%s), retrying in %llu ms", nx_llm_provider_name(t->p),
                  t->model, ch->attempt, res->error_type ? res->error_type : "?", (unsigned long long)ms);
@@ -252,6 +281,8 @@ static void next_attempt(struct chain *ch)
     struct nx_llm_callbacks cb = {attempt_text, attempt_done, ch};
 
     if (ch->cancelled || ch->finished)
+        return;
+    if (ch->last_rc && past_deadline(ch, 0)) /* (a fallback after the first target failed) */
         return;
     for (; ch->cur < ch->ntargets; ch->cur++, ch->attempt = 0) {
         struct chain_target *t = &ch->targets[ch->cur];
@@ -319,6 +350,7 @@ struct nx_llm_call *nx_llm_chain_start(const struct nx_llm_target *targets, size
                                          : req->model ? req->model : "");
     }
     ch->ntargets = ntargets;
+    ch->started_ms = nx_mono_ms();
     if (retry)
         ch->retry = *retry;
     if (!ch->retry.max_attempts)

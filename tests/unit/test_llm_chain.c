@@ -11,7 +11,7 @@
 
 #define KEY "test-key"
 
-static const struct nx_llm_retry_conf fast_retry = {3, 10, 2000, 2.0};
+static const struct nx_llm_retry_conf fast_retry = {3, 10, 2000, 2.0, 0};
 
 static void run_chain(struct env *e, const struct nx_llm_target *t, size_t n,
                       const struct nx_llm_retry_conf *rc, struct nx_llm_request *req, struct outcome *o)
@@ -71,6 +71,33 @@ static void test_chain_retries_429_honouring_retry_after(void **state)
     one_close(&f);
 }
 
+/* retry.deadline: 429s asking for 0.3 s each; with a 0.5 s deadline the second wait would end
+ * past it, so the chain gives up after two attempts, as a timeout naming the deadline. */
+static void test_chain_stops_at_its_deadline(void **state)
+{
+    static const struct nx_llm_retry_conf rc = {10, 10, 2000, 2.0, 500};
+    struct one f;
+    struct outcome o = {0};
+    struct nx_llm_request req = {.model = "claude-test", .temperature = -1};
+    struct nx_llm_target t[1];
+    static const char slow[] = "{\"error\": {\"status\": 429, \"type\": \"rate_limit_error\", "
+                               "\"message\": \"slow\", \"retry_after\": 0.3}}";
+    char script[sizeof slow * 4 + 8];
+
+    (void)state;
+    snprintf(script, sizeof script, "[%s, %s, %s, %s]", slow, slow, slow, slow);
+    one_open(&f, "deadline-a", "anthropic", KEY, 0, script, "hi");
+    req.messages = f.msgs;
+    t[0] = (struct nx_llm_target){f.p, "claude-test"};
+    run_chain(&f.e, t, 1, &rc, &req, &o);
+    assert_int_equal(o.rc, NX_ETIMEDOUT);
+    assert_int_equal(nrequests(), 2);
+    assert_non_null(strstr(o.error_message, "retry.deadline"));
+    assert_non_null(strstr(o.error_message, "slow"));
+    outcome_cleanup(&o);
+    one_close(&f);
+}
+
 /* A dropped connection is a connection error: retried. */
 static void test_chain_retries_dropped_connection(void **state)
 {
@@ -101,7 +128,7 @@ static void test_chain_fails_over_to_fallback(void **state)
     struct nx_llm_request req = {.model = "ignored", .system = "sys", .messages = msgs, .temperature = -1};
     struct nx_llm_provider *a, *b;
     struct nx_llm_target t[2];
-    struct nx_llm_retry_conf rc = {2, 10, 50, 2.0};
+    struct nx_llm_retry_conf rc = {2, 10, 50, 2.0, 0};
 
     (void)state;
     fake_reset();
@@ -253,7 +280,7 @@ static void test_chain_cancel_mid_stream(void **state)
 static void test_chain_breaker_opens_half_opens_and_closes(void **state)
 {
     static const struct nx_breaker_conf bc = {2, 1, 300, 1000};
-    struct nx_llm_retry_conf once = {1, 10, 10, 2.0};
+    struct nx_llm_retry_conf once = {1, 10, 10, 2.0, 0};
     struct env e;
     struct outcome o = {0};
     json_t *msgs = user_messages("hi");
@@ -338,7 +365,7 @@ static void test_chain_skips_open_breaker(void **state)
  * retries take at most 40 + 80 ms of sleep. */
 static void test_chain_backoff_is_bounded(void **state)
 {
-    struct nx_llm_retry_conf rc = {3, 40, 1000, 2.0};
+    struct nx_llm_retry_conf rc = {3, 40, 1000, 2.0, 0};
     struct one f;
     struct outcome o = {0};
     json_t *all;
@@ -369,6 +396,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chain_retries_429_honouring_retry_after),
         cmocka_unit_test(test_chain_retries_dropped_connection),
+        cmocka_unit_test(test_chain_stops_at_its_deadline),
         cmocka_unit_test(test_chain_fails_over_to_fallback),
         cmocka_unit_test(test_chain_does_not_retry_400),
         cmocka_unit_test(test_chain_does_not_retry_after_streamed_text),
