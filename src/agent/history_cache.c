@@ -8,6 +8,7 @@
 
 #include "agent/agent_internal.h"
 #include "core/alloc.h"
+#include "store/history.h"
 
 struct hentry {
     struct hentry *hnext;       /* bucket chain */
@@ -136,16 +137,15 @@ void hcache_put_tokens(struct hcache *c, const char *key, const json_t *messages
         json_decref(e->messages);
     }
     lru_front(c, e);
-    size_t n = json_array_size(messages), from = keep && n > keep ? n - keep : 0;
-    /* Start on a user message that is not a tool result, so a call never loses its result. */
-    while (from < n) {
-        const json_t *m = json_array_get(messages, from);
-        const char *role = json_string_value(json_object_get(m, "role"));
-        const json_t *b0 = json_array_get(json_object_get(m, "content"), 0);
-        const char *t0 = json_string_value(json_object_get(b0, "type"));
-        if (role && strcmp(role, "user") == 0 && !(t0 && strcmp(t0, "tool_result") == 0))
-            break;
+    size_t n = json_array_size(messages), window = keep && n > keep ? n - keep : 0, from = window;
+    /* Start on a user message that answers no tool call, so a call never loses its result;
+     * when the window holds none (a turn of more tool rounds than it keeps), at the nearest
+     * earlier one, as a history read from the store does. */
+    while (from < n && !nx_history_is_clean_start(json_array_get(messages, from)))
         from++;
+    if (from == n) {
+        for (from = window; from > 0 && !nx_history_is_clean_start(json_array_get(messages, from)); from--)
+            ;
     }
     for (size_t i = 0; i < from && tokens != HCACHE_NO_TOKENS; i++) {
         uint64_t drop = nx_llm_message_tokens(json_array_get(messages, i));

@@ -328,7 +328,6 @@ void nx_history_append(struct nx_store *s, const char *data_dir,
 
 /* ---- load (store thread) ---- */
 
-static bool is_clean_start(const json_t *m);
 
 struct load_job {
     char *key;
@@ -368,7 +367,7 @@ static int load_job_run(sqlite3 *db, void *arg)
     /* the last N rows may begin inside a tool exchange: start where a conversation can, or,
      * when none of them can, at the nearest earlier place that can (over the count) */
     size_t from = 0, n = json_array_size(list);
-    while (from < n && !is_clean_start(json_array_get(list, from)))
+    while (from < n && !nx_history_is_clean_start(json_array_get(list, from)))
         from++;
     if (from == n && n > 0 && j->max > 0 && (int64_t)n == j->max && j->max < INT64_MAX / 4) {
         json_decref(list);
@@ -479,8 +478,7 @@ uint64_t nx_history_estimate_tokens(const json_t *message)
     return n;
 }
 
-/* A place where a conversation can begin: a user message that answers no earlier tool call. */
-static bool is_clean_start(const json_t *m)
+bool nx_history_is_clean_start(const json_t *m)
 {
     const json_t *content = json_object_get(m, "content");
     const char *role = json_string_value(json_object_get(m, "role"));
@@ -515,13 +513,13 @@ size_t nx_history_trim(json_t *messages, uint64_t max_tokens)
     }
     if (cut > 0) {
         size_t c = cut;
-        while (c < n && !is_clean_start(json_array_get(messages, c)))
+        while (c < n && !nx_history_is_clean_start(json_array_get(messages, c)))
             c++;
         if (c == n) {
             /* No clean start inside the budget: go back to the nearest one, over budget,
              * rather than send a tool result without its call. */
             c = cut;
-            while (c > 0 && !is_clean_start(json_array_get(messages, c)))
+            while (c > 0 && !nx_history_is_clean_start(json_array_get(messages, c)))
                 c--;
         }
         cut = c;

@@ -70,6 +70,9 @@ uint64_t nx_history_estimate_tokens(const json_t *message);
  * how many messages were dropped. */
 size_t nx_history_trim(json_t *messages, uint64_t max_tokens);
 
+/* A place where a conversation can begin: a user message that answers no earlier tool call. */
+bool nx_history_is_clean_start(const json_t *m);
+
 /* Indexes every message the FTS5 index does not cover yet (a store write); done (may be NULL)
  * gets 0, or NX_EDB when the index failed (logged, counted; retried by later appends). */
 void nx_transcripts_index(struct nx_store *s, nx_store_done_fn done, void *arg);
