@@ -94,6 +94,7 @@ static void answer(struct nx_turn *t, int rc, const struct nx_turn_result *res)
 }
 
 static uint64_t count_tokens(struct nx_turn *t);
+static void save(struct nx_turn *t);
 
 static void finish(struct nx_turn *t, int rc)
 {
@@ -138,6 +139,14 @@ static void finish(struct nx_turn *t, int rc)
     budget_charge(t, t->answers ? count_tokens(t) : 0); /* (the estimate: for no reported usage) */
     const char *const lat[] = {t->agent_id};
     nx_histogram_observe(m_latency, lat, (double)(nx_mono_ns() - t->started_ns) / 1e9);
+
+    /* A turn that ended early keeps what it got to: the caller's message when it was cancelled
+     * (a newer message interrupted it, the caller hung up), and the tool calls that ran when the
+     * provider failed after them, so that the next turn knows of them and a tool with effects
+     * is not run again for the same message. Before the lane's next turn loads the history. */
+    if (rc < 0 && !t->is_budget_refusal && t->convo && json_array_size(t->convo) > t->new_from &&
+        (rc == NX_ECANCELED || t->answers > 0))
+        save(t);
 
     struct nx_agents *a = t->a;
     unlink_turn(t);

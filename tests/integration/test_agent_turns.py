@@ -318,6 +318,12 @@ class Turns(FakePeers, unittest.TestCase):
             status, r = a.result()
             self.assertEqual(status, 409, r)
             self.assertEqual(r["error"]["type"], "interrupted")
+        # the interrupted message stays in the session: the newer one is sent with it
+        sent = self.requests()[-1]["body"]["messages"]
+        self.assertEqual(sent[-1]["role"], "user")
+        texts = [b["text"] for m in sent for b in (m["content"] if isinstance(m["content"], list)
+                                                   else [{"text": m["content"]}]) if "text" in b]
+        self.assertEqual(texts[-2:], ["first", "second"])
 
     def test_collect_mode_merges_waiting_messages_into_one_turn(self):
         script(self.fport, [{"hang_ms": 1500, "text": "first"}, {"text": "merged"}])

@@ -160,7 +160,11 @@ class ChatCli(unittest.TestCase):
                 finally:
                     p.kill()
                     p.wait()
-                self.assertEqual(self.sent(port), ["slow one", "again"])
+                reqs = json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % port).read())
+                self.assertEqual(len(reqs), 2)
+                # the cancelled message stays in the session: the next one joins it
+                self.assertEqual([b["text"] for b in reqs[1]["body"]["messages"][-1]["content"]],
+                                 ["slow one", "again"])
         finally:
             os.close(master)
             os.close(slave)
