@@ -92,31 +92,6 @@ int nx_anthropic_build_body(const struct nx_llm_request *req, struct nx_buf *out
                             json_pack("[{s:s, s:o, s:o}]", "type", "text", "text", v,
                                       "cache_control", ephemeral()));
     }
-    /* tools: the agent passes the same manifest object every turn, so it is encoded once */
-    if (json_is_array(req->tools) && json_array_size(req->tools) > 0 &&
-        (tools_part = nx_llm_frag_get(NX_FRAG_ANTHROPIC_TOOLS, req->tools, &tools_len))) {
-        /* spliced in below */
-    } else if (json_is_array(req->tools) && (n = json_array_size(req->tools)) > 0) {
-        arr = json_array();
-        json_array_foreach(req->tools, i, v) {
-            json_t *t = json_object(), *schema = json_object_get(v, "input_schema");
-            json_object_set(t, "name", json_object_get(v, "name"));
-            if (json_is_string(json_object_get(v, "description")))
-                json_object_set(t, "description", json_object_get(v, "description"));
-            json_object_set_new(t, "input_schema",
-                                json_is_object(schema) ? json_incref(schema)
-                                                       : json_pack("{s:s}", "type", "object"));
-            if (i == n - 1)
-                json_object_set_new(t, "cache_control", ephemeral());
-            json_array_append_new(arr, t);
-        }
-        tools_text = json_dumps(arr, JSON_COMPACT);
-        json_decref(arr);
-        NX_ASSERT(tools_text);
-        tools_part = tools_text;
-        tools_len = strlen(tools_text);
-        nx_llm_frag_put(NX_FRAG_ANTHROPIC_TOOLS, req->tools, tools_text, tools_len);
-    }
     /* messages: each one's encoding from the fragment cache when the request allows it */
     json_array_foreach(req->messages, i, v) {
         const char *part;
@@ -143,6 +118,32 @@ int nx_anthropic_build_body(const struct nx_llm_request *req, struct nx_buf *out
         if (i)
             nx_buf_putc(&msgs, ',');
         nx_buf_append(&msgs, part, len);
+    }
+    /* tools: the agent passes the same manifest object every turn, so it is encoded once. Looked
+     * up after the messages: a put of theirs may start the memo over, freeing its texts */
+    if (json_is_array(req->tools) && json_array_size(req->tools) > 0 &&
+        (tools_part = nx_llm_frag_get(NX_FRAG_ANTHROPIC_TOOLS, req->tools, &tools_len))) {
+        /* spliced in below */
+    } else if (json_is_array(req->tools) && (n = json_array_size(req->tools)) > 0) {
+        arr = json_array();
+        json_array_foreach(req->tools, i, v) {
+            json_t *t = json_object(), *schema = json_object_get(v, "input_schema");
+            json_object_set(t, "name", json_object_get(v, "name"));
+            if (json_is_string(json_object_get(v, "description")))
+                json_object_set(t, "description", json_object_get(v, "description"));
+            json_object_set_new(t, "input_schema",
+                                json_is_object(schema) ? json_incref(schema)
+                                                       : json_pack("{s:s}", "type", "object"));
+            if (i == n - 1)
+                json_object_set_new(t, "cache_control", ephemeral());
+            json_array_append_new(arr, t);
+        }
+        tools_text = json_dumps(arr, JSON_COMPACT);
+        json_decref(arr);
+        NX_ASSERT(tools_text);
+        tools_part = tools_text;
+        tools_len = strlen(tools_text);
+        nx_llm_frag_put(NX_FRAG_ANTHROPIC_TOOLS, req->tools, tools_text, tools_len);
     }
     if (req->stream)
         json_object_set_new(body, "stream", json_true());

@@ -282,13 +282,13 @@ static void next_attempt(struct chain *ch)
 
     if (ch->cancelled || ch->finished)
         return;
-    if (ch->last_rc && past_deadline(ch, 0)) /* (a fallback after the first target failed) */
-        return;
     for (; ch->cur < ch->ntargets; ch->cur++, ch->attempt = 0) {
         struct chain_target *t = &ch->targets[ch->cur];
         struct nx_breaker *b = nx_llm_provider_breaker(t->p);
         if (ch->attempt >= ch->retry.max_attempts)
             continue;
+        if (ch->cur > 0 && ch->attempt == 0 && past_deadline(ch, 0)) /* a fallback, too late */
+            return;
         if (!nx_breaker_allow(b, nx_mono_ms())) {
             struct nx_buf m = NX_BUF_INIT;
             nx_llm_count_outcome(t->p, t->model, "circuit_open"); /* skipped: not sent */

@@ -40,7 +40,6 @@ struct frag_table {
 #define SWEEP_STEP 8
 
 static _Thread_local struct frag_table tbl;
-static _Thread_local unsigned pins; /* nx_llm_frag_pin */
 
 static size_t slot_of(const json_t *m, size_t cap)
 {
@@ -160,11 +159,8 @@ void nx_llm_frag_put(int wire, const json_t *m, const char *text, size_t len)
             rehash(tbl.cap); /* sweep out the dead */
             if ((tbl.n + 1) * 2 > tbl.cap && tbl.cap < FRAG_MAX_ENTRIES * 2)
                 rehash(tbl.cap * 2);
-            if ((tbl.n + 1) * 4 > tbl.cap * 3 || tbl.bytes + (text ? len : 0) > FRAG_MAX_BYTES) {
-                if (pins)
-                    return; /* texts handed out are in use: this one is not remembered */
+            if ((tbl.n + 1) * 4 > tbl.cap * 3 || tbl.bytes + (text ? len : 0) > FRAG_MAX_BYTES)
                 nx_llm_frag_clear(); /* still full of live ones: start over */
-            }
             if (!tbl.cap)
                 rehash(1024);
         }
@@ -188,17 +184,6 @@ void nx_llm_frag_put(int wire, const json_t *m, const char *text, size_t len)
         f->text[wire][len] = '\0';
         tbl.bytes += len;
     }
-}
-
-void nx_llm_frag_pin(void)
-{
-    pins++;
-}
-
-void nx_llm_frag_unpin(void)
-{
-    if (pins)
-        pins--;
 }
 
 void nx_llm_frag_clear(void)

@@ -152,12 +152,8 @@ void nx_openai_stream_free(struct nx_openai_stream *s);
 /* --- llm/frag_cache.c: the wire form of history messages, by message identity --- */
 enum { NX_FRAG_OPENAI = 1, NX_FRAG_ANTHROPIC = 2, NX_FRAG_OPENAI_TOOLS = 3, NX_FRAG_ANTHROPIC_TOOLS = 4,
        NX_FRAG_TOKENS = 5 };
-/* The remembered fragment of message m for a wire, or NULL. The text stays valid until the
- * next put, unless the table is pinned: then puts never free a live entry's text (a body being
- * assembled holds texts from the table). */
+/* The remembered fragment of message m for a wire, or NULL. */
 const char *nx_llm_frag_get(int wire, const json_t *m, size_t *len);
-void nx_llm_frag_pin(void);
-void nx_llm_frag_unpin(void);
 /* Remembers it (holding a reference to m); text NULL remembers just the number len. */
 void nx_llm_frag_put(int wire, const json_t *m, const char *text, size_t len);
 void nx_llm_frag_clear(void);

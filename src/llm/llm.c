@@ -514,10 +514,7 @@ struct nx_llm_call *nx_llm_call_start(struct nx_llm_provider *p, const struct nx
     /* A session's body grows by a message or two a turn: sized like the last one (no regrowth
      * copies while the history is assembled). */
     nx_buf_reserve(&body, body_hint);
-    nx_llm_frag_pin(); /* the builder holds memoized texts while it puts new ones */
-    int built = wire->build_body(req, &body, &why);
-    nx_llm_frag_unpin();
-    if (built < 0) {
+    if (wire->build_body(req, &body, &why) < 0) {
         c->defer_rc = NX_EINVAL;
         c->defer_why = why ? why : "invalid request";
         goto defer;

@@ -113,50 +113,11 @@ static void test_lookups_survive_deletions(void **state)
     free(id);
 }
 
-/* A table full of live entries starts over at the next put, except while a body is being
- * built from texts it handed out (pinned): then the new entry is just not remembered. */
-static void test_a_pinned_table_never_frees_live_texts(void **state)
-{
-    enum { N = 16, BIG = 2 * 1024 * 1024 - 64 }; /* 16 fit in the 32 MiB, a 17th does not */
-    json_t *live[N + 1];
-    char *big = malloc(BIG);
-    size_t len = 0;
-
-    (void)state;
-    assert_non_null(big);
-    memset(big, 'x', BIG);
-    nx_llm_frag_clear();
-    for (unsigned i = 0; i < N; i++) {
-        live[i] = message(i);
-        big[0] = (char)('a' + i);
-        nx_llm_frag_put(NX_FRAG_OPENAI, live[i], big, BIG); /* ~32 MiB in the end: full */
-    }
-    const char *held = NULL;
-    for (unsigned i = 0; i < N && !held; i++)
-        held = nx_llm_frag_get(NX_FRAG_OPENAI, live[i], &len);
-    assert_non_null(held);
-    char first = held[0];
-    live[N] = message(N);
-    nx_llm_frag_pin();
-    nx_llm_frag_put(NX_FRAG_OPENAI, live[N], big, BIG); /* would start over */
-    assert_int_equal(held[0], first); /* (under ASan: a use after free if it had) */
-    assert_int_equal(held[BIG - 1], 'x');
-    assert_null(nx_llm_frag_get(NX_FRAG_OPENAI, live[N], &len));
-    nx_llm_frag_unpin();
-    nx_llm_frag_put(NX_FRAG_OPENAI, live[N], big, BIG); /* now it may */
-    assert_non_null(nx_llm_frag_get(NX_FRAG_OPENAI, live[N], &len));
-    for (unsigned i = 0; i <= N; i++)
-        json_decref(live[i]);
-    nx_llm_frag_clear();
-    free(big);
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dead_entries_go_as_new_ones_come),
         cmocka_unit_test(test_lookups_survive_deletions),
-        cmocka_unit_test(test_a_pinned_table_never_frees_live_texts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
