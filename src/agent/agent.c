@@ -139,6 +139,22 @@ static char *no_target_why(const struct generation *g, const struct nx_agent_con
     return nx_buf_steal(&b);
 }
 
+/* What a model takes, in tokens: as configured, else as known by its name, else a guess that
+ * suits today's hosted models (said once per load, so that a smaller local model gets set). */
+#define UNKNOWN_CONTEXT_WINDOW 128000
+
+static uint32_t context_window(const char *agent, const char *model, uint32_t configured)
+{
+    if (configured)
+        return configured;
+    uint32_t w = nx_llm_context_window(model);
+    if (w)
+        return w;
+    nx_info("agent", "agent %s: the context window of model \"%s\" is not known: taking %d tokens "
+                     "(set model.context_window if it is smaller)", agent, model, UNKNOWN_CONTEXT_WINDOW);
+    return UNKNOWN_CONTEXT_WINDOW;
+}
+
 static void build_agent(struct generation *g, struct agent_rt *rt, const struct nx_agent_conf *ac)
 {
     rt->conf = ac;
@@ -157,6 +173,13 @@ static void build_agent(struct generation *g, struct agent_rt *rt, const struct 
     }
     if (!rt->ntargets)
         rt->no_target_why = no_target_why(g, ac);
+    rt->context_window = context_window(ac->id, ac->model.model, ac->model.context_window);
+    for (size_t i = 0; i < ac->model.n_fallbacks; i++) {
+        const struct nx_model_ref *f = &ac->model.fallbacks[i];
+        uint32_t w = context_window(ac->id, f->model, f->context_window);
+        if (w < rt->context_window) /* the request must fit whichever target answers */
+            rt->context_window = w;
+    }
     rt->allowed_tools = (const char *const *)ac->allowed_tools;
     rt->http_allowlist = (const char *const *)nx_strlistmap_get(&ac->outbound_allowlist, "http");
     rt->workspace = resolve_workspace(g->cfg, ac->workspace);

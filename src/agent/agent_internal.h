@@ -12,6 +12,7 @@ struct agent_rt {
     const struct nx_agent_conf *conf;   /* points into gen->cfg */
     struct nx_llm_target *targets;      /* primary, then fallbacks (resolvable ones) */
     size_t ntargets;
+    uint32_t context_window;            /* tokens: the smallest of the targets' */
     const char *const *allowed_tools;   /* NULL-terminated */
     const char *const *http_allowlist;  /* outbound_allowlist.http, or NULL */
     char *workspace;                    /* absolute, or NULL */
@@ -20,6 +21,7 @@ struct agent_rt {
     struct ws_cache *ws;                /* identity files of the workspace, or NULL */
     struct tools_memo {                 /* the tool manifest, rebuilt when the registry changes */
         json_t *tools;
+        uint64_t tokens;                /* their estimate */
         uint64_t changes;
     } *tools_memo;
 };
@@ -199,5 +201,15 @@ void turn_close_open_calls(struct nx_turn *t);
 /* The conversation as sent: messages of one role in a row, from index `from` on, joined into
  * one (new reference; the messages before `from` must already alternate). */
 json_t *turn_alternating(json_t *convo, size_t from);
+/* A call's system prompt: the agent's own, its workspace identity files, the turn's extra (a
+ * channel's addendum), blank-line separated. */
+void turn_system_prompt(const struct nx_turn *t, struct nx_buf *out);
+/* A call's tool list (a new reference; empty when the turn has none) and its token estimate. */
+json_t *turn_tools(const struct nx_turn *t, uint64_t *tokens);
+/* The history's share of the agent's context window, in estimated tokens: what is left once
+ * the answer's room (max_tokens), the system prompt and the tool list are taken, less a tenth
+ * for the estimate's error (tokenizers differ by more than that on some text). */
+uint64_t turn_history_budget(const struct nx_turn *t, uint32_t max_tokens, const struct nx_buf *system,
+                             uint64_t tools_tokens);
 
 #endif

@@ -1,9 +1,13 @@
-/* A turn's conversation: its answer, tool calls left open, and the form the APIs take
- * (roles alternating). Loop thread. */
+/* A turn's conversation: its answer, tool calls left open, the form the APIs take (roles
+ * alternating), and the prompt around it (system prompt, tool list, the history's share of the
+ * context). Loop thread. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "agent/agent_internal.h"
 #include "core/buf.h"
+#include "store/history.h"
+#include "tools/tool.h"
 
 void turn_text_of(const json_t *message, struct nx_buf *out)
 {
@@ -131,4 +135,46 @@ json_t *turn_alternating(json_t *convo, size_t from)
             json_array_extend(json_object_get(cur, "content"), (json_t *)content);
     }
     return out;
+}
+
+void turn_system_prompt(const struct nx_turn *t, struct nx_buf *out)
+{
+    const struct agent_rt *ag = t->agent;
+    const char *parts[] = {ag->system_prompt, ag->ws ? ws_cache_text(ag->ws) : "", t->system_extra};
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        if (!parts[i] || !*parts[i])
+            continue;
+        if (out->len)
+            nx_buf_puts(out, "\n\n");
+        nx_buf_puts(out, parts[i]);
+    }
+}
+
+json_t *turn_tools(const struct nx_turn *t, uint64_t *tokens)
+{
+    /* The same manifest object turn after turn, so its wire form is encoded once
+     * (llm/frag_cache.c); rebuilt when a tool comes or goes. */
+    struct tools_memo *tm = t->agent->tools_memo;
+    *tokens = 0;
+    if (t->o.no_tools)
+        return json_array();
+    if (!tm->tools || tm->changes != nx_tool_registry_changes()) {
+        json_decref(tm->tools);
+        tm->tools = nx_tool_manifest(t->agent->allowed_tools);
+        tm->changes = nx_tool_registry_changes();
+        char *text = json_dumps(tm->tools, JSON_COMPACT);
+        tm->tokens = text ? nx_history_text_tokens(text, strlen(text)) : 0;
+        free(text);
+    }
+    *tokens = tm->tokens;
+    return json_incref(tm->tools);
+}
+
+uint64_t turn_history_budget(const struct nx_turn *t, uint32_t max_tokens, const struct nx_buf *system,
+                             uint64_t tools_tokens)
+{
+    uint64_t window = t->agent->context_window;
+    uint64_t taken = (uint64_t)max_tokens + nx_history_text_tokens(system->data, system->len) +
+                     tools_tokens + window / 10;
+    return window > taken ? window - taken : 0;
 }

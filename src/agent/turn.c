@@ -433,9 +433,6 @@ static void llm_done(struct nx_turn *t, int rc, const struct nx_llm_result *res)
     finish(t, 0);
 }
 
-/* The prompt's budget of (estimated) tokens: the oldest history goes beyond it. */
-#define CONTEXT_TOKENS 150000
-
 static void call_model(struct nx_turn *t)
 {
     const struct agent_rt *ag = t->agent;
@@ -447,47 +444,35 @@ static void call_model(struct nx_turn *t)
         finish(t, NX_ECONFIG);
         return;
     }
+    struct nx_buf system = NX_BUF_INIT;
+    turn_system_prompt(t, &system);
+    uint64_t tools_tokens;
+    json_t *tools = turn_tools(t, &tools_tokens);
+    uint32_t max_tokens = t->o.max_tokens ? t->o.max_tokens : ag->conf->limits.max_tokens;
+
     /* Keep the prompt inside the context: oldest history goes first, never a call without its
      * result (store/history.h). */
+    uint64_t budget = turn_history_budget(t, max_tokens, &system, tools_tokens);
     size_t dropped = 0;
     uint64_t tokens = 0;
     if (t->session_key) /* the history's sum comes with it; only new messages are estimated */
         tokens = count_tokens(t);
-    if (!t->session_key || tokens > CONTEXT_TOKENS) {
-        dropped = nx_history_trim(t->convo, CONTEXT_TOKENS);
+    if (!t->session_key || tokens > budget) {
+        dropped = nx_history_trim(t->convo, budget);
         t->tokens = 0; /* counted again from the start when needed */
         t->tokens_upto = 0;
+        if (dropped)
+            nx_debug("agent", "agent %s: %zu oldest messages left out to fit a context of %u tokens",
+                     t->agent_id, dropped, (unsigned)ag->context_window);
     }
     t->new_from = dropped > t->new_from ? 0 : t->new_from - dropped;
-    struct nx_buf system = NX_BUF_INIT;
-    nx_buf_puts(&system, ag->system_prompt);
-    const char *identity = ag->ws ? ws_cache_text(ag->ws) : "";
-    if (*identity) {
-        if (system.len)
-            nx_buf_puts(&system, "\n\n");
-        nx_buf_puts(&system, identity);
-    }
-    if (t->system_extra) {
-        if (system.len)
-            nx_buf_puts(&system, "\n\n");
-        nx_buf_puts(&system, t->system_extra);
-    }
-    /* The same manifest object turn after turn, so its wire form is encoded once
-     * (llm/frag_cache.c); rebuilt when a tool comes or goes. */
-    struct tools_memo *tm = ag->tools_memo;
-    if (!t->o.no_tools && (!tm->tools || tm->changes != nx_tool_registry_changes())) {
-        json_decref(tm->tools);
-        tm->tools = nx_tool_manifest(ag->allowed_tools);
-        tm->changes = nx_tool_registry_changes();
-    }
-    json_t *tools = t->o.no_tools ? json_array() : json_incref(tm->tools);
     json_t *messages = turn_alternating(t->convo, t->new_from ? t->new_from - 1 : 0);
     struct nx_llm_request req = {
         .model = ag->targets[0].model,
         .system = system.len ? nx_buf_cstr(&system) : NULL,
         .messages = messages,
         .tools = json_array_size(tools) ? tools : NULL,
-        .max_tokens = t->o.max_tokens ? t->o.max_tokens : ag->conf->limits.max_tokens,
+        .max_tokens = max_tokens,
         .temperature = t->o.temperature,
         .stop = t->o.stop,
         .stream = t->o.stream,

@@ -132,9 +132,23 @@ static void agent_cleanup(void *obj)
 
 static const char *const queue_modes[] = {"followup", "collect", "interrupt", NULL};
 
+/* Below this a prompt hardly holds a system prompt and one message: a typo, most likely. */
+#define MIN_CONTEXT_WINDOW 1024
+
+static void check_context_window(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst)
+{
+    uint32_t v = *(uint32_t *)dst;
+    if (v && v < MIN_CONTEXT_WINDOW)
+        nx_conf_error(ctx, val, "context_window %u is too small: give the model's context in tokens "
+                                "(at least %d), or leave it out to go by the model's name",
+                      (unsigned)v, MIN_CONTEXT_WINDOW);
+}
+
 static const struct nx_conf_field ref_fields[] = {
     {NX_FIELD("provider", NX_CT_STRING, R, provider), .check = check_provider_ref, .flags = NX_CF_REQUIRED},
     {NX_FIELD("model", NX_CT_STRING, R, model), .flags = NX_CF_REQUIRED},
+    {NX_FIELD("context_window", NX_CT_UINT, R, context_window), .def = "0", .max = 100000000,
+     .check = check_context_window},
     {.name = NULL},
 };
 static const struct nx_conf_struct ref_desc = {
@@ -147,6 +161,8 @@ static const struct nx_conf_field model_fields[] = {
     {NX_FIELD("provider", NX_CT_STRING, A, model.provider), .check = check_provider_ref,
      .flags = NX_CF_REQUIRED},
     {NX_FIELD("model", NX_CT_STRING, A, model.model), .flags = NX_CF_REQUIRED},
+    {NX_FIELD("context_window", NX_CT_UINT, A, model.context_window), .def = "0", .max = 100000000,
+     .check = check_context_window},
     {NX_FIELD_LIST("fallbacks", NX_CT_LIST, A, model.fallbacks, model.n_fallbacks), .sub = &ref_desc},
     {.name = NULL},
 };

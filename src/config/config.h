@@ -148,8 +148,9 @@ struct nx_llm_conf {
 /* ---- agents.yaml + agents.d/\*.yaml ---- */
 
 struct nx_model_ref {
-    char *provider; /* a key of llm.yaml providers */
+    char *provider;          /* a key of llm.yaml providers */
     char *model;
+    uint32_t context_window; /* tokens; 0 = known from the model's name (nx_llm_context_window) */
 };
 
 struct nx_agent_conf {
@@ -158,6 +159,7 @@ struct nx_agent_conf {
     struct {
         char *provider;
         char *model;
+        uint32_t context_window; /* as in nx_model_ref */
         struct nx_model_ref *fallbacks;
         size_t n_fallbacks;
     } model;

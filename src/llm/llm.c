@@ -108,6 +108,36 @@ enum nx_llm_stop nx_llm_stop_from_openai(const char *s)
 }
 
 /* The status decides when there is one; a mid-stream error event (status 200) has only its type. */
+/* Context windows of well-known model families, in tokens, by name prefix (the longest listed
+ * prefix first where two overlap). From the vendors' model pages; a model can be given its own
+ * with model.context_window. */
+static const struct {
+    const char *prefix;
+    uint32_t tokens;
+} windows[] = {
+    {"claude-", 200000},      {"gpt-5", 400000},         {"gpt-4.1", 1047576},
+    {"gpt-4o", 128000},       {"chatgpt-4o", 128000},    {"gpt-4-turbo", 128000},
+    {"gpt-4-1106", 128000},   {"gpt-4-0125", 128000},    {"gpt-4-32k", 32768},
+    {"gpt-4", 8192},          {"gpt-3.5-turbo", 16385},  {"o1-mini", 128000},
+    {"o1", 200000},           {"o3", 200000},            {"o4-mini", 200000},
+    {"deepseek-", 128000},    {"gemini-", 1048576},      {"minimax-", 200000},
+    {"abab", 245760},
+};
+
+uint32_t nx_llm_context_window(const char *model)
+{
+    if (!model)
+        return 0;
+    const char *slash = strrchr(model, '/'); /* OpenRouter's "anthropic/claude-..." */
+    const char *name = slash ? slash + 1 : model;
+    if (strstr(name, "claude-")) /* Bedrock's "us.anthropic.claude-..." and Vertex names */
+        return 200000;
+    for (size_t i = 0; i < sizeof windows / sizeof windows[0]; i++)
+        if (strncasecmp(name, windows[i].prefix, strlen(windows[i].prefix)) == 0)
+            return windows[i].tokens;
+    return 0;
+}
+
 int nx_llm_classify(long status, const char *type, bool *is_retryable)
 {
     bool t_retry = type && (!strcmp(type, "overloaded_error") || !strcmp(type, "rate_limit_error") ||

@@ -116,6 +116,10 @@ void nx_llm_cancel(struct nx_llm_call *call);
 /* Is a request of this call with the provider now (not waiting out a backoff or a breaker)? */
 bool nx_llm_is_sending(const struct nx_llm_call *call);
 
+/* The context window of a well-known model, in tokens, from its name ("claude-sonnet-4-5",
+ * "gpt-4o-mini", "openai/gpt-4.1"); 0 when the name is not known. */
+uint32_t nx_llm_context_window(const char *model);
+
 /* store/history.h's token estimate of a message that does not change once in a conversation
  * (a session's history), remembered by message identity (llm/frag_cache.c). Loop thread. */
 uint64_t nx_llm_message_tokens(const json_t *m);

@@ -428,15 +428,31 @@ void nx_history_load(struct nx_store *s, const char *session_key, size_t max_mes
 
 /* ---- trimming to a token budget ---- */
 
-/* About 4 bytes of English or JSON per token; images a flat guess. Errs on the high side. */
-#define BYTES_PER_TOKEN 4
+/* About 4 bytes of English, code or JSON per token; other scripts by the character: a CJK or
+ * Indic character (3 bytes in UTF-8) is about a token, a Cyrillic, Greek, Arabic or accented
+ * one (2 bytes) half of one, an emoji (4 bytes) two. Images a flat guess. */
 #define MESSAGE_OVERHEAD_TOKENS 4
 #define IMAGE_TOKENS 1600
 
-static uint64_t bytes_to_tokens(size_t n)
+uint64_t nx_history_text_tokens(const char *s, size_t n)
 {
-    return (n + BYTES_PER_TOKEN - 1) / BYTES_PER_TOKEN;
+    const unsigned char *p = (const unsigned char *)s;
+    uint64_t quarters = 0; /* quarter tokens */
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = p[i];
+        if (c < 0x80)
+            quarters += 1;
+        else if (c >= 0xf0)
+            quarters += 8;
+        else if (c >= 0xe0)
+            quarters += 4;
+        else if (c >= 0xc0)
+            quarters += 2;
+        /* continuation bytes: counted with their lead */
+    }
+    return (quarters + 3) / 4;
 }
+
 
 static uint64_t json_tokens(const json_t *v)
 {
@@ -446,9 +462,9 @@ static uint64_t json_tokens(const json_t *v)
     if (!v)
         return 0;
     if (json_is_string(v))
-        return bytes_to_tokens(json_string_length(v));
+        return nx_history_text_tokens(json_string_value(v), json_string_length(v));
     s = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-    n = s ? bytes_to_tokens(strlen(s)) : 0;
+    n = s ? nx_history_text_tokens(s, strlen(s)) : 0;
     free(s);
     return n;
 }

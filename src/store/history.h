@@ -60,8 +60,11 @@ struct nx_history_append {
 void nx_history_append(struct nx_store *s, const char *data_dir,
                        const struct nx_history_append *a, nx_store_done_fn done, void *arg);
 
-/* A token estimate for one canonical message (about 4 bytes a token, plus a little per message;
- * an image counts 1600): an upper-side guess to keep a prompt inside the model's context. */
+/* A token estimate for text: about 4 bytes a token for ASCII, a token a character for CJK
+ * and other 3-byte UTF-8 characters, half one for 2-byte characters, two for 4-byte ones. */
+uint64_t nx_history_text_tokens(const char *s, size_t n);
+/* The same for one canonical message (its text, tool calls and results, plus a little per
+ * message; an image counts 1600): a guess to keep a prompt inside the model's context. */
 uint64_t nx_history_estimate_tokens(const json_t *message);
 /* Drops the oldest messages of `messages` (a canonical array, edited in place) until the rest
  * is estimated at <= max_tokens, then drops on to the first user message that is not a tool

@@ -40,6 +40,17 @@ agents:
       provider: flaky
       model: claude-haiku-4-5
       fallbacks: [{provider: openai, model: gpt-4o-mini}]
+  - id: tight
+    model: {provider: anthropic, model: claude-haiku-4-5, context_window: 3000}
+    allowed_tools: [time_now]
+    limits: {max_tokens: 500}
+  - id: tightfb
+    model:
+      provider: anthropic
+      model: claude-haiku-4-5
+      fallbacks: [{provider: openai, model: gpt-4o-mini, context_window: 3000}]
+    allowed_tools: [time_now]
+    limits: {max_tokens: 500}
 """
 
 
@@ -244,6 +255,37 @@ class Limits(FakePeers, unittest.TestCase):
         self.assertEqual((status, r["choices"][0]["message"]["content"]), (200, "probe ok"), r)
         self.assertEqual(self.requests()[-1]["endpoint"], "anthropic")
         self.assertRegex(self.metrics(), r'nexo_llm_breaker_state\{provider="flaky"\} 0')
+
+    # --- the context window ---
+    def test_a_sessions_history_is_trimmed_to_the_models_context_window(self):
+        # Six messages of ~500 estimated tokens each in one session. The window is 3,000 tokens,
+        # of which max_tokens (500), the tool list and a tenth for the estimate's error are not
+        # the history's: the last requests leave the oldest messages out, keep the newest, start
+        # on a user message and stay inside the window. With a fallback of that window and a
+        # primary of 200,000 the same holds: the request must fit whichever target answers.
+        for agent in ("tight", "tightfb"):
+            with self.subTest(agent=agent):
+                before = len(self.requests())
+                for i in range(6):
+                    text = ("msg-%d " % i) + "x" * 1990
+                    body = {"model": agent, "user": "window-" + agent,
+                            "messages": [{"role": "user", "content": text}]}
+                    status, data, _ = self.n.request("POST", "/v1/chat/completions",
+                                                     body=json.dumps(body).encode(),
+                                                     headers={"Content-Type": "application/json"}, timeout=30)
+                    self.assertEqual(status, 200, data)
+                sent = [q["body"] for q in self.requests()[before:]]
+                self.assertEqual(len(sent), 6)
+                first, last = json.dumps(sent[0]["messages"]), sent[-1]["messages"]
+                self.assertIn("msg-0", first)
+                text = json.dumps(last)
+                self.assertNotIn("msg-0", text)
+                self.assertIn("msg-4", text)
+                self.assertIn("msg-5", json.dumps(last[-1]))
+                self.assertEqual(last[0]["role"], "user")
+                self.assertLess(len(text) / 4 + sent[-1]["max_tokens"], 3000)
+                # the first requests, inside the window, were sent whole
+                self.assertIn("msg-0", json.dumps(sent[2]["messages"]))
 
 
 if __name__ == "__main__":

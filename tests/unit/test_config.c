@@ -254,6 +254,8 @@ static void test_config_good_config_loads_every_value(void **state)
     assert_int_equal(k->model.n_fallbacks, 1);
     assert_string_equal(k->model.fallbacks[0].provider, "minimax");
     assert_string_equal(k->model.fallbacks[0].model, "MiniMax-M2");
+    assert_int_equal(k->model.fallbacks[0].context_window, 204800);
+    assert_int_equal(k->model.context_window, 0); /* from the model's name */
     assert_string_equal(k->system_prompt, "You are Kate.\nBe brief.\n");
     assert_string_equal(k->workspace, "./workspace/kate");
     assert_string_equal(k->plugins[0], "telegram");

@@ -962,6 +962,26 @@ static void test_history_trim_keeps_newest_within_budget_and_tool_pairs(void **s
     json_decref(m);
 }
 
+/* The estimate goes by the character outside ASCII: CJK text is about a token a character,
+ * not three bytes' worth of a quarter each. */
+static void test_history_estimate_counts_characters_of_other_scripts(void **state)
+{
+    (void)state;
+    assert_int_equal(nx_history_text_tokens("", 0), 0);
+    assert_int_equal(nx_history_text_tokens("hello world", 11), 3);      /* 11 bytes / 4 */
+    assert_int_equal(nx_history_text_tokens("\xe4\xbd\xa0\xe5\xa5\xbd", 6), 2); /* 你好 */
+    assert_int_equal(nx_history_text_tokens("\xd0\xbf\xd1\x80\xd0\xb8", 6), 2); /* при: 1.5 */
+    assert_int_equal(nx_history_text_tokens("\xf0\x9f\x98\x80", 4), 2); /* one emoji */
+    /* 700 CJK characters in one message: 700 tokens and the message's own 4 (bytes/4 said 525) */
+    struct nx_buf text = NX_BUF_INIT;
+    for (int i = 0; i < 700; i++)
+        nx_buf_puts(&text, "\xe5\xad\x97");
+    json_t *m = json_pack("{s:s, s:s}", "role", "user", "content", nx_buf_cstr(&text));
+    assert_int_equal(nx_history_estimate_tokens(m), 4 + 700);
+    json_decref(m);
+    nx_buf_cleanup(&text);
+}
+
 /* ---- nexo transcripts ---- */
 
 /* Runs nx_cmd_transcripts with stdout captured into *out. */
@@ -1116,6 +1136,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_transcripts_malformed_query_is_an_error_not_a_crash, setup,
                                         teardown),
         cmocka_unit_test(test_history_trim_keeps_newest_within_budget_and_tool_pairs),
+        cmocka_unit_test(test_history_estimate_counts_characters_of_other_scripts),
         cmocka_unit_test_setup_teardown(test_cmd_transcripts_prints_hits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cmd_transcripts_without_database_says_no_matches, setup,
                                         teardown),

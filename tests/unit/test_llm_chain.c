@@ -391,9 +391,32 @@ static void test_chain_backoff_is_bounded(void **state)
     one_close(&f);
 }
 
+/* Context windows by model name: the families, OpenRouter and Bedrock names, case, and 0 for a
+ * name nobody knows (the agent then says what it assumes). */
+static void test_context_windows_by_model_name(void **state)
+{
+    (void)state;
+    assert_int_equal(nx_llm_context_window("claude-haiku-4-5"), 200000);
+    assert_int_equal(nx_llm_context_window("us.anthropic.claude-sonnet-4-5-v1:0"), 200000);
+    assert_int_equal(nx_llm_context_window("anthropic/claude-3.5-sonnet"), 200000);
+    assert_int_equal(nx_llm_context_window("gpt-4o-mini"), 128000);
+    assert_int_equal(nx_llm_context_window("openai/gpt-4.1-mini"), 1047576);
+    assert_int_equal(nx_llm_context_window("gpt-4"), 8192);
+    assert_int_equal(nx_llm_context_window("gpt-4-turbo-2024-04-09"), 128000);
+    assert_int_equal(nx_llm_context_window("o1-mini"), 128000);
+    assert_int_equal(nx_llm_context_window("o3"), 200000);
+    assert_int_equal(nx_llm_context_window("MiniMax-M2"), 200000);
+    assert_int_equal(nx_llm_context_window("deepseek-chat"), 128000);
+    assert_int_equal(nx_llm_context_window("gemini-2.5-flash"), 1048576);
+    assert_int_equal(nx_llm_context_window("llama3"), 0);
+    assert_int_equal(nx_llm_context_window(""), 0);
+    assert_int_equal(nx_llm_context_window(NULL), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_context_windows_by_model_name),
         cmocka_unit_test(test_chain_retries_429_honouring_retry_after),
         cmocka_unit_test(test_chain_retries_dropped_connection),
         cmocka_unit_test(test_chain_stops_at_its_deadline),
