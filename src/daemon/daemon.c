@@ -476,6 +476,7 @@ static void on_trim_timer(uv_timer_t *t)
     static size_t seen_conns, trimmed_conns;        /* connections at the last tick / trim */
     static unsigned quiet_ticks;                   /* ticks without a turn started */
     static unsigned since_trim = TRIM_GAP_TICKS;   /* ticks since the last trim */
+    static bool settle_due;                        /* one more trim once closes stop */
     struct daemon *d = t->data;
     size_t conns = 0;
 
@@ -495,8 +496,13 @@ static void on_trim_timer(uv_timer_t *t)
     bool is_worth = started != trimmed_started || conns + TRIM_CLOSED_CONNS <= trimmed_conns;
     bool is_after_closes = closed && is_worth && since_trim >= TRIM_GAP_TICKS;
     bool is_after_quiet = started != trimmed_started && quiet_ticks >= TRIM_QUIET_TICKS;
-    if (nx_agents_turns_in_flight(d->agents) != 0 || !(is_after_closes || is_after_quiet))
+    /* A burst's last connections close after the trim their first closes set off, and fewer
+     * than TRIM_CLOSED_CONNS of them (a few hundred streams' worth of memory) would set off no
+     * other: so a trim these set off is followed by one more at the first tick without closes. */
+    bool is_settle = settle_due && !closed;
+    if (nx_agents_turns_in_flight(d->agents) != 0 || !(is_after_closes || is_after_quiet || is_settle))
         return;
+    settle_due = !is_settle;
     trimmed_started = started;
     trimmed_conns = conns;
     since_trim = 0;

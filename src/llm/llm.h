@@ -126,8 +126,9 @@ uint64_t nx_llm_message_tokens(const json_t *m);
 /* Forgets the remembered wire forms of messages nobody else holds any more (after a burst).
  * Returns how many entries are left. */
 size_t nx_llm_frag_sweep(void);
-/* Entries the table holds now, live or not yet swept (tests). */
+/* Entries the table holds now, live or not yet swept, and its slots (tests). */
 size_t nx_llm_frag_entries(void);
+size_t nx_llm_frag_slots(void);
 
 /* --- retries, failover and circuit breakers (llm/chain.c) --- */
 

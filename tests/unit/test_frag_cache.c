@@ -113,11 +113,39 @@ static void test_lookups_survive_deletions(void **state)
     free(id);
 }
 
+/* A burst (10,000 streams at once) grows the table; the sweep after it gives the slots back
+ * down to what the messages still held need, and those are still found. */
+static void test_sweep_after_a_burst_shrinks_the_table(void **state)
+{
+    (void)state;
+    enum { BURST = 20000, KEPT = 3 };
+    json_t **live = calloc(BURST, sizeof *live);
+
+    assert_non_null(live);
+    for (unsigned i = 0; i < BURST; i++) {
+        live[i] = message(i);
+        put_text(live[i], i);
+    }
+    assert_true(nx_llm_frag_slots() >= 32768);
+    for (unsigned i = KEPT; i < BURST; i++)
+        json_decref(live[i]);
+    assert_int_equal(nx_llm_frag_sweep(), KEPT);
+    assert_int_equal(nx_llm_frag_slots(), 1024);
+    for (unsigned i = 0; i < KEPT; i++)
+        assert_found(live[i], i);
+    for (unsigned i = 0; i < KEPT; i++)
+        json_decref(live[i]);
+    assert_int_equal(nx_llm_frag_sweep(), 0);
+    assert_int_equal(nx_llm_frag_slots(), 0);
+    free(live);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dead_entries_go_as_new_ones_come),
         cmocka_unit_test(test_lookups_survive_deletions),
+        cmocka_unit_test(test_sweep_after_a_burst_shrinks_the_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
