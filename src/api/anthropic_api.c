@@ -227,7 +227,7 @@ static void on_messages(struct nx_http_req *req, void *udata)
                       : json_integer_value(mt) < 1 ? "max_tokens: Input should be greater than or equal to 1"
                       : !json_is_array(msgs) || !json_array_size(msgs) ? "messages: Field required"
                       : bad_temp ? "temperature: Input should be a number from 0 to 1"
-                                 : NULL;
+                                 : api_client_tools_why(in);
     json_t *canon = json_array();
     size_t i;
     json_t *m;

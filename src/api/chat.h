@@ -60,6 +60,10 @@ json_t *api_image_block(const json_t *part, const char **err);
  * `stop_sequences` (Anthropic: strings): a new array, NULL when absent; NULL with *err set when
  * malformed. */
 json_t *api_stop_sequences(const json_t *v, size_t max, const char **err);
+/* Why a request that brings tools of its own cannot be honoured, or NULL: the agent's tools run
+ * inside nexo and the client sees only the answer, so a client's `tools` (or OpenAI's older
+ * `functions`), or a `tool_choice` that demands a call, would be silently dropped. */
+const char *api_client_tools_why(const json_t *in);
 /* The headers an error answer with `status` carries: the provider's retry-after on 429/503/529,
  * and x-should-retry: false where the official SDKs would otherwise retry in vain (400, 409,
  * 413). */

@@ -190,6 +190,28 @@ json_t *api_stop_sequences(const json_t *v, size_t max, const char **err)
     return out;
 }
 
+const char *api_client_tools_why(const json_t *in)
+{
+    static const char *const lists[] = {"tools", "functions"};
+    for (size_t i = 0; i < sizeof lists / sizeof lists[0]; i++) {
+        const json_t *v = json_object_get(in, lists[i]);
+        if (v && !json_is_null(v) && !(json_is_array(v) && json_array_size(v) == 0))
+            return i == 0 ? "tools: the agent's own tools run inside nexo; tools defined by the client "
+                            "are not supported (leave tools out, or give the agent an MCP server)"
+                          : "functions: the agent's own tools run inside nexo; functions defined by the "
+                            "client are not supported (leave functions out)";
+    }
+    const json_t *choice = json_object_get(in, "tool_choice");
+    const char *mode = json_string_value(choice);
+    if (!choice || json_is_null(choice) || (mode && (!strcmp(mode, "auto") || !strcmp(mode, "none"))))
+        return NULL;
+    mode = json_string_value(json_object_get(choice, "type")); /* Anthropic's {"type": "auto"} */
+    if (mode && (!strcmp(mode, "auto") || !strcmp(mode, "none")))
+        return NULL;
+    return "tool_choice: the agent decides which of its tools to call; only \"auto\" and \"none\" "
+           "are accepted";
+}
+
 void api_push_message(json_t *messages, const char *role, json_t *blocks)
 {
     size_t n = json_array_size(messages);

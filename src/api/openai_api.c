@@ -269,6 +269,8 @@ static bool unsupported(const json_t *in, char *why, size_t len)
         snprintf(why, len, "temperature: must be a number from 0 to 2");
     else if (mt && !json_is_null(mt) && (!json_is_integer(mt) || json_integer_value(mt) < 1))
         snprintf(why, len, "max_tokens: must be a positive integer");
+    else if (api_client_tools_why(in))
+        snprintf(why, len, "%s", api_client_tools_why(in));
     else
         return false;
     return true;

@@ -81,7 +81,11 @@ class Sdk(FakePeers, unittest.TestCase):
         # what nexo cannot honour is refused, not ignored
         for extra, param in (({"n": 2}, "n:"), ({"temperature": 7}, "temperature:"),
                              ({"response_format": {"type": "json_object"}}, "response_format:"),
-                             ({"logprobs": True}, "logprobs:")):
+                             ({"logprobs": True}, "logprobs:"),
+                             # tools of the client's own would be dropped: the agent's run inside
+                             ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools:"),
+                             ({"functions": [{"name": "f"}]}, "functions:"),
+                             ({"tool_choice": "required"}, "tool_choice:")):
             body = dict({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}, **extra)
             status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
                                              headers={"Content-Type": "application/json",
@@ -96,6 +100,22 @@ class Sdk(FakePeers, unittest.TestCase):
                                          headers={"Content-Type": "application/json", "x-api-key": TOKEN})
         self.assertEqual(status, 400, data)
         self.assertEqual(json.loads(data)["error"]["type"], "invalid_request_error")
+        for extra, param in (({"tools": [{"name": "f", "input_schema": {"type": "object"}}]}, "tools:"),
+                             ({"tool_choice": {"type": "any"}}, "tool_choice:")):
+            body = dict({"model": "kate", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+                        **extra)
+            status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json", "x-api-key": TOKEN})
+            self.assertEqual(status, 400, (extra, data))
+            self.assertTrue(json.loads(data)["error"]["message"].startswith(param), data)
+        # an empty list and "auto" ask for nothing nexo cannot do
+        for body in ({"model": "kate", "tools": [], "tool_choice": "auto",
+                      "messages": [{"role": "user", "content": "hi"}]},):
+            script(self.fport, [{"text": "fine"}])
+            status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json",
+                                                      "Authorization": "Bearer " + TOKEN})
+            self.assertEqual(status, 200, data)
 
     def test_anthropic_sdks_new_and_old(self):
         for mod in ("@anthropic-ai/sdk", "anthropic-sdk-0"):
