@@ -317,3 +317,18 @@ size_t nx_agents_sessions(const struct nx_agents *a)
 {
     return a->nlanes;
 }
+
+void nx_agents_free(struct nx_agents *a)
+{
+    if (!a)
+        return;
+    a->is_freeing = true;
+    while (a->turns)
+        nx_turn_cancel(a->turns);
+    lanes_free(a);
+    budgets_free(a);
+    hcache_free(a->history);
+    gen_unref(a->gen);
+    free(a->data_dir);
+    free(a);
+}

@@ -201,6 +201,9 @@ void turn_close_open_calls(struct nx_turn *t);
 /* The conversation as sent: messages of one role in a row, from index `from` on, joined into
  * one (new reference; the messages before `from` must already alternate). */
 json_t *turn_alternating(json_t *convo, size_t from);
+/* Appends messages to a conversation, a message of the role the last one has joining it (the
+ * APIs want roles to alternate): collect mode's merging of queued messages. */
+void turn_append_messages(json_t *to, const json_t *from);
 /* A call's system prompt: the agent's own, its workspace identity files, the turn's extra (a
  * channel's addendum), blank-line separated. */
 void turn_system_prompt(const struct nx_turn *t, struct nx_buf *out);

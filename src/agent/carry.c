@@ -235,21 +235,92 @@ static json_t *kept_image(const json_t *block, const char *data_dir)
     return out;
 }
 
-void nx_media_keep_images(json_t *messages, const char *data_dir)
+static bool is_base64_image(const json_t *block)
+{
+    const char *type = json_string_value(json_object_get(block, "type"));
+    const json_t *src = json_object_get(block, "source");
+    const char *stype = json_string_value(json_object_get(src, "type"));
+    return type && strcmp(type, "image") == 0 && stype && strcmp(stype, "base64") == 0;
+}
+
+bool nx_media_has_images(const json_t *messages)
+{
+    size_t i, k;
+    const json_t *m, *block;
+
+    json_array_foreach(messages, i, m) {
+        json_array_foreach(json_object_get(m, "content"), k, block) {
+            if (is_base64_image(block))
+                return true;
+        }
+    }
+    return false;
+}
+
+static void keep_images_io(json_t *messages, const char *data_dir)
 {
     size_t i, k;
     json_t *m, *block;
 
     if (!data_dir || !*data_dir)
         return;
-    nx_llm_media_set_root(data_dir); /* where the providers' encoders read it back */
     json_array_foreach(messages, i, m) {
         json_t *content = json_object_get(m, "content");
         json_array_foreach(content, k, block) {
-            const char *type = json_string_value(json_object_get(block, "type"));
-            json_t *kept = type && strcmp(type, "image") == 0 ? kept_image(block, data_dir) : NULL;
+            json_t *kept = is_base64_image(block) ? kept_image(block, data_dir) : NULL;
             if (kept)
                 json_array_set_new(content, k, kept);
         }
     }
+}
+
+void nx_media_keep_images(json_t *messages, const char *data_dir)
+{
+    if (!data_dir || !*data_dir)
+        return;
+    nx_llm_media_set_root(data_dir); /* where the providers' encoders read it back */
+    keep_images_io(messages, data_dir);
+}
+
+struct image_work {
+    uv_work_t req;
+    json_t *messages;
+    char *data_dir;
+    void (*done)(json_t *messages, void *arg);
+    void *arg;
+};
+
+static void keep_images_run(uv_work_t *req)
+{
+    struct image_work *w = req->data;
+    keep_images_io(w->messages, w->data_dir);
+}
+
+static void keep_images_done(uv_work_t *req, int status)
+{
+    struct image_work *w = req->data;
+    (void)status; /* (cancelled: the work did not run, and the images stay as they were) */
+    w->done(w->messages, w->arg);
+    free(w->data_dir);
+    free(w);
+}
+
+int nx_media_keep_images_async(uv_loop_t *loop, json_t *messages, const char *data_dir,
+                               void (*done)(json_t *messages, void *arg), void *arg)
+{
+    struct image_work *w = nx_calloc(1, sizeof *w);
+    int rc;
+
+    nx_llm_media_set_root(data_dir); /* where the providers' encoders read them back */
+    w->req.data = w;
+    w->messages = messages;
+    w->data_dir = nx_strdup(data_dir);
+    w->done = done;
+    w->arg = arg;
+    if ((rc = uv_queue_work(loop, &w->req, keep_images_run, keep_images_done)) != 0) {
+        free(w->data_dir);
+        free(w);
+        return rc;
+    }
+    return 0;
 }

@@ -2,7 +2,9 @@
 #define NX_AGENT_CARRY_H
 
 #include <jansson.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <uv.h>
 
 /* The files a user sent, carried in routed work from the gateway to an agents process, which has
  * its own data directory (docs/scaling.md). Loop thread. */
@@ -30,6 +32,14 @@ json_t *nx_carry_unpack(const json_t *carried, const char *data_dir);
  * provider then decides); so does everything when data_dir is NULL. Edits messages (an
  * array of messages whose content is an array of blocks) in place. */
 void nx_media_keep_images(json_t *messages, const char *data_dir);
+/* Whether nx_media_keep_images has anything to do in these messages (a base64 image). */
+bool nx_media_has_images(const json_t *messages);
+/* nx_media_keep_images on a worker of the loop's thread pool: decoding, hashing and writing a
+ * few megabytes takes milliseconds the loop thread does not wait out. Takes `messages` over
+ * (no other thread may touch them meanwhile) and hands them back, edited, to done() on the
+ * loop thread. Returns 0, or < 0 when no worker could take it (messages stay the caller's). */
+int nx_media_keep_images_async(uv_loop_t *loop, json_t *messages, const char *data_dir,
+                               void (*done)(json_t *messages, void *arg), void *arg);
 
 /* The same media with every `data` dropped (and an `error` saying so): when a work item is too
  * large for the bus after all. New reference. */

@@ -178,3 +178,19 @@ uint64_t turn_history_budget(const struct nx_turn *t, uint32_t max_tokens, const
                      tools_tokens + window / 10;
     return window > taken ? window - taken : 0;
 }
+
+void turn_append_messages(json_t *to, const json_t *from)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(from, i, m) {
+        size_t n = json_array_size(to);
+        json_t *last = n ? json_array_get(to, n - 1) : NULL;
+        const char *lrole = json_string_value(json_object_get(last, "role"));
+        const char *role = json_string_value(json_object_get(m, "role"));
+        if (lrole && role && strcmp(lrole, role) == 0)
+            json_array_extend(json_object_get(last, "content"), json_object_get(m, "content"));
+        else
+            json_array_append(to, m);
+    }
+}

@@ -624,6 +624,35 @@ static void kicked(struct nx_turn *t)
     }
 }
 
+/* A session's images sent as base64 are kept as files, so that its history holds a path
+ * instead of the bytes; a worker does it (agent/carry.h), and the turn is kicked when it is
+ * done. A turn cancelled in between lets its ticket go, and the worker's result is dropped. */
+static void on_images_kept(json_t *input, void *arg)
+{
+    struct nx_turn *t = ticket_take(arg, true);
+    if (!t) {
+        json_decref(input);
+        return;
+    }
+    json_decref(t->input);
+    t->input = input;
+    kick(t);
+}
+
+static bool keep_images(struct nx_turn *t)
+{
+    const char *dir = t->a->deps.data_dir;
+    if (!dir || !*dir || !nx_media_has_images(t->input))
+        return false;
+    struct ticket *k = ticket_new(t);
+    if (nx_media_keep_images_async(t->a->deps.loop, t->input, dir, on_images_kept, k) < 0) {
+        ticket_take(k, true);
+        return false; /* sent on as base64 */
+    }
+    t->input = json_array(); /* the worker's meanwhile; a turn cancelled before has none */
+    return true;
+}
+
 struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
 {
     metrics_init();
@@ -643,8 +672,6 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
     t->channel = nx_strdup(o->channel ? o->channel : "http");
     t->system_extra = o->system_extra ? nx_strdup(o->system_extra) : NULL;
     t->input = o->messages ? json_deep_copy(o->messages) : json_array();
-    if (t->session_key) /* kept: a path in the history instead of the bytes */
-        nx_media_keep_images(t->input, a->deps.data_dir);
     t->o.stop = o->stop ? json_deep_copy(o->stop) : NULL; /* the turn's own (free_turn) */
     t->o.agent_id = t->agent_id;
     t->o.session_key = t->session_key;
@@ -659,7 +686,8 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
     a->turns_started++;
     nx_gauge_set(m_inflight, NULL, (double)a->nturns);
     /* on_done never runs inside this call: everything starts on the next loop iteration. */
-    t->kick = nx_timer_once(a->deps.loop, 0, kick, t);
+    if (!t->session_key || !keep_images(t))
+        t->kick = nx_timer_once(a->deps.loop, 0, kick, t);
     return t;
 }
 
@@ -711,36 +739,9 @@ void nx_turn_cancel(struct nx_turn *t)
     stop_turn(t);
 }
 
-void nx_agents_free(struct nx_agents *a)
-{
-    if (!a)
-        return;
-    a->is_freeing = true;
-    while (a->turns)
-        nx_turn_cancel(a->turns);
-    lanes_free(a);
-    budgets_free(a);
-    hcache_free(a->history);
-    gen_unref(a->gen);
-    free(a->data_dir);
-    free(a);
-}
-
 void turn_merge(struct nx_turn *into, struct nx_turn *from)
 {
-    /* Consecutive messages of one role become one message (the APIs want roles to alternate). */
-    size_t i;
-    json_t *m;
-    json_array_foreach(from->input, i, m) {
-        size_t n = json_array_size(into->input);
-        json_t *last = n ? json_array_get(into->input, n - 1) : NULL;
-        const char *lrole = json_string_value(json_object_get(last, "role"));
-        const char *role = json_string_value(json_object_get(m, "role"));
-        if (lrole && role && strcmp(lrole, role) == 0)
-            json_array_extend(json_object_get(last, "content"), json_object_get(m, "content"));
-        else
-            json_array_append(into->input, m);
-    }
+    turn_append_messages(into->input, from->input);
     into->merged = nx_realloc(into->merged, (into->nmerged + 1) * sizeof *into->merged);
     into->merged[into->nmerged++] = from;
     from->merged_into = into;

@@ -56,9 +56,10 @@ int nx_media_make_outbox(const char *data_dir)
 
 int nx_media_write_file(const char *path, const char *data, size_t len)
 {
+    static _Atomic unsigned long seq; /* writers on several threads may write one path at once */
     struct nx_buf tmp = NX_BUF_INIT;
     int fd = -1, rc = NX_EIO;
-    nx_buf_printf(&tmp, "%s.part", path);
+    nx_buf_printf(&tmp, "%s.%ld.%lu.part", path, (long)getpid(), ++seq);
     fd = open(nx_buf_cstr(&tmp), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         goto out;

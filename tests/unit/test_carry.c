@@ -1,3 +1,4 @@
+/* NX_TEST_LABELS: threaded */
 /* Media carried in routed work (agent/carry.c): what the gateway packs, within its budget, and
  * what an agents process makes of it, up to the user message the model gets; and a session's
  * images from the HTTP APIs, kept as files. */
@@ -262,6 +263,58 @@ static void test_images_that_cannot_be_kept_stay_as_they_are(void **state)
     assert_int_equal(files_in(dir), 0);
 }
 
+struct kept {
+    json_t *msgs[8];
+    int done;
+};
+
+static void on_kept(json_t *messages, void *arg)
+{
+    struct kept *k = arg;
+    k->msgs[k->done++] = messages;
+}
+
+/* Sessions' images are kept by the loop's worker threads, several at once, the same image in
+ * some of them: each comes back as a path, one file per distinct image, nothing half-written
+ * left behind. */
+static void test_images_are_kept_by_workers(void **state)
+{
+    struct fx *f = *state;
+    unsigned char other[sizeof png];
+    char *b64[2], dir[256];
+    struct kept k = {{0}, 0};
+    uv_loop_t loop;
+
+    memcpy(other, png, sizeof png);
+    other[sizeof png - 1] ^= 0x5a; /* (still a PNG by its signature: other bytes, another file) */
+    b64[0] = nx_llm_base64(png, sizeof png);
+    b64[1] = nx_llm_base64(other, sizeof other);
+    assert_int_equal(uv_loop_init(&loop), 0);
+    json_t *plain = json_pack("[{s:s, s:[{s:s, s:s}]}]", "role", "user", "content", "type", "text",
+                              "text", "hi");
+    assert_false(nx_media_has_images(plain));
+    json_decref(plain);
+    for (int i = 0; i < 8; i++) {
+        json_t *msgs = image_message(b64[i % 2]);
+        assert_true(nx_media_has_images(msgs));
+        assert_int_equal(nx_media_keep_images_async(&loop, msgs, f->agent, on_kept, &k), 0);
+    }
+    while (k.done < 8)
+        uv_run(&loop, UV_RUN_ONCE);
+    for (int i = 0; i < 8; i++) {
+        const json_t *src = json_object_get(
+            json_array_get(json_object_get(json_array_get(k.msgs[i], 0), "content"), 0), "source");
+        assert_string_equal(json_string_value(json_object_get(src, "type")), "nexo_media");
+        assert_false(nx_media_has_images(k.msgs[i]));
+        json_decref(k.msgs[i]);
+    }
+    assert_int_equal(uv_loop_close(&loop), 0);
+    snprintf(dir, sizeof dir, "%s/media/api", f->agent);
+    assert_int_equal(files_in(dir), 2);
+    free(b64[0]);
+    free(b64[1]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -271,6 +324,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_carried_data_becomes_a_note, setup, teardown),
         cmocka_unit_test_setup_teardown(test_a_sessions_images_are_kept_as_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_images_that_cannot_be_kept_stay_as_they_are, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_images_are_kept_by_workers, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
