@@ -239,6 +239,15 @@ void budgets_prepare(struct nx_agents *a)
         if (c->limits.daily_token_budget)
             publish(entry(a, c->id), c->limits.daily_token_budget);
     }
+    /* An agent that left, or has no budget any more: its gauge goes too. */
+    for (struct budget *b = a->budgets; b; b = b->next) {
+        const struct agent_rt *rt = b->limit ? gen_agent(a->gen, b->agent_id) : NULL;
+        if (b->limit && (!rt || !rt->conf->limits.daily_token_budget)) {
+            const char *const lv[] = {b->agent_id};
+            nx_gauge_remove(m_remaining, lv);
+            b->limit = 0;
+        }
+    }
 }
 
 int budget_check(struct nx_turn *t, bool may_wait, char *msg, size_t msglen)

@@ -312,6 +312,37 @@ void nx_gauge_set(struct nx_metric *m, const char *const *label_values, double v
     pthread_mutex_unlock(&m->mu);
 }
 
+void nx_gauge_remove(struct nx_metric *m, const char *const *label_values)
+{
+    if (!m || !m->table_cap)
+        return;
+    NX_ASSERT(m->type == METRIC_GAUGE);
+    pthread_mutex_lock(&m->mu);
+    uint64_t h = hash_values(m, label_values);
+    struct series *s = NULL;
+    for (size_t i = (size_t)h & (m->table_cap - 1); m->table[i]; i = (i + 1) & (m->table_cap - 1)) {
+        if (series_matches(m, m->table[i], h, label_values)) {
+            s = m->table[i];
+            break;
+        }
+    }
+    if (s) {
+        size_t k = 0;
+        for (size_t i = 0; i < m->nseries; i++) /* the others keep their order */
+            if (m->order[i] != s)
+                m->order[k++] = m->order[i];
+        m->nseries = k;
+        memset(m->table, 0, m->table_cap * sizeof *m->table);
+        for (size_t i = 0; i < m->nseries; i++)
+            table_insert(m->table, m->table_cap, m->order[i]);
+        for (size_t i = 0; i < m->nlabels; i++)
+            free(s->values[i]);
+        free(s->values);
+        free(s);
+    }
+    pthread_mutex_unlock(&m->mu);
+}
+
 void nx_gauge_add(struct nx_metric *m, const char *const *label_values, double v)
 {
     if (!m)

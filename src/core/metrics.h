@@ -26,6 +26,9 @@ struct nx_metric *nx_metric_histogram(const char *name, const char *help,
 void nx_counter_add(struct nx_metric *m, const char *const *label_values, double v);
 void nx_gauge_set(struct nx_metric *m, const char *const *label_values, double v);
 void nx_gauge_add(struct nx_metric *m, const char *const *label_values, double v);
+/* Drops a gauge's series (a provider or agent no longer configured): it is not rendered again
+ * until it is set again. */
+void nx_gauge_remove(struct nx_metric *m, const char *const *label_values);
 void nx_histogram_observe(struct nx_metric *m, const char *const *label_values, double v);
 
 /* Called at each render, to sample values that are cheaper to read than to track. */

@@ -203,6 +203,42 @@ int64_t nx_llm_parse_retry_after(const char *retry_after_ms, const char *retry_a
 static const double latency_buckets[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
 static const double ttft_buckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
 
+/* Providers alive, by name: a reload builds the new generation's before the old one's go, so
+ * a name's breaker gauge is dropped only when its last provider goes (it left llm.yaml), and
+ * does not say "open" forever for a provider nobody calls. One thread (the loop's). */
+static struct live_name {
+    char *name;
+    unsigned n;
+} *live_names;
+static size_t nlive_names;
+
+static void live_name_add(const char *name, int delta, struct nx_metric *gauge)
+{
+    size_t i = 0;
+    while (i < nlive_names && strcmp(live_names[i].name, name) != 0)
+        i++;
+    if (i == nlive_names) {
+        if (delta < 0)
+            return;
+        live_names = nx_realloc(live_names, (nlive_names + 1) * sizeof *live_names);
+        live_names[nlive_names++] = (struct live_name){nx_strdup(name), 0};
+    }
+    if (delta > 0) {
+        live_names[i].n++;
+        return;
+    }
+    if (--live_names[i].n)
+        return;
+    const char *lv[] = {name};
+    nx_gauge_remove(gauge, lv);
+    free(live_names[i].name);
+    live_names[i] = live_names[--nlive_names];
+    if (!nlive_names) {
+        free(live_names);
+        live_names = NULL;
+    }
+}
+
 int nx_llm_provider_new(struct nx_http_client *http, const struct nx_llm_provider_conf *conf,
                         struct nx_llm_provider **out)
 {
@@ -257,6 +293,7 @@ int nx_llm_provider_new(struct nx_http_client *http, const struct nx_llm_provide
     p->m_ttft = nx_metric_histogram("nexo_llm_stream_ttft_seconds",
                                     "Time to the first streamed text delta.", l_p, ttft_buckets,
                                     NX_ARRAY_LEN(ttft_buckets));
+    live_name_add(p->name, 1, p->m_breaker);
     nx_llm_publish_breaker(p);
     *out = p;
     return 0;
@@ -266,6 +303,7 @@ void nx_llm_provider_free(struct nx_llm_provider *p)
 {
     if (!p)
         return;
+    live_name_add(p->name, -1, p->m_breaker);
     for (size_t i = 0; i < p->nheaders; i++) {
         free((char *)p->headers[i].name);
         free((char *)p->headers[i].value);

@@ -46,6 +46,46 @@ class Reload(unittest.TestCase):
             finally:
                 n.cleanup()
 
+    def test_a_removed_provider_or_agent_leaves_the_gauges(self):
+        # Gauges state what is now: a provider gone from llm.yaml no longer shows a breaker
+        # state, an agent gone (or without a budget now) no longer shows a budget left; those
+        # that stay keep theirs through the reload.
+        llm = ("providers:\n  anthropic: {api_key: sk-fake-key, base_url: http://127.0.0.1:9}\n"
+               "  spare: {kind: openai, api_key: sk-fake-key, base_url: http://127.0.0.1:9/v1}\n")
+        agents = ("agents:\n"
+                  "  - id: kate\n    model: {provider: anthropic, model: claude-haiku-4-5}\n"
+                  "    limits: {daily_token_budget: 1000}\n"
+                  "  - id: tom\n    model: {provider: spare, model: gpt-4o-mini}\n"
+                  "    limits: {daily_token_budget: 2000}\n")
+        with tempfile.TemporaryDirectory() as cfg:
+            write_config(cfg, {"llm.yaml": llm, "agents.yaml": agents})
+            n = Nexo(config_dir=cfg)
+            try:
+                n.start()
+
+                def metrics():
+                    return n.request("GET", "/metrics", listener="metrics")[1].decode()
+
+                text = metrics()
+                for series in ('nexo_llm_breaker_state{provider="anthropic"} 0',
+                               'nexo_llm_breaker_state{provider="spare"} 0',
+                               'nexo_agent_tokens_budget_remaining{agent="kate"} 1000',
+                               'nexo_agent_tokens_budget_remaining{agent="tom"} 2000'):
+                    self.assertIn(series, text)
+                write_config(cfg, {"llm.yaml": llm.split("  spare")[0],
+                                   "agents.yaml": agents.split("  - id: tom")[0]})
+                n.signal(signal.SIGHUP)
+                n.wait_log(r"configuration reloaded")
+                text = metrics()
+                self.assertIn('nexo_llm_breaker_state{provider="anthropic"} 0', text)
+                self.assertIn('nexo_agent_tokens_budget_remaining{agent="kate"} 1000', text)
+                self.assertNotIn('provider="spare"} ', text.split("nexo_llm_breaker_state", 1)[1][:400])
+                self.assertNotIn('nexo_agent_tokens_budget_remaining{agent="tom"}', text)
+                self.assertNotIn('nexo_llm_breaker_state{provider="spare"}', text)
+                self.assertEqual(n.stop(), 0)
+            finally:
+                n.cleanup()
+
 
 if __name__ == "__main__":
     main()

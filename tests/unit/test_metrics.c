@@ -345,6 +345,43 @@ static void test_metrics_concurrent_updates(void **state)
     free(s);
 }
 
+/* A removed series is not rendered, the others keep their order and values, the removed one
+ * comes back when set again, and removing what is not there is harmless. */
+static void test_metrics_gauge_series_can_be_removed(void **state)
+{
+    (void)state;
+    static const char *const labels[] = {"provider", NULL};
+    struct nx_metric *g = nx_metric_gauge("nexo_test_state", "state", labels);
+    const char *const a[] = {"a"}, *const b[] = {"b"}, *const c[] = {"c"}, *const z[] = {"z"};
+
+    nx_gauge_set(g, a, 1);
+    nx_gauge_set(g, b, 2);
+    nx_gauge_set(g, c, 3);
+    nx_gauge_remove(g, b);
+    nx_gauge_remove(g, z);
+    char *text = render_families();
+    assert_string_equal(text, "# HELP nexo_test_state state\n# TYPE nexo_test_state gauge\n"
+                              "nexo_test_state{provider=\"a\"} 1\nnexo_test_state{provider=\"c\"} 3\n");
+    free(text);
+    nx_gauge_set(g, c, 4); /* still found after the table was rebuilt */
+    nx_gauge_set(g, b, 5);
+    text = render_families();
+    assert_non_null(strstr(text, "nexo_test_state{provider=\"c\"} 4\nnexo_test_state{provider=\"b\"} 5\n"));
+    free(text);
+    for (int i = 0; i < 100; i++) { /* through table growth */
+        char v[16];
+        const char *lv[] = {v};
+        snprintf(v, sizeof v, "p%d", i);
+        nx_gauge_set(g, lv, i);
+        if (i % 2)
+            nx_gauge_remove(g, lv);
+    }
+    text = render_families();
+    assert_non_null(strstr(text, "{provider=\"p98\"} 98\n"));
+    assert_null(strstr(text, "{provider=\"p99\"}"));
+    free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -354,6 +391,7 @@ int main(void)
         cmocka_unit_test_setup(test_metrics_process_metrics_present, reset_registry),
         cmocka_unit_test_setup(test_metrics_collectors_run_at_render, reset_registry),
         cmocka_unit_test_setup(test_metrics_concurrent_updates, reset_registry),
+        cmocka_unit_test_setup(test_metrics_gauge_series_can_be_removed, reset_registry),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
