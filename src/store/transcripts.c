@@ -17,8 +17,8 @@
 #include "store/history.h"
 #include "store/history_internal.h"
 
-/* Transcripts: file names, the JSONL writer, redaction of JSON values, the searchable text of a
- * message, FTS5 search and `nexo transcripts`. See docs/transcripts.md. */
+/* Transcripts: file names, the JSONL writer, the searchable text of a message, FTS5 search and
+ * `nexo transcripts` (redaction of JSON values: transcript_json.c). See docs/transcripts.md. */
 
 #define NAME_MAX_ENCODED 128
 #define NAME_KEEP 96
@@ -179,122 +179,6 @@ out:
     return rc;
 }
 
-/* ---- redaction of JSON values ---- */
-
-json_t *nx_json_string_lossy(const char *s)
-{
-    json_t *v = json_string(s ? s : "");
-    char *copy;
-
-    if (v)
-        return v;
-    copy = nx_strdup(s);
-    for (char *p = copy; *p; p++) {
-        if ((unsigned char)*p >= 0x80)
-            *p = '?';
-    }
-    v = json_string(copy);
-    free(copy);
-    NX_ASSERT(v);
-    return v;
-}
-
-/* A redacted string as JSON; `scratch` is the caller's, reused. */
-static void put_redacted(struct nx_buf *out, struct nx_buf *scratch, const char *s, size_t len)
-{
-    nx_buf_reset(scratch);
-    nx_redact_append(scratch, s, len);
-    nx_buf_put_json_str(out, scratch->len ? scratch->data : "", scratch->len);
-}
-
-/* A real as jansson writes it: 17 significant digits, and a ".0" when that reads as an integer. */
-static void put_real(struct nx_buf *out, double d)
-{
-    char num[40];
-    int n = snprintf(num, sizeof num, "%.17g", d);
-    nx_buf_append(out, num, n > 0 ? (size_t)n : 0);
-    if (n > 0 && !strpbrk(num, ".eE"))
-        nx_buf_puts(out, ".0");
-}
-
-static const char *str_of(const json_t *o, const char *key)
-{
-    const char *v = json_string_value(json_object_get(o, key));
-    return v ? v : "";
-}
-
-static void dump_redacted(struct nx_buf *out, struct nx_buf *scratch, const json_t *v)
-{
-    size_t i, klen;
-    const char *key;
-    json_t *item;
-    bool is_first = true;
-
-    switch (json_typeof(v)) {
-    case JSON_STRING:
-        put_redacted(out, scratch, json_string_value(v), json_string_length(v));
-        break;
-    case JSON_ARRAY:
-        nx_buf_putc(out, '[');
-        json_array_foreach(v, i, item) {
-            if (i)
-                nx_buf_putc(out, ',');
-            dump_redacted(out, scratch, item);
-        }
-        nx_buf_putc(out, ']');
-        break;
-    case JSON_OBJECT:
-        nx_buf_putc(out, '{');
-        json_object_keylen_foreach((json_t *)v, key, klen, item) {
-            if (!is_first)
-                nx_buf_putc(out, ',');
-            is_first = false;
-            put_redacted(out, scratch, key, klen);
-            nx_buf_putc(out, ':');
-            if (klen == 4 && memcmp(key, "data", 4) == 0 && json_is_string(item) &&
-                json_string_length(item) > 256 &&
-                strcmp(str_of(v, "type"), "base64") == 0) /* an image's bytes */
-                nx_buf_printf(out, "\"[base64, %zu bytes not kept in the transcript]\"",
-                              json_string_length(item));
-            else if ((json_is_string(item) || json_is_number(item)) && nx_redact_is_secret_key(key, klen))
-                nx_buf_puts(out, "\"[REDACTED]\""); /* tool arguments: {"password": "…"} */
-            else
-                dump_redacted(out, scratch, item);
-        }
-        nx_buf_putc(out, '}');
-        break;
-    case JSON_INTEGER:
-        nx_buf_printf(out, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
-        break;
-    case JSON_REAL:
-        put_real(out, json_real_value(v));
-        break;
-    case JSON_TRUE:
-        nx_buf_puts(out, "true");
-        break;
-    case JSON_FALSE:
-        nx_buf_puts(out, "false");
-        break;
-    default:
-        nx_buf_puts(out, "null");
-        break;
-    }
-}
-
-void nx_json_put_redacted(struct nx_buf *out, const char *s, size_t len)
-{
-    struct nx_buf scratch = NX_BUF_INIT;
-    put_redacted(out, &scratch, s, len);
-    nx_buf_cleanup(&scratch);
-}
-
-void nx_json_dump_redacted(const json_t *v, struct nx_buf *out)
-{
-    struct nx_buf scratch = NX_BUF_INIT;
-    dump_redacted(out, &scratch, v);
-    nx_buf_cleanup(&scratch);
-}
-
 /* ---- searchable text ---- */
 
 static void put_part(struct nx_buf *out, const char *s, size_t len)
@@ -350,6 +234,7 @@ struct search {
     json_t *rows;      /* on success */
     bool is_phrase;    /* the query did not parse and was searched as a phrase */
     char err[256];     /* why the query failed, or why it was rewritten */
+    json_t *agents;    /* nothing found for `agent`, which has no sessions: the agents that do */
     void (*finish)(int rc, struct search *q);
     nx_transcripts_found_fn done;
     void *arg;
@@ -362,6 +247,7 @@ static void search_free(struct search *q)
     free(q->query);
     free(q->agent);
     json_decref(q->rows);
+    json_decref(q->agents);
     free(q);
 }
 
@@ -436,6 +322,31 @@ static char *as_phrase(const char *query)
     return nx_buf_steal(&b);
 }
 
+/* Nothing found for an --agent: is it an agent with no sessions here (a typo, most likely)?
+ * Then q->agents lists those that have some, for the user to pick from. */
+static int check_agent(sqlite3 *db, struct search *q)
+{
+    sqlite3_stmt *st = NULL;
+    bool is_known = false;
+
+    if (!q->agent || json_array_size(q->rows))
+        return 0;
+    if (sqlite3_prepare_v2(db, "SELECT DISTINCT agent_id FROM sessions ORDER BY 1 LIMIT 50", -1, &st,
+                           NULL) != SQLITE_OK)
+        return 0; /* (only a hint) */
+    json_t *agents = json_array();
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        is_known = is_known || strcmp(col_text(st, 0), q->agent) == 0;
+        json_array_append_new(agents, nx_json_string_lossy(col_text(st, 0)));
+    }
+    sqlite3_finalize(st);
+    if (is_known)
+        json_decref(agents);
+    else
+        q->agents = agents;
+    return 0;
+}
+
 static int search_job(sqlite3 *db, void *arg)
 {
     struct search *q = arg;
@@ -444,6 +355,8 @@ static int search_job(sqlite3 *db, void *arg)
     int rc;
 
     rc = query_rows(db, q, q->query);
+    if (rc == 0)
+        return check_agent(db, q);
     if (rc != NX_EINVAL)
         return rc;
     /* Not valid FTS5 syntax: search for the words as they were typed. */
@@ -453,7 +366,7 @@ static int search_job(sqlite3 *db, void *arg)
     free(phrase);
     snprintf(q->err, sizeof q->err, "%s", first_err);
     q->is_phrase = rc == 0;
-    return rc;
+    return rc == 0 ? check_agent(db, q) : rc;
 }
 
 static void search_done(int rc, void *arg)
@@ -624,6 +537,26 @@ static void print_hit(const json_t *row)
     nx_buf_cleanup(&b);
 }
 
+static void agent_note(const struct search *q)
+{
+    struct nx_buf b = NX_BUF_INIT;
+    size_t i;
+    const json_t *a;
+
+    nx_buf_puts(&b, "nexo: transcripts: no sessions of agent \"");
+    for (const char *p = q->agent; *p; p++) /* (typed by the user, but printed as any field is) */
+        nx_buf_putc(&b, (unsigned char)*p < 0x20 || *p == 0x7f ? ' ' : *p);
+    nx_buf_puts(&b, json_array_size(q->agents) ? "\" here; agents with sessions: " : "\" here");
+    json_array_foreach(q->agents, i, a) {
+        if (i)
+            nx_buf_puts(&b, ", ");
+        for (const char *p = json_string_value(a); *p; p++)
+            nx_buf_putc(&b, (unsigned char)*p < 0x20 || *p == 0x7f ? ' ' : *p);
+    }
+    fprintf(stderr, "%s\n", nx_buf_cstr(&b));
+    nx_buf_cleanup(&b);
+}
+
 static int cli_search(const char *data_dir, struct search *q, bool is_json)
 {
     uv_loop_t loop;
@@ -671,6 +604,8 @@ static int cli_search(const char *data_dir, struct search *q, bool is_json)
     if (q->is_phrase)
         fprintf(stderr, "nexo: transcripts: the query is not FTS5 syntax (%s); searched it as a phrase\n",
                 q->err);
+    if (q->agents)
+        agent_note(q);
     if (is_json) {
         char *text = json_dumps(q->rows, JSON_INDENT(2));
         puts(text ? text : "[]");

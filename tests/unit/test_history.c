@@ -992,20 +992,41 @@ static int run_cmd(struct fx *f, char **out, int argc, char **argv)
     int fd;
     int rc;
 
+    char err_path[PATH_MAX];
+    int saved_err;
+
     snprintf(path, sizeof path, "%s/stdout.txt", f->tmp);
+    snprintf(err_path, sizeof err_path, "%s/stderr.txt", f->tmp); /* (last_stderr reads it) */
     fflush(stdout);
+    fflush(stderr);
     saved = dup(STDOUT_FILENO);
+    saved_err = dup(STDERR_FILENO);
     fd = open(path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
-    assert_true(saved >= 0 && fd >= 0);
+    assert_true(saved >= 0 && saved_err >= 0 && fd >= 0);
     dup2(fd, STDOUT_FILENO);
+    close(fd);
+    fd = open(err_path, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    dup2(fd, STDERR_FILENO);
     close(fd);
     rc = nx_cmd_transcripts(argc, argv, f->dir);
     fflush(stdout);
+    fflush(stderr);
     dup2(saved, STDOUT_FILENO);
+    dup2(saved_err, STDERR_FILENO);
     close(saved);
+    close(saved_err);
     *out = slurp(path);
     assert_non_null(*out);
     return rc;
+}
+
+/* What the last run_cmd wrote to stderr (free it). */
+static char *last_stderr(struct fx *f)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/stderr.txt", f->tmp);
+    return slurp(path);
 }
 
 static void test_cmd_transcripts_prints_hits(void **state)
@@ -1058,6 +1079,29 @@ static void test_cmd_transcripts_prints_hits(void **state)
     assert_int_equal(run_cmd(f, &out, 2, argv), 0);
     assert_string_equal(out, "no matches\n");
     free(out);
+
+    /* an --agent with no sessions at all (a typo?) is said so, with those that have some;
+     * one that has sessions but no match gets no such note */
+    char *err;
+    argv[0] = "search";
+    argv[1] = "sunny";
+    argv[2] = "--agent";
+    argv[3] = "opz";
+    assert_int_equal(run_cmd(f, &out, 4, argv), 0);
+    assert_string_equal(out, "no matches\n");
+    free(out);
+    err = last_stderr(f);
+    assert_string_equal(err, "nexo: transcripts: no sessions of agent \"opz\" here; agents with "
+                             "sessions: main, ops\n");
+    free(err);
+    argv[1] = "Porto"; /* (only ops said it) */
+    argv[3] = "main";
+    assert_int_equal(run_cmd(f, &out, 4, argv), 0);
+    assert_string_equal(out, "no matches\n");
+    free(out);
+    err = last_stderr(f);
+    assert_string_equal(err, "");
+    free(err);
 
     /* usage errors */
     argv[0] = "search";
