@@ -85,6 +85,16 @@ static struct nx_turn *dequeue(struct lane *l)
     return t;
 }
 
+/* A queued message joins a turn only when it asked for what that turn's call asks: one call
+ * cannot stop at two callers' different stop sequences or keep to two max_tokens. One that asked
+ * otherwise waits for a turn of its own. */
+static bool same_call(const struct nx_turn_opts *a, const struct nx_turn_opts *b)
+{
+    bool same_stop = (!a->stop && !b->stop) || (a->stop && b->stop && json_equal(a->stop, b->stop));
+    return same_stop && a->max_tokens == b->max_tokens && a->temperature == b->temperature &&
+           a->no_tools == b->no_tools;
+}
+
 static void start_next(struct nx_agents *a, struct lane *l)
 {
     struct nx_turn *t = dequeue(l);
@@ -94,7 +104,7 @@ static void start_next(struct nx_agents *a, struct lane *l)
     }
     /* collect: everything queued behind a collect-mode turn joins it. */
     while (t->o.queue_mode == NX_QUEUE_COLLECT && l->head &&
-           l->head->o.queue_mode == NX_QUEUE_COLLECT)
+           l->head->o.queue_mode == NX_QUEUE_COLLECT && same_call(&t->o, &l->head->o))
         turn_merge(t, dequeue(l));
     l->running = t;
     turn_run(t);

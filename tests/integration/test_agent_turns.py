@@ -67,11 +67,11 @@ class Turns(FakePeers, unittest.TestCase):
     def requests(self):
         return fake_requests(self.fport)
 
-    def chat(self, agent, text, session=None, timeout=30):
+    def chat(self, agent, text, session=None, timeout=30, **extra):
         headers = {"Content-Type": "application/json"}
         if session:
             headers["X-Nexo-Session"] = session
-        body = json.dumps({"model": agent, "messages": [{"role": "user", "content": text}]})
+        body = json.dumps(dict({"model": agent, "messages": [{"role": "user", "content": text}]}, **extra))
         status, data, _ = self.n.request("POST", "/v1/chat/completions", body=body.encode(),
                                          headers=headers, timeout=timeout)
         return status, json.loads(data)
@@ -340,6 +340,36 @@ class Turns(FakePeers, unittest.TestCase):
         last = reqs[1]["body"]["messages"][-1]
         self.assertEqual(last["role"], "user")
         self.assertEqual(sorted(b["text"] for b in last["content"]), ["b", "c"])
+
+    def wait_in_flight(self, n):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            _, m, _ = self.n.request("GET", "/metrics", listener="metrics")
+            if "nexo_agent_turns_in_flight %d\n" % n in m.decode():
+                return
+            time.sleep(0.01)
+        self.fail("turns in flight never reached %d" % n)
+
+    def test_collect_mode_merges_only_messages_that_ask_for_the_same_call(self):
+        # b asks for its own stop sequence: one call cannot stop at b's and not at c's, so b
+        # gets a turn of its own and c and d, asking alike, share the next
+        script(self.fport, [{"hang_ms": 1500, "text": "first"}, {"text": "bee"}, {"text": "merged"}])
+        before = len(self.requests())
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            a = ex.submit(self.chat, "collector", "a", "s-col2")
+            self.wait_upstream(before + 1)
+            b = ex.submit(self.chat, "collector", "b", "s-col2", stop=["STOP"])
+            self.wait_in_flight(2)
+            c = ex.submit(self.chat, "collector", "c", "s-col2")
+            self.wait_in_flight(3)
+            d = ex.submit(self.chat, "collector", "d", "s-col2")
+            answers = [f.result()[1]["choices"][0]["message"]["content"] for f in (a, b, c, d)]
+        self.assertEqual(answers, ["first", "bee", "merged", "merged"])
+        reqs = self.requests()[before:]
+        self.assertEqual(len(reqs), 3)
+        self.assertEqual(reqs[1]["body"].get("stop_sequences"), ["STOP"])
+        self.assertNotIn("stop_sequences", reqs[2]["body"])
+        self.assertEqual(sorted(b["text"] for b in reqs[2]["body"]["messages"][-1]["content"]), ["c", "d"])
 
     def test_queue_cap_refuses_a_message_beyond_it(self):
         script(self.fport, [{"hang_ms": 1500, "text": "one"}, {"text": "two"}])
