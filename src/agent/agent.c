@@ -159,26 +159,31 @@ static void build_agent(struct generation *g, struct agent_rt *rt, const struct 
 {
     rt->conf = ac;
     rt->targets = nx_calloc(ac->model.n_fallbacks + 1, sizeof *rt->targets);
+    /* The request must fit whichever target answers: the smallest window of those usable. */
+    rt->context_window = UINT32_MAX;
     struct nx_llm_provider *p = usable_provider(g, ac->model.provider);
     if (p) {
         rt->targets[rt->ntargets].provider = p;
         rt->targets[rt->ntargets++].model = ac->model.model;
+        rt->context_window = context_window(ac->id, ac->model.model, ac->model.context_window);
     }
-    for (size_t i = 0; i < ac->model.n_fallbacks; i++) {
-        p = usable_provider(g, ac->model.fallbacks[i].provider);
-        if (!p)
-            continue;
-        rt->targets[rt->ntargets].provider = p;
-        rt->targets[rt->ntargets++].model = ac->model.fallbacks[i].model;
-    }
-    if (!rt->ntargets)
-        rt->no_target_why = no_target_why(g, ac);
-    rt->context_window = context_window(ac->id, ac->model.model, ac->model.context_window);
     for (size_t i = 0; i < ac->model.n_fallbacks; i++) {
         const struct nx_model_ref *f = &ac->model.fallbacks[i];
+        if (!(p = usable_provider(g, f->provider)))
+            continue;
+        rt->targets[rt->ntargets].provider = p;
+        rt->targets[rt->ntargets++].model = f->model;
         uint32_t w = context_window(ac->id, f->model, f->context_window);
-        if (w < rt->context_window) /* the request must fit whichever target answers */
+        if (w < rt->context_window)
             rt->context_window = w;
+    }
+    if (!rt->ntargets) {
+        rt->no_target_why = no_target_why(g, ac);
+        rt->context_window = UNKNOWN_CONTEXT_WINDOW; /* (no call is made) */
+    } else if (ac->limits.max_tokens >= rt->context_window / 10 * 9) {
+        nx_warn("agent", "agent %s: limits.max_tokens %u leaves no room for the conversation in a "
+                         "context window of %u tokens: lower it (or set model.context_window)",
+                ac->id, (unsigned)ac->limits.max_tokens, (unsigned)rt->context_window);
     }
     rt->allowed_tools = (const char *const *)ac->allowed_tools;
     rt->http_allowlist = (const char *const *)nx_strlistmap_get(&ac->outbound_allowlist, "http");

@@ -117,6 +117,7 @@ struct nx_turn {
     size_t call_text_bytes;        /* answer text the model call in flight has streamed */
     uint32_t retry_after_s;        /* the provider's retry-after when the model call failed */
     bool is_started;
+    bool is_images_kept;           /* its base64 images were looked at (kept as files) */
     bool is_interrupted;           /* cancelled by a newer message (interrupt mode) */
     bool is_cancelled;
     bool is_budget_refusal;        /* refused: the agent's daily token budget is used up */

@@ -458,7 +458,9 @@ static void call_model(struct nx_turn *t)
     if (t->session_key) /* the history's sum comes with it; only new messages are estimated */
         tokens = count_tokens(t);
     if (!t->session_key || tokens > budget) {
-        dropped = nx_history_trim(t->convo, budget);
+        /* a session is cut to three quarters, so that its next turns find the same start (and
+         * the provider's prompt cache) until it is full again, not one message later each */
+        dropped = nx_history_trim(t->convo, t->session_key ? budget - budget / 4 : budget);
         t->tokens = 0; /* counted again from the start when needed */
         t->tokens_upto = 0;
         if (dropped)
@@ -559,9 +561,42 @@ void turn_run(struct nx_turn *t)
     IN_TURN_CONTEXT(t, run(t, true));
 }
 
+/* A session's images sent as base64 are kept as files, so that its history holds a path
+ * instead of the bytes; a worker does it (agent/carry.h) once the turn has its place in the
+ * lane, so that no later message of the session overtakes it meanwhile. A turn cancelled in
+ * between lets its ticket go, and the worker's result is dropped. */
+static void on_images_kept(json_t *input, void *arg)
+{
+    struct nx_turn *t = ticket_take(arg, true);
+    if (!t) {
+        json_decref(input);
+        return;
+    }
+    json_decref(t->input);
+    t->input = input;
+    IN_TURN_CONTEXT(t, run(t, true));
+}
+
+static bool keep_images(struct nx_turn *t)
+{
+    const char *dir = t->a->deps.data_dir;
+    t->is_images_kept = true;
+    if (!t->session_key || !dir || !*dir || !nx_media_has_images(t->input))
+        return false;
+    struct ticket *k = ticket_new(t);
+    if (nx_media_keep_images_async(t->a->deps.loop, t->input, dir, on_images_kept, k) < 0) {
+        ticket_take(k, true);
+        return false; /* sent on as base64 */
+    }
+    t->input = json_array(); /* the worker's meanwhile */
+    return true;
+}
+
 static void run(struct nx_turn *t, bool may_wait)
 {
     t->is_started = true;
+    if (!t->is_images_kept && keep_images(t))
+        return; /* on_images_kept runs it on */
     if (!within_budget(t, may_wait))
         return;
     if (t->session_key && t->a->deps.store) {
@@ -624,35 +659,6 @@ static void kicked(struct nx_turn *t)
     }
 }
 
-/* A session's images sent as base64 are kept as files, so that its history holds a path
- * instead of the bytes; a worker does it (agent/carry.h), and the turn is kicked when it is
- * done. A turn cancelled in between lets its ticket go, and the worker's result is dropped. */
-static void on_images_kept(json_t *input, void *arg)
-{
-    struct nx_turn *t = ticket_take(arg, true);
-    if (!t) {
-        json_decref(input);
-        return;
-    }
-    json_decref(t->input);
-    t->input = input;
-    kick(t);
-}
-
-static bool keep_images(struct nx_turn *t)
-{
-    const char *dir = t->a->deps.data_dir;
-    if (!dir || !*dir || !nx_media_has_images(t->input))
-        return false;
-    struct ticket *k = ticket_new(t);
-    if (nx_media_keep_images_async(t->a->deps.loop, t->input, dir, on_images_kept, k) < 0) {
-        ticket_take(k, true);
-        return false; /* sent on as base64 */
-    }
-    t->input = json_array(); /* the worker's meanwhile; a turn cancelled before has none */
-    return true;
-}
-
 struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
 {
     metrics_init();
@@ -686,8 +692,7 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
     a->turns_started++;
     nx_gauge_set(m_inflight, NULL, (double)a->nturns);
     /* on_done never runs inside this call: everything starts on the next loop iteration. */
-    if (!t->session_key || !keep_images(t))
-        t->kick = nx_timer_once(a->deps.loop, 0, kick, t);
+    t->kick = nx_timer_once(a->deps.loop, 0, kick, t);
     return t;
 }
 

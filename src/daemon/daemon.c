@@ -502,7 +502,7 @@ static void on_trim_timer(uv_timer_t *t)
     bool is_settle = settle_due && !closed;
     if (nx_agents_turns_in_flight(d->agents) != 0 || !(is_after_closes || is_after_quiet || is_settle))
         return;
-    settle_due = !is_settle;
+    settle_due = is_after_closes;
     trimmed_started = started;
     trimmed_conns = conns;
     since_trim = 0;

@@ -266,7 +266,7 @@ class Limits(FakePeers, unittest.TestCase):
         for agent in ("tight", "tightfb"):
             with self.subTest(agent=agent):
                 before = len(self.requests())
-                for i in range(6):
+                for i in range(8):
                     text = ("msg-%d " % i) + "x" * 1990
                     body = {"model": agent, "user": "window-" + agent,
                             "messages": [{"role": "user", "content": text}]}
@@ -275,17 +275,24 @@ class Limits(FakePeers, unittest.TestCase):
                                                      headers={"Content-Type": "application/json"}, timeout=30)
                     self.assertEqual(status, 200, data)
                 sent = [q["body"] for q in self.requests()[before:]]
-                self.assertEqual(len(sent), 6)
+                self.assertEqual(len(sent), 8)
                 first, last = json.dumps(sent[0]["messages"]), sent[-1]["messages"]
                 self.assertIn("msg-0", first)
                 text = json.dumps(last)
                 self.assertNotIn("msg-0", text)
-                self.assertIn("msg-4", text)
-                self.assertIn("msg-5", json.dumps(last[-1]))
+                self.assertIn("msg-6", text)
+                self.assertIn("msg-7", json.dumps(last[-1]))
                 self.assertEqual(last[0]["role"], "user")
                 self.assertLess(len(text) / 4 + sent[-1]["max_tokens"], 3000)
                 # the first requests, inside the window, were sent whole
                 self.assertIn("msg-0", json.dumps(sent[2]["messages"]))
+                # a cut goes to three quarters of the room, so the next turn starts where the
+                # one that cut did (the provider's prompt cache holds), not a message later
+                starts = [re.search(r"msg-\d", json.dumps(q["messages"][0])).group(0) for q in sent]
+                cuts = [i for i in range(1, 8) if starts[i] != starts[i - 1]]
+                self.assertTrue(cuts, starts)
+                for i in cuts:
+                    self.assertTrue(i + 1 >= 8 or starts[i + 1] == starts[i], starts)
 
 
 if __name__ == "__main__":

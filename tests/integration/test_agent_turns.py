@@ -371,6 +371,35 @@ class Turns(FakePeers, unittest.TestCase):
         self.assertNotIn("stop_sequences", reqs[2]["body"])
         self.assertEqual(sorted(b["text"] for b in reqs[2]["body"]["messages"][-1]["content"]), ["c", "d"])
 
+    def test_an_image_message_is_not_overtaken_by_a_later_one(self):
+        # A session's image is written as a file by a worker thread: meanwhile the turn holds its
+        # place in the lane, so a text sent after it is answered after it (followup), and does
+        # not find itself interrupted by the older message (interrupt)
+        img = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + os.urandom(3000000)).decode()
+        for agent, first_hang in (("kate", 300), ("interrupter", 1000)):
+            with self.subTest(agent=agent):
+                script(self.fport, [{"hang_ms": first_hang, "text": "one"}, {"text": "two"}])
+                before = len(self.requests())
+                session = "s-img-order-" + agent
+                with concurrent.futures.ThreadPoolExecutor(2) as ex:
+                    a = ex.submit(self.chat, agent, [{"type": "text", "text": "A-image"},
+                                                     {"type": "image_url", "image_url": {"url": img}}],
+                                  session)
+                    self.wait_in_flight(1)  # A's turn has started
+                    b = ex.submit(self.chat, agent, "B-text", session)
+                    (sa, ra), (sb, rb) = a.result(), b.result()
+                self.assertEqual(sb, 200, rb)
+                sent = self.requests()[before:]
+                self.assertIn("B-text", json.dumps(sent[-1]["body"]["messages"][-1]))
+                if agent == "kate":
+                    self.assertEqual((sa, ra["choices"][0]["message"]["content"]), (200, "one"))
+                    self.assertEqual(rb["choices"][0]["message"]["content"], "two")
+                    self.assertEqual(len(sent), 2)
+                    self.assertIn("A-image", json.dumps(sent[0]["body"]["messages"][-1]))
+                else:  # the newer message interrupts the older one, never the other way round
+                    self.assertEqual(sa, 409, ra)
+                    self.assertEqual(ra["error"]["type"], "interrupted")
+
     def test_queue_cap_refuses_a_message_beyond_it(self):
         script(self.fport, [{"hang_ms": 1500, "text": "one"}, {"text": "two"}])
         with concurrent.futures.ThreadPoolExecutor(2) as ex:

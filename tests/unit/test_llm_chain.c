@@ -402,6 +402,11 @@ static void test_context_windows_by_model_name(void **state)
     assert_int_equal(nx_llm_context_window("gpt-4o-mini"), 128000);
     assert_int_equal(nx_llm_context_window("openai/gpt-4.1-mini"), 1047576);
     assert_int_equal(nx_llm_context_window("gpt-4"), 8192);
+    assert_int_equal(nx_llm_context_window("gpt-4.5-preview"), 128000);
+    assert_int_equal(nx_llm_context_window("gpt-4-vision-preview"), 128000);
+    assert_int_equal(nx_llm_context_window("gpt-5-mini"), 272000);
+    assert_int_equal(nx_llm_context_window("gpt-5-chat-latest"), 128000);
+    assert_int_equal(nx_llm_context_window("o1-preview"), 128000);
     assert_int_equal(nx_llm_context_window("gpt-4-turbo-2024-04-09"), 128000);
     assert_int_equal(nx_llm_context_window("o1-mini"), 128000);
     assert_int_equal(nx_llm_context_window("o3"), 200000);
