@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "http/client.h"
+#include "http/client_internal.h"
 
 /* libcurl's multi interface on the libuv loop, after curl's docs/examples/multi-uv.c: curl
  * tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION -> one uv_poll_t each) and when to
@@ -27,63 +28,6 @@
 #define DEFAULT_MAX_BYTES (32ull * 1024 * 1024)
 #define DEFAULT_HOST_CONNS 32
 #define MAX_HEADER_BYTES (256u * 1024)
-
-struct sock_ctx {
-    uv_poll_t poll;
-    curl_socket_t fd;
-    struct nx_http_client *client;
-    struct sock_ctx *prev, *next;
-    int is_closing;
-};
-
-struct nx_http_call {
-    struct nx_http_client *client;
-    struct nx_http_call *prev, *next;
-    CURL *easy;
-    struct curl_slist *hdrs;
-    struct curl_slist *resolve;
-    char *body;
-    size_t body_len;
-    bool is_redirecting; /* curl follows redirects: it may send the body again */
-    nx_http_data_fn on_data;
-    nx_http_done_fn on_done;
-    uint64_t log_ctx; /* the caller's log context: its callbacks run in it */
-    void *udata;
-    uint64_t max_bytes;
-    uint64_t received;
-    struct nx_buf resp_hdrs;
-    struct nx_buf resp_body;
-    int hdr_complete;   /* the last header line seen was the blank line ending a block */
-    int body_started;   /* later header lines are trailers */
-    int fail_rc;        /* our own reason for aborting (size cap, caller abort) */
-    int start_rc;       /* set up failed: reported from the kick timer */
-    const char *start_err;
-    int in_multi;
-    int is_done;
-    char errbuf[CURL_ERROR_SIZE];
-};
-
-struct nx_http_client {
-    uv_loop_t *loop;
-    CURLM *multi;
-    CURLSH *share; /* TLS session cache of every call (else each easy handle allocates its own) */
-    uv_timer_t timer;
-    uv_timer_t kick;
-    char *proxy;
-    char *user_agent;
-    uint32_t connect_timeout_ms;
-    uint32_t timeout_ms;
-    uint64_t max_response_bytes;
-    long host_conns;
-    struct nx_http_call *calls, *calls_tail;
-    struct sock_ctx *socks;
-    size_t inflight;
-    size_t peak_inflight; /* since the multi handle was made: how full its connection cache got */
-    int depth;
-    int open_handles;
-    int is_freeing;
-    int is_closed;
-};
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static int global_rc;
@@ -367,6 +311,7 @@ static size_t header_cb(char *ptr, size_t size, size_t nitems, void *userp)
 
     if (call->is_done)
         return 0;
+    call->last_data_ms = uv_now(call->client->loop);
     if (call->body_started)
         return n; /* trailers */
     if (call->hdr_complete) {
@@ -406,6 +351,7 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userp)
 
     if (call->is_done)
         return 0; /* cancelled while curl still held the handle: abort quietly */
+    call->last_data_ms = uv_now(call->client->loop);
     if (!call->body_started) {
         call->body_started = 1;
         release_sent_body(call);
@@ -461,7 +407,9 @@ int nx_http_client_new(uv_loop_t *loop, const struct nx_http_client_opts *opts,
     c->timer.data = c;
     uv_timer_init(loop, &c->kick);
     c->kick.data = c;
-    c->open_handles = 2;
+    uv_timer_init(loop, &c->idle);
+    c->idle.data = c;
+    c->open_handles = 3;
     *out = c;
     return 0;
 }
@@ -542,6 +490,7 @@ static void finish_free(struct nx_http_client *c)
     c->share = NULL;
     uv_close((uv_handle_t *)&c->timer, close_cb_count);
     uv_close((uv_handle_t *)&c->kick, close_cb_count);
+    uv_close((uv_handle_t *)&c->idle, close_cb_count);
 }
 
 /* The idle connections a burst leaves in the cache (up to CURLMOPT_MAXCONNECTS) were allocated
@@ -564,6 +513,34 @@ void nx_http_client_free(struct nx_http_client *c)
     for (struct nx_http_call *call = c->calls; call; call = call->next)
         call_finish(call, NX_ECANCELED, "HTTP client shut down");
     leave(c);
+}
+
+/* A streamed answer may last as long as bytes keep coming: its call fails when none came for
+ * its idle_ms. One timer for all of them, ticking only while there are some; curl's own
+ * low-speed check averages over seconds of past traffic and so misses a silence that follows
+ * the upload. */
+#define IDLE_TICK_MS 250
+
+static void on_idle_tick(uv_timer_t *h)
+{
+    struct nx_http_client *c = h->data;
+    uint64_t now = uv_now(c->loop);
+    bool is_any = false;
+
+    enter(c);
+    for (struct nx_http_call *call = c->calls; call; call = call->next) {
+        if (call->is_done || !call->idle_ms)
+            continue;
+        if (now - call->last_data_ms < call->idle_ms) {
+            is_any = true;
+            continue;
+        }
+        snprintf(call->errbuf, sizeof call->errbuf, "nothing received for %u ms", (unsigned)call->idle_ms);
+        call_finish(call, NX_ETIMEDOUT, call->errbuf);
+    }
+    leave(c);
+    if (!is_any)
+        uv_timer_stop(&c->idle);
 }
 
 static void on_kick(uv_timer_t *h)
@@ -640,7 +617,8 @@ static void setup_easy(struct nx_http_client *c, struct nx_http_call *call,
     curl_easy_setopt(e, CURLOPT_URL, o->url);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(o->timeout_ms ? o->timeout_ms : c->timeout_ms));
+    if (!o->idle_timeout_ms) /* (else on_idle_tick watches it) */
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(o->timeout_ms ? o->timeout_ms : c->timeout_ms));
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)c->connect_timeout_ms);
     curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)call->max_bytes);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -739,6 +717,9 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
     if (++c->inflight > c->peak_inflight)
         c->peak_inflight = c->inflight;
     uv_timer_start(&c->kick, on_kick, 0, 0);
+    call->last_data_ms = uv_now(c->loop);
+    if ((call->idle_ms = o->idle_timeout_ms) && !uv_is_active((uv_handle_t *)&c->idle))
+        uv_timer_start(&c->idle, on_idle_tick, IDLE_TICK_MS, IDLE_TICK_MS);
     return call;
 }
 

@@ -57,6 +57,9 @@ struct nx_http_call_opts {
     const char *body;                     /* copied */
     size_t body_len;
     uint32_t timeout_ms;                  /* 0 = client default */
+    /* Instead of timeout_ms, for an answer that may stream for long: the call fails when no
+     * byte came for this long (to the second), however long it lasts while bytes come. */
+    uint32_t idle_timeout_ms;
     uint64_t max_response_bytes;          /* 0 = client default */
     const char *proxy;                    /* NULL = client default; "" = none */
     uint32_t follow_redirects;            /* 0 = return 3xx as is; N = follow up to N */

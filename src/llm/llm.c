@@ -604,7 +604,10 @@ struct nx_llm_call *nx_llm_call_start(struct nx_llm_provider *p, const struct nx
     o.nheaders = n;
     o.body = body.data;
     o.body_len = body.len;
-    o.timeout_ms = p->timeout_ms;
+    if (req->stream) /* a long answer streams for minutes: only silence ends it */
+        o.idle_timeout_ms = p->timeout_ms;
+    else
+        o.timeout_ms = p->timeout_ms;
     o.on_data = req->stream ? on_data : NULL;
     o.on_done = on_http_done;
     o.udata = c;

@@ -53,6 +53,28 @@ static inline void check_cancel_in_on_text(const char *kind, const char *key, co
     one_close(&t);
 }
 
+/* A stream that lasts longer than the provider's timeout_ms (1 s) but never goes quiet for
+ * that long: timeout_ms is the longest silence a stream may have, not its length, so a long
+ * answer is not cut (and retried) half-way. */
+static inline void check_long_stream_is_not_cut(const char *kind, const char *key, const char *model)
+{
+    struct one t;
+    struct outcome o = {0};
+    struct nx_llm_request req = {.model = model, .temperature = -1, .stream = true};
+    uint64_t t0;
+
+    one_open(&t, kind, kind, key, 1000, "[{\"text\": \"one two three four five\", \"chunks\": 5, "
+                                         "\"delay_ms\": 500}]", "hi");
+    req.messages = t.msgs;
+    t0 = nx_mono_ms();
+    run_call(&t.e, t.p, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(nx_buf_cstr(&o.text), "one two three four five");
+    assert_true(o.done_ms - t0 >= 2000); /* longer than timeout_ms, whole */
+    outcome_cleanup(&o);
+    one_close(&t);
+}
+
 /* An upstream that hangs past the provider's timeout_ms: the call fails retryably with
  * NX_ETIMEDOUT ("timeout"), well before the upstream would have answered (3 s). */
 static inline void check_request_deadline(const char *kind, const char *key, const char *model,

@@ -322,6 +322,12 @@ static void test_anthropic_body_same_with_fragment_cache(void **state)
     check_body_same_with_fragment_cache(nx_anthropic_build_body);
 }
 
+static void test_anthropic_long_stream_is_not_cut(void **state)
+{
+    (void)state;
+    check_long_stream_is_not_cut("anthropic", KEY, "claude-test");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -334,6 +340,8 @@ int main(void)
         cmocka_unit_test(test_anthropic_error_event_mid_stream),
         cmocka_unit_test(test_anthropic_cancel_mid_stream),
         cmocka_unit_test(test_anthropic_request_deadline),
+
+        cmocka_unit_test(test_anthropic_long_stream_is_not_cut),
         cmocka_unit_test(test_anthropic_bad_request_fails_later_not_inside_start),
         cmocka_unit_test(test_anthropic_stream_parser_edges),
     };

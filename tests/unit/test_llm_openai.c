@@ -402,6 +402,12 @@ static void test_openai_body_same_with_fragment_cache(void **state)
     check_body_same_with_fragment_cache(nx_openai_build_body);
 }
 
+static void test_openai_long_stream_is_not_cut(void **state)
+{
+    (void)state;
+    check_long_stream_is_not_cut("openai", KEY, "gpt-test");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -416,6 +422,8 @@ int main(void)
         cmocka_unit_test(test_openai_error_mid_stream),
         cmocka_unit_test(test_openai_cancel_mid_stream),
         cmocka_unit_test(test_openai_request_deadline),
+
+        cmocka_unit_test(test_openai_long_stream_is_not_cut),
         cmocka_unit_test(test_openai_stream_parser_edges),
     };
     return cmocka_run_group_tests(tests, fake_group_setup, fake_group_teardown);
