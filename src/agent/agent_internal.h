@@ -118,6 +118,7 @@ struct nx_turn {
     uint32_t retry_after_s;        /* the provider's retry-after when the model call failed */
     bool is_started;
     bool is_images_kept;           /* its base64 images were looked at (kept as files) */
+    bool has_streamed;             /* some text went to the caller's on_text */
     bool is_interrupted;           /* cancelled by a newer message (interrupt mode) */
     bool is_cancelled;
     bool is_budget_refusal;        /* refused: the agent's daily token budget is used up */
@@ -202,6 +203,13 @@ void turn_close_open_calls(struct nx_turn *t);
 /* The conversation as sent: messages of one role in a row, from index `from` on, joined into
  * one (new reference; the messages before `from` must already alternate). */
 json_t *turn_alternating(json_t *convo, size_t from);
+/* Messages of history a turn starts with (memory.yaml short_term.max_history_turns). */
+size_t turn_history_keep(const struct nx_turn *t);
+/* Adds the token estimates of the messages not counted yet to t->tokens; returns the sum. */
+uint64_t turn_count_tokens(struct nx_turn *t);
+/* Stores the turn's new messages (from new_from) in the session's history, and caches what the
+ * next turn starts from. */
+void turn_save(struct nx_turn *t);
 /* Appends messages to a conversation, a message of the role the last one has joining it (the
  * APIs want roles to alternate): collect mode's merging of queued messages. */
 void turn_append_messages(json_t *to, const json_t *from);

@@ -1,11 +1,14 @@
 /* A turn's conversation: its answer, tool calls left open, the form the APIs take (roles
- * alternating), and the prompt around it (system prompt, tool list, the history's share of the
- * context). Loop thread. */
+ * alternating), the prompt around it (system prompt, tool list, the history's share of the
+ * context), and saving it to the session's history. Loop thread. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "agent/agent_internal.h"
+#include "core/alloc.h"
 #include "core/buf.h"
+#include "core/error.h"
+#include "core/log.h"
 #include "store/history.h"
 #include "tools/tool.h"
 
@@ -193,4 +196,57 @@ void turn_append_messages(json_t *to, const json_t *from)
         else
             json_array_append(to, m);
     }
+}
+
+/* --- saving --- */
+
+size_t turn_history_keep(const struct nx_turn *t)
+{
+    const struct nx_memory_conf *mem = nx_config_memory(t->gen->cfg);
+    return mem ? (size_t)mem->short_term.max_history_turns * 2 : 100;
+}
+
+static void on_saved(int rc, void *arg)
+{
+    char *key = arg;
+    if (rc < 0)
+        nx_error("agent", "session %s: history not saved: %s", key, nx_strerror(rc));
+    free(key);
+}
+
+uint64_t turn_count_tokens(struct nx_turn *t)
+{
+    size_t n = json_array_size(t->convo);
+    for (; t->tokens_upto < n; t->tokens_upto++)
+        t->tokens += nx_llm_message_tokens(json_array_get(t->convo, t->tokens_upto));
+    return t->tokens;
+}
+
+void turn_save(struct nx_turn *t)
+{
+    if (!t->session_key || !t->a->deps.store)
+        return;
+    turn_close_open_calls(t);
+    if (!t->is_history_missing) { /* kept as sent: what the next turn starts from alternates */
+        json_t *alt = turn_alternating(t->convo, t->new_from ? t->new_from - 1 : 0);
+        /* merged messages are estimated apart from their parts: counted again when needed */
+        hcache_put_tokens(t->a->history, t->session_key, alt, turn_history_keep(t),
+                          alt == t->convo ? turn_count_tokens(t) : HCACHE_NO_TOKENS);
+        json_decref(alt);
+    }
+    json_t *added = json_array();
+    for (size_t i = t->new_from; i < json_array_size(t->convo); i++)
+        json_array_append(added, json_array_get(t->convo, i));
+    struct nx_history_append ap = {
+        .session_key = t->session_key,
+        .agent_id = t->agent_id,
+        .source = t->channel,
+        .messages = added,
+        .input_tokens = t->usage.input_tokens,
+        .output_tokens = t->usage.output_tokens,
+        .is_immutable = true, /* `added` is ours; its messages are never edited (frag_cache.c) */
+    };
+    /* Queued before the lane's next turn loads history, so that load sees it. */
+    nx_history_append(t->a->deps.store, t->a->deps.data_dir, &ap, on_saved, nx_strdup(t->session_key));
+    json_decref(added);
 }

@@ -93,8 +93,6 @@ static void answer(struct nx_turn *t, int rc, const struct nx_turn_result *res)
     }
 }
 
-static uint64_t count_tokens(struct nx_turn *t);
-static void save(struct nx_turn *t);
 
 static void finish(struct nx_turn *t, int rc)
 {
@@ -136,7 +134,7 @@ static void finish(struct nx_turn *t, int rc)
     nx_counter_add(m_tokens, tout, (double)t->usage.output_tokens);
     nx_counter_add(m_tokens, tcr, (double)t->usage.cache_read_tokens); /* (the budget counts them) */
     nx_counter_add(m_tokens, tcw, (double)t->usage.cache_write_tokens);
-    budget_charge(t, t->answers ? count_tokens(t) : 0); /* (the estimate: for no reported usage) */
+    budget_charge(t, t->answers ? turn_count_tokens(t) : 0); /* (the estimate: for no reported usage) */
     const char *const lat[] = {t->agent_id};
     nx_histogram_observe(m_latency, lat, (double)(nx_mono_ns() - t->started_ns) / 1e9);
 
@@ -146,7 +144,7 @@ static void finish(struct nx_turn *t, int rc)
      * is not run again for the same message. Before the lane's next turn loads the history. */
     if (rc < 0 && !t->is_budget_refusal && t->convo && json_array_size(t->convo) > t->new_from &&
         (rc == NX_ECANCELED || t->answers > 0))
-        save(t);
+        turn_save(t);
 
     struct nx_agents *a = t->a;
     unlink_turn(t);
@@ -165,61 +163,6 @@ static void finish(struct nx_turn *t, int rc)
     json_decref(last);
     nx_buf_cleanup(&text);
     free_turn(t);
-}
-
-/* --- saving --- */
-
-/* Messages of history a turn starts with (memory.yaml short_term.max_history_turns). */
-static size_t history_keep(const struct nx_turn *t)
-{
-    const struct nx_memory_conf *mem = nx_config_memory(t->gen->cfg);
-    return mem ? (size_t)mem->short_term.max_history_turns * 2 : 100;
-}
-
-static void on_saved(int rc, void *arg)
-{
-    char *key = arg;
-    if (rc < 0)
-        nx_error("agent", "session %s: history not saved: %s", key, nx_strerror(rc));
-    free(key);
-}
-
-/* Adds the token estimates of the messages not counted yet to t->tokens. */
-static uint64_t count_tokens(struct nx_turn *t)
-{
-    size_t n = json_array_size(t->convo);
-    for (; t->tokens_upto < n; t->tokens_upto++)
-        t->tokens += nx_llm_message_tokens(json_array_get(t->convo, t->tokens_upto));
-    return t->tokens;
-}
-
-static void save(struct nx_turn *t)
-{
-    if (!t->session_key || !t->a->deps.store)
-        return;
-    turn_close_open_calls(t);
-    if (!t->is_history_missing) { /* kept as sent: what the next turn starts from alternates */
-        json_t *alt = turn_alternating(t->convo, t->new_from ? t->new_from - 1 : 0);
-        /* merged messages are estimated apart from their parts: counted again when needed */
-        hcache_put_tokens(t->a->history, t->session_key, alt, history_keep(t),
-                          alt == t->convo ? count_tokens(t) : HCACHE_NO_TOKENS);
-        json_decref(alt);
-    }
-    json_t *added = json_array();
-    for (size_t i = t->new_from; i < json_array_size(t->convo); i++)
-        json_array_append(added, json_array_get(t->convo, i));
-    struct nx_history_append ap = {
-        .session_key = t->session_key,
-        .agent_id = t->agent_id,
-        .source = t->channel,
-        .messages = added,
-        .input_tokens = t->usage.input_tokens,
-        .output_tokens = t->usage.output_tokens,
-        .is_immutable = true, /* `added` is ours; its messages are never edited (frag_cache.c) */
-    };
-    /* Queued before the lane's next turn loads history, so that load sees it. */
-    nx_history_append(t->a->deps.store, t->a->deps.data_dir, &ap, on_saved, nx_strdup(t->session_key));
-    json_decref(added);
 }
 
 /* --- the model --- */
@@ -259,10 +202,24 @@ static struct nx_turn *ticket_take(struct ticket *k, bool last)
 static void on_llm_text(const char *delta, size_t len, void *udata)
 {
     struct nx_turn *t = ticket_take(udata, false);
-    if (t)
-        t->call_text_bytes += len;
-    if (t && t->o.on_text && !t->is_cancelled)
+    if (!t || !t->o.on_text || t->is_cancelled) {
+        if (t)
+            t->call_text_bytes += len;
+        return;
+    }
+    /* a step's words after an earlier step's (before its tool calls): a blank line between */
+    bool is_next_step = t->call_text_bytes == 0 && t->has_streamed;
+    t->call_text_bytes += len;
+    t->has_streamed = true;
+    if (!is_next_step) {
         IN_TURN_CONTEXT(t, t->o.on_text(delta, len, t->o.udata));
+        return;
+    }
+    struct nx_buf b = NX_BUF_INIT; /* one call: the caller may cancel (free) the turn in it */
+    nx_buf_puts(&b, "\n\n");
+    nx_buf_append(&b, delta, len);
+    IN_TURN_CONTEXT(t, t->o.on_text(b.data, b.len, t->o.udata));
+    nx_buf_cleanup(&b);
 }
 
 static void tool_done(struct tool_slot *s, const char *output, size_t len, bool is_error);
@@ -407,7 +364,7 @@ static void llm_done(struct nx_turn *t, int rc, const struct nx_llm_result *res)
     const json_t *content = json_object_get(res->message, "content");
     if (json_is_array(content) && json_array_size(content) == 0) {
         /* nothing said: an empty message would make the session's next request invalid */
-        save(t);
+        turn_save(t);
         finish(t, 0);
         return;
     }
@@ -417,19 +374,19 @@ static void llm_done(struct nx_turn *t, int rc, const struct nx_llm_result *res)
         if (++t->iterations > t->agent->conf->limits.max_tool_iterations) {
             set_error(t, "tool_iteration_limit", "the agent reached its limit of tool iterations "
                                                  "for one turn (limits.max_tool_iterations)");
-            save(t);
+            turn_save(t);
             finish(t, NX_ERANGE);
             return;
         }
         run_tools(t, res->message);
         if (t->nslots == 0) { /* tool_use without tool blocks: treat as the answer */
             t->answer = res->message;
-            save(t);
+            turn_save(t);
             finish(t, 0);
         }
         return;
     }
-    save(t);
+    turn_save(t);
     finish(t, 0);
 }
 
@@ -456,7 +413,7 @@ static void call_model(struct nx_turn *t)
     size_t dropped = 0;
     uint64_t tokens = 0;
     if (t->session_key) /* the history's sum comes with it; only new messages are estimated */
-        tokens = count_tokens(t);
+        tokens = turn_count_tokens(t);
     if (!t->session_key || tokens > budget) {
         /* a session is cut to three quarters, so that its next turns find the same start (and
          * the provider's prompt cache) until it is full again, not one message later each */
@@ -613,7 +570,7 @@ static void run(struct nx_turn *t, bool may_wait)
             call_model(t);
             return;
         }
-        nx_history_load(t->a->deps.store, t->session_key, history_keep(t), on_history, ticket_new(t));
+        nx_history_load(t->a->deps.store, t->session_key, turn_history_keep(t), on_history, ticket_new(t));
         return;
     }
     t->convo = json_array();
@@ -714,7 +671,7 @@ static void stop_turn(struct nx_turn *t)
          * with what it streamed: its usage never comes, and hanging up after the first words
          * must not dodge the daily budget. */
         if (was_sent)
-            t->usage.input_tokens += count_tokens(t);
+            t->usage.input_tokens += turn_count_tokens(t);
         t->usage.output_tokens += (t->call_text_bytes + 3) / 4;
     }
     for (size_t i = 0; i < t->nslots; i++) {

@@ -156,8 +156,11 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
             nx_buf_put_json_str(&b, res->stop_sequence, strlen(res->stop_sequence));
         else
             nx_buf_puts(&b, "null");
-        nx_buf_printf(&b, ",\"usage\":{\"input_tokens\":%llu,\"output_tokens\":%llu}}",
+        nx_buf_printf(&b, ",\"usage\":{\"input_tokens\":%llu,\"cache_creation_input_tokens\":%llu,"
+                          "\"cache_read_input_tokens\":%llu,\"output_tokens\":%llu}}",
                       (unsigned long long)res->usage.input_tokens,
+                      (unsigned long long)res->usage.cache_write_tokens,
+                      (unsigned long long)res->usage.cache_read_tokens,
                       (unsigned long long)res->usage.output_tokens);
         nx_http_respond(c->req, 200, "application/json", b.data, b.len);
         nx_buf_cleanup(&b);
@@ -200,6 +203,7 @@ static json_t *blocks_of(const json_t *content, const char **err)
 static void on_messages(struct nx_http_req *req, void *udata)
 {
     const struct api_ctx *ctx = udata;
+    api_request_id(req, "request-id");
     if (!nx_api_authorized(req, *ctx->token)) {
         anthropic_error(req, 401, "authentication_error", "invalid x-api-key");
         return;

@@ -35,6 +35,13 @@ void api_make_id(char *out, size_t outlen, const char *prefix)
     out[n < outlen ? n : outlen - 1] = '\0';
 }
 
+void api_request_id(struct nx_http_req *req, const char *header)
+{
+    char id[40];
+    api_make_id(id, sizeof id, "req_");
+    nx_http_req_add_header(req, header, id);
+}
+
 json_t *api_text_blocks(const json_t *content)
 {
     if (json_is_string(content))
@@ -264,9 +271,12 @@ void api_error_headers(struct nx_http_req *req, int status, const struct nx_turn
         snprintf(secs, sizeof secs, "%u", (unsigned)res->retry_after_s);
         nx_http_req_add_header(req, "retry-after", secs);
     }
-    /* The official SDKs retry 409 and 5xx by themselves: an interrupted turn, or a request the
-     * provider refused, comes out the same the next time. */
-    if (status == 400 || status == 409 || status == 413)
+    /* The official SDKs retry 409 and 5xx by themselves: an interrupted turn, a request the
+     * provider refused, an agent with no provider comes out the same the next time; and a turn
+     * that reached its tool-iteration limit would run its tools (and their effects) again. */
+    const char *type = res && res->error_type ? res->error_type : "";
+    if (status == 400 || status == 409 || status == 413 || strcmp(type, "tool_iteration_limit") == 0 ||
+        strcmp(type, "configuration_error") == 0)
         nx_http_req_add_header(req, "x-should-retry", "false");
 }
 

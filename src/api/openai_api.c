@@ -115,12 +115,17 @@ static void put_head(struct nx_buf *b, const struct api_call *c, const char *obj
     nx_buf_put_json_str(b, c->model, strlen(c->model));
 }
 
+/* OpenAI's prompt_tokens count the cached ones too (prompt_tokens_details.cached_tokens says how
+ * many); nexo's input_tokens, as Anthropic's, leave out those read from and written to the
+ * cache. */
 static void put_usage(struct nx_buf *b, const struct nx_turn_result *res)
 {
-    nx_buf_printf(b, "\"usage\":{\"prompt_tokens\":%llu,\"completion_tokens\":%llu,\"total_tokens\":%llu}",
-                  (unsigned long long)res->usage.input_tokens,
-                  (unsigned long long)res->usage.output_tokens,
-                  (unsigned long long)(res->usage.input_tokens + res->usage.output_tokens));
+    const struct nx_llm_usage *u = &res->usage;
+    unsigned long long prompt = u->input_tokens + u->cache_read_tokens + u->cache_write_tokens;
+    nx_buf_printf(b, "\"usage\":{\"prompt_tokens\":%llu,\"completion_tokens\":%llu,\"total_tokens\":%llu,"
+                     "\"prompt_tokens_details\":{\"cached_tokens\":%llu}}",
+                  prompt, (unsigned long long)u->output_tokens, prompt + u->output_tokens,
+                  (unsigned long long)u->cache_read_tokens);
 }
 
 /* One chat.completion.chunk event. Its delta holds the role when `is_first`, the content when
@@ -279,6 +284,7 @@ static bool unsupported(const json_t *in, char *why, size_t len)
 static void on_completions(struct nx_http_req *req, void *udata)
 {
     const struct api_ctx *ctx = udata;
+    api_request_id(req, "x-request-id");
     if (!authorized(req, ctx))
         return;
     size_t len = 0;

@@ -400,6 +400,38 @@ class Turns(FakePeers, unittest.TestCase):
                     self.assertEqual(sa, 409, ra)
                     self.assertEqual(ra["error"]["type"], "interrupted")
 
+    def test_usage_counts_cached_prompt_tokens_as_each_api_does(self):
+        # OpenAI's prompt_tokens include the cached ones (and say how many); Anthropic's
+        # input_tokens leave them out and name them apart, streamed or not
+        cached = {"input_tokens": 10, "output_tokens": 4, "cache_read_input_tokens": 50,
+                  "cache_creation_input_tokens": 20}
+        script(self.fport, [{"text": "hi", "usage": cached}])
+        status, r = self.chat("kate", "hello")
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["usage"], {"prompt_tokens": 80, "completion_tokens": 4, "total_tokens": 84,
+                                      "prompt_tokens_details": {"cached_tokens": 50}})
+        script(self.fport, [{"text": "hi", "usage": cached}])
+        body = {"model": "kate", "max_tokens": 50, "messages": [{"role": "user", "content": "hello"}]}
+        status, data, headers = self.n.request("POST", "/v1/messages", body=json.dumps(body).encode(),
+                                               headers={"Content-Type": "application/json"})
+        self.assertEqual(status, 200, data)
+        self.assertEqual(json.loads(data)["usage"], {"input_tokens": 10, "cache_creation_input_tokens": 20,
+                                                     "cache_read_input_tokens": 50, "output_tokens": 4})
+        # each answer is named as the provider's API names it (the SDKs' request_id), errors too
+        self.assertRegex(dict(headers).get("request-id", ""), r"^req_[A-Za-z0-9]{24}$")
+        for path, name in (("/v1/messages", "request-id"), ("/v1/chat/completions", "x-request-id")):
+            status, _, headers = self.n.request("POST", path, body=b"[]",
+                                                headers={"Content-Type": "application/json"})
+            self.assertEqual(status, 400)
+            self.assertRegex(dict(headers).get(name, ""), r"^req_[A-Za-z0-9]{24}$")
+        script(self.fport, [{"text": "hi", "usage": {"prompt_tokens": 100, "completion_tokens": 7,
+                                                     "total_tokens": 107,
+                                                     "prompt_tokens_details": {"cached_tokens": 80}}}])
+        status, r = self.chat("oai", "hello")
+        self.assertEqual(status, 200, r)
+        self.assertEqual((r["usage"]["prompt_tokens"], r["usage"]["total_tokens"],
+                          r["usage"]["prompt_tokens_details"]["cached_tokens"]), (100, 107, 80))
+
     def test_queue_cap_refuses_a_message_beyond_it(self):
         script(self.fport, [{"hang_ms": 1500, "text": "one"}, {"text": "two"}])
         with concurrent.futures.ThreadPoolExecutor(2) as ex:

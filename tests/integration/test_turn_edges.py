@@ -8,7 +8,7 @@ import re
 import time
 import unittest
 
-from nexo_harness import Nexo, main, write_config
+from nexo_harness import Nexo, main, recv_all, write_config
 from peers import FAKE_KEY, FakePeers, fake_requests, llm_yaml, script
 
 CONFIG = """\
@@ -162,8 +162,15 @@ class TurnEdges(FakePeers, unittest.TestCase):
     def test_the_iteration_limit_leaves_the_session_valid(self):
         tool = {"tool_use": {"name": "time_now", "input": {}}}
         script(self.fport, [tool, tool])
-        status, r = self.chat("limited", "go", "iter-1")
+        body = json.dumps({"model": "limited", "messages": [{"role": "user", "content": "go"}]})
+        status, data, headers = self.n.request("POST", "/v1/chat/completions", body=body.encode(), timeout=30,
+                                               headers={"Content-Type": "application/json",
+                                                        "X-Nexo-Session": "iter-1"})
+        r = json.loads(data)
         self.assertNotEqual(status, 200, r)  # the limit is an error for this turn
+        self.assertEqual(r["error"]["type"], "tool_iteration_limit")
+        # not retried by the SDKs: a retry would run the tools (and their effects) again
+        self.assertEqual({k.lower(): v for k, v in dict(headers).items()}.get("x-should-retry"), "false")
         script(self.fport, [{"text": "fine"}])
         status, r = self.chat("limited", "again", "iter-1")
         self.assertEqual(status, 200, r)  # the fake refuses a tool_use without its result
@@ -201,6 +208,27 @@ class TurnEdges(FakePeers, unittest.TestCase):
             status, r = self.chat(agent, "what time is it?")
             self.assertEqual(status, 200, r)
             self.assertEqual(r["choices"][0]["message"]["content"], "", agent)
+
+    def test_a_streamed_answer_keeps_the_steps_of_a_turn_apart(self):
+        # the words before a tool call and the answer after it come as one stream: a blank line
+        # between them, not "time.It is"; not streamed, the answer is the final step's alone
+        for agent in ("limited", "oai"):
+            script(self.fport, [{"text": "Let me check the time.", "tool_use": {"name": "time_now", "input": {}}},
+                                {"text": "It is noon.", "chunks": 2}])
+            s = self.n.connect()
+            body = json.dumps({"model": agent, "stream": True,
+                               "messages": [{"role": "user", "content": "time?"}]}).encode()
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            raw = recv_all(s, 30).decode()
+            s.close()
+            text = "".join(json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                           for line in raw.split("\n") if line.startswith("data: {") and '"choices":[{' in line)
+            self.assertEqual(text, "Let me check the time.\n\nIt is noon.", (agent, raw[-400:]))
+            script(self.fport, [{"text": "Let me check the time.", "tool_use": {"name": "time_now", "input": {}}},
+                                {"text": "It is noon."}])
+            status, r = self.chat(agent, "time?")
+            self.assertEqual(r["choices"][0]["message"]["content"], "It is noon.", agent)
 
     def test_arguments_that_are_not_json_never_run_the_tool(self):
         script(self.fport, [{"tool_use": {"name": "time_now", "input": {}},
