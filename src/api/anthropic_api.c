@@ -214,8 +214,11 @@ static void on_messages(struct nx_http_req *req, void *udata)
     json_t *in = json_loadb(body ? body : "", len, 0, &jerr);
     if (!json_is_object(in)) {
         char msg[256];
-        snprintf(msg, sizeof msg, "invalid JSON body: line %d column %d: %s", jerr.line,
-                 jerr.column, jerr.text);
+        if (in)
+            snprintf(msg, sizeof msg, "the request body must be a JSON object");
+        else
+            snprintf(msg, sizeof msg, "invalid JSON body: line %d column %d: %s", jerr.line,
+                     jerr.column, jerr.text);
         anthropic_error(req, 400, "invalid_request_error", msg);
         json_decref(in);
         return;
@@ -224,11 +227,18 @@ static void on_messages(struct nx_http_req *req, void *udata)
     const json_t *msgs = json_object_get(in, "messages");
     const json_t *mt = json_object_get(in, "max_tokens");
     const json_t *temp = json_object_get(in, "temperature");
+    const json_t *sys = json_object_get(in, "system"), *stream = json_object_get(in, "stream");
+    bool sys_ok = !sys || json_is_null(sys) || json_is_string(sys) || json_is_array(sys);
+    bool stream_ok = !stream || json_is_null(stream) || json_is_boolean(stream);
     bool bad_temp = temp && !json_is_null(temp) &&
                     (!json_is_number(temp) || json_number_value(temp) < 0 || json_number_value(temp) > 1);
+    json_int_t mtv = json_integer_value(mt);
     const char *bad = !model                  ? "model: Field required"
                       : !json_is_integer(mt)  ? "max_tokens: Field required"
-                      : json_integer_value(mt) < 1 ? "max_tokens: Input should be greater than or equal to 1"
+                      : mtv < 1 ? "max_tokens: Input should be greater than or equal to 1"
+                      : mtv > API_MAX_TOKENS ? "max_tokens: Input should be at most 1000000"
+                      : !sys_ok ? "system: Input should be a valid string or a list of text blocks"
+                      : !stream_ok ? "stream: Input should be a valid boolean"
                       : !json_is_array(msgs) || !json_array_size(msgs) ? "messages: Field required"
                       : bad_temp ? "temperature: Input should be a number from 0 to 1"
                                  : api_client_tools_why(in);
@@ -255,7 +265,6 @@ static void on_messages(struct nx_http_req *req, void *udata)
         return;
     }
     struct nx_buf system = NX_BUF_INIT;
-    const json_t *sys = json_object_get(in, "system");
     json_t *sblocks = sys ? api_text_blocks(sys) : NULL;
     json_array_foreach(sblocks, i, m) {
         if (system.len)

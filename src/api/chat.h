@@ -56,6 +56,9 @@ void api_budget_headers(struct nx_http_req *req, const struct nx_turn_result *re
 json_t *api_content_blocks(const json_t *content, const char **err);
 /* One image part or block as a canonical image block; NULL with *err. */
 json_t *api_image_block(const json_t *part, const char **err);
+/* The largest max_tokens a request may ask for (no model answers more). */
+#define API_MAX_TOKENS 1000000
+
 /* Names the request as the provider's API does, in every answer to it, error or stream
  * (OpenAI: x-request-id, Anthropic: request-id): what the SDKs show as request_id. */
 void api_request_id(struct nx_http_req *req, const char *header);

@@ -1,4 +1,4 @@
-/* OpenAI-compatible endpoints: POST /v1/chat/completions, GET /v1/models. */
+/* OpenAI-compatible endpoints: POST /v1/chat/completions, GET /v1/models (and /v1/models/{id}). */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -6,18 +6,26 @@
 #include "api/admin.h"
 #include "api/chat.h"
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
 
-static void openai_error(struct nx_http_req *req, int status, const char *type, const char *code,
-                         const char *message)
+/* OpenAI's error shape; `param` names the request field at fault (NULL: null). */
+static void openai_error_at(struct nx_http_req *req, int status, const char *type, const char *code,
+                            const char *param, const char *message)
 {
-    json_t *o = json_pack("{s:{s:s, s:s, s:n, s:s?}}", "error", "message", message, "type", type,
-                          "param", "code", code);
+    json_t *o = json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "message", message, "type", type,
+                          "param", param, "code", code);
     char *s = json_dumps(o, JSON_COMPACT);
     nx_http_respond(req, status, "application/json", s, strlen(s));
     free(s);
     json_decref(o);
+}
+
+static void openai_error(struct nx_http_req *req, int status, const char *type, const char *code,
+                         const char *message)
+{
+    openai_error_at(req, status, type, code, NULL, message);
 }
 
 static bool authorized(struct nx_http_req *req, const struct api_ctx *ctx)
@@ -29,24 +37,65 @@ static bool authorized(struct nx_http_req *req, const struct api_ctx *ctx)
     return false;
 }
 
+/* GET /v1/models and /v1/models/{id}: the agents, in OpenAI's shape, or in Anthropic's for its
+ * SDKs (which send anthropic-version). "created" is when this process first listed them. */
+static json_t *model_object(const char *id, bool is_anthropic)
+{
+    static time_t created;
+    char when[40];
+
+    if (!created)
+        created = time(NULL);
+    if (!is_anthropic)
+        return json_pack("{s:s, s:s, s:I, s:s}", "id", id, "object", "model", "created",
+                         (json_int_t)created, "owned_by", "nexo");
+    nx_rfc3339((uint64_t)created * 1000, when, sizeof when);
+    return json_pack("{s:s, s:s, s:s, s:s}", "type", "model", "id", id, "display_name", id,
+                     "created_at", when);
+}
+
+static void respond_json(struct nx_http_req *req, json_t *o)
+{
+    char *s = json_dumps(o, JSON_COMPACT);
+    nx_http_respond(req, 200, "application/json", s, strlen(s));
+    free(s);
+    json_decref(o);
+}
+
 static void on_models(struct nx_http_req *req, void *udata)
 {
     const struct api_ctx *ctx = udata;
     if (!authorized(req, ctx))
         return;
+    size_t i, len = 0;
+    bool is_anthropic = nx_http_req_header(req, "anthropic-version", &len) != NULL;
     json_t *agents = nx_agents_list(ctx->agents), *data = json_array(), *a;
-    size_t i;
+    const char *path = nx_http_req_path(req, &len), *want = NULL;
+    if (len > strlen("/v1/models/"))
+        want = path + strlen("/v1/models/");
     json_array_foreach(agents, i, a) {
-        json_array_append_new(data, json_pack("{s:O, s:s, s:I, s:s}", "id", json_object_get(a, "id"),
-                                              "object", "model", "created", (json_int_t)time(NULL),
-                                              "owned_by", "nexo"));
+        const char *id = json_string_value(json_object_get(a, "id"));
+        if (!want || (strlen(id) == len - (size_t)(want - path) && memcmp(id, want, strlen(id)) == 0))
+            json_array_append_new(data, model_object(id, is_anthropic));
     }
-    json_t *o = json_pack("{s:s, s:o}", "object", "list", "data", data);
-    char *s = json_dumps(o, JSON_COMPACT);
-    nx_http_respond(req, 200, "application/json", s, strlen(s));
-    free(s);
-    json_decref(o);
     json_decref(agents);
+    if (want && json_array_size(data) == 0) {
+        json_decref(data);
+        openai_error_at(req, 404, "invalid_request_error", "model_not_found", "model",
+                        "no such model: the models are the gateway's agents (GET /v1/models)");
+    } else if (want) {
+        json_t *one = json_incref(json_array_get(data, 0));
+        json_decref(data);
+        respond_json(req, one);
+    } else if (is_anthropic) {
+        size_t n = json_array_size(data);
+        json_t *first = n ? json_object_get(json_array_get(data, 0), "id") : NULL;
+        json_t *last = n ? json_object_get(json_array_get(data, n - 1), "id") : NULL;
+        respond_json(req, json_pack("{s:o, s:b, s:O?, s:O?}", "data", data, "has_more", 0, "first_id", first,
+                                    "last_id", last));
+    } else {
+        respond_json(req, json_pack("{s:s, s:o}", "object", "list", "data", data));
+    }
 }
 
 /* OpenAI messages -> canonical; system/developer text goes to *system. */
@@ -259,9 +308,13 @@ static bool unsupported(const json_t *in, char *why, size_t len)
     const json_t *t = json_object_get(in, "temperature");
     const char *ftype = json_string_value(json_object_get(fmt, "type"));
     const json_t *mt = json_object_get(in, "max_completion_tokens");
+    const char *mt_name = "max_completion_tokens";
+    const json_t *stream = json_object_get(in, "stream"), *sopts = json_object_get(in, "stream_options");
 
-    if (!mt || json_is_null(mt))
+    if (!mt || json_is_null(mt)) {
         mt = json_object_get(in, "max_tokens");
+        mt_name = "max_tokens";
+    }
     if (n && !json_is_null(n) && !(json_is_integer(n) && json_integer_value(n) == 1))
         snprintf(why, len, "n: nexo answers with one choice; send n=1 or leave it out");
     else if (json_is_true(json_object_get(in, "logprobs")) ||
@@ -272,8 +325,13 @@ static bool unsupported(const json_t *in, char *why, size_t len)
     else if (t && !json_is_null(t) && (!json_is_number(t) || json_number_value(t) < 0 ||
                                        json_number_value(t) > 2))
         snprintf(why, len, "temperature: must be a number from 0 to 2");
-    else if (mt && !json_is_null(mt) && (!json_is_integer(mt) || json_integer_value(mt) < 1))
-        snprintf(why, len, "max_tokens: must be a positive integer");
+    else if (mt && !json_is_null(mt) && (!json_is_integer(mt) || json_integer_value(mt) < 1 ||
+                                         json_integer_value(mt) > API_MAX_TOKENS))
+        snprintf(why, len, "%s: must be an integer from 1 to %d", mt_name, API_MAX_TOKENS);
+    else if (stream && !json_is_null(stream) && !json_is_boolean(stream))
+        snprintf(why, len, "stream: must be true or false");
+    else if (sopts && !json_is_null(sopts) && (!json_is_true(stream) || !json_is_object(sopts)))
+        snprintf(why, len, "stream_options: only allowed, as an object, when stream is true");
     else if (api_client_tools_why(in))
         snprintf(why, len, "%s", api_client_tools_why(in));
     else
@@ -293,8 +351,11 @@ static void on_completions(struct nx_http_req *req, void *udata)
     json_t *in = json_loadb(body ? body : "", len, 0, &jerr);
     if (!json_is_object(in)) {
         char msg[256];
-        snprintf(msg, sizeof msg, "We could not parse the JSON body of your request (line %d, "
-                 "column %d: %s).", jerr.line, jerr.column, jerr.text);
+        if (in)
+            snprintf(msg, sizeof msg, "The body of your request must be a JSON object.");
+        else
+            snprintf(msg, sizeof msg, "We could not parse the JSON body of your request (line %d, "
+                     "column %d: %s).", jerr.line, jerr.column, jerr.text);
         openai_error(req, 400, "invalid_request_error", NULL, msg);
         json_decref(in);
         return;
@@ -314,7 +375,11 @@ static void on_completions(struct nx_http_req *req, void *udata)
     if (stop_err)
         snprintf(why, sizeof why, "stop: %s", stop_err);
     if (stop_err || unsupported(in, why, sizeof why)) {
-        openai_error(req, 400, "invalid_request_error", NULL, why);
+        char param[32] = ""; /* every reason starts "<param>: " */
+        size_t plen = strcspn(why, ":");
+        if (why[plen] && plen < sizeof param)
+            memcpy(param, why, plen);
+        openai_error_at(req, 400, "invalid_request_error", NULL, *param ? param : NULL, why);
         json_decref(stop);
         json_decref(in);
         return;
@@ -353,4 +418,5 @@ void nx_api_openai_register(struct nx_http_server *srv, struct api_ctx *ctx)
 {
     nx_http_server_route(srv, "POST", "/v1/chat/completions", on_completions, ctx);
     nx_http_server_route(srv, "GET", "/v1/models", on_models, ctx);
+    nx_http_server_route(srv, "GET", "/v1/models/*", on_models, ctx);
 }

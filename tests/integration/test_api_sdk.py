@@ -85,7 +85,11 @@ class Sdk(FakePeers, unittest.TestCase):
                              # tools of the client's own would be dropped: the agent's run inside
                              ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools:"),
                              ({"functions": [{"name": "f"}]}, "functions:"),
-                             ({"tool_choice": "required"}, "tool_choice:")):
+                             ({"tool_choice": "required"}, "tool_choice:"),
+                             ({"stream": "yes"}, "stream:"),
+                             ({"stream_options": {"include_usage": True}}, "stream_options:"),
+                             ({"max_completion_tokens": 0}, "max_completion_tokens:"),
+                             ({"max_tokens": 2000000}, "max_tokens:")):
             body = dict({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}, **extra)
             status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
                                              headers={"Content-Type": "application/json",
@@ -94,6 +98,7 @@ class Sdk(FakePeers, unittest.TestCase):
             err = json.loads(data)["error"]
             self.assertEqual(err["type"], "invalid_request_error")
             self.assertTrue(err["message"].startswith(param), err)
+            self.assertEqual(err["param"], param[:-1], err)  # the field at fault, as OpenAI names it
         body = {"model": "kate", "max_tokens": 10, "temperature": 3,
                 "messages": [{"role": "user", "content": "hi"}]}
         status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(body).encode(),
@@ -101,7 +106,9 @@ class Sdk(FakePeers, unittest.TestCase):
         self.assertEqual(status, 400, data)
         self.assertEqual(json.loads(data)["error"]["type"], "invalid_request_error")
         for extra, param in (({"tools": [{"name": "f", "input_schema": {"type": "object"}}]}, "tools:"),
-                             ({"tool_choice": {"type": "any"}}, "tool_choice:")):
+                             ({"tool_choice": {"type": "any"}}, "tool_choice:"),
+                             ({"stream": "true"}, "stream:"), ({"system": 5}, "system:"),
+                             ({"max_tokens": 2000000}, "max_tokens:")):
             body = dict({"model": "kate", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
                         **extra)
             status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(body).encode(),
@@ -116,6 +123,37 @@ class Sdk(FakePeers, unittest.TestCase):
                                              headers={"Content-Type": "application/json",
                                                       "Authorization": "Bearer " + TOKEN})
             self.assertEqual(status, 200, data)
+
+    def test_a_body_that_is_json_but_not_an_object(self):
+        for path, headers in (("/v1/chat/completions", {"Authorization": "Bearer " + TOKEN}),
+                              ("/v1/messages", {"x-api-key": TOKEN})):
+            status, data, _ = self.n.request("POST", path, body=b"[1, 2]",
+                                             headers=dict(headers, **{"Content-Type": "application/json"}))
+            self.assertEqual(status, 400, data)
+            self.assertIn("must be a JSON object", data.decode())
+
+    def test_models_one_by_one_and_in_anthropics_shape(self):
+        auth = {"Authorization": "Bearer " + TOKEN}
+        status, data, _ = self.n.request("GET", "/v1/models/kate", headers=auth)
+        self.assertEqual(status, 200, data)
+        one = json.loads(data)
+        self.assertEqual((one["id"], one["object"], one["owned_by"]), ("kate", "model", "nexo"))
+        status, data, _ = self.n.request("GET", "/v1/models", headers=auth)
+        listed = [m for m in json.loads(data)["data"] if m["id"] == "kate"]
+        self.assertEqual(listed, [one])  # the same, "created" included
+        status, data, _ = self.n.request("GET", "/v1/models/nobody", headers=auth)
+        self.assertEqual(status, 404, data)
+        self.assertEqual(json.loads(data)["error"]["code"], "model_not_found")
+        # the Anthropic SDK's models.list(): its own shape
+        status, data, _ = self.n.request("GET", "/v1/models", headers={"x-api-key": TOKEN,
+                                                                        "anthropic-version": "2023-06-01"})
+        self.assertEqual(status, 200, data)
+        page = json.loads(data)
+        self.assertFalse(page["has_more"])
+        kate = [m for m in page["data"] if m["id"] == "kate"][0]
+        self.assertEqual((kate["type"], kate["display_name"]), ("model", "kate"))
+        self.assertRegex(kate["created_at"], r"^\d{4}-\d\d-\d\dT")
+        self.assertEqual((page["first_id"], page["last_id"]), (page["data"][0]["id"], page["data"][-1]["id"]))
 
     def test_anthropic_sdks_new_and_old(self):
         for mod in ("@anthropic-ai/sdk", "anthropic-sdk-0"):
