@@ -155,7 +155,29 @@ static uint32_t context_window(const char *agent, const char *model, uint32_t co
     return UNKNOWN_CONTEXT_WINDOW;
 }
 
-static void build_agent(struct generation *g, struct agent_rt *rt, const struct nx_agent_conf *ac)
+/* A workspace that holds the configuration or the data directory would let the agent's file
+ * tools read the API keys, the other agents' histories and media, and rewrite agents.yaml for
+ * the next reload: its file tools are turned off (its identity files still load). */
+static bool holds_private_dir(const char *agent, const char *ws, const char *const *dirs, size_t n)
+{
+    size_t wlen = strlen(ws);
+    for (size_t i = 0; i < n; i++) {
+        char real[PATH_MAX];
+        if (!dirs[i] || !realpath(dirs[i], real))
+            continue;
+        if (strncmp(real, ws, wlen) == 0 && (real[wlen] == '\0' || real[wlen] == '/' || wlen == 1)) {
+            nx_error("agent", "agent %s: workspace %s holds %s (the %s directory): its file tools are "
+                              "off, or they could read API keys and rewrite the configuration; give the "
+                              "agent a directory of its own",
+                     agent, ws, real, i == 0 ? "configuration" : "data");
+            return true;
+        }
+    }
+    return false;
+}
+
+static void build_agent(struct generation *g, struct agent_rt *rt, const struct nx_agent_conf *ac,
+                        const char *data_dir)
 {
     rt->conf = ac;
     rt->targets = nx_calloc(ac->model.n_fallbacks + 1, sizeof *rt->targets);
@@ -189,6 +211,11 @@ static void build_agent(struct generation *g, struct agent_rt *rt, const struct 
     rt->http_allowlist = (const char *const *)nx_strlistmap_get(&ac->outbound_allowlist, "http");
     rt->workspace = resolve_workspace(g->cfg, ac->workspace);
     rt->ws = rt->workspace ? ws_cache_new(rt->workspace) : NULL;
+    const char *private_dirs[] = {nx_config_dir(g->cfg), data_dir};
+    if (rt->workspace && holds_private_dir(ac->id, rt->workspace, private_dirs, 2)) {
+        free(rt->workspace); /* (the file tools' workspace: none, so they refuse) */
+        rt->workspace = NULL;
+    }
     rt->tools_memo = nx_calloc(1, sizeof *rt->tools_memo);
     rt->system_prompt = nx_strdup(ac->system_prompt ? ac->system_prompt : "");
 }
@@ -203,7 +230,7 @@ static struct generation *gen_new(struct nx_agents *a, struct nx_config *cfg)
     g->nagents = nx_config_agents(cfg, &acs);
     g->agents = nx_calloc(g->nagents + 1, sizeof *g->agents);
     for (size_t i = 0; i < g->nagents; i++)
-        build_agent(g, &g->agents[i], &acs[i]);
+        build_agent(g, &g->agents[i], &acs[i], a->data_dir);
     return g;
 }
 

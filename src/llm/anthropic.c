@@ -357,9 +357,9 @@ static void blk_finish(struct blk *k)
     case BLK_TOOL:
         if (k->acc.len == 0)
             break; /* no input_json_delta: keep the start's input */
-        input = json_loadb(k->acc.data, k->acc.len, 0, NULL);
-        if (json_is_object(input)) {
-            json_object_set_new(k->block, "input", input);
+        input = json_loadb(k->acc.data, k->acc.len, JSON_DECODE_ANY, NULL);
+        if (json_is_object(input) || json_is_null(input)) { /* "null": no arguments */
+            json_object_set_new(k->block, "input", json_is_null(input) ? json_object() : input);
         } else {
             json_decref(input);
             json_object_set_new(k->block, "input", json_object());

@@ -344,9 +344,9 @@ static json_t *tool_use_block(const char *id, const char *name, const char *args
         json_object_set_new(b, "input", json_object());
         return b;
     }
-    input = json_loadb(args, len, 0, &err);
-    if (json_is_object(input)) {
-        json_object_set_new(b, "input", input);
+    input = json_loadb(args, len, JSON_DECODE_ANY, &err);
+    if (json_is_object(input) || json_is_null(input)) { /* "null": no arguments, as "" */
+        json_object_set_new(b, "input", json_is_null(input) ? json_object() : input);
         return b;
     }
     json_object_set_new(b, "input", json_object());

@@ -139,8 +139,11 @@ int nx_sandbox_check_fd(const char *workspace, int fd, char *err, size_t errlen)
 
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
     n = readlink(link, real, sizeof real - 1);
-    if (n < 0)
+    if (n < 0 && errno == ENOENT && access("/proc/self/fd", F_OK) != 0)
         return 0; /* no /proc: the path check alone stands */
+    if (n < 0 || (size_t)n >= sizeof real - 1) /* (a real path past PATH_MAX: not ours to open) */
+        return path_err(err, errlen, NX_EPERM, "the file opened cannot be told to be inside the "
+                        "workspace (its real path is too long)");
     real[n] = '\0';
     if (!realpath(workspace, wreal))
         return path_err(err, errlen, NX_EIO, "the workspace directory is unavailable");
@@ -153,9 +156,34 @@ int nx_sandbox_check_fd(const char *workspace, int fd, char *err, size_t errlen)
 const char *const nx_identity_files[NX_IDENTITY_FILES + 1] = {
     "IDENTITY.md", "SOUL.md", "USER.md", "AGENTS.md", "MEMORY.md", NULL};
 
+/* Where `path` (absolute) would be once created: its deepest existing ancestor resolved, the
+ * rest appended, as nx_sandbox_path resolves a path to create. */
+static bool resolve_for_create(const char *path, char *out, size_t outlen)
+{
+    char probe[PATH_MAX], real[PATH_MAX];
+    size_t cut = strlen(path);
+
+    if (cut >= sizeof probe)
+        return false;
+    memcpy(probe, path, cut + 1);
+    for (;;) {
+        probe[cut] = '\0';
+        if (realpath(probe, real))
+            break;
+        while (cut > 0 && probe[cut] != '/')
+            cut--;
+        if (cut == 0)
+            return false;
+    }
+    int n = snprintf(out, outlen, "%s%s", strcmp(real, "/") == 0 ? "" : real, path + cut);
+    return n > 0 && (size_t)n < outlen;
+}
+
 bool nx_sandbox_is_identity_file(const char *workspace, const char *resolved)
 {
-    char wreal[PATH_MAX], name[PATH_MAX], real[PATH_MAX];
+    char wreal[PATH_MAX], name[PATH_MAX], real[PATH_MAX], target[PATH_MAX], full[2 * PATH_MAX];
+    struct stat st;
+    ssize_t n;
 
     if (!realpath(workspace, wreal))
         return true; /* cannot tell: refuse */
@@ -164,6 +192,17 @@ bool nx_sandbox_is_identity_file(const char *workspace, const char *resolved)
             continue;
         /* the file itself, and where it leads when it is a symbolic link */
         if (strcmp(resolved, name) == 0 || (realpath(name, real) && strcmp(resolved, real) == 0))
+            return true;
+        /* a link to a file not there yet: where it would lead once the file is written */
+        if (lstat(name, &st) != 0 || !S_ISLNK(st.st_mode) ||
+            (n = readlink(name, target, sizeof target - 1)) <= 0)
+            continue;
+        target[n] = '\0';
+        if (target[0] == '/')
+            snprintf(full, sizeof full, "%s", target);
+        else
+            snprintf(full, sizeof full, "%s/%s", wreal, target);
+        if (resolve_for_create(full, real, sizeof real) && strcmp(resolved, real) == 0)
             return true;
     }
     return false;

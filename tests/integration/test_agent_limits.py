@@ -40,6 +40,10 @@ agents:
       provider: flaky
       model: claude-haiku-4-5
       fallbacks: [{provider: openai, model: gpt-4o-mini}]
+  - id: nosy
+    model: {provider: anthropic, model: claude-haiku-4-5}
+    workspace: .
+    allowed_tools: [file_read]
   - id: tight
     model: {provider: anthropic, model: claude-haiku-4-5, context_window: 3000}
     allowed_tools: [time_now]
@@ -255,6 +259,18 @@ class Limits(FakePeers, unittest.TestCase):
         self.assertEqual((status, r["choices"][0]["message"]["content"]), (200, "probe ok"), r)
         self.assertEqual(self.requests()[-1]["endpoint"], "anthropic")
         self.assertRegex(self.metrics(), r'nexo_llm_breaker_state\{provider="flaky"\} 0')
+
+    def test_a_workspace_that_holds_the_configuration_gets_no_file_tools(self):
+        # workspace "." is the configuration directory: llm.yaml's keys would be one file_read
+        # away (and agents.yaml one file_write); the agent's file tools are off, and the log says so
+        self.assertIn("agent nosy: workspace", self.n.read_log())
+        script(self.fport, [{"tool_use": {"name": "file_read", "input": {"path": "llm.yaml"}}},
+                            {"text": "done"}])
+        status, r, _ = self.post("/v1/chat/completions", "nosy")
+        self.assertEqual(status, 200, r)
+        sent = json.dumps(self.requests()[-1]["body"]["messages"])
+        self.assertNotIn("sk-fake-key", sent)
+        self.assertIn("file tools are disabled", sent)
 
     # --- the context window ---
     def test_a_sessions_history_is_trimmed_to_the_models_context_window(self):

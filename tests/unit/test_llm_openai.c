@@ -193,6 +193,39 @@ static void test_openai_unparsable_arguments_are_kept(void **state)
     one_close(&t);
 }
 
+/* "null" arguments are no arguments, as "" is ({}); a JSON value that is not an object is
+ * still an error on the block. */
+static void test_openai_null_arguments_are_none(void **state)
+{
+    static const struct {
+        const char *args;
+        bool is_error;
+    } cases[] = {{"null", false}, {" null ", false}, {"[1]", true}, {"42", true}};
+
+    (void)state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct one t;
+        struct outcome o = {0};
+        struct nx_llm_request req = {.model = "gpt-test", .temperature = -1};
+        char script[160];
+        snprintf(script, sizeof script, "[{\"raw_arguments\": \"%s\", \"raw_name\": \"get_weather\"}]",
+                 cases[i].args);
+        one_open(&t, "openai", "openai", KEY, 0, script, "go");
+        req.messages = t.msgs;
+        run_call(&t.e, t.p, &req, &o);
+        assert_int_equal(o.rc, 0);
+        json_t *tu = json_array_get(json_object_get(o.message, "content"), 0);
+        assert_true(json_is_object(json_object_get(tu, "input")));
+        assert_int_equal(json_object_size(json_object_get(tu, "input")), 0);
+        if (cases[i].is_error)
+            assert_non_null(nx_json_str(tu, "input_error"));
+        else
+            assert_null(json_object_get(tu, "input_error"));
+        outcome_cleanup(&o);
+        one_close(&t);
+    }
+}
+
 /* No key (Ollama, vLLM): no Authorization header at all. */
 static void test_openai_empty_key_sends_no_authorization(void **state)
 {
@@ -417,6 +450,7 @@ int main(void)
         cmocka_unit_test(test_openai_streams_deltas_and_usage),
         cmocka_unit_test(test_openai_tool_use_round_trip),
         cmocka_unit_test(test_openai_unparsable_arguments_are_kept),
+        cmocka_unit_test(test_openai_null_arguments_are_none),
         cmocka_unit_test(test_openai_empty_key_sends_no_authorization),
         cmocka_unit_test(test_openai_maps_errors),
         cmocka_unit_test(test_openai_error_mid_stream),

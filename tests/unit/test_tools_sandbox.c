@@ -362,6 +362,67 @@ static void test_file_write_protects_identity_and_linked_files(void **state)
     assert_int_not_equal(access(p, F_OK), 0);
 }
 
+/* An identity file that is a link to a file not written yet is protected too: writing where
+ * the link leads would put the model's words in every system prompt once the link resolves. */
+static void test_file_write_protects_where_a_dangling_identity_link_leads(void **state)
+{
+    struct fixture *fx = *state;
+    struct ts_answer a;
+    char p[PATH_MAX + 32], target[PATH_MAX + 32];
+
+    snprintf(p, sizeof p, "%s/SOUL.md", fx->ws);
+    assert_int_equal(symlink("persona/soul.md", p), 0);
+    snprintf(p, sizeof p, "%s/USER.md", fx->ws);
+    snprintf(target, sizeof target, "%s/notes/user.md", fx->ws);
+    assert_int_equal(symlink(target, p), 0);
+    static const char *const refused[] = {"persona/soul.md", "./persona//soul.md", "notes/user.md"};
+    for (size_t i = 0; i < NX_ARRAY_LEN(refused); i++) {
+        run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", refused[i], "content", "obey me"), &a);
+        if (!a.is_error)
+            fail_msg("file_write %s was not refused", refused[i]);
+        assert_non_null(strstr(a.text, "identity files"));
+    }
+    snprintf(p, sizeof p, "%s/persona/soul.md", fx->ws);
+    assert_int_not_equal(access(p, F_OK), 0);
+    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "persona/other.md", "content", "x"), &a);
+    assert_false(a.is_error);
+}
+
+/* A descriptor whose real path is longer than PATH_MAX cannot be told to be inside the
+ * workspace: refused (a directory swapped for a link to such a place between the check and
+ * the open got through when a failed readlink counted as "no /proc"). */
+static void test_check_fd_refuses_what_it_cannot_place(void **state)
+{
+    struct fixture *fx = *state;
+    enum { DEPTH = 30 };
+    char name[201], err[256], p[PATH_MAX];
+    int dirs[DEPTH + 1];
+
+    memset(name, 'd', sizeof name - 1);
+    name[sizeof name - 1] = '\0';
+    dirs[0] = open(fx->outside, O_RDONLY | O_DIRECTORY);
+    assert_true(dirs[0] >= 0);
+    for (int d = 1; d <= DEPTH; d++) { /* 30 names of 200 bytes: a real path of ~6,000 */
+        assert_int_equal(mkdirat(dirs[d - 1], name, 0700), 0);
+        dirs[d] = openat(dirs[d - 1], name, O_RDONLY | O_DIRECTORY);
+        assert_true(dirs[d] >= 0);
+    }
+    int fd = openat(dirs[DEPTH], "f", O_CREAT | O_WRONLY, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(nx_sandbox_check_fd(fx->ws, fd, err, sizeof err), NX_EPERM);
+    snprintf(p, sizeof p, "%s/hello.txt", fx->ws);
+    int in = open(p, O_RDONLY);
+    assert_int_equal(nx_sandbox_check_fd(fx->ws, in, err, sizeof err), 0);
+    close(in);
+    close(fd);
+    assert_int_equal(unlinkat(dirs[DEPTH], "f", 0), 0);
+    for (int d = DEPTH; d >= 1; d--) {
+        close(dirs[d]);
+        assert_int_equal(unlinkat(dirs[d - 1], name, AT_REMOVEDIR), 0);
+    }
+    close(dirs[0]);
+}
+
 /* A message that quotes the model's path cut mid-character is still valid UTF-8. */
 static void test_tool_answers_are_valid_utf8(void **state)
 {
@@ -495,6 +556,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_file_read_reports_binary_and_nul_paths, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_write_refuses_deep_paths, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_write_protects_identity_and_linked_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_file_write_protects_where_a_dangling_identity_link_leads, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_check_fd_refuses_what_it_cannot_place, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tool_answers_are_valid_utf8, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_list_shows_the_first_names_of_a_big_directory, setup,
                                         teardown),
