@@ -83,7 +83,7 @@ enum nx_llm_stop nx_llm_stop_from_anthropic(const char *s)
         return NX_LLM_STOP_END_TURN;
     if (!strcmp(s, "tool_use"))
         return NX_LLM_STOP_TOOL_USE;
-    if (!strcmp(s, "max_tokens"))
+    if (!strcmp(s, "max_tokens") || !strcmp(s, "model_context_window_exceeded")) /* cut short */
         return NX_LLM_STOP_MAX_TOKENS;
     if (!strcmp(s, "stop_sequence"))
         return NX_LLM_STOP_STOP_SEQUENCE;

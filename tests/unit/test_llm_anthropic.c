@@ -328,6 +328,21 @@ static void test_anthropic_long_stream_is_not_cut(void **state)
     check_long_stream_is_not_cut("anthropic", KEY, "claude-test");
 }
 
+/* Stop reasons by name; one that cut the answer short for want of room counts as max_tokens
+ * (OpenAI's "length"), and unknown or newer ones as other. */
+static void test_anthropic_stop_reasons(void **state)
+{
+    (void)state;
+    assert_int_equal(nx_llm_stop_from_anthropic("end_turn"), NX_LLM_STOP_END_TURN);
+    assert_int_equal(nx_llm_stop_from_anthropic("tool_use"), NX_LLM_STOP_TOOL_USE);
+    assert_int_equal(nx_llm_stop_from_anthropic("max_tokens"), NX_LLM_STOP_MAX_TOKENS);
+    assert_int_equal(nx_llm_stop_from_anthropic("model_context_window_exceeded"), NX_LLM_STOP_MAX_TOKENS);
+    assert_int_equal(nx_llm_stop_from_anthropic("stop_sequence"), NX_LLM_STOP_STOP_SEQUENCE);
+    assert_int_equal(nx_llm_stop_from_anthropic("refusal"), NX_LLM_STOP_REFUSAL);
+    assert_int_equal(nx_llm_stop_from_anthropic("pause_turn"), NX_LLM_STOP_OTHER);
+    assert_int_equal(nx_llm_stop_from_anthropic(NULL), NX_LLM_STOP_OTHER);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -342,6 +357,7 @@ int main(void)
         cmocka_unit_test(test_anthropic_request_deadline),
 
         cmocka_unit_test(test_anthropic_long_stream_is_not_cut),
+        cmocka_unit_test(test_anthropic_stop_reasons),
         cmocka_unit_test(test_anthropic_bad_request_fails_later_not_inside_start),
         cmocka_unit_test(test_anthropic_stream_parser_edges),
     };
