@@ -190,8 +190,11 @@ bool nx_sandbox_is_identity_file(const char *workspace, const char *resolved)
     for (size_t i = 0; nx_identity_files[i] && i < NX_IDENTITY_PROTECTED; i++) {
         if (snprintf(name, sizeof name, "%s/%s", wreal, nx_identity_files[i]) >= (int)sizeof name)
             continue;
-        /* the file itself, and where it leads when it is a symbolic link */
-        if (strcmp(resolved, name) == 0 || (realpath(name, real) && strcmp(resolved, real) == 0))
+        /* the file itself (or something under it: a directory in its place keeps the operator's
+         * file from ever loading), and where it leads when it is a symbolic link */
+        size_t nlen = strlen(name);
+        if ((strncmp(resolved, name, nlen) == 0 && (resolved[nlen] == '\0' || resolved[nlen] == '/')) ||
+            (realpath(name, real) && strcmp(resolved, real) == 0))
             return true;
         /* a link to a file not there yet: where it would lead once the file is written */
         if (lstat(name, &st) != 0 || !S_ISLNK(st.st_mode) ||

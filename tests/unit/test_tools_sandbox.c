@@ -322,7 +322,7 @@ static void test_file_write_protects_identity_and_linked_files(void **state)
     struct ts_answer a;
     char p[PATH_MAX + 32], q[PATH_MAX + 32];
     static const char *const refused[] = {"SOUL.md", "./IDENTITY.md", "self/USER.md", "soul_link",
-                                          "AGENTS.md"};
+                                          "AGENTS.md", "AGENTS.md/x" /* a directory in its place */};
 
     write_file(fx->ws, "SOUL.md", "be kind\n");
     snprintf(p, sizeof p, "%s/self", fx->ws);
