@@ -83,8 +83,15 @@ static void on_text(const char *delta, size_t len, void *udata)
     text_delta(c, delta, len);
 }
 
+static void keepalive(struct api_call *c)
+{
+    static const char ping[] = "event: ping\ndata: {\"type\": \"ping\"}\n\n";
+    nx_http_stream_write(c->req, ping, sizeof ping - 1);
+}
+
 static void free_call(struct api_call *c)
 {
+    api_call_cleanup(c);
     free(c->model);
     free(c);
 }
@@ -287,6 +294,8 @@ static void on_messages(struct nx_http_req *req, void *udata)
     }
     struct api_call *c = nx_calloc(1, sizeof *c);
     c->flavor = API_ANTHROPIC;
+    c->begin = begin_stream;
+    c->keepalive = keepalive;
     c->stop = stop;
     c->req = req;
     c->model = nx_strdup(model);
@@ -305,12 +314,13 @@ void nx_api_anthropic_register(struct nx_http_server *srv, struct api_ctx *ctx)
 }
 
 void nx_api_chat_register(struct nx_http_server *srv, struct nx_agents *agents,
-                          const char *const *token_ptr)
+                          const char *const *token_ptr, const uint32_t *keepalive_ms)
 {
     /* One per gateway listener, for the life of the process. */
     static struct api_ctx ctx;
     ctx.agents = agents;
     ctx.token = token_ptr;
+    ctx.keepalive_ms = keepalive_ms;
     nx_api_openai_register(srv, &ctx);
     nx_api_anthropic_register(srv, &ctx);
 }

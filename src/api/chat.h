@@ -11,9 +11,10 @@
 /* The OpenAI-compatible (/v1/chat/completions, /v1/models) and Anthropic-compatible
  * (/v1/messages) endpoints on the gateway listener. The model is the agent id; the agent's own
  * tools run inside the gateway and the client sees the final answer (streaming: its text as it
- * comes). When *token_ptr is set, requests need it (Bearer or x-api-key). */
+ * comes). When *token_ptr is set, requests need it (Bearer or x-api-key). *keepalive_ms: how
+ * often a stream whose agent runs tools says it is alive (limits.stream_keepalive). */
 void nx_api_chat_register(struct nx_http_server *srv, struct nx_agents *agents,
-                          const char *const *token_ptr);
+                          const char *const *token_ptr, const uint32_t *keepalive_ms);
 
 /* --- shared by openai_api.c and anthropic_api.c --- */
 
@@ -30,11 +31,20 @@ struct api_call {
     char *model;           /* the agent id as asked */
     long created;
     json_t *stop;          /* stop sequences, handed to the turn by api_start_turn */
+    /* Streams: the flavor's start (headers and first event) and keep-alive writers, and the
+     * timer that sends keep-alives while the agent's tools run (api_on_tool). */
+    void (*begin)(struct api_call *c);
+    void (*keepalive)(struct api_call *c);
+    uv_timer_t *ka;
+    uint32_t keepalive_ms;
 };
+/* Frees what api_start_turn gave the call (the keep-alive timer); the flavor frees the rest. */
+void api_call_cleanup(struct api_call *c);
 
 struct api_ctx {
     struct nx_agents *agents;
     const char *const *token;
+    const uint32_t *keepalive_ms; /* limits.stream_keepalive, as the current config has it */
 };
 
 /* "agent:<agent>:http:<peer>" from X-Nexo-Session or the body's user field; NULL if neither. */

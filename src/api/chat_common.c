@@ -291,6 +291,48 @@ void api_budget_headers(struct nx_http_req *req, const struct nx_turn_result *re
 
 /* Both endpoints' common tail: session selection (only the last message is new in a session),
  * limits, the turn, and cancel-on-disconnect. Takes over `canon`. */
+/* A streamed turn whose agent runs tools may go minutes without a word: the stream starts when
+ * the first tool does (the model has answered, so the request was good), and a keep-alive goes
+ * out every limits.stream_keepalive while it is open, so the client, and any proxy between,
+ * knows the answer is coming (idle timeouts of 60 s are common). */
+
+static void ka_tick(uv_timer_t *t)
+{
+    struct api_call *c = t->data;
+    if (c->req && c->started)
+        c->keepalive(c);
+}
+
+static void ka_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+void api_call_cleanup(struct api_call *c)
+{
+    if (!c->ka)
+        return;
+    uv_timer_stop(c->ka);
+    uv_close((uv_handle_t *)c->ka, ka_closed);
+    c->ka = NULL;
+}
+
+static void on_tool(const char *name, bool is_end, bool is_error, void *udata)
+{
+    struct api_call *c = udata;
+    (void)name;
+    (void)is_error;
+    if (is_end || !c->req)
+        return;
+    c->begin(c);
+    if (!c->ka) {
+        c->ka = nx_malloc(sizeof *c->ka);
+        uv_timer_init(nx_http_req_loop(c->req), c->ka);
+        c->ka->data = c;
+        uv_timer_start(c->ka, ka_tick, c->keepalive_ms, c->keepalive_ms);
+    }
+}
+
 void api_start_turn(const struct api_ctx *ctx, struct api_call *c, json_t *canon,
                     const char *system, const char *user, json_int_t max_tokens,
                     const json_t *temperature,
@@ -298,6 +340,7 @@ void api_start_turn(const struct api_ctx *ctx, struct api_call *c, json_t *canon
                     void (*on_done)(int rc, const struct nx_turn_result *res, void *udata),
                     void (*on_abort)(void *arg))
 {
+    c->keepalive_ms = ctx->keepalive_ms && *ctx->keepalive_ms ? *ctx->keepalive_ms : 15000;
     char *session = api_session_key(c->req, c->model, user);
     if (session) {
         json_t *last = json_incref(json_array_get(canon, json_array_size(canon) - 1));
@@ -305,6 +348,7 @@ void api_start_turn(const struct api_ctx *ctx, struct api_call *c, json_t *canon
         canon = json_pack("[o]", last);
     }
     struct nx_turn_opts o = {
+        .on_tool = c->stream && c->begin ? on_tool : NULL, /* (keep-alive every c->keepalive_ms) */
         .agent_id = c->model,
         .session_key = session,
         .channel = "http",

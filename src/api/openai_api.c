@@ -220,8 +220,16 @@ static void on_text(const char *delta, size_t len, void *udata)
     stream_chunk(c, false, delta, len, NULL);
 }
 
+/* An SSE comment: the SDKs' parsers skip it. */
+static void keepalive(struct api_call *c)
+{
+    static const char ka[] = ": keep-alive\n\n";
+    nx_http_stream_write(c->req, ka, sizeof ka - 1);
+}
+
 static void free_call(struct api_call *c)
 {
+    api_call_cleanup(c);
     free(c->model);
     free(c);
 }
@@ -397,6 +405,8 @@ static void on_completions(struct nx_http_req *req, void *udata)
     }
     struct api_call *c = nx_calloc(1, sizeof *c);
     c->flavor = API_OPENAI;
+    c->begin = begin_stream;
+    c->keepalive = keepalive;
     c->req = req;
     c->model = nx_strdup(model);
     c->created = (long)time(NULL);

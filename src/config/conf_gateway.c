@@ -63,6 +63,8 @@ static const struct nx_conf_field gw_limits_fields[] = {
      .max = 3600000},
     {NX_FIELD("keepalive_timeout", NX_CT_DURATION, G, limits.keepalive_timeout_ms), .def = "30s", .min = 0,
      .max = 3600000},
+    {NX_FIELD("stream_keepalive", NX_CT_DURATION, G, limits.stream_keepalive_ms), .def = "15s", .min = 100,
+     .max = 600000},
     {.name = NULL},
 };
 static const struct nx_conf_struct gw_limits = {.name = "\"limits\"", .fields = gw_limits_fields};

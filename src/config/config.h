@@ -72,6 +72,8 @@ struct nx_http_limits_conf {
     uint64_t max_body_bytes;       /* default 8 MiB; 413 beyond */
     uint32_t request_timeout_ms;   /* `request_timeout`: one request, headers and body; default 10s */
     uint32_t keepalive_timeout_ms; /* `keepalive_timeout`: idle keep-alive connection; default 30s */
+    uint32_t stream_keepalive_ms;  /* `stream_keepalive`: a streamed answer's keep-alive while the
+                                    * agent's tools run; default 15s */
 };
 
 struct nx_http_client_conf {

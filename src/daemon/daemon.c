@@ -42,6 +42,7 @@ struct daemon {
     const struct nx_daemon_opts *opts;
     struct nx_config *cfg;       /* the current snapshot */
     const char *token;           /* cfg's auth_token, read by the auth checks */
+    uint32_t stream_keepalive_ms; /* cfg's limits.stream_keepalive, read by the chat APIs */
     struct nx_readiness ready;
     struct nx_listen addr[LISTENER_COUNT];
     struct nx_http_server *srv[LISTENER_COUNT];
@@ -213,6 +214,7 @@ static void reload_done(uv_work_t *w, int status)
             if (d->mcp_srv)
                 nx_mcp_server_set_config(d->mcp_srv, d->cfg);
             d->token = gw->auth_token && *gw->auth_token ? gw->auth_token : NULL;
+            d->stream_keepalive_ms = gw->limits.stream_keepalive_ms;
             apply_logging(d, gw);
             nx_counter_add(d->m_reloads, ok_label, 1);
             nx_info("config", "configuration reloaded from %s",
@@ -406,7 +408,7 @@ static int start_listeners(struct daemon *d, const struct nx_gateway_conf *gw)
         switch (i) {
         case LISTENER_GATEWAY:
             nx_api_health_register(d->srv[i], &d->ready);
-            nx_api_chat_register(d->srv[i], d->agents, &d->token);
+            nx_api_chat_register(d->srv[i], d->agents, &d->token, &d->stream_keepalive_ms);
             start_mcp_server(d, d->srv[i]);
             nx_channels_mount(d->channels, d->srv[i]); /* /webhooks/...: no bearer token */
             break;
@@ -671,6 +673,7 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
         nx_warn("daemon", "--agents applies to --role agents only; ignored");
     const struct nx_gateway_conf *gw = nx_config_gateway(d.cfg);
     d.token = gw->auth_token && *gw->auth_token ? gw->auth_token : NULL;
+    d.stream_keepalive_ms = gw->limits.stream_keepalive_ms;
     apply_logging(&d, gw);
     raise_nofile(gw);
     pick_addresses(&d, gw);

@@ -64,6 +64,8 @@ void nx_http_req_peer(const struct nx_http_req *req, char *out, size_t outlen);
 /* Called if the client goes away before the response is complete (cancel upstream work).
  * After it runs the request must not be touched. */
 void nx_http_req_on_abort(struct nx_http_req *req, void (*fn)(void *arg), void *arg);
+/* The loop the request is served on (for a handler's own timers). */
+uv_loop_t *nx_http_req_loop(const struct nx_http_req *req);
 
 /* --- answering: exactly one of respond / stream_begin per request --- */
 /* Adds a response header (copied). Before respond/stream_begin. */

@@ -436,6 +436,11 @@ void nx_http_req_peer(const struct nx_http_req *req, char *out, size_t outlen)
     }
 }
 
+uv_loop_t *nx_http_req_loop(const struct nx_http_req *req)
+{
+    return req->srv->loop;
+}
+
 void nx_http_req_on_abort(struct nx_http_req *req, void (*fn)(void *arg), void *arg)
 {
     req->abort_fn = fn;

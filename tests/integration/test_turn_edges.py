@@ -37,6 +37,7 @@ class TurnEdges(FakePeers, unittest.TestCase):
             "llm.yaml": llm_yaml(cls.fport, "  openai: {api_key: %s, base_url: http://127.0.0.1:%d/v1}\n"
                                  % (FAKE_KEY, cls.fport)),
             "agents.yaml": CONFIG,
+            "gateway.yaml": "limits: {stream_keepalive: 200ms}\n",
         })
         cls.n = Nexo(config_dir=cls.cfg.name).start()
 
@@ -229,6 +230,31 @@ class TurnEdges(FakePeers, unittest.TestCase):
                                 {"text": "It is noon."}])
             status, r = self.chat(agent, "time?")
             self.assertEqual(r["choices"][0]["message"]["content"], "It is noon.", agent)
+
+    def test_a_stream_starts_with_the_first_tool_and_keeps_alive(self):
+        # nothing said before the tool: the stream still starts when the tool does (the client
+        # and any proxy between see an answer coming), and says it is alive every
+        # limits.stream_keepalive while the next model call takes its time
+        tool = {"tool_use": {"name": "time_now", "input": {}}}
+        for path, body, alive, end in (
+                ("/v1/chat/completions", {"model": "limited", "stream": True}, b": keep-alive\n\n",
+                 b'"finish_reason":"stop"'),
+                ("/v1/messages", {"model": "limited", "stream": True, "max_tokens": 50}, b"event: ping\n",
+                 b"event: message_stop")):
+            script(self.fport, [tool, {"hang_ms": 1200, "text": "Done."}])
+            before = len(fake_requests(self.fport))
+            body = json.dumps(dict(body, messages=[{"role": "user", "content": "time?"}])).encode()
+            s = self.n.connect()
+            s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Connection: close\r\nContent-Length: %d\r\n\r\n" % (path.encode(), len(body)) + body)
+            self.wait_requests(before + 2)  # the tool ran; the second model call hangs
+            s.settimeout(1.0)
+            head = s.recv(65536)
+            self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+            raw = head + recv_all(s, 30)
+            s.close()
+            self.assertGreaterEqual(raw.count(alive), 3, (path, raw[-600:]))
+            self.assertIn(end, raw)  # and it ends as a whole answer does
 
     def test_arguments_that_are_not_json_never_run_the_tool(self):
         script(self.fport, [{"tool_use": {"name": "time_now", "input": {}},
