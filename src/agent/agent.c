@@ -158,14 +158,46 @@ static uint32_t context_window(const char *agent, const char *model, uint32_t co
 /* A workspace that holds the configuration or the data directory would let the agent's file
  * tools read the API keys, the other agents' histories and media, and rewrite agents.yaml for
  * the next reload: its file tools are turned off (its identity files still load). */
-static bool holds_private_dir(const char *agent, const char *ws, const char *const *dirs, size_t n)
+/* dir's real path, or where it will be when it does not exist yet (the data directory on a
+ * first run): its deepest existing ancestor's, with the rest appended. */
+static bool real_or_future(const char *dir, char *real)
+{
+    char probe[PATH_MAX], base[PATH_MAX];
+    size_t cut = strlen(dir);
+    if (realpath(dir, real))
+        return true;
+    if (cut >= sizeof probe || errno != ENOENT)
+        return false;
+    memcpy(probe, dir, cut + 1);
+    while (cut > 0 && probe[cut] != '/')
+        cut--;
+    if (cut == 0 && dir[0] == '/') /* "/name": under the root, which exists */
+        return snprintf(real, PATH_MAX, "%s", dir) < PATH_MAX;
+    probe[cut] = '\0';
+    if (!real_or_future(cut ? probe : ".", base))
+        return false;
+    const char *rest = dir + cut + (dir[cut] == '/');
+    return snprintf(real, PATH_MAX, "%s/%s", strcmp(base, "/") ? base : "", rest) < PATH_MAX;
+}
+
+static bool holds(const char *ws, const char *dir, char *real)
 {
     size_t wlen = strlen(ws);
+    return dir && real_or_future(dir, real) && strncmp(real, ws, wlen) == 0 &&
+           (real[wlen] == '\0' || real[wlen] == '/' || wlen == 1);
+}
+
+bool nx_workspace_holds_private(const char *ws, const char *config_dir, const char *data_dir)
+{
+    char real[PATH_MAX];
+    return holds(ws, config_dir, real) || holds(ws, data_dir, real);
+}
+
+static bool holds_private_dir(const char *agent, const char *ws, const char *const *dirs, size_t n)
+{
     for (size_t i = 0; i < n; i++) {
         char real[PATH_MAX];
-        if (!dirs[i] || !realpath(dirs[i], real))
-            continue;
-        if (strncmp(real, ws, wlen) == 0 && (real[wlen] == '\0' || real[wlen] == '/' || wlen == 1)) {
+        if (holds(ws, dirs[i], real)) {
             nx_error("agent", "agent %s: workspace %s holds %s (the %s directory): its file tools are "
                               "off, or they could read API keys and rewrite the configuration; give the "
                               "agent a directory of its own",
@@ -363,4 +395,10 @@ void nx_agents_free(struct nx_agents *a)
     gen_unref(a->gen);
     free(a->data_dir);
     free(a);
+}
+
+char *nx_agents_workspace(const struct nx_agents *a, const char *agent_id)
+{
+    const struct agent_rt *rt = a && a->gen ? gen_agent(a->gen, agent_id) : NULL;
+    return rt && rt->workspace ? nx_strdup(rt->workspace) : NULL;
 }

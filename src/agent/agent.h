@@ -107,6 +107,13 @@ struct nx_turn_opts {
     const char *event_id;
 };
 
+/* Whether a workspace (a real path) holds the configuration or the data directory, which an
+ * agent's tools must not reach (API keys, every agent's data, agents.yaml). */
+bool nx_workspace_holds_private(const char *ws, const char *config_dir, const char *data_dir);
+/* The directory an agent's file tools are confined to (a copy to free), or NULL: no such agent,
+ * no workspace, or one that holds the configuration or data directory (file tools off). */
+char *nx_agents_workspace(const struct nx_agents *a, const char *agent_id);
+
 /* Starts (or queues behind the session's running turn) a turn. Returns a handle valid until
  * on_done has run. */
 struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o);

@@ -635,7 +635,7 @@ void nx_mcp_manager_set_host(struct nx_mcp_manager *m, const struct nx_mcp_host 
             nx_mcp_oauth_set_token_file(s->oauth, path);
         if (s->wants_workspaces && host->cfg) {
             if (!ws)
-                ws = nx_mcp_mgr_workspace_roots(host->cfg);
+                ws = nx_mcp_mgr_workspace_roots(host->cfg, host->data_dir);
             json_decref(s->roots);
             s->roots = json_deep_copy(ws);
             nx_mcp_client_set_roots(s->client, s->roots);

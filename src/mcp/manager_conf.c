@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent/agent.h"
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/error.h"
@@ -150,7 +151,7 @@ static char *file_uri(const char *path)
     return nx_buf_steal(&b);
 }
 
-json_t *nx_mcp_mgr_workspace_roots(const struct nx_config *cfg)
+json_t *nx_mcp_mgr_workspace_roots(const struct nx_config *cfg, const char *data_dir)
 {
     const struct nx_agent_conf *acs = NULL;
     size_t n = cfg ? nx_config_agents(cfg, &acs) : 0;
@@ -170,6 +171,10 @@ json_t *nx_mcp_mgr_workspace_roots(const struct nx_config *cfg)
             snprintf(path, sizeof path, "%s/%s", dir, ws);
         if (!(real = realpath(path, NULL)))
             continue;
+        if (nx_workspace_holds_private(real, dir, data_dir)) { /* (as its own file tools are off) */
+            free(real);
+            continue;
+        }
         uri = file_uri(real);
         json_array_append_new(out, json_pack("{s:s, s:s}", "uri", uri, "name", acs[i].id ? acs[i].id : ""));
         free(uri);

@@ -89,7 +89,8 @@ struct nx_mcp_manager {
 void nx_mcp_mgr_server_init(struct nx_mcp_manager *m, struct server *s, const struct nx_mcp_server_conf *c,
                             const json_t *mcp_extra);
 void nx_mcp_mgr_server_conf_cleanup(struct server *s);
-/* The agents' workspaces as roots ([{uri: "file:///...", name: agent}]), from cfg. */
-json_t *nx_mcp_mgr_workspace_roots(const struct nx_config *cfg);
+/* The agents' workspaces as roots ([{uri: "file:///...", name: agent}]), from cfg; one that holds
+ * the configuration or data directory is left out. */
+json_t *nx_mcp_mgr_workspace_roots(const struct nx_config *cfg, const char *data_dir);
 
 #endif

@@ -243,19 +243,6 @@ static void on_tool_done(const char *output, size_t len, bool is_error, void *ud
         call_free(c);
 }
 
-static char *workspace_of(const struct nx_config *cfg, const struct nx_agent_conf *ac)
-{
-    if (!ac->workspace || !*ac->workspace)
-        return NULL;
-    char path[PATH_MAX];
-    const char *dir = nx_config_dir(cfg);
-    if (ac->workspace[0] == '/' || !dir)
-        snprintf(path, sizeof path, "%s", ac->workspace);
-    else
-        snprintf(path, sizeof path, "%s/%s", dir, ac->workspace);
-    return realpath(path, NULL);
-}
-
 static void start_tool(struct srv_call *c, const char *name, const json_t *args)
 {
     struct nx_mcp_server *srv = c->s->srv;
@@ -265,7 +252,8 @@ static void start_tool(struct srv_call *c, const char *name, const json_t *args)
         call_free(c);
         return;
     }
-    char *ws = workspace_of(srv->cfg, ac);
+    /* the agent's own file-tool workspace: none when it holds the configuration or data */
+    char *ws = nx_agents_workspace(srv->agents, ac->id);
     struct nx_buf key = NX_BUF_INIT;
     nx_buf_printf(&key, "agent:%s:mcp:tools", ac->id);
     struct nx_tool_ctx ctx = {

@@ -87,7 +87,12 @@ class Limits(FakePeers, unittest.TestCase):
         with open(secret, "w") as f:
             f.write("TOP SECRET OUTSIDE\n")
         os.symlink(secret, os.path.join(ws, "MEMORY.md"))
-        cls.n = Nexo(config_dir=cls.cfg.name).start()
+        cls.n = Nexo(config_dir=cls.cfg.name)
+        # an agent whose workspace holds the data directory (not made yet: nexo makes it)
+        with open(os.path.join(cls.cfg.name, "agents.yaml"), "a") as f:
+            f.write("  - id: nosy_data\n    model: {provider: anthropic, model: claude-haiku-4-5}\n"
+                    "    workspace: %s\n    allowed_tools: [file_read]\n" % cls.n.tmp)
+        cls.n.start()
 
     @classmethod
     def tearDownClass(cls):
@@ -264,6 +269,7 @@ class Limits(FakePeers, unittest.TestCase):
         # workspace "." is the configuration directory: llm.yaml's keys would be one file_read
         # away (and agents.yaml one file_write); the agent's file tools are off, and the log says so
         self.assertIn("agent nosy: workspace", self.n.read_log())
+        self.assertRegex(self.n.read_log(), r"agent nosy_data: workspace \S+ holds \S+ \(the data directory\)")
         script(self.fport, [{"tool_use": {"name": "file_read", "input": {"path": "llm.yaml"}}},
                             {"text": "done"}])
         status, r, _ = self.post("/v1/chat/completions", "nosy")

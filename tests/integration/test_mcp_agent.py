@@ -91,7 +91,9 @@ class McpAgent(unittest.TestCase):
                     "llm.yaml": "providers:\n  anthropic: {api_key: sk-fake-key, base_url: http://127.0.0.1:%d}\n"
                                 % port,
                     "agents.yaml": "agents:\n  - {id: kate, model: {provider: anthropic, model: m},"
-                                   " workspace: \"ws kate\", allowed_tools: [\"mcp_everything_*\"]}\n",
+                                   " workspace: \"ws kate\", allowed_tools: [\"mcp_everything_*\"]}\n"
+                                   # its workspace holds the configuration: no root for it
+                                   "  - {id: nosy, model: {provider: anthropic, model: m}, workspace: .}\n",
                 })
                 n = Nexo(config_dir=cfg).start()
                 try:
@@ -120,6 +122,7 @@ class McpAgent(unittest.TestCase):
                     roots = reqs[3]["body"]["messages"][-1]["content"][0]["content"]
                     self.assertIn("file://" + os.path.realpath(ws).replace(" ", "%20"), roots)
                     self.assertIn("kate", roots)
+                    self.assertNotIn("nosy", roots)
 
                     _, metrics, _ = n.request("GET", "/metrics", listener="metrics")
                     metrics = metrics.decode()

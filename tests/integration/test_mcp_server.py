@@ -151,6 +151,26 @@ class McpServerStdio(unittest.TestCase):
         self.addCleanup(c.close)
         return c
 
+    def test_exported_file_tools_keep_the_agents_lockout(self):
+        # an agent whose workspace holds the configuration has no file tools in nexo, and none
+        # through the MCP server either (llm.yaml's key was one file_read away)
+        root = tempfile.mkdtemp(prefix="nexo-mcps-ws-")
+        self.addCleanup(shutil.rmtree, root, True)
+        cfg = config(root, self.port, {
+            "agents.yaml": "agents:\n  - {id: main, description: d, model: {provider: anthropic, model: m},\n"
+                           "     workspace: ., allowed_tools: [file_read]}\n",
+            "mcp_server.yaml": "enabled: true\nexpose_tools: [file_read]\n"})
+        c = StdioClient([NEXO_BIN, "mcp-server", "--agent", "main", "--config", cfg,
+                         "--data", os.path.join(root, "data"), "--log-level", "info"])
+        self.addCleanup(c.close)
+        c.call(1, "initialize", INIT)
+        c.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        r, _ = c.call(2, "tools/call", {"name": "file_read", "arguments": {"path": "llm.yaml"}})
+        text = json.dumps(r)
+        self.assertTrue(r["result"]["isError"], text)
+        self.assertNotIn("sk-fake-key", text)
+        self.assertIn("file tools are disabled", text)
+
     def test_lifecycle_tools_progress_cancel_logging(self):
         c = self.client()
         r, _ = c.call(1, "initialize", INIT)
