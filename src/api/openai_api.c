@@ -69,6 +69,7 @@ static void on_models(struct nx_http_req *req, void *udata)
         return;
     size_t i, len = 0;
     bool is_anthropic = nx_http_req_header(req, "anthropic-version", &len) != NULL;
+    api_request_id(req, is_anthropic ? "request-id" : "x-request-id");
     json_t *agents = nx_agents_list(ctx->agents), *data = json_array(), *a;
     const char *path = nx_http_req_path(req, &len), *want = NULL;
     if (len > strlen("/v1/models/"))
@@ -79,10 +80,18 @@ static void on_models(struct nx_http_req *req, void *udata)
             json_array_append_new(data, model_object(id, is_anthropic));
     }
     json_decref(agents);
-    if (want && json_array_size(data) == 0) {
+    static const char unknown[] = "no such model: the models are the gateway's agents (GET /v1/models)";
+    if (want && json_array_size(data) == 0 && is_anthropic) {
         json_decref(data);
-        openai_error_at(req, 404, "invalid_request_error", "model_not_found", "model",
-                        "no such model: the models are the gateway's agents (GET /v1/models)");
+        json_t *e = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", "not_found_error",
+                              "message", unknown);
+        char *t = json_dumps(e, JSON_COMPACT);
+        nx_http_respond(req, 404, "application/json", t, strlen(t));
+        free(t);
+        json_decref(e);
+    } else if (want && json_array_size(data) == 0) {
+        json_decref(data);
+        openai_error_at(req, 404, "invalid_request_error", "model_not_found", "model", unknown);
     } else if (want) {
         json_t *one = json_incref(json_array_get(data, 0));
         json_decref(data);

@@ -143,7 +143,7 @@ int nx_sandbox_check_fd(const char *workspace, int fd, char *err, size_t errlen)
         return 0; /* no /proc: the path check alone stands */
     if (n < 0 || (size_t)n >= sizeof real - 1) /* (a real path past PATH_MAX: not ours to open) */
         return path_err(err, errlen, NX_EPERM, "the file opened cannot be told to be inside the "
-                        "workspace (its real path is too long)");
+                        "workspace (its real path cannot be read back, or is too long)");
     real[n] = '\0';
     if (!realpath(workspace, wreal))
         return path_err(err, errlen, NX_EIO, "the workspace directory is unavailable");

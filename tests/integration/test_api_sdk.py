@@ -154,6 +154,11 @@ class Sdk(FakePeers, unittest.TestCase):
         self.assertEqual((kate["type"], kate["display_name"]), ("model", "kate"))
         self.assertRegex(kate["created_at"], r"^\d{4}-\d\d-\d\dT")
         self.assertEqual((page["first_id"], page["last_id"]), (page["data"][0]["id"], page["data"][-1]["id"]))
+        status, data, headers = self.n.request("GET", "/v1/models/nobody",
+                                               headers={"x-api-key": TOKEN, "anthropic-version": "2023-06-01"})
+        self.assertEqual(status, 404, data)
+        self.assertEqual(json.loads(data)["error"]["type"], "not_found_error")
+        self.assertRegex(dict(headers).get("request-id", ""), r"^req_")
 
     def test_anthropic_sdks_new_and_old(self):
         for mod in ("@anthropic-ai/sdk", "anthropic-sdk-0"):
