@@ -289,13 +289,10 @@ void api_budget_headers(struct nx_http_req *req, const struct nx_turn_result *re
     nx_http_req_add_header(req, "x-should-retry", "false");
 }
 
-/* Both endpoints' common tail: session selection (only the last message is new in a session),
- * limits, the turn, and cancel-on-disconnect. Takes over `canon`. */
 /* A streamed turn whose agent runs tools may go minutes without a word: the stream starts when
  * the first tool does (the model has answered, so the request was good), and a keep-alive goes
  * out every limits.stream_keepalive while it is open, so the client, and any proxy between,
  * knows the answer is coming (idle timeouts of 60 s are common). */
-
 static void ka_tick(uv_timer_t *t)
 {
     struct api_call *c = t->data;
@@ -333,6 +330,8 @@ static void on_tool(const char *name, bool is_end, bool is_error, void *udata)
     }
 }
 
+/* Both endpoints' common tail: session selection (only the last message is new in a session),
+ * limits, the turn, and cancel-on-disconnect. Takes over `canon`. */
 void api_start_turn(const struct api_ctx *ctx, struct api_call *c, json_t *canon,
                     const char *system, const char *user, json_int_t max_tokens,
                     const json_t *temperature,
