@@ -65,9 +65,7 @@ static void on_status(struct nx_http_req *req, void *udata)
         return;
     }
     json_t *o = a->status(a->arg);
-    char *s = json_dumps(o, JSON_COMPACT);
-    nx_http_respond(req, 200, "application/json", s, strlen(s));
-    free(s);
+    nx_http_respond_json(req, 200, o);
     json_decref(o);
 }
 

@@ -8,16 +8,6 @@
 #include "core/alloc.h"
 #include "core/error.h"
 
-static void anthropic_error(struct nx_http_req *req, int status, const char *type, const char *message)
-{
-    json_t *o = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", type, "message",
-                          message);
-    char *s = json_dumps(o, JSON_COMPACT);
-    nx_http_respond(req, status, "application/json", s, strlen(s));
-    free(s);
-    json_decref(o);
-}
-
 static void event(struct api_call *c, const char *name, json_t *data)
 {
     char *s = json_dumps(data, JSON_COMPACT);
@@ -126,7 +116,7 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
                 api_budget_headers(c->req, res);
             else
                 api_error_headers(c->req, api_status_for(rc, res), res);
-            anthropic_error(c->req, api_status_for(rc, res), type, msg);
+            api_anthropic_error(c->req, api_status_for(rc, res), type, msg);
         }
         free_call(c);
         return;
@@ -212,7 +202,7 @@ static void on_messages(struct nx_http_req *req, void *udata)
     const struct api_ctx *ctx = udata;
     api_request_id(req, "request-id");
     if (!nx_api_authorized(req, *ctx->token)) {
-        anthropic_error(req, 401, "authentication_error", "invalid x-api-key");
+        api_anthropic_error(req, 401, "authentication_error", "invalid x-api-key");
         return;
     }
     size_t len = 0;
@@ -226,7 +216,7 @@ static void on_messages(struct nx_http_req *req, void *udata)
         else
             snprintf(msg, sizeof msg, "invalid JSON body: line %d column %d: %s", jerr.line,
                      jerr.column, jerr.text);
-        anthropic_error(req, 400, "invalid_request_error", msg);
+        api_anthropic_error(req, 400, "invalid_request_error", msg);
         json_decref(in);
         return;
     }
@@ -266,7 +256,7 @@ static void on_messages(struct nx_http_req *req, void *udata)
         }
     }
     if (bad) {
-        anthropic_error(req, 400, "invalid_request_error", bad);
+        api_anthropic_error(req, 400, "invalid_request_error", bad);
         json_decref(canon);
         json_decref(in);
         return;
@@ -284,7 +274,7 @@ static void on_messages(struct nx_http_req *req, void *udata)
     json_t *stop = api_stop_sequences(json_object_get(in, "stop_sequences"), 16, &stop_err);
     if (stop_err || (json_object_get(in, "stop_sequences") && !json_is_null(json_object_get(in,
                      "stop_sequences")) && !json_is_array(json_object_get(in, "stop_sequences")))) {
-        anthropic_error(req, 400, "invalid_request_error",
+        api_anthropic_error(req, 400, "invalid_request_error",
                         "stop_sequences: must be an array of non-empty strings (at most 16)");
         json_decref(stop);
         json_decref(canon);

@@ -69,6 +69,8 @@ json_t *api_image_block(const json_t *part, const char **err);
 /* The largest max_tokens a request may ask for (no model answers more). */
 #define API_MAX_TOKENS 1000000
 
+/* Anthropic's error shape: {"type":"error","error":{"type","message"}}. */
+void api_anthropic_error(struct nx_http_req *req, int status, const char *type, const char *message);
 /* Names the request as the provider's API does, in every answer to it, error or stream
  * (OpenAI: x-request-id, Anthropic: request-id): what the SDKs show as request_id. */
 void api_request_id(struct nx_http_req *req, const char *header);

@@ -35,6 +35,14 @@ void api_make_id(char *out, size_t outlen, const char *prefix)
     out[n < outlen ? n : outlen - 1] = '\0';
 }
 
+void api_anthropic_error(struct nx_http_req *req, int status, const char *type, const char *message)
+{
+    json_t *o = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", type, "message",
+                          message);
+    nx_http_respond_json(req, status, o);
+    json_decref(o);
+}
+
 void api_request_id(struct nx_http_req *req, const char *header)
 {
     char id[40];

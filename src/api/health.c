@@ -46,9 +46,7 @@ static void on_readyz(struct nx_http_req *req, void *udata)
             json_array_append_new(missing, json_string("shutting down"));
         json_object_set_new(o, "missing", missing);
     }
-    char *s = json_dumps(o, JSON_COMPACT);
-    nx_http_respond(req, ok ? 200 : 503, content_json, s, strlen(s));
-    free(s);
+    nx_http_respond_json(req, ok ? 200 : 503, o);
     json_decref(o);
 }
 

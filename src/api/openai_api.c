@@ -16,9 +16,7 @@ static void openai_error_at(struct nx_http_req *req, int status, const char *typ
 {
     json_t *o = json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "message", message, "type", type,
                           "param", param, "code", code);
-    char *s = json_dumps(o, JSON_COMPACT);
-    nx_http_respond(req, status, "application/json", s, strlen(s));
-    free(s);
+    nx_http_respond_json(req, status, o);
     json_decref(o);
 }
 
@@ -54,14 +52,6 @@ static json_t *model_object(const char *id, bool is_anthropic)
                      "created_at", when);
 }
 
-static void respond_json(struct nx_http_req *req, json_t *o)
-{
-    char *s = json_dumps(o, JSON_COMPACT);
-    nx_http_respond(req, 200, "application/json", s, strlen(s));
-    free(s);
-    json_decref(o);
-}
-
 static void on_models(struct nx_http_req *req, void *udata)
 {
     const struct api_ctx *ctx = udata;
@@ -81,30 +71,26 @@ static void on_models(struct nx_http_req *req, void *udata)
     }
     json_decref(agents);
     static const char unknown[] = "no such model: the models are the gateway's agents (GET /v1/models)";
+    json_t *page = NULL;
     if (want && json_array_size(data) == 0 && is_anthropic) {
-        json_decref(data);
-        json_t *e = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", "not_found_error",
-                              "message", unknown);
-        char *t = json_dumps(e, JSON_COMPACT);
-        nx_http_respond(req, 404, "application/json", t, strlen(t));
-        free(t);
-        json_decref(e);
+        api_anthropic_error(req, 404, "not_found_error", unknown);
     } else if (want && json_array_size(data) == 0) {
-        json_decref(data);
         openai_error_at(req, 404, "invalid_request_error", "model_not_found", "model", unknown);
     } else if (want) {
-        json_t *one = json_incref(json_array_get(data, 0));
-        json_decref(data);
-        respond_json(req, one);
+        nx_http_respond_json(req, 200, json_array_get(data, 0));
     } else if (is_anthropic) {
         size_t n = json_array_size(data);
         json_t *first = n ? json_object_get(json_array_get(data, 0), "id") : NULL;
         json_t *last = n ? json_object_get(json_array_get(data, n - 1), "id") : NULL;
-        respond_json(req, json_pack("{s:o, s:b, s:O?, s:O?}", "data", data, "has_more", 0, "first_id", first,
-                                    "last_id", last));
+        page = json_pack("{s:O, s:b, s:O?, s:O?}", "data", data, "has_more", 0, "first_id", first, "last_id",
+                         last);
     } else {
-        respond_json(req, json_pack("{s:s, s:o}", "object", "list", "data", data));
+        page = json_pack("{s:s, s:O}", "object", "list", "data", data);
     }
+    if (page)
+        nx_http_respond_json(req, 200, page);
+    json_decref(page);
+    json_decref(data);
 }
 
 /* OpenAI messages -> canonical; system/developer text goes to *system. */

@@ -51,9 +51,7 @@ static void areq_free(struct areq *a)
 
 static void respond_json(struct nx_http_req *req, int status, json_t *o)
 {
-    char *s = json_dumps(o, JSON_COMPACT);
-    nx_http_respond(req, status, "application/json", s, strlen(s));
-    free(s);
+    nx_http_respond_json(req, status, o);
     json_decref(o);
 }
 

@@ -1,6 +1,7 @@
 #ifndef NX_HTTP_SERVER_H
 #define NX_HTTP_SERVER_H
 
+#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -73,6 +74,9 @@ void nx_http_req_add_header(struct nx_http_req *req, const char *name, const cha
 /* Whole response; the body is copied. */
 void nx_http_respond(struct nx_http_req *req, int status, const char *content_type,
                      const char *body, size_t len);
+/* A JSON value as the whole response (application/json, compact); the value stays the
+ * caller's. */
+void nx_http_respond_json(struct nx_http_req *req, int status, const json_t *body);
 /* {"error":{"message":..., "type":...}} with the given status. */
 void nx_http_respond_error(struct nx_http_req *req, int status, const char *type,
                            const char *message);

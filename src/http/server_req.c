@@ -479,6 +479,13 @@ void nx_http_req_add_header(struct nx_http_req *req, const char *name, const cha
     h2o_add_header_by_str(pool, &req->h2o->res.headers, n.base, n.len, 1, NULL, v.base, v.len);
 }
 
+void nx_http_respond_json(struct nx_http_req *req, int status, const json_t *body)
+{
+    char *s = json_dumps(body, JSON_COMPACT);
+    nx_http_respond(req, status, "application/json", s ? s : "null", s ? strlen(s) : 4);
+    free(s);
+}
+
 void nx_http_respond(struct nx_http_req *req, int status, const char *content_type, const char *body,
                      size_t len)
 {

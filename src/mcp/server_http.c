@@ -92,17 +92,10 @@ struct nx_mcp_httpd {
 
 /* ---- plain answers ---- */
 
-static void respond_json(struct nx_http_req *req, int status, const json_t *body)
-{
-    char *s = json_dumps(body, JSON_COMPACT);
-    nx_http_respond(req, status, "application/json", s, strlen(s));
-    free(s);
-}
-
 static void respond_rpc_error(struct nx_http_req *req, int status, int code, const char *msg)
 {
     json_t *e = nx_jsonrpc_error_new(NULL, code, msg);
-    respond_json(req, status, e);
+    nx_http_respond_json(req, status, e);
     json_decref(e);
 }
 
@@ -253,7 +246,7 @@ static void stream_maybe_complete(struct hstream *st)
         if (json_array_size(st->finals) == 0)
             nx_http_respond(st->req, 202, NULL, NULL, 0);
         else
-            respond_json(st->req, 200, st->is_batch ? st->finals : json_array_get(st->finals, 0));
+            nx_http_respond_json(st->req, 200, st->is_batch ? st->finals : json_array_get(st->finals, 0));
         st->req = NULL;
     }
     prune_done(st->hs);
@@ -544,7 +537,7 @@ static void on_post(struct nx_mcp_httpd *h, struct nx_http_req *req)
     st->expected = nx_mcp_session_feed_json(hs->sess, v, st);
     st->is_fed = true;
     if (is_new && !nx_mcp_session_protocol(hs->sess)) { /* initialize refused: no session */
-        respond_json(req, 400, json_array_get(st->finals, 0));
+        nx_http_respond_json(req, 400, json_array_get(st->finals, 0));
         st->req = NULL;
         session_free(hs);
         goto out;
@@ -560,7 +553,7 @@ static void on_post(struct nx_mcp_httpd *h, struct nx_http_req *req)
         if (json_array_size(st->finals) == 0)
             nx_http_respond(req, 202, NULL, NULL, 0);
         else
-            respond_json(req, 200, st->is_batch ? st->finals : json_array_get(st->finals, 0));
+            nx_http_respond_json(req, 200, st->is_batch ? st->finals : json_array_get(st->finals, 0));
         stream_free(st);
     } else if (can_sse) { /* something still running: stream what comes */
         sse_begin(st);
