@@ -158,32 +158,11 @@ static uint32_t context_window(const char *agent, const char *model, uint32_t co
 /* A workspace that holds the configuration or the data directory would let the agent's file
  * tools read the API keys, the other agents' histories and media, and rewrite agents.yaml for
  * the next reload: its file tools are turned off (its identity files still load). */
-/* dir's real path, or where it will be when it does not exist yet (the data directory on a
- * first run): its deepest existing ancestor's, with the rest appended. */
-static bool real_or_future(const char *dir, char *real)
-{
-    char probe[PATH_MAX], base[PATH_MAX];
-    size_t cut = strlen(dir);
-    if (realpath(dir, real))
-        return true;
-    if (cut >= sizeof probe || errno != ENOENT)
-        return false;
-    memcpy(probe, dir, cut + 1);
-    while (cut > 0 && probe[cut] != '/')
-        cut--;
-    if (cut == 0 && dir[0] == '/') /* "/name": under the root, which exists */
-        return snprintf(real, PATH_MAX, "%s", dir) < PATH_MAX;
-    probe[cut] = '\0';
-    if (!real_or_future(cut ? probe : ".", base))
-        return false;
-    const char *rest = dir + cut + (dir[cut] == '/');
-    return snprintf(real, PATH_MAX, "%s/%s", strcmp(base, "/") ? base : "", rest) < PATH_MAX;
-}
-
 static bool holds(const char *ws, const char *dir, char *real)
 {
     size_t wlen = strlen(ws);
-    return dir && real_or_future(dir, real) && strncmp(real, ws, wlen) == 0 &&
+    /* (the data directory may not be made yet on a first run: where it will be) */
+    return dir && nx_sandbox_real_or_future(dir, real, PATH_MAX) && strncmp(real, ws, wlen) == 0 &&
            (real[wlen] == '\0' || real[wlen] == '/' || wlen == 1);
 }
 

@@ -156,26 +156,38 @@ int nx_sandbox_check_fd(const char *workspace, int fd, char *err, size_t errlen)
 const char *const nx_identity_files[NX_IDENTITY_FILES + 1] = {
     "IDENTITY.md", "SOUL.md", "USER.md", "AGENTS.md", "MEMORY.md", NULL};
 
-/* Where `path` (absolute) would be once created: its deepest existing ancestor resolved, the
- * rest appended, as nx_sandbox_path resolves a path to create. */
-static bool resolve_for_create(const char *path, char *out, size_t outlen)
+bool nx_sandbox_real_or_future(const char *path, char *out, size_t outlen)
 {
-    char probe[PATH_MAX], real[PATH_MAX];
-    size_t cut = strlen(path);
+    char probe[PATH_MAX], real[PATH_MAX], cwd[PATH_MAX];
+    int n;
 
-    if (cut >= sizeof probe)
+    if (path[0] == '/')
+        n = snprintf(probe, sizeof probe, "%s", path);
+    else if (getcwd(cwd, sizeof cwd))
+        n = snprintf(probe, sizeof probe, "%s/%s", cwd, path);
+    else
         return false;
-    memcpy(probe, path, cut + 1);
+    if (n < 0 || (size_t)n >= sizeof probe)
+        return false;
+    /* cut at its last components until what is left resolves (the root always does) */
+    size_t cut = (size_t)n;
     for (;;) {
-        probe[cut] = '\0';
-        if (realpath(probe, real))
+        if (cut == 0) {
+            real[0] = '/';
+            real[1] = '\0';
             break;
-        while (cut > 0 && probe[cut] != '/')
+        }
+        char keep = probe[cut];
+        probe[cut] = '\0';
+        bool ok = realpath(probe, real) != NULL;
+        probe[cut] = keep;
+        if (ok)
+            break;
+        do
             cut--;
-        if (cut == 0)
-            return false;
+        while (cut > 0 && probe[cut] != '/');
     }
-    int n = snprintf(out, outlen, "%s%s", strcmp(real, "/") == 0 ? "" : real, path + cut);
+    n = snprintf(out, outlen, "%s%s", strcmp(real, "/") == 0 ? "" : real, probe + cut);
     return n > 0 && (size_t)n < outlen;
 }
 
@@ -205,7 +217,7 @@ bool nx_sandbox_is_identity_file(const char *workspace, const char *resolved)
             snprintf(full, sizeof full, "%s", target);
         else
             snprintf(full, sizeof full, "%s/%s", wreal, target);
-        if (resolve_for_create(full, real, sizeof real) && strcmp(resolved, real) == 0)
+        if (nx_sandbox_real_or_future(full, real, sizeof real) && strcmp(resolved, real) == 0)
             return true;
     }
     return false;

@@ -91,6 +91,9 @@ extern const char *const nx_identity_files[];
  * holds the absolute path. for_create: the final component may not exist yet. */
 int nx_sandbox_path(const char *workspace, const char *rel, bool for_create, char *out,
                     size_t outlen, char *err, size_t errlen);
+/* Where a path is, or will be once created: the real path of its deepest existing ancestor
+ * (a relative path starts at the working directory), the rest appended as given. */
+bool nx_sandbox_real_or_future(const char *path, char *out, size_t outlen);
 /* Is this host allowed by the allowlist globs ("example.com", "*.example.com")? */
 bool nx_sandbox_host_allowed(const char *host, const char *const *allowlist);
 /* Loopback, private (RFC 1918, fc00::/7), link-local, unspecified, multicast, CGNAT, ... */

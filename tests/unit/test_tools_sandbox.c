@@ -388,6 +388,33 @@ static void test_file_write_protects_where_a_dangling_identity_link_leads(void *
     assert_false(a.is_error);
 }
 
+/* Where a path is or will be: resolved as far as it exists, the rest as given. */
+static void test_real_or_future(void **state)
+{
+    struct fixture *fx = *state;
+    char out[PATH_MAX], want[PATH_MAX + 64], real[PATH_MAX], cwd[PATH_MAX];
+
+    assert_non_null(realpath(fx->ws, real));
+    assert_true(nx_sandbox_real_or_future(fx->ws, out, sizeof out));
+    assert_string_equal(out, real);
+    snprintf(want, sizeof want, "%s/not/yet", real);
+    snprintf(cwd, sizeof cwd, "%s/not/yet", fx->ws);
+    assert_true(nx_sandbox_real_or_future(cwd, out, sizeof out));
+    assert_string_equal(out, want);
+    assert_true(nx_sandbox_real_or_future("/nx-none-such/x", out, sizeof out));
+    assert_string_equal(out, "/nx-none-such/x");
+    snprintf(cwd, sizeof cwd, "%s/in_dir/new.txt", fx->ws); /* through a link: where it leads */
+    assert_true(nx_sandbox_real_or_future(cwd, out, sizeof out));
+    snprintf(want, sizeof want, "%s/sub/new.txt", real);
+    assert_string_equal(out, want);
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    assert_int_equal(chdir(fx->ws), 0);
+    assert_true(nx_sandbox_real_or_future("data/x", out, sizeof out)); /* relative: from here */
+    assert_int_equal(chdir(cwd), 0);
+    snprintf(want, sizeof want, "%s/data/x", real);
+    assert_string_equal(out, want);
+}
+
 /* A descriptor whose real path is longer than PATH_MAX cannot be told to be inside the
  * workspace: refused (a directory swapped for a link to such a place between the check and
  * the open got through when a failed readlink counted as "no /proc"). */
@@ -559,6 +586,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_file_write_protects_where_a_dangling_identity_link_leads, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_check_fd_refuses_what_it_cannot_place, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_real_or_future, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tool_answers_are_valid_utf8, setup, teardown),
         cmocka_unit_test_setup_teardown(test_file_list_shows_the_first_names_of_a_big_directory, setup,
                                         teardown),
