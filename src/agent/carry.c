@@ -262,8 +262,6 @@ static void keep_images_io(json_t *messages, const char *data_dir)
     size_t i, k;
     json_t *m, *block;
 
-    if (!data_dir || !*data_dir)
-        return;
     json_array_foreach(messages, i, m) {
         json_t *content = json_object_get(m, "content");
         json_array_foreach(content, k, block) {
@@ -272,14 +270,6 @@ static void keep_images_io(json_t *messages, const char *data_dir)
                 json_array_set_new(content, k, kept);
         }
     }
-}
-
-void nx_media_keep_images(json_t *messages, const char *data_dir)
-{
-    if (!data_dir || !*data_dir)
-        return;
-    nx_llm_media_set_root(data_dir); /* where the providers' encoders read it back */
-    keep_images_io(messages, data_dir);
 }
 
 struct image_work {
@@ -308,9 +298,12 @@ static void keep_images_done(uv_work_t *req, int status)
 int nx_media_keep_images_async(uv_loop_t *loop, json_t *messages, const char *data_dir,
                                void (*done)(json_t *messages, void *arg), void *arg)
 {
-    struct image_work *w = nx_calloc(1, sizeof *w);
+    struct image_work *w;
     int rc;
 
+    if (!data_dir || !*data_dir)
+        return NX_EINVAL; /* nowhere to keep them */
+    w = nx_calloc(1, sizeof *w);
     nx_llm_media_set_root(data_dir); /* where the providers' encoders read them back */
     w->req.data = w;
     w->messages = messages;

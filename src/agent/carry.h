@@ -25,19 +25,18 @@ json_t *nx_carry_pack(const json_t *media, size_t budget);
  * referred to by that path. Bad entries become descriptors with an `error`. New reference. */
 json_t *nx_carry_unpack(const json_t *carried, const char *data_dir);
 
+/* Whether these messages hold a base64 image, for nx_media_keep_images_async to keep. */
+bool nx_media_has_images(const json_t *messages);
 /* A session turn's images given as base64 (the HTTP APIs) written under <data_dir>/media/api/
  * and referred to by path (a `nexo_media` source), as a channel's are: the stored history keeps
  * a path instead of the bytes, and media.retention applies to them. Images that are not a JPEG,
  * PNG, GIF or WebP, are over NX_LLM_IMAGE_MAX_BYTES or cannot be written stay as they are (the
- * provider then decides); so does everything when data_dir is NULL. Edits messages (an
- * array of messages whose content is an array of blocks) in place. */
-void nx_media_keep_images(json_t *messages, const char *data_dir);
-/* Whether nx_media_keep_images has anything to do in these messages (a base64 image). */
-bool nx_media_has_images(const json_t *messages);
-/* nx_media_keep_images on a worker of the loop's thread pool: decoding, hashing and writing a
- * few megabytes takes milliseconds the loop thread does not wait out. Takes `messages` over
- * (no other thread may touch them meanwhile) and hands them back, edited, to done() on the
- * loop thread. Returns 0, or < 0 when no worker could take it (messages stay the caller's). */
+ * provider then decides). Done on a worker of the loop's thread pool: decoding, hashing and
+ * writing a few megabytes takes milliseconds the loop thread does not wait out. Takes
+ * `messages` (an array of messages whose content is an array of blocks) over, no other thread
+ * may touch them meanwhile, and hands them back, edited in place, to done() on the loop thread.
+ * Returns 0, or < 0 when data_dir is empty or no worker could take it (messages stay the
+ * caller's). */
 int nx_media_keep_images_async(uv_loop_t *loop, json_t *messages, const char *data_dir,
                                void (*done)(json_t *messages, void *arg), void *arg);
 

@@ -204,6 +204,31 @@ static void test_bad_carried_data_becomes_a_note(void **state)
     assert_int_equal(files_in(dir), 0);
 }
 
+struct kept {
+    json_t *msgs[8];
+    int done;
+};
+
+static void on_kept(json_t *messages, void *arg)
+{
+    struct kept *k = arg;
+    k->msgs[k->done++] = messages;
+}
+
+/* Keeps a session's images as a turn does (on a worker) and waits for it. */
+static void keep_now(json_t *msgs, const char *data_dir)
+{
+    struct kept k = {{0}, 0};
+    uv_loop_t loop;
+
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(nx_media_keep_images_async(&loop, msgs, data_dir, on_kept, &k), 0);
+    while (k.done < 1)
+        uv_run(&loop, UV_RUN_ONCE);
+    assert_ptr_equal(k.msgs[0], msgs); /* handed back, edited in place */
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static json_t *image_message(const char *b64)
 {
     return json_pack("[{s:s, s:[{s:s, s:{s:s, s:s, s:s}}, {s:s, s:s}]}]", "role", "user", "content",
@@ -218,8 +243,8 @@ static void test_a_sessions_images_are_kept_as_files(void **state)
     json_t *msgs = image_message(b64), *resolved;
     const json_t *src;
 
-    nx_media_keep_images(msgs, f->agent);
-    nx_media_keep_images(msgs, f->agent); /* (nothing left to keep) */
+    keep_now(msgs, f->agent);
+    keep_now(msgs, f->agent); /* (nothing left to keep) */
     src = json_object_get(json_array_get(json_object_get(json_array_get(msgs, 0), "content"), 0),
                           "source");
     assert_string_equal(json_string_value(json_object_get(src, "type")), "nexo_media");
@@ -232,7 +257,7 @@ static void test_a_sessions_images_are_kept_as_files(void **state)
     json_decref(msgs);
 
     msgs = image_message(b64); /* the same bytes again: the same file */
-    nx_media_keep_images(msgs, f->agent);
+    keep_now(msgs, f->agent);
     json_decref(msgs);
     dir[strlen(dir) - 1] = '\0';
     assert_int_equal(files_in(dir), 1);
@@ -247,31 +272,23 @@ static void test_images_that_cannot_be_kept_stay_as_they_are(void **state)
 
     for (size_t i = 0; i < sizeof kept_as_is / sizeof kept_as_is[0]; i++) {
         json_t *msgs = image_message(kept_as_is[i]), *before = json_deep_copy(msgs);
-        nx_media_keep_images(msgs, f->agent);
+        keep_now(msgs, f->agent);
         assert_true(json_equal(msgs, before));
         json_decref(before);
         json_decref(msgs);
     }
     char *b64 = nx_llm_base64(png, sizeof png);
     json_t *msgs = image_message(b64), *before = json_deep_copy(msgs);
-    nx_media_keep_images(msgs, NULL); /* no data directory: nowhere to keep it */
+    uv_loop_t loop; /* no data directory: nowhere to keep it, and the messages stay the caller's */
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_true(nx_media_keep_images_async(&loop, msgs, NULL, on_kept, NULL) < 0);
+    assert_int_equal(uv_loop_close(&loop), 0);
     assert_true(json_equal(msgs, before));
     json_decref(before);
     json_decref(msgs);
     free(b64);
     snprintf(dir, sizeof dir, "%s/media/api", f->agent);
     assert_int_equal(files_in(dir), 0);
-}
-
-struct kept {
-    json_t *msgs[8];
-    int done;
-};
-
-static void on_kept(json_t *messages, void *arg)
-{
-    struct kept *k = arg;
-    k->msgs[k->done++] = messages;
 }
 
 /* Sessions' images are kept by the loop's worker threads, several at once, the same image in
