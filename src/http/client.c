@@ -344,6 +344,23 @@ static void release_sent_body(struct nx_http_call *call)
     }
 }
 
+/* curl has a connection for the call (new or reused) and is about to send the request. Until
+ * then the call waited for a connection, maybe queued behind max_host_connections busy streams:
+ * that wait is not the upstream's silence, and is bounded and reported apart. */
+static int prereq_cb(void *userp, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port,
+                     int conn_local_port)
+{
+    struct nx_http_call *call = userp;
+
+    (void)conn_primary_ip;
+    (void)conn_local_ip;
+    (void)conn_primary_port;
+    (void)conn_local_port;
+    call->is_connected = true;
+    call->last_data_ms = uv_now(call->client->loop);
+    return CURL_PREREQFUNC_OK;
+}
+
 static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userp)
 {
     struct nx_http_call *call = userp;
@@ -535,7 +552,11 @@ static void on_idle_tick(uv_timer_t *h)
             is_any = true;
             continue;
         }
-        snprintf(call->errbuf, sizeof call->errbuf, "nothing received for %u ms", (unsigned)call->idle_ms);
+        snprintf(call->errbuf, sizeof call->errbuf,
+                 call->is_connected ? "nothing received for %u ms"
+                                    : "no connection to the upstream within %u ms (it did not accept "
+                                      "one, or all http_client.max_host_connections to it are busy)",
+                 (unsigned)call->idle_ms);
         call_finish(call, NX_ETIMEDOUT, call->errbuf);
     }
     leave(c);
@@ -635,6 +656,9 @@ static void setup_easy(struct nx_http_client *c, struct nx_http_call *call,
         curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)o->follow_redirects);
         curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     }
+    if (curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, prereq_cb) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_PREREQDATA, call) != CURLE_OK)
+        call->is_connected = true; /* a libcurl before 7.80: the wait counts as silence */
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, call);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);

@@ -40,7 +40,8 @@ struct nx_http_call {
     int body_started;   /* later header lines are trailers */
     int fail_rc;        /* our own reason for aborting (size cap, caller abort) */
     uint32_t idle_ms;   /* idle_timeout_ms: the longest silence allowed, 0 = timeout_ms instead */
-    uint64_t last_data_ms; /* loop time of the last byte (or of the start) */
+    uint64_t last_data_ms; /* loop time of the last byte (or of the start, or of the connection) */
+    bool is_connected;  /* curl has a connection for it: the idle clock counts silence from here on */
     int start_rc;       /* set up failed: reported from the kick timer */
     const char *start_err;
     int in_multi;

@@ -75,6 +75,51 @@ static inline void check_long_stream_is_not_cut(const char *kind, const char *ke
     one_close(&t);
 }
 
+/* One connection to the upstream (max_host_connections 1) and a provider timeout_ms of 1 s: a
+ * second stream waits for the first (0.8 s), then its upstream is silent for 0.6 s. The wait
+ * is not silence: both complete, where counting from the start cut the second at 1 s as
+ * "nothing received". A wait longer than timeout_ms fails, and says it found no connection. */
+static inline void check_queued_stream_waits_for_a_connection(const char *kind, const char *key,
+                                                              const char *model)
+{
+    const struct nx_http_client_opts one_conn = {.max_host_connections = 1};
+    const char *const scripts[] = {
+        "[{\"text\": \"a b c d\", \"chunks\": 4, \"delay_ms\": 200}, {\"hang_ms\": 600, \"text\": \"two\"}]",
+        "[{\"text\": \"a b c d e f g\", \"chunks\": 7, \"delay_ms\": 200}, {\"text\": \"late\"}]",
+    };
+
+    for (size_t i = 0; i < 2; i++) {
+        struct one t;
+        struct outcome a = {0}, b = {0};
+        struct nx_llm_request req = {.model = model, .temperature = -1, .stream = true};
+        int ndone = 0;
+
+        fake_reset();
+        fake_script(scripts[i]);
+        if (uv_loop_init(&t.e.loop) != 0 || nx_http_client_new(&t.e.loop, &one_conn, &t.e.http) != 0)
+            abort();
+        t.p = provider(&t.e, kind, kind, key, 1000, NULL);
+        t.msgs = user_messages("hi");
+        req.messages = t.msgs;
+        a.call = nx_llm_start(t.p, &req, callbacks(&a));
+        b.call = nx_llm_start(t.p, &req, callbacks(&b));
+        while (a.ndone + b.ndone < 2 && ndone++ < 200)
+            run_until(&t.e.loop, NULL, 0, 50);
+        assert_int_equal(a.ndone + b.ndone, 2);
+        assert_int_equal(a.rc, 0);
+        if (i == 0) {
+            assert_int_equal(b.rc, 0);
+            assert_string_equal(nx_buf_cstr(&b.text), "two");
+        } else { /* 1.4 s behind the first: no connection within the second */
+            assert_int_equal(b.rc, NX_ETIMEDOUT);
+            assert_non_null(strstr(b.error_message, "no connection"));
+        }
+        outcome_cleanup(&a);
+        outcome_cleanup(&b);
+        one_close(&t);
+    }
+}
+
 /* An upstream that hangs past the provider's timeout_ms: the call fails retryably with
  * NX_ETIMEDOUT ("timeout"), well before the upstream would have answered (3 s). */
 static inline void check_request_deadline(const char *kind, const char *key, const char *model,

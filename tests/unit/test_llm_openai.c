@@ -441,6 +441,12 @@ static void test_openai_long_stream_is_not_cut(void **state)
     check_long_stream_is_not_cut("openai", KEY, "gpt-test");
 }
 
+static void test_openai_queued_stream_waits_for_a_connection(void **state)
+{
+    (void)state;
+    check_queued_stream_waits_for_a_connection("openai", KEY, "gpt-test");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -458,6 +464,7 @@ int main(void)
         cmocka_unit_test(test_openai_request_deadline),
 
         cmocka_unit_test(test_openai_long_stream_is_not_cut),
+        cmocka_unit_test(test_openai_queued_stream_waits_for_a_connection),
         cmocka_unit_test(test_openai_stream_parser_edges),
     };
     return cmocka_run_group_tests(tests, fake_group_setup, fake_group_teardown);
