@@ -147,8 +147,10 @@ int nx_anthropic_build_body(const struct nx_llm_request *req, struct nx_buf *out
     }
     if (req->stream)
         json_object_set_new(body, "stream", json_true());
+    /* OpenAI's range is 0..2 and an OpenAI client's agent may run on Claude: the Messages API
+     * refuses more than 1, its most random, so more asks for that. */
     if (req->temperature >= 0)
-        json_object_set_new(body, "temperature", json_real(req->temperature));
+        json_object_set_new(body, "temperature", json_real(req->temperature > 1 ? 1 : req->temperature));
     if (json_array_size(req->stop)) { /* the Messages API refuses whitespace-only sequences */
         json_t *seqs = json_array(), *seq;
         size_t k;

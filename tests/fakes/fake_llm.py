@@ -301,6 +301,10 @@ class Handler(BaseHTTPRequestHandler):
                 return "%s: Field required" % field
         if not isinstance(body["max_tokens"], int) or body["max_tokens"] < 1:
             return "max_tokens: Input should be a valid integer greater than or equal to 1"
+        temp = body.get("temperature")
+        if temp is not None and (isinstance(temp, bool) or not isinstance(temp, (int, float))
+                                 or not 0 <= temp <= 1):
+            return "temperature: range: 0..1"
         for seq in body.get("stop_sequences") or []:
             if not isinstance(seq, str) or not seq.strip():
                 return "stop_sequences: each stop sequence must contain non-whitespace"

@@ -114,6 +114,16 @@ static void test_anthropic_request_has_cache_control_and_headers(void **state)
     assert_true(json_equal(json_object_get(b, "messages"), f.msgs));
     json_decref(r);
     outcome_cleanup(&o);
+
+    /* an OpenAI client's 1.5 (its range is 0..2) is the Messages API's most random, 1 */
+    memset(&o, 0, sizeof o);
+    req.temperature = 1.5;
+    run_call(&f.e, f.p, &req, &o);
+    assert_int_equal(o.rc, 0);
+    r = last_request();
+    assert_true(json_real_value(json_object_get(json_object_get(r, "body"), "temperature")) == 1.0);
+    json_decref(r);
+    outcome_cleanup(&o);
     json_decref(tools);
     one_close(&f);
 }
