@@ -193,7 +193,9 @@ static void stream_chunk(struct api_call *c, bool is_first, const char *content,
         nx_buf_put_json_str(&b, finish, strlen(finish));
     else
         nx_buf_puts(&b, "null");
-    nx_buf_puts(&b, "}]}\n\n");
+    /* with include_usage every chunk but the last names usage, as null */
+    nx_buf_puts(&b, c->include_usage ? "}],\"system_fingerprint\":null,\"usage\":null}\n\n"
+                                     : "}],\"system_fingerprint\":null}\n\n");
     nx_http_stream_write(c->req, b.data, b.len);
     nx_buf_cleanup(&b);
 }
@@ -282,7 +284,7 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
         if (c->include_usage) {
             nx_buf_puts(&b, "data: ");
             put_head(&b, c, "chat.completion.chunk");
-            nx_buf_puts(&b, ",\"choices\":[],");
+            nx_buf_puts(&b, ",\"choices\":[],\"system_fingerprint\":null,");
             put_usage(&b, res);
             nx_buf_puts(&b, "}\n\n");
         }

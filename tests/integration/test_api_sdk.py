@@ -62,6 +62,8 @@ class Sdk(FakePeers, unittest.TestCase):
             self.assertEqual(r.get("text"), "streamed words arrive in order", r)
             self.assertEqual(r["finish"], "stop")
             self.assertGreaterEqual(r["chunks"], 3)
+            self.assertGreater(r["usage"]["completion_tokens"], 0, r)
+            self.assertEqual(r["nullUsage"], r["chunks"] - 1, r)  # all but the last, as OpenAI's
 
     def test_openai_sdk_sees_errors(self):
         r = node("openai_chat.cjs", self.url + "/v1", "wrong-token", "kate", "chat")

@@ -12,14 +12,15 @@ const [baseURL, apiKey, model, mode, text] = process.argv.slice(2);
     } else if (mode === 'stream') {
       const s = await c.chat.completions.create({ model, stream: true, messages,
                                                   stream_options: { include_usage: true } });
-      let out = '', chunks = 0, finish = null, usage = null;
+      let out = '', chunks = 0, finish = null, usage = null, nullUsage = 0;
       for await (const ch of s) {
         chunks++;
         if (ch.usage) usage = ch.usage;
+        if (ch.usage === null) nullUsage++; // include_usage: every other chunk says usage: null
         const choice = ch.choices[0];
         if (choice) { out += choice.delta?.content || ''; finish = choice.finish_reason || finish; }
       }
-      console.log(JSON.stringify({ text: out, chunks, finish, usage }));
+      console.log(JSON.stringify({ text: out, chunks, finish, usage, nullUsage }));
     } else {
       const r = await c.chat.completions.create({ model, messages, user: process.env.NEXO_USER });
       console.log(JSON.stringify({ text: r.choices[0].message.content, finish: r.choices[0].finish_reason,
