@@ -1,4 +1,5 @@
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
@@ -243,7 +244,35 @@ const char *nx_sandbox_path_arg(const json_t *args, const char *key, const char 
 
 /* ---- hosts and addresses ----------------------------------------------------------------- */
 
-bool nx_sandbox_host_allowed(const char *host, const char *const *allowlist)
+/* An allowlist entry's optional ":<port>" (after the name, or after "]"): its length is cut
+ * off glen and the port returned, 0 when the entry has none (any port). -1: not a port. */
+static long entry_port(const char *g, size_t *glen)
+{
+    const char *colon = NULL;
+    long port = 0;
+
+    for (size_t i = *glen; i > 0; i--) {
+        if (g[i - 1] == ':') {
+            colon = g + i - 1;
+            break;
+        }
+        if (!isdigit((unsigned char)g[i - 1]))
+            return 0;
+    }
+    if (!colon || colon == g + *glen - 1)
+        return 0; /* no port, or "::" of a bare IPv6 address */
+    if (colon > g && colon[-1] != ']' && memchr(g, ':', (size_t)(colon - g)))
+        return 0; /* a bare IPv6 address ends in its own digits */
+    for (const char *d = colon + 1; d < g + *glen; d++) {
+        port = port * 10 + (*d - '0');
+        if (port > 65535)
+            return -1;
+    }
+    *glen = (size_t)(colon - g);
+    return port ? port : -1;
+}
+
+bool nx_sandbox_host_allowed(const char *host, int port, const char *const *allowlist)
 {
     size_t hlen;
 
@@ -261,7 +290,10 @@ bool nx_sandbox_host_allowed(const char *host, const char *const *allowlist)
     for (size_t i = 0; allowlist[i]; i++) {
         const char *g = allowlist[i];
         size_t glen = strlen(g);
+        long want_port = entry_port(g, &glen);
 
+        if (want_port < 0 || (want_port > 0 && port > 0 && want_port != port))
+            continue;
         if (glen > 0 && g[glen - 1] == '.')
             glen--;
         if (glen >= 2 && g[0] == '[' && g[glen - 1] == ']') {

@@ -94,8 +94,10 @@ int nx_sandbox_path(const char *workspace, const char *rel, bool for_create, cha
 /* Where a path is, or will be once created: the real path of its deepest existing ancestor
  * (a relative path starts at the working directory), the rest appended as given. */
 bool nx_sandbox_real_or_future(const char *path, char *out, size_t outlen);
-/* Is this host allowed by the allowlist globs ("example.com", "*.example.com")? */
-bool nx_sandbox_host_allowed(const char *host, const char *const *allowlist);
+/* Is this host, on this port, allowed by the allowlist globs ("example.com", "*.example.com",
+ * each with an optional ":port"; "[::1]:8080")? An entry without a port allows any; port 0
+ * matches every entry. */
+bool nx_sandbox_host_allowed(const char *host, int port, const char *const *allowlist);
 /* Loopback, private (RFC 1918, fc00::/7), link-local, unspecified, multicast, CGNAT, ... */
 bool nx_sandbox_addr_is_private(const struct sockaddr *sa);
 

@@ -187,6 +187,27 @@ static void test_fetch_allowed_with_private_addresses(void **state)
     assert_non_null(strstr(a.text, "\n\n{\"ok\":true,\"n\":1}"));
 }
 
+/* "host:port" allows that port only, also after a redirect to another port of the host */
+static void test_fetch_allowlist_port(void **state)
+{
+    struct env *e = *state;
+    struct ts_answer a;
+    char entry[64], path[128];
+    const char *allow[] = {entry, NULL};
+
+    snprintf(entry, sizeof entry, "localhost:%d", g_peer.port);
+    allow_hosts(e, allow, true);
+    fetch(e, get("localhost", "/json"), &a);
+    expect_ok(&a);
+    assert_non_null(strstr(a.text, "status: 200\n"));
+    snprintf(path, sizeof path, "/redirect?to=http://localhost:%d/json", g_peer.port == 1 ? 2 : 1);
+    fetch(e, get("localhost", path), &a);
+    expect_error(&a, NULL);
+    snprintf(path, sizeof path, "http_fetch refused (at redirect 1): port %d of host \"localhost\" is not "
+             "in this agent's outbound_allowlist", g_peer.port == 1 ? 2 : 1);
+    assert_string_equal(a.text, path);
+}
+
 static void test_fetch_redirect_to_host_not_allowed(void **state)
 {
     struct env *e = *state;
@@ -432,6 +453,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fetch_refuses_host_not_in_allowlist, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fetch_refuses_name_resolving_to_loopback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fetch_allowed_with_private_addresses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fetch_allowlist_port, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fetch_redirect_to_host_not_allowed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fetch_redirect_to_private_address, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fetch_follows_relative_redirects_and_stops_loops, setup,

@@ -556,19 +556,35 @@ static void test_host_allowlist_globs(void **state)
     const char *const none[] = {NULL};
 
     (void)state;
-    assert_true(nx_sandbox_host_allowed("api.example.com", list));
-    assert_true(nx_sandbox_host_allowed("API.Example.COM.", list));
-    assert_false(nx_sandbox_host_allowed("example.com", list));
-    assert_false(nx_sandbox_host_allowed("evilapi.example.com", list));
-    assert_true(nx_sandbox_host_allowed("en.wiki.org", list));
-    assert_true(nx_sandbox_host_allowed("a.b.wiki.org", list));
-    assert_false(nx_sandbox_host_allowed("wiki.org", list));
-    assert_false(nx_sandbox_host_allowed("evilwiki.org", list));
-    assert_true(nx_sandbox_host_allowed("127.0.0.1", list));
-    assert_true(nx_sandbox_host_allowed("::1", list));
-    assert_true(nx_sandbox_host_allowed("anything.net", all));
-    assert_false(nx_sandbox_host_allowed("anything.net", none));
-    assert_false(nx_sandbox_host_allowed("anything.net", NULL));
+    assert_true(nx_sandbox_host_allowed("api.example.com", 443, list));
+    assert_true(nx_sandbox_host_allowed("API.Example.COM.", 443, list));
+    assert_false(nx_sandbox_host_allowed("example.com", 443, list));
+    assert_false(nx_sandbox_host_allowed("evilapi.example.com", 443, list));
+    assert_true(nx_sandbox_host_allowed("en.wiki.org", 443, list));
+    assert_true(nx_sandbox_host_allowed("a.b.wiki.org", 443, list));
+    assert_false(nx_sandbox_host_allowed("wiki.org", 443, list));
+    assert_false(nx_sandbox_host_allowed("evilwiki.org", 443, list));
+    assert_true(nx_sandbox_host_allowed("127.0.0.1", 443, list));
+    assert_true(nx_sandbox_host_allowed("::1", 443, list));
+    assert_true(nx_sandbox_host_allowed("anything.net", 443, all));
+    assert_false(nx_sandbox_host_allowed("anything.net", 443, none));
+    assert_false(nx_sandbox_host_allowed("anything.net", 443, NULL));
+
+    /* ":port" narrows an entry to one port; without one, any port */
+    const char *const ports[] = {"api.example.com:8443", "*.wiki.org:443", "127.0.0.1:8080",
+                                 "[::1]:9000", "::2", "open.example.com", "bad.example.com:99999", NULL};
+    assert_true(nx_sandbox_host_allowed("api.example.com", 8443, ports));
+    assert_false(nx_sandbox_host_allowed("api.example.com", 443, ports));
+    assert_true(nx_sandbox_host_allowed("en.wiki.org", 443, ports));
+    assert_false(nx_sandbox_host_allowed("en.wiki.org", 80, ports));
+    assert_true(nx_sandbox_host_allowed("127.0.0.1", 8080, ports));
+    assert_false(nx_sandbox_host_allowed("127.0.0.1", 80, ports));
+    assert_true(nx_sandbox_host_allowed("[::1]", 9000, ports));
+    assert_false(nx_sandbox_host_allowed("::1", 9001, ports));
+    assert_true(nx_sandbox_host_allowed("::2", 1234, ports)); /* a bare IPv6 address has no port */
+    assert_true(nx_sandbox_host_allowed("open.example.com", 1234, ports));
+    assert_false(nx_sandbox_host_allowed("bad.example.com", 443, ports));
+    assert_false(nx_sandbox_host_allowed("bad.example.com", 9999, ports));
 }
 
 int main(void)

@@ -383,11 +383,16 @@ static void start_hop(struct fetch *f)
                       "fetch anything (ask the operator to allow the host)", hop_name(f, hop, sizeof hop));
         return;
     }
-    if (!nx_sandbox_host_allowed(f->cur.host, (const char *const *)f->allow)) {
-        nx_warn("tools", "agent %s: http_fetch to %s refused: host not in outbound_allowlist", f->agent,
-                f->cur.host);
-        finish_msg(f, "http_fetch refused%s: host \"%s\" is not in this agent's outbound_allowlist",
-                   hop_name(f, hop, sizeof hop), f->cur.host);
+    if (!nx_sandbox_host_allowed(f->cur.host, f->cur.port, (const char *const *)f->allow)) {
+        bool is_port = nx_sandbox_host_allowed(f->cur.host, 0, (const char *const *)f->allow);
+        nx_warn("tools", "agent %s: http_fetch to %s port %d refused: not in outbound_allowlist",
+                f->agent, f->cur.host, f->cur.port);
+        if (is_port) /* the host is there, for other ports */
+            finish_msg(f, "http_fetch refused%s: port %d of host \"%s\" is not in this agent's "
+                          "outbound_allowlist", hop_name(f, hop, sizeof hop), f->cur.port, f->cur.host);
+        else
+            finish_msg(f, "http_fetch refused%s: host \"%s\" is not in this agent's outbound_allowlist",
+                       hop_name(f, hop, sizeof hop), f->cur.host);
         return;
     }
     memset(&hints, 0, sizeof hints);
