@@ -384,6 +384,13 @@ void nx_config_unref(struct nx_config *c);
 const struct nx_gateway_conf *nx_config_gateway(const struct nx_config *c);
 /* The directory it came from, or NULL for the embedded defaults. */
 const char *nx_config_dir(const struct nx_config *c);
+/* The values of secret-named keys (api_key, auth_token, *_secret, Authorization, ...) in every
+ * file, placeholders resolved; NULL-terminated, never NULL. */
+const char *const *nx_config_secrets(const struct nx_config *c);
+/* Makes every log line, transcript and error message of this process redact the snapshot's
+ * secret values and its gateway.yaml log.redact_patterns. Returns 0, or NX_EINVAL with the
+ * pattern that did not compile in err (the old patterns kept; the values are set anyway). */
+int nx_config_apply_redaction(const struct nx_config *c, char *err, size_t errlen);
 const struct nx_llm_conf *nx_config_llm(const struct nx_config *c);
 /* The provider named `name`, or NULL. */
 const struct nx_provider_conf *nx_config_provider(const struct nx_config *c, const char *name);

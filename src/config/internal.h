@@ -19,6 +19,8 @@ struct nx_config {
     size_t n_agents;
     struct nx_plugin_conf *plugins;
     size_t n_plugins;
+    char **secrets; /* values of secret-named keys in every file, NULL-terminated (or NULL) */
+    size_t n_secrets;
 };
 
 /* A zeroed snapshot with one reference. */

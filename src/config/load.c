@@ -11,6 +11,7 @@
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/error.h"
+#include "core/redact.h"
 
 #define CONF_MAX_FILE (4 * 1024 * 1024)
 
@@ -84,6 +85,44 @@ static int read_source(struct loader *L, const char *rel, const char *display, s
     return rc;
 }
 
+static void add_secret(struct loader *L, const char *v, size_t len)
+{
+    struct nx_config *c = L->cfg;
+
+    if (len < NX_REDACT_MIN_LITERAL || memchr(v, '\0', len))
+        return;
+    c->secrets = nx_realloc(c->secrets, (c->n_secrets + 2) * sizeof *c->secrets);
+    c->secrets[c->n_secrets++] = nx_strndup(v, len);
+    c->secrets[c->n_secrets] = NULL;
+}
+
+/* The scalar values of secret-named keys, at any depth (a provider's api_key, an MCP server's
+ * env GITHUB_TOKEN, an Authorization header, with and without its scheme). */
+static void collect_secrets(struct loader *L, const struct nx_cnode *n, bool is_secret)
+{
+    if (!n)
+        return;
+    if (n->kind == NX_CNODE_SCALAR) {
+        const char *sp = is_secret && n->text ? memchr(n->text, ' ', n->len) : NULL;
+        if (!is_secret || !n->text)
+            return;
+        add_secret(L, n->text, n->len);
+        if (sp) /* "Bearer <token>": the token alone too */
+            add_secret(L, sp + 1, n->len - (size_t)(sp + 1 - n->text));
+        return;
+    }
+    for (size_t i = 0; i < n->n; i++) {
+        if (n->kind == NX_CNODE_MAP && i % 2 == 0)
+            continue; /* a key */
+        bool kid_secret = is_secret;
+        if (n->kind == NX_CNODE_MAP) {
+            const struct nx_cnode *k = n->kids[i - 1];
+            kid_secret = k->kind == NX_CNODE_SCALAR && k->text && nx_redact_is_secret_key(k->text, k->len);
+        }
+        collect_secrets(L, n->kids[i], kid_secret);
+    }
+}
+
 /* Parses `rel` (or `fallback` text when absent) into obj, which gets its defaults first.
  * Returns 1 when the file existed, 0 when absent; *syntax_ok tells whether it parsed as YAML. */
 static int load_file(struct loader *L, const char *rel, const struct nx_conf_struct *desc, void *obj,
@@ -114,6 +153,7 @@ static int load_file(struct loader *L, const char *rel, const struct nx_conf_str
         if (syntax_ok)
             *syntax_ok = true;
         nx_conf_parse_struct(&ctx, desc, root, obj);
+        collect_secrets(L, root, false);
     }
 out:
     L->errors += ctx.errors;
@@ -288,6 +328,7 @@ static void load_plugins(struct loader *L)
         if (read_source(L, rel.data, display, &data) > 0 &&
             nx_cnode_parse_yaml(&ctx, data.data ? data.data : "", data.len, &root) == 0) {
             json_t *j = nx_cnode_to_json(&ctx, root);
+            collect_secrets(L, root, false);
             if (j) {
                 struct nx_plugin_conf *p = &L->cfg->plugins[L->cfg->n_plugins++];
                 p->name = nx_strndup(names[i], strlen(names[i]) - 5);

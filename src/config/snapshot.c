@@ -6,6 +6,7 @@
 #include "config/schema.h"
 #include "config/tables.h"
 #include "core/alloc.h"
+#include "core/redact.h"
 
 struct nx_config *nx_config_alloc(void)
 {
@@ -32,6 +33,7 @@ void nx_config_destroy(struct nx_config *c)
         nx_cnode_free(c->plugins[i].root);
     }
     free(c->plugins);
+    nx_strv_free(c->secrets);
     free(c->dir);
     free(c);
 }
@@ -57,6 +59,18 @@ const struct nx_gateway_conf *nx_config_gateway(const struct nx_config *c)
 const char *nx_config_dir(const struct nx_config *c)
 {
     return c->dir;
+}
+
+const char *const *nx_config_secrets(const struct nx_config *c)
+{
+    static const char *const none[] = {NULL};
+    return c->secrets ? (const char *const *)c->secrets : none;
+}
+
+int nx_config_apply_redaction(const struct nx_config *c, char *err, size_t errlen)
+{
+    nx_redact_set_literals(nx_config_secrets(c));
+    return nx_redact_set_patterns((const char *const *)c->gateway.redact_patterns, err, errlen);
 }
 
 const struct nx_llm_conf *nx_config_llm(const struct nx_config *c)

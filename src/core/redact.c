@@ -96,6 +96,66 @@ void nx_redact_clear_patterns(void)
     nx_redact_set_patterns(NULL, NULL, 0);
 }
 
+/* ---- configured secret values ---- */
+
+static char **literals; /* under patterns_lock too */
+static size_t nliterals;
+
+void nx_redact_set_literals(const char *const *values)
+{
+    char **fresh = NULL, **old;
+    size_t n = 0, k = 0, nold;
+
+    while (values && values[n])
+        n++;
+    if (n)
+        fresh = nx_calloc(n, sizeof *fresh);
+    for (size_t i = 0; i < n; i++) {
+        bool is_dup = false;
+        if (strlen(values[i]) < NX_REDACT_MIN_LITERAL)
+            continue;
+        for (size_t j = 0; j < k && !is_dup; j++)
+            is_dup = strcmp(fresh[j], values[i]) == 0;
+        if (!is_dup)
+            fresh[k++] = nx_strdup(values[i]);
+    }
+    pthread_rwlock_wrlock(&patterns_lock);
+    old = literals;
+    nold = nliterals;
+    literals = fresh;
+    nliterals = k;
+    pthread_rwlock_unlock(&patterns_lock);
+    for (size_t i = 0; i < nold; i++)
+        free(old[i]);
+    free(old);
+}
+
+/* Replaces every occurrence of a configured value, the longest first where two start at one
+ * place (under patterns_lock, with nliterals > 0). */
+static void apply_literals(const char *in, size_t len, struct nx_buf *out)
+{
+    size_t pos = 0, lit = 0;
+
+    while (pos < len) {
+        size_t best = 0;
+        for (size_t i = 0; i < nliterals; i++) {
+            size_t n = strlen(literals[i]);
+            if (n > best && n <= len - pos && in[pos] == literals[i][0] &&
+                memcmp(in + pos, literals[i], n) == 0)
+                best = n;
+        }
+        if (!best) {
+            pos++;
+            continue;
+        }
+        nx_buf_append(out, in + lit, pos - lit);
+        nx_buf_append(out, REDACTED, REDACTED_LEN);
+        pos += best;
+        lit = pos;
+    }
+    nx_buf_append(out, in + lit, len - lit);
+}
+
 /* Replaces every non-empty match of re in in[0..len) by [REDACTED]. Empty matches advance by one
  * byte, so a pattern like "x*" cannot loop. REG_STARTEND lets NUL bytes pass through. */
 static void apply_pattern(const regex_t *re, const char *in, size_t len, struct nx_buf *out)
@@ -705,19 +765,27 @@ static void redact_builtin(struct nx_buf *out, const char *in, size_t len)
 
 void nx_redact_append(struct nx_buf *out, const char *in, size_t len)
 {
-    struct nx_buf a = NX_BUF_INIT, b = NX_BUF_INIT;
+    struct nx_buf a = NX_BUF_INIT, b = NX_BUF_INIT, l = NX_BUF_INIT;
 
     pthread_once(&home_once, home_init);
-    if (!in)
+    if (!in) {
+        in = "";
         len = 0;
+    }
 
     pthread_rwlock_rdlock(&patterns_lock);
+    if (nliterals) { /* first, so that a rule's partial match does not hide the rest of one */
+        apply_literals(in, len, &l);
+        in = nx_buf_cstr(&l);
+        len = l.len;
+    }
     if (npatterns == 0) {
         pthread_rwlock_unlock(&patterns_lock);
-        redact_builtin(out, in ? in : "", len);
+        redact_builtin(out, in, len);
+        nx_buf_cleanup(&l);
         return;
     }
-    redact_builtin(&a, in ? in : "", len);
+    redact_builtin(&a, in, len);
     for (size_t p = 0; p < npatterns; p++) {
         nx_buf_reset(&b);
         bool last = p + 1 == npatterns;
@@ -732,4 +800,5 @@ void nx_redact_append(struct nx_buf *out, const char *in, size_t len)
     pthread_rwlock_unlock(&patterns_lock);
     nx_buf_cleanup(&a);
     nx_buf_cleanup(&b);
+    nx_buf_cleanup(&l);
 }

@@ -297,6 +297,12 @@ int nx_chat_run(const struct nx_daemon_opts *opts, const char *agent_id, const c
         return NX_EXIT_CONFIG;
     }
     nx_diags_cleanup(&diags);
+    char err[256];
+    if (nx_config_apply_redaction(c.cfg, err, sizeof err) < 0) { /* transcripts and logs alike */
+        fprintf(stderr, "nexo chat: %s\n", err);
+        nx_config_unref(c.cfg);
+        return NX_EXIT_CONFIG;
+    }
     if (!agent_id) {
         const struct nx_agent_conf *acs = NULL;
         if (nx_config_agents(c.cfg, &acs) == 0) {

@@ -78,9 +78,9 @@ static void apply_logging(struct daemon *d, const struct nx_gateway_conf *gw)
         if (nx_log_parse_level(gw->log_level, &lvl) == 0)
             nx_log_set_level(lvl);
     }
-    /* Swapped as a whole, so no line written meanwhile misses a pattern. */
+    /* Swapped as a whole, so no line written meanwhile misses a pattern or a secret. */
     char err[256];
-    if (nx_redact_set_patterns((const char *const *)gw->redact_patterns, err, sizeof err) < 0)
+    if (nx_config_apply_redaction(d->cfg, err, sizeof err) < 0)
         nx_warn("config", "redact patterns not applied: %s", err);
 }
 

@@ -237,6 +237,13 @@ int nx_mcp_stdio_run(const struct nx_mcp_stdio_opts *o)
         return NX_EXIT_CONFIG;
     }
     nx_diags_cleanup(&diags);
+    char err[256];
+    if (nx_config_apply_redaction(x.cfg, err, sizeof err) < 0) { /* logs, transcripts, errors */
+        fprintf(stderr, "nexo mcp-server: %s\n", err);
+        nx_mcp_srv_conf_cleanup(&conf);
+        nx_config_unref(x.cfg);
+        return NX_EXIT_CONFIG;
+    }
     if (o->agent_id && !nx_config_agent(x.cfg, o->agent_id)) {
         fprintf(stderr, "nexo mcp-server: no agent \"%s\"\n", o->agent_id);
         nx_mcp_srv_conf_cleanup(&conf);

@@ -62,6 +62,40 @@ class ChatCli(unittest.TestCase):
             self.assertLess(time.monotonic(), deadline, "the fake never got request %d" % n)
             time.sleep(0.02)
 
+    def test_transcripts_redact_the_configured_patterns_and_secret_values(self):
+        """Chat redacts as the daemon does: gateway.yaml's log.redact_patterns, and the values of
+        the configuration's secrets (a key no built-in rule knows) wherever they appear."""
+        fake, port = start_fake()
+        key = "gsk_4Zr8X1qL0pWm9cVt7bNk"
+        try:
+            urllib.request.urlopen(urllib.request.Request(
+                "http://127.0.0.1:%d/_config" % port, data=json.dumps({"auth": False}).encode(),
+                method="POST")).read()
+            with tempfile.TemporaryDirectory() as tmp:
+                cfg = write_config(os.path.join(tmp, "config"), {
+                    "gateway.yaml": 'log: {redact_patterns: ["EMP-[0-9]{6}"]}\n',
+                    "llm.yaml": "providers:\n  anthropic: {api_key: %s, base_url: http://127.0.0.1:%d}\n"
+                                % (key, port),
+                    "agents.yaml": "agents:\n  - {id: kate, model: {provider: anthropic, model: m}}\n",
+                })
+                data = os.path.join(tmp, "data")
+                script(port, [{"text": "noted, EMP-654321"}])
+                r = subprocess.run([NEXO_BIN, "chat", "--agent", "kate", "--config", cfg, "--data", data,
+                                    "--log-level", "warn"], input="badge EMP-123456, key %s\n" % key,
+                                   capture_output=True, text=True, timeout=60)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                tdir = os.path.join(data, "transcripts", "kate")
+                text = "".join(open(os.path.join(tdir, f)).read() for f in os.listdir(tdir))
+                self.assertIn("badge [REDACTED], key [REDACTED]", text)
+                self.assertIn("noted, [REDACTED]", text)
+                self.assertNotIn(key, text)
+                r = subprocess.run([NEXO_BIN, "--data", data, "transcripts", "search", "123456"],
+                                   capture_output=True, text=True, timeout=30)
+                self.assertNotIn("123456", r.stdout)
+        finally:
+            fake.kill()
+            fake.wait()
+
     def test_input_from_a_file_dev_null_and_bad_lines(self):
         """Standard input may be a file or /dev/null (cron, systemd); CRLF is taken off; a line
         over 1 MiB or not UTF-8 is skipped with a message, and the lines after it still go."""

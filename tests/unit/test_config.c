@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "config/config.h"
+#include "core/redact.h"
 #include "core/buf.h"
 #include "core/error.h"
 
@@ -515,6 +516,40 @@ static void test_config_provider_endpoints_by_name(void **state)
     nx_diags_cleanup(&d);
 }
 
+/* The values of secret-named keys, placeholders resolved, are what log lines, transcripts and
+ * error messages redact whatever their format (nx_config_apply_redaction). */
+static void test_config_secret_values_are_redacted_everywhere(void **state)
+{
+    static const char llm[] = "providers:\n"
+                              "  groq: {kind: openai, base_url: \"https://api.groq.com/openai/v1\",\n"
+                              "         api_key: \"${NX_TEST_GROQ_KEY}\",\n"
+                              "         headers: {Authorization: \"Bearer tok_0123456789\"}}\n"
+                              "  ollama: {kind: openai, base_url: \"http://127.0.0.1:11434/v1\", api_key: x}\n";
+    struct nx_diags d;
+    struct nx_config *c = NULL;
+    struct nx_buf out = NX_BUF_INIT;
+    char err[256];
+
+    (void)state;
+    setenv("NX_TEST_GROQ_KEY", "gsk_4Zr8X1qL0pWm9cVt7bNk", 1);
+    nx_diags_init(&d);
+    assert_int_equal(nx_config_load_mem(NULL, "llm.yaml", llm, strlen(llm), &c, &d), 0);
+    const char *const *sec = nx_config_secrets(c);
+    size_t n = 0;
+    while (sec[n])
+        n++;
+    assert_int_equal(n, 3); /* the key, the header, its token; "x" is too short to redact */
+    assert_int_equal(nx_config_apply_redaction(c, err, sizeof err), 0);
+    static const char echo[] = "Incorrect API key provided: gsk_4Zr8X1qL0pWm9cVt7bNk; sent tok_0123456789";
+    nx_redact_append(&out, echo, strlen(echo));
+    assert_string_equal(nx_buf_cstr(&out), "Incorrect API key provided: [REDACTED]; sent [REDACTED]");
+    nx_redact_set_literals(NULL);
+    nx_buf_cleanup(&out);
+    nx_config_unref(c);
+    nx_diags_cleanup(&d);
+    unsetenv("NX_TEST_GROQ_KEY");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -526,6 +561,7 @@ int main(void)
         cmocka_unit_test(test_config_missing_dir_is_an_error),
         cmocka_unit_test(test_config_snapshot_is_reference_counted),
         cmocka_unit_test(test_config_provider_endpoints_by_name),
+        cmocka_unit_test(test_config_secret_values_are_redacted_everywhere),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -237,6 +237,20 @@ static void test_redact_configured_patterns(void **state)
     UNCHANGED("user acct-12345");
 }
 
+/* The configuration's secret values, whatever their format, the longest first */
+static void test_redact_configured_literals(void **state)
+{
+    static const char *const values[] = {"gsk_4Zr8X1qL0pW", "gsk_4Zr8X1qL0pWm9cVt", "short", "gsk_4Zr8X1qL0pW",
+                                         NULL};
+    (void)state;
+    nx_redact_set_literals(values);
+    EXPECT("echo gsk_4Zr8X1qL0pWm9cVt!", "echo [REDACTED]!");
+    EXPECT("gsk_4Zr8X1qL0pW and gsk_4Zr8X1qL0pWm9cVt", "[REDACTED] and [REDACTED]");
+    UNCHANGED("short gsk_4Zr8X1qL0p");
+    nx_redact_set_literals(NULL);
+    UNCHANGED("echo gsk_4Zr8X1qL0pW");
+}
+
 static void test_redact_empty_matching_pattern_terminates(void **state)
 {
     (void)state;
@@ -318,6 +332,7 @@ int main(void)
         cmocka_unit_test(test_redact_multi_secret_and_edges),
         cmocka_unit_test(test_redact_keeps_nul_bytes_and_appends),
         cmocka_unit_test(test_redact_configured_patterns),
+        cmocka_unit_test(test_redact_configured_literals),
         cmocka_unit_test(test_redact_empty_matching_pattern_terminates),
         cmocka_unit_test(test_redact_set_patterns_swaps_whole_list),
         cmocka_unit_test(test_redact_concurrent_with_pattern_reload),
