@@ -8,182 +8,16 @@
 #include "core/alloc.h"
 #include "core/error.h"
 #include "core/redact.h"
+#include "core/redact_internal.h"
 
 /* Built-in rules run as one left-to-right pass with no regular expressions: at each word start
  * the word is looked at once and either replaced or copied whole, so the cost is linear in the
- * input. Configured patterns (POSIX ERE) then run over the result. See docs/observability.md. */
-
-#define REDACTED "[REDACTED]"
-#define REDACTED_LEN (sizeof REDACTED - 1)
+ * input. Configured values and patterns: redact_conf.c. See docs/observability.md. */
 
 #define MIN_BEARER_TOKEN 8 /* "the bearer of bad news" keeps its words */
 #define MIN_SK_BODY 16
 #define MIN_HEX_RUN 32
 #define MAX_KEY_NAME 64 /* longer runs of key characters are not looked up */
-
-/* ---- configured patterns ---- */
-
-static pthread_rwlock_t patterns_lock = PTHREAD_RWLOCK_INITIALIZER;
-static regex_t *patterns;
-static size_t npatterns;
-
-static int compile(const char *regex, regex_t *re, char *err, size_t errlen)
-{
-    int rc;
-
-    if (!regex) {
-        if (err && errlen)
-            snprintf(err, errlen, "redaction pattern is missing");
-        return NX_EINVAL;
-    }
-    rc = regcomp(re, regex, REG_EXTENDED);
-    if (rc != 0) {
-        char msg[256];
-        regerror(rc, re, msg, sizeof msg);
-        if (err && errlen)
-            snprintf(err, errlen, "redaction pattern \"%s\": %s", regex, msg);
-        return NX_EINVAL;
-    }
-    return 0;
-}
-
-int nx_redact_add_pattern(const char *regex, char *err, size_t errlen)
-{
-    regex_t re;
-    int rc;
-
-    if ((rc = compile(regex, &re, err, errlen)) < 0)
-        return rc;
-    pthread_rwlock_wrlock(&patterns_lock);
-    patterns = nx_realloc(patterns, (npatterns + 1) * sizeof *patterns);
-    patterns[npatterns++] = re;
-    pthread_rwlock_unlock(&patterns_lock);
-    return 0;
-}
-
-int nx_redact_set_patterns(const char *const *regexes, char *err, size_t errlen)
-{
-    regex_t *fresh = NULL, *old;
-    size_t n = 0, nold;
-    int rc = 0;
-
-    while (regexes && regexes[n])
-        n++;
-    if (n)
-        fresh = nx_calloc(n, sizeof *fresh);
-    for (size_t i = 0; i < n; i++) {
-        if ((rc = compile(regexes[i], &fresh[i], err, errlen)) < 0) {
-            for (size_t k = 0; k < i; k++)
-                regfree(&fresh[k]);
-            free(fresh);
-            return rc;
-        }
-    }
-    pthread_rwlock_wrlock(&patterns_lock);
-    old = patterns;
-    nold = npatterns;
-    patterns = fresh;
-    npatterns = n;
-    pthread_rwlock_unlock(&patterns_lock);
-    for (size_t i = 0; i < nold; i++)
-        regfree(&old[i]);
-    free(old);
-    return 0;
-}
-
-void nx_redact_clear_patterns(void)
-{
-    nx_redact_set_patterns(NULL, NULL, 0);
-}
-
-/* ---- configured secret values ---- */
-
-static char **literals; /* under patterns_lock too */
-static size_t nliterals;
-
-void nx_redact_set_literals(const char *const *values)
-{
-    char **fresh = NULL, **old;
-    size_t n = 0, k = 0, nold;
-
-    while (values && values[n])
-        n++;
-    if (n)
-        fresh = nx_calloc(n, sizeof *fresh);
-    for (size_t i = 0; i < n; i++) {
-        bool is_dup = false;
-        if (strlen(values[i]) < NX_REDACT_MIN_LITERAL)
-            continue;
-        for (size_t j = 0; j < k && !is_dup; j++)
-            is_dup = strcmp(fresh[j], values[i]) == 0;
-        if (!is_dup)
-            fresh[k++] = nx_strdup(values[i]);
-    }
-    pthread_rwlock_wrlock(&patterns_lock);
-    old = literals;
-    nold = nliterals;
-    literals = fresh;
-    nliterals = k;
-    pthread_rwlock_unlock(&patterns_lock);
-    for (size_t i = 0; i < nold; i++)
-        free(old[i]);
-    free(old);
-}
-
-/* Replaces every occurrence of a configured value, the longest first where two start at one
- * place (under patterns_lock, with nliterals > 0). */
-static void apply_literals(const char *in, size_t len, struct nx_buf *out)
-{
-    size_t pos = 0, lit = 0;
-
-    while (pos < len) {
-        size_t best = 0;
-        for (size_t i = 0; i < nliterals; i++) {
-            size_t n = strlen(literals[i]);
-            if (n > best && n <= len - pos && in[pos] == literals[i][0] &&
-                memcmp(in + pos, literals[i], n) == 0)
-                best = n;
-        }
-        if (!best) {
-            pos++;
-            continue;
-        }
-        nx_buf_append(out, in + lit, pos - lit);
-        nx_buf_append(out, REDACTED, REDACTED_LEN);
-        pos += best;
-        lit = pos;
-    }
-    nx_buf_append(out, in + lit, len - lit);
-}
-
-/* Replaces every non-empty match of re in in[0..len) by [REDACTED]. Empty matches advance by one
- * byte, so a pattern like "x*" cannot loop. REG_STARTEND lets NUL bytes pass through. */
-static void apply_pattern(const regex_t *re, const char *in, size_t len, struct nx_buf *out)
-{
-    size_t pos = 0;
-
-    while (pos < len) {
-        regmatch_t m[1];
-        m[0].rm_so = (regoff_t)pos;
-        m[0].rm_eo = (regoff_t)len;
-        if (regexec(re, in, 1, m, REG_STARTEND | (pos > 0 ? REG_NOTBOL : 0)) != 0)
-            break;
-        size_t so = (size_t)m[0].rm_so, eo = (size_t)m[0].rm_eo;
-        if (so < pos || eo < so || eo > len)
-            break; /* defensive: never trust offsets blindly */
-        if (eo == so) {
-            size_t next = so + 1;
-            nx_buf_append(out, in + pos, next - pos);
-            pos = next;
-            continue;
-        }
-        nx_buf_append(out, in + pos, so - pos);
-        nx_buf_append(out, REDACTED, REDACTED_LEN);
-        pos = eo;
-    }
-    if (pos < len)
-        nx_buf_append(out, in + pos, len - pos);
-}
 
 /* ---- home directory ---- */
 
@@ -704,8 +538,9 @@ static size_t match_home(const char *in, size_t len, size_t i, struct nx_buf *ou
 
 /* The built-in pass. `lit` marks the start of input not yet copied, so plain text is appended in
  * runs rather than byte by byte. */
-static void redact_builtin(struct nx_buf *out, const char *in, size_t len)
+void nx_redact_builtin(struct nx_buf *out, const char *in, size_t len)
 {
+    pthread_once(&home_once, home_init);
     size_t i = 0, lit = 0;
 
     nx_buf_reserve(out, len);
@@ -761,44 +596,4 @@ static void redact_builtin(struct nx_buf *out, const char *in, size_t len)
         }
     }
     nx_buf_append(out, in + lit, len - lit);
-}
-
-void nx_redact_append(struct nx_buf *out, const char *in, size_t len)
-{
-    struct nx_buf a = NX_BUF_INIT, b = NX_BUF_INIT, l = NX_BUF_INIT;
-
-    pthread_once(&home_once, home_init);
-    if (!in) {
-        in = "";
-        len = 0;
-    }
-
-    pthread_rwlock_rdlock(&patterns_lock);
-    if (nliterals) { /* first, so that a rule's partial match does not hide the rest of one */
-        apply_literals(in, len, &l);
-        in = nx_buf_cstr(&l);
-        len = l.len;
-    }
-    if (npatterns == 0) {
-        pthread_rwlock_unlock(&patterns_lock);
-        redact_builtin(out, in, len);
-        nx_buf_cleanup(&l);
-        return;
-    }
-    redact_builtin(&a, in, len);
-    for (size_t p = 0; p < npatterns; p++) {
-        nx_buf_reset(&b);
-        bool last = p + 1 == npatterns;
-        struct nx_buf *dst = last ? out : &b;
-        apply_pattern(&patterns[p], nx_buf_cstr(&a), a.len, dst);
-        if (!last) {
-            struct nx_buf t = a;
-            a = b;
-            b = t;
-        }
-    }
-    pthread_rwlock_unlock(&patterns_lock);
-    nx_buf_cleanup(&a);
-    nx_buf_cleanup(&b);
-    nx_buf_cleanup(&l);
 }

@@ -524,7 +524,8 @@ static void test_config_secret_values_are_redacted_everywhere(void **state)
                               "  groq: {kind: openai, base_url: \"https://api.groq.com/openai/v1\",\n"
                               "         api_key: \"${NX_TEST_GROQ_KEY}\",\n"
                               "         headers: {Authorization: \"Bearer tok_0123456789\"}}\n"
-                              "  ollama: {kind: openai, base_url: \"http://127.0.0.1:11434/v1\", api_key: x}\n";
+                              "  ollama: {kind: openai, base_url: \"http://127.0.0.1:11434/v1\",\n"
+                              "           api_key: x}\n";
     struct nx_diags d;
     struct nx_config *c = NULL;
     struct nx_buf out = NX_BUF_INIT;
@@ -540,7 +541,8 @@ static void test_config_secret_values_are_redacted_everywhere(void **state)
         n++;
     assert_int_equal(n, 3); /* the key, the header, its token; "x" is too short to redact */
     assert_int_equal(nx_config_apply_redaction(c, err, sizeof err), 0);
-    static const char echo[] = "Incorrect API key provided: gsk_4Zr8X1qL0pWm9cVt7bNk; sent tok_0123456789";
+    static const char echo[] =
+        "Incorrect API key provided: gsk_4Zr8X1qL0pWm9cVt7bNk; sent tok_0123456789";
     nx_redact_append(&out, echo, strlen(echo));
     assert_string_equal(nx_buf_cstr(&out), "Incorrect API key provided: [REDACTED]; sent [REDACTED]");
     nx_redact_set_literals(NULL);

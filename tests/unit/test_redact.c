@@ -240,8 +240,8 @@ static void test_redact_configured_patterns(void **state)
 /* The configuration's secret values, whatever their format, the longest first */
 static void test_redact_configured_literals(void **state)
 {
-    static const char *const values[] = {"gsk_4Zr8X1qL0pW", "gsk_4Zr8X1qL0pWm9cVt", "short", "gsk_4Zr8X1qL0pW",
-                                         NULL};
+    static const char *const values[] = {"gsk_4Zr8X1qL0pW", "gsk_4Zr8X1qL0pWm9cVt", "short",
+                                         "gsk_4Zr8X1qL0pW", NULL};
     (void)state;
     nx_redact_set_literals(values);
     EXPECT("echo gsk_4Zr8X1qL0pWm9cVt!", "echo [REDACTED]!");
