@@ -123,6 +123,9 @@ struct nx_turn {
     bool is_cancelled;
     bool is_budget_refusal;        /* refused: the agent's daily token budget is used up */
     bool is_history_missing;       /* its stored history could not be read: not cached after */
+    bool is_saved;                 /* turn_save ran: its messages are in the store */
+    json_t *late;                  /* messages of turns queued behind it that were cancelled
+                                    * before they started: stored after its own, in order */
     bool is_done;
     bool is_caller_gone;           /* collect mode: its own caller left and was answered; it runs
                                       on for the callers merged into it */
@@ -136,6 +139,8 @@ struct lane *lane_get(struct nx_agents *a, const char *session_key);
  * the session already has its agent's config.queue_cap turns waiting. */
 int lane_submit(struct nx_agents *a, struct nx_turn *t);
 /* The lane's running turn finished: start the next queued one. */
+/* The turn running in t's lane (t itself, another, or NULL when t has no lane). */
+struct nx_turn *lane_running(const struct nx_turn *t);
 void lane_turn_done(struct nx_agents *a, struct nx_turn *t);
 void lanes_free(struct nx_agents *a);
 /* Did the turn end without an answer of its own because of its lane's queue_mode: interrupted
@@ -187,6 +192,7 @@ const char *ws_cache_text(struct ws_cache *c);
 
 /* turn.c */
 void turn_run(struct nx_turn *t); /* begins the turn (history, model, tools ...) */
+void turn_run_soon(struct nx_turn *t); /* the same, on the next loop iteration */
 /* collect mode: `from`'s messages join `into`, and its caller gets into's answer. */
 void turn_merge(struct nx_turn *into, struct nx_turn *from);
 
@@ -210,6 +216,9 @@ uint64_t turn_count_tokens(struct nx_turn *t);
 /* Stores the turn's new messages (from new_from) in the session's history, and caches what the
  * next turn starts from. */
 void turn_save(struct nx_turn *t);
+/* A turn cancelled before it had its conversation (queued, its history loading, its images
+ * being kept): its caller's messages, after the cached history if any, for turn_save. */
+void turn_convo_of_unstarted(struct nx_turn *t);
 /* Appends messages to a conversation, a message of the role the last one has joining it (the
  * APIs want roles to alternate): collect mode's merging of queued messages. */
 void turn_append_messages(json_t *to, const json_t *from);

@@ -53,14 +53,20 @@ json_t *turn_answer(const struct nx_turn *t)
 }
 
 /* An assistant message whose tool calls got no results (the iteration limit; an answer cut off
- * at max_tokens in the middle of a call) would make every later request of the session invalid
- * (the APIs want each tool_use answered in the next message): they are answered here, as not
- * run. */
+ * at max_tokens in the middle of a call; a turn cancelled while its tools ran) would make every
+ * later request of the session invalid (the APIs want each tool_use answered in the next
+ * message): each gets the result its tool returned when it finished, else one saying why it has
+ * none. */
 void turn_close_open_calls(struct nx_turn *t)
 {
     size_t n = json_array_size(t->convo), i;
     const json_t *last = n ? json_array_get(t->convo, n - 1) : NULL;
     const char *role = json_string_value(json_object_get(last, "role"));
+    const char *why =
+        t->is_cancelled ? "cancelled before it finished (the turn was interrupted or its caller left): "
+                          "it may have run in part"
+        : t->stop == NX_LLM_STOP_TOOL_USE ? "not run: the turn reached its limit of tool iterations"
+                                          : "not run: the answer stopped before the call was complete";
     json_t *results = NULL, *b;
 
     if (!role || strcmp(role, "assistant") != 0)
@@ -68,18 +74,23 @@ void turn_close_open_calls(struct nx_turn *t)
     json_array_foreach(json_object_get(last, "content"), i, b) {
         const char *type = json_string_value(json_object_get(b, "type"));
         const char *id = json_string_value(json_object_get(b, "id"));
+        json_t *done = NULL;
         if (!type || strcmp(type, "tool_use") != 0)
             continue;
         if (!results)
             results = json_array();
-        json_array_append_new(results, json_pack("{s:s, s:s, s:s, s:b}", "type", "tool_result",
-                                                 "tool_use_id", id ? id : "", "content",
-                                                 t->stop == NX_LLM_STOP_TOOL_USE
-                                                     ? "not run: the turn reached its limit of tool "
-                                                       "iterations"
-                                                     : "not run: the answer stopped before the call "
-                                                       "was complete",
-                                                 "is_error", 1));
+        for (size_t k = 0; id && k < t->nslots && !done; k++) {
+            const struct tool_slot *s = &t->slots[k];
+            const char *sid = json_string_value(json_object_get(s->result, "tool_use_id"));
+            if (s->is_done && sid && strcmp(sid, id) == 0)
+                done = s->result;
+        }
+        if (done)
+            json_array_append(results, done);
+        else
+            json_array_append_new(results, json_pack("{s:s, s:s, s:s, s:b}", "type", "tool_result",
+                                                     "tool_use_id", id ? id : "", "content", why,
+                                                     "is_error", 1));
     }
     if (results)
         json_array_append_new(t->convo, json_pack("{s:s, s:o}", "role", "user", "content", results));
@@ -222,11 +233,38 @@ uint64_t turn_count_tokens(struct nx_turn *t)
     return t->tokens;
 }
 
+void turn_convo_of_unstarted(struct nx_turn *t)
+{
+    uint64_t tokens;
+
+    if (!t->session_key || !t->a->deps.store || !json_array_size(t->input))
+        return;
+    json_t *cached = hcache_get_tokens(t->a->history, t->session_key, &tokens);
+    if (cached) {
+        if (tokens != HCACHE_NO_TOKENS) {
+            t->tokens = tokens;
+            t->tokens_upto = json_array_size(cached);
+        }
+        t->convo = cached;
+    } else { /* the history is not known here: the cache is left to the next turn's load */
+        t->convo = json_array();
+        t->is_history_missing = true;
+    }
+    t->new_from = json_array_size(t->convo);
+    json_array_extend(t->convo, t->input);
+}
+
 void turn_save(struct nx_turn *t)
 {
     if (!t->session_key || !t->a->deps.store)
         return;
+    t->is_saved = true;
     turn_close_open_calls(t);
+    if (t->late) { /* queued messages whose callers left: after this turn's, as they came */
+        json_array_extend(t->convo, t->late);
+        json_decref(t->late);
+        t->late = NULL;
+    }
     if (!t->is_history_missing) { /* kept as sent: what the next turn starts from alternates */
         json_t *alt = turn_alternating(t->convo, t->new_from ? t->new_from - 1 : 0);
         /* merged messages are estimated apart from their parts: counted again when needed */

@@ -107,7 +107,9 @@ static void start_next(struct nx_agents *a, struct lane *l)
            l->head->o.queue_mode == NX_QUEUE_COLLECT && same_call(&t->o, &l->head->o))
         turn_merge(t, dequeue(l));
     l->running = t;
-    turn_run(t);
+    /* On the next loop iteration: the turn before is answered first, also when this one ends
+     * at once (a budget refusal would otherwise answer a later message first). */
+    turn_run_soon(t);
 }
 
 int lane_submit(struct nx_agents *a, struct nx_turn *t)
@@ -136,6 +138,11 @@ int lane_submit(struct nx_agents *a, struct nx_turn *t)
         nx_turn_cancel(l->running); /* its end starts the queue */
     }
     return 0;
+}
+
+struct nx_turn *lane_running(const struct nx_turn *t)
+{
+    return t->lane ? t->lane->running : NULL;
 }
 
 void lane_turn_done(struct nx_agents *a, struct nx_turn *t)

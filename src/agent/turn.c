@@ -62,6 +62,7 @@ static void free_turn(struct nx_turn *t)
         json_decref(t->slots[i].result);
     free(t->slots);
     json_decref(t->input);
+    json_decref(t->late);
     json_decref((json_t *)t->o.stop);
     json_decref(t->convo);
     free(t->agent_id);
@@ -139,16 +140,28 @@ static void finish(struct nx_turn *t, int rc)
     nx_histogram_observe(m_latency, lat, (double)(nx_mono_ns() - t->started_ns) / 1e9);
 
     /* A turn that ended early keeps what it got to: the caller's message when it was cancelled
-     * (a newer message interrupted it, the caller hung up), and the tool calls that ran when the
-     * provider failed after them, so that the next turn knows of them and a tool with effects
-     * is not run again for the same message. Before the lane's next turn loads the history. */
-    if (rc < 0 && !t->is_budget_refusal && t->convo && json_array_size(t->convo) > t->new_from &&
-        (rc == NX_ECANCELED || t->answers > 0))
+     * (a newer message interrupted it, the caller hung up; also before it had started), and the
+     * tool calls that ran when the provider failed after them, so that the next turn knows of
+     * them and a tool with effects is not run again for the same message. Once (a turn at its
+     * tool-iteration limit saved already). Before the lane's next turn loads the history. */
+    struct nx_turn *running = lane_running(t);
+    if (rc == NX_ECANCELED && !t->convo && !t->a->is_freeing && running && running != t) {
+        if (!running->late) /* queued: stored after the running turn's messages */
+            running->late = json_array();
+        turn_append_messages(running->late, t->input);
+        if (t->late)
+            turn_append_messages(running->late, t->late);
+    } else if (rc == NX_ECANCELED && !t->convo && !t->a->is_freeing) {
+        turn_convo_of_unstarted(t);
+    }
+    if (!t->is_saved && !t->is_budget_refusal && t->convo &&
+        ((rc < 0 && json_array_size(t->convo) > t->new_from && (rc == NX_ECANCELED || t->answers > 0)) ||
+         json_array_size(t->late)))
         turn_save(t);
 
     struct nx_agents *a = t->a;
     unlink_turn(t);
-    if (t->lane)
+    if (t->lane) /* (its next turn starts on a later loop iteration: answered after these) */
         lane_turn_done(a, t);
     if (!t->is_caller_gone)
         answer(t, rc, &res);
@@ -516,6 +529,18 @@ static bool within_budget(struct nx_turn *t, bool may_wait)
 void turn_run(struct nx_turn *t)
 {
     IN_TURN_CONTEXT(t, run(t, true));
+}
+
+static void run_soon(void *arg)
+{
+    struct nx_turn *t = arg;
+    t->kick = NULL;
+    turn_run(t);
+}
+
+void turn_run_soon(struct nx_turn *t)
+{
+    t->kick = nx_timer_once(t->a->deps.loop, 0, run_soon, t);
 }
 
 /* A session's images sent as base64 are kept as files, so that its history holds a path

@@ -70,6 +70,7 @@ static void on_text(const char *delta, size_t len, void *udata)
 {
     struct api_call *c = udata;
     begin_stream(c);
+    c->is_text_sent = true;
     text_delta(c, delta, len);
 }
 
@@ -124,7 +125,7 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
     const char *text = config_msg ? res->error_message : res->text;
     if (c->stream) {
         begin_stream(c);
-        if (config_msg)
+        if (!c->is_text_sent && text && *text) /* a configuration message; a merged caller's */
             text_delta(c, text, strlen(text));
         event(c, "content_block_stop", json_pack("{s:s, s:i}", "type", "content_block_stop", "index", 0));
         event(c, "message_delta",

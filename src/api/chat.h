@@ -26,6 +26,8 @@ struct api_call {
     struct nx_turn *turn;
     bool stream;
     bool started;          /* stream headers sent */
+    bool is_text_sent;     /* streamed text of its own (a caller merged into another's turn gets
+                            * none: its answer's text goes out whole at the end) */
     bool include_usage;    /* OpenAI stream_options.include_usage */
     char id[48];           /* chatcmpl-… / msg_… */
     char *model;           /* the agent id as asked */

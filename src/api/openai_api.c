@@ -214,6 +214,7 @@ static void on_text(const char *delta, size_t len, void *udata)
 {
     struct api_call *c = udata;
     begin_stream(c);
+    c->is_text_sent = true;
     stream_chunk(c, false, delta, len, NULL);
 }
 
@@ -278,7 +279,7 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
     struct nx_buf b = NX_BUF_INIT;
     if (c->stream) {
         begin_stream(c);
-        if (config_msg)
+        if (!c->is_text_sent && text && *text) /* a configuration message; a merged caller's */
             stream_chunk(c, false, text, strlen(text), NULL);
         stream_chunk(c, false, NULL, 0, finish_reason(res->stop));
         if (c->include_usage) {

@@ -1,0 +1,222 @@
+"""A session's lane at its edges, against the fake provider: every message stored once, also when
+its turn was cancelled before it started or while its tools ran; a caller merged into another's
+turn (collect) that streams gets the answer; answers of one session go out in order, also when
+the later turn ends at once."""
+import concurrent.futures
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import unittest
+
+from nexo_harness import Nexo, main, recv_all, write_config
+from peers import FakePeers, fake_requests, llm_yaml, script
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SLOW_MCP = os.path.join(HERE, "..", "tools", "slow_tools_mcp.py")
+
+AGENTS = """\
+agents:
+  - id: coll
+    model: {provider: anthropic, model: m}
+    config: {queue_mode: collect}
+  - id: intr
+    model: {provider: anthropic, model: m}
+    config: {queue_mode: interrupt}
+  - id: intr_tools
+    model: {provider: anthropic, model: m}
+    allowed_tools: ["mcp_slow_*"]
+    config: {queue_mode: interrupt}
+  - id: limited
+    model: {provider: anthropic, model: m}
+    allowed_tools: [time_now]
+    limits: {max_tool_iterations: 1}
+  - id: thrifty
+    model: {provider: anthropic, model: m}
+    limits: {daily_token_budget: 1000, max_tokens: 100}
+"""
+
+
+class TurnLanes(FakePeers, unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.start_peers()
+        cls.marks = os.path.join(cls.cfg.name, "fast_ran.log")
+        write_config(cls.cfg.name, {
+            "llm.yaml": llm_yaml(cls.fport), "agents.yaml": AGENTS,
+            "mcp.yaml": "mcp:\n  enabled: true\n  servers:\n    slow: {transport: stdio, command: %s, "
+                        "args: [%s, %s]}\n" % (sys.executable, SLOW_MCP, cls.marks),
+        })
+        cls.n = Nexo(config_dir=cls.cfg.name).start()
+        deadline = time.monotonic() + 30
+        while True:  # the MCP server's tools are listed
+            servers = cls.n.get_json("/admin/status", listener="admin")[1].get("mcp", {}).get("servers", [])
+            if servers and "mcp_slow_slow" in servers[0].get("tools", []):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the slow MCP server never listed its tools")
+            time.sleep(0.05)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stop_peers()
+
+    def rows(self, key):
+        db = sqlite3.connect(os.path.join(self.n.data_dir, "nexo.db"))
+        try:
+            return db.execute("SELECT role, content FROM messages WHERE session_key=? ORDER BY seq",
+                              (key,)).fetchall()
+        finally:
+            db.close()
+
+    def wait_rows(self, key, n, limit=10):
+        deadline = time.monotonic() + limit
+        while len(self.rows(key)) < n:
+            self.assertLess(time.monotonic(), deadline, self.rows(key))
+            time.sleep(0.02)
+        return self.rows(key)
+
+    def chat(self, agent, text, session, stream=False):
+        body = json.dumps({"model": agent, "stream": stream, "messages": [{"role": "user", "content": text}]})
+        status, data, _ = self.n.request("POST", "/v1/chat/completions", body=body.encode(), timeout=30,
+                                         headers={"Content-Type": "application/json", "X-Nexo-Session": session})
+        return status, (data.decode() if stream else json.loads(data))
+
+    def send_raw(self, agent, text, session):
+        s = self.n.connect()
+        body = json.dumps({"model": agent, "messages": [{"role": "user", "content": text}]}).encode()
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Connection: close\r\nX-Nexo-Session: " + session.encode() +
+                  b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        return s
+
+    def wait_requests(self, n, limit=10.0):
+        deadline = time.monotonic() + limit
+        while len(fake_requests(self.fport)) < n:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+
+    def in_flight(self):
+        _, body, _ = self.n.request("GET", "/metrics", listener="metrics")
+        return float(re.search(r"^nexo_agent_turns_in_flight (\S+)$", body.decode(), re.M).group(1))
+
+    def wait_in_flight(self, v, limit=10):
+        deadline = time.monotonic() + limit
+        while self.in_flight() != v:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+
+    def test_a_turn_at_its_tool_iteration_limit_is_stored_once(self):
+        tool = {"tool_use": {"name": "time_now", "input": {}}}
+        script(self.fport, [tool, tool])
+        status, r = self.chat("limited", "go-once", "iterlimit")
+        self.assertEqual(r["error"]["type"], "tool_iteration_limit", r)
+        rows = self.wait_rows("agent:limited:http:iterlimit", 5)
+        time.sleep(0.3)  # a second copy would follow in the next batch
+        rows = self.rows("agent:limited:http:iterlimit")
+        self.assertEqual(sum("go-once" in c for _, c in rows), 1, rows)
+        self.assertEqual(len(rows), 5, rows)  # user, call, result, call, "not run"
+
+    def test_a_streaming_caller_merged_into_a_turn_gets_its_answer(self):
+        script(self.fport, [{"hang_ms": 600, "text": "first"}, {"hang_ms": 300, "text": "together"}])
+        with concurrent.futures.ThreadPoolExecutor(3) as ex:
+            a = ex.submit(self.chat, "coll", "a", "merged")
+            self.wait_requests(1)
+            b = ex.submit(self.chat, "coll", "b", "merged")
+            self.wait_in_flight(2)
+            c = ex.submit(self.chat, "coll", "c", "merged", True)
+            self.wait_in_flight(3)
+            self.assertEqual(a.result()[1]["choices"][0]["message"]["content"], "first")
+            self.assertEqual(b.result()[1]["choices"][0]["message"]["content"], "together")
+            status, body = c.result()
+        self.assertEqual(status, 200)
+        deltas = [json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                  for line in body.split("\n") if line.startswith("data: {")]
+        self.assertEqual("".join(deltas), "together", body)
+
+    def test_an_interrupted_message_is_stored_even_before_its_history_was_read(self):
+        # A and B at once on a session no turn has read yet: B interrupts A, maybe while A's
+        # history is still loading; A's message stays in the history either way.
+        for i in range(8):
+            key = "race-%d" % i
+            script(self.fport, [{"text": "ok"}, {"text": "ok"}])
+            a = self.send_raw("intr", "A-%d" % i, key)
+            b = self.send_raw("intr", "B-%d" % i, key)
+            ra, rb = recv_all(a), recv_all(b)
+            a.close()
+            b.close()
+            self.assertTrue(rb.startswith(b"HTTP/1.1 200"), rb[:200])
+            texts = " ".join(c for _, c in self.wait_rows("agent:intr:http:" + key, 3))
+            self.assertIn("A-%d" % i, texts, (ra[:40], texts))
+            self.assertIn("B-%d" % i, texts)
+
+    def test_a_queued_caller_that_hangs_up_keeps_its_message(self):
+        script(self.fport, [{"hang_ms": 800, "text": "first"}, {"text": "second"}])
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            a = ex.submit(self.chat, "limited", "A-queued", "hangup")
+            self.wait_requests(1)
+            b = self.send_raw("limited", "B-queued", "hangup")
+            self.wait_in_flight(2)
+            b.close()
+            self.wait_in_flight(1)
+            self.assertEqual(a.result()[0], 200)
+        texts = [c for _, c in self.wait_rows("agent:limited:http:hangup", 3)]
+        self.assertIn("A-queued", texts[0])
+        self.assertTrue(any("B-queued" in t for t in texts[1:]), texts)
+
+    def test_a_tool_that_ran_keeps_its_result_when_the_turn_is_interrupted(self):
+        open(self.marks, "w").close()
+        script(self.fport, [{"tool_use": [{"name": "mcp_slow_fast", "input": {}},
+                                          {"name": "mcp_slow_slow", "input": {"ms": 3000}}]},
+                            {"text": "answer to B"}])
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            a = ex.submit(self.chat, "intr_tools", "A: do both", "tools")
+            self.wait_requests(1)
+            deadline = time.monotonic() + 10
+            while "fast ran" not in open(self.marks).read():  # fast has run, slow runs on
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.01)
+            b = ex.submit(self.chat, "intr_tools", "B: never mind", "tools")
+            self.assertEqual(a.result()[0], 409)
+            self.assertEqual(b.result()[1]["choices"][0]["message"]["content"], "answer to B")
+        sent = json.dumps(fake_requests(self.fport)[-1]["body"]["messages"])
+        self.assertIn("fast done (it has an effect)", sent)  # not "not run": the model knows it ran
+        self.assertIn("cancelled before it finished", sent)  # slow
+        self.assertNotIn("limit of tool iterations", sent)
+
+    @unittest.skipUnless(shutil.which("strace"), "strace shows which answer is written first")
+    def test_answers_of_a_session_go_out_in_order_when_the_later_one_is_refused(self):
+        # the first turn spends the daily budget; the second, queued, is refused at once: its
+        # 429 must not be written before the first turn's answer
+        out = os.path.join(self.n.tmp, "strace.txt")
+        tr = subprocess.Popen(["strace", "-f", "-s", "300", "-e", "trace=writev,write,sendto,sendmsg",
+                               "-o", out, "-p", str(self.n.proc.pid)], stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while not os.path.exists(out) or os.path.getsize(out) == 0:  # attached: a write shows
+                self.n.request("GET", "/healthz", listener="metrics")
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.05)
+            script(self.fport, [{"text": "ANSWER-TO-FIRST", "hang_ms": 800,
+                                 "usage": {"input_tokens": 700, "output_tokens": 400}}])
+            with concurrent.futures.ThreadPoolExecutor(2) as ex:
+                a = ex.submit(self.chat, "thrifty", "first", "order")
+                self.wait_requests(1)
+                b = ex.submit(self.chat, "thrifty", "second", "order")
+                self.wait_in_flight(2)
+                self.assertEqual(a.result()[0], 200)
+                self.assertEqual(b.result()[0], 429)
+        finally:
+            tr.terminate()
+            tr.wait()
+        with open(out, errors="replace") as f:
+            lines = [line for line in f if "ANSWER-TO-FIRST" in line or "insufficient_quota" in line]
+        self.assertTrue(lines and "ANSWER-TO-FIRST" in lines[0], lines)
+
+
+if __name__ == "__main__":
+    main()
