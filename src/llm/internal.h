@@ -93,7 +93,8 @@ void nx_llm_publish_breaker(struct nx_llm_provider *p);
 
 /* Maps an HTTP status and error type to an NX_E* code and whether a retry may succeed. */
 int nx_llm_classify(long status, const char *error_type, bool *is_retryable);
-/* retry-after-ms (milliseconds) or retry-after (seconds; an HTTP date is ignored): -1 if none. */
+/* retry-after-ms (milliseconds) or retry-after (seconds, or an HTTP date: the wait until then),
+ * capped at a day: -1 if none. */
 int64_t nx_llm_parse_retry_after(const char *retry_after_ms, const char *retry_after);
 
 /* Stop reasons. */

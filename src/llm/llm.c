@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <uv.h>
 
 #include "core/alloc.h"
@@ -194,10 +195,31 @@ static int64_t parse_ms(const char *s, double scale)
     return v > 86400000.0 ? 86400000 : (int64_t)ceil(v);
 }
 
+/* An HTTP-date (RFC 9110's IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT"): the wait until then,
+ * 0 when it is past. */
+static int64_t parse_http_date_ms(const char *s)
+{
+    struct tm tm;
+    const char *end;
+
+    if (!s)
+        return -1;
+    memset(&tm, 0, sizeof tm);
+    if (!(end = strptime(s, "%a, %d %b %Y %H:%M:%S GMT", &tm)) || *end)
+        return -1;
+    time_t at = timegm(&tm);
+    if (at == (time_t)-1)
+        return -1;
+    double ms = difftime(at, time(NULL)) * 1000.0;
+    return ms <= 0 ? 0 : ms > 86400000.0 ? 86400000 : (int64_t)ms;
+}
+
 int64_t nx_llm_parse_retry_after(const char *retry_after_ms, const char *retry_after)
 {
     int64_t ms = parse_ms(retry_after_ms, 1.0);
-    return ms >= 0 ? ms : parse_ms(retry_after, 1000.0);
+    if (ms < 0)
+        ms = parse_ms(retry_after, 1000.0);
+    return ms >= 0 ? ms : parse_http_date_ms(retry_after);
 }
 
 /* ---- providers -------------------------------------------------------------------------- */

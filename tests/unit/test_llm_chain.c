@@ -3,6 +3,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <time.h>
 
 #include "core/metrics.h"
 #include "llm_fake.h"
@@ -418,10 +419,33 @@ static void test_context_windows_by_model_name(void **state)
     assert_int_equal(nx_llm_context_window(NULL), 0);
 }
 
+/* retry-after in seconds, in milliseconds (retry-after-ms first), or as an HTTP date */
+static void test_retry_after_forms(void **state)
+{
+    char date[64];
+    time_t soon = time(NULL) + 3;
+    struct tm tm;
+
+    (void)state;
+    assert_int_equal(nx_llm_parse_retry_after(NULL, "2"), 2000);
+    assert_int_equal(nx_llm_parse_retry_after("250", "2"), 250);
+    assert_int_equal(nx_llm_parse_retry_after(NULL, "0.3"), 300);
+    assert_int_equal(nx_llm_parse_retry_after(NULL, "999999999"), 86400000);
+    gmtime_r(&soon, &tm);
+    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    int64_t ms = nx_llm_parse_retry_after(NULL, date);
+    assert_true(ms >= 1000 && ms <= 3000);
+    assert_int_equal(nx_llm_parse_retry_after(NULL, "Sun, 06 Nov 1994 08:49:37 GMT"), 0); /* past */
+    assert_int_equal(nx_llm_parse_retry_after(NULL, "soon"), -1);
+    assert_int_equal(nx_llm_parse_retry_after(NULL, "Sun, 06 Nov 1994 08:49:37 PST"), -1);
+    assert_int_equal(nx_llm_parse_retry_after(NULL, NULL), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_context_windows_by_model_name),
+        cmocka_unit_test(test_retry_after_forms),
         cmocka_unit_test(test_chain_retries_429_honouring_retry_after),
         cmocka_unit_test(test_chain_retries_dropped_connection),
         cmocka_unit_test(test_chain_stops_at_its_deadline),
