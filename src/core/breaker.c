@@ -101,6 +101,11 @@ void nx_breaker_failure(struct nx_breaker *b, uint64_t now_ms)
     }
 }
 
+bool nx_breaker_is_stale(const struct nx_breaker *b, bool was_probe, uint32_t probe)
+{
+    return b->state == NX_BREAKER_HALF_OPEN && !(was_probe && b->probe_in_flight && b->probe == probe);
+}
+
 const char *nx_breaker_state_name(enum nx_breaker_state s)
 {
     switch (s) {

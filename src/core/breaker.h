@@ -41,6 +41,11 @@ void nx_breaker_success(struct nx_breaker *b, uint64_t now_ms);
  * cancelled, or never sent): the slot goes to the next call, unless another probe holds it. */
 void nx_breaker_abandon(struct nx_breaker *b, uint32_t probe);
 void nx_breaker_failure(struct nx_breaker *b, uint64_t now_ms);
+/* Is a call's outcome stale: half-open, and the call not the probe holding the slot (it began
+ * before the breaker opened)? Its verdict is then not the probe's: a late failure must not
+ * open the breaker again, a late success must not free the slot for a second probe. `probe`:
+ * b->probe right after the allow that let the call through, when it was the probe. */
+bool nx_breaker_is_stale(const struct nx_breaker *b, bool was_probe, uint32_t probe);
 const char *nx_breaker_state_name(enum nx_breaker_state s);
 
 #endif

@@ -210,8 +210,10 @@ static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)
         finish(ch, NX_ECANCELED, res);
         return;
     }
+    bool is_stale = nx_breaker_is_stale(b, probe, ch->probe_id); /* began before it opened */
     if (rc == 0) {
-        nx_breaker_success(b, now);
+        if (!is_stale)
+            nx_breaker_success(b, now);
         publish(t->p);
         nx_llm_count_outcome(t->p, t->model, "ok");
         finish(ch, 0, res);
@@ -220,11 +222,11 @@ static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)
     /* A failure the provider is to blame for counts against its breaker; a refused request
      * (400, 401, ...) proves the provider is up; one that never reached it (no body could be
      * built, the client is closing) says nothing about it. */
-    if (res->is_retryable)
+    if (!is_stale && res->is_retryable)
         nx_breaker_failure(b, now);
-    else if (res->http_status != 0)
+    else if (!is_stale && res->http_status != 0)
         nx_breaker_success(b, now);
-    else if (probe)
+    else if (!is_stale && probe)
         nx_breaker_abandon(b, ch->probe_id);
     publish(t->p);
     if (ch->streamed) {

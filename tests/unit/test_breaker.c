@@ -83,12 +83,33 @@ static void test_breaker_defaults(void **state)
     assert_true(nx_breaker_allow(&b, 10000));
 }
 
+/* Half-open, only the probe's outcome counts: a call let through while closed is stale */
+static void test_breaker_stale_outcomes(void **state)
+{
+    const struct nx_breaker_conf c = {1, 2, 100, 1000};
+    struct nx_breaker b;
+
+    (void)state;
+    nx_breaker_init(&b, &c);
+    assert_true(nx_breaker_allow(&b, 0)); /* X, while closed */
+    assert_false(nx_breaker_is_stale(&b, false, 0));
+    nx_breaker_failure(&b, 0);
+    assert_true(nx_breaker_allow(&b, 200)); /* P1 */
+    uint32_t p1 = b.probe;
+    assert_true(nx_breaker_is_stale(&b, false, 0)); /* X's late outcome */
+    assert_false(nx_breaker_is_stale(&b, true, p1));
+    assert_false(nx_breaker_allow(&b, 260)); /* one probe at a time */
+    nx_breaker_success(&b, 300);
+    assert_true(nx_breaker_is_stale(&b, true, p1)); /* reported: the slot is free */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_breaker_opens_after_threshold_probes_and_closes),
         cmocka_unit_test(test_breaker_abandoned_probe_frees_only_its_own_slot),
         cmocka_unit_test(test_breaker_defaults),
+        cmocka_unit_test(test_breaker_stale_outcomes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,6 +5,7 @@
 #include <cmocka.h>
 #include <time.h>
 
+#include "core/breaker.h"
 #include "core/metrics.h"
 #include "llm_fake.h"
 
@@ -419,6 +420,49 @@ static void test_context_windows_by_model_name(void **state)
     assert_int_equal(nx_llm_context_window(NULL), 0);
 }
 
+/* A call that began while the breaker was closed and fails while its half-open probe is out
+ * is not the probe's verdict: the breaker stays half-open, and the probe's success closes it. */
+static void test_breaker_ignores_a_late_outcome_while_its_probe_runs(void **state)
+{
+    const struct nx_breaker_conf bc = {1, 1, 200, 10000};
+    static const struct nx_llm_retry_conf once = {1, 10, 100, 2.0, 0};
+    struct env e;
+    struct outcome a = {0}, b = {0}, c = {0};
+    json_t *msgs = user_messages("hi");
+    struct nx_llm_request req = {.model = "claude-test", .temperature = -1, .messages = msgs};
+
+    (void)state;
+    fake_reset();
+    fake_script("[{\"hang_ms\": 700, \"error\": {\"status\": 500, \"type\": \"api_error\"}},"
+                " {\"error\": {\"status\": 500, \"type\": \"api_error\"}},"
+                " {\"hang_ms\": 900, \"text\": \"probe ok\"}]");
+    env_init(&e);
+    struct nx_llm_provider *p = provider(&e, "stale", "anthropic", KEY, 0, &bc);
+    struct nx_llm_target t[1] = {{p, "claude-test"}};
+    struct nx_breaker *br = nx_llm_provider_breaker(p);
+
+    a.call = nx_llm_chain_start(t, 1, &once, &req, callbacks(&a)); /* slow; fails late */
+    run_until(&e.loop, NULL, 0, 150);
+    b.call = nx_llm_chain_start(t, 1, &once, &req, callbacks(&b)); /* fails: opens */
+    run_until(&e.loop, &b.ndone, 1, 5000);
+    assert_int_equal(br->state, NX_BREAKER_OPEN);
+    run_until(&e.loop, NULL, 0, 250); /* the backoff is over */
+    c.call = nx_llm_chain_start(t, 1, &once, &req, callbacks(&c)); /* the probe */
+    run_until(&e.loop, &a.ndone, 1, 5000);
+    assert_int_not_equal(a.rc, 0);
+    assert_int_equal(br->state, NX_BREAKER_HALF_OPEN); /* not opened again by A */
+    assert_int_equal(br->backoff_ms, 200);
+    run_until(&e.loop, &c.ndone, 1, 5000);
+    assert_int_equal(c.rc, 0);
+    assert_int_equal(br->state, NX_BREAKER_CLOSED);
+    outcome_cleanup(&a);
+    outcome_cleanup(&b);
+    outcome_cleanup(&c);
+    json_decref(msgs);
+    nx_llm_provider_free(p);
+    env_cleanup(&e);
+}
+
 /* retry-after in seconds, in milliseconds (retry-after-ms first), or as an HTTP date */
 static void test_retry_after_forms(void **state)
 {
@@ -446,6 +490,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_context_windows_by_model_name),
         cmocka_unit_test(test_retry_after_forms),
+        cmocka_unit_test(test_breaker_ignores_a_late_outcome_while_its_probe_runs),
         cmocka_unit_test(test_chain_retries_429_honouring_retry_after),
         cmocka_unit_test(test_chain_retries_dropped_connection),
         cmocka_unit_test(test_chain_stops_at_its_deadline),
