@@ -747,6 +747,19 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
     return call;
 }
 
+void nx_http_call_set_idle(struct nx_http_call *call, uint32_t idle_ms)
+{
+    struct nx_http_client *c = call->client;
+
+    if (call->is_done || !idle_ms)
+        return;
+    call->idle_ms = idle_ms;
+    call->is_connected = true;
+    call->last_data_ms = uv_now(c->loop);
+    if (!uv_is_active((uv_handle_t *)&c->idle))
+        uv_timer_start(&c->idle, on_idle_tick, IDLE_TICK_MS, IDLE_TICK_MS);
+}
+
 void nx_http_call_cancel(struct nx_http_call *call)
 {
     struct nx_http_client *c;

@@ -534,7 +534,7 @@ int nx_anthropic_stream_feed(struct nx_anthropic_stream *s, const char *data, si
     rc = nx_sse_feed(&s->sse, data, len);
     if (rc == NX_ETOOBIG)
         return fail(s, "an event larger than the cap");
-    return rc < 0 ? rc : 0;
+    return rc < 0 ? rc : s->finished ? 1 : 0;
 }
 
 int nx_anthropic_stream_finish(struct nx_anthropic_stream *s, struct nx_llm_resp *out)

@@ -47,7 +47,8 @@ struct nx_llm_wire {
     /* Fills error_type/error_message from an error body (any shape, never fails). */
     void (*parse_error)(long status, const char *body, size_t len, struct nx_llm_resp *out);
     void *(*stream_new)(nx_llm_text_fn on_text, void *udata);
-    /* 0 to go on; < 0 stops (an error event fills the stream's error fields). */
+    /* 0 to go on; 1 the stream has ended ([DONE], message_stop): what follows is ignored;
+     * < 0 stops (an error event fills the stream's error fields). */
     int (*stream_feed)(void *s, const char *data, size_t len);
     /* Moves the result into out: 0 when the stream completed, < 0 otherwise. */
     int (*stream_finish)(void *s, struct nx_llm_resp *out);

@@ -376,6 +376,9 @@ static void count_tokens(struct nx_llm_provider *p, const char *model, const str
 
 /* ---- one attempt ----------------------------------------------------------------------- */
 
+/* How long a stream's body may stay open after its last event (a keep-alive proxy). */
+#define NX_LLM_STREAM_END_GRACE_MS 1000
+
 struct single {
     struct nx_llm_call base;
     struct nx_llm_provider *p;
@@ -391,6 +394,7 @@ struct single {
     bool cancelled;
     bool in_data;
     bool saw_text;
+    bool is_stream_ended; /* its last event came: the body's end is waited for a moment only */
     uint64_t t0_ns;
     uv_timer_t *defer; /* a call that failed before it went out completes from here */
     uint64_t log_ctx;  /* the caller's: the deferred completion runs in it */
@@ -437,6 +441,12 @@ static int on_data(const char *data, size_t len, long status, void *udata)
     c->in_data = false;
     if (rc < 0)
         c->stream_rc = rc;
+    if (rc > 0 && !c->is_stream_ended && c->http) {
+        /* The answer is whole. An upstream (or a proxy) that keeps the body open after it is
+         * given a moment, then the call ends as answered, not as a silence timeout. */
+        c->is_stream_ended = true;
+        nx_http_call_set_idle(c->http, NX_LLM_STREAM_END_GRACE_MS);
+    }
     return rc < 0 || c->cancelled;
 }
 
@@ -501,6 +511,8 @@ static void on_http_done(int rc, const struct nx_http_response *hres, const char
             ra[0] = '\0';
         retry_ms = nx_llm_parse_retry_after(ra_ms, ra);
     }
+    if (rc == NX_ETIMEDOUT && c->is_stream_ended && status >= 200 && status <= 299)
+        rc = 0; /* only the end of a whole answer's body never came */
     if (c->cancelled) {
         rc = NX_ECANCELED;
         nx_llm_resp_set_error(&r, "cancelled", "%s: request cancelled", c->p->name);

@@ -627,7 +627,7 @@ int nx_openai_stream_feed(struct nx_openai_stream *s, const char *data, size_t l
     rc = nx_sse_feed(&s->sse, data, len);
     if (rc == NX_ETOOBIG)
         return fail(s, "a chunk larger than the cap");
-    return rc < 0 ? rc : 0;
+    return rc < 0 ? rc : s->done ? 1 : 0;
 }
 
 int nx_openai_stream_finish(struct nx_openai_stream *s, struct nx_llm_resp *out)

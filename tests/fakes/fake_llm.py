@@ -19,6 +19,8 @@ Control (no auth):
                      {"error_midstream": "overloaded_error"}      stream some text, then an error event
                      {"hang_ms": N}                               wait before answering (slow upstream)
                      {"drop": true}                               close the connection, no answer
+                     {"hold_open_ms": N}                          streams: the body ends N ms after the
+                                                                  last event ([DONE], message_stop)
                      {"stop_reason": "max_tokens"}, {"usage": {...}}, {"model": "..."}
   GET  /_requests  recorded requests: [{"endpoint","method","path","headers","body","t"}]
   POST /_reset     clears the script, the records and the config overrides
@@ -205,6 +207,11 @@ class Handler(BaseHTTPRequestHandler):
             data = data.encode()
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
+
+    def hold_open(self, step):
+        """A keep-alive proxy's habit: the body stays open a while after the stream's last event."""
+        if step.get("hold_open_ms"):
+            time.sleep(step["hold_open_ms"] / 1000.0)
 
     def end_stream(self):
         self.wfile.write(b"0\r\n\r\n")
@@ -457,6 +464,7 @@ class Handler(BaseHTTPRequestHandler):
         ev("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": seq},
                              "usage": {"output_tokens": usage["output_tokens"]}})
         ev("message_stop", {"type": "message_stop"})
+        self.hold_open(step)
         self.end_stream()
 
     def anthropic_instant(self, raw):
@@ -640,6 +648,7 @@ class Handler(BaseHTTPRequestHandler):
                                                   "model": model, "system_fingerprint": "fp_fake", "choices": [],
                                                   "usage": usage}))
         self.chunk("data: [DONE]\n\n")
+        self.hold_open(step)
         self.end_stream()
 
     def openai_instant(self, raw):

@@ -27,7 +27,7 @@ static int stream(const struct nx_llm_wire *w, const uint8_t *data, size_t size,
     size_t i = 0, k = 0;
     int rc = 0;
 
-    while (i < size && rc == 0) {
+    while (i < size && rc >= 0) { /* (1: ended; what follows is ignored) */
         size_t step = chunked ? (size_t)(data[k++ % size] % 17) + 1 : size - i;
         if (step > size - i)
             step = size - i;

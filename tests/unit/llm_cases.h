@@ -75,6 +75,28 @@ static inline void check_long_stream_is_not_cut(const char *kind, const char *ke
     one_close(&t);
 }
 
+/* An upstream (or a proxy) that keeps the body open 3 s after the stream's last event, with a
+ * provider timeout of 2 s: the answer is whole, so the call succeeds about a second after it,
+ * not as a silence timeout at 2 s (nor does it wait the 3 s). */
+static inline void check_stream_ended_but_body_held_open(const char *kind, const char *key,
+                                                         const char *model)
+{
+    struct one t;
+    struct outcome o = {0};
+    struct nx_llm_request req = {.model = model, .temperature = -1, .stream = true};
+    uint64_t t0;
+
+    one_open(&t, kind, kind, key, 2000, "[{\"text\": \"all of it\", \"hold_open_ms\": 3000}]", "hi");
+    req.messages = t.msgs;
+    t0 = nx_mono_ms();
+    run_call(&t.e, t.p, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(message_text(o.message), "all of it");
+    assert_true(o.done_ms - t0 < 2000);
+    outcome_cleanup(&o);
+    one_close(&t);
+}
+
 /* One connection to the upstream (max_host_connections 1) and a provider timeout_ms of 1 s: a
  * second stream waits for the first (0.8 s), then its upstream is silent for 0.6 s. The wait
  * is not silence: both complete, where counting from the start cut the second at 1 s as

@@ -299,8 +299,8 @@ static void test_anthropic_stream_parser_edges(void **state)
 
     (void)state;
     memset(&r, 0, sizeof r);
-    for (size_t i = 0; i < sizeof sse - 1; i++)
-        assert_int_equal(nx_anthropic_stream_feed(s, sse + i, 1), 0);
+    for (size_t i = 0; i < sizeof sse - 1; i++) /* 1 once message_stop has come */
+        assert_int_equal(nx_anthropic_stream_feed(s, sse + i, 1), i + 1 < sizeof sse - 1 ? 0 : 1);
     assert_int_equal(nx_anthropic_stream_finish(s, &r), 0);
     assert_int_equal(r.stop, NX_LLM_STOP_MAX_TOKENS);
     assert_int_equal(r.usage.output_tokens, 9);
@@ -353,6 +353,12 @@ static void test_anthropic_stop_reasons(void **state)
     assert_int_equal(nx_llm_stop_from_anthropic(NULL), NX_LLM_STOP_OTHER);
 }
 
+static void test_anthropic_stream_ended_but_body_held_open(void **state)
+{
+    (void)state;
+    check_stream_ended_but_body_held_open("anthropic", KEY, "claude-test");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -367,6 +373,7 @@ int main(void)
         cmocka_unit_test(test_anthropic_request_deadline),
 
         cmocka_unit_test(test_anthropic_long_stream_is_not_cut),
+        cmocka_unit_test(test_anthropic_stream_ended_but_body_held_open),
         cmocka_unit_test(test_anthropic_stop_reasons),
         cmocka_unit_test(test_anthropic_bad_request_fails_later_not_inside_start),
         cmocka_unit_test(test_anthropic_stream_parser_edges),

@@ -328,9 +328,9 @@ static void test_openai_stream_parser_edges(void **state)
 
     (void)state;
     memset(&r, 0, sizeof r);
-    for (size_t i = 0; i < sizeof sse - 1; i += 7) {
+    for (size_t i = 0; i < sizeof sse - 1; i += 7) { /* 1 once [DONE] has come */
         size_t n = sizeof sse - 1 - i < 7 ? sizeof sse - 1 - i : 7;
-        assert_int_equal(nx_openai_stream_feed(s, sse + i, n), 0);
+        assert_int_equal(nx_openai_stream_feed(s, sse + i, n), i + n < sizeof sse - 1 ? 0 : 1);
     }
     assert_int_equal(nx_openai_stream_finish(s, &r), 0);
     assert_int_equal(r.stop, NX_LLM_STOP_TOOL_USE);
@@ -365,7 +365,7 @@ static json_t *parse_calls(const char *sse)
     json_t *c;
 
     memset(&r, 0, sizeof r);
-    assert_int_equal(nx_openai_stream_feed(s, sse, strlen(sse)), 0);
+    assert_int_equal(nx_openai_stream_feed(s, sse, strlen(sse)), 1);
     assert_int_equal(nx_openai_stream_finish(s, &r), 0);
     assert_int_equal(r.stop, NX_LLM_STOP_TOOL_USE);
     c = json_incref(json_object_get(r.message, "content"));
@@ -447,6 +447,12 @@ static void test_openai_queued_stream_waits_for_a_connection(void **state)
     check_queued_stream_waits_for_a_connection("openai", KEY, "gpt-test");
 }
 
+static void test_openai_stream_ended_but_body_held_open(void **state)
+{
+    (void)state;
+    check_stream_ended_but_body_held_open("openai", KEY, "gpt-test");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -464,6 +470,7 @@ int main(void)
         cmocka_unit_test(test_openai_request_deadline),
 
         cmocka_unit_test(test_openai_long_stream_is_not_cut),
+        cmocka_unit_test(test_openai_stream_ended_but_body_held_open),
         cmocka_unit_test(test_openai_queued_stream_waits_for_a_connection),
         cmocka_unit_test(test_openai_stream_parser_edges),
     };
