@@ -127,7 +127,7 @@ static const char usage_pairing[] =
     "code and ignore them until an operator approves it. list shows pending codes and approved\n"
     "senders; approve CODE lets that sender in (a running nexo notices within a second); revoke\n"
     "removes an approved sender or a pending code. Works on the data directory's database\n"
-    "(--data, before the command). See docs/channels.md.\n";
+    "(--data DIR, before or after the command). See docs/channels.md.\n";
 
 static const char usage_version[] = "Usage: nexo version\n\nPrints the version.\n";
 
@@ -215,10 +215,43 @@ static int parse_args(int argc, char **argv, struct cli *c)
         int r;
         if (c->command && (strcmp(c->command, "transcripts") == 0 || strcmp(c->command, "dlq") == 0 ||
                            strcmp(c->command, "pairing") == 0)) {
-            /* everything after these commands is theirs: argv[0] is the command word */
-            c->sub_argc = argc - i + 1;
-            c->sub_argv = argv + i - 1;
-            c->sub_argv[0] = (char *)c->command;
+            /* everything after these commands is theirs (argv[0] is the command word), but the
+             * global options, wherever they are: kept in place, in order */
+            char **sub = argv + i - 1;
+            int n = 1;
+            for (; i < argc; i++) {
+                static const char *const global[] = {"--data", "--config", "--log-level"};
+                bool is_global = false;
+                for (size_t k = 0; k < sizeof global / sizeof global[0] && !is_global; k++) {
+                    if ((r = take_value(argc, argv, &i, global[k], &v)) < 0)
+                        return usage_error("%s needs a value", global[k]);
+                    if (r == 0)
+                        continue;
+                    is_global = true;
+                    if (k == 0)
+                        c->data_dir = v;
+                    else if (k == 1) {
+                        c->config_dir = v;
+                        c->has_config_dir = true;
+                    } else
+                        c->log_level = v;
+                }
+                if (!is_global && strcmp(argv[i], "--log-json") == 0) {
+                    c->log_json = true;
+                    is_global = true;
+                }
+                if (!is_global)
+                    sub[n++] = argv[i];
+            }
+            sub[0] = (char *)c->command;
+            c->sub_argc = n;
+            c->sub_argv = sub;
+            for (int k = 1; k < n && strcmp(c->command, "transcripts") != 0; k++) {
+                if (strcmp(sub[k], "-h") == 0 || strcmp(sub[k], "--help") == 0) {
+                    c->arg = c->command; /* dlq and pairing: the command's whole help */
+                    c->command = "help";
+                }
+            }
             break;
         }
         if (c->command && strcmp(c->command, "mcp-server") == 0) {

@@ -26,6 +26,21 @@ class Cli(unittest.TestCase):
             self.assertEqual(r.returncode, 0, cmd)
             self.assertIn("Usage: nexo " + cmd, r.stdout)
         self.assertIn("Usage: nexo check-config", run_cli("check-config", "--help").stdout)
+        for cmd in ("dlq", "pairing", "transcripts"):  # --help after the command too
+            r = run_cli(cmd, "--help")
+            self.assertEqual((r.returncode, r.stderr), (0, ""), cmd)
+            self.assertIn("Usage: nexo " + cmd, r.stdout)
+
+    def test_global_options_after_the_data_commands(self):
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            data = os.path.join(tmp, "data")
+            for args in (["dlq", "list", "--data", data], ["dlq", "--data=" + data, "list"],
+                         ["pairing", "list", "--data", data], ["--data", data, "pairing", "list"],
+                         ["transcripts", "search", "hello", "--data", data]):
+                r = run_cli(*args)
+                self.assertEqual(r.returncode, 0, (args, r.stderr))
+            self.assertTrue(os.path.exists(os.path.join(data, "nexo.db")))  # theirs, not ./data
 
     def test_bad_command_line_exits_2(self):
         for args in (["frobnicate"], ["--nope"], ["run", "--listen"], ["--listen", "nonsense"],
