@@ -3,6 +3,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "agent/agent_internal.h"
 #include "channels/media.h"
@@ -124,6 +125,11 @@ static char *no_target_why(const struct generation *g, const struct nx_agent_con
     struct nx_buf b = NX_BUF_INIT;
 
     if (!nx_config_dir(g->cfg))
+        return NULL;
+    nx_buf_printf(&b, "%s/llm.yaml", nx_config_dir(g->cfg));
+    bool has_llm_yaml = access(nx_buf_cstr(&b), F_OK) == 0;
+    nx_buf_reset(&b);
+    if (!has_llm_yaml) /* the built-in providers, on the environment: the default's message */
         return NULL;
     nx_buf_printf(&b, "no usable LLM provider for agent \"%s\": ", ac->id);
     if (!pc)

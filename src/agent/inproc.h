@@ -16,9 +16,10 @@ struct nx_agents_inproc {
 };
 
 /* Starts the client, the store and the agents on loop, in that order. A part that cannot start
- * stays NULL and the others run without it. */
+ * stays NULL and the others run without it. store_ready (may be NULL) gets the store's opening
+ * outcome, on the loop (nx_store_open). */
 void nx_agents_inproc_init(struct nx_agents_inproc *p, uv_loop_t *loop, struct nx_config *cfg,
-                           const char *data_dir);
+                           const char *data_dir, nx_store_done_fn store_ready, void *arg);
 /* Frees the agents (their turns are cancelled), closes the store (queued writes are flushed) and
  * frees the client; a part already NULL is skipped, so a caller may free one itself first or
  * call this again. */

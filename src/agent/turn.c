@@ -409,8 +409,10 @@ static void call_model(struct nx_turn *t)
     if (ag->ntargets == 0) {
         set_error(t, "configuration_error",
                   ag->no_target_why ? ag->no_target_why
-                                    : "no usable LLM provider for this agent: set ANTHROPIC_API_KEY or "
-                                      "OPENAI_API_KEY, or configure llm.yaml and the agent's model");
+                                    : "no usable LLM provider for this agent: set ANTHROPIC_API_KEY, or "
+                                      "OPENAI_API_KEY (with OPENAI_BASE_URL for another OpenAI-compatible "
+                                      "server; a local one needs only OPENAI_BASE_URL), or configure "
+                                      "llm.yaml and the agent's model");
         finish(t, NX_ECONFIG);
         return;
     }

@@ -64,6 +64,10 @@ static void shutdown_chat(struct chat *c)
     if (c->is_down)
         return;
     c->is_down = true;
+    if (c->is_tty) { /* the shell's prompt on a line of its own after Ctrl-D or Ctrl-C */
+        fputc('\n', stdout);
+        fflush(stdout);
+    }
     nx_timer_cancel(c->more);
     c->more = NULL;
     if (c->in && !uv_is_closing((uv_handle_t *)c->in))
@@ -285,6 +289,23 @@ static void on_signal(uv_signal_t *h, int signum)
     shutdown_chat(c);
 }
 
+/* The conversation starts once its history can be kept: a data directory that cannot be used
+ * ends the chat (exit 1) before the first line is sent. */
+static void on_store_ready(int rc, void *arg)
+{
+    struct chat *c = arg;
+    if (c->is_stopping)
+        return;
+    if (rc < 0) {
+        fprintf(stderr, "\nnexo chat: the data directory cannot be used (%s; see the error above)\n",
+                nx_strerror(rc));
+        c->exit_code = NX_EXIT_FAILURE;
+        shutdown_chat(c);
+        return;
+    }
+    next_line(c); /* reads, then prompts or starts the first turn */
+}
+
 int nx_chat_run(const struct nx_daemon_opts *opts, const char *agent_id, const char *session)
 {
     struct chat c;
@@ -328,7 +349,7 @@ int nx_chat_run(const struct nx_daemon_opts *opts, const char *agent_id, const c
     uv_signal_start(&c.rt.sig_int, on_signal, SIGINT);
     uv_unref((uv_handle_t *)&c.rt.sig_term);
     uv_unref((uv_handle_t *)&c.rt.sig_int);
-    nx_agents_inproc_init(&c.ag, &c.rt.loop, c.cfg, opts->data_dir);
+    nx_agents_inproc_init(&c.ag, &c.rt.loop, c.cfg, opts->data_dir, on_store_ready, &c);
     if (nx_mcp_manager_new(&c.rt.loop, c.ag.http, nx_config_mcp(c.cfg), &c.mcp) < 0)
         nx_warn("chat", "MCP servers (mcp.yaml) not started: see the errors above");
     struct nx_mcp_host mhost = {.agents = c.ag.agents, .data_dir = opts->data_dir, .cfg = c.cfg};
@@ -353,10 +374,8 @@ int nx_chat_run(const struct nx_daemon_opts *opts, const char *agent_id, const c
         fprintf(stderr, "nexo chat: cannot read standard input: %s\n", uv_strerror(rc));
         c.exit_code = NX_EXIT_FAILURE;
         shutdown_chat(&c);
-    } else {
-        if (c.in)
-            c.in->data = &c;
-        next_line(&c); /* reads, then prompts or starts the first turn */
+    } else if (c.in) {
+        c.in->data = &c; /* input is read once the store is open (on_store_ready) */
     }
     uv_run(&c.rt.loop, UV_RUN_DEFAULT);
     shutdown_chat(&c);

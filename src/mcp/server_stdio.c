@@ -255,7 +255,7 @@ int nx_mcp_stdio_run(const struct nx_mcp_stdio_opts *o)
     x.rt.udata = &x;
     x.rt.on_stop = on_stop;
     nx_runtime_watch_signals(&x.rt);
-    nx_agents_inproc_init(&x.ag, &x.rt.loop, x.cfg, o->data_dir);
+    nx_agents_inproc_init(&x.ag, &x.rt.loop, x.cfg, o->data_dir, NULL, NULL);
     if (nx_mcp_manager_new(&x.rt.loop, x.ag.http, nx_config_mcp(x.cfg), &x.mcp) < 0)
         nx_warn("mcp-server", "MCP client servers (mcp.yaml) not started: see the errors above");
     struct nx_mcp_server_deps sdeps = {.loop = &x.rt.loop, .http = x.ag.http, .agents = x.ag.agents,

@@ -3,6 +3,7 @@ default agent's clear message when no LLM key is set."""
 import json
 import os
 import pty
+import select
 import signal
 import subprocess
 import tempfile
@@ -191,6 +192,9 @@ class ChatCli(unittest.TestCase):
                     self.assertIsNone(p.poll())
                     p.send_signal(signal.SIGINT)  # at the prompt: the end
                     self.assertEqual(p.wait(timeout=10), 0)
+                    while not out.endswith(b"\n"):  # the shell's prompt gets a line of its own
+                        self.assertTrue(select.select([master], [], [], 5)[0], out[-40:])
+                        out += os.read(master, 4096)
                 finally:
                     p.kill()
                     p.wait()
@@ -252,6 +256,26 @@ class ChatCli(unittest.TestCase):
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertIn('no usable LLM provider for agent "kate": provider "anthropic" has no api_key',
                           r.stdout)
+            # a configuration without llm.yaml: the built-in providers read the environment
+            os.unlink(os.path.join(cfg, "llm.yaml"))
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
+            r = subprocess.run([NEXO_BIN, "chat", "--config", cfg, "--data", os.path.join(tmp, "data"),
+                                "--log-level", "warn"], input="hi\n", capture_output=True, text=True,
+                               timeout=30, env=env)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("set ANTHROPIC_API_KEY, or OPENAI_API_KEY (with OPENAI_BASE_URL", r.stdout)
+            self.assertNotIn("api_key: set it in llm.yaml", r.stdout)
+
+    def test_a_data_directory_that_cannot_be_used_ends_the_chat(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            afile = os.path.join(tmp, "afile")
+            open(afile, "w").close()
+            r = subprocess.run([NEXO_BIN, "chat", "--data", afile, "--log-level", "warn"], input="hi\n",
+                               capture_output=True, text=True, timeout=30)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn("the data directory cannot be used", r.stderr)
+            self.assertEqual(r.stdout.strip(), "")  # nothing was answered without a history
 
     def test_embedded_default_agent_from_the_environment(self):
         fake, port = start_fake()
