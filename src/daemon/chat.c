@@ -2,11 +2,15 @@
  * (no gateway needed). Replies stream as they come; Ctrl-C cancels the running turn, Ctrl-C at
  * the prompt (or end of input, or SIGTERM) ends the conversation. Standard input may also be a
  * pipe or a file: one message a line, each sent when the previous one is answered. */
+#include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent/agent.h"
@@ -26,6 +30,7 @@ struct chat {
     struct nx_mcp_manager *mcp; /* the MCP servers of mcp.yaml, whose tools the agents use */
     const char *agent_id;
     char *session_key;
+    const char *data_dir;
     uv_stream_t *in;
     union {
         uv_tty_t tty;
@@ -289,8 +294,47 @@ static void on_signal(uv_signal_t *h, int signum)
     shutdown_chat(c);
 }
 
-/* The conversation starts once its history can be kept: a data directory that cannot be used
- * ends the chat (exit 1) before the first line is sent. */
+/* One process at a time holds a session (agent/history_cache.c keeps what it last wrote): a
+ * second chat on it would answer from its own stale copy. An advisory lock on
+ * <data>/chat/<session>.lock, held until the process ends. Returns 0, or -1 after saying why. */
+static int lock_session(const struct chat *c)
+{
+    struct nx_buf path = NX_BUF_INIT;
+    int fd, rc = 0;
+
+    nx_buf_printf(&path, "%s/chat", c->data_dir);
+    if (mkdir(nx_buf_cstr(&path), 0700) < 0 && errno != EEXIST) {
+        fprintf(stderr, "\nnexo chat: cannot create %s: %s\n", nx_buf_cstr(&path), strerror(errno));
+        nx_buf_cleanup(&path);
+        return -1;
+    }
+    nx_buf_putc(&path, '/');
+    for (const char *k = c->session_key; *k; k++) { /* a file name whatever --session holds */
+        unsigned char ch = (unsigned char)*k;
+        if (isalnum(ch) || ch == '-' || ch == '_' || ch == '.')
+            nx_buf_putc(&path, (char)ch);
+        else
+            nx_buf_printf(&path, "%%%02X", ch);
+    }
+    nx_buf_puts(&path, ".lock");
+    fd = open(nx_buf_cstr(&path), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (fd >= 0 && errno == EWOULDBLOCK)
+            fprintf(stderr, "\nnexo chat: session %s is open in another nexo chat; use --session NAME "
+                            "for a conversation of its own\n", c->session_key);
+        else
+            fprintf(stderr, "\nnexo chat: cannot lock %s: %s\n", nx_buf_cstr(&path), strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        rc = -1;
+    } /* else the descriptor stays open (and locked) until the process ends */
+    nx_buf_cleanup(&path);
+    return rc;
+}
+
+/* The conversation starts once its history can be kept and is its own: a data directory that
+ * cannot be used, or a session another chat holds, ends the chat (exit 1) before the first line
+ * is sent. */
 static void on_store_ready(int rc, void *arg)
 {
     struct chat *c = arg;
@@ -299,6 +343,11 @@ static void on_store_ready(int rc, void *arg)
     if (rc < 0) {
         fprintf(stderr, "\nnexo chat: the data directory cannot be used (%s; see the error above)\n",
                 nx_strerror(rc));
+        c->exit_code = NX_EXIT_FAILURE;
+        shutdown_chat(c);
+        return;
+    }
+    if (lock_session(c) < 0) {
         c->exit_code = NX_EXIT_FAILURE;
         shutdown_chat(c);
         return;
@@ -349,6 +398,7 @@ int nx_chat_run(const struct nx_daemon_opts *opts, const char *agent_id, const c
     uv_signal_start(&c.rt.sig_int, on_signal, SIGINT);
     uv_unref((uv_handle_t *)&c.rt.sig_term);
     uv_unref((uv_handle_t *)&c.rt.sig_int);
+    c.data_dir = opts->data_dir;
     nx_agents_inproc_init(&c.ag, &c.rt.loop, c.cfg, opts->data_dir, on_store_ready, &c);
     if (nx_mcp_manager_new(&c.rt.loop, c.ag.http, nx_config_mcp(c.cfg), &c.mcp) < 0)
         nx_warn("chat", "MCP servers (mcp.yaml) not started: see the errors above");

@@ -267,6 +267,40 @@ class ChatCli(unittest.TestCase):
             self.assertIn("set ANTHROPIC_API_KEY, or OPENAI_API_KEY (with OPENAI_BASE_URL", r.stdout)
             self.assertNotIn("api_key: set it in llm.yaml", r.stdout)
 
+    def test_a_session_is_held_by_one_chat_at_a_time(self):
+        """A second chat on the same session would answer from a stale copy of its history: it is
+        refused; another --session is a conversation of its own."""
+        fake, port = start_fake()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                cmd = self.chat_setup(tmp, port)
+                script(port, [{"text": "one"}])
+                first = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL)
+                try:
+                    first.stdin.write(b"hello\n")
+                    first.stdin.flush()
+                    self.assertEqual(first.stdout.readline().strip(), b"one")  # it holds the session
+                    r = subprocess.run(cmd, input="hi\n", capture_output=True, text=True, timeout=30)
+                    self.assertEqual(r.returncode, 1, r.stderr)
+                    self.assertIn("is open in another nexo chat", r.stderr)
+                    script(port, [{"text": "two"}])
+                    r = subprocess.run(cmd + ["--session", "other/one"], input="hi\n", capture_output=True,
+                                       text=True, timeout=30)
+                    self.assertEqual((r.returncode, r.stdout.strip()), (0, "two"), r.stderr)
+                    first.stdin.close()
+                    self.assertEqual(first.wait(timeout=10), 0)
+                finally:
+                    first.kill()
+                    first.wait()
+                    first.stdout.close()
+                script(port, [{"text": "three"}])  # and once the first is gone, the session is free
+                r = subprocess.run(cmd, input="again\n", capture_output=True, text=True, timeout=30)
+                self.assertEqual((r.returncode, r.stdout.strip()), (0, "three"), r.stderr)
+        finally:
+            fake.kill()
+            fake.wait()
+
     def test_a_data_directory_that_cannot_be_used_ends_the_chat(self):
         with tempfile.TemporaryDirectory() as tmp:
             afile = os.path.join(tmp, "afile")
