@@ -97,7 +97,9 @@ static const char usage_chat[] =
     "session agent:<ID>:cli:<NAME> (default NAME \"terminal\"). Replies stream as they come.\n"
     "Ctrl-C cancels the reply being written; Ctrl-C at the prompt, Ctrl-D or SIGTERM quits.\n"
     "Reads one message a line from standard input when it is a pipe or a file, each sent once\n"
-    "the one before is answered. Logs warnings and errors only, unless --log-level says more.\n";
+    "the one before is answered (lines up to 1 MiB; a terminal cuts a line at 4,095 bytes, and\n"
+    "such a line is not sent: paste long text through a pipe). One chat at a time per session:\n"
+    "a second one exits 1. Logs warnings and errors only, unless --log-level says more.\n";
 
 static const char usage_mcp_server[] =
     "Usage: nexo mcp-server [--agent ID] [--config DIR] [--data DIR] [--log-level LEVEL]\n"

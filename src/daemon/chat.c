@@ -51,6 +51,9 @@ struct chat {
 
 /* A line longer than this is skipped, with a message; the lines after it are not affected. */
 #define CHAT_MAX_LINE (1u << 20)
+/* Linux's terminal line editing (N_TTY, canonical mode) keeps at most this much of a line,
+ * newline included: a longer one typed or pasted reaches us cut. */
+#define CHAT_TTY_LINE 4096u
 /* File input read per loop iteration, and empty or refused lines passed over, at most. */
 #define CHAT_READ_BUDGET (1u << 20)
 #define CHAT_SKIP_BUDGET 10000
@@ -208,7 +211,12 @@ static void next_line(struct chat *c)
             n--;
         text = nx_strndup(c->line.data, n);
         nx_buf_consume(&c->line, (size_t)(nl - c->line.data) + 1);
-        if (*text && !nx_utf8_is_valid(text, n)) {
+        if (c->is_tty && n >= CHAT_TTY_LINE - 1) { /* the terminal kept only the start of it */
+            fprintf(stderr, "nexo chat: the terminal cuts a line at %u bytes, so that one was not sent; "
+                            "send longer text through a pipe or a file (nexo chat < file)\n",
+                    CHAT_TTY_LINE - 1);
+            *text = '\0';
+        } else if (*text && !nx_utf8_is_valid(text, n)) {
             fprintf(stderr, "nexo chat: that line is not valid UTF-8; not sent\n");
             *text = '\0';
         }

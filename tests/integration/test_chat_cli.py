@@ -209,6 +209,43 @@ class ChatCli(unittest.TestCase):
             fake.kill()
             fake.wait()
 
+    def test_a_line_the_terminal_cut_is_not_sent(self):
+        """A terminal keeps 4,095 bytes of a line: a longer one pasted is not sent cut short."""
+        fake, port = start_fake()
+        master, slave = pty.openpty()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                script(port, [{"text": "got the short one"}])
+                p = subprocess.Popen(self.chat_setup(tmp, port), stdin=slave, stdout=slave, stderr=slave,
+                                     start_new_session=True)
+                try:
+                    out = b""
+                    while not out.rstrip().endswith(b"kate>"):
+                        self.assertTrue(select.select([master], [], [], 10)[0], out[-80:])
+                        out += os.read(master, 4096)
+                    line = ("é" * 2600).encode() + b"\n"  # 5,200 bytes: cut inside a character
+                    for i in range(0, len(line), 512):
+                        os.write(master, line[i:i + 512])
+                        while select.select([master], [], [], 0.05)[0]:  # the echo, as it comes
+                            out += os.read(master, 65536)
+                    os.write(master, b"short\n")
+                    while b"got the short one" not in out:
+                        self.assertTrue(select.select([master], [], [], 10)[0], out[-200:])
+                        out += os.read(master, 65536)
+                    self.assertIn(b"the terminal cuts a line at 4095 bytes", out)
+                    self.assertNotIn(b"not valid UTF-8", out)
+                    self.assertEqual(self.sent(port), ["short"])
+                    p.send_signal(signal.SIGTERM)
+                    self.assertEqual(p.wait(timeout=10), 0)
+                finally:
+                    p.kill()
+                    p.wait()
+        finally:
+            os.close(master)
+            os.close(slave)
+            fake.kill()
+            fake.wait()
+
     def test_chat_starts_the_mcp_servers_of_mcp_yaml(self):
         """The agent's MCP tools work in chat as in the daemon."""
         server = os.path.join(PEERS, "node_modules", ".bin", "mcp-server-everything")
