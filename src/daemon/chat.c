@@ -288,14 +288,13 @@ static void on_signal(uv_signal_t *h, int signum)
     struct nx_runtime *rt = h->data;
     struct chat *c = rt->udata;
 
-    if (signum == SIGHUP)
-        return;
     if (signum == SIGINT && c->is_tty && c->turn) {
         nx_turn_cancel(c->turn);
         return;
     }
     uv_signal_stop(&rt->sig_term);
     uv_signal_stop(&rt->sig_int);
+    uv_signal_stop(&rt->sig_hup);
     c->is_stopping = true;
     if (c->turn)
         nx_turn_cancel(c->turn);
@@ -404,8 +403,10 @@ int nx_chat_run(const struct nx_daemon_opts *opts, const char *agent_id, const c
     c.rt.udata = &c;
     uv_signal_start(&c.rt.sig_term, on_signal, SIGTERM);
     uv_signal_start(&c.rt.sig_int, on_signal, SIGINT);
+    uv_signal_start(&c.rt.sig_hup, on_signal, SIGHUP); /* the terminal closed: end as SIGTERM does */
     uv_unref((uv_handle_t *)&c.rt.sig_term);
     uv_unref((uv_handle_t *)&c.rt.sig_int);
+    uv_unref((uv_handle_t *)&c.rt.sig_hup);
     c.data_dir = opts->data_dir;
     nx_agents_inproc_init(&c.ag, &c.rt.loop, c.cfg, opts->data_dir, on_store_ready, &c);
     if (nx_mcp_manager_new(&c.rt.loop, c.ag.http, nx_config_mcp(c.cfg), &c.mcp) < 0)

@@ -5,6 +5,7 @@ import os
 import pty
 import select
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -240,6 +241,37 @@ class ChatCli(unittest.TestCase):
                 finally:
                     p.kill()
                     p.wait()
+        finally:
+            os.close(master)
+            os.close(slave)
+            fake.kill()
+            fake.wait()
+
+    def test_the_terminal_closing_ends_the_chat_and_keeps_the_message(self):
+        """SIGHUP (the terminal went away) mid-reply: the chat ends as on SIGTERM, exit 0, and the
+        message being answered stays in the session."""
+        fake, port = start_fake()
+        master, slave = pty.openpty()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                script(port, [{"hang_ms": 20000}])
+                p = subprocess.Popen(self.chat_setup(tmp, port), stdin=slave, stdout=slave, stderr=slave,
+                                     start_new_session=True)
+                try:
+                    os.write(master, b"keep me\n")
+                    self.wait_requests(port, 1)
+                    p.send_signal(signal.SIGHUP)
+                    self.assertEqual(p.wait(timeout=10), 0)
+                finally:
+                    p.kill()
+                    p.wait()
+                db = sqlite3.connect(os.path.join(tmp, "data", "nexo.db"))
+                try:
+                    rows = [r[0] for r in db.execute("SELECT content FROM messages")]
+                finally:
+                    db.close()
+                self.assertEqual(len(rows), 1, rows)
+                self.assertIn("keep me", rows[0])
         finally:
             os.close(master)
             os.close(slave)
