@@ -129,8 +129,10 @@ static char *no_target_why(const struct generation *g, const struct nx_agent_con
     nx_buf_printf(&b, "%s/llm.yaml", nx_config_dir(g->cfg));
     bool has_llm_yaml = access(nx_buf_cstr(&b), F_OK) == 0;
     nx_buf_reset(&b);
-    if (!has_llm_yaml) /* the built-in providers, on the environment: the default's message */
+    if (!has_llm_yaml) { /* the built-in providers, on the environment: the default's message */
+        nx_buf_cleanup(&b);
         return NULL;
+    }
     nx_buf_printf(&b, "no usable LLM provider for agent \"%s\": ", ac->id);
     if (!pc)
         nx_buf_printf(&b, "provider \"%s\" is not in llm.yaml", ac->model.provider);
