@@ -154,7 +154,10 @@ static void finish(struct nx_turn *t, int rc)
     } else if (rc == NX_ECANCELED && !t->convo && !t->a->is_freeing) {
         turn_convo_of_unstarted(t);
     }
-    if (!t->is_saved && !t->is_budget_refusal && t->convo &&
+    /* A routed message that nexo's stopping cut stays routed and runs again at the next start
+     * (lane_superseded): stored then, once, not now as well. */
+    bool will_run_again = rc == NX_ECANCELED && t->a->is_freeing && t->event_id;
+    if (!t->is_saved && !t->is_budget_refusal && t->convo && !will_run_again &&
         ((rc < 0 && json_array_size(t->convo) > t->new_from && (rc == NX_ECANCELED || t->answers > 0)) ||
          json_array_size(t->late)))
         turn_save(t);

@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 
 from nexo_harness import Nexo, main, write_config
-from peers import TgPeers, fake_requests, post_json, script, tg_user
+from peers import TgPeers, fake_requests, fake_reset, post_json, script, stop_fake, tg_user, wait_for
 
 ALICE, BOB, CAROL, DAVE, MALLORY = 1001, 1002, 1003, 1004, 666
 
@@ -293,6 +293,58 @@ class Telegram(TgPeers, unittest.TestCase):
                 after = self.proxy.offsets_for(token)[asked_before:]
                 self.assertTrue(after, "the restarted bot never polled")
                 self.assertEqual(after[0], old_id + 1)  # resumed past the handled update
+                self.assertEqual(second.stop(), 0)
+            finally:
+                first.cleanup()
+                if second:
+                    second.cleanup()
+
+
+class TelegramStopMidTurn(TgPeers, unittest.TestCase):
+    """A turn cut by the shutdown grace stays routed and runs again after the restart: its
+    message reaches the model once, not once from the history and once again as new."""
+    TOKEN = "777001:STOP-TOKEN"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start_peers()
+
+    @classmethod
+    def tearDownClass(cls):  # (no class-wide nexo: each test starts its own)
+        try:
+            stop_fake(cls.fake)
+            cls.cfg.cleanup()
+        finally:
+            cls.tg.stop()
+
+    def test_a_turn_cut_by_the_shutdown_runs_again_once(self):
+        with tempfile.TemporaryDirectory() as cfg:
+            write_config(cfg, {
+                "gateway.yaml": "shutdown_grace: 500ms\n",
+                "llm.yaml": "providers:\n  anthropic: {api_key: sk-fake-key, base_url: http://127.0.0.1:%d}\n"
+                            % self.fport,
+                "agents.yaml": "agents:\n  - id: kate\n    model: {provider: anthropic, model: m}\n"
+                               "    inbound_bindings: [{plugin: telegram, instance: stop_bot}]\n",
+                "plugins/telegram.yaml": "telegram:\n  - instance: stop_bot\n    token: \"%s\"\n"
+                                         "    api_url: %s\n    polling: {enabled: true, interval_ms: 100}\n"
+                                         % (self.TOKEN, self.tg.url),
+            })
+            first = Nexo(config_dir=cfg).start()
+            second = None
+            try:
+                script(self.fport, [{"hang_ms": 20000, "text": "too late"}])
+                self.tg.say(self.TOKEN, ALICE, "cut short")
+                wait_for(lambda: len(fake_requests(self.fport)) >= 1, 20, "the model call")
+                self.assertEqual(first.stop(), 0)
+                fake_reset(self.fport)
+                script(self.fport, [{"text": "answered after the restart"}])
+                second = Nexo(config_dir=cfg)
+                second.data_dir = first.data_dir
+                second.start()
+                replies = self.tg.wait_replies(self.TOKEN, ALICE, 1, 20)
+                self.assertEqual([m["text"] for m in replies], ["answered after the restart"])
+                sent = json.dumps(fake_requests(self.fport)[0]["body"]["messages"])
+                self.assertEqual(sent.count("cut short"), 1, sent)
                 self.assertEqual(second.stop(), 0)
             finally:
                 first.cleanup()
