@@ -13,6 +13,9 @@ struct nx_agents_inproc {
     struct nx_http_client *http;
     struct nx_store *store; /* NULL when it could not open: the agents then run stateless */
     struct nx_agents *agents;
+    nx_store_done_fn ready; /* a store that could not even start: told from ready_timer */
+    void *ready_arg;
+    struct nx_timer *ready_timer;
 };
 
 /* Starts the client, the store and the agents on loop, in that order. A part that cannot start

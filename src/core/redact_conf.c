@@ -91,61 +91,94 @@ void nx_redact_clear_patterns(void)
 /* ---- configured secret values ---- */
 
 static char **literals; /* under patterns_lock too */
+static size_t *literal_len;
 static size_t nliterals;
+static bool literal_first[256]; /* the first bytes of the values: most bytes are passed at once */
 
 void nx_redact_set_literals(const char *const *values)
 {
     char **fresh = NULL, **old;
+    size_t *lens = NULL, *old_lens;
     size_t n = 0, k = 0, nold;
 
     while (values && values[n])
         n++;
-    if (n)
+    if (n) {
         fresh = nx_calloc(n, sizeof *fresh);
+        lens = nx_calloc(n, sizeof *lens);
+    }
     for (size_t i = 0; i < n; i++) {
         bool is_dup = false;
         if (strlen(values[i]) < NX_REDACT_MIN_LITERAL)
             continue;
         for (size_t j = 0; j < k && !is_dup; j++)
             is_dup = strcmp(fresh[j], values[i]) == 0;
-        if (!is_dup)
-            fresh[k++] = nx_strdup(values[i]);
+        if (!is_dup) {
+            fresh[k] = nx_strdup(values[i]);
+            lens[k++] = strlen(values[i]);
+        }
     }
     pthread_rwlock_wrlock(&patterns_lock);
     old = literals;
+    old_lens = literal_len;
     nold = nliterals;
     literals = fresh;
+    literal_len = lens;
     nliterals = k;
+    memset(literal_first, 0, sizeof literal_first);
+    for (size_t i = 0; i < k; i++)
+        literal_first[(unsigned char)fresh[i][0]] = true;
     pthread_rwlock_unlock(&patterns_lock);
     for (size_t i = 0; i < nold; i++)
         free(old[i]);
     free(old);
+    free(old_lens);
 }
 
-/* Replaces every occurrence of a configured value, the longest first where two start at one
- * place (under patterns_lock, with nliterals > 0). */
-static void apply_literals(const char *in, size_t len, struct nx_buf *out)
+static bool is_token_char(char c)
 {
-    size_t pos = 0, lit = 0;
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
+}
+
+/* The longest value that starts at `pos` as a whole token (no letter, digit, '_' or '-' right
+ * before or after it: "passwords" does not hold the value "password"), or 0. */
+static size_t literal_at(const char *in, size_t len, size_t pos)
+{
+    size_t best = 0;
+
+    if (!literal_first[(unsigned char)in[pos]] || (pos > 0 && is_token_char(in[pos - 1])))
+        return 0;
+    for (size_t i = 0; i < nliterals; i++) {
+        size_t n = literal_len[i];
+        if (n > best && n <= len - pos && memcmp(in + pos, literals[i], n) == 0 &&
+            (pos + n == len || !is_token_char(in[pos + n])))
+            best = n;
+    }
+    return best;
+}
+
+/* Replaces every occurrence of a configured value (under patterns_lock, with nliterals > 0).
+ * Returns false, writing nothing, when there is none. */
+static bool apply_literals(const char *in, size_t len, struct nx_buf *out)
+{
+    size_t pos = 0, lit = 0, n;
+    bool is_any = false;
 
     while (pos < len) {
-        size_t best = 0;
-        for (size_t i = 0; i < nliterals; i++) {
-            size_t n = strlen(literals[i]);
-            if (n > best && n <= len - pos && in[pos] == literals[i][0] &&
-                memcmp(in + pos, literals[i], n) == 0)
-                best = n;
-        }
-        if (!best) {
+        if (!(n = literal_at(in, len, pos))) {
             pos++;
             continue;
         }
+        is_any = true;
         nx_buf_append(out, in + lit, pos - lit);
         nx_buf_append(out, REDACTED, REDACTED_LEN);
-        pos += best;
+        pos += n;
         lit = pos;
     }
-    nx_buf_append(out, in + lit, len - lit);
+    if (is_any)
+        nx_buf_append(out, in + lit, len - lit);
+    return is_any;
 }
 
 /* Replaces every non-empty match of re in in[0..len) by [REDACTED]. Empty matches advance by one
@@ -187,8 +220,8 @@ void nx_redact_append(struct nx_buf *out, const char *in, size_t len)
     }
 
     pthread_rwlock_rdlock(&patterns_lock);
-    if (nliterals) { /* first, so that a rule's partial match does not hide the rest of one */
-        apply_literals(in, len, &l);
+    if (nliterals && apply_literals(in, len, &l)) { /* first: a rule's partial match would hide
+                                                      * the rest of one */
         in = nx_buf_cstr(&l);
         len = l.len;
     }

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -316,12 +317,26 @@ static int lock_session(const struct chat *c)
         return -1;
     }
     nx_buf_putc(&path, '/');
+    size_t name_at = path.len;
+    uint64_t h = 1469598103934665603ull; /* FNV-1a of the whole key: for names too long */
     for (const char *k = c->session_key; *k; k++) { /* a file name whatever --session holds */
         unsigned char ch = (unsigned char)*k;
+        h = (h ^ ch) * 1099511628211ull;
         if (isalnum(ch) || ch == '-' || ch == '_' || ch == '.')
             nx_buf_putc(&path, (char)ch);
         else
             nx_buf_printf(&path, "%%%02X", ch);
+    }
+    if (path.len - name_at > 200) { /* NAME_MAX is 255: a prefix and the hash */
+        size_t cut = name_at + 160;
+        for (size_t k = 1; k <= 2; k++) {
+            if (path.data[cut - k] == '%') { /* not inside a %XX */
+                cut -= k;
+                break;
+            }
+        }
+        path.len = cut;
+        nx_buf_printf(&path, "~%016llx", (unsigned long long)h);
     }
     nx_buf_puts(&path, ".lock");
     fd = open(nx_buf_cstr(&path), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -348,8 +363,7 @@ static void on_store_ready(int rc, void *arg)
     if (c->is_stopping)
         return;
     if (rc < 0) {
-        fprintf(stderr, "\nnexo chat: the data directory cannot be used (%s; see the error above)\n",
-                nx_strerror(rc));
+        fprintf(stderr, "\nnexo chat: the data directory cannot be used (%s)\n", nx_strerror(rc));
         c->exit_code = NX_EXIT_FAILURE;
         shutdown_chat(c);
         return;
@@ -403,7 +417,9 @@ int nx_chat_run(const struct nx_daemon_opts *opts, const char *agent_id, const c
     c.rt.udata = &c;
     uv_signal_start(&c.rt.sig_term, on_signal, SIGTERM);
     uv_signal_start(&c.rt.sig_int, on_signal, SIGINT);
-    uv_signal_start(&c.rt.sig_hup, on_signal, SIGHUP); /* the terminal closed: end as SIGTERM does */
+    struct sigaction hup;
+    if (sigaction(SIGHUP, NULL, &hup) == 0 && hup.sa_handler != SIG_IGN) /* (nohup: left ignored) */
+        uv_signal_start(&c.rt.sig_hup, on_signal, SIGHUP); /* the terminal closed: as SIGTERM */
     uv_unref((uv_handle_t *)&c.rt.sig_term);
     uv_unref((uv_handle_t *)&c.rt.sig_int);
     uv_unref((uv_handle_t *)&c.rt.sig_hup);

@@ -546,9 +546,14 @@ static void on_idle_tick(uv_timer_t *h)
 
     enter(c);
     for (struct nx_http_call *call = c->calls; call; call = call->next) {
-        if (call->is_done || !call->idle_ms)
+        if (call->is_done || (!call->idle_ms && !call->end_by_ms))
             continue;
-        if (now - call->last_data_ms < call->idle_ms) {
+        if (call->end_by_ms && now >= call->end_by_ms) {
+            snprintf(call->errbuf, sizeof call->errbuf, "not ended in time");
+            call_finish(call, NX_ETIMEDOUT, call->errbuf);
+            continue;
+        }
+        if (!call->idle_ms || now - call->last_data_ms < call->idle_ms) {
             is_any = true;
             continue;
         }
@@ -747,15 +752,13 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
     return call;
 }
 
-void nx_http_call_set_idle(struct nx_http_call *call, uint32_t idle_ms)
+void nx_http_call_end_within(struct nx_http_call *call, uint32_t ms)
 {
     struct nx_http_client *c = call->client;
 
-    if (call->is_done || !idle_ms)
+    if (call->is_done || !ms || call->end_by_ms)
         return;
-    call->idle_ms = idle_ms;
-    call->is_connected = true;
-    call->last_data_ms = uv_now(c->loop);
+    call->end_by_ms = uv_now(c->loop) + ms;
     if (!uv_is_active((uv_handle_t *)&c->idle))
         uv_timer_start(&c->idle, on_idle_tick, IDLE_TICK_MS, IDLE_TICK_MS);
 }

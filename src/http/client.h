@@ -91,9 +91,9 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
                                             const struct nx_http_call_opts *opts);
 /* on_done runs with NX_ECANCELED (from within this call). */
 void nx_http_call_cancel(struct nx_http_call *call);
-/* From now on the call fails (NX_ETIMEDOUT) when nothing arrives for idle_ms, counted from now,
- * instead of by its own idle or whole-call timeout. */
-void nx_http_call_set_idle(struct nx_http_call *call, uint32_t idle_ms);
+/* The call fails (NX_ETIMEDOUT) if it has not ended within ms from now, whatever still arrives
+ * (a body kept open after the answer's end, keep-alive comments in it). Once per call. */
+void nx_http_call_end_within(struct nx_http_call *call, uint32_t ms);
 /* The bytes of request body the call still holds: a streamed call (on_data) lets it go once the
  * answer's body starts and curl has sent all of it (not when it follows redirects). */
 size_t nx_http_call_body_held(const struct nx_http_call *call);

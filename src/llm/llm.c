@@ -442,10 +442,11 @@ static int on_data(const char *data, size_t len, long status, void *udata)
     if (rc < 0)
         c->stream_rc = rc;
     if (rc > 0 && !c->is_stream_ended && c->http) {
-        /* The answer is whole. An upstream (or a proxy) that keeps the body open after it is
-         * given a moment, then the call ends as answered, not as a silence timeout. */
+        /* The answer is whole. An upstream (or a proxy) that keeps the body open after it (or
+         * sends keep-alive comments in it) is given a moment, then the call ends as answered,
+         * not as a silence timeout. */
         c->is_stream_ended = true;
-        nx_http_call_set_idle(c->http, NX_LLM_STREAM_END_GRACE_MS);
+        nx_http_call_end_within(c->http, NX_LLM_STREAM_END_GRACE_MS);
     }
     return rc < 0 || c->cancelled;
 }

@@ -19,8 +19,9 @@ Control (no auth):
                      {"error_midstream": "overloaded_error"}      stream some text, then an error event
                      {"hang_ms": N}                               wait before answering (slow upstream)
                      {"drop": true}                               close the connection, no answer
-                     {"hold_open_ms": N}                          streams: the body ends N ms after the
-                                                                  last event ([DONE], message_stop)
+                     {"hold_open_ms": N, "hold_pings": bool}      streams: the body ends N ms after the
+                                                                  last event ([DONE], message_stop), with
+                                                                  SSE comments meanwhile if hold_pings
                      {"stop_reason": "max_tokens"}, {"usage": {...}}, {"model": "..."}
   GET  /_requests  recorded requests: [{"endpoint","method","path","headers","body","t"}]
   POST /_reset     clears the script, the records and the config overrides
@@ -209,9 +210,13 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def hold_open(self, step):
-        """A keep-alive proxy's habit: the body stays open a while after the stream's last event."""
-        if step.get("hold_open_ms"):
-            time.sleep(step["hold_open_ms"] / 1000.0)
+        """A keep-alive proxy's habit: the body stays open a while after the stream's last event,
+        with an SSE comment every 200 ms when the step says "hold_pings": true."""
+        end = time.monotonic() + step.get("hold_open_ms", 0) / 1000.0
+        while time.monotonic() < end:
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+            if step.get("hold_pings") and time.monotonic() < end:
+                self.chunk(": keep-alive\n\n")
 
     def end_stream(self):
         self.wfile.write(b"0\r\n\r\n")

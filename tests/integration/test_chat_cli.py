@@ -336,6 +336,19 @@ class ChatCli(unittest.TestCase):
             self.assertIn("set ANTHROPIC_API_KEY, or OPENAI_API_KEY (with OPENAI_BASE_URL", r.stdout)
             self.assertNotIn("api_key: set it in llm.yaml", r.stdout)
 
+    def test_a_long_session_name_gets_a_lock_of_its_own(self):
+        fake, port = start_fake()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                for name in ("会話" * 15, "x" * 240):
+                    script(port, [{"text": "ok"}])
+                    r = subprocess.run(self.chat_setup(tmp, port) + ["--session", name], input="hi\n",
+                                       capture_output=True, text=True, timeout=30)
+                    self.assertEqual((r.returncode, r.stdout.strip()), (0, "ok"), r.stderr)
+        finally:
+            fake.kill()
+            fake.wait()
+
     def test_a_session_is_held_by_one_chat_at_a_time(self):
         """A second chat on the same session would answer from a stale copy of its history: it is
         refused; another --session is a conversation of its own."""
@@ -379,6 +392,11 @@ class ChatCli(unittest.TestCase):
             self.assertEqual(r.returncode, 1, r.stdout)
             self.assertIn("the data directory cannot be used", r.stderr)
             self.assertEqual(r.stdout.strip(), "")  # nothing was answered without a history
+            r = subprocess.run([NEXO_BIN, "chat", "--data", "", "--log-level", "warn"], input="hi\n",
+                               capture_output=True, text=True, timeout=30)  # not even started
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn("the data directory cannot be used", r.stderr)
+            self.assertNotIn("still open", r.stderr)
 
     def test_embedded_default_agent_from_the_environment(self):
         fake, port = start_fake()

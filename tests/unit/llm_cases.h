@@ -75,9 +75,10 @@ static inline void check_long_stream_is_not_cut(const char *kind, const char *ke
     one_close(&t);
 }
 
-/* An upstream (or a proxy) that keeps the body open 3 s after the stream's last event, with a
- * provider timeout of 2 s: the answer is whole, so the call succeeds about a second after it,
- * not as a silence timeout at 2 s (nor does it wait the 3 s). */
+/* An upstream (or a proxy) that keeps the body open 3 s after the stream's last event, silent,
+ * then sending keep-alive comments, with a provider timeout of 2 s: the answer is whole, so the
+ * call succeeds about a second after it, not as a silence timeout at 2 s, nor does it wait the
+ * 3 s. */
 static inline void check_stream_ended_but_body_held_open(const char *kind, const char *key,
                                                          const char *model)
 {
@@ -86,15 +87,20 @@ static inline void check_stream_ended_but_body_held_open(const char *kind, const
     struct nx_llm_request req = {.model = model, .temperature = -1, .stream = true};
     uint64_t t0;
 
-    one_open(&t, kind, kind, key, 2000, "[{\"text\": \"all of it\", \"hold_open_ms\": 3000}]", "hi");
-    req.messages = t.msgs;
-    t0 = nx_mono_ms();
-    run_call(&t.e, t.p, &req, &o);
-    assert_int_equal(o.rc, 0);
-    assert_string_equal(message_text(o.message), "all of it");
-    assert_true(o.done_ms - t0 < 2000);
-    outcome_cleanup(&o);
-    one_close(&t);
+    for (int pings = 0; pings < 2; pings++) {
+        one_open(&t, kind, kind, key, 2000,
+                 pings ? "[{\"text\": \"all of it\", \"hold_open_ms\": 3000, \"hold_pings\": true}]"
+                       : "[{\"text\": \"all of it\", \"hold_open_ms\": 3000}]", "hi");
+        req.messages = t.msgs;
+        t0 = nx_mono_ms();
+        run_call(&t.e, t.p, &req, &o);
+        assert_int_equal(o.rc, 0);
+        assert_string_equal(message_text(o.message), "all of it");
+        assert_true(o.done_ms - t0 < 2000);
+        outcome_cleanup(&o);
+        memset(&o, 0, sizeof o);
+        one_close(&t);
+    }
 }
 
 /* One connection to the upstream (max_host_connections 1) and a provider timeout_ms of 1 s: a

@@ -240,13 +240,16 @@ static void test_redact_configured_patterns(void **state)
 /* The configuration's secret values, whatever their format, the longest first */
 static void test_redact_configured_literals(void **state)
 {
-    static const char *const values[] = {"gsk_4Zr8X1qL0pW", "gsk_4Zr8X1qL0pWm9cVt", "short",
+    static const char *const values[] = {"gsk_4Zr8X1qL0pW", "gsk_4Zr8X1qL0pWm9cVt", "lm-studio",
                                          "gsk_4Zr8X1qL0pW", NULL};
     (void)state;
     nx_redact_set_literals(values);
     EXPECT("echo gsk_4Zr8X1qL0pWm9cVt!", "echo [REDACTED]!");
     EXPECT("gsk_4Zr8X1qL0pW and gsk_4Zr8X1qL0pWm9cVt", "[REDACTED] and [REDACTED]");
-    UNCHANGED("short gsk_4Zr8X1qL0p");
+    UNCHANGED("lm-studio gsk_4Zr8X1qL0p"); /* a placeholder under 12 bytes; a prefix */
+    /* a whole token only: inside a longer word it is another word */
+    EXPECT("key=gsk_4Zr8X1qL0pW, \"gsk_4Zr8X1qL0pW\"", "key=[REDACTED], \"[REDACTED]\"");
+    UNCHANGED("gsk_4Zr8X1qL0pWs xgsk_4Zr8X1qL0pW gsk_4Zr8X1qL0pW_2");
     nx_redact_set_literals(NULL);
     UNCHANGED("echo gsk_4Zr8X1qL0pW");
 }
