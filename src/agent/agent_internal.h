@@ -124,8 +124,8 @@ struct nx_turn {
     bool is_budget_refusal;        /* refused: the agent's daily token budget is used up */
     bool is_history_missing;       /* its stored history could not be read: not cached after */
     bool is_saved;                 /* turn_save ran: its messages are in the store */
-    json_t *late;                  /* messages of turns queued behind it that were cancelled
-                                    * before they started: stored after its own, in order */
+    json_t *late;                  /* messages of the turns queued right behind it that were
+                                    * cancelled before they started: stored after its own */
     bool is_done;
     bool is_caller_gone;           /* collect mode: its own caller left and was answered; it runs
                                       on for the callers merged into it */
@@ -139,8 +139,9 @@ struct lane *lane_get(struct nx_agents *a, const char *session_key);
  * the session already has its agent's config.queue_cap turns waiting. */
 int lane_submit(struct nx_agents *a, struct nx_turn *t);
 /* The lane's running turn finished: start the next queued one. */
-/* The turn running in t's lane (t itself, another, or NULL when t has no lane). */
-struct nx_turn *lane_running(const struct nx_turn *t);
+/* The turn right ahead of queued turn t in its lane (the running one when t is first), or NULL
+ * (t runs, or has no lane). */
+struct nx_turn *lane_ahead(const struct nx_turn *t);
 void lane_turn_done(struct nx_agents *a, struct nx_turn *t);
 void lanes_free(struct nx_agents *a);
 /* Did the turn end without an answer of its own because of its lane's queue_mode: interrupted

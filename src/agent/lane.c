@@ -140,9 +140,20 @@ int lane_submit(struct nx_agents *a, struct nx_turn *t)
     return 0;
 }
 
-struct nx_turn *lane_running(const struct nx_turn *t)
+struct nx_turn *lane_ahead(const struct nx_turn *t)
 {
-    return t->lane ? t->lane->running : NULL;
+    const struct lane *l = t->lane;
+    struct nx_turn *prev;
+
+    if (!l || l->running == t)
+        return NULL;
+    prev = l->running;
+    for (struct nx_turn *q = l->head; q; q = q->lane_next) {
+        if (q == t)
+            return prev;
+        prev = q;
+    }
+    return NULL;
 }
 
 void lane_turn_done(struct nx_agents *a, struct nx_turn *t)

@@ -144,23 +144,27 @@ static void finish(struct nx_turn *t, int rc)
      * tool calls that ran when the provider failed after them, so that the next turn knows of
      * them and a tool with effects is not run again for the same message. Once (a turn at its
      * tool-iteration limit saved already). Before the lane's next turn loads the history. */
-    struct nx_turn *running = lane_running(t);
-    if (rc == NX_ECANCELED && !t->convo && !t->a->is_freeing && running && running != t) {
-        if (!running->late) /* queued: stored after the running turn's messages */
-            running->late = json_array();
-        turn_append_messages(running->late, t->input);
+    struct nx_turn *ahead = lane_ahead(t);
+    if (rc == NX_ECANCELED && !t->convo && !t->a->is_freeing && ahead) {
+        if (!ahead->late) /* queued: stored after the messages of the turn ahead, in order */
+            ahead->late = json_array();
+        turn_append_messages(ahead->late, t->input);
         if (t->late)
-            turn_append_messages(running->late, t->late);
+            turn_append_messages(ahead->late, t->late);
     } else if (rc == NX_ECANCELED && !t->convo && !t->a->is_freeing) {
         turn_convo_of_unstarted(t);
     }
     /* A routed message that nexo's stopping cut stays routed and runs again at the next start
      * (lane_superseded): stored then, once, not now as well. */
     bool will_run_again = rc == NX_ECANCELED && t->a->is_freeing && t->event_id;
+    bool is_own_kept = rc < 0 && json_array_size(t->convo) > t->new_from &&
+                       (rc == NX_ECANCELED || t->answers > 0);
     if (!t->is_saved && !t->is_budget_refusal && t->convo && !will_run_again &&
-        ((rc < 0 && json_array_size(t->convo) > t->new_from && (rc == NX_ECANCELED || t->answers > 0)) ||
-         json_array_size(t->late)))
+        (is_own_kept || json_array_size(t->late))) {
+        while (!is_own_kept && rc < 0 && json_array_size(t->convo) > t->new_from)
+            json_array_remove(t->convo, t->new_from); /* its failed call's input: only the late */
         turn_save(t);
+    }
 
     struct nx_agents *a = t->a;
     unlink_turn(t);
@@ -734,6 +738,11 @@ void nx_turn_cancel(struct nx_turn *t)
 void turn_merge(struct nx_turn *into, struct nx_turn *from)
 {
     turn_append_messages(into->input, from->input);
+    if (from->late) { /* cancelled turns that were queued behind `from` */
+        if (!into->late)
+            into->late = json_array();
+        turn_append_messages(into->late, from->late);
+    }
     into->merged = nx_realloc(into->merged, (into->nmerged + 1) * sizeof *into->merged);
     into->merged[into->nmerged++] = from;
     from->merged_into = into;

@@ -168,6 +168,43 @@ class TurnLanes(FakePeers, unittest.TestCase):
         self.assertIn("A-queued", texts[0])
         self.assertTrue(any("B-queued" in t for t in texts[1:]), texts)
 
+    def test_queued_messages_whose_callers_left_keep_their_order(self):
+        # A runs, B waits, C waits behind B and its caller leaves: C is stored after B's turn
+        script(self.fport, [{"hang_ms": 1000, "text": "answer-A"}, {"text": "answer-B"}])
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            a = ex.submit(self.chat, "limited", "msg-A", "order-late")
+            self.wait_requests(1)
+            b = ex.submit(self.chat, "limited", "msg-B", "order-late")
+            self.wait_in_flight(2)
+            c = self.send_raw("limited", "msg-C", "order-late")
+            self.wait_in_flight(3)
+            c.close()
+            self.wait_in_flight(2)
+            self.assertEqual(a.result()[0], 200)
+            self.assertEqual(b.result()[0], 200)
+        rows = self.wait_rows("agent:limited:http:order-late", 5)
+        texts = [re.search(r"(msg|answer)-[ABC]", c).group(0) for _, c in rows]
+        self.assertEqual(texts, ["msg-A", "answer-A", "msg-B", "answer-B", "msg-C"])
+        # and B's call did not see C, which came after it
+        self.assertNotIn("msg-C", json.dumps(fake_requests(self.fport)[1]["body"]["messages"]))
+
+    def test_a_failed_turn_stores_only_the_messages_that_waited_behind_it(self):
+        script(self.fport, [{"hang_ms": 800, "error": {"status": 400, "type": "invalid_request_error",
+                                                       "message": "bad"}}])
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            a = ex.submit(self.chat, "limited", "fail-A", "failed-late")
+            self.wait_requests(1)
+            c = self.send_raw("limited", "late-C", "failed-late")
+            self.wait_in_flight(2)
+            c.close()
+            self.wait_in_flight(1)
+            self.assertEqual(a.result()[0], 400)
+        texts = [c for _, c in self.wait_rows("agent:limited:http:failed-late", 1)]
+        time.sleep(0.3)
+        texts = [c for _, c in self.rows("agent:limited:http:failed-late")]
+        self.assertEqual(len(texts), 1, texts)
+        self.assertIn("late-C", texts[0])
+
     def test_a_tool_that_ran_keeps_its_result_when_the_turn_is_interrupted(self):
         open(self.marks, "w").close()
         script(self.fport, [{"tool_use": [{"name": "mcp_slow_fast", "input": {}},
