@@ -166,8 +166,16 @@ int nx_transcript_write(const char *data_dir, const char *agent_id, const char *
         errno = EINVAL;
         goto fail;
     }
-    if (write_all(fd, lines, len) < 0)
+    if (write_all(fd, lines, len) < 0) {
+        /* A part written (the disk full) would leave half a line, and the next append would
+         * run on from it: cut the file back to where this write began. */
+        int e = errno;
+        if (ftruncate(fd, st.st_size) < 0)
+            nx_error("transcripts", "cannot cut %s back after a failed write: %s", nx_buf_cstr(&path),
+                     strerror(errno));
+        errno = e;
         goto fail;
+    }
     rc = 0;
     goto out;
 fail:

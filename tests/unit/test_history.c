@@ -7,9 +7,11 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1145,6 +1147,47 @@ static void test_cmd_transcripts_without_database_says_no_matches(void **state)
     snprintf(f->dir, sizeof f->dir, "%s", saved);
 }
 
+/* A write the disk cuts short (here the file-size limit) leaves no half line behind: the next
+ * append starts a line of its own. */
+static void test_transcript_failed_write_leaves_no_half_line(void **state)
+{
+    char dir[] = "/tmp/nx-tw-XXXXXX", path[512];
+    struct rlimit old, lim;
+    char big[300];
+    struct nx_buf got = NX_BUF_INIT;
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(nx_transcript_write(dir, "a", "s", "{\"n\":1}\n", 8), 0);
+    memset(big, 'x', sizeof big);
+    big[sizeof big - 1] = '\n';
+    signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    lim = old;
+    lim.rlim_cur = 108; /* 100 bytes of the 300 fit */
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    int rc = nx_transcript_write(dir, "a", "s", big, sizeof big);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_DFL);
+    assert_int_equal(rc, NX_EIO);
+    assert_int_equal(nx_transcript_write(dir, "a", "s", "{\"n\":3}\n", 8), 0);
+    snprintf(path, sizeof path, "%s/transcripts/a/s.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    nx_buf_append(&got, buf, n);
+    assert_string_equal(nx_buf_cstr(&got), "{\"n\":1}\n{\"n\":3}\n");
+    nx_buf_cleanup(&got);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/transcripts/a", dir);
+    rmdir(path);
+    snprintf(path, sizeof path, "%s/transcripts", dir);
+    rmdir(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1181,6 +1224,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test(test_history_trim_keeps_newest_within_budget_and_tool_pairs),
         cmocka_unit_test(test_history_estimate_counts_characters_of_other_scripts),
+        cmocka_unit_test(test_transcript_failed_write_leaves_no_half_line),
         cmocka_unit_test_setup_teardown(test_cmd_transcripts_prints_hits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cmd_transcripts_without_database_says_no_matches, setup,
                                         teardown),
