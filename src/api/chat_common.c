@@ -3,9 +3,35 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include <openssl/sha.h>
+
 #include "api/chat.h"
 #include "core/alloc.h"
 #include "core/error.h"
+
+/* A session name of at most SESSION_NAME_MAX bytes is kept as given; a longer one becomes its
+ * start (cut between characters) and a digest of the whole, so that two long names that begin
+ * alike stay two sessions. */
+#define SESSION_NAME_MAX 256
+#define SESSION_NAME_KEEP 200
+
+static void put_session_name(struct nx_buf *b, const char *name, size_t len)
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    size_t keep = SESSION_NAME_KEEP;
+
+    if (len <= SESSION_NAME_MAX) {
+        nx_buf_append(b, name, len);
+        return;
+    }
+    while (keep > 0 && ((unsigned char)name[keep] & 0xC0) == 0x80)
+        keep--; /* not inside a UTF-8 character */
+    nx_buf_append(b, name, keep);
+    SHA256((const unsigned char *)name, len, md);
+    nx_buf_putc(b, '~');
+    for (size_t i = 0; i < 12; i++)
+        nx_buf_printf(b, "%02x", md[i]);
+}
 
 char *api_session_key(const struct nx_http_req *req, const char *agent, const char *user)
 {
@@ -14,9 +40,10 @@ char *api_session_key(const struct nx_http_req *req, const char *agent, const ch
     struct nx_buf b = NX_BUF_INIT;
     if (h && len) {
         nx_buf_printf(&b, "agent:%s:http:", agent);
-        nx_buf_append(&b, h, len > 256 ? 256 : len);
+        put_session_name(&b, h, len);
     } else if (user && *user) {
-        nx_buf_printf(&b, "agent:%s:http:%.256s", agent, user);
+        nx_buf_printf(&b, "agent:%s:http:", agent);
+        put_session_name(&b, user, strlen(user));
     } else {
         return NULL;
     }

@@ -186,16 +186,17 @@ static void start_agent(struct srv_call *c, const char *agent_id, const json_t *
     const json_t *sess = json_object_get(args, "session");
     char *key = NULL;
 
-    if (!message || !*message) {
-        finish_text(c, true, "\"message\" is required: a non-empty string");
+    if (!message || !*message || strlen(message) != json_string_length(json_object_get(args, "message"))) {
+        finish_text(c, true, "\"message\" is required: a non-empty string (with no NUL character)");
         call_free(c);
         return;
     }
     if (sess && !json_is_null(sess)) {
         const char *sv = json_string_value(sess);
-        if (!sv || !*sv || strlen(sv) > SESSION_NAME_MAX) {
-            finish_text(c, true, "\"session\" must be a non-empty string of at most %d characters",
-                        SESSION_NAME_MAX);
+        /* (a NUL would cut the name short: another session, someone else's) */
+        if (!sv || !*sv || strlen(sv) > SESSION_NAME_MAX || strlen(sv) != json_string_length(sess)) {
+            finish_text(c, true, "\"session\" must be a non-empty string of at most %d characters, with "
+                                 "no NUL character", SESSION_NAME_MAX);
             call_free(c);
             return;
         }

@@ -205,6 +205,23 @@ class TurnLanes(FakePeers, unittest.TestCase):
         self.assertEqual(len(texts), 1, texts)
         self.assertIn("late-C", texts[0])
 
+    def test_long_session_names_that_begin_alike_are_two_sessions(self):
+        for field in ("header", "user"):
+            script(self.fport, [{"text": "noted"}, {"text": "hello"}])
+            for who, text in (("x", "secret of X: 4242"), ("y", "hello from Y")):
+                name = "L" * 256 + who + field
+                body = {"model": "limited", "messages": [{"role": "user", "content": text}]}
+                headers = {"Content-Type": "application/json"}
+                if field == "user":
+                    body["user"] = name
+                else:
+                    headers["X-Nexo-Session"] = name
+                status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
+                                                 headers=headers, timeout=30)
+                self.assertEqual(status, 200, data)
+            self.assertNotIn("4242", json.dumps(fake_requests(self.fport)[-1]["body"]["messages"]))
+            self.setUp()
+
     def test_a_tool_that_ran_keeps_its_result_when_the_turn_is_interrupted(self):
         open(self.marks, "w").close()
         script(self.fport, [{"tool_use": [{"name": "mcp_slow_fast", "input": {}},

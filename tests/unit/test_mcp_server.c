@@ -340,6 +340,13 @@ static void test_agent_call_runs_a_turn_with_progress(void **state)
     assert_non_null(strstr(text, "nexo_mcp_server_calls_total{tool=\"ask_bob\",outcome=\"tool_error\"} 1"));
     assert_non_null(strstr(text, "nexo_mcp_server_call_seconds_count{tool=\"ask_kate\"} 1"));
     nx_buf_cleanup(&m);
+
+    /* a NUL in the session name would cut it to another session's ("alice"): refused */
+    feed(&f, "{\"jsonrpc\":\"2.0\",\"id\":3,\"method\":\"tools/call\",\"params\":{\"name\":\"ask_kate\","
+         "\"arguments\":{\"message\":\"x\",\"session\":\"alice\\u0000mallory\"}}}", NULL);
+    r = json_array_get(f.sent.msgs, json_array_size(f.sent.msgs) - 1);
+    assert_true(json_is_true(json_object_get(json_object_get(r, "result"), "isError")));
+    assert_non_null(strstr(result_text(r), "no NUL character"));
     fx_close(&f);
 }
 
