@@ -155,6 +155,11 @@ bool lane_superseded(int rc, const struct nx_turn_result *res, const char **stat
 /* history_cache.c */
 struct hcache *hcache_new(size_t max_sessions);
 void hcache_free(struct hcache *c);
+/* A pending user (a save in flight) keeps the struct past hcache_free; forget does nothing then. */
+void hcache_hold(struct hcache *c);
+void hcache_release(struct hcache *c);
+/* Drops the session's entry, if any: its next turn reads the store. */
+void hcache_forget(struct hcache *c, const char *key);
 /* A new (shallow) copy of the session's cached messages, or NULL. */
 json_t *hcache_get(struct hcache *c, const char *key);
 /* Caches the last `keep` messages (0 = all), starting on a clean user message. */

@@ -217,12 +217,23 @@ size_t turn_history_keep(const struct nx_turn *t)
     return mem ? (size_t)mem->short_term.max_history_turns * 2 : 100;
 }
 
+struct saving {
+    struct hcache *cache; /* held until the save is done */
+    char key[];
+};
+
+/* A turn the store could not keep must not stay in the cache: the next turn would see messages
+ * that are not stored, and after a restart the history would have a gap the model never saw.
+ * The next turn reads the session from the store instead. */
 static void on_saved(int rc, void *arg)
 {
-    char *key = arg;
-    if (rc < 0)
-        nx_error("agent", "session %s: history not saved: %s", key, nx_strerror(rc));
-    free(key);
+    struct saving *sv = arg;
+    if (rc < 0) {
+        nx_error("agent", "session %s: history not saved: %s", sv->key, nx_strerror(rc));
+        hcache_forget(sv->cache, sv->key);
+    }
+    hcache_release(sv->cache);
+    free(sv);
 }
 
 uint64_t turn_count_tokens(struct nx_turn *t)
@@ -285,6 +296,11 @@ void turn_save(struct nx_turn *t)
         .is_immutable = true, /* `added` is ours; its messages are never edited (frag_cache.c) */
     };
     /* Queued before the lane's next turn loads history, so that load sees it. */
-    nx_history_append(t->a->deps.store, t->a->deps.data_dir, &ap, on_saved, nx_strdup(t->session_key));
+    size_t klen = strlen(t->session_key) + 1;
+    struct saving *sv = nx_malloc(sizeof *sv + klen);
+    sv->cache = t->a->history;
+    memcpy(sv->key, t->session_key, klen);
+    hcache_hold(sv->cache);
+    nx_history_append(t->a->deps.store, t->a->deps.data_dir, &ap, on_saved, sv);
     json_decref(added);
 }

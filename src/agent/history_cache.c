@@ -24,6 +24,8 @@ struct hcache {
     size_t n;
     size_t max;
     struct hentry *head, *tail;
+    size_t holds;   /* hcache_hold without hcache_release: the struct outlives hcache_free */
+    bool is_freed;
 };
 
 static size_t hash(const char *s)
@@ -94,7 +96,30 @@ void hcache_free(struct hcache *c)
     while (c->head)
         drop(c, c->head);
     free(c->buckets);
-    free(c);
+    c->buckets = NULL;
+    c->is_freed = true;
+    if (!c->holds)
+        free(c);
+}
+
+void hcache_hold(struct hcache *c)
+{
+    c->holds++;
+}
+
+void hcache_release(struct hcache *c)
+{
+    if (--c->holds == 0 && c->is_freed)
+        free(c);
+}
+
+void hcache_forget(struct hcache *c, const char *key)
+{
+    struct hentry *e;
+    if (c->is_freed)
+        return;
+    if ((e = *slot(c, key)))
+        drop(c, e);
 }
 
 json_t *hcache_get(struct hcache *c, const char *key)

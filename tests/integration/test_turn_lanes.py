@@ -10,11 +10,12 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
 from nexo_harness import Nexo, main, recv_all, write_config
-from peers import FakePeers, fake_requests, llm_yaml, script
+from peers import FakePeers, fake_requests, llm_yaml, script, start_fake, stop_fake, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SLOW_MCP = os.path.join(HERE, "..", "tools", "slow_tools_mcp.py")
@@ -270,6 +271,60 @@ class TurnLanes(FakePeers, unittest.TestCase):
         with open(out, errors="replace") as f:
             lines = [line for line in f if "ANSWER-TO-FIRST" in line or "insufficient_quota" in line]
         self.assertTrue(lines and "ANSWER-TO-FIRST" in lines[0], lines)
+
+
+class FullDisk(unittest.TestCase):
+    """A turn the store could not keep (the data directory's disk full) is not kept in memory
+    either: the next turn's history is what is stored, as after a restart."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="nexo-full-")
+        self.mnt = os.path.join(self.tmp, "mnt")
+        os.makedirs(self.mnt)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", self.mnt], capture_output=True)
+        if r.returncode != 0:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.skipTest("a small tmpfs for a full disk needs mount: " + r.stderr.decode().strip())
+        self.fake, self.fport = start_fake()
+
+    def tearDown(self):
+        stop_fake(self.fake)
+        subprocess.run(["umount", "-l", self.mnt], capture_output=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def chat(self, n, text, answer):
+        script(self.fport, [{"text": answer}])
+        body = json.dumps({"model": "main", "user": "u", "messages": [{"role": "user", "content": text}]})
+        status, _, _ = n.request("POST", "/v1/chat/completions", body=body.encode(), timeout=30,
+                                 headers={"Content-Type": "application/json"})
+        return status
+
+    def test_a_turn_that_was_not_stored_is_not_remembered(self):
+        cfg = os.path.join(self.tmp, "config")
+        write_config(cfg, {"llm.yaml": llm_yaml(self.fport),
+                           "agents.yaml": "agents:\n  - {id: main, model: {provider: anthropic, model: m}}\n"})
+        n = Nexo(config_dir=cfg)
+        n.data_dir = os.path.join(self.mnt, "data")
+        n.start()
+        try:
+            self.assertEqual(self.chat(n, "remember ALPHA", "ok ALPHA"), 200)
+            db = os.path.join(n.data_dir, "nexo.db")
+            wait_for(lambda: "ALPHA" in "".join(
+                r[0] for r in sqlite3.connect(db).execute("SELECT content FROM messages")), 10, "turn 1 stored")
+            st = os.statvfs(self.mnt)
+            filler = os.path.join(self.mnt, "filler")
+            with open(filler, "wb") as f:  # all but 16 KiB
+                f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - 16384))
+            self.assertEqual(self.chat(n, "remember BETA " + "x " * 60000, "ok BETA"), 200)
+            wait_for(lambda: "history not saved" in n.read_log(), 10, "the failed save")
+            os.unlink(filler)
+            self.assertEqual(self.chat(n, "which words?", "ALPHA"), 200)
+            sent = json.dumps(fake_requests(self.fport)[-1]["body"]["messages"])
+            self.assertIn("remember ALPHA", sent)
+            self.assertNotIn("remember BETA", sent)  # not stored, so not in the history either
+            self.assertEqual(n.stop(), 0)
+        finally:
+            n.cleanup()
 
 
 if __name__ == "__main__":
