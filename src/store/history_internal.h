@@ -25,6 +25,10 @@ void nx_transcript_path(const char *data_dir, const char *agent_id, const char *
  * Symlinks are not followed. Returns 0 or NX_EIO (with the reason logged). */
 int nx_transcript_write(const char *data_dir, const char *agent_id, const char *session_key,
                         const char *lines, size_t len);
+/* The store thread's batch ended (store.c run_batch): when it did not commit, the lines the
+ * batch's jobs appended (nx_transcript_write) are cut back off, so the files keep only what the
+ * database kept. Store thread only. */
+void nx_transcripts_batch_end(bool is_committed);
 
 /* A JSON string of s; when s is not valid UTF-8 (a peer id cut in the middle of a character, a
  * raw header), each byte of it >= 0x80 becomes '?'. Never NULL. */

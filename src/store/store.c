@@ -15,6 +15,7 @@
 #include "store/checkpoint.h"
 #include "store/reader.h"
 #include "store/soon.h"
+#include "store/history_internal.h"
 #include "store/store.h"
 #include "store/store_internal.h"
 
@@ -318,6 +319,7 @@ finish:
         atomic_fetch_add_explicit(&s->failed_commits, 1, memory_order_relaxed);
     }
     nx_soon_end(s->soon, is_ok, nx_mono_ns());
+    nx_transcripts_batch_end(is_ok);
     nx_histogram_observe(s->m_batch, NULL, (double)n);
     if (n > atomic_load_explicit(&s->max_batch_seen, memory_order_relaxed))
         atomic_store_explicit(&s->max_batch_seen, n, memory_order_relaxed);
@@ -354,6 +356,7 @@ static void run_soon_alone(struct nx_store *s, bool is_all)
             sql_exec(s, "ROLLBACK");
     }
     nx_soon_end(s->soon, is_ok, nx_mono_ns());
+    nx_transcripts_batch_end(is_ok);
 }
 
 /* A read runs between batches, outside any write transaction: it sees every write queued

@@ -129,6 +129,41 @@ static int make_dirs(struct nx_buf *path, size_t transcripts_end, size_t agent_e
     return rc;
 }
 
+/* The appends of the store thread's open batch: where each file was before it (run_batch). */
+struct appended {
+    char *path;
+    off_t size;
+};
+static _Thread_local struct appended *batch_appends;
+static _Thread_local size_t nbatch_appends, batch_appends_cap;
+
+void nx_transcripts_batch_end(bool is_committed)
+{
+    for (size_t i = nbatch_appends; i-- > 0;) { /* the last first: a file's first size wins */
+        struct appended *a = &batch_appends[i];
+        if (!is_committed && truncate(a->path, a->size) < 0)
+            nx_error("transcripts", "cannot cut %s back after the batch did not commit: %s", a->path,
+                     strerror(errno));
+        free(a->path);
+    }
+    nbatch_appends = 0;
+    if (batch_appends_cap > 64) { /* a burst's array is not kept */
+        free(batch_appends);
+        batch_appends = NULL;
+        batch_appends_cap = 0;
+    }
+}
+
+static void remember_append(const char *path, off_t size)
+{
+    if (nbatch_appends == batch_appends_cap) {
+        batch_appends_cap = batch_appends_cap ? batch_appends_cap * 2 : 16;
+        batch_appends = nx_realloc(batch_appends, batch_appends_cap * sizeof *batch_appends);
+    }
+    batch_appends[nbatch_appends].path = nx_strdup(path);
+    batch_appends[nbatch_appends++].size = size;
+}
+
 int nx_transcript_write(const char *data_dir, const char *agent_id, const char *session_key,
                         const char *lines, size_t len)
 {
@@ -176,6 +211,7 @@ int nx_transcript_write(const char *data_dir, const char *agent_id, const char *
         errno = e;
         goto fail;
     }
+    remember_append(nx_buf_cstr(&path), st.st_size);
     rc = 0;
     goto out;
 fail:

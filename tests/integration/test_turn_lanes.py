@@ -322,6 +322,10 @@ class FullDisk(unittest.TestCase):
             sent = json.dumps(fake_requests(self.fport)[-1]["body"]["messages"])
             self.assertIn("remember ALPHA", sent)
             self.assertNotIn("remember BETA", sent)  # not stored, so not in the history either
+            tdir = os.path.join(n.data_dir, "transcripts", "main")
+            text = "".join(open(os.path.join(tdir, f)).read() for f in os.listdir(tdir))
+            self.assertIn("remember ALPHA", text)
+            self.assertNotIn("remember BETA", text)  # the transcript keeps what the database kept
             self.assertEqual(n.stop(), 0)
         finally:
             n.cleanup()

@@ -1180,6 +1180,16 @@ static void test_transcript_failed_write_leaves_no_half_line(void **state)
     nx_buf_append(&got, buf, n);
     assert_string_equal(nx_buf_cstr(&got), "{\"n\":1}\n{\"n\":3}\n");
     nx_buf_cleanup(&got);
+    /* a batch that did not commit takes its lines back */
+    nx_transcripts_batch_end(true); /* (the writes above: committed) */
+    assert_int_equal(nx_transcript_write(dir, "a", "s", "{\"n\":4}\n", 8), 0);
+    nx_transcripts_batch_end(false);
+    f = fopen(path, "r");
+    assert_non_null(f);
+    n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    assert_int_equal(n, 16);
+    nx_transcripts_batch_end(true);
     unlink(path);
     snprintf(path, sizeof path, "%s/transcripts/a", dir);
     rmdir(path);
