@@ -124,6 +124,34 @@ out:
     return rc;
 }
 
+/* Reads only: the database as it is, no file created, no mode set, no migration. On a disk that
+ * is read-only itself WAL's -shm cannot be made: then it is read as immutable (nothing writes it
+ * meanwhile, as nothing can). */
+static int open_read_only(struct nx_db_open *o)
+{
+    char uri[4200];
+
+    for (int pass = 0; pass < 2; pass++) {
+        sqlite3_stmt *st = NULL;
+        snprintf(uri, sizeof uri, "file:%s%s", o->path, pass ? "?immutable=1" : "?mode=ro");
+        if (sqlite3_open_v2(uri, &o->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX,
+                            NULL) == SQLITE_OK &&
+            sqlite3_prepare_v2(o->db, "SELECT count(*) FROM sqlite_master", -1, &st, NULL) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW) { /* (a read that needs the WAL index) */
+            sqlite3_finalize(st);
+            sqlite3_busy_timeout(o->db, NX_STORE_BUSY_TIMEOUT_MS);
+            return 0;
+        }
+        snprintf(o->err, o->err_size, "cannot open %s: %s", o->path,
+                 o->db ? sqlite3_errmsg(o->db) : "out of memory");
+        sqlite3_finalize(st);
+        sqlite3_close_v2(o->db);
+        o->db = NULL;
+    }
+    nx_error("store", "%s", o->err);
+    return NX_EDB;
+}
+
 int nx_db_open(struct nx_db_open *o)
 {
     size_t count;
@@ -133,6 +161,8 @@ int nx_db_open(struct nx_db_open *o)
     char msg[256];
     int rc;
 
+    if (o->is_read_only)
+        return open_read_only(o);
     if ((rc = make_dir(o, o->dir)) < 0 || (rc = make_db_file(o)) < 0)
         goto out;
     if (sqlite3_open_v2(o->path, &o->db,

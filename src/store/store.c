@@ -51,6 +51,7 @@ struct nx_store {
     uint32_t window_ms;
     uint32_t max_batch;
     bool synchronous_full;
+    bool is_read_only;
 
     nx_store_done_fn ready;
     void *ready_arg;
@@ -116,7 +117,7 @@ static void run_ready(void *arg)
 static int open_db(struct nx_store *s)
 {
     struct nx_db_open o = {.dir = s->dir, .path = s->path, .synchronous_full = s->synchronous_full,
-                           .err = s->err, .err_size = sizeof s->err};
+                           .is_read_only = s->is_read_only, .err = s->err, .err_size = sizeof s->err};
     int rc = nx_db_open(&o);
 
     s->db = o.db;
@@ -397,7 +398,8 @@ static void *store_main(void *arg)
     tl_store = s;
     s->ready_rc = open_db(s);
     if (s->ready_rc == 0) {
-        s->ckpt = nx_checkpointer_attach(s->db, s->path);
+        if (!s->is_read_only)
+            s->ckpt = nx_checkpointer_attach(s->db, s->path);
         atomic_store(&s->is_open, true);
     }
     nx_mailbox_post(&s->mb, run_ready, s);
@@ -508,6 +510,7 @@ int nx_store_open(uv_loop_t *loop, const char *data_dir, const struct nx_store_o
     s->window_ms = opts && opts->batch_window_ms ? opts->batch_window_ms : DEFAULT_WINDOW_MS;
     s->max_batch = opts && opts->max_batch ? opts->max_batch : DEFAULT_MAX_BATCH;
     s->synchronous_full = opts && opts->synchronous_full;
+    s->is_read_only = opts && opts->is_read_only;
     s->ready = ready;
     s->ready_arg = arg;
     pthread_mutex_init(&s->lock, NULL);

@@ -24,6 +24,8 @@ struct nx_store_opts {
     uint32_t batch_window_ms; /* how long a batch collects writes; 0 = 2 ms */
     uint32_t max_batch;       /* jobs per transaction at most; 0 = 1024 */
     bool synchronous_full;    /* PRAGMA synchronous=FULL (default NORMAL... see docs) */
+    bool is_read_only;        /* reads only (the CLI's search): nothing is created, set up,
+                               * migrated or checkpointed; a read-only disk is fine */
 };
 
 /* Creates data_dir (0700) if missing, opens data_dir/nexo.db (0600) in WAL mode on a new store

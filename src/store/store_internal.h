@@ -19,6 +19,7 @@ struct nx_db_open {
     const char *dir;
     const char *path;
     bool synchronous_full;
+    bool is_read_only;
     sqlite3 *db;       /* out */
     int version;       /* out: schema version after the migrations */
     int applied;       /* out: migrations this open applied */

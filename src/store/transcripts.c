@@ -623,13 +623,13 @@ static int cli_search(const char *data_dir, struct search *q, bool is_json)
         nx_buf_cleanup(&db);
         return NX_EXIT_FAILURE;
     }
-    if (nx_store_open(&loop, data_dir, NULL, cli_ready, &w, &s) < 0) {
+    const struct nx_store_opts ro = {.is_read_only = true}; /* it only reads */
+    if (nx_store_open(&loop, data_dir, &ro, cli_ready, &w, &s) < 0) {
         fprintf(stderr, "nexo: transcripts: cannot open the store under %s\n", data_dir);
         goto out;
     }
     if (!cli_wait_for(&loop, &w) || w.rc < 0) {
-        fprintf(stderr, "nexo: transcripts: cannot open %s: %s\n", db.data,
-                w.is_done ? nx_store_last_error(s) : "timed out");
+        fprintf(stderr, "nexo: transcripts: %s\n", w.is_done ? nx_store_last_error(s) : "timed out");
         goto out;
     }
     w.is_done = false;

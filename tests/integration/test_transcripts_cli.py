@@ -4,7 +4,9 @@ inside the agent's directory whatever the peer id, and `nexo transcripts search`
 but never a secret."""
 import json
 import os
+import shutil
 import stat
+import subprocess
 import tempfile
 import time
 import unittest
@@ -205,6 +207,33 @@ class Transcripts(unittest.TestCase):
             self.assertEqual(r.stdout, "")
         r = run_cli("--data", self.data, "transcripts", "frobnicate")
         self.assertEqual(r.returncode, 2, r.stderr)
+
+    def test_search_only_reads_even_a_read_only_disk(self):
+        """The search opens the database read-only: a 0400 database keeps its mode, and a copy
+        on a read-only file system (a backup, a snapshot) is searched as is."""
+        mnt = tempfile.mkdtemp(prefix="nexo-ro-")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", mnt], capture_output=True)
+        if r.returncode != 0:
+            os.rmdir(mnt)
+            self.skipTest("a read-only file system needs mount: " + r.stderr.decode().strip())
+        try:
+            data = os.path.join(mnt, "data")
+            shutil.copytree(self.data, data)
+            os.chmod(os.path.join(data, "nexo.db"), 0o400)
+            r = run_cli("--data", data, "transcripts", "search", "pineapple", "--json")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(len(json.loads(r.stdout)), 2)
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(data, "nexo.db")).st_mode), 0o400)
+            for f in ("nexo.db-wal", "nexo.db-shm"):  # the gateway stopped cleanly: none left
+                if os.path.exists(os.path.join(data, f)):
+                    os.unlink(os.path.join(data, f))
+            subprocess.run(["mount", "-o", "remount,ro", mnt], check=True)
+            r = run_cli("--data", data, "transcripts", "search", "pineapple", "--json")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(len(json.loads(r.stdout)), 2)
+        finally:
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
+            os.rmdir(mnt)
 
     def test_no_database_means_no_matches_and_nothing_created(self):
         with tempfile.TemporaryDirectory() as d:
