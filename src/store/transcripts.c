@@ -147,11 +147,9 @@ void nx_transcripts_batch_end(bool is_committed)
         free(a->path);
     }
     nbatch_appends = 0;
-    if (batch_appends_cap > 64) { /* a burst's array is not kept */
-        free(batch_appends);
-        batch_appends = NULL;
-        batch_appends_cap = 0;
-    }
+    free(batch_appends); /* (not kept: the thread may end after any batch) */
+    batch_appends = NULL;
+    batch_appends_cap = 0;
 }
 
 static void remember_append(const char *path, off_t size)
