@@ -327,7 +327,12 @@ static int query_rows(sqlite3 *db, struct search *q, const char *match)
         nx_rfc3339((uint64_t)(ms > 0 ? ms : 0), ts, sizeof ts);
         json_t *row = json_object();
         json_object_set_new(row, "agent_id", nx_json_string_lossy(col_text(st, 0)));
-        json_object_set_new(row, "session_key", nx_json_string_lossy(col_text(st, 1)));
+        /* redacted as in the JSONL files' "session": a secret typed as a peer or session name */
+        struct nx_buf key = NX_BUF_INIT;
+        const char *raw_key = col_text(st, 1);
+        nx_redact_append(&key, raw_key, strlen(raw_key));
+        json_object_set_new(row, "session_key", nx_json_string_lossy(nx_buf_cstr(&key)));
+        nx_buf_cleanup(&key);
         json_object_set_new(row, "role", nx_json_string_lossy(col_text(st, 2)));
         json_object_set_new(row, "timestamp", json_string(ts));
         json_object_set_new(row, "ts_ms", json_integer((json_int_t)ms));

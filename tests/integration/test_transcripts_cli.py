@@ -58,9 +58,11 @@ class Transcripts(unittest.TestCase):
                      % (SECRET, BEARER), "the pineapple is in the fridge")
             cls.chat("ops", EVIL_PEER, "deploy the walrus service", "walrus deployed to staging")
             cls.chat("kate", ESCAPING_PEER, "the elephant is grey", "grey elephant noted")
+            cls.chat("kate", SECRET, "the kiwi is green", "green kiwi noted")  # a key as a peer id
             cls.wait_for_hits("elephant", 2)
             cls.wait_for_hits("walrus", 2)
             cls.wait_for_hits("pineapple", 2)
+            cls.wait_for_hits("kiwi", 2)
         except BaseException:
             cls.tearDownClass()
             raise
@@ -192,6 +194,13 @@ class Transcripts(unittest.TestCase):
         for q in (SECRET[13:], '"%s"' % SECRET, "TopSecretSignature123"):
             r = self.search(q)
             self.assertEqual((r.returncode, r.stdout), (0, "no matches\n"), (q, r.stderr))
+
+    def test_a_secret_in_a_session_key_is_redacted_in_the_results(self):
+        for args in (("kiwi", "--json"), ("kiwi",)):
+            r = self.search(*args)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertNotIn(SECRET[13:], r.stdout)
+            self.assertIn("agent:kate:http:[REDACTED]", r.stdout)
 
     def test_a_query_that_is_not_fts_syntax_is_searched_as_a_phrase(self):
         r = self.search("walrus)")
