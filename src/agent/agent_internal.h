@@ -222,9 +222,11 @@ uint64_t turn_count_tokens(struct nx_turn *t);
 /* Stores the turn's new messages (from new_from) in the session's history, and caches what the
  * next turn starts from. */
 void turn_save(struct nx_turn *t);
-/* A turn cancelled before it had its conversation (queued, its history loading, its images
- * being kept): its caller's messages, after the cached history if any, for turn_save. */
-void turn_convo_of_unstarted(struct nx_turn *t);
+/* The conversation of a turn that ended before it had one (cancelled while queued, its history
+ * loading or its images being kept; refused by the budget): the cached history if any, then
+ * msgs (may be NULL), for turn_save. Without the cache the history is not known: nothing is
+ * cached after. */
+void turn_convo_of_unstarted(struct nx_turn *t, json_t *msgs);
 /* Appends messages to a conversation, a message of the role the last one has joining it (the
  * APIs want roles to alternate): collect mode's merging of queued messages. */
 void turn_append_messages(json_t *to, const json_t *from);

@@ -244,11 +244,11 @@ uint64_t turn_count_tokens(struct nx_turn *t)
     return t->tokens;
 }
 
-void turn_convo_of_unstarted(struct nx_turn *t)
+void turn_convo_of_unstarted(struct nx_turn *t, json_t *msgs)
 {
     uint64_t tokens;
 
-    if (!t->session_key || !t->a->deps.store || !json_array_size(t->input))
+    if (!t->session_key || !t->a->deps.store || t->convo)
         return;
     json_t *cached = hcache_get_tokens(t->a->history, t->session_key, &tokens);
     if (cached) {
@@ -262,7 +262,8 @@ void turn_convo_of_unstarted(struct nx_turn *t)
         t->is_history_missing = true;
     }
     t->new_from = json_array_size(t->convo);
-    json_array_extend(t->convo, t->input);
+    if (msgs)
+        json_array_extend(t->convo, msgs);
 }
 
 void turn_save(struct nx_turn *t)

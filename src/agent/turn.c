@@ -151,16 +151,17 @@ static void finish(struct nx_turn *t, int rc)
         turn_append_messages(ahead->late, t->input);
         if (t->late)
             turn_append_messages(ahead->late, t->late);
-    } else if (rc == NX_ECANCELED && !t->convo && !t->a->is_freeing) {
-        turn_convo_of_unstarted(t);
+    } else if (rc == NX_ECANCELED && !t->convo && !t->a->is_freeing && json_array_size(t->input)) {
+        turn_convo_of_unstarted(t, t->input);
+    } else if (json_array_size(t->late) && !t->a->is_freeing) {
+        turn_convo_of_unstarted(t, NULL); /* (refused, say: the waiting ones are kept still) */
     }
     /* A routed message that nexo's stopping cut stays routed and runs again at the next start
      * (lane_superseded): stored then, once, not now as well. */
     bool will_run_again = rc == NX_ECANCELED && t->a->is_freeing && t->event_id;
-    bool is_own_kept = rc < 0 && json_array_size(t->convo) > t->new_from &&
+    bool is_own_kept = rc < 0 && !t->is_budget_refusal && json_array_size(t->convo) > t->new_from &&
                        (rc == NX_ECANCELED || t->answers > 0);
-    if (!t->is_saved && !t->is_budget_refusal && t->convo && !will_run_again &&
-        (is_own_kept || json_array_size(t->late))) {
+    if (!t->is_saved && t->convo && !will_run_again && (is_own_kept || json_array_size(t->late))) {
         while (!is_own_kept && rc < 0 && json_array_size(t->convo) > t->new_from)
             json_array_remove(t->convo, t->new_from); /* its failed call's input: only the late */
         turn_save(t);

@@ -39,6 +39,9 @@ agents:
   - id: thrifty
     model: {provider: anthropic, model: m}
     limits: {daily_token_budget: 1000, max_tokens: 100}
+  - id: thrifty2
+    model: {provider: anthropic, model: m}
+    limits: {daily_token_budget: 1000, max_tokens: 100}
 """
 
 
@@ -222,6 +225,26 @@ class TurnLanes(FakePeers, unittest.TestCase):
                 self.assertEqual(status, 200, data)
             self.assertNotIn("4242", json.dumps(fake_requests(self.fport)[-1]["body"]["messages"]))
             self.setUp()
+
+    def test_messages_that_waited_behind_a_refused_turn_are_kept(self):
+        # A spends the daily budget; B waits and is refused; C waited behind B and its caller
+        # left: C is stored (B, refused, is not)
+        script(self.fport, [{"text": "answer-A", "hang_ms": 800,
+                             "usage": {"input_tokens": 700, "output_tokens": 400}}])
+        with concurrent.futures.ThreadPoolExecutor(2) as ex:
+            a = ex.submit(self.chat, "thrifty2", "msg-A", "refused-late")
+            self.wait_requests(1)
+            b = ex.submit(self.chat, "thrifty2", "msg-B", "refused-late")
+            self.wait_in_flight(2)
+            c = self.send_raw("thrifty2", "msg-C", "refused-late")
+            self.wait_in_flight(3)
+            c.close()
+            self.wait_in_flight(2)
+            self.assertEqual(a.result()[0], 200)
+            self.assertEqual(b.result()[0], 429)
+        texts = [re.search(r"(msg|answer)-[ABC]", c).group(0)
+                 for _, c in self.wait_rows("agent:thrifty2:http:refused-late", 3)]
+        self.assertEqual(texts, ["msg-A", "answer-A", "msg-C"])
 
     def test_a_tool_that_ran_keeps_its_result_when_the_turn_is_interrupted(self):
         open(self.marks, "w").close()
