@@ -210,6 +210,38 @@ static int parse_listen(const char *flag, const char *v, struct nx_listen *out, 
     return 0;
 }
 
+/* The options of every command, wherever they stand (--config, --data, --log-level with their
+ * value, --log-json): *taken says whether argv[*i] was one. 0, or a usage error's exit code. */
+static int take_global(int argc, char **argv, int *i, struct cli *c, bool *taken)
+{
+    static const char *const valued[] = {"--config", "--data", "--log-level"};
+    const char *v = NULL;
+
+    *taken = strcmp(argv[*i], "--log-json") == 0;
+    if (*taken) {
+        c->log_json = true;
+        return 0;
+    }
+    for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++) {
+        int r = take_value(argc, argv, i, valued[k], &v);
+        if (r < 0)
+            return usage_error("%s needs a value", valued[k]);
+        if (r == 0)
+            continue;
+        *taken = true;
+        if (k == 0) {
+            c->config_dir = v;
+            c->has_config_dir = true;
+        } else if (k == 1) {
+            c->data_dir = v;
+        } else {
+            c->log_level = v;
+        }
+        return 0;
+    }
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, struct cli *c)
 {
     for (int i = 1; i < argc; i++) {
@@ -222,26 +254,9 @@ static int parse_args(int argc, char **argv, struct cli *c)
             char **sub = argv + i - 1;
             int n = 1;
             for (; i < argc; i++) {
-                static const char *const global[] = {"--data", "--config", "--log-level"};
-                bool is_global = false;
-                for (size_t k = 0; k < sizeof global / sizeof global[0] && !is_global; k++) {
-                    if ((r = take_value(argc, argv, &i, global[k], &v)) < 0)
-                        return usage_error("%s needs a value", global[k]);
-                    if (r == 0)
-                        continue;
-                    is_global = true;
-                    if (k == 0)
-                        c->data_dir = v;
-                    else if (k == 1) {
-                        c->config_dir = v;
-                        c->has_config_dir = true;
-                    } else
-                        c->log_level = v;
-                }
-                if (!is_global && strcmp(argv[i], "--log-json") == 0) {
-                    c->log_json = true;
-                    is_global = true;
-                }
+                bool is_global;
+                if ((r = take_global(argc, argv, &i, c, &is_global)))
+                    return r;
                 if (!is_global)
                     sub[n++] = argv[i];
             }
@@ -303,32 +318,26 @@ static int parse_args(int argc, char **argv, struct cli *c)
             c->command = "version";
             continue;
         }
-        if (strcmp(a, "--log-json") == 0) {
-            c->log_json = true;
-            continue;
-        }
-        static const char *const valued[] = {"--config", "--data", "--log-level", "--listen",
-                                             "--metrics-listen", "--admin-listen"};
-        bool matched = false;
-        for (size_t k = 0; k < sizeof valued / sizeof valued[0] && !matched; k++) {
-            if ((r = take_value(argc, argv, &i, valued[k], &v)) < 0)
-                return usage_error("%s needs a value", valued[k]);
+        bool matched;
+        if ((r = take_global(argc, argv, &i, c, &matched)))
+            return r;
+        static const char *const listens[] = {"--listen", "--metrics-listen", "--admin-listen"};
+        for (size_t k = 0; k < sizeof listens / sizeof listens[0] && !matched; k++) {
+            if ((r = take_value(argc, argv, &i, listens[k], &v)) < 0)
+                return usage_error("%s needs a value", listens[k]);
             if (r == 0)
                 continue;
             matched = true;
             switch (k) {
-            case 0: c->config_dir = v; c->has_config_dir = true; break;
-            case 1: c->data_dir = v; break;
-            case 2: c->log_level = v; break;
-            case 3:
+            case 0:
                 if ((r = parse_listen(a, v, &c->run.listen, &c->run.has_listen)))
                     return r;
                 break;
-            case 4:
+            case 1:
                 if ((r = parse_listen(a, v, &c->run.metrics_listen, &c->run.has_metrics_listen)))
                     return r;
                 break;
-            case 5:
+            case 2:
                 if ((r = parse_listen(a, v, &c->run.admin_listen, &c->run.has_admin_listen)))
                     return r;
                 break;

@@ -191,6 +191,36 @@ class FakePeers:
     def setUp(self):
         fake_reset(self.fport)
 
+    # --- for the tests' own use ---
+    def send_raw(self, agent, text, session=None, stream=False, close=False):
+        """A chat completion sent on a socket of its own (returned, for the test to read from or
+        hang up): the caller that leaves. close asks nexo to close it after the answer."""
+        s = self.n.connect()
+        body = json.dumps({"model": agent, "stream": stream,
+                           "messages": [{"role": "user", "content": text}]}).encode()
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  + (b"Connection: close\r\n" if close else b"")
+                  + (b"X-Nexo-Session: %s\r\n" % session.encode() if session else b"")
+                  + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        return s
+
+    def wait_requests(self, n, limit=10.0):
+        """Until the fake has had n requests."""
+        deadline = time.monotonic() + limit
+        while len(fake_requests(self.fport)) < n:
+            self.assertLess(time.monotonic(), deadline, "the fake never got request %d" % n)
+            time.sleep(0.01)
+
+    def wait_in_flight(self, n, limit=10.0):
+        """Until nexo_agent_turns_in_flight is n."""
+        deadline = time.monotonic() + limit
+        while True:
+            _, m, _ = self.n.request("GET", "/metrics", listener="metrics")
+            if "nexo_agent_turns_in_flight %d\n" % n in m.decode():
+                return
+            self.assertLess(time.monotonic(), deadline, "turns in flight never reached %d" % n)
+            time.sleep(0.01)
+
 
 # --- the Telegram Bot API emulator ----------------------------------------------------------------
 def tg_user(uid):

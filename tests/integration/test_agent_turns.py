@@ -341,15 +341,6 @@ class Turns(FakePeers, unittest.TestCase):
         self.assertEqual(last["role"], "user")
         self.assertEqual(sorted(b["text"] for b in last["content"]), ["b", "c"])
 
-    def wait_in_flight(self, n):
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            _, m, _ = self.n.request("GET", "/metrics", listener="metrics")
-            if "nexo_agent_turns_in_flight %d\n" % n in m.decode():
-                return
-            time.sleep(0.01)
-        self.fail("turns in flight never reached %d" % n)
-
     def test_collect_mode_merges_only_messages_that_ask_for_the_same_call(self):
         # b asks for its own stop sequence: one call cannot stop at b's and not at c's, so b
         # gets a turn of its own and c and d, asking alike, share the next

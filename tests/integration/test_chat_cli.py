@@ -53,6 +53,12 @@ class ChatCli(unittest.TestCase):
         return [NEXO_BIN, "chat", "--agent", "kate", "--config", cfg, "--data", os.path.join(tmp, "data"),
                 "--log-level", "warn"]
 
+    @staticmethod
+    def run_chat(*args, env=None):
+        """`nexo chat ARGS` on the one line "hi", to its end."""
+        return subprocess.run([NEXO_BIN, "chat", *args, "--log-level", "warn"], input="hi\n",
+                              capture_output=True, text=True, timeout=30, env=env)
+
     def sent(self, port):
         """The last user message of each request the fake got."""
         reqs = json.loads(urllib.request.urlopen("http://127.0.0.1:%d/_requests" % port).read())
@@ -319,9 +325,7 @@ class ChatCli(unittest.TestCase):
             cfg = write_config(os.path.join(tmp, "config"), {
                 "llm.yaml": "providers:\n  anthropic: {api_key: \"\"}\n",
                 "agents.yaml": "agents:\n  - {id: kate, model: {provider: anthropic, model: m}}\n"})
-            r = subprocess.run([NEXO_BIN, "chat", "--config", cfg, "--data", os.path.join(tmp, "data"),
-                                "--log-level", "warn"], input="hi\n", capture_output=True, text=True,
-                               timeout=30)
+            r = self.run_chat("--config", cfg, "--data", os.path.join(tmp, "data"))
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertIn('no usable LLM provider for agent "kate": provider "anthropic" has no api_key',
                           r.stdout)
@@ -329,9 +333,7 @@ class ChatCli(unittest.TestCase):
             os.unlink(os.path.join(cfg, "llm.yaml"))
             env = {k: v for k, v in os.environ.items()
                    if k not in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
-            r = subprocess.run([NEXO_BIN, "chat", "--config", cfg, "--data", os.path.join(tmp, "data"),
-                                "--log-level", "warn"], input="hi\n", capture_output=True, text=True,
-                               timeout=30, env=env)
+            r = self.run_chat("--config", cfg, "--data", os.path.join(tmp, "data"), env=env)
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertIn("set ANTHROPIC_API_KEY, or OPENAI_API_KEY (with OPENAI_BASE_URL", r.stdout)
             self.assertNotIn("api_key: set it in llm.yaml", r.stdout)
@@ -387,13 +389,11 @@ class ChatCli(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             afile = os.path.join(tmp, "afile")
             open(afile, "w").close()
-            r = subprocess.run([NEXO_BIN, "chat", "--data", afile, "--log-level", "warn"], input="hi\n",
-                               capture_output=True, text=True, timeout=30)
+            r = self.run_chat("--data", afile)
             self.assertEqual(r.returncode, 1, r.stdout)
             self.assertIn("the data directory cannot be used", r.stderr)
             self.assertEqual(r.stdout.strip(), "")  # nothing was answered without a history
-            r = subprocess.run([NEXO_BIN, "chat", "--data", "", "--log-level", "warn"], input="hi\n",
-                               capture_output=True, text=True, timeout=30)  # not even started
+            r = self.run_chat("--data", "")  # not even started
             self.assertEqual(r.returncode, 1, r.stdout)
             self.assertIn("the data directory cannot be used", r.stderr)
             self.assertNotIn("still open", r.stderr)

@@ -54,21 +54,6 @@ class TurnEdges(FakePeers, unittest.TestCase):
                                          headers=headers, timeout=30)
         return status, json.loads(data)
 
-    def send_raw(self, agent, text, session=None, stream=False):
-        s = self.n.connect()
-        body = json.dumps({"model": agent, "stream": stream,
-                           "messages": [{"role": "user", "content": text}]}).encode()
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  + (b"X-Nexo-Session: %s\r\n" % session.encode() if session else b"")
-                  + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        return s
-
-    def wait_requests(self, n, limit=10.0):
-        deadline = time.monotonic() + limit
-        while len(fake_requests(self.fport)) < n:
-            self.assertLess(time.monotonic(), deadline, "the fake never got request %d" % n)
-            time.sleep(0.01)
-
     def wait_metric(self, pattern, value, limit=10.0):
         deadline = time.monotonic() + limit
         while self.metric(pattern) != value:

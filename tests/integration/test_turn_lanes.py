@@ -90,30 +90,6 @@ class TurnLanes(FakePeers, unittest.TestCase):
                                          headers={"Content-Type": "application/json", "X-Nexo-Session": session})
         return status, (data.decode() if stream else json.loads(data))
 
-    def send_raw(self, agent, text, session):
-        s = self.n.connect()
-        body = json.dumps({"model": agent, "messages": [{"role": "user", "content": text}]}).encode()
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  b"Connection: close\r\nX-Nexo-Session: " + session.encode() +
-                  b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-        return s
-
-    def wait_requests(self, n, limit=10.0):
-        deadline = time.monotonic() + limit
-        while len(fake_requests(self.fport)) < n:
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.01)
-
-    def in_flight(self):
-        _, body, _ = self.n.request("GET", "/metrics", listener="metrics")
-        return float(re.search(r"^nexo_agent_turns_in_flight (\S+)$", body.decode(), re.M).group(1))
-
-    def wait_in_flight(self, v, limit=10):
-        deadline = time.monotonic() + limit
-        while self.in_flight() != v:
-            self.assertLess(time.monotonic(), deadline)
-            time.sleep(0.01)
-
     def test_a_turn_at_its_tool_iteration_limit_is_stored_once(self):
         tool = {"tool_use": {"name": "time_now", "input": {}}}
         script(self.fport, [tool, tool])
@@ -148,8 +124,8 @@ class TurnLanes(FakePeers, unittest.TestCase):
         for i in range(8):
             key = "race-%d" % i
             script(self.fport, [{"text": "ok"}, {"text": "ok"}])
-            a = self.send_raw("intr", "A-%d" % i, key)
-            b = self.send_raw("intr", "B-%d" % i, key)
+            a = self.send_raw("intr", "A-%d" % i, key, close=True)
+            b = self.send_raw("intr", "B-%d" % i, key, close=True)
             ra, rb = recv_all(a), recv_all(b)
             a.close()
             b.close()
@@ -158,56 +134,44 @@ class TurnLanes(FakePeers, unittest.TestCase):
             self.assertIn("A-%d" % i, texts, (ra[:40], texts))
             self.assertIn("B-%d" % i, texts)
 
-    def test_a_queued_caller_that_hangs_up_keeps_its_message(self):
-        script(self.fport, [{"hang_ms": 800, "text": "first"}, {"text": "second"}])
-        with concurrent.futures.ThreadPoolExecutor(1) as ex:
-            a = ex.submit(self.chat, "limited", "A-queued", "hangup")
+    def leave_behind(self, agent, session, texts):
+        """texts[0]'s turn runs, the others wait in order behind it, and the last one's caller
+        leaves while it waits. The statuses of the other callers' answers."""
+        with concurrent.futures.ThreadPoolExecutor(len(texts)) as ex:
+            calls = [ex.submit(self.chat, agent, texts[0], session)]
             self.wait_requests(1)
-            b = self.send_raw("limited", "B-queued", "hangup")
-            self.wait_in_flight(2)
-            b.close()
-            self.wait_in_flight(1)
-            self.assertEqual(a.result()[0], 200)
-        texts = [c for _, c in self.wait_rows("agent:limited:http:hangup", 3)]
-        self.assertIn("A-queued", texts[0])
-        self.assertTrue(any("B-queued" in t for t in texts[1:]), texts)
+            for k, text in enumerate(texts[1:-1], 2):
+                calls.append(ex.submit(self.chat, agent, text, session))
+                self.wait_in_flight(k)
+            leaver = self.send_raw(agent, texts[-1], session, close=True)
+            self.wait_in_flight(len(texts))
+            leaver.close()
+            self.wait_in_flight(len(texts) - 1)
+            return [c.result()[0] for c in calls]
+
+    def stored(self, agent, session, n):
+        """The first msg-X/answer-X word of each of the session's n stored messages (waited for)."""
+        return [re.search(r"(msg|answer)-[ABC]", c).group(0)
+                for _, c in self.wait_rows("agent:%s:http:%s" % (agent, session), n)]
 
     def test_queued_messages_whose_callers_left_keep_their_order(self):
         # A runs, B waits, C waits behind B and its caller leaves: C is stored after B's turn
         script(self.fport, [{"hang_ms": 1000, "text": "answer-A"}, {"text": "answer-B"}])
-        with concurrent.futures.ThreadPoolExecutor(2) as ex:
-            a = ex.submit(self.chat, "limited", "msg-A", "order-late")
-            self.wait_requests(1)
-            b = ex.submit(self.chat, "limited", "msg-B", "order-late")
-            self.wait_in_flight(2)
-            c = self.send_raw("limited", "msg-C", "order-late")
-            self.wait_in_flight(3)
-            c.close()
-            self.wait_in_flight(2)
-            self.assertEqual(a.result()[0], 200)
-            self.assertEqual(b.result()[0], 200)
-        rows = self.wait_rows("agent:limited:http:order-late", 5)
-        texts = [re.search(r"(msg|answer)-[ABC]", c).group(0) for _, c in rows]
-        self.assertEqual(texts, ["msg-A", "answer-A", "msg-B", "answer-B", "msg-C"])
+        statuses = self.leave_behind("limited", "order-late", ["msg-A", "msg-B", "msg-C"])
+        self.assertEqual(statuses, [200, 200])
+        self.assertEqual(self.stored("limited", "order-late", 5),
+                         ["msg-A", "answer-A", "msg-B", "answer-B", "msg-C"])
         # and B's call did not see C, which came after it
         self.assertNotIn("msg-C", json.dumps(fake_requests(self.fport)[1]["body"]["messages"]))
 
     def test_a_failed_turn_stores_only_the_messages_that_waited_behind_it(self):
         script(self.fport, [{"hang_ms": 800, "error": {"status": 400, "type": "invalid_request_error",
                                                        "message": "bad"}}])
-        with concurrent.futures.ThreadPoolExecutor(1) as ex:
-            a = ex.submit(self.chat, "limited", "fail-A", "failed-late")
-            self.wait_requests(1)
-            c = self.send_raw("limited", "late-C", "failed-late")
-            self.wait_in_flight(2)
-            c.close()
-            self.wait_in_flight(1)
-            self.assertEqual(a.result()[0], 400)
-        texts = [c for _, c in self.wait_rows("agent:limited:http:failed-late", 1)]
-        time.sleep(0.3)
-        texts = [c for _, c in self.rows("agent:limited:http:failed-late")]
-        self.assertEqual(len(texts), 1, texts)
-        self.assertIn("late-C", texts[0])
+        self.assertEqual(self.leave_behind("limited", "failed-late", ["msg-A", "msg-C"]), [400])
+        self.stored("limited", "failed-late", 1)
+        time.sleep(0.3)  # (msg-A, were it stored too, would be in the same batch)
+        rows = self.rows("agent:limited:http:failed-late")
+        self.assertEqual([re.search(r"msg-[AC]", c).group(0) for _, c in rows], ["msg-C"])
 
     def test_long_session_names_that_begin_alike_are_two_sessions(self):
         for field in ("header", "user"):
@@ -231,20 +195,9 @@ class TurnLanes(FakePeers, unittest.TestCase):
         # left: C is stored (B, refused, is not)
         script(self.fport, [{"text": "answer-A", "hang_ms": 800,
                              "usage": {"input_tokens": 700, "output_tokens": 400}}])
-        with concurrent.futures.ThreadPoolExecutor(2) as ex:
-            a = ex.submit(self.chat, "thrifty2", "msg-A", "refused-late")
-            self.wait_requests(1)
-            b = ex.submit(self.chat, "thrifty2", "msg-B", "refused-late")
-            self.wait_in_flight(2)
-            c = self.send_raw("thrifty2", "msg-C", "refused-late")
-            self.wait_in_flight(3)
-            c.close()
-            self.wait_in_flight(2)
-            self.assertEqual(a.result()[0], 200)
-            self.assertEqual(b.result()[0], 429)
-        texts = [re.search(r"(msg|answer)-[ABC]", c).group(0)
-                 for _, c in self.wait_rows("agent:thrifty2:http:refused-late", 3)]
-        self.assertEqual(texts, ["msg-A", "answer-A", "msg-C"])
+        statuses = self.leave_behind("thrifty2", "refused-late", ["msg-A", "msg-B", "msg-C"])
+        self.assertEqual(statuses, [200, 429])
+        self.assertEqual(self.stored("thrifty2", "refused-late", 3), ["msg-A", "answer-A", "msg-C"])
 
     def test_a_tool_that_ran_keeps_its_result_when_the_turn_is_interrupted(self):
         open(self.marks, "w").close()
