@@ -253,10 +253,12 @@ static int parse_args(int argc, char **argv, struct cli *c)
              * global options, wherever they are: kept in place, in order */
             char **sub = argv + i - 1;
             int n = 1;
+            bool is_opts_done = false; /* after "--", which the command sees too, nothing is ours */
             for (; i < argc; i++) {
-                bool is_global;
-                if ((r = take_global(argc, argv, &i, c, &is_global)))
+                bool is_global = false;
+                if (!is_opts_done && (r = take_global(argc, argv, &i, c, &is_global)))
                     return r;
+                is_opts_done = is_opts_done || strcmp(argv[i], "--") == 0;
                 if (!is_global)
                     sub[n++] = argv[i];
             }

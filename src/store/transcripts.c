@@ -559,14 +559,25 @@ static int cli_usage_error(const char *msg, const char *arg)
     return NX_EXIT_USAGE;
 }
 
-/* A field of a hit for the terminal: control characters (newlines, escape sequences a remote
- * user could put in a session name or a message) become spaces. */
+/* Text for the terminal: control characters (newlines, escape sequences a remote user could put
+ * in a session name or a message) become spaces: C0, DEL, and C1 (U+0080..U+009F, which some
+ * terminals obey as ESC sequences; CSI is U+009B), raw or UTF-8 encoded. */
+static void put_printable_str(struct nx_buf *b, const char *v)
+{
+    for (const unsigned char *p = (const unsigned char *)(v ? v : ""); *p; p++) {
+        if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) {
+            nx_buf_putc(b, ' ');
+            p++;
+        } else {
+            nx_buf_putc(b, *p < 0x20 || (*p >= 0x7f && *p <= 0x9f) ? ' ' : (char)*p);
+        }
+    }
+}
+
+/* A field of a hit, as put_printable_str. */
 static void put_printable(struct nx_buf *b, const json_t *row, const char *key)
 {
-    const char *v = json_string_value(json_object_get(row, key));
-
-    for (const char *p = v ? v : ""; *p; p++)
-        nx_buf_putc(b, (unsigned char)*p < 0x20 || *p == 0x7f ? ' ' : *p);
+    put_printable_str(b, json_string_value(json_object_get(row, key)));
 }
 
 /* One line per hit. */
@@ -591,14 +602,12 @@ static void agent_note(const struct search *q)
     const json_t *a;
 
     nx_buf_puts(&b, "nexo: transcripts: no sessions of agent \"");
-    for (const char *p = q->agent; *p; p++) /* (typed by the user, but printed as any field is) */
-        nx_buf_putc(&b, (unsigned char)*p < 0x20 || *p == 0x7f ? ' ' : *p);
+    put_printable_str(&b, q->agent); /* (typed by the user, but printed as any field is) */
     nx_buf_puts(&b, json_array_size(q->agents) ? "\" here; agents with sessions: " : "\" here");
     json_array_foreach(q->agents, i, a) {
         if (i)
             nx_buf_puts(&b, ", ");
-        for (const char *p = json_string_value(a); *p; p++)
-            nx_buf_putc(&b, (unsigned char)*p < 0x20 || *p == 0x7f ? ' ' : *p);
+        put_printable_str(&b, json_string_value(a));
     }
     fprintf(stderr, "%s\n", nx_buf_cstr(&b));
     nx_buf_cleanup(&b);

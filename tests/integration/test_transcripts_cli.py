@@ -20,7 +20,7 @@ TOKEN = "nexo-transcripts-test-token"
 SECRET = "sk-ant-api03-" + "Q7vR2mX9kL4pW8nB3cT6yH1jF5dG0sA2eZ4uI7oP"
 BEARER = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.TopSecretSignature123"
 EVIL_PEER = "../../etc/x:y"
-ESCAPING_PEER = "tty\x1b]0;pwn\x07\nFAKE LINE"  # a terminal title escape and a forged line
+ESCAPING_PEER = "tty\x1b]0;pwn\x07\nFAKE LINE\u009b2J"  # a title escape, a forged line, a C1 CSI
 
 
 def encode(name):
@@ -171,8 +171,9 @@ class Transcripts(unittest.TestCase):
         r = self.search("elephant")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(len(r.stdout.splitlines()), 2, r.stdout)
-        self.assertFalse(any(ord(c) < 0x20 and c != "\n" for c in r.stdout), repr(r.stdout))
-        self.assertIn(" agent:kate:http:tty ]0;pwn  FAKE LINE ", r.stdout)
+        self.assertFalse(any((ord(c) < 0x20 and c != "\n") or 0x7f <= ord(c) <= 0x9f for c in r.stdout),
+                         repr(r.stdout))
+        self.assertIn(" agent:kate:http:tty ]0;pwn  FAKE LINE 2J ", r.stdout)
 
     def test_agent_filter_json_and_limit(self):
         r = self.search("pineapple OR walrus", "--agent", "kate", "--json")
@@ -216,6 +217,10 @@ class Transcripts(unittest.TestCase):
             self.assertEqual(r.stdout, "")
         r = run_cli("--data", self.data, "transcripts", "frobnicate")
         self.assertEqual(r.returncode, 2, r.stderr)
+
+    def test_after_a_double_dash_every_word_is_the_query(self):
+        r = self.search("--", "--data")  # not the option: the query "--data"
+        self.assertEqual((r.returncode, r.stdout), (0, "no matches\n"), r.stderr)
 
     def test_search_only_reads_even_a_read_only_disk(self):
         """The search opens the database read-only: a 0400 database keeps its mode, and a copy
