@@ -118,6 +118,8 @@ struct nx_turn {
     uint32_t retry_after_s;        /* the provider's retry-after when the model call failed */
     bool is_started;
     bool is_images_kept;           /* its base64 images were looked at (kept as files) */
+    bool is_keeping_images;        /* a worker has its input (on_images_kept gives it back) */
+    bool is_stop_deferred;         /* stopped meanwhile: on_images_kept ends it, input back */
     bool has_streamed;             /* some text went to the caller's on_text */
     bool is_interrupted;           /* cancelled by a newer message (interrupt mode) */
     bool is_cancelled;

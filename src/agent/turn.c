@@ -557,6 +557,8 @@ void turn_run_soon(struct nx_turn *t)
  * instead of the bytes; a worker does it (agent/carry.h) once the turn has its place in the
  * lane, so that no later message of the session overtakes it meanwhile. A turn cancelled in
  * between lets its ticket go, and the worker's result is dropped. */
+static void stop_turn(struct nx_turn *t);
+
 static void on_images_kept(json_t *input, void *arg)
 {
     struct nx_turn *t = ticket_take(arg, true);
@@ -566,6 +568,11 @@ static void on_images_kept(json_t *input, void *arg)
     }
     json_decref(t->input);
     t->input = input;
+    t->is_keeping_images = false;
+    if (t->is_stop_deferred) { /* cancelled meanwhile: ended now that it has its message to keep */
+        IN_TURN_CONTEXT(t, stop_turn(t));
+        return;
+    }
     IN_TURN_CONTEXT(t, run(t, true));
 }
 
@@ -581,6 +588,7 @@ static bool keep_images(struct nx_turn *t)
         return false; /* sent on as base64 */
     }
     t->input = json_array(); /* the worker's meanwhile */
+    t->is_keeping_images = true;
     return true;
 }
 
@@ -692,6 +700,12 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
  * answered as cancelled. */
 static void stop_turn(struct nx_turn *t)
 {
+    if (t->is_keeping_images && !t->a->is_freeing) {
+        /* A worker holds its input (keep_images): ended when the worker gives it back, so that
+         * the message is kept as any cancelled one is, and in its place in the lane. */
+        t->is_stop_deferred = true;
+        return;
+    }
     t->is_cancelled = true;
     if (t->pending) { /* a model call or history load: detach, so its callback finds no turn */
         t->pending->t = NULL;

@@ -2,7 +2,9 @@
 its turn was cancelled before it started or while its tools ran; a caller merged into another's
 turn (collect) that streams gets the answer; answers of one session go out in order, also when
 the later turn ends at once."""
+import base64
 import concurrent.futures
+import hashlib
 import json
 import os
 import re
@@ -133,6 +135,36 @@ class TurnLanes(FakePeers, unittest.TestCase):
             texts = " ".join(c for _, c in self.wait_rows("agent:intr:http:" + key, 3))
             self.assertIn("A-%d" % i, texts, (ra[:40], texts))
             self.assertIn("B-%d" % i, texts)
+
+    @unittest.skipUnless(shutil.which("strace"), "strace makes the image's worker slow")
+    def test_a_message_interrupted_while_its_image_is_written_is_stored(self):
+        # A's image is being written as a file (strace holds the worker 1.5 s at its lstat of
+        # the file) when B interrupts A: A's message is stored, before B's
+        raw = b"\x89PNG\r\n\x1a\n" + os.urandom(4000)
+        path = os.path.join(self.n.data_dir, "media", "api", hashlib.sha256(raw).hexdigest() + ".png")
+        tr = subprocess.Popen(["strace", "-f", "-o", "/dev/null", "-P", path, "-e", "trace=newfstatat,lstat",
+                               "-e", "inject=newfstatat,lstat:delay_enter=1500000", "-p", str(self.n.proc.pid)],
+                              stderr=subprocess.PIPE, text=True)
+        try:
+            self.assertIn("attached", tr.stderr.readline())  # (its first thread: attached from now)
+            script(self.fport, [{"text": "answer-B"}])
+            img = "data:image/png;base64," + base64.b64encode(raw).decode()
+            with concurrent.futures.ThreadPoolExecutor(2) as ex:
+                a = ex.submit(self.chat, "intr", [{"type": "text", "text": "msg-A"},
+                                                  {"type": "image_url", "image_url": {"url": img}}], "img-intr")
+                self.wait_in_flight(1)
+                b = ex.submit(self.chat, "intr", "msg-B", "img-intr")
+                self.assertEqual(a.result()[0], 409)
+                self.assertEqual(b.result()[1]["choices"][0]["message"]["content"], "answer-B")
+        finally:
+            tr.terminate()
+            tr.wait()
+            tr.stderr.close()
+        self.assertIn("msg-A", json.dumps(fake_requests(self.fport)[-1]["body"]["messages"]))
+        rows = self.wait_rows("agent:intr:http:img-intr", 3)
+        self.assertEqual([re.search(r"(msg|answer)-[AB]", c).group(0) for _, c in rows],
+                         ["msg-A", "msg-B", "answer-B"])
+        self.assertIn(path, rows[0][1])  # the file, not the bytes
 
     def leave_behind(self, agent, session, texts):
         """texts[0]'s turn runs, the others wait in order behind it, and the last one's caller
