@@ -189,6 +189,7 @@ static void finish(struct nx_turn *t, int rc)
 /* --- the model --- */
 
 static void call_model(struct nx_turn *t);
+static void stop_turn(struct nx_turn *t);
 
 static struct ticket *ticket_new(struct nx_turn *t)
 {
@@ -557,8 +558,6 @@ void turn_run_soon(struct nx_turn *t)
  * instead of the bytes; a worker does it (agent/carry.h) once the turn has its place in the
  * lane, so that no later message of the session overtakes it meanwhile. A turn cancelled in
  * between lets its ticket go, and the worker's result is dropped. */
-static void stop_turn(struct nx_turn *t);
-
 static void on_images_kept(json_t *input, void *arg)
 {
     struct nx_turn *t = ticket_take(arg, true);
@@ -700,10 +699,8 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
  * answered as cancelled. */
 static void stop_turn(struct nx_turn *t)
 {
-    if (t->is_keeping_images && !t->a->is_freeing) {
-        /* A worker holds its input (keep_images): ended when the worker gives it back, so that
-         * the message is kept as any cancelled one is, and in its place in the lane. */
-        t->is_stop_deferred = true;
+    if (t->is_keeping_images && !t->a->is_freeing) { /* a worker holds its input (keep_images): */
+        t->is_stop_deferred = true; /* ended when it is back, to be kept, in its place in the lane */
         return;
     }
     t->is_cancelled = true;
