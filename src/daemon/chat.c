@@ -2,7 +2,6 @@
  * (no gateway needed). Replies stream as they come; Ctrl-C cancels the running turn, Ctrl-C at
  * the prompt (or end of input, or SIGTERM) ends the conversation. Standard input may also be a
  * pipe or a file: one message a line, each sent when the previous one is answered. */
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -23,6 +22,7 @@
 #include "daemon/daemon.h"
 #include "mcp/mcp.h"
 #include "runtime/runtime.h"
+#include "store/history.h"
 
 struct chat {
     struct nx_runtime rt;
@@ -317,27 +317,7 @@ static int lock_session(const struct chat *c)
         return -1;
     }
     nx_buf_putc(&path, '/');
-    size_t name_at = path.len;
-    uint64_t h = 1469598103934665603ull; /* FNV-1a of the whole key: for names too long */
-    for (const char *k = c->session_key; *k; k++) { /* a file name whatever --session holds */
-        unsigned char ch = (unsigned char)*k;
-        h = (h ^ ch) * 1099511628211ull;
-        if (isalnum(ch) || ch == '-' || ch == '_' || ch == '.')
-            nx_buf_putc(&path, (char)ch);
-        else
-            nx_buf_printf(&path, "%%%02X", ch);
-    }
-    if (path.len - name_at > 200) { /* NAME_MAX is 255: a prefix and the hash */
-        size_t cut = name_at + 160;
-        for (size_t k = 1; k <= 2; k++) {
-            if (path.data[cut - k] == '%') { /* not inside a %XX */
-                cut -= k;
-                break;
-            }
-        }
-        path.len = cut;
-        nx_buf_printf(&path, "~%016llx", (unsigned long long)h);
-    }
+    nx_transcript_name(c->session_key, &path); /* a file name whatever --session holds */
     nx_buf_puts(&path, ".lock");
     fd = open(nx_buf_cstr(&path), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0 || flock(fd, LOCK_EX | LOCK_NB) < 0) {

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/buf.h"
 #include "store/store.h"
 
 /* Sessions and their history (SQLite, through the store thread), and transcripts: one JSONL
@@ -93,5 +94,13 @@ void nx_transcripts_search(struct nx_store *s, const char *query, const char *ag
 /* `nexo transcripts search QUERY [--agent ID] [--limit N] [--json]`: opens the store under
  * data_dir (read-only use), prints results, returns an exit code. For main.c. */
 int nx_cmd_transcripts(int argc, char **argv, const char *data_dir);
+
+/* Appends the file-system-safe form of `name` (an agent id, a session key) to out, as in the
+ * transcripts' file names (docs/transcripts.md): bytes in [A-Za-z0-9._-] stay, every other byte
+ * (and a leading '.') becomes %XX (upper-case hex), so the mapping is reversible and never
+ * yields '/', "." or "..". A result longer than 128 bytes is cut to its first 96 bytes plus '~'
+ * and 32 hex digits of the SHA-256 of `name`; a name holding a secret (one the redaction
+ * changes) is its redacted form's, plus '~' and the digest, so the secret is in no file name. */
+void nx_transcript_name(const char *name, struct nx_buf *out);
 
 #endif

@@ -10,12 +10,6 @@
 
 /* Shared by history.c and transcripts.c (and their tests); not for other modules. */
 
-/* Appends the file-system-safe form of `name` (an agent id or a session key) to out: bytes in
- * [A-Za-z0-9._-] stay, every other byte (and a leading '.') becomes %XX (upper-case hex), so
- * the mapping is reversible and never yields '/', "." or "..". A result longer than 128 bytes is
- * cut to its first 96 bytes plus '~' and 32 hex digits of the SHA-256 of `name`. */
-void nx_transcript_name(const char *name, struct nx_buf *out);
-
 /* The transcript path: <data_dir>/transcripts/<name(agent)>/<name(session_key)>.jsonl. */
 void nx_transcript_path(const char *data_dir, const char *agent_id, const char *session_key,
                         struct nx_buf *out);

@@ -40,11 +40,15 @@ static bool is_safe_byte(unsigned char c, bool is_first)
 void nx_transcript_name(const char *name, struct nx_buf *out)
 {
     static const char hex[] = "0123456789ABCDEF";
+    struct nx_buf red = NX_BUF_INIT;
     size_t start = out->len;
     size_t n = strlen(name);
 
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)name[i];
+    nx_redact_append(&red, name, n);
+    bool is_secret = red.len != n || memcmp(nx_buf_cstr(&red), name, n) != 0;
+    const char *shown = is_secret ? nx_buf_cstr(&red) : name;
+    for (size_t i = 0; shown[i]; i++) {
+        unsigned char c = (unsigned char)shown[i];
         if (is_safe_byte(c, i == 0)) {
             nx_buf_putc(out, (char)c);
         } else {
@@ -52,20 +56,24 @@ void nx_transcript_name(const char *name, struct nx_buf *out)
             nx_buf_append(out, esc, sizeof esc);
         }
     }
+    nx_buf_cleanup(&red);
     if (n == 0)
         nx_buf_puts(out, "%00"); /* no empty names; NUL cannot occur in a real name */
-    if (out->len - start <= NAME_MAX_ENCODED)
+    if (out->len - start <= NAME_MAX_ENCODED && !is_secret)
         return;
 
-    /* Too long for a file name: a prefix (not cut inside a %XX) plus a digest of the whole. */
+    /* Too long for a file name, or not to be shown: a prefix (not cut inside a %XX) plus a digest
+     * of the whole. */
     unsigned char md[SHA256_DIGEST_LENGTH];
     size_t keep = NAME_KEEP;
-    if (out->data[start + keep - 1] == '%')
-        keep -= 1;
-    else if (out->data[start + keep - 2] == '%')
-        keep -= 2;
-    out->len = start + keep;
-    out->data[out->len] = '\0';
+    if (out->len - start > keep) {
+        if (out->data[start + keep - 1] == '%')
+            keep -= 1;
+        else if (out->data[start + keep - 2] == '%')
+            keep -= 2;
+        out->len = start + keep;
+        out->data[out->len] = '\0';
+    }
     SHA256((const unsigned char *)name, n, md);
     nx_buf_putc(out, '~');
     for (size_t i = 0; i < 16; i++) {

@@ -153,6 +153,16 @@ class Transcripts(unittest.TestCase):
                 self.assertIn(os.path.dirname(os.path.join(dirpath, name)),
                               (agent_dir, os.path.join(root, "kate")))
 
+    def test_a_secret_as_a_peer_id_is_in_no_file_name(self):
+        names = os.listdir(os.path.join(self.data, "transcripts", "kate"))
+        self.assertFalse([n for n in names if SECRET[13:] in n or SECRET[13:] in urllib.parse.unquote(n)],
+                         names)
+        hashed = [n for n in names if n.startswith(encode("agent:kate:http:[REDACTED]") + "~")]
+        self.assertEqual(len(hashed), 1, names)
+        self.assertRegex(hashed[0], r"~[0-9A-F]{32}\.jsonl$")
+        with open(os.path.join(self.data, "transcripts", "kate", hashed[0]), encoding="utf-8") as f:
+            self.assertIn("kiwi", f.read())
+
     # --- search ---
 
     def test_search_prints_one_line_per_hit(self):

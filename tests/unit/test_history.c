@@ -820,6 +820,22 @@ static void test_transcripts_file_names_cannot_escape(void **state)
     nx_transcript_name(longname, &b);
     assert_string_not_equal(first, b.data);
     free(first);
+
+    /* a secret as a name: its redacted form and a digest, never the secret */
+    static const char *const keyed[] = {"agent:main:http:sk-ant-api03-Q7vR2mX9kL4pW8nB3cT6yH1jF5dG0sA2",
+                                        "agent:main:http:sk-ant-api03-Q7vR2mX9kL4pW8nB3cT6yH1jF5dG0sA3"};
+    char *names[2];
+    for (size_t i = 0; i < 2; i++) {
+        nx_buf_reset(&b);
+        nx_transcript_name(keyed[i], &b);
+        assert_null(strstr(b.data, "Q7vR2mX9"));
+        assert_true(strncmp(b.data, "agent%3Amain%3Ahttp%3A%5BREDACTED%5D~", 37) == 0);
+        assert_int_equal(b.len, 37 + 32);
+        names[i] = nx_strdup(b.data);
+    }
+    assert_string_not_equal(names[0], names[1]);
+    free(names[0]);
+    free(names[1]);
     nx_buf_cleanup(&b);
 }
 
