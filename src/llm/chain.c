@@ -43,6 +43,7 @@ struct chain {
     bool streamed;         /* text reached the caller */
     bool cancelled;
     bool finished;
+    bool is_deadline_cut;  /* retry.deadline came while an attempt was in flight: cut */
     bool probe;            /* the attempt in flight holds the breaker's half-open probe */
     uint32_t probe_id;     /* which one (nx_breaker_abandon) */
     /* the last failure, for the final report */
@@ -103,16 +104,13 @@ static void finish_last_error(struct chain *ch, int rc)
 
 static void remember(struct chain *ch, int rc, const struct nx_llm_result *res, const char *fmt_prefix);
 
-/* Whether waiting `wait_ms` and then trying again would start past retry.deadline: then the
- * chain ends now, as a timeout, with the last failure in its message. */
-static bool past_deadline(struct chain *ch, uint64_t wait_ms)
+/* Ends the chain as a timeout past retry.deadline, with the last failure in its message. */
+static void give_up(struct chain *ch)
 {
     uint64_t now = nx_mono_ms();
     char prefix[160];
 
-    if (!ch->retry.deadline_ms || now + wait_ms < ch->started_ms + ch->retry.deadline_ms)
-        return false;
-    snprintf(prefix, sizeof prefix, "gave up after %.1f s (llm.yaml retry.deadline %.0f s): ",
+    snprintf(prefix, sizeof prefix, "gave up after %.1f s (llm.yaml retry.deadline %g s): ",
              (double)(now - ch->started_ms) / 1000, (double)ch->retry.deadline_ms / 1000);
     struct nx_llm_result r;
     memset(&r, 0, sizeof r);
@@ -122,7 +120,28 @@ static bool past_deadline(struct chain *ch, uint64_t wait_ms)
     r.retry_after_ms = -1;
     remember(ch, NX_ETIMEDOUT, &r, prefix);
     finish_last_error(ch, NX_ETIMEDOUT);
+}
+
+/* Whether waiting `wait_ms` and then trying again would start past retry.deadline: then the
+ * chain ends now (give_up). */
+static bool past_deadline(struct chain *ch, uint64_t wait_ms)
+{
+    if (!ch->retry.deadline_ms || nx_mono_ms() + wait_ms < ch->started_ms + ch->retry.deadline_ms)
+        return false;
+    give_up(ch);
     return true;
+}
+
+/* retry.deadline came with an attempt in flight: it is cut (attempt_done ends the chain), unless
+ * its text has reached the caller, who then gets the rest (under the attempt's own timeout). */
+static void on_deadline(uv_timer_t *t)
+{
+    struct chain *ch = t->data;
+
+    if (!ch->inflight || ch->streamed || ch->cancelled || ch->finished)
+        return;
+    ch->is_deadline_cut = true;
+    nx_llm_cancel(ch->inflight);
 }
 
 static void remember(struct chain *ch, int rc, const struct nx_llm_result *res, const char *fmt_prefix)
@@ -203,6 +222,20 @@ static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)
 
     ch->inflight = NULL;
     ch->probe = false;
+    uv_timer_stop(&ch->timer); /* (on_deadline) */
+    if (ch->is_deadline_cut && !ch->cancelled) {
+        if (probe) /* no verdict: it was not the provider that ended it */
+            nx_breaker_abandon(b, ch->probe_id);
+        nx_llm_count_outcome(t->p, t->model, "error");
+        struct nx_llm_result r = {.error_type = "timeout_error", .retry_after_ms = -1, .is_retryable = true};
+        char m[300];
+        snprintf(m, sizeof m, "%s %s had not answered when the deadline came", nx_llm_provider_name(t->p),
+                 t->model);
+        r.error_message = m;
+        remember(ch, NX_ETIMEDOUT, &r, NULL);
+        give_up(ch);
+        return;
+    }
     if (rc == NX_ECANCELED || ch->cancelled) {
         if (probe)
             nx_breaker_abandon(b, ch->probe_id); /* no verdict: let another probe through */
@@ -312,6 +345,10 @@ static void next_attempt(struct chain *ch)
         publish(t->p);
         ch->attempt++;
         ch->req.model = t->model;
+        if (ch->retry.deadline_ms) { /* (attempt_done stops it) */
+            uint64_t end = ch->started_ms + ch->retry.deadline_ms, now = nx_mono_ms();
+            uv_timer_start(&ch->timer, on_deadline, end > now ? end - now : 1, 0);
+        }
         ch->inflight = nx_llm_call_start(t->p, t->p->wire, &ch->req, &cb, NX_LLM_CALL_NO_OUTCOME);
         return;
     }
@@ -399,8 +436,9 @@ static void chain_cancel(struct nx_llm_call *call)
     if (ch->cancelled || ch->finished)
         return;
     ch->cancelled = true;
-    if (ch->inflight) {
-        nx_llm_cancel(ch->inflight); /* attempt_done finishes the chain, now or soon */
+    if (ch->inflight) { /* attempt_done finishes the chain, now or soon */
+        if (!ch->is_deadline_cut) /* (cancelled already) */
+            nx_llm_cancel(ch->inflight);
     } else {
         struct nx_llm_result res;
         memset(&res, 0, sizeof res);

@@ -100,6 +100,53 @@ static void test_chain_stops_at_its_deadline(void **state)
     one_close(&f);
 }
 
+/* The deadline cuts an attempt in flight whose answer has not begun (the model hangs 3 s):
+ * the chain ends as a timeout near the deadline, not at the attempt's own timeout. */
+static void test_chain_deadline_cuts_the_attempt_in_flight(void **state)
+{
+    static const struct nx_llm_retry_conf rc = {3, 10, 2000, 2.0, 400};
+    struct one f;
+    struct outcome o = {0};
+    struct nx_llm_request req = {.model = "claude-test", .temperature = -1};
+    struct nx_llm_target t[1];
+
+    (void)state;
+    one_open(&f, "deadline-cut", "anthropic", KEY, 0, "[{\"hang_ms\": 3000, \"text\": \"late\"}]", "hi");
+    req.messages = f.msgs;
+    t[0] = (struct nx_llm_target){f.p, "claude-test"};
+    uint64_t t0 = nx_mono_ms();
+    run_chain(&f.e, t, 1, &rc, &req, &o);
+    assert_int_equal(o.rc, NX_ETIMEDOUT);
+    assert_true(o.done_ms - t0 < 2500);
+    assert_int_equal(nrequests(), 1);
+    assert_string_equal(o.error_type, "timeout_error");
+    assert_non_null(strstr(o.error_message, "retry.deadline 0.4 s"));
+    assert_non_null(strstr(o.error_message, "had not answered"));
+    outcome_cleanup(&o);
+    one_close(&f);
+}
+
+/* ... but not one whose text is reaching the caller: that one is answered in full. */
+static void test_chain_deadline_spares_a_stream_under_way(void **state)
+{
+    static const struct nx_llm_retry_conf rc = {3, 10, 2000, 2.0, 300};
+    struct one f;
+    struct outcome o = {0};
+    struct nx_llm_request req = {.model = "m", .temperature = -1, .stream = true};
+    struct nx_llm_target t[1];
+
+    (void)state;
+    one_open(&f, "deadline-stream", "anthropic", KEY, 0,
+             "[{\"text\": \"one two three\", \"chunks\": 3, \"delay_ms\": 250}]", "hi");
+    req.messages = f.msgs;
+    t[0] = (struct nx_llm_target){f.p, "m"};
+    run_chain(&f.e, t, 1, &rc, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(nx_buf_cstr(&o.text), "one two three");
+    outcome_cleanup(&o);
+    one_close(&f);
+}
+
 /* A dropped connection is a connection error: retried. */
 static void test_chain_retries_dropped_connection(void **state)
 {
@@ -492,6 +539,8 @@ int main(void)
         cmocka_unit_test(test_retry_after_forms),
         cmocka_unit_test(test_breaker_ignores_a_late_outcome_while_its_probe_runs),
         cmocka_unit_test(test_chain_retries_429_honouring_retry_after),
+        cmocka_unit_test(test_chain_deadline_cuts_the_attempt_in_flight),
+        cmocka_unit_test(test_chain_deadline_spares_a_stream_under_way),
         cmocka_unit_test(test_chain_retries_dropped_connection),
         cmocka_unit_test(test_chain_stops_at_its_deadline),
         cmocka_unit_test(test_chain_fails_over_to_fallback),
