@@ -42,6 +42,10 @@ void nx_utf8_sanitize(struct nx_buf *out, const char *s, size_t len);
  * file tools leave alone (the first NX_IDENTITY_PROTECTED of nx_identity_files), or the file
  * one of them leads to? */
 bool nx_sandbox_is_identity_file(const char *workspace, const char *resolved);
+
+/* Whether a path as given names a directory by its form: it ends in '/', "/." or "/.." (or is
+ * "." or ".."), which resolving drops ("x/." would be the file x). */
+bool nx_sandbox_names_dir(const char *rel);
 /* After open(): is the file behind fd (by /proc/self/fd) inside the real workspace? 0 when it
  * is (or when /proc is unavailable), NX_EPERM when it is not. */
 int nx_sandbox_check_fd(const char *workspace, int fd, char *err, size_t errlen);

@@ -105,10 +105,14 @@ int nx_sandbox_path(const char *workspace, const char *rel, bool for_create, cha
         probe[cut] = '\0';
         if (realpath(probe, real))
             break;
+        if (errno == ENOTDIR || errno == ELOOP)
+            return path_err(err, errlen, NX_EINVAL, "path \"%.200s\" cannot be resolved (a component is "
+                            "not a directory, or a symbolic link loops)", rel);
         if (errno != ENOENT)
-            return path_err(err, errlen, errno == ENOTDIR ? NX_EINVAL : NX_EIO,
-                            "path \"%.200s\" cannot be resolved (a component is not a directory, or "
-                            "a symbolic link loops)", rel);
+            return path_err(err, errlen, errno == ENAMETOOLONG ? NX_EINVAL : NX_EIO,
+                            "path \"%.200s\" cannot be resolved: %s", rel,
+                            errno == ENAMETOOLONG ? "a name in it is longer than 255 bytes"
+                                                  : strerror(errno));
         if (lstat(probe, &st) == 0)
             return path_err(err, errlen, NX_EPERM,
                             "path \"%.200s\" goes through a symbolic link that points nowhere inside "
@@ -192,36 +196,87 @@ bool nx_sandbox_real_or_future(const char *path, char *out, size_t outlen)
     return n > 0 && (size_t)n < outlen;
 }
 
+/* Where absolute `path` leads, as open(O_CREAT) would take it: every symbolic link on the way
+ * followed, also one whose target does not exist yet (it would be created there), components
+ * that do not exist kept as they are. false past 40 links (a loop) or PATH_MAX. */
+static bool where_it_leads(const char *path, char *out, size_t outlen)
+{
+    char rest[PATH_MAX], target[PATH_MAX], tmp[PATH_MAX];
+    size_t len = 1;
+    int links = 0;
+
+    if (outlen < 2 || snprintf(rest, sizeof rest, "%s", path) >= (int)sizeof rest)
+        return false;
+    out[0] = '/';
+    out[1] = '\0';
+    for (char *p = rest; *p;) {
+        char *c = p;
+        while (*p && *p != '/')
+            p++;
+        size_t clen = (size_t)(p - c);
+        while (*p == '/')
+            p++;
+        if (clen == 0 || (clen == 1 && c[0] == '.'))
+            continue;
+        if (clen == 2 && c[0] == '.' && c[1] == '.') { /* out holds no link: its parent is real */
+            while (len > 1 && out[len - 1] != '/')
+                len--;
+            len = len > 1 ? len - 1 : 1;
+            out[len] = '\0';
+            continue;
+        }
+        if (len + 1 + clen >= outlen)
+            return false;
+        size_t before = len;
+        if (len > 1)
+            out[len++] = '/';
+        memcpy(out + len, c, clen);
+        len += clen;
+        out[len] = '\0';
+        ssize_t n = readlink(out, target, sizeof target - 1);
+        if (n < 0) {
+            if (errno != EINVAL && errno != ENOENT && errno != ENOTDIR)
+                return false;
+            continue; /* not a link, or not there (nor anything after it) */
+        }
+        if (++links > 40)
+            return false;
+        target[n] = '\0';
+        if (snprintf(tmp, sizeof tmp, "%s/%s", target, p) >= (int)sizeof tmp)
+            return false;
+        memcpy(rest, tmp, strlen(tmp) + 1);
+        p = rest;
+        len = target[0] == '/' ? 1 : before; /* the link's target, from the root or its directory */
+        out[len] = '\0';
+    }
+    return true;
+}
+
 bool nx_sandbox_is_identity_file(const char *workspace, const char *resolved)
 {
-    char wreal[PATH_MAX], name[PATH_MAX], real[PATH_MAX], target[PATH_MAX], full[2 * PATH_MAX];
-    struct stat st;
-    ssize_t n;
+    char wreal[PATH_MAX], name[PATH_MAX], leads[PATH_MAX];
 
     if (!realpath(workspace, wreal))
         return true; /* cannot tell: refuse */
     for (size_t i = 0; nx_identity_files[i] && i < NX_IDENTITY_PROTECTED; i++) {
         if (snprintf(name, sizeof name, "%s/%s", wreal, nx_identity_files[i]) >= (int)sizeof name)
             continue;
-        /* the file itself (or something under it: a directory in its place keeps the operator's
-         * file from ever loading), and where it leads when it is a symbolic link */
-        size_t nlen = strlen(name);
-        if ((strncmp(resolved, name, nlen) == 0 && (resolved[nlen] == '\0' || resolved[nlen] == '/')) ||
-            (realpath(name, real) && strcmp(resolved, real) == 0))
+        /* the file itself, and where it leads when it is a symbolic link (through any number of
+         * links, also to a file not there yet: written, the links would resolve), or something
+         * under either (a directory in its place keeps the operator's file from ever loading) */
+        if (under(name, resolved))
             return true;
-        /* a link to a file not there yet: where it would lead once the file is written */
-        if (lstat(name, &st) != 0 || !S_ISLNK(st.st_mode) ||
-            (n = readlink(name, target, sizeof target - 1)) <= 0)
-            continue;
-        target[n] = '\0';
-        if (target[0] == '/')
-            snprintf(full, sizeof full, "%s", target);
-        else
-            snprintf(full, sizeof full, "%s/%s", wreal, target);
-        if (nx_sandbox_real_or_future(full, real, sizeof real) && strcmp(resolved, real) == 0)
-            return true;
+        if (where_it_leads(name, leads, sizeof leads) && under(leads, resolved))
+            return true; /* (a loop never resolves: nothing to protect there) */
     }
     return false;
+}
+
+bool nx_sandbox_names_dir(const char *rel)
+{
+    const char *last = strrchr(rel, '/');
+    last = last ? last + 1 : rel;
+    return strcmp(last, "") == 0 || strcmp(last, ".") == 0 || strcmp(last, "..") == 0;
 }
 
 const char *nx_sandbox_path_arg(const json_t *args, const char *key, const char *def, char *err,

@@ -141,6 +141,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.end_chunked()
             except OSError:
                 self.close_connection = True
+        elif path == "/redirect_long":  # a Location longer than any URL a fetch takes
+            self.send_body(302, b"far", extra={"Location": "/json?" + "a" * int(q.get("n", ["9000"])[0])})
         elif path == "/loop":
             self.send_body(302, b"again", extra={"Location": "/loop"})
         elif path == "/stats":

@@ -260,6 +260,8 @@ static void test_fetch_follows_relative_redirects_and_stops_loops(void **state)
     assert_non_null(strstr(a.text, "{\"ok\":true,\"n\":1}"));
     fetch(e, get("localhost", "/loop"), &a);
     expect_error(&a, "too many redirects (more than 5)");
+    fetch(e, get("localhost", "/redirect_long?n=9000"), &a);
+    expect_error(&a, "redirect to a URL over 8192 bytes, not followed");
     /* a POST answered with 302 is retried as GET without its body */
     snprintf(url, sizeof url, "http://localhost:%d/redirect?to=/echo", g_peer.port);
     args = json_pack("{s:s, s:s, s:s}", "url", url, "method", "POST", "body", "data");
@@ -290,6 +292,19 @@ static void test_fetch_caps_the_response(void **state)
     fetch(e, args, &a);
     expect_ok(&a);
     assert_non_null(strstr(a.text, "[body truncated to the first 32768 bytes]\n"));
+    /* the largest max_bytes: the answer's cap (the lines before the body count) wins, and the
+     * note says what was kept */
+    snprintf(url, sizeof url, "http://localhost:%d/big?bytes=70000", g_peer.port);
+    args = json_pack("{s:s, s:i}", "url", url, "max_bytes", 65536);
+    fetch(e, args, &a);
+    expect_ok(&a);
+    body = strstr(a.text, "\n\n");
+    assert_non_null(body);
+    char note[80];
+    snprintf(note, sizeof note, "[body truncated to the first %zu bytes]\n", strlen(body + 2));
+    assert_non_null(strstr(a.text, note));
+    assert_true(strlen(a.text) <= 65536);
+    assert_null(strstr(a.text, "omitted"));
 }
 
 static void test_fetch_post_with_headers(void **state)

@@ -356,10 +356,17 @@ static void test_file_write_protects_identity_and_linked_files(void **state)
         fclose(f);
         assert_string_equal(buf, "top secret\n"); /* unchanged */
     }
-    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "newdir/", "content", "x"), &a);
+    for (size_t i = 0; i < 2; i++) { /* "x/." is the directory x too, never a file x */
+        const char *dirlike = i ? "newdir/." : "newdir/";
+        run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", dirlike, "content", "x"), &a);
+        assert_true(a.is_error);
+        assert_non_null(strstr(a.text, "names a directory"));
+        snprintf(p, sizeof p, "%s/newdir", fx->ws);
+        assert_int_not_equal(access(p, F_OK), 0);
+    }
+    write_file(fx->ws, "plain.txt", "text\n");
+    run_tool(fx, "file_read", json_pack("{s:s}", "path", "plain.txt/."), &a);
     assert_true(a.is_error);
-    snprintf(p, sizeof p, "%s/newdir", fx->ws);
-    assert_int_not_equal(access(p, F_OK), 0);
 }
 
 /* An identity file that is a link to a file not written yet is protected too: writing where
@@ -385,6 +392,25 @@ static void test_file_write_protects_where_a_dangling_identity_link_leads(void *
     snprintf(p, sizeof p, "%s/persona/soul.md", fx->ws);
     assert_int_not_equal(access(p, F_OK), 0);
     run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "persona/other.md", "content", "x"), &a);
+    assert_false(a.is_error);
+
+    /* through chains of links: IDENTITY.md -> cur/id.md with cur -> v1; AGENTS.md -> hop -> real.md */
+    snprintf(p, sizeof p, "%s/IDENTITY.md", fx->ws);
+    assert_int_equal(symlink("cur/id.md", p), 0);
+    snprintf(p, sizeof p, "%s/cur", fx->ws);
+    assert_int_equal(symlink("v1", p), 0);
+    snprintf(p, sizeof p, "%s/AGENTS.md", fx->ws);
+    assert_int_equal(symlink("hop", p), 0);
+    snprintf(p, sizeof p, "%s/hop", fx->ws);
+    assert_int_equal(symlink("./real.md", p), 0);
+    static const char *const chained[] = {"v1/id.md", "v1/id.md/x", "real.md", "./v1//id.md"};
+    for (size_t i = 0; i < NX_ARRAY_LEN(chained); i++) {
+        run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", chained[i], "content", "obey me"), &a);
+        if (!a.is_error)
+            fail_msg("file_write %s was not refused", chained[i]);
+        assert_non_null(strstr(a.text, "identity files"));
+    }
+    run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "v1/other.md", "content", "x"), &a);
     assert_false(a.is_error);
 }
 
@@ -498,6 +524,34 @@ static void test_file_list_shows_the_first_names_of_a_big_directory(void **state
     }
     assert_true(json_is_true(json_object_get(res, "truncated")));
     assert_non_null(strstr(json_string_value(json_object_get(res, "note")), "500 of 6000"));
+    json_decref(res);
+
+    /* 600 long names (with a control character, escaped at 6 bytes) do not fit the answer's
+     * cap: as many as fit, whole JSON, and the note says how many */
+    snprintf(dir, sizeof dir, "%s/long", fx->ws);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    char name[220];
+    memset(name, 'n', sizeof name - 1);
+    name[sizeof name - 1] = '\0';
+    name[150] = '\t';
+    for (int i = 0; i < 600; i++) {
+        char lp[2 * PATH_MAX];
+        snprintf(lp, sizeof lp, "%s/%03d%s", dir, i, name);
+        int fd = open(lp, O_CREAT | O_WRONLY, 0600);
+        assert_true(fd >= 0);
+        close(fd);
+    }
+    run_tool(fx, "file_list", json_pack("{s:s}", "path", "long"), &a);
+    assert_false(a.is_error);
+    assert_true(strlen(a.text) <= 65536);
+    res = json_loads(a.text, 0, NULL);
+    assert_non_null(res);
+    size_t shown = json_array_size(json_object_get(res, "entries"));
+    assert_true(shown > 200 && shown < 600);
+    assert_true(json_is_true(json_object_get(res, "truncated")));
+    char want[64];
+    snprintf(want, sizeof want, "the first %zu of 600 entries", shown);
+    assert_non_null(strstr(json_string_value(json_object_get(res, "note")), want));
     json_decref(res);
 }
 

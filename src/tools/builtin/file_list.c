@@ -16,8 +16,9 @@
 
 /* file_list {path?}: the entries of a directory in the agent's workspace, as JSON
  * {"path", "entries": [{"name", "type", "size"}], "truncated"}: the LIST_MAX first by name of
- * all the entries (at most SCAN_MAX read), sorted. Types come from lstat: a symlink is reported
- * as "symlink", never followed. Runs on the loop. */
+ * all the entries (at most SCAN_MAX read), sorted, as many as the answer's cap
+ * (NX_TOOL_OUTPUT_MAX) holds: it stays whole JSON, and its note says how many are shown. Types
+ * come from lstat: a symlink is reported as "symlink", never followed. Runs on the loop. */
 
 #define LIST_MAX 500
 #define SCAN_MAX 100000
@@ -27,6 +28,18 @@ static const char schema[] =
     "\"path\":{\"type\":\"string\",\"maxLength\":4096,"
     "\"description\":\"Directory relative to the workspace (default \\\".\\\", the workspace itself).\"}},"
     "\"additionalProperties\":false}";
+
+/* An entry's bytes in the answer besides its name: {"name":"","type":"directory","size":N}, */
+#define ENTRY_BYTES 64
+
+/* The bytes of s as a JSON string's contents (jansson escapes the C0 controls as \u00XX). */
+static long json_bytes(const char *s)
+{
+    long n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        n += *p < 0x20 ? 6 : *p == '"' || *p == '\\' ? 2 : 1;
+    return n;
+}
 
 static int by_name(const void *a, const void *b)
 {
@@ -81,7 +94,8 @@ static struct nx_tool_call *file_list_run(const struct nx_tool_ctx *ctx, const j
     char path[PATH_MAX], err[512];
     const char *rel;
     char **names = nx_calloc(LIST_MAX, sizeof *names);
-    size_t n = 0, total = 0;
+    size_t n = 0, total = 0, shown = 0;
+    long budget = (long)NX_TOOL_OUTPUT_MAX - 512; /* (the rest of the answer fits in 512) */
     bool truncated = false;
     json_t *res = NULL, *arr;
     char *text = NULL;
@@ -121,14 +135,26 @@ static struct nx_tool_call *file_list_run(const struct nx_tool_ctx *ctx, const j
         qsort(names, n, sizeof *names, by_name);
     res = json_object();
     arr = json_array();
+    {
+        struct nx_buf pb = NX_BUF_INIT;
+        nx_utf8_sanitize(&pb, rel, strlen(rel));
+        json_object_set_new(res, "path", json_string(nx_buf_cstr(&pb)));
+        budget -= json_bytes(nx_buf_cstr(&pb));
+        nx_buf_cleanup(&pb);
+    }
     for (size_t i = 0; i < n; i++) {
         struct nx_buf nm = NX_BUF_INIT;
         struct stat st;
         json_t *e;
 
         nx_utf8_sanitize(&nm, names[i], strlen(names[i]));
+        if ((budget -= json_bytes(nx_buf_cstr(&nm)) + ENTRY_BYTES) < 0) { /* the answer's cap */
+            nx_buf_cleanup(&nm);
+            break;
+        }
         e = json_pack("{s:s}", "name", nx_buf_cstr(&nm));
         nx_buf_cleanup(&nm);
+        shown++;
         if (fstatat(dirfd(d), names[i], &st, AT_SYMLINK_NOFOLLOW) == 0) {
             json_object_set_new(e, "type", json_string(type_name(st.st_mode)));
             if (S_ISREG(st.st_mode))
@@ -138,23 +164,17 @@ static struct nx_tool_call *file_list_run(const struct nx_tool_ctx *ctx, const j
         }
         json_array_append_new(arr, e);
     }
-    if (total > n)
+    if (total > shown)
         truncated = true;
-    {
-        struct nx_buf pb = NX_BUF_INIT;
-        nx_utf8_sanitize(&pb, rel, strlen(rel));
-        json_object_set_new(res, "path", json_string(nx_buf_cstr(&pb)));
-        nx_buf_cleanup(&pb);
-    }
     json_object_set_new(res, "entries", arr);
     json_object_set_new(res, "truncated", json_boolean(truncated));
     if (truncated && total >= SCAN_MAX)
         json_object_set_new(res, "note", json_sprintf("the directory has more than %d entries; "
-                                                      "shown: the first %d by name of the %d read",
-                                                      SCAN_MAX, LIST_MAX, SCAN_MAX));
+                                                      "shown: the first %zu by name of the %d read",
+                                                      SCAN_MAX, shown, SCAN_MAX));
     else if (truncated)
-        json_object_set_new(res, "note", json_sprintf("the first %d of %zu entries (by name) are "
-                                                      "shown", LIST_MAX, total));
+        json_object_set_new(res, "note", json_sprintf("the first %zu of %zu entries (by name) are "
+                                                      "shown", shown, total));
     text = json_dumps(res, JSON_COMPACT);
 out:
     if (text)

@@ -81,7 +81,7 @@ static struct nx_tool_call *file_read_run(const struct nx_tool_ctx *ctx, const j
         fail(done, udata, err);
         goto out;
     }
-    if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
+    if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode) || nx_sandbox_names_dir(rel)) { /* ("x/.") */
         snprintf(err, sizeof err, "\"%.200s\" is a directory: use file_list", rel);
         fail(done, udata, err);
         goto out;

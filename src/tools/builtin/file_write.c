@@ -93,7 +93,7 @@ static struct nx_tool_call *file_write_run(const struct nx_tool_ctx *ctx, const 
     if (!(rel = nx_sandbox_path_arg(args, "path", NULL, err, sizeof err)) ||
         nx_sandbox_path(ctx->workspace, rel, true, path, sizeof path, err, sizeof err) < 0)
         goto out;
-    if (rel[strlen(rel) - 1] == '/') {
+    if (nx_sandbox_names_dir(rel)) {
         snprintf(err, sizeof err, "\"%.200s\" names a directory: give a file name", rel);
         goto out;
     }

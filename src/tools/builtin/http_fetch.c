@@ -89,7 +89,7 @@ static int url_parse(const char *s, struct url *u, char *err, size_t errlen)
 
     memset(u, 0, sizeof *u);
     if (strlen(s) > MAX_URL)
-        return url_err(err, errlen, "URL too long", "");
+        return url_err(err, errlen, "URL over 8192 bytes", s);
     if (strncasecmp(p, "http://", 7) == 0) {
         p += 7;
     } else if (strncasecmp(p, "https://", 8) == 0) {
@@ -515,15 +515,20 @@ static void answer(struct fetch *f, const struct nx_http_response *res)
     nx_buf_printf(&b, "url: %s\n", f->cur_url);
     if (f->redirects)
         nx_buf_printf(&b, "redirects: %d\n", f->redirects);
-    if (f->is_truncated)
-        nx_buf_printf(&b, "[body truncated to the first %zu bytes]\n", f->resp.len);
-    nx_buf_putc(&b, '\n');
-    ok = nx_utf8_valid_prefix(f->resp.data ? f->resp.data : "", f->resp.len);
-    if ((f->resp.len && memchr(f->resp.data, '\0', f->resp.len)) ||
-        (ok < f->resp.len && !(f->is_truncated && f->resp.len - ok < 4)))
-        nx_buf_printf(&b, "[binary body: %zu bytes not shown]", f->resp.len);
-    else
-        nx_buf_append(&b, f->resp.data ? f->resp.data : "", ok);
+    /* the body as far as the answer's cap leaves room for it after these lines (and the note) */
+    size_t len = f->resp.len, room = NX_TOOL_OUTPUT_MAX - 64 - b.len;
+    bool is_cut = f->is_truncated || len > room;
+    len = len > room ? room : len;
+    const char *body = f->resp.data ? f->resp.data : "";
+    ok = nx_utf8_valid_prefix(body, len);
+    if ((len && memchr(body, '\0', len)) || (ok < len && !(is_cut && len - ok < 4))) {
+        nx_buf_printf(&b, "\n[binary body: %zu bytes not shown]", f->resp.len);
+    } else {
+        if (is_cut)
+            nx_buf_printf(&b, "[body truncated to the first %zu bytes]\n", ok);
+        nx_buf_putc(&b, '\n');
+        nx_buf_append(&b, body, ok);
+    }
     finish(f, res->status >= 400, nx_buf_cstr(&b), b.len);
     nx_buf_cleanup(&b);
 }
@@ -532,6 +537,7 @@ static void on_http_done(int rc, const struct nx_http_response *res, const char 
 {
     struct fetch *f = udata;
     char loc[MAX_URL + 1];
+    int loclen = 0;
 
     f->hc = NULL;
     if (f->is_finished)
@@ -542,7 +548,10 @@ static void on_http_done(int rc, const struct nx_http_response *res, const char 
     if (rc != 0)
         finish_msg(f, "http_fetch: %s: %s", f->cur_url,
                    rc == NX_ETIMEDOUT ? "timed out" : err ? err : nx_strerror(rc));
-    else if (is_redirect(res->status) && nx_http_response_header(res, "Location", loc, sizeof loc) > 0)
+    else if (is_redirect(res->status) &&
+             (loclen = nx_http_response_header(res, "Location", loc, sizeof loc)) >= (int)sizeof loc)
+        finish_msg(f, "http_fetch: %s: redirect to a URL over %d bytes, not followed", f->cur_url, MAX_URL);
+    else if (is_redirect(res->status) && loclen > 0)
         follow(f, res->status, loc);
     else
         answer(f, res);
