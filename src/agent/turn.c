@@ -38,8 +38,10 @@ static void set_error(struct nx_turn *t, const char *type, const char *msg)
 {
     if (t->error_type)
         return;
+    struct nx_buf m = NX_BUF_INIT;
+    nx_utf8_sanitize(&m, msg, strlen(msg)); /* for the JSON answers (a name cut by snprintf) */
     t->error_type = nx_strdup(type);
-    t->error_message = nx_strdup(msg);
+    t->error_message = nx_buf_steal(&m);
 }
 
 static void unlink_turn(struct nx_turn *t)
@@ -554,10 +556,9 @@ void turn_run_soon(struct nx_turn *t)
     t->kick = nx_timer_once(t->a->deps.loop, 0, run_soon, t);
 }
 
-/* A session's images sent as base64 are kept as files, so that its history holds a path
- * instead of the bytes; a worker does it (agent/carry.h) once the turn has its place in the
- * lane, so that no later message of the session overtakes it meanwhile. A turn cancelled in
- * between lets its ticket go, and the worker's result is dropped. */
+/* A session's images sent as base64 are kept as files, so that its history holds a path instead
+ * of the bytes; a worker does it (agent/carry.h) once the turn has its place in the lane. A turn
+ * cancelled meanwhile ends when it is done (stop_turn); at shutdown its result is dropped. */
 static void on_images_kept(json_t *input, void *arg)
 {
     struct nx_turn *t = ticket_take(arg, true);

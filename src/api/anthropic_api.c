@@ -104,9 +104,8 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
     bool config_msg = rc == NX_ECONFIG && res->error_message;
     if (rc < 0 && !config_msg) {
         bool is_budget = res->error_type && strcmp(res->error_type, "budget_exceeded") == 0;
-        const char *type = rc == NX_ENOENT ? "not_found_error"
-                           : is_budget ? "rate_limit_error"
-                           : res->error_type ? res->error_type : "api_error";
+        int status = api_status_for(API_ANTHROPIC, rc, res);
+        const char *type = api_error_type(API_ANTHROPIC, status, res->error_type);
         const char *msg = res->error_message ? res->error_message : nx_strerror(rc);
         if (c->started) {
             event(c, "error", json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type",
@@ -116,8 +115,8 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
             if (is_budget)
                 api_budget_headers(c->req, res);
             else
-                api_error_headers(c->req, api_status_for(rc, res), res);
-            api_anthropic_error(c->req, api_status_for(rc, res), type, msg);
+                api_error_headers(c->req, status, res);
+            api_anthropic_error(c->req, status, type, msg);
         }
         free_call(c);
         return;

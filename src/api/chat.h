@@ -88,8 +88,12 @@ const char *api_client_tools_why(const json_t *in);
  * and x-should-retry: false where the official SDKs would otherwise retry in vain (400, 409,
  * 413). */
 void api_error_headers(struct nx_http_req *req, int status, const struct nx_turn_result *res);
-/* HTTP status for a failed turn. */
-int api_status_for(int rc, const struct nx_turn_result *res);
+/* HTTP status for a failed turn, as the API of `f` uses them (OpenAI has no 529: 503). */
+int api_status_for(enum api_flavor f, int rc, const struct nx_turn_result *res);
+/* The error `type` for an answer with `status`, in the vocabulary of `f`'s API: a provider's
+ * own (an Anthropic model's "overloaded_error" to an OpenAI client, OpenAI's "requests" to an
+ * Anthropic one) would be foreign to its clients. nexo's own types (docs/api.md) stay. */
+const char *api_error_type(enum api_flavor f, int status, const char *type);
 
 void api_start_turn(const struct api_ctx *ctx, struct api_call *c, json_t *canon,
                     const char *system, const char *user, json_int_t max_tokens,

@@ -64,10 +64,13 @@ void api_make_id(char *out, size_t outlen, const char *prefix)
 
 void api_anthropic_error(struct nx_http_req *req, int status, const char *type, const char *message)
 {
+    struct nx_buf m = NX_BUF_INIT; /* (a message cut mid-character would make no JSON at all) */
+    nx_utf8_sanitize(&m, message ? message : "", message ? strlen(message) : 0);
     json_t *o = json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type", type, "message",
-                          message);
+                          m.data);
     nx_http_respond_json(req, status, o);
     json_decref(o);
+    nx_buf_cleanup(&m);
 }
 
 void api_request_id(struct nx_http_req *req, const char *header)
@@ -267,7 +270,7 @@ void api_push_message(json_t *messages, const char *role, json_t *blocks)
     json_array_append_new(messages, json_pack("{s:s, s:o}", "role", role, "content", blocks));
 }
 
-int api_status_for(int rc, const struct nx_turn_result *res)
+int api_status_for(enum api_flavor f, int rc, const struct nx_turn_result *res)
 {
     const char *type = res && res->error_type ? res->error_type : "";
     if (strcmp(type, "budget_exceeded") == 0)
@@ -278,7 +281,9 @@ int api_status_for(int rc, const struct nx_turn_result *res)
         return 429;
     if (rc == NX_ECANCELED)
         return 409; /* interrupted by a newer message in the same session */
-    if (strcmp(type, "rate_limit_error") == 0)
+    /* a provider's rate limit, whatever its type says (OpenAI's: "requests", "tokens",
+     * "insufficient_quota"): the client is to wait, not to retry at once as after a 502 */
+    if (strcmp(type, "rate_limit_error") == 0 || (res && res->http_status == 429))
         return 429;
     /* the provider refused the request itself (a bad parameter the caller sent, a conversation
      * it will not take): the caller's mistake, not a gateway failure, and no retry mends it */
@@ -288,7 +293,7 @@ int api_status_for(int rc, const struct nx_turn_result *res)
     if (strcmp(type, "request_too_large") == 0 || (res && res->http_status == 413))
         return 413;
     if (strcmp(type, "overloaded_error") == 0)
-        return 529;
+        return f == API_OPENAI ? 503 : 529;
     if (strcmp(type, "circuit_open") == 0)
         return 503; /* with retry-after: when the breaker lets a probe through */
     if (rc == NX_ETIMEDOUT)
@@ -296,6 +301,43 @@ int api_status_for(int rc, const struct nx_turn_result *res)
     if (rc == NX_ERANGE || rc == NX_ECONFIG)
         return 500;
     return 502;
+}
+
+const char *api_error_type(enum api_flavor f, int status, const char *type)
+{
+    static const char *const own[] = {"circuit_open", "session_busy", "interrupted", "cancelled",
+                                      "tool_iteration_limit", "configuration_error"};
+    static const char *const openai_429[] = {"requests", "tokens", "insufficient_quota"};
+
+    for (size_t i = 0; type && i < NX_ARRAY_LEN(own); i++)
+        if (strcmp(type, own[i]) == 0)
+            return type;
+    if (f == API_OPENAI) {
+        for (size_t i = 0; status == 429 && type && i < NX_ARRAY_LEN(openai_429); i++)
+            if (strcmp(type, openai_429[i]) == 0)
+                return type;
+        return status == 429 ? "requests" : status >= 500 ? "server_error" : "invalid_request_error";
+    }
+    switch (status) { /* Anthropic's: docs.anthropic.com/en/api/errors */
+    case 401:
+        return "authentication_error";
+    case 402:
+        return "billing_error";
+    case 403:
+        return "permission_error";
+    case 404:
+        return "not_found_error";
+    case 413:
+        return "request_too_large";
+    case 429:
+        return "rate_limit_error";
+    case 504:
+        return "timeout_error";
+    case 529:
+        return "overloaded_error";
+    default:
+        return status >= 500 ? "api_error" : "invalid_request_error";
+    }
 }
 
 void api_error_headers(struct nx_http_req *req, int status, const struct nx_turn_result *res)

@@ -14,10 +14,13 @@
 static void openai_error_at(struct nx_http_req *req, int status, const char *type, const char *code,
                             const char *param, const char *message)
 {
-    json_t *o = json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "message", message, "type", type,
+    struct nx_buf m = NX_BUF_INIT; /* (a message cut mid-character would make no JSON at all) */
+    nx_utf8_sanitize(&m, message ? message : "", message ? strlen(message) : 0);
+    json_t *o = json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "message", m.data, "type", type,
                           "param", param, "code", code);
     nx_http_respond_json(req, status, o);
     json_decref(o);
+    nx_buf_cleanup(&m);
 }
 
 static void openai_error(struct nx_http_req *req, int status, const char *type, const char *code,
@@ -252,7 +255,8 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
             struct nx_buf b = NX_BUF_INIT;
             json_t *e = json_pack("{s:{s:s, s:s}}", "error", "message",
                                   res->error_message ? res->error_message : nx_strerror(rc), "type",
-                                  res->error_type ? res->error_type : "api_error");
+                                  api_error_type(API_OPENAI, api_status_for(API_OPENAI, rc, res),
+                                                 res->error_type));
             char *s = json_dumps(e, JSON_COMPACT);
             nx_buf_printf(&b, "data: %s\n\n", s);
             nx_http_stream_write(c->req, b.data, b.len);
@@ -266,10 +270,14 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
             api_budget_headers(c->req, res);
             openai_error(c->req, 429, "insufficient_quota", "insufficient_quota", res->error_message);
         } else {
-            int status = api_status_for(rc, res);
+            int status = api_status_for(API_OPENAI, rc, res);
+            const char *type = api_error_type(API_OPENAI, status, res->error_type);
             api_error_headers(c->req, status, res);
-            openai_error(c->req, status, status == 404 ? "invalid_request_error" : res->error_type,
-                         status == 404 ? "model_not_found" : NULL,
+            openai_error(c->req, status, type,
+                         status == 404                               ? "model_not_found"
+                         : strcmp(type, "insufficient_quota") == 0   ? "insufficient_quota"
+                         : status == 429                             ? "rate_limit_exceeded"
+                                                                     : NULL,
                          res->error_message ? res->error_message : nx_strerror(rc));
         }
         free_call(c);

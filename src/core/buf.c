@@ -106,6 +106,56 @@ bool nx_utf8_is_valid(const char *s, size_t len)
     return true;
 }
 
+/* utf8_seq, and 1 for an ASCII byte (NUL included). */
+static size_t utf8_char(const unsigned char *p, size_t n)
+{
+    return p[0] < 0x80 ? 1 : utf8_seq(p, n);
+}
+
+size_t nx_utf8_valid_prefix(const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+
+    while (i < len) {
+        size_t n = utf8_char(p + i, len - i);
+        if (n == 0)
+            break;
+        i += n;
+    }
+    return i;
+}
+
+size_t nx_utf8_count(const char *s, size_t len)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        if (((unsigned char)s[i] & 0xc0) != 0x80)
+            n++;
+    }
+    return n;
+}
+
+void nx_utf8_sanitize(struct nx_buf *out, const char *s, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+
+    while (i < len) {
+        size_t n = utf8_char(p + i, len - i);
+        if (n == 0) {
+            nx_buf_append(out, "\xef\xbf\xbd", 3);
+            i++;
+            continue;
+        }
+        nx_buf_append(out, s + i, n);
+        i += n;
+    }
+    if (!out->data)
+        nx_buf_puts(out, "");
+}
+
 /* The letter of a two-character escape (\n, \"...), 0 for those written as \u00XX. */
 static char json_short_escape(unsigned char c)
 {

@@ -28,6 +28,12 @@ void nx_buf_vprintf(struct nx_buf *b, const char *fmt, va_list ap) __attribute__
 void nx_buf_put_json_str(struct nx_buf *b, const char *s, size_t len);
 /* Whether s[0..len) is valid UTF-8 (RFC 3629) with no NUL: what a JSON string may carry. */
 bool nx_utf8_is_valid(const char *s, size_t len);
+/* Length of the longest prefix of s[0..len) that is complete, valid UTF-8. */
+size_t nx_utf8_valid_prefix(const char *s, size_t len);
+/* Number of code points in a valid UTF-8 string. */
+size_t nx_utf8_count(const char *s, size_t len);
+/* Appends s[0..len) to out with every invalid UTF-8 byte replaced by U+FFFD. */
+void nx_utf8_sanitize(struct nx_buf *out, const char *s, size_t len);
 /* Drops the first n bytes. */
 void nx_buf_consume(struct nx_buf *b, size_t n);
 /* Hands the storage to the caller (never NULL) and leaves the buffer empty. */

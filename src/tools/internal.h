@@ -28,12 +28,6 @@ extern const struct nx_tool nx_tool_file_list;
  * crashes on any schema or value; unknown keywords are ignored. 0 or NX_EINVAL with a message
  * naming the argument path in err. */
 int nx_schema_validate(const json_t *schema, const json_t *value, char *err, size_t errlen);
-/* Length of the longest prefix of s[0..len) that is complete, valid UTF-8. */
-size_t nx_utf8_valid_prefix(const char *s, size_t len);
-/* Number of code points in a valid UTF-8 string. */
-size_t nx_utf8_count(const char *s, size_t len);
-/* Appends s[0..len) to out with every invalid UTF-8 byte replaced by U+FFFD. */
-void nx_utf8_sanitize(struct nx_buf *out, const char *s, size_t len);
 
 /* --- tools/sandbox.c --- */
 /* Components a workspace path may have at most. */

@@ -176,7 +176,8 @@ class Limits(FakePeers, unittest.TestCase):
             b = ex.submit(self.post, "/v1/chat/completions", "pair")
             self.wait_upstream(2)
             status, r, h = self.post("/v1/chat/completions", "pair")
-            self.assertEqual((status, r["error"]["type"]), (429, "rate_limit_error"), r)
+            self.assertEqual((status, r["error"]["type"], r["error"]["code"]), (429, "requests", "rate_limit_exceeded"),
+                             r)
             self.assertIn("set aside for the turns in progress", r["error"]["message"])
             self.assertEqual(h.get("retry-after"), "1")
             self.assertEqual(a.result()[0], 200)

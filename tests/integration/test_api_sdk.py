@@ -31,7 +31,8 @@ class Sdk(FakePeers, unittest.TestCase):
         base = "http://127.0.0.1:%d" % cls.fport
         write_config(cls.cfg.name, {
             "gateway.yaml": "auth_token: %s\n" % TOKEN,
-            "llm.yaml": ("providers:\n"
+            "llm.yaml": ("retry: {max_attempts: 2, initial_backoff_ms: 10, max_backoff_ms: 50}\n"
+                         "providers:\n"
                          "  anthropic: {api_key: sk-fake-key, base_url: %s}\n"
                          "  openai: {api_key: sk-fake-key, base_url: %s/v1}\n") % (base, base),
             "agents.yaml": ("agents:\n"
@@ -125,6 +126,45 @@ class Sdk(FakePeers, unittest.TestCase):
                                              headers={"Content-Type": "application/json",
                                                       "Authorization": "Bearer " + TOKEN})
             self.assertEqual(status, 200, data)
+
+    def test_upstream_limits_reach_each_api_in_its_own_terms(self):
+        # an OpenAI-compatible provider's 429 ("requests") and an Anthropic one's 529: each
+        # client gets its API's status and type, and the wait (a retry-after over max_backoff
+        # ends the chain at once with it)
+        limited = {"error": {"status": 429, "type": "rate_limit_error", "message": "Rate limit reached",
+                             "retry_after": 3}}
+        overloaded = {"error": {"status": 529, "type": "overloaded_error", "message": "Overloaded",
+                                "retry_after": 3}}
+        cases = (("gpt", limited, "/v1/chat/completions", 429, "requests"),
+                 ("gpt", limited, "/v1/messages", 429, "rate_limit_error"),
+                 ("kate", overloaded, "/v1/chat/completions", 503, "server_error"),
+                 ("kate", overloaded, "/v1/messages", 529, "overloaded_error"))
+        for agent, step, path, want_status, want_type in cases:
+            script(self.fport, [step])
+            n = len(fake_requests(self.fport))
+            body = {"model": agent, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+            status, data, headers = self.n.request("POST", path, body=json.dumps(body).encode(),
+                                                   headers={"Content-Type": "application/json",
+                                                            "Authorization": "Bearer " + TOKEN})
+            err = json.loads(data)["error"]
+            self.assertEqual((status, err["type"]), (want_status, want_type), (agent, path, data))
+            self.assertEqual(headers.get("retry-after"), "3", (agent, path))
+            self.assertEqual(len(fake_requests(self.fport)), n + 1)
+            if path == "/v1/chat/completions" and status == 429:
+                self.assertEqual(err["code"], "rate_limit_exceeded")
+        script(self.fport, [limited])
+        r = node("openai_chat.cjs", self.url + "/v1", TOKEN, "gpt", "chat")
+        self.assertEqual((r["error"]["status"], r["error"]["name"]), (429, "RateLimitError"), r)
+
+    def test_an_unknown_model_with_a_long_non_ascii_name_gets_a_json_error(self):
+        # the message names the model, cut to fit: never mid-character (the body was `null`)
+        for path in ("/v1/chat/completions", "/v1/messages"):
+            body = {"model": "é" * 100, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+            status, data, _ = self.n.request("POST", path, body=json.dumps(body).encode(),
+                                             headers={"Content-Type": "application/json",
+                                                      "Authorization": "Bearer " + TOKEN})
+            self.assertEqual(status, 404, data)
+            self.assertIn("no agent", json.loads(data)["error"]["message"])
 
     def test_a_body_that_is_json_but_not_an_object(self):
         for path, headers in (("/v1/chat/completions", {"Authorization": "Bearer " + TOKEN}),
