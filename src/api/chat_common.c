@@ -80,10 +80,22 @@ void api_request_id(struct nx_http_req *req, const char *header)
     nx_http_req_add_header(req, header, id);
 }
 
+/* Text of white space only, which the Messages API refuses as a block ("text content blocks
+ * must contain non-whitespace text") and OpenAI's clients send freely (an assistant turn's
+ * "" beside its tool calls): such blocks are dropped, and a message left with none goes. */
+static bool is_blank(const char *s)
+{
+    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
+        s++;
+    return !*s;
+}
+
 json_t *api_text_blocks(const json_t *content)
 {
     if (json_is_string(content))
-        return json_pack("[{s:s, s:s}]", "type", "text", "text", json_string_value(content));
+        return is_blank(json_string_value(content))
+                   ? json_array()
+                   : json_pack("[{s:s, s:s}]", "type", "text", "text", json_string_value(content));
     if (!json_is_array(content))
         return NULL;
     json_t *out = json_array();
@@ -92,7 +104,7 @@ json_t *api_text_blocks(const json_t *content)
     json_array_foreach(content, i, part) {
         const char *type = json_string_value(json_object_get(part, "type"));
         const char *text = json_string_value(json_object_get(part, "text"));
-        if (type && strcmp(type, "text") == 0 && text)
+        if (type && strcmp(type, "text") == 0 && text && !is_blank(text))
             json_array_append_new(out, json_pack("{s:s, s:s}", "type", "text", "text", text));
     }
     return out;
@@ -183,7 +195,8 @@ json_t *api_content_blocks(const json_t *content, const char **err)
         const char *text = json_string_value(json_object_get(part, "text"));
         json_t *img;
         if (type && strcmp(type, "text") == 0 && text) {
-            json_array_append_new(out, json_pack("{s:s, s:s}", "type", "text", "text", text));
+            if (!is_blank(text))
+                json_array_append_new(out, json_pack("{s:s, s:s}", "type", "text", "text", text));
         } else if (type && (strcmp(type, "image_url") == 0 || strcmp(type, "image") == 0)) {
             if (!(img = api_image_block(part, err))) {
                 json_decref(out);

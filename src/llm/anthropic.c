@@ -20,8 +20,18 @@ static json_t *ephemeral(void)
     return json_pack("{s:s}", "type", "ephemeral");
 }
 
+static bool is_blank(const char *s)
+{
+    while (s && (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r'))
+        s++;
+    return s && !*s;
+}
+
 /* Copies a message keeping what the API accepts: tool_use blocks lose input_raw/input_error
- * (see llm.h), everything else goes as is. */
+ * (see llm.h), text blocks with no text but white space go (the API refuses them: "text content
+ * blocks must contain non-whitespace text"; OpenAI's clients send "" freely), everything else
+ * goes as is (a message of blank text only stays whole: dropping it could put two messages of
+ * one role side by side; the API refuses it as before). */
 static json_t *clean_message(json_t *m)
 {
     json_t *content = json_object_get(m, "content");
@@ -47,6 +57,8 @@ static json_t *clean_message(json_t *m)
             if ((cc = json_object_get(b, "cache_control")))
                 json_object_set(tu, "cache_control", cc);
             json_array_append_new(blocks, tu);
+        } else if (type && !strcmp(type, "text") && is_blank(nx_json_str(b, "text"))) {
+            continue;
         } else {
             json_t *img = nx_llm_media_resolve(b); /* a file the user sent: its bytes, now */
             if (img)
@@ -55,6 +67,8 @@ static json_t *clean_message(json_t *m)
                 json_array_append(blocks, b);
         }
     }
+    if (json_array_size(content) && !json_array_size(blocks)) /* all blank: as it is, to be refused */
+        json_array_extend(blocks, content);
     json_object_set_new(out, "content", blocks);
     return out;
 }

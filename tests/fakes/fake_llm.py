@@ -344,6 +344,12 @@ class Handler(BaseHTTPRequestHandler):
                     if not isinstance(b.get("input"), dict):
                         return "messages.%d.content.%d.tool_use.input: Input should be a valid dictionary" % (i, j)
                     ids.add(b.get("id"))
+                elif t == "text" and not isinstance(b.get("text"), str):
+                    return "messages.%d.content.%d.text.text: Field required" % (i, j)
+                elif t == "text" and not b["text"]:
+                    return "messages: text content blocks must be non-empty"
+                elif t == "text" and not b["text"].strip():
+                    return "messages: text content blocks must contain non-whitespace text"
                 elif t == "image":
                     err = anthropic_image_error(b, "messages.%d.content.%d.image" % (i, j))
                     if err:

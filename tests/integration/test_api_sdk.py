@@ -166,6 +166,21 @@ class Sdk(FakePeers, unittest.TestCase):
             self.assertEqual(status, 404, data)
             self.assertIn("no agent", json.loads(data)["error"]["message"])
 
+    def test_blank_text_from_an_openai_client_does_not_reach_a_claude_model(self):
+        # "" and white space are fine to OpenAI and refused by the Messages API: dropped, and
+        # the user messages on either side of an emptied assistant one become one
+        script(self.fport, [{"text": "fine"}])
+        body = {"model": "kate", "messages": [
+            {"role": "user", "content": "Q1"}, {"role": "assistant", "content": ""},
+            {"role": "user", "content": [{"type": "text", "text": " \n"}, {"type": "text", "text": "Q2"}]}]}
+        status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": "Bearer " + TOKEN})
+        self.assertEqual(status, 200, data)
+        sent = fake_requests(self.fport)[-1]["body"]["messages"]
+        self.assertEqual(sent, [{"role": "user", "content": [{"type": "text", "text": "Q1"},
+                                                             {"type": "text", "text": "Q2"}]}])
+
     def test_a_body_that_is_json_but_not_an_object(self):
         for path, headers in (("/v1/chat/completions", {"Authorization": "Bearer " + TOKEN}),
                               ("/v1/messages", {"x-api-key": TOKEN})):
