@@ -58,11 +58,16 @@ static json_t *model_object(const char *id, bool is_anthropic)
 static void on_models(struct nx_http_req *req, void *udata)
 {
     const struct api_ctx *ctx = udata;
-    if (!authorized(req, ctx))
-        return;
     size_t i, len = 0;
     bool is_anthropic = nx_http_req_header(req, "anthropic-version", &len) != NULL;
-    api_request_id(req, is_anthropic ? "request-id" : "x-request-id");
+    api_request_id(req, is_anthropic ? "request-id" : "x-request-id"); /* (errors carry one too) */
+    if (!nx_api_authorized(req, *ctx->token)) {
+        if (is_anthropic) /* in the shape its SDK reads */
+            api_anthropic_error(req, 401, "authentication_error", "invalid x-api-key");
+        else
+            authorized(req, ctx);
+        return;
+    }
     json_t *agents = nx_agents_list(ctx->agents), *data = json_array(), *a;
     const char *path = nx_http_req_path(req, &len), *want = NULL;
     if (len > strlen("/v1/models/"))

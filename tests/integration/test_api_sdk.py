@@ -66,6 +66,18 @@ class Sdk(FakePeers, unittest.TestCase):
             self.assertGreater(r["usage"]["completion_tokens"], 0, r)
             self.assertEqual(r["nullUsage"], r["chunks"] - 1, r)  # all but the last, as OpenAI's
 
+    def test_a_refused_model_list_has_a_request_id_and_its_sdks_shape(self):
+        for headers, id_header in (({}, "x-request-id"), ({"anthropic-version": "2023-06-01"}, "request-id")):
+            status, data, h = self.n.request("GET", "/v1/models", headers=dict(headers, **{
+                "Authorization": "Bearer wrong"}))
+            self.assertEqual(status, 401)
+            self.assertRegex(h.get(id_header, ""), r"^req_", h)
+            body = json.loads(data)
+            if id_header == "request-id":
+                self.assertEqual((body["type"], body["error"]["type"]), ("error", "authentication_error"))
+            else:
+                self.assertEqual(body["error"]["code"], "invalid_api_key")
+
     def test_openai_sdk_sees_errors(self):
         r = node("openai_chat.cjs", self.url + "/v1", "wrong-token", "kate", "chat")
         self.assertEqual(r["error"]["status"], 401)

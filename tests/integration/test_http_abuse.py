@@ -91,6 +91,8 @@ class Abuse(unittest.TestCase):
             self.assertEqual(headers["content-type"], "application/json")
             self.assertEqual(int(headers["content-length"]), len(body))
             self.assertEqual(headers["x-should-retry"], "false")
+            id_header = "request-id" if b" /v1/messages " in req else "x-request-id"  # each API's
+            self.assertRegex(headers.get(id_header, ""), r"^req_[A-Za-z0-9]{24}$", headers)
             err = json.loads(body)
             self.assertEqual(err["type"], "error")
             self.assertEqual(err["error"]["type"], etype)
