@@ -319,6 +319,23 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
     free_call(c);
 }
 
+/* Whether `modalities` (absent, null, or a list) asks for text alone. */
+static bool only_text(const json_t *m)
+{
+    size_t i;
+    const json_t *v;
+
+    if (!m || json_is_null(m))
+        return true;
+    if (!json_is_array(m))
+        return false;
+    json_array_foreach(m, i, v) {
+        if (!json_is_string(v) || strcmp(json_string_value(v), "text") != 0)
+            return false;
+    }
+    return true;
+}
+
 /* Parameters nexo cannot honour are refused (400), not ignored: a client asking for two choices
  * or for JSON mode would otherwise take what comes back for what it asked. */
 static bool unsupported(const json_t *in, char *why, size_t len)
@@ -351,6 +368,11 @@ static bool unsupported(const json_t *in, char *why, size_t len)
         snprintf(why, len, "stream: must be true or false");
     else if (sopts && !json_is_null(sopts) && (!json_is_true(stream) || !json_is_object(sopts)))
         snprintf(why, len, "stream_options: only allowed, as an object, when stream is true");
+    else if (!only_text(json_object_get(in, "modalities")) ||
+             (json_object_get(in, "audio") && !json_is_null(json_object_get(in, "audio"))))
+        snprintf(why, len, "%s: nexo answers in text only",
+                 json_object_get(in, "audio") && !json_is_null(json_object_get(in, "audio")) ? "audio"
+                                                                                              : "modalities");
     else if (api_client_tools_why(in))
         snprintf(why, len, "%s", api_client_tools_why(in));
     else

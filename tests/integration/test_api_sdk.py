@@ -103,6 +103,8 @@ class Sdk(FakePeers, unittest.TestCase):
                              ({"tool_choice": "required"}, "tool_choice:"),
                              ({"stream": "yes"}, "stream:"),
                              ({"stream_options": {"include_usage": True}}, "stream_options:"),
+                             ({"modalities": ["text", "audio"]}, "modalities:"),
+                             ({"audio": {"voice": "alloy", "format": "wav"}}, "audio:"),
                              ({"max_completion_tokens": 0}, "max_completion_tokens:"),
                              ({"max_tokens": 2000000}, "max_tokens:")):
             body = dict({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}, **extra)
