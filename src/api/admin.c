@@ -7,26 +7,32 @@
 #include "api/assets.h"
 #include "core/log.h"
 
+/* Constant time over the token's length; a length mismatch still walks the whole token. */
+static bool token_equal(const char *v, size_t len, const char *token)
+{
+    size_t tlen = strlen(token);
+    unsigned char diff = (unsigned char)(!v || len != tlen);
+    for (size_t i = 0; i < tlen; i++)
+        diff |= (unsigned char)(token[i] ^ (v && i < len ? v[i] : 0));
+    return diff == 0;
+}
+
 bool nx_api_authorized(const struct nx_http_req *req, const char *token)
 {
     if (!token)
         return true;
-    size_t len = 0;
-    const char *v = nx_http_req_header(req, "authorization", &len);
-    if (v && len > 7 && strncasecmp(v, "Bearer ", 7) == 0) {
-        v += 7;
-        len -= 7;
+    size_t blen = 0, klen = 0;
+    const char *bearer = nx_http_req_header(req, "authorization", &blen);
+    const char *key = nx_http_req_header(req, "x-api-key", &klen);
+    if (bearer && blen > 7 && strncasecmp(bearer, "Bearer ", 7) == 0) {
+        bearer += 7;
+        blen -= 7;
     } else {
-        v = nx_http_req_header(req, "x-api-key", &len);
+        bearer = NULL;
     }
-    if (!v)
-        return false;
-    /* Constant time over the token's length; a length mismatch still walks the whole token. */
-    size_t tlen = strlen(token);
-    unsigned char diff = (unsigned char)(len != tlen);
-    for (size_t i = 0; i < tlen; i++)
-        diff |= (unsigned char)(token[i] ^ (i < len ? v[i] : 0));
-    return diff == 0;
+    /* either: an SDK given both a key and a proxy's token sends both (both compared, always) */
+    bool by_bearer = token_equal(bearer, blen, token), by_key = token_equal(key, klen, token);
+    return by_bearer || by_key;
 }
 
 void nx_api_respond_unauthorized(struct nx_http_req *req)

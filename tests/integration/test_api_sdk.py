@@ -78,6 +78,17 @@ class Sdk(FakePeers, unittest.TestCase):
             else:
                 self.assertEqual(body["error"]["code"], "invalid_api_key")
 
+    def test_either_credential_is_enough(self):
+        body = json.dumps({"model": "kate", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+        for headers, want in (({"x-api-key": TOKEN, "Authorization": "Bearer proxy-token"}, 200),
+                              ({"x-api-key": "nope", "Authorization": "Bearer " + TOKEN}, 200),
+                              ({"x-api-key": "nope", "Authorization": "Bearer proxy-token"}, 401),
+                              ({"x-api-key": TOKEN + "x"}, 401), ({"Authorization": "Bearer"}, 401)):
+            script(self.fport, [{"text": "ok"}])
+            status, data, _ = self.n.request("POST", "/v1/messages", body=body.encode(),
+                                             headers=dict(headers, **{"Content-Type": "application/json"}))
+            self.assertEqual(status, want, (headers, data))
+
     def test_openai_sdk_sees_errors(self):
         r = node("openai_chat.cjs", self.url + "/v1", "wrong-token", "kate", "chat")
         self.assertEqual(r["error"]["status"], 401)
