@@ -118,6 +118,7 @@ struct nx_turn {
     uint32_t retry_after_s;        /* the provider's retry-after when the model call failed */
     bool is_started;
     bool is_images_kept;           /* its base64 images were looked at (kept as files) */
+    uint64_t hcache_epoch;         /* hcache_epoch when its history was read */
     bool is_keeping_images;        /* a worker has its input (on_images_kept gives it back) */
     bool is_stop_deferred;         /* stopped meanwhile: on_images_kept ends it, input back */
     bool has_streamed;             /* some text went to the caller's on_text */
@@ -162,6 +163,11 @@ void hcache_hold(struct hcache *c);
 void hcache_release(struct hcache *c);
 /* Drops the session's entry, if any: its next turn reads the store. */
 void hcache_forget(struct hcache *c, const char *key);
+/* The same, for a session whose save failed: counted (hcache_epoch), so that a turn that read
+ * its history before does not put its copy back (it may hold what the store did not keep). */
+void hcache_forget_unsaved(struct hcache *c, const char *key);
+/* How many hcache_forget_unsaved so far; turn_save compares with the count when it read. */
+uint64_t hcache_epoch(const struct hcache *c);
 /* A new (shallow) copy of the session's cached messages, or NULL. */
 json_t *hcache_get(struct hcache *c, const char *key);
 /* Caches the last `keep` messages (0 = all), starting on a clean user message. */
@@ -229,6 +235,13 @@ void turn_save(struct nx_turn *t);
  * msgs (may be NULL), for turn_save. Without the cache the history is not known: nothing is
  * cached after. */
 void turn_convo_of_unstarted(struct nx_turn *t, json_t *msgs);
+/* The session's cached history as the turn's conversation (convo, new_from, its token sum), and
+ * the cache's epoch noted for turn_save; false when it is not cached (then nothing is set but
+ * the epoch). */
+bool turn_convo_from_cache(struct nx_turn *t);
+/* Whether an answer's content blocks say nothing: none, or text of white space only (which the
+ * Messages API refuses in a later request: such an answer is not stored). */
+bool turn_says_nothing(const json_t *content);
 /* Appends messages to a conversation, a message of the role the last one has joining it (the
  * APIs want roles to alternate): collect mode's merging of queued messages. */
 void turn_append_messages(json_t *to, const json_t *from);

@@ -230,7 +230,7 @@ static void on_saved(int rc, void *arg)
     struct saving *sv = arg;
     if (rc < 0) {
         nx_error("agent", "session %s: history not saved: %s", sv->key, nx_strerror(rc));
-        hcache_forget(sv->cache, sv->key);
+        hcache_forget_unsaved(sv->cache, sv->key);
     }
     hcache_release(sv->cache);
     free(sv);
@@ -244,24 +244,52 @@ uint64_t turn_count_tokens(struct nx_turn *t)
     return t->tokens;
 }
 
-void turn_convo_of_unstarted(struct nx_turn *t, json_t *msgs)
+bool turn_says_nothing(const json_t *content)
+{
+    size_t i;
+    const json_t *b;
+
+    if (!json_is_array(content))
+        return false;
+    json_array_foreach(content, i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        const char *text = json_string_value(json_object_get(b, "text"));
+        if (!type || strcmp(type, "text") != 0 || !text)
+            return false;
+        while (*text == ' ' || *text == '\t' || *text == '\n' || *text == '\r')
+            text++;
+        if (*text)
+            return false;
+    }
+    return true;
+}
+
+bool turn_convo_from_cache(struct nx_turn *t)
 {
     uint64_t tokens;
 
+    t->hcache_epoch = hcache_epoch(t->a->history);
+    json_t *cached = hcache_get_tokens(t->a->history, t->session_key, &tokens);
+    if (!cached)
+        return false;
+    if (tokens != HCACHE_NO_TOKENS) {
+        t->tokens = tokens;
+        t->tokens_upto = json_array_size(cached);
+    }
+    t->convo = cached;
+    t->new_from = json_array_size(cached);
+    return true;
+}
+
+void turn_convo_of_unstarted(struct nx_turn *t, json_t *msgs)
+{
     if (!t->session_key || !t->a->deps.store || t->convo)
         return;
-    json_t *cached = hcache_get_tokens(t->a->history, t->session_key, &tokens);
-    if (cached) {
-        if (tokens != HCACHE_NO_TOKENS) {
-            t->tokens = tokens;
-            t->tokens_upto = json_array_size(cached);
-        }
-        t->convo = cached;
-    } else { /* the history is not known here: the cache is left to the next turn's load */
+    if (!turn_convo_from_cache(t)) { /* not known here: the cache is left to the next turn's load */
         t->convo = json_array();
         t->is_history_missing = true;
+        t->new_from = 0;
     }
-    t->new_from = json_array_size(t->convo);
     if (msgs)
         json_array_extend(t->convo, msgs);
 }
@@ -277,7 +305,9 @@ void turn_save(struct nx_turn *t)
         json_decref(t->late);
         t->late = NULL;
     }
-    if (!t->is_history_missing) { /* kept as sent: what the next turn starts from alternates */
+    if (hcache_epoch(t->a->history) != t->hcache_epoch) { /* a save failed since it read: */
+        hcache_forget(t->a->history, t->session_key); /* its copy may hold what was not kept */
+    } else if (!t->is_history_missing) { /* kept as sent: what the next turn starts from alternates */
         json_t *alt = turn_alternating(t->convo, t->new_from ? t->new_from - 1 : 0);
         /* merged messages are estimated apart from their parts: counted again when needed */
         hcache_put_tokens(t->a->history, t->session_key, alt, turn_history_keep(t),

@@ -25,6 +25,7 @@ struct hcache {
     size_t max;
     struct hentry *head, *tail;
     size_t holds;   /* hcache_hold without hcache_release: the struct outlives hcache_free */
+    uint64_t epoch; /* forgets so far (hcache_epoch) */
     bool is_freed;
 };
 
@@ -120,6 +121,19 @@ void hcache_forget(struct hcache *c, const char *key)
         return;
     if ((e = *slot(c, key)))
         drop(c, e);
+}
+
+void hcache_forget_unsaved(struct hcache *c, const char *key)
+{
+    if (c->is_freed)
+        return;
+    c->epoch++;
+    hcache_forget(c, key);
+}
+
+uint64_t hcache_epoch(const struct hcache *c)
+{
+    return c->epoch;
 }
 
 json_t *hcache_get(struct hcache *c, const char *key)

@@ -164,8 +164,10 @@ static void finish(struct nx_turn *t, int rc)
     bool is_own_kept = rc < 0 && !t->is_budget_refusal && json_array_size(t->convo) > t->new_from &&
                        (rc == NX_ECANCELED || t->answers > 0);
     if (!t->is_saved && t->convo && !will_run_again && (is_own_kept || json_array_size(t->late))) {
-        while (!is_own_kept && rc < 0 && json_array_size(t->convo) > t->new_from)
+        while (!is_own_kept && rc < 0 && json_array_size(t->convo) > t->new_from) {
             json_array_remove(t->convo, t->new_from); /* its failed call's input: only the late */
+            t->tokens = t->tokens_upto = 0;           /* (counted again, without it) */
+        }
         turn_save(t);
     }
 
@@ -267,8 +269,10 @@ static void tool_done(struct tool_slot *s, const char *output, size_t len, bool 
     if (--t->slots_pending > 0 || t->is_done)
         return;
     json_t *blocks = json_array();
-    for (size_t i = 0; i < t->nslots; i++)
-        json_array_append(blocks, t->slots[i].result);
+    for (size_t i = 0; i < t->nslots; i++) { /* (taken: a later round's calls never find these */
+        json_array_append_new(blocks, t->slots[i].result); /* results, also under the same ids) */
+        t->slots[i].result = NULL;
+    }
     json_array_append_new(t->convo, json_pack("{s:s, s:o}", "role", "user", "content", blocks));
     call_model(t);
 }
@@ -386,8 +390,8 @@ static void llm_done(struct nx_turn *t, int rc, const struct nx_llm_result *res)
     free(t->stop_sequence);
     t->stop_sequence = res->stop_sequence ? nx_strdup(res->stop_sequence) : NULL;
     const json_t *content = json_object_get(res->message, "content");
-    if (json_is_array(content) && json_array_size(content) == 0) {
-        /* nothing said: an empty message would make the session's next request invalid */
+    if (turn_says_nothing(content)) {
+        /* an empty message (or white space) would make the session's next request invalid */
         turn_save(t);
         finish(t, 0);
         return;
@@ -600,15 +604,7 @@ static void run(struct nx_turn *t, bool may_wait)
     if (!within_budget(t, may_wait))
         return;
     if (t->session_key && t->a->deps.store) {
-        uint64_t tokens;
-        json_t *cached = hcache_get_tokens(t->a->history, t->session_key, &tokens);
-        if (cached) { /* this process wrote the session last: no store read needed */
-            if (tokens != HCACHE_NO_TOKENS) {
-                t->tokens = tokens;
-                t->tokens_upto = json_array_size(cached);
-            }
-            t->convo = cached;
-            t->new_from = json_array_size(cached);
+        if (turn_convo_from_cache(t)) { /* this process wrote the session last: no store read */
             json_array_extend(t->convo, t->input);
             call_model(t);
             return;

@@ -91,7 +91,8 @@ static bool same(const struct ws_file *a, const struct ws_file *b)
            a->mtime.tv_nsec == b->mtime.tv_nsec;
 }
 
-/* Up to WS_FILE_MAX bytes of the file, cut back to a whole UTF-8 character. */
+/* Up to WS_FILE_MAX bytes of the file, cut back to a whole UTF-8 character; invalid UTF-8
+ * becomes U+FFFD and a NUL a space. */
 static void read_section(const char *name, const char *path, struct nx_buf *out)
 {
     char *data = nx_malloc(WS_FILE_MAX + 1);
@@ -124,7 +125,12 @@ static void read_section(const char *name, const char *path, struct nx_buf *out)
     if (out->len)
         nx_buf_puts(out, "\n\n");
     nx_buf_printf(out, "# %s\n\n", name);
-    nx_buf_append(out, data, n);
+    /* a NUL would end the prompt there (and lose the files after it); one Latin-1 byte would
+     * fail every turn, the prompt being sent as UTF-8 */
+    for (size_t i = 0; i < n; i++)
+        if (data[i] == '\0')
+            data[i] = ' ';
+    nx_utf8_sanitize(out, data, n);
     if (is_cut)
         nx_buf_printf(out, "\n\n[%s was cut at %d bytes]", name, WS_FILE_MAX);
 out:

@@ -1,6 +1,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/alloc.h"
 #include "core/error.h"
@@ -333,6 +334,15 @@ static void read_usage(const json_t *u, struct nx_llm_usage *out)
 }
 
 /* A canonical tool_use block from an id, a name and the arguments as the model sent them. */
+/* An id for a tool call that came without one (some local servers send none): unique in the
+ * session's history, across rounds and restarts, so that a result is never matched to a call of
+ * another round. */
+static void made_up_id(char *buf, size_t len, size_t i)
+{
+    static uint64_t seq;
+    snprintf(buf, len, "call_%llx%llx_%zu", (unsigned long long)time(NULL), (unsigned long long)++seq, i);
+}
+
 static json_t *tool_use_block(const char *id, const char *name, const char *args, size_t len)
 {
     json_t *b = json_pack("{s:s, s:s, s:s}", "type", "tool_use", "id", id, "name", name), *input;
@@ -414,7 +424,7 @@ int nx_openai_parse_response(const char *body, size_t len, struct nx_llm_resp *o
     json_array_foreach(calls, i, tc) {
         json_t *fn = json_object_get(tc, "function"), *args = json_object_get(fn, "arguments");
         const char *name = nx_json_str(fn, "name"), *id = nx_json_str(tc, "id");
-        char idbuf[32];
+        char idbuf[64];
         char *dumped = NULL;
         if (!name || !*name || i >= NX_LLM_MAX_BLOCKS) {
             json_decref(content);
@@ -422,7 +432,7 @@ int nx_openai_parse_response(const char *body, size_t len, struct nx_llm_resp *o
             goto out;
         }
         if (!id) {
-            snprintf(idbuf, sizeof idbuf, "call_%zu", i);
+            made_up_id(idbuf, sizeof idbuf, i);
             id = idbuf;
         }
         if (json_is_object(args)) /* a few servers send an object, not a string */
@@ -645,14 +655,15 @@ int nx_openai_stream_finish(struct nx_openai_stream *s, struct nx_llm_resp *out)
                                                      json_stringn_nocheck(s->text.data, s->text.len)));
         for (size_t i = 0; i < s->ncalls && !rc; i++) {
             struct tcall *c = &s->calls[i];
-            char idbuf[32];
+            char idbuf[64];
             if (!c->used)
                 continue;
             if (!c->name.len) {
                 rc = fail(s, "a tool call without a function name");
                 break;
             }
-            snprintf(idbuf, sizeof idbuf, "call_%zu", i);
+            if (!c->id.len)
+                made_up_id(idbuf, sizeof idbuf, i);
             json_array_append_new(content, tool_use_block(c->id.len ? c->id.data : idbuf, c->name.data,
                                                           nx_buf_cstr(&c->args), c->args.len));
             has_calls = true;

@@ -349,19 +349,27 @@ static int load_job_run(sqlite3 *db, void *arg)
         goto out;
     sqlite3_bind_text(st, 1, j->key, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, j->max);
+    size_t nbad = 0;
     while ((src = sqlite3_step(st)) == SQLITE_ROW) {
         const char *role = (const char *)sqlite3_column_text(st, 0);
         const char *text = (const char *)sqlite3_column_text(st, 1);
         json_t *content = text ? json_loads(text, JSON_DECODE_ANY, NULL) : NULL;
-        if (!content) {
-            nx_error("history", "session %s: a stored message is not JSON", j->key);
-            goto out;
-        }
         json_t *m = json_object();
         json_object_set_new(m, "role", nx_json_string_lossy(role));
-        json_object_set_new(m, "content", content);
+        json_object_set_new(m, "content", content ? content : json_null());
+        /* a row nexo did not write (edited, damaged): left out, not the whole history with it,
+         * and not sent on for the provider to refuse every turn */
+        if (!content || !role || (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0) ||
+            !is_valid_message(m)) {
+            json_decref(m);
+            nbad++;
+            continue;
+        }
         json_array_append_new(list, m);
     }
+    if (nbad)
+        nx_error("history", "session %s: %zu stored message%s left out: not a message nexo wrote (role "
+                 "user or assistant, content JSON text or blocks)", j->key, nbad, nbad == 1 ? "" : "s");
     if (src != SQLITE_DONE)
         goto out;
     /* the last N rows may begin inside a tool exchange: start where a conversation can, or,

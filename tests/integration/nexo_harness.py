@@ -141,6 +141,15 @@ class Nexo:
             self.notify.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
+    def restart(self):
+        """Stops nexo and starts it again on the same data; the exit code of the stop."""
+        code = self.stop()
+        self.notify.close()
+        os.unlink(os.path.join(self.tmp, "notify.sock"))
+        self.log.close()
+        self.start()
+        return code
+
     def read_log(self):
         try:
             with open(self.log_path, "rb") as f:

@@ -154,11 +154,7 @@ class Limits(FakePeers, unittest.TestCase):
             self.assertEqual((e["status"], e["name"], e["type"]), (429, "RateLimitError", "rate_limit_error"))
 
         # the day's count is in the store: a restart still refuses
-        self.assertEqual(self.n.stop(), 0)
-        self.n.notify.close()
-        os.unlink(os.path.join(self.n.tmp, "notify.sock"))
-        self.n.log.close()
-        self.n.start()
+        self.assertEqual(self.n.restart(), 0)
         status, r, _ = self.post("/v1/chat/completions", "thrifty")
         self.assertEqual(status, 429, r)
         self.assertRegex(self.metrics(), r'nexo_agent_tokens_budget_remaining\{agent="thrifty"\} 0')
