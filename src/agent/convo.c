@@ -254,6 +254,8 @@ bool turn_says_nothing(const json_t *content)
     json_array_foreach(content, i, b) {
         const char *type = json_string_value(json_object_get(b, "type"));
         const char *text = json_string_value(json_object_get(b, "text"));
+        if (type && strcmp(type, "reasoning") == 0) /* (the model's thoughts, not said) */
+            continue;
         if (!type || strcmp(type, "text") != 0 || !text)
             return false;
         while (*text == ' ' || *text == '\t' || *text == '\n' || *text == '\r')

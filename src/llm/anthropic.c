@@ -57,7 +57,8 @@ static json_t *clean_message(json_t *m)
             if ((cc = json_object_get(b, "cache_control")))
                 json_object_set(tu, "cache_control", cc);
             json_array_append_new(blocks, tu);
-        } else if (type && !strcmp(type, "text") && is_blank(nx_json_str(b, "text"))) {
+        } else if (type && ((!strcmp(type, "text") && is_blank(nx_json_str(b, "text"))) ||
+                            !strcmp(type, "reasoning"))) { /* (an OpenAI-compatible model's) */
             continue;
         } else {
             json_t *img = nx_llm_media_resolve(b); /* a file the user sent: its bytes, now */

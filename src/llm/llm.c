@@ -147,8 +147,8 @@ int nx_llm_classify(long status, const char *type, bool *is_retryable)
                             !strcmp(type, "api_error") || !strcmp(type, "server_error"));
 
     *is_retryable = false;
-    if (type && (!strcmp(type, "insufficient_quota") || !strcmp(type, "billing_error")))
-        return NX_EPERM; /* a 429 that waiting does not fix */
+    if (status == 402 || (type && (!strcmp(type, "insufficient_quota") || !strcmp(type, "billing_error"))))
+        return NX_EPERM; /* unpaid (DeepSeek's, OpenRouter's 402), or a 429 that waiting does not fix */
     if (status == 429 || status == 529 || status >= 500 || ((status == 0 || status == 200) && t_retry)) {
         *is_retryable = true;
         return NX_EAGAIN;
@@ -512,8 +512,8 @@ static void on_http_done(int rc, const struct nx_http_response *hres, const char
             ra[0] = '\0';
         retry_ms = nx_llm_parse_retry_after(ra_ms, ra);
     }
-    if (rc == NX_ETIMEDOUT && c->is_stream_ended && status >= 200 && status <= 299)
-        rc = 0; /* only the end of a whole answer's body never came */
+    if ((rc == NX_ETIMEDOUT || rc == NX_EHTTP) && c->is_stream_ended && status >= 200 && status <= 299)
+        rc = 0; /* only the end of a whole answer's body never came (or the connection broke then) */
     if (c->cancelled) {
         rc = NX_ECANCELED;
         nx_llm_resp_set_error(&r, "cancelled", "%s: request cancelled", c->p->name);

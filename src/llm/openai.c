@@ -108,6 +108,7 @@ static void add_assistant(json_t *msgs, const json_t *content)
 {
     json_t *calls = json_array(), *b, *m;
     struct nx_buf text = NX_BUF_INIT;
+    const char *reasoning = NULL;
     size_t i;
 
     json_array_foreach(content, i, b) {
@@ -116,6 +117,8 @@ static void add_assistant(json_t *msgs, const json_t *content)
             continue;
         if (!strcmp(type, "text") && nx_json_str(b, "text")) {
             nx_buf_puts(&text, nx_json_str(b, "text"));
+        } else if (!strcmp(type, "reasoning")) {
+            reasoning = nx_json_str(b, "text");
         } else if (!strcmp(type, "tool_use")) {
             const char *raw = nx_json_str(b, "input_raw");
             json_t *input = json_object_get(b, "input");
@@ -135,6 +138,8 @@ static void add_assistant(json_t *msgs, const json_t *content)
         json_object_set_new(m, "content", json_null());
     if (json_array_size(calls))
         json_object_set(m, "tool_calls", calls);
+    if (reasoning && json_array_size(calls)) /* DeepSeek's thinking mode refuses the call without it */
+        json_object_set_new(m, "reasoning_content", json_string(reasoning));
     json_array_append_new(msgs, m);
     json_decref(calls);
     nx_buf_cleanup(&text);
@@ -188,6 +193,13 @@ static void encode_message(const char *role, const json_t *content, struct nx_bu
 static bool is_json_text(const char *s)
 {
     return nx_utf8_is_valid(s, strlen(s));
+}
+
+/* OpenAI's reasoning models by name: o1, o3, o4-mini, gpt-5 and what follows them. */
+static bool is_openai_reasoner(const char *model)
+{
+    return model && ((model[0] == 'o' && model[1] >= '1' && model[1] <= '9') ||
+                     strncmp(model, "gpt-5", 5) == 0);
 }
 
 int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, const char **why)
@@ -271,8 +283,12 @@ int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, c
         free(text);
         text = NULL;
     }
-    nx_buf_printf(out, ",\"max_tokens\":%lld", (long long)(req->max_tokens ? req->max_tokens : 4096));
-    if (req->temperature >= 0)
+    /* OpenAI's reasoning models refuse max_tokens (deprecated there) and any temperature but
+     * the default; other servers (Ollama, vLLM, DeepSeek) know max_tokens only */
+    bool is_reasoner = is_openai_reasoner(req->model);
+    nx_buf_printf(out, is_reasoner ? ",\"max_completion_tokens\":%lld" : ",\"max_tokens\":%lld",
+                  (long long)(req->max_tokens ? req->max_tokens : 4096));
+    if (req->temperature >= 0 && !is_reasoner)
         nx_buf_printf(out, ",\"temperature\":%.17g", (double)req->temperature);
     if (json_array_size(req->stop)) { /* the Chat Completions API takes at most 4 */
         nx_buf_puts(out, ",\"stop\":[");
@@ -326,6 +342,8 @@ static void read_usage(const json_t *u, struct nx_llm_usage *out)
         return;
     prompt = nx_json_u64(u, "prompt_tokens");
     cached = nx_json_u64(json_object_get(u, "prompt_tokens_details"), "cached_tokens");
+    if (!cached) /* DeepSeek's name for them */
+        cached = nx_json_u64(u, "prompt_cache_hit_tokens");
     if (cached > prompt)
         cached = prompt;
     out->input_tokens = prompt - cached;
@@ -333,7 +351,6 @@ static void read_usage(const json_t *u, struct nx_llm_usage *out)
     out->output_tokens = nx_json_u64(u, "completion_tokens");
 }
 
-/* A canonical tool_use block from an id, a name and the arguments as the model sent them. */
 /* An id for a tool call that came without one (some local servers send none): unique in the
  * session's history, across rounds and restarts, so that a result is never matched to a call of
  * another round. */
@@ -343,6 +360,17 @@ static void made_up_id(char *buf, size_t len, size_t i)
     snprintf(buf, len, "call_%llx%llx_%zu", (unsigned long long)time(NULL), (unsigned long long)++seq, i);
 }
 
+/* The model's reasoning in a message or delta: DeepSeek's (and vLLM's) reasoning_content, or
+ * the reasoning some other servers name so; NULL when none. Kept with an answer that calls
+ * tools, for DeepSeek's thinking mode, which refuses a later request whose tool-call message
+ * lacks it. */
+static const char *reasoning_of(const json_t *m)
+{
+    const char *v = nx_json_str(m, "reasoning_content");
+    return v ? v : nx_json_str(m, "reasoning");
+}
+
+/* A canonical tool_use block from an id, a name and the arguments as the model sent them. */
 static json_t *tool_use_block(const char *id, const char *name, const char *args, size_t len)
 {
     json_t *b = json_pack("{s:s, s:s, s:s}", "type", "tool_use", "id", id, "name", name), *input;
@@ -368,9 +396,35 @@ static json_t *tool_use_block(const char *id, const char *name, const char *args
     return b;
 }
 
+/* The error type that says what an HTTP status says (nx_llm_classify reads it back). */
+static const char *type_of_status(long status, char *buf, size_t len)
+{
+    switch (status) {
+    case 400:
+        return "invalid_request_error";
+    case 401:
+        return "authentication_error";
+    case 402:
+        return "billing_error";
+    case 403:
+        return "permission_error";
+    case 404:
+        return "not_found_error";
+    case 413:
+        return "request_too_large";
+    case 429:
+        return "rate_limit_error";
+    default:
+        if (status >= 500)
+            return "server_error";
+        snprintf(buf, len, "http_%ld", status);
+        return status ? buf : "api_error";
+    }
+}
+
 static void read_error_object(const json_t *root, long status, struct nx_llm_resp *out)
 {
-    json_t *e = json_object_get(root, "error");
+    json_t *e = json_object_get(root, "error"), *ncode = json_object_get(e, "code");
     const char *type = nx_json_str(e, "type"), *msg = nx_json_str(e, "message");
     const char *code = nx_json_str(e, "code");
     char deftype[32];
@@ -381,19 +435,17 @@ static void read_error_object(const json_t *root, long status, struct nx_llm_res
         msg = nx_json_str(root, "message");
     if (!type || !*type)
         type = code;
-    if (!type) {
-        if (status == 429)
-            type = "rate_limit_error";
-        else if (status >= 500)
-            type = "server_error";
-        else if (status == 401)
-            type = "authentication_error";
-        else if (status == 404)
-            type = "not_found_error";
-        else {
-            snprintf(deftype, sizeof deftype, "http_%ld", status);
-            type = status ? deftype : "api_error";
-        }
+    /* an error in a stream that began as 200 (OpenRouter, vLLM): its numeric code is the status
+     * it would have had, and says more than a server's own type names ("InternalServerError") */
+    if ((status == 0 || status == 200) && json_is_integer(ncode) && json_integer_value(ncode) >= 400 &&
+        json_integer_value(ncode) <= 599)
+        type = type_of_status((long)json_integer_value(ncode), deftype, sizeof deftype);
+    if (!type)
+        type = type_of_status(status == 401 || status == 404 || status == 429 || status >= 500 ? status : 0,
+                              deftype, sizeof deftype);
+    if (!strcmp(type, "api_error") && status && status != 200) {
+        snprintf(deftype, sizeof deftype, "http_%ld", status);
+        type = deftype;
     }
     nx_llm_resp_set_error(out, type, "%s", msg ? msg : "(no message)");
 }
@@ -416,6 +468,8 @@ int nx_openai_parse_response(const char *body, size_t len, struct nx_llm_resp *o
         goto out;
     }
     content = json_array();
+    if (json_array_size(json_object_get(msg, "tool_calls")) && (text = reasoning_of(msg)) && *text)
+        json_array_append_new(content, json_pack("{s:s, s:s}", "type", "reasoning", "text", text));
     if ((text = nx_json_str(msg, "content")) && *text)
         json_array_append_new(content, json_pack("{s:s, s:s}", "type", "text", "text", text));
     else if ((text = nx_json_str(msg, "refusal")) && *text)
@@ -463,8 +517,9 @@ out:
 void nx_openai_parse_error(long status, const char *body, size_t len, struct nx_llm_resp *out)
 {
     json_t *root = json_loadb(body ? body : "", len, 0, NULL);
+    const json_t *obj = json_is_array(root) ? json_array_get(root, 0) : root; /* Gemini's: [{...}] */
 
-    read_error_object(json_is_object(root) ? root : NULL, status, out);
+    read_error_object(json_is_object(obj) ? obj : NULL, status, out);
     json_decref(root);
 }
 
@@ -478,12 +533,15 @@ struct tcall {
     long index;  /* the stream's index for it, or -1 when the provider sends none */
 };
 
+#define NX_OPENAI_REASONING_MAX (1024 * 1024) /* kept of one answer's reasoning */
+
 struct nx_openai_stream {
     struct nx_sse_reader sse;
     nx_llm_text_fn on_text;
     void *udata;
     struct nx_llm_resp resp;
     struct nx_buf text;
+    struct nx_buf reasoning; /* reasoning_content deltas (DeepSeek, vLLM) */
     struct tcall *calls;
     size_t ncalls;
     bool got_finish;
@@ -561,8 +619,13 @@ static int on_tool_delta(struct nx_openai_stream *s, const json_t *d)
     }
     if ((v = nx_json_str(fn, "name")) && *v && c->name.len == 0)
         nx_buf_puts(&c->name, v);
-    if ((v = nx_json_str(fn, "arguments")))
+    if ((v = nx_json_str(fn, "arguments"))) {
         nx_buf_puts(&c->args, v);
+    } else if (json_is_object(json_object_get(fn, "arguments"))) { /* (an object, not a string) */
+        char *dumped = json_dumps(json_object_get(fn, "arguments"), JSON_COMPACT);
+        nx_buf_puts(&c->args, dumped ? dumped : "");
+        free(dumped);
+    }
     return 0;
 }
 
@@ -602,12 +665,14 @@ static int on_event(const struct nx_sse_event *sse, void *udata)
             nx_buf_puts(&s->text, v);
             s->on_text(v, strlen(v), s->udata);
         }
+        if ((v = reasoning_of(d)) && *v && s->reasoning.len < NX_OPENAI_REASONING_MAX)
+            nx_buf_puts(&s->reasoning, v);
         calls = json_object_get(d, "tool_calls");
         json_array_foreach(calls, j, tc) {
             if ((rc = on_tool_delta(s, tc)) < 0)
                 goto out;
         }
-        if ((v = nx_json_str(ch, "finish_reason"))) {
+        if ((v = nx_json_str(ch, "finish_reason")) && *v) { /* (older Ollama: "" in every chunk) */
             s->resp.stop = nx_llm_stop_from_openai(v);
             s->got_finish = true;
         }
@@ -668,6 +733,9 @@ int nx_openai_stream_finish(struct nx_openai_stream *s, struct nx_llm_resp *out)
                                                           nx_buf_cstr(&c->args), c->args.len));
             has_calls = true;
         }
+        if (has_calls && s->reasoning.len && nx_utf8_is_valid(s->reasoning.data, s->reasoning.len))
+            json_array_insert_new(content, 0, json_pack("{s:s, s:s%}", "type", "reasoning", "text",
+                                                        s->reasoning.data, s->reasoning.len));
         if (rc)
             json_decref(content);
         else
@@ -696,6 +764,7 @@ void nx_openai_stream_free(struct nx_openai_stream *s)
     }
     free(s->calls);
     nx_buf_cleanup(&s->text);
+    nx_buf_cleanup(&s->reasoning);
     nx_sse_reader_cleanup(&s->sse);
     nx_llm_resp_cleanup(&s->resp);
     free(s);

@@ -22,6 +22,8 @@ Control (no auth):
                      {"hold_open_ms": N, "hold_pings": bool}      streams: the body ends N ms after the
                                                                   last event ([DONE], message_stop), with
                                                                   SSE comments meanwhile if hold_pings
+                     {"cut_after_end": true}                     streams: the connection closes after the
+                                                                  last event, without the body's last chunk
                      {"stop_reason": "max_tokens"}, {"usage": {...}}, {"model": "..."}
   GET  /_requests  recorded requests: [{"endpoint","method","path","headers","body","t"}]
   POST /_reset     clears the script, the records and the config overrides
@@ -38,6 +40,7 @@ import base64
 import collections
 import json
 import random
+import re
 import string
 import sys
 import threading
@@ -218,7 +221,10 @@ class Handler(BaseHTTPRequestHandler):
             if step.get("hold_pings") and time.monotonic() < end:
                 self.chunk(": keep-alive\n\n")
 
-    def end_stream(self):
+    def end_stream(self, step=None):
+        if step and step.get("cut_after_end"):  # the connection breaks before the last chunk
+            self.close_connection = True
+            return
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
@@ -476,7 +482,7 @@ class Handler(BaseHTTPRequestHandler):
                              "usage": {"output_tokens": usage["output_tokens"]}})
         ev("message_stop", {"type": "message_stop"})
         self.hold_open(step)
-        self.end_stream()
+        self.end_stream(step)
 
     def anthropic_instant(self, raw):
         if not instant_stream(raw):
@@ -504,6 +510,15 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(msgs, list) or not msgs:
             return ("Invalid 'messages': empty array. Expected an array with minimum length 1, but got an "
                     "empty array instead.", "messages", "empty_array")
+        model = str(body.get("model"))
+        if re.match(r"o[1-9]|gpt-5", model):  # OpenAI's reasoning models
+            if "max_tokens" in body:
+                return ("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                        "'max_completion_tokens' instead.", "max_tokens", "unsupported_parameter")
+            if body.get("temperature", 1) != 1:
+                return ("Unsupported value: 'temperature' does not support %s with this model. Only the "
+                        "default (1) value is supported." % body["temperature"], "temperature",
+                        "unsupported_value")
         stop = body.get("stop")
         if isinstance(stop, list) and len(stop) > 4:
             return ("Invalid 'stop': array too long. Expected an array with maximum length 4, but got an "
@@ -660,7 +675,7 @@ class Handler(BaseHTTPRequestHandler):
                                                   "usage": usage}))
         self.chunk("data: [DONE]\n\n")
         self.hold_open(step)
-        self.end_stream()
+        self.end_stream(step)
 
     def openai_instant(self, raw):
         if not instant_stream(raw):

@@ -103,6 +103,25 @@ static inline void check_stream_ended_but_body_held_open(const char *kind, const
     }
 }
 
+/* The stream's last event came, then the connection broke before the body's last chunk: the
+ * answer is whole, and is answered (a tool call too: not asked for again). */
+static inline void check_stream_ended_then_cut(const char *kind, const char *key, const char *model)
+{
+    struct one t;
+    struct outcome o = {0};
+    struct nx_llm_request req = {.model = model, .temperature = -1, .stream = true};
+
+    one_open(&t, kind, kind, key, 2000,
+             "[{\"tool_use\": {\"name\": \"f\", \"input\": {\"a\": 1}}, \"cut_after_end\": true}]", "hi");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_int_equal(o.stop, NX_LLM_STOP_TOOL_USE);
+    assert_int_equal(nrequests(), 1);
+    outcome_cleanup(&o);
+    one_close(&t);
+}
+
 /* One connection to the upstream (max_host_connections 1) and a provider timeout_ms of 1 s: a
  * second stream waits for the first (0.8 s), then its upstream is silent for 0.6 s. The wait
  * is not silence: both complete, where counting from the start cut the second at 1 s as

@@ -239,6 +239,12 @@ static void test_anthropic_cancel_mid_stream(void **state)
     one_close(&t);
 }
 
+static void test_anthropic_stream_ended_then_cut(void **state)
+{
+    (void)state;
+    check_stream_ended_then_cut("anthropic", KEY, "claude-test");
+}
+
 static void test_anthropic_request_deadline(void **state)
 {
     (void)state;
@@ -371,6 +377,7 @@ int main(void)
         cmocka_unit_test(test_anthropic_error_event_mid_stream),
         cmocka_unit_test(test_anthropic_cancel_mid_stream),
         cmocka_unit_test(test_anthropic_request_deadline),
+        cmocka_unit_test(test_anthropic_stream_ended_then_cut),
 
         cmocka_unit_test(test_anthropic_long_stream_is_not_cut),
         cmocka_unit_test(test_anthropic_stream_ended_but_body_held_open),

@@ -428,6 +428,132 @@ static void test_openai_tool_calls_without_or_sharing_an_index(void **state)
     json_decref(c);
 }
 
+/* Feeds a whole stream; the response (finish's rc in *rc). */
+static struct nx_llm_resp parse_stream(const char *sse, int *rc)
+{
+    size_t ntext = 0;
+    struct nx_openai_stream *s = nx_openai_stream_new(count_text, &ntext);
+    struct nx_llm_resp r;
+
+    memset(&r, 0, sizeof r);
+    nx_openai_stream_feed(s, sse, strlen(sse));
+    *rc = nx_openai_stream_finish(s, &r);
+    nx_openai_stream_free(s);
+    return r;
+}
+
+/* What OpenAI-compatible servers other than OpenAI send: DeepSeek's reasoning_content, kept
+ * with a tool call and sent back with it (its thinking mode refuses the next request without);
+ * arguments as an object; "" as finish_reason in every chunk (older Ollama), which ends
+ * nothing; an error with a numeric code in a stream that began as 200 (OpenRouter, vLLM). */
+static void test_openai_servers_other_than_openai(void **state)
+{
+    int rc;
+    struct nx_llm_resp r;
+    (void)state;
+
+    r = parse_stream("data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"Let me \"}}]}\n\n"
+                     "data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"check.\","
+                     "\"tool_calls\":[{\"index\":0,\"id\":\"c1\",\"function\":{\"name\":\"f\","
+                     "\"arguments\":{\"a\":1}}}]}}]}\n\n"
+                     "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n"
+                     "data: [DONE]\n\n", &rc);
+    assert_int_equal(rc, 0);
+    json_t *content = json_object_get(r.message, "content");
+    assert_string_equal(nx_json_str(json_array_get(content, 0), "type"), "reasoning");
+    assert_string_equal(nx_json_str(json_array_get(content, 0), "text"), "Let me check.");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(json_array_get(content, 1), "input"),
+                                                        "a")), 1);
+    /* sent back with the call */
+    json_t *msgs = json_pack("[{s:s, s:s}, O, {s:s, s:[{s:s, s:s, s:s}]}]", "role", "user", "content", "hi",
+                             r.message, "role", "user", "content", "type", "tool_result", "tool_use_id", "c1",
+                             "content", "ok");
+    struct nx_llm_request req = {.model = "deepseek-chat", .temperature = -1, .messages = msgs};
+    struct nx_buf body = NX_BUF_INIT;
+    const char *why = NULL;
+    assert_int_equal(nx_openai_build_body(&req, &body, &why), 0);
+    json_t *sent = json_loads(nx_buf_cstr(&body), 0, NULL);
+    json_t *call_msg = json_array_get(json_object_get(sent, "messages"), 1);
+    assert_string_equal(nx_json_str(call_msg, "reasoning_content"), "Let me check.");
+    json_decref(sent);
+    json_decref(msgs);
+    nx_buf_cleanup(&body);
+    nx_llm_resp_cleanup(&r);
+
+    /* without a tool call the reasoning is not kept */
+    r = parse_stream("data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"hm\",\"content\":"
+                     "\"hi\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n", &rc);
+    assert_int_equal(rc, 0);
+    assert_int_equal(json_array_size(json_object_get(r.message, "content")), 1);
+    nx_llm_resp_cleanup(&r);
+
+    /* "" is no finish: a stream cut after it is not a whole answer */
+    r = parse_stream("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par\"},"
+                     "\"finish_reason\":\"\"}]}\n\n", &rc);
+    assert_int_not_equal(rc, 0);
+    nx_llm_resp_cleanup(&r);
+
+    /* a numeric code in a 200 stream decides: 500 is the server's (retried), 403 is not */
+    r = parse_stream("data: {\"error\":{\"type\":\"InternalServerError\",\"message\":\"boom\","
+                     "\"code\":500}}\n\n", &rc);
+    bool retry = false;
+    assert_int_equal(nx_llm_classify(0, r.error_type, &retry), NX_EAGAIN);
+    assert_true(retry);
+    nx_llm_resp_cleanup(&r);
+    r = parse_stream("data: {\"error\":{\"message\":\"flagged by moderation\",\"code\":403}}\n\n", &rc);
+    assert_int_equal(nx_llm_classify(0, r.error_type, &retry), NX_EPERM);
+    assert_false(retry);
+    nx_llm_resp_cleanup(&r);
+
+    /* Gemini's error body is an array; DeepSeek names its cached tokens apart */
+    memset(&r, 0, sizeof r);
+    static const char gem[] = "[{\"error\":{\"code\":400,\"message\":\"bad thing\",\"status\":"
+                              "\"INVALID_ARGUMENT\"}}]";
+    nx_openai_parse_error(400, gem, sizeof gem - 1, &r);
+    assert_non_null(strstr(r.error_message, "bad thing"));
+    nx_llm_resp_cleanup(&r);
+    static const char ds[] = "{\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\","
+                             "\"content\":\"x\"},\"finish_reason\":\"stop\"}],\"usage\":{"
+                             "\"prompt_tokens\":2006,\"completion_tokens\":3,"
+                             "\"prompt_cache_hit_tokens\":1920,\"prompt_cache_miss_tokens\":86}}";
+    memset(&r, 0, sizeof r);
+    assert_int_equal(nx_openai_parse_response(ds, sizeof ds - 1, &r), 0);
+    assert_int_equal(r.usage.input_tokens, 86);
+    assert_int_equal(r.usage.cache_read_tokens, 1920);
+    nx_llm_resp_cleanup(&r);
+    assert_int_equal(nx_llm_classify(402, "unknown_error", &retry), NX_EPERM); /* unpaid: the next target */
+}
+
+/* OpenAI's reasoning models take max_completion_tokens and no temperature; others max_tokens. */
+static void test_openai_reasoning_models_get_max_completion_tokens(void **state)
+{
+    static const char *const models[] = {"o3-mini", "gpt-5", "gpt-4o", "llama3"};
+    json_t *msgs = json_pack("[{s:s, s:s}]", "role", "user", "content", "hi");
+    (void)state;
+    for (size_t i = 0; i < 4; i++) {
+        struct nx_llm_request req = {.model = models[i], .temperature = 0.5, .messages = msgs,
+                                     .max_tokens = 99};
+        struct nx_buf body = NX_BUF_INIT;
+        const char *why = NULL;
+        assert_int_equal(nx_openai_build_body(&req, &body, &why), 0);
+        json_t *b = json_loads(nx_buf_cstr(&body), 0, NULL);
+        bool is_reasoner = i < 2;
+        const char *field = is_reasoner ? "max_completion_tokens" : "max_tokens";
+        assert_int_equal(json_integer_value(json_object_get(b, field)), 99);
+        assert_null(json_object_get(b, is_reasoner ? "max_tokens" : "max_completion_tokens"));
+        assert_int_equal(json_object_get(b, "temperature") != NULL, !is_reasoner);
+        json_decref(b);
+        nx_buf_cleanup(&body);
+    }
+    json_decref(msgs);
+}
+
+static void test_openai_stream_ended_then_cut(void **state)
+{
+    (void)state;
+    check_stream_ended_then_cut("openai", KEY, "gpt-test");
+}
+
 /* A session's history is encoded once per message and reused (llm/frag_cache.c). */
 static void test_openai_body_same_with_fragment_cache(void **state)
 {
@@ -457,6 +583,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_openai_tool_calls_without_or_sharing_an_index),
+        cmocka_unit_test(test_openai_servers_other_than_openai),
+        cmocka_unit_test(test_openai_reasoning_models_get_max_completion_tokens),
+        cmocka_unit_test(test_openai_stream_ended_then_cut),
         cmocka_unit_test(test_openai_body_same_with_fragment_cache),
         cmocka_unit_test(test_openai_answers_text_whole),
         cmocka_unit_test(test_openai_streams_deltas_and_usage),
