@@ -501,8 +501,8 @@ int nx_openai_parse_response(const char *body, size_t len, struct nx_llm_resp *o
     json_decref(out->message);
     out->message = json_pack("{s:s, s:o}", "role", "assistant", "content", content);
     out->stop = nx_llm_stop_from_openai(nx_json_str(choice, "finish_reason"));
-    if (json_array_size(calls) && out->stop == NX_LLM_STOP_END_TURN)
-        out->stop = NX_LLM_STOP_TOOL_USE; /* servers that say "stop" after tool calls */
+    if (json_array_size(calls) && (out->stop == NX_LLM_STOP_END_TURN || out->stop == NX_LLM_STOP_OTHER))
+        out->stop = NX_LLM_STOP_TOOL_USE; /* servers that say "stop" (or eos_token: TGI) after tool calls */
     read_usage(json_object_get(root, "usage"), &out->usage);
     if ((model = nx_json_str(root, "model"))) {
         free(out->model);
@@ -740,7 +740,7 @@ int nx_openai_stream_finish(struct nx_openai_stream *s, struct nx_llm_resp *out)
             json_decref(content);
         else
             s->resp.message = json_pack("{s:s, s:o}", "role", "assistant", "content", content);
-        if (has_calls && s->resp.stop == NX_LLM_STOP_END_TURN)
+        if (has_calls && (s->resp.stop == NX_LLM_STOP_END_TURN || s->resp.stop == NX_LLM_STOP_OTHER))
             s->resp.stop = NX_LLM_STOP_TOOL_USE;
     }
     nx_llm_resp_cleanup(out);

@@ -487,6 +487,14 @@ static void test_openai_servers_other_than_openai(void **state)
     assert_int_equal(json_array_size(json_object_get(r.message, "content")), 1);
     nx_llm_resp_cleanup(&r);
 
+    /* tool calls that end on another reason than tool_calls (TGI's eos_token) are tool calls */
+    r = parse_stream("data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":"
+                     "\"c1\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},"
+                     "\"finish_reason\":\"eos_token\"}]}\n\ndata: [DONE]\n\n", &rc);
+    assert_int_equal(rc, 0);
+    assert_int_equal(r.stop, NX_LLM_STOP_TOOL_USE);
+    nx_llm_resp_cleanup(&r);
+
     /* "" is no finish: a stream cut after it is not a whole answer */
     r = parse_stream("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par\"},"
                      "\"finish_reason\":\"\"}]}\n\n", &rc);
