@@ -271,11 +271,13 @@ static void on_messages(struct nx_http_req *req, void *udata)
     json_decref(sblocks);
 
     const char *stop_err = NULL;
+    const char *user = json_string_value(json_object_get(json_object_get(in, "metadata"), "user_id"));
+    const char *input_err = api_session_input_why(req, canon, user);
     json_t *stop = api_stop_sequences(json_object_get(in, "stop_sequences"), 16, &stop_err);
-    if (stop_err || (json_object_get(in, "stop_sequences") && !json_is_null(json_object_get(in,
+    if (input_err || stop_err || (json_object_get(in, "stop_sequences") && !json_is_null(json_object_get(in,
                      "stop_sequences")) && !json_is_array(json_object_get(in, "stop_sequences")))) {
-        api_anthropic_error(req, 400, "invalid_request_error",
-                        "stop_sequences: must be an array of non-empty strings (at most 16)");
+        api_anthropic_error(req, 400, "invalid_request_error", input_err ? input_err
+                            : "stop_sequences: must be an array of non-empty strings (at most 16)");
         json_decref(stop);
         json_decref(canon);
         json_decref(in);
@@ -291,7 +293,6 @@ static void on_messages(struct nx_http_req *req, void *udata)
     c->model = nx_strdup(model);
     c->stream = json_is_true(json_object_get(in, "stream"));
     api_make_id(c->id, sizeof c->id, "msg_");
-    const char *user = json_string_value(json_object_get(json_object_get(in, "metadata"), "user_id"));
     api_start_turn(ctx, c, canon, nx_buf_cstr(&system), user, json_integer_value(mt),
                    json_object_get(in, "temperature"), on_text, on_done, on_abort);
     json_decref(in);

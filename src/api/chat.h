@@ -88,6 +88,10 @@ const char *api_client_tools_why(const json_t *in);
  * and x-should-retry: false where the official SDKs would otherwise retry in vain (400, 409,
  * 413). */
 void api_error_headers(struct nx_http_req *req, int status, const struct nx_turn_result *res);
+/* Why a request cannot be a session's next message (it is one when it carries X-Nexo-Session
+ * or `user`): its last message is not the user's (a blank last message is dropped, and the one
+ * before it must not be taken for the new input). NULL when it can. */
+const char *api_session_input_why(const struct nx_http_req *req, const json_t *canon, const char *user);
 /* HTTP status for a failed turn, as the API of `f` uses them (OpenAI has no 529: 503). */
 int api_status_for(enum api_flavor f, int rc, const struct nx_turn_result *res);
 /* The error `type` for an answer with `status`, in the vocabulary of `f`'s API: a provider's

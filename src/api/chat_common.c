@@ -50,6 +50,20 @@ char *api_session_key(const struct nx_http_req *req, const char *agent, const ch
     return nx_buf_steal(&b);
 }
 
+const char *api_session_input_why(const struct nx_http_req *req, const json_t *canon, const char *user)
+{
+    size_t len = 0;
+    const char *h = nx_http_req_header(req, "x-nexo-session", &len);
+    const json_t *last = json_array_get(canon, json_array_size(canon) - 1);
+    const char *role = json_string_value(json_object_get(last, "role"));
+    if (!(h && len) && !(user && *user))
+        return NULL; /* stateless: a closing assistant message is a prefill, as the APIs take it */
+    return role && strcmp(role, "user") == 0
+               ? NULL
+               : "messages: in a session (X-Nexo-Session, user) only the last message is new, and it must "
+                 "be the user's, with text or an image (a blank one is no message)";
+}
+
 void api_make_id(char *out, size_t outlen, const char *prefix)
 {
     static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";

@@ -428,7 +428,9 @@ static void on_completions(struct nx_http_req *req, void *udata)
     struct nx_buf system = NX_BUF_INIT;
     const char *err = NULL;
     json_t *canon = to_canonical(msgs, &system, &err);
-    if (!canon || json_array_size(canon) == 0) {
+    if (canon && json_array_size(canon))
+        err = api_session_input_why(req, canon, json_string_value(json_object_get(in, "user")));
+    if (!canon || json_array_size(canon) == 0 || err) {
         openai_error(req, 400, "invalid_request_error", NULL, err ? err : "no user message");
         json_decref(stop);
         json_decref(canon);

@@ -27,11 +27,12 @@ static bool is_blank(const char *s)
     return s && !*s;
 }
 
-/* Copies a message keeping what the API accepts: tool_use blocks lose input_raw/input_error
- * (see llm.h), text blocks with no text but white space go (the API refuses them: "text content
- * blocks must contain non-whitespace text"; OpenAI's clients send "" freely), everything else
- * goes as is (a message of blank text only stays whole: dropping it could put two messages of
- * one role side by side; the API refuses it as before). */
+/* Copies a message keeping what the API accepts: tool_result blocks first, tool_use blocks lose
+ * input_raw/input_error (see llm.h), text blocks with no text but white space go (the API
+ * refuses them: "text content blocks must contain non-whitespace text"; OpenAI's clients send
+ * "" freely), an OpenAI-compatible model's reasoning goes, everything else goes as is (a
+ * message of blank text only stays whole: dropping it could put two messages of one role side
+ * by side; the API refuses it as before). */
 static json_t *clean_message(json_t *m)
 {
     json_t *content = json_object_get(m, "content");
@@ -46,9 +47,12 @@ static json_t *clean_message(json_t *m)
         return out;
     }
     blocks = json_array();
+    size_t nresults = 0; /* tool_result blocks go first: the API refuses text before them */
     json_array_foreach(content, i, b) {
         const char *type = nx_json_str(b, "type");
-        if (type && !strcmp(type, "tool_use")) {
+        if (type && !strcmp(type, "tool_result")) {
+            json_array_insert(blocks, nresults++, b);
+        } else if (type && !strcmp(type, "tool_use")) {
             json_t *tu = json_object(), *input = json_object_get(b, "input"), *cc;
             json_object_set_new(tu, "type", json_string("tool_use"));
             json_object_set(tu, "id", json_object_get(b, "id"));
@@ -233,13 +237,14 @@ static void read_usage(const json_t *u, struct nx_llm_usage *out)
     if (!json_is_object(u))
         return;
     /* message_delta repeats the totals so far: take every field that is present */
-    if (json_object_get(u, "input_tokens"))
+    /* (a null one is not a count: left as it was, as the official SDKs do) */
+    if (json_is_integer(json_object_get(u, "input_tokens")))
         out->input_tokens = nx_json_u64(u, "input_tokens");
-    if (json_object_get(u, "output_tokens"))
+    if (json_is_integer(json_object_get(u, "output_tokens")))
         out->output_tokens = nx_json_u64(u, "output_tokens");
-    if (json_object_get(u, "cache_read_input_tokens"))
+    if (json_is_integer(json_object_get(u, "cache_read_input_tokens")))
         out->cache_read_tokens = nx_json_u64(u, "cache_read_input_tokens");
-    if (json_object_get(u, "cache_creation_input_tokens"))
+    if (json_is_integer(json_object_get(u, "cache_creation_input_tokens")))
         out->cache_write_tokens = nx_json_u64(u, "cache_creation_input_tokens");
 }
 

@@ -138,7 +138,8 @@ static void on_deadline(uv_timer_t *t)
 {
     struct chain *ch = t->data;
 
-    if (!ch->inflight || ch->streamed || ch->cancelled || ch->finished)
+    if (!ch->inflight || ch->streamed || ch->cancelled || ch->finished ||
+        nx_llm_call_is_answered(ch->inflight)) /* (only the body's end awaited: it is answered) */
         return;
     ch->is_deadline_cut = true;
     nx_llm_cancel(ch->inflight);
@@ -223,7 +224,7 @@ static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)
     ch->inflight = NULL;
     ch->probe = false;
     uv_timer_stop(&ch->timer); /* (on_deadline) */
-    if (ch->is_deadline_cut && !ch->cancelled) {
+    if (ch->is_deadline_cut && !ch->cancelled && rc != 0) { /* (an answer that came first stands) */
         if (probe) /* no verdict: it was not the provider that ended it */
             nx_breaker_abandon(b, ch->probe_id);
         nx_llm_count_outcome(t->p, t->model, "error");

@@ -86,6 +86,9 @@ struct nx_llm_call *nx_llm_call_start(struct nx_llm_provider *p, const struct nx
                                       const struct nx_llm_request *req,
                                       const struct nx_llm_callbacks *cb, unsigned flags);
 void nx_llm_call_cancel(struct nx_llm_call *call);
+/* Whether a single attempt (nx_llm_call_start's) has its whole answer: its stream's last event
+ * came, and only the body's end is awaited. */
+bool nx_llm_call_is_answered(const struct nx_llm_call *call);
 
 /* nexo_llm_requests_total{provider,model,outcome}. */
 void nx_llm_count_outcome(struct nx_llm_provider *p, const char *model, const char *outcome);

@@ -684,6 +684,11 @@ struct nx_llm_call *nx_llm_start(struct nx_llm_provider *p, const struct nx_llm_
     return p ? p->type->start(p, req, cb) : NULL;
 }
 
+bool nx_llm_call_is_answered(const struct nx_llm_call *call)
+{
+    return call && ((const struct single *)(const void *)call)->is_stream_ended;
+}
+
 bool nx_llm_is_sending(const struct nx_llm_call *call)
 {
     return call && (!call->is_sending || call->is_sending(call));

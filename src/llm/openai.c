@@ -360,14 +360,13 @@ static void made_up_id(char *buf, size_t len, size_t i)
     snprintf(buf, len, "call_%llx%llx_%zu", (unsigned long long)time(NULL), (unsigned long long)++seq, i);
 }
 
-/* The model's reasoning in a message or delta: DeepSeek's (and vLLM's) reasoning_content, or
- * the reasoning some other servers name so; NULL when none. Kept with an answer that calls
- * tools, for DeepSeek's thinking mode, which refuses a later request whose tool-call message
- * lacks it. */
+/* The model's reasoning in a message or delta as DeepSeek names it (reasoning_content), NULL
+ * when none. Kept with an answer that calls tools, for DeepSeek's thinking mode, which refuses a
+ * later request whose tool-call message lacks it. Not the `reasoning` of Groq, Cerebras or
+ * OpenRouter: sent back as reasoning_content, Groq and Cerebras refuse the request. */
 static const char *reasoning_of(const json_t *m)
 {
-    const char *v = nx_json_str(m, "reasoning_content");
-    return v ? v : nx_json_str(m, "reasoning");
+    return nx_json_str(m, "reasoning_content");
 }
 
 /* A canonical tool_use block from an id, a name and the arguments as the model sent them. */
@@ -541,7 +540,7 @@ struct nx_openai_stream {
     void *udata;
     struct nx_llm_resp resp;
     struct nx_buf text;
-    struct nx_buf reasoning; /* reasoning_content deltas (DeepSeek, vLLM) */
+    struct nx_buf reasoning; /* reasoning_content deltas (DeepSeek) */
     struct tcall *calls;
     size_t ncalls;
     bool got_finish;

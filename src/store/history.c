@@ -329,6 +329,53 @@ void nx_history_append(struct nx_store *s, const char *data_dir,
 /* ---- load (store thread) ---- */
 
 
+/* Whether message m has a block of `type` whose `key` is id. */
+static bool has_block(const json_t *m, const char *type, const char *key, const char *id)
+{
+    size_t i;
+    const json_t *b;
+
+    json_array_foreach(json_object_get(m, "content"), i, b) {
+        const char *t = json_string_value(json_object_get(b, "type"));
+        const char *v = json_string_value(json_object_get(b, key));
+        if (t && v && strcmp(t, type) == 0 && strcmp(v, id) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* After rows were left out: a tool call whose result went with them, or a result whose call
+ * did, would have every later request refused. Such blocks go too, and a message left empty. */
+static void drop_orphan_calls(json_t *list)
+{
+    for (size_t i = 0; i < json_array_size(list);) {
+        json_t *m = json_array_get(list, i), *content = json_object_get(m, "content"), *b;
+        const json_t *prev = i ? json_array_get(list, i - 1) : NULL, *next = json_array_get(list, i + 1);
+        json_t *keep = json_array();
+        size_t k;
+        json_array_foreach(content, k, b) {
+            const char *t = json_string_value(json_object_get(b, "type"));
+            const char *call = json_string_value(json_object_get(b, "id"));
+            const char *answered = json_string_value(json_object_get(b, "tool_use_id"));
+            bool is_call = t && strcmp(t, "tool_use") == 0, is_result = t && strcmp(t, "tool_result") == 0;
+            if ((is_call && (!call || !has_block(next, "tool_result", "tool_use_id", call))) ||
+                (is_result && (!answered || !has_block(prev, "tool_use", "id", answered))))
+                continue;
+            json_array_append(keep, b);
+        }
+        if (!json_is_array(content) || json_array_size(keep) == json_array_size(content)) {
+            json_decref(keep);
+            i++;
+        } else if (json_array_size(keep) == 0) {
+            json_decref(keep);
+            json_array_remove(list, i);
+        } else {
+            json_object_set_new(m, "content", keep);
+            i++;
+        }
+    }
+}
+
 struct load_job {
     char *key;
     int64_t max;
@@ -367,9 +414,11 @@ static int load_job_run(sqlite3 *db, void *arg)
         }
         json_array_append_new(list, m);
     }
-    if (nbad)
+    if (nbad) {
         nx_error("history", "session %s: %zu stored message%s left out: not a message nexo wrote (role "
                  "user or assistant, content JSON text or blocks)", j->key, nbad, nbad == 1 ? "" : "s");
+        drop_orphan_calls(list);
+    }
     if (src != SQLITE_DONE)
         goto out;
     /* the last N rows may begin inside a tool exchange: start where a conversation can, or,

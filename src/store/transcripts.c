@@ -44,8 +44,7 @@ void nx_transcript_name(const char *name, struct nx_buf *out)
     size_t start = out->len;
     size_t n = strlen(name);
 
-    nx_redact_append(&red, name, n);
-    bool is_secret = red.len != n || memcmp(nx_buf_cstr(&red), name, n) != 0;
+    bool is_secret = nx_redact_fixed(&red, name, n); /* (not the reloadable rules: a stable name) */
     const char *shown = is_secret ? nx_buf_cstr(&red) : name;
     for (size_t i = 0; shown[i]; i++) {
         unsigned char c = (unsigned char)shown[i];
@@ -569,15 +568,20 @@ static int cli_usage_error(const char *msg, const char *arg)
 
 /* Text for the terminal: control characters (newlines, escape sequences a remote user could put
  * in a session name or a message) become spaces: C0, DEL, and C1 (U+0080..U+009F, which some
- * terminals obey as ESC sequences; CSI is U+009B), raw or UTF-8 encoded. */
+ * terminals obey as ESC sequences; CSI is U+009B), UTF-8 encoded or as stray bytes. Other
+ * characters are copied whole. */
 static void put_printable_str(struct nx_buf *b, const char *v)
 {
-    for (const unsigned char *p = (const unsigned char *)(v ? v : ""); *p; p++) {
-        if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f) {
+    const unsigned char *p = (const unsigned char *)(v ? v : "");
+    while (*p) {
+        size_t n = nx_utf8_valid_prefix((const char *)p, strnlen((const char *)p, 4));
+        n = n == 0 ? 0 : p[0] < 0x80 ? 1 : p[0] < 0xe0 ? 2 : p[0] < 0xf0 ? 3 : 4; /* its first one */
+        if (n == 0 || (n == 1 && (p[0] < 0x20 || p[0] == 0x7f)) || (n == 2 && p[0] == 0xc2 && p[1] <= 0x9f)) {
             nx_buf_putc(b, ' ');
-            p++;
+            p += n ? n : 1;
         } else {
-            nx_buf_putc(b, *p < 0x20 || (*p >= 0x7f && *p <= 0x9f) ? ' ' : (char)*p);
+            nx_buf_append(b, p, n);
+            p += n;
         }
     }
 }

@@ -252,6 +252,14 @@ static bool where_it_leads(const char *path, char *out, size_t outlen)
     return true;
 }
 
+/* Whether writing `resolved` would write the file at `path`, or, while nothing is at `path`,
+ * make a directory there. */
+static bool claims(const char *path, const char *resolved)
+{
+    return strcmp(path, resolved) == 0 ||
+           (under(path, resolved) && access(path, F_OK) != 0 && errno == ENOENT);
+}
+
 bool nx_sandbox_is_identity_file(const char *workspace, const char *resolved)
 {
     char wreal[PATH_MAX], name[PATH_MAX], leads[PATH_MAX];
@@ -262,12 +270,12 @@ bool nx_sandbox_is_identity_file(const char *workspace, const char *resolved)
         if (snprintf(name, sizeof name, "%s/%s", wreal, nx_identity_files[i]) >= (int)sizeof name)
             continue;
         /* the file itself, and where it leads when it is a symbolic link (through any number of
-         * links, also to a file not there yet: written, the links would resolve), or something
-         * under either (a directory in its place keeps the operator's file from ever loading) */
-        if (under(name, resolved))
+         * links, also to a file not there yet: written, the links would resolve); and, while
+         * nothing is there, anything under either (a directory made in its place would keep
+         * the operator's file from ever loading). A link to an existing directory (even "/")
+         * protects no directory: no file is there to load. (A loop never resolves.) */
+        if (claims(name, resolved) || (where_it_leads(name, leads, sizeof leads) && claims(leads, resolved)))
             return true;
-        if (where_it_leads(name, leads, sizeof leads) && under(leads, resolved))
-            return true; /* (a loop never resolves: nothing to protect there) */
     }
     return false;
 }

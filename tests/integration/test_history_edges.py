@@ -146,7 +146,9 @@ class HistoryEdges(FakePeers, unittest.TestCase):
         self.wait_rows(key, 2)
         db = self.db()
         seq = db.execute("SELECT MAX(seq) FROM messages WHERE session_key=?", (key,)).fetchone()[0]
-        for i, (role, content) in enumerate((("user", '[{"type":"text","text":"kept"}]'), ("assistant", "42"),
+        for i, (role, content) in enumerate((("user", '[{"type":"text","text":"kept"}]'),
+                                             ("assistant", "42"),  # was a tool call: its result goes too
+                                             ("user", '[{"type":"tool_result","tool_use_id":"t1","content":"ok"}]'),
                                              ("system", '[{"type":"text","text":"x"}]'),
                                              ("user", b'[{"type":"text","text":"caf\xe9"}]'),
                                              ("assistant", '[{"type":"text","text":"also kept"}]')), 1):
@@ -161,7 +163,7 @@ class HistoryEdges(FakePeers, unittest.TestCase):
         sent = self.sent()
         self.assertIn("u:kept", sent)
         self.assertIn("a:also kept", sent)
-        self.assertFalse([m for m in sent if "caf" in m or m.startswith("s:")], sent)
+        self.assertFalse([m for m in sent if "caf" in m or m.startswith("s:") or "tool_result" in m], sent)
         self.assertIn("3 stored messages left out", self.n.read_log())  # 42, system, not UTF-8
 
     def test_a_call_at_the_iteration_limit_gets_no_result_of_an_earlier_round(self):

@@ -20,6 +20,7 @@ TOKEN = "nexo-transcripts-test-token"
 SECRET = "sk-ant-api03-" + "Q7vR2mX9kL4pW8nB3cT6yH1jF5dG0sA2eZ4uI7oP"
 BEARER = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.TopSecretSignature123"
 EVIL_PEER = "../../etc/x:y"
+UNICODE = "Привет мир, цена 5€ “quoted” 😀 日本語"
 ESCAPING_PEER = "tty\x1b]0;pwn\x07\nFAKE LINE\u009b2J"  # a title escape, a forged line, a C1 CSI
 
 
@@ -59,10 +60,12 @@ class Transcripts(unittest.TestCase):
             cls.chat("ops", EVIL_PEER, "deploy the walrus service", "walrus deployed to staging")
             cls.chat("kate", ESCAPING_PEER, "the elephant is grey", "grey elephant noted")
             cls.chat("kate", SECRET, "the kiwi is green", "green kiwi noted")  # a key as a peer id
+            cls.chat("kate", "bob", UNICODE + " mango", "mango noted")
             cls.wait_for_hits("elephant", 2)
             cls.wait_for_hits("walrus", 2)
             cls.wait_for_hits("pineapple", 2)
             cls.wait_for_hits("kiwi", 2)
+            cls.wait_for_hits("mango", 2)
         except BaseException:
             cls.tearDownClass()
             raise
@@ -184,6 +187,11 @@ class Transcripts(unittest.TestCase):
         self.assertFalse(any((ord(c) < 0x20 and c != "\n") or 0x7f <= ord(c) <= 0x9f for c in r.stdout),
                          repr(r.stdout))
         self.assertIn(" agent:kate:http:tty ]0;pwn  FAKE LINE 2J ", r.stdout)
+
+    def test_search_output_keeps_other_scripts_whole(self):
+        r = self.search("mango")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(UNICODE, r.stdout)
 
     def test_agent_filter_json_and_limit(self):
         r = self.search("pineapple OR walrus", "--agent", "kate", "--json")

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/redact.h"
 #include "core/buf.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -836,6 +837,18 @@ static void test_transcripts_file_names_cannot_escape(void **state)
     assert_string_not_equal(names[0], names[1]);
     free(names[0]);
     free(names[1]);
+
+    /* configured patterns (a reload may change them) do not rename a session's file */
+    char err[128];
+    nx_buf_reset(&b);
+    nx_transcript_name("agent:main:whatsapp:+15551234567", &b);
+    char *before = nx_strdup(b.data);
+    assert_int_equal(nx_redact_add_pattern("\\+[0-9]{11}", err, sizeof err), 0);
+    nx_buf_reset(&b);
+    nx_transcript_name("agent:main:whatsapp:+15551234567", &b);
+    nx_redact_clear_patterns();
+    assert_string_equal(b.data, before);
+    free(before);
     nx_buf_cleanup(&b);
 }
 

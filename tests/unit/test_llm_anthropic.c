@@ -365,6 +365,67 @@ static void test_anthropic_stream_ended_but_body_held_open(void **state)
     check_stream_ended_but_body_held_open("anthropic", KEY, "claude-test");
 }
 
+static void no_text(const char *delta, size_t len, void *udata)
+{
+    (void)delta;
+    (void)len;
+    (void)udata;
+}
+
+/* The Messages API wants a user message's tool_result blocks first, no blank text, and no
+ * other provider's reasoning; a usage count given as null is not a zero. */
+static void test_anthropic_body_as_the_api_wants_it(void **state)
+{
+    (void)state;
+    json_t *msgs = json_pack("[{s:s, s:s}, {s:s, s:[{s:s, s:s}, {s:s, s:s}, {s:s, s:s, s:s, s:o}]},"
+                             " {s:s, s:[{s:s, s:s}, {s:s, s:s}, {s:s, s:s, s:s}]}]",
+                             "role", "user", "content", "hi",
+                             "role", "assistant", "content", "type", "reasoning", "text", "hmm", "type",
+                             "text", "text", " \n", "type", "tool_use", "id", "t1", "name", "f", "input",
+                             json_object(), "role", "user", "content", "type", "text", "text", "also this",
+                             "type", "text", "text", "", "type", "tool_result", "tool_use_id", "t1",
+                             "content", "ok");
+    struct nx_llm_request req = {.model = "claude-test", .temperature = -1, .messages = msgs};
+    struct nx_buf body = NX_BUF_INIT;
+    const char *why = NULL;
+    assert_int_equal(nx_anthropic_build_body(&req, &body, &why), 0);
+    json_t *b = json_loads(nx_buf_cstr(&body), 0, NULL);
+    json_t *sent = json_object_get(b, "messages");
+    json_t *call = json_object_get(json_array_get(sent, 1), "content");
+    assert_int_equal(json_array_size(call), 1);
+    assert_string_equal(nx_json_str(json_array_get(call, 0), "type"), "tool_use");
+    json_t *res = json_object_get(json_array_get(sent, 2), "content");
+    assert_int_equal(json_array_size(res), 2);
+    assert_string_equal(nx_json_str(json_array_get(res, 0), "type"), "tool_result");
+    assert_string_equal(nx_json_str(json_array_get(res, 1), "text"), "also this");
+    json_decref(b);
+    json_decref(msgs);
+    nx_buf_cleanup(&body);
+
+    /* usage: message_delta's null counts leave message_start's as they were */
+    struct nx_anthropic_stream *st = nx_anthropic_stream_new(no_text, NULL);
+    static const char sse[] =
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"role\":"
+        "\"assistant\",\"content\":[],\"model\":\"c\",\"usage\":{\"input_tokens\":25,"
+        "\"output_tokens\":1}}}\n\n"
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,"
+        "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n"
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":"
+        "{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n"
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n"
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":"
+        "\"end_turn\"},\"usage\":{\"input_tokens\":null,\"output_tokens\":7}}\n\n"
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    struct nx_llm_resp r;
+    memset(&r, 0, sizeof r);
+    assert_int_equal(nx_anthropic_stream_feed(st, sse, sizeof sse - 1), 1);
+    assert_int_equal(nx_anthropic_stream_finish(st, &r), 0);
+    assert_int_equal(r.usage.input_tokens, 25);
+    assert_int_equal(r.usage.output_tokens, 7);
+    nx_llm_resp_cleanup(&r);
+    nx_anthropic_stream_free(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -378,6 +439,7 @@ int main(void)
         cmocka_unit_test(test_anthropic_cancel_mid_stream),
         cmocka_unit_test(test_anthropic_request_deadline),
         cmocka_unit_test(test_anthropic_stream_ended_then_cut),
+        cmocka_unit_test(test_anthropic_body_as_the_api_wants_it),
 
         cmocka_unit_test(test_anthropic_long_stream_is_not_cut),
         cmocka_unit_test(test_anthropic_stream_ended_but_body_held_open),

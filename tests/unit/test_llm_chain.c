@@ -145,6 +145,18 @@ static void test_chain_deadline_spares_a_stream_under_way(void **state)
     assert_string_equal(nx_buf_cstr(&o.text), "one two three");
     outcome_cleanup(&o);
     one_close(&f);
+
+    /* nor one whose answer (a tool call, no text) came whole, and whose body is held open */
+    memset(&o, 0, sizeof o);
+    one_open(&f, "deadline-held", "anthropic", KEY, 0,
+             "[{\"tool_use\": {\"name\": \"f\", \"input\": {}}, \"hold_open_ms\": 900}]", "hi");
+    req.messages = f.msgs;
+    t[0] = (struct nx_llm_target){f.p, "m"};
+    run_chain(&f.e, t, 1, &rc, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_int_equal(o.stop, NX_LLM_STOP_TOOL_USE);
+    outcome_cleanup(&o);
+    one_close(&f);
 }
 
 /* A dropped connection is a connection error: retried. */

@@ -480,6 +480,15 @@ static void test_openai_servers_other_than_openai(void **state)
     nx_buf_cleanup(&body);
     nx_llm_resp_cleanup(&r);
 
+    /* Groq's `reasoning` is not DeepSeek's: not kept (sent back, Groq would refuse it) */
+    r = parse_stream("data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning\":\"hm\",\"tool_calls\":"
+                     "[{\"index\":0,\"id\":\"c1\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},"
+                     "\"finish_reason\":\"tool_calls\"}]}\n\ndata: [DONE]\n\n", &rc);
+    assert_int_equal(rc, 0);
+    content = json_object_get(r.message, "content");
+    assert_string_equal(nx_json_str(json_array_get(content, 0), "type"), "tool_use");
+    nx_llm_resp_cleanup(&r);
+
     /* without a tool call the reasoning is not kept */
     r = parse_stream("data: {\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"hm\",\"content\":"
                      "\"hi\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n", &rc);

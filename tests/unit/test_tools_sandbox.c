@@ -412,6 +412,21 @@ static void test_file_write_protects_where_a_dangling_identity_link_leads(void *
     }
     run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "v1/other.md", "content", "x"), &a);
     assert_false(a.is_error);
+
+    /* a link to an existing directory ("/", ".", notes/) protects nothing under it: no file is
+     * there to load */
+    static const char *const dirs[] = {"/", ".", "notes"};
+    char d[PATH_MAX + 32];
+    snprintf(d, sizeof d, "%s/notes", fx->ws);
+    mkdir(d, 0700);
+    for (size_t i = 0; i < NX_ARRAY_LEN(dirs); i++) {
+        snprintf(p, sizeof p, "%s/USER.md", fx->ws);
+        unlink(p);
+        assert_int_equal(symlink(dirs[i], p), 0);
+        run_tool(fx, "file_write", json_pack("{s:s, s:s}", "path", "notes/todo.txt", "content", "x"), &a);
+        if (a.is_error)
+            fail_msg("USER.md -> %s: %s", dirs[i], a.text);
+    }
 }
 
 /* Where a path is or will be: resolved as far as it exists, the rest as given. */
