@@ -265,7 +265,8 @@ static int parse_args(int argc, char **argv, struct cli *c)
             sub[0] = (char *)c->command;
             c->sub_argc = n;
             c->sub_argv = sub;
-            for (int k = 1; k < n && strcmp(c->command, "transcripts") != 0; k++) {
+            bool is_help_taken = strcmp(c->command, "transcripts") != 0; /* (the command's own) */
+            for (int k = 1; k < n && is_help_taken && strcmp(sub[k], "--") != 0; k++) {
                 if (strcmp(sub[k], "-h") == 0 || strcmp(sub[k], "--help") == 0) {
                     c->arg = c->command; /* dlq and pairing: the command's whole help */
                     c->command = "help";

@@ -409,6 +409,8 @@ static const char *type_of_status(long status, char *buf, size_t len)
         return "permission_error";
     case 404:
         return "not_found_error";
+    case 408:
+        return "timeout_error";
     case 413:
         return "request_too_large";
     case 429:
@@ -439,13 +441,10 @@ static void read_error_object(const json_t *root, long status, struct nx_llm_res
     if ((status == 0 || status == 200) && json_is_integer(ncode) && json_integer_value(ncode) >= 400 &&
         json_integer_value(ncode) <= 599)
         type = type_of_status((long)json_integer_value(ncode), deftype, sizeof deftype);
-    if (!type)
-        type = type_of_status(status == 401 || status == 404 || status == 429 || status >= 500 ? status : 0,
-                              deftype, sizeof deftype);
-    if (!strcmp(type, "api_error") && status && status != 200) {
-        snprintf(deftype, sizeof deftype, "http_%ld", status);
-        type = deftype;
-    }
+    if (!type && (status == 0 || status == 200))
+        type = "api_error";
+    else if (!type)
+        type = type_of_status(status, deftype, sizeof deftype);
     nx_llm_resp_set_error(out, type, "%s", msg ? msg : "(no message)");
 }
 

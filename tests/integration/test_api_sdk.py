@@ -206,6 +206,19 @@ class Sdk(FakePeers, unittest.TestCase):
         self.assertEqual(sent, [{"role": "user", "content": [{"type": "text", "text": "Q1"},
                                                              {"type": "text", "text": "Q2"}]}])
 
+    def test_a_session_message_that_is_blank_is_refused(self):
+        # dropped as blank, it must not leave the client's last assistant message as the new input
+        n = len(fake_requests(self.fport))
+        body = {"model": "kate", "messages": [{"role": "user", "content": "q1"},
+                                              {"role": "assistant", "content": "a1"},
+                                              {"role": "user", "content": " "}]}
+        status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json", "X-Nexo-Session": "blank",
+                                                  "Authorization": "Bearer " + TOKEN})
+        self.assertEqual(status, 400, data)
+        self.assertIn("must be the user's", json.loads(data)["error"]["message"])
+        self.assertEqual(len(fake_requests(self.fport)), n)
+
     def test_a_body_that_is_json_but_not_an_object(self):
         for path, headers in (("/v1/chat/completions", {"Authorization": "Bearer " + TOKEN}),
                               ("/v1/messages", {"x-api-key": TOKEN})):
