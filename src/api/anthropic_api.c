@@ -252,6 +252,10 @@ static void on_messages(struct nx_http_req *req, void *udata)
                 bad = why ? why : "messages: each message needs role user or assistant and content";
                 break;
             }
+            if (json_array_size(blocks) == 0) { /* blank: goes, as on the OpenAI side */
+                json_decref(blocks);
+                continue;
+            }
             api_push_message(canon, role, blocks);
         }
     }

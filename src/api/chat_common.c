@@ -58,7 +58,7 @@ const char *api_session_input_why(const struct nx_http_req *req, const json_t *c
     const char *role = json_string_value(json_object_get(last, "role"));
     if (!(h && len) && !(user && *user))
         return NULL; /* stateless: a closing assistant message is a prefill, as the APIs take it */
-    return role && strcmp(role, "user") == 0
+    return role && strcmp(role, "user") == 0 && json_array_size(json_object_get(last, "content"))
                ? NULL
                : "messages: in a session (X-Nexo-Session, user) only the last message is new, and it must "
                  "be the user's, with text or an image (a blank one is no message)";

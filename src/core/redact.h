@@ -16,8 +16,8 @@
 void nx_redact_append(struct nx_buf *out, const char *in, size_t len);
 
 /* Appends `in` redacted by the built-in rules alone, which no configuration or reload changes
- * (for names that must stay the same: transcript file names); true when they found a secret
- * (the home directory's rewrite is not one). */
+ * (for names that must stay the same: transcript file names); true when they changed it (a
+ * secret, or the home directory's rewrite). */
 bool nx_redact_fixed(struct nx_buf *out, const char *in, size_t len);
 
 /* Whether a key name (a JSON member, a header) says its value is a secret: the names the

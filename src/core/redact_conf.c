@@ -210,20 +210,13 @@ static void apply_pattern(const regex_t *re, const char *in, size_t len, struct 
         nx_buf_append(out, in + pos, len - pos);
 }
 
-static size_t count_redacted(const char *s, size_t len)
-{
-    size_t n = 0;
-    for (const char *p = s; p && (p = memmem(p, len - (size_t)(p - s), REDACTED, REDACTED_LEN)); p++)
-        n++;
-    return n;
-}
-
 bool nx_redact_fixed(struct nx_buf *out, const char *in, size_t len)
 {
     size_t start = out->len;
     nx_redact_builtin(out, in ? in : "", in ? len : 0);
-    size_t found = count_redacted(out->data ? out->data + start : "", out->len - start);
-    return found > count_redacted(in, in ? len : 0);
+    /* (any change: also the home directory's rewrite, which leaves a name readable still) */
+    size_t n = out->len - start;
+    return n != (in ? len : 0) || (n && memcmp(out->data + start, in, n) != 0);
 }
 
 void nx_redact_append(struct nx_buf *out, const char *in, size_t len)

@@ -209,14 +209,16 @@ class Sdk(FakePeers, unittest.TestCase):
     def test_a_session_message_that_is_blank_is_refused(self):
         # dropped as blank, it must not leave the client's last assistant message as the new input
         n = len(fake_requests(self.fport))
-        body = {"model": "kate", "messages": [{"role": "user", "content": "q1"},
-                                              {"role": "assistant", "content": "a1"},
-                                              {"role": "user", "content": " "}]}
-        status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json", "X-Nexo-Session": "blank",
-                                                  "Authorization": "Bearer " + TOKEN})
-        self.assertEqual(status, 400, data)
-        self.assertIn("must be the user's", json.loads(data)["error"]["message"])
+        for path in ("/v1/chat/completions", "/v1/messages"):
+            for blank in (" ", ""):
+                body = {"model": "kate", "max_tokens": 10, "messages": [{"role": "user", "content": "q1"},
+                                                                        {"role": "assistant", "content": "a1"},
+                                                                        {"role": "user", "content": blank}]}
+                status, data, _ = self.n.request("POST", path, body=json.dumps(body).encode(),
+                                                 headers={"Content-Type": "application/json",
+                                                          "X-Nexo-Session": "blank", "Authorization": "Bearer " + TOKEN})
+                self.assertEqual(status, 400, (path, data))
+                self.assertIn("must be the user's", json.loads(data)["error"]["message"])
         self.assertEqual(len(fake_requests(self.fport)), n)
 
     def test_a_body_that_is_json_but_not_an_object(self):

@@ -838,6 +838,11 @@ static void test_transcripts_file_names_cannot_escape(void **state)
     free(names[0]);
     free(names[1]);
 
+    /* a secret beside a [REDACTED] already there is still found */
+    nx_buf_reset(&b);
+    nx_transcript_name("agent:main:http:password=[REDACTED]hunter2secret", &b);
+    assert_null(strstr(b.data, "hunter2"));
+
     /* configured patterns (a reload may change them) do not rename a session's file */
     char err[128];
     nx_buf_reset(&b);

@@ -476,6 +476,11 @@ static void test_openai_servers_other_than_openai(void **state)
     json_t *call_msg = json_array_get(json_object_get(sent, "messages"), 1);
     assert_string_equal(nx_json_str(call_msg, "reasoning_content"), "Let me check.");
     json_decref(sent);
+    /* ... and to DeepSeek only (Groq, Cerebras refuse the field) */
+    req.model = "llama-3.3-70b-versatile";
+    nx_buf_reset(&body);
+    assert_int_equal(nx_openai_build_body(&req, &body, &why), 0);
+    assert_null(strstr(nx_buf_cstr(&body), "reasoning_content"));
     json_decref(msgs);
     nx_buf_cleanup(&body);
     nx_llm_resp_cleanup(&r);
