@@ -9,6 +9,7 @@
 
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "store/history.h"
 #include "store/history_internal.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
