@@ -8,6 +8,7 @@
 #include "api/chat.h"
 #include "core/alloc.h"
 #include "core/error.h"
+#include "llm/llm.h"
 
 /* A session name of at most SESSION_NAME_MAX bytes is kept as given; a longer one becomes its
  * start (cut between characters) and a digest of the whole, so that two long names that begin
@@ -345,26 +346,8 @@ const char *api_error_type(enum api_flavor f, int status, const char *type)
                 return type;
         return status == 429 ? "requests" : status >= 500 ? "server_error" : "invalid_request_error";
     }
-    switch (status) { /* Anthropic's: docs.anthropic.com/en/api/errors */
-    case 401:
-        return "authentication_error";
-    case 402:
-        return "billing_error";
-    case 403:
-        return "permission_error";
-    case 404:
-        return "not_found_error";
-    case 413:
-        return "request_too_large";
-    case 429:
-        return "rate_limit_error";
-    case 504:
-        return "timeout_error";
-    case 529:
-        return "overloaded_error";
-    default:
-        return status >= 500 ? "api_error" : "invalid_request_error";
-    }
+    const char *t = nx_llm_error_type_for_status(status); /* Anthropic's */
+    return t ? t : status >= 500 ? "api_error" : "invalid_request_error";
 }
 
 void api_error_headers(struct nx_http_req *req, int status, const struct nx_turn_result *res)

@@ -141,6 +141,33 @@ uint32_t nx_llm_context_window(const char *model)
     return 0;
 }
 
+const char *nx_llm_error_type_for_status(long status)
+{
+    switch (status) {
+    case 400:
+        return "invalid_request_error";
+    case 401:
+        return "authentication_error";
+    case 402:
+        return "billing_error";
+    case 403:
+        return "permission_error";
+    case 404:
+        return "not_found_error";
+    case 408:
+    case 504:
+        return "timeout_error";
+    case 413:
+        return "request_too_large";
+    case 429:
+        return "rate_limit_error";
+    case 529:
+        return "overloaded_error";
+    default:
+        return status >= 500 && status <= 599 ? "api_error" : NULL;
+    }
+}
+
 int nx_llm_classify(long status, const char *type, bool *is_retryable)
 {
     bool t_retry = type && (!strcmp(type, "overloaded_error") || !strcmp(type, "rate_limit_error") ||

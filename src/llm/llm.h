@@ -115,6 +115,11 @@ struct nx_llm_call *nx_llm_start(struct nx_llm_provider *p, const struct nx_llm_
 void nx_llm_cancel(struct nx_llm_call *call);
 /* Is a request of this call with the provider now (not waiting out a backoff or a breaker)? */
 bool nx_llm_is_sending(const struct nx_llm_call *call);
+/* The Messages API's error type for an HTTP status (docs.anthropic.com/en/api/errors): 400
+ * invalid_request_error, 401 authentication_error, 402 billing_error, 403 permission_error, 404
+ * not_found_error, 408 and 504 timeout_error, 413 request_too_large, 429 rate_limit_error, 529
+ * overloaded_error, other 5xx api_error; NULL for any other status. */
+const char *nx_llm_error_type_for_status(long status);
 
 /* The context window of a well-known model, in tokens, from its name ("claude-sonnet-4-5",
  * "gpt-4o-mini", "openai/gpt-4.1"); 0 when the name is not known. */

@@ -91,29 +91,11 @@ static json_t *tool_use_block(const char *id, const char *name, const char *args
 /* The error type that says what an HTTP status says (nx_llm_classify reads it back). */
 static const char *type_of_status(long status, char *buf, size_t len)
 {
-    switch (status) {
-    case 400:
-        return "invalid_request_error";
-    case 401:
-        return "authentication_error";
-    case 402:
-        return "billing_error";
-    case 403:
-        return "permission_error";
-    case 404:
-        return "not_found_error";
-    case 408:
-        return "timeout_error";
-    case 413:
-        return "request_too_large";
-    case 429:
-        return "rate_limit_error";
-    default:
-        if (status >= 500)
-            return "server_error";
-        snprintf(buf, len, "http_%ld", status);
-        return status ? buf : "api_error";
-    }
+    const char *t = nx_llm_error_type_for_status(status);
+    if (t)
+        return t;
+    snprintf(buf, len, "http_%ld", status);
+    return status ? buf : "api_error";
 }
 
 static void read_error_object(const json_t *root, long status, struct nx_llm_resp *out)
