@@ -15,7 +15,7 @@
 
 #define FRAG_MAX_ENTRIES 65536
 #define FRAG_MAX_BYTES (32u * 1024 * 1024)
-#define FRAG_WIRES 6 /* NX_FRAG_* are 1..5 */
+#define FRAG_WIRES 7 /* NX_FRAG_* are 1..6 */
 
 /* One entry per message, holding one reference to it, with a slot per wire format. */
 struct frag {

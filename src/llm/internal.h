@@ -156,7 +156,7 @@ void nx_openai_stream_free(struct nx_openai_stream *s);
 
 /* --- llm/frag_cache.c: the wire form of history messages, by message identity --- */
 enum { NX_FRAG_OPENAI = 1, NX_FRAG_ANTHROPIC = 2, NX_FRAG_OPENAI_TOOLS = 3, NX_FRAG_ANTHROPIC_TOOLS = 4,
-       NX_FRAG_TOKENS = 5 };
+       NX_FRAG_TOKENS = 5, NX_FRAG_OPENAI_DEEPSEEK = 6 /* with reasoning_content */ };
 /* The remembered fragment of message m for a wire, or NULL. */
 const char *nx_llm_frag_get(int wire, const json_t *m, size_t *len);
 /* Remembers it (holding a reference to m); text NULL remembers just the number len. */

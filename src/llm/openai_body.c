@@ -162,19 +162,6 @@ static json_t *encode_tools(const json_t *canon)
     return tools;
 }
 
-static bool has_reasoning(const json_t *m)
-{
-    size_t i;
-    const json_t *b;
-
-    json_array_foreach(json_object_get(m, "content"), i, b) {
-        const char *type = nx_json_str(b, "type");
-        if (type && strcmp(type, "reasoning") == 0)
-            return true;
-    }
-    return false;
-}
-
 /* The wire messages of one canonical message, encoded and joined by ',' ("" when none). */
 static void encode_message(const char *role, const json_t *content, bool with_reasoning, struct nx_buf *out)
 {
@@ -244,13 +231,14 @@ int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, c
         nx_buf_putc(out, '}');
         is_first = false;
     }
-    /* reasoning goes back to DeepSeek only (Groq, Cerebras refuse the field): a message that has
-     * some is encoded for its model each time, not remembered */
+    /* reasoning goes back to DeepSeek only (Groq, Cerebras refuse the field): its messages are
+     * remembered apart (scanning each message for reasoning cost a fifth of a turn) */
     bool with_reasoning = req->model && strncasecmp(req->model, "deepseek", 8) == 0;
+    int wire = with_reasoning ? NX_FRAG_OPENAI_DEEPSEEK : NX_FRAG_OPENAI;
     json_array_foreach(req->messages, i, m) {
         size_t len = 0;
-        bool is_cached = req->is_history_stable && !has_reasoning(m);
-        const char *part = is_cached ? nx_llm_frag_get(NX_FRAG_OPENAI, m, &len) : NULL;
+        bool is_cached = req->is_history_stable;
+        const char *part = is_cached ? nx_llm_frag_get(wire, m, &len) : NULL;
         if (!part) { /* (a remembered message was checked when it was encoded) */
             const char *role = nx_json_str(m, "role");
             json_t *content = json_object_get(m, "content");
@@ -267,7 +255,7 @@ int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, c
             part = nx_buf_cstr(&frag);
             len = frag.len;
             if (is_cached)
-                nx_llm_frag_put(NX_FRAG_OPENAI, m, part, len);
+                nx_llm_frag_put(wire, m, part, len);
         }
         if (!len)
             continue;
