@@ -256,11 +256,7 @@ bool turn_says_nothing(const json_t *content)
         const char *text = json_string_value(json_object_get(b, "text"));
         if (type && strcmp(type, "reasoning") == 0) /* (the model's thoughts, not said) */
             continue;
-        if (!type || strcmp(type, "text") != 0 || !text)
-            return false;
-        while (*text == ' ' || *text == '\t' || *text == '\n' || *text == '\r')
-            text++;
-        if (*text)
+        if (!type || strcmp(type, "text") != 0 || !text || !nx_str_is_blank(text))
             return false;
     }
     return true;

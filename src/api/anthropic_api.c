@@ -296,7 +296,7 @@ static void on_messages(struct nx_http_req *req, void *udata)
     c->req = req;
     c->model = nx_strdup(model);
     c->stream = json_is_true(json_object_get(in, "stream"));
-    api_make_id(c->id, sizeof c->id, "msg_");
+    nx_http_random_id(c->id, sizeof c->id, "msg_");
     api_start_turn(ctx, c, canon, nx_buf_cstr(&system), user, json_integer_value(mt),
                    json_object_get(in, "temperature"), on_text, on_done, on_abort);
     json_decref(in);

@@ -51,8 +51,6 @@ struct api_ctx {
 
 /* "agent:<agent>:http:<peer>" from X-Nexo-Session or the body's user field; NULL if neither. */
 char *api_session_key(const struct nx_http_req *req, const char *agent, const char *user);
-/* Random id with prefix ("chatcmpl-", "msg_"). */
-void api_make_id(char *out, size_t outlen, const char *prefix);
 /* Canonical text-only content from a string or an array of {type:text,text} parts; NULL when
  * the shape is wrong. New reference. */
 json_t *api_text_blocks(const json_t *content);

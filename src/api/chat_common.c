@@ -1,7 +1,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include <openssl/sha.h>
 
@@ -65,18 +64,6 @@ const char *api_session_input_why(const struct nx_http_req *req, const json_t *c
                  "be the user's, with text or an image (a blank one is no message)";
 }
 
-void api_make_id(char *out, size_t outlen, const char *prefix)
-{
-    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    unsigned char rnd[24];
-    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
-        memset(rnd, 0, sizeof rnd);
-    size_t n = (size_t)snprintf(out, outlen, "%s", prefix);
-    for (size_t i = 0; i < sizeof rnd && n + 1 < outlen; i++)
-        out[n++] = alphabet[rnd[i] % (sizeof alphabet - 1)];
-    out[n < outlen ? n : outlen - 1] = '\0';
-}
-
 void api_anthropic_error(struct nx_http_req *req, int status, const char *type, const char *message)
 {
     struct nx_buf m = NX_BUF_INIT; /* (a message cut mid-character would make no JSON at all) */
@@ -91,24 +78,18 @@ void api_anthropic_error(struct nx_http_req *req, int status, const char *type, 
 void api_request_id(struct nx_http_req *req, const char *header)
 {
     char id[40];
-    api_make_id(id, sizeof id, "req_");
+    nx_http_random_id(id, sizeof id, "req_");
     nx_http_req_add_header(req, header, id);
 }
 
 /* Text of white space only, which the Messages API refuses as a block ("text content blocks
  * must contain non-whitespace text") and OpenAI's clients send freely (an assistant turn's
- * "" beside its tool calls): such blocks are dropped, and a message left with none goes. */
-static bool is_blank(const char *s)
-{
-    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r')
-        s++;
-    return !*s;
-}
-
+ * "" beside its tool calls): such blocks are dropped (nx_str_is_blank), and a message left with
+ * none goes. */
 json_t *api_text_blocks(const json_t *content)
 {
     if (json_is_string(content))
-        return is_blank(json_string_value(content))
+        return nx_str_is_blank(json_string_value(content))
                    ? json_array()
                    : json_pack("[{s:s, s:s}]", "type", "text", "text", json_string_value(content));
     if (!json_is_array(content))
@@ -119,7 +100,7 @@ json_t *api_text_blocks(const json_t *content)
     json_array_foreach(content, i, part) {
         const char *type = json_string_value(json_object_get(part, "type"));
         const char *text = json_string_value(json_object_get(part, "text"));
-        if (type && strcmp(type, "text") == 0 && text && !is_blank(text))
+        if (type && strcmp(type, "text") == 0 && text && !nx_str_is_blank(text))
             json_array_append_new(out, json_pack("{s:s, s:s}", "type", "text", "text", text));
     }
     return out;
@@ -210,7 +191,7 @@ json_t *api_content_blocks(const json_t *content, const char **err)
         const char *text = json_string_value(json_object_get(part, "text"));
         json_t *img;
         if (type && strcmp(type, "text") == 0 && text) {
-            if (!is_blank(text))
+            if (!nx_str_is_blank(text))
                 json_array_append_new(out, json_pack("{s:s, s:s}", "type", "text", "text", text));
         } else if (type && (strcmp(type, "image_url") == 0 || strcmp(type, "image") == 0)) {
             if (!(img = api_image_block(part, err))) {

@@ -449,7 +449,7 @@ static void on_completions(struct nx_http_req *req, void *udata)
     c->stream = json_is_true(json_object_get(in, "stream"));
     c->include_usage = json_is_true(json_object_get(json_object_get(in, "stream_options"),
                                                     "include_usage"));
-    api_make_id(c->id, sizeof c->id, "chatcmpl-");
+    nx_http_random_id(c->id, sizeof c->id, "chatcmpl-");
     json_int_t max_tokens = json_integer_value(json_object_get(in, "max_completion_tokens"));
     if (!max_tokens)
         max_tokens = json_integer_value(json_object_get(in, "max_tokens"));

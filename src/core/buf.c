@@ -156,6 +156,14 @@ void nx_utf8_sanitize(struct nx_buf *out, const char *s, size_t len)
         nx_buf_puts(out, "");
 }
 
+bool nx_str_is_blank(const char *s)
+{
+    for (; s && *s; s++)
+        if (*s != ' ' && *s != '\t' && *s != '\n' && *s != '\r')
+            return false;
+    return true;
+}
+
 /* The letter of a two-character escape (\n, \"...), 0 for those written as \u00XX. */
 static char json_short_escape(unsigned char c)
 {

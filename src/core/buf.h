@@ -34,6 +34,8 @@ size_t nx_utf8_valid_prefix(const char *s, size_t len);
 size_t nx_utf8_count(const char *s, size_t len);
 /* Appends s[0..len) to out with every invalid UTF-8 byte replaced by U+FFFD. */
 void nx_utf8_sanitize(struct nx_buf *out, const char *s, size_t len);
+/* Whether s (NULL too) holds nothing but spaces, tabs and line breaks. */
+bool nx_str_is_blank(const char *s);
 /* Drops the first n bytes. */
 void nx_buf_consume(struct nx_buf *b, size_t n);
 /* Hands the storage to the caller (never NULL) and leaves the buffer empty. */

@@ -71,6 +71,9 @@ uv_loop_t *nx_http_req_loop(const struct nx_http_req *req);
 /* --- answering: exactly one of respond / stream_begin per request --- */
 /* Adds a response header (copied). Before respond/stream_begin. */
 void nx_http_req_add_header(struct nx_http_req *req, const char *name, const char *value);
+/* A random id: prefix and 24 characters of [A-Za-z0-9] ("req_…", "chatcmpl-…", "msg_…"),
+ * cut to outlen. */
+void nx_http_random_id(char *out, size_t outlen, const char *prefix);
 /* Whole response; the body is copied. */
 void nx_http_respond(struct nx_http_req *req, int status, const char *content_type,
                      const char *body, size_t len);

@@ -139,6 +139,18 @@ static void errfix_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, 
     h2o_ostream_send_next(&o->super, req, bufs, n, state);
 }
 
+void nx_http_random_id(char *out, size_t outlen, const char *prefix)
+{
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    unsigned char rnd[24];
+    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+        memset(rnd, 0, sizeof rnd);
+    size_t n = (size_t)snprintf(out, outlen, "%s", prefix);
+    for (size_t i = 0; i < sizeof rnd && n + 1 < outlen; i++)
+        out[n++] = alphabet[rnd[i] % (sizeof alphabet - 1)];
+    out[n < outlen ? n : outlen - 1] = '\0';
+}
+
 static void errfix_setup(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
 {
     static const char plain[] = "text/plain; charset=utf-8";
@@ -158,18 +170,12 @@ static void errfix_setup(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slo
         h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-should-retry"), 0, NULL,
                               H2O_STRLIT("false")); /* as the API's own 400 and 413 */
         /* and an id, as every answer of the APIs has (Anthropic's name for /v1/messages) */
-        static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-        unsigned char rnd[24];
-        char *id = h2o_mem_alloc_pool(&req->pool, 4 + sizeof rnd);
-        if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
-            memset(rnd, 0, sizeof rnd);
-        memcpy(id, "req_", 4);
-        for (size_t i = 0; i < sizeof rnd; i++)
-            id[4 + i] = alphabet[rnd[i] % (sizeof alphabet - 1)];
+        char *id = h2o_mem_alloc_pool(&req->pool, 32);
+        nx_http_random_id(id, 32, "req_");
         bool is_messages = h2o_memis(req->path_normalized.base, req->path_normalized.len < 12 ? 0 : 12,
                                      H2O_STRLIT("/v1/messages"));
         h2o_add_header_by_str(&req->pool, &req->res.headers, is_messages ? "request-id" : "x-request-id",
-                              is_messages ? 10 : 12, 0, NULL, id, 4 + sizeof rnd);
+                              is_messages ? 10 : 12, 0, NULL, id, strlen(id));
         slot = &o->super.next;
     }
     h2o_setup_next_ostream(req, slot);

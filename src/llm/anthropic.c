@@ -20,13 +20,6 @@ static json_t *ephemeral(void)
     return json_pack("{s:s}", "type", "ephemeral");
 }
 
-static bool is_blank(const char *s)
-{
-    while (s && (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r'))
-        s++;
-    return s && !*s;
-}
-
 /* Copies a message keeping what the API accepts: tool_result blocks first, tool_use blocks lose
  * input_raw/input_error (see llm.h), text blocks with no text but white space go (the API
  * refuses them: "text content blocks must contain non-whitespace text"; OpenAI's clients send
@@ -49,7 +42,7 @@ static json_t *clean_message(json_t *m)
     blocks = json_array();
     size_t nresults = 0; /* tool_result blocks go first: the API refuses text before them */
     json_array_foreach(content, i, b) {
-        const char *type = nx_json_str(b, "type");
+        const char *type = nx_json_str(b, "type"), *text = nx_json_str(b, "text");
         if (type && !strcmp(type, "tool_result")) {
             json_array_insert(blocks, nresults++, b);
         } else if (type && !strcmp(type, "tool_use")) {
@@ -61,7 +54,7 @@ static json_t *clean_message(json_t *m)
             if ((cc = json_object_get(b, "cache_control")))
                 json_object_set(tu, "cache_control", cc);
             json_array_append_new(blocks, tu);
-        } else if (type && ((!strcmp(type, "text") && is_blank(nx_json_str(b, "text"))) ||
+        } else if (type && ((!strcmp(type, "text") && text && nx_str_is_blank(text)) ||
                             !strcmp(type, "reasoning"))) { /* (an OpenAI-compatible model's) */
             continue;
         } else {

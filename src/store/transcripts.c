@@ -430,15 +430,6 @@ static void search_done(int rc, void *arg)
     q->finish(rc, q);
 }
 
-static bool is_blank(const char *s)
-{
-    for (; s && *s; s++) {
-        if (*s != ' ' && *s != '\t' && *s != '\n' && *s != '\r')
-            return false;
-    }
-    return true;
-}
-
 static int index_job(sqlite3 *db, void *arg)
 {
     (void)arg;
@@ -456,7 +447,7 @@ void nx_transcripts_index(struct nx_store *s, nx_store_done_fn done, void *arg)
  * beside indexes at the end of each batch). */
 static void search_submit(struct nx_store *s, struct search *q, bool is_catching_up)
 {
-    if (is_blank(q->query)) {
+    if (nx_str_is_blank(q->query)) {
         snprintf(q->err, sizeof q->err, "empty query");
         q->finish(NX_EINVAL, q);
         return;
@@ -768,7 +759,7 @@ int nx_cmd_transcripts(int argc, char **argv, const char *data_dir)
             nx_buf_putc(&query, ' ');
         nx_buf_puts(&query, a);
     }
-    if (is_blank(nx_buf_cstr(&query))) {
+    if (nx_str_is_blank(nx_buf_cstr(&query))) {
         nx_buf_cleanup(&query);
         return cli_usage_error("search needs a QUERY", NULL);
     }
