@@ -422,6 +422,9 @@ struct single {
     bool in_data;
     bool saw_text;
     bool is_stream_ended; /* its last event came: the body's end is waited for a moment only */
+    bool is_sniffed;      /* a stream's first byte was seen: */
+    bool is_plain;        /* ...a JSON object, not events: the server answered whole */
+    struct nx_buf plain;  /* that answer */
     uint64_t t0_ns;
     uv_timer_t *defer; /* a call that failed before it went out completes from here */
     uint64_t log_ctx;  /* the caller's: the deferred completion runs in it */
@@ -434,6 +437,7 @@ static void single_free(struct single *c)
     if (c->stream)
         c->wire->stream_free(c->stream);
     nx_buf_cleanup(&c->errbody);
+    nx_buf_cleanup(&c->plain);
     free(c->model);
     free(c);
 }
@@ -462,6 +466,18 @@ static int on_data(const char *data, size_t len, long status, void *udata)
         size_t room = NX_LLM_MAX_ERRBODY - c->errbody.len;
         nx_buf_append(&c->errbody, data, len < room ? len : room);
         return 0;
+    }
+    /* A server (or proxy) that ignores "stream": true answers with one JSON object; an event
+     * stream never starts with '{' (data:, event:, id:, a comment, a blank line). */
+    for (size_t i = 0; !c->is_sniffed && i < len; i++) {
+        if (data[i] != ' ' && data[i] != '\t' && data[i] != '\r' && data[i] != '\n') {
+            c->is_sniffed = true;
+            c->is_plain = data[i] == '{';
+        }
+    }
+    if (c->is_plain) {
+        nx_buf_append(&c->plain, data, len);
+        return c->cancelled;
     }
     c->in_data = true;
     rc = c->wire->stream_feed(c->stream, data, len);
@@ -511,6 +527,24 @@ static void complete(struct single *c, int rc, struct nx_llm_resp *r, long statu
     single_free(c);
 }
 
+/* A whole answer to a streaming request: read as one, its text passed on in one piece. */
+static int plain_answer(struct single *c, struct nx_llm_resp *r)
+{
+    size_t i;
+    const json_t *b;
+    int rc = c->wire->parse_response(c->plain.data ? c->plain.data : "", c->plain.len, r);
+
+    if (rc < 0)
+        return rc;
+    json_array_foreach(json_object_get(r->message, "content"), i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        const json_t *text = json_object_get(b, "text");
+        if (type && strcmp(type, "text") == 0 && json_is_string(text))
+            on_text(json_string_value(text), json_string_length(text), c);
+    }
+    return 0;
+}
+
 static const char *transport_type(int rc)
 {
     switch (rc) {
@@ -558,8 +592,10 @@ static void on_http_done(int rc, const struct nx_http_response *hres, const char
         nx_llm_resp_set_error(&r, transport_type(rc), "%s: %s%s%s", c->p->name, nx_strerror(rc),
                               err ? ": " : "", err ? err : "");
     } else if (status >= 200 && status <= 299) {
-        if (c->is_stream)
+        if (c->is_stream && !c->is_plain)
             rc = c->wire->stream_finish(c->stream, &r);
+        else if (c->is_plain)
+            rc = plain_answer(c, &r);
         else
             rc = c->wire->parse_response(hres->body, hres->body_len, &r);
         if (rc < 0) {
@@ -571,7 +607,7 @@ static void on_http_done(int rc, const struct nx_http_response *hres, const char
                                           c->p->name);
                 rc = NX_EPROTO;
                 /* a stream cut short: the connection went, as a connection error would */
-                retryable = c->is_stream;
+                retryable = c->is_stream && !c->is_plain;
             }
         }
     } else {

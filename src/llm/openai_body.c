@@ -193,11 +193,17 @@ static bool is_json_text(const char *s)
     return nx_utf8_is_valid(s, strlen(s));
 }
 
-/* OpenAI's reasoning models by name: o1, o3, o4-mini, gpt-5 and what follows them. */
+/* OpenAI's reasoning models by name: o1, o3, o4-mini, gpt-5 and what follows them; they take
+ * max_completion_tokens only. gpt-5-chat (ChatGPT's model) does not reason: it keeps its temperature. */
 static bool is_openai_reasoner(const char *model)
 {
     return model && ((model[0] == 'o' && model[1] >= '1' && model[1] <= '9') ||
                      strncmp(model, "gpt-5", 5) == 0);
+}
+
+static bool takes_temperature(const char *model)
+{
+    return !is_openai_reasoner(model) || strncmp(model, "gpt-5-chat", 10) == 0;
 }
 
 int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, const char **why)
@@ -291,7 +297,7 @@ int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, c
     bool is_reasoner = is_openai_reasoner(req->model);
     nx_buf_printf(out, is_reasoner ? ",\"max_completion_tokens\":%lld" : ",\"max_tokens\":%lld",
                   (long long)(req->max_tokens ? req->max_tokens : 4096));
-    if (req->temperature >= 0 && !is_reasoner)
+    if (req->temperature >= 0 && takes_temperature(req->model))
         nx_buf_printf(out, ",\"temperature\":%.17g", (double)req->temperature);
     if (json_array_size(req->stop)) { /* the Chat Completions API takes at most 4 */
         nx_buf_puts(out, ",\"stop\":[");

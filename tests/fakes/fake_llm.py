@@ -24,6 +24,8 @@ Control (no auth):
                                                                   SSE comments meanwhile if hold_pings
                      {"cut_after_end": true}                     streams: the connection closes after the
                                                                   last event, without the body's last chunk
+                     {"ignore_stream": true}                      a streaming request gets the whole JSON
+                                                                  answer (a server that ignores "stream")
                      {"stop_reason": "max_tokens"}, {"usage": {...}}, {"model": "..."}
   GET  /_requests  recorded requests: [{"endpoint","method","path","headers","body","t"}]
   POST /_reset     clears the script, the records and the config overrides
@@ -402,7 +404,7 @@ class Handler(BaseHTTPRequestHandler):
         step = st.pop()
         if not self.pre_step(step):
             return
-        stream = bool(body.get("stream"))
+        stream = bool(body.get("stream")) and not step.get("ignore_stream")
         model = step.get("model", body["model"])
         if "error" in step:
             e = step["error"]
@@ -515,7 +517,7 @@ class Handler(BaseHTTPRequestHandler):
             if "max_tokens" in body:
                 return ("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
                         "'max_completion_tokens' instead.", "max_tokens", "unsupported_parameter")
-            if body.get("temperature", 1) != 1:
+            if body.get("temperature", 1) != 1 and not model.startswith("gpt-5-chat"):
                 return ("Unsupported value: 'temperature' does not support %s with this model. Only the "
                         "default (1) value is supported." % body["temperature"], "temperature",
                         "unsupported_value")
@@ -593,7 +595,7 @@ class Handler(BaseHTTPRequestHandler):
         step = st.pop()
         if not self.pre_step(step):
             return
-        stream = bool(body.get("stream"))
+        stream = bool(body.get("stream")) and not step.get("ignore_stream")
         include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
         model = step.get("model", body["model"])
         if "error" in step or (step.get("error_midstream") and not stream):

@@ -122,6 +122,39 @@ static inline void check_stream_ended_then_cut(const char *kind, const char *key
     one_close(&t);
 }
 
+/* A server that ignores "stream": true and answers with the whole JSON object: the answer is
+ * read as one (its text passed on as one delta), not failed as a broken stream and asked for
+ * again; a tool call in it too. */
+static inline void check_stream_answered_whole(const char *kind, const char *key, const char *model)
+{
+    struct one t;
+    struct outcome o = {0};
+    struct nx_llm_request req = {.model = model, .temperature = -1, .stream = true};
+
+    one_open(&t, kind, kind, key, 2000, "[{\"text\": \"all at once\", \"ignore_stream\": true}]", "hi");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(nx_buf_cstr(&o.text), "all at once");
+    assert_int_equal(o.ndeltas, 1);
+    assert_string_equal(message_text(o.message), "all at once");
+    assert_int_equal(nrequests(), 1);
+    outcome_cleanup(&o);
+    memset(&o, 0, sizeof o);
+    one_close(&t);
+
+    one_open(&t, kind, kind, key, 2000,
+             "[{\"tool_use\": {\"name\": \"f\", \"input\": {\"a\": 1}}, \"ignore_stream\": true}]", "hi");
+    req.messages = t.msgs;
+    run_call(&t.e, t.p, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_int_equal(o.stop, NX_LLM_STOP_TOOL_USE);
+    assert_int_equal(o.ndeltas, 0);
+    assert_int_equal(nrequests(), 1);
+    outcome_cleanup(&o);
+    one_close(&t);
+}
+
 /* One connection to the upstream (max_host_connections 1) and a provider timeout_ms of 1 s: a
  * second stream waits for the first (0.8 s), then its upstream is silent for 0.6 s. The wait
  * is not silence: both complete, where counting from the start cut the second at 1 s as

@@ -239,6 +239,12 @@ static void test_anthropic_cancel_mid_stream(void **state)
     one_close(&t);
 }
 
+static void test_anthropic_stream_answered_whole(void **state)
+{
+    (void)state;
+    check_stream_answered_whole("anthropic", KEY, "claude-test");
+}
+
 static void test_anthropic_stream_ended_then_cut(void **state)
 {
     (void)state;
@@ -439,6 +445,7 @@ int main(void)
         cmocka_unit_test(test_anthropic_cancel_mid_stream),
         cmocka_unit_test(test_anthropic_request_deadline),
         cmocka_unit_test(test_anthropic_stream_ended_then_cut),
+        cmocka_unit_test(test_anthropic_stream_answered_whole),
         cmocka_unit_test(test_anthropic_body_as_the_api_wants_it),
 
         cmocka_unit_test(test_anthropic_long_stream_is_not_cut),

@@ -546,28 +546,35 @@ static void test_openai_servers_other_than_openai(void **state)
     assert_int_equal(nx_llm_classify(402, "unknown_error", &retry), NX_EPERM); /* unpaid: the next target */
 }
 
-/* OpenAI's reasoning models take max_completion_tokens and no temperature; others max_tokens. */
+/* OpenAI's reasoning models take max_completion_tokens and no temperature; others max_tokens.
+ * gpt-5-chat takes max_completion_tokens and a temperature. */
 static void test_openai_reasoning_models_get_max_completion_tokens(void **state)
 {
-    static const char *const models[] = {"o3-mini", "gpt-5", "gpt-4o", "llama3"};
+    static const char *const models[] = {"o3-mini", "gpt-5", "gpt-5-chat-latest", "gpt-4o", "llama3"};
     json_t *msgs = json_pack("[{s:s, s:s}]", "role", "user", "content", "hi");
     (void)state;
-    for (size_t i = 0; i < 4; i++) {
+    for (size_t i = 0; i < 5; i++) {
         struct nx_llm_request req = {.model = models[i], .temperature = 0.5, .messages = msgs,
                                      .max_tokens = 99};
         struct nx_buf body = NX_BUF_INIT;
         const char *why = NULL;
         assert_int_equal(nx_openai_build_body(&req, &body, &why), 0);
         json_t *b = json_loads(nx_buf_cstr(&body), 0, NULL);
-        bool is_reasoner = i < 2;
+        bool is_reasoner = i < 3;
         const char *field = is_reasoner ? "max_completion_tokens" : "max_tokens";
         assert_int_equal(json_integer_value(json_object_get(b, field)), 99);
         assert_null(json_object_get(b, is_reasoner ? "max_tokens" : "max_completion_tokens"));
-        assert_int_equal(json_object_get(b, "temperature") != NULL, !is_reasoner);
+        assert_int_equal(json_object_get(b, "temperature") != NULL, i >= 2);
         json_decref(b);
         nx_buf_cleanup(&body);
     }
     json_decref(msgs);
+}
+
+static void test_openai_stream_answered_whole(void **state)
+{
+    (void)state;
+    check_stream_answered_whole("openai", KEY, "gpt-test");
 }
 
 static void test_openai_stream_ended_then_cut(void **state)
@@ -608,6 +615,7 @@ int main(void)
         cmocka_unit_test(test_openai_servers_other_than_openai),
         cmocka_unit_test(test_openai_reasoning_models_get_max_completion_tokens),
         cmocka_unit_test(test_openai_stream_ended_then_cut),
+        cmocka_unit_test(test_openai_stream_answered_whole),
         cmocka_unit_test(test_openai_body_same_with_fragment_cache),
         cmocka_unit_test(test_openai_answers_text_whole),
         cmocka_unit_test(test_openai_streams_deltas_and_usage),
