@@ -8,8 +8,10 @@ set -euo pipefail
 
 build_pkgs=(gcc make cmake pkg-config libuv1-dev libh2o-dev libcurl4-openssl-dev libjansson-dev
             libyaml-dev libsqlite3-dev libssl-dev)
-# gdb: the integration harness prints the stacks of a nexo that does not stop (a hang in CI)
-test_pkgs=(libcmocka-dev python3 curl wrk prometheus nats-server libnats-dev binutils procps gdb strace)
+# gdb: the integration harness prints the stacks of a nexo that does not stop (a hang in CI);
+# chromium: the browser that calls the gateway from web pages (test_browser_origin.py)
+test_pkgs=(libcmocka-dev python3 curl wrk prometheus nats-server libnats-dev binutils procps gdb strace
+           chromium)
 fuzz_pkgs=(clang libclang-rt-14-dev)
 
 want=("${build_pkgs[@]}")

@@ -90,6 +90,30 @@ static const struct nx_conf_field gw_log_fields[] = {
 };
 static const struct nx_conf_struct gw_log = {.name = "\"log\"", .fields = gw_log_fields};
 
+/* "*", or an origin as a browser sends it: scheme://host[:port], nothing after. */
+static void check_origins(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst)
+{
+    char buf[96];
+    NX_UNUSED(dst);
+    for (size_t i = 0; i < val->n; i++) {
+        static const char scheme_chars[] = "abcdefghijklmnopqrstuvwxyz0123456789+.-";
+        const char *o = val->kids[i]->text, *sep = strstr(o, "://");
+        bool ok = strcmp(o, "*") == 0 || (sep && sep > o && sep[3] && !strpbrk(sep + 3, "/?#@ ") &&
+                                          strspn(o, scheme_chars) == (size_t)(sep - o));
+        if (!ok)
+            nx_conf_error(ctx, val->kids[i], "invalid origin %s (expected scheme://host[:port], as a "
+                          "browser sends it, e.g. https://chat.example.com, or \"*\")",
+                          nx_cnode_describe(val->kids[i], buf, sizeof buf));
+    }
+}
+
+static const struct nx_conf_field gw_cors_fields[] = {
+    {NX_FIELD("allowed_origins", NX_CT_STRLIST, G, cors.allowed_origins), .check = check_origins},
+    {NX_FIELD("max_age", NX_CT_DURATION, G, cors.max_age_ms), .def = "10m", .min = 0, .max = 86400000},
+    {.name = NULL},
+};
+static const struct nx_conf_struct gw_cors = {.name = "\"cors\"", .fields = gw_cors_fields};
+
 static void check_retention(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst)
 {
     char buf[96];
@@ -118,6 +142,10 @@ static void check_gateway(struct nx_conf_ctx *ctx, const struct nx_cnode *node, 
         free(g->auth_token);
         g->auth_token = NULL;
     }
+    for (size_t i = 0; !g->auth_token && g->cors.allowed_origins && g->cors.allowed_origins[i]; i++)
+        if (strcmp(g->cors.allowed_origins[i], "*") == 0)
+            nx_conf_error(ctx, nx_cnode_get(node, "cors"), "cors.allowed_origins \"*\" lets every web page "
+                          "use the gateway: set auth_token first (or list the origins)");
     for (size_t i = 0; i < NX_ARRAY_LEN(names); i++) {
         if (g->auth_token || nx_listen_is_loopback(ls[i]))
             continue;
@@ -139,6 +167,7 @@ static const struct nx_conf_field gateway_fields[] = {
     {NX_FIELD("shutdown_grace", NX_CT_DURATION, G, shutdown_grace_ms), .def = "10s", .min = 0, .max = 600000},
     {NX_GROUP("log", &gw_log)},
     {NX_GROUP("media", &gw_media)},
+    {NX_GROUP("cors", &gw_cors)},
     {.name = NULL},
 };
 

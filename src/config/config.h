@@ -95,6 +95,11 @@ struct nx_gateway_conf {
     char **redact_patterns;          /* `log.redact_patterns` (POSIX ERE), NULL-terminated, never NULL */
     char *log_level;                 /* `log.level`; NULL = info (the CLI flag wins) */
     uint64_t media_retention_ms;     /* `media.retention`: received channel files kept (30d; 0 = forever) */
+    struct {
+        char **allowed_origins;      /* `cors.allowed_origins`: web pages that may call the listeners,
+                                        "scheme://host[:port]" or "*"; NULL-terminated, never NULL */
+        uint32_t max_age_ms;         /* `cors.max_age`: how long a browser keeps a preflight (10m) */
+    } cors;
 };
 
 /* ---- llm.yaml ---- */

@@ -43,6 +43,7 @@ struct daemon {
     struct nx_config *cfg;       /* the current snapshot */
     const char *token;           /* cfg's auth_token, read by the auth checks */
     uint32_t stream_keepalive_ms; /* cfg's limits.stream_keepalive, read by the chat APIs */
+    struct nx_http_origin_policy origin; /* cfg's cors, read by every listener */
     struct nx_readiness ready;
     struct nx_listen addr[LISTENER_COUNT];
     struct nx_http_server *srv[LISTENER_COUNT];
@@ -174,6 +175,14 @@ static void reload_work(uv_work_t *w)
     r->rc = nx_config_load(r->d->opts->config_dir, &r->cfg, &r->diags);
 }
 
+/* Web pages: the listed origins, and an open gateway (no token) answers to loopback names only. */
+static void set_origin_policy(struct daemon *d, const struct nx_gateway_conf *gw)
+{
+    d->origin.allowed_origins = gw->cors.allowed_origins;
+    d->origin.max_age_s = gw->cors.max_age_ms / 1000;
+    d->origin.is_open = !(gw->auth_token && *gw->auth_token);
+}
+
 static void reload_done(uv_work_t *w, int status)
 {
     struct reload *r = nx_container_of(w, struct reload, work);
@@ -214,6 +223,7 @@ static void reload_done(uv_work_t *w, int status)
             if (d->mcp_srv)
                 nx_mcp_server_set_config(d->mcp_srv, d->cfg);
             d->token = gw->auth_token && *gw->auth_token ? gw->auth_token : NULL;
+            set_origin_policy(d, gw);
             d->stream_keepalive_ms = gw->limits.stream_keepalive_ms;
             apply_logging(d, gw);
             nx_counter_add(d->m_reloads, ok_label, 1);
@@ -405,6 +415,7 @@ static int start_listeners(struct daemon *d, const struct nx_gateway_conf *gw)
     for (int i = 0; i < LISTENER_COUNT; i++) {
         char err[256];
         nx_http_server_new(&d->rt.loop, listener_names[i], &lim, &d->srv[i]);
+        nx_http_server_set_origin_policy(d->srv[i], &d->origin);
         switch (i) {
         case LISTENER_GATEWAY:
             nx_api_health_register(d->srv[i], &d->ready);
@@ -673,6 +684,7 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
         nx_warn("daemon", "--agents applies to --role agents only; ignored");
     const struct nx_gateway_conf *gw = nx_config_gateway(d.cfg);
     d.token = gw->auth_token && *gw->auth_token ? gw->auth_token : NULL;
+    set_origin_policy(&d, gw);
     d.stream_keepalive_ms = gw->limits.stream_keepalive_ms;
     apply_logging(&d, gw);
     raise_nofile(gw);

@@ -371,6 +371,9 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
 
+    if (nx_httpsrv_origin_gate(srv, req, hs.n_host == 1))
+        return 0;
+
     const char *path = req->path.base;
     const char *q = memchr(path, '?', req->path.len);
     size_t plen = q ? (size_t)(q - path) : req->path.len;

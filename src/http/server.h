@@ -24,6 +24,14 @@ struct nx_http_limits {
 
 typedef void (*nx_http_handler_fn)(struct nx_http_req *req, void *udata);
 
+/* Requests from web pages (http/origin.c): which origins may use the listener (CORS), and
+ * whether it is open (no auth token: it then answers only to loopback names in Host). */
+struct nx_http_origin_policy {
+    char **allowed_origins; /* "scheme://host[:port]" or "*", NULL-terminated; NULL = none */
+    uint32_t max_age_s;     /* how long a browser may keep a preflight's answer */
+    bool is_open;
+};
+
 /* A listener and its routes. `name` (e.g. "gateway", "metrics", "admin") labels metrics and
  * logs. */
 int nx_http_server_new(uv_loop_t *loop, const char *name, const struct nx_http_limits *limits,
@@ -35,6 +43,8 @@ void nx_http_server_route(struct nx_http_server *srv, const char *method, const 
 /* Binds and listens. On failure returns NX_EADDR with a readable reason in err. */
 int nx_http_server_listen(struct nx_http_server *srv, const char *host, int port, char *err,
                           size_t errlen);
+/* Applies `p` (read on every request, so its owner may change it; NULL = no checks). */
+void nx_http_server_set_origin_policy(struct nx_http_server *srv, const struct nx_http_origin_policy *p);
 /* The bound port (useful after listening on port 0). */
 int nx_http_server_port(const struct nx_http_server *srv);
 /* Graceful stop: stop accepting, let requests in flight finish, close idle keep-alive

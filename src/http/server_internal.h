@@ -101,7 +101,12 @@ struct nx_http_server {
     void *done_arg;
     uint64_t last_cap_warn_ms;
     size_t refused_since_warn;
+    const struct nx_http_origin_policy *origin; /* NULL: none */
 };
+
+/* origin.c: true when it answered the request (refused, or a CORS preflight); adds the CORS
+ * headers to an allowed page's. */
+bool nx_httpsrv_origin_gate(struct nx_http_server *srv, h2o_req_t *req, bool has_host);
 
 /* server_req.c */
 struct nx_http_req *nx_httpsrv_rec_attach(struct nx_http_server *srv, struct nx_http_conn *conn,

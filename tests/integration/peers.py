@@ -198,7 +198,7 @@ class FakePeers:
         s = self.n.connect()
         body = json.dumps({"model": agent, "stream": stream,
                            "messages": [{"role": "user", "content": text}]}).encode()
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   + (b"Connection: close\r\n" if close else b"")
                   + (b"X-Nexo-Session: %s\r\n" % session.encode() if session else b"")
                   + b"Content-Length: %d\r\n\r\n" % len(body) + body)

@@ -452,7 +452,7 @@ class Turns(FakePeers, unittest.TestCase):
         script(self.fport, [{"hang_ms": 3000, "text": "too late"}])
         s = self.n.connect()
         body = json.dumps({"model": "kate", "messages": [{"role": "user", "content": "hi"}]}).encode()
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: %d\r\n\r\n" % len(body) + body)
         deadline = time.monotonic() + 10
         while not self.requests() and time.monotonic() < deadline:

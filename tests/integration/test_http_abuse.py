@@ -53,14 +53,14 @@ class Abuse(unittest.TestCase):
 
     def test_malformed_request_line(self):
         for junk in (b"GARBAGE\r\n\r\n", b"GET\r\n\r\n", b"\x00\x01\x02\xff\r\n\r\n",
-                     b"GET / HTTP/9.9\r\nHost: x\r\n\r\n"):
+                     b"GET / HTTP/9.9\r\nHost: 127.0.0.1\r\n\r\n"):
             resp = self.raw(junk, shut=True)
             st = status_of(resp)
             self.assertTrue(st is None or 400 <= st < 500 or st == 505, (junk, resp[:80]))
 
     def test_100mb_body_is_413_without_reading_it(self):
         s = self.n.connect("admin")
-        s.sendall(b"POST /admin/log-level HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /admin/log-level HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 104857600\r\n\r\n")
         # Push body until the server answers or stops reading; never 100 MB in memory here.
         chunk = b"x" * 65536
@@ -80,9 +80,9 @@ class Abuse(unittest.TestCase):
         """A body over limits.max_body_bytes (413) and a broken chunked body (400) are refused by
         the HTTP library before any handler: the answer is still the JSON error both SDKs read."""
         for req, status, etype in (
-                (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  b"Content-Length: 2000000\r\n\r\n", 413, "request_too_large"),
-                (b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                (b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
                  b"zz\r\nhello\r\n0\r\n\r\n", 400, "invalid_request_error")):
             resp = self.raw(req)
             self.assertEqual(status_of(resp), status, resp[:200])
@@ -100,7 +100,7 @@ class Abuse(unittest.TestCase):
                 self.assertIn("1048576 bytes", err["error"]["message"])
 
     def test_oversized_headers(self):
-        resp = self.raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200000 + b"\r\n\r\n")
+        resp = self.raw(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 200000 + b"\r\n\r\n")
         st = status_of(resp)
         self.assertTrue(st is None or st in (400, 413, 431), resp[:100])
 
@@ -109,7 +109,7 @@ class Abuse(unittest.TestCase):
         start = time.monotonic()
         closed = False
         try:
-            for b in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 400:
+            for b in b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 400:
                 s.sendall(bytes([b]))
                 time.sleep(0.05)
                 if time.monotonic() - start > 20:
@@ -131,7 +131,7 @@ class Abuse(unittest.TestCase):
         self.assertEqual(json.loads(body)["error"]["type"], "invalid_request_error")
 
     def test_conflicting_content_length_is_400(self):
-        resp = self.raw(b"POST /admin/log-level HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        resp = self.raw(b"POST /admin/log-level HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n"
                         b"Content-Length: 6\r\n\r\nabcdef", listener="admin", shut=True)
         self.assertEqual(status_of(resp), 400, resp[:100])
 
@@ -142,7 +142,7 @@ class Abuse(unittest.TestCase):
     def test_connection_cap(self):
         socks = [self.n.connect() for _ in range(16)]
         extra = self.n.connect()
-        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         self.assertEqual(recv_all(extra, timeout=5), b"")
         for s in socks:
             s.close()

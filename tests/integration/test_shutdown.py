@@ -30,7 +30,7 @@ class Shutdown(unittest.TestCase):
         s.sendall(slow_request_head(len(BODY)) + BODY[:5])
         # An idle keep-alive connection must not hold the shutdown up.
         idle = self.n.connect("gateway")
-        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         self.assertIn(b"200", idle.recv(4096))
 
         self.n.signal(signal.SIGTERM)
@@ -38,7 +38,7 @@ class Shutdown(unittest.TestCase):
         # Not accepting any more.
         with self.assertRaises(OSError):
             c = socket.create_connection(("127.0.0.1", self.n.ports["gateway"]), timeout=5)
-            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             if not c.recv(4096):
                 raise ConnectionResetError("closed")
         self.assertIsNone(self.n.proc.poll(), "exited before the slow request finished")

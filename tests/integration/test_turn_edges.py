@@ -204,7 +204,7 @@ class TurnEdges(FakePeers, unittest.TestCase):
             s = self.n.connect()
             body = json.dumps({"model": agent, "stream": True,
                                "messages": [{"role": "user", "content": "time?"}]}).encode()
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
             raw = recv_all(s, 30).decode()
             s.close()
@@ -230,7 +230,7 @@ class TurnEdges(FakePeers, unittest.TestCase):
             before = len(fake_requests(self.fport))
             body = json.dumps(dict(body, messages=[{"role": "user", "content": "time?"}])).encode()
             s = self.n.connect()
-            s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            s.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                       b"Connection: close\r\nContent-Length: %d\r\n\r\n" % (path.encode(), len(body)) + body)
             self.wait_requests(before + 2)  # the tool ran; the second model call hangs
             s.settimeout(1.0)
