@@ -90,7 +90,6 @@ struct nx_turn_opts {
     uint32_t max_tokens;           /* 0 = the agent's limit */
     double temperature;            /* < 0 = default */
     const json_t *stop;            /* stop sequences (an array of strings), or NULL */
-    bool stream;
     enum nx_queue_mode queue_mode;
     void (*on_text)(const char *delta, size_t len, void *udata);
     /* Exactly once, never from inside nx_turn_start. rc 0 or NX_ENOENT (no such agent),

@@ -464,10 +464,14 @@ static void call_model(struct nx_turn *t)
         .max_tokens = max_tokens,
         .temperature = t->o.temperature,
         .stop = t->o.stop,
-        .stream = t->o.stream,
+        /* streamed upstream whoever asks: `timeout` then measures silence, where a whole answer
+         * that takes longer (a reasoning model's, on a channel) would be cut and asked again */
+        .stream = true,
         .is_history_stable = t->session_key != NULL,
     };
-    struct nx_llm_callbacks cb = {.on_text = on_llm_text, .on_done = on_llm_done,
+    /* text goes on only to a caller that streams: for the others none has "reached the caller",
+     * and a failure half-way is retried as before any text */
+    struct nx_llm_callbacks cb = {.on_text = t->o.on_text ? on_llm_text : NULL, .on_done = on_llm_done,
                                   .udata = ticket_new(t)};
     t->call_text_bytes = 0;
     const struct nx_llm_conf *llm = nx_config_llm(t->gen->cfg);

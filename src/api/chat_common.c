@@ -424,7 +424,6 @@ void api_start_turn(const struct api_ctx *ctx, struct api_call *c, json_t *canon
         .max_tokens = max_tokens > 0 && max_tokens <= API_MAX_TOKENS ? (uint32_t)max_tokens : 0,
         .temperature = json_is_number(temperature) ? json_number_value(temperature) : -1,
         .stop = c->stop,
-        .stream = c->stream,
         .on_text = c->stream ? on_text : NULL,
         .on_done = on_done,
         .udata = c,

@@ -234,7 +234,6 @@ static void next_line(struct chat *c)
         .channel = "cli",
         .messages = msgs,
         .temperature = -1,
-        .stream = true,
         .on_text = on_text,
         .on_done = on_done,
         .udata = c,

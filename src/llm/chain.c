@@ -206,11 +206,10 @@ static void attempt_text(const char *delta, size_t len, void *udata)
 {
     struct chain *ch = udata;
 
-    if (ch->cancelled)
+    if (ch->cancelled || !ch->cb.on_text) /* (text nobody sees binds nothing) */
         return;
     ch->streamed = true;
-    if (ch->cb.on_text)
-        ch->cb.on_text(delta, len, ch->cb.udata);
+    ch->cb.on_text(delta, len, ch->cb.udata);
 }
 
 static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)

@@ -212,7 +212,6 @@ static void start_agent(struct srv_call *c, const char *agent_id, const json_t *
         .channel = "mcp",
         .messages = msgs,
         .temperature = -1,
-        .stream = c->progress_token != NULL,
         .on_text = c->progress_token ? on_text : NULL,
         .on_tool = c->progress_token ? on_tool : NULL,
         .on_done = on_turn_done,

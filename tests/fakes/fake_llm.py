@@ -304,6 +304,11 @@ class Handler(BaseHTTPRequestHandler):
         if d:
             time.sleep(d / 1000.0)
 
+    def think(self, step, nchunks):
+        """A whole answer takes as long as its stream would have (a step's own delay_ms only)."""
+        if step.get("delay_ms") and nchunks > 1:
+            time.sleep((nchunks - 1) * step["delay_ms"] / 1000.0)
+
     # ---- Anthropic --------------------------------------------------------------------------
 
     def anthropic_error(self, status, etype, message, extra=None):
@@ -439,6 +444,7 @@ class Handler(BaseHTTPRequestHandler):
         msg_id = rand_id("msg_01")
         hdrs = {"request-id": rand_id("req_")}
         if not stream:
+            self.think(step, step.get("chunks", st.chunks))
             return self.send_json(200, {"id": msg_id, "type": "message", "role": "assistant", "model": model,
                                         "content": blocks, "stop_reason": stop, "stop_sequence": seq,
                                         "usage": usage}, hdrs)
@@ -630,6 +636,7 @@ class Handler(BaseHTTPRequestHandler):
         created = int(time.time())
         hdrs = {"x-request-id": rand_id("req_", 32), "openai-processing-ms": "1"}
         if not stream:
+            self.think(step, step.get("chunks", st.chunks))
             message = {"role": "assistant", "content": text if text or not calls else None, "refusal": None,
                        "annotations": []}
             if calls:

@@ -1,7 +1,8 @@
 """Turns at their edges, end to end against the fake provider: a caller of a merged (collect)
 turn hanging up, a turn cancelled mid-stream still charged to the daily budget, sessions left
 valid after the tool-iteration limit, an answer cut off inside a tool call and an empty answer,
-and tool arguments that are not JSON never running the tool."""
+tool arguments that are not JSON never running the tool, and answers to callers that do not
+stream, which stream upstream all the same (timeouts on silence, retries after a break)."""
 import concurrent.futures
 import json
 import re
@@ -251,6 +252,46 @@ class TurnEdges(FakePeers, unittest.TestCase):
         self.assertEqual(tool_msg["role"], "tool")
         self.assertIn("not run: the arguments are not valid JSON", tool_msg["content"])
         self.assertNotRegex(tool_msg["content"], r"\d{4}-\d\d-\d\dT")
+
+
+class UnstreamedCallers(FakePeers, unittest.TestCase):
+    """A caller that does not stream (stream false, a channel) still has its answer streamed
+    upstream: the provider's `timeout` is the longest silence, not the whole answer's time."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.start_peers()
+        write_config(cls.cfg.name, {
+            "llm.yaml": ("providers:\n  anthropic: {api_key: %s, base_url: http://127.0.0.1:%d, timeout: 1s}\n"
+                         "retry: {initial_backoff_ms: 10, max_backoff_ms: 20}\n") % (FAKE_KEY, cls.fport),
+            "agents.yaml": "agents:\n  - id: patient\n    model: {provider: anthropic, model: m}\n",
+        })
+        cls.n = Nexo(config_dir=cls.cfg.name).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stop_peers()
+
+    chat = TurnEdges.chat
+
+    def test_a_long_answer_that_never_goes_quiet_is_not_cut(self):
+        script(self.fport, [{"text": "one two three four five", "chunks": 5, "delay_ms": 400}])
+        t0 = time.monotonic()
+        status, r = self.chat("patient", "think it over")
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["choices"][0]["message"]["content"], "one two three four five")
+        self.assertGreater(time.monotonic() - t0, 1.5)  # longer than the 1 s timeout, whole
+        reqs = fake_requests(self.fport)
+        self.assertEqual(len(reqs), 1)
+        self.assertIs(reqs[0]["body"]["stream"], True)
+
+    def test_a_break_half_way_is_retried_when_no_text_reached_the_caller(self):
+        script(self.fport, [{"text": "the first half", "chunks": 2, "error_midstream": "overloaded_error"},
+                            {"text": "all of it"}])
+        status, r = self.chat("patient", "again")
+        self.assertEqual(status, 200, r)
+        self.assertEqual(r["choices"][0]["message"]["content"], "all of it")
+        self.assertEqual(len(fake_requests(self.fport)), 2)
 
 
 if __name__ == "__main__":

@@ -305,7 +305,7 @@ static void test_agent_call_runs_a_turn_with_progress(void **state)
     assert_string_equal(ft.session, "agent:kate:mcp:s1");
     assert_string_equal(ft.message, "hello");
     assert_string_equal(ft.o.channel, "mcp");
-    assert_true(ft.o.stream);
+    assert_non_null(ft.o.on_text); /* progress: the text streams */
     assert_int_equal(nx_mcp_session_in_flight(f.s), 1);
     /* the "thinking" report, then the streamed length */
     assert_string_equal(json_string_value(json_object_get(r, "method")), "notifications/progress");
@@ -326,7 +326,7 @@ static void test_agent_call_runs_a_turn_with_progress(void **state)
     /* An upstream failure is a tool error result. */
     feed(&f, "{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{\"name\":\"ask_bob\","
          "\"arguments\":{\"message\":\"x\"}}}", NULL);
-    assert_false(ft.o.stream);
+    assert_null(ft.o.on_text);
     assert_string_equal(ft.session, "");
     fake_done(NX_EHTTP, "upstream said no");
     r = json_array_get(f.sent.msgs, json_array_size(f.sent.msgs) - 1);
