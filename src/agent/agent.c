@@ -11,6 +11,7 @@
 #include "core/buf.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "store/history.h"
 
 static const char *kind_name(int kind)
 {
@@ -343,6 +344,26 @@ json_t *nx_agents_list(const struct nx_agents *a)
                                              c->model.model ? c->model.model : ""));
     }
     return arr;
+}
+
+int nx_agents_count_tokens(const struct nx_agents *a, const char *agent_id, const char *extra,
+                           const json_t *messages, uint64_t *out)
+{
+    const struct agent_rt *ag = gen_agent(a->gen, agent_id);
+    struct nx_buf system = NX_BUF_INIT;
+    uint64_t tools = 0;
+    size_t i;
+    const json_t *m;
+
+    if (!ag)
+        return NX_ENOENT;
+    agent_system_prompt(ag, extra, &system);
+    json_decref(agent_tools(ag, &tools));
+    *out = nx_history_text_tokens(system.data ? system.data : "", system.len) + tools;
+    json_array_foreach(messages, i, m)
+        *out += nx_history_estimate_tokens(m); /* (not nx_llm_message_tokens: nothing to keep) */
+    nx_buf_cleanup(&system);
+    return 0;
 }
 
 size_t nx_agents_turns_in_flight(const struct nx_agents *a)

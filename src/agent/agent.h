@@ -40,6 +40,11 @@ void nx_agents_free(struct nx_agents *a);
 bool nx_agents_has(const struct nx_agents *a, const char *id);
 /* [{"id":..., "description":..., "model":...}] in configuration order. New reference. */
 json_t *nx_agents_list(const struct nx_agents *a);
+/* The input tokens a turn of agent_id with these canonical messages would send, by nexo's
+ * estimate (the one that trims history): the agent's system prompt and identity files, `extra`
+ * (the caller's system prompt, or NULL), its tools and the messages. NX_ENOENT: no such agent. */
+int nx_agents_count_tokens(const struct nx_agents *a, const char *agent_id, const char *extra,
+                           const json_t *messages, uint64_t *out);
 size_t nx_agents_turns_in_flight(const struct nx_agents *a);
 /* Turns started since the agents were created (a cheap activity counter). */
 uint64_t nx_agents_turns_started(const struct nx_agents *a);

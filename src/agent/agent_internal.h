@@ -248,8 +248,10 @@ void turn_append_messages(json_t *to, const json_t *from);
 /* A call's system prompt: the agent's own, its workspace identity files, the turn's extra (a
  * channel's addendum), blank-line separated. */
 void turn_system_prompt(const struct nx_turn *t, struct nx_buf *out);
+void agent_system_prompt(const struct agent_rt *ag, const char *extra, struct nx_buf *out);
 /* A call's tool list (a new reference; empty when the turn has none) and its token estimate. */
 json_t *turn_tools(const struct nx_turn *t, uint64_t *tokens);
+json_t *agent_tools(const struct agent_rt *ag, uint64_t *tokens);
 /* The history's share of the agent's context window, in estimated tokens: what is left once
  * the answer's room (max_tokens), the system prompt and the tool list are taken, less a tenth
  * for the estimate's error (tokenizers differ by more than that on some text). */

@@ -153,8 +153,12 @@ json_t *turn_alternating(json_t *convo, size_t from)
 
 void turn_system_prompt(const struct nx_turn *t, struct nx_buf *out)
 {
-    const struct agent_rt *ag = t->agent;
-    const char *parts[] = {ag->system_prompt, ag->ws ? ws_cache_text(ag->ws) : "", t->system_extra};
+    agent_system_prompt(t->agent, t->system_extra, out);
+}
+
+void agent_system_prompt(const struct agent_rt *ag, const char *extra, struct nx_buf *out)
+{
+    const char *parts[] = {ag->system_prompt, ag->ws ? ws_cache_text(ag->ws) : "", extra};
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
         if (!parts[i] || !*parts[i])
             continue;
@@ -166,15 +170,18 @@ void turn_system_prompt(const struct nx_turn *t, struct nx_buf *out)
 
 json_t *turn_tools(const struct nx_turn *t, uint64_t *tokens)
 {
+    *tokens = 0;
+    return t->o.no_tools ? json_array() : agent_tools(t->agent, tokens);
+}
+
+json_t *agent_tools(const struct agent_rt *ag, uint64_t *tokens)
+{
     /* The same manifest object turn after turn, so its wire form is encoded once
      * (llm/frag_cache.c); rebuilt when a tool comes or goes. */
-    struct tools_memo *tm = t->agent->tools_memo;
-    *tokens = 0;
-    if (t->o.no_tools)
-        return json_array();
+    struct tools_memo *tm = ag->tools_memo;
     if (!tm->tools || tm->changes != nx_tool_registry_changes()) {
         json_decref(tm->tools);
-        tm->tools = nx_tool_manifest(t->agent->allowed_tools);
+        tm->tools = nx_tool_manifest(ag->allowed_tools);
         tm->changes = nx_tool_registry_changes();
         char *text = json_dumps(tm->tools, JSON_COMPACT);
         tm->tokens = text ? nx_history_text_tokens(text, strlen(text)) : 0;

@@ -197,35 +197,84 @@ static json_t *blocks_of(const json_t *content, const char **err)
     return out;
 }
 
-static void on_messages(struct nx_http_req *req, void *udata)
+/* The request's JSON object, after the key check; NULL when it was answered (401, 400). */
+static json_t *request_object(struct nx_http_req *req, const struct api_ctx *ctx)
 {
-    const struct api_ctx *ctx = udata;
     api_request_id(req, "request-id");
     if (!nx_api_authorized(req, *ctx->token)) {
         api_anthropic_error(req, 401, "authentication_error", "invalid x-api-key");
-        return;
+        return NULL;
     }
     size_t len = 0;
     const char *body = nx_http_req_body(req, &len);
     json_error_t jerr;
     json_t *in = json_loadb(body ? body : "", len, 0, &jerr);
-    if (!json_is_object(in)) {
-        char msg[256];
-        if (in)
-            snprintf(msg, sizeof msg, "the request body must be a JSON object");
-        else
-            snprintf(msg, sizeof msg, "invalid JSON body: line %d column %d: %s", jerr.line,
-                     jerr.column, jerr.text);
-        api_anthropic_error(req, 400, "invalid_request_error", msg);
-        json_decref(in);
-        return;
+    if (json_is_object(in))
+        return in;
+    char msg[256];
+    if (in)
+        snprintf(msg, sizeof msg, "the request body must be a JSON object");
+    else
+        snprintf(msg, sizeof msg, "invalid JSON body: line %d column %d: %s", jerr.line, jerr.column,
+                 jerr.text);
+    api_anthropic_error(req, 400, "invalid_request_error", msg);
+    json_decref(in);
+    return NULL;
+}
+
+/* The request's messages, canonical, into canon (blank ones go, as on the OpenAI side); the
+ * problem, or NULL. */
+static const char *canon_of(const json_t *msgs, json_t *canon)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(msgs, i, m) {
+        const char *role = json_string_value(json_object_get(m, "role"));
+        const char *why = NULL;
+        json_t *blocks = blocks_of(json_object_get(m, "content"), &why);
+        if (!role || (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0) || !blocks) {
+            json_decref(blocks);
+            return why ? why : "messages: each message needs role user or assistant and content";
+        }
+        if (json_array_size(blocks) == 0) {
+            json_decref(blocks);
+            continue;
+        }
+        api_push_message(canon, role, blocks);
     }
+    return NULL;
+}
+
+/* `system` (a string or text blocks) as one text. */
+static void system_of(const json_t *sys, struct nx_buf *out)
+{
+    size_t i;
+    json_t *m, *sblocks = sys ? api_text_blocks(sys) : NULL;
+    json_array_foreach(sblocks, i, m) {
+        if (out->len)
+            nx_buf_puts(out, "\n\n");
+        nx_buf_puts(out, json_string_value(json_object_get(m, "text")));
+    }
+    json_decref(sblocks);
+}
+
+static bool system_ok(const json_t *sys)
+{
+    return !sys || json_is_null(sys) || json_is_string(sys) || json_is_array(sys);
+}
+
+static void on_messages(struct nx_http_req *req, void *udata)
+{
+    const struct api_ctx *ctx = udata;
+    json_t *in = request_object(req, ctx);
+    if (!in)
+        return;
     const char *model = json_string_value(json_object_get(in, "model"));
     const json_t *msgs = json_object_get(in, "messages");
     const json_t *mt = json_object_get(in, "max_tokens");
     const json_t *temp = json_object_get(in, "temperature");
     const json_t *sys = json_object_get(in, "system"), *stream = json_object_get(in, "stream");
-    bool sys_ok = !sys || json_is_null(sys) || json_is_string(sys) || json_is_array(sys);
+    bool sys_ok = system_ok(sys);
     bool stream_ok = !stream || json_is_null(stream) || json_is_boolean(stream);
     bool bad_temp = temp && !json_is_null(temp) &&
                     (!json_is_number(temp) || json_number_value(temp) < 0 || json_number_value(temp) > 1);
@@ -240,25 +289,8 @@ static void on_messages(struct nx_http_req *req, void *udata)
                       : bad_temp ? "temperature: Input should be a number from 0 to 1"
                                  : api_client_tools_why(in);
     json_t *canon = json_array();
-    size_t i;
-    json_t *m;
-    if (!bad) {
-        json_array_foreach(msgs, i, m) {
-            const char *role = json_string_value(json_object_get(m, "role"));
-            const char *why = NULL;
-            json_t *blocks = blocks_of(json_object_get(m, "content"), &why);
-            if (!role || (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0) || !blocks) {
-                json_decref(blocks);
-                bad = why ? why : "messages: each message needs role user or assistant and content";
-                break;
-            }
-            if (json_array_size(blocks) == 0) { /* blank: goes, as on the OpenAI side */
-                json_decref(blocks);
-                continue;
-            }
-            api_push_message(canon, role, blocks);
-        }
-    }
+    if (!bad)
+        bad = canon_of(msgs, canon);
     if (bad) {
         api_anthropic_error(req, 400, "invalid_request_error", bad);
         json_decref(canon);
@@ -266,13 +298,7 @@ static void on_messages(struct nx_http_req *req, void *udata)
         return;
     }
     struct nx_buf system = NX_BUF_INIT;
-    json_t *sblocks = sys ? api_text_blocks(sys) : NULL;
-    json_array_foreach(sblocks, i, m) {
-        if (system.len)
-            nx_buf_puts(&system, "\n\n");
-        nx_buf_puts(&system, json_string_value(json_object_get(m, "text")));
-    }
-    json_decref(sblocks);
+    system_of(sys, &system);
 
     const char *stop_err = NULL;
     const char *user = json_string_value(json_object_get(json_object_get(in, "metadata"), "user_id"));
@@ -303,9 +329,47 @@ static void on_messages(struct nx_http_req *req, void *udata)
     nx_buf_cleanup(&system);
 }
 
+/* POST /v1/messages/count_tokens: {"input_tokens": N}, nexo's estimate of what a turn of the
+ * agent with these messages would send (its system prompt, identity files and tools included). */
+static void on_count_tokens(struct nx_http_req *req, void *udata)
+{
+    const struct api_ctx *ctx = udata;
+    json_t *in = request_object(req, ctx);
+    if (!in)
+        return;
+    const char *model = json_string_value(json_object_get(in, "model"));
+    const json_t *msgs = json_object_get(in, "messages"), *sys = json_object_get(in, "system");
+    const char *bad = !model                                      ? "model: Field required"
+                      : !json_is_array(msgs) || !json_array_size(msgs) ? "messages: Field required"
+                      : !system_ok(sys) ? "system: Input should be a valid string or a list of text blocks"
+                                        : api_client_tools_why(in);
+    json_t *canon = json_array();
+    if (!bad)
+        bad = canon_of(msgs, canon);
+    struct nx_buf system = NX_BUF_INIT;
+    uint64_t n = 0;
+    if (bad) {
+        api_anthropic_error(req, 400, "invalid_request_error", bad);
+    } else {
+        system_of(sys, &system);
+        if (nx_agents_count_tokens(ctx->agents, model, nx_buf_cstr(&system), canon, &n) < 0) {
+            api_anthropic_error(req, 404, "not_found_error",
+                                "no such model: the models are the gateway's agents (GET /v1/models)");
+        } else {
+            char out[64];
+            int len = snprintf(out, sizeof out, "{\"input_tokens\":%llu}", (unsigned long long)n);
+            nx_http_respond(req, 200, "application/json", out, (size_t)len);
+        }
+    }
+    nx_buf_cleanup(&system);
+    json_decref(canon);
+    json_decref(in);
+}
+
 void nx_api_anthropic_register(struct nx_http_server *srv, struct api_ctx *ctx)
 {
     nx_http_server_route(srv, "POST", "/v1/messages", on_messages, ctx);
+    nx_http_server_route(srv, "POST", "/v1/messages/count_tokens", on_count_tokens, ctx);
 }
 
 void nx_api_chat_register(struct nx_http_server *srv, struct nx_agents *agents,

@@ -277,6 +277,22 @@ class Sdk(FakePeers, unittest.TestCase):
             r = node("anthropic_messages.cjs", mod, self.url, "wrong", "kate", "chat")
             self.assertEqual(r["error"]["status"], 401, (mod, r))
 
+    def test_anthropic_sdks_count_tokens(self):
+        for mod in ("@anthropic-ai/sdk", "anthropic-sdk-0"):
+            hi = node("anthropic_messages.cjs", mod, self.url, TOKEN, "kate", "count", "hi")
+            self.assertEqual(list(hi), ["input_tokens"], (mod, hi))
+            self.assertGreater(hi["input_tokens"], 0)
+            long = node("anthropic_messages.cjs", mod, self.url, TOKEN, "kate", "count", "word " * 400)
+            self.assertGreater(long["input_tokens"], hi["input_tokens"] + 300, (mod, long))
+            told = node("anthropic_messages.cjs", mod, self.url, TOKEN, "kate", "count", "hi",
+                        "Answer in French, briefly, and never mention the weather. " * 10)
+            self.assertGreater(told["input_tokens"], hi["input_tokens"] + 50, (mod, told))
+            r = node("anthropic_messages.cjs", mod, self.url, TOKEN, "nobody", "count", "hi")
+            self.assertEqual((r["error"]["status"], r["error"]["type"]), (404, "not_found_error"), (mod, r))
+            r = node("anthropic_messages.cjs", mod, self.url, "wrong", "kate", "count", "hi")
+            self.assertEqual(r["error"]["status"], 401, (mod, r))
+        self.assertEqual(fake_requests(self.fport), [])  # counted here, no model called
+
     def test_session_keeps_history_across_requests(self):
         script(self.fport, [{"text": "first answer"}, {"text": "second answer"}])
         env = {"NEXO_USER": "alice"}
