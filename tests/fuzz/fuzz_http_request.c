@@ -75,6 +75,11 @@ static void setup(void)
     nx_log_set_level(NX_LOG_OFF);
     if (uv_loop_init(&loop) != 0 || nx_http_server_new(&loop, "fuzz", &lim, &srv) != 0)
         abort();
+    /* web pages: an open listener (Host must be loopback), one listed origin (http/origin.c) */
+    static char *origins[] = {"https://app.example", NULL};
+    static const struct nx_http_origin_policy policy = {.allowed_origins = origins, .max_age_s = 600,
+                                                        .is_open = true};
+    nx_http_server_set_origin_policy(srv, &policy);
     nx_http_server_route(srv, NULL, "/ok", h_ok, NULL);
     nx_http_server_route(srv, "GET", "/stream", h_stream, NULL);
     nx_http_server_route(srv, NULL, "/err*", h_err, NULL);
