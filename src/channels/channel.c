@@ -680,5 +680,8 @@ void nx_channels_mount(struct nx_channels *cs, struct nx_http_server *srv)
 {
     if (!cs || !srv)
         return;
-    nx_http_server_route(srv, NULL, WEBHOOK_PREFIX "*", on_webhook, cs);
+    /* each request is checked by its signature or secret: a TLS proxy in front may keep the
+     * public Host (http/origin.c) */
+    const struct nx_http_route_opts ro = {.is_self_authenticated = true};
+    nx_http_server_route_ex(srv, NULL, WEBHOOK_PREFIX "*", on_webhook, cs, &ro);
 }

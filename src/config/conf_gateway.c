@@ -100,10 +100,16 @@ static void check_origins(struct nx_conf_ctx *ctx, const struct nx_cnode *val, v
         const char *o = val->kids[i]->text, *sep = strstr(o, "://");
         bool ok = strcmp(o, "*") == 0 || (sep && sep > o && sep[3] && !strpbrk(sep + 3, "/?#@ ") &&
                                           strspn(o, scheme_chars) == (size_t)(sep - o));
+        size_t n = strlen(o);
+        bool default_port = (strncmp(o, "https://", 8) == 0 && n > 4 && strcmp(o + n - 4, ":443") == 0) ||
+                            (strncmp(o, "http://", 7) == 0 && n > 3 && strcmp(o + n - 3, ":80") == 0);
         if (!ok)
             nx_conf_error(ctx, val->kids[i], "invalid origin %s (expected scheme://host[:port], as a "
                           "browser sends it, e.g. https://chat.example.com, or \"*\")",
                           nx_cnode_describe(val->kids[i], buf, sizeof buf));
+        else if (default_port)
+            nx_conf_error(ctx, val->kids[i], "origin %s names its scheme's default port, which browsers "
+                          "leave out of Origin: drop it", nx_cnode_describe(val->kids[i], buf, sizeof buf));
     }
 }
 

@@ -3,10 +3,12 @@
  * what it asks for as if it were the gateway's own. A gateway with no auth_token would run an
  * agent's turn, tools and all, for any site its user visits. So:
  *   - a request that names a Host other than loopback is refused by a listener with no token
- *     (DNS rebinding: the page's own name in Host);
+ *     (DNS rebinding: the page's own name in Host), unless its route authenticates each request
+ *     itself (a webhook's signature: a proxy in front may keep the public name);
  *   - a request with an Origin header is refused unless that origin is listed in
- *     cors.allowed_origins ("*": any, only with an auth_token), is loopback
- *     (http://localhost:3000, a local UI), or is the listener's own (same Host: its own pages);
+ *     cors.allowed_origins ("*": any, only with an auth_token) or allowed by its route (MCP's
+ *     own list), is loopback (http://localhost:3000, a local UI), or is the listener's own (same
+ *     Host: its own pages);
  *   - an allowed origin gets CORS headers, and its preflight (OPTIONS) is answered here, before
  *     any handler or bearer check (a browser sends no credentials in a preflight).
  * Clients that are not browsers (SDKs, curl, webhooks) send no Origin and are not concerned. */
@@ -17,7 +19,7 @@
 #include "core/log.h"
 #include "http/server_internal.h"
 
-#define EXPOSED "request-id, x-request-id, retry-after, x-should-retry"
+#define EXPOSED "request-id, x-request-id, retry-after, x-should-retry, mcp-session-id, www-authenticate"
 
 static bool ieq(h2o_iovec_t a, const char *b)
 {
@@ -98,14 +100,16 @@ static int shown(h2o_iovec_t v)
     return (int)(v.len < 200 ? v.len : 200);
 }
 
-bool nx_httpsrv_origin_gate(struct nx_http_server *srv, h2o_req_t *req, bool has_host)
+bool nx_httpsrv_origin_gate(struct nx_http_server *srv, h2o_req_t *req, bool has_host,
+                            const struct nx_http_route *route)
 {
     const struct nx_http_origin_policy *p = srv->origin;
     if (!p)
         return false;
     h2o_iovec_t host = req->input.authority;
     char msg[512];
-    if (p->is_open && has_host && !authority_is_loopback(host)) {
+    bool is_self_auth = route && route->opts.is_self_authenticated;
+    if (p->is_open && has_host && !is_self_auth && !authority_is_loopback(host)) {
         snprintf(msg, sizeof msg, "Host %.*s is not a loopback name: a listener with no auth_token "
                  "answers to localhost, 127.0.0.1 and [::1] only (set auth_token in gateway.yaml to "
                  "serve it under other names)", shown(host), host.base);
@@ -118,7 +122,9 @@ bool nx_httpsrv_origin_gate(struct nx_http_server *srv, h2o_req_t *req, bool has
     h2o_iovec_t auth = origin_authority(origin);
     bool is_own = has_host && auth.len && auth.len == host.len &&
                   strncasecmp(auth.base, host.base, host.len) == 0;
-    bool is_listed_origin = is_listed(p, origin);
+    bool is_listed_origin = is_listed(p, origin) ||
+                            (route && route->opts.origin_ok &&
+                             route->opts.origin_ok(route->udata, origin.base, origin.len));
     if (!is_listed_origin && !is_own && !(auth.len && authority_is_loopback(auth))) {
         snprintf(msg, sizeof msg, "requests from the web page at %.*s are refused: list its origin "
                  "in gateway.yaml cors.allowed_origins to let it use the gateway", shown(origin),

@@ -320,22 +320,6 @@ static void glue_error(struct nx_http_server *srv, h2o_req_t *req, int status, c
     nx_httpsrv_send_error(req, status, "invalid_request_error", msg);
 }
 
-static bool method_matches(const struct nx_http_route *r, h2o_iovec_t m)
-{
-    if (!r->method)
-        return true;
-    if (h2o_memis(m.base, m.len, r->method, strlen(r->method)))
-        return true;
-    return h2o_memis(m.base, m.len, H2O_STRLIT("HEAD")) && strcmp(r->method, "GET") == 0;
-}
-
-static bool path_matches(const struct nx_http_route *r, const char *p, size_t len)
-{
-    if (r->is_prefix)
-        return len >= r->path_len && memcmp(p, r->path, r->path_len) == 0;
-    return len == r->path_len && memcmp(p, r->path, len) == 0;
-}
-
 static int on_req(h2o_handler_t *self, h2o_req_t *req)
 {
     struct nx_http_server *srv = ((struct srv_handler *)self)->srv;
@@ -371,19 +355,19 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         return 0;
     }
 
-    if (nx_httpsrv_origin_gate(srv, req, hs.n_host == 1))
-        return 0;
-
     const char *path = req->path.base;
     const char *q = memchr(path, '?', req->path.len);
     size_t plen = q ? (size_t)(q - path) : req->path.len;
+    if (nx_httpsrv_origin_gate(srv, req, hs.n_host == 1, nx_httpsrv_route_for(srv, path, plen)))
+        return 0;
+
     bool path_seen = false;
     for (size_t i = 0; i < srv->nroutes; i++) {
         struct nx_http_route *r = &srv->routes[i];
-        if (!path_matches(r, path, plen))
+        if (!nx_httpsrv_path_matches(r, path, plen))
             continue;
         path_seen = true;
-        if (!method_matches(r, req->method))
+        if (!nx_httpsrv_method_matches(r, req->method))
             continue;
         r->fn(nx_httpsrv_rec_attach(srv, c, req), r->udata);
         return 0;
@@ -394,7 +378,7 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         size_t n = 0;
         for (size_t i = 0; i < srv->nroutes && n < sizeof allow - 16; i++) {
             struct nx_http_route *r = &srv->routes[i];
-            if (!r->method || !path_matches(r, path, plen))
+            if (!r->method || !nx_httpsrv_path_matches(r, path, plen))
                 continue;
             int k = snprintf(allow + n, sizeof allow - n, "%s%s", n ? ", " : "", r->method);
             if (k < 0 || (size_t)k >= sizeof allow - n)
@@ -664,22 +648,6 @@ int nx_http_server_new(uv_loop_t *loop, const char *name, const struct nx_http_l
     update_conn_gauge(srv);
     *out = srv;
     return 0;
-}
-
-void nx_http_server_route(struct nx_http_server *srv, const char *method, const char *path,
-                          nx_http_handler_fn fn, void *udata)
-{
-    struct nx_http_route *r;
-    size_t len = strlen(path);
-
-    srv->routes = nx_realloc(srv->routes, (srv->nroutes + 1) * sizeof *srv->routes);
-    r = &srv->routes[srv->nroutes++];
-    r->method = method ? nx_strdup(method) : NULL;
-    r->is_prefix = len && path[len - 1] == '*';
-    r->path = nx_strndup(path, r->is_prefix ? len - 1 : len);
-    r->path_len = r->is_prefix ? len - 1 : len;
-    r->fn = fn;
-    r->udata = udata;
 }
 
 int nx_http_server_listen(struct nx_http_server *srv, const char *host, int port, char *err,

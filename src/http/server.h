@@ -40,6 +40,17 @@ int nx_http_server_new(uv_loop_t *loop, const char *name, const struct nx_http_l
  * handler checks). Routes are tried in the order added. */
 void nx_http_server_route(struct nx_http_server *srv, const char *method, const char *path,
                           nx_http_handler_fn fn, void *udata);
+/* What a route tells the web-page checks (http/origin.c) about itself. */
+struct nx_http_route_opts {
+    /* it authenticates every request itself (a webhook's signature or secret): an open listener's
+     * loopback-only Host check does not apply to it */
+    bool is_self_authenticated;
+    /* origins it allows besides cors.allowed_origins (MCP's http.allowed_origins), read at each
+     * request; NULL = none */
+    bool (*origin_ok)(void *udata, const char *origin, size_t len);
+};
+void nx_http_server_route_ex(struct nx_http_server *srv, const char *method, const char *path,
+                             nx_http_handler_fn fn, void *udata, const struct nx_http_route_opts *opts);
 /* Binds and listens. On failure returns NX_EADDR with a readable reason in err. */
 int nx_http_server_listen(struct nx_http_server *srv, const char *host, int port, char *err,
                           size_t errlen);

@@ -59,7 +59,14 @@ struct nx_http_route {
     bool is_prefix;
     nx_http_handler_fn fn;
     void *udata;
+    struct nx_http_route_opts opts;
 };
+
+/* routes.c */
+bool nx_httpsrv_path_matches(const struct nx_http_route *r, const char *p, size_t len);
+bool nx_httpsrv_method_matches(const struct nx_http_route *r, h2o_iovec_t m);
+/* The first route for this path, whatever its method, or NULL. */
+const struct nx_http_route *nx_httpsrv_route_for(const struct nx_http_server *srv, const char *p, size_t len);
 
 enum nx_http_sd_state {
     NX_HTTP_SD_NONE,
@@ -106,7 +113,8 @@ struct nx_http_server {
 
 /* origin.c: true when it answered the request (refused, or a CORS preflight); adds the CORS
  * headers to an allowed page's. */
-bool nx_httpsrv_origin_gate(struct nx_http_server *srv, h2o_req_t *req, bool has_host);
+bool nx_httpsrv_origin_gate(struct nx_http_server *srv, h2o_req_t *req, bool has_host,
+                            const struct nx_http_route *route);
 
 /* server_req.c */
 struct nx_http_req *nx_httpsrv_rec_attach(struct nx_http_server *srv, struct nx_http_conn *conn,

@@ -11,9 +11,10 @@
  * DELETE ends the session.
  * Sessions: Mcp-Session-Id (128 random bits, hex) issued with the initialize result, required
  * after it (400 without, 404 unknown or expired); capped (max_sessions) and expired when idle.
- * MCP-Protocol-Version must be one we speak (400). Security: an Origin that is not localhost
- * (or listed in http.allowed_origins) gets 403; on a loopback listener so does a Host that is
- * not localhost (DNS rebinding); the bearer token is the gateway's auth_token, or the one in
+ * MCP-Protocol-Version must be one we speak (400). Security: an Origin that is not local, the
+ * listener's own, in gateway.yaml cors.allowed_origins or in http.allowed_origins gets 403 from
+ * the listener's checks (http/origin.c); on a loopback listener so does a Host that is not
+ * localhost (DNS rebinding), here, token or not; the bearer token is the gateway's auth_token, or the one in
  * $auth_token_env, compared in constant time. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -393,36 +394,26 @@ static bool host_is_local(const char *host, size_t len)
     return false;
 }
 
-static bool origin_ok(const struct nx_mcp_httpd *h, const char *o, size_t len)
+/* http.allowed_origins, for the listener's web-page checks (http/origin.c), which decide on
+ * Origin with the gateway's cors.allowed_origins, local pages and this list together. */
+static bool origin_listed(void *udata, const char *o, size_t len)
 {
+    const struct nx_mcp_httpd *h = udata;
     for (char *const *a = h->conf->http.allowed_origins; a && *a; a++) {
         if (strlen(*a) == len && strncasecmp(*a, o, len) == 0)
             return true;
     }
-    const char *p = memchr(o, ':', len);
-    if (!p || (size_t)(p - o) + 3 > len || p[1] != '/' || p[2] != '/')
-        return false;
-    size_t scheme = (size_t)(p - o);
-    bool is_http = (scheme == 4 && strncasecmp(o, "http", 4) == 0) ||
-                   (scheme == 5 && strncasecmp(o, "https", 5) == 0);
-    if (!is_http)
-        return false;
-    return host_is_local(p + 3, len - scheme - 3);
+    return false;
 }
 
-/* Origin, Host, bearer token. Answers and returns false when refused. */
+/* Host, bearer token (Origin: the listener's checks, before any route). Answers and returns
+ * false when refused. */
 static bool admitted(struct nx_mcp_httpd *h, struct nx_http_req *req)
 {
     size_t len = 0;
     const char *v;
     if (h->is_stopping) {
         respond_rpc_error(req, 503, -32000, "Service Unavailable: shutting down");
-        return false;
-    }
-    if ((v = nx_http_req_header(req, "origin", &len)) && !origin_ok(h, v, len)) {
-        nx_warn("mcp-server", "refused a request with Origin %.*s (not localhost, not in "
-                "http.allowed_origins)", (int)(len > 100 ? 100 : len), v);
-        respond_rpc_error(req, 403, -32000, "Forbidden: Origin not allowed");
         return false;
     }
     if (h->is_loopback && (v = nx_http_req_header(req, "host", &len)) && !host_is_local(v, len)) {
@@ -698,7 +689,8 @@ int nx_mcp_httpd_new(uv_loop_t *loop, struct nx_http_server *srv, const struct n
     h->sweep.data = h;
     uv_timer_start(&h->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
     uv_unref((uv_handle_t *)&h->sweep);
-    nx_http_server_route(srv, NULL, "/mcp", on_request, h);
+    const struct nx_http_route_opts ro = {.origin_ok = origin_listed};
+    nx_http_server_route_ex(srv, NULL, "/mcp", on_request, h, &ro);
     *out = h;
     return 0;
 }

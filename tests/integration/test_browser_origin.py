@@ -143,6 +143,11 @@ class BrowserOrigin(unittest.TestCase):
             self.assertEqual(status, 403, host)
             self.assertIn("not a loopback name", json.loads(data)["error"]["message"])
         self.assertEqual(fake_requests(self.fport), [])
+        # a webhook proves itself by its signature: a TLS proxy in front may keep the public name
+        status, data, _ = self.n.request("POST", "/webhooks/telegram/nobody", b"{}",
+                                         {"Host": "bot.example.com", "Content-Type": "application/json"})
+        self.assertNotEqual(status, 403, data)
+        self.assertNotIn(b"loopback", data)
         for host in ("localhost:%d" % port, "127.0.0.1:%d" % port, "[::1]:%d" % port, "app.localhost"):
             status, _, _ = self.n.request("GET", "/v1/models", headers={"Host": host})
             self.assertEqual(status, 200, host)

@@ -330,7 +330,12 @@ class McpServerHttp(unittest.TestCase):
     def setUpClass(cls):
         cls.fake, cls.port = start_fake()
         cls.tmp = tempfile.mkdtemp(prefix="nexo-mcph-")
-        cls.cfg = config(cls.tmp, cls.port, {"gateway.yaml": "auth_token: %s\n" % TOKEN})
+        mcp = ("enabled: true\nmax_frame: 2KiB\nexpose_tools: [time_now]\n"
+               "http: {session_idle_timeout: 10m, sse_retry: 500ms, max_sessions: 3,\n"
+               "       allowed_origins: [\"https://mcp.example\"]}\n")
+        cls.cfg = config(cls.tmp, cls.port, {
+            "gateway.yaml": "auth_token: %s\ncors: {allowed_origins: [\"https://gw.example\"]}\n" % TOKEN,
+            "mcp_server.yaml": mcp})
         cls.n = start_nexo(Nexo(config_dir=cls.cfg, env=ENV), cls.fake)
 
     @classmethod
@@ -398,6 +403,13 @@ class McpServerHttp(unittest.TestCase):
         st, body, _ = self.post({"jsonrpc": "2.0", "id": 3, "method": "ping"}, sid,
                                 headers={"Origin": "http://localhost:1234", "Host": "127.0.0.1:9"})
         self.assertEqual((st, json.loads(body)["result"]), (200, {}))
+        # a page listed in either list (MCP's own, the gateway's) may call, and read the session id
+        for origin in ("https://mcp.example", "https://gw.example"):
+            st, body, hdrs = self.post({"jsonrpc": "2.0", "id": 3, "method": "ping"}, sid,
+                                       headers={"Origin": origin})
+            self.assertEqual((st, json.loads(body)["result"]), (200, {}), origin)
+            self.assertEqual(hdrs["access-control-allow-origin"], origin)
+            self.assertIn("mcp-session-id", hdrs["access-control-expose-headers"])
         st, _, hdrs = self.post({"jsonrpc": "2.0", "id": 3, "method": "ping"}, sid,
                                 headers={"Authorization": "Bearer wrong"})
         self.assertEqual(st, 401)
