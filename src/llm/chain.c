@@ -41,6 +41,7 @@ struct chain {
     uv_timer_t timer;      /* backoff, and completion of a chain that never started */
     bool timer_closing;
     bool streamed;         /* text reached the caller */
+    bool is_text_coming;   /* the attempt in flight has sent text (seen by the caller or not) */
     bool cancelled;
     bool finished;
     bool is_deadline_cut;  /* retry.deadline came while an attempt was in flight: cut */
@@ -133,12 +134,13 @@ static bool past_deadline(struct chain *ch, uint64_t wait_ms)
 }
 
 /* retry.deadline came with an attempt in flight: it is cut (attempt_done ends the chain), unless
- * its text has reached the caller, who then gets the rest (under the attempt's own timeout). */
+ * its answer is arriving (text has come, whether or not the caller streams), which then runs to
+ * its end (under the attempt's own timeout, on silence). */
 static void on_deadline(uv_timer_t *t)
 {
     struct chain *ch = t->data;
 
-    if (!ch->inflight || ch->streamed || ch->cancelled || ch->finished ||
+    if (!ch->inflight || ch->is_text_coming || ch->cancelled || ch->finished ||
         nx_llm_call_is_answered(ch->inflight)) /* (only the body's end awaited: it is answered) */
         return;
     ch->is_deadline_cut = true;
@@ -206,7 +208,10 @@ static void attempt_text(const char *delta, size_t len, void *udata)
 {
     struct chain *ch = udata;
 
-    if (ch->cancelled || !ch->cb.on_text) /* (text nobody sees binds nothing) */
+    if (ch->cancelled)
+        return;
+    ch->is_text_coming = true;
+    if (!ch->cb.on_text) /* (text nobody sees binds nothing: a break is retried) */
         return;
     ch->streamed = true;
     ch->cb.on_text(delta, len, ch->cb.udata);
@@ -349,6 +354,7 @@ static void next_attempt(struct chain *ch)
             uint64_t end = ch->started_ms + ch->retry.deadline_ms, now = nx_mono_ms();
             uv_timer_start(&ch->timer, on_deadline, end > now ? end - now : 1, 0);
         }
+        ch->is_text_coming = false;
         ch->inflight = nx_llm_call_start(t->p, t->p->wire, &ch->req, &cb, NX_LLM_CALL_NO_OUTCOME);
         return;
     }

@@ -15,10 +15,15 @@
 
 static const struct nx_llm_retry_conf fast_retry = {3, 10, 2000, 2.0, 0};
 
+static bool unstreamed; /* run_chain's caller takes no text (a channel's, a stream-false API's) */
+
 static void run_chain(struct env *e, const struct nx_llm_target *t, size_t n,
                       const struct nx_llm_retry_conf *rc, struct nx_llm_request *req, struct outcome *o)
 {
-    o->call = nx_llm_chain_start(t, n, rc, req, callbacks(o));
+    struct nx_llm_callbacks cb = *callbacks(o);
+    if (unstreamed)
+        cb.on_text = NULL;
+    o->call = nx_llm_chain_start(t, n, rc, req, &cb);
     assert_non_null(o->call);
     assert_int_equal(o->ndone, 0);
     run_until(&e->loop, &o->ndone, 1, 15000);
@@ -126,7 +131,8 @@ static void test_chain_deadline_cuts_the_attempt_in_flight(void **state)
     one_close(&f);
 }
 
-/* ... but not one whose text is reaching the caller: that one is answered in full. */
+/* ... but not one whose text is arriving: that one is answered in full, whether the caller
+ * streams or not. */
 static void test_chain_deadline_spares_a_stream_under_way(void **state)
 {
     static const struct nx_llm_retry_conf rc = {3, 10, 2000, 2.0, 300};
@@ -136,15 +142,21 @@ static void test_chain_deadline_spares_a_stream_under_way(void **state)
     struct nx_llm_target t[1];
 
     (void)state;
-    one_open(&f, "deadline-stream", "anthropic", KEY, 0,
-             "[{\"text\": \"one two three\", \"chunks\": 3, \"delay_ms\": 250}]", "hi");
-    req.messages = f.msgs;
-    t[0] = (struct nx_llm_target){f.p, "m"};
-    run_chain(&f.e, t, 1, &rc, &req, &o);
-    assert_int_equal(o.rc, 0);
-    assert_string_equal(nx_buf_cstr(&o.text), "one two three");
-    outcome_cleanup(&o);
-    one_close(&f);
+    for (int i = 0; i < 2; i++) {
+        unstreamed = i == 1;
+        memset(&o, 0, sizeof o);
+        one_open(&f, "deadline-stream", "anthropic", KEY, 0,
+                 "[{\"text\": \"one two three\", \"chunks\": 3, \"delay_ms\": 250}]", "hi");
+        req.messages = f.msgs;
+        t[0] = (struct nx_llm_target){f.p, "m"};
+        run_chain(&f.e, t, 1, &rc, &req, &o);
+        assert_int_equal(o.rc, 0);
+        assert_string_equal(nx_buf_cstr(&o.text), unstreamed ? "" : "one two three");
+        assert_string_equal(message_text(o.message), "one two three");
+        outcome_cleanup(&o);
+        one_close(&f);
+    }
+    unstreamed = false;
 
     /* nor one whose answer (a tool call, no text) came whole, and whose body is held open */
     memset(&o, 0, sizeof o);
