@@ -77,7 +77,17 @@ struct nx_llm_provider {
     struct nx_metric *m_tokens;
     struct nx_metric *m_breaker;
     struct nx_metric *m_ttft;
+    char *no_stream[16];             /* models that refused to stream (whole.c) */
+    size_t nno_stream;
 };
+
+/* whole.c: models that refuse to stream, and the text of a whole answer passed on. */
+bool nx_llm_refuses_stream(const struct nx_llm_provider *p, const char *model);
+/* A streaming request's error: true when it is the model refusing to stream (remembered). */
+bool nx_llm_note_stream_refusal(struct nx_llm_provider *p, const char *model, long status,
+                                const char *body, size_t len);
+void nx_llm_pass_text(const json_t *message, nx_llm_text_fn fn, void *udata);
+void nx_llm_no_stream_free(struct nx_llm_provider *p);
 
 /* Flags for nx_llm_call_start. */
 #define NX_LLM_CALL_NO_OUTCOME 1u /* the caller (the chain) counts requests_total itself */

@@ -360,6 +360,7 @@ void nx_llm_provider_free(struct nx_llm_provider *p)
         free((char *)p->headers[i].value);
     }
     free(p->headers);
+    nx_llm_no_stream_free(p);
     free(p->name);
     free(p->api_key);
     free(p->url);
@@ -424,6 +425,7 @@ struct single {
     bool is_stream_ended; /* its last event came: the body's end is waited for a moment only */
     bool is_sniffed;      /* a stream's first byte was seen: */
     bool is_plain;        /* ...a JSON object, not events: the server answered whole */
+    bool wants_text;      /* a stream was asked for: a whole answer's text is passed on too */
     struct nx_buf plain;  /* that answer */
     uint64_t t0_ns;
     uv_timer_t *defer; /* a call that failed before it went out completes from here */
@@ -527,24 +529,6 @@ static void complete(struct single *c, int rc, struct nx_llm_resp *r, long statu
     single_free(c);
 }
 
-/* A whole answer to a streaming request: read as one, its text passed on in one piece. */
-static int plain_answer(struct single *c, struct nx_llm_resp *r)
-{
-    size_t i;
-    const json_t *b;
-    int rc = c->wire->parse_response(c->plain.data ? c->plain.data : "", c->plain.len, r);
-
-    if (rc < 0)
-        return rc;
-    json_array_foreach(json_object_get(r->message, "content"), i, b) {
-        const char *type = json_string_value(json_object_get(b, "type"));
-        const json_t *text = json_object_get(b, "text");
-        if (type && strcmp(type, "text") == 0 && json_is_string(text))
-            on_text(json_string_value(text), json_string_length(text), c);
-    }
-    return 0;
-}
-
 static const char *transport_type(int rc)
 {
     switch (rc) {
@@ -592,12 +576,14 @@ static void on_http_done(int rc, const struct nx_http_response *hres, const char
         nx_llm_resp_set_error(&r, transport_type(rc), "%s: %s%s%s", c->p->name, nx_strerror(rc),
                               err ? ": " : "", err ? err : "");
     } else if (status >= 200 && status <= 299) {
-        if (c->is_stream && !c->is_plain)
+        if (c->is_stream && !c->is_plain) {
             rc = c->wire->stream_finish(c->stream, &r);
-        else if (c->is_plain)
-            rc = plain_answer(c, &r);
-        else
-            rc = c->wire->parse_response(hres->body, hres->body_len, &r);
+        } else {
+            rc = c->is_plain ? c->wire->parse_response(c->plain.data ? c->plain.data : "", c->plain.len, &r)
+                             : c->wire->parse_response(hres->body, hres->body_len, &r);
+            if (rc == 0 && c->wants_text) /* a whole answer where a stream was asked for */
+                nx_llm_pass_text(r.message, on_text, c);
+        }
         if (rc < 0) {
             if (r.error_type && strcmp(r.error_type, "invalid_response") != 0) {
                 rc = nx_llm_classify(0, r.error_type, &retryable);
@@ -615,6 +601,11 @@ static void on_http_done(int rc, const struct nx_http_response *hres, const char
         size_t blen = c->is_stream ? c->errbody.len : hres->body_len;
         c->wire->parse_error(status, body, blen, &r);
         rc = nx_llm_classify(status, r.error_type, &retryable);
+        if (c->is_stream && nx_llm_note_stream_refusal(c->p, c->model, status, body, blen)) {
+            rc = NX_EAGAIN; /* asked again at once, for a whole answer */
+            retryable = true;
+            retry_ms = 0;
+        }
     }
     complete(c, rc, &r, status, retry_ms, retryable);
 }
@@ -677,7 +668,15 @@ struct nx_llm_call *nx_llm_call_start(struct nx_llm_provider *p, const struct nx
     c->cb = *cb;
     c->flags = flags;
     c->model = nx_strdup(req->model ? req->model : "");
+    struct nx_llm_request whole;
+    if (req->stream && nx_llm_refuses_stream(p, req->model)) { /* learnt (whole.c) */
+        whole = *req;
+        whole.stream = false;
+        req = &whole;
+        c->wants_text = true;
+    }
     c->is_stream = req->stream;
+    c->wants_text = c->wants_text || req->stream;
     c->t0_ns = nx_mono_ns();
     /* A session's body grows by a message or two a turn: sized like the last one (no regrowth
      * copies while the history is assembled). */

@@ -26,6 +26,8 @@ Control (no auth):
                                                                   last event, without the body's last chunk
                      {"ignore_stream": true}                      a streaming request gets the whole JSON
                                                                   answer (a server that ignores "stream")
+                     {"refuse_stream": true}                      OpenAI: a streaming request gets 400,
+                                                                  param "stream" (an unverified org's o3)
                      {"stop_reason": "max_tokens"}, {"usage": {...}}, {"model": "..."}
   GET  /_requests  recorded requests: [{"endpoint","method","path","headers","body","t"}]
   POST /_reset     clears the script, the records and the config overrides
@@ -604,6 +606,11 @@ class Handler(BaseHTTPRequestHandler):
         stream = bool(body.get("stream")) and not step.get("ignore_stream")
         include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
         model = step.get("model", body["model"])
+        if step.get("refuse_stream") and stream:
+            return self.openai_error(400, "Your organization must be verified to stream this model. Please go "
+                                     "to: https://platform.openai.com/settings/organization/general and click "
+                                     "on Verify Organization.", "invalid_request_error", "stream",
+                                     "unsupported_value")
         if "error" in step or (step.get("error_midstream") and not stream):
             e = step.get("error") or {"type": step["error_midstream"]}
             otype, ocode, ostatus = OPENAI_ERRORS.get(e.get("type", "api_error"), (e.get("type"), None, 500))

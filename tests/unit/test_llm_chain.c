@@ -171,6 +171,41 @@ static void test_chain_deadline_spares_a_stream_under_way(void **state)
     one_close(&f);
 }
 
+/* A model that refuses to stream (400, param "stream": OpenAI's o3 for an organization not
+ * verified) is asked again at once for a whole answer, whose text reaches the streaming caller
+ * in one piece; from then on its answers are asked for whole straight away. */
+static void test_chain_model_that_refuses_to_stream(void **state)
+{
+    struct one f;
+    struct outcome o = {0};
+    struct nx_llm_request req = {.model = "o3", .temperature = -1, .stream = true};
+    struct nx_llm_target t[1];
+
+    (void)state;
+    one_open(&f, "no-stream", "openai", KEY, 0,
+             "[{\"refuse_stream\": true}, {\"text\": \"all at once\", \"refuse_stream\": true},"
+             " {\"text\": \"again\", \"refuse_stream\": true}]", "hi");
+    req.messages = f.msgs;
+    t[0] = (struct nx_llm_target){f.p, "o3"};
+    run_chain(&f.e, t, 1, &fast_retry, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(nx_buf_cstr(&o.text), "all at once");
+    assert_int_equal(o.ndeltas, 1);
+    assert_int_equal(nrequests(), 2);
+    outcome_cleanup(&o);
+    memset(&o, 0, sizeof o);
+    run_chain(&f.e, t, 1, &fast_retry, &req, &o); /* remembered: one request, whole */
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(nx_buf_cstr(&o.text), "again");
+    assert_int_equal(nrequests(), 3);
+    json_t *reqs = fake_requests();
+    assert_true(json_is_false(json_object_get(json_object_get(json_array_get(reqs, 2), "body"), "stream")) ||
+                !json_object_get(json_object_get(json_array_get(reqs, 2), "body"), "stream"));
+    json_decref(reqs);
+    outcome_cleanup(&o);
+    one_close(&f);
+}
+
 /* A dropped connection is a connection error: retried. */
 static void test_chain_retries_dropped_connection(void **state)
 {
@@ -566,6 +601,7 @@ int main(void)
         cmocka_unit_test(test_chain_deadline_cuts_the_attempt_in_flight),
         cmocka_unit_test(test_chain_deadline_spares_a_stream_under_way),
         cmocka_unit_test(test_chain_retries_dropped_connection),
+        cmocka_unit_test(test_chain_model_that_refuses_to_stream),
         cmocka_unit_test(test_chain_stops_at_its_deadline),
         cmocka_unit_test(test_chain_fails_over_to_fallback),
         cmocka_unit_test(test_chain_does_not_retry_400),

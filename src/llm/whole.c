@@ -1,0 +1,59 @@
+/* Answers that come whole where a stream was asked for: a server that ignores "stream" (llm.c
+ * reads its JSON as the answer), and a model that refuses to stream (OpenAI's o3 and gpt-5 for an
+ * organization not verified: 400 with param "stream"). Such a model is remembered per provider,
+ * and asked for whole answers from then on; their text reaches a streaming caller in one piece. */
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "llm/internal.h"
+
+bool nx_llm_refuses_stream(const struct nx_llm_provider *p, const char *model)
+{
+    for (size_t i = 0; model && i < p->nno_stream; i++)
+        if (strcmp(p->no_stream[i], model) == 0)
+            return true;
+    return false;
+}
+
+bool nx_llm_note_stream_refusal(struct nx_llm_provider *p, const char *model, long status,
+                                const char *body, size_t len)
+{
+    if (status != 400 || !body || !len || !model)
+        return false;
+    json_t *e = json_loadb(body, len, 0, NULL);
+    const char *param = json_string_value(json_object_get(json_object_get(e, "error"), "param"));
+    bool is_refusal = param && strcmp(param, "stream") == 0;
+    json_decref(e);
+    if (!is_refusal || nx_llm_refuses_stream(p, model))
+        return is_refusal;
+    if (p->nno_stream == NX_ARRAY_LEN(p->no_stream)) { /* (bounded: the oldest goes) */
+        free(p->no_stream[0]);
+        memmove(p->no_stream, p->no_stream + 1, (p->nno_stream - 1) * sizeof p->no_stream[0]);
+        p->nno_stream--;
+    }
+    p->no_stream[p->nno_stream++] = nx_strdup(model);
+    nx_warn("llm", "%s %s refuses to stream: its answers are asked for whole from now on (their "
+            "text reaches a streaming caller in one piece)", p->name, model);
+    return true;
+}
+
+void nx_llm_pass_text(const json_t *message, nx_llm_text_fn fn, void *udata)
+{
+    size_t i;
+    const json_t *b;
+
+    json_array_foreach(json_object_get(message, "content"), i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        const json_t *text = json_object_get(b, "text");
+        if (type && strcmp(type, "text") == 0 && json_is_string(text) && json_string_length(text))
+            fn(json_string_value(text), json_string_length(text), udata);
+    }
+}
+
+void nx_llm_no_stream_free(struct nx_llm_provider *p)
+{
+    for (size_t i = 0; i < p->nno_stream; i++)
+        free(p->no_stream[i]);
+    p->nno_stream = 0;
+}
