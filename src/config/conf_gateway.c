@@ -91,7 +91,7 @@ static const struct nx_conf_field gw_log_fields[] = {
 static const struct nx_conf_struct gw_log = {.name = "\"log\"", .fields = gw_log_fields};
 
 /* "*", or an origin as a browser sends it: scheme://host[:port], nothing after. */
-static void check_origins(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst)
+void nx_conf_check_origins(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst)
 {
     char buf[96];
     NX_UNUSED(dst);
@@ -114,7 +114,7 @@ static void check_origins(struct nx_conf_ctx *ctx, const struct nx_cnode *val, v
 }
 
 static const struct nx_conf_field gw_cors_fields[] = {
-    {NX_FIELD("allowed_origins", NX_CT_STRLIST, G, cors.allowed_origins), .check = check_origins},
+    {NX_FIELD("allowed_origins", NX_CT_STRLIST, G, cors.allowed_origins), .check = nx_conf_check_origins},
     {NX_FIELD("max_age", NX_CT_DURATION, G, cors.max_age_ms), .def = "10m", .min = 0, .max = 86400000},
     {.name = NULL},
 };

@@ -26,6 +26,8 @@ extern const struct nx_conf_struct nx_conf_agents_file;
 extern const struct nx_conf_struct nx_conf_agent;
 
 /* Reports `unknown provider` at val unless state knows `name`. */
+/* A list of web-page origins: "*" or scheme://host[:port], no default port (cors, MCP's). */
+void nx_conf_check_origins(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst);
 void nx_conf_check_provider(struct nx_conf_ctx *ctx, const struct nx_cnode *val, const char *name);
 
 #endif

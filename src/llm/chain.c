@@ -42,6 +42,7 @@ struct chain {
     bool timer_closing;
     bool streamed;         /* text reached the caller */
     bool is_text_coming;   /* the attempt in flight has sent text (seen by the caller or not) */
+    bool was_stream_refused; /* a model refused to stream once: asked again for free, once */
     bool cancelled;
     bool finished;
     bool is_deadline_cut;  /* retry.deadline came while an attempt was in flight: cut */
@@ -249,6 +250,20 @@ static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)
         return;
     }
     bool is_stale = nx_breaker_is_stale(b, probe, ch->probe_id); /* began before it opened */
+    if (rc != 0 && res->is_stream_refused && !ch->was_stream_refused) {
+        /* the provider is up and the model answers, whole (remembered: llm/whole.c): asked
+         * again at once, neither an attempt nor a failure */
+        ch->was_stream_refused = true;
+        if (!is_stale)
+            nx_breaker_success(b, now);
+        else if (probe)
+            nx_breaker_abandon(b, ch->probe_id);
+        publish(t->p);
+        nx_llm_count_outcome(t->p, t->model, "retry");
+        ch->attempt = ch->attempt ? ch->attempt - 1 : 0;
+        next_attempt(ch);
+        return;
+    }
     if (rc == 0) {
         if (!is_stale)
             nx_breaker_success(b, now);

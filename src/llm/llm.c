@@ -404,6 +404,9 @@ static void count_tokens(struct nx_llm_provider *p, const char *model, const str
 
 /* ---- one attempt ----------------------------------------------------------------------- */
 
+/* ...which a reasoning model takes minutes over: the official SDKs' own default. */
+#define NX_LLM_WHOLE_MIN_MS (10u * 60 * 1000)
+
 /* How long a stream's body may stay open after its last event (a keep-alive proxy). */
 #define NX_LLM_STREAM_END_GRACE_MS 1000
 
@@ -426,6 +429,7 @@ struct single {
     bool is_sniffed;      /* a stream's first byte was seen: */
     bool is_plain;        /* ...a JSON object, not events: the server answered whole */
     bool wants_text;      /* a stream was asked for: a whole answer's text is passed on too */
+    bool is_stream_refused; /* 400, param "stream" (whole.c) */
     struct nx_buf plain;  /* that answer */
     uint64_t t0_ns;
     uv_timer_t *defer; /* a call that failed before it went out completes from here */
@@ -515,6 +519,7 @@ static void complete(struct single *c, int rc, struct nx_llm_resp *r, long statu
     res.error_message = rc == 0 ? NULL : r->error_message;
     res.retry_after_ms = retry_ms;
     res.is_retryable = rc != 0 && retryable;
+    res.is_stream_refused = rc != 0 && c->is_stream_refused;
     if (rc != NX_ECANCELED)
         nx_histogram_observe(p->m_latency, lv, (double)(nx_mono_ns() - c->t0_ns) / 1e9);
     if (rc == 0)
@@ -602,9 +607,10 @@ static void on_http_done(int rc, const struct nx_http_response *hres, const char
         c->wire->parse_error(status, body, blen, &r);
         rc = nx_llm_classify(status, r.error_type, &retryable);
         if (c->is_stream && nx_llm_note_stream_refusal(c->p, c->model, status, body, blen)) {
-            rc = NX_EAGAIN; /* asked again at once, for a whole answer */
+            rc = NX_EAGAIN; /* asked again at once, for a whole answer (not an attempt: chain.c) */
             retryable = true;
             retry_ms = 0;
+            c->is_stream_refused = true;
         }
     }
     complete(c, rc, &r, status, retry_ms, retryable);
@@ -703,6 +709,8 @@ struct nx_llm_call *nx_llm_call_start(struct nx_llm_provider *p, const struct nx
     o.body_len = body.len;
     if (req->stream) /* a long answer streams for minutes: only silence ends it */
         o.idle_timeout_ms = p->timeout_ms;
+    else if (c->wants_text) /* a model that will not stream: nothing comes before its answer, */
+        o.timeout_ms = p->timeout_ms > NX_LLM_WHOLE_MIN_MS ? p->timeout_ms : NX_LLM_WHOLE_MIN_MS;
     else
         o.timeout_ms = p->timeout_ms;
     o.on_data = req->stream ? on_data : NULL;

@@ -68,6 +68,7 @@ struct nx_llm_result {
     const char *error_message;  /* readable, no secrets */
     int64_t retry_after_ms;     /* from retry-after / retry-after-ms, -1 if none */
     bool is_retryable;          /* 429, 5xx, overloaded, connection errors, timeouts */
+    bool is_stream_refused;     /* the model refuses to stream: to be asked again at once, whole */
 };
 
 struct nx_llm_callbacks {

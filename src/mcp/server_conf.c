@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "config/schema.h"
+#include "config/tables.h"
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/error.h"
@@ -14,10 +15,21 @@
 
 typedef struct nx_mcp_srv_conf C;
 
+/* Origins as the gateway's cors list takes them, but for "*", which is the gateway's to give
+ * (with an auth_token). */
+static void check_origins(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst)
+{
+    nx_conf_check_origins(ctx, val, dst);
+    for (size_t i = 0; i < val->n; i++)
+        if (strcmp(val->kids[i]->text, "*") == 0)
+            nx_conf_error(ctx, val->kids[i], "\"*\" is not taken here: list origins, or allow every "
+                          "page in gateway.yaml cors.allowed_origins (with an auth_token)");
+}
+
 static const struct nx_conf_field http_fields[] = {
     {NX_FIELD("enabled", NX_CT_BOOL, C, http.enabled), .def = "true"},
     {NX_FIELD("bind", NX_CT_STRING, C, http.bind)},
-    {NX_FIELD("allowed_origins", NX_CT_STRLIST, C, http.allowed_origins)},
+    {NX_FIELD("allowed_origins", NX_CT_STRLIST, C, http.allowed_origins), .check = check_origins},
     {NX_FIELD("max_sessions", NX_CT_UINT, C, http.max_sessions), .def = "64", .min = 1, .max = 100000},
     {NX_FIELD("session_idle_timeout", NX_CT_DURATION, C, http.session_idle_timeout_ms), .def = "30m",
      .min = 1000, .max = 86400000},

@@ -173,9 +173,11 @@ static void test_chain_deadline_spares_a_stream_under_way(void **state)
 
 /* A model that refuses to stream (400, param "stream": OpenAI's o3 for an organization not
  * verified) is asked again at once for a whole answer, whose text reaches the streaming caller
- * in one piece; from then on its answers are asked for whole straight away. */
+ * in one piece; from then on its answers are asked for whole straight away. The refusal is
+ * neither an attempt (one attempt allowed: still answered) nor a failure of the provider. */
 static void test_chain_model_that_refuses_to_stream(void **state)
 {
+    static const struct nx_llm_retry_conf one_attempt = {1, 10, 2000, 2.0, 0};
     struct one f;
     struct outcome o = {0};
     struct nx_llm_request req = {.model = "o3", .temperature = -1, .stream = true};
@@ -187,11 +189,12 @@ static void test_chain_model_that_refuses_to_stream(void **state)
              " {\"text\": \"again\", \"refuse_stream\": true}]", "hi");
     req.messages = f.msgs;
     t[0] = (struct nx_llm_target){f.p, "o3"};
-    run_chain(&f.e, t, 1, &fast_retry, &req, &o);
+    run_chain(&f.e, t, 1, &one_attempt, &req, &o);
     assert_int_equal(o.rc, 0);
     assert_string_equal(nx_buf_cstr(&o.text), "all at once");
     assert_int_equal(o.ndeltas, 1);
     assert_int_equal(nrequests(), 2);
+    assert_int_equal(nx_llm_provider_breaker(f.p)->failures, 0);
     outcome_cleanup(&o);
     memset(&o, 0, sizeof o);
     run_chain(&f.e, t, 1, &fast_retry, &req, &o); /* remembered: one request, whole */
