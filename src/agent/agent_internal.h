@@ -115,6 +115,7 @@ struct nx_turn {
     const json_t *answer;          /* the model's final message (in convo), NULL: none yet or
                                       it said nothing */
     size_t call_text_bytes;        /* answer text the model call in flight has streamed */
+    uint64_t call_fixed_tokens;    /* the call's system prompt and tools, estimated */
     uint32_t retry_after_s;        /* the provider's retry-after when the model call failed */
     bool is_started;
     bool is_images_kept;           /* its base64 images were looked at (kept as files) */
@@ -248,6 +249,9 @@ void turn_append_messages(json_t *to, const json_t *from);
 /* A call's system prompt: the agent's own, its workspace identity files, the turn's extra (a
  * channel's addendum), blank-line separated. */
 void turn_system_prompt(const struct nx_turn *t, struct nx_buf *out);
+/* Adds a model call's usage to the turn's; a call that reported none is estimated (its system
+ * prompt and tools, the conversation it was sent, the answer). */
+void turn_add_usage(struct nx_turn *t, int rc, const struct nx_llm_result *res);
 void agent_system_prompt(const struct agent_rt *ag, const char *extra, struct nx_buf *out);
 /* A call's tool list (a new reference; empty when the turn has none) and its token estimate. */
 json_t *turn_tools(const struct nx_turn *t, uint64_t *tokens);

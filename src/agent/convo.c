@@ -243,6 +243,23 @@ static void on_saved(int rc, void *arg)
     free(sv);
 }
 
+void turn_add_usage(struct nx_turn *t, int rc, const struct nx_llm_result *res)
+{
+    if (!res)
+        return;
+    if (rc == 0 && !res->usage.input_tokens && !res->usage.output_tokens) {
+        /* a server that reports no usage in streams (older Ollama, some proxies): estimated,
+         * so that the caller's usage, the metrics and the daily budget are not zero */
+        t->usage.input_tokens += t->call_fixed_tokens + turn_count_tokens(t);
+        t->usage.output_tokens += nx_history_estimate_tokens(res->message);
+        return;
+    }
+    t->usage.input_tokens += res->usage.input_tokens;
+    t->usage.output_tokens += res->usage.output_tokens;
+    t->usage.cache_read_tokens += res->usage.cache_read_tokens;
+    t->usage.cache_write_tokens += res->usage.cache_write_tokens;
+}
+
 uint64_t turn_count_tokens(struct nx_turn *t)
 {
     size_t n = json_array_size(t->convo);

@@ -367,15 +367,10 @@ static void llm_done(struct nx_turn *t, int rc, const struct nx_llm_result *res)
     t->llm = NULL;
     if (res && rc == 0)
         t->answers++;
-    if (res) {
-        t->usage.input_tokens += res->usage.input_tokens;
-        t->usage.output_tokens += res->usage.output_tokens;
-        t->usage.cache_read_tokens += res->usage.cache_read_tokens;
-        t->usage.cache_write_tokens += res->usage.cache_write_tokens;
-        if (res->model) {
-            free(t->model);
-            t->model = nx_strdup(res->model);
-        }
+    turn_add_usage(t, rc, res);
+    if (res && res->model) {
+        free(t->model);
+        t->model = nx_strdup(res->model);
     }
     if (rc < 0) {
         t->http_status = res ? res->http_status : 0;
@@ -440,6 +435,7 @@ static void call_model(struct nx_turn *t)
     /* Keep the prompt inside the context: oldest history goes first, never a call without its
      * result (store/history.h). */
     uint64_t budget = turn_history_budget(t, max_tokens, &system, tools_tokens);
+    t->call_fixed_tokens = nx_history_text_tokens(system.data ? system.data : "", system.len) + tools_tokens;
     size_t dropped = 0;
     uint64_t tokens = 0;
     if (t->session_key) /* the history's sum comes with it; only new messages are estimated */

@@ -70,7 +70,7 @@ static bool is_listed(const struct nx_http_origin_policy *p, h2o_iovec_t origin)
 {
     for (size_t i = 0; p->allowed_origins && p->allowed_origins[i]; i++) {
         const char *o = p->allowed_origins[i];
-        if (strcmp(o, "*") == 0 || ieq(origin, o))
+        if ((strcmp(o, "*") == 0 && !ieq(origin, "null")) || ieq(origin, o)) /* (opaque: never) */
             return true;
     }
     return false;

@@ -42,7 +42,8 @@ struct chain {
     bool timer_closing;
     bool streamed;         /* text reached the caller */
     bool is_text_coming;   /* the attempt in flight has sent text (seen by the caller or not) */
-    bool was_stream_refused; /* a model refused to stream once: asked again for free, once */
+    size_t refused_target; /* 1 + the target whose model refused to stream (asked again for
+                              free, once a target); 0 = none */
     bool cancelled;
     bool finished;
     bool is_deadline_cut;  /* retry.deadline came while an attempt was in flight: cut */
@@ -250,10 +251,10 @@ static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)
         return;
     }
     bool is_stale = nx_breaker_is_stale(b, probe, ch->probe_id); /* began before it opened */
-    if (rc != 0 && res->is_stream_refused && !ch->was_stream_refused) {
+    if (rc != 0 && res->is_stream_refused && ch->refused_target != ch->cur + 1) {
         /* the provider is up and the model answers, whole (remembered: llm/whole.c): asked
          * again at once, neither an attempt nor a failure */
-        ch->was_stream_refused = true;
+        ch->refused_target = ch->cur + 1;
         if (!is_stale)
             nx_breaker_success(b, now);
         else if (probe)

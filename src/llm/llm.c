@@ -586,8 +586,10 @@ static void on_http_done(int rc, const struct nx_http_response *hres, const char
         } else {
             rc = c->is_plain ? c->wire->parse_response(c->plain.data ? c->plain.data : "", c->plain.len, &r)
                              : c->wire->parse_response(hres->body, hres->body_len, &r);
-            if (rc == 0 && c->wants_text) /* a whole answer where a stream was asked for */
+            if (rc == 0 && c->wants_text) { /* a whole answer where a stream was asked for */
+                c->saw_text = true; /* (its latency is not a time to first text) */
                 nx_llm_pass_text(r.message, on_text, c);
+            }
         }
         if (rc < 0) {
             if (r.error_type && strcmp(r.error_type, "invalid_response") != 0) {

@@ -26,6 +26,8 @@ Control (no auth):
                                                                   last event, without the body's last chunk
                      {"ignore_stream": true}                      a streaming request gets the whole JSON
                                                                   answer (a server that ignores "stream")
+                     {"no_usage": true}                           OpenAI streams: no usage chunk, whatever
+                                                                  stream_options asks (older Ollama)
                      {"refuse_stream": true}                      OpenAI: a streaming request gets 400,
                                                                   param "stream" (an unverified org's o3)
                      {"stop_reason": "max_tokens"}, {"usage": {...}}, {"model": "..."}
@@ -604,7 +606,8 @@ class Handler(BaseHTTPRequestHandler):
         if not self.pre_step(step):
             return
         stream = bool(body.get("stream")) and not step.get("ignore_stream")
-        include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage")) and \
+            not step.get("no_usage")
         model = step.get("model", body["model"])
         if step.get("refuse_stream") and stream:
             return self.openai_error(400, "Your organization must be verified to stream this model. Please go "

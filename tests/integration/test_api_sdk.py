@@ -37,7 +37,10 @@ class Sdk(FakePeers, unittest.TestCase):
                          "  openai: {api_key: sk-fake-key, base_url: %s/v1}\n") % (base, base),
             "agents.yaml": ("agents:\n"
                             "  - {id: kate, model: {provider: anthropic, model: claude-haiku-4-5}}\n"
-                            "  - {id: gpt, model: {provider: openai, model: gpt-4o-mini}}\n"),
+                            "  - {id: gpt, model: {provider: openai, model: gpt-4o-mini}}\n"
+                            "  - id: tutor\n    model: {provider: anthropic, model: claude-haiku-4-5}\n"
+                            "    allowed_tools: [time_now, file_read]\n"
+                            "    system_prompt: %s\n" % ("Explain each step, slowly and kindly. " * 30)),
         })
         cls.n = Nexo(config_dir=cls.cfg.name).start()
         cls.url = "http://127.0.0.1:%d" % cls.n.ports["gateway"]
@@ -48,7 +51,7 @@ class Sdk(FakePeers, unittest.TestCase):
 
     def test_openai_sdk_lists_agents_as_models(self):
         r = node("openai_chat.cjs", self.url + "/v1", TOKEN, "", "models")
-        self.assertEqual(sorted(r["ids"]), ["gpt", "kate"])
+        self.assertEqual(sorted(r["ids"]), ["gpt", "kate", "tutor"])
 
     def test_openai_sdk_chat_and_stream_through_both_providers(self):
         for agent in ("kate", "gpt"):
@@ -287,6 +290,13 @@ class Sdk(FakePeers, unittest.TestCase):
             told = node("anthropic_messages.cjs", mod, self.url, TOKEN, "kate", "count", "hi",
                         "Answer in French, briefly, and never mention the weather. " * 10)
             self.assertGreater(told["input_tokens"], hi["input_tokens"] + 50, (mod, told))
+            # the agent's own prompt and tools count (the message alone is a few tokens): kate
+            # offers every built-in tool (~680 tokens of schemas), tutor two of them (~150) and a
+            # prompt of ~230 tokens
+            self.assertGreater(hi["input_tokens"], 500, (mod, hi))
+            tutor = node("anthropic_messages.cjs", mod, self.url, TOKEN, "tutor", "count", "hi")
+            self.assertGreater(tutor["input_tokens"], 350, (mod, tutor))
+            self.assertLess(tutor["input_tokens"], hi["input_tokens"], (mod, tutor, hi))
             r = node("anthropic_messages.cjs", mod, self.url, TOKEN, "nobody", "count", "hi")
             self.assertEqual((r["error"]["status"], r["error"]["type"]), (404, "not_found_error"), (mod, r))
             r = node("anthropic_messages.cjs", mod, self.url, "wrong", "kate", "count", "hi")

@@ -177,6 +177,9 @@ class BrowserOrigin(unittest.TestCase):
         status, _, headers = self.n.request("GET", "/v1/models", headers={"Origin": "https://any.example"})
         self.assertEqual(status, 401)  # the page still needs the token
         self.assertEqual(headers["access-control-allow-origin"], "https://any.example")
+        status, _, headers = self.n.request("GET", "/v1/models", headers={"Origin": "null"})
+        self.assertEqual(status, 403)  # an opaque origin (a sandboxed frame) is not "any page"
+        self.assertNotIn("access-control-allow-origin", headers)
 
 
 if __name__ == "__main__":

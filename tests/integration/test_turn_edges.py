@@ -263,8 +263,12 @@ class UnstreamedCallers(FakePeers, unittest.TestCase):
         cls.start_peers()
         write_config(cls.cfg.name, {
             "llm.yaml": ("providers:\n  anthropic: {api_key: %s, base_url: http://127.0.0.1:%d, timeout: 1s}\n"
-                         "retry: {initial_backoff_ms: 10, max_backoff_ms: 20}\n") % (FAKE_KEY, cls.fport),
-            "agents.yaml": "agents:\n  - id: patient\n    model: {provider: anthropic, model: m}\n",
+                         "  openai: {api_key: %s, base_url: http://127.0.0.1:%d/v1}\n"
+                         "retry: {initial_backoff_ms: 10, max_backoff_ms: 20}\n")
+                        % (FAKE_KEY, cls.fport, FAKE_KEY, cls.fport),
+            "agents.yaml": ("agents:\n  - id: patient\n    model: {provider: anthropic, model: m}\n"
+                            "  - id: local\n    model: {provider: openai, model: llama3}\n"
+                            "    system_prompt: %s\n" % ("Answer briefly and kindly. " * 40)),
         })
         cls.n = Nexo(config_dir=cls.cfg.name).start()
 
@@ -284,6 +288,15 @@ class UnstreamedCallers(FakePeers, unittest.TestCase):
         reqs = fake_requests(self.fport)
         self.assertEqual(len(reqs), 1)
         self.assertIs(reqs[0]["body"]["stream"], True)
+
+    def test_a_stream_without_usage_is_estimated(self):
+        # a server that sends no usage in streams (older Ollama): the caller's usage, from an
+        # estimate of the system prompt (~270 tokens here), the message and the answer
+        script(self.fport, [{"text": "word " * 200, "no_usage": True}])
+        status, r = self.chat("local", "hello there")
+        self.assertEqual(status, 200, r)
+        self.assertGreater(r["usage"]["prompt_tokens"], 250, r["usage"])
+        self.assertGreater(r["usage"]["completion_tokens"], 150, r["usage"])
 
     def test_a_break_half_way_is_retried_when_no_text_reached_the_caller(self):
         script(self.fport, [{"text": "the first half", "chunks": 2, "error_midstream": "overloaded_error"},

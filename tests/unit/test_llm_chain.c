@@ -207,6 +207,23 @@ static void test_chain_model_that_refuses_to_stream(void **state)
     json_decref(reqs);
     outcome_cleanup(&o);
     one_close(&f);
+
+    /* a fallback model that refuses too is asked again as freely (one attempt each) */
+    struct nx_llm_target two[2];
+    memset(&o, 0, sizeof o);
+    one_open(&f, "no-stream-2", "openai", KEY, 0,
+             "[{\"refuse_stream\": true}, {\"error\": {\"status\": 500, \"type\": \"api_error\"}},"
+             " {\"refuse_stream\": true}, {\"text\": \"from the fallback\"}]", "hi");
+    req.messages = f.msgs;
+    req.model = "o1";
+    two[0] = (struct nx_llm_target){f.p, "o1"};
+    two[1] = (struct nx_llm_target){f.p, "gpt-5"};
+    run_chain(&f.e, two, 2, &one_attempt, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(nx_buf_cstr(&o.text), "from the fallback");
+    assert_int_equal(nrequests(), 4);
+    outcome_cleanup(&o);
+    one_close(&f);
 }
 
 /* A dropped connection is a connection error: retried. */
