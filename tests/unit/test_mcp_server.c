@@ -830,6 +830,22 @@ static void test_conf_file_is_checked(void **state)
     nx_mcp_srv_conf_cleanup(&c);
     nx_diags_cleanup(&d);
 
+    /* origins as the gateway's cors list takes them, but no "*" (the gateway's to give) */
+    nx_diags_init(&d);
+    static const char origins[] = "http:\n  allowed_origins: [\"*\", \"https://a.example:443\", "
+                                  "\"a.example\"]\n";
+    assert_int_equal(nx_mcp_srv_conf_parse(origins, strlen(origins), &c, &d), NX_ECONFIG);
+    assert_int_equal(d.n, 3);
+    bool seen_star = false, seen_port = false, seen_shape = false;
+    for (size_t i = 0; i < d.n; i++) {
+        seen_star |= strstr(d.v[i].msg, "\"*\" is not taken here") != NULL;
+        seen_port |= strstr(d.v[i].msg, "default port") != NULL;
+        seen_shape |= strstr(d.v[i].msg, "invalid origin") != NULL;
+    }
+    assert_true(seen_star && seen_port && seen_shape);
+    nx_mcp_srv_conf_cleanup(&c);
+    nx_diags_cleanup(&d);
+
     /* an agent that does not exist */
     struct nx_config *cfg = NULL;
     assert_int_equal(nx_config_load_mem(NULL, "agents.yaml", agents_yaml, strlen(agents_yaml), &cfg,
