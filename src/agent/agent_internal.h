@@ -257,9 +257,9 @@ void agent_system_prompt(const struct agent_rt *ag, const char *extra, struct nx
 json_t *turn_tools(const struct nx_turn *t, uint64_t *tokens);
 json_t *agent_tools(const struct agent_rt *ag, uint64_t *tokens);
 /* The history's share of the agent's context window, in estimated tokens: what is left once
- * the answer's room (max_tokens), the system prompt and the tool list are taken, less a tenth
- * for the estimate's error (tokenizers differ by more than that on some text). */
-uint64_t turn_history_budget(const struct nx_turn *t, uint32_t max_tokens, const struct nx_buf *system,
-                             uint64_t tools_tokens);
+ * the answer's room (max_tokens), the system prompt and the tool list (fixed_tokens: the call's
+ * call_fixed_tokens) are taken, less a tenth for the estimate's error (tokenizers differ by more
+ * than that on some text). */
+uint64_t turn_history_budget(const struct nx_turn *t, uint32_t max_tokens, uint64_t fixed_tokens);
 
 #endif

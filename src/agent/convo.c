@@ -191,12 +191,10 @@ json_t *agent_tools(const struct agent_rt *ag, uint64_t *tokens)
     return json_incref(tm->tools);
 }
 
-uint64_t turn_history_budget(const struct nx_turn *t, uint32_t max_tokens, const struct nx_buf *system,
-                             uint64_t tools_tokens)
+uint64_t turn_history_budget(const struct nx_turn *t, uint32_t max_tokens, uint64_t fixed_tokens)
 {
     uint64_t window = t->agent->context_window;
-    uint64_t taken = (uint64_t)max_tokens + nx_history_text_tokens(system->data, system->len) +
-                     tools_tokens + window / 10;
+    uint64_t taken = (uint64_t)max_tokens + fixed_tokens + window / 10;
     return window > taken ? window - taken : 0;
 }
 

@@ -434,8 +434,8 @@ static void call_model(struct nx_turn *t)
 
     /* Keep the prompt inside the context: oldest history goes first, never a call without its
      * result (store/history.h). */
-    uint64_t budget = turn_history_budget(t, max_tokens, &system, tools_tokens);
-    t->call_fixed_tokens = nx_history_text_tokens(system.data ? system.data : "", system.len) + tools_tokens;
+    t->call_fixed_tokens = nx_history_text_tokens(system.data, system.len) + tools_tokens;
+    uint64_t budget = turn_history_budget(t, max_tokens, t->call_fixed_tokens);
     size_t dropped = 0;
     uint64_t tokens = 0;
     if (t->session_key) /* the history's sum comes with it; only new messages are estimated */

@@ -676,15 +676,14 @@ struct nx_llm_call *nx_llm_call_start(struct nx_llm_provider *p, const struct nx
     c->cb = *cb;
     c->flags = flags;
     c->model = nx_strdup(req->model ? req->model : "");
+    c->wants_text = req->stream;
     struct nx_llm_request whole;
     if (req->stream && nx_llm_refuses_stream(p, req->model)) { /* learnt (whole.c) */
         whole = *req;
         whole.stream = false;
         req = &whole;
-        c->wants_text = true;
     }
     c->is_stream = req->stream;
-    c->wants_text = c->wants_text || req->stream;
     c->t0_ns = nx_mono_ns();
     /* A session's body grows by a message or two a turn: sized like the last one (no regrowth
      * copies while the history is assembled). */
