@@ -62,7 +62,6 @@ static int check_proxy(const char *p)
 }
 
 /* ---- call bookkeeping ---------------------------------------------------------------- */
-
 static void call_free(struct nx_http_call *call)
 {
     if (call->easy)
@@ -368,7 +367,8 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userp)
 
     if (call->is_done)
         return 0; /* cancelled while curl still held the handle: abort quietly */
-    call->last_data_ms = uv_now(call->client->loop);
+    if (!(call->is_kept_alive = call->is_idle_on_progress)) /* (until on_data says otherwise) */
+        call->last_data_ms = uv_now(call->client->loop);
     if (!call->body_started) {
         call->body_started = 1;
         release_sent_body(call);
@@ -558,9 +558,10 @@ static void on_idle_tick(uv_timer_t *h)
             continue;
         }
         snprintf(call->errbuf, sizeof call->errbuf,
-                 call->is_connected ? "nothing received for %u ms"
-                                    : "no connection to the upstream within %u ms (it did not accept "
-                                      "one, or all http_client.max_host_connections to it are busy)",
+                 !call->is_connected ? "no connection to the upstream within %u ms (it did not accept "
+                                       "one, or all http_client.max_host_connections to it are busy)"
+                 : call->is_kept_alive ? "only keep-alives received for %u ms"
+                                       : "nothing received for %u ms",
                  (unsigned)call->idle_ms);
         call_finish(call, NX_ETIMEDOUT, call->errbuf);
     }
@@ -674,7 +675,6 @@ static void setup_easy(struct nx_http_client *c, struct nx_http_call *call,
         curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
         curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
     }
-
     if (!method)
         method = o->body ? "POST" : "GET";
     if (o->body || strcasecmp(method, "POST") == 0) {
@@ -747,6 +747,7 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
         c->peak_inflight = c->inflight;
     uv_timer_start(&c->kick, on_kick, 0, 0);
     call->last_data_ms = uv_now(c->loop);
+    call->is_idle_on_progress = o->idle_on_progress && o->idle_timeout_ms;
     if ((call->idle_ms = o->idle_timeout_ms) && !uv_is_active((uv_handle_t *)&c->idle))
         uv_timer_start(&c->idle, on_idle_tick, IDLE_TICK_MS, IDLE_TICK_MS);
     return call;
@@ -778,6 +779,14 @@ void nx_http_call_cancel(struct nx_http_call *call)
 uv_loop_t *nx_http_client_loop(const struct nx_http_client *c)
 {
     return c->loop;
+}
+
+void nx_http_call_progress(struct nx_http_call *call)
+{
+    if (call) {
+        call->last_data_ms = uv_now(call->client->loop);
+        call->is_kept_alive = false;
+    }
 }
 
 size_t nx_http_call_body_held(const struct nx_http_call *call)

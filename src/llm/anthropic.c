@@ -344,6 +344,7 @@ struct nx_anthropic_stream {
     struct nx_llm_resp resp;
     struct blk *blocks;
     size_t nblocks;
+    size_t nevents; /* but pings */
     bool started;
     bool finished; /* message_stop */
     int err;       /* sticky */
@@ -477,6 +478,8 @@ static int on_event(const struct nx_sse_event *sse, void *udata)
     type = nx_json_str(ev, "type");
     if (!type)
         type = sse->event;
+    if (strcmp(type, "ping") != 0)
+        s->nevents++;
     if (!strcmp(type, "error")) {
         read_error_object(ev, &s->resp);
         rc = s->err = NX_EPROTO;
@@ -566,6 +569,11 @@ int nx_anthropic_stream_finish(struct nx_anthropic_stream *s, struct nx_llm_resp
     return rc;
 }
 
+size_t nx_anthropic_stream_events(const struct nx_anthropic_stream *s)
+{
+    return s->nevents;
+}
+
 void nx_anthropic_stream_free(struct nx_anthropic_stream *s)
 {
     if (!s)
@@ -593,6 +601,7 @@ const struct nx_llm_wire nx_anthropic_wire = {
     .parse_error = nx_anthropic_parse_error,
     .stream_new = anthropic_stream_new_any,
     .stream_feed = anthropic_stream_feed_any,
+    .stream_events = anthropic_stream_events_any,
     .stream_finish = anthropic_stream_finish_any,
     .stream_free = anthropic_stream_free_any,
 };

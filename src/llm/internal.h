@@ -50,6 +50,8 @@ struct nx_llm_wire {
     /* 0 to go on; 1 the stream has ended ([DONE], message_stop): what follows is ignored;
      * < 0 stops (an error event fills the stream's error fields). */
     int (*stream_feed)(void *s, const char *data, size_t len);
+    /* Events fed so far that carry something: keep-alives (pings, comments) do not count. */
+    size_t (*stream_events)(const void *s);
     /* Moves the result into out: 0 when the stream completed, < 0 otherwise. */
     int (*stream_finish)(void *s, struct nx_llm_resp *out);
     void (*stream_free)(void *s);
@@ -121,7 +123,7 @@ uint64_t nx_json_u64(const json_t *obj, const char *key);       /* 0 unless a no
 
 /* A wire's stream functions take its own stream type and the table holds them as void *: this
  * defines the four static adapters <w>_stream_new_any, _feed_any, _finish_any and _free_any
- * that call nx_<w>_stream_new, _feed, _finish and _free, for the wire's table. */
+ * that call nx_<w>_stream_new, _feed, _events, _finish and _free, for the wire's table. */
 #define NX_LLM_WIRE_STREAM_ADAPTERS(w)                                                          \
     static void *w##_stream_new_any(nx_llm_text_fn on_text, void *udata)                        \
     {                                                                                           \
@@ -130,6 +132,10 @@ uint64_t nx_json_u64(const json_t *obj, const char *key);       /* 0 unless a no
     static int w##_stream_feed_any(void *s, const char *data, size_t len)                       \
     {                                                                                           \
         return nx_##w##_stream_feed(s, data, len);                                              \
+    }                                                                                           \
+    static size_t w##_stream_events_any(const void *s)                                         \
+    {                                                                                           \
+        return nx_##w##_stream_events(s);                                                       \
     }                                                                                           \
     static int w##_stream_finish_any(void *s, struct nx_llm_resp *out)                          \
     {                                                                                           \
@@ -149,6 +155,7 @@ void nx_anthropic_parse_error(long status, const char *body, size_t len, struct 
 struct nx_anthropic_stream;
 struct nx_anthropic_stream *nx_anthropic_stream_new(nx_llm_text_fn on_text, void *udata);
 int nx_anthropic_stream_feed(struct nx_anthropic_stream *s, const char *data, size_t len);
+size_t nx_anthropic_stream_events(const struct nx_anthropic_stream *s);
 int nx_anthropic_stream_finish(struct nx_anthropic_stream *s, struct nx_llm_resp *out);
 void nx_anthropic_stream_free(struct nx_anthropic_stream *s);
 
@@ -161,6 +168,7 @@ void nx_openai_parse_error(long status, const char *body, size_t len, struct nx_
 struct nx_openai_stream;
 struct nx_openai_stream *nx_openai_stream_new(nx_llm_text_fn on_text, void *udata);
 int nx_openai_stream_feed(struct nx_openai_stream *s, const char *data, size_t len);
+size_t nx_openai_stream_events(const struct nx_openai_stream *s);
 int nx_openai_stream_finish(struct nx_openai_stream *s, struct nx_llm_resp *out);
 void nx_openai_stream_free(struct nx_openai_stream *s);
 

@@ -466,10 +466,12 @@ static void on_text(const char *delta, size_t len, void *udata)
 static int on_data(const char *data, size_t len, long status, void *udata)
 {
     struct single *c = udata;
+    size_t nevents;
     int rc;
 
     if (status < 200 || status > 299) {
         size_t room = NX_LLM_MAX_ERRBODY - c->errbody.len;
+        nx_http_call_progress(c->http);
         nx_buf_append(&c->errbody, data, len < room ? len : room);
         return 0;
     }
@@ -482,11 +484,15 @@ static int on_data(const char *data, size_t len, long status, void *udata)
         }
     }
     if (c->is_plain) {
+        nx_http_call_progress(c->http);
         nx_buf_append(&c->plain, data, len);
         return c->cancelled;
     }
     c->in_data = true;
+    nevents = c->wire->stream_events(c->stream);
     rc = c->wire->stream_feed(c->stream, data, len);
+    if (c->wire->stream_events(c->stream) != nevents)
+        nx_http_call_progress(c->http);
     c->in_data = false;
     if (rc < 0)
         c->stream_rc = rc;
@@ -708,8 +714,10 @@ struct nx_llm_call *nx_llm_call_start(struct nx_llm_provider *p, const struct nx
     o.nheaders = n;
     o.body = body.data;
     o.body_len = body.len;
-    if (req->stream) /* a long answer streams for minutes: only silence ends it */
+    if (req->stream) { /* a long answer streams for minutes: only a stall ends it */
         o.idle_timeout_ms = p->timeout_ms;
+        o.idle_on_progress = true;
+    }
     else if (c->wants_text) /* a model that will not stream: nothing comes before its answer, */
         o.timeout_ms = p->timeout_ms > NX_LLM_WHOLE_MIN_MS ? p->timeout_ms : NX_LLM_WHOLE_MIN_MS;
     else

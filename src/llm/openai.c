@@ -217,6 +217,7 @@ struct nx_openai_stream {
     struct nx_buf reasoning; /* reasoning_content deltas (DeepSeek) */
     struct tcall *calls;
     size_t ncalls;
+    size_t nevents; /* every event counts: keep-alives come as comments */
     bool got_finish;
     bool done;     /* [DONE] */
     int err;       /* sticky */
@@ -310,6 +311,7 @@ static int on_event(const struct nx_sse_event *sse, void *udata)
     size_t i, j;
     int rc = 0;
 
+    s->nevents++;
     if (s->done)
         return 0;
     if (sse->data_len == 6 && !memcmp(sse->data, "[DONE]", 6)) {
@@ -426,6 +428,11 @@ int nx_openai_stream_finish(struct nx_openai_stream *s, struct nx_llm_resp *out)
     return rc;
 }
 
+size_t nx_openai_stream_events(const struct nx_openai_stream *s)
+{
+    return s->nevents;
+}
+
 void nx_openai_stream_free(struct nx_openai_stream *s)
 {
     if (!s)
@@ -456,6 +463,7 @@ const struct nx_llm_wire nx_openai_wire = {
     .parse_error = nx_openai_parse_error,
     .stream_new = openai_stream_new_any,
     .stream_feed = openai_stream_feed_any,
+    .stream_events = openai_stream_events_any,
     .stream_finish = openai_stream_finish_any,
     .stream_free = openai_stream_free_any,
 };

@@ -22,6 +22,9 @@ Control (no auth):
                      {"hold_open_ms": N, "hold_pings": bool}      streams: the body ends N ms after the
                                                                   last event ([DONE], message_stop), with
                                                                   SSE comments meanwhile if hold_pings
+                     {"stall_pings_ms": N}                        streams: after the first delta, only
+                                                                  keep-alives for N ms (Anthropic ping
+                                                                  events, OpenAI SSE comments), then the rest
                      {"cut_after_end": true}                     streams: the connection closes after the
                                                                   last event, without the body's last chunk
                      {"ignore_stream": true}                      a streaming request gets the whole JSON
@@ -303,10 +306,14 @@ class Handler(BaseHTTPRequestHandler):
             return False
         return True
 
-    def pace(self, step):
+    def pace(self, step, ping=": keep-alive\n\n"):
         d = step.get("delay_ms", STATE.chunk_delay_ms)
         if d:
             time.sleep(d / 1000.0)
+        end = time.monotonic() + step.pop("stall_pings_ms", 0) / 1000.0
+        while time.monotonic() < end:  # a model stalled behind a proxy that keeps the body alive
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+            self.chunk(ping)
 
     def think(self, step, nchunks):
         """A whole answer takes as long as its stream would have (a step's own delay_ms only)."""
@@ -470,7 +477,7 @@ class Handler(BaseHTTPRequestHandler):
                     self.chunk('event: ping\ndata: {"type": "ping"}\n\n')
                 for k, part in enumerate(split_text(b["text"], nchunks)):
                     if k:
-                        self.pace(step)
+                        self.pace(step, 'event: ping\ndata: {"type": "ping"}\n\n')
                     ev("content_block_delta", {"type": "content_block_delta", "index": idx,
                                                "delta": {"type": "text_delta", "text": part}})
                     if step.get("error_midstream"):

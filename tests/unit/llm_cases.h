@@ -75,6 +75,32 @@ static inline void check_long_stream_is_not_cut(const char *kind, const char *ke
     one_close(&t);
 }
 
+/* A stream that sends its first words, then only keep-alives (Anthropic's ping events, SSE
+ * comments) for 3 s, with a provider timeout of 1 s: keep-alives are not progress, so the call
+ * fails as a timeout that says so, about a second after the words, not once the model goes on. */
+static inline void check_stream_stalled_behind_keepalives(const char *kind, const char *key,
+                                                          const char *model)
+{
+    struct one t;
+    struct outcome o = {0};
+    struct nx_llm_request req = {.model = model, .temperature = -1, .stream = true};
+    uint64_t t0;
+
+    one_open(&t, kind, kind, key, 1000,
+             "[{\"text\": \"first words\", \"chunks\": 2, \"delay_ms\": 1, \"stall_pings_ms\": 3000}]",
+             "hi");
+    req.messages = t.msgs;
+    t0 = nx_mono_ms();
+    run_call(&t.e, t.p, &req, &o);
+    assert_int_equal(o.rc, NX_ETIMEDOUT);
+    assert_string_equal(o.error_type, "timeout");
+    assert_non_null(strstr(o.error_message, "only keep-alives received for 1000 ms"));
+    assert_string_equal(nx_buf_cstr(&o.text), "first ");
+    assert_true(o.done_ms - t0 < 2500);
+    outcome_cleanup(&o);
+    one_close(&t);
+}
+
 /* An upstream (or a proxy) that keeps the body open 3 s after the stream's last event, silent,
  * then sending keep-alive comments, with a provider timeout of 2 s: the answer is whole, so the
  * call succeeds about a second after it, not as a silence timeout at 2 s, nor does it wait the

@@ -369,6 +369,7 @@ static void test_anthropic_stream_ended_but_body_held_open(void **state)
 {
     (void)state;
     check_stream_ended_but_body_held_open("anthropic", KEY, "claude-test");
+    check_stream_stalled_behind_keepalives("anthropic", KEY, "claude-test");
 }
 
 static void no_text(const char *delta, size_t len, void *udata)

@@ -606,6 +606,7 @@ static void test_openai_stream_ended_but_body_held_open(void **state)
 {
     (void)state;
     check_stream_ended_but_body_held_open("openai", KEY, "gpt-test");
+    check_stream_stalled_behind_keepalives("openai", KEY, "gpt-test");
 }
 
 int main(void)
