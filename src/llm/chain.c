@@ -42,8 +42,9 @@ struct chain {
     bool timer_closing;
     bool streamed;         /* text reached the caller */
     bool is_text_coming;   /* the attempt in flight has sent text (seen by the caller or not) */
-    size_t refused_target; /* 1 + the target whose model refused to stream (asked again for
-                              free, once a target); 0 = none */
+    size_t refused_target; /* 1 + the target whose model or server refused to stream as asked
+                              (asked again for free, twice a target at most); 0 = none */
+    unsigned nrefused;     /* ...how many times */
     bool cancelled;
     bool finished;
     bool is_deadline_cut;  /* retry.deadline came while an attempt was in flight: cut */
@@ -252,9 +253,14 @@ static void attempt_done(int rc, const struct nx_llm_result *res, void *udata)
     }
     bool is_stale = nx_breaker_is_stale(b, probe, ch->probe_id); /* began before it opened */
     if (rc != 0 && res->is_stream_refused && ch->refused_target != ch->cur + 1) {
-        /* the provider is up and the model answers, whole (remembered: llm/whole.c): asked
-         * again at once, neither an attempt nor a failure */
         ch->refused_target = ch->cur + 1;
+        ch->nrefused = 0;
+    }
+    if (rc != 0 && res->is_stream_refused && ch->nrefused < 2) {
+        /* the provider is up and answers, whole or without stream_options (remembered:
+         * llm/whole.c): asked again at once, neither an attempt nor a failure; twice at most,
+         * as a server may refuse stream_options, then its model refuse to stream */
+        ch->nrefused++;
         if (!is_stale)
             nx_breaker_success(b, now);
         else if (probe)

@@ -81,13 +81,19 @@ struct nx_llm_provider {
     struct nx_metric *m_ttft;
     char *no_stream[16];             /* models that refused to stream (whole.c) */
     size_t nno_stream;
+    bool no_stream_options;          /* the server refused stream_options (whole.c) */
 };
 
 /* whole.c: models that refuse to stream, and the text of a whole answer passed on. */
 bool nx_llm_refuses_stream(const struct nx_llm_provider *p, const char *model);
-/* A streaming request's error: true when it is the model refusing to stream (remembered). */
+/* req as it is to be sent, given what was learnt: req itself, or tmp filled from it. */
+const struct nx_llm_request *nx_llm_as_learnt(const struct nx_llm_provider *p,
+                                              const struct nx_llm_request *req,
+                                              struct nx_llm_request *tmp);
+/* A streaming request's error: true when it is the model refusing to stream, or the server
+ * refusing stream_options when they were sent (remembered: the request is to be sent again). */
 bool nx_llm_note_stream_refusal(struct nx_llm_provider *p, const char *model, long status,
-                                const char *body, size_t len);
+                                const char *body, size_t len, bool sent_options);
 void nx_llm_pass_text(const json_t *message, nx_llm_text_fn fn, void *udata);
 void nx_llm_no_stream_free(struct nx_llm_provider *p);
 

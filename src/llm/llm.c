@@ -429,7 +429,8 @@ struct single {
     bool is_sniffed;      /* a stream's first byte was seen: */
     bool is_plain;        /* ...a JSON object, not events: the server answered whole */
     bool wants_text;      /* a stream was asked for: a whole answer's text is passed on too */
-    bool is_stream_refused; /* 400, param "stream" (whole.c) */
+    bool is_stream_refused; /* 400, param "stream"; or stream_options refused (whole.c) */
+    bool sent_options;      /* stream_options were asked for */
     struct nx_buf plain;  /* that answer */
     uint64_t t0_ns;
     uv_timer_t *defer; /* a call that failed before it went out completes from here */
@@ -614,8 +615,9 @@ static void on_http_done(int rc, const struct nx_http_response *hres, const char
         size_t blen = c->is_stream ? c->errbody.len : hres->body_len;
         c->wire->parse_error(status, body, blen, &r);
         rc = nx_llm_classify(status, r.error_type, &retryable);
-        if (c->is_stream && nx_llm_note_stream_refusal(c->p, c->model, status, body, blen)) {
-            rc = NX_EAGAIN; /* asked again at once, for a whole answer (not an attempt: chain.c) */
+        if (c->is_stream &&
+            nx_llm_note_stream_refusal(c->p, c->model, status, body, blen, c->sent_options)) {
+            rc = NX_EAGAIN; /* asked again at once, as learnt (not an attempt: chain.c) */
             retryable = true;
             retry_ms = 0;
             c->is_stream_refused = true;
@@ -683,13 +685,10 @@ struct nx_llm_call *nx_llm_call_start(struct nx_llm_provider *p, const struct nx
     c->flags = flags;
     c->model = nx_strdup(req->model ? req->model : "");
     c->wants_text = req->stream;
-    struct nx_llm_request whole;
-    if (req->stream && nx_llm_refuses_stream(p, req->model)) { /* learnt (whole.c) */
-        whole = *req;
-        whole.stream = false;
-        req = &whole;
-    }
+    struct nx_llm_request learnt;
+    req = nx_llm_as_learnt(p, req, &learnt);
     c->is_stream = req->stream;
+    c->sent_options = req->stream && !req->is_stream_bare && wire == &nx_openai_wire;
     c->t0_ns = nx_mono_ns();
     /* A session's body grows by a message or two a turn: sized like the last one (no regrowth
      * copies while the history is assembled). */

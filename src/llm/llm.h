@@ -34,6 +34,7 @@ struct nx_llm_request {
     double temperature;        /* < 0 = provider default */
     const json_t *stop;        /* stop sequences: an array of strings, or NULL */
     bool stream;               /* stream deltas through on_text */
+    bool is_stream_bare;       /* (set by llm/whole.c) without stream_options: the server refuses them */
     const char *user;          /* end-user id for the provider's abuse tracking, or NULL */
     /* The messages are a session's history that later requests send again, and none of them
      * changes once sent: their wire form is remembered by identity (llm/frag_cache.c). */

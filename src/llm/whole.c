@@ -1,7 +1,10 @@
 /* Answers that come whole where a stream was asked for: a server that ignores "stream" (llm.c
  * reads its JSON as the answer), and a model that refuses to stream (OpenAI's o3 and gpt-5 for an
  * organization not verified: 400 with param "stream"). Such a model is remembered per provider,
- * and asked for whole answers from then on; their text reaches a streaming caller in one piece. */
+ * and asked for whole answers from then on; their text reaches a streaming caller in one piece.
+ * Also here: a server that refuses the stream_options asking for usage (Mistral's strict schema,
+ * Azure's api-versions before 2024-09, some proxies) streams without them from then on; each
+ * call's usage is then estimated (agents/convo.c). */
 #include <string.h>
 
 #include "core/alloc.h"
@@ -16,9 +19,31 @@ bool nx_llm_refuses_stream(const struct nx_llm_provider *p, const char *model)
     return false;
 }
 
-bool nx_llm_note_stream_refusal(struct nx_llm_provider *p, const char *model, long status,
-                                const char *body, size_t len)
+const struct nx_llm_request *nx_llm_as_learnt(const struct nx_llm_provider *p,
+                                              const struct nx_llm_request *req,
+                                              struct nx_llm_request *tmp)
 {
+    bool is_whole = req->stream && nx_llm_refuses_stream(p, req->model);
+
+    if (!req->stream || (!is_whole && !p->no_stream_options))
+        return req;
+    *tmp = *req;
+    tmp->stream = !is_whole;
+    tmp->is_stream_bare = p->no_stream_options;
+    return tmp;
+}
+
+bool nx_llm_note_stream_refusal(struct nx_llm_provider *p, const char *model, long status,
+                                const char *body, size_t len, bool sent_options)
+{
+    if ((status == 400 || status == 422) && sent_options && body &&
+        memmem(body, len, "stream_options", 14)) { /* (the error is about them, whatever its shape) */
+        if (!p->no_stream_options)
+            nx_warn("llm", "%s refuses stream_options: its streams are asked for without them from "
+                    "now on, and their usage is estimated", p->name);
+        p->no_stream_options = true;
+        return true;
+    }
     if (status != 400 || !body || !len || !model)
         return false;
     json_t *e = json_loadb(body, len, 0, NULL);

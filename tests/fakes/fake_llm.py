@@ -33,6 +33,8 @@ Control (no auth):
                                                                   stream_options asks (older Ollama)
                      {"refuse_stream": true}                      OpenAI: a streaming request gets 400,
                                                                   param "stream" (an unverified org's o3)
+                     {"refuse_stream_options": true}              OpenAI: a request with stream_options gets
+                                                                  Mistral's 422 (its schema forbids extras)
                      {"stop_reason": "max_tokens"}, {"usage": {...}}, {"model": "..."}
   GET  /_requests  recorded requests: [{"endpoint","method","path","headers","body","t"}]
   POST /_reset     clears the script, the records and the config overrides
@@ -616,6 +618,10 @@ class Handler(BaseHTTPRequestHandler):
         include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage")) and \
             not step.get("no_usage")
         model = step.get("model", body["model"])
+        if step.get("refuse_stream_options") and "stream_options" in body:
+            return self.send_json(422, {"object": "error", "message": {"detail": [{
+                "type": "extra_forbidden", "loc": ["body", "stream_options"], "msg": "Extra inputs are not permitted",
+                "input": body["stream_options"]}]}, "type": "invalid_request_error", "param": None, "code": None})
         if step.get("refuse_stream") and stream:
             return self.openai_error(400, "Your organization must be verified to stream this model. Please go "
                                      "to: https://platform.openai.com/settings/organization/general and click "

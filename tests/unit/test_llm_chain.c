@@ -171,6 +171,62 @@ static void test_chain_deadline_spares_a_stream_under_way(void **state)
     one_close(&f);
 }
 
+/* A server that refuses stream_options (Mistral's 422 for a field its schema does not have) is
+ * asked again at once without them, and from then on; a model of it that also refuses to stream
+ * is asked again whole, still for free: two refusals in one call, one attempt allowed, answered. */
+static void test_chain_server_that_refuses_stream_options(void **state)
+{
+    static const struct nx_llm_retry_conf one_attempt = {1, 10, 2000, 2.0, 0};
+    struct one f;
+    struct outcome o = {0};
+    struct nx_llm_request req = {.model = "mistral-large", .temperature = -1, .stream = true};
+    struct nx_llm_target t[1];
+    json_t *reqs, *body;
+
+    (void)state;
+    one_open(&f, "no-options", "openai", KEY, 0,
+             "[{\"refuse_stream_options\": true}, {\"text\": \"no usage asked\", \"chunks\": 2,"
+             " \"refuse_stream_options\": true}, {\"text\": \"again\", \"refuse_stream_options\": true},"
+             " {\"refuse_stream\": true}, {\"text\": \"whole\", \"refuse_stream\": true}]", "hi");
+    req.messages = f.msgs;
+    t[0] = (struct nx_llm_target){f.p, "mistral-large"};
+    run_chain(&f.e, t, 1, &one_attempt, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(nx_buf_cstr(&o.text), "no usage asked");
+    assert_int_equal(o.ndeltas, 2); /* streamed */
+    assert_int_equal(nrequests(), 2);
+    assert_int_equal(nx_llm_provider_breaker(f.p)->failures, 0);
+    outcome_cleanup(&o);
+    memset(&o, 0, sizeof o);
+    run_chain(&f.e, t, 1, &one_attempt, &req, &o); /* remembered: one request, streamed bare */
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(nx_buf_cstr(&o.text), "again");
+    assert_int_equal(nrequests(), 3);
+    reqs = fake_requests();
+    body = json_object_get(json_array_get(reqs, 2), "body");
+    assert_true(json_is_true(json_object_get(body, "stream")));
+    assert_null(json_object_get(body, "stream_options"));
+    json_decref(reqs);
+    outcome_cleanup(&o);
+    memset(&o, 0, sizeof o);
+    one_close(&f);
+
+    /* both refusals in one call, one attempt allowed: still answered */
+    one_open(&f, "no-options-2", "openai", KEY, 0,
+             "[{\"refuse_stream_options\": true}, {\"refuse_stream\": true},"
+             " {\"text\": \"whole\", \"refuse_stream\": true}]", "hi");
+    req.messages = f.msgs;
+    req.model = "o3";
+    t[0] = (struct nx_llm_target){f.p, "o3"};
+    run_chain(&f.e, t, 1, &one_attempt, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(nx_buf_cstr(&o.text), "whole");
+    assert_int_equal(nrequests(), 3);
+    assert_int_equal(nx_llm_provider_breaker(f.p)->failures, 0);
+    outcome_cleanup(&o);
+    one_close(&f);
+}
+
 /* A model that refuses to stream (400, param "stream": OpenAI's o3 for an organization not
  * verified) is asked again at once for a whole answer, whose text reaches the streaming caller
  * in one piece; from then on its answers are asked for whole straight away. The refusal is
@@ -621,6 +677,7 @@ int main(void)
         cmocka_unit_test(test_chain_deadline_cuts_the_attempt_in_flight),
         cmocka_unit_test(test_chain_deadline_spares_a_stream_under_way),
         cmocka_unit_test(test_chain_retries_dropped_connection),
+        cmocka_unit_test(test_chain_server_that_refuses_stream_options),
         cmocka_unit_test(test_chain_model_that_refuses_to_stream),
         cmocka_unit_test(test_chain_stops_at_its_deadline),
         cmocka_unit_test(test_chain_fails_over_to_fallback),
