@@ -95,6 +95,8 @@ const struct nx_llm_request *nx_llm_as_learnt(const struct nx_llm_provider *p,
 bool nx_llm_note_stream_refusal(struct nx_llm_provider *p, const char *model, long status,
                                 const char *body, size_t len, bool sent_options);
 void nx_llm_pass_text(const json_t *message, nx_llm_text_fn fn, void *udata);
+/* s is one whole JSON object, maybe followed by white space. */
+bool nx_llm_is_whole_json(const char *s, size_t len);
 void nx_llm_no_stream_free(struct nx_llm_provider *p);
 
 /* Flags for nx_llm_call_start. */

@@ -487,6 +487,10 @@ static int on_data(const char *data, size_t len, long status, void *udata)
     if (c->is_plain) {
         nx_http_call_progress(c->http);
         nx_buf_append(&c->plain, data, len);
+        if (!c->is_stream_ended && c->http && nx_llm_is_whole_json(c->plain.data, c->plain.len)) {
+            c->is_stream_ended = true; /* the body left open after it: as a stream's end, below */
+            nx_http_call_end_within(c->http, NX_LLM_STREAM_END_GRACE_MS);
+        }
         return c->cancelled;
     }
     c->in_data = true;

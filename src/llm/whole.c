@@ -76,6 +76,19 @@ void nx_llm_pass_text(const json_t *message, nx_llm_text_fn fn, void *udata)
     }
 }
 
+bool nx_llm_is_whole_json(const char *s, size_t len)
+{
+    json_t *j;
+
+    while (len && (s[len - 1] == ' ' || s[len - 1] == '\t' || s[len - 1] == '\r' || s[len - 1] == '\n'))
+        len--;
+    if (!len || s[len - 1] != '}') /* (most chunks of a long answer: no parse) */
+        return false;
+    j = json_loadb(s, len, 0, NULL);
+    json_decref(j);
+    return j != NULL;
+}
+
 void nx_llm_no_stream_free(struct nx_llm_provider *p)
 {
     for (size_t i = 0; i < p->nno_stream; i++)

@@ -21,7 +21,9 @@ Control (no auth):
                      {"drop": true}                               close the connection, no answer
                      {"hold_open_ms": N, "hold_pings": bool}      streams: the body ends N ms after the
                                                                   last event ([DONE], message_stop), with
-                                                                  SSE comments meanwhile if hold_pings
+                                                                  SSE comments meanwhile if hold_pings;
+                                                                  whole answers: a chunked body, ended N
+                                                                  ms after the JSON
                      {"stall_pings_ms": N}                        streams: after the first delta, only
                                                                   keep-alives for N ms (Anthropic ping
                                                                   events, OpenAI SSE comments), then the rest
@@ -197,15 +199,20 @@ class Handler(BaseHTTPRequestHandler):
         n = int(self.headers.get("content-length") or 0)
         return self.rfile.read(n) if n > 0 else b""
 
-    def send_json(self, status, obj, extra=None):
+    def send_json(self, status, obj, extra=None, step=None):
         data = compact(obj).encode()
+        held = step and step.get("hold_open_ms")  # a proxy's chunked body, left open after the JSON
         self.send_response(status, REASONS.get(status))
         self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
+        self.send_header("transfer-encoding" if held else "content-length", "chunked" if held else str(len(data)))
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(data)
+        if not held:
+            return self.wfile.write(data)
+        self.chunk(data)
+        self.hold_open(step)
+        self.end_stream(step)
 
     def start_stream(self, extra):
         self.send_response(200)
@@ -460,7 +467,7 @@ class Handler(BaseHTTPRequestHandler):
             self.think(step, step.get("chunks", st.chunks))
             return self.send_json(200, {"id": msg_id, "type": "message", "role": "assistant", "model": model,
                                         "content": blocks, "stop_reason": stop, "stop_sequence": seq,
-                                        "usage": usage}, hdrs)
+                                        "usage": usage}, hdrs, step)
         self.start_stream(hdrs)
 
         def ev(name, obj):
@@ -667,7 +674,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(200, {
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-                "usage": usage, "service_tier": "default", "system_fingerprint": "fp_fake"}, hdrs)
+                "usage": usage, "service_tier": "default", "system_fingerprint": "fp_fake"}, hdrs, step)
         self.start_stream(hdrs)
 
         def chunk(delta, fin=None):

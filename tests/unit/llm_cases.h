@@ -178,6 +178,19 @@ static inline void check_stream_answered_whole(const char *kind, const char *key
     assert_int_equal(o.ndeltas, 0);
     assert_int_equal(nrequests(), 1);
     outcome_cleanup(&o);
+    memset(&o, 0, sizeof o);
+    one_close(&t);
+
+    /* its chunked body left open 3 s after the JSON, timeout 2 s: answered within a second or so */
+    one_open(&t, kind, kind, key, 2000,
+             "[{\"text\": \"held\", \"ignore_stream\": true, \"hold_open_ms\": 3000}]", "hi");
+    req.messages = t.msgs;
+    uint64_t t0 = nx_mono_ms();
+    run_call(&t.e, t.p, &req, &o);
+    assert_int_equal(o.rc, 0);
+    assert_string_equal(nx_buf_cstr(&o.text), "held");
+    assert_true(o.done_ms - t0 < 2000);
+    outcome_cleanup(&o);
     one_close(&t);
 }
 
