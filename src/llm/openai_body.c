@@ -310,8 +310,9 @@ int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, c
         nx_buf_putc(out, ']');
     }
     if (req->stream)
-        nx_buf_puts(out, req->is_stream_bare ? ",\"stream\":true"
-                                             : ",\"stream\":true,\"stream_options\":{\"include_usage\":true}");
+        nx_buf_puts(out, ",\"stream\":true");
+    if (req->stream && !req->is_stream_bare)
+        nx_buf_puts(out, ",\"stream_options\":{\"include_usage\":true}");
     if (req->user && *req->user && is_json_text(req->user)) {
         nx_buf_puts(out, ",\"user\":");
         nx_buf_put_json_str(out, req->user, strlen(req->user));
