@@ -323,6 +323,9 @@ int nx_agents_reload(struct nx_agents *a, struct nx_config *cfg)
 {
     struct generation *old = a->gen;
     a->gen = gen_new(a, cfg);
+    for (size_t i = 0; old && i < a->gen->nproviders; i++) /* (what each server refused) */
+        for (size_t j = 0; j < old->nproviders; j++)
+            nx_llm_provider_inherit(a->gen->providers[i], old->providers[j]);
     gen_unref(old);
     budgets_prepare(a);
     return 0;

@@ -109,6 +109,9 @@ struct nx_llm_provider_conf {
 int nx_llm_provider_new(struct nx_http_client *http, const struct nx_llm_provider_conf *conf,
                         struct nx_llm_provider **out);
 void nx_llm_provider_free(struct nx_llm_provider *p);
+/* At a reload: what old (the same name, kind and URL) learnt of its server, p keeps: the models
+ * that refuse to stream, a refusal of stream_options. Does nothing for another provider. */
+void nx_llm_provider_inherit(struct nx_llm_provider *p, const struct nx_llm_provider *old);
 const char *nx_llm_provider_name(const struct nx_llm_provider *p);
 
 /* One attempt on one provider (no retries). */

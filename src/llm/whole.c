@@ -89,6 +89,17 @@ bool nx_llm_is_whole_json(const char *s, size_t len)
     return j != NULL;
 }
 
+void nx_llm_provider_inherit(struct nx_llm_provider *p, const struct nx_llm_provider *old)
+{
+    if (!p || !old || p->type != old->type || strcmp(p->name, old->name) != 0 ||
+        strcmp(p->url, old->url) != 0)
+        return;
+    p->no_stream_options |= old->no_stream_options;
+    for (size_t i = 0; i < old->nno_stream && p->nno_stream < NX_ARRAY_LEN(p->no_stream); i++)
+        if (!nx_llm_refuses_stream(p, old->no_stream[i]))
+            p->no_stream[p->nno_stream++] = nx_strdup(old->no_stream[i]);
+}
+
 void nx_llm_no_stream_free(struct nx_llm_provider *p)
 {
     for (size_t i = 0; i < p->nno_stream; i++)

@@ -224,6 +224,25 @@ static void test_chain_server_that_refuses_stream_options(void **state)
     assert_int_equal(nrequests(), 3);
     assert_int_equal(nx_llm_provider_breaker(f.p)->failures, 0);
     outcome_cleanup(&o);
+    memset(&o, 0, sizeof o);
+
+    /* a reload's provider of the same name and URL keeps what was learnt: one request, whole
+     * and without stream_options; one of another name learns it again */
+    for (int same = 1; same >= 0; same--) {
+        struct nx_llm_provider *p2 = provider(&f.e, same ? "no-options-2" : "other", "openai", KEY, 0, NULL);
+        nx_llm_provider_inherit(p2, f.p);
+        fake_reset();
+        fake_script("[{\"text\": \"kept\", \"refuse_stream\": true, \"refuse_stream_options\": true},"
+                    " {\"text\": \"kept\"}]");
+        t[0] = (struct nx_llm_target){p2, "o3"};
+        run_chain(&f.e, t, 1, &one_attempt, &req, &o);
+        assert_int_equal(o.rc, 0);
+        assert_int_equal(nrequests(), same ? 1 : 2);
+        assert_string_equal(nx_buf_cstr(&o.text), "kept");
+        outcome_cleanup(&o);
+        memset(&o, 0, sizeof o);
+        nx_llm_provider_free(p2);
+    }
     one_close(&f);
 }
 
