@@ -56,6 +56,11 @@ static bool authority_is_loopback(h2o_iovec_t a)
     return end == a.base + a.len && host_is_loopback(host);
 }
 
+bool nx_http_authority_is_loopback(const char *authority, size_t len)
+{
+    return authority_is_loopback(h2o_iovec_init(authority, len));
+}
+
 /* "scheme://authority" -> the authority, or len 0 when it is not of that shape. */
 static h2o_iovec_t origin_authority(h2o_iovec_t origin)
 {

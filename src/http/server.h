@@ -55,6 +55,9 @@ void nx_http_server_route_ex(struct nx_http_server *srv, const char *method, con
 int nx_http_server_listen(struct nx_http_server *srv, const char *host, int port, char *err,
                           size_t errlen);
 /* Applies `p` (read on every request, so its owner may change it; NULL = no checks). */
+/* An authority (host[:port], [v6][:port]) that names this machine: localhost, *.localhost,
+ * 127.0.0.0/8, ::1 (http/origin.c; what a listener without a token answers to). */
+bool nx_http_authority_is_loopback(const char *authority, size_t len);
 void nx_http_server_set_origin_policy(struct nx_http_server *srv, const struct nx_http_origin_policy *p);
 /* The bound port (useful after listening on port 0). */
 int nx_http_server_port(const struct nx_http_server *srv);

@@ -382,18 +382,6 @@ static void on_sweep(uv_timer_t *t)
 
 /* ---- request checks ---- */
 
-/* localhost, 127.0.0.1, [::1] with an optional port. */
-static bool host_is_local(const char *host, size_t len)
-{
-    static const char *const names[] = {"localhost", "127.0.0.1", "[::1]"};
-    for (size_t i = 0; i < NX_ARRAY_LEN(names); i++) {
-        size_t n = strlen(names[i]);
-        if (len >= n && strncasecmp(host, names[i], n) == 0 && (len == n || host[n] == ':'))
-            return true;
-    }
-    return false;
-}
-
 /* http.allowed_origins, for the listener's web-page checks (http/origin.c), which decide on
  * Origin with the gateway's cors.allowed_origins, local pages and this list together. */
 static bool origin_listed(void *udata, const char *o, size_t len)
@@ -416,7 +404,8 @@ static bool admitted(struct nx_mcp_httpd *h, struct nx_http_req *req)
         respond_rpc_error(req, 503, -32000, "Service Unavailable: shutting down");
         return false;
     }
-    if (h->is_loopback && (v = nx_http_req_header(req, "host", &len)) && !host_is_local(v, len)) {
+    if (h->is_loopback && (v = nx_http_req_header(req, "host", &len)) &&
+        !nx_http_authority_is_loopback(v, len)) {
         nx_warn("mcp-server", "refused a request with Host %.*s on a loopback listener (DNS rebinding?)",
                 (int)(len > 100 ? 100 : len), v);
         respond_rpc_error(req, 403, -32000, "Forbidden: Host not allowed");

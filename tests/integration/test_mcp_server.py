@@ -400,6 +400,11 @@ class McpServerHttp(unittest.TestCase):
         st, _, _ = self.post({"jsonrpc": "2.0", "id": 3, "method": "ping"}, sid,
                              headers={"Host": "evil.example.com"})
         self.assertEqual(st, 403)
+        # the listener's own loopback names, no more: *.localhost and 127/8 reach only this machine
+        for host, want in (("localhost.evil.example", 403), ("127.0.0.1.nip.io", 403), ("app.localhost:9", 200),
+                           ("127.1.2.3", 200), ("[::1]:9", 200)):
+            st, _, _ = self.post({"jsonrpc": "2.0", "id": 3, "method": "ping"}, sid, headers={"Host": host})
+            self.assertEqual(st, want, host)
         st, body, _ = self.post({"jsonrpc": "2.0", "id": 3, "method": "ping"}, sid,
                                 headers={"Origin": "http://localhost:1234", "Host": "127.0.0.1:9"})
         self.assertEqual((st, json.loads(body)["result"]), (200, {}))
