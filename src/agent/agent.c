@@ -67,6 +67,7 @@ static int make_providers(struct nx_agents *a, struct generation *g)
             .headers = hdrs,
             .nheaders = pc->headers.n,
             .timeout_ms = pc->timeout_ms,
+            .stall_timeout_ms = pc->stall_timeout_ms,
             .breaker = &bc,
         };
         struct nx_llm_provider *p = NULL;

@@ -112,6 +112,7 @@ static const struct nx_conf_field provider_fields[] = {
     {NX_FIELD("safety_settings", NX_CT_ANY, P, safety_settings)},
     {NX_FIELD("headers", NX_CT_STRMAP, P, headers)},
     {NX_FIELD("timeout", NX_CT_DURATION, P, timeout_ms), .def = "0", .min = 0, .max = 86400000},
+    {NX_FIELD("stall_timeout", NX_CT_DURATION, P, stall_timeout_ms), .def = "0", .min = 0, .max = 86400000},
     {NX_GROUP("circuit_breaker", &prov_breaker)},
     {.name = NULL},
 };

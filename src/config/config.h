@@ -126,6 +126,7 @@ struct nx_provider_conf {
     json_t *safety_settings; /* free-form */
     struct nx_strmap headers;
     uint32_t timeout_ms;     /* `timeout`; 0 = the gateway's http_client.timeout */
+    uint32_t stall_timeout_ms; /* `stall_timeout`: a stream of keep-alives only; 0 = max(timeout, 10m) */
     struct nx_breaker_cfg {  /* `circuit_breaker`; here 0 = llm.yaml's top-level value */
         uint32_t failure_threshold; /* consecutive failures that open it (default 5) */
         uint32_t success_threshold; /* half-open successes that close it (default 1) */

@@ -310,7 +310,7 @@ static size_t header_cb(char *ptr, size_t size, size_t nitems, void *userp)
 
     if (call->is_done)
         return 0;
-    call->last_data_ms = uv_now(call->client->loop);
+    call->last_data_ms = call->last_progress_ms = uv_now(call->client->loop); /* (trailers too) */
     if (call->body_started)
         return n; /* trailers */
     if (call->hdr_complete) {
@@ -351,12 +351,9 @@ static int prereq_cb(void *userp, char *conn_primary_ip, char *conn_local_ip, in
 {
     struct nx_http_call *call = userp;
 
-    (void)conn_primary_ip;
-    (void)conn_local_ip;
-    (void)conn_primary_port;
-    (void)conn_local_port;
+    (void)conn_primary_ip, (void)conn_local_ip, (void)conn_primary_port, (void)conn_local_port;
     call->is_connected = true;
-    call->last_data_ms = uv_now(call->client->loop);
+    call->last_data_ms = call->last_progress_ms = uv_now(call->client->loop);
     return CURL_PREREQFUNC_OK;
 }
 
@@ -367,8 +364,7 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userp)
 
     if (call->is_done)
         return 0; /* cancelled while curl still held the handle: abort quietly */
-    if (!(call->is_kept_alive = call->is_idle_on_progress)) /* (until on_data says otherwise) */
-        call->last_data_ms = uv_now(call->client->loop);
+    call->last_data_ms = uv_now(call->client->loop);
     if (!call->body_started) {
         call->body_started = 1;
         release_sent_body(call);
@@ -553,15 +549,20 @@ static void on_idle_tick(uv_timer_t *h)
             call_finish(call, NX_ETIMEDOUT, call->errbuf);
             continue;
         }
+        if (call->stall_ms && call->is_connected && now - call->last_progress_ms >= call->stall_ms) {
+            snprintf(call->errbuf, sizeof call->errbuf, "only keep-alives received for %u ms",
+                     (unsigned)call->stall_ms);
+            call_finish(call, NX_ETIMEDOUT, call->errbuf);
+            continue;
+        }
         if (!call->idle_ms || now - call->last_data_ms < call->idle_ms) {
             is_any = true;
             continue;
         }
         snprintf(call->errbuf, sizeof call->errbuf,
-                 !call->is_connected ? "no connection to the upstream within %u ms (it did not accept "
-                                       "one, or all http_client.max_host_connections to it are busy)"
-                 : call->is_kept_alive ? "only keep-alives received for %u ms"
-                                       : "nothing received for %u ms",
+                 call->is_connected ? "nothing received for %u ms"
+                                    : "no connection to the upstream within %u ms (it did not accept "
+                                      "one, or all http_client.max_host_connections to it are busy)",
                  (unsigned)call->idle_ms);
         call_finish(call, NX_ETIMEDOUT, call->errbuf);
     }
@@ -747,7 +748,8 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
         c->peak_inflight = c->inflight;
     uv_timer_start(&c->kick, on_kick, 0, 0);
     call->last_data_ms = uv_now(c->loop);
-    call->is_idle_on_progress = o->idle_on_progress && o->idle_timeout_ms;
+    call->last_progress_ms = call->last_data_ms;
+    call->stall_ms = o->idle_timeout_ms ? o->stall_timeout_ms : 0;
     if ((call->idle_ms = o->idle_timeout_ms) && !uv_is_active((uv_handle_t *)&c->idle))
         uv_timer_start(&c->idle, on_idle_tick, IDLE_TICK_MS, IDLE_TICK_MS);
     return call;
@@ -783,10 +785,8 @@ uv_loop_t *nx_http_client_loop(const struct nx_http_client *c)
 
 void nx_http_call_progress(struct nx_http_call *call)
 {
-    if (call) {
-        call->last_data_ms = uv_now(call->client->loop);
-        call->is_kept_alive = false;
-    }
+    if (call)
+        call->last_progress_ms = uv_now(call->client->loop);
 }
 
 size_t nx_http_call_body_held(const struct nx_http_call *call)

@@ -1,7 +1,6 @@
 #ifndef NX_HTTP_CLIENT_H
 #define NX_HTTP_CLIENT_H
 
-#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -61,9 +60,10 @@ struct nx_http_call_opts {
     /* Instead of timeout_ms, for an answer that may stream for long: the call fails when no
      * byte came for this long (to the second), however long it lasts while bytes come. */
     uint32_t idle_timeout_ms;
-    /* With idle_timeout_ms: body bytes are not activity, nx_http_call_progress is (headers still
-     * are), so an answer stalled behind keep-alives (pings, comments) is cut all the same. */
-    bool idle_on_progress;
+    /* With idle_timeout_ms: the call also fails when neither headers nor nx_http_call_progress
+     * came for this long, whatever bytes did: an answer stalled behind keep-alives (pings,
+     * comments) is cut. 0 = never. */
+    uint32_t stall_timeout_ms;
     uint64_t max_response_bytes;          /* 0 = client default */
     const char *proxy;                    /* NULL = client default; "" = none */
     uint32_t follow_redirects;            /* 0 = return 3xx as is; N = follow up to N */
@@ -98,7 +98,7 @@ void nx_http_call_cancel(struct nx_http_call *call);
 /* The call fails (NX_ETIMEDOUT) if it has not ended within ms from now, whatever still arrives
  * (a body kept open after the answer's end, keep-alive comments in it). Once per call. */
 void nx_http_call_end_within(struct nx_http_call *call, uint32_t ms);
-/* The call's answer moved on (idle_on_progress): its idle clock starts again. */
+/* The call's answer moved on: its stall clock (stall_timeout_ms) starts again. */
 void nx_http_call_progress(struct nx_http_call *call);
 /* The bytes of request body the call still holds: a streamed call (on_data) lets it go once the
  * answer's body starts and curl has sent all of it (not when it follows redirects). */

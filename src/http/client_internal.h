@@ -42,8 +42,8 @@ struct nx_http_call {
     uint32_t idle_ms;   /* idle_timeout_ms: the longest silence allowed, 0 = timeout_ms instead */
     uint64_t last_data_ms; /* loop time of the last byte (or of the start, or of the connection) */
     bool is_connected;  /* curl has a connection for it: the idle clock counts silence from here on */
-    bool is_idle_on_progress; /* idle_on_progress: last_data_ms moves on nx_http_call_progress */
-    bool is_kept_alive; /* ...and bytes came since, which did not count */
+    uint32_t stall_ms;  /* stall_timeout_ms: the longest time without progress, 0 = none */
+    uint64_t last_progress_ms; /* loop time of the last nx_http_call_progress (or headers, ...) */
     uint64_t end_by_ms; /* nx_http_call_end_within: loop time it fails by, whatever arrives; 0 none */
     int start_rc;       /* set up failed: reported from the kick timer */
     const char *start_err;

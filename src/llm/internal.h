@@ -73,6 +73,7 @@ struct nx_llm_provider {
     struct nx_http_header *headers; /* extras, owned */
     size_t nheaders;
     uint32_t timeout_ms;
+    uint32_t stall_ms;
     struct nx_breaker breaker;
     struct nx_metric *m_requests;
     struct nx_metric *m_latency;

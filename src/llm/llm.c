@@ -19,6 +19,10 @@
  * type's wire format, send it with the HTTP client, feed the answer (whole or streamed) to the
  * wire's parser and report one nx_llm_result. Retries live in chain.c. */
 
+/* The least time a whole answer (which a reasoning model takes minutes over) and a stream of
+ * keep-alives only are given: the official SDKs' own default timeout. */
+#define NX_LLM_WHOLE_MIN_MS (10u * 60 * 1000)
+
 static const struct {
     const struct nx_llm_type *type;
     const struct nx_llm_wire *wire;
@@ -333,6 +337,9 @@ int nx_llm_provider_new(struct nx_http_client *http, const struct nx_llm_provide
         p->nheaders = conf->nheaders;
     }
     p->timeout_ms = conf->timeout_ms ? conf->timeout_ms : 120000;
+    p->stall_ms = conf->stall_timeout_ms                   ? conf->stall_timeout_ms
+                  : p->timeout_ms > NX_LLM_WHOLE_MIN_MS ? p->timeout_ms
+                                                          : NX_LLM_WHOLE_MIN_MS;
     nx_breaker_init(&p->breaker, conf->breaker);
     p->m_requests = nx_metric_counter("nexo_llm_requests_total",
                                       "LLM attempts by outcome (ok, error, retry, cancelled).", l_pmo);
@@ -403,9 +410,6 @@ static void count_tokens(struct nx_llm_provider *p, const char *model, const str
 }
 
 /* ---- one attempt ----------------------------------------------------------------------- */
-
-/* ...which a reasoning model takes minutes over: the official SDKs' own default. */
-#define NX_LLM_WHOLE_MIN_MS (10u * 60 * 1000)
 
 /* How long a stream's body may stay open after its last event (a keep-alive proxy). */
 #define NX_LLM_STREAM_END_GRACE_MS 1000
@@ -719,7 +723,7 @@ struct nx_llm_call *nx_llm_call_start(struct nx_llm_provider *p, const struct nx
     o.body_len = body.len;
     if (req->stream) { /* a long answer streams for minutes: only a stall ends it */
         o.idle_timeout_ms = p->timeout_ms;
-        o.idle_on_progress = true;
+        o.stall_timeout_ms = p->stall_ms;
     }
     else if (c->wants_text) /* a model that will not stream: nothing comes before its answer, */
         o.timeout_ms = p->timeout_ms > NX_LLM_WHOLE_MIN_MS ? p->timeout_ms : NX_LLM_WHOLE_MIN_MS;

@@ -103,6 +103,7 @@ struct nx_llm_provider_conf {
     const struct nx_http_header *headers; /* extra headers */
     size_t nheaders;
     uint32_t timeout_ms;   /* per request, 0 = 120000 */
+    uint32_t stall_timeout_ms; /* a stream with only keep-alives, 0 = the longer of timeout and 10 min */
     const struct nx_breaker_conf *breaker; /* NULL = defaults (5 failures; 10 s doubling to 120 s) */
 };
 

@@ -110,6 +110,8 @@ static inline void env_cleanup(struct env *e)
     }
 }
 
+static uint32_t provider_stall_ms; /* the next providers' stall_timeout_ms (0: the default) */
+
 static inline struct nx_llm_provider *provider(struct env *e, const char *name, const char *kind,
                                                const char *key, uint32_t timeout_ms,
                                                const struct nx_breaker_conf *bc)
@@ -125,6 +127,7 @@ static inline struct nx_llm_provider *provider(struct env *e, const char *name, 
     c.api_key = key;
     c.base_url = base;
     c.timeout_ms = timeout_ms;
+    c.stall_timeout_ms = provider_stall_ms;
     c.breaker = bc;
     if (nx_llm_provider_new(e->http, &c, &p) != 0)
         abort();
