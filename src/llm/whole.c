@@ -33,11 +33,37 @@ const struct nx_llm_request *nx_llm_as_learnt(const struct nx_llm_provider *p,
     return tmp;
 }
 
+/* An error that names stream_options, in whatever shape: OpenAI's param, a message, pydantic's
+ * loc; not in an "input" (pydantic echoes the request there whatever the error is about). */
+static bool names_options(const json_t *j, int depth)
+{
+    const char *k;
+    json_t *v;
+    size_t i;
+
+    if (json_is_string(j))
+        return strstr(json_string_value(j), "stream_options") != NULL;
+    json_array_foreach(j, i, v)
+        if (depth < 8 && names_options(v, depth + 1))
+            return true;
+    json_object_foreach((json_t *)j, k, v)
+        if (depth < 8 && strcmp(k, "input") != 0 && names_options(v, depth + 1))
+            return true;
+    return false;
+}
+
+static bool refuses_options(const char *body, size_t len)
+{
+    json_t *e = json_loadb(body, len, 0, NULL);
+    bool yes = e ? names_options(e, 0) : memmem(body, len, "stream_options", 14) != NULL;
+    json_decref(e);
+    return yes;
+}
+
 bool nx_llm_note_stream_refusal(struct nx_llm_provider *p, const char *model, long status,
                                 const char *body, size_t len, bool sent_options)
 {
-    if ((status == 400 || status == 422) && sent_options && body &&
-        memmem(body, len, "stream_options", 14)) { /* (the error is about them, whatever its shape) */
+    if ((status == 400 || status == 422) && sent_options && body && refuses_options(body, len)) {
         if (!p->no_stream_options)
             nx_warn("llm", "%s refuses stream_options: its streams are asked for without them from "
                     "now on, and their usage is estimated", p->name);
@@ -92,8 +118,13 @@ bool nx_llm_is_whole_json(const char *s, size_t len)
 void nx_llm_provider_inherit(struct nx_llm_provider *p, const struct nx_llm_provider *old)
 {
     if (!p || !old || p->type != old->type || strcmp(p->name, old->name) != 0 ||
-        strcmp(p->url, old->url) != 0)
+        strcmp(p->url, old->url) != 0 || strcmp(p->api_key, old->api_key) != 0 ||
+        p->nheaders != old->nheaders) /* (a new key, or organization, may be let stream) */
         return;
+    for (size_t i = 0; i < p->nheaders; i++)
+        if (strcmp(p->headers[i].name, old->headers[i].name) != 0 ||
+            strcmp(p->headers[i].value, old->headers[i].value) != 0)
+            return;
     p->no_stream_options |= old->no_stream_options;
     for (size_t i = 0; i < old->nno_stream && p->nno_stream < NX_ARRAY_LEN(p->no_stream); i++)
         if (!nx_llm_refuses_stream(p, old->no_stream[i]))

@@ -37,6 +37,8 @@ Control (no auth):
                                                                   param "stream" (an unverified org's o3)
                      {"refuse_stream_options": true}              OpenAI: a request with stream_options gets
                                                                   Mistral's 422 (its schema forbids extras)
+                     {"reject_echo": true}                        OpenAI: FastAPI's 422 for a field the server
+                                                                  wants, echoing the request in "input" (vLLM)
                      {"stop_reason": "max_tokens"}, {"usage": {...}}, {"model": "..."}
   GET  /_requests  recorded requests: [{"endpoint","method","path","headers","body","t"}]
   POST /_reset     clears the script, the records and the config overrides
@@ -625,6 +627,9 @@ class Handler(BaseHTTPRequestHandler):
         include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage")) and \
             not step.get("no_usage")
         model = step.get("model", body["model"])
+        if step.get("reject_echo"):
+            return self.send_json(422, {"detail": [{"type": "missing", "loc": ["body", "prompt"],
+                                                    "msg": "Field required", "input": body}]})
         if step.get("refuse_stream_options") and "stream_options" in body:
             return self.send_json(422, {"object": "error", "message": {"detail": [{
                 "type": "extra_forbidden", "loc": ["body", "stream_options"], "msg": "Extra inputs are not permitted",

@@ -226,23 +226,54 @@ static void test_chain_server_that_refuses_stream_options(void **state)
     outcome_cleanup(&o);
     memset(&o, 0, sizeof o);
 
-    /* a reload's provider of the same name and URL keeps what was learnt: one request, whole
-     * and without stream_options; one of another name learns it again */
-    for (int same = 1; same >= 0; same--) {
-        struct nx_llm_provider *p2 = provider(&f.e, same ? "no-options-2" : "other", "openai", KEY, 0, NULL);
+    /* a reload's provider of the same name, URL and key keeps what was learnt: one request, whole
+     * and without stream_options; one of another name, or with another key, learns it again */
+    for (int same = 2; same >= 0; same--) {
+        struct nx_llm_provider *p2 = provider(&f.e, same ? "no-options-2" : "other", "openai",
+                                              same == 1 ? "test-key-2" : KEY, 0, NULL);
         nx_llm_provider_inherit(p2, f.p);
         fake_reset();
+        if (same == 1)
+            fake_post("/_config", "{\"key\": \"test-key-2\"}");
         fake_script("[{\"text\": \"kept\", \"refuse_stream\": true, \"refuse_stream_options\": true},"
                     " {\"text\": \"kept\"}]");
         t[0] = (struct nx_llm_target){p2, "o3"};
         run_chain(&f.e, t, 1, &one_attempt, &req, &o);
         assert_int_equal(o.rc, 0);
-        assert_int_equal(nrequests(), same ? 1 : 2);
+        assert_int_equal(nrequests(), same == 2 ? 1 : 2);
         assert_string_equal(nx_buf_cstr(&o.text), "kept");
         outcome_cleanup(&o);
         memset(&o, 0, sizeof o);
         nx_llm_provider_free(p2);
     }
+    one_close(&f);
+}
+
+/* A 422 about something else that echoes the request (stream_options included) in pydantic's
+ * "input" is no refusal of stream_options: failed as it is, nothing learnt. */
+static void test_chain_error_echoing_stream_options(void **state)
+{
+    static const struct nx_llm_retry_conf one_attempt = {1, 10, 2000, 2.0, 0};
+    struct one f;
+    struct outcome o = {0};
+    struct nx_llm_request req = {.model = "served", .temperature = -1, .stream = true};
+    struct nx_llm_target t[1];
+
+    (void)state;
+    one_open(&f, "echo", "openai", KEY, 0, "[{\"reject_echo\": true}, {\"text\": \"fine\"}]", "hi");
+    req.messages = f.msgs;
+    t[0] = (struct nx_llm_target){f.p, "served"};
+    run_chain(&f.e, t, 1, &one_attempt, &req, &o);
+    assert_int_equal(o.http_status, 422);
+    assert_int_equal(nrequests(), 1);
+    outcome_cleanup(&o);
+    memset(&o, 0, sizeof o);
+    run_chain(&f.e, t, 1, &one_attempt, &req, &o);
+    assert_int_equal(o.rc, 0);
+    json_t *reqs = fake_requests();
+    assert_non_null(json_object_get(json_object_get(json_array_get(reqs, 1), "body"), "stream_options"));
+    json_decref(reqs);
+    outcome_cleanup(&o);
     one_close(&f);
 }
 
@@ -697,6 +728,7 @@ int main(void)
         cmocka_unit_test(test_chain_deadline_spares_a_stream_under_way),
         cmocka_unit_test(test_chain_retries_dropped_connection),
         cmocka_unit_test(test_chain_server_that_refuses_stream_options),
+        cmocka_unit_test(test_chain_error_echoing_stream_options),
         cmocka_unit_test(test_chain_model_that_refuses_to_stream),
         cmocka_unit_test(test_chain_stops_at_its_deadline),
         cmocka_unit_test(test_chain_fails_over_to_fallback),
