@@ -303,6 +303,7 @@ static void on_messages(struct nx_http_req *req, void *udata)
     const char *stop_err = NULL;
     const char *user = json_string_value(json_object_get(json_object_get(in, "metadata"), "user_id"));
     const char *input_err = api_session_input_why(req, canon, user);
+    api_cap_cache_marks(req, canon, user);
     json_t *stop = api_stop_sequences(json_object_get(in, "stop_sequences"), 16, &stop_err);
     if (input_err || stop_err || (json_object_get(in, "stop_sequences") && !json_is_null(json_object_get(in,
                      "stop_sequences")) && !json_is_array(json_object_get(in, "stop_sequences")))) {

@@ -90,6 +90,11 @@ void api_error_headers(struct nx_http_req *req, int status, const struct nx_turn
  * or `user`): its last message is not the user's (a blank last message is dropped, and the one
  * before it must not be taken for the new input). NULL when it can. */
 const char *api_session_input_why(const struct nx_http_req *req, const json_t *canon, const char *user);
+/* Anthropic allows 4 cache_control marks a request and the agent sets 2 (its system prompt and
+ * tools): a stateless request keeps its last 2, a session's message none (it is stored, and later
+ * turns would pile them up). */
+#define API_CLIENT_CACHE_MARKS 2
+void api_cap_cache_marks(const struct nx_http_req *req, json_t *canon, const char *user);
 /* HTTP status for a failed turn, as the API of `f` uses them (OpenAI has no 529: 503). */
 int api_status_for(enum api_flavor f, int rc, const struct nx_turn_result *res);
 /* The error `type` for an answer with `status`, in the vocabulary of `f`'s API: a provider's

@@ -50,6 +50,27 @@ char *api_session_key(const struct nx_http_req *req, const char *agent, const ch
     return nx_buf_steal(&b);
 }
 
+/* Counts the marks of blocks[] from the end (tool_result contents too), dropping those past keep. */
+static void cap_marks(json_t *blocks, size_t keep, size_t *seen)
+{
+    for (size_t i = json_array_size(blocks); i-- > 0;) {
+        json_t *b = json_array_get(blocks, i);
+        cap_marks(json_object_get(b, "content"), keep, seen); /* (a tool_result's, else nothing) */
+        if (json_object_get(b, "cache_control") && ++*seen > keep)
+            json_object_del(b, "cache_control");
+    }
+}
+
+void api_cap_cache_marks(const struct nx_http_req *req, json_t *canon, const char *user)
+{
+    size_t len = 0, seen = 0;
+    const char *h = nx_http_req_header(req, "x-nexo-session", &len);
+    size_t keep = (h && len) || (user && *user) ? 0 : API_CLIENT_CACHE_MARKS;
+
+    for (size_t i = json_array_size(canon); i-- > 0;)
+        cap_marks(json_object_get(json_array_get(canon, i), "content"), keep, &seen);
+}
+
 const char *api_session_input_why(const struct nx_http_req *req, const json_t *canon, const char *user)
 {
     size_t len = 0;

@@ -398,6 +398,12 @@ class Handler(BaseHTTPRequestHandler):
         system = body.get("system")
         if isinstance(system, list):
             ncache += sum(1 for b in system if isinstance(b, dict) and "cache_control" in b)
+        def marks(blocks):  # message blocks, and the blocks inside a tool_result's content
+            return sum(("cache_control" in b) + marks(b.get("content") if isinstance(b.get("content"), list) else [])
+                       for b in blocks if isinstance(b, dict))
+        for m in body.get("messages") or []:
+            if isinstance(m, dict) and isinstance(m.get("content"), list):
+                ncache += marks(m["content"])
         for t in body.get("tools") or []:
             if "cache_control" in t:
                 ncache += 1

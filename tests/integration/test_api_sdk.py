@@ -224,6 +224,45 @@ class Sdk(FakePeers, unittest.TestCase):
                 self.assertIn("must be the user's", json.loads(data)["error"]["message"])
         self.assertEqual(len(fake_requests(self.fport)), n)
 
+    def test_a_clients_cache_marks_stay_within_anthropics_four(self):
+        # the agent marks its system prompt and tools (2 of the API's 4): a stateless request keeps
+        # its last 2 marks (a tool_result's inner block counts), a session's message none, so that
+        # stored turns do not pile them up (the fake refuses a 5th, as the API does)
+        cc = {"type": "ephemeral"}
+
+        def marks(body):
+            def count(blocks):
+                return sum(("cache_control" in b) + count(b["content"] if isinstance(b.get("content"), list) else [])
+                           for b in blocks if isinstance(b, dict))
+            n = sum(count(m["content"]) for m in body["messages"] if isinstance(m["content"], list))
+            n += sum("cache_control" in b for b in body.get("system") or [] if isinstance(b, dict))
+            return n + sum("cache_control" in t for t in body.get("tools") or [])
+
+        hdrs = {"Content-Type": "application/json", "x-api-key": TOKEN}
+        msgs = [{"role": "user", "content": [{"type": "text", "text": "look", "cache_control": cc}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "time_now",
+                                                   "input": {}, "cache_control": cc}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                    {"type": "text", "text": "noon", "cache_control": cc}]},
+                    {"type": "text", "text": "and now?", "cache_control": cc}]}]
+        script(self.fport, [{"text": "ok"}])
+        status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(
+            {"model": "tutor", "max_tokens": 10, "messages": msgs}).encode(), headers=hdrs)
+        self.assertEqual(status, 200, data)
+        sent = fake_requests(self.fport)[-1]["body"]
+        self.assertEqual(marks(sent), 4)
+        last = sent["messages"][-1]["content"]
+        self.assertEqual(("cache_control" in last[0]["content"][0], "cache_control" in last[1]), (True, True))
+        self.assertNotIn("cache_control", sent["messages"][0]["content"][0])
+        for i in range(3):
+            script(self.fport, [{"text": "turn %d" % i}])
+            status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(
+                {"model": "tutor", "max_tokens": 10, "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "q%d" % i, "cache_control": cc}]}]}).encode(),
+                headers=dict(hdrs, **{"X-Nexo-Session": "marks"}))
+            self.assertEqual(status, 200, data)
+            self.assertEqual(marks(fake_requests(self.fport)[-1]["body"]), 2, i)
+
     def test_a_body_that_is_json_but_not_an_object(self):
         for path, headers in (("/v1/chat/completions", {"Authorization": "Bearer " + TOKEN}),
                               ("/v1/messages", {"x-api-key": TOKEN})):
