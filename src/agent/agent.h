@@ -95,6 +95,7 @@ struct nx_turn_opts {
     uint32_t max_tokens;           /* 0 = the agent's limit */
     double temperature;            /* < 0 = default */
     const json_t *stop;            /* stop sequences (an array of strings), or NULL */
+    const char *user;              /* the end user the caller names, for the provider's abuse checks */
     enum nx_queue_mode queue_mode;
     void (*on_text)(const char *delta, size_t len, void *udata);
     /* Exactly once, never from inside nx_turn_start. rc 0 or NX_ENOENT (no such agent),

@@ -66,6 +66,7 @@ static void free_turn(struct nx_turn *t)
     json_decref(t->input);
     json_decref(t->late);
     json_decref((json_t *)t->o.stop);
+    free((char *)t->o.user);
     json_decref(t->convo);
     free(t->agent_id);
     free(t->session_key);
@@ -460,6 +461,7 @@ static void call_model(struct nx_turn *t)
         .max_tokens = max_tokens,
         .temperature = t->o.temperature,
         .stop = t->o.stop,
+        .user = t->o.user,
         /* streamed upstream whoever asks: `timeout` then measures silence, where a whole answer
          * that takes longer (a reasoning model's, on a channel) would be cut and asked again */
         .stream = true,
@@ -675,6 +677,7 @@ struct nx_turn *nx_turn_start(struct nx_agents *a, const struct nx_turn_opts *o)
     t->system_extra = o->system_extra ? nx_strdup(o->system_extra) : NULL;
     t->input = o->messages ? json_deep_copy(o->messages) : json_array();
     t->o.stop = o->stop ? json_deep_copy(o->stop) : NULL; /* the turn's own (free_turn) */
+    t->o.user = o->user ? nx_strdup(o->user) : NULL;
     t->o.agent_id = t->agent_id;
     t->o.session_key = t->session_key;
     t->o.channel = t->channel;

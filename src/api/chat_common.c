@@ -435,11 +435,15 @@ void api_start_turn(const struct api_ctx *ctx, struct api_call *c, json_t *canon
         json_decref(canon);
         canon = json_pack("[o]", last);
     }
+    struct nx_buf upstream_user = NX_BUF_INIT; /* (a long one shortened, as a session name is) */
+    if (user && *user)
+        put_session_name(&upstream_user, user, strlen(user));
     struct nx_turn_opts o = {
         .on_tool = c->stream && c->begin ? on_tool : NULL, /* (keep-alive every c->keepalive_ms) */
         .agent_id = c->model,
         .session_key = session,
         .channel = "http",
+        .user = upstream_user.len ? nx_buf_cstr(&upstream_user) : NULL,
         .messages = canon,
         .system_extra = system && *system ? system : NULL,
         .max_tokens = max_tokens > 0 && max_tokens <= API_MAX_TOKENS ? (uint32_t)max_tokens : 0,
@@ -454,5 +458,6 @@ void api_start_turn(const struct api_ctx *ctx, struct api_call *c, json_t *canon
     c->stop = NULL;
     nx_http_req_on_abort(c->req, on_abort, c);
     free(session);
+    nx_buf_cleanup(&upstream_user);
     json_decref(canon);
 }

@@ -354,6 +354,22 @@ class Sdk(FakePeers, unittest.TestCase):
         texts = [b.get("text") for m in last for b in (m["content"] if isinstance(m["content"], list)
                                                        else [{"text": m["content"]}])]
         self.assertEqual(texts, ["one", "first answer", "two"])
+        self.assertEqual(reqs[-1]["body"].get("metadata"), {"user_id": "alice"})  # the end user, upstream
+
+    def test_the_end_user_reaches_the_provider(self):
+        # as the caller names it; a long name shortened as a session name is (the APIs cap it)
+        long_name = "u" * 300
+        for user, want in (("bob", "bob"), (long_name, None)):
+            script(self.fport, [{"text": "hi"}])
+            status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(
+                {"model": "gpt", "user": user, "messages": [{"role": "user", "content": "q"}]}).encode(),
+                headers={"Content-Type": "application/json", "Authorization": "Bearer " + TOKEN})
+            self.assertEqual(status, 200, data)
+            sent = fake_requests(self.fport)[-1]["body"]["user"]
+            if want:
+                self.assertEqual(sent, want)
+            else:
+                self.assertTrue(sent.startswith("u" * 200 + "~") and len(sent) == 225, sent)
 
 
 if __name__ == "__main__":
