@@ -84,7 +84,7 @@ static void free_turn(struct nx_turn *t)
 
 static void answer(struct nx_turn *t, int rc, const struct nx_turn_result *res)
 {
-    const char *agent = t->agent_id;
+    const char *agent = t->agent ? t->agent_id : "(unknown)"; /* (series for agents that exist) */
     const char *outcome = rc == 0 ? "ok" : rc == NX_ECANCELED ? "cancelled" : "error";
     const char *const lv[] = {agent, outcome};
     nx_counter_add(m_turns, lv, 1);
@@ -96,7 +96,6 @@ static void answer(struct nx_turn *t, int rc, const struct nx_turn_result *res)
         nx_log_context_swap(prev);
     }
 }
-
 
 static void finish(struct nx_turn *t, int rc)
 {
@@ -132,14 +131,15 @@ static void finish(struct nx_turn *t, int rc)
         res.error_type = "cancelled";
         res.error_message = "the turn was cancelled";
     }
-    const char *const tin[] = {t->agent_id, "input"}, *const tout[] = {t->agent_id, "output"};
-    const char *const tcr[] = {t->agent_id, "cache_read"}, *const tcw[] = {t->agent_id, "cache_write"};
+    const char *ag = t->agent ? t->agent_id : "(unknown)";
+    const char *const tin[] = {ag, "input"}, *const tout[] = {ag, "output"};
+    const char *const tcr[] = {ag, "cache_read"}, *const tcw[] = {ag, "cache_write"};
     nx_counter_add(m_tokens, tin, (double)t->usage.input_tokens);
     nx_counter_add(m_tokens, tout, (double)t->usage.output_tokens);
     nx_counter_add(m_tokens, tcr, (double)t->usage.cache_read_tokens); /* (the budget counts them) */
     nx_counter_add(m_tokens, tcw, (double)t->usage.cache_write_tokens);
     budget_charge(t, t->answers ? turn_count_tokens(t) : 0); /* (the estimate: for no reported usage) */
-    const char *const lat[] = {t->agent_id};
+    const char *const lat[] = {ag};
     nx_histogram_observe(m_latency, lat, (double)(nx_mono_ns() - t->started_ns) / 1e9);
 
     /* A turn that ended early keeps what it got to: the caller's message when it was cancelled

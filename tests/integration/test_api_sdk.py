@@ -193,6 +193,11 @@ class Sdk(FakePeers, unittest.TestCase):
                                                       "Authorization": "Bearer " + TOKEN})
             self.assertEqual(status, 404, data)
             self.assertIn("no agent", json.loads(data)["error"]["message"])
+        # no metric series of its own: a client cannot grow the exposition without bound
+        _, metrics, _ = self.n.request("GET", "/metrics", listener="metrics",
+                                       headers={"Authorization": "Bearer " + TOKEN})
+        self.assertNotIn("é" * 10, metrics.decode())
+        self.assertIn('nexo_agent_turns_total{agent="(unknown)",outcome="error"}', metrics.decode())
 
     def test_blank_text_from_an_openai_client_does_not_reach_a_claude_model(self):
         # "" and white space are fine to OpenAI and refused by the Messages API: dropped, and
