@@ -388,6 +388,11 @@ struct nx_config *nx_config_ref(struct nx_config *c);
 void nx_config_unref(struct nx_config *c);
 
 const struct nx_gateway_conf *nx_config_gateway(const struct nx_config *c);
+struct nx_buf;
+/* The files read from disk whose path starts with one of prefixes (NULL-terminated) and that
+ * differ between a and b (changed, added or removed), appended to out as "x, y"; their count. */
+size_t nx_config_changed(const struct nx_config *a, const struct nx_config *b,
+                         const char *const *prefixes, struct nx_buf *out);
 /* The directory it came from, or NULL for the embedded defaults. */
 const char *nx_config_dir(const struct nx_config *c);
 /* The values of secret-named keys (api_key, auth_token, *_secret, Authorization, ...) in every

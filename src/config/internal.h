@@ -21,6 +21,11 @@ struct nx_config {
     size_t n_plugins;
     char **secrets; /* values of secret-named keys in every file, NULL-terminated (or NULL) */
     size_t n_secrets;
+    struct nx_conf_source {
+        char *rel;     /* "mcp.yaml", "plugins/telegram.yaml" */
+        uint64_t hash; /* of its text (FNV-1a) */
+    } *sources;        /* every file read, for nx_config_changed */
+    size_t n_sources;
 };
 
 /* A zeroed snapshot with one reference. */

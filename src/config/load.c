@@ -82,6 +82,14 @@ static int read_source(struct loader *L, const char *rel, const char *display, s
         rc = NX_EIO;
     }
     fclose(f);
+    if (rc > 0) {
+        struct nx_config *c = L->cfg;
+        uint64_t h = 14695981039346656037ull;
+        for (size_t i = 0; i < out->len; i++)
+            h = (h ^ (unsigned char)out->data[i]) * 1099511628211ull;
+        c->sources = nx_realloc(c->sources, (c->n_sources + 1) * sizeof *c->sources);
+        c->sources[c->n_sources++] = (struct nx_conf_source){nx_strdup(rel), h};
+    }
     return rc;
 }
 

@@ -5,6 +5,7 @@
 #include "config/internal.h"
 #include "config/schema.h"
 #include "config/tables.h"
+#include "core/buf.h"
 #include "core/alloc.h"
 #include "core/redact.h"
 
@@ -34,6 +35,9 @@ void nx_config_destroy(struct nx_config *c)
     }
     free(c->plugins);
     nx_strv_free(c->secrets);
+    for (size_t i = 0; i < c->n_sources; i++)
+        free(c->sources[i].rel);
+    free(c->sources);
     free(c->dir);
     free(c);
 }
@@ -49,6 +53,46 @@ void nx_config_unref(struct nx_config *c)
 {
     if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1)
         nx_config_destroy(c);
+}
+
+static bool has_prefix(const char *rel, const char *const *prefixes)
+{
+    for (; *prefixes; prefixes++)
+        if (strncmp(rel, *prefixes, strlen(*prefixes)) == 0)
+            return true;
+    return false;
+}
+
+/* The hash of rel's text in c, or 0 when c read no such file. */
+static uint64_t source_hash(const struct nx_config *c, const char *rel)
+{
+    for (size_t i = 0; i < c->n_sources; i++)
+        if (strcmp(c->sources[i].rel, rel) == 0)
+            return c->sources[i].hash | 1; /* (never 0) */
+    return 0;
+}
+
+static size_t add_changed(const struct nx_config *a, const struct nx_config *b,
+                          const char *const *prefixes, bool both_ways, struct nx_buf *out)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < a->n_sources; i++) {
+        const char *rel = a->sources[i].rel;
+        uint64_t hb = source_hash(b, rel);
+        if (!has_prefix(rel, prefixes) || (!both_ways && hb) || hb == (a->sources[i].hash | 1))
+            continue;
+        nx_buf_printf(out, "%s%s", out->len ? ", " : "", rel);
+        n++;
+    }
+    return n;
+}
+
+size_t nx_config_changed(const struct nx_config *a, const struct nx_config *b,
+                         const char *const *prefixes, struct nx_buf *out)
+{
+    /* a's files that b lacks or has otherwise, then b's that a lacks */
+    return add_changed(a, b, prefixes, true, out) + add_changed(b, a, prefixes, false, out);
 }
 
 const struct nx_gateway_conf *nx_config_gateway(const struct nx_config *c)

@@ -46,6 +46,31 @@ class Reload(unittest.TestCase):
             finally:
                 n.cleanup()
 
+    def test_files_applied_at_restart_are_named_when_they_change(self):
+        # the bus, MCP servers and channels are set up at start: a reload says so, and names the
+        # files; one that changed nothing of them says nothing
+        with tempfile.TemporaryDirectory() as cfg:
+            write_config(cfg, {"mcp.yaml": "mcp:\n  enabled: false\n"})
+            n = Nexo(config_dir=cfg)
+            try:
+                n.start()
+                write_config(cfg, {"gateway.yaml": "limits: {stream_keepalive: 10s}\n"})
+                n.signal(signal.SIGHUP)
+                n.wait_log(r"configuration reloaded")
+                self.assertNotIn("next restart", n.read_log())
+                write_config(cfg, {"mcp.yaml": "mcp:\n  enabled: true\n",
+                                   "broker.yaml": "broker:\n  type: local\n"})
+                n.signal(signal.SIGHUP)
+                n.wait_log(r"configuration reloaded from .*\n(.|\n)*configuration reloaded")
+                self.assertRegex(n.read_log(), r"(broker\.yaml, mcp\.yaml|mcp\.yaml, broker\.yaml) changed: "
+                                               r"applied at the next restart")
+                os.unlink(os.path.join(cfg, "mcp.yaml"))
+                n.signal(signal.SIGHUP)
+                n.wait_log(r"mcp\.yaml changed: applied at the next restart")
+                self.assertEqual(n.stop(), 0)
+            finally:
+                n.cleanup()
+
     def test_a_removed_provider_or_agent_leaves_the_gauges(self):
         # Gauges state what is now: a provider gone from llm.yaml no longer shows a breaker
         # state, an agent gone (or without a budget now) no longer shows a budget left; those
