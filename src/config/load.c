@@ -47,6 +47,17 @@ static void loader_error(struct loader *L, const char *file, const char *what, c
     L->errors++;
 }
 
+/* Remembers that rel was read, and a digest of its text (nx_config_changed). */
+static void add_source(struct nx_config *c, const char *rel, const struct nx_buf *text)
+{
+    uint64_t h = 14695981039346656037ull; /* FNV-1a */
+
+    for (size_t i = 0; i < text->len; i++)
+        h = (h ^ (unsigned char)text->data[i]) * 1099511628211ull;
+    c->sources = nx_realloc(c->sources, (c->n_sources + 1) * sizeof *c->sources);
+    c->sources[c->n_sources++] = (struct nx_conf_source){nx_strdup(rel), h};
+}
+
 /* Reads `rel` into out. Returns 1 when read, 0 when absent, <0 after reporting. */
 static int read_source(struct loader *L, const char *rel, const char *display, struct nx_buf *out)
 {
@@ -82,14 +93,8 @@ static int read_source(struct loader *L, const char *rel, const char *display, s
         rc = NX_EIO;
     }
     fclose(f);
-    if (rc > 0) {
-        struct nx_config *c = L->cfg;
-        uint64_t h = 14695981039346656037ull;
-        for (size_t i = 0; i < out->len; i++)
-            h = (h ^ (unsigned char)out->data[i]) * 1099511628211ull;
-        c->sources = nx_realloc(c->sources, (c->n_sources + 1) * sizeof *c->sources);
-        c->sources[c->n_sources++] = (struct nx_conf_source){nx_strdup(rel), h};
-    }
+    if (rc > 0)
+        add_source(L->cfg, rel, out);
     return rc;
 }
 
@@ -398,6 +403,19 @@ static int load(struct loader *L, struct nx_config **out)
     load_file(L, "mcp.yaml", &nx_conf_mcp_file, &c->mcp, NULL, NULL);
     load_agents(L);
     load_plugins(L);
+    if (L->use_disk) { /* the MCP server's (mcp/server_conf.c, which reports its errors): a digest */
+        struct nx_buf text = NX_BUF_INIT;
+        char *path = display_path(L, "mcp_server.yaml"), chunk[4096];
+        FILE *f = fopen(path, "rb");
+        for (size_t n; f && (n = fread(chunk, 1, sizeof chunk, f)) > 0 && text.len < CONF_MAX_FILE;)
+            nx_buf_append(&text, chunk, n);
+        if (f && !ferror(f))
+            add_source(c, "mcp_server.yaml", &text);
+        if (f)
+            fclose(f);
+        free(path);
+        nx_buf_cleanup(&text);
+    }
     if (L->errors)
         rc = NX_ECONFIG;
 out:

@@ -216,11 +216,12 @@ static void reload_done(uv_work_t *w, int status)
             nx_counter_add(d->m_reloads, err_label, 1);
             nx_config_unref(r->cfg);
         } else {
-            static const char *const at_restart[] = {"broker.yaml", "mcp.yaml", "plugins/", NULL};
+            static const char *const at_restart[] = {"broker.yaml", "mcp.yaml", "mcp_server.yaml",
+                                                     "plugins/", NULL};
             struct nx_buf changed = NX_BUF_INIT;
             if (nx_config_changed(d->cfg, r->cfg, at_restart, &changed))
                 nx_warn("config", "%s changed: applied at the next restart (the bus, MCP servers and "
-                        "channels are set up at start)", nx_buf_cstr(&changed));
+                        "channels, and /mcp, are set up at start)", nx_buf_cstr(&changed));
             nx_buf_cleanup(&changed);
             nx_config_unref(d->cfg);
             d->cfg = r->cfg;

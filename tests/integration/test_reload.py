@@ -65,8 +65,9 @@ class Reload(unittest.TestCase):
                 self.assertRegex(n.read_log(), r"(broker\.yaml, mcp\.yaml|mcp\.yaml, broker\.yaml) changed: "
                                                r"applied at the next restart")
                 os.unlink(os.path.join(cfg, "mcp.yaml"))
+                write_config(cfg, {"mcp_server.yaml": "enabled: false\n"})
                 n.signal(signal.SIGHUP)
-                n.wait_log(r"mcp\.yaml changed: applied at the next restart")
+                n.wait_log(r"mcp\.yaml, mcp_server\.yaml changed: applied at the next restart")
                 self.assertEqual(n.stop(), 0)
             finally:
                 n.cleanup()
