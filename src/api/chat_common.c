@@ -305,8 +305,8 @@ int api_status_for(enum api_flavor f, int rc, const struct nx_turn_result *res)
     const char *type = res && res->error_type ? res->error_type : "";
     if (strcmp(type, "budget_exceeded") == 0)
         return 429;
-    if (rc == NX_ENOENT)
-        return 404;
+    if (rc == NX_ENOENT && !(res && res->http_status))
+        return 404; /* no such agent (the provider's 404, a model it lacks, is the gateway's fault) */
     if (rc == NX_EBUSY)
         return 429;
     if (rc == NX_ECANCELED)

@@ -372,6 +372,14 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
         r->fn(nx_httpsrv_rec_attach(srv, c, req), r->udata);
         return 0;
     }
+    if (plen >= 4 && memcmp(path, "/v1/", 4) == 0) { /* the APIs' ids, as their own answers have */
+        char id[40];
+        nx_http_random_id(id, sizeof id, "req_");
+        h2o_iovec_t v = h2o_strdup(&req->pool, id, SIZE_MAX);
+        h2o_headers_t *h = &req->res.headers;
+        h2o_add_header_by_str(&req->pool, h, H2O_STRLIT("x-request-id"), 0, NULL, v.base, v.len);
+        h2o_add_header_by_str(&req->pool, h, H2O_STRLIT("request-id"), 0, NULL, v.base, v.len);
+    }
     if (path_seen) {
         /* Allow: the methods of the routes on this path */
         char allow[128];

@@ -81,6 +81,14 @@ class Sdk(FakePeers, unittest.TestCase):
             else:
                 self.assertEqual(body["error"]["code"], "invalid_api_key")
 
+    def test_a_path_or_method_the_api_lacks_has_a_request_id(self):
+        for method, path, want in (("POST", "/v1/embeddings", 404), ("GET", "/v1/messages", 405),
+                                   ("GET", "/v1/chat/completions", 405)):
+            status, _, h = self.n.request(method, path, headers={"Authorization": "Bearer " + TOKEN})
+            self.assertEqual(status, want, path)
+            self.assertRegex(h.get("x-request-id", ""), r"^req_", (path, h))
+            self.assertEqual(h.get("request-id"), h.get("x-request-id"))
+
     def test_either_credential_is_enough(self):
         body = json.dumps({"model": "kate", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
         for headers, want in (({"x-api-key": TOKEN, "Authorization": "Bearer proxy-token"}, 200),
@@ -99,6 +107,16 @@ class Sdk(FakePeers, unittest.TestCase):
         r = node("openai_chat.cjs", self.url + "/v1", TOKEN, "nobody", "chat")
         self.assertEqual(r["error"]["status"], 404)
         self.assertEqual(r["error"]["code"], "model_not_found")
+        # the provider not knowing the agent's model is the gateway's failure (502), not the
+        # caller's unknown model
+        for path, hdrs in (("/v1/chat/completions", {"Authorization": "Bearer " + TOKEN}),
+                           ("/v1/messages", {"x-api-key": TOKEN})):
+            script(self.fport, [{"error": {"status": 404, "type": "not_found_error", "message": "model: x"}}])
+            status, data, _ = self.n.request("POST", path, body=json.dumps(
+                {"model": "kate", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}).encode(),
+                headers=dict(hdrs, **{"Content-Type": "application/json"}))
+            self.assertEqual(status, 502, (path, data))
+            self.assertNotIn("model_not_found", data.decode())
         # the provider refusing the request is the caller's 400, not a gateway 502 (which the
         # SDKs would retry), and nexo does not retry it either
         script(self.fport, [{"error": {"status": 400, "type": "invalid_request_error",
@@ -106,7 +124,7 @@ class Sdk(FakePeers, unittest.TestCase):
         r = node("openai_chat.cjs", self.url + "/v1", TOKEN, "kate", "chat")
         self.assertEqual(r["error"]["status"], 400, r)
         self.assertEqual(r["error"]["name"], "BadRequestError")
-        self.assertEqual(len(fake_requests(self.fport)), 1)
+        self.assertEqual(len(fake_requests(self.fport)), 3)  # (the two 404s, each asked once)
         # what nexo cannot honour is refused, not ignored
         for extra, param in (({"n": 2}, "n:"), ({"temperature": 7}, "temperature:"),
                              ({"response_format": {"type": "json_object"}}, "response_format:"),
