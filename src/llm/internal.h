@@ -96,6 +96,14 @@ const struct nx_llm_request *nx_llm_as_learnt(const struct nx_llm_provider *p,
 bool nx_llm_note_stream_refusal(struct nx_llm_provider *p, const char *model, long status,
                                 const char *body, size_t len, bool sent_options);
 void nx_llm_pass_text(const json_t *message, nx_llm_text_fn fn, void *udata);
+/* Where a JSON text's outermost object or array closes, found as its bytes come (strings and
+ * their escapes skipped): each byte is looked at once, however the text is cut. */
+struct nx_json_end {
+    unsigned depth;
+    bool in_str, esc, is_closed;
+};
+/* Feeds bytes; true once the outermost braces have closed (then parse the text to be sure). */
+bool nx_llm_json_end_feed(struct nx_json_end *e, const char *p, size_t n);
 /* s is one whole JSON object, maybe followed by white space. */
 bool nx_llm_is_whole_json(const char *s, size_t len);
 void nx_llm_no_stream_free(struct nx_llm_provider *p);

@@ -436,6 +436,7 @@ struct single {
     bool is_stream_refused; /* 400, param "stream"; or stream_options refused (whole.c) */
     bool sent_options;      /* stream_options were asked for */
     struct nx_buf plain;  /* that answer */
+    struct nx_json_end plain_end;
     uint64_t t0_ns;
     uv_timer_t *defer; /* a call that failed before it went out completes from here */
     uint64_t log_ctx;  /* the caller's: the deferred completion runs in it */
@@ -491,7 +492,9 @@ static int on_data(const char *data, size_t len, long status, void *udata)
     if (c->is_plain) {
         nx_http_call_progress(c->http);
         nx_buf_append(&c->plain, data, len);
-        if (!c->is_stream_ended && c->http && nx_llm_is_whole_json(c->plain.data, c->plain.len)) {
+        if (!c->is_stream_ended && c->http && !c->plain_end.is_closed && /* (one parse, once) */
+            nx_llm_json_end_feed(&c->plain_end, data, len) &&
+            nx_llm_is_whole_json(c->plain.data, c->plain.len)) {
             c->is_stream_ended = true; /* the body left open after it: as a stream's end, below */
             nx_http_call_end_within(c->http, NX_LLM_STREAM_END_GRACE_MS);
         }

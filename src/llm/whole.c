@@ -102,6 +102,24 @@ void nx_llm_pass_text(const json_t *message, nx_llm_text_fn fn, void *udata)
     }
 }
 
+bool nx_llm_json_end_feed(struct nx_json_end *e, const char *p, size_t n)
+{
+    for (size_t i = 0; i < n && !e->is_closed; i++) {
+        char ch = p[i];
+        if (e->in_str) {
+            e->in_str = e->esc || ch != '"';
+            e->esc = !e->esc && ch == '\\';
+        } else if (ch == '"') {
+            e->in_str = true;
+        } else if (ch == '{' || ch == '[') {
+            e->depth++;
+        } else if ((ch == '}' || ch == ']') && e->depth) {
+            e->is_closed = --e->depth == 0;
+        }
+    }
+    return e->is_closed;
+}
+
 bool nx_llm_is_whole_json(const char *s, size_t len)
 {
     json_t *j;

@@ -571,6 +571,30 @@ static void test_openai_reasoning_models_get_max_completion_tokens(void **state)
     json_decref(msgs);
 }
 
+/* A whole answer's end is found byte by byte, however it is cut: braces and quotes inside its
+ * strings (escaped ones too) are text, and only the outermost close ends it. */
+static void test_json_end_found_as_bytes_come(void **state)
+{
+    static const char text[] = " {\"a\":\"}\\\"{]\",\"b\":[1,{\"c\":\"\\\\\"}],\"d\":{}} ";
+    size_t end = strrchr(text, '}') - text;
+
+    (void)state;
+    for (size_t cut = 1; cut <= 4; cut++) { /* fed 1, 2, 3, 4 bytes at a time */
+        struct nx_json_end e = {0};
+        size_t i;
+        for (i = 0; i < sizeof text - 1; i += cut) {
+            size_t n = i + cut > sizeof text - 1 ? sizeof text - 1 - i : cut;
+            if (nx_llm_json_end_feed(&e, text + i, n))
+                break;
+        }
+        assert_true(e.is_closed);
+        assert_int_equal(i / cut, end / cut); /* not before the chunk holding the last brace */
+    }
+    assert_true(nx_llm_is_whole_json(text, sizeof text - 1));
+    struct nx_json_end open = {0};
+    assert_false(nx_llm_json_end_feed(&open, text, end)); /* all but the last brace */
+}
+
 static void test_openai_stream_answered_whole(void **state)
 {
     (void)state;
@@ -616,6 +640,7 @@ int main(void)
         cmocka_unit_test(test_openai_servers_other_than_openai),
         cmocka_unit_test(test_openai_reasoning_models_get_max_completion_tokens),
         cmocka_unit_test(test_openai_stream_ended_then_cut),
+        cmocka_unit_test(test_json_end_found_as_bytes_come),
         cmocka_unit_test(test_openai_stream_answered_whole),
         cmocka_unit_test(test_openai_body_same_with_fragment_cache),
         cmocka_unit_test(test_openai_answers_text_whole),
