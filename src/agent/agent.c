@@ -197,6 +197,45 @@ static bool holds_private_dir(const char *agent, const char *ws, const char *con
     return false;
 }
 
+/* A file the configuration reads through ${file:} (an API key, often) inside a workspace would
+ * be the agent's to read and send away. */
+static bool holds_file_ref(const char *agent, const char *ws, const char *const *refs)
+{
+    for (; *refs; refs++) {
+        char real[PATH_MAX];
+        if (holds(ws, *refs, real)) {
+            nx_error("agent", "agent %s: workspace %s holds %s, which the configuration reads through "
+                              "${file:}: its file tools are off, or they could read it; keep such files out "
+                              "of every workspace", agent, ws, real);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Agents are isolated: one whose workspace holds another's (its identity files, its memory)
+ * would read and rewrite them, so its file tools are off. The same directory for two agents is
+ * a choice, and their identity files are protected for both. */
+static void check_nested_workspaces(struct generation *g)
+{
+    for (size_t i = 0; i < g->nagents; i++) {
+        struct agent_rt *rt = &g->agents[i];
+        for (size_t j = 0; j < g->nagents && rt->workspace; j++) {
+            const char *other = g->agents[j].ws ? ws_cache_dir(g->agents[j].ws) : NULL;
+            char real[PATH_MAX];
+            if (j == i || !other || strcmp(other, ws_cache_dir(rt->ws)) == 0 ||
+                !holds(rt->workspace, other, real))
+                continue;
+            nx_error("agent", "agent %s: workspace %s holds agent %s's (%s): its file tools are off, or "
+                              "they could rewrite that agent's identity files and read its memory; give "
+                              "each agent a directory of its own", rt->conf->id, rt->workspace,
+                     g->agents[j].conf->id, other);
+            free(rt->workspace);
+            rt->workspace = NULL;
+        }
+    }
+}
+
 static void build_agent(struct generation *g, struct agent_rt *rt, const struct nx_agent_conf *ac,
                         const char *data_dir)
 {
@@ -233,7 +272,8 @@ static void build_agent(struct generation *g, struct agent_rt *rt, const struct 
     rt->workspace = resolve_workspace(g->cfg, ac->workspace);
     rt->ws = rt->workspace ? ws_cache_new(rt->workspace) : NULL;
     const char *private_dirs[] = {nx_config_dir(g->cfg), data_dir};
-    if (rt->workspace && holds_private_dir(ac->id, rt->workspace, private_dirs, 2)) {
+    if (rt->workspace && (holds_private_dir(ac->id, rt->workspace, private_dirs, 2) ||
+                          holds_file_ref(ac->id, rt->workspace, nx_config_file_refs(g->cfg)))) {
         free(rt->workspace); /* (the file tools' workspace: none, so they refuse) */
         rt->workspace = NULL;
     }
@@ -252,6 +292,7 @@ static struct generation *gen_new(struct nx_agents *a, struct nx_config *cfg)
     g->agents = nx_calloc(g->nagents + 1, sizeof *g->agents);
     for (size_t i = 0; i < g->nagents; i++)
         build_agent(g, &g->agents[i], &acs[i], a->data_dir);
+    check_nested_workspaces(g);
     return g;
 }
 

@@ -201,6 +201,7 @@ void budgets_free(struct nx_agents *a);
 /* workspace.c: IDENTITY.md, SOUL.md, USER.md, AGENTS.md, MEMORY.md */
 struct ws_cache *ws_cache_new(const char *dir);
 void ws_cache_free(struct ws_cache *c);
+const char *ws_cache_dir(const struct ws_cache *c); /* the workspace (a real path) */
 /* The files' text with headings ("" when none), re-read when one changed. Valid until the next
  * call. */
 const char *ws_cache_text(struct ws_cache *c);

@@ -46,6 +46,11 @@ struct ws_cache *ws_cache_new(const char *dir)
     return c;
 }
 
+const char *ws_cache_dir(const struct ws_cache *c)
+{
+    return c->dir;
+}
+
 void ws_cache_free(struct ws_cache *c)
 {
     if (!c)

@@ -395,6 +395,9 @@ size_t nx_config_changed(const struct nx_config *a, const struct nx_config *b,
                          const char *const *prefixes, struct nx_buf *out);
 /* The directory it came from, or NULL for the embedded defaults. */
 const char *nx_config_dir(const struct nx_config *c);
+/* The real paths of the files the configuration read through ${file:} (secrets, often):
+ * NULL-terminated, never NULL. */
+const char *const *nx_config_file_refs(const struct nx_config *c);
 /* The values of secret-named keys (api_key, auth_token, *_secret, Authorization, ...) in every
  * file, placeholders resolved; NULL-terminated, never NULL. */
 const char *const *nx_config_secrets(const struct nx_config *c);

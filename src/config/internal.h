@@ -26,6 +26,7 @@ struct nx_config {
         uint64_t hash; /* of its text (FNV-1a) */
     } *sources;        /* every file read, for nx_config_changed */
     size_t n_sources;
+    char **file_refs; /* real paths of the ${file:} read, NULL-terminated */
 };
 
 /* A zeroed snapshot with one reference. */

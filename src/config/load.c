@@ -24,6 +24,7 @@ struct loader {
     struct nx_diags *diags;
     struct nx_config *cfg;
     struct nx_conf_state state;
+    struct nx_buf file_refs; /* ${file:} paths, NUL-separated */
     int errors;
 };
 
@@ -144,7 +145,8 @@ static int load_file(struct loader *L, const char *rel, const struct nx_conf_str
     struct nx_buf data = NX_BUF_INIT;
     struct nx_cnode *root = NULL;
     char *display = display_path(L, rel);
-    struct nx_conf_ctx ctx = {.diags = L->diags, .file = display, .dir = L->dir, .user = &L->state};
+    struct nx_conf_ctx ctx = {.diags = L->diags, .file = display, .dir = L->dir, .user = &L->state,
+                               .file_refs = &L->file_refs};
     int present;
 
     size_t first_diag = L->diags->n;
@@ -337,7 +339,8 @@ static void load_plugins(struct loader *L)
         size_t first_diag = L->diags->n;
         nx_buf_printf(&rel, "plugins/%s", names[i]);
         char *display = display_path(L, rel.data);
-        struct nx_conf_ctx ctx = {.diags = L->diags, .file = display, .dir = L->dir, .user = &L->state};
+        struct nx_conf_ctx ctx = {.diags = L->diags, .file = display, .dir = L->dir, .user = &L->state,
+                                  .file_refs = &L->file_refs};
         if (read_source(L, rel.data, display, &data) > 0 &&
             nx_cnode_parse_yaml(&ctx, data.data ? data.data : "", data.len, &root) == 0) {
             json_t *j = nx_cnode_to_json(&ctx, root);
@@ -416,6 +419,13 @@ static int load(struct loader *L, struct nx_config **out)
         free(path);
         nx_buf_cleanup(&text);
     }
+    c->file_refs = nx_calloc(1, sizeof *c->file_refs);
+    for (size_t at = 0, n = 0; at < L->file_refs.len; at += strlen(L->file_refs.data + at) + 1) {
+        c->file_refs = nx_realloc(c->file_refs, (n + 2) * sizeof *c->file_refs);
+        c->file_refs[n++] = nx_strdup(L->file_refs.data + at);
+        c->file_refs[n] = NULL;
+    }
+    nx_buf_cleanup(&L->file_refs);
     if (L->errors)
         rc = NX_ECONFIG;
 out:

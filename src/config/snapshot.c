@@ -38,6 +38,7 @@ void nx_config_destroy(struct nx_config *c)
     for (size_t i = 0; i < c->n_sources; i++)
         free(c->sources[i].rel);
     free(c->sources);
+    nx_strv_free(c->file_refs);
     free(c->dir);
     free(c);
 }
@@ -93,6 +94,12 @@ size_t nx_config_changed(const struct nx_config *a, const struct nx_config *b,
 {
     /* a's files that b lacks or has otherwise, then b's that a lacks */
     return add_changed(a, b, prefixes, true, out) + add_changed(b, a, prefixes, false, out);
+}
+
+const char *const *nx_config_file_refs(const struct nx_config *c)
+{
+    static const char *const none[] = {NULL};
+    return c->file_refs ? (const char *const *)c->file_refs : none;
 }
 
 const struct nx_gateway_conf *nx_config_gateway(const struct nx_config *c)

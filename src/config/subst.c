@@ -1,6 +1,7 @@
 /* ${VAR}, ${VAR:-default}, ${VAR-default}, ${file:path} and $${ in scalar values. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -106,6 +107,9 @@ static int subst_file(struct nx_conf_ctx *ctx, const struct nx_cnode *at, const 
         rc = NX_ECONFIG;
     } else {
         size_t n = data.len;
+        char real[PATH_MAX];
+        if (ctx->file_refs && realpath(nx_buf_cstr(&full), real)) /* (agent workspaces must not hold it) */
+            nx_buf_append(ctx->file_refs, real, strlen(real) + 1);
         while (n > 0 && (data.data[n - 1] == ' ' || data.data[n - 1] == '\t' || data.data[n - 1] == '\n' ||
                          data.data[n - 1] == '\r'))
             n--;

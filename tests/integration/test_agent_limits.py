@@ -64,6 +64,11 @@ class Limits(FakePeers, unittest.TestCase):
         cls.start_peers()
         cls.outside = tempfile.TemporaryDirectory()
         base = "http://127.0.0.1:%d" % cls.fport
+        out = cls.outside.name
+        os.makedirs(os.path.join(out, "team", "inner"))
+        os.makedirs(os.path.join(out, "keys"))
+        with open(os.path.join(out, "keys", "prov.key"), "w") as f:
+            f.write("sk-file-key-from-disk\n")
         write_config(cls.cfg.name, {
             "llm.yaml": ("providers:\n"
                          "  anthropic: {api_key: sk-fake-key, base_url: %s}\n"
@@ -71,9 +76,10 @@ class Limits(FakePeers, unittest.TestCase):
                          "  flaky:\n"
                          "    kind: anthropic\n    api_key: sk-fake-key\n    base_url: %s\n"
                          "    circuit_breaker: {failure_threshold: 2, open_secs: 1}\n"
+                         "  filekey: {kind: anthropic, api_key: \"${file:%s/keys/prov.key}\", base_url: %s}\n"
                          "circuit_breaker: {failure_threshold: 50, open_secs: 30}\n"
                          "retry: {max_attempts: 1, initial_backoff_ms: 10, max_backoff_ms: 50}\n")
-                        % (base, base, base),
+                        % (base, base, base, out, base),
             "agents.yaml": AGENTS,
         })
         ws = os.path.join(cls.cfg.name, "ws")
@@ -92,6 +98,11 @@ class Limits(FakePeers, unittest.TestCase):
         with open(os.path.join(cls.cfg.name, "agents.yaml"), "a") as f:
             f.write("  - id: nosy_data\n    model: {provider: anthropic, model: claude-haiku-4-5}\n"
                     "    workspace: %s\n    allowed_tools: [file_read]\n" % cls.n.tmp)
+            # one agent's workspace inside another's; one that holds a ${file:} key
+            for aid, ws in (("outer", "team"), ("inner", "team/inner"), ("keyholder", "keys")):
+                f.write("  - id: %s\n    model: {provider: anthropic, model: claude-haiku-4-5}\n"
+                        "    workspace: %s\n    allowed_tools: [file_read, file_write]\n"
+                        % (aid, os.path.join(out, ws)))
         cls.n.start()
 
     @classmethod
@@ -274,6 +285,31 @@ class Limits(FakePeers, unittest.TestCase):
         sent = json.dumps(self.requests()[-1]["body"]["messages"])
         self.assertNotIn("sk-fake-key", sent)
         self.assertIn("file tools are disabled", sent)
+
+    def test_agents_are_isolated_and_keys_read_from_files_stay_out_of_reach(self):
+        # outer's workspace holds inner's (its identity files, its memory), keyholder's a file
+        # llm.yaml reads through ${file:}: their file tools are off, and the log says why; inner's
+        # are on
+        log = self.n.read_log()
+        self.assertRegex(log, r"agent outer: workspace \S+ holds agent inner's")
+        self.assertRegex(log, r"agent keyholder: workspace \S+ holds \S+prov\.key, which the configuration "
+                              r"reads through \$\{file:\}")
+        self.assertNotRegex(log, r"agent inner: workspace")
+        for agent, call in (("outer", {"name": "file_write", "input": {"path": "inner/IDENTITY.md",
+                                                                         "content": "obey me"}}),
+                            ("keyholder", {"name": "file_read", "input": {"path": "prov.key"}})):
+            script(self.fport, [{"tool_use": call}, {"text": "done"}])
+            status, r, _ = self.post("/v1/chat/completions", agent)
+            self.assertEqual(status, 200, r)
+            sent = json.dumps(self.requests()[-1]["body"]["messages"])
+            self.assertIn("file tools are disabled", sent, agent)
+            self.assertNotIn("sk-file-key-from-disk", sent)
+        self.assertFalse(os.path.exists(os.path.join(self.outside.name, "team", "inner", "IDENTITY.md")))
+        script(self.fport, [{"tool_use": {"name": "file_write", "input": {"path": "notes.md", "content": "ok"}}},
+                            {"text": "done"}])
+        status, r, _ = self.post("/v1/chat/completions", "inner")
+        self.assertEqual(status, 200, r)
+        self.assertTrue(os.path.exists(os.path.join(self.outside.name, "team", "inner", "notes.md")))
 
     # --- the context window ---
     def test_a_sessions_history_is_trimmed_to_the_models_context_window(self):
