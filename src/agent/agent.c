@@ -82,8 +82,9 @@ static int make_providers(struct nx_agents *a, struct generation *g)
     return 0;
 }
 
-/* Relative workspaces are resolved against the configuration directory (as in nexo-rs). */
-static char *resolve_workspace(const struct nx_config *cfg, const char *ws)
+/* Relative workspaces are resolved against the configuration directory (as in nexo-rs); a
+ * missing one is made when is_made (and said so), else NULL. */
+static char *resolve_workspace(const struct nx_config *cfg, const char *ws, bool is_made)
 {
     if (!ws || !*ws)
         return NULL;
@@ -95,6 +96,8 @@ static char *resolve_workspace(const struct nx_config *cfg, const char *ws)
         snprintf(path, sizeof path, "%s/%s", dir, ws);
     char *real = realpath(path, NULL);
     int err = errno;
+    if (!is_made)
+        return real;
     if (!real && err == ENOENT && nx_media_mkdirs(path) == 0) { /* a new agent's: made, 0700 */
         real = realpath(path, NULL);
         err = errno;
@@ -180,6 +183,27 @@ bool nx_workspace_holds_private(const char *ws, const char *config_dir, const ch
 {
     char real[PATH_MAX];
     return holds(ws, config_dir, real) || holds(ws, data_dir, real);
+}
+
+bool nx_workspace_off_limits(const struct nx_config *cfg, const char *ws, const char *data_dir)
+{
+    const struct nx_agent_conf *acs = NULL;
+    size_t n = nx_config_agents(cfg, &acs);
+    char real[PATH_MAX];
+
+    if (nx_workspace_holds_private(ws, nx_config_dir(cfg), data_dir))
+        return true;
+    for (const char *const *f = nx_config_file_refs(cfg); *f; f++)
+        if (holds(ws, *f, real))
+            return true;
+    for (size_t i = 0; i < n; i++) {
+        char *other = resolve_workspace(cfg, acs[i].workspace, false);
+        bool is_held = other && strcmp(other, ws) != 0 && holds(ws, other, real);
+        free(other);
+        if (is_held)
+            return true;
+    }
+    return false;
 }
 
 static bool holds_private_dir(const char *agent, const char *ws, const char *const *dirs, size_t n)
@@ -269,7 +293,7 @@ static void build_agent(struct generation *g, struct agent_rt *rt, const struct 
     }
     rt->allowed_tools = (const char *const *)ac->allowed_tools;
     rt->http_allowlist = (const char *const *)nx_strlistmap_get(&ac->outbound_allowlist, "http");
-    rt->workspace = resolve_workspace(g->cfg, ac->workspace);
+    rt->workspace = resolve_workspace(g->cfg, ac->workspace, true);
     rt->ws = rt->workspace ? ws_cache_new(rt->workspace) : NULL;
     const char *private_dirs[] = {nx_config_dir(g->cfg), data_dir};
     if (rt->workspace && (holds_private_dir(ac->id, rt->workspace, private_dirs, 2) ||

@@ -171,7 +171,7 @@ json_t *nx_mcp_mgr_workspace_roots(const struct nx_config *cfg, const char *data
             snprintf(path, sizeof path, "%s/%s", dir, ws);
         if (!(real = realpath(path, NULL)))
             continue;
-        if (nx_workspace_holds_private(real, dir, data_dir)) { /* (as its own file tools are off) */
+        if (nx_workspace_off_limits(cfg, real, data_dir)) { /* (as its own file tools are off) */
             free(real);
             continue;
         }

@@ -93,7 +93,10 @@ class McpAgent(unittest.TestCase):
                     "agents.yaml": "agents:\n  - {id: kate, model: {provider: anthropic, model: m},"
                                    " workspace: \"ws kate\", allowed_tools: [\"mcp_everything_*\"]}\n"
                                    # its workspace holds the configuration: no root for it
-                                   "  - {id: nosy, model: {provider: anthropic, model: m}, workspace: .}\n",
+                                   "  - {id: nosy, model: {provider: anthropic, model: m}, workspace: .}\n"
+                                   # one holds another agent's: none for it either, one for the inner
+                                   "  - {id: outer, model: {provider: anthropic, model: m}, workspace: team}\n"
+                                   "  - {id: inner, model: {provider: anthropic, model: m}, workspace: team/in}\n",
                 })
                 n = Nexo(config_dir=cfg).start()
                 try:
@@ -123,6 +126,8 @@ class McpAgent(unittest.TestCase):
                     self.assertIn("file://" + os.path.realpath(ws).replace(" ", "%20"), roots)
                     self.assertIn("kate", roots)
                     self.assertNotIn("nosy", roots)
+                    self.assertIn("inner", roots)
+                    self.assertNotIn("outer", roots)
 
                     _, metrics, _ = n.request("GET", "/metrics", listener="metrics")
                     metrics = metrics.decode()
