@@ -1,12 +1,14 @@
 /* Configured redaction: the patterns of log.redact_patterns and the configuration's secret
  * values, both swapped whole under one lock, and the entry point that runs them around the
  * built-in rules (redact.c). */
+#include <ctype.h>
 #include <pthread.h>
 #include <regex.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "core/alloc.h"
 #include "core/error.h"
@@ -126,8 +128,12 @@ void nx_redact_set_literals(const char *const *values)
     literal_len = lens;
     nliterals = k;
     memset(literal_first, 0, sizeof literal_first);
-    for (size_t i = 0; i < k; i++)
-        literal_first[(unsigned char)fresh[i][0]] = true;
+    for (size_t i = 0; i < k; i++) {
+        unsigned char c = (unsigned char)fresh[i][0];
+        literal_first[c] = true;
+        if (lens[i] >= NX_REDACT_ANYWHERE_LITERAL) /* (matched in any case) */
+            literal_first[tolower(c)] = literal_first[toupper(c)] = true;
+    }
     pthread_rwlock_unlock(&patterns_lock);
     for (size_t i = 0; i < nold; i++)
         free(old[i]);
@@ -141,18 +147,23 @@ static bool is_token_char(char c)
            c == '-';
 }
 
-/* The longest value that starts at `pos` as a whole token (no letter, digit, '_' or '-' right
- * before or after it: "passwords" does not hold the value "password"), or 0. */
+/* The longest value that starts at `pos`, or 0: a short one as a whole token (no letter,
+ * digit, '_' or '-' right before or after it: "passwords" does not hold the value "password"),
+ * a long one anywhere and in any case. */
 static size_t literal_at(const char *in, size_t len, size_t pos)
 {
     size_t best = 0;
+    bool is_start = pos == 0 || !is_token_char(in[pos - 1]);
 
-    if (!literal_first[(unsigned char)in[pos]] || (pos > 0 && is_token_char(in[pos - 1])))
+    if (!literal_first[(unsigned char)in[pos]])
         return 0;
     for (size_t i = 0; i < nliterals; i++) {
         size_t n = literal_len[i];
-        if (n > best && n <= len - pos && memcmp(in + pos, literals[i], n) == 0 &&
-            (pos + n == len || !is_token_char(in[pos + n])))
+        if (n <= best || n > len - pos)
+            continue;
+        if (n >= NX_REDACT_ANYWHERE_LITERAL ? strncasecmp(in + pos, literals[i], n) == 0
+                                            : is_start && memcmp(in + pos, literals[i], n) == 0 &&
+                                                  (pos + n == len || !is_token_char(in[pos + n])))
             best = n;
     }
     return best;

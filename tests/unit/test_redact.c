@@ -250,6 +250,10 @@ static void test_redact_configured_literals(void **state)
     /* a whole token only: inside a longer word it is another word */
     EXPECT("key=gsk_4Zr8X1qL0pW, \"gsk_4Zr8X1qL0pW\"", "key=[REDACTED], \"[REDACTED]\"");
     UNCHANGED("gsk_4Zr8X1qL0pWs xgsk_4Zr8X1qL0pW gsk_4Zr8X1qL0pW_2");
+    /* ...but one of 16 bytes or more is too long to be another word: anywhere, in any case (a
+     * host name nexo lowered, a value run into others) */
+    EXPECT("x-gsk_4zr8x1ql0pwm9cvt-y http://GSK_4ZR8X1QL0PWM9CVT.example/",
+           "x-[REDACTED]-y http://[REDACTED].example/");
     nx_redact_set_literals(NULL);
     UNCHANGED("echo gsk_4Zr8X1qL0pW");
 }
