@@ -206,6 +206,22 @@ static void json_escape(struct nx_buf *out, const char *s, size_t len)
     }
 }
 
+/* Appends s for the human format: one event, one line, and nothing a terminal acts on. A newline
+ * or carriage return becomes a space (a message cannot forge a second entry), other control
+ * characters and DEL become \xNN (an escape sequence cannot erase the line and print another). */
+static void human_escape(struct nx_buf *out, const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\n' || c == '\r')
+            nx_buf_putc(out, ' ');
+        else if ((c < 0x20 && c != '\t') || c == 0x7f)
+            nx_buf_printf(out, "\\x%02x", c);
+        else
+            nx_buf_putc(out, (char)c);
+    }
+}
+
 static void vemit(enum nx_log_level lvl, const char *component, bool is_forced, const char *fmt, va_list ap)
     __attribute__((format(printf, 4, 0)));
 
@@ -246,16 +262,16 @@ static void vemit(enum nx_log_level lvl, const char *component, bool is_forced, 
         nx_buf_puts(&line, "\"}\n");
     } else {
         nx_buf_printf(&line, "%s %-5s %s", ts, nx_log_level_name(lvl), component);
-        if (ctx_agent)
-            nx_buf_printf(&line, " agent=%s", ctx_agent);
-        if (ctx_session)
-            nx_buf_printf(&line, " session=%s", ctx_session);
-        nx_buf_puts(&line, ": ");
-        /* One event, one line: a newline inside a message would forge a second entry. */
-        for (size_t i = 0; i < clean.len; i++) {
-            char c = clean.data[i];
-            nx_buf_putc(&line, c == '\n' || c == '\r' ? ' ' : c);
+        if (ctx_agent) {
+            nx_buf_puts(&line, " agent=");
+            human_escape(&line, ctx_agent, strlen(ctx_agent));
         }
+        if (ctx_session) {
+            nx_buf_puts(&line, " session=");
+            human_escape(&line, ctx_session, strlen(ctx_session));
+        }
+        nx_buf_puts(&line, ": ");
+        human_escape(&line, nx_buf_cstr(&clean), clean.len);
         nx_buf_putc(&line, '\n');
     }
 
