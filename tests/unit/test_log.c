@@ -153,7 +153,8 @@ static void test_log_control_characters_are_shown_not_acted_on(void **state)
     assert_int_equal(count_lines(s), 1);
     for (const char *p = s; *p; p++)
         assert_true(*p == '\n' || *p == '\t' || ((unsigned char)*p >= 0x20 && *p != 0x7f));
-    assert_non_null(strstr(s, "agent=a\\x1b[2Kb: evil\\x1b[2K\\x1b[1Ginfo  fake: all good\\x08\\x7f\\x0b\\x0c\tend"));
+    assert_non_null(strstr(s, "agent=a\\x1b[2Kb: evil\\x1b[2K\\x1b[1Ginfo  fake: all good"
+                              "\\x08\\x7f\\x0b\\x0c\tend"));
     free(s);
 }
 
@@ -403,7 +404,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_log_level_filters_before_formatting, open_log, close_log),
         cmocka_unit_test_setup_teardown(test_log_human_line_shape, open_log, close_log),
         cmocka_unit_test_setup_teardown(test_log_newline_does_not_split_human_line, open_log, close_log),
-        cmocka_unit_test_setup_teardown(test_log_control_characters_are_shown_not_acted_on, open_log, close_log),
+        cmocka_unit_test_setup_teardown(test_log_control_characters_are_shown_not_acted_on, open_log,
+                                        close_log),
         cmocka_unit_test_setup_teardown(test_log_json_lines_parse, open_log, close_log),
         cmocka_unit_test_setup_teardown(test_log_redacts_human_and_json, open_log, close_log),
         cmocka_unit_test_setup_teardown(test_log_context_is_per_thread, open_log, close_log),
