@@ -37,8 +37,8 @@ int nx_redact_set_patterns(const char *const *regexes, char *err, size_t errlen)
 /* The configuration's own secret values (API keys, tokens; config/config.h nx_config_secrets),
  * redacted wherever they appear as a whole token (the long ones anywhere), whatever their
  * format: a provider that echoes its key in an error, a key no built-in rule knows. Replaces
- * the whole list (NULL or empty clears); values shorter than NX_REDACT_MIN_LITERAL bytes are left out (placeholders such as
- * "lm-studio" or "changeme", too likely in ordinary text). */
+ * the whole list (NULL or empty clears); values shorter than NX_REDACT_MIN_LITERAL bytes are
+ * left out (placeholders such as "lm-studio" or "changeme", too likely in ordinary text). */
 #define NX_REDACT_MIN_LITERAL 12
 /* Values this long or longer are redacted wherever they appear, in any case ("x-<key>-y", a host
  * name nexo lowered): too long to be ordinary text. */
