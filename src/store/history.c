@@ -384,6 +384,19 @@ struct load_job {
     void *arg;
 };
 
+/* A client's cache_control marks that an older nexo stored go as the history is read: the agent
+ * sets its own, and with these the Messages API's limit of 4 would refuse every turn. */
+static void drop_cache_marks(json_t *blocks)
+{
+    size_t i;
+    json_t *b;
+
+    json_array_foreach(blocks, i, b) {
+        json_object_del(b, "cache_control");
+        drop_cache_marks(json_object_get(b, "content")); /* (a tool_result's) */
+    }
+}
+
 static int load_job_run(sqlite3 *db, void *arg)
 {
     struct load_job *j = arg;
@@ -402,6 +415,7 @@ static int load_job_run(sqlite3 *db, void *arg)
         const char *text = (const char *)sqlite3_column_text(st, 1);
         json_t *content = text ? json_loads(text, JSON_DECODE_ANY, NULL) : NULL;
         json_t *m = json_object();
+        drop_cache_marks(content);
         json_object_set_new(m, "role", nx_json_string_lossy(role));
         json_object_set_new(m, "content", content ? content : json_null());
         /* a row nexo did not write (edited, damaged): left out, not the whole history with it,

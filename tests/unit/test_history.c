@@ -255,6 +255,29 @@ static void test_history_append_then_load_returns_messages_in_order(void **state
     json_decref(want);
 }
 
+/* cache_control marks an older nexo stored with a client's message go as the history is read
+ * (the agent sets its own; more than 4 in all and the Messages API refuses every turn) */
+static void test_history_load_drops_stored_cache_marks(void **state)
+{
+    struct fx *f = *state;
+    static const char stored[] =
+        "[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"q\","
+        "\"cache_control\":{\"type\":\"ephemeral\"}}]},"
+        "{\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"id\":\"t1\",\"name\":\"f\","
+        "\"input\":{}}]},"
+        "{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\",\"tool_use_id\":\"t1\",\"content\":"
+        "[{\"type\":\"text\",\"text\":\"r\",\"cache_control\":{\"type\":\"ephemeral\"}}]}]}]";
+
+    assert_int_equal(append(f, "agent:main:http:marks", "main", stored, 1, 1), 0);
+    json_t *got = load(f, "agent:main:http:marks", 0);
+    char *text = json_dumps(got, JSON_COMPACT);
+    assert_int_equal(json_array_size(got), 3);
+    assert_null(strstr(text, "cache_control"));
+    assert_non_null(strstr(text, "\"text\":\"r\""));
+    free(text);
+    json_decref(got);
+}
+
 struct loaded {
     int calls;
     int rc;
@@ -1236,6 +1259,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_session_key_parse_and_make),
+        cmocka_unit_test_setup_teardown(test_history_load_drops_stored_cache_marks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_history_append_then_load_returns_messages_in_order, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_history_load_reaches_back_to_a_clean_start, setup, teardown),
