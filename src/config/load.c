@@ -24,7 +24,8 @@ struct loader {
     struct nx_diags *diags;
     struct nx_config *cfg;
     struct nx_conf_state state;
-    struct nx_buf file_refs; /* ${file:} paths, NUL-separated */
+    struct nx_buf file_refs; /* ${file:} paths and texts, NUL-separated */
+    struct nx_buf secret_values; /* every secret-named key's value, short ones too, NUL-separated */
     int errors;
 };
 
@@ -103,7 +104,11 @@ static void add_secret(struct loader *L, const char *v, size_t len)
 {
     struct nx_config *c = L->cfg;
 
-    if (len < NX_REDACT_MIN_LITERAL || memchr(v, '\0', len))
+    if (memchr(v, '\0', len))
+        return;
+    nx_buf_append(&L->secret_values, v, len);
+    nx_buf_putc(&L->secret_values, '\0');
+    if (len < NX_REDACT_MIN_LITERAL)
         return;
     c->secrets = nx_realloc(c->secrets, (c->n_secrets + 2) * sizeof *c->secrets);
     c->secrets[c->n_secrets++] = nx_strndup(v, len);
@@ -374,6 +379,30 @@ static const char *const default_llm =
     "    api_key: \"${OPENAI_API_KEY:-}\"\n"
     "    base_url: \"${OPENAI_BASE_URL:-}\"\n";
 
+/* The ${file:} files whose text is (part of) a secret's value: an agent's workspace must not
+ * hold them (agent.c). A prompt kept in a file is not one. */
+static void keep_secret_files(struct loader *L)
+{
+    struct nx_config *c = L->cfg;
+    size_t n = 0;
+
+    c->file_refs = nx_calloc(1, sizeof *c->file_refs);
+    for (size_t at = 0; at < L->file_refs.len;) {
+        const char *path = L->file_refs.data + at, *text = path + strlen(path) + 1;
+        bool is_secret = false;
+        at = (size_t)(text - L->file_refs.data) + strlen(text) + 1;
+        for (size_t v = 0; v < L->secret_values.len && !is_secret; v += strlen(L->secret_values.data + v) + 1)
+            is_secret = strstr(L->secret_values.data + v, text) != NULL;
+        if (!is_secret)
+            continue;
+        c->file_refs = nx_realloc(c->file_refs, (n + 2) * sizeof *c->file_refs);
+        c->file_refs[n++] = nx_strdup(path);
+        c->file_refs[n] = NULL;
+    }
+    nx_buf_cleanup(&L->file_refs);
+    nx_buf_cleanup(&L->secret_values);
+}
+
 static int load(struct loader *L, struct nx_config **out)
 {
     struct nx_config *c = nx_config_alloc();
@@ -419,13 +448,7 @@ static int load(struct loader *L, struct nx_config **out)
         free(path);
         nx_buf_cleanup(&text);
     }
-    c->file_refs = nx_calloc(1, sizeof *c->file_refs);
-    for (size_t at = 0, n = 0; at < L->file_refs.len; at += strlen(L->file_refs.data + at) + 1) {
-        c->file_refs = nx_realloc(c->file_refs, (n + 2) * sizeof *c->file_refs);
-        c->file_refs[n++] = nx_strdup(L->file_refs.data + at);
-        c->file_refs[n] = NULL;
-    }
-    nx_buf_cleanup(&L->file_refs);
+    keep_secret_files(L);
     if (L->errors)
         rc = NX_ECONFIG;
 out:

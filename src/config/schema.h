@@ -37,7 +37,7 @@ struct nx_conf_ctx {
     const char *dir;  /* base for relative ${file:} paths; NULL = current directory */
     void *user;       /* for check callbacks */
     int errors;       /* count added through this context */
-    struct nx_buf *file_refs; /* when set: each ${file:} read, its real path and a NUL appended */
+    struct nx_buf *file_refs; /* when set: each ${file:} read, its real path and text (each NUL-ended) */
 };
 
 /* Adds "file:line:col: message" at node `at` (may be NULL: position 0:0). */

@@ -108,8 +108,6 @@ static int subst_file(struct nx_conf_ctx *ctx, const struct nx_cnode *at, const 
     } else {
         size_t n = data.len;
         char real[PATH_MAX];
-        if (ctx->file_refs && realpath(nx_buf_cstr(&full), real)) /* (agent workspaces must not hold it) */
-            nx_buf_append(ctx->file_refs, real, strlen(real) + 1);
         while (n > 0 && (data.data[n - 1] == ' ' || data.data[n - 1] == '\t' || data.data[n - 1] == '\n' ||
                          data.data[n - 1] == '\r'))
             n--;
@@ -118,6 +116,11 @@ static int subst_file(struct nx_conf_ctx *ctx, const struct nx_cnode *at, const 
             rc = NX_ECONFIG;
         } else if (n) {
             nx_buf_append(out, data.data, n);
+            if (ctx->file_refs && realpath(nx_buf_cstr(&full), real)) { /* its path, then its text */
+                nx_buf_append(ctx->file_refs, real, strlen(real) + 1);
+                nx_buf_append(ctx->file_refs, data.data, n);
+                nx_buf_putc(ctx->file_refs, '\0');
+            }
         }
     }
     nx_buf_cleanup(&full);

@@ -67,6 +67,9 @@ class Limits(FakePeers, unittest.TestCase):
         out = cls.outside.name
         os.makedirs(os.path.join(out, "team", "inner"))
         os.makedirs(os.path.join(out, "keys"))
+        os.makedirs(os.path.join(out, "prompter"))
+        with open(os.path.join(out, "prompter", "PROMPT.md"), "w") as f:
+            f.write("You write short poems.\n")
         with open(os.path.join(out, "keys", "prov.key"), "w") as f:
             f.write("sk-file-key-from-disk\n")
         write_config(cls.cfg.name, {
@@ -103,6 +106,11 @@ class Limits(FakePeers, unittest.TestCase):
                 f.write("  - id: %s\n    model: {provider: anthropic, model: claude-haiku-4-5}\n"
                         "    workspace: %s\n    allowed_tools: [file_read, file_write]\n"
                         % (aid, os.path.join(out, ws)))
+            # a prompt kept in a file of the agent's own workspace is no secret: file tools stay
+            f.write("  - id: prompter\n    model: {provider: anthropic, model: claude-haiku-4-5}\n"
+                    "    workspace: %s\n    allowed_tools: [file_read]\n"
+                    "    system_prompt: \"${file:%s}\"\n"
+                    % (os.path.join(out, "prompter"), os.path.join(out, "prompter", "PROMPT.md")))
         cls.n.start()
 
     @classmethod
@@ -295,6 +303,7 @@ class Limits(FakePeers, unittest.TestCase):
         self.assertRegex(log, r"agent keyholder: workspace \S+ holds \S+prov\.key, which the configuration "
                               r"reads through \$\{file:\}")
         self.assertNotRegex(log, r"agent inner: workspace")
+        self.assertNotRegex(log, r"agent prompter: workspace")
         for agent, call in (("outer", {"name": "file_write", "input": {"path": "inner/IDENTITY.md",
                                                                          "content": "obey me"}}),
                             ("keyholder", {"name": "file_read", "input": {"path": "prov.key"}})):
