@@ -208,17 +208,31 @@ static void json_escape(struct nx_buf *out, const char *s, size_t len)
 
 /* Appends s for the human format: one event, one line, and nothing a terminal acts on. A newline
  * or carriage return becomes a space (a message cannot forge a second entry), other control
- * characters and DEL become \xNN (an escape sequence cannot erase the line and print another). */
+ * characters become \xNN (an escape sequence cannot erase the line and print another): C0 and
+ * DEL, and C1 (U+0080-U+009F, which 8-bit and some UTF-8 terminals take as ESC sequences) whether
+ * UTF-8 encoded or a stray byte. */
 static void human_escape(struct nx_buf *out, const char *s, size_t len)
 {
+    unsigned cont = 0; /* continuation bytes a UTF-8 sequence still has */
+
     for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '\n' || c == '\r')
-            nx_buf_putc(out, ' ');
-        else if ((c < 0x20 && c != '\t') || c == 0x7f)
-            nx_buf_printf(out, "\\x%02x", c);
-        else
+        unsigned char c = (unsigned char)s[i], d = i + 1 < len ? (unsigned char)s[i + 1] : 0;
+        if (c == 0xc2 && d >= 0x80 && d <= 0x9f) {
+            nx_buf_printf(out, "\\xc2\\x%02x", d);
+            i++;
+        } else if (cont && c >= 0x80 && c <= 0xbf) {
+            cont--;
             nx_buf_putc(out, (char)c);
+        } else if (c == '\n' || c == '\r') {
+            cont = 0;
+            nx_buf_putc(out, ' ');
+        } else if ((c < 0x20 && c != '\t') || c == 0x7f || (c >= 0x80 && c <= 0x9f)) {
+            cont = 0;
+            nx_buf_printf(out, "\\x%02x", c);
+        } else {
+            cont = c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : c >= 0xc0 ? 1 : 0;
+            nx_buf_putc(out, (char)c);
+        }
     }
 }
 

@@ -156,6 +156,11 @@ static void test_log_control_characters_are_shown_not_acted_on(void **state)
     assert_non_null(strstr(s, "agent=a\\x1b[2Kb: evil\\x1b[2K\\x1b[1Ginfo  fake: all good"
                               "\\x08\\x7f\\x0b\\x0c\tend"));
     free(s);
+    /* C1 (CSI is U+009B): UTF-8 encoded or a stray byte; other UTF-8 (é, €, 😀) stays whole */
+    nx_warn("tools", "a\xc2\x9b" "2Kb\x9b" "2Kc \xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80 \xe2\x80\x9b");
+    s = log_contents();
+    assert_non_null(strstr(s, "a\\xc2\\x9b2Kb\\x9b2Kc \xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80 \xe2\x80\x9b\n"));
+    free(s);
 }
 
 static void test_log_json_lines_parse(void **state)
