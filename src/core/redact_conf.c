@@ -96,6 +96,7 @@ static char **literals; /* under patterns_lock too */
 static size_t *literal_len;
 static size_t nliterals;
 static bool literal_first[256]; /* the first bytes of the values: most bytes are passed at once */
+static bool anywhere_first[256]; /* ...of the long ones, both cases: all that is looked for inside a word */
 
 void nx_redact_set_literals(const char *const *values)
 {
@@ -128,11 +129,12 @@ void nx_redact_set_literals(const char *const *values)
     literal_len = lens;
     nliterals = k;
     memset(literal_first, 0, sizeof literal_first);
+    memset(anywhere_first, 0, sizeof anywhere_first);
     for (size_t i = 0; i < k; i++) {
         unsigned char c = (unsigned char)fresh[i][0];
         literal_first[c] = true;
         if (lens[i] >= NX_REDACT_ANYWHERE_LITERAL) /* (matched in any case) */
-            literal_first[tolower(c)] = literal_first[toupper(c)] = true;
+            anywhere_first[tolower(c)] = anywhere_first[toupper(c)] = true;
     }
     pthread_rwlock_unlock(&patterns_lock);
     for (size_t i = 0; i < nold; i++)
@@ -153,13 +155,14 @@ static bool is_token_char(char c)
 static size_t literal_at(const char *in, size_t len, size_t pos)
 {
     size_t best = 0;
+    unsigned char c = (unsigned char)in[pos];
     bool is_start = pos == 0 || !is_token_char(in[pos - 1]);
 
-    if (!literal_first[(unsigned char)in[pos]])
+    if (!anywhere_first[c] && !(is_start && literal_first[c]))
         return 0;
     for (size_t i = 0; i < nliterals; i++) {
         size_t n = literal_len[i];
-        if (n <= best || n > len - pos)
+        if (n <= best || n > len - pos || tolower(c) != tolower((unsigned char)literals[i][0]))
             continue;
         if (n >= NX_REDACT_ANYWHERE_LITERAL ? strncasecmp(in + pos, literals[i], n) == 0
                                             : is_start && memcmp(in + pos, literals[i], n) == 0 &&
