@@ -156,15 +156,20 @@ static size_t literal_at(const char *in, size_t len, size_t pos)
 {
     size_t best = 0;
     unsigned char c = (unsigned char)in[pos];
-    bool is_start = pos == 0 || !is_token_char(in[pos - 1]);
+    bool is_start;
 
-    if (!anywhere_first[c] && !(is_start && literal_first[c]))
+    if (!anywhere_first[c] && !literal_first[c])
+        return 0;
+    is_start = pos == 0 || !is_token_char(in[pos - 1]);
+    if (!is_start && !anywhere_first[c])
         return 0;
     for (size_t i = 0; i < nliterals; i++) {
         size_t n = literal_len[i];
-        if (n <= best || n > len - pos || tolower(c) != tolower((unsigned char)literals[i][0]))
-            continue;
-        if (n >= NX_REDACT_ANYWHERE_LITERAL ? strncasecmp(in + pos, literals[i], n) == 0
+        if (n <= best || n > len - pos || (c | 0x20) != ((unsigned char)literals[i][0] | 0x20))
+            continue; /* (a first-byte filter: c and the value's first byte differ beyond case) */
+        if (n >= NX_REDACT_ANYWHERE_LITERAL ? (((unsigned char)in[pos + 1] | 0x20) ==
+                                                   ((unsigned char)literals[i][1] | 0x20) &&
+                                               strncasecmp(in + pos, literals[i], n) == 0)
                                             : is_start && memcmp(in + pos, literals[i], n) == 0 &&
                                                   (pos + n == len || !is_token_char(in[pos + n])))
             best = n;
