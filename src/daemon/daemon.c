@@ -101,9 +101,10 @@ static int check_exposure(const struct daemon *d, const struct nx_gateway_conf *
     for (int i = 0; i < LISTENER_COUNT; i++) {
         if (!nx_listen_is_loopback(&d->addr[i])) {
             nx_error("daemon",
-                     "refusing to listen on %s:%d (%s) without an auth_token: anyone on the network "
-                     "could use it. Set auth_token in gateway.yaml (e.g. auth_token: "
-                     "\"${NEXO_AUTH_TOKEN}\") or bind a loopback address such as 127.0.0.1",
+                     "refusing to listen on %s:%d (%s) with no auth token, as anyone on the network "
+                     "could use it. Give gateway.yaml an auth_token (a long random value, or "
+                     "\"${NEXO_AUTH_TOKEN}\" to take it from the environment), or bind a loopback "
+                     "address such as 127.0.0.1",
                      d->addr[i].host, d->addr[i].port, listener_names[i]);
             return NX_EPERM;
         }

@@ -17,6 +17,10 @@ class Security(unittest.TestCase):
                 self.assertEqual(r.returncode, 4, r.stderr)
                 self.assertIn("refusing to listen on 0.0.0.0", r.stderr)
                 self.assertIn("auth_token", r.stderr)
+                # the advice reaches the user whole: nothing in it looks like a secret to redact
+                self.assertIn("anyone on the network could use it", r.stderr)
+                self.assertIn('"${NEXO_AUTH_TOKEN}"', r.stderr)
+                self.assertNotIn("[REDACTED]", r.stderr)
                 self.assertFalse(os.path.exists(os.path.join(tmp, "d", "nexo.db")))
 
     def test_token_guards_metrics_and_admin_not_health(self):
