@@ -221,7 +221,7 @@ static void next_line(struct chat *c)
             fprintf(stderr, "nexo chat: that line is not valid UTF-8; not sent\n");
             *text = '\0';
         }
-        if (!*text) {
+        if (nx_str_is_blank(text)) { /* (white space only is no message: the APIs refuse it) */
             free(text);
             text = NULL;
         }

@@ -106,7 +106,8 @@ class ChatCli(unittest.TestCase):
 
     def test_input_from_a_file_dev_null_and_bad_lines(self):
         """Standard input may be a file or /dev/null (cron, systemd); CRLF is taken off; a line
-        over 1 MiB or not UTF-8 is skipped with a message, and the lines after it still go."""
+        over 1 MiB or not UTF-8 is skipped with a message, and the lines after it still go; a line
+        of white space only is passed over as an empty one (no API takes it)."""
         fake, port = start_fake()
         try:
             with tempfile.TemporaryDirectory() as tmp:
@@ -117,7 +118,7 @@ class ChatCli(unittest.TestCase):
                 self.assertEqual(self.sent(port), [])
                 path = os.path.join(tmp, "in.txt")
                 with open(path, "wb") as f:
-                    f.write(b"one\r\n" + b"x" * (1100 * 1024) + b"\nbad \xff\xfe line\n\ntwo")
+                    f.write(b"one\r\n" + b"x" * (1100 * 1024) + b"\nbad \xff\xfe line\n\n \t \r\ntwo")
                 script(port, [{"text": "1"}, {"text": "2"}])
                 with open(path) as f:
                     r = subprocess.run(cmd, stdin=f, capture_output=True, timeout=60)
