@@ -112,7 +112,7 @@ static const char usage_mcp_server[] =
     "Streamable HTTP at /mcp when mcp_server.yaml has enabled: true (docs/mcp.md).\n";
 
 static const char usage_transcripts[] =
-    "Usage: nexo transcripts search QUERY [--agent ID] [--limit N] [--json]\n"
+    "Usage: nexo transcripts search QUERY [--agent ID] [--limit N] [--json] [--data DIR]\n"
     "\n"
     "Full-text search (SQLite FTS5 syntax) over the redacted transcripts in the data directory.\n";
 
