@@ -403,6 +403,11 @@ static int cmd_check_config(const char *dir)
         nx_diags_cleanup(&diags);
         return NX_EXIT_CONFIG;
     }
+    const struct nx_agent_conf *acs = NULL;
+    if (nx_config_agents(cfg, &acs) == 0) /* (agents: [] or an empty agents.yaml; no file: main) */
+        fprintf(stderr, "%s: warning: no agents configured: every request for a model gets 404 "
+                        "(without agents.yaml, the default agent main is used)\n",
+                dir ? dir : "(embedded defaults)");
     printf("%s: configuration OK\n", dir ? dir : "(embedded defaults)");
     nx_diags_cleanup(&diags);
     nx_config_unref(cfg);

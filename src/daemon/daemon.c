@@ -735,6 +735,10 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
         .loop = &d.rt.loop, .http = d.client, .store = d.store, .data_dir = opts->data_dir,
     };
     nx_agents_new(&deps, d.cfg, &d.agents);
+    const struct nx_agent_conf *acs = NULL;
+    if (nx_config_agents(d.cfg, &acs) == 0)
+        nx_warn("daemon", "no agents configured: every request for a model gets 404 (without "
+                "agents.yaml, the default agent main is used)");
     struct nx_mcp_host mhost = {.agents = d.agents, .data_dir = opts->data_dir, .cfg = d.cfg};
     nx_mcp_manager_set_host(d.mcp, &mhost); /* sampling, OAuth token files, workspace roots */
     uv_timer_init(&d.rt.loop, &d.trim_timer);

@@ -1,5 +1,6 @@
 """The command line: help, version, exit codes, check-config over every broken configuration."""
 import os
+import tempfile
 import unittest
 
 from nexo_harness import TEST_DATA, main, run_cli
@@ -62,6 +63,16 @@ class Cli(unittest.TestCase):
             r = run_cli("check-config", good, env={"NEXO_TEST_KEY": "k"})
             self.assertEqual(r.returncode, 0, r.stderr)
             self.assertIn("configuration OK", r.stdout)
+
+    def test_check_config_warns_of_a_configuration_with_no_agents(self):
+        # an empty agents.yaml (or agents: []) is valid, but every model request would get 404
+        self.assertNotIn("no agents", run_cli("check-config", cwd="/").stderr)
+        with tempfile.TemporaryDirectory() as tmp:
+            open(os.path.join(tmp, "agents.yaml"), "w").close()
+            r = run_cli("check-config", tmp)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("configuration OK", r.stdout)
+            self.assertIn("warning: no agents configured", r.stderr)
 
     def test_shipped_example_config_is_valid(self):
         src = os.environ.get("NEXO_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..", "..")
