@@ -137,6 +137,34 @@ size_t nx_utf8_count(const char *s, size_t len)
     return n;
 }
 
+void nx_buf_put_term_safe(struct nx_buf *out, const char *s, size_t len, bool keep_lines)
+{
+    unsigned cont = 0; /* continuation bytes a UTF-8 sequence still has */
+
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i], d = i + 1 < len ? (unsigned char)s[i + 1] : 0;
+        if (c == 0xc2 && d >= 0x80 && d <= 0x9f) {
+            nx_buf_printf(out, "\\xc2\\x%02x", d);
+            i++;
+        } else if (cont && c >= 0x80 && c <= 0xbf) {
+            cont--;
+            nx_buf_putc(out, (char)c);
+        } else if (keep_lines && (c == '\n' || (c == '\r' && d == '\n'))) {
+            cont = 0;
+            nx_buf_putc(out, (char)c);
+        } else if (!keep_lines && (c == '\n' || c == '\r')) {
+            cont = 0;
+            nx_buf_putc(out, ' ');
+        } else if ((c < 0x20 && c != '\t') || c == 0x7f || (c >= 0x80 && c <= 0x9f)) {
+            cont = 0;
+            nx_buf_printf(out, "\\x%02x", c);
+        } else {
+            cont = c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : c >= 0xc0 ? 1 : 0;
+            nx_buf_putc(out, (char)c);
+        }
+    }
+}
+
 void nx_utf8_sanitize(struct nx_buf *out, const char *s, size_t len)
 {
     const unsigned char *p = (const unsigned char *)s;

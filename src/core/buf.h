@@ -34,6 +34,12 @@ size_t nx_utf8_valid_prefix(const char *s, size_t len);
 size_t nx_utf8_count(const char *s, size_t len);
 /* Appends s[0..len) to out with every invalid UTF-8 byte replaced by U+FFFD. */
 void nx_utf8_sanitize(struct nx_buf *out, const char *s, size_t len);
+/* Appends s[0..len) for a terminal: nothing in it acts on the terminal. Control characters
+ * become \xNN: C0 but tab, DEL, and C1 (U+0080-U+009F, which 8-bit and some UTF-8 terminals take
+ * as ESC sequences) whether UTF-8 encoded or a stray byte, so that no escape sequence can erase
+ * a line and print another, retitle the window or set the clipboard. A newline (and a CR just
+ * before one) stays when keep_lines, else each becomes a space (a log entry stays one line). */
+void nx_buf_put_term_safe(struct nx_buf *out, const char *s, size_t len, bool keep_lines);
 /* Whether s (NULL too) holds nothing but spaces, tabs and line breaks. */
 bool nx_str_is_blank(const char *s);
 /* Drops the first n bytes. */

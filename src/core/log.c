@@ -206,36 +206,6 @@ static void json_escape(struct nx_buf *out, const char *s, size_t len)
     }
 }
 
-/* Appends s for the human format: one event, one line, and nothing a terminal acts on. A newline
- * or carriage return becomes a space (a message cannot forge a second entry), other control
- * characters become \xNN (an escape sequence cannot erase the line and print another): C0 and
- * DEL, and C1 (U+0080-U+009F, which 8-bit and some UTF-8 terminals take as ESC sequences) whether
- * UTF-8 encoded or a stray byte. */
-static void human_escape(struct nx_buf *out, const char *s, size_t len)
-{
-    unsigned cont = 0; /* continuation bytes a UTF-8 sequence still has */
-
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i], d = i + 1 < len ? (unsigned char)s[i + 1] : 0;
-        if (c == 0xc2 && d >= 0x80 && d <= 0x9f) {
-            nx_buf_printf(out, "\\xc2\\x%02x", d);
-            i++;
-        } else if (cont && c >= 0x80 && c <= 0xbf) {
-            cont--;
-            nx_buf_putc(out, (char)c);
-        } else if (c == '\n' || c == '\r') {
-            cont = 0;
-            nx_buf_putc(out, ' ');
-        } else if ((c < 0x20 && c != '\t') || c == 0x7f || (c >= 0x80 && c <= 0x9f)) {
-            cont = 0;
-            nx_buf_printf(out, "\\x%02x", c);
-        } else {
-            cont = c >= 0xf0 ? 3 : c >= 0xe0 ? 2 : c >= 0xc0 ? 1 : 0;
-            nx_buf_putc(out, (char)c);
-        }
-    }
-}
-
 static void vemit(enum nx_log_level lvl, const char *component, bool is_forced, const char *fmt, va_list ap)
     __attribute__((format(printf, 4, 0)));
 
@@ -278,14 +248,14 @@ static void vemit(enum nx_log_level lvl, const char *component, bool is_forced, 
         nx_buf_printf(&line, "%s %-5s %s", ts, nx_log_level_name(lvl), component);
         if (ctx_agent) {
             nx_buf_puts(&line, " agent=");
-            human_escape(&line, ctx_agent, strlen(ctx_agent));
+            nx_buf_put_term_safe(&line, ctx_agent, strlen(ctx_agent), false);
         }
         if (ctx_session) {
             nx_buf_puts(&line, " session=");
-            human_escape(&line, ctx_session, strlen(ctx_session));
+            nx_buf_put_term_safe(&line, ctx_session, strlen(ctx_session), false);
         }
         nx_buf_puts(&line, ": ");
-        human_escape(&line, nx_buf_cstr(&clean), clean.len);
+        nx_buf_put_term_safe(&line, nx_buf_cstr(&clean), clean.len, false);
         nx_buf_putc(&line, '\n');
     }
 

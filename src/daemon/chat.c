@@ -40,6 +40,7 @@ struct chat {
     struct nx_buf line;     /* input read and not yet sent: whole lines, then a partial one */
     struct nx_turn *turn;
     bool is_tty;
+    bool is_tty_out;        /* standard output is a terminal */
     bool is_file;           /* stdin is a regular file (or /dev/null): read as needed, blocking */
     bool is_reading;
     bool is_skipping;       /* the rest of an over-long line is being dropped */
@@ -158,11 +159,22 @@ static void want_input(struct chat *c)
     }
 }
 
+/* The model's text: to a terminal, with nothing in it that acts on the terminal (an escape
+ * sequence a prompt injection asked for could retitle the window or set the clipboard); to a
+ * pipe or a file, as it is. */
 static void on_text(const char *delta, size_t len, void *udata)
 {
-    (void)udata;
+    struct chat *c = udata;
+    struct nx_buf safe = NX_BUF_INIT;
+
+    if (c->is_tty_out) {
+        nx_buf_put_term_safe(&safe, delta, len, true);
+        delta = nx_buf_cstr(&safe);
+        len = safe.len;
+    }
     fwrite(delta, 1, len, stdout);
     fflush(stdout);
+    nx_buf_cleanup(&safe);
 }
 
 static void next_line(struct chat *c);
@@ -412,6 +424,7 @@ int nx_chat_run(const struct nx_daemon_opts *opts, const char *agent_id, const c
     uv_handle_type kind = uv_guess_handle(STDIN_FILENO);
     int rc = 0;
     c.is_tty = kind == UV_TTY;
+    c.is_tty_out = isatty(STDOUT_FILENO) == 1;
     c.is_file = kind == UV_FILE;
     if (c.is_tty) {
         rc = uv_tty_init(&c.rt.loop, &c.in_handle.tty, STDIN_FILENO, 1);

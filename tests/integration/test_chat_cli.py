@@ -184,7 +184,10 @@ class ChatCli(unittest.TestCase):
         master, slave = pty.openpty()
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                script(port, [{"hang_ms": 20000}, {"text": "back"}])
+                # the answer's escape sequences (OSC 52 would set the clipboard) reach the
+                # terminal as text; its lines stay lines
+                script(port, [{"hang_ms": 20000},
+                              {"text": "back\u001b]52;c;ZXZpbA==\u0007 \u009b2K ok\nline two"}])
                 p = subprocess.Popen(self.chat_setup(tmp, port), stdin=slave, stdout=slave, stderr=slave,
                                      start_new_session=True)
                 try:
@@ -197,6 +200,8 @@ class ChatCli(unittest.TestCase):
                     os.write(master, b"again\n")
                     while b"back" not in out or not out.rstrip().endswith(b"kate>"):
                         out += os.read(master, 4096)  # answered, and at the prompt again
+                    self.assertIn(b"back\\x1b]52;c;ZXZpbA==\\x07 \\xc2\\x9b2K ok\r\nline two", out)
+                    self.assertNotIn(b"\x1b]", out)
                     self.assertIsNone(p.poll())
                     p.send_signal(signal.SIGINT)  # at the prompt: the end
                     self.assertEqual(p.wait(timeout=10), 0)
