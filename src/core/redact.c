@@ -209,6 +209,24 @@ static size_t match_telegram_token(const char *in, size_t len, size_t i, struct 
     return j;
 }
 
+/* An Anthropic or OpenAI project key run into the word before it ("s1sk-ant-api03-…", from a
+ * name someone made of it): prefixes too particular to begin anything else. Its end, or 0. */
+static size_t match_embedded_key(const char *in, size_t len, size_t i)
+{
+    static const char *const marks[] = {"sk-ant-", "sk-proj-"};
+
+    for (size_t k = 0; k < NX_ARRAY_LEN(marks); k++) {
+        size_t n = strlen(marks[k]), j = i + 3;
+        if (len - i <= n || memcmp(in + i, marks[k], n) != 0)
+            continue;
+        while (j < len && is_sk_char(in[j]))
+            j++;
+        if (j - (i + 3) >= MIN_SK_BODY)
+            return j;
+    }
+    return 0;
+}
+
 /* A word (run of is_word) that is wholly a secret: sk-…, AKIA…/ASIA…, a long hex run. */
 static size_t match_word_secret(const char *in, size_t len, size_t i, struct nx_buf *out)
 {
@@ -576,10 +594,17 @@ void nx_redact_builtin(struct nx_buf *out, const char *in, size_t len)
             if (!end)
                 end = match_key_value(in, len, i, false, out);
             if (!end) {
-                /* Nothing starts inside a word: copy it whole. */
+                /* Nothing else starts inside a word: copy it whole. */
+                size_t key_end = 0;
                 lit = i;
-                while (i < len && is_word(in[i]))
+                while (i < len && is_word(in[i]) &&
+                       !(in[i] == 's' && (key_end = match_embedded_key(in, len, i))))
                     i++;
+                if (key_end) { /* (but a key run into it) */
+                    nx_buf_append(out, in + lit, i - lit);
+                    nx_buf_append(out, REDACTED, REDACTED_LEN);
+                    i = lit = key_end;
+                }
                 continue;
             }
         } else {

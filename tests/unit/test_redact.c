@@ -59,6 +59,10 @@ static void test_redact_sk_keys(void **state)
     UNCHANGED("sk-short");
     UNCHANGED("skeleton task-list risk-assessment-matrix-overview");
     UNCHANGED("task-abcdefghijklmnopqrstuvwxyz");
+    /* an Anthropic or OpenAI project key run into a word (a session named after it) */
+    EXPECT("session s1sk-ant-api03-fuzzfuzzfuzzfuzzfuzzfuzzfuzz done", "session s1[REDACTED] done");
+    EXPECT("id_sk-proj-AbCdEfGhIjKlMnOpQrStUvWx x", "id_[REDACTED] x");
+    UNCHANGED("disk-antelope-observatory-notes asksk-ant-short");
 }
 
 static void test_redact_aws_keys(void **state)
