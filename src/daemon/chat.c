@@ -230,7 +230,8 @@ static void next_line(struct chat *c)
                     CHAT_TTY_LINE - 1);
             *text = '\0';
         } else if (*text && !nx_utf8_is_valid(text, n)) {
-            fprintf(stderr, "nexo chat: that line is not valid UTF-8; not sent\n");
+            fprintf(stderr, strlen(text) != n ? "nexo chat: that line holds a NUL byte; not sent\n"
+                                              : "nexo chat: that line is not valid UTF-8; not sent\n");
             *text = '\0';
         }
         if (nx_str_is_blank(text)) { /* (white space only is no message: the APIs refuse it) */
@@ -395,7 +396,12 @@ int nx_chat_run(const struct nx_daemon_opts *opts, const char *agent_id, const c
         agent_id = acs[0].id;
     }
     if (!nx_config_agent(c.cfg, agent_id)) {
-        fprintf(stderr, "nexo chat: no agent \"%s\"\n", agent_id);
+        const struct nx_agent_conf *acs = NULL;
+        size_t n = nx_config_agents(c.cfg, &acs);
+        fprintf(stderr, "nexo chat: no agent \"%s\"; the agents are:", agent_id);
+        for (size_t i = 0; i < n; i++)
+            fprintf(stderr, " %s", acs[i].id);
+        fprintf(stderr, n ? "\n" : " none\n");
         nx_config_unref(c.cfg);
         return NX_EXIT_USAGE;
     }

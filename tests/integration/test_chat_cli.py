@@ -39,7 +39,7 @@ class ChatCli(unittest.TestCase):
                 r = subprocess.run([NEXO_BIN, "chat", "--agent", "nobody", "--config", cfg, "--data", data],
                                    input="", capture_output=True, text=True, timeout=30)
                 self.assertEqual(r.returncode, 2)
-                self.assertIn('no agent "nobody"', r.stderr)
+                self.assertIn('no agent "nobody"; the agents are: kate', r.stderr)
         finally:
             fake.kill()
             fake.wait()
@@ -118,7 +118,7 @@ class ChatCli(unittest.TestCase):
                 self.assertEqual(self.sent(port), [])
                 path = os.path.join(tmp, "in.txt")
                 with open(path, "wb") as f:
-                    f.write(b"one\r\n" + b"x" * (1100 * 1024) + b"\nbad \xff\xfe line\n\n \t \r\ntwo")
+                    f.write(b"one\r\n" + b"x" * (1100 * 1024) + b"\nbad \xff\xfe line\n\n \t \r\nnul\0byte\ntwo")
                 script(port, [{"text": "1"}, {"text": "2"}])
                 with open(path) as f:
                     r = subprocess.run(cmd, stdin=f, capture_output=True, timeout=60)
@@ -126,6 +126,7 @@ class ChatCli(unittest.TestCase):
                 self.assertEqual(self.sent(port), ["one", "two"])
                 self.assertIn(b"longer than 1048576 bytes was skipped", r.stderr)
                 self.assertIn(b"not valid UTF-8", r.stderr)
+                self.assertIn(b"that line holds a NUL byte", r.stderr)
                 with open(path, "wb") as f:  # empty lines are passed over without recursion
                     f.write(b"\n" * 200000 + b"\xff\n" * 100000 + b"three\n")
                 script(port, [{"text": "3"}])
