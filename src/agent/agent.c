@@ -168,9 +168,7 @@ static uint32_t context_window(const char *agent, const char *model, uint32_t co
     return UNKNOWN_CONTEXT_WINDOW;
 }
 
-/* A workspace that holds the configuration or the data directory would let the agent's file
- * tools read the API keys, the other agents' histories and media, and rewrite agents.yaml for
- * the next reload: its file tools are turned off (its identity files still load). */
+/* Whether ws holds dir (the real path of it, or where it will be, written to real). */
 static bool holds(const char *ws, const char *dir, char *real)
 {
     size_t wlen = strlen(ws);
@@ -179,26 +177,45 @@ static bool holds(const char *ws, const char *dir, char *real)
            (real[wlen] == '\0' || real[wlen] == '/' || wlen == 1);
 }
 
-bool nx_workspace_holds_private(const char *ws, const char *config_dir, const char *data_dir)
-{
-    char real[PATH_MAX];
-    return holds(ws, config_dir, real) || holds(ws, data_dir, real);
-}
-
-bool nx_workspace_off_limits(const struct nx_config *cfg, const char *ws, const char *data_dir)
+/* Why ws is off limits to its agent's file tools (docs/tools.md), written to why (when not NULL)
+ * as what follows "workspace <ws> holds" in the log; false when it is not. Each of these would
+ * be the agent's to read or rewrite: the configuration directory (API keys, agents.yaml for the
+ * next reload) or the data directory (every agent's history and media); a file the
+ * configuration reads through ${file:} for a secret; another agent's workspace (its identity
+ * files and memory: agents are isolated; the same directory for two is a choice, and its
+ * identity files are protected for both). */
+static bool off_limits(const struct nx_config *cfg, const char *ws, const char *data_dir, struct nx_buf *why)
 {
     const struct nx_agent_conf *acs = NULL;
     size_t n = nx_config_agents(cfg, &acs);
+    const char *dirs[] = {nx_config_dir(cfg), data_dir}, *const names[] = {"configuration", "data"};
     char real[PATH_MAX];
 
-    if (nx_workspace_holds_private(ws, nx_config_dir(cfg), data_dir))
-        return true;
-    for (const char *const *f = nx_config_file_refs(cfg); *f; f++)
-        if (holds(ws, *f, real))
+    for (size_t i = 0; i < NX_ARRAY_LEN(dirs); i++) {
+        if (holds(ws, dirs[i], real)) {
+            if (why)
+                nx_buf_printf(why, "%s (the %s directory): its file tools are off, or they could read "
+                                   "API keys and rewrite the configuration; give the agent a directory "
+                                   "of its own", real, names[i]);
             return true;
+        }
+    }
+    for (const char *const *f = nx_config_file_refs(cfg); *f; f++) {
+        if (holds(ws, *f, real)) {
+            if (why)
+                nx_buf_printf(why, "%s, which the configuration reads through ${file:}: its file tools "
+                                   "are off, or they could read it; keep such files out of every "
+                                   "workspace", real);
+            return true;
+        }
+    }
     for (size_t i = 0; i < n; i++) {
         char *other = resolve_workspace(cfg, acs[i].workspace, false);
         bool is_held = other && strcmp(other, ws) != 0 && holds(ws, other, real);
+        if (is_held && why)
+            nx_buf_printf(why, "agent %s's (%s): its file tools are off, or they could rewrite that "
+                               "agent's identity files and read its memory; give each agent a "
+                               "directory of its own", acs[i].id, other);
         free(other);
         if (is_held)
             return true;
@@ -206,62 +223,29 @@ bool nx_workspace_off_limits(const struct nx_config *cfg, const char *ws, const 
     return false;
 }
 
-static bool holds_private_dir(const char *agent, const char *ws, const char *const *dirs, size_t n)
+bool nx_workspace_off_limits(const struct nx_config *cfg, const char *ws, const char *data_dir)
 {
-    for (size_t i = 0; i < n; i++) {
-        char real[PATH_MAX];
-        if (holds(ws, dirs[i], real)) {
-            nx_error("agent", "agent %s: workspace %s holds %s (the %s directory): its file tools are "
-                              "off, or they could read API keys and rewrite the configuration; give the "
-                              "agent a directory of its own",
-                     agent, ws, real, i == 0 ? "configuration" : "data");
-            return true;
-        }
-    }
-    return false;
+    return off_limits(cfg, ws, data_dir, NULL);
 }
 
-/* A file the configuration reads through ${file:} (an API key, often) inside a workspace would
- * be the agent's to read and send away. */
-static bool holds_file_ref(const char *agent, const char *ws, const char *const *refs)
-{
-    for (; *refs; refs++) {
-        char real[PATH_MAX];
-        if (holds(ws, *refs, real)) {
-            nx_error("agent", "agent %s: workspace %s holds %s, which the configuration reads through "
-                              "${file:}: its file tools are off, or they could read it; keep such files out "
-                              "of every workspace", agent, ws, real);
-            return true;
-        }
-    }
-    return false;
-}
-
-/* Agents are isolated: one whose workspace holds another's (its identity files, its memory)
- * would read and rewrite them, so its file tools are off. The same directory for two agents is
- * a choice, and their identity files are protected for both. */
-static void check_nested_workspaces(struct generation *g)
+/* After every agent's workspace is made (one may hold a later one's): those off limits lose
+ * their file tools' workspace (the file tools then refuse), and the log says why; their
+ * identity files still load. */
+static void close_off_limits(struct generation *g, const char *data_dir)
 {
     for (size_t i = 0; i < g->nagents; i++) {
         struct agent_rt *rt = &g->agents[i];
-        for (size_t j = 0; j < g->nagents && rt->workspace; j++) {
-            const char *other = g->agents[j].ws ? ws_cache_dir(g->agents[j].ws) : NULL;
-            char real[PATH_MAX];
-            if (j == i || !other || strcmp(other, ws_cache_dir(rt->ws)) == 0 ||
-                !holds(rt->workspace, other, real))
-                continue;
-            nx_error("agent", "agent %s: workspace %s holds agent %s's (%s): its file tools are off, or "
-                              "they could rewrite that agent's identity files and read its memory; give "
-                              "each agent a directory of its own", rt->conf->id, rt->workspace,
-                     g->agents[j].conf->id, other);
+        struct nx_buf why = NX_BUF_INIT;
+        if (rt->workspace && off_limits(g->cfg, rt->workspace, data_dir, &why)) {
+            nx_error("agent", "agent %s: workspace %s holds %s", rt->conf->id, rt->workspace, why.data);
             free(rt->workspace);
             rt->workspace = NULL;
         }
+        nx_buf_cleanup(&why);
     }
 }
 
-static void build_agent(struct generation *g, struct agent_rt *rt, const struct nx_agent_conf *ac,
-                        const char *data_dir)
+static void build_agent(struct generation *g, struct agent_rt *rt, const struct nx_agent_conf *ac)
 {
     rt->conf = ac;
     rt->targets = nx_calloc(ac->model.n_fallbacks + 1, sizeof *rt->targets);
@@ -295,12 +279,6 @@ static void build_agent(struct generation *g, struct agent_rt *rt, const struct 
     rt->http_allowlist = (const char *const *)nx_strlistmap_get(&ac->outbound_allowlist, "http");
     rt->workspace = resolve_workspace(g->cfg, ac->workspace, true);
     rt->ws = rt->workspace ? ws_cache_new(rt->workspace) : NULL;
-    const char *private_dirs[] = {nx_config_dir(g->cfg), data_dir};
-    if (rt->workspace && (holds_private_dir(ac->id, rt->workspace, private_dirs, 2) ||
-                          holds_file_ref(ac->id, rt->workspace, nx_config_file_refs(g->cfg)))) {
-        free(rt->workspace); /* (the file tools' workspace: none, so they refuse) */
-        rt->workspace = NULL;
-    }
     rt->tools_memo = nx_calloc(1, sizeof *rt->tools_memo);
     rt->system_prompt = nx_strdup(ac->system_prompt ? ac->system_prompt : "");
 }
@@ -315,8 +293,8 @@ static struct generation *gen_new(struct nx_agents *a, struct nx_config *cfg)
     g->nagents = nx_config_agents(cfg, &acs);
     g->agents = nx_calloc(g->nagents + 1, sizeof *g->agents);
     for (size_t i = 0; i < g->nagents; i++)
-        build_agent(g, &g->agents[i], &acs[i], a->data_dir);
-    check_nested_workspaces(g);
+        build_agent(g, &g->agents[i], &acs[i]);
+    close_off_limits(g, a->data_dir);
     return g;
 }
 

@@ -112,11 +112,10 @@ struct nx_turn_opts {
     const char *event_id;
 };
 
-/* Whether a workspace (a real path) holds the configuration or the data directory, which an
- * agent's tools must not reach (API keys, every agent's data, agents.yaml). */
-bool nx_workspace_holds_private(const char *ws, const char *config_dir, const char *data_dir);
-/* The same, or a workspace (a real path) that holds a file cfg reads through ${file:} or another
- * agent's workspace: what turns an agent's file tools off (docs/tools.md). */
+/* Whether a workspace (a real path) holds what an agent's tools must not reach: the
+ * configuration or the data directory (API keys, every agent's data, agents.yaml), a file cfg
+ * reads through ${file:} for a secret, or another agent's workspace. What turns an agent's file
+ * tools off (docs/tools.md). */
 bool nx_workspace_off_limits(const struct nx_config *cfg, const char *ws, const char *data_dir);
 /* The directory an agent's file tools are confined to (a copy to free), or NULL: no such agent,
  * no workspace, or one that holds the configuration or data directory (file tools off). */

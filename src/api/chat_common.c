@@ -61,11 +61,18 @@ static void cap_marks(json_t *blocks, size_t keep, size_t *seen)
     }
 }
 
+/* A request that names a session (X-Nexo-Session, or the API's user field): its last message is
+ * the session's next one. */
+static bool names_session(const struct nx_http_req *req, const char *user)
+{
+    size_t len = 0;
+    const char *h = nx_http_req_header(req, "x-nexo-session", &len);
+    return (h && len) || (user && *user);
+}
+
 void api_cap_cache_marks(const struct nx_http_req *req, json_t *canon, const char *user)
 {
-    size_t len = 0, seen = 0;
-    const char *h = nx_http_req_header(req, "x-nexo-session", &len);
-    size_t keep = (h && len) || (user && *user) ? 0 : API_CLIENT_CACHE_MARKS;
+    size_t seen = 0, keep = names_session(req, user) ? 0 : API_CLIENT_CACHE_MARKS;
 
     for (size_t i = json_array_size(canon); i-- > 0;)
         cap_marks(json_object_get(json_array_get(canon, i), "content"), keep, &seen);
@@ -73,11 +80,9 @@ void api_cap_cache_marks(const struct nx_http_req *req, json_t *canon, const cha
 
 const char *api_session_input_why(const struct nx_http_req *req, const json_t *canon, const char *user)
 {
-    size_t len = 0;
-    const char *h = nx_http_req_header(req, "x-nexo-session", &len);
     const json_t *last = json_array_get(canon, json_array_size(canon) - 1);
     const char *role = json_string_value(json_object_get(last, "role"));
-    if (!(h && len) && !(user && *user))
+    if (!names_session(req, user))
         return NULL; /* stateless: a closing assistant message is a prefill, as the APIs take it */
     return role && strcmp(role, "user") == 0 && json_array_size(json_object_get(last, "content"))
                ? NULL

@@ -60,8 +60,9 @@ static void add_source(struct nx_config *c, const char *rel, const struct nx_buf
     c->sources[c->n_sources++] = (struct nx_conf_source){nx_strdup(rel), h};
 }
 
-/* Reads `rel` into out. Returns 1 when read, 0 when absent, <0 after reporting. */
-static int read_source(struct loader *L, const char *rel, const char *display, struct nx_buf *out)
+/* Reads `rel` into out. Returns 1 when read, 0 when absent, <0 after reporting (when report). */
+static int read_source(struct loader *L, const char *rel, const char *display, struct nx_buf *out,
+                       bool report)
 {
     char chunk[8192];
     FILE *f;
@@ -76,7 +77,8 @@ static int read_source(struct loader *L, const char *rel, const char *display, s
     if (!(f = fopen(display, "rb"))) {
         if (errno == ENOENT)
             return 0;
-        loader_error(L, display, "cannot read", strerror(errno));
+        if (report)
+            loader_error(L, display, "cannot read", strerror(errno));
         return NX_EIO;
     }
     for (;;) {
@@ -84,14 +86,16 @@ static int read_source(struct loader *L, const char *rel, const char *display, s
         if (n == 0)
             break;
         if (out->len + n > CONF_MAX_FILE) {
-            loader_error(L, display, "cannot read", "larger than 4 MiB");
+            if (report)
+                loader_error(L, display, "cannot read", "larger than 4 MiB");
             rc = NX_ETOOBIG;
             break;
         }
         nx_buf_append(out, chunk, n);
     }
     if (rc > 0 && ferror(f)) {
-        loader_error(L, display, "cannot read", strerror(errno ? errno : EIO));
+        if (report)
+            loader_error(L, display, "cannot read", strerror(errno ? errno : EIO));
         rc = NX_EIO;
     }
     fclose(f);
@@ -159,7 +163,7 @@ static int load_file(struct loader *L, const char *rel, const struct nx_conf_str
     nx_conf_defaults(desc, obj);
     if (syntax_ok)
         *syntax_ok = false;
-    present = read_source(L, rel, display, &data);
+    present = read_source(L, rel, display, &data, true);
     if (present < 0)
         goto out;
     if (present == 0 && !fallback) {
@@ -346,7 +350,7 @@ static void load_plugins(struct loader *L)
         char *display = display_path(L, rel.data);
         struct nx_conf_ctx ctx = {.diags = L->diags, .file = display, .dir = L->dir, .user = &L->state,
                                   .file_refs = &L->file_refs};
-        if (read_source(L, rel.data, display, &data) > 0 &&
+        if (read_source(L, rel.data, display, &data, true) > 0 &&
             nx_cnode_parse_yaml(&ctx, data.data ? data.data : "", data.len, &root) == 0) {
             json_t *j = nx_cnode_to_json(&ctx, root);
             collect_secrets(L, root, false);
@@ -437,14 +441,8 @@ static int load(struct loader *L, struct nx_config **out)
     load_plugins(L);
     if (L->use_disk) { /* the MCP server's (mcp/server_conf.c, which reports its errors): a digest */
         struct nx_buf text = NX_BUF_INIT;
-        char *path = display_path(L, "mcp_server.yaml"), chunk[4096];
-        FILE *f = fopen(path, "rb");
-        for (size_t n; f && (n = fread(chunk, 1, sizeof chunk, f)) > 0 && text.len < CONF_MAX_FILE;)
-            nx_buf_append(&text, chunk, n);
-        if (f && !ferror(f))
-            add_source(c, "mcp_server.yaml", &text);
-        if (f)
-            fclose(f);
+        char *path = display_path(L, "mcp_server.yaml");
+        read_source(L, "mcp_server.yaml", path, &text, false);
         free(path);
         nx_buf_cleanup(&text);
     }
