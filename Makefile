@@ -26,7 +26,8 @@ run: deps build
 
 # The whole suite: lint, the suite under ASan+UBSan, the threaded tests under TSan, then the
 # suite on the normal build last, so the closing ctest summary counts the whole suite.
-test: test-deps lint build
+test: test-deps lint
+	@$(MAKE) --no-print-directory build CMAKE_ARGS="$(CMAKE_ARGS) -DNEXO_TESTS_REQUIRED=ON"
 	@$(MAKE) --no-print-directory asan
 	@$(MAKE) --no-print-directory tsan
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)

@@ -6,11 +6,12 @@
 #   scripts/install-deps.sh --fuzz   + clang and libFuzzer
 set -euo pipefail
 
+# libnats-dev: the NATS bus backend is linked into the binary, so the build needs it
 build_pkgs=(gcc make cmake pkg-config libuv1-dev libh2o-dev libcurl4-openssl-dev libjansson-dev
-            libyaml-dev libsqlite3-dev libssl-dev)
+            libyaml-dev libsqlite3-dev libssl-dev libnats-dev)
 # gdb: the integration harness prints the stacks of a nexo that does not stop (a hang in CI);
 # chromium: the browser that calls the gateway from web pages (test_browser_origin.py)
-test_pkgs=(libcmocka-dev python3 curl wrk prometheus nats-server libnats-dev binutils procps gdb strace
+test_pkgs=(libcmocka-dev python3 curl wrk prometheus nats-server binutils procps gdb strace
            chromium)
 fuzz_pkgs=(clang libclang-rt-14-dev)
 
