@@ -423,7 +423,8 @@ class NatsConn:
 
 class Collector(threading.Thread):
     """Another process on NATS: subscribes to a subject, reconnects whenever the server comes
-    back (polling its port), records every message as (subject, envelope)."""
+    back (polling its port), records every message as (subject, envelope). connects counts the
+    subscriptions the server has confirmed."""
 
     def __init__(self, port, subject):
         super().__init__(daemon=True)
@@ -450,7 +451,7 @@ class Collector(threading.Thread):
 
     def session(self, c):
         c.s.settimeout(0.5)
-        c.sub(self.subject, 1, wait=False)  # its PONG is passed over by next_msg
+        c.sub(self.subject, 1)  # connects counts a subscription the server has (its PONG came)
         with self.lock:
             self.connects += 1
         while True:
