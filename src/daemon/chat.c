@@ -47,6 +47,7 @@ struct chat {
     bool is_stopping;
     bool is_down;
     bool eof;
+    bool is_said;           /* the turn running has written text */
     struct nx_timer *more; /* file input: go on reading on the next loop iteration */
     int exit_code;
 };
@@ -174,25 +175,34 @@ static void on_text(const char *delta, size_t len, void *udata)
     }
     fwrite(delta, 1, len, stdout);
     fflush(stdout);
+    c->is_said |= len > 0;
     nx_buf_cleanup(&safe);
 }
 
 static void next_line(struct chat *c);
 
+/* A turn's answer ends with a newline on stdout; a failure goes to stderr, and leaves no empty
+ * line on stdout when nothing was said before it. */
 static void on_done(int rc, const struct nx_turn_result *res, void *udata)
 {
     struct chat *c = udata;
+    bool end_line = true;
+
     c->turn = NULL;
-    if (rc == NX_ECONFIG && res->error_message)
+    if (rc == NX_ECONFIG && res->error_message) {
         printf("%s", res->error_message);
-    else if (rc == NX_ECANCELED)
+    } else if (rc == NX_ECANCELED) {
         printf("\n[cancelled]");
-    else if (rc < 0) {
-        fprintf(stderr, "\nnexo chat: %s: %s\n", res->error_type ? res->error_type : "error",
+    } else if (rc < 0) {
+        fflush(stdout);
+        fprintf(stderr, "%snexo chat: %s: %s\n", c->is_said ? "\n" : "",
+                res->error_type ? res->error_type : "error",
                 res->error_message ? res->error_message : nx_strerror(rc));
         c->exit_code = NX_EXIT_FAILURE;
+        end_line = c->is_said;
     }
-    printf("\n");
+    if (end_line)
+        printf("\n");
     fflush(stdout);
     next_line(c);
 }
@@ -251,6 +261,7 @@ static void next_line(struct chat *c)
         .on_done = on_done,
         .udata = c,
     };
+    c->is_said = false;
     c->turn = nx_turn_start(c->ag.agents, &o);
     json_decref(msgs);
     free(text);

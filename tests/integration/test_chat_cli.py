@@ -44,6 +44,22 @@ class ChatCli(unittest.TestCase):
             fake.kill()
             fake.wait()
 
+    def test_a_failed_turn_leaves_stdout_to_the_answers(self):
+        """Piped, a turn the provider refuses is reported on stderr with exit 1, and stdout holds
+        only the answers: no empty line for the failed one."""
+        fake, port = start_fake()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                script(port, [{"error": {"status": 400, "type": "invalid_request_error", "message": "nope"}},
+                              {"text": "second answer"}])
+                r = subprocess.run(self.chat_setup(tmp, port), input="one\ntwo\n", capture_output=True,
+                                   text=True, timeout=60)
+                self.assertEqual((r.returncode, r.stdout), (1, "second answer\n"), r.stderr)
+                self.assertRegex(r.stderr, r"^nexo chat: invalid_request_error: .*nope")
+        finally:
+            fake.kill()
+            fake.wait()
+
     def chat_setup(self, tmp, port):
         cfg = write_config(os.path.join(tmp, "config"), {
             "llm.yaml": "providers:\n  anthropic: {api_key: sk-fake-key, base_url: http://127.0.0.1:%d}\n"
