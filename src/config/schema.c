@@ -580,7 +580,8 @@ int nx_conf_parse_struct(struct nx_conf_ctx *ctx, const struct nx_conf_struct *d
     }
     for (size_t i = 0; i < nfields; i++)
         if ((desc->fields[i].flags & NX_CF_REQUIRED) && !seen[i])
-            nx_conf_error(ctx, node, "missing required key \"%s\"", desc->fields[i].name);
+            nx_conf_error(ctx, node, "missing required key \"%s\"%s%s", desc->fields[i].name,
+                          desc->name[0] == '"' ? " in " : "", desc->name[0] == '"' ? desc->name : "");
     if (desc->check && ctx->errors == errors_before)
         desc->check(ctx, node, obj);
 out:
