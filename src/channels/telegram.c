@@ -176,7 +176,8 @@ static void on_offset_read(int rc, void *arg)
     kv_job_free(j);
 }
 
-/* getMe: the bot's username and id, for group mention gating; polling starts after it. */
+/* getMe: the bot's username and id, for group mention gating (by polling and webhook alike);
+ * polling starts after it. */
 static void on_get_me(int rc, const struct nx_http_response *res, const char *err, void *udata)
 {
     struct tg *tg = udata;
@@ -192,6 +193,7 @@ static void on_get_me(int rc, const struct nx_http_response *res, const char *er
         tg->mention = nx_buf_steal(&b);
         if (json_is_integer(json_object_get(me, "id")))
             tg->bot_user_id = (int64_t)json_integer_value(json_object_get(me, "id"));
+        nx_info("telegram", "%s: the bot is @%s", tg->label, user);
     } else if (rc != NX_ECANCELED) {
         nx_warn("telegram", "%s: getMe failed (%s): group mentions by @username are not recognised",
                 tg->label, rc < 0 ? (err ? err : nx_strerror(rc)) : "unexpected answer");
@@ -640,6 +642,7 @@ static int tg_start(struct nx_channel *ch, const void *confp, void **state)
     tg->progress_ms = nx_mono_ms();
     if (conf->webhook.enabled) {
         nx_tg_webhook_start(tg, conf);
+        get_me(tg); /* (no polling after it: is_polling is off) */
     } else if (!tg->is_polling) {
         nx_info("telegram", "%s: polling disabled: sending only", tg->label);
     } else {

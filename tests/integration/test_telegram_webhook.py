@@ -121,6 +121,34 @@ class TelegramWebhook(TgPeers, unittest.TestCase):
     def llm_requests(self):
         return fake_requests(self.fport)
 
+    def test_a_group_is_answered_when_the_bot_is_mentioned_or_replied_to(self):
+        """As by polling: the bot's @username (getMe, at start) or a reply to one of its messages
+        addresses it in a group; other group messages are not answered."""
+        self.n.wait_log(r"hook_bot: the bot is @TestNameBot")
+        script(self.fport, [{"text": "the menu"}, {"text": "you are welcome"}])
+        group = -100777
+
+        def say(user, text, **extra):
+            u = self.update(user, text)
+            u["message"]["chat"] = {"id": group, "type": "supergroup", "title": "team"}
+            u["message"].update(extra)
+            status, _, _ = self.post(u)
+            self.assertEqual(status, 200)
+
+        say(ALICE + 20, "lunch anyone?")
+        say(ALICE + 20, "@TestNameBot what is on the menu?",
+            entities=[{"type": "mention", "offset": 0, "length": 12}])
+        replies = []
+        poll(lambda: replies.extend(self.bot_replies(group)) or len(replies) >= 1, 20)
+        say(ALICE + 21, "thanks", reply_to_message={
+            "message_id": 1, "date": int(time.time()), "text": "the menu",
+            "from": {"id": 666, "is_bot": True, "first_name": "Test", "username": "TestNameBot"},
+            "chat": {"id": group, "type": "supergroup", "title": "team"}})
+        poll(lambda: replies.extend(self.bot_replies(group)) or len(replies) >= 2, 20)
+        self.assertEqual([m["text"] for m in replies], ["the menu", "you are welcome"])
+        asked = [r["body"]["messages"][-1]["content"][0]["text"] for r in self.llm_requests()]
+        self.assertEqual(asked, ["@TestNameBot what is on the menu?", "thanks"])
+
     def test_wrong_or_missing_secret_is_401_and_nothing_happens(self):
         script(self.fport, [{"text": "must not be sent"}])
         for secret in (None, "", "wrong", SECRET + "x", SECRET[:-1]):
@@ -269,7 +297,8 @@ class TelegramWebhook(TgPeers, unittest.TestCase):
             try:
                 n.wait_log(r"seturl: setWebhook accepted")
                 time.sleep(0.5)  # several polling intervals: none may happen
-                self.assertEqual(calls, [("/bot%s/setWebhook" % TOKEN, {
+                calls.sort(key=lambda c: c[0])  # getMe (the bot's name, for group mentions) too
+                self.assertEqual(calls, [("/bot%s/getMe" % TOKEN, None), ("/bot%s/setWebhook" % TOKEN, {
                     "url": "https://bots.example/webhooks/telegram/seturl", "secret_token": SECRET,
                     "allowed_updates": ["message", "callback_query"]})])
                 self.assertEqual(n.stop(), 0)
