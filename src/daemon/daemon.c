@@ -64,6 +64,7 @@ struct daemon {
     int servers_down;
     int exit_code;
     bool is_reloading;
+    bool is_reload_again;
     bool was_ready;
     uint64_t started_wall_ms;
     struct nx_metric *m_reloads;
@@ -184,6 +185,7 @@ static void set_origin_policy(struct daemon *d, const struct nx_gateway_conf *gw
     d->origin.is_open = !(gw->auth_token && *gw->auth_token);
 }
 
+static void on_reload(struct nx_runtime *rt);
 static void reload_done(uv_work_t *w, int status)
 {
     struct reload *r = nx_container_of(w, struct reload, work);
@@ -241,13 +243,17 @@ static void reload_done(uv_work_t *w, int status)
     }
     nx_diags_cleanup(&r->diags);
     free(r);
+    if (d->is_reload_again && !d->ready.is_stopping)
+        on_reload(&d->rt); /* (a file may have changed after this one read it) */
 }
 
 static void on_reload(struct nx_runtime *rt)
 {
     struct daemon *d = rt->udata;
-    if (d->is_reloading)
+    if ((d->is_reload_again = d->is_reloading)) {
+        nx_info("config", "SIGHUP during a reload: reloading again after it");
         return;
+    }
     nx_info("config", "SIGHUP: reloading configuration");
     struct reload *r = nx_calloc(1, sizeof *r);
     r->d = d;

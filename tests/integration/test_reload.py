@@ -1,10 +1,12 @@
 # NX_TEST_LABELS: threaded (also run against the TSan build)
 """SIGHUP: a valid configuration is swapped in; an invalid one is reported with file:line:col
 and the running one stays."""
+import errno
 import os
 import re
 import signal
 import tempfile
+import time
 import unittest
 
 from nexo_harness import Nexo, main, write_config
@@ -42,6 +44,45 @@ class Reload(unittest.TestCase):
                 text = body.decode()
                 self.assertIn('nexo_config_reloads_total{result="ok"} 1', text)
                 self.assertIn('nexo_config_reloads_total{result="error"} 1', text)
+                self.assertEqual(n.stop(), 0)
+            finally:
+                n.cleanup()
+
+    def test_a_sighup_during_a_reload_reloads_again_after_it(self):
+        """An edit saved while a reload is reading the files may come after it read them: the
+        SIGHUP that follows it is not dropped, a second reload runs once the first is done."""
+        with tempfile.TemporaryDirectory() as cfg:
+            write_config(cfg, {"gateway.yaml": "auth_token: first-token-aaaaaaaa\n"})
+            n = Nexo(config_dir=cfg)
+            try:
+                n.start()
+                # memory.yaml, read after gateway.yaml, as a FIFO: the reload waits there
+                fifo = os.path.join(cfg, "memory.yaml")
+                os.mkfifo(fifo)
+                n.signal(signal.SIGHUP)
+                deadline = time.monotonic() + 10
+                while True:  # until the reload has the FIFO open: it read gateway.yaml before
+                    try:
+                        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                        break
+                    except OSError as e:
+                        if e.errno != errno.ENXIO or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.01)
+                write_config(cfg, {"gateway.yaml": "auth_token: second-token-bbbbbbbb\n"})
+                n.signal(signal.SIGHUP)
+                n.wait_log(r"SIGHUP during a reload: reloading again after it")
+                os.unlink(fifo)  # the second reload finds no memory.yaml
+                os.write(fd, b"{}\n")
+                os.close(fd)
+                n.wait_log(r"configuration reloaded(.|\n)*configuration reloaded")
+
+                def status(token):
+                    return n.request("GET", "/admin/status", listener="admin",
+                                     headers={"Authorization": "Bearer " + token})[0]
+
+                self.assertEqual(status("second-token-bbbbbbbb"), 200)
+                self.assertEqual(status("first-token-aaaaaaaa"), 401)
                 self.assertEqual(n.stop(), 0)
             finally:
                 n.cleanup()
