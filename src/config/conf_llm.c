@@ -103,7 +103,7 @@ static const struct nx_conf_struct prov_breaker = {.name = "\"circuit_breaker\""
 static const struct nx_conf_field provider_fields[] = {
     {NX_FIELD("kind", NX_CT_ENUM, P, kind), .choices = provider_kinds},
     {NX_FIELD("api_key", NX_CT_STRING, P, api_key), .def = ""},
-    {NX_FIELD("base_url", NX_CT_STRING, P, base_url)},
+    {NX_FIELD("base_url", NX_CT_STRING, P, base_url), .check = nx_conf_check_http_url_or_empty},
     {NX_GROUP("rate_limit", &prov_rate)},
     {NX_FIELD("auth", NX_CT_ANY, P, auth)},
     {NX_FIELD("group_id", NX_CT_STRING, P, group_id)},
@@ -233,7 +233,7 @@ static const struct nx_conf_field server_fields[] = {
     {NX_FIELD("args", NX_CT_STRLIST, S, args)},
     {NX_FIELD("env", NX_CT_STRMAP, S, env)},
     {NX_FIELD("cwd", NX_CT_STRING, S, cwd)},
-    {NX_FIELD("url", NX_CT_STRING, S, url)},
+    {NX_FIELD("url", NX_CT_STRING, S, url), .check = nx_conf_check_http_url},
     {NX_FIELD("headers", NX_CT_STRMAP, S, headers)},
     {NX_FIELD("connect_timeout", NX_CT_DURATION, S, connect_timeout_ms), .def = "0", .min = 0,
      .max = 3600000},

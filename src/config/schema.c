@@ -608,3 +608,26 @@ void nx_conf_cleanup(const struct nx_conf_struct *desc, void *obj)
     if (desc->cleanup)
         desc->cleanup(obj);
 }
+
+void nx_conf_check_http_url(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst)
+{
+    const char *s = *(char **)dst, *host = NULL;
+    char buf[96];
+
+    if (strncasecmp(s, "http://", 7) == 0)
+        host = s + 7;
+    else if (strncasecmp(s, "https://", 8) == 0)
+        host = s + 8;
+    bool ok = host && *host && *host != '/' && *host != '?' && *host != '#';
+    for (const unsigned char *p = (const unsigned char *)s; ok && *p; p++)
+        ok = *p > 0x20 && *p < 0x7f;
+    if (!ok)
+        nx_conf_error(ctx, val, "invalid URL %s (expected http://host[:port][/path] or https://...)",
+                      nx_cnode_describe(val, buf, sizeof buf));
+}
+
+void nx_conf_check_http_url_or_empty(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst)
+{
+    if (**(char **)dst)
+        nx_conf_check_http_url(ctx, val, dst);
+}

@@ -155,6 +155,11 @@ void nx_conf_cleanup(const struct nx_conf_struct *desc, void *obj);
  * typo, else NULL. */
 const char *nx_conf_suggest(const char *word, const char *const *cands, const struct nx_conf_field *fields);
 
+/* A field check (.check) for an HTTP endpoint (a char * field): http:// or https://, a host,
+ * nothing but visible ASCII. nx_conf_check_http_url_or_empty also takes "" (meaning a default). */
+void nx_conf_check_http_url(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst);
+void nx_conf_check_http_url_or_empty(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst);
+
 /* Shared custom type: a listen address (struct nx_listen). */
 extern const struct nx_conf_custom nx_conf_listen_type;
 /* Shared custom type: map of string lists (agents' outbound_allowlist). */
