@@ -446,8 +446,8 @@ static void post_done(int rc, const struct nx_http_response *res, const char *er
     struct post *p = udata;
     struct http_tp *t = p->t;
     char why[ERROR_BODY_MAX + 64];
-    char sid[256];
     char www[2048];
+    int sid_len;
 
     p->call = NULL;
     if (p->in_data) {
@@ -460,8 +460,10 @@ static void post_done(int rc, const struct nx_http_response *res, const char *er
     if (t->is_closing) {
         /* quiet */
     } else if (rc == 0 && res->status >= 200 && res->status < 300) {
-        if (!t->session_id && nx_http_response_header(res, "Mcp-Session-Id", sid, sizeof sid) > 0)
-            t->session_id = nx_strdup(sid);
+        if (!t->session_id && (sid_len = nx_http_response_header(res, "Mcp-Session-Id", NULL, 0)) > 0) {
+            t->session_id = nx_malloc((size_t)sid_len + 1); /* whole: the spec sets no length */
+            nx_http_response_header(res, "Mcp-Session-Id", t->session_id, (size_t)sid_len + 1);
+        }
         if (p->mode == MODE_JSON && p->body.len > 0)
             deliver(p, p->body.data, p->body.len);
         if (!try_resume(t, p))

@@ -307,20 +307,22 @@ static void test_mcp_http_unreachable_backs_off(void **state)
 
 /* ---- a scripted Streamable HTTP server (python3) ---------------------------------------- */
 
-/* It wants `Authorization: Bearer tok`, gives a session, and on the first GET sends a
+/* It wants `Authorization: Bearer tok`, gives a session (an id of 300 characters, which every
+ * later POST must carry whole: the spec sets no length), and on the first GET sends a
  * tools/list_changed (event id g2, retry 100) and closes the stream: the client must list again
  * (now two tools) and reopen the GET with Last-Event-ID: g2. Tool `state` answers what it saw. */
 static const char fake_http_py[] =
     "import json, sys, time, threading\n"
     "from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer\n"
     "st = {'gets': 0, 'last_ids': [], 'auth': [], 'changed': False}\n"
+    "SID = 'S' + 'x' * 299\n"
     "class H(BaseHTTPRequestHandler):\n"
     "    protocol_version = 'HTTP/1.1'\n"
     "    def log_message(self, *a): pass\n"
     "    def reply(self, code, obj=None, sid=True):\n"
     "        b = json.dumps(obj).encode() if obj is not None else b''\n"
     "        self.send_response(code)\n"
-    "        if sid: self.send_header('Mcp-Session-Id', 's1')\n"
+    "        if sid: self.send_header('Mcp-Session-Id', SID)\n"
     "        self.send_header('Content-Type', 'application/json')\n"
     "        self.send_header('Content-Length', str(len(b)))\n"
     "        self.end_headers(); self.wfile.write(b)\n"
@@ -329,6 +331,8 @@ static const char fake_http_py[] =
     "        st['auth'].append(self.headers.get('Authorization'))\n"
     "        if self.headers.get('Authorization') != 'Bearer tok': return self.reply(401, {})\n"
     "        meth, mid = m.get('method'), m.get('id')\n"
+    "        if meth != 'initialize' and self.headers.get('Mcp-Session-Id') != SID:\n"
+    "            return self.reply(404, {}, sid=False)\n"
     "        if meth == 'initialize':\n"
     "            r = {'protocolVersion': '2025-06-18', 'capabilities': {'tools': {'listChanged': True}},\n"
     "                 'serverInfo': {'name': 'f', 'version': '1'}}\n"
