@@ -5,6 +5,7 @@
 
 #include "core/alloc.h"
 #include "core/buf.h"
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "http/sse.h"
@@ -35,6 +36,8 @@
 #define RETRY_DEFAULT_MS 1000
 #define RETRY_MAX_MS 60000
 #define RESUMES_MAX 5 /* GETs in a row that bring nothing new */
+#define RETRY_QUIET_MS 250L      /* ... wait at least this, doubled for each (250 ms to 2 s) */
+#define STREAM_USEFUL_MS 10000u  /* a stream open this long was worth it, data or not */
 #define AUTH_TRIES_MAX 3 /* authorizations one message may cause (401, then 403 step-ups) */
 
 enum { MODE_UNKNOWN, MODE_JSON, MODE_SSE };
@@ -58,7 +61,8 @@ struct post {
     bool is_finished; /* on_done ran while in_data */
     bool is_get;        /* a GET: the standalone stream or a resumed one */
     bool is_standalone; /* the standalone GET stream */
-    bool saw_event;     /* an event with an id arrived on this stream */
+    bool saw_data;      /* an event with data arrived on this stream (not only a priming id) */
+    uint64_t opened_ms; /* loop time the request started */
     char *last_event_id;
     int resumes;
     uint32_t timeout_ms;
@@ -223,8 +227,8 @@ static int on_sse_event(const struct nx_sse_event *ev, void *udata)
 {
     struct post *p = udata;
 
+    p->saw_data |= ev->data_len > 0;
     if (ev->id && ev->id[0]) {
-        p->saw_event = true;
         if (!p->last_event_id || strcmp(p->last_event_id, ev->id) != 0) {
             free(p->last_event_id);
             p->last_event_id = nx_strdup(ev->id);
@@ -337,7 +341,12 @@ static bool try_resume(struct http_tp *t, struct post *p)
 {
     struct resume *r;
     long delay = p->sse.retry_ms >= 0 ? p->sse.retry_ms : RETRY_DEFAULT_MS;
-    int resumes = p->saw_event ? 0 : p->resumes + 1;
+    /* A stream that brought nothing and ended soon counts against RESUMES_MAX, and waits longer
+     * each time whatever retry the server asked for (retry: 0 and a close made a busy loop). */
+    bool is_useful = p->saw_data || nx_mono_ms() - p->opened_ms >= STREAM_USEFUL_MS;
+    int resumes = is_useful ? 0 : p->resumes + 1;
+    if (!is_useful && delay < (RETRY_QUIET_MS << (resumes - 1)))
+        delay = RETRY_QUIET_MS << (resumes - 1);
 
     if (t->is_closing || p->is_forgotten || p->got_reply || !t->loop)
         return false;
@@ -549,6 +558,7 @@ static int call_start(struct http_tp *t, struct post *p, const char *body)
     o.on_data = post_data;
     o.on_done = post_done;
     o.udata = p;
+    p->opened_ms = nx_mono_ms();
     p->call = nx_http_client_request(t->http, &o);
     free(h);
     if (!p->call) {

@@ -310,7 +310,9 @@ static void test_mcp_http_unreachable_backs_off(void **state)
 /* It wants `Authorization: Bearer tok`, gives a session (an id of 300 characters, which every
  * later POST must carry whole: the spec sets no length), and on the first GET sends a
  * tools/list_changed (event id g2, retry 100) and closes the stream: the client must list again
- * (now two tools) and reopen the GET with Last-Event-ID: g2. Tool `state` answers what it saw. */
+ * (now two tools) and reopen the GET with Last-Event-ID: g2. Later GETs get a priming event
+ * (an id, no data) with retry: 0 and are closed: a loop the client must not spin in. Tool
+ * `state` answers what it saw. */
 static const char fake_http_py[] =
     "import json, sys, time, threading\n"
     "from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer\n"
@@ -358,11 +360,8 @@ static const char fake_http_py[] =
     "            n = {'jsonrpc': '2.0', 'method': 'notifications/tools/list_changed'}\n"
     "            self.wfile.write(('event: message\\nid: g2\\ndata: ' + json.dumps(n) + '\\n\\n').encode())\n"
     "            self.wfile.flush(); return\n"
-    "        for _ in range(300):\n"
-    "            try:\n"
-    "                self.wfile.write(b': keep-alive\\n\\n'); self.wfile.flush()\n"
-    "            except Exception: return\n"
-    "            time.sleep(0.1)\n"
+    "        self.wfile.write(b'id: p%d\\nretry: 0\\ndata: \\n\\n' % st['gets'])\n"
+    "        self.wfile.flush()\n"
     "    def do_DELETE(self): self.reply(200, {})\n"
     "s = ThreadingHTTPServer(('127.0.0.1', 0), H)\n"
     "print('READY %d' % s.server_address[1], flush=True)\n"
@@ -468,6 +467,14 @@ static void test_mcp_http_standalone_stream_and_bearer(void **state)
     assert_true(json_is_null(json_array_get(ids, 0)));
     assert_string_equal(json_string_value(json_array_get(ids, 1)), "g2");
     assert_string_equal(json_string_value(json_array_get(json_object_get(seen, "auth"), 0)), "Bearer tok");
+    json_decref(seen);
+    /* GETs that bring nothing wait longer each time (250 ms, 500 ms, 1 s, ...), retry: 0 or not */
+    run_until(&loop, never, NULL, 1500);
+    assert_true(call_tool(&loop, "mcp_fake_state", "{}", &a, 10000));
+    seen = json_loads(a.text, 0, NULL);
+    free(a.text);
+    assert_non_null(seen);
+    assert_in_range(json_integer_value(json_object_get(seen, "gets")), 3, 6);
     json_decref(seen);
 
     nx_mcp_manager_free(m);
