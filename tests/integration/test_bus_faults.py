@@ -107,10 +107,10 @@ class FakeBotApi:
         self.srv.server_close()
 
 
-def config(root, nats_port, llm_port, bot_url):
+def config(root, nats_port, llm_port, bot_url, broker_extra=""):
     write_config(root, {
         "broker.yaml": ("broker:\n  type: nats\n  url: \"nats://127.0.0.1:%d\"\n"
-                        "  reconnect: {initial_backoff: 100ms, max_backoff: 1s}\n") % nats_port,
+                        "  reconnect: {initial_backoff: 100ms, max_backoff: 1s}\n%s") % (nats_port, broker_extra),
         "llm.yaml": llm_yaml(llm_port),
         "agents.yaml": ("agents:\n  - id: kate\n    model: {provider: anthropic, model: m}\n"
                         "    inbound_bindings: [{plugin: telegram, instance: faults}]\n"),
@@ -167,9 +167,9 @@ class BusFaults(unittest.TestCase):
             shutil.rmtree(self.tmp, ignore_errors=True)
         self.assertEqual(code, 0)
 
-    def start_nexo(self):
+    def start_nexo(self, broker_extra=""):
         cfg = os.path.join(self.tmp, "config")
-        config(cfg, self.nats.port, self.fport, self.bot.url)
+        config(cfg, self.nats.port, self.fport, self.bot.url, broker_extra)
         self.n = Nexo(config_dir=cfg).start()
 
     def start_nats_other_process_first(self):
@@ -266,6 +266,27 @@ class BusFaults(unittest.TestCase):
         self.assertEqual(lost, [])
         self.assertEqual(dups, {})
         self.assertEqual(len(seen), 200)
+
+    def test_c_a_full_disk_queue_holds_messages_back_until_there_is_room(self):
+        """NATS down and the disk queue capped at 5: the messages past the cap are refused by the
+        bus for now, wait in order, and are answered once NATS is back and the queue drains;
+        none is lost and none is answered twice."""
+        self.start_nexo("  limits: {max_pending: 5}\n")
+        for i in range(20):
+            self.bot.add(CHATS[i % len(CHATS)], i + 1, "m%d" % (i + 1))
+        self.n.wait_log(r"the bus's queue is full: events wait here, in order, and are tried again")
+        lost, _ = count(self.bot, range(1, 21))
+        self.assertGreaterEqual(len(lost), 15)  # only what the queue took was answered
+        self.start_nats_other_process_first()
+        mids = list(range(1, 21))
+        self.settle(mids)
+        lost, dups = count(self.bot, mids)
+        seen, _ = outbound_ids(self.col)
+        print("\n[bus faults c] 20 messages, queue cap 5, NATS down then up: lost %d, duplicate answers "
+              "%d; other process saw %d replies" % (len(lost), len(dups), len(seen)))
+        self.assertEqual(lost, [])
+        self.assertEqual(dups, {})
+        self.assertEqual(len(seen), 20)
 
 
 if __name__ == "__main__":

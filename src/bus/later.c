@@ -1,0 +1,133 @@
+#include <stdlib.h>
+#include <string.h>
+
+#include "bus/bus.h"
+#include "bus/envelope.h"
+#include "core/alloc.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "runtime/runtime.h"
+
+/* Publishes the bus refused for now (NX_EAGAIN: its disk queue is full while NATS is away),
+ * kept in order and tried again until the bus takes them. A caller whose events are durable
+ * elsewhere (a channel's ledger) would otherwise leave them unrouted until the next start. */
+
+#define LATER_FIRST_MS 100
+#define LATER_MAX_MS 5000
+#define LATER_MAX_WAITING 100000 /* beyond: refused (they stay in the ledger for the next start) */
+
+struct waiting {
+    struct waiting *next;
+    char *subject;
+    struct nx_envelope *env;
+};
+
+struct nx_bus_later {
+    struct nx_bus *bus;
+    uv_loop_t *loop;
+    char *who;
+    struct waiting *head, **tail;
+    size_t n;
+    uint64_t delay_ms;
+    struct nx_timer *timer;
+};
+
+struct nx_bus_later *nx_bus_later_new(struct nx_bus *bus, uv_loop_t *loop, const char *who)
+{
+    struct nx_bus_later *l = nx_calloc(1, sizeof *l);
+    l->bus = bus;
+    l->loop = loop;
+    l->who = nx_strdup(who ? who : "bus");
+    l->tail = &l->head;
+    return l;
+}
+
+static void waiting_free(struct waiting *w)
+{
+    free(w->subject);
+    nx_envelope_free(w->env);
+    free(w);
+}
+
+static void on_timer(void *arg);
+
+static void arm(struct nx_bus_later *l)
+{
+    if (!l->timer)
+        l->timer = nx_timer_once(l->loop, l->delay_ms, on_timer, l);
+}
+
+/* Publishes the waiting ones in order, up to the first the bus refuses again. */
+static void drain(struct nx_bus_later *l)
+{
+    size_t done = 0;
+    while (l->head) {
+        struct waiting *w = l->head;
+        int rc = nx_bus_publish(l->bus, w->subject, w->env);
+        if (rc == NX_EAGAIN)
+            break;
+        if (rc < 0)
+            nx_error("bus", "%s: event %s refused (%s): it stays unrouted until the next start", l->who,
+                     w->env->id, nx_strerror(rc));
+        if (!(l->head = w->next))
+            l->tail = &l->head;
+        l->n--;
+        done++;
+        waiting_free(w);
+    }
+    if (l->head) {
+        l->delay_ms = l->delay_ms * 2 > LATER_MAX_MS ? LATER_MAX_MS : l->delay_ms * 2;
+        arm(l);
+    } else if (done) {
+        nx_info("bus", "%s: the events that waited for room in the bus's queue are published", l->who);
+    }
+}
+
+static void on_timer(void *arg)
+{
+    struct nx_bus_later *l = arg;
+    l->timer = NULL;
+    drain(l);
+}
+
+int nx_bus_later_publish(struct nx_bus_later *l, const char *subject, const struct nx_envelope *env)
+{
+    if (!l->head) {
+        int rc = nx_bus_publish(l->bus, subject, env);
+        if (rc != NX_EAGAIN)
+            return rc;
+        l->delay_ms = LATER_FIRST_MS;
+        nx_warn("bus", "%s: the bus's queue is full: events wait here, in order, and are tried again",
+                l->who);
+    }
+    if (l->n >= LATER_MAX_WAITING)
+        return NX_EAGAIN;
+    struct waiting *w = nx_calloc(1, sizeof *w);
+    w->subject = subject ? nx_strdup(subject) : NULL;
+    w->env = nx_envelope_copy(env);
+    *l->tail = w;
+    l->tail = &w->next;
+    l->n++;
+    arm(l);
+    return 0;
+}
+
+size_t nx_bus_later_waiting(const struct nx_bus_later *l)
+{
+    return l ? l->n : 0;
+}
+
+void nx_bus_later_free(struct nx_bus_later *l)
+{
+    if (!l)
+        return;
+    if (l->timer)
+        nx_timer_cancel(l->timer);
+    while (l->head) {
+        struct waiting *w = l->head;
+        l->head = w->next;
+        waiting_free(w);
+    }
+    free(l->who);
+    free(l);
+}
