@@ -241,6 +241,12 @@ int nx_cmd_dlq(int argc, char **argv, const char *data_dir)
                 usage);
         return NX_EXIT_USAGE;
     }
+    if (!nx_store_cli_has_data(data_dir ? data_dir : "./data", "dlq")) {
+        if (strcmp(c.verb, "list"))
+            return NX_EXIT_FAILURE;
+        printf("no dead letters\n");
+        return NX_EXIT_OK;
+    }
     if (uv_loop_init(&loop) != 0)
         return NX_EXIT_FAILURE;
     if ((rc = nx_store_open(&loop, data_dir ? data_dir : "./data", NULL, on_ready, &c, &s)) < 0) {

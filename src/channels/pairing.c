@@ -417,6 +417,12 @@ int nx_cmd_pairing(int argc, char **argv, const char *data_dir)
     } else {
         goto bad;
     }
+    if (!nx_store_cli_has_data(data_dir ? data_dir : "./data", "pairing")) {
+        if (strcmp(c.what, "list"))
+            return NX_EXIT_FAILURE;
+        puts(c.is_json ? "[]" : "no pending codes and no approved senders");
+        return NX_EXIT_OK;
+    }
     if (uv_loop_init(&loop) != 0)
         return NX_EXIT_FAILURE;
     if ((rc = nx_store_open(&loop, data_dir ? data_dir : "./data", NULL, on_ready, &c, &s)) < 0) {

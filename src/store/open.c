@@ -194,3 +194,16 @@ out:
     }
     return rc;
 }
+
+bool nx_store_cli_has_data(const char *data_dir, const char *cmd)
+{
+    char path[4096];
+    struct stat st;
+
+    snprintf(path, sizeof path, "%s/nexo.db", data_dir);
+    if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
+        return true;
+    fprintf(stderr, "nexo %s: nothing is recorded under %s (no nexo.db there): is --data right?\n", cmd,
+            data_dir);
+    return false;
+}

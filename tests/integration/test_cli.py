@@ -41,7 +41,14 @@ class Cli(unittest.TestCase):
                          ["transcripts", "search", "hello", "--data", data]):
                 r = run_cli(*args)
                 self.assertEqual(r.returncode, 0, (args, r.stderr))
-            self.assertTrue(os.path.exists(os.path.join(data, "nexo.db")))  # theirs, not ./data
+                if args[0] != "transcripts":  # theirs, not ./data, and a mistyped one is named
+                    self.assertIn("nothing is recorded under %s (no nexo.db there): is --data right?" % data,
+                                  r.stderr)
+            self.assertFalse(os.path.exists(data))  # nothing made just to report on it
+            for args in (["dlq", "retry", "--all"], ["dlq", "purge"], ["pairing", "approve", "ABCD2345"]):
+                r = run_cli(*args, "--data", data)
+                self.assertEqual(r.returncode, 1, (args, r.stderr))
+                self.assertIn("is --data right?", r.stderr)
 
     def test_bad_command_line_exits_2(self):
         for args in (["frobnicate"], ["--nope"], ["run", "--listen"], ["--listen", "nonsense"],
