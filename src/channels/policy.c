@@ -333,26 +333,62 @@ void nx_chpolicy_free(struct nx_chpolicy *p)
 
 /* ---- decisions ---- */
 
-static bool is_word_char(unsigned char c)
+/* Whether code point cp is part of a word: letters and digits of any script, '_'. Punctuation,
+ * spaces and symbols end one: ASCII's, Latin-1's (¡ ¿ « » NBSP), the general and CJK punctuation
+ * blocks (’ “ ” … — 、 。), fullwidth forms' punctuation, and emoji. */
+static bool is_word_cp(uint32_t cp)
 {
-    return isalnum(c) || c == '_' || c >= 0x80;
+    if (cp < 0x80)
+        return isalnum((int)cp) || cp == '_';
+    if (cp <= 0xBF)
+        return cp == 0xAA || cp == 0xB5 || cp == 0xBA; /* ª µ º */
+    if (cp == 0xD7 || cp == 0xF7)                        /* × ÷ */
+        return false;
+    return !((cp >= 0x2000 && cp <= 0x206F) || (cp >= 0x2E00 && cp <= 0x2E7F) ||
+             (cp >= 0x3000 && cp <= 0x303F) || (cp >= 0xFE30 && cp <= 0xFE6F) ||
+             (cp >= 0xFF00 && cp <= 0xFF0F) || (cp >= 0xFF1A && cp <= 0xFF20) ||
+             (cp >= 0xFF3B && cp <= 0xFF40) || (cp >= 0xFF5B && cp <= 0xFF65) ||
+             (cp >= 0x2190 && cp <= 0x2BFF) || (cp >= 0x1F000 && cp <= 0x1FAFF));
+}
+
+/* The code point that starts at p (UTF-8; a stray byte counts as itself). */
+static uint32_t cp_at(const unsigned char *p)
+{
+    int n = p[0] >= 0xF0 ? 3 : p[0] >= 0xE0 ? 2 : p[0] >= 0xC0 ? 1 : 0;
+    uint32_t cp = n ? p[0] & (0x3Fu >> n) : p[0];
+    for (int i = 1; i <= n; i++) {
+        if ((p[i] & 0xC0) != 0x80)
+            return p[0];
+        cp = cp << 6 | (p[i] & 0x3Fu);
+    }
+    return cp;
+}
+
+/* The code point that ends just before p (start < p). */
+static uint32_t cp_before(const unsigned char *start, const unsigned char *p)
+{
+    const unsigned char *q = p - 1;
+    while (q > start && p - q < 4 && (*q & 0xC0) == 0x80)
+        q--;
+    return cp_at(q);
 }
 
 bool nx_chpolicy_keyword_match(const char *text, char *const *keywords)
 {
     if (!text || !keywords)
         return false;
+    const unsigned char *t = (const unsigned char *)text;
     for (size_t k = 0; keywords[k]; k++) {
+        const unsigned char *kw = (const unsigned char *)keywords[k];
         size_t kl = strlen(keywords[k]);
         if (kl == 0)
             continue;
-        for (const char *s = text; *s; s++) {
-            if (strncasecmp(s, keywords[k], kl) != 0)
+        bool word_start = is_word_cp(cp_at(kw)), word_end = is_word_cp(cp_before(kw, kw + kl));
+        for (const unsigned char *s = t; *s; s++) {
+            if (strncasecmp((const char *)s, keywords[k], kl) != 0)
                 continue;
-            bool starts = s == text || !is_word_char((unsigned char)s[-1]) ||
-                          !is_word_char((unsigned char)keywords[k][0]);
-            bool ends = !is_word_char((unsigned char)s[kl]) ||
-                        !is_word_char((unsigned char)keywords[k][kl - 1]);
+            bool starts = s == t || !word_start || !is_word_cp(cp_before(t, s));
+            bool ends = !s[kl] || !word_end || !is_word_cp(cp_at(s + kl));
             if (starts && ends)
                 return true;
         }

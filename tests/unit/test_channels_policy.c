@@ -133,6 +133,16 @@ static void test_open_policy_passes_everyone_and_gates_groups(void **state)
     assert_int_equal(check(p, "2", true, false, "HEY BOT!", 1, code, &reason), NX_CHPOLICY_PASS);
     /* a keyword inside another word is not a mention */
     assert_int_equal(check(p, "2", true, false, "kateverything", 1, code, &reason), NX_CHPOLICY_DROP);
+    /* punctuation beyond ASCII ends a word too (Spanish, French, typographic quotes, CJK) */
+    static const char *const said[] = {"¿kate, estás ahí?", "¡kate!", "«kate» aide-moi",
+                                       "“kate” help", "kate’s turn", "hola\u00a0kate",
+                                       "kate、こんにちは", "👋kate"};
+    for (size_t i = 0; i < sizeof said / sizeof *said; i++)
+        assert_int_equal(check(p, "2", true, false, said[i], 1, code, &reason), NX_CHPOLICY_PASS);
+    /* but a letter of any script is part of the word */
+    static const char *const inside[] = {"ékate", "kateé", "кkate", "kateя"};
+    for (size_t i = 0; i < sizeof inside / sizeof *inside; i++)
+        assert_int_equal(check(p, "2", true, false, inside[i], 1, code, &reason), NX_CHPOLICY_DROP);
     nx_chpolicy_free(p);
 
     p = policy_from("require_mention: false\n");
