@@ -240,6 +240,13 @@ static int approve_job(sqlite3 *db, void *arg)
     sqlite3_bind_text(st, 1, op->code, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
     rc = sqlite3_step(st) == SQLITE_DONE ? 0 : NX_EDB;
+    if (rc == 0 && op->out) { /* the row as it is now */
+        op->out->is_approved = true;
+        op->out->approved_at = now;
+        op->out->expires_at = 0;
+        free(op->out->code);
+        op->out->code = NULL;
+    }
 out:
     sqlite3_finalize(st);
     return rc;

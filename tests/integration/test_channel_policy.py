@@ -188,7 +188,9 @@ class ChannelPolicy(TgPeers, unittest.TestCase):
         status, body, _ = self.n.request("POST", "/admin/pairing/approve",
                                          body=json.dumps({"code": code2}).encode(), listener="admin")
         self.assertEqual(status, 200, body)
-        self.assertEqual(json.loads(body)["sender"], str(BOB))
+        row = json.loads(body)
+        self.assertEqual((row["sender"], row["state"], "code" in row), (str(BOB), "approved", False), row)
+        self.assertGreater(row["approved_at"], 0)
         poll(lambda: len(re.findall(r"telegram\.pair: sender %d approved" % BOB, self.n.read_log())) >= 2,
              10)  # the second approval of Bob in the log
         self.assertEqual(len(re.findall(r"telegram\.pair: sender %d approved" % BOB, self.n.read_log())), 2)
