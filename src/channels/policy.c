@@ -497,11 +497,11 @@ static void send_challenge(struct nx_chpolicy *p, const struct nx_channel_in *in
     }
     if (!to)
         to = in->from;
-    unsigned minutes = p->conf->pairing_code_ttl_ms / 60000;
+    unsigned secs = (unsigned)(p->conf->pairing_code_ttl_ms / 1000), n = secs < 120 ? secs : secs / 60;
     snprintf(text, sizeof text,
              "Hello! This bot only talks to approved people. Your pairing code is %s (valid for %u "
-             "minutes). Send it to the bot's operator, who approves it with: nexo pairing approve %s",
-             code, minutes, code);
+             "%s%s). Send it to the bot's operator, who approves it with: nexo pairing approve %s",
+             code, n, secs < 120 ? "second" : "minute", n == 1 ? "" : "s", code);
     if (p->store) {
         p->refs++;
         nx_pairing_put_pending(p->store, p->type, p->ikey, in->from, to, code,

@@ -134,7 +134,7 @@ class ChannelPolicy(TgPeers, unittest.TestCase):
     def test_pairing_code_then_approval_while_running(self):
         self.say("pair", BOB, "hello?")
         first = self.wait_replies("pair", BOB, 1)
-        m = re.search(r"pairing code is ([A-Z2-9]{8})", first[0])
+        m = re.search(r"pairing code is ([A-Z2-9]{8}) \(valid for 10 minutes\)", first[0])
         self.assertIsNotNone(m, first)
         code = m.group(1)
         self.assertNotRegex(code, "[01IO]")
