@@ -6,6 +6,7 @@
 
 #include "channels/telegram.h"
 #include "core/alloc.h"
+#include "core/buf.h"
 #include "core/error.h"
 
 /* Parsing the Bot API's answers (outside input: see tests/fuzz/fuzz_telegram_update.c). */
@@ -121,6 +122,8 @@ static void parse_message(const json_t *m, struct nx_tg_update *u)
     const char *text = json_string_value(json_object_get(m, "text"));
     if (!text)
         text = json_string_value(json_object_get(m, "caption"));
+    if (text && nx_str_is_blank(text))
+        text = NULL; /* white space only says nothing (and a model's API refuses it) */
     if (!json_is_object(m) || !json_is_object(chat))
         return;
     if (!get_int(chat, "id", &u->chat_id) || !get_int(m, "message_id", &u->message_id))

@@ -33,9 +33,10 @@ static void publish_msg(struct wa *wa, const struct nx_wa_msg *m, json_t *media,
     struct nx_buf key = NX_BUF_INIT, text = NX_BUF_INIT;
     const char *kind = NULL;
     if (m->kind == NX_WA_MSG_OTHER) {
-        nx_info("whatsapp", "%s: %s message %s from %s not supported: skipped", wa->label, m->type,
-                m->id, m->from);
-        nx_channel_count_drop(wa->ch, "unsupported");
+        bool is_blank = m->type && !strcmp(m->type, "text");
+        nx_info("whatsapp", "%s: %s message %s from %s %s: skipped", wa->label, m->type, m->id, m->from,
+                is_blank ? "holds only white space" : "not supported");
+        nx_channel_count_drop(wa->ch, is_blank ? "empty" : "unsupported");
         return;
     }
     if (m->kind == NX_WA_MSG_BUTTON) {

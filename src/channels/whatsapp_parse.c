@@ -7,6 +7,7 @@
 
 #include "channels/whatsapp.h"
 #include "core/alloc.h"
+#include "core/buf.h"
 #include "core/error.h"
 
 /* The WhatsApp Cloud API's wire formats: webhook signatures and bodies (outside input: see
@@ -142,7 +143,7 @@ static void parse_msg(const json_t *m, const char *pnid, const json_t *contacts,
     out->kind = NX_WA_MSG_OTHER;
     if (type && strcmp(type, "text") == 0) {
         out->text = dup_str(json_object_get(m, "text"), "body");
-        if (out->text)
+        if (out->text && !nx_str_is_blank(out->text)) /* (white space only says nothing) */
             out->kind = NX_WA_MSG_TEXT;
     } else if (type && strcmp(type, "interactive") == 0) {
         const json_t *it = json_object_get(m, "interactive");
@@ -168,6 +169,10 @@ static void parse_msg(const json_t *m, const char *pnid, const json_t *contacts,
         const json_t *o = json_object_get(m, type);
         out->data = dup_str(o, "id");
         out->text = dup_str(o, "caption");
+        if (out->text && nx_str_is_blank(out->text)) {
+            free(out->text);
+            out->text = NULL;
+        }
         out->mime_type = dup_str(o, "mime_type");
         out->filename = dup_str(o, "filename");
         if (out->data)

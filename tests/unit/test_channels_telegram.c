@@ -24,13 +24,15 @@ static void test_telegram_parses_updates(void **state)
         "{\"no_id\":true},"
         "{\"update_id\":9,\"message\":{\"message_id\":5,\"text\":\"all\","
         "\"from\":{\"id\":43},\"chat\":{\"id\":-1001,\"type\":\"supergroup\"}}},"
-        "{\"update_id\":10,\"channel_post\":{\"message_id\":1,\"text\":\"x\",\"chat\":{\"id\":5}}}"
+        "{\"update_id\":10,\"channel_post\":{\"message_id\":1,\"text\":\"x\",\"chat\":{\"id\":5}}},"
+        "{\"update_id\":11,\"message\":{\"message_id\":6,\"text\":\"  \\n\\t \","
+        "\"from\":{\"id\":42},\"chat\":{\"id\":42,\"type\":\"private\"}}}"
         "]}";
     struct nx_tg_update *v;
     size_t n;
     char err[128];
     assert_int_equal(nx_tg_parse_updates(body, strlen(body), &v, &n, err, sizeof err), 0);
-    assert_int_equal(n, 4);
+    assert_int_equal(n, 5);
     assert_int_equal(v[0].update_id, 7);
     assert_true(v[0].has_message);
     assert_string_equal(v[0].text, "hi");
@@ -46,6 +48,8 @@ static void test_telegram_parses_updates(void **state)
     assert_int_equal(v[2].chat_id, -1001);
     assert_int_equal(v[3].update_id, 10);
     assert_false(v[3].has_message);
+    assert_int_equal(v[4].update_id, 11);
+    assert_false(v[4].has_message); /* white space only: nothing to answer (the APIs refuse it) */
     nx_tg_updates_free(v, n);
 
     assert_int_equal(nx_tg_parse_updates("{\"ok\":true,\"result\":[]}", 23, &v, &n, err, sizeof err), 0);

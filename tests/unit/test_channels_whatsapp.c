@@ -77,12 +77,16 @@ static void test_whatsapp_parses_every_message_kind(void **state)
         "{\"from\":\"15551234567\",\"id\":\"wamid.O\",\"timestamp\":\"7\",\"type\":\"location\","
         "\"location\":{\"latitude\":1,\"longitude\":2}},"
         "{\"from\":\"15551234567\",\"type\":\"text\",\"text\":{\"body\":\"no id: skipped\"}},"
-        "\"not an object\""
+        "\"not an object\","
+        "{\"from\":\"15551234567\",\"id\":\"wamid.W\",\"timestamp\":\"8\",\"type\":\"text\","
+        "\"text\":{\"body\":\" \\n \"}},"
+        "{\"from\":\"15551234567\",\"id\":\"wamid.V\",\"timestamp\":\"9\",\"type\":\"video\","
+        "\"video\":{\"caption\":\"  \",\"mime_type\":\"video/mp4\",\"id\":\"m4\"}}"
         "]}}]}]}";
     struct nx_wa_webhook w;
     char err[128];
     assert_int_equal(nx_wa_parse_webhook(body, strlen(body), &w, err, sizeof err), 0);
-    assert_int_equal(w.nmsgs, 8);
+    assert_int_equal(w.nmsgs, 10);
     assert_int_equal(w.nstatuses, 0);
     const struct nx_wa_msg *m = w.msgs;
     assert_int_equal(m[0].kind, NX_WA_MSG_TEXT);
@@ -113,6 +117,9 @@ static void test_whatsapp_parses_every_message_kind(void **state)
     assert_string_equal(m[6].data, "m3");
     assert_int_equal(m[7].kind, NX_WA_MSG_OTHER);
     assert_string_equal(m[7].type, "location");
+    assert_int_equal(m[8].kind, NX_WA_MSG_OTHER); /* white space only: nothing to answer */
+    assert_int_equal(m[9].kind, NX_WA_MSG_MEDIA); /* a blank caption is none */
+    assert_null(m[9].text);
     nx_wa_webhook_cleanup(&w);
 }
 
