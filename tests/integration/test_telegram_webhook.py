@@ -138,13 +138,12 @@ class TelegramWebhook(TgPeers, unittest.TestCase):
         say(ALICE + 20, "lunch anyone?")
         say(ALICE + 20, "@TestNameBot what is on the menu?",
             entities=[{"type": "mention", "offset": 0, "length": 12}])
-        replies = []
-        poll(lambda: replies.extend(self.bot_replies(group)) or len(replies) >= 1, 20)
+        self.tg.wait_replies(TOKEN, group, 1)
         say(ALICE + 21, "thanks", reply_to_message={
             "message_id": 1, "date": int(time.time()), "text": "the menu",
             "from": {"id": 666, "is_bot": True, "first_name": "Test", "username": "TestNameBot"},
             "chat": {"id": group, "type": "supergroup", "title": "team"}})
-        poll(lambda: replies.extend(self.bot_replies(group)) or len(replies) >= 2, 20)
+        replies = self.tg.wait_replies(TOKEN, group, 2)
         self.assertEqual([m["text"] for m in replies], ["the menu", "you are welcome"])
         asked = [r["body"]["messages"][-1]["content"][0]["text"] for r in self.llm_requests()]
         self.assertEqual(asked, ["@TestNameBot what is on the menu?", "thanks"])
