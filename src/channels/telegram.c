@@ -413,6 +413,18 @@ static void batch_done(struct tg *tg)
     }
 }
 
+/* True the first time for an update: a note of ours (not an event with a ledger key) is sent
+ * once when Telegram delivers the update again (a webhook retried, a restart before the offset). */
+static bool note_once(struct tg *tg, int64_t update_id)
+{
+    size_t n = tg->nnoted < NX_ARRAY_LEN(tg->noted) ? tg->nnoted : NX_ARRAY_LEN(tg->noted);
+    for (size_t i = 0; i < n; i++)
+        if (tg->noted[i] == update_id)
+            return false;
+    tg->noted[tg->nnoted++ % NX_ARRAY_LEN(tg->noted)] = update_id;
+    return true;
+}
+
 /* Publishes the batch's updates in order, pausing for media downloads; then stores how far it
  * got (the offset) and polls again. */
 static void process_batch(struct tg *tg)
@@ -436,12 +448,15 @@ static void process_batch(struct tg *tg)
                 tg->media_rc = NX_EPERM; /* published without it: the policy drops and counts it */
             if (u->media && tg->media_rc == 1 && fetch_media(tg, u))
                 return; /* on_fetched goes on */
-            if (tg->media_rc == NX_ETOOBIG) {
+            if (tg->media_rc == NX_ETOOBIG && note_once(tg, u->update_id)) {
                 char note[160];
                 snprintf(note, sizeof note, "That file is too large for me (the limit is %" PRIu64
                          " MB): it was not received.", tg->max_media >> 20);
                 nx_tg_queue_note(tg, u->chat_id, note);
                 nx_channel_count_drop(tg->ch, "media_too_large");
+            } else if (tg->media_rc == NX_ETOOBIG) {
+                nx_debug("telegram", "%s: update %" PRId64 " delivered again: its note was sent", tg->label,
+                         u->update_id);
             } else if (!publish_update(tg, u)) {
                 tg->is_batch_stalled = true;
                 break;

@@ -77,6 +77,8 @@ struct tg {
     bool is_batch_stalled;
     struct nx_tg_fetch *fetch;
     int media_rc;          /* the fetch result for batch[bi]; 1 = none yet */
+    int64_t noted[32];     /* updates lately answered with a note of ours (a file too large) */
+    unsigned nnoted;
     char *media_path;
     int64_t media_size;
     bool is_offset_busy;   /* a store read or write of the offset is pending */

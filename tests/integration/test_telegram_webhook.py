@@ -135,11 +135,11 @@ class TelegramWebhook(TgPeers, unittest.TestCase):
             status, _, _ = self.post(u)
             self.assertEqual(status, 200)
 
-        say(ALICE + 20, "lunch anyone?")
-        say(ALICE + 20, "@TestNameBot what is on the menu?",
+        say(ALICE + 50, "lunch anyone?")
+        say(ALICE + 50, "@TestNameBot what is on the menu?",
             entities=[{"type": "mention", "offset": 0, "length": 12}])
         self.tg.wait_replies(TOKEN, group, 1)
-        say(ALICE + 21, "thanks", reply_to_message={
+        say(ALICE + 51, "thanks", reply_to_message={
             "message_id": 1, "date": int(time.time()), "text": "the menu",
             "from": {"id": 666, "is_bot": True, "first_name": "Test", "username": "TestNameBot"},
             "chat": {"id": group, "type": "supergroup", "title": "team"}})
@@ -147,6 +147,23 @@ class TelegramWebhook(TgPeers, unittest.TestCase):
         self.assertEqual([m["text"] for m in replies], ["the menu", "you are welcome"])
         asked = [r["body"]["messages"][-1]["content"][0]["text"] for r in self.llm_requests()]
         self.assertEqual(asked, ["@TestNameBot what is on the menu?", "thanks"])
+
+    def test_a_file_too_large_is_noted_once_when_delivered_again(self):
+        u = self.update(ALICE + 40, None)
+        del u["message"]["text"]
+        u["message"]["document"] = {"file_id": "big1", "file_unique_id": "ubig1", "file_name": "a.pdf",
+                                    "file_size": 50 * 1024 * 1024}
+        for _ in range(3):  # Telegram delivers the same update again
+            status, _, _ = self.post(u)
+            self.assertEqual(status, 200)
+        self.tg.wait_replies(TOKEN, ALICE + 40, 1)
+        u2 = self.update(ALICE + 40, "and this?")  # then a message after it, answered
+        script(self.fport, [{"text": "ok"}])
+        self.assertEqual(self.post(u2)[0], 200)
+        texts = [m["text"] for m in self.tg.wait_replies(TOKEN, ALICE + 40, 2)]
+        self.assertEqual(len(texts), 2, texts)
+        self.assertIn("too large", texts[0])
+        self.assertEqual(texts[1], "ok")
 
     def test_wrong_or_missing_secret_is_401_and_nothing_happens(self):
         script(self.fport, [{"text": "must not be sent"}])
