@@ -448,10 +448,12 @@ static void on_authorized(struct nx_mcp_oauth_op *op, long status, const struct 
     (void)body;
     if (status < 300 || status > 399 || nx_http_response_header(res, "Location", loc, sizeof loc) <= 0 ||
         strncmp(loc, o->redirect_uri, strcspn(o->redirect_uri, "?")) != 0) {
-        /* a login page: a person must approve */
+        /* a login page: a person must approve (said once per authorization URL) */
+        bool is_new = !o->pending_state || strcmp(o->pending_state, op->state) != 0;
         nx_oauth_set_str(&o->pending_state, op->state);
         nx_oauth_set_str(&o->pending_verifier, op->verifier);
-        nx_warn("mcp",
+        if (is_new)
+            nx_warn("mcp",
                 "server %s: OAuth needs an operator: open %s , approve, then write the URL the browser "
                 "lands on (%s?code=...) to %s.code",
                 o->server, o->auth_url, o->redirect_uri, o->token_file ? o->token_file : "<token_file>");
@@ -484,6 +486,18 @@ static void do_authorize(struct nx_mcp_oauth_op *op)
 
     if (!o->authz_ep) {
         failf(op, NX_EPROTO, "the authorization server has no authorization_endpoint");
+        return;
+    }
+    char *pending_client = o->auth_url ? nx_oauth_query_param(o->auth_url, "client_id") : NULL;
+    bool is_same = pending_client && o->client_id && !strcmp(pending_client, o->client_id) &&
+                   !strncmp(o->auth_url, o->authz_ep, strlen(o->authz_ep));
+    free(pending_client);
+    if (is_same && o->pending_state && o->pending_verifier && !op->is_step_up) {
+        /* an operator may be approving the URL logged before: it stays the one, until used */
+        nx_oauth_set_str(&op->state, o->pending_state);
+        nx_oauth_set_str(&op->verifier, o->pending_verifier);
+        nx_debug("mcp", "server %s: OAuth still waits for the operator", o->server);
+        http(op, "GET", o->auth_url, NULL, NULL, NULL, on_authorized);
         return;
     }
     free(op->verifier);

@@ -31,7 +31,8 @@
  * (test_mcp_conformance.py). */
 
 static const char oauth_py[] =
-    "import base64, json, urllib.parse\n"
+    "import base64, json, sys, urllib.parse\n"
+    "LOGIN = sys.argv[1:] == ['login']  # /authorize shows a login page: an operator approves\n"
     "from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer\n"
     "# Two authorization servers on one port: /as (its metadata names the origin as issuer, as\n"
     "# path-based servers often do) and /as2; the resource names st['as'] (the `switch` tool changes it).\n"
@@ -69,6 +70,7 @@ static const char oauth_py[] =
     "            st['seen'][a] += q.get('client_id', [])\n"
     "            st['resource'].append(q.get('resource', [None])[0])\n"
     "            st['scope'].append(q.get('scope', [None])[0])\n"
+    "            if LOGIN: return self.reply(200, {'page': 'log in'})\n"
     "            loc = q['redirect_uri'][0] + '?code=c1&state=' + urllib.parse.quote(q['state'][0])\n"
     "            return self.reply(302, None, [('Location', loc)])\n"
     "        self.reply(405, {})\n"
@@ -130,7 +132,7 @@ struct peer {
 
 static struct peer peer; /* stopped by teardown even when an assertion fails */
 
-static bool peer_start(struct peer *p)
+static bool peer_start_mode(struct peer *p, const char *mode)
 {
     int pipefd[2];
     char line[64] = {0};
@@ -148,7 +150,7 @@ static bool peer_start(struct peer *p)
         dup2(pipefd[1], 1);
         close(pipefd[0]);
         close(pipefd[1]);
-        execl("/usr/bin/python3", "python3", p->path, (char *)NULL);
+        execl("/usr/bin/python3", "python3", p->path, mode, (char *)NULL);
         _exit(127);
     }
     close(pipefd[1]);
@@ -161,6 +163,11 @@ static bool peer_start(struct peer *p)
     }
     close(pipefd[0]);
     return sscanf(line, "READY %d", &p->port) == 1;
+}
+
+static bool peer_start(struct peer *p)
+{
+    return peer_start_mode(p, NULL);
 }
 
 static void peer_stop(struct peer *p)
@@ -394,6 +401,92 @@ static void test_mcp_oauth_new_authorization_server_gets_a_new_client(void **sta
     rmdir(dir);
 }
 
+static size_t count_of(const char *hay, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p++)
+        n++;
+    return n;
+}
+
+static bool authorizations_tried(void *arg)
+{
+    return count_of(nx_buf_cstr(&logged), "OAuth authorization request") +
+               count_of(nx_buf_cstr(&logged), "OAuth still waits for the operator") >= *(size_t *)arg;
+}
+
+/* An authorization server that shows a login page: the client logs the URL for an operator and
+ * tries again with backoff meanwhile. The operator approves the URL logged first, some tries
+ * later, and writes where the browser landed to <token_file>.code: that code is exchanged. */
+static void test_mcp_oauth_operator_approves_the_url_logged_first(void **state)
+{
+    uv_loop_t loop;
+    struct nx_http_client *http = NULL;
+    struct nx_mcp_manager *m = NULL;
+    struct peer *p = &peer;
+    char url[128], dir[] = "/tmp/nx-mcp-oauth-XXXXXX", file[256], st[64] = "";
+    struct nx_mcp_server_conf sc;
+    struct nx_mcp_conf c;
+    struct nx_mcp_host host;
+    size_t tries = 3;
+
+    (void)state;
+    nx_log_set_level(getenv("NX_TEST_LOG") ? NX_LOG_DEBUG : NX_LOG_OFF);
+    assert_int_equal(nx_log_sink_add(on_log, NULL, NX_LOG_DEBUG), 0);
+    assert_true(peer_start_mode(p, "login"));
+    assert_non_null(mkdtemp(dir));
+    host = (struct nx_mcp_host){.data_dir = dir};
+    assert_int_equal(uv_loop_init(&loop), 0);
+    assert_int_equal(nx_http_client_new(&loop, NULL, &http), 0);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/mcp", p->port);
+    memset(&sc, 0, sizeof sc);
+    sc.name = "o";
+    sc.transport = NX_MCP_STREAMABLE_HTTP;
+    sc.url = url;
+    sc.extra = json_pack("{s:{s:s}}", "auth", "type", "oauth");
+    memset(&c, 0, sizeof c);
+    c.enabled = true;
+    c.initialize_timeout_ms = 20000;
+    c.call_timeout_ms = 20000;
+    c.idle_reap_interval_ms = 600000;
+    c.servers = &sc;
+    c.n_servers = 1;
+    assert_int_equal(nx_mcp_manager_new(&loop, http, &c, &m), 0);
+    nx_mcp_manager_set_host(m, &host);
+    json_decref(sc.extra);
+
+    assert_true(run_until(&loop, authorizations_tried, &tries, 20000));
+    const char *first = strstr(nx_buf_cstr(&logged), "OAuth needs an operator: open ");
+    assert_non_null(first);
+    const char *s = strstr(first, "&state=");
+    assert_non_null(s);
+    s += 7;
+    size_t n = strcspn(s, "& ");
+    memcpy(st, s, n < sizeof st - 1 ? n : sizeof st - 1);
+    assert_int_equal(count_of(nx_buf_cstr(&logged), "OAuth needs an operator"), 1); /* said once */
+    snprintf(file, sizeof file, "%s/mcp/oauth-o.json.code", dir);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fprintf(f, "http://127.0.0.1/callback?code=c1&state=%s\n", st);
+    fclose(f);
+    assert_true(run_until(&loop, tool_exists, "mcp_o_state", 20000));
+    nx_mcp_manager_free(m);
+
+    nx_log_sink_remove(on_log, NULL);
+    nx_buf_cleanup(&logged);
+    for (int k = 0; k < 200 && nx_http_client_inflight(http) > 0; k++)
+        run_until(&loop, never, NULL, 20);
+    nx_http_client_free(http);
+    for (int k = 0; k < 100 && uv_run(&loop, UV_RUN_NOWAIT); k++)
+        ;
+    assert_int_equal(uv_loop_close(&loop), 0);
+    snprintf(file, sizeof file, "%s/mcp/oauth-o.json", dir);
+    unlink(file);
+    snprintf(file, sizeof file, "%s/mcp", dir);
+    rmdir(file);
+    rmdir(dir);
+}
+
 static int teardown(void **state)
 {
     (void)state;
@@ -407,6 +500,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_mcp_oauth_code_flow_refresh_and_token_file, teardown),
         cmocka_unit_test_teardown(test_mcp_oauth_new_authorization_server_gets_a_new_client, teardown),
+        cmocka_unit_test_teardown(test_mcp_oauth_operator_approves_the_url_logged_first, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
