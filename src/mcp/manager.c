@@ -580,6 +580,24 @@ static void server_cleanup(struct server *s)
     nx_mcp_mgr_server_conf_cleanup(s);
 }
 
+/* Tools are named mcp_<server>_<tool>, so with servers "web" and "web_admin" the glob mcp_web_*
+ * in allowed_tools takes web_admin's tools too (and web's tool admin_x and web_admin's x share a
+ * name): said at start, as renaming is the operator's call. */
+static void warn_name_overlaps(const struct nx_mcp_manager *m)
+{
+    for (size_t i = 0; i < m->nservers; i++) {
+        const char *a = m->servers[i].conf.name;
+        size_t n = a ? strlen(a) : 0;
+        for (size_t j = 0; n && j < m->nservers; j++) {
+            const char *b = m->servers[j].conf.name;
+            if (j != i && b && !strncmp(a, b, n) && b[n] == '_')
+                nx_warn("mcp", "servers %s and %s: the allowed_tools glob mcp_%s_* matches %s's tools too; "
+                        "name the tools, or rename a server so that neither name starts the other", a, b,
+                        a, b);
+        }
+    }
+}
+
 int nx_mcp_manager_new(uv_loop_t *loop, struct nx_http_client *http, const struct nx_mcp_conf *conf,
                        struct nx_mcp_manager **out)
 {
@@ -599,6 +617,7 @@ int nx_mcp_manager_new(uv_loop_t *loop, struct nx_http_client *http, const struc
         m->nservers = conf->n_servers;
         for (size_t i = 0; i < conf->n_servers; i++)
             nx_mcp_mgr_server_init(m, &m->servers[i], &conf->servers[i], conf->extra);
+        warn_name_overlaps(m);
         for (size_t i = 0; i < m->nservers; i++) {
             struct server *s = &m->servers[i];
 

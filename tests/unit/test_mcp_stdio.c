@@ -592,6 +592,43 @@ static void test_mcp_stdio_missing_command_backs_off(void **state)
     nx_mcp_manager_set_limits(0, 0);
 }
 
+static char warned[1024];
+
+static void on_warn(const struct nx_log_line *line, void *udata)
+{
+    (void)udata;
+    if (line->level == NX_LOG_WARN && strstr(line->msg, "glob"))
+        snprintf(warned, sizeof warned, "%s", line->msg);
+}
+
+/* Servers web and web_admin: mcp_web_* in allowed_tools would take web_admin's tools too. */
+static void test_mcp_server_names_that_start_one_another_are_warned_of(void **state)
+{
+    uv_loop_t loop;
+    struct nx_mcp_manager *m = NULL;
+    struct nx_mcp_server_conf sc[3];
+    struct nx_mcp_conf c;
+    static const char *const names[] = {"web_admin", "web", "webhooks"};
+
+    (void)state;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    memset(sc, 0, sizeof sc);
+    for (int i = 0; i < 3; i++) {
+        sc[i].name = (char *)names[i];
+        sc[i].transport = NX_MCP_STDIO;
+        sc[i].command = "/nonexistent/mcp-server";
+    }
+    conf_init(&c, sc, 3);
+    assert_int_equal(nx_log_sink_add(on_warn, NULL, NX_LOG_WARN), 0);
+    assert_int_equal(nx_mcp_manager_new(&loop, NULL, &c, &m), 0);
+    nx_log_sink_remove(on_warn, NULL);
+    assert_string_equal(warned, "servers web and web_admin: the allowed_tools glob mcp_web_* matches "
+                                "web_admin's tools too; name the tools, or rename a server so that "
+                                "neither name starts the other");
+    finish_loop(&loop, m, 5000);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static bool deaf_restarted(void *arg)
 {
     return status_int(arg, "deaf", "restarts") >= 1;
@@ -673,6 +710,7 @@ int main(void)
         cmocka_unit_test(test_mcp_stdio_resources_and_prompts),
         cmocka_unit_test(test_mcp_stdio_malformed_frames_and_server_requests),
         cmocka_unit_test(test_mcp_stdio_missing_command_backs_off),
+        cmocka_unit_test(test_mcp_server_names_that_start_one_another_are_warned_of),
         cmocka_unit_test(test_mcp_stdio_close_ends_without_the_childs_exit),
         cmocka_unit_test(test_mcp_stdio_timeouts_pings_stderr_allowed),
     };
