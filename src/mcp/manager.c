@@ -97,7 +97,12 @@ static void on_call_result(int rc, const json_t *result, const char *err, void *
     bool is_error = true;
     const char *outcome = "error";
 
-    if (rc == 0) {
+    if (rc == 0 && call->mt->kind == MT_CALL && !json_is_array(json_object_get(result, "content")) &&
+        !json_is_object(json_object_get(result, "structuredContent"))) {
+        nx_buf_printf(&b, "MCP server \"%s\": tool \"%s\" answered with no tool result (no content)",
+                      s->conf.name, call->mt->remote);
+        nx_warn("mcp", "%s", nx_buf_cstr(&b));
+    } else if (rc == 0) {
         char *text = call->mt->kind == MT_LIST_RESOURCES  ? nx_mcp_resource_list_text(result)
                      : call->mt->kind == MT_READ_RESOURCE ? nx_mcp_resource_read_text(result)
                                                           : nx_mcp_result_text(result);

@@ -67,9 +67,13 @@ static const char fake_py[] =
     "                         'nextCursor': 'page2'})\n"
     "        else:\n"
     "            result(mid, {'tools': [{'name': 'dotted.name/x', 'description': 'd'},\n"
-    "                                   {'name': 'L' * 80}, {'name': 'slow'}]})\n"
+    "                                   {'name': 'L' * 80}, {'name': 'slow'}, {'name': 'nothing'},\n"
+    "                                   {'name': 'nul'}]})\n"
     "    elif meth == 'tools/call':\n"
     "        if m['params']['name'] == 'slow': continue\n"
+    "        if m['params']['name'] == 'nothing': result(mid, {}); continue\n"
+    "        if m['params']['name'] == 'nul':\n"
+    "            result(mid, {'content': [{'type': 'text', 'text': 'a\\u0000b'}]}); continue\n"
     "        if m['params']['name'] == 'replies':\n"
     "            result(mid, {'content': [{'type': 'text', 'text': json.dumps(replies, sort_keys=True)}]})\n"
     "        else:\n"
@@ -542,6 +546,17 @@ static void test_mcp_stdio_malformed_frames_and_server_requests(void **state)
     assert_true(call_tool(&loop, "mcp_fake_dotted_name_x", "{}", &a, 20000));
     assert_true(a.is_error);
     assert_string_equal(a.text, "[image: image/png, 3 bytes]\nt");
+    free(a.text);
+    /* a result that is no tool result is an error, not an empty success */
+    assert_true(call_tool(&loop, "mcp_fake_nothing", "{}", &a, 20000));
+    assert_true(a.is_error);
+    assert_string_equal(a.text,
+                        "MCP server \"fake\": tool \"nothing\" answered with no tool result (no content)");
+    free(a.text);
+    /* a NUL in a text is not its end */
+    assert_true(call_tool(&loop, "mcp_fake_nul", "{}", &a, 20000));
+    assert_false(a.is_error);
+    assert_string_equal(a.text, "a\xEF\xBF\xBD" "b");
     free(a.text);
 
     /* a server that wants a version we do not speak is refused */
