@@ -156,7 +156,7 @@ static void req_timer(struct nx_mcp_request *r)
         finish(r, r->early_rc, NULL, err);
         return;
     }
-    nx_warn("mcp", "server %s: %s (request %lld)", c->name, r->method, r->id);
+    nx_warn("mcp", "server %s: %s (request %lld) timed out: cancelled", c->name, r->method, r->id);
     c->busy++;
     send_cancelled(c, r, "timeout");
     c->busy--;
