@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "channels/markdown.h"
 #include "channels/sendq.h"
 #include "channels/whatsapp.h"
 #include "channels/whatsapp_int.h"
@@ -373,8 +374,9 @@ static void add_text(json_t *reqs, const char *to, const char *text, size_t limi
     free(c);
 }
 
-/* The outbound payload -> request bodies. Returns NULL with a reason when it breaks a rule. */
-static json_t *build_requests(const struct nx_channel_out *out, bool *is_template, char *err,
+/* The outbound payload -> request bodies (the text as WhatsApp formatting, with markdown).
+ * Returns NULL with a reason when it breaks a rule. */
+static json_t *build_requests(const struct nx_channel_out *out, bool markdown, bool *is_template, char *err,
                               size_t errlen)
 {
     const json_t *p = out->payload;
@@ -385,6 +387,12 @@ static json_t *build_requests(const struct nx_channel_out *out, bool *is_templat
     const char *text = out->text ? out->text : "";
     const char *reply_to = out->reply_to;
     json_t *reqs = json_array(), *r = NULL;
+    struct nx_buf md = NX_BUF_INIT;
+
+    if (markdown && *text) {
+        nx_md_render(&nx_md_whatsapp, text, strlen(text), &md);
+        text = nx_buf_cstr(&md);
+    }
 
     *is_template = false;
     if (tmpl) {
@@ -408,8 +416,10 @@ static json_t *build_requests(const struct nx_channel_out *out, bool *is_templat
         r = nx_wa_media_request(out->to, media, reply_to, err, errlen);
     } else {
         add_text(reqs, out->to, text, NX_WA_TEXT_LIMIT, &reply_to);
+        nx_buf_cleanup(&md);
         return reqs;
     }
+    nx_buf_cleanup(&md);
     if (!r) {
         json_decref(reqs);
         return NULL;
@@ -439,7 +449,7 @@ static int wa_send(void *state, const struct nx_channel_out *out)
     }
     if (wa->q.n >= wa->q.max)
         return NX_EAGAIN;
-    json_t *reqs = build_requests(out, &is_template, err, sizeof err);
+    json_t *reqs = build_requests(out, wa->markdown, &is_template, err, sizeof err);
     if (!reqs) {
         nx_error("whatsapp", "%s: message to %s not sent: %s", wa->label, out->to, err);
         nx_channel_count_drop(wa->ch, "malformed");
@@ -572,6 +582,7 @@ static int wa_start(struct nx_channel *ch, const void *confp, void **state)
     wa->app_secret = nx_strdup(conf->app_secret);
     wa->verify_token = nx_strdup(conf->verify_token);
     wa->proxy = conf->proxy ? nx_strdup(conf->proxy) : NULL;
+    wa->markdown = conf->markdown;
     size_t na = 0;
     while (conf->allow && conf->allow[na])
         na++;

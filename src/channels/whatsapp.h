@@ -30,6 +30,7 @@ struct nx_wa_conf {
     char *api_url;
     char *graph_version;
     char *proxy;
+    bool markdown;                        /* replies' Markdown as WhatsApp formatting */
     struct {
         bool enforce;
         uint32_t hours;

@@ -120,6 +120,7 @@ static const struct nx_conf_field wa_fields[] = {
     {NX_FIELD("graph_version", NX_CT_STRING, WC, graph_version), .def = "v21.0",
      .check = check_version},
     {NX_FIELD("proxy", NX_CT_STRING, WC, proxy)},
+    {NX_FIELD("markdown", NX_CT_BOOL, WC, markdown), .def = "true"},
     {NX_FIELD("max_body", NX_CT_SIZE, WC, max_body), .def = "1MiB", .min = 1024, .max = 64 << 20},
     {NX_FIELD("max_media_bytes", NX_CT_SIZE, WC, max_media_bytes), .def = "16MiB", .min = 1,
      .max = 100 << 20},

@@ -25,6 +25,7 @@ struct out_msg {
 struct wa {
     int refs;
     bool is_stopped;
+    bool markdown;         /* replies rendered from Markdown (*bold*, _italic_, ~strike~) */
     bool is_enabled;
     struct nx_channel *ch; /* NULL once stopped */
     struct nx_http_client *http;

@@ -229,6 +229,14 @@ class WhatsApp(unittest.TestCase):
                                 "AND provider_id = ?", sent[0]["wamid"])
         self.assertEqual(rows, [("sent", sent[0]["wamid"])])
 
+    def test_markdown_goes_out_as_whatsapp_formatting(self):
+        script(self.fport, [{"text": "**bold**, _it_, ~~gone~~, `x = 1` and [docs](https://ex.com/a)\n"
+                                     "- one\n- two"}])
+        self.webhook([{"from": self.me, "text": "format please"}])
+        sent = self.wait_sends(self.me, 1)
+        self.assertEqual(sent[0]["body"]["text"]["body"],
+                         "*bold*, _it_, ~gone~, `x = 1` and docs (https://ex.com/a)\n\u2022 one\n\u2022 two")
+
     def test_a_bad_signature_is_401_and_nothing_happens(self):
         script(self.fport, [{"text": "must not be sent"}])
         r = self.webhook([{"from": self.me, "text": "forged"}], bad_signature=True)
