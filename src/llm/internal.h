@@ -189,6 +189,21 @@ size_t nx_openai_stream_events(const struct nx_openai_stream *s);
 int nx_openai_stream_finish(struct nx_openai_stream *s, struct nx_llm_resp *out);
 void nx_openai_stream_free(struct nx_openai_stream *s);
 
+/* openai_fast.c: the common stream chunk (one choice, a text delta) read without a JSON tree.
+ * True when data is exactly that (valid JSON, as jansson would take it): the fields are spans of
+ * data (content may hold simple escapes: content_esc). False for anything else, left to jansson.
+ * nx_openai_fast_enabled (true) lets the fuzz target compare both readers. */
+struct nx_openai_fast {
+    const char *model, *content, *finish; /* NULL when absent or null */
+    size_t model_len, content_len, finish_len;
+    bool content_esc;
+    bool has_choice;
+};
+extern bool nx_openai_fast_enabled;
+bool nx_openai_fast_chunk(const char *data, size_t len, struct nx_openai_fast *f);
+/* Appends s (a JSON string's bytes without \u escapes) unescaped. */
+void nx_json_unescape_plain(const char *s, size_t n, struct nx_buf *out);
+
 /* --- llm/frag_cache.c: the wire form of history messages, by message identity --- */
 enum { NX_FRAG_OPENAI = 1, NX_FRAG_ANTHROPIC = 2, NX_FRAG_OPENAI_TOOLS = 3, NX_FRAG_ANTHROPIC_TOOLS = 4,
        NX_FRAG_TOKENS = 5, NX_FRAG_OPENAI_DEEPSEEK = 6 /* with reasoning_content */ };

@@ -303,6 +303,32 @@ static int on_tool_delta(struct nx_openai_stream *s, const json_t *d)
     return 0;
 }
 
+/* The common chunk (openai_fast.c), applied as the jansson path below would. */
+static bool fast_event(struct nx_openai_stream *s, const char *data, size_t len)
+{
+    struct nx_openai_fast f;
+
+    if (!nx_openai_fast_chunk(data, len, &f))
+        return false;
+    if (f.model && !s->resp.model)
+        s->resp.model = nx_strndup(f.model, f.model_len);
+    if (f.content && f.content_len) {
+        size_t at = s->text.len;
+        if (f.content_esc)
+            nx_json_unescape_plain(f.content, f.content_len, &s->text);
+        else
+            nx_buf_append(&s->text, f.content, f.content_len);
+        s->on_text(s->text.data + at, s->text.len - at, s->udata);
+    }
+    if (f.finish && f.finish_len) {
+        char *v = nx_strndup(f.finish, f.finish_len);
+        s->resp.stop = nx_llm_stop_from_openai(v);
+        s->got_finish = true;
+        free(v);
+    }
+    return true;
+}
+
 static int on_event(const struct nx_sse_event *sse, void *udata)
 {
     struct nx_openai_stream *s = udata;
@@ -318,6 +344,8 @@ static int on_event(const struct nx_sse_event *sse, void *udata)
         s->done = true;
         return 0;
     }
+    if (nx_openai_fast_enabled && fast_event(s, sse->data, sse->data_len))
+        return 0;
     if (!(ev = json_loadb(sse->data, sse->data_len, 0, NULL)) || !json_is_object(ev)) {
         json_decref(ev);
         return fail(s, "a chunk that is not a JSON object");

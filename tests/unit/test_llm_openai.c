@@ -355,6 +355,76 @@ static void test_openai_stream_parser_edges(void **state)
     nx_openai_stream_free(s);
 }
 
+/* The fast reader of common chunks takes exactly those (and decodes their escapes as jansson
+ * does); anything else is left to jansson, and both readers give the same answer. */
+static void collect_text(const char *d, size_t n, void *u)
+{
+    nx_buf_append(u, d, n);
+}
+
+static void test_openai_fast_chunks_read_as_jansson_does(void **state)
+{
+    static const char *const taken[] = {
+        "{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"m\","
+        "\"system_fingerprint\":null,\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\","
+        "\"content\":\"\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}",
+        " { \"choices\" : [ { \"delta\" : { \"content\" : \"a\\n\\\"b\\\\ \\/ \\t\" } } ] } \r\n",
+        "{\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":null,\"content\":\"x\"},"
+        "\"finish_reason\":\"\"}]}",
+        "{\"choices\":[]}",
+        "{}",
+    };
+    static const char *const left[] = {
+        "{\"choices\":[{\"delta\":{\"content\":\"caf\\u00e9\"}}]}",            /* \u escape */
+        "{\"choices\":[{\"delta\":{\"tool_calls\":[]}}]}",                        /* a tool call */
+        "{\"choices\":[],\"usage\":{\"prompt_tokens\":1}}",                          /* usage */
+        "{\"choices\":[{\"index\":1,\"delta\":{\"content\":\"x\"}}]}",            /* choice 1 */
+        "{\"choices\":[{\"delta\":{}},{\"delta\":{}}]}",                             /* two */
+        "{\"created\":1.5,\"choices\":[]}",                                         /* a real */
+        "{\"error\":{\"message\":\"x\"}}",
+        "{\"choices\":[{\"delta\":{\"content\":\"a\",\"content\":\"b\"}}]}",     /* repeated */
+        "{\"choices\":[]} x", "{\"choices\":[]", "[]", "{\"a\":01}", "{\"a\":\"\x01\"}",
+    };
+    struct nx_openai_fast f;
+    (void)state;
+    for (size_t i = 0; i < sizeof taken / sizeof *taken; i++)
+        assert_true(nx_openai_fast_chunk(taken[i], strlen(taken[i]), &f));
+    assert_true(nx_openai_fast_chunk(taken[1], strlen(taken[1]), &f));
+    assert_true(f.content_esc && f.has_choice && !f.model);
+    for (size_t i = 0; i < sizeof left / sizeof *left; i++)
+        assert_false(nx_openai_fast_chunk(left[i], strlen(left[i]), &f));
+
+    /* a whole stream both ways: the same text, model, stop reason and message */
+    struct nx_buf sse = NX_BUF_INIT;
+    for (size_t i = 0; i < sizeof taken / sizeof *taken; i++)
+        nx_buf_printf(&sse, "data: %s\n\n", taken[i]);
+    nx_buf_puts(&sse, "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n"
+                      "data: [DONE]\n\n");
+    struct nx_buf text[2] = {NX_BUF_INIT, NX_BUF_INIT};
+    struct nx_llm_resp r[2];
+    for (int k = 0; k < 2; k++) {
+        nx_openai_fast_enabled = k == 0;
+        struct nx_openai_stream *s = nx_openai_stream_new(collect_text, &text[k]);
+        memset(&r[k], 0, sizeof r[k]);
+        assert_int_equal(nx_openai_stream_feed(s, sse.data, sse.len), 1);
+        assert_int_equal(nx_openai_stream_finish(s, &r[k]), 0);
+        nx_openai_stream_free(s);
+    }
+    nx_openai_fast_enabled = true;
+    assert_string_equal(nx_buf_cstr(&text[0]), "a\n\"b\\ / \tx");
+    assert_string_equal(nx_buf_cstr(&text[0]), nx_buf_cstr(&text[1]));
+    assert_string_equal(r[0].model, "m");
+    assert_string_equal(r[1].model, "m");
+    assert_int_equal(r[0].stop, NX_LLM_STOP_MAX_TOKENS);
+    assert_int_equal(r[1].stop, NX_LLM_STOP_MAX_TOKENS);
+    assert_true(json_equal(r[0].message, r[1].message));
+    for (int k = 0; k < 2; k++) {
+        nx_llm_resp_cleanup(&r[k]);
+        nx_buf_cleanup(&text[k]);
+    }
+    nx_buf_cleanup(&sse);
+}
+
 /* Tool call deltas without an index (Gemini's OpenAI-compatible endpoint) and two calls that
  * share index 0 (providers that number every call 0) become separate calls, in order. */
 static json_t *parse_calls(const char *sse)
@@ -637,6 +707,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_openai_tool_calls_without_or_sharing_an_index),
+        cmocka_unit_test(test_openai_fast_chunks_read_as_jansson_does),
         cmocka_unit_test(test_openai_servers_other_than_openai),
         cmocka_unit_test(test_openai_reasoning_models_get_max_completion_tokens),
         cmocka_unit_test(test_openai_stream_ended_then_cut),
