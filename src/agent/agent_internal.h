@@ -262,5 +262,7 @@ json_t *agent_tools(const struct agent_rt *ag, uint64_t *tokens);
  * call_fixed_tokens) are taken, less a tenth for the estimate's error (tokenizers differ by more
  * than that on some text). */
 uint64_t turn_history_budget(const struct nx_turn *t, uint32_t max_tokens, uint64_t fixed_tokens);
+/* The messages of the turn's next call, its history cut to fit the context (convo.c). */
+json_t *turn_fit_context(struct nx_turn *t, uint32_t max_tokens);
 
 #endif

@@ -198,6 +198,43 @@ uint64_t turn_history_budget(const struct nx_turn *t, uint32_t max_tokens, uint6
     return window > taken ? window - taken : 0;
 }
 
+json_t *turn_fit_context(struct nx_turn *t, uint32_t max_tokens)
+{
+    /* Keep the prompt inside the context: oldest history goes first, never a call without its
+     * result (store/history.h). A session is cut for the room of the agent's limits.max_tokens;
+     * a request that asks for more room is cut further in a copy, for its call only: one such
+     * request leaves the session's history as it was for the turns after it. */
+    uint32_t agent_max = t->agent->conf->limits.max_tokens;
+    uint64_t budget = turn_history_budget(t, max_tokens, t->call_fixed_tokens);
+    uint64_t keep = t->session_key && agent_max && max_tokens > agent_max
+                        ? turn_history_budget(t, agent_max, t->call_fixed_tokens)
+                        : budget;
+    size_t dropped = 0;
+    uint64_t tokens = 0;
+    if (t->session_key) /* the history's sum comes with it; only new messages are estimated */
+        tokens = turn_count_tokens(t);
+    if (!t->session_key || tokens > keep) {
+        /* a session is cut to three quarters, so that its next turns find the same start (and
+         * the provider's prompt cache) until it is full again, not one message later each */
+        dropped = nx_history_trim(t->convo, t->session_key ? keep - keep / 4 : keep);
+        t->tokens = 0; /* counted again from the start when needed */
+        t->tokens_upto = 0;
+        if (dropped)
+            nx_debug("agent", "agent %s: %zu oldest messages left out to fit a context of %u tokens",
+                     t->agent_id, dropped, (unsigned)t->agent->context_window);
+    }
+    t->new_from = dropped > t->new_from ? 0 : t->new_from - dropped;
+    if (keep <= budget)
+        return turn_alternating(t->convo, t->new_from ? t->new_from - 1 : 0);
+    json_t *copy = json_array(), *messages;
+    json_array_extend(copy, t->convo);
+    size_t more = nx_history_trim(copy, budget);
+    size_t from = more > t->new_from ? 0 : t->new_from - more;
+    messages = turn_alternating(copy, from ? from - 1 : 0);
+    json_decref(copy);
+    return messages;
+}
+
 void turn_append_messages(json_t *to, const json_t *from)
 {
     size_t i;

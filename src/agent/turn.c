@@ -433,26 +433,8 @@ static void call_model(struct nx_turn *t)
     json_t *tools = turn_tools(t, &tools_tokens);
     uint32_t max_tokens = t->o.max_tokens ? t->o.max_tokens : ag->conf->limits.max_tokens;
 
-    /* Keep the prompt inside the context: oldest history goes first, never a call without its
-     * result (store/history.h). */
     t->call_fixed_tokens = nx_history_text_tokens(system.data, system.len) + tools_tokens;
-    uint64_t budget = turn_history_budget(t, max_tokens, t->call_fixed_tokens);
-    size_t dropped = 0;
-    uint64_t tokens = 0;
-    if (t->session_key) /* the history's sum comes with it; only new messages are estimated */
-        tokens = turn_count_tokens(t);
-    if (!t->session_key || tokens > budget) {
-        /* a session is cut to three quarters, so that its next turns find the same start (and
-         * the provider's prompt cache) until it is full again, not one message later each */
-        dropped = nx_history_trim(t->convo, t->session_key ? budget - budget / 4 : budget);
-        t->tokens = 0; /* counted again from the start when needed */
-        t->tokens_upto = 0;
-        if (dropped)
-            nx_debug("agent", "agent %s: %zu oldest messages left out to fit a context of %u tokens",
-                     t->agent_id, dropped, (unsigned)ag->context_window);
-    }
-    t->new_from = dropped > t->new_from ? 0 : t->new_from - dropped;
-    json_t *messages = turn_alternating(t->convo, t->new_from ? t->new_from - 1 : 0);
+    json_t *messages = turn_fit_context(t, max_tokens);
     struct nx_llm_request req = {
         .model = ag->targets[0].model,
         .system = system.len ? nx_buf_cstr(&system) : NULL,

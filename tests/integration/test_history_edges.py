@@ -140,6 +140,20 @@ class HistoryEdges(FakePeers, unittest.TestCase):
         self.assertEqual(self.chat("t", "C", "tokens")[0], 200)
         self.assertNotIn("BBBB", json.dumps(fake_requests(self.fport)[-1]["body"]["messages"]))  # trimmed
 
+    def test_a_request_asking_for_a_large_answer_leaves_the_session_whole(self):
+        """A request whose max_tokens leaves no room for history is sent without it, but the
+        session keeps it: the next turns (at the agent's max_tokens) still see every message."""
+        for text in ("one", "two", "three"):
+            self.assertEqual(self.chat("t", text, "room")[0], 200)
+        body = json.dumps({"model": "t", "max_tokens": 7000, "messages": [{"role": "user", "content": "huge"}]})
+        status, _, _ = self.n.request("POST", "/v1/chat/completions", body=body.encode(), timeout=30,
+                                      headers={"Content-Type": "application/json", "X-Nexo-Session": "room"})
+        self.assertEqual(status, 200)
+        self.assertEqual([m for m in self.sent() if m.startswith("u:")], ["u:huge"])  # no room for more
+        self.assertEqual(self.chat("t", "four", "room")[0], 200)
+        self.assertEqual([m for m in self.sent() if m.startswith("u:")],
+                         ["u:one", "u:two", "u:three", "u:huge", "u:four"])
+
     def test_rows_nexo_did_not_write_are_left_out(self):
         key = "agent:a:http:corrupt"
         self.assertEqual(self.chat("a", "first", "corrupt")[0], 200)
