@@ -291,6 +291,8 @@ static void on_messages(struct nx_http_req *req, void *udata)
     json_t *canon = json_array();
     if (!bad)
         bad = canon_of(msgs, canon);
+    if (!bad && !json_array_size(canon)) /* (every message blank: the caller's mistake, not a 502) */
+        bad = "messages: text content blocks must be non-empty";
     if (bad) {
         api_anthropic_error(req, 400, "invalid_request_error", bad);
         json_decref(canon);

@@ -164,6 +164,15 @@ class Sdk(FakePeers, unittest.TestCase):
                                              headers={"Content-Type": "application/json", "x-api-key": TOKEN})
             self.assertEqual(status, 400, (extra, data))
             self.assertTrue(json.loads(data)["error"]["message"].startswith(param), data)
+        # a conversation of blank messages is the caller's mistake (400), which the SDKs do not retry
+        for content in ("", "   ", [], [{"type": "thinking", "thinking": "x", "signature": "s"}]):
+            for stream in (False, True):
+                body = {"model": "kate", "max_tokens": 10, "stream": stream,
+                        "messages": [{"role": "user", "content": content}]}
+                status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(body).encode(),
+                                                 headers={"Content-Type": "application/json", "x-api-key": TOKEN})
+                self.assertEqual(status, 400, (content, data))
+                self.assertEqual(json.loads(data)["error"]["type"], "invalid_request_error", data)
         # an empty list and "auto" ask for nothing nexo cannot do
         for body in ({"model": "kate", "tools": [], "tool_choice": "auto",
                       "messages": [{"role": "user", "content": "hi"}]},):
