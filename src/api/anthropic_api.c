@@ -146,9 +146,13 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
         nx_buf_put_json_str(&b, c->id, strlen(c->id));
         nx_buf_puts(&b, ",\"type\":\"message\",\"role\":\"assistant\",\"model\":");
         nx_buf_put_json_str(&b, c->model, strlen(c->model));
-        nx_buf_puts(&b, ",\"content\":[{\"type\":\"text\",\"text\":");
-        nx_buf_put_json_str(&b, text, strlen(text));
-        nx_buf_printf(&b, "}],\"stop_reason\":\"%s\",\"stop_sequence\":", stop_reason(res->stop));
+        nx_buf_puts(&b, ",\"content\":["); /* no text: no block, as the API answers */
+        if (*text) {
+            nx_buf_puts(&b, "{\"type\":\"text\",\"text\":");
+            nx_buf_put_json_str(&b, text, strlen(text));
+            nx_buf_putc(&b, '}');
+        }
+        nx_buf_printf(&b, "],\"stop_reason\":\"%s\",\"stop_sequence\":", stop_reason(res->stop));
         if (res->stop_sequence)
             nx_buf_put_json_str(&b, res->stop_sequence, strlen(res->stop_sequence));
         else
@@ -179,8 +183,11 @@ static json_t *blocks_of(const json_t *content, const char **err)
     json_t *b, *img;
     json_array_foreach(content, i, b) {
         const char *type = json_string_value(json_object_get(b, "type"));
-        if (type && (strcmp(type, "text") == 0 || strcmp(type, "tool_use") == 0 ||
-                     strcmp(type, "tool_result") == 0)) {
+        const char *text = json_string_value(json_object_get(b, "text"));
+        if (type && strcmp(type, "text") == 0 && nx_str_is_blank(text)) {
+            continue; /* (the API refuses an empty text block; an earlier nexo answered with one) */
+        } else if (type && (strcmp(type, "text") == 0 || strcmp(type, "tool_use") == 0 ||
+                            strcmp(type, "tool_result") == 0)) {
             json_array_append(out, b);
         } else if (type && strcmp(type, "image") == 0 && (img = api_image_block(b, err))) {
             json_array_append_new(out, img);

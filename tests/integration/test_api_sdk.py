@@ -173,6 +173,19 @@ class Sdk(FakePeers, unittest.TestCase):
                                                  headers={"Content-Type": "application/json", "x-api-key": TOKEN})
                 self.assertEqual(status, 400, (content, data))
                 self.assertEqual(json.loads(data)["error"]["type"], "invalid_request_error", data)
+        # an answer with no text has no text block (the API refuses an empty one sent back), and an
+        # empty text block a client sends back (an older nexo's answer) is left out
+        script(self.fport, [{"text": ""}, {"text": "fine"}])
+        body = {"model": "kate", "max_tokens": 10, "messages": [{"role": "user", "content": "say nothing"}]}
+        status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json", "x-api-key": TOKEN})
+        self.assertEqual((status, json.loads(data)["content"]), (200, []), data)
+        body["messages"] += [{"role": "assistant", "content": [{"type": "text", "text": ""}]},
+                             {"role": "user", "content": "and now?"}]
+        status, data, _ = self.n.request("POST", "/v1/messages", body=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json", "x-api-key": TOKEN})
+        self.assertEqual(status, 200, data)
+        self.assertEqual(json.loads(data)["content"], [{"type": "text", "text": "fine"}])
         # an empty list and "auto" ask for nothing nexo cannot do
         for body in ({"model": "kate", "tools": [], "tool_choice": "auto",
                       "messages": [{"role": "user", "content": "hi"}]},):
