@@ -432,6 +432,10 @@ static void call_model(struct nx_turn *t)
     uint64_t tools_tokens;
     json_t *tools = turn_tools(t, &tools_tokens);
     uint32_t max_tokens = t->o.max_tokens ? t->o.max_tokens : ag->conf->limits.max_tokens;
+    if (t->budget_held) { /* the answers of a turn stay within what the daily budget set aside */
+        uint64_t out = t->usage.output_tokens, left = t->budget_held > out ? t->budget_held - out : 1;
+        max_tokens = max_tokens > left ? (uint32_t)left : max_tokens;
+    }
 
     t->call_fixed_tokens = nx_history_text_tokens(system.data, system.len) + tools_tokens;
     json_t *messages = turn_fit_context(t, max_tokens);

@@ -182,7 +182,8 @@ class Limits(FakePeers, unittest.TestCase):
 
     def test_turns_at_the_same_time_cannot_overrun_the_budget(self):
         """Each running turn sets aside up to its max_tokens (600) of what is left: with 1000 a
-        second turn at the same time gets 400 of it, a third is asked to come back in a second."""
+        second turn at the same time gets 400 of it (and asks for no longer an answer), a third is
+        asked to come back in a second."""
         script(self.fport, [{"text": "a", "hang_ms": 800, "usage": {"input_tokens": 300, "output_tokens": 300}},
                             {"text": "b", "hang_ms": 800, "usage": {"input_tokens": 200, "output_tokens": 200}}])
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
@@ -198,6 +199,8 @@ class Limits(FakePeers, unittest.TestCase):
             self.assertEqual(a.result()[0], 200)
             self.assertEqual(b.result()[0], 200)
         self.assertEqual(len(self.requests()), 2)
+        # each answer is held to what was set aside for it
+        self.assertEqual([q["body"]["max_tokens"] for q in self.requests()], [600, 400])
         self.assertRegex(self.metrics(), r'nexo_agent_tokens_budget_remaining\{agent="pair"\} 0')
         status, r, _ = self.post("/v1/chat/completions", "pair")
         self.assertEqual((status, r["error"]["type"]), (429, "insufficient_quota"), r)
