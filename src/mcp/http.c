@@ -36,8 +36,8 @@
 #define RETRY_DEFAULT_MS 1000
 #define RETRY_MAX_MS 60000
 #define RESUMES_MAX 5 /* GETs in a row that bring nothing new */
-#define RETRY_QUIET_MS 250L      /* ... wait at least this, doubled for each (250 ms to 2 s) */
-#define STREAM_USEFUL_MS 10000u  /* a stream open this long was worth it, data or not */
+#define RETRY_QUIET_MS 250L      /* a quiet stream's reopening waits this, doubled up to 2 s */
+#define QUIET_MS 10000u  /* a stream open this long was worth it, data or not */
 #define AUTH_TRIES_MAX 3 /* authorizations one message may cause (401, then 403 step-ups) */
 
 enum { MODE_UNKNOWN, MODE_JSON, MODE_SSE };
@@ -61,10 +61,12 @@ struct post {
     bool is_finished; /* on_done ran while in_data */
     bool is_get;        /* a GET: the standalone stream or a resumed one */
     bool is_standalone; /* the standalone GET stream */
+    bool saw_event;     /* an event with an id arrived on this stream */
     bool saw_data;      /* an event with data arrived on this stream (not only a priming id) */
     uint64_t opened_ms; /* loop time the request started */
     char *last_event_id;
     int resumes;
+    int quiet;          /* streams in a row that ended soon with no data */
     uint32_t timeout_ms;
     char *text;     /* what was POSTed, kept when OAuth may make us send it again */
     int auth_tries; /* authorizations this message caused so far */
@@ -87,6 +89,7 @@ struct resume {
     bool is_standalone;
     char *last_event_id;
     int resumes;
+    int quiet;
     uint32_t timeout_ms;
 };
 
@@ -229,6 +232,7 @@ static int on_sse_event(const struct nx_sse_event *ev, void *udata)
 
     p->saw_data |= ev->data_len > 0;
     if (ev->id && ev->id[0]) {
+        p->saw_event = true;
         if (!p->last_event_id || strcmp(p->last_event_id, ev->id) != 0) {
             free(p->last_event_id);
             p->last_event_id = nx_strdup(ev->id);
@@ -324,6 +328,7 @@ static void on_resume_timer(void *arg)
     p->has_id = r->has_id;
     p->id = r->id;
     p->resumes = r->resumes;
+    p->quiet = r->quiet;
     p->timeout_ms = r->timeout_ms;
     p->last_event_id = r->last_event_id;
     r->last_event_id = NULL;
@@ -341,13 +346,11 @@ static bool try_resume(struct http_tp *t, struct post *p)
 {
     struct resume *r;
     long delay = p->sse.retry_ms >= 0 ? p->sse.retry_ms : RETRY_DEFAULT_MS;
-    /* A stream that brought nothing and ended soon counts against RESUMES_MAX, and waits longer
-     * each time whatever retry the server asked for (retry: 0 and a close made a busy loop). */
-    bool is_useful = p->saw_data || nx_mono_ms() - p->opened_ms >= STREAM_USEFUL_MS;
-    int resumes = is_useful ? 0 : p->resumes + 1;
-    if (!is_useful && delay < (RETRY_QUIET_MS << (resumes - 1)))
-        delay = RETRY_QUIET_MS << (resumes - 1);
-
+    int resumes = p->saw_event ? 0 : p->resumes + 1;
+    /* Streams in a row that end soon with no data wait longer each time (retry: 0 and a close made
+     * a busy loop); one that answers by being polled (new ids, data at last) is still polled. */
+    int quiet = !p->saw_data && nx_mono_ms() - p->opened_ms < QUIET_MS ? p->quiet + (p->quiet < 4) : 0;
+    delay = quiet && delay < (RETRY_QUIET_MS << (quiet - 1)) ? RETRY_QUIET_MS << (quiet - 1) : delay;
     if (t->is_closing || p->is_forgotten || p->got_reply || !t->loop)
         return false;
     if (!p->is_standalone && (!p->has_id || p->mode != MODE_SSE || !p->last_event_id))
@@ -363,6 +366,7 @@ static bool try_resume(struct http_tp *t, struct post *p)
     r->has_id = p->has_id;
     r->is_standalone = p->is_standalone;
     r->resumes = resumes;
+    r->quiet = quiet;
     r->timeout_ms = p->timeout_ms;
     r->last_event_id = p->last_event_id;
     p->last_event_id = NULL;

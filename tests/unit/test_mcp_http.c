@@ -341,13 +341,32 @@ static const char fake_http_py[] =
     "            return self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': r})\n"
     "        if mid is None or meth is None: return self.reply(202)\n"
     "        if meth == 'tools/list':\n"
-    "            t = [{'name': 'state'}] + ([{'name': 'second'}] if st['changed'] else [])\n"
+    "            t = [{'name': 'state'}, {'name': 'polled'}]\n"
+    "            t += [{'name': 'second'}] if st['changed'] else []\n"
     "            return self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': {'tools': t}})\n"
+    "        if meth == 'tools/call' and m['params']['name'] == 'polled':\n"
+    "            st['t0'] = time.time(); st['pmid'] = mid\n"
+    "            return self.sse(b'id: c0\\nretry: 300\\ndata: \\n\\n')\n"
     "        if meth == 'tools/call':\n"
     "            return self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': {'content': [\n"
     "                {'type': 'text', 'text': json.dumps(st, sort_keys=True)}]}})\n"
     "        self.reply(200, {'jsonrpc': '2.0', 'id': mid, 'result': {}})\n"
+    "    def sse(self, chunk):\n"
+    "        self.send_response(200)\n"
+    "        self.send_header('Content-Type', 'text/event-stream')\n"
+    "        self.send_header('Connection', 'close')\n"
+    "        self.end_headers(); self.wfile.write(chunk); self.wfile.flush()\n"
+    "        self.close_connection = True\n"
     "    def do_GET(self):\n"
+    "        lid = self.headers.get('Last-Event-ID') or ''\n"
+    "        if lid.startswith('c'):  # the polled call: priming events until 4 s, then the answer\n"
+    "            n = int(lid[1:]) + 1; st['polls'] = n\n"
+    "            if time.time() - st['t0'] < 4:\n"
+    "                return self.sse(b'id: c%d\\nretry: 300\\ndata: \\n\\n' % n)\n"
+    "            r = {'jsonrpc': '2.0', 'id': st['pmid'], 'result': {'content': [\n"
+    "                {'type': 'text', 'text': 'answered after %d polls' % n}]}}\n"
+    "            ev = 'id: c%d\\nevent: message\\ndata: %s\\n\\n' % (n, json.dumps(r))\n"
+    "            return self.sse(ev.encode())\n"
     "        st['gets'] += 1\n"
     "        st['last_ids'].append(self.headers.get('Last-Event-ID'))\n"
     "        self.send_response(200)\n"
@@ -476,6 +495,12 @@ static void test_mcp_http_standalone_stream_and_bearer(void **state)
     assert_non_null(seen);
     assert_in_range(json_integer_value(json_object_get(seen, "gets")), 3, 6);
     json_decref(seen);
+    /* a call the server answers by being polled (a priming event, then GETs with Last-Event-ID
+     * that bring new ids and no data for 4 s) is still answered */
+    assert_true(call_tool(&loop, "mcp_fake_polled", "{}", &a, 20000));
+    assert_false(a.is_error);
+    assert_non_null(strstr(a.text, "answered after"));
+    free(a.text);
 
     nx_mcp_manager_free(m);
     for (int i = 0; i < 200 && nx_http_client_inflight(http) > 0; i++)
