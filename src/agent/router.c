@@ -30,7 +30,6 @@ struct nx_router {
     nx_router_dispatch_fn dispatch; /* gateway role: publish routed work instead of a turn */
     void *dispatch_arg;
     struct nx_bus_sub *out_sub;     /* gateway role: replies, which mark their events answered */
-    struct nx_bus_later *later;     /* resumed events and replies the bus had no room for yet */
 };
 
 struct reply {
@@ -550,7 +549,7 @@ static void on_answered(int rc, int64_t n, void *arg)
         nx_error("router", "event %s: answer not recorded (%s): published unrecorded", rp->id,
                  nx_strerror(rc));
     if (rp->r && rp->out_env) {
-        int prc = nx_bus_later_publish(rp->r->later, rp->subject, rp->out_env);
+        int prc = nx_bus_publish_in_order(rp->r->bus, rp->subject, rp->out_env);
         if (prc < 0)
             nx_error("router", "agent %s: reply to %s not published now (%s): the channel sends it "
                      "from the ledger", rp->agent, rp->subject, nx_strerror(prc));
@@ -677,7 +676,7 @@ static void on_unanswered(int rc, const struct nx_ledger_row *v, size_t n, void 
             nx_error("router", "event %s in the ledger is unreadable (%s): skipped", v[i].key, err);
             continue;
         }
-        if ((prc = nx_bus_later_publish(r->later, v[i].subject, env)) < 0)
+        if ((prc = nx_bus_publish_in_order(r->bus, v[i].subject, env)) < 0)
             nx_error("router", "event %s from the ledger not published again: %s", v[i].key,
                      nx_strerror(prc));
         else
@@ -737,10 +736,8 @@ int nx_router_new(struct nx_bus *bus, struct nx_agents *agents, struct nx_router
     struct nx_router *r = nx_calloc(1, sizeof *r);
     r->bus = bus;
     r->agents = agents;
-    r->later = nx_bus_later_new(bus, agents->deps.loop, "router");
     int rc = nx_bus_queue_subscribe(bus, "plugin.inbound.>", "agents", on_inbound, r, &r->sub);
     if (rc < 0) {
-        nx_bus_later_free(r->later);
         free(r);
         return rc;
     }
@@ -790,6 +787,5 @@ void nx_router_free(struct nx_router *r)
     if (r->out_sub)
         nx_bus_unsubscribe(r->bus, r->out_sub);
     ledger_free(r); /* turns still running end; their replies go nowhere */
-    nx_bus_later_free(r->later);
     free(r);
 }

@@ -292,6 +292,8 @@ void nx_bus_free(struct nx_bus *bus)
     if (!bus || bus->is_closing)
         return;
     bus->is_closing = true;
+    nx_bus_later_free(bus->later);
+    bus->later = NULL;
     while (bus->reqs) {
         struct nx_req *r = bus->reqs;
 

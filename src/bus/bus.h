@@ -77,16 +77,15 @@ void nx_bus_free(struct nx_bus *bus);
  * or NX_ECLOSED. Subscribers never run inside this call. */
 int nx_bus_publish(struct nx_bus *bus, const char *subject, const struct nx_envelope *env);
 
-/* Publishes the bus refuses for now (NX_EAGAIN) wait in a nx_bus_later, in order, and are tried
- * again (100 ms, doubling to 5 s) until taken; a publish through it while some wait goes behind
- * them. For callers whose events are durable elsewhere (a channel's ledger). `who` names it in
- * the log. nx_bus_later_publish returns 0 (published or waiting) or nx_bus_publish's other
- * errors (NX_EAGAIN past 100,000 waiting). Freeing drops those waiting. */
-struct nx_bus_later;
-struct nx_bus_later *nx_bus_later_new(struct nx_bus *bus, uv_loop_t *loop, const char *who);
-int nx_bus_later_publish(struct nx_bus_later *l, const char *subject, const struct nx_envelope *env);
-size_t nx_bus_later_waiting(const struct nx_bus_later *l);
-void nx_bus_later_free(struct nx_bus_later *l);
+/* nx_bus_publish, or, when the bus has no room now (NX_EAGAIN: its disk queue is full while NATS
+ * is away), a wait in the bus's own queue of such publishes: one FIFO for every caller, tried
+ * again (100 ms, doubling to 5 s) until the bus takes them, so the order of all publishes made
+ * through it holds (a channel's new event never overtakes a resumed one). A publish while some
+ * wait goes behind them. For events durable elsewhere (the ledger): what still waits when the bus
+ * is freed is dropped. Returns 0 (published or waiting) or nx_bus_publish's other errors
+ * (NX_EAGAIN past 100,000 waiting). nx_bus_waiting: how many wait. */
+int nx_bus_publish_in_order(struct nx_bus *bus, const char *subject, const struct nx_envelope *env);
+size_t nx_bus_waiting(const struct nx_bus *bus);
 
 /* Subscribes to a subject or pattern ('*' one token, '>' the rest). *out (may be NULL) gets a
  * handle for nx_bus_unsubscribe. A queue subscription delivers each event to one member of

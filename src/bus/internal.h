@@ -98,6 +98,8 @@ struct nx_bus {
     bool is_closing;
     bool is_connected;
     size_t server_max_payload; /* the NATS server's max_payload, once one was seen (0 = not yet) */
+    struct nx_bus_later *later; /* publishes waiting for room (later.c), made at the first one */
+    bool is_full_said;          /* "disk queue full" logged, not again until there is room */
 
     struct nx_bus_sub *subs;
     size_t n_subs;
@@ -218,5 +220,10 @@ void nx_dlq_put_item(struct nx_bus *bus, const char *consumer, const struct nx_b
                      const char *error, uint32_t attempts);
 void nx_dlq_delete(struct nx_bus *bus, const char *id, const char *consumer);
 void nx_dlq_poll(struct nx_bus *bus);
+
+/* later.c: drops what waits (in the ledger for the next start), cancels the timer. */
+void nx_bus_later_free(struct nx_bus_later *l);
+/* later.c: the disk queue has room again: what waits is published on the next loop iteration. */
+void nx_bus_later_kick(struct nx_bus *bus);
 
 #endif

@@ -3,14 +3,16 @@
 
 #include "bus/bus.h"
 #include "bus/envelope.h"
+#include "bus/internal.h"
 #include "core/alloc.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "runtime/runtime.h"
 
 /* Publishes the bus refused for now (NX_EAGAIN: its disk queue is full while NATS is away),
- * kept in order and tried again until the bus takes them. A caller whose events are durable
- * elsewhere (a channel's ledger) would otherwise leave them unrouted until the next start. */
+ * kept in one FIFO per bus and tried again until the bus takes them. A caller whose events are
+ * durable elsewhere (a channel's ledger, the router's resume) would otherwise leave them unrouted
+ * until the next start; one queue for all keeps their order. */
 
 #define LATER_FIRST_MS 100
 #define LATER_MAX_MS 5000
@@ -24,23 +26,11 @@ struct waiting {
 
 struct nx_bus_later {
     struct nx_bus *bus;
-    uv_loop_t *loop;
-    char *who;
     struct waiting *head, **tail;
     size_t n;
     uint64_t delay_ms;
     struct nx_timer *timer;
 };
-
-struct nx_bus_later *nx_bus_later_new(struct nx_bus *bus, uv_loop_t *loop, const char *who)
-{
-    struct nx_bus_later *l = nx_calloc(1, sizeof *l);
-    l->bus = bus;
-    l->loop = loop;
-    l->who = nx_strdup(who ? who : "bus");
-    l->tail = &l->head;
-    return l;
-}
 
 static void waiting_free(struct waiting *w)
 {
@@ -54,7 +44,7 @@ static void on_timer(void *arg);
 static void arm(struct nx_bus_later *l)
 {
     if (!l->timer)
-        l->timer = nx_timer_once(l->loop, l->delay_ms, on_timer, l);
+        l->timer = nx_timer_once(l->bus->loop, l->delay_ms, on_timer, l);
 }
 
 /* Publishes the waiting ones in order, up to the first the bus refuses again. */
@@ -67,8 +57,8 @@ static void drain(struct nx_bus_later *l)
         if (rc == NX_EAGAIN)
             break;
         if (rc < 0)
-            nx_error("bus", "%s: event %s refused (%s): it stays unrouted until the next start", l->who,
-                     w->env->id, nx_strerror(rc));
+            nx_error("bus", "event %s refused (%s): it stays unrouted until the next start", w->env->id,
+                     nx_strerror(rc));
         if (!(l->head = w->next))
             l->tail = &l->head;
         l->n--;
@@ -79,7 +69,7 @@ static void drain(struct nx_bus_later *l)
         l->delay_ms = l->delay_ms * 2 > LATER_MAX_MS ? LATER_MAX_MS : l->delay_ms * 2;
         arm(l);
     } else if (done) {
-        nx_info("bus", "%s: the events that waited for room in the bus's queue are published", l->who);
+        nx_info("bus", "the events that waited for room in the disk queue are published");
     }
 }
 
@@ -90,15 +80,20 @@ static void on_timer(void *arg)
     drain(l);
 }
 
-int nx_bus_later_publish(struct nx_bus_later *l, const char *subject, const struct nx_envelope *env)
+int nx_bus_publish_in_order(struct nx_bus *bus, const char *subject, const struct nx_envelope *env)
 {
-    if (!l->head) {
-        int rc = nx_bus_publish(l->bus, subject, env);
-        if (rc != NX_EAGAIN)
+    struct nx_bus_later *l = bus->later;
+    if (!l || !l->head) {
+        int rc = nx_bus_publish(bus, subject, env);
+        if (rc != NX_EAGAIN || bus->is_closing)
             return rc;
+        if (!l) {
+            l = bus->later = nx_calloc(1, sizeof *l);
+            l->bus = bus;
+            l->tail = &l->head;
+        }
         l->delay_ms = LATER_FIRST_MS;
-        nx_warn("bus", "%s: the bus's queue is full: events wait here, in order, and are tried again",
-                l->who);
+        nx_warn("bus", "the disk queue is full: events wait in memory, in order, and are tried again");
     }
     if (l->n >= LATER_MAX_WAITING)
         return NX_EAGAIN;
@@ -112,9 +107,20 @@ int nx_bus_later_publish(struct nx_bus_later *l, const char *subject, const stru
     return 0;
 }
 
-size_t nx_bus_later_waiting(const struct nx_bus_later *l)
+void nx_bus_later_kick(struct nx_bus *bus)
 {
-    return l ? l->n : 0;
+    struct nx_bus_later *l = bus->later;
+    if (!l || !l->head)
+        return;
+    if (l->timer)
+        nx_timer_cancel(l->timer);
+    l->delay_ms = LATER_FIRST_MS;
+    l->timer = nx_timer_once(bus->loop, 0, on_timer, l);
+}
+
+size_t nx_bus_waiting(const struct nx_bus *bus)
+{
+    return bus && bus->later ? bus->later->n : 0;
 }
 
 void nx_bus_later_free(struct nx_bus_later *l)
@@ -128,6 +134,5 @@ void nx_bus_later_free(struct nx_bus_later *l)
         l->head = w->next;
         waiting_free(w);
     }
-    free(l->who);
     free(l);
 }

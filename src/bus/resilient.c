@@ -122,8 +122,10 @@ int nx_resilient_publish(struct nx_bus *bus, struct nx_bus_item *item)
         return 0;
     }
     if (bus->q_waiting >= bus->conf.limits.max_pending) {
-        nx_warn("bus", "disk queue full (%zu events, broker.limits.max_pending): publish refused",
-                bus->q_waiting);
+        if (!bus->is_full_said) /* (once until it has room again: refused publishes are retried) */
+            nx_warn("bus", "disk queue full (%zu events, broker.limits.max_pending): publish refused",
+                    bus->q_waiting);
+        bus->is_full_said = true;
         return NX_EAGAIN;
     }
     q = nx_calloc(1, sizeof *q);
@@ -234,6 +236,8 @@ static void kick(struct nx_bus *bus)
         nx_counter_add(m_replayed, NULL, (double)sent);
         update_depth(bus);
         start_flush(bus);
+        bus->is_full_said = false;
+        nx_bus_later_kick(bus); /* there is room: what waits for it goes now, in order */
     }
 }
 

@@ -41,7 +41,6 @@ struct nx_chledger {
     struct nx_timer *timer;
     bool is_taking;
     struct nx_bus_durable *durable; /* gateway role on JetStream: replies from the stream */
-    struct nx_bus_later *later;     /* inbound events the bus had no room for yet */
 };
 
 static bool use_durable; /* nx_chledger_use_jetstream */
@@ -135,7 +134,7 @@ static void on_recorded(int rc, int64_t is_new, void *arg)
         count(m_dup, ch);
         goto out;
     }
-    if ((rc = nx_bus_later_publish(l->later, o->env->topic, o->env)) < 0) {
+    if ((rc = nx_bus_publish_in_order(nx_channel_bus(ch), o->env->topic, o->env)) < 0) {
         nx_warn("ledger", "%s: event %s recorded but not published (%s): it is routed from the "
                 "ledger at the next start", nx_channel_label(ch), o->env->id, nx_strerror(rc));
         goto out;
@@ -423,7 +422,6 @@ struct nx_chledger *nx_chledger_new(struct nx_channel *ch, nx_chledger_deliver_f
     l->ch = ch;
     l->store = store;
     l->deliver = deliver;
-    l->later = nx_bus_later_new(nx_channel_bus(ch), nx_channel_loop(ch), nx_channel_label(ch));
     schedule_take(l, 0); /* replies left pending by the last run */
     if (use_durable)
         start_durable(l);
@@ -437,7 +435,6 @@ void nx_chledger_free(struct nx_chledger *l)
     if (l->timer)
         nx_timer_cancel(l->timer);
     nx_bus_durable_stop(l->durable);
-    nx_bus_later_free(l->later); /* (those waiting are in the ledger: routed at the next start) */
     for (struct op *o = l->ops; o; o = o->next)
         o->l = NULL;
     free(l);

@@ -42,6 +42,7 @@ class FakeBotApi:
         self.lock = threading.Lock()
         self.updates = []
         self.sent = []  # (chat_id, reply_to message_id, text)
+        self.offset = 0  # the highest getUpdates offset asked for: what came before it is taken
         me = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -89,6 +90,7 @@ class FakeBotApi:
 
     def get_updates(self, offset):
         with self.lock:
+            self.offset = max(self.offset, offset)
             return [u for u in self.updates if u["update_id"] >= offset][:100]
 
     def send(self, q):
@@ -274,7 +276,7 @@ class BusFaults(unittest.TestCase):
         self.start_nexo("  limits: {max_pending: 5}\n")
         for i in range(20):
             self.bot.add(CHATS[i % len(CHATS)], i + 1, "m%d" % (i + 1))
-        self.n.wait_log(r"the bus's queue is full: events wait here, in order, and are tried again")
+        self.n.wait_log(r"the disk queue is full: events wait in memory, in order, and are tried again")
         lost, _ = count(self.bot, range(1, 21))
         self.assertGreaterEqual(len(lost), 15)  # only what the queue took was answered
         self.start_nats_other_process_first()
@@ -287,6 +289,30 @@ class BusFaults(unittest.TestCase):
         self.assertEqual(lost, [])
         self.assertEqual(dups, {})
         self.assertEqual(len(seen), 20)
+
+    def test_d_resumed_messages_keep_their_place_before_newer_ones(self):
+        """Messages left waiting at a stop (the disk queue full) are resumed from the ledger at the
+        next start and wait again, in the same queue as the channel's new ones: once NATS is
+        back, a chat's messages are answered in the order they were sent."""
+        chat = CHATS[0]
+        self.start_nexo("  limits: {max_pending: 5}\n")
+        for i in range(1, 21):
+            self.bot.add(chat, i, "m%d" % i)
+        self.n.wait_log(r"the disk queue is full: events wait in memory")
+        wait_for(lambda: len(self.bot.answers()) >= 5, 30, "the first five answered")
+        self.assertEqual(self.n.stop(), 0)
+        os.unlink(os.path.join(self.n.tmp, "notify.sock"))
+        os.rename(self.n.log_path, self.n.log_path + ".1")
+        self.n.start()
+        self.n.wait_log(r"resumed 15 unanswered events from the ledger")
+        self.bot.add(chat, 21, "m21")
+        wait_for(lambda: self.bot.offset >= 22, 10, "the channel to take message 21")
+        self.start_nats_other_process_first()
+        mids = list(range(1, 22))
+        self.settle(mids)
+        order = [mid for _, mid, _ in self.bot.answers()]
+        print("\n[bus faults d] answer order after a stop and a restart with the queue full: %s" % order)
+        self.assertEqual(order, mids)
 
 
 if __name__ == "__main__":
