@@ -639,6 +639,7 @@ static void kicked(struct nx_turn *t)
     if (lane_submit(t->a, t) < 0) {
         set_error(t, "session_busy", "too many messages are waiting in this session "
                                      "(the agent's config.queue_cap); try again later");
+        t->retry_after_s = 1; /* (retry-after: a client's SDK waits that, not its own backoff) */
         finish(t, NX_EBUSY);
     }
 }

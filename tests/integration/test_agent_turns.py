@@ -435,9 +435,14 @@ class Turns(FakePeers, unittest.TestCase):
                 if "nexo_agent_turns_in_flight 2" in m.decode():
                     break
                 time.sleep(0.01)
-            status, r = self.chat("tiny", "3", "s-cap")
+            body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "3"}]})
+            status, data, h = self.n.request("POST", "/v1/chat/completions", body=body.encode(),
+                                             headers={"Content-Type": "application/json",
+                                                      "X-Nexo-Session": "s-cap"})
+            r = json.loads(data)
             self.assertEqual(status, 429, r)
             self.assertEqual(r["error"]["type"], "session_busy")
+            self.assertEqual(h.get("retry-after"), "1")  # the SDKs wait that, not their own backoff
             self.assertEqual(a.result()[0], 200)
             self.assertEqual(b.result()[0], 200)
 
