@@ -590,15 +590,20 @@ static void server_cleanup(struct server *s)
  * name): said at start, as renaming is the operator's call. */
 static void warn_name_overlaps(const struct nx_mcp_manager *m)
 {
+    char pa[80], pb[80]; /* the names as tool names have them: mcp_<server>_ (web.admin: web_admin) */
     for (size_t i = 0; i < m->nservers; i++) {
         const char *a = m->servers[i].conf.name;
-        size_t n = a ? strlen(a) : 0;
-        for (size_t j = 0; n && j < m->nservers; j++) {
+        nx_mcp_tool_name(a, "", 0, pa, sizeof pa);
+        size_t n = strlen(pa);
+        for (size_t j = 0; a && j < m->nservers; j++) {
             const char *b = m->servers[j].conf.name;
-            if (j != i && b && !strncmp(a, b, n) && b[n] == '_')
-                nx_warn("mcp", "servers %s and %s: the allowed_tools glob mcp_%s_* matches %s's tools too; "
+            if (j == i || !b)
+                continue;
+            nx_mcp_tool_name(b, "", 0, pb, sizeof pb);
+            if (!strncmp(pa, pb, n) && (pb[n] || j > i)) /* (the same name twice: said once) */
+                nx_warn("mcp", "servers %s and %s: the allowed_tools glob %s* matches %s's tools too; "
                         "name the tools, or rename a server so that neither name starts the other", a, b,
-                        a, b);
+                        pa, b);
         }
     }
 }

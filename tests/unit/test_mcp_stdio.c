@@ -621,25 +621,33 @@ static void test_mcp_server_names_that_start_one_another_are_warned_of(void **st
 {
     uv_loop_t loop;
     struct nx_mcp_manager *m = NULL;
-    struct nx_mcp_server_conf sc[3];
+    struct nx_mcp_server_conf sc[4];
     struct nx_mcp_conf c;
-    static const char *const names[] = {"web_admin", "web", "webhooks"};
+    static const char *const names[] = {"web_admin", "web", "webhooks", "api"};
 
     (void)state;
     assert_int_equal(uv_loop_init(&loop), 0);
     memset(sc, 0, sizeof sc);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         sc[i].name = (char *)names[i];
         sc[i].transport = NX_MCP_STDIO;
         sc[i].command = "/nonexistent/mcp-server";
     }
-    conf_init(&c, sc, 3);
+    conf_init(&c, sc, 4);
     assert_int_equal(nx_log_sink_add(on_warn, NULL, NX_LOG_WARN), 0);
     assert_int_equal(nx_mcp_manager_new(&loop, NULL, &c, &m), 0);
     nx_log_sink_remove(on_warn, NULL);
     assert_string_equal(warned, "servers web and web_admin: the allowed_tools glob mcp_web_* matches "
                                 "web_admin's tools too; name the tools, or rename a server so that "
                                 "neither name starts the other");
+    finish_loop(&loop, m, 5000);
+    /* a name that differs by punctuation only: web.admin's tools are mcp_web_admin_... too */
+    warned[0] = '\0';
+    sc[0].name = (char *)"web.admin";
+    assert_int_equal(nx_log_sink_add(on_warn, NULL, NX_LOG_WARN), 0);
+    assert_int_equal(nx_mcp_manager_new(&loop, NULL, &c, &m), 0);
+    nx_log_sink_remove(on_warn, NULL);
+    assert_non_null(strstr(warned, "servers web and web.admin: the allowed_tools glob mcp_web_* matches"));
     finish_loop(&loop, m, 5000);
     assert_int_equal(uv_loop_close(&loop), 0);
 }
