@@ -33,14 +33,15 @@ test: test-deps lint
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 asan:
-	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DNEXO_SANITIZE=address,undefined >/dev/null
+	@cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DNEXO_SANITIZE=address,undefined \
+		-DNEXO_TESTS_REQUIRED=ON >/dev/null
 	@cmake --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 		ctest --output-on-failure -j $(JOBS)
 
 # TSan: the parts that cross threads (mailbox, store thread, logging, HTTP under load).
 tsan:
-	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DNEXO_SANITIZE=thread >/dev/null
+	@cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug -DNEXO_SANITIZE=thread -DNEXO_TESTS_REQUIRED=ON >/dev/null
 	@cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1:suppressions=$(CURDIR)/tests/tsan.supp \
 		ctest --output-on-failure -j $(JOBS) -L threaded
