@@ -488,10 +488,16 @@ static void do_authorize(struct nx_mcp_oauth_op *op)
         failf(op, NX_EPROTO, "the authorization server has no authorization_endpoint");
         return;
     }
-    char *pending_client = o->auth_url ? nx_oauth_query_param(o->auth_url, "client_id") : NULL;
-    bool is_same = pending_client && o->client_id && !strcmp(pending_client, o->client_id) &&
-                   !strncmp(o->auth_url, o->authz_ep, strlen(o->authz_ep));
-    free(pending_client);
+    /* the same request as the one waiting: endpoint, client, scope and resource */
+    char *was[3] = {NULL, NULL, NULL};
+    const char *now[3] = {o->client_id, op->scope, o->resource};
+    static const char *const names[3] = {"client_id", "scope", "resource"};
+    bool is_same = o->auth_url && o->client_id && !strncmp(o->auth_url, o->authz_ep, strlen(o->authz_ep));
+    for (int i = 0; i < 3; i++) {
+        was[i] = o->auth_url ? nx_oauth_query_param(o->auth_url, names[i]) : NULL;
+        is_same = is_same && (was[i] ? now[i] && !strcmp(was[i], now[i]) : !now[i]);
+        free(was[i]);
+    }
     if (is_same && o->pending_state && o->pending_verifier && !op->is_step_up) {
         /* an operator may be approving the URL logged before: it stays the one, until used */
         nx_oauth_set_str(&op->state, o->pending_state);
