@@ -414,7 +414,8 @@ static void batch_done(struct tg *tg)
 }
 
 /* True the first time for an update: a note of ours (not an event with a ledger key) is sent
- * once when Telegram delivers the update again (a webhook retried, a restart before the offset). */
+ * once when Telegram delivers the update again while nexo runs (a webhook retried); the list is
+ * in memory, so after a restart a redelivered update gets its note again. */
 static bool note_once(struct tg *tg, int64_t update_id)
 {
     size_t n = tg->nnoted < NX_ARRAY_LEN(tg->noted) ? tg->nnoted : NX_ARRAY_LEN(tg->noted);
