@@ -620,7 +620,7 @@ void nx_conf_check_http_url(struct nx_conf_ctx *ctx, const struct nx_cnode *val,
         host = s + 8;
     bool ok = host && *host && *host != '/' && *host != '?' && *host != '#';
     for (const unsigned char *p = (const unsigned char *)s; ok && *p; p++)
-        ok = *p > 0x20 && *p < 0x7f;
+        ok = *p > 0x20 && *p != 0x7f; /* (a name in another script: curl converts it) */
     if (!ok)
         nx_conf_error(ctx, val, "invalid URL %s (expected http://host[:port][/path] or https://...)",
                       nx_cnode_describe(val, buf, sizeof buf));

@@ -156,7 +156,7 @@ void nx_conf_cleanup(const struct nx_conf_struct *desc, void *obj);
 const char *nx_conf_suggest(const char *word, const char *const *cands, const struct nx_conf_field *fields);
 
 /* A field check (.check) for an HTTP endpoint (a char * field): http:// or https://, a host,
- * nothing but visible ASCII. nx_conf_check_http_url_or_empty also takes "" (meaning a default). */
+ * no space or control character. nx_conf_check_http_url_or_empty also takes "" (meaning a default). */
 void nx_conf_check_http_url(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst);
 void nx_conf_check_http_url_or_empty(struct nx_conf_ctx *ctx, const struct nx_cnode *val, void *dst);
 
