@@ -325,10 +325,11 @@ static bool session_is_busy(const struct hsess *hs)
 static struct hsess *session_new(struct nx_mcp_httpd *h)
 {
     if (h->nsessions >= h->conf->http.max_sessions) {
-        /* Make room by ending the longest-idle session that has nothing running. */
+        /* Make room by ending the longest-idle session that has nothing running; of sessions
+         * last used in the same millisecond, the oldest (the list runs newest first). */
         struct hsess *victim = NULL;
         for (struct hsess *hs = h->sessions; hs; hs = hs->next) {
-            if (!session_is_busy(hs) && (!victim || hs->last_used_ms < victim->last_used_ms))
+            if (!session_is_busy(hs) && (!victim || hs->last_used_ms <= victim->last_used_ms))
                 victim = hs;
         }
         if (!victim)
