@@ -220,6 +220,25 @@ static struct nx_mcp_manager *start(uv_loop_t *loop, struct nx_http_client *http
     return m;
 }
 
+/* The end of a test: the client's calls finished, the loop closed, the token file and its
+ * directories removed. */
+static void finish(uv_loop_t *loop, struct nx_http_client *http, const char *dir)
+{
+    char path[256];
+
+    for (int i = 0; i < 200 && nx_http_client_inflight(http) > 0; i++)
+        run_until(loop, never, NULL, 20);
+    nx_http_client_free(http);
+    for (int i = 0; i < 100 && uv_run(loop, UV_RUN_NOWAIT); i++)
+        ;
+    assert_int_equal(uv_loop_close(loop), 0);
+    snprintf(path, sizeof path, "%s/mcp/oauth-o.json", dir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/mcp", dir);
+    rmdir(path);
+    rmdir(dir);
+}
+
 static void test_mcp_oauth_code_flow_refresh_and_token_file(void **state)
 {
     uv_loop_t loop;
@@ -282,17 +301,7 @@ static void test_mcp_oauth_code_flow_refresh_and_token_file(void **state)
     assert_int_equal(json_array_size(json_object_get(st, "grants")), 2);
     json_decref(st);
     nx_mcp_manager_free(m);
-
-    for (int i = 0; i < 200 && nx_http_client_inflight(http) > 0; i++)
-        run_until(&loop, never, NULL, 20);
-    nx_http_client_free(http);
-    for (int i = 0; i < 100 && uv_run(&loop, UV_RUN_NOWAIT); i++)
-        ;
-    assert_int_equal(uv_loop_close(&loop), 0);
-    unlink(file);
-    snprintf(file, sizeof file, "%s/mcp", dir);
-    rmdir(file);
-    rmdir(dir);
+    finish(&loop, http, dir);
 }
 
 /* Info lines, as an operator would read them. */
@@ -389,16 +398,7 @@ static void test_mcp_oauth_new_authorization_server_gets_a_new_client(void **sta
 
     nx_log_sink_remove(on_log, NULL);
     nx_buf_cleanup(&logged);
-    for (int k = 0; k < 200 && nx_http_client_inflight(http) > 0; k++)
-        run_until(&loop, never, NULL, 20);
-    nx_http_client_free(http);
-    for (int k = 0; k < 100 && uv_run(&loop, UV_RUN_NOWAIT); k++)
-        ;
-    assert_int_equal(uv_loop_close(&loop), 0);
-    unlink(file);
-    snprintf(file, sizeof file, "%s/mcp", dir);
-    rmdir(file);
-    rmdir(dir);
+    finish(&loop, http, dir);
 }
 
 static size_t count_of(const char *hay, const char *needle)
@@ -474,17 +474,7 @@ static void test_mcp_oauth_operator_approves_the_url_logged_first(void **state)
 
     nx_log_sink_remove(on_log, NULL);
     nx_buf_cleanup(&logged);
-    for (int k = 0; k < 200 && nx_http_client_inflight(http) > 0; k++)
-        run_until(&loop, never, NULL, 20);
-    nx_http_client_free(http);
-    for (int k = 0; k < 100 && uv_run(&loop, UV_RUN_NOWAIT); k++)
-        ;
-    assert_int_equal(uv_loop_close(&loop), 0);
-    snprintf(file, sizeof file, "%s/mcp/oauth-o.json", dir);
-    unlink(file);
-    snprintf(file, sizeof file, "%s/mcp", dir);
-    rmdir(file);
-    rmdir(dir);
+    finish(&loop, http, dir);
 }
 
 static int teardown(void **state)
