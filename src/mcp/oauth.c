@@ -454,9 +454,9 @@ static void on_authorized(struct nx_mcp_oauth_op *op, long status, const struct 
         nx_oauth_set_str(&o->pending_verifier, op->verifier);
         if (is_new)
             nx_warn("mcp",
-                "server %s: OAuth needs an operator: open %s , approve, then write the URL the browser "
-                "lands on (%s?code=...) to %s.code",
-                o->server, o->auth_url, o->redirect_uri, o->token_file ? o->token_file : "<token_file>");
+                    "server %s: OAuth needs an operator: open %s , approve, then write the URL the "
+                    "browser lands on (%s?code=...) to %s.code",
+                    o->server, o->auth_url, o->redirect_uri, o->token_file ? o->token_file : "<token_file>");
         failf(op, NX_EPERM, "authorization needs an operator (HTTP %ld): see authorization_url", status);
         return;
     }

@@ -84,11 +84,15 @@ static void add_item(struct nx_buf *b, const json_t *item)
     if (strcmp(type, "text") == 0) { /* whole: a NUL in it becomes U+FFFD, not its end */
         const json_t *t = json_object_get(item, "text");
         const char *v = json_string_value(t);
-        for (size_t i = 0, n = json_string_length(t); v && i < n; i++) {
-            if (v[i])
-                nx_buf_putc(b, v[i]);
-            else
-                nx_buf_puts(b, "\xEF\xBF\xBD");
+        for (size_t n = json_string_length(t); v;) {
+            const char *z = memchr(v, 0, n);
+            size_t k = z ? (size_t)(z - v) : n;
+            nx_buf_append(b, v, k);
+            if (!z)
+                break;
+            nx_buf_puts(b, "\xEF\xBF\xBD");
+            v = z + 1;
+            n -= k + 1;
         }
     } else if (strcmp(type, "image") == 0 || strcmp(type, "audio") == 0) {
         nx_buf_printf(b, "[%s: %s, %zu bytes]", type, str(item, "mimeType", "unknown type"),
