@@ -257,11 +257,14 @@ static void on_done(int rc, const struct nx_turn_result *res, void *udata)
     bool config_msg = rc == NX_ECONFIG && res->error_message;
     if (rc < 0 && !config_msg) {
         if (c->started) { /* headers are gone: an error event, then the end */
-            struct nx_buf b = NX_BUF_INIT;
-            json_t *e = json_pack("{s:{s:s, s:s}}", "error", "message",
-                                  res->error_message ? res->error_message : nx_strerror(rc), "type",
+            struct nx_buf b = NX_BUF_INIT, m = NX_BUF_INIT; /* (the shape of OpenAI's errors, whole) */
+            const char *msg = res->error_message ? res->error_message : nx_strerror(rc);
+            nx_utf8_sanitize(&m, msg, strlen(msg));
+            json_t *e = json_pack("{s:{s:s, s:s, s:n, s:n}}", "error", "message", m.data, "type",
                                   api_error_type(API_OPENAI, api_status_for(API_OPENAI, rc, res),
-                                                 res->error_type));
+                                                 res->error_type),
+                                  "param", "code");
+            nx_buf_cleanup(&m);
             char *s = json_dumps(e, JSON_COMPACT);
             nx_buf_printf(&b, "data: %s\n\n", s);
             nx_http_stream_write(c->req, b.data, b.len);

@@ -306,6 +306,19 @@ class UnstreamedCallers(FakePeers, unittest.TestCase):
         self.assertEqual(r["choices"][0]["message"]["content"], "all of it")
         self.assertEqual(len(fake_requests(self.fport)), 2)
 
+    def test_a_break_after_text_reached_a_streaming_caller_is_an_error_event_in_openais_shape(self):
+        script(self.fport, [{"text": "the first half", "chunks": 2, "error_midstream": "overloaded_error"}])
+        body = json.dumps({"model": "patient", "stream": True, "messages": [{"role": "user", "content": "go"}]})
+        status, data, _ = self.n.request("POST", "/v1/chat/completions", body=body.encode(),
+                                         headers={"Content-Type": "application/json"}, timeout=30)
+        self.assertEqual(status, 200, data)
+        events = [json.loads(line[6:]) for line in data.decode().split("\n")
+                  if line.startswith("data: {")]
+        errors = [e["error"] for e in events if "error" in e]
+        self.assertEqual(len(errors), 1, events)
+        self.assertEqual(sorted(errors[0]), ["code", "message", "param", "type"])  # as OpenAI's errors
+        self.assertIsNone(errors[0]["param"])
+
 
 if __name__ == "__main__":
     main()
