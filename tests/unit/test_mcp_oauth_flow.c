@@ -193,8 +193,9 @@ static json_t *server_state(uv_loop_t *loop, const char *tool, const char *args)
     return st;
 }
 
-static struct nx_mcp_manager *start(uv_loop_t *loop, struct nx_http_client *http, const char *url,
-                                    const char *data_dir)
+/* A manager with the server "o" at url (OAuth), its token file under data_dir. */
+static struct nx_mcp_manager *start_unready(uv_loop_t *loop, struct nx_http_client *http, const char *url,
+                                            const char *data_dir)
 {
     struct nx_mcp_server_conf sc;
     struct nx_mcp_conf c;
@@ -216,6 +217,14 @@ static struct nx_mcp_manager *start(uv_loop_t *loop, struct nx_http_client *http
     assert_int_equal(nx_mcp_manager_new(loop, http, &c, &m), 0);
     nx_mcp_manager_set_host(m, &host);
     json_decref(sc.extra);
+    return m;
+}
+
+/* The same, once it is authorized and has listed the server's tools. */
+static struct nx_mcp_manager *start(uv_loop_t *loop, struct nx_http_client *http, const char *url,
+                                    const char *data_dir)
+{
+    struct nx_mcp_manager *m = start_unready(loop, http, url, data_dir);
     assert_true(run_until(loop, tool_exists, "mcp_o_state", 20000));
     return m;
 }
@@ -425,9 +434,6 @@ static void test_mcp_oauth_operator_approves_the_url_logged_first(void **state)
     struct nx_mcp_manager *m = NULL;
     struct peer *p = &peer;
     char url[128], dir[] = "/tmp/nx-mcp-oauth-XXXXXX", file[256], st[64] = "";
-    struct nx_mcp_server_conf sc;
-    struct nx_mcp_conf c;
-    struct nx_mcp_host host;
     size_t tries = 3;
 
     (void)state;
@@ -435,25 +441,10 @@ static void test_mcp_oauth_operator_approves_the_url_logged_first(void **state)
     assert_int_equal(nx_log_sink_add(on_log, NULL, NX_LOG_DEBUG), 0);
     assert_true(peer_start_mode(p, "login"));
     assert_non_null(mkdtemp(dir));
-    host = (struct nx_mcp_host){.data_dir = dir};
     assert_int_equal(uv_loop_init(&loop), 0);
     assert_int_equal(nx_http_client_new(&loop, NULL, &http), 0);
     snprintf(url, sizeof url, "http://127.0.0.1:%d/mcp", p->port);
-    memset(&sc, 0, sizeof sc);
-    sc.name = "o";
-    sc.transport = NX_MCP_STREAMABLE_HTTP;
-    sc.url = url;
-    sc.extra = json_pack("{s:{s:s}}", "auth", "type", "oauth");
-    memset(&c, 0, sizeof c);
-    c.enabled = true;
-    c.initialize_timeout_ms = 20000;
-    c.call_timeout_ms = 20000;
-    c.idle_reap_interval_ms = 600000;
-    c.servers = &sc;
-    c.n_servers = 1;
-    assert_int_equal(nx_mcp_manager_new(&loop, http, &c, &m), 0);
-    nx_mcp_manager_set_host(m, &host);
-    json_decref(sc.extra);
+    m = start_unready(&loop, http, url, dir);
 
     assert_true(run_until(&loop, authorizations_tried, &tries, 20000));
     const char *first = strstr(nx_buf_cstr(&logged), "OAuth needs an operator: open ");
