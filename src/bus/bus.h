@@ -83,9 +83,8 @@ int nx_bus_publish(struct nx_bus *bus, const char *subject, const struct nx_enve
  * through it holds (a channel's new event never overtakes a resumed one). A publish while some
  * wait goes behind them. For events durable elsewhere (the ledger): what still waits when the bus
  * is freed is dropped. Returns 0 (published or waiting) or nx_bus_publish's other errors
- * (NX_EAGAIN past 100,000 waiting). nx_bus_waiting: how many wait. */
+ * (NX_EAGAIN past 100,000 waiting). */
 int nx_bus_publish_in_order(struct nx_bus *bus, const char *subject, const struct nx_envelope *env);
-size_t nx_bus_waiting(const struct nx_bus *bus);
 
 /* Subscribes to a subject or pattern ('*' one token, '>' the rest). *out (may be NULL) gets a
  * handle for nx_bus_unsubscribe. A queue subscription delivers each event to one member of

@@ -118,11 +118,6 @@ void nx_bus_later_kick(struct nx_bus *bus)
     l->timer = nx_timer_once(bus->loop, 0, on_timer, l);
 }
 
-size_t nx_bus_waiting(const struct nx_bus *bus)
-{
-    return bus && bus->later ? bus->later->n : 0;
-}
-
 void nx_bus_later_free(struct nx_bus_later *l)
 {
     if (!l)

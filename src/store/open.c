@@ -201,9 +201,11 @@ bool nx_store_cli_has_data(const char *data_dir, const char *cmd)
     struct stat st;
 
     snprintf(path, sizeof path, "%s/nexo.db", data_dir);
-    if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
-        return true;
-    fprintf(stderr, "nexo %s: nothing is recorded under %s (no nexo.db there): is --data right?\n", cmd,
-            data_dir);
+    int rc = stat(path, &st);
+    if (!(rc < 0 && errno == ENOENT) && !(rc == 0 && S_ISREG(st.st_mode) && st.st_size == 0))
+        return true; /* (or it cannot be read: opening it says why) */
+    if (cmd)
+        fprintf(stderr, "nexo %s: nothing is recorded under %s (no nexo.db there): is --data right?\n",
+                cmd, data_dir);
     return false;
 }

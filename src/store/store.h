@@ -36,9 +36,9 @@ struct nx_store_opts {
 int nx_store_open(uv_loop_t *loop, const char *data_dir, const struct nx_store_opts *opts,
                   nx_store_done_fn ready, void *arg, struct nx_store **out);
 bool nx_store_is_open(const struct nx_store *s);
-/* For the commands that read or change what a gateway recorded (nexo dlq, nexo pairing): true
- * when data_dir holds nexo.db; otherwise says on stderr that nothing is recorded there (a
- * mistyped --data), so that the command creates no empty database to report on. */
+/* For the commands that read or change what a gateway recorded (nexo dlq, nexo pairing, nexo
+ * transcripts): false when data_dir has no nexo.db (or an empty one), so that the command creates
+ * no database to report on; with cmd, it says so on stderr (a mistyped --data). */
 bool nx_store_cli_has_data(const char *data_dir, const char *cmd);
 
 /* Queue a write (batched, in a transaction) or a read (outside the write transaction). Any

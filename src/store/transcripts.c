@@ -621,21 +621,14 @@ static int cli_search(const char *data_dir, struct search *q, bool is_json)
     uv_loop_t loop;
     struct nx_store *s = NULL;
     struct cli_wait w = {0, false};
-    struct nx_buf db = NX_BUF_INIT;
-    struct stat st;
     int rc = NX_EXIT_FAILURE;
 
-    nx_buf_printf(&db, "%s/nexo.db", data_dir);
-    int src = stat(db.data, &st);
-    if ((src < 0 && errno == ENOENT) || (src == 0 && S_ISREG(st.st_mode) && st.st_size == 0)) {
-        /* Nothing recorded yet; do not create (or set up) a database just to search it. */
+    if (!nx_store_cli_has_data(data_dir, NULL)) { /* nothing recorded yet: nothing to search */
         puts(is_json ? "[]" : "no matches");
-        nx_buf_cleanup(&db);
         return NX_EXIT_OK;
     }
     if (uv_loop_init(&loop) != 0) {
         fprintf(stderr, "nexo: transcripts: cannot start an event loop\n");
-        nx_buf_cleanup(&db);
         return NX_EXIT_FAILURE;
     }
     const struct nx_store_opts ro = {.is_read_only = true}; /* it only reads */
@@ -685,7 +678,6 @@ out:
         uv_run(&loop, UV_RUN_NOWAIT);
     if (uv_loop_close(&loop) != 0)
         nx_warn("transcripts", "event loop still had handles at exit");
-    nx_buf_cleanup(&db);
     return rc;
 }
 
