@@ -120,6 +120,7 @@ struct nx_turn {
     bool is_started;
     bool is_images_kept;           /* its base64 images were looked at (kept as files) */
     uint64_t hcache_epoch;         /* hcache_epoch when its history was read */
+    struct nx_llm_run *run;        /* its session's encoded history (hcache_run), or NULL */
     bool is_keeping_images;        /* a worker has its input (on_images_kept gives it back) */
     bool is_stop_deferred;         /* stopped meanwhile: on_images_kept ends it, input back */
     bool has_streamed;             /* some text went to the caller's on_text */
@@ -178,6 +179,9 @@ void hcache_put(struct hcache *c, const char *key, const json_t *messages, size_
  * so a turn does not estimate its whole history again. */
 #define HCACHE_NO_TOKENS UINT64_MAX
 json_t *hcache_get_tokens(struct hcache *c, const char *key, uint64_t *tokens);
+/* The session's encoded history as last sent (a new reference, created when first asked for),
+ * or NULL when the session is not cached. */
+struct nx_llm_run *hcache_run(struct hcache *c, const char *key);
 void hcache_put_tokens(struct hcache *c, const char *key, const json_t *messages, size_t keep,
                        uint64_t tokens);
 

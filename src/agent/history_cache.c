@@ -16,6 +16,7 @@ struct hentry {
     char *key;
     json_t *messages;
     uint64_t tokens; /* their estimates added up, or HCACHE_NO_TOKENS */
+    struct nx_llm_run *run; /* as last sent (llm/run.c), or NULL */
 };
 
 struct hcache {
@@ -74,6 +75,7 @@ static void drop(struct hcache *c, struct hentry *e)
     *pp = e->hnext;
     lru_unlink(c, e);
     json_decref(e->messages);
+    nx_llm_run_unref(e->run);
     free(e->key);
     free(e);
     c->n--;
@@ -152,6 +154,16 @@ json_t *hcache_get_tokens(struct hcache *c, const char *key, uint64_t *tokens)
     lru_front(c, e);
     *tokens = e->tokens;
     return json_copy(e->messages); /* shallow: the turn appends, never edits a message */
+}
+
+struct nx_llm_run *hcache_run(struct hcache *c, const char *key)
+{
+    struct hentry *e = c->is_freed ? NULL : *slot(c, key);
+    if (!e)
+        return NULL;
+    if (!e->run)
+        e->run = nx_llm_run_new();
+    return nx_llm_run_ref(e->run);
 }
 
 void hcache_put(struct hcache *c, const char *key, const json_t *messages, size_t keep)

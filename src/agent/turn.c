@@ -68,6 +68,7 @@ static void free_turn(struct nx_turn *t)
     json_decref((json_t *)t->o.stop);
     free((char *)t->o.user);
     json_decref(t->convo);
+    nx_llm_run_unref(t->run);
     free(t->agent_id);
     free(t->session_key);
     free(t->event_id);
@@ -439,6 +440,8 @@ static void call_model(struct nx_turn *t)
 
     t->call_fixed_tokens = nx_history_text_tokens(system.data, system.len) + tools_tokens;
     json_t *messages = turn_fit_context(t, max_tokens);
+    if (t->session_key && !t->run)
+        t->run = hcache_run(t->a->history, t->session_key);
     struct nx_llm_request req = {
         .model = ag->targets[0].model,
         .system = system.len ? nx_buf_cstr(&system) : NULL,
@@ -452,6 +455,7 @@ static void call_model(struct nx_turn *t)
          * that takes longer (a reasoning model's, on a channel) would be cut and asked again */
         .stream = true,
         .is_history_stable = t->session_key != NULL,
+        .run = t->run,
     };
     /* text goes on only to a caller that streams: for the others none has "reached the caller",
      * and a failure half-way is retried as before any text */

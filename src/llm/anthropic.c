@@ -71,6 +71,20 @@ static json_t *clean_message(json_t *m)
     return out;
 }
 
+static const char *encode_one(const json_t *m, struct nx_buf *out, void *arg)
+{
+    (void)arg;
+    if (!json_is_object(m))
+        return "every message must be an object";
+    json_t *c = clean_message((json_t *)m); /* (not changed: its parts are shared) */
+    char *enc = json_dumps(c, JSON_COMPACT);
+    json_decref(c);
+    NX_ASSERT(enc);
+    nx_buf_puts(out, enc);
+    free(enc);
+    return NULL;
+}
+
 int nx_anthropic_build_body(const struct nx_llm_request *req, struct nx_buf *out, const char **why)
 {
     json_t *body = json_object(), *arr, *v;
@@ -104,33 +118,12 @@ int nx_anthropic_build_body(const struct nx_llm_request *req, struct nx_buf *out
                             json_pack("[{s:s, s:o, s:o}]", "type", "text", "text", v,
                                       "cache_control", ephemeral()));
     }
-    /* messages: each one's encoding from the fragment cache when the request allows it */
-    json_array_foreach(req->messages, i, v) {
-        const char *part;
-        size_t len = 0;
-        if (!json_is_object(v)) {
-            *why = "every message must be an object";
-            goto out;
-        }
-        part = req->is_history_stable ? nx_llm_frag_get(NX_FRAG_ANTHROPIC, v, &len) : NULL;
-        if (!part) {
-            json_t *c = clean_message(v);
-            char *enc = json_dumps(c, JSON_COMPACT);
-            json_decref(c);
-            NX_ASSERT(enc);
-            len = strlen(enc);
-            if (req->is_history_stable)
-                nx_llm_frag_put(NX_FRAG_ANTHROPIC, v, enc, len);
-            if (i)
-                nx_buf_putc(&msgs, ',');
-            nx_buf_append(&msgs, enc, len);
-            free(enc);
-            continue;
-        }
-        if (i)
-            nx_buf_putc(&msgs, ',');
-        nx_buf_append(&msgs, part, len);
-    }
+    /* messages: each one's encoding from the session's run or the fragment cache when the
+     * request allows it */
+    if ((*why = nx_llm_put_messages(req, NX_FRAG_ANTHROPIC, encode_one, NULL, &msgs)))
+        goto out;
+    if (msgs.len) /* (the comma after the last message) */
+        msgs.len--;
     /* tools: the agent passes the same manifest object every turn, so it is encoded once. Looked
      * up after the messages: a put of theirs may start the memo over, freeing its texts */
     if (json_is_array(req->tools) && json_array_size(req->tools) > 0 &&

@@ -74,6 +74,7 @@ static void chain_closed(uv_handle_t *h)
     free(ch->system);
     free(ch->user);
     json_decref(ch->messages);
+    nx_llm_run_unref(ch->req.run);
     json_decref(ch->tools);
     json_decref(ch->stop);
     free(ch->last_type);
@@ -435,6 +436,7 @@ struct nx_llm_call *nx_llm_chain_start(const struct nx_llm_target *targets, size
     ch->req.user = ch->user;
     /* borrowed by reference: the caller does not change them until on_done */
     ch->messages = json_incref((json_t *)req->messages);
+    nx_llm_run_ref(ch->req.run);
     ch->tools = json_incref((json_t *)req->tools);
     ch->stop = json_incref((json_t *)req->stop);
     ch->cb = *cb;

@@ -213,4 +213,20 @@ const char *nx_llm_frag_get(int wire, const json_t *m, size_t *len);
 void nx_llm_frag_put(int wire, const json_t *m, const char *text, size_t len);
 void nx_llm_frag_clear(void);
 
+/* --- llm/run.c: a session's history as one encoded run --- */
+/* Appends to out the run's text for the longest start of messages it holds, in order (each
+ * message's part followed by a comma), and returns how many messages that covers. The run
+ * lets go of what it held before and after them. */
+size_t nx_llm_run_reuse(struct nx_llm_run *r, int wire, const json_t *messages, struct nx_buf *out);
+/* Whether the run takes the messages that follow the reused ones (not past one too long). */
+bool nx_llm_run_is_open(const struct nx_llm_run *r, int wire);
+/* Adds the next message's part (len 0: one that says nothing); false when it is refused. */
+bool nx_llm_run_add(struct nx_llm_run *r, int wire, const json_t *m, const char *text, size_t len);
+/* Encodes one canonical message for a wire into out; returns why it cannot, or NULL. */
+typedef const char *(*nx_llm_encode_fn)(const json_t *m, struct nx_buf *out, void *arg);
+/* Appends each of req->messages' wire form followed by a comma: from the request's run, else
+ * the fragment cache, else encode. Returns encode's complaint, or NULL. */
+const char *nx_llm_put_messages(const struct nx_llm_request *req, int wire, nx_llm_encode_fn encode,
+                                void *arg, struct nx_buf *out);
+
 #endif

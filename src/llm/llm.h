@@ -37,8 +37,10 @@ struct nx_llm_request {
     bool is_stream_bare;       /* (set by llm/whole.c) without stream_options: the server refuses them */
     const char *user;          /* end-user id for the provider's abuse tracking, or NULL */
     /* The messages are a session's history that later requests send again, and none of them
-     * changes once sent: their wire form is remembered by identity (llm/frag_cache.c). */
+     * changes once sent: their wire form is remembered by identity (llm/frag_cache.c), and
+     * in the session's run when it has one. */
     bool is_history_stable;
+    struct nx_llm_run *run; /* the session's encoded history (llm/run.c), or NULL; held by the call */
 };
 
 enum nx_llm_stop {
@@ -137,6 +139,13 @@ uint64_t nx_llm_message_tokens(const json_t *m);
 /* Forgets the remembered wire forms of messages nobody else holds any more (after a burst).
  * Returns how many entries are left. */
 size_t nx_llm_frag_sweep(void);
+/* A session's history as sent, one encoded run per wire format (llm/run.c): the next request
+ * copies what it shares with the last one at once. Reference counted; loop thread. */
+struct nx_llm_run;
+struct nx_llm_run *nx_llm_run_new(void);
+struct nx_llm_run *nx_llm_run_ref(struct nx_llm_run *r);
+void nx_llm_run_unref(struct nx_llm_run *r);
+size_t nx_llm_run_bytes(const struct nx_llm_run *r);
 /* Entries the table holds now, live or not yet swept, and its slots (tests). */
 size_t nx_llm_frag_entries(void);
 size_t nx_llm_frag_slots(void);

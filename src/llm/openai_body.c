@@ -185,6 +185,18 @@ static void encode_message(const char *role, const json_t *content, bool with_re
     json_decref(msgs);
 }
 
+static const char *encode_one(const json_t *m, struct nx_buf *out, void *arg)
+{
+    const char *role = nx_json_str(m, "role");
+    json_t *content = json_object_get(m, "content");
+    if (!role || (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0))
+        return "every message needs the role user or assistant";
+    if (!json_is_string(content) && !json_is_array(content))
+        return "message content must be a string or an array of blocks";
+    encode_message(role, content, *(const bool *)arg, out);
+    return NULL;
+}
+
 /* The body is assembled as text: {"model":...,"messages":[...],<the rest>}, where each message's
  * part comes from the fragment cache when the request allows it. */
 /* The request's own strings go into the body as they are: reject what JSON cannot carry. */
@@ -208,11 +220,8 @@ static bool takes_temperature(const char *model)
 
 int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, const char **why)
 {
-    const json_t *m;
-    struct nx_buf frag = NX_BUF_INIT;
     char *text = NULL;
-    size_t i, start = out->len;
-    bool is_first = true;
+    size_t start = out->len;
     int rc = NX_EINVAL;
 
     /* Written by hand, not through a json_t: this runs for every model call. */
@@ -234,42 +243,16 @@ int nx_openai_build_body(const struct nx_llm_request *req, struct nx_buf *out, c
         }
         nx_buf_puts(out, "{\"role\":\"system\",\"content\":");
         nx_buf_put_json_str(out, req->system, strlen(req->system));
-        nx_buf_putc(out, '}');
-        is_first = false;
+        nx_buf_puts(out, "},");
     }
     /* reasoning goes back to DeepSeek only (Groq, Cerebras refuse the field): its messages are
      * remembered apart (scanning each message for reasoning cost a fifth of a turn) */
     bool with_reasoning = req->model && strncasecmp(req->model, "deepseek", 8) == 0;
-    int wire = with_reasoning ? NX_FRAG_OPENAI_DEEPSEEK : NX_FRAG_OPENAI;
-    json_array_foreach(req->messages, i, m) {
-        size_t len = 0;
-        bool is_cached = req->is_history_stable;
-        const char *part = is_cached ? nx_llm_frag_get(wire, m, &len) : NULL;
-        if (!part) { /* (a remembered message was checked when it was encoded) */
-            const char *role = nx_json_str(m, "role");
-            json_t *content = json_object_get(m, "content");
-            if (!role || (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0)) {
-                *why = "every message needs the role user or assistant";
-                goto out;
-            }
-            if (!json_is_string(content) && !json_is_array(content)) {
-                *why = "message content must be a string or an array of blocks";
-                goto out;
-            }
-            nx_buf_reset(&frag);
-            encode_message(role, content, with_reasoning, &frag);
-            part = nx_buf_cstr(&frag);
-            len = frag.len;
-            if (is_cached)
-                nx_llm_frag_put(wire, m, part, len);
-        }
-        if (!len)
-            continue;
-        if (!is_first)
-            nx_buf_putc(out, ',');
-        nx_buf_append(out, part, len);
-        is_first = false;
-    }
+    if ((*why = nx_llm_put_messages(req, with_reasoning ? NX_FRAG_OPENAI_DEEPSEEK : NX_FRAG_OPENAI,
+                                    encode_one, &with_reasoning, out)))
+        goto out;
+    if (out->data[out->len - 1] == ',') /* (after the last message) */
+        out->len--;
     nx_buf_putc(out, ']');
     if (json_is_array(req->tools) && json_array_size(req->tools) > 0) {
         /* the agent passes the same manifest object every turn: encoded once */
@@ -326,6 +309,5 @@ out:
             out->data[start] = '\0';
     }
     free(text);
-    nx_buf_cleanup(&frag);
     return rc;
 }
