@@ -121,6 +121,10 @@ struct nx_turn {
     bool is_images_kept;           /* its base64 images were looked at (kept as files) */
     uint64_t hcache_epoch;         /* hcache_epoch when its history was read */
     struct nx_llm_run *run;        /* its session's encoded history (hcache_run), or NULL */
+    bool is_from_cache;            /* convo is the history cache's array (hcache_take_tokens) */
+    bool is_put_pending;           /* saved: convo goes back to the history cache at the end */
+    size_t put_keep;               /* with how many messages to keep, */
+    uint64_t put_tokens;           /* and its token sum */
     bool is_keeping_images;        /* a worker has its input (on_images_kept gives it back) */
     bool is_stop_deferred;         /* stopped meanwhile: on_images_kept ends it, input back */
     bool has_streamed;             /* some text went to the caller's on_text */
@@ -172,18 +176,20 @@ void hcache_forget_unsaved(struct hcache *c, const char *key);
 uint64_t hcache_epoch(const struct hcache *c);
 /* A new (shallow) copy of the session's cached messages, or NULL. */
 json_t *hcache_get(struct hcache *c, const char *key);
-/* Caches the last `keep` messages (0 = all), starting on a clean user message. */
+/* Caches (a shallow copy of) the last `keep` messages (0 = all), starting on a clean user
+ * message. */
 void hcache_put(struct hcache *c, const char *key, const json_t *messages, size_t keep);
-/* The same, with the messages' token estimates added up (nx_llm_message_tokens): `tokens` is
- * that sum for all of `messages` (HCACHE_NO_TOKENS: not known); get returns the kept ones' sum,
- * so a turn does not estimate its whole history again. */
+/* A turn takes the session's cached messages (the array itself, for it to append to; NULL when
+ * none are cached or another has them) with their token estimates added up
+ * (nx_llm_message_tokens; HCACHE_NO_TOKENS: not known), so that it neither copies nor
+ * estimates its whole history again. It puts them back, with what it added, when it ends: put
+ * takes the array (trimmed to `keep` in place) and `tokens`, the sum for all of it. */
 #define HCACHE_NO_TOKENS UINT64_MAX
-json_t *hcache_get_tokens(struct hcache *c, const char *key, uint64_t *tokens);
+json_t *hcache_take_tokens(struct hcache *c, const char *key, uint64_t *tokens);
+void hcache_put_owned(struct hcache *c, const char *key, json_t *messages, size_t keep, uint64_t tokens);
 /* The session's encoded history as last sent (a new reference, created when first asked for),
  * or NULL when the session is not cached. */
 struct nx_llm_run *hcache_run(struct hcache *c, const char *key);
-void hcache_put_tokens(struct hcache *c, const char *key, const json_t *messages, size_t keep,
-                       uint64_t tokens);
 
 /* budget.c: limits.daily_token_budget */
 /* Creates (and starts loading) today's entry of every agent of a->gen that has a budget. */
@@ -236,6 +242,9 @@ uint64_t turn_count_tokens(struct nx_turn *t);
 /* Stores the turn's new messages (from new_from) in the session's history, and caches what the
  * next turn starts from. */
 void turn_save(struct nx_turn *t);
+/* Gives the turn's messages back to the history cache when it ends (free_turn): after a save,
+ * all of them; else the history it took, without what it added. */
+void turn_put_back(struct nx_turn *t);
 /* The conversation of a turn that ended before it had one (cancelled while queued, its history
  * loading or its images being kept; refused by the budget): the cached history if any, then
  * msgs (may be NULL), for turn_save. Without the cache the history is not known: nothing is

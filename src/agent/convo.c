@@ -326,7 +326,7 @@ bool turn_convo_from_cache(struct nx_turn *t)
     uint64_t tokens;
 
     t->hcache_epoch = hcache_epoch(t->a->history);
-    json_t *cached = hcache_get_tokens(t->a->history, t->session_key, &tokens);
+    json_t *cached = hcache_take_tokens(t->a->history, t->session_key, &tokens);
     if (!cached)
         return false;
     if (tokens != HCACHE_NO_TOKENS) {
@@ -334,6 +334,7 @@ bool turn_convo_from_cache(struct nx_turn *t)
         t->tokens_upto = json_array_size(cached);
     }
     t->convo = cached;
+    t->is_from_cache = true;
     t->new_from = json_array_size(cached);
     return true;
 }
@@ -351,6 +352,32 @@ void turn_convo_of_unstarted(struct nx_turn *t, json_t *msgs)
         json_array_extend(t->convo, msgs);
 }
 
+void turn_put_back(struct nx_turn *t)
+{
+    uint64_t tokens = t->put_tokens;
+    size_t keep = t->put_keep;
+
+    if (!t->is_put_pending && (!t->is_from_cache || t->is_saved || !t->convo))
+        return;
+    if (!t->is_put_pending) { /* not saved: what it added is not stored, and goes */
+        tokens = t->tokens_upto >= t->new_from ? t->tokens : HCACHE_NO_TOKENS;
+        for (size_t i = t->new_from; i < t->tokens_upto && tokens != HCACHE_NO_TOKENS; i++) {
+            uint64_t added = nx_llm_message_tokens(json_array_get(t->convo, i));
+            tokens = added <= tokens ? tokens - added : HCACHE_NO_TOKENS;
+        }
+        while (json_array_size(t->convo) > t->new_from)
+            json_array_remove(t->convo, t->new_from);
+        keep = 0;
+    }
+    t->is_put_pending = t->is_from_cache = false;
+    if (hcache_epoch(t->a->history) != t->hcache_epoch) { /* as turn_save would have */
+        hcache_forget(t->a->history, t->session_key);
+        return;
+    }
+    hcache_put_owned(t->a->history, t->session_key, t->convo, keep, tokens);
+    t->convo = NULL;
+}
+
 void turn_save(struct nx_turn *t)
 {
     if (!t->session_key || !t->a->deps.store)
@@ -366,10 +393,14 @@ void turn_save(struct nx_turn *t)
         hcache_forget(t->a->history, t->session_key); /* its copy may hold what was not kept */
     } else if (!t->is_history_missing) { /* kept as sent: what the next turn starts from alternates */
         json_t *alt = turn_alternating(t->convo, t->new_from ? t->new_from - 1 : 0);
-        /* merged messages are estimated apart from their parts: counted again when needed */
-        hcache_put_tokens(t->a->history, t->session_key, alt, turn_history_keep(t),
-                          alt == t->convo ? turn_count_tokens(t) : HCACHE_NO_TOKENS);
-        json_decref(alt);
+        if (alt == t->convo) { /* the common case: the array itself, when the turn ends */
+            t->is_put_pending = true;
+            t->put_keep = turn_history_keep(t);
+            t->put_tokens = turn_count_tokens(t);
+            json_decref(alt);
+        } else { /* merged messages are estimated apart from their parts: counted when needed */
+            hcache_put_owned(t->a->history, t->session_key, alt, turn_history_keep(t), HCACHE_NO_TOKENS);
+        }
     }
     json_t *added = json_array();
     for (size_t i = t->new_from; i < json_array_size(t->convo); i++)

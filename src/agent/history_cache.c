@@ -140,20 +140,23 @@ uint64_t hcache_epoch(const struct hcache *c)
 
 json_t *hcache_get(struct hcache *c, const char *key)
 {
-    uint64_t tokens;
-    return hcache_get_tokens(c, key, &tokens);
+    struct hentry *e = c->is_freed ? NULL : *slot(c, key);
+    return e && e->messages ? json_copy(e->messages) : NULL; /* shallow: never edited */
 }
 
-json_t *hcache_get_tokens(struct hcache *c, const char *key, uint64_t *tokens)
+json_t *hcache_take_tokens(struct hcache *c, const char *key, uint64_t *tokens)
 {
-    struct hentry *e = *slot(c, key);
+    struct hentry *e = c->is_freed ? NULL : *slot(c, key);
+    json_t *messages;
     *tokens = HCACHE_NO_TOKENS;
-    if (!e)
+    if (!e || !e->messages)
         return NULL;
     lru_unlink(c, e);
     lru_front(c, e);
     *tokens = e->tokens;
-    return json_copy(e->messages); /* shallow: the turn appends, never edits a message */
+    messages = e->messages;
+    e->messages = NULL; /* the turn's now; put back when it ends */
+    return messages;
 }
 
 struct nx_llm_run *hcache_run(struct hcache *c, const char *key)
@@ -168,12 +171,15 @@ struct nx_llm_run *hcache_run(struct hcache *c, const char *key)
 
 void hcache_put(struct hcache *c, const char *key, const json_t *messages, size_t keep)
 {
-    hcache_put_tokens(c, key, messages, keep, HCACHE_NO_TOKENS);
+    hcache_put_owned(c, key, json_copy((json_t *)messages), keep, HCACHE_NO_TOKENS);
 }
 
-void hcache_put_tokens(struct hcache *c, const char *key, const json_t *messages, size_t keep,
-                       uint64_t tokens)
+void hcache_put_owned(struct hcache *c, const char *key, json_t *messages, size_t keep, uint64_t tokens)
 {
+    if (c->is_freed) {
+        json_decref(messages);
+        return;
+    }
     struct hentry **pp = slot(c, key), *e = *pp;
     if (!e) {
         if (c->n >= c->max)
@@ -203,7 +209,7 @@ void hcache_put_tokens(struct hcache *c, const char *key, const json_t *messages
         tokens = drop <= tokens ? tokens - drop : HCACHE_NO_TOKENS;
     }
     e->tokens = tokens;
-    e->messages = json_array();
-    for (size_t i = from; i < n; i++)
-        json_array_append(e->messages, json_array_get(messages, i));
+    for (size_t i = 0; i < from; i++)
+        json_array_remove(messages, 0);
+    e->messages = messages;
 }

@@ -67,6 +67,7 @@ static void free_turn(struct nx_turn *t)
     json_decref(t->late);
     json_decref((json_t *)t->o.stop);
     free((char *)t->o.user);
+    turn_put_back(t);
     json_decref(t->convo);
     nx_llm_run_unref(t->run);
     free(t->agent_id);

@@ -71,10 +71,50 @@ static void test_a_window_without_a_clean_start_reaches_back(void **state)
     hcache_free(c);
 }
 
+/* A turn takes the cached array itself: nobody else gets it meanwhile (a second take finds
+ * none), and it comes back with what the turn added, cut to the window in place, the token sum
+ * less the messages cut. */
+static void test_a_turn_takes_the_array_and_puts_it_back(void **state)
+{
+    struct hcache *c = hcache_new(8);
+    json_t *msgs = json_array(), *taken;
+    uint64_t tokens;
+
+    (void)state;
+    json_array_append_new(msgs, text_msg("user", "one"));
+    json_array_append_new(msgs, text_msg("assistant", "two"));
+    hcache_put(c, "s", msgs, 0);
+    json_decref(msgs);
+    taken = hcache_take_tokens(c, "s", &tokens);
+    assert_non_null(taken);
+    assert_true(tokens == HCACHE_NO_TOKENS); /* (hcache_put knows no sum) */
+    assert_null(hcache_take_tokens(c, "s", &tokens));
+    assert_null(hcache_get(c, "s"));
+    json_array_append_new(taken, text_msg("user", "three"));
+    json_array_append_new(taken, text_msg("assistant", "four"));
+    uint64_t sum = 0;
+    for (size_t i = 0; i < json_array_size(taken); i++)
+        sum += nx_llm_message_tokens(json_array_get(taken, i));
+    uint64_t first_two = nx_llm_message_tokens(json_array_get(taken, 0)) +
+                         nx_llm_message_tokens(json_array_get(taken, 1));
+    json_t *same = taken;
+    hcache_put_owned(c, "s", taken, 2, sum);
+    taken = hcache_take_tokens(c, "s", &tokens);
+    assert_ptr_equal(taken, same); /* not a copy */
+    assert_int_equal(json_array_size(taken), 2);
+    assert_string_equal(first_text(taken), "three");
+    assert_true(tokens == sum - first_two);
+    hcache_put_owned(c, "s", taken, 0, tokens);
+    hcache_forget(c, "s");
+    assert_null(hcache_take_tokens(c, "s", &tokens));
+    hcache_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_a_window_without_a_clean_start_reaches_back),
+        cmocka_unit_test(test_a_turn_takes_the_array_and_puts_it_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
