@@ -48,24 +48,15 @@ void nx_http_client_preload(void)
     pthread_once(&global_once, global_init);
 }
 
-static int check_proxy(const char *p)
-{
-    static const char *const schemes[] = {"http://", "https://", "socks5://", "socks5h://"};
-
-    if (!p || !p[0])
-        return 0;
-    for (size_t i = 0; i < NX_ARRAY_LEN(schemes); i++) {
-        if (strncasecmp(p, schemes[i], strlen(schemes[i])) == 0)
-            return 0;
-    }
-    return NX_EINVAL;
-}
-
 /* ---- call bookkeeping ---------------------------------------------------------------- */
-static void call_free(struct nx_http_call *call)
+static void call_free(struct nx_http_client *c, struct nx_http_call *call)
 {
-    if (call->easy)
+    if (call->easy && c->nspare < NX_HTTP_SPARE_EASY && !c->is_freeing) {
+        curl_easy_reset(call->easy); /* (options only: connections stay with the multi handle) */
+        c->spare[c->nspare++] = call->easy;
+    } else if (call->easy) {
         curl_easy_cleanup(call->easy);
+    }
     curl_slist_free_all(call->hdrs);
     curl_slist_free_all(call->resolve);
     free(call->body);
@@ -127,7 +118,7 @@ static void reap(struct nx_http_client *c)
             call->in_multi = 0;
         }
         call_unlink(c, call);
-        call_free(call);
+        call_free(c, call);
     }
 }
 
@@ -401,7 +392,7 @@ int nx_http_client_new(uv_loop_t *loop, const struct nx_http_client_opts *opts,
 
     if (!loop || !out)
         return NX_EINVAL;
-    if (opts && check_proxy(opts->proxy) != 0) {
+    if (opts && nx_http_check_proxy(opts->proxy) != 0) {
         nx_error("http", "proxy must start with http://, https://, socks5:// or socks5h://");
         return NX_EINVAL;
     }
@@ -496,6 +487,8 @@ static void finish_free(struct nx_http_client *c)
 {
     c->is_closed = 1;
     reap(c);
+    while (c->nspare)
+        curl_easy_cleanup(c->spare[--c->nspare]);
     if (c->multi) /* NULL when no request was ever made */
         multi_close(c);
     if (c->share) /* after the easy handles and the multi handle that used it */
@@ -513,6 +506,8 @@ int nx_http_client_trim(struct nx_http_client *c)
     if (!c || !c->multi || c->calls || c->depth || c->is_freeing ||
         c->peak_inflight <= (size_t)max_connects(c))
         return 0;
+    while (c->nspare)
+        curl_easy_cleanup(c->spare[--c->nspare]);
     multi_close(c); /* the next request makes a new one */
     return 1;
 }
@@ -594,42 +589,6 @@ static void on_kick(uv_timer_t *h)
     leave(c);
 }
 
-static int bad_header_text(const char *s)
-{
-    return !s || strpbrk(s, "\r\n") != NULL;
-}
-
-static int build_headers(struct nx_http_call *call, const struct nx_http_call_opts *o)
-{
-    struct nx_buf line = NX_BUF_INIT;
-    int rc = 0;
-
-    int has_expect = 0;
-
-    for (size_t i = 0; i < o->nheaders; i++) {
-        const struct nx_http_header *h = &o->headers[i];
-        if (bad_header_text(h->name) || !h->name[0] || strchr(h->name, ':') ||
-            bad_header_text(h->value)) {
-            rc = NX_EINVAL;
-            break;
-        }
-        nx_buf_reset(&line);
-        if (h->value[0])
-            nx_buf_printf(&line, "%s: %s", h->name, h->value);
-        else
-            nx_buf_printf(&line, "%s;", h->name); /* curl's spelling of an empty header */
-        call->hdrs = curl_slist_append(call->hdrs, line.data);
-        NX_ASSERT(call->hdrs);
-        if (strcasecmp(h->name, "Expect") == 0)
-            has_expect = 1;
-    }
-    /* no "Expect: 100-continue" round trip unless the caller asks for it */
-    if (rc == 0 && !has_expect)
-        call->hdrs = curl_slist_append(call->hdrs, "Expect:");
-    nx_buf_cleanup(&line);
-    return rc;
-}
-
 static void setup_easy(struct nx_http_client *c, struct nx_http_call *call,
                        const struct nx_http_call_opts *o)
 {
@@ -679,7 +638,8 @@ static void setup_easy(struct nx_http_client *c, struct nx_http_call *call,
     if (!method)
         method = o->body ? "POST" : "GET";
     if (o->body || strcasecmp(method, "POST") == 0) {
-        call->body = nx_memdup(o->body ? o->body : "", o->body ? o->body_len : 0);
+        if (!o->is_body_given)
+            call->body = nx_memdup(o->body ? o->body : "", o->body ? o->body_len : 0);
         call->body_len = o->body ? o->body_len : 0;
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(o->body ? o->body_len : 0));
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->body);
@@ -697,9 +657,14 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
 {
     struct nx_http_call *call;
 
-    if (!c || !o || !o->on_done || c->is_freeing)
+    if (!c || !o || !o->on_done || c->is_freeing) {
+        if (o && o->is_body_given)
+            free((char *)o->body);
         return NULL;
+    }
     call = nx_calloc(1, sizeof *call);
+    if (o->is_body_given) /* (freed with the call, whichever way it ends) */
+        call->body = (char *)o->body;
     call->log_ctx = nx_log_context_current();
     call->client = c;
     call->on_data = o->on_data;
@@ -712,19 +677,19 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
     if (!o->url || !o->url[0] || (o->method && !o->method[0])) {
         call->start_rc = NX_EINVAL;
         call->start_err = "request has no URL or an empty method";
-    } else if (check_proxy(o->proxy) != 0) {
+    } else if (nx_http_check_proxy(o->proxy) != 0) {
         call->start_rc = NX_EINVAL;
         call->start_err = "proxy must start with http://, https://, socks5:// or socks5h://";
     } else if (ensure_multi(c) != 0) {
         call->start_rc = NX_EHTTP;
         call->start_err = "libcurl is unavailable (libcurl.so.4 not loaded or not initialised)";
-    } else if (build_headers(call, o) != 0) {
+    } else if (nx_http_build_headers(call, o) != 0) {
         call->start_rc = NX_EINVAL;
         call->start_err = "header name or value is empty or contains CR, LF or ':'";
-    } else if (o->resolve && (bad_header_text(o->resolve) || !o->resolve[0])) {
+    } else if (o->resolve && (nx_http_bad_header_text(o->resolve) || !o->resolve[0])) {
         call->start_rc = NX_EINVAL;
         call->start_err = "resolve entry is empty or contains CR or LF";
-    } else if (!(call->easy = curl_easy_init())) {
+    } else if (!(call->easy = c->nspare ? c->spare[--c->nspare] : curl_easy_init())) {
         call->start_rc = NX_EHTTP;
         call->start_err = "curl_easy_init failed";
     } else {

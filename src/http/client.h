@@ -1,6 +1,7 @@
 #ifndef NX_HTTP_CLIENT_H
 #define NX_HTTP_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -54,8 +55,9 @@ struct nx_http_call_opts {
     const char *url;
     const struct nx_http_header *headers; /* copied */
     size_t nheaders;
-    const char *body;                     /* copied */
+    const char *body;                     /* copied, unless is_body_given */
     size_t body_len;
+    bool is_body_given;                   /* body is malloc'd and the call's now, whatever happens */
     uint32_t timeout_ms;                  /* 0 = client default */
     /* Instead of timeout_ms, for an answer that may stream for long: the call fails when no
      * byte came for this long (to the second), however long it lasts while bytes come. */

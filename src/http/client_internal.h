@@ -52,6 +52,18 @@ struct nx_http_call {
     char errbuf[CURL_ERROR_SIZE];
 };
 
+/* http/client_opts.c */
+/* 0, or NX_EINVAL for a proxy of a scheme libcurl is not asked to speak ("" and NULL: none). */
+int nx_http_check_proxy(const char *p);
+/* Whether s is NULL or holds CR or LF. */
+int nx_http_bad_header_text(const char *s);
+/* The call's header lines (call->hdrs), with "Expect:" unless asked for; NX_EINVAL for a name
+ * or value that cannot be a header. */
+int nx_http_build_headers(struct nx_http_call *call, const struct nx_http_call_opts *o);
+
+/* A call's easy handle is 5 KB that libcurl allocates and sets up: the next call reuses it. */
+#define NX_HTTP_SPARE_EASY 64
+
 struct nx_http_client {
     uv_loop_t *loop;
     CURLM *multi;
@@ -66,6 +78,8 @@ struct nx_http_client {
     uint64_t max_response_bytes;
     long host_conns;
     struct nx_http_call *calls, *calls_tail;
+    CURL *spare[NX_HTTP_SPARE_EASY]; /* reset easy handles of finished calls, for the next ones */
+    size_t nspare;
     struct sock_ctx *socks;
     size_t inflight;
     size_t peak_inflight; /* since the multi handle was made: how full its connection cache got */

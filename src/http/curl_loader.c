@@ -46,6 +46,7 @@
     X(easy_getinfo, CURLcode, (CURL *, CURLINFO, ...))                                             \
     X(easy_perform, CURLcode, (CURL *))                                                            \
     X(easy_cleanup, void, (CURL *))                                                                \
+    X(easy_reset, void, (CURL *))                                                                  \
     X(multi_init, CURLM *, (void))                                                                 \
     X(multi_setopt, CURLMcode, (CURLM *, CURLMoption, ...))                                        \
     X(multi_add_handle, CURLMcode, (CURLM *, CURL *))                                              \
@@ -239,6 +240,12 @@ void curl_easy_cleanup(CURL *curl)
 {
     if (has_lib())
         fn.easy_cleanup(curl);
+}
+
+void curl_easy_reset(CURL *curl)
+{
+    if (has_lib())
+        fn.easy_reset(curl);
 }
 
 CURLMcode curl_multi_setopt(CURLM *multi, CURLMoption option, ...)

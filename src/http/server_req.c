@@ -3,9 +3,9 @@
 
 #include <arpa/inet.h>
 #include <jansson.h>
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "core/alloc.h"
 #include "core/buf.h"
@@ -143,7 +143,7 @@ void nx_http_random_id(char *out, size_t outlen, const char *prefix)
 {
     static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     unsigned char rnd[24];
-    if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+    if (RAND_bytes(rnd, sizeof rnd) != 1) /* (OpenSSL's generator: no system call per id) */
         memset(rnd, 0, sizeof rnd);
     size_t n = (size_t)snprintf(out, outlen, "%s", prefix);
     for (size_t i = 0; i < sizeof rnd && n + 1 < outlen; i++)

@@ -722,8 +722,11 @@ struct nx_llm_call *nx_llm_call_start(struct nx_llm_provider *p, const struct nx
     o.url = p->url;
     o.headers = hdrs;
     o.nheaders = n;
-    o.body = body.data;
+    /* the call's now, and held until sent: no more room than it needs (a shrink in place) */
+    o.body = body.cap > body.len + 1 ? nx_realloc(body.data, body.len + 1) : body.data;
     o.body_len = body.len;
+    o.is_body_given = true;
+    body = (struct nx_buf)NX_BUF_INIT;
     if (req->stream) { /* a long answer streams for minutes: only a stall ends it */
         o.idle_timeout_ms = p->timeout_ms;
         o.stall_timeout_ms = p->stall_ms;
