@@ -23,6 +23,8 @@ int nx_transcript_write(const char *data_dir, const char *agent_id, const char *
  * batch's jobs appended (nx_transcript_write) are cut back off, so the files keep only what the
  * database kept. Store thread only. */
 void nx_transcripts_batch_end(bool is_committed);
+/* Closes the transcript files the store thread kept open (nx_transcript_write). */
+void nx_transcripts_thread_end(void);
 
 /* A JSON string of s; when s is not valid UTF-8 (a peer id cut in the middle of a character, a
  * raw header), each byte of it >= 0x80 becomes '?'. Never NULL. */

@@ -443,6 +443,7 @@ static void *store_main(void *arg)
         }
     }
 
+    nx_transcripts_thread_end();
     nx_checkpointer_detach(s->db, s->ckpt); /* before the last close, which removes the WAL */
     for (size_t i = 0; i < SP_COUNT; i++)
         sqlite3_finalize(s->sp[i]);

@@ -1255,6 +1255,60 @@ static void test_transcript_failed_write_leaves_no_half_line(void **state)
     rmdir(dir);
 }
 
+static void read_file(const char *path, char *buf, size_t size)
+{
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(buf, 1, size - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+}
+
+/* A transcript file stays open between appends; one moved or removed meanwhile (log rotation,
+ * an operator) is not written through the old descriptor: the next lines go to a new file at
+ * its path, and a symlink put there is refused as at the first open. */
+static void test_transcript_file_moved_away_is_opened_anew(void **state)
+{
+    char dir[] = "/tmp/nexo-tr-XXXXXX", path[512], moved[512], other[512], buf[256];
+
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/transcripts/a/s.jsonl", dir);
+    snprintf(moved, sizeof moved, "%s/transcripts/a/s.jsonl.1", dir);
+    snprintf(other, sizeof other, "%s/elsewhere", dir);
+    assert_int_equal(nx_transcript_write(dir, "a", "s", "{\"n\":1}\n", 8), 0);
+    assert_int_equal(nx_transcript_write(dir, "a", "s", "{\"n\":2}\n", 8), 0);
+    assert_int_equal(rename(path, moved), 0);
+    assert_int_equal(nx_transcript_write(dir, "a", "s", "{\"n\":3}\n", 8), 0);
+    read_file(moved, buf, sizeof buf);
+    assert_string_equal(buf, "{\"n\":1}\n{\"n\":2}\n");
+    read_file(path, buf, sizeof buf);
+    assert_string_equal(buf, "{\"n\":3}\n");
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(nx_transcript_write(dir, "a", "s", "{\"n\":4}\n", 8), 0);
+    read_file(path, buf, sizeof buf);
+    assert_string_equal(buf, "{\"n\":4}\n");
+    /* a symlink in its place: refused, the file it points to untouched */
+    FILE *f = fopen(other, "w");
+    assert_non_null(f);
+    fclose(f);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(symlink(other, path), 0);
+    assert_int_equal(nx_transcript_write(dir, "a", "s", "{\"n\":5}\n", 8), NX_EIO);
+    read_file(other, buf, sizeof buf);
+    assert_string_equal(buf, "");
+    nx_transcripts_batch_end(true);
+    nx_transcripts_thread_end();
+    unlink(path);
+    unlink(moved);
+    unlink(other);
+    snprintf(path, sizeof path, "%s/transcripts/a", dir);
+    rmdir(path);
+    snprintf(path, sizeof path, "%s/transcripts", dir);
+    rmdir(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1293,6 +1347,7 @@ int main(void)
         cmocka_unit_test(test_history_trim_keeps_newest_within_budget_and_tool_pairs),
         cmocka_unit_test(test_history_estimate_counts_characters_of_other_scripts),
         cmocka_unit_test(test_transcript_failed_write_leaves_no_half_line),
+        cmocka_unit_test(test_transcript_file_moved_away_is_opened_anew),
         cmocka_unit_test_setup_teardown(test_cmd_transcripts_prints_hits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cmd_transcripts_without_database_says_no_matches, setup,
                                         teardown),
