@@ -163,10 +163,60 @@ static json_t *encode_tools(const json_t *canon)
 }
 
 /* The wire messages of one canonical message, encoded and joined by ',' ("" when none). */
+/* The common messages written straight, as add_user and add_assistant would encode them (the
+ * same bytes: nx_buf_put_json_str escapes as jansson does): string content, or text blocks only,
+ * a user's joined by newlines, an assistant's run together with its reasoning left out. False
+ * for any other message. Most of a turn's new messages are such, and the tree that jansson
+ * builds and dumps for one was 20 allocations. */
+static bool encode_plain(const char *role, const json_t *content, struct nx_buf *out)
+{
+    bool is_user = !strcmp(role, "user");
+    const json_t *b, *only = NULL;
+    size_t i, ntext = 0;
+
+    if (json_is_array(content)) {
+        json_array_foreach(content, i, b) {
+            const char *type = nx_json_str(b, "type");
+            if (!type || !json_is_string(json_object_get(b, "text")))
+                return false;
+            if (!strcmp(type, "text"))
+                only = ntext++ ? NULL : b;
+            else if (is_user || strcmp(type, "reasoning") != 0)
+                return false;
+        }
+        if (is_user && !ntext)
+            return false; /* (encodes to nothing) */
+    }
+    nx_buf_puts(out, is_user ? "{\"role\":\"user\",\"content\":" : "{\"role\":\"assistant\",\"content\":");
+    if (json_is_string(content)) {
+        nx_buf_put_json_str(out, json_string_value(content), json_string_length(content));
+    } else if (only || !ntext) {
+        const char *t = only ? nx_json_str(only, "text") : "";
+        nx_buf_put_json_str(out, t, strlen(t));
+    } else {
+        struct nx_buf text = NX_BUF_INIT;
+        json_array_foreach(content, i, b) {
+            if (strcmp(nx_json_str(b, "type"), "text") != 0)
+                continue;
+            if (is_user && text.len)
+                nx_buf_putc(&text, '\n');
+            nx_buf_puts(&text, nx_json_str(b, "text"));
+        }
+        nx_buf_put_json_str(out, text.data ? text.data : "", text.len);
+        nx_buf_cleanup(&text);
+    }
+    nx_buf_putc(out, '}');
+    return true;
+}
+
 static void encode_message(const char *role, const json_t *content, bool with_reasoning, struct nx_buf *out)
 {
-    json_t *msgs = json_array(), *w;
+    json_t *msgs, *w;
     size_t i;
+
+    if (nx_openai_fast_enabled && encode_plain(role, content, out))
+        return;
+    msgs = json_array();
 
     if (json_is_string(content))
         json_array_append_new(msgs, json_pack("{s:s, s:O}", "role", role, "content", content));

@@ -166,6 +166,46 @@ static void test_the_run_holds_its_messages(void **state)
     json_decref(history);
 }
 
+/* The common messages are written without a jansson tree (openai_body.c encode_plain): the
+ * same bytes as through jansson, for every shape and every kind of character. */
+static void test_plain_messages_encode_as_jansson_would(void **state)
+{
+    (void)state;
+    static const char *const texts[] = {"hi", "", "quote \" back\\slash / slash", "tab\tnl\ncr\r\x01\x1f\x7f",
+                                        "é ü 日本 🙂 \xe2\x80\xa8", "line1\nline2"};
+    json_t *history = json_array();
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+        const char *t = texts[i], *u = texts[(i + 1) % (sizeof texts / sizeof *texts)];
+        json_array_append_new(history, json_pack("{s:s, s:s}", "role", "user", "content", t));
+        json_array_append_new(history, json_pack("{s:s, s:s}", "role", "assistant", "content", t));
+        json_array_append_new(history, json_pack("{s:s, s:[{s:s, s:s}]}", "role", "user", "content",
+                                                 "type", "text", "text", t));
+        json_array_append_new(history, json_pack("{s:s, s:[{s:s, s:s}, {s:s, s:s, s:{s:s}}]}", "role",
+                                                 "user", "content", "type", "text", "text", t, "type",
+                                                 "text", "text", u, "cache_control", "type", "ephemeral"));
+        json_array_append_new(history, json_pack("{s:s, s:[{s:s, s:s}, {s:s, s:s}, {s:s, s:s}]}", "role",
+                                                 "assistant", "content", "type", "reasoning", "text", u,
+                                                 "type", "text", "text", t, "type", "text", "text", u));
+        json_array_append_new(history, json_pack("{s:s, s:[]}", "role", "assistant", "content"));
+        json_array_append_new(history, json_pack("{s:s, s:[]}", "role", "user", "content"));
+    }
+    json_array_append_new(history, json_pack("{s:s, s:s%}", "role", "user", "content", "a\0b", (size_t)3));
+    json_array_append_new(history, json_pack("{s:s, s:[{s:s, s:s%}]}", "role", "assistant", "content",
+                                             "type", "text", "text", "a\0b", (size_t)3));
+    struct nx_llm_request req = {.model = "m", .messages = history, .max_tokens = 10, .temperature = -1};
+    struct nx_buf fast = NX_BUF_INIT, slow = NX_BUF_INIT;
+    const char *why = NULL;
+    assert_int_equal(nx_openai_build_body(&req, &fast, &why), 0);
+    nx_openai_fast_enabled = false;
+    assert_int_equal(nx_openai_build_body(&req, &slow, &why), 0);
+    nx_openai_fast_enabled = true;
+    assert_int_equal(fast.len, slow.len);
+    assert_memory_equal(fast.data, slow.data, fast.len);
+    nx_buf_cleanup(&fast);
+    nx_buf_cleanup(&slow);
+    json_decref(history);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -174,6 +214,7 @@ int main(void)
         cmocka_unit_test(test_a_history_that_took_another_way),
         cmocka_unit_test(test_a_message_too_long_for_the_run),
         cmocka_unit_test(test_the_run_holds_its_messages),
+        cmocka_unit_test(test_plain_messages_encode_as_jansson_would),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     nx_llm_frag_clear();
