@@ -198,6 +198,8 @@ struct nx_openai_fast {
     size_t model_len, content_len, finish_len;
     bool content_esc;
     bool has_choice;
+    bool has_usage; /* a usage object: its counts below (0 when absent) */
+    long long prompt_tokens, completion_tokens, cached_tokens, cache_hit_tokens;
 };
 extern bool nx_openai_fast_enabled;
 bool nx_openai_fast_chunk(const char *data, size_t len, struct nx_openai_fast *f);

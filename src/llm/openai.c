@@ -320,6 +320,17 @@ static bool fast_event(struct nx_openai_stream *s, const char *data, size_t len)
             nx_buf_append(&s->text, f.content, f.content_len);
         s->on_text(s->text.data + at, s->text.len - at, s->udata);
     }
+    if (f.has_usage) { /* as read_usage */
+        uint64_t prompt = f.prompt_tokens > 0 ? (uint64_t)f.prompt_tokens : 0;
+        uint64_t cached = f.cached_tokens > 0 ? (uint64_t)f.cached_tokens : 0;
+        if (!cached)
+            cached = f.cache_hit_tokens > 0 ? (uint64_t)f.cache_hit_tokens : 0;
+        if (cached > prompt)
+            cached = prompt;
+        s->resp.usage.input_tokens = prompt - cached;
+        s->resp.usage.cache_read_tokens = cached;
+        s->resp.usage.output_tokens = f.completion_tokens > 0 ? (uint64_t)f.completion_tokens : 0;
+    }
     if (f.finish && f.finish_len) {
         char *v = nx_strndup(f.finish, f.finish_len);
         s->resp.stop = nx_llm_stop_from_openai(v);

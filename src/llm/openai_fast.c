@@ -7,10 +7,11 @@
  * A turn reads several of these, and building a jansson tree for each took about a seventh of
  * the loop thread's time per turn. This reader validates the whole chunk as JSON (what jansson
  * would refuse it refuses too) and takes only that shape: one choice of index 0 whose delta holds
- * at most a role, a content string and null refusal/reasoning; scalar fields besides. Anything
- * else (a tool call, usage, an error, a \u escape, a real number, a nested value it does not
- * know) makes it answer false, and jansson reads the chunk as before. fuzz_openai_response
- * checks that both readers agree on every input. */
+ * at most a role, a content string and null refusal/reasoning; scalar fields besides; or the
+ * last chunk's usage (integer counts, objects of them). Anything else (a tool call, an error, a
+ * \u escape, a real number, a nested value it does not know) makes it answer false, and
+ * jansson reads the chunk as before. fuzz_openai_response checks that both readers agree on
+ * every input. */
 #include <stdbool.h>
 #include <string.h>
 
@@ -212,6 +213,73 @@ static bool choice(struct scan *c, struct nx_openai_fast *f)
     return lit(c, '}');
 }
 
+/* An object of scalars (or null); the integer at `want` (0 when absent) in *val. */
+static bool counts(struct scan *c, const char *want, size_t want_len, long long *val)
+{
+    unsigned seen = 0;
+    const char *k;
+    size_t n;
+
+    *val = 0;
+    if (is_null(c))
+        return true;
+    if (!lit(c, '{'))
+        return false;
+    if (lit(c, '}'))
+        return true;
+    do {
+        if (!key(c, &k, &n))
+            return false;
+        if (want && n == want_len && memcmp(k, want, n) == 0) {
+            if (!once(&seen, 1) || !integer(c, val))
+                return false;
+        } else if (!scalar(c)) {
+            return false;
+        }
+    } while (lit(c, ','));
+    return lit(c, '}');
+}
+
+/* usage (the last chunk's, with include_usage): the counts read_usage in openai.c takes, as
+ * integers, and other scalars or objects of scalars beside them. */
+static bool usage(struct scan *c, struct nx_openai_fast *f)
+{
+    unsigned seen = 0;
+    const char *k;
+    size_t n;
+    long long ignored;
+
+    if (is_null(c))
+        return true;
+    if (!lit(c, '{'))
+        return false;
+    f->has_usage = true;
+    if (lit(c, '}'))
+        return true;
+    do {
+        if (!key(c, &k, &n))
+            return false;
+        if (IS(k, n, "prompt_tokens")) {
+            if (!once(&seen, 1) || !integer(c, &f->prompt_tokens))
+                return false;
+        } else if (IS(k, n, "completion_tokens")) {
+            if (!once(&seen, 2) || !integer(c, &f->completion_tokens))
+                return false;
+        } else if (IS(k, n, "prompt_cache_hit_tokens")) {
+            if (!once(&seen, 4) || !integer(c, &f->cache_hit_tokens))
+                return false;
+        } else if (IS(k, n, "prompt_tokens_details")) {
+            if (!once(&seen, 8) || !counts(c, "cached_tokens", 13, &f->cached_tokens))
+                return false;
+        } else {
+            ws(c);
+            if (c->p < c->end && *c->p == '{' ? !counts(c, NULL, 0, &ignored) : !scalar(c))
+                return false;
+        }
+    } while (lit(c, ','));
+    return lit(c, '}');
+}
+
 bool nx_openai_fast_chunk(const char *data, size_t len, struct nx_openai_fast *f)
 {
     struct scan c = {data, data + len};
@@ -236,7 +304,7 @@ bool nx_openai_fast_chunk(const char *data, size_t len, struct nx_openai_fast *f
                 if (!once(&seen, 2) || !str(&c, &f->model, &f->model_len, &e) || e)
                     return false;
             } else if (IS(k, n, "usage")) {
-                if (!once(&seen, 4) || !is_null(&c))
+                if (!once(&seen, 4) || !usage(&c, f))
                     return false;
             } else if (IS(k, n, "error")) {
                 return false;

@@ -373,11 +373,16 @@ static void test_openai_fast_chunks_read_as_jansson_does(void **state)
         "\"finish_reason\":\"\"}]}",
         "{\"choices\":[]}",
         "{}",
+        "{\"choices\":[],\"usage\":{\"prompt_tokens\":120,\"completion_tokens\":7,\"total_tokens\":127,"
+        "\"prompt_tokens_details\":{\"cached_tokens\":100,\"audio_tokens\":0},"
+        "\"completion_tokens_details\":{\"reasoning_tokens\":0}}}",
     };
     static const char *const left[] = {
         "{\"choices\":[{\"delta\":{\"content\":\"caf\\u00e9\"}}]}",            /* \u escape */
         "{\"choices\":[{\"delta\":{\"tool_calls\":[]}}]}",                        /* a tool call */
-        "{\"choices\":[],\"usage\":{\"prompt_tokens\":1}}",                          /* usage */
+        "{\"choices\":[],\"usage\":{\"prompt_tokens\":1.0}}",                        /* a real count */
+        "{\"usage\":{\"prompt_tokens\":1,\"x\":[1]}}",                                  /* an array */
+        "{\"usage\":{\"prompt_tokens\":1,\"prompt_tokens\":2}}",                       /* repeated */
         "{\"choices\":[{\"index\":1,\"delta\":{\"content\":\"x\"}}]}",            /* choice 1 */
         "{\"choices\":[{\"delta\":{}},{\"delta\":{}}]}",                             /* two */
         "{\"created\":1.5,\"choices\":[]}",                                         /* a real */
@@ -391,6 +396,9 @@ static void test_openai_fast_chunks_read_as_jansson_does(void **state)
         assert_true(nx_openai_fast_chunk(taken[i], strlen(taken[i]), &f));
     assert_true(nx_openai_fast_chunk(taken[1], strlen(taken[1]), &f));
     assert_true(f.content_esc && f.has_choice && !f.model);
+    const char *u = taken[sizeof taken / sizeof *taken - 1];
+    assert_true(nx_openai_fast_chunk(u, strlen(u), &f));
+    assert_true(f.has_usage && f.prompt_tokens == 120 && f.cached_tokens == 100 && f.completion_tokens == 7);
     for (size_t i = 0; i < sizeof left / sizeof *left; i++)
         assert_false(nx_openai_fast_chunk(left[i], strlen(left[i]), &f));
 
