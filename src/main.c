@@ -1,5 +1,4 @@
 /* nexo: command-line dispatch. The work is done by the modules; see `nexo help`. */
-#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -426,10 +425,6 @@ int main(int argc, char **argv)
      * http_fetch to names whose DNS never answers held every slot, for every agent, for the
      * resolver's own timeout. Read once, at its first use. */
     setenv("UV_THREADPOOL_SIZE", "8", 0);
-    /* No fastbins: a turn frees many small chunks past the per-thread cache and then asks for a
-     * few large ones (a request body, an easy handle), and each large one had glibc consolidate
-     * every fastbin first, 3 % of the loop thread. Freed small chunks merge as they are freed. */
-    mallopt(M_MXFAST, 0);
     if ((rc = parse_args(argc, argv, &c)) != 0)
         return rc;
     if (!c.command)
