@@ -265,9 +265,23 @@ static void system_of(const json_t *sys, struct nx_buf *out)
     json_decref(sblocks);
 }
 
+/* A string, or text blocks only: the Messages API refuses an image there ("system.0.type:
+ * Input should be 'text'"), and nexo would otherwise drop it without a word. */
 static bool system_ok(const json_t *sys)
 {
-    return !sys || json_is_null(sys) || json_is_string(sys) || json_is_array(sys);
+    size_t i;
+    const json_t *b;
+
+    if (!sys || json_is_null(sys) || json_is_string(sys))
+        return true;
+    if (!json_is_array(sys))
+        return false;
+    json_array_foreach(sys, i, b) {
+        const char *type = json_string_value(json_object_get(b, "type"));
+        if (!type || strcmp(type, "text") != 0 || !json_is_string(json_object_get(b, "text")))
+            return false;
+    }
+    return true;
 }
 
 static void on_messages(struct nx_http_req *req, void *udata)
@@ -285,6 +299,9 @@ static void on_messages(struct nx_http_req *req, void *udata)
     bool stream_ok = !stream || json_is_null(stream) || json_is_boolean(stream);
     bool bad_temp = temp && !json_is_null(temp) &&
                     (!json_is_number(temp) || json_number_value(temp) < 0 || json_number_value(temp) > 1);
+    const json_t *meta = json_object_get(in, "metadata"), *uid = json_object_get(meta, "user_id");
+    bool meta_ok = (!meta || json_is_null(meta) || json_is_object(meta)) &&
+                   (!uid || json_is_null(uid) || json_is_string(uid));
     json_int_t mtv = json_integer_value(mt);
     const char *bad = !model                  ? "model: Field required"
                       : !json_is_integer(mt)  ? "max_tokens: Field required"
@@ -294,6 +311,7 @@ static void on_messages(struct nx_http_req *req, void *udata)
                       : !stream_ok ? "stream: Input should be a valid boolean"
                       : !json_is_array(msgs) || !json_array_size(msgs) ? "messages: Field required"
                       : bad_temp ? "temperature: Input should be a number from 0 to 1"
+                      : !meta_ok ? "metadata.user_id: Input should be a valid string"
                                  : api_client_tools_why(in);
     json_t *canon = json_array();
     if (!bad)

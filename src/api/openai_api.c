@@ -376,6 +376,9 @@ static bool unsupported(const json_t *in, char *why, size_t len)
         snprintf(why, len, "%s: nexo answers in text only",
                  json_object_get(in, "audio") && !json_is_null(json_object_get(in, "audio")) ? "audio"
                                                                                               : "modalities");
+    else if (json_object_get(in, "user") && !json_is_null(json_object_get(in, "user")) &&
+             !json_is_string(json_object_get(in, "user")))
+        snprintf(why, len, "user: must be a string (an id for your end user)");
     else if (api_client_tools_why(in))
         snprintf(why, len, "%s", api_client_tools_why(in));
     else

@@ -352,6 +352,7 @@ static int fail(struct nx_anthropic_stream *s, const char *what)
 static void blk_finish(struct blk *k)
 {
     json_t *input;
+    json_error_t jerr;
 
     if (k->stopped)
         return;
@@ -366,14 +367,13 @@ static void blk_finish(struct blk *k)
     case BLK_TOOL:
         if (k->acc.len == 0)
             break; /* no input_json_delta: keep the start's input */
-        input = json_loadb(k->acc.data, k->acc.len, JSON_DECODE_ANY, NULL);
+        input = json_loadb(k->acc.data, k->acc.len, JSON_DECODE_ANY, &jerr);
         if (json_is_object(input) || json_is_null(input)) { /* "null": no arguments */
             json_object_set_new(k->block, "input", json_is_null(input) ? json_object() : input);
         } else {
-            json_decref(input);
             json_object_set_new(k->block, "input", json_object());
-            json_object_set_new(k->block, "input_error",
-                                json_string("the tool input is not a JSON object"));
+            json_object_set_new(k->block, "input_error", nx_llm_input_error(input, &jerr));
+            json_decref(input);
             json_object_set_new(k->block, "input_raw",
                                 json_stringn_nocheck(k->acc.data, k->acc.len));
         }

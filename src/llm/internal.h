@@ -137,6 +137,9 @@ enum nx_llm_stop nx_llm_stop_from_openai(const char *s);
 /* Small jansson helpers. */
 const char *nx_json_str(const json_t *obj, const char *key);   /* NULL unless a string */
 uint64_t nx_json_u64(const json_t *obj, const char *key);       /* 0 unless a non-negative int */
+/* Why a tool call's arguments (input, NULL when they did not parse: err says why) are refused,
+ * as the model reads it in the tool's error. */
+json_t *nx_llm_input_error(const json_t *input, const json_error_t *err);
 
 /* A wire's stream functions take its own stream type and the table holds them as void *: this
  * defines the four static adapters <w>_stream_new_any, _feed_any, _finish_any and _free_any

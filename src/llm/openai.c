@@ -80,9 +80,7 @@ static json_t *tool_use_block(const char *id, const char *name, const char *args
         return b;
     }
     json_object_set_new(b, "input", json_object());
-    json_object_set_new(b, "input_error",
-                        json_sprintf("the arguments are not a JSON object%s%s", input ? "" : ": ",
-                                     input ? "" : err.text));
+    json_object_set_new(b, "input_error", nx_llm_input_error(input, &err));
     json_object_set_new(b, "input_raw", json_stringn_nocheck(args, len));
     json_decref(input);
     return b;

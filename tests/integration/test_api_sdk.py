@@ -138,7 +138,8 @@ class Sdk(FakePeers, unittest.TestCase):
                              ({"modalities": ["text", "audio"]}, "modalities:"),
                              ({"audio": {"voice": "alloy", "format": "wav"}}, "audio:"),
                              ({"max_completion_tokens": 0}, "max_completion_tokens:"),
-                             ({"max_tokens": 2000000}, "max_tokens:")):
+                             ({"max_tokens": 2000000}, "max_tokens:"),
+                             ({"user": 123}, "user:")):
             body = dict({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}, **extra)
             status, data, _ = self.n.request("POST", "/v1/chat/completions", body=json.dumps(body).encode(),
                                              headers={"Content-Type": "application/json",
@@ -157,6 +158,11 @@ class Sdk(FakePeers, unittest.TestCase):
         for extra, param in (({"tools": [{"name": "f", "input_schema": {"type": "object"}}]}, "tools:"),
                              ({"tool_choice": {"type": "any"}}, "tool_choice:"),
                              ({"stream": "true"}, "stream:"), ({"system": 5}, "system:"),
+                             ({"system": [{"type": "image", "source": {"type": "base64",
+                                                                      "media_type": "image/png",
+                                                                      "data": "iVBORw0KGgo="}}]},
+                              "system:"),
+                             ({"metadata": {"user_id": 7}}, "metadata.user_id:"),
                              ({"max_tokens": 2000000}, "max_tokens:")):
             body = dict({"model": "kate", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
                         **extra)
