@@ -85,7 +85,8 @@ static long utf16_to_byte(const char *text, int64_t units)
     return n == units ? (long)i : -1;
 }
 
-/* reply_to_message.from.id and the "mention" entities' text, for mention gating. */
+/* reply_to_message.from.id and the "mention" entities' text, for mention gating; a command
+ * addressed to a bot ("/help@kate_bot", Telegram's way in groups) mentions that bot. */
 static void parse_mentions(const json_t *m, const char *text, bool is_caption, struct nx_tg_update *u)
 {
     const json_t *ents = json_object_get(m, is_caption ? "caption_entities" : "entities");
@@ -100,11 +101,17 @@ static void parse_mentions(const json_t *m, const char *text, bool is_caption, s
     json_array_foreach(ents, i, e) {
         int64_t off = 0, n = 0;
         const char *type = json_string_value(json_object_get(e, "type"));
-        if (i >= 32 || !type || strcmp(type, "mention") != 0 || !get_int(e, "offset", &off) ||
-            !get_int(e, "length", &n) || off < 0 || n < 2 || n > 64)
+        bool is_command = type && strcmp(type, "bot_command") == 0;
+        if (i >= 32 || !type || (strcmp(type, "mention") != 0 && !is_command) ||
+            !get_int(e, "offset", &off) || !get_int(e, "length", &n) || off < 0 || n < 2 || n > 64 + 33)
             continue;
         long a = utf16_to_byte(text, off), b = a < 0 ? -1 : utf16_to_byte(text + a, n);
-        if (b < 2 || text[a] != '@' || len + (size_t)b + 2 > sizeof buf)
+        if (is_command && b > 0) { /* the "@bot" of "/cmd@bot", if any */
+            const char *at = memchr(text + a, '@', (size_t)b);
+            b = at ? b - (long)(at - (text + a)) : -1;
+            a = at ? (long)(at - text) : a;
+        }
+        if (b < 2 || b > 64 || text[a] != '@' || len + (size_t)b + 2 > sizeof buf)
             continue;
         for (long k = 0; k < b; k++)
             buf[len++] = (char)tolower((unsigned char)text[a + k]);

@@ -202,7 +202,8 @@ class ChannelPolicy(TgPeers, unittest.TestCase):
         self.assertEqual(status, 404, body)
 
     def test_a_group_is_answered_only_when_the_bot_is_mentioned(self):
-        script(self.fport, [{"text": "answer 1"}, {"text": "answer 2"}, {"text": "answer 3"}])
+        script(self.fport, [{"text": "answer 1"}, {"text": "answer 2"}, {"text": "answer 3"},
+                            {"text": "answer 4"}])
         self.say_group("group", ALICE, "lunch anyone?")
         self.say_group("group", ALICE, "@TestNameBot what is on the menu?",
                        entities=[{"type": "mention", "offset": 0, "length": 12}])
@@ -215,8 +216,14 @@ class ChannelPolicy(TgPeers, unittest.TestCase):
         self.say_group("group", BOB, "@SomeoneElse hi", entities=[{"type": "mention", "offset": 0, "length": 12}])
         self.say_group("group", CAROL, "Kate, do you agree?")
         self.assertEqual(self.wait_replies("group", GROUP, 3), ["answer 1", "answer 2", "answer 3"])
-        self.assertEqual(self.llm_texts(), ["@TestNameBot what is on the menu?", "thanks", "Kate, do you agree?"])
-        self.assertEqual(self.metric(self.dropped("group", "not_mentioned")), 2)
+        # a command addressed to this bot is a mention of it; one to another bot is not
+        self.say_group("group", BOB, "/menu@OtherBot", entities=[{"type": "bot_command", "offset": 0, "length": 14}])
+        self.say_group("group", BOB, "/menu@TestNameBot today",
+                       entities=[{"type": "bot_command", "offset": 0, "length": 17}])
+        self.assertEqual(self.wait_replies("group", GROUP, 4), ["answer 1", "answer 2", "answer 3", "answer 4"])
+        self.assertEqual(self.llm_texts(), ["@TestNameBot what is on the menu?", "thanks", "Kate, do you agree?",
+                                            "/menu@TestNameBot today"])
+        self.assertEqual(self.metric(self.dropped("group", "not_mentioned")), 3)
         # a private chat needs no mention
         script(self.fport, [{"text": "private answer"}])
         self.say("group", DAVE, "just us")
