@@ -199,16 +199,21 @@ static void on_get_me(int rc, const struct nx_http_response *res, const char *er
                 tg->label, rc < 0 ? (err ? err : nx_strerror(rc)) : "unexpected answer");
     }
     json_decref(root);
-    if (!tg->is_stopped)
+    tg->is_me_done = true;
+    if (!tg->is_stopped) {
         schedule_poll(tg, 0);
+        nx_tg_webhook_resume(tg);
+    }
     nx_tg_unref(tg);
 }
 
 static void get_me(struct tg *tg)
 {
     tg_parse_i64(tg->bot_id, &tg->bot_user_id);
-    if (!nx_tg_call(tg, "getMe", NULL, NULL, 10000, 65536, on_get_me))
+    if (!nx_tg_call(tg, "getMe", NULL, NULL, 10000, 65536, on_get_me)) {
+        tg->is_me_done = true;
         schedule_poll(tg, 0);
+    }
 }
 
 static void on_offset_written(int rc, void *arg)

@@ -49,6 +49,8 @@ struct tg {
     char *base;            /* <api_url>/bot<token>/ : never logged */
     char *bot_id;          /* the token's numeric prefix, for event ids */
     char *mention;         /* "@<bot username> " lower-case, from getMe; NULL until known */
+    bool is_me_done;       /* getMe answered or failed: webhook updates wait for it (gating) */
+    bool is_me_wait_said;
     int64_t bot_user_id;   /* getMe's id (the token's prefix until then): replies to the bot */
     char *proxy;
     char *kv_key;
@@ -158,6 +160,8 @@ void nx_tg_webhook_start(struct tg *tg, const struct nx_tg_conf *conf);
 /* The update fed last is handled (is_stalled: it could not be published now): answers its
  * request and feeds the next one waiting. */
 void nx_tg_webhook_done(struct tg *tg, bool is_stalled);
+/* getMe is done (answered or not): the webhook updates that waited for it go on. */
+void nx_tg_webhook_resume(struct tg *tg);
 /* At stop: answers every request still waiting 503 (Telegram delivers those updates again). */
 void nx_tg_webhook_stop(struct tg *tg);
 /* Frees what webhook mode holds (from the last unref). */

@@ -48,8 +48,13 @@ static void hook_next(struct tg *tg)
 {
     if (tg->is_hook_looping)
         return;
+    if (!tg->is_me_done && tg->hooks && !tg->is_me_wait_said) {
+        tg->is_me_wait_said = true;
+        nx_info("telegram", "%s: webhook update %" PRId64 " waits for the bot's name (getMe) to gate "
+                "group mentions", tg->label, tg->hooks->v->update_id);
+    }
     tg->is_hook_looping = true;
-    while (!tg->hook_cur && tg->hooks && !tg->is_stopped) {
+    while (tg->is_me_done && !tg->hook_cur && tg->hooks && !tg->is_stopped) {
         struct tg_hook *h = tg->hooks;
         tg->hooks = h->next;
         if (!tg->hooks)
@@ -61,6 +66,11 @@ static void hook_next(struct tg *tg)
         nx_tg_feed(tg, v, 1); /* nx_tg_webhook_done may run inside */
     }
     tg->is_hook_looping = false;
+}
+
+void nx_tg_webhook_resume(struct tg *tg)
+{
+    hook_next(tg);
 }
 
 /* Answers h's request (when its client is still there) 503, or hands it to the framework to be

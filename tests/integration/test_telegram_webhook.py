@@ -323,6 +323,68 @@ class TelegramWebhook(TgPeers, unittest.TestCase):
                 api.shutdown()
                 api.server_close()
 
+    def test_a_group_update_before_get_me_answers_waits_for_the_bots_name(self):
+        """A webhook update can come before getMe answers at start: it waits for the bot's name
+        instead of being gated without it (a mention of the bot dropped as "not mentioned")."""
+        release, sent = threading.Event(), []
+
+        class BotApi(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.endswith("/getMe"):
+                    release.wait(20)
+                    result = {"id": 777, "is_bot": True, "first_name": "Held", "username": "HeldBot"}
+                else:
+                    sent.append((self.path.rsplit("/", 1)[-1], json.loads(body or b"null")))
+                    result = {"message_id": len(sent), "date": 0, "chat": {"id": 1, "type": "private"}}
+                data = json.dumps({"ok": True, "result": result}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST
+
+        api = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BotApi)
+        threading.Thread(target=api.serve_forever, daemon=True).start()
+        script(self.fport, [{"text": "held answer"}])
+        with tempfile.TemporaryDirectory() as cfg:
+            write_config(cfg, {
+                "llm.yaml": llm_yaml(self.fport),
+                "agents.yaml": "agents:\n  - id: kate\n    model: {provider: anthropic, model: m}\n"
+                               "    inbound_bindings: [{plugin: telegram, instance: held}]\n",
+                "plugins/telegram.yaml": (
+                    "telegram:\n  - instance: held\n    token: \"%s\"\n    api_url: http://127.0.0.1:%d\n"
+                    "    typing: false\n    webhook: {enabled: true, secret_token: %s}\n"
+                ) % (TOKEN, api.server_address[1], SECRET)})
+            n = Nexo(config_dir=cfg).start()
+            try:
+                u = self.update(ALICE + 60, "@HeldBot are you there?")
+                u["message"]["chat"] = {"id": -100888, "type": "supergroup", "title": "t"}
+                u["message"]["entities"] = [{"type": "mention", "offset": 0, "length": 8}]
+                result = {}
+                t = threading.Thread(target=lambda: result.update(r=n.request(
+                    "POST", "/webhooks/telegram/held", body=json.dumps(u).encode(),
+                    headers={"Content-Type": "application/json", "X-Telegram-Bot-Api-Secret-Token": SECRET})))
+                t.start()
+                n.wait_log(r"held: webhook update \d+ waits for the bot's name")
+                release.set()
+                t.join(20)
+                self.assertEqual(result["r"][0], 200)
+                n.wait_log(r"held: the bot is @HeldBot")
+                poll(lambda: [c for c in sent if c[0] == "sendMessage"], 20)
+                self.assertEqual([c[1]["text"] for c in sent if c[0] == "sendMessage"], ["held answer"])
+                self.assertEqual(n.stop(), 0)
+            finally:
+                release.set()
+                n.cleanup()
+                api.shutdown()
+                api.server_close()
+
     def test_the_outbox_is_made_at_start(self):
         d = os.path.join(self.n.data_dir, "media", "outbox")
         self.assertTrue(os.path.isdir(d))
