@@ -3,6 +3,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <sys/stat.h>
 
 #include <sqlite3.h>
 
@@ -25,6 +26,16 @@ int nx_transcript_write(const char *data_dir, const char *agent_id, const char *
 void nx_transcripts_batch_end(bool is_committed);
 /* Closes the transcript files the store thread kept open (nx_transcript_write). */
 void nx_transcripts_thread_end(void);
+
+/* store/file_cache.c: descriptors of files the store thread appends to, kept open by path. */
+/* The kept descriptor of path while it is still the regular file at path (*st: its lstat), else
+ * -1 (one that is not is closed and forgotten). */
+int nx_file_cache_get(const char *path, struct stat *st);
+/* Keeps fd (open on path, *st its fstat) for later gets; may close another to make room. */
+void nx_file_cache_keep(const char *path, int fd, const struct stat *st);
+/* Forgets fd without closing it (its caller closes it). */
+void nx_file_cache_forget(int fd);
+void nx_file_cache_close_all(void);
 
 /* A JSON string of s; when s is not valid UTF-8 (a peer id cut in the middle of a character, a
  * raw header), each byte of it >= 0x80 becomes '?'. Never NULL. */

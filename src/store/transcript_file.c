@@ -165,75 +165,9 @@ static void remember_append(const char *path, off_t size)
     batch_appends[nbatch_appends++].size = size;
 }
 
-/* Transcript files the store thread keeps open between appends, so that a session's next turn
- * writes without opening its file again (open, fstat and close were a tenth of the thread's
- * time per turn). Before each write the path is looked at (lstat): a file moved or removed
- * meanwhile (log rotation, an operator) is opened anew at its path. Least recently used out
- * first; all closed when the thread ends (nx_transcripts_thread_end). */
-#define OPEN_FILES 64
-struct open_file {
-    char *path; /* NULL: a free slot */
-    int fd;
-    dev_t dev;
-    ino_t ino;
-    uint64_t used;
-};
-static _Thread_local struct open_file open_files[OPEN_FILES];
-static _Thread_local uint64_t open_clock;
-
-static void open_file_close(struct open_file *f)
-{
-    close(f->fd);
-    free(f->path);
-    memset(f, 0, sizeof *f);
-}
-
-/* The kept descriptor of path when it is still the file at path (st: its state), else -1. */
-static int open_file_get(const char *path, struct stat *st)
-{
-    for (size_t i = 0; i < OPEN_FILES; i++) {
-        struct open_file *f = &open_files[i];
-        if (!f->path || strcmp(f->path, path) != 0)
-            continue;
-        if (lstat(path, st) == 0 && S_ISREG(st->st_mode) && st->st_dev == f->dev && st->st_ino == f->ino) {
-            f->used = ++open_clock;
-            return f->fd;
-        }
-        open_file_close(f);
-        return -1;
-    }
-    return -1;
-}
-
-static void open_file_keep(const char *path, int fd, const struct stat *st)
-{
-    struct open_file *f = &open_files[0];
-    for (size_t i = 0; i < OPEN_FILES && f->path; i++) {
-        if (!open_files[i].path || open_files[i].used < f->used)
-            f = &open_files[i];
-    }
-    if (f->path)
-        open_file_close(f);
-    *f = (struct open_file){.path = nx_strdup(path), .fd = fd, .dev = st->st_dev, .ino = st->st_ino,
-                            .used = ++open_clock};
-}
-
-static void open_file_forget(int fd)
-{
-    for (size_t i = 0; i < OPEN_FILES; i++) {
-        if (open_files[i].path && open_files[i].fd == fd) {
-            free(open_files[i].path);
-            memset(&open_files[i], 0, sizeof open_files[i]);
-        }
-    }
-}
-
 void nx_transcripts_thread_end(void)
 {
-    for (size_t i = 0; i < OPEN_FILES; i++) {
-        if (open_files[i].path)
-            open_file_close(&open_files[i]);
-    }
+    nx_file_cache_close_all();
 }
 
 int nx_transcript_write(const char *data_dir, const char *agent_id, const char *session_key,
@@ -256,7 +190,7 @@ int nx_transcript_write(const char *data_dir, const char *agent_id, const char *
     nx_transcript_name(session_key, &path);
     nx_buf_puts(&path, ".jsonl");
 
-    if ((fd = open_file_get(path.data, &st)) >= 0)
+    if ((fd = nx_file_cache_get(path.data, &st)) >= 0)
         goto write;
     /* The common case is a file that exists: one open. Otherwise make what is missing. */
     fd = open(path.data, flags);
@@ -275,7 +209,7 @@ int nx_transcript_write(const char *data_dir, const char *agent_id, const char *
         errno = EINVAL;
         goto fail;
     }
-    open_file_keep(path.data, fd, &st);
+    nx_file_cache_keep(path.data, fd, &st);
 write:
     if (write_all(fd, lines, len) < 0) {
         /* A part written (the disk full) would leave half a line, and the next append would
@@ -294,7 +228,7 @@ write:
 fail:
     nx_error("transcripts", "cannot append to %s: %s", nx_buf_cstr(&path), strerror(errno));
     if (fd >= 0)
-        open_file_forget(fd); /* opened again next time */
+        nx_file_cache_forget(fd); /* opened again next time */
 out:
     if (fd >= 0)
         close(fd);

@@ -1309,6 +1309,47 @@ static void test_transcript_file_moved_away_is_opened_anew(void **state)
     rmdir(dir);
 }
 
+/* More sessions than files kept open, written in turn: each append still lands once, in its
+ * own file, whichever files were closed to make room (the kept set is 64 at least). */
+static void test_transcript_files_beyond_the_kept_ones(void **state)
+{
+    enum { SESSIONS = 300, ROUNDS = 3 };
+    char dir[] = "/tmp/nexo-tk-XXXXXX", path[512], name[32], line[64], buf[512];
+
+    struct rlimit old, lim;
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    nx_transcripts_thread_end(); /* the kept set is sized at its first use: 64 for 1,024 files */
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
+    lim = old;
+    lim.rlim_cur = old.rlim_cur < 1024 ? old.rlim_cur : 1024;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &lim), 0);
+    for (int r = 0; r < ROUNDS; r++) {
+        for (int i = 0; i < SESSIONS; i++) {
+            snprintf(name, sizeof name, "s%d", i);
+            int n = snprintf(line, sizeof line, "{\"s\":%d,\"r\":%d}\n", i, r);
+            assert_int_equal(nx_transcript_write(dir, "a", name, line, (size_t)n), 0);
+        }
+        nx_transcripts_batch_end(true);
+    }
+    for (int i = 0; i < SESSIONS; i++) {
+        snprintf(path, sizeof path, "%s/transcripts/a/s%d.jsonl", dir, i);
+        read_file(path, buf, sizeof buf);
+        char want[256] = "";
+        for (int r = 0; r < ROUNDS; r++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "{\"s\":%d,\"r\":%d}\n", i, r);
+        assert_string_equal(buf, want);
+        unlink(path);
+    }
+    nx_transcripts_thread_end();
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+    snprintf(path, sizeof path, "%s/transcripts/a", dir);
+    rmdir(path);
+    snprintf(path, sizeof path, "%s/transcripts", dir);
+    rmdir(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1348,6 +1389,7 @@ int main(void)
         cmocka_unit_test(test_history_estimate_counts_characters_of_other_scripts),
         cmocka_unit_test(test_transcript_failed_write_leaves_no_half_line),
         cmocka_unit_test(test_transcript_file_moved_away_is_opened_anew),
+        cmocka_unit_test(test_transcript_files_beyond_the_kept_ones),
         cmocka_unit_test_setup_teardown(test_cmd_transcripts_prints_hits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cmd_transcripts_without_database_says_no_matches, setup,
                                         teardown),
