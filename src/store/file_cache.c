@@ -2,7 +2,7 @@
  * that a session's next turn writes without opening its file again (open, fstat and close were a
  * tenth of the thread's time per turn). Before each use the path is looked at (lstat): a file
  * moved or removed meanwhile (log rotation, an operator) is opened anew at its path, and a
- * symlink put there is refused by the open. At most a sixteenth of the open-file limit, 64 to
+ * symlink put there is refused by the open. At most a 64th of the open-file limit, 64 to
  * 1,024; when full, a file chosen at random is closed (sessions written in turn, more of them
  * than there is room for, would find none open if the least recently used went first). Store
  * thread only: all closed when it ends (nx_file_cache_close_all). */
@@ -47,7 +47,7 @@ static void ensure_table(void)
         return;
     struct rlimit rl;
     bool is_known = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY;
-    cap = is_known ? (size_t)rl.rlim_cur / 16 : FILES_MAX;
+    cap = is_known ? (size_t)rl.rlim_cur / 64 : FILES_MAX;
     cap = cap < FILES_MIN ? FILES_MIN : cap > FILES_MAX ? FILES_MAX : cap;
     for (nbuckets = 1; nbuckets < cap * 2; nbuckets *= 2)
         ;

@@ -1319,10 +1319,10 @@ static void test_transcript_files_beyond_the_kept_ones(void **state)
     struct rlimit old, lim;
     (void)state;
     assert_non_null(mkdtemp(dir));
-    nx_transcripts_thread_end(); /* the kept set is sized at its first use: 64 for 1,024 files */
+    nx_transcripts_thread_end(); /* the kept set is sized at its first use: 64 for 4,096 files */
     assert_int_equal(getrlimit(RLIMIT_NOFILE, &old), 0);
     lim = old;
-    lim.rlim_cur = old.rlim_cur < 1024 ? old.rlim_cur : 1024;
+    lim.rlim_cur = old.rlim_cur < 4096 ? old.rlim_cur : 4096;
     assert_int_equal(setrlimit(RLIMIT_NOFILE, &lim), 0);
     for (int r = 0; r < ROUNDS; r++) {
         for (int i = 0; i < SESSIONS; i++) {
