@@ -58,15 +58,20 @@ static bool parse_size(const char *s, int64_t *out)
     return false;
 }
 
-/* 500ms, 30s, 5m, 24h, 1d, 1h30m; a plain number is milliseconds. */
-static bool parse_duration(const char *s, int64_t *out)
+/* 500ms, 30s, 5m, 24h, 1d, 1h30m; a plain number is milliseconds. Parts run from the largest unit to the
+ * smallest, each unit at most once and nothing between them: "1h1h", "30m1h" or "1h 2h" is a typo more
+ * often than a sum, and silently adding it up would hide it. On failure *why says what was wrong when there
+ * is more to say than "not a duration". */
+static bool parse_duration(const char *s, int64_t *out, const char **why)
 {
     static const struct { const char *unit; int64_t ms; } units[] = {
-        {"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000},
+        {"d", 86400000}, {"h", 3600000}, {"m", 60000}, {"s", 1000}, {"ms", 1},
     };
     int64_t total = 0;
+    size_t next = 0; /* the first unit the next part may use */
     char *end;
 
+    *why = NULL;
     if (*s < '0' || *s > '9')
         return false;
     errno = 0;
@@ -78,23 +83,32 @@ static bool parse_duration(const char *s, int64_t *out)
         return true;
     }
     for (;;) {
-        size_t ulen = 0;
+        size_t ulen = 0, u;
         while (end[ulen] >= 'a' && end[ulen] <= 'z')
             ulen++;
-        int64_t mul = 0;
-        for (size_t i = 0; i < NX_ARRAY_LEN(units); i++)
-            if (strlen(units[i].unit) == ulen && strncmp(end, units[i].unit, ulen) == 0)
-                mul = units[i].ms;
-        if (!mul)
+        for (u = 0; u < NX_ARRAY_LEN(units); u++)
+            if (strlen(units[u].unit) == ulen && strncmp(end, units[u].unit, ulen) == 0)
+                break;
+        if (u == NX_ARRAY_LEN(units))
             return false;
-        total += (int64_t)v * mul;
-        if (total > INT64_MAX / 2)
+        if (u < next) {
+            *why = u + 1 == next ? "each unit may appear once"
+                                 : "units go from largest to smallest, as in 1h30m";
             return false;
+        }
+        next = u + 1;
+        int64_t part = (int64_t)v * units[u].ms;
+        if (part > INT64_MAX - total)
+            return false;
+        total += part;
         end += ulen;
         if (*end == '\0')
             break;
-        if (*end < '0' || *end > '9')
+        if (*end < '0' || *end > '9') {
+            if (*end == ' ' || *end == '\t')
+                *why = "no spaces between the parts, as in 1h30m";
             return false;
+        }
         v = strtoull(end, &end, 10);
         if (errno || v > INT64_MAX / 86400000)
             return false;
@@ -188,14 +202,20 @@ static int parse_number(struct nx_conf_ctx *ctx, const struct nx_conf_field *f, 
 {
     int64_t x, lo, hi;
     bool ok;
+    const char *why = NULL;
     char buf[96];
 
     if (f->type == NX_CT_SIZE)
         ok = parse_size(v->text, &x);
     else if (f->type == NX_CT_DURATION)
-        ok = parse_duration(v->text, &x);
+        ok = parse_duration(v->text, &x, &why);
     else
         ok = parse_i64(v->text, &x);
+    if (!ok && why) {
+        nx_conf_error(ctx, v, "expected %s for \"%s\", got %s (%s)", type_what(f), f->name,
+                      nx_cnode_describe(v, buf, sizeof buf), why);
+        return NX_ECONFIG;
+    }
     if (!ok)
         return wrong_type(ctx, f, v);
     type_range(f, &lo, &hi);

@@ -277,6 +277,52 @@ static void test_schema_table_from_another_module(void **state)
     nx_diags_cleanup(&d);
 }
 
+/* Every form docs/configuration.md shows parses; repeated, reordered or spaced parts are refused with a
+ * reason instead of being summed. */
+static void test_schema_duration_is_one_part_per_unit_largest_first(void **state)
+{
+    (void)state;
+    static const struct { const char *text; int64_t ms; } good[] = {
+        {"500ms", 500}, {"30s", 30000}, {"5m", 300000}, {"24h", 86400000}, {"1d", 86400000},
+        {"1h30m", 5400000}, {"1500", 1500}, {"0", 0}, {"1d2h3m4s5ms", 93784005}, {"1s500ms", 1500},
+    };
+    static const struct { const char *text, *why; } bad[] = {
+        {"1h1h", " (each unit may appear once)"},
+        {"5m5m", " (each unit may appear once)"},
+        {"1h30m30m", " (each unit may appear once)"},
+        {"30m1h", " (units go from largest to smallest, as in 1h30m)"},
+        {"1ms1s", " (units go from largest to smallest, as in 1h30m)"},
+        {"1h 2h", " (no spaces between the parts, as in 1h30m)"},
+        {"1h30", ""}, {"1.5h", ""}, {"h", ""}, {"1H", ""}, {"1w", ""}, {"99999999999999d", ""},
+    };
+    struct nx_diags d;
+    struct chan_conf c;
+    char yaml[64], want[192];
+
+    nx_diags_init(&d);
+    for (size_t i = 0; i < NX_ARRAY_LEN(good); i++) {
+        snprintf(yaml, sizeof yaml, "token: x\npoll: %s\n", good[i].text);
+        assert_int_equal(parse_chan(yaml, &c, &d), 0);
+        assert_int_equal(c.poll_ms, good[i].ms);
+        nx_conf_cleanup(&chan_desc, &c);
+    }
+    assert_int_equal(d.n, 0);
+    for (size_t i = 0; i < NX_ARRAY_LEN(bad); i++) {
+        snprintf(yaml, sizeof yaml, "token: x\npoll: %s\n", bad[i].text);
+        assert_int_equal(parse_chan(yaml, &c, &d), NX_ECONFIG);
+        nx_conf_cleanup(&chan_desc, &c);
+        assert_int_equal(d.n, 1);
+        snprintf(want, sizeof want, "expected a duration (e.g. 500ms, 30s, 5m, 24h; a plain number is "
+                 "milliseconds) for \"poll\", got \"%s\"%s", bad[i].text, bad[i].why);
+        assert_string_equal(d.v[0].msg, want);
+        assert_int_equal(d.v[0].line, 2);
+        assert_int_equal(d.v[0].col, 7);
+        nx_diags_cleanup(&d);
+        nx_diags_init(&d);
+    }
+    nx_diags_cleanup(&d);
+}
+
 static void test_schema_validates_json_without_positions(void **state)
 {
     (void)state;
@@ -367,6 +413,7 @@ int main(void)
         cmocka_unit_test(test_subst_forms),
         cmocka_unit_test(test_listen_parse_and_loopback),
         cmocka_unit_test(test_schema_table_from_another_module),
+        cmocka_unit_test(test_schema_duration_is_one_part_per_unit_largest_first),
         cmocka_unit_test(test_schema_validates_json_without_positions),
         cmocka_unit_test(test_yaml_tree_rejects_aliases_and_reports_duplicates),
         cmocka_unit_test(test_suggest_only_near_misses),
