@@ -95,11 +95,88 @@ static void conf_free(const struct nx_channel_type *t, void *conf)
     free(conf);
 }
 
-/* One instance mapping: parsed into a new conf appended to *list, and its framework keys
- * (policy.h) into a conf appended to *pols. */
+/* The instances of one file parsed so far, in order: conf, framework keys, and where the
+ * type's unique_key was written (for the message about a second instance repeating it). */
+struct parsed {
+    void **confs;
+    struct nx_chpolicy_conf **pols;
+    int (*unique_at)[2];
+    size_t n;
+};
+
+static const char *conf_str(const void *conf, size_t offset)
+{
+    return *(char *const *)((const char *)conf + offset);
+}
+
+/* 'whatsapp instance "sales"', or 'the unnamed whatsapp instance'. */
+static const char *instance_words(const char *type, const char *inst, char *buf, size_t size)
+{
+    if (inst)
+        snprintf(buf, size, "%s%sinstance \"%s\"", type ? type : "", type ? " " : "", inst);
+    else
+        snprintf(buf, size, "the unnamed %s%sinstance", type ? type : "", type ? " " : "");
+    return buf;
+}
+
+static void parsed_cleanup(const struct nx_channel_type *t, struct parsed *ps)
+{
+    for (size_t i = 0; i < ps->n; i++) {
+        conf_free(t, ps->confs[i]);
+        nx_chpolicy_conf_free(ps->pols[i]);
+    }
+    free(ps->confs);
+    free(ps->pols);
+    free(ps->unique_at);
+    memset(ps, 0, sizeof *ps);
+}
+
+/* Two instances with one name, or two unnamed ones. */
+static void check_name(struct nx_conf_ctx *ctx, const struct nx_channel_type *t, const struct parsed *ps,
+                       const struct nx_cnode *node, const char *inst)
+{
+    const struct nx_cnode *at = nx_cnode_get(node, "instance");
+    if (inst && !is_token(inst))
+        nx_conf_error(ctx, at, "instance \"%s\" must be one subject token (no dots, spaces, * or >)",
+                      inst);
+    for (size_t i = 0; i < ps->n; i++) {
+        const char *other = conf_str(ps->confs[i], t->instance_offset);
+        if ((!inst && !other) || (inst && other && strcmp(inst, other) == 0)) {
+            if (inst)
+                nx_conf_error(ctx, at, "duplicate %s instance \"%s\"", t->name, inst);
+            else
+                nx_conf_error(ctx, node, "a second %s instance without a name: give each an "
+                              "\"instance\"", t->name);
+            return;
+        }
+    }
+}
+
+/* A second instance of the account an earlier one already has (the type's unique_key). */
+static void check_unique(struct nx_conf_ctx *ctx, const struct nx_channel_type *t, const struct parsed *ps,
+                         const struct nx_cnode *node, const void *conf)
+{
+    const char *v = t->unique_key ? conf_str(conf, t->unique_offset) : NULL;
+    if (!v)
+        return;
+    for (size_t i = 0; i < ps->n; i++) {
+        const char *other = conf_str(ps->confs[i], t->unique_offset);
+        if (!other || strcmp(v, other) != 0)
+            continue;
+        char a[128], b[128];
+        nx_conf_error(ctx, nx_cnode_get(node, t->unique_key), "%s has the same %s \"%s\" as %s (line %d, "
+                      "column %d): each %s belongs to one instance",
+                      instance_words(t->name, conf_str(conf, t->instance_offset), a, sizeof a), t->unique_key,
+                      v, instance_words(NULL, conf_str(ps->confs[i], t->instance_offset), b, sizeof b),
+                      ps->unique_at[i][0], ps->unique_at[i][1], t->unique_key);
+        return;
+    }
+}
+
+/* One instance mapping: parsed into a new conf appended to ps, and its framework keys (policy.h)
+ * beside it. */
 static void parse_instance(struct nx_conf_ctx *ctx, const struct nx_channel_type *t,
-                           const struct nx_cnode *node, void ***list, size_t *n,
-                           struct nx_chpolicy_conf ***pols)
+                           const struct nx_cnode *node, struct parsed *ps)
 {
     void *conf = nx_calloc(1, t->conf->size);
     struct nx_chpolicy_conf *pconf = NULL;
@@ -114,39 +191,28 @@ static void parse_instance(struct nx_conf_ctx *ctx, const struct nx_channel_type
         char buf[96];
         nx_conf_error(ctx, node, "expected a mapping for a %s instance, got %s", t->name,
                       nx_cnode_describe(node, buf, sizeof buf));
-        conf_free(t, conf);
-        nx_chpolicy_conf_free(pconf);
-        nx_chpolicy_rest_free(rest);
-        return;
+        goto fail;
     }
     nx_conf_parse_struct(ctx, t->conf, node, conf);
-    const char *inst = *(char **)((char *)conf + t->instance_offset);
-    const struct nx_cnode *at = nx_cnode_get(node, "instance");
-    if (inst && !is_token(inst))
-        nx_conf_error(ctx, at, "instance \"%s\" must be one subject token (no dots, spaces, * or >)",
-                      inst);
-    for (size_t i = 0; i < *n; i++) {
-        const char *other = *(char **)((char *)(*list)[i] + t->instance_offset);
-        if ((!inst && !other) || (inst && other && strcmp(inst, other) == 0)) {
-            if (inst)
-                nx_conf_error(ctx, at, "duplicate %s instance \"%s\"", t->name, inst);
-            else
-                nx_conf_error(ctx, node, "a second %s instance without a name: give each an "
-                              "\"instance\"", t->name);
-            break;
-        }
-    }
-    if (ctx->errors > before) {
-        conf_free(t, conf);
-        nx_chpolicy_conf_free(pconf);
-        nx_chpolicy_rest_free(rest);
-        return;
-    }
+    check_name(ctx, t, ps, node, conf_str(conf, t->instance_offset));
+    if (ctx->errors == before)
+        check_unique(ctx, t, ps, node, conf);
+    if (ctx->errors > before)
+        goto fail;
+    const struct nx_cnode *u = t->unique_key ? nx_cnode_get(node, t->unique_key) : NULL;
+    ps->confs = nx_realloc(ps->confs, (ps->n + 1) * sizeof *ps->confs);
+    ps->pols = nx_realloc(ps->pols, (ps->n + 1) * sizeof *ps->pols);
+    ps->unique_at = nx_realloc(ps->unique_at, (ps->n + 1) * sizeof *ps->unique_at);
+    ps->pols[ps->n] = pconf;
+    ps->unique_at[ps->n][0] = u ? u->line : 0;
+    ps->unique_at[ps->n][1] = u ? u->col : 0;
+    ps->confs[ps->n++] = conf;
     nx_chpolicy_rest_free(rest);
-    *list = nx_realloc(*list, (*n + 1) * sizeof **list);
-    *pols = nx_realloc(*pols, (*n + 1) * sizeof **pols);
-    (*pols)[*n] = pconf;
-    (*list)[(*n)++] = conf;
+    return;
+fail:
+    conf_free(t, conf);
+    nx_chpolicy_conf_free(pconf);
+    nx_chpolicy_rest_free(rest);
 }
 
 /* plugins/<type>.yaml -> confs. The file holds `<type>: {...}` or `<type>: [{...}, ...]`, or is
@@ -157,9 +223,7 @@ static int parse_file(const struct nx_plugin_conf *p, const struct nx_channel_ty
 {
     struct nx_conf_ctx ctx = {.diags = diags, .file = p->file, .dir = dir};
     const struct nx_cnode *root = p->root;
-    void **list = NULL;
-    struct nx_chpolicy_conf **pols = NULL;
-    size_t n = 0;
+    struct parsed ps = {0};
 
     if (!root || nx_cnode_is_null(root))
         goto done;
@@ -179,26 +243,22 @@ static int parse_file(const struct nx_plugin_conf *p, const struct nx_channel_ty
         }
         if (body->kind == NX_CNODE_SEQ) {
             for (size_t i = 0; i < body->n; i++)
-                parse_instance(&ctx, t, body->kids[i], &list, &n, &pols);
+                parse_instance(&ctx, t, body->kids[i], &ps);
         } else if (!nx_cnode_is_null(body)) {
-            parse_instance(&ctx, t, body, &list, &n, &pols);
+            parse_instance(&ctx, t, body, &ps);
         }
     } else if (root->n > 0) {
-        parse_instance(&ctx, t, root, &list, &n, &pols);
+        parse_instance(&ctx, t, root, &ps);
     }
 done:
     if (ctx.errors > 0) {
-        for (size_t i = 0; i < n; i++) {
-            conf_free(t, list[i]);
-            nx_chpolicy_conf_free(pols[i]);
-        }
-        free(list);
-        free(pols);
+        parsed_cleanup(t, &ps);
         return NX_ECONFIG;
     }
-    *out = list;
-    *pout = pols;
-    *nout = n;
+    free(ps.unique_at);
+    *out = ps.confs;
+    *pout = ps.pols;
+    *nout = ps.n;
     return 0;
 }
 

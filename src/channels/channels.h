@@ -49,6 +49,11 @@ struct nx_channel_type {
     const char *name;                   /* "telegram": plugins/<name>.yaml and the subjects */
     const struct nx_conf_struct *conf;  /* one instance's fields; conf->size bytes */
     size_t instance_offset;             /* the `char *instance` field inside that struct */
+    /* Optional: a `char *` field no two instances may share, the account the service knows an
+     * instance by (two instances of one account would take each other's webhooks). unique_key is
+     * its key in the file, for messages; NULL = none. */
+    const char *unique_key;
+    size_t unique_offset;
     /* Starts an instance from its parsed config (valid until stop returns; copy what outlives
      * it). *state is handed back to send and stop. Returns 0 or a negative NX_E* code. */
     int (*start)(struct nx_channel *ch, const void *conf, void **state);

@@ -81,6 +81,20 @@ class Cli(unittest.TestCase):
             self.assertIn("configuration OK", r.stdout)
             self.assertIn("warning: no agents configured", r.stderr)
 
+    def test_check_config_refuses_two_whatsapp_instances_of_one_number(self):
+        # they would take each other's webhooks; the loader's own checks pass it, the channel's refuse
+        inst = ("  - instance: %s\n    phone_number_id: \"106540352242922\"\n    access_token: t\n"
+                "    app_secret: s\n    verify_token: v\n")
+        with tempfile.TemporaryDirectory() as tmp:
+            os.mkdir(os.path.join(tmp, "plugins"))
+            with open(os.path.join(tmp, "plugins", "whatsapp.yaml"), "w") as f:
+                f.write("whatsapp:\n" + inst % "sales" + inst % "support")
+            r = run_cli("check-config", tmp)
+            self.assertEqual(r.returncode, 3, r.stderr)
+            self.assertIn(tmp + "/plugins/whatsapp.yaml:8:22: whatsapp instance \"support\" has the same "
+                          "phone_number_id \"106540352242922\" as instance \"sales\" (line 3, column 22): "
+                          "each phone_number_id belongs to one instance\n", r.stderr)
+
     def test_shipped_example_config_is_valid(self):
         src = os.environ.get("NEXO_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..", "..")
         r = run_cli("check-config", os.path.join(src, "docs", "examples", "config"))

@@ -396,6 +396,27 @@ static void test_whatsapp_config(void **state)
     assert_null(strstr(out, "a b")); /* the token's value is not echoed */
 }
 
+/* Two instances of one number would take each other's webhooks: the second is refused where its
+ * phone_number_id is written, naming both. */
+static void test_whatsapp_one_instance_per_number(void **state)
+{
+    (void)state;
+    char out[2048];
+    const char *keys = "    access_token: a\n    app_secret: s\n    verify_token: v\n";
+    char yaml[1024];
+    snprintf(yaml, sizeof yaml, "whatsapp:\n  - instance: sales\n    phone_number_id: \"106\"\n%s"
+             "  - instance: support\n    phone_number_id: \"107\"\n%s"
+             "  - instance: helpdesk\n    enabled: false\n    phone_number_id: \"106\"\n%s"
+             "  - phone_number_id: \"107\"\n%s", keys, keys, keys, keys);
+    assert_int_equal(check_yaml(yaml, out, sizeof out), NX_ECONFIG);
+    assert_string_equal(out, "14:22: whatsapp instance \"helpdesk\" has the same phone_number_id \"106\" as "
+                        "instance \"sales\" (line 3, column 22): each phone_number_id belongs to one "
+                        "instance\n"
+                        "18:22: the unnamed whatsapp instance has the same phone_number_id \"107\" as "
+                        "instance \"support\" (line 8, column 22): each phone_number_id belongs to one "
+                        "instance\n");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -407,6 +428,7 @@ int main(void)
         cmocka_unit_test(test_whatsapp_reads_graph_errors),
         cmocka_unit_test(test_whatsapp_reads_the_handshake_query),
         cmocka_unit_test(test_whatsapp_config),
+        cmocka_unit_test(test_whatsapp_one_instance_per_number),
         cmocka_unit_test(test_telegram_webhook_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
