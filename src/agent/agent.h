@@ -18,6 +18,7 @@
 
 struct nx_agents;
 struct nx_turn;
+struct nx_workspaces;
 
 struct nx_agent_deps {
     uv_loop_t *loop;
@@ -114,9 +115,13 @@ struct nx_turn_opts {
 
 /* Whether a workspace (a real path) holds what an agent's tools must not reach: the
  * configuration or the data directory (API keys, every agent's data, agents.yaml), a file cfg
- * reads through ${file:} for a secret, or another agent's workspace. What turns an agent's file
- * tools off (docs/tools.md). */
-bool nx_workspace_off_limits(const struct nx_config *cfg, const char *ws, const char *data_dir);
+ * reads through ${file:} for a secret, or another agent's workspace (one of w other than ws). What
+ * turns an agent's file tools off (docs/tools.md). */
+bool nx_workspace_off_limits(const struct nx_config *cfg, const struct nx_workspaces *w, const char *ws,
+                             const char *data_dir);
+/* The agents' workspaces in cfg, resolved (those that exist), for nx_workspace_off_limits. */
+struct nx_workspaces *nx_workspaces_new(const struct nx_config *cfg);
+void nx_workspaces_free(struct nx_workspaces *w);
 /* The directory an agent's file tools are confined to (a copy to free), or NULL: no such agent,
  * no workspace, or one that holds the configuration or data directory (file tools off). */
 char *nx_agents_workspace(const struct nx_agents *a, const char *agent_id);

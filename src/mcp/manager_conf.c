@@ -158,6 +158,7 @@ json_t *nx_mcp_mgr_workspace_roots(const struct nx_config *cfg, const char *data
     const char *dir = cfg ? nx_config_dir(cfg) : NULL;
     json_t *out = json_array();
     char path[PATH_MAX];
+    struct nx_workspaces *w = n ? nx_workspaces_new(cfg) : NULL;
 
     for (size_t i = 0; i < n; i++) {
         const char *ws = acs[i].workspace;
@@ -171,7 +172,7 @@ json_t *nx_mcp_mgr_workspace_roots(const struct nx_config *cfg, const char *data
             snprintf(path, sizeof path, "%s/%s", dir, ws);
         if (!(real = realpath(path, NULL)))
             continue;
-        if (nx_workspace_off_limits(cfg, real, data_dir)) { /* (as its own file tools are off) */
+        if (nx_workspace_off_limits(cfg, w, real, data_dir)) { /* (as its own file tools are off) */
             free(real);
             continue;
         }
@@ -180,6 +181,7 @@ json_t *nx_mcp_mgr_workspace_roots(const struct nx_config *cfg, const char *data
         free(uri);
         free(real);
     }
+    nx_workspaces_free(w);
     return out;
 }
 

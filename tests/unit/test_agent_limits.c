@@ -72,6 +72,52 @@ static void test_identity_files_in_order_with_headings_and_changes_picked_up(voi
     ts_rm_tree(out);
 }
 
+/* A workspace holding another agent's is off limits; one beside it whose name merely starts
+ * the same ("a-b", "a.d" next to "a"), inside it, or shared with another agent is not. */
+static void test_workspace_holding_another_agents_is_off_limits(void **state)
+{
+    (void)state;
+    char tmp[] = "/tmp/nx-wsx-XXXXXX", base[PATH_MAX], p[PATH_MAX + 64];
+    static const char *const dirs[] = {"a", "a/sub", "a-b", "a.d", "s", "z", "zz", "zz/deep"};
+    static const char *const agents[][2] = {
+        {"outer", "a"}, {"inner", "a/sub"}, {"dash", "a-b"}, {"dot", "a.d"}, {"s1", "s"},
+        {"s2", "s"}, {"z", "z"}, {"zz", "zz"}, {"deep", "zz/deep"}, {"later", "not-made/x"},
+    };
+    assert_non_null(mkdtemp(tmp));
+    assert_non_null(realpath(tmp, base));
+    for (size_t i = 0; i < NX_ARRAY_LEN(dirs); i++) {
+        snprintf(p, sizeof p, "%s/%s", base, dirs[i]);
+        assert_int_equal(mkdir(p, 0700), 0);
+    }
+    struct nx_buf y = NX_BUF_INIT;
+    nx_buf_puts(&y, "agents:\n");
+    for (size_t i = 0; i < NX_ARRAY_LEN(agents); i++)
+        nx_buf_printf(&y, "  - {id: %s, model: {provider: anthropic, model: m}, workspace: \"%s/%s\"}\n",
+                      agents[i][0], base, agents[i][1]);
+    nx_buf_puts(&y, "  - {id: everything, model: {provider: anthropic, model: m}, workspace: /}\n");
+    struct nx_config *c = NULL;
+    struct nx_diags d;
+    nx_diags_init(&d);
+    assert_int_equal(nx_config_load_mem(NULL, "agents.yaml", y.data, y.len, &c, &d), 0);
+    struct nx_workspaces *w = nx_workspaces_new(c);
+
+    static const struct { const char *rel; bool is_off; } cases[] = {
+        {"a", true}, {"a/sub", false}, {"a-b", false}, {"a.d", false}, {"s", false}, {"z", false},
+        {"zz", true}, {"zz/deep", false}, {"", true}, {"a/sub/none", false}, {"not-made", false},
+    };
+    for (size_t i = 0; i < NX_ARRAY_LEN(cases); i++) {
+        snprintf(p, sizeof p, "%s%s%s", base, *cases[i].rel ? "/" : "", cases[i].rel);
+        if (nx_workspace_off_limits(c, w, p, NULL) != cases[i].is_off)
+            fail_msg("workspace %s: expected %s", p, cases[i].is_off ? "off limits" : "allowed");
+    }
+    assert_true(nx_workspace_off_limits(c, w, "/", NULL)); /* holds every other */
+    nx_workspaces_free(w);
+    nx_config_unref(c);
+    nx_diags_cleanup(&d);
+    nx_buf_cleanup(&y);
+    ts_rm_tree(tmp);
+}
+
 static void test_budget_resets_at_utc_midnight(void **state)
 {
     (void)state;
@@ -114,6 +160,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_identity_files_in_order_with_headings_and_changes_picked_up),
+        cmocka_unit_test(test_workspace_holding_another_agents_is_off_limits),
         cmocka_unit_test(test_budget_resets_at_utc_midnight),
         cmocka_unit_test(test_circuit_breaker_config),
     };

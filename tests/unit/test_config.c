@@ -12,6 +12,7 @@
 #include "core/redact.h"
 #include "core/buf.h"
 #include "core/error.h"
+#include "test_support.h"
 
 static const char *data_dir(void)
 {
@@ -339,6 +340,69 @@ static void test_config_dropins_replace_by_id_and_append(void **state)
     free(dir);
 }
 
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char *path = path_join(dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    free(path);
+}
+
+/* Every repeat of an id in one file is reported against its first; drop-ins replace by id in
+ * place, including an agent an earlier drop-in appended, and append the rest in order. */
+static void test_config_duplicate_ids_and_dropins_by_id(void **state)
+{
+    (void)state;
+    char tmp[] = "/tmp/nx-conf-XXXXXX";
+    struct nx_diags d;
+    struct nx_config *c = NULL;
+    const struct nx_agent_conf *a;
+    const char *m = "    model: {provider: anthropic, model: m}\n";
+    char text[1024];
+
+    assert_non_null(mkdtemp(tmp));
+    char *drops = path_join(tmp, "agents.d");
+    assert_int_equal(mkdir(drops, 0700), 0);
+    snprintf(text, sizeof text, "agents:\n  - id: a\n%s  - id: b\n%s  - id: a\n%s  - id: c\n%s  - id: a\n%s",
+             m, m, m, m, m);
+    write_file(tmp, "agents.yaml", text);
+    nx_diags_init(&d);
+    assert_int_equal(nx_config_load(tmp, &c, &d), NX_ECONFIG);
+    char *prefix = path_join(tmp, "");
+    char *got = printed(&d, prefix);
+    assert_string_equal(got,
+                        "agents.yaml:6:9: duplicate agent id \"a\" (first defined at line 2, column 9)\n"
+                        "agents.yaml:10:9: duplicate agent id \"a\" (first defined at line 2, column 9)\n");
+    free(got);
+    nx_diags_cleanup(&d);
+
+    snprintf(text, sizeof text, "agents:\n  - id: a\n%s  - id: b\n%s  - id: c\n%s", m, m, m);
+    write_file(tmp, "agents.yaml", text);
+    snprintf(text, sizeof text, "agents:\n  - id: b\n    description: from 10\n%s  - id: d\n"
+             "    description: from 10\n%s", m, m);
+    write_file(drops, "10-first.yaml", text);
+    snprintf(text, sizeof text, "agents:\n  - id: d\n    description: from 20\n%s  - id: e\n%s"
+             "  - id: b\n    description: from 20\n%s", m, m, m);
+    write_file(drops, "20-second.yaml", text);
+    nx_diags_init(&d);
+    assert_int_equal(nx_config_load(tmp, &c, &d), 0);
+    assert_int_equal(nx_config_agents(c, &a), 5);
+    static const char *const ids[] = {"a", "b", "c", "d", "e"};
+    static const char *const descs[] = {NULL, "from 20", NULL, "from 20", NULL};
+    for (size_t i = 0; i < 5; i++) {
+        assert_string_equal(a[i].id, ids[i]);
+        if (descs[i])
+            assert_string_equal(a[i].description, descs[i]);
+    }
+    nx_config_unref(c);
+    nx_diags_cleanup(&d);
+    free(prefix);
+    free(drops);
+    ts_rm_tree(tmp);
+}
+
 static char *read_text(const char *path)
 {
     FILE *f = fopen(path, "rb");
@@ -558,6 +622,7 @@ int main(void)
         cmocka_unit_test(test_config_defaults_without_dir),
         cmocka_unit_test(test_config_good_config_loads_every_value),
         cmocka_unit_test(test_config_dropins_replace_by_id_and_append),
+        cmocka_unit_test(test_config_duplicate_ids_and_dropins_by_id),
         cmocka_unit_test(test_config_bad_configs_report_exact_positions),
         cmocka_unit_test(test_config_substituted_secret_never_in_a_diagnostic),
         cmocka_unit_test(test_config_missing_dir_is_an_error),
