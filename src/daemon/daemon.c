@@ -1,6 +1,4 @@
 #include <jansson.h>
-#include <malloc.h>
-#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -467,36 +465,6 @@ static int start_listeners(struct daemon *d, const struct nx_gateway_conf *gw)
 #define TRIM_GAP_TICKS 4       /* 1 s between trims that closing connections set off */
 #define TRIM_CLOSED_CONNS 256 /* a burst: this many connections gone since the last trim */
 
-/* glibc's per-thread cache (tcache) keeps up to 7 freed chunks of each size up to 1032 bytes
- * outside the arena, for reuse. After a burst they are the last chunks it freed, scattered over
- * the heap, and malloc_trim cannot release the pages they pin (1.5 MB measured after 5,000
- * streams). So they are taken out, replaced by chunks allocated once the free memory is
- * consolidated (from pages in use anyway, or from one run of fresh ones), and handed back to the
- * arena, which the second malloc_trim can release. With other glibc tunables it does less, no
- * harm. */
-#define TCACHE_BINS 64 /* chunk sizes 32, 48, .. 1040: requests 24 + 16 * i */
-#define TCACHE_COUNT 7
-
-static void trim_heap(void)
-{
-    static void *held[TCACHE_BINS][TCACHE_COUNT], *fresh[TCACHE_BINS][TCACHE_COUNT];
-
-    for (size_t i = 0; i < TCACHE_BINS; i++)
-        for (size_t k = 0; k < TCACHE_COUNT; k++)
-            held[i][k] = malloc(24 + 16 * i); /* the cached chunks come first */
-    malloc_trim(0);
-    for (size_t i = 0; i < TCACHE_BINS; i++)
-        for (size_t k = 0; k < TCACHE_COUNT; k++)
-            fresh[i][k] = malloc(24 + 16 * i);
-    for (size_t i = 0; i < TCACHE_BINS; i++) {
-        for (size_t k = 0; k < TCACHE_COUNT; k++)
-            free(fresh[i][k]); /* into the emptied cache */
-        for (size_t k = 0; k < TCACHE_COUNT; k++)
-            free(held[i][k]); /* the cache is full: back to the arena */
-    }
-    malloc_trim(0);
-}
-
 static void on_trim_timer(uv_timer_t *t)
 {
     static uint64_t trimmed_started, seen_started; /* turns started at the last trim / tick */
@@ -537,7 +505,7 @@ static void on_trim_timer(uv_timer_t *t)
     nx_http_client_trim(d->client);
     for (int i = 0; i < LISTENER_COUNT; i++)
         nx_http_server_trim(d->srv[i]);
-    trim_heap();
+    nx_heap_trim();
 }
 
 static struct nx_metric *m_sessions;
@@ -560,33 +528,6 @@ static void register_metrics(struct daemon *d)
     nx_metrics_on_collect(collect, d);
     d->m_reloads = nx_metric_counter("nexo_config_reloads_total",
                                      "configuration reloads (SIGHUP) by result", reload_labels);
-}
-
-/* Every connection, upstream request and stream is a descriptor: raise the soft limit to the
- * hard one, and say so when even that is short of what the listeners may accept. */
-static void raise_nofile(const struct nx_gateway_conf *gw)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
-        return;
-    if (rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
-            getrlimit(RLIMIT_NOFILE, &rl);
-    }
-    /* Each accepted connection may hold an upstream connection too. */
-    rlim_t need = (rlim_t)gw->limits.max_connections * LISTENER_COUNT * 2 + 64;
-    if (rl.rlim_cur < need) { /* privileged processes may raise the hard limit too */
-        struct rlimit more = {need, need};
-        if (setrlimit(RLIMIT_NOFILE, &more) == 0)
-            rl = more;
-    }
-    if (rl.rlim_cur < need)
-        nx_warn("daemon", "open-file limit %llu is below the %llu the configured connection caps may "
-                "need (limits.max_connections x listeners x 2): raise it (ulimit -n, LimitNOFILE=)",
-                (unsigned long long)rl.rlim_cur, (unsigned long long)need);
-    else
-        nx_debug("daemon", "open-file limit %llu", (unsigned long long)rl.rlim_cur);
 }
 
 /* --- process roles (docs/scaling.md) --- */
@@ -701,7 +642,8 @@ int nx_daemon_run(const struct nx_daemon_opts *opts)
     set_origin_policy(&d, gw);
     d.stream_keepalive_ms = gw->limits.stream_keepalive_ms;
     apply_logging(&d, gw);
-    raise_nofile(gw);
+    /* every connection is a descriptor, and may hold an upstream connection too */
+    nx_runtime_raise_nofile((uint64_t)gw->limits.max_connections * LISTENER_COUNT * 2 + 64);
     pick_addresses(&d, gw);
     if (check_exposure(&d, gw) < 0) {
         nx_config_unref(d.cfg);

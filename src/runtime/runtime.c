@@ -1,6 +1,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -168,4 +169,30 @@ void nx_notify(const char *msg)
     if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL, (struct sockaddr *)&sa, len) < 0)
         nx_debug("runtime", "notify socket %s: send failed", path);
     close(fd);
+}
+
+/* Every connection, upstream request and stream is a descriptor: raise the soft limit to the
+ * hard one, and say so when even that is short of what the listeners may accept. */
+void nx_runtime_raise_nofile(uint64_t want)
+{
+    struct rlimit rl;
+    rlim_t need = (rlim_t)want;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < need) { /* privileged processes may raise the hard limit too */
+        struct rlimit more = {need, need};
+        if (setrlimit(RLIMIT_NOFILE, &more) == 0)
+            rl = more;
+    }
+    if (rl.rlim_cur < need)
+        nx_warn("daemon", "open-file limit %llu is below the %llu the configured connection caps may "
+                "need (limits.max_connections x listeners x 2): raise it (ulimit -n, LimitNOFILE=)",
+                (unsigned long long)rl.rlim_cur, (unsigned long long)need);
+    else
+        nx_debug("daemon", "open-file limit %llu", (unsigned long long)rl.rlim_cur);
 }

@@ -50,6 +50,10 @@ struct nx_timer;
 struct nx_timer *nx_timer_once(uv_loop_t *loop, uint64_t ms, void (*fn)(void *arg), void *arg);
 void nx_timer_cancel(struct nx_timer *t);
 
+/* Raises the soft open-file limit to the hard one (and the hard one to `need` when privileged);
+ * warns when the limit stays below `need`, the descriptors the configured caps may take. */
+void nx_runtime_raise_nofile(uint64_t need);
+
 /* systemd-style readiness: when $NOTIFY_SOCKET names a unix datagram socket, sends it `msg`
  * (e.g. "READY=1"). Does nothing otherwise. */
 void nx_notify(const char *msg);
