@@ -55,6 +55,8 @@ struct daemon {
     struct nx_channels *channels;
     struct nx_sender_limiter *limiter; /* agents' sender_rate_limit, asked by the router */
     uv_timer_t trim_timer;
+    uv_timer_t drain_timer;      /* after a stop signal: not ready, the listeners still open */
+    uint64_t stop_ms, drain_end_ms; /* nx_mono_ms() at the stop signal, and when the drain ends */
     struct nx_mcp_manager *mcp;
     struct nx_mcp_server *mcp_srv;   /* nexo as an MCP server (/mcp), when mcp_server.yaml enables it */
     struct nx_mcp_httpd *mcp_http;
@@ -279,10 +281,15 @@ static int daemon_send_message(const struct nx_send_message_req *rq, char *err, 
 
 /* --- graceful stop --- */
 
+#define DRAIN_MAX_MS 1000 /* the longest the listeners stay open, not ready, after a stop signal */
+#define DRAIN_TICK_MS 10
+
 static void teardown(struct daemon *d)
 {
     if (d->trim_timer.data && !uv_is_closing((uv_handle_t *)&d->trim_timer))
         uv_close((uv_handle_t *)&d->trim_timer, NULL);
+    if (d->drain_timer.data && !uv_is_closing((uv_handle_t *)&d->drain_timer))
+        uv_close((uv_handle_t *)&d->drain_timer, NULL);
     nx_send_message_set_handler(NULL, NULL);
     nx_channels_free(d->channels); /* no new inbound; before the bus, store and client */
     d->channels = NULL;
@@ -325,6 +332,44 @@ static void on_server_down(void *arg)
     teardown(d);
 }
 
+static size_t requests_in_flight(const struct daemon *d)
+{
+    size_t n = 0;
+    for (int i = 0; i < LISTENER_COUNT; i++)
+        n += nx_http_server_inflight(d->srv[i]);
+    return n;
+}
+
+/* Stops accepting; the requests in flight may finish until shutdown_grace after the signal. */
+static void close_listeners(struct daemon *d)
+{
+    uint64_t grace = nx_config_gateway(d->cfg)->shutdown_grace_ms, spent = nx_mono_ms() - d->stop_ms;
+    int started = 0;
+    for (int i = 0; i < LISTENER_COUNT; i++) {
+        if (d->srv[i]) {
+            nx_http_server_shutdown(d->srv[i], (uint32_t)(spent < grace ? grace - spent : 0), on_server_down,
+                                    d);
+            started++;
+        }
+    }
+    d->servers_down = LISTENER_COUNT - started;
+    if (started == 0)
+        teardown(d);
+}
+
+static void on_drain_tick(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    if (requests_in_flight(d) > 0 && nx_mono_ms() < d->drain_end_ms)
+        return;
+    uv_timer_stop(t);
+    close_listeners(d);
+}
+
+/* A graceful stop: /readyz answers 503 at once while the listeners stay open a moment, so that a
+ * load balancer probing it sees "not ready" rather than a refused connection, and the requests
+ * it still sends are served. They close once no request is in flight, after DRAIN_MAX_MS (or
+ * shutdown_grace when shorter) at most: at once when the gateway is idle. */
 static void on_stop(struct nx_runtime *rt, int signum)
 {
     struct daemon *d = rt->udata;
@@ -333,16 +378,19 @@ static void on_stop(struct nx_runtime *rt, int signum)
     nx_mcp_httpd_shutdown(d->mcp_http); /* ends the long-lived GET streams */
     nx_gauge_set(d->m_ready, NULL, 0);
     uint32_t grace = nx_config_gateway(d->cfg)->shutdown_grace_ms;
-    int started = 0;
-    for (int i = 0; i < LISTENER_COUNT; i++) {
-        if (d->srv[i]) {
-            nx_http_server_shutdown(d->srv[i], grace, on_server_down, d);
-            started++;
-        }
+    uint32_t drain = grace < DRAIN_MAX_MS ? grace : DRAIN_MAX_MS;
+    size_t n = requests_in_flight(d);
+    d->stop_ms = nx_mono_ms();
+    d->drain_end_ms = d->stop_ms + drain;
+    if (n == 0 || drain == 0) {
+        close_listeners(d);
+        return;
     }
-    d->servers_down = LISTENER_COUNT - started;
-    if (started == 0)
-        teardown(d);
+    nx_info("daemon", "not ready: /readyz answers 503; the listeners close when the %zu request%s in flight "
+            "end, in %u ms at most", n, n == 1 ? "" : "s", (unsigned)drain);
+    uv_timer_init(&d->rt.loop, &d->drain_timer);
+    d->drain_timer.data = d;
+    uv_timer_start(&d->drain_timer, on_drain_tick, DRAIN_TICK_MS, DRAIN_TICK_MS);
 }
 
 /* --- admin status --- */
