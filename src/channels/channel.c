@@ -164,10 +164,12 @@ static void check_unique(struct nx_conf_ctx *ctx, const struct nx_channel_type *
         if (!other || strcmp(v, other) != 0)
             continue;
         char a[128], b[128];
-        nx_conf_error(ctx, nx_cnode_get(node, t->unique_key), "%s has the same %s \"%s\" as %s (line %d, "
+        nx_conf_error(ctx, nx_cnode_get(node, t->unique_key), "%s has the same %s%s%s%s as %s (line %d, "
                       "column %d): each %s belongs to one instance",
                       instance_words(t->name, conf_str(conf, t->instance_offset), a, sizeof a), t->unique_key,
-                      v, instance_words(NULL, conf_str(ps->confs[i], t->instance_offset), b, sizeof b),
+                      t->is_unique_secret ? "" : " \"", t->is_unique_secret ? "" : v,
+                      t->is_unique_secret ? "" : "\"",
+                      instance_words(NULL, conf_str(ps->confs[i], t->instance_offset), b, sizeof b),
                       ps->unique_at[i][0], ps->unique_at[i][1], t->unique_key);
         return;
     }

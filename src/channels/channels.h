@@ -54,6 +54,7 @@ struct nx_channel_type {
      * its key in the file, for messages; NULL = none. */
     const char *unique_key;
     size_t unique_offset;
+    bool is_unique_secret; /* its value (a token) is named in no message */
     /* Starts an instance from its parsed config (valid until stop returns; copy what outlives
      * it). *state is handed back to send and stop. Returns 0 or a negative NX_E* code. */
     int (*start)(struct nx_channel *ch, const void *conf, void **state);

@@ -95,6 +95,18 @@ class Cli(unittest.TestCase):
                           "phone_number_id \"106540352242922\" as instance \"sales\" (line 3, column 22): "
                           "each phone_number_id belongs to one instance\n", r.stderr)
 
+    def test_check_config_refuses_two_telegram_instances_of_one_bot_without_naming_its_token(self):
+        inst = "  - instance: %s\n    token: \"5550001:SECRET-BOT-TOKEN\"\n"
+        with tempfile.TemporaryDirectory() as tmp:
+            os.mkdir(os.path.join(tmp, "plugins"))
+            with open(os.path.join(tmp, "plugins", "telegram.yaml"), "w") as f:
+                f.write("telegram:\n" + inst % "one" + inst % "two")
+            r = run_cli("check-config", tmp)
+            self.assertEqual(r.returncode, 3, r.stderr)
+            self.assertIn(tmp + "/plugins/telegram.yaml:5:12: telegram instance \"two\" has the same token as "
+                          "instance \"one\" (line 3, column 12): each token belongs to one instance\n", r.stderr)
+            self.assertNotIn("SECRET-BOT-TOKEN", r.stderr + r.stdout)
+
     def test_shipped_example_config_is_valid(self):
         src = os.environ.get("NEXO_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..", "..")
         r = run_cli("check-config", os.path.join(src, "docs", "examples", "config"))
