@@ -364,6 +364,14 @@ static void build_agent(struct generation *g, struct agent_rt *rt, const struct 
     rt->system_prompt = nx_strdup(ac->system_prompt ? ac->system_prompt : "");
 }
 
+static size_t id_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603u;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211u;
+    return (size_t)h;
+}
+
 static struct generation *gen_new(struct nx_agents *a, struct nx_config *cfg)
 {
     struct generation *g = nx_calloc(1, sizeof *g);
@@ -375,6 +383,16 @@ static struct generation *gen_new(struct nx_agents *a, struct nx_config *cfg)
     g->agents = nx_calloc(g->nagents + 1, sizeof *g->agents);
     for (size_t i = 0; i < g->nagents; i++)
         build_agent(g, &g->agents[i], &acs[i]);
+    /* every request looks its agent up: by hash, not by scanning thousands of ids */
+    for (g->nby_id = 16; g->nby_id < g->nagents * 2; g->nby_id *= 2)
+        ;
+    g->by_id = nx_calloc(g->nby_id, sizeof *g->by_id);
+    for (size_t i = 0; i < g->nagents; i++) {
+        size_t k = id_hash(g->agents[i].conf->id) & (g->nby_id - 1);
+        while (g->by_id[k])
+            k = (k + 1) & (g->nby_id - 1);
+        g->by_id[k] = (uint32_t)i + 1;
+    }
     close_off_limits(g, a->data_dir);
     return g;
 }
@@ -400,6 +418,7 @@ void gen_unref(struct generation *g)
         free(g->agents[i].no_target_why);
     }
     free(g->agents);
+    free(g->by_id);
     for (size_t i = 0; i < g->nproviders; i++)
         nx_llm_provider_free(g->providers[i]);
     free(g->providers);
@@ -409,9 +428,12 @@ void gen_unref(struct generation *g)
 
 const struct agent_rt *gen_agent(const struct generation *g, const char *id)
 {
-    for (size_t i = 0; i < g->nagents; i++) {
-        if (strcmp(g->agents[i].conf->id, id) == 0)
-            return &g->agents[i];
+    if (!id || !g->nby_id)
+        return NULL;
+    for (size_t k = id_hash(id) & (g->nby_id - 1); g->by_id[k]; k = (k + 1) & (g->nby_id - 1)) {
+        const struct agent_rt *rt = &g->agents[g->by_id[k] - 1];
+        if (strcmp(rt->conf->id, id) == 0)
+            return rt;
     }
     return NULL;
 }

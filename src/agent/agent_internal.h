@@ -33,6 +33,8 @@ struct generation {
     struct nx_config *cfg;
     struct agent_rt *agents;
     size_t nagents;
+    uint32_t *by_id;  /* open addressing: agent index + 1, 0 empty (gen_agent) */
+    size_t nby_id;    /* a power of two, at least twice nagents */
     struct nx_llm_provider **providers;
     size_t nproviders;
 };
