@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -392,6 +393,10 @@ struct fake_peer {
     char path[256];
 };
 
+/* The test's scripted server: stopped by the test's teardown, which cmocka runs even when an
+ * assertion ends the test early, so that no python process outlives a failed run. */
+static struct fake_peer fake;
+
 static bool fake_start(struct fake_peer *fp)
 {
     int pipefd[2];
@@ -407,6 +412,7 @@ static bool fake_start(struct fake_peer *fp)
     if (pipe(pipefd) != 0)
         return false;
     if ((fp->pid = fork()) == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* nor a test binary killed outright */
         dup2(pipefd[1], 1);
         close(pipefd[0]);
         close(pipefd[1]);
@@ -425,13 +431,17 @@ static bool fake_start(struct fake_peer *fp)
     return sscanf(line, "READY %d", &fp->port) == 1;
 }
 
-static void fake_stop(struct fake_peer *fp)
+static int fake_stop(void **state)
 {
-    if (fp->pid > 0) {
-        kill(fp->pid, SIGKILL);
-        waitpid(fp->pid, NULL, 0);
+    (void)state;
+    if (fake.pid > 0) {
+        kill(fake.pid, SIGKILL);
+        waitpid(fake.pid, NULL, 0);
     }
-    unlink(fp->path);
+    if (fake.path[0])
+        unlink(fake.path);
+    memset(&fake, 0, sizeof fake);
+    return 0;
 }
 
 static void test_mcp_http_standalone_stream_and_bearer(void **state)
@@ -441,16 +451,15 @@ static void test_mcp_http_standalone_stream_and_bearer(void **state)
     struct nx_mcp_manager *m = NULL;
     struct nx_mcp_server_conf sc;
     struct nx_mcp_conf c;
-    struct fake_peer fp = {0};
     struct answer a = {0};
     char url[128];
     json_t *seen, *ids;
 
     (void)state;
-    assert_true(fake_start(&fp));
+    assert_true(fake_start(&fake));
     assert_int_equal(uv_loop_init(&loop), 0);
     assert_int_equal(nx_http_client_new(&loop, NULL, &http), 0);
-    snprintf(url, sizeof url, "http://127.0.0.1:%d/mcp", fp.port);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/mcp", fake.port);
     memset(&sc, 0, sizeof sc);
     sc.name = "fake";
     sc.transport = NX_MCP_STREAMABLE_HTTP;
@@ -510,7 +519,6 @@ static void test_mcp_http_standalone_stream_and_bearer(void **state)
     for (int i = 0; i < 100 && uv_run(&loop, UV_RUN_NOWAIT); i++)
         ;
     assert_int_equal(uv_loop_close(&loop), 0);
-    fake_stop(&fp);
 }
 
 int main(void)
@@ -518,7 +526,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mcp_http_against_server_everything),
         cmocka_unit_test(test_mcp_http_unreachable_backs_off),
-        cmocka_unit_test(test_mcp_http_standalone_stream_and_bearer),
+        cmocka_unit_test_teardown(test_mcp_http_standalone_stream_and_bearer, fake_stop),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
