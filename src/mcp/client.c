@@ -342,6 +342,22 @@ static void on_response(struct nx_mcp_client *c, const struct nx_jsonrpc_msg *m)
     }
 }
 
+/* An error reply to request id that cannot be read (its "error" is not an object, or lacks its
+ * code or message): the request is over all the same, and fails now instead of at its timeout. */
+static void on_bad_reply(struct nx_mcp_client *c, long long id, const char *why)
+{
+    struct nx_mcp_request *r = find_req(c, id);
+    char err[256];
+
+    if (!r)
+        return;
+    snprintf(err, sizeof err, "the server's error reply is malformed: %s", why);
+    c->busy++;
+    finish(r, NX_EPROTO, NULL, err);
+    c->busy--;
+    client_release(c);
+}
+
 static void on_message(const json_t *msg, void *udata)
 {
     struct nx_mcp_client *c = udata;
@@ -353,6 +369,8 @@ static void on_message(const json_t *msg, void *udata)
     if (nx_jsonrpc_classify(msg, &m, err, sizeof err) < 0) {
         c->stats.malformed++;
         nx_warn("mcp", "server %s: malformed message: %s", c->name, err);
+        if (json_is_integer(m.id))
+            on_bad_reply(c, json_integer_value(m.id), err);
         return;
     }
     c->busy++;

@@ -18,7 +18,8 @@ struct nx_mcp_request;
 
 /* Called exactly once per request unless it was cancelled, never from inside the call that
  * started it. rc 0: result is the server's result object. Otherwise NX_ETIMEDOUT, NX_ECLOSED,
- * NX_EPROTO (a JSON-RPC error from the server: err is "code N: message"), NX_EHTTP, ... */
+ * NX_EPROTO (a JSON-RPC error from the server: err is "code N: message", or "the server's error
+ * reply is malformed: ..." when its "error" is not a proper error object), NX_EHTTP, ... */
 typedef void (*nx_mcp_result_fn)(int rc, const json_t *result, const char *err, void *udata);
 /* notifications/progress for a request: total < 0 when the server gave none. */
 typedef void (*nx_mcp_progress_fn)(double progress, double total, const char *message, void *udata);

@@ -110,6 +110,20 @@ static bool is_valid_id(const json_t *id)
     return json_is_integer(id) || json_is_string(id);
 }
 
+/* JSON-RPC 2.0 wants an object with an integer "code" and a string "message". */
+static bool is_valid_error(const json_t *error, char *err, size_t errlen)
+{
+    if (!json_is_object(error))
+        snprintf(err, errlen, "\"error\" is not an object");
+    else if (!json_is_integer(json_object_get(error, "code")))
+        snprintf(err, errlen, "\"error\" has no integer \"code\"");
+    else if (!json_is_string(json_object_get(error, "message")))
+        snprintf(err, errlen, "\"error\" has no string \"message\"");
+    else
+        return true;
+    return false;
+}
+
 int nx_jsonrpc_classify(const json_t *v, struct nx_jsonrpc_msg *out, char *err, size_t errlen)
 {
     const json_t *ver, *method, *id, *result, *error, *params;
@@ -157,6 +171,8 @@ int nx_jsonrpc_classify(const json_t *v, struct nx_jsonrpc_msg *out, char *err, 
         return 0;
     }
     if ((result != NULL) == (error != NULL)) {
+        if (error && is_valid_id(id))
+            out->id = id; /* an error reply that also claims a result: still an answer to id */
         snprintf(err, errlen, "a response needs exactly one of \"result\" and \"error\"");
         return NX_EPROTO;
     }
@@ -170,20 +186,20 @@ int nx_jsonrpc_classify(const json_t *v, struct nx_jsonrpc_msg *out, char *err, 
         out->result = result;
         return 0;
     }
-    if (!json_is_object(error) || !json_is_integer(json_object_get(error, "code"))) {
-        snprintf(err, errlen, "\"error\" must be an object with an integer \"code\"");
-        return NX_EPROTO;
-    }
     if (id && !json_is_null(id) && !is_valid_id(id)) {
         snprintf(err, errlen, "\"id\" must be an integer, a string or null");
+        return NX_EPROTO;
+    }
+    if (!is_valid_error(error, err, errlen)) {
+        /* The id is good, so this is the answer to that request, only unreadable: the caller
+         * can fail the request now rather than let it wait for an answer that has come. */
+        out->id = is_valid_id(id) ? id : NULL;
         return NX_EPROTO;
     }
     out->kind = NX_JSONRPC_ERROR;
     out->id = json_is_null(id) ? NULL : id;
     out->error_code = json_integer_value(json_object_get(error, "code"));
     out->error_message = json_string_value(json_object_get(error, "message"));
-    if (!out->error_message)
-        out->error_message = "";
     return 0;
 }
 

@@ -55,13 +55,15 @@ struct nx_jsonrpc_msg {
     const json_t *params;      /* object or array, or NULL */
     const json_t *result;      /* NX_JSONRPC_RESULT */
     long long error_code;      /* NX_JSONRPC_ERROR */
-    const char *error_message; /* NX_JSONRPC_ERROR; "" when absent */
+    const char *error_message; /* NX_JSONRPC_ERROR */
 };
 
 /* Parses text as JSON (one value; objects and arrays only). New reference, or NULL with why in
  * err. */
 json_t *nx_jsonrpc_load(const char *text, size_t len, char *err, size_t errlen);
-/* Classifies v as one JSON-RPC 2.0 message. 0, or NX_EPROTO with why in err. */
+/* Classifies v as one JSON-RPC 2.0 message. 0, or NX_EPROTO with why in err. An error response
+ * (one with "error") that is malformed but has an integer or string id also gets NX_EPROTO, with
+ * out->id set: the answer to that request came, and cannot be read. */
 int nx_jsonrpc_classify(const json_t *v, struct nx_jsonrpc_msg *out, char *err, size_t errlen);
 
 /* Builders; each returns a new reference. params/result are stolen (params may be NULL). */

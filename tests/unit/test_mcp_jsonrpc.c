@@ -112,6 +112,46 @@ static void test_mcp_classify_messages(void **state)
     assert_null(nx_jsonrpc_load("42", 2, err, sizeof err));
 }
 
+/* A reply whose "error" is malformed is still the answer to its id: classify says so, so that the
+ * client can fail that request at once. */
+static void test_mcp_classify_malformed_error_reply_keeps_its_id(void **state)
+{
+    static const struct {
+        const char *text;
+        long long id; /* 0: no id to give */
+        const char *why;
+    } cases[] = {
+        {"{\"jsonrpc\":\"2.0\",\"id\":7,\"error\":\"boom\"}", 7, "\"error\" is not an object"},
+        {"{\"jsonrpc\":\"2.0\",\"id\":7,\"error\":null}", 7, "\"error\" is not an object"},
+        {"{\"jsonrpc\":\"2.0\",\"id\":7,\"error\":{\"message\":\"m\"}}", 7,
+         "\"error\" has no integer \"code\""},
+        {"{\"jsonrpc\":\"2.0\",\"id\":7,\"error\":{\"code\":\"1\",\"message\":\"m\"}}", 7,
+         "\"error\" has no integer \"code\""},
+        {"{\"jsonrpc\":\"2.0\",\"id\":7,\"error\":{\"code\":1}}", 7, "\"error\" has no string \"message\""},
+        {"{\"jsonrpc\":\"2.0\",\"id\":7,\"error\":{\"code\":1,\"message\":\"m\"},\"result\":{}}", 7,
+         "a response needs exactly one of \"result\" and \"error\""},
+        {"{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":5}", 0, "\"error\" is not an object"},
+        {"{\"jsonrpc\":\"2.0\",\"id\":1.5,\"error\":5}", 0, "\"id\" must be an integer, a string or null"},
+        {"{\"jsonrpc\":\"2.0\",\"id\":7}", 0, "a response needs exactly one of \"result\" and \"error\""},
+    };
+    char err[160];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *v = nx_jsonrpc_load(cases[i].text, strlen(cases[i].text), err, sizeof err);
+        struct nx_jsonrpc_msg m;
+
+        assert_non_null(v);
+        assert_int_equal(nx_jsonrpc_classify(v, &m, err, sizeof err), NX_EPROTO);
+        assert_string_equal(err, cases[i].why);
+        if (cases[i].id)
+            assert_int_equal(json_integer_value(m.id), cases[i].id);
+        else
+            assert_null(m.id);
+        json_decref(v);
+    }
+}
+
 static void test_mcp_builders(void **state)
 {
     json_t *id = json_string("s1");
@@ -177,6 +217,7 @@ int main(void)
         cmocka_unit_test(test_mcp_lines_split_across_chunks_and_crlf),
         cmocka_unit_test(test_mcp_lines_drop_overlong_line_and_go_on),
         cmocka_unit_test(test_mcp_classify_messages),
+        cmocka_unit_test(test_mcp_classify_malformed_error_reply_keeps_its_id),
         cmocka_unit_test(test_mcp_builders),
         cmocka_unit_test(test_mcp_tool_names),
         cmocka_unit_test(test_mcp_result_text),
