@@ -195,16 +195,27 @@ static void drop_tools(struct server *s)
     s->ntools = 0;
 }
 
-static struct mcp_tool *tool_new(struct server *s, const json_t *def, int kind)
+/* A tool whose input schema is refused is skipped, and said once: a re-listing that still finds
+ * it (list_changed, a retry) only notes it. was_skipped: the tools the previous listing skipped. */
+static struct mcp_tool *tool_new(struct server *s, const json_t *def, int kind, const json_t *was_skipped)
 {
     const char *remote = json_string_value(json_object_get(def, "name"));
-    const json_t *schema = json_object_get(def, "inputSchema");
     struct mcp_tool *mt;
-    char name[80];
+    char name[80], why[160];
+    char *schema;
     int rc;
 
     if (!remote || !remote[0])
         return NULL;
+    if (!(schema = nx_mcp_tool_input_schema(def, why, sizeof why))) {
+        nx_log(json_object_get(was_skipped, remote) ? NX_LOG_DEBUG : NX_LOG_WARN, "mcp",
+               "server %s: tool \"%.100s\" skipped: %s (MCP wants {\"type\": \"object\", ...})",
+               s->conf.name, remote, why);
+        if (!s->skipped)
+            s->skipped = json_object();
+        json_object_set_new(s->skipped, remote, json_string(why));
+        return NULL;
+    }
     mt = nx_calloc(1, sizeof *mt);
     mt->refs = 1;
     mt->srv = s;
@@ -213,8 +224,7 @@ static struct mcp_tool *tool_new(struct server *s, const json_t *def, int kind)
     mt->description = nx_strdup(json_string_value(json_object_get(def, "description"))
                                     ? json_string_value(json_object_get(def, "description"))
                                     : "");
-    mt->schema = json_is_object(schema) ? json_dumps(schema, JSON_COMPACT)
-                                        : nx_strdup("{\"type\":\"object\"}");
+    mt->schema = schema;
     mt->tool.description = mt->description;
     mt->tool.input_schema = mt->schema;
     mt->tool.run_self = tool_run;
@@ -249,6 +259,7 @@ static void on_listed(int rc, const json_t *result, const char *err, void *udata
     struct server *s = lc->s;
     const json_t *tools = json_object_get(result, "tools");
     bool is_stale = lc->gen != s->gen || s->m->is_closing;
+    json_t *was_skipped;
 
     free(lc);
     if (is_stale)
@@ -259,13 +270,16 @@ static void on_listed(int rc, const json_t *result, const char *err, void *udata
         return;
     }
     drop_tools(s);
+    was_skipped = s->skipped;
+    s->skipped = NULL;
     s->tools = nx_calloc(json_array_size(tools) + 1, sizeof *s->tools);
     for (size_t i = 0; i < json_array_size(tools); i++) {
-        struct mcp_tool *mt = tool_new(s, json_array_get(tools, i), MT_CALL);
+        struct mcp_tool *mt = tool_new(s, json_array_get(tools, i), MT_CALL, was_skipped);
 
         if (mt)
             s->tools[s->ntools++] = mt;
     }
+    json_decref(was_skipped);
     nx_info("mcp", "server %s: %zu tools registered", s->conf.name, s->ntools);
     if (s->is_relist_wanted) {
         s->is_relist_wanted = false;
@@ -324,7 +338,7 @@ static void update_resource_tools(struct server *s)
                                  "description", "Read one resource of the MCP server by its uri.",
                                  "inputSchema", "type", "object", "properties", "uri", "type", "string",
                                  "description", "the resource's uri, as listed", "required", "uri");
-        if ((s->rtools[i] = tool_new(s, def, i == 0 ? MT_LIST_RESOURCES : MT_READ_RESOURCE))) {
+        if ((s->rtools[i] = tool_new(s, def, i == 0 ? MT_LIST_RESOURCES : MT_READ_RESOURCE, NULL))) {
             free(s->rtools[i]->remote);
             s->rtools[i]->remote = nx_strdup(methods[i]);
         }

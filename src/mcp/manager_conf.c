@@ -128,6 +128,7 @@ void nx_mcp_mgr_server_conf_cleanup(struct server *s)
     json_decref(s->roots);
     json_decref(s->conf.extra);
     json_decref(s->prompts);
+    json_decref(s->skipped);
     free(s->last_error);
 }
 
@@ -212,6 +213,7 @@ json_t *nx_mcp_manager_status(const struct nx_mcp_manager *m)
                                                   : json_null());
         json_object_set_new(o, "pid", s->pid ? json_integer(s->pid) : json_null());
         json_object_set_new(o, "prompts", json_deep_copy(s->prompts));
+        json_object_set_new(o, "skipped_tools", s->skipped ? json_deep_copy(s->skipped) : json_object());
         if (s->client) {
             struct nx_mcp_client_stats st;
 

@@ -66,6 +66,7 @@ struct server {
     struct mcp_tool **tools;
     size_t ntools;
     struct mcp_tool *rtools[2]; /* list_resources, read_resource when the server has resources */
+    json_t *skipped;            /* tools of the last listing left out: {name: why}, or NULL */
     json_t *prompts;            /* its prompts/list, [] when it has none */
     bool is_listing;
     bool is_relist_wanted;

@@ -42,8 +42,9 @@ void nx_mcp_manager_set_host(struct nx_mcp_manager *m, const struct nx_mcp_host 
 void nx_mcp_manager_free(struct nx_mcp_manager *m);
 
 /* For the admin page: {"servers": [{name, transport, state, protocol_version, server_info,
- * tools: [registered names], prompts: [{name, description, arguments}] (the server's
- * prompts/list, [] when it has none), restarts, pid, last_error, calls,
+ * tools: [registered names], skipped_tools: {tool: why} (tools left out for their input
+ * schema), prompts: [{name, description, arguments}] (the server's prompts/list, [] when it has
+ * none), restarts, pid, last_error, calls,
  * progress_notifications, auth (OAuth servers: state, scope, expires_in, ..., never a token)}]}.
  * New reference. */
 json_t *nx_mcp_manager_status(const struct nx_mcp_manager *m);
@@ -57,6 +58,13 @@ void nx_mcp_manager_set_limits(size_t max_frame, uint32_t first_backoff_ms);
  * and 8 hex digits of a hash of "<server>/<tool>" (also used when the plain name is taken). out
  * holds at least 65 bytes. */
 void nx_mcp_tool_name(const char *server, const char *tool, int hashed, char *out, size_t outlen);
+
+/* The input schema a server's tool (def, one entry of tools/list) is registered with, as JSON
+ * text (new string): its inputSchema, {"type": "object"} when it has none, "type": "object"
+ * added when the object has no "type". NULL, with why in why, when the inputSchema is no object
+ * schema (a string, an array, null, a "type" other than "object"): such a tool is not
+ * registered. */
+char *nx_mcp_tool_input_schema(const json_t *def, char *why, size_t whylen);
 
 /* The text the model sees for a tools/call result: text content joined with newlines, other
  * content summarized ("[image: image/png, 123 bytes]"), structuredContent when there is no

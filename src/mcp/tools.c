@@ -7,7 +7,8 @@
 #include "core/buf.h"
 #include "mcp/mcp.h"
 
-/* Pure helpers for MCP-backed tools: registry names and the text a tools/call result becomes. */
+/* Pure helpers for MCP-backed tools: registry names, input schemas, and the text a tools/call
+ * result becomes. */
 
 #define NAME_MAX_LEN 64
 #define HASH_KEEP 55 /* + '_' + 8 hex digits = 64 */
@@ -52,6 +53,64 @@ void nx_mcp_tool_name(const char *server, const char *tool, int hashed, char *ou
         snprintf(out, outlen, "%s", b.data);
     }
     nx_buf_cleanup(&b);
+}
+
+static const char *json_kind(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        return "an object";
+    case JSON_STRING:
+        return "a string";
+    case JSON_ARRAY:
+        return "an array";
+    case JSON_INTEGER:
+    case JSON_REAL:
+        return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return "a boolean";
+    default:
+        return "null";
+    }
+}
+
+/* MCP makes inputSchema required, and an object schema ({"type": "object", ...}), as arguments
+ * are always an object. Left out, it is taken as {"type": "object"}: hand-written servers often
+ * omit it for tools without arguments, and such a tool works. An object without "type" gets
+ * "type": "object" (model APIs want it). Anything else that is there (a string, an array, null,
+ * {"type": "string"}) is a broken tool definition, and mostly one that no arguments object could
+ * satisfy, so that every call would be refused: the tool is skipped with a warning instead of
+ * being offered to the model. */
+char *nx_mcp_tool_input_schema(const json_t *def, char *why, size_t whylen)
+{
+    const json_t *schema = json_object_get(def, "inputSchema");
+    const json_t *type = json_object_get(schema, "type");
+    json_t *copy;
+    char *text;
+
+    if (!schema)
+        return nx_strdup("{\"type\":\"object\"}");
+    if (!json_is_object(schema)) {
+        snprintf(why, whylen, "its inputSchema is %s, not an object schema", json_kind(schema));
+        return NULL;
+    }
+    if (json_is_string(type) && strcmp(json_string_value(type), "object") != 0) {
+        snprintf(why, whylen, "its inputSchema has \"type\": \"%.40s\", not \"object\"",
+                 json_string_value(type));
+        return NULL;
+    }
+    if (type && !json_is_string(type)) {
+        snprintf(why, whylen, "its inputSchema's \"type\" is %s, not \"object\"", json_kind(type));
+        return NULL;
+    }
+    if (type)
+        return json_dumps(schema, JSON_COMPACT);
+    copy = json_copy((json_t *)schema);
+    json_object_set_new(copy, "type", json_string("object"));
+    text = json_dumps(copy, JSON_COMPACT);
+    json_decref(copy);
+    return text;
 }
 
 /* Bytes a base64 string decodes to (padding aware; whitespace is not expected). */

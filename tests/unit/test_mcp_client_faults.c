@@ -16,8 +16,8 @@
 #include "mcp_fixture.h"
 
 /* The MCP client against a scripted stdio server (python3) that gets things wrong: error replies
- * whose "error" is malformed. The call must end at once with a clear error, never be left
- * waiting. */
+ * whose "error" is malformed, and tools whose inputSchema is no object schema. Each must end in a
+ * clear outcome at once, never in a call left waiting or a tool that cannot be called. */
 
 static char fake_path[256];
 
@@ -32,6 +32,11 @@ static const char fake_py[] =
     "              'err_both': {'error': {'code': 1, 'message': 'm'}, 'result': {}}}\n"
     "tools = [{'name': 'ok', 'inputSchema': {'type': 'object'}}]\n"
     "tools += [{'name': n, 'inputSchema': {'type': 'object'}} for n in bad_errors]\n"
+    "tools += [{'name': 'noschema'}, {'name': 'relist'},\n"
+    "          {'name': 'typeless', 'inputSchema': {'properties': {'x': {'type': 'string'}}}},\n"
+    "          {'name': 'strschema', 'inputSchema': 'object'}, {'name': 'arrschema', 'inputSchema': []},\n"
+    "          {'name': 'nullschema', 'inputSchema': None},\n"
+    "          {'name': 'stringtype', 'inputSchema': {'type': 'string'}}]\n"
     "sys.stderr.write('fake server up\\n'); sys.stderr.flush()\n"
     "for line in sys.stdin:\n"
     "    m = json.loads(line); meth = m.get('method'); mid = m.get('id')\n"
@@ -45,6 +50,9 @@ static const char fake_py[] =
     "        name = m['params']['name']\n"
     "        if name in bad_errors:\n"
     "            send(dict({'jsonrpc': '2.0', 'id': mid}, **bad_errors[name]))\n"
+    "        elif name == 'relist':\n"
+    "            send({'jsonrpc': '2.0', 'method': 'notifications/tools/list_changed'})\n"
+    "            text(mid, 'relisting')\n"
     "        else:\n"
     "            text(mid, 'called ' + name)\n"
     "    elif meth == 'ping':\n"
@@ -109,6 +117,27 @@ static void stop(uv_loop_t *loop, struct nx_mcp_manager *m)
     nx_mcp_manager_set_limits(0, 0);
 }
 
+/* What the log said about the server, kept by a sink. */
+struct seen {
+    enum nx_log_level level;
+    const char *needle;
+    int count;
+    char last[2048];
+    size_t longest;
+};
+
+static void on_line(const struct nx_log_line *line, void *udata)
+{
+    struct seen *s = udata;
+
+    if (line->level < s->level || !strstr(line->msg, "server faulty") || !strstr(line->msg, s->needle))
+        return;
+    s->count++;
+    snprintf(s->last, sizeof s->last, "%s", line->msg);
+    if (line->len > s->longest)
+        s->longest = line->len;
+}
+
 /* ---- a malformed error reply ends its call at once -------------------------------------- */
 
 static void test_mcp_malformed_error_reply_fails_the_call_at_once(void **state)
@@ -144,10 +173,103 @@ static void test_mcp_malformed_error_reply_fails_the_call_at_once(void **state)
     stop(&loop, m);
 }
 
+/* ---- input schemas that are no object schema ------------------------------------------ */
+
+static bool has_manifest_type_object(const char *name)
+{
+    json_t *all = nx_tool_manifest(NULL);
+    bool ok = false;
+
+    for (size_t i = 0; i < json_array_size(all); i++) {
+        const json_t *t = json_array_get(all, i);
+
+        const char *type = json_string_value(json_object_get(json_object_get(t, "input_schema"), "type"));
+
+        if (strcmp(json_string_value(json_object_get(t, "name")), name) == 0)
+            ok = type && strcmp(type, "object") == 0;
+    }
+    json_decref(all);
+    return ok;
+}
+
+static bool listed_twice(void *arg)
+{
+    return ((struct seen *)arg)->count >= 2;
+}
+
+static void test_mcp_tool_without_an_object_schema_is_skipped(void **state)
+{
+    static const struct {
+        const char *tool;
+        const char *why;
+    } refused[] = {
+        {"strschema", "its inputSchema is a string, not an object schema"},
+        {"arrschema", "its inputSchema is an array, not an object schema"},
+        {"nullschema", "its inputSchema is null, not an object schema"},
+        {"stringtype", "its inputSchema has \"type\": \"string\", not \"object\""},
+    };
+    uv_loop_t loop;
+    struct nx_mcp_manager *m;
+    struct answer a = {0};
+    struct seen warned[NX_ARRAY_LEN(refused)];
+    struct seen listed = {.level = NX_LOG_INFO, .needle = "tools registered"};
+    json_t *st;
+    char needle[NX_ARRAY_LEN(refused)][200];
+
+    (void)state;
+    for (size_t i = 0; i < NX_ARRAY_LEN(refused); i++) {
+        snprintf(needle[i], sizeof needle[i], "server faulty: tool \"%s\" skipped: %s", refused[i].tool,
+                 refused[i].why);
+        memset(&warned[i], 0, sizeof warned[i]);
+        warned[i].level = NX_LOG_WARN;
+        warned[i].needle = needle[i];
+        assert_int_equal(nx_log_sink_add(on_line, &warned[i], NX_LOG_WARN), 0);
+    }
+    assert_int_equal(nx_log_sink_add(on_line, &listed, NX_LOG_INFO), 0);
+    m = start(&loop, 20000, NULL, NULL);
+    assert_true(run_until(&loop, tool_exists, "mcp_faulty_ok", 20000));
+    /* listed again (the server says its list changed): the same tools are not warned of again */
+    assert_true(call_tool(&loop, "mcp_faulty_relist", "{}", &a, 5000));
+    free(a.text);
+    assert_true(run_until(&loop, listed_twice, &listed, 5000));
+    for (size_t i = 0; i < NX_ARRAY_LEN(refused); i++)
+        nx_log_sink_remove(on_line, &warned[i]);
+    nx_log_sink_remove(on_line, &listed);
+    for (size_t i = 0; i < NX_ARRAY_LEN(refused); i++) {
+        char name[80];
+
+        snprintf(name, sizeof name, "mcp_faulty_%s", refused[i].tool);
+        assert_null(nx_tool_find(name));
+        assert_int_equal(warned[i].count, 1); /* one warning, naming the server and the tool */
+    }
+    /* and the admin page says which were left out, and why */
+    st = server_status(m, "faulty");
+    assert_int_equal(json_object_size(json_object_get(st, "skipped_tools")), NX_ARRAY_LEN(refused));
+    assert_string_equal(json_string_value(json_object_get(json_object_get(st, "skipped_tools"), "arrschema")),
+                        "its inputSchema is an array, not an object schema");
+    json_decref(st);
+    /* no inputSchema at all: taken as {"type": "object"}, and callable */
+    assert_true(has_manifest_type_object("mcp_faulty_noschema"));
+    assert_true(call_tool(&loop, "mcp_faulty_noschema", "{}", &a, 5000));
+    assert_false(a.is_error);
+    assert_string_equal(a.text, "called noschema");
+    free(a.text);
+    /* an object schema without "type": "object" is added, the rest kept and checked */
+    assert_true(has_manifest_type_object("mcp_faulty_typeless"));
+    assert_true(call_tool(&loop, "mcp_faulty_typeless", "{\"x\": 5}", &a, 5000));
+    assert_true(a.is_error);
+    free(a.text);
+    assert_true(call_tool(&loop, "mcp_faulty_typeless", "{\"x\": \"five\"}", &a, 5000));
+    assert_false(a.is_error);
+    free(a.text);
+    stop(&loop, m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mcp_malformed_error_reply_fails_the_call_at_once),
+        cmocka_unit_test(test_mcp_tool_without_an_object_schema_is_skipped),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -190,6 +190,55 @@ static void test_mcp_tool_names(void **state)
     assert_string_not_equal(name, again); /* differs where the cut hides the difference */
 }
 
+/* MCP wants an object schema: none is taken as one, anything else that is no object schema is
+ * refused with a reason. */
+static void test_mcp_tool_input_schema(void **state)
+{
+    static const struct {
+        const char *def;
+        const char *schema; /* NULL: refused, why below */
+        const char *why;
+    } cases[] = {
+        {"{\"name\":\"t\"}", "{\"type\":\"object\"}", NULL},
+        {"{\"name\":\"t\",\"inputSchema\":{\"type\":\"object\",\"required\":[\"a\"]}}",
+         "{\"type\":\"object\",\"required\":[\"a\"]}", NULL},
+        {"{\"name\":\"t\",\"inputSchema\":{\"properties\":{}}}", "{\"properties\":{},\"type\":\"object\"}",
+         NULL},
+        {"{\"name\":\"t\",\"inputSchema\":\"object\"}", NULL,
+         "its inputSchema is a string, not an object schema"},
+        {"{\"name\":\"t\",\"inputSchema\":[]}", NULL, "its inputSchema is an array, not an object schema"},
+        {"{\"name\":\"t\",\"inputSchema\":null}", NULL, "its inputSchema is null, not an object schema"},
+        {"{\"name\":\"t\",\"inputSchema\":7}", NULL, "its inputSchema is a number, not an object schema"},
+        {"{\"name\":\"t\",\"inputSchema\":{\"type\":\"string\"}}", NULL,
+         "its inputSchema has \"type\": \"string\", not \"object\""},
+        {"{\"name\":\"t\",\"inputSchema\":{\"type\":[\"object\",\"null\"]}}", NULL,
+         "its inputSchema's \"type\" is an array, not \"object\""},
+    };
+    char why[160];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        json_t *def = json_loads(cases[i].def, 0, NULL);
+        char *schema;
+
+        assert_non_null(def);
+        why[0] = '\0';
+        schema = nx_mcp_tool_input_schema(def, why, sizeof why);
+        if (cases[i].schema) {
+            json_t *got = json_loads(schema, 0, NULL), *want = json_loads(cases[i].schema, 0, NULL);
+
+            assert_true(json_equal(got, want));
+            json_decref(got);
+            json_decref(want);
+        } else {
+            assert_null(schema);
+            assert_string_equal(why, cases[i].why);
+        }
+        free(schema);
+        json_decref(def);
+    }
+}
+
 static void test_mcp_result_text(void **state)
 {
     json_t *r = json_loads("{\"content\":[{\"type\":\"text\",\"text\":\"hello\"},"
@@ -220,6 +269,7 @@ int main(void)
         cmocka_unit_test(test_mcp_classify_malformed_error_reply_keeps_its_id),
         cmocka_unit_test(test_mcp_builders),
         cmocka_unit_test(test_mcp_tool_names),
+        cmocka_unit_test(test_mcp_tool_input_schema),
         cmocka_unit_test(test_mcp_result_text),
     };
 
