@@ -9,16 +9,16 @@
 #include "core/log.h"
 #include "mcp/jsonrpc.h"
 #include "mcp/mcp.h"
+#include "mcp/stderr_log.h"
 #include "mcp/transport.h"
 
 /* The stdio transport: the server is our child (uv_spawn, in its own process group), we write
  * one JSON-RPC message per line to its stdin and read lines from its stdout; stderr lines go to
- * our log at info with the server's name. Closing sends EOF on stdin, then SIGTERM to the group
- * after the grace period, then SIGKILL. */
+ * our log at info with the server's name, cut and rate-limited (stderr_log.c). Closing sends EOF
+ * on stdin, then SIGTERM to the group after the grace period, then SIGKILL. */
 
 extern char **environ;
 
-#define STDERR_LINE_MAX 4096
 #define WRITE_QUEUE_MAX (64u * 1024 * 1024)
 
 struct stdio_tp {
@@ -27,8 +27,9 @@ struct stdio_tp {
     uv_process_t proc;
     uv_pipe_t in, out, err;
     uv_timer_t timer;
+    uv_timer_t errtimer; /* says how many stderr lines were suppressed */
     struct nx_jsonrpc_lines lines;
-    struct nx_jsonrpc_lines errlines;
+    struct nx_mcp_stderr_log errlog;
     char **argv;
     char **env;
     char *cwd;
@@ -61,7 +62,6 @@ static void strv_free(char **v)
 static void tp_free(struct stdio_tp *s)
 {
     nx_jsonrpc_lines_cleanup(&s->lines);
-    nx_jsonrpc_lines_cleanup(&s->errlines);
     strv_free(s->argv);
     strv_free(s->env);
     free(s->cwd);
@@ -85,10 +85,13 @@ static void close_handle(struct stdio_tp *s, uv_handle_t *h)
 
 static void close_all(struct stdio_tp *s)
 {
+    if (!uv_is_closing((uv_handle_t *)&s->err))
+        nx_mcp_stderr_log_flush(&s->errlog, uv_now(s->loop), true);
     close_handle(s, (uv_handle_t *)&s->in);
     close_handle(s, (uv_handle_t *)&s->out);
     close_handle(s, (uv_handle_t *)&s->err);
     close_handle(s, (uv_handle_t *)&s->timer);
+    close_handle(s, (uv_handle_t *)&s->errtimer);
     if (!s->is_running)
         close_handle(s, (uv_handle_t *)&s->proc);
 }
@@ -156,24 +159,34 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     }
 }
 
-static int on_err_line(const char *line, size_t len, void *udata)
-{
-    struct stdio_tp *s = udata;
+static void on_err_timer(uv_timer_t *t);
 
-    nx_info("mcp", "server %s: stderr: %.*s", s->base.name, (int)len, line);
-    return 0;
+/* Suppressed stderr lines are said when their second is over, even if the server falls silent. */
+static void arm_err_timer(struct stdio_tp *s, uint64_t due_ms)
+{
+    if (due_ms && !s->is_closing && !uv_is_active((uv_handle_t *)&s->errtimer))
+        uv_timer_start(&s->errtimer, on_err_timer, due_ms, 0);
 }
 
+static void on_err_timer(uv_timer_t *t)
+{
+    struct stdio_tp *s = t->data;
+
+    arm_err_timer(s, nx_mcp_stderr_log_flush(&s->errlog, uv_now(s->loop), false));
+}
+
+/* stderr is read on its own pipe and costs little per line, so a flood of it never holds back
+ * the protocol on stdout. */
 static void on_err_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
 {
     struct stdio_tp *s = st->data;
 
     if (n > 0) {
-        if (nx_jsonrpc_lines_feed(&s->errlines, buf->base, (size_t)n, on_err_line, s) == NX_ETOOBIG)
-            nx_info("mcp", "server %s: stderr: [a line over %d bytes was dropped]", s->base.name,
-                    STDERR_LINE_MAX);
+        arm_err_timer(s, nx_mcp_stderr_log_feed(&s->errlog, buf->base, (size_t)n, uv_now(s->loop)));
     } else if (n < 0) {
         uv_read_stop(st);
+        nx_mcp_stderr_log_flush(&s->errlog, uv_now(s->loop), true);
+        uv_timer_stop(&s->errtimer);
     }
 }
 
@@ -251,8 +264,9 @@ static int tp_start(struct nx_mcp_link *t)
     uv_pipe_init(s->loop, &s->out, 0);
     uv_pipe_init(s->loop, &s->err, 0);
     uv_timer_init(s->loop, &s->timer);
-    s->in.data = s->out.data = s->err.data = s->timer.data = s->proc.data = s;
-    s->open_handles = 5;
+    uv_timer_init(s->loop, &s->errtimer);
+    s->in.data = s->out.data = s->err.data = s->timer.data = s->errtimer.data = s->proc.data = s;
+    s->open_handles = 6;
     memset(&o, 0, sizeof o);
     stdio[0].flags = UV_CREATE_PIPE | UV_READABLE_PIPE;
     stdio[0].data.stream = (uv_stream_t *)&s->in;
@@ -390,7 +404,7 @@ int nx_mcp_stdio_new(uv_loop_t *loop, const struct nx_mcp_server_conf *conf,
     s->env = build_env(conf);
     s->cwd = conf->cwd && conf->cwd[0] ? nx_strdup(conf->cwd) : NULL;
     nx_jsonrpc_lines_init(&s->lines, s->base.max_frame);
-    nx_jsonrpc_lines_init(&s->errlines, STDERR_LINE_MAX);
+    nx_mcp_stderr_log_init(&s->errlog, s->base.name);
     *out = &s->base;
     return 0;
 }

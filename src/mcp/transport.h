@@ -58,7 +58,7 @@ struct nx_mcp_link_opts {
 };
 
 /* A child process speaking newline-delimited JSON-RPC on stdin/stdout; its stderr lines go to
- * the log at info. Not started until vt->start. */
+ * the log at info, cut and rate-limited (stderr_log.h). Not started until vt->start. */
 int nx_mcp_stdio_new(uv_loop_t *loop, const struct nx_mcp_server_conf *conf,
                      const struct nx_mcp_link_opts *opts, struct nx_mcp_link **out);
 /* Streamable HTTP (MCP 2025-03-26 and later) through the shared HTTP client. */

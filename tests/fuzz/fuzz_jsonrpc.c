@@ -16,14 +16,16 @@
 #include "mcp/mcp.h"
 #include "mcp/oauth.h"
 #include "mcp/oauth_internal.h"
+#include "mcp/stderr_log.h"
 
 /* MCP framing from a server we do not trust: the input is split into lines (stdio) or read as an
  * SSE stream (Streamable HTTP), both with a small frame cap, and every frame goes to a live
  * client session through a fake transport, so parsing, classification, the answers to server
  * requests (elicitation/create with the defaults policy, sampling/createMessage's message
  * conversion), progress and responses to unknown ids all run. The line splitter must give the
- * same lines whole and byte at a time. The input, as a string, also goes through the OAuth
- * parsers (WWW-Authenticate, redirect query, URLs). */
+ * same lines whole and byte at a time, and so must the stderr log (cut and rate-limited lines).
+ * The input, as a string, also goes through the OAuth parsers (WWW-Authenticate, redirect query,
+ * URLs). */
 
 #define FUZZ_CAP 512
 
@@ -148,6 +150,24 @@ static void on_progress(double p, double total, const char *msg, void *udata)
     (void)udata;
 }
 
+/* The stderr log, whole and byte at a time at one instant: the same lines kept, cut and
+ * suppressed, and never more than its cap buffered. */
+static void fuzz_stderr_log(const uint8_t *data, size_t size)
+{
+    struct nx_mcp_stderr_log ea, eb;
+
+    nx_mcp_stderr_log_init(&ea, "fuzz");
+    nx_mcp_stderr_log_init(&eb, "fuzz");
+    nx_mcp_stderr_log_feed(&ea, (const char *)data, size, 1000);
+    for (size_t i = 0; i < size; i++)
+        nx_mcp_stderr_log_feed(&eb, (const char *)data + i, 1, 1000);
+    if (ea.lines != eb.lines || ea.suppressed != eb.suppressed || ea.len != eb.len || ea.cut != eb.cut ||
+        ea.len > sizeof ea.line || memcmp(ea.line, eb.line, ea.len) != 0)
+        abort();
+    nx_mcp_stderr_log_flush(&ea, 1000, true);
+    nx_mcp_stderr_log_flush(&eb, 1000, true);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -190,6 +210,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     nx_jsonrpc_lines_cleanup(&b);
     nx_buf_cleanup(&la);
     nx_buf_cleanup(&lb);
+    fuzz_stderr_log(data, size);
 
     /* a client session fed the frames: ids 1 (initialize) and 2 (a call with progress) pend */
     t = nx_calloc(1, sizeof *t);

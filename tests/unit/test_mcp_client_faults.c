@@ -16,8 +16,9 @@
 #include "mcp_fixture.h"
 
 /* The MCP client against a scripted stdio server (python3) that gets things wrong: error replies
- * whose "error" is malformed, and tools whose inputSchema is no object schema. Each must end in a
- * clear outcome at once, never in a call left waiting or a tool that cannot be called. */
+ * whose "error" is malformed, tools whose inputSchema is no object schema, and a flood of stderr.
+ * Each must end in a clear outcome at once, never in a call left waiting, a tool that cannot be
+ * called or a flooded log. */
 
 static char fake_path[256];
 
@@ -37,6 +38,7 @@ static const char fake_py[] =
     "          {'name': 'strschema', 'inputSchema': 'object'}, {'name': 'arrschema', 'inputSchema': []},\n"
     "          {'name': 'nullschema', 'inputSchema': None},\n"
     "          {'name': 'stringtype', 'inputSchema': {'type': 'string'}}]\n"
+    "tools += [{'name': 'flood', 'inputSchema': {'type': 'object'}}]\n"
     "sys.stderr.write('fake server up\\n'); sys.stderr.flush()\n"
     "for line in sys.stdin:\n"
     "    m = json.loads(line); meth = m.get('method'); mid = m.get('id')\n"
@@ -47,12 +49,17 @@ static const char fake_py[] =
     "    elif meth == 'tools/list':\n"
     "        result(mid, {'tools': tools})\n"
     "    elif meth == 'tools/call':\n"
-    "        name = m['params']['name']\n"
+    "        name, args = m['params']['name'], m['params'].get('arguments') or {}\n"
     "        if name in bad_errors:\n"
     "            send(dict({'jsonrpc': '2.0', 'id': mid}, **bad_errors[name]))\n"
     "        elif name == 'relist':\n"
     "            send({'jsonrpc': '2.0', 'method': 'notifications/tools/list_changed'})\n"
     "            text(mid, 'relisting')\n"
+    "        elif name == 'flood':\n"
+    "            sys.stderr.write('x' * args['long'] + '\\n')\n"
+    "            sys.stderr.write(''.join('flood line %d\\n' % i for i in range(args['n'])))\n"
+    "            sys.stderr.flush()\n"
+    "            text(mid, 'flooded')\n"
     "        else:\n"
     "            text(mid, 'called ' + name)\n"
     "    elif meth == 'ping':\n"
@@ -265,11 +272,85 @@ static void test_mcp_tool_without_an_object_schema_is_skipped(void **state)
     stop(&loop, m);
 }
 
+/* ---- a flood of stderr ------------------------------------------------------------------- */
+
+struct flood_seen {
+    int lines;                     /* stderr lines written to the log */
+    unsigned long long suppressed; /* as the summaries said */
+    int summaries;
+    bool has_cut_line;
+    size_t longest;
+};
+
+static void on_flood_line(const struct nx_log_line *line, void *udata)
+{
+    struct flood_seen *f = udata;
+    const char *p;
+    unsigned long long n;
+
+    if (!strstr(line->msg, "server faulty"))
+        return;
+    if (line->len > f->longest)
+        f->longest = line->len;
+    if (strstr(line->msg, "server faulty: stderr: ")) {
+        f->lines++;
+        if (strstr(line->msg, "xxxxxxxx [... 98976 more bytes]"))
+            f->has_cut_line = true;
+    } else if ((p = strstr(line->msg, "server faulty: ... ")) &&
+               sscanf(p, "server faulty: ... %llu lines of stderr suppressed", &n) == 1) {
+        f->summaries++;
+        f->suppressed += n;
+    }
+}
+
+static bool all_said(void *arg)
+{
+    struct flood_seen *f = arg;
+
+    return (unsigned long long)f->lines + f->suppressed >= 5002; /* the banner, the long line, 5000 */
+}
+
+static void test_mcp_stderr_flood_is_rate_limited(void **state)
+{
+    uv_loop_t loop;
+    struct nx_mcp_manager *m;
+    struct answer a = {0};
+    struct flood_seen f = {0};
+    uint64_t t0;
+
+    (void)state;
+    assert_int_equal(nx_log_sink_add(on_flood_line, &f, NX_LOG_INFO), 0);
+    m = start(&loop, 20000, NULL, NULL);
+    assert_true(run_until(&loop, tool_exists, "mcp_faulty_flood", 20000));
+    t0 = nx_mono_ms();
+    /* the answer on stdout comes after 5000 lines of stderr: it is not held up by them */
+    assert_true(call_tool(&loop, "mcp_faulty_flood", "{\"n\": 5000, \"long\": 100000}", &a, 10000));
+    assert_false(a.is_error);
+    assert_string_equal(a.text, "flooded");
+    free(a.text);
+    /* the lines over the rate are counted, and said once their second is over */
+    assert_true(run_until(&loop, all_said, &f, 5000));
+    nx_log_sink_remove(on_flood_line, &f);
+    assert_true(f.summaries >= 1);
+    /* 20 lines a second at most: the flood takes a few seconds at the very worst */
+    assert_true(f.lines <= 20 * (int)(2 + (nx_mono_ms() - t0) / 1000));
+    assert_int_equal((unsigned long long)f.lines + f.suppressed, 5002);
+    /* a 100,000-byte line is cut, not dropped, and no entry is long */
+    assert_true(f.has_cut_line);
+    assert_true(f.longest < 1200);
+    /* the server is fine */
+    assert_true(call_tool(&loop, "mcp_faulty_ok", "{}", &a, 5000));
+    assert_false(a.is_error);
+    free(a.text);
+    stop(&loop, m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mcp_malformed_error_reply_fails_the_call_at_once),
         cmocka_unit_test(test_mcp_tool_without_an_object_schema_is_skipped),
+        cmocka_unit_test(test_mcp_stderr_flood_is_rate_limited),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
