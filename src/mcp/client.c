@@ -29,6 +29,7 @@ struct nx_mcp_request {
     nx_mcp_result_fn done;
     void *udata;
     int early_rc; /* could not be sent: reported from the timer */
+    bool is_quiet; /* a timeout is the caller's to log (a list page) */
     uint64_t log_ctx; /* the caller's log context: its callbacks run in it */
 };
 
@@ -156,7 +157,8 @@ static void req_timer(struct nx_mcp_request *r)
         finish(r, r->early_rc, NULL, err);
         return;
     }
-    nx_warn("mcp", "server %s: %s (request %lld) timed out: cancelled", c->name, r->method, r->id);
+    nx_log(r->is_quiet ? NX_LOG_DEBUG : NX_LOG_WARN, "mcp", "server %s: %s (request %lld) timed out: "
+           "cancelled", c->name, r->method, r->id);
     c->busy++;
     send_cancelled(c, r, "timeout");
     c->busy--;
@@ -593,8 +595,10 @@ static void on_list_page(int rc, const json_t *result, const char *err, void *ud
 static void list_page(struct list_op *op, const char *cursor)
 {
     json_t *params = cursor ? json_pack("{s:s}", "cursor", cursor) : NULL;
+    struct nx_mcp_request *r;
 
-    nx_mcp_client_request(op->c, op->method, params, op->timeout_ms, NULL, on_list_page, op);
+    r = nx_mcp_client_request(op->c, op->method, params, op->timeout_ms, NULL, on_list_page, op);
+    r->is_quiet = true; /* the list's caller logs its failure, once for a run of them (retries) */
 }
 
 void nx_mcp_client_list(struct nx_mcp_client *c, const char *method, const char *key,

@@ -18,6 +18,8 @@
 #define BACKOFF_FIRST_MS 500
 #define BACKOFF_MAX_MS 60000
 #define STABLE_MS 60000 /* up this long: the next crash starts the backoff over */
+#define RELIST_FIRST_MS 1000
+#define RELIST_MAX_MS 60000
 
 static size_t limit_max_frame;
 static uint32_t limit_first_backoff_ms;
@@ -247,11 +249,57 @@ static struct mcp_tool *tool_new(struct server *s, const json_t *def, int kind, 
 }
 
 static void list_tools(struct server *s);
+static void set_error(struct server *s, const char *why);
 
 struct list_ctx {
     struct server *s;
     unsigned gen;
 };
+
+static void on_relist_timer(void *arg)
+{
+    struct server *s = arg;
+
+    s->relist = NULL;
+    if (s->state == NX_MCP_ST_READY && nx_mcp_client_is_ready(s->client))
+        list_tools(s);
+}
+
+/* tools/list failed (an error reply, a timeout) on a connection that is still up. Left at that,
+ * the server would offer no tools (or stale ones) until it restarts, which a healthy connection
+ * never does; so it is asked again 1 s later, then twice as long after each failure, up to a
+ * minute, for as long as the connection lasts. One warning per run of failures: the retries
+ * themselves go to debug. */
+static void list_failed(struct server *s, int rc, const char *err)
+{
+    char why[400];
+
+    if (!nx_mcp_client_is_ready(s->client))
+        return; /* the connection is gone: its restart lists the tools again */
+    snprintf(why, sizeof why, "tools/list failed: %.300s", err ? err : nx_strerror(rc));
+    s->relist_ms = s->relist_ms == 0 ? RELIST_FIRST_MS
+                   : s->relist_ms * 2 > RELIST_MAX_MS ? RELIST_MAX_MS : s->relist_ms * 2;
+    if (s->list_failures++ == 0) {
+        nx_warn("mcp", "server %s: %s; retrying in %u ms, then less often (at least once a minute)",
+                s->conf.name, why, s->relist_ms);
+        set_error(s, why);
+    } else {
+        nx_debug("mcp", "server %s: %s (%u failures in a row); retrying in %u ms", s->conf.name, why,
+                 s->list_failures, s->relist_ms);
+    }
+    s->is_relist_wanted = false; /* the retry lists anyway */
+    nx_timer_cancel(s->relist);
+    s->relist = nx_timer_once(s->m->loop, s->relist_ms, on_relist_timer, s);
+}
+
+/* No retry pending and the backoff starts over: the list came, or the connection is new. */
+static void list_retry_reset(struct server *s)
+{
+    nx_timer_cancel(s->relist);
+    s->relist = NULL;
+    s->relist_ms = 0;
+    s->list_failures = 0;
+}
 
 static void on_listed(int rc, const json_t *result, const char *err, void *udata)
 {
@@ -266,9 +314,12 @@ static void on_listed(int rc, const json_t *result, const char *err, void *udata
         return;
     s->is_listing = false;
     if (rc < 0) {
-        nx_warn("mcp", "server %s: tools/list failed: %s", s->conf.name, err ? err : nx_strerror(rc));
+        list_failed(s, rc, err);
         return;
     }
+    if (s->list_failures)
+        nx_info("mcp", "server %s: tools/list answered after %u failures", s->conf.name, s->list_failures);
+    list_retry_reset(s);
     drop_tools(s);
     was_skipped = s->skipped;
     s->skipped = NULL;
@@ -441,6 +492,7 @@ static void schedule_restart(struct server *s, const char *why)
     s->pid = 0;
     s->gen++;
     s->is_listing = s->is_relist_wanted = false;
+    list_retry_reset(s);
     if (s->m->is_closing)
         return;
     if (s->backoff_ms == 0 || (s->up_since_ms && now - s->up_since_ms >= STABLE_MS))
@@ -588,6 +640,7 @@ static void server_cleanup(struct server *s)
 {
     nx_timer_cancel(s->restart);
     nx_timer_cancel(s->ping);
+    list_retry_reset(s);
     s->gen++;
     nx_mcp_asks_forget_client(s->asks, s->client);
     nx_mcp_client_free(s->client); /* calls in flight are answered with an error now */

@@ -58,6 +58,9 @@ struct server {
     unsigned gen; /* bumped at each connect: stale list results are dropped */
     struct nx_timer *restart;
     struct nx_timer *ping;
+    struct nx_timer *relist;    /* the next tools/list after a failed one */
+    uint32_t relist_ms;         /* its backoff */
+    unsigned list_failures;     /* tools/list failures in a row */
     uint32_t backoff_ms;
     uint64_t up_since_ms;
     unsigned restarts;

@@ -16,14 +16,15 @@
 #include "mcp_fixture.h"
 
 /* The MCP client against a scripted stdio server (python3) that gets things wrong: error replies
- * whose "error" is malformed, tools whose inputSchema is no object schema, and a flood of stderr.
- * Each must end in a clear outcome at once, never in a call left waiting, a tool that cannot be
- * called or a flooded log. */
+ * whose "error" is malformed, tools whose inputSchema is no object schema, a flood of stderr, and
+ * tools/list failing after a good handshake. Each must end in a clear outcome at once, never in a
+ * call left waiting, a tool that cannot be called, a flooded log or a server left without tools. */
 
 static char fake_path[256];
 
 static const char fake_py[] =
-    "import json, sys\n"
+    "import json, os, sys\n"
+    "fails = [f for f in os.environ.get('FAKE_LIST_FAILS', '').split(',') if f]\n"
     "def send(o):\n"
     "    sys.stdout.write(json.dumps(o) + '\\n'); sys.stdout.flush()\n"
     "def result(i, r): send({'jsonrpc': '2.0', 'id': i, 'result': r})\n"
@@ -47,7 +48,11 @@ static const char fake_py[] =
     "        result(mid, {'protocolVersion': '2025-06-18', 'capabilities': {'tools': {}},\n"
     "                     'serverInfo': {'name': 'faulty', 'version': '1'}})\n"
     "    elif meth == 'tools/list':\n"
-    "        result(mid, {'tools': tools})\n"
+    "        f = fails.pop(0) if fails else None\n"
+    "        if f == 'error':\n"
+    "            send({'jsonrpc': '2.0', 'id': mid, 'error': {'code': -32603, 'message': 'not yet'}})\n"
+    "        elif f != 'timeout':\n"
+    "            result(mid, {'tools': tools})\n"
     "    elif meth == 'tools/call':\n"
     "        name, args = m['params']['name'], m['params'].get('arguments') or {}\n"
     "        if name in bad_errors:\n"
@@ -345,12 +350,46 @@ static void test_mcp_stderr_flood_is_rate_limited(void **state)
     stop(&loop, m);
 }
 
+/* ---- tools/list failing after the handshake ---------------------------------------------- */
+
+static void test_mcp_tools_list_failure_is_retried_with_backoff(void **state)
+{
+    char *key[] = {"FAKE_LIST_FAILS"}, *val[] = {"error,timeout"};
+    uv_loop_t loop;
+    struct nx_mcp_manager *m;
+    struct seen warned = {.level = NX_LOG_WARN, .needle = "tools/list"};
+    struct seen recovered = {.level = NX_LOG_INFO, .needle = "tools/list answered after 2 failures"};
+    uint64_t t0;
+    json_t *st;
+
+    (void)state;
+    assert_int_equal(nx_log_sink_add(on_line, &warned, NX_LOG_WARN), 0);
+    assert_int_equal(nx_log_sink_add(on_line, &recovered, NX_LOG_INFO), 0);
+    /* an error reply, then no answer (500 ms is the timeout), then the list */
+    m = start(&loop, 500, key, val);
+    t0 = nx_mono_ms();
+    assert_true(run_until(&loop, tool_exists, "mcp_faulty_ok", 15000));
+    /* retried 1 s after the error, then 2 s after the timeout: not at once */
+    assert_true(nx_mono_ms() - t0 >= 3000);
+    nx_log_sink_remove(on_line, &warned);
+    nx_log_sink_remove(on_line, &recovered);
+    assert_int_equal(warned.count, 1); /* one warning for the run of failures, timeouts included */
+    assert_non_null(strstr(warned.last, "server faulty: tools/list failed: code -32603: not yet; "
+                                        "retrying in 1000 ms"));
+    assert_int_equal(recovered.count, 1);
+    st = server_status(m, "faulty");
+    assert_int_equal(json_integer_value(json_object_get(st, "restarts")), 0); /* same connection */
+    json_decref(st);
+    stop(&loop, m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mcp_malformed_error_reply_fails_the_call_at_once),
         cmocka_unit_test(test_mcp_tool_without_an_object_schema_is_skipped),
         cmocka_unit_test(test_mcp_stderr_flood_is_rate_limited),
+        cmocka_unit_test(test_mcp_tools_list_failure_is_retried_with_backoff),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
