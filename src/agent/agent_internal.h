@@ -244,8 +244,9 @@ uint64_t turn_count_tokens(struct nx_turn *t);
 /* Stores the turn's new messages (from new_from) in the session's history, and caches what the
  * next turn starts from. */
 void turn_save(struct nx_turn *t);
-/* Gives the turn's messages back to the history cache when it ends (free_turn): after a save,
- * all of them; else the history it took, without what it added. */
+/* Gives the turn's messages back to the history cache when it ends (finish, before the callers'
+ * callbacks, which may free the agents): after a save, all of them (the array itself, which the
+ * turn keeps a reference to); else the history it took, without what it added. */
 void turn_put_back(struct nx_turn *t);
 /* The conversation of a turn that ended before it had one (cancelled while queued, its history
  * loading or its images being kept; refused by the budget): the cached history if any, then

@@ -355,27 +355,30 @@ void turn_convo_of_unstarted(struct nx_turn *t, json_t *msgs)
 void turn_put_back(struct nx_turn *t)
 {
     uint64_t tokens = t->put_tokens;
-    size_t keep = t->put_keep;
+    json_t *back;
 
     if (!t->is_put_pending && (!t->is_from_cache || t->is_saved || !t->convo))
         return;
-    if (!t->is_put_pending) { /* not saved: what it added is not stored, and goes */
+    if (t->is_put_pending) { /* shared with the turn until it is freed: cut to the window in place */
+        back = json_incref(t->convo);
+    } else { /* not saved: what it added is not stored, and stays out (the caller still sees it) */
         tokens = t->tokens_upto >= t->new_from ? t->tokens : HCACHE_NO_TOKENS;
         for (size_t i = t->new_from; i < t->tokens_upto && tokens != HCACHE_NO_TOKENS; i++) {
             uint64_t added = nx_llm_message_tokens(json_array_get(t->convo, i));
             tokens = added <= tokens ? tokens - added : HCACHE_NO_TOKENS;
         }
-        while (json_array_size(t->convo) > t->new_from)
-            json_array_remove(t->convo, t->new_from);
-        keep = 0;
+        back = json_array();
+        for (size_t i = 0; i < t->new_from && i < json_array_size(t->convo); i++)
+            json_array_append(back, json_array_get(t->convo, i));
     }
+    bool is_saved = t->is_put_pending;
     t->is_put_pending = t->is_from_cache = false;
     if (hcache_epoch(t->a->history) != t->hcache_epoch) { /* as turn_save would have */
+        json_decref(back);
         hcache_forget(t->a->history, t->session_key);
         return;
     }
-    hcache_put_owned(t->a->history, t->session_key, t->convo, keep, tokens);
-    t->convo = NULL;
+    hcache_put_owned(t->a->history, t->session_key, back, is_saved ? t->put_keep : 0, tokens);
 }
 
 void turn_save(struct nx_turn *t)

@@ -67,7 +67,6 @@ static void free_turn(struct nx_turn *t)
     json_decref(t->late);
     json_decref((json_t *)t->o.stop);
     free((char *)t->o.user);
-    turn_put_back(t);
     json_decref(t->convo);
     nx_llm_run_unref(t->run);
     free(t->agent_id);
@@ -173,6 +172,7 @@ static void finish(struct nx_turn *t, int rc)
         }
         turn_save(t);
     }
+    turn_put_back(t); /* (before the callbacks: one may free the agents, the cache with them) */
 
     struct nx_agents *a = t->a;
     unlink_turn(t);
