@@ -58,14 +58,22 @@ static bool parse_size(const char *s, int64_t *out)
     return false;
 }
 
-/* 500ms, 30s, 5m, 24h, 1d, 1h30m; a plain number is milliseconds. Parts run from the largest unit to the
- * smallest, each unit at most once and nothing between them: "1h1h", "30m1h" or "1h 2h" is a typo more
- * often than a sum, and silently adding it up would hide it. On failure *why says what was wrong when there
- * is more to say than "not a duration". */
+/* 500ms, 30s, 5m, 24h, 1d, 1h30m; a plain number is milliseconds. nexo-rs's humantime forms too:
+ * spaces between the parts and before a unit ("1h 30m", "5 min") and unit words ("5min", "2 hours",
+ * "30secs"). Parts run from the largest unit to the smallest, each unit at most once: "1h1h",
+ * "30m1h" or "1h 2h" is a typo more often than a sum, and silently adding it up would hide it. On
+ * failure *why says what was wrong when there is more to say than "not a duration". */
 static bool parse_duration(const char *s, int64_t *out, const char **why)
 {
-    static const struct { const char *unit; int64_t ms; } units[] = {
-        {"d", 86400000}, {"h", 3600000}, {"m", 60000}, {"s", 1000}, {"ms", 1},
+    static const struct {
+        const char *names; /* ' '-separated, each followed by a space */
+        int64_t ms;
+    } units[] = {
+        {"d day days ", 86400000},
+        {"h hr hrs hour hours ", 3600000},
+        {"m min mins minute minutes ", 60000},
+        {"s sec secs second seconds ", 1000},
+        {"ms msec msecs millis millisecond milliseconds ", 1},
     };
     int64_t total = 0;
     size_t next = 0; /* the first unit the next part may use */
@@ -84,12 +92,18 @@ static bool parse_duration(const char *s, int64_t *out, const char **why)
     }
     for (;;) {
         size_t ulen = 0, u;
+        while (*end == ' ')
+            end++;
         while (end[ulen] >= 'a' && end[ulen] <= 'z')
             ulen++;
-        for (u = 0; u < NX_ARRAY_LEN(units); u++)
-            if (strlen(units[u].unit) == ulen && strncmp(end, units[u].unit, ulen) == 0)
+        for (u = 0; ulen && u < NX_ARRAY_LEN(units); u++) {
+            const char *n = units[u].names, *hit;
+            while ((hit = strstr(n, " ")) && ((size_t)(hit - n) != ulen || strncmp(n, end, ulen) != 0))
+                n = hit + 1;
+            if (hit)
                 break;
-        if (u == NX_ARRAY_LEN(units))
+        }
+        if (!ulen || u == NX_ARRAY_LEN(units))
             return false;
         if (u < next) {
             *why = u + 1 == next ? "each unit may appear once"
@@ -102,13 +116,12 @@ static bool parse_duration(const char *s, int64_t *out, const char **why)
             return false;
         total += part;
         end += ulen;
+        while (*end == ' ')
+            end++;
         if (*end == '\0')
             break;
-        if (*end < '0' || *end > '9') {
-            if (*end == ' ' || *end == '\t')
-                *why = "no spaces between the parts, as in 1h30m";
+        if (*end < '0' || *end > '9')
             return false;
-        }
         v = strtoull(end, &end, 10);
         if (errno || v > INT64_MAX / 86400000)
             return false;

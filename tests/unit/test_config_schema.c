@@ -277,14 +277,17 @@ static void test_schema_table_from_another_module(void **state)
     nx_diags_cleanup(&d);
 }
 
-/* Every form docs/configuration.md shows parses; repeated, reordered or spaced parts are refused with a
- * reason instead of being summed. */
+/* Every form docs/configuration.md shows parses (nexo-rs's humantime ones too); repeated or reordered
+ * parts are refused with a reason instead of being summed. */
 static void test_schema_duration_is_one_part_per_unit_largest_first(void **state)
 {
     (void)state;
     static const struct { const char *text; int64_t ms; } good[] = {
         {"500ms", 500}, {"30s", 30000}, {"5m", 300000}, {"24h", 86400000}, {"1d", 86400000},
         {"1h30m", 5400000}, {"1500", 1500}, {"0", 0}, {"1d2h3m4s5ms", 93784005}, {"1s500ms", 1500},
+        /* nexo-rs's humantime forms */
+        {"1h 30m", 5400000}, {"5min", 300000}, {"5 min", 300000}, {"2 hours", 7200000},
+        {"30secs", 30000}, {"1day 2hrs", 93600000}, {"250 millis", 250},
     };
     static const struct { const char *text, *why; } bad[] = {
         {"1h1h", " (each unit may appear once)"},
@@ -292,8 +295,10 @@ static void test_schema_duration_is_one_part_per_unit_largest_first(void **state
         {"1h30m30m", " (each unit may appear once)"},
         {"30m1h", " (units go from largest to smallest, as in 1h30m)"},
         {"1ms1s", " (units go from largest to smallest, as in 1h30m)"},
-        {"1h 2h", " (no spaces between the parts, as in 1h30m)"},
+        {"1h 2h", " (each unit may appear once)"},
+        {"5 min 1 hour", " (units go from largest to smallest, as in 1h30m)"},
         {"1h30", ""}, {"1.5h", ""}, {"h", ""}, {"1H", ""}, {"1w", ""}, {"99999999999999d", ""},
+        {"5minutesx", ""}, {"1h,30m", ""}, {"1 h  30", ""},
     };
     struct nx_diags d;
     struct chan_conf c;
