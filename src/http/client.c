@@ -51,8 +51,12 @@ void nx_http_client_preload(void)
 /* ---- call bookkeeping ---------------------------------------------------------------- */
 static void call_free(struct nx_http_client *c, struct nx_http_call *call)
 {
-    if (call->easy && c->nspare < NX_HTTP_SPARE_EASY && !c->is_freeing) {
-        curl_easy_reset(call->easy); /* (options only: connections stay with the multi handle) */
+    /* Reused reset: options only, connections stay with the multi handle. Not one whose transfer
+     * ended early (cancelled while it waited for a connection) and so kept curl's receive
+     * buffer: reset does not free it, and curl 7.88 then refuses a new CURLOPT_BUFFERSIZE and
+     * reads 16 KiB into the old, smaller one. Setting the size is how to tell. */
+    if (call->easy && c->nspare < NX_HTTP_SPARE_EASY && !c->is_freeing &&
+        (curl_easy_reset(call->easy), curl_easy_setopt(call->easy, CURLOPT_BUFFERSIZE, 4096L) == CURLE_OK)) {
         c->spare[c->nspare++] = call->easy;
     } else if (call->easy) {
         curl_easy_cleanup(call->easy);
