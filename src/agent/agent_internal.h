@@ -124,6 +124,7 @@ struct nx_turn {
     uint64_t hcache_epoch;         /* hcache_epoch when its history was read */
     struct nx_llm_run *run;        /* its session's encoded history (hcache_run), or NULL */
     bool is_from_cache;            /* convo is the history cache's array (hcache_take_tokens) */
+    bool is_history_cut;           /* ... and the context trim cut it: not what the turn took */
     bool is_put_pending;           /* saved: convo goes back to the history cache at the end */
     size_t put_keep;               /* with how many messages to keep, */
     uint64_t put_tokens;           /* and its token sum */

@@ -219,6 +219,7 @@ json_t *turn_fit_context(struct nx_turn *t, uint32_t max_tokens)
         dropped = nx_history_trim(t->convo, t->session_key ? keep - keep / 4 : keep);
         t->tokens = 0; /* counted again from the start when needed */
         t->tokens_upto = 0;
+        t->is_history_cut |= dropped > 0 && t->is_from_cache;
         if (dropped)
             nx_debug("agent", "agent %s: %zu oldest messages left out to fit a context of %u tokens",
                      t->agent_id, dropped, (unsigned)t->agent->context_window);
@@ -361,6 +362,10 @@ void turn_put_back(struct nx_turn *t)
         return;
     if (t->is_put_pending) { /* shared with the turn until it is freed: cut to the window in place */
         back = json_incref(t->convo);
+    } else if (t->is_history_cut) { /* not saved, and the history it took is cut: the store has it */
+        t->is_from_cache = false;
+        hcache_forget(t->a->history, t->session_key);
+        return;
     } else { /* not saved: what it added is not stored, and stays out (the caller still sees it) */
         tokens = t->tokens_upto >= t->new_from ? t->tokens : HCACHE_NO_TOKENS;
         for (size_t i = t->new_from; i < t->tokens_upto && tokens != HCACHE_NO_TOKENS; i++) {

@@ -154,6 +154,17 @@ class HistoryEdges(FakePeers, unittest.TestCase):
         self.assertEqual([m for m in self.sent() if m.startswith("u:")],
                          ["u:one", "u:two", "u:three", "u:huge", "u:four"])
 
+    def test_a_failed_turn_that_had_to_cut_the_history_leaves_the_session_whole(self):
+        """A message too long for the context cuts the history for its request; when the provider
+        refuses it anyway, the next turn starts from the whole history again, not the cut one."""
+        for text in ("one", "two", "three"):
+            self.assertEqual(self.chat("t", text, "cut")[0], 200)
+        script(self.fport, [{"error": {"status": 400, "type": "invalid_request_error",
+                                       "message": "prompt is too long"}}])
+        self.assertEqual(self.chat("t", "B" * 40000, "cut")[0], 400)
+        self.assertEqual(self.chat("t", "four", "cut")[0], 200)
+        self.assertEqual([m for m in self.sent() if m.startswith("u:")], ["u:one", "u:two", "u:three", "u:four"])
+
     def test_rows_nexo_did_not_write_are_left_out(self):
         key = "agent:a:http:corrupt"
         self.assertEqual(self.chat("a", "first", "corrupt")[0], 200)
