@@ -146,6 +146,9 @@ struct nx_llm_run *nx_llm_run_new(void);
 struct nx_llm_run *nx_llm_run_ref(struct nx_llm_run *r);
 void nx_llm_run_unref(struct nx_llm_run *r);
 size_t nx_llm_run_bytes(const struct nx_llm_run *r);
+/* What the calling thread's runs hold together (bounded: past 64 MB, messages go through the
+ * fragment cache instead). */
+size_t nx_llm_run_total_bytes(void);
 /* Entries the table holds now, live or not yet swept, and its slots (tests). */
 size_t nx_llm_frag_entries(void);
 size_t nx_llm_frag_slots(void);

@@ -12,8 +12,13 @@
 #include "core/alloc.h"
 #include "llm/internal.h"
 
-#define RUN_WIRES 7            /* NX_FRAG_* are 1..6 */
-#define RUN_MAX_TEXT (1u << 20) /* a message longer than this (an image) is not copied here */
+#define RUN_WIRES 7 /* NX_FRAG_* are 1..6 */
+/* A message longer than this (an image, as base64) is not copied here: it and what follows it
+ * go through the fragment cache, which has a bound of its own. */
+#define RUN_MAX_TEXT (64u * 1024)
+/* All of a thread's runs together (a session's stays until the history cache lets it go, up to
+ * short_term.max_sessions of them): past this, messages go through the fragment cache. */
+#define RUN_BUDGET (64u * 1024 * 1024)
 
 struct wire_run {
     const json_t **msg;   /* entries [first, n): held */
@@ -23,7 +28,35 @@ struct wire_run {
     const json_t *refused; /* held: a message too long to copy, where the run stops */
     bool is_stopped;       /* at it: the messages after it go through the fragment cache */
     struct nx_buf text;
+    size_t accounted;      /* what run_total counts of it */
 };
+
+static _Thread_local size_t run_total; /* the footprints of this thread's runs */
+
+static size_t footprint(const struct wire_run *w)
+{
+    return w->text.cap + w->cap * (sizeof *w->msg + sizeof *w->end);
+}
+
+static void account(struct wire_run *w)
+{
+    size_t now = footprint(w);
+    run_total = run_total - w->accounted + now;
+    w->accounted = now;
+}
+
+/* The text's room back to what it holds once it is much larger (after a long message went). */
+static void shrink(struct wire_run *w)
+{
+    if (w->text.cap <= 4096 || w->text.cap / 4 < w->text.len)
+        return;
+    if (!w->text.len) {
+        nx_buf_cleanup(&w->text);
+        return;
+    }
+    w->text.data = nx_realloc(w->text.data, w->text.len + 1);
+    w->text.cap = w->text.len + 1;
+}
 
 struct nx_llm_run {
     unsigned refs;
@@ -60,6 +93,7 @@ void nx_llm_run_unref(struct nx_llm_run *r)
             continue;
         drop_entries(w, w->first, w->n);
         json_decref((json_t *)w->refused);
+        run_total -= w->accounted;
         free(w->msg);
         free(w->end);
         nx_buf_cleanup(&w->text);
@@ -72,8 +106,13 @@ size_t nx_llm_run_bytes(const struct nx_llm_run *r)
 {
     size_t n = 0;
     for (int k = 0; r && k < RUN_WIRES; k++)
-        n += r->w[k] ? r->w[k]->text.cap + r->w[k]->cap * (sizeof(json_t *) + sizeof(size_t)) : 0;
+        n += r->w[k] ? footprint(r->w[k]) : 0;
     return n;
+}
+
+size_t nx_llm_run_total_bytes(void)
+{
+    return run_total;
 }
 
 /* Moves the live entries and their text to the front once the dead ones take more room. */
@@ -107,6 +146,7 @@ size_t nx_llm_run_reuse(struct nx_llm_run *r, int wire, const json_t *messages, 
     if (p == w->n) { /* nothing shared: started over by the adds that follow */
         drop_entries(w, w->first, w->n);
         w->first = w->n = w->base = w->text.len = 0;
+        shrink(w);
     } else {
         /* the start moved on (the history was cut): the entries before it are let go */
         drop_entries(w, w->first, p);
@@ -119,8 +159,11 @@ size_t nx_llm_run_reuse(struct nx_llm_run *r, int wire, const json_t *messages, 
         w->n = p + k;
         w->text.len = w->end[w->n - 1];
         compact(w);
+        if (!w->first)
+            shrink(w);
         nx_buf_append(out, w->text.data + w->base, w->text.len - w->base);
     }
+    account(w);
     w->is_stopped = w->refused && k < count && json_array_get(messages, k) == w->refused;
     if (!w->is_stopped && w->refused) { /* gone from the history */
         json_decref((json_t *)w->refused);
@@ -146,6 +189,10 @@ bool nx_llm_run_add(struct nx_llm_run *r, int wire, const json_t *m, const char 
         w->is_stopped = true;
         return false;
     }
+    if (run_total + len + 1 > RUN_BUDGET) { /* (for this request: the next one tries again) */
+        w->is_stopped = true;
+        return false;
+    }
     if (w->n == w->cap) {
         w->cap = w->cap ? w->cap * 2 : 16;
         w->msg = nx_realloc(w->msg, w->cap * sizeof *w->msg);
@@ -159,6 +206,7 @@ bool nx_llm_run_add(struct nx_llm_run *r, int wire, const json_t *m, const char 
         nx_buf_putc(&w->text, ',');
     }
     w->end[w->n++] = w->text.len;
+    account(w);
     return true;
 }
 

@@ -116,13 +116,13 @@ static void test_a_history_that_took_another_way(void **state)
 }
 
 /* A message too long to copy into the run (an image): the run stops before it, and the
- * messages after it still go, through the fragment cache, in order. */
+ * messages after it still go, through the fragment cache, in order. The run stays small. */
 static void test_a_message_too_long_for_the_run(void **state)
 {
     (void)state;
     struct nx_llm_run *run = nx_llm_run_new();
     json_t *history = json_array();
-    size_t big = (1u << 20) + 100;
+    size_t big = 64 * 1024 + 100; /* (an image as base64 is larger) */
     char *text = malloc(big + 1);
 
     memset(text, 'x', big);
@@ -144,6 +144,42 @@ static void test_a_message_too_long_for_the_run(void **state)
     assert_same_body(nx_openai_build_body, run, history);
     nx_llm_run_unref(run);
     json_decref(history);
+    free(text);
+}
+
+/* Many idle sessions with long messages: the runs together stay within their budget (64 MB),
+ * the rest goes through the fragment cache, and every body is still right. */
+static void test_the_runs_together_stay_within_their_budget(void **state)
+{
+    (void)state;
+    enum { SESSIONS = 1300, TEXT = 60 * 1024 };
+    struct nx_llm_run *runs[SESSIONS];
+    json_t *histories[SESSIONS];
+    char *text = malloc(TEXT + 1);
+    size_t most = 0;
+
+    memset(text, 'y', TEXT);
+    text[TEXT] = '\0';
+    for (size_t i = 0; i < SESSIONS; i++) {
+        runs[i] = nx_llm_run_new();
+        histories[i] = json_array();
+        text[i % TEXT] = 'z'; /* (each session's message its own) */
+        json_array_append_new(histories[i], json_pack("{s:s, s:s}", "role", "user", "content", text));
+        json_array_append_new(histories[i], message(1));
+        assert_same_body(nx_openai_build_body, runs[i], histories[i]);
+        if (nx_llm_run_total_bytes() > most)
+            most = nx_llm_run_total_bytes();
+    }
+    print_message("runs hold %zu bytes at most for %d sessions of %d KB\n", most, SESSIONS, TEXT / 1024);
+    assert_true(most <= 64u * 1024 * 1024);
+    assert_true(most > 32u * 1024 * 1024); /* (and the runs were used) */
+    for (size_t i = 0; i < SESSIONS; i++) {
+        assert_same_body(nx_openai_build_body, runs[i], histories[i]); /* again: from run or fragments */
+        nx_llm_run_unref(runs[i]);
+        json_decref(histories[i]);
+    }
+    assert_int_equal(nx_llm_run_total_bytes(), 0);
+    nx_llm_frag_clear();
     free(text);
 }
 
@@ -215,6 +251,7 @@ int main(void)
         cmocka_unit_test(test_a_message_too_long_for_the_run),
         cmocka_unit_test(test_the_run_holds_its_messages),
         cmocka_unit_test(test_plain_messages_encode_as_jansson_would),
+        cmocka_unit_test(test_the_runs_together_stay_within_their_budget),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     nx_llm_frag_clear();
