@@ -300,8 +300,8 @@ static void on_messages(struct nx_http_req *req, void *udata)
     bool bad_temp = temp && !json_is_null(temp) &&
                     (!json_is_number(temp) || json_number_value(temp) < 0 || json_number_value(temp) > 1);
     const json_t *meta = json_object_get(in, "metadata"), *uid = json_object_get(meta, "user_id");
-    bool meta_ok = (!meta || json_is_null(meta) || json_is_object(meta)) &&
-                   (!uid || json_is_null(uid) || json_is_string(uid));
+    bool meta_ok = !meta || json_is_null(meta) || json_is_object(meta);
+    bool uid_ok = !uid || json_is_null(uid) || json_is_string(uid);
     json_int_t mtv = json_integer_value(mt);
     const char *bad = !model                  ? "model: Field required"
                       : !json_is_integer(mt)  ? "max_tokens: Field required"
@@ -311,7 +311,8 @@ static void on_messages(struct nx_http_req *req, void *udata)
                       : !stream_ok ? "stream: Input should be a valid boolean"
                       : !json_is_array(msgs) || !json_array_size(msgs) ? "messages: Field required"
                       : bad_temp ? "temperature: Input should be a number from 0 to 1"
-                      : !meta_ok ? "metadata.user_id: Input should be a valid string"
+                      : !meta_ok ? "metadata: Input should be a valid dictionary"
+                      : !uid_ok ? "metadata.user_id: Input should be a valid string"
                                  : api_client_tools_why(in);
     json_t *canon = json_array();
     if (!bad)

@@ -120,8 +120,7 @@ static void add_assistant(json_t *msgs, const json_t *content, bool with_reasoni
         } else if (!strcmp(type, "tool_use")) {
             const char *raw = nx_json_str(b, "input_raw");
             json_t *input = json_object_get(b, "input");
-            char *args = raw ? NULL : json_dumps(json_is_object(input) ? input : json_object(),
-                                                 JSON_COMPACT);
+            char *args = raw || !json_is_object(input) ? NULL : json_dumps(input, JSON_COMPACT);
             json_array_append_new(calls, json_pack("{s:O, s:s, s:{s:O, s:s}}", "id",
                                                    json_object_get(b, "id"), "type", "function",
                                                    "function", "name", json_object_get(b, "name"),

@@ -162,7 +162,7 @@ class Sdk(FakePeers, unittest.TestCase):
                                                                       "media_type": "image/png",
                                                                       "data": "iVBORw0KGgo="}}]},
                               "system:"),
-                             ({"metadata": {"user_id": 7}}, "metadata.user_id:"),
+                             ({"metadata": {"user_id": 7}}, "metadata.user_id:"), ({"metadata": 7}, "metadata:"),
                              ({"max_tokens": 2000000}, "max_tokens:")):
             body = dict({"model": "kate", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
                         **extra)
