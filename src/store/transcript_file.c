@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/fd.h"
 #include "core/buf.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -99,20 +100,6 @@ static int ensure_dir(const char *path)
     if (errno == EEXIST)
         errno = ENOTDIR;
     return NX_EIO;
-}
-
-static int write_all(int fd, const char *p, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return NX_EIO;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
 }
 
 /* Creates <data_dir>/transcripts/<agent>; path holds "<data_dir>/transcripts/<agent>/<file>" and
@@ -211,7 +198,7 @@ int nx_transcript_write(const char *data_dir, const char *agent_id, const char *
     }
     nx_file_cache_keep(path.data, fd, &st);
 write:
-    if (write_all(fd, lines, len) < 0) {
+    if (nx_write_all(fd, lines, len) < 0) {
         /* A part written (the disk full) would leave half a line, and the next append would
          * run on from it: cut the file back to where this write began. */
         int e = errno;

@@ -81,31 +81,32 @@ class Cli(unittest.TestCase):
             self.assertIn("configuration OK", r.stdout)
             self.assertIn("warning: no agents configured", r.stderr)
 
+    def check_two_instances(self, plugin, inst, want):
+        """check-config on plugins/<plugin>.yaml holding inst for "a" then "b": exit 3 and the message
+        want (after the file's path); what stderr and stdout say besides."""
+        with tempfile.TemporaryDirectory() as tmp:
+            os.mkdir(os.path.join(tmp, "plugins"))
+            with open(os.path.join(tmp, "plugins", plugin + ".yaml"), "w") as f:
+                f.write(plugin + ":\n" + inst % "a" + inst % "b")
+            r = run_cli("check-config", tmp)
+            self.assertEqual(r.returncode, 3, r.stderr)
+            self.assertIn(tmp + "/plugins/" + plugin + ".yaml:" + want + "\n", r.stderr)
+            return r.stderr + r.stdout
+
     def test_check_config_refuses_two_whatsapp_instances_of_one_number(self):
         # they would take each other's webhooks; the loader's own checks pass it, the channel's refuse
-        inst = ("  - instance: %s\n    phone_number_id: \"106540352242922\"\n    access_token: t\n"
-                "    app_secret: s\n    verify_token: v\n")
-        with tempfile.TemporaryDirectory() as tmp:
-            os.mkdir(os.path.join(tmp, "plugins"))
-            with open(os.path.join(tmp, "plugins", "whatsapp.yaml"), "w") as f:
-                f.write("whatsapp:\n" + inst % "sales" + inst % "support")
-            r = run_cli("check-config", tmp)
-            self.assertEqual(r.returncode, 3, r.stderr)
-            self.assertIn(tmp + "/plugins/whatsapp.yaml:8:22: whatsapp instance \"support\" has the same "
-                          "phone_number_id \"106540352242922\" as instance \"sales\" (line 3, column 22): "
-                          "each phone_number_id belongs to one instance\n", r.stderr)
+        self.check_two_instances(
+            "whatsapp", "  - instance: %s\n    phone_number_id: \"106540352242922\"\n    access_token: t\n"
+                        "    app_secret: s\n    verify_token: v\n",
+            "8:22: whatsapp instance \"b\" has the same phone_number_id \"106540352242922\" as instance \"a\" "
+            "(line 3, column 22): each phone_number_id belongs to one instance")
 
     def test_check_config_refuses_two_telegram_instances_of_one_bot_without_naming_its_token(self):
-        inst = "  - instance: %s\n    token: \"5550001:SECRET-BOT-TOKEN\"\n"
-        with tempfile.TemporaryDirectory() as tmp:
-            os.mkdir(os.path.join(tmp, "plugins"))
-            with open(os.path.join(tmp, "plugins", "telegram.yaml"), "w") as f:
-                f.write("telegram:\n" + inst % "one" + inst % "two")
-            r = run_cli("check-config", tmp)
-            self.assertEqual(r.returncode, 3, r.stderr)
-            self.assertIn(tmp + "/plugins/telegram.yaml:5:12: telegram instance \"two\" has the same token as "
-                          "instance \"one\" (line 3, column 12): each token belongs to one instance\n", r.stderr)
-            self.assertNotIn("SECRET-BOT-TOKEN", r.stderr + r.stdout)
+        said = self.check_two_instances(
+            "telegram", "  - instance: %s\n    token: \"5550001:SECRET-BOT-TOKEN\"\n",
+            "5:12: telegram instance \"b\" has the same token as instance \"a\" (line 3, column 12): "
+            "each token belongs to one instance")
+        self.assertNotIn("SECRET-BOT-TOKEN", said)
 
     def test_shipped_example_config_is_valid(self):
         src = os.environ.get("NEXO_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..", "..")

@@ -20,6 +20,29 @@ SECRET = "s3cr3t_Token-for-webhooks"
 ALICE = 2001
 
 
+def bot_api(answer):
+    """A Bot API on a free port: answer(path, body) gives the JSON to send for each call (GET or
+    POST). Returns the server (serving in a thread; shutdown() and server_close() when done)."""
+    class BotApi(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            data = json.dumps(answer(self.path, json.loads(body or b"null"))).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST
+
+    api = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BotApi)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    return api
+
+
 class TelegramWebhook(TgPeers, unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -284,24 +307,11 @@ class TelegramWebhook(TgPeers, unittest.TestCase):
     def test_set_webhook_is_called_and_get_updates_never(self):
         calls = []
 
-        class BotApi(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
+        def answer(path, body):
+            calls.append((path, body))
+            return {"ok": True, "result": True, "description": "Webhook was set"}
 
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                calls.append((self.path, json.loads(body or b"null")))
-                data = b'{"ok":true,"result":true,"description":"Webhook was set"}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST
-
-        api = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BotApi)
-        threading.Thread(target=api.serve_forever, daemon=True).start()
+        api = bot_api(answer)
         with tempfile.TemporaryDirectory() as cfg:
             write_config(cfg, {"plugins/telegram.yaml": (
                 "telegram:\n  - instance: seturl\n    token: \"%s\"\n    api_url: http://127.0.0.1:%d\n"
@@ -328,29 +338,15 @@ class TelegramWebhook(TgPeers, unittest.TestCase):
         instead of being gated without it (a mention of the bot dropped as "not mentioned")."""
         release, sent = threading.Event(), []
 
-        class BotApi(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
+        def answer(path, body):
+            if path.endswith("/getMe"):
+                release.wait(20)
+                return {"ok": True, "result": {"id": 777, "is_bot": True, "first_name": "Held",
+                                               "username": "HeldBot"}}
+            sent.append((path.rsplit("/", 1)[-1], body))
+            return {"ok": True, "result": {"message_id": len(sent), "date": 0, "chat": {"id": 1, "type": "private"}}}
 
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.path.endswith("/getMe"):
-                    release.wait(20)
-                    result = {"id": 777, "is_bot": True, "first_name": "Held", "username": "HeldBot"}
-                else:
-                    sent.append((self.path.rsplit("/", 1)[-1], json.loads(body or b"null")))
-                    result = {"message_id": len(sent), "date": 0, "chat": {"id": 1, "type": "private"}}
-                data = json.dumps({"ok": True, "result": result}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST
-
-        api = http.server.ThreadingHTTPServer(("127.0.0.1", 0), BotApi)
-        threading.Thread(target=api.serve_forever, daemon=True).start()
+        api = bot_api(answer)
         script(self.fport, [{"text": "held answer"}])
         with tempfile.TemporaryDirectory() as cfg:
             write_config(cfg, {

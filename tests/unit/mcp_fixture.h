@@ -9,9 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "core/clock.h"
+#include "core/log.h"
 #include "mcp/mcp.h"
 #include "tools/tool.h"
 
@@ -20,6 +22,21 @@ struct answer {
     bool is_error;
     char *text;
 };
+
+/* Writes a test's Python fake server to /tmp/<prefix>-<pid>.py (into path) and sets the log
+ * level (NX_TEST_LOG=1: debug). 0, or -1 when the file cannot be written. */
+static inline int fake_script_write(char *path, size_t size, const char *prefix, const char *text)
+{
+    FILE *f;
+
+    snprintf(path, size, "/tmp/%s-%d.py", prefix, (int)getpid());
+    if (!(f = fopen(path, "w")))
+        return -1;
+    fputs(text, f);
+    fclose(f);
+    nx_log_set_level(getenv("NX_TEST_LOG") ? NX_LOG_DEBUG : NX_LOG_OFF);
+    return 0;
+}
 
 static inline void on_answer(const char *output, size_t len, bool is_error, void *udata)
 {

@@ -72,16 +72,8 @@ static const char fake_py[] =
 
 static int setup(void **state)
 {
-    FILE *f;
-
     (void)state;
-    snprintf(fake_path, sizeof fake_path, "/tmp/nx-mcp-faulty-%d.py", (int)getpid());
-    if (!(f = fopen(fake_path, "w")))
-        return -1;
-    fputs(fake_py, f);
-    fclose(f);
-    nx_log_set_level(getenv("NX_TEST_LOG") ? NX_LOG_DEBUG : NX_LOG_OFF);
-    return 0;
+    return fake_script_write(fake_path, sizeof fake_path, "nx-mcp-faulty", fake_py);
 }
 
 static int teardown(void **state)

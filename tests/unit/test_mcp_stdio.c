@@ -88,7 +88,6 @@ static int setup(void **state)
 {
     const char *src = getenv("NEXO_SOURCE_DIR");
     const char *peers = getenv("NEXO_NPM_PEERS");
-    FILE *f;
 
     (void)state;
     if (peers)
@@ -100,13 +99,7 @@ static int setup(void **state)
         fprintf(stderr, "%s missing: run scripts/install-npm-peers.sh\n", everything);
         return -1;
     }
-    snprintf(fake_path, sizeof fake_path, "/tmp/nx-mcp-fake-%d.py", (int)getpid());
-    if (!(f = fopen(fake_path, "w")))
-        return -1;
-    fputs(fake_py, f);
-    fclose(f);
-    nx_log_set_level(getenv("NX_TEST_LOG") ? NX_LOG_DEBUG : NX_LOG_OFF);
-    return 0;
+    return fake_script_write(fake_path, sizeof fake_path, "nx-mcp-fake", fake_py);
 }
 
 static int teardown(void **state)

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/fd.h"
 #include "core/error.h"
 #include "tools/internal.h"
 #include "tools/tool.h"
@@ -32,20 +33,6 @@ static const char schema[] =
     "\"required\":[\"path\",\"content\"],\"additionalProperties\":false}";
 
 static unsigned tmp_counter;
-
-static int write_all(int fd, const char *p, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
 
 /* mkdir -p for every component of dir below the existing, already checked ancestor. */
 static int make_dirs(const char *dir, char *err, size_t errlen, const char *rel)
@@ -135,7 +122,7 @@ static struct nx_tool_call *file_write_run(const struct nx_tool_ctx *ctx, const 
                                          : "not a regular file");
             goto out;
         }
-        if (write_all(fd, content, clen) != 0) {
+        if (nx_write_all(fd, content, clen) != 0) {
             snprintf(err, sizeof err, "cannot write \"%.200s\": %s", rel, strerror(errno));
             goto out;
         }
@@ -147,7 +134,7 @@ static struct nx_tool_call *file_write_run(const struct nx_tool_ctx *ctx, const 
             tmp[0] = '\0';
             goto out;
         }
-        if (write_all(fd, content, clen) != 0 || fsync(fd) != 0) {
+        if (nx_write_all(fd, content, clen) != 0 || fsync(fd) != 0) {
             snprintf(err, sizeof err, "cannot write \"%.200s\": %s", rel, strerror(errno));
             goto out;
         }
