@@ -1204,6 +1204,17 @@ static void test_cmd_transcripts_without_database_says_no_matches(void **state)
     snprintf(f->dir, sizeof f->dir, "%s", saved);
 }
 
+/* Removes dir/transcripts/a, dir/transcripts and dir, once their files are gone. */
+static void remove_tree(const char *dir)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/transcripts/a", dir);
+    rmdir(path);
+    snprintf(path, sizeof path, "%s/transcripts", dir);
+    rmdir(path);
+    rmdir(dir);
+}
+
 /* A write the disk cuts short (here the file-size limit) leaves no half line behind: the next
  * append starts a line of its own. */
 static void test_transcript_failed_write_leaves_no_half_line(void **state)
@@ -1248,11 +1259,7 @@ static void test_transcript_failed_write_leaves_no_half_line(void **state)
     assert_int_equal(n, 16);
     nx_transcripts_batch_end(true);
     unlink(path);
-    snprintf(path, sizeof path, "%s/transcripts/a", dir);
-    rmdir(path);
-    snprintf(path, sizeof path, "%s/transcripts", dir);
-    rmdir(path);
-    rmdir(dir);
+    remove_tree(dir);
 }
 
 static void read_file(const char *path, char *buf, size_t size)
@@ -1302,11 +1309,7 @@ static void test_transcript_file_moved_away_is_opened_anew(void **state)
     unlink(path);
     unlink(moved);
     unlink(other);
-    snprintf(path, sizeof path, "%s/transcripts/a", dir);
-    rmdir(path);
-    snprintf(path, sizeof path, "%s/transcripts", dir);
-    rmdir(path);
-    rmdir(dir);
+    remove_tree(dir);
 }
 
 /* More sessions than files kept open, written in turn: each append still lands once, in its
@@ -1343,11 +1346,7 @@ static void test_transcript_files_beyond_the_kept_ones(void **state)
     }
     nx_transcripts_thread_end();
     assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
-    snprintf(path, sizeof path, "%s/transcripts/a", dir);
-    rmdir(path);
-    snprintf(path, sizeof path, "%s/transcripts", dir);
-    rmdir(path);
-    rmdir(dir);
+    remove_tree(dir);
 }
 
 int main(void)
