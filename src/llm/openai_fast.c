@@ -147,174 +147,138 @@ static bool once(unsigned *seen, unsigned bit)
     return true;
 }
 
-static bool delta(struct scan *c, struct nx_openai_fast *f)
+/* A member's value, read after its key k (n bytes); *seen holds the keys met so far (once()).
+ * False leaves the chunk to jansson. */
+typedef bool (*member_fn)(struct scan *c, const char *k, size_t n, unsigned *seen, void *arg);
+
+/* An object (or null, when is_null_ok), each member read by fn. */
+static bool object(struct scan *c, bool is_null_ok, member_fn fn, void *arg)
 {
     unsigned seen = 0;
     const char *k;
     size_t n;
 
-    if (is_null(c))
+    if (is_null_ok && is_null(c))
         return true;
     if (!lit(c, '{'))
         return false;
     if (lit(c, '}'))
         return true;
     do {
-        if (!key(c, &k, &n))
+        if (!key(c, &k, &n) || !fn(c, k, n, &seen, arg))
             return false;
-        if (IS(k, n, "content")) {
-            if (!once(&seen, 1) || (!is_null(c) && !str(c, &f->content, &f->content_len, &f->content_esc)))
-                return false;
-        } else if (IS(k, n, "role")) {
-            if (!once(&seen, 2) || !scalar(c))
-                return false;
-        } else if (IS(k, n, "refusal") || IS(k, n, "reasoning_content") || IS(k, n, "reasoning")) {
-            if (!is_null(c))
-                return false;
-        } else {
-            return false; /* tool_calls, function_call, ... */
-        }
     } while (lit(c, ','));
     return lit(c, '}');
 }
 
-static bool choice(struct scan *c, struct nx_openai_fast *f)
+static bool delta_member(struct scan *c, const char *k, size_t n, unsigned *seen, void *arg)
 {
-    unsigned seen = 0;
-    const char *k;
-    size_t n;
+    struct nx_openai_fast *f = arg;
+
+    if (IS(k, n, "content"))
+        return once(seen, 1) && (is_null(c) || str(c, &f->content, &f->content_len, &f->content_esc));
+    if (IS(k, n, "role"))
+        return once(seen, 2) && scalar(c);
+    if (IS(k, n, "refusal") || IS(k, n, "reasoning_content") || IS(k, n, "reasoning"))
+        return is_null(c);
+    return false; /* tool_calls, function_call, ... */
+}
+
+static bool choice_member(struct scan *c, const char *k, size_t n, unsigned *seen, void *arg)
+{
+    struct nx_openai_fast *f = arg;
     long long index;
     bool e;
 
-    if (!lit(c, '{'))
-        return false;
-    f->has_choice = true;
-    if (lit(c, '}'))
-        return true;
-    do {
-        if (!key(c, &k, &n))
-            return false;
-        if (IS(k, n, "index")) {
-            if (!once(&seen, 1) || !integer(c, &index) || index != 0)
-                return false;
-        } else if (IS(k, n, "delta")) {
-            if (!once(&seen, 2) || !delta(c, f))
-                return false;
-        } else if (IS(k, n, "finish_reason")) {
-            if (!once(&seen, 4) || (!is_null(c) && (!str(c, &f->finish, &f->finish_len, &e) || e)))
-                return false;
-        } else if (IS(k, n, "logprobs")) {
-            if (!once(&seen, 8) || !is_null(c))
-                return false;
-        } else if (!scalar(c)) {
-            return false;
-        }
-    } while (lit(c, ','));
-    return lit(c, '}');
+    if (IS(k, n, "index"))
+        return once(seen, 1) && integer(c, &index) && index == 0;
+    if (IS(k, n, "delta"))
+        return once(seen, 2) && object(c, true, delta_member, f);
+    if (IS(k, n, "finish_reason"))
+        return once(seen, 4) && (is_null(c) || (str(c, &f->finish, &f->finish_len, &e) && !e));
+    if (IS(k, n, "logprobs"))
+        return once(seen, 8) && is_null(c);
+    return scalar(c);
+}
+
+struct count {
+    const char *want; /* the key whose integer is taken, or NULL */
+    size_t want_len;
+    long long *val;
+};
+
+static bool count_member(struct scan *c, const char *k, size_t n, unsigned *seen, void *arg)
+{
+    const struct count *w = arg;
+
+    if (w->want && n == w->want_len && memcmp(k, w->want, n) == 0)
+        return once(seen, 1) && integer(c, w->val);
+    return scalar(c);
 }
 
 /* An object of scalars (or null); the integer at `want` (0 when absent) in *val. */
 static bool counts(struct scan *c, const char *want, size_t want_len, long long *val)
 {
-    unsigned seen = 0;
-    const char *k;
-    size_t n;
+    struct count w = {want, want_len, val};
 
     *val = 0;
-    if (is_null(c))
-        return true;
-    if (!lit(c, '{'))
-        return false;
-    if (lit(c, '}'))
-        return true;
-    do {
-        if (!key(c, &k, &n))
-            return false;
-        if (want && n == want_len && memcmp(k, want, n) == 0) {
-            if (!once(&seen, 1) || !integer(c, val))
-                return false;
-        } else if (!scalar(c)) {
-            return false;
-        }
-    } while (lit(c, ','));
-    return lit(c, '}');
+    return object(c, true, count_member, &w);
 }
 
 /* usage (the last chunk's, with include_usage): the counts read_usage in openai.c takes, as
  * integers, and other scalars or objects of scalars beside them. */
-static bool usage(struct scan *c, struct nx_openai_fast *f)
+static bool usage_member(struct scan *c, const char *k, size_t n, unsigned *seen, void *arg)
 {
-    unsigned seen = 0;
-    const char *k;
-    size_t n;
+    struct nx_openai_fast *f = arg;
     long long ignored;
 
-    if (is_null(c))
-        return true;
-    if (!lit(c, '{'))
-        return false;
-    f->has_usage = true;
-    if (lit(c, '}'))
-        return true;
-    do {
-        if (!key(c, &k, &n))
+    if (IS(k, n, "prompt_tokens"))
+        return once(seen, 1) && integer(c, &f->prompt_tokens);
+    if (IS(k, n, "completion_tokens"))
+        return once(seen, 2) && integer(c, &f->completion_tokens);
+    if (IS(k, n, "prompt_cache_hit_tokens"))
+        return once(seen, 4) && integer(c, &f->cache_hit_tokens);
+    if (IS(k, n, "prompt_tokens_details"))
+        return once(seen, 8) && counts(c, "cached_tokens", 13, &f->cached_tokens);
+    ws(c);
+    return c->p < c->end && *c->p == '{' ? counts(c, NULL, 0, &ignored) : scalar(c);
+}
+
+static bool chunk_member(struct scan *c, const char *k, size_t n, unsigned *seen, void *arg)
+{
+    struct nx_openai_fast *f = arg;
+    bool e;
+
+    if (IS(k, n, "choices")) {
+        if (!once(seen, 1) || !lit(c, '['))
             return false;
-        if (IS(k, n, "prompt_tokens")) {
-            if (!once(&seen, 1) || !integer(c, &f->prompt_tokens))
-                return false;
-        } else if (IS(k, n, "completion_tokens")) {
-            if (!once(&seen, 2) || !integer(c, &f->completion_tokens))
-                return false;
-        } else if (IS(k, n, "prompt_cache_hit_tokens")) {
-            if (!once(&seen, 4) || !integer(c, &f->cache_hit_tokens))
-                return false;
-        } else if (IS(k, n, "prompt_tokens_details")) {
-            if (!once(&seen, 8) || !counts(c, "cached_tokens", 13, &f->cached_tokens))
-                return false;
-        } else {
-            ws(c);
-            if (c->p < c->end && *c->p == '{' ? !counts(c, NULL, 0, &ignored) : !scalar(c))
-                return false;
-        }
-    } while (lit(c, ','));
-    return lit(c, '}');
+        if (lit(c, ']'))
+            return true;
+        f->has_choice = true; /* (a second choice: left to jansson) */
+        return object(c, false, choice_member, f) && lit(c, ']');
+    }
+    if (IS(k, n, "model"))
+        return once(seen, 2) && str(c, &f->model, &f->model_len, &e) && !e;
+    if (IS(k, n, "usage")) {
+        if (!once(seen, 4))
+            return false;
+        if (is_null(c))
+            return true;
+        f->has_usage = true;
+        return object(c, false, usage_member, f);
+    }
+    if (IS(k, n, "error"))
+        return false;
+    return scalar(c);
 }
 
 bool nx_openai_fast_chunk(const char *data, size_t len, struct nx_openai_fast *f)
 {
     struct scan c = {data, data + len};
-    unsigned seen = 0;
-    const char *k;
-    size_t n;
-    bool e;
 
     memset(f, 0, sizeof *f);
-    if (!lit(&c, '{'))
+    if (!object(&c, false, chunk_member, f))
         return false;
-    if (!lit(&c, '}')) {
-        do {
-            if (!key(&c, &k, &n))
-                return false;
-            if (IS(k, n, "choices")) {
-                if (!once(&seen, 1) || !lit(&c, '['))
-                    return false;
-                if (!lit(&c, ']') && (!choice(&c, f) || !lit(&c, ']')))
-                    return false; /* (a second choice: left to jansson) */
-            } else if (IS(k, n, "model")) {
-                if (!once(&seen, 2) || !str(&c, &f->model, &f->model_len, &e) || e)
-                    return false;
-            } else if (IS(k, n, "usage")) {
-                if (!once(&seen, 4) || !usage(&c, f))
-                    return false;
-            } else if (IS(k, n, "error")) {
-                return false;
-            } else if (!scalar(&c)) {
-                return false;
-            }
-        } while (lit(&c, ','));
-        if (!lit(&c, '}'))
-            return false;
-    }
     ws(&c);
     return c.p == c.end;
 }
