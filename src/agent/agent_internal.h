@@ -177,8 +177,6 @@ void hcache_forget(struct hcache *c, const char *key);
 void hcache_forget_unsaved(struct hcache *c, const char *key);
 /* How many hcache_forget_unsaved so far; turn_save compares with the count when it read. */
 uint64_t hcache_epoch(const struct hcache *c);
-/* A new (shallow) copy of the session's cached messages, or NULL. */
-json_t *hcache_get(struct hcache *c, const char *key);
 /* Caches (a shallow copy of) the last `keep` messages (0 = all), starting on a clean user
  * message. */
 void hcache_put(struct hcache *c, const char *key, const json_t *messages, size_t keep);

@@ -138,12 +138,6 @@ uint64_t hcache_epoch(const struct hcache *c)
     return c->epoch;
 }
 
-json_t *hcache_get(struct hcache *c, const char *key)
-{
-    struct hentry *e = c->is_freed ? NULL : *slot(c, key);
-    return e && e->messages ? json_copy(e->messages) : NULL; /* shallow: never edited */
-}
-
 json_t *hcache_take_tokens(struct hcache *c, const char *key, uint64_t *tokens)
 {
     struct hentry *e = c->is_freed ? NULL : *slot(c, key);

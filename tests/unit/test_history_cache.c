@@ -33,6 +33,17 @@ static const char *first_text(const json_t *list)
     return json_string_value(json_object_get(b, "text"));
 }
 
+/* A copy of what the cache holds for key (NULL: nothing), left in the cache as it was. */
+static json_t *hcache_get(struct hcache *c, const char *key)
+{
+    uint64_t tokens;
+    json_t *taken = hcache_take_tokens(c, key, &tokens);
+    json_t *copy = taken ? json_copy(taken) : NULL;
+    if (taken)
+        hcache_put_owned(c, key, taken, 0, tokens);
+    return copy;
+}
+
 /* A turn of more tool rounds than the window keeps: the window holds no clean start, so the
  * cache reaches back to the turn's own user message instead of dropping the whole history. */
 static void test_a_window_without_a_clean_start_reaches_back(void **state)
