@@ -549,7 +549,7 @@ static void on_answered(int rc, int64_t n, void *arg)
         nx_error("router", "event %s: answer not recorded (%s): published unrecorded", rp->id,
                  nx_strerror(rc));
     if (rp->r && rp->out_env) {
-        int prc = nx_bus_publish_in_order(rp->r->bus, rp->subject, rp->out_env);
+        int prc = nx_bus_publish_in_order(rp->r->bus, rp->subject, rp->out_env, NX_BUS_ANSWER);
         if (prc < 0)
             nx_error("router", "agent %s: reply to %s not published now (%s): the channel sends it "
                      "from the ledger", rp->agent, rp->subject, nx_strerror(prc));
@@ -676,7 +676,7 @@ static void on_unanswered(int rc, const struct nx_ledger_row *v, size_t n, void 
             nx_error("router", "event %s in the ledger is unreadable (%s): skipped", v[i].key, err);
             continue;
         }
-        if ((prc = nx_bus_publish_in_order(r->bus, v[i].subject, env)) < 0)
+        if ((prc = nx_bus_publish_in_order(r->bus, v[i].subject, env, NX_BUS_WORK)) < 0)
             nx_error("router", "event %s from the ledger not published again: %s", v[i].key,
                      nx_strerror(prc));
         else

@@ -358,6 +358,12 @@ static int send_ephemeral(struct nx_bus *bus, struct nx_bus_item *it)
 
 int nx_bus_publish(struct nx_bus *bus, const char *subject, const struct nx_envelope *env)
 {
+    return nx_bus_publish_as(bus, subject, env, NX_BUS_WORK);
+}
+
+int nx_bus_publish_as(struct nx_bus *bus, const char *subject, const struct nx_envelope *env,
+                      enum nx_bus_class cls)
+{
     struct nx_bus_item *it = NULL;
     int rc;
 
@@ -370,7 +376,7 @@ int nx_bus_publish(struct nx_bus *bus, const char *subject, const struct nx_enve
     } else if (is_ephemeral(bus, it)) {
         rc = send_ephemeral(bus, it);
     } else {
-        rc = nx_resilient_publish(bus, it);
+        rc = nx_resilient_publish(bus, it, cls);
     }
     if (rc == 0) {
         bus->stats.published++;

@@ -77,14 +77,21 @@ void nx_bus_free(struct nx_bus *bus);
  * or NX_ECLOSED. Subscribers never run inside this call. */
 int nx_bus_publish(struct nx_bus *bus, const char *subject, const struct nx_envelope *env);
 
+/* What a publish is to a full disk queue. New work (a channel's inbound event, one resumed from
+ * the ledger) is refused at broker.limits.max_pending; an answer to work already taken in (the
+ * router's reply) may use as much again, so that while NATS is away what was taken in is still
+ * answered at once instead of waiting behind new work that itself waits for room. */
+enum nx_bus_class { NX_BUS_WORK, NX_BUS_ANSWER };
+
 /* nx_bus_publish, or, when the bus has no room now (NX_EAGAIN: its disk queue is full while NATS
- * is away), a wait in the bus's own queue of such publishes: one FIFO for every caller, tried
- * again (100 ms, doubling to 5 s) until the bus takes them, so the order of all publishes made
- * through it holds (a channel's new event never overtakes a resumed one). A publish while some
- * wait goes behind them. For events durable elsewhere (the ledger): what still waits when the bus
- * is freed is dropped. Returns 0 (published or waiting) or nx_bus_publish's other errors
- * (NX_EAGAIN past 100,000 waiting). */
-int nx_bus_publish_in_order(struct nx_bus *bus, const char *subject, const struct nx_envelope *env);
+ * is away), a wait in the bus's own queue of such publishes: one FIFO per class for every caller,
+ * tried again (100 ms, doubling to 5 s) until the bus takes them, so the order of all publishes of
+ * a class made through it holds (a channel's new event never overtakes a resumed one). A publish
+ * while some of its class wait goes behind them. For events durable elsewhere (the ledger): what
+ * still waits when the bus is freed is dropped. Returns 0 (published or waiting) or
+ * nx_bus_publish's other errors (NX_EAGAIN past 100,000 waiting). */
+int nx_bus_publish_in_order(struct nx_bus *bus, const char *subject, const struct nx_envelope *env,
+                            enum nx_bus_class cls);
 
 /* Subscribes to a subject or pattern ('*' one token, '>' the rest). *out (may be NULL) gets a
  * handle for nx_bus_unsubscribe. A queue subscription delivers each event to one member of

@@ -89,7 +89,7 @@ static void kick(struct nx_bus *bus);
  * other headers of a JetStream publish). */
 #define PAYLOAD_HEADROOM 512
 
-int nx_resilient_publish(struct nx_bus *bus, struct nx_bus_item *item)
+int nx_resilient_publish(struct nx_bus *bus, struct nx_bus_item *item, enum nx_bus_class cls)
 {
     struct nx_qent *q;
     int rc;
@@ -121,7 +121,8 @@ int nx_resilient_publish(struct nx_bus *bus, struct nx_bus_item *item)
         nx_local_dispatch(bus, item, false);
         return 0;
     }
-    if (bus->q_waiting >= bus->conf.limits.max_pending) {
+    size_t cap = bus->conf.limits.max_pending;
+    if (bus->q_waiting >= (cls == NX_BUS_ANSWER ? 2 * cap : cap)) {
         if (!bus->is_full_said) /* (once until it has room again: refused publishes are retried) */
             nx_warn("bus", "disk queue full (%zu events, broker.limits.max_pending): publish refused",
                     bus->q_waiting);

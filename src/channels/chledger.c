@@ -134,7 +134,7 @@ static void on_recorded(int rc, int64_t is_new, void *arg)
         count(m_dup, ch);
         goto out;
     }
-    if ((rc = nx_bus_publish_in_order(nx_channel_bus(ch), o->env->topic, o->env)) < 0) {
+    if ((rc = nx_bus_publish_in_order(nx_channel_bus(ch), o->env->topic, o->env, NX_BUS_WORK)) < 0) {
         nx_warn("ledger", "%s: event %s recorded but not published (%s): it is routed from the "
                 "ledger at the next start", nx_channel_label(ch), o->env->id, nx_strerror(rc));
         goto out;

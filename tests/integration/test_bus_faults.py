@@ -73,7 +73,10 @@ class FakeBotApi:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # nexo stopped (or cancelled its poll) mid-answer: it asks again
 
         self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.srv.daemon_threads = True
@@ -293,13 +296,17 @@ class BusFaults(unittest.TestCase):
     def test_d_resumed_messages_keep_their_place_before_newer_ones(self):
         """Messages left waiting at a stop (the disk queue full) are resumed from the ledger at the
         next start and wait again, in the same queue as the channel's new ones: once NATS is
-        back, a chat's messages are answered in the order they were sent."""
+        back, a chat's messages are answered in the order they were sent. The five the full
+        queue took are answered at once: their replies never wait behind the new work."""
         chat = CHATS[0]
         self.start_nexo("  limits: {max_pending: 5}\n")
         for i in range(1, 21):
             self.bot.add(chat, i, "m%d" % i)
         self.n.wait_log(r"the disk queue is full: events wait in memory")
         wait_for(lambda: len(self.bot.answers()) >= 5, 30, "the first five answered")
+        # answered through the bus (replies have room of their own), not by the ledger's sweep
+        # for replies the bus never delivered, which comes 30 s after the start
+        self.assertNotIn("pending replies from the ledger", self.n.read_log())
         self.assertEqual(self.n.stop(), 0)
         os.unlink(os.path.join(self.n.tmp, "notify.sock"))
         os.rename(self.n.log_path, self.n.log_path + ".1")

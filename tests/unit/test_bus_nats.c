@@ -306,6 +306,51 @@ static void test_nats_down_at_boot_then_switches_and_drains(void **state)
     free_bus(f, t.b);
 }
 
+static int publish_in_order_n(struct nx_bus *bus, const char *subject, int n, enum nx_bus_class cls)
+{
+    struct nx_envelope *e = NULL;
+    json_t *p = json_pack("{s:i}", "n", n);
+    int rc = nx_envelope_new(subject, "test", "session-1", p, &e);
+
+    json_decref(p);
+    if (rc == 0)
+        rc = nx_bus_publish_in_order(bus, NULL, e, cls);
+    nx_envelope_free(e);
+    return rc;
+}
+
+/* NATS down and the disk queue full of new work: answers to the work already taken in still get
+ * room (as much again as broker.limits.max_pending), new work waits in order behind its own kind
+ * only, and everything goes once NATS is back, each kind in order. */
+static void test_nats_full_queue_still_takes_answers(void **state)
+{
+    struct fx *f = *state;
+    struct rec work = {0}, answers = {0};
+    struct nx_bus_stats st;
+
+    f->conf.limits.max_pending = 3;
+    struct nx_bus *bus = new_bus(f, "a", true);
+    assert_int_equal(nx_bus_subscribe(bus, "work.>", on_rec, &work, NULL), 0);
+    assert_int_equal(nx_bus_subscribe(bus, "answer.>", on_rec, &answers, NULL), 0);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(publish_in_order_n(bus, "work.x", i, NX_BUS_WORK), 0);
+    assert_int_equal(publish_n(bus, "work.x", 9), NX_EAGAIN); /* a plain publish is refused */
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(publish_in_order_n(bus, "answer.x", i, NX_BUS_ANSWER), 0);
+    assert_true(fx_run_until(&f->loop, ts_reached, &(struct ts_count){&answers.n, 3}, 5000));
+    fx_run_for(&f->loop, 300); /* two tries of what waits */
+    assert_int_equal(work.n, 3);
+    assert_int_equal(answers.n, 3); /* the fourth is past twice the cap */
+    nx_bus_stats(bus, &st);
+    assert_int_equal(st.queue_depth, 6);
+    assert_true(fx_nats_start(&f->ns));
+    assert_true(fx_run_until(&f->loop, ts_reached, &(struct ts_count){&work.n, 5}, 15000));
+    assert_true(fx_run_until(&f->loop, ts_reached, &(struct ts_count){&answers.n, 4}, 15000));
+    assert_int_equal(work.out_of_order + answers.out_of_order, 0);
+    assert_int_equal(work.dups + answers.dups, 0);
+    free_bus(f, bus);
+}
+
 static bool is_fallback(void *arg)
 {
     return !strcmp(nx_bus_mode(arg), "fallback");
@@ -688,6 +733,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_nats_down_at_boot_then_switches_and_drains, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_nats_queue_survives_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nats_full_queue_still_takes_answers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nats_kill_restart_every_event_exactly_once, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_jetstream_work_ack_redelivery_dedupe_and_kv, setup,
