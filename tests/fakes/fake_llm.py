@@ -18,6 +18,10 @@ Control (no auth):
                                 "retry_after": 1, "retry_after_ms": 200}}
                      {"error_midstream": "overloaded_error"}      stream some text, then an error event
                      {"hang_ms": N}                               wait before answering (slow upstream)
+                     {"hold": "name"}                             wait before answering until POST /_release
+                                                                  names it (60 s at most): a turn kept open
+                                                                  for as long as a test needs, however slow
+                                                                  the machine
                      {"drop": true}                               close the connection, no answer
                      {"hold_open_ms": N, "hold_pings": bool}      streams: the body ends N ms after the
                                                                   last event ([DONE], message_stop), with
@@ -41,7 +45,9 @@ Control (no auth):
                                                                   wants, echoing the request in "input" (vLLM)
                      {"stop_reason": "max_tokens"}, {"usage": {...}}, {"model": "..."}
   GET  /_requests  recorded requests: [{"endpoint","method","path","headers","body","t"}]
-  POST /_reset     clears the script, the records and the config overrides
+  POST /_release   {"name": "..."}: the requests held under that name answer (and later ones
+                   with that name do not wait)
+  POST /_reset     clears the script, the records and the config overrides (and releases holds)
   POST /_config    {"auth": bool, "key": "...", "chunks": N, "chunk_delay_ms": D}
 
 Flags: --key KEY (default "test-key"; both APIs), --no-auth, --instant (answer at once with the
@@ -71,10 +77,18 @@ class State:
         self.args = args
         self.script = collections.deque()
         self.requests = []
+        self.gates = {}
         self.reset()
+
+    def gate(self, name):
+        with self.lock:
+            return self.gates.setdefault(name, threading.Event())
 
     def reset(self):
         with self.lock:
+            for g in self.gates.values():
+                g.set()
+            self.gates = {}
             self.script.clear()
             self.requests = []
             self.auth = not self.args.no_auth
@@ -285,6 +299,9 @@ class Handler(BaseHTTPRequestHandler):
                 with STATE.lock:
                     STATE.script.extend(steps if isinstance(steps, list) else [steps])
                 self.send_json(200, {"queued": len(STATE.script)})
+            elif path == "/_release":
+                STATE.gate(json.loads(raw or b"{}").get("name", "")).set()
+                self.send_json(200, {"ok": True})
             elif path == "/_reset":
                 STATE.reset()
                 self.send_json(200, {"ok": True})
@@ -312,6 +329,8 @@ class Handler(BaseHTTPRequestHandler):
         """Applies hang/drop; returns False when the connection was dropped."""
         if step.get("hang_ms"):
             time.sleep(step["hang_ms"] / 1000.0)
+        if step.get("hold"):
+            STATE.gate(step["hold"]).wait(60)
         if step.get("drop"):
             self.close_connection = True
             return False

@@ -103,6 +103,13 @@ def script(port, steps):
     urllib.request.urlopen(req, timeout=5).read()
 
 
+def release(port, name):
+    """The fake's requests held by a {"hold": name} step answer now."""
+    req = urllib.request.Request("http://127.0.0.1:%d/_release" % port, data=json.dumps({"name": name}).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    urllib.request.urlopen(req, timeout=5).read()
+
+
 def llm_yaml(port, extra=""):
     """llm.yaml with the anthropic provider pointing at the fake on port (extra: more lines)."""
     return ("providers:\n  anthropic: {api_key: %s, base_url: http://127.0.0.1:%d}\n" % (FAKE_KEY, port)

@@ -12,7 +12,7 @@ import time
 import unittest
 
 from nexo_harness import Nexo, main, write_config
-from peers import FakePeers, fake_requests, free_port, script
+from peers import FakePeers, fake_requests, free_port, release, script
 
 CONFIG = """\
 agents:
@@ -326,12 +326,14 @@ class Turns(FakePeers, unittest.TestCase):
         self.assertEqual(texts[-2:], ["first", "second"])
 
     def test_collect_mode_merges_waiting_messages_into_one_turn(self):
-        script(self.fport, [{"hang_ms": 1500, "text": "first"}, {"text": "merged"}])
+        script(self.fport, [{"hold": "first", "text": "first"}, {"text": "merged"}])
         with concurrent.futures.ThreadPoolExecutor(3) as ex:
             a = ex.submit(self.chat, "collector", "a", "s-col")
             self.wait_upstream(1)
             b = ex.submit(self.chat, "collector", "b", "s-col")
             c = ex.submit(self.chat, "collector", "c", "s-col")
+            self.wait_in_flight(3)
+            release(self.fport, "first")
             self.assertEqual(a.result()[1]["choices"][0]["message"]["content"], "first")
             self.assertEqual(b.result()[1]["choices"][0]["message"]["content"], "merged")
             self.assertEqual(c.result()[1]["choices"][0]["message"]["content"], "merged")
@@ -344,7 +346,7 @@ class Turns(FakePeers, unittest.TestCase):
     def test_collect_mode_merges_only_messages_that_ask_for_the_same_call(self):
         # b asks for its own stop sequence: one call cannot stop at b's and not at c's, so b
         # gets a turn of its own and c and d, asking alike, share the next
-        script(self.fport, [{"hang_ms": 1500, "text": "first"}, {"text": "bee"}, {"text": "merged"}])
+        script(self.fport, [{"hold": "first", "text": "first"}, {"text": "bee"}, {"text": "merged"}])
         before = len(self.requests())
         with concurrent.futures.ThreadPoolExecutor(4) as ex:
             a = ex.submit(self.chat, "collector", "a", "s-col2")
@@ -354,6 +356,8 @@ class Turns(FakePeers, unittest.TestCase):
             c = ex.submit(self.chat, "collector", "c", "s-col2")
             self.wait_in_flight(3)
             d = ex.submit(self.chat, "collector", "d", "s-col2")
+            self.wait_in_flight(4)
+            release(self.fport, "first")
             answers = [f.result()[1]["choices"][0]["message"]["content"] for f in (a, b, c, d)]
         self.assertEqual(answers, ["first", "bee", "merged", "merged"])
         reqs = self.requests()[before:]
@@ -367,9 +371,10 @@ class Turns(FakePeers, unittest.TestCase):
         # place in the lane, so a text sent after it is answered after it (followup), and does
         # not find itself interrupted by the older message (interrupt)
         img = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + os.urandom(3000000)).decode()
-        for agent, first_hang in (("kate", 300), ("interrupter", 1000)):
+        # (the interrupted call is held at the fake until B has come, however slow the machine)
+        for agent, first in (("kate", {"hang_ms": 300}), ("interrupter", {"hold": "A"})):
             with self.subTest(agent=agent):
-                script(self.fport, [{"hang_ms": first_hang, "text": "one"}, {"text": "two"}])
+                script(self.fport, [dict(first, text="one"), {"text": "two"}])
                 before = len(self.requests())
                 session = "s-img-order-" + agent
                 with concurrent.futures.ThreadPoolExecutor(2) as ex:
@@ -379,6 +384,7 @@ class Turns(FakePeers, unittest.TestCase):
                     self.wait_in_flight(1)  # A's turn has started
                     b = ex.submit(self.chat, agent, "B-text", session)
                     (sa, ra), (sb, rb) = a.result(), b.result()
+                    release(self.fport, "A")
                 self.assertEqual(sb, 200, rb)
                 sent = self.requests()[before:]
                 self.assertIn("B-text", json.dumps(sent[-1]["body"]["messages"][-1]))
@@ -424,21 +430,17 @@ class Turns(FakePeers, unittest.TestCase):
                           r["usage"]["prompt_tokens_details"]["cached_tokens"]), (100, 107, 80))
 
     def test_queue_cap_refuses_a_message_beyond_it(self):
-        script(self.fport, [{"hang_ms": 1500, "text": "one"}, {"text": "two"}])
+        script(self.fport, [{"hold": "one", "text": "one"}, {"text": "two"}])
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
             a = ex.submit(self.chat, "tiny", "1", "s-cap")
             self.wait_upstream(1)
             b = ex.submit(self.chat, "tiny", "2", "s-cap")
-            deadline = time.monotonic() + 5  # "2" waits in the queue before "3" is sent
-            while time.monotonic() < deadline:
-                _, m, _ = self.n.request("GET", "/metrics", listener="metrics")
-                if "nexo_agent_turns_in_flight 2" in m.decode():
-                    break
-                time.sleep(0.01)
+            self.wait_in_flight(2)  # "2" waits in the queue before "3" is sent
             body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "3"}]})
             status, data, h = self.n.request("POST", "/v1/chat/completions", body=body.encode(),
                                              headers={"Content-Type": "application/json",
                                                       "X-Nexo-Session": "s-cap"})
+            release(self.fport, "one")
             r = json.loads(data)
             self.assertEqual(status, 429, r)
             self.assertEqual(r["error"]["type"], "session_busy")

@@ -27,7 +27,7 @@ import time
 import unittest
 
 from nexo_harness import Nexo, main, run_cli, write_config
-from peers import TgEmulator, fake_reset, llm_yaml, script, start_fake, stop_fake, wait_for
+from peers import TgEmulator, fake_reset, llm_yaml, release, script, start_fake, stop_fake, wait_for
 from test_telegram import OffsetProxy
 
 TOKEN = "555001:EXACTLY-ONCE"
@@ -256,7 +256,7 @@ class ExactlyOnce(unittest.TestCase):
                     broker="broker:\n  type: local\n  dlq: {max_attempts: 10}\n")
         n = self.start()
         err = {"error": {"status": 400, "type": "invalid_request_error", "message": "scripted fault"}}
-        script(self.fport, [err, err, {"text": "probe ok", "hang_ms": 1500},
+        script(self.fport, [err, err, {"text": "probe ok", "hold": "probe"},
                             {"text": "second ok"}, {"text": "third ok"}])
         state = r'nexo_agent_breaker_state\{agent="kate"\}'
         chat = CHATS[1]
@@ -268,6 +268,7 @@ class ExactlyOnce(unittest.TestCase):
         self.assertEqual(self.sends(token), [])
         self.assertIn(self.metric(n, state), (1, 2))  # open (or already probing on a slow machine)
         self.wait_for("the breaker half-open", lambda: self.metric(n, state) == 2, n=n)
+        release(self.fport, "probe")  # the probe is held at the fake until half-open was seen
         self.wait_for("the breaker closed", lambda: self.metric(n, state) == 0, n=n)
         self.wait_for("three replies", lambda: len(self.sends(token)) >= 3, n=n)
         time.sleep(0.5)

@@ -13,7 +13,7 @@ import time
 import unittest
 
 from nexo_harness import Nexo, main, write_config
-from peers import FAKE_KEY, FakePeers, fake_requests, llm_yaml, script
+from peers import FAKE_KEY, FakePeers, fake_requests, llm_yaml, release, script
 
 AGENTS = """\
 agents:
@@ -102,13 +102,14 @@ class HistoryEdges(FakePeers, unittest.TestCase):
         try:
             # B reads the cache (A's exchange in it) as A ends; A's save fails meanwhile; B's
             # answer comes later, and its save must not put A's exchange back
-            script(self.fport, [{"hang_ms": 600, "text": "answer to A"}, {"hang_ms": 300, "text": "answer to B"},
+            script(self.fport, [{"hold": "a", "text": "answer to A"}, {"hang_ms": 300, "text": "answer to B"},
                                 {"text": "answer to C"}])
             with concurrent.futures.ThreadPoolExecutor(2) as ex:
                 a = ex.submit(self.chat, "a", "FAILME A", "savefail")
                 self.wait_requests(2)
                 b = ex.submit(self.chat, "a", "B", "savefail")
                 self.wait_in_flight(2)
+                release(self.fport, "a")
                 self.assertEqual((a.result()[0], b.result()[0]), (200, 200))
             self.assertEqual(self.chat("a", "C", "savefail")[0], 200)
             # C sees what the store has: not A's exchange, which it could not keep
@@ -123,7 +124,7 @@ class HistoryEdges(FakePeers, unittest.TestCase):
 
     def test_messages_kept_after_a_failed_turn_count_against_the_context_window(self):
         self.assertEqual(self.chat("t", "hello", "tokens")[0], 200)
-        script(self.fport, [{"hang_ms": 1000, "error": {"status": 400, "type": "invalid_request_error",
+        script(self.fport, [{"hold": "a", "error": {"status": 400, "type": "invalid_request_error",
                                                         "message": "nope"}}])
         with concurrent.futures.ThreadPoolExecutor(1) as ex:
             a = ex.submit(self.chat, "t", "A", "tokens")
@@ -132,6 +133,7 @@ class HistoryEdges(FakePeers, unittest.TestCase):
             self.wait_in_flight(2)
             big.close()  # its caller leaves: kept, after the failed turn
             self.wait_in_flight(1)
+            release(self.fport, "a")
             self.assertEqual(a.result()[0], 400)
         deadline = time.monotonic() + 10
         while not any("BBBB" in c for _, c in self.rows("agent:t:http:tokens")):

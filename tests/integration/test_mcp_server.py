@@ -32,7 +32,8 @@ import time
 import unittest
 
 from nexo_harness import NEXO_BIN, Nexo, main, write_config
-from peers import PEERS, SRC, fake_requests, script, start_fake, start_nexo, stop_all, stop_fake, wait_for
+from peers import (PEERS, SRC, fake_requests, release, script, start_fake, start_nexo, stop_all, stop_fake,
+                   wait_for)
 
 CONFORMANCE = os.path.join(PEERS, "node_modules", ".bin", "conformance")
 INSPECTOR = os.path.join(PEERS, "node_modules", "@modelcontextprotocol", "inspector-cli", "build")
@@ -516,7 +517,7 @@ class McpServerHttp(unittest.TestCase):
             st, _, _ = self.post({"jsonrpc": "2.0", "id": 2, "method": "logging/setLevel",
                                   "params": {"level": "debug"}}, sid)
             self.assertEqual(st, 200)
-        script(self.port, [{"tool_use": {"name": "ghost_alpha", "input": {}}, "hang_ms": 1500},
+        script(self.port, [{"tool_use": {"name": "ghost_alpha", "input": {}}, "hold": sids["alpha"]},
                            {"tool_use": {"name": "ghost_beta", "input": {}}}, {"text": "beta done"},
                            {"text": "alpha done"}])
         out = {}
@@ -533,6 +534,7 @@ class McpServerHttp(unittest.TestCase):
         alpha.start()
         wait_for(lambda: len(fake_requests(self.port)) > seen, 20, "alpha's request at the fake LLM")
         call("beta")
+        release(self.port, sids["alpha"])  # alpha's first call was held at the fake until beta was done
         alpha.join(30)
         logs = {}
         for name in sids:

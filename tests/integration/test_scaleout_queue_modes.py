@@ -22,8 +22,8 @@ import tempfile
 import unittest
 
 from nexo_harness import Nexo, main, write_config
-from peers import (Collector, NatsConn, NatsServer, envelope, fake_requests, script, start_fake,
-                   stop_many, wait_for)
+from peers import (Collector, NatsConn, NatsServer, envelope, fake_requests, release, script,
+                   start_fake, stop_many, wait_for)
 from test_bus_faults import metric
 
 
@@ -120,13 +120,17 @@ class QueueModesScaledOut(unittest.TestCase):
     def test_collect_answers_a_merged_group_once_and_settles_every_message(self):
         # core NATS: the first turn, then one for the three merged; JetStream: a turn per message
         answers = ["A", "B", "C", "D"] if self.jetstream else ["A", "B"]
-        script(self.fport, [{"text": "A", "hang_ms": 3000}] + [{"text": t} for t in answers[1:]])
+        # core NATS: "A" is held at the fake until the three others wait behind it; JetStream
+        # (a turn per message, in order) only slows it down
+        first = {"hang_ms": 3000} if self.jetstream else {"hold": "A"}
+        script(self.fport, [dict(first, text="A")] + [{"text": t} for t in answers[1:]])
         self.say("col", "c1", 1, "m1")
         wait_for(lambda: len(self.llm_calls()) >= 1, 20, "the first turn")
         for m in (2, 3, 4):
             self.say("col", "c1", m, "m%d" % m)
         if not self.jetstream:  # all four turns in the agents process: three wait behind the first
             wait_for(lambda: metric(self.agents, "nexo_agent_turns_in_flight") >= 4, 20, "4 turns queued")
+            release(self.fport, "A")
         want = [(str(i + 1), t) for i, t in enumerate(answers)]
         self.wait_states([1, 2, 3, 4], ["answered"] * 4)
         wait_for(lambda: len(self.replies("col")) >= len(want), 20, "the replies")
@@ -142,12 +146,13 @@ class QueueModesScaledOut(unittest.TestCase):
             script(self.fport, [{"text": "slow answer", "hang_ms": 1500}, {"text": "fresh answer"}])
             want_states, want = ["answered", "answered"], [("1", "slow answer"), ("2", "fresh answer")]
         else:
-            script(self.fport, [{"text": "too late", "hang_ms": 4000}, {"text": "fresh answer"}])
+            script(self.fport, [{"text": "too late", "hold": "late"}, {"text": "fresh answer"}])
             want_states, want = ["cancelled", "answered"], [("2", "fresh answer")]
         self.say("intr", "i1", 1, "first")
         wait_for(lambda: len(self.llm_calls()) >= 1, 20, "the first turn")
         self.say("intr", "i1", 2, "never mind")
         self.wait_states([1, 2], want_states)
+        release(self.fport, "late")  # (core NATS: the interrupted call, held until now)
         wait_for(lambda: len(self.replies("intr")) >= len(want), 20, "the replies")
         self.assertEqual(self.replies("intr"), want)
         self.restart_gateway_and_check_nothing_is_answered_again("intr", "i1", 3)

@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 
 from nexo_harness import Nexo, main, write_config
-from peers import TgPeers, fake_requests, fake_reset, post_json, script, stop_fake, tg_user, wait_for
+from peers import TgPeers, fake_requests, fake_reset, post_json, release, script, stop_fake, tg_user, wait_for
 
 ALICE, BOB, CAROL, DAVE, MALLORY = 1001, 1002, 1003, 1004, 666
 
@@ -372,7 +372,7 @@ class TelegramFeatures(TgPeers, unittest.TestCase):
                            " {plugin: telegram, instance: dog}]\n",
             "plugins/telegram.yaml": "telegram:\n"
             + inst % ("ui", cls.UI, cls.tg_url, "15s") + "    max_media_bytes: 1000\n"
-            + inst % ("dog", cls.DOG, cls.tg_url, "500ms") + "    typing: false\n",
+            + inst % ("dog", cls.DOG, cls.tg_url, "2s") + "    typing: false\n",
         })
         cls.n = Nexo(config_dir=cls.cfg.name).start()
 
@@ -460,15 +460,18 @@ class TelegramFeatures(TgPeers, unittest.TestCase):
 
     def test_typing_shows_until_the_reply_is_sent(self):
         chat = 2004
-        script(self.fport, [{"text": "slow answer", "hang_ms": 4600}])
+        script(self.fport, [{"text": "slow answer", "hold": "typing"}])
         self.say(chat, text="take your time")
+
+        def typing_calls():
+            return [c for c in self.calls("sendChatAction") if str(c["body"]["chat_id"]) == str(chat)]
+        wait_for(lambda: len(typing_calls()) >= 2, 20, "typing twice: at once, then every 4 s")
+        release(self.fport, "typing")
         self.wait_replies(chat, 1)
-        acts = [c for c in self.calls("sendChatAction") if str(c["body"]["chat_id"]) == str(chat)]
-        self.assertGreaterEqual(len(acts), 2, acts)  # at once, then every 4 s
+        acts = typing_calls()
         self.assertTrue(all(c["body"]["action"] == "typing" for c in acts))
         time.sleep(4.5)  # and no more once the reply went out
-        after = [c for c in self.calls("sendChatAction") if str(c["body"]["chat_id"]) == str(chat)]
-        self.assertEqual(len(after), len(acts))
+        self.assertEqual(len(typing_calls()), len(acts))
 
     def test_a_photo_with_a_caption_reaches_the_agent(self):
         chat = 2005

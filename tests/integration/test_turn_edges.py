@@ -10,7 +10,7 @@ import time
 import unittest
 
 from nexo_harness import Nexo, main, recv_all, write_config
-from peers import FAKE_KEY, FakePeers, fake_requests, llm_yaml, script
+from peers import FAKE_KEY, FakePeers, fake_requests, llm_yaml, release, script
 
 CONFIG = """\
 agents:
@@ -67,16 +67,19 @@ class TurnEdges(FakePeers, unittest.TestCase):
         return float(m.group(1)) if m else None
 
     def test_caller_of_a_merged_turn_hangs_up(self):
-        script(self.fport, [{"hang_ms": 800, "text": "first"}, {"hang_ms": 800, "text": "together"}])
+        script(self.fport, [{"hold": "first", "text": "first"}, {"hold": "second", "text": "together"}])
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
             a = ex.submit(self.chat, "coll", "a", "merge-1")
             self.wait_requests(1)
             b = ex.submit(self.chat, "coll", "b", "merge-1")
             self.wait_metric(r"^nexo_agent_turns_in_flight (\S+)$", 2)  # b waits behind a
             c = self.send_raw("coll", "c", "merge-1")  # c will join b's turn
+            self.wait_metric(r"^nexo_agent_turns_in_flight (\S+)$", 3)
+            release(self.fport, "first")
             self.assertEqual(a.result()[0], 200)
             self.wait_requests(2)  # b and c, merged into one turn, are with the model
             c.close()
+            release(self.fport, "second")
             status, r = b.result()
         self.assertEqual(status, 200, r)
         self.assertEqual(r["choices"][0]["message"]["content"], "together")
@@ -87,7 +90,8 @@ class TurnEdges(FakePeers, unittest.TestCase):
 
     def merge_behind_a_running_turn(self, session, follower_raw):
         """a runs; then b (a raw socket) and c queue and are merged into one turn, b's, once a is
-        answered. Returns (b, c): c is a raw socket or a future of self.chat."""
+        answered (a's step holds as "first" until then). Returns (b, c): c is a raw socket or a
+        future of self.chat."""
         ex = concurrent.futures.ThreadPoolExecutor(2)
         self.addCleanup(ex.shutdown)
         a = ex.submit(self.chat, "coll", "a", session)
@@ -97,6 +101,7 @@ class TurnEdges(FakePeers, unittest.TestCase):
         follow = (self.send_raw("coll", "c", session) if follower_raw
                   else ex.submit(self.chat, "coll", "c", session))
         self.wait_metric(r"^nexo_agent_turns_in_flight (\S+)$", 3)
+        release(self.fport, "first")
         self.assertEqual(a.result()[0], 200)
         self.wait_requests(2)  # b and c, merged into one turn, are with the model
         return lead, follow
@@ -104,10 +109,11 @@ class TurnEdges(FakePeers, unittest.TestCase):
     def test_the_leader_of_a_merged_turn_hangs_up(self):
         """The caller whose message started a merged turn goes away: the turn still answers the
         caller merged into it, and both messages are in the session's history."""
-        script(self.fport, [{"hang_ms": 600, "text": "first"}, {"hang_ms": 600, "text": "together"},
+        script(self.fport, [{"hold": "first", "text": "first"}, {"hold": "second", "text": "together"},
                             {"text": "next"}])
         lead, follow = self.merge_behind_a_running_turn("merge-2", follower_raw=False)
         lead.close()
+        release(self.fport, "second")
         status, r = follow.result()
         self.assertEqual(status, 200, r)
         self.assertEqual(r["choices"][0]["message"]["content"], "together")
@@ -122,7 +128,7 @@ class TurnEdges(FakePeers, unittest.TestCase):
     def test_every_caller_of_a_merged_turn_hangs_up(self):
         """Once nobody waits for a merged turn any more, its model call is cancelled (the fake
         would hold it for 30 s)."""
-        script(self.fport, [{"hang_ms": 600, "text": "first"}, {"hang_ms": 30000, "text": "late"}])
+        script(self.fport, [{"hold": "first", "text": "first"}, {"hang_ms": 30000, "text": "late"}])
         lead, follow = self.merge_behind_a_running_turn("merge-3", follower_raw=True)
         lead.close()  # the turn goes on for c (the test above)
         follow.close()
@@ -227,7 +233,7 @@ class TurnEdges(FakePeers, unittest.TestCase):
                  b'"finish_reason":"stop"'),
                 ("/v1/messages", {"model": "limited", "stream": True, "max_tokens": 50}, b"event: ping\n",
                  b"event: message_stop")):
-            script(self.fport, [tool, {"hang_ms": 1200, "text": "Done."}])
+            script(self.fport, [tool, {"hold": path, "text": "Done."}])
             before = len(fake_requests(self.fport))
             body = json.dumps(dict(body, messages=[{"role": "user", "content": "time?"}])).encode()
             s = self.n.connect()
@@ -237,6 +243,12 @@ class TurnEdges(FakePeers, unittest.TestCase):
             s.settimeout(1.0)
             head = s.recv(65536)
             self.assertTrue(head.startswith(b"HTTP/1.1 200"), head)
+            s.settimeout(20.0)
+            while head.count(alive) < 3:  # the model call is held at the fake until then
+                more = s.recv(65536)
+                self.assertTrue(more, (path, head[-600:]))
+                head += more
+            release(self.fport, path)
             raw = head + recv_all(s, 30)
             s.close()
             self.assertGreaterEqual(raw.count(alive), 3, (path, raw[-600:]))
@@ -262,7 +274,7 @@ class UnstreamedCallers(FakePeers, unittest.TestCase):
     def setUpClass(cls):
         cls.start_peers()
         write_config(cls.cfg.name, {
-            "llm.yaml": ("providers:\n  anthropic: {api_key: %s, base_url: http://127.0.0.1:%d, timeout: 1s}\n"
+            "llm.yaml": ("providers:\n  anthropic: {api_key: %s, base_url: http://127.0.0.1:%d, timeout: 2s}\n"
                          "  openai: {api_key: %s, base_url: http://127.0.0.1:%d/v1}\n"
                          "retry: {initial_backoff_ms: 10, max_backoff_ms: 20}\n")
                         % (FAKE_KEY, cls.fport, FAKE_KEY, cls.fport),
@@ -279,12 +291,14 @@ class UnstreamedCallers(FakePeers, unittest.TestCase):
     chat = TurnEdges.chat
 
     def test_a_long_answer_that_never_goes_quiet_is_not_cut(self):
-        script(self.fport, [{"text": "one two three four five", "chunks": 5, "delay_ms": 400}])
+        # (timeout 2 s against chunks 400 ms apart: a stalled loop on a slow machine stays within it)
+        text = "one two three four five six seven"
+        script(self.fport, [{"text": text, "chunks": 7, "delay_ms": 400}])
         t0 = time.monotonic()
         status, r = self.chat("patient", "think it over")
         self.assertEqual(status, 200, r)
-        self.assertEqual(r["choices"][0]["message"]["content"], "one two three four five")
-        self.assertGreater(time.monotonic() - t0, 1.5)  # longer than the 1 s timeout, whole
+        self.assertEqual(r["choices"][0]["message"]["content"], text)
+        self.assertGreater(time.monotonic() - t0, 2.2)  # longer than the 2 s timeout, whole
         reqs = fake_requests(self.fport)
         self.assertEqual(len(reqs), 1)
         self.assertIs(reqs[0]["body"]["stream"], True)

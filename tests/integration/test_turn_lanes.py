@@ -17,7 +17,7 @@ import time
 import unittest
 
 from nexo_harness import Nexo, main, recv_all, write_config
-from peers import FakePeers, fake_requests, llm_yaml, script, start_fake, stop_fake, wait_for
+from peers import FakePeers, fake_requests, llm_yaml, release, script, start_fake, stop_fake, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SLOW_MCP = os.path.join(HERE, "..", "tools", "slow_tools_mcp.py")
@@ -104,7 +104,7 @@ class TurnLanes(FakePeers, unittest.TestCase):
         self.assertEqual(len(rows), 5, rows)  # user, call, result, call, "not run"
 
     def test_a_streaming_caller_merged_into_a_turn_gets_its_answer(self):
-        script(self.fport, [{"hang_ms": 600, "text": "first"}, {"hang_ms": 300, "text": "together"}])
+        script(self.fport, [{"hold": "first", "text": "first"}, {"hang_ms": 300, "text": "together"}])
         with concurrent.futures.ThreadPoolExecutor(3) as ex:
             a = ex.submit(self.chat, "coll", "a", "merged")
             self.wait_requests(1)
@@ -112,6 +112,7 @@ class TurnLanes(FakePeers, unittest.TestCase):
             self.wait_in_flight(2)
             c = ex.submit(self.chat, "coll", "c", "merged", True)
             self.wait_in_flight(3)
+            release(self.fport, "first")
             self.assertEqual(a.result()[1]["choices"][0]["message"]["content"], "first")
             self.assertEqual(b.result()[1]["choices"][0]["message"]["content"], "together")
             status, body = c.result()
@@ -168,7 +169,8 @@ class TurnLanes(FakePeers, unittest.TestCase):
 
     def leave_behind(self, agent, session, texts):
         """texts[0]'s turn runs, the others wait in order behind it, and the last one's caller
-        leaves while it waits. The statuses of the other callers' answers."""
+        leaves while it waits (texts[0]'s step holds as "behind" until then). The statuses of the
+        other callers' answers."""
         with concurrent.futures.ThreadPoolExecutor(len(texts)) as ex:
             calls = [ex.submit(self.chat, agent, texts[0], session)]
             self.wait_requests(1)
@@ -179,6 +181,7 @@ class TurnLanes(FakePeers, unittest.TestCase):
             self.wait_in_flight(len(texts))
             leaver.close()
             self.wait_in_flight(len(texts) - 1)
+            release(self.fport, "behind")
             return [c.result()[0] for c in calls]
 
     def stored(self, agent, session, n):
@@ -188,7 +191,7 @@ class TurnLanes(FakePeers, unittest.TestCase):
 
     def test_queued_messages_whose_callers_left_keep_their_order(self):
         # A runs, B waits, C waits behind B and its caller leaves: C is stored after B's turn
-        script(self.fport, [{"hang_ms": 1000, "text": "answer-A"}, {"text": "answer-B"}])
+        script(self.fport, [{"hold": "behind", "text": "answer-A"}, {"text": "answer-B"}])
         statuses = self.leave_behind("limited", "order-late", ["msg-A", "msg-B", "msg-C"])
         self.assertEqual(statuses, [200, 200])
         self.assertEqual(self.stored("limited", "order-late", 5),
@@ -197,7 +200,7 @@ class TurnLanes(FakePeers, unittest.TestCase):
         self.assertNotIn("msg-C", json.dumps(fake_requests(self.fport)[1]["body"]["messages"]))
 
     def test_a_failed_turn_stores_only_the_messages_that_waited_behind_it(self):
-        script(self.fport, [{"hang_ms": 800, "error": {"status": 400, "type": "invalid_request_error",
+        script(self.fport, [{"hold": "behind", "error": {"status": 400, "type": "invalid_request_error",
                                                        "message": "bad"}}])
         self.assertEqual(self.leave_behind("limited", "failed-late", ["msg-A", "msg-C"]), [400])
         self.stored("limited", "failed-late", 1)
@@ -225,7 +228,7 @@ class TurnLanes(FakePeers, unittest.TestCase):
     def test_messages_that_waited_behind_a_refused_turn_are_kept(self):
         # A spends the daily budget; B waits and is refused; C waited behind B and its caller
         # left: C is stored (B, refused, is not)
-        script(self.fport, [{"text": "answer-A", "hang_ms": 800,
+        script(self.fport, [{"text": "answer-A", "hold": "behind",
                              "usage": {"input_tokens": 700, "output_tokens": 400}}])
         statuses = self.leave_behind("thrifty2", "refused-late", ["msg-A", "msg-B", "msg-C"])
         self.assertEqual(statuses, [200, 429])
@@ -264,13 +267,14 @@ class TurnLanes(FakePeers, unittest.TestCase):
                 self.n.request("GET", "/healthz", listener="metrics")
                 self.assertLess(time.monotonic(), deadline)
                 time.sleep(0.05)
-            script(self.fport, [{"text": "ANSWER-TO-FIRST", "hang_ms": 800,
+            script(self.fport, [{"text": "ANSWER-TO-FIRST", "hold": "first",
                                  "usage": {"input_tokens": 700, "output_tokens": 400}}])
             with concurrent.futures.ThreadPoolExecutor(2) as ex:
                 a = ex.submit(self.chat, "thrifty", "first", "order")
                 self.wait_requests(1)
                 b = ex.submit(self.chat, "thrifty", "second", "order")
                 self.wait_in_flight(2)
+                release(self.fport, "first")
                 self.assertEqual(a.result()[0], 200)
                 self.assertEqual(b.result()[0], 429)
         finally:

@@ -15,6 +15,7 @@ import unittest
 import urllib.request
 
 from nexo_harness import Nexo, main, write_config
+from peers import release
 from test_api_sdk import SRC, script, start_fake
 from test_router_nats import NatsConn, envelope, free_port
 
@@ -427,13 +428,18 @@ class WhatsApp(unittest.TestCase):
         self.assertEqual(len(self.sends(self.me)), 1)
 
     def test_collected_messages_get_one_reply_and_are_all_answered(self):
-        script(self.fport, [{"text": "one", "hang_ms": 1500}, {"text": "two and three"}])
+        script(self.fport, [{"text": "one", "hold": "one"}, {"text": "two and three"}])
         kw = {"url": self.hook.replace("/sales", "/pool"), "app_secret": "pool-secret",
               "phone_number_id": "777"}
         a = self.webhook([{"from": self.me, "text": "one"}], **kw)
         self.wait_llm(1)
         b = self.webhook([{"from": self.me, "text": "two"}, {"from": self.me, "text": "three"}], **kw)
         self.assertEqual((a["status"], b["status"]), (200, 200))
+        deadline = time.monotonic() + 20  # "two" and "three" wait behind "one" before it is answered
+        while self.metric("nexo_agent_turns_in_flight") < 3:
+            self.assertLess(time.monotonic(), deadline, "two and three never queued")
+            time.sleep(0.02)
+        release(self.fport, "one")
         self.wait_sends(self.me, 2)
         self.quiet()
         self.assertEqual([s["body"]["text"]["body"] for s in self.sends(self.me)], ["one", "two and three"])
