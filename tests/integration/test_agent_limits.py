@@ -12,7 +12,7 @@ import time
 import unittest
 
 from nexo_harness import Nexo, main, write_config
-from peers import PEERS, FakePeers, fake_requests, script
+from peers import PEERS, FakePeers, fake_requests, release, script
 from test_api_sdk import node
 
 AGENTS = """\
@@ -184,14 +184,15 @@ class Limits(FakePeers, unittest.TestCase):
         """Each running turn sets aside up to its max_tokens (600) of what is left: with 1000 a
         second turn at the same time gets 400 of it (and asks for no longer an answer), a third is
         asked to come back in a second."""
-        script(self.fport, [{"text": "a", "hang_ms": 800, "usage": {"input_tokens": 300, "output_tokens": 300}},
-                            {"text": "b", "hang_ms": 800, "usage": {"input_tokens": 200, "output_tokens": 200}}])
+        script(self.fport, [{"text": "a", "hold": "pair", "usage": {"input_tokens": 300, "output_tokens": 300}},
+                            {"text": "b", "hold": "pair", "usage": {"input_tokens": 200, "output_tokens": 200}}])
         with concurrent.futures.ThreadPoolExecutor(2) as ex:
             a = ex.submit(self.post, "/v1/chat/completions", "pair")
             self.wait_upstream(1)
             b = ex.submit(self.post, "/v1/chat/completions", "pair")
             self.wait_upstream(2)
             status, r, h = self.post("/v1/chat/completions", "pair")
+            release(self.fport, "pair")  # the two turns were held at the fake until now
             self.assertEqual((status, r["error"]["type"], r["error"]["code"]), (429, "requests", "rate_limit_exceeded"),
                              r)
             self.assertIn("set aside for the turns in progress", r["error"]["message"])

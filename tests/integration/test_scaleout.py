@@ -139,7 +139,7 @@ class ScaleOut(unittest.TestCase):
             return per
 
         wait_for(lambda: len(answers()) >= total, 180, "every message answered")
-        time.sleep(1.5)  # a late duplicate would show now
+        time.sleep(2.5)  # a late duplicate (a redelivery after ack_wait, 2 s) would show now
         per = answers()
         lost = [m for m in range(1, total + 1) if str(m) not in per]
         dups = {m: len(ids) for m, ids in per.items() if len(ids) > 1}
@@ -259,7 +259,7 @@ class ScaleOut(unittest.TestCase):
         pub.pub("plugin.inbound.scale", again)  # a redelivery the bus no longer remembers
         wait_for(lambda: metric(gw2, "nexo_router_redeliveries_total") >= 1, 30,
                  "the redelivery dropped by the ledger")
-        time.sleep(1.5)  # a late duplicate would show now
+        time.sleep(2.5)  # a late duplicate (a redelivery after ack_wait, 2 s) would show now
         per = telegram_sends()
         pub.s.close()
         self.assertEqual(sorted(per), list(range(1, total + 1)))
