@@ -374,6 +374,13 @@ def settle_rss(pid, seconds):
 
 def bench_streams():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 2 * STREAMS + 1024  # nexo holds a client and an upstream connection per stream
+    if hard < want:
+        try:  # root may raise the hard limit (up to fs.nr_open); nexo inherits it
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            soft = hard = want
+        except (ValueError, OSError):
+            note("open-file hard limit %d: some of %d streams may fail for want of descriptors" % (hard, STREAMS))
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     count = min(STREAMS, hard - 200)

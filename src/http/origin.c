@@ -121,6 +121,9 @@ bool nx_httpsrv_origin_gate(struct nx_http_server *srv, h2o_req_t *req, bool has
         refuse(srv, req, msg);
         return true;
     }
+    /* Whether and how a page may read the answer depends on Origin, so every answer says so: a
+     * cache (the browser's own) must not hand a page the answer to a request that had none. */
+    add(req, "vary", h2o_iovec_init(H2O_STRLIT("origin")));
     h2o_iovec_t origin = req_header(req, "origin");
     if (!origin.base)
         return false;
@@ -138,7 +141,6 @@ bool nx_httpsrv_origin_gate(struct nx_http_server *srv, h2o_req_t *req, bool has
         return true;
     }
     add(req, "access-control-allow-origin", origin);
-    add(req, "vary", h2o_iovec_init(H2O_STRLIT("origin")));
     h2o_iovec_t want = req_header(req, "access-control-request-method");
     if (!h2o_memis(req->input.method.base, req->input.method.len, H2O_STRLIT("OPTIONS")) || !want.base) {
         add(req, "access-control-expose-headers", h2o_iovec_init(H2O_STRLIT(EXPOSED)));

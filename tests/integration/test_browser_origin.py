@@ -149,8 +149,11 @@ class BrowserOrigin(unittest.TestCase):
         self.assertNotEqual(status, 403, data)
         self.assertNotIn(b"loopback", data)
         for host in ("localhost:%d" % port, "127.0.0.1:%d" % port, "[::1]:%d" % port, "app.localhost"):
-            status, _, _ = self.n.request("GET", "/v1/models", headers={"Host": host})
+            status, _, headers = self.n.request("GET", "/v1/models", headers={"Host": host})
             self.assertEqual(status, 200, host)
+            # no Origin, no CORS headers; but the answer would differ with one: a cache must know
+            self.assertNotIn("access-control-allow-origin", headers)
+            self.assertEqual(headers.get("vary"), "origin")
         # a page served from this machine (a local UI on another port) may call it
         status, _, headers = self.n.request("OPTIONS", "/v1/chat/completions", headers={
             "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
