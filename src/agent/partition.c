@@ -184,7 +184,7 @@ static int make_reply(struct item *it, const char *text)
 
 static void publish_and_ack(struct item *it)
 {
-    int rc = it->reply ? nx_bus_publish(it->p->bus, NULL, it->reply) : 0;
+    int rc = it->reply ? nx_bus_publish_as(it->p->bus, NULL, it->reply, NX_BUS_ANSWER) : 0;
 
     if (rc < 0)
         nx_error("agents", "reply to %s not published: %s", str(it->work, "outbound"), nx_strerror(rc));
@@ -315,7 +315,7 @@ static void settle_superseded(struct item *it, const char *state, const char *no
     if (payload && n > 0 && (size_t)n < sizeof subject &&
         (rc = nx_envelope_new(subject, str(it->work, "agent"), str(it->work, "session_key"), payload,
                               &env)) == 0)
-        rc = nx_bus_publish(it->p->bus, NULL, env);
+        rc = nx_bus_publish_as(it->p->bus, NULL, env, NX_BUS_ANSWER);
     if (rc < 0)
         nx_warn("agents", "event %s (%s): not settled at the gateway (%s): it is routed again at its "
                 "next start", it->id, state, nx_strerror(rc));

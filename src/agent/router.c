@@ -643,7 +643,7 @@ static void turn_finished(struct reply *rp, int rc, const char *text, const char
         rp = NULL;
     }
     if (rp) { /* no ledger */
-        if (rp->out_env && nx_bus_publish(r->bus, rp->subject, rp->out_env) < 0)
+        if (rp->out_env && nx_bus_publish_as(r->bus, rp->subject, rp->out_env, NX_BUS_ANSWER) < 0)
             nx_error("router", "agent %s: reply to %s not published", rp->agent, rp->subject);
         reply_free(rp);
     }

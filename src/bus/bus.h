@@ -78,10 +78,15 @@ void nx_bus_free(struct nx_bus *bus);
 int nx_bus_publish(struct nx_bus *bus, const char *subject, const struct nx_envelope *env);
 
 /* What a publish is to a full disk queue. New work (a channel's inbound event, one resumed from
- * the ledger) is refused at broker.limits.max_pending; an answer to work already taken in (the
- * router's reply) may use as much again, so that while NATS is away what was taken in is still
- * answered at once instead of waiting behind new work that itself waits for room. */
+ * the ledger, work forwarded to the agents' processes) is refused at broker.limits.max_pending;
+ * an answer to work already taken in (a reply, a settlement, an agent's send_message, a pairing
+ * code or rate-limit notice) may use as much again, so that while NATS is away what was taken in
+ * is still answered at once instead of waiting behind new work that itself waits for room. */
 enum nx_bus_class { NX_BUS_WORK, NX_BUS_ANSWER };
+
+/* nx_bus_publish of a class: nx_bus_publish is this with NX_BUS_WORK. */
+int nx_bus_publish_as(struct nx_bus *bus, const char *subject, const struct nx_envelope *env,
+                      enum nx_bus_class cls);
 
 /* nx_bus_publish, or, when the bus has no room now (NX_EAGAIN: its disk queue is full while NATS
  * is away), a wait in the bus's own queue of such publishes: one FIFO per class for every caller,

@@ -191,9 +191,6 @@ void *nx_js_kv(struct nx_bus *bus); /* kvStore * while JetStream is usable, else
 /* resilient.c */
 /* An answer may fill the disk queue to twice broker.limits.max_pending (bus.h, nx_bus_class). */
 int nx_resilient_publish(struct nx_bus *bus, struct nx_bus_item *item, enum nx_bus_class cls);
-/* nx_bus_publish of a class (later.c retries answers as answers). */
-int nx_bus_publish_as(struct nx_bus *bus, const char *subject, const struct nx_envelope *env,
-                      enum nx_bus_class cls);
 void nx_resilient_on_connection(struct nx_bus *bus, bool is_connected);
 void nx_resilient_tick(struct nx_bus *bus);
 void nx_resilient_load(struct nx_bus *bus);

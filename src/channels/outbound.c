@@ -194,7 +194,7 @@ int nx_channels_send_message(struct nx_channels *cs, const struct nx_config *cfg
     }
     nx_buf_printf(&subject, "plugin.outbound.%s", nx_channel_label(ch));
     if ((rc = nx_envelope_new(nx_buf_cstr(&subject), a->id, NULL, payload, &env)) < 0 ||
-        (rc = nx_bus_publish(nx_channel_bus(ch), nx_buf_cstr(&subject), env)) < 0) {
+        (rc = nx_bus_publish_as(nx_channel_bus(ch), nx_buf_cstr(&subject), env, NX_BUS_ANSWER)) < 0) {
         snprintf(err, errlen, "the message could not be queued (%s); try again later", nx_strerror(rc));
         goto out;
     }

@@ -516,7 +516,7 @@ static void send_challenge(struct nx_chpolicy *p, const struct nx_channel_in *in
     struct nx_envelope *env = NULL;
     int rc = nx_envelope_new(nx_buf_cstr(&subject), p->label, NULL, payload, &env);
     if (rc == 0)
-        rc = nx_bus_publish(nx_channel_bus(p->ch), nx_buf_cstr(&subject), env);
+        rc = nx_bus_publish_as(nx_channel_bus(p->ch), nx_buf_cstr(&subject), env, NX_BUS_ANSWER);
     if (rc < 0)
         nx_warn("channels", "%s: pairing code for sender %s not sent: %s", p->label, in->from,
                 nx_strerror(rc));

@@ -239,7 +239,7 @@ static void send_notice(struct nx_sender_limiter *l, const struct nx_router_gate
     json_t *payload = json_pack("{s:s, s:s, s:s}", "to", in->peer, "text", notice_text, "key", key);
     int rc = nx_envelope_new(nx_buf_cstr(&subject), in->agent->id, NULL, payload, &env);
     if (rc == 0)
-        rc = nx_bus_publish(l->bus, nx_buf_cstr(&subject), env);
+        rc = nx_bus_publish_as(l->bus, nx_buf_cstr(&subject), env, NX_BUS_ANSWER);
     if (rc < 0)
         nx_warn("channels", "%s: rate-limit notice to %s not sent: %s", label, in->peer, nx_strerror(rc));
     nx_envelope_free(env);

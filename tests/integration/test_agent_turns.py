@@ -372,7 +372,7 @@ class Turns(FakePeers, unittest.TestCase):
         # not find itself interrupted by the older message (interrupt)
         img = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + os.urandom(3000000)).decode()
         # (the interrupted call is held at the fake until B has come, however slow the machine)
-        for agent, first in (("kate", {"hang_ms": 300}), ("interrupter", {"hold": "A"})):
+        for agent, first in (("kate", {"hang_ms": 300}), ("interrupter", {"hold": "A-interrupter"})):
             with self.subTest(agent=agent):
                 script(self.fport, [dict(first, text="one"), {"text": "two"}])
                 before = len(self.requests())
@@ -383,8 +383,11 @@ class Turns(FakePeers, unittest.TestCase):
                                   session)
                     self.wait_in_flight(1)  # A's turn has started
                     b = ex.submit(self.chat, agent, "B-text", session)
-                    (sa, ra), (sb, rb) = a.result(), b.result()
-                    release(self.fport, "A")
+                    sa, ra = a.result()
+                    # the held step goes to whichever turn reaches the fake first: A's (then B
+                    # interrupted it) or, were A interrupted before its call, B's own
+                    release(self.fport, "A-" + agent)  # (a name per subtest: one fake, no reset)
+                    sb, rb = b.result()
                 self.assertEqual(sb, 200, rb)
                 sent = self.requests()[before:]
                 self.assertIn("B-text", json.dumps(sent[-1]["body"]["messages"][-1]))
