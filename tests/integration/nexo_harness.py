@@ -18,6 +18,7 @@ NEXO_BIN = os.environ.get("NEXO_BIN") or os.path.join(
     os.path.dirname(__file__), "..", "..", "build", "nexo")
 TEST_DATA = os.environ.get("NEXO_TEST_DATA") or os.path.join(os.path.dirname(__file__), "..", "data")
 START_TIMEOUT = 20.0
+STARTED = []  # every Nexo started in this process, in order (main()'s result shows their logs)
 
 
 def run_cli(*args, env=None, cwd=None, timeout=30):
@@ -58,6 +59,9 @@ class Nexo:
             cmd += ["--config", self.config_dir]
         cmd += self.args
         self.log = open(self.log_path, "wb")
+        self.log_tail = None
+        if self not in STARTED:
+            STARTED.append(self)
         # cwd = the temp dir, so no stray ./config is picked up.
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      cwd=self.tmp)
@@ -139,6 +143,7 @@ class Nexo:
             self.log.close()
         if getattr(self, "notify", None):
             self.notify.close()
+        self.log_tail = self.read_log()[-LOG_TAIL:]  # for a failure reported after the cleanup
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def restart(self):
@@ -215,5 +220,40 @@ def write_config(root, files):
     return root
 
 
+LOG_TAIL = 4000
+
+
+class LogTailResult(unittest.TextTestResult):
+    """A failed test's output ends with the end of the log of each nexo that ran during it (or
+    still runs: a class's shared one), so that a failure seen only in CI can be read from CI's
+    output alone. unittest reports after tearDown, so a cleaned-up nexo's tail was kept."""
+
+    def startTest(self, test):
+        self.first_started = len(STARTED)
+        super().startTest(test)
+
+    def show_logs(self):
+        first = getattr(self, "first_started", 0)
+        shown = [n for i, n in enumerate(STARTED)
+                 if i >= first or (n.proc and n.proc.poll() is None and n.log_tail is None)]
+        for n in shown[-3:]:
+            tail = n.log_tail if n.log_tail is not None else n.read_log()[-LOG_TAIL:]
+            self.stream.write("\n--- the end of nexo's log (pid %s) ---\n%s\n--- end ---\n"
+                              % (n.proc.pid if n.proc else "?", tail))
+
+    def addFailure(self, test, err):
+        super().addFailure(test, err)
+        self.show_logs()
+
+    def addError(self, test, err):
+        super().addError(test, err)
+        self.show_logs()
+
+    def addSubTest(self, test, subtest, err):
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            self.show_logs()
+
+
 def main():
-    unittest.main(verbosity=2)
+    unittest.main(verbosity=2, testRunner=unittest.TextTestRunner(verbosity=2, resultclass=LogTailResult))
