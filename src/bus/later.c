@@ -7,6 +7,7 @@
 #include "core/alloc.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "runtime/runtime.h"
 
 /* Publishes the bus refused for now (NX_EAGAIN: its disk queue is full while NATS is away),
@@ -37,6 +38,20 @@ struct nx_bus_later {
     uint64_t delay_ms;
     struct nx_timer *timer;
 };
+
+static struct nx_metric *m_waiting;
+
+/* nexo_bus_waiting_for_room{class}: added to and taken from, as a process may have several buses. */
+static void count_waiting(enum nx_bus_class cls, double d)
+{
+    static const char *const class_names[N_CLASSES] = {"work", "answer"};
+    static const char *const labels[] = {"class", NULL};
+    if (!m_waiting)
+        m_waiting = nx_metric_gauge("nexo_bus_waiting_for_room", "Events a full disk queue refused for now, "
+                                    "waiting in memory, in order, to be published.", labels);
+    const char *const lv[] = {class_names[cls]};
+    nx_gauge_add(m_waiting, lv, d);
+}
 
 static void waiting_free(struct waiting *w)
 {
@@ -81,6 +96,8 @@ static size_t drain_class(struct nx_bus_later *l, enum nx_bus_class cls)
         done++;
         waiting_free(w);
     }
+    if (done)
+        count_waiting(cls, -(double)done);
     return done;
 }
 
@@ -133,6 +150,7 @@ int nx_bus_publish_in_order(struct nx_bus *bus, const char *subject, const struc
     *f->tail = w;
     f->tail = &w->next;
     f->n++;
+    count_waiting(cls, 1);
     arm(l);
     return 0;
 }
@@ -154,11 +172,14 @@ void nx_bus_later_free(struct nx_bus_later *l)
         return;
     if (l->timer)
         nx_timer_cancel(l->timer);
-    for (int c = 0; c < N_CLASSES; c++)
+    for (int c = 0; c < N_CLASSES; c++) {
+        if (l->q[c].n)
+            count_waiting((enum nx_bus_class)c, -(double)l->q[c].n);
         while (l->q[c].head) {
             struct waiting *w = l->q[c].head;
             l->q[c].head = w->next;
             waiting_free(w);
         }
+    }
     free(l);
 }

@@ -307,6 +307,9 @@ class BusFaults(unittest.TestCase):
         # answered through the bus (replies have room of their own), not by the ledger's sweep
         # for replies the bus never delivered, which comes 30 s after the start
         self.assertNotRegex(self.n.read_log(), r"sending \d+ pending repl(y|ies) from the ledger")
+        waiting = 'nexo_bus_waiting_for_room{class="%s"}'
+        wait_for(lambda: metric(self.n, waiting % "work") == 15, 10, "15 messages waiting for room")
+        self.assertEqual(metric(self.n, waiting % "answer"), 0)
         self.assertEqual(self.n.stop(), 0)
         os.unlink(os.path.join(self.n.tmp, "notify.sock"))
         os.rename(self.n.log_path, self.n.log_path + ".1")
