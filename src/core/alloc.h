@@ -11,7 +11,7 @@ char *nx_strdup(const char *s);
 char *nx_strndup(const char *s, size_t n);
 void *nx_memdup(const void *p, size_t n);
 
-/* Hands the heap's free pages back to the system (glibc's trim), including those the allocator's
+/* Hands the heap's free pages back to the kernel (glibc's trim), including those the allocator's
  * per-thread cache pins; for the daemon's trim when nothing is in flight. */
 void nx_heap_trim(void);
 
