@@ -448,6 +448,7 @@ int nx_agents_http_client_new(uv_loop_t *loop, const struct nx_config *cfg,
         .timeout_ms = hc->timeout_ms,
         .max_response_bytes = hc->max_response_bytes,
         .max_host_connections = hc->max_host_connections,
+        .is_curl_only = hc->engine == NX_HTTP_ENGINE_CURL,
     };
     return nx_http_client_new(loop, &copts, out);
 }

@@ -69,6 +69,8 @@ static const struct nx_conf_field gw_limits_fields[] = {
 };
 static const struct nx_conf_struct gw_limits = {.name = "\"limits\"", .fields = gw_limits_fields};
 
+static const char *const http_engines[] = {"auto", "curl", NULL};
+
 static const struct nx_conf_field gw_client_fields[] = {
     {NX_FIELD("proxy", NX_CT_STRING, G, http_client.proxy), .check = check_proxy},
     {NX_FIELD("connect_timeout", NX_CT_DURATION, G, http_client.connect_timeout_ms), .def = "10s", .min = 1,
@@ -79,6 +81,7 @@ static const struct nx_conf_field gw_client_fields[] = {
      .max = (int64_t)1 << 34},
     {NX_FIELD("max_host_connections", NX_CT_UINT, G, http_client.max_host_connections), .def = "256",
      .min = 1, .max = 1000000},
+    {NX_FIELD("engine", NX_CT_ENUM, G, http_client.engine), .choices = http_engines, .def = "auto"},
     {.name = NULL},
 };
 static const struct nx_conf_struct gw_client = {.name = "\"http_client\"", .fields = gw_client_fields};

@@ -82,7 +82,12 @@ struct nx_http_client_conf {
     uint32_t timeout_ms;         /* whole request default; default 120s */
     uint64_t max_response_bytes; /* default 32 MiB */
     uint32_t max_host_connections; /* concurrent connections per upstream host; default 256 */
+    int engine;                  /* enum nx_http_engine: auto (default) or curl */
 };
+
+/* http_client.engine: nexo's own HTTP/1.1 engine for plain http:// calls that need nothing
+ * more (auto), or libcurl for every call (curl). */
+enum nx_http_engine { NX_HTTP_ENGINE_AUTO = 0, NX_HTTP_ENGINE_CURL = 1 };
 
 struct nx_gateway_conf {
     struct nx_listen listen;         /* default 127.0.0.1:8080 */

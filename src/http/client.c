@@ -82,7 +82,7 @@ static void call_unlink(struct nx_http_client *c, struct nx_http_call *call)
 }
 
 /* Runs on_done once. Must be called between enter() and leave(). */
-static void call_finish(struct nx_http_call *call, int rc, const char *err)
+void nx_http_call_finish(struct nx_http_call *call, int rc, const char *err)
 {
     struct nx_http_response res;
     long status = 0;
@@ -91,7 +91,9 @@ static void call_finish(struct nx_http_call *call, int rc, const char *err)
         return;
     call->is_done = 1;
     call->client->inflight--;
-    if (call->easy)
+    if (call->h1)
+        status = nx_h1_status(call);
+    else if (call->easy)
         curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &status);
     res.status = status;
     res.headers = nx_buf_cstr(&call->resp_hdrs);
@@ -105,7 +107,6 @@ static void call_finish(struct nx_http_call *call, int rc, const char *err)
     }
 }
 
-static void handle_closed(struct nx_http_client *c);
 static void finish_free(struct nx_http_client *c);
 
 /* Detaches and frees every finished call. Only at depth 0 (outside libcurl callbacks). */
@@ -117,7 +118,9 @@ static void reap(struct nx_http_client *c)
         next = call->next;
         if (!call->is_done)
             continue;
-        if (call->in_multi) {
+        if (call->h1) {
+            nx_h1_detach(call);
+        } else if (call->in_multi) {
             curl_multi_remove_handle(c->multi, call->easy);
             call->in_multi = 0;
         }
@@ -126,12 +129,12 @@ static void reap(struct nx_http_client *c)
     }
 }
 
-static void enter(struct nx_http_client *c)
+void nx_http_enter(struct nx_http_client *c)
 {
     c->depth++;
 }
 
-static void leave(struct nx_http_client *c)
+void nx_http_leave(struct nx_http_client *c)
 {
     NX_ASSERT(c->depth > 0);
     if (--c->depth > 0)
@@ -191,7 +194,7 @@ static void check_multi_info(struct nx_http_client *c)
             continue;
         call->in_multi = 0;
         rc = map_result(call, res, &err);
-        call_finish(call, rc, err);
+        nx_http_call_finish(call, rc, err);
     }
 }
 
@@ -199,10 +202,10 @@ static void socket_action(struct nx_http_client *c, curl_socket_t fd, int flags)
 {
     int running;
 
-    enter(c);
+    nx_http_enter(c);
     curl_multi_socket_action(c->multi, fd, flags, &running);
     check_multi_info(c);
-    leave(c);
+    nx_http_leave(c);
 }
 
 static void on_poll(uv_poll_t *h, int status, int events)
@@ -230,7 +233,7 @@ static void sock_close_cb(uv_handle_t *h)
     struct nx_http_client *c = s->client;
 
     free(s);
-    handle_closed(c);
+    nx_http_handle_closed(c);
 }
 
 static void sock_close(struct nx_http_client *c, struct sock_ctx *s)
@@ -409,6 +412,7 @@ int nx_http_client_new(uv_loop_t *loop, const struct nx_http_client_opts *opts,
     c->timeout_ms = opts && opts->timeout_ms ? opts->timeout_ms : DEFAULT_TIMEOUT_MS;
     c->max_response_bytes = opts && opts->max_response_bytes ? opts->max_response_bytes
                                                              : DEFAULT_MAX_BYTES;
+    c->is_curl_only = opts && opts->is_curl_only;
     c->host_conns = opts && opts->max_host_connections ? (long)opts->max_host_connections
                                                        : DEFAULT_HOST_CONNS;
     uv_timer_init(loop, &c->timer);
@@ -427,6 +431,11 @@ int nx_http_client_new(uv_loop_t *loop, const struct nx_http_client_opts *opts,
 static long max_connects(const struct nx_http_client *c)
 {
     return c->host_conns * 2 < 256 ? c->host_conns * 2 : 256;
+}
+
+size_t nx_http_max_idle(const struct nx_http_client *c)
+{
+    return (size_t)max_connects(c);
 }
 
 /* libcurl (dlopened by http/curl_loader.c) and the multi handle come at the first request, so a
@@ -459,7 +468,7 @@ static int ensure_multi(struct nx_http_client *c)
 }
 
 /* The client's memory goes once the loop has closed every handle it owned. */
-static void handle_closed(struct nx_http_client *c)
+void nx_http_handle_closed(struct nx_http_client *c)
 {
     if (--c->open_handles == 0) {
         free(c->proxy);
@@ -470,7 +479,7 @@ static void handle_closed(struct nx_http_client *c)
 
 static void close_cb_count(uv_handle_t *h)
 {
-    handle_closed(h->data);
+    nx_http_handle_closed(h->data);
 }
 
 /* Closes the multi handle and with it every cached connection. No call may be attached. */
@@ -491,6 +500,7 @@ static void finish_free(struct nx_http_client *c)
 {
     c->is_closed = 1;
     reap(c);
+    nx_h1_free(c);
     while (c->nspare)
         curl_easy_cleanup(c->spare[--c->nspare]);
     if (c->multi) /* NULL when no request was ever made */
@@ -507,9 +517,14 @@ static void finish_free(struct nx_http_client *c)
  * among the burst's transient memory: freed, they let malloc_trim hand that memory back. */
 int nx_http_client_trim(struct nx_http_client *c)
 {
-    if (!c || !c->multi || c->calls || c->depth || c->is_freeing ||
-        c->peak_inflight <= (size_t)max_connects(c))
+    int closed;
+
+    if (!c || c->calls || c->depth || c->is_freeing || c->peak_inflight <= (size_t)max_connects(c))
         return 0;
+    closed = nx_h1_close_idle(c) > 0;
+    c->peak_inflight = 0;
+    if (!c->multi)
+        return closed;
     while (c->nspare)
         curl_easy_cleanup(c->spare[--c->nspare]);
     multi_close(c); /* the next request makes a new one */
@@ -521,10 +536,10 @@ void nx_http_client_free(struct nx_http_client *c)
     if (!c || c->is_freeing)
         return;
     c->is_freeing = 1;
-    enter(c);
+    nx_http_enter(c);
     for (struct nx_http_call *call = c->calls; call; call = call->next)
-        call_finish(call, NX_ECANCELED, "HTTP client shut down");
-    leave(c);
+        nx_http_call_finish(call, NX_ECANCELED, "HTTP client shut down");
+    nx_http_leave(c);
 }
 
 /* A streamed answer may last as long as bytes keep coming: its call fails when none came for
@@ -539,19 +554,24 @@ static void on_idle_tick(uv_timer_t *h)
     uint64_t now = uv_now(c->loop);
     bool is_any = false;
 
-    enter(c);
+    nx_http_enter(c);
     for (struct nx_http_call *call = c->calls; call; call = call->next) {
+        if (call->h1 && !call->is_done) {
+            is_any = true;
+            if (nx_h1_tick(call, now))
+                continue;
+        }
         if (call->is_done || (!call->idle_ms && !call->end_by_ms))
             continue;
         if (call->end_by_ms && now >= call->end_by_ms) {
             snprintf(call->errbuf, sizeof call->errbuf, "not ended in time");
-            call_finish(call, NX_ETIMEDOUT, call->errbuf);
+            nx_http_call_finish(call, NX_ETIMEDOUT, call->errbuf);
             continue;
         }
         if (call->stall_ms && call->is_connected && now - call->last_progress_ms >= call->stall_ms) {
             snprintf(call->errbuf, sizeof call->errbuf, "only keep-alives received for %u ms",
                      (unsigned)call->stall_ms);
-            call_finish(call, NX_ETIMEDOUT, call->errbuf);
+            nx_http_call_finish(call, NX_ETIMEDOUT, call->errbuf);
             continue;
         }
         if (!call->idle_ms || now - call->last_data_ms < call->idle_ms) {
@@ -563,34 +583,38 @@ static void on_idle_tick(uv_timer_t *h)
                                     : "no connection to the upstream within %u ms (it did not accept "
                                       "one, or all http_client.max_host_connections to it are busy)",
                  (unsigned)call->idle_ms);
-        call_finish(call, NX_ETIMEDOUT, call->errbuf);
+        nx_http_call_finish(call, NX_ETIMEDOUT, call->errbuf);
     }
-    leave(c);
+    nx_http_leave(c);
     if (!is_any)
         uv_timer_stop(&c->idle);
 }
 
-static void on_kick(uv_timer_t *h)
+void nx_http_on_kick(uv_timer_t *h)
 {
     struct nx_http_client *c = h->data;
 
-    enter(c);
+    nx_http_enter(c);
     for (struct nx_http_call *call = c->calls; call; call = call->next) {
         CURLMcode mc;
 
         if (call->is_done || call->in_multi)
             continue;
         if (call->start_rc != 0) {
-            call_finish(call, call->start_rc, call->start_err);
+            nx_http_call_finish(call, call->start_rc, call->start_err);
+            continue;
+        }
+        if (call->h1) {
+            nx_h1_start(call);
             continue;
         }
         if ((mc = curl_multi_add_handle(c->multi, call->easy)) != CURLM_OK) {
-            call_finish(call, NX_EHTTP, curl_multi_strerror(mc));
+            nx_http_call_finish(call, NX_EHTTP, curl_multi_strerror(mc));
             continue;
         }
         call->in_multi = 1;
     }
-    leave(c);
+    nx_http_leave(c);
 }
 
 static void setup_easy(struct nx_http_client *c, struct nx_http_call *call,
@@ -684,6 +708,10 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
     } else if (nx_http_check_proxy(o->proxy) != 0) {
         call->start_rc = NX_EINVAL;
         call->start_err = "proxy must start with http://, https://, socks5:// or socks5h://";
+    } else if (nx_h1_wants(c, o)) {
+        const char *method = o->method ? o->method : o->body ? "POST" : "GET";
+        if (nx_h1_prepare(call, o, method, &call->start_err) != 0)
+            call->start_rc = NX_EINVAL;
     } else if (ensure_multi(c) != 0) {
         call->start_rc = NX_EHTTP;
         call->start_err = "libcurl is unavailable (libcurl.so.4 not loaded or not initialised)";
@@ -715,11 +743,11 @@ struct nx_http_call *nx_http_client_request(struct nx_http_client *c,
     c->calls_tail = call;
     if (++c->inflight > c->peak_inflight)
         c->peak_inflight = c->inflight;
-    uv_timer_start(&c->kick, on_kick, 0, 0);
+    uv_timer_start(&c->kick, nx_http_on_kick, 0, 0);
     call->last_data_ms = uv_now(c->loop);
     call->last_progress_ms = call->last_data_ms;
     call->stall_ms = o->idle_timeout_ms ? o->stall_timeout_ms : 0;
-    if ((call->idle_ms = o->idle_timeout_ms) && !uv_is_active((uv_handle_t *)&c->idle))
+    if (((call->idle_ms = o->idle_timeout_ms) || call->h1) && !uv_is_active((uv_handle_t *)&c->idle))
         uv_timer_start(&c->idle, on_idle_tick, IDLE_TICK_MS, IDLE_TICK_MS);
     return call;
 }
@@ -742,9 +770,9 @@ void nx_http_call_cancel(struct nx_http_call *call)
     if (!call || call->is_done)
         return;
     c = call->client;
-    enter(c);
-    call_finish(call, NX_ECANCELED, "cancelled");
-    leave(c);
+    nx_http_enter(c);
+    nx_http_call_finish(call, NX_ECANCELED, "cancelled");
+    nx_http_leave(c);
 }
 
 uv_loop_t *nx_http_client_loop(const struct nx_http_client *c)

@@ -6,10 +6,12 @@
 #include <stdint.h>
 #include <uv.h>
 
-/* Outbound HTTP: libcurl's multi interface driven by the loop (uv_poll + uv_timer with
- * curl_multi_socket_action), so nothing blocks the loop. Connections are reused. Every call
- * has a deadline and a response size cap; a proxy (http, https, socks5, socks5h) may be set
- * per client or per call. Callbacks run on the loop thread. */
+/* Outbound HTTP on the loop, so nothing blocks it: a plain http:// call that needs no proxy,
+ * redirect, pinned address or Expect goes by nexo's own HTTP/1.1 engine (http/h1.c, ~1 KB a
+ * call in flight); every other call by libcurl's multi interface (uv_poll + uv_timer with
+ * curl_multi_socket_action). Connections are reused. Every call has a deadline and a response
+ * size cap; a proxy (http, https, socks5, socks5h) may be set per client or per call.
+ * Callbacks run on the loop thread. */
 
 struct nx_http_client;
 struct nx_http_call;
@@ -21,6 +23,7 @@ struct nx_http_client_opts {
     uint64_t max_response_bytes; /* default per call; 0 = 32 MiB */
     const char *user_agent;      /* NULL = "nexo/<version>" */
     uint32_t max_host_connections; /* per host (and proxy); 0 = 32; the idle pool keeps twice that */
+    bool is_curl_only; /* every call by libcurl, never by nexo's own HTTP/1.1 engine */
 };
 
 struct nx_http_header {

@@ -47,8 +47,9 @@ struct nx_http_call {
     uint64_t end_by_ms; /* nx_http_call_end_within: loop time it fails by, whatever arrives; 0 none */
     int start_rc;       /* set up failed: reported from the kick timer */
     const char *start_err;
-    int in_multi;
+    int in_multi;       /* attached to the multi handle, or (h1) to a connection */
     int is_done;
+    struct nx_h1_call *h1; /* http/h1.c's state, when the call goes by nexo's own engine */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -77,16 +78,51 @@ struct nx_http_client {
     uint32_t timeout_ms;
     uint64_t max_response_bytes;
     long host_conns;
+    bool is_curl_only;
     struct nx_http_call *calls, *calls_tail;
     CURL *spare[NX_HTTP_SPARE_EASY]; /* reset easy handles of finished calls, for the next ones */
     size_t nspare;
     struct sock_ctx *socks;
     size_t inflight;
     size_t peak_inflight; /* since the multi handle was made: how full its connection cache got */
+    struct nx_h1_pool *h1; /* http/h1.c: its hosts and connections, made at its first call */
     int depth;
     int open_handles;
     int is_freeing;
     int is_closed;
 };
+
+/* http/client.c, for http/h1.c */
+void nx_http_enter(struct nx_http_client *c);
+/* At depth 0: detaches and frees finished calls, completes a pending free. */
+void nx_http_leave(struct nx_http_client *c);
+/* Runs on_done once. Between nx_http_enter and nx_http_leave. */
+void nx_http_call_finish(struct nx_http_call *call, int rc, const char *err);
+/* One of the client's handles (or lookups) is closed: the last one frees the client. */
+void nx_http_handle_closed(struct nx_http_client *c);
+/* Starts calls not started yet (the kick timer's callback). */
+void nx_http_on_kick(uv_timer_t *h);
+/* Idle connections the client keeps. */
+size_t nx_http_max_idle(const struct nx_http_client *c);
+
+/* http/h1.c: nexo's own HTTP/1.1 engine, for plain http:// calls without a proxy, redirects, a
+ * pinned address or Expect; libcurl does the rest. */
+struct nx_h1_call;
+struct nx_h1_pool;
+bool nx_h1_wants(const struct nx_http_client *c, const struct nx_http_call_opts *o);
+/* The call's URL, request head and body; NX_EINVAL with *err for a bad URL or header. */
+int nx_h1_prepare(struct nx_http_call *call, const struct nx_http_call_opts *o, const char *method,
+                  const char **err);
+/* From the kick timer: a connection (pooled or new) for the call, or it waits for one. */
+void nx_h1_start(struct nx_http_call *call);
+/* The finished call lets its connection go: back to the idle pool after a whole answer, else
+ * closed. Frees call->h1. */
+void nx_h1_detach(struct nx_http_call *call);
+/* Connect timeout and whole-call deadline: 1 when it finished the call. */
+int nx_h1_tick(struct nx_http_call *call, uint64_t now);
+long nx_h1_status(const struct nx_http_call *call);
+size_t nx_h1_close_idle(struct nx_http_client *c);
+/* The client is being freed: idle connections closed, hosts freed. */
+void nx_h1_free(struct nx_http_client *c);
 
 #endif

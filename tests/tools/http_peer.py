@@ -14,6 +14,8 @@ Endpoints:
   /big?bytes=N[&chunked=1]   N bytes of 'x' (chunked: no Content-Length)
   /echo                 JSON of the method, path, headers and body
   /conn                 the client's remote port (to check connection reuse)
+  /drop_if_reused       the client's remote port, but on a connection that served a request
+                        before, closes it without a word (a keep-alive the server gave up on)
   /redirect?to=PATH     302 to PATH
   /loop                 302 to /loop, for ever
   /redirect_endless?to=PATH  302 to PATH with a chunked body that goes on (up to 64 GiB) while read
@@ -127,6 +129,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send_body(200, json.dumps(doc).encode(), "application/json")
         elif path == "/conn":
             self.send_body(200, str(self.client_address[1]).encode())
+        elif path == "/drop_if_reused":
+            if self.served > 1:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self.send_body(200, str(self.client_address[1]).encode())
         elif path == "/redirect":
             self.send_body(302, b"moved", extra={"Location": q.get("to", ["/json"])[0]})
         elif path == "/redirect_endless":
@@ -167,6 +175,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_chunked()
 
     def handle_one_request(self):
+        self.served = getattr(self, "served", 0) + 1  # requests on this connection, this one too
         try:
             super().handle_one_request()
         except (BrokenPipeError, ConnectionResetError):

@@ -106,12 +106,20 @@ static inline void finish(uv_loop_t *loop, struct nx_http_client *c)
     assert_int_equal(ts_loop_finish(loop), 0);
 }
 
+/* Each program runs its tests twice: plain http:// calls by nexo's own HTTP/1.1 engine, then with
+ * every call by libcurl (which real providers, over TLS, always use). */
+static bool g_curl_only;
+
 static inline struct nx_http_client *client_new(uv_loop_t *loop, const struct nx_http_client_opts *o)
 {
     struct nx_http_client *c = NULL;
+    struct nx_http_client_opts co = {0};
 
+    if (o)
+        co = *o;
+    co.is_curl_only = g_curl_only;
     assert_int_equal(uv_loop_init(loop), 0);
-    assert_int_equal(nx_http_client_new(loop, o, &c), 0);
+    assert_int_equal(nx_http_client_new(loop, &co, &c), 0);
     assert_non_null(c);
     return c;
 }

@@ -65,14 +65,21 @@ static void on_done(int rc, const struct nx_http_response *res, const char *err,
     snprintf(r->err, sizeof r->err, "%s", err ? err : "");
 }
 
-/* Starts a GET and runs the loop until it completes (at most 10 s). */
-static void get(uv_loop_t *loop, struct nx_http_client *c, const char *u, struct result *r)
+/* Starts a GET and runs the loop until it completes (at most 10 s). A plain http:// call goes by
+ * nexo's own engine unless it asks for what only libcurl does: is_curl asks it to follow
+ * redirects. */
+static void get_by(uv_loop_t *loop, struct nx_http_client *c, const char *u, bool is_curl, struct result *r)
 {
-    struct nx_http_call_opts o = {.url = u, .on_done = on_done, .udata = r};
+    struct nx_http_call_opts o = {.url = u, .on_done = on_done, .udata = r, .follow_redirects = is_curl};
 
     memset(r, 0, sizeof *r);
     if (nx_http_client_request(c, &o))
         ts_run_until_count(loop, &r->ndone, 1, 10000);
+}
+
+static void get(uv_loop_t *loop, struct nx_http_client *c, const char *u, struct result *r)
+{
+    get_by(loop, c, u, true, r);
 }
 
 static int client_free_and_close(uv_loop_t *loop, struct nx_http_client *c)
@@ -120,6 +127,8 @@ static int missing_library_child(int log_fd)
     bad |= (r.ndone != 1 || r.rc != NX_EHTTP || !strstr(r.err, "libcurl")) << 13;
     get(&loop, c, u, &r);
     bad |= (r.ndone != 1 || r.rc != NX_EHTTP) << 14;
+    get_by(&loop, c, u, false, &r); /* nexo's own engine needs no libcurl */
+    bad |= (r.ndone != 1 || r.rc != 0 || r.status != 200) << 17;
     bad |= (client_free_and_close(&loop, c) != 0) << 15;
     bad |= nx_curl_is_loaded() << 16;
     return bad;
@@ -189,7 +198,14 @@ static void test_curl_loads_at_first_request_not_at_client_new(void **state)
     assert_int_equal(r.rc, NX_EINVAL);
     assert_false(nx_curl_is_loaded());
 
+    /* nor does one nexo's own HTTP/1.1 engine makes */
     url(u, sizeof u, "/json");
+    get_by(&loop, c, u, false, &r);
+    assert_int_equal(r.ndone, 1);
+    assert_int_equal(r.rc, 0);
+    assert_int_equal(r.status, 200);
+    assert_false(nx_curl_is_loaded());
+
     get(&loop, c, u, &r);
     assert_int_equal(r.ndone, 1);
     assert_int_equal(r.rc, 0);

@@ -494,6 +494,83 @@ static void test_http_a_cancelled_waiting_call_leaves_no_buffer_behind(void **st
     finish(&loop, c);
 }
 
+/* A keep-alive connection the server gave up on as the next request left: the call is sent again
+ * on a fresh connection, once, and gets its answer (curl does the same). */
+static void test_http_a_reused_connection_the_server_dropped_is_retried(void **state)
+{
+    struct hc h;
+    long first;
+
+    (void)state;
+    hc_open(&h, NULL);
+    hc_get(&h, "/drop_if_reused");
+    assert_int_equal(h.r.rc, 0);
+    first = strtol(h.r.body.data, NULL, 10);
+    assert_true(first > 0);
+    hc_get(&h, "/drop_if_reused"); /* on the pooled connection: dropped, then sent anew */
+    assert_int_equal(h.r.rc, 0);
+    assert_int_equal(h.r.status, 200);
+    assert_true(strtol(h.r.body.data, NULL, 10) != first);
+    h.o.method = "POST"; /* a body goes again too */
+    h.o.body = "payload";
+    h.o.body_len = 7;
+    hc_get(&h, "/drop_if_reused");
+    assert_int_equal(h.r.rc, 0);
+    assert_int_equal(h.r.status, 200);
+    hc_close(&h);
+}
+
+/* A name, not an address: looked up off the loop, and each of its addresses tried in turn
+ * ("localhost" may give ::1 first, where the peer does not listen). */
+static void test_http_a_name_is_looked_up_and_its_addresses_tried(void **state)
+{
+    struct hc h;
+
+    (void)state;
+    hc_open(&h, NULL);
+    ts_url(h.u, sizeof h.u, "localhost", g_http.port, "/json");
+    hc_call(&h);
+    assert_int_equal(h.r.rc, 0);
+    assert_int_equal(h.r.status, 200);
+    assert_string_equal(h.r.body.data, "{\"ok\":true,\"n\":1}");
+    hc_close(&h);
+}
+
+/* Beyond max_host_connections calls wait for a connection to come free; each gets its own
+ * answer. */
+static void test_http_calls_beyond_the_host_cap_wait_their_turn(void **state)
+{
+    struct nx_http_client_opts co = {.max_host_connections = 2};
+    struct result r[6] = {0};
+    struct nx_http_call_opts o[6];
+    char u[6][128];
+    uv_loop_t loop;
+    int done = 0;
+
+    (void)state;
+    struct nx_http_client *c = client_new(&loop, &co);
+    for (int i = 0; i < 6; i++) {
+        url(u[i], sizeof u[i], i % 2 ? "/slow?ms=150" : "/conn");
+        o[i] = (struct nx_http_call_opts){.url = u[i], .on_done = on_done, .udata = &r[i]};
+        assert_non_null(start(c, &o[i]));
+    }
+    for (uint64_t deadline = nx_mono_ms() + 10000; done < 6 && nx_mono_ms() < deadline;) {
+        run_for(&loop, 20);
+        done = 0;
+        for (int i = 0; i < 6; i++)
+            done += r[i].ndone;
+    }
+    assert_int_equal(done, 6);
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(r[i].rc, 0);
+        assert_int_equal(r[i].status, 200);
+        if (i % 2)
+            assert_string_equal(r[i].body.data, "slow done");
+        result_cleanup(&r[i]);
+    }
+    finish(&loop, c);
+}
+
 static void test_http_client_new_rejects_unknown_proxy_scheme(void **state)
 {
     (void)state;
@@ -528,6 +605,12 @@ int main(void)
         cmocka_unit_test(test_http_response_header_lookup),
         cmocka_unit_test(test_http_client_new_rejects_unknown_proxy_scheme),
         cmocka_unit_test(test_http_a_cancelled_waiting_call_leaves_no_buffer_behind),
+        cmocka_unit_test(test_http_a_reused_connection_the_server_dropped_is_retried),
+        cmocka_unit_test(test_http_calls_beyond_the_host_cap_wait_their_turn),
+        cmocka_unit_test(test_http_a_name_is_looked_up_and_its_addresses_tried),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    int rc = cmocka_run_group_tests_name("nexo's HTTP/1.1 engine", tests, group_setup, group_teardown);
+
+    g_curl_only = true;
+    return rc | cmocka_run_group_tests_name("libcurl", tests, group_setup, group_teardown);
 }
