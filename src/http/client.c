@@ -521,7 +521,7 @@ int nx_http_client_trim(struct nx_http_client *c)
 
     if (!c || c->calls || c->depth || c->is_freeing || c->peak_inflight <= (size_t)max_connects(c))
         return 0;
-    closed = nx_h1_close_idle(c) > 0;
+    closed = nx_h1_trim(c) > 0;
     c->peak_inflight = 0;
     if (!c->multi)
         return closed;

@@ -121,7 +121,9 @@ void nx_h1_detach(struct nx_http_call *call);
 /* Connect timeout and whole-call deadline: 1 when it finished the call. */
 int nx_h1_tick(struct nx_http_call *call, uint64_t now);
 long nx_h1_status(const struct nx_http_call *call);
-size_t nx_h1_close_idle(struct nx_http_client *c);
+/* Closes the idle connections; with none left at all, frees the hosts and the read buffer too.
+ * Returns how many it closed. */
+size_t nx_h1_trim(struct nx_http_client *c);
 /* The client is being freed: idle connections closed, hosts freed. */
 void nx_h1_free(struct nx_http_client *c);
 

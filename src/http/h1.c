@@ -46,7 +46,8 @@ struct h1_conn {
     struct h1_conn *next_idle;
     struct h1_dns *dns;        /* the lookup in flight */
     struct addrinfo *ai, *ai_next;
-    uint64_t t_open;           /* loop time the connection attempt began */
+    uint64_t t_first;          /* loop time the first attempt (or the name's lookup) began */
+    uint64_t t_give_up;        /* loop time this address's attempt fails by */
     bool is_connected, is_reused, is_closing, is_idle, is_writing;
 };
 
@@ -70,6 +71,7 @@ struct nx_h1_call {
     bool is_complete;        /* the answer ended by its framing, nothing after it */
     bool got_bytes;
     bool is_retried;
+    bool got_head;           /* the answer's head came: the request is never sent again */
 };
 
 struct nx_h1_pool {
@@ -89,9 +91,67 @@ static bool has_header(const struct nx_http_call_opts *o, const char *name)
     return false;
 }
 
+struct url_parts {
+    const char *auth, *auth_end; /* host[:port] */
+    const char *host, *host_end; /* without an IPv6 address's brackets */
+    const char *path;            /* up to a '#' or the end */
+    size_t path_len;
+    int port;
+    bool has_port;
+};
+
+/* http://host[:port][/path][?query][#frag], nothing more: user info, an empty or bad port, an
+ * empty host are libcurl's to handle (or refuse). */
+static int split_url(const char *url, struct url_parts *u)
+{
+    const char *a = url + 7, *e = a + strcspn(a, "/?#"), *ps = NULL;
+
+    memset(u, 0, sizeof *u);
+    u->auth = u->host = a;
+    u->auth_end = e;
+    if (memchr(a, '@', (size_t)(e - a)) || e == a)
+        return NX_EINVAL;
+    if (*a == '[') {
+        const char *rb = memchr(a, ']', (size_t)(e - a));
+        if (!rb)
+            return NX_EINVAL;
+        u->host = a + 1;
+        u->host_end = rb;
+        if (rb + 1 < e && rb[1] == ':')
+            ps = rb + 2;
+        else if (rb + 1 != e)
+            return NX_EINVAL;
+    } else {
+        const char *colon = memchr(a, ':', (size_t)(e - a));
+        u->host_end = colon ? colon : e;
+        ps = colon ? colon + 1 : NULL;
+    }
+    if (u->host_end == u->host)
+        return NX_EINVAL;
+    u->port = 80;
+    if (ps) {
+        long port = 0;
+        if (ps == e || e - ps > 5)
+            return NX_EINVAL;
+        for (const char *q = ps; q < e; q++) {
+            if (*q < '0' || *q > '9')
+                return NX_EINVAL;
+            port = port * 10 + (*q - '0');
+        }
+        if (port == 0 || port > 65535)
+            return NX_EINVAL;
+        u->port = (int)port;
+        u->has_port = true;
+    }
+    u->path = e;
+    u->path_len = strcspn(e, "#");
+    return 0;
+}
+
 bool nx_h1_wants(const struct nx_http_client *c, const struct nx_http_call_opts *o)
 {
     const char *proxy = o->proxy ? o->proxy : c->proxy;
+    struct url_parts u;
 
     if (c->is_curl_only || !o->url || strncasecmp(o->url, "http://", 7) != 0 || (proxy && proxy[0]) ||
         o->follow_redirects || o->resolve || has_header(o, "Expect") || has_header(o, "Transfer-Encoding"))
@@ -99,56 +159,18 @@ bool nx_h1_wants(const struct nx_http_client *c, const struct nx_http_call_opts 
     for (const char *s = o->url; *s; s++)
         if ((unsigned char)*s <= ' ' || (unsigned char)*s >= 0x7f)
             return false; /* curl's URL rules decide those */
-    return true;
+    return split_url(o->url, &u) == 0;
 }
 
-/* http://host[:port][/path][?query][#frag]: no user info (curl's to handle). */
-static int parse_url(struct nx_h1_call *h, const char *url, const char **path, size_t *path_len)
+/* The method as sent: the usual ones in capitals whatever the caller's case, as curl does. */
+static const char *method_name(const char *m)
 {
-    const char *a = url + 7, *e = a + strcspn(a, "/?#"), *hs = a, *he, *ps = NULL;
+    static const char *const known[] = {"GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"};
 
-    if (memchr(a, '@', (size_t)(e - a)) || e == a)
-        return NX_EINVAL;
-    if (*a == '[') {
-        const char *rb = memchr(a, ']', (size_t)(e - a));
-        if (!rb)
-            return NX_EINVAL;
-        hs = a + 1;
-        he = rb;
-        if (rb + 1 < e && rb[1] == ':')
-            ps = rb + 2;
-        else if (rb + 1 != e)
-            return NX_EINVAL;
-    } else {
-        const char *colon = memchr(a, ':', (size_t)(e - a));
-        he = colon ? colon : e;
-        ps = colon ? colon + 1 : NULL;
-    }
-    if (he == hs)
-        return NX_EINVAL;
-    if (ps) {
-        unsigned long port = 0;
-        if (ps == e || e - ps > 5)
-            return NX_EINVAL;
-        for (const char *q = ps; q < e; q++) {
-            if (*q < '0' || *q > '9')
-                return NX_EINVAL;
-            port = port * 10 + (unsigned long)(*q - '0');
-        }
-        if (port == 0 || port > 65535)
-            return NX_EINVAL;
-        h->port_num = (int)port;
-    } else {
-        h->port_num = 80;
-    }
-    snprintf(h->port, sizeof h->port, "%d", h->port_num);
-    h->host = nx_strndup(hs, (size_t)(he - hs));
-    /* the Host header: the port only when not the default, an IPv6 address in its brackets */
-    h->key = ps && h->port_num != 80 ? nx_strndup(a, (size_t)(e - a))
-                                      : nx_strndup(a, (size_t)(he - a) + (*a == '['));
-    *path = e;
-    *path_len = strcspn(e, "#");
-    return 0;
+    for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+        if (strcasecmp(m, known[i]) == 0)
+            return known[i];
+    return m;
 }
 
 int nx_h1_prepare(struct nx_http_call *call, const struct nx_http_call_opts *o, const char *method,
@@ -156,21 +178,28 @@ int nx_h1_prepare(struct nx_http_call *call, const struct nx_http_call_opts *o, 
 {
     struct nx_h1_call *h = nx_calloc(1, sizeof *h);
     struct nx_buf *b = &h->head;
-    const char *path;
-    size_t path_len;
+    struct url_parts u;
 
     call->h1 = h;
     nx_buf_init(b);
-    nx_h1_parser_init(&h->parser, &call->resp_hdrs, 0, strcasecmp(method, "HEAD") == 0);
-    if (parse_url(h, o->url, &path, &path_len) != 0) {
+    method = method_name(method);
+    nx_h1_parser_init(&h->parser, &call->resp_hdrs, 0, strcmp(method, "HEAD") == 0);
+    if (split_url(o->url, &u) != 0) { /* (nx_h1_wants checked it) */
         *err = "URL is not http://host[:port][/path]";
         return NX_EINVAL;
     }
-    nx_buf_printf(b, "%s %s%.*s HTTP/1.1\r\n", method, *path == '/' ? "" : "/", (int)path_len, path);
+    h->port_num = u.port;
+    snprintf(h->port, sizeof h->port, "%d", u.port);
+    h->host = nx_strndup(u.host, (size_t)(u.host_end - u.host));
+    /* the Host header: the port only when not the default, an IPv6 address in its brackets */
+    size_t key_len = u.has_port && u.port != 80 ? (size_t)(u.auth_end - u.auth)
+                                                : (size_t)(u.host_end - u.auth) + (*u.auth == '[');
+    h->key = nx_strndup(u.auth, key_len);
+    nx_buf_printf(b, "%s %s%.*s HTTP/1.1\r\n", method, *u.path == '/' ? "" : "/", (int)u.path_len, u.path);
     for (size_t i = 0; i < o->nheaders; i++) {
         const struct nx_http_header *hd = &o->headers[i];
         if (nx_http_bad_header_text(hd->name) || !hd->name[0] || strchr(hd->name, ':') ||
-            strpbrk(hd->name, " \t") || nx_http_bad_header_text(hd->value)) {
+            nx_http_bad_header_text(hd->value)) {
             *err = "header name or value is empty or contains CR, LF or ':'";
             return NX_EINVAL;
         }
@@ -187,7 +216,7 @@ int nx_h1_prepare(struct nx_http_call *call, const struct nx_http_call_opts *o, 
         if (!o->is_body_given)
             call->body = nx_memdup(o->body ? o->body : "", o->body ? o->body_len : 0);
         call->body_len = o->body ? o->body_len : 0;
-        if (!has_header(o, "Content-Type") && strcasecmp(method, "POST") == 0)
+        if (!has_header(o, "Content-Type") && o->body)
             nx_buf_puts(b, "Content-Type: application/x-www-form-urlencoded\r\n");
         if (!has_header(o, "Content-Length"))
             nx_buf_printf(b, "Content-Length: %zu\r\n", call->body_len);
@@ -261,8 +290,10 @@ static void conn_close(struct h1_conn *k)
     k->is_closing = true;
     if (k->is_idle)
         idle_remove(k);
-    if (k->dns)
+    if (k->dns) {
         k->dns->conn = NULL;
+        uv_cancel((uv_req_t *)&k->dns->req); /* (its callback still runs, and frees it) */
+    }
     k->host->nconns--;
     uv_close((uv_handle_t *)&k->tcp, conn_closed);
     wake_waiting(k->client);
@@ -276,7 +307,8 @@ static struct h1_conn *conn_new(struct nx_http_client *c, struct h1_host *hs)
     k->tcp.data = k;
     k->client = c;
     k->host = hs;
-    k->t_open = uv_now(c->loop);
+    k->t_first = uv_now(c->loop);
+    k->t_give_up = k->t_first + c->connect_timeout_ms;
     hs->nconns++;
     c->open_handles++;
     return k;
@@ -284,7 +316,7 @@ static struct h1_conn *conn_new(struct nx_http_client *c, struct h1_host *hs)
 
 /* ---- the exchange --------------------------------------------------------------------- */
 
-static void start(struct nx_http_call *call);
+static void start(struct nx_http_call *call, bool is_fresh);
 
 static void fail(struct nx_http_call *call, int rc, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -311,7 +343,7 @@ static void conn_lost(struct nx_http_call *call, const char *why)
         h->conn = NULL;
         conn_close(k);
         call->in_multi = 0;
-        start(call);
+        start(call, true); /* not on another pooled one: the server may have dropped them all */
         return;
     }
     fail(call, NX_EHTTP, "%s", why);
@@ -332,9 +364,12 @@ static int on_head(struct nx_h1_parser *p, void *udata)
     call->last_progress_ms = uv_now(call->client->loop);
     if (p->content_length != UINT64_MAX && p->content_length > call->max_bytes) {
         call->fail_rc = NX_ETOOBIG;
+        snprintf(call->errbuf, sizeof call->errbuf, "response Content-Length exceeds the size cap");
         return 1;
     }
-    release_request(call); /* the server answered */
+    call->h1->got_head = true; /* the server answered: the request goes once all of it is sent */
+    if (!call->h1->conn->is_writing)
+        release_request(call);
     return 0;
 }
 
@@ -384,8 +419,9 @@ static void got_bytes(struct nx_http_call *call, struct h1_conn *k, const char *
         nx_http_call_finish(call, 0, NULL);
     } else if (rc == NX_H1_STOPPED) {
         nx_http_call_finish(call, call->fail_rc ? call->fail_rc : NX_ECANCELED,
-                            call->fail_rc == NX_ETOOBIG ? "response exceeds the size cap"
-                                                        : "aborted by the data callback");
+                            call->errbuf[0]                ? call->errbuf
+                            : call->fail_rc == NX_ETOOBIG ? "response exceeds the size cap"
+                                                          : "aborted by the data callback");
     } else if (rc < 0) {
         fail(call, rc, "%s", h->parser.err);
     }
@@ -438,7 +474,7 @@ static void on_written(uv_write_t *req, int status)
         nx_http_leave(c);
         return;
     }
-    if (!k->is_reused) /* sent on a fresh connection: nothing sends it again */
+    if (!k->is_reused || call->h1->got_head) /* nothing sends it again */
         release_request(call);
 }
 
@@ -466,6 +502,29 @@ static void send_request(struct nx_http_call *call, struct h1_conn *k)
 
 static void connect_next(struct h1_conn *k);
 
+/* The connection to this address failed or took too long: the name's next address, if it has
+ * one, on a new handle (a failed connect leaves its socket unusable). Returns 0 when none is left. */
+static int next_address(struct h1_conn *k)
+{
+    struct nx_http_client *c = k->client;
+    struct nx_http_call *call = k->call;
+    struct h1_conn *k2;
+
+    if (!call || !k->ai_next || !k->ai_next->ai_next)
+        return 0;
+    k2 = conn_new(c, k->host);
+    k2->t_first = k->t_first;
+    k2->ai = k->ai;
+    k2->ai_next = k->ai_next->ai_next;
+    k->ai = k->ai_next = NULL;
+    k2->call = call;
+    call->h1->conn = k2;
+    k->call = NULL;
+    conn_close(k);
+    connect_next(k2);
+    return 1;
+}
+
 static void on_connected(uv_connect_t *req, int status)
 {
     struct h1_conn *k = req->data;
@@ -479,16 +538,8 @@ static void on_connected(uv_connect_t *req, int status)
         return;
     }
     nx_http_enter(c);
-    if (status < 0 && k->ai_next && k->ai_next->ai_next) { /* the name's next address */
-        struct h1_conn *k2 = conn_new(c, k->host);
-        k2->ai = k->ai;
-        k2->ai_next = k->ai_next->ai_next;
-        k->ai = k->ai_next = NULL;
-        k2->call = call;
-        call->h1->conn = k2;
-        k->call = NULL;
-        conn_close(k);
-        connect_next(k2);
+    if (status < 0 && next_address(k)) {
+        /* the name's next address is being tried */
     } else if (status < 0) {
         snprintf(call->errbuf, sizeof call->errbuf, "Failed to connect to %s port %s: %s", call->h1->host,
                  call->h1->port, uv_strerror(status));
@@ -511,7 +562,7 @@ static void connect_to(struct h1_conn *k, const struct sockaddr *sa)
     int rc;
 
     k->req.connect.data = k;
-    if ((rc = uv_tcp_connect(&k->req.connect, &k->tcp, sa, on_connected)) != 0) {
+    if ((rc = uv_tcp_connect(&k->req.connect, &k->tcp, sa, on_connected)) != 0 && !next_address(k)) {
         struct nx_http_call *call = k->call;
         snprintf(call->errbuf, sizeof call->errbuf, "Failed to connect to %s port %s: %s", call->h1->host,
                  call->h1->port, uv_strerror(rc));
@@ -519,8 +570,16 @@ static void connect_to(struct h1_conn *k, const struct sockaddr *sa)
     }
 }
 
+/* Connects to k->ai_next. The connect timeout is shared among the addresses left, as curl does:
+ * a name whose first address drops packets still reaches its second in time. */
 static void connect_next(struct h1_conn *k)
 {
+    uint64_t now = uv_now(k->client->loop), end = k->t_first + k->client->connect_timeout_ms;
+    unsigned n = 0;
+
+    for (const struct addrinfo *a = k->ai_next; a; a = a->ai_next)
+        n++;
+    k->t_give_up = n > 1 && end > now ? now + (end - now) / n : end;
     connect_to(k, k->ai_next->ai_addr);
 }
 
@@ -533,8 +592,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     if (!k || !k->call) {
         if (res)
             uv_freeaddrinfo(res);
-        if (k)
+        if (k) {
+            k->dns = NULL;
             conn_close(k);
+        }
     } else {
         struct nx_http_call *call = k->call;
         k->dns = NULL;
@@ -582,13 +643,13 @@ static void open_conn(struct nx_http_call *call, struct h1_host *hs)
     }
 }
 
-static void start(struct nx_http_call *call)
+static void start(struct nx_http_call *call, bool is_fresh)
 {
     struct nx_http_client *c = call->client;
     struct nx_h1_call *h = call->h1;
     struct h1_host *hs = host_get(c, h->key);
 
-    if (hs->idle) {
+    if (hs->idle && !is_fresh) {
         struct h1_conn *k = hs->idle;
         idle_remove(k);
         k->call = call;
@@ -596,7 +657,7 @@ static void start(struct nx_http_call *call)
         h->conn = k;
         call->in_multi = 1;
         send_request(call, k);
-    } else if (hs->nconns < (size_t)c->host_conns) {
+    } else if (hs->nconns < (size_t)c->host_conns || is_fresh) { /* (a retry: its slot just came free) */
         call->in_multi = 1;
         open_conn(call, hs);
     } else if (!h->is_waiting) {
@@ -613,7 +674,7 @@ void nx_h1_start(struct nx_http_call *call)
         h->is_waiting = false;
         call->client->h1->nwaiting--;
     }
-    start(call);
+    start(call, false);
 }
 
 void nx_h1_detach(struct nx_http_call *call)
@@ -651,7 +712,9 @@ int nx_h1_tick(struct nx_http_call *call, uint64_t now)
     struct nx_h1_call *h = call->h1;
     struct h1_conn *k = h->conn;
 
-    if (k && !k->is_connected && now - k->t_open >= call->client->connect_timeout_ms) {
+    if (k && !k->is_connected && now >= k->t_give_up && next_address(k))
+        return 0;
+    if (k && !k->is_connected && now >= k->t_give_up) {
         snprintf(call->errbuf, sizeof call->errbuf, "Connection timed out after %u milliseconds",
                  (unsigned)call->client->connect_timeout_ms);
         nx_http_call_finish(call, NX_ETIMEDOUT, call->errbuf);
@@ -671,25 +734,8 @@ long nx_h1_status(const struct nx_http_call *call)
     return call->h1 ? call->h1->parser.status : 0;
 }
 
-size_t nx_h1_close_idle(struct nx_http_client *c)
+static void pool_free(struct nx_http_client *c)
 {
-    size_t n = 0;
-
-    if (!c->h1)
-        return 0;
-    for (struct h1_host *hs = c->h1->hosts; hs; hs = hs->next)
-        while (hs->idle) {
-            conn_close(hs->idle);
-            n++;
-        }
-    return n;
-}
-
-void nx_h1_free(struct nx_http_client *c)
-{
-    if (!c->h1)
-        return;
-    nx_h1_close_idle(c);
     while (c->h1->hosts) {
         struct h1_host *hs = c->h1->hosts;
         c->h1->hosts = hs->next;
@@ -697,4 +743,32 @@ void nx_h1_free(struct nx_http_client *c)
     }
     free(c->h1);
     c->h1 = NULL;
+}
+
+size_t nx_h1_trim(struct nx_http_client *c)
+{
+    size_t n = 0;
+    bool is_any = false;
+
+    if (!c->h1)
+        return 0;
+    for (struct h1_host *hs = c->h1->hosts; hs; hs = hs->next) {
+        while (hs->idle) {
+            conn_close(hs->idle);
+            n++;
+        }
+        is_any = is_any || hs->nconns;
+    }
+    /* no connection left (closing ones touch neither): the hosts and the read buffer go too */
+    if (!is_any && !c->h1->nwaiting)
+        pool_free(c);
+    return n;
+}
+
+void nx_h1_free(struct nx_http_client *c)
+{
+    if (c->h1)
+        nx_h1_trim(c);
+    if (c->h1)
+        pool_free(c);
 }

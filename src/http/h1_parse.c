@@ -79,19 +79,25 @@ static int parse_head(struct nx_h1_parser *p)
         ve = eol > s && eol[-1] == '\r' ? eol - 1 : eol;
         if (ve == s)
             break; /* the empty line */
-        if (*s == ' ' || *s == '\t')
-            return fail(p, "folded header line");
+        /* What a client may pass over, as curl does: a folded line (obs-fold, §5.2, only ever the
+         * rest of some other field's value), a line without a colon, a name that is not a token.
+         * Whitespace before the colon is dropped (§5.1 lets a proxy do so). */
         colon = memchr(s, ':', (size_t)(ve - s));
-        if (!colon || colon == s)
-            return fail(p, "header line without a name");
-        for (const char *q = s; q < colon; q++)
-            if (!is_tchar(*q))
-                return fail(p, "invalid header name");
+        if (*s == ' ' || *s == '\t' || !colon)
+            continue;
+        const char *ne = colon;
+        while (ne > s && (ne[-1] == ' ' || ne[-1] == '\t'))
+            ne--;
+        bool is_token = ne > s;
+        for (const char *q = s; q < ne; q++)
+            is_token = is_token && is_tchar(*q);
+        if (!is_token)
+            continue;
         for (v = colon + 1; v < ve && (*v == ' ' || *v == '\t'); v++)
             ;
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
             ve--;
-        size_t nl = (size_t)(colon - s), vl = (size_t)(ve - v);
+        size_t nl = (size_t)(ne - s), vl = (size_t)(ve - v);
         if (nl == 14 && strncasecmp(s, "content-length", 14) == 0) {
             uint64_t n = 0;
             if (!vl)

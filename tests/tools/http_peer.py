@@ -14,6 +14,8 @@ Endpoints:
   /big?bytes=N[&chunked=1]   N bytes of 'x' (chunked: no Content-Length)
   /echo                 JSON of the method, path, headers and body
   /conn                 the client's remote port (to check connection reuse)
+  /early                sends its head before it reads the request body, then reads it, then
+                        its body ("early")
   /drop_if_reused       the client's remote port, but on a connection that served a request
                         before, closes it without a word (a keep-alive the server gave up on)
   /redirect?to=PATH     302 to PATH
@@ -96,6 +98,14 @@ class Handler(BaseHTTPRequestHandler):
             target = parts.path + ("?" + parts.query if parts.query else "")
         parts = urlsplit(target)
         path, q = parts.path, parse_qs(parts.query)
+        if path == "/early":  # a server that answers while the body is still coming (a 413 would)
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.flush()
+            self.read_body()
+            self.wfile.write(b"early")
+            return
         body = self.read_body()
 
         if path == "/json":

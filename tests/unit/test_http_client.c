@@ -511,12 +511,73 @@ static void test_http_a_reused_connection_the_server_dropped_is_retried(void **s
     assert_int_equal(h.r.rc, 0);
     assert_int_equal(h.r.status, 200);
     assert_true(strtol(h.r.body.data, NULL, 10) != first);
+    /* several pooled connections, all dropped by the server: the retry takes a fresh one */
+    {
+        struct result rs[3] = {0};
+        struct nx_http_call_opts os[3];
+        char us[128];
+        url(us, sizeof us, "/slow?ms=150");
+        for (int i = 0; i < 3; i++) {
+            os[i] = (struct nx_http_call_opts){.url = us, .on_done = on_done, .udata = &rs[i]};
+            assert_non_null(start(h.c, &os[i]));
+        }
+        for (int i = 0; i < 3; i++) {
+            run_until(&h.loop, &rs[i].ndone, 1, 5000);
+            assert_int_equal(rs[i].rc, 0);
+            result_cleanup(&rs[i]);
+        }
+    }
+    hc_get(&h, "/drop_if_reused");
+    assert_int_equal(h.r.rc, 0);
+    assert_int_equal(h.r.status, 200);
     h.o.method = "POST"; /* a body goes again too */
     h.o.body = "payload";
     h.o.body_len = 7;
     hc_get(&h, "/drop_if_reused");
     assert_int_equal(h.r.rc, 0);
     assert_int_equal(h.r.status, 200);
+    hc_close(&h);
+}
+
+/* The server answers before it has read the body (as with a 413): the body still being sent is
+ * not let go under the write (ASan would see it), and the answer is the call's. */
+static void test_http_an_answer_before_the_whole_body_was_sent(void **state)
+{
+    struct hc h;
+    size_t n = 32u << 20; /* more than loopback sockets hold: the write is still going on */
+    char *big = nx_malloc(n);
+
+    (void)state;
+    memset(big, 'b', n);
+    hc_open(&h, NULL);
+    h.o.body = big;
+    h.o.body_len = n;
+    hc_get(&h, "/early");
+    assert_int_equal(h.r.rc, 0);
+    assert_int_equal(h.r.status, 200);
+    assert_string_equal(h.r.body.data, "early");
+    h.o.body = NULL;
+    h.o.body_len = 0;
+    hc_get(&h, "/json"); /* and the client goes on */
+    assert_int_equal(h.r.status, 200);
+    free(big);
+    hc_close(&h);
+}
+
+/* What the engine does not do goes to libcurl, not to an error: user info in the URL. */
+static void test_http_user_info_in_the_url_is_sent_by_curl(void **state)
+{
+    struct hc h;
+    char u[160];
+
+    (void)state;
+    hc_open(&h, NULL);
+    snprintf(u, sizeof u, "http://user:secret@127.0.0.1:%d/echo", g_http.port);
+    h.o.url = u;
+    hc_call(&h);
+    assert_int_equal(h.r.rc, 0);
+    assert_int_equal(h.r.status, 200);
+    assert_non_null(strstr(h.r.body.data, "\"authorization\": \"Basic dXNlcjpzZWNyZXQ=\""));
     hc_close(&h);
 }
 
@@ -608,6 +669,8 @@ int main(void)
         cmocka_unit_test(test_http_a_reused_connection_the_server_dropped_is_retried),
         cmocka_unit_test(test_http_calls_beyond_the_host_cap_wait_their_turn),
         cmocka_unit_test(test_http_a_name_is_looked_up_and_its_addresses_tried),
+        cmocka_unit_test(test_http_an_answer_before_the_whole_body_was_sent),
+        cmocka_unit_test(test_http_user_info_in_the_url_is_sent_by_curl),
     };
     int rc = cmocka_run_group_tests_name("nexo's HTTP/1.1 engine", tests, group_setup, group_teardown);
 
