@@ -279,6 +279,15 @@ static json_t *media_json(const struct tg *tg, const struct nx_tg_media *md)
     return json_pack("[o]", o);
 }
 
+/* Whether a group message addresses this bot: a button press on its message, a reply to it, its
+ * @username, or a command naming no bot (group mention gating). */
+static bool addresses_bot(const struct tg *tg, const struct nx_tg_update *u)
+{
+    return u->callback_id || u->is_bare_command ||
+           (u->reply_to_from && u->reply_to_from == tg->bot_user_id) ||
+           (tg->mention && u->mentions && strstr(u->mentions, tg->mention));
+}
+
 /* Publishes one message or button press; false when the bus refused it (try again later). */
 static bool publish_update(struct tg *tg, const struct nx_tg_update *u)
 {
@@ -302,8 +311,7 @@ static bool publish_update(struct tg *tg, const struct nx_tg_update *u)
         .is_group = u->is_group, .timestamp = u->date, .event_key = key,
         .kind = u->callback_id ? "button" : NULL, .data = u->callback_data, .media = media,
         /* a button press answers the bot's own message */
-        .mentioned = u->callback_id || (u->reply_to_from && u->reply_to_from == tg->bot_user_id) ||
-                     (tg->mention && u->mentions && strstr(u->mentions, tg->mention)),
+        .mentioned = addresses_bot(tg, u),
     };
     int rc = nx_channel_publish(tg->ch, &in);
     json_decref(chat);
@@ -363,8 +371,7 @@ static bool policy_admits(struct tg *tg, const struct nx_tg_update *u)
     }
     struct nx_channel_in in = {
         .from = from, .text = u->callback_id ? NULL : text, .is_group = u->is_group,
-        .mentioned = u->callback_id || (u->reply_to_from && u->reply_to_from == tg->bot_user_id) ||
-                     (tg->mention && u->mentions && strstr(u->mentions, tg->mention)),
+        .mentioned = addresses_bot(tg, u),
     };
     return nx_channel_precheck(tg->ch, &in) == 0;
 }

@@ -78,6 +78,9 @@ struct nx_tg_update {
      * author of the message it replies to (0 = none). */
     char *mentions;
     int64_t reply_to_from;
+    /* It starts with a command that names no bot ("/menu", not "/menu@other_bot"): in a group
+     * Telegram hands those to the bots it means them for, so it addresses this one. */
+    bool is_bare_command;
 };
 
 /* Parses a getUpdates answer {"ok":true,"result":[...]}. Elements without an integer update_id

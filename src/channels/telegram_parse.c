@@ -86,7 +86,8 @@ static long utf16_to_byte(const char *text, int64_t units)
 }
 
 /* reply_to_message.from.id and the "mention" entities' text, for mention gating; a command
- * addressed to a bot ("/help@kate_bot", Telegram's way in groups) mentions that bot. */
+ * addressed to a bot ("/help@kate_bot", Telegram's way in groups) mentions that bot, and one
+ * that opens the message naming none ("/help") addresses whoever receives it. */
 static void parse_mentions(const json_t *m, const char *text, bool is_caption, struct nx_tg_update *u)
 {
     const json_t *ents = json_object_get(m, is_caption ? "caption_entities" : "entities");
@@ -108,6 +109,8 @@ static void parse_mentions(const json_t *m, const char *text, bool is_caption, s
         long a = utf16_to_byte(text, off), b = a < 0 ? -1 : utf16_to_byte(text + a, n);
         if (is_command && b > 0) { /* the "@bot" of "/cmd@bot", if any */
             const char *at = memchr(text + a, '@', (size_t)b);
+            if (!at && off == 0)
+                u->is_bare_command = true;
             b = at ? b - (long)(at - (text + a)) : -1;
             a = at ? (long)(at - text) : a;
         }

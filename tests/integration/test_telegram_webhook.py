@@ -145,10 +145,10 @@ class TelegramWebhook(TgPeers, unittest.TestCase):
         return fake_requests(self.fport)
 
     def test_a_group_is_answered_when_the_bot_is_mentioned_or_replied_to(self):
-        """As by polling: the bot's @username (getMe, at start) or a reply to one of its messages
-        addresses it in a group; other group messages are not answered."""
+        """As by polling: the bot's @username (getMe, at start), a reply to one of its messages or
+        a command naming no bot addresses it in a group; other group messages are not answered."""
         self.n.wait_log(r"hook_bot: the bot is @TestNameBot")
-        script(self.fport, [{"text": "the menu"}, {"text": "you are welcome"}])
+        script(self.fport, [{"text": "the menu"}, {"text": "you are welcome"}, {"text": "soup, bread"}])
         group = -100777
 
         def say(user, text, **extra):
@@ -166,10 +166,14 @@ class TelegramWebhook(TgPeers, unittest.TestCase):
             "message_id": 1, "date": int(time.time()), "text": "the menu",
             "from": {"id": 666, "is_bot": True, "first_name": "Test", "username": "TestNameBot"},
             "chat": {"id": group, "type": "supergroup", "title": "team"}})
-        replies = self.tg.wait_replies(TOKEN, group, 2)
-        self.assertEqual([m["text"] for m in replies], ["the menu", "you are welcome"])
+        self.tg.wait_replies(TOKEN, group, 2)
+        # a command that names another bot is not for this one; one that names none is
+        say(ALICE + 52, "/menu@OtherBot", entities=[{"type": "bot_command", "offset": 0, "length": 14}])
+        say(ALICE + 52, "/menu", entities=[{"type": "bot_command", "offset": 0, "length": 5}])
+        replies = self.tg.wait_replies(TOKEN, group, 3)
+        self.assertEqual([m["text"] for m in replies], ["the menu", "you are welcome", "soup, bread"])
         asked = [r["body"]["messages"][-1]["content"][0]["text"] for r in self.llm_requests()]
-        self.assertEqual(asked, ["@TestNameBot what is on the menu?", "thanks"])
+        self.assertEqual(asked, ["@TestNameBot what is on the menu?", "thanks", "/menu"])
 
     def test_a_file_too_large_is_noted_once_when_delivered_again(self):
         u = self.update(ALICE + 40, None)

@@ -193,6 +193,36 @@ static void test_telegram_parses_buttons_and_media(void **state)
     nx_tg_updates_free(v, n);
 }
 
+/* Whom a group message addresses: "@name" mentions, "/cmd@name", and a command naming no bot. */
+static void test_telegram_parses_mentions_and_commands(void **state)
+{
+    (void)state;
+    const char *body =
+        "{\"ok\":true,\"result\":["
+        "{\"update_id\":1,\"message\":{\"message_id\":1,\"chat\":{\"id\":-5,\"type\":\"group\"},"
+        "\"text\":\"/menu please\",\"entities\":[{\"type\":\"bot_command\",\"offset\":0,\"length\":5}]}},"
+        "{\"update_id\":2,\"message\":{\"message_id\":2,\"chat\":{\"id\":-5,\"type\":\"group\"},"
+        "\"text\":\"/menu@Other_Bot\","
+        "\"entities\":[{\"type\":\"bot_command\",\"offset\":0,\"length\":15}]}},"
+        "{\"update_id\":3,\"message\":{\"message_id\":3,\"chat\":{\"id\":-5,\"type\":\"group\"},"
+        "\"text\":\"see /menu, @Kate_Bot\","
+        "\"entities\":[{\"type\":\"bot_command\",\"offset\":4,\"length\":5},"
+        "{\"type\":\"mention\",\"offset\":11,\"length\":9}]}}"
+        "]}";
+    struct nx_tg_update *v;
+    size_t n;
+    char err[128];
+    assert_int_equal(nx_tg_parse_updates(body, strlen(body), &v, &n, err, sizeof err), 0);
+    assert_int_equal(n, 3);
+    assert_true(v[0].is_bare_command);
+    assert_null(v[0].mentions);
+    assert_false(v[1].is_bare_command); /* meant for another bot */
+    assert_string_equal(v[1].mentions, "@other_bot ");
+    assert_false(v[2].is_bare_command); /* a command inside the text opens nothing */
+    assert_string_equal(v[2].mentions, "@kate_bot ");
+    nx_tg_updates_free(v, n);
+}
+
 static void test_telegram_keyboard_is_checked(void **state)
 {
     (void)state;
@@ -268,6 +298,7 @@ int main(void)
         cmocka_unit_test(test_telegram_config_accepts_nexo_rs_shapes),
         cmocka_unit_test(test_telegram_config_errors_have_positions),
         cmocka_unit_test(test_telegram_parses_buttons_and_media),
+        cmocka_unit_test(test_telegram_parses_mentions_and_commands),
         cmocka_unit_test(test_telegram_keyboard_is_checked),
         cmocka_unit_test(test_telegram_file_paths_are_checked),
     };
