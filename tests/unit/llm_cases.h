@@ -226,7 +226,7 @@ static inline void check_queued_stream_waits_for_a_connection(const char *kind, 
 
         fake_reset();
         fake_script(scripts[i]);
-        if (uv_loop_init(&t.e.loop) != 0 || nx_http_client_new(&t.e.loop, &one_conn, &t.e.http) != 0)
+        if (uv_loop_init(&t.e.loop) != 0 || llm_client_new(&t.e.loop, &one_conn, &t.e.http) != 0)
             abort();
         t.p = provider(&t.e, kind, kind, key, 1000, NULL);
         t.msgs = user_messages("hi");

@@ -15,6 +15,7 @@
 #include "core/buf.h"
 #include "core/clock.h"
 #include "core/error.h"
+#include "core/metrics.h"
 #include "http/client.h"
 #include "llm/internal.h"
 #include "llm/llm.h"
@@ -95,9 +96,35 @@ struct env {
     struct nx_http_client *http;
 };
 
+/* The provider tests run twice: plain http:// calls by nexo's own HTTP/1.1 engine, then every
+ * call by libcurl (which real providers, over TLS, always use). */
+static bool g_llm_curl_only;
+
+static inline int llm_client_new(uv_loop_t *loop, const struct nx_http_client_opts *o,
+                                 struct nx_http_client **out)
+{
+    struct nx_http_client_opts co = {0};
+
+    if (o)
+        co = *o;
+    co.is_curl_only = g_llm_curl_only;
+    return nx_http_client_new(loop, &co, out);
+}
+
+/* Runs the group on nexo's engine, then on libcurl. */
+static inline int run_on_both_engines(const struct CMUnitTest *tests, size_t n, CMFixtureFunction setup,
+                                      CMFixtureFunction teardown)
+{
+    int rc = _cmocka_run_group_tests("nexo's HTTP/1.1 engine", tests, n, setup, teardown);
+
+    g_llm_curl_only = true;
+    nx_metrics_reset(); /* (the tests count from zero) */
+    return rc | _cmocka_run_group_tests("libcurl", tests, n, setup, teardown);
+}
+
 static inline void env_init(struct env *e)
 {
-    if (uv_loop_init(&e->loop) != 0 || nx_http_client_new(&e->loop, NULL, &e->http) != 0)
+    if (uv_loop_init(&e->loop) != 0 || llm_client_new(&e->loop, NULL, &e->http) != 0)
         abort();
 }
 

@@ -455,5 +455,5 @@ int main(void)
         cmocka_unit_test(test_anthropic_bad_request_fails_later_not_inside_start),
         cmocka_unit_test(test_anthropic_stream_parser_edges),
     };
-    return cmocka_run_group_tests(tests, fake_group_setup, fake_group_teardown);
+    return run_on_both_engines(tests, sizeof tests / sizeof *tests, fake_group_setup, fake_group_teardown);
 }

@@ -740,5 +740,5 @@ int main(void)
         cmocka_unit_test(test_chain_skips_open_breaker),
         cmocka_unit_test(test_chain_backoff_is_bounded),
     };
-    return cmocka_run_group_tests(tests, fake_group_setup, fake_group_teardown);
+    return run_on_both_engines(tests, sizeof tests / sizeof *tests, fake_group_setup, fake_group_teardown);
 }

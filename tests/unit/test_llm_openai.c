@@ -742,5 +742,5 @@ int main(void)
         cmocka_unit_test(test_openai_queued_stream_waits_for_a_connection),
         cmocka_unit_test(test_openai_stream_parser_edges),
     };
-    return cmocka_run_group_tests(tests, fake_group_setup, fake_group_teardown);
+    return run_on_both_engines(tests, sizeof tests / sizeof *tests, fake_group_setup, fake_group_teardown);
 }
