@@ -192,6 +192,17 @@ bool nx_str_is_blank(const char *s)
     return true;
 }
 
+int nx_hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 /* The letter of a two-character escape (\n, \"...), 0 for those written as \u00XX. */
 static char json_short_escape(unsigned char c)
 {

@@ -42,6 +42,8 @@ void nx_utf8_sanitize(struct nx_buf *out, const char *s, size_t len);
 void nx_buf_put_term_safe(struct nx_buf *out, const char *s, size_t len, bool keep_lines);
 /* Whether s (NULL too) holds nothing but spaces, tabs and line breaks. */
 bool nx_str_is_blank(const char *s);
+/* The value of a hexadecimal digit (either case), or -1. */
+int nx_hex_digit(char c);
 /* Drops the first n bytes. */
 void nx_buf_consume(struct nx_buf *b, size_t n);
 /* Hands the storage to the caller (never NULL) and leaves the buffer empty. */

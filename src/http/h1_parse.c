@@ -2,6 +2,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/buf.h"
 #include "core/error.h"
 #include "http/h1_parse.h"
 
@@ -177,17 +178,6 @@ static int feed_head(struct nx_h1_parser *p, const char *d, size_t len, size_t *
     return on_head && on_head(p, udata) ? NX_H1_STOPPED : NX_H1_COMPLETE;
 }
 
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 int nx_h1_feed(struct nx_h1_parser *p, const char *d, size_t len, size_t *used, nx_h1_head_fn on_head,
                nx_h1_body_fn on_body, void *udata)
 {
@@ -236,7 +226,7 @@ int nx_h1_feed(struct nx_h1_parser *p, const char *d, size_t len, size_t *used, 
                 p->remaining = p->chunk_size;
                 p->state = p->chunk_size ? NX_H1_CHUNK_DATA : NX_H1_TRAILER;
                 p->chunk_size = 0;
-            } else if (p->digits >= 0 && (h = hexval(d[i])) >= 0) {
+            } else if (p->digits >= 0 && (h = nx_hex_digit(d[i])) >= 0) {
                 if (++p->digits > 15)
                     return fail(p, "chunk size too large");
                 p->chunk_size = p->chunk_size * 16 + (uint64_t)h;

@@ -51,17 +51,6 @@ void nx_oauth_form_add(struct nx_buf *b, const char *key, const char *value)
     nx_oauth_pct(b, value);
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 char *nx_oauth_query_param(const char *url, const char *name)
 {
     const char *q = strchr(url ? url : "", '?');
@@ -74,8 +63,8 @@ char *nx_oauth_query_param(const char *url, const char *name)
             struct nx_buf b = NX_BUF_INIT;
 
             for (const char *v = p + nlen + 1; v < end; v++) {
-                if (*v == '%' && v + 2 < end && hexval(v[1]) >= 0 && hexval(v[2]) >= 0) {
-                    nx_buf_putc(&b, (char)(hexval(v[1]) * 16 + hexval(v[2])));
+                if (*v == '%' && v + 2 < end && nx_hex_digit(v[1]) >= 0 && nx_hex_digit(v[2]) >= 0) {
+                    nx_buf_putc(&b, (char)(nx_hex_digit(v[1]) * 16 + nx_hex_digit(v[2])));
                     v += 2;
                 } else {
                     nx_buf_putc(&b, *v == '+' ? ' ' : *v);

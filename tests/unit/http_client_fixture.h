@@ -110,6 +110,12 @@ static inline void finish(uv_loop_t *loop, struct nx_http_client *c)
  * every call by libcurl (which real providers, over TLS, always use). */
 static bool g_curl_only;
 
+static inline int run_on_both_engines(const struct CMUnitTest *tests, size_t n, CMFixtureFunction setup,
+                                      CMFixtureFunction teardown)
+{
+    return ts_run_twice(&g_curl_only, tests, n, setup, teardown);
+}
+
 static inline struct nx_http_client *client_new(uv_loop_t *loop, const struct nx_http_client_opts *o)
 {
     struct nx_http_client *c = NULL;

@@ -111,15 +111,10 @@ static inline int llm_client_new(uv_loop_t *loop, const struct nx_http_client_op
     return nx_http_client_new(loop, &co, out);
 }
 
-/* Runs the group on nexo's engine, then on libcurl. */
 static inline int run_on_both_engines(const struct CMUnitTest *tests, size_t n, CMFixtureFunction setup,
                                       CMFixtureFunction teardown)
 {
-    int rc = _cmocka_run_group_tests("nexo's HTTP/1.1 engine", tests, n, setup, teardown);
-
-    g_llm_curl_only = true;
-    nx_metrics_reset(); /* (the tests count from zero) */
-    return rc | _cmocka_run_group_tests("libcurl", tests, n, setup, teardown);
+    return ts_run_twice(&g_llm_curl_only, tests, n, setup, teardown);
 }
 
 static inline void env_init(struct env *e)

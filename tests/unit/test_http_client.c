@@ -672,8 +672,5 @@ int main(void)
         cmocka_unit_test(test_http_an_answer_before_the_whole_body_was_sent),
         cmocka_unit_test(test_http_user_info_in_the_url_is_sent_by_curl),
     };
-    int rc = cmocka_run_group_tests_name("nexo's HTTP/1.1 engine", tests, group_setup, group_teardown);
-
-    g_curl_only = true;
-    return rc | cmocka_run_group_tests_name("libcurl", tests, group_setup, group_teardown);
+    return run_on_both_engines(tests, sizeof tests / sizeof *tests, group_setup, group_teardown);
 }

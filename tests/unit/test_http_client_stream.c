@@ -383,8 +383,5 @@ int main(void)
         cmocka_unit_test(test_http_free_with_calls_in_flight_cancels_each_once),
         cmocka_unit_test(test_http_free_from_inside_on_done),
     };
-    int rc = cmocka_run_group_tests_name("nexo's HTTP/1.1 engine", tests, group_setup, group_teardown);
-
-    g_curl_only = true;
-    return rc | cmocka_run_group_tests_name("libcurl", tests, group_setup, group_teardown);
+    return run_on_both_engines(tests, sizeof tests / sizeof *tests, group_setup, group_teardown);
 }

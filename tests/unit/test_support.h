@@ -28,6 +28,7 @@
 #include "core/alloc.h"
 #include "core/buf.h"
 #include "core/clock.h"
+#include "core/metrics.h"
 
 /* ---- child processes ----------------------------------------------------------------------- */
 
@@ -351,5 +352,21 @@ static inline void ts_on_answer(const char *output, size_t len, bool is_error, v
     memcpy(a->text, output, len);
     a->text[len] = '\0';
 }
+
+/* Runs a group of tests on nexo's own HTTP/1.1 engine, then again with *curl_only set (every call
+ * by libcurl), metrics counted from zero each time. (After <cmocka.h>.) */
+#ifdef cmocka_unit_test
+static inline int ts_run_twice(bool *curl_only, const struct CMUnitTest *tests, size_t n,
+                               CMFixtureFunction setup, CMFixtureFunction teardown)
+{
+    int rc;
+
+    *curl_only = false;
+    rc = _cmocka_run_group_tests("nexo's HTTP/1.1 engine", tests, n, setup, teardown);
+    *curl_only = true;
+    nx_metrics_reset();
+    return rc | _cmocka_run_group_tests("libcurl", tests, n, setup, teardown);
+}
+#endif
 
 #endif
