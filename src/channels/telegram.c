@@ -193,6 +193,7 @@ static void on_get_me(int rc, const struct nx_http_response *res, const char *er
         tg->mention = nx_buf_steal(&b);
         if (json_is_integer(json_object_get(me, "id")))
             tg->bot_user_id = (int64_t)json_integer_value(json_object_get(me, "id"));
+        tg->can_read_all = json_is_true(json_object_get(me, "can_read_all_group_messages"));
         nx_info("telegram", "%s: the bot is @%s", tg->label, user);
     } else if (rc != NX_ECANCELED) {
         nx_warn("telegram", "%s: getMe failed (%s): group mentions by @username are not recognised",
@@ -279,13 +280,9 @@ static json_t *media_json(const struct tg *tg, const struct nx_tg_media *md)
     return json_pack("[o]", o);
 }
 
-/* Whether a group message addresses this bot: a button press on its message, a reply to it, its
- * @username, or a command naming no bot (group mention gating). */
 static bool addresses_bot(const struct tg *tg, const struct nx_tg_update *u)
 {
-    return u->callback_id || u->is_bare_command ||
-           (u->reply_to_from && u->reply_to_from == tg->bot_user_id) ||
-           (tg->mention && u->mentions && strstr(u->mentions, tg->mention));
+    return nx_tg_addresses_bot(u, tg->mention, tg->bot_user_id, tg->can_read_all);
 }
 
 /* Publishes one message or button press; false when the bus refused it (try again later). */

@@ -78,8 +78,8 @@ struct nx_tg_update {
      * author of the message it replies to (0 = none). */
     char *mentions;
     int64_t reply_to_from;
-    /* It starts with a command that names no bot ("/menu", not "/menu@other_bot"): in a group
-     * Telegram hands those to the bots it means them for, so it addresses this one. */
+    /* It starts with a command that names no bot ("/menu", not "/menu@other_bot"): a bot in
+     * privacy mode gets only the commands meant for it (nx_tg_addresses_bot). */
     bool is_bare_command;
 };
 
@@ -95,6 +95,12 @@ void nx_tg_updates_free(struct nx_tg_update *v, size_t n);
 bool nx_tg_parse_update(const json_t *e, struct nx_tg_update *u);
 /* Frees what *u holds (not u itself). */
 void nx_tg_update_cleanup(struct nx_tg_update *u);
+/* Whether a group message addresses the bot (mention gating): a button press on its message, a
+ * reply to it (bot_id), its @username (mention, "@name " lower-case, NULL when unknown), or a
+ * command naming no bot while the bot is in privacy mode (!can_read_all: getMe's
+ * can_read_all_group_messages), as Telegram then hands it only the commands meant for it. */
+bool nx_tg_addresses_bot(const struct nx_tg_update *u, const char *mention, int64_t bot_id,
+                         bool can_read_all);
 
 /* Outbound `buttons` ([[{text, data} | {text, url}], ...]) -> a reply_markup object
  * {"inline_keyboard": ...} in *out. Checks: at most 100 buttons, 8 per row, text 1..64 bytes,

@@ -52,6 +52,7 @@ struct tg {
     bool is_me_done;       /* getMe answered or failed: webhook updates wait for it (gating) */
     bool is_me_wait_said;
     int64_t bot_user_id;   /* getMe's id (the token's prefix until then): replies to the bot */
+    bool can_read_all;     /* getMe's can_read_all_group_messages: privacy mode off (or admin) */
     char *proxy;
     char *kv_key;
     bool is_polling;

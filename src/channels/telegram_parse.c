@@ -87,7 +87,7 @@ static long utf16_to_byte(const char *text, int64_t units)
 
 /* reply_to_message.from.id and the "mention" entities' text, for mention gating; a command
  * addressed to a bot ("/help@kate_bot", Telegram's way in groups) mentions that bot, and one
- * that opens the message naming none ("/help") addresses whoever receives it. */
+ * that opens the message naming none ("/help") is noted (nx_tg_addresses_bot). */
 static void parse_mentions(const json_t *m, const char *text, bool is_caption, struct nx_tg_update *u)
 {
     const json_t *ents = json_object_get(m, is_caption ? "caption_entities" : "entities");
@@ -185,6 +185,14 @@ bool nx_tg_parse_update(const json_t *e, struct nx_tg_update *u)
     else if (json_is_object(cq))
         parse_callback(cq, u);
     return true;
+}
+
+bool nx_tg_addresses_bot(const struct nx_tg_update *u, const char *mention, int64_t bot_id,
+                         bool can_read_all)
+{
+    return u->callback_id || (u->is_bare_command && !can_read_all) ||
+           (u->reply_to_from && u->reply_to_from == bot_id) ||
+           (mention && u->mentions && strstr(u->mentions, mention));
 }
 
 void nx_tg_update_cleanup(struct nx_tg_update *u)

@@ -49,6 +49,7 @@ struct h1_conn {
     uint64_t t_first;          /* loop time the first attempt (or the name's lookup) began */
     uint64_t t_give_up;        /* loop time this address's attempt fails by */
     bool is_connected, is_reused, is_closing, is_idle, is_writing;
+    bool is_broken; /* its write failed after the answer's head came: not to be reused */
 };
 
 struct h1_dns {
@@ -253,6 +254,20 @@ static struct h1_host *host_get(struct nx_http_client *c, const char *key)
     return hs;
 }
 
+/* A host with no connection left goes (a client that calls many hosts does not keep them all). */
+static void host_drop_if_unused(struct nx_http_client *c, struct h1_host *hs)
+{
+    struct h1_host **pp = &c->h1->hosts;
+
+    if (hs->nconns)
+        return;
+    while (*pp && *pp != hs)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = hs->next;
+    free(hs);
+}
+
 static void idle_remove(struct h1_conn *k)
 {
     struct h1_conn **pp = &k->host->idle;
@@ -436,7 +451,9 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || k->is_closing)
         return;
     if (!call) { /* idle: the server closed it, or sent what nothing asked for */
+        struct h1_host *hs = k->host;
         conn_close(k);
+        host_drop_if_unused(c, hs);
         return;
     }
     nx_http_enter(c);
@@ -466,6 +483,10 @@ static void on_written(uv_write_t *req, int status)
     k->is_writing = false;
     if (status == UV_ECANCELED || !call || k->is_closing)
         return;
+    if (status < 0 && call->h1->got_head) {
+        k->is_broken = true; /* the answer is coming: the read side ends the call */
+        return;
+    }
     if (status < 0) {
         nx_http_enter(c);
         char why[96];
@@ -689,7 +710,7 @@ void nx_h1_detach(struct nx_http_call *call)
     }
     if (k) {
         k->call = NULL;
-        if (h->is_complete && !c->is_freeing && !k->is_closing && !k->is_writing &&
+        if (h->is_complete && !c->is_freeing && !k->is_closing && !k->is_writing && !k->is_broken &&
             c->h1->nidle < nx_http_max_idle(c)) {
             k->is_idle = true;
             k->next_idle = k->host->idle;
@@ -697,7 +718,9 @@ void nx_h1_detach(struct nx_http_call *call)
             c->h1->nidle++;
             wake_waiting(c);
         } else {
+            struct h1_host *hs = k->host;
             conn_close(k); /* (a write in flight is cancelled before the body goes) */
+            host_drop_if_unused(c, hs);
         }
     }
     nx_buf_cleanup(&h->head);
@@ -712,9 +735,10 @@ int nx_h1_tick(struct nx_http_call *call, uint64_t now)
     struct nx_h1_call *h = call->h1;
     struct h1_conn *k = h->conn;
 
-    if (k && !k->is_connected && now >= k->t_give_up && next_address(k))
+    uint64_t end = k ? k->t_first + call->client->connect_timeout_ms : 0;
+    if (k && !k->is_connected && now >= k->t_give_up && now < end && next_address(k))
         return 0;
-    if (k && !k->is_connected && now >= k->t_give_up) {
+    if (k && !k->is_connected && (now >= k->t_give_up || now >= end)) {
         snprintf(call->errbuf, sizeof call->errbuf, "Connection timed out after %u milliseconds",
                  (unsigned)call->client->connect_timeout_ms);
         nx_http_call_finish(call, NX_ETIMEDOUT, call->errbuf);
@@ -748,19 +772,19 @@ static void pool_free(struct nx_http_client *c)
 size_t nx_h1_trim(struct nx_http_client *c)
 {
     size_t n = 0;
-    bool is_any = false;
 
     if (!c->h1)
         return 0;
-    for (struct h1_host *hs = c->h1->hosts; hs; hs = hs->next) {
+    for (struct h1_host *hs = c->h1->hosts, *next; hs; hs = next) {
+        next = hs->next;
         while (hs->idle) {
             conn_close(hs->idle);
             n++;
         }
-        is_any = is_any || hs->nconns;
+        host_drop_if_unused(c, hs);
     }
-    /* no connection left (closing ones touch neither): the hosts and the read buffer go too */
-    if (!is_any && !c->h1->nwaiting)
+    /* no host left (closing connections touch none) and no call waiting: the read buffer too */
+    if (!c->h1->hosts && !c->h1->nwaiting)
         pool_free(c);
     return n;
 }

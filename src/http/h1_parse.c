@@ -65,6 +65,7 @@ static int parse_head(struct nx_h1_parser *p)
 {
     const char *s = p->head->data, *end = s + p->head->len, *eol;
     bool is_http10, has_te = false, is_chunked = false, has_close = false, has_keep = false;
+    bool is_framing = false; /* the last field was Content-Length or Transfer-Encoding */
     uint64_t cl = UINT64_MAX;
 
     if (p->head->len < 12 || strncmp(s, "HTTP/1.", 7) != 0 || (s[7] != '0' && s[7] != '1') || s[8] != ' ' ||
@@ -80,20 +81,22 @@ static int parse_head(struct nx_h1_parser *p)
         ve = eol > s && eol[-1] == '\r' ? eol - 1 : eol;
         if (ve == s)
             break; /* the empty line */
-        /* What a client may pass over, as curl does: a folded line (obs-fold, §5.2, only ever the
-         * rest of some other field's value), a line without a colon, a name that is not a token.
-         * Whitespace before the colon is dropped (§5.1 lets a proxy do so). */
+        /* What a client may pass over: a line without a colon, or whose name is not a token (as
+         * "Content-Length :" is not: curl does not take it for the length either, §5.1), and a
+         * folded line (obs-fold, §5.2), unless it would add to the framing fields. */
         colon = memchr(s, ':', (size_t)(ve - s));
-        if (*s == ' ' || *s == '\t' || !colon)
+        if (*s == ' ' || *s == '\t') {
+            if (is_framing)
+                return fail(p, "folded Content-Length or Transfer-Encoding");
             continue;
-        const char *ne = colon;
-        while (ne > s && (ne[-1] == ' ' || ne[-1] == '\t'))
-            ne--;
-        bool is_token = ne > s;
-        for (const char *q = s; q < ne; q++)
-            is_token = is_token && is_tchar(*q);
+        }
+        is_framing = false;
+        bool is_token = colon && colon > s;
+        for (const char *q = s; is_token && q < colon; q++)
+            is_token = is_tchar(*q);
         if (!is_token)
             continue;
+        const char *ne = colon;
         for (v = colon + 1; v < ve && (*v == ' ' || *v == '\t'); v++)
             ;
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
@@ -111,7 +114,9 @@ static int parse_head(struct nx_h1_parser *p)
             if (cl != UINT64_MAX && cl != n)
                 return fail(p, "conflicting Content-Length values");
             cl = n;
+            is_framing = true;
         } else if (nl == 17 && strncasecmp(s, "transfer-encoding", 17) == 0) {
+            is_framing = true;
             has_te = true;
             is_chunked = last_is_chunked(v, vl);
         } else if (nl == 10 && strncasecmp(s, "connection", 10) == 0) {

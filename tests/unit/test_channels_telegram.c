@@ -220,6 +220,13 @@ static void test_telegram_parses_mentions_and_commands(void **state)
     assert_string_equal(v[1].mentions, "@other_bot ");
     assert_false(v[2].is_bare_command); /* a command inside the text opens nothing */
     assert_string_equal(v[2].mentions, "@kate_bot ");
+    /* a bare command addresses a bot in privacy mode (Telegram hands it only the commands meant
+     * for it), not one that reads every group message (it may be another bot's) */
+    assert_true(nx_tg_addresses_bot(&v[0], "@kate_bot ", 7, false));
+    assert_false(nx_tg_addresses_bot(&v[0], "@kate_bot ", 7, true));
+    assert_false(nx_tg_addresses_bot(&v[1], "@kate_bot ", 7, false));
+    assert_true(nx_tg_addresses_bot(&v[2], "@kate_bot ", 7, true));
+    assert_false(nx_tg_addresses_bot(&v[2], NULL, 7, false));
     nx_tg_updates_free(v, n);
 }
 
