@@ -14,12 +14,15 @@
 /* libcurl's multi interface on the libuv loop, after curl's docs/examples/multi-uv.c: curl
  * tells us which sockets to watch (CURLMOPT_SOCKETFUNCTION -> one uv_poll_t each) and when to
  * wake it (CURLMOPT_TIMERFUNCTION -> one uv_timer_t); we call curl_multi_socket_action from
- * those handles and read CURLMSG_DONE afterwards.
+ * those handles and read CURLMSG_DONE afterwards. A plain http:// call that needs nothing more
+ * goes by nexo's own HTTP/1.1 engine (http/h1.c) instead, with the same bookkeeping: the call,
+ * its finish, the kick and idle timers, enter and leave.
  *
  * Re-entrancy: user callbacks (on_data, on_done) may cancel calls, start calls or free the
  * client. libcurl forbids removing or adding easy handles from inside its callbacks, so every
- * entry point runs between enter() and leave(): while depth > 0 a finished call is only marked
- * done; leave() at depth 0 detaches and frees finished calls and completes a pending free.
+ * entry point runs between nx_http_enter() and nx_http_leave(): while depth > 0 a finished call
+ * is only marked done; leaving depth 0 detaches and frees finished calls and completes a
+ * pending free.
  * New calls are added to the multi handle from a zero timer (`kick`), which is also how start
  * failures reach on_done on a later loop iteration, never inside nx_http_client_request. */
 
@@ -81,7 +84,7 @@ static void call_unlink(struct nx_http_client *c, struct nx_http_call *call)
         c->calls_tail = call->prev;
 }
 
-/* Runs on_done once. Must be called between enter() and leave(). */
+/* Runs on_done once. Must be called between nx_http_enter() and nx_http_leave(). */
 void nx_http_call_finish(struct nx_http_call *call, int rc, const char *err)
 {
     struct nx_http_response res;
