@@ -58,6 +58,8 @@ struct nx_http_call {
 int nx_http_check_proxy(const char *p);
 /* Whether s is NULL or holds CR or LF. */
 int nx_http_bad_header_text(const char *s);
+/* Whether a header cannot be sent: an empty name, a name with ':', CR or LF in name or value. */
+int nx_http_bad_header(const struct nx_http_header *h);
 /* The call's header lines (call->hdrs), with "Expect:" unless asked for; NX_EINVAL for a name
  * or value that cannot be a header. */
 int nx_http_build_headers(struct nx_http_call *call, const struct nx_http_call_opts *o);

@@ -27,6 +27,12 @@ int nx_http_bad_header_text(const char *s)
     return !s || strpbrk(s, "\r\n") != NULL;
 }
 
+int nx_http_bad_header(const struct nx_http_header *h)
+{
+    return nx_http_bad_header_text(h->name) || !h->name[0] || strchr(h->name, ':') ||
+           nx_http_bad_header_text(h->value);
+}
+
 int nx_http_build_headers(struct nx_http_call *call, const struct nx_http_call_opts *o)
 {
     struct nx_buf line = NX_BUF_INIT;
@@ -36,8 +42,7 @@ int nx_http_build_headers(struct nx_http_call *call, const struct nx_http_call_o
 
     for (size_t i = 0; i < o->nheaders; i++) {
         const struct nx_http_header *h = &o->headers[i];
-        if (nx_http_bad_header_text(h->name) || !h->name[0] || strchr(h->name, ':') ||
-            nx_http_bad_header_text(h->value)) {
+        if (nx_http_bad_header(h)) {
             rc = NX_EINVAL;
             break;
         }

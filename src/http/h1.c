@@ -63,8 +63,7 @@ struct nx_h1_call {
     struct h1_conn *conn;
     struct nx_buf head;      /* the request head, until sent */
     char *host;              /* the name or address to connect to (no brackets) */
-    char port[8];
-    int port_num;
+    int port;
     char *key;               /* "host:port", the Host header */
     uint64_t deadline_ms;    /* loop time of the whole-call deadline, 0 = none (idle clock) */
     uint32_t timeout_ms;
@@ -189,8 +188,7 @@ int nx_h1_prepare(struct nx_http_call *call, const struct nx_http_call_opts *o, 
         *err = "URL is not http://host[:port][/path]";
         return NX_EINVAL;
     }
-    h->port_num = u.port;
-    snprintf(h->port, sizeof h->port, "%d", u.port);
+    h->port = u.port;
     h->host = nx_strndup(u.host, (size_t)(u.host_end - u.host));
     /* the Host header: the port only when not the default, an IPv6 address in its brackets */
     size_t key_len = u.has_port && u.port != 80 ? (size_t)(u.auth_end - u.auth)
@@ -199,8 +197,7 @@ int nx_h1_prepare(struct nx_http_call *call, const struct nx_http_call_opts *o, 
     nx_buf_printf(b, "%s %s%.*s HTTP/1.1\r\n", method, *u.path == '/' ? "" : "/", (int)u.path_len, u.path);
     for (size_t i = 0; i < o->nheaders; i++) {
         const struct nx_http_header *hd = &o->headers[i];
-        if (nx_http_bad_header_text(hd->name) || !hd->name[0] || strchr(hd->name, ':') ||
-            nx_http_bad_header_text(hd->value)) {
+        if (nx_http_bad_header(hd)) {
             *err = "header name or value is empty or contains CR, LF or ':'";
             return NX_EINVAL;
         }
@@ -562,9 +559,8 @@ static void on_connected(uv_connect_t *req, int status)
     if (status < 0 && next_address(k)) {
         /* the name's next address is being tried */
     } else if (status < 0) {
-        snprintf(call->errbuf, sizeof call->errbuf, "Failed to connect to %s port %s: %s", call->h1->host,
-                 call->h1->port, uv_strerror(status));
-        nx_http_call_finish(call, NX_EHTTP, call->errbuf);
+        fail(call, NX_EHTTP, "Failed to connect to %s port %d: %s", call->h1->host, call->h1->port,
+             uv_strerror(status));
     } else {
         if (k->ai)
             uv_freeaddrinfo(k->ai);
@@ -584,10 +580,8 @@ static void connect_to(struct h1_conn *k, const struct sockaddr *sa)
 
     k->req.connect.data = k;
     if ((rc = uv_tcp_connect(&k->req.connect, &k->tcp, sa, on_connected)) != 0 && !next_address(k)) {
-        struct nx_http_call *call = k->call;
-        snprintf(call->errbuf, sizeof call->errbuf, "Failed to connect to %s port %s: %s", call->h1->host,
-                 call->h1->port, uv_strerror(rc));
-        nx_http_call_finish(call, NX_EHTTP, call->errbuf);
+        fail(k->call, NX_EHTTP, "Failed to connect to %s port %d: %s", k->call->h1->host, k->call->h1->port,
+             uv_strerror(rc));
     }
 }
 
@@ -643,8 +637,10 @@ static void open_conn(struct nx_http_call *call, struct h1_host *hs)
 
     k->call = call;
     h->conn = k;
-    if (uv_ip4_addr(h->host, h->port_num, (struct sockaddr_in *)&ss) == 0 ||
-        uv_ip6_addr(h->host, h->port_num, (struct sockaddr_in6 *)&ss) == 0) {
+    char service[8];
+
+    if (uv_ip4_addr(h->host, h->port, (struct sockaddr_in *)&ss) == 0 ||
+        uv_ip6_addr(h->host, h->port, (struct sockaddr_in6 *)&ss) == 0) {
         connect_to(k, (struct sockaddr *)&ss);
         return;
     }
@@ -656,7 +652,8 @@ static void open_conn(struct nx_http_call *call, struct h1_host *hs)
     k->dns->client = c;
     k->dns->req.data = k->dns;
     c->open_handles++;
-    if (uv_getaddrinfo(c->loop, &k->dns->req, on_resolved, h->host, h->port, &hints) != 0) {
+    snprintf(service, sizeof service, "%d", h->port);
+    if (uv_getaddrinfo(c->loop, &k->dns->req, on_resolved, h->host, service, &hints) != 0) {
         free(k->dns);
         k->dns = NULL;
         nx_http_handle_closed(c);
@@ -739,15 +736,13 @@ int nx_h1_tick(struct nx_http_call *call, uint64_t now)
     if (k && !k->is_connected && now >= k->t_give_up && now < end && next_address(k))
         return 0;
     if (k && !k->is_connected && (now >= k->t_give_up || now >= end)) {
-        snprintf(call->errbuf, sizeof call->errbuf, "Connection timed out after %u milliseconds",
-                 (unsigned)call->client->connect_timeout_ms);
-        nx_http_call_finish(call, NX_ETIMEDOUT, call->errbuf);
+        fail(call, NX_ETIMEDOUT, "Connection timed out after %u milliseconds",
+             (unsigned)call->client->connect_timeout_ms);
         return 1;
     }
     if (h->deadline_ms && now >= h->deadline_ms) {
-        snprintf(call->errbuf, sizeof call->errbuf, "Operation timed out after %u milliseconds with %llu "
-                 "bytes received", (unsigned)h->timeout_ms, (unsigned long long)call->received);
-        nx_http_call_finish(call, NX_ETIMEDOUT, call->errbuf);
+        fail(call, NX_ETIMEDOUT, "Operation timed out after %u milliseconds with %llu bytes received",
+             (unsigned)h->timeout_ms, (unsigned long long)call->received);
         return 1;
     }
     return 0;

@@ -96,12 +96,11 @@ static int parse_head(struct nx_h1_parser *p)
             is_token = is_tchar(*q);
         if (!is_token)
             continue;
-        const char *ne = colon;
         for (v = colon + 1; v < ve && (*v == ' ' || *v == '\t'); v++)
             ;
         while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
             ve--;
-        size_t nl = (size_t)(ne - s), vl = (size_t)(ve - v);
+        size_t nl = (size_t)(colon - s), vl = (size_t)(ve - v);
         if (nl == 14 && strncasecmp(s, "content-length", 14) == 0) {
             uint64_t n = 0;
             if (!vl)
